@@ -1,0 +1,25 @@
+# gqa_isa_compile_options(<isa> <out_var>): compiler flags that enable <isa> (scalar, avx2, avx512, neon)
+# for one translation unit. Installed with the package so consumers can build per-ISA TUs too.
+function(gqa_isa_compile_options isa out_var)
+  if(isa STREQUAL "scalar")
+    set(flags "")
+  elseif(isa STREQUAL "avx2")
+    set(flags -mavx2 -mfma)
+  elseif(isa STREQUAL "avx512")
+    set(flags -mavx2 -mfma -mavx512f -mavx512vl -mavx512bw -mavx512dq)
+  elseif(isa STREQUAL "neon")
+    set(flags "")  # NEON is baseline on AArch64
+  else()
+    message(FATAL_ERROR "gqa_isa_compile_options: unknown isa '${isa}'")
+  endif()
+  set(${out_var} "${flags}" PARENT_SCOPE)
+endfunction()
+
+# The ISAs whose translation units this build can compile (not whether the CPU can run them).
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64|ARM64)$")
+  set(GQA_BUILDABLE_ISAS scalar neon)
+elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i686)$")
+  set(GQA_BUILDABLE_ISAS scalar avx2 avx512)
+else()
+  set(GQA_BUILDABLE_ISAS scalar)
+endif()

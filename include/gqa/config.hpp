@@ -1,0 +1,63 @@
+// gqa/config.hpp: ISA detection from the compiler's target macros, the ABI namespace, small macros.
+// Invariant: every header of gqa includes this first; all library code lives in GQA_BEGIN_NAMESPACE.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#define GQA_VERSION_MAJOR 0
+#define GQA_VERSION_MINOR 1
+#define GQA_VERSION_PATCH 0
+
+// ISA detection. Each is 1 when the translation unit is compiled with flags that allow that ISA.
+#if defined(__AVX2__) && defined(__FMA__)
+#define GQA_HAS_AVX2 1
+#else
+#define GQA_HAS_AVX2 0
+#endif
+#if defined(__AVX512F__) && GQA_HAS_AVX2
+#define GQA_HAS_AVX512 1
+#else
+#define GQA_HAS_AVX512 0
+#endif
+#if defined(__ARM_NEON) && defined(__aarch64__)
+#define GQA_HAS_NEON 1
+#else
+#define GQA_HAS_NEON 0
+#endif
+
+// Note [ABI namespace]
+// Translation units compiled with different ISA flags may be linked into one program (the test binary
+// does exactly that). Inline functions compiled with -mavx512f must never be picked by the linker for a
+// scalar TU, so every gqa entity lives in an inline namespace named after the best ISA of the TU.
+#ifndef GQA_ABI_NS
+#if GQA_HAS_AVX512
+#define GQA_ABI_NS v0_avx512
+#elif GQA_HAS_AVX2
+#define GQA_ABI_NS v0_avx2
+#elif GQA_HAS_NEON
+#define GQA_ABI_NS v0_neon
+#else
+#define GQA_ABI_NS v0_scalar
+#endif
+#endif
+
+#define GQA_BEGIN_NAMESPACE \
+  namespace gqa {           \
+  inline namespace GQA_ABI_NS {
+#define GQA_END_NAMESPACE \
+  }                       \
+  }
+
+#if defined(__GNUC__) || defined(__clang__)
+#define GQA_FORCEINLINE inline __attribute__((always_inline))
+#define GQA_RESTRICT __restrict__
+#else
+#define GQA_FORCEINLINE inline
+#define GQA_RESTRICT
+#endif
+
+GQA_BEGIN_NAMESPACE
+/// Signed index type for every extent and stride (strides are in elements, may be any sign).
+using index_t = std::int64_t;
+GQA_END_NAMESPACE

@@ -1,0 +1,359 @@
+// gqa/detail/core/forward.hpp: THE blocked attention core (flash-style, one pass, online softmax).
+// Invariants: never materialises Sq×Skv; each task owns disjoint output rows (or a private partial that
+// is merged in a fixed order), so results are bitwise identical for any thread count; extra memory is
+// O(tile) per thread (plus O(chunks × rows × d_v) partials when a decode call splits the KV range).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../../head_map.hpp"
+#include "../../isa/vec.hpp"
+#include "../../isa/vec_math.hpp"
+#include "../../options.hpp"
+#include "../../tensor.hpp"
+#include "../../threading/parallel.hpp"
+#include "microkernels.hpp"
+#include "tile_shape.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace detail::core {
+
+// Note [tile rows]
+// A task takes one (batch, KV head) and a block of query positions, and makes every query head of that
+// KV head's group a row of the same tile: row r is (position q0 + r / G, head r % G). Each K/V block is
+// then packed once and used by G·block_q rows, which is what makes GQA cheaper than MHA in memory traffic
+// and what lets decode (block_q = 1) still fill the microkernel's rows with the group's heads.
+//
+// Note [base-2 softmax]
+// Q is packed pre-multiplied by scale·log2(e), so scores are in log2 units and the softmax needs only
+// exp2 (isa::exp2): p = 2^(s − m). The natural-log LSE is m·ln2 + ln(l).
+//
+// Note [fully masked rows]
+// A row whose running max is still −inf has seen no visible key; its p stays 0 (we never form
+// −inf − (−inf)). At the end l == 0 marks such rows: they are written as zeros and their LSE is −inf.
+
+inline constexpr float k_log2e = 1.4426950408889634f;
+inline constexpr float k_ln2 = 0.6931471805599453f;
+inline constexpr float k_neg_inf = -std::numeric_limits<float>::infinity();
+
+inline index_t round_up(index_t x, index_t m) noexcept { return (x + m - 1) / m * m; }
+
+/// Everything a task needs, fixed for the call.
+struct problem {
+  tensor_view<const float> q, k, v;
+  tensor_view<float> o;
+  const head_map* map;
+  float qscale;  // scale · log2(e)
+  bool causal;
+  std::span<const index_t> kv_lengths;
+  std::span<float> lse;
+  index_t block_q;  // query positions per task
+  index_t chunk;    // KV keys per chunk (== skv rounded up when not split)
+  index_t n_chunks;
+};
+
+/// One unit of work: batch ib, KV head g, query positions [q0, q1), KV chunk c.
+struct task {
+  index_t ib, g, q0, q1, chunk;
+};
+
+/// Output of a task that covers only part of the KV range: per row m (log2 units), l, unnormalised O.
+struct partial_out {
+  float* m;
+  float* l;
+  float* o;  // rows × dvp
+};
+
+template <class Isa>
+struct kernel {
+  using V = isa::vec<Isa>;
+  using shape = tile_shape<Isa>;
+  static constexpr int L = V::lanes;
+  static constexpr int MR = shape::mr, NR = shape::nr;
+  static constexpr index_t cols = static_cast<index_t>(NR) * L;
+
+  struct layout {
+    index_t rows, d, dv, dvp, bk;  // bk: block_kv rounded to cols
+    index_t qp, kp, vp, s, oacc, m, l, total;
+  };
+
+  static layout plan_scratch(index_t rows, index_t d, index_t dv) noexcept {
+    layout s{};
+    s.rows = rows;
+    s.d = d;
+    s.dv = dv;
+    s.dvp = round_up(dv, L);
+    s.bk = round_up(shape::block_kv, cols);
+    index_t off = 0;
+    auto carve = [&off](index_t n) {
+      const index_t at = off;
+      off += round_up(n, 16);  // keep every array 64-byte aligned
+      return at;
+    };
+    s.qp = carve(rows * d);
+    s.kp = carve(s.bk * d);
+    s.vp = carve(s.bk * s.dvp);
+    s.s = carve(rows * s.bk);
+    s.oacc = carve(rows * s.dvp);
+    s.m = carve(rows);
+    s.l = carve(rows);
+    s.total = off;
+    return s;
+  }
+
+  /// Runs one task; writes final rows to o (and lse), or, if part != nullptr, the partial state.
+  static void run(const problem& pb, const task& t, const partial_out* part) noexcept {
+    const auto heads = pb.map->q_heads(t.g);
+    const index_t G = static_cast<index_t>(heads.size());
+    const index_t npos = t.q1 - t.q0;
+    const index_t rows = G * npos;
+    const index_t d = pb.q.d, dv = pb.v.d, sq = pb.q.s;
+    const layout lay = plan_scratch(rows, d, dv);
+    float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
+    float* qp = ws + lay.qp;
+    float* kp = ws + lay.kp;
+    float* vp = ws + lay.vp;
+    float* sc = ws + lay.s;
+    float* oacc = part ? part->o : ws + lay.oacc;
+    float* mrow = part ? part->m : ws + lay.m;
+    float* lrow = part ? part->l : ws + lay.l;
+
+    // Visible keys: [0, L) with L the valid length; causal rows see j <= pos + (L - sq).
+    const index_t kv_len = pb.kv_lengths.empty() ? pb.k.s : pb.kv_lengths[static_cast<std::size_t>(t.ib)];
+    auto row_limit = [&](index_t pos) noexcept -> index_t {
+      if (!pb.causal) return kv_len;
+      return std::clamp<index_t>(pos + (kv_len - sq) + 1, 0, kv_len);
+    };
+    const index_t c_lo = t.chunk * pb.chunk;
+    const index_t c_hi = std::min<index_t>(c_lo + pb.chunk, pb.k.s);
+    const index_t kv_hi = std::min(c_hi, row_limit(t.q1 - 1));   // no row sees past this
+    const index_t kv_unmasked = row_limit(t.q0);                 // every row sees below this
+
+    // Pack Q (scaled into log2 units, see Note [base-2 softmax]) and reset the running state.
+    for (index_t r = 0; r < rows; ++r) {
+      const float* src = pb.q.row(t.ib, t.q0 + r / G, heads[static_cast<std::size_t>(r % G)]);
+      float* dst = qp + r * d;
+      for (index_t c = 0; c < d; ++c) dst[c] = src[c] * pb.qscale;
+      mrow[r] = k_neg_inf;
+      lrow[r] = 0.0f;
+    }
+    std::fill(oacc, oacc + rows * lay.dvp, 0.0f);
+
+    for (index_t j0 = c_lo; j0 < kv_hi; j0 += lay.bk) {
+      const index_t nb = std::min(lay.bk, kv_hi - j0);
+      const index_t nbp = round_up(nb, L);
+      pack_k(pb, t, j0, nb, nbp, kp);
+      pack_v(pb, t, j0, nb, lay.dvp, vp);
+      scores(qp, rows, d, kp, nbp, sc, lay.bk);
+      // Mask: columns past nb are padding; with causal, row limits may cut inside the block.
+      const bool partial_block = (j0 + nb > kv_unmasked) || nbp != nb;
+      for (index_t r = 0; r < rows; ++r) {
+        float* srow = sc + r * lay.bk;
+        if (partial_block) {
+          const index_t lim = std::clamp<index_t>(row_limit(t.q0 + r / G) - j0, 0, nb);
+          for (index_t j = lim; j < nbp; ++j) srow[j] = k_neg_inf;
+        }
+        softmax_update(srow, nbp, mrow[r], lrow[r], oacc + r * lay.dvp, lay.dvp);
+      }
+      accumulate_pv(sc, rows, lay.bk, vp, nb, lay.dvp, oacc);
+    }
+
+    if (part) return;
+    for (index_t r = 0; r < rows; ++r) {
+      const index_t pos = t.q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
+      write_row(pb, t.ib, pos, h, oacc + r * lay.dvp, mrow[r], lrow[r]);
+    }
+  }
+
+  static void write_row(const problem& pb, index_t ib, index_t pos, index_t h, const float* acc, float m,
+                        float l) noexcept {
+    float* dst = pb.o.row(ib, pos, h);
+    const index_t dv = pb.v.d;
+    if (l > 0.0f) {
+      const float inv = 1.0f / l;
+      for (index_t c = 0; c < dv; ++c) dst[c] = acc[c] * inv;
+    } else {
+      for (index_t c = 0; c < dv; ++c) dst[c] = 0.0f;
+    }
+    if (!pb.lse.empty()) {
+      pb.lse[static_cast<std::size_t>((ib * pb.q.h + h) * pb.q.s + pos)] =
+          l > 0.0f ? m * k_ln2 + std::log(l) : k_neg_inf;
+    }
+  }
+
+  /// Kp = Kᵀ of keys [j0, j0+nb) in slices of `cols` keys: slice n is [d][w_n], w_n = its width.
+  static void pack_k(const problem& pb, const task& t, index_t j0, index_t nb, index_t nbp, float* kp) noexcept {
+    const index_t d = pb.k.d;
+    for (index_t s0 = 0; s0 < nbp; s0 += cols) {
+      const index_t w = std::min(cols, nbp - s0);
+      float* slice = kp + s0 * d;
+      for (index_t j = 0; j < w; ++j) {
+        if (s0 + j < nb) {
+          const float* src = pb.k.row(t.ib, j0 + s0 + j, t.g);
+          for (index_t c = 0; c < d; ++c) slice[c * w + j] = src[c];
+        } else {
+          for (index_t c = 0; c < d; ++c) slice[c * w + j] = 0.0f;
+        }
+      }
+    }
+  }
+
+  /// Vp rows j < nb: V[j0 + j] padded with zeros to dvp.
+  static void pack_v(const problem& pb, const task& t, index_t j0, index_t nb, index_t dvp, float* vp) noexcept {
+    const index_t dv = pb.v.d;
+    for (index_t j = 0; j < nb; ++j) {
+      const float* src = pb.v.row(t.ib, j0 + j, t.g);
+      float* dst = vp + j * dvp;
+      std::copy(src, src + dv, dst);
+      std::fill(dst + dv, dst + dvp, 0.0f);
+    }
+  }
+
+  /// S[rows][nbp] (row stride lds) = Qp · Kp.
+  static void scores(const float* qp, index_t rows, index_t d, const float* kp, index_t nbp, float* s,
+                     index_t lds) noexcept {
+    using table = tile_table<Isa, qk_tile, MR, NR>;
+    for (index_t s0 = 0; s0 < nbp; s0 += cols) {
+      const index_t w = std::min(cols, nbp - s0);
+      const int nr = static_cast<int>(w / L);
+      for (index_t r0 = 0; r0 < rows; r0 += MR) {
+        const int mr = static_cast<int>(std::min<index_t>(MR, rows - r0));
+        table::get(mr, nr)(qp + r0 * d, d, kp + s0 * d, w, d, s + r0 * lds + s0, lds);
+      }
+    }
+  }
+
+  /// One row's online-softmax step over a block: updates (m, l), rescales the row's accumulator, and
+  /// overwrites s with p = 2^(s − m_new). See Note [fully masked rows].
+  static void softmax_update(float* s, index_t n, float& m, float& l, float* orow, index_t dvp) noexcept {
+    auto vmax = V::set1(k_neg_inf);
+    for (index_t j = 0; j < n; j += L) vmax = V::max(vmax, V::load(s + j));
+    const float m_new = std::max(m, V::reduce_max(vmax));
+    if (m_new == k_neg_inf) {
+      std::fill(s, s + n, 0.0f);
+      return;
+    }
+    const float alpha = m == k_neg_inf ? 0.0f : isa::exp2_scalar(m - m_new);
+    const auto vm = V::set1(m_new);
+    auto vsum = V::zero();
+    for (index_t j = 0; j < n; j += L) {
+      const auto p = isa::exp2<Isa>(V::sub(V::load(s + j), vm));
+      V::store(s + j, p);
+      vsum = V::add(vsum, p);
+    }
+    l = l * alpha + V::reduce_sum(vsum);
+    m = m_new;
+    if (alpha != 1.0f) {
+      const auto va = V::set1(alpha);
+      for (index_t c = 0; c < dvp; c += L) V::store(orow + c, V::mul(V::load(orow + c), va));
+    }
+  }
+
+  /// Oacc[rows][dvp] += P[rows][nb] · Vp[nb][dvp].
+  static void accumulate_pv(const float* p, index_t rows, index_t ldp, const float* vp, index_t nb, index_t dvp,
+                            float* oacc) noexcept {
+    using table = tile_table<Isa, pv_tile, MR, NR>;
+    for (index_t c0 = 0; c0 < dvp; c0 += cols) {
+      const int nr = static_cast<int>(std::min(cols, dvp - c0) / L);
+      for (index_t r0 = 0; r0 < rows; r0 += MR) {
+        const int mr = static_cast<int>(std::min<index_t>(MR, rows - r0));
+        table::get(mr, nr)(p + r0 * ldp, ldp, vp + c0, dvp, nb, oacc + r0 * dvp + c0, dvp);
+      }
+    }
+  }
+};
+
+// Note [decode split]
+// When a call has few (batch, KV head, query block) tasks and a long KV range (decode), the KV range is
+// cut into chunks that run as separate tasks and are merged in chunk order. The decision depends only on
+// the shapes, never on the thread count, so results are identical for 1 and N threads.
+inline constexpr index_t k_split_min_tasks = 16;
+inline constexpr index_t k_split_min_chunk = 1024;
+
+template <class Isa>
+void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+             tensor_view<float> o, const head_map& map, const attention_options& opt) {
+  using K = kernel<Isa>;
+  const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(q.d));
+  const index_t sq = q.s, skv = k.s;
+
+  // Query heads of unused KV heads get nothing; heads with a group get tasks of ~shape::rows rows.
+  std::vector<index_t> active;
+  for (index_t g = 0; g < map.hkv(); ++g)
+    if (map.group_size(g) > 0) active.push_back(g);
+  const index_t gmax = std::max<index_t>(1, map.max_group_size());
+  const index_t block_q = std::max<index_t>(1, tile_shape<Isa>::rows / gmax);
+  const index_t n_qblocks = (sq + block_q - 1) / block_q;
+  const index_t base_tasks = q.b * static_cast<index_t>(active.size()) * n_qblocks;
+
+  index_t n_chunks = 1;
+  if (base_tasks < k_split_min_tasks && skv >= 2 * k_split_min_chunk) {
+    n_chunks = std::min((skv + k_split_min_chunk - 1) / k_split_min_chunk,
+                        (k_split_min_tasks + base_tasks - 1) / base_tasks);
+  }
+  const index_t chunk = n_chunks == 1 ? skv : round_up((skv + n_chunks - 1) / n_chunks, K::cols);
+  n_chunks = (skv + chunk - 1) / chunk;
+
+  problem pb{q, k, v, o, &map, scale * k_log2e, opt.causal, opt.kv_lengths, opt.lse, block_q, chunk, n_chunks};
+
+  auto make_task = [&](index_t i) {
+    const index_t c = i % n_chunks;
+    i /= n_chunks;
+    const index_t qb = i % n_qblocks;
+    i /= n_qblocks;
+    const index_t gi = i % static_cast<index_t>(active.size());
+    const index_t ib = i / static_cast<index_t>(active.size());
+    const index_t q0 = qb * block_q;
+    return task{ib, active[static_cast<std::size_t>(gi)], q0, std::min(sq, q0 + block_q), c};
+  };
+  const index_t n_tasks = base_tasks * n_chunks;
+
+  if (n_chunks == 1) {
+    run_tasks(n_tasks, opt, [&](index_t i) { K::run(pb, make_task(i), nullptr); });
+    return;
+  }
+
+  // Split KV: every task writes a private partial, then each row merges its chunks in order.
+  const index_t rows_max = gmax * block_q;
+  const index_t dvp = round_up(v.d, K::L);
+  const index_t per_task = rows_max * (2 + dvp);
+  std::vector<float> partials(static_cast<std::size_t>(n_tasks * per_task));
+  auto partial_of = [&](index_t i) {
+    float* base = partials.data() + i * per_task;
+    return partial_out{base, base + rows_max, base + 2 * rows_max};
+  };
+  run_tasks(n_tasks, opt, [&](index_t i) {
+    const partial_out part = partial_of(i);
+    K::run(pb, make_task(i), &part);
+  });
+  run_tasks(base_tasks, opt, [&](index_t bi) {
+    const task t = make_task(bi * n_chunks);
+    const auto heads = map.q_heads(t.g);
+    const index_t G = static_cast<index_t>(heads.size());
+    const index_t rows = G * (t.q1 - t.q0);
+    float* acc = thread_scratch(static_cast<std::size_t>(dvp));
+    for (index_t r = 0; r < rows; ++r) {
+      float m = k_neg_inf;
+      for (index_t c = 0; c < n_chunks; ++c) m = std::max(m, partial_of(bi * n_chunks + c).m[r]);
+      float l = 0.0f;
+      std::fill(acc, acc + dvp, 0.0f);
+      if (m != k_neg_inf) {
+        for (index_t c = 0; c < n_chunks; ++c) {
+          const partial_out p = partial_of(bi * n_chunks + c);
+          if (p.m[r] == k_neg_inf) continue;
+          const float w = std::exp2(p.m[r] - m);
+          l += p.l[r] * w;
+          const float* orow = p.o + r * dvp;
+          for (index_t x = 0; x < dvp; ++x) acc[x] += orow[x] * w;
+        }
+      }
+      K::write_row(pb, t.ib, t.q0 + r / G, heads[static_cast<std::size_t>(r % G)], acc, m, l);
+    }
+  });
+}
+
+}  // namespace detail::core
+GQA_END_NAMESPACE

@@ -1,0 +1,41 @@
+// gqa/detail/core/tile_shape.hpp: register-tile and block sizes per ISA.
+// mr × nr vectors is the microkernel's accumulator block: mr·nr + nr + 1 registers must fit the register
+// file (16 on AVX2, 32 on AVX-512 and NEON). block_kv is the KV block (a multiple of nr·lanes), rows the
+// target number of query rows (group heads × positions) per task.
+#pragma once
+
+#include "../../isa/vec.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace detail::core {
+
+template <class Isa>
+struct tile_shape {
+  static constexpr int mr = 4, nr = 4;  // scalar: 16 accumulators, the compiler keeps them in registers
+  static constexpr int block_kv = 64;
+  static constexpr int rows = 32;
+};
+
+template <>
+struct tile_shape<isa::avx2> {
+  static constexpr int mr = 6, nr = 2;  // 12 acc + 2 K/V + 1 broadcast = 15 of 16 ymm
+  static constexpr int block_kv = 128;
+  static constexpr int rows = 48;
+};
+
+template <>
+struct tile_shape<isa::avx512> {
+  static constexpr int mr = 6, nr = 4;  // 24 acc + 4 K/V + 1 broadcast = 29 of 32 zmm
+  static constexpr int block_kv = 128;
+  static constexpr int rows = 48;
+};
+
+template <>
+struct tile_shape<isa::neon> {
+  static constexpr int mr = 6, nr = 4;  // 24 acc + 4 K/V + 1 broadcast = 29 of 32 q registers
+  static constexpr int block_kv = 64;
+  static constexpr int rows = 48;
+};
+
+}  // namespace detail::core
+GQA_END_NAMESPACE

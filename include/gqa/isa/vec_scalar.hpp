@@ -1,0 +1,58 @@
+// gqa/isa/vec_scalar.hpp: the vector primitive set, and its defining semantics on one float lane.
+// Every ISA file (vec_avx2.hpp, vec_avx512.hpp, vec_neon.hpp) provides exactly these members with the
+// same meaning lane by lane; nothing else in gqa is ISA-specific.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../config.hpp"
+#include "tags.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace isa {
+
+/// vec<Isa>: `reg` holds `lanes` floats. Primary template is left undefined: an ISA without a
+/// specialisation is a compile error naming vec<Isa>.
+template <class Isa>
+struct vec;
+
+template <>
+struct vec<scalar> {
+  using reg = float;
+  static constexpr int lanes = 1;
+
+  static GQA_FORCEINLINE reg zero() noexcept { return 0.0f; }
+  static GQA_FORCEINLINE reg set1(float x) noexcept { return x; }
+  /// Loads/stores need no alignment.
+  static GQA_FORCEINLINE reg load(const float* p) noexcept { return *p; }
+  static GQA_FORCEINLINE void store(float* p, reg v) noexcept { *p = v; }
+  /// First n lanes (0 <= n <= lanes) from p, the rest zero; never touches p[n..lanes).
+  static GQA_FORCEINLINE reg load_partial(const float* p, int n) noexcept { return n > 0 ? *p : 0.0f; }
+  /// Writes only the first n lanes.
+  static GQA_FORCEINLINE void store_partial(float* p, reg v, int n) noexcept {
+    if (n > 0) *p = v;
+  }
+  static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return a + b; }
+  static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return a - b; }
+  static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return a * b; }
+  /// a*b + c, fused (one rounding).
+  static GQA_FORCEINLINE reg fma(reg a, reg b, reg c) noexcept { return std::fma(a, b, c); }
+  static GQA_FORCEINLINE reg max(reg a, reg b) noexcept { return a > b ? a : b; }
+  static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return a < b ? a : b; }
+  static GQA_FORCEINLINE float reduce_sum(reg a) noexcept { return a; }
+  static GQA_FORCEINLINE float reduce_max(reg a) noexcept { return a; }
+  /// Round to nearest integer, ties to even (the current rounding mode, never changed by gqa).
+  static GQA_FORCEINLINE reg round(reg a) noexcept { return std::nearbyint(a); }
+  /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0).
+  static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
+    const auto bits = static_cast<std::uint32_t>(static_cast<std::int32_t>(n) + 127) << 23;
+    float r;
+    std::memcpy(&r, &bits, sizeof r);
+    return r;
+  }
+};
+
+}  // namespace isa
+GQA_END_NAMESPACE

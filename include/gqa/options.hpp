@@ -1,0 +1,35 @@
+// gqa/options.hpp: per-call options of the attention core (scale, mask, padding, LSE, threads).
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <span>
+
+#include "config.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+/// A caller-owned parallel loop: must call `task(i)` exactly once for every i in [0, n_tasks), from any
+/// threads, and return when all calls have returned. gqa's results do not depend on the order.
+using parallel_for_fn = std::function<void(index_t n_tasks, const std::function<void(index_t task)>& task)>;
+
+struct attention_options {
+  /// Softmax scale applied to Q·Kᵀ. Default 1/sqrt(d_qk). T5-style models pass 1; absorbed MLA passes
+  /// 1/sqrt(192).
+  std::optional<float> scale;
+  /// Causal mask aligned bottom-right (the KV-cache convention): query i (0-based, of sq) sees key j iff
+  /// j <= i + (L - sq), where L is the batch's valid KV length. Rows that see no key return zeros.
+  bool causal = false;
+  /// Optional per-batch valid KV lengths (size b, each in [0, skv]); keys j >= kv_lengths[b] are
+  /// ignored (right padding). Empty means every batch uses all skv keys.
+  std::span<const index_t> kv_lengths;
+  /// Optional output: natural-log log-sum-exp of each row's scaled scores, laid out [b][hq][sq]
+  /// (size b*hq*sq). Fully masked rows get -inf.
+  std::span<float> lse;
+  /// Threads for the built-in loop (OpenMP when compiled with it, else serial). 0 = all available.
+  int num_threads = 1;
+  /// If set, used instead of the built-in loop (e.g. the framework's own thread pool).
+  parallel_for_fn parallel_for;
+};
+
+GQA_END_NAMESPACE
