@@ -38,6 +38,7 @@ namespace detail::core {
 inline constexpr float k_log2e = 1.4426950408889634f;
 inline constexpr float k_ln2 = 0.6931471805599453f;
 inline constexpr float k_neg_inf = -std::numeric_limits<float>::infinity();
+inline constexpr index_t k_direct_rows = 8;  // See Note [direct path]
 
 inline index_t round_up(index_t x, index_t m) noexcept { return (x + m - 1) / m * m; }
 
@@ -142,12 +143,17 @@ struct kernel {
     }
     std::fill(oacc, oacc + rows * lay.dvp, 0.0f);
 
+    const bool direct = rows <= k_direct_rows;  // See Note [direct path]
     for (index_t j0 = c_lo; j0 < kv_hi; j0 += lay.bk) {
       const index_t nb = std::min(lay.bk, kv_hi - j0);
       const index_t nbp = round_up(nb, L);
-      pack_k(pb, t, j0, nb, nbp, kp);
-      pack_v(pb, t, j0, nb, lay.dvp, vp);
-      scores(qp, rows, d, kp, nbp, sc, lay.bk);
+      if (direct) {
+        scores_direct(pb, t, j0, nb, qp, rows, sc, lay.bk);
+      } else {
+        pack_k(pb, t, j0, nb, nbp, kp);
+        pack_v(pb, t, j0, nb, lay.dvp, vp);
+        scores(qp, rows, d, kp, nbp, sc, lay.bk);
+      }
       // Mask: columns past nb are padding; with causal, row limits may cut inside the block.
       const bool partial_block = (j0 + nb > kv_unmasked) || nbp != nb;
       for (index_t r = 0; r < rows; ++r) {
@@ -158,7 +164,11 @@ struct kernel {
         }
         softmax_update(srow, nbp, mrow[r], lrow[r], oacc + r * lay.dvp, lay.dvp);
       }
-      accumulate_pv(sc, rows, lay.bk, vp, nb, lay.dvp, oacc);
+      if (direct) {
+        accumulate_pv_direct(pb, t, j0, nb, sc, rows, lay.bk, lay.dvp, oacc);
+      } else {
+        accumulate_pv(sc, rows, lay.bk, vp, nb, lay.dvp, oacc);
+      }
     }
 
     if (part) return;
@@ -181,6 +191,90 @@ struct kernel {
     if (!pb.lse.empty()) {
       pb.lse[static_cast<std::size_t>((ib * pb.q.h + h) * pb.q.s + pos)] =
           l > 0.0f ? m * k_ln2 + std::log(l) : k_neg_inf;
+    }
+  }
+
+  // Note [direct path]
+  // With few rows (decode: one position, the group's heads), packing K/V costs more than the math it
+  // feeds. The direct path reads K and V rows where they are: scores are dot products over d (vector
+  // partial sums, then one horizontal sum per (row, key)), and P·V streams V rows with tail-masked loads.
+  // K/V rows of one head are usually a page apart (BSHD), beyond the hardware prefetcher's reach, so the
+  // next rows are prefetched explicitly.
+  static constexpr index_t k_prefetch_rows = 16;
+
+  static GQA_FORCEINLINE void prefetch_row(const float* p, index_t n) noexcept {
+    for (index_t x = 0; x < n; x += 16) __builtin_prefetch(p + x, 0, 3);
+  }
+
+  /// S[r][j] = Qp[r] · K[j0 + j] for j < nb (rows <= k_direct_rows, Qp row stride d).
+  static void scores_direct(const problem& pb, const task& t, index_t j0, index_t nb, const float* qp, index_t rows,
+                            float* s, index_t lds) noexcept {
+    const index_t d = pb.k.d;
+    const index_t dfull = d / L * L;
+    const int tail = static_cast<int>(d - dfull);
+    const index_t kv_end = pb.k.s;
+    for (index_t j = 0; j < nb; ++j) {
+      const float* krow = pb.k.row(t.ib, j0 + j, t.g);
+      if (j0 + j + k_prefetch_rows < kv_end) {
+        prefetch_row(pb.k.row(t.ib, j0 + j + k_prefetch_rows, t.g), d);
+        prefetch_row(pb.v.row(t.ib, j0 + j + k_prefetch_rows, t.g), pb.v.d);
+      }
+      for (index_t r0 = 0; r0 < rows; r0 += 2) {
+        const bool two = r0 + 1 < rows;
+        const float* q0 = qp + r0 * d;
+        const float* q1 = two ? q0 + d : q0;
+        auto a0 = V::zero(), a1 = V::zero();
+        for (index_t c = 0; c < dfull; c += L) {
+          const auto vk = V::load(krow + c);
+          a0 = V::fma(V::load(q0 + c), vk, a0);
+          a1 = V::fma(V::load(q1 + c), vk, a1);
+        }
+        if (tail) {
+          const auto vk = V::load_partial(krow + dfull, tail);
+          a0 = V::fma(V::load_partial(q0 + dfull, tail), vk, a0);
+          a1 = V::fma(V::load_partial(q1 + dfull, tail), vk, a1);
+        }
+        s[r0 * lds + j] = V::reduce_sum(a0);
+        if (two) s[(r0 + 1) * lds + j] = V::reduce_sum(a1);
+      }
+    }
+  }
+
+  /// Oacc[r] += Σ_{j<nb} P[r][j] · V[j0 + j] read in place (dv tail by masked loads).
+  static void accumulate_pv_direct(const problem& pb, const task& t, index_t j0, index_t nb, const float* p,
+                                   index_t rows, index_t ldp, index_t dvp, float* oacc) noexcept {
+    const index_t dv = pb.v.d;
+    constexpr index_t NV = 4;  // vectors of d_v per pass
+    for (index_t c0 = 0; c0 < dv; c0 += NV * L) {
+      const index_t width = std::min<index_t>(NV * L, dv - c0);
+      const int nvec = static_cast<int>((width + L - 1) / L);
+      const int last = static_cast<int>(width - (nvec - 1) * L);  // lanes in the last vector
+      for (index_t r0 = 0; r0 < rows; r0 += 2) {
+        const bool two = r0 + 1 < rows;
+        float* o0 = oacc + r0 * dvp + c0;
+        float* o1 = two ? o0 + dvp : o0;
+        typename V::reg acc0[NV], acc1[NV];
+        for (int n = 0; n < NV; ++n) {
+          acc0[n] = n < nvec ? V::load(o0 + n * L) : V::zero();
+          acc1[n] = n < nvec ? V::load(o1 + n * L) : V::zero();
+        }
+        const float* p0 = p + r0 * ldp;
+        const float* p1 = two ? p0 + ldp : p0;
+        for (index_t j = 0; j < nb; ++j) {
+          const float* vrow = pb.v.row(t.ib, j0 + j, t.g) + c0;
+          const auto w0 = V::set1(p0[j]), w1 = V::set1(p1[j]);
+          for (int n = 0; n < NV; ++n) {
+            if (n >= nvec) break;
+            const auto vv = (n == nvec - 1 && last != L) ? V::load_partial(vrow + n * L, last) : V::load(vrow + n * L);
+            acc0[n] = V::fma(w0, vv, acc0[n]);
+            acc1[n] = V::fma(w1, vv, acc1[n]);
+          }
+        }
+        for (int n = 0; n < nvec; ++n) {
+          V::store(o0 + n * L, acc0[n]);
+          if (two) V::store(o1 + n * L, acc1[n]);
+        }
+      }
     }
   }
 
