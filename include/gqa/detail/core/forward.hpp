@@ -47,18 +47,22 @@ struct problem {
   tensor_view<const float> q, k, v;
   tensor_view<float> o;
   const head_map* map;
+  const index_t* active;  // KV heads that serve at least one query head
   float qscale;  // scale · log2(e)
   bool causal;
   std::span<const index_t> kv_lengths;
   std::span<float> lse;
-  index_t block_q;  // query positions per task
+  index_t block_q;   // query positions per task
+  index_t block_kv;  // keys per block
   index_t chunk;    // KV keys per chunk (== skv rounded up when not split)
   index_t n_chunks;
 };
 
-/// One unit of work: batch ib, KV head g, query positions [q0, q1), KV chunk c.
+/// One unit of work: batch ib, KV heads active[g0 .. g1), query positions [q0, q1), KV chunk `chunk`.
+/// Tiled (prefill) tasks have one KV head; decode tasks take every KV head so that a BSHD cache is read
+/// in address order (see Note [decode tasks]).
 struct task {
-  index_t ib, g, q0, q1, chunk;
+  index_t ib, g0, g1, q0, q1, chunk;
 };
 
 /// Output of a task that covers only part of the KV range: per row m (log2 units), l, unnormalised O.
@@ -81,13 +85,13 @@ struct kernel {
     index_t qp, kp, vp, s, oacc, m, l, total;
   };
 
-  static layout plan_scratch(index_t rows, index_t d, index_t dv) noexcept {
+  static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t block_kv) noexcept {
     layout s{};
     s.rows = rows;
     s.d = d;
     s.dv = dv;
     s.dvp = round_up(dv, L);
-    s.bk = round_up(shape::block_kv, cols);
+    s.bk = round_up(block_kv, cols);
     index_t off = 0;
     auto carve = [&off](index_t n) {
       const index_t at = off;
@@ -105,14 +109,20 @@ struct kernel {
     return s;
   }
 
+  /// Rows of a task: for each KV head in [g0, g1), its group's heads × the task's positions, head-major.
+  /// Row r of head gi is (position q0 + r / G, query head q_heads(g)[r % G]).
+  static index_t task_rows(const problem& pb, const task& t) noexcept {
+    index_t rows = 0;
+    for (index_t gi = t.g0; gi < t.g1; ++gi) rows += pb.map->group_size(pb.active[gi]) * (t.q1 - t.q0);
+    return rows;
+  }
+
   /// Runs one task; writes final rows to o (and lse), or, if part != nullptr, the partial state.
   static void run(const problem& pb, const task& t, const partial_out* part) noexcept {
-    const auto heads = pb.map->q_heads(t.g);
-    const index_t G = static_cast<index_t>(heads.size());
     const index_t npos = t.q1 - t.q0;
-    const index_t rows = G * npos;
+    const index_t rows = task_rows(pb, t);
     const index_t d = pb.q.d, dv = pb.v.d, sq = pb.q.s;
-    const layout lay = plan_scratch(rows, d, dv);
+    const layout lay = plan_scratch(rows, d, dv, pb.block_kv);
     float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
     float* qp = ws + lay.qp;
     float* kp = ws + lay.kp;
@@ -134,47 +144,67 @@ struct kernel {
     const index_t kv_unmasked = row_limit(t.q0);                 // every row sees below this
 
     // Pack Q (scaled into log2 units, see Note [base-2 softmax]) and reset the running state.
-    for (index_t r = 0; r < rows; ++r) {
-      const float* src = pb.q.row(t.ib, t.q0 + r / G, heads[static_cast<std::size_t>(r % G)]);
-      float* dst = qp + r * d;
-      for (index_t c = 0; c < d; ++c) dst[c] = src[c] * pb.qscale;
-      mrow[r] = k_neg_inf;
-      lrow[r] = 0.0f;
+    for (index_t gi = t.g0, r0 = 0; gi < t.g1; ++gi) {
+      const auto heads = pb.map->q_heads(pb.active[gi]);
+      const index_t G = static_cast<index_t>(heads.size());
+      for (index_t r = 0; r < G * npos; ++r) {
+        const float* src = pb.q.row(t.ib, t.q0 + r / G, heads[static_cast<std::size_t>(r % G)]);
+        float* dst = qp + (r0 + r) * d;
+        for (index_t c = 0; c < d; ++c) dst[c] = src[c] * pb.qscale;
+      }
+      r0 += G * npos;
     }
+    std::fill(mrow, mrow + rows, k_neg_inf);
+    std::fill(lrow, lrow + rows, 0.0f);
     std::fill(oacc, oacc + rows * lay.dvp, 0.0f);
 
-    const bool direct = rows <= k_direct_rows;  // See Note [direct path]
     for (index_t j0 = c_lo; j0 < kv_hi; j0 += lay.bk) {
       const index_t nb = std::min(lay.bk, kv_hi - j0);
       const index_t nbp = round_up(nb, L);
-      if (direct) {
-        scores_direct(pb, t, j0, nb, qp, rows, sc, lay.bk);
-      } else {
-        pack_k(pb, t, j0, nb, nbp, kp);
-        pack_v(pb, t, j0, nb, lay.dvp, vp);
-        scores(qp, rows, d, kp, nbp, sc, lay.bk);
-      }
-      // Mask: columns past nb are padding; with causal, row limits may cut inside the block.
       const bool partial_block = (j0 + nb > kv_unmasked) || nbp != nb;
-      for (index_t r = 0; r < rows; ++r) {
-        float* srow = sc + r * lay.bk;
-        if (partial_block) {
-          const index_t lim = std::clamp<index_t>(row_limit(t.q0 + r / G) - j0, 0, nb);
-          for (index_t j = lim; j < nbp; ++j) srow[j] = k_neg_inf;
+      for (index_t gi = t.g0, r0 = 0; gi < t.g1; ++gi) {
+        const index_t g = pb.active[gi];
+        const index_t G = pb.map->group_size(g);
+        const index_t grow = G * npos;
+        const bool direct = grow <= k_direct_rows;  // See Note [direct path]
+        if (direct) {
+          scores_direct(pb, t.ib, g, j0, nb, qp + r0 * d, grow, sc, lay.bk);
+        } else {
+          pack_k(pb, t.ib, g, j0, nb, nbp, kp);
+          pack_v(pb, t.ib, g, j0, nb, lay.dvp, vp);
+          scores(qp + r0 * d, grow, d, kp, nbp, sc, lay.bk);
         }
-        softmax_update(srow, nbp, mrow[r], lrow[r], oacc + r * lay.dvp, lay.dvp);
-      }
-      if (direct) {
-        accumulate_pv_direct(pb, t, j0, nb, sc, rows, lay.bk, lay.dvp, oacc);
-      } else {
-        accumulate_pv(sc, rows, lay.bk, vp, nb, lay.dvp, oacc);
+        // Mask: columns past nb are padding; with causal, row limits may cut inside the block.
+        for (index_t r = 0; r < grow; ++r) {
+          float* srow = sc + r * lay.bk;
+          if (partial_block) {
+            const index_t lim = std::clamp<index_t>(row_limit(t.q0 + r / G) - j0, 0, nb);
+            for (index_t j = lim; j < nbp; ++j) srow[j] = k_neg_inf;
+          }
+          softmax_update(srow, nbp, mrow[r0 + r], lrow[r0 + r], oacc + (r0 + r) * lay.dvp, lay.dvp);
+        }
+        if (direct) {
+          accumulate_pv_direct(pb, t.ib, g, j0, nb, sc, grow, lay.bk, lay.dvp, oacc + r0 * lay.dvp);
+        } else {
+          accumulate_pv(sc, grow, lay.bk, vp, nb, lay.dvp, oacc + r0 * lay.dvp);
+        }
+        r0 += grow;
       }
     }
 
     if (part) return;
-    for (index_t r = 0; r < rows; ++r) {
-      const index_t pos = t.q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
-      write_row(pb, t.ib, pos, h, oacc + r * lay.dvp, mrow[r], lrow[r]);
+    write_rows(pb, t, oacc, lay.dvp, mrow, lrow);
+  }
+
+  /// Normalises and writes every row of task t from (acc, m, l) laid out as in run().
+  static void write_rows(const problem& pb, const task& t, const float* acc, index_t dvp, const float* m,
+                         const float* l) noexcept {
+    const index_t npos = t.q1 - t.q0;
+    for (index_t gi = t.g0, r0 = 0; gi < t.g1; ++gi) {
+      const auto heads = pb.map->q_heads(pb.active[gi]);
+      const index_t G = static_cast<index_t>(heads.size());
+      for (index_t r = 0; r < G * npos; ++r, ++r0)
+        write_row(pb, t.ib, t.q0 + r / G, heads[static_cast<std::size_t>(r % G)], acc + r0 * dvp, m[r0], l[r0]);
     }
   }
 
@@ -206,87 +236,102 @@ struct kernel {
     for (index_t x = 0; x < n; x += 16) __builtin_prefetch(p + x, 0, 3);
   }
 
-  /// S[r][j] = Qp[r] · K[j0 + j] for j < nb (rows <= k_direct_rows, Qp row stride d).
-  static void scores_direct(const problem& pb, const task& t, index_t j0, index_t nb, const float* qp, index_t rows,
+  /// S[r][j] = Qp[r] · K[j0 + j] for j < nb (Qp row stride d). Four keys × two rows per step keep eight
+  /// independent FMA chains in flight; each (row, key) ends with one horizontal sum.
+  static void scores_direct(const problem& pb, index_t ib, index_t g, index_t j0, index_t nb, const float* qp, index_t rows,
                             float* s, index_t lds) noexcept {
+    constexpr index_t KU = 4;
     const index_t d = pb.k.d;
     const index_t dfull = d / L * L;
     const int tail = static_cast<int>(d - dfull);
-    const index_t kv_end = pb.k.s;
-    for (index_t j = 0; j < nb; ++j) {
-      const float* krow = pb.k.row(t.ib, j0 + j, t.g);
-      if (j0 + j + k_prefetch_rows < kv_end) {
-        prefetch_row(pb.k.row(t.ib, j0 + j + k_prefetch_rows, t.g), d);
-        prefetch_row(pb.v.row(t.ib, j0 + j + k_prefetch_rows, t.g), pb.v.d);
+    const float* kbase = pb.k.row(ib, j0, g);
+    const index_t ks = pb.k.stride_s;
+    const index_t ahead = std::min<index_t>(pb.k.s - j0, nb + k_prefetch_rows);
+    for (index_t j = 0; j < nb; j += KU) {
+      for (index_t u = 0; u < KU; ++u) {
+        if (j + u + k_prefetch_rows < ahead) {
+          prefetch_row(kbase + (j + u + k_prefetch_rows) * ks, d);
+          prefetch_row(pb.v.row(ib, j0 + j + u + k_prefetch_rows, g), pb.v.d);
+        }
       }
+      const float* kr[KU];
+      for (index_t u = 0; u < KU; ++u) kr[u] = kbase + std::min(j + u, nb - 1) * ks;
       for (index_t r0 = 0; r0 < rows; r0 += 2) {
         const bool two = r0 + 1 < rows;
         const float* q0 = qp + r0 * d;
         const float* q1 = two ? q0 + d : q0;
-        auto a0 = V::zero(), a1 = V::zero();
+        typename V::reg a0[KU], a1[KU];
+        for (index_t u = 0; u < KU; ++u) a0[u] = a1[u] = V::zero();
         for (index_t c = 0; c < dfull; c += L) {
-          const auto vk = V::load(krow + c);
-          a0 = V::fma(V::load(q0 + c), vk, a0);
-          a1 = V::fma(V::load(q1 + c), vk, a1);
+          const auto vq0 = V::load(q0 + c), vq1 = V::load(q1 + c);
+          for (index_t u = 0; u < KU; ++u) {
+            const auto vk = V::load(kr[u] + c);
+            a0[u] = V::fma(vq0, vk, a0[u]);
+            a1[u] = V::fma(vq1, vk, a1[u]);
+          }
         }
         if (tail) {
-          const auto vk = V::load_partial(krow + dfull, tail);
-          a0 = V::fma(V::load_partial(q0 + dfull, tail), vk, a0);
-          a1 = V::fma(V::load_partial(q1 + dfull, tail), vk, a1);
+          const auto vq0 = V::load_partial(q0 + dfull, tail), vq1 = V::load_partial(q1 + dfull, tail);
+          for (index_t u = 0; u < KU; ++u) {
+            const auto vk = V::load_partial(kr[u] + dfull, tail);
+            a0[u] = V::fma(vq0, vk, a0[u]);
+            a1[u] = V::fma(vq1, vk, a1[u]);
+          }
         }
-        s[r0 * lds + j] = V::reduce_sum(a0);
-        if (two) s[(r0 + 1) * lds + j] = V::reduce_sum(a1);
+        const index_t nu = std::min(KU, nb - j);
+        for (index_t u = 0; u < nu; ++u) {
+          s[r0 * lds + j + u] = V::reduce_sum(a0[u]);
+          if (two) s[(r0 + 1) * lds + j + u] = V::reduce_sum(a1[u]);
+        }
       }
     }
   }
 
-  /// Oacc[r] += Σ_{j<nb} P[r][j] · V[j0 + j] read in place (dv tail by masked loads).
-  static void accumulate_pv_direct(const problem& pb, const task& t, index_t j0, index_t nb, const float* p,
+  /// Oacc[r] += Σ_{j<nb} P[r][j] · V[j0 + j] read in place (d_v tail by masked loads). Up to DR rows ×
+  /// DN vectors of accumulators stay in registers while the block's V rows stream past.
+  static void accumulate_pv_direct(const problem& pb, index_t ib, index_t g, index_t j0, index_t nb, const float* p,
                                    index_t rows, index_t ldp, index_t dvp, float* oacc) noexcept {
+    constexpr int DR = shape::direct_rows, DN = shape::direct_vecs;
     const index_t dv = pb.v.d;
-    constexpr index_t NV = 4;  // vectors of d_v per pass
-    for (index_t c0 = 0; c0 < dv; c0 += NV * L) {
-      const index_t width = std::min<index_t>(NV * L, dv - c0);
+    const float* vbase = pb.v.row(ib, j0, g);
+    const index_t vs = pb.v.stride_s;
+    for (index_t c0 = 0; c0 < dv; c0 += DN * L) {
+      const index_t width = std::min<index_t>(DN * L, dv - c0);
       const int nvec = static_cast<int>((width + L - 1) / L);
       const int last = static_cast<int>(width - (nvec - 1) * L);  // lanes in the last vector
-      for (index_t r0 = 0; r0 < rows; r0 += 2) {
-        const bool two = r0 + 1 < rows;
-        float* o0 = oacc + r0 * dvp + c0;
-        float* o1 = two ? o0 + dvp : o0;
-        typename V::reg acc0[NV], acc1[NV];
-        for (int n = 0; n < NV; ++n) {
-          acc0[n] = n < nvec ? V::load(o0 + n * L) : V::zero();
-          acc1[n] = n < nvec ? V::load(o1 + n * L) : V::zero();
-        }
-        const float* p0 = p + r0 * ldp;
-        const float* p1 = two ? p0 + ldp : p0;
+      for (index_t r0 = 0; r0 < rows; r0 += DR) {
+        const int nr = static_cast<int>(std::min<index_t>(DR, rows - r0));
+        typename V::reg acc[DR][DN];
+        for (int r = 0; r < DR; ++r)
+          for (int n = 0; n < DN; ++n)
+            acc[r][n] = (r < nr && n < nvec) ? V::load(oacc + (r0 + r) * dvp + c0 + n * L) : V::zero();
         for (index_t j = 0; j < nb; ++j) {
-          const float* vrow = pb.v.row(t.ib, j0 + j, t.g) + c0;
-          const auto w0 = V::set1(p0[j]), w1 = V::set1(p1[j]);
-          for (int n = 0; n < NV; ++n) {
-            if (n >= nvec) break;
-            const auto vv = (n == nvec - 1 && last != L) ? V::load_partial(vrow + n * L, last) : V::load(vrow + n * L);
-            acc0[n] = V::fma(w0, vv, acc0[n]);
-            acc1[n] = V::fma(w1, vv, acc1[n]);
+          const float* vrow = vbase + j * vs + c0;
+          typename V::reg vv[DN];
+          for (int n = 0; n < DN; ++n)
+            vv[n] = n >= nvec ? V::zero()
+                    : (n == nvec - 1 && last != L) ? V::load_partial(vrow + n * L, last)
+                                                   : V::load(vrow + n * L);
+          for (int r = 0; r < DR; ++r) {
+            const auto w = V::set1(p[std::min(r0 + r, rows - 1) * ldp + j]);
+            for (int n = 0; n < DN; ++n) acc[r][n] = V::fma(w, vv[n], acc[r][n]);
           }
         }
-        for (int n = 0; n < nvec; ++n) {
-          V::store(o0 + n * L, acc0[n]);
-          if (two) V::store(o1 + n * L, acc1[n]);
-        }
+        for (int r = 0; r < nr; ++r)
+          for (int n = 0; n < nvec; ++n) V::store(oacc + (r0 + r) * dvp + c0 + n * L, acc[r][n]);
       }
     }
   }
 
   /// Kp = Kᵀ of keys [j0, j0+nb) in slices of `cols` keys: slice n is [d][w_n], w_n = its width.
-  static void pack_k(const problem& pb, const task& t, index_t j0, index_t nb, index_t nbp, float* kp) noexcept {
+  static void pack_k(const problem& pb, index_t ib, index_t g, index_t j0, index_t nb, index_t nbp, float* kp) noexcept {
     const index_t d = pb.k.d;
     for (index_t s0 = 0; s0 < nbp; s0 += cols) {
       const index_t w = std::min(cols, nbp - s0);
       float* slice = kp + s0 * d;
       for (index_t j = 0; j < w; ++j) {
         if (s0 + j < nb) {
-          const float* src = pb.k.row(t.ib, j0 + s0 + j, t.g);
+          const float* src = pb.k.row(ib, j0 + s0 + j, g);
           for (index_t c = 0; c < d; ++c) slice[c * w + j] = src[c];
         } else {
           for (index_t c = 0; c < d; ++c) slice[c * w + j] = 0.0f;
@@ -296,10 +341,10 @@ struct kernel {
   }
 
   /// Vp rows j < nb: V[j0 + j] padded with zeros to dvp.
-  static void pack_v(const problem& pb, const task& t, index_t j0, index_t nb, index_t dvp, float* vp) noexcept {
+  static void pack_v(const problem& pb, index_t ib, index_t g, index_t j0, index_t nb, index_t dvp, float* vp) noexcept {
     const index_t dv = pb.v.d;
     for (index_t j = 0; j < nb; ++j) {
-      const float* src = pb.v.row(t.ib, j0 + j, t.g);
+      const float* src = pb.v.row(ib, j0 + j, g);
       float* dst = vp + j * dvp;
       std::copy(src, src + dv, dst);
       std::fill(dst + dv, dst + dvp, 0.0f);
@@ -360,10 +405,16 @@ struct kernel {
   }
 };
 
+// Note [decode tasks]
+// When every KV head's group times the query length fits the direct path (decode: sq small), a task
+// takes ALL KV heads of a batch for a range of keys and walks blocks of keys in the outer loop and heads
+// in the inner one. In a BSHD cache the heads of one position are adjacent, so the task reads K and V
+// in address order instead of jumping one page per key.
+//
 // Note [decode split]
-// When a call has few (batch, KV head, query block) tasks and a long KV range (decode), the KV range is
-// cut into chunks that run as separate tasks and are merged in chunk order. The decision depends only on
-// the shapes, never on the thread count, so results are identical for 1 and N threads.
+// When a call has few tasks and a long KV range (decode), the KV range is cut into chunks that run as
+// separate tasks and are merged in chunk order. The decision depends only on the shapes, never on the
+// thread count, so results are identical for 1 and N threads.
 inline constexpr index_t k_split_min_tasks = 16;
 inline constexpr index_t k_split_min_chunk = 1024;
 
@@ -374,14 +425,17 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(q.d));
   const index_t sq = q.s, skv = k.s;
 
-  // Query heads of unused KV heads get nothing; heads with a group get tasks of ~shape::rows rows.
+  // KV heads that serve no query head get no work.
   std::vector<index_t> active;
   for (index_t g = 0; g < map.hkv(); ++g)
     if (map.group_size(g) > 0) active.push_back(g);
+  const index_t n_active = static_cast<index_t>(active.size());
   const index_t gmax = std::max<index_t>(1, map.max_group_size());
-  const index_t block_q = std::max<index_t>(1, tile_shape<Isa>::rows / gmax);
+  const bool decode = gmax * sq <= k_direct_rows;  // See Note [decode tasks]
+  const index_t block_q = decode ? sq : std::max<index_t>(1, tile_shape<Isa>::rows / gmax);
   const index_t n_qblocks = (sq + block_q - 1) / block_q;
-  const index_t base_tasks = q.b * static_cast<index_t>(active.size()) * n_qblocks;
+  const index_t head_tasks = decode ? 1 : n_active;  // tasks per (batch, query block)
+  const index_t base_tasks = q.b * head_tasks * n_qblocks;
 
   index_t n_chunks = 1;
   if (base_tasks < k_split_min_tasks && skv >= 2 * k_split_min_chunk) {
@@ -391,17 +445,19 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   const index_t chunk = n_chunks == 1 ? skv : round_up((skv + n_chunks - 1) / n_chunks, K::cols);
   n_chunks = (skv + chunk - 1) / chunk;
 
-  problem pb{q, k, v, o, &map, scale * k_log2e, opt.causal, opt.kv_lengths, opt.lse, block_q, chunk, n_chunks};
+  problem pb{q, k, v, o, &map, active.data(), scale * k_log2e, opt.causal, opt.kv_lengths, opt.lse, block_q,
+             decode ? tile_shape<Isa>::block_kv_decode : tile_shape<Isa>::block_kv, chunk, n_chunks};
 
   auto make_task = [&](index_t i) {
     const index_t c = i % n_chunks;
     i /= n_chunks;
     const index_t qb = i % n_qblocks;
     i /= n_qblocks;
-    const index_t gi = i % static_cast<index_t>(active.size());
-    const index_t ib = i / static_cast<index_t>(active.size());
+    const index_t gi = i % head_tasks;
+    const index_t ib = i / head_tasks;
     const index_t q0 = qb * block_q;
-    return task{ib, active[static_cast<std::size_t>(gi)], q0, std::min(sq, q0 + block_q), c};
+    const index_t g0 = decode ? 0 : gi, g1 = decode ? n_active : gi + 1;
+    return task{ib, g0, g1, q0, std::min(sq, q0 + block_q), c};
   };
   const index_t n_tasks = base_tasks * n_chunks;
 
@@ -411,7 +467,7 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   }
 
   // Split KV: every task writes a private partial, then each row merges its chunks in order.
-  const index_t rows_max = gmax * block_q;
+  const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
   const index_t dvp = round_up(v.d, K::L);
   const index_t per_task = rows_max * (2 + dvp);
   std::vector<float> partials(static_cast<std::size_t>(n_tasks * per_task));
@@ -425,27 +481,28 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   });
   run_tasks(base_tasks, opt, [&](index_t bi) {
     const task t = make_task(bi * n_chunks);
-    const auto heads = map.q_heads(t.g);
-    const index_t G = static_cast<index_t>(heads.size());
-    const index_t rows = G * (t.q1 - t.q0);
-    float* acc = thread_scratch(static_cast<std::size_t>(dvp));
+    const index_t rows = K::task_rows(pb, t);
+    const std::size_t need = static_cast<std::size_t>(rows * (2 + dvp));
+    float* acc = thread_scratch(need);
+    float* m = acc + rows * dvp;
+    float* l = m + rows;
     for (index_t r = 0; r < rows; ++r) {
-      float m = k_neg_inf;
-      for (index_t c = 0; c < n_chunks; ++c) m = std::max(m, partial_of(bi * n_chunks + c).m[r]);
-      float l = 0.0f;
-      std::fill(acc, acc + dvp, 0.0f);
-      if (m != k_neg_inf) {
-        for (index_t c = 0; c < n_chunks; ++c) {
-          const partial_out p = partial_of(bi * n_chunks + c);
-          if (p.m[r] == k_neg_inf) continue;
-          const float w = std::exp2(p.m[r] - m);
-          l += p.l[r] * w;
-          const float* orow = p.o + r * dvp;
-          for (index_t x = 0; x < dvp; ++x) acc[x] += orow[x] * w;
-        }
+      m[r] = k_neg_inf;
+      for (index_t c = 0; c < n_chunks; ++c) m[r] = std::max(m[r], partial_of(bi * n_chunks + c).m[r]);
+      l[r] = 0.0f;
+      float* ar = acc + r * dvp;
+      std::fill(ar, ar + dvp, 0.0f);
+      if (m[r] == k_neg_inf) continue;
+      for (index_t c = 0; c < n_chunks; ++c) {
+        const partial_out p = partial_of(bi * n_chunks + c);
+        if (p.m[r] == k_neg_inf) continue;
+        const float w = std::exp2(p.m[r] - m[r]);
+        l[r] += p.l[r] * w;
+        const float* orow = p.o + r * dvp;
+        for (index_t x = 0; x < dvp; ++x) ar[x] += orow[x] * w;
       }
-      K::write_row(pb, t.ib, t.q0 + r / G, heads[static_cast<std::size_t>(r % G)], acc, m, l);
     }
+    K::write_rows(pb, t, acc, dvp, m, l);
   });
 }
 

@@ -1,7 +1,8 @@
 // gqa/detail/core/tile_shape.hpp: register-tile and block sizes per ISA.
 // mr × nr vectors is the microkernel's accumulator block: mr·nr + nr + 1 registers must fit the register
 // file (16 on AVX2, 32 on AVX-512 and NEON). block_kv is the KV block (a multiple of nr·lanes), rows the
-// target number of query rows (group heads × positions) per task.
+// target number of query rows (group heads × positions) per task; block_kv_decode is the KV block of
+// decode tasks, which walk every KV head per block (see Note [decode tasks]).
 #pragma once
 
 #include "../../isa/vec.hpp"
@@ -13,28 +14,36 @@ template <class Isa>
 struct tile_shape {
   static constexpr int mr = 4, nr = 4;  // scalar: 16 accumulators, the compiler keeps them in registers
   static constexpr int block_kv = 64;
+  static constexpr int block_kv_decode = 64;
   static constexpr int rows = 32;
+  static constexpr int direct_rows = 4, direct_vecs = 4;  // direct (decode) P·V accumulator block
 };
 
 template <>
 struct tile_shape<isa::avx2> {
   static constexpr int mr = 6, nr = 2;  // 12 acc + 2 K/V + 1 broadcast = 15 of 16 ymm
   static constexpr int block_kv = 128;
+  static constexpr int block_kv_decode = 64;  // all heads of 64 positions: 64 x Hkv x d x 8 bytes in flight
   static constexpr int rows = 48;
+  static constexpr int direct_rows = 4, direct_vecs = 2;  // 8 acc + 2 V + 1 broadcast
 };
 
 template <>
 struct tile_shape<isa::avx512> {
   static constexpr int mr = 6, nr = 4;  // 24 acc + 4 K/V + 1 broadcast = 29 of 32 zmm
   static constexpr int block_kv = 128;
+  static constexpr int block_kv_decode = 64;  // all heads of 64 positions: 64 x Hkv x d x 8 bytes in flight
   static constexpr int rows = 48;
+  static constexpr int direct_rows = 4, direct_vecs = 4;  // 16 acc + 4 V + 1 broadcast
 };
 
 template <>
 struct tile_shape<isa::neon> {
   static constexpr int mr = 6, nr = 4;  // 24 acc + 4 K/V + 1 broadcast = 29 of 32 q registers
   static constexpr int block_kv = 64;
+  static constexpr int block_kv_decode = 64;
   static constexpr int rows = 48;
+  static constexpr int direct_rows = 4, direct_vecs = 4;
 };
 
 }  // namespace detail::core
