@@ -228,16 +228,10 @@ struct kernel {
   // With few rows (decode: one position, the group's heads), packing K/V costs more than the math it
   // feeds. The direct path reads K and V rows where they are: scores are dot products over d (vector
   // partial sums, then one horizontal sum per (row, key)), and P·V streams V rows with tail-masked loads.
-  // K/V rows of one head are usually a page apart (BSHD), beyond the hardware prefetcher's reach, so the
-  // next rows are prefetched explicitly.
-  static constexpr index_t k_prefetch_rows = 16;
-
-  static GQA_FORCEINLINE void prefetch_row(const float* p, index_t n) noexcept {
-    for (index_t x = 0; x < n; x += 16) __builtin_prefetch(p + x, 0, 3);
-  }
 
   /// S[r][j] = Qp[r] · K[j0 + j] for j < nb (Qp row stride d). Four keys × two rows per step keep eight
   /// independent FMA chains in flight; each (row, key) ends with one horizontal sum.
+  static constexpr index_t k_prefetch_rows = 8;  // measured best of {8, 16, 32, 64} on D1
   static void scores_direct(const problem& pb, index_t ib, index_t g, index_t j0, index_t nb, const float* qp, index_t rows,
                             float* s, index_t lds) noexcept {
     constexpr index_t KU = 4;
@@ -246,13 +240,15 @@ struct kernel {
     const int tail = static_cast<int>(d - dfull);
     const float* kbase = pb.k.row(ib, j0, g);
     const index_t ks = pb.k.stride_s;
-    const index_t ahead = std::min<index_t>(pb.k.s - j0, nb + k_prefetch_rows);
+    const float* vbase = pb.v.row(ib, j0, g);
+    const index_t vs = pb.v.stride_s, dv = pb.v.d;
+    const index_t ahead = std::min<index_t>(pb.k.s - j0, nb + k_prefetch_rows);  // rows that exist
     for (index_t j = 0; j < nb; j += KU) {
-      for (index_t u = 0; u < KU; ++u) {
-        if (j + u + k_prefetch_rows < ahead) {
-          prefetch_row(kbase + (j + u + k_prefetch_rows) * ks, d);
-          prefetch_row(pb.v.row(ib, j0 + j + u + k_prefetch_rows, g), pb.v.d);
-        }
+      // The next rows of this head: the hardware prefetcher does not follow a strided (BHSD-per-head or
+      // BSHD) walk far enough ahead to hide DRAM latency behind this block's math.
+      for (index_t u = j + k_prefetch_rows; u < std::min(j + KU + k_prefetch_rows, ahead); ++u) {
+        for (index_t x = 0; x < d; x += 16) __builtin_prefetch(kbase + u * ks + x, 0, 3);
+        for (index_t x = 0; x < dv; x += 16) __builtin_prefetch(vbase + u * vs + x, 0, 3);
       }
       const float* kr[KU];
       for (index_t u = 0; u < KU; ++u) kr[u] = kbase + std::min(j + u, nb - 1) * ks;
@@ -305,16 +301,30 @@ struct kernel {
         for (int r = 0; r < DR; ++r)
           for (int n = 0; n < DN; ++n)
             acc[r][n] = (r < nr && n < nvec) ? V::load(oacc + (r0 + r) * dvp + c0 + n * L) : V::zero();
-        for (index_t j = 0; j < nb; ++j) {
-          const float* vrow = vbase + j * vs + c0;
-          typename V::reg vv[DN];
-          for (int n = 0; n < DN; ++n)
-            vv[n] = n >= nvec ? V::zero()
-                    : (n == nvec - 1 && last != L) ? V::load_partial(vrow + n * L, last)
-                                                   : V::load(vrow + n * L);
-          for (int r = 0; r < DR; ++r) {
-            const auto w = V::set1(p[std::min(r0 + r, rows - 1) * ldp + j]);
-            for (int n = 0; n < DN; ++n) acc[r][n] = V::fma(w, vv[n], acc[r][n]);
+        const float* pr[DR];
+        for (int r = 0; r < DR; ++r) pr[r] = p + std::min<index_t>(r0 + r, rows - 1) * ldp;
+        if (nvec == DN && last == L) {  // full vectors: the common case, no per-key tail logic
+          for (index_t j = 0; j < nb; ++j) {
+            const float* vrow = vbase + j * vs + c0;
+            typename V::reg vv[DN];
+            for (int n = 0; n < DN; ++n) vv[n] = V::load(vrow + n * L);
+            for (int r = 0; r < DR; ++r) {
+              const auto w = V::set1(pr[r][j]);
+              for (int n = 0; n < DN; ++n) acc[r][n] = V::fma(w, vv[n], acc[r][n]);
+            }
+          }
+        } else {
+          for (index_t j = 0; j < nb; ++j) {
+            const float* vrow = vbase + j * vs + c0;
+            typename V::reg vv[DN];
+            for (int n = 0; n < DN; ++n)
+              vv[n] = n >= nvec ? V::zero()
+                      : (n == nvec - 1 && last != L) ? V::load_partial(vrow + n * L, last)
+                                                     : V::load(vrow + n * L);
+            for (int r = 0; r < DR; ++r) {
+              const auto w = V::set1(pr[r][j]);
+              for (int n = 0; n < DN; ++n) acc[r][n] = V::fma(w, vv[n], acc[r][n]);
+            }
           }
         }
         for (int r = 0; r < nr; ++r)
