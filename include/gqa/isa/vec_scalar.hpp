@@ -43,6 +43,13 @@ struct vec<scalar> {
   static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return a < b ? a : b; }
   static GQA_FORCEINLINE float reduce_sum(reg a) noexcept { return a; }
   static GQA_FORCEINLINE float reduce_max(reg a) noexcept { return a; }
+  /// out[0..4) = reduce_sum(a), reduce_sum(b), reduce_sum(c), reduce_sum(d) (summation order may differ).
+  static GQA_FORCEINLINE void reduce_sum4(reg a, reg b, reg c, reg d, float* out) noexcept {
+    out[0] = a;
+    out[1] = b;
+    out[2] = c;
+    out[3] = d;
+  }
   /// Round to nearest integer, ties to even (the current rounding mode, never changed by gqa).
   static GQA_FORCEINLINE reg round(reg a) noexcept { return std::nearbyint(a); }
   /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0).

@@ -274,11 +274,9 @@ struct kernel {
             a1[u] = V::fma(vq1, vk, a1[u]);
           }
         }
-        const index_t nu = std::min(KU, nb - j);
-        for (index_t u = 0; u < nu; ++u) {
-          s[r0 * lds + j + u] = V::reduce_sum(a0[u]);
-          if (two) s[(r0 + 1) * lds + j + u] = V::reduce_sum(a1[u]);
-        }
+        // s has room for KU columns past nb (the block is padded to a multiple of cols >= KU).
+        V::reduce_sum4(a0[0], a0[1], a0[2], a0[3], s + r0 * lds + j);
+        if (two) V::reduce_sum4(a1[0], a1[1], a1[2], a1[3], s + (r0 + 1) * lds + j);
       }
     }
   }
