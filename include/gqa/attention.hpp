@@ -53,9 +53,11 @@ inline bool overlaps(const tensor_view<A>& a, const tensor_view<B>& b) {
   return alo < bhi && blo < ahi;
 }
 
-inline void validate(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                     const tensor_view<const float>& v, const tensor_view<float>& o, const head_map& map,
-                     const attention_options& opt) {
+/// Everything attend() checks except the head map (policies call this before planning, so a stateful
+/// policy never updates its state for a call that then throws).
+inline void validate_call(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                          const tensor_view<const float>& v, const tensor_view<float>& o,
+                          const attention_options& opt) {
   check_view(q, "q");
   check_view(k, "k");
   check_view(v, "v");
@@ -69,10 +71,6 @@ inline void validate(const tensor_view<const float>& q, const tensor_view<const 
   require(o.d == v.d, "gqa::attend", "o.d", o.d, ("must equal v.d = " + std::to_string(v.d) + " (d_v)").c_str());
   require(v.h == k.h, "gqa::attend", "v.h", v.h, ("must equal k.h = " + std::to_string(k.h)).c_str());
   require(o.h == q.h, "gqa::attend", "o.h", o.h, ("must equal q.h = " + std::to_string(q.h)).c_str());
-  require(map.hq() == q.h, "gqa::attend", "map.hq()", map.hq(),
-          ("must equal q.h = " + std::to_string(q.h)).c_str());
-  require(map.hkv() == k.h, "gqa::attend", "map.hkv()", map.hkv(),
-          ("must equal k.h = " + std::to_string(k.h)).c_str());
   if (opt.scale) {
     require(std::isfinite(*opt.scale), "gqa::attend", "options.scale", *opt.scale, "must be finite");
   }
@@ -92,6 +90,16 @@ inline void validate(const tensor_view<const float>& q, const tensor_view<const 
   if (overlaps(o, q)) fail("gqa::attend: o (data = ", static_cast<const void*>(o.data), ") overlaps q; output must not alias an input");
   if (overlaps(o, k)) fail("gqa::attend: o (data = ", static_cast<const void*>(o.data), ") overlaps k; output must not alias an input");
   if (overlaps(o, v)) fail("gqa::attend: o (data = ", static_cast<const void*>(o.data), ") overlaps v; output must not alias an input");
+}
+
+inline void validate(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                     const tensor_view<const float>& v, const tensor_view<float>& o, const head_map& map,
+                     const attention_options& opt) {
+  validate_call(q, k, v, o, opt);
+  require(map.hq() == q.h, "gqa::attend", "map.hq()", map.hq(),
+          ("must equal q.h = " + std::to_string(q.h)).c_str());
+  require(map.hkv() == k.h, "gqa::attend", "map.hkv()", map.hkv(),
+          ("must equal k.h = " + std::to_string(k.h)).c_str());
 }
 
 }  // namespace detail

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <concepts>
+#include <string_view>
 
 #include "../attention.hpp"
 
@@ -35,6 +36,24 @@ concept policy_with_prepare = requires(P& p, const tensor_view<const float>& k, 
 template <class P>
 concept policy_with_finish = requires(P& p, const tensor_view<float>& o, const head_map& m) { p.finish(o, m); };
 
+/// Optional: `per_sample()` true asks for one plan per batch element (e.g. KDGQA's per-sample mode):
+/// forward() then runs plan -> core -> finish once per sample, on single-sample views.
+template <class P>
+concept policy_with_per_sample = requires(const P& p) {
+  { p.per_sample() } -> std::convertible_to<bool>;
+};
+
+namespace detail {
+/// The single-sample view of batch element ib (b = 1, same strides).
+template <class T>
+tensor_view<T> sample(const tensor_view<T>& t, index_t ib) noexcept {
+  tensor_view<T> s = t;
+  s.data = t.data + ib * t.stride_b;
+  s.b = 1;
+  return s;
+}
+}  // namespace detail
+
 /// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish.
 template <class Isa = isa::native, attention_policy P>
 void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
@@ -47,6 +66,26 @@ void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tenso
   if constexpr (policy_with_check<P>) p.check(q, k, v, o);
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);
+  // Validate the whole call (shapes, options, aliasing) before plan(): a bad argument throws before a
+  // stateful policy (DGQA) updates its state or any sample is computed.
+  detail::validate_call(q, kv.k, kv.v, o, opt);
+  if constexpr (policy_with_per_sample<P>) {
+    if (p.per_sample() && q.b > 1) {
+      head_map map = p.plan(detail::sample(q, 0), detail::sample(kv.k, 0));
+      const auto per = static_cast<std::size_t>(q.h * q.s);  // LSE entries of one sample
+      for (index_t ib = 0; ib < q.b; ++ib) {
+        const auto qs = detail::sample(q, ib), ks = detail::sample(kv.k, ib), vs = detail::sample(kv.v, ib);
+        const auto os = detail::sample(o, ib);
+        attention_options so = opt;
+        if (!opt.kv_lengths.empty()) so.kv_lengths = opt.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
+        if (!opt.lse.empty()) so.lse = opt.lse.subspan(static_cast<std::size_t>(ib) * per, per);
+        if (ib > 0) map = p.plan(qs, ks);
+        attend<Isa>(qs, ks, vs, os, map, so);
+        if constexpr (policy_with_finish<P>) p.finish(os, map);
+      }
+      return;
+    }
+  }
   const head_map map = p.plan(q, kv.k);
   attend<Isa>(q, kv.k, kv.v, o, map, opt);
   if constexpr (policy_with_finish<P>) p.finish(o, map);

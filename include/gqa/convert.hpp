@@ -1,0 +1,4 @@
+// gqa/convert.hpp: (being written)
+#pragma once
+
+#include "config.hpp"

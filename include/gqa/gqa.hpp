@@ -1,0 +1,16 @@
+// gqa/gqa.hpp: the umbrella header: every public header of gqa.
+// Not included here: gqa/interop/eigen.hpp (needs Eigen), gqa/reference/* (slow reference code for tests),
+// gqa/detail/* (internals).
+#pragma once
+
+#include "config.hpp"
+#include "version.hpp"
+#include "errors.hpp"
+#include "tensor.hpp"
+#include "head_map.hpp"
+#include "options.hpp"
+#include "isa/tags.hpp"
+#include "attention.hpp"
+#include "random.hpp"
+#include "variants.hpp"
+#include "convert.hpp"

@@ -1,0 +1,60 @@
+// gqa/isa/vec_avx512.hpp: the vector primitive set on AVX-512F (16 floats per __m512).
+// Same meaning lane by lane as vec<scalar> (vec_scalar.hpp); uses AVX-512F instructions only.
+#pragma once
+
+#include "../config.hpp"
+#include "tags.hpp"
+#include "vec_scalar.hpp"
+
+#if GQA_HAS_AVX512
+#include <immintrin.h>
+
+GQA_BEGIN_NAMESPACE
+namespace isa {
+
+template <>
+struct vec<avx512> {
+  using reg = __m512;
+  static constexpr int lanes = 16;
+
+  static GQA_FORCEINLINE reg zero() noexcept { return _mm512_setzero_ps(); }
+  static GQA_FORCEINLINE reg set1(float x) noexcept { return _mm512_set1_ps(x); }
+  static GQA_FORCEINLINE reg load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  static GQA_FORCEINLINE void store(float* p, reg v) noexcept { _mm512_storeu_ps(p, v); }
+  /// Masked lanes are neither read nor written (no fault past the end of a buffer).
+  static GQA_FORCEINLINE __mmask16 mask(int n) noexcept {
+    return static_cast<__mmask16>(n >= 16 ? 0xFFFFu : ((1u << (n > 0 ? n : 0)) - 1u));
+  }
+  static GQA_FORCEINLINE reg load_partial(const float* p, int n) noexcept { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static GQA_FORCEINLINE void store_partial(float* p, reg v, int n) noexcept { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
+  static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
+  static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
+  static GQA_FORCEINLINE reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+  static GQA_FORCEINLINE reg max(reg a, reg b) noexcept { return _mm512_max_ps(a, b); }
+  static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return _mm512_min_ps(a, b); }
+  /// Low 256 + high 256 bits (AVX-512F only: the 64x4 extract, not the DQ 32x8 one).
+  static GQA_FORCEINLINE __m256 half_sum(reg a) noexcept {
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+    return _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+  }
+  static GQA_FORCEINLINE float reduce_sum(reg a) noexcept { return _mm512_reduce_add_ps(a); }
+  static GQA_FORCEINLINE float reduce_max(reg a) noexcept { return _mm512_reduce_max_ps(a); }
+  static GQA_FORCEINLINE void reduce_sum4(reg a, reg b, reg c, reg d, float* out) noexcept {
+    const __m256 ab = _mm256_hadd_ps(half_sum(a), half_sum(b));
+    const __m256 cd = _mm256_hadd_ps(half_sum(c), half_sum(d));
+    const __m256 abcd = _mm256_hadd_ps(ab, cd);
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+  }
+  static GQA_FORCEINLINE reg round(reg a) noexcept {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
+    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
+};
+
+}  // namespace isa
+GQA_END_NAMESPACE
+#endif  // GQA_HAS_AVX512

@@ -1,0 +1,56 @@
+// gqa/isa/vec_neon.hpp: the vector primitive set on AArch64 Advanced SIMD (4 floats per float32x4_t).
+// Same meaning lane by lane as vec<scalar> (vec_scalar.hpp); only compiled when GQA_HAS_NEON.
+#pragma once
+
+#include "../config.hpp"
+#include "tags.hpp"
+#include "vec_scalar.hpp"
+
+#if GQA_HAS_NEON
+#include <arm_neon.h>
+
+GQA_BEGIN_NAMESPACE
+namespace isa {
+
+template <>
+struct vec<neon> {
+  using reg = float32x4_t;
+  static constexpr int lanes = 4;
+
+  static GQA_FORCEINLINE reg zero() noexcept { return vdupq_n_f32(0.0f); }
+  static GQA_FORCEINLINE reg set1(float x) noexcept { return vdupq_n_f32(x); }
+  static GQA_FORCEINLINE reg load(const float* p) noexcept { return vld1q_f32(p); }
+  static GQA_FORCEINLINE void store(float* p, reg v) noexcept { vst1q_f32(p, v); }
+  /// NEON has no masked loads: lanes are moved one by one, so nothing past p[n) is touched.
+  static GQA_FORCEINLINE reg load_partial(const float* p, int n) noexcept {
+    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < n && i < 4; ++i) t[i] = p[i];
+    return vld1q_f32(t);
+  }
+  static GQA_FORCEINLINE void store_partial(float* p, reg v, int n) noexcept {
+    float t[4];
+    vst1q_f32(t, v);
+    for (int i = 0; i < n && i < 4; ++i) p[i] = t[i];
+  }
+  static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
+  static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return vsubq_f32(a, b); }
+  static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return vmulq_f32(a, b); }
+  static GQA_FORCEINLINE reg fma(reg a, reg b, reg c) noexcept { return vfmaq_f32(c, a, b); }
+  static GQA_FORCEINLINE reg max(reg a, reg b) noexcept { return vmaxq_f32(a, b); }
+  static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return vminq_f32(a, b); }
+  static GQA_FORCEINLINE float reduce_sum(reg a) noexcept { return vaddvq_f32(a); }
+  static GQA_FORCEINLINE float reduce_max(reg a) noexcept { return vmaxvq_f32(a); }
+  static GQA_FORCEINLINE void reduce_sum4(reg a, reg b, reg c, reg d, float* out) noexcept {
+    // Pairwise adds: [a0+a1, a2+a3, b0+b1, b2+b3], then [a, b, c, d] sums.
+    vst1q_f32(out, vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d)));
+  }
+  static GQA_FORCEINLINE reg round(reg a) noexcept { return vrndnq_f32(a); }  // ties to even
+  static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
+    const int32x4_t e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
+    return vreinterpretq_f32_s32(vshlq_n_s32(e, 23));
+  }
+};
+
+}  // namespace isa
+GQA_END_NAMESPACE
+#endif  // GQA_HAS_NEON

@@ -1,0 +1,4 @@
+// gqa/variants/dgqa.hpp: (being written)
+#pragma once
+
+#include "policy.hpp"

@@ -1,0 +1,23 @@
+// gqa/variants/gqa.hpp: grouped-query attention (Ainslie et al. 2023) as a policy: uniform contiguous
+// groups. Checkpoint conversion (MHA -> GQA mean pooling) is in gqa/convert.hpp.
+#pragma once
+
+#include "policy.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+/// GQA (spec §4): hkv divides hq, map[h] = floor(h / (hq / hkv)). MHA and MQA are its two ends.
+struct gqa_policy {
+  static constexpr std::string_view name = "gqa";
+  void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
+             const tensor_view<float>&) const {
+    if (q.h % k.h != 0)
+      detail::fail("gqa::gqa_policy: k.h = ", k.h, ": the number of KV heads must divide q.h = ", q.h,
+                   " (uniform GQA groups); use KDGQA/DGQA or head_map::from_allocation for unequal groups");
+  }
+  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) const {
+    return head_map::uniform(q.h, k.h);
+  }
+};
+
+GQA_END_NAMESPACE

@@ -1,0 +1,4 @@
+// gqa/variants/kdgqa.hpp: (being written)
+#pragma once
+
+#include "policy.hpp"

@@ -1,0 +1,20 @@
+// gqa/variants/mha.hpp: multi-head attention as a policy: every query head has its own KV head.
+#pragma once
+
+#include "policy.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+/// MHA (spec §2): hkv == hq, map[h] = h.
+struct mha_policy {
+  static constexpr std::string_view name = "mha";
+  void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
+             const tensor_view<float>&) const {
+    if (k.h != q.h) detail::fail("gqa::mha_policy: k.h = ", k.h, ": MHA needs one KV head per query head (q.h = ", q.h, ")");
+  }
+  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>&) const {
+    return head_map::uniform(q.h, q.h);
+  }
+};
+
+GQA_END_NAMESPACE

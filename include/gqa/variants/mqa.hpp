@@ -1,0 +1,20 @@
+// gqa/variants/mqa.hpp: multi-query attention as a policy: every query head shares the one KV head.
+#pragma once
+
+#include "policy.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+/// MQA (Shazeer 2019, spec §3): hkv == 1, map[h] = 0.
+struct mqa_policy {
+  static constexpr std::string_view name = "mqa";
+  void check(const tensor_view<const float>&, const tensor_view<const float>& k, const tensor_view<const float>&,
+             const tensor_view<float>&) const {
+    if (k.h != 1) detail::fail("gqa::mqa_policy: k.h = ", k.h, ": MQA has exactly one KV head");
+  }
+  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>&) const {
+    return head_map::uniform(q.h, 1);
+  }
+};
+
+GQA_END_NAMESPACE

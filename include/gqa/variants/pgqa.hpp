@@ -1,0 +1,4 @@
+// gqa/variants/pgqa.hpp: (being written)
+#pragma once
+
+#include "policy.hpp"

@@ -1,0 +1,4 @@
+// gqa/variants/wgqa.hpp: (being written)
+#pragma once
+
+#include "policy.hpp"

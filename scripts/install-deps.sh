@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# scripts/install-deps.sh [--neon] [--plot] [--dry-run]: install what gqa needs to build, test and benchmark
+# on Debian/Ubuntu. Idempotent and non-interactive: runs `apt-get update` + `apt-get install` only for the
+# packages that are missing, as root directly or through sudo otherwise.
+#   (always)  cmake g++ make libeigen3-dev libgtest-dev googletest libbenchmark-dev
+#             (OpenMP: g++ ships libgomp, nothing extra is needed)
+#   --neon    g++-aarch64-linux-gnu qemu-user     (cross-build and run the NEON tests, scripts/test-neon.sh)
+#   --plot    gnuplot-nox                          (plots of the comparison)
+set -euo pipefail
+
+packages=(cmake g++ make libeigen3-dev libgtest-dev googletest libbenchmark-dev)
+dry_run=0
+for arg in "$@"; do
+  case "$arg" in
+    --neon) packages+=(g++-aarch64-linux-gnu qemu-user) ;;
+    --plot) packages+=(gnuplot-nox) ;;
+    --dry-run) dry_run=1 ;;
+    -h | --help)
+      sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "install-deps.sh: unknown option '$arg' (use --neon, --plot, --dry-run)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+is_installed() {
+  [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+
+missing=()
+for p in "${packages[@]}"; do
+  is_installed "$p" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps.sh: all ${#packages[@]} packages already installed (${packages[*]})"
+  exit 0
+fi
+echo "install-deps.sh: missing: ${missing[*]}"
+if [ "$dry_run" = 1 ]; then
+  exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps.sh: apt-get not found; install these with your package manager: ${missing[*]}" >&2
+  exit 1
+fi
+if [ "$(id -u)" -eq 0 ]; then
+  as_root=()
+elif command -v sudo >/dev/null 2>&1; then
+  as_root=(sudo -n)  # never prompt: fail instead of hanging in CI
+else
+  echo "install-deps.sh: not root and no sudo; run as root: apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "install-deps.sh: installed ${missing[*]}"
