@@ -1,0 +1,78 @@
+// gqa/reference/attention.hpp: the naive reference attention every kernel is tested against.
+// Plain loops, double accumulation, the full score row materialised, an explicit per-query-head KV index:
+// written independently of the core (no head_map, no tiles, no exp2, no online softmax).
+// Not part of gqa/gqa.hpp; slow by design (O(b·hq·sq·skv·d) with no blocking).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "../config.hpp"
+#include "../tensor.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace reference {
+
+/// Output of reference::attention, in double. o is laid out [b][sq][hq][dv]; lse is [b][hq][sq]
+/// (natural log; -inf for rows that see no key).
+struct attention_result {
+  index_t b = 0, sq = 0, hq = 0, dv = 0;
+  std::vector<double> o;
+  std::vector<double> lse;
+  double out(index_t ib, index_t i, index_t h, index_t c) const {
+    return o[static_cast<std::size_t>(((ib * sq + i) * hq + h) * dv + c)];
+  }
+  double log_sum_exp(index_t ib, index_t h, index_t i) const {
+    return lse[static_cast<std::size_t>((ib * hq + h) * sq + i)];
+  }
+};
+
+/// O[b,i,h] = Σ_j softmax_j(scale · Q[b,i,h]·K[b,j,kv_of_q[h]]) · V[b,j,kv_of_q[h]] over the visible keys
+/// j: j < L_b (L_b = kv_lengths[b], or skv when kv_lengths is empty) and, when causal, j <= i + (L_b - sq)
+/// (bottom-right alignment). Rows with no visible key are zero with LSE -inf.
+/// Preconditions (not checked: this is test code): shapes consistent, kv_of_q.size() == q.h.
+inline attention_result attention(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                                  const tensor_view<const float>& v, std::span<const index_t> kv_of_q, double scale,
+                                  bool causal, std::span<const index_t> kv_lengths = {}) {
+  attention_result r;
+  r.b = q.b;
+  r.sq = q.s;
+  r.hq = q.h;
+  r.dv = v.d;
+  r.o.assign(static_cast<std::size_t>(q.b * q.s * q.h * v.d), 0.0);
+  r.lse.assign(static_cast<std::size_t>(q.b * q.h * q.s), -std::numeric_limits<double>::infinity());
+  std::vector<double> s(static_cast<std::size_t>(k.s));
+  for (index_t ib = 0; ib < q.b; ++ib) {
+    const index_t len = kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
+    for (index_t h = 0; h < q.h; ++h) {
+      const index_t g = kv_of_q[static_cast<std::size_t>(h)];
+      for (index_t i = 0; i < q.s; ++i) {
+        index_t visible = len;
+        if (causal) visible = std::clamp<index_t>(i + (len - q.s) + 1, 0, len);
+        if (visible == 0) continue;
+        double m = -std::numeric_limits<double>::infinity();
+        for (index_t j = 0; j < visible; ++j) {
+          double dot = 0.0;
+          for (index_t c = 0; c < q.d; ++c) dot += static_cast<double>(q(ib, i, h, c)) * static_cast<double>(k(ib, j, g, c));
+          s[static_cast<std::size_t>(j)] = dot * scale;
+          m = std::max(m, dot * scale);
+        }
+        double l = 0.0;
+        for (index_t j = 0; j < visible; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
+        for (index_t c = 0; c < v.d; ++c) {
+          double acc = 0.0;
+          for (index_t j = 0; j < visible; ++j) acc += s[static_cast<std::size_t>(j)] * static_cast<double>(v(ib, j, g, c));
+          r.o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + c)] = acc / l;
+        }
+        r.lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)] = m + std::log(l);
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace reference
+GQA_END_NAMESPACE
