@@ -1,0 +1,346 @@
+// tests/suites/vec_suite.hpp: every primitive of isa::vec<Isa> checked lane by lane against its defining
+// scalar semantics (isa/vec_scalar.hpp), partial loads/stores against guarded memory, and the vectorised
+// exp2 (isa/vec_math.hpp) against std::exp2 in double. Compiled once per ISA: helpers stay in `namespace {}`.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#define GQA_TEST_HAS_MMAP 1
+#else
+#define GQA_TEST_HAS_MMAP 0
+#endif
+
+#include <gqa/isa/vec.hpp>
+#include <gqa/isa/vec_math.hpp>
+
+#include "support/isa_suite.hpp"
+
+// GCC 12 reports -Wuninitialized inside its own AVX-512 intrinsic headers (the `__m512i __Y = __Y;`
+// idiom of _mm512_undefined_*) once constant arguments are propagated into them: a false positive.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+namespace {
+
+using scalar_vec = gqa::isa::vec<gqa::isa::scalar>;
+
+constexpr float k_inf = std::numeric_limits<float>::infinity();
+constexpr double k_unit_roundoff = 0x1p-24;  // u for float (round to nearest)
+
+/// The lanes of a register, in memory order.
+template <class Isa>
+std::array<float, gqa::isa::vec<Isa>::lanes> lanes_of(typename gqa::isa::vec<Isa>::reg r) {
+  std::array<float, gqa::isa::vec<Isa>::lanes> out{};
+  gqa::isa::vec<Isa>::store(out.data(), r);
+  return out;
+}
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+/// n floats that end exactly where an inaccessible (PROT_NONE) page begins, so any read or write past
+/// element n - 1 faults, with or without ASan. Falls back to an exactly sized heap block (which ASan
+/// guards) where mmap is unavailable.
+class guarded_floats {
+ public:
+  explicit guarded_floats(std::size_t n) : n_(n) {
+#if GQA_TEST_HAS_MMAP
+    page_ = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    const std::size_t body = (n * sizeof(float) + page_ - 1) / page_ * page_ + page_;
+    total_ = body + page_;
+    void* p = mmap(nullptr, total_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    base_ = static_cast<char*>(p);
+    mprotect(base_ + body, page_, PROT_NONE);
+    data_ = reinterpret_cast<float*>(base_ + body) - n;
+#else
+    heap_ = std::make_unique<float[]>(n);
+    data_ = heap_.get();
+#endif
+  }
+  guarded_floats(const guarded_floats&) = delete;
+  guarded_floats& operator=(const guarded_floats&) = delete;
+  ~guarded_floats() {
+#if GQA_TEST_HAS_MMAP
+    munmap(base_, total_);
+#endif
+  }
+  float* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return n_; }
+
+ private:
+  std::size_t n_;
+  float* data_ = nullptr;
+#if GQA_TEST_HAS_MMAP
+  std::size_t page_ = 0, total_ = 0;
+  char* base_ = nullptr;
+#else
+  std::unique_ptr<float[]> heap_;
+#endif
+};
+
+/// A few floats of every kind the core meets: random of both signs and several magnitudes, ±inf, ±0.
+std::vector<float> interesting_floats(std::size_t n, std::uint64_t seed) {
+  std::vector<float> x = gqa::test::random_floats(n, seed, -4.0f, 4.0f);
+  const auto scale = gqa::test::random_floats(n, seed + 1, -20.0f, 20.0f);
+  for (std::size_t i = 0; i < n; ++i) x[i] = std::ldexp(x[i], static_cast<int>(scale[i]));
+  const float specials[] = {0.0f, -0.0f, 1.0f, -1.0f, k_inf, -k_inf, 0x1p-126f, 3.0e38f, -3.0e38f};
+  for (std::size_t i = 0; i < std::size(specials) && i * 7 < n; ++i) x[i * 7] = specials[i];
+  return x;
+}
+
+// Note [vec suite NaN]
+// The primitives are checked on non-NaN inputs only: the core never feeds NaN to max/min (masked scores
+// are −inf), and NEON's fmax-style vmaxq_f32/vminq_f32 propagate NaN where the scalar `a > b ? a : b`
+// returns b. max/min are also not checked on (−0, +0) pairs (the sign of a zero max is unobservable in
+// softmax).
+
+}  // namespace
+
+template <class Isa>
+class vec_suite : public gqa::test::isa_test<Isa> {};
+TYPED_TEST_SUITE_P(vec_suite);
+
+TYPED_TEST_P(vec_suite, zero_set1_load_store) {
+  using V = gqa::isa::vec<TypeParam>;
+  constexpr int L = V::lanes;
+  for (const float z : lanes_of<TypeParam>(V::zero())) EXPECT_TRUE(same_bits(z, 0.0f));
+  for (const float s : lanes_of<TypeParam>(V::set1(-2.75f))) EXPECT_EQ(s, -2.75f);
+  // Unaligned loads and stores at every offset within a 64-byte line.
+  const auto src = interesting_floats(static_cast<std::size_t>(L + 16), 11);
+  for (int off = 0; off < 16; ++off) {
+    SCOPED_TRACE(::testing::Message() << "offset " << off);
+    std::vector<float> dst(static_cast<std::size_t>(L + 16), 7.0f);
+    V::store(dst.data() + off, V::load(src.data() + off));
+    for (int i = 0; i < L + 16; ++i) {
+      const bool inside = i >= off && i < off + L;
+      EXPECT_TRUE(same_bits(dst[static_cast<std::size_t>(i)], inside ? src[static_cast<std::size_t>(i)] : 7.0f)) << i;
+    }
+  }
+}
+
+// load_partial / store_partial for every n in [0, lanes]: the n floats sit at the very end of a guarded
+// block (page-guarded, and an exactly sized heap block for ASan), so touching p[n] faults.
+TYPED_TEST_P(vec_suite, partial_loads_and_stores_touch_only_n_lanes) {
+  using V = gqa::isa::vec<TypeParam>;
+  constexpr int L = V::lanes;
+  const auto src = interesting_floats(static_cast<std::size_t>(L), 23);
+  for (int n = 0; n <= L; ++n) {
+    SCOPED_TRACE(::testing::Message() << "n = " << n << " of " << L << " lanes");
+    const auto un = static_cast<std::size_t>(n);
+    guarded_floats page(un);
+    std::copy(src.begin(), src.begin() + n, page.data());
+    auto heap = std::make_unique<float[]>(un);  // ASan flags any access past heap[n - 1]
+    std::copy(src.begin(), src.begin() + n, heap.get());
+    for (float* p : {page.data(), heap.get()}) {
+      const auto got = lanes_of<TypeParam>(V::load_partial(p, n));
+      for (int i = 0; i < L; ++i)
+        EXPECT_TRUE(same_bits(got[static_cast<std::size_t>(i)], i < n ? src[static_cast<std::size_t>(i)] : 0.0f))
+            << "lane " << i;
+    }
+    const auto value = V::load(interesting_floats(static_cast<std::size_t>(L), 29).data());
+    const auto want = lanes_of<TypeParam>(value);
+    for (float* p : {page.data(), heap.get()}) {
+      std::fill(p, p + n, -5.0f);
+      V::store_partial(p, value, n);
+      for (int i = 0; i < n; ++i) EXPECT_TRUE(same_bits(p[i], want[static_cast<std::size_t>(i)])) << "lane " << i;
+    }
+    // And in a larger buffer, nothing at or past p[n] changes.
+    std::vector<float> big(static_cast<std::size_t>(2 * L), -5.0f);
+    V::store_partial(big.data(), value, n);
+    for (int i = n; i < 2 * L; ++i) EXPECT_EQ(big[static_cast<std::size_t>(i)], -5.0f) << "lane " << i;
+  }
+}
+
+TYPED_TEST_P(vec_suite, arithmetic_matches_scalar_lane_by_lane) {
+  using V = gqa::isa::vec<TypeParam>;
+  using S = scalar_vec;
+  constexpr int L = V::lanes;
+  const int rounds = gqa::test::reduced ? 64 : 512;
+  for (int rnd = 0; rnd < rounds; ++rnd) {
+    const auto a = interesting_floats(static_cast<std::size_t>(L), 1000 + 3 * static_cast<std::uint64_t>(rnd));
+    const auto b = interesting_floats(static_cast<std::size_t>(L), 1001 + 3 * static_cast<std::uint64_t>(rnd));
+    const auto c = interesting_floats(static_cast<std::size_t>(L), 1002 + 3 * static_cast<std::uint64_t>(rnd));
+    const auto va = V::load(a.data()), vb = V::load(b.data()), vc = V::load(c.data());
+    const auto add = lanes_of<TypeParam>(V::add(va, vb)), sub = lanes_of<TypeParam>(V::sub(va, vb));
+    const auto mul = lanes_of<TypeParam>(V::mul(va, vb)), fma = lanes_of<TypeParam>(V::fma(va, vb, vc));
+    const auto mx = lanes_of<TypeParam>(V::max(va, vb)), mn = lanes_of<TypeParam>(V::min(va, vb));
+    for (std::size_t i = 0; i < static_cast<std::size_t>(L); ++i) {
+      SCOPED_TRACE(::testing::Message() << "round " << rnd << " lane " << i << ": a = " << a[i] << ", b = " << b[i]
+                                        << ", c = " << c[i]);
+      const auto same = [](float x, float y) { return same_bits(x, y) || (std::isnan(x) && std::isnan(y)); };
+      EXPECT_TRUE(same(add[i], S::add(a[i], b[i])));
+      EXPECT_TRUE(same(sub[i], S::sub(a[i], b[i])));
+      EXPECT_TRUE(same(mul[i], S::mul(a[i], b[i])));
+      EXPECT_TRUE(same(fma[i], S::fma(a[i], b[i], c[i])));
+      if (!(a[i] == 0.0f && b[i] == 0.0f)) {  // See Note [vec suite NaN]
+        EXPECT_TRUE(same(mx[i], S::max(a[i], b[i])));
+        EXPECT_TRUE(same(mn[i], S::min(a[i], b[i])));
+      }
+    }
+  }
+}
+
+TYPED_TEST_P(vec_suite, fma_is_fused) {
+  using V = gqa::isa::vec<TypeParam>;
+  // (1 + 2⁻¹²)² = 1 + 2⁻¹¹ + 2⁻²⁴: the 2⁻²⁴ survives only a single rounding.
+  const float a = 1.0f + 0x1p-12f, c = -(1.0f + 0x1p-11f);
+  for (const float x : lanes_of<TypeParam>(V::fma(V::set1(a), V::set1(a), V::set1(c)))) EXPECT_EQ(x, 0x1p-24f);
+}
+
+TYPED_TEST_P(vec_suite, reductions) {
+  using V = gqa::isa::vec<TypeParam>;
+  constexpr int L = V::lanes;
+  // reduce_sum may add the lanes in any order: L - 1 additions, each within u relative, so the error is
+  // below γ_L · Σ|x| (γ_n = n·u / (1 − n·u)).
+  const double gamma = L * k_unit_roundoff / (1.0 - L * k_unit_roundoff);
+  const int rounds = gqa::test::reduced ? 64 : 512;
+  for (int rnd = 0; rnd < rounds; ++rnd) {
+    SCOPED_TRACE(::testing::Message() << "round " << rnd);
+    std::array<std::vector<float>, 4> x;
+    typename V::reg r[4];
+    std::array<double, 4> exact{}, abs_sum{};
+    for (std::size_t k = 0; k < 4; ++k) {
+      x[k] = gqa::test::random_floats(static_cast<std::size_t>(L), 5000 + 4 * static_cast<std::uint64_t>(rnd) + k,
+                                      -100.0f, 100.0f);
+      r[k] = V::load(x[k].data());
+      for (const float e : x[k]) {
+        exact[k] += e;
+        abs_sum[k] += std::fabs(e);
+      }
+    }
+    EXPECT_NEAR(V::reduce_sum(r[0]), exact[0], gamma * abs_sum[0]);
+    EXPECT_EQ(V::reduce_max(r[0]), *std::max_element(x[0].begin(), x[0].end()));
+    float four[4] = {0, 0, 0, 0};
+    V::reduce_sum4(r[0], r[1], r[2], r[3], four);
+    for (std::size_t k = 0; k < 4; ++k) EXPECT_NEAR(four[k], exact[k], gamma * abs_sum[k]) << "sum " << k;
+  }
+  // reduce_max with −inf lanes (fully masked key blocks) and a single finite lane.
+  std::vector<float> m(static_cast<std::size_t>(L), -k_inf);
+  EXPECT_EQ(V::reduce_max(V::load(m.data())), -k_inf);
+  m.back() = -3.5f;
+  EXPECT_EQ(V::reduce_max(V::load(m.data())), -3.5f);
+  EXPECT_EQ(V::reduce_sum(V::zero()), 0.0f);
+}
+
+TYPED_TEST_P(vec_suite, round_ties_to_even) {
+  using V = gqa::isa::vec<TypeParam>;
+  constexpr int L = V::lanes;
+  std::vector<float> x = {0.5f,  1.5f,  2.5f,   3.5f,  -0.5f,    -1.5f,      -2.5f,      126.5f, -126.5f,
+                          -127.5f, 0.49999997f, 0.50000006f, -0.0f, 0.0f, 8388607.5f, -8388607.5f, 16777216.0f,
+                          1.0e9f, -1.0e9f, 0x1p-30f, 127.0f, -127.0f, 126.49999f, -126.50001f};
+  const std::vector<float> want = {0.0f, 2.0f,  2.0f,    4.0f,  -0.0f,     -2.0f,      -2.0f,      126.0f, -126.0f,
+                                   -128.0f, 0.0f, 1.0f, -0.0f, 0.0f, 8388608.0f, -8388608.0f, 16777216.0f,
+                                   1.0e9f, -1.0e9f, 0.0f, 127.0f, -127.0f, 126.0f, -127.0f};
+  const auto more = gqa::test::random_floats(gqa::test::reduced ? 1024 : 16384, 77, -300.0f, 300.0f);
+  const std::size_t named = x.size();
+  x.insert(x.end(), more.begin(), more.end());
+  while (x.size() % static_cast<std::size_t>(L) != 0) x.push_back(0.25f);
+  for (std::size_t i0 = 0; i0 < x.size(); i0 += static_cast<std::size_t>(L)) {
+    const auto got = lanes_of<TypeParam>(V::round(V::load(x.data() + i0)));
+    for (std::size_t i = 0; i < static_cast<std::size_t>(L); ++i) {
+      const float expect = i0 + i < named ? want[i0 + i] : std::nearbyint(x[i0 + i]);
+      EXPECT_EQ(got[i], expect) << "round(" << x[i0 + i] << ")";
+      EXPECT_EQ(got[i], scalar_vec::round(x[i0 + i])) << "round(" << x[i0 + i] << ") vs scalar";
+    }
+  }
+}
+
+TYPED_TEST_P(vec_suite, pow2i_over_the_exponent_range) {
+  using V = gqa::isa::vec<TypeParam>;
+  for (int n = -127; n <= 127; ++n) {
+    const float want = n == -127 ? 0.0f : std::ldexp(1.0f, n);  // −127: biased exponent 0, exactly +0
+    for (const float got : lanes_of<TypeParam>(V::pow2i(V::set1(static_cast<float>(n)))))
+      EXPECT_TRUE(same_bits(got, want)) << "pow2i(" << n << ") = " << got;
+  }
+}
+
+// exp2 (Note [exp accuracy]): relative error against std::exp2 in double over the range softmax meets.
+// Arguments are x − m ≤ 0 in log2 units, so [−126, 0] is swept densely (every 2⁻¹⁵, ≈ 4.1M points, plus
+// the endpoints); [0, 127] (where only the scalar helper and tests go) more coarsely. Below −126 results
+// are subnormal or 0, so relative error is not meaningful there; what matters is that x < −126.5 gives
+// exactly 0, checked below.
+constexpr double k_exp2_max_rel_error = 1.0e-7;  // ≈ 1.7 u; measured 7.34e-8 exhaustively, see Note [exp accuracy]
+
+template <class Isa>
+double exp2_max_rel_error(double lo, double hi, double step, double* worst_x) {
+  using V = gqa::isa::vec<Isa>;
+  constexpr int L = V::lanes;
+  double worst = 0.0;
+  float in[L], out[L];
+  int fill = 0;
+  auto flush = [&] {
+    V::store(out, gqa::isa::exp2<Isa>(V::load(in)));
+    for (int i = 0; i < fill; ++i) {
+      const double e = std::exp2(static_cast<double>(in[i]));
+      const double rel = std::fabs(static_cast<double>(out[i]) - e) / e;
+      if (rel > worst) {
+        worst = rel;
+        *worst_x = in[i];
+      }
+    }
+    fill = 0;
+  };
+  const auto n = static_cast<std::int64_t>((hi - lo) / step);
+  for (std::int64_t i = 0; i <= n; ++i) {
+    in[fill++] = static_cast<float>(std::min(hi, lo + static_cast<double>(i) * step));
+    if (fill == L) flush();
+  }
+  if (fill > 0) {
+    for (int i = fill; i < L; ++i) in[i] = 0.0f;  // padding lanes are computed but not scored
+    flush();
+  }
+  return worst;
+}
+
+TYPED_TEST_P(vec_suite, exp2_accuracy) {
+  // The reduced builds (ASan, qemu) sweep every 2⁻¹¹ instead of every 2⁻¹⁵.
+  const double step = gqa::test::reduced ? 0x1p-11 : 0x1p-15;
+  double x_neg = 0.0, x_pos = 0.0;
+  const double neg = exp2_max_rel_error<TypeParam>(-126.0, 0.0, step, &x_neg);
+  const double pos = exp2_max_rel_error<TypeParam>(0.0, 127.0, step * 16, &x_pos);
+  std::printf("[ exp2 %s ] max relative error %.3g at x = %.9g on [-126, 0]; %.3g at x = %.9g on [0, 127]\n",
+              std::string(TypeParam::name).c_str(), neg, x_neg, pos, x_pos);
+  EXPECT_LE(neg, k_exp2_max_rel_error) << "worst at x = " << x_neg;
+  EXPECT_LE(pos, k_exp2_max_rel_error) << "worst at x = " << x_pos;
+}
+
+TYPED_TEST_P(vec_suite, exp2_special_values) {
+  using V = gqa::isa::vec<TypeParam>;
+  constexpr int L = V::lanes;
+  auto exp2v = [](float x) { return lanes_of<TypeParam>(gqa::isa::exp2<TypeParam>(V::set1(x)))[0]; };
+  // Masked scores: −inf and everything below −126.5 give exactly +0 (weight 0, never NaN).
+  for (const float x : {-k_inf, -3.0e38f, -1.0e6f, -200.0f, -127.0f, -126.75f, -126.5001f})
+    EXPECT_TRUE(same_bits(exp2v(x), 0.0f)) << "exp2(" << x << ") = " << exp2v(x);
+  // Integers are exact (f = 0 makes the polynomial exactly 1): softmax's alpha = exp2(0) must be 1.
+  for (int n = -126; n <= 127; ++n) EXPECT_EQ(exp2v(static_cast<float>(n)), std::ldexp(1.0f, n)) << "exp2(" << n << ")";
+  // Clamped above: 127 and beyond give 2^127, never inf.
+  for (const float x : {127.3f, 1.0e6f, k_inf}) EXPECT_EQ(exp2v(x), 0x1p127f) << "exp2(" << x << ")";
+  // Just above −126.5 the result is a small nonzero subnormal-range value, never negative.
+  EXPECT_GT(exp2v(-126.4f), 0.0f);
+  // Every ISA computes exactly the scalar helper's value, lane by lane (same operations, all fused).
+  const auto x = gqa::test::random_floats(gqa::test::reduced ? 4096 : 65536, 91, -130.0f, 130.0f);
+  for (std::size_t i0 = 0; i0 + static_cast<std::size_t>(L) <= x.size(); i0 += static_cast<std::size_t>(L)) {
+    const auto got = lanes_of<TypeParam>(gqa::isa::exp2<TypeParam>(V::load(x.data() + i0)));
+    for (std::size_t i = 0; i < static_cast<std::size_t>(L); ++i)
+      ASSERT_TRUE(same_bits(got[i], gqa::isa::exp2_scalar(x[i0 + i]))) << "exp2(" << x[i0 + i] << ")";
+  }
+}
+
+REGISTER_TYPED_TEST_SUITE_P(vec_suite, zero_set1_load_store, partial_loads_and_stores_touch_only_n_lanes,
+                            arithmetic_matches_scalar_lane_by_lane, fma_is_fused, reductions, round_ties_to_even,
+                            pow2i_over_the_exponent_range, exp2_accuracy, exp2_special_values);
