@@ -1,4 +1,156 @@
-// gqa/variants/kdgqa.hpp: (being written)
+// gqa/variants/kdgqa.hpp: Key-Distributed GQA (spec §5) as a policy: on every call, query heads are shared
+// out to KV heads in proportion to their min-max-scaled key norms (contiguous, possibly empty groups).
+// Invariant: stateless apart from the last allocation (kept for logging and the `previous` fallback).
 #pragma once
 
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <span>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "allocation.hpp"
 #include "policy.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+/// How KDGQA turns scaled norms into an allocation.
+enum class allocation_rule {
+  reference,  ///< spec §5.2: round half to even, then fix the sum by first arg-max / first arg-min
+  hamilton,   ///< non-reference (§5.8): largest remainder, ties to the lower index, optional minimum
+};
+/// "reference" or "hamilton".
+constexpr std::string_view to_string(allocation_rule r) noexcept {
+  return r == allocation_rule::reference ? "reference" : r == allocation_rule::hamilton ? "hamilton" : "unknown";
+}
+
+struct kdgqa_options {
+  allocation_rule rule = allocation_rule::reference;
+  /// Non-reference: one allocation per batch element (gqa::forward plans each sample on its own), so a
+  /// sample's output no longer depends on the rest of the batch (§5.6.6). Equals the reference for b = 1.
+  bool per_sample = false;
+  /// Non-reference, hamilton only: every KV head serves at least this many query heads (no dead heads).
+  int min_per_kv = 0;
+};
+
+namespace detail {
+inline void check_kdgqa_options(const kdgqa_options& opt, const char* where) {
+  if (opt.rule != allocation_rule::reference && opt.rule != allocation_rule::hamilton)
+    fail(where, ": options.rule = ", static_cast<int>(opt.rule), ": must be allocation_rule::reference or hamilton");
+  require(opt.min_per_kv >= 0, where, "options.min_per_kv", opt.min_per_kv, "must be >= 0");
+  if (opt.min_per_kv > 0 && opt.rule != allocation_rule::hamilton)
+    fail(where, ": options.min_per_kv = ", opt.min_per_kv,
+         ": a minimum per KV head needs options.rule = allocation_rule::hamilton (the reference rule has none)");
+}
+
+inline allocation_result kdgqa_fallback(grouping_status why, index_t hq, std::size_t hkv,
+                                        std::span<const int> previous, int min_per_kv) {
+  allocation_result r;
+  r.status = why;
+  const auto g = static_cast<index_t>(hkv);
+  if (hq % g != 0 && is_allocation(previous, hq, g, min_per_kv)) {
+    r.alloc.assign(previous.begin(), previous.end());
+    r.fallback = grouping_fallback::previous;
+  } else {
+    r.alloc = balanced_allocation(hq, g);
+    r.fallback = grouping_fallback::uniform;
+  }
+  return r;
+}
+}  // namespace detail
+
+/// KDGQA's allocation from per-KV-head key norms (spec §5.2 / §5.8), a pure function.
+/// reference rule: n̂ = (n - min n) / (max n - min n); a = round_half_even((n̂ / Σn̂) · hq); then while
+/// Σa > hq decrement the first arg-max, while Σa < hq increment the first arg-min. hamilton rule:
+/// hamilton_allocation(n̂, hq, min_per_kv). Fallbacks (§5.6.1, Decisions table), checked in this order:
+/// one KV head (fallback_single_kv), a non-finite norm (fallback_nonfinite), max - min <= 1e-6 · max
+/// (fallback_equal_norms); each takes uniform groups when hkv divides hq, else `previous` when it is a
+/// valid allocation (size hkv, entries >= min_per_kv, sum hq), else balanced_allocation (reported as
+/// `uniform`). An invalid or empty `previous` is simply not used.
+/// Throws for: no norms, a negative finite norm, hq outside [hkv, INT_MAX], invalid options.
+inline allocation_result kdgqa_allocate(std::span<const double> norms, index_t hq, const kdgqa_options& opt = {},
+                                        std::span<const int> previous = {}) {
+  constexpr const char* where = "gqa::kdgqa_allocate";
+  detail::check_kdgqa_options(opt, where);
+  detail::require(!norms.empty(), where, "norms.size()", norms.size(), "must be positive (one norm per KV head)");
+  const auto hkv = static_cast<index_t>(norms.size());
+  detail::require(hq >= 1 && hq <= INT_MAX, where, "hq", hq, "must be in [1, INT_MAX]");
+  if (hkv > hq) detail::fail(where, ": norms.size() = ", hkv, ": must be <= hq = ", hq, " (more KV heads than query heads)");
+  if (static_cast<index_t>(opt.min_per_kv) * hkv > hq)
+    detail::fail(where, ": options.min_per_kv = ", opt.min_per_kv, ": min_per_kv · hkv = ",
+                 static_cast<index_t>(opt.min_per_kv) * hkv, " exceeds hq = ", hq);
+  bool finite = true;
+  for (std::size_t g = 0; g < norms.size(); ++g) {
+    if (!std::isfinite(norms[g])) finite = false;
+    else if (norms[g] < 0.0) detail::fail(where, ": norms[", g, "] = ", norms[g], ": must be >= 0");
+  }
+  const int min_per = opt.rule == allocation_rule::hamilton ? opt.min_per_kv : 0;
+  if (hkv == 1) return detail::kdgqa_fallback(grouping_status::fallback_single_kv, hq, norms.size(), previous, min_per);
+  if (!finite) return detail::kdgqa_fallback(grouping_status::fallback_nonfinite, hq, norms.size(), previous, min_per);
+  const double lo = *std::min_element(norms.begin(), norms.end());
+  const double hi = *std::max_element(norms.begin(), norms.end());
+  // Equal (or all-zero) norms make min-max scaling 0/0: the reference turns that NaN into INT32_MIN and
+  // then loops ~2^31 times (§5.6.1). A relative 1e-6 band also catches norms equal up to rounding.
+  if (hi - lo <= 1e-6 * hi)
+    return detail::kdgqa_fallback(grouping_status::fallback_equal_norms, hq, norms.size(), previous, min_per);
+
+  std::vector<double> scaled(norms.size());
+  for (std::size_t g = 0; g < norms.size(); ++g) scaled[g] = (norms[g] - lo) / (hi - lo);
+  allocation_result r;
+  if (opt.rule == allocation_rule::reference) {
+    // n̂ ∈ [0, 1] with n̂ = 1 at the max, so Σn̂ >= 1 and every share is finite and in [0, hq].
+    r.alloc = round_half_even(proportional_shares(scaled, hq));
+    fix_sum_first_extreme(r.alloc, hq);
+  } else {
+    r.alloc = hamilton_allocation(scaled, hq, opt.min_per_kv);
+  }
+  return r;
+}
+
+/// KDGQA policy (spec §5): plan() computes key_norms(k), then kdgqa_allocate(norms, q.h, options,
+/// previous = the last plan's allocation), and returns head_map::from_allocation. No RNG, no state that
+/// changes the result except through the `previous` fallback. With options.per_sample, gqa::forward calls
+/// plan() once per batch element (on single-sample views).
+class kdgqa_policy {
+ public:
+  static constexpr std::string_view name = "kdgqa";
+
+  /// Throws gqa::invalid_argument for invalid options.
+  explicit kdgqa_policy(kdgqa_options opt = {}) : opt_(opt) { detail::check_kdgqa_options(opt_, "gqa::kdgqa_policy"); }
+
+  /// k.h <= q.h (§5.6.5) and min_per_kv · k.h <= q.h.
+  void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
+             const tensor_view<float>&) const {
+    check_heads(q.h, k.h);
+  }
+
+  /// The allocation for this call's keys (see kdgqa_allocate); last() keeps it.
+  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) {
+    check_heads(q.h, k.h);
+    const std::vector<double> norms = key_norms(k);
+    allocation_result r = kdgqa_allocate(norms, q.h, opt_, last_.alloc);
+    head_map map = head_map::from_allocation(r.alloc);
+    last_ = std::move(r);
+    return map;
+  }
+
+  bool per_sample() const noexcept { return opt_.per_sample; }
+  const kdgqa_options& options() const noexcept { return opt_; }
+  /// The last plan's allocation and status (empty alloc before the first plan).
+  const allocation_result& last() const noexcept { return last_; }
+
+ private:
+  void check_heads(index_t hq, index_t hkv) const {
+    detail::check_grouping_heads(hq, hkv, "gqa::kdgqa_policy");
+    if (static_cast<index_t>(opt_.min_per_kv) * hkv > hq)
+      detail::fail("gqa::kdgqa_policy: options.min_per_kv = ", opt_.min_per_kv, ": min_per_kv · k.h = ",
+                   static_cast<index_t>(opt_.min_per_kv) * hkv, " exceeds q.h = ", hq);
+  }
+
+  kdgqa_options opt_;
+  allocation_result last_;
+};
+
+GQA_END_NAMESPACE

@@ -1,0 +1,261 @@
+// gqa/variants/allocation.hpp: query-head allocations shared by KDGQA and DGQA (spec §5, §6): key norms,
+// half-to-even share rounding, the reference sum fix-ups, the largest-remainder rule, and the result types.
+// Invariant: every allocation these helpers return has one entry per KV head, entries >= 0, summing to hq.
+#pragma once
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "../config.hpp"
+#include "../errors.hpp"
+#include "../random.hpp"
+#include "../tensor.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+/// Why a plan() took the allocation it took.
+enum class grouping_status {
+  ok,                    ///< computed from the keys by the selected rule
+  fallback_single_kv,    ///< KDGQA with one KV head (min-max scaling is 0/0)
+  fallback_equal_norms,  ///< KDGQA: max - min <= 1e-6 · max (min-max scaling is 0/0 or noise)
+  fallback_nonfinite,    ///< a norm, magnitude or score was NaN or infinite
+  fallback_zero_score,   ///< DGQA: Σ score == 0 (e.g. diff of an exactly repeated batch)
+};
+/// Which allocation a fallback used.
+enum class grouping_fallback {
+  none,      ///< no fallback: the allocation was computed
+  uniform,   ///< balanced contiguous groups (exactly uniform when hkv divides hq), see balanced_allocation
+  previous,  ///< the previous allocation (KDGQA: the one passed in; DGQA: the state's splits)
+};
+
+/// "ok", "fallback_single_kv", ... (the enumerator's name).
+constexpr std::string_view to_string(grouping_status s) noexcept {
+  switch (s) {
+    case grouping_status::ok: return "ok";
+    case grouping_status::fallback_single_kv: return "fallback_single_kv";
+    case grouping_status::fallback_equal_norms: return "fallback_equal_norms";
+    case grouping_status::fallback_nonfinite: return "fallback_nonfinite";
+    case grouping_status::fallback_zero_score: return "fallback_zero_score";
+  }
+  return "unknown";
+}
+/// "none", "uniform" or "previous".
+constexpr std::string_view to_string(grouping_fallback f) noexcept {
+  switch (f) {
+    case grouping_fallback::none: return "none";
+    case grouping_fallback::uniform: return "uniform";
+    case grouping_fallback::previous: return "previous";
+  }
+  return "unknown";
+}
+
+/// What a plan() decided, for logging and tests.
+struct allocation_result {
+  std::vector<int> alloc;  ///< query heads per KV head (contiguous groups in KV-head order, may contain 0)
+  grouping_status status = grouping_status::ok;
+  grouping_fallback fallback = grouping_fallback::none;
+  bool updated = true;  ///< DGQA: false when the splits were reused (training step % window != 0)
+};
+
+/// Per KV head g: Σ_b ||k[b, :, g, :]||_F (unscaled keys, Frobenius over tokens × head_dim, summed over
+/// the batch), accumulated in double in a fixed sequential order (identical for any ISA/thread count).
+/// Every key position of the view counts, including padding past an attention call's kv_lengths.
+/// Throws gqa::invalid_argument for a null or empty view.
+inline std::vector<double> key_norms(const tensor_view<const float>& k) {
+  constexpr const char* where = "gqa::key_norms";
+  detail::require(k.data != nullptr, where, "k.data", "nullptr", "must not be null");
+  detail::require(k.b > 0, where, "k.b", k.b, "must be positive");
+  detail::require(k.s > 0, where, "k.s", k.s, "must be positive");
+  detail::require(k.h > 0, where, "k.h", k.h, "must be positive");
+  detail::require(k.d > 0, where, "k.d", k.d, "must be positive");
+  const auto hkv = static_cast<std::size_t>(k.h);
+  std::vector<double> norms(hkv, 0.0), sum_sq(hkv);
+  for (index_t ib = 0; ib < k.b; ++ib) {
+    std::fill(sum_sq.begin(), sum_sq.end(), 0.0);
+    // Token-major walk (a BSHD cache is read in address order); each (b, g) accumulator still sees its
+    // terms in (token, channel) order, so the sum equals the plain per-head triple loop bit for bit.
+    for (index_t is = 0; is < k.s; ++is)
+      for (index_t g = 0; g < k.h; ++g) {
+        double acc = sum_sq[static_cast<std::size_t>(g)];
+        for (index_t c = 0; c < k.d; ++c) {
+          // A float squared is exact in double (24 + 24 < 53 bits), so this is one rounding per term
+          // whether or not the compiler fuses it into an FMA: the same bits on every ISA.
+          const double x = static_cast<double>(k(ib, is, g, c));
+          acc += x * x;
+        }
+        sum_sq[static_cast<std::size_t>(g)] = acc;
+      }
+    for (std::size_t g = 0; g < hkv; ++g) norms[g] += std::sqrt(sum_sq[g]);
+  }
+  return norms;
+}
+
+/// shares[g] = (w[g] / Σ w) · total, Σ taken sequentially in index order, divide first (the reference's
+/// operation order, spec §5.6.7). Requires finite w[g] >= 0 with Σ w > 0 and total >= 0.
+inline std::vector<double> proportional_shares(std::span<const double> w, index_t total) {
+  constexpr const char* where = "gqa::proportional_shares";
+  detail::require(!w.empty(), where, "w.size()", w.size(), "must be positive");
+  detail::require(total >= 0, where, "total", total, "must be >= 0");
+  double sum = 0.0;
+  for (std::size_t g = 0; g < w.size(); ++g) {
+    if (!std::isfinite(w[g]) || w[g] < 0.0) detail::fail(where, ": w[", g, "] = ", w[g], ": must be finite and >= 0");
+    sum += w[g];
+  }
+  detail::require(sum > 0.0 && std::isfinite(sum), where, "sum(w)", sum, "must be positive and finite");
+  std::vector<double> s(w.size());
+  for (std::size_t g = 0; g < w.size(); ++g) s[g] = w[g] / sum * static_cast<double>(total);
+  return s;
+}
+
+/// Rounds each share half to even (torch.round semantics: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2), spec §5.2.
+/// std::nearbyint under the default FE_TONEAREST mode (gqa never changes the rounding mode); std::round
+/// (half away from zero) would differ from the reference on every tie. Requires finite shares in
+/// [0, INT_MAX]: NaN is never converted to an integer.
+inline std::vector<int> round_half_even(std::span<const double> shares) {
+  std::vector<int> a(shares.size());
+  for (std::size_t g = 0; g < shares.size(); ++g) {
+    if (!(shares[g] >= 0.0 && shares[g] <= static_cast<double>(INT_MAX)))
+      detail::fail("gqa::round_half_even: shares[", g, "] = ", shares[g], ": must be finite and in [0, INT_MAX]");
+    a[g] = static_cast<int>(std::nearbyint(shares[g]));
+  }
+  return a;
+}
+
+namespace detail {
+inline void check_sum_fix_args(std::span<const int> a, index_t total, const char* where) {
+  require(!a.empty(), where, "a.size()", a.size(), "must be positive");
+  require(total >= 0 && total <= INT_MAX, where, "total", total, "must be in [0, INT_MAX]");
+  for (std::size_t g = 0; g < a.size(); ++g)
+    if (a[g] < 0) fail(where, ": a[", g, "] = ", a[g], ": must be >= 0");
+}
+inline index_t sum_of(std::span<const int> a) noexcept {
+  index_t s = 0;
+  for (const int x : a) s += x;
+  return s;
+}
+inline std::size_t first_argmax(std::span<const int> a) noexcept {
+  std::size_t best = 0;
+  for (std::size_t g = 1; g < a.size(); ++g)
+    if (a[g] > a[best]) best = g;
+  return best;
+}
+/// hq and hkv of one KDGQA/DGQA allocation: hkv <= hq (§5.6.5: more KV heads than query heads leaves
+/// some unused by construction; rejected) and hq fits the int entries of an allocation.
+inline void check_grouping_heads(index_t hq, index_t hkv, const char* where, const char* hq_name = "q.h",
+                                 const char* hkv_name = "k.h") {
+  require(hq >= 1 && hq <= INT_MAX, where, hq_name, hq, "must be in [1, INT_MAX]");
+  require(hkv >= 1, where, hkv_name, hkv, "must be positive");
+  if (hkv > hq)
+    fail(where, ": ", hkv_name, " = ", hkv, ": must be <= ", hq_name, " = ", hq, " (more KV heads than query heads)");
+}
+inline std::size_t first_argmin(std::span<const int> a) noexcept {
+  std::size_t best = 0;
+  for (std::size_t g = 1; g < a.size(); ++g)
+    if (a[g] < a[best]) best = g;
+  return best;
+}
+}  // namespace detail
+
+/// KDGQA's reference sum fix-up (spec §5.2): while Σa > total decrement the FIRST arg-max, while
+/// Σa < total increment the FIRST arg-min (torch.argmax/argmin pick the first index). Each iteration
+/// moves Σa one step toward total, so it runs exactly |Σa - total| times; entries stay >= 0 because
+/// the arg-max of a sum above total >= 0 is >= 1. Requires a[g] >= 0 and total in [0, INT_MAX].
+inline void fix_sum_first_extreme(std::vector<int>& a, index_t total) {
+  detail::check_sum_fix_args(a, total, "gqa::fix_sum_first_extreme");
+  index_t sum = detail::sum_of(a);
+  for (; sum > total; --sum) --a[detail::first_argmax(a)];
+  for (; sum < total; ++sum) ++a[detail::first_argmin(a)];
+}
+
+/// Draws after which fix_sum_random stops retrying one decrement (see there): 64 · G.
+constexpr index_t random_fix_miss_limit(std::size_t g) noexcept { return 64 * static_cast<index_t>(g); }
+
+/// DGQA's reference sum repair with the reference's retry semantics (spec §6.3, §6.8): while Σa > total,
+/// draw i uniform in [0, G) and decrement a[i] only if a[i] > 0 (a miss draws again); while Σa < total,
+/// draw i and increment a[i]. Draws come from `rng` (gqa's counter-based stream, never std::
+/// distributions), so saving and restoring rng.counter replays them. Termination: one decrement hits a
+/// positive slot with probability >= 1/G per draw; after random_fix_miss_limit(G) misses in a row
+/// (probability < e^-64) the first arg-max is decremented instead, so the loop provably ends.
+/// Requires a[g] >= 0, total in [0, INT_MAX] and G <= UINT32_MAX.
+inline void fix_sum_random(std::vector<int>& a, index_t total, random::stream& rng) {
+  detail::check_sum_fix_args(a, total, "gqa::fix_sum_random");
+  detail::require(a.size() <= UINT32_MAX, "gqa::fix_sum_random", "a.size()", a.size(), "must be <= UINT32_MAX");
+  const auto n = static_cast<std::uint32_t>(a.size());
+  index_t sum = detail::sum_of(a);
+  while (sum > total) {
+    bool done = false;
+    for (index_t miss = 0; miss < random_fix_miss_limit(a.size()) && !done; ++miss) {
+      const std::uint32_t i = rng.uniform_int(n);
+      if (a[i] > 0) {
+        --a[i];
+        done = true;
+      }
+    }
+    if (!done) --a[detail::first_argmax(a)];
+    --sum;
+  }
+  for (; sum < total; ++sum) ++a[rng.uniform_int(n)];
+}
+
+/// Largest-remainder (Hamilton) allocation, non-reference (spec §5.8): every KV head first gets
+/// `min_per` seats; the other total - G·min_per seats are split by quotas (w[g] / Σw) · (total - G·min_per):
+/// each gets the floor of its quota, and the seats left go one each to the largest fractional parts,
+/// ties to the lower index. Requires finite w >= 0 with Σw > 0, 0 <= min_per and G·min_per <= total.
+inline std::vector<int> hamilton_allocation(std::span<const double> w, index_t total, int min_per = 0) {
+  constexpr const char* where = "gqa::hamilton_allocation";
+  detail::require(!w.empty(), where, "w.size()", w.size(), "must be positive");
+  detail::require(total >= 0 && total <= INT_MAX, where, "total", total, "must be in [0, INT_MAX]");
+  detail::require(min_per >= 0, where, "min_per", min_per, "must be >= 0");
+  const auto g_count = static_cast<index_t>(w.size());
+  if (static_cast<index_t>(min_per) * g_count > total)
+    detail::fail(where, ": min_per = ", min_per, ": min_per · G = ", static_cast<index_t>(min_per) * g_count,
+                 " exceeds total = ", total);
+  const index_t free_seats = total - static_cast<index_t>(min_per) * g_count;
+  const std::vector<double> quota = proportional_shares(w, free_seats);
+  std::vector<int> a(w.size());
+  std::vector<double> frac(w.size());
+  index_t given = 0;
+  for (std::size_t g = 0; g < w.size(); ++g) {
+    // quota <= free_seats up to rounding, so the floor fits an int; clamp guards the last ulp.
+    const double f = std::min(std::floor(quota[g]), static_cast<double>(free_seats));
+    a[g] = static_cast<int>(f);
+    frac[g] = quota[g] - f;
+    given += a[g];
+  }
+  std::vector<std::size_t> order(w.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return frac[x] > frac[y]; });
+  // Σ floor(quota) lies in (free_seats - G, free_seats], so at most G seats remain; the modulo only makes
+  // an impossible overshoot of the floating-point quotas harmless.
+  for (index_t r = 0; given + r < free_seats; ++r) ++a[order[static_cast<std::size_t>(r) % order.size()]];
+  if (given > free_seats) fix_sum_first_extreme(a, free_seats);
+  for (auto& x : a) x += min_per;
+  return a;
+}
+
+/// The most even contiguous allocation: hq / hkv each, plus one for the first hq % hkv KV heads
+/// (exactly uniform GQA when hkv divides hq). Used by the "uniform" fallback and dgqa_state::initial.
+inline std::vector<int> balanced_allocation(index_t hq, index_t hkv) {
+  constexpr const char* where = "gqa::balanced_allocation";
+  detail::require(hq >= 1 && hq <= INT_MAX, where, "hq", hq, "must be in [1, INT_MAX]");
+  detail::require(hkv >= 1, where, "hkv", hkv, "must be positive");
+  std::vector<int> a(static_cast<std::size_t>(hkv));
+  for (index_t g = 0; g < hkv; ++g) a[static_cast<std::size_t>(g)] = static_cast<int>(hq / hkv + (g < hq % hkv ? 1 : 0));
+  return a;
+}
+
+/// True when `a` is an allocation of hq query heads to hkv KV heads with at least min_per each.
+inline bool is_allocation(std::span<const int> a, index_t hq, index_t hkv, int min_per = 0) noexcept {
+  if (static_cast<index_t>(a.size()) != hkv || hq < 1) return false;
+  for (const int x : a)
+    if (x < min_per || x < 0) return false;
+  return detail::sum_of(a) == hq;
+}
+
+GQA_END_NAMESPACE
