@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# scripts/test-neon.sh: cross-build gqa's test suite for AArch64 (NEON) and run it under qemu-aarch64.
+#   1. GoogleTest for aarch64, built once from Debian's `googletest` source package (/usr/src/googletest;
+#      Debian's libgtest-dev is x86-64 only) and installed into <build>/googletest/install
+#   2. gqa_tests (scalar + neon suite TUs, GQA_TEST_REDUCED=ON; no benchmarks, examples or packaging)
+#      configured with cmake/toolchain-aarch64.cmake and built in <build>/gqa
+#   3. ctest in <build>/gqa: every test runs under qemu-aarch64 (CMAKE_CROSSCOMPILING_EMULATOR)
+# Ends with one summary line; exits non-zero if anything failed. Needs g++-aarch64-linux-gnu, qemu-user
+# and googletest (scripts/install-deps.sh --neon). Nothing is downloaded.
+# Environment: GQA_BUILD_DIR (default <repo>/build/neon), GQA_JOBS (default 2), GQA_GTEST_SOURCE (default
+# /usr/src/googletest), GQA_CTEST_ARGS (extra ctest arguments, e.g. "-R vec_suite").
+set -uo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${GQA_BUILD_DIR:-$repo/build/neon}"
+jobs="${GQA_JOBS:-2}"
+gtest_src="${GQA_GTEST_SOURCE:-/usr/src/googletest}"
+toolchain="$repo/cmake/toolchain-aarch64.cmake"
+start=$(date +%s)
+mkdir -p "$build"
+
+finish() {  # finish <status> <detail>
+  local elapsed=$(($(date +%s) - start))
+  printf 'test-neon.sh: %s in %dm%02ds: %s\n' "$([ "$1" = 0 ] && echo PASS || echo FAIL)" $((elapsed / 60)) \
+    $((elapsed % 60)) "$2"
+  exit "$1"
+}
+
+for tool in aarch64-linux-gnu-g++ aarch64-linux-gnu-gcc qemu-aarch64 cmake ctest; do
+  command -v "$tool" >/dev/null 2>&1 || finish 1 "$tool not found (run scripts/install-deps.sh --neon)"
+done
+[ -f "$gtest_src/CMakeLists.txt" ] || finish 1 "no GoogleTest sources at $gtest_src (apt-get install googletest)"
+
+# 1. GoogleTest for aarch64 (rebuilt only when missing).
+gtest_prefix="$build/googletest/install"
+gtest_config=$(find "$gtest_prefix" -name GTestConfig.cmake -print -quit 2>/dev/null)
+if [ -z "$gtest_config" ]; then
+  echo "=== test-neon.sh: building GoogleTest for aarch64 from $gtest_src"
+  cmake -S "$gtest_src" -B "$build/googletest/build" -DCMAKE_TOOLCHAIN_FILE="$toolchain" \
+    -DCMAKE_BUILD_TYPE=Release -DBUILD_GMOCK=OFF -DINSTALL_GTEST=ON -DCMAKE_INSTALL_PREFIX="$gtest_prefix" \
+    >"$build/googletest.log" 2>&1 &&
+    cmake --build "$build/googletest/build" -j "$jobs" >>"$build/googletest.log" 2>&1 &&
+    cmake --install "$build/googletest/build" >>"$build/googletest.log" 2>&1 ||
+    { tail -30 "$build/googletest.log"; finish 1 "GoogleTest build FAILED (log: $build/googletest.log)"; }
+  gtest_config=$(find "$gtest_prefix" -name GTestConfig.cmake -print -quit)
+fi
+[ -n "$gtest_config" ] || finish 1 "GoogleTest installed no GTestConfig.cmake under $gtest_prefix"
+
+# 2. The test binary. Eigen is header-only: the host's package config is fine for the target too.
+eigen_args=()
+for d in /usr/share/eigen3/cmake /usr/lib/cmake/eigen3; do
+  if [ -f "$d/Eigen3Config.cmake" ]; then
+    eigen_args=(-DEigen3_DIR="$d")
+    break
+  fi
+done
+echo "=== test-neon.sh: configure + build gqa_tests for aarch64 in $build/gqa"
+cmake -S "$repo" -B "$build/gqa" -DCMAKE_TOOLCHAIN_FILE="$toolchain" -DCMAKE_BUILD_TYPE=Release \
+  -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF -DGQA_INSTALL=OFF \
+  -DGQA_TEST_REDUCED=ON -DGTest_DIR="$(dirname "$gtest_config")" "${eigen_args[@]}" ||
+  finish 1 "configure FAILED"
+cmake --build "$build/gqa" --target gqa_tests -j "$jobs" || finish 1 "build FAILED"
+
+# 3. Run under qemu. ctest's own tally line says how many ran.
+log="$build/ctest.log"
+# shellcheck disable=SC2086  # GQA_CTEST_ARGS is split on purpose
+(cd "$build/gqa" && ctest --output-on-failure -j "$jobs" -LE packaging --timeout 600 ${GQA_CTEST_ARGS:-}) 2>&1 |
+  tee "$log"
+rc=${PIPESTATUS[0]}
+tally=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -1)
+if [ -z "$tally" ]; then
+  finish 1 "no tests ran"
+fi
+failed_n=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$tally")
+total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$tally")
+[ "$total" -gt 0 ] || finish 1 "no tests ran"
+finish "$rc" "$((total - failed_n))/$total passed under qemu-aarch64 (scalar + neon, reduced shapes)"
