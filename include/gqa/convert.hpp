@@ -1,4 +1,196 @@
-// gqa/convert.hpp: (being written)
+// gqa/convert.hpp: checkpoint conversion: MHA -> GQA/MQA mean pooling of K/V projections (spec §4.2) and
+// the WGQA inference fold (spec §8.2). Weights are PyTorch nn.Linear (out, in) row-major; head j of a K or
+// V projection is the row block [j·d, (j+1)·d); groups are contiguous (group g = heads [g·s, (g+1)·s)).
+// Invariant: every output value is one index-order double sum of exact float products, rounded once.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <span>
+#include <string>
+#include <vector>
+
 #include "config.hpp"
+#include "errors.hpp"
+#include "variants/wgqa.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+namespace detail {
+
+inline void check_finite(std::span<const float> x, const char* where, const std::string& name) {
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (!std::isfinite(x[i])) fail(where, ": ", name, "[", i, "] = ", x[i], ": must be finite");
+}
+
+inline void check_pool_shape(index_t heads, index_t groups, index_t d, const char* where) {
+  require(heads > 0, where, "heads", heads, "must be positive");
+  require(groups > 0, where, "groups", groups, "must be positive");
+  if (heads % groups != 0)
+    fail(where, ": groups = ", groups, ": must divide heads = ", heads, " (uniform GQA groups, spec §4.3)");
+  require(d > 0, where, "d", d, "must be positive");
+}
+
+/// x holds `heads` blocks of `block` values; block g of the result is the mean of blocks [g·s, (g+1)·s).
+inline std::vector<float> mean_pool_blocks(std::span<const float> x, index_t heads, index_t groups, index_t block) {
+  const index_t s = heads / groups;
+  std::vector<float> out(static_cast<std::size_t>(groups * block));
+  std::vector<double> acc(static_cast<std::size_t>(block));
+  for (index_t g = 0; g < groups; ++g) {
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (index_t j = g * s; j < (g + 1) * s; ++j) {
+      const float* src = x.data() + j * block;
+      for (index_t e = 0; e < block; ++e) acc[static_cast<std::size_t>(e)] += static_cast<double>(src[e]);
+    }
+    // torch's mean divides the sum by the count; so do we (not a multiply by 1/s, which rounds twice).
+    for (index_t e = 0; e < block; ++e)
+      out[static_cast<std::size_t>(g * block + e)] = static_cast<float>(acc[static_cast<std::size_t>(e)] / static_cast<double>(s));
+  }
+  return out;
+}
+
+inline void check_size(std::size_t got, index_t need, const char* where, const std::string& name, const char* formula) {
+  if (static_cast<index_t>(got) != need) fail(where, ": ", name, ".size() = ", got, ": must equal ", formula, " = ", need);
+}
+
+inline void check_bias(std::span<const float> b, index_t heads, index_t d, const char* where, const std::string& name) {
+  if (b.empty()) return;
+  check_size(b.size(), heads * d, where, name, "heads * d (or 0 for no bias)");
+  check_finite(b, where, name);
+}
+
+}  // namespace detail
+
+/// MHA -> GQA mean pooling of one K or V projection weight (spec §4.2): w is (heads·d × in_dim) row-major;
+/// the result is (groups·d × in_dim), block g = (1/s)·Σ_{j∈g} W[j], s = heads / groups. groups = 1 gives
+/// MQA. Throws gqa::invalid_argument for a bad size, groups not dividing heads, or a non-finite weight.
+inline std::vector<float> mean_pool_heads(std::span<const float> w, index_t heads, index_t groups, index_t d,
+                                          index_t in_dim) {
+  constexpr const char* where = "gqa::mean_pool_heads";
+  detail::check_pool_shape(heads, groups, d, where);
+  detail::require(in_dim > 0, where, "in_dim", in_dim, "must be positive");
+  const index_t block = detail::checked_mul(d, in_dim, where, "d * in_dim");
+  detail::check_size(w.size(), detail::checked_mul(heads, block, where, "heads * d * in_dim"), where, "w",
+                     "heads * d * in_dim");
+  detail::check_finite(w, where, "w");
+  return detail::mean_pool_blocks(w, heads, groups, block);
+}
+
+/// Mean pooling of one K or V projection bias (heads·d values) into groups·d values (spec §4.2).
+inline std::vector<float> mean_pool_bias(std::span<const float> b, index_t heads, index_t groups, index_t d) {
+  constexpr const char* where = "gqa::mean_pool_bias";
+  detail::check_pool_shape(heads, groups, d, where);
+  detail::check_size(b.size(), detail::checked_mul(heads, d, where, "heads * d"), where, "b", "heads * d");
+  detail::check_finite(b, where, "b");
+  return detail::mean_pool_blocks(b, heads, groups, d);
+}
+
+/// The K and V projections of one attention module (nn.Linear layout). Biases may be empty (no bias).
+struct kv_projection {
+  std::vector<float> w_k, b_k, w_v, b_v;
+};
+
+/// Converts an MHA module's K/V projections (heads·d × in_dim each) to GQA with `groups` KV heads by mean
+/// pooling weights and biases (spec §4.2); Q and the output projection are unchanged and not taken.
+/// groups = 1 converts to MQA.
+inline kv_projection convert_mha_to_gqa(const kv_projection& mha, index_t heads, index_t groups, index_t d,
+                                        index_t in_dim) {
+  constexpr const char* where = "gqa::convert_mha_to_gqa";
+  detail::check_pool_shape(heads, groups, d, where);
+  detail::require(in_dim > 0, where, "in_dim", in_dim, "must be positive");
+  const index_t block = detail::checked_mul(d, in_dim, where, "d * in_dim");
+  const index_t need = detail::checked_mul(heads, block, where, "heads * d * in_dim");
+  detail::check_size(mha.w_k.size(), need, where, "mha.w_k", "heads * d * in_dim");
+  detail::check_size(mha.w_v.size(), need, where, "mha.w_v", "heads * d * in_dim");
+  detail::check_finite(mha.w_k, where, "mha.w_k");
+  detail::check_finite(mha.w_v, where, "mha.w_v");
+  detail::check_bias(mha.b_k, heads, d, where, "mha.b_k");
+  detail::check_bias(mha.b_v, heads, d, where, "mha.b_v");
+  kv_projection out;
+  out.w_k = detail::mean_pool_blocks(mha.w_k, heads, groups, block);
+  out.w_v = detail::mean_pool_blocks(mha.w_v, heads, groups, block);
+  if (!mha.b_k.empty()) out.b_k = detail::mean_pool_blocks(mha.b_k, heads, groups, d);
+  if (!mha.b_v.empty()) out.b_v = detail::mean_pool_blocks(mha.b_v, heads, groups, d);
+  return out;
+}
+
+namespace detail {
+
+/// W̃_g[k, c] = Σ_{j∈g} weight_j(k, c) · W_j[k, c] for one projection (spec §8.2), weight per kind.
+inline std::vector<float> wgqa_fold_weight(const std::vector<float>& wp, const std::vector<float>& ww, const wgqa_weights& w) {
+  const index_t s = w.hq / w.hkv, d = w.d, in = w.model_dim;
+  std::vector<float> out(static_cast<std::size_t>(w.hkv * d * in));
+  std::vector<double> acc(static_cast<std::size_t>(in));
+  for (index_t g = 0; g < w.hkv; ++g)
+    for (index_t k = 0; k < d; ++k) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (index_t j = g * s; j < (g + 1) * s; ++j) {
+        const float* row = wp.data() + (j * d + k) * in;
+        // Exact float × float products in double: contraction into FMAs cannot change the sum.
+        if (w.kind == wgqa_kind::row) {
+          const float* r = ww.data() + j * in;
+          for (index_t c = 0; c < in; ++c) acc[static_cast<std::size_t>(c)] += static_cast<double>(r[c]) * static_cast<double>(row[c]);
+        } else {
+          const double f = w.kind == wgqa_kind::scalar ? ww[static_cast<std::size_t>(j)] : ww[static_cast<std::size_t>(j * d + k)];
+          for (index_t c = 0; c < in; ++c) acc[static_cast<std::size_t>(c)] += f * static_cast<double>(row[c]);
+        }
+      }
+      float* dst = out.data() + (g * d + k) * in;
+      for (index_t c = 0; c < in; ++c) dst[c] = static_cast<float>(acc[static_cast<std::size_t>(c)]);
+    }
+  return out;
+}
+
+/// b̃_g[k] = Σ_{j∈g} w_j b_j[k] (scalar) or Σ_{j∈g} c_j[k] b_j[k] (col).
+inline std::vector<float> wgqa_fold_bias(const std::vector<float>& b, const std::vector<float>& ww, const wgqa_weights& w) {
+  const index_t s = w.hq / w.hkv, d = w.d;
+  std::vector<float> out(static_cast<std::size_t>(w.hkv * d));
+  for (index_t g = 0; g < w.hkv; ++g)
+    for (index_t k = 0; k < d; ++k) {
+      double acc = 0.0;
+      for (index_t j = g * s; j < (g + 1) * s; ++j) {
+        const double f = w.kind == wgqa_kind::scalar ? ww[static_cast<std::size_t>(j)] : ww[static_cast<std::size_t>(j * d + k)];
+        acc += f * static_cast<double>(b[static_cast<std::size_t>(j * d + k)]);
+      }
+      out[static_cast<std::size_t>(g * d + k)] = static_cast<float>(acc);
+    }
+  return out;
+}
+
+}  // namespace detail
+
+/// The WGQA inference fold (spec §8.2): from the per-head projections (w.hq·w.d × w.model_dim each) and
+/// trained WGQA weights, the plain GQA projections (w.hkv·w.d × w.model_dim) whose output equals the
+/// weighted combination, for every kind: W̃_g[k, c] = Σ_{j∈g} w_j W_j[k, c] (scalar), c_j[k] W_j[k, c]
+/// (col), r_j[c] W_j[k, c] (row). Biases fold as b̃_g = Σ w_j ⊙ b_j for scalar and col; row weights
+/// have no bias fold, so their biases must be empty. Run the result with gqa_policy (map h / s).
+inline kv_projection wgqa_fold(const kv_projection& per_head, const wgqa_weights& w) {
+  constexpr const char* where = "gqa::wgqa_fold";
+  detail::check_wgqa_weights(w, where);
+  const index_t need = w.hq * w.d * w.model_dim;  // overflow checked by check_wgqa_weights
+  detail::check_size(per_head.w_k.size(), need, where, "per_head.w_k", "weights.hq * weights.d * weights.model_dim");
+  detail::check_size(per_head.w_v.size(), need, where, "per_head.w_v", "weights.hq * weights.d * weights.model_dim");
+  detail::check_finite(per_head.w_k, where, "per_head.w_k");
+  detail::check_finite(per_head.w_v, where, "per_head.w_v");
+  if (w.kind == wgqa_kind::row) {
+    if (!per_head.b_k.empty())
+      detail::fail(where, ": per_head.b_k.size() = ", per_head.b_k.size(),
+                   ": must be 0 for row weights (r_j scales input features; a bias has none to scale, so it has "
+                   "no fold; the reference T5 model has no projection biases)");
+    if (!per_head.b_v.empty())
+      detail::fail(where, ": per_head.b_v.size() = ", per_head.b_v.size(),
+                   ": must be 0 for row weights (r_j scales input features; a bias has none to scale, so it has "
+                   "no fold; the reference T5 model has no projection biases)");
+  } else {
+    detail::check_bias(per_head.b_k, w.hq, w.d, where, "per_head.b_k");
+    detail::check_bias(per_head.b_v, w.hq, w.d, where, "per_head.b_v");
+  }
+  kv_projection out;
+  out.w_k = detail::wgqa_fold_weight(per_head.w_k, w.k, w);
+  out.w_v = detail::wgqa_fold_weight(per_head.w_v, w.v, w);
+  if (!per_head.b_k.empty()) out.b_k = detail::wgqa_fold_bias(per_head.b_k, w.k, w);
+  if (!per_head.b_v.empty()) out.b_v = detail::wgqa_fold_bias(per_head.b_v, w.v, w);
+  return out;
+}
+
+GQA_END_NAMESPACE

@@ -1,4 +1,196 @@
-// gqa/variants/pgqa.hpp: (being written)
+// gqa/variants/pgqa.hpp: Perturbed GQA (spec §7) as a policy: uniform GQA groups, then standardised
+// uniform noise, scaled by each output row's mean and std, is subtracted from the attention output.
+// Invariant: the noise is a pure function of (seed, layer, call, group, head-in-group, flat index), and
+// every step is computed in double in a fixed order with explicit FMAs, so the perturbed output is
+// bitwise the same for any thread count, ISA and tile size.
 #pragma once
 
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "../random.hpp"
 #include "policy.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+/// When pgqa_policy perturbs its output.
+enum class pgqa_noise {
+  always,      ///< reference (spec §7.2): every call, training or not
+  train_only,  ///< departure from the reference: only while training() is true
+  off,         ///< never (plain GQA); the call counter still advances
+};
+
+/// "always", "train_only" or "off".
+constexpr std::string_view to_string(pgqa_noise m) noexcept {
+  return m == pgqa_noise::always ? "always" : m == pgqa_noise::train_only ? "train_only" : m == pgqa_noise::off ? "off" : "unknown";
+}
+
+struct pgqa_options {
+  std::uint64_t seed = 0;   ///< the generator seed (the reference uses torch's global RNG instead)
+  std::uint64_t layer = 0;  ///< this attention module's layer index: a key of the noise
+  pgqa_noise noise = pgqa_noise::always;
+};
+
+// Note [PGQA noise]
+// Spec §7.2 draws, per group g and forward call, a fresh matrix R (s × N), N = seq·d_v, of U[0,1) values,
+// sets the "diagonal" R[i][i] (i < min(s, N)) to 0, and standardises each row to zero mean and unit
+// unbiased std. gqa draws R[i][n] = random::to_unit_float(random::hash(seed, {layer, call, g, i, n})),
+// which replaces torch.rand's global stream with a keyed counter, so any element can be drawn by any
+// thread in any order. The zeroed diagonal is zero only before standardisation: afterwards it sits at
+// -ρμ/ρσ ≈ -√3 (spec §7.2 measured -1.744).
+
+/// The standardised noise row Z[i, ·] of group `group`, head-in-group `head_in_group` (Note [PGQA noise]):
+/// R drawn, R[i][i] zeroed (when i < n), then (R - mean) / std_unbiased, with std := 1 if it is 0. Sums in
+/// double in index order. `n` = seq·d_v must be >= 2. PGQA's gradient (spec §7.4) needs exactly this Z.
+inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std::uint64_t layer, std::uint64_t call,
+                                    index_t group, index_t head_in_group) {
+  const index_t n = static_cast<index_t>(z.size());
+  detail::require(n >= 2, "gqa::pgqa_standardised_noise", "z.size()", n, "must be >= 2 (unbiased std)");
+  detail::require(group >= 0, "gqa::pgqa_standardised_noise", "group", group, "must be >= 0");
+  detail::require(head_in_group >= 0, "gqa::pgqa_standardised_noise", "head_in_group", head_in_group, "must be >= 0");
+  const auto g = static_cast<std::uint64_t>(group), i = static_cast<std::uint64_t>(head_in_group);
+  for (index_t c = 0; c < n; ++c)
+    z[static_cast<std::size_t>(c)] =
+        random::to_unit_float(random::hash(seed, {layer, call, g, i, static_cast<std::uint64_t>(c)}));
+  if (head_in_group < n) z[static_cast<std::size_t>(head_in_group)] = 0.0;  // the "diagonal": row i, column i
+  double sum = 0.0;
+  for (const double r : z) sum += r;
+  const double mean = sum / static_cast<double>(n);
+  double ss = 0.0;
+  // Explicit fma: with -mfma the compiler would contract a*b+c on some ISAs only, and the result must not
+  // depend on the ISA.
+  for (const double r : z) ss = std::fma(r - mean, r - mean, ss);
+  double sd = std::sqrt(ss / static_cast<double>(n - 1));
+  if (sd == 0.0) sd = 1.0;  // spec §7.2: ρσ := 1 when the row is constant
+  for (double& r : z) r = (r - mean) / sd;
+}
+
+/// Same, returning the row.
+inline std::vector<double> pgqa_standardised_noise(index_t n, std::uint64_t seed, std::uint64_t layer,
+                                                   std::uint64_t call, index_t group, index_t head_in_group) {
+  detail::require(n >= 2, "gqa::pgqa_standardised_noise", "n", n, "must be >= 2 (unbiased std)");
+  std::vector<double> z(static_cast<std::size_t>(n));
+  pgqa_standardised_noise(z, seed, layer, call, group, head_in_group);
+  return z;
+}
+
+/// PGQA's post-step (spec §7.2), a pure function. `o` holds the attention output (b, s, hq, dv); the
+/// query heads form hkv uniform contiguous groups. For every head h = g·(hq/hkv) + i and batch element b,
+/// the row X = O[b, :, h, :] flattened token-major (n = p·dv + c, N = s·dv values) becomes
+///   X' = X − (Z[i, ·]·σ + μ),   μ = mean(X), σ = unbiased std(X),
+/// with Z = pgqa_standardised_noise(N, seed, layer, call, g, i), shared across the batch. Every reduction
+/// is in double in index order; the result is rounded to float once. A constant row becomes 0.
+/// Throws gqa::invalid_argument (before touching o) if hkv does not divide hq, s·dv == 1, or any value of
+/// o is not finite.
+inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t seed, std::uint64_t layer,
+                         std::uint64_t call) {
+  constexpr const char* where = "gqa::pgqa_perturb";
+  detail::require(o.data != nullptr, where, "o.data", "nullptr", "must not be null");
+  detail::require(o.b > 0, where, "o.b", o.b, "must be positive");
+  detail::require(o.s > 0, where, "o.s", o.s, "must be positive");
+  detail::require(o.h > 0, where, "o.h", o.h, "must be positive");
+  detail::require(o.d > 0, where, "o.d", o.d, "must be positive");
+  detail::require(hkv > 0, where, "hkv", hkv, "must be positive");
+  if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
+  const index_t n = o.s * o.d;
+  if (n < 2)
+    detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined, spec §7.3)");
+  for (index_t ib = 0; ib < o.b; ++ib)
+    for (index_t p = 0; p < o.s; ++p)
+      for (index_t h = 0; h < o.h; ++h)
+        for (index_t c = 0; c < o.d; ++c)
+          if (!std::isfinite(o(ib, p, h, c)))
+            detail::fail(where, ": o(", ib, ", ", p, ", ", h, ", ", c, ") = ", o(ib, p, h, c), ": must be finite");
+
+  const index_t grp = o.h / hkv;
+  std::vector<double> z(static_cast<std::size_t>(n));
+  for (index_t g = 0; g < hkv; ++g)
+    for (index_t i = 0; i < grp; ++i) {
+      const index_t h = g * grp + i;
+      pgqa_standardised_noise(z, seed, layer, call, g, i);
+      for (index_t ib = 0; ib < o.b; ++ib) {
+        double sum = 0.0;
+        for (index_t p = 0; p < o.s; ++p)
+          for (index_t c = 0; c < o.d; ++c) sum += static_cast<double>(o(ib, p, h, c));
+        const double mu = sum / static_cast<double>(n);
+        double ss = 0.0;
+        for (index_t p = 0; p < o.s; ++p)
+          for (index_t c = 0; c < o.d; ++c) {
+            const double dx = static_cast<double>(o(ib, p, h, c)) - mu;
+            ss = std::fma(dx, dx, ss);  // explicit: see pgqa_standardised_noise
+          }
+        const double sigma = std::sqrt(ss / static_cast<double>(n - 1));
+        const double* zr = z.data();
+        for (index_t p = 0; p < o.s; ++p)
+          for (index_t c = 0; c < o.d; ++c, ++zr) {
+            float& x = o(ib, p, h, c);
+            // noise = Z·σ + μ, as one explicit fma (ISA-independent). A constant row has σ = 0 and μ == x
+            // exactly (N < 2^29 copies of a float sum exactly in double), so it becomes exactly 0.
+            x = static_cast<float>(static_cast<double>(x) - std::fma(*zr, sigma, mu));
+          }
+      }
+    }
+}
+
+/// PGQA (spec §7) as a policy: static uniform groups (hkv must divide hq); after the core, finish()
+/// applies pgqa_perturb keyed by (options.seed, options.layer, calls()) when the mode asks for it, then
+/// advances the call counter (always, also when no noise is applied, so the noise of call t does not
+/// depend on the modes of earlier calls). Save calls() and restore it with set_calls() to replay a call.
+class pgqa_policy {
+ public:
+  static constexpr std::string_view name = "pgqa";
+
+  explicit pgqa_policy(pgqa_options opt = {}) : opt_(opt) {
+    if (opt_.noise != pgqa_noise::always && opt_.noise != pgqa_noise::train_only && opt_.noise != pgqa_noise::off)
+      detail::fail("gqa::pgqa_policy: options.noise = ", static_cast<int>(opt_.noise),
+                   ": must be pgqa_noise::always, train_only or off");
+  }
+
+  const pgqa_options& options() const noexcept { return opt_; }
+  /// Used by pgqa_noise::train_only only. Starts true, like a freshly built torch.nn.Module.
+  void set_training(bool on) noexcept { training_ = on; }
+  bool training() const noexcept { return training_; }
+  /// Number of finish() calls so far: the `call` key of the next call's noise.
+  std::uint64_t calls() const noexcept { return calls_; }
+  void set_calls(std::uint64_t c) noexcept { calls_ = c; }
+  /// True when the next finish() perturbs.
+  bool perturbs() const noexcept {
+    return opt_.noise == pgqa_noise::always || (opt_.noise == pgqa_noise::train_only && training_);
+  }
+
+  void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
+             const tensor_view<float>& o) const {
+    if (q.h % k.h != 0)
+      detail::fail("gqa::pgqa_policy: k.h = ", k.h, ": the number of KV heads must divide q.h = ", q.h,
+                   " (PGQA uses uniform GQA groups)");
+    if (o.s * o.d < 2)
+      detail::fail("gqa::pgqa_policy: o.s * o.d = ", o.s * o.d,
+                   ": must be > 1 (the unbiased std of a single value is undefined, spec §7.3)");
+  }
+
+  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) const {
+    return head_map::uniform(q.h, k.h);
+  }
+
+  /// Perturbs o (per the mode) with the uniform groups of `map`, then advances the call counter.
+  void finish(const tensor_view<float>& o, const head_map& map) {
+    if (map.hq() % map.hkv() != 0 || !(map == head_map::uniform(map.hq(), map.hkv())))
+      detail::fail("gqa::pgqa_policy::finish: map: must be uniform contiguous groups (head_map::uniform(", map.hq(),
+                   ", ", map.hkv(), "))");
+    detail::require(map.hq() == o.h, "gqa::pgqa_policy::finish", "map.hq()", map.hq(),
+                    ("must equal o.h = " + std::to_string(o.h)).c_str());
+    if (perturbs()) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, calls_);
+    ++calls_;
+  }
+
+ private:
+  pgqa_options opt_;
+  bool training_ = true;
+  std::uint64_t calls_ = 0;
+};
+
+GQA_END_NAMESPACE
