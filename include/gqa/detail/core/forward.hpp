@@ -39,8 +39,17 @@ inline constexpr float k_log2e = 1.4426950408889634f;
 inline constexpr float k_ln2 = 0.6931471805599453f;
 inline constexpr float k_neg_inf = -std::numeric_limits<float>::infinity();
 inline constexpr index_t k_direct_rows = 8;  // See Note [direct path]
+inline constexpr index_t k_direct_keys = 8;  // keys per step of the key-major walk (Note [decode tasks])
 
 inline index_t round_up(index_t x, index_t m) noexcept { return (x + m - 1) / m * m; }
+/// A real load of *p whose value is discarded (the compiler may not drop it, unlike a prefetch hint it
+/// is never ignored by the CPU and trains the hardware prefetcher).
+GQA_FORCEINLINE void touch(const float* p) noexcept {
+  const float x = *static_cast<const volatile float*>(p);
+  static_cast<void>(x);
+}
+/// Largest power of two <= x (x >= 1).
+constexpr int pow2_floor(int x) noexcept { return x < 2 ? 1 : 2 * pow2_floor(x / 2); }
 
 /// Everything a task needs, fixed for the call.
 struct problem {
@@ -158,25 +167,34 @@ struct kernel {
     std::fill(lrow, lrow + rows, 0.0f);
     std::fill(oacc, oacc + rows * lay.dvp, 0.0f);
 
+    // A task is either one KV head on the tiled path (prefill) or several KV heads that all take the
+    // direct path (decode). Decode tasks compute the scores of all their heads key by key, in address
+    // order, and P·V head by head from cache (Note [decode tasks]).
+    const bool key_major = t.g1 - t.g0 > 1;
     for (index_t j0 = c_lo; j0 < kv_hi; j0 += lay.bk) {
       const index_t nb = std::min(lay.bk, kv_hi - j0);
       const index_t nbp = round_up(nb, L);
       const bool partial_block = (j0 + nb > kv_unmasked) || nbp != nb;
+      if (key_major) scores_key_major(pb, t, j0, nb, qp, sc, lay.bk);
       for (index_t gi = t.g0, r0 = 0; gi < t.g1; ++gi) {
         const index_t g = pb.active[gi];
         const index_t G = pb.map->group_size(g);
         const index_t grow = G * npos;
+        float* srow0 = sc + r0 * lay.bk;
         const bool direct = grow <= k_direct_rows;  // See Note [direct path]
-        if (direct) {
-          scores_direct(pb, t.ib, g, j0, nb, qp + r0 * d, grow, sc, lay.bk);
-        } else {
+        const float* kb = pb.k.row(t.ib, j0, g);
+        const float* vb = pb.v.row(t.ib, j0, g);
+        const index_t ks = pb.k.stride_s, vs = pb.v.stride_s;
+        if (direct && !key_major) {
+          scores_direct(kb, ks, d, nb, qp + r0 * d, grow, srow0, lay.bk);
+        } else if (!direct) {
           pack_k(pb, t.ib, g, j0, nb, nbp, kp);
           pack_v(pb, t.ib, g, j0, nb, lay.dvp, vp);
-          scores(qp + r0 * d, grow, d, kp, nbp, sc, lay.bk);
+          scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk);
         }
         // Mask: columns past nb are padding; with causal, row limits may cut inside the block.
         for (index_t r = 0; r < grow; ++r) {
-          float* srow = sc + r * lay.bk;
+          float* srow = srow0 + r * lay.bk;
           if (partial_block) {
             const index_t lim = std::clamp<index_t>(row_limit(t.q0 + r / G) - j0, 0, nb);
             for (index_t j = lim; j < nbp; ++j) srow[j] = k_neg_inf;
@@ -184,9 +202,9 @@ struct kernel {
           softmax_update(srow, nbp, mrow[r0 + r], lrow[r0 + r], oacc + (r0 + r) * lay.dvp, lay.dvp);
         }
         if (direct) {
-          accumulate_pv_direct(pb, t.ib, g, j0, nb, sc, grow, lay.bk, lay.dvp, oacc + r0 * lay.dvp);
+          accumulate_pv_direct(vb, vs, dv, nb, srow0, grow, lay.bk, lay.dvp, oacc + r0 * lay.dvp);
         } else {
-          accumulate_pv(sc, grow, lay.bk, vp, nb, lay.dvp, oacc + r0 * lay.dvp);
+          accumulate_pv(srow0, grow, lay.bk, vp, nb, lay.dvp, oacc + r0 * lay.dvp);
         }
         r0 += grow;
       }
@@ -194,6 +212,86 @@ struct kernel {
 
     if (part) return;
     write_rows(pb, t, oacc, lay.dvp, mrow, lrow);
+  }
+
+  /// One row's score against key row k: the dot product as a vector of partial sums (two chains).
+  static GQA_FORCEINLINE typename V::reg dot_partial(const float* q, const float* k, index_t dfull, int tail) noexcept {
+    auto a0 = V::zero(), a1 = V::zero();
+    index_t c = 0;
+    for (; c + 2 * L <= dfull; c += 2 * L) {
+      a0 = V::fma(V::load(q + c), V::load(k + c), a0);
+      a1 = V::fma(V::load(q + c + L), V::load(k + c + L), a1);
+    }
+    if (c < dfull) a0 = V::fma(V::load(q + c), V::load(k + c), a0);
+    if (tail) a1 = V::fma(V::load_partial(q + dfull, tail), V::load_partial(k + dfull, tail), a1);
+    return V::add(a0, a1);
+  }
+
+  /// Four rows against one key row k: S[r][0] for r < 4 (row stride lds). K is loaded once for the rows.
+  static GQA_FORCEINLINE void dot_rows4(const float* q, index_t d, const float* k, index_t dfull, int tail, float* s,
+                                        index_t lds) noexcept {
+    typename V::reg acc[4][2];
+    for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = V::zero();
+    index_t c = 0;
+    for (; c + 2 * L <= dfull; c += 2 * L) {
+      const auto vk0 = V::load(k + c), vk1 = V::load(k + c + L);
+      for (int r = 0; r < 4; ++r) {
+        acc[r][0] = V::fma(V::load(q + r * d + c), vk0, acc[r][0]);
+        acc[r][1] = V::fma(V::load(q + r * d + c + L), vk1, acc[r][1]);
+      }
+    }
+    if (c < dfull) {
+      const auto vk = V::load(k + c);
+      for (int r = 0; r < 4; ++r) acc[r][0] = V::fma(V::load(q + r * d + c), vk, acc[r][0]);
+    }
+    if (tail) {
+      const auto vk = V::load_partial(k + dfull, tail);
+      for (int r = 0; r < 4; ++r) acc[r][1] = V::fma(V::load_partial(q + r * d + dfull, tail), vk, acc[r][1]);
+    }
+    float out[4];
+    V::reduce_sum4(V::add(acc[0][0], acc[0][1]), V::add(acc[1][0], acc[1][1]), V::add(acc[2][0], acc[2][1]),
+                   V::add(acc[3][0], acc[3][1]), out);
+    for (int r = 0; r < 4; ++r) s[r * lds] = out[r];
+  }
+
+  /// Scores of every row of decode task t against keys [j0, j0 + nb), key by key and, within a key, KV
+  /// head by KV head: in a BSHD cache that reads K in address order, which the hardware prefetcher
+  /// streams at full bandwidth. The same walk loads one float of every cache line of the V rows, so the
+  /// head-by-head P·V that follows finds them in cache. See Note [decode tasks].
+  static void scores_key_major(const problem& pb, const task& t, index_t j0, index_t nb, const float* qp, float* s,
+                               index_t lds) noexcept {
+    const index_t d = pb.k.d, dv = pb.v.d, npos = t.q1 - t.q0;
+    const index_t dfull = d / L * L;
+    const int tail = static_cast<int>(d - dfull);
+    for (index_t j = 0; j < nb; ++j) {
+      // Rows left over from groups of four wait here (up to three) and are reduced four at a time.
+      typename V::reg pend[4];
+      float* pend_dst[4];
+      int npend = 0;
+      auto flush = [&]() noexcept {
+        float out[4];
+        for (int i = npend; i < 4; ++i) pend[i] = V::zero();
+        V::reduce_sum4(pend[0], pend[1], pend[2], pend[3], out);
+        for (int i = 0; i < npend; ++i) *pend_dst[i] = out[i];
+        npend = 0;
+      };
+      for (index_t gi = t.g0, r0 = 0; gi < t.g1; ++gi) {
+        const index_t g = pb.active[gi];
+        const index_t rows = pb.map->group_size(g) * npos;
+        const float* k = pb.k.row(t.ib, j0 + j, g);
+        index_t r = 0;
+        for (; r + 4 <= rows; r += 4) dot_rows4(qp + (r0 + r) * d, d, k, dfull, tail, s + (r0 + r) * lds + j, lds);
+        for (; r < rows; ++r) {
+          pend[npend] = dot_partial(qp + (r0 + r) * d, k, dfull, tail);
+          pend_dst[npend++] = s + (r0 + r) * lds + j;
+          if (npend == 4) flush();
+        }
+        const float* vr = pb.v.row(t.ib, j0 + j, g);
+        for (index_t x = 0; x < dv; x += 16) touch(vr + x);
+        r0 += rows;
+      }
+      if (npend > 0) flush();
+    }
   }
 
   /// Normalises and writes every row of task t from (acc, m, l) laid out as in run().
@@ -229,105 +327,126 @@ struct kernel {
   // feeds. The direct path reads K and V rows where they are: scores are dot products over d (vector
   // partial sums, then one horizontal sum per (row, key)), and P·V streams V rows with tail-masked loads.
 
-  /// S[r][j] = Qp[r] · K[j0 + j] for j < nb (Qp row stride d). Four keys × two rows per step keep eight
-  /// independent FMA chains in flight; each (row, key) ends with one horizontal sum.
-  static constexpr index_t k_prefetch_rows = 8;  // measured best of {8, 16, 32, 64} on D1
-  static void scores_direct(const problem& pb, index_t ib, index_t g, index_t j0, index_t nb, const float* qp, index_t rows,
+  /// RB rows × KU keys of scores: S[r][u] = Qp[r] · K[kr[u]] (vector partial sums over d, then one
+  /// horizontal sum per (row, key), four keys per reduce_sum4). The d tail uses masked loads.
+  template <int RB, int KU>
+  static GQA_FORCEINLINE void dot_block(const float* qp, index_t d, index_t dfull, int tail, const float* const* kr,
+                                        float* s, index_t lds) noexcept {
+    typename V::reg acc[RB][KU];
+    for (int r = 0; r < RB; ++r)
+      for (int u = 0; u < KU; ++u) acc[r][u] = V::zero();
+    for (index_t c = 0; c < dfull; c += L) {
+      typename V::reg vk[KU];
+      for (int u = 0; u < KU; ++u) vk[u] = V::load(kr[u] + c);
+      for (int r = 0; r < RB; ++r) {
+        const auto vq = V::load(qp + r * d + c);
+        for (int u = 0; u < KU; ++u) acc[r][u] = V::fma(vq, vk[u], acc[r][u]);
+      }
+    }
+    if (tail) {
+      typename V::reg vk[KU];
+      for (int u = 0; u < KU; ++u) vk[u] = V::load_partial(kr[u] + dfull, tail);
+      for (int r = 0; r < RB; ++r) {
+        const auto vq = V::load_partial(qp + r * d + dfull, tail);
+        for (int u = 0; u < KU; ++u) acc[r][u] = V::fma(vq, vk[u], acc[r][u]);
+      }
+    }
+    for (int r = 0; r < RB; ++r)
+      for (int u = 0; u < KU; u += 4) V::reduce_sum4(acc[r][u], acc[r][u + 1], acc[r][u + 2], acc[r][u + 3], s + r * lds + u);
+  }
+
+  /// S[r][j] = Qp[r] · K[j0 + j] for j < nb (Qp row stride d), eight keys per step. Rows go through the
+  /// widest register block that fits (tile_shape::direct_qk_rows rows × 4 keys, so K loads are shared by
+  /// the rows), then pairs, then single rows × 8 keys: every block keeps >= 8 independent FMA chains.
+  /// kbase: the block's first key row, ks: row stride (the caller's K, or the decode copy).
+  static void scores_direct(const float* kbase, index_t ks, index_t d, index_t nb, const float* qp, index_t rows,
                             float* s, index_t lds) noexcept {
-    constexpr index_t KU = 4;
-    const index_t d = pb.k.d;
+    constexpr index_t KU = 8;
+    constexpr int RB = shape::direct_qk_rows;
     const index_t dfull = d / L * L;
     const int tail = static_cast<int>(d - dfull);
-    const float* kbase = pb.k.row(ib, j0, g);
-    const index_t ks = pb.k.stride_s;
-    const float* vbase = pb.v.row(ib, j0, g);
-    const index_t vs = pb.v.stride_s, dv = pb.v.d;
-    const index_t ahead = std::min<index_t>(pb.k.s - j0, nb + k_prefetch_rows);  // rows that exist
     for (index_t j = 0; j < nb; j += KU) {
-      // The next rows of this head: the hardware prefetcher does not follow a strided (BHSD-per-head or
-      // BSHD) walk far enough ahead to hide DRAM latency behind this block's math.
-      for (index_t u = j + k_prefetch_rows; u < std::min(j + KU + k_prefetch_rows, ahead); ++u) {
-        for (index_t x = 0; x < d; x += 16) __builtin_prefetch(kbase + u * ks + x, 0, 3);
-        for (index_t x = 0; x < dv; x += 16) __builtin_prefetch(vbase + u * vs + x, 0, 3);
-      }
+      // Keys past nb repeat the last valid row (their scores land in s's padding and are masked).
       const float* kr[KU];
       for (index_t u = 0; u < KU; ++u) kr[u] = kbase + std::min(j + u, nb - 1) * ks;
-      for (index_t r0 = 0; r0 < rows; r0 += 2) {
-        const bool two = r0 + 1 < rows;
-        const float* q0 = qp + r0 * d;
-        const float* q1 = two ? q0 + d : q0;
-        typename V::reg a0[KU], a1[KU];
-        for (index_t u = 0; u < KU; ++u) a0[u] = a1[u] = V::zero();
-        for (index_t c = 0; c < dfull; c += L) {
-          const auto vq0 = V::load(q0 + c), vq1 = V::load(q1 + c);
-          for (index_t u = 0; u < KU; ++u) {
-            const auto vk = V::load(kr[u] + c);
-            a0[u] = V::fma(vq0, vk, a0[u]);
-            a1[u] = V::fma(vq1, vk, a1[u]);
-          }
-        }
-        if (tail) {
-          const auto vq0 = V::load_partial(q0 + dfull, tail), vq1 = V::load_partial(q1 + dfull, tail);
-          for (index_t u = 0; u < KU; ++u) {
-            const auto vk = V::load_partial(kr[u] + dfull, tail);
-            a0[u] = V::fma(vq0, vk, a0[u]);
-            a1[u] = V::fma(vq1, vk, a1[u]);
-          }
-        }
-        // s has room for KU columns past nb (the block is padded to a multiple of cols >= KU).
-        V::reduce_sum4(a0[0], a0[1], a0[2], a0[3], s + r0 * lds + j);
-        if (two) V::reduce_sum4(a1[0], a1[1], a1[2], a1[3], s + (r0 + 1) * lds + j);
+      float* sj = s + j;  // s has room for KU columns past nb: the block is padded to a multiple of 8
+      index_t r = 0;
+      for (; r + RB <= rows; r += RB) {
+        dot_block<RB, 4>(qp + r * d, d, dfull, tail, kr, sj + r * lds, lds);
+        dot_block<RB, 4>(qp + r * d, d, dfull, tail, kr + 4, sj + r * lds + 4, lds);
       }
+      if constexpr (RB > 2) {
+        for (; r + 2 <= rows; r += 2) {
+          dot_block<2, 4>(qp + r * d, d, dfull, tail, kr, sj + r * lds, lds);
+          dot_block<2, 4>(qp + r * d, d, dfull, tail, kr + 4, sj + r * lds + 4, lds);
+        }
+      }
+      for (; r < rows; ++r) dot_block<1, 8>(qp + r * d, d, dfull, tail, kr, sj + r * lds, lds);
     }
   }
 
-  /// Oacc[r] += Σ_{j<nb} P[r][j] · V[j0 + j] read in place (d_v tail by masked loads). Up to DR rows ×
-  /// DN vectors of accumulators stay in registers while the block's V rows stream past.
-  static void accumulate_pv_direct(const problem& pb, index_t ib, index_t g, index_t j0, index_t nb, const float* p,
-                                   index_t rows, index_t ldp, index_t dvp, float* oacc) noexcept {
-    constexpr int DR = shape::direct_rows, DN = shape::direct_vecs;
-    const index_t dv = pb.v.d;
-    const float* vbase = pb.v.row(ib, j0, g);
-    const index_t vs = pb.v.stride_s;
+  /// DR rows of Oacc[r][c0 ..) += Σ_{j<nb} P[r][j] · V[j][c0 ..) over DN vectors of columns, V read in
+  /// place. `nvec`/`last`: vectors with data and lanes in the last one (a d_v tail uses masked loads).
+  template <int DR, int DN>
+  static GQA_FORCEINLINE void pv_block(const float* vbase, index_t vs, index_t nb, const float* p, index_t ldp, int nvec,
+                                       int last, float* oacc, index_t dvp) noexcept {
+    typename V::reg acc[DR][DN];
+    for (int r = 0; r < DR; ++r)
+      for (int n = 0; n < DN; ++n) acc[r][n] = n < nvec ? V::load(oacc + r * dvp + n * L) : V::zero();
+    if (nvec == DN && last == L) {  // full vectors: the common case, no per-key tail logic
+      for (index_t j = 0; j < nb; ++j) {
+        const float* vrow = vbase + j * vs;
+        typename V::reg vv[DN];
+        for (int n = 0; n < DN; ++n) vv[n] = V::load(vrow + n * L);
+        for (int r = 0; r < DR; ++r) {
+          const auto w = V::set1(p[r * ldp + j]);
+          for (int n = 0; n < DN; ++n) acc[r][n] = V::fma(w, vv[n], acc[r][n]);
+        }
+      }
+    } else {
+      for (index_t j = 0; j < nb; ++j) {
+        const float* vrow = vbase + j * vs;
+        typename V::reg vv[DN];
+        for (int n = 0; n < DN; ++n)
+          vv[n] = n >= nvec ? V::zero()
+                  : (n == nvec - 1 && last != L) ? V::load_partial(vrow + n * L, last)
+                                                 : V::load(vrow + n * L);
+        for (int r = 0; r < DR; ++r) {
+          const auto w = V::set1(p[r * ldp + j]);
+          for (int n = 0; n < DN; ++n) acc[r][n] = V::fma(w, vv[n], acc[r][n]);
+        }
+      }
+    }
+    for (int r = 0; r < DR; ++r)
+      for (int n = 0; n < nvec; ++n) V::store(oacc + r * dvp + n * L, acc[r][n]);
+  }
+
+  /// Columns [0, dv) of DR rows in slabs of DN vectors.
+  template <int DR, int DN>
+  static void pv_rows(const float* vbase, index_t vs, index_t dv, index_t nb, const float* p, index_t ldp, float* oacc,
+                      index_t dvp) noexcept {
     for (index_t c0 = 0; c0 < dv; c0 += DN * L) {
       const index_t width = std::min<index_t>(DN * L, dv - c0);
       const int nvec = static_cast<int>((width + L - 1) / L);
       const int last = static_cast<int>(width - (nvec - 1) * L);  // lanes in the last vector
-      for (index_t r0 = 0; r0 < rows; r0 += DR) {
-        const int nr = static_cast<int>(std::min<index_t>(DR, rows - r0));
-        typename V::reg acc[DR][DN];
-        for (int r = 0; r < DR; ++r)
-          for (int n = 0; n < DN; ++n)
-            acc[r][n] = (r < nr && n < nvec) ? V::load(oacc + (r0 + r) * dvp + c0 + n * L) : V::zero();
-        const float* pr[DR];
-        for (int r = 0; r < DR; ++r) pr[r] = p + std::min<index_t>(r0 + r, rows - 1) * ldp;
-        if (nvec == DN && last == L) {  // full vectors: the common case, no per-key tail logic
-          for (index_t j = 0; j < nb; ++j) {
-            const float* vrow = vbase + j * vs + c0;
-            typename V::reg vv[DN];
-            for (int n = 0; n < DN; ++n) vv[n] = V::load(vrow + n * L);
-            for (int r = 0; r < DR; ++r) {
-              const auto w = V::set1(pr[r][j]);
-              for (int n = 0; n < DN; ++n) acc[r][n] = V::fma(w, vv[n], acc[r][n]);
-            }
-          }
-        } else {
-          for (index_t j = 0; j < nb; ++j) {
-            const float* vrow = vbase + j * vs + c0;
-            typename V::reg vv[DN];
-            for (int n = 0; n < DN; ++n)
-              vv[n] = n >= nvec ? V::zero()
-                      : (n == nvec - 1 && last != L) ? V::load_partial(vrow + n * L, last)
-                                                     : V::load(vrow + n * L);
-            for (int r = 0; r < DR; ++r) {
-              const auto w = V::set1(pr[r][j]);
-              for (int n = 0; n < DN; ++n) acc[r][n] = V::fma(w, vv[n], acc[r][n]);
-            }
-          }
-        }
-        for (int r = 0; r < nr; ++r)
-          for (int n = 0; n < nvec; ++n) V::store(oacc + (r0 + r) * dvp + c0 + n * L, acc[r][n]);
-      }
+      pv_block<DR, DN>(vbase + c0, vs, nb, p, ldp, nvec, last, oacc + c0, dvp);
+    }
+  }
+
+  /// Oacc[r] += Σ_{j<nb} P[r][j] · V[j0 + j] read in place. Rows go in blocks of 4, then the remainder as
+  /// one block of 3, 2 or 1 rows; fewer rows get more column vectors so every block keeps about
+  /// tile_shape::direct_acc accumulators (no FMA is spent on padding rows).
+  /// vbase: the block's first value row, vs: row stride (the caller's V, or the decode copy).
+  static void accumulate_pv_direct(const float* vbase, index_t vs, index_t dv, index_t nb, const float* p, index_t rows,
+                                   index_t ldp, index_t dvp, float* oacc) noexcept {
+    constexpr int A = shape::direct_acc;
+    index_t r = 0;
+    for (; r + 4 <= rows; r += 4) pv_rows<4, pow2_floor(A / 4)>(vbase, vs, dv, nb, p + r * ldp, ldp, oacc + r * dvp, dvp);
+    switch (rows - r) {
+      case 3: pv_rows<3, pow2_floor(A / 3)>(vbase, vs, dv, nb, p + r * ldp, ldp, oacc + r * dvp, dvp); break;
+      case 2: pv_rows<2, pow2_floor(A / 2)>(vbase, vs, dv, nb, p + r * ldp, ldp, oacc + r * dvp, dvp); break;
+      case 1: pv_rows<1, pow2_floor(A / 2)>(vbase, vs, dv, nb, p + r * ldp, ldp, oacc + r * dvp, dvp); break;
+      default: break;
     }
   }
 

@@ -19,7 +19,8 @@ struct tile_shape {
   static constexpr int block_kv = 64;
   static constexpr int block_kv_decode = 64;
   static constexpr int rows = 32;
-  static constexpr int direct_rows = 4, direct_vecs = 4;  // direct (decode) P·V accumulator block
+  // Direct (decode) path: Q·K blocks of direct_qk_rows rows × 4 keys; P·V blocks of ~direct_acc vectors.
+  static constexpr int direct_qk_rows = 2, direct_acc = 8;
 };
 
 template <>
@@ -28,7 +29,7 @@ struct tile_shape<isa::avx2> {
   static constexpr int block_kv = 128;
   static constexpr int block_kv_decode = 64;  // all heads of 64 positions: 64 x Hkv x d x 8 bytes in flight
   static constexpr int rows = 192;
-  static constexpr int direct_rows = 4, direct_vecs = 2;  // 8 acc + 2 V + 1 broadcast
+  static constexpr int direct_qk_rows = 2, direct_acc = 8;  // Q·K: 8 acc + 4 K + 1 Q; P·V: 8 acc + V + 1
 };
 
 template <>
@@ -37,7 +38,7 @@ struct tile_shape<isa::avx512> {
   static constexpr int block_kv = 128;
   static constexpr int block_kv_decode = 64;  // all heads of 64 positions: 64 x Hkv x d x 8 bytes in flight
   static constexpr int rows = 192;
-  static constexpr int direct_rows = 4, direct_vecs = 4;  // 16 acc + 4 V + 1 broadcast
+  static constexpr int direct_qk_rows = 4, direct_acc = 16;  // Q·K: 16 acc + 4 K + 1 Q; P·V: 16 acc + V + 1
 };
 
 template <>
@@ -46,7 +47,7 @@ struct tile_shape<isa::neon> {
   static constexpr int block_kv = 64;
   static constexpr int block_kv_decode = 64;
   static constexpr int rows = 96;
-  static constexpr int direct_rows = 4, direct_vecs = 4;
+  static constexpr int direct_qk_rows = 4, direct_acc = 16;
 };
 
 }  // namespace detail::core
