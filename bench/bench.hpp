@@ -1,0 +1,140 @@
+// bench/bench.hpp: what gqa_bench's translation units share: shapes and their names, the case list, the
+// caches of machine probes and Eigen baselines, the input buffers, clocks. Declarations only (defined in
+// bench_common.cpp, compiled with the baseline flags): this header is included by the per-ISA TUs too, and
+// an inline function compiled with -mavx512f must never be the copy the linker keeps for the others.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace gqa_bench {
+
+/// One attention problem as the core runs it: `hkv` is the KV head count the core sees (after a policy's
+/// prepare()), `threads` goes to attention_options::num_threads.
+struct shape {
+  std::int64_t b = 1, hq = 1, hkv = 1, d = 1, sq = 1, skv = 1;
+  bool causal = false;
+  int threads = 1;
+};
+
+/// "B1_Hq32_Hkv8_D128_Sq2048_Skv2048_full_T1".
+std::string shape_name(const shape& s);
+/// The same without the "_T<threads>" suffix (identifies the shape regardless of threads).
+std::string shape_key(const shape& s);
+/// 4·B·Hq·Sq·Skv·D, halved when causal (the same formula for decode).
+double flops(const shape& s);
+/// K/V bytes one pass reads: B·Hkv·Skv·(D_qk + D_v)·4.
+double kv_bytes(const shape& s);
+
+/// The four shapes of the table with the baseline heads (Hq, Hkv) of the GQA model.
+enum class main_shape { p1, p2, p3, d1 };
+inline constexpr main_shape main_shapes[] = {main_shape::p1, main_shape::p2, main_shape::p3, main_shape::d1};
+std::string_view main_shape_label(main_shape m);
+shape make_main_shape(main_shape m, int threads);
+
+/// The (hq, hkv) the core runs for variant `v` on a model whose baseline has (hq, hkv): MHA (hq, hq),
+/// MQA (hq, 1), SQA's symmetric configuration (hq/2, hq/2), every other variant (hq, hkv). WGQA's inputs
+/// have hq K/V heads, which its prepare() combines into hkv.
+shape variant_shape(std::string_view variant, shape s);
+/// K/V heads of the input tensors for variant `v` (WGQA: hq; others: hkv).
+std::int64_t input_kv_heads(std::string_view variant, const shape& s);
+
+/// One benchmark to register. kind: "variant" (variant = mha .. wgqa), "eigen" or "reference".
+struct bench_case {
+  std::string kind;     // "variant", "eigen" or "reference"
+  std::string variant;  // for kind "variant": mha .. wgqa
+  std::string isa;
+  shape s;
+  /// "<variant|eigen|reference>/<isa>/<shape_name>".
+  std::string name() const;
+};
+/// Every case of ISA `isa`, in registration order: Eigen baselines first (so that the variants' vs_eigen
+/// finds them measured), then the reference (scalar only), then the variants, then the sweeps.
+/// `variants` is the list of variant names this build benchmarks.
+std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::string_view>& variants);
+/// False for shapes where the Eigen baseline's Sq×Skv score matrix would be unreasonably large.
+bool eigen_feasible(const shape& s);
+
+/// Rough seconds per call, used to decide warm-up calls (never to set iteration counts).
+double estimated_seconds(std::string_view isa, std::string_view kind, const shape& s);
+
+// --- Clocks. T1 benchmarks report CPU time of the calling thread (Google Benchmark's default), threaded
+// ones real time (UseRealTime); counters are computed from the same clock the library reports. ---
+double thread_cpu_seconds();
+double wall_seconds();
+/// thread_cpu_seconds() when threads == 1, else wall_seconds().
+double clock_for(int threads);
+
+// --- Probe caches. Filled by the probe/* benchmarks (registered first); when a filter excludes them,
+// the first benchmark that needs a value measures it (quickly) through the hooks below. ---
+/// GFLOP/s of the FMA probe of `isa` on `threads` threads.
+double fma_peak(std::string_view isa, int threads);
+void store_fma_peak(std::string_view isa, int threads, double gflops);
+/// GB/s of the streaming-read probe over `bytes` on `threads` threads.
+double read_bw(std::size_t bytes, int threads);
+void store_read_bw(std::size_t bytes, int threads, double gbps);
+/// The buffer size bw_frac is relative to: D1's K + V (the decode working set, far larger than the LLC).
+std::size_t bw_reference_bytes();
+
+/// Seconds per call of the Eigen baseline for (isa, shape incl. threads); negative when unknown.
+double eigen_seconds_cached(std::string_view isa, const shape& s);
+void store_eigen_seconds(std::string_view isa, const shape& s, double seconds);
+
+/// What each per-ISA translation unit (bench_<isa>.cpp) provides.
+struct isa_hooks {
+  std::string_view isa;
+  bool (*cpu_supported)() = nullptr;
+  /// Runs `steps` rounds of the FMA chains; returns a checksum. One round is flops_per_round flops.
+  float (*fma_rounds)(std::int64_t steps) = nullptr;
+  double flops_per_round = 0;
+  /// Sum of n floats (n a multiple of 64), read once front to back.
+  float (*read_sum)(const float* p, std::size_t n) = nullptr;
+  /// Measures the Eigen baseline of `s` now (a few calls) and returns seconds per call; negative when
+  /// this build has no Eigen.
+  double (*measure_eigen)(const shape& s) = nullptr;
+  /// Registers this ISA's cases (cases_for) with Google Benchmark.
+  void (*register_cases)(const std::vector<bench_case>& cases) = nullptr;
+};
+// One per ISA translation unit (bench_<isa>.cpp, compiled with gqa_isa_compile_options(<isa>)).
+isa_hooks hooks_scalar();
+isa_hooks hooks_avx2();
+isa_hooks hooks_avx512();
+isa_hooks hooks_neon();
+/// Every ISA translation unit this binary contains, scalar first.
+const std::vector<isa_hooks>& all_isas();
+const isa_hooks* find_isa(std::string_view isa);
+
+/// Measures the FMA probe of `h` now on `threads` threads (~50 ms): GFLOP/s.
+double measure_fma_peak(const isa_hooks& h, int threads);
+/// A 64-byte aligned buffer of `bytes` (filled once, kept for the run) for the read probe.
+const float* probe_buffer(std::size_t bytes);
+/// `passes` streaming reads of `bytes` from `buf`, split in contiguous parts over `threads` threads
+/// (with the widest ISA the CPU supports): GB/s on the clock of that thread count.
+double measure_read_bw(std::size_t bytes, int threads, const float* buf, int passes);
+
+// --- Inputs: random BSHD buffers, allocated and filled once per shape, reused by consecutive benchmarks
+// of the same shape (the last few are kept). ---
+struct inputs {
+  float* q = nullptr;  // b × sq × hq × d
+  float* k = nullptr;  // b × skv × kv_heads × d
+  float* v = nullptr;  // b × skv × kv_heads × d
+  float* o = nullptr;  // b × sq × hq × d
+  std::int64_t kv_heads = 0;
+};
+/// Buffers for `s` with `kv_heads` K/V heads. Valid until four other shapes have been requested.
+const inputs& get_inputs(const shape& s, std::int64_t kv_heads);
+
+/// Options of this run (set by main from gqa_bench's own flags).
+struct run_options {
+  bool lazy_baselines = true;  // measure missing probes / Eigen baselines on demand
+};
+run_options& options();
+
+/// Reads a Google Benchmark JSON file written by gqa_bench and prints the P1/P2/P3/D1 table
+/// (markdown) to stdout. Returns the process exit code.
+int print_table(const std::string& json_path);
+
+}  // namespace gqa_bench

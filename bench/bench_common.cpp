@@ -1,0 +1,362 @@
+// bench/bench_common.cpp: gqa_bench's ISA-independent parts: shape names, the case list, the probe and
+// Eigen caches (with on-demand measurement), the input buffers. Compiled with the baseline flags only.
+#include "bench.hpp"
+
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <memory>
+#include <new>
+#include <set>
+#include <thread>
+
+#include <gqa/random.hpp>
+
+namespace gqa_bench {
+
+std::string shape_key(const shape& s) {
+  std::string k = "B";
+  k += std::to_string(s.b);
+  k += "_Hq";
+  k += std::to_string(s.hq);
+  k += "_Hkv";
+  k += std::to_string(s.hkv);
+  k += "_D";
+  k += std::to_string(s.d);
+  k += "_Sq";
+  k += std::to_string(s.sq);
+  k += "_Skv";
+  k += std::to_string(s.skv);
+  k += s.causal ? "_causal" : "_full";
+  return k;
+}
+
+std::string shape_name(const shape& s) { return shape_key(s) + "_T" + std::to_string(s.threads); }
+
+double flops(const shape& s) {
+  const double full = 4.0 * static_cast<double>(s.b) * static_cast<double>(s.hq) * static_cast<double>(s.sq) *
+                      static_cast<double>(s.skv) * static_cast<double>(s.d);
+  return s.causal ? full / 2 : full;
+}
+
+double kv_bytes(const shape& s) {
+  return static_cast<double>(s.b) * static_cast<double>(s.hkv) * static_cast<double>(s.skv) *
+         static_cast<double>(2 * s.d) * 4.0;
+}
+
+std::string_view main_shape_label(main_shape m) {
+  switch (m) {
+    case main_shape::p1: return "P1";
+    case main_shape::p2: return "P2";
+    case main_shape::p3: return "P3";
+    case main_shape::d1: return "D1";
+  }
+  return "?";
+}
+
+shape make_main_shape(main_shape m, int threads) {
+  switch (m) {
+    case main_shape::p1: return {1, 32, 8, 128, 2048, 2048, false, threads};
+    case main_shape::p2: return {1, 32, 8, 128, 2048, 2048, true, threads};
+    case main_shape::p3: return {8, 12, 4, 64, 197, 197, false, threads};
+    case main_shape::d1: return {1, 32, 8, 128, 1, 16384, false, threads};
+  }
+  return {};
+}
+
+shape variant_shape(std::string_view variant, shape s) {
+  if (variant == "mha") {
+    s.hkv = s.hq;
+  } else if (variant == "mqa") {
+    s.hkv = 1;
+  } else if (variant == "sqa") {
+    // sSQA (sqa_config::symmetric): hq = hkv = H/2 of the baseline's H query heads.
+    s.hq /= 2;
+    s.hkv = s.hq;
+  }
+  return s;
+}
+
+std::int64_t input_kv_heads(std::string_view variant, const shape& s) { return variant == "wgqa" ? s.hq : s.hkv; }
+
+std::string bench_case::name() const {
+  return (kind == "variant" ? variant : kind) + "/" + isa + "/" + shape_name(s);
+}
+
+bool eigen_feasible(const shape& s) {
+  // The baseline materialises S = Q·Kᵀ (Sq × Skv floats) per thread: cap it at 64 MiB.
+  return s.sq * s.skv <= (std::int64_t{1} << 24);
+}
+
+namespace {
+
+// The sweeps (variant gqa, T1; see docs/benchmarks.md): decode over Skv, prefill-causal over Sq = Skv, and
+// KV heads 32 .. 1 at decode Skv 8192 and prefill-causal 1024. Their base shapes differ from P1/P2/D1 where
+// a main shape would otherwise also match the KV sweep, so that filters on the main shapes select them only.
+std::vector<shape> sweep_shapes(std::string_view isa) {
+  std::vector<shape> out;
+  for (std::int64_t skv : {128, 512, 2048, 8192, 16384}) out.push_back({1, 32, 8, 128, 1, skv, false, 1});
+  for (std::int64_t n : {128, 512, 2048, 8192}) {
+    // Scalar prefill at 2048 already takes seconds per call; 8192 would take minutes.
+    if (isa == "scalar" && n > 512) continue;
+    out.push_back({1, 32, 8, 128, n, n, true, 1});
+  }
+  for (std::int64_t hkv : {32, 16, 8, 4, 2, 1}) out.push_back({1, 32, hkv, 128, 1, 8192, false, 1});
+  for (std::int64_t hkv : {32, 16, 8, 4, 2, 1}) out.push_back({1, 32, hkv, 128, 1024, 1024, true, 1});
+  return out;
+}
+
+}  // namespace
+
+std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::string_view>& variants) {
+  std::vector<bench_case> var, eig, ref;
+  std::set<std::string> seen;
+  auto add = [&](std::vector<bench_case>& to, std::string kind, std::string variant, const shape& s) {
+    bench_case c{std::move(kind), std::move(variant), std::string(isa), s};
+    if (seen.insert(c.name()).second) to.push_back(std::move(c));
+  };
+  for (std::string_view v : variants)
+    for (main_shape m : main_shapes)
+      for (int t : {1, 2}) add(var, "variant", std::string(v), variant_shape(v, make_main_shape(m, t)));
+  for (const shape& s : sweep_shapes(isa)) add(var, "variant", "gqa", s);
+  for (const bench_case& c : std::vector<bench_case>(var))
+    if (eigen_feasible(c.s)) add(eig, "eigen", "", c.s);
+  if (isa == "scalar") {
+    // The naive reference (double, unblocked) only on small shapes: P3 and the small end of the sweeps.
+    add(ref, "reference", "", make_main_shape(main_shape::p3, 1));
+    add(ref, "reference", "", {1, 32, 8, 128, 128, 128, true, 1});
+    add(ref, "reference", "", {1, 32, 8, 128, 1, 128, false, 1});
+  }
+  std::vector<bench_case> all = std::move(eig);
+  all.insert(all.end(), ref.begin(), ref.end());
+  all.insert(all.end(), var.begin(), var.end());
+  return all;
+}
+
+double estimated_seconds(std::string_view isa, std::string_view kind, const shape& s) {
+  // Single-thread GFLOP/s, order of magnitude only (measured on the development machine).
+  double rate = 5;
+  if (kind == "reference") {
+    rate = 0.5;
+  } else if (isa == "avx512") {
+    rate = kind == "eigen" ? 60 : 150;
+  } else if (isa == "avx2") {
+    rate = kind == "eigen" ? 40 : 80;
+  } else if (isa == "neon") {
+    rate = 20;
+  } else {
+    rate = kind == "eigen" ? 8 : 5;
+  }
+  return flops(s) / (rate * 1e9 * s.threads) + kv_bytes(s) / 10e9;
+}
+
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+double wall_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double clock_for(int threads) { return threads == 1 ? thread_cpu_seconds() : wall_seconds(); }
+
+run_options& options() {
+  static run_options o;
+  return o;
+}
+
+// --- Probes. ---
+
+namespace {
+
+constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+
+std::map<std::string, double>& fma_cache() {
+  static std::map<std::string, double> c;
+  return c;
+}
+std::map<std::string, double>& bw_cache() {
+  static std::map<std::string, double> c;
+  return c;
+}
+std::map<std::string, double>& eigen_cache() {
+  static std::map<std::string, double> c;
+  return c;
+}
+
+std::string fma_key(std::string_view isa, int threads) { return std::string(isa) + "/T" + std::to_string(threads); }
+std::string bw_key(std::size_t bytes, int threads) { return std::to_string(bytes) + "/T" + std::to_string(threads); }
+
+/// Runs fn(thread_index) on `threads` threads (the caller's thread is index 0) and returns the seconds
+/// on the clock the benchmarks use for that thread count.
+template <class Fn>
+double timed_on_threads(int threads, Fn&& fn) {
+  const double t0 = clock_for(threads);
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back([&fn, t] { fn(t); });
+  fn(0);
+  for (auto& th : pool) th.join();
+  return clock_for(threads) - t0;
+}
+
+}  // namespace
+
+double measure_fma_peak(const isa_hooks& h, int threads) {
+  constexpr std::int64_t rounds = 4096;
+  volatile float sink = 0;
+  sink = h.fma_rounds(rounds * 16);  // warm-up (clock ramp-up)
+  std::int64_t calls = 0;
+  double seconds = 0;
+  while (seconds < 0.05) {
+    seconds += timed_on_threads(threads, [&](int) { sink = h.fma_rounds(rounds * 16); });
+    ++calls;
+  }
+  return h.flops_per_round * static_cast<double>(rounds * 16 * calls * threads) / seconds * 1e-9;
+}
+
+namespace {
+
+struct aligned_delete {
+  void operator()(float* x) const noexcept { ::operator delete[](x, std::align_val_t{64}); }
+};
+
+/// `n` floats, 64-byte aligned (uninitialised).
+struct aligned_floats {
+  std::unique_ptr<float[], aligned_delete> p;
+  std::size_t n = 0;
+  explicit aligned_floats(std::size_t count)
+      : p(static_cast<float*>(::operator new[](std::max<std::size_t>(count, 1) * sizeof(float), std::align_val_t{64}))),
+        n(count) {}
+};
+
+/// The best ISA the CPU supports (for the read probe: widest loads).
+const isa_hooks& best_isa() {
+  const isa_hooks* best = &all_isas().front();
+  for (const isa_hooks& h : all_isas())
+    if (h.cpu_supported()) best = &h;
+  return *best;
+}
+
+}  // namespace
+
+void store_fma_peak(std::string_view isa, int threads, double gflops) { fma_cache()[fma_key(isa, threads)] = gflops; }
+
+double fma_peak(std::string_view isa, int threads) {
+  const auto it = fma_cache().find(fma_key(isa, threads));
+  if (it != fma_cache().end()) return it->second;
+  const isa_hooks* h = find_isa(isa);
+  if (!options().lazy_baselines || h == nullptr || !h->cpu_supported()) return nan;
+  const double g = measure_fma_peak(*h, threads);
+  store_fma_peak(isa, threads, g);
+  return g;
+}
+
+std::size_t bw_reference_bytes() {
+  return static_cast<std::size_t>(kv_bytes(make_main_shape(main_shape::d1, 1)));
+}
+
+void store_read_bw(std::size_t bytes, int threads, double gbps) { bw_cache()[bw_key(bytes, threads)] = gbps; }
+
+/// The streaming-read probe: `passes` reads of a `bytes` buffer split into `threads` contiguous parts.
+double measure_read_bw(std::size_t bytes, int threads, const float* buf, int passes) {
+  const isa_hooks& h = best_isa();
+  const std::size_t n = bytes / sizeof(float);
+  const std::size_t part = n / static_cast<std::size_t>(threads) / 64 * 64;
+  volatile float sink = 0;
+  const double s = timed_on_threads(threads, [&](int t) {
+    float acc = 0;
+    for (int p = 0; p < passes; ++p) acc += h.read_sum(buf + static_cast<std::size_t>(t) * part, part);
+    sink = acc;
+  });
+  return static_cast<double>(part * sizeof(float)) * threads * passes / s * 1e-9;
+}
+
+const float* probe_buffer(std::size_t bytes) {
+  static std::map<std::size_t, aligned_floats> buffers;
+  auto it = buffers.find(bytes);
+  if (it == buffers.end()) {
+    it = buffers.emplace(bytes, aligned_floats(bytes / sizeof(float))).first;
+    std::fill(it->second.p.get(), it->second.p.get() + it->second.n, 1.0f);
+  }
+  return it->second.p.get();
+}
+
+double read_bw(std::size_t bytes, int threads) {
+  const auto it = bw_cache().find(bw_key(bytes, threads));
+  if (it != bw_cache().end()) return it->second;
+  if (!options().lazy_baselines) return nan;
+  const float* buf = probe_buffer(bytes);
+  measure_read_bw(bytes, threads, buf, 1);  // warm-up: page tables, clocks
+  double best = 0;
+  for (int i = 0; i < 3; ++i) best = std::max(best, measure_read_bw(bytes, threads, buf, 1));
+  store_read_bw(bytes, threads, best);
+  return best;
+}
+
+double eigen_seconds_cached(std::string_view isa, const shape& s) {
+  const auto it = eigen_cache().find(std::string(isa) + "/" + shape_name(s));
+  return it == eigen_cache().end() ? -1.0 : it->second;
+}
+
+void store_eigen_seconds(std::string_view isa, const shape& s, double seconds) {
+  eigen_cache()[std::string(isa) + "/" + shape_name(s)] = seconds;
+}
+
+const isa_hooks* find_isa(std::string_view isa) {
+  for (const isa_hooks& h : all_isas())
+    if (h.isa == isa) return &h;
+  return nullptr;
+}
+
+// --- Inputs. ---
+
+namespace {
+
+struct input_entry {
+  std::string key;
+  aligned_floats q, k, v, o;
+  inputs view;
+  input_entry(std::string key_, const shape& s, std::int64_t kv_heads)
+      : key(std::move(key_)),
+        q(static_cast<std::size_t>(s.b * s.sq * s.hq * s.d)),
+        k(static_cast<std::size_t>(s.b * s.skv * kv_heads * s.d)),
+        v(static_cast<std::size_t>(s.b * s.skv * kv_heads * s.d)),
+        o(static_cast<std::size_t>(s.b * s.sq * s.hq * s.d)) {
+    fill(q, 1);
+    fill(k, 2);
+    fill(v, 3);
+    std::fill(o.p.get(), o.p.get() + o.n, 0.0f);  // touch every page before timing
+    view = {q.p.get(), k.p.get(), v.p.get(), o.p.get(), kv_heads};
+  }
+  static void fill(aligned_floats& x, std::uint64_t seed) {
+    for (std::size_t i = 0; i < x.n; ++i)
+      x.p[i] = 2.0f * gqa::random::to_unit_float(gqa::random::hash(seed, {i})) - 1.0f;
+  }
+};
+
+}  // namespace
+
+const inputs& get_inputs(const shape& s, std::int64_t kv_heads) {
+  static std::vector<std::unique_ptr<input_entry>> entries;  // most recently used last
+  shape key_shape = s;
+  key_shape.threads = 1;
+  const std::string key = shape_name(key_shape) + "_kv" + std::to_string(kv_heads);
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    if (entries[i]->key == key) {
+      std::rotate(entries.begin() + static_cast<std::ptrdiff_t>(i), entries.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                  entries.end());
+      return entries.back()->view;
+    }
+  }
+  if (entries.size() >= 4) entries.erase(entries.begin());
+  entries.push_back(std::make_unique<input_entry>(key, s, kv_heads));
+  return entries.back()->view;
+}
+
+}  // namespace gqa_bench

@@ -1,0 +1,447 @@
+// bench/bench_isa.hpp: the benchmarks of one ISA: every variant through gqa::forward, the Eigen baseline,
+// the naive reference, and the probe kernels. Included once by each bench_<isa>.cpp, which defines
+// GQA_BENCH_ISA (scalar, avx2, avx512, neon) and is compiled with that ISA's flags. Everything here has
+// internal linkage (anonymous namespace) except hooks_<isa>(), and Eigen is renamed per ISA (see
+// Note [one Eigen per ISA]), so no code compiled with one ISA's flags can be linked into another's.
+#pragma once
+
+#ifndef GQA_BENCH_ISA
+#error "define GQA_BENCH_ISA (scalar, avx2, avx512, neon) before including bench_isa.hpp"
+#endif
+
+#define GQA_BENCH_CAT2(a, b) a##b
+#define GQA_BENCH_CAT(a, b) GQA_BENCH_CAT2(a, b)
+
+#if GQA_BENCH_HAS_EIGEN
+// Note [one Eigen per ISA]
+// Eigen is header-only and its kernels (gebp, gemv, the packet math) are templates with the same mangled
+// names in every TU. Linked together, the linker would keep ONE copy for all ISA TUs, so eigen/avx2 and
+// eigen/avx512 would silently run the same code. Renaming the namespace per TU keeps them apart (the
+// header names in #include <Eigen/...> are not macro-expanded, only the identifier Eigen in the code).
+// EIGEN_DONT_PARALLELIZE: the baseline is single-threaded per head; T2 parallelises over heads itself.
+#define EIGEN_DONT_PARALLELIZE
+#define Eigen GQA_BENCH_CAT(gqa_bench_eigen_, GQA_BENCH_ISA)
+#include <Eigen/Core>
+#endif
+
+#include <atomic>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include <gqa/gqa.hpp>
+#include <gqa/reference/attention.hpp>
+
+#include "bench.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace gqa_bench {
+namespace {
+
+using Isa = gqa::isa::GQA_BENCH_ISA;
+using gqa::index_t;
+constexpr std::string_view isa_name = Isa::name;
+
+// --- Probe kernels. ---
+
+/// Sum of the lanes of r. (Not V::reduce_sum: GCC 12 warns -Wuninitialized inside its AVX-512 reduce
+/// intrinsic, the _mm256_undefined_pd idiom, once inlined here.)
+template <class Reg>
+float lane_sum(Reg r) {
+  using V = gqa::isa::vec<Isa>;
+  float lanes[V::lanes];
+  V::store(lanes, r);
+  float s = 0;
+  for (float x : lanes) s += x;
+  return s;
+}
+
+// Independent FMA chains: at least FMA latency (4 cycles) × FMA pipes (2) so the pipes never wait, and
+// few enough to stay in registers with the two constants (16 ymm on AVX2, 32 zmm/q registers otherwise).
+constexpr int fma_chains = std::is_same_v<Isa, gqa::isa::avx2> ? 12 : std::is_same_v<Isa, gqa::isa::scalar> ? 16 : 24;
+
+/// Keeps x in a register and opaque to the optimiser (stops the scalar chains being auto-vectorised).
+GQA_FORCEINLINE void opaque(float& x) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(x));
+#elif defined(__aarch64__)
+  asm("" : "+w"(x));
+#else
+  volatile float y = x;
+  x = y;
+#endif
+}
+
+template <std::size_t... I>
+float fma_rounds_impl(std::int64_t steps, std::index_sequence<I...>) {
+  using V = gqa::isa::vec<Isa>;
+  typename V::reg acc[sizeof...(I)] = {V::set1(1e-3f * static_cast<float>(I))...};
+  // acc = acc·m + c converges to c / (1 − m) = 1: no overflow, no denormals, and each step depends on the
+  // last, so the compiler can neither drop nor merge rounds.
+  const auto m = V::set1(0.999f);
+  const auto c = V::set1(1e-3f);
+  if constexpr (std::is_same_v<Isa, gqa::isa::scalar>) {
+    // The scalar peak is the hardware's scalar multiply + add (fused where the baseline ISA has FMA, as on
+    // AArch64). Not vec<scalar>::fma: without -mfma, std::fma is a call into libm's fmaf on x86-64.
+    for (std::int64_t s = 0; s < steps; ++s) ((acc[I] = acc[I] * m + c, opaque(acc[I])), ...);
+  } else {
+    for (std::int64_t s = 0; s < steps; ++s) ((acc[I] = V::fma(acc[I], m, c)), ...);
+  }
+  auto sum = V::zero();
+  ((sum = V::add(sum, acc[I])), ...);
+  return lane_sum(sum);
+}
+
+float fma_rounds(std::int64_t steps) { return fma_rounds_impl(steps, std::make_index_sequence<fma_chains>{}); }
+
+float read_sum(const float* p, std::size_t n) {
+  using V = gqa::isa::vec<Isa>;
+  constexpr std::size_t L = V::lanes;
+  auto a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
+  for (std::size_t i = 0; i + 4 * L <= n; i += 4 * L) {
+    a0 = V::add(a0, V::load(p + i));
+    a1 = V::add(a1, V::load(p + i + L));
+    a2 = V::add(a2, V::load(p + i + 2 * L));
+    a3 = V::add(a3, V::load(p + i + 3 * L));
+  }
+  return lane_sum(V::add(V::add(a0, a1), V::add(a2, a3)));
+}
+
+// --- Tensor views of the shared inputs. ---
+
+struct views {
+  gqa::tensor_view<const float> q, k, v;
+  gqa::tensor_view<float> o;
+};
+
+views make_views(const shape& s, const inputs& in) {
+  return {gqa::bshd<const float>(in.q, s.b, s.sq, s.hq, s.d), gqa::bshd<const float>(in.k, s.b, s.skv, in.kv_heads, s.d),
+          gqa::bshd<const float>(in.v, s.b, s.skv, in.kv_heads, s.d), gqa::bshd<float>(in.o, s.b, s.sq, s.hq, s.d)};
+}
+
+/// Calls fn(task, thread_index) for every task in [0, n) on `threads` threads.
+template <class Fn>
+void parallel_tasks(index_t n, int threads, Fn&& fn) {
+  if (threads <= 1) {
+    for (index_t i = 0; i < n; ++i) fn(i, 0);
+    return;
+  }
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (index_t i = 0; i < n; ++i) fn(i, omp_get_thread_num());
+#else
+  std::atomic<index_t> next{0};
+  auto worker = [&](int t) {
+    for (index_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i, t);
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(worker, t);
+  worker(0);
+  for (auto& th : pool) th.join();
+#endif
+}
+
+// --- The Eigen baseline. ---
+
+#if GQA_BENCH_HAS_EIGEN
+using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using const_map = Eigen::Map<const row_matrix, Eigen::Unaligned, Eigen::OuterStride<>>;
+using out_map = Eigen::Map<row_matrix, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+/// What a user would write with Eigen alone: per (batch, query head), S = Q·Kᵀ with Eigen's GEMM over
+/// row-major maps of the BSHD buffers, a row softmax with the causal mask, O = P·V. Heads are spread
+/// over the threads (each thread owns its score matrix); Eigen itself runs single-threaded.
+class eigen_baseline {
+ public:
+  explicit eigen_baseline(const shape& s)
+      : s_(s), in_(get_inputs(s, s.hkv)), scores_(static_cast<std::size_t>(s.threads)),
+        row_max_(static_cast<std::size_t>(s.threads)), row_sum_(static_cast<std::size_t>(s.threads)) {
+    for (auto& m : scores_) m.resize(s.sq, s.skv);
+    for (auto& m : row_max_) m.resize(s.sq);
+    for (auto& m : row_sum_) m.resize(s.sq);
+  }
+
+  void run() {
+    parallel_tasks(s_.b * s_.hq, s_.threads, [this](index_t task, int t) { head(task / s_.hq, task % s_.hq, t); });
+  }
+
+ private:
+  void head(index_t ib, index_t h, int t) {
+    const index_t d = s_.d, hq = s_.hq, hkv = s_.hkv, sq = s_.sq, skv = s_.skv;
+    const index_t g = h / (hq / hkv);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    const_map q(in_.q + (ib * sq * hq + h) * d, sq, d, Eigen::OuterStride<>(hq * d));
+    const_map k(in_.k + (ib * skv * hkv + g) * d, skv, d, Eigen::OuterStride<>(hkv * d));
+    const_map v(in_.v + (ib * skv * hkv + g) * d, skv, d, Eigen::OuterStride<>(hkv * d));
+    out_map o(in_.o + (ib * sq * hq + h) * d, sq, d, Eigen::OuterStride<>(hq * d));
+    row_matrix& p = scores_[static_cast<std::size_t>(t)];
+    Eigen::VectorXf& m = row_max_[static_cast<std::size_t>(t)];
+    Eigen::VectorXf& l = row_sum_[static_cast<std::size_t>(t)];
+    p.noalias() = q * k.transpose();
+    if (s_.causal) {
+      // Bottom-right aligned, as gqa: query i sees keys j <= i + (skv - sq).
+      for (index_t i = 0; i < sq; ++i) {
+        const index_t visible = std::min(skv, i + (skv - sq) + 1);
+        p.row(i).tail(skv - visible).setConstant(-std::numeric_limits<float>::infinity());
+      }
+    }
+    m = p.rowwise().maxCoeff();
+    p.array() = ((p.colwise() - m) * scale).array().exp();
+    l = p.rowwise().sum();
+    p.array().colwise() /= l.array();
+    o.noalias() = p * v;
+  }
+
+  shape s_;
+  const inputs& in_;
+  std::vector<row_matrix> scores_;
+  std::vector<Eigen::VectorXf> row_max_, row_sum_;
+};
+#endif
+
+// --- Counters. ---
+
+double nan_if_negative(double x) { return x < 0 ? std::numeric_limits<double>::quiet_NaN() : x; }
+
+/// Sets a counter unless the value is unknown (NaN: a probe could not be measured).
+void set_counter(benchmark::State& st, const char* name, double value) {
+  if (std::isfinite(value)) st.counters[name] = benchmark::Counter(value);
+}
+
+/// GFLOPS, peak_frac, GBps, bw_frac for one call of `seconds` on shape s.
+void throughput_counters(benchmark::State& st, const shape& s, double seconds) {
+  const double gflops = flops(s) / seconds * 1e-9;
+  const double gbps = kv_bytes(s) / seconds * 1e-9;
+  set_counter(st, "GFLOPS", gflops);
+  set_counter(st, "peak_frac", gflops / fma_peak(isa_name, s.threads));
+  set_counter(st, "GBps", gbps);
+  set_counter(st, "bw_frac", gbps / read_bw(bw_reference_bytes(), s.threads));
+}
+
+double measure_eigen(const shape& s);
+
+/// Seconds per call of the Eigen baseline of s on this ISA: measured by its eigen/ benchmark earlier in
+/// this run, else measured now (unless disabled); negative when unavailable.
+double eigen_seconds(const shape& s) {
+  double t = eigen_seconds_cached(isa_name, s);
+  if (t < 0 && options().lazy_baselines && eigen_feasible(s)) {
+    t = measure_eigen(s);
+    if (t > 0) store_eigen_seconds(isa_name, s, t);
+  }
+  return t;
+}
+
+void skip_if_unsupported(benchmark::State& st) {
+  if (!gqa::isa::cpu_supports<Isa>()) st.SkipWithError(("CPU lacks " + std::string(isa_name)).c_str());
+}
+
+// --- Policies. ---
+
+/// Calls fn(policy) with a freshly constructed policy of `variant` for core shape s (SQA: the symmetric
+/// configuration of the 2·hq-head baseline; WGQA: mean-initialised scalar weights combining hq heads).
+/// Returns false for an unknown variant.
+template <class Fn>
+bool with_policy(std::string_view variant, const shape& s, Fn&& fn) {
+  if (variant == "mha") {
+    gqa::mha_policy p;
+    fn(p);
+  } else if (variant == "mqa") {
+    gqa::mqa_policy p;
+    fn(p);
+  } else if (variant == "gqa") {
+    gqa::gqa_policy p;
+    fn(p);
+  } else if (variant == "sqa") {
+    gqa::sqa_policy p{gqa::sqa_config::symmetric(2 * s.hq)};
+    fn(p);
+  } else if (variant == "kdgqa") {
+    gqa::kdgqa_policy p;
+    fn(p);
+  } else if (variant == "dgqa") {
+    gqa::dgqa_state state = gqa::dgqa_state::initial(s.hq, s.hkv);
+    gqa::dgqa_policy p(gqa::dgqa_options{}, state);
+    fn(p);
+  } else if (variant == "pgqa") {
+    gqa::pgqa_policy p;
+    fn(p);
+  } else if (variant == "wgqa") {
+    gqa::wgqa_policy p(gqa::wgqa_weights::mean_init(gqa::wgqa_kind::scalar, s.hq, s.hkv, s.d, s.hq * s.d));
+    fn(p);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+/// One call of the policy's own steps, as gqa::forward runs them, without the core: check, prepare
+/// (WGQA's combine), plan (KDGQA/DGQA's norms and allocation), finish (PGQA's noise).
+template <class P>
+void policy_steps(P& p, const views& x) {
+  if constexpr (gqa::policy_with_check<P>) p.check(x.q, x.k, x.v, x.o);
+  gqa::kv_views kv{x.k, x.v};
+  if constexpr (gqa::policy_with_prepare<P>) kv = p.prepare(x.k, x.v);
+  const gqa::head_map map = p.plan(x.q, kv.k);
+  if constexpr (gqa::policy_with_finish<P>) p.finish(x.o, map);
+  benchmark::DoNotOptimize(kv);
+  benchmark::DoNotOptimize(map.hkv());
+}
+
+/// Seconds per call of policy_steps, timed on the benchmark's clock: repeated for >= 20 ms (at least 3
+/// and at most 1000 calls).
+template <class P>
+double policy_seconds(P& p, const views& x, int threads) {
+  policy_steps(p, x);
+  int calls = 0;
+  const double t0 = clock_for(threads);
+  double elapsed = 0;
+  while (calls < 3 || (elapsed < 0.02 && calls < 1000)) {
+    policy_steps(p, x);
+    ++calls;
+    elapsed = clock_for(threads) - t0;
+  }
+  return elapsed / calls;
+}
+
+// --- Run functions. ---
+
+void run_variant(benchmark::State& st, const bench_case& c) {
+  const shape& s = c.s;
+  const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, s)));
+  gqa::attention_options opt;
+  opt.causal = s.causal;
+  opt.num_threads = s.threads;
+  const bool known = with_policy(c.variant, s, [&](auto& p) {
+    try {
+      // Warm-up call for cheap cases (thread pool, scratch, caches); expensive ones are timed cold, where
+      // one call dwarfs these effects.
+      if (estimated_seconds(isa_name, c.kind, s) < 0.05) gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
+    } catch (const std::exception& e) {
+      st.SkipWithError(e.what());
+      return;
+    }
+    const double t0 = clock_for(s.threads);
+    for (auto _ : st) {
+      try {
+        gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
+      } catch (const std::exception& e) {
+        st.SkipWithError(e.what());
+        break;
+      }
+      benchmark::DoNotOptimize(x.o.data);
+      benchmark::ClobberMemory();
+    }
+    if (st.error_occurred()) return;
+    const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
+    throughput_counters(st, s, per_call);
+    set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(s)) / per_call);
+    const double policy = policy_seconds(p, x, s.threads);
+    set_counter(st, "policy_frac", policy / per_call);
+    set_counter(st, "policy_us", policy * 1e6);
+  });
+  if (!known) st.SkipWithError(("unknown variant: " + c.variant).c_str());
+}
+
+void run_eigen(benchmark::State& st, const bench_case& c) {
+#if GQA_BENCH_HAS_EIGEN
+  const shape& s = c.s;
+  eigen_baseline e(s);
+  if (estimated_seconds(isa_name, c.kind, s) < 0.05) e.run();
+  const double t0 = clock_for(s.threads);
+  for (auto _ : st) {
+    e.run();
+    benchmark::ClobberMemory();
+  }
+  const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
+  store_eigen_seconds(isa_name, s, per_call);
+  throughput_counters(st, s, per_call);
+#else
+  (void)c;
+  st.SkipWithError("built without Eigen");
+#endif
+}
+
+double measure_eigen(const shape& s) {
+#if GQA_BENCH_HAS_EIGEN
+  if (!gqa::isa::cpu_supports<Isa>()) return -1;
+  eigen_baseline e(s);
+  // One call when a call is long (the scalar P1 baseline takes seconds), else a warm-up and >= 0.2 s.
+  const bool expensive = estimated_seconds(isa_name, "eigen", s) > 0.3;
+  if (!expensive) e.run();
+  int calls = 0;
+  const double t0 = clock_for(s.threads);
+  double elapsed = 0;
+  do {
+    e.run();
+    ++calls;
+    elapsed = clock_for(s.threads) - t0;
+  } while (!expensive && elapsed < 0.2);
+  return elapsed / calls;
+#else
+  (void)s;
+  return -1;
+#endif
+}
+
+void run_reference(benchmark::State& st, const bench_case& c) {
+  const shape& s = c.s;
+  const views x = make_views(s, get_inputs(s, s.hkv));
+  std::vector<index_t> kv_of_q(static_cast<std::size_t>(s.hq));
+  for (index_t h = 0; h < s.hq; ++h) kv_of_q[static_cast<std::size_t>(h)] = h / (s.hq / s.hkv);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(s.d));
+  const double t0 = clock_for(s.threads);
+  for (auto _ : st) {
+    auto r = gqa::reference::attention(x.q, x.k, x.v, kv_of_q, scale, s.causal);
+    benchmark::DoNotOptimize(r.o.data());
+    benchmark::ClobberMemory();
+  }
+  const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
+  throughput_counters(st, s, per_call);
+  set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(s)) / per_call);
+}
+
+void run_case(benchmark::State& st, const bench_case& c) {
+  skip_if_unsupported(st);
+  if (st.error_occurred()) return;
+  if (c.kind == "eigen") {
+    run_eigen(st, c);
+  } else if (c.kind == "reference") {
+    run_reference(st, c);
+  } else {
+    run_variant(st, c);
+  }
+}
+
+void register_cases(const std::vector<bench_case>& cases) {
+  for (const bench_case& c : cases) {
+    auto* b = benchmark::RegisterBenchmark(c.name().c_str(), [c](benchmark::State& st) { run_case(st, c); });
+    b->Unit(estimated_seconds(isa_name, c.kind, c.s) > 0.01 ? benchmark::kMillisecond : benchmark::kMicrosecond);
+    if (c.s.threads > 1) b->UseRealTime();
+  }
+}
+
+bool cpu_supported() { return gqa::isa::cpu_supports<Isa>(); }
+
+}  // namespace
+
+isa_hooks GQA_BENCH_CAT(hooks_, GQA_BENCH_ISA)() {
+  isa_hooks h;
+  h.isa = isa_name;
+  h.cpu_supported = &cpu_supported;
+  h.fma_rounds = &fma_rounds;
+  h.flops_per_round = 2.0 * fma_chains * gqa::isa::vec<Isa>::lanes;
+  h.read_sum = &read_sum;
+  h.measure_eigen = &measure_eigen;
+  h.register_cases = &register_cases;
+  return h;
+}
+
+}  // namespace gqa_bench

@@ -1,0 +1,184 @@
+// bench/bench_main.cpp: gqa_bench's main: gqa_bench's own flags, the run's context, the machine probes
+// (registered first, so they run first), then every ISA's cases. Compiled with the baseline flags.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include <gqa/gqa.hpp>
+
+#include "bench.hpp"
+
+namespace gqa_bench {
+
+const std::vector<isa_hooks>& all_isas() {
+  static const std::vector<isa_hooks> isas = [] {
+    std::vector<isa_hooks> v;
+#if GQA_BENCH_HAS_SCALAR
+    v.push_back(hooks_scalar());
+#endif
+#if GQA_BENCH_HAS_AVX2
+    v.push_back(hooks_avx2());
+#endif
+#if GQA_BENCH_HAS_AVX512
+    v.push_back(hooks_avx512());
+#endif
+#if GQA_BENCH_HAS_NEON
+    v.push_back(hooks_neon());
+#endif
+    return v;
+  }();
+  return isas;
+}
+
+namespace {
+
+std::vector<std::string_view> built_variants() {
+  return {gqa::variant_names.begin(), gqa::variant_names.end()};
+}
+
+std::string join(const std::vector<std::string_view>& parts) {
+  std::string s;
+  for (std::string_view p : parts) {
+    if (!s.empty()) s += ',';
+    s += p;
+  }
+  return s;
+}
+
+void add_context() {
+  std::vector<std::string_view> built, cpu;
+  for (const isa_hooks& h : all_isas()) {
+    built.push_back(h.isa);
+    if (h.cpu_supported()) cpu.push_back(h.isa);
+  }
+  benchmark::AddCustomContext("gqa_version", GQA_VERSION_STRING);
+  benchmark::AddCustomContext("gqa_isas_built", join(built));
+  benchmark::AddCustomContext("gqa_isas_cpu", join(cpu));
+  benchmark::AddCustomContext("gqa_variants", join(built_variants()));
+#if defined(__clang__)
+  benchmark::AddCustomContext("gqa_compiler", "clang " __clang_version__);
+#elif defined(__GNUC__)
+  benchmark::AddCustomContext("gqa_compiler", "gcc " __VERSION__);
+#else
+  benchmark::AddCustomContext("gqa_compiler", "unknown");
+#endif
+#if defined(_OPENMP)
+  benchmark::AddCustomContext("gqa_openmp", "on");
+#else
+  benchmark::AddCustomContext("gqa_openmp", "off (std::thread)");
+#endif
+#if GQA_BENCH_HAS_EIGEN
+  benchmark::AddCustomContext("gqa_eigen", GQA_BENCH_EIGEN_VERSION
+                              " (one call per batch x query head, heads spread over the threads; "
+                              "EIGEN_DONT_PARALLELIZE)");
+#else
+  benchmark::AddCustomContext("gqa_eigen", "off");
+#endif
+  benchmark::AddCustomContext("gqa_bw_frac_bytes", std::to_string(bw_reference_bytes()));
+}
+
+// --- Probes: probe/fma_peak/<isa> and probe/read_bw/<bytes>. Each also measures its 2-thread value
+// (counter GFLOPS_T2 / GBps_T2), which the T2 benchmarks' peak_frac / bw_frac use. ---
+
+void run_fma_probe(benchmark::State& st, const isa_hooks& h) {
+  if (!h.cpu_supported()) {
+    st.SkipWithError(("CPU lacks " + std::string(h.isa)).c_str());
+    return;
+  }
+  constexpr std::int64_t rounds = 1 << 14;
+  float sink = h.fma_rounds(rounds);  // warm-up (clock ramp-up)
+  const double t0 = thread_cpu_seconds();
+  for (auto _ : st) {
+    sink += h.fma_rounds(rounds);
+    benchmark::DoNotOptimize(sink);
+  }
+  const double per_call = (thread_cpu_seconds() - t0) / static_cast<double>(st.iterations());
+  const double t1 = h.flops_per_round * rounds / per_call * 1e-9;
+  const double t2 = measure_fma_peak(h, 2);
+  store_fma_peak(h.isa, 1, t1);
+  store_fma_peak(h.isa, 2, t2);
+  st.counters["GFLOPS"] = t1;
+  st.counters["GFLOPS_T2"] = t2;
+}
+
+void run_read_probe(benchmark::State& st, std::size_t bytes) {
+  const float* buf = probe_buffer(bytes);
+  const isa_hooks* best = &all_isas().front();
+  for (const isa_hooks& h : all_isas())
+    if (h.cpu_supported()) best = &h;
+  const std::size_t n = bytes / sizeof(float) / 64 * 64;
+  float sink = best->read_sum(buf, n);  // warm-up
+  const double t0 = thread_cpu_seconds();
+  for (auto _ : st) {
+    sink += best->read_sum(buf, n);
+    benchmark::DoNotOptimize(sink);
+  }
+  const double per_call = (thread_cpu_seconds() - t0) / static_cast<double>(st.iterations());
+  const double t1 = static_cast<double>(n * sizeof(float)) / per_call * 1e-9;
+  double t2 = 0;
+  for (int i = 0; i < 3; ++i) t2 = std::max(t2, measure_read_bw(bytes, 2, buf, 1));
+  store_read_bw(bytes, 1, t1);
+  store_read_bw(bytes, 2, t2);
+  st.counters["GBps"] = t1;
+  st.counters["GBps_T2"] = t2;
+}
+
+void register_all() {
+  for (const isa_hooks& h : all_isas())
+    benchmark::RegisterBenchmark(("probe/fma_peak/" + std::string(h.isa)).c_str(),
+                                 [&h](benchmark::State& st) { run_fma_probe(st, h); })
+        ->Unit(benchmark::kMicrosecond);
+  // D1's K + V (the bw_frac reference, far larger than the LLC) and 16 MiB (decode at Skv 2048: L3-sized).
+  for (std::size_t bytes : {bw_reference_bytes(), std::size_t{16} << 20})
+    benchmark::RegisterBenchmark(("probe/read_bw/" + std::to_string(bytes)).c_str(),
+                                 [bytes](benchmark::State& st) { run_read_probe(st, bytes); })
+        ->Unit(benchmark::kMillisecond);
+  const std::vector<std::string_view> variants = built_variants();
+  for (const isa_hooks& h : all_isas()) h.register_cases(cases_for(h.isa, variants));
+}
+
+constexpr const char* usage_extra =
+    "gqa_bench's own flags:\n"
+    "  --gqa_table=<file.json>  print the P1/P2/P3/D1 table from a JSON result file, then exit\n"
+    "  --gqa_no_lazy            do not measure probes / Eigen baselines that the filter excluded\n"
+    "                           (peak_frac, bw_frac, vs_eigen are then omitted where unknown)\n";
+
+}  // namespace
+}  // namespace gqa_bench
+
+int main(int argc, char** argv) {
+  using namespace gqa_bench;
+  // Our own flags first (Google Benchmark would report them as unrecognised).
+  std::string table;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--gqa_table=", 12) == 0) {
+      table = argv[i] + 12;
+    } else if (std::strcmp(argv[i], "--gqa_no_lazy") == 0) {
+      options().lazy_baselines = false;
+    } else if (std::strcmp(argv[i], "--help") == 0) {
+      std::cout << usage_extra << "\n";
+      argv[kept++] = argv[i];
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
+  if (!table.empty()) return print_table(table);
+
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) {
+    std::cerr << usage_extra;
+    return 1;
+  }
+  add_context();
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
