@@ -49,11 +49,13 @@ struct vec<avx2> {
     x = _mm_max_ss(x, _mm_movehdup_ps(x));
     return _mm_cvtss_f32(x);
   }
-  /// Four horizontal sums at once: two rounds of hadd pair the lanes of a..d, then the halves are added.
+  /// Four horizontal sums by a transpose-add tree (no hadd, which is microcoded on some cores): interleave
+  /// pairs and add, so each 128-bit lane holds [a, b, c, d] partial sums, then fold the two lanes.
   static GQA_FORCEINLINE void reduce_sum4(reg a, reg b, reg c, reg d, float* out) noexcept {
-    const reg ab = _mm256_hadd_ps(a, b);     // a01 a23 b01 b23 | a45 a67 b45 b67
-    const reg cd = _mm256_hadd_ps(c, d);
-    const reg abcd = _mm256_hadd_ps(ab, cd);  // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
+    const reg ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));  // a02 b02 a13 b13
+    const reg cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));  // c02 d02 c13 d13
+    const reg abcd = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  // a b c d per lane
     _mm_storeu_ps(out, half_sum(abcd));
   }
   static GQA_FORCEINLINE reg round(reg a) noexcept {

@@ -40,11 +40,15 @@ struct vec<avx512> {
   }
   static GQA_FORCEINLINE float reduce_sum(reg a) noexcept { return _mm512_reduce_add_ps(a); }
   static GQA_FORCEINLINE float reduce_max(reg a) noexcept { return _mm512_reduce_max_ps(a); }
+  /// Four horizontal sums by a transpose-add tree (13 uops, no hadd): interleave pairs and add, so each
+  /// 128-bit lane holds [a, b, c, d] partial sums, then fold the four lanes.
   static GQA_FORCEINLINE void reduce_sum4(reg a, reg b, reg c, reg d, float* out) noexcept {
-    const __m256 ab = _mm256_hadd_ps(half_sum(a), half_sum(b));
-    const __m256 cd = _mm256_hadd_ps(half_sum(c), half_sum(d));
-    const __m256 abcd = _mm256_hadd_ps(ab, cd);
-    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+    const reg ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));  // a02 b02 a13 b13
+    const reg cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));  // c02 d02 c13 d13
+    const reg abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  // a b c d per lane
+    const __m256 h = half_sum(abcd);
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
   }
   static GQA_FORCEINLINE reg round(reg a) noexcept {
     return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
