@@ -107,13 +107,15 @@ isa_hooks hooks_neon();
 const std::vector<isa_hooks>& all_isas();
 const isa_hooks* find_isa(std::string_view isa);
 
-/// Measures the FMA probe of `h` now on `threads` threads (~50 ms): GFLOP/s.
+/// Measures the FMA probe of `h` now on `threads` threads (best of five ~10 ms trials): GFLOP/s.
 double measure_fma_peak(const isa_hooks& h, int threads);
 /// A 64-byte aligned buffer of `bytes` (filled once, kept for the run) for the read probe.
 const float* probe_buffer(std::size_t bytes);
 /// `passes` streaming reads of `bytes` from `buf`, split in contiguous parts over `threads` threads
 /// (with the widest ISA the CPU supports): GB/s on the clock of that thread count.
 double measure_read_bw(std::size_t bytes, int threads, const float* buf, int passes);
+/// The read probe as the benchmarks use it: best of three trials of >= ~10 ms each.
+double measure_read_bw_best(std::size_t bytes, int threads);
 
 // --- Inputs: random BSHD buffers, allocated and filled once per shape, reused by consecutive benchmarks
 // of the same shape (the last few are kept). ---
