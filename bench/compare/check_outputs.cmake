@@ -121,7 +121,10 @@ endforeach()
 # --- compare.csv: csv[<config>|<scheme>] = fields ----------------------------------------------------------
 file(STRINGS "${_out}/compare.csv" _csv_lines)
 list(POP_FRONT _csv_lines _csv_header)
-check("_csv_header MATCHES \"^config,scheme,variant,hq,hkv,kv_heads_used,allocation,flops,kv_bytes_per_token,attn_params,extra_params,median_ms,min_ms,q1_ms,q3_ms,max_ms,speedup_vs_mha,status$\"" "compare.csv header")
+set(_want_header "config,scheme,variant,hq,hkv,kv_heads_used,allocation,flops,kv_bytes_per_token,attn_params,"
+                 "extra_params,median_ms,min_ms,q1_ms,q3_ms,max_ms,speedup_vs_mha,status")
+string(CONCAT _want_header ${_want_header})
+check("_csv_header STREQUAL \"${_want_header}\"" "compare.csv header '${_csv_header}'")
 set(_csv_count 0)
 foreach(_line IN LISTS _csv_lines)
   string(REPLACE "," ";" _fields "${_line}")

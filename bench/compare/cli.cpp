@@ -72,7 +72,8 @@ void validate(const overrides& ov, const layer_config& c) {
   if (bytes > static_cast<double>(max_buffer_bytes))
     throw usage_error("--batch " + std::to_string(c.batch) + " --heads " + std::to_string(c.heads) + " --head-dim " +
                       std::to_string(c.head_dim) + " --kv-len " + std::to_string(c.seq_kv) +
-                      ": too large: the buffers would need " + std::to_string(static_cast<long long>(bytes / (1 << 30))) +
+                      ": too large: the buffers would need " +
+                      std::to_string(static_cast<long long>(bytes / (1 << 30))) +
                       " GiB (limit " + std::to_string(max_buffer_bytes >> 30) + " GiB)" + in);
 }
 

@@ -183,7 +183,8 @@ TEST(compare_cli, errors_name_the_argument_and_value) {
   EXPECT_EQ(message({"--heads", "x"}), "--heads = x: not an integer");
   EXPECT_EQ(message({"--heads", ""}), "--heads = (empty): not an integer");
   EXPECT_EQ(message({"--seq", "0"}), "--seq = 0: must be in [1, 16777216]");
-  EXPECT_EQ(message({"--preset", "bert"}), "--preset = bert: unknown preset (vit-b16, llama-prefill, llama-decode, all)");
+  EXPECT_EQ(message({"--preset", "bert"}),
+            "--preset = bert: unknown preset (vit-b16, llama-prefill, llama-decode, all)");
   EXPECT_EQ(message({"--decode=yes"}), "--decode = yes: takes no value");
   EXPECT_EQ(message({"--out"}), "--out: missing value");
   EXPECT_EQ(message({"-x"}), "-x: unknown argument");

@@ -16,11 +16,6 @@
 
 #include "measure.hpp"
 
-// The variant headers still being written (variant_api.md) are compiled in when this is 1.
-#ifndef GQA_COMPARE_HAVE_PGQA_WGQA
-#define GQA_COMPARE_HAVE_PGQA_WGQA 0
-#endif
-
 namespace gqa_compare {
 namespace {
 
@@ -110,7 +105,6 @@ measurement run(const measure_request& r) {
       record_allocation(p, m);
       return m;
     }
-#if GQA_COMPARE_HAVE_PGQA_WGQA
     case scheme_kind::pgqa: {
       gqa::pgqa_options o;  // noise `always`, as the reference (spec §7.2)
       o.seed = r.seed;
@@ -128,15 +122,6 @@ measurement run(const measure_request& r) {
       m.allocation = uniform_allocation(r);
       return m;
     }
-#else
-    case scheme_kind::pgqa:
-    case scheme_kind::wgqa_scalar:
-    case scheme_kind::wgqa_col: {
-      measurement m;
-      m.error = "not available in this build (variant header pending)";
-      return m;
-    }
-#endif
   }
   measurement m;
   m.error = "unknown scheme kind";

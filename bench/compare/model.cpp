@@ -3,13 +3,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 namespace gqa_compare {
 
 namespace {
 
-layer_config make(std::string name, std::string description, std::int64_t heads, std::int64_t d, std::int64_t batch, std::int64_t sq,
-                  std::int64_t skv, bool causal, bool decode, int reps, int warmup) {
+layer_config make(std::string name, std::string description, std::int64_t heads, std::int64_t d,
+                  std::int64_t batch, std::int64_t sq, std::int64_t skv, bool causal, bool decode, int reps,
+                  int warmup) {
   layer_config c;
   c.name = std::move(name);
   c.description = std::move(description);
@@ -34,9 +36,11 @@ std::vector<layer_config> presets(const std::string& which) {
   if (which == "vit-b16" || which == "all")  // one ViT-B/16 encoder layer: 196 patches + CLS, no mask
     out.push_back(make("vit-b16", "ViT-B/16 encoder layer", 12, 64, 8, 197, 197, false, false, 20, 2));
   if (which == "llama-prefill" || which == "all")  // Llama-style layer (as Llama-2/3-8B) prefilling 2048 tokens
-    out.push_back(make("llama-prefill", "Llama-style layer, causal prefill", 32, 128, 1, 2048, 2048, true, false, 5, 1));
+    out.push_back(
+        make("llama-prefill", "Llama-style layer, causal prefill", 32, 128, 1, 2048, 2048, true, false, 5, 1));
   if (which == "llama-decode" || which == "all")  // one new token against an 8192-token KV cache
-    out.push_back(make("llama-decode", "Llama-style layer, decode against a long KV cache", 32, 128, 1, 1, 8192, true, true, 20, 2));
+    out.push_back(make("llama-decode", "Llama-style layer, decode against a long KV cache", 32, 128, 1, 1, 8192,
+                       true, true, 20, 2));
   return out;
 }
 
