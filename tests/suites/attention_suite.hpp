@@ -1,0 +1,719 @@
+// tests/suites/attention_suite.hpp: gqa::attend<Isa> against the naive double-precision reference
+// (reference/attention.hpp) over shapes, masks, padding, head maps, layouts, LSE, the split-KV decode path
+// and large tiles (spec "Decisions for gqa": the core; §1 head maps; §12 the MLA shape). Compiled once
+// per ISA: every helper stays in `namespace {}`. GQA_TEST_VERBOSE=1 prints every case's errors.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gqa/attention.hpp>
+#include <gqa/reference/attention.hpp>
+
+#include "support/isa_suite.hpp"
+
+namespace {
+
+using gqa::index_t;
+
+constexpr float k_nan = std::numeric_limits<float>::quiet_NaN();
+constexpr double k_neg_inf = -std::numeric_limits<double>::infinity();
+constexpr double k_unit_roundoff = 0x1p-24;
+
+// Note [attention tolerance]
+// flash-attn's error budget (STYLE Part 2, item 10): for each case, the kernel's largest absolute error
+// against the double reference may be at most twice that of a naive fp32 attention on the same inputs
+// (naive_fp32 below: float dot products summed in order, std::exp after subtracting the row max, float
+// sums), plus a floor:
+//   max|O − O_ref| ≤ 2 · max|O_naive − O_ref| + 1e-6 · max(1, max|V|)
+//   max|LSE − LSE_ref| ≤ 2 · max|LSE_naive − LSE_ref| + 1e-6 · max(1, max|LSE_ref|)
+// Why this is the right yardstick: both errors come from the same fp32 roundings (a dot product over
+// d_qk, a softmax sum and a P·V sum over the visible keys), so they grow together with d, skv and the
+// score magnitude, and the bound follows them from d = 1 to the MLA shape and to scale-10 scores. The
+// factor 2 covers the kernel's different but equally long sums (blocked, rescaled, merged across split-KV
+// chunks) and its exp2 (≤ 1.23 u, Note [exp accuracy], against std::exp's 0.5 u). The floor is ~17 u of
+// the output's scale: it only matters when the naive error happens to be tiny (d = 1, one key), where
+// the kernel's few extra roundings (q pre-scaled by scale·log2e, the exp2 polynomial) are all it has.
+// Every real bug seen so far (a row masked one key too early or late, a wrong head, a missed rescale)
+// makes errors of 1e-3 or more, far above both terms.
+// Ill-conditioned cases (scores of magnitude 1e4 and more: any fp32 score is then off by ~u·|s|·√d, i.e.
+// 1e-3 or more, and near-ties turn that into output errors of ~1e-3·max|V| in a few rows for the kernel
+// and the naive code alike, at different rows) compare MEAN absolute errors with the same factor and
+// floor, since the maximum is a lottery over those few rows, and a factor 4 instead of 2: the kernel
+// holds scores in log2 units (Note [base-2 softmax]), 1.44× larger than the naive code's, so up to one
+// binade coarser in fp32, which doubles the score rounding that dominates these cases (measured: a naive
+// code that pre-scales q by scale·log2(e) and uses exp2 has exactly the kernel's errors). They also
+// require every output to lie in the range of the visible values (a convex combination), which any
+// rescaling bug breaks.
+constexpr double k_error_factor = 2.0;
+constexpr double k_error_factor_ill_conditioned = 4.0;
+constexpr double k_error_floor = 1e-6;
+
+enum class layout { bshd, bhsd, padded };
+
+const char* layout_name(layout l) {
+  switch (l) {
+    case layout::bshd: return "bshd";
+    case layout::bhsd: return "bhsd";
+    case layout::padded: return "padded";
+  }
+  return "?";
+}
+
+/// A 4-D tensor in its own buffer. `padded` puts gaps between heads, positions and batches
+/// (stride_h = d + 3 > d, stride_s and stride_b not multiples of anything); every gap holds NaN, so a
+/// kernel that reads past a head vector produces NaN and one that writes there is caught.
+struct tensor {
+  std::unique_ptr<float[]> buf;
+  std::size_t size = 0;
+  gqa::tensor_view<float> view;
+
+  tensor(layout l, index_t b, index_t s, index_t h, index_t d) {
+    index_t sb = 0, ss = 0, sh = 0;
+    switch (l) {
+      case layout::bshd: sh = d, ss = h * d, sb = s * h * d; break;
+      case layout::bhsd: ss = d, sh = s * d, sb = h * s * d; break;
+      case layout::padded: sh = d + 3, ss = h * (d + 3) + 5, sb = s * (h * (d + 3) + 5) + 7; break;
+    }
+    size = static_cast<std::size_t>(b * sb);
+    buf = std::make_unique<float[]>(size);
+    std::fill(buf.get(), buf.get() + size, k_nan);
+    view = gqa::tensor_view<float>(buf.get(), b, s, h, d, sb, ss, sh, 1);
+  }
+  gqa::tensor_view<const float> cview() const { return view; }
+
+  /// Fills the view's elements (not the gaps) with uniform [lo, hi) floats, a pure function of seed.
+  void fill(std::uint64_t seed, float lo, float hi) {
+    const auto x = gqa::test::random_floats(static_cast<std::size_t>(view.b * view.s * view.h * view.d), seed, lo, hi);
+    std::size_t i = 0;
+    for (index_t ib = 0; ib < view.b; ++ib)
+      for (index_t is = 0; is < view.s; ++is)
+        for (index_t ih = 0; ih < view.h; ++ih)
+          for (index_t c = 0; c < view.d; ++c) view(ib, is, ih, c) = x[i++];
+  }
+  /// Number of buffer elements outside the view that are no longer NaN (the output's gaps).
+  std::size_t gaps_written() const {
+    std::vector<char> inside(size, 0);
+    for (index_t ib = 0; ib < view.b; ++ib)
+      for (index_t is = 0; is < view.s; ++is)
+        for (index_t ih = 0; ih < view.h; ++ih)
+          for (index_t c = 0; c < view.d; ++c) inside[static_cast<std::size_t>(&view(ib, is, ih, c) - buf.get())] = 1;
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < size; ++i) n += !inside[i] && !std::isnan(buf[i]);
+    return n;
+  }
+};
+
+/// One attention call to check: shapes, options and layouts. kv_of_q empty means head_map::uniform.
+struct attention_case {
+  index_t b = 1, sq = 1, skv = 1, hq = 1, hkv = 1, d = 16, dv = 16;
+  bool causal = false;
+  std::vector<index_t> kv_lengths;
+  std::optional<float> scale;
+  std::vector<index_t> kv_of_q;
+  layout lq = layout::bshd, lk = layout::bshd, lv = layout::bshd, lo = layout::bshd;
+  float lo_val = -1.0f, hi_val = 1.0f;  // inputs uniform in [lo_val, hi_val)
+  bool ill_conditioned = false;         // See Note [attention tolerance]
+  std::string data;                     // names any change a test makes to the random inputs
+  std::uint64_t seed = 1;
+
+  gqa::head_map map() const {
+    return kv_of_q.empty() ? gqa::head_map::uniform(hq, hkv) : gqa::head_map(kv_of_q, hkv);
+  }
+  double scale_or_default() const { return scale ? *scale : 1.0 / std::sqrt(static_cast<double>(static_cast<float>(d))); }
+  std::string describe() const {
+    std::ostringstream os;
+    os << "b=" << b << " sq=" << sq << " skv=" << skv << " hq=" << hq << " hkv=" << hkv << " d=" << d << " dv=" << dv
+       << (causal ? " causal" : " non-causal");
+    if (!kv_lengths.empty()) {
+      os << " kv_lengths={";
+      for (std::size_t i = 0; i < kv_lengths.size(); ++i) os << (i ? "," : "") << kv_lengths[i];
+      os << "}";
+    }
+    if (scale) os << " scale=" << *scale;
+    if (!kv_of_q.empty()) {
+      os << " map={";
+      for (std::size_t i = 0; i < kv_of_q.size(); ++i) os << (i ? "," : "") << kv_of_q[i];
+      os << "}";
+    }
+    os << " layouts q/k/v/o=" << layout_name(lq) << "/" << layout_name(lk) << "/" << layout_name(lv) << "/"
+       << layout_name(lo) << " inputs in [" << lo_val << ", " << hi_val << ") seed=" << seed;
+    if (!data.empty()) os << " data: " << data;
+    if (ill_conditioned) os << " (ill-conditioned: mean error)";
+    return os.str();
+  }
+};
+
+/// The case's tensors (inputs filled, output and LSE NaN until the call).
+struct prepared {
+  tensor q, k, v, o;
+  gqa::head_map map;
+  std::vector<float> lse;
+
+  explicit prepared(const attention_case& c)
+      : q(c.lq, c.b, c.sq, c.hq, c.d), k(c.lk, c.b, c.skv, c.hkv, c.d), v(c.lv, c.b, c.skv, c.hkv, c.dv),
+        o(c.lo, c.b, c.sq, c.hq, c.dv), map(c.map()), lse(static_cast<std::size_t>(c.b * c.hq * c.sq), k_nan) {
+    q.fill(c.seed * 4 + 0, c.lo_val, c.hi_val);
+    k.fill(c.seed * 4 + 1, c.lo_val, c.hi_val);
+    v.fill(c.seed * 4 + 2, c.lo_val, c.hi_val);
+  }
+
+  gqa::attention_options options(const attention_case& c) {
+    gqa::attention_options opt;
+    opt.scale = c.scale;
+    opt.causal = c.causal;
+    opt.kv_lengths = c.kv_lengths;
+    opt.lse = lse;
+    return opt;
+  }
+
+  template <class Isa>
+  void run(const gqa::attention_options& opt) {
+    gqa::attend<Isa>(q.cview(), k.cview(), v.cview(), o.view, map, opt);
+  }
+
+  /// The output in logical [b][sq][hq][dv] order (for bitwise comparisons between runs).
+  std::vector<float> dense_output() const {
+    std::vector<float> out;
+    out.reserve(static_cast<std::size_t>(o.view.b * o.view.s * o.view.h * o.view.d));
+    for (index_t ib = 0; ib < o.view.b; ++ib)
+      for (index_t is = 0; is < o.view.s; ++is)
+        for (index_t ih = 0; ih < o.view.h; ++ih)
+          for (index_t c = 0; c < o.view.d; ++c) out.push_back(o.view(ib, is, ih, c));
+    return out;
+  }
+};
+
+/// Naive fp32 attention (the yardstick of Note [attention tolerance]), written like the double
+/// reference but in float: o [b][sq][hq][dv], lse [b][hq][sq].
+void naive_fp32(const attention_case& c, const prepared& p, std::vector<float>& o, std::vector<float>& lse) {
+  const auto q = p.q.cview(), k = p.k.cview(), v = p.v.cview();
+  const auto kv_of_q = p.map.kv_of_q();
+  const auto scale = static_cast<float>(c.scale_or_default());
+  o.assign(static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), 0.0f);
+  lse.assign(static_cast<std::size_t>(c.b * c.hq * c.sq), -std::numeric_limits<float>::infinity());
+  std::vector<float> s(static_cast<std::size_t>(c.skv));
+  for (index_t ib = 0; ib < c.b; ++ib) {
+    const index_t len = c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
+    for (index_t h = 0; h < c.hq; ++h) {
+      const index_t g = kv_of_q[static_cast<std::size_t>(h)];
+      for (index_t i = 0; i < c.sq; ++i) {
+        const index_t visible = c.causal ? std::clamp<index_t>(i + (len - c.sq) + 1, 0, len) : len;
+        if (visible == 0) continue;
+        float m = -std::numeric_limits<float>::infinity();
+        for (index_t j = 0; j < visible; ++j) {
+          float dot = 0.0f;
+          for (index_t x = 0; x < c.d; ++x) dot += q(ib, i, h, x) * k(ib, j, g, x);
+          s[static_cast<std::size_t>(j)] = dot * scale;
+          m = std::max(m, dot * scale);
+        }
+        float l = 0.0f;
+        for (index_t j = 0; j < visible; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
+        for (index_t x = 0; x < c.dv; ++x) {
+          float acc = 0.0f;
+          for (index_t j = 0; j < visible; ++j) acc += s[static_cast<std::size_t>(j)] * v(ib, j, g, x);
+          o[static_cast<std::size_t>(((ib * c.sq + i) * c.hq + h) * c.dv + x)] = acc / l;
+        }
+        lse[static_cast<std::size_t>((ib * c.hq + h) * c.sq + i)] = m + std::log(l);
+      }
+    }
+  }
+}
+
+/// Runs the prepared case on Isa (with LSE) and checks it against the reference: Note [attention
+/// tolerance] for the values; exact +0 output and −inf LSE for rows that see no key; everything finite;
+/// the output's gaps (padded layout) untouched. Extra options (threads, parallel_for) may be set by `tweak`.
+template <class Isa>
+void check_prepared(const attention_case& c, prepared& p, const std::function<void(gqa::attention_options&)>& tweak = {}) {
+  SCOPED_TRACE(c.describe());
+  auto opt = p.options(c);
+  if (tweak) tweak(opt);
+  p.run<Isa>(opt);
+
+  const auto ref = gqa::reference::attention(p.q.cview(), p.k.cview(), p.v.cview(), p.map.kv_of_q(),
+                                             c.scale_or_default(), c.causal, c.kv_lengths);
+  std::vector<float> naive_o, naive_lse;
+  naive_fp32(c, p, naive_o, naive_lse);
+
+  double vmax = 0.0;
+  for (index_t ib = 0; ib < c.b; ++ib)
+    for (index_t j = 0; j < c.skv; ++j)
+      for (index_t g = 0; g < c.hkv; ++g)
+        for (index_t x = 0; x < c.dv; ++x) vmax = std::max(vmax, std::fabs(static_cast<double>(p.v.view(ib, j, g, x))));
+
+  double err = 0.0, naive_err = 0.0, err_sum = 0.0, naive_err_sum = 0.0;
+  double lse_err = 0.0, naive_lse_err = 0.0, lse_max = 0.0;
+  std::size_t bad_masked = 0, non_finite = 0, outside_hull = 0, compared = 0;
+  for (index_t ib = 0; ib < c.b; ++ib)
+    for (index_t h = 0; h < c.hq; ++h)
+      for (index_t i = 0; i < c.sq; ++i) {
+        const auto li = static_cast<std::size_t>((ib * c.hq + h) * c.sq + i);
+        const double want_lse = ref.log_sum_exp(ib, h, i);
+        const float got_lse = p.lse[li];
+        const bool masked = want_lse == k_neg_inf;
+        if (masked) {
+          bad_masked += !(got_lse == -std::numeric_limits<float>::infinity());
+        } else if (!std::isfinite(got_lse)) {
+          ++non_finite;
+        } else {
+          lse_err = std::max(lse_err, std::fabs(got_lse - want_lse));
+          naive_lse_err = std::max(naive_lse_err, std::fabs(naive_lse[li] - want_lse));
+          lse_max = std::max(lse_max, std::fabs(want_lse));
+        }
+        const index_t len = c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
+        const index_t visible = c.causal ? std::clamp<index_t>(i + (len - c.sq) + 1, 0, len) : len;
+        const index_t g = p.map.kv_of(h);
+        for (index_t x = 0; x < c.dv; ++x) {
+          const float got = p.o.view(ib, i, h, x);
+          if (masked) {
+            const float zero = 0.0f;
+            bad_masked += std::memcmp(&got, &zero, sizeof got) != 0;  // exactly +0, not -0 or NaN
+            continue;
+          }
+          if (!std::isfinite(got)) {
+            ++non_finite;
+            continue;
+          }
+          const double want = ref.out(ib, i, h, x);
+          const double e = std::fabs(got - want);
+          const double ne = std::fabs(naive_o[static_cast<std::size_t>(((ib * c.sq + i) * c.hq + h) * c.dv + x)] - want);
+          err = std::max(err, e);
+          naive_err = std::max(naive_err, ne);
+          err_sum += e;
+          naive_err_sum += ne;
+          ++compared;
+          if (c.ill_conditioned) {  // a convex combination of the visible values, up to fp32 rounding
+            float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+            for (index_t j = 0; j < visible; ++j) {
+              lo = std::min(lo, p.v.view(ib, j, g, x));
+              hi = std::max(hi, p.v.view(ib, j, g, x));
+            }
+            // Σ p·v / Σ p rounds once per key in each sum: within γ_2·visible of the hull, relative.
+            const double slack = static_cast<double>(2 * visible + 8) * k_unit_roundoff * vmax;
+            outside_hull += got < lo - slack || got > hi + slack;
+          }
+        }
+      }
+  EXPECT_EQ(non_finite, 0u) << "non-finite outputs or LSE in rows that see keys";
+  EXPECT_EQ(bad_masked, 0u) << "rows that see no key must be exactly +0 with LSE -inf";
+  EXPECT_EQ(outside_hull, 0u) << "outputs outside the range of the visible values";
+  EXPECT_EQ(p.o.gaps_written(), 0u) << "the kernel wrote outside the output view";
+  const double floor = k_error_floor * std::max(1.0, vmax);
+  if (c.ill_conditioned) {
+    const double n = static_cast<double>(std::max<std::size_t>(compared, 1));
+    EXPECT_LE(err_sum / n, k_error_factor_ill_conditioned * naive_err_sum / n + floor)
+        << "mean |O - O_ref| = " << err_sum / n << ", naive fp32 " << naive_err_sum / n;
+  } else {
+    EXPECT_LE(err, k_error_factor * naive_err + floor) << "max |O - O_ref| = " << err << ", naive fp32 " << naive_err;
+  }
+  const double lse_tol = k_error_factor * naive_lse_err + k_error_floor * std::max(1.0, lse_max);
+  EXPECT_LE(lse_err, lse_tol) << "max |LSE - LSE_ref| = " << lse_err << ", naive fp32 " << naive_lse_err;
+  if (std::getenv("GQA_TEST_VERBOSE"))
+    std::printf("  max err %.3g naive %.3g | mean %.3g naive %.3g | lse %.3g naive %.3g | %s\n", err, naive_err,
+                err_sum / static_cast<double>(std::max<std::size_t>(compared, 1)),
+                naive_err_sum / static_cast<double>(std::max<std::size_t>(compared, 1)), lse_err, naive_lse_err,
+                c.describe().c_str());
+}
+
+/// check_prepared on freshly prepared (random) inputs.
+template <class Isa>
+void check_case(const attention_case& c, const std::function<void(gqa::attention_options&)>& tweak = {}) {
+  prepared p(c);
+  check_prepared<Isa>(c, p, tweak);
+}
+
+/// The output and LSE of one run, bitwise, for determinism checks.
+template <class Isa>
+std::pair<std::vector<float>, std::vector<float>> run_bits(const attention_case& c,
+                                                           const std::function<void(gqa::attention_options&)>& tweak) {
+  prepared p(c);
+  auto opt = p.options(c);
+  tweak(opt);
+  p.run<Isa>(opt);
+  return {p.dense_output(), p.lse};
+}
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+/// A caller parallel_for that runs the tasks in reverse order on the calling thread.
+void reverse_order(index_t n, const std::function<void(index_t)>& task) {
+  for (index_t i = n; i-- > 0;) task(i);
+}
+
+/// A caller parallel_for on three std::threads taking tasks from a shared counter, from the end.
+void three_threads(index_t n, const std::function<void(index_t)>& task) {
+  std::atomic<index_t> next{n};
+  auto worker = [&] {
+    for (index_t i = --next; i >= 0; i = --next) task(i);
+  };
+  std::thread t1(worker), t2(worker);
+  worker();
+  t1.join();
+  t2.join();
+}
+
+/// Checks that the case gives bitwise the same output and LSE for num_threads 1, 2, 0 and for caller
+/// loops that run the tasks in reverse order and on three threads.
+template <class Isa>
+void check_deterministic(const attention_case& c) {
+  SCOPED_TRACE(c.describe());
+  const auto base = run_bits<Isa>(c, [](gqa::attention_options& o) { o.num_threads = 1; });
+  const std::pair<const char*, std::function<void(gqa::attention_options&)>> runs[] = {
+      {"num_threads = 2", [](gqa::attention_options& o) { o.num_threads = 2; }},
+      {"num_threads = 0", [](gqa::attention_options& o) { o.num_threads = 0; }},
+      {"parallel_for in reverse order", [](gqa::attention_options& o) { o.parallel_for = reverse_order; }},
+      {"parallel_for on three threads", [](gqa::attention_options& o) { o.parallel_for = three_threads; }},
+  };
+  for (const auto& [name, tweak] : runs) {
+    const auto got = run_bits<Isa>(c, tweak);
+    EXPECT_TRUE(bitwise_equal(got.first, base.first)) << name << ": output differs from num_threads = 1";
+    EXPECT_TRUE(bitwise_equal(got.second, base.second)) << name << ": LSE differs from num_threads = 1";
+  }
+}
+
+struct heads {
+  index_t hq, hkv;
+};
+
+struct layout_combo {
+  layout q, k, v, o;
+};
+
+}  // namespace
+
+template <class Isa>
+class attention_suite : public gqa::test::isa_test<Isa> {};
+TYPED_TEST_SUITE_P(attention_suite);
+
+// D (d_qk = d_v) × Sq × Skv, each shape with one of the head configurations (rotating), causal and not.
+// Lengths straddle the KV blocks (64 keys on scalar/NEON, 128 on AVX) and the decode/tiled switch
+// (group rows ≤ 8); causal covers Sq < Skv (bottom-right) and Sq > Skv (early rows see nothing).
+TYPED_TEST_P(attention_suite, shapes_match_reference) {
+  const index_t dims[] = {1, 17, 64, 80, 128};
+  const index_t lens[] = {1, 2, 63, 64, 65, 200};
+  const heads configs[] = {{1, 1}, {8, 8}, {8, 2}, {8, 1}, {12, 4}};
+  std::uint64_t seed = 100;
+  for (std::size_t id = 0; id < std::size(dims); ++id)
+    for (std::size_t is = 0; is < std::size(lens); ++is)
+      for (std::size_t ik = 0; ik < std::size(lens); ++ik) {
+        // The reduced list (ASan, qemu) keeps every fourth shape, still hitting every D, Sq and Skv.
+        if (gqa::test::reduced && (id + is + 2 * ik) % 4 != 0) continue;
+        const heads hc = configs[(id + 2 * is + 3 * ik) % std::size(configs)];
+        for (const bool causal : {false, true}) {
+          attention_case c;
+          c.b = 1 + static_cast<index_t>((is + ik) % 2);
+          c.sq = lens[is];
+          c.skv = lens[ik];
+          c.hq = hc.hq;
+          c.hkv = hc.hkv;
+          c.d = c.dv = dims[id];
+          c.causal = causal;
+          c.seed = seed++;
+          check_case<TypeParam>(c);
+        }
+      }
+}
+
+// Right padding: per-batch valid lengths, including 0 (the whole batch element sees nothing), the full
+// length, and lengths that end inside a KV block; with and without causal (which then aligns to each
+// batch's own length).
+TYPED_TEST_P(attention_suite, padded_kv_lengths) {
+  struct shape {
+    index_t sq, skv, hq, hkv, d;
+    std::vector<index_t> lengths;
+  };
+  std::vector<shape> shapes = {
+      {1, 200, 8, 2, 64, {200, 0, 37, 129}},      // decode
+      {3, 130, 8, 1, 17, {0, 130, 1, 65}},        // few positions, direct path
+      {65, 200, 8, 2, 80, {199, 64, 0, 127}},     // tiled
+      {200, 65, 12, 4, 128, {65, 3, 0, 64}},      // Sq > every length: causal rows before the end see nothing
+  };
+  if (gqa::test::reduced) shapes.resize(2);
+  std::uint64_t seed = 300;
+  for (const auto& s : shapes)
+    for (const bool causal : {false, true}) {
+      attention_case c;
+      c.b = static_cast<index_t>(s.lengths.size());
+      c.sq = s.sq;
+      c.skv = s.skv;
+      c.hq = s.hq;
+      c.hkv = s.hkv;
+      c.d = c.dv = s.d;
+      c.kv_lengths = s.lengths;
+      c.causal = causal;
+      c.seed = seed++;
+      check_case<TypeParam>(c);
+    }
+}
+
+// Rows that see no key (Sq > Skv causal, kv_length 0) are exactly +0 with LSE -inf, never NaN, and the
+// rows that do see keys are unaffected.
+TYPED_TEST_P(attention_suite, fully_masked_rows_are_zero) {
+  attention_case c;
+  c.b = 2;
+  c.sq = 70;
+  c.skv = 5;
+  c.hq = 4;
+  c.hkv = 2;
+  c.d = c.dv = 24;
+  c.causal = true;
+  c.kv_lengths = {5, 0};
+  check_case<TypeParam>(c);  // exact zeros and -inf are part of check_case
+  prepared p(c);
+  p.run<TypeParam>(p.options(c));
+  // Row i of batch 0 sees keys j <= i + 5 - 70: the first 65 rows see nothing.
+  for (index_t i = 0; i < c.sq; ++i)
+    for (index_t h = 0; h < c.hq; ++h) {
+      const bool empty = i < 65;
+      EXPECT_EQ(std::isinf(p.lse[static_cast<std::size_t>(h * c.sq + i)]), empty) << "row " << i << " head " << h;
+      for (index_t x = 0; x < c.dv; ++x) ASSERT_FALSE(std::isnan(p.o.view(0, i, h, x)));
+    }
+  // A scale of 0 (allowed: finite) makes every visible score 0: a plain average, never NaN.
+  c.scale = 0.0f;
+  c.kv_lengths = {3, 0};
+  check_case<TypeParam>(c);
+}
+
+// Absorbed MLA (spec §12): one KV head, d_qk 576, d_v 512, explicit scale 1/sqrt(192); and other
+// d_qk != d_v pairs on both paths.
+TYPED_TEST_P(attention_suite, mla_and_unequal_head_dims) {
+  attention_case mla;
+  mla.hq = gqa::test::reduced ? 8 : 16;
+  mla.hkv = 1;
+  mla.d = 576;
+  mla.dv = 512;
+  mla.scale = 1.0f / std::sqrt(192.0f);
+  mla.seed = 500;
+  for (const index_t sq : {index_t{1}, index_t{2}, index_t{33}}) {
+    if (gqa::test::reduced && sq == 33) continue;
+    mla.sq = sq;
+    mla.skv = gqa::test::reduced ? 97 : 300;
+    mla.causal = sq > 1;
+    ++mla.seed;
+    check_case<TypeParam>(mla);
+  }
+  struct dims {
+    index_t d, dv;
+  };
+  std::uint64_t seed = 520;
+  for (const dims dd : {dims{64, 17}, dims{17, 80}, dims{128, 64}, dims{3, 129}})
+    for (const index_t sq : {index_t{1}, index_t{70}}) {
+      attention_case c;
+      c.sq = sq;
+      c.skv = 130;
+      c.hq = 8;
+      c.hkv = 2;
+      c.d = dd.d;
+      c.dv = dd.dv;
+      c.causal = sq > 1;
+      c.seed = seed++;
+      check_case<TypeParam>(c);
+    }
+}
+
+// Unequal and empty groups (KDGQA/DGQA allocations, spec §5-6) and a non-contiguous map (the core
+// accepts any map, §1): decode (direct path), few positions and tiled.
+TYPED_TEST_P(attention_suite, unequal_empty_and_noncontiguous_groups) {
+  std::vector<std::pair<std::vector<int>, std::vector<index_t>>> maps;  // (allocation, or explicit map)
+  maps.push_back({{0, 3, 5, 0}, {}});
+  maps.push_back({{1, 0, 7}, {}});
+  maps.push_back({{2, 2, 0, 4, 1, 0}, {}});
+  maps.push_back({{}, {2, 0, 1, 0, 2, 2, 1, 0}});     // hkv 3, heads of a group interleaved
+  maps.push_back({{}, {3, 3, 0, 3, 0, 3, 3, 3, 0}});  // hkv 4: KV heads 1 and 2 unused, group of 6
+  std::uint64_t seed = 600;
+  for (const auto& [alloc, explicit_map] : maps) {
+    std::vector<index_t> kv_of_q = explicit_map;
+    index_t hkv = 0;
+    if (!alloc.empty()) {
+      const auto m = gqa::head_map::from_allocation(alloc);
+      kv_of_q.assign(m.kv_of_q().begin(), m.kv_of_q().end());
+      hkv = m.hkv();
+    } else {
+      hkv = *std::max_element(kv_of_q.begin(), kv_of_q.end()) + 1;
+    }
+    for (const index_t sq : {index_t{1}, index_t{2}, index_t{67}}) {
+      if (gqa::test::reduced && sq == 2) continue;
+      for (const bool causal : {false, true}) {
+        attention_case c;
+        c.b = 2;
+        c.sq = sq;
+        c.skv = 150;
+        c.hq = static_cast<index_t>(kv_of_q.size());
+        c.hkv = hkv;
+        c.kv_of_q = kv_of_q;
+        c.d = c.dv = 40;
+        c.causal = causal;
+        c.kv_lengths = {150, 77};
+        c.seed = seed++;
+        check_case<TypeParam>(c);
+      }
+    }
+  }
+}
+
+// BSHD, BHSD and padded-stride views (stride_h > d, NaN in every gap), mixed between q, k, v and o.
+TYPED_TEST_P(attention_suite, layouts_and_strides) {
+  const layout_combo combos[] = {
+      {layout::bshd, layout::bshd, layout::bshd, layout::bshd},
+      {layout::bhsd, layout::bhsd, layout::bhsd, layout::bhsd},
+      {layout::padded, layout::padded, layout::padded, layout::padded},
+      {layout::bhsd, layout::padded, layout::bshd, layout::padded},
+      {layout::padded, layout::bhsd, layout::padded, layout::bhsd},
+  };
+  std::uint64_t seed = 700;
+  for (const layout_combo& cb : combos)
+    for (const index_t sq : {index_t{1}, index_t{66}}) {
+      attention_case c;
+      c.b = 2;
+      c.sq = sq;
+      c.skv = 131;
+      c.hq = 8;
+      c.hkv = 2;
+      c.d = 33;
+      c.dv = 20;
+      c.causal = sq > 1;
+      c.lq = cb.q;
+      c.lk = cb.k;
+      c.lv = cb.v;
+      c.lo = cb.o;
+      c.seed = seed++;
+      check_case<TypeParam>(c);
+    }
+}
+
+// Long decode takes the split-KV path (Note [decode split]: fewer than 16 tasks, skv >= 2048): correct,
+// also when padding or causal cut the range inside or before a chunk, and bitwise identical for any
+// thread count and task order.
+TYPED_TEST_P(attention_suite, split_kv_decode) {
+  attention_case c;
+  c.b = 2;
+  c.sq = 1;
+  c.skv = gqa::test::reduced ? 2100 : 4500;
+  c.hq = 8;
+  c.hkv = 2;
+  c.d = c.dv = 64;
+  c.kv_lengths = {c.skv, c.skv / 3 + 5};  // the second batch's later chunks see nothing
+  c.seed = 800;
+  check_case<TypeParam>(c);
+  check_deterministic<TypeParam>(c);
+  c.sq = 2;  // G·sq = 8 rows: still the decode path, causal cuts the last key for the first position
+  c.causal = true;
+  c.kv_lengths.clear();
+  c.seed = 801;
+  check_case<TypeParam>(c);
+  check_deterministic<TypeParam>(c);
+}
+
+// Tiles with more rows than one task holds (Sq 300 × G 8 rows) and more KV blocks than one: correct and
+// bitwise identical for any thread count and task order.
+TYPED_TEST_P(attention_suite, large_tiles) {
+  attention_case c;
+  c.b = 1;
+  c.sq = gqa::test::reduced ? 100 : 300;
+  c.skv = gqa::test::reduced ? 150 : 300;
+  c.hq = 16;
+  c.hkv = 2;
+  c.d = c.dv = 64;
+  c.causal = true;
+  c.seed = 900;
+  check_case<TypeParam>(c);
+  check_deterministic<TypeParam>(c);
+  c.causal = false;
+  c.kv_lengths = {c.skv - 7};
+  c.seed = 901;
+  check_deterministic<TypeParam>(c);
+}
+
+// Large scores (scale 10, inputs up to ±30: |scale·q·k| reaches 10^4-10^5 while e^s overflows float at
+// s ≈ 88): the online softmax's running max and rescaling keep everything finite, inside the range of
+// the visible values and as accurate as a naive fp32 softmax that subtracts the exact row max.
+TYPED_TEST_P(attention_suite, large_magnitude_scores) {
+  std::uint64_t seed = 1000;
+  for (const index_t sq : {index_t{1}, index_t{40}})
+    for (const index_t d : {index_t{4}, index_t{64}}) {
+      attention_case c;
+      c.sq = sq;
+      c.skv = 300;
+      c.hq = 8;
+      c.hkv = 2;
+      c.d = c.dv = d;
+      c.scale = 10.0f;
+      c.lo_val = -30.0f;
+      c.hi_val = 30.0f;
+      c.causal = sq > 1;
+      c.ill_conditioned = true;  // See Note [attention tolerance]
+      c.seed = seed++;
+      check_case<TypeParam>(c);
+    }
+  // Scores that climb (or fall) 60 per key from -9000 to 9000: the running max rises at every key and
+  // every block rescales the previous ones by 2^(-thousands) = 0, so each row is exactly the value of its
+  // last (first) visible key: well conditioned, checked with the max-error bound.
+  for (const float dir : {1.0f, -1.0f}) {
+    attention_case c;
+    c.sq = 40;
+    c.skv = 300;
+    c.hq = 8;
+    c.hkv = 2;
+    c.d = c.dv = 32;
+    c.scale = 10.0f;
+    c.causal = true;
+    c.seed = seed++;
+    c.data = dir > 0 ? "steep rising ramp" : "steep falling ramp";
+    prepared p(c);
+    for (index_t i = 0; i < c.sq; ++i)
+      for (index_t h = 0; h < c.hq; ++h) p.q.view(0, i, h, 0) = 30.0f;
+    for (index_t j = 0; j < c.skv; ++j)
+      for (index_t g = 0; g < c.hkv; ++g) {
+        p.k.view(0, j, g, 0) = dir * 30.0f * (2.0f * static_cast<float>(j) / static_cast<float>(c.skv) - 1.0f);
+        for (index_t x = 1; x < c.d; ++x) p.k.view(0, j, g, x) *= 0.1f;  // other dims: noise of ~2
+      }
+    check_prepared<TypeParam>(c, p);
+  }
+  // A common offset of 9000 with a gentle ramp on top (0.05 per key): many keys of every block count and
+  // the max rises a little at each block, so every rescale factor is a real number in (0, 1).
+  {
+    attention_case c;
+    c.sq = 40;
+    c.skv = 300;
+    c.hq = 8;
+    c.hkv = 2;
+    c.d = c.dv = 16;
+    c.scale = 10.0f;
+    c.causal = true;
+    c.ill_conditioned = true;  // an offset of 9000 leaves fp32 scores ~1e-3 of resolution
+    c.seed = seed++;
+    c.data = "offset 9000 plus gentle ramp";
+    prepared p(c);
+    for (index_t i = 0; i < c.sq; ++i)
+      for (index_t h = 0; h < c.hq; ++h) {
+        p.q.view(0, i, h, 0) = 30.0f;
+        p.q.view(0, i, h, 1) = 1.0f;
+      }
+    for (index_t j = 0; j < c.skv; ++j)
+      for (index_t g = 0; g < c.hkv; ++g) {
+        p.k.view(0, j, g, 0) = 30.0f;
+        p.k.view(0, j, g, 1) = 0.005f * static_cast<float>(j);
+        for (index_t x = 2; x < c.d; ++x) p.k.view(0, j, g, x) *= 0.01f;
+      }
+    check_prepared<TypeParam>(c, p);
+  }
+}
+
+REGISTER_TYPED_TEST_SUITE_P(attention_suite, shapes_match_reference, padded_kv_lengths, fully_masked_rows_are_zero,
+                            mla_and_unequal_head_dims, unequal_empty_and_noncontiguous_groups, layouts_and_strides,
+                            split_kv_decode, large_tiles, large_magnitude_scores);
