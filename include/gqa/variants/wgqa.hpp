@@ -118,12 +118,11 @@ inline wgqa_weights wgqa_weights::random_init(wgqa_kind kind, index_t hq, index_
                                               std::uint64_t seed) {
   detail::check_wgqa_shape(kind, hq, hkv, d, model_dim, "gqa::wgqa_weights::random_init", "");
   wgqa_weights w{kind, hq, hkv, d, model_dim, {}, {}};
-  const auto n = static_cast<std::size_t>(w.size_per_projection());
   random::stream sk{seed, 0, 0}, sv{seed, 1, 0};
-  w.k.resize(n);
-  w.v.resize(n);
-  for (std::size_t i = 0; i < n; ++i) w.k[i] = static_cast<float>(sk.next_normal());
-  for (std::size_t i = 0; i < n; ++i) w.v[i] = static_cast<float>(sv.next_normal());
+  w.k.resize(static_cast<std::size_t>(w.size_per_projection()));
+  w.v.resize(w.k.size());
+  for (float& x : w.k) x = static_cast<float>(sk.next_normal());
+  for (float& x : w.v) x = static_cast<float>(sv.next_normal());
   return w;
 }
 
