@@ -92,9 +92,6 @@ struct isa_hooks {
   double flops_per_round = 0;
   /// Sum of n floats (n a multiple of 64), read once front to back.
   float (*read_sum)(const float* p, std::size_t n) = nullptr;
-  /// Measures the Eigen baseline of `s` now (a few calls) and returns seconds per call; negative when
-  /// this build has no Eigen.
-  double (*measure_eigen)(const shape& s) = nullptr;
   /// Registers this ISA's cases (cases_for) with Google Benchmark.
   void (*register_cases)(const std::vector<bench_case>& cases) = nullptr;
 };

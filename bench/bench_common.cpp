@@ -365,8 +365,8 @@ const inputs& get_inputs(const shape& s, std::int64_t kv_heads) {
   const std::string key = shape_name(key_shape) + "_kv" + std::to_string(kv_heads);
   for (std::size_t i = 0; i < entries.size(); ++i) {
     if (entries[i]->key == key) {
-      std::rotate(entries.begin() + static_cast<std::ptrdiff_t>(i), entries.begin() + static_cast<std::ptrdiff_t>(i) + 1,
-                  entries.end());
+      const auto it = entries.begin() + static_cast<std::ptrdiff_t>(i);
+      std::rotate(it, it + 1, entries.end());
       return entries.back()->view;
     }
   }

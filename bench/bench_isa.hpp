@@ -126,7 +126,8 @@ struct views {
 };
 
 views make_views(const shape& s, const inputs& in) {
-  return {gqa::bshd<const float>(in.q, s.b, s.sq, s.hq, s.d), gqa::bshd<const float>(in.k, s.b, s.skv, in.kv_heads, s.d),
+  return {gqa::bshd<const float>(in.q, s.b, s.sq, s.hq, s.d),
+          gqa::bshd<const float>(in.k, s.b, s.skv, in.kv_heads, s.d),
           gqa::bshd<const float>(in.v, s.b, s.skv, in.kv_heads, s.d), gqa::bshd<float>(in.o, s.b, s.sq, s.hq, s.d)};
 }
 
@@ -229,6 +230,7 @@ void throughput_counters(benchmark::State& st, const shape& s, double seconds) {
   set_counter(st, "bw_frac", gbps / read_bw(bw_reference_bytes(), s.threads));
 }
 
+/// Measures the Eigen baseline of `s` now (a few calls): seconds per call; negative without Eigen.
 double measure_eigen(const shape& s);
 
 /// Seconds per call of the Eigen baseline of s on this ISA: measured by its eigen/ benchmark earlier in
@@ -459,7 +461,6 @@ isa_hooks GQA_BENCH_CAT(hooks_, GQA_BENCH_ISA)() {
   h.fma_rounds = &fma_rounds;
   h.flops_per_round = 2.0 * fma_chains * gqa::isa::vec<Isa>::lanes;
   h.read_sum = &read_sum;
-  h.measure_eigen = &measure_eigen;
   h.register_cases = &register_cases;
   return h;
 }
