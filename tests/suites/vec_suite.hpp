@@ -29,12 +29,6 @@
 
 #include "support/isa_suite.hpp"
 
-// GCC 12 reports -Wuninitialized inside its own AVX-512 intrinsic headers (the `__m512i __Y = __Y;`
-// idiom of _mm512_undefined_*) once constant arguments are propagated into them: a false positive.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
 namespace {
 
 using scalar_vec = gqa::isa::vec<gqa::isa::scalar>;

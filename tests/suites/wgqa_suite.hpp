@@ -5,13 +5,6 @@
 // wgqa_policy, row through its definition), for mean and random weights. Helpers stay in `namespace {}`.
 #pragma once
 
-// GCC 12 reports -Wuninitialized inside its own AVX-512 intrinsic headers (the `__m512i __Y = __Y;`
-// idiom of _mm512_undefined_*, reached through the core's reduce_max) once constant arguments are
-// propagated into them: a false positive. Set before the includes: the warning is located in those headers.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -21,7 +21,11 @@ constexpr bool reduced = GQA_TEST_REDUCED != 0;
 std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::vector<float> x(n);
   for (std::size_t i = 0; i < n; ++i)
-    x[i] = lo + (hi - lo) * gqa::random::to_unit_float(gqa::random::hash(seed, {0x7e57, i}));
+    // In double, rounded once: a float `lo + (hi - lo) * u` may be fused into an FMA in some ISA TUs and
+    // not in others, which would give different test data per ISA.
+    x[i] = static_cast<float>(static_cast<double>(lo) + (static_cast<double>(hi) - static_cast<double>(lo)) *
+                                                             static_cast<double>(gqa::random::to_unit_float(
+                                                                 gqa::random::hash(seed, {0x7e57, i}))));
   return x;
 }
 

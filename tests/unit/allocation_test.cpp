@@ -73,7 +73,7 @@ TEST(allocation, key_norms_sum_per_sample_frobenius_norms) {
   EXPECT_EQ(n[1], 15.0);
 }
 
-TEST(allocation, key_norms_follow_strides_and_match_reference_bitwise) {
+TEST(allocation, key_norms_follow_strides_and_match_reference) {
   const index_t b = 3, s = 37, h = 5, d = 19;
   const auto bshd = gqa::test::random_floats(static_cast<std::size_t>(b * s * h * d), 11);
   // The same logical tensor laid out BHSD.
@@ -89,7 +89,11 @@ TEST(allocation, key_norms_follow_strides_and_match_reference_bitwise) {
   const auto nr = gqa::reference::key_norms(gqa::bshd<const float>(bshd.data(), b, s, h, d));
   ASSERT_EQ(n1.size(), static_cast<std::size_t>(h));
   EXPECT_EQ(0, std::memcmp(n1.data(), n2.data(), n1.size() * sizeof(double)));
-  EXPECT_EQ(0, std::memcmp(n1.data(), nr.data(), n1.size() * sizeof(double)));
+  // The library sums in 16 fixed lanes (Note [key norm order]), the reference in one plain chain: the
+  // same exact terms in a different order, so they agree to double rounding (~1e-16 relative per term,
+  // a few hundred terms here), not bit for bit. Bitwise determinism across ISAs and layouts is checked
+  // above and in kdgqa_suite.
+  for (std::size_t g = 0; g < n1.size(); ++g) EXPECT_NEAR(n1[g], nr[g], 1e-13 * nr[g]) << "g=" << g;
   // A view with a non-unit channel stride (every other float) reads only its own elements.
   std::vector<float> spread(bshd.size() * 2, 1e30f);
   for (std::size_t i = 0; i < bshd.size(); ++i) spread[2 * i] = bshd[i];

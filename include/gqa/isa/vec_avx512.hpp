@@ -9,6 +9,14 @@
 #if GQA_HAS_AVX512
 #include <immintrin.h>
 
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() (`__m512 __Y = __Y;`), which -Wall reports
+// as (maybe-)uninitialized once inlined into a caller; a false positive we silence for our wrappers.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 GQA_BEGIN_NAMESPACE
 namespace isa {
 
@@ -61,4 +69,8 @@ struct vec<avx512> {
 
 }  // namespace isa
 GQA_END_NAMESPACE
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif  // GQA_HAS_AVX512
