@@ -43,9 +43,56 @@ struct pgqa_options {
 // thread in any order. The zeroed diagonal is zero only before standardisation: afterwards it sits at
 // -ρμ/ρσ ≈ -√3 (spec §7.2 measured -1.744).
 
+namespace detail {
+
+// Note [PGQA reductions]
+// Every mean and sum of squares of PGQA is a double sum in a fixed order that does not depend on the ISA:
+// 16 lanes, lane l taking the terms with index n % 16 == l in index order, then the lanes added in a
+// fixed tree. The terms are exact or use explicit std::fma (with -mfma the compiler would contract a*b+c
+// in some ISA TUs only), so every build gives the same bits; the 16 independent chains let the compiler
+// vectorise what a single chain would serialise on the add latency.
+inline constexpr index_t k_pgqa_lanes = 16;
+
+inline double pgqa_fold_lanes(double* acc) noexcept {
+  for (index_t half = k_pgqa_lanes / 2; half > 0; half /= 2)
+    for (index_t l = 0; l < half; ++l) acc[l] += acc[l + half];
+  return acc[0];
+}
+
+/// Σ x[n] over n < count (fixed lane order, Note [PGQA reductions]); T is float or double.
+template <class T>
+double pgqa_sum(const T* x, index_t count) noexcept {
+  double acc[k_pgqa_lanes] = {};
+  index_t n = 0;
+  for (; n + k_pgqa_lanes <= count; n += k_pgqa_lanes)
+    for (index_t l = 0; l < k_pgqa_lanes; ++l) acc[l] += static_cast<double>(x[n + l]);
+  for (index_t l = 0; n + l < count; ++l) acc[l] += static_cast<double>(x[n + l]);
+  return pgqa_fold_lanes(acc);
+}
+
+/// Σ (x[n] − mu)² over n < count (fixed lane order, explicit fma).
+template <class T>
+double pgqa_sum_sq_dev(const T* x, index_t count, double mu) noexcept {
+  double acc[k_pgqa_lanes] = {};
+  index_t n = 0;
+  for (; n + k_pgqa_lanes <= count; n += k_pgqa_lanes)
+    for (index_t l = 0; l < k_pgqa_lanes; ++l) {
+      const double dx = static_cast<double>(x[n + l]) - mu;
+      acc[l] = std::fma(dx, dx, acc[l]);
+    }
+  for (index_t l = 0; n + l < count; ++l) {
+    const double dx = static_cast<double>(x[n + l]) - mu;
+    acc[l] = std::fma(dx, dx, acc[l]);
+  }
+  return pgqa_fold_lanes(acc);
+}
+
+}  // namespace detail
+
 /// The standardised noise row Z[i, ·] of group `group`, head-in-group `head_in_group` (Note [PGQA noise]):
 /// R drawn, R[i][i] zeroed (when i < n), then (R - mean) / std_unbiased, with std := 1 if it is 0. Sums in
-/// double in index order. `n` = seq·d_v must be >= 2. PGQA's gradient (spec §7.4) needs exactly this Z.
+/// double in a fixed order (Note [PGQA reductions]). `n` = seq·d_v must be >= 2. PGQA's gradient (spec
+/// §7.4) needs exactly this Z.
 inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std::uint64_t layer, std::uint64_t call,
                                     index_t group, index_t head_in_group) {
   const index_t n = static_cast<index_t>(z.size());
@@ -57,14 +104,8 @@ inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std
     z[static_cast<std::size_t>(c)] =
         random::to_unit_float(random::hash(seed, {layer, call, g, i, static_cast<std::uint64_t>(c)}));
   if (head_in_group < n) z[static_cast<std::size_t>(head_in_group)] = 0.0;  // the "diagonal": row i, column i
-  double sum = 0.0;
-  for (const double r : z) sum += r;
-  const double mean = sum / static_cast<double>(n);
-  double ss = 0.0;
-  // Explicit fma: with -mfma the compiler would contract a*b+c on some ISAs only, and the result must not
-  // depend on the ISA.
-  for (const double r : z) ss = std::fma(r - mean, r - mean, ss);
-  double sd = std::sqrt(ss / static_cast<double>(n - 1));
+  const double mean = detail::pgqa_sum(z.data(), n) / static_cast<double>(n);
+  double sd = std::sqrt(detail::pgqa_sum_sq_dev(z.data(), n, mean) / static_cast<double>(n - 1));
   if (sd == 0.0) sd = 1.0;  // spec §7.2: ρσ := 1 when the row is constant
   for (double& r : z) r = (r - mean) / sd;
 }
@@ -83,57 +124,60 @@ inline std::vector<double> pgqa_standardised_noise(index_t n, std::uint64_t seed
 /// the row X = O[b, :, h, :] flattened token-major (n = p·dv + c, N = s·dv values) becomes
 ///   X' = X − (Z[i, ·]·σ + μ),   μ = mean(X), σ = unbiased std(X),
 /// with Z = pgqa_standardised_noise(N, seed, layer, call, g, i), shared across the batch. Every reduction
-/// is in double in index order; the result is rounded to float once. A constant row becomes 0.
-/// Throws gqa::invalid_argument (before touching o) if hkv does not divide hq, s·dv == 1, or any value of
-/// o is not finite.
+/// is in double in a fixed order (Note [PGQA reductions]); the result is rounded to float once. A constant
+/// row becomes 0. The (group, head) rows run as tasks on `opt`'s threads (num_threads / parallel_for;
+/// nothing else of opt is used); the result is the same bits for any thread count.
+/// Throws gqa::invalid_argument (before touching o) if hkv does not divide hq, s·dv == 1, o.stride_d != 1,
+/// or any value of o is not finite.
 inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t seed, std::uint64_t layer,
-                         std::uint64_t call) {
+                         std::uint64_t call, const attention_options& opt = {}) {
   constexpr const char* where = "gqa::pgqa_perturb";
   detail::require(o.data != nullptr, where, "o.data", "nullptr", "must not be null");
   detail::require(o.b > 0, where, "o.b", o.b, "must be positive");
   detail::require(o.s > 0, where, "o.s", o.s, "must be positive");
   detail::require(o.h > 0, where, "o.h", o.h, "must be positive");
   detail::require(o.d > 0, where, "o.d", o.d, "must be positive");
+  detail::require(o.stride_d == 1, where, "o.stride_d", o.stride_d, "must be 1 (contiguous head vectors)");
   detail::require(hkv > 0, where, "hkv", hkv, "must be positive");
+  detail::require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
   if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
   const index_t n = o.s * o.d;
   if (n < 2)
     detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined, spec §7.3)");
   for (index_t ib = 0; ib < o.b; ++ib)
     for (index_t p = 0; p < o.s; ++p)
-      for (index_t h = 0; h < o.h; ++h)
+      for (index_t h = 0; h < o.h; ++h) {
+        const float* x = o.row(ib, p, h);
         for (index_t c = 0; c < o.d; ++c)
-          if (!std::isfinite(o(ib, p, h, c)))
-            detail::fail(where, ": o(", ib, ", ", p, ", ", h, ", ", c, ") = ", o(ib, p, h, c), ": must be finite");
+          if (!std::isfinite(x[c])) detail::fail(where, ": o(", ib, ", ", p, ", ", h, ", ", c, ") = ", x[c], ": must be finite");
+      }
 
   const index_t grp = o.h / hkv;
-  std::vector<double> z(static_cast<std::size_t>(n));
-  for (index_t g = 0; g < hkv; ++g)
-    for (index_t i = 0; i < grp; ++i) {
-      const index_t h = g * grp + i;
-      pgqa_standardised_noise(z, seed, layer, call, g, i);
-      for (index_t ib = 0; ib < o.b; ++ib) {
-        double sum = 0.0;
-        for (index_t p = 0; p < o.s; ++p)
-          for (index_t c = 0; c < o.d; ++c) sum += static_cast<double>(o(ib, p, h, c));
-        const double mu = sum / static_cast<double>(n);
-        double ss = 0.0;
-        for (index_t p = 0; p < o.s; ++p)
-          for (index_t c = 0; c < o.d; ++c) {
-            const double dx = static_cast<double>(o(ib, p, h, c)) - mu;
-            ss = std::fma(dx, dx, ss);  // explicit: see pgqa_standardised_noise
-          }
-        const double sigma = std::sqrt(ss / static_cast<double>(n - 1));
-        const double* zr = z.data();
-        for (index_t p = 0; p < o.s; ++p)
-          for (index_t c = 0; c < o.d; ++c, ++zr) {
-            float& x = o(ib, p, h, c);
-            // noise = Z·σ + μ, as one explicit fma (ISA-independent). A constant row has σ = 0 and μ == x
-            // exactly (N < 2^29 copies of a float sum exactly in double), so it becomes exactly 0.
-            x = static_cast<float>(static_cast<double>(x) - std::fma(*zr, sigma, mu));
-          }
+  // One task per noise row (g, i): draw Z once, apply it to that head of every batch element.
+  detail::run_tasks(hkv * grp, opt, [&](index_t task) {
+    const index_t g = task / grp, i = task % grp, h = g * grp + i;
+    thread_local std::vector<double> z, x;
+    z.resize(static_cast<std::size_t>(n));
+    x.resize(static_cast<std::size_t>(n));
+    pgqa_standardised_noise(z, seed, layer, call, g, i);
+    for (index_t ib = 0; ib < o.b; ++ib) {
+      // Gather the row token-major (n = p·dv + c) in double: the two reductions and the update read it.
+      for (index_t p = 0; p < o.s; ++p) {
+        const float* src = o.row(ib, p, h);
+        for (index_t c = 0; c < o.d; ++c) x[static_cast<std::size_t>(p * o.d + c)] = static_cast<double>(src[c]);
+      }
+      const double mu = detail::pgqa_sum(x.data(), n) / static_cast<double>(n);
+      const double sigma = std::sqrt(detail::pgqa_sum_sq_dev(x.data(), n, mu) / static_cast<double>(n - 1));
+      for (index_t p = 0; p < o.s; ++p) {
+        float* dst = o.row(ib, p, h);
+        const double* xr = x.data() + p * o.d;
+        const double* zr = z.data() + p * o.d;
+        // noise = Z·σ + μ, as one explicit fma (ISA-independent). A constant row has σ = 0 and μ == x
+        // exactly (N < 2^29 copies of a float sum exactly in double), so it becomes exactly 0.
+        for (index_t c = 0; c < o.d; ++c) dst[c] = static_cast<float>(xr[c] - std::fma(zr[c], sigma, mu));
       }
     }
+  });
 }
 
 /// PGQA (spec §7) as a policy: static uniform groups (hkv must divide hq); after the core, finish()
@@ -176,14 +220,15 @@ class pgqa_policy {
     return head_map::uniform(q.h, k.h);
   }
 
-  /// Perturbs o (per the mode) with the uniform groups of `map`, then advances the call counter.
-  void finish(const tensor_view<float>& o, const head_map& map) {
+  /// Perturbs o (per the mode) with the uniform groups of `map`, then advances the call counter. gqa::forward
+  /// passes the call's options, so the perturbation runs on the same threads as the attention.
+  void finish(const tensor_view<float>& o, const head_map& map, const attention_options& opt = {}) {
     if (map.hq() % map.hkv() != 0 || !(map == head_map::uniform(map.hq(), map.hkv())))
       detail::fail("gqa::pgqa_policy::finish: map: must be uniform contiguous groups (head_map::uniform(", map.hq(),
                    ", ", map.hkv(), "))");
     detail::require(map.hq() == o.h, "gqa::pgqa_policy::finish", "map.hq()", map.hq(),
                     ("must equal o.h = " + std::to_string(o.h)).c_str());
-    if (perturbs()) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, calls_);
+    if (perturbs()) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, calls_, opt);
     ++calls_;
   }
 

@@ -32,9 +32,24 @@ template <class P>
 concept policy_with_prepare = requires(P& p, const tensor_view<const float>& k, const tensor_view<const float>& v) {
   { p.prepare(k, v) } -> std::convertible_to<kv_views>;
 };
-/// Optional: post-process the output (PGQA subtracts noise).
+/// Optional: post-process the output (PGQA subtracts noise); the second form also receives the call's
+/// options (threads), and is preferred when a policy has both.
 template <class P>
 concept policy_with_finish = requires(P& p, const tensor_view<float>& o, const head_map& m) { p.finish(o, m); };
+template <class P>
+concept policy_with_finish_options = requires(P& p, const tensor_view<float>& o, const head_map& m,
+                                              const attention_options& opt) { p.finish(o, m, opt); };
+
+namespace detail {
+template <class P>
+void finish(P& p, const tensor_view<float>& o, const head_map& map, const attention_options& opt) {
+  if constexpr (policy_with_finish_options<P>) {
+    p.finish(o, map, opt);
+  } else if constexpr (policy_with_finish<P>) {
+    p.finish(o, map);
+  }
+}
+}  // namespace detail
 
 /// Optional: `per_sample()` true asks for one plan per batch element (e.g. KDGQA's per-sample mode):
 /// forward() then runs plan -> core -> finish once per sample, on single-sample views.
@@ -81,14 +96,14 @@ void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tenso
         if (!opt.lse.empty()) so.lse = opt.lse.subspan(static_cast<std::size_t>(ib) * per, per);
         if (ib > 0) map = p.plan(qs, ks);
         attend<Isa>(qs, ks, vs, os, map, so);
-        if constexpr (policy_with_finish<P>) p.finish(os, map);
+        detail::finish(p, os, map, so);
       }
       return;
     }
   }
   const head_map map = p.plan(q, kv.k);
   attend<Isa>(q, kv.k, kv.v, o, map, opt);
-  if constexpr (policy_with_finish<P>) p.finish(o, map);
+  detail::finish(p, o, map, opt);
 }
 
 GQA_END_NAMESPACE
