@@ -172,6 +172,7 @@ TYPED_TEST_P(vec_suite, arithmetic_matches_scalar_lane_by_lane) {
     const auto va = V::load(a.data()), vb = V::load(b.data()), vc = V::load(c.data());
     const auto add = lanes_of<TypeParam>(V::add(va, vb)), sub = lanes_of<TypeParam>(V::sub(va, vb));
     const auto mul = lanes_of<TypeParam>(V::mul(va, vb)), fma = lanes_of<TypeParam>(V::fma(va, vb, vc));
+    const auto mul_add = lanes_of<TypeParam>(V::mul_add(va, vb, vc));
     const auto mx = lanes_of<TypeParam>(V::max(va, vb)), mn = lanes_of<TypeParam>(V::min(va, vb));
     for (std::size_t i = 0; i < static_cast<std::size_t>(L); ++i) {
       SCOPED_TRACE(::testing::Message() << "round " << rnd << " lane " << i << ": a = " << a[i] << ", b = " << b[i]
@@ -181,6 +182,7 @@ TYPED_TEST_P(vec_suite, arithmetic_matches_scalar_lane_by_lane) {
       EXPECT_TRUE(same(sub[i], S::sub(a[i], b[i])));
       EXPECT_TRUE(same(mul[i], S::mul(a[i], b[i])));
       EXPECT_TRUE(same(fma[i], S::fma(a[i], b[i], c[i])));
+      EXPECT_TRUE(same(mul_add[i], S::mul_add(a[i], b[i], c[i])));
       if (!(a[i] == 0.0f && b[i] == 0.0f)) {  // See Note [vec suite NaN]
         EXPECT_TRUE(same(mx[i], S::max(a[i], b[i])));
         EXPECT_TRUE(same(mn[i], S::min(a[i], b[i])));

@@ -31,6 +31,7 @@ struct vec<avx2> {
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return _mm256_sub_ps(a, b); }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return _mm256_mul_ps(a, b); }
   static GQA_FORCEINLINE reg fma(reg a, reg b, reg c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+  static GQA_FORCEINLINE reg mul_add(reg a, reg b, reg c) noexcept { return fma(a, b, c); }
   // max/min: `a > b ? a : b` semantics (vmaxps returns the second operand when either is NaN).
   static GQA_FORCEINLINE reg max(reg a, reg b) noexcept { return _mm256_max_ps(a, b); }
   static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return _mm256_min_ps(a, b); }

@@ -39,6 +39,7 @@ struct vec<avx512> {
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
   static GQA_FORCEINLINE reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+  static GQA_FORCEINLINE reg mul_add(reg a, reg b, reg c) noexcept { return fma(a, b, c); }
   static GQA_FORCEINLINE reg max(reg a, reg b) noexcept { return _mm512_max_ps(a, b); }
   static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return _mm512_min_ps(a, b); }
   /// Low 256 + high 256 bits (AVX-512F only: the 64x4 extract, not the DQ 32x8 one).

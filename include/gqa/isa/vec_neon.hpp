@@ -36,6 +36,7 @@ struct vec<neon> {
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return vsubq_f32(a, b); }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return vmulq_f32(a, b); }
   static GQA_FORCEINLINE reg fma(reg a, reg b, reg c) noexcept { return vfmaq_f32(c, a, b); }
+  static GQA_FORCEINLINE reg mul_add(reg a, reg b, reg c) noexcept { return fma(a, b, c); }
   static GQA_FORCEINLINE reg max(reg a, reg b) noexcept { return vmaxq_f32(a, b); }
   static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return vminq_f32(a, b); }
   static GQA_FORCEINLINE float reduce_sum(reg a) noexcept { return vaddvq_f32(a); }

@@ -218,11 +218,11 @@ struct kernel {
     auto a0 = V::zero(), a1 = V::zero();
     index_t c = 0;
     for (; c + 2 * L <= dfull; c += 2 * L) {
-      a0 = V::fma(V::load(q + c), V::load(k + c), a0);
-      a1 = V::fma(V::load(q + c + L), V::load(k + c + L), a1);
+      a0 = V::mul_add(V::load(q + c), V::load(k + c), a0);
+      a1 = V::mul_add(V::load(q + c + L), V::load(k + c + L), a1);
     }
-    if (c < dfull) a0 = V::fma(V::load(q + c), V::load(k + c), a0);
-    if (tail) a1 = V::fma(V::load_partial(q + dfull, tail), V::load_partial(k + dfull, tail), a1);
+    if (c < dfull) a0 = V::mul_add(V::load(q + c), V::load(k + c), a0);
+    if (tail) a1 = V::mul_add(V::load_partial(q + dfull, tail), V::load_partial(k + dfull, tail), a1);
     return V::add(a0, a1);
   }
 
@@ -235,17 +235,17 @@ struct kernel {
     for (; c + 2 * L <= dfull; c += 2 * L) {
       const auto vk0 = V::load(k + c), vk1 = V::load(k + c + L);
       for (int r = 0; r < 4; ++r) {
-        acc[r][0] = V::fma(V::load(q + r * d + c), vk0, acc[r][0]);
-        acc[r][1] = V::fma(V::load(q + r * d + c + L), vk1, acc[r][1]);
+        acc[r][0] = V::mul_add(V::load(q + r * d + c), vk0, acc[r][0]);
+        acc[r][1] = V::mul_add(V::load(q + r * d + c + L), vk1, acc[r][1]);
       }
     }
     if (c < dfull) {
       const auto vk = V::load(k + c);
-      for (int r = 0; r < 4; ++r) acc[r][0] = V::fma(V::load(q + r * d + c), vk, acc[r][0]);
+      for (int r = 0; r < 4; ++r) acc[r][0] = V::mul_add(V::load(q + r * d + c), vk, acc[r][0]);
     }
     if (tail) {
       const auto vk = V::load_partial(k + dfull, tail);
-      for (int r = 0; r < 4; ++r) acc[r][1] = V::fma(V::load_partial(q + r * d + dfull, tail), vk, acc[r][1]);
+      for (int r = 0; r < 4; ++r) acc[r][1] = V::mul_add(V::load_partial(q + r * d + dfull, tail), vk, acc[r][1]);
     }
     float out[4];
     V::reduce_sum4(V::add(acc[0][0], acc[0][1]), V::add(acc[1][0], acc[1][1]), V::add(acc[2][0], acc[2][1]),
@@ -339,7 +339,7 @@ struct kernel {
       for (int u = 0; u < KU; ++u) vk[u] = V::load(kr[u] + c);
       for (int r = 0; r < RB; ++r) {
         const auto vq = V::load(qp + r * d + c);
-        for (int u = 0; u < KU; ++u) acc[r][u] = V::fma(vq, vk[u], acc[r][u]);
+        for (int u = 0; u < KU; ++u) acc[r][u] = V::mul_add(vq, vk[u], acc[r][u]);
       }
     }
     if (tail) {
@@ -347,7 +347,7 @@ struct kernel {
       for (int u = 0; u < KU; ++u) vk[u] = V::load_partial(kr[u] + dfull, tail);
       for (int r = 0; r < RB; ++r) {
         const auto vq = V::load_partial(qp + r * d + dfull, tail);
-        for (int u = 0; u < KU; ++u) acc[r][u] = V::fma(vq, vk[u], acc[r][u]);
+        for (int u = 0; u < KU; ++u) acc[r][u] = V::mul_add(vq, vk[u], acc[r][u]);
       }
     }
     for (int r = 0; r < RB; ++r)
@@ -399,7 +399,7 @@ struct kernel {
         for (int n = 0; n < DN; ++n) vv[n] = V::load(vrow + n * L);
         for (int r = 0; r < DR; ++r) {
           const auto w = V::set1(p[r * ldp + j]);
-          for (int n = 0; n < DN; ++n) acc[r][n] = V::fma(w, vv[n], acc[r][n]);
+          for (int n = 0; n < DN; ++n) acc[r][n] = V::mul_add(w, vv[n], acc[r][n]);
         }
       }
     } else {
@@ -412,7 +412,7 @@ struct kernel {
                                                  : V::load(vrow + n * L);
         for (int r = 0; r < DR; ++r) {
           const auto w = V::set1(p[r * ldp + j]);
-          for (int n = 0; n < DN; ++n) acc[r][n] = V::fma(w, vv[n], acc[r][n]);
+          for (int n = 0; n < DN; ++n) acc[r][n] = V::mul_add(w, vv[n], acc[r][n]);
         }
       }
     }

@@ -28,7 +28,7 @@ struct qk_tile {
       for (int n = 0; n < NR; ++n) vk[n] = V::load(kp + c * ldk + n * L);
       for (int r = 0; r < MR; ++r) {
         const auto vq = V::set1(q[r * ldq + c]);
-        for (int n = 0; n < NR; ++n) acc[r][n] = V::fma(vq, vk[n], acc[r][n]);
+        for (int n = 0; n < NR; ++n) acc[r][n] = V::mul_add(vq, vk[n], acc[r][n]);
       }
     }
     for (int r = 0; r < MR; ++r)
@@ -52,7 +52,7 @@ struct pv_tile {
       for (int n = 0; n < NR; ++n) vv[n] = V::load(vp + j * ldv + n * L);
       for (int r = 0; r < MR; ++r) {
         const auto vp_r = V::set1(p[r * ldp + j]);
-        for (int n = 0; n < NR; ++n) acc[r][n] = V::fma(vp_r, vv[n], acc[r][n]);
+        for (int n = 0; n < NR; ++n) acc[r][n] = V::mul_add(vp_r, vv[n], acc[r][n]);
       }
     }
     for (int r = 0; r < MR; ++r)
