@@ -20,13 +20,23 @@ constexpr std::uint64_t mix64(std::uint64_t z) noexcept {
   return z ^ (z >> 31);
 }
 
+inline constexpr std::uint64_t k_golden = 0x9e3779b97f4a7c15ULL;
+
+/// The state of hash(seed, ...) before any key.
+constexpr std::uint64_t hash_start(std::uint64_t seed) noexcept { return mix64(seed + k_golden); }
+/// The state after absorbing `key` as the `position`-th key (1-based) into state h.
+constexpr std::uint64_t hash_absorb(std::uint64_t h, std::uint64_t key, std::uint64_t position) noexcept {
+  return mix64(h ^ mix64(key + k_golden * position));
+}
+
 /// 64 random bits keyed by (seed, keys...): each key is absorbed by one mix64 round, with its position
-/// folded in so that (1, 2) and (2, 1) differ.
+/// folded in so that (1, 2) and (2, 1) differ. A caller drawing many values that share leading keys can
+/// absorb the shared prefix once: hash(s, {a, b, n}) == hash_absorb(hash_absorb(hash_absorb(
+/// hash_start(s), a, 1), b, 2), n, 3).
 constexpr std::uint64_t hash(std::uint64_t seed, std::initializer_list<std::uint64_t> keys) noexcept {
-  constexpr std::uint64_t golden = 0x9e3779b97f4a7c15ULL;
-  std::uint64_t h = mix64(seed + golden);
+  std::uint64_t h = hash_start(seed);
   std::uint64_t i = 1;
-  for (const std::uint64_t k : keys) h = mix64(h ^ mix64(k + golden * i++));
+  for (const std::uint64_t k : keys) h = hash_absorb(h, k, i++);
   return h;
 }
 

@@ -100,9 +100,11 @@ inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std
   detail::require(group >= 0, "gqa::pgqa_standardised_noise", "group", group, "must be >= 0");
   detail::require(head_in_group >= 0, "gqa::pgqa_standardised_noise", "head_in_group", head_in_group, "must be >= 0");
   const auto g = static_cast<std::uint64_t>(group), i = static_cast<std::uint64_t>(head_in_group);
+  // hash(seed, {layer, call, g, i, c}) with the four shared keys absorbed once per row.
+  using random::hash_absorb;
+  const std::uint64_t prefix = hash_absorb(hash_absorb(hash_absorb(hash_absorb(random::hash_start(seed), layer, 1), call, 2), g, 3), i, 4);
   for (index_t c = 0; c < n; ++c)
-    z[static_cast<std::size_t>(c)] =
-        random::to_unit_float(random::hash(seed, {layer, call, g, i, static_cast<std::uint64_t>(c)}));
+    z[static_cast<std::size_t>(c)] = random::to_unit_float(hash_absorb(prefix, static_cast<std::uint64_t>(c), 5));
   if (head_in_group < n) z[static_cast<std::size_t>(head_in_group)] = 0.0;  // the "diagonal": row i, column i
   const double mean = detail::pgqa_sum(z.data(), n) / static_cast<double>(n);
   double sd = std::sqrt(detail::pgqa_sum_sq_dev(z.data(), n, mean) / static_cast<double>(n - 1));
