@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
@@ -150,33 +151,55 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
     for (index_t p = 0; p < o.s; ++p)
       for (index_t h = 0; h < o.h; ++h) {
         const float* x = o.row(ib, p, h);
-        for (index_t c = 0; c < o.d; ++c)
-          if (!std::isfinite(x[c])) detail::fail(where, ": o(", ib, ", ", p, ", ", h, ", ", c, ") = ", x[c], ": must be finite");
+        // Exponent all ones <=> inf or NaN; OR-reduced without an early exit so the loop vectorises.
+        std::uint32_t bad = 0;
+        for (index_t c = 0; c < o.d; ++c) {
+          std::uint32_t u;
+          std::memcpy(&u, x + c, sizeof u);
+          bad |= static_cast<std::uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+        }
+        if (bad)
+          for (index_t c = 0; c < o.d; ++c)
+            if (!std::isfinite(x[c])) detail::fail(where, ": o(", ib, ", ", p, ", ", h, ", ", c, ") = ", x[c], ": must be finite");
       }
 
   const index_t grp = o.h / hkv;
   // One task per noise row (g, i): draw Z once, apply it to that head of every batch element.
   detail::run_tasks(hkv * grp, opt, [&](index_t task) {
     const index_t g = task / grp, i = task % grp, h = g * grp + i;
-    thread_local std::vector<double> z, x;
+    thread_local std::vector<double> z;
     z.resize(static_cast<std::size_t>(n));
-    x.resize(static_cast<std::size_t>(n));
     pgqa_standardised_noise(z, seed, layer, call, g, i);
     for (index_t ib = 0; ib < o.b; ++ib) {
-      // Gather the row token-major (n = p·dv + c) in double: the two reductions and the update read it.
+      // μ and σ in one pass over the row, shifted by its first value x0 (the "shifted data" form of the
+      // sum / sum-of-squares formula): Σ(x − x0) and Σ(x − x0)² in fixed lanes (lane = channel % 16, token
+      // order; Note [PGQA reductions]). The shift keeps cancellation at the scale of the row's spread, and a
+      // constant row gives exactly 0 for both sums, so σ = 0 and μ = x0 exactly.
+      const double x0 = static_cast<double>(o.row(ib, 0, h)[0]);
+      double acc1[detail::k_pgqa_lanes] = {}, acc2[detail::k_pgqa_lanes] = {};
       for (index_t p = 0; p < o.s; ++p) {
         const float* src = o.row(ib, p, h);
-        for (index_t c = 0; c < o.d; ++c) x[static_cast<std::size_t>(p * o.d + c)] = static_cast<double>(src[c]);
+        auto add = [&](index_t c, index_t l) {
+          const double dx = static_cast<double>(src[c]) - x0;
+          acc1[l] += dx;
+          acc2[l] = std::fma(dx, dx, acc2[l]);  // explicit: see Note [PGQA reductions]
+        };
+        index_t c0 = 0;
+        for (; c0 + detail::k_pgqa_lanes <= o.d; c0 += detail::k_pgqa_lanes)
+          for (index_t l = 0; l < detail::k_pgqa_lanes; ++l) add(c0 + l, l);
+        for (index_t l = 0; c0 + l < o.d; ++l) add(c0 + l, l);
       }
-      const double mu = detail::pgqa_sum(x.data(), n) / static_cast<double>(n);
-      const double sigma = std::sqrt(detail::pgqa_sum_sq_dev(x.data(), n, mu) / static_cast<double>(n - 1));
+      const double s1 = detail::pgqa_fold_lanes(acc1), s2 = detail::pgqa_fold_lanes(acc2);
+      const double mu = x0 + s1 / static_cast<double>(n);
+      const double var = (s2 - (s1 * s1) / static_cast<double>(n)) / static_cast<double>(n - 1);
+      const double sigma = std::sqrt(std::max(var, 0.0));
       for (index_t p = 0; p < o.s; ++p) {
         float* dst = o.row(ib, p, h);
-        const double* xr = x.data() + p * o.d;
         const double* zr = z.data() + p * o.d;
         // noise = Z·σ + μ, as one explicit fma (ISA-independent). A constant row has σ = 0 and μ == x
-        // exactly (N < 2^29 copies of a float sum exactly in double), so it becomes exactly 0.
-        for (index_t c = 0; c < o.d; ++c) dst[c] = static_cast<float>(xr[c] - std::fma(zr[c], sigma, mu));
+        // exactly, so it becomes exactly 0.
+        for (index_t c = 0; c < o.d; ++c)
+          dst[c] = static_cast<float>(static_cast<double>(dst[c]) - std::fma(zr[c], sigma, mu));
       }
     }
   });
