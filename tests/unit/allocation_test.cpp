@@ -15,6 +15,7 @@
 #include <gqa/variants/dgqa.hpp>
 
 #include "support/data.hpp"
+#include "support/expect.hpp"
 
 namespace gqa::test {
 // Declared in tests/suites/kdgqa_suite.hpp and dgqa_suite.hpp; defined here, in a TU built with the
@@ -47,17 +48,7 @@ std::vector<float> scalar_build_dgqa_run(const float* k, index_t b, index_t s, i
 namespace {
 
 using gqa::index_t;
-
-// Asserts that `f()` throws gqa::invalid_argument whose what() contains `needle`.
-template <class F>
-void expect_invalid(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one mentioning \"" << needle << "\"";
-  } catch (const gqa::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "what() = " << e.what();
-  }
-}
+using gqa::test::expect_invalid;
 
 // §5.2: per-sample Frobenius norms, summed over the batch (not the norm of the whole batch).
 TEST(allocation, key_norms_sum_per_sample_frobenius_norms) {

@@ -13,24 +13,13 @@
 #include <gqa/interop/eigen.hpp>
 
 #include "support/data.hpp"
+#include "support/expect.hpp"
 
 namespace {
 
 using gqa::index_t;
 using mat = gqa::eigen::row_matrix<float>;
 using col_mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
-
-template <class F>
-std::string thrown_message(F&& f) {
-  try {
-    f();
-  } catch (const gqa::invalid_argument& e) {
-    return e.what();
-  }
-  return "<no gqa::invalid_argument thrown>";
-}
-
-#define EXPECT_THROWS_WITH(stmt, text) EXPECT_NE(thrown_message([&] { stmt; }).find(text), std::string::npos) << thrown_message([&] { stmt; })
 
 mat random_matrix(index_t rows, index_t cols, std::uint64_t seed) {
   const auto v = gqa::test::random_floats(static_cast<std::size_t>(rows * cols), seed);

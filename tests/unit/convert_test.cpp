@@ -15,24 +15,13 @@
 #include <gqa/reference/wgqa.hpp>
 
 #include "support/data.hpp"
+#include "support/expect.hpp"
 
 namespace {
 
 using gqa::index_t;
 using gqa::wgqa_kind;
 using gqa::wgqa_weights;
-
-template <class F>
-std::string thrown_message(F&& f) {
-  try {
-    f();
-  } catch (const gqa::invalid_argument& e) {
-    return e.what();
-  }
-  return "<no gqa::invalid_argument thrown>";
-}
-
-#define EXPECT_THROWS_WITH(stmt, text) EXPECT_NE(thrown_message([&] { stmt; }).find(text), std::string::npos) << thrown_message([&] { stmt; })
 
 std::vector<double> widen(const std::vector<float>& x) { return {x.begin(), x.end()}; }
 std::vector<double> abs_of(const std::vector<float>& x) {

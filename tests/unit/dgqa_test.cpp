@@ -16,22 +16,14 @@
 #include <gqa/variants/dgqa.hpp>
 
 #include "support/data.hpp"
+#include "support/expect.hpp"
 
 namespace {
 
 using gqa::index_t;
+using gqa::test::expect_invalid;
 using ints = std::vector<int>;
 using floats = std::vector<float>;
-
-template <class F>
-void expect_invalid(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one mentioning \"" << needle << "\"";
-  } catch (const gqa::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "what() = " << e.what();
-  }
-}
 
 // Keys (b = 1, s = 2, G heads, d = 3) whose head g has norm exactly norms[g] (one non-zero element).
 struct keys {

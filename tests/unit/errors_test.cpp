@@ -15,24 +15,12 @@
 #include <gqa/attention.hpp>
 #include <gqa/variants/policy.hpp>
 
+#include "support/expect.hpp"
+
 namespace {
 
 using gqa::index_t;
-
-/// Expects f() to throw gqa::invalid_argument, also as std::invalid_argument, with every part in what().
-void expect_invalid(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  EXPECT_THROW(f(), gqa::invalid_argument);
-  EXPECT_THROW(f(), std::invalid_argument);
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    const std::string what = e.what();
-    for (const auto& part : parts) EXPECT_NE(what.find(part), std::string::npos) << "'" << part << "' not in: " << what;
-    return;
-  } catch (...) {
-  }
-  ADD_FAILURE() << "no std::invalid_argument thrown";
-}
+using gqa::test::expect_invalid;  // gqa::invalid_argument, also a std::invalid_argument
 
 /// Arguments of one call; each test starts from a valid call and breaks one thing.
 struct call_args {

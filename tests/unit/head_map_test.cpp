@@ -8,25 +8,15 @@
 
 #include <gqa/head_map.hpp>
 
+#include "support/expect.hpp"
+
 namespace {
 
 using gqa::head_map;
 using gqa::index_t;
+using gqa::test::expect_invalid;  // gqa::invalid_argument, also a std::invalid_argument
 
 std::vector<index_t> to_vector(std::span<const index_t> s) { return {s.begin(), s.end()}; }
-
-/// Expects f() to throw gqa::invalid_argument (and std::invalid_argument) with every part in what().
-template <class F>
-void expect_invalid(F&& f, const std::vector<std::string>& parts) {
-  EXPECT_THROW(f(), gqa::invalid_argument);
-  EXPECT_THROW(f(), std::invalid_argument);
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    const std::string what = e.what();
-    for (const auto& part : parts) EXPECT_NE(what.find(part), std::string::npos) << "'" << part << "' not in: " << what;
-  }
-}
 
 TEST(head_map, uniform_groups_are_contiguous) {
   const auto m = head_map::uniform(12, 4);

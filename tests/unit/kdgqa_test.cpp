@@ -13,21 +13,13 @@
 #include <gqa/variants/kdgqa.hpp>
 
 #include "support/data.hpp"
+#include "support/expect.hpp"
 
 namespace {
 
 using gqa::index_t;
+using gqa::test::expect_invalid;
 using ints = std::vector<int>;
-
-template <class F>
-void expect_invalid(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one mentioning \"" << needle << "\"";
-  } catch (const gqa::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "what() = " << e.what();
-  }
-}
 
 ints allocate(std::vector<double> norms, index_t hq, gqa::kdgqa_options opt = {}) {
   const auto r = gqa::kdgqa_allocate(norms, hq, opt);

@@ -17,6 +17,7 @@
 #include <gqa/reference/pgqa.hpp>
 
 #include "support/data.hpp"
+#include "support/expect.hpp"
 
 namespace gqa::test {
 /// pgqa_perturb as compiled in this (baseline-flag) translation unit, on a BSHD buffer.
@@ -34,16 +35,7 @@ std::vector<double> pgqa_noise_baseline(std::int64_t n, std::uint64_t seed, std:
 namespace {
 
 using gqa::index_t;
-
-template <class F>
-std::string thrown_message(F&& f) {
-  try {
-    f();
-  } catch (const gqa::invalid_argument& e) {
-    return e.what();
-  }
-  return "<no gqa::invalid_argument thrown>";
-}
+using gqa::test::expect_invalid;
 
 struct row_stats {
   double mean, sd;
@@ -321,42 +313,33 @@ TEST(pgqa_policy, seed_and_layer_select_the_noise) {
 TEST(pgqa_errors, perturb_rejects_bad_arguments_before_touching_o) {
   std::vector<float> buf(2 * 3 * 4 * 5, 0.5f);
   const auto o = gqa::bshd(buf.data(), 2, 3, 4, 5);
-  EXPECT_NE(thrown_message([&] { gqa::pgqa_perturb(o, 3, 0, 0, 0); }).find("gqa::pgqa_perturb: hkv = 3: must divide o.h = 4"),
-            std::string::npos);
-  EXPECT_NE(thrown_message([&] { gqa::pgqa_perturb(o, 0, 0, 0, 0); }).find("gqa::pgqa_perturb: hkv = 0: must be positive"),
-            std::string::npos);
+  expect_invalid([&] { gqa::pgqa_perturb(o, 3, 0, 0, 0); }, "gqa::pgqa_perturb: hkv = 3: must divide o.h = 4");
+  expect_invalid([&] { gqa::pgqa_perturb(o, 0, 0, 0, 0); }, "gqa::pgqa_perturb: hkv = 0: must be positive");
   auto one = gqa::bshd(buf.data(), 2, 1, 4, 1);
-  EXPECT_NE(thrown_message([&] { gqa::pgqa_perturb(one, 2, 0, 0, 0); }).find("gqa::pgqa_perturb: o.s * o.d = 1: must be > 1"),
-            std::string::npos);
+  expect_invalid([&] { gqa::pgqa_perturb(one, 2, 0, 0, 0); }, "gqa::pgqa_perturb: o.s * o.d = 1: must be > 1");
   auto null = o;
   null.data = nullptr;
-  EXPECT_NE(thrown_message([&] { gqa::pgqa_perturb(null, 2, 0, 0, 0); }).find("gqa::pgqa_perturb: o.data = nullptr"),
-            std::string::npos);
+  expect_invalid([&] { gqa::pgqa_perturb(null, 2, 0, 0, 0); }, "gqa::pgqa_perturb: o.data = nullptr");
   auto empty = o;
   empty.b = 0;
-  EXPECT_NE(thrown_message([&] { gqa::pgqa_perturb(empty, 2, 0, 0, 0); }).find("gqa::pgqa_perturb: o.b = 0: must be positive"),
-            std::string::npos);
+  expect_invalid([&] { gqa::pgqa_perturb(empty, 2, 0, 0, 0); }, "gqa::pgqa_perturb: o.b = 0: must be positive");
   o(1, 2, 3, 4) = std::numeric_limits<float>::quiet_NaN();
   o(0, 0, 0, 0) = 0.25f;
   const auto before = buf;
-  EXPECT_NE(thrown_message([&] { gqa::pgqa_perturb(o, 2, 0, 0, 0); }).find("gqa::pgqa_perturb: o(1, 2, 3, 4) = nan: must be finite"),
-            std::string::npos);
+  expect_invalid([&] { gqa::pgqa_perturb(o, 2, 0, 0, 0); }, "gqa::pgqa_perturb: o(1, 2, 3, 4) = nan: must be finite");
   EXPECT_EQ(0, std::memcmp(before.data(), buf.data(), buf.size() * sizeof(float)));  // nothing written
   o(1, 2, 3, 4) = std::numeric_limits<float>::infinity();
-  EXPECT_NE(thrown_message([&] { gqa::pgqa_perturb(o, 2, 0, 0, 0); }).find("= inf: must be finite"), std::string::npos);
+  expect_invalid([&] { gqa::pgqa_perturb(o, 2, 0, 0, 0); }, "= inf: must be finite");
 }
 
 TEST(pgqa_errors, standardised_noise_needs_two_values) {
-  EXPECT_NE(thrown_message([] { (void)gqa::pgqa_standardised_noise(1, 0, 0, 0, 0, 0); })
-                .find("gqa::pgqa_standardised_noise: n = 1: must be >= 2"),
-            std::string::npos);
+  expect_invalid([] { (void)gqa::pgqa_standardised_noise(1, 0, 0, 0, 0, 0); },
+                 "gqa::pgqa_standardised_noise: n = 1: must be >= 2");
   std::vector<double> z(4);
-  EXPECT_NE(thrown_message([&] { gqa::pgqa_standardised_noise(z, 0, 0, 0, -1, 0); })
-                .find("gqa::pgqa_standardised_noise: group = -1: must be >= 0"),
-            std::string::npos);
-  EXPECT_NE(thrown_message([&] { gqa::pgqa_standardised_noise(z, 0, 0, 0, 0, -2); })
-                .find("gqa::pgqa_standardised_noise: head_in_group = -2: must be >= 0"),
-            std::string::npos);
+  expect_invalid([&] { gqa::pgqa_standardised_noise(z, 0, 0, 0, -1, 0); },
+                 "gqa::pgqa_standardised_noise: group = -1: must be >= 0");
+  expect_invalid([&] { gqa::pgqa_standardised_noise(z, 0, 0, 0, 0, -2); },
+                 "gqa::pgqa_standardised_noise: head_in_group = -2: must be >= 0");
 }
 
 TEST(pgqa_errors, policy_rejects_bad_calls) {
@@ -366,31 +349,26 @@ TEST(pgqa_errors, policy_rejects_bad_calls) {
   std::vector<float> o(static_cast<std::size_t>(b * sq * hq * 2));
   gqa::pgqa_policy p;
   // P·d_v == 1 (one query token, d_v = 1): rejected before any work, counter untouched.
-  EXPECT_NE(thrown_message([&] {
-              gqa::forward(p, gqa::bshd<const float>(q.data(), b, sq, hq, d), gqa::bshd<const float>(k.data(), b, skv, 2, d),
-                           gqa::bshd<const float>(k.data(), b, skv, 2, d), gqa::bshd(o.data(), b, sq, hq, d));
-            }).find("gqa::pgqa_policy: o.s * o.d = 1: must be > 1"),
-            std::string::npos);
+  expect_invalid([&] {
+    gqa::forward(p, gqa::bshd<const float>(q.data(), b, sq, hq, d), gqa::bshd<const float>(k.data(), b, skv, 2, d),
+                 gqa::bshd<const float>(k.data(), b, skv, 2, d), gqa::bshd(o.data(), b, sq, hq, d));
+  }, "gqa::pgqa_policy: o.s * o.d = 1: must be > 1");
   EXPECT_EQ(p.calls(), 0u);
   // hkv = 3 does not divide hq = 4.
   std::vector<float> q2(static_cast<std::size_t>(hq * 2), 0.1f);
-  EXPECT_NE(thrown_message([&] {
-              gqa::forward(p, gqa::bshd<const float>(q2.data(), 1, 1, hq, 2), gqa::bshd<const float>(k.data(), 1, 1, 3, 2),
-                           gqa::bshd<const float>(k.data(), 1, 1, 3, 2), gqa::bshd(o.data(), 1, 1, hq, 2));
-            }).find("gqa::pgqa_policy: k.h = 3: the number of KV heads must divide q.h = 4"),
-            std::string::npos);
-  EXPECT_NE(thrown_message([] { gqa::pgqa_policy bad({.noise = static_cast<gqa::pgqa_noise>(7)}); })
-                .find("gqa::pgqa_policy: options.noise = 7: must be pgqa_noise::always, train_only or off"),
-            std::string::npos);
+  expect_invalid([&] {
+    gqa::forward(p, gqa::bshd<const float>(q2.data(), 1, 1, hq, 2), gqa::bshd<const float>(k.data(), 1, 1, 3, 2),
+                 gqa::bshd<const float>(k.data(), 1, 1, 3, 2), gqa::bshd(o.data(), 1, 1, hq, 2));
+  }, "gqa::pgqa_policy: k.h = 3: the number of KV heads must divide q.h = 4");
+  expect_invalid([] { gqa::pgqa_policy bad({.noise = static_cast<gqa::pgqa_noise>(7)}); },
+                 "gqa::pgqa_policy: options.noise = 7: must be pgqa_noise::always, train_only or off");
   // finish() with a non-uniform map.
   std::vector<float> ob(8, 1.0f);
   const std::vector<int> alloc = {3, 1};
-  EXPECT_NE(thrown_message([&] { p.finish(gqa::bshd(ob.data(), 1, 2, 4, 1), gqa::head_map::from_allocation(alloc)); })
-                .find("gqa::pgqa_policy::finish: map: must be uniform contiguous groups"),
-            std::string::npos);
-  EXPECT_NE(thrown_message([&] { p.finish(gqa::bshd(ob.data(), 1, 2, 4, 1), gqa::head_map::uniform(2, 1)); })
-                .find("gqa::pgqa_policy::finish: map.hq() = 2: must equal o.h = 4"),
-            std::string::npos);
+  expect_invalid([&] { p.finish(gqa::bshd(ob.data(), 1, 2, 4, 1), gqa::head_map::from_allocation(alloc)); },
+                 "gqa::pgqa_policy::finish: map: must be uniform contiguous groups");
+  expect_invalid([&] { p.finish(gqa::bshd(ob.data(), 1, 2, 4, 1), gqa::head_map::uniform(2, 1)); },
+                 "gqa::pgqa_policy::finish: map.hq() = 2: must equal o.h = 4");
 }
 
 }  // namespace

@@ -13,24 +13,14 @@
 #include <gqa/gqa.hpp>
 
 #include "support/data.hpp"
+#include "support/expect.hpp"
 
 namespace {
 
 using gqa::index_t;
+using gqa::test::expect_invalid;
 using gqa::wgqa_kind;
 using gqa::wgqa_weights;
-
-template <class F>
-std::string thrown_message(F&& f) {
-  try {
-    f();
-  } catch (const gqa::invalid_argument& e) {
-    return e.what();
-  }
-  return "<no gqa::invalid_argument thrown>";
-}
-
-#define EXPECT_THROWS_WITH(stmt, text) EXPECT_NE(thrown_message([&] { stmt; }).find(text), std::string::npos) << thrown_message([&] { stmt; })
 
 constexpr wgqa_kind all_kinds[] = {wgqa_kind::scalar, wgqa_kind::col, wgqa_kind::row};
 
@@ -221,9 +211,8 @@ TEST(wgqa_errors, calls_are_validated) {
   const auto ov = gqa::bshd(o.data(), b, t, hq, d);
 
   gqa::wgqa_policy row(wgqa_weights::mean_init(wgqa_kind::row, hq, 2, d, 8));
-  const std::string msg = thrown_message([&] { gqa::forward(row, qv, kvv, kvv, ov); });
-  EXPECT_NE(msg.find("gqa::wgqa_policy: weights.kind = row: row weights scale the projection's input features"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("gqa::wgqa_fold"), std::string::npos) << msg;
+  expect_invalid([&] { gqa::forward(row, qv, kvv, kvv, ov); },
+                 {"gqa::wgqa_policy: weights.kind = row: row weights scale the projection's input features", "gqa::wgqa_fold"});
   EXPECT_THROWS_WITH((void)row.prepare(kvv, kvv), "weights.kind = row");
 
   gqa::wgqa_policy p8(wgqa_weights::mean_init(wgqa_kind::scalar, 8, 2, d, 8));
