@@ -24,6 +24,7 @@
 #include <gqa/reference/attention.hpp>
 
 #include "support/isa_suite.hpp"
+#include "support/tolerance.hpp"
 
 namespace {
 
@@ -33,34 +34,11 @@ constexpr float k_nan = std::numeric_limits<float>::quiet_NaN();
 constexpr double k_neg_inf = -std::numeric_limits<double>::infinity();
 constexpr double k_unit_roundoff = 0x1p-24;
 
-// Note [attention tolerance]
-// flash-attn's error budget (STYLE Part 2, item 10): for each case, the kernel's largest absolute error
-// against the double reference may be at most twice that of a naive fp32 attention on the same inputs
-// (naive_fp32 below: float dot products summed in order, std::exp after subtracting the row max, float
-// sums), plus a floor:
-//   max|O − O_ref| ≤ 2 · max|O_naive − O_ref| + 1e-6 · max(1, max|V|)
-//   max|LSE − LSE_ref| ≤ 2 · max|LSE_naive − LSE_ref| + 1e-6 · max(1, max|LSE_ref|)
-// Why this is the right yardstick: both errors come from the same fp32 roundings (a dot product over
-// d_qk, a softmax sum and a P·V sum over the visible keys), so they grow together with d, skv and the
-// score magnitude, and the bound follows them from d = 1 to the MLA shape and to scale-10 scores. The
-// factor 2 covers the kernel's different but equally long sums (blocked, rescaled, merged across split-KV
-// chunks) and its exp2 (≤ 1.23 u, Note [exp accuracy], against std::exp's 0.5 u). The floor is ~17 u of
-// the output's scale: it only matters when the naive error happens to be tiny (d = 1, one key), where
-// the kernel's few extra roundings (q pre-scaled by scale·log2e, the exp2 polynomial) are all it has.
-// Every real bug seen so far (a row masked one key too early or late, a wrong head, a missed rescale)
-// makes errors of 1e-3 or more, far above both terms.
-// Ill-conditioned cases (scores of magnitude 1e4 and more: any fp32 score is then off by ~u·|s|·√d, i.e.
-// 1e-3 or more, and near-ties turn that into output errors of ~1e-3·max|V| in a few rows for the kernel
-// and the naive code alike, at different rows) compare MEAN absolute errors with the same factor and
-// floor, since the maximum is a lottery over those few rows, and a factor 4 instead of 2: the kernel
-// holds scores in log2 units (Note [base-2 softmax]), 1.44× larger than the naive code's, so up to one
-// binade coarser in fp32, which doubles the score rounding that dominates these cases (measured: a naive
-// code that pre-scales q by scale·log2(e) and uses exp2 has exactly the kernel's errors). They also
-// require every output to lie in the range of the visible values (a convex combination), which any
-// rescaling bug breaks.
-constexpr double k_error_factor = 2.0;
-constexpr double k_error_factor_ill_conditioned = 4.0;
-constexpr double k_error_floor = 1e-6;
+// The tolerance rule (Note [attention tolerance]) and its naive fp32 yardstick live in
+// tests/support/tolerance.hpp.
+using gqa::test::k_error_factor;
+using gqa::test::k_error_factor_ill_conditioned;
+using gqa::test::k_error_floor;
 
 enum class layout { bshd, bhsd, padded };
 
@@ -186,52 +164,8 @@ struct prepared {
   }
 
   /// The output in logical [b][sq][hq][dv] order (for bitwise comparisons between runs).
-  std::vector<float> dense_output() const {
-    std::vector<float> out;
-    out.reserve(static_cast<std::size_t>(o.view.b * o.view.s * o.view.h * o.view.d));
-    for (index_t ib = 0; ib < o.view.b; ++ib)
-      for (index_t is = 0; is < o.view.s; ++is)
-        for (index_t ih = 0; ih < o.view.h; ++ih)
-          for (index_t c = 0; c < o.view.d; ++c) out.push_back(o.view(ib, is, ih, c));
-    return out;
-  }
+  std::vector<float> dense_output() const { return gqa::test::logical_order(o.view); }
 };
-
-/// Naive fp32 attention (the yardstick of Note [attention tolerance]), written like the double
-/// reference but in float: o [b][sq][hq][dv], lse [b][hq][sq].
-void naive_fp32(const attention_case& c, const prepared& p, std::vector<float>& o, std::vector<float>& lse) {
-  const auto q = p.q.cview(), k = p.k.cview(), v = p.v.cview();
-  const auto kv_of_q = p.map.kv_of_q();
-  const auto scale = static_cast<float>(c.scale_or_default());
-  o.assign(static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), 0.0f);
-  lse.assign(static_cast<std::size_t>(c.b * c.hq * c.sq), -std::numeric_limits<float>::infinity());
-  std::vector<float> s(static_cast<std::size_t>(c.skv));
-  for (index_t ib = 0; ib < c.b; ++ib) {
-    const index_t len = c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
-    for (index_t h = 0; h < c.hq; ++h) {
-      const index_t g = kv_of_q[static_cast<std::size_t>(h)];
-      for (index_t i = 0; i < c.sq; ++i) {
-        const index_t visible = c.causal ? std::clamp<index_t>(i + (len - c.sq) + 1, 0, len) : len;
-        if (visible == 0) continue;
-        float m = -std::numeric_limits<float>::infinity();
-        for (index_t j = 0; j < visible; ++j) {
-          float dot = 0.0f;
-          for (index_t x = 0; x < c.d; ++x) dot += q(ib, i, h, x) * k(ib, j, g, x);
-          s[static_cast<std::size_t>(j)] = dot * scale;
-          m = std::max(m, dot * scale);
-        }
-        float l = 0.0f;
-        for (index_t j = 0; j < visible; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
-        for (index_t x = 0; x < c.dv; ++x) {
-          float acc = 0.0f;
-          for (index_t j = 0; j < visible; ++j) acc += s[static_cast<std::size_t>(j)] * v(ib, j, g, x);
-          o[static_cast<std::size_t>(((ib * c.sq + i) * c.hq + h) * c.dv + x)] = acc / l;
-        }
-        lse[static_cast<std::size_t>((ib * c.hq + h) * c.sq + i)] = m + std::log(l);
-      }
-    }
-  }
-}
 
 /// Runs the prepared case on Isa (with LSE) and checks it against the reference: Note [attention
 /// tolerance] for the values; exact +0 output and −inf LSE for rows that see no key; everything finite;
@@ -245,8 +179,8 @@ void check_prepared(const attention_case& c, prepared& p, const std::function<vo
 
   const auto ref = gqa::reference::attention(p.q.cview(), p.k.cview(), p.v.cview(), p.map.kv_of_q(),
                                              c.scale_or_default(), c.causal, c.kv_lengths);
-  std::vector<float> naive_o, naive_lse;
-  naive_fp32(c, p, naive_o, naive_lse);
+  const auto naive = gqa::test::naive_fp32(p.q.cview(), p.k.cview(), p.v.cview(), p.map.kv_of_q(),
+                                           static_cast<float>(c.scale_or_default()), c.causal, c.kv_lengths);
 
   double vmax = 0.0;
   for (index_t ib = 0; ib < c.b; ++ib)
@@ -270,7 +204,7 @@ void check_prepared(const attention_case& c, prepared& p, const std::function<vo
           ++non_finite;
         } else {
           lse_err = std::max(lse_err, std::fabs(got_lse - want_lse));
-          naive_lse_err = std::max(naive_lse_err, std::fabs(naive_lse[li] - want_lse));
+          naive_lse_err = std::max(naive_lse_err, std::fabs(naive.lse[li] - want_lse));
           lse_max = std::max(lse_max, std::fabs(want_lse));
         }
         const index_t len = c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
@@ -279,8 +213,7 @@ void check_prepared(const attention_case& c, prepared& p, const std::function<vo
         for (index_t x = 0; x < c.dv; ++x) {
           const float got = p.o.view(ib, i, h, x);
           if (masked) {
-            const float zero = 0.0f;
-            bad_masked += std::memcmp(&got, &zero, sizeof got) != 0;  // exactly +0, not -0 or NaN
+            bad_masked += !gqa::test::is_plus_zero(got);
             continue;
           }
           if (!std::isfinite(got)) {
@@ -289,7 +222,7 @@ void check_prepared(const attention_case& c, prepared& p, const std::function<vo
           }
           const double want = ref.out(ib, i, h, x);
           const double e = std::fabs(got - want);
-          const double ne = std::fabs(naive_o[static_cast<std::size_t>(((ib * c.sq + i) * c.hq + h) * c.dv + x)] - want);
+          const double ne = std::fabs(naive.o[static_cast<std::size_t>(((ib * c.sq + i) * c.hq + h) * c.dv + x)] - want);
           err = std::max(err, e);
           naive_err = std::max(naive_err, ne);
           err_sum += e;

@@ -80,6 +80,14 @@ struct kd_data {
   gqa::tensor_view<const float> kv(const kd_case& c) const { return gqa::bshd<const float>(k.data(), c.b, c.skv, c.hkv, c.d); }
   gqa::tensor_view<const float> vv(const kd_case& c) const { return gqa::bshd<const float>(v.data(), c.b, c.skv, c.hkv, c.d); }
   gqa::tensor_view<float> ov(const kd_case& c) { return gqa::bshd(o.data(), c.b, c.sq, c.hq, c.d); }
+  /// forward<Isa>(p) on these inputs with the case's mask and padding.
+  template <class Isa>
+  void forward(gqa::kdgqa_policy& p, const kd_case& c) {
+    gqa::attention_options ao;
+    ao.causal = c.causal;
+    ao.kv_lengths = kv_lengths;
+    gqa::forward<Isa>(p, qv(c), kv(c), vv(c), ov(c), ao);
+  }
 };
 
 // Note [grouping suite tolerance]
@@ -117,10 +125,7 @@ TYPED_TEST_P(kdgqa_suite, forward_matches_reference_grouping_and_attention) {
         setup.hamilton = true;
       }
       gqa::kdgqa_policy p(opt);
-      gqa::attention_options ao;
-      ao.causal = c.causal;
-      ao.kv_lengths = data.kv_lengths;
-      gqa::forward<TypeParam>(p, data.qv(c), data.kv(c), data.vv(c), data.ov(c), ao);
+      data.forward<TypeParam>(p, c);
       const auto ref = gqa::reference::kdgqa(data.kv(c), c.hq, setup);
       ASSERT_EQ(p.last().alloc, ref.alloc);
       ASSERT_EQ(gqa::to_string(p.last().status), ref.status);
@@ -156,10 +161,7 @@ TYPED_TEST_P(kdgqa_suite, per_sample_matches_reference_per_sample) {
     gqa::kdgqa_options opt;
     opt.per_sample = true;
     gqa::kdgqa_policy p(opt);
-    gqa::attention_options ao;
-    ao.causal = c.causal;
-    ao.kv_lengths = data.kv_lengths;
-    gqa::forward<TypeParam>(p, data.qv(c), data.kv(c), data.vv(c), data.ov(c), ao);
+    data.forward<TypeParam>(p, c);
     for (index_t ib = 0; ib < c.b; ++ib) {
       const auto qs = gqa::detail::sample(data.qv(c), ib), ks = gqa::detail::sample(data.kv(c), ib);
       const auto vs = gqa::detail::sample(data.vv(c), ib);

@@ -19,6 +19,7 @@
 #include <gqa/reference/pgqa.hpp>
 
 #include "support/isa_suite.hpp"
+#include "support/tolerance.hpp"
 
 namespace gqa::test {
 /// Defined in tests/unit/pgqa_test.cpp, compiled with the baseline flags: that TU's pgqa_perturb.
@@ -32,6 +33,8 @@ std::vector<double> pgqa_noise_baseline(std::int64_t n, std::uint64_t seed, std:
 namespace {
 
 using gqa::index_t;
+using gqa::test::attention_tolerance;  // Note [attention tolerance], tests/support/tolerance.hpp
+using gqa::test::naive_fp32;
 
 template <class Isa>
 class pgqa_suite : public gqa::test::isa_test<Isa> {};
@@ -40,44 +43,6 @@ TYPED_TEST_SUITE_P(pgqa_suite);
 struct pgqa_shape {
   index_t b, sq, skv, hq, hkv, d, dv;
 };
-
-/// Naive fp32 attention, the yardstick of Note [attention tolerance] (tests/suites/attention_suite.hpp):
-/// float dot products summed in order, std::exp after subtracting the row max, float sums; no mask.
-/// o is laid out [b][sq][hq][dv].
-std::vector<float> naive_fp32(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k,
-                              const gqa::tensor_view<const float>& v, const std::vector<index_t>& kv_of_q, float scale) {
-  std::vector<float> o(static_cast<std::size_t>(q.b * q.s * q.h * v.d));
-  std::vector<float> s(static_cast<std::size_t>(k.s));
-  for (index_t ib = 0; ib < q.b; ++ib)
-    for (index_t h = 0; h < q.h; ++h) {
-      const index_t g = kv_of_q[static_cast<std::size_t>(h)];
-      for (index_t i = 0; i < q.s; ++i) {
-        float m = -std::numeric_limits<float>::infinity();
-        for (index_t j = 0; j < k.s; ++j) {
-          float dot = 0.0f;
-          for (index_t x = 0; x < q.d; ++x) dot += q(ib, i, h, x) * k(ib, j, g, x);
-          s[static_cast<std::size_t>(j)] = dot * scale;
-          m = std::max(m, dot * scale);
-        }
-        float l = 0.0f;
-        for (index_t j = 0; j < k.s; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
-        for (index_t x = 0; x < v.d; ++x) {
-          float acc = 0.0f;
-          for (index_t j = 0; j < k.s; ++j) acc += s[static_cast<std::size_t>(j)] * v(ib, j, g, x);
-          o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + x)] = acc / l;
-        }
-      }
-    }
-  return o;
-}
-
-/// Note [attention tolerance]: 2 · max|O_naive − O_ref| + 1e-6 · max(1, max|V|).
-double attention_tolerance(const std::vector<float>& naive, const std::vector<double>& ref, const std::vector<float>& v) {
-  double err = 0.0, vmax = 1.0;
-  for (std::size_t i = 0; i < ref.size(); ++i) err = std::max(err, std::fabs(static_cast<double>(naive[i]) - ref[i]));
-  for (const float x : v) vmax = std::max(vmax, static_cast<double>(std::fabs(x)));
-  return 2.0 * err + 1e-6 * vmax;
-}
 
 std::vector<pgqa_shape> pgqa_shapes() {
   std::vector<pgqa_shape> v = {{1, 1, 5, 4, 2, 8, 8},    {2, 7, 40, 6, 3, 16, 16}, {3, 33, 17, 8, 1, 64, 64},
@@ -103,15 +68,15 @@ TYPED_TEST_P(pgqa_suite, matches_reference_attention_and_noise) {
     gqa::forward<TypeParam>(p, qv, kv, vv, gqa::bshd(o.data(), sh.b, sh.sq, sh.hq, sh.dv));
     EXPECT_EQ(p.calls(), 5u);
 
-    std::vector<index_t> kv_of_q(static_cast<std::size_t>(sh.hq));
-    for (index_t h = 0; h < sh.hq; ++h) kv_of_q[static_cast<std::size_t>(h)] = h / (sh.hq / sh.hkv);
+    const std::vector<index_t> kv_of_q = gqa::test::uniform_kv_of_q(sh.hq, sh.hkv);
     const auto att = gqa::reference::attention(qv, kv, vv, kv_of_q, 1.0 / std::sqrt(double(sh.d)), false);
     const auto ref = gqa::reference::pgqa(att.o, sh.b, sh.sq, sh.hq, sh.dv, sh.hkv, 99, 3, 4);
     // Tolerance. The core's output X is within δ = 2·max|X_naive − X_ref| + 1e-6·max(1, max|V|) of the double
     // attention (Note [attention tolerance]). The noise step maps X to X − μ − σZ with |δμ| ≤ δ and
     // |δσ| ≤ δ·√(N/(N−1)) ≤ 1.5δ, so |δX'| ≤ (2 + 1.5·max|Z|)·δ, with max|Z| taken from the documented noise
     // of these rows; the final float rounding adds 2⁻²⁴·|X'|. Bound: (2 + 1.5·max|Z|)·δ + 2⁻²³·|ref|.
-    const double delta = attention_tolerance(naive_fp32(qv, kv, vv, kv_of_q, static_cast<float>(1.0 / std::sqrt(double(sh.d)))), att.o, v);
+    const auto naive = naive_fp32(qv, kv, vv, kv_of_q, static_cast<float>(1.0 / std::sqrt(double(sh.d))));
+    const double delta = attention_tolerance(naive.o, att.o, v);
     double zmax = 0.0;
     for (index_t g = 0; g < sh.hkv; ++g)
       for (index_t i = 0; i < sh.hq / sh.hkv; ++i)

@@ -18,10 +18,14 @@
 #include <gqa/reference/wgqa.hpp>
 
 #include "support/isa_suite.hpp"
+#include "support/tolerance.hpp"
 
 namespace {
 
 using gqa::index_t;
+using gqa::test::attention_tolerance;  // Note [attention tolerance], tests/support/tolerance.hpp
+using gqa::test::naive_fp32;
+using gqa::test::uniform_kv_of_q;
 using gqa::wgqa_kind;
 using gqa::wgqa_weights;
 
@@ -46,50 +50,6 @@ std::vector<float> narrow(const std::vector<double>& x) {
 double max_abs(const std::vector<float>& x) {
   double m = 0.0;
   for (const float v : x) m = std::max(m, static_cast<double>(std::fabs(v)));
-  return m;
-}
-
-/// Naive fp32 attention, the yardstick of Note [attention tolerance] (tests/suites/attention_suite.hpp):
-/// float dot products summed in order, std::exp after subtracting the row max, float sums; no mask.
-/// o is laid out [b][sq][hq][dv].
-std::vector<float> naive_fp32(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k,
-                              const gqa::tensor_view<const float>& v, const std::vector<index_t>& kv_of_q, float scale) {
-  std::vector<float> o(static_cast<std::size_t>(q.b * q.s * q.h * v.d));
-  std::vector<float> s(static_cast<std::size_t>(k.s));
-  for (index_t ib = 0; ib < q.b; ++ib)
-    for (index_t h = 0; h < q.h; ++h) {
-      const index_t g = kv_of_q[static_cast<std::size_t>(h)];
-      for (index_t i = 0; i < q.s; ++i) {
-        float m = -std::numeric_limits<float>::infinity();
-        for (index_t j = 0; j < k.s; ++j) {
-          float dot = 0.0f;
-          for (index_t x = 0; x < q.d; ++x) dot += q(ib, i, h, x) * k(ib, j, g, x);
-          s[static_cast<std::size_t>(j)] = dot * scale;
-          m = std::max(m, dot * scale);
-        }
-        float l = 0.0f;
-        for (index_t j = 0; j < k.s; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
-        for (index_t x = 0; x < v.d; ++x) {
-          float acc = 0.0f;
-          for (index_t j = 0; j < k.s; ++j) acc += s[static_cast<std::size_t>(j)] * v(ib, j, g, x);
-          o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + x)] = acc / l;
-        }
-      }
-    }
-  return o;
-}
-
-/// Note [attention tolerance]: 2 · max|O_naive − O_ref| + 1e-6 · max(1, max|V|).
-double attention_tolerance(const std::vector<float>& naive, const std::vector<double>& ref, const std::vector<float>& v) {
-  double err = 0.0, vmax = 1.0;
-  for (std::size_t i = 0; i < ref.size(); ++i) err = std::max(err, std::fabs(static_cast<double>(naive[i]) - ref[i]));
-  for (const float x : v) vmax = std::max(vmax, static_cast<double>(std::fabs(x)));
-  return 2.0 * err + 1e-6 * vmax;
-}
-
-std::vector<index_t> uniform_kv_of_q(index_t hq, index_t hkv) {
-  std::vector<index_t> m(static_cast<std::size_t>(hq));
-  for (index_t h = 0; h < hq; ++h) m[static_cast<std::size_t>(h)] = h / (hq / hkv);
   return m;
 }
 
@@ -152,7 +112,7 @@ TYPED_TEST_P(wgqa_suite, forward_matches_reference_combination_and_attention) {
         const auto naive = naive_fp32(qv, gqa::bshd<const float>(kf.data(), sh.b, sh.skv, sh.hkv, sh.d),
                                       gqa::bshd<const float>(vf.data(), sh.b, sh.skv, sh.hkv, sh.d), uniform_kv_of_q(sh.hq, sh.hkv),
                                       static_cast<float>(scale));
-        const double tol = attention_tolerance(naive, att.o, vf);
+        const double tol = attention_tolerance(naive.o, att.o, vf);
         for (std::size_t e = 0; e < o.size(); ++e) ASSERT_NEAR(o[e], att.o[e], tol) << e;
       }
 }
@@ -247,8 +207,8 @@ TYPED_TEST_P(wgqa_suite, fold_matches_the_unfolded_form) {
         const auto kbv = gqa::bshd<const float>(kb.data(), b, t, hkv, d), vbv = gqa::bshd<const float>(vb.data(), b, t, hkv, d);
         const auto ref_a = gqa::reference::attention(qv, kav, vav, map, scale, false);
         const auto ref_b = gqa::reference::attention(qv, kbv, vbv, map, scale, false);
-        const double tol_a = attention_tolerance(naive_fp32(qv, kav, vav, map, static_cast<float>(scale)), ref_a.o, va);
-        const double tol_b = attention_tolerance(naive_fp32(qv, kbv, vbv, map, static_cast<float>(scale)), ref_b.o, vb);
+        const double tol_a = attention_tolerance(naive_fp32(qv, kav, vav, map, static_cast<float>(scale)).o, ref_a.o, va);
+        const double tol_b = attention_tolerance(naive_fp32(qv, kbv, vbv, map, static_cast<float>(scale)).o, ref_b.o, vb);
         double q1 = 0.0;  // max_row ‖q‖₁
         for (index_t r = 0; r < b * t * hq; ++r) {
           double n1 = 0.0;

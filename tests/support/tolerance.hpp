@@ -1,0 +1,106 @@
+// tests/support/tolerance.hpp: the error budget of every attention test against the double reference
+// (Note [attention tolerance]): a naive fp32 attention on the same inputs, and the bound it gives.
+// Internal linkage (anonymous namespace): suite headers include this once per ISA, with that ISA's flags
+// (the functions are [[maybe_unused]]: not every suite calls each).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include <gqa/tensor.hpp>
+
+namespace gqa::test {
+namespace {
+
+// Note [attention tolerance]
+// flash-attn's error budget (STYLE Part 2, item 10): for each case, the kernel's largest absolute error
+// against the double reference may be at most twice that of a naive fp32 attention on the same inputs
+// (naive_fp32 below: float dot products summed in order, std::exp after subtracting the row max, float
+// sums), plus a floor:
+//   max|O − O_ref| ≤ 2 · max|O_naive − O_ref| + 1e-6 · max(1, max|V|)
+//   max|LSE − LSE_ref| ≤ 2 · max|LSE_naive − LSE_ref| + 1e-6 · max(1, max|LSE_ref|)
+// Why this is the right yardstick: both errors come from the same fp32 roundings (a dot product over
+// d_qk, a softmax sum and a P·V sum over the visible keys), so they grow together with d, skv and the
+// score magnitude, and the bound follows them from d = 1 to the MLA shape and to scale-10 scores. The
+// factor 2 covers the kernel's different but equally long sums (blocked, rescaled, merged across split-KV
+// chunks) and its exp2 (≤ 1.23 u, Note [exp accuracy], against std::exp's 0.5 u). The floor is ~17 u of
+// the output's scale: it only matters when the naive error happens to be tiny (d = 1, one key), where
+// the kernel's few extra roundings (q pre-scaled by scale·log2e, the exp2 polynomial) are all it has.
+// Every real bug seen so far (a row masked one key too early or late, a wrong head, a missed rescale)
+// makes errors of 1e-3 or more, far above both terms.
+// Ill-conditioned cases (scores of magnitude 1e4 and more: any fp32 score is then off by ~u·|s|·√d, i.e.
+// 1e-3 or more, and near-ties turn that into output errors of ~1e-3·max|V| in a few rows for the kernel
+// and the naive code alike, at different rows) compare MEAN absolute errors with the same factor and
+// floor, since the maximum is a lottery over those few rows, and a factor 4 instead of 2: the kernel
+// holds scores in log2 units (Note [base-2 softmax]), 1.44× larger than the naive code's, so up to one
+// binade coarser in fp32, which doubles the score rounding that dominates these cases (measured: a naive
+// code that pre-scales q by scale·log2(e) and uses exp2 has exactly the kernel's errors). They also
+// require every output to lie in the range of the visible values (a convex combination), which any
+// rescaling bug breaks.
+constexpr double k_error_factor = 2.0;
+constexpr double k_error_factor_ill_conditioned = 4.0;
+constexpr double k_error_floor = 1e-6;
+
+/// Output of naive_fp32, laid out like reference::attention_result: o [b][sq][hq][dv], lse [b][hq][sq]
+/// (natural log; rows that see no key are 0 with LSE -inf).
+struct naive_attention {
+  std::vector<float> o;
+  std::vector<float> lse;
+};
+
+/// The naive fp32 attention of Note [attention tolerance], written like reference::attention (same
+/// arguments, same masks) but in float: dot products summed in order, std::exp after subtracting the row
+/// max, float sums. Any strides; reads only the views' elements.
+[[maybe_unused]] naive_attention naive_fp32(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k,
+                           const gqa::tensor_view<const float>& v, std::span<const gqa::index_t> kv_of_q, float scale,
+                           bool causal = false, std::span<const gqa::index_t> kv_lengths = {}) {
+  using gqa::index_t;
+  naive_attention r;
+  r.o.assign(static_cast<std::size_t>(q.b * q.s * q.h * v.d), 0.0f);
+  r.lse.assign(static_cast<std::size_t>(q.b * q.h * q.s), -std::numeric_limits<float>::infinity());
+  std::vector<float> s(static_cast<std::size_t>(k.s));
+  for (index_t ib = 0; ib < q.b; ++ib) {
+    const index_t len = kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
+    for (index_t h = 0; h < q.h; ++h) {
+      const index_t g = kv_of_q[static_cast<std::size_t>(h)];
+      for (index_t i = 0; i < q.s; ++i) {
+        const index_t visible = causal ? std::clamp<index_t>(i + (len - q.s) + 1, 0, len) : len;
+        if (visible == 0) continue;
+        float m = -std::numeric_limits<float>::infinity();
+        for (index_t j = 0; j < visible; ++j) {
+          float dot = 0.0f;
+          for (index_t x = 0; x < q.d; ++x) dot += q(ib, i, h, x) * k(ib, j, g, x);
+          s[static_cast<std::size_t>(j)] = dot * scale;
+          m = std::max(m, dot * scale);
+        }
+        float l = 0.0f;
+        for (index_t j = 0; j < visible; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
+        for (index_t x = 0; x < v.d; ++x) {
+          float acc = 0.0f;
+          for (index_t j = 0; j < visible; ++j) acc += s[static_cast<std::size_t>(j)] * v(ib, j, g, x);
+          r.o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + x)] = acc / l;
+        }
+        r.lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)] = m + std::log(l);
+      }
+    }
+  }
+  return r;
+}
+
+/// Rows that see no key must be exactly +0 (not -0, not NaN): true for +0 only.
+[[maybe_unused]] bool is_plus_zero(float x) { return x == 0.0f && !std::signbit(x); }
+
+/// Note [attention tolerance] for an output: 2 · max|O_naive − O_ref| + 1e-6 · max(1, max|V|), with
+/// naive and ref in the same layout and v every value the attention may read.
+[[maybe_unused]] double attention_tolerance(const std::vector<float>& naive, const std::vector<double>& ref, const std::vector<float>& v) {
+  double err = 0.0, vmax = 1.0;
+  for (std::size_t i = 0; i < ref.size(); ++i) err = std::max(err, std::fabs(static_cast<double>(naive[i]) - ref[i]));
+  for (const float x : v) vmax = std::max(vmax, static_cast<double>(std::fabs(x)));
+  return k_error_factor * err + k_error_floor * vmax;
+}
+
+}  // namespace
+}  // namespace gqa::test
