@@ -11,6 +11,7 @@ struct gqa_policy {
   static constexpr std::string_view name = "gqa";
   void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
              const tensor_view<float>&) const {
+    detail::require(k.h > 0, "gqa::gqa_policy", "k.h", k.h, "must be positive");
     if (q.h % k.h != 0)
       detail::fail("gqa::gqa_policy: k.h = ", k.h, ": the number of KV heads must divide q.h = ", q.h,
                    " (uniform GQA groups); use KDGQA/DGQA or head_map::from_allocation for unequal groups");

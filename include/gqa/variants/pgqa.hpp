@@ -233,6 +233,7 @@ class pgqa_policy {
 
   void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
              const tensor_view<float>& o) const {
+    detail::require(k.h > 0, "gqa::pgqa_policy", "k.h", k.h, "must be positive");
     if (q.h % k.h != 0)
       detail::fail("gqa::pgqa_policy: k.h = ", k.h, ": the number of KV heads must divide q.h = ", q.h,
                    " (PGQA uses uniform GQA groups)");
