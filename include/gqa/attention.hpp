@@ -19,18 +19,6 @@ GQA_BEGIN_NAMESPACE
 
 namespace detail {
 
-template <class T>
-inline void check_view(const tensor_view<T>& t, const char* name) {
-  std::string n(name);
-  require(t.data != nullptr, "gqa::attend", (n + ".data").c_str(), "nullptr", "must not be null");
-  require(t.b > 0, "gqa::attend", (n + ".b").c_str(), t.b, "batch must be positive");
-  require(t.s > 0, "gqa::attend", (n + ".s").c_str(), t.s, "sequence length must be positive");
-  require(t.h > 0, "gqa::attend", (n + ".h").c_str(), t.h, "head count must be positive");
-  require(t.d > 0, "gqa::attend", (n + ".d").c_str(), t.d, "head dim must be positive");
-  require(t.stride_d == 1, "gqa::attend", (n + ".stride_d").c_str(), t.stride_d,
-          "head_dim stride must be 1 (each head vector contiguous); copy or re-view the tensor");
-}
-
 /// [lo, hi) byte range touched by a view (strides may be negative).
 template <class T>
 inline std::pair<std::uintptr_t, std::uintptr_t> byte_range(const tensor_view<T>& t) {

@@ -3,9 +3,11 @@
 // BSHD (fused QKV projections) and BHSD (PyTorch SDPA) buffers are both viewed without copies.
 #pragma once
 
+#include <string>
 #include <type_traits>
 
 #include "config.hpp"
+#include "errors.hpp"
 
 GQA_BEGIN_NAMESPACE
 
@@ -47,5 +49,23 @@ template <class T>
 tensor_view<T> bhsd(T* p, index_t b, index_t h, index_t s, index_t d) noexcept {
   return {p, b, s, h, d, h * s * d, d, s * d, 1};
 }
+
+namespace detail {
+/// Validates a view passed as argument `name` of function `where`: non-null data, positive extents and,
+/// when `unit_stride_d`, contiguous head vectors (what every kernel entry point requires).
+template <class T>
+inline void check_view(const tensor_view<T>& t, const char* name, const char* where = "gqa::attend",
+                       bool unit_stride_d = true) {
+  const std::string n(name);
+  require(t.data != nullptr, where, (n + ".data").c_str(), "nullptr", "must not be null");
+  require(t.b > 0, where, (n + ".b").c_str(), t.b, "batch must be positive");
+  require(t.s > 0, where, (n + ".s").c_str(), t.s, "sequence length must be positive");
+  require(t.h > 0, where, (n + ".h").c_str(), t.h, "head count must be positive");
+  require(t.d > 0, where, (n + ".d").c_str(), t.d, "head dim must be positive");
+  if (unit_stride_d)
+    require(t.stride_d == 1, where, (n + ".stride_d").c_str(), t.stride_d,
+            "head_dim stride must be 1 (each head vector contiguous); copy or re-view the tensor");
+}
+}  // namespace detail
 
 GQA_END_NAMESPACE

@@ -322,7 +322,7 @@ TEST(pgqa_errors, perturb_rejects_bad_arguments_before_touching_o) {
   expect_invalid([&] { gqa::pgqa_perturb(null, 2, 0, 0, 0); }, "gqa::pgqa_perturb: o.data = nullptr");
   auto empty = o;
   empty.b = 0;
-  expect_invalid([&] { gqa::pgqa_perturb(empty, 2, 0, 0, 0); }, "gqa::pgqa_perturb: o.b = 0: must be positive");
+  expect_invalid([&] { gqa::pgqa_perturb(empty, 2, 0, 0, 0); }, "gqa::pgqa_perturb: o.b = 0: batch must be positive");
   o(1, 2, 3, 4) = std::numeric_limits<float>::quiet_NaN();
   o(0, 0, 0, 0) = 0.25f;
   const auto before = buf;

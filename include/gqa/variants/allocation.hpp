@@ -70,12 +70,7 @@ struct allocation_result {
 /// Every key position of the view counts, including padding past an attention call's kv_lengths.
 /// Throws gqa::invalid_argument for a null or empty view.
 inline std::vector<double> key_norms(const tensor_view<const float>& k) {
-  constexpr const char* where = "gqa::key_norms";
-  detail::require(k.data != nullptr, where, "k.data", "nullptr", "must not be null");
-  detail::require(k.b > 0, where, "k.b", k.b, "must be positive");
-  detail::require(k.s > 0, where, "k.s", k.s, "must be positive");
-  detail::require(k.h > 0, where, "k.h", k.h, "must be positive");
-  detail::require(k.d > 0, where, "k.d", k.d, "must be positive");
+  detail::check_view(k, "k", "gqa::key_norms", /*unit_stride_d=*/false);
   // Note [key norm order]
   // Each (b, g) sum of squares is kept in 16 double lanes: lane l takes channels c with c % 16 == l of
   // every token, in token order; the lanes are then added in a fixed tree. A float squared is exact in

@@ -135,12 +135,7 @@ inline std::vector<double> pgqa_standardised_noise(index_t n, std::uint64_t seed
 inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t seed, std::uint64_t layer,
                          std::uint64_t call, const attention_options& opt = {}) {
   constexpr const char* where = "gqa::pgqa_perturb";
-  detail::require(o.data != nullptr, where, "o.data", "nullptr", "must not be null");
-  detail::require(o.b > 0, where, "o.b", o.b, "must be positive");
-  detail::require(o.s > 0, where, "o.s", o.s, "must be positive");
-  detail::require(o.h > 0, where, "o.h", o.h, "must be positive");
-  detail::require(o.d > 0, where, "o.d", o.d, "must be positive");
-  detail::require(o.stride_d == 1, where, "o.stride_d", o.stride_d, "must be 1 (contiguous head vectors)");
+  detail::check_view(o, "o", where);
   detail::require(hkv > 0, where, "hkv", hkv, "must be positive");
   detail::require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
   if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");

@@ -169,8 +169,8 @@ class wgqa_policy {
       detail::fail("gqa::wgqa_policy: weights.kind = row: row weights scale the projection's input features "
                    "(W̃_g[k, c] = Σ r_j[c] W_j[k, c]), which cannot be applied to K/V activations; fold them "
                    "into plain GQA projection weights with gqa::wgqa_fold and run gqa_policy");
-    detail::check_view(k, "k");
-    detail::check_view(v, "v");
+    detail::check_view(k, "k", "gqa::wgqa_policy");
+    detail::check_view(v, "v", "gqa::wgqa_policy");
     detail::require(k.h == w_.hq, "gqa::wgqa_policy", "k.h", k.h,
                     ("must equal weights.hq = " + std::to_string(w_.hq) + " (one K head per MHA head)").c_str());
     detail::require(v.h == w_.hq, "gqa::wgqa_policy", "v.h", v.h,
