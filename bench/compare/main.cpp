@@ -12,18 +12,15 @@
 #include <fstream>
 #include <new>
 #include <string>
-#include <thread>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
 #endif
 
 #include <gqa/isa/tags.hpp>
 #include <gqa/random.hpp>
+#include <gqa/threading/parallel.hpp>
 #include <gqa/version.hpp>
 
 #include "cli.hpp"
@@ -90,14 +87,6 @@ const isa_entry& choose_isa(const std::string& forced, std::string& reason, std:
   return *chosen;
 }
 
-int resolve_threads(int requested) {
-  if (requested > 0) return requested;
-#if defined(_OPENMP)
-  return std::max(1, omp_get_max_threads());
-#else
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-#endif
-}
 
 std::string cpu_model() {
   std::ifstream f("/proc/cpuinfo");
@@ -309,7 +298,7 @@ int run(int argc, char** argv) {
   info.version = std::to_string(GQA_VERSION_MAJOR) + "." + std::to_string(GQA_VERSION_MINOR) + "." +
                  std::to_string(GQA_VERSION_PATCH);
   info.isa = isa.name;
-  info.threads = resolve_threads(opt.threads);
+  info.threads = gqa::detail::resolve_threads(opt.threads);  // what the library will use
   info.cpu = cpu_model();
   info.started = local_time_iso();
 

@@ -60,31 +60,17 @@ void record_allocation(const Policy& policy, measurement& m) {
 }
 
 measurement run(const measure_request& r) {
+  // The static schemes differ only in their policy; their allocation is the uniform one.
+  auto uniform = [&r](auto policy) {
+    measurement m = time_calls(policy, r);
+    m.allocation = uniform_allocation(r);
+    return m;
+  };
   switch (r.kind) {
-    case scheme_kind::mha: {
-      gqa::mha_policy p;
-      measurement m = time_calls(p, r);
-      m.allocation = uniform_allocation(r);
-      return m;
-    }
-    case scheme_kind::mqa: {
-      gqa::mqa_policy p;
-      measurement m = time_calls(p, r);
-      m.allocation = uniform_allocation(r);
-      return m;
-    }
-    case scheme_kind::gqa: {
-      gqa::gqa_policy p;
-      measurement m = time_calls(p, r);
-      m.allocation = uniform_allocation(r);
-      return m;
-    }
-    case scheme_kind::sqa: {
-      gqa::sqa_policy p{gqa::sqa_config::standard(r.heads, r.hq, r.hkv)};
-      measurement m = time_calls(p, r);
-      m.allocation = uniform_allocation(r);
-      return m;
-    }
+    case scheme_kind::mha: return uniform(gqa::mha_policy{});
+    case scheme_kind::mqa: return uniform(gqa::mqa_policy{});
+    case scheme_kind::gqa: return uniform(gqa::gqa_policy{});
+    case scheme_kind::sqa: return uniform(gqa::sqa_policy{gqa::sqa_config::standard(r.heads, r.hq, r.hkv)});
     case scheme_kind::kdgqa: {
       gqa::kdgqa_policy p;  // the reference rule, one allocation for the whole batch (spec §5.2)
       measurement m = time_calls(p, r);
