@@ -83,7 +83,7 @@ std::size_t bw_reference_bytes();
 double eigen_seconds_cached(std::string_view isa, const shape& s);
 void store_eigen_seconds(std::string_view isa, const shape& s, double seconds);
 
-/// What each per-ISA translation unit (bench_<isa>.cpp) provides.
+/// What each per-ISA translation unit (the generated bench_<isa>.cpp) provides.
 struct isa_hooks {
   std::string_view isa;
   bool (*cpu_supported)() = nullptr;
@@ -95,7 +95,7 @@ struct isa_hooks {
   /// Registers this ISA's cases (cases_for) with Google Benchmark.
   void (*register_cases)(const std::vector<bench_case>& cases) = nullptr;
 };
-// One per ISA translation unit (bench_<isa>.cpp, compiled with gqa_isa_compile_options(<isa>)).
+// One per ISA translation unit (generated bench_<isa>.cpp, compiled with gqa_isa_compile_options(<isa>)).
 isa_hooks hooks_scalar();
 isa_hooks hooks_avx2();
 isa_hooks hooks_avx512();

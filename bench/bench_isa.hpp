@@ -1,5 +1,5 @@
 // bench/bench_isa.hpp: the benchmarks of one ISA: every variant through gqa::forward, the Eigen baseline,
-// the naive reference, and the probe kernels. Included once by each bench_<isa>.cpp, which defines
+// the naive reference, and the probe kernels. Included once by each generated bench_<isa>.cpp, which defines
 // GQA_BENCH_ISA (scalar, avx2, avx512, neon) and is compiled with that ISA's flags. Everything here has
 // internal linkage (anonymous namespace) except hooks_<isa>(), and Eigen is renamed per ISA (see
 // Note [one Eigen per ISA]), so no code compiled with one ISA's flags can be linked into another's.

@@ -18,16 +18,16 @@ namespace gqa_bench {
 const std::vector<isa_hooks>& all_isas() {
   static const std::vector<isa_hooks> isas = [] {
     std::vector<isa_hooks> v;
-#if GQA_BENCH_HAS_SCALAR
+#if GQA_ISA_TU_SCALAR
     v.push_back(hooks_scalar());
 #endif
-#if GQA_BENCH_HAS_AVX2
+#if GQA_ISA_TU_AVX2
     v.push_back(hooks_avx2());
 #endif
-#if GQA_BENCH_HAS_AVX512
+#if GQA_ISA_TU_AVX512
     v.push_back(hooks_avx512());
 #endif
-#if GQA_BENCH_HAS_NEON
+#if GQA_ISA_TU_NEON
     v.push_back(hooks_neon());
 #endif
     return v;

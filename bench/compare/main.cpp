@@ -41,15 +41,15 @@ struct isa_entry {
   measurement (*measure)(const measure_request&);
 };
 
-// Best first. GQA_COMPARE_ISA_<ISA> is defined by CMakeLists.txt for every ISA in GQA_BUILDABLE_ISAS.
+// Best first. GQA_ISA_TU_<ISA> is defined by gqa_add_isa_sources for every ISA in GQA_BUILDABLE_ISAS.
 const isa_entry built_isas[] = {
-#if GQA_COMPARE_ISA_AVX512
+#if GQA_ISA_TU_AVX512
     {"avx512", &gqa::isa::cpu_supports<gqa::isa::avx512>, &measure_avx512},
 #endif
-#if GQA_COMPARE_ISA_AVX2
+#if GQA_ISA_TU_AVX2
     {"avx2", &gqa::isa::cpu_supports<gqa::isa::avx2>, &measure_avx2},
 #endif
-#if GQA_COMPARE_ISA_NEON
+#if GQA_ISA_TU_NEON
     {"neon", &gqa::isa::cpu_supports<gqa::isa::neon>, &measure_neon},
 #endif
     {"scalar", &gqa::isa::cpu_supports<gqa::isa::scalar>, &measure_scalar},

@@ -38,7 +38,7 @@ struct measurement {
   std::string error;            // non-empty when the call threw (then seconds is empty)
 };
 
-/// The per-ISA entry points; only those of ISAs this build compiles exist (GQA_COMPARE_ISA_<ISA>).
+/// The per-ISA entry points; only those of ISAs this build compiles exist (GQA_ISA_TU_<ISA>).
 measurement measure_scalar(const measure_request& r);
 measurement measure_avx2(const measure_request& r);
 measurement measure_avx512(const measure_request& r);
