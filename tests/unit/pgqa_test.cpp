@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -330,6 +331,31 @@ TEST(pgqa_errors, perturb_rejects_bad_arguments_before_touching_o) {
   EXPECT_EQ(0, std::memcmp(before.data(), buf.data(), buf.size() * sizeof(float)));  // nothing written
   o(1, 2, 3, 4) = std::numeric_limits<float>::infinity();
   expect_invalid([&] { gqa::pgqa_perturb(o, 2, 0, 0, 0); }, "= inf: must be finite");
+  o(1, 2, 3, 4) = 0.5f;
+  expect_invalid([&] { gqa::pgqa_perturb(o, 2, 0, 0, 0, gqa::executor{-2}); },
+                 "gqa::pgqa_perturb: executor.num_threads = -2: must be >= 0");
+}
+
+// pgqa_perturb runs its (group, head) rows on the executor it is given: a caller parallel_for (here in
+// reverse order, counting its tasks) or the built-in loop on 2 threads give the serial result bit for bit.
+TEST(pgqa_perturb, runs_on_the_given_executor) {
+  const index_t b = 2, s = 9, hq = 6, hkv = 2, d = 7;
+  const auto input = gqa::test::random_floats(static_cast<std::size_t>(b * s * hq * d), 61, -2.0f, 2.0f);
+  auto serial = input, two = input, caller = input;
+  gqa::pgqa_perturb(gqa::bshd(serial.data(), b, s, hq, d), hkv, 5, 1, 2);
+  gqa::pgqa_perturb(gqa::bshd(two.data(), b, s, hq, d), hkv, 5, 1, 2, gqa::executor{2});
+  index_t tasks = 0;
+  const gqa::parallel_for_fn reverse = [&tasks](index_t n, const std::function<void(index_t)>& task) {
+    tasks += n;
+    for (index_t i = n - 1; i >= 0; --i) task(i);
+  };
+  gqa::attention_options opt;
+  opt.parallel_for = reverse;
+  gqa::pgqa_perturb(gqa::bshd(caller.data(), b, s, hq, d), hkv, 5, 1, 2, gqa::executor_of(opt));
+  EXPECT_EQ(tasks, hq);  // one task per (group, head-in-group) noise row
+  ASSERT_NE(serial, input);
+  EXPECT_EQ(0, std::memcmp(serial.data(), two.data(), serial.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(serial.data(), caller.data(), serial.size() * sizeof(float)));
 }
 
 TEST(pgqa_errors, standardised_noise_needs_two_values) {

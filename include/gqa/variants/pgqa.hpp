@@ -5,6 +5,7 @@
 // bitwise the same for any thread count, ISA and tile size.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "../random.hpp"
+#include "../threading/parallel.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -128,16 +130,16 @@ inline std::vector<double> pgqa_standardised_noise(index_t n, std::uint64_t seed
 ///   X' = X − (Z[i, ·]·σ + μ),   μ = mean(X), σ = unbiased std(X),
 /// with Z = pgqa_standardised_noise(N, seed, layer, call, g, i), shared across the batch. Every reduction
 /// is in double in a fixed order (Note [PGQA reductions]); the result is rounded to float once. A constant
-/// row becomes 0. The (group, head) rows run as tasks on `opt`'s threads (num_threads / parallel_for;
-/// nothing else of opt is used); the result is the same bits for any thread count.
+/// row becomes 0. The (group, head) rows run as tasks on `ex` (pass gqa::executor_of(options) to use an
+/// attention call's threads); the result is the same bits for any thread count.
 /// Throws gqa::invalid_argument (before touching o) if hkv does not divide hq, s·dv == 1, o.stride_d != 1,
 /// or any value of o is not finite.
 inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t seed, std::uint64_t layer,
-                         std::uint64_t call, const attention_options& opt = {}) {
+                         std::uint64_t call, const executor& ex = {}) {
   constexpr const char* where = "gqa::pgqa_perturb";
   detail::check_view(o, "o", where);
   detail::require(hkv > 0, where, "hkv", hkv, "must be positive");
-  detail::require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+  detail::require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
   if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
   const index_t n = o.s * o.d;
   if (n < 2)
@@ -160,7 +162,7 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
 
   const index_t grp = o.h / hkv;
   // One task per noise row (g, i): draw Z once, apply it to that head of every batch element.
-  detail::run_tasks(hkv * grp, opt, [&](index_t task) {
+  detail::run_tasks(hkv * grp, ex, [&](index_t task) {
     const index_t g = task / grp, i = task % grp, h = g * grp + i;
     thread_local std::vector<double> z;
     z.resize(static_cast<std::size_t>(n));
@@ -242,14 +244,14 @@ class pgqa_policy {
   }
 
   /// Perturbs o (per the mode) with the uniform groups of `map`, then advances the call counter. gqa::forward
-  /// passes the call's options, so the perturbation runs on the same threads as the attention.
-  void finish(const tensor_view<float>& o, const head_map& map, const attention_options& opt = {}) {
+  /// passes the call's executor, so the perturbation runs on the same threads as the attention.
+  void finish(const tensor_view<float>& o, const head_map& map, const executor& ex = {}) {
     if (map.hq() % map.hkv() != 0 || !(map == head_map::uniform(map.hq(), map.hkv())))
       detail::fail("gqa::pgqa_policy::finish: map: must be uniform contiguous groups (head_map::uniform(", map.hq(),
                    ", ", map.hkv(), "))");
     detail::require(map.hq() == o.h, "gqa::pgqa_policy::finish", "map.hq()", map.hq(),
                     ("must equal o.h = " + std::to_string(o.h)).c_str());
-    if (perturbs()) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, calls_, opt);
+    if (perturbs()) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, calls_, ex);
     ++calls_;
   }
 
