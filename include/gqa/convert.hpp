@@ -11,8 +11,9 @@
 #include <vector>
 
 #include "config.hpp"
+#include "detail/overflow.hpp"
 #include "errors.hpp"
-#include "variants/wgqa.hpp"
+#include "variants/wgqa_weights.hpp"
 
 GQA_BEGIN_NAMESPACE
 
