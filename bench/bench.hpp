@@ -103,6 +103,8 @@ isa_hooks hooks_neon();
 /// Every ISA translation unit this binary contains, scalar first.
 const std::vector<isa_hooks>& all_isas();
 const isa_hooks* find_isa(std::string_view isa);
+/// The best ISA of all_isas() the CPU supports (gqa::isa::best_supported): the read probe's widest loads.
+const isa_hooks& best_isa();
 
 /// Measures the FMA probe of `h` now on `threads` threads (best of five ~10 ms trials): GFLOP/s.
 double measure_fma_peak(const isa_hooks& h, int threads);

@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include <gqa/isa/select.hpp>
 #include <gqa/random.hpp>
 
 namespace gqa_bench {
@@ -244,15 +245,14 @@ struct aligned_floats {
         n(count) {}
 };
 
-/// The best ISA the CPU supports (for the read probe: widest loads).
-const isa_hooks& best_isa() {
-  const isa_hooks* best = &all_isas().front();
-  for (const isa_hooks& h : all_isas())
-    if (h.cpu_supported()) best = &h;
-  return *best;
-}
-
 }  // namespace
+
+const isa_hooks& best_isa() {
+  std::vector<std::string_view> built;
+  for (const isa_hooks& h : all_isas()) built.push_back(h.isa);
+  const isa_hooks* best = find_isa(gqa::isa::best_supported(built));
+  return best != nullptr ? *best : all_isas().front();
+}
 
 void store_fma_peak(std::string_view isa, int threads, double gflops) { fma_cache()[fma_key(isa, threads)] = gflops; }
 

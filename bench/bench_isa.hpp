@@ -33,12 +33,10 @@
 #endif
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <exception>
 #include <limits>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -46,12 +44,9 @@
 
 #include <gqa/gqa.hpp>
 #include <gqa/reference/attention.hpp>
+#include <gqa/threading/parallel.hpp>
 
 #include "bench.hpp"
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 namespace gqa_bench {
 namespace {
@@ -127,28 +122,6 @@ views make_views(const shape& s, const inputs& in) {
           gqa::bshd<const float>(in.v, s.b, s.skv, in.kv_heads, s.d), gqa::bshd<float>(in.o, s.b, s.sq, s.hq, s.d)};
 }
 
-/// Calls fn(task, thread_index) for every task in [0, n) on `threads` threads.
-template <class Fn>
-void parallel_tasks(index_t n, int threads, Fn&& fn) {
-  if (threads <= 1) {
-    for (index_t i = 0; i < n; ++i) fn(i, 0);
-    return;
-  }
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (index_t i = 0; i < n; ++i) fn(i, omp_get_thread_num());
-#else
-  std::atomic<index_t> next{0};
-  auto worker = [&](int t) {
-    for (index_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i, t);
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker, t);
-  worker(0);
-  for (auto& th : pool) th.join();
-#endif
-}
-
 // --- The Eigen baseline. ---
 
 #if GQA_BENCH_HAS_EIGEN
@@ -170,7 +143,12 @@ class eigen_baseline {
   }
 
   void run() {
-    parallel_tasks(s_.b * s_.hq, s_.threads, [this](index_t task, int t) { head(task / s_.hq, task % s_.hq, t); });
+    // One task per thread slot on gqa's own loop: slot t takes heads t, t + threads, ... (all heads cost
+    // the same) and owns the scratch scores_[t].
+    const index_t n = s_.b * s_.hq, slots = s_.threads;
+    gqa::detail::run_tasks(slots, gqa::executor{s_.threads}, [this, n, slots](index_t t) {
+      for (index_t task = t; task < n; task += slots) head(task / s_.hq, task % s_.hq, static_cast<int>(t));
+    });
   }
 
  private:

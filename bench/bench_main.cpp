@@ -108,14 +108,12 @@ void run_fma_probe(benchmark::State& st, const isa_hooks& h) {
 
 void run_read_probe(benchmark::State& st, std::size_t bytes) {
   const float* buf = probe_buffer(bytes);
-  const isa_hooks* best = &all_isas().front();
-  for (const isa_hooks& h : all_isas())
-    if (h.cpu_supported()) best = &h;
+  const isa_hooks& best = best_isa();
   const std::size_t n = bytes / sizeof(float) / 64 * 64;
-  float sink = best->read_sum(buf, n);  // warm-up
+  float sink = best.read_sum(buf, n);  // warm-up
   const double t0 = thread_cpu_seconds();
   for (auto _ : st) {
-    sink += best->read_sum(buf, n);
+    sink += best.read_sum(buf, n);
     benchmark::DoNotOptimize(sink);
   }
   const double per_call = (thread_cpu_seconds() - t0) / static_cast<double>(st.iterations());

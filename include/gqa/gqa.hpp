@@ -10,6 +10,7 @@
 #include "head_map.hpp"
 #include "options.hpp"
 #include "isa/tags.hpp"
+#include "isa/select.hpp"
 #include "attention.hpp"
 #include "random.hpp"
 #include "variants.hpp"
