@@ -35,19 +35,21 @@ inline constexpr main_shape main_shapes[] = {main_shape::p1, main_shape::p2, mai
 std::string_view main_shape_label(main_shape m);
 shape make_main_shape(main_shape m, int threads);
 
-/// The (hq, hkv) the core runs for variant `v` on a model whose baseline has (hq, hkv): MHA (hq, hq),
-/// MQA (hq, 1), SQA's symmetric configuration (hq/2, hq/2), every other variant (hq, hkv). WGQA's inputs
-/// have hq K/V heads, which its prepare() combines into hkv.
-shape variant_shape(std::string_view variant, shape s);
-/// K/V heads of the input tensors for variant `v` (WGQA: hq; others: hkv).
-std::int64_t input_kv_heads(std::string_view variant, const shape& s);
+/// The shape the core runs for variant `v` on `model`, a layer with H = model.hq query heads and
+/// G = model.hkv KV groups: (hq, hkv) = the registry's default heads (gqa::variant_heads_for, e.g. MHA
+/// (H, H), MQA (H, 1), SQA's symmetric configuration (H/2, H/2), the others (H, G)).
+shape variant_shape(std::string_view variant, shape model);
+/// K/V heads of the input tensors for variant `v` on `model` (the registry's kv_in: H for WGQA, whose
+/// prepare() combines them into G; the core's hkv for the others).
+std::int64_t input_kv_heads(std::string_view variant, const shape& model);
 
-/// One benchmark to register. kind: "variant" (variant = mha .. wgqa), "eigen" or "reference".
+/// One benchmark to register. kind: "variant" (variant = a registered name), "eigen" or "reference".
 struct bench_case {
   std::string kind;     // "variant", "eigen" or "reference"
-  std::string variant;  // for kind "variant": mha .. wgqa
+  std::string variant;  // for kind "variant": a name of gqa::variant_names
   std::string isa;
-  shape s;
+  shape s;              // what the core runs (variant_shape(variant, model))
+  shape model;          // the layer the variant is built for (the registry's model shape)
   /// "<variant|eigen|reference>/<isa>/<shape_name>".
   std::string name() const;
 };

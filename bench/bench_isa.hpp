@@ -227,42 +227,6 @@ void skip_if_unsupported(benchmark::State& st) {
 
 // --- Policies. ---
 
-/// Calls fn(policy) with a freshly constructed policy of `variant` for core shape s (SQA: the symmetric
-/// configuration of the 2·hq-head baseline; WGQA: mean-initialised scalar weights combining hq heads).
-/// Returns false for an unknown variant.
-template <class Fn>
-bool with_policy(std::string_view variant, const shape& s, Fn&& fn) {
-  if (variant == "mha") {
-    gqa::mha_policy p;
-    fn(p);
-  } else if (variant == "mqa") {
-    gqa::mqa_policy p;
-    fn(p);
-  } else if (variant == "gqa") {
-    gqa::gqa_policy p;
-    fn(p);
-  } else if (variant == "sqa") {
-    gqa::sqa_policy p{gqa::sqa_config::symmetric(2 * s.hq)};
-    fn(p);
-  } else if (variant == "kdgqa") {
-    gqa::kdgqa_policy p;
-    fn(p);
-  } else if (variant == "dgqa") {
-    gqa::dgqa_state state = gqa::dgqa_state::initial(s.hq, s.hkv);
-    gqa::dgqa_policy p(gqa::dgqa_options{}, state);
-    fn(p);
-  } else if (variant == "pgqa") {
-    gqa::pgqa_policy p;
-    fn(p);
-  } else if (variant == "wgqa") {
-    gqa::wgqa_policy p(gqa::wgqa_weights::mean_init(gqa::wgqa_kind::scalar, s.hq, s.hkv, s.d, s.hq * s.d));
-    fn(p);
-  } else {
-    return false;
-  }
-  return true;
-}
-
 /// One call of the policy's own steps, as gqa::forward runs them, without the core: check, prepare
 /// (WGQA's combine), plan (KDGQA/DGQA's norms and allocation), finish (PGQA's noise).
 template <class P>
@@ -308,44 +272,61 @@ double policy_seconds(P& p, const views& x, int threads) {
 
 // --- Run functions. ---
 
+/// Calls fn(policy) with the registry's default policy of `variant` for the bench case's model (a fresh
+/// one per benchmark); false for an unregistered name. A policy that cannot be built for the model throws.
+template <class Fn>
+bool with_registered_policy(const bench_case& c, Fn&& fn) {
+  const gqa::model_shape model{c.model.hq, c.model.hkv, c.model.d, 0};
+  return gqa::visit_variant(c.variant, [&](auto t) {
+    using P = typename decltype(t)::type;
+    gqa::with_default_policy<P>(model, [&](P& p) { fn(p); });
+  });
+}
+
 void run_variant(benchmark::State& st, const bench_case& c) {
   const shape& s = c.s;
-  const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, s)));
+  const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, c.model)));
   gqa::attention_options opt;
   opt.causal = s.causal;
   opt.num_threads = s.threads;
-  const bool known = with_policy(c.variant, s, [&](auto& p) {
-    try {
-      // Warm-up call for cheap cases (thread pool, scratch, caches); expensive ones are timed cold, where
-      // one call dwarfs these effects.
-      if (estimated_seconds(isa_name, c.kind, s) < 0.05) gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
-    } catch (const std::exception& e) {
-      st.SkipWithError(e.what());
-      return;
-    }
-    const double t0 = clock_for(s.threads);
-    for (auto _ : st) {
+  bool known = true;
+  try {
+    known = with_registered_policy(c, [&](auto& p) {
       try {
-        gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
+        // Warm-up call for cheap cases (thread pool, scratch, caches); expensive ones are timed cold, where
+        // one call dwarfs these effects.
+        if (estimated_seconds(isa_name, c.kind, s) < 0.05) gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
       } catch (const std::exception& e) {
         st.SkipWithError(e.what());
-        break;
+        return;
       }
-      benchmark::DoNotOptimize(x.o.data);
-      benchmark::ClobberMemory();
-    }
-    if (st.error_occurred()) return;
-    const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
-    throughput_counters(st, s, per_call);
-    set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(s)) / per_call);
-    try {
-      const double policy = policy_seconds(p, x, s.threads);
-      set_counter(st, "policy_frac", policy / per_call);
-      set_counter(st, "policy_us", policy * 1e6);
-    } catch (const std::exception& e) {
-      st.SkipWithError(e.what());
-    }
-  });
+      const double t0 = clock_for(s.threads);
+      for (auto _ : st) {
+        try {
+          gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
+        } catch (const std::exception& e) {
+          st.SkipWithError(e.what());
+          break;
+        }
+        benchmark::DoNotOptimize(x.o.data);
+        benchmark::ClobberMemory();
+      }
+      if (st.error_occurred()) return;
+      const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
+      throughput_counters(st, s, per_call);
+      set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(s)) / per_call);
+      try {
+        const double policy = policy_seconds(p, x, s.threads);
+        set_counter(st, "policy_frac", policy / per_call);
+        set_counter(st, "policy_us", policy * 1e6);
+      } catch (const std::exception& e) {
+        st.SkipWithError(e.what());
+      }
+    });
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());  // the policy could not be built for this model
+    return;
+  }
   if (!known) st.SkipWithError(("unknown variant: " + c.variant).c_str());
 }
 

@@ -30,6 +30,7 @@
 #include "measure.hpp"
 #include "model.hpp"
 #include "report.hpp"
+#include "schemes.hpp"
 
 namespace gqa_compare {
 namespace {
@@ -174,7 +175,7 @@ config_result measure_config(const layer_config& c, const isa_entry& isa, int th
                              int total) {
   config_result r;
   r.c = c;
-  const std::vector<scheme> list = schemes_for(c, &r.skipped);
+  const std::vector<scheme> list = compared_schemes(c, &r.skipped);
   const auto n_q = static_cast<std::size_t>(c.batch * c.seq_q * c.heads * c.head_dim);
   const auto n_kv = static_cast<std::size_t>(c.batch * c.seq_kv * c.heads * c.head_dim);
   std::vector<float> q(n_q), k(n_kv), v(n_kv), o(n_q);
@@ -190,6 +191,7 @@ config_result measure_config(const layer_config& c, const isa_entry& isa, int th
     x.params = attention_params(c, s);
     x.extra_params = extra_params(c, s);
     measure_request req;
+    req.variant = s.variant;
     req.kind = s.kind;
     req.batch = c.batch;
     req.seq_q = c.seq_q;
@@ -322,7 +324,7 @@ int run(int argc, char** argv) {
   std::fprintf(stderr, "gqa-compare: ISA %s (%s), %d thread%s; measuring into %s\n", info.isa.c_str(),
                info.isa_reason.c_str(), info.threads, info.threads == 1 ? "" : "s", info.out_dir.c_str());
   int total = 0;
-  for (const layer_config& c : opt.configs) total += static_cast<int>(schemes_for(c).size());
+  for (const layer_config& c : opt.configs) total += static_cast<int>(compared_schemes(c).size());
   progress prog;
   int counter = 0;
   std::vector<config_result> results;

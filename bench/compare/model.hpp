@@ -40,8 +40,9 @@ std::int64_t default_hkv_ref(std::int64_t heads);
 /// Names accepted by --preset.
 std::vector<std::string> preset_names();
 
-/// Which policy runs a scheme.
-enum class scheme_kind { mha, mqa, gqa, kdgqa, dgqa, pgqa, wgqa_scalar, wgqa_col, sqa };
+/// Which policy runs a scheme. `registered`: a registered variant without a row of its own here, added by
+/// compared_schemes (schemes.hpp) with GQA's cost model.
+enum class scheme_kind { mha, mqa, gqa, kdgqa, dgqa, pgqa, wgqa_scalar, wgqa_col, sqa, registered };
 
 /// One row of the comparison.
 struct scheme {

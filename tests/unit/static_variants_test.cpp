@@ -1,8 +1,8 @@
 // static_variants_test.cpp: the static variants outside the ISA sweep: every error path of mha_policy,
 // mqa_policy, gqa_policy (spec §2-§4, Decisions table: "GQA requires H_kv divides H_q (else a clear
 // error)"), sqa_policy and sqa_config (§9.2), each thrown by gqa::forward before any work; the head counts
-// of the named SQA configurations worked by hand; each policy's plan; and gqa::variant_names. The outputs
-// against the reference on every ISA are in suites/static_variants_suite.hpp.
+// of the named SQA configurations worked by hand; and each policy's plan. The outputs against the reference
+// on every ISA are in suites/static_variants_suite.hpp; the registry of variants in registry_test.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -167,24 +167,6 @@ TEST(static_variants, plans_are_the_uniform_maps) {
             (std::vector<index_t>{0, 0, 1, 1, 2, 2, 3, 3}));
   EXPECT_EQ(kv_of_q(gqa::sqa_policy{sqa_config::extreme_mqa(16)}.plan(view(4), view(1))),
             (std::vector<index_t>{0, 0, 0, 0}));
-}
-
-// The registry: the eight variants in the documented order, each name its policy's.
-TEST(static_variants, variant_names) {
-  const std::vector<std::string_view> names(gqa::variant_names.begin(), gqa::variant_names.end());
-  EXPECT_EQ(names, (std::vector<std::string_view>{"mha", "mqa", "gqa", "sqa", "kdgqa", "dgqa", "pgqa", "wgqa"}));
-  EXPECT_EQ(gqa::mha_policy::name, gqa::variant_names[0]);
-  EXPECT_EQ(gqa::mqa_policy::name, gqa::variant_names[1]);
-  EXPECT_EQ(gqa::gqa_policy::name, gqa::variant_names[2]);
-  EXPECT_EQ(gqa::sqa_policy::name, gqa::variant_names[3]);
-  EXPECT_EQ(gqa::kdgqa_policy::name, gqa::variant_names[4]);
-  EXPECT_EQ(gqa::dgqa_policy::name, gqa::variant_names[5]);
-  EXPECT_EQ(gqa::pgqa_policy::name, gqa::variant_names[6]);
-  EXPECT_EQ(gqa::wgqa_policy::name, gqa::variant_names[7]);
-  // Every name is distinct.
-  std::vector<std::string_view> sorted = names;
-  std::sort(sorted.begin(), sorted.end());
-  EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end());
 }
 
 }  // namespace

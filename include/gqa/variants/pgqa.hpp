@@ -16,6 +16,7 @@
 
 #include "../random.hpp"
 #include "../threading/parallel.hpp"
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -209,6 +210,10 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
 class pgqa_policy {
  public:
   static constexpr std::string_view name = "pgqa";
+  /// Registry (variants/registry.hpp): H query heads in G uniform groups; noise `always`, seeded by the
+  /// model's seed.
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.groups, m.groups}; }
+  static pgqa_policy make(const model_shape& m, const variant_heads&) { return pgqa_policy({.seed = m.seed}); }
 
   explicit pgqa_policy(pgqa_options opt = {}) : opt_(opt) {
     if (opt_.noise != pgqa_noise::always && opt_.noise != pgqa_noise::train_only && opt_.noise != pgqa_noise::off)

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -43,6 +44,15 @@ struct sqa_config {
 struct sqa_policy {
   static constexpr std::string_view name = "sqa";
   sqa_config config;
+
+  /// Registry (variants/registry.hpp): by default sSQA, hq = hkv = H/2 (sqa_config::symmetric); make()
+  /// builds any configuration of the layer's H: sqa_config::standard(H, hq, hkv).
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept {
+    return {m.heads / 2, m.heads / 2, m.heads / 2};
+  }
+  static sqa_policy make(const model_shape& m, const variant_heads& h) {
+    return {sqa_config::standard(m.heads, h.hq, h.hkv)};
+  }
 
   void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
              const tensor_view<float>&) const {

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "model_shape.hpp"
 #include "policy.hpp"
 #include "wgqa_weights.hpp"
 
@@ -25,6 +26,12 @@ GQA_BEGIN_NAMESPACE
 class wgqa_policy {
  public:
   static constexpr std::string_view name = "wgqa";
+  /// Registry (variants/registry.hpp): K/V come in with the layer's H heads and are combined into G; by
+  /// default scalar weights at their mean initialisation (1/s: GQA mean pooling).
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.groups, m.heads}; }
+  static wgqa_policy make(const model_shape& m, const variant_heads& h) {
+    return wgqa_policy(wgqa_weights::mean_init(wgqa_kind::scalar, h.kv_in, h.hkv, m.d, h.kv_in * m.d));
+  }
 
   /// Validates the weights (sizes for the kind, hq % hkv, every weight finite).
   explicit wgqa_policy(wgqa_weights w) : w_(std::move(w)) { detail::check_wgqa_weights(w_, "gqa::wgqa_policy"); }
