@@ -57,7 +57,8 @@ TEST(compare_model, flops_kv_bytes_and_params_of_the_llama_layer) {
   // 4 · b · hq · d · pairs: Q·Kᵀ and P·V, 2 FLOPs per multiply-add each.
   EXPECT_EQ(attention_flops(c, mha), std::int64_t{4} * 32 * 128 * (2048 * 2049 / 2));
   EXPECT_EQ(attention_flops(c, gqa8), attention_flops(c, mha));  // grouping keeps every query head
-  EXPECT_EQ(attention_flops(c, find(list, "xSQA")), attention_flops(c, mha) / 4);  // hq = H/4 (spec §9.1)
+  // xSQA computes hq = H/4 query heads, and attention FLOPs scale with hq.
+  EXPECT_EQ(attention_flops(c, find(list, "xSQA")), attention_flops(c, mha) / 4);
   // 2 (K, V) · hkv · d · 4 bytes.
   EXPECT_EQ(kv_bytes_per_token(c, mha), 2 * 32 * 128 * 4);
   EXPECT_EQ(kv_bytes_per_token(c, gqa8), 2 * 8 * 128 * 4);
@@ -67,7 +68,8 @@ TEST(compare_model, flops_kv_bytes_and_params_of_the_llama_layer) {
   EXPECT_EQ(attention_params(c, gqa8), std::int64_t{2} * 4096 * 4096 + std::int64_t{2} * 4096 * 1024);
   EXPECT_EQ(attention_params(c, find(list, "KDGQA")), attention_params(c, gqa8));
   EXPECT_EQ(attention_params(c, find(list, "PGQA")), attention_params(c, gqa8));
-  // WGQA keeps the per-head K/V projections it combines (spec §8.3(a)): MHA's count plus its weights.
+  // WGQA keeps the per-head K/V projections it combines (as the authors' code trains it): MHA's count
+  // plus its weights.
   EXPECT_EQ(attention_params(c, find(list, "WGQA")), attention_params(c, mha) + 2 * 32);
   EXPECT_EQ(attention_params(c, find(list, "WGQA-col")), attention_params(c, mha) + 2 * 32 * 128);
   // sSQA: hq = hkv = H/2, every projection halved.
@@ -75,7 +77,8 @@ TEST(compare_model, flops_kv_bytes_and_params_of_the_llama_layer) {
 }
 
 TEST(compare_model, wgqa_extra_parameters_match_the_paper_for_t5_base) {
-  // Spec §8.2: T5-base decoder, 24 attention modules, H = 12, d = 64: 576 (scalar), 36,864 (col).
+  // The WGQA paper's counts: T5-base decoder, 24 attention modules, H = 12, d = 64: 576 (scalar), 36,864
+  // (col).
   layer_config t5 = presets("vit-b16").at(0);  // H = 12, d = 64, D = 768, as T5-base
   t5.hkv_ref = 6;
   const auto list = schemes_for(t5);

@@ -71,13 +71,13 @@ std::int64_t attention_flops(const layer_config& c, const scheme& s);
 /// KV-cache bytes per token per layer, fp32: 2 (K and V) * hkv * d * 4.
 std::int64_t kv_bytes_per_token(const layer_config& c, const scheme& s);
 
-/// Learned parameters the scheme adds beyond its projections (spec §8.2): WGQA scalar 2H, col 2·H·d.
+/// Learned parameters the scheme adds beyond its projections: WGQA scalar 2H, col 2·H·d.
 std::int64_t extra_params(const layer_config& c, const scheme& s);
 
 /// Attention parameters of the layer (weights, no biases), D = H * d:
 ///   W_Q D·(hq·d) + W_K D·(kp·d) + W_V D·(kp·d) + W_O (hq·d)·D + extra_params,
-/// where kp = hkv, except for WGQA, which keeps the H per-head K/V projections it combines (spec §8.3(a);
-/// once folded for inference it has GQA's count).
+/// where kp = hkv, except for WGQA, which keeps the H per-head K/V projections it combines (as the authors'
+/// code trains it; once folded for inference it has GQA's count).
 std::int64_t attention_params(const layer_config& c, const scheme& s);
 
 /// Order statistics of a sample of times (seconds).

@@ -66,7 +66,8 @@ inline index_t head_dim_of(index_t rows, index_t heads, const char* where, const
 
 }  // namespace detail
 
-/// mean_pool_heads (spec §4.2) on an Eigen matrix: w is (heads·d × in_dim); returns (groups·d × in_dim).
+/// mean_pool_heads (MHA -> GQA mean pooling) on an Eigen matrix: w is (heads·d × in_dim); returns (groups·d
+/// × in_dim).
 template <class M>
   requires detail::float_dense<M>
 row_matrix<float> mean_pool_heads(const Eigen::DenseBase<M>& w, index_t heads, index_t groups) {
@@ -78,7 +79,7 @@ row_matrix<float> mean_pool_heads(const Eigen::DenseBase<M>& w, index_t heads, i
   return detail::to_matrix(gqa::mean_pool_heads(detail::to_row_major(w), heads, groups, d, in_dim), groups * d, in_dim);
 }
 
-/// mean_pool_bias (spec §4.2) on an Eigen vector of heads·d values; returns groups·d values.
+/// mean_pool_bias on an Eigen vector of heads·d values; returns groups·d values.
 template <class M>
   requires detail::float_dense<M>
 Eigen::VectorXf mean_pool_bias(const Eigen::DenseBase<M>& b, index_t heads, index_t groups) {
@@ -88,7 +89,7 @@ Eigen::VectorXf mean_pool_bias(const Eigen::DenseBase<M>& b, index_t heads, inde
   return detail::to_vector(gqa::mean_pool_bias(values, heads, groups, d));
 }
 
-/// convert_mha_to_gqa (spec §4.2) on Eigen matrices: d = mha.w_k.rows() / heads, in_dim = mha.w_k.cols().
+/// convert_mha_to_gqa on Eigen matrices: d = mha.w_k.rows() / heads, in_dim = mha.w_k.cols().
 inline kv_projection convert_mha_to_gqa(const kv_projection& mha, index_t heads, index_t groups) {
   constexpr const char* where = "gqa::eigen::convert_mha_to_gqa";
   const index_t d = detail::head_dim_of(static_cast<index_t>(mha.w_k.rows()), heads, where, "mha.w_k");
@@ -104,8 +105,9 @@ inline kv_projection convert_mha_to_gqa(const kv_projection& mha, index_t heads,
           detail::to_vector(r.b_k), detail::to_vector(r.b_v)};
 }
 
-/// wgqa_fold (spec §8.2) on Eigen matrices: per_head.w_k and w_v are (w.hq·w.d × w.model_dim); returns the
-/// (w.hkv·w.d × w.model_dim) plain-GQA projections (biases folded for scalar/col; empty for row).
+/// wgqa_fold (the WGQA inference fold) on Eigen matrices: per_head.w_k and w_v are (w.hq·w.d ×
+/// w.model_dim); returns the (w.hkv·w.d × w.model_dim) plain-GQA projections (biases folded for scalar/col;
+/// empty for row).
 inline kv_projection wgqa_fold(const kv_projection& per_head, const wgqa_weights& w) {
   constexpr const char* where = "gqa::eigen::wgqa_fold";
   gqa::detail::check_wgqa_weights(w, where);

@@ -7,7 +7,7 @@
 
 GQA_BEGIN_NAMESPACE
 
-/// GQA (spec §4): hkv divides hq, map[h] = floor(h / (hq / hkv)). MHA and MQA are its two ends.
+/// GQA (Ainslie et al. 2023): hkv divides hq, map[h] = floor(h / (hq / hkv)). MHA and MQA are its two ends.
 struct gqa_policy {
   static constexpr std::string_view name = "gqa";
   /// Registry (variants/registry.hpp): H query heads in G uniform groups.

@@ -6,7 +6,7 @@
 
 GQA_BEGIN_NAMESPACE
 
-/// MHA (spec §2): hkv == hq, map[h] = h.
+/// MHA: hkv == hq, map[h] = h.
 struct mha_policy {
   static constexpr std::string_view name = "mha";
   /// Registry (variants/registry.hpp): all H query heads, each with its own KV head.

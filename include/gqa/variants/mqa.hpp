@@ -6,7 +6,7 @@
 
 GQA_BEGIN_NAMESPACE
 
-/// MQA (Shazeer 2019, spec §3): hkv == 1, map[h] = 0.
+/// MQA (Shazeer 2019): hkv == 1, map[h] = 0.
 struct mqa_policy {
   static constexpr std::string_view name = "mqa";
   /// Registry (variants/registry.hpp): all H query heads share one KV head.

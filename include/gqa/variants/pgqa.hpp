@@ -1,8 +1,8 @@
-// gqa/variants/pgqa.hpp: Perturbed GQA (spec §7) as a policy: uniform GQA groups, then standardised
-// uniform noise, scaled by each output row's mean and std, is subtracted from the attention output.
-// Invariant: the noise is a pure function of (seed, layer, call, group, head-in-group, flat index), and
-// every step is computed in double in a fixed order with explicit FMAs, so the perturbed output is
-// bitwise the same for any thread count, ISA and tile size.
+// gqa/variants/pgqa.hpp: Perturbed GQA (Khan et al., arXiv 2408.08454; docs/variants.md, "PGQA") as a
+// policy: uniform GQA groups, then standardised uniform noise, scaled by each output row's mean and std, is
+// subtracted from the attention output. Invariant: the noise is a pure function of (seed, layer, call,
+// group, head-in-group, flat index), and every step is computed in double in a fixed order with explicit
+// FMAs, so the perturbed output is bitwise the same for any thread count, ISA and tile size.
 #pragma once
 
 #include <algorithm>
@@ -23,7 +23,7 @@ GQA_BEGIN_NAMESPACE
 
 /// When pgqa_policy perturbs its output.
 enum class pgqa_noise {
-  always,      ///< reference (spec §7.2): every call, training or not
+  always,      ///< as the authors' code: every call, training or not
   train_only,  ///< departure from the reference: only while training() is true
   off,         ///< never (plain GQA); the call counter still advances
 };
@@ -40,12 +40,12 @@ struct pgqa_options {
 };
 
 // Note [PGQA noise]
-// Spec §7.2 draws, per group g and forward call, a fresh matrix R (s × N), N = seq·d_v, of U[0,1) values,
-// sets the "diagonal" R[i][i] (i < min(s, N)) to 0, and standardises each row to zero mean and unit
-// unbiased std. gqa draws R[i][n] = random::to_unit_float(random::hash(seed, {layer, call, g, i, n})),
-// which replaces torch.rand's global stream with a keyed counter, so any element can be drawn by any
-// thread in any order. The zeroed diagonal is zero only before standardisation: afterwards it sits at
-// -ρμ/ρσ ≈ -√3 (spec §7.2 measured -1.744).
+// The authors' code (pgqa.py) draws, per group g and forward call, a fresh matrix R (s × N), N = seq·d_v,
+// of U[0,1) values, sets the "diagonal" R[i][i] (i < min(s, N)) to 0, and standardises each row to zero
+// mean and unit unbiased std. gqa draws R[i][n] = random::to_unit_float(random::hash(seed, {layer, call, g,
+// i, n})), which replaces torch.rand's global stream with a keyed counter, so any element can be drawn by
+// any thread in any order. The zeroed diagonal is zero only before standardisation: afterwards it sits at
+// -ρμ/ρσ ≈ -√3 (-1.744 measured with the authors' code).
 
 namespace detail {
 
@@ -95,8 +95,8 @@ double pgqa_sum_sq_dev(const T* x, index_t count, double mu) noexcept {
 
 /// The standardised noise row Z[i, ·] of group `group`, head-in-group `head_in_group` (Note [PGQA noise]):
 /// R drawn, R[i][i] zeroed (when i < n), then (R - mean) / std_unbiased, with std := 1 if it is 0. Sums in
-/// double in a fixed order (Note [PGQA reductions]). `n` = seq·d_v must be >= 2. PGQA's gradient (spec
-/// §7.4) needs exactly this Z.
+/// double in a fixed order (Note [PGQA reductions]). `n` = seq·d_v must be >= 2. PGQA's gradient,
+/// ∂X'/∂X = I − (1/N)·𝟙𝟙ᵀ − Z (∂σ/∂X)ᵀ with ∂σ/∂X = (X − μ)/((N−1)σ), needs exactly this Z.
 inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std::uint64_t layer, std::uint64_t call,
                                     index_t group, index_t head_in_group) {
   const index_t n = static_cast<index_t>(z.size());
@@ -112,7 +112,7 @@ inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std
   if (head_in_group < n) z[static_cast<std::size_t>(head_in_group)] = 0.0;  // the "diagonal": row i, column i
   const double mean = detail::pgqa_sum(z.data(), n) / static_cast<double>(n);
   double sd = std::sqrt(detail::pgqa_sum_sq_dev(z.data(), n, mean) / static_cast<double>(n - 1));
-  if (sd == 0.0) sd = 1.0;  // spec §7.2: ρσ := 1 when the row is constant
+  if (sd == 0.0) sd = 1.0;  // as the authors' code: ρσ := 1 when the row is constant
   for (double& r : z) r = (r - mean) / sd;
 }
 
@@ -125,7 +125,7 @@ inline std::vector<double> pgqa_standardised_noise(index_t n, std::uint64_t seed
   return z;
 }
 
-/// PGQA's post-step (spec §7.2), a pure function. `o` holds the attention output (b, s, hq, dv); the
+/// PGQA's post-step, a pure function. `o` holds the attention output (b, s, hq, dv); the
 /// query heads form hkv uniform contiguous groups. For every head h = g·(hq/hkv) + i and batch element b,
 /// the row X = O[b, :, h, :] flattened token-major (n = p·dv + c, N = s·dv values) becomes
 ///   X' = X − (Z[i, ·]·σ + μ),   μ = mean(X), σ = unbiased std(X),
@@ -144,7 +144,7 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
   if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
   const index_t n = o.s * o.d;
   if (n < 2)
-    detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined, spec §7.3)");
+    detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined)");
   for (index_t ib = 0; ib < o.b; ++ib)
     for (index_t p = 0; p < o.s; ++p)
       for (index_t h = 0; h < o.h; ++h) {
@@ -203,7 +203,7 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
   });
 }
 
-/// PGQA (spec §7) as a policy: static uniform groups (hkv must divide hq); after the core, finish()
+/// PGQA as a policy: static uniform groups (hkv must divide hq); after the core, finish()
 /// applies pgqa_perturb keyed by (options.seed, options.layer, calls()) when the mode asks for it, then
 /// advances the call counter (always, also when no noise is applied, so the noise of call t does not
 /// depend on the modes of earlier calls). Save calls() and restore it with set_calls() to replay a call.
@@ -241,7 +241,7 @@ class pgqa_policy {
                    " (PGQA uses uniform GQA groups)");
     if (o.s * o.d < 2)
       detail::fail("gqa::pgqa_policy: o.s * o.d = ", o.s * o.d,
-                   ": must be > 1 (the unbiased std of a single value is undefined, spec §7.3)");
+                   ": must be > 1 (the unbiased std of a single value is undefined)");
   }
 
   head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) const {

@@ -1,4 +1,4 @@
-// gqa/variants/sqa.hpp: Sparse Query Attention (Filipek 2025, spec §9) and its named configurations.
+// gqa/variants/sqa.hpp: Sparse Query Attention (Filipek 2025, arXiv 2510.01817) and its named configurations.
 // SQA is a projection-shape choice: fewer query heads (hq < H, the baseline model's heads) with
 // d = D / H kept, so attention FLOPs scale with hq. The kernel is plain GQA over (hq, hkv).
 #pragma once

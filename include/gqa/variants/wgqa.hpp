@@ -1,6 +1,7 @@
-// gqa/variants/wgqa.hpp: Weighted GQA (spec §8) as a policy: learned per-head weights combine the H
-// per-head K/V heads into G group heads (scalar or per-channel weights), then plain GQA runs on them.
-// Invariant: a wgqa_policy's weights are validated once (sizes, finiteness) and never change.
+// gqa/variants/wgqa.hpp: Weighted GQA (arXiv 2407.10855; docs/variants.md, "WGQA") as a policy: learned
+// per-head weights combine the H per-head K/V heads into G group heads (scalar or per-channel weights),
+// then plain GQA runs on them. Invariant: a wgqa_policy's weights are validated once (sizes, finiteness)
+// and never change.
 #pragma once
 
 #include <algorithm>
@@ -16,7 +17,7 @@
 
 GQA_BEGIN_NAMESPACE
 
-/// WGQA (spec §8) for scalar and col weights on activations: `prepare` combines the hq per-head K and V
+/// WGQA for scalar and col weights on activations: `prepare` combines the hq per-head K and V
 /// heads into hkv group heads, K̃_g = Σ_{j∈g} w_j ⊙ K_j (likewise V with weights.v), in the policy's own
 /// buffers; `plan` returns uniform groups over them. Row weights act on the projection input and cannot be
 /// applied to K/V: fold them into plain GQA weights with gqa::wgqa_fold (gqa/convert.hpp).

@@ -1,6 +1,7 @@
-// gqa/variants/wgqa_weights.hpp: the learned weights of Weighted GQA (spec §8) as plain data: their kinds,
-// sizes, validation and initialisers. Shared by the WGQA policy (variants/wgqa.hpp) and the checkpoint fold
-// (convert.hpp); includes no kernel.
+// gqa/variants/wgqa_weights.hpp: the learned weights of Weighted GQA (Chinnakonduru and
+// Mohapatra, arXiv 2407.10855; docs/variants.md, "WGQA") as plain data: their kinds, sizes, validation
+// and initialisers. Shared by the WGQA policy (variants/wgqa.hpp) and the checkpoint fold (convert.hpp);
+// includes no kernel.
 #pragma once
 
 #include <cmath>
@@ -17,7 +18,7 @@
 
 GQA_BEGIN_NAMESPACE
 
-/// The three WGQA weight shapes of spec §8.2 (named as in the reference code's `weight_row_column`).
+/// The three WGQA weight shapes (named as in the authors' code's `weight_row_column`).
 enum class wgqa_kind {
   scalar,  ///< one weight per head, w ∈ R^H:            K̃_g = Σ_{j∈g} w_j · K_j
   col,     ///< one weight per head and channel, c ∈ R^{H×d}: K̃_g[:, k] = Σ_{j∈g} c_j[k] · K_j[:, k]
@@ -30,7 +31,7 @@ constexpr std::string_view to_string(wgqa_kind k) noexcept {
   return k == wgqa_kind::scalar ? "scalar" : k == wgqa_kind::col ? "col" : k == wgqa_kind::row ? "row" : "unknown";
 }
 
-/// WGQA weights added to one attention module: per-head parameters (spec §8.2) for K (w_k) and V (w_v).
+/// WGQA weights added to one attention module: per-head parameters for K (w_k) and V (w_v).
 /// 2·hq for scalar, 2·hq·d for col, 2·hq·model_dim for row. T5-base decoder (24 modules, hq = 12, d = 64,
 /// D = 768): 576, 36,864 and 442,368 in total.
 constexpr index_t wgqa_parameter_count(wgqa_kind kind, index_t hq, index_t d, index_t model_dim) noexcept {
@@ -57,9 +58,9 @@ struct wgqa_weights {
   /// k.size() + v.size() once valid: wgqa_parameter_count(kind, hq, d, model_dim).
   index_t parameter_count() const noexcept { return wgqa_parameter_count(kind, hq, d, model_dim); }
 
-  /// Every weight 1/s (s = hq / hkv): at step 0 WGQA is exactly GQA mean pooling (spec §8.2).
+  /// Every weight 1/s (s = hq / hkv): at step 0 WGQA is exactly GQA mean pooling (the authors' init).
   static wgqa_weights mean_init(wgqa_kind kind, index_t hq, index_t hkv, index_t d, index_t model_dim);
-  /// Every weight drawn from N(0, 1) (the reference's `torch.randn` init, spec §8.2) by gqa's counter-based
+  /// Every weight drawn from N(0, 1) (the authors' other init, `torch.randn`) by gqa's counter-based
   /// generator: k[i] = random::stream{seed, 0}'s i-th next_normal(), v[i] = random::stream{seed, 1}'s i-th,
   /// rounded to float. The same on every platform, compiler and thread count.
   static wgqa_weights random_init(wgqa_kind kind, index_t hq, index_t hkv, index_t d, index_t model_dim,
@@ -76,7 +77,8 @@ inline void check_wgqa_shape(wgqa_kind kind, index_t hq, index_t hkv, index_t d,
   require(hq > 0, where, (p + "hq").c_str(), hq, "must be positive");
   require(hkv > 0, where, (p + "hkv").c_str(), hkv, "must be positive");
   if (hq % hkv != 0)
-    fail(where, ": ", p, "hkv = ", hkv, ": must divide ", p, "hq = ", hq, " (WGQA groups are uniform, spec §8.4)");
+    fail(where, ": ", p, "hkv = ", hkv, ": must divide ", p, "hq = ", hq,
+         " (WGQA groups are uniform: each combines s = hq / hkv heads)");
   require(d > 0, where, (p + "d").c_str(), d, "must be positive");
   require(model_dim > 0, where, (p + "model_dim").c_str(), model_dim, "must be positive");
   checked_mul(checked_mul(hq, d, where, "hq * d"), model_dim, where, "hq * d * model_dim");
