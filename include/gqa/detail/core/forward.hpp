@@ -16,7 +16,6 @@
 #include "../../tensor.hpp"
 #include "../../threading/parallel.hpp"
 #include "microkernels.hpp"
-#include "tile_shape.hpp"
 
 GQA_BEGIN_NAMESPACE
 namespace detail::core {
@@ -83,7 +82,7 @@ struct partial_out {
 template <class Isa>
 struct kernel {
   using V = isa::vec<Isa>;
-  using shape = tile_shape<Isa>;
+  using shape = typename V::tile_shape;  // See Note [tile shape] (isa/vec_scalar.hpp)
   static constexpr int L = V::lanes;
   static constexpr int MR = shape::mr, NR = shape::nr;
   static constexpr index_t cols = static_cast<index_t>(NR) * L;
@@ -373,7 +372,7 @@ struct kernel {
   }
 
   /// S[r][j] = Qp[r] · K[j0 + j] for j < nb (Qp row stride d), eight keys per step. Rows go through the
-  /// widest register block that fits (tile_shape::direct_qk_rows rows × 4 keys, so K loads are shared by
+  /// widest register block that fits (shape::direct_qk_rows rows × 4 keys, so K loads are shared by
   /// the rows), then pairs, then single rows × 8 keys: every block keeps >= 8 independent FMA chains.
   /// kbase: the block's first key row, ks: row stride (the caller's K, or the decode copy).
   static void scores_direct(const float* kbase, index_t ks, index_t d, index_t nb, const float* qp, index_t rows,
@@ -452,7 +451,7 @@ struct kernel {
 
   /// Oacc[r] += Σ_{j<nb} P[r][j] · V[j0 + j] read in place. Rows go in blocks of 4, then the remainder as
   /// one block of 3, 2 or 1 rows; fewer rows get more column vectors so every block keeps about
-  /// tile_shape::direct_acc accumulators (no FMA is spent on padding rows).
+  /// shape::direct_acc accumulators (no FMA is spent on padding rows).
   /// vbase: the block's first value row, vs: row stride (the caller's V, or the decode copy).
   static void accumulate_pv_direct(const float* vbase, index_t vs, index_t dv, index_t nb, const float* p, index_t rows,
                                    index_t ldp, index_t dvp, float* oacc) noexcept {
@@ -591,7 +590,7 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   const index_t n_active = static_cast<index_t>(active.size());
   const index_t gmax = std::max<index_t>(1, map.max_group_size());
   const bool decode = gmax * sq <= k_direct_rows;  // See Note [decode tasks]
-  const index_t block_q = decode ? sq : std::max<index_t>(1, tile_shape<Isa>::rows / gmax);
+  const index_t block_q = decode ? sq : std::max<index_t>(1, kernel<Isa>::shape::rows / gmax);
   const index_t n_qblocks = (sq + block_q - 1) / block_q;
   const index_t head_tasks = decode ? 1 : n_active;  // tasks per (batch, query block)
   const index_t base_tasks = q.b * head_tasks * n_qblocks;
@@ -605,7 +604,7 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   n_chunks = (skv + chunk - 1) / chunk;
 
   problem pb{q, k, v, o, &map, active.data(), scale * k_log2e, opt.causal, opt.kv_lengths, opt.lse, block_q,
-             decode ? tile_shape<Isa>::block_kv_decode : tile_shape<Isa>::block_kv, chunk, n_chunks};
+             decode ? kernel<Isa>::shape::block_kv_decode : kernel<Isa>::shape::block_kv, chunk, n_chunks};
 
   auto make_task = [&](index_t i) {
     const index_t c = i % n_chunks;

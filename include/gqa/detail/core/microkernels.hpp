@@ -7,7 +7,6 @@
 #include <utility>
 
 #include "../../isa/vec.hpp"
-#include "tile_shape.hpp"
 
 GQA_BEGIN_NAMESPACE
 namespace detail::core {
