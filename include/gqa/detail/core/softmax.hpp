@@ -35,6 +35,15 @@ struct online_softmax {
   using V = isa::vec<Isa>;
   static constexpr int L = V::lanes;
 
+  /// 2^(m_old − m_new), the factor that carries a state whose max was m_old over to the max m_new >= m_old;
+  /// 0 for a state that has seen no key (m_old = −inf, Note [fully masked rows]). The update (block to
+  /// block) and the merge (chunk to chunk) both use it, so a chunk boundary rescales exactly like a block
+  /// boundary, with the core's own exp2 (Note [exp accuracy]), never the C library's (whose last bit may
+  /// differ between platforms).
+  static float rescale(float m_old, float m_new) noexcept {
+    return m_old == k_neg_inf ? 0.0f : isa::exp2_scalar(m_old - m_new);
+  }
+
   /// One row's step over a block of n scores (n a multiple of L, masked scores −inf): updates (m, l),
   /// rescales the row's accumulator, and overwrites s with p = 2^(s − m_new). See Note [fully masked rows].
   static void update(float* s, index_t n, float& m, float& l, float* orow, index_t dvp) noexcept {
@@ -45,7 +54,7 @@ struct online_softmax {
       std::fill(s, s + n, 0.0f);
       return;
     }
-    const float alpha = m == k_neg_inf ? 0.0f : isa::exp2_scalar(m - m_new);
+    const float alpha = rescale(m, m_new);
     const auto vm = V::set1(m_new);
     auto vsum = V::zero();
     for (index_t j = 0; j < n; j += L) {
@@ -77,8 +86,8 @@ struct online_softmax {
       if (m == k_neg_inf) continue;
       for (index_t c = 0; c < n; ++c) {
         const row_state p = part(c);
-        if (p.m[r] == k_neg_inf) continue;
-        const float w = std::exp2(p.m[r] - m);
+        if (p.m[r] == k_neg_inf) continue;  // saw no key: contributes nothing
+        const float w = rescale(p.m[r], m);
         l += p.l[r] * w;
         const float* prow = p.o + r * dvp;
         for (index_t x = 0; x < dvp; ++x) orow[x] += prow[x] * w;
