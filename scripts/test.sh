@@ -2,7 +2,8 @@
 # scripts/test.sh: everything CI checks, in one command.
 #   1. scripts/install-deps.sh --neon --mpi (no-op when everything is installed)
 #   2. Release build of the tests, benchmarks and examples; ctest --output-on-failure (incl. packaging)
-#   3. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan) of the tests; ctest (packaging excluded)
+#   3. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan) of the tests; ctest (packaging and the
+#      header checks excluded: they compile, and run nothing the sanitizers could watch)
 #   4. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
 # Ends with one summary line and exits non-zero if any stage failed. Every stage runs even if an earlier
 # one failed, so one run reports everything.
@@ -73,11 +74,12 @@ fi
 build_and_test release "$build_root/release" -- \
   -DCMAKE_BUILD_TYPE=Release -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=ON -DGQA_BUILD_EXAMPLES=ON
 
-# 3. Sanitizers: the unit and attention tests under ASan + UBSan (packaging consumers are plain builds).
+# 3. Sanitizers: the unit and attention tests under ASan + UBSan (packaging consumers and the header checks
+#    are plain compiles, already run in stage 2).
 if [ "${GQA_SKIP_SANITIZE:-0}" != 1 ]; then
   export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
   export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-  build_and_test sanitize "$build_root/sanitize" -LE packaging -- \
+  build_and_test sanitize "$build_root/sanitize" -LE "packaging|headers" -- \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGQA_TEST_SANITIZE=ON -DGQA_BUILD_TESTS=ON \
     -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF
 fi

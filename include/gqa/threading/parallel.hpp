@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "../options.hpp"
+#include "executor.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -29,16 +29,16 @@ inline int resolve_threads(int requested) noexcept {
 #endif
 }
 
-/// Calls fn(i) for every i in [0, n): through opt.parallel_for if the caller gave one, else on
+/// Calls fn(i) for every i in [0, n): through ex.parallel_for if the caller gave one, else on
 /// min(n, threads) threads pulling tasks dynamically.
 template <class Fn>
-void run_tasks(index_t n, const attention_options& opt, Fn&& fn) {
+void run_tasks(index_t n, const executor& ex, Fn&& fn) {
   if (n <= 0) return;
-  if (opt.parallel_for) {
-    opt.parallel_for(n, [&fn](index_t i) { fn(i); });
+  if (ex.parallel_for != nullptr && *ex.parallel_for) {
+    (*ex.parallel_for)(n, [&fn](index_t i) { fn(i); });
     return;
   }
-  const int threads = static_cast<int>(std::min<index_t>(n, resolve_threads(opt.num_threads)));
+  const int threads = static_cast<int>(std::min<index_t>(n, resolve_threads(ex.num_threads)));
   if (threads <= 1) {
     for (index_t i = 0; i < n; ++i) fn(i);
     return;

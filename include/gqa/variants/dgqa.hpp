@@ -15,6 +15,7 @@
 
 #include "../random.hpp"
 #include "allocation.hpp"
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -108,6 +109,22 @@ constexpr std::uint64_t dgqa_stream_key(std::uint64_t layer) noexcept {
 class dgqa_policy {
  public:
   static constexpr std::string_view name = "dgqa";
+  /// Registry (variants/registry.hpp): H query heads shared out to G KV heads. A DGQA policy needs
+  /// caller-owned state, so the registry's factory is with(): it calls fn(policy) on a policy over a fresh
+  /// dgqa_state::initial(hq, hkv), in eval mode (every call recomputes the allocation, as inference does),
+  /// kind ema (diff on an exactly repeated batch, as in repeated timing calls, scores 0 and takes the
+  /// zero-score fallback; both kinds do the same work), repair draws seeded by the model's seed.
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.groups, m.groups}; }
+  template <class Fn>
+  static decltype(auto) with(const model_shape& m, const variant_heads& h, Fn&& fn) {
+    dgqa_state state = dgqa_state::initial(h.hq, h.hkv);
+    dgqa_options o;
+    o.kind = dgqa_kind::ema;
+    o.seed = m.seed;
+    dgqa_policy p(o, state);
+    p.set_mode(dgqa_mode::eval);
+    return fn(p);
+  }
 
   /// Keeps a reference to `state` (which must outlive the policy). Starts in dgqa_mode::eval with no step.
   /// Throws gqa::invalid_argument for invalid options.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "allocation.hpp"
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -116,6 +117,9 @@ inline allocation_result kdgqa_allocate(std::span<const double> norms, index_t h
 class kdgqa_policy {
  public:
   static constexpr std::string_view name = "kdgqa";
+  /// Registry (variants/registry.hpp): H query heads shared out to G KV heads; the reference rule.
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.groups, m.groups}; }
+  static kdgqa_policy make(const model_shape&, const variant_heads&) { return kdgqa_policy{}; }
 
   /// Throws gqa::invalid_argument for invalid options.
   explicit kdgqa_policy(kdgqa_options opt = {}) : opt_(opt) { detail::check_kdgqa_options(opt_, "gqa::kdgqa_policy"); }

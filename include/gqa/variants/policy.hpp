@@ -33,18 +33,18 @@ concept policy_with_prepare = requires(P& p, const tensor_view<const float>& k, 
   { p.prepare(k, v) } -> std::convertible_to<kv_views>;
 };
 /// Optional: post-process the output (PGQA subtracts noise); the second form also receives the call's
-/// options (threads), and is preferred when a policy has both.
+/// executor (its threads), and is preferred when a policy has both.
 template <class P>
 concept policy_with_finish = requires(P& p, const tensor_view<float>& o, const head_map& m) { p.finish(o, m); };
 template <class P>
-concept policy_with_finish_options = requires(P& p, const tensor_view<float>& o, const head_map& m,
-                                              const attention_options& opt) { p.finish(o, m, opt); };
+concept policy_with_finish_executor = requires(P& p, const tensor_view<float>& o, const head_map& m,
+                                               const executor& ex) { p.finish(o, m, ex); };
 
 namespace detail {
 template <class P>
-void finish(P& p, const tensor_view<float>& o, const head_map& map, const attention_options& opt) {
-  if constexpr (policy_with_finish_options<P>) {
-    p.finish(o, map, opt);
+void finish(P& p, const tensor_view<float>& o, const head_map& map, const executor& ex) {
+  if constexpr (policy_with_finish_executor<P>) {
+    p.finish(o, map, ex);
   } else if constexpr (policy_with_finish<P>) {
     p.finish(o, map);
   }
@@ -96,14 +96,14 @@ void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tenso
         if (!opt.lse.empty()) so.lse = opt.lse.subspan(static_cast<std::size_t>(ib) * per, per);
         if (ib > 0) map = p.plan(qs, ks);
         attend<Isa>(qs, ks, vs, os, map, so);
-        detail::finish(p, os, map, so);
+        detail::finish(p, os, map, executor_of(so));
       }
       return;
     }
   }
   const head_map map = p.plan(q, kv.k);
   attend<Isa>(q, kv.k, kv.v, o, map, opt);
-  detail::finish(p, o, map, opt);
+  detail::finish(p, o, map, executor_of(opt));
 }
 
 GQA_END_NAMESPACE

@@ -261,7 +261,7 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   const index_t n_tasks = base_tasks * n_chunks;
 
   if (n_chunks == 1) {
-    run_tasks(n_tasks, opt, [&](index_t i) { K::run(pb, make_task(i), nullptr); });
+    run_tasks(n_tasks, executor_of(opt), [&](index_t i) { K::run(pb, make_task(i), nullptr); });
     return;
   }
 
@@ -274,11 +274,11 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
     float* base = partials.data() + i * per_task;
     return row_state{base, base + rows_max, base + 2 * rows_max};
   };
-  run_tasks(n_tasks, opt, [&](index_t i) {
+  run_tasks(n_tasks, executor_of(opt), [&](index_t i) {
     const row_state part = partial_of(i);
     K::run(pb, make_task(i), &part);
   });
-  run_tasks(base_tasks, opt, [&](index_t bi) {
+  run_tasks(base_tasks, executor_of(opt), [&](index_t bi) {
     const task t = make_task(bi * n_chunks);
     const index_t rows = K::task_rows(pb, t);
     float* acc = thread_scratch(static_cast<std::size_t>(rows * (2 + dvp)));
