@@ -74,16 +74,13 @@ template <class Isa = isa::native, attention_policy P>
 void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
              tensor_view<float> o, const attention_options& opt = {}) {
   // Memory safety first: a policy's own work (norms, noise) reads these views.
-  detail::check_view(q, "q");
-  detail::check_view(k, "k");
-  detail::check_view(v, "v");
-  detail::check_view(o, "o");
+  detail::check_views(q, k, v, o, "gqa::attend");
   if constexpr (policy_with_check<P>) p.check(q, k, v, o);
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);
   // Validate the whole call (shapes, options, aliasing) before plan(): a bad argument throws before a
   // stateful policy (DGQA) updates its state or any sample is computed.
-  detail::validate_call(q, kv.k, kv.v, o, opt);
+  detail::check_call(q, kv.k, kv.v, o, opt, "gqa::attend");
   if constexpr (policy_with_per_sample<P>) {
     if (p.per_sample() && q.b > 1) {
       head_map map = p.plan(detail::sample(q, 0), detail::sample(kv.k, 0));
