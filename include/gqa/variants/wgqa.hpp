@@ -133,6 +133,7 @@ inline wgqa_weights wgqa_weights::random_init(wgqa_kind kind, index_t hq, index_
 /// Inputs to gqa::forward: q (b, sq, hq_q, d) with hkv dividing hq_q, k and v (b, skv, weights.hq,
 /// weights.d). Each combined value is Σ of exact float products accumulated in double and rounded once,
 /// so it does not depend on the ISA.
+/// Thread safety: none; prepare() fills the policy's own buffers, so use one policy (a copy) per thread.
 class wgqa_policy {
  public:
   static constexpr std::string_view name = "wgqa";
