@@ -173,13 +173,13 @@ class wgqa_policy {
     detail::check_view(k, "k", "gqa::wgqa_policy");
     detail::check_view(v, "v", "gqa::wgqa_policy");
     detail::require(k.h == w_.hq, "gqa::wgqa_policy", "k.h", k.h,
-                    ("must equal weights.hq = " + std::to_string(w_.hq) + " (one K head per MHA head)").c_str());
+                    "must equal weights.hq = ", w_.hq, " (one K head per MHA head)");
     detail::require(v.h == w_.hq, "gqa::wgqa_policy", "v.h", v.h,
-                    ("must equal weights.hq = " + std::to_string(w_.hq) + " (one V head per MHA head)").c_str());
-    detail::require(k.d == w_.d, "gqa::wgqa_policy", "k.d", k.d, ("must equal weights.d = " + std::to_string(w_.d)).c_str());
-    detail::require(v.d == w_.d, "gqa::wgqa_policy", "v.d", v.d, ("must equal weights.d = " + std::to_string(w_.d)).c_str());
-    detail::require(v.b == k.b, "gqa::wgqa_policy", "v.b", v.b, ("must equal k.b = " + std::to_string(k.b)).c_str());
-    detail::require(v.s == k.s, "gqa::wgqa_policy", "v.s", v.s, ("must equal k.s = " + std::to_string(k.s)).c_str());
+                    "must equal weights.hq = ", w_.hq, " (one V head per MHA head)");
+    detail::require(k.d == w_.d, "gqa::wgqa_policy", "k.d", k.d, "must equal weights.d = ", w_.d);
+    detail::require(v.d == w_.d, "gqa::wgqa_policy", "v.d", v.d, "must equal weights.d = ", w_.d);
+    detail::require(v.b == k.b, "gqa::wgqa_policy", "v.b", v.b, "must equal k.b = ", k.b);
+    detail::require(v.s == k.s, "gqa::wgqa_policy", "v.s", v.s, "must equal k.s = ", k.s);
   }
 
   void combine(const tensor_view<const float>& x, const std::vector<float>& w, std::vector<float>& out) const {
