@@ -94,8 +94,8 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k,
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<Policy>) {
     kv = p.prepare(k, v);
-    detail::check_view(kv.k, "k (after prepare)", where);
-    detail::check_view(kv.v, "v (after prepare)", where);
+    detail::check_view(kv.k, "prepare().k", where);
+    detail::check_view(kv.v, "prepare().v", where);
   }
   // The whole call (shapes, options, aliasing) before plan(): a bad argument throws before a stateful
   // policy (DGQA) updates its state or any sample is computed.
