@@ -12,13 +12,22 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gqa/attention.hpp>
+#include <gqa/variants/mqa.hpp>
 #include <gqa/variants/policy.hpp>
 
 #include "support/data.hpp"
 #include "support/expect.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+// AddressSanitizer aborts on an allocation it cannot serve unless allocator_may_return_null is set; then a
+// nothrow allocation returns null, which gqa's scratch turns into std::bad_alloc
+// (scratch_that_cannot_be_allocated_is_std_bad_alloc). ASAN_OPTIONS still overrides this default.
+extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1"; }
+#endif
 
 namespace {
 
@@ -257,6 +266,47 @@ TEST(errors, head_counts_beyond_int_max_are_rejected_before_allocating) {
   expect_invalid([&] { (void)gqa::head_map(kv_of_q, index_t{1} << 40); }, {"head_map", "hkv = 1099511627776"});
   const std::vector<int> huge = {std::numeric_limits<int>::max(), 1};
   expect_invalid([&] { (void)gqa::head_map::from_allocation(huge); }, {"sum(alloc) = 2147483648"});
+}
+
+// Issue 9: q.d = 2^40 passes every view rule (2^40 elements, stride_d = 1), but a tile of packed Q needs
+// 2^42 bytes per thread; growing the scratch threw std::bad_alloc inside a noexcept task and the process
+// terminated. Now the std::bad_alloc reaches the caller (also from worker threads, an OpenMP region or a
+// caller's parallel_for: Note [task exceptions]) before anything is written, and d = 2^59, whose scratch
+// size does not even fit in ptrdiff_t, is refused before any work (Note [scratch size]).
+TEST(errors, scratch_that_cannot_be_allocated_is_std_bad_alloc) {
+  constexpr index_t dv_small = 4;
+  // o first (a sentinel), then v, then q: q's 2^40 (or 2^59) floats lie above o's, so the two share no
+  // element. The kernel never reads q (its scratch fails first), so q's buffer need not be that large.
+  std::vector<float> buf(64, 0.5f);
+  std::fill(buf.begin(), buf.begin() + 8, k_sentinel);
+  const gqa::tensor_view<float> o(buf.data(), 1, 1, 2, dv_small, 0, 0, dv_small);
+  const gqa::tensor_view<const float> v(buf.data() + 16, 1, 1, 1, dv_small, 0, 0, 0);
+  const std::vector<float> before = buf;
+  gqa::attention_options one_thread, two_threads, caller_loop;
+  two_threads.num_threads = 2;
+  caller_loop.parallel_for = [](index_t n, const std::function<void(index_t)>& task) {
+    std::vector<std::thread> pool;  // every task on a thread of its own
+    for (index_t i = 0; i < n; ++i) pool.emplace_back(task, i);
+    for (auto& t : pool) t.join();
+  };
+  const std::pair<const char*, const gqa::attention_options*> loops[] = {
+      {"1 thread", &one_thread}, {"2 threads", &two_threads}, {"parallel_for", &caller_loop}};
+  for (const int log2_d : {40, 59}) {
+    const index_t big = index_t{1} << log2_d;
+    const gqa::tensor_view<const float> q(buf.data() + 32, 1, 1, 2, big, 0, 0, 0);
+    const gqa::tensor_view<const float> k(buf.data() + 32, 1, 1, 1, big, 0, 0, 0);
+    for (const auto& [name, opt] : loops) {
+      SCOPED_TRACE(::testing::Message() << "d = 2^" << log2_d << ", " << name);
+      EXPECT_THROW(gqa::attend(q, k, v, o, gqa::head_map::uniform(2, 1), *opt), std::bad_alloc);
+      EXPECT_THROW(gqa::forward(gqa::mqa_policy{}, q, k, v, o, *opt), std::bad_alloc);
+      EXPECT_EQ(buf, before) << "the failed call wrote the output";
+    }
+  }
+  // The same call with a small d runs: every value is 0.5, so the output is 0.5.
+  const gqa::tensor_view<const float> q(buf.data() + 32, 1, 1, 2, 8, 0, 0, 8);
+  const gqa::tensor_view<const float> k(buf.data() + 32, 1, 1, 1, 8, 0, 0, 0);
+  EXPECT_NO_THROW(gqa::attend(q, k, v, o, gqa::head_map::uniform(2, 1), two_threads));
+  for (index_t i = 0; i < 2 * dv_small; ++i) EXPECT_EQ(buf[static_cast<std::size_t>(i)], 0.5f);
 }
 
 TEST_F(errors_test, output_overlapping_itself_is_rejected) {

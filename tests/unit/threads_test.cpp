@@ -9,6 +9,7 @@
 #include <atomic>
 #include <functional>
 #include <set>
+#include <stdexcept>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -193,6 +194,44 @@ TEST(threads, wgqa_policy_one_per_thread) {
     gqa::wgqa_policy mine = prototype;  // one per thread: a copy
     gqa::forward(mine, c.qv(), c.kv(), c.vv(), c.ov());
   });
+}
+
+// Issue 9: an exception thrown by a task (the core's std::bad_alloc when a thread's scratch cannot grow)
+// escaped a worker thread or an OpenMP region and ended the process. run_tasks now rethrows the first one
+// in the calling thread once every task has returned, skips the tasks not yet started, and is reusable
+// afterwards (Note [task exceptions]).
+TEST(threads, a_task_exception_reaches_the_caller) {
+  gqa::attention_options one, built_in, caller_loop;
+  built_in.num_threads = k_threads;
+  caller_loop.parallel_for = [](index_t n, const std::function<void(index_t)>& task) {
+    std::atomic<index_t> next{0};
+    on_threads([&](int) {
+      for (index_t i = next++; i < n; i = next++) task(i);
+    });
+  };
+  constexpr index_t n = 200, bad = 7;
+  for (const auto* opt : {&one, &built_in, &caller_loop}) {
+    std::atomic<index_t> ran{0};
+    auto task = [&](index_t i) {
+      ++ran;
+      if (i == bad) throw std::runtime_error("task 7");
+    };
+    try {
+      gqa::detail::run_tasks(n, *opt, task);
+      ADD_FAILURE() << "no exception";
+    } catch (const std::runtime_error& e) {
+      EXPECT_STREQ(e.what(), "task 7");
+    }
+    EXPECT_GE(ran.load(), 1);  // task 7; on threads, others may have been skipped or have run
+    EXPECT_LE(ran.load(), n);
+    if (opt == &one) {
+      EXPECT_EQ(ran.load(), bad + 1);  // the serial loop stops at once
+    }
+    // The next call runs every task exactly once.
+    std::vector<std::atomic<int>> hits(n);
+    gqa::detail::run_tasks(n, *opt, [&](index_t i) { ++hits[static_cast<std::size_t>(i)]; });
+    for (const auto& h : hits) EXPECT_EQ(h.load(), 1);
+  }
 }
 
 }  // namespace
