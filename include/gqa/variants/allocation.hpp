@@ -77,12 +77,15 @@ constexpr std::string_view to_string(allocation_arithmetic a) noexcept {
 // 1.49999997. So the default arithmetic, float32, is the authors' step by step: gqa's norm (a double
 // sum, Note [key norm order]) rounded to float32, then (n - min) / (max - min), Σ n̂ in index order,
 // n̂ / Σ · hq, each one float32 operation (DGQA: |c - m| or β·m + (1 - β)·c, then the same shares). It
-// reproduces the allocation of all 33 golden KDGQA cases, ties included (tests/data/golden). Every one
-// of these steps is a single IEEE float operation whose input is not a product, so no FMA contraction
-// can change a bit, and every ISA build gives the same result; where a product feeds a sum (DGQA's
-// ema), each product is formed exactly in double and rounded to float explicitly, which is the float
-// product. float64 keeps every step in double: a departure that differs from the authors only where a
-// share is within rounding of a .5 tie.
+// reproduces the allocation of all 33 golden KDGQA cases, ties included (tests/data/golden), and their
+// shares bit for bit. Σ is added in index order; torch's CPU sum kernel uses that order for up to 4
+// values and for 8 (AVX2 build) but not for 5-7 (it starts with x[0] + x[4]), and CUDA has its own, so
+// for such G a share can differ from the authors' in its last bits (2 ulps at most in the golden DGQA
+// calls), which moves an allocation only for a share that close to a .5 tie. Every one of these steps
+// is a single IEEE float operation whose input is not a product, so no FMA contraction can change a bit
+// and every ISA build gives the same result; where a product feeds a sum (DGQA's ema), the product is
+// materialised first (Note [dgqa arithmetic]). float64 keeps every step in double: a departure that
+// differs from the authors only where a share is within rounding of a .5 tie.
 
 /// What a plan() decided, for logging and tests.
 struct allocation_result {
