@@ -216,6 +216,37 @@ TEST(dgqa, float32_and_float64_shares) {
   }
 }
 
+// Why gqa-compare scales its key heads (bench/compare/model.hpp, key_head_scales): on iid random keys all
+// head norms agree to about 1%, so DGQA-ema's shares (hq/hkv)·(1 ± 1%) round to exactly uniform groups, on
+// the first call (cache 0: score 0.9·m) and the next (cache m: score m); with head norms 0.5 to 2 apart
+// it is not uniform.
+TEST(dgqa, ema_is_uniform_on_iid_keys_and_not_on_scaled_heads) {
+  const index_t b = 1, s = 256, hq = 32, hkv = 8, d = 64;
+  for (std::uint64_t seed = 0; seed < 4; ++seed) {
+    auto k = gqa::test::random_floats(static_cast<std::size_t>(b * s * hkv * d), 300 + seed);
+    const auto kv = gqa::bshd<const float>(k.data(), b, s, hkv, d);
+    gqa::tensor_view<const float> q = kv;
+    q.h = hq;
+    for (const bool scaled : {false, true}) {
+      if (scaled)
+        for (std::size_t i = 0; i < k.size(); ++i)
+          k[i] *= static_cast<float>(0.5 * std::pow(4.0, static_cast<double>((i / d) % hkv) / (hkv - 1)));
+      auto state = gqa::dgqa_state::initial(hq, hkv);
+      gqa::dgqa_options opt;
+      opt.kind = gqa::dgqa_kind::ema;
+      gqa::dgqa_policy p(opt, state);
+      for (int call = 0; call < 2; ++call) {
+        p.plan(q, kv);
+        if (scaled) {
+          EXPECT_NE(p.last().alloc, ints(8, 4)) << "seed " << seed;
+        } else {
+          EXPECT_EQ(p.last().alloc, ints(8, 4)) << "seed " << seed;
+        }
+      }
+    }
+  }
+}
+
 // §6.3 train: updates only when step % W == 0; in between the old splits are reused (stale) and the
 // state is untouched, whatever the keys.
 TEST(dgqa, train_updates_on_window_boundaries_only) {

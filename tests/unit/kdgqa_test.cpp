@@ -3,6 +3,7 @@
 // agreement with reference::kdgqa, and every error path of the public API.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -126,6 +127,22 @@ TEST(kdgqa, min_max_scaling_ignores_scale_and_shift) {
   EXPECT_EQ(allocate({10.0, 12.0, 13.0, 15.0}, 12, f64), want);          // × 10
   EXPECT_EQ(allocate({101.0, 101.2, 101.3, 101.5}, 12, f64), want);      // + 100: a 0.5% spread
   EXPECT_EQ(allocate({400.0, 400.4, 400.6, 401.0}, 12, f64), want);      // a 0.25% spread
+}
+
+// ...so on iid random keys, whose head norms agree to about 1%, KDGQA is as skewed as on heads 50% apart
+// (DGQA-ema is exactly uniform there: dgqa_test.cpp).
+TEST(kdgqa, skewed_on_iid_random_keys) {
+  const index_t s = 256, hq = 32, hkv = 8, d = 64;
+  for (std::uint64_t seed = 0; seed < 4; ++seed) {
+    const auto k = gqa::test::random_floats(static_cast<std::size_t>(s * hkv * d), 300 + seed);
+    const auto norms = gqa::key_norms(gqa::bshd<const float>(k.data(), 1, s, hkv, d));
+    const double lo = *std::min_element(norms.begin(), norms.end()), hi = *std::max_element(norms.begin(), norms.end());
+    EXPECT_LT(hi / lo, 1.05) << "seed " << seed;
+    const auto r = gqa::kdgqa_allocate(norms, hq);
+    // Far from uniform 4 each: the smallest and largest groups are at least 5 query heads apart.
+    const auto [mn, mx] = std::minmax_element(r.alloc.begin(), r.alloc.end());
+    EXPECT_GE(*mx - *mn, 5) << "seed " << seed;
+  }
 }
 
 // The same probes end to end: keys -> key_norms (batch-summed) -> policy plan -> head map.
