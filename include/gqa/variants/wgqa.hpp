@@ -135,7 +135,8 @@ inline wgqa_weights wgqa_weights::random_init(wgqa_kind kind, index_t hq, index_
 /// so it does not depend on the ISA.
 /// Inference: Note [wgqa with rope]. Without RoPE (T5) fold once; with RoPE applied to K after the
 /// projection, `col` weights do not fold: combine each new token's rows once, with combine_rows(), as
-/// they are written to the KV cache.
+/// they are written to the KV cache. The reference model (T5) applies no 1/sqrt(d) scale: pass
+/// attention_options::scale = 1 to reproduce it.
 class wgqa_policy {
  public:
   static constexpr std::string_view name = "wgqa";
