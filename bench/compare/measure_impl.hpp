@@ -50,13 +50,16 @@ std::vector<int> uniform_allocation(const measure_request& r) {
   return std::vector<int>(static_cast<std::size_t>(r.hkv), static_cast<int>(r.hq / r.hkv));
 }
 
-/// KDGQA/DGQA: the last plan's allocation, and its status when it was a fallback.
+/// KDGQA/DGQA: the last plan's allocation, and its status when it was a fallback or ran as MQA (KDGQA with
+/// two KV heads always does).
 template <class Policy>
 void record_allocation(const Policy& policy, measurement& m) {
   const gqa::allocation_result& last = policy.last();
   m.allocation = last.alloc;
   if (last.status != gqa::grouping_status::ok)
     m.status = std::string(gqa::to_string(last.status)) + " (" + std::string(gqa::to_string(last.fallback)) + ")";
+  else if (last.runs_as_mqa())
+    m.status = "runs as MQA (every query head on one KV head)";
 }
 
 measurement run(const measure_request& r) {
