@@ -163,11 +163,14 @@ inline std::vector<float> wgqa_fold_bias(const std::vector<float>& b, const std:
 
 }  // namespace detail
 
-/// The WGQA inference fold: from the per-head projections (w.hq·w.d × w.model_dim each) and trained WGQA
-/// weights, the plain GQA projections (w.hkv·w.d × w.model_dim) whose output equals the weighted
-/// combination, for every kind: W̃_g[k, c] = Σ_{j∈g} w_j W_j[k, c] (scalar), c_j[k] W_j[k, c] (col), r_j[c]
-/// W_j[k, c] (row). Biases fold as b̃_g = Σ w_j ⊙ b_j for scalar and col; row weights have no bias fold, so
-/// their biases must be empty. Run the result with gqa_policy (map h / s).
+/// The WGQA inference fold: from the per-head projections (w.hq·w.d × w.model_dim each) and
+/// trained WGQA weights, the plain GQA projections (w.hkv·w.d × w.model_dim) whose output equals the
+/// weighted combination, for every kind: W̃_g[k, c] = Σ_{j∈g} w_j W_j[k, c] (scalar), c_j[k] W_j[k, c]
+/// (col), r_j[c] W_j[k, c] (row). Biases fold as b̃_g = Σ w_j ⊙ b_j for scalar and col; row weights
+/// have no bias fold, so their biases must be empty. Run the result with gqa_policy (map h / s).
+/// Exact when K reaches attention as projected (T5). With RoPE applied to K after the projection, col
+/// weights do not fold (the rotation mixes channel pairs with different weights; scalar and row still
+/// fold, and V always does): use wgqa_policy::combine_rows on each new token instead, Note [wgqa with rope].
 inline kv_projection wgqa_fold(const kv_projection& per_head, const wgqa_weights& w) {
   constexpr const char* where = "gqa::wgqa_fold";
   detail::check_wgqa_weights(w, where);

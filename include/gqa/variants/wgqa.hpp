@@ -24,6 +24,10 @@ GQA_BEGIN_NAMESPACE
 /// Inputs to gqa::forward: q (b, sq, hq_q, d) with hkv dividing hq_q, k and v (b, skv, weights.hq,
 /// weights.d). Each combined value is Σ of exact float products accumulated in double and rounded once,
 /// so it does not depend on the ISA.
+/// Inference: Note [wgqa with rope]. Without RoPE (T5) fold once; with RoPE applied to K after the
+/// projection, `col` weights do not fold: combine each new token's rows once, with combine_rows(), as
+/// they are written to the KV cache. The reference model (T5) applies no 1/sqrt(d) scale: pass
+/// attention_options::scale = 1 to reproduce it.
 /// Thread safety: none; prepare() fills the policy's own buffers, so use one policy (a copy) per thread.
 class wgqa_policy {
  public:
@@ -52,13 +56,54 @@ class wgqa_policy {
   /// until the next prepare() or the policy's destruction.
   kv_views prepare(const tensor_view<const float>& k, const tensor_view<const float>& v) {
     check_kv(k, v);
-    combine(k, w_.k, k_buf_);
-    combine(v, w_.v, v_buf_);
-    return {bshd<const float>(k_buf_.data(), k.b, k.s, w_.hkv, w_.d), bshd<const float>(v_buf_.data(), v.b, v.s, w_.hkv, w_.d)};
+    k_buf_.resize(static_cast<std::size_t>(k.b * k.s * w_.hkv * w_.d));
+    v_buf_.resize(static_cast<std::size_t>(v.b * v.s * w_.hkv * w_.d));
+    const auto kb = bshd(k_buf_.data(), k.b, k.s, w_.hkv, w_.d), vb = bshd(v_buf_.data(), v.b, v.s, w_.hkv, w_.d);
+    combine(k, w_.k, kb);
+    combine(v, w_.v, vb);
+    return {kb, vb};
   }
 
   head_map plan(const tensor_view<const float>& q, const tensor_view<const float>&) const {
     return head_map::uniform(q.h, w_.hkv);
+  }
+
+  // Note [wgqa with rope]
+  // wgqa_fold turns the trained weights into plain GQA projections, W̃_g[k, :] = Σ_{j∈g} c_j[k]·W_j[k, :]
+  // (col), which is exact when K goes from the projection to attention unchanged (T5, the authors'
+  // model). With RoPE applied to each head's K after the projection, the trained model computes
+  // Σ_j c_j ⊙ R_t(X W_jᵀ) while the folded one computes R_t(Σ_j c_j ⊙ X W_jᵀ); R_t rotates channel pairs
+  // (k, k') by a position-dependent angle, so the two agree only if c_j[k] = c_j[k'] for every pair:
+  // col weights do not fold (measured in tests/unit/wgqa_rope_test.cpp: the folded layer's keys and
+  // output are far from the trained ones). Scalar weights (one per head) commute with the rotation and
+  // row weights act before the projection, so both still fold exactly; V carries no rotation and always
+  // folds. The exact inference form for col: keep the H per-head K/V projections, rotate each new
+  // token's K heads, and combine them once into the G cached heads with combine_rows() (new rows only:
+  // the cache holds G heads, as GQA's, and nothing is recombined at later steps).
+
+  /// The exact inference form of WGQA with a KV cache (Note [wgqa with rope]): combines the per-head K
+  /// and V rows of n new tokens, k_new and v_new (b, n, weights.hq, weights.d, after any RoPE), into the
+  /// weights.hkv group heads and writes them to k_dst and v_dst (b, n, weights.hkv, weights.d), typically
+  /// views of the cache rows those tokens occupy (any batch/sequence/head strides). The values are those
+  /// prepare() computes for the same rows, bit for bit. Throws gqa::invalid_argument (before writing)
+  /// for row weights, mismatched shapes, a non-unit head_dim stride or destinations overlapping sources.
+  void combine_rows(const tensor_view<const float>& k_new, const tensor_view<const float>& v_new,
+                    const tensor_view<float>& k_dst, const tensor_view<float>& v_dst) const {
+    constexpr const char* where = "gqa::wgqa_policy::combine_rows";
+    check_kv(k_new, v_new);
+    const std::pair<const tensor_view<float>*, const char*> dsts[2] = {{&k_dst, "k_dst"}, {&v_dst, "v_dst"}};
+    for (const auto& [dst, name] : dsts) {
+      detail::check_view(*dst, name, where);
+      detail::require(dst->b == k_new.b, where, detail::field{name, "b"}, dst->b, "must equal k_new.b = ", k_new.b);
+      detail::require(dst->s == k_new.s, where, detail::field{name, "s"}, dst->s, "must equal k_new.s = ", k_new.s);
+      detail::require(dst->h == w_.hkv, where, detail::field{name, "h"}, dst->h, "must equal weights.hkv = ", w_.hkv);
+      detail::require(dst->d == w_.d, where, detail::field{name, "d"}, dst->d, "must equal weights.d = ", w_.d);
+      detail::require_disjoint(detail::shared_element(k_new, *dst), where, name, dst->data, "k_new");
+      detail::require_disjoint(detail::shared_element(v_new, *dst), where, name, dst->data, "v_new");
+    }
+    detail::require_disjoint(detail::shared_element(v_dst, k_dst), where, "k_dst", k_dst.data, "v_dst");
+    combine(k_new, w_.k, k_dst);
+    combine(v_new, w_.v, v_dst);
   }
 
  private:
@@ -79,14 +124,14 @@ class wgqa_policy {
     detail::require(v.s == k.s, "gqa::wgqa_policy", "v.s", v.s, "must equal k.s = ", k.s);
   }
 
-  void combine(const tensor_view<const float>& x, const std::vector<float>& w, std::vector<float>& out) const {
+  /// out(b, t, g, :) = Σ_{j∈g} w_j ⊙ x(b, t, j, :); out has x's b and s, hkv heads, unit head_dim stride.
+  void combine(const tensor_view<const float>& x, const std::vector<float>& w, const tensor_view<float>& out) const {
     const index_t grp = w_.hq / w_.hkv, d = w_.d;
-    out.resize(static_cast<std::size_t>(x.b * x.s * w_.hkv * d));
     std::vector<double> acc(static_cast<std::size_t>(d));
-    float* dst = out.data();
     for (index_t ib = 0; ib < x.b; ++ib)
       for (index_t t = 0; t < x.s; ++t)
-        for (index_t g = 0; g < w_.hkv; ++g, dst += d) {
+        for (index_t g = 0; g < w_.hkv; ++g) {
+          float* dst = out.row(ib, t, g);
           std::fill(acc.begin(), acc.end(), 0.0);
           for (index_t j = g * grp; j < (g + 1) * grp; ++j) {
             const float* src = x.row(ib, t, j);
