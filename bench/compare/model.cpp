@@ -74,7 +74,7 @@ std::vector<scheme> schemes_for(const layer_config& c, std::vector<std::string>*
   out.push_back({"PGQA", "pgqa", scheme_kind::pgqa, H, g, g});
   out.push_back({"WGQA", "wgqa", scheme_kind::wgqa_scalar, H, g, H});
   out.push_back({"WGQA-col", "wgqa", scheme_kind::wgqa_col, H, g, H});
-  // SQA (spec §9.2): hq < H query heads, hkv | hq. Standard SQA as in the paper's experiments.
+  // SQA (Filipek 2025): hq < H query heads, hkv | hq. Standard SQA as in the paper's experiments.
   struct sqa_row {
     const char* name;
     std::int64_t hq, hkv;

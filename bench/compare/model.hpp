@@ -40,8 +40,9 @@ std::int64_t default_hkv_ref(std::int64_t heads);
 /// Names accepted by --preset.
 std::vector<std::string> preset_names();
 
-/// Which policy runs a scheme.
-enum class scheme_kind { mha, mqa, gqa, kdgqa, dgqa, pgqa, wgqa_scalar, wgqa_col, sqa };
+/// Which policy runs a scheme. `registered`: a registered variant without a row of its own here, added by
+/// compared_schemes (schemes.hpp) with GQA's cost model.
+enum class scheme_kind { mha, mqa, gqa, kdgqa, dgqa, pgqa, wgqa_scalar, wgqa_col, sqa, registered };
 
 /// One row of the comparison.
 struct scheme {
@@ -70,13 +71,13 @@ std::int64_t attention_flops(const layer_config& c, const scheme& s);
 /// KV-cache bytes per token per layer, fp32: 2 (K and V) * hkv * d * 4.
 std::int64_t kv_bytes_per_token(const layer_config& c, const scheme& s);
 
-/// Learned parameters the scheme adds beyond its projections (spec §8.2): WGQA scalar 2H, col 2·H·d.
+/// Learned parameters the scheme adds beyond its projections: WGQA scalar 2H, col 2·H·d.
 std::int64_t extra_params(const layer_config& c, const scheme& s);
 
 /// Attention parameters of the layer (weights, no biases), D = H * d:
 ///   W_Q D·(hq·d) + W_K D·(kp·d) + W_V D·(kp·d) + W_O (hq·d)·D + extra_params,
-/// where kp = hkv, except for WGQA, which keeps the H per-head K/V projections it combines (spec §8.3(a);
-/// once folded for inference it has GQA's count).
+/// where kp = hkv, except for WGQA, which keeps the H per-head K/V projections it combines (as the authors'
+/// code trains it; once folded for inference it has GQA's count).
 std::int64_t attention_params(const layer_config& c, const scheme& s);
 
 /// Order statistics of a sample of times (seconds).

@@ -1,7 +1,8 @@
-// gqa/convert.hpp: checkpoint conversion: MHA -> GQA/MQA mean pooling of K/V projections (spec §4.2) and
-// the WGQA inference fold (spec §8.2). Weights are PyTorch nn.Linear (out, in) row-major; head j of a K or
-// V projection is the row block [j·d, (j+1)·d); groups are contiguous (group g = heads [g·s, (g+1)·s)).
-// Invariant: every output value is one index-order double sum of exact float products, rounded once.
+// gqa/convert.hpp: checkpoint conversion: MHA -> GQA/MQA mean pooling of K/V projections and the WGQA
+// inference fold (docs/variants.md, "Checkpoint conversion" and "WGQA"). Weights are PyTorch nn.Linear
+// (out, in) row-major; head j of a K or V projection is the row block [j·d, (j+1)·d); groups are contiguous
+// (group g = heads [g·s, (g+1)·s)). Invariant: every output value is one index-order double sum of exact
+// float products, rounded once.
 #pragma once
 
 #include <algorithm>
@@ -11,8 +12,9 @@
 #include <vector>
 
 #include "config.hpp"
+#include "detail/overflow.hpp"
 #include "errors.hpp"
-#include "variants/wgqa.hpp"
+#include "variants/wgqa_weights.hpp"
 
 GQA_BEGIN_NAMESPACE
 
@@ -27,7 +29,8 @@ inline void check_pool_shape(index_t heads, index_t groups, index_t d, const cha
   require(heads > 0, where, "heads", heads, "must be positive");
   require(groups > 0, where, "groups", groups, "must be positive");
   if (heads % groups != 0)
-    fail(where, ": groups = ", groups, ": must divide heads = ", heads, " (uniform GQA groups, spec §4.3)");
+    fail(where, ": groups = ", groups, ": must divide heads = ", heads,
+         " (uniform GQA groups: every group pools the same number of heads)");
   require(d > 0, where, "d", d, "must be positive");
 }
 
@@ -61,9 +64,10 @@ inline void check_bias(std::span<const float> b, index_t heads, index_t d, const
 
 }  // namespace detail
 
-/// MHA -> GQA mean pooling of one K or V projection weight (spec §4.2): w is (heads·d × in_dim) row-major;
-/// the result is (groups·d × in_dim), block g = (1/s)·Σ_{j∈g} W[j], s = heads / groups. groups = 1 gives
-/// MQA. Throws gqa::invalid_argument for a bad size, groups not dividing heads, or a non-finite weight.
+/// MHA -> GQA mean pooling of one K or V projection weight, as the GQA paper converts checkpoints: w is
+/// (heads·d × in_dim) row-major; the result is (groups·d × in_dim), block g = (1/s)·Σ_{j∈g} W[j], s = heads
+/// / groups. groups = 1 gives MQA. Throws gqa::invalid_argument for a bad size, groups not dividing heads,
+/// or a non-finite weight.
 inline std::vector<float> mean_pool_heads(std::span<const float> w, index_t heads, index_t groups, index_t d,
                                           index_t in_dim) {
   constexpr const char* where = "gqa::mean_pool_heads";
@@ -76,7 +80,7 @@ inline std::vector<float> mean_pool_heads(std::span<const float> w, index_t head
   return detail::mean_pool_blocks(w, heads, groups, block);
 }
 
-/// Mean pooling of one K or V projection bias (heads·d values) into groups·d values (spec §4.2).
+/// Mean pooling of one K or V projection bias (heads·d values) into groups·d values: b_g = (1/s)·Σ_{j∈g} b_j.
 inline std::vector<float> mean_pool_bias(std::span<const float> b, index_t heads, index_t groups, index_t d) {
   constexpr const char* where = "gqa::mean_pool_bias";
   detail::check_pool_shape(heads, groups, d, where);
@@ -91,7 +95,7 @@ struct kv_projection {
 };
 
 /// Converts an MHA module's K/V projections (heads·d × in_dim each) to GQA with `groups` KV heads by mean
-/// pooling weights and biases (spec §4.2); Q and the output projection are unchanged and not taken.
+/// pooling weights and biases; Q and the output projection are unchanged and not taken.
 /// groups = 1 converts to MQA.
 inline kv_projection convert_mha_to_gqa(const kv_projection& mha, index_t heads, index_t groups, index_t d,
                                         index_t in_dim) {
@@ -116,7 +120,7 @@ inline kv_projection convert_mha_to_gqa(const kv_projection& mha, index_t heads,
 
 namespace detail {
 
-/// W̃_g[k, c] = Σ_{j∈g} weight_j(k, c) · W_j[k, c] for one projection (spec §8.2), weight per kind.
+/// W̃_g[k, c] = Σ_{j∈g} weight_j(k, c) · W_j[k, c] for one projection, weight per kind.
 inline std::vector<float> wgqa_fold_weight(const std::vector<float>& wp, const std::vector<float>& ww, const wgqa_weights& w) {
   const index_t s = w.hq / w.hkv, d = w.d, in = w.model_dim;
   std::vector<float> out(static_cast<std::size_t>(w.hkv * d * in));
@@ -159,11 +163,11 @@ inline std::vector<float> wgqa_fold_bias(const std::vector<float>& b, const std:
 
 }  // namespace detail
 
-/// The WGQA inference fold (spec §8.2): from the per-head projections (w.hq·w.d × w.model_dim each) and
-/// trained WGQA weights, the plain GQA projections (w.hkv·w.d × w.model_dim) whose output equals the
-/// weighted combination, for every kind: W̃_g[k, c] = Σ_{j∈g} w_j W_j[k, c] (scalar), c_j[k] W_j[k, c]
-/// (col), r_j[c] W_j[k, c] (row). Biases fold as b̃_g = Σ w_j ⊙ b_j for scalar and col; row weights
-/// have no bias fold, so their biases must be empty. Run the result with gqa_policy (map h / s).
+/// The WGQA inference fold: from the per-head projections (w.hq·w.d × w.model_dim each) and trained WGQA
+/// weights, the plain GQA projections (w.hkv·w.d × w.model_dim) whose output equals the weighted
+/// combination, for every kind: W̃_g[k, c] = Σ_{j∈g} w_j W_j[k, c] (scalar), c_j[k] W_j[k, c] (col), r_j[c]
+/// W_j[k, c] (row). Biases fold as b̃_g = Σ w_j ⊙ b_j for scalar and col; row weights have no bias fold, so
+/// their biases must be empty. Run the result with gqa_policy (map h / s).
 inline kv_projection wgqa_fold(const kv_projection& per_head, const wgqa_weights& w) {
   constexpr const char* where = "gqa::wgqa_fold";
   detail::check_wgqa_weights(w, where);

@@ -32,7 +32,7 @@ std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float lo = -
   return x;
 }
 
-/// The uniform GQA map of the Decisions table, map[h] = h / (hq / hkv), written out independently of
+/// The uniform contiguous GQA map, map[h] = h / (hq / hkv), written out independently of
 /// gqa::head_map so that tests can hand it to the reference. hkv must divide hq.
 [[maybe_unused]] std::vector<gqa::index_t> uniform_kv_of_q(gqa::index_t hq, gqa::index_t hkv) {
   std::vector<gqa::index_t> m(static_cast<std::size_t>(hq));

@@ -1,7 +1,7 @@
-// DGQA (spec §6): the initial state, the reference cache arithmetic (§6.4(a): W = 1 running sum, W > 1
-// fixed point m/(W-1)), train vs eval and the step % W schedule (§6.3), stale splits, the fallbacks
-// (§6.6), both repairs (§6.8), seeded determinism and state save/restore, agreement with
-// reference::dgqa_step, and every error path of the public API.
+// DGQA: the initial state, the reference cache arithmetic (W = 1: a running sum; W > 1: fixed point
+// m/(W-1)), train vs eval and the step % W schedule, stale splits, the fallbacks, both repairs (the
+// reference's random retries from gqa's seeded stream, and hamilton), seeded determinism and state
+// save/restore, agreement with reference::dgqa_step, and every error path of the public API.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -66,7 +66,7 @@ TEST(dgqa, initial_state) {
   expect_invalid([] { gqa::dgqa_state::initial(4, 5); }, "gqa::dgqa_state::initial: hkv = 5: must be <= hq = 4");
 }
 
-// §6.4(a), W = 1: cache <- (cache + m) / 1 is a running sum of the magnitudes.
+// The reference cache update, W = 1: cache <- (cache + m) / 1 is a running sum of the magnitudes.
 TEST(dgqa, window_one_cache_is_a_running_sum) {
   const keys kk({3, 4, 5, 6}, 8);
   auto state = gqa::dgqa_state::initial(8, 4);
@@ -79,9 +79,10 @@ TEST(dgqa, window_one_cache_is_a_running_sum) {
     EXPECT_EQ(state.cache, (floats{3 * t, 4 * t, 5 * t, 6 * t})) << "step " << step;
     EXPECT_TRUE(p.last().updated);
   }
-  // Step 0: diff = |0 - m| = m, shares m/18·8 = {1.33, 1.78, 2.22, 2.67} -> {1, 2, 2, 3} (sum 8, no repair).
-  // Step 1: cache = m, so diff = 0 everywhere: the Σscore == 0 fallback keeps {1, 2, 2, 3} (the
-  // reference hangs here, §6.4(e)). Steps 2, 3: diff = m, 2m -> {1, 2, 2, 3} again.
+  // Step 0: diff = |0 - m| = m, shares m/18·8 = {1.33, 1.78, 2.22, 2.67} -> {1, 2, 2, 3} (sum 8, no
+  // repair). Step 1: cache = m, so diff = 0 everywhere: the Σscore == 0 fallback keeps {1, 2, 2, 3} (the
+  // reference hangs here: 0/0 turns into INT_MIN and its fix-up loop runs ~2³¹ times). Steps 2, 3: diff =
+  // m, 2m -> {1, 2, 2, 3} again.
   EXPECT_EQ(state.splits, (ints{1, 2, 2, 3}));
   EXPECT_EQ(state.rng_counter, 0u);
 }
@@ -102,7 +103,7 @@ TEST(dgqa, window_one_zero_score_on_the_second_step) {
   EXPECT_EQ(state.cache, (floats{6, 8, 10, 12}));  // still updated
 }
 
-// §6.4(a), W > 1: cache_{n+1} = (cache_n + m) / W converges to m / (W - 1).
+// The reference cache update, W > 1: cache_{n+1} = (cache_n + m) / W converges to m / (W - 1).
 TEST(dgqa, window_above_one_cache_fixed_point) {
   for (index_t w : {2, 4, 300}) {
     const keys kk({3712, 4000, 5000, 2500}, 8);
@@ -125,32 +126,34 @@ TEST(dgqa, window_above_one_cache_fixed_point) {
   }
 }
 
-// §6.3 eval: splits recomputed on every call, cache <- m (NOT divided by W); updated is true.
+// Eval mode: splits recomputed on every call, cache <- m (NOT divided by W); updated is true.
 TEST(dgqa, eval_recomputes_every_call_and_stores_m_undivided) {
   auto state = gqa::dgqa_state::initial(12, 6);
   gqa::dgqa_options opt;
   opt.window = 300;
   gqa::dgqa_policy p(opt, state);
   EXPECT_EQ(p.mode(), gqa::dgqa_mode::eval);  // the default
-  // §6.4(c): ±20% spread, group size 2, first update from a zero cache: diff = m, shares = m/600·12 =
-  // {1.6, 1.8, 2, 2.2, 2.4, 2} -> all 2: uniform GQA.
+  // Without min-max scaling allocations are usually uniform: ±20% spread, group size 2, first update from a
+  // zero cache: diff = m, shares = m/600·12 = {1.6, 1.8, 2, 2.2, 2.4, 2} -> all 2: uniform GQA.
   const keys a({80, 90, 100, 110, 120, 100}, 12);
   p.plan(a.q, a.k);
   EXPECT_EQ(p.last().alloc, (ints{2, 2, 2, 2, 2, 2}));
   EXPECT_TRUE(p.last().updated);
   EXPECT_EQ(state.cache, (floats{80, 90, 100, 110, 120, 100}));
-  // Next batch: diff = |m_prev - m| = {60, 0, 0, 0, 0, 0}: all 12 heads go to KV head 0 (§6.4(d)).
+  // Next batch: diff = |m_prev - m| = {60, 0, 0, 0, 0, 0}: all 12 heads go to KV head 0 (in eval,
+  // diff follows batch-to-batch fluctuation).
   const keys b({20, 90, 100, 110, 120, 100}, 12);
   p.plan(b.q, b.k);
   EXPECT_EQ(p.last().alloc, (ints{12, 0, 0, 0, 0, 0}));
   EXPECT_EQ(state.cache, (floats{20, 90, 100, 110, 120, 100}));
-  // The same batch again: Σscore == 0 -> previous splits, reported (the reference hangs, §6.4(e)).
+  // The same batch again: Σscore == 0 -> previous splits, reported (the reference hangs).
   p.plan(b.q, b.k);
   EXPECT_EQ(p.last().status, gqa::grouping_status::fallback_zero_score);
   EXPECT_EQ(p.last().alloc, (ints{12, 0, 0, 0, 0, 0}));
 }
 
-// §6.4(h), ema kind: score = 0.9·m + 0.1·cache; from a zero cache, proportional to m as diff is.
+// First update after init, ema kind: score = 0.9·m + 0.1·cache; from a zero cache, proportional to m as
+// diff is.
 TEST(dgqa, ema_score_weights_the_current_magnitude) {
   auto state = gqa::dgqa_state::initial(8, 4);
   gqa::dgqa_options opt;
@@ -166,7 +169,7 @@ TEST(dgqa, ema_score_weights_the_current_magnitude) {
   EXPECT_EQ(p.last().alloc, (ints{2, 2, 2, 2}));
 }
 
-// §6.3 train: updates only when step % W == 0; in between the old splits are reused (stale) and the
+// Train mode: updates only when step % W == 0; in between the old splits are reused (stale) and the
 // state is untouched, whatever the keys.
 TEST(dgqa, train_updates_on_window_boundaries_only) {
   auto state = gqa::dgqa_state::initial(12, 4);
@@ -247,7 +250,7 @@ TEST(dgqa, nonfinite_score_keeps_splits_but_updates_cache) {
   EXPECT_EQ(state.cache, (floats{3, 4, 5}));  // eval stores m
 }
 
-// §6.3/§6.8 repairs. m = {8, 8, 9, 0}, zero cache, H = 5: shares {1.6, 1.6, 1.8, 0} -> {2, 2, 2, 0}, sum 6.
+// The repairs. m = {8, 8, 9, 0}, zero cache, H = 5: shares {1.6, 1.6, 1.8, 0} -> {2, 2, 2, 0}, sum 6.
 TEST(dgqa, random_repair_draws_from_the_seeded_stream) {
   const keys kk({8, 8, 9, 0}, 5);
   auto state = gqa::dgqa_state::initial(5, 4);
@@ -327,7 +330,7 @@ std::vector<ints> run_eval(gqa::dgqa_policy& p, std::uint64_t first, int n) {
   return out;
 }
 
-// §6.6/§6.8: the state is plain data; restoring it replays the same draws and allocations.
+// The state is plain data; restoring it replays the same draws and allocations.
 TEST(dgqa, saved_state_replays_identical_draws) {
   auto state = gqa::dgqa_state::initial(12, 5);
   gqa::dgqa_options opt;

@@ -15,6 +15,7 @@
 
 #include "../random.hpp"
 #include "allocation.hpp"
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -105,9 +106,28 @@ constexpr std::uint64_t dgqa_stream_key(std::uint64_t layer) noexcept {
 /// Fallbacks: a non-finite magnitude keeps the previous splits and leaves the whole state untouched (one
 /// bad batch does not poison the cache); a non-finite score or Σscore == 0 keeps the previous splits and
 /// still updates the cache. Both are reported in last().
+/// Thread safety: none. plan() reads and updates the caller's state, which describes one sequence of
+/// training steps or eval calls; use one policy, with its own dgqa_state, per thread (or serialise the
+/// calls: a policy and its state may move between threads, never be used by two at once).
 class dgqa_policy {
  public:
   static constexpr std::string_view name = "dgqa";
+  /// Registry (variants/registry.hpp): H query heads shared out to G KV heads. A DGQA policy needs
+  /// caller-owned state, so the registry's factory is with(): it calls fn(policy) on a policy over a fresh
+  /// dgqa_state::initial(hq, hkv), in eval mode (every call recomputes the allocation, as inference does),
+  /// kind ema (diff on an exactly repeated batch, as in repeated timing calls, scores 0 and takes the
+  /// zero-score fallback; both kinds do the same work), repair draws seeded by the model's seed.
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.groups, m.groups}; }
+  template <class Fn>
+  static decltype(auto) with(const model_shape& m, const variant_heads& h, Fn&& fn) {
+    dgqa_state state = dgqa_state::initial(h.hq, h.hkv);
+    dgqa_options o;
+    o.kind = dgqa_kind::ema;
+    o.seed = m.seed;
+    dgqa_policy p(o, state);
+    p.set_mode(dgqa_mode::eval);
+    return fn(p);
+  }
 
   /// Keeps a reference to `state` (which must outlive the policy). Starts in dgqa_mode::eval with no step.
   /// Throws gqa::invalid_argument for invalid options.
@@ -234,9 +254,9 @@ class dgqa_policy {
     detail::check_grouping_heads(hq, hkv, where);
     const dgqa_state& st = *state_;
     detail::require(static_cast<index_t>(st.cache.size()) == hkv, where, "state.cache.size()", st.cache.size(),
-                    ("must equal k.h = " + std::to_string(hkv)).c_str());
+                    "must equal k.h = ", hkv);
     detail::require(static_cast<index_t>(st.splits.size()) == hkv, where, "state.splits.size()", st.splits.size(),
-                    ("must equal k.h = " + std::to_string(hkv)).c_str());
+                    "must equal k.h = ", hkv);
     index_t sum = 0;
     for (std::size_t g = 0; g < st.splits.size(); ++g) {
       if (st.splits[g] < 0) detail::fail(where, ": state.splits[", g, "] = ", st.splits[g], ": must be >= 0");

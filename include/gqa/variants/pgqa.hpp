@@ -1,10 +1,12 @@
-// gqa/variants/pgqa.hpp: Perturbed GQA (spec §7) as a policy: uniform GQA groups, then standardised
-// uniform noise, scaled by each output row's mean and std, is subtracted from the attention output.
-// Invariant: the noise is a pure function of (seed, layer, call, group, head-in-group, flat index), and
-// every step is computed in double in a fixed order with explicit FMAs, so the perturbed output is
-// bitwise the same for any thread count, ISA and tile size.
+// gqa/variants/pgqa.hpp: Perturbed GQA (Khan et al., arXiv 2408.08454; docs/variants.md, "PGQA") as a
+// policy: uniform GQA groups, then standardised uniform noise, scaled by each output row's mean and std, is
+// subtracted from the attention output. Invariant: the noise is a pure function of (seed, layer, call,
+// group, head-in-group, flat index), and every step is computed in double in a fixed order with explicit
+// FMAs, so the perturbed output is bitwise the same for any thread count, ISA and tile size.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -14,13 +16,15 @@
 #include <vector>
 
 #include "../random.hpp"
+#include "../threading/parallel.hpp"
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
 
 /// When pgqa_policy perturbs its output.
 enum class pgqa_noise {
-  always,      ///< reference (spec §7.2): every call, training or not
+  always,      ///< as the authors' code: every call, training or not
   train_only,  ///< departure from the reference: only while training() is true
   off,         ///< never (plain GQA); the call counter still advances
 };
@@ -37,12 +41,12 @@ struct pgqa_options {
 };
 
 // Note [PGQA noise]
-// Spec §7.2 draws, per group g and forward call, a fresh matrix R (s × N), N = seq·d_v, of U[0,1) values,
-// sets the "diagonal" R[i][i] (i < min(s, N)) to 0, and standardises each row to zero mean and unit
-// unbiased std. gqa draws R[i][n] = random::to_unit_float(random::hash(seed, {layer, call, g, i, n})),
-// which replaces torch.rand's global stream with a keyed counter, so any element can be drawn by any
-// thread in any order. The zeroed diagonal is zero only before standardisation: afterwards it sits at
-// -ρμ/ρσ ≈ -√3 (spec §7.2 measured -1.744).
+// The authors' code (pgqa.py) draws, per group g and forward call, a fresh matrix R (s × N), N = seq·d_v,
+// of U[0,1) values, sets the "diagonal" R[i][i] (i < min(s, N)) to 0, and standardises each row to zero
+// mean and unit unbiased std. gqa draws R[i][n] = random::to_unit_float(random::hash(seed, {layer, call, g,
+// i, n})), which replaces torch.rand's global stream with a keyed counter, so any element can be drawn by
+// any thread in any order. The zeroed diagonal is zero only before standardisation: afterwards it sits at
+// -ρμ/ρσ ≈ -√3 (-1.744 measured with the authors' code).
 
 namespace detail {
 
@@ -92,8 +96,8 @@ double pgqa_sum_sq_dev(const T* x, index_t count, double mu) noexcept {
 
 /// The standardised noise row Z[i, ·] of group `group`, head-in-group `head_in_group` (Note [PGQA noise]):
 /// R drawn, R[i][i] zeroed (when i < n), then (R - mean) / std_unbiased, with std := 1 if it is 0. Sums in
-/// double in a fixed order (Note [PGQA reductions]). `n` = seq·d_v must be >= 2. PGQA's gradient (spec
-/// §7.4) needs exactly this Z.
+/// double in a fixed order (Note [PGQA reductions]). `n` = seq·d_v must be >= 2. PGQA's gradient,
+/// ∂X'/∂X = I − (1/N)·𝟙𝟙ᵀ − Z (∂σ/∂X)ᵀ with ∂σ/∂X = (X − μ)/((N−1)σ), needs exactly this Z.
 inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std::uint64_t layer, std::uint64_t call,
                                     index_t group, index_t head_in_group) {
   const index_t n = static_cast<index_t>(z.size());
@@ -109,7 +113,7 @@ inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std
   if (head_in_group < n) z[static_cast<std::size_t>(head_in_group)] = 0.0;  // the "diagonal": row i, column i
   const double mean = detail::pgqa_sum(z.data(), n) / static_cast<double>(n);
   double sd = std::sqrt(detail::pgqa_sum_sq_dev(z.data(), n, mean) / static_cast<double>(n - 1));
-  if (sd == 0.0) sd = 1.0;  // spec §7.2: ρσ := 1 when the row is constant
+  if (sd == 0.0) sd = 1.0;  // as the authors' code: ρσ := 1 when the row is constant
   for (double& r : z) r = (r - mean) / sd;
 }
 
@@ -122,26 +126,26 @@ inline std::vector<double> pgqa_standardised_noise(index_t n, std::uint64_t seed
   return z;
 }
 
-/// PGQA's post-step (spec §7.2), a pure function. `o` holds the attention output (b, s, hq, dv); the
+/// PGQA's post-step, a pure function. `o` holds the attention output (b, s, hq, dv); the
 /// query heads form hkv uniform contiguous groups. For every head h = g·(hq/hkv) + i and batch element b,
 /// the row X = O[b, :, h, :] flattened token-major (n = p·dv + c, N = s·dv values) becomes
 ///   X' = X − (Z[i, ·]·σ + μ),   μ = mean(X), σ = unbiased std(X),
 /// with Z = pgqa_standardised_noise(N, seed, layer, call, g, i), shared across the batch. Every reduction
 /// is in double in a fixed order (Note [PGQA reductions]); the result is rounded to float once. A constant
-/// row becomes 0. The (group, head) rows run as tasks on `opt`'s threads (num_threads / parallel_for;
-/// nothing else of opt is used); the result is the same bits for any thread count.
+/// row becomes 0. The (group, head) rows run as tasks on `ex` (pass gqa::executor_of(options) to use an
+/// attention call's threads); the result is the same bits for any thread count.
 /// Throws gqa::invalid_argument (before touching o) if hkv does not divide hq, s·dv == 1, o.stride_d != 1,
 /// or any value of o is not finite.
 inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t seed, std::uint64_t layer,
-                         std::uint64_t call, const attention_options& opt = {}) {
+                         std::uint64_t call, const executor& ex = {}) {
   constexpr const char* where = "gqa::pgqa_perturb";
   detail::check_view(o, "o", where);
   detail::require(hkv > 0, where, "hkv", hkv, "must be positive");
-  detail::require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+  detail::require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
   if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
   const index_t n = o.s * o.d;
   if (n < 2)
-    detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined, spec §7.3)");
+    detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined)");
   for (index_t ib = 0; ib < o.b; ++ib)
     for (index_t p = 0; p < o.s; ++p)
       for (index_t h = 0; h < o.h; ++h) {
@@ -160,7 +164,7 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
 
   const index_t grp = o.h / hkv;
   // One task per noise row (g, i): draw Z once, apply it to that head of every batch element.
-  detail::run_tasks(hkv * grp, opt, [&](index_t task) {
+  detail::run_tasks(hkv * grp, ex, [&](index_t task) {
     const index_t g = task / grp, i = task % grp, h = g * grp + i;
     thread_local std::vector<double> z;
     z.resize(static_cast<std::size_t>(n));
@@ -200,30 +204,47 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
   });
 }
 
-/// PGQA (spec §7) as a policy: static uniform groups (hkv must divide hq); after the core, finish()
+/// PGQA as a policy: static uniform groups (hkv must divide hq); after the core, finish()
 /// applies pgqa_perturb keyed by (options.seed, options.layer, calls()) when the mode asks for it, then
 /// advances the call counter (always, also when no noise is applied, so the noise of call t does not
 /// depend on the modes of earlier calls). Save calls() and restore it with set_calls() to replay a call.
+/// Thread safety: one policy may serve concurrent calls. The counter and the training flag are atomics,
+/// and each finish() takes its own call index, so no two calls draw the same noise; which call gets which
+/// index then follows the order in which concurrent calls reach finish(). For noise that replays exactly,
+/// give each stream of calls (thread) its own policy.
 class pgqa_policy {
  public:
   static constexpr std::string_view name = "pgqa";
+  /// Registry (variants/registry.hpp): H query heads in G uniform groups; noise `always`, seeded by the
+  /// model's seed.
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.groups, m.groups}; }
+  static pgqa_policy make(const model_shape& m, const variant_heads&) { return pgqa_policy({.seed = m.seed}); }
 
   explicit pgqa_policy(pgqa_options opt = {}) : opt_(opt) {
     if (opt_.noise != pgqa_noise::always && opt_.noise != pgqa_noise::train_only && opt_.noise != pgqa_noise::off)
       detail::fail("gqa::pgqa_policy: options.noise = ", static_cast<int>(opt_.noise),
                    ": must be pgqa_noise::always, train_only or off");
   }
+  /// Copies the options, the training flag and the call counter.
+  pgqa_policy(const pgqa_policy& other) noexcept
+      : opt_(other.opt_), training_(other.training()), calls_(other.calls()) {}
+  pgqa_policy& operator=(const pgqa_policy& other) noexcept {
+    opt_ = other.opt_;
+    training_ = other.training();
+    calls_ = other.calls();
+    return *this;
+  }
 
   const pgqa_options& options() const noexcept { return opt_; }
   /// Used by pgqa_noise::train_only only. Starts true, like a freshly built torch.nn.Module.
-  void set_training(bool on) noexcept { training_ = on; }
-  bool training() const noexcept { return training_; }
+  void set_training(bool on) noexcept { training_.store(on); }
+  bool training() const noexcept { return training_.load(); }
   /// Number of finish() calls so far: the `call` key of the next call's noise.
-  std::uint64_t calls() const noexcept { return calls_; }
-  void set_calls(std::uint64_t c) noexcept { calls_ = c; }
+  std::uint64_t calls() const noexcept { return calls_.load(); }
+  void set_calls(std::uint64_t c) noexcept { calls_.store(c); }
   /// True when the next finish() perturbs.
   bool perturbs() const noexcept {
-    return opt_.noise == pgqa_noise::always || (opt_.noise == pgqa_noise::train_only && training_);
+    return opt_.noise == pgqa_noise::always || (opt_.noise == pgqa_noise::train_only && training());
   }
 
   void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
@@ -234,29 +255,39 @@ class pgqa_policy {
                    " (PGQA uses uniform GQA groups)");
     if (o.s * o.d < 2)
       detail::fail("gqa::pgqa_policy: o.s * o.d = ", o.s * o.d,
-                   ": must be > 1 (the unbiased std of a single value is undefined, spec §7.3)");
+                   ": must be > 1 (the unbiased std of a single value is undefined)");
   }
 
   head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) const {
     return head_map::uniform(q.h, k.h);
   }
 
-  /// Perturbs o (per the mode) with the uniform groups of `map`, then advances the call counter. gqa::forward
-  /// passes the call's options, so the perturbation runs on the same threads as the attention.
-  void finish(const tensor_view<float>& o, const head_map& map, const attention_options& opt = {}) {
-    if (map.hq() % map.hkv() != 0 || !(map == head_map::uniform(map.hq(), map.hkv())))
+  /// Takes the next call index (advancing the counter) and perturbs o with it (per the mode), with the
+  /// uniform groups of `map`. gqa::forward passes the call's executor, so the perturbation runs on the same
+  /// threads as the attention.
+  void finish(const tensor_view<float>& o, const head_map& map, const executor& ex = {}) {
+    if (!is_uniform(map))
       detail::fail("gqa::pgqa_policy::finish: map: must be uniform contiguous groups (head_map::uniform(", map.hq(),
                    ", ", map.hkv(), "))");
     detail::require(map.hq() == o.h, "gqa::pgqa_policy::finish", "map.hq()", map.hq(),
-                    ("must equal o.h = " + std::to_string(o.h)).c_str());
-    if (perturbs()) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, calls_, opt);
-    ++calls_;
+                    "must equal o.h = ", o.h);
+    const std::uint64_t call = calls_.fetch_add(1);
+    if (perturbs()) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, call, ex);
   }
 
  private:
+  /// map == head_map::uniform(map.hq(), map.hkv()), without building one (finish() runs on every call).
+  static bool is_uniform(const head_map& map) noexcept {
+    if (map.hq() % map.hkv() != 0) return false;
+    const index_t group = map.hq() / map.hkv();
+    for (index_t h = 0; h < map.hq(); ++h)
+      if (map.kv_of(h) != h / group) return false;
+    return true;
+  }
+
   pgqa_options opt_;
-  bool training_ = true;
-  std::uint64_t calls_ = 0;
+  std::atomic<bool> training_{true};
+  std::atomic<std::uint64_t> calls_{0};
 };
 
 GQA_END_NAMESPACE
