@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "config.hpp"
+#include "detail/check_finite.hpp"
 #include "detail/core/forward.hpp"
 #include "detail/overlap.hpp"
 #include "errors.hpp"
@@ -141,6 +142,7 @@ void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<
   detail::check_views(q, k, v, o, where);
   detail::check_call(q, k, v, o, opt, where);
   detail::check_map(map, q, k, where);
+  detail::check_finite(q, k, v, opt, where);  // opt-in: Note [non-finite inputs]
   detail::core::forward<Isa>(q, k, v, o, map, opt);
 }
 

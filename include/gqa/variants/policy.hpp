@@ -90,6 +90,7 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k,
   constexpr const char* where = "gqa::forward";  // See Note [validation once]
   // Memory safety first: a policy's own work (norms, noise) reads these views.
   detail::check_views(q, k, v, o, where);
+  detail::check_finite(q, k, v, opt, where);  // opt-in; before the policy's own work
   if constexpr (policy_with_check<Policy>) p.check(q, k, v, o);
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<Policy>) {
