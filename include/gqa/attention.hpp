@@ -8,6 +8,7 @@
 #include <string>
 
 #include "config.hpp"
+#include "detail/check_finite.hpp"
 #include "detail/core/forward.hpp"
 #include "errors.hpp"
 #include "head_map.hpp"
@@ -100,6 +101,7 @@ void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<
             tensor_view<float> o, const head_map& map, const attention_options& opt = {}) {
   static_assert(isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
   detail::validate(q, k, v, o, map, opt);
+  detail::check_finite(q, k, v, opt);
   detail::core::forward<Isa>(q, k, v, o, map, opt);
 }
 

@@ -78,6 +78,7 @@ void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tenso
   detail::check_view(k, "k");
   detail::check_view(v, "v");
   detail::check_view(o, "o");
+  detail::check_finite(q, k, v, opt);  // before the policy's own work (attend checks its inputs again)
   if constexpr (policy_with_check<P>) p.check(q, k, v, o);
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);

@@ -113,11 +113,19 @@ struct kernel {
     }
   }
 
+  /// The keys query position pos of batch ib sees: [0, n) with n returned. n is the valid length L
+  /// (kv_lengths, else skv); causal rows see j <= pos + (L - sq) (bottom-right aligned).
+  static index_t visible_keys(const problem& pb, index_t ib, index_t pos) noexcept {
+    const index_t kv_len = pb.kv_lengths.empty() ? pb.k.s : pb.kv_lengths[static_cast<std::size_t>(ib)];
+    if (!pb.causal) return kv_len;
+    return std::clamp<index_t>(pos + (kv_len - pb.q.s) + 1, 0, kv_len);
+  }
+
   /// Runs one task; writes final rows to o (and lse), or, if part != nullptr, its state over its chunk.
   static void run(const problem& pb, const task& t, const row_state* part) noexcept {
     const index_t npos = t.q1 - t.q0;
     const index_t rows = task_rows(pb, t);
-    const index_t d = pb.q.d, dv = pb.v.d, sq = pb.q.s;
+    const index_t d = pb.q.d, dv = pb.v.d;
     const layout lay = plan_scratch(rows, d, dv, pb.block_kv);
     float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
     float* qp = ws + lay.qp;
@@ -126,12 +134,7 @@ struct kernel {
     float* sc = ws + lay.s;
     const row_state st = part ? *part : row_state{ws + lay.m, ws + lay.l, ws + lay.o};
 
-    // Visible keys: [0, L) with L the valid length; causal rows see j <= pos + (L - sq).
-    const index_t kv_len = pb.kv_lengths.empty() ? pb.k.s : pb.kv_lengths[static_cast<std::size_t>(t.ib)];
-    auto row_limit = [&](index_t pos) noexcept -> index_t {
-      if (!pb.causal) return kv_len;
-      return std::clamp<index_t>(pos + (kv_len - sq) + 1, 0, kv_len);
-    };
+    auto row_limit = [&](index_t pos) noexcept { return visible_keys(pb, t.ib, pos); };
     const index_t c_lo = t.chunk * pb.chunk;
     const index_t c_hi = std::min<index_t>(c_lo + pb.chunk, pb.k.s);
     const index_t kv_hi = std::min(c_hi, row_limit(t.q1 - 1));  // no row sees past this
@@ -154,7 +157,8 @@ struct kernel {
     for (index_t j0 = c_lo; j0 < kv_hi; j0 += lay.bk) {
       const index_t nb = std::min(lay.bk, kv_hi - j0);
       const index_t nbp = round_up(nb, L);
-      const bool partial_block = (j0 + nb > kv_unmasked) || nbp != nb;
+      const bool cut = j0 + nb > kv_unmasked;  // the causal horizon of some row cuts inside the block
+      const bool partial_block = cut || nbp != nb;
       if (key_major) {
         decode<Isa>::scores_key_major(pb.k, pb.v, t.ib, *pb.map, {pb.active + t.g0, pb.active + t.g1}, npos, j0, nb, qp,
                                       sc, lay.bk);
@@ -176,19 +180,29 @@ struct kernel {
           tiled::pack_v(vb, vs, dv, nb, lay.dvp, vp);
           tiled::scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk);
         }
+        // Keys of the block row r sees (non-decreasing in r: rows go by position, Note [tile rows]).
+        const auto lim = [&](index_t r) noexcept { return std::clamp<index_t>(row_limit(t.q0 + r / G) - j0, 0, nb); };
         // Mask: columns past nb are padding; with causal, row limits may cut inside the block.
         for (index_t r = 0; r < grow; ++r) {
           float* srow = srow0 + r * lay.bk;
           if (partial_block) {
-            const index_t lim = std::clamp<index_t>(row_limit(t.q0 + r / G) - j0, 0, nb);
-            for (index_t j = lim; j < nbp; ++j) srow[j] = k_neg_inf;
+            for (index_t j = lim(r); j < nbp; ++j) srow[j] = k_neg_inf;
           }
           softmax::update(srow, nbp, st.m[r0 + r], st.l[r0 + r], orow0 + r * lay.dvp, lay.dvp);
         }
+        // P·V; a cut block as a staircase, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {
-          direct<Isa>::accumulate_pv(vb, vs, dv, nb, srow0, grow, lay.bk, lay.dvp, orow0);
+          if (cut) {
+            direct<Isa>::accumulate_pv_cut(vb, vs, dv, lim, srow0, grow, lay.bk, lay.dvp, orow0);
+          } else {
+            direct<Isa>::accumulate_pv(vb, vs, dv, nb, srow0, grow, lay.bk, lay.dvp, orow0);
+          }
         } else {
-          tiled::accumulate_pv(srow0, grow, lay.bk, vp, nb, lay.dvp, orow0);
+          if (cut) {
+            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vp, lim, lay.dvp, orow0);
+          } else {
+            tiled::accumulate_pv(srow0, grow, lay.bk, vp, nb, lay.dvp, orow0);
+          }
         }
         r0 += grow;
       }
@@ -201,9 +215,11 @@ struct kernel {
   /// Normalises and writes every row of task t from its state (O rows of stride dvp), and its LSE.
   static void write_rows(const problem& pb, const task& t, row_state st, index_t dvp) noexcept {
     for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
-      softmax::finish_row(st.o + row * dvp, st.l[row], pb.v.d, pb.o.row(t.ib, pos, h));
+      const bool visible = visible_keys(pb, t.ib, pos) > 0;  // else fully masked: Note [fully masked rows]
+      softmax::finish_row(st.o + row * dvp, st.l[row], visible, pb.v.d, pb.o.row(t.ib, pos, h));
       if (!pb.lse.empty())
-        pb.lse[static_cast<std::size_t>((t.ib * pb.q.h + h) * pb.q.s + pos)] = softmax::lse(st.m[row], st.l[row]);
+        pb.lse[static_cast<std::size_t>((t.ib * pb.q.h + h) * pb.q.s + pos)] =
+            softmax::lse(st.m[row], st.l[row], visible);
     });
   }
 };
