@@ -32,8 +32,8 @@ using gqa::index_t;
 
 inline constexpr float k_nan = std::numeric_limits<float>::quiet_NaN();
 inline constexpr float k_inf = std::numeric_limits<float>::infinity();
-/// Fills every buffer element outside the views: an input read outside its view shows up as NaN in the
-/// output, an output written outside its view as a changed sentinel.
+/// Fills every output buffer element outside the view: a write outside it changes the sentinel. (Input
+/// buffers hold NaN outside their views: a read outside shows up as NaN in the output.)
 inline constexpr float k_sentinel = -12345.5f;
 /// The magnitude of an overflow pair (Note [sweep case]): q · k = 1e40 overflows float, not double.
 inline constexpr float k_huge = 1e20f;
@@ -433,6 +433,7 @@ inline case_data build_inputs(const case_spec& c) {
     k = r.kb.view;
     v = r.vb.view;
   }
+  for (buffer* b : {&r.qb, &r.kb, &r.vb}) std::fill(b->mem.begin(), b->mem.end(), k_nan);
   fill_uniform(q, c.data_seed, 1.0f);
   fill_uniform(k, c.data_seed + 1, 1.0f);
   fill_uniform(v, c.data_seed + 2, c.v_amp);
@@ -627,7 +628,8 @@ inline bool is_plus_zero(float x) { return x == 0.0f && !std::signbit(x); }
 //  * a reference NaN: NaN; a reference ±inf: the same infinity;
 //  * a finite reference value: a finite output within Note [attention tolerance]: 2 · max|O_naive − O_ref|
 //    + 1e-6 · max(1, max|V|), the maxima over the case's finite elements (outside overflow rows); the LSE
-//    likewise with max(1, max|LSE_ref|);
+//    likewise with max(1, max|LSE_ref|). (The naive code forms q · k before the scale, so a pair's 1e40
+//    may be inf for it and finite for the core, which scales q first: the floor then still holds.)
 // and, around them: output elements outside the view unchanged; with check_finite, a gqa::invalid_argument
 // exactly when an element read is not finite; otherwise no exception; and every thread configuration gives
 // the bits of one thread. The first failure is returned as one line.
@@ -654,10 +656,8 @@ inline std::string check(const case_spec& c, const case_data& in, const expected
       for (index_t i = 0; i < c.sq; ++i) {
         if (e.overflow_row[lidx(ib, h, i)]) continue;
         const double lr = e.lse[lidx(ib, h, i)], ln = e.naive_lse[lidx(ib, h, i)];
-        if (std::isfinite(lr) && std::isfinite(ln)) {
-          l_err = std::max(l_err, std::fabs(ln - lr));
-          l_max = std::max(l_max, std::fabs(lr));
-        }
+        if (std::isfinite(lr)) l_max = std::max(l_max, std::fabs(lr));
+        if (std::isfinite(lr) && std::isfinite(ln)) l_err = std::max(l_err, std::fabs(ln - lr));
         for (index_t x = 0; x < c.dv; ++x) {
           const double orf = e.o[oidx(ib, i, h, x)], on = e.naive_o[oidx(ib, i, h, x)];
           if (std::isfinite(orf) && std::isfinite(on)) o_err = std::max(o_err, std::fabs(on - orf));
@@ -756,8 +756,9 @@ inline std::vector<runner> all_runners() {
 inline std::string run_and_check(const case_spec& c, const std::vector<runner>& isas) {
   const case_data in = build_inputs(c);
   // A variant's own steps may reject the inputs (prepare, plan; PGQA's finish rejects a non-finite output):
-  // every run must then throw from the same place. Up to the first '(' only: which element a finish step
-  // names depends on the output (overflow rows are NaN in the core's output, not in the reference's).
+  // every run must then throw for the same reason: the message from its argument name to the first '('
+  // (the policy may throw it from its check() instead of its finish step; which element a finish step
+  // names depends on the output: overflow rows are NaN in the core's output, not in the reference's).
   std::string ref_error;
   expected e;
   try {
@@ -769,7 +770,11 @@ inline std::string run_and_check(const case_spec& c, const std::vector<runner>& 
     const result r = run_on(isa, c, in, c.threads);
     if (!ref_error.empty()) {
       const bool finite_check = c.check_finite && reads_non_finite(c, in);
-      const auto place = [](const std::string& m) { return m.substr(0, m.find('(')); };
+      const auto place = [](const std::string& m) {
+        const auto from = m.find(": ");
+        const auto rest = from == std::string::npos ? m : m.substr(from + 2);
+        return rest.substr(0, rest.find('('));
+      };
       if (!finite_check && (r.error.empty() || place(r.error) != place(ref_error)))
         return std::string(isa.name) + ": the reference's steps threw '" + ref_error + "', the call " +
                (r.error.empty() ? std::string("did not throw") : "threw '" + r.error + "'");
