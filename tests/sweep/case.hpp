@@ -583,9 +583,8 @@ struct result {
   std::string error;  // what() of a gqa::invalid_argument, if the call threw one
 };
 
-inline result run_on(const runner& isa, const case_spec& c, const case_data& in, int threads) {
-  result r;
-  r.o = make_buffer(c.lo, c.b, c.sq, c.heads.hq, c.dv);
+/// The call of case c on its inputs, writing to o (no LSE, one thread).
+inline call call_of(const case_spec& c, const case_data& in, const gqa::tensor_view<float>& o) {
   call k;
   k.variant = c.variant;
   k.layer = c.layer;
@@ -594,11 +593,18 @@ inline result run_on(const runner& isa, const case_spec& c, const case_data& in,
   k.q = in.q;
   k.k = in.k;
   k.v = in.v;
-  k.o = r.o.view;
+  k.o = o;
   k.opt.scale = c.scale;
   k.opt.causal = c.causal;
   k.opt.kv_lengths = c.kv_lengths;
   k.opt.check_finite = c.check_finite;
+  return k;
+}
+
+inline result run_on(const runner& isa, const case_spec& c, const case_data& in, int threads) {
+  result r;
+  r.o = make_buffer(c.lo, c.b, c.sq, c.heads.hq, c.dv);
+  call k = call_of(c, in, r.o.view);
   if (c.lse) {
     r.lse.assign(static_cast<std::size_t>(c.b * c.heads.hq * c.sq), k_sentinel);
     k.opt.lse = r.lse;
