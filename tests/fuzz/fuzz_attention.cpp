@@ -53,9 +53,10 @@ class byte_source final : public gqa::sweep::source {
 // overlapping an input, a head map of the wrong size (attend), and absurd extents and strides (2^31 to
 // 2^62) of any view. None of them is dereferenced by the harness: a call that reads through one without
 // throwing is caught by AddressSanitizer.
-// The last class is what issue 9 part 2 (size and stride overflow, a self-overlapping output) is about;
-// until it lands it runs only with GQA_FUZZ_SIZES=1 in the environment (the known failures: extents and
-// strides whose products overflow, o.stride_h = 0).
+// The last two (an absurd extent; a stride whose span overflows int64, or an output overlapping itself
+// through a zero stride) are what issue 9 part 2 is about; they run only with GQA_FUZZ_SIZES=1 in the
+// environment until that part is merged with this harness (before it, the core writes through an
+// overflowed pointer: UBSan in tensor_view::row from kernel::write_rows).
 constexpr int k_mutations = 13;
 bool sizes_enabled() {
   static const bool on = [] {
@@ -137,26 +138,26 @@ bool mutate(int kind, gqa::sweep::source& r, gqa::sweep::call& k, std::vector<in
       if (r.chance(50)) k.q.h += 1, k.o.h += 1;  // map.hq() != q.h (the views grow: must throw first)
       else k.k.h += 1, k.v.h += 1;
       return true;
-    case 11:
-    case 12: {  // absurd extents and strides (issue 9 part 2)
+    case 11:  // an absurd extent (2^31 to 2^62): it never matches the other views' (issue 9 part 2)
       if (!sizes_enabled()) return false;
-      const index_t big = index_t{1} << r.uniform(31, 62);
-      if (kind == 11) {
-        (t < 3 ? extent(*inputs[t]) : extent(k.o)) = big;
-      } else {
-        index_t* s[3] = {nullptr, nullptr, nullptr};
-        auto& view_b = t < 3 ? inputs[t]->stride_b : k.o.stride_b;
-        auto& view_s = t < 3 ? inputs[t]->stride_s : k.o.stride_s;
-        auto& view_h = t < 3 ? inputs[t]->stride_h : k.o.stride_h;
-        s[0] = &view_b;
-        s[1] = &view_s;
-        s[2] = &view_h;
-        index_t& st = *s[r.uniform(0, 2)];
-        st = r.chance(20) ? 0 : (r.chance(50) ? big : -big);
-        if (st == 0 && t < 3) return false;  // an input read twice is valid
-        if (st == 0 && k.o.h == 1 && &st == &view_h) return false;
-      }
+      (t < 3 ? extent(*inputs[t]) : extent(k.o)) = index_t{1} << r.uniform(31, 62);
       return true;
+    case 12: {  // a stride whose span (extent - 1) * stride overflows int64, or o overlapping itself
+      if (!sizes_enabled()) return false;
+      const int dim = static_cast<int>(r.uniform(0, 2));
+      const auto apply = [&](auto& view) {
+        index_t* strides[3] = {&view.stride_b, &view.stride_s, &view.stride_h};
+        const index_t extents[3] = {view.b, view.s, view.h};
+        if (t == 3 && r.chance(50)) {  // o.stride_x = 0 over an extent > 1: two outputs share an element
+          if (extents[dim] < 2) return false;
+          *strides[dim] = 0;
+          return true;
+        }
+        if (extents[dim] < 3) return false;  // (3 - 1) * (2^62 + 1) overflows, with either sign
+        *strides[dim] = (r.chance(50) ? 1 : -1) * ((index_t{1} << 62) + 1);
+        return true;
+      };
+      return t < 3 ? apply(*inputs[t]) : apply(k.o);
     }
     default:
       return false;
