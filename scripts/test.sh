@@ -2,8 +2,6 @@
 # scripts/test.sh: everything CI checks, in one command.
 #   1. scripts/install-deps.sh --neon --mpi (no-op when everything is installed)
 #   2. Release build of the tests, benchmarks and examples; ctest --output-on-failure (incl. packaging)
-#   3. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan) of the tests; ctest (packaging and the
-#      header checks excluded: they compile, and run nothing the sanitizers could watch)
 #   3. the random sweep against the reference (ctest -L sweep in the Release build: GQA_SWEEP_CASES
 #      cases, default 2,000; also run, 200 cases, in the sanitizer and NEON builds)
 #   4. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan) of the tests; ctest (packaging and the
