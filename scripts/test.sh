@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/test.sh: everything CI checks, in one command.
-#   1. scripts/install-deps.sh --neon --mpi (no-op when everything is installed)
+#   1. scripts/install-deps.sh --neon --mpi --fuzz (no-op when everything is installed)
 #   2. Release build of the tests, benchmarks and examples; ctest --output-on-failure (incl. packaging)
 #   3. the random sweep against the reference (ctest -L sweep in the Release build: GQA_SWEEP_CASES
 #      cases, default 2,000; also run, 200 cases, in the sanitizer and NEON builds)
