@@ -6,13 +6,15 @@
 #      cases, default 2,000; also run, 200 cases, in the sanitizer and NEON builds)
 #   4. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan) of the tests; ctest (packaging and the
 #      header checks excluded: they compile, and run nothing the sanitizers could watch)
-#   5. the fuzzer: gqa_fuzz (clang++-14, -fsanitize=fuzzer,address,undefined) for GQA_FUZZ_SECONDS
+#   5. ThreadSanitizer build of the tests (scalar suites, std::thread loop: libgomp is not instrumented),
+#      running the threading and policy tests (the gtest filter $tsan_filter below)
+#   6. the fuzzer: gqa_fuzz (clang++-14, -fsanitize=fuzzer,address,undefined) for GQA_FUZZ_SECONDS
 #      (default 60) from tests/fuzz/corpus; prints the executions count
-#   6. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
+#   7. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
 # Ends with one summary line and exits non-zero if any stage failed. Every stage runs even if an earlier
 # one failed, so one run reports everything.
 # Environment: GQA_BUILD_DIR (default <repo>/build), GQA_JOBS (default 2), GQA_SKIP_DEPS=1, GQA_SKIP_SANITIZE=1,
-# GQA_SKIP_FUZZ=1, GQA_SKIP_NEON=1, GQA_SWEEP_CASES, GQA_FUZZ_SECONDS.
+# GQA_SKIP_TSAN=1, GQA_SKIP_FUZZ=1, GQA_SKIP_NEON=1, GQA_SWEEP_CASES, GQA_FUZZ_SECONDS.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -99,7 +101,33 @@ if [ "${GQA_SKIP_SANITIZE:-0}" != 1 ]; then
     -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF
 fi
 
-# 5. The fuzzer: 60 s of gqa_fuzz from the committed seed corpus (new inputs go to a scratch corpus in the
+# 5. ThreadSanitizer: concurrent callers and shared policies (threads_test.cpp), the built-in loop and
+#    caller loops inside a call (split-KV decode, large tiles, sharding, PGQA's threaded perturbation), and
+#    the stateful policies' own tests.
+tsan_filter='threads.*:sharding.*:split_kv.*:*attention_suite*split_kv_decode*:*attention_suite*large_tiles*'
+tsan_filter+=':*pgqa_suite*one_and_two_threads*:kdgqa.*:dgqa.*:pgqa.*'
+if [ "${GQA_SKIP_TSAN:-0}" != 1 ]; then
+  dir="$build_root/tsan"
+  log="$dir.log"
+  mkdir -p "$dir"
+  echo "=== test.sh: tsan: configure + build in $dir"
+  if ! cmake -S "$repo" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="-fsanitize=thread" \
+      -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" -DCMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON \
+      -DGQA_TEST_ISAS=scalar -DGQA_TEST_REDUCED=ON -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=OFF \
+      -DGQA_BUILD_EXAMPLES=OFF; then
+    stage tsan 1 "configure FAILED"
+  elif ! cmake --build "$dir" --target gqa_tests -j "$jobs"; then
+    stage tsan 1 "build FAILED"
+  else
+    TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}" \
+      "$dir/tests/gqa_tests" --gtest_filter="$tsan_filter" --gtest_brief=1 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    passed=$(grep -oE '\[  PASSED  \] [0-9]+ tests?' "$log" | grep -oE '[0-9]+' | tail -1)
+    stage tsan "$rc" "${passed:-0} tests passed$([ "$rc" != 0 ] && echo ' (FAILED: see '"$log"')')"
+  fi
+fi
+
+# 6. The fuzzer: 60 s of gqa_fuzz from the committed seed corpus (new inputs go to a scratch corpus in the
 #    build directory; a crash leaves its input there as crash-*).
 if [ "${GQA_SKIP_FUZZ:-0}" != 1 ]; then
   fuzz_dir="$build_root/fuzz"
@@ -122,7 +150,7 @@ if [ "${GQA_SKIP_FUZZ:-0}" != 1 ]; then
   fi
 fi
 
-# 6. NEON under qemu.
+# 7. NEON under qemu.
 if [ "${GQA_SKIP_NEON:-0}" != 1 ]; then
   if [ -f "$repo/scripts/test-neon.sh" ]; then
     if GQA_BUILD_DIR="$build_root/neon" bash "$repo/scripts/test-neon.sh"; then

@@ -54,14 +54,14 @@ class byte_source final : public gqa::sweep::source {
 // 2^62) of any view. None of them is dereferenced by the harness: a call that reads through one without
 // throwing is caught by AddressSanitizer.
 // The last two (an absurd extent; a stride whose span overflows int64, or an output overlapping itself
-// through a zero stride) are what issue 9 part 2 is about; they run only with GQA_FUZZ_SIZES=1 in the
-// environment until that part is merged with this harness (before it, the core writes through an
-// overflowed pointer: UBSan in tensor_view::row from kernel::write_rows).
+// through a zero stride) are docs/design.md's "Sizes and overflow" and "Aliasing" rules; GQA_FUZZ_SIZES=0
+// in the environment leaves them out (before those rules, the core wrote through an overflowed pointer:
+// UBSan in tensor_view::row from kernel::write_rows, and accepted o.stride_h = 0).
 constexpr int k_mutations = 13;
 bool sizes_enabled() {
   static const bool on = [] {
     const char* s = std::getenv("GQA_FUZZ_SIZES");
-    return s != nullptr && s[0] == '1';
+    return s == nullptr || s[0] != '0';
   }();
   return on;
 }

@@ -106,6 +106,9 @@ constexpr std::uint64_t dgqa_stream_key(std::uint64_t layer) noexcept {
 /// Fallbacks: a non-finite magnitude keeps the previous splits and leaves the whole state untouched (one
 /// bad batch does not poison the cache); a non-finite score or Σscore == 0 keeps the previous splits and
 /// still updates the cache. Both are reported in last().
+/// Thread safety: none. plan() reads and updates the caller's state, which describes one sequence of
+/// training steps or eval calls; use one policy, with its own dgqa_state, per thread (or serialise the
+/// calls: a policy and its state may move between threads, never be used by two at once).
 class dgqa_policy {
  public:
   static constexpr std::string_view name = "dgqa";
@@ -251,9 +254,9 @@ class dgqa_policy {
     detail::check_grouping_heads(hq, hkv, where);
     const dgqa_state& st = *state_;
     detail::require(static_cast<index_t>(st.cache.size()) == hkv, where, "state.cache.size()", st.cache.size(),
-                    ("must equal k.h = " + std::to_string(hkv)).c_str());
+                    "must equal k.h = ", hkv);
     detail::require(static_cast<index_t>(st.splits.size()) == hkv, where, "state.splits.size()", st.splits.size(),
-                    ("must equal k.h = " + std::to_string(hkv)).c_str());
+                    "must equal k.h = ", hkv);
     index_t sum = 0;
     for (std::size_t g = 0; g < st.splits.size(); ++g) {
       if (st.splits[g] < 0) detail::fail(where, ": state.splits[", g, "] = ", st.splits[g], ": must be >= 0");

@@ -1,11 +1,13 @@
 // gqa/variants/kdgqa.hpp: Key-Distributed GQA (spec §5) as a policy: on every call, query heads are shared
 // out to KV heads in proportion to their min-max-scaled key norms (contiguous, possibly empty groups).
-// Invariant: stateless apart from the last allocation (kept for logging and the `previous` fallback).
+// Invariant: stateless apart from the last allocation (kept for logging and the `previous` fallback), which
+// a mutex guards, so one policy may be shared between threads.
 #pragma once
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <mutex>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -114,6 +116,10 @@ inline allocation_result kdgqa_allocate(std::span<const double> norms, index_t h
 /// previous = the last plan's allocation), and returns head_map::from_allocation. No RNG, no state that
 /// changes the result except through the `previous` fallback. With options.per_sample, gqa::forward calls
 /// plan() once per batch element (on single-sample views).
+/// Thread safety: one policy may serve concurrent calls. The last allocation is read and replaced under a
+/// mutex, so the plans form one sequence in which each sees its predecessor's allocation as `previous`;
+/// with concurrent calls that order, and so last(), follows the threads' timing (it matters only for
+/// the `previous` fallback: equal or non-finite norms when hkv does not divide hq).
 class kdgqa_policy {
  public:
   static constexpr std::string_view name = "kdgqa";
@@ -123,6 +129,17 @@ class kdgqa_policy {
 
   /// Throws gqa::invalid_argument for invalid options.
   explicit kdgqa_policy(kdgqa_options opt = {}) : opt_(opt) { detail::check_kdgqa_options(opt_, "gqa::kdgqa_policy"); }
+  /// Copies the options and the other policy's last allocation (the mutex is not copied).
+  kdgqa_policy(const kdgqa_policy& other) : opt_(other.opt_), last_(other.last()) {}
+  kdgqa_policy& operator=(const kdgqa_policy& other) {
+    if (this != &other) {
+      allocation_result l = other.last();
+      const std::lock_guard<std::mutex> lock(mutex_);
+      opt_ = other.opt_;
+      last_ = std::move(l);
+    }
+    return *this;
+  }
 
   /// k.h <= q.h (§5.6.5) and min_per_kv · k.h <= q.h.
   void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
@@ -134,16 +151,24 @@ class kdgqa_policy {
   head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) {
     check_heads(q.h, k.h);
     const std::vector<double> norms = key_norms(k);
-    allocation_result r = kdgqa_allocate(norms, q.h, opt_, last_.alloc);
-    head_map map = head_map::from_allocation(r.alloc);
-    last_ = std::move(r);
-    return map;
+    allocation_result r;
+    {
+      // Read `previous` and publish this plan's allocation in one step (see Thread safety above).
+      const std::lock_guard<std::mutex> lock(mutex_);
+      r = kdgqa_allocate(norms, q.h, opt_, last_.alloc);
+      last_ = r;
+    }
+    return head_map::from_allocation(r.alloc);
   }
 
   bool per_sample() const noexcept { return opt_.per_sample; }
   const kdgqa_options& options() const noexcept { return opt_; }
-  /// The last plan's allocation and status (empty alloc before the first plan).
-  const allocation_result& last() const noexcept { return last_; }
+  /// A copy of the last plan's allocation and status (empty alloc before the first plan); a copy, because
+  /// another thread's plan may replace it at any time.
+  allocation_result last() const {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return last_;
+  }
 
  private:
   void check_heads(index_t hq, index_t hkv) const {
@@ -154,6 +179,7 @@ class kdgqa_policy {
   }
 
   kdgqa_options opt_;
+  mutable std::mutex mutex_;  // guards last_
   allocation_result last_;
 };
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -207,6 +208,10 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
 /// applies pgqa_perturb keyed by (options.seed, options.layer, calls()) when the mode asks for it, then
 /// advances the call counter (always, also when no noise is applied, so the noise of call t does not
 /// depend on the modes of earlier calls). Save calls() and restore it with set_calls() to replay a call.
+/// Thread safety: one policy may serve concurrent calls. The counter and the training flag are atomics,
+/// and each finish() takes its own call index, so no two calls draw the same noise; which call gets which
+/// index then follows the order in which concurrent calls reach finish(). For noise that replays exactly,
+/// give each stream of calls (thread) its own policy.
 class pgqa_policy {
  public:
   static constexpr std::string_view name = "pgqa";
@@ -220,17 +225,26 @@ class pgqa_policy {
       detail::fail("gqa::pgqa_policy: options.noise = ", static_cast<int>(opt_.noise),
                    ": must be pgqa_noise::always, train_only or off");
   }
+  /// Copies the options, the training flag and the call counter.
+  pgqa_policy(const pgqa_policy& other) noexcept
+      : opt_(other.opt_), training_(other.training()), calls_(other.calls()) {}
+  pgqa_policy& operator=(const pgqa_policy& other) noexcept {
+    opt_ = other.opt_;
+    training_ = other.training();
+    calls_ = other.calls();
+    return *this;
+  }
 
   const pgqa_options& options() const noexcept { return opt_; }
   /// Used by pgqa_noise::train_only only. Starts true, like a freshly built torch.nn.Module.
-  void set_training(bool on) noexcept { training_ = on; }
-  bool training() const noexcept { return training_; }
+  void set_training(bool on) noexcept { training_.store(on); }
+  bool training() const noexcept { return training_.load(); }
   /// Number of finish() calls so far: the `call` key of the next call's noise.
-  std::uint64_t calls() const noexcept { return calls_; }
-  void set_calls(std::uint64_t c) noexcept { calls_ = c; }
+  std::uint64_t calls() const noexcept { return calls_.load(); }
+  void set_calls(std::uint64_t c) noexcept { calls_.store(c); }
   /// True when the next finish() perturbs.
   bool perturbs() const noexcept {
-    return opt_.noise == pgqa_noise::always || (opt_.noise == pgqa_noise::train_only && training_);
+    return opt_.noise == pgqa_noise::always || (opt_.noise == pgqa_noise::train_only && training());
   }
 
   void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
@@ -248,22 +262,32 @@ class pgqa_policy {
     return head_map::uniform(q.h, k.h);
   }
 
-  /// Perturbs o (per the mode) with the uniform groups of `map`, then advances the call counter. gqa::forward
-  /// passes the call's executor, so the perturbation runs on the same threads as the attention.
+  /// Takes the next call index (advancing the counter) and perturbs o with it (per the mode), with the
+  /// uniform groups of `map`. gqa::forward passes the call's executor, so the perturbation runs on the same
+  /// threads as the attention.
   void finish(const tensor_view<float>& o, const head_map& map, const executor& ex = {}) {
-    if (map.hq() % map.hkv() != 0 || !(map == head_map::uniform(map.hq(), map.hkv())))
+    if (!is_uniform(map))
       detail::fail("gqa::pgqa_policy::finish: map: must be uniform contiguous groups (head_map::uniform(", map.hq(),
                    ", ", map.hkv(), "))");
     detail::require(map.hq() == o.h, "gqa::pgqa_policy::finish", "map.hq()", map.hq(),
-                    ("must equal o.h = " + std::to_string(o.h)).c_str());
-    if (perturbs()) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, calls_, ex);
-    ++calls_;
+                    "must equal o.h = ", o.h);
+    const std::uint64_t call = calls_.fetch_add(1);
+    if (perturbs()) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, call, ex);
   }
 
  private:
+  /// map == head_map::uniform(map.hq(), map.hkv()), without building one (finish() runs on every call).
+  static bool is_uniform(const head_map& map) noexcept {
+    if (map.hq() % map.hkv() != 0) return false;
+    const index_t group = map.hq() / map.hkv();
+    for (index_t h = 0; h < map.hq(); ++h)
+      if (map.kv_of(h) != h / group) return false;
+    return true;
+  }
+
   pgqa_options opt_;
-  bool training_ = true;
-  std::uint64_t calls_ = 0;
+  std::atomic<bool> training_{true};
+  std::atomic<std::uint64_t> calls_{0};
 };
 
 GQA_END_NAMESPACE

@@ -5,6 +5,7 @@
 
 #include <concepts>
 #include <string_view>
+#include <type_traits>
 
 #include "../attention.hpp"
 
@@ -69,25 +70,39 @@ tensor_view<T> sample(const tensor_view<T>& t, index_t ib) noexcept {
 }
 }  // namespace detail
 
-/// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish.
-template <class Isa = isa::native, attention_policy P>
-void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+/// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish. `p` may be a
+/// temporary (`forward(gqa_policy{}, ...)`) or a const policy whose members are const; see the README for
+/// which policies may be shared between threads.
+template <class Isa = isa::native, class P>
+  requires attention_policy<std::remove_reference_t<P>>
+void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
              tensor_view<float> o, const attention_options& opt = {}) {
+  static_assert(isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using Policy = std::remove_reference_t<P>;
+  using Mutable = std::remove_cv_t<Policy>;
+  // A const policy must not silently skip a step that only its non-const members implement.
+  static_assert((policy_with_check<Policy> || !policy_with_check<Mutable>) &&
+                    (policy_with_prepare<Policy> || !policy_with_prepare<Mutable>) &&
+                    (policy_with_finish<Policy> || policy_with_finish_executor<Policy> ||
+                     !(policy_with_finish<Mutable> || policy_with_finish_executor<Mutable>)),
+                "gqa::forward: this policy's check/prepare/finish is not const; pass a non-const policy");
+  Policy& p = policy;
+  constexpr const char* where = "gqa::forward";  // See Note [validation once]
   // Memory safety first: a policy's own work (norms, noise) reads these views.
-  detail::check_view(q, "q");
-  detail::check_view(k, "k");
-  detail::check_view(v, "v");
-  detail::check_view(o, "o");
-  detail::check_finite(q, k, v, opt);  // before the policy's own work (attend checks its inputs again)
-  if constexpr (policy_with_check<P>) p.check(q, k, v, o);
+  detail::check_views(q, k, v, o, where);
+  detail::check_finite(q, k, v, opt, where);  // opt-in; before the policy's own work
+  if constexpr (policy_with_check<Policy>) p.check(q, k, v, o);
   kv_views kv{k, v};
-  if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);
-  // Validate the whole call (shapes, options, aliasing) before plan(): a bad argument throws before a
-  // stateful policy (DGQA) updates its state or any sample is computed.
-  detail::validate_call(q, kv.k, kv.v, o, opt);
-  if constexpr (policy_with_per_sample<P>) {
+  if constexpr (policy_with_prepare<Policy>) {
+    kv = p.prepare(k, v);
+    detail::check_view(kv.k, "prepare().k", where);
+    detail::check_view(kv.v, "prepare().v", where);
+  }
+  // The whole call (shapes, options, aliasing) before plan(): a bad argument throws before a stateful
+  // policy (DGQA) updates its state or any sample is computed.
+  detail::check_call(q, kv.k, kv.v, o, opt, where);
+  if constexpr (policy_with_per_sample<Policy>) {
     if (p.per_sample() && q.b > 1) {
-      head_map map = p.plan(detail::sample(q, 0), detail::sample(kv.k, 0));
       const auto per = static_cast<std::size_t>(q.h * q.s);  // LSE entries of one sample
       for (index_t ib = 0; ib < q.b; ++ib) {
         const auto qs = detail::sample(q, ib), ks = detail::sample(kv.k, ib), vs = detail::sample(kv.v, ib);
@@ -95,15 +110,17 @@ void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tenso
         attention_options so = opt;
         if (!opt.kv_lengths.empty()) so.kv_lengths = opt.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
         if (!opt.lse.empty()) so.lse = opt.lse.subspan(static_cast<std::size_t>(ib) * per, per);
-        if (ib > 0) map = p.plan(qs, ks);
-        attend<Isa>(qs, ks, vs, os, map, so);
+        const head_map map = p.plan(qs, ks);
+        detail::check_map(map, qs, ks, where);
+        detail::core::forward<Isa>(qs, ks, vs, os, map, so);
         detail::finish(p, os, map, executor_of(so));
       }
       return;
     }
   }
   const head_map map = p.plan(q, kv.k);
-  attend<Isa>(q, kv.k, kv.v, o, map, opt);
+  detail::check_map(map, q, kv.k, where);
+  detail::core::forward<Isa>(q, kv.k, kv.v, o, map, opt);
   detail::finish(p, o, map, executor_of(opt));
 }
 

@@ -24,6 +24,7 @@ GQA_BEGIN_NAMESPACE
 /// Inputs to gqa::forward: q (b, sq, hq_q, d) with hkv dividing hq_q, k and v (b, skv, weights.hq,
 /// weights.d). Each combined value is Σ of exact float products accumulated in double and rounded once,
 /// so it does not depend on the ISA.
+/// Thread safety: none; prepare() fills the policy's own buffers, so use one policy (a copy) per thread.
 class wgqa_policy {
  public:
   static constexpr std::string_view name = "wgqa";
@@ -69,13 +70,13 @@ class wgqa_policy {
     detail::check_view(k, "k", "gqa::wgqa_policy");
     detail::check_view(v, "v", "gqa::wgqa_policy");
     detail::require(k.h == w_.hq, "gqa::wgqa_policy", "k.h", k.h,
-                    ("must equal weights.hq = " + std::to_string(w_.hq) + " (one K head per MHA head)").c_str());
+                    "must equal weights.hq = ", w_.hq, " (one K head per MHA head)");
     detail::require(v.h == w_.hq, "gqa::wgqa_policy", "v.h", v.h,
-                    ("must equal weights.hq = " + std::to_string(w_.hq) + " (one V head per MHA head)").c_str());
-    detail::require(k.d == w_.d, "gqa::wgqa_policy", "k.d", k.d, ("must equal weights.d = " + std::to_string(w_.d)).c_str());
-    detail::require(v.d == w_.d, "gqa::wgqa_policy", "v.d", v.d, ("must equal weights.d = " + std::to_string(w_.d)).c_str());
-    detail::require(v.b == k.b, "gqa::wgqa_policy", "v.b", v.b, ("must equal k.b = " + std::to_string(k.b)).c_str());
-    detail::require(v.s == k.s, "gqa::wgqa_policy", "v.s", v.s, ("must equal k.s = " + std::to_string(k.s)).c_str());
+                    "must equal weights.hq = ", w_.hq, " (one V head per MHA head)");
+    detail::require(k.d == w_.d, "gqa::wgqa_policy", "k.d", k.d, "must equal weights.d = ", w_.d);
+    detail::require(v.d == w_.d, "gqa::wgqa_policy", "v.d", v.d, "must equal weights.d = ", w_.d);
+    detail::require(v.b == k.b, "gqa::wgqa_policy", "v.b", v.b, "must equal k.b = ", k.b);
+    detail::require(v.s == k.s, "gqa::wgqa_policy", "v.s", v.s, "must equal k.s = ", k.s);
   }
 
   void combine(const tensor_view<const float>& x, const std::vector<float>& w, std::vector<float>& out) const {
