@@ -41,53 +41,66 @@ inline bool overlaps(const tensor_view<A>& a, const tensor_view<B>& b) {
   return alo < bhi && blo < ahi;
 }
 
+/// Everything attend() and attend_backward() check about the inputs q, k, v, the output shape o and the
+/// options, naming `where` in every message. O is float (attend's output) or const float (the forward's
+/// output as attend_backward's input).
+template <class O>
+inline void validate_inputs(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                            const tensor_view<const float>& v, const tensor_view<O>& o, const attention_options& opt,
+                            const char* where) {
+  check_view(q, "q", where);
+  check_view(k, "k", where);
+  check_view(v, "v", where);
+  check_view(o, "o", where);
+  require(k.b == q.b, where, "k.b", k.b, ("must equal q.b = " + std::to_string(q.b)).c_str());
+  require(v.b == q.b, where, "v.b", v.b, ("must equal q.b = " + std::to_string(q.b)).c_str());
+  require(o.b == q.b, where, "o.b", o.b, ("must equal q.b = " + std::to_string(q.b)).c_str());
+  require(v.s == k.s, where, "v.s", v.s, ("must equal k.s = " + std::to_string(k.s)).c_str());
+  require(o.s == q.s, where, "o.s", o.s, ("must equal q.s = " + std::to_string(q.s)).c_str());
+  require(k.d == q.d, where, "k.d", k.d, ("must equal q.d = " + std::to_string(q.d) + " (d_qk)").c_str());
+  require(o.d == v.d, where, "o.d", o.d, ("must equal v.d = " + std::to_string(v.d) + " (d_v)").c_str());
+  require(v.h == k.h, where, "v.h", v.h, ("must equal k.h = " + std::to_string(k.h)).c_str());
+  require(o.h == q.h, where, "o.h", o.h, ("must equal q.h = " + std::to_string(q.h)).c_str());
+  if (opt.scale) {
+    require(std::isfinite(*opt.scale), where, "options.scale", *opt.scale, "must be finite");
+  }
+  if (!opt.kv_lengths.empty()) {
+    require(static_cast<index_t>(opt.kv_lengths.size()) == q.b, where, "options.kv_lengths.size()",
+            opt.kv_lengths.size(), ("must equal batch = " + std::to_string(q.b)).c_str());
+    for (std::size_t i = 0; i < opt.kv_lengths.size(); ++i)
+      if (opt.kv_lengths[i] < 0 || opt.kv_lengths[i] > k.s)
+        fail(where, ": options.kv_lengths[", i, "] = ", opt.kv_lengths[i], ": must be in [0, skv = ", k.s, "]");
+  }
+  if (!opt.lse.empty()) {
+    const index_t need = q.b * q.h * q.s;
+    require(static_cast<index_t>(opt.lse.size()) == need, where, "options.lse.size()", opt.lse.size(),
+            ("must equal b*hq*sq = " + std::to_string(need)).c_str());
+  }
+  require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+}
+
 /// Everything attend() checks except the head map (policies call this before planning, so a stateful
 /// policy never updates its state for a call that then throws).
 inline void validate_call(const tensor_view<const float>& q, const tensor_view<const float>& k,
                           const tensor_view<const float>& v, const tensor_view<float>& o,
                           const attention_options& opt) {
-  check_view(q, "q");
-  check_view(k, "k");
-  check_view(v, "v");
-  check_view(o, "o");
-  require(k.b == q.b, "gqa::attend", "k.b", k.b, ("must equal q.b = " + std::to_string(q.b)).c_str());
-  require(v.b == q.b, "gqa::attend", "v.b", v.b, ("must equal q.b = " + std::to_string(q.b)).c_str());
-  require(o.b == q.b, "gqa::attend", "o.b", o.b, ("must equal q.b = " + std::to_string(q.b)).c_str());
-  require(v.s == k.s, "gqa::attend", "v.s", v.s, ("must equal k.s = " + std::to_string(k.s)).c_str());
-  require(o.s == q.s, "gqa::attend", "o.s", o.s, ("must equal q.s = " + std::to_string(q.s)).c_str());
-  require(k.d == q.d, "gqa::attend", "k.d", k.d, ("must equal q.d = " + std::to_string(q.d) + " (d_qk)").c_str());
-  require(o.d == v.d, "gqa::attend", "o.d", o.d, ("must equal v.d = " + std::to_string(v.d) + " (d_v)").c_str());
-  require(v.h == k.h, "gqa::attend", "v.h", v.h, ("must equal k.h = " + std::to_string(k.h)).c_str());
-  require(o.h == q.h, "gqa::attend", "o.h", o.h, ("must equal q.h = " + std::to_string(q.h)).c_str());
-  if (opt.scale) {
-    require(std::isfinite(*opt.scale), "gqa::attend", "options.scale", *opt.scale, "must be finite");
-  }
-  if (!opt.kv_lengths.empty()) {
-    require(static_cast<index_t>(opt.kv_lengths.size()) == q.b, "gqa::attend", "options.kv_lengths.size()",
-            opt.kv_lengths.size(), ("must equal batch = " + std::to_string(q.b)).c_str());
-    for (std::size_t i = 0; i < opt.kv_lengths.size(); ++i)
-      if (opt.kv_lengths[i] < 0 || opt.kv_lengths[i] > k.s)
-        fail("gqa::attend: options.kv_lengths[", i, "] = ", opt.kv_lengths[i], ": must be in [0, skv = ", k.s, "]");
-  }
-  if (!opt.lse.empty()) {
-    const index_t need = q.b * q.h * q.s;
-    require(static_cast<index_t>(opt.lse.size()) == need, "gqa::attend", "options.lse.size()", opt.lse.size(),
-            ("must equal b*hq*sq = " + std::to_string(need)).c_str());
-  }
-  require(opt.num_threads >= 0, "gqa::attend", "options.num_threads", opt.num_threads, "must be >= 0");
+  validate_inputs(q, k, v, o, opt, "gqa::attend");
   if (overlaps(o, q)) fail("gqa::attend: o (data = ", static_cast<const void*>(o.data), ") overlaps q; output must not alias an input");
   if (overlaps(o, k)) fail("gqa::attend: o (data = ", static_cast<const void*>(o.data), ") overlaps k; output must not alias an input");
   if (overlaps(o, v)) fail("gqa::attend: o (data = ", static_cast<const void*>(o.data), ") overlaps v; output must not alias an input");
+}
+
+/// The head map against the tensors' head counts.
+inline void validate_map(const head_map& map, index_t hq, index_t hkv, const char* where) {
+  require(map.hq() == hq, where, "map.hq()", map.hq(), ("must equal q.h = " + std::to_string(hq)).c_str());
+  require(map.hkv() == hkv, where, "map.hkv()", map.hkv(), ("must equal k.h = " + std::to_string(hkv)).c_str());
 }
 
 inline void validate(const tensor_view<const float>& q, const tensor_view<const float>& k,
                      const tensor_view<const float>& v, const tensor_view<float>& o, const head_map& map,
                      const attention_options& opt) {
   validate_call(q, k, v, o, opt);
-  require(map.hq() == q.h, "gqa::attend", "map.hq()", map.hq(),
-          ("must equal q.h = " + std::to_string(q.h)).c_str());
-  require(map.hkv() == k.h, "gqa::attend", "map.hkv()", map.hkv(),
-          ("must equal k.h = " + std::to_string(k.h)).c_str());
+  validate_map(map, q.h, k.h, "gqa::attend");
 }
 
 }  // namespace detail

@@ -11,6 +11,7 @@
 #include "options.hpp"
 #include "isa/tags.hpp"
 #include "attention.hpp"
+#include "backward.hpp"
 #include "random.hpp"
 #include "variants.hpp"
 #include "convert.hpp"
