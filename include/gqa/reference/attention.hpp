@@ -91,9 +91,13 @@ inline attention_result attention(const tensor_view<const double>& q, const tens
 }
 
 /// Gradients of reference::attention, in double, each laid out like its tensor in logical order:
-/// dq [b][sq][hq][d], dk [b][skv][hkv][d], dv [b][skv][hkv][dv].
+/// dq [b][sq][hq][d], dk [b][skv][hkv][d], dv [b][skv][hkv][dv]; and, in the same layouts, the sum of the
+/// magnitudes of the terms summed into each element (a floating-point sum's rounding scales with these,
+/// not with the result when its terms cancel): dq Σ_j scale·P_j·(|dP_j| + |D|)·|K_j|, dk the same over
+/// rows with |Q|, dv Σ P·|dout|.
 struct attention_grads {
   std::vector<double> dq, dk, dv;
+  std::vector<double> dq_terms, dk_terms, dv_terms;
 };
 
 /// ∂L/∂Q, ∂L/∂K, ∂L/∂V of O = attention(q, k, v, kv_of_q, scale, causal, kv_lengths) for L = Σ dout ∘ O, by
@@ -110,6 +114,9 @@ inline attention_grads attention_backward(const tensor_view<const double>& q, co
   r.dq.assign(static_cast<std::size_t>(q.b * q.s * q.h * q.d), 0.0);
   r.dk.assign(static_cast<std::size_t>(k.b * k.s * k.h * k.d), 0.0);
   r.dv.assign(static_cast<std::size_t>(v.b * v.s * v.h * v.d), 0.0);
+  r.dq_terms = r.dq;
+  r.dk_terms = r.dk;
+  r.dv_terms = r.dv;
   auto at = [](index_t ib, index_t is, index_t ih, index_t c, index_t s, index_t h, index_t d) {
     return static_cast<std::size_t>(((ib * s + is) * h + ih) * d + c);
   };
@@ -143,11 +150,17 @@ inline attention_grads attention_backward(const tensor_view<const double>& q, co
           double dp = 0.0;
           for (index_t c = 0; c < v.d; ++c) dp += dout(ib, i, h, c) * v(ib, j, g, c);
           const double ds = pj * (dp - dsum);
+          const double ds_terms = std::fabs(scale) * pj * (std::fabs(dp) + std::fabs(dsum));
           for (index_t c = 0; c < q.d; ++c) {
             r.dq[at(ib, i, h, c, q.s, q.h, q.d)] += scale * ds * k(ib, j, g, c);
             r.dk[at(ib, j, g, c, k.s, k.h, k.d)] += scale * ds * q(ib, i, h, c);
+            r.dq_terms[at(ib, i, h, c, q.s, q.h, q.d)] += ds_terms * std::fabs(k(ib, j, g, c));
+            r.dk_terms[at(ib, j, g, c, k.s, k.h, k.d)] += ds_terms * std::fabs(q(ib, i, h, c));
           }
-          for (index_t c = 0; c < v.d; ++c) r.dv[at(ib, j, g, c, v.s, v.h, v.d)] += pj * dout(ib, i, h, c);
+          for (index_t c = 0; c < v.d; ++c) {
+            r.dv[at(ib, j, g, c, v.s, v.h, v.d)] += pj * dout(ib, i, h, c);
+            r.dv_terms[at(ib, j, g, c, v.s, v.h, v.d)] += pj * std::fabs(dout(ib, i, h, c));
+          }
         }
       }
     }
