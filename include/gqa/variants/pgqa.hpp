@@ -216,20 +216,23 @@ struct pgqa_statistics {
 
 /// μ and σ of every (sample, head) row of o, exactly as pgqa_perturb computes them (same bits): what a
 /// training forward keeps for pgqa_perturb_backward. o: the attention output before pgqa_perturb, s·d >= 2.
-inline pgqa_statistics pgqa_row_statistics(const tensor_view<const float>& o) {
+/// Heads run as tasks on opt's threads (num_threads / parallel_for; nothing else of opt is used).
+inline pgqa_statistics pgqa_row_statistics(const tensor_view<const float>& o, const attention_options& opt = {}) {
   constexpr const char* where = "gqa::pgqa_row_statistics";
   detail::check_view(o, "o", where);
   if (o.s * o.d < 2)
     detail::fail(where, ": o.s * o.d = ", o.s * o.d, ": must be > 1 (the unbiased std of a single value is undefined)");
+  detail::require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
   pgqa_statistics st;
   st.mu.resize(static_cast<std::size_t>(o.b * o.h));
   st.sigma.resize(st.mu.size());
-  for (index_t ib = 0; ib < o.b; ++ib)
-    for (index_t h = 0; h < o.h; ++h) {
+  detail::run_tasks(o.h, opt, [&](index_t h) {
+    for (index_t ib = 0; ib < o.b; ++ib) {
       const auto [mu, sigma] = detail::pgqa_row_stats(o, ib, h);
       st.mu[static_cast<std::size_t>(ib * o.h + h)] = mu;
       st.sigma[static_cast<std::size_t>(ib * o.h + h)] = sigma;
     }
+  });
   return st;
 }
 
@@ -376,10 +379,10 @@ class pgqa_policy {
   };
   /// Called by gqa::forward_train right before finish(): records the call key finish() will use and, when
   /// it perturbs, μ and σ of every row.
-  void record(saved& s, const tensor_view<const float>& o, const head_map&, const attention_options&) const {
+  void record(saved& s, const tensor_view<const float>& o, const head_map&, const attention_options& opt) const {
     s.perturbed = perturbs();
     s.call = calls_;
-    if (s.perturbed) s.statistics = pgqa_row_statistics(o);
+    if (s.perturbed) s.statistics = pgqa_row_statistics(o, opt);
   }
   /// The backward of finish(): when the forward perturbed, the core's output rebuilt and the gradient
   /// through the perturbation (pgqa_perturb_backward, Note [PGQA gradient]) in the policy's buffers; else

@@ -239,14 +239,20 @@ saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<con
 
 namespace detail {
 
-inline void check_backward_call(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                                const tensor_view<const float>& v, const tensor_view<const float>& o,
-                                const tensor_view<const float>& dout, const tensor_view<float>& dq,
-                                const tensor_view<float>& dk, const tensor_view<float>& dv,
-                                const index_t (&extents)[4][4], const std::optional<float>& scale, bool causal,
-                                std::span<const index_t> kv_lengths, bool valid, const attention_options& opt) {
+/// Everything backward() checks before any work: `saved` filled, views, extents equal to the forward's,
+/// dout/dq/dk/dv like o/q/k/v, the forward's mask options, threads, and no gradient aliasing anything.
+template <class P>
+void check_backward_call(const saved_forward<P>& saved, const tensor_view<const float>& q,
+                         const tensor_view<const float>& k, const tensor_view<const float>& v,
+                         const tensor_view<const float>& o, const tensor_view<const float>& dout,
+                         const tensor_view<float>& dq, const tensor_view<float>& dk, const tensor_view<float>& dv,
+                         const attention_options& opt) {
   constexpr const char* where = "gqa::backward";
-  if (!valid) fail(where, ": saved = (empty): pass what gqa::forward_train returned for this call");
+  if (!saved.valid()) fail(where, ": saved = (empty): pass what gqa::forward_train returned for this call");
+  const auto& extents = saved.extents;
+  const auto& scale = saved.scale;
+  const bool causal = saved.causal;
+  const std::span<const index_t> kv_lengths = saved.kv_lengths;
   const std::pair<tensor_view<const float>, const char*> in[5] = {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}};
   for (const auto& [t, name] : in) check_view(t, name, where);
   check_view(dq, "dq", where);
@@ -302,8 +308,7 @@ template <class Isa = isa::native, attention_policy P>
 void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, tensor_view<const float> k,
               tensor_view<const float> v, tensor_view<const float> o, tensor_view<const float> dout,
               tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const attention_options& opt = {}) {
-  detail::check_backward_call(q, k, v, o, dout, dq, dk, dv, saved.extents, saved.scale, saved.causal,
-                              saved.kv_lengths, saved.valid(), opt);
+  detail::check_backward_call(saved, q, k, v, o, dout, dq, dk, dv, opt);
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);  // recomputed: see Note [backward recomputes prepare]
   // The core's dK/dV: the caller's dk, dv, or (when prepare() changed K/V) buffers shaped like kv.
