@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <span>
 #include <string>
@@ -454,6 +455,60 @@ TYPED_TEST_P(training_suite, wgqa_gradients_of_heads_and_weights) {
       }
 }
 
+// --- Bitwise invariance of a whole training step over thread counts and executors. ---
+namespace {
+
+/// A caller parallel_for running the tasks in reverse order on the calling thread.
+void reverse_order_tasks(index_t n, const std::function<void(index_t)>& task) {
+  for (index_t i = n; i-- > 0;) task(i);
+}
+
+/// forward_train + backward of a fresh policy from `make` on `s` with options tweaked by `tweak`: the
+/// output and every gradient (and WGQA's weight gradient), concatenated.
+template <class Isa, class Make>
+std::vector<float> step_bits(const step_data& base, Make&& make, const std::function<void(gqa::attention_options&)>& tweak) {
+  step_data s = base;
+  auto policy = make();
+  auto opt = s.options();
+  tweak(opt);
+  const auto saved = gqa::forward_train<Isa>(policy, s.qv(), s.kv(), s.vv(), s.ov(), opt);
+  gqa::backward<Isa>(policy, saved, s.qv(), s.kv(), s.vv(), s.ov(), s.doutv(), s.dqv(), s.dkv(), s.dvv(), opt);
+  auto bits = all_gradients(s);
+  bits.insert(bits.end(), s.o.begin(), s.o.end());
+  if constexpr (requires { policy.weight_grad(); }) {
+    bits.insert(bits.end(), policy.weight_grad().k.begin(), policy.weight_grad().k.end());
+    bits.insert(bits.end(), policy.weight_grad().v.begin(), policy.weight_grad().v.end());
+  }
+  return bits;
+}
+
+template <class Isa, class Make>
+void check_step_deterministic(const step_data& s, Make&& make, const char* name) {
+  SCOPED_TRACE(name);
+  const auto one = step_bits<Isa>(s, make, [](gqa::attention_options& o) { o.num_threads = 1; });
+  EXPECT_TRUE(same_bits(one, step_bits<Isa>(s, make, [](gqa::attention_options& o) { o.num_threads = 2; })))
+      << "num_threads = 2 differs from 1";
+  EXPECT_TRUE(same_bits(one, step_bits<Isa>(s, make, [](gqa::attention_options& o) { o.num_threads = 0; })))
+      << "num_threads = 0 differs from 1";
+  EXPECT_TRUE(same_bits(one, step_bits<Isa>(s, make, [](gqa::attention_options& o) { o.parallel_for = reverse_order_tasks; })))
+      << "a caller loop in reverse order differs from 1 thread";
+}
+
+}  // namespace
+
+// A whole training step (forward_train + backward) of the variants with steps of their own, and of one
+// with unequal groups, gives the same bits for any thread count and executor.
+TYPED_TEST_P(training_suite, training_step_is_deterministic) {
+  step_data s(2, 50, 80, 8, 2, 24, 24, 300);
+  s.causal = true;
+  check_step_deterministic<TypeParam>(s, [] { return gqa::pgqa_policy({.seed = 9}); }, "pgqa");
+  check_step_deterministic<TypeParam>(s, [] { return gqa::kdgqa_policy({.per_sample = true}); }, "kdgqa per sample");
+  step_data w(2, 50, 80, 8, 8, 24, 24, 301);
+  w.causal = true;
+  check_step_deterministic<TypeParam>(
+      w, [] { return gqa::wgqa_policy(gqa::wgqa_weights::random_init(gqa::wgqa_kind::col, 8, 2, 24, 8, 3)); }, "wgqa col");
+}
+
 // gqa::backward's own checks: an empty saved_forward, extents or options other than the forward's, and
 // aliasing, each named, before any work.
 namespace {
@@ -509,4 +564,5 @@ TYPED_TEST_P(training_suite, backward_rejects_a_different_call) { check_backward
 
 REGISTER_TYPED_TEST_SUITE_P(training_suite, static_variants_are_the_core, kdgqa_uses_the_recorded_allocation,
                             dgqa_uses_the_recorded_map, pgqa_gradient_through_mean_and_std,
-                            wgqa_gradients_of_heads_and_weights, backward_rejects_a_different_call);
+                            wgqa_gradients_of_heads_and_weights, training_step_is_deterministic,
+                            backward_rejects_a_different_call);
