@@ -84,7 +84,8 @@ shape variant_shape(std::string_view variant, shape s) {
 std::int64_t input_kv_heads(std::string_view variant, const shape& s) { return variant == "wgqa" ? s.hq : s.hkv; }
 
 std::string bench_case::name() const {
-  return (kind == "variant" ? variant : kind) + "/" + isa + "/" + shape_name(s);
+  const std::string shape_part = backward ? shape_key(s) + "_bwd_T" + std::to_string(s.threads) : shape_name(s);
+  return (kind == "variant" ? variant : kind) + "/" + isa + "/" + shape_part;
 }
 
 bool eigen_feasible(const shape& s) {
@@ -115,16 +116,21 @@ std::vector<shape> sweep_shapes(std::string_view isa) {
 std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::string_view>& variants) {
   std::vector<bench_case> var, eig, ref;
   std::set<std::string> seen;
-  auto add = [&](std::vector<bench_case>& to, std::string kind, std::string variant, const shape& s) {
-    bench_case c{std::move(kind), std::move(variant), std::string(isa), s};
+  auto add = [&](std::vector<bench_case>& to, std::string kind, std::string variant, const shape& s,
+                 bool backward = false) {
+    bench_case c{std::move(kind), std::move(variant), std::string(isa), s, backward};
     if (seen.insert(c.name()).second) to.push_back(std::move(c));
   };
   for (std::string_view v : variants)
     for (main_shape m : main_shapes)
       for (int t : {1, 2}) add(var, "variant", std::string(v), variant_shape(v, make_main_shape(m, t)));
   for (const shape& s : sweep_shapes(isa)) add(var, "variant", "gqa", s);
+  // The backward (training) of every variant on the prefill shapes.
+  for (std::string_view v : variants)
+    for (main_shape m : {main_shape::p1, main_shape::p2, main_shape::p3})
+      for (int t : {1, 2}) add(var, "variant", std::string(v), variant_shape(v, make_main_shape(m, t)), true);
   for (const bench_case& c : std::vector<bench_case>(var))
-    if (eigen_feasible(c.s)) add(eig, "eigen", "", c.s);
+    if (eigen_feasible(c.s)) add(eig, "eigen", "", c.s, c.backward);
   if (isa == "scalar") {
     // The naive reference (double, unblocked) only on small shapes: P3 and the small end of the sweeps.
     add(ref, "reference", "", make_main_shape(main_shape::p3, 1));
@@ -315,13 +321,13 @@ double read_bw(std::size_t bytes, int threads) {
   return best;
 }
 
-double eigen_seconds_cached(std::string_view isa, const shape& s) {
-  const auto it = eigen_cache().find(std::string(isa) + "/" + shape_name(s));
+double eigen_seconds_cached(std::string_view isa, const shape& s, bool backward) {
+  const auto it = eigen_cache().find(bench_case{"eigen", "", std::string(isa), s, backward}.name());
   return it == eigen_cache().end() ? -1.0 : it->second;
 }
 
-void store_eigen_seconds(std::string_view isa, const shape& s, double seconds) {
-  eigen_cache()[std::string(isa) + "/" + shape_name(s)] = seconds;
+void store_eigen_seconds(std::string_view isa, const shape& s, double seconds, bool backward) {
+  eigen_cache()[bench_case{"eigen", "", std::string(isa), s, backward}.name()] = seconds;
 }
 
 const isa_hooks* find_isa(std::string_view isa) {

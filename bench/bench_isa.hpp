@@ -429,10 +429,15 @@ void run_reference(benchmark::State& st, const bench_case& c) {
   set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(s)) / per_call);
 }
 
+/// The backward cases (bench_backward.hpp, included at the end of this file).
+void run_backward(benchmark::State& st, const bench_case& c);
+
 void run_case(benchmark::State& st, const bench_case& c) {
   skip_if_unsupported(st);
   if (st.error_occurred()) return;
-  if (c.kind == "eigen") {
+  if (c.backward) {
+    run_backward(st, c);
+  } else if (c.kind == "eigen") {
     run_eigen(st, c);
   } else if (c.kind == "reference") {
     run_reference(st, c);
@@ -444,7 +449,8 @@ void run_case(benchmark::State& st, const bench_case& c) {
 void register_cases(const std::vector<bench_case>& cases) {
   for (const bench_case& c : cases) {
     auto* b = benchmark::RegisterBenchmark(c.name().c_str(), [c](benchmark::State& st) { run_case(st, c); });
-    b->Unit(estimated_seconds(isa_name, c.kind, c.s) > 0.01 ? benchmark::kMillisecond : benchmark::kMicrosecond);
+    const double estimate = estimated_seconds(isa_name, c.kind, c.s) * (c.backward ? 2.5 : 1.0);
+    b->Unit(estimate > 0.01 ? benchmark::kMillisecond : benchmark::kMicrosecond);
     if (c.s.threads > 1) b->UseRealTime();
   }
 }
@@ -452,6 +458,11 @@ void register_cases(const std::vector<bench_case>& cases) {
 bool cpu_supported() { return gqa::isa::cpu_supports<Isa>(); }
 
 }  // namespace
+}  // namespace gqa_bench
+
+#include "bench_backward.hpp"
+
+namespace gqa_bench {
 
 isa_hooks GQA_BENCH_CAT(hooks_, GQA_BENCH_ISA)() {
   isa_hooks h;
