@@ -28,24 +28,26 @@ namespace detail::core {
 // Note [backward tasks]
 // A task takes one (batch, KV head) and a range of query positions; its rows are the group's heads at
 // those positions, in the forward's tile order (Note [tile rows]), walked a query block at a time. For
-// each query block it packs Q and dO, computes D = rowsum(dO∘O) and the LSE in log2 units once, and keeps
-// dQ of the block in scratch; then for each visible KV block it packs Kᵀ, K and Vᵀ and runs the five
-// products on the register tile:
-//   S = Q·Kᵀ, P = 2^(S·scale·log2e − LSE·log2e)      (masked and padded keys: P = 0)
-//   dP = dO·Vᵀ, dS = scale·P∘(dP − D)
-//   dV_j += Pᵀ·dO, dK_j += dSᵀ·Q                     (A read transposed; K-loop over the block's rows)
-//   dQ += dS·K_j
+// each query block it packs Q and dO as rows and transposed (Qᵀ, dOᵀ), computes D = rowsum(dO∘O) and −LSE
+// per row once, and keeps dQ of the block in scratch; then for each visible KV block it runs the five
+// products on the register tile with the block's KEYS as the tile's rows, so K and V are read in place
+// and never transposed (Qᵀ and dOᵀ, packed once per query block, serve every KV block):
+//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ                          (K, V rows broadcast from where they are)
+//   Pᵀ = 2^((Sᵀ·scale − LSE)·log2e), dSᵀ = scale·Pᵀ∘(dPᵀ − D)   (key by key over vectors of rows)
+//   dV_j += Pᵀ·dO, dK_j += dSᵀ·Q                     (K loop over the block's rows)
+//   dQ += dS·K_j                                     (dSᵀ read transposed; K rows in place unless d needs
+//                                                     padding to the vector width, then copied padded)
 // dQ rows are final when the block's KV loop ends and go straight to dq. dK/dV of the KV head sum over
 // every row of every query block, i.e. over all of the group's query heads and positions: they
 // accumulate, in the order the task walks its blocks, in an fp32 accumulator of skv × (d + d_v) (padded to
-// the vector width) for the task's (batch, KV head, range). With one range per (batch, KV head) that is
-// the gradient itself; with R ranges the R accumulators are added in range order by a last pass. R
-// depends only on the shapes (enough tasks for k_split_min_tasks), never on the thread count, so the
+// the vector width) for the task's (batch, KV head, range). With one range per (batch, KV head) and rows
+// that need no padding that is dk/dv itself; else the R accumulators are added in range order by a last
+// pass. R depends only on the shapes (enough tasks for k_backward_min_tasks), never on the thread count, so the
 // result is the same bits for any thread count and executor, and no two tasks write the same memory.
 // Memory: R·b·(active KV heads)·skv·(d_pad + d_v,pad) floats of accumulators plus O(tile) scratch per
 // thread; dQ needs none (P1 on AVX-512: 2 ranges, 32 MiB).
 // Masked tiles are skipped exactly as in the forward: a query block visits only the KV blocks below its
-// last row's limit, and masks only the blocks that cut a row. A row whose LSE is −inf saw no key in the
+// last row's limit, and masks only the blocks that cut a row; keys past kv_lengths are never read. A row whose LSE is −inf saw no key in the
 // forward; it is treated as seeing none here (P = 0), so it contributes nothing and gets dQ = 0 whatever
 // its scores.
 
