@@ -25,6 +25,10 @@ struct backward_buffers {
   }
 };
 
+/// One untimed call first unless a call takes seconds (scalar P1/P2): unlike the forward's 50 ms, the
+/// backward's first call also faults in its dK/dV accumulators (tens of MiB at P1), ~10% of a call.
+bool warm_up_backward(const shape& s) { return 2.5 * estimated_seconds(isa_name, "variant", s) < 2.0; }
+
 void backward_counters(benchmark::State& st, const shape& s, double seconds) {
   const double gflops = 2.5 * flops(s) / seconds * 1e-9;
   set_counter(st, "GFLOPS", gflops);
@@ -111,16 +115,7 @@ double measure_eigen_backward(const shape& s) {
 #if GQA_BENCH_HAS_EIGEN
   if (!gqa::isa::cpu_supports<Isa>()) return -1;
   eigen_backward e(s);
-  e.run();
-  int calls = 0;
-  const double t0 = clock_for(s.threads);
-  double elapsed = 0;
-  do {
-    e.run();
-    ++calls;
-    elapsed = clock_for(s.threads) - t0;
-  } while (elapsed < 0.2);
-  return elapsed / calls;
+  return time_baseline(e, s.threads, 2.5 * estimated_seconds(isa_name, "eigen", s) > 0.3);
 #else
   (void)s;
   return -1;
@@ -131,7 +126,7 @@ void run_eigen_backward(benchmark::State& st, const bench_case& c) {
 #if GQA_BENCH_HAS_EIGEN
   const shape& s = c.s;
   eigen_backward e(s);
-  e.run();
+  if (warm_up_backward(s)) e.run();
   const double t0 = clock_for(s.threads);
   for (auto _ : st) {
     e.run();
@@ -162,7 +157,7 @@ void run_variant_backward(benchmark::State& st, const bench_case& c) {
     try {
       const auto saved = gqa::forward_train<Isa>(p, x.q, x.k, x.v, x.o, opt);
       const auto step = [&] { gqa::backward<Isa>(p, saved, x.q, x.k, x.v, x.o, dout, dq, dk, dv, opt); };
-      step();  // warm-up: thread pool, scratch (the dK/dV accumulators), caches
+      if (warm_up_backward(s)) step();  // thread pool, scratch (the dK/dV accumulators), caches
       const double t0 = clock_for(s.threads);
       for (auto _ : st) {
         step();

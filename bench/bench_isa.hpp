@@ -390,22 +390,27 @@ void run_eigen(benchmark::State& st, const bench_case& c) {
 #endif
 }
 
+/// Seconds per call of baseline.run(): one call when a call is long (`expensive`: the scalar P1 baseline
+/// takes seconds), else a warm-up and >= 0.2 s of calls.
+template <class Baseline>
+double time_baseline(Baseline& baseline, int threads, bool expensive) {
+  if (!expensive) baseline.run();
+  int calls = 0;
+  const double t0 = clock_for(threads);
+  double elapsed = 0;
+  do {
+    baseline.run();
+    ++calls;
+    elapsed = clock_for(threads) - t0;
+  } while (!expensive && elapsed < 0.2);
+  return elapsed / calls;
+}
+
 double measure_eigen(const shape& s) {
 #if GQA_BENCH_HAS_EIGEN
   if (!gqa::isa::cpu_supports<Isa>()) return -1;
   eigen_baseline e(s);
-  // One call when a call is long (the scalar P1 baseline takes seconds), else a warm-up and >= 0.2 s.
-  const bool expensive = estimated_seconds(isa_name, "eigen", s) > 0.3;
-  if (!expensive) e.run();
-  int calls = 0;
-  const double t0 = clock_for(s.threads);
-  double elapsed = 0;
-  do {
-    e.run();
-    ++calls;
-    elapsed = clock_for(s.threads) - t0;
-  } while (!expensive && elapsed < 0.2);
-  return elapsed / calls;
+  return time_baseline(e, s.threads, estimated_seconds(isa_name, "eigen", s) > 0.3);
 #else
   (void)s;
   return -1;
