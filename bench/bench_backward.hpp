@@ -1,6 +1,7 @@
 // bench/bench_backward.hpp: the backward benchmarks of one ISA: every variant's gqa::backward (after one
 // untimed gqa::forward_train) and the Eigen GEMM backward baseline, named "<variant|eigen>/<isa>/<shape
-// key>_bwd_T<threads>". Included at the end of bench_isa.hpp (same ISA flags, same anonymous namespace);
+// key>_bwd_T<threads>", for every variant of the registry (gqa::variant_names, through the bench case's
+// model like the forward entries). Included at the end of bench_isa.hpp (same ISA flags, same anonymous namespace);
 // run_case() sends every case with bench_case::backward here.
 // FLOPs are 2.5× the forward's (FlashAttention's convention: five products of Sq·Skv·d instead of two),
 // halved when causal like the forward's; peak_frac is against the same FMA probe.
@@ -62,7 +63,12 @@ class eigen_backward {
   }
 
   void run() {
-    parallel_tasks(s_.b * s_.hkv, s_.threads, [this](index_t task, int t) { group(task / s_.hkv, task % s_.hkv, t); });
+    // One task per thread slot on gqa's own loop (as eigen_baseline::run): slot t takes the (batch, KV
+    // head) pairs t, t + threads, ... and owns the matrices p_[t], dp_[t].
+    const index_t n = s_.b * s_.hkv, slots = s_.threads;
+    gqa::detail::run_tasks(slots, gqa::executor{s_.threads}, [this, n, slots](index_t t) {
+      for (index_t task = t; task < n; task += slots) group(task / s_.hkv, task % s_.hkv, static_cast<int>(t));
+    });
   }
 
  private:
@@ -143,7 +149,7 @@ void run_eigen_backward(benchmark::State& st, const bench_case& c) {
 
 void run_variant_backward(benchmark::State& st, const bench_case& c) {
   const shape& s = c.s;
-  const std::int64_t kv_heads = input_kv_heads(c.variant, s);
+  const std::int64_t kv_heads = input_kv_heads(c.variant, c.model);
   const views x = make_views(s, get_inputs(s, kv_heads));
   backward_buffers g(s, kv_heads);
   const auto dout = gqa::bshd<const float>(g.dout.data(), s.b, s.sq, s.hq, s.d);
@@ -153,7 +159,7 @@ void run_variant_backward(benchmark::State& st, const bench_case& c) {
   gqa::attention_options opt;
   opt.causal = s.causal;
   opt.num_threads = s.threads;
-  const bool known = with_policy(c.variant, s, [&](auto& p) {
+  with_bench_policy(st, c, [&](auto& p) {
     try {
       const auto saved = gqa::forward_train<Isa>(p, x.q, x.k, x.v, x.o, opt);
       const auto step = [&] { gqa::backward<Isa>(p, saved, x.q, x.k, x.v, x.o, dout, dq, dk, dv, opt); };
@@ -176,7 +182,6 @@ void run_variant_backward(benchmark::State& st, const bench_case& c) {
       st.SkipWithError(e.what());
     }
   });
-  if (!known) st.SkipWithError(("unknown variant: " + c.variant).c_str());
 }
 
 void run_backward(benchmark::State& st, const bench_case& c) {

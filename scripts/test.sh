@@ -2,12 +2,15 @@
 # scripts/test.sh: everything CI checks, in one command.
 #   1. scripts/install-deps.sh --neon --mpi (no-op when everything is installed)
 #   2. Release build of the tests, benchmarks and examples; ctest --output-on-failure (incl. packaging)
-#   3. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan) of the tests; ctest (packaging excluded)
-#   4. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
+#   3. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan) of the tests; ctest (packaging and the
+#      header checks excluded: they compile, and run nothing the sanitizers could watch)
+#   4. ThreadSanitizer build of the tests (scalar suites, std::thread loop: libgomp is not instrumented),
+#      running the threading and policy tests (the gtest filter $tsan_filter below)
+#   5. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
 # Ends with one summary line and exits non-zero if any stage failed. Every stage runs even if an earlier
 # one failed, so one run reports everything.
 # Environment: GQA_BUILD_DIR (default <repo>/build), GQA_JOBS (default 2), GQA_SKIP_DEPS=1, GQA_SKIP_SANITIZE=1,
-# GQA_SKIP_NEON=1.
+# GQA_SKIP_TSAN=1, GQA_SKIP_NEON=1.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -73,16 +76,43 @@ fi
 build_and_test release "$build_root/release" -- \
   -DCMAKE_BUILD_TYPE=Release -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=ON -DGQA_BUILD_EXAMPLES=ON
 
-# 3. Sanitizers: the unit and attention tests under ASan + UBSan (packaging consumers are plain builds).
+# 3. Sanitizers: the unit and attention tests under ASan + UBSan (packaging consumers and the header checks
+#    are plain compiles, already run in stage 2).
 if [ "${GQA_SKIP_SANITIZE:-0}" != 1 ]; then
   export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
   export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-  build_and_test sanitize "$build_root/sanitize" -LE packaging -- \
+  build_and_test sanitize "$build_root/sanitize" -LE "packaging|headers" -- \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGQA_TEST_SANITIZE=ON -DGQA_BUILD_TESTS=ON \
     -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF
 fi
 
-# 4. NEON under qemu.
+# 4. ThreadSanitizer: concurrent callers and shared policies (threads_test.cpp), the built-in loop and
+#    caller loops inside a call (split-KV decode, large tiles, sharding, PGQA's threaded perturbation), and
+#    the stateful policies' own tests.
+tsan_filter='threads.*:sharding.*:split_kv.*:*attention_suite*split_kv_decode*:*attention_suite*large_tiles*'
+tsan_filter+=':*pgqa_suite*one_and_two_threads*:kdgqa.*:dgqa.*:pgqa.*'
+if [ "${GQA_SKIP_TSAN:-0}" != 1 ]; then
+  dir="$build_root/tsan"
+  log="$dir.log"
+  mkdir -p "$dir"
+  echo "=== test.sh: tsan: configure + build in $dir"
+  if ! cmake -S "$repo" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="-fsanitize=thread" \
+      -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" -DCMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON \
+      -DGQA_TEST_ISAS=scalar -DGQA_TEST_REDUCED=ON -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=OFF \
+      -DGQA_BUILD_EXAMPLES=OFF; then
+    stage tsan 1 "configure FAILED"
+  elif ! cmake --build "$dir" --target gqa_tests -j "$jobs"; then
+    stage tsan 1 "build FAILED"
+  else
+    TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}" \
+      "$dir/tests/gqa_tests" --gtest_filter="$tsan_filter" --gtest_brief=1 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    passed=$(grep -oE '\[  PASSED  \] [0-9]+ tests?' "$log" | grep -oE '[0-9]+' | tail -1)
+    stage tsan "$rc" "${passed:-0} tests passed$([ "$rc" != 0 ] && echo ' (FAILED: see '"$log"')')"
+  fi
+fi
+
+# 5. NEON under qemu.
 if [ "${GQA_SKIP_NEON:-0}" != 1 ]; then
   if [ -f "$repo/scripts/test-neon.sh" ]; then
     if GQA_BUILD_DIR="$build_root/neon" bash "$repo/scripts/test-neon.sh"; then

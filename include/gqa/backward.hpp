@@ -5,7 +5,7 @@
 
 #include <cmath>
 #include <span>
-#include <string>
+#include <utility>
 
 #include "attention.hpp"
 #include "config.hpp"
@@ -38,42 +38,37 @@ inline tensor_view<T> span_view(std::span<T> s) noexcept {
   return {s.data(), 1, 1, 1, static_cast<index_t>(s.size()), 0, 0, 0, 1};
 }
 
+/// Everything attend_backward() checks, once, before any work (Note [validation once]): the forward's
+/// checks of q, k, v, o, options and map, the extents of dout and the gradients, the LSE, and that no
+/// gradient repeats an element or shares one with an input or another gradient (Note [exact overlap]).
 inline void validate_backward(const tensor_view<const float>& q, const tensor_view<const float>& k,
                               const tensor_view<const float>& v, const tensor_view<const float>& o,
                               const tensor_view<const float>& dout, std::span<const float> lse,
                               const tensor_view<float>& dq, const tensor_view<float>& dk, const tensor_view<float>& dv,
                               const head_map& map, const attention_options& opt) {
   constexpr const char* where = "gqa::attend_backward";
-  validate_inputs(q, k, v, o, opt, where);
+  check_view(q, "q", where);
+  check_view(k, "k", where);
+  check_view(v, "v", where);
+  check_view(o, "o", where);
   check_view(dout, "dout", where);
   check_view(dq, "dq", where);
   check_view(dk, "dk", where);
   check_view(dv, "dv", where);
+  check_shapes(q, k, v, o, opt, where);
   require_same_extents(dout, "dout", o, "o", where);
   require_same_extents(dq, "dq", q, "q", where);
   require_same_extents(dk, "dk", k, "k", where);
   require_same_extents(dv, "dv", v, "v", where);
-  validate_map(map, q.h, k.h, where);
-  const index_t need = q.b * q.h * q.s;
-  require(static_cast<index_t>(lse.size()) == need, where, "lse.size()", lse.size(),
-          ("must equal b*hq*sq = " + std::to_string(need) + " (the forward's options.lse)").c_str());
+  check_map(map, q, k, where);
+  const index_t need = q.b * q.h * q.s;  // <= q's element count, which check_view bounded
+  require(std::cmp_equal(lse.size(), need), where, "lse.size()", lse.size(), "must equal b*hq*sq = ", need,
+          " (the forward's options.lse)");
   for (std::size_t i = 0; i < lse.size(); ++i)
     if (std::isnan(lse[i]) || (std::isinf(lse[i]) && lse[i] > 0))
       fail(where, ": lse[", i, "] = ", lse[i], ": must be finite or -inf (the forward's LSE of that row)");
-  // Outputs may overlap neither an input nor each other.
-  const std::pair<tensor_view<float>, const char*> outs[3] = {{dq, "dq"}, {dk, "dk"}, {dv, "dv"}};
-  const std::pair<tensor_view<const float>, const char*> ins[6] = {
-      {q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}, {span_view(lse), "lse"}};
-  for (std::size_t a = 0; a < 3; ++a) {
-    for (const auto& [in, in_name] : ins)
-      if (overlaps(outs[a].first, in))
-        fail(where, ": ", outs[a].second, " (data = ", static_cast<const void*>(outs[a].first.data), ") overlaps ",
-             in_name, "; an output must not alias an input");
-    for (std::size_t b = a + 1; b < 3; ++b)
-      if (overlaps(outs[a].first, outs[b].first))
-        fail(where, ": ", outs[a].second, " (data = ", static_cast<const void*>(outs[a].first.data), ") overlaps ",
-             outs[b].second, "; the three gradients need separate memory");
-  }
+  require_outputs_disjoint({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
+                           {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}, {span_view(lse), "lse"}}, where);
 }
 
 }  // namespace detail

@@ -1,6 +1,7 @@
-// gqa/convert.hpp: checkpoint conversion: MHA -> GQA/MQA mean pooling of K/V projections (spec §4.2), the
-// WGQA inference fold (spec §8.2) and its gradient (training WGQA through folded projections). Weights are PyTorch nn.Linear (out, in) row-major; head j of a K or
-// V projection is the row block [j·d, (j+1)·d); groups are contiguous (group g = heads [g·s, (g+1)·s)).
+// gqa/convert.hpp: checkpoint conversion: MHA -> GQA/MQA mean pooling of K/V projections, the WGQA
+// inference fold (docs/variants.md, "Checkpoint conversion" and "WGQA") and its gradient (training WGQA
+// through folded projections). Weights are PyTorch nn.Linear (out, in) row-major; head j of a K or V
+// projection is the row block [j·d, (j+1)·d); groups are contiguous (group g = heads [g·s, (g+1)·s)).
 // Invariant: every output value is one index-order double sum of exact float products, rounded once.
 #pragma once
 
@@ -8,12 +9,12 @@
 #include <cmath>
 #include <span>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "config.hpp"
+#include "detail/overflow.hpp"
 #include "errors.hpp"
-#include "variants/wgqa.hpp"
+#include "variants/wgqa_weights.hpp"
 
 GQA_BEGIN_NAMESPACE
 
@@ -28,7 +29,8 @@ inline void check_pool_shape(index_t heads, index_t groups, index_t d, const cha
   require(heads > 0, where, "heads", heads, "must be positive");
   require(groups > 0, where, "groups", groups, "must be positive");
   if (heads % groups != 0)
-    fail(where, ": groups = ", groups, ": must divide heads = ", heads, " (uniform GQA groups, spec §4.3)");
+    fail(where, ": groups = ", groups, ": must divide heads = ", heads,
+         " (uniform GQA groups: every group pools the same number of heads)");
   require(d > 0, where, "d", d, "must be positive");
 }
 
@@ -62,9 +64,10 @@ inline void check_bias(std::span<const float> b, index_t heads, index_t d, const
 
 }  // namespace detail
 
-/// MHA -> GQA mean pooling of one K or V projection weight (spec §4.2): w is (heads·d × in_dim) row-major;
-/// the result is (groups·d × in_dim), block g = (1/s)·Σ_{j∈g} W[j], s = heads / groups. groups = 1 gives
-/// MQA. Throws gqa::invalid_argument for a bad size, groups not dividing heads, or a non-finite weight.
+/// MHA -> GQA mean pooling of one K or V projection weight, as the GQA paper converts checkpoints: w is
+/// (heads·d × in_dim) row-major; the result is (groups·d × in_dim), block g = (1/s)·Σ_{j∈g} W[j], s = heads
+/// / groups. groups = 1 gives MQA. Throws gqa::invalid_argument for a bad size, groups not dividing heads,
+/// or a non-finite weight.
 inline std::vector<float> mean_pool_heads(std::span<const float> w, index_t heads, index_t groups, index_t d,
                                           index_t in_dim) {
   constexpr const char* where = "gqa::mean_pool_heads";
@@ -77,7 +80,7 @@ inline std::vector<float> mean_pool_heads(std::span<const float> w, index_t head
   return detail::mean_pool_blocks(w, heads, groups, block);
 }
 
-/// Mean pooling of one K or V projection bias (heads·d values) into groups·d values (spec §4.2).
+/// Mean pooling of one K or V projection bias (heads·d values) into groups·d values: b_g = (1/s)·Σ_{j∈g} b_j.
 inline std::vector<float> mean_pool_bias(std::span<const float> b, index_t heads, index_t groups, index_t d) {
   constexpr const char* where = "gqa::mean_pool_bias";
   detail::check_pool_shape(heads, groups, d, where);
@@ -92,7 +95,7 @@ struct kv_projection {
 };
 
 /// Converts an MHA module's K/V projections (heads·d × in_dim each) to GQA with `groups` KV heads by mean
-/// pooling weights and biases (spec §4.2); Q and the output projection are unchanged and not taken.
+/// pooling weights and biases; Q and the output projection are unchanged and not taken.
 /// groups = 1 converts to MQA.
 inline kv_projection convert_mha_to_gqa(const kv_projection& mha, index_t heads, index_t groups, index_t d,
                                         index_t in_dim) {
@@ -117,7 +120,7 @@ inline kv_projection convert_mha_to_gqa(const kv_projection& mha, index_t heads,
 
 namespace detail {
 
-/// W̃_g[k, c] = Σ_{j∈g} weight_j(k, c) · W_j[k, c] for one projection (spec §8.2), weight per kind.
+/// W̃_g[k, c] = Σ_{j∈g} weight_j(k, c) · W_j[k, c] for one projection, weight per kind.
 inline std::vector<float> wgqa_fold_weight(const std::vector<float>& wp, const std::vector<float>& ww, const wgqa_weights& w) {
   const index_t s = w.hq / w.hkv, d = w.d, in = w.model_dim;
   std::vector<float> out(static_cast<std::size_t>(w.hkv * d * in));
@@ -160,11 +163,14 @@ inline std::vector<float> wgqa_fold_bias(const std::vector<float>& b, const std:
 
 }  // namespace detail
 
-/// The WGQA inference fold (spec §8.2): from the per-head projections (w.hq·w.d × w.model_dim each) and
+/// The WGQA inference fold: from the per-head projections (w.hq·w.d × w.model_dim each) and
 /// trained WGQA weights, the plain GQA projections (w.hkv·w.d × w.model_dim) whose output equals the
 /// weighted combination, for every kind: W̃_g[k, c] = Σ_{j∈g} w_j W_j[k, c] (scalar), c_j[k] W_j[k, c]
 /// (col), r_j[c] W_j[k, c] (row). Biases fold as b̃_g = Σ w_j ⊙ b_j for scalar and col; row weights
 /// have no bias fold, so their biases must be empty. Run the result with gqa_policy (map h / s).
+/// Exact when K reaches attention as projected (T5). With RoPE applied to K after the projection, col
+/// weights do not fold (the rotation mixes channel pairs with different weights; scalar and row still
+/// fold, and V always does): use wgqa_policy::combine_rows on each new token instead, Note [wgqa with rope].
 inline kv_projection wgqa_fold(const kv_projection& per_head, const wgqa_weights& w) {
   constexpr const char* where = "gqa::wgqa_fold";
   detail::check_wgqa_weights(w, where);
@@ -242,7 +248,7 @@ inline void wgqa_fold_weight_backward(const std::vector<float>& wp, const std::v
 
 }  // namespace detail
 
-/// The gradient of wgqa_fold (spec §8.5): given Γ = ∂L/∂(folded projections) (`grad_folded`, shaped like
+/// The gradient of wgqa_fold: given Γ = ∂L/∂(folded projections) (`grad_folded`, shaped like
 /// wgqa_fold's result: weights hkv·d × model_dim, biases hkv·d or empty), returns ∂L/∂(per-head
 /// projections) and ∂L/∂weights, for every kind, with g the group of head j:
 ///   scalar: ∂L/∂W_j = w_j·Γ_g,           ∂L/∂w_j = ⟨Γ_g, W_j⟩ (+ ⟨β_g, b_j⟩ with biases);
@@ -267,14 +273,17 @@ inline wgqa_fold_gradient wgqa_fold_backward(const kv_projection& per_head, cons
   detail::check_size(grad_folded.w_v.size(), folded, where, "grad_folded.w_v", "weights.hkv * weights.d * weights.model_dim");
   detail::check_finite(grad_folded.w_k, where, "grad_folded.w_k");
   detail::check_finite(grad_folded.w_v, where, "grad_folded.w_v");
-  const std::pair<const std::vector<float>*, const char*> biases[2] = {{&per_head.b_k, "k"}, {&per_head.b_v, "v"}};
+  const std::vector<float>* biases[2] = {&per_head.b_k, &per_head.b_v};
   const std::vector<float>* grad_biases[2] = {&grad_folded.b_k, &grad_folded.b_v};
+  const char* const pb_names[2] = {"per_head.b_k", "per_head.b_v"};
+  const char* const gb_names[2] = {"grad_folded.b_k", "grad_folded.b_v"};
   for (int i = 0; i < 2; ++i) {
-    const std::string pb = std::string("per_head.b_") + biases[i].second, gb = std::string("grad_folded.b_") + biases[i].second;
-    if (w.kind == wgqa_kind::row && !biases[i].first->empty())
-      detail::fail(where, ": ", pb, ".size() = ", biases[i].first->size(), ": must be 0 for row weights (no bias fold)");
-    detail::check_bias(*biases[i].first, w.hq, w.d, where, pb);
-    if (biases[i].first->empty()) {
+    const char* pb = pb_names[i];
+    const char* gb = gb_names[i];
+    if (w.kind == wgqa_kind::row && !biases[i]->empty())
+      detail::fail(where, ": ", pb, ".size() = ", biases[i]->size(), ": must be 0 for row weights (no bias fold)");
+    detail::check_bias(*biases[i], w.hq, w.d, where, pb);
+    if (biases[i]->empty()) {
       if (!grad_biases[i]->empty())
         detail::fail(where, ": ", gb, ".size() = ", grad_biases[i]->size(), ": must be 0 (", pb, " is empty)");
     } else {

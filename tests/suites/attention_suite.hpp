@@ -1,6 +1,6 @@
 // tests/suites/attention_suite.hpp: gqa::attend<Isa> against the naive double-precision reference
 // (reference/attention.hpp) over shapes, masks, padding, head maps, layouts, LSE, the split-KV decode path
-// and large tiles (spec "Decisions for gqa": the core; §1 head maps; §12 the MLA shape). Compiled once
+// and large tiles (docs/design.md, "What the core computes": any head map; the MLA shape). Compiled once
 // per ISA: every helper stays in `namespace {}`. GQA_TEST_VERBOSE=1 prints every case's errors.
 #pragma once
 
@@ -371,8 +371,8 @@ TYPED_TEST_P(attention_suite, fully_masked_rows_are_zero) {
   check_case<TypeParam>(c);
 }
 
-// Absorbed MLA (spec §12): one KV head, d_qk 576, d_v 512, explicit scale 1/sqrt(192); and other
-// d_qk != d_v pairs on both paths.
+// Absorbed MLA (docs/variants.md, "MLA-shaped attention"): one KV head, d_qk 576, d_v 512, explicit scale
+// 1/sqrt(192); and other d_qk != d_v pairs on both paths.
 TYPED_TEST_P(attention_suite, mla_and_unequal_head_dims) {
   attention_case mla;
   mla.hq = gqa::test::reduced ? 8 : 16;
@@ -408,8 +408,8 @@ TYPED_TEST_P(attention_suite, mla_and_unequal_head_dims) {
     }
 }
 
-// Unequal and empty groups (KDGQA/DGQA allocations, spec §5-6) and a non-contiguous map (the core
-// accepts any map, §1): decode (direct path), few positions and tiled.
+// Unequal and empty groups (KDGQA/DGQA allocations) and a non-contiguous map (the core accepts any
+// map): decode (direct path), few positions and tiled.
 TYPED_TEST_P(attention_suite, unequal_empty_and_noncontiguous_groups) {
   std::vector<std::pair<std::vector<int>, std::vector<index_t>>> maps;  // (allocation, or explicit map)
   maps.push_back({{0, 3, 5, 0}, {}});

@@ -1,4 +1,5 @@
-// gqa/reference/pgqa.hpp: a literal transcription of PGQA's noise step (spec §7.2) in double, for tests.
+// gqa/reference/pgqa.hpp: a literal transcription of PGQA's noise step (the authors'
+// pgqa.py; docs/variants.md, "PGQA") in double, for tests.
 // Shares nothing with gqa/variants/pgqa.hpp except the documented draw R[i][n] = to_unit_float(hash(seed,
 // {layer, call, g, i, n})) (Note [PGQA noise]). Plain loops, materialised tensors, no validation.
 #pragma once
@@ -39,7 +40,7 @@ inline std::vector<double> pgqa_noise_row(std::uint64_t seed, std::uint64_t laye
   return r;
 }
 
-/// Spec §7.2 for the whole output: `o` is the attention output laid out [b][p][hq][dv] (as
+/// The noise step for the whole output: `o` is the attention output laid out [b][p][hq][dv] (as
 /// reference::attention_result::o); hq/hkv uniform contiguous groups of s heads. Returns O' in the same
 /// layout. Per group: O_g (B, s, P, d) -> X (B, s, N) -> μ, σ (unbiased) per row; R (s, N) drawn, R[i][i] = 0
 /// for i < min(s, N); ρμ, ρσ per row (ρσ := 1 if 0); Z = (R − ρμ)/ρσ; noise = Z·σ + μ; X' = X − noise.

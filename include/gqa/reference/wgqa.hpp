@@ -1,7 +1,7 @@
-// gqa/reference/wgqa.hpp: literal double-precision transcriptions of WGQA (spec §8.2) for tests: the
-// weighted combination of per-head activations, the reference's weight einsums (the fold), and the
-// unfolded per-head projection by its definition. Independent of gqa/variants/wgqa.hpp and gqa/convert.hpp
-// (kinds are named by string, as in the reference's `weight_row_column`); no validation.
+// gqa/reference/wgqa.hpp: literal double-precision transcriptions of WGQA (the authors' t5_WGQA_final.py)
+// for tests: the weighted combination of per-head activations, the reference's weight einsums (the fold),
+// and the unfolded per-head projection by its definition. Independent of gqa/variants/wgqa.hpp and
+// gqa/convert.hpp (kinds are named by string, as in the reference's `weight_row_column`); no validation.
 #pragma once
 
 #include <string_view>
@@ -64,7 +64,7 @@ inline wgqa_combine_grads wgqa_combine_backward(const std::vector<double>& x, co
   return r;
 }
 
-/// The reference's per-forward weight (spec §8.2, t5_WGQA_final.py:222-237): wp is (h·d × in) row-major,
+/// The reference's per-forward weight (t5_WGQA_final.py:222-237): wp is (h·d × in) row-major,
 /// viewed (h, d, in); each head block is scaled elementwise (scalar w_j, "nkd,nk->nkd" for col,
 /// "nkd,nd->nkd" for row), then summed within each group: returns W̃ (g·d × in).
 inline std::vector<double> wgqa_fold(const std::vector<double>& wp, index_t h, index_t g, index_t d, index_t in,

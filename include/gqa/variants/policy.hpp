@@ -1,14 +1,14 @@
 // gqa/variants/policy.hpp: the policy concept, gqa::forward(), which runs any variant on the one core, and
 // its training pair gqa::forward_train() / gqa::backward(). A policy decides the query-head -> KV-head map
 // (plan), may transform K/V first (prepare) and may post-process the output (finish); for training it may
-// record what its backward needs (record) and differentiate its own steps (finish_backward,
+// record what its backward needs (finish_train) and differentiate its own steps (finish_backward,
 // prepare_backward). It never has its own kernel.
 #pragma once
 
 #include <algorithm>
 #include <concepts>
 #include <optional>
-#include <string>
+#include <ostream>
 #include <string_view>
 #include <type_traits>
 #include <vector>
@@ -41,18 +41,18 @@ concept policy_with_prepare = requires(P& p, const tensor_view<const float>& k, 
   { p.prepare(k, v) } -> std::convertible_to<kv_views>;
 };
 /// Optional: post-process the output (PGQA subtracts noise); the second form also receives the call's
-/// options (threads), and is preferred when a policy has both.
+/// executor (its threads), and is preferred when a policy has both.
 template <class P>
 concept policy_with_finish = requires(P& p, const tensor_view<float>& o, const head_map& m) { p.finish(o, m); };
 template <class P>
-concept policy_with_finish_options = requires(P& p, const tensor_view<float>& o, const head_map& m,
-                                              const attention_options& opt) { p.finish(o, m, opt); };
+concept policy_with_finish_executor = requires(P& p, const tensor_view<float>& o, const head_map& m,
+                                               const executor& ex) { p.finish(o, m, ex); };
 
 namespace detail {
 template <class P>
-void finish(P& p, const tensor_view<float>& o, const head_map& map, const attention_options& opt) {
-  if constexpr (policy_with_finish_options<P>) {
-    p.finish(o, map, opt);
+void finish(P& p, const tensor_view<float>& o, const head_map& map, const executor& ex) {
+  if constexpr (policy_with_finish_executor<P>) {
+    p.finish(o, map, ex);
   } else if constexpr (policy_with_finish<P>) {
     p.finish(o, map);
   }
@@ -86,20 +86,22 @@ struct output_grad_views {
   tensor_view<const float> dout;
 };
 
-/// Optional: `typename P::saved` (what the policy's backward needs from the forward, e.g. PGQA's row
-/// statistics) and `record(saved, o, map, options)`, called by forward_train() right before each
-/// finish() with the same arguments (o still the core's output).
+/// Optional: `typename P::saved` (what the policy's backward needs from the forward, e.g. PGQA's call
+/// index and row statistics) and `finish_train(saved, o, map, executor)`, which forward_train() calls
+/// instead of finish(): it does what finish() does and records, in the same step, what it did (a policy
+/// shared between threads cannot be asked afterwards; Note [PGQA training call]).
 template <class P>
-concept policy_with_record = requires { typename P::saved; } &&
-    requires(P& p, typename P::saved& s, const tensor_view<const float>& o, const head_map& m,
-             const attention_options& opt) { p.record(s, o, m, opt); };
+concept policy_with_finish_train = requires { typename P::saved; } &&
+    requires(P& p, typename P::saved& s, const tensor_view<float>& o, const head_map& m, const executor& ex) {
+      p.finish_train(s, o, m, ex);
+    };
 /// Optional: the backward of finish(): from the final output o and dout = ∂L/∂o, the core's output and
-/// ∂L/∂(core output), in the policy's own buffers (valid until its next call).
+/// ∂L/∂(core output), either o and dout themselves or views into `buffer` (which backward() owns).
 template <class P>
 concept policy_with_finish_backward = requires { typename P::saved; } &&
     requires(P& p, const typename P::saved& s, const tensor_view<const float>& o, const tensor_view<const float>& dout,
-             const head_map& m, const attention_options& opt) {
-      { p.finish_backward(s, o, dout, m, opt) } -> std::convertible_to<output_grad_views>;
+             const head_map& m, const executor& ex, std::vector<float>& buffer) {
+      { p.finish_backward(s, o, dout, m, ex, buffer) } -> std::convertible_to<output_grad_views>;
     };
 /// Optional: the backward of prepare(): from the caller's k, v and the gradients with respect to the
 /// prepared K/V (dk_core, dv_core, shaped like prepare()'s views), the gradients with respect to k and v
@@ -108,8 +110,8 @@ template <class P>
 concept policy_with_prepare_backward =
     requires(P& p, const tensor_view<const float>& k, const tensor_view<const float>& v,
              const tensor_view<const float>& dk_core, const tensor_view<const float>& dv_core,
-             const tensor_view<float>& dk, const tensor_view<float>& dv, const attention_options& opt) {
-      p.prepare_backward(k, v, dk_core, dv_core, dk, dv, opt);
+             const tensor_view<float>& dk, const tensor_view<float>& dv, const executor& ex) {
+      p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);
     };
 
 /// What P records, or nothing.
@@ -147,31 +149,37 @@ struct saved_forward {
 
 namespace detail {
 
-template <class P>
-void record(P& p, saved_forward<P>* saved, const tensor_view<float>& o, const head_map& map,
-            const attention_options& opt) {
-  if constexpr (policy_with_record<P>) {
-    if (saved) p.record(saved->policy, o, map, opt);
+/// finish(), or finish_train() when forward_train() keeps what the policy records.
+template <class P, class S>
+void finish(P& p, const tensor_view<float>& o, const head_map& map, const executor& ex, S* saved) {
+  if constexpr (policy_with_finish_train<P>) {
+    if (saved) {
+      p.finish_train(saved->policy, o, map, ex);
+      return;
+    }
   }
+  finish(p, o, map, ex);
 }
 
-/// forward() and forward_train(): check -> prepare -> validate -> plan -> core -> (record) -> finish.
-/// With `saved`, the LSE goes to saved->lse (and to opt.lse too when given) and the plan(s) are kept.
-template <class Isa, class P>
-void run_forward(P& p, const tensor_view<const float>& q, const tensor_view<const float>& k,
+/// forward() and forward_train(): check -> prepare -> plan -> core -> finish (Note [validation once]).
+/// With `saved` (S = saved_forward<...>), the LSE goes to saved->lse (and to opt.lse too when given), the
+/// plan(s) are kept and finish_train() replaces finish().
+template <class Isa, class Policy, class S>
+void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view<const float>& k,
                  const tensor_view<const float>& v, const tensor_view<float>& o, const attention_options& opt,
-                 saved_forward<P>* saved) {
+                 S* saved, const char* where) {
   // Memory safety first: a policy's own work (norms, noise) reads these views.
-  check_view(q, "q");
-  check_view(k, "k");
-  check_view(v, "v");
-  check_view(o, "o");
-  if constexpr (policy_with_check<P>) p.check(q, k, v, o);
+  check_views(q, k, v, o, where);
+  if constexpr (policy_with_check<Policy>) p.check(q, k, v, o);
   kv_views kv{k, v};
-  if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);
-  // Validate the whole call (shapes, options, aliasing) before plan(): a bad argument throws before a
-  // stateful policy (DGQA) updates its state or any sample is computed.
-  validate_call(q, kv.k, kv.v, o, opt);
+  if constexpr (policy_with_prepare<Policy>) {
+    kv = p.prepare(k, v);
+    check_view(kv.k, "prepare().k", where);
+    check_view(kv.v, "prepare().v", where);
+  }
+  // The whole call (shapes, options, aliasing) before plan(): a bad argument throws before a stateful
+  // policy (DGQA) updates its state or any sample is computed.
+  check_call(q, kv.k, kv.v, o, opt, where);
   attention_options call = opt;
   if (saved) {
     saved->maps.clear();
@@ -185,14 +193,14 @@ void run_forward(P& p, const tensor_view<const float>& q, const tensor_view<cons
     saved->scale = opt.scale;
     saved->causal = opt.causal;
     saved->kv_lengths.assign(opt.kv_lengths.begin(), opt.kv_lengths.end());
-    saved->policy = policy_saved_t<P>{};
+    saved->policy = {};
   }
+  const executor ex = executor_of(opt);
   bool done = false;
-  if constexpr (policy_with_per_sample<P>) {
-    static_assert(!policy_with_record<P> && !policy_with_finish_backward<P>,
-                  "gqa: a policy that plans per sample cannot record() or finish_backward() (not supported yet)");
+  if constexpr (policy_with_per_sample<Policy>) {
+    static_assert(!policy_with_finish_train<Policy> && !policy_with_finish_backward<Policy>,
+                  "gqa: a policy that plans per sample cannot finish_train() or finish_backward() (not supported yet)");
     if (p.per_sample() && q.b > 1) {
-      head_map map = p.plan(sample(q, 0), sample(kv.k, 0));
       const auto per = static_cast<std::size_t>(q.h * q.s);  // LSE entries of one sample
       for (index_t ib = 0; ib < q.b; ++ib) {
         const auto qs = sample(q, ib), ks = sample(kv.k, ib), vs = sample(kv.v, ib);
@@ -200,9 +208,10 @@ void run_forward(P& p, const tensor_view<const float>& q, const tensor_view<cons
         attention_options so = call;
         if (!call.kv_lengths.empty()) so.kv_lengths = call.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
         if (!call.lse.empty()) so.lse = call.lse.subspan(static_cast<std::size_t>(ib) * per, per);
-        if (ib > 0) map = p.plan(qs, ks);
-        attend<Isa>(qs, ks, vs, os, map, so);
-        finish(p, os, map, so);
+        const head_map map = p.plan(qs, ks);
+        check_map(map, qs, ks, where);
+        core::forward<Isa>(qs, ks, vs, os, map, so);
+        finish(p, os, map, ex);
         if (saved) saved->maps.push_back(map);
       }
       done = true;
@@ -210,9 +219,9 @@ void run_forward(P& p, const tensor_view<const float>& q, const tensor_view<cons
   }
   if (!done) {
     const head_map map = p.plan(q, kv.k);
-    attend<Isa>(q, kv.k, kv.v, o, map, call);
-    record(p, saved, o, map, call);
-    finish(p, o, map, call);
+    check_map(map, q, kv.k, where);
+    core::forward<Isa>(q, kv.k, kv.v, o, map, call);
+    finish(p, o, map, ex, saved);
     if (saved) saved->maps.push_back(map);
   }
   if (saved && !opt.lse.empty()) std::copy(saved->lse.begin(), saved->lse.end(), opt.lse.begin());
@@ -220,11 +229,24 @@ void run_forward(P& p, const tensor_view<const float>& q, const tensor_view<cons
 
 }  // namespace detail
 
-/// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish.
-template <class Isa = isa::native, attention_policy P>
-void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+/// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish. `p` may be a
+/// temporary (`forward(gqa_policy{}, ...)`) or a const policy whose members are const; see the README for
+/// which policies may be shared between threads.
+template <class Isa = isa::native, class P>
+  requires attention_policy<std::remove_reference_t<P>>
+void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
              tensor_view<float> o, const attention_options& opt = {}) {
-  detail::run_forward<Isa>(p, q, k, v, o, opt, static_cast<saved_forward<P>*>(nullptr));
+  static_assert(isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using Policy = std::remove_reference_t<P>;
+  using Mutable = std::remove_cv_t<Policy>;
+  // A const policy must not silently skip a step that only its non-const members implement.
+  static_assert((policy_with_check<Policy> || !policy_with_check<Mutable>) &&
+                    (policy_with_prepare<Policy> || !policy_with_prepare<Mutable>) &&
+                    (policy_with_finish<Policy> || policy_with_finish_executor<Policy> ||
+                     !(policy_with_finish<Mutable> || policy_with_finish_executor<Mutable>)),
+                "gqa::forward: this policy's check/prepare/finish is not const; pass a non-const policy");
+  Policy& p = policy;
+  detail::run_forward<Isa>(p, q, k, v, o, opt, static_cast<saved_forward<Mutable>*>(nullptr), "gqa::forward");
 }
 
 /// forward() for training: the same call (same output, same policy state changes), which also returns
@@ -232,15 +254,25 @@ void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tenso
 template <class Isa = isa::native, attention_policy P>
 saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<const float> k,
                                tensor_view<const float> v, tensor_view<float> o, const attention_options& opt = {}) {
+  static_assert(isa::compiled<Isa>, "gqa::forward_train<Isa>: this translation unit is not compiled with flags for Isa");
   saved_forward<P> saved;
-  detail::run_forward<Isa>(p, q, k, v, o, opt, &saved);
+  detail::run_forward<Isa>(p, q, k, v, o, opt, &saved, "gqa::forward_train");
   return saved;
 }
 
 namespace detail {
 
+/// options.scale as a message part: its value or "(default)".
+struct scale_text {
+  const std::optional<float>& scale;
+  friend std::ostream& operator<<(std::ostream& os, const scale_text& s) {
+    return s.scale ? os << *s.scale : os << "(default)";
+  }
+};
+
 /// Everything backward() checks before any work: `saved` filled, views, extents equal to the forward's,
-/// dout/dq/dk/dv like o/q/k/v, the forward's mask options, threads, and no gradient aliasing anything.
+/// dout/dq/dk/dv like o/q/k/v, the forward's mask options, threads, and no gradient repeating an element
+/// or sharing one with an input or another gradient (Note [exact overlap]).
 template <class P>
 void check_backward_call(const saved_forward<P>& saved, const tensor_view<const float>& q,
                          const tensor_view<const float>& k, const tensor_view<const float>& v,
@@ -249,49 +281,33 @@ void check_backward_call(const saved_forward<P>& saved, const tensor_view<const 
                          const attention_options& opt) {
   constexpr const char* where = "gqa::backward";
   if (!saved.valid()) fail(where, ": saved = (empty): pass what gqa::forward_train returned for this call");
-  const auto& extents = saved.extents;
-  const auto& scale = saved.scale;
-  const bool causal = saved.causal;
-  const std::span<const index_t> kv_lengths = saved.kv_lengths;
-  const std::pair<tensor_view<const float>, const char*> in[5] = {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}};
-  for (const auto& [t, name] : in) check_view(t, name, where);
+  const named_view<const float> in[5] = {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}};
+  for (const auto& t : in) check_view(t.view, t.name, where);
   check_view(dq, "dq", where);
   check_view(dk, "dk", where);
   check_view(dv, "dv", where);
-  const char* names[4] = {"q", "k", "v", "o"};
-  const char* ext[4] = {"b", "s", "h", "d"};
+  static constexpr const char* ext[4] = {"b", "s", "h", "d"};
   for (int t = 0; t < 4; ++t) {
-    const index_t got[4] = {in[t].first.b, in[t].first.s, in[t].first.h, in[t].first.d};
+    const index_t got[4] = {in[t].view.b, in[t].view.s, in[t].view.h, in[t].view.d};
     for (int e = 0; e < 4; ++e)
-      if (got[e] != extents[t][e])
-        fail(where, ": ", names[t], ".", ext[e], " = ", got[e], ": must equal the forward's ", names[t], ".", ext[e],
-             " = ", extents[t][e]);
+      if (got[e] != saved.extents[t][e])
+        fail(where, ": ", field{in[t].name, ext[e]}, " = ", got[e], ": must equal the forward's ",
+             field{in[t].name, ext[e]}, " = ", saved.extents[t][e]);
   }
   require_same_extents(dout, "dout", o, "o", where);
   require_same_extents(dq, "dq", q, "q", where);
   require_same_extents(dk, "dk", k, "k", where);
   require_same_extents(dv, "dv", v, "v", where);
-  if (opt.scale != scale)
-    fail(where, ": options.scale = ", opt.scale ? std::to_string(*opt.scale) : std::string("(default)"),
-         ": must equal the forward's (", scale ? std::to_string(*scale) : std::string("default"), ")");
-  if (opt.causal != causal)
+  if (opt.scale != saved.scale)
+    fail(where, ": options.scale = ", scale_text{opt.scale}, ": must equal the forward's (", scale_text{saved.scale}, ")");
+  if (opt.causal != saved.causal)
     fail(where, ": options.causal = ", opt.causal ? "true" : "false", ": must equal the forward's (",
-         causal ? "true" : "false", ")");
-  if (!std::equal(opt.kv_lengths.begin(), opt.kv_lengths.end(), kv_lengths.begin(), kv_lengths.end()))
+         saved.causal ? "true" : "false", ")");
+  if (!std::equal(opt.kv_lengths.begin(), opt.kv_lengths.end(), saved.kv_lengths.begin(), saved.kv_lengths.end()))
     fail(where, ": options.kv_lengths (size ", opt.kv_lengths.size(), "): must equal the forward's (size ",
-         kv_lengths.size(), ")");
+         saved.kv_lengths.size(), ")");
   require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
-  const std::pair<tensor_view<float>, const char*> outs[3] = {{dq, "dq"}, {dk, "dk"}, {dv, "dv"}};
-  for (std::size_t a = 0; a < 3; ++a) {
-    for (const auto& [t, name] : in)
-      if (overlaps(outs[a].first, t))
-        fail(where, ": ", outs[a].second, " (data = ", static_cast<const void*>(outs[a].first.data), ") overlaps ",
-             name, "; an output must not alias an input");
-    for (std::size_t b = a + 1; b < 3; ++b)
-      if (overlaps(outs[a].first, outs[b].first))
-        fail(where, ": ", outs[a].second, " (data = ", static_cast<const void*>(outs[a].first.data), ") overlaps ",
-             outs[b].second, "; the three gradients need separate memory");
-  }
+  require_outputs_disjoint({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, {in[0], in[1], in[2], in[3], in[4]}, where);
 }
 
 }  // namespace detail
@@ -300,6 +316,7 @@ void check_backward_call(const saved_forward<P>& saved, const tensor_view<const 
 /// tensors, before any prepare()) from dout = ∂L/∂o, the same q, k, v, o and the same options (threads
 /// may differ). Runs finish_backward -> attend_backward on the recorded map(s) -> prepare_backward, so
 /// each variant differentiates its own steps; its parameter gradients (WGQA's weights) stay in the policy.
+/// Each step runs on the call's executor (executor_of(options)).
 /// dq, dk, dv are overwritten. Bitwise identical for any thread count and executor.
 /// Throws gqa::invalid_argument before any work for: an empty `saved`, extents different from the
 /// forward's, dout/dq/dk/dv extents different from o/q/k/v, options (scale, causal, kv_lengths) different
@@ -308,6 +325,7 @@ template <class Isa = isa::native, attention_policy P>
 void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, tensor_view<const float> k,
               tensor_view<const float> v, tensor_view<const float> o, tensor_view<const float> dout,
               tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const attention_options& opt = {}) {
+  static_assert(isa::compiled<Isa>, "gqa::backward<Isa>: this translation unit is not compiled with flags for Isa");
   detail::check_backward_call(saved, q, k, v, o, dout, dq, dk, dv, opt);
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);  // recomputed: see Note [backward recomputes prepare]
@@ -323,9 +341,11 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, t
   const std::span<const float> lse = saved.lse;
   attention_options call = opt;
   call.lse = {};  // the LSE is saved.lse; a caller's options.lse (sized for the forward) is not used here
+  const executor ex = executor_of(call);
   if (saved.maps.size() == 1) {
     output_grad_views og{o, dout};
-    if constexpr (policy_with_finish_backward<P>) og = p.finish_backward(saved.policy, o, dout, saved.maps[0], call);
+    std::vector<float> finish_buf;  // finish_backward's output, when it has one
+    if constexpr (policy_with_finish_backward<P>) og = p.finish_backward(saved.policy, o, dout, saved.maps[0], ex, finish_buf);
     attend_backward<Isa>(q, kv.k, kv.v, og.o, og.dout, lse, dq, dk_core, dv_core, saved.maps[0], call);
   } else {
     // Planned per sample: one core call per batch element with its own map.
@@ -340,7 +360,7 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, t
                            saved.maps[static_cast<std::size_t>(ib)], so);
     }
   }
-  if constexpr (policy_with_prepare_backward<P>) p.prepare_backward(k, v, dk_core, dv_core, dk, dv, call);
+  if constexpr (policy_with_prepare_backward<P>) p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);
 }
 
 // Note [backward recomputes prepare]

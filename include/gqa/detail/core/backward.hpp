@@ -322,7 +322,7 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
   // first: under a causal mask later positions see more keys, and the built-in loop hands out tasks in
   // index order, so the longest go first and the short ones even out the end. Its accumulator is slot
   // bg·n_ranges + r.
-  run_tasks(n_ranges * base_tasks, opt, [&](index_t i) {
+  run_tasks(n_ranges * base_tasks, executor_of(opt), [&](index_t i) {
     const index_t r = n_ranges - 1 - i / base_tasks, bg = i % base_tasks;
     const index_t ib = bg / n_active, gi = bg % n_active, p0 = r * range;
     if (direct) {
@@ -335,7 +335,7 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
   });
 
   // KV heads that serve no query head get 0; accumulated ones, their ranges added in range order.
-  run_tasks(q.b * map.hkv(), opt, [&](index_t t) {
+  run_tasks(q.b * map.hkv(), executor_of(opt), [&](index_t t) {
     const index_t ib = t / map.hkv(), g = t % map.hkv();
     const auto it = std::lower_bound(active.begin(), active.end(), g);
     const bool used = it != active.end() && *it == g;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <numeric>
 #include <vector>
 
@@ -61,29 +62,39 @@ struct kernel {
 
   /// A task's scratch, in floats from the thread's scratch (every array 64-byte aligned): packed Q, the
   /// packed K/V block, the scores, and the rows' state. bk: block_kv rounded to whole tiles and whole
-  /// direct-path key steps; dvp: d_v rounded to the vector width.
+  /// direct-path key steps; dvp: d_v rounded to the vector width. total = -1 if the scratch would hold
+  /// more than max_elements<float> floats (Note [scratch size]).
   struct layout {
     index_t dvp, bk, qp, kp, vp, s, o, m, l, total;
   };
 
+  // Note [scratch size]
+  // The arrays' sizes are products of user extents (rows · d, bk · d, ...). Each factor is bounded by a
+  // view's element count (Note [view sizes]), but a product of two need not be: d = 2^60 passes
+  // check_view and bk · d does not fit index_t. So plan_scratch forms every product and sum with checked
+  // arithmetic; forward() plans its largest task before any work and throws std::bad_alloc (memory that
+  // no allocator could provide) if it does not fit, so run() plans only layouts that fit.
   static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t block_kv) noexcept {
+    constexpr index_t M = max_elements<float>;
     layout s{};
-    s.dvp = round_up(dv, L);
+    s.dvp = round_up(dv, L);  // dv <= M - L: a view's count; no overflow
     s.bk = round_up(block_kv, std::lcm(cols, k_direct_keys));
     index_t off = 0;
-    auto carve = [&off](index_t n) {
+    bool fits = true;
+    auto carve = [&](index_t a, index_t b) {
       const index_t at = off;
-      off += round_up(n, 16);
+      index_t n = 0;
+      fits = fits && checked_mul(a, b, M - 16, n) && checked_add(off, round_up(n, 16), M, off);
       return at;
     };
-    s.qp = carve(rows * d);
-    s.kp = carve(s.bk * d);
-    s.vp = carve(s.bk * s.dvp);
-    s.s = carve(rows * s.bk);
-    s.o = carve(rows * s.dvp);
-    s.m = carve(rows);
-    s.l = carve(rows);
-    s.total = off;
+    s.qp = carve(rows, d);
+    s.kp = carve(s.bk, d);
+    s.vp = carve(s.bk, s.dvp);
+    s.s = carve(rows, s.bk);
+    s.o = carve(rows, s.dvp);
+    s.m = carve(rows, 1);
+    s.l = carve(rows, 1);
+    s.total = fits ? off : -1;
     return s;
   }
 
@@ -114,7 +125,8 @@ struct kernel {
   }
 
   /// Runs one task; writes final rows to o (and lse), or, if part != nullptr, its state over its chunk.
-  static void run(const problem& pb, const task& t, const row_state* part) noexcept {
+  /// Throws only std::bad_alloc, when the thread's scratch cannot grow, before it writes anything.
+  static void run(const problem& pb, const task& t, const row_state* part) {
     const index_t npos = t.q1 - t.q0;
     const index_t rows = task_rows(pb, t);
     const index_t d = pb.q.d, dv = pb.v.d, sq = pb.q.s;
@@ -246,6 +258,10 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
 
   const problem pb{q, k, v, o, &map, active.data(), scale * k_log2e, opt.causal, opt.kv_lengths, opt.lse,
                    decode ? shape::block_kv_decode : shape::block_kv, chunk};
+  // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
+  // must fit before any task runs (Note [scratch size]).
+  const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
+  if (K::plan_scratch(rows_max, q.d, v.d, pb.block_kv).total < 0) throw std::bad_alloc();
 
   auto make_task = [&](index_t i) {
     const index_t c = i % n_chunks;
@@ -261,24 +277,26 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   const index_t n_tasks = base_tasks * n_chunks;
 
   if (n_chunks == 1) {
-    run_tasks(n_tasks, opt, [&](index_t i) { K::run(pb, make_task(i), nullptr); });
+    run_tasks(n_tasks, executor_of(opt), [&](index_t i) { K::run(pb, make_task(i), nullptr); });
     return;
   }
 
   // Split KV: every task writes a private partial, then each row merges its chunks in order.
-  const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
   const index_t dvp = round_up(v.d, K::L);
-  const index_t per_task = rows_max * (2 + dvp);
-  std::vector<float> partials(static_cast<std::size_t>(n_tasks * per_task));
+  index_t per_task = 0, n_partials = 0;
+  if (!checked_mul(rows_max, 2 + dvp, max_elements<float>, per_task) ||
+      !checked_mul(n_tasks, per_task, max_elements<float>, n_partials))
+    throw std::bad_alloc();  // more floats than any allocation can hold
+  std::vector<float> partials(static_cast<std::size_t>(n_partials));
   auto partial_of = [&](index_t i) {
     float* base = partials.data() + i * per_task;
     return row_state{base, base + rows_max, base + 2 * rows_max};
   };
-  run_tasks(n_tasks, opt, [&](index_t i) {
+  run_tasks(n_tasks, executor_of(opt), [&](index_t i) {
     const row_state part = partial_of(i);
     K::run(pb, make_task(i), &part);
   });
-  run_tasks(base_tasks, opt, [&](index_t bi) {
+  run_tasks(base_tasks, executor_of(opt), [&](index_t bi) {
     const task t = make_task(bi * n_chunks);
     const index_t rows = K::task_rows(pb, t);
     float* acc = thread_scratch(static_cast<std::size_t>(rows * (2 + dvp)));
