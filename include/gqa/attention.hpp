@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <utility>
 
 #include "config.hpp"
@@ -48,24 +49,44 @@ inline void require_disjoint(overlap r, const char* where, const char* out, cons
          "input or another output");
 }
 
+/// Throws unless output `t` (named `name`) reaches every element through one index only.
+inline void require_no_repeats(const tensor_view<float>& t, const char* name, const char* where) {
+  static constexpr const char* stride_name[4] = {"stride_b", "stride_s", "stride_h", "stride_d"};
+  int dim = 0;
+  const overlap self = repeated_element(t, &dim);
+  if (self != overlap::none) {
+    const index_t str[4] = {t.stride_b, t.stride_s, t.stride_h, t.stride_d};
+    fail(where, ": ", field{name, stride_name[dim]}, " = ", str[dim], ": ", name, " ",
+         self == overlap::shared ? "overlaps itself" : "may overlap itself (strides too irregular for the exact check)",
+         ": two indices reach the same element, and every output element needs its own");
+  }
+}
+
+/// A view and its name in messages.
+template <class T>
+struct named_view {
+  tensor_view<T> view;
+  const char* name;
+};
+
+/// Each output repeats no element and shares none with an input or a later output (Note [exact overlap]).
+inline void require_outputs_disjoint(std::initializer_list<named_view<float>> outs,
+                                     std::initializer_list<named_view<const float>> ins, const char* where) {
+  for (auto a = outs.begin(); a != outs.end(); ++a) {
+    require_no_repeats(a->view, a->name, where);
+    const void* ad = a->view.data;
+    for (const auto& in : ins) require_disjoint(shared_element(a->view, in.view), where, a->name, ad, in.name);
+    for (auto b = a + 1; b != outs.end(); ++b)
+      require_disjoint(shared_element(a->view, b->view), where, a->name, ad, b->name);
+  }
+}
+
 /// Outputs never alias: o repeats no element and shares none with q, k, v; options.lse shares none with
 /// q, k, v, o; options.kv_lengths (read while o is written) lies outside o and lse. See Note [exact overlap].
 inline void check_aliasing(const tensor_view<const float>& q, const tensor_view<const float>& k,
                            const tensor_view<const float>& v, const tensor_view<float>& o,
                            const attention_options& opt, const char* where) {
-  static constexpr const char* stride_name[4] = {"stride_b", "stride_s", "stride_h", "stride_d"};
-  int dim = 0;
-  const overlap self = repeated_element(o, &dim);
-  if (self != overlap::none) {
-    const index_t str[4] = {o.stride_b, o.stride_s, o.stride_h, o.stride_d};
-    fail(where, ": ", field{"o", stride_name[dim]}, " = ", str[dim], ": o ",
-         self == overlap::shared ? "overlaps itself" : "may overlap itself (strides too irregular for the exact check)",
-         ": two indices reach the same element, and every output element needs its own");
-  }
-  const void* od = o.data;
-  require_disjoint(shared_element(o, q), where, "o", od, "q");
-  require_disjoint(shared_element(o, k), where, "o", od, "k");
-  require_disjoint(shared_element(o, v), where, "o", od, "v");
+  require_outputs_disjoint({{o, "o"}}, {{q, "q"}, {k, "k"}, {v, "v"}}, where);
   const auto n_lse = static_cast<index_t>(opt.lse.size());  // size was checked against b·hq·sq
   if (n_lse > 0) {
     const tensor_view<const float> lse(opt.lse.data(), 1, 1, 1, n_lse, 0, 0, 0, 1);
@@ -92,10 +113,12 @@ inline void check_aliasing(const tensor_view<const float>& q, const tensor_view<
   }
 }
 
-/// The views against each other, the options, and aliasing; requires views that passed check_views.
-inline void check_call(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                       const tensor_view<const float>& v, const tensor_view<float>& o, const attention_options& opt,
-                       const char* where) {
+/// The views' extents against each other and the options (no aliasing); requires views that passed
+/// check_view. O is float (attend's output) or const float (the forward's output, attend_backward's input).
+template <class O>
+inline void check_shapes(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                         const tensor_view<const float>& v, const tensor_view<O>& o, const attention_options& opt,
+                         const char* where) {
   require(k.b == q.b, where, "k.b", k.b, "must equal q.b = ", q.b);
   require(v.b == q.b, where, "v.b", v.b, "must equal q.b = ", q.b);
   require(o.b == q.b, where, "o.b", o.b, "must equal q.b = ", q.b);
@@ -119,6 +142,13 @@ inline void check_call(const tensor_view<const float>& q, const tensor_view<cons
             "must equal b*hq*sq = ", need);
   }
   require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+}
+
+/// The views against each other, the options, and aliasing; requires views that passed check_views.
+inline void check_call(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                       const tensor_view<const float>& v, const tensor_view<float>& o, const attention_options& opt,
+                       const char* where) {
+  check_shapes(q, k, v, o, opt, where);
   check_aliasing(q, k, v, o, opt, where);
 }
 

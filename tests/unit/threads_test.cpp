@@ -153,6 +153,62 @@ TEST(threads, pgqa_policy_is_shared) {
     }
 }
 
+// Training through a shared pgqa_policy: forward_train records the call index its own finish took (Note
+// [PGQA training call]), so each thread's backward uses its forward's noise: every (index, output,
+// gradients) equals the serial forward_train + backward of that index, and no index is used twice.
+TEST(threads, pgqa_policy_shared_in_training) {
+  constexpr index_t hq = 4, hkv = 2;
+  constexpr int total = k_threads * k_calls;
+  call_data c(1, 3, 10, hq, hkv, 8, 9);
+  const auto dout = gqa::test::random_floats(c.o.size(), 99);
+  const auto doutv = gqa::bshd<const float>(dout.data(), c.b, c.sq, c.hq, c.d);
+  struct step {
+    std::vector<float> o, dq, dk, dv;
+  };
+  // One training step of call index `call` (the policy's counter at entry).
+  auto train = [&](gqa::pgqa_policy& p, std::uint64_t* call) {
+    step r{std::vector<float>(c.o.size()), std::vector<float>(c.q.size()), std::vector<float>(c.k.size()),
+           std::vector<float>(c.v.size())};
+    const auto ov = gqa::bshd(r.o.data(), c.b, c.sq, c.hq, c.d);
+    const auto saved = gqa::forward_train(p, c.qv(), c.kv(), c.vv(), ov);
+    gqa::backward(p, saved, c.qv(), c.kv(), c.vv(), gqa::tensor_view<const float>(ov), doutv,
+                  gqa::bshd(r.dq.data(), c.b, c.sq, c.hq, c.d), gqa::bshd(r.dk.data(), c.b, c.skv, c.hkv, c.d),
+                  gqa::bshd(r.dv.data(), c.b, c.skv, c.hkv, c.d));
+    *call = saved.policy.call;
+    return r;
+  };
+  gqa::pgqa_options opt;
+  opt.seed = 43;
+  std::vector<step> by_call;
+  gqa::pgqa_policy serial(opt);
+  for (int i = 0; i < total; ++i) {
+    std::uint64_t call = 0;
+    by_call.push_back(train(serial, &call));
+    ASSERT_EQ(call, static_cast<std::uint64_t>(i));
+  }
+  gqa::pgqa_policy shared(opt);
+  std::vector<std::vector<std::pair<std::uint64_t, step>>> got(k_threads);
+  on_threads([&](int t) {
+    for (int i = 0; i < k_calls; ++i) {
+      std::uint64_t call = 0;
+      step r = train(shared, &call);
+      got[static_cast<std::size_t>(t)].emplace_back(call, std::move(r));
+    }
+  });
+  EXPECT_EQ(shared.calls(), static_cast<std::uint64_t>(total));
+  std::set<std::uint64_t> used;
+  for (const auto& steps : got)
+    for (const auto& [call, r] : steps) {
+      ASSERT_LT(call, static_cast<std::uint64_t>(total));
+      EXPECT_TRUE(used.insert(call).second) << "call index " << call << " was used twice";
+      const step& want = by_call[static_cast<std::size_t>(call)];
+      EXPECT_EQ(r.o, want.o) << "call " << call;
+      EXPECT_EQ(r.dq, want.dq) << "call " << call;
+      EXPECT_EQ(r.dk, want.dk) << "call " << call;
+      EXPECT_EQ(r.dv, want.dv) << "call " << call;
+    }
+}
+
 // dgqa_policy is one per thread (its caller-owned state is one sequence of steps): policies and states
 // made per thread give, per thread, exactly the serial sequence.
 TEST(threads, dgqa_policy_one_per_thread) {

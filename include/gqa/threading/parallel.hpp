@@ -100,15 +100,18 @@ void run_tasks(index_t n, const executor& ex, Fn&& fn) {
   errors.rethrow_if_failed();
 }
 
-/// Per-thread, 64-byte aligned float scratch that only grows. O(tile) per thread; reused across calls.
-/// Throws std::bad_alloc if it cannot grow (the thread then holds no scratch); `floats` <= PTRDIFF_MAX / 4.
-inline float* thread_scratch(std::size_t floats) {
+/// Per-thread, 64-byte aligned float scratch that only grows; reused across calls. Slot 0 is a task's
+/// O(tile) scratch; slot 1 holds what a whole call needs beyond its tasks' (the backward's dK/dV
+/// accumulators, taken by the calling thread before its tasks run), so the two never alias.
+/// Throws std::bad_alloc if it cannot grow (the slot then holds no scratch); `floats` <= PTRDIFF_MAX / 4.
+inline float* thread_scratch(std::size_t floats, int slot = 0) {
   struct buffer {
     float* p = nullptr;
     std::size_t cap = 0;
     ~buffer() { ::operator delete[](p, std::align_val_t{64}); }
   };
-  thread_local buffer buf;
+  thread_local buffer bufs[2];
+  buffer& buf = bufs[slot];
   if (buf.cap < floats) {
     ::operator delete[](buf.p, std::align_val_t{64});
     buf.p = nullptr;

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "../threading/parallel.hpp"
 #include "model_shape.hpp"
 #include "policy.hpp"
 #include "wgqa_weights.hpp"
@@ -67,6 +68,28 @@ class wgqa_policy {
   head_map plan(const tensor_view<const float>& q, const tensor_view<const float>&) const {
     return head_map::uniform(q.h, w_.hkv);
   }
+
+  /// The backward of prepare() (gqa::backward calls it): from the caller's per-head k, v and the gradients
+  /// dk_comb, dv_comb with respect to the combined heads (b, s, hkv, d), writes dk, dv (like k, v):
+  /// ∂L/∂K_j = w_j ⊙ ∂L/∂K̃_g (each a float product, rounded once), and keeps the weights' gradient in
+  /// weight_grad(): scalar ∂L/∂w_j = Σ_{b,t,c} ∂L/∂K̃_g[b,t,c]·K_j[b,t,c], col ∂L/∂c_j[c] = Σ_{b,t} ∂L/∂K̃_g[b,t,c]
+  /// ·K_j[b,t,c] (likewise V). Each weight's gradient is a double sum of exact float products in (b, t, c)
+  /// order, rounded once: the same bits for any thread count and ISA. Heads run as tasks on `ex`.
+  void prepare_backward(const tensor_view<const float>& k, const tensor_view<const float>& v,
+                        const tensor_view<const float>& dk_comb, const tensor_view<const float>& dv_comb,
+                        const tensor_view<float>& dk, const tensor_view<float>& dv, const executor& ex) {
+    check_kv(k, v);
+    grad_.k.assign(w_.k.size(), 0.0f);
+    grad_.v.assign(w_.v.size(), 0.0f);
+    combine_backward(k, dk_comb, w_.k, dk, grad_.k, ex);
+    combine_backward(v, dv_comb, w_.v, dv, grad_.v, ex);
+  }
+
+  /// ∂L/∂weights of the last backward, laid out like weights().k and .v (overwritten by every backward).
+  struct weight_gradient {
+    std::vector<float> k, v;
+  };
+  const weight_gradient& weight_grad() const noexcept { return grad_; }
 
   // Note [wgqa with rope]
   // wgqa_fold turns the trained weights into plain GQA projections, W̃_g[k, :] = Σ_{j∈g} c_j[k]·W_j[k, :]
@@ -150,8 +173,35 @@ class wgqa_policy {
         }
   }
 
+  /// dx[.., j, c] = w_j(c)·dcomb[.., g(j), c] and dw (see prepare_backward), one task per head j.
+  void combine_backward(const tensor_view<const float>& x, const tensor_view<const float>& dcomb,
+                        const std::vector<float>& w, const tensor_view<float>& dx, std::vector<float>& dw,
+                        const executor& ex) const {
+    const index_t grp = w_.hq / w_.hkv, d = w_.d;
+    const bool scalar = w_.kind == wgqa_kind::scalar;
+    detail::run_tasks(w_.hq, ex, [&](index_t j) {
+      const index_t g = j / grp;
+      const float* wj = scalar ? w.data() + j : w.data() + j * d;
+      thread_local std::vector<double> acc;
+      acc.assign(static_cast<std::size_t>(scalar ? 1 : d), 0.0);
+      for (index_t ib = 0; ib < x.b; ++ib)
+        for (index_t t = 0; t < x.s; ++t) {
+          const float* xr = x.row(ib, t, j);
+          const float* gr = dcomb.row(ib, t, g);
+          float* dxr = dx.row(ib, t, j);
+          for (index_t c = 0; c < d; ++c) {
+            dxr[c] = (scalar ? wj[0] : wj[c]) * gr[c];
+            // Exact float × float products in double: contraction cannot change the sum.
+            acc[static_cast<std::size_t>(scalar ? 0 : c)] += static_cast<double>(gr[c]) * static_cast<double>(xr[c]);
+          }
+        }
+      for (std::size_t c = 0; c < acc.size(); ++c) dw[static_cast<std::size_t>(scalar ? j : j * d) + c] = static_cast<float>(acc[c]);
+    });
+  }
+
   wgqa_weights w_;
   std::vector<float> k_buf_, v_buf_;
+  weight_gradient grad_;
 };
 
 GQA_END_NAMESPACE
