@@ -63,12 +63,8 @@ class eigen_backward {
   }
 
   void run() {
-    // One task per thread slot on gqa's own loop (as eigen_baseline::run): slot t takes the (batch, KV
-    // head) pairs t, t + threads, ... and owns the matrices p_[t], dp_[t].
-    const index_t n = s_.b * s_.hkv, slots = s_.threads;
-    gqa::detail::run_tasks(slots, gqa::executor{s_.threads}, [this, n, slots](index_t t) {
-      for (index_t task = t; task < n; task += slots) group(task / s_.hkv, task % s_.hkv, static_cast<int>(t));
-    });
+    // Slot t takes the (batch, KV head) pairs t, t + threads, ... and owns the matrices p_[t], dp_[t].
+    run_in_slots(s_.b * s_.hkv, s_.threads, [this](index_t task, int t) { group(task / s_.hkv, task % s_.hkv, t); });
   }
 
  private:

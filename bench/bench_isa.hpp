@@ -129,6 +129,16 @@ using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::R
 using const_map = Eigen::Map<const row_matrix, Eigen::Unaligned, Eigen::OuterStride<>>;
 using out_map = Eigen::Map<row_matrix, Eigen::Unaligned, Eigen::OuterStride<>>;
 
+/// The Eigen baselines' parallel loop: `threads` slots on gqa's own loop, slot t running fn(task, t) for
+/// tasks t, t + threads, ... of [0, n) (the slot owns its scratch matrices).
+template <class Fn>
+void run_in_slots(index_t n, int threads, Fn&& fn) {
+  const index_t slots = threads;
+  gqa::detail::run_tasks(slots, gqa::executor{threads}, [&fn, n, slots](index_t t) {
+    for (index_t task = t; task < n; task += slots) fn(task, static_cast<int>(t));
+  });
+}
+
 /// What a user would write with Eigen alone: per (batch, query head), S = Q·Kᵀ with Eigen's GEMM over
 /// row-major maps of the BSHD buffers, a row softmax with the causal mask, O = P·V. Heads are spread
 /// over the threads (each thread owns its score matrix); Eigen itself runs single-threaded.
@@ -143,12 +153,8 @@ class eigen_baseline {
   }
 
   void run() {
-    // One task per thread slot on gqa's own loop: slot t takes heads t, t + threads, ... (all heads cost
-    // the same) and owns the scratch scores_[t].
-    const index_t n = s_.b * s_.hq, slots = s_.threads;
-    gqa::detail::run_tasks(slots, gqa::executor{s_.threads}, [this, n, slots](index_t t) {
-      for (index_t task = t; task < n; task += slots) head(task / s_.hq, task % s_.hq, static_cast<int>(t));
-    });
+    // Slot t takes heads t, t + threads, ... (all heads cost the same) and owns the scratch scores_[t].
+    run_in_slots(s_.b * s_.hq, s_.threads, [this](index_t task, int t) { head(task / s_.hq, task % s_.hq, t); });
   }
 
  private:
