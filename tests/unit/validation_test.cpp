@@ -17,18 +17,37 @@ thread_local bool counting = false;
 thread_local long allocations = 0;
 }  // namespace
 
-// The replaceable allocation functions the others (new[], nothrow) forward to in libstdc++ and libc++.
-// GCC's -Wmismatched-new-delete cannot tell a replacement operator delete from a caller of free().
+// Every non-aligned replaceable allocation function is replaced, as one set over malloc/free. Replacing
+// only operator new(size_t) is not enough under AddressSanitizer: its runtime supplies the nothrow and
+// array forms itself, so memory from its nothrow new (std::stable_sort's temporary buffer) reached our
+// operator delete and free(), an alloc-dealloc mismatch. The aligned forms stay the runtime's, allocated
+// and freed there. GCC's -Wmismatched-new-delete cannot tell a replacement operator delete from a caller
+// of free().
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
-void* operator new(std::size_t n) {
+namespace {
+void* counted_malloc(std::size_t n) noexcept {
   if (counting) ++allocations;
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  return std::malloc(n == 0 ? 1 : n);
+}
+}  // namespace
+void* operator new(std::size_t n) {
+  if (void* p = counted_malloc(n)) return p;
   throw std::bad_alloc();
 }
+void* operator new[](std::size_t n) {
+  if (void* p = counted_malloc(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
 void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 namespace {
 

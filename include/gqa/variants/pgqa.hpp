@@ -9,7 +9,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
@@ -163,8 +162,12 @@ inline std::vector<double> pgqa_standardised_noise(index_t n, std::uint64_t seed
 /// is in double in a fixed order (Note [PGQA reductions]); the result is rounded to float once. A constant
 /// row becomes 0. The (group, head) rows run as tasks on `ex` (pass gqa::executor_of(options) to use an
 /// attention call's threads); the result is the same bits for any thread count.
-/// Throws gqa::invalid_argument (before touching o) if hkv does not divide hq, s·dv == 1, o.stride_d != 1,
-/// or any value of o is not finite.
+/// Non-finite values follow the math, as in a naive implementation: a row X holding a NaN or an infinity
+/// has NaN statistics (μ, σ), so all of X' (every token of that sample and head) is NaN; other rows are
+/// unaffected (Note [non-finite inputs] in detail/core/softmax.hpp: such an X comes from a NaN input or
+/// an overflowing score).
+/// Throws gqa::invalid_argument (before touching o) if hkv does not divide hq, s·dv == 1 or
+/// o.stride_d != 1.
 inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t seed, std::uint64_t layer,
                          std::uint64_t call, const executor& ex = {}) {
   constexpr const char* where = "gqa::pgqa_perturb";
@@ -175,21 +178,6 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
   const index_t n = o.s * o.d;
   if (n < 2)
     detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined)");
-  for (index_t ib = 0; ib < o.b; ++ib)
-    for (index_t p = 0; p < o.s; ++p)
-      for (index_t h = 0; h < o.h; ++h) {
-        const float* x = o.row(ib, p, h);
-        // Exponent all ones <=> inf or NaN; OR-reduced without an early exit so the loop vectorises.
-        std::uint32_t bad = 0;
-        for (index_t c = 0; c < o.d; ++c) {
-          std::uint32_t u;
-          std::memcpy(&u, x + c, sizeof u);
-          bad |= static_cast<std::uint32_t>((u & 0x7f800000u) == 0x7f800000u);
-        }
-        if (bad)
-          for (index_t c = 0; c < o.d; ++c)
-            if (!std::isfinite(x[c])) detail::fail(where, ": o(", ib, ", ", p, ", ", h, ", ", c, ") = ", x[c], ": must be finite");
-      }
 
   const index_t grp = o.h / hkv;
   // One task per noise row (g, i): draw Z once, apply it to that head of every batch element.
@@ -258,7 +246,7 @@ inline pgqa_statistics pgqa_row_statistics(const tensor_view<const float>& o, co
 /// dout = ∂L/∂o', writes x, the unperturbed output rebuilt, and dx = ∂L/∂x (Note [PGQA gradient]). Rows run
 /// as tasks on `ex`; the same bits for any thread count.
 /// Throws gqa::invalid_argument for bad views, extents of dout, x, dx different from o_perturbed's, hkv not
-/// dividing o.h, s·d < 2, statistics of the wrong size or with a non-finite or negative σ, and x or dx
+/// dividing o.h, s·d < 2, statistics of the wrong size or with a negative σ, and x or dx
 /// overlapping an input or each other.
 inline void pgqa_perturb_backward(const tensor_view<const float>& o_perturbed, const tensor_view<const float>& dout,
                                   const pgqa_statistics& st, index_t hkv, std::uint64_t seed, std::uint64_t layer,
@@ -280,11 +268,10 @@ inline void pgqa_perturb_backward(const tensor_view<const float>& o_perturbed, c
   const auto rows = static_cast<std::size_t>(o.b * o.h);
   detail::require(st.mu.size() == rows, where, "statistics.mu.size()", st.mu.size(), "must equal b*h = ", rows);
   detail::require(st.sigma.size() == rows, where, "statistics.sigma.size()", st.sigma.size(), "must equal b*h = ", rows);
-  for (std::size_t r = 0; r < rows; ++r) {
-    if (!std::isfinite(st.mu[r])) detail::fail(where, ": statistics.mu[", r, "] = ", st.mu[r], ": must be finite");
-    if (!(std::isfinite(st.sigma[r]) && st.sigma[r] >= 0.0))
-      detail::fail(where, ": statistics.sigma[", r, "] = ", st.sigma[r], ": must be finite and >= 0");
-  }
+  // A NaN or infinite μ or σ is the statistics of a non-finite row (pgqa_row_statistics of an output
+  // holding a NaN or an infinity): that row's x and dx are then NaN, as the math gives.
+  for (std::size_t r = 0; r < rows; ++r)
+    if (st.sigma[r] < 0.0) detail::fail(where, ": statistics.sigma[", r, "] = ", st.sigma[r], ": must be >= 0");
   detail::require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
   detail::require_outputs_disjoint({{x, "x"}, {dx, "dx"}}, {{o, "o_perturbed"}, {dout, "dout"}}, where);
 
