@@ -24,10 +24,14 @@ start=$(date +%s)
 summary=()
 failed=0
 
-stage() {  # stage <name> <status> <detail>
-  summary+=("$1: $3")
+stage_start=$start
+stage() {  # stage <name> <status> <detail>; the summary gives each stage's own wall time
+  local now
+  now=$(date +%s)
+  summary+=("$1: $3 [$((now - stage_start))s]")
+  stage_start=$now
   if [ "$2" != 0 ]; then failed=1; fi
-  printf '\n=== test.sh: %s: %s (%ss so far)\n\n' "$1" "$3" "$(($(date +%s) - start))"
+  printf '\n=== test.sh: %s: %s (%ss so far)\n\n' "$1" "$3" "$((now - start))"
 }
 
 # ctest_summary <log>: "N/M passed" from ctest's own tally line.
@@ -106,6 +110,8 @@ fi
 #    the stateful policies' own tests.
 tsan_filter='threads.*:sharding.*:split_kv.*:*attention_suite*split_kv_decode*:*attention_suite*large_tiles*'
 tsan_filter+=':*pgqa_suite*one_and_two_threads*:kdgqa.*:dgqa.*:pgqa.*'
+# The test files that hold them (GQA_TEST_ONLY: the TSan build compiles nothing else).
+tsan_sources='threads_test|sharding_test|kdgqa_test|dgqa_test|pgqa_test|attention_suite|pgqa_suite'
 if [ "${GQA_SKIP_TSAN:-0}" != 1 ]; then
   dir="$build_root/tsan"
   log="$dir.log"
@@ -113,7 +119,8 @@ if [ "${GQA_SKIP_TSAN:-0}" != 1 ]; then
   echo "=== test.sh: tsan: configure + build in $dir"
   if ! cmake -S "$repo" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="-fsanitize=thread" \
       -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" -DCMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON \
-      -DGQA_TEST_ISAS=scalar -DGQA_TEST_REDUCED=ON -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=OFF \
+      -DGQA_TEST_ISAS=scalar -DGQA_TEST_REDUCED=ON -DGQA_TEST_ONLY="$tsan_sources" -DGQA_BUILD_TESTS=ON \
+      -DGQA_BUILD_BENCHMARKS=OFF \
       -DGQA_BUILD_EXAMPLES=OFF; then
     stage tsan 1 "configure FAILED"
   elif ! cmake --build "$dir" --target gqa_tests -j "$jobs"; then

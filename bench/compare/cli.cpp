@@ -110,6 +110,8 @@ run:
   --isa NAME        scalar, avx2, avx512 or neon (default: the best one this CPU supports)
   --threads N       threads per call (default 0 = all cores)
   --out DIR         output folder (default ./gqa-compare-out; created if missing)
+  --train           time a training step per scheme: forward (gqa::forward_train) and backward
+                    (gqa::backward), with their own columns; prefill configurations only
   --no-plot         do not run gnuplot
   -h, --help        this text
 Options take their value as the next argument or after '=' (--heads=16). Bad arguments exit with 2.
@@ -179,6 +181,9 @@ run_options parse_args(int argc, const char* const* argv) {
     } else if (arg == "--out") {
       r.out_dir = value();
       if (r.out_dir.empty()) bad(arg, r.out_dir, "must be a folder path");
+    } else if (arg == "--train") {
+      flag();
+      r.train = true;
     } else if (arg == "--no-plot") {
       flag();
       r.plot = false;
@@ -191,6 +196,13 @@ run_options parse_args(int argc, const char* const* argv) {
   for (layer_config& c : r.configs) {
     apply(ov, c);
     validate(ov, c);
+  }
+  if (r.train) {
+    // A training step has no decode: --train keeps the prefill configurations.
+    if (ov.decode && *ov.decode) throw usage_error("--train: a training step has no decode; drop --decode");
+    std::erase_if(r.configs, [](const layer_config& c) { return c.decode; });
+    if (r.configs.empty())
+      throw usage_error("--train with --preset " + preset + ": the preset has only decode configurations");
   }
   return r;
 }

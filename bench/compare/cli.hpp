@@ -23,6 +23,7 @@ struct run_options {
   std::string isa;   // empty: the best ISA this CPU supports
   int threads = 0;   // 0: all cores
   bool plot = true;  // false with --no-plot
+  bool train = false;  // --train: time forward_train + backward (a training step) per scheme
   bool help = false;
 };
 

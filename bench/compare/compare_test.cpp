@@ -223,6 +223,23 @@ TEST(compare_cli, presets_and_overrides) {
   EXPECT_TRUE(parse({"--help"}).help);
 }
 
+// --train keeps the prefill configurations (a training step has no decode); a prefill preset switched to
+// prefill explicitly stays.
+TEST(compare_cli, train_keeps_the_prefill_configurations) {
+  EXPECT_FALSE(parse({}).train);
+  const run_options all = parse({"--train"});
+  EXPECT_TRUE(all.train);
+  ASSERT_EQ(all.configs.size(), 2u);
+  EXPECT_EQ(all.configs[0].name, "vit-b16");
+  EXPECT_EQ(all.configs[1].name, "llama-prefill");
+  const run_options tiny = parse({"--tiny", "--train"});
+  ASSERT_EQ(tiny.configs.size(), 1u);
+  EXPECT_FALSE(tiny.configs[0].decode);
+  const run_options pre = parse({"--preset", "llama-decode", "--prefill", "--train"});
+  ASSERT_EQ(pre.configs.size(), 1u);
+  EXPECT_EQ(pre.configs[0].seq_q, pre.configs[0].seq_kv);
+}
+
 TEST(compare_cli, errors_name_the_argument_and_value) {
   auto message = [](std::vector<const char*> args) -> std::string {
     try {

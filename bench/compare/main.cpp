@@ -171,10 +171,11 @@ class progress {
 };
 
 /// Measures every scheme of `c`; `counter` numbers the schemes across configurations.
-config_result measure_config(const layer_config& c, const isa_entry& isa, int threads, progress& prog, int& counter,
-                             int total) {
+config_result measure_config(const layer_config& c, const isa_entry& isa, int threads, bool train, progress& prog,
+                             int& counter, int total) {
   config_result r;
   r.c = c;
+  r.train = train;
   const std::vector<scheme> list = compared_schemes(c, &r.skipped);
   const auto n_q = static_cast<std::size_t>(c.batch * c.seq_q * c.heads * c.head_dim);
   const auto n_kv = static_cast<std::size_t>(c.batch * c.seq_kv * c.heads * c.head_dim);
@@ -183,6 +184,9 @@ config_result measure_config(const layer_config& c, const isa_entry& isa, int th
   fill_random(k, 2);
   scale_key_heads(k.data(), c.batch, c.seq_kv, c.hkv_ref, c.head_dim);  // KDGQA/DGQA's view: see key_head_scales
   fill_random(v, 3);
+  // --train: the output gradient and the input gradients (sized like o, q, k and v).
+  std::vector<float> dout(train ? n_q : 0), dq(train ? n_q : 0), dk(train ? n_kv : 0), dv(train ? n_kv : 0);
+  fill_random(dout, 4);
   for (const scheme& s : list) {
     prog.start(++counter, total, c, s);
     scheme_result x;
@@ -211,8 +215,19 @@ config_result measure_config(const layer_config& c, const isa_entry& isa, int th
     req.k = k.data();
     req.v = v.data();
     req.o = o.data();
+    req.train = train;
+    req.dout = dout.data();
+    req.dq = dq.data();
+    req.dk = dk.data();
+    req.dv = dv.data();
     x.m = isa.measure(req);
     x.t = summarize(x.m.seconds);
+    if (x.trained()) {
+      std::vector<double> step(x.m.seconds.size());
+      for (std::size_t i = 0; i < step.size(); ++i) step[i] = x.m.seconds[i] + x.m.backward_seconds[i];
+      x.t_bwd = summarize(x.m.backward_seconds);
+      x.t_step = summarize(step);
+    }
     for (const int a : x.m.allocation) x.kv_used += a > 0 ? 1 : 0;
     prog.done(x);
     r.rows.push_back(std::move(x));
@@ -220,8 +235,10 @@ config_result measure_config(const layer_config& c, const isa_entry& isa, int th
   const scheme_result* mha = nullptr;
   for (const scheme_result& x : r.rows)
     if (x.s.kind == scheme_kind::mha && x.timed()) mha = &x;
-  for (scheme_result& x : r.rows)
+  for (scheme_result& x : r.rows) {
     if (mha && x.timed() && x.t.median > 0) x.speedup = mha->t.median / x.t.median;
+    if (mha && mha->trained() && x.trained() && x.t_step.median > 0) x.step_speedup = mha->t_step.median / x.t_step.median;
+  }
   return r;
 }
 
@@ -306,7 +323,8 @@ int run(int argc, char** argv) {
 
   const double ram = physical_memory();
   for (const layer_config& c : opt.configs) {
-    const double bytes = 8.0 * static_cast<double>(c.batch * c.heads * c.head_dim) *
+    // q, o (and with --train dout, dq) of Sq rows; k, v (and dk, dv) of Skv rows; 4-byte floats.
+    const double bytes = (opt.train ? 16.0 : 8.0) * static_cast<double>(c.batch * c.heads * c.head_dim) *
                          static_cast<double>(c.seq_q + c.seq_kv);
     if (ram > 0 && bytes > 0.75 * ram)
       throw exit_error{2, "configuration " + c.name + " (--batch " + std::to_string(c.batch) + ", --heads " +
@@ -332,7 +350,7 @@ int run(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   for (const layer_config& c : opt.configs) {
     try {
-      results.push_back(measure_config(c, isa, info.threads, prog, counter, total));
+      results.push_back(measure_config(c, isa, info.threads, opt.train, prog, counter, total));
     } catch (const std::bad_alloc&) {
       prog.finish();
       throw exit_error{1, "configuration " + c.name + ": out of memory allocating its buffers"};

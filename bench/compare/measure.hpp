@@ -21,6 +21,7 @@ struct measure_request {
   std::int64_t heads = 0;  // H (WGQA's weights and model width)
   std::int64_t hq = 0, hkv = 0, kv_in = 0, head_dim = 0;
   bool causal = false;
+  bool train = false;  // --train: time gqa::forward_train, then gqa::backward on the same call
   int threads = 1;  // attention_options::num_threads (already resolved, never 0)
   int warmup = 1;
   int reps = 1;
@@ -29,11 +30,17 @@ struct measure_request {
   const float* k = nullptr;
   const float* v = nullptr;
   float* o = nullptr;
+  // --train only: dout (b * Sq * H * d, read), dq (like q) and dk, dv (like k, v), written.
+  const float* dout = nullptr;
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
 };
 
 /// What one scheme's run produced.
 struct measurement {
-  std::vector<double> seconds;  // wall time of each timed gqa::forward call
+  std::vector<double> seconds;  // wall time of each timed gqa::forward call (--train: gqa::forward_train)
+  std::vector<double> backward_seconds;  // --train: wall time of the gqa::backward after each of them
   std::vector<int> allocation;  // query heads per KV head in the last call (the head map's group sizes)
   std::string status;           // the variant's own report, e.g. a KDGQA/DGQA fallback; empty if none
   std::string error;            // non-empty when the call threw (then seconds is empty)

@@ -23,7 +23,9 @@ using isa_tag = gqa::isa::GQA_COMPARE_ISA;
 static_assert(gqa::isa::compiled<isa_tag>, "measure_<isa>.cpp must be compiled with its ISA's flags");
 
 /// Warm-up calls, then `reps` timed calls of gqa::forward; every call goes through the policy's whole
-/// pipeline (check, prepare, plan, core, finish), so its own work is timed with the attention.
+/// pipeline (check, prepare, plan, core, finish), so its own work is timed with the attention. With
+/// r.train, each call is a training step instead: gqa::forward_train, then gqa::backward of it (the policy's
+/// own backward steps included), timed separately.
 template <class Policy>
 measurement time_calls(Policy& policy, const measure_request& r) {
   const auto q = gqa::bshd<const float>(r.q, r.batch, r.seq_q, r.hq, r.head_dim);
@@ -34,6 +36,24 @@ measurement time_calls(Policy& policy, const measure_request& r) {
   opt.causal = r.causal;
   opt.num_threads = r.threads;
   measurement m;
+  if (r.train) {
+    const auto dout = gqa::bshd<const float>(r.dout, r.batch, r.seq_q, r.hq, r.head_dim);
+    const auto dq = gqa::bshd(r.dq, r.batch, r.seq_q, r.hq, r.head_dim);
+    const auto dk = gqa::bshd(r.dk, r.batch, r.seq_kv, r.kv_in, r.head_dim);
+    const auto dv = gqa::bshd(r.dv, r.batch, r.seq_kv, r.kv_in, r.head_dim);
+    const gqa::tensor_view<const float> o_read = o;
+    for (int i = 0; i < r.warmup + r.reps; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto saved = gqa::forward_train<isa_tag>(policy, q, k, v, o, opt);
+      const auto t1 = std::chrono::steady_clock::now();
+      gqa::backward<isa_tag>(policy, saved, q, k, v, o_read, dout, dq, dk, dv, opt);
+      const auto t2 = std::chrono::steady_clock::now();
+      if (i < r.warmup) continue;
+      m.seconds.push_back(std::chrono::duration<double>(t1 - t0).count());
+      m.backward_seconds.push_back(std::chrono::duration<double>(t2 - t1).count());
+    }
+    return m;
+  }
   for (int i = 0; i < r.warmup; ++i) gqa::forward<isa_tag>(policy, q, k, v, o, opt);
   m.seconds.reserve(static_cast<std::size_t>(r.reps));
   for (int i = 0; i < r.reps; ++i) {

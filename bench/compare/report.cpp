@@ -89,7 +89,14 @@ std::string describe(const layer_config& c) {
 std::string format_table(const config_result& r) {
   std::vector<std::vector<std::string>> rows = {{"scheme", "Hq", "Hkv", "KV used", "GFLOP", "KV B/token",
                                                  "attn params", "median ms", "min-max ms", "speed-up"}};
-  const std::vector<bool> right = {false, true, true, true, true, true, true, true, true, true};
+  std::vector<bool> right = {false, true, true, true, true, true, true, true, true, true};
+  if (r.train) {
+    // The forward's columns above are forward_train's; the step is forward + backward of each call.
+    for (const char* h : {"bwd median ms", "step median ms", "bwd/fwd", "step speed-up"}) {
+      rows.front().push_back(h);
+      right.push_back(true);
+    }
+  }
   std::string notes;
   for (const scheme_result& x : r.rows) {
     const bool t = x.timed();
@@ -98,6 +105,13 @@ std::string format_table(const config_result& r) {
                     std::to_string(x.params), t ? ms(x.t.median, 3) : "n/a",
                     t ? ms(x.t.min, 3) + "-" + ms(x.t.max, 3) : "n/a",
                     t && x.speedup > 0 ? fixed(x.speedup, 2) + "x" : "n/a"});
+    if (r.train) {
+      const bool b = x.trained();
+      rows.back().insert(rows.back().end(),
+                         {b ? ms(x.t_bwd.median, 3) : "n/a", b ? ms(x.t_step.median, 3) : "n/a",
+                          b && x.t.median > 0 ? fixed(x.t_bwd.median / x.t.median, 2) : "n/a",
+                          b && x.step_speedup > 0 ? fixed(x.step_speedup, 2) + "x" : "n/a"});
+    }
     if (x.s.kind == scheme_kind::kdgqa || x.s.kind == scheme_kind::dgqa)
       notes += "  " + x.s.name + " allocation (query heads per KV head): " + allocation_string(x.m.allocation) +
                (x.m.status.empty() ? "" : ", " + x.m.status) + "\n";
@@ -114,6 +128,9 @@ std::string format_report(const run_info& info, const std::vector<config_result>
                     info.built_isas + "; this CPU runs: " + info.supported_isas + "), " +
                     std::to_string(info.threads) + " thread" + (info.threads == 1 ? "" : "s") +
                     (info.cpu.empty() ? "" : ", " + info.cpu) + "\n";
+  if (!results.empty() && results.front().train)
+    out += "Training step (--train): \"median ms\" is gqa::forward_train, \"bwd\" gqa::backward of the same call, "
+           "\"step\" their sum per call; speed-ups are MHA's median over the scheme's.\n";
   for (const config_result& r : results) out += "\n" + format_table(r);
   return out;
 }
@@ -137,6 +154,7 @@ std::string to_json(const run_info& info, const std::vector<config_result>& resu
   j += "  \"cpu\": " + json_string(info.cpu) + ",\n";
   j += "  \"started\": " + json_string(info.started) + ",\n";
   j += "  \"measure_seconds\": " + fixed(info.seconds, 3) + ",\n";
+  j += std::string("  \"train\": ") + (!results.empty() && results.front().train ? "true" : "false") + ",\n";
   j += "  \"configurations\": [";
   for (std::size_t ci = 0; ci < results.size(); ++ci) {
     const config_result& r = results[ci];
@@ -179,6 +197,18 @@ std::string to_json(const run_info& info, const std::vector<config_result>& resu
       j += ", \"samples_ms\": [";
       for (std::size_t i = 0; i < x.m.seconds.size(); ++i) j += (i ? ", " : "") + ms(x.m.seconds[i], 6);
       j += "], \"speedup_vs_mha\": " + (t && x.speedup > 0 ? fixed(x.speedup, 4) : std::string("null"));
+      if (r.train) {
+        const bool b = x.trained();
+        auto bt = [&](double s) { return b ? ms(s, 6) : std::string("null"); };
+        j += ", \"backward_ms\": {\"median\": " + bt(x.t_bwd.median) + ", \"min\": " + bt(x.t_bwd.min) +
+             ", \"max\": " + bt(x.t_bwd.max) + "}";
+        j += ", \"step_ms\": {\"median\": " + bt(x.t_step.median) + ", \"min\": " + bt(x.t_step.min) +
+             ", \"max\": " + bt(x.t_step.max) + "}";
+        j += ", \"backward_samples_ms\": [";
+        for (std::size_t i = 0; i < x.m.backward_seconds.size(); ++i)
+          j += (i ? ", " : "") + ms(x.m.backward_seconds[i], 6);
+        j += "], \"step_speedup_vs_mha\": " + (b && x.step_speedup > 0 ? fixed(x.step_speedup, 4) : std::string("null"));
+      }
       j += ", \"status\": " + (x.m.status.empty() ? std::string("null") : json_string(x.m.status));
       j += ", \"error\": " + (x.m.error.empty() ? std::string("null") : json_string(x.m.error)) + "}";
     }
@@ -189,9 +219,11 @@ std::string to_json(const run_info& info, const std::vector<config_result>& resu
 }
 
 std::string to_csv(const std::vector<config_result>& results) {
+  const bool train = !results.empty() && results.front().train;
   std::string out =
       "config,scheme,variant,hq,hkv,kv_heads_used,allocation,flops,kv_bytes_per_token,attn_params,extra_params,"
-      "median_ms,min_ms,q1_ms,q3_ms,max_ms,speedup_vs_mha,status\n";
+      "median_ms,min_ms,q1_ms,q3_ms,max_ms,speedup_vs_mha,status";
+  out += train ? ",backward_median_ms,step_median_ms,step_speedup_vs_mha\n" : "\n";
   for (const config_result& r : results)
     for (const scheme_result& x : r.rows) {
       const bool t = x.timed();
@@ -202,7 +234,13 @@ std::string to_csv(const std::vector<config_result>& results) {
              "," + std::to_string(x.flops) + "," + std::to_string(x.kv_bytes_per_token) + "," +
              std::to_string(x.params) + "," + std::to_string(x.extra_params) + "," + time(x.t.median) + "," +
              time(x.t.min) + "," + time(x.t.q1) + "," + time(x.t.q3) + "," + time(x.t.max) + "," +
-             (t && x.speedup > 0 ? fixed(x.speedup, 4) : std::string()) + "," + csv_field(status) + "\n";
+             (t && x.speedup > 0 ? fixed(x.speedup, 4) : std::string()) + "," + csv_field(status);
+      if (train) {
+        const bool b = x.trained();
+        out += "," + (b ? ms(x.t_bwd.median, 6) : std::string()) + "," + (b ? ms(x.t_step.median, 6) : std::string()) +
+               "," + (b && x.step_speedup > 0 ? fixed(x.step_speedup, 4) : std::string());
+      }
+      out += "\n";
     }
   return out;
 }

@@ -23,12 +23,17 @@ struct scheme_result {
   measurement m;
   time_stats t;            // seconds; zeros when m.error is set
   double speedup = 0;      // MHA's median / this median; 0 when either is missing
+  // --train: the backward's seconds, the step's (forward + backward of each call) and its speed-up vs MHA.
+  time_stats t_bwd, t_step;
+  double step_speedup = 0;
   bool timed() const { return m.error.empty() && !m.seconds.empty(); }
+  bool trained() const { return timed() && m.backward_seconds.size() == m.seconds.size(); }
 };
 
 /// One configuration's table.
 struct config_result {
   layer_config c;
+  bool train = false;  // --train: rows carry the backward and step times
   std::vector<scheme_result> rows;
   std::vector<std::string> skipped;  // schemes that do not exist for this H, with the reason
   std::string plot_file;             // "<name>.png" once rendered, else empty
