@@ -1,4 +1,5 @@
-// gqa/attention.hpp: attend<Isa>(), the public entry to the blocked attention core, with validation.
+// gqa/attention.hpp: attend(), the public entry to the blocked attention core, with validation: on the
+// best ISA the running CPU supports (chosen at run time), or on an explicit ISA chosen at compile time.
 // Invariant: every argument is checked here, before any work; below this nothing throws or allocates
 // per tile.
 #pragma once
@@ -6,11 +7,14 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "config.hpp"
 #include "detail/core/forward.hpp"
+#include "detail/core/targets.hpp"
 #include "errors.hpp"
 #include "head_map.hpp"
+#include "isa/select.hpp"
 #include "isa/tags.hpp"
 #include "options.hpp"
 #include "tensor.hpp"
@@ -94,13 +98,21 @@ inline void validate(const tensor_view<const float>& q, const tensor_view<const 
 
 /// O[b, i, h] = softmax(scale · Q[b, i, h] · K[b, :, map(h)]ᵀ + mask) · V[b, :, map(h)].
 /// Shapes: q (b, sq, hq, d_qk), k (b, skv, hkv, d_qk), v (b, skv, hkv, d_v), o (b, sq, hq, d_v).
+/// Isa: isa::dispatch (the default) runs the best ISA the running CPU supports, whatever this TU's flags
+/// (or opt.isa / GQA_ISA, see isa::resolve); an ISA tag (isa::avx2, ...) runs that ISA's kernels as this
+/// TU's flags compile them, with no run-time check.
 /// Throws gqa::invalid_argument (a std::invalid_argument) naming the bad argument and its value.
-template <class Isa = isa::native>
+template <class Isa = isa::dispatch>
 void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
             tensor_view<float> o, const head_map& map, const attention_options& opt = {}) {
-  static_assert(isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
+  static_assert(std::is_same_v<Isa, isa::dispatch> || isa::compiled<Isa>,
+                "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
   detail::validate(q, k, v, o, map, opt);
-  detail::core::forward<Isa>(q, k, v, o, map, opt);
+  if constexpr (std::is_same_v<Isa, isa::dispatch>) {
+    detail::core::forward_named(isa::resolve(opt.isa), q, k, v, o, map, opt);
+  } else {
+    detail::core::forward<Isa>(q, k, v, o, map, opt);
+  }
 }
 
 GQA_END_NAMESPACE

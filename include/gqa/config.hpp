@@ -26,6 +26,18 @@
 #define GQA_HAS_NEON 0
 #endif
 
+// Run-time dispatch (Note [per-target kernels] in gqa/detail/core/targets.hpp): with GCC or clang on
+// x86-64, every translation unit also compiles the AVX2 and AVX-512 kernels in per-target regions, whatever
+// its flags, and calls without an explicit ISA pick the best one the running CPU supports. Define
+// GQA_NO_DISPATCH to compile only what the TU's flags allow (MSVC always does: its kernels are the
+// compile-time ones, /arch:AVX2 or /arch:AVX512).
+#if !defined(GQA_NO_DISPATCH) && (defined(__GNUC__) || defined(__clang__)) && \
+    (defined(__x86_64__) || defined(__i386__))
+#define GQA_DISPATCH_X86 1
+#else
+#define GQA_DISPATCH_X86 0
+#endif
+
 // Note [ABI namespace]
 // Translation units compiled with different ISA flags may be linked into one program (the test binary
 // does exactly that). Inline functions compiled with -mavx512f must never be picked by the linker for a

@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <span>
+#include <string_view>
 
 #include "config.hpp"
 #include "threading/executor.hpp"
@@ -27,6 +28,10 @@ struct attention_options {
   int num_threads = 1;
   /// If set, used instead of the built-in loop (e.g. the framework's own thread pool).
   parallel_for_fn parallel_for;
+  /// Which ISA a call WITHOUT an explicit one runs ("scalar", "avx2", "avx512", "neon"), for tests and
+  /// benchmarks. Empty: the environment variable GQA_ISA when set, else the best ISA the running CPU
+  /// supports. A name the CPU lacks throws gqa::invalid_argument. attend<isa::X> ignores it.
+  std::string_view isa;
 };
 
 /// The executor these options describe (num_threads, parallel_for). It points into `opt`, which must

@@ -69,8 +69,9 @@ tensor_view<T> sample(const tensor_view<T>& t, index_t ib) noexcept {
 }
 }  // namespace detail
 
-/// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish.
-template <class Isa = isa::native, attention_policy P>
+/// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish. Isa as for attend():
+/// isa::dispatch (the default) picks the ISA at run time.
+template <class Isa = isa::dispatch, attention_policy P>
 void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
              tensor_view<float> o, const attention_options& opt = {}) {
   // Memory safety first: a policy's own work (norms, noise) reads these views.
@@ -84,6 +85,7 @@ void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tenso
   // Validate the whole call (shapes, options, aliasing) before plan(): a bad argument throws before a
   // stateful policy (DGQA) updates its state or any sample is computed.
   detail::validate_call(q, kv.k, kv.v, o, opt);
+  if constexpr (std::is_same_v<Isa, isa::dispatch>) isa::resolve(opt.isa);  // a bad ISA throws here too
   if constexpr (policy_with_per_sample<P>) {
     if (p.per_sample() && q.b > 1) {
       head_map map = p.plan(detail::sample(q, 0), detail::sample(kv.k, 0));

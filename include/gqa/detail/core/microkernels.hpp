@@ -1,7 +1,9 @@
 // gqa/detail/core/microkernels.hpp: register-blocked Q·Kᵀ and P·V tiles on vec<Isa>, and their
 // dispatch by (rows, vectors) for tails. Invariant: no tile reads or writes outside the extents it is
 // given; all tails are handled by choosing a smaller instantiation, never by over-reading.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_MICROKERNELS_HPP
+#define GQA_DETAIL_CORE_MICROKERNELS_HPP
 
 #include <array>
 #include <utility>
@@ -74,3 +76,5 @@ struct tile_table {
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_MICROKERNELS_HPP

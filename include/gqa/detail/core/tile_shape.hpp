@@ -6,7 +6,9 @@
 // GFLOP/s going from 48 to 192 rows; AVX2 90 -> 104); 192 rows keep the task's scratch (~0.4 MB at d = 128)
 // inside L2; block_kv_decode is the KV block of
 // decode tasks, which walk every KV head per block (see Note [decode tasks]).
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_TILE_SHAPE_HPP
+#define GQA_DETAIL_CORE_TILE_SHAPE_HPP
 
 #include "../../isa/vec.hpp"
 
@@ -52,3 +54,5 @@ struct tile_shape<isa::neon> {
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_TILE_SHAPE_HPP

@@ -1,0 +1,65 @@
+// gqa/detail/core/target_pass.hpp: one more copy of the ISA-dependent core (isa/vec*.hpp, isa/vec_math.hpp,
+// detail/core/*), in namespace gqa::<ABI>::GQA_TARGET_NS. No include guard: gqa/detail/core/targets.hpp
+// includes it once per target, inside that target's region, after the native copy. Included anywhere
+// else (GQA_TARGET_NS undefined) it declares nothing. See Note [per-target kernels].
+
+#ifdef GQA_TARGET_NS
+
+#pragma push_macro("GQA_BEGIN_NAMESPACE")
+#pragma push_macro("GQA_END_NAMESPACE")
+#pragma push_macro("GQA_HAS_AVX2")
+#pragma push_macro("GQA_HAS_AVX512")
+#undef GQA_BEGIN_NAMESPACE
+#undef GQA_END_NAMESPACE
+#undef GQA_HAS_AVX2
+#undef GQA_HAS_AVX512
+#define GQA_BEGIN_NAMESPACE \
+  namespace gqa {           \
+  inline namespace GQA_ABI_NS { namespace GQA_TARGET_NS {
+#define GQA_END_NAMESPACE \
+  }                       \
+  }                       \
+  }
+// The vec headers compile vec<avx2> (and vec<avx512>) when these are 1.
+#define GQA_HAS_AVX2 1
+#define GQA_HAS_AVX512 GQA_TARGET_AVX512
+
+// The copy shares everything that is not ISA-dependent with the native code: the ISA tags (so
+// forward<isa::avx2> names the same type everywhere), and detail's views, head maps, thread loop and
+// scratch (found through the using-directive; the copy's own detail::core hides the native one).
+namespace gqa {
+inline namespace GQA_ABI_NS {
+namespace GQA_TARGET_NS {
+namespace isa {
+using ::gqa::GQA_ABI_NS::isa::avx2;
+using ::gqa::GQA_ABI_NS::isa::avx512;
+using ::gqa::GQA_ABI_NS::isa::neon;
+using ::gqa::GQA_ABI_NS::isa::scalar;
+}  // namespace isa
+namespace detail {
+using namespace ::gqa::GQA_ABI_NS::detail;
+}  // namespace detail
+}  // namespace GQA_TARGET_NS
+}  // namespace GQA_ABI_NS
+}  // namespace gqa
+
+// Reset the guards of the ISA-dependent headers (the native copy set them) and include them again.
+#undef GQA_ISA_VEC_SCALAR_HPP
+#undef GQA_ISA_VEC_AVX2_HPP
+#undef GQA_ISA_VEC_AVX512_HPP
+#undef GQA_ISA_VEC_NEON_HPP
+#undef GQA_ISA_VEC_HPP
+#undef GQA_ISA_VEC_MATH_HPP
+#undef GQA_DETAIL_CORE_TILE_SHAPE_HPP
+#undef GQA_DETAIL_CORE_MICROKERNELS_HPP
+#undef GQA_DETAIL_CORE_FORWARD_HPP
+#include "../../isa/vec.hpp"
+#include "../../isa/vec_math.hpp"
+#include "forward.hpp"
+
+#pragma pop_macro("GQA_HAS_AVX512")
+#pragma pop_macro("GQA_HAS_AVX2")
+#pragma pop_macro("GQA_END_NAMESPACE")
+#pragma pop_macro("GQA_BEGIN_NAMESPACE")
+
+#endif  // GQA_TARGET_NS
