@@ -1,19 +1,23 @@
-// gqa/threading/parallel.hpp: the built-in parallel loop (OpenMP when compiled with it, else std::thread)
-// and per-thread scratch. Invariant: each task index runs exactly once; results never depend on which
+// gqa/threading/parallel.hpp: the built-in parallel loop (OpenMP when compiled with it, else a persistent
+// std::thread pool, threading/pool.hpp) and per-thread scratch. Invariant: each task index runs exactly once; results never depend on which
 // thread ran it, so output is bitwise identical for any thread count.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <memory>
 #include <new>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "executor.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
+#else
+#include "pool.hpp"
 #endif
 
 GQA_BEGIN_NAMESPACE
@@ -30,7 +34,8 @@ inline int resolve_threads(int requested) noexcept {
 }
 
 /// Calls fn(i) for every i in [0, n): through ex.parallel_for if the caller gave one, else on
-/// min(n, threads) threads pulling tasks dynamically.
+/// min(n, threads) threads pulling tasks dynamically (OpenMP, or the calling thread and threads - 1
+/// workers of the persistent pool).
 template <class Fn>
 void run_tasks(index_t n, const executor& ex, Fn&& fn) {
   if (n <= 0) return;
@@ -47,6 +52,9 @@ void run_tasks(index_t n, const executor& ex, Fn&& fn) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (index_t i = 0; i < n; ++i) fn(i);
 #else
+  // The persistent pool (Note [thread pool]); fresh threads only when it is busy (concurrent or nested).
+  auto call = [](void* f, index_t i) { (*static_cast<std::remove_reference_t<Fn>*>(f))(i); };
+  if (thread_pool::instance().try_run(n, threads - 1, call, static_cast<void*>(std::addressof(fn)))) return;
   std::atomic<index_t> next{0};
   auto worker = [&] {
     for (index_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);

@@ -1,0 +1,135 @@
+// gqa/threading/pool.hpp: the persistent thread pool behind the built-in loop when it is not OpenMP.
+// Threads are created on first need and reused by every later call (with their thread-local scratch);
+// a call with one thread never touches the pool. Invariant: one call at a time owns the pool; a call that
+// finds it busy (another thread's call, or a nested one) gets false and runs elsewhere.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "../config.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace detail {
+
+// Note [thread pool]
+// Every worker waits on its own counter (`go`), so a call wakes only the workers it uses. The job (task
+// function, count, next-task counter) is written before the counters are bumped (release) and read after
+// (acquire); the caller returns only when every woken worker has counted itself out (`pending`), so no
+// worker reads a job after its call has returned. Waiting spins for a short while (k_spin) before
+// sleeping in std::atomic::wait (a futex on Linux): back-to-back decode calls find their workers awake,
+// as OpenMP's do, and an idle process does not burn its cores.
+class thread_pool {
+ public:
+  using task_fn = void (*)(void* ctx, index_t task);
+
+  /// The process's pool (one per ABI namespace), created on first use, joined at exit.
+  static thread_pool& instance() {
+    static thread_pool pool;
+    return pool;
+  }
+
+  thread_pool() = default;
+  thread_pool(const thread_pool&) = delete;
+  thread_pool& operator=(const thread_pool&) = delete;
+  ~thread_pool() {
+    stop_.store(true, std::memory_order_release);
+    for (auto& w : workers_) {
+      w->go.fetch_add(1, std::memory_order_release);
+      w->go.notify_one();
+    }
+    for (auto& w : workers_) w->thread.join();
+  }
+
+  /// Calls fn(ctx, i) for every i in [0, n) on the calling thread and `helpers` pool threads, tasks
+  /// pulled dynamically; returns when all are done. Returns false without running anything when the pool
+  /// is busy (a concurrent or nested call).
+  bool try_run(index_t n, int helpers, task_fn fn, void* ctx) {
+    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+    if (!lock.owns_lock()) return false;
+    while (static_cast<int>(workers_.size()) < helpers) {
+      workers_.push_back(std::make_unique<worker>());
+      worker* w = workers_.back().get();
+      w->thread = std::thread([this, w] { loop(*w); });
+    }
+    fn_ = fn;
+    ctx_ = ctx;
+    n_ = n;
+    next_.store(0, std::memory_order_relaxed);
+    pending_.store(helpers, std::memory_order_relaxed);
+    for (int i = 0; i < helpers; ++i) {
+      worker& w = *workers_[static_cast<std::size_t>(i)];
+      w.go.fetch_add(1, std::memory_order_release);
+      w.go.notify_one();
+    }
+    work();
+    for (int left = pending_.load(std::memory_order_acquire); left != 0;
+         left = pending_.load(std::memory_order_acquire))
+      wait_while(pending_, left);
+    return true;
+  }
+
+ private:
+  struct alignas(64) worker {
+    std::atomic<std::uint32_t> go{0};
+    std::thread thread;
+  };
+
+  static constexpr std::chrono::microseconds k_spin{100};
+
+  static void pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+  }
+
+  /// Returns once a != old: spins for up to k_spin, then sleeps in atomic::wait.
+  template <class T>
+  static void wait_while(const std::atomic<T>& a, T old) noexcept {
+    const auto until = std::chrono::steady_clock::now() + k_spin;
+    for (int i = 0;; ++i) {
+      if (a.load(std::memory_order_acquire) != old) return;
+      if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) break;
+      pause();
+    }
+    a.wait(old, std::memory_order_acquire);
+  }
+
+  void work() {
+    for (index_t i = next_.fetch_add(1, std::memory_order_relaxed); i < n_;
+         i = next_.fetch_add(1, std::memory_order_relaxed))
+      fn_(ctx_, i);
+  }
+
+  void loop(worker& w) {
+    std::uint32_t seen = 0;
+    for (;;) {
+      wait_while(w.go, seen);
+      seen = w.go.load(std::memory_order_acquire);
+      if (stop_.load(std::memory_order_acquire)) return;
+      work();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+    }
+  }
+
+  std::mutex mutex_;  // held by the call that owns the pool
+  std::vector<std::unique_ptr<worker>> workers_;
+  std::atomic<bool> stop_{false};
+  // The current job (see Note [thread pool]).
+  task_fn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  index_t n_ = 0;
+  alignas(64) std::atomic<index_t> next_{0};
+  alignas(64) std::atomic<int> pending_{0};
+};
+
+}  // namespace detail
+GQA_END_NAMESPACE
