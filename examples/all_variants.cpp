@@ -103,9 +103,10 @@ std::vector<float> uneven_keys(index_t kvh) {
 }  // namespace
 
 int main() {
-  std::printf("gqa %s: one causal layer, batch %lld, %lld tokens, head dim %lld, %lld query heads\n\n",
+  std::printf("gqa %s: one causal layer, batch %lld, %lld tokens, head dim %lld, %lld query heads\n",
               gqa::version_string.data(), static_cast<long long>(b), static_cast<long long>(s),
               static_cast<long long>(d), static_cast<long long>(hq));
+  std::printf("runs on: %s\n\n", gqa::runtime_info().to_string().c_str());
 
   static_scheme("MHA", gqa::mha_policy{}, hq, hq);
   static_scheme("MQA", gqa::mqa_policy{}, hq, 1);
