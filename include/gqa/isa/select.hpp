@@ -72,20 +72,21 @@ std::string names_where(Pred pred) {
 
 /// `name` as the static string of isa::names_by_preference, checked: throws gqa::invalid_argument naming
 /// `what` (e.g. "options.isa") and the value when gqa does not know it, this TU has no kernels for it,
-/// or the running CPU lacks it.
-inline std::string_view checked_isa(std::string_view name, const char* what) {
+/// or the running CPU lacks it (`cpu_has`: isa::cpu_supports, or a stand-in CPU in tests).
+inline std::string_view checked_isa(std::string_view name, const char* what,
+                                    bool (*cpu_has)(std::string_view) noexcept = isa::cpu_supports) {
   for (const std::string_view isa : isa::names_by_preference) {
     if (isa != name) continue;
     if (!isa::runnable(isa))
-      fail("gqa: ", what, " = \"", name, "\": this translation unit has no ", name,
-                          " kernels (it has: ", names_where([](std::string_view i) { return isa::runnable(i); }), ")");
-    if (!isa::cpu_supports(isa))
+      fail("gqa: ", what, " = \"", name, "\": this translation unit has no ", name, " kernels (it has: ",
+           names_where([](std::string_view i) { return isa::runnable(i); }), ")");
+    if (!cpu_has(isa))
       fail("gqa: ", what, " = \"", name, "\": the running CPU lacks ", name, " (it supports: ",
-                          names_where([](std::string_view i) { return isa::runnable(i) && isa::cpu_supports(i); }), ")");
+           names_where([cpu_has](std::string_view i) { return isa::runnable(i) && cpu_has(i); }), ")");
     return isa;
   }
   fail("gqa: ", what, " = \"", name, "\": not an ISA gqa knows (one of: ",
-                      names_where([](std::string_view) { return true; }), ")");
+       names_where([](std::string_view) { return true; }), ")");
 }
 
 /// The GQA_ISA environment variable, read once per process (empty when unset).

@@ -1,0 +1,227 @@
+// Run-time ISA dispatch (Note [per-target kernels] in gqa/detail/core/targets.hpp). This TU is compiled
+// without ISA flags, like a consumer's: for every ISA the CPU has, gqa::attend without an ISA, forced to
+// it through attention_options::isa, must give bitwise what gqa::attend<isa::X> gives in a TU compiled
+// with X's flags (tests/support/explicit_attend.hpp); the default must be the best ISA; a bad override
+// must throw before any work.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <gqa/gqa.hpp>
+
+#include "support/data.hpp"
+#include "support/expect.hpp"
+#include "support/explicit_attend.hpp"
+
+namespace {
+
+using gqa::test::attend_case;
+using explicit_fn = void (*)(const attend_case&, float*, float*);
+
+/// The explicit entry point compiled with `isa`'s flags, if this test binary has that TU.
+explicit_fn explicit_for(std::string_view isa) {
+#if defined(GQA_ISA_TU_AVX512)
+  if (isa == "avx512") return &gqa::test::explicit_attend_avx512;
+#endif
+#if defined(GQA_ISA_TU_AVX2)
+  if (isa == "avx2") return &gqa::test::explicit_attend_avx2;
+#endif
+#if defined(GQA_ISA_TU_NEON)
+  if (isa == "neon") return &gqa::test::explicit_attend_neon;
+#endif
+#if defined(GQA_ISA_TU_SCALAR)
+  if (isa == "scalar") return &gqa::test::explicit_attend_scalar;
+#endif
+  (void)isa;
+  return nullptr;
+}
+
+struct shape {
+  const char* name;
+  std::int64_t b, sq, skv, hq, hkv, d, dv;
+  bool causal;
+  bool padded;             // per-batch kv_lengths
+  std::vector<int> alloc;  // unequal groups (empty: uniform)
+  int threads;
+};
+
+/// Prefill and decode, odd sizes (d not a multiple of any vector width, lengths not multiples of the
+/// block), padding, unequal groups with an unused KV head, a decode long enough to split the KV range, and
+/// two threads.
+std::vector<shape> shapes() {
+  return {
+      {"prefill_causal_odd", 2, 37, 53, 8, 2, 72, 40, true, false, {}, 1},
+      {"prefill_padded_d19", 2, 70, 130, 6, 3, 19, 19, false, true, {}, 1},
+      {"decode_unequal_groups", 1, 1, 300, 7, 4, 64, 64, false, false, {3, 0, 1, 3}, 1},
+      {"decode_split_kv", 1, 1, gqa::test::reduced ? 2100 : 4200, 8, 2, 128, 128, false, false, {}, 1},
+      {"prefill_two_threads", 1, 130, 130, 4, 1, 33, 33, true, false, {}, 2},
+  };
+}
+
+/// Output and LSE of one call.
+struct result {
+  std::vector<float> o, lse;
+};
+
+struct prepared {
+  shape s;
+  std::vector<float> q, k, v;
+  std::vector<std::int64_t> kv_lengths;
+  attend_case c{};
+
+  explicit prepared(const shape& sh) : s(sh) {
+    q = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.sq * s.hq * s.d), 11, -2.0f, 2.0f);
+    k = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.skv * s.hkv * s.d), 12, -2.0f, 2.0f);
+    v = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.skv * s.hkv * s.dv), 13);
+    for (std::int64_t ib = 0; ib < s.b; ++ib) kv_lengths.push_back(s.skv - 17 * ib - 5);
+    c = {s.b, s.sq, s.skv, s.hq, s.hkv, s.d, s.dv, s.causal, q.data(), k.data(), v.data(),
+         s.padded ? kv_lengths.data() : nullptr, s.alloc.empty() ? nullptr : s.alloc.data(), s.threads};
+  }
+
+  result blank() const {
+    return {std::vector<float>(static_cast<std::size_t>(s.b * s.sq * s.hq * s.dv), -7.0f),
+            std::vector<float>(static_cast<std::size_t>(s.b * s.hq * s.sq), -7.0f)};
+  }
+  result dispatched(std::string_view opt_isa) const {
+    result r = blank();
+    gqa::test::run_attend<gqa::isa::dispatch>(c, r.o.data(), r.lse.data(), opt_isa);
+    return r;
+  }
+  result explicit_on(explicit_fn fn) const {
+    result r = blank();
+    fn(c, r.o.data(), r.lse.data());
+    return r;
+  }
+};
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+/// Index of the first element whose bits differ, for the failure message.
+std::size_t first_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) return i;
+  return a.size();
+}
+
+void expect_same(const result& got, const result& want, const std::string& what) {
+  EXPECT_TRUE(bitwise_equal(got.o, want.o)) << what << ": o differs first at " << first_difference(got.o, want.o);
+  EXPECT_TRUE(bitwise_equal(got.lse, want.lse))
+      << what << ": lse differs first at " << first_difference(got.lse, want.lse);
+}
+
+// The dispatched path forced to each ISA == that ISA compiled with its own flags, bit for bit.
+TEST(dispatch, forced_isa_is_bitwise_the_explicit_isa) {
+  int compared = 0;
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    const explicit_fn fn = explicit_for(isa);
+    if (fn == nullptr || !gqa::isa::cpu_supports(isa)) continue;
+    ASSERT_TRUE(gqa::isa::runnable(isa)) << isa << ": the test binary has its TU but gqa cannot dispatch to it";
+    for (const shape& s : shapes()) {
+      const prepared p(s);
+      expect_same(p.dispatched(isa), p.explicit_on(fn), std::string(isa) + " " + s.name);
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 0) << "no ISA of this test binary runs on this CPU";
+}
+
+// Without an override (and without GQA_ISA) the call runs the best ISA this CPU supports.
+TEST(dispatch, default_is_the_best_supported_isa) {
+  if (!gqa::detail::isa_from_environment().empty()) GTEST_SKIP() << "GQA_ISA is set";
+  const std::string_view best = gqa::isa::best_runnable();
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    if (isa == best) break;
+    EXPECT_FALSE(gqa::isa::runnable(isa) && gqa::isa::cpu_supports(isa)) << isa << " is better than " << best;
+  }
+  EXPECT_EQ(gqa::isa::resolve({}), best);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(GQA_NO_DISPATCH)
+  // No ISA flags here, yet the vector kernels are there.
+  EXPECT_TRUE(gqa::isa::runnable("avx2"));
+  EXPECT_TRUE(gqa::isa::runnable("avx512"));
+  EXPECT_EQ(best, gqa::isa::cpu_supports("avx512") ? "avx512" : gqa::isa::cpu_supports("avx2") ? "avx2" : "scalar");
+#endif
+  const explicit_fn fn = explicit_for(best);
+  if (fn == nullptr) GTEST_SKIP() << "no explicit TU for " << best;
+  for (const shape& s : shapes()) {
+    const prepared p(s);
+    expect_same(p.dispatched({}), p.explicit_on(fn), std::string("default ") + s.name);
+  }
+}
+
+// gqa::forward without an ISA dispatches too (the policies' default).
+TEST(dispatch, forward_defaults_to_dispatch) {
+  const prepared p(shapes()[0]);
+  const result want = p.dispatched(gqa::isa::resolve({}));
+  result got = p.blank();
+  gqa::gqa_policy policy;
+  gqa::attention_options opt;
+  opt.causal = p.s.causal;
+  opt.lse = got.lse;
+  gqa::forward(policy, gqa::bshd<const float>(p.q.data(), p.s.b, p.s.sq, p.s.hq, p.s.d),
+               gqa::bshd<const float>(p.k.data(), p.s.b, p.s.skv, p.s.hkv, p.s.d),
+               gqa::bshd<const float>(p.v.data(), p.s.b, p.s.skv, p.s.hkv, p.s.dv),
+               gqa::bshd<float>(got.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv), opt);
+  expect_same(got, want, "forward");
+}
+
+// A bad override throws gqa::invalid_argument naming it, before any output is written.
+TEST(dispatch, override_rejects_unknown_missing_and_unsupported_isas) {
+  const prepared p(shapes()[0]);
+  auto untouched = [&](std::string_view isa, const std::vector<std::string>& parts) {
+    result r = p.blank();
+    gqa::test::expect_invalid([&] { gqa::test::run_attend<gqa::isa::dispatch>(p.c, r.o.data(), r.lse.data(), isa); },
+                              parts);
+    EXPECT_TRUE(bitwise_equal(r.o, p.blank().o)) << isa << ": output written before the throw";
+  };
+  untouched("sse9", {"options.isa = \"sse9\"", "not an ISA gqa knows", "avx512 avx2 neon scalar"});
+  untouched("AVX2", {"options.isa = \"AVX2\"", "not an ISA gqa knows"});
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    if (!gqa::isa::runnable(isa)) {
+      untouched(isa, {"options.isa = \"" + std::string(isa) + "\"", "this translation unit has no " + std::string(isa)});
+    } else if (!gqa::isa::cpu_supports(isa)) {
+      untouched(isa, {"options.isa = \"" + std::string(isa) + "\"", "the running CPU lacks " + std::string(isa)});
+    }
+  }
+  // gqa::forward checks it before the policy plans.
+  gqa::attention_options opt;
+  opt.isa = "sse9";
+  result r = p.blank();
+  gqa::gqa_policy policy;
+  gqa::test::expect_invalid(
+      [&] {
+        gqa::forward(policy, gqa::bshd<const float>(p.q.data(), p.s.b, p.s.sq, p.s.hq, p.s.d),
+                     gqa::bshd<const float>(p.k.data(), p.s.b, p.s.skv, p.s.hkv, p.s.d),
+                     gqa::bshd<const float>(p.v.data(), p.s.b, p.s.skv, p.s.hkv, p.s.dv),
+                     gqa::bshd<float>(r.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv), opt);
+      },
+      {"options.isa = \"sse9\""});
+}
+
+// The CPU check on a stand-in CPU that has only the scalar ISA (this machine may have them all).
+TEST(dispatch, override_rejects_an_isa_the_cpu_lacks) {
+  auto scalar_only = [](std::string_view isa) noexcept { return isa == "scalar"; };
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    if (isa == "scalar" || !gqa::isa::runnable(isa)) continue;
+    gqa::test::expect_invalid([&] { gqa::detail::checked_isa(isa, "GQA_ISA (environment)", scalar_only); },
+                              {"GQA_ISA (environment) = \"" + std::string(isa) + "\"",
+                               "the running CPU lacks " + std::string(isa), "(it supports: scalar)"});
+  }
+  EXPECT_EQ(gqa::detail::checked_isa("scalar", "options.isa", scalar_only), "scalar");
+}
+
+// Run by CTest with GQA_ISA set (tests/CMakeLists.txt): the environment variable picks the ISA.
+TEST(dispatch, environment_variable_picks_the_isa) {
+  const char* env = std::getenv("GQA_ISA");
+  if (env == nullptr || *env == '\0') GTEST_SKIP() << "GQA_ISA is not set";
+  EXPECT_EQ(gqa::isa::resolve({}), std::string_view(env));
+  EXPECT_EQ(gqa::isa::resolve("scalar"), "scalar") << "options.isa wins over GQA_ISA";
+}
+
+}  // namespace
