@@ -40,11 +40,15 @@ inline std::string_view best_supported(std::span<const std::string_view> candida
   return {};
 }
 
-/// True when this translation unit holds the kernels of the ISA called `name`: compiled with its flags,
-/// or (GCC and clang on x86-64) in a per-target region (Note [per-target kernels]).
+/// True when a call without an explicit ISA can run the ISA called `name` in this translation unit: its
+/// own best ISA (isa::native), or (GCC and clang on x86-64) one above it, compiled in a per-target region
+/// (Note [per-target kernels]). ISAs below the TU's own are left out (a TU built for AVX-512 only runs
+/// where AVX-512 is), which keeps such a TU's compile time what it was without dispatch.
 constexpr bool runnable(std::string_view name) noexcept {
-  return name == scalar::name || (name == avx2::name && (GQA_HAS_AVX2 || GQA_DISPATCH_X86)) ||
-         (name == avx512::name && (GQA_HAS_AVX512 || GQA_DISPATCH_X86)) || (name == neon::name && GQA_HAS_NEON);
+  if (name == native::name) return true;
+  const bool above_native = (name == avx2::name && !GQA_HAS_AVX2 && !GQA_HAS_NEON) ||
+                            (name == avx512::name && !GQA_HAS_AVX512 && !GQA_HAS_NEON);
+  return above_native && GQA_DISPATCH_X86;
 }
 
 /// The best ISA this translation unit can run on the running CPU; chosen once per process.
@@ -52,7 +56,7 @@ inline std::string_view best_runnable() noexcept {
   static const std::string_view best = [] {
     for (const std::string_view isa : names_by_preference)
       if (runnable(isa) && cpu_supports(isa)) return isa;
-    return scalar::name;
+    return native::name;  // the TU's flags already require it
   }();
   return best;
 }

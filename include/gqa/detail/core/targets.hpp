@@ -1,8 +1,8 @@
 // gqa/detail/core/targets.hpp: the core for every ISA this translation unit can run, whatever its flags,
 // and forward_named(), which runs the one a name picks (gqa::attend without an ISA, through
 // isa::resolve in isa/select.hpp).
-// Invariant: a per-target copy is compiled only for ISAs the TU's flags do not already enable, lives in
-// its own namespace (gqa::<ABI>::target_<isa>), and shares every type with the native code.
+// Invariant: a per-target copy is compiled only for ISAs above the TU's own (isa::native), lives in its
+// own namespace (gqa::<ABI>::target_<isa>), and shares every type with the native code.
 #pragma once
 
 #include <string_view>
@@ -80,24 +80,19 @@
 GQA_BEGIN_NAMESPACE
 namespace detail::core {
 
-/// The core on the ISA called `isa`, which must be one of isa::runnable() (isa::resolve's result).
+/// The core on the ISA called `isa`, which must be isa::runnable (isa::resolve's result): the TU's own
+/// best ISA, or one above it through a per-target region (only these are instantiated).
 inline void forward_named(std::string_view isa, tensor_view<const float> q, tensor_view<const float> k,
                           tensor_view<const float> v, tensor_view<float> o, const head_map& map,
                           const attention_options& opt) {
-#if GQA_HAS_AVX512
-  if (isa == isa::avx512::name) return forward<isa::avx512>(q, k, v, o, map, opt);
-#elif GQA_DISPATCH_X86
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX512
   if (isa == isa::avx512::name) return target_avx512::detail::core::forward<isa::avx512>(q, k, v, o, map, opt);
 #endif
-#if GQA_HAS_AVX2
-  if (isa == isa::avx2::name) return forward<isa::avx2>(q, k, v, o, map, opt);
-#elif GQA_DISPATCH_X86
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX2
   if (isa == isa::avx2::name) return target_avx2::detail::core::forward<isa::avx2>(q, k, v, o, map, opt);
 #endif
-#if GQA_HAS_NEON
-  if (isa == isa::neon::name) return forward<isa::neon>(q, k, v, o, map, opt);
-#endif
-  forward<isa::scalar>(q, k, v, o, map, opt);
+  static_cast<void>(isa);
+  forward<isa::native>(q, k, v, o, map, opt);
 }
 
 }  // namespace detail::core
