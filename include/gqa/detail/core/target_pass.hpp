@@ -1,5 +1,5 @@
 // gqa/detail/core/target_pass.hpp: one more copy of the ISA-dependent core (isa/vec*.hpp, isa/vec_math.hpp,
-// detail/core/*), in namespace gqa::<ABI>::GQA_TARGET_NS. No include guard: gqa/detail/core/targets.hpp
+// every detail/core/*.hpp but targets.hpp and this file), in namespace gqa::<ABI>::GQA_TARGET_NS. No include guard: gqa/detail/core/targets.hpp
 // includes it once per target, inside that target's region, after the native copy. Included anywhere
 // else (GQA_TARGET_NS undefined) it declares nothing. See Note [per-target kernels].
 
@@ -50,8 +50,13 @@ using namespace ::gqa::GQA_ABI_NS::detail;
 #undef GQA_ISA_VEC_NEON_HPP
 #undef GQA_ISA_VEC_HPP
 #undef GQA_ISA_VEC_MATH_HPP
-#undef GQA_DETAIL_CORE_TILE_SHAPE_HPP
-#undef GQA_DETAIL_CORE_MICROKERNELS_HPP
+#undef GQA_DETAIL_CORE_COMMON_HPP
+#undef GQA_DETAIL_CORE_TILE_HPP
+#undef GQA_DETAIL_CORE_DOT_HPP
+#undef GQA_DETAIL_CORE_SOFTMAX_HPP
+#undef GQA_DETAIL_CORE_PACKED_HPP
+#undef GQA_DETAIL_CORE_DIRECT_HPP
+#undef GQA_DETAIL_CORE_DECODE_HPP
 #undef GQA_DETAIL_CORE_FORWARD_HPP
 #include "../../isa/vec.hpp"
 #include "../../isa/vec_math.hpp"
