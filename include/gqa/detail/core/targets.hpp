@@ -28,6 +28,9 @@
 //    arise on this path. Baseline code may be inlined into a region's functions, never the reverse.
 //  - Inside a region GCC defines __AVX2__/__FMA__ and clang does not; gqa's code tests only its own
 //    macros (GQA_HAS_AVX2/AVX512, pushed to 1 by target_pass.hpp, and GQA_TARGET_FMA).
+//  - GCC 12 warns (-Wpsabi: "AVX512F vector return without AVX512F enabled changes the ABI") about
+//    lambdas returning a vector inside a region, although it compiles them for the region's target (else
+//    inlining the intrinsics would fail); they never cross a TU boundary, so the warning is silenced there.
 // The AVX-512 region enables exactly what gqa_isa_compile_options(avx512) does (F, VL, BW, DQ, AVX2,
 // FMA), and isa::cpu() checks all of it, so the per-target copy computes what a TU compiled with those
 // flags computes, bit for bit (tests/unit/dispatch_test.cpp). Templates are instantiated only for what a
@@ -44,11 +47,14 @@
 #else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // see Note [per-target kernels]
 #endif
 #include "target_pass.hpp"
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
 #undef GQA_TARGET_AVX512
@@ -64,11 +70,14 @@
 #else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // see Note [per-target kernels]
 #endif
 #include "target_pass.hpp"
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
 #undef GQA_TARGET_AVX512
