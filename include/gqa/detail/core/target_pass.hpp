@@ -1,9 +1,23 @@
 // gqa/detail/core/target_pass.hpp: one more copy of the ISA-dependent core (isa/vec*.hpp, isa/vec_math.hpp,
-// every detail/core/*.hpp but targets.hpp and this file), in namespace gqa::<ABI>::GQA_TARGET_NS. No include guard: gqa/detail/core/targets.hpp
-// includes it once per target, inside that target's region, after the native copy. Included anywhere
-// else (GQA_TARGET_NS undefined) it declares nothing. See Note [per-target kernels].
+// every detail/core/*.hpp but targets.hpp and this file) in namespace gqa::<ABI>::GQA_TARGET_NS, compiled
+// for target GQA_TARGET_SPEC (GQA_TARGET_AVX512: whether vec<avx512> is part of it). No include guard:
+// gqa/detail/core/targets.hpp defines the three macros and includes it once per target, after the
+// native copy; it undefines them at the end. Included anywhere else (GQA_TARGET_NS undefined) it
+// declares nothing. See Note [per-target kernels].
 
 #ifdef GQA_TARGET_NS
+
+// The region: every function defined from here to its end is compiled for GQA_TARGET_SPEC.
+#define GQA_TARGET_PRAGMA_STR(x) _Pragma(#x)
+#define GQA_TARGET_PRAGMA(x) GQA_TARGET_PRAGMA_STR(x)  // expands GQA_TARGET_SPEC first
+#if defined(__clang__)
+GQA_TARGET_PRAGMA(clang attribute push(__attribute__((target(GQA_TARGET_SPEC))), apply_to = function))
+#else
+#pragma GCC push_options
+GQA_TARGET_PRAGMA(GCC target(GQA_TARGET_SPEC))
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // see Note [per-target kernels]
+#endif
 
 #pragma push_macro("GQA_BEGIN_NAMESPACE")
 #pragma push_macro("GQA_END_NAMESPACE")
@@ -66,5 +80,17 @@ using namespace ::gqa::GQA_ABI_NS::detail;
 #pragma pop_macro("GQA_HAS_AVX2")
 #pragma pop_macro("GQA_END_NAMESPACE")
 #pragma pop_macro("GQA_BEGIN_NAMESPACE")
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+#undef GQA_TARGET_PRAGMA
+#undef GQA_TARGET_PRAGMA_STR
+#undef GQA_TARGET_AVX512
+#undef GQA_TARGET_SPEC
+#undef GQA_TARGET_NS
 
 #endif  // GQA_TARGET_NS

@@ -41,48 +41,16 @@
 #define GQA_TARGET_FMA 1
 #if !GQA_HAS_AVX2
 #define GQA_TARGET_NS target_avx2
+#define GQA_TARGET_SPEC "avx2,fma"
 #define GQA_TARGET_AVX512 0
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"  // see Note [per-target kernels]
-#endif
 #include "target_pass.hpp"
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
 #endif
-#undef GQA_TARGET_AVX512
-#undef GQA_TARGET_NS
-#endif  // !GQA_HAS_AVX2
-
 #if !GQA_HAS_AVX512
 #define GQA_TARGET_NS target_avx512
+#define GQA_TARGET_SPEC "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq"
 #define GQA_TARGET_AVX512 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq"))), \
-                             apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"  // see Note [per-target kernels]
-#endif
 #include "target_pass.hpp"
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
 #endif
-#undef GQA_TARGET_AVX512
-#undef GQA_TARGET_NS
-#endif  // !GQA_HAS_AVX512
 #undef GQA_TARGET_FMA
 #endif  // GQA_DISPATCH_X86
 
