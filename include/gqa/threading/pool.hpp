@@ -47,6 +47,10 @@ class thread_pool {
     for (auto& w : workers_) w->thread.join();
   }
 
+  /// Worker threads created so far (they live until the pool is destroyed). Not synchronised with a
+  /// call in flight.
+  std::size_t workers() const noexcept { return workers_.size(); }
+
   /// Calls fn(ctx, i) for every i in [0, n) on the calling thread and `helpers` pool threads, tasks
   /// pulled dynamically; returns when all are done. Returns false without running anything when the pool
   /// is busy (a concurrent or nested call).
