@@ -61,6 +61,16 @@
   }                       \
   }
 
+// GQA_UNROLL: unroll the next loop completely (its trip count is a compile-time constant: a register
+// block). GCC unrolls such loops by itself only at -O3; at -O2 the block would stay in memory.
+#if defined(__clang__)
+#define GQA_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define GQA_UNROLL _Pragma("GCC unroll 32")
+#else
+#define GQA_UNROLL
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define GQA_FORCEINLINE inline __attribute__((always_inline))
 #define GQA_RESTRICT __restrict__

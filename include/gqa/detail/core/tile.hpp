@@ -62,13 +62,13 @@ struct tile {
   static GQA_FORCEINLINE void body(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb,
                                    index_t kn, float* GQA_RESTRICT c, index_t ldc, int nvec, int last) noexcept {
     reg acc[MR][NR];
-    for (int r = 0; r < MR; ++r)
-      for (int n = 0; n < NR; ++n)
+    GQA_UNROLL for (int r = 0; r < MR; ++r)
+      GQA_UNROLL for (int n = 0; n < NR; ++n)
         acc[r][n] = U == update::accumulate && (!Partial || n < nvec) ? V::load(c + r * ldc + n * L) : V::zero();
     for (index_t k = 0; k < kn; ++k) {
       const float* brow = b + k * ldb;
       reg vb[NR];
-      for (int n = 0; n < NR; ++n) {
+      GQA_UNROLL for (int n = 0; n < NR; ++n) {
         if constexpr (Partial) {
           vb[n] = n >= nvec ? V::zero()
                   : (n == nvec - 1 && last != L) ? V::load_partial(brow + n * L, last)
@@ -77,13 +77,13 @@ struct tile {
           vb[n] = V::load(brow + n * L);
         }
       }
-      for (int r = 0; r < MR; ++r) {
+      GQA_UNROLL for (int r = 0; r < MR; ++r) {
         const auto va = V::set1(a_at(a, lda, r, k));
-        for (int n = 0; n < NR; ++n) acc[r][n] = V::mul_add(va, vb[n], acc[r][n]);
+        GQA_UNROLL for (int n = 0; n < NR; ++n) acc[r][n] = V::mul_add(va, vb[n], acc[r][n]);
       }
     }
-    for (int r = 0; r < MR; ++r)
-      for (int n = 0; n < NR; ++n)
+    GQA_UNROLL for (int r = 0; r < MR; ++r)
+      GQA_UNROLL for (int n = 0; n < NR; ++n)
         if (!Partial || n < nvec) V::store(c + r * ldc + n * L, acc[r][n]);
   }
 };
