@@ -20,11 +20,14 @@ namespace detail {
 
 // Note [thread pool]
 // Every worker waits on its own counter (`go`), so a call wakes only the workers it uses. The job (task
-// function, count, next-task counter) is written before the counters are bumped (release) and read after
-// (acquire); the caller returns only when every woken worker has counted itself out (`pending`), so no
-// worker reads a job after its call has returned. Waiting spins for a short while (k_spin) before
-// sleeping in std::atomic::wait (a futex on Linux): back-to-back decode calls find their workers awake,
-// as OpenMP's do, and an idle process does not burn its cores.
+// function, count, next-task counter) is written before a worker is marked assigned and woken (release)
+// and read after it claims the job (acquire: assigned -> running). When the caller has taken the last
+// task it withdraws every worker that has not claimed the job yet (assigned -> idle) and waits only for
+// the running ones, so a worker the OS has not scheduled yet never delays a call (on an oversubscribed
+// machine a short decode would otherwise wait for it), and no worker reads a job after its call has
+// returned. Waiting spins for a short while (k_spin) before sleeping in std::atomic::wait (a futex on
+// Linux): back-to-back decode calls find their workers awake, as OpenMP's do, and an idle process does
+// not burn its cores.
 class thread_pool {
  public:
   using task_fn = void (*)(void* ctx, index_t task);
@@ -66,22 +69,30 @@ class thread_pool {
     ctx_ = ctx;
     n_ = n;
     next_.store(0, std::memory_order_relaxed);
-    pending_.store(helpers, std::memory_order_relaxed);
     for (int i = 0; i < helpers; ++i) {
       worker& w = *workers_[static_cast<std::size_t>(i)];
+      w.state.store(k_assigned, std::memory_order_release);
       w.go.fetch_add(1, std::memory_order_release);
       w.go.notify_one();
     }
     work();
-    for (int left = pending_.load(std::memory_order_acquire); left != 0;
-         left = pending_.load(std::memory_order_acquire))
-      wait_while(pending_, left);
+    // Every task is taken. A worker that has not started yet is withdrawn (it would find nothing to do);
+    // one that has is waited for.
+    for (int i = 0; i < helpers; ++i) {
+      worker& w = *workers_[static_cast<std::size_t>(i)];
+      std::uint32_t st = k_assigned;
+      if (w.state.compare_exchange_strong(st, k_idle, std::memory_order_acq_rel)) continue;
+      for (st = w.state.load(std::memory_order_acquire); st != k_idle; st = w.state.load(std::memory_order_acquire))
+        wait_while(w.state, st);
+    }
     return true;
   }
 
  private:
+  static constexpr std::uint32_t k_idle = 0, k_assigned = 1, k_running = 2;
   struct alignas(64) worker {
-    std::atomic<std::uint32_t> go{0};
+    std::atomic<std::uint32_t> go{0};              // bumped to wake the worker
+    std::atomic<std::uint32_t> state{k_idle};      // idle -> assigned (caller) -> running (worker) -> idle
     std::thread thread;
   };
 
@@ -119,8 +130,11 @@ class thread_pool {
       wait_while(w.go, seen);
       seen = w.go.load(std::memory_order_acquire);
       if (stop_.load(std::memory_order_acquire)) return;
+      std::uint32_t st = k_assigned;
+      if (!w.state.compare_exchange_strong(st, k_running, std::memory_order_acq_rel)) continue;  // withdrawn
       work();
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+      w.state.store(k_idle, std::memory_order_release);
+      w.state.notify_one();
     }
   }
 
@@ -132,7 +146,6 @@ class thread_pool {
   void* ctx_ = nullptr;
   index_t n_ = 0;
   alignas(64) std::atomic<index_t> next_{0};
-  alignas(64) std::atomic<int> pending_{0};
 };
 
 }  // namespace detail
