@@ -50,7 +50,8 @@ struct bench_case {
   std::string isa;
   shape s;              // what the core runs (variant_shape(variant, model))
   shape model;          // the layer the variant is built for (the registry's model shape)
-  /// "<variant|eigen|reference>/<isa>/<shape_name>".
+  bool backward = false;  // the backward pass (variant: gqa::backward; eigen: its GEMM backward)
+  /// "<variant|eigen|reference>/<isa>/<shape_name>", or "<variant|eigen>/<isa>/<shape_key>_bwd_T<threads>".
   std::string name() const;
 };
 /// Every case of ISA `isa`, in registration order: Eigen baselines first (so that the variants' vs_eigen
@@ -81,9 +82,10 @@ void store_read_bw(std::size_t bytes, int threads, double gbps);
 /// The buffer size bw_frac is relative to: D1's K + V (the decode working set, far larger than the LLC).
 std::size_t bw_reference_bytes();
 
-/// Seconds per call of the Eigen baseline for (isa, shape incl. threads); negative when unknown.
-double eigen_seconds_cached(std::string_view isa, const shape& s);
-void store_eigen_seconds(std::string_view isa, const shape& s, double seconds);
+/// Seconds per call of the Eigen baseline (its backward when `backward`) for (isa, shape incl. threads);
+/// negative when unknown.
+double eigen_seconds_cached(std::string_view isa, const shape& s, bool backward = false);
+void store_eigen_seconds(std::string_view isa, const shape& s, double seconds, bool backward = false);
 
 /// What each per-ISA translation unit (the generated bench_<isa>.cpp) provides.
 struct isa_hooks {

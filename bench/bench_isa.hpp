@@ -129,6 +129,16 @@ using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::R
 using const_map = Eigen::Map<const row_matrix, Eigen::Unaligned, Eigen::OuterStride<>>;
 using out_map = Eigen::Map<row_matrix, Eigen::Unaligned, Eigen::OuterStride<>>;
 
+/// The Eigen baselines' parallel loop: `threads` slots on gqa's own loop, slot t running fn(task, t) for
+/// tasks t, t + threads, ... of [0, n) (the slot owns its scratch matrices).
+template <class Fn>
+void run_in_slots(index_t n, int threads, Fn&& fn) {
+  const index_t slots = threads;
+  gqa::detail::run_tasks(slots, gqa::executor{threads}, [&fn, n, slots](index_t t) {
+    for (index_t task = t; task < n; task += slots) fn(task, static_cast<int>(t));
+  });
+}
+
 /// What a user would write with Eigen alone: per (batch, query head), S = Q·Kᵀ with Eigen's GEMM over
 /// row-major maps of the BSHD buffers, a row softmax with the causal mask, O = P·V. Heads are spread
 /// over the threads (each thread owns its score matrix); Eigen itself runs single-threaded.
@@ -143,12 +153,8 @@ class eigen_baseline {
   }
 
   void run() {
-    // One task per thread slot on gqa's own loop: slot t takes heads t, t + threads, ... (all heads cost
-    // the same) and owns the scratch scores_[t].
-    const index_t n = s_.b * s_.hq, slots = s_.threads;
-    gqa::detail::run_tasks(slots, gqa::executor{s_.threads}, [this, n, slots](index_t t) {
-      for (index_t task = t; task < n; task += slots) head(task / s_.hq, task % s_.hq, static_cast<int>(t));
-    });
+    // Slot t takes heads t, t + threads, ... (all heads cost the same) and owns the scratch scores_[t].
+    run_in_slots(s_.b * s_.hq, s_.threads, [this](index_t task, int t) { head(task / s_.hq, task % s_.hq, t); });
   }
 
  private:
@@ -283,51 +289,58 @@ bool with_registered_policy(const bench_case& c, Fn&& fn) {
   });
 }
 
+/// with_registered_policy for a benchmark: an unknown variant, or a policy that cannot be built for the
+/// case's model, skips `st` with the reason.
+template <class Fn>
+void with_bench_policy(benchmark::State& st, const bench_case& c, Fn&& fn) {
+  bool known = true;
+  try {
+    known = with_registered_policy(c, std::forward<Fn>(fn));
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());  // the policy could not be built for this model
+    return;
+  }
+  if (!known) st.SkipWithError(("unknown variant: " + c.variant).c_str());
+}
+
 void run_variant(benchmark::State& st, const bench_case& c) {
   const shape& s = c.s;
   const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, c.model)));
   gqa::attention_options opt;
   opt.causal = s.causal;
   opt.num_threads = s.threads;
-  bool known = true;
-  try {
-    known = with_registered_policy(c, [&](auto& p) {
+  with_bench_policy(st, c, [&](auto& p) {
+    try {
+      // Warm-up call for cheap cases (thread pool, scratch, caches); expensive ones are timed cold, where
+      // one call dwarfs these effects.
+      if (estimated_seconds(isa_name, c.kind, s) < 0.05) gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
+    } catch (const std::exception& e) {
+      st.SkipWithError(e.what());
+      return;
+    }
+    const double t0 = clock_for(s.threads);
+    for (auto _ : st) {
       try {
-        // Warm-up call for cheap cases (thread pool, scratch, caches); expensive ones are timed cold, where
-        // one call dwarfs these effects.
-        if (estimated_seconds(isa_name, c.kind, s) < 0.05) gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
+        gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
       } catch (const std::exception& e) {
         st.SkipWithError(e.what());
-        return;
+        break;
       }
-      const double t0 = clock_for(s.threads);
-      for (auto _ : st) {
-        try {
-          gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
-        } catch (const std::exception& e) {
-          st.SkipWithError(e.what());
-          break;
-        }
-        benchmark::DoNotOptimize(x.o.data);
-        benchmark::ClobberMemory();
-      }
-      if (st.error_occurred()) return;
-      const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
-      throughput_counters(st, s, per_call);
-      set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(s)) / per_call);
-      try {
-        const double policy = policy_seconds(p, x, s.threads);
-        set_counter(st, "policy_frac", policy / per_call);
-        set_counter(st, "policy_us", policy * 1e6);
-      } catch (const std::exception& e) {
-        st.SkipWithError(e.what());
-      }
-    });
-  } catch (const std::exception& e) {
-    st.SkipWithError(e.what());  // the policy could not be built for this model
-    return;
-  }
-  if (!known) st.SkipWithError(("unknown variant: " + c.variant).c_str());
+      benchmark::DoNotOptimize(x.o.data);
+      benchmark::ClobberMemory();
+    }
+    if (st.error_occurred()) return;
+    const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
+    throughput_counters(st, s, per_call);
+    set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(s)) / per_call);
+    try {
+      const double policy = policy_seconds(p, x, s.threads);
+      set_counter(st, "policy_frac", policy / per_call);
+      set_counter(st, "policy_us", policy * 1e6);
+    } catch (const std::exception& e) {
+      st.SkipWithError(e.what());
+    }
+  });
 }
 
 void run_eigen(benchmark::State& st, const bench_case& c) {
@@ -349,22 +362,27 @@ void run_eigen(benchmark::State& st, const bench_case& c) {
 #endif
 }
 
+/// Seconds per call of baseline.run(): one call when a call is long (`expensive`: the scalar P1 baseline
+/// takes seconds), else a warm-up and >= 0.2 s of calls.
+template <class Baseline>
+double time_baseline(Baseline& baseline, int threads, bool expensive) {
+  if (!expensive) baseline.run();
+  int calls = 0;
+  const double t0 = clock_for(threads);
+  double elapsed = 0;
+  do {
+    baseline.run();
+    ++calls;
+    elapsed = clock_for(threads) - t0;
+  } while (!expensive && elapsed < 0.2);
+  return elapsed / calls;
+}
+
 double measure_eigen(const shape& s) {
 #if GQA_BENCH_HAS_EIGEN
   if (!gqa::isa::cpu_supports<Isa>()) return -1;
   eigen_baseline e(s);
-  // One call when a call is long (the scalar P1 baseline takes seconds), else a warm-up and >= 0.2 s.
-  const bool expensive = estimated_seconds(isa_name, "eigen", s) > 0.3;
-  if (!expensive) e.run();
-  int calls = 0;
-  const double t0 = clock_for(s.threads);
-  double elapsed = 0;
-  do {
-    e.run();
-    ++calls;
-    elapsed = clock_for(s.threads) - t0;
-  } while (!expensive && elapsed < 0.2);
-  return elapsed / calls;
+  return time_baseline(e, s.threads, estimated_seconds(isa_name, "eigen", s) > 0.3);
 #else
   (void)s;
   return -1;
@@ -388,10 +406,15 @@ void run_reference(benchmark::State& st, const bench_case& c) {
   set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(s)) / per_call);
 }
 
+/// The backward cases (bench_backward.hpp, included at the end of this file).
+void run_backward(benchmark::State& st, const bench_case& c);
+
 void run_case(benchmark::State& st, const bench_case& c) {
   skip_if_unsupported(st);
   if (st.error_occurred()) return;
-  if (c.kind == "eigen") {
+  if (c.backward) {
+    run_backward(st, c);
+  } else if (c.kind == "eigen") {
     run_eigen(st, c);
   } else if (c.kind == "reference") {
     run_reference(st, c);
@@ -403,7 +426,8 @@ void run_case(benchmark::State& st, const bench_case& c) {
 void register_cases(const std::vector<bench_case>& cases) {
   for (const bench_case& c : cases) {
     auto* b = benchmark::RegisterBenchmark(c.name().c_str(), [c](benchmark::State& st) { run_case(st, c); });
-    b->Unit(estimated_seconds(isa_name, c.kind, c.s) > 0.01 ? benchmark::kMillisecond : benchmark::kMicrosecond);
+    const double estimate = estimated_seconds(isa_name, c.kind, c.s) * (c.backward ? 2.5 : 1.0);
+    b->Unit(estimate > 0.01 ? benchmark::kMillisecond : benchmark::kMicrosecond);
     if (c.s.threads > 1) b->UseRealTime();
   }
 }
@@ -411,6 +435,11 @@ void register_cases(const std::vector<bench_case>& cases) {
 bool cpu_supported() { return gqa::isa::cpu_supports<Isa>(); }
 
 }  // namespace
+}  // namespace gqa_bench
+
+#include "bench_backward.hpp"
+
+namespace gqa_bench {
 
 isa_hooks GQA_BENCH_CAT(hooks_, GQA_BENCH_ISA)() {
   isa_hooks h;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/install-deps.sh [--neon] [--mpi] [--plot] [--dry-run]: install what gqa needs to build, test and benchmark
+# scripts/install-deps.sh [--neon] [--mpi] [--plot] [--fuzz] [--dry-run]: install what gqa needs to build, test and benchmark
 # on Debian/Ubuntu. Idempotent and non-interactive: runs `apt-get update` + `apt-get install` only for the
 # packages that are missing, as root directly or through sudo otherwise.
 #   (always)  cmake g++ make libeigen3-dev libgtest-dev googletest libbenchmark-dev
@@ -7,6 +7,7 @@
 #   --neon    g++-aarch64-linux-gnu qemu-user     (cross-build and run the NEON tests, scripts/test-neon.sh)
 #   --mpi     libopenmpi-dev openmpi-bin           (examples/mpi_heads: attention heads sharded over MPI ranks)
 #   --plot    gnuplot-nox                          (plots of the comparison)
+#   --fuzz    clang-14 libclang-rt-14-dev          (the libFuzzer target, tests/fuzz)
 set -euo pipefail
 
 packages=(cmake g++ make libeigen3-dev libgtest-dev googletest libbenchmark-dev)
@@ -16,13 +17,14 @@ for arg in "$@"; do
     --neon) packages+=(g++-aarch64-linux-gnu qemu-user) ;;
     --mpi) packages+=(libopenmpi-dev openmpi-bin) ;;
     --plot) packages+=(gnuplot-nox) ;;
+    --fuzz) packages+=(clang-14 libclang-rt-14-dev) ;;
     --dry-run) dry_run=1 ;;
     -h | --help)
-      sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "install-deps.sh: unknown option '$arg' (use --neon, --mpi, --plot, --dry-run)" >&2
+      echo "install-deps.sh: unknown option '$arg' (use --neon, --mpi, --plot, --fuzz, --dry-run)" >&2
       exit 2
       ;;
   esac

@@ -166,6 +166,20 @@ TEST(compare_model, summarize_uses_linear_interpolation_quantiles) {
   EXPECT_DOUBLE_EQ(summarize({}).median, 0);
 }
 
+TEST(compare_model, key_heads_of_the_dynamic_schemes_are_scaled_from_half_to_double) {
+  EXPECT_EQ(key_head_scales(1), std::vector<float>{1.0f});
+  EXPECT_EQ(key_head_scales(3), (std::vector<float>{0.5f, 1.0f, 2.0f}));
+  const std::vector<float> six = key_head_scales(6);
+  ASSERT_EQ(six.size(), 6u);
+  EXPECT_FLOAT_EQ(six.front(), 0.5f);
+  EXPECT_FLOAT_EQ(six.back(), 2.0f);
+  EXPECT_TRUE(std::is_sorted(six.begin(), six.end()));
+  // (batch 2, seq 1, 3 heads, d 2) of ones: head g of every row becomes key_head_scales(3)[g].
+  std::vector<float> k(12, 1.0f);
+  scale_key_heads(k.data(), 2, 1, 3, 2);
+  EXPECT_EQ(k, (std::vector<float>{0.5f, 0.5f, 1, 1, 2, 2, 0.5f, 0.5f, 1, 1, 2, 2}));
+}
+
 run_options parse(std::vector<const char*> args) {
   args.insert(args.begin(), "gqa-compare");
   return parse_args(static_cast<int>(args.size()), args.data());

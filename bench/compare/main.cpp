@@ -182,6 +182,7 @@ config_result measure_config(const layer_config& c, const isa_entry& isa, int th
   std::vector<float> q(n_q), k(n_kv), v(n_kv), o(n_q);
   fill_random(q, 1);
   fill_random(k, 2);
+  scale_key_heads(k.data(), c.batch, c.seq_kv, c.hkv_ref, c.head_dim);  // KDGQA/DGQA's view: see key_head_scales
   fill_random(v, 3);
   for (const scheme& s : list) {
     prog.start(++counter, total, c, s);

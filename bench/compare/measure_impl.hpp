@@ -46,7 +46,8 @@ measurement time_calls(Policy& policy, const measure_request& r) {
 }
 
 /// The allocation of the last call: a policy that plans from the keys reports it (last(), with its status
-/// when it was a fallback: KDGQA, DGQA); a static one runs uniform groups (hq / hkv query heads each).
+/// when it was a fallback or ran as MQA, as KDGQA with two KV heads always does: KDGQA, DGQA); a static
+/// one runs uniform groups (hq / hkv query heads each).
 template <class Policy>
 void record_allocation(const Policy& policy, const measure_request& r, measurement& m) {
   if constexpr (requires { policy.last().alloc; }) {
@@ -54,6 +55,8 @@ void record_allocation(const Policy& policy, const measure_request& r, measureme
     m.allocation = last.alloc;
     if (last.status != gqa::grouping_status::ok)
       m.status = std::string(gqa::to_string(last.status)) + " (" + std::string(gqa::to_string(last.fallback)) + ")";
+    else if (last.runs_as_mqa())
+      m.status = "runs as MQA (every query head on one KV head)";
   } else {
     m.allocation.assign(static_cast<std::size_t>(r.hkv), static_cast<int>(r.hq / r.hkv));
   }

@@ -80,6 +80,17 @@ std::int64_t extra_params(const layer_config& c, const scheme& s);
 /// code trains it; once folded for inference it has GQA's count).
 std::int64_t attention_params(const layer_config& c, const scheme& s);
 
+/// Per-KV-head factors for the keys of the dynamic schemes (KDGQA, DGQA): K head g of hkv is multiplied by
+/// 0.5 · 4^(g / (hkv − 1)), from 0.5 to 2 (1 for hkv = 1), so the head norms differ as trained models'
+/// key heads do. On iid random keys every head has nearly the same norm: DGQA-ema's shares
+/// (hq / hkv)·(1 ± ~1%) then all round to hq / hkv, i.e. exactly uniform GQA groups, and the comparison
+/// would show nothing of DGQA (KDGQA's min-max scaling skews any spread, however small).
+std::vector<float> key_head_scales(std::int64_t hkv);
+/// Multiplies head g of the contiguous (batch, seq, hkv, d) keys at k by key_head_scales(hkv)[g].
+void scale_key_heads(float* k, std::int64_t batch, std::int64_t seq, std::int64_t hkv, std::int64_t d);
+/// The report's line saying which keys KDGQA and DGQA ran on, and why (see key_head_scales).
+std::string key_heads_note(std::int64_t hkv);
+
 /// Order statistics of a sample of times (seconds).
 struct time_stats {
   double min = 0, q1 = 0, median = 0, q3 = 0, max = 0;

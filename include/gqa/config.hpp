@@ -41,16 +41,26 @@
 // Note [ABI namespace]
 // Translation units compiled with different ISA flags may be linked into one program (the test binary
 // does exactly that). Inline functions compiled with -mavx512f must never be picked by the linker for a
-// scalar TU, so every gqa entity lives in an inline namespace named after the best ISA of the TU.
+// scalar TU, so every gqa entity lives in an inline namespace named after the best ISA of the TU. A TU
+// with GQA_NO_DISPATCH gets a namespace of its own too (v0_scalar_nodispatch, ...): its run-time choice
+// (isa::runnable, the dispatching entry points) has fewer ISAs than a dispatching TU's of the same flags,
+// and the linker must not hand one TU's inline functions to the other.
 #ifndef GQA_ABI_NS
-#if GQA_HAS_AVX512
-#define GQA_ABI_NS v0_avx512
-#elif GQA_HAS_AVX2
-#define GQA_ABI_NS v0_avx2
-#elif GQA_HAS_NEON
-#define GQA_ABI_NS v0_neon
+#if defined(GQA_NO_DISPATCH)
+#define GQA_ABI_SUFFIX _nodispatch
 #else
-#define GQA_ABI_NS v0_scalar
+#define GQA_ABI_SUFFIX
+#endif
+#define GQA_ABI_CAT2(a, b) a##b
+#define GQA_ABI_CAT(a, b) GQA_ABI_CAT2(a, b)
+#if GQA_HAS_AVX512
+#define GQA_ABI_NS GQA_ABI_CAT(v0_avx512, GQA_ABI_SUFFIX)
+#elif GQA_HAS_AVX2
+#define GQA_ABI_NS GQA_ABI_CAT(v0_avx2, GQA_ABI_SUFFIX)
+#elif GQA_HAS_NEON
+#define GQA_ABI_NS GQA_ABI_CAT(v0_neon, GQA_ABI_SUFFIX)
+#else
+#define GQA_ABI_NS GQA_ABI_CAT(v0_scalar, GQA_ABI_SUFFIX)
 #endif
 #endif
 

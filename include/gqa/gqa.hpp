@@ -12,6 +12,7 @@
 #include "isa/tags.hpp"
 #include "isa/select.hpp"
 #include "attention.hpp"
+#include "backward.hpp"
 #include "runtime_info.hpp"
 #include "random.hpp"
 #include "variants.hpp"

@@ -28,6 +28,11 @@ struct attention_options {
   int num_threads = 1;
   /// If set, used instead of the built-in loop (e.g. the framework's own thread pool).
   parallel_for_fn parallel_for;
+  /// If true, the call first checks that every input element it reads is finite (all of q; the keys
+  /// j < kv_lengths[b] of k and v) and throws gqa::invalid_argument naming the first that is not
+  /// (tensor and [batch, position, head, dim]; q, then k, then v). Off by default: it costs one pass over
+  /// the inputs. Without it, non-finite inputs follow the rules of docs/design.md ("Non-finite inputs").
+  bool check_finite = false;
   /// Which ISA a call WITHOUT an explicit one runs ("scalar", "avx2", "avx512", "neon"), for tests and
   /// benchmarks. Empty: the environment variable GQA_ISA when set, else the best ISA the running CPU
   /// supports. A name the CPU lacks throws gqa::invalid_argument. attend<isa::X> ignores it.

@@ -316,10 +316,10 @@ TYPED_TEST_P(core_suite, online_softmax_update_merge_and_masked_rows) {
   float m = 0.0f, l = 0.0f;
   std::vector<float> o(static_cast<std::size_t>(dvp)), out(static_cast<std::size_t>(dv));
   run(0, keys, m, l, o.data());
-  S::finish_row(o.data(), l, dv, out.data());
+  S::finish_row(o.data(), l, true, dv, out.data());
   for (index_t c = 0; c < dv; ++c)
     EXPECT_NEAR(out[static_cast<std::size_t>(c)], want[static_cast<std::size_t>(c)] / sum, tol) << "O[" << c << "]";
-  EXPECT_NEAR(S::lse(m, l), (mx + std::log2(sum)) * std::log(2.0), tol * 16.0);
+  EXPECT_NEAR(S::lse(m, l, true), (mx + std::log2(sum)) * std::log(2.0), tol * 16.0);
 
   // Split into three chunks (the first fully masked): the merge reproduces the row.
   const index_t cuts[] = {0, n, 3 * n, keys};
@@ -331,12 +331,12 @@ TYPED_TEST_P(core_suite, online_softmax_update_merge_and_masked_rows) {
   float mm = 0.0f, ml = 0.0f;
   std::vector<float> mo(static_cast<std::size_t>(dvp));
   S::merge(part, 3, 1, dvp, core::row_state{&mm, &ml, mo.data()});
-  S::finish_row(mo.data(), ml, dv, out.data());
+  S::finish_row(mo.data(), ml, true, dv, out.data());
   for (index_t c = 0; c < dv; ++c)
     EXPECT_NEAR(out[static_cast<std::size_t>(c)], want[static_cast<std::size_t>(c)] / sum, tol)
         << "merged O[" << c << "]";
   EXPECT_EQ(mm, m);
-  EXPECT_NEAR(S::lse(mm, ml), S::lse(m, l), tol * 16.0);
+  EXPECT_NEAR(S::lse(mm, ml, true), S::lse(m, l, true), tol * 16.0);
   // Without the masked chunk: bit for bit the same merge.
   float m2 = 0.0f, l2 = 0.0f;
   std::vector<float> o2(static_cast<std::size_t>(dvp));
@@ -353,9 +353,9 @@ TYPED_TEST_P(core_suite, online_softmax_update_merge_and_masked_rows) {
   EXPECT_EQ(em, -k_inf);
   EXPECT_EQ(el, 0.0f);
   std::fill(out.begin(), out.end(), 7.0f);
-  S::finish_row(orow.data(), el, dv, out.data());
+  S::finish_row(orow.data(), el, false, dv, out.data());
   for (const float x : out) EXPECT_TRUE(same_bits(x, 0.0f));
-  EXPECT_EQ(S::lse(em, el), -k_inf);
+  EXPECT_EQ(S::lse(em, el, false), -k_inf);
   float zm = 0.0f, zl = 1.0f;
   std::vector<float> zo(static_cast<std::size_t>(dvp), 1.0f);
   S::merge(
@@ -368,6 +368,138 @@ TYPED_TEST_P(core_suite, online_softmax_update_merge_and_masked_rows) {
   for (const float x : zo) EXPECT_TRUE(same_bits(x, 0.0f));
 }
 
+// Note [non-finite inputs] at the level of the parts: update keeps a NaN score (as a NaN weight, also in
+// a block whose other scores are all masked) and makes a +inf score's row NaN; the NaN survives later
+// blocks and the merge (also from a chunk whose max stayed −inf); a row with visible keys and no weight
+// is NaN with LSE NaN, not zeros.
+TYPED_TEST_P(core_suite, online_softmax_keeps_nan) {
+  using S = core::online_softmax<TypeParam>;
+  constexpr int L = gqa::isa::vec<TypeParam>::lanes;
+  const index_t n = 2 * L, dvp = L;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const index_t at : {index_t{0}, n / 2, n - 1})
+    for (const bool masked_rest : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "NaN score at " << at << (masked_rest ? ", rest masked" : ""));
+      auto s = data(static_cast<std::size_t>(n), 60 + at);
+      if (masked_rest) std::fill(s.begin(), s.end(), -k_inf);
+      s[static_cast<std::size_t>(at)] = nan;
+      float m = -k_inf, l = 0.0f;
+      std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f);
+      S::update(s.data(), n, m, l, o.data(), dvp);
+      EXPECT_TRUE(std::isnan(s[static_cast<std::size_t>(at)])) << "weight of the NaN score";
+      EXPECT_TRUE(std::isnan(l));
+      auto s2 = data(static_cast<std::size_t>(n), 70 + at);  // a later, finite block
+      for (auto& x : s2) x += 50.0f;                         // with a larger max: rescales the state
+      S::update(s2.data(), n, m, l, o.data(), dvp);
+      EXPECT_TRUE(std::isnan(l));
+      // Merged with a finite chunk, in either order.
+      float fm = 1.0f, fl = 2.0f;
+      std::vector<float> fo(static_cast<std::size_t>(dvp), 0.5f);
+      std::vector<float> out(static_cast<std::size_t>(dvp));
+      for (const bool nan_first : {true, false}) {
+        auto part = [&](index_t c) {
+          return (c == 0) == nan_first ? core::row_state{&m, &l, o.data()} : core::row_state{&fm, &fl, fo.data()};
+        };
+        float mm = 0.0f, ml = 0.0f;
+        std::vector<float> mo(static_cast<std::size_t>(dvp));
+        S::merge(part, 2, 1, dvp, core::row_state{&mm, &ml, mo.data()});
+        EXPECT_TRUE(std::isnan(ml));
+        EXPECT_TRUE(std::isnan(S::lse(mm, ml, true)));
+      }
+    }
+  // A chunk that saw only −inf scores and a NaN (max −inf, l NaN) still poisons the merge.
+  {
+    std::vector<float> s(static_cast<std::size_t>(n), -k_inf);
+    s[1] = nan;
+    float m = -k_inf, l = 0.0f;
+    std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f);
+    S::update(s.data(), n, m, l, o.data(), dvp);
+    EXPECT_TRUE(std::isnan(l));
+    float em = -k_inf, el = 0.0f;
+    std::vector<float> eo(static_cast<std::size_t>(dvp), 0.0f);
+    float mm = 0.0f, ml = 0.0f;
+    std::vector<float> mo(static_cast<std::size_t>(dvp));
+    S::merge([&](index_t c) { return c == 0 ? core::row_state{&em, &el, eo.data()} : core::row_state{&m, &l, o.data()}; },
+             2, 1, dvp, core::row_state{&mm, &ml, mo.data()});
+    EXPECT_TRUE(std::isnan(ml));
+  }
+  // +inf score: the row is NaN (2^(inf − inf)); the other weights are 0.
+  {
+    auto s = data(static_cast<std::size_t>(n), 80);
+    s[3 % static_cast<std::size_t>(n)] = k_inf;
+    float m = -k_inf, l = 0.0f;
+    std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f);
+    S::update(s.data(), n, m, l, o.data(), dvp);
+    EXPECT_EQ(m, k_inf);
+    EXPECT_TRUE(std::isnan(l));
+  }
+  // Visible keys whose scores are all −inf: l = 0, and the row is NaN (0 · 1/0), LSE NaN.
+  {
+    std::vector<float> s(static_cast<std::size_t>(n), -k_inf);
+    float m = -k_inf, l = 0.0f;
+    std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f), out(static_cast<std::size_t>(dvp), 7.0f);
+    S::update(s.data(), n, m, l, o.data(), dvp);
+    EXPECT_EQ(l, 0.0f);
+    S::finish_row(o.data(), l, true, dvp, out.data());
+    for (const float x : out) EXPECT_TRUE(std::isnan(x));
+    EXPECT_TRUE(std::isnan(S::lse(m, l, true)));
+  }
+}
+
+// accumulate_pv_cut (packed and direct): row r takes keys [0, lim(r)) only, lim a staircase through the
+// block: bitwise the same as the full block with P = 0 on hidden keys when V is finite, and a NaN or inf
+// in a V row that a row does not see leaves that row finite (Note [causal staircase]).
+TYPED_TEST_P(core_suite, causal_staircase_skips_hidden_v_rows) {
+  using PK = core::packed<TypeParam>;
+  using DP = core::direct<TypeParam>;
+  constexpr int L = gqa::isa::vec<TypeParam>::lanes;
+  for (const index_t rows : {index_t{5}, index_t{13}, index_t{40}}) {
+    const index_t nb = 37, dv = 2 * L + 3, dvp = core::round_up(dv, L), ldp = nb + 5;
+    const index_t step = std::max<index_t>(1, rows / 5);  // rows share limits in groups (positions)
+    const auto lim = [&](index_t r) { return std::min<index_t>(nb, 3 + (r / step) * 7); };
+    auto p = data(static_cast<std::size_t>(rows * ldp), 90 + rows);
+    for (index_t r = 0; r < rows; ++r)
+      for (index_t j = lim(r); j < nb; ++j) p[static_cast<std::size_t>(r * ldp + j)] = 0.0f;
+    auto v = data(static_cast<std::size_t>(nb * dvp), 91 + rows);
+    const auto o0 = data(static_cast<std::size_t>(rows * dvp), 92 + rows);
+    for (const bool direct_path : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << rows << " rows, " << (direct_path ? "direct" : "packed"));
+      auto run = [&](bool cut, const std::vector<float>& vv) {
+        std::vector<float> o = o0;
+        if (direct_path) {
+          if (cut) DP::accumulate_pv_cut(vv.data(), dvp, dv, lim, p.data(), rows, ldp, dvp, o.data());
+          else DP::accumulate_pv(vv.data(), dvp, dv, nb, p.data(), rows, ldp, dvp, o.data());
+        } else {
+          if (cut) PK::accumulate_pv_cut(p.data(), rows, ldp, vv.data(), lim, dvp, o.data());
+          else PK::accumulate_pv(p.data(), rows, ldp, vv.data(), nb, dvp, o.data());
+        }
+        return o;
+      };
+      const auto full = run(false, v), cut = run(true, v);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t c = 0; c < dv; ++c) {
+          const auto i = static_cast<std::size_t>(r * dvp + c);
+          ASSERT_TRUE(same_bits(full[i], cut[i])) << "O[" << r << "][" << c << "]";
+        }
+      // Poison the V row seen only by the last group of rows.
+      auto bad = v;
+      const index_t j = lim(rows - 1) - 1;
+      for (index_t c = 0; c < dv; ++c) bad[static_cast<std::size_t>(j * dvp + c)] = c % 2 ? k_inf : std::nanf("");
+      const auto o = run(true, bad);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t c = 0; c < dv; ++c) {
+          const float x = o[static_cast<std::size_t>(r * dvp + c)];
+          if (lim(r) > j) {
+            EXPECT_FALSE(std::isfinite(x)) << "O[" << r << "][" << c << "] sees the poisoned key";
+          } else {
+            EXPECT_TRUE(same_bits(x, cut[static_cast<std::size_t>(r * dvp + c)])) << "O[" << r << "][" << c << "]";
+          }
+        }
+    }
+  }
+}
+
 REGISTER_TYPED_TEST_SUITE_P(core_suite, tile_every_shape_of_the_table, tile_partial_reads_only_width_columns,
                             dot_scores_every_block_shape, direct_path_reads_k_and_v_in_place, packing_layout,
-                            online_softmax_update_merge_and_masked_rows);
+                            online_softmax_update_merge_and_masked_rows, online_softmax_keeps_nan,
+                            causal_staircase_skips_hidden_v_rows);

@@ -278,6 +278,9 @@ TYPED_TEST_P(vec_suite, exp2_special_values) {
   for (int n = -126; n <= 127; ++n) EXPECT_EQ(exp2v(static_cast<float>(n)), std::ldexp(1.0f, n)) << "exp2(" << n << ")";
   // Clamped above: 127 and beyond give 2^127, never inf.
   for (const float x : {127.3f, 1.0e6f, k_inf}) EXPECT_EQ(exp2v(x), 0x1p127f) << "exp2(" << x << ")";
+  // NaN stays NaN (a NaN score must not become a weight of 0: Note [non-finite inputs]).
+  EXPECT_TRUE(std::isnan(exp2v(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_TRUE(std::isnan(gqa::isa::exp2_scalar(std::numeric_limits<float>::quiet_NaN())));
   // Just above −126.5 the result is a small nonzero subnormal-range value, never negative.
   EXPECT_GT(exp2v(-126.4f), 0.0f);
   // Every ISA computes exactly the scalar helper's value, lane by lane (same operations, all fused).

@@ -21,7 +21,7 @@ namespace {
 constexpr bool reduced = GQA_TEST_REDUCED != 0;
 
 /// n floats uniform in [lo, hi), a pure function of (seed, index).
-std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+[[maybe_unused]] std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::vector<float> x(n);
   for (std::size_t i = 0; i < n; ++i)
     // In double, rounded once: a float `lo + (hi - lo) * u` may be fused into an FMA in some ISA TUs and

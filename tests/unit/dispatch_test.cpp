@@ -1,8 +1,9 @@
 // Run-time ISA dispatch (Note [per-target kernels] in gqa/detail/core/targets.hpp). This TU is compiled
-// without ISA flags, like a consumer's: for every ISA the CPU has, gqa::attend without an ISA, forced to
-// it through attention_options::isa, must give bitwise what gqa::attend<isa::X> gives in a TU compiled
-// with X's flags (tests/support/explicit_attend.hpp); the default must be the best ISA; a bad override
-// must throw before any work.
+// without ISA flags, like a consumer's (and, alone among the test TUs, without GQA_NO_DISPATCH): for every
+// ISA the CPU has, gqa::attend without an ISA, forced to it through attention_options::isa, must give
+// bitwise what gqa::attend<isa::X> gives in a TU compiled with X's flags (tests/support/explicit_attend.hpp),
+// and so must the training pair gqa::forward_train + gqa::backward; the default must be the best ISA; a
+// bad override must throw before any work.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -23,23 +24,29 @@ namespace {
 using gqa::test::attend_case;
 using explicit_fn = void (*)(const attend_case&, float*, float*);
 
-/// The explicit entry point compiled with `isa`'s flags, if this test binary has that TU.
-explicit_fn explicit_for(std::string_view isa) {
+/// The explicit entry points compiled with one ISA's flags: attend, and forward_train + backward.
+struct explicit_entry {
+  explicit_fn attend = nullptr, train = nullptr;
+};
+
+/// The explicit entry points compiled with `isa`'s flags, if this test binary has that TU (else null).
+explicit_entry explicit_entries(std::string_view isa) {
 #if defined(GQA_ISA_TU_AVX512)
-  if (isa == "avx512") return &gqa::test::explicit_attend_avx512;
+  if (isa == "avx512") return {&gqa::test::explicit_attend_avx512, &gqa::test::explicit_train_avx512};
 #endif
 #if defined(GQA_ISA_TU_AVX2)
-  if (isa == "avx2") return &gqa::test::explicit_attend_avx2;
+  if (isa == "avx2") return {&gqa::test::explicit_attend_avx2, &gqa::test::explicit_train_avx2};
 #endif
 #if defined(GQA_ISA_TU_NEON)
-  if (isa == "neon") return &gqa::test::explicit_attend_neon;
+  if (isa == "neon") return {&gqa::test::explicit_attend_neon, &gqa::test::explicit_train_neon};
 #endif
 #if defined(GQA_ISA_TU_SCALAR)
-  if (isa == "scalar") return &gqa::test::explicit_attend_scalar;
+  if (isa == "scalar") return {&gqa::test::explicit_attend_scalar, &gqa::test::explicit_train_scalar};
 #endif
   (void)isa;
-  return nullptr;
+  return {};
 }
+explicit_fn explicit_for(std::string_view isa) { return explicit_entries(isa).attend; }
 
 struct shape {
   const char* name;
@@ -70,7 +77,7 @@ struct result {
 
 struct prepared {
   shape s;
-  std::vector<float> q, k, v;
+  std::vector<float> q, k, v, dout;
   std::vector<std::int64_t> kv_lengths;
   attend_case c{};
 
@@ -78,9 +85,11 @@ struct prepared {
     q = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.sq * s.hq * s.d), 11, -2.0f, 2.0f);
     k = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.skv * s.hkv * s.d), 12, -2.0f, 2.0f);
     v = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.skv * s.hkv * s.dv), 13);
+    dout = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.sq * s.hq * s.dv), 14);
     for (std::int64_t ib = 0; ib < s.b; ++ib) kv_lengths.push_back(s.skv - 17 * ib - 5);
     c = {s.b, s.sq, s.skv, s.hq, s.hkv, s.d, s.dv, s.causal, q.data(), k.data(), v.data(),
-         s.padded ? kv_lengths.data() : nullptr, s.alloc.empty() ? nullptr : s.alloc.data(), s.threads};
+         s.padded ? kv_lengths.data() : nullptr, s.alloc.empty() ? nullptr : s.alloc.data(), s.threads,
+         dout.data()};
   }
 
   result blank() const {
@@ -94,6 +103,23 @@ struct prepared {
   }
   result explicit_on(explicit_fn fn) const {
     result r = blank();
+    fn(c, r.o.data(), r.lse.data());
+    return r;
+  }
+
+  // Training: `o` is the forward's output, `lse` holds the gradients (dq, dk, dv).
+  result blank_train() const {
+    const auto grads = s.b * (s.sq * s.hq * s.d + s.skv * s.hkv * (s.d + s.dv));
+    return {std::vector<float>(static_cast<std::size_t>(s.b * s.sq * s.hq * s.dv), -7.0f),
+            std::vector<float>(static_cast<std::size_t>(grads), -7.0f)};
+  }
+  result trained(std::string_view opt_isa) const {
+    result r = blank_train();
+    gqa::test::run_train<gqa::isa::dispatch>(c, r.o.data(), r.lse.data(), opt_isa);
+    return r;
+  }
+  result explicit_train(explicit_fn fn) const {
+    result r = blank_train();
     fn(c, r.o.data(), r.lse.data());
     return r;
   }
@@ -132,6 +158,26 @@ TEST(dispatch, forced_isa_is_bitwise_the_explicit_isa) {
   EXPECT_GT(compared, 0) << "no ISA of this test binary runs on this CPU";
 }
 
+// The same for the training pair: gqa::forward_train and gqa::backward (through attend_backward) forced to
+// each ISA == forward_train<isa::X> + backward<isa::X> compiled with X's flags, output and gradients.
+TEST(dispatch, backward_forced_isa_is_bitwise_the_explicit_isa) {
+  int compared = 0;
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    const explicit_fn fn = explicit_entries(isa).train;
+    if (fn == nullptr || !gqa::isa::cpu_supports(isa) || !gqa::isa::runnable(isa)) continue;
+    for (const shape& s : shapes()) {
+      const prepared p(s);
+      const result got = p.trained(isa), want = p.explicit_train(fn);
+      EXPECT_TRUE(bitwise_equal(got.o, want.o)) << isa << " " << s.name << ": o differs first at "
+                                                << first_difference(got.o, want.o);
+      EXPECT_TRUE(bitwise_equal(got.lse, want.lse)) << isa << " " << s.name << ": dq|dk|dv differ first at "
+                                                    << first_difference(got.lse, want.lse);
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 0) << "no ISA of this test binary runs on this CPU";
+}
+
 // Without an override (and without GQA_ISA) the call runs the best ISA this CPU supports.
 TEST(dispatch, default_is_the_best_supported_isa) {
   if (!gqa::detail::isa_from_environment().empty()) GTEST_SKIP() << "GQA_ISA is set";
@@ -149,9 +195,11 @@ TEST(dispatch, default_is_the_best_supported_isa) {
 #endif
   const explicit_fn fn = explicit_for(best);
   if (fn == nullptr) GTEST_SKIP() << "no explicit TU for " << best;
+  const explicit_fn train = explicit_entries(best).train;
   for (const shape& s : shapes()) {
     const prepared p(s);
     expect_same(p.dispatched({}), p.explicit_on(fn), std::string("default ") + s.name);
+    expect_same(p.trained({}), p.explicit_train(train), std::string("default training ") + s.name);
   }
 }
 
@@ -202,6 +250,35 @@ TEST(dispatch, override_rejects_unknown_missing_and_unsupported_isas) {
                      gqa::bshd<float>(r.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv), opt);
       },
       {"options.isa = \"sse9\""});
+  // So do forward_train, backward and attend_backward, before writing anything.
+  gqa::test::case_policy cp{gqa::test::map_of(p.c)};
+  const auto q = gqa::bshd<const float>(p.q.data(), p.s.b, p.s.sq, p.s.hq, p.s.d);
+  const auto k = gqa::bshd<const float>(p.k.data(), p.s.b, p.s.skv, p.s.hkv, p.s.d);
+  const auto v = gqa::bshd<const float>(p.v.data(), p.s.b, p.s.skv, p.s.hkv, p.s.dv);
+  gqa::test::expect_invalid([&] { (void)gqa::forward_train(cp, q, k, v, gqa::bshd<float>(r.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv), opt); },
+                            {"options.isa = \"sse9\""});
+  result t = p.blank_train();
+  gqa::attention_options good;
+  good.causal = p.s.causal;
+  std::vector<float> lse(static_cast<std::size_t>(p.s.b * p.s.hq * p.s.sq));
+  good.lse = lse;
+  const auto o = gqa::bshd<float>(t.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv);
+  const auto saved = gqa::forward_train(cp, q, k, v, o, good);
+  float* dq = t.lse.data();
+  float* dk = dq + p.s.b * p.s.sq * p.s.hq * p.s.d;
+  float* dv = dk + p.s.b * p.s.skv * p.s.hkv * p.s.d;
+  const auto dqv = gqa::bshd<float>(dq, p.s.b, p.s.sq, p.s.hq, p.s.d);
+  const auto dkv = gqa::bshd<float>(dk, p.s.b, p.s.skv, p.s.hkv, p.s.d);
+  const auto dvv = gqa::bshd<float>(dv, p.s.b, p.s.skv, p.s.hkv, p.s.dv);
+  const auto dout = gqa::bshd<const float>(p.dout.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv);
+  gqa::attention_options bad = good;
+  bad.lse = {};
+  bad.isa = "sse9";
+  gqa::test::expect_invalid([&] { gqa::backward(cp, saved, q, k, v, o, dout, dqv, dkv, dvv, bad); },
+                            {"options.isa = \"sse9\""});
+  gqa::test::expect_invalid(
+      [&] { gqa::attend_backward(q, k, v, o, dout, lse, dqv, dkv, dvv, cp.map, bad); }, {"options.isa = \"sse9\""});
+  EXPECT_TRUE(bitwise_equal(t.lse, p.blank_train().lse)) << "gradients written before the throw";
 }
 
 // The CPU check on a stand-in CPU that has only this TU's own ISA (this machine may have them all).

@@ -107,7 +107,8 @@ inline kv_projection convert_mha_to_gqa(const kv_projection& mha, index_t heads,
 
 /// wgqa_fold (the WGQA inference fold) on Eigen matrices: per_head.w_k and w_v are (w.hq·w.d ×
 /// w.model_dim); returns the (w.hkv·w.d × w.model_dim) plain-GQA projections (biases folded for scalar/col;
-/// empty for row).
+/// empty for row). Like gqa::wgqa_fold, col weights do not fold when RoPE follows the projection
+/// (Note [wgqa with rope]).
 inline kv_projection wgqa_fold(const kv_projection& per_head, const wgqa_weights& w) {
   constexpr const char* where = "gqa::eigen::wgqa_fold";
   gqa::detail::check_wgqa_weights(w, where);

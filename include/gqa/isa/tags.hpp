@@ -45,6 +45,9 @@ inline constexpr bool compiled = std::is_same_v<Isa, scalar> || (std::is_same_v<
 struct dispatch {
   static constexpr std::string_view name = "dispatch";
 };
+/// True for isa::dispatch (a call resolved at run time), false for an ISA tag.
+template <class Isa>
+inline constexpr bool dispatched = std::is_same_v<Isa, dispatch>;
 
 /// True when the running CPU (and OS) can execute Isa: every feature its code is compiled for, from
 /// CPUID and XGETBV (isa/cpu.hpp); checked at run time, tests skip otherwise.

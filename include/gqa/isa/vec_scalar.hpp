@@ -85,9 +85,11 @@ struct vec<scalar> {
   }
   /// Round to nearest integer, ties to even (the current rounding mode, never changed by gqa).
   static GQA_FORCEINLINE reg round(reg a) noexcept { return std::nearbyint(a); }
-  /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0).
+  /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0). NaN gives 1
+  /// (what the x86 and NEON conversions give too; exp2 multiplies it by a NaN polynomial, Note [exp accuracy]).
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    const auto bits = static_cast<std::uint32_t>(static_cast<std::int32_t>(n) + 127) << 23;
+    const std::int32_t e = n == n ? static_cast<std::int32_t>(n) : 0;
+    const auto bits = static_cast<std::uint32_t>(e + 127) << 23;
     float r;
     std::memcpy(&r, &bits, sizeof r);
     return r;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -60,11 +61,18 @@ class thread_pool {
   bool try_run(index_t n, int helpers, task_fn fn, void* ctx) {
     std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
     if (!lock.owns_lock()) return false;
-    while (static_cast<int>(workers_.size()) < helpers) {
-      workers_.push_back(std::make_unique<worker>());
-      worker* w = workers_.back().get();
-      w->thread = std::thread([this, w] { loop(*w); });
+    try {
+      while (static_cast<int>(workers_.size()) < helpers) {
+        workers_.reserve(workers_.size() + 1);                       // may throw: nothing started yet
+        auto w = std::make_unique<worker>();                         // may throw
+        w->thread = std::thread([this, p = w.get()] { loop(*p); });  // may throw: w has no thread then
+        workers_.push_back(std::move(w));                            // cannot throw (reserved)
+      }
+    } catch (const std::exception&) {
+      // No more threads (std::system_error) or memory (std::bad_alloc): run on the workers there are, as
+      // the fresh-thread loop does (Note [task exceptions] in parallel.hpp).
     }
+    helpers = std::min(helpers, static_cast<int>(workers_.size()));
     fn_ = fn;
     ctx_ = ctx;
     n_ = n;

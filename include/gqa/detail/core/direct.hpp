@@ -80,6 +80,16 @@ struct direct {
     }
   }
 
+  /// accumulate_pv where row r sees only keys [0, lim(r)) (non-decreasing in r), as a staircase (Note
+  /// [causal staircase]): V rows a row does not see never enter its products.
+  template <class Lim>
+  static void accumulate_pv_cut(const float* vbase, index_t vs, index_t dv, const Lim& lim, const float* p,
+                                index_t rows, index_t ldp, index_t dvp, float* o) noexcept {
+    staircase(rows, lim, [&](index_t f, index_t lo, index_t hi) noexcept {
+      accumulate_pv(vbase + lo * vs, vs, dv, hi - lo, p + f * ldp + lo, rows - f, ldp, dvp, o + f * dvp);
+    });
+  }
+
  private:
   /// Columns [0, dv) of DR rows in slabs of DN vectors; the last slab of a d_v tail reads V with masked
   /// loads (tile::run_partial).

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <numeric>
 #include <vector>
 
@@ -63,29 +64,39 @@ struct kernel {
 
   /// A task's scratch, in floats from the thread's scratch (every array 64-byte aligned): packed Q, the
   /// packed K/V block, the scores, and the rows' state. bk: block_kv rounded to whole tiles and whole
-  /// direct-path key steps; dvp: d_v rounded to the vector width.
+  /// direct-path key steps; dvp: d_v rounded to the vector width. total = -1 if the scratch would hold
+  /// more than max_elements<float> floats (Note [scratch size]).
   struct layout {
     index_t dvp, bk, qp, kp, vp, s, o, m, l, total;
   };
 
+  // Note [scratch size]
+  // The arrays' sizes are products of user extents (rows · d, bk · d, ...). Each factor is bounded by a
+  // view's element count (Note [view sizes]), but a product of two need not be: d = 2^60 passes
+  // check_view and bk · d does not fit index_t. So plan_scratch forms every product and sum with checked
+  // arithmetic; forward() plans its largest task before any work and throws std::bad_alloc (memory that
+  // no allocator could provide) if it does not fit, so run() plans only layouts that fit.
   static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t block_kv) noexcept {
+    constexpr index_t M = max_elements<float>;
     layout s{};
-    s.dvp = round_up(dv, L);
+    s.dvp = round_up(dv, L);  // dv <= M - L: a view's count; no overflow
     s.bk = round_up(block_kv, std::lcm(cols, k_direct_keys));
     index_t off = 0;
-    auto carve = [&off](index_t n) {
+    bool fits = true;
+    auto carve = [&](index_t a, index_t b) {
       const index_t at = off;
-      off += round_up(n, 16);
+      index_t n = 0;
+      fits = fits && checked_mul(a, b, M - 16, n) && checked_add(off, round_up(n, 16), M, off);
       return at;
     };
-    s.qp = carve(rows * d);
-    s.kp = carve(s.bk * d);
-    s.vp = carve(s.bk * s.dvp);
-    s.s = carve(rows * s.bk);
-    s.o = carve(rows * s.dvp);
-    s.m = carve(rows);
-    s.l = carve(rows);
-    s.total = off;
+    s.qp = carve(rows, d);
+    s.kp = carve(s.bk, d);
+    s.vp = carve(s.bk, s.dvp);
+    s.s = carve(rows, s.bk);
+    s.o = carve(rows, s.dvp);
+    s.m = carve(rows, 1);
+    s.l = carve(rows, 1);
+    s.total = fits ? off : -1;
     return s;
   }
 
@@ -115,11 +126,20 @@ struct kernel {
     }
   }
 
+  /// The keys query position pos of batch ib sees: [0, n) with n returned. n is the valid length L
+  /// (kv_lengths, else skv); causal rows see j <= pos + (L - sq) (bottom-right aligned).
+  static index_t visible_keys(const problem& pb, index_t ib, index_t pos) noexcept {
+    const index_t kv_len = pb.kv_lengths.empty() ? pb.k.s : pb.kv_lengths[static_cast<std::size_t>(ib)];
+    if (!pb.causal) return kv_len;
+    return std::clamp<index_t>(pos + (kv_len - pb.q.s) + 1, 0, kv_len);
+  }
+
   /// Runs one task; writes final rows to o (and lse), or, if part != nullptr, its state over its chunk.
-  static void run(const problem& pb, const task& t, const row_state* part) noexcept {
+  /// Throws only std::bad_alloc, when the thread's scratch cannot grow, before it writes anything.
+  static void run(const problem& pb, const task& t, const row_state* part) {
     const index_t npos = t.q1 - t.q0;
     const index_t rows = task_rows(pb, t);
-    const index_t d = pb.q.d, dv = pb.v.d, sq = pb.q.s;
+    const index_t d = pb.q.d, dv = pb.v.d;
     const layout lay = plan_scratch(rows, d, dv, pb.block_kv);
     float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
     float* qp = ws + lay.qp;
@@ -128,12 +148,7 @@ struct kernel {
     float* sc = ws + lay.s;
     const row_state st = part ? *part : row_state{ws + lay.m, ws + lay.l, ws + lay.o};
 
-    // Visible keys: [0, L) with L the valid length; causal rows see j <= pos + (L - sq).
-    const index_t kv_len = pb.kv_lengths.empty() ? pb.k.s : pb.kv_lengths[static_cast<std::size_t>(t.ib)];
-    auto row_limit = [&](index_t pos) noexcept -> index_t {
-      if (!pb.causal) return kv_len;
-      return std::clamp<index_t>(pos + (kv_len - sq) + 1, 0, kv_len);
-    };
+    auto row_limit = [&](index_t pos) noexcept { return visible_keys(pb, t.ib, pos); };
     const index_t c_lo = t.chunk * pb.chunk;
     const index_t c_hi = std::min<index_t>(c_lo + pb.chunk, pb.k.s);
     const index_t kv_hi = std::min(c_hi, row_limit(t.q1 - 1));  // no row sees past this
@@ -156,7 +171,8 @@ struct kernel {
     for (index_t j0 = c_lo; j0 < kv_hi; j0 += lay.bk) {
       const index_t nb = std::min(lay.bk, kv_hi - j0);
       const index_t nbp = round_up(nb, L);
-      const bool partial_block = (j0 + nb > kv_unmasked) || nbp != nb;
+      const bool cut = j0 + nb > kv_unmasked;  // the causal horizon of some row cuts inside the block
+      const bool partial_block = cut || nbp != nb;
       if (key_major) {
         decode<Isa>::scores_key_major(pb.k, pb.v, t.ib, *pb.map, {pb.active + t.g0, pb.active + t.g1}, npos, j0, nb, qp,
                                       sc, lay.bk);
@@ -178,19 +194,29 @@ struct kernel {
           tiled::pack_v(vb, vs, dv, nb, lay.dvp, vp);
           tiled::scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk);
         }
+        // Keys of the block row r sees (non-decreasing in r: rows go by position, Note [tile rows]).
+        const auto lim = [&](index_t r) noexcept { return std::clamp<index_t>(row_limit(t.q0 + r / G) - j0, 0, nb); };
         // Mask: columns past nb are padding; with causal, row limits may cut inside the block.
         for (index_t r = 0; r < grow; ++r) {
           float* srow = srow0 + r * lay.bk;
           if (partial_block) {
-            const index_t lim = std::clamp<index_t>(row_limit(t.q0 + r / G) - j0, 0, nb);
-            for (index_t j = lim; j < nbp; ++j) srow[j] = k_neg_inf;
+            for (index_t j = lim(r); j < nbp; ++j) srow[j] = k_neg_inf;
           }
           softmax::update(srow, nbp, st.m[r0 + r], st.l[r0 + r], orow0 + r * lay.dvp, lay.dvp);
         }
+        // P·V; a cut block as a staircase, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {
-          direct<Isa>::accumulate_pv(vb, vs, dv, nb, srow0, grow, lay.bk, lay.dvp, orow0);
+          if (cut) {
+            direct<Isa>::accumulate_pv_cut(vb, vs, dv, lim, srow0, grow, lay.bk, lay.dvp, orow0);
+          } else {
+            direct<Isa>::accumulate_pv(vb, vs, dv, nb, srow0, grow, lay.bk, lay.dvp, orow0);
+          }
         } else {
-          tiled::accumulate_pv(srow0, grow, lay.bk, vp, nb, lay.dvp, orow0);
+          if (cut) {
+            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vp, lim, lay.dvp, orow0);
+          } else {
+            tiled::accumulate_pv(srow0, grow, lay.bk, vp, nb, lay.dvp, orow0);
+          }
         }
         r0 += grow;
       }
@@ -203,9 +229,11 @@ struct kernel {
   /// Normalises and writes every row of task t from its state (O rows of stride dvp), and its LSE.
   static void write_rows(const problem& pb, const task& t, row_state st, index_t dvp) noexcept {
     for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
-      softmax::finish_row(st.o + row * dvp, st.l[row], pb.v.d, pb.o.row(t.ib, pos, h));
+      const bool visible = visible_keys(pb, t.ib, pos) > 0;  // else fully masked: Note [fully masked rows]
+      softmax::finish_row(st.o + row * dvp, st.l[row], visible, pb.v.d, pb.o.row(t.ib, pos, h));
       if (!pb.lse.empty())
-        pb.lse[static_cast<std::size_t>((t.ib * pb.q.h + h) * pb.q.s + pos)] = softmax::lse(st.m[row], st.l[row]);
+        pb.lse[static_cast<std::size_t>((t.ib * pb.q.h + h) * pb.q.s + pos)] =
+            softmax::lse(st.m[row], st.l[row], visible);
     });
   }
 };
@@ -248,6 +276,10 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
 
   const problem pb{q, k, v, o, &map, active.data(), scale * k_log2e, opt.causal, opt.kv_lengths, opt.lse,
                    decode ? shape::block_kv_decode : shape::block_kv, chunk};
+  // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
+  // must fit before any task runs (Note [scratch size]).
+  const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
+  if (K::plan_scratch(rows_max, q.d, v.d, pb.block_kv).total < 0) throw std::bad_alloc();
 
   auto make_task = [&](index_t i) {
     const index_t c = i % n_chunks;
@@ -268,10 +300,12 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   }
 
   // Split KV: every task writes a private partial, then each row merges its chunks in order.
-  const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
   const index_t dvp = round_up(v.d, K::L);
-  const index_t per_task = rows_max * (2 + dvp);
-  std::vector<float> partials(static_cast<std::size_t>(n_tasks * per_task));
+  index_t per_task = 0, n_partials = 0;
+  if (!checked_mul(rows_max, 2 + dvp, max_elements<float>, per_task) ||
+      !checked_mul(n_tasks, per_task, max_elements<float>, n_partials))
+    throw std::bad_alloc();  // more floats than any allocation can hold
+  std::vector<float> partials(static_cast<std::size_t>(n_partials));
   auto partial_of = [&](index_t i) {
     float* base = partials.data() + i * per_task;
     return row_state{base, base + rows_max, base + 2 * rows_max};

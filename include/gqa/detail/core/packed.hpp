@@ -74,12 +74,24 @@ struct packed {
   /// O[rows][dvp] += P[rows][nb] (row stride ldp) · Vp[nb][dvp].
   static void accumulate_pv(const float* p, index_t rows, index_t ldp, const float* vp, index_t nb, index_t dvp,
                             float* o) noexcept {
+    accumulate_pv_cut(p, rows, ldp, vp, [nb](index_t) noexcept { return nb; }, dvp, o);
+  }
+
+  /// O[r][dvp] += Σ_{j<lim(r)} P[r][j] · Vp[j] for r < rows, lim non-decreasing in r: each tile of rows runs
+  /// as a staircase (Note [causal staircase]), so no row multiplies a V row it does not see.
+  template <class Lim>
+  static void accumulate_pv_cut(const float* p, index_t rows, index_t ldp, const float* vp, const Lim& lim,
+                                index_t dvp, float* o) noexcept {
     using table = tile_table<Isa, MR, NR, a_order::row_major, update::accumulate>;
     for (index_t c0 = 0; c0 < dvp; c0 += cols) {
       const int nr = static_cast<int>(std::min(cols, dvp - c0) / L);
       for (index_t r0 = 0; r0 < rows; r0 += MR) {
-        const int mr = static_cast<int>(std::min<index_t>(MR, rows - r0));
-        table::get(mr, nr)(p + r0 * ldp, ldp, vp + c0, dvp, nb, o + r0 * dvp + c0, dvp);
+        const index_t mr = std::min<index_t>(MR, rows - r0);
+        staircase(mr, [&](index_t r) noexcept { return lim(r0 + r); },
+                  [&](index_t f, index_t lo, index_t hi) noexcept {
+                    table::get(static_cast<int>(mr - f), nr)(p + (r0 + f) * ldp + lo, ldp, vp + lo * dvp + c0, dvp,
+                                                             hi - lo, o + (r0 + f) * dvp + c0, dvp);
+                  });
       }
     }
   }

@@ -1,15 +1,18 @@
-// gqa/detail/core/targets.hpp: the core for every ISA this translation unit can run, whatever its flags,
-// and forward_named(), which runs the one a name picks (gqa::attend without an ISA, through
+// gqa/detail/core/targets.hpp: the core (forward and backward) for every ISA this translation unit can
+// run, whatever its flags, and forward_on()/backward_on(), which run it on an ISA tag chosen at compile
+// time or on the ISA a name picks at run time (the public entry points without an ISA, through
 // isa::resolve in isa/select.hpp).
 // Invariant: a per-target copy is compiled only for ISAs above the TU's own (isa::native), lives in its
 // own namespace (gqa::<ABI>::target_<isa>), and shares every type with the native code.
 #pragma once
 
+#include <span>
 #include <string_view>
 
 #include "../../config.hpp"
 #include "../../isa/select.hpp"
-#include "forward.hpp"  // the native copy first: it includes every standard header the core uses
+#include "backward.hpp"  // the native copy first: it includes every standard header the core uses
+#include "forward.hpp"
 
 // Note [per-target kernels]
 // GCC and clang attach a target (`#pragma GCC target("avx2,fma")`, `#pragma clang attribute push(
@@ -34,7 +37,8 @@
 // The AVX-512 region enables exactly what gqa_isa_compile_options(avx512) does (F, VL, BW, DQ, AVX2,
 // FMA), and isa::cpu() checks all of it, so the per-target copy computes what a TU compiled with those
 // flags computes, bit for bit (tests/unit/dispatch_test.cpp). Templates are instantiated only for what a
-// call reaches: one forward<Isa> per ISA.
+// call reaches: one forward<Isa> per ISA for a TU that calls the forward without an ISA, one
+// backward<Isa> per ISA for a TU that calls the backward so; a TU that names its ISA compiles one.
 #if GQA_DISPATCH_X86
 #include <immintrin.h>
 
@@ -57,19 +61,65 @@
 GQA_BEGIN_NAMESPACE
 namespace detail::core {
 
-/// The core on the ISA called `isa`, which must be isa::runnable (isa::resolve's result): the TU's own
-/// best ISA, or one above it through a per-target region (only these are instantiated).
-inline void forward_named(std::string_view isa, tensor_view<const float> q, tensor_view<const float> k,
-                          tensor_view<const float> v, tensor_view<float> o, const head_map& map,
-                          const attention_options& opt) {
+/// Where a call without an ISA runs: the name isa::resolve returned (one of isa::runnable's).
+struct named_target {
+  std::string_view isa;
+};
+
+/// Where a call with ISA tag Isa runs: Isa itself (chosen at compile time, no run-time check), or, for
+/// isa::dispatch, the ISA isa::resolve picks from opt.isa, GQA_ISA and the CPU. Throws like isa::resolve.
+template <class Isa>
+auto target_of(const attention_options& opt) {
+  if constexpr (isa::dispatched<Isa>) {
+    return named_target{isa::resolve(opt.isa)};
+  } else {
+    return Isa{};
+  }
+}
+
+/// The forward core on `on` (target_of's result).
+template <class Isa>
+void forward_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                tensor_view<float> o, const head_map& map, const attention_options& opt) {
+  forward<Isa>(q, k, v, o, map, opt);
+}
+/// On a named target: the TU's own best ISA, or one above it through a per-target region (only these are
+/// instantiated; backward_on has the same ladder).
+inline void forward_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
+                       tensor_view<const float> v, tensor_view<float> o, const head_map& map,
+                       const attention_options& opt) {
 #if GQA_DISPATCH_X86 && !GQA_HAS_AVX512
-  if (isa == isa::avx512::name) return target_avx512::detail::core::forward<isa::avx512>(q, k, v, o, map, opt);
+  if (on.isa == isa::avx512::name) return target_avx512::detail::core::forward<isa::avx512>(q, k, v, o, map, opt);
 #endif
 #if GQA_DISPATCH_X86 && !GQA_HAS_AVX2
-  if (isa == isa::avx2::name) return target_avx2::detail::core::forward<isa::avx2>(q, k, v, o, map, opt);
+  if (on.isa == isa::avx2::name) return target_avx2::detail::core::forward<isa::avx2>(q, k, v, o, map, opt);
 #endif
-  static_cast<void>(isa);
+  static_cast<void>(on);
   forward<isa::native>(q, k, v, o, map, opt);
+}
+
+/// The backward core on `on` (target_of's result).
+template <class Isa>
+void backward_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                 tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,
+                 tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
+                 const attention_options& opt) {
+  backward<Isa>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+}
+inline void backward_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
+                        tensor_view<const float> v, tensor_view<const float> o, tensor_view<const float> dout,
+                        std::span<const float> lse, tensor_view<float> dq, tensor_view<float> dk,
+                        tensor_view<float> dv, const head_map& map, const attention_options& opt) {
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX512
+  if (on.isa == isa::avx512::name)
+    return target_avx512::detail::core::backward<isa::avx512>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+#endif
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX2
+  if (on.isa == isa::avx2::name)
+    return target_avx2::detail::core::backward<isa::avx2>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+#endif
+  static_cast<void>(on);
+  backward<isa::native>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
 }
 
 }  // namespace detail::core
