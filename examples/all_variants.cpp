@@ -38,7 +38,10 @@ std::vector<float> narrow(const std::vector<double>& x) {
 
 std::string show(const std::vector<int>& alloc) {
   std::string out = "[";
-  for (std::size_t g = 0; g < alloc.size(); ++g) out += (g ? "," : "") + std::to_string(alloc[g]);
+  for (std::size_t g = 0; g < alloc.size(); ++g) {
+    if (g > 0) out += ',';
+    out += std::to_string(alloc[g]);  // not `"," + to_string(...)`: GCC 12's -Wrestrict false positive
+  }
   return out + "]";
 }
 
