@@ -206,7 +206,10 @@ bool run_case(const config& c, const std::string& variant, const char* phase, in
     ok = differ == 0;
 
     std::string groups;
-    for (std::size_t g = 0; g < alloc.size(); ++g) groups += (g ? "," : "") + std::to_string(alloc[g]);
+    for (std::size_t g = 0; g < alloc.size(); ++g) {
+      if (g > 0) groups += ',';
+      groups += std::to_string(alloc[g]);  // not `"," + to_string(...)`: GCC 12's -Wrestrict false positive
+    }
     std::printf("%s, %s: b %lld, hq %lld, hkv %lld, d %lld, sq %lld, skv %lld, causal; query heads per KV head [%s]\n",
                 phase, variant.c_str(), static_cast<long long>(b), static_cast<long long>(hq),
                 static_cast<long long>(hkv), static_cast<long long>(d), static_cast<long long>(sq),
