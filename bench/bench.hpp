@@ -104,6 +104,9 @@ isa_hooks hooks_scalar();
 isa_hooks hooks_avx2();
 isa_hooks hooks_avx512();
 isa_hooks hooks_neon();
+/// Registers the dispatch/... and dispatch_pool/... cases (bench_dispatch.cpp: no ISA flags, the ISA is
+/// chosen at run time).
+void register_dispatch_cases();
 /// Every ISA translation unit this binary contains, scalar first.
 const std::vector<isa_hooks>& all_isas();
 const isa_hooks* find_isa(std::string_view isa);

@@ -60,6 +60,7 @@ void add_context() {
   benchmark::AddCustomContext("gqa_isas_built", join(built));
   benchmark::AddCustomContext("gqa_isas_cpu", join(cpu));
   benchmark::AddCustomContext("gqa_variants", join(built_variants()));
+  benchmark::AddCustomContext("gqa_runtime_info", gqa::runtime_info().to_string());
 #if defined(__clang__)
   benchmark::AddCustomContext("gqa_compiler", "clang " __clang_version__);
 #elif defined(__GNUC__)
@@ -137,6 +138,7 @@ void register_all() {
         ->Unit(benchmark::kMillisecond);
   const std::vector<std::string_view> variants = built_variants();
   for (const isa_hooks& h : all_isas()) h.register_cases(cases_for(h.isa, variants));
+  register_dispatch_cases();
 }
 
 constexpr const char* usage_extra =

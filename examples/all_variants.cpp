@@ -38,7 +38,10 @@ std::vector<float> narrow(const std::vector<double>& x) {
 
 std::string show(const std::vector<int>& alloc) {
   std::string out = "[";
-  for (std::size_t g = 0; g < alloc.size(); ++g) out += (g ? "," : "") + std::to_string(alloc[g]);
+  for (std::size_t g = 0; g < alloc.size(); ++g) {
+    if (g > 0) out += ',';
+    out += std::to_string(alloc[g]);  // not `"," + to_string(...)`: GCC 12's -Wrestrict false positive
+  }
   return out + "]";
 }
 
@@ -103,9 +106,10 @@ std::vector<float> uneven_keys(index_t kvh) {
 }  // namespace
 
 int main() {
-  std::printf("gqa %s: one causal layer, batch %lld, %lld tokens, head dim %lld, %lld query heads\n\n",
+  std::printf("gqa %s: one causal layer, batch %lld, %lld tokens, head dim %lld, %lld query heads\n",
               gqa::version_string.data(), static_cast<long long>(b), static_cast<long long>(s),
               static_cast<long long>(d), static_cast<long long>(hq));
+  std::printf("runs on: %s\n\n", gqa::runtime_info().to_string().c_str());
 
   static_scheme("MHA", gqa::mha_policy{}, hq, hq);
   static_scheme("MQA", gqa::mqa_policy{}, hq, 1);

@@ -28,6 +28,7 @@ int main() {
               gqa::eigen::output(o, hq, d), gqa::head_map::uniform(hq, hkv), opt);
 
   const mat y = o * wo;  // output projection: Eigen again
+  std::printf("gqa runs on: %s\n", gqa::runtime_info(opt).to_string().c_str());
   std::printf("x (%d x %d) -> q (%d x %d), k/v (%d x %d) -> o (%d x %d) -> y (%d x %d)\n", seq, model, seq,
               hq * d, seq, hkv * d, seq, hq * d, int(y.rows()), int(y.cols()));
 

@@ -206,7 +206,10 @@ bool run_case(const config& c, const std::string& variant, const char* phase, in
     ok = differ == 0;
 
     std::string groups;
-    for (std::size_t g = 0; g < alloc.size(); ++g) groups += (g ? "," : "") + std::to_string(alloc[g]);
+    for (std::size_t g = 0; g < alloc.size(); ++g) {
+      if (g > 0) groups += ',';
+      groups += std::to_string(alloc[g]);  // not `"," + to_string(...)`: GCC 12's -Wrestrict false positive
+    }
     std::printf("%s, %s: b %lld, hq %lld, hkv %lld, d %lld, sq %lld, skv %lld, causal; query heads per KV head [%s]\n",
                 phase, variant.c_str(), static_cast<long long>(b), static_cast<long long>(hq),
                 static_cast<long long>(hkv), static_cast<long long>(d), static_cast<long long>(sq),
@@ -283,10 +286,13 @@ int main(int argc, char** argv) {
     MPI_Finalize();
     return 2;
   }
-  if (rank == 0)
-    std::printf("gqa %s, ISA %s: attention sharded by KV heads over %d MPI rank%s, %d thread%s per rank\n\n",
-                gqa::version_string.data(), gqa::isa::native::name.data(), ranks, ranks == 1 ? "" : "s",
-                c.threads, c.threads == 1 ? "" : "s");
+  if (rank == 0) {
+    gqa::attention_options per_rank;
+    per_rank.num_threads = c.threads;
+    std::printf("gqa %s: attention sharded by KV heads over %d MPI rank%s, %d thread%s per rank\nruns on: %s\n\n",
+                gqa::version_string.data(), ranks, ranks == 1 ? "" : "s", c.threads, c.threads == 1 ? "" : "s",
+                gqa::runtime_info(per_rank).to_string().c_str());
+  }
 
   bool ok = true;
   try {

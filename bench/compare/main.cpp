@@ -22,6 +22,7 @@
 
 #include <gqa/isa/select.hpp>
 #include <gqa/random.hpp>
+#include <gqa/runtime_info.hpp>
 #include <gqa/threading/parallel.hpp>
 #include <gqa/version.hpp>
 
@@ -318,6 +319,11 @@ int run(int argc, char** argv) {
                  std::to_string(GQA_VERSION_PATCH);
   info.isa = isa.name;
   info.threads = gqa::detail::resolve_threads(opt.threads);  // what the library will use
+  {
+    gqa::attention_options ro;
+    ro.num_threads = opt.threads;
+    info.runtime = gqa::runtime_info(ro).to_string();
+  }
   info.cpu = cpu_model();
   info.started = local_time_iso();
 
@@ -342,6 +348,7 @@ int run(int argc, char** argv) {
 
   std::fprintf(stderr, "gqa-compare: ISA %s (%s), %d thread%s; measuring into %s\n", info.isa.c_str(),
                info.isa_reason.c_str(), info.threads, info.threads == 1 ? "" : "s", info.out_dir.c_str());
+  std::fprintf(stderr, "gqa::runtime_info(): %s\n", info.runtime.c_str());
   int total = 0;
   for (const layer_config& c : opt.configs) total += static_cast<int>(compared_schemes(c).size());
   progress prog;

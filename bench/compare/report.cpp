@@ -128,6 +128,7 @@ std::string format_report(const run_info& info, const std::vector<config_result>
                     info.built_isas + "; this CPU runs: " + info.supported_isas + "), " +
                     std::to_string(info.threads) + " thread" + (info.threads == 1 ? "" : "s") +
                     (info.cpu.empty() ? "" : ", " + info.cpu) + "\n";
+  if (!info.runtime.empty()) out += "gqa::runtime_info(): " + info.runtime + "\n";
   if (!results.empty() && results.front().train)
     out += "Training step (--train): \"median ms\" is gqa::forward_train, \"bwd\" gqa::backward of the same call, "
            "\"step\" their sum per call; speed-ups are MHA's median over the scheme's.\n";
@@ -151,6 +152,7 @@ std::string to_json(const run_info& info, const std::vector<config_result>& resu
   j += "  \"built_isas\": " + json_string(info.built_isas) + ",\n";
   j += "  \"cpu_supported_isas\": " + json_string(info.supported_isas) + ",\n";
   j += "  \"threads\": " + std::to_string(info.threads) + ",\n";
+  j += "  \"runtime_info\": " + json_string(info.runtime) + ",\n";
   j += "  \"cpu\": " + json_string(info.cpu) + ",\n";
   j += "  \"started\": " + json_string(info.started) + ",\n";
   j += "  \"measure_seconds\": " + fixed(info.seconds, 3) + ",\n";

@@ -48,6 +48,7 @@ struct run_info {
   std::string built_isas;     // space-separated
   std::string supported_isas; // space-separated, of the built ones
   int threads = 1;
+  std::string runtime;        // gqa::runtime_info(): what a call without an explicit ISA runs here
   std::string cpu;            // model name, if known
   std::string out_dir;        // absolute
   std::string started;        // local time, ISO 8601

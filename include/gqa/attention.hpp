@@ -1,4 +1,5 @@
-// gqa/attention.hpp: attend<Isa>(), the public entry to the blocked attention core, with validation.
+// gqa/attention.hpp: attend(), the public entry to the blocked attention core, with validation: on the
+// best ISA the running CPU supports (chosen at run time), or on an explicit ISA chosen at compile time.
 // Invariant: every argument is checked here, once, before any work (Note [validation once]); below this
 // nothing throws or allocates per tile.
 #pragma once
@@ -6,14 +7,17 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 #include <utility>
 
 #include "config.hpp"
 #include "detail/check_finite.hpp"
 #include "detail/core/forward.hpp"
+#include "detail/core/targets.hpp"
 #include "detail/overlap.hpp"
 #include "errors.hpp"
 #include "head_map.hpp"
+#include "isa/select.hpp"
 #include "isa/tags.hpp"
 #include "options.hpp"
 #include "tensor.hpp"
@@ -163,17 +167,23 @@ inline void check_map(const head_map& map, const tensor_view<const float>& q, co
 
 /// O[b, i, h] = softmax(scale · Q[b, i, h] · K[b, :, map(h)]ᵀ + mask) · V[b, :, map(h)].
 /// Shapes: q (b, sq, hq, d_qk), k (b, skv, hkv, d_qk), v (b, skv, hkv, d_v), o (b, sq, hq, d_v).
-/// Throws gqa::invalid_argument (a std::invalid_argument) naming the bad argument and its value.
-template <class Isa = isa::native>
+/// Isa: isa::dispatch (the default) runs the best ISA the running CPU supports, whatever this TU's flags
+/// (or opt.isa / GQA_ISA, see isa::resolve); an ISA tag (isa::avx2, ...) runs that ISA's kernels as this
+/// TU's flags compile them, with no run-time check.
+/// Throws gqa::invalid_argument (a std::invalid_argument) naming the bad argument and its value, also for
+/// an options.isa or GQA_ISA naming an ISA that cannot run here (Isa = isa::dispatch).
+template <class Isa = isa::dispatch>
 void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
             tensor_view<float> o, const head_map& map, const attention_options& opt = {}) {
-  static_assert(isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
   constexpr const char* where = "gqa::attend";  // See Note [validation once]
   detail::check_views(q, k, v, o, where);
   detail::check_call(q, k, v, o, opt, where);
   detail::check_map(map, q, k, where);
-  detail::check_finite(q, k, v, opt, where);  // opt-in: Note [non-finite inputs]
-  detail::core::forward<Isa>(q, k, v, o, map, opt);
+  const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
+  detail::check_finite(q, k, v, opt, where);           // opt-in: Note [non-finite inputs]
+  detail::core::forward_on(on, q, k, v, o, map, opt);
 }
 
 GQA_END_NAMESPACE

@@ -1,5 +1,5 @@
-// gqa/backward.hpp: attend_backward<Isa>(), the gradients of attend() (FlashAttention-2's backward on the
-// one blocked core), with validation. Invariant: every argument is checked here, before any work; below
+// gqa/backward.hpp: attend_backward(), the gradients of attend() (FlashAttention-2's backward on the one
+// blocked core), with validation; on the ISA attend() would run (chosen at run time) or an explicit one. Invariant: every argument is checked here, before any work; below
 // this nothing throws or allocates per tile.
 #pragma once
 
@@ -10,6 +10,7 @@
 #include "attention.hpp"
 #include "config.hpp"
 #include "detail/core/backward.hpp"
+#include "detail/core/targets.hpp"
 #include "errors.hpp"
 #include "head_map.hpp"
 #include "isa/tags.hpp"
@@ -82,17 +83,22 @@ inline void validate_backward(const tensor_view<const float>& q, const tensor_vi
 /// map assigns to it (zero for a KV head that serves none); keys no query sees (past kv_lengths, or after
 /// every causal row) get zero; rows that saw no key (LSE −inf) contribute nothing and get dq = 0.
 /// Results are bitwise identical for any thread count and executor.
+/// Isa as for attend(): isa::dispatch (the default) picks the ISA at run time (options.isa, GQA_ISA, the
+/// CPU), so a backward runs the ISA its forward ran; an ISA tag picks it at compile time.
 /// Throws gqa::invalid_argument (naming the argument and its value) before any work for: any check of
 /// attend(), dout/dq/dk/dv extents different from o/q/k/v, lse of the wrong size or holding NaN or +inf,
-/// and any overlap of dq, dk, dv with an input or with each other.
-template <class Isa = isa::native>
+/// any overlap of dq, dk, dv with an input or with each other, and (Isa = isa::dispatch) an options.isa or
+/// GQA_ISA naming an ISA that cannot run here.
+template <class Isa = isa::dispatch>
 void attend_backward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
                      tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,
                      tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
                      const attention_options& opt = {}) {
-  static_assert(isa::compiled<Isa>, "gqa::attend_backward<Isa>: this translation unit is not compiled with flags for Isa");
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::attend_backward<Isa>: this translation unit is not compiled with flags for Isa");
   detail::validate_backward(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
-  detail::core::backward<Isa>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+  const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
+  detail::core::backward_on(on, q, k, v, o, dout, lse, dq, dk, dv, map, opt);
 }
 
 GQA_END_NAMESPACE

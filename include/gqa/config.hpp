@@ -26,19 +26,41 @@
 #define GQA_HAS_NEON 0
 #endif
 
+// Run-time dispatch (Note [per-target kernels] in gqa/detail/core/targets.hpp): with GCC or clang on
+// x86-64, every translation unit also compiles the AVX2 and AVX-512 kernels in per-target regions, whatever
+// its flags, and calls without an explicit ISA pick the best one the running CPU supports. Define
+// GQA_NO_DISPATCH to compile only what the TU's flags allow (MSVC always does: its kernels are the
+// compile-time ones, /arch:AVX2 or /arch:AVX512).
+#if !defined(GQA_NO_DISPATCH) && (defined(__GNUC__) || defined(__clang__)) && \
+    (defined(__x86_64__) || defined(__i386__))
+#define GQA_DISPATCH_X86 1
+#else
+#define GQA_DISPATCH_X86 0
+#endif
+
 // Note [ABI namespace]
 // Translation units compiled with different ISA flags may be linked into one program (the test binary
 // does exactly that). Inline functions compiled with -mavx512f must never be picked by the linker for a
-// scalar TU, so every gqa entity lives in an inline namespace named after the best ISA of the TU.
+// scalar TU, so every gqa entity lives in an inline namespace named after the best ISA of the TU. A TU
+// with GQA_NO_DISPATCH gets a namespace of its own too (v0_scalar_nodispatch, ...): its run-time choice
+// (isa::runnable, the dispatching entry points) has fewer ISAs than a dispatching TU's of the same flags,
+// and the linker must not hand one TU's inline functions to the other.
 #ifndef GQA_ABI_NS
-#if GQA_HAS_AVX512
-#define GQA_ABI_NS v0_avx512
-#elif GQA_HAS_AVX2
-#define GQA_ABI_NS v0_avx2
-#elif GQA_HAS_NEON
-#define GQA_ABI_NS v0_neon
+#if defined(GQA_NO_DISPATCH)
+#define GQA_ABI_SUFFIX _nodispatch
 #else
-#define GQA_ABI_NS v0_scalar
+#define GQA_ABI_SUFFIX
+#endif
+#define GQA_ABI_CAT2(a, b) a##b
+#define GQA_ABI_CAT(a, b) GQA_ABI_CAT2(a, b)
+#if GQA_HAS_AVX512
+#define GQA_ABI_NS GQA_ABI_CAT(v0_avx512, GQA_ABI_SUFFIX)
+#elif GQA_HAS_AVX2
+#define GQA_ABI_NS GQA_ABI_CAT(v0_avx2, GQA_ABI_SUFFIX)
+#elif GQA_HAS_NEON
+#define GQA_ABI_NS GQA_ABI_CAT(v0_neon, GQA_ABI_SUFFIX)
+#else
+#define GQA_ABI_NS GQA_ABI_CAT(v0_scalar, GQA_ABI_SUFFIX)
 #endif
 #endif
 
@@ -48,6 +70,16 @@
 #define GQA_END_NAMESPACE \
   }                       \
   }
+
+// GQA_UNROLL: unroll the next loop completely (its trip count is a compile-time constant: a register
+// block). GCC unrolls such loops by itself only at -O3; at -O2 the block would stay in memory.
+#if defined(__clang__)
+#define GQA_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define GQA_UNROLL _Pragma("GCC unroll 32")
+#else
+#define GQA_UNROLL
+#endif
 
 #if defined(__GNUC__) || defined(__clang__)
 #define GQA_FORCEINLINE inline __attribute__((always_inline))

@@ -13,6 +13,7 @@
 #include "isa/select.hpp"
 #include "attention.hpp"
 #include "backward.hpp"
+#include "runtime_info.hpp"
 #include "random.hpp"
 #include "variants.hpp"
 #include "convert.hpp"

@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <span>
+#include <string_view>
 
 #include "config.hpp"
 #include "threading/executor.hpp"
@@ -32,6 +33,10 @@ struct attention_options {
   /// (tensor and [batch, position, head, dim]; q, then k, then v). Off by default: it costs one pass over
   /// the inputs. Without it, non-finite inputs follow the rules of docs/design.md ("Non-finite inputs").
   bool check_finite = false;
+  /// Which ISA a call WITHOUT an explicit one runs ("scalar", "avx2", "avx512", "neon"), for tests and
+  /// benchmarks. Empty: the environment variable GQA_ISA when set, else the best ISA the running CPU
+  /// supports. A name the CPU lacks throws gqa::invalid_argument. attend<isa::X> ignores it.
+  std::string_view isa;
 };
 
 /// The executor these options describe (num_threads, parallel_for). It points into `opt`, which must

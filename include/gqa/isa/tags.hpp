@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "../config.hpp"
+#include "cpu.hpp"
 
 GQA_BEGIN_NAMESPACE
 namespace isa {
@@ -39,23 +40,28 @@ inline constexpr bool compiled = std::is_same_v<Isa, scalar> || (std::is_same_v<
                                  (std::is_same_v<Isa, avx512> && GQA_HAS_AVX512) ||
                                  (std::is_same_v<Isa, neon> && GQA_HAS_NEON);
 
-/// True when the running CPU can execute Isa (checked at run time; tests skip otherwise).
+/// Not an ISA: the default of gqa::attend and gqa::forward, "the best ISA the running CPU supports,
+/// chosen at run time" (gqa/detail/core/targets.hpp, Note [per-target kernels]).
+struct dispatch {
+  static constexpr std::string_view name = "dispatch";
+};
+/// True for isa::dispatch (a call resolved at run time), false for an ISA tag.
+template <class Isa>
+inline constexpr bool dispatched = std::is_same_v<Isa, dispatch>;
+
+/// True when the running CPU (and OS) can execute Isa: every feature its code is compiled for, from
+/// CPUID and XGETBV (isa/cpu.hpp); checked at run time, tests skip otherwise.
 template <class Isa>
 inline bool cpu_supports() noexcept {
   if constexpr (std::is_same_v<Isa, scalar>) {
     return true;
   } else if constexpr (std::is_same_v<Isa, neon>) {
     return GQA_HAS_NEON != 0;
+  } else if constexpr (std::is_same_v<Isa, avx2>) {
+    return cpu().avx2_fma;
   } else {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-    if constexpr (std::is_same_v<Isa, avx2>) {
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    } else {
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-#else
-    return false;
-#endif
+    static_assert(std::is_same_v<Isa, avx512>, "cpu_supports<Isa>: Isa is not an ISA tag");
+    return cpu().avx512;
   }
 }
 

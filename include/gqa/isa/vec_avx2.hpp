@@ -1,6 +1,8 @@
 // gqa/isa/vec_avx2.hpp: the vector primitive set on AVX2 + FMA (8 floats per __m256).
 // Same meaning lane by lane as vec<scalar> (vec_scalar.hpp); only compiled when GQA_HAS_AVX2.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_ISA_VEC_AVX2_HPP
+#define GQA_ISA_VEC_AVX2_HPP
 
 #include "../config.hpp"
 #include "tags.hpp"
@@ -79,3 +81,5 @@ struct vec<avx2> {
 }  // namespace isa
 GQA_END_NAMESPACE
 #endif  // GQA_HAS_AVX2
+
+#endif  // GQA_ISA_VEC_AVX2_HPP

@@ -1,6 +1,8 @@
 // gqa/isa/vec_avx512.hpp: the vector primitive set on AVX-512F (16 floats per __m512).
 // Same meaning lane by lane as vec<scalar> (vec_scalar.hpp); uses AVX-512F instructions only.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_ISA_VEC_AVX512_HPP
+#define GQA_ISA_VEC_AVX512_HPP
 
 #include "../config.hpp"
 #include "tags.hpp"
@@ -83,3 +85,5 @@ GQA_END_NAMESPACE
 #pragma GCC diagnostic pop
 #endif
 #endif  // GQA_HAS_AVX512
+
+#endif  // GQA_ISA_VEC_AVX512_HPP

@@ -1,5 +1,7 @@
 // gqa/isa/vec_math.hpp: exp2 written once on top of the primitive set, for every ISA.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_ISA_VEC_MATH_HPP
+#define GQA_ISA_VEC_MATH_HPP
 
 #include "vec.hpp"
 
@@ -45,3 +47,5 @@ inline float exp2_scalar(float x) noexcept { return exp2<scalar>(x); }
 
 }  // namespace isa
 GQA_END_NAMESPACE
+
+#endif  // GQA_ISA_VEC_MATH_HPP

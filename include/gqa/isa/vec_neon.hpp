@@ -1,6 +1,8 @@
 // gqa/isa/vec_neon.hpp: the vector primitive set on AArch64 Advanced SIMD (4 floats per float32x4_t).
 // Same meaning lane by lane as vec<scalar> (vec_scalar.hpp); only compiled when GQA_HAS_NEON.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_ISA_VEC_NEON_HPP
+#define GQA_ISA_VEC_NEON_HPP
 
 #include "../config.hpp"
 #include "tags.hpp"
@@ -63,3 +65,5 @@ struct vec<neon> {
 }  // namespace isa
 GQA_END_NAMESPACE
 #endif  // GQA_HAS_NEON
+
+#endif  // GQA_ISA_VEC_NEON_HPP

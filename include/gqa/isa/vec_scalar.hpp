@@ -2,7 +2,9 @@
 // the meaning of `tile_shape`, the core's register-tile and block sizes. Every ISA file (vec_avx2.hpp,
 // vec_avx512.hpp, vec_neon.hpp) provides exactly these members with the same meaning lane by lane and
 // its own tile_shape; nothing else in gqa is ISA-specific (adding an ISA touches no file of the core).
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_ISA_VEC_SCALAR_HPP
+#define GQA_ISA_VEC_SCALAR_HPP
 
 #include <algorithm>
 #include <cmath>
@@ -61,9 +63,10 @@ struct vec<scalar> {
   static GQA_FORCEINLINE reg fma(reg a, reg b, reg c) noexcept { return std::fma(a, b, c); }
   /// a*b + c as fast as the target allows: fused when it has an FMA instruction, else a multiply and an
   /// add (two roundings). The core's dot products use this; without FMA hardware (x86-64 baseline)
-  /// std::fma is a libm call per element, which held the scalar core to ~1.6 GFLOP/s.
+  /// std::fma is a libm call per element, which held the scalar core to ~1.6 GFLOP/s. GQA_TARGET_FMA: set
+  /// inside a per-target region with FMA (clang does not define __FMA__ there; Note [per-target kernels]).
   static GQA_FORCEINLINE reg mul_add(reg a, reg b, reg c) noexcept {
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA) || defined(FP_FAST_FMAF)
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA) || defined(FP_FAST_FMAF) || defined(GQA_TARGET_FMA)
     return std::fma(a, b, c);
 #else
     return a * b + c;
@@ -95,3 +98,5 @@ struct vec<scalar> {
 
 }  // namespace isa
 GQA_END_NAMESPACE
+
+#endif  // GQA_ISA_VEC_SCALAR_HPP

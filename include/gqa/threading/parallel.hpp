@@ -1,21 +1,26 @@
-// gqa/threading/parallel.hpp: the built-in parallel loop (OpenMP when compiled with it, else std::thread)
-// and per-thread scratch. Invariant: each task index runs at most once (exactly once unless a task throws);
-// results never depend on which thread ran it, so output is bitwise identical for any thread count; an
-// exception thrown by a task reaches the caller's thread (Note [task exceptions]).
+// gqa/threading/parallel.hpp: the built-in parallel loop (OpenMP when compiled with it, else a persistent
+// std::thread pool, threading/pool.hpp) and per-thread scratch. Invariant: each task index runs at most
+// once (exactly once unless a task throws); results never depend on which thread ran it, so output is
+// bitwise identical for any thread count; an exception thrown by a task reaches the caller's thread
+// (Note [task exceptions]).
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <exception>
+#include <memory>
 #include <new>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "executor.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
+#else
+#include "pool.hpp"
 #endif
 
 GQA_BEGIN_NAMESPACE
@@ -63,8 +68,9 @@ class task_errors {
 };
 
 /// Calls fn(i) for every i in [0, n): through ex.parallel_for if the caller gave one, else on
-/// min(n, threads) threads pulling tasks dynamically. If a task throws, the remaining tasks are skipped
-/// and the first exception is rethrown here (Note [task exceptions]).
+/// min(n, threads) threads pulling tasks dynamically (OpenMP, or the calling thread and threads - 1
+/// workers of the persistent pool). If a task throws, the remaining tasks are skipped and the first
+/// exception is rethrown here (Note [task exceptions]).
 template <class Fn>
 void run_tasks(index_t n, const executor& ex, Fn&& fn) {
   if (n <= 0) return;
@@ -83,6 +89,20 @@ void run_tasks(index_t n, const executor& ex, Fn&& fn) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (index_t i = 0; i < n; ++i) errors.run(fn, i);
 #else
+  // The persistent pool (Note [thread pool]); fresh threads only when it is busy (concurrent or nested).
+  // Pool threads run the tasks through `errors` too (Note [task exceptions]).
+  struct job {
+    std::remove_reference_t<Fn>* fn;
+    task_errors* errors;
+  } j{std::addressof(fn), &errors};
+  auto call = [](void* c, index_t i) noexcept {
+    auto& jb = *static_cast<job*>(c);
+    jb.errors->run(*jb.fn, i);
+  };
+  if (thread_pool::instance().try_run(n, threads - 1, call, &j)) {
+    errors.rethrow_if_failed();
+    return;
+  }
   std::atomic<index_t> next{0};
   auto worker = [&]() noexcept {
     for (index_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) errors.run(fn, i);

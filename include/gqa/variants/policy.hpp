@@ -181,6 +181,7 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view
   // The whole call (shapes, options, aliasing) before plan(): a bad argument throws before a stateful
   // policy (DGQA) updates its state or any sample is computed.
   check_call(q, kv.k, kv.v, o, opt, where);
+  const auto on = core::target_of<Isa>(opt);  // the ISA (a bad options.isa / GQA_ISA throws here)
   attention_options call = opt;
   if (saved) {
     saved->maps.clear();
@@ -211,7 +212,7 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view
         if (!call.lse.empty()) so.lse = call.lse.subspan(static_cast<std::size_t>(ib) * per, per);
         const head_map map = p.plan(qs, ks);
         check_map(map, qs, ks, where);
-        core::forward<Isa>(qs, ks, vs, os, map, so);
+        core::forward_on(on, qs, ks, vs, os, map, so);
         finish(p, os, map, ex);
         if (saved) saved->maps.push_back(map);
       }
@@ -221,7 +222,7 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view
   if (!done) {
     const head_map map = p.plan(q, kv.k);
     check_map(map, q, kv.k, where);
-    core::forward<Isa>(q, kv.k, kv.v, o, map, call);
+    core::forward_on(on, q, kv.k, kv.v, o, map, call);
     finish(p, o, map, ex, saved);
     if (saved) saved->maps.push_back(map);
   }
@@ -232,12 +233,14 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view
 
 /// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish. `p` may be a
 /// temporary (`forward(gqa_policy{}, ...)`) or a const policy whose members are const; see the README for
-/// which policies may be shared between threads.
-template <class Isa = isa::native, class P>
+/// which policies may be shared between threads. Isa as for attend(): isa::dispatch (the default) picks
+/// the ISA at run time (options.isa, GQA_ISA, the CPU), an ISA tag at compile time.
+template <class Isa = isa::dispatch, class P>
   requires attention_policy<std::remove_reference_t<P>>
 void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
              tensor_view<float> o, const attention_options& opt = {}) {
-  static_assert(isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
   using Mutable = std::remove_cv_t<Policy>;
   // A const policy must not silently skip a step that only its non-const members implement.
@@ -251,11 +254,12 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k,
 }
 
 /// forward() for training: the same call (same output, same policy state changes), which also returns
-/// what backward() needs. Keep q, k, v and o unchanged until backward() has run.
-template <class Isa = isa::native, attention_policy P>
+/// what backward() needs. Keep q, k, v and o unchanged until backward() has run. Isa as for forward().
+template <class Isa = isa::dispatch, attention_policy P>
 saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<const float> k,
                                tensor_view<const float> v, tensor_view<float> o, const attention_options& opt = {}) {
-  static_assert(isa::compiled<Isa>, "gqa::forward_train<Isa>: this translation unit is not compiled with flags for Isa");
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::forward_train<Isa>: this translation unit is not compiled with flags for Isa");
   saved_forward<P> saved;
   detail::run_forward<Isa>(p, q, k, v, o, opt, &saved, "gqa::forward_train");
   return saved;
@@ -317,17 +321,22 @@ void check_backward_call(const saved_forward<P>& saved, const tensor_view<const 
 /// tensors, before any prepare()) from dout = ∂L/∂o, the same q, k, v, o and the same options (threads
 /// may differ). Runs finish_backward -> attend_backward on the recorded map(s) -> prepare_backward, so
 /// each variant differentiates its own steps; its parameter gradients (WGQA's weights) stay in the policy.
-/// Each step runs on the call's executor (executor_of(options)).
+/// Each step runs on the call's executor (executor_of(options)). Isa as for forward(): isa::dispatch (the
+/// default) picks the ISA at run time by the same rules, so with the same options and environment the
+/// backward runs the ISA its forward_train() ran.
 /// dq, dk, dv are overwritten. Bitwise identical for any thread count and executor.
 /// Throws gqa::invalid_argument before any work for: an empty `saved`, extents different from the
 /// forward's, dout/dq/dk/dv extents different from o/q/k/v, options (scale, causal, kv_lengths) different
-/// from the forward's, and any overlap of dq, dk, dv with an input or each other.
-template <class Isa = isa::native, attention_policy P>
+/// from the forward's, any overlap of dq, dk, dv with an input or each other, and (Isa = isa::dispatch)
+/// an options.isa or GQA_ISA naming an ISA that cannot run here.
+template <class Isa = isa::dispatch, attention_policy P>
 void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, tensor_view<const float> k,
               tensor_view<const float> v, tensor_view<const float> o, tensor_view<const float> dout,
               tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const attention_options& opt = {}) {
-  static_assert(isa::compiled<Isa>, "gqa::backward<Isa>: this translation unit is not compiled with flags for Isa");
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::backward<Isa>: this translation unit is not compiled with flags for Isa");
   detail::check_backward_call(saved, q, k, v, o, dout, dq, dk, dv, opt);
+  static_cast<void>(detail::core::target_of<Isa>(opt));  // a bad options.isa / GQA_ISA throws before any work
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);  // recomputed: see Note [backward recomputes prepare]
   // The core's dK/dV: the caller's dk, dv, or (when prepare() changed K/V) buffers shaped like kv.

@@ -4,7 +4,9 @@
 // Sq×Skv; every output element is written by one task or reduced in a fixed order, so results are bitwise
 // identical for any thread count; extra memory is O(tile) per thread plus the dK/dV accumulators
 // (Note [backward tasks]).
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_BACKWARD_HPP
+#define GQA_DETAIL_CORE_BACKWARD_HPP
 
 #include <algorithm>
 #include <cmath>
@@ -363,3 +365,5 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_BACKWARD_HPP

@@ -1,7 +1,9 @@
 // gqa/detail/core/common.hpp: the core's ISA-independent constants and index arithmetic.
 // Invariant: nothing here depends on the ISA or includes an ISA header, so a translation unit that builds
 // the core once per ISA (run-time dispatch) can include this once, outside any per-ISA region.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_COMMON_HPP
+#define GQA_DETAIL_CORE_COMMON_HPP
 
 #include <limits>
 
@@ -54,3 +56,5 @@ GQA_FORCEINLINE void touch_lines(const float* p, index_t n) noexcept {
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_COMMON_HPP

@@ -2,7 +2,9 @@
 // computed key by key and within a key head by head, so that a BSHD cache is read in address order.
 // Invariant: reads only the given keys' rows of K and V (one float per cache line of V, and of unused KV
 // heads lying between used ones); each score is a pure function of its row and key.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_DECODE_HPP
+#define GQA_DETAIL_CORE_DECODE_HPP
 
 #include <span>
 
@@ -77,3 +79,5 @@ struct decode {
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_DECODE_HPP

@@ -1,7 +1,9 @@
 // gqa/detail/core/direct.hpp: the direct path for few rows (decode): scores as dot products read straight
 // from K, and P·V by the register tile reading V rows in place. Invariant: K and V are read only inside
 // their nb rows of d (d_v) floats; register blocks are sized by the row count, never padded with rows.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_DIRECT_HPP
+#define GQA_DETAIL_CORE_DIRECT_HPP
 
 #include <algorithm>
 
@@ -108,3 +110,5 @@ struct direct {
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_DIRECT_HPP

@@ -2,7 +2,9 @@
 // score a vector of partial sums over d reduced horizontally four at a time (reduce_sum4). Invariant:
 // reads exactly d floats of every row it is given (the d tail with masked loads); a score depends only
 // on its row, its key and the block shape, never on the other rows and keys of its block.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_DOT_HPP
+#define GQA_DETAIL_CORE_DOT_HPP
 
 #include "../../isa/vec.hpp"
 
@@ -34,32 +36,32 @@ struct dot {
                                        reg (&out)[RB][KU]) noexcept {
     constexpr int C = chains<RB, KU>;
     reg acc[C][RB][KU];
-    for (int ch = 0; ch < C; ++ch)
-      for (int r = 0; r < RB; ++r)
-        for (int u = 0; u < KU; ++u) acc[ch][r][u] = V::zero();
+    GQA_UNROLL for (int ch = 0; ch < C; ++ch)
+      GQA_UNROLL for (int r = 0; r < RB; ++r)
+        GQA_UNROLL for (int u = 0; u < KU; ++u) acc[ch][r][u] = V::zero();
     auto step = [&](int ch, index_t c, auto load) {
       reg vk[KU];
-      for (int u = 0; u < KU; ++u) vk[u] = load(k[u] + c);
-      for (int r = 0; r < RB; ++r) {
+      GQA_UNROLL for (int u = 0; u < KU; ++u) vk[u] = load(k[u] + c);
+      GQA_UNROLL for (int r = 0; r < RB; ++r) {
         const auto vq = load(q + r * ldq + c);
-        for (int u = 0; u < KU; ++u) acc[ch][r][u] = V::mul_add(vq, vk[u], acc[ch][r][u]);
+        GQA_UNROLL for (int u = 0; u < KU; ++u) acc[ch][r][u] = V::mul_add(vq, vk[u], acc[ch][r][u]);
       }
     };
     const auto whole = [](const float* p) noexcept { return V::load(p); };
     index_t c = 0;
     for (; c + C * L <= d.full; c += C * L)
-      for (int ch = 0; ch < C; ++ch) step(ch, c + ch * L, whole);
-    for (int ch = 0; ch + 1 < C; ++ch) {  // fewer than C whole vectors left
+      GQA_UNROLL for (int ch = 0; ch < C; ++ch) step(ch, c + ch * L, whole);
+    GQA_UNROLL for (int ch = 0; ch + 1 < C; ++ch) {  // fewer than C whole vectors left
       if (c < d.full) {
         step(ch, c, whole);
         c += L;
       }
     }
     if (d.tail) step(C - 1, d.full, [t = d.tail](const float* p) noexcept { return V::load_partial(p, t); });
-    for (int r = 0; r < RB; ++r)
-      for (int u = 0; u < KU; ++u) {
+    GQA_UNROLL for (int r = 0; r < RB; ++r)
+      GQA_UNROLL for (int u = 0; u < KU; ++u) {
         out[r][u] = acc[0][r][u];
-        for (int ch = 1; ch < C; ++ch) out[r][u] = V::add(out[r][u], acc[ch][r][u]);
+        GQA_UNROLL for (int ch = 1; ch < C; ++ch) out[r][u] = V::add(out[r][u], acc[ch][r][u]);
       }
   }
 
@@ -73,14 +75,14 @@ struct dot {
     reg p[RB][KU];
     partials<RB, KU>(q, ldq, k, d, p);
     if constexpr (KU % 4 == 0) {
-      for (int r = 0; r < RB; ++r)
-        for (int u = 0; u < KU; u += 4) V::reduce_sum4(p[r][u], p[r][u + 1], p[r][u + 2], p[r][u + 3], s + r * lds + u);
+      GQA_UNROLL for (int r = 0; r < RB; ++r)
+        GQA_UNROLL for (int u = 0; u < KU; u += 4) V::reduce_sum4(p[r][u], p[r][u + 1], p[r][u + 2], p[r][u + 3], s + r * lds + u);
     } else {
-      for (int u = 0; u < KU; ++u)
-        for (int r = 0; r < RB; r += 4) {
+      GQA_UNROLL for (int u = 0; u < KU; ++u)
+        GQA_UNROLL for (int r = 0; r < RB; r += 4) {
           float out[4];
           V::reduce_sum4(p[r][u], p[r + 1][u], p[r + 2][u], p[r + 3][u], out);
-          for (int i = 0; i < 4; ++i) s[(r + i) * lds + u] = out[i];
+          GQA_UNROLL for (int i = 0; i < 4; ++i) s[(r + i) * lds + u] = out[i];
         }
     }
   }
@@ -112,3 +114,5 @@ struct dot {
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_DOT_HPP

@@ -5,7 +5,9 @@
 // Invariants: never materialises Sq×Skv; each task owns disjoint output rows (or a private partial that
 // is merged in a fixed order), so results are bitwise identical for any thread count; extra memory is
 // O(tile) per thread (plus O(chunks × rows × d_v) partials when a decode call splits the KV range).
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_FORWARD_HPP
+#define GQA_DETAIL_CORE_FORWARD_HPP
 
 #include <algorithm>
 #include <cmath>
@@ -324,3 +326,5 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_FORWARD_HPP

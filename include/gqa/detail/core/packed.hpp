@@ -1,7 +1,9 @@
 // gqa/detail/core/packed.hpp: the tiled (prefill) path: a block of K packed transposed and V packed with
 // padded rows, then S = Qp·Kp and O += P·Vp by the register tile over MR × NR-vector blocks.
 // Invariant: packed buffers are fully written (padding is zero), so tiles read only initialised floats.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_PACKED_HPP
+#define GQA_DETAIL_CORE_PACKED_HPP
 
 #include <algorithm>
 
@@ -97,3 +99,5 @@ struct packed {
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_PACKED_HPP

@@ -3,7 +3,9 @@
 // Invariant: m is in log2 units (Note [base-2 softmax]); a row with m = −inf has seen no finite score and
 // has l = 0 and O = 0 unless a NaN reached it (Note [fully masked rows]); −inf − (−inf) is never formed;
 // nothing here drops a NaN (Note [non-finite inputs]).
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_SOFTMAX_HPP
+#define GQA_DETAIL_CORE_SOFTMAX_HPP
 
 #include <algorithm>
 #include <cmath>
@@ -129,3 +131,5 @@ struct online_softmax {
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_SOFTMAX_HPP

@@ -3,7 +3,9 @@
 // Q·Kᵀ and P·V on packed operands, P·V on V read in place (run_partial for a d_v tail). Invariant: a tile
 // reads and writes only inside the extents it is given; tails take a smaller instantiation or masked
 // loads, never an over-read.
-#pragma once
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_TILE_HPP
+#define GQA_DETAIL_CORE_TILE_HPP
 
 #include <array>
 #include <utility>
@@ -60,13 +62,13 @@ struct tile {
   static GQA_FORCEINLINE void body(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb,
                                    index_t kn, float* GQA_RESTRICT c, index_t ldc, int nvec, int last) noexcept {
     reg acc[MR][NR];
-    for (int r = 0; r < MR; ++r)
-      for (int n = 0; n < NR; ++n)
+    GQA_UNROLL for (int r = 0; r < MR; ++r)
+      GQA_UNROLL for (int n = 0; n < NR; ++n)
         acc[r][n] = U == update::accumulate && (!Partial || n < nvec) ? V::load(c + r * ldc + n * L) : V::zero();
     for (index_t k = 0; k < kn; ++k) {
       const float* brow = b + k * ldb;
       reg vb[NR];
-      for (int n = 0; n < NR; ++n) {
+      GQA_UNROLL for (int n = 0; n < NR; ++n) {
         if constexpr (Partial) {
           vb[n] = n >= nvec ? V::zero()
                   : (n == nvec - 1 && last != L) ? V::load_partial(brow + n * L, last)
@@ -75,13 +77,13 @@ struct tile {
           vb[n] = V::load(brow + n * L);
         }
       }
-      for (int r = 0; r < MR; ++r) {
+      GQA_UNROLL for (int r = 0; r < MR; ++r) {
         const auto va = V::set1(a_at(a, lda, r, k));
-        for (int n = 0; n < NR; ++n) acc[r][n] = V::mul_add(va, vb[n], acc[r][n]);
+        GQA_UNROLL for (int n = 0; n < NR; ++n) acc[r][n] = V::mul_add(va, vb[n], acc[r][n]);
       }
     }
-    for (int r = 0; r < MR; ++r)
-      for (int n = 0; n < NR; ++n)
+    GQA_UNROLL for (int r = 0; r < MR; ++r)
+      GQA_UNROLL for (int n = 0; n < NR; ++n)
         if (!Partial || n < nvec) V::store(c + r * ldc + n * L, acc[r][n]);
   }
 };
@@ -101,3 +103,5 @@ struct tile_table {
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_TILE_HPP

@@ -1,0 +1,126 @@
+// gqa/detail/core/targets.hpp: the core (forward and backward) for every ISA this translation unit can
+// run, whatever its flags, and forward_on()/backward_on(), which run it on an ISA tag chosen at compile
+// time or on the ISA a name picks at run time (the public entry points without an ISA, through
+// isa::resolve in isa/select.hpp).
+// Invariant: a per-target copy is compiled only for ISAs above the TU's own (isa::native), lives in its
+// own namespace (gqa::<ABI>::target_<isa>), and shares every type with the native code.
+#pragma once
+
+#include <span>
+#include <string_view>
+
+#include "../../config.hpp"
+#include "../../isa/select.hpp"
+#include "backward.hpp"  // the native copy first: it includes every standard header the core uses
+#include "forward.hpp"
+
+// Note [per-target kernels]
+// GCC and clang attach a target (`#pragma GCC target("avx2,fma")`, `#pragma clang attribute push(
+// __attribute__((target("avx2,fma"))), apply_to = function)`) to every function DEFINED inside a region,
+// templates and lambdas included, and their instantiations keep it wherever they are instantiated. So a
+// TU without ISA flags gets AVX2 and AVX-512 kernels by compiling the core again inside such regions
+// (target_pass.hpp), the way Highway's dynamic dispatch does, while staying header-only. Three rules:
+//  - The whole core must be defined inside the region: a template defined outside it (the native copy)
+//    and instantiated with vec<avx2> fails with "inlining failed in call to always_inline ... target
+//    specific option mismatch". Hence a second copy of the ISA-dependent headers, in its own namespace
+//    (target_avx2, target_avx512) inside the TU's ABI namespace, with plain include guards that
+//    target_pass.hpp resets; everything else (views, head maps, the thread loop, the ISA tags) is shared.
+//  - Standard headers and <immintrin.h> are included before any region, so their templates keep the
+//    default target: a std:: instantiation made from AVX-512 code is baseline code, and the link-order
+//    hazard of per-ISA translation units (Note [link order] in cmake/gqa_build_helpers.cmake) cannot
+//    arise on this path. Baseline code may be inlined into a region's functions, never the reverse.
+//  - Inside a region GCC defines __AVX2__/__FMA__ and clang does not; gqa's code tests only its own
+//    macros (GQA_HAS_AVX2/AVX512, pushed to 1 by target_pass.hpp, and GQA_TARGET_FMA).
+//  - GCC 12 warns (-Wpsabi: "AVX512F vector return without AVX512F enabled changes the ABI") about
+//    lambdas returning a vector inside a region, although it compiles them for the region's target (else
+//    inlining the intrinsics would fail); they never cross a TU boundary, so the warning is silenced there.
+// The AVX-512 region enables exactly what gqa_isa_compile_options(avx512) does (F, VL, BW, DQ, AVX2,
+// FMA), and isa::cpu() checks all of it, so the per-target copy computes what a TU compiled with those
+// flags computes, bit for bit (tests/unit/dispatch_test.cpp). Templates are instantiated only for what a
+// call reaches: one forward<Isa> per ISA for a TU that calls the forward without an ISA, one
+// backward<Isa> per ISA for a TU that calls the backward so; a TU that names its ISA compiles one.
+#if GQA_DISPATCH_X86
+#include <immintrin.h>
+
+#define GQA_TARGET_FMA 1
+#if !GQA_HAS_AVX2
+#define GQA_TARGET_NS target_avx2
+#define GQA_TARGET_SPEC "avx2,fma"
+#define GQA_TARGET_AVX512 0
+#include "target_pass.hpp"
+#endif
+#if !GQA_HAS_AVX512
+#define GQA_TARGET_NS target_avx512
+#define GQA_TARGET_SPEC "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq"
+#define GQA_TARGET_AVX512 1
+#include "target_pass.hpp"
+#endif
+#undef GQA_TARGET_FMA
+#endif  // GQA_DISPATCH_X86
+
+GQA_BEGIN_NAMESPACE
+namespace detail::core {
+
+/// Where a call without an ISA runs: the name isa::resolve returned (one of isa::runnable's).
+struct named_target {
+  std::string_view isa;
+};
+
+/// Where a call with ISA tag Isa runs: Isa itself (chosen at compile time, no run-time check), or, for
+/// isa::dispatch, the ISA isa::resolve picks from opt.isa, GQA_ISA and the CPU. Throws like isa::resolve.
+template <class Isa>
+auto target_of(const attention_options& opt) {
+  if constexpr (isa::dispatched<Isa>) {
+    return named_target{isa::resolve(opt.isa)};
+  } else {
+    return Isa{};
+  }
+}
+
+/// The forward core on `on` (target_of's result).
+template <class Isa>
+void forward_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                tensor_view<float> o, const head_map& map, const attention_options& opt) {
+  forward<Isa>(q, k, v, o, map, opt);
+}
+/// On a named target: the TU's own best ISA, or one above it through a per-target region (only these are
+/// instantiated; backward_on has the same ladder).
+inline void forward_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
+                       tensor_view<const float> v, tensor_view<float> o, const head_map& map,
+                       const attention_options& opt) {
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX512
+  if (on.isa == isa::avx512::name) return target_avx512::detail::core::forward<isa::avx512>(q, k, v, o, map, opt);
+#endif
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX2
+  if (on.isa == isa::avx2::name) return target_avx2::detail::core::forward<isa::avx2>(q, k, v, o, map, opt);
+#endif
+  static_cast<void>(on);
+  forward<isa::native>(q, k, v, o, map, opt);
+}
+
+/// The backward core on `on` (target_of's result).
+template <class Isa>
+void backward_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                 tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,
+                 tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
+                 const attention_options& opt) {
+  backward<Isa>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+}
+inline void backward_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
+                        tensor_view<const float> v, tensor_view<const float> o, tensor_view<const float> dout,
+                        std::span<const float> lse, tensor_view<float> dq, tensor_view<float> dk,
+                        tensor_view<float> dv, const head_map& map, const attention_options& opt) {
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX512
+  if (on.isa == isa::avx512::name)
+    return target_avx512::detail::core::backward<isa::avx512>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+#endif
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX2
+  if (on.isa == isa::avx2::name)
+    return target_avx2::detail::core::backward<isa::avx2>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+#endif
+  static_cast<void>(on);
+  backward<isa::native>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+}
+
+}  // namespace detail::core
+GQA_END_NAMESPACE

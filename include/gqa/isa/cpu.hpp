@@ -1,0 +1,67 @@
+// gqa/isa/cpu.hpp: what the running CPU and OS let gqa execute, read once per process from CPUID and
+// XGETBV (x86-64) or known at compile time (AArch64: NEON is baseline).
+// Invariant: an ISA is reported only when every feature its code is compiled for is present AND the OS
+// saves the registers it uses (XCR0), so a kernel picked from here never raises SIGILL.
+#pragma once
+
+#include <cstdint>
+
+#include "../config.hpp"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#define GQA_X86_CPUID 1
+#else
+#define GQA_X86_CPUID 0
+#endif
+
+GQA_BEGIN_NAMESPACE
+namespace isa {
+
+/// The features gqa's x86 kernels need, as this CPU and OS provide them.
+struct cpu_features {
+  /// AVX2 and FMA, and the OS saves ymm state: what the AVX2 code (-mavx2 -mfma) needs.
+  bool avx2_fma = false;
+  /// AVX-512 F, VL, BW and DQ on top of avx2_fma, and the OS saves opmask and zmm state: what the AVX-512
+  /// code (-mavx512f -mavx512vl -mavx512bw -mavx512dq, see cmake/gqa_isa_flags.cmake) needs.
+  bool avx512 = false;
+};
+
+namespace detail_cpu {
+#if GQA_X86_CPUID
+/// XCR0: the register states the OS saves on a context switch (only valid when CPUID says OSXSAVE).
+inline std::uint64_t xcr0() noexcept {
+  std::uint32_t lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (static_cast<std::uint64_t>(hi) << 32) | lo;
+}
+
+inline cpu_features detect() noexcept {
+  cpu_features f;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool fma = (c >> 12) & 1u, osxsave = (c >> 27) & 1u, avx = (c >> 28) & 1u;
+  if (!osxsave || !avx) return f;  // no XGETBV, or no AVX: nothing past SSE
+  const std::uint64_t xcr = xcr0();
+  constexpr std::uint64_t ymm_state = 0x6;   // SSE (bit 1) + AVX upper halves (bit 2)
+  constexpr std::uint64_t zmm_state = 0xE6;  // + opmask (5), upper zmm0-15 (6), zmm16-31 (7)
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+  const bool avx2 = (b >> 5) & 1u, avx512f = (b >> 16) & 1u, avx512dq = (b >> 17) & 1u,
+             avx512bw = (b >> 30) & 1u, avx512vl = (b >> 31) & 1u;
+  f.avx2_fma = avx2 && fma && (xcr & ymm_state) == ymm_state;
+  f.avx512 = f.avx2_fma && avx512f && avx512dq && avx512bw && avx512vl && (xcr & zmm_state) == zmm_state;
+  return f;
+}
+#else
+inline cpu_features detect() noexcept { return {}; }
+#endif
+}  // namespace detail_cpu
+
+/// The running CPU's features, detected on the first call (thread-safe) and cached for the process.
+inline const cpu_features& cpu() noexcept {
+  static const cpu_features f = detail_cpu::detect();
+  return f;
+}
+
+}  // namespace isa
+GQA_END_NAMESPACE

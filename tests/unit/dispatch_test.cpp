@@ -1,0 +1,310 @@
+// Run-time ISA dispatch (Note [per-target kernels] in gqa/detail/core/targets.hpp). This TU is compiled
+// without ISA flags, like a consumer's (and, alone among the test TUs, without GQA_NO_DISPATCH): for every
+// ISA the CPU has, gqa::attend without an ISA, forced to it through attention_options::isa, must give
+// bitwise what gqa::attend<isa::X> gives in a TU compiled with X's flags (tests/support/explicit_attend.hpp),
+// and so must the training pair gqa::forward_train + gqa::backward; the default must be the best ISA; a
+// bad override must throw before any work.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <gqa/gqa.hpp>
+
+#include "support/data.hpp"
+#include "support/expect.hpp"
+#include "support/explicit_attend.hpp"
+
+namespace {
+
+using gqa::test::attend_case;
+using explicit_fn = void (*)(const attend_case&, float*, float*);
+
+/// The explicit entry points compiled with one ISA's flags: attend, and forward_train + backward.
+struct explicit_entry {
+  explicit_fn attend = nullptr, train = nullptr;
+};
+
+/// The explicit entry points compiled with `isa`'s flags, if this test binary has that TU (else null).
+explicit_entry explicit_entries(std::string_view isa) {
+#if defined(GQA_ISA_TU_AVX512)
+  if (isa == "avx512") return {&gqa::test::explicit_attend_avx512, &gqa::test::explicit_train_avx512};
+#endif
+#if defined(GQA_ISA_TU_AVX2)
+  if (isa == "avx2") return {&gqa::test::explicit_attend_avx2, &gqa::test::explicit_train_avx2};
+#endif
+#if defined(GQA_ISA_TU_NEON)
+  if (isa == "neon") return {&gqa::test::explicit_attend_neon, &gqa::test::explicit_train_neon};
+#endif
+#if defined(GQA_ISA_TU_SCALAR)
+  if (isa == "scalar") return {&gqa::test::explicit_attend_scalar, &gqa::test::explicit_train_scalar};
+#endif
+  (void)isa;
+  return {};
+}
+explicit_fn explicit_for(std::string_view isa) { return explicit_entries(isa).attend; }
+
+struct shape {
+  const char* name;
+  std::int64_t b, sq, skv, hq, hkv, d, dv;
+  bool causal;
+  bool padded;             // per-batch kv_lengths
+  std::vector<int> alloc;  // unequal groups (empty: uniform)
+  int threads;
+};
+
+/// Prefill and decode, odd sizes (d not a multiple of any vector width, lengths not multiples of the
+/// block), padding, unequal groups with an unused KV head, a decode long enough to split the KV range, and
+/// two threads.
+std::vector<shape> shapes() {
+  return {
+      {"prefill_causal_odd", 2, 37, 53, 8, 2, 72, 40, true, false, {}, 1},
+      {"prefill_padded_d19", 2, 70, 130, 6, 3, 19, 19, false, true, {}, 1},
+      {"decode_unequal_groups", 1, 1, 300, 7, 4, 64, 64, false, false, {3, 0, 1, 3}, 1},
+      {"decode_split_kv", 1, 1, gqa::test::reduced ? 2100 : 4200, 8, 2, 128, 128, false, false, {}, 1},
+      {"prefill_two_threads", 1, 130, 130, 4, 1, 33, 33, true, false, {}, 2},
+  };
+}
+
+/// Output and LSE of one call.
+struct result {
+  std::vector<float> o, lse;
+};
+
+struct prepared {
+  shape s;
+  std::vector<float> q, k, v, dout;
+  std::vector<std::int64_t> kv_lengths;
+  attend_case c{};
+
+  explicit prepared(const shape& sh) : s(sh) {
+    q = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.sq * s.hq * s.d), 11, -2.0f, 2.0f);
+    k = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.skv * s.hkv * s.d), 12, -2.0f, 2.0f);
+    v = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.skv * s.hkv * s.dv), 13);
+    dout = gqa::test::random_floats(static_cast<std::size_t>(s.b * s.sq * s.hq * s.dv), 14);
+    for (std::int64_t ib = 0; ib < s.b; ++ib) kv_lengths.push_back(s.skv - 17 * ib - 5);
+    c = {s.b, s.sq, s.skv, s.hq, s.hkv, s.d, s.dv, s.causal, q.data(), k.data(), v.data(),
+         s.padded ? kv_lengths.data() : nullptr, s.alloc.empty() ? nullptr : s.alloc.data(), s.threads,
+         dout.data()};
+  }
+
+  result blank() const {
+    return {std::vector<float>(static_cast<std::size_t>(s.b * s.sq * s.hq * s.dv), -7.0f),
+            std::vector<float>(static_cast<std::size_t>(s.b * s.hq * s.sq), -7.0f)};
+  }
+  result dispatched(std::string_view opt_isa) const {
+    result r = blank();
+    gqa::test::run_attend<gqa::isa::dispatch>(c, r.o.data(), r.lse.data(), opt_isa);
+    return r;
+  }
+  result explicit_on(explicit_fn fn) const {
+    result r = blank();
+    fn(c, r.o.data(), r.lse.data());
+    return r;
+  }
+
+  // Training: `o` is the forward's output, `lse` holds the gradients (dq, dk, dv).
+  result blank_train() const {
+    const auto grads = s.b * (s.sq * s.hq * s.d + s.skv * s.hkv * (s.d + s.dv));
+    return {std::vector<float>(static_cast<std::size_t>(s.b * s.sq * s.hq * s.dv), -7.0f),
+            std::vector<float>(static_cast<std::size_t>(grads), -7.0f)};
+  }
+  result trained(std::string_view opt_isa) const {
+    result r = blank_train();
+    gqa::test::run_train<gqa::isa::dispatch>(c, r.o.data(), r.lse.data(), opt_isa);
+    return r;
+  }
+  result explicit_train(explicit_fn fn) const {
+    result r = blank_train();
+    fn(c, r.o.data(), r.lse.data());
+    return r;
+  }
+};
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+/// Index of the first element whose bits differ, for the failure message.
+std::size_t first_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) return i;
+  return a.size();
+}
+
+void expect_same(const result& got, const result& want, const std::string& what) {
+  EXPECT_TRUE(bitwise_equal(got.o, want.o)) << what << ": o differs first at " << first_difference(got.o, want.o);
+  EXPECT_TRUE(bitwise_equal(got.lse, want.lse))
+      << what << ": lse differs first at " << first_difference(got.lse, want.lse);
+}
+
+// The dispatched path forced to each ISA == that ISA compiled with its own flags, bit for bit.
+TEST(dispatch, forced_isa_is_bitwise_the_explicit_isa) {
+  int compared = 0;
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    const explicit_fn fn = explicit_for(isa);
+    // ISAs below this TU's own (scalar on AArch64) are not dispatch targets; see isa::runnable.
+    if (fn == nullptr || !gqa::isa::cpu_supports(isa) || !gqa::isa::runnable(isa)) continue;
+    for (const shape& s : shapes()) {
+      const prepared p(s);
+      expect_same(p.dispatched(isa), p.explicit_on(fn), std::string(isa) + " " + s.name);
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 0) << "no ISA of this test binary runs on this CPU";
+}
+
+// The same for the training pair: gqa::forward_train and gqa::backward (through attend_backward) forced to
+// each ISA == forward_train<isa::X> + backward<isa::X> compiled with X's flags, output and gradients.
+TEST(dispatch, backward_forced_isa_is_bitwise_the_explicit_isa) {
+  int compared = 0;
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    const explicit_fn fn = explicit_entries(isa).train;
+    if (fn == nullptr || !gqa::isa::cpu_supports(isa) || !gqa::isa::runnable(isa)) continue;
+    for (const shape& s : shapes()) {
+      const prepared p(s);
+      const result got = p.trained(isa), want = p.explicit_train(fn);
+      EXPECT_TRUE(bitwise_equal(got.o, want.o)) << isa << " " << s.name << ": o differs first at "
+                                                << first_difference(got.o, want.o);
+      EXPECT_TRUE(bitwise_equal(got.lse, want.lse)) << isa << " " << s.name << ": dq|dk|dv differ first at "
+                                                    << first_difference(got.lse, want.lse);
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 0) << "no ISA of this test binary runs on this CPU";
+}
+
+// Without an override (and without GQA_ISA) the call runs the best ISA this CPU supports.
+TEST(dispatch, default_is_the_best_supported_isa) {
+  if (!gqa::detail::isa_from_environment().empty()) GTEST_SKIP() << "GQA_ISA is set";
+  const std::string_view best = gqa::isa::best_runnable();
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    if (isa == best) break;
+    EXPECT_FALSE(gqa::isa::runnable(isa) && gqa::isa::cpu_supports(isa)) << isa << " is better than " << best;
+  }
+  EXPECT_EQ(gqa::isa::resolve({}), best);
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX2
+  // No ISA flags here, yet the vector kernels are there.
+  EXPECT_TRUE(gqa::isa::runnable("avx2"));
+  EXPECT_TRUE(gqa::isa::runnable("avx512"));
+  EXPECT_EQ(best, gqa::isa::cpu_supports("avx512") ? "avx512" : gqa::isa::cpu_supports("avx2") ? "avx2" : "scalar");
+#endif
+  const explicit_fn fn = explicit_for(best);
+  if (fn == nullptr) GTEST_SKIP() << "no explicit TU for " << best;
+  const explicit_fn train = explicit_entries(best).train;
+  for (const shape& s : shapes()) {
+    const prepared p(s);
+    expect_same(p.dispatched({}), p.explicit_on(fn), std::string("default ") + s.name);
+    expect_same(p.trained({}), p.explicit_train(train), std::string("default training ") + s.name);
+  }
+}
+
+// gqa::forward without an ISA dispatches too (the policies' default).
+TEST(dispatch, forward_defaults_to_dispatch) {
+  const prepared p(shapes()[0]);
+  const result want = p.dispatched(gqa::isa::resolve({}));
+  result got = p.blank();
+  gqa::gqa_policy policy;
+  gqa::attention_options opt;
+  opt.causal = p.s.causal;
+  opt.lse = got.lse;
+  gqa::forward(policy, gqa::bshd<const float>(p.q.data(), p.s.b, p.s.sq, p.s.hq, p.s.d),
+               gqa::bshd<const float>(p.k.data(), p.s.b, p.s.skv, p.s.hkv, p.s.d),
+               gqa::bshd<const float>(p.v.data(), p.s.b, p.s.skv, p.s.hkv, p.s.dv),
+               gqa::bshd<float>(got.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv), opt);
+  expect_same(got, want, "forward");
+}
+
+// A bad override throws gqa::invalid_argument naming it, before any output is written.
+TEST(dispatch, override_rejects_unknown_missing_and_unsupported_isas) {
+  const prepared p(shapes()[0]);
+  auto untouched = [&](std::string_view isa, const std::vector<std::string>& parts) {
+    result r = p.blank();
+    gqa::test::expect_invalid([&] { gqa::test::run_attend<gqa::isa::dispatch>(p.c, r.o.data(), r.lse.data(), isa); },
+                              parts);
+    EXPECT_TRUE(bitwise_equal(r.o, p.blank().o)) << isa << ": output written before the throw";
+  };
+  untouched("sse9", {"options.isa = \"sse9\"", "not an ISA gqa knows", "avx512 avx2 neon scalar"});
+  untouched("AVX2", {"options.isa = \"AVX2\"", "not an ISA gqa knows"});
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    if (!gqa::isa::runnable(isa)) {
+      untouched(isa, {"options.isa = \"" + std::string(isa) + "\"", "this translation unit has no " + std::string(isa)});
+    } else if (!gqa::isa::cpu_supports(isa)) {
+      untouched(isa, {"options.isa = \"" + std::string(isa) + "\"", "the running CPU lacks " + std::string(isa)});
+    }
+  }
+  // gqa::forward checks it before the policy plans.
+  gqa::attention_options opt;
+  opt.isa = "sse9";
+  result r = p.blank();
+  gqa::gqa_policy policy;
+  gqa::test::expect_invalid(
+      [&] {
+        gqa::forward(policy, gqa::bshd<const float>(p.q.data(), p.s.b, p.s.sq, p.s.hq, p.s.d),
+                     gqa::bshd<const float>(p.k.data(), p.s.b, p.s.skv, p.s.hkv, p.s.d),
+                     gqa::bshd<const float>(p.v.data(), p.s.b, p.s.skv, p.s.hkv, p.s.dv),
+                     gqa::bshd<float>(r.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv), opt);
+      },
+      {"options.isa = \"sse9\""});
+  // So do forward_train, backward and attend_backward, before writing anything.
+  gqa::test::case_policy cp{gqa::test::map_of(p.c)};
+  const auto q = gqa::bshd<const float>(p.q.data(), p.s.b, p.s.sq, p.s.hq, p.s.d);
+  const auto k = gqa::bshd<const float>(p.k.data(), p.s.b, p.s.skv, p.s.hkv, p.s.d);
+  const auto v = gqa::bshd<const float>(p.v.data(), p.s.b, p.s.skv, p.s.hkv, p.s.dv);
+  gqa::test::expect_invalid([&] { (void)gqa::forward_train(cp, q, k, v, gqa::bshd<float>(r.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv), opt); },
+                            {"options.isa = \"sse9\""});
+  result t = p.blank_train();
+  gqa::attention_options good;
+  good.causal = p.s.causal;
+  std::vector<float> lse(static_cast<std::size_t>(p.s.b * p.s.hq * p.s.sq));
+  good.lse = lse;
+  const auto o = gqa::bshd<float>(t.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv);
+  const auto saved = gqa::forward_train(cp, q, k, v, o, good);
+  float* dq = t.lse.data();
+  float* dk = dq + p.s.b * p.s.sq * p.s.hq * p.s.d;
+  float* dv = dk + p.s.b * p.s.skv * p.s.hkv * p.s.d;
+  const auto dqv = gqa::bshd<float>(dq, p.s.b, p.s.sq, p.s.hq, p.s.d);
+  const auto dkv = gqa::bshd<float>(dk, p.s.b, p.s.skv, p.s.hkv, p.s.d);
+  const auto dvv = gqa::bshd<float>(dv, p.s.b, p.s.skv, p.s.hkv, p.s.dv);
+  const auto dout = gqa::bshd<const float>(p.dout.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv);
+  gqa::attention_options bad = good;
+  bad.lse = {};
+  bad.isa = "sse9";
+  gqa::test::expect_invalid([&] { gqa::backward(cp, saved, q, k, v, o, dout, dqv, dkv, dvv, bad); },
+                            {"options.isa = \"sse9\""});
+  gqa::test::expect_invalid(
+      [&] { gqa::attend_backward(q, k, v, o, dout, lse, dqv, dkv, dvv, cp.map, bad); }, {"options.isa = \"sse9\""});
+  EXPECT_TRUE(bitwise_equal(t.lse, p.blank_train().lse)) << "gradients written before the throw";
+}
+
+// The CPU check on a stand-in CPU that has only this TU's own ISA (this machine may have them all).
+TEST(dispatch, override_rejects_an_isa_the_cpu_lacks) {
+  constexpr std::string_view own = gqa::isa::native::name;
+  auto own_only = [](std::string_view isa) noexcept { return isa == own; };
+  int rejected = 0;
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    if (isa == own || !gqa::isa::runnable(isa)) continue;
+    gqa::test::expect_invalid([&] { gqa::detail::checked_isa(isa, "GQA_ISA (environment)", own_only); },
+                              {"GQA_ISA (environment) = \"" + std::string(isa) + "\"",
+                               "the running CPU lacks " + std::string(isa), "(it supports: " + std::string(own) + ")"});
+    ++rejected;
+  }
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX2
+  EXPECT_EQ(rejected, 2) << "avx2 and avx512";
+#endif
+  EXPECT_EQ(gqa::detail::checked_isa(own, "options.isa", own_only), own);
+}
+
+// Run by CTest with GQA_ISA set (tests/CMakeLists.txt): the environment variable picks the ISA.
+TEST(dispatch, environment_variable_picks_the_isa) {
+  const char* env = std::getenv("GQA_ISA");
+  if (env == nullptr || *env == '\0') GTEST_SKIP() << "GQA_ISA is not set";
+  EXPECT_EQ(gqa::isa::resolve({}), std::string_view(env));
+  EXPECT_EQ(gqa::isa::resolve(gqa::isa::native::name), gqa::isa::native::name) << "options.isa wins over GQA_ISA";
+}
+
+}  // namespace
