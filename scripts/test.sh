@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/test.sh: everything CI checks, in one command.
-#   1. scripts/install-deps.sh --neon --mpi (no-op when everything is installed)
+#   1. scripts/install-deps.sh --neon --mpi --uptrain (no-op when everything is installed)
 #   2. Release build of the tests, benchmarks and examples; ctest --output-on-failure (incl. packaging)
 #   3. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan) of the tests; ctest (packaging excluded)
 #   4. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
@@ -62,7 +62,7 @@ build_and_test() {
 
 # 1. Dependencies.
 if [ "${GQA_SKIP_DEPS:-0}" != 1 ]; then
-  if bash "$repo/scripts/install-deps.sh" --neon --mpi; then
+  if bash "$repo/scripts/install-deps.sh" --neon --mpi --uptrain; then
     stage deps 0 "ok"
   else
     stage deps 1 "install-deps.sh FAILED"
