@@ -4,9 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <vector>
 
+#include "finite_differences.hpp"
 #include "layers.hpp"
 #include "optimiser.hpp"
 
@@ -14,27 +14,12 @@ namespace uptrain {
 namespace {
 
 using mat = matrix<double>;
+using test::numeric_gradient;
 
 mat random_matrix(index rows, index cols, std::uint64_t key, double scale = 1.0) {
   mat m(rows, cols);
   init_truncated_normal(m, scale, 42, key);
   return m;
-}
-
-/// Central differences of `loss` with respect to every entry of `x`, step h (double: truncation error
-/// O(h²) ≈ 1e-10 here, rounding O(ε/h) ≈ 1e-11).
-mat numeric_gradient(mat& x, const std::function<double()>& loss, double h = 1e-5) {
-  mat g(x.rows(), x.cols());
-  for (index i = 0; i < x.size(); ++i) {
-    const double keep = x.data()[i];
-    x.data()[i] = keep + h;
-    const double up = loss();
-    x.data()[i] = keep - h;
-    const double down = loss();
-    x.data()[i] = keep;
-    g.data()[i] = (up - down) / (2 * h);
-  }
-  return g;
 }
 
 /// Analytic and numeric gradients agree to 1e-7 relative to the largest entry.
