@@ -1,12 +1,10 @@
-// examples/uptrain/attention.cpp: the attention layer's forward through gqa::forward and its backward.
+// examples/uptrain/attention.cpp: the attention layer: projections, gqa::forward with the scheme's policy
+// (forward_train when training), and the backward.
 #include "attention.hpp"
 
-#include <algorithm>
 #include <chrono>
-#include <cmath>
+#include <type_traits>
 #include <utility>
-
-#include "interim_backward.hpp"
 
 namespace uptrain {
 
@@ -23,65 +21,6 @@ gqa::tensor_view<float> view(matrix<float>& m, gqa::index_t b, gqa::index_t s, g
 gqa::tensor_view<const float> view(const matrix<float>& m, gqa::index_t b, gqa::index_t s, gqa::index_t h, gqa::index_t d) {
   return gqa::bshd<const float>(m.data(), b, s, h, d);
 }
-
-/// Where a training forward leaves what the backward needs.
-struct forward_record {
-  bool keep = false;             ///< false in evaluation: record nothing
-  matrix<float>* k = nullptr;    ///< the K the core saw, after prepare() (WGQA: the combined heads)
-  matrix<float>* v = nullptr;
-  gqa::head_map* map = nullptr;  ///< the map plan() chose (KDGQA/DGQA: this call's allocation)
-  matrix<float>* o_pre = nullptr;///< the output before finish() (PGQA: before the noise)
-};
-
-/// Wraps a scheme's policy to record, during gqa::forward, what its backward needs: the backward must use
-/// exactly the map, K/V and unperturbed output of the forward, never recompute them (an allocation or a
-/// noise draw recomputed later could differ). Forwards check/prepare/plan/finish to the policy unchanged.
-template <class P>
-struct recording_policy {
-  P& inner;
-  forward_record rec;
-
-  void check(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k,
-             const gqa::tensor_view<const float>& v, const gqa::tensor_view<float>& o) {
-    if constexpr (gqa::policy_with_check<P>) inner.check(q, k, v, o);
-  }
-  gqa::kv_views prepare(const gqa::tensor_view<const float>& k, const gqa::tensor_view<const float>& v) {
-    if constexpr (gqa::policy_with_prepare<P>) {
-      const gqa::kv_views kv = inner.prepare(k, v);
-      if (!rec.keep) return kv;
-      // The policy's buffers live as long as the policy; keep copies (contiguous BSHD) for the backward.
-      auto keep = [](const gqa::tensor_view<const float>& t, matrix<float>& m) {
-        m.resize(t.b * t.s, t.h * t.d);
-        for (gqa::index_t b = 0; b < t.b; ++b)
-          for (gqa::index_t s = 0; s < t.s; ++s)
-            for (gqa::index_t h = 0; h < t.h; ++h)
-              std::copy_n(t.row(b, s, h), t.d, m.data() + ((b * t.s + s) * t.h + h) * t.d);
-        return view(std::as_const(m), t.b, t.s, t.h, t.d);
-      };
-      return {keep(kv.k, *rec.k), keep(kv.v, *rec.v)};
-    } else {
-      return {k, v};
-    }
-  }
-  gqa::head_map plan(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k) {
-    gqa::head_map m = inner.plan(q, k);
-    if (rec.keep) *rec.map = m;
-    return m;
-  }
-  void finish(const gqa::tensor_view<float>& o, const gqa::head_map& m, const gqa::attention_options& opt) {
-    if constexpr (gqa::policy_with_finish_options<P> || gqa::policy_with_finish<P>) {
-      if (rec.keep) {  // o is the layer's own contiguous buffer
-        rec.o_pre->resize(o.b * o.s, o.h * o.d);
-        std::copy_n(o.data, o.b * o.s * o.h * o.d, rec.o_pre->data());
-      }
-      if constexpr (gqa::policy_with_finish_options<P>) {
-        inner.finish(o, m, opt);
-      } else {
-        inner.finish(o, m);
-      }
-    }
-  }
-};
 
 }  // namespace
 
@@ -127,55 +66,33 @@ void attention_layer::collect(std::vector<param<float>*>& out) {
   }
 }
 
-template <class Policy>
-void attention_layer::run(Policy& policy, const step_context& ctx) {
-  const gqa::index_t d = spec_.head_dim();
-  gqa::attention_options opt;  // one thread: the protocol runs one training run per core
-  if (ctx.training) {
-    lse_.resize(static_cast<std::size_t>(batch_ * spec_.q_heads * tokens_));
-    opt.lse = lse_;
-  }
-  recording_policy<Policy> rec{policy, {ctx.training, &kc_, &vc_, &map_, &o_pre_}};
-  gqa::forward(rec, view(std::as_const(qa_), batch_, tokens_, spec_.q_heads, d),
-               view(std::as_const(ka_), batch_, tokens_, spec_.kv_proj_heads(), d),
-               view(std::as_const(va_), batch_, tokens_, spec_.kv_proj_heads(), d),
-               view(oa_, batch_, tokens_, spec_.q_heads, d), opt);
-}
-
-void attention_layer::forward(const matrix<float>& x, matrix<float>& y, const step_context& ctx) {
-  tokens_ = ctx.tokens;
-  batch_ = x.rows() / tokens_;
-  if (ctx.training) x_ = x;
-  q.forward(x, qa_);
-  k.forward(x, ka_);
-  v.forward(x, va_);
-  oa_.resize(x.rows(), spec_.q_heads * spec_.head_dim());
-  const auto t0 = clock_type::now();
+template <class F>
+void attention_layer::with_policy(const step_context& ctx, bool is_forward, F&& f) {
   switch (spec_.kind) {
     case grouping::mha: {
       gqa::mha_policy p;
-      run(p, ctx);
+      f(p);
       break;
     }
     case grouping::gqa: {
       gqa::gqa_policy p;
-      run(p, ctx);
+      f(p);
       break;
     }
     case grouping::mqa: {
       gqa::mqa_policy p;
-      run(p, ctx);
+      f(p);
       break;
     }
     case grouping::sqa: {
       gqa::sqa_policy p{gqa::sqa_config::standard(spec_.heads, spec_.q_heads, spec_.kv_heads)};
-      run(p, ctx);
+      f(p);
       break;
     }
     case grouping::kdgqa: {
       gqa::kdgqa_policy p;  // the reference rule, one allocation for the whole batch
-      run(p, ctx);
-      last_alloc_ = p.last().alloc;
+      f(p);
+      if (is_forward) last_alloc_ = p.last().alloc;
       break;
     }
     case grouping::dgqa: {
@@ -187,65 +104,78 @@ void attention_layer::forward(const matrix<float>& x, matrix<float>& y, const st
       gqa::dgqa_policy p(opt, dgqa);
       p.set_mode(ctx.training ? gqa::dgqa_mode::train : gqa::dgqa_mode::eval);
       p.set_step(ctx.step);
-      run(p, ctx);
-      last_alloc_ = p.last().alloc;
+      f(p);
+      if (is_forward) last_alloc_ = p.last().alloc;
       break;
     }
     case grouping::pgqa: {
       gqa::pgqa_policy p({seed, layer, gqa::pgqa_noise::always});  // the reference: noise in training and eval
       p.set_calls(pgqa_calls);
-      pgqa_call_ = pgqa_calls;
-      run(p, ctx);
-      pgqa_calls = p.calls();
+      f(p);
+      if (is_forward) pgqa_calls = p.calls();
       break;
     }
     case grouping::wgqa: {
       gqa::wgqa_policy p(wgqa_weights());
-      run(p, ctx);
+      f(p);
       break;
     }
   }
+}
+
+void attention_layer::forward(const matrix<float>& x, matrix<float>& y, const step_context& ctx) {
+  tokens_ = ctx.tokens;
+  batch_ = x.rows() / tokens_;
+  if (ctx.training) x_ = x;
+  q.forward(x, qa_);
+  k.forward(x, ka_);
+  v.forward(x, va_);
+  const gqa::index_t d = spec_.head_dim();
+  oa_.resize(x.rows(), spec_.q_heads * d);
+  const auto qv = view(std::as_const(qa_), batch_, tokens_, spec_.q_heads, d);
+  const auto kv = view(std::as_const(ka_), batch_, tokens_, spec_.kv_proj_heads(), d);
+  const auto vv = view(std::as_const(va_), batch_, tokens_, spec_.kv_proj_heads(), d);
+  const auto ov = view(oa_, batch_, tokens_, spec_.q_heads, d);
+  const gqa::attention_options opt;  // one thread: the protocol runs one training run per core
+  const auto t0 = clock_type::now();
+  with_policy(ctx, true, [&](auto& policy) {
+    if (ctx.training) {
+      saved_ = interim::forward_train(policy, qv, kv, vv, ov, opt);
+    } else {
+      gqa::forward(policy, qv, kv, vv, ov, opt);
+    }
+  });
   forward_seconds += seconds_since(t0);
   o.forward(oa_, y);
 }
 
 void attention_layer::backward(const matrix<float>& dy, matrix<float>& dx) {
   const gqa::index_t d = spec_.head_dim(), rows = batch_ * tokens_;
-  const gqa::index_t hq = spec_.q_heads, hkv = spec_.kv_heads, hp = spec_.kv_proj_heads();
+  const gqa::index_t hq = spec_.q_heads, hp = spec_.kv_proj_heads();
   matrix<float> d_oa;
   o.backward(oa_, dy, &d_oa);
 
+  matrix<float> dq(rows, hq * d), dk(rows, hp * d), dv(rows, hp * d);
   const auto t0 = clock_type::now();
-  const bool pgqa = spec_.kind == grouping::pgqa, wgqa = spec_.kind == grouping::wgqa;
-  // PGQA: from the gradient of the perturbed output to that of the attention output.
-  if (pgqa) interim::pgqa_backward(view(std::as_const(o_pre_), batch_, tokens_, hq, d), view(d_oa, batch_, tokens_, hq, d), hkv, seed, layer, pgqa_call_);
-  const matrix<float>& o_core = pgqa ? o_pre_ : oa_;  // the core's own output
-  const matrix<float>& k_core = wgqa ? kc_ : ka_;     // the K/V the core saw
-  const matrix<float>& v_core = wgqa ? vc_ : va_;
-  matrix<float> dq(rows, hq * d), dk(rows, hkv * d), dv(rows, hkv * d);
-  interim::attend_backward(view(qa_, batch_, tokens_, hq, d), view(k_core, batch_, tokens_, hkv, d),
-                           view(v_core, batch_, tokens_, hkv, d), view(o_core, batch_, tokens_, hq, d),
-                           view(std::as_const(d_oa), batch_, tokens_, hq, d), lse_, map_,
-                           1.0f / std::sqrt(static_cast<float>(d)),  // gqa's default scale
-                           view(dq, batch_, tokens_, hq, d), view(dk, batch_, tokens_, hkv, d), view(dv, batch_, tokens_, hkv, d));
-  matrix<float> dk_proj, dv_proj;
-  if (wgqa) {  // through the combination to the per-head K/V and the weights
-    dk_proj.resize(rows, hp * d);
-    dv_proj.resize(rows, hp * d);
-    interim::wgqa_backward(spec_.wgqa_kind, {mix_k.value.data(), static_cast<std::size_t>(mix_k.value.size())},
-                           view(ka_, batch_, tokens_, hp, d), view(std::as_const(dk), batch_, tokens_, hkv, d),
-                           view(dk_proj, batch_, tokens_, hp, d), {mix_k.grad.data(), static_cast<std::size_t>(mix_k.grad.size())});
-    interim::wgqa_backward(spec_.wgqa_kind, {mix_v.value.data(), static_cast<std::size_t>(mix_v.value.size())},
-                           view(va_, batch_, tokens_, hp, d), view(std::as_const(dv), batch_, tokens_, hkv, d),
-                           view(dv_proj, batch_, tokens_, hp, d), {mix_v.grad.data(), static_cast<std::size_t>(mix_v.grad.size())});
-  }
+  with_policy({true, 0, tokens_}, false, [&](auto& policy) {
+    using P = std::decay_t<decltype(policy)>;
+    const interim::weight_gradient wg = interim::backward(
+        policy, std::get<interim::saved_forward<P>>(saved_), view(qa_, batch_, tokens_, hq, d),
+        view(ka_, batch_, tokens_, hp, d), view(va_, batch_, tokens_, hp, d), view(oa_, batch_, tokens_, hq, d),
+        view(std::as_const(d_oa), batch_, tokens_, hq, d), view(dq, batch_, tokens_, hq, d),
+        view(dk, batch_, tokens_, hp, d), view(dv, batch_, tokens_, hp, d), gqa::attention_options{});
+    if constexpr (std::is_same_v<P, gqa::wgqa_policy>) {
+      mix_k.grad += Eigen::Map<const matrix<float>>(wg.k.data(), mix_k.grad.rows(), mix_k.grad.cols());
+      mix_v.grad += Eigen::Map<const matrix<float>>(wg.v.data(), mix_v.grad.rows(), mix_v.grad.cols());
+    }
+  });
   backward_seconds += seconds_since(t0);
 
   matrix<float> part;
   q.backward(x_, dq, &dx);
-  k.backward(x_, wgqa ? dk_proj : dk, &part);
+  k.backward(x_, dk, &part);
   dx += part;
-  v.backward(x_, wgqa ? dv_proj : dv, &part);
+  v.backward(x_, dv, &part);
   dx += part;
 }
 

@@ -5,14 +5,22 @@
 #pragma once
 
 #include <cstdint>
+#include <variant>
 #include <vector>
 
 #include <gqa/gqa.hpp>
 
+#include "interim_backward.hpp"
 #include "layers.hpp"
 #include "scheme.hpp"
 
 namespace uptrain {
+
+/// One value of S<P> for each of gqa's policies P (what a training forward saved, whichever policy ran).
+template <template <class> class S>
+using per_policy = std::variant<std::monostate, S<gqa::mha_policy>, S<gqa::gqa_policy>, S<gqa::mqa_policy>,
+                                S<gqa::sqa_policy>, S<gqa::kdgqa_policy>, S<gqa::dgqa_policy>, S<gqa::pgqa_policy>,
+                                S<gqa::wgqa_policy>>;
 
 /// What a forward call needs to know besides its input.
 struct step_context {
@@ -55,16 +63,18 @@ class attention_layer {
   std::uint64_t pgqa_calls = 0;
 
  private:
-  template <class Policy>
-  void run(Policy& policy, const step_context& ctx);
+  /// Builds the scheme's policy from the layer's state and calls f(policy); after a forward (not a
+  /// backward), keeps what the policy changed (DGQA's state is the layer's own; PGQA's call counter, the
+  /// allocation KDGQA/DGQA chose).
+  template <class F>
+  void with_policy(const step_context& ctx, bool is_forward, F&& f);
 
   attention_spec spec_;
   std::vector<int> last_alloc_;
-  // Saved by a training forward for backward.
-  matrix<float> x_, qa_, ka_, va_, oa_, o_pre_, kc_, vc_;
-  std::vector<float> lse_;
-  gqa::head_map map_;
-  std::uint64_t pgqa_call_ = 0;
+  // Saved by a training forward for backward: the input, the projections, the attention output and what
+  // the policy's forward kept.
+  matrix<float> x_, qa_, ka_, va_, oa_;
+  per_policy<interim::saved_forward> saved_;
   gqa::index_t batch_ = 0, tokens_ = 0;
 };
 
