@@ -400,7 +400,11 @@ set title "MHA pretraining"
 plot "loss.dat" index 0 using 1:2 with lines lw 2 lc rgb "#4c72b0"
 set title "uptraining, every scheme"
 set key outside right top vertical font ",8"
-dash(i) = i > 9 ? 2 : 1
+# Ten distinct colours, solid for the first ten curves and dashed after.
+colours = "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf"
+do for [i=1:10] { set linetype i lc rgb word(colours, i) }
+set linetype cycle 10
+dash(i) = i > 10 ? 2 : 1
 plot for [i=1:ncurves] "loss.dat" index i using 1:2 with lines lw 1.5 dt dash(i) title columnheader(1)
 unset multiplot
 )gp";
