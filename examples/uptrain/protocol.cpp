@@ -1,6 +1,7 @@
 // examples/uptrain/protocol.cpp: conversion, the training loop, evaluation and the pool of runs.
 #include "protocol.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -8,6 +9,7 @@
 #include <exception>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 
 #include "optimiser.hpp"

@@ -561,7 +561,10 @@ std::vector<std::string> write_outputs(const std::filesystem::path& dir, const r
     written.push_back("(no plots: gnuplot is not installed; bash scripts/install-deps.sh --plot)");
     return written;
   }
-  const std::string cmd = "cd '" + dir.string() + "' && gnuplot -e 'ncurves=" + std::to_string(r.schemes.size()) +
+  std::string quoted_dir = "'";  // for the shell: every ' becomes '\''
+  for (const char ch : dir.string()) quoted_dir += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  quoted_dir += "'";
+  const std::string cmd = "cd " + quoted_dir + " && gnuplot -e 'ncurves=" + std::to_string(r.schemes.size()) +
                           "' plots.gp > plots.log 2>&1";
   if (std::system(cmd.c_str()) != 0) {
     written.push_back("(gnuplot failed: see plots.log)");
