@@ -35,20 +35,23 @@ inline constexpr main_shape main_shapes[] = {main_shape::p1, main_shape::p2, mai
 std::string_view main_shape_label(main_shape m);
 shape make_main_shape(main_shape m, int threads);
 
-/// The (hq, hkv) the core runs for variant `v` on a model whose baseline has (hq, hkv): MHA (hq, hq),
-/// MQA (hq, 1), SQA's symmetric configuration (hq/2, hq/2), every other variant (hq, hkv). WGQA's inputs
-/// have hq K/V heads, which its prepare() combines into hkv.
-shape variant_shape(std::string_view variant, shape s);
-/// K/V heads of the input tensors for variant `v` (WGQA: hq; others: hkv).
-std::int64_t input_kv_heads(std::string_view variant, const shape& s);
+/// The shape the core runs for variant `v` on `model`, a layer with H = model.hq query heads and
+/// G = model.hkv KV groups: (hq, hkv) = the registry's default heads (gqa::variant_heads_for, e.g. MHA
+/// (H, H), MQA (H, 1), SQA's symmetric configuration (H/2, H/2), the others (H, G)).
+shape variant_shape(std::string_view variant, shape model);
+/// K/V heads of the input tensors for variant `v` on `model` (the registry's kv_in: H for WGQA, whose
+/// prepare() combines them into G; the core's hkv for the others).
+std::int64_t input_kv_heads(std::string_view variant, const shape& model);
 
-/// One benchmark to register. kind: "variant" (variant = mha .. wgqa), "eigen" or "reference".
+/// One benchmark to register. kind: "variant" (variant = a registered name), "eigen" or "reference".
 struct bench_case {
   std::string kind;     // "variant", "eigen" or "reference"
-  std::string variant;  // for kind "variant": mha .. wgqa
+  std::string variant;  // for kind "variant": a name of gqa::variant_names
   std::string isa;
-  shape s;
-  /// "<variant|eigen|reference>/<isa>/<shape_name>".
+  shape s;              // what the core runs (variant_shape(variant, model))
+  shape model;          // the layer the variant is built for (the registry's model shape)
+  bool backward = false;  // the backward pass (variant: gqa::backward; eigen: its GEMM backward)
+  /// "<variant|eigen|reference>/<isa>/<shape_name>", or "<variant|eigen>/<isa>/<shape_key>_bwd_T<threads>".
   std::string name() const;
 };
 /// Every case of ISA `isa`, in registration order: Eigen baselines first (so that the variants' vs_eigen
@@ -79,11 +82,12 @@ void store_read_bw(std::size_t bytes, int threads, double gbps);
 /// The buffer size bw_frac is relative to: D1's K + V (the decode working set, far larger than the LLC).
 std::size_t bw_reference_bytes();
 
-/// Seconds per call of the Eigen baseline for (isa, shape incl. threads); negative when unknown.
-double eigen_seconds_cached(std::string_view isa, const shape& s);
-void store_eigen_seconds(std::string_view isa, const shape& s, double seconds);
+/// Seconds per call of the Eigen baseline (its backward when `backward`) for (isa, shape incl. threads);
+/// negative when unknown.
+double eigen_seconds_cached(std::string_view isa, const shape& s, bool backward = false);
+void store_eigen_seconds(std::string_view isa, const shape& s, double seconds, bool backward = false);
 
-/// What each per-ISA translation unit (bench_<isa>.cpp) provides.
+/// What each per-ISA translation unit (the generated bench_<isa>.cpp) provides.
 struct isa_hooks {
   std::string_view isa;
   bool (*cpu_supported)() = nullptr;
@@ -95,7 +99,7 @@ struct isa_hooks {
   /// Registers this ISA's cases (cases_for) with Google Benchmark.
   void (*register_cases)(const std::vector<bench_case>& cases) = nullptr;
 };
-// One per ISA translation unit (bench_<isa>.cpp, compiled with gqa_isa_compile_options(<isa>)).
+// One per ISA translation unit (generated bench_<isa>.cpp, compiled with gqa_isa_compile_options(<isa>)).
 isa_hooks hooks_scalar();
 isa_hooks hooks_avx2();
 isa_hooks hooks_avx512();
@@ -103,6 +107,8 @@ isa_hooks hooks_neon();
 /// Every ISA translation unit this binary contains, scalar first.
 const std::vector<isa_hooks>& all_isas();
 const isa_hooks* find_isa(std::string_view isa);
+/// The best ISA of all_isas() the CPU supports (gqa::isa::best_supported): the read probe's widest loads.
+const isa_hooks& best_isa();
 
 /// Measures the FMA probe of `h` now on `threads` threads (best of five ~10 ms trials): GFLOP/s.
 double measure_fma_peak(const isa_hooks& h, int threads);

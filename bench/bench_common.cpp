@@ -14,7 +14,9 @@
 #include <set>
 #include <thread>
 
+#include <gqa/isa/select.hpp>
 #include <gqa/random.hpp>
+#include <gqa/variants.hpp>
 
 namespace gqa_bench {
 
@@ -68,23 +70,25 @@ shape make_main_shape(main_shape m, int threads) {
   return {};
 }
 
-shape variant_shape(std::string_view variant, shape s) {
-  if (variant == "mha") {
-    s.hkv = s.hq;
-  } else if (variant == "mqa") {
-    s.hkv = 1;
-  } else if (variant == "sqa") {
-    // sSQA (sqa_config::symmetric): hq = hkv = H/2 of the baseline's H query heads.
-    s.hq /= 2;
-    s.hkv = s.hq;
-  }
-  return s;
+namespace {
+gqa::variant_heads registry_heads(std::string_view variant, const shape& model) {
+  const auto h = gqa::variant_heads_for(variant, {model.hq, model.hkv, model.d, 0});
+  return h ? *h : gqa::variant_heads{model.hq, model.hkv, model.hkv};  // unknown: run_variant reports it
+}
+}  // namespace
+
+shape variant_shape(std::string_view variant, shape model) {
+  const gqa::variant_heads h = registry_heads(variant, model);
+  model.hq = h.hq;
+  model.hkv = h.hkv;
+  return model;
 }
 
-std::int64_t input_kv_heads(std::string_view variant, const shape& s) { return variant == "wgqa" ? s.hq : s.hkv; }
+std::int64_t input_kv_heads(std::string_view variant, const shape& model) { return registry_heads(variant, model).kv_in; }
 
 std::string bench_case::name() const {
-  return (kind == "variant" ? variant : kind) + "/" + isa + "/" + shape_name(s);
+  const std::string shape_part = backward ? shape_key(s) + "_bwd_T" + std::to_string(s.threads) : shape_name(s);
+  return (kind == "variant" ? variant : kind) + "/" + isa + "/" + shape_part;
 }
 
 bool eigen_feasible(const shape& s) {
@@ -99,7 +103,8 @@ namespace {
 // a main shape would otherwise also match the KV sweep, so that filters on the main shapes select them only.
 std::vector<shape> sweep_shapes(std::string_view isa) {
   std::vector<shape> out;
-  for (std::int64_t skv : {128, 512, 2048, 8192, 16384}) out.push_back({1, 32, 8, 128, 1, skv, false, 1});
+  // Skv 16: a decode whose time is mostly per-call overhead (validation, planning, task setup).
+  for (std::int64_t skv : {16, 128, 512, 2048, 8192, 16384}) out.push_back({1, 32, 8, 128, 1, skv, false, 1});
   for (std::int64_t n : {128, 512, 2048, 8192}) {
     // Scalar prefill at 2048 already takes seconds per call; 8192 would take minutes.
     if (isa == "scalar" && n > 512) continue;
@@ -115,21 +120,32 @@ std::vector<shape> sweep_shapes(std::string_view isa) {
 std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::string_view>& variants) {
   std::vector<bench_case> var, eig, ref;
   std::set<std::string> seen;
-  auto add = [&](std::vector<bench_case>& to, std::string kind, std::string variant, const shape& s) {
-    bench_case c{std::move(kind), std::move(variant), std::string(isa), s};
+  auto add = [&](std::vector<bench_case>& to, std::string kind, std::string variant, const shape& s,
+                 const shape& model, bool backward = false) {
+    bench_case c{std::move(kind), std::move(variant), std::string(isa), s, model, backward};
     if (seen.insert(c.name()).second) to.push_back(std::move(c));
   };
   for (std::string_view v : variants)
     for (main_shape m : main_shapes)
-      for (int t : {1, 2}) add(var, "variant", std::string(v), variant_shape(v, make_main_shape(m, t)));
-  for (const shape& s : sweep_shapes(isa)) add(var, "variant", "gqa", s);
+      for (int t : {1, 2}) {
+        const shape model = make_main_shape(m, t);
+        add(var, "variant", std::string(v), variant_shape(v, model), model);
+      }
+  for (const shape& s : sweep_shapes(isa)) add(var, "variant", "gqa", s, s);
+  // The backward (training) of every registered variant on the prefill shapes.
+  for (std::string_view v : variants)
+    for (main_shape m : {main_shape::p1, main_shape::p2, main_shape::p3})
+      for (int t : {1, 2}) {
+        const shape model = make_main_shape(m, t);
+        add(var, "variant", std::string(v), variant_shape(v, model), model, true);
+      }
   for (const bench_case& c : std::vector<bench_case>(var))
-    if (eigen_feasible(c.s)) add(eig, "eigen", "", c.s);
+    if (eigen_feasible(c.s)) add(eig, "eigen", "", c.s, c.s, c.backward);
   if (isa == "scalar") {
     // The naive reference (double, unblocked) only on small shapes: P3 and the small end of the sweeps.
-    add(ref, "reference", "", make_main_shape(main_shape::p3, 1));
-    add(ref, "reference", "", {1, 32, 8, 128, 128, 128, true, 1});
-    add(ref, "reference", "", {1, 32, 8, 128, 1, 128, false, 1});
+    for (const shape& s : {make_main_shape(main_shape::p3, 1), shape{1, 32, 8, 128, 128, 128, true, 1},
+                           shape{1, 32, 8, 128, 1, 128, false, 1}})
+      add(ref, "reference", "", s, s);
   }
   std::vector<bench_case> all = std::move(eig);
   all.insert(all.end(), ref.begin(), ref.end());
@@ -244,15 +260,14 @@ struct aligned_floats {
         n(count) {}
 };
 
-/// The best ISA the CPU supports (for the read probe: widest loads).
-const isa_hooks& best_isa() {
-  const isa_hooks* best = &all_isas().front();
-  for (const isa_hooks& h : all_isas())
-    if (h.cpu_supported()) best = &h;
-  return *best;
-}
-
 }  // namespace
+
+const isa_hooks& best_isa() {
+  std::vector<std::string_view> built;
+  for (const isa_hooks& h : all_isas()) built.push_back(h.isa);
+  const isa_hooks* best = find_isa(gqa::isa::best_supported(built));
+  return best != nullptr ? *best : all_isas().front();
+}
 
 void store_fma_peak(std::string_view isa, int threads, double gflops) { fma_cache()[fma_key(isa, threads)] = gflops; }
 
@@ -315,13 +330,13 @@ double read_bw(std::size_t bytes, int threads) {
   return best;
 }
 
-double eigen_seconds_cached(std::string_view isa, const shape& s) {
-  const auto it = eigen_cache().find(std::string(isa) + "/" + shape_name(s));
+double eigen_seconds_cached(std::string_view isa, const shape& s, bool backward) {
+  const auto it = eigen_cache().find(bench_case{"eigen", "", std::string(isa), s, backward}.name());
   return it == eigen_cache().end() ? -1.0 : it->second;
 }
 
-void store_eigen_seconds(std::string_view isa, const shape& s, double seconds) {
-  eigen_cache()[std::string(isa) + "/" + shape_name(s)] = seconds;
+void store_eigen_seconds(std::string_view isa, const shape& s, double seconds, bool backward) {
+  eigen_cache()[bench_case{"eigen", "", std::string(isa), s, backward}.name()] = seconds;
 }
 
 const isa_hooks* find_isa(std::string_view isa) {

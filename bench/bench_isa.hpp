@@ -1,5 +1,5 @@
 // bench/bench_isa.hpp: the benchmarks of one ISA: every variant through gqa::forward, the Eigen baseline,
-// the naive reference, and the probe kernels. Included once by each bench_<isa>.cpp, which defines
+// the naive reference, and the probe kernels. Included once by each generated bench_<isa>.cpp, which defines
 // GQA_BENCH_ISA (scalar, avx2, avx512, neon) and is compiled with that ISA's flags. Everything here has
 // internal linkage (anonymous namespace) except hooks_<isa>(), and Eigen is renamed per ISA (see
 // Note [one Eigen per ISA]), so no code compiled with one ISA's flags can be linked into another's.
@@ -33,12 +33,10 @@
 #endif
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <exception>
 #include <limits>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -46,12 +44,9 @@
 
 #include <gqa/gqa.hpp>
 #include <gqa/reference/attention.hpp>
+#include <gqa/threading/parallel.hpp>
 
 #include "bench.hpp"
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 namespace gqa_bench {
 namespace {
@@ -127,34 +122,22 @@ views make_views(const shape& s, const inputs& in) {
           gqa::bshd<const float>(in.v, s.b, s.skv, in.kv_heads, s.d), gqa::bshd<float>(in.o, s.b, s.sq, s.hq, s.d)};
 }
 
-/// Calls fn(task, thread_index) for every task in [0, n) on `threads` threads.
-template <class Fn>
-void parallel_tasks(index_t n, int threads, Fn&& fn) {
-  if (threads <= 1) {
-    for (index_t i = 0; i < n; ++i) fn(i, 0);
-    return;
-  }
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (index_t i = 0; i < n; ++i) fn(i, omp_get_thread_num());
-#else
-  std::atomic<index_t> next{0};
-  auto worker = [&](int t) {
-    for (index_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i, t);
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker, t);
-  worker(0);
-  for (auto& th : pool) th.join();
-#endif
-}
-
 // --- The Eigen baseline. ---
 
 #if GQA_BENCH_HAS_EIGEN
 using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using const_map = Eigen::Map<const row_matrix, Eigen::Unaligned, Eigen::OuterStride<>>;
 using out_map = Eigen::Map<row_matrix, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+/// The Eigen baselines' parallel loop: `threads` slots on gqa's own loop, slot t running fn(task, t) for
+/// tasks t, t + threads, ... of [0, n) (the slot owns its scratch matrices).
+template <class Fn>
+void run_in_slots(index_t n, int threads, Fn&& fn) {
+  const index_t slots = threads;
+  gqa::detail::run_tasks(slots, gqa::executor{threads}, [&fn, n, slots](index_t t) {
+    for (index_t task = t; task < n; task += slots) fn(task, static_cast<int>(t));
+  });
+}
 
 /// What a user would write with Eigen alone: per (batch, query head), S = Q·Kᵀ with Eigen's GEMM over
 /// row-major maps of the BSHD buffers, a row softmax with the causal mask, O = P·V. Heads are spread
@@ -170,7 +153,8 @@ class eigen_baseline {
   }
 
   void run() {
-    parallel_tasks(s_.b * s_.hq, s_.threads, [this](index_t task, int t) { head(task / s_.hq, task % s_.hq, t); });
+    // Slot t takes heads t, t + threads, ... (all heads cost the same) and owns the scratch scores_[t].
+    run_in_slots(s_.b * s_.hq, s_.threads, [this](index_t task, int t) { head(task / s_.hq, task % s_.hq, t); });
   }
 
  private:
@@ -249,42 +233,6 @@ void skip_if_unsupported(benchmark::State& st) {
 
 // --- Policies. ---
 
-/// Calls fn(policy) with a freshly constructed policy of `variant` for core shape s (SQA: the symmetric
-/// configuration of the 2·hq-head baseline; WGQA: mean-initialised scalar weights combining hq heads).
-/// Returns false for an unknown variant.
-template <class Fn>
-bool with_policy(std::string_view variant, const shape& s, Fn&& fn) {
-  if (variant == "mha") {
-    gqa::mha_policy p;
-    fn(p);
-  } else if (variant == "mqa") {
-    gqa::mqa_policy p;
-    fn(p);
-  } else if (variant == "gqa") {
-    gqa::gqa_policy p;
-    fn(p);
-  } else if (variant == "sqa") {
-    gqa::sqa_policy p{gqa::sqa_config::symmetric(2 * s.hq)};
-    fn(p);
-  } else if (variant == "kdgqa") {
-    gqa::kdgqa_policy p;
-    fn(p);
-  } else if (variant == "dgqa") {
-    gqa::dgqa_state state = gqa::dgqa_state::initial(s.hq, s.hkv);
-    gqa::dgqa_policy p(gqa::dgqa_options{}, state);
-    fn(p);
-  } else if (variant == "pgqa") {
-    gqa::pgqa_policy p;
-    fn(p);
-  } else if (variant == "wgqa") {
-    gqa::wgqa_policy p(gqa::wgqa_weights::mean_init(gqa::wgqa_kind::scalar, s.hq, s.hkv, s.d, s.hq * s.d));
-    fn(p);
-  } else {
-    return false;
-  }
-  return true;
-}
-
 /// One call of the policy's own steps, as gqa::forward runs them, without the core: check, prepare
 /// (WGQA's combine), plan (KDGQA/DGQA's norms and allocation), finish (PGQA's noise).
 template <class P>
@@ -330,13 +278,38 @@ double policy_seconds(P& p, const views& x, int threads) {
 
 // --- Run functions. ---
 
+/// Calls fn(policy) with the registry's default policy of `variant` for the bench case's model (a fresh
+/// one per benchmark); false for an unregistered name. A policy that cannot be built for the model throws.
+template <class Fn>
+bool with_registered_policy(const bench_case& c, Fn&& fn) {
+  const gqa::model_shape model{c.model.hq, c.model.hkv, c.model.d, 0};
+  return gqa::visit_variant(c.variant, [&](auto t) {
+    using P = typename decltype(t)::type;
+    gqa::with_default_policy<P>(model, [&](P& p) { fn(p); });
+  });
+}
+
+/// with_registered_policy for a benchmark: an unknown variant, or a policy that cannot be built for the
+/// case's model, skips `st` with the reason.
+template <class Fn>
+void with_bench_policy(benchmark::State& st, const bench_case& c, Fn&& fn) {
+  bool known = true;
+  try {
+    known = with_registered_policy(c, std::forward<Fn>(fn));
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());  // the policy could not be built for this model
+    return;
+  }
+  if (!known) st.SkipWithError(("unknown variant: " + c.variant).c_str());
+}
+
 void run_variant(benchmark::State& st, const bench_case& c) {
   const shape& s = c.s;
-  const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, s)));
+  const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, c.model)));
   gqa::attention_options opt;
   opt.causal = s.causal;
   opt.num_threads = s.threads;
-  const bool known = with_policy(c.variant, s, [&](auto& p) {
+  with_bench_policy(st, c, [&](auto& p) {
     try {
       // Warm-up call for cheap cases (thread pool, scratch, caches); expensive ones are timed cold, where
       // one call dwarfs these effects.
@@ -368,7 +341,6 @@ void run_variant(benchmark::State& st, const bench_case& c) {
       st.SkipWithError(e.what());
     }
   });
-  if (!known) st.SkipWithError(("unknown variant: " + c.variant).c_str());
 }
 
 void run_eigen(benchmark::State& st, const bench_case& c) {
@@ -390,22 +362,27 @@ void run_eigen(benchmark::State& st, const bench_case& c) {
 #endif
 }
 
+/// Seconds per call of baseline.run(): one call when a call is long (`expensive`: the scalar P1 baseline
+/// takes seconds), else a warm-up and >= 0.2 s of calls.
+template <class Baseline>
+double time_baseline(Baseline& baseline, int threads, bool expensive) {
+  if (!expensive) baseline.run();
+  int calls = 0;
+  const double t0 = clock_for(threads);
+  double elapsed = 0;
+  do {
+    baseline.run();
+    ++calls;
+    elapsed = clock_for(threads) - t0;
+  } while (!expensive && elapsed < 0.2);
+  return elapsed / calls;
+}
+
 double measure_eigen(const shape& s) {
 #if GQA_BENCH_HAS_EIGEN
   if (!gqa::isa::cpu_supports<Isa>()) return -1;
   eigen_baseline e(s);
-  // One call when a call is long (the scalar P1 baseline takes seconds), else a warm-up and >= 0.2 s.
-  const bool expensive = estimated_seconds(isa_name, "eigen", s) > 0.3;
-  if (!expensive) e.run();
-  int calls = 0;
-  const double t0 = clock_for(s.threads);
-  double elapsed = 0;
-  do {
-    e.run();
-    ++calls;
-    elapsed = clock_for(s.threads) - t0;
-  } while (!expensive && elapsed < 0.2);
-  return elapsed / calls;
+  return time_baseline(e, s.threads, estimated_seconds(isa_name, "eigen", s) > 0.3);
 #else
   (void)s;
   return -1;
@@ -429,10 +406,15 @@ void run_reference(benchmark::State& st, const bench_case& c) {
   set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(s)) / per_call);
 }
 
+/// The backward cases (bench_backward.hpp, included at the end of this file).
+void run_backward(benchmark::State& st, const bench_case& c);
+
 void run_case(benchmark::State& st, const bench_case& c) {
   skip_if_unsupported(st);
   if (st.error_occurred()) return;
-  if (c.kind == "eigen") {
+  if (c.backward) {
+    run_backward(st, c);
+  } else if (c.kind == "eigen") {
     run_eigen(st, c);
   } else if (c.kind == "reference") {
     run_reference(st, c);
@@ -444,7 +426,8 @@ void run_case(benchmark::State& st, const bench_case& c) {
 void register_cases(const std::vector<bench_case>& cases) {
   for (const bench_case& c : cases) {
     auto* b = benchmark::RegisterBenchmark(c.name().c_str(), [c](benchmark::State& st) { run_case(st, c); });
-    b->Unit(estimated_seconds(isa_name, c.kind, c.s) > 0.01 ? benchmark::kMillisecond : benchmark::kMicrosecond);
+    const double estimate = estimated_seconds(isa_name, c.kind, c.s) * (c.backward ? 2.5 : 1.0);
+    b->Unit(estimate > 0.01 ? benchmark::kMillisecond : benchmark::kMicrosecond);
     if (c.s.threads > 1) b->UseRealTime();
   }
 }
@@ -452,6 +435,11 @@ void register_cases(const std::vector<bench_case>& cases) {
 bool cpu_supported() { return gqa::isa::cpu_supports<Isa>(); }
 
 }  // namespace
+}  // namespace gqa_bench
+
+#include "bench_backward.hpp"
+
+namespace gqa_bench {
 
 isa_hooks GQA_BENCH_CAT(hooks_, GQA_BENCH_ISA)() {
   isa_hooks h;

@@ -18,16 +18,16 @@ namespace gqa_bench {
 const std::vector<isa_hooks>& all_isas() {
   static const std::vector<isa_hooks> isas = [] {
     std::vector<isa_hooks> v;
-#if GQA_BENCH_HAS_SCALAR
+#if GQA_ISA_TU_SCALAR
     v.push_back(hooks_scalar());
 #endif
-#if GQA_BENCH_HAS_AVX2
+#if GQA_ISA_TU_AVX2
     v.push_back(hooks_avx2());
 #endif
-#if GQA_BENCH_HAS_AVX512
+#if GQA_ISA_TU_AVX512
     v.push_back(hooks_avx512());
 #endif
-#if GQA_BENCH_HAS_NEON
+#if GQA_ISA_TU_NEON
     v.push_back(hooks_neon());
 #endif
     return v;
@@ -108,14 +108,12 @@ void run_fma_probe(benchmark::State& st, const isa_hooks& h) {
 
 void run_read_probe(benchmark::State& st, std::size_t bytes) {
   const float* buf = probe_buffer(bytes);
-  const isa_hooks* best = &all_isas().front();
-  for (const isa_hooks& h : all_isas())
-    if (h.cpu_supported()) best = &h;
+  const isa_hooks& best = best_isa();
   const std::size_t n = bytes / sizeof(float) / 64 * 64;
-  float sink = best->read_sum(buf, n);  // warm-up
+  float sink = best.read_sum(buf, n);  // warm-up
   const double t0 = thread_cpu_seconds();
   for (auto _ : st) {
-    sink += best->read_sum(buf, n);
+    sink += best.read_sum(buf, n);
     benchmark::DoNotOptimize(sink);
   }
   const double per_call = (thread_cpu_seconds() - t0) / static_cast<double>(st.iterations());

@@ -11,7 +11,8 @@
 // KV heads than another (hkv not a multiple of the rank count), no KV head at all (more ranks than KV
 // heads), or KV heads that serve no query head (KDGQA can give a KV head none); it then sends an empty
 // slice. Some shardings do not yet give the single-process bits (a decode slice with one KV head; unequal
-// groups in a prefill on AVX2/AVX-512; docs/design.md §3 lists the cases): the check then reports them.
+// groups in a prefill on AVX2/AVX-512; docs/design.md, "Tasks and threads", lists the cases): the check
+// then reports them.
 // Exit status: 0 if every sharded output is bitwise equal to the single-process one, 1 if not, 2 for bad
 // arguments.
 #include <mpi.h>
@@ -44,7 +45,7 @@ struct config {
 /// Heads [h0, h0 + n) of a view: the same memory and strides, `data` moved to head h0. This is all that
 /// sharding means to gqa: each output row depends only on its query row and its own KV head, so a call
 /// on such slices computes the same rows as the full call (bit for bit but for the cases listed in
-/// docs/design.md §3).
+/// docs/design.md, "Tasks and threads").
 template <class T>
 gqa::tensor_view<T> heads(gqa::tensor_view<T> t, index_t h0, index_t n) {
   t.data += h0 * t.stride_h;

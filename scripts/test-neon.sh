@@ -2,7 +2,8 @@
 # scripts/test-neon.sh: cross-build gqa's test suite for AArch64 (NEON) and run it under qemu-aarch64.
 #   1. GoogleTest for aarch64, built once from Debian's `googletest` source package (/usr/src/googletest;
 #      Debian's libgtest-dev is x86-64 only) and installed into <build>/googletest/install
-#   2. gqa_tests (scalar + neon suite TUs, GQA_TEST_REDUCED=ON; no benchmarks, examples or packaging)
+#   2. gqa_tests and gqa_sweep (scalar + neon TUs, GQA_TEST_REDUCED=ON: 200 sweep cases; no benchmarks,
+#      examples or packaging)
 #      configured with cmake/toolchain-aarch64.cmake and built in <build>/gqa
 #   3. ctest in <build>/gqa: every test runs under qemu-aarch64 (CMAKE_CROSSCOMPILING_EMULATOR)
 # Ends with one summary line; exits non-zero if anything failed. Needs g++-aarch64-linux-gnu, qemu-user
@@ -59,7 +60,7 @@ cmake -S "$repo" -B "$build/gqa" -DCMAKE_TOOLCHAIN_FILE="$toolchain" -DCMAKE_BUI
   -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF -DGQA_INSTALL=OFF \
   -DGQA_TEST_REDUCED=ON -DGTest_DIR="$(dirname "$gtest_config")" "${eigen_args[@]}" ||
   finish 1 "configure FAILED"
-cmake --build "$build/gqa" --target gqa_tests -j "$jobs" || finish 1 "build FAILED"
+cmake --build "$build/gqa" --target gqa_tests gqa_sweep -j "$jobs" || finish 1 "build FAILED"
 
 # 3. Run under qemu. ctest's own tally line says how many ran.
 log="$build/ctest.log"

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # scripts/test.sh: everything CI checks, in one command.
-#   1. scripts/install-deps.sh --neon --mpi --uptrain (no-op when everything is installed)
+#   1. scripts/install-deps.sh --neon --mpi --uptrain --fuzz (no-op when everything is installed)
 #   2. Release build of the tests, benchmarks and examples; ctest --output-on-failure (incl. packaging)
-#   3. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan) of the tests; ctest (packaging excluded)
-#   4. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
+#   3. the random sweep against the reference (ctest -L sweep in the Release build: GQA_SWEEP_CASES
+#      cases, default 2,000; also run, 200 cases, in the sanitizer and NEON builds)
+#   4. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan) of the tests; ctest (packaging and the
+#      header checks excluded: they compile, and run nothing the sanitizers could watch)
+#   5. ThreadSanitizer build of the tests (scalar suites, std::thread loop: libgomp is not instrumented),
+#      running the threading and policy tests (the gtest filter $tsan_filter below)
+#   6. the fuzzer: gqa_fuzz (clang++-14, -fsanitize=fuzzer,address,undefined) for GQA_FUZZ_SECONDS
+#      (default 60) from tests/fuzz/corpus; prints the executions count
+#   7. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
 # Ends with one summary line and exits non-zero if any stage failed. Every stage runs even if an earlier
 # one failed, so one run reports everything.
 # Environment: GQA_BUILD_DIR (default <repo>/build), GQA_JOBS (default 2), GQA_SKIP_DEPS=1, GQA_SKIP_SANITIZE=1,
-# GQA_SKIP_NEON=1.
+# GQA_SKIP_TSAN=1, GQA_SKIP_FUZZ=1, GQA_SKIP_NEON=1, GQA_SWEEP_CASES, GQA_FUZZ_SECONDS.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,27 +69,88 @@ build_and_test() {
 
 # 1. Dependencies.
 if [ "${GQA_SKIP_DEPS:-0}" != 1 ]; then
-  if bash "$repo/scripts/install-deps.sh" --neon --mpi --uptrain; then
+  if bash "$repo/scripts/install-deps.sh" --neon --mpi --uptrain --fuzz; then
     stage deps 0 "ok"
   else
     stage deps 1 "install-deps.sh FAILED"
   fi
 fi
 
-# 2. Release: tests (incl. packaging), benchmarks and examples must build; every test must pass.
-build_and_test release "$build_root/release" -- \
+# 2. Release: tests (incl. packaging), benchmarks and examples must build; every test but the sweep must pass.
+build_and_test release "$build_root/release" -LE sweep -- \
   -DCMAKE_BUILD_TYPE=Release -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=ON -DGQA_BUILD_EXAMPLES=ON
 
-# 3. Sanitizers: the unit and attention tests under ASan + UBSan (packaging consumers are plain builds).
+# 3. The random sweep, in the Release build (its own stage: its time and case counts are reported).
+if [ -f "$build_root/release/CTestTestfile.cmake" ]; then
+  sweep_start=$(date +%s)
+  sweep_log="$build_root/release.sweep.log"
+  (cd "$build_root/release" && ctest --output-on-failure -j "$jobs" -L sweep -V) 2>&1 |
+    grep -E '^[0-9]+: (gqa_sweep|  passed|FAIL|  case|  reproduce)|tests passed|Failed|Timeout' | tee "$sweep_log"
+  rc=${PIPESTATUS[0]}
+  cases=$(grep -oE 'of [0-9]+ cases' "$sweep_log" | head -1 | grep -oE '[0-9]+')
+  stage sweep "$rc" "${cases:-?} cases on every ISA of this CPU in $(($(date +%s) - sweep_start))s$([ "$rc" != 0 ] && echo ' (FAILED)')"
+fi
+
+# 4. Sanitizers: the unit and attention tests under ASan + UBSan (packaging consumers and the header checks
+#    are plain compiles, already run in stage 2).
 if [ "${GQA_SKIP_SANITIZE:-0}" != 1 ]; then
   export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
   export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-  build_and_test sanitize "$build_root/sanitize" -LE packaging -- \
+  build_and_test sanitize "$build_root/sanitize" -LE "packaging|headers" -- \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGQA_TEST_SANITIZE=ON -DGQA_BUILD_TESTS=ON \
     -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF
 fi
 
-# 4. NEON under qemu.
+# 5. ThreadSanitizer: concurrent callers and shared policies (threads_test.cpp), the built-in loop and
+#    caller loops inside a call (split-KV decode, large tiles, sharding, PGQA's threaded perturbation), and
+#    the stateful policies' own tests.
+tsan_filter='threads.*:sharding.*:split_kv.*:*attention_suite*split_kv_decode*:*attention_suite*large_tiles*'
+tsan_filter+=':*pgqa_suite*one_and_two_threads*:kdgqa.*:dgqa.*:pgqa.*'
+if [ "${GQA_SKIP_TSAN:-0}" != 1 ]; then
+  dir="$build_root/tsan"
+  log="$dir.log"
+  mkdir -p "$dir"
+  echo "=== test.sh: tsan: configure + build in $dir"
+  if ! cmake -S "$repo" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="-fsanitize=thread" \
+      -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" -DCMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON \
+      -DGQA_TEST_ISAS=scalar -DGQA_TEST_REDUCED=ON -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=OFF \
+      -DGQA_BUILD_EXAMPLES=OFF; then
+    stage tsan 1 "configure FAILED"
+  elif ! cmake --build "$dir" --target gqa_tests -j "$jobs"; then
+    stage tsan 1 "build FAILED"
+  else
+    TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}" \
+      "$dir/tests/gqa_tests" --gtest_filter="$tsan_filter" --gtest_brief=1 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    passed=$(grep -oE '\[  PASSED  \] [0-9]+ tests?' "$log" | grep -oE '[0-9]+' | tail -1)
+    stage tsan "$rc" "${passed:-0} tests passed$([ "$rc" != 0 ] && echo ' (FAILED: see '"$log"')')"
+  fi
+fi
+
+# 6. The fuzzer: 60 s of gqa_fuzz from the committed seed corpus (new inputs go to a scratch corpus in the
+#    build directory; a crash leaves its input there as crash-*).
+if [ "${GQA_SKIP_FUZZ:-0}" != 1 ]; then
+  fuzz_dir="$build_root/fuzz"
+  fuzz_seconds="${GQA_FUZZ_SECONDS:-60}"
+  if ! command -v clang++-14 >/dev/null 2>&1; then
+    stage fuzz 1 "clang++-14 not found (scripts/install-deps.sh --fuzz)"
+  elif ! cmake -S "$repo" -B "$fuzz_dir" -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DGQA_BUILD_FUZZERS=ON -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF -DGQA_INSTALL=OFF >"$fuzz_dir.log" 2>&1 ||
+    ! cmake --build "$fuzz_dir" --target gqa_fuzz -j "$jobs" >>"$fuzz_dir.log" 2>&1; then
+    tail -30 "$fuzz_dir.log"
+    stage fuzz 1 "build FAILED (log: $fuzz_dir.log)"
+  else
+    mkdir -p "$fuzz_dir/corpus"
+    (cd "$fuzz_dir" && ./tests/gqa_fuzz -max_total_time="$fuzz_seconds" -print_final_stats=1 corpus \
+      "$repo/tests/fuzz/corpus") >"$fuzz_dir.run.log" 2>&1
+    rc=$?
+    execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$fuzz_dir.run.log" | grep -oE '[0-9]+$')
+    [ "$rc" != 0 ] && tail -40 "$fuzz_dir.run.log"
+    stage fuzz "$rc" "${execs:-?} executions in ${fuzz_seconds}s$([ "$rc" != 0 ] && echo " (FAILED: $fuzz_dir.run.log)")"
+  fi
+fi
+
+# 7. NEON under qemu.
 if [ "${GQA_SKIP_NEON:-0}" != 1 ]; then
   if [ -f "$repo/scripts/test-neon.sh" ]; then
     if GQA_BUILD_DIR="$build_root/neon" bash "$repo/scripts/test-neon.sh"; then

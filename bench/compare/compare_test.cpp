@@ -6,9 +6,12 @@
 #include <string>
 #include <vector>
 
+#include <gqa/variants/registry.hpp>
+
 #include "cli.hpp"
 #include "model.hpp"
 #include "report.hpp"
+#include "schemes.hpp"
 
 namespace gqa_compare {
 namespace {
@@ -54,7 +57,8 @@ TEST(compare_model, flops_kv_bytes_and_params_of_the_llama_layer) {
   // 4 · b · hq · d · pairs: Q·Kᵀ and P·V, 2 FLOPs per multiply-add each.
   EXPECT_EQ(attention_flops(c, mha), std::int64_t{4} * 32 * 128 * (2048 * 2049 / 2));
   EXPECT_EQ(attention_flops(c, gqa8), attention_flops(c, mha));  // grouping keeps every query head
-  EXPECT_EQ(attention_flops(c, find(list, "xSQA")), attention_flops(c, mha) / 4);  // hq = H/4 (spec §9.1)
+  // xSQA computes hq = H/4 query heads, and attention FLOPs scale with hq.
+  EXPECT_EQ(attention_flops(c, find(list, "xSQA")), attention_flops(c, mha) / 4);
   // 2 (K, V) · hkv · d · 4 bytes.
   EXPECT_EQ(kv_bytes_per_token(c, mha), 2 * 32 * 128 * 4);
   EXPECT_EQ(kv_bytes_per_token(c, gqa8), 2 * 8 * 128 * 4);
@@ -64,7 +68,8 @@ TEST(compare_model, flops_kv_bytes_and_params_of_the_llama_layer) {
   EXPECT_EQ(attention_params(c, gqa8), std::int64_t{2} * 4096 * 4096 + std::int64_t{2} * 4096 * 1024);
   EXPECT_EQ(attention_params(c, find(list, "KDGQA")), attention_params(c, gqa8));
   EXPECT_EQ(attention_params(c, find(list, "PGQA")), attention_params(c, gqa8));
-  // WGQA keeps the per-head K/V projections it combines (spec §8.3(a)): MHA's count plus its weights.
+  // WGQA keeps the per-head K/V projections it combines (as the authors' code trains it): MHA's count
+  // plus its weights.
   EXPECT_EQ(attention_params(c, find(list, "WGQA")), attention_params(c, mha) + 2 * 32);
   EXPECT_EQ(attention_params(c, find(list, "WGQA-col")), attention_params(c, mha) + 2 * 32 * 128);
   // sSQA: hq = hkv = H/2, every projection halved.
@@ -72,7 +77,8 @@ TEST(compare_model, flops_kv_bytes_and_params_of_the_llama_layer) {
 }
 
 TEST(compare_model, wgqa_extra_parameters_match_the_paper_for_t5_base) {
-  // Spec §8.2: T5-base decoder, 24 attention modules, H = 12, d = 64: 576 (scalar), 36,864 (col).
+  // The WGQA paper's counts: T5-base decoder, 24 attention modules, H = 12, d = 64: 576 (scalar), 36,864
+  // (col).
   layer_config t5 = presets("vit-b16").at(0);  // H = 12, d = 64, D = 768, as T5-base
   t5.hkv_ref = 6;
   const auto list = schemes_for(t5);
@@ -114,6 +120,38 @@ TEST(compare_model, sqa_configurations_that_do_not_exist_are_reported) {
   EXPECT_NE(skipped[0].find("SQA (hq = 1, hkv = 0"), std::string::npos) << skipped[0];
 }
 
+// Every registered variant is compared, on every preset and on a layer too small for some rows (H = 2 and
+// H = 7 have no GQA-k; H = 2 no SQA), and the rows added for the registry keep their variant's heads.
+TEST(compare_model, every_registered_variant_is_compared) {
+  std::vector<layer_config> configs = presets("all");
+  for (const layer_config& t : tiny_presets()) configs.push_back(t);
+  for (const std::int64_t h : {2, 7}) {
+    layer_config c = tiny_presets().at(0);
+    c.heads = h;
+    c.hkv_ref = default_hkv_ref(h);
+    configs.push_back(c);
+  }
+  for (layer_config c : configs) {
+    if (c.hkv_ref == 0) c.hkv_ref = default_hkv_ref(c.heads);
+    const auto list = compared_schemes(c);
+    for (const std::string_view v : gqa::variant_names) {
+      const auto it = std::find_if(list.begin(), list.end(), [&](const scheme& s) { return s.variant == v; });
+      EXPECT_NE(it, list.end()) << c.name << " (H = " << c.heads << "): registered variant " << v << " is not compared";
+    }
+    const auto curated = schemes_for(c);
+    ASSERT_GE(list.size(), curated.size());
+    EXPECT_TRUE(std::equal(curated.begin(), curated.end(), list.begin(), [](const scheme& a, const scheme& b) {
+      return a.name == b.name && a.hq == b.hq && a.hkv == b.hkv && a.kv_in == b.kv_in;
+    })) << c.name << ": the curated rows come first, unchanged";
+    for (std::size_t i = curated.size(); i < list.size(); ++i) {
+      const auto h = gqa::variant_heads_for(list[i].variant, {c.heads, c.hkv_ref, c.head_dim, 0});
+      ASSERT_TRUE(h.has_value()) << list[i].variant;
+      EXPECT_EQ(list[i].kind, scheme_kind::registered);
+      EXPECT_EQ((gqa::variant_heads{list[i].hq, list[i].hkv, list[i].kv_in}), *h) << list[i].name;
+    }
+  }
+}
+
 TEST(compare_model, summarize_uses_linear_interpolation_quantiles) {
   const time_stats odd = summarize({5, 1, 4, 2, 3});
   EXPECT_DOUBLE_EQ(odd.min, 1);
@@ -126,6 +164,20 @@ TEST(compare_model, summarize_uses_linear_interpolation_quantiles) {
   EXPECT_DOUBLE_EQ(even.q1, 1.75);
   EXPECT_DOUBLE_EQ(summarize({7}).median, 7);
   EXPECT_DOUBLE_EQ(summarize({}).median, 0);
+}
+
+TEST(compare_model, key_heads_of_the_dynamic_schemes_are_scaled_from_half_to_double) {
+  EXPECT_EQ(key_head_scales(1), std::vector<float>{1.0f});
+  EXPECT_EQ(key_head_scales(3), (std::vector<float>{0.5f, 1.0f, 2.0f}));
+  const std::vector<float> six = key_head_scales(6);
+  ASSERT_EQ(six.size(), 6u);
+  EXPECT_FLOAT_EQ(six.front(), 0.5f);
+  EXPECT_FLOAT_EQ(six.back(), 2.0f);
+  EXPECT_TRUE(std::is_sorted(six.begin(), six.end()));
+  // (batch 2, seq 1, 3 heads, d 2) of ones: head g of every row becomes key_head_scales(3)[g].
+  std::vector<float> k(12, 1.0f);
+  scale_key_heads(k.data(), 2, 1, 3, 2);
+  EXPECT_EQ(k, (std::vector<float>{0.5f, 0.5f, 1, 1, 2, 2, 0.5f, 0.5f, 1, 1, 2, 2}));
 }
 
 run_options parse(std::vector<const char*> args) {

@@ -2,6 +2,7 @@
 // Picks the ISA at run time, measures every scheme of every configuration (progress on stderr), then
 // prints the tables and writes table.md, compare.json, compare.csv and one PNG per configuration.
 // Exit codes: 0 done, 1 run-time failure (I/O, memory), 2 bad arguments.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,13 +13,14 @@
 #include <fstream>
 #include <new>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
 #endif
 
-#include <gqa/isa/tags.hpp>
+#include <gqa/isa/select.hpp>
 #include <gqa/random.hpp>
 #include <gqa/threading/parallel.hpp>
 #include <gqa/version.hpp>
@@ -28,31 +30,31 @@
 #include "measure.hpp"
 #include "model.hpp"
 #include "report.hpp"
+#include "schemes.hpp"
 
 namespace gqa_compare {
 namespace {
 
 namespace fs = std::filesystem;
 
-/// An ISA compiled into this binary: its per-ISA TU's entry point and the run-time CPU check.
+/// An ISA compiled into this binary: its name and its per-ISA TU's entry point.
 struct isa_entry {
-  const char* name;
-  bool (*cpu_supports)();
+  std::string_view name;
   measurement (*measure)(const measure_request&);
 };
 
-// Best first. GQA_COMPARE_ISA_<ISA> is defined by CMakeLists.txt for every ISA in GQA_BUILDABLE_ISAS.
+// GQA_ISA_TU_<ISA> is defined by gqa_add_isa_sources for every ISA in GQA_BUILDABLE_ISAS.
 const isa_entry built_isas[] = {
-#if GQA_COMPARE_ISA_AVX512
-    {"avx512", &gqa::isa::cpu_supports<gqa::isa::avx512>, &measure_avx512},
+    {"scalar", &measure_scalar},
+#if GQA_ISA_TU_AVX2
+    {"avx2", &measure_avx2},
 #endif
-#if GQA_COMPARE_ISA_AVX2
-    {"avx2", &gqa::isa::cpu_supports<gqa::isa::avx2>, &measure_avx2},
+#if GQA_ISA_TU_AVX512
+    {"avx512", &measure_avx512},
 #endif
-#if GQA_COMPARE_ISA_NEON
-    {"neon", &gqa::isa::cpu_supports<gqa::isa::neon>, &measure_neon},
+#if GQA_ISA_TU_NEON
+    {"neon", &measure_neon},
 #endif
-    {"scalar", &gqa::isa::cpu_supports<gqa::isa::scalar>, &measure_scalar},
 };
 
 struct exit_error {
@@ -62,31 +64,29 @@ struct exit_error {
 
 const isa_entry& choose_isa(const std::string& forced, std::string& reason, std::string& built,
                             std::string& supported) {
-  const isa_entry* best = nullptr;
-  const isa_entry* chosen = nullptr;
-  for (const isa_entry& e : built_isas) {
+  std::vector<std::string_view> names;
+  for (const isa_entry& e : built_isas) names.push_back(e.name);
+  // Listed best first, as the library prefers them.
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    if (std::find(names.begin(), names.end(), isa) == names.end()) continue;
     // Appends, not `"literal" + std::string&&`: GCC 12 warns falsely (-Wrestrict) on the latter.
-    built.append(built.empty() ? "" : " ").append(e.name);
-    if (!e.cpu_supports()) continue;
-    supported.append(supported.empty() ? "" : " ").append(e.name);
-    if (!best) best = &e;
-    if (forced == e.name) chosen = &e;
+    built.append(built.empty() ? "" : " ").append(isa);
+    if (gqa::isa::cpu_supports(isa)) supported.append(supported.empty() ? "" : " ").append(isa);
   }
+  const std::string_view want = forced.empty() ? gqa::isa::best_supported(names) : std::string_view(forced);
   if (forced.empty()) {
     reason = "the best this CPU supports";
-    return *best;  // scalar is always built and supported
+  } else if (std::find(names.begin(), names.end(), want) == names.end()) {
+    throw exit_error{2, "--isa = " + forced + ": not built into this binary (built: " + built + ")"};
+  } else if (!gqa::isa::cpu_supports(want)) {
+    throw exit_error{2, "--isa = " + forced + ": this CPU does not support it (it runs: " + supported + ")"};
+  } else {
+    reason = "forced by --isa";
   }
-  if (!chosen) {
-    bool is_built = false;
-    for (const isa_entry& e : built_isas) is_built = is_built || forced == e.name;
-    throw exit_error{2, "--isa = " + forced + ": " +
-                            (is_built ? "this CPU does not support it (it runs: " + supported + ")"
-                                      : "not built into this binary (built: " + built + ")")};
-  }
-  reason = "forced by --isa";
-  return *chosen;
+  for (const isa_entry& e : built_isas)
+    if (e.name == want) return e;
+  return built_isas[0];  // scalar: always built and supported
 }
-
 
 std::string cpu_model() {
   std::ifstream f("/proc/cpuinfo");
@@ -175,12 +175,13 @@ config_result measure_config(const layer_config& c, const isa_entry& isa, int th
                              int total) {
   config_result r;
   r.c = c;
-  const std::vector<scheme> list = schemes_for(c, &r.skipped);
+  const std::vector<scheme> list = compared_schemes(c, &r.skipped);
   const auto n_q = static_cast<std::size_t>(c.batch * c.seq_q * c.heads * c.head_dim);
   const auto n_kv = static_cast<std::size_t>(c.batch * c.seq_kv * c.heads * c.head_dim);
   std::vector<float> q(n_q), k(n_kv), v(n_kv), o(n_q);
   fill_random(q, 1);
   fill_random(k, 2);
+  scale_key_heads(k.data(), c.batch, c.seq_kv, c.hkv_ref, c.head_dim);  // KDGQA/DGQA's view: see key_head_scales
   fill_random(v, 3);
   for (const scheme& s : list) {
     prog.start(++counter, total, c, s);
@@ -191,6 +192,7 @@ config_result measure_config(const layer_config& c, const isa_entry& isa, int th
     x.params = attention_params(c, s);
     x.extra_params = extra_params(c, s);
     measure_request req;
+    req.variant = s.variant;
     req.kind = s.kind;
     req.batch = c.batch;
     req.seq_q = c.seq_q;
@@ -323,7 +325,7 @@ int run(int argc, char** argv) {
   std::fprintf(stderr, "gqa-compare: ISA %s (%s), %d thread%s; measuring into %s\n", info.isa.c_str(),
                info.isa_reason.c_str(), info.threads, info.threads == 1 ? "" : "s", info.out_dir.c_str());
   int total = 0;
-  for (const layer_config& c : opt.configs) total += static_cast<int>(schemes_for(c).size());
+  for (const layer_config& c : opt.configs) total += static_cast<int>(compared_schemes(c).size());
   progress prog;
   int counter = 0;
   std::vector<config_result> results;

@@ -15,6 +15,7 @@ namespace gqa_compare {
 /// One scheme's timing job. Buffers are caller-owned and large enough for every scheme of the
 /// configuration: q and o hold b * Sq * H * d floats, k and v b * Skv * H * d (schemes view prefixes).
 struct measure_request {
+  std::string variant;  // a gqa::variant_names entry: the registry builds its policy
   scheme_kind kind = scheme_kind::mha;
   std::int64_t batch = 0, seq_q = 0, seq_kv = 0;
   std::int64_t heads = 0;  // H (WGQA's weights and model width)
@@ -38,7 +39,7 @@ struct measurement {
   std::string error;            // non-empty when the call threw (then seconds is empty)
 };
 
-/// The per-ISA entry points; only those of ISAs this build compiles exist (GQA_COMPARE_ISA_<ISA>).
+/// The per-ISA entry points; only those of ISAs this build compiles exist (GQA_ISA_TU_<ISA>).
 measurement measure_scalar(const measure_request& r);
 measurement measure_avx2(const measure_request& r);
 measurement measure_avx512(const measure_request& r);

@@ -45,72 +45,47 @@ measurement time_calls(Policy& policy, const measure_request& r) {
   return m;
 }
 
-/// The uniform allocation of a static scheme (hq / hkv query heads per KV head).
-std::vector<int> uniform_allocation(const measure_request& r) {
-  return std::vector<int>(static_cast<std::size_t>(r.hkv), static_cast<int>(r.hq / r.hkv));
+/// The allocation of the last call: a policy that plans from the keys reports it (last(), with its status
+/// when it was a fallback or ran as MQA, as KDGQA with two KV heads always does: KDGQA, DGQA); a static
+/// one runs uniform groups (hq / hkv query heads each).
+template <class Policy>
+void record_allocation(const Policy& policy, const measure_request& r, measurement& m) {
+  if constexpr (requires { policy.last().alloc; }) {
+    const gqa::allocation_result& last = policy.last();
+    m.allocation = last.alloc;
+    if (last.status != gqa::grouping_status::ok)
+      m.status = std::string(gqa::to_string(last.status)) + " (" + std::string(gqa::to_string(last.fallback)) + ")";
+    else if (last.runs_as_mqa())
+      m.status = "runs as MQA (every query head on one KV head)";
+  } else {
+    m.allocation.assign(static_cast<std::size_t>(r.hkv), static_cast<int>(r.hq / r.hkv));
+  }
 }
 
-/// KDGQA/DGQA: the last plan's allocation, and its status when it was a fallback.
 template <class Policy>
-void record_allocation(const Policy& policy, measurement& m) {
-  const gqa::allocation_result& last = policy.last();
-  m.allocation = last.alloc;
-  if (last.status != gqa::grouping_status::ok)
-    m.status = std::string(gqa::to_string(last.status)) + " (" + std::string(gqa::to_string(last.fallback)) + ")";
+measurement time_and_record(Policy& policy, const measure_request& r) {
+  measurement m = time_calls(policy, r);
+  record_allocation(policy, r, m);
+  return m;
 }
 
 measurement run(const measure_request& r) {
-  // The static schemes differ only in their policy; their allocation is the uniform one.
-  auto uniform = [&r](auto policy) {
-    measurement m = time_calls(policy, r);
-    m.allocation = uniform_allocation(r);
-    return m;
-  };
-  switch (r.kind) {
-    case scheme_kind::mha: return uniform(gqa::mha_policy{});
-    case scheme_kind::mqa: return uniform(gqa::mqa_policy{});
-    case scheme_kind::gqa: return uniform(gqa::gqa_policy{});
-    case scheme_kind::sqa: return uniform(gqa::sqa_policy{gqa::sqa_config::standard(r.heads, r.hq, r.hkv)});
-    case scheme_kind::kdgqa: {
-      gqa::kdgqa_policy p;  // the reference rule, one allocation for the whole batch (spec §5.2)
-      measurement m = time_calls(p, r);
-      record_allocation(p, m);
-      return m;
-    }
-    case scheme_kind::dgqa: {
-      // Inference: eval mode, where every call recomputes the allocation. Kind ema, because diff on an
-      // exactly repeated batch (what repeated timing calls are) scores 0 and takes the documented
-      // fallback (spec §6.4(e)); both kinds do the same work.
-      gqa::dgqa_state state = gqa::dgqa_state::initial(r.hq, r.hkv);
-      gqa::dgqa_options o;
-      o.kind = gqa::dgqa_kind::ema;
-      o.seed = r.seed;
-      gqa::dgqa_policy p(o, state);
-      p.set_mode(gqa::dgqa_mode::eval);
-      measurement m = time_calls(p, r);
-      record_allocation(p, m);
-      return m;
-    }
-    case scheme_kind::pgqa: {
-      gqa::pgqa_options o;  // noise `always`, as the reference (spec §7.2)
-      o.seed = r.seed;
-      gqa::pgqa_policy p(o);
-      measurement m = time_calls(p, r);
-      m.allocation = uniform_allocation(r);
-      return m;
-    }
-    case scheme_kind::wgqa_scalar:
-    case scheme_kind::wgqa_col: {
-      // Mean-pooling initialisation (1/s, spec §8.2); the weights' values do not change the work.
-      const auto kind = r.kind == scheme_kind::wgqa_scalar ? gqa::wgqa_kind::scalar : gqa::wgqa_kind::col;
-      gqa::wgqa_policy p(gqa::wgqa_weights::mean_init(kind, r.heads, r.hkv, r.head_dim, r.heads * r.head_dim));
-      measurement m = time_calls(p, r);
-      m.allocation = uniform_allocation(r);
-      return m;
-    }
+  if (r.kind == scheme_kind::wgqa_col) {
+    // The one row that is not a registry default: WGQA with per-channel weights, mean-initialised (1/s;
+    // the weights' values do not change the work).
+    gqa::wgqa_policy p(gqa::wgqa_weights::mean_init(gqa::wgqa_kind::col, r.heads, r.hkv, r.head_dim, r.heads * r.head_dim));
+    return time_and_record(p, r);
   }
+  // Every other row is its variant's registry policy built for the row's heads on the layer (H heads,
+  // groups = the row's hkv); see the factories in gqa/variants/*.hpp (e.g. DGQA: eval mode, kind ema).
+  const gqa::model_shape model{r.heads, r.hkv, r.head_dim, r.seed};
+  const gqa::variant_heads heads{r.hq, r.hkv, r.kv_in};
   measurement m;
-  m.error = "unknown scheme kind";
+  const bool known = gqa::visit_variant(r.variant, [&](auto t) {
+    using P = typename decltype(t)::type;
+    m = gqa::with_policy<P>(model, heads, [&](P& p) { return time_and_record(p, r); });
+  });
+  if (!known) m.error = "unknown variant '" + r.variant + "'";
   return m;
 }
 

@@ -74,7 +74,7 @@ std::vector<scheme> schemes_for(const layer_config& c, std::vector<std::string>*
   out.push_back({"PGQA", "pgqa", scheme_kind::pgqa, H, g, g});
   out.push_back({"WGQA", "wgqa", scheme_kind::wgqa_scalar, H, g, H});
   out.push_back({"WGQA-col", "wgqa", scheme_kind::wgqa_col, H, g, H});
-  // SQA (spec §9.2): hq < H query heads, hkv | hq. Standard SQA as in the paper's experiments.
+  // SQA (Filipek 2025): hq < H query heads, hkv | hq. Standard SQA as in the paper's experiments.
   struct sqa_row {
     const char* name;
     std::int64_t hq, hkv;
@@ -122,6 +122,26 @@ std::int64_t attention_params(const layer_config& c, const scheme& s) {
   const bool wgqa = s.kind == scheme_kind::wgqa_scalar || s.kind == scheme_kind::wgqa_col;
   const std::int64_t kp = wgqa ? c.heads : s.hkv;
   return D * s.hq * d + 2 * D * kp * d + s.hq * d * D + extra_params(c, s);
+}
+
+std::vector<float> key_head_scales(std::int64_t hkv) {
+  std::vector<float> f(static_cast<std::size_t>(std::max<std::int64_t>(hkv, 0)), 1.0f);
+  for (std::int64_t g = 0; hkv > 1 && g < hkv; ++g)
+    f[static_cast<std::size_t>(g)] = static_cast<float>(0.5 * std::pow(4.0, static_cast<double>(g) / static_cast<double>(hkv - 1)));
+  return f;
+}
+
+void scale_key_heads(float* k, std::int64_t batch, std::int64_t seq, std::int64_t hkv, std::int64_t d) {
+  const std::vector<float> f = key_head_scales(hkv);
+  for (std::int64_t row = 0; row < batch * seq; ++row)
+    for (std::int64_t g = 0; g < hkv; ++g)
+      for (std::int64_t c = 0; c < d; ++c) k[(row * hkv + g) * d + c] *= f[static_cast<std::size_t>(g)];
+}
+
+std::string key_heads_note(std::int64_t hkv) {
+  return "KDGQA/DGQA keys: K head g scaled by 0.5 * 4^(g/" + std::to_string(std::max<std::int64_t>(hkv - 1, 1)) +
+         ") (0.5 to 2), so head norms differ as in trained models; on iid random keys DGQA-ema allocates exactly "
+         "uniform groups";
 }
 
 time_stats summarize(std::vector<double> x) {

@@ -40,8 +40,9 @@ std::int64_t default_hkv_ref(std::int64_t heads);
 /// Names accepted by --preset.
 std::vector<std::string> preset_names();
 
-/// Which policy runs a scheme.
-enum class scheme_kind { mha, mqa, gqa, kdgqa, dgqa, pgqa, wgqa_scalar, wgqa_col, sqa };
+/// Which policy runs a scheme. `registered`: a registered variant without a row of its own here, added by
+/// compared_schemes (schemes.hpp) with GQA's cost model.
+enum class scheme_kind { mha, mqa, gqa, kdgqa, dgqa, pgqa, wgqa_scalar, wgqa_col, sqa, registered };
 
 /// One row of the comparison.
 struct scheme {
@@ -70,14 +71,25 @@ std::int64_t attention_flops(const layer_config& c, const scheme& s);
 /// KV-cache bytes per token per layer, fp32: 2 (K and V) * hkv * d * 4.
 std::int64_t kv_bytes_per_token(const layer_config& c, const scheme& s);
 
-/// Learned parameters the scheme adds beyond its projections (spec §8.2): WGQA scalar 2H, col 2·H·d.
+/// Learned parameters the scheme adds beyond its projections: WGQA scalar 2H, col 2·H·d.
 std::int64_t extra_params(const layer_config& c, const scheme& s);
 
 /// Attention parameters of the layer (weights, no biases), D = H * d:
 ///   W_Q D·(hq·d) + W_K D·(kp·d) + W_V D·(kp·d) + W_O (hq·d)·D + extra_params,
-/// where kp = hkv, except for WGQA, which keeps the H per-head K/V projections it combines (spec §8.3(a);
-/// once folded for inference it has GQA's count).
+/// where kp = hkv, except for WGQA, which keeps the H per-head K/V projections it combines (as the authors'
+/// code trains it; once folded for inference it has GQA's count).
 std::int64_t attention_params(const layer_config& c, const scheme& s);
+
+/// Per-KV-head factors for the keys of the dynamic schemes (KDGQA, DGQA): K head g of hkv is multiplied by
+/// 0.5 · 4^(g / (hkv − 1)), from 0.5 to 2 (1 for hkv = 1), so the head norms differ as trained models'
+/// key heads do. On iid random keys every head has nearly the same norm: DGQA-ema's shares
+/// (hq / hkv)·(1 ± ~1%) then all round to hq / hkv, i.e. exactly uniform GQA groups, and the comparison
+/// would show nothing of DGQA (KDGQA's min-max scaling skews any spread, however small).
+std::vector<float> key_head_scales(std::int64_t hkv);
+/// Multiplies head g of the contiguous (batch, seq, hkv, d) keys at k by key_head_scales(hkv)[g].
+void scale_key_heads(float* k, std::int64_t batch, std::int64_t seq, std::int64_t hkv, std::int64_t d);
+/// The report's line saying which keys KDGQA and DGQA ran on, and why (see key_head_scales).
+std::string key_heads_note(std::int64_t hkv);
 
 /// Order statistics of a sample of times (seconds).
 struct time_stats {

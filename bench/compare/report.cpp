@@ -103,6 +103,8 @@ std::string format_table(const config_result& r) {
                (x.m.status.empty() ? "" : ", " + x.m.status) + "\n";
     if (!x.m.error.empty()) notes += "  " + x.s.name + ": " + x.m.error + "\n";
   }
+  for (const scheme_result& x : r.rows)
+    if (x.s.kind == scheme_kind::kdgqa) notes += "  " + key_heads_note(r.c.hkv_ref) + "\n";
   for (const std::string& s : r.skipped) notes += "  not applicable: " + s + "\n";
   return "== " + describe(r.c) + "\n\n" + markdown(rows, right) + (notes.empty() ? "" : "\n" + notes);
 }

@@ -1,14 +1,17 @@
 // gqa/attention.hpp: attend<Isa>(), the public entry to the blocked attention core, with validation.
-// Invariant: every argument is checked here, before any work; below this nothing throws or allocates
-// per tile.
+// Invariant: every argument is checked here, once, before any work (Note [validation once]); below this
+// nothing throws or allocates per tile.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
-#include <string>
+#include <initializer_list>
+#include <utility>
 
 #include "config.hpp"
+#include "detail/check_finite.hpp"
 #include "detail/core/forward.hpp"
+#include "detail/overlap.hpp"
 #include "errors.hpp"
 #include "head_map.hpp"
 #include "isa/tags.hpp"
@@ -19,75 +22,141 @@ GQA_BEGIN_NAMESPACE
 
 namespace detail {
 
-/// [lo, hi) byte range touched by a view (strides may be negative).
-template <class T>
-inline std::pair<std::uintptr_t, std::uintptr_t> byte_range(const tensor_view<T>& t) {
-  std::intptr_t lo = 0, hi = 0;
-  const index_t ext[4] = {t.b, t.s, t.h, t.d};
-  const index_t str[4] = {t.stride_b, t.stride_s, t.stride_h, t.stride_d};
-  for (int i = 0; i < 4; ++i) {
-    const std::intptr_t span = static_cast<std::intptr_t>((ext[i] - 1) * str[i]);
-    (span < 0 ? lo : hi) += span;
+// Note [validation once]
+// attend() checks its arguments once, in three parts: check_views (each view on its own), check_call (the
+// views against each other, the options, aliasing) and check_map (the head map against the views); then
+// the core runs with no further checks. gqa::forward runs the same parts once too, split around the
+// policy: views first (the policy's own work reads them), the policy's check, the call before plan() (a
+// stateful policy never updates its state for a call that then throws), the map after plan(). No part
+// allocates unless it throws (Note [lazy messages]).
+
+/// Each of q, k, v, o on its own: non-null, positive extents, unit stride_d, sizes (Note [view sizes]).
+inline void check_views(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                        const tensor_view<const float>& v, const tensor_view<float>& o, const char* where) {
+  check_view(q, "q", where);
+  check_view(k, "k", where);
+  check_view(v, "v", where);
+  check_view(o, "o", where);
+}
+
+/// Throws unless `r` is overlap::none: `out` (an output) shares an element with `in`.
+inline void require_disjoint(overlap r, const char* where, const char* out, const void* out_data, const char* in) {
+  if (r == overlap::shared)
+    fail(where, ": ", out, " (data = ", out_data, ") overlaps ", in, "; output must not alias an input or another output");
+  if (r == overlap::unknown)
+    fail(where, ": ", out, " (data = ", out_data, ") may overlap ", in,
+         ": the strides are too irregular for the exact check (Note [exact overlap]); output must not alias an "
+         "input or another output");
+}
+
+/// Throws unless output `t` (named `name`) reaches every element through one index only.
+inline void require_no_repeats(const tensor_view<float>& t, const char* name, const char* where) {
+  static constexpr const char* stride_name[4] = {"stride_b", "stride_s", "stride_h", "stride_d"};
+  int dim = 0;
+  const overlap self = repeated_element(t, &dim);
+  if (self != overlap::none) {
+    const index_t str[4] = {t.stride_b, t.stride_s, t.stride_h, t.stride_d};
+    fail(where, ": ", field{name, stride_name[dim]}, " = ", str[dim], ": ", name, " ",
+         self == overlap::shared ? "overlaps itself" : "may overlap itself (strides too irregular for the exact check)",
+         ": two indices reach the same element, and every output element needs its own");
   }
-  const auto base = reinterpret_cast<std::uintptr_t>(t.data);
-  return {base + static_cast<std::uintptr_t>(lo * static_cast<std::intptr_t>(sizeof(T))),
-          base + static_cast<std::uintptr_t>((hi + 1) * static_cast<std::intptr_t>(sizeof(T)))};
 }
 
-template <class A, class B>
-inline bool overlaps(const tensor_view<A>& a, const tensor_view<B>& b) {
-  const auto [alo, ahi] = byte_range(a);
-  const auto [blo, bhi] = byte_range(b);
-  return alo < bhi && blo < ahi;
+/// A view and its name in messages.
+template <class T>
+struct named_view {
+  tensor_view<T> view;
+  const char* name;
+};
+
+/// Each output repeats no element and shares none with an input or a later output (Note [exact overlap]).
+inline void require_outputs_disjoint(std::initializer_list<named_view<float>> outs,
+                                     std::initializer_list<named_view<const float>> ins, const char* where) {
+  for (auto a = outs.begin(); a != outs.end(); ++a) {
+    require_no_repeats(a->view, a->name, where);
+    const void* ad = a->view.data;
+    for (const auto& in : ins) require_disjoint(shared_element(a->view, in.view), where, a->name, ad, in.name);
+    for (auto b = a + 1; b != outs.end(); ++b)
+      require_disjoint(shared_element(a->view, b->view), where, a->name, ad, b->name);
+  }
 }
 
-/// Everything attend() checks except the head map (policies call this before planning, so a stateful
-/// policy never updates its state for a call that then throws).
-inline void validate_call(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                          const tensor_view<const float>& v, const tensor_view<float>& o,
-                          const attention_options& opt) {
-  check_view(q, "q");
-  check_view(k, "k");
-  check_view(v, "v");
-  check_view(o, "o");
-  require(k.b == q.b, "gqa::attend", "k.b", k.b, ("must equal q.b = " + std::to_string(q.b)).c_str());
-  require(v.b == q.b, "gqa::attend", "v.b", v.b, ("must equal q.b = " + std::to_string(q.b)).c_str());
-  require(o.b == q.b, "gqa::attend", "o.b", o.b, ("must equal q.b = " + std::to_string(q.b)).c_str());
-  require(v.s == k.s, "gqa::attend", "v.s", v.s, ("must equal k.s = " + std::to_string(k.s)).c_str());
-  require(o.s == q.s, "gqa::attend", "o.s", o.s, ("must equal q.s = " + std::to_string(q.s)).c_str());
-  require(k.d == q.d, "gqa::attend", "k.d", k.d, ("must equal q.d = " + std::to_string(q.d) + " (d_qk)").c_str());
-  require(o.d == v.d, "gqa::attend", "o.d", o.d, ("must equal v.d = " + std::to_string(v.d) + " (d_v)").c_str());
-  require(v.h == k.h, "gqa::attend", "v.h", v.h, ("must equal k.h = " + std::to_string(k.h)).c_str());
-  require(o.h == q.h, "gqa::attend", "o.h", o.h, ("must equal q.h = " + std::to_string(q.h)).c_str());
-  if (opt.scale) {
-    require(std::isfinite(*opt.scale), "gqa::attend", "options.scale", *opt.scale, "must be finite");
+/// Outputs never alias: o repeats no element and shares none with q, k, v; options.lse shares none with
+/// q, k, v, o; options.kv_lengths (read while o is written) lies outside o and lse. See Note [exact overlap].
+inline void check_aliasing(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                           const tensor_view<const float>& v, const tensor_view<float>& o,
+                           const attention_options& opt, const char* where) {
+  require_outputs_disjoint({{o, "o"}}, {{q, "q"}, {k, "k"}, {v, "v"}}, where);
+  const auto n_lse = static_cast<index_t>(opt.lse.size());  // size was checked against b·hq·sq
+  if (n_lse > 0) {
+    const tensor_view<const float> lse(opt.lse.data(), 1, 1, 1, n_lse, 0, 0, 0, 1);
+    const void* ld = opt.lse.data();
+    require_disjoint(shared_element(lse, q), where, "options.lse", ld, "q");
+    require_disjoint(shared_element(lse, k), where, "options.lse", ld, "k");
+    require_disjoint(shared_element(lse, v), where, "options.lse", ld, "v");
+    require_disjoint(shared_element(lse, tensor_view<const float>(o)), where, "options.lse", ld, "o");
   }
   if (!opt.kv_lengths.empty()) {
-    require(static_cast<index_t>(opt.kv_lengths.size()) == q.b, "gqa::attend", "options.kv_lengths.size()",
-            opt.kv_lengths.size(), ("must equal batch = " + std::to_string(q.b)).c_str());
-    for (std::size_t i = 0; i < opt.kv_lengths.size(); ++i)
-      if (opt.kv_lengths[i] < 0 || opt.kv_lengths[i] > k.s)
-        fail("gqa::attend: options.kv_lengths[", i, "] = ", opt.kv_lengths[i], ": must be in [0, skv = ", k.s, "]");
+    // Byte ranges: exact for the contiguous lse and kv_lengths, conservative against a strided o.
+    const auto klo = reinterpret_cast<std::uintptr_t>(opt.kv_lengths.data());
+    const auto khi = klo + opt.kv_lengths.size_bytes();
+    auto hits = [&](std::uintptr_t lo, std::uintptr_t hi) { return lo < khi && klo < hi; };
+    const offset_range r = offsets(o);
+    const auto ob = reinterpret_cast<std::uintptr_t>(o.data);
+    if (hits(ob - static_cast<std::uintptr_t>(-r.lo) * sizeof(float), ob + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(float)))
+      fail(where, ": options.kv_lengths (data = ", static_cast<const void*>(opt.kv_lengths.data()),
+           ") overlaps o, which the call writes while it reads kv_lengths");
+    const auto lb = reinterpret_cast<std::uintptr_t>(opt.lse.data());
+    if (n_lse > 0 && hits(lb, lb + opt.lse.size_bytes()))
+      fail(where, ": options.kv_lengths (data = ", static_cast<const void*>(opt.kv_lengths.data()),
+           ") overlaps options.lse, which the call writes while it reads kv_lengths");
   }
-  if (!opt.lse.empty()) {
-    const index_t need = q.b * q.h * q.s;
-    require(static_cast<index_t>(opt.lse.size()) == need, "gqa::attend", "options.lse.size()", opt.lse.size(),
-            ("must equal b*hq*sq = " + std::to_string(need)).c_str());
-  }
-  require(opt.num_threads >= 0, "gqa::attend", "options.num_threads", opt.num_threads, "must be >= 0");
-  if (overlaps(o, q)) fail("gqa::attend: o (data = ", static_cast<const void*>(o.data), ") overlaps q; output must not alias an input");
-  if (overlaps(o, k)) fail("gqa::attend: o (data = ", static_cast<const void*>(o.data), ") overlaps k; output must not alias an input");
-  if (overlaps(o, v)) fail("gqa::attend: o (data = ", static_cast<const void*>(o.data), ") overlaps v; output must not alias an input");
 }
 
-inline void validate(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                     const tensor_view<const float>& v, const tensor_view<float>& o, const head_map& map,
-                     const attention_options& opt) {
-  validate_call(q, k, v, o, opt);
-  require(map.hq() == q.h, "gqa::attend", "map.hq()", map.hq(),
-          ("must equal q.h = " + std::to_string(q.h)).c_str());
-  require(map.hkv() == k.h, "gqa::attend", "map.hkv()", map.hkv(),
-          ("must equal k.h = " + std::to_string(k.h)).c_str());
+/// The views' extents against each other and the options (no aliasing); requires views that passed
+/// check_view. O is float (attend's output) or const float (the forward's output, attend_backward's input).
+template <class O>
+inline void check_shapes(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                         const tensor_view<const float>& v, const tensor_view<O>& o, const attention_options& opt,
+                         const char* where) {
+  require(k.b == q.b, where, "k.b", k.b, "must equal q.b = ", q.b);
+  require(v.b == q.b, where, "v.b", v.b, "must equal q.b = ", q.b);
+  require(o.b == q.b, where, "o.b", o.b, "must equal q.b = ", q.b);
+  require(v.s == k.s, where, "v.s", v.s, "must equal k.s = ", k.s);
+  require(o.s == q.s, where, "o.s", o.s, "must equal q.s = ", q.s);
+  require(k.d == q.d, where, "k.d", k.d, "must equal q.d = ", q.d, " (d_qk)");
+  require(o.d == v.d, where, "o.d", o.d, "must equal v.d = ", v.d, " (d_v)");
+  require(v.h == k.h, where, "v.h", v.h, "must equal k.h = ", k.h);
+  require(o.h == q.h, where, "o.h", o.h, "must equal q.h = ", q.h);
+  if (opt.scale) require(std::isfinite(*opt.scale), where, "options.scale", *opt.scale, "must be finite");
+  if (!opt.kv_lengths.empty()) {
+    require(std::cmp_equal(opt.kv_lengths.size(), q.b), where, "options.kv_lengths.size()", opt.kv_lengths.size(),
+            "must equal batch = ", q.b);
+    for (std::size_t i = 0; i < opt.kv_lengths.size(); ++i)
+      if (opt.kv_lengths[i] < 0 || opt.kv_lengths[i] > k.s)
+        fail(where, ": options.kv_lengths[", i, "] = ", opt.kv_lengths[i], ": must be in [0, skv = ", k.s, "]");
+  }
+  if (!opt.lse.empty()) {
+    const index_t need = q.b * q.h * q.s;  // <= q's element count, which check_view bounded
+    require(std::cmp_equal(opt.lse.size(), need), where, "options.lse.size()", opt.lse.size(),
+            "must equal b*hq*sq = ", need);
+  }
+  require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+}
+
+/// The views against each other, the options, and aliasing; requires views that passed check_views.
+inline void check_call(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                       const tensor_view<const float>& v, const tensor_view<float>& o, const attention_options& opt,
+                       const char* where) {
+  check_shapes(q, k, v, o, opt, where);
+  check_aliasing(q, k, v, o, opt, where);
+}
+
+/// The head map against the views: map.hq() == q.h, map.hkv() == k.h.
+inline void check_map(const head_map& map, const tensor_view<const float>& q, const tensor_view<const float>& k,
+                      const char* where) {
+  require(map.hq() == q.h, where, "map.hq()", map.hq(), "must equal q.h = ", q.h);
+  require(map.hkv() == k.h, where, "map.hkv()", map.hkv(), "must equal k.h = ", k.h);
 }
 
 }  // namespace detail
@@ -99,7 +168,11 @@ template <class Isa = isa::native>
 void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
             tensor_view<float> o, const head_map& map, const attention_options& opt = {}) {
   static_assert(isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
-  detail::validate(q, k, v, o, map, opt);
+  constexpr const char* where = "gqa::attend";  // See Note [validation once]
+  detail::check_views(q, k, v, o, where);
+  detail::check_call(q, k, v, o, opt, where);
+  detail::check_map(map, q, k, where);
+  detail::check_finite(q, k, v, opt, where);  // opt-in: Note [non-finite inputs]
   detail::core::forward<Isa>(q, k, v, o, map, opt);
 }
 

@@ -1,5 +1,5 @@
 // gqa/gqa.hpp: the umbrella header: every public header of gqa.
-// Not included here: gqa/interop/eigen.hpp (needs Eigen), gqa/reference/* (slow reference code for tests),
+// Not included here: gqa/interop/* (needs Eigen), gqa/reference/* (slow reference code for tests),
 // gqa/detail/* (internals).
 #pragma once
 
@@ -10,7 +10,9 @@
 #include "head_map.hpp"
 #include "options.hpp"
 #include "isa/tags.hpp"
+#include "isa/select.hpp"
 #include "attention.hpp"
+#include "backward.hpp"
 #include "random.hpp"
 #include "variants.hpp"
 #include "convert.hpp"

@@ -1,17 +1,14 @@
-// gqa/options.hpp: per-call options of the attention core (scale, mask, padding, LSE, threads).
+// gqa/options.hpp: per-call options of the attention core (scale, mask, padding, LSE, threads). The
+// thread part is a gqa::executor (threading/executor.hpp), which is all the parallel loop sees.
 #pragma once
 
-#include <functional>
 #include <optional>
 #include <span>
 
 #include "config.hpp"
+#include "threading/executor.hpp"
 
 GQA_BEGIN_NAMESPACE
-
-/// A caller-owned parallel loop: must call `task(i)` exactly once for every i in [0, n_tasks), from any
-/// threads, and return when all calls have returned. gqa's results do not depend on the order.
-using parallel_for_fn = std::function<void(index_t n_tasks, const std::function<void(index_t task)>& task)>;
 
 struct attention_options {
   /// Softmax scale applied to Q·Kᵀ. Default 1/sqrt(d_qk). T5-style models pass 1; absorbed MLA passes
@@ -30,6 +27,17 @@ struct attention_options {
   int num_threads = 1;
   /// If set, used instead of the built-in loop (e.g. the framework's own thread pool).
   parallel_for_fn parallel_for;
+  /// If true, the call first checks that every input element it reads is finite (all of q; the keys
+  /// j < kv_lengths[b] of k and v) and throws gqa::invalid_argument naming the first that is not
+  /// (tensor and [batch, position, head, dim]; q, then k, then v). Off by default: it costs one pass over
+  /// the inputs. Without it, non-finite inputs follow the rules of docs/design.md ("Non-finite inputs").
+  bool check_finite = false;
 };
+
+/// The executor these options describe (num_threads, parallel_for). It points into `opt`, which must
+/// outlive it.
+inline executor executor_of(const attention_options& opt) noexcept {
+  return {opt.num_threads, opt.parallel_for ? &opt.parallel_for : nullptr};
+}
 
 GQA_END_NAMESPACE

@@ -1,6 +1,6 @@
 // tests/suites/attention_suite.hpp: gqa::attend<Isa> against the naive double-precision reference
 // (reference/attention.hpp) over shapes, masks, padding, head maps, layouts, LSE, the split-KV decode path
-// and large tiles (spec "Decisions for gqa": the core; §1 head maps; §12 the MLA shape). Compiled once
+// and large tiles (docs/design.md, "What the core computes": any head map; the MLA shape). Compiled once
 // per ISA: every helper stays in `namespace {}`. GQA_TEST_VERBOSE=1 prints every case's errors.
 #pragma once
 
@@ -24,6 +24,7 @@
 #include <gqa/reference/attention.hpp>
 
 #include "support/isa_suite.hpp"
+#include "support/tensor.hpp"
 #include "support/tolerance.hpp"
 
 namespace {
@@ -39,61 +40,9 @@ constexpr double k_unit_roundoff = 0x1p-24;
 using gqa::test::k_error_factor;
 using gqa::test::k_error_factor_ill_conditioned;
 using gqa::test::k_error_floor;
-
-enum class layout { bshd, bhsd, padded };
-
-const char* layout_name(layout l) {
-  switch (l) {
-    case layout::bshd: return "bshd";
-    case layout::bhsd: return "bhsd";
-    case layout::padded: return "padded";
-  }
-  return "?";
-}
-
-/// A 4-D tensor in its own buffer. `padded` puts gaps between heads, positions and batches
-/// (stride_h = d + 3 > d, stride_s and stride_b not multiples of anything); every gap holds NaN, so a
-/// kernel that reads past a head vector produces NaN and one that writes there is caught.
-struct tensor {
-  std::unique_ptr<float[]> buf;
-  std::size_t size = 0;
-  gqa::tensor_view<float> view;
-
-  tensor(layout l, index_t b, index_t s, index_t h, index_t d) {
-    index_t sb = 0, ss = 0, sh = 0;
-    switch (l) {
-      case layout::bshd: sh = d, ss = h * d, sb = s * h * d; break;
-      case layout::bhsd: ss = d, sh = s * d, sb = h * s * d; break;
-      case layout::padded: sh = d + 3, ss = h * (d + 3) + 5, sb = s * (h * (d + 3) + 5) + 7; break;
-    }
-    size = static_cast<std::size_t>(b * sb);
-    buf = std::make_unique<float[]>(size);
-    std::fill(buf.get(), buf.get() + size, k_nan);
-    view = gqa::tensor_view<float>(buf.get(), b, s, h, d, sb, ss, sh, 1);
-  }
-  gqa::tensor_view<const float> cview() const { return view; }
-
-  /// Fills the view's elements (not the gaps) with uniform [lo, hi) floats, a pure function of seed.
-  void fill(std::uint64_t seed, float lo, float hi) {
-    const auto x = gqa::test::random_floats(static_cast<std::size_t>(view.b * view.s * view.h * view.d), seed, lo, hi);
-    std::size_t i = 0;
-    for (index_t ib = 0; ib < view.b; ++ib)
-      for (index_t is = 0; is < view.s; ++is)
-        for (index_t ih = 0; ih < view.h; ++ih)
-          for (index_t c = 0; c < view.d; ++c) view(ib, is, ih, c) = x[i++];
-  }
-  /// Number of buffer elements outside the view that are no longer NaN (the output's gaps).
-  std::size_t gaps_written() const {
-    std::vector<char> inside(size, 0);
-    for (index_t ib = 0; ib < view.b; ++ib)
-      for (index_t is = 0; is < view.s; ++is)
-        for (index_t ih = 0; ih < view.h; ++ih)
-          for (index_t c = 0; c < view.d; ++c) inside[static_cast<std::size_t>(&view(ib, is, ih, c) - buf.get())] = 1;
-    std::size_t n = 0;
-    for (std::size_t i = 0; i < size; ++i) n += !inside[i] && !std::isnan(buf[i]);
-    return n;
-  }
-};
+using gqa::test::layout;
+using gqa::test::layout_name;
+using gqa::test::tensor;
 
 /// One attention call to check: shapes, options and layouts. kv_of_q empty means head_map::uniform.
 struct attention_case {
@@ -422,8 +371,8 @@ TYPED_TEST_P(attention_suite, fully_masked_rows_are_zero) {
   check_case<TypeParam>(c);
 }
 
-// Absorbed MLA (spec §12): one KV head, d_qk 576, d_v 512, explicit scale 1/sqrt(192); and other
-// d_qk != d_v pairs on both paths.
+// Absorbed MLA (docs/variants.md, "MLA-shaped attention"): one KV head, d_qk 576, d_v 512, explicit scale
+// 1/sqrt(192); and other d_qk != d_v pairs on both paths.
 TYPED_TEST_P(attention_suite, mla_and_unequal_head_dims) {
   attention_case mla;
   mla.hq = gqa::test::reduced ? 8 : 16;
@@ -459,8 +408,8 @@ TYPED_TEST_P(attention_suite, mla_and_unequal_head_dims) {
     }
 }
 
-// Unequal and empty groups (KDGQA/DGQA allocations, spec §5-6) and a non-contiguous map (the core
-// accepts any map, §1): decode (direct path), few positions and tiled.
+// Unequal and empty groups (KDGQA/DGQA allocations) and a non-contiguous map (the core accepts any
+// map): decode (direct path), few positions and tiled.
 TYPED_TEST_P(attention_suite, unequal_empty_and_noncontiguous_groups) {
   std::vector<std::pair<std::vector<int>, std::vector<index_t>>> maps;  // (allocation, or explicit map)
   maps.push_back({{0, 3, 5, 0}, {}});

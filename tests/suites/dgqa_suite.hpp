@@ -1,7 +1,7 @@
 // tests/suites/dgqa_suite.hpp: gqa::forward<Isa>(dgqa_policy, ...) over train/eval sequences against
 // reference::dgqa_step (map and state, exactly) and reference::attention (the output), with unequal and
-// empty groups, masks, padding, head dims and lengths (spec §6.3, §6.8); DGQA's arithmetic bit-identical to
-// the scalar build. Compiled once per ISA: every helper stays in `namespace {}`.
+// empty groups, masks, padding, head dims and lengths (the reference rule and both repairs); DGQA's
+// arithmetic bit-identical to the scalar build. Compiled once per ISA: every helper stays in `namespace {}`.
 #pragma once
 
 #include <gtest/gtest.h>

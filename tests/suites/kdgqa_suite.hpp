@@ -1,7 +1,8 @@
 // tests/suites/kdgqa_suite.hpp: gqa::forward<Isa>(kdgqa_policy, ...) against reference::kdgqa (the map,
 // exactly) and reference::attention (the output) over unequal and empty groups, masks, padding, head dims
-// and lengths (spec §5.2, §5.6.6, §5.8); key norms bit-identical to the scalar build (§5.6.7, Decisions
-// table). Compiled once per ISA: every helper stays in `namespace {}`.
+// and lengths (the reference rule, per-sample planning, the hamilton rule); key norms bit-identical to the
+// scalar build (summed in double in a fixed order, so the allocation never depends on the ISA). Compiled
+// once per ISA: every helper stays in `namespace {}`.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -180,7 +181,7 @@ TYPED_TEST_P(kdgqa_suite, per_sample_matches_reference_per_sample) {
   }
 }
 
-// The Decisions table: norms in double in a fixed order, "identical for any thread count or ISA".
+// Norms are summed in double in a fixed order: identical for any thread count or ISA.
 TYPED_TEST_P(kdgqa_suite, norms_bitwise_equal_to_scalar_build) {
   for (const kd_case& c : kd_cases()) {
     kd_data data(c, 7);

@@ -1,8 +1,8 @@
-// tests/suites/pgqa_suite.hpp: PGQA (spec §7) end to end on every ISA: gqa::forward with pgqa_policy
-// against reference::attention followed by the literal §7.2 transcription (reference::pgqa); the
+// tests/suites/pgqa_suite.hpp: PGQA end to end on every ISA: gqa::forward with pgqa_policy against
+// reference::attention followed by the literal transcription of the noise step (reference::pgqa); the
 // perturbation step bitwise equal to the baseline TU's (tests/unit/pgqa_test.cpp) on the same input; and
-// bitwise equal results for 1 and 2 threads (Decisions table: "the same for any thread count, ISA and tile
-// size"). Compiled once per ISA: helpers stay in `namespace {}`.
+// bitwise equal results for 1 and 2 threads (gqa's promise: the noise and the output are the same for any
+// thread count, ISA and tile size). Compiled once per ISA: helpers stay in `namespace {}`.
 #pragma once
 
 #include <gtest/gtest.h>

@@ -1,6 +1,6 @@
-// tests/suites/static_variants_suite.hpp: the static variants (MHA §2, MQA §3, GQA §4.1, SQA §9 in its
-// four named configurations) through gqa::forward<Isa>(policy, ...) against reference::attention with the
-// uniform map written out by hand (map[h] = h / (hq/hkv), Decisions table), within Note [attention
+// tests/suites/static_variants_suite.hpp: the static variants (MHA, MQA, GQA, SQA in its four named
+// configurations) through gqa::forward<Isa>(policy, ...) against reference::attention with the uniform
+// contiguous map written out by hand (map[h] = h / (hq/hkv)), within Note [attention
 // tolerance]: D ∈ {1, 17, 64, 80, 128}, Sq and Skv ∈ {1, 2, 63, 64, 65, 200}, causal and padded masks,
 // BSHD and BHSD views. Compiled once per ISA: every helper stays in `namespace {}`. GQA_TEST_VERBOSE=1
 // prints every case's error and tolerance.
@@ -189,7 +189,7 @@ std::vector<variant_case> sweep(std::span<const heads> configs, std::uint64_t se
 }
 
 /// The SQA configurations of the sweep: every named constructor, giving the suite's head pairs 1/1, 8/8,
-/// 8/2, 8/1, 12/4, the §9.2 examples for H = 16 (8/4, 4/4, 4/1) and xSQA at H = 48 (12/12).
+/// 8/2, 8/1, 12/4, the SQA paper's configurations for H = 16 (8/4, 4/4, 4/1) and xSQA at H = 48 (12/12).
 std::vector<gqa::sqa_config> sqa_configs() {
   return {gqa::sqa_config::symmetric(2),       gqa::sqa_config::symmetric(16),      gqa::sqa_config::standard(16, 8, 2),
           gqa::sqa_config::extreme_mqa(32),    gqa::sqa_config::standard(24, 12, 4), gqa::sqa_config::standard(16, 8, 4),
@@ -200,25 +200,25 @@ template <class Isa>
 class static_variants_suite : public gqa::test::isa_test<Isa> {};
 TYPED_TEST_SUITE_P(static_variants_suite);
 
-// §2: one KV head per query head.
+// MHA: one KV head per query head.
 TYPED_TEST_P(static_variants_suite, mha_matches_reference) {
   const heads configs[] = {{1, 1}, {8, 8}};
   for (const variant_case& c : sweep(configs, 2000)) check_forward<TypeParam>(gqa::mha_policy{}, c);
 }
 
-// §3: one KV head shared by every query head.
+// MQA: one KV head shared by every query head.
 TYPED_TEST_P(static_variants_suite, mqa_matches_reference) {
   const heads configs[] = {{1, 1}, {8, 1}};
   for (const variant_case& c : sweep(configs, 3000)) check_forward<TypeParam>(gqa::mqa_policy{}, c);
 }
 
-// §4.1: uniform contiguous groups, MHA and MQA as its two ends.
+// GQA: uniform contiguous groups, MHA and MQA as its two ends.
 TYPED_TEST_P(static_variants_suite, gqa_matches_reference) {
   const heads configs[] = {{1, 1}, {8, 8}, {8, 2}, {8, 1}, {12, 4}};
   for (const variant_case& c : sweep(configs, 4000)) check_forward<TypeParam>(gqa::gqa_policy{}, c);
 }
 
-// §9: SQA is plain GQA over the configuration's (hq, hkv); the sweep rotates through every named
+// SQA is plain GQA over the configuration's (hq, hkv); the sweep rotates through every named
 // configuration (standard, symmetric, extreme, extreme_mqa).
 TYPED_TEST_P(static_variants_suite, sqa_named_configurations_match_reference) {
   const auto configs = sqa_configs();
@@ -243,8 +243,8 @@ void expect_same_bits_as_gqa(Policy policy, const variant_case& c) {
       << Policy::name << " differs from gqa with hq = " << c.hq << ", hkv = " << c.hkv;
 }
 
-// MHA and MQA are GQA's two ends (§3: "GQA-1 = MQA") and SQA is plain GQA over its (hq, hkv) (§9.3:
-// "nothing new in the kernel"): on the same inputs each policy's output is bitwise GQA's.
+// MHA and MQA are GQA's two ends (GQA with one group is MQA) and SQA is plain GQA over its (hq, hkv)
+// (nothing new in the kernel): on the same inputs each policy's output is bitwise GQA's.
 TYPED_TEST_P(static_variants_suite, mha_mqa_and_sqa_are_plain_gqa_bitwise) {
   for (const mask m : {mask::none, mask::padded_causal})
     for (const index_t sq : {index_t{1}, index_t{65}}) {

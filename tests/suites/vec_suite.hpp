@@ -16,17 +16,10 @@
 #include <string>
 #include <vector>
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <sys/mman.h>
-#include <unistd.h>
-#define GQA_TEST_HAS_MMAP 1
-#else
-#define GQA_TEST_HAS_MMAP 0
-#endif
-
 #include <gqa/isa/vec.hpp>
 #include <gqa/isa/vec_math.hpp>
 
+#include "support/guarded.hpp"
 #include "support/isa_suite.hpp"
 
 namespace {
@@ -45,47 +38,6 @@ std::array<float, gqa::isa::vec<Isa>::lanes> lanes_of(typename gqa::isa::vec<Isa
 }
 
 bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
-
-/// n floats that end exactly where an inaccessible (PROT_NONE) page begins, so any read or write past
-/// element n - 1 faults, with or without ASan. Falls back to an exactly sized heap block (which ASan
-/// guards) where mmap is unavailable.
-class guarded_floats {
- public:
-  explicit guarded_floats(std::size_t n) : n_(n) {
-#if GQA_TEST_HAS_MMAP
-    page_ = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-    const std::size_t body = (n * sizeof(float) + page_ - 1) / page_ * page_ + page_;
-    total_ = body + page_;
-    void* p = mmap(nullptr, total_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
-    base_ = static_cast<char*>(p);
-    mprotect(base_ + body, page_, PROT_NONE);
-    data_ = reinterpret_cast<float*>(base_ + body) - n;
-#else
-    heap_ = std::make_unique<float[]>(n);
-    data_ = heap_.get();
-#endif
-  }
-  guarded_floats(const guarded_floats&) = delete;
-  guarded_floats& operator=(const guarded_floats&) = delete;
-  ~guarded_floats() {
-#if GQA_TEST_HAS_MMAP
-    munmap(base_, total_);
-#endif
-  }
-  float* data() const noexcept { return data_; }
-  std::size_t size() const noexcept { return n_; }
-
- private:
-  std::size_t n_;
-  float* data_ = nullptr;
-#if GQA_TEST_HAS_MMAP
-  std::size_t page_ = 0, total_ = 0;
-  char* base_ = nullptr;
-#else
-  std::unique_ptr<float[]> heap_;
-#endif
-};
 
 /// A few floats of every kind the core meets: random of both signs and several magnitudes, ±inf, ±0.
 std::vector<float> interesting_floats(std::size_t n, std::uint64_t seed) {
@@ -136,7 +88,7 @@ TYPED_TEST_P(vec_suite, partial_loads_and_stores_touch_only_n_lanes) {
   for (int n = 0; n <= L; ++n) {
     SCOPED_TRACE(::testing::Message() << "n = " << n << " of " << L << " lanes");
     const auto un = static_cast<std::size_t>(n);
-    guarded_floats page(un);
+    gqa::test::guarded_floats page(un);
     std::copy(src.begin(), src.begin() + n, page.data());
     auto heap = std::make_unique<float[]>(un);  // ASan flags any access past heap[n - 1]
     std::copy(src.begin(), src.begin() + n, heap.get());
@@ -326,6 +278,9 @@ TYPED_TEST_P(vec_suite, exp2_special_values) {
   for (int n = -126; n <= 127; ++n) EXPECT_EQ(exp2v(static_cast<float>(n)), std::ldexp(1.0f, n)) << "exp2(" << n << ")";
   // Clamped above: 127 and beyond give 2^127, never inf.
   for (const float x : {127.3f, 1.0e6f, k_inf}) EXPECT_EQ(exp2v(x), 0x1p127f) << "exp2(" << x << ")";
+  // NaN stays NaN (a NaN score must not become a weight of 0: Note [non-finite inputs]).
+  EXPECT_TRUE(std::isnan(exp2v(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_TRUE(std::isnan(gqa::isa::exp2_scalar(std::numeric_limits<float>::quiet_NaN())));
   // Just above −126.5 the result is a small nonzero subnormal-range value, never negative.
   EXPECT_GT(exp2v(-126.4f), 0.0f);
   // Every ISA computes exactly the scalar helper's value, lane by lane (same operations, all fused).

@@ -1,8 +1,9 @@
-// tests/suites/wgqa_suite.hpp: WGQA (spec §8) on every ISA: prepare() against the double transcription of
-// the §8.2 combination (reference::wgqa_combine), gqa::forward(wgqa_policy) against reference::attention
-// on the reference-combined heads, and the inference fold end to end: projecting X with wgqa_fold's
-// weights and running plain GQA gives the output of the unfolded per-head form (scalar and col through
-// wgqa_policy, row through its definition), for mean and random weights. Helpers stay in `namespace {}`.
+// tests/suites/wgqa_suite.hpp: WGQA on every ISA: prepare() against the double transcription of the
+// authors' weighted combination (reference::wgqa_combine), gqa::forward(wgqa_policy) against
+// reference::attention on the reference-combined heads, and the inference fold end to end: projecting X
+// with wgqa_fold's weights and running plain GQA gives the output of the unfolded per-head form (scalar and
+// col through wgqa_policy, row through its definition), for mean and random weights. Helpers stay in
+// `namespace {}`.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -67,7 +68,7 @@ std::vector<wgqa_shape> wgqa_shapes() {
   return v;
 }
 
-// prepare() == the §8.2 combination in double, rounded once (exact float products summed in double: the
+// prepare() == the weighted combination in double, rounded once (exact float products summed in double: the
 // only error is that final rounding, ≤ 2⁻²⁴·|ref|; bound 2⁻²⁴·Σ|w_j K_j| covers any summation order).
 // Then forward() == reference::attention on those combined heads, within Note [attention tolerance].
 TYPED_TEST_P(wgqa_suite, forward_matches_reference_combination_and_attention) {
@@ -131,14 +132,14 @@ std::vector<float> project(const std::vector<float>& x, index_t rows, const std:
   return y;
 }
 
-// §8.2 fold: X projected with wgqa_fold's (hkv·d × D) weights, then plain GQA, equals the unfolded per-head
-// form. The two paths round differently (folded: W̃ once, then the projection; unfolded: each K_j, then
-// the combination), so their K/V are not bitwise equal; each is within 4u·M of the exact (double) unfolded
-// form, M = Σ_j Σ_c |w_j x_c W_j[k, c]| + Σ_j |w_j b_j[k]| (folded: W̃ and b̃ rounded, then the projection
-// rounded: ≤ 3u·M; unfolded: each K_j rounded, then the combination rounded: ≤ 2u·M). Each path's output
-// is then checked against reference::attention on its own K/V (Note [attention tolerance]), and the two
-// double references against each other: to first order a key change δK moves a score by ≤ scale·‖q‖₁·δK
-// and the output by ≤ 2·max|δs|·max|v| + δV (10% slack for second-order terms).
+// The inference fold: X projected with wgqa_fold's (hkv·d × D) weights, then plain GQA, equals the unfolded
+// per-head form. The two paths round differently (folded: W̃ once, then the projection; unfolded: each K_j,
+// then the combination), so their K/V are not bitwise equal; each is within 4u·M of the exact (double)
+// unfolded form, M = Σ_j Σ_c |w_j x_c W_j[k, c]| + Σ_j |w_j b_j[k]| (folded: W̃ and b̃ rounded, then the
+// projection rounded: ≤ 3u·M; unfolded: each K_j rounded, then the combination rounded: ≤ 2u·M). Each
+// path's output is then checked against reference::attention on its own K/V (Note [attention tolerance]),
+// and the two double references against each other: to first order a key change δK moves a score by ≤
+// scale·‖q‖₁·δK and the output by ≤ 2·max|δs|·max|v| + δV (10% slack for second-order terms).
 TYPED_TEST_P(wgqa_suite, fold_matches_the_unfolded_form) {
   const index_t b = 2, t = 11, hq = 6, d = 8, dm = 24;
   const auto x = gqa::test::random_floats(static_cast<std::size_t>(b * t * dm), 61);

@@ -21,7 +21,7 @@ namespace {
 constexpr bool reduced = GQA_TEST_REDUCED != 0;
 
 /// n floats uniform in [lo, hi), a pure function of (seed, index).
-std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+[[maybe_unused]] std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::vector<float> x(n);
   for (std::size_t i = 0; i < n; ++i)
     // In double, rounded once: a float `lo + (hi - lo) * u` may be fused into an FMA in some ISA TUs and
@@ -32,7 +32,7 @@ std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float lo = -
   return x;
 }
 
-/// The uniform GQA map of the Decisions table, map[h] = h / (hq / hkv), written out independently of
+/// The uniform contiguous GQA map, map[h] = h / (hq / hkv), written out independently of
 /// gqa::head_map so that tests can hand it to the reference. hkv must divide hq.
 [[maybe_unused]] std::vector<gqa::index_t> uniform_kv_of_q(gqa::index_t hq, gqa::index_t hkv) {
   std::vector<gqa::index_t> m(static_cast<std::size_t>(hq));

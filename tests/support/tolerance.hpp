@@ -1,5 +1,6 @@
 // tests/support/tolerance.hpp: the error budget of every attention test against the double reference
-// (Note [attention tolerance]): a naive fp32 attention on the same inputs, and the bound it gives.
+// (Note [attention tolerance]; Note [backward tolerance] for gradients): a naive fp32 attention (and
+// backward) on the same inputs, and the bound it gives.
 // Internal linkage (anonymous namespace): suite headers include this once per ISA, with that ISA's flags
 // (the functions are [[maybe_unused]]: not every suite calls each).
 #pragma once
@@ -101,6 +102,91 @@ struct naive_attention {
   for (const float x : v) vmax = std::max(vmax, static_cast<double>(std::fabs(x)));
   return k_error_factor * err + k_error_floor * vmax;
 }
+
+// Note [backward tolerance]
+// The same budget as Note [attention tolerance], for gradients, plus a floor per element for sums whose
+// terms cancel. Each element of dQ, dK, dV may be off the double reference (reference::attention_backward,
+// which recomputes everything exactly from q, k, v, dout) by at most
+//   2 · max|dX_naive − dX_ref| + 1e-6 · max(1, max|dX_ref|) + 2u · T,
+// with dX_naive a naive fp32 backward's gradient on the same inputs, u = 2⁻²⁴ and T the sum of the
+// magnitudes of the terms summed into that element (attention_grads::*_terms; e.g. Σ P·|dO| for dV).
+// The naive backward (naive_fp32_backward below) is what the kernel computes, written plainly: it takes
+// the forward's fp32 O and LSE, as the kernel does, and in float recomputes P = exp(scale·q·k − LSE),
+// dP = dO·V, D = dO·O, dS = P·(dP − D), then sums dQ = scale·Σ dS·K, dK = scale·Σ dS·Q and dV = Σ P·dO in
+// index order. Both inherit the forward's rounding (O and LSE are fp32) and make the same kinds of
+// roundings after it (dot products over d and d_v, a subtraction dP − D that cancels when P is peaked,
+// sums over the rows or keys), so their errors grow together with d, the sequence lengths and the score
+// magnitude; the factor 2 covers the kernel's different but equally long sums (blocked over KV blocks and
+// query blocks) and its exp2. The first floor (~17 u of the gradient's scale) matters when the naive
+// error happens to be tiny. The second covers cancellation: a gradient summed over many rows (dV of one
+// key over 1040 rows, ~1 while its partial sums reach ~20) is off by the rounding of its partial sums,
+// which two summation orders hit differently; with few elements to take the maximum over, the naive
+// order can be several times luckier than the kernel's (measured: 4.7× on one such element), and 2u·T is
+// the size of those roundings, far below any real bug. Every real bug (a wrong row's LSE, a mask one key
+// off, a group summed into the wrong KV head, a missed scale) gives errors of 1e-3 of the gradient's
+// scale or more.
+
+/// Output of naive_fp32_backward, each in logical [b][s][h][d] order of its tensor.
+struct naive_gradients {
+  std::vector<float> dq, dk, dv;
+};
+
+/// The naive fp32 backward of Note [backward tolerance]: from q, k, v, the forward's o and lse (laid out
+/// [b][hq][sq]) and dout, in float, plain loops in index order. Any strides.
+[[maybe_unused]] naive_gradients naive_fp32_backward(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k,
+                                    const gqa::tensor_view<const float>& v, const gqa::tensor_view<const float>& o,
+                                    const gqa::tensor_view<const float>& dout, std::span<const float> lse,
+                                    std::span<const gqa::index_t> kv_of_q, float scale, bool causal = false,
+                                    std::span<const gqa::index_t> kv_lengths = {}) {
+  using gqa::index_t;
+  naive_gradients r;
+  r.dq.assign(static_cast<std::size_t>(q.b * q.s * q.h * q.d), 0.0f);
+  r.dk.assign(static_cast<std::size_t>(k.b * k.s * k.h * k.d), 0.0f);
+  r.dv.assign(static_cast<std::size_t>(v.b * v.s * v.h * v.d), 0.0f);
+  auto at = [](index_t ib, index_t is, index_t ih, index_t c, index_t s, index_t h, index_t d) {
+    return static_cast<std::size_t>(((ib * s + is) * h + ih) * d + c);
+  };
+  for (index_t ib = 0; ib < q.b; ++ib) {
+    const index_t len = kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
+    for (index_t h = 0; h < q.h; ++h) {
+      const index_t g = kv_of_q[static_cast<std::size_t>(h)];
+      for (index_t i = 0; i < q.s; ++i) {
+        const float m = lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)];
+        const index_t visible = causal ? std::clamp<index_t>(i + (len - q.s) + 1, 0, len) : len;
+        if (visible == 0 || std::isinf(m)) continue;
+        float dsum = 0.0f;
+        for (index_t x = 0; x < v.d; ++x) dsum += dout(ib, i, h, x) * o(ib, i, h, x);
+        for (index_t j = 0; j < visible; ++j) {
+          float dot = 0.0f, dp = 0.0f;
+          for (index_t x = 0; x < q.d; ++x) dot += q(ib, i, h, x) * k(ib, j, g, x);
+          for (index_t x = 0; x < v.d; ++x) dp += dout(ib, i, h, x) * v(ib, j, g, x);
+          const float p = std::exp(dot * scale - m);
+          const float ds = p * (dp - dsum);
+          for (index_t x = 0; x < q.d; ++x) {
+            r.dq[at(ib, i, h, x, q.s, q.h, q.d)] += scale * ds * k(ib, j, g, x);
+            r.dk[at(ib, j, g, x, k.s, k.h, k.d)] += scale * ds * q(ib, i, h, x);
+          }
+          for (index_t x = 0; x < v.d; ++x) r.dv[at(ib, j, g, x, v.s, v.h, v.d)] += p * dout(ib, i, h, x);
+        }
+      }
+    }
+  }
+  return r;
+}
+
+/// Note [backward tolerance] for one gradient, without its per-element term (naive and ref in the same
+/// layout): 2 · max|naive − ref| + 1e-6 · max(1, max|ref|).
+[[maybe_unused]] double gradient_tolerance(const std::vector<float>& naive, const std::vector<double>& ref) {
+  double err = 0.0, scale = 1.0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    err = std::max(err, std::fabs(static_cast<double>(naive[i]) - ref[i]));
+    scale = std::max(scale, std::fabs(ref[i]));
+  }
+  return k_error_factor * err + k_error_floor * scale;
+}
+
+/// The per-element term of Note [backward tolerance]: 2u times the sum of the terms' magnitudes.
+[[maybe_unused]] double cancellation_floor(double terms) { return 2.0 * 0x1p-24 * terms; }
 
 }  // namespace
 }  // namespace gqa::test

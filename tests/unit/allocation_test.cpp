@@ -1,5 +1,5 @@
-// The allocation helpers shared by KDGQA and DGQA (gqa/variants/allocation.hpp): key norms (spec §5.2),
-// half-to-even rounding (§5.2), the reference fix-up loops (§5.2, §6.3), the hamilton rule (§5.8),
+// The allocation helpers shared by KDGQA and DGQA (gqa/variants/allocation.hpp): key norms, half-to-even
+// rounding, the reference fix-up loops (KDGQA's arg-max/arg-min, DGQA's random retries), the hamilton rule,
 // balanced allocations, and their error paths. Also defines the scalar-build functions the ISA suites
 // compare against (norms and DGQA arithmetic must be bit-identical on every ISA).
 #include <gtest/gtest.h>
@@ -50,7 +50,7 @@ namespace {
 using gqa::index_t;
 using gqa::test::expect_invalid;
 
-// §5.2: per-sample Frobenius norms, summed over the batch (not the norm of the whole batch).
+// Key norms: per-sample Frobenius norms, summed over the batch (not the norm of the whole batch).
 TEST(allocation, key_norms_sum_per_sample_frobenius_norms) {
   // b = 2, s = 2, h = 2, d = 2 (BSHD). Head 0: sample 0 = {3, 4, 0, 0} (norm 5), sample 1 = {0, 0, 0, 1}
   // (norm 1): 6, not sqrt(26). Head 1: sample 0 = {1, 2, 2, 0} (norm 3), sample 1 = {12, 0, 0, 0} (12): 15.
@@ -102,7 +102,7 @@ TEST(allocation, key_norms_rejects_empty_views) {
   expect_invalid([&] { gqa::key_norms(gqa::bshd<const float>(k.data(), 1, 2, 2, 0)); }, "k.d = 0");
 }
 
-// §5.2: torch.round is half to even: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2 (std::round would give 1, 2, 3).
+// torch.round is half to even: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2 (std::round would give 1, 2, 3).
 TEST(allocation, round_half_even_ties) {
   const std::vector<double> x = {0.0, 0.5, 1.5, 2.5, 3.5, 0.49999999999999994, 2.5000000000000004, 7.2, 7.8};
   const std::vector<int> want = {0, 0, 2, 2, 4, 0, 3, 7, 8};
@@ -128,7 +128,8 @@ TEST(allocation, proportional_shares_divide_first) {
   expect_invalid([] { gqa::proportional_shares(std::vector<double>{0.0, 0.0}, 4); }, "sum(w) = 0");
 }
 
-// §5.2: decrement the FIRST arg-max while the sum is too large, increment the FIRST arg-min while too small.
+// KDGQA's fix-up: decrement the FIRST arg-max while the sum is too large, increment the FIRST arg-min while
+// too small.
 TEST(allocation, fix_sum_first_extreme_uses_first_index) {
   std::vector<int> a = {3, 1, 3, 3};  // sum 10 -> 8: decrements index 0 (first max 3), then index 2
   gqa::fix_sum_first_extreme(a, 8);
@@ -144,7 +145,7 @@ TEST(allocation, fix_sum_first_extreme_uses_first_index) {
   expect_invalid([] { std::vector<int> e = {1}; gqa::fix_sum_first_extreme(e, -3); }, "total = -3");
 }
 
-// §6.3/§6.8: "pick i; decrement only if a[i] > 0" and "pick i; increment", from a seeded stream.
+// DGQA's fix-up: "pick i; decrement only if a[i] > 0" and "pick i; increment", from a seeded stream.
 TEST(allocation, fix_sum_random_retry_semantics_and_replay) {
   gqa::random::stream rng{42, 7, 0};
   std::vector<int> a = {0, 0, 5, 0};  // only slot 2 can be decremented: every miss draws again
@@ -172,7 +173,8 @@ TEST(allocation, fix_sum_random_retry_semantics_and_replay) {
   expect_invalid([&] { std::vector<int> e = {2, -1}; gqa::fix_sum_random(e, 1, r); }, "gqa::fix_sum_random: a[1] = -1");
 }
 
-// §5.8: floor of the quotas, then the remaining seats by largest fractional part, ties to the lower index.
+// Hamilton: floor of the quotas, then the remaining seats by largest fractional part, ties to the lower
+// index.
 TEST(allocation, hamilton_largest_remainder) {
   // w = {0, 8, 8, 9}, total 5: quotas (w/25)·5 = {0, 1.6, 1.6, 1.8}; floors {0,1,1,1}, 2 seats left:
   // largest fraction .8 (index 3), then .6 at index 1 (tie with index 2 goes to the lower index).

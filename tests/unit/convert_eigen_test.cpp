@@ -1,6 +1,7 @@
-// convert_eigen_test.cpp: the Eigen overloads of checkpoint conversion (gqa/interop/eigen.hpp, spec §4.2 and
-// the §8.2 fold): they equal the span versions bitwise for row-major matrices, blocks of bigger matrices,
-// column-major storage and expressions, and report shape errors by name. Compiled only when Eigen is found.
+// convert_eigen_test.cpp: the Eigen overloads of checkpoint conversion (gqa/interop/eigen_convert.hpp: mean
+// pooling and the WGQA fold): they equal the span versions bitwise for row-major matrices, blocks of bigger
+// matrices, column-major storage and expressions, and report shape errors by name. Compiled only when Eigen
+// is found.
 #if __has_include(<Eigen/Core>)
 
 #include <gtest/gtest.h>
@@ -10,7 +11,7 @@
 #include <vector>
 
 #include <gqa/convert.hpp>
-#include <gqa/interop/eigen.hpp>
+#include <gqa/interop/eigen_convert.hpp>
 
 #include "support/data.hpp"
 #include "support/expect.hpp"

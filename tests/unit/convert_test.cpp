@@ -1,7 +1,7 @@
-// convert_test.cpp: checkpoint conversion (gqa/convert.hpp). MHA -> GQA/MQA mean pooling (spec §4.2):
-// hand-worked examples, agreement with the literal transcription (reference/convert.hpp), the [DERIVED]
-// claim that pooling the weights equals pooling the activations, H % G != 0 rejected (§4.3). The WGQA
-// fold (§8.2): against the reference einsums for every kind, the fold identity (folded projection ==
+// convert_test.cpp: checkpoint conversion (gqa/convert.hpp). MHA -> GQA/MQA mean pooling: hand-worked
+// examples, agreement with the literal transcription (reference/convert.hpp), the fact that pooling the
+// weights equals pooling the activations (the projection is linear), H % G != 0 rejected. The WGQA fold:
+// against the reference einsums for every kind, the fold identity (folded projection ==
 // unfolded per-head form), mean init folding to mean pooling, biases. Every error message.
 #include <gtest/gtest.h>
 
@@ -30,7 +30,8 @@ std::vector<double> abs_of(const std::vector<float>& x) {
   return out;
 }
 
-// §4.2 by hand. H = 4, G = 2, d = 1, D = 2: rows (1,2) (3,4) (5,6) (7,8) -> means (2,3) (6,7); MQA: (4,5).
+// Mean pooling by hand. H = 4, G = 2, d = 1, D = 2: rows (1,2) (3,4) (5,6) (7,8) -> means (2,3) (6,7); MQA:
+// (4,5).
 TEST(convert, mean_pool_by_hand) {
   const std::vector<float> w = {1, 2, 3, 4, 5, 6, 7, 8};
   EXPECT_EQ(gqa::mean_pool_heads(w, 4, 2, 1, 2), (std::vector<float>{2, 3, 6, 7}));
@@ -63,7 +64,7 @@ TEST(convert, mean_pool_matches_reference) {
   }
 }
 
-// §4.2 [DERIVED]: projection is linear, so X·W_gᵀ + b_g with pooled weights equals the mean over the group
+// The projection is linear, so X·W_gᵀ + b_g with pooled weights equals the mean over the group
 // of the per-head projections X·W_jᵀ + b_j. Checked in double from the float pooled weights: the only
 // difference is the rounding of W_g and b_g (≤ 2⁻²⁴ relative each), so |Δ| ≤ 2⁻²⁴·(Σ_c |x_c||W_g[k,c]| + |b_g[k]|)
 // plus double rounding.
@@ -137,7 +138,7 @@ TEST(convert, errors_name_the_argument) {
   EXPECT_THROWS_WITH((void)gqa::convert_mha_to_gqa(p, 8, 2, 2, 3), "gqa::convert_mha_to_gqa: mha.b_v[2] = nan: must be finite");
 }
 
-// --- WGQA fold (§8.2) ---
+// --- WGQA fold ---
 
 constexpr wgqa_kind all_kinds[] = {wgqa_kind::scalar, wgqa_kind::col, wgqa_kind::row};
 
@@ -187,7 +188,7 @@ TEST(wgqa_fold, matches_reference_einsums) {
       }
 }
 
-// The fold identity (§8.2 [DERIVED]) in exact arithmetic terms: the reference fold, applied as a projection,
+// The fold identity (linearity again) in exact arithmetic terms: the reference fold, applied as a projection,
 // equals the unfolded per-head form by its definition (scalar Σ w_j(XW_jᵀ + b_j), col Σ c_j ⊙ (XW_jᵀ + b_j),
 // row Σ X diag(r_j) W_jᵀ). Both in double: only summation-order rounding, ~1e-15 relative.
 TEST(wgqa_fold, folded_projection_is_the_unfolded_form) {
@@ -210,7 +211,7 @@ TEST(wgqa_fold, folded_projection_is_the_unfolded_form) {
   }
 }
 
-// §8.2: with the mean init, the fold is mean pooling, bitwise when s is a power of two (1/s exact); for
+// With the mean init, the fold is mean pooling, bitwise when s is a power of two (1/s exact); for
 // s = 3 the weight fl(1/3) is off by ≤ 2⁻²⁴ relative: ≤ 2⁻²³·Σ|W_j|/s.
 TEST(wgqa_fold, mean_init_folds_to_mean_pooling) {
   const index_t h = 12, d = 4, dm = 6;

@@ -1,7 +1,7 @@
-// DGQA (spec §6): the initial state, the reference cache arithmetic (§6.4(a): W = 1 running sum, W > 1
-// fixed point m/(W-1)), train vs eval and the step % W schedule (§6.3), stale splits, the fallbacks
-// (§6.6), both repairs (§6.8), seeded determinism and state save/restore, agreement with
-// reference::dgqa_step, and every error path of the public API.
+// DGQA: the initial state, the reference cache arithmetic (W = 1: a running sum; W > 1: fixed point
+// m/(W-1)), train vs eval and the step % W schedule, stale splits, the fallbacks, both repairs (the
+// reference's random retries from gqa's seeded stream, and hamilton), seeded determinism and state
+// save/restore, agreement with reference::dgqa_step, and every error path of the public API.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -66,7 +66,7 @@ TEST(dgqa, initial_state) {
   expect_invalid([] { gqa::dgqa_state::initial(4, 5); }, "gqa::dgqa_state::initial: hkv = 5: must be <= hq = 4");
 }
 
-// §6.4(a), W = 1: cache <- (cache + m) / 1 is a running sum of the magnitudes.
+// The reference cache update, W = 1: cache <- (cache + m) / 1 is a running sum of the magnitudes.
 TEST(dgqa, window_one_cache_is_a_running_sum) {
   const keys kk({3, 4, 5, 6}, 8);
   auto state = gqa::dgqa_state::initial(8, 4);
@@ -79,9 +79,10 @@ TEST(dgqa, window_one_cache_is_a_running_sum) {
     EXPECT_EQ(state.cache, (floats{3 * t, 4 * t, 5 * t, 6 * t})) << "step " << step;
     EXPECT_TRUE(p.last().updated);
   }
-  // Step 0: diff = |0 - m| = m, shares m/18·8 = {1.33, 1.78, 2.22, 2.67} -> {1, 2, 2, 3} (sum 8, no repair).
-  // Step 1: cache = m, so diff = 0 everywhere: the Σscore == 0 fallback keeps {1, 2, 2, 3} (the
-  // reference hangs here, §6.4(e)). Steps 2, 3: diff = m, 2m -> {1, 2, 2, 3} again.
+  // Step 0: diff = |0 - m| = m, shares m/18·8 = {1.33, 1.78, 2.22, 2.67} -> {1, 2, 2, 3} (sum 8, no
+  // repair). Step 1: cache = m, so diff = 0 everywhere: the Σscore == 0 fallback keeps {1, 2, 2, 3} (the
+  // reference hangs here: 0/0 turns into INT_MIN and its fix-up loop runs ~2³¹ times). Steps 2, 3: diff =
+  // m, 2m -> {1, 2, 2, 3} again.
   EXPECT_EQ(state.splits, (ints{1, 2, 2, 3}));
   EXPECT_EQ(state.rng_counter, 0u);
 }
@@ -102,7 +103,7 @@ TEST(dgqa, window_one_zero_score_on_the_second_step) {
   EXPECT_EQ(state.cache, (floats{6, 8, 10, 12}));  // still updated
 }
 
-// §6.4(a), W > 1: cache_{n+1} = (cache_n + m) / W converges to m / (W - 1).
+// The reference cache update, W > 1: cache_{n+1} = (cache_n + m) / W converges to m / (W - 1).
 TEST(dgqa, window_above_one_cache_fixed_point) {
   for (index_t w : {2, 4, 300}) {
     const keys kk({3712, 4000, 5000, 2500}, 8);
@@ -125,32 +126,34 @@ TEST(dgqa, window_above_one_cache_fixed_point) {
   }
 }
 
-// §6.3 eval: splits recomputed on every call, cache <- m (NOT divided by W); updated is true.
+// Eval mode: splits recomputed on every call, cache <- m (NOT divided by W); updated is true.
 TEST(dgqa, eval_recomputes_every_call_and_stores_m_undivided) {
   auto state = gqa::dgqa_state::initial(12, 6);
   gqa::dgqa_options opt;
   opt.window = 300;
   gqa::dgqa_policy p(opt, state);
   EXPECT_EQ(p.mode(), gqa::dgqa_mode::eval);  // the default
-  // §6.4(c): ±20% spread, group size 2, first update from a zero cache: diff = m, shares = m/600·12 =
-  // {1.6, 1.8, 2, 2.2, 2.4, 2} -> all 2: uniform GQA.
+  // Without min-max scaling allocations are usually uniform: ±20% spread, group size 2, first update from a
+  // zero cache: diff = m, shares = m/600·12 = {1.6, 1.8, 2, 2.2, 2.4, 2} -> all 2: uniform GQA.
   const keys a({80, 90, 100, 110, 120, 100}, 12);
   p.plan(a.q, a.k);
   EXPECT_EQ(p.last().alloc, (ints{2, 2, 2, 2, 2, 2}));
   EXPECT_TRUE(p.last().updated);
   EXPECT_EQ(state.cache, (floats{80, 90, 100, 110, 120, 100}));
-  // Next batch: diff = |m_prev - m| = {60, 0, 0, 0, 0, 0}: all 12 heads go to KV head 0 (§6.4(d)).
+  // Next batch: diff = |m_prev - m| = {60, 0, 0, 0, 0, 0}: all 12 heads go to KV head 0 (in eval,
+  // diff follows batch-to-batch fluctuation).
   const keys b({20, 90, 100, 110, 120, 100}, 12);
   p.plan(b.q, b.k);
   EXPECT_EQ(p.last().alloc, (ints{12, 0, 0, 0, 0, 0}));
   EXPECT_EQ(state.cache, (floats{20, 90, 100, 110, 120, 100}));
-  // The same batch again: Σscore == 0 -> previous splits, reported (the reference hangs, §6.4(e)).
+  // The same batch again: Σscore == 0 -> previous splits, reported (the reference hangs).
   p.plan(b.q, b.k);
   EXPECT_EQ(p.last().status, gqa::grouping_status::fallback_zero_score);
   EXPECT_EQ(p.last().alloc, (ints{12, 0, 0, 0, 0, 0}));
 }
 
-// §6.4(h), ema kind: score = 0.9·m + 0.1·cache; from a zero cache, proportional to m as diff is.
+// First update after init, ema kind: score = 0.9·m + 0.1·cache; from a zero cache, proportional to m as
+// diff is.
 TEST(dgqa, ema_score_weights_the_current_magnitude) {
   auto state = gqa::dgqa_state::initial(8, 4);
   gqa::dgqa_options opt;
@@ -166,7 +169,88 @@ TEST(dgqa, ema_score_weights_the_current_magnitude) {
   EXPECT_EQ(p.last().alloc, (ints{2, 2, 2, 2}));
 }
 
-// §6.3 train: updates only when step % W == 0; in between the old splits are reused (stale) and the
+// Note [dgqa arithmetic]: float32 (default) forms the ema score as torch does on float32 tensors,
+// float(0.9f·m) + float(0.1f·c), and the shares score / Σ · hq in float; float64 keeps them in double.
+TEST(dgqa, float32_and_float64_shares) {
+  for (const auto arith : {gqa::allocation_arithmetic::float32, gqa::allocation_arithmetic::float64}) {
+    auto state = gqa::dgqa_state::initial(8, 4);
+    gqa::dgqa_options opt;
+    opt.kind = gqa::dgqa_kind::ema;
+    opt.arithmetic = arith;
+    gqa::dgqa_policy p(opt, state);
+    state.cache = {20, 0, 0, 0};
+    const keys a({3, 4, 5, 6}, 8);
+    p.plan(a.q, a.k);
+    // score = {0.9f·3 + 0.1f·20, 0.9f·4, 0.9f·5, 0.9f·6}, each product and sum rounded to float in
+    // float32 mode; shares = score / Σ · 8.
+    const volatile float s0a = 0.9f * 3.0f, s0b = 0.1f * 20.0f, s1 = 0.9f * 4.0f, s2 = 0.9f * 5.0f, s3 = 0.9f * 6.0f;
+    const float score[4] = {s0a + s0b, s1, s2, s3};
+    const auto& sh = p.last().shares;
+    ASSERT_EQ(sh.size(), 4u);
+    if (arith == gqa::allocation_arithmetic::float32) {
+      float sum = 0.0f;
+      for (float x : score) sum += x;
+      for (std::size_t g = 0; g < 4; ++g) EXPECT_EQ(sh[g], static_cast<double>(score[g] / sum * 8.0f)) << g;
+    } else {
+      const double w_now = 0.9f, w_old = 0.1f;  // the same float weights, products exact in double
+      const double sd[4] = {w_now * 3 + w_old * 20, w_now * 4, w_now * 5, w_now * 6};
+      const double sum = sd[0] + sd[1] + sd[2] + sd[3];
+      for (std::size_t g = 0; g < 4; ++g) EXPECT_EQ(sh[g], sd[g] / sum * 8.0) << g;
+    }
+    EXPECT_EQ(p.last().alloc, (ints{2, 2, 2, 2}));
+  }
+  // Where they differ: diff from a zero cache, m = {1, 0, 0.6f}, hq = 12. In float32 Σ = 1.6f and the
+  // shares are exactly {7.5, 0, 4.5} (1 / 1.6f rounds to 0.625f), which round half to even to {8, 0, 4},
+  // as the authors' code does; in double they are 7.4999999 and 4.5000001, hence {7, 0, 5}.
+  const keys tie({1.0f, 0.0f, 0.6f}, 12);
+  for (const auto arith : {gqa::allocation_arithmetic::float32, gqa::allocation_arithmetic::float64}) {
+    auto state = gqa::dgqa_state::initial(12, 3);
+    gqa::dgqa_options opt;
+    opt.arithmetic = arith;
+    gqa::dgqa_policy p(opt, state);
+    p.plan(tie.q, tie.k);
+    if (arith == gqa::allocation_arithmetic::float32) {
+      EXPECT_EQ(p.last().shares, (std::vector<double>{7.5, 0.0, 4.5}));
+      EXPECT_EQ(p.last().alloc, (ints{8, 0, 4}));
+    } else {
+      EXPECT_EQ(p.last().alloc, (ints{7, 0, 5}));
+    }
+    EXPECT_EQ(state.rng_counter, 0u);  // the rounded shares summed to 12: no repair
+  }
+}
+
+// Why gqa-compare scales its key heads (bench/compare/model.hpp, key_head_scales): on iid random keys all
+// head norms agree to about 1%, so DGQA-ema's shares (hq/hkv)·(1 ± 1%) round to exactly uniform groups, on
+// the first call (cache 0: score 0.9·m) and the next (cache m: score m); with head norms 0.5 to 2 apart
+// it is not uniform.
+TEST(dgqa, ema_is_uniform_on_iid_keys_and_not_on_scaled_heads) {
+  const index_t b = 1, s = 256, hq = 32, hkv = 8, d = 64;
+  for (std::uint64_t seed = 0; seed < 4; ++seed) {
+    auto k = gqa::test::random_floats(static_cast<std::size_t>(b * s * hkv * d), 300 + seed);
+    const auto kv = gqa::bshd<const float>(k.data(), b, s, hkv, d);
+    gqa::tensor_view<const float> q = kv;
+    q.h = hq;
+    for (const bool scaled : {false, true}) {
+      if (scaled)
+        for (std::size_t i = 0; i < k.size(); ++i)
+          k[i] *= static_cast<float>(0.5 * std::pow(4.0, static_cast<double>((i / d) % hkv) / (hkv - 1)));
+      auto state = gqa::dgqa_state::initial(hq, hkv);
+      gqa::dgqa_options opt;
+      opt.kind = gqa::dgqa_kind::ema;
+      gqa::dgqa_policy p(opt, state);
+      for (int call = 0; call < 2; ++call) {
+        p.plan(q, kv);
+        if (scaled) {
+          EXPECT_NE(p.last().alloc, ints(8, 4)) << "seed " << seed;
+        } else {
+          EXPECT_EQ(p.last().alloc, ints(8, 4)) << "seed " << seed;
+        }
+      }
+    }
+  }
+}
+
+// Train mode: updates only when step % W == 0; in between the old splits are reused (stale) and the
 // state is untouched, whatever the keys.
 TEST(dgqa, train_updates_on_window_boundaries_only) {
   auto state = gqa::dgqa_state::initial(12, 4);
@@ -247,7 +331,7 @@ TEST(dgqa, nonfinite_score_keeps_splits_but_updates_cache) {
   EXPECT_EQ(state.cache, (floats{3, 4, 5}));  // eval stores m
 }
 
-// §6.3/§6.8 repairs. m = {8, 8, 9, 0}, zero cache, H = 5: shares {1.6, 1.6, 1.8, 0} -> {2, 2, 2, 0}, sum 6.
+// The repairs. m = {8, 8, 9, 0}, zero cache, H = 5: shares {1.6, 1.6, 1.8, 0} -> {2, 2, 2, 0}, sum 6.
 TEST(dgqa, random_repair_draws_from_the_seeded_stream) {
   const keys kk({8, 8, 9, 0}, 5);
   auto state = gqa::dgqa_state::initial(5, 4);
@@ -298,10 +382,12 @@ TEST(dgqa, cache_update_options) {
     p1.plan(kk.q, kk.k);
     p2.plan(kk.q, kk.k);
     EXPECT_EQ(s1.cache, (floats{3, 4, 5, 6}));  // m, in train and eval
-    // 0.9 · 10 + (1 - 0.9f) · m, with 1 - 0.9f = 0.10000002384185791 exactly (a float).
-    const double w_new = 1.0f - 0.9f;
-    for (std::size_t g = 0; g < 4; ++g)
-      EXPECT_EQ(s2.cache[g], static_cast<float>(static_cast<double>(0.9f) * 10.0 + w_new * (3.0 + static_cast<double>(g))));
+    // 0.9f · 10 + 0.1f · m in float32 (the weights are float(0.9) and float(1 - 0.9) = 0.1f, as torch
+    // rounds the authors' Python constants; each product and the sum rounded to float).
+    for (std::size_t g = 0; g < 4; ++g) {
+      const volatile float old_part = 0.9f * 10.0f, new_part = 0.1f * (3.0f + static_cast<float>(g));
+      EXPECT_EQ(s2.cache[g], old_part + new_part);
+    }
   }
   // The reference rule: train divides by W, eval does not.
   auto s = gqa::dgqa_state::initial(8, 4);
@@ -327,7 +413,7 @@ std::vector<ints> run_eval(gqa::dgqa_policy& p, std::uint64_t first, int n) {
   return out;
 }
 
-// §6.6/§6.8: the state is plain data; restoring it replays the same draws and allocations.
+// The state is plain data; restoring it replays the same draws and allocations.
 TEST(dgqa, saved_state_replays_identical_draws) {
   auto state = gqa::dgqa_state::initial(12, 5);
   gqa::dgqa_options opt;
@@ -363,13 +449,15 @@ TEST(dgqa, same_seed_same_bits_other_seed_or_layer_differs) {
   EXPECT_NE(run(5, 1), a);
 }
 
-// Policy vs reference::dgqa_step over mixed train/eval sequences, for every option combination.
+// Policy vs reference::dgqa_step over mixed train/eval sequences, for every option combination and both
+// arithmetics.
 TEST(dgqa, policy_matches_reference_transcription) {
   int updates = 0, repairs = 0, fallbacks = 0;
   for (int kind = 0; kind < 2; ++kind)
     for (int repair = 0; repair < 2; ++repair)
       for (int cu = 0; cu < 3; ++cu)
-        for (int eval_updates = 0; eval_updates < 2; ++eval_updates) {
+        for (int eval_updates = 0; eval_updates < 2; ++eval_updates)
+        for (int f64 = 0; f64 < 2; ++f64) {
           const index_t hq = 12, hkv = 5;
           gqa::dgqa_options opt;
           opt.kind = static_cast<gqa::dgqa_kind>(kind);
@@ -377,16 +465,18 @@ TEST(dgqa, policy_matches_reference_transcription) {
           opt.cache_update = static_cast<gqa::dgqa_cache_update>(cu);
           opt.eval_updates_state = eval_updates != 0;
           opt.window = 2;
-          opt.beta = 0.8f;
+          opt.beta = 0.8;
           opt.seed = 17;
           opt.layer = 4;
+          opt.arithmetic = f64 ? gqa::allocation_arithmetic::float64 : gqa::allocation_arithmetic::float32;
           gqa::reference::dgqa_setup setup;
+          setup.float64 = f64 != 0;
           setup.ema = kind == 1;
           setup.hamilton = repair == 1;
           setup.cache_update = cu == 0 ? "reference" : cu == 1 ? "prev_window" : "true_ema";
           setup.eval_updates_state = opt.eval_updates_state;
           setup.window = 2;
-          setup.beta = 0.8f;
+          setup.beta = 0.8;
           setup.seed = 17;
           setup.layer = 4;
           auto state = gqa::dgqa_state::initial(hq, hkv);
@@ -402,7 +492,8 @@ TEST(dgqa, policy_matches_reference_transcription) {
             const random_keys rk(2, 7, hq, hkv, 6, 900 + key_seed);
             const auto map = p.plan(rk.q, rk.k);
             const auto ref = gqa::reference::dgqa_step(mem, rk.k, hq, setup, train, call);
-            ASSERT_EQ(p.last().alloc, ref.alloc) << "call " << call << " kind " << kind << " repair " << repair << " cu " << cu;
+            ASSERT_EQ(p.last().alloc, ref.alloc) << "call " << call << " kind " << kind << " repair " << repair << " cu " << cu
+                                                 << " float64 " << f64;
             EXPECT_EQ(std::vector<index_t>(map.kv_of_q().begin(), map.kv_of_q().end()), ref.kv_of_q);
             EXPECT_EQ(gqa::to_string(p.last().status), ref.status);
             EXPECT_EQ(gqa::to_string(p.last().fallback), ref.fallback);
@@ -415,8 +506,8 @@ TEST(dgqa, policy_matches_reference_transcription) {
           }
           repairs += state.rng_counter > 0;
         }
-  EXPECT_GT(updates, 200);
-  EXPECT_GT(repairs, 4);
+  EXPECT_GT(updates, 400);
+  EXPECT_GT(repairs, 8);
   EXPECT_GT(fallbacks, 0);
 }
 
@@ -435,6 +526,7 @@ TEST(dgqa, options_errors_name_the_option) {
   expect_invalid(with([](auto& o) { o.kind = static_cast<gqa::dgqa_kind>(9); }), "options.kind = 9");
   expect_invalid(with([](auto& o) { o.repair = static_cast<gqa::dgqa_repair>(9); }), "options.repair = 9");
   expect_invalid(with([](auto& o) { o.cache_update = static_cast<gqa::dgqa_cache_update>(9); }), "options.cache_update = 9");
+  expect_invalid(with([](auto& o) { o.arithmetic = static_cast<gqa::allocation_arithmetic>(5); }), "options.arithmetic = 5");
   gqa::dgqa_policy p({}, state);
   expect_invalid([&] { p.set_mode(static_cast<gqa::dgqa_mode>(9)); }, "gqa::dgqa_policy::set_mode: mode = 9");
 }

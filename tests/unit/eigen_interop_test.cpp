@@ -1,6 +1,6 @@
 // eigen_interop_test.cpp: gqa/interop/eigen.hpp: views of row-major Eigen matrices (one batch element,
 // stacked batches, blocks with an outer stride), the Maps back, the errors, and one attention call through
-// Eigen checked against softmax(scale·Q·Kᵀ)·V written with Eigen's own matrix products (spec §1 core
+// Eigen checked against softmax(scale·Q·Kᵀ)·V written with Eigen's own matrix products (the core's
 // contract: O[b,h] = softmax(scale · Q[b,h] · K[b,map[h]]ᵀ) · V[b,map[h]], contiguous map h / (hq/hkv)).
 // Compiled only when Eigen is available.
 #if __has_include(<Eigen/Core>)

@@ -1,5 +1,5 @@
-// pgqa_test.cpp: PGQA (spec §7) outside the ISA sweep: the properties of §7.2 (zero-mean rows, std ratio
-// √2, the standardised "diagonal", noise shared across the batch), the edge cases of §7.3 (constant rows,
+// pgqa_test.cpp: PGQA outside the ISA sweep: the properties of the noise step (zero-mean rows, std ratio
+// √2, the standardised "diagonal", noise shared across the batch), its edge cases (constant rows,
 // s > N, P·d_v = 1), the modes and the call counter, agreement with the literal double transcription
 // (gqa/reference/pgqa.hpp) and every error message. Also defines gqa::test::pgqa_perturb_baseline, this
 // TU's pgqa_perturb (and pgqa_noise_baseline), which the per-ISA suite (suites/pgqa_suite.hpp) compares bitwise against its own.
@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -59,7 +60,7 @@ double max_abs(const std::vector<float>& x) {
   return m;
 }
 
-// §7.2 [PROBE]: every output row has zero mean.
+// Every output row has zero mean (as measured with the authors' code).
 TEST(pgqa, rows_have_zero_mean) {
   const index_t b = 2, s = 50, hq = 6, hkv = 3, d = 32;
   auto o = gqa::test::random_floats(static_cast<std::size_t>(b * s * hq * d), 11, -2.0f, 3.0f);
@@ -72,7 +73,7 @@ TEST(pgqa, rows_have_zero_mean) {
     for (index_t h = 0; h < hq; ++h) EXPECT_LE(std::fabs(stats(o, ib, h, s, hq, d).mean), tol) << ib << " " << h;
 }
 
-// §7.2 [PROBE]: row std of X' ≈ √2 × row std of X (measured 1.406-1.421 by the spec).
+// Row std of X' ≈ √2 × row std of X (1.406-1.421 measured with the authors' code).
 TEST(pgqa, row_std_grows_by_sqrt2) {
   const index_t b = 2, s = 197, hq = 4, hkv = 2, d = 64;  // the ViT shape: N = 12,608 per row
   auto o = gqa::test::random_floats(static_cast<std::size_t>(b * s * hq * d), 12, -1.0f, 1.0f);
@@ -87,7 +88,7 @@ TEST(pgqa, row_std_grows_by_sqrt2) {
     }
 }
 
-// §7.2: the standardised noise row has zero mean and unit unbiased std; the "diagonal" R[i][i] = 0 becomes
+// The standardised noise row has zero mean and unit unbiased std; the "diagonal" R[i][i] = 0 becomes
 // exactly −ρμ/ρσ (≈ −√3: ρμ ≈ 1/2, ρσ ≈ 1/√12), computed here from the documented draws.
 TEST(pgqa, standardised_noise_and_its_diagonal) {
   const index_t n = 197 * 64;
@@ -116,7 +117,7 @@ TEST(pgqa, standardised_noise_and_its_diagonal) {
   }
 }
 
-// §7.3: when the group is larger than N, only rows i < N have a diagonal; the others are plain standardised
+// When the group is larger than N, only rows i < N have a diagonal; the others are plain standardised
 // uniforms. N = 2 also checks the smallest legal row.
 TEST(pgqa, no_diagonal_beyond_the_row_length) {
   const auto z_in = gqa::pgqa_standardised_noise(2, 5, 0, 0, 0, 1);   // i = 1 < N = 2: R[1][1] = 0
@@ -129,7 +130,7 @@ TEST(pgqa, no_diagonal_beyond_the_row_length) {
   EXPECT_NEAR(z_out[0], r0 < r1 ? -std::sqrt(0.5) : std::sqrt(0.5), 1e-15);
 }
 
-// §7.2 [PROBE]: after standardisation the noise is the same for every batch element. Each sample's row is
+// After standardisation the noise is the same for every batch element. Each sample's row is
 // inverted back to its noise, Z = (X − μ − X')/σ, and compared with the documented Z.
 TEST(pgqa, noise_is_shared_across_the_batch) {
   const index_t b = 3, s = 9, hq = 4, hkv = 2, d = 8;
@@ -163,7 +164,7 @@ TEST(pgqa, every_key_changes_the_noise) {
   EXPECT_NE(base, gqa::pgqa_standardised_noise(64, 1, 2, 3, 4, 9));
 }
 
-// §7.3: a constant O row (σ = 0) gives noise = μ and X' = 0 exactly, without NaN; other rows are untouched
+// A constant O row (σ = 0) gives noise = μ and X' = 0 exactly, without NaN; other rows are untouched
 // by it. Includes an all-zero row and a large constant.
 TEST(pgqa, constant_rows_become_zero) {
   const index_t b = 2, s = 5, hq = 3, hkv = 1, d = 4;
@@ -192,8 +193,8 @@ TEST(pgqa, constant_rows_become_zero) {
     for (index_t c = 0; c < d; ++c) EXPECT_EQ(v(0, p, 1, c), other[static_cast<std::size_t>(((0 * s + p) * hq + 1) * d + c)]);
 }
 
-// pgqa_perturb against the literal double transcription of §7.2 (gqa/reference/pgqa.hpp) on the same float
-// input, including a group larger than N (s = 8 > N = 3, §7.3) and MQA-sized groups.
+// pgqa_perturb against the literal double transcription of the noise step (gqa/reference/pgqa.hpp) on the
+// same float input, including a group larger than N (s = 8 > N = 3) and MQA-sized groups.
 TEST(pgqa, matches_reference_transcription) {
   struct shape {
     index_t b, s, hq, hkv, d;
@@ -323,13 +324,74 @@ TEST(pgqa_errors, perturb_rejects_bad_arguments_before_touching_o) {
   auto empty = o;
   empty.b = 0;
   expect_invalid([&] { gqa::pgqa_perturb(empty, 2, 0, 0, 0); }, "gqa::pgqa_perturb: o.b = 0: batch must be positive");
-  o(1, 2, 3, 4) = std::numeric_limits<float>::quiet_NaN();
-  o(0, 0, 0, 0) = 0.25f;
-  const auto before = buf;
-  expect_invalid([&] { gqa::pgqa_perturb(o, 2, 0, 0, 0); }, "gqa::pgqa_perturb: o(1, 2, 3, 4) = nan: must be finite");
-  EXPECT_EQ(0, std::memcmp(before.data(), buf.data(), buf.size() * sizeof(float)));  // nothing written
-  o(1, 2, 3, 4) = std::numeric_limits<float>::infinity();
-  expect_invalid([&] { gqa::pgqa_perturb(o, 2, 0, 0, 0); }, "= inf: must be finite");
+  expect_invalid([&] { gqa::pgqa_perturb(o, 2, 0, 0, 0, gqa::executor{-2}); },
+                 "gqa::pgqa_perturb: executor.num_threads = -2: must be >= 0");
+}
+
+// pgqa_perturb runs its (group, head) rows on the executor it is given: a caller parallel_for (here in
+// reverse order, counting its tasks) or the built-in loop on 2 threads give the serial result bit for bit.
+// A NaN or an infinity in a (sample, head) row X makes its statistics NaN, so all of X' is NaN (every token
+// and channel of that sample and head), as the naive math gives; every other row gets the same bits as
+// without it. Nothing is rejected: the value comes from the attention (a NaN input, an overflowing score).
+TEST(pgqa_perturb, a_non_finite_value_makes_its_whole_row_nan) {
+  const index_t b = 2, s = 3, hq = 4, d = 5, hkv = 2;
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()}) {
+    auto clean = gqa::test::random_floats(static_cast<std::size_t>(b * s * hq * d), 31, -2.0f, 3.0f);
+    auto dirty = clean;
+    const auto o_clean = gqa::bshd(clean.data(), b, s, hq, d), o_dirty = gqa::bshd(dirty.data(), b, s, hq, d);
+    o_dirty(1, 2, 3, 4) = bad;
+    gqa::pgqa_perturb(o_clean, hkv, 5, 1, 2);
+    gqa::pgqa_perturb(o_dirty, hkv, 5, 1, 2);
+    for (index_t ib = 0; ib < b; ++ib)
+      for (index_t p = 0; p < s; ++p)
+        for (index_t h = 0; h < hq; ++h)
+          for (index_t c = 0; c < d; ++c) {
+            if (ib == 1 && h == 3)
+              EXPECT_TRUE(std::isnan(o_dirty(ib, p, h, c))) << bad << " at " << ib << "," << p << "," << h << "," << c;
+            else
+              EXPECT_EQ(o_clean(ib, p, h, c), o_dirty(ib, p, h, c)) << ib << "," << p << "," << h << "," << c;
+          }
+    // The backward of that row: its statistics are NaN, so x and dx are NaN there and exact elsewhere.
+    auto x0 = gqa::test::random_floats(static_cast<std::size_t>(b * s * hq * d), 32, -2.0f, 3.0f);
+    x0[static_cast<std::size_t>(((1 * s + 2) * hq + 3) * d + 4)] = bad;
+    const auto xv = gqa::bshd(x0.data(), b, s, hq, d);
+    const auto st = gqa::pgqa_row_statistics(gqa::tensor_view<const float>(xv));
+    EXPECT_TRUE(std::isnan(st.mu[1 * hq + 3]) && std::isnan(st.sigma[1 * hq + 3]));
+    gqa::pgqa_perturb(xv, hkv, 5, 1, 2);
+    const auto g = gqa::test::random_floats(x0.size(), 33, -1.0f, 1.0f);
+    std::vector<float> x(x0.size()), dx(x0.size());
+    gqa::pgqa_perturb_backward(gqa::bshd(x0.data(), b, s, hq, d), gqa::bshd(g.data(), b, s, hq, d), st, hkv, 5, 1,
+                               2, gqa::bshd(x.data(), b, s, hq, d), gqa::bshd(dx.data(), b, s, hq, d));
+    for (index_t p = 0; p < s; ++p)
+      for (index_t c = 0; c < d; ++c) {
+        const auto at = static_cast<std::size_t>(((1 * s + p) * hq + 3) * d + c);
+        EXPECT_TRUE(std::isnan(x[at]) && std::isnan(dx[at])) << p << "," << c;
+      }
+    for (std::size_t i = 0; i < dx.size(); ++i)
+      if (i / static_cast<std::size_t>(d) % static_cast<std::size_t>(hq) != 3 || i < x.size() / 2)
+        EXPECT_TRUE(std::isfinite(dx[i]) && std::isfinite(x[i])) << i;
+  }
+}
+
+TEST(pgqa_perturb, runs_on_the_given_executor) {
+  const index_t b = 2, s = 9, hq = 6, hkv = 2, d = 7;
+  const auto input = gqa::test::random_floats(static_cast<std::size_t>(b * s * hq * d), 61, -2.0f, 2.0f);
+  auto serial = input, two = input, caller = input;
+  gqa::pgqa_perturb(gqa::bshd(serial.data(), b, s, hq, d), hkv, 5, 1, 2);
+  gqa::pgqa_perturb(gqa::bshd(two.data(), b, s, hq, d), hkv, 5, 1, 2, gqa::executor{2});
+  index_t tasks = 0;
+  const gqa::parallel_for_fn reverse = [&tasks](index_t n, const std::function<void(index_t)>& task) {
+    tasks += n;
+    for (index_t i = n - 1; i >= 0; --i) task(i);
+  };
+  gqa::attention_options opt;
+  opt.parallel_for = reverse;
+  gqa::pgqa_perturb(gqa::bshd(caller.data(), b, s, hq, d), hkv, 5, 1, 2, gqa::executor_of(opt));
+  EXPECT_EQ(tasks, hq);  // one task per (group, head-in-group) noise row
+  ASSERT_NE(serial, input);
+  EXPECT_EQ(0, std::memcmp(serial.data(), two.data(), serial.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(serial.data(), caller.data(), serial.size() * sizeof(float)));
 }
 
 TEST(pgqa_errors, standardised_noise_needs_two_values) {

@@ -1,8 +1,8 @@
 // static_variants_test.cpp: the static variants outside the ISA sweep: every error path of mha_policy,
-// mqa_policy, gqa_policy (spec §2-§4, Decisions table: "GQA requires H_kv divides H_q (else a clear
-// error)"), sqa_policy and sqa_config (§9.2), each thrown by gqa::forward before any work; the head counts
-// of the named SQA configurations worked by hand; each policy's plan; and gqa::variant_names. The outputs
-// against the reference on every ISA are in suites/static_variants_suite.hpp.
+// mqa_policy, gqa_policy (GQA requires H_kv to divide H_q, else a clear error), sqa_policy and sqa_config
+// (the SQA paper's configurations), each thrown by gqa::forward before any work; the head counts
+// of the named SQA configurations worked by hand; and each policy's plan. The outputs against the reference
+// on every ISA are in suites/static_variants_suite.hpp; the registry of variants in registry_test.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -61,7 +61,7 @@ void expect_runs(Policy p, index_t hq, index_t hkv) {
 
 std::vector<index_t> kv_of_q(const gqa::head_map& m) { return {m.kv_of_q().begin(), m.kv_of_q().end()}; }
 
-// §2: MHA needs k.h == q.h.
+// MHA needs k.h == q.h.
 TEST(static_variants, mha_needs_one_kv_head_per_query_head) {
   expect_rejected(gqa::mha_policy{}, 8, 2,
                   {"gqa::mha_policy: k.h = 2: MHA needs one KV head per query head (q.h = 8)"});
@@ -71,7 +71,7 @@ TEST(static_variants, mha_needs_one_kv_head_per_query_head) {
   expect_runs(gqa::mha_policy{}, 1, 1);
 }
 
-// §3: MQA needs exactly one KV head.
+// MQA needs exactly one KV head.
 TEST(static_variants, mqa_needs_exactly_one_kv_head) {
   expect_rejected(gqa::mqa_policy{}, 8, 2, {"gqa::mqa_policy: k.h = 2: MQA has exactly one KV head"});
   expect_rejected(gqa::mqa_policy{}, 8, 8, {"gqa::mqa_policy", "k.h = 8"});
@@ -80,7 +80,7 @@ TEST(static_variants, mqa_needs_exactly_one_kv_head) {
   expect_runs(gqa::mqa_policy{}, 1, 1);
 }
 
-// §4.3 and the Decisions table: H_kv must divide H_q, and the message names the argument and its value.
+// GQA: H_kv must divide H_q, and the message names the argument and its value.
 TEST(static_variants, gqa_needs_kv_heads_dividing_query_heads) {
   expect_rejected(gqa::gqa_policy{}, 8, 3,
                   {"gqa::gqa_policy: k.h = 3: the number of KV heads must divide q.h = 8 (uniform GQA groups)",
@@ -91,7 +91,8 @@ TEST(static_variants, gqa_needs_kv_heads_dividing_query_heads) {
   for (const index_t hkv : {1, 2, 3, 4, 6, 12}) expect_runs(gqa::gqa_policy{}, 12, hkv);
 }
 
-// §9.2 by hand for H = 16: SQA(16, 8, 4), sSQA = H/2 both, xSQA = H/4 both, xSMQA = H/4 and 1.
+// The SQA configurations by hand for H = 16: SQA(16, 8, 4), sSQA = H/2 both, xSQA = H/4 both, xSMQA = H/4
+// and 1.
 TEST(static_variants, sqa_configurations_by_hand) {
   struct expected {
     sqa_config got;
@@ -117,7 +118,7 @@ TEST(static_variants, sqa_configurations_by_hand) {
   }
 }
 
-// sqa_config's bounds (§9.1: hq < H, 1 <= hkv <= hq, hkv divides hq; H >= 2), each naming the
+// sqa_config's bounds (hq < H, 1 <= hkv <= hq, hkv divides hq; H >= 2), each naming the
 // constructor, the argument and its value.
 TEST(static_variants, sqa_config_rejects_bad_head_counts) {
   // H < 2.
@@ -154,7 +155,7 @@ TEST(static_variants, sqa_policy_needs_the_configured_head_counts) {
   expect_rejected(gqa::sqa_policy{}, 8, 8, {"gqa::sqa_policy(sqa): q.h = 8: must equal the configuration's hq = 0"});
 }
 
-// Each plan is the uniform contiguous map of the Decisions table, written out by hand.
+// Each plan is the uniform contiguous map h / (hq / hkv), written out by hand.
 TEST(static_variants, plans_are_the_uniform_maps) {
   std::vector<float> buf(12 * 4);
   const auto view = [&](index_t h) { return gqa::bshd<const float>(buf.data(), 1, 1, h, 4); };
@@ -167,24 +168,6 @@ TEST(static_variants, plans_are_the_uniform_maps) {
             (std::vector<index_t>{0, 0, 1, 1, 2, 2, 3, 3}));
   EXPECT_EQ(kv_of_q(gqa::sqa_policy{sqa_config::extreme_mqa(16)}.plan(view(4), view(1))),
             (std::vector<index_t>{0, 0, 0, 0}));
-}
-
-// The registry: the eight variants in the documented order, each name its policy's.
-TEST(static_variants, variant_names) {
-  const std::vector<std::string_view> names(gqa::variant_names.begin(), gqa::variant_names.end());
-  EXPECT_EQ(names, (std::vector<std::string_view>{"mha", "mqa", "gqa", "sqa", "kdgqa", "dgqa", "pgqa", "wgqa"}));
-  EXPECT_EQ(gqa::mha_policy::name, gqa::variant_names[0]);
-  EXPECT_EQ(gqa::mqa_policy::name, gqa::variant_names[1]);
-  EXPECT_EQ(gqa::gqa_policy::name, gqa::variant_names[2]);
-  EXPECT_EQ(gqa::sqa_policy::name, gqa::variant_names[3]);
-  EXPECT_EQ(gqa::kdgqa_policy::name, gqa::variant_names[4]);
-  EXPECT_EQ(gqa::dgqa_policy::name, gqa::variant_names[5]);
-  EXPECT_EQ(gqa::pgqa_policy::name, gqa::variant_names[6]);
-  EXPECT_EQ(gqa::wgqa_policy::name, gqa::variant_names[7]);
-  // Every name is distinct.
-  std::vector<std::string_view> sorted = names;
-  std::sort(sorted.begin(), sorted.end());
-  EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end());
 }
 
 }  // namespace

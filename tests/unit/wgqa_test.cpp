@@ -1,5 +1,5 @@
-// wgqa_test.cpp: WGQA (spec §8) outside the ISA sweep: the weights (mean init = 1/s so that step 0 is GQA
-// mean pooling, §8.2; random init from gqa's seeded normal generator; the parameter counts of §8.2), the
+// wgqa_test.cpp: WGQA outside the ISA sweep: the weights (mean init = 1/s so that step 0 is GQA mean
+// pooling; random init from gqa's seeded normal generator; the paper's parameter counts), the
 // policy's plan and prepare on small hand-checkable inputs, and every error message. The per-ISA forward
 // and the fold end to end are in suites/wgqa_suite.hpp; the fold's weights in convert_test.cpp.
 #include <gtest/gtest.h>
@@ -38,9 +38,9 @@ TEST(wgqa_weights, mean_init_is_one_over_the_group_size) {
   }
 }
 
-// §8.2: parameters added per attention module are 2H (scalar), 2·H·d (col), 2·H·D (row). T5-base decoder:
+// Parameters added per attention module are 2H (scalar), 2·H·d (col), 2·H·D (row). T5-base decoder:
 // 12 layers × (self + cross attention) = 24 modules, H = 12, d = 64, D = 768 -> 576 / 36,864 / 442,368, the
-// paper's §5 numbers. T5-small course version (6 layers, H = 8, scalar): 192.
+// paper's numbers. T5-small course version (6 layers, H = 8, scalar): 192.
 TEST(wgqa_weights, parameter_counts_match_the_paper) {
   EXPECT_EQ(24 * gqa::wgqa_parameter_count(wgqa_kind::scalar, 12, 64, 768), 576);
   EXPECT_EQ(24 * gqa::wgqa_parameter_count(wgqa_kind::col, 12, 64, 768), 36864);
@@ -53,7 +53,8 @@ TEST(wgqa_weights, parameter_counts_match_the_paper) {
   }
 }
 
-// §8.2 random init: N(0,1) draws; here from random::stream{seed, 0} (k) and {seed, 1} (v), reproducible.
+// Random init (the authors' torch.randn): N(0,1) draws; here from random::stream{seed, 0} (k) and {seed, 1}
+// (v), reproducible.
 TEST(wgqa_weights, random_init_is_a_seeded_standard_normal) {
   const auto a = wgqa_weights::random_init(wgqa_kind::row, 12, 4, 64, 768, 2024);
   const auto b = wgqa_weights::random_init(wgqa_kind::row, 12, 4, 64, 768, 2024);
@@ -117,7 +118,7 @@ TEST(wgqa_policy, prepare_combines_heads_by_hand) {
     }
 }
 
-// §8.2: with the mean init, step 0 is GQA mean pooling of the per-head K/V. For s a power of two, w = 1/s is
+// With the mean init, step 0 is GQA mean pooling of the per-head K/V. For s a power of two, w = 1/s is
 // exact and so is the comparison (Σ w·K_j = (Σ K_j)/s in double, rounded once); for other s, w = fl(1/s)
 // has relative error ≤ 2⁻²⁴, so the pooled value may differ by that plus its own rounding: ≤ 2⁻²³·Σ|K_j|/s.
 TEST(wgqa_policy, mean_init_is_gqa_mean_pooling) {

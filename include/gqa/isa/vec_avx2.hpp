@@ -16,6 +16,14 @@ template <>
 struct vec<avx2> {
   using reg = __m256;
   static constexpr int lanes = 8;
+  /// See Note [tile shape] (vec_scalar.hpp).
+  struct tile_shape {
+    static constexpr int mr = 6, nr = 2;  // 12 acc + 2 K/V + 1 broadcast = 15 of 16 ymm
+    static constexpr int block_kv = 128;
+    static constexpr int block_kv_decode = 64;  // all heads of 64 positions: 64 x Hkv x d x 8 bytes in flight
+    static constexpr int rows = 192;
+    static constexpr int direct_qk_rows = 2, direct_acc = 8;  // Q·K: 8 acc + 4 K + 1 Q; P·V: 8 acc + V + 1
+  };
 
   static GQA_FORCEINLINE reg zero() noexcept { return _mm256_setzero_ps(); }
   static GQA_FORCEINLINE reg set1(float x) noexcept { return _mm256_set1_ps(x); }

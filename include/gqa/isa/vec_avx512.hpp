@@ -24,6 +24,14 @@ template <>
 struct vec<avx512> {
   using reg = __m512;
   static constexpr int lanes = 16;
+  /// See Note [tile shape] (vec_scalar.hpp).
+  struct tile_shape {
+    static constexpr int mr = 6, nr = 4;  // 24 acc + 4 K/V + 1 broadcast = 29 of 32 zmm
+    static constexpr int block_kv = 128;
+    static constexpr int block_kv_decode = 64;  // all heads of 64 positions: 64 x Hkv x d x 8 bytes in flight
+    static constexpr int rows = 192;
+    static constexpr int direct_qk_rows = 4, direct_acc = 16;  // Q·K: 16 acc + 4 K + 1 Q; P·V: 16 acc + V + 1
+  };
 
   static GQA_FORCEINLINE reg zero() noexcept { return _mm512_setzero_ps(); }
   static GQA_FORCEINLINE reg set1(float x) noexcept { return _mm512_set1_ps(x); }

@@ -18,12 +18,15 @@ namespace isa {
 // for bit.
 // tests/suites/vec_suite.hpp (exp2_accuracy) re-measures it on a dense grid and asserts ≤ 1e-7.
 // x is clamped to [−127, 127]; every x < −126.5 returns exactly 0 (n = −127 makes the biased exponent
-// 0), so masked scores (−inf) get weight exactly 0. The core computes softmax in base 2 with log2(e)
-// folded into the query scale, so this is the only exp it needs.
+// 0), so masked scores (−inf) get weight exactly 0. NaN passes the clamp and gives NaN (the constant is
+// the first operand of max/min, whose lane semantics `a > b ? a : b` return the second when either is
+// NaN): a NaN score gives a NaN weight and the row becomes NaN, as in a naive softmax (Note [non-finite
+// inputs]). The core computes softmax in base 2 with log2(e) folded into the query scale, so this is the
+// only exp it needs.
 template <class Isa>
 GQA_FORCEINLINE typename vec<Isa>::reg exp2(typename vec<Isa>::reg x) noexcept {
   using V = vec<Isa>;
-  x = V::min(V::max(x, V::set1(-127.0f)), V::set1(127.0f));
+  x = V::min(V::set1(127.0f), V::max(V::set1(-127.0f), x));  // NaN stays NaN (see above)
   const auto n = V::round(x);
   const auto f = V::sub(x, n);
   auto p = V::set1(0x1.ffcbfcp-17f);

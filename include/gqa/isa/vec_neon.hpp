@@ -16,6 +16,14 @@ template <>
 struct vec<neon> {
   using reg = float32x4_t;
   static constexpr int lanes = 4;
+  /// See Note [tile shape] (vec_scalar.hpp).
+  struct tile_shape {
+    static constexpr int mr = 6, nr = 4;  // 24 acc + 4 K/V + 1 broadcast = 29 of 32 q registers
+    static constexpr int block_kv = 64;
+    static constexpr int block_kv_decode = 64;
+    static constexpr int rows = 96;
+    static constexpr int direct_qk_rows = 4, direct_acc = 16;
+  };
 
   static GQA_FORCEINLINE reg zero() noexcept { return vdupq_n_f32(0.0f); }
   static GQA_FORCEINLINE reg set1(float x) noexcept { return vdupq_n_f32(x); }

@@ -1,6 +1,7 @@
-// gqa/isa/vec_scalar.hpp: the vector primitive set, and its defining semantics on one float lane.
-// Every ISA file (vec_avx2.hpp, vec_avx512.hpp, vec_neon.hpp) provides exactly these members with the
-// same meaning lane by lane; nothing else in gqa is ISA-specific.
+// gqa/isa/vec_scalar.hpp: the vector primitive set, and its defining semantics on one float lane, plus
+// the meaning of `tile_shape`, the core's register-tile and block sizes. Every ISA file (vec_avx2.hpp,
+// vec_avx512.hpp, vec_neon.hpp) provides exactly these members with the same meaning lane by lane and
+// its own tile_shape; nothing else in gqa is ISA-specific (adding an ISA touches no file of the core).
 #pragma once
 
 #include <algorithm>
@@ -22,6 +23,25 @@ template <>
 struct vec<scalar> {
   using reg = float;
   static constexpr int lanes = 1;
+
+  // Note [tile shape]
+  // The core's sizes for this ISA (detail/core reads them, never defines them):
+  // * mr × nr vectors: the register tile's accumulator block (detail/core/tile.hpp). mr·nr accumulators
+  //   + nr vectors of B + 1 broadcast of A must fit the register file (16 on AVX2, 32 on AVX-512/NEON).
+  // * block_kv: keys per block on the tiled (prefill) path, a multiple of nr·lanes; block_kv_decode: keys
+  //   per block of decode tasks, which walk every KV head per block (Note [decode tasks]).
+  // * rows: the target number of query rows (group heads × positions) per prefill task. Every task
+  //   streams its KV head's K/V from L2/L3 once and packs it, so more rows amortise that (P1 on AVX-512
+  //   measured 144 -> 185-200 GFLOP/s going from 48 to 192 rows; AVX2 90 -> 104); 192 rows keep the
+  //   task's scratch (~0.4 MB at d = 128) inside L2.
+  // * direct_qk_rows, direct_acc: the direct path's register blocks (Note [direct path]): Q·K in blocks
+  //   of direct_qk_rows rows × 4 keys, P·V in blocks of about direct_acc accumulator vectors.
+  struct tile_shape {
+    static constexpr int mr = 4, nr = 4;  // 16 accumulators: the compiler keeps them in registers
+    static constexpr int block_kv = 64, block_kv_decode = 64;
+    static constexpr int rows = 32;
+    static constexpr int direct_qk_rows = 2, direct_acc = 8;
+  };
 
   static GQA_FORCEINLINE reg zero() noexcept { return 0.0f; }
   static GQA_FORCEINLINE reg set1(float x) noexcept { return x; }
@@ -62,9 +82,11 @@ struct vec<scalar> {
   }
   /// Round to nearest integer, ties to even (the current rounding mode, never changed by gqa).
   static GQA_FORCEINLINE reg round(reg a) noexcept { return std::nearbyint(a); }
-  /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0).
+  /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0). NaN gives 1
+  /// (what the x86 and NEON conversions give too; exp2 multiplies it by a NaN polynomial, Note [exp accuracy]).
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    const auto bits = static_cast<std::uint32_t>(static_cast<std::int32_t>(n) + 127) << 23;
+    const std::int32_t e = n == n ? static_cast<std::int32_t>(n) : 0;
+    const auto bits = static_cast<std::uint32_t>(e + 127) << 23;
     float r;
     std::memcpy(&r, &bits, sizeof r);
     return r;

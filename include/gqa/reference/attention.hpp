@@ -1,6 +1,6 @@
-// gqa/reference/attention.hpp: the naive reference attention every kernel is tested against.
-// Plain loops, double accumulation, the full score row materialised, an explicit per-query-head KV index:
-// written independently of the core (no head_map, no tiles, no exp2, no online softmax).
+// gqa/reference/attention.hpp: the naive reference attention every kernel is tested against, and its
+// gradients. Plain loops, double accumulation, the full score row materialised, an explicit per-query-head
+// KV index: written independently of the core (no head_map, no tiles, no exp2, no online softmax, no LSE).
 // Not part of gqa/gqa.hpp; slow by design (O(b·hq·sq·skv·d) with no blocking).
 #pragma once
 
@@ -30,13 +30,15 @@ struct attention_result {
   }
 };
 
-/// O[b,i,h] = Σ_j softmax_j(scale · Q[b,i,h]·K[b,j,kv_of_q[h]]) · V[b,j,kv_of_q[h]] over the visible keys
-/// j: j < L_b (L_b = kv_lengths[b], or skv when kv_lengths is empty) and, when causal, j <= i + (L_b - sq)
+/// Implements attention() below: O[b,i,h] = Σ_j softmax_j(scale · Q[b,i,h]·K[b,j,kv_of_q[h]]) ·
+/// V[b,j,kv_of_q[h]] over the visible keys j: j < L_b (L_b = kv_lengths[b], or skv when kv_lengths is empty) and, when causal, j <= i + (L_b - sq)
 /// (bottom-right alignment). Rows with no visible key are zero with LSE -inf.
 /// Preconditions (not checked: this is test code): shapes consistent, kv_of_q.size() == q.h.
-inline attention_result attention(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                                  const tensor_view<const float>& v, std::span<const index_t> kv_of_q, double scale,
-                                  bool causal, std::span<const index_t> kv_lengths = {}) {
+/// T is const float (the kernels' inputs) or const double (finite differences in double).
+template <class T>
+attention_result attention_impl(const tensor_view<T>& q, const tensor_view<T>& k, const tensor_view<T>& v,
+                                std::span<const index_t> kv_of_q, double scale, bool causal,
+                                std::span<const index_t> kv_lengths) {
   attention_result r;
   r.b = q.b;
   r.sq = q.s;
@@ -68,6 +70,98 @@ inline attention_result attention(const tensor_view<const float>& q, const tenso
           r.o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + c)] = acc / l;
         }
         r.lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)] = m + std::log(l);
+      }
+    }
+  }
+  return r;
+}
+
+/// O[b,i,h] = Σ_j softmax_j(scale · Q[b,i,h]·K[b,j,kv_of_q[h]]) · V[b,j,kv_of_q[h]] over the visible keys
+/// (see attention_impl), on float inputs.
+inline attention_result attention(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                                  const tensor_view<const float>& v, std::span<const index_t> kv_of_q, double scale,
+                                  bool causal, std::span<const index_t> kv_lengths = {}) {
+  return attention_impl(q, k, v, kv_of_q, scale, causal, kv_lengths);
+}
+/// The same on double inputs (finite differences).
+inline attention_result attention(const tensor_view<const double>& q, const tensor_view<const double>& k,
+                                  const tensor_view<const double>& v, std::span<const index_t> kv_of_q, double scale,
+                                  bool causal, std::span<const index_t> kv_lengths = {}) {
+  return attention_impl(q, k, v, kv_of_q, scale, causal, kv_lengths);
+}
+
+/// Gradients of reference::attention, in double, each laid out like its tensor in logical order:
+/// dq [b][sq][hq][d], dk [b][skv][hkv][d], dv [b][skv][hkv][dv]; and, in the same layouts, the sum of the
+/// magnitudes of the terms summed into each element (a floating-point sum's rounding scales with these,
+/// not with the result when its terms cancel): dq Σ_j scale·P_j·(|dP_j| + |D|)·|K_j|, dk the same over
+/// rows with |Q|, dv Σ P·|dout|.
+struct attention_grads {
+  std::vector<double> dq, dk, dv;
+  std::vector<double> dq_terms, dk_terms, dv_terms;
+};
+
+/// ∂L/∂Q, ∂L/∂K, ∂L/∂V of O = attention(q, k, v, kv_of_q, scale, causal, kv_lengths) for L = Σ dout ∘ O, by
+/// the textbook softmax derivative, row by row: P recomputed exactly as attention() does (max subtracted,
+/// normalised by the row sum), O = P·V, dP_j = dout·V_j, dS_j = P_j·(dP_j − dout·O), dQ = scale·Σ_j dS_j K_j,
+/// dK_j += scale·dS_j·Q, dV_j += P_j·dout. Nothing is shared with the kernel (no LSE input, no blocks, no
+/// exp2). Rows that see no key contribute nothing; KV heads no query head maps to, and keys no row sees,
+/// get zero. dout is (b, sq, hq, dv) like O. Preconditions as attention() (not checked: test code).
+inline attention_grads attention_backward(const tensor_view<const double>& q, const tensor_view<const double>& k,
+                                          const tensor_view<const double>& v, const tensor_view<const double>& dout,
+                                          std::span<const index_t> kv_of_q, double scale, bool causal,
+                                          std::span<const index_t> kv_lengths = {}) {
+  attention_grads r;
+  r.dq.assign(static_cast<std::size_t>(q.b * q.s * q.h * q.d), 0.0);
+  r.dk.assign(static_cast<std::size_t>(k.b * k.s * k.h * k.d), 0.0);
+  r.dv.assign(static_cast<std::size_t>(v.b * v.s * v.h * v.d), 0.0);
+  r.dq_terms = r.dq;
+  r.dk_terms = r.dk;
+  r.dv_terms = r.dv;
+  auto at = [](index_t ib, index_t is, index_t ih, index_t c, index_t s, index_t h, index_t d) {
+    return static_cast<std::size_t>(((ib * s + is) * h + ih) * d + c);
+  };
+  std::vector<double> p(static_cast<std::size_t>(k.s)), o(static_cast<std::size_t>(v.d));
+  for (index_t ib = 0; ib < q.b; ++ib) {
+    const index_t len = kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
+    for (index_t h = 0; h < q.h; ++h) {
+      const index_t g = kv_of_q[static_cast<std::size_t>(h)];
+      for (index_t i = 0; i < q.s; ++i) {
+        const index_t visible = causal ? std::clamp<index_t>(i + (len - q.s) + 1, 0, len) : len;
+        if (visible == 0) continue;
+        double m = -std::numeric_limits<double>::infinity();
+        for (index_t j = 0; j < visible; ++j) {
+          double dot = 0.0;
+          for (index_t c = 0; c < q.d; ++c) dot += q(ib, i, h, c) * k(ib, j, g, c);
+          p[static_cast<std::size_t>(j)] = dot * scale;
+          m = std::max(m, dot * scale);
+        }
+        double l = 0.0;
+        for (index_t j = 0; j < visible; ++j) l += (p[static_cast<std::size_t>(j)] = std::exp(p[static_cast<std::size_t>(j)] - m));
+        for (index_t j = 0; j < visible; ++j) p[static_cast<std::size_t>(j)] /= l;
+        double dsum = 0.0;  // dout · O
+        for (index_t c = 0; c < v.d; ++c) {
+          double acc = 0.0;
+          for (index_t j = 0; j < visible; ++j) acc += p[static_cast<std::size_t>(j)] * v(ib, j, g, c);
+          o[static_cast<std::size_t>(c)] = acc;
+          dsum += dout(ib, i, h, c) * acc;
+        }
+        for (index_t j = 0; j < visible; ++j) {
+          const double pj = p[static_cast<std::size_t>(j)];
+          double dp = 0.0;
+          for (index_t c = 0; c < v.d; ++c) dp += dout(ib, i, h, c) * v(ib, j, g, c);
+          const double ds = pj * (dp - dsum);
+          const double ds_terms = std::fabs(scale) * pj * (std::fabs(dp) + std::fabs(dsum));
+          for (index_t c = 0; c < q.d; ++c) {
+            r.dq[at(ib, i, h, c, q.s, q.h, q.d)] += scale * ds * k(ib, j, g, c);
+            r.dk[at(ib, j, g, c, k.s, k.h, k.d)] += scale * ds * q(ib, i, h, c);
+            r.dq_terms[at(ib, i, h, c, q.s, q.h, q.d)] += ds_terms * std::fabs(k(ib, j, g, c));
+            r.dk_terms[at(ib, j, g, c, k.s, k.h, k.d)] += ds_terms * std::fabs(q(ib, i, h, c));
+          }
+          for (index_t c = 0; c < v.d; ++c) {
+            r.dv[at(ib, j, g, c, v.s, v.h, v.d)] += pj * dout(ib, i, h, c);
+            r.dv_terms[at(ib, j, g, c, v.s, v.h, v.d)] += pj * std::fabs(dout(ib, i, h, c));
+          }
+        }
       }
     }
   }

@@ -1,5 +1,5 @@
 // gqa/reference/convert.hpp: a literal double-precision transcription of the reference MHA -> GQA
-// conversion (spec §4.2, gqa.py:86-89): x.view(H, d, D) -> torch.split(x, s, dim=0) -> .mean(dim=0) ->
+// conversion (the GQA authors' gqa.py:86-89): x.view(H, d, D) -> torch.split(x, s, dim=0) -> .mean(dim=0) ->
 // torch.cat. Independent of gqa/convert.hpp; no validation (test code).
 #pragma once
 

@@ -1,6 +1,5 @@
-// gqa/reference/grouping.hpp: plain transcriptions of the KDGQA allocation (spec §5.2, §5.6.1, §5.8) and of
-// one DGQA update (§6.3, §6.8), written from the spec and docs/variants.md, not from gqa/variants/*: no
-// policy helper is called. Only gqa/random.hpp is shared, because its stream *defines* DGQA's repair draws.
+// gqa/reference/grouping.hpp: plain transcriptions of the KDGQA allocation and of one DGQA update, written
+// from docs/variants.md and the authors' code, not from gqa/variants/*: no policy helper is called. Only gqa/random.hpp is shared, because its stream *defines* DGQA's repair draws.
 // Not part of gqa/gqa.hpp; test code, so preconditions are not checked. Calls inside are qualified
 // (reference::) so argument-dependent lookup never picks a policy's same-named gqa:: function.
 #pragma once
@@ -105,15 +104,47 @@ inline std::vector<int> hamilton(const std::vector<double>& w, index_t total, in
 struct kdgqa_setup {
   bool hamilton = false;  // false: the reference rule
   int min_per_kv = 0;     // hamilton only
+  bool float64 = false;   // false: the authors' float32 arithmetic after the norms
 };
 
-/// KDGQA's grouping of one call from its keys: norms, the three fallbacks (one KV head, a non-finite
-/// norm, max - min <= 1e-6·max) taking uniform (balanced) groups when hkv divides hq and otherwise a valid
-/// `previous`; else min-max scaling and the reference rule (round half even of (n̂/Σn̂)·hq, then first
-/// arg-max decrements / first arg-min increments) or the hamilton rule.
+/// The authors' float32 steps (kdgqa.py:49-53 in torch float32): norms rounded to float, min-max scaling,
+/// a sum in index order, then scaled / sum * hq, every operation a float one. Returns n̂ and the shares.
+inline void kdgqa_float32_steps(const std::vector<double>& n, index_t hq, std::vector<double>& scaled,
+                                std::vector<double>& shares) {
+  std::vector<float> f;
+  for (double x : n) f.push_back(static_cast<float>(x));
+  float lo = f[0], hi = f[0];
+  for (float x : f) {
+    if (x < lo) lo = x;
+    if (x > hi) hi = x;
+  }
+  std::vector<float> sc;
+  float sum = 0.0f;
+  for (float x : f) {
+    const float range = hi - lo;
+    sc.push_back((x - lo) / range);
+    sum = sum + sc.back();
+  }
+  scaled.clear();
+  shares.clear();
+  const float h = static_cast<float>(hq);
+  for (float x : sc) {
+    scaled.push_back(x);
+    const float share = x / sum * h;
+    shares.push_back(share > static_cast<float>(hq) ? static_cast<double>(hq) : static_cast<double>(share));
+  }
+}
+
+/// KDGQA's grouping of one call from its keys: norms (rounded to float unless setup.float64), the three
+/// fallbacks (one KV head, a non-finite norm, max - min <= 1e-6·max) taking uniform (balanced) groups when
+/// hkv divides hq and otherwise a valid `previous`; else min-max scaling and the reference rule (round
+/// half even of (n̂/Σn̂)·hq, then first arg-max decrements / first arg-min increments) or the hamilton
+/// rule. With float32, the scaling and the reference rule's shares are the authors' float32 steps.
 inline grouping kdgqa(const tensor_view<const float>& k, index_t hq, const kdgqa_setup& setup = {},
                       const std::vector<int>& previous = {}) {
-  const std::vector<double> n = reference::key_norms(k);
+  std::vector<double> n = reference::key_norms(k);
+  if (!setup.float64)
+    for (double& x : n) x = static_cast<float>(x);
   const index_t hkv = k.h;
   const int min_per = setup.hamilton ? setup.min_per_kv : 0;
   grouping out;
@@ -141,16 +172,21 @@ inline grouping kdgqa(const tensor_view<const float>& k, index_t hq, const kdgqa
   }
   if (hi - lo <= 1e-6 * hi) return fall_back("fallback_equal_norms");
 
-  std::vector<double> scaled;
-  double sum = 0.0;
-  for (double x : n) {
-    scaled.push_back((x - lo) / (hi - lo));
-    sum += scaled.back();
+  std::vector<double> scaled, shares;
+  if (setup.float64) {
+    double sum = 0.0;
+    for (double x : n) {
+      scaled.push_back((x - lo) / (hi - lo));
+      sum += scaled.back();
+    }
+    for (double x : scaled) shares.push_back(x / sum * static_cast<double>(hq));
+  } else {
+    reference::kdgqa_float32_steps(n, hq, scaled, shares);
   }
   if (setup.hamilton) {
     out.alloc = reference::hamilton(scaled, hq, setup.min_per_kv);
   } else {
-    for (double x : scaled) out.alloc.push_back(reference::round_half_even(x / sum * static_cast<double>(hq)));
+    for (double x : shares) out.alloc.push_back(reference::round_half_even(x));
     while (total_of(out.alloc) > hq) {
       std::size_t at = 0;
       for (std::size_t g = 1; g < out.alloc.size(); ++g)
@@ -181,16 +217,18 @@ struct dgqa_setup {
   bool hamilton = false;                     // false: the reference's random repair
   std::string cache_update = "reference";    // "reference", "prev_window" or "true_ema"
   bool eval_updates_state = true;
-  float beta = 0.9f;
+  double beta = 0.9;                         // weights float(beta) and float(1 - beta)
+  bool float64 = false;                      // false: the authors' float32 score, shares and cache
   std::uint64_t seed = 0;
   std::uint64_t layer = 0;
 };
 
-/// One DGQA call (spec §6.3 with gqa's documented choices, docs/variants.md):
+/// One DGQA call (the authors' dgqa.py with gqa's documented choices, docs/variants.md):
 /// train and step % window != 0: the state's splits, not updated. Otherwise m[g] = float(norm), then
-/// any non-finite m: previous splits, state untouched; score = |c - m| or beta·m + (1-beta)·c in double
-/// (1 - beta in float); non-finite score: previous; Σscore == 0: previous; else round half even of
-/// (score/Σ)·hq repaired by the retry loops with draws i = uniform_int(hkv) of the stream
+/// any non-finite m: previous splits, state untouched; score = |c - m| or b·m + w·c with b = float(beta),
+/// w = float(1 - beta), in float (each product rounded to float) or in double (setup.float64);
+/// non-finite score or sum: previous; Σscore == 0: previous; else round half even of (score/Σ)·hq
+/// (in float or double) repaired by the retry loops with draws i = uniform_int(hkv) of the stream
 /// (seed, hash(layer, {"dgqarepa"}), rng_counter) (64·hkv misses in a row: first arg-max instead), or
 /// hamilton. In train, or eval with eval_updates_state: splits, cache and rng_counter are written.
 inline grouping dgqa_step(dgqa_memory& state, const tensor_view<const float>& k, index_t hq, const dgqa_setup& setup,
@@ -214,17 +252,28 @@ inline grouping dgqa_step(dgqa_memory& state, const tensor_view<const float>& k,
       out.kv_of_q = reference::map_of(out.alloc);
       return out;
     }
-  const float one_minus_beta_f = 1.0f - setup.beta;
-  const double beta = setup.beta, one_minus_beta = one_minus_beta_f;
+  const float b = static_cast<float>(setup.beta), w = static_cast<float>(1.0 - setup.beta);
   std::vector<double> score;
   double sum = 0.0;
+  float sum_f = 0.0f;
   bool finite = true;
   for (index_t g = 0; g < hkv; ++g) {
-    const double c = state.cache[static_cast<std::size_t>(g)], x = m[static_cast<std::size_t>(g)];
-    score.push_back(setup.ema ? beta * x + one_minus_beta * c : std::fabs(c - x));
+    const float c = state.cache[static_cast<std::size_t>(g)], x = m[static_cast<std::size_t>(g)];
+    if (setup.float64) {
+      score.push_back(setup.ema ? static_cast<double>(b) * x + static_cast<double>(w) * c
+                                : std::fabs(static_cast<double>(c) - static_cast<double>(x)));
+      sum += score.back();
+    } else {
+      // volatile: each float product is rounded before the sum, never fused into an FMA.
+      const volatile float bx = b * x;
+      const volatile float wc = w * c;
+      const float sf = setup.ema ? bx + wc : std::fabs(c - x);
+      score.push_back(sf);
+      sum_f = sum_f + sf;
+    }
     if (!std::isfinite(score.back())) finite = false;
-    sum += score.back();
   }
+  if (!setup.float64) sum = sum_f;
   random::stream rng{setup.seed, random::hash(setup.layer, {0x6467716172657061ULL}), state.rng_counter};
   if (!finite || !std::isfinite(sum)) {
     out.alloc = state.splits;
@@ -237,7 +286,11 @@ inline grouping dgqa_step(dgqa_memory& state, const tensor_view<const float>& k,
   } else if (setup.hamilton) {
     out.alloc = reference::hamilton(score, hq, 0);
   } else {
-    for (double s : score) out.alloc.push_back(reference::round_half_even(s / sum * static_cast<double>(hq)));
+    for (double s : score) {
+      double share = s / sum * static_cast<double>(hq);
+      if (!setup.float64) share = static_cast<float>(s) / sum_f * static_cast<float>(hq);
+      out.alloc.push_back(reference::round_half_even(share > static_cast<double>(hq) ? static_cast<double>(hq) : share));
+    }
     const auto draws = static_cast<std::uint32_t>(hkv);
     while (total_of(out.alloc) > hq) {
       bool hit = false;
@@ -265,10 +318,20 @@ inline grouping dgqa_step(dgqa_memory& state, const tensor_view<const float>& k,
       if (setup.cache_update == "prev_window") {
         state.cache[g] = m[g];
       } else if (setup.cache_update == "true_ema") {
-        state.cache[g] = static_cast<float>(beta * static_cast<double>(c) + one_minus_beta * static_cast<double>(m[g]));
+        if (setup.float64) {
+          state.cache[g] = static_cast<float>(static_cast<double>(b) * c + static_cast<double>(w) * m[g]);
+        } else {
+          const volatile float old_part = b * c;
+          const volatile float new_part = w * m[g];
+          state.cache[g] = old_part + new_part;
+        }
+      } else if (!train) {
+        state.cache[g] = m[g];
+      } else if (setup.float64) {
+        state.cache[g] = static_cast<float>((static_cast<double>(c) + m[g]) / static_cast<double>(setup.window));
       } else {
-        state.cache[g] = train ? static_cast<float>((static_cast<double>(c) + m[g]) / static_cast<double>(setup.window))
-                               : m[g];
+        const float added = c + m[g];
+        state.cache[g] = added / static_cast<float>(setup.window);
       }
     }
   }

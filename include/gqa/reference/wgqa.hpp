@@ -1,7 +1,7 @@
-// gqa/reference/wgqa.hpp: literal double-precision transcriptions of WGQA (spec §8.2) for tests: the
-// weighted combination of per-head activations, the reference's weight einsums (the fold), and the
-// unfolded per-head projection by its definition. Independent of gqa/variants/wgqa.hpp and gqa/convert.hpp
-// (kinds are named by string, as in the reference's `weight_row_column`); no validation.
+// gqa/reference/wgqa.hpp: literal double-precision transcriptions of WGQA (the authors' t5_WGQA_final.py)
+// for tests: the weighted combination of per-head activations, the reference's weight einsums (the fold),
+// and the unfolded per-head projection by its definition. Independent of gqa/variants/wgqa.hpp and
+// gqa/convert.hpp (kinds are named by string, as in the reference's `weight_row_column`); no validation.
 #pragma once
 
 #include <string_view>
@@ -39,7 +39,32 @@ inline std::vector<double> wgqa_combine(const std::vector<double>& x, index_t b,
   return out;
 }
 
-/// The reference's per-forward weight (spec §8.2, t5_WGQA_final.py:222-237): wp is (h·d × in) row-major,
+/// Gradients of wgqa_combine: given x (b, t, h, d) and dout = ∂L/∂out (b, t, g, d), returns
+/// ∂L/∂x[.., j, k] = w_j(k)·dout[.., g(j), k] (dx, like x) and ∂L/∂w: scalar Σ_{b,t,k} dout[.., g(j), k]·x[.., j, k]
+/// (h values), col Σ_{b,t} dout[.., g(j), k]·x[.., j, k] (h·d values, j·d + k).
+struct wgqa_combine_grads {
+  std::vector<double> dx, dw;
+};
+inline wgqa_combine_grads wgqa_combine_backward(const std::vector<double>& x, const std::vector<double>& dout, index_t b,
+                                                index_t t, index_t h, index_t g, index_t d, std::string_view kind,
+                                                const std::vector<double>& w) {
+  const index_t s = h / g;
+  wgqa_combine_grads r;
+  r.dx.assign(x.size(), 0.0);
+  r.dw.assign(w.size(), 0.0);
+  for (index_t ib = 0; ib < b; ++ib)
+    for (index_t it = 0; it < t; ++it)
+      for (index_t j = 0; j < h; ++j)
+        for (index_t k = 0; k < d; ++k) {
+          const auto xi = static_cast<std::size_t>(((ib * t + it) * h + j) * d + k);
+          const double go = dout[static_cast<std::size_t>(((ib * t + it) * g + j / s) * d + k)];
+          r.dx[xi] = wgqa_weight_at(kind, w, j, k, 0, d, 0) * go;
+          r.dw[static_cast<std::size_t>(kind == "scalar" ? j : j * d + k)] += go * x[xi];
+        }
+  return r;
+}
+
+/// The reference's per-forward weight (t5_WGQA_final.py:222-237): wp is (h·d × in) row-major,
 /// viewed (h, d, in); each head block is scaled elementwise (scalar w_j, "nkd,nk->nkd" for col,
 /// "nkd,nd->nkd" for row), then summed within each group: returns W̃ (g·d × in).
 inline std::vector<double> wgqa_fold(const std::vector<double>& wp, index_t h, index_t g, index_t d, index_t in,

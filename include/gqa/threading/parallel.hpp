@@ -1,16 +1,18 @@
 // gqa/threading/parallel.hpp: the built-in parallel loop (OpenMP when compiled with it, else std::thread)
-// and per-thread scratch. Invariant: each task index runs exactly once; results never depend on which
-// thread ran it, so output is bitwise identical for any thread count.
+// and per-thread scratch. Invariant: each task index runs at most once (exactly once unless a task throws);
+// results never depend on which thread ran it, so output is bitwise identical for any thread count; an
+// exception thrown by a task reaches the caller's thread (Note [task exceptions]).
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <exception>
 #include <new>
 #include <thread>
 #include <vector>
 
-#include "../options.hpp"
+#include "executor.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -29,49 +31,95 @@ inline int resolve_threads(int requested) noexcept {
 #endif
 }
 
-/// Calls fn(i) for every i in [0, n): through opt.parallel_for if the caller gave one, else on
-/// min(n, threads) threads pulling tasks dynamically.
+// Note [task exceptions]
+// A task may throw (the core's tasks throw std::bad_alloc when a thread's scratch cannot grow; PGQA's
+// noise rows allocate too), but an exception must never leave an OpenMP region, a std::thread's function
+// or a caller's parallel_for (whose pool may not expect one): any of those would end the process. So every
+// task runs inside task_errors::run, which keeps the first exception, makes the tasks not yet started
+// return at once, and lets run_tasks rethrow it in the calling thread once every task has returned. A
+// thread that cannot be started (std::system_error) is not an error: the loop runs on the threads it has.
+
+/// The first exception thrown by any task of one run_tasks call (Note [task exceptions]).
+class task_errors {
+ public:
+  template <class Fn>
+  void run(Fn& fn, index_t i) noexcept {
+    if (failed_.load(std::memory_order_relaxed)) return;
+    try {
+      fn(i);
+    } catch (...) {
+      bool expected = false;
+      if (failed_.compare_exchange_strong(expected, true)) first_ = std::current_exception();
+    }
+  }
+  /// Rethrows the kept exception; call after every task has returned (the joins order first_'s write).
+  void rethrow_if_failed() const {
+    if (failed_.load()) std::rethrow_exception(first_);
+  }
+
+ private:
+  std::atomic<bool> failed_{false};
+  std::exception_ptr first_;
+};
+
+/// Calls fn(i) for every i in [0, n): through ex.parallel_for if the caller gave one, else on
+/// min(n, threads) threads pulling tasks dynamically. If a task throws, the remaining tasks are skipped
+/// and the first exception is rethrown here (Note [task exceptions]).
 template <class Fn>
-void run_tasks(index_t n, const attention_options& opt, Fn&& fn) {
+void run_tasks(index_t n, const executor& ex, Fn&& fn) {
   if (n <= 0) return;
-  if (opt.parallel_for) {
-    opt.parallel_for(n, [&fn](index_t i) { fn(i); });
+  task_errors errors;
+  if (ex.parallel_for != nullptr && *ex.parallel_for) {
+    (*ex.parallel_for)(n, [&fn, &errors](index_t i) { errors.run(fn, i); });
+    errors.rethrow_if_failed();
     return;
   }
-  const int threads = static_cast<int>(std::min<index_t>(n, resolve_threads(opt.num_threads)));
+  const int threads = static_cast<int>(std::min<index_t>(n, resolve_threads(ex.num_threads)));
   if (threads <= 1) {
-    for (index_t i = 0; i < n; ++i) fn(i);
+    for (index_t i = 0; i < n; ++i) fn(i);  // exceptions propagate directly
     return;
   }
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (index_t i = 0; i < n; ++i) fn(i);
+  for (index_t i = 0; i < n; ++i) errors.run(fn, i);
 #else
   std::atomic<index_t> next{0};
-  auto worker = [&] {
-    for (index_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
+  auto worker = [&]() noexcept {
+    for (index_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) errors.run(fn, i);
   };
   std::vector<std::thread> pool;
-  pool.reserve(static_cast<std::size_t>(threads - 1));
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+  try {
+    pool.reserve(static_cast<std::size_t>(threads - 1));
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+  } catch (const std::exception&) {
+    // No more threads (std::system_error) or no room to list them (std::bad_alloc): run on those started.
+  }
   worker();
   for (auto& t : pool) t.join();
 #endif
+  errors.rethrow_if_failed();
 }
 
-/// Per-thread, 64-byte aligned float scratch that only grows. O(tile) per thread; reused across calls.
-inline float* thread_scratch(std::size_t floats) {
+/// Per-thread, 64-byte aligned float scratch that only grows; reused across calls. Slot 0 is a task's
+/// O(tile) scratch; slot 1 holds what a whole call needs beyond its tasks' (the backward's dK/dV
+/// accumulators, taken by the calling thread before its tasks run), so the two never alias.
+/// Throws std::bad_alloc if it cannot grow (the slot then holds no scratch); `floats` <= PTRDIFF_MAX / 4.
+inline float* thread_scratch(std::size_t floats, int slot = 0) {
   struct buffer {
     float* p = nullptr;
     std::size_t cap = 0;
     ~buffer() { ::operator delete[](p, std::align_val_t{64}); }
   };
-  thread_local buffer buf;
+  thread_local buffer bufs[2];
+  buffer& buf = bufs[slot];
   if (buf.cap < floats) {
     ::operator delete[](buf.p, std::align_val_t{64});
     buf.p = nullptr;
     buf.cap = 0;
-    buf.p = static_cast<float*>(::operator new[](floats * sizeof(float), std::align_val_t{64}));
+    // nothrow + throw: the same std::bad_alloc, but also under AddressSanitizer (with
+    // allocator_may_return_null=1), whose throwing operator new aborts instead of throwing.
+    buf.p = static_cast<float*>(::operator new[](floats * sizeof(float), std::align_val_t{64}, std::nothrow));
+    if (buf.p == nullptr) throw std::bad_alloc();
     buf.cap = floats;
   }
   return buf.p;

@@ -1,5 +1,6 @@
-// gqa/variants/allocation.hpp: query-head allocations shared by KDGQA and DGQA (spec §5, §6): key norms,
-// half-to-even share rounding, the reference sum fix-ups, the largest-remainder rule, and the result types.
+// gqa/variants/allocation.hpp: query-head allocations shared by KDGQA and DGQA: key norms, the arithmetic
+// of the shares (the authors' float32 or double), half-to-even share rounding, the reference sum fix-ups,
+// the largest-remainder rule, and the result types.
 // Invariant: every allocation these helpers return has one entry per KV head, entries >= 0, summing to hq.
 #pragma once
 
@@ -56,12 +57,56 @@ constexpr std::string_view to_string(grouping_fallback f) noexcept {
   return "unknown";
 }
 
+/// The arithmetic of an allocation after the key norms: KDGQA's min-max scaling and shares, DGQA's scores,
+/// shares and reference cache update (Note [allocation arithmetic]).
+enum class allocation_arithmetic {
+  float32,  ///< the authors' (default): norms rounded to float32, then every step in float32, sums in index order
+  float64,  ///< departure: norms, scaling and shares in double (differs only within rounding of a .5 tie)
+};
+/// "float32" or "float64".
+constexpr std::string_view to_string(allocation_arithmetic a) noexcept {
+  return a == allocation_arithmetic::float32 ? "float32" : a == allocation_arithmetic::float64 ? "float64" : "unknown";
+}
+
+// Note [allocation arithmetic]
+// Allocation boundaries sit on .5 ties of the shares, and the authors' torch code computes the shares in
+// float32: a float32 share can land exactly on .5 where the double one does not. With norms [2, 1, 1.6f]
+// and 12 query heads, float32 min-max scaling gives n̂ = [1, 0, 0.6f] and shares exactly [7.5, 0, 4.5],
+// which round half to even to [8, 0, 4]; in double the same norms give 7.4999999 and 4.5000001, hence
+// [7, 0, 5]. And a true norm of 1.59999999974 is 1.6f in float32 but moves a double share from 1.5 to
+// 1.49999997. So the default arithmetic, float32, is the authors' step by step: gqa's norm (a double
+// sum, Note [key norm order]) rounded to float32, then (n - min) / (max - min), Σ n̂ in index order,
+// n̂ / Σ · hq, each one float32 operation (DGQA: |c - m| or β·m + (1 - β)·c, then the same shares). It
+// reproduces the allocation of all 33 golden KDGQA cases, ties included (tests/data/golden), and their
+// shares bit for bit. Σ is added in index order; torch's CPU sum kernel uses that order for up to 4
+// values and for 8 (AVX2 build) but not for 5-7 (it starts with x[0] + x[4]), and CUDA has its own, so
+// for such G a share can differ from the authors' in its last bits (2 ulps at most in the golden DGQA
+// calls), which moves an allocation only for a share that close to a .5 tie. Every one of these steps
+// is a single IEEE float operation whose input is not a product, so no FMA contraction can change a bit
+// and every ISA build gives the same result; where a product feeds a sum (DGQA's ema), the product is
+// materialised first (Note [dgqa arithmetic]). float64 keeps every step in double: a departure that
+// differs from the authors only where a share is within rounding of a .5 tie.
+
 /// What a plan() decided, for logging and tests.
 struct allocation_result {
   std::vector<int> alloc;  ///< query heads per KV head (contiguous groups in KV-head order, may contain 0)
   grouping_status status = grouping_status::ok;
   grouping_fallback fallback = grouping_fallback::none;
   bool updated = true;  ///< DGQA: false when the splits were reused (training step % window != 0)
+  /// The shares the reference rule rounded (KDGQA n̂/Σn̂·hq, DGQA score/Σscore·hq; float32 values when the
+  /// arithmetic is float32). Empty for a fallback, a stale DGQA call and the hamilton rule.
+  std::vector<double> shares;
+
+  /// KV heads that serve at least one query head (the others' K and V are not read in that call).
+  index_t kv_heads_used() const noexcept {
+    index_t n = 0;
+    for (const int a : alloc) n += a > 0 ? 1 : 0;
+    return n;
+  }
+  /// True when there are several KV heads but one serves every query head: the call ran as MQA. KDGQA's
+  /// reference rule does this on EVERY call with two KV heads: min-max scaling maps two distinct norms
+  /// to {0, 1}, so the shares are {0, hq} or {hq, 0}.
+  bool runs_as_mqa() const noexcept { return alloc.size() > 1 && kv_heads_used() == 1; }
 };
 
 /// Per KV head g: Σ_b ||k[b, :, g, :]||_F (unscaled keys, Frobenius over tokens × head_dim, summed over
@@ -121,24 +166,47 @@ inline std::vector<double> key_norms(const tensor_view<const float>& k) {
   return norms;
 }
 
-/// shares[g] = (w[g] / Σ w) · total, Σ taken sequentially in index order, divide first (the reference's
-/// operation order, spec §5.6.7). Requires finite w[g] >= 0 with Σ w > 0 and total >= 0.
-inline std::vector<double> proportional_shares(std::span<const double> w, index_t total) {
-  constexpr const char* where = "gqa::proportional_shares";
-  detail::require(!w.empty(), where, "w.size()", w.size(), "must be positive");
-  detail::require(total >= 0, where, "total", total, "must be >= 0");
-  double sum = 0.0;
+namespace detail {
+/// proportional_shares in T (double, or float for the float32 arithmetic): every operation rounds to T.
+template <class T>
+std::vector<T> shares_in(std::span<const T> w, index_t total, const char* where) {
+  require(!w.empty(), where, "w.size()", w.size(), "must be positive");
+  require(total >= 0, where, "total", total, "must be >= 0");
+  T sum = 0;
   for (std::size_t g = 0; g < w.size(); ++g) {
-    if (!std::isfinite(w[g]) || w[g] < 0.0) detail::fail(where, ": w[", g, "] = ", w[g], ": must be finite and >= 0");
+    if (!std::isfinite(w[g]) || w[g] < T(0)) fail(where, ": w[", g, "] = ", w[g], ": must be finite and >= 0");
     sum += w[g];
   }
-  detail::require(sum > 0.0 && std::isfinite(sum), where, "sum(w)", sum, "must be positive and finite");
-  std::vector<double> s(w.size());
-  for (std::size_t g = 0; g < w.size(); ++g) s[g] = w[g] / sum * static_cast<double>(total);
+  require(sum > T(0) && std::isfinite(sum), where, "sum(w)", sum, "must be positive and finite");
+  const T t = static_cast<T>(total);  // torch multiplies by the Python int hq converted to the tensor's dtype
+  std::vector<T> s(w.size());
+  for (std::size_t g = 0; g < w.size(); ++g) s[g] = w[g] / sum * t;
   return s;
 }
 
-/// Rounds each share half to even (torch.round semantics: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2), spec §5.2.
+/// (w / Σw) · total in the chosen arithmetic, widened exactly; each share clamped to total (a float32
+/// total above 2^24 may round up past it).
+inline std::vector<double> shares_of(std::span<const double> w, index_t total, allocation_arithmetic a, const char* where) {
+  std::vector<double> out;
+  if (a == allocation_arithmetic::float32) {
+    const std::vector<float> f(w.begin(), w.end());  // exact: float32 values
+    const std::vector<float> s = shares_in<float>(f, total, where);
+    out.assign(s.begin(), s.end());
+  } else {
+    out = shares_in<double>(w, total, where);
+  }
+  for (double& x : out) x = std::min(x, static_cast<double>(total));
+  return out;
+}
+}  // namespace detail
+
+/// shares[g] = (w[g] / Σ w) · total in double, Σ taken sequentially in index order, divide first (the
+/// authors' operation order). Requires finite w[g] >= 0 with Σ w > 0 and total >= 0.
+inline std::vector<double> proportional_shares(std::span<const double> w, index_t total) {
+  return detail::shares_in(w, total, "gqa::proportional_shares");
+}
+
+/// Rounds each share half to even (torch.round semantics: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2).
 /// std::nearbyint under the default FE_TONEAREST mode (gqa never changes the rounding mode); std::round
 /// (half away from zero) would differ from the reference on every tie. Requires finite shares in
 /// [0, INT_MAX]: NaN is never converted to an integer.
@@ -170,7 +238,7 @@ inline std::size_t first_argmax(std::span<const int> a) noexcept {
     if (a[g] > a[best]) best = g;
   return best;
 }
-/// hq and hkv of one KDGQA/DGQA allocation: hkv <= hq (§5.6.5: more KV heads than query heads leaves
+/// hq and hkv of one KDGQA/DGQA allocation: hkv <= hq (more KV heads than query heads leaves
 /// some unused by construction; rejected) and hq fits the int entries of an allocation.
 inline void check_grouping_heads(index_t hq, index_t hkv, const char* where, const char* hq_name = "q.h",
                                  const char* hkv_name = "k.h") {
@@ -187,7 +255,7 @@ inline std::size_t first_argmin(std::span<const int> a) noexcept {
 }
 }  // namespace detail
 
-/// KDGQA's reference sum fix-up (spec §5.2): while Σa > total decrement the FIRST arg-max, while
+/// KDGQA's reference sum fix-up: while Σa > total decrement the FIRST arg-max, while
 /// Σa < total increment the FIRST arg-min (torch.argmax/argmin pick the first index). Each iteration
 /// moves Σa one step toward total, so it runs exactly |Σa - total| times; entries stay >= 0 because
 /// the arg-max of a sum above total >= 0 is >= 1. Requires a[g] >= 0 and total in [0, INT_MAX].
@@ -201,7 +269,7 @@ inline void fix_sum_first_extreme(std::vector<int>& a, index_t total) {
 /// Draws after which fix_sum_random stops retrying one decrement (see there): 64 · G.
 constexpr index_t random_fix_miss_limit(std::size_t g) noexcept { return 64 * static_cast<index_t>(g); }
 
-/// DGQA's reference sum repair with the reference's retry semantics (spec §6.3, §6.8): while Σa > total,
+/// DGQA's reference sum repair with the reference's retry semantics: while Σa > total,
 /// draw i uniform in [0, G) and decrement a[i] only if a[i] > 0 (a miss draws again); while Σa < total,
 /// draw i and increment a[i]. Draws come from `rng` (gqa's counter-based stream, never std::
 /// distributions), so saving and restoring rng.counter replays them. Termination: one decrement hits a
@@ -228,7 +296,7 @@ inline void fix_sum_random(std::vector<int>& a, index_t total, random::stream& r
   for (; sum < total; ++sum) ++a[rng.uniform_int(n)];
 }
 
-/// Largest-remainder (Hamilton) allocation, non-reference (spec §5.8): every KV head first gets
+/// Largest-remainder (Hamilton) allocation, non-reference: every KV head first gets
 /// `min_per` seats; the other total - G·min_per seats are split by quotas (w[g] / Σw) · (total - G·min_per):
 /// each gets the floor of its quota, and the seats left go one each to the largest fractional parts,
 /// ties to the lower index. Requires finite w >= 0 with Σw > 0, 0 <= min_per and G·min_per <= total.

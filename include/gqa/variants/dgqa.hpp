@@ -1,4 +1,4 @@
-// gqa/variants/dgqa.hpp: Dynamic Key-Distributed GQA (spec §6) as a policy over caller-owned state
+// gqa/variants/dgqa.hpp: Dynamic Key-Distributed GQA as a policy over caller-owned state
 // {cache, splits, rng counter}: allocations follow the change (diff) or a mix (ema) of the key norms,
 // updated every `window` training steps and on every eval call. Invariant: state.splits is always a valid
 // allocation of q.h query heads (checked before use); the policy never reads a hidden global.
@@ -15,11 +15,12 @@
 
 #include "../random.hpp"
 #include "allocation.hpp"
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
 
-/// How a KV head's score is formed from the cache c and the current magnitude m (spec §6.3).
+/// How a KV head's score is formed from the cache c and the current magnitude m.
 enum class dgqa_kind {
   diff,  ///< |c - m|
   ema,   ///< beta · m + (1 - beta) · c (reference: beta = 0.9 weights the CURRENT magnitude; not recursive)
@@ -27,10 +28,10 @@ enum class dgqa_kind {
 enum class dgqa_mode { train, eval };
 /// How the rounded shares are repaired to sum to q.h.
 enum class dgqa_repair {
-  reference_random,  ///< the reference's random retry loops, drawing from gqa's seeded stream (§6.8)
+  reference_random,  ///< the reference's random retry loops, drawing from gqa's seeded stream
   hamilton,          ///< non-reference: largest remainder, ties to the lower index (deterministic)
 };
-/// What the cache becomes after an update (spec §6.8).
+/// What the cache becomes after an update.
 enum class dgqa_cache_update {
   reference,    ///< train: (c + m) / window; eval: m (exactly the reference code)
   prev_window,  ///< non-reference: m (the last update's magnitudes), in train and eval
@@ -61,11 +62,16 @@ struct dgqa_options {
   index_t window = 1;
   dgqa_repair repair = dgqa_repair::reference_random;
   dgqa_cache_update cache_update = dgqa_cache_update::reference;
-  /// Reference: true (an eval call overwrites cache, splits and the rng counter, §6.4(f)). false: eval
-  /// calls are pure functions of (state, keys) and leave the state untouched.
+  /// Reference: true (an eval call overwrites cache, splits and the rng counter). false: eval calls are
+  /// pure functions of (state, keys) and leave the state untouched.
   bool eval_updates_state = true;
   /// In [0, 1]. The ema score weight on the current magnitude, and true_ema's weight on the old cache.
-  float beta = 0.9f;
+  /// A double like the authors' Python constant: the weights used are float(beta) and float(1 - beta),
+  /// as torch rounds 0.9 and 1. - 0.9 to float32 (0.9f and 0.1f).
+  double beta = 0.9;
+  /// float32 (the authors', default) or float64 (departure) scores, shares and reference cache update:
+  /// Note [allocation arithmetic], Note [dgqa arithmetic].
+  allocation_arithmetic arithmetic = allocation_arithmetic::float32;
   std::uint64_t seed = 0;   ///< seed of the reference_random repair draws
   std::uint64_t layer = 0;  ///< layer id: distinct layers draw distinct streams from one seed
 };
@@ -89,14 +95,24 @@ struct dgqa_state {
   }
 };
 
+namespace detail {
+/// The float32 product a·b, materialised: the volatile store keeps the compiler from fusing it into a
+/// following sum (an FMA rounds once where the authors' torch code rounds twice; GCC contracts across
+/// statements and even narrows a double product of floats back to a float one first).
+inline float mul_f32(float a, float b) noexcept {
+  volatile float p = a * b;
+  return p;
+}
+}  // namespace detail
+
 /// Key of the random::stream DGQA's repair draws from: draw i of layer L is
 /// random::hash(seed, {dgqa_stream_key(L), i}) with i = state.rng_counter, rng_counter + 1, ...
 constexpr std::uint64_t dgqa_stream_key(std::uint64_t layer) noexcept {
   return random::hash(layer, {0x6467716172657061ULL});  // "dgqarepa": separates DGQA from other streams
 }
 
-/// DGQA policy (spec §6.3). Per call, with m[g] = key_norms(k)[g] rounded to float (the reference's and
-/// the cache's dtype) and c = state.cache:
+/// DGQA policy. Per call, with m[g] = key_norms(k)[g] rounded to float (the reference's and the cache's
+/// dtype) and c = state.cache:
 ///   train mode, step % window != 0: reuse state.splits (last().updated = false), state untouched;
 ///   train mode, step % window == 0, and every eval call: score[g] = |c - m| (diff) or beta·m + (1-beta)·c
 ///   (ema); a = round_half_even((score / Σscore) · q.h), repaired by fix_sum_random (reference_random) or
@@ -105,9 +121,28 @@ constexpr std::uint64_t dgqa_stream_key(std::uint64_t layer) noexcept {
 /// Fallbacks: a non-finite magnitude keeps the previous splits and leaves the whole state untouched (one
 /// bad batch does not poison the cache); a non-finite score or Σscore == 0 keeps the previous splits and
 /// still updates the cache. Both are reported in last().
+/// Thread safety: none. plan() reads and updates the caller's state, which describes one sequence of
+/// training steps or eval calls; use one policy, with its own dgqa_state, per thread (or serialise the
+/// calls: a policy and its state may move between threads, never be used by two at once).
 class dgqa_policy {
  public:
   static constexpr std::string_view name = "dgqa";
+  /// Registry (variants/registry.hpp): H query heads shared out to G KV heads. A DGQA policy needs
+  /// caller-owned state, so the registry's factory is with(): it calls fn(policy) on a policy over a fresh
+  /// dgqa_state::initial(hq, hkv), in eval mode (every call recomputes the allocation, as inference does),
+  /// kind ema (diff on an exactly repeated batch, as in repeated timing calls, scores 0 and takes the
+  /// zero-score fallback; both kinds do the same work), repair draws seeded by the model's seed.
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.groups, m.groups}; }
+  template <class Fn>
+  static decltype(auto) with(const model_shape& m, const variant_heads& h, Fn&& fn) {
+    dgqa_state state = dgqa_state::initial(h.hq, h.hkv);
+    dgqa_options o;
+    o.kind = dgqa_kind::ema;
+    o.seed = m.seed;
+    dgqa_policy p(o, state);
+    p.set_mode(dgqa_mode::eval);
+    return fn(p);
+  }
 
   /// Keeps a reference to `state` (which must outlive the policy). Starts in dgqa_mode::eval with no step.
   /// Throws gqa::invalid_argument for invalid options.
@@ -124,6 +159,9 @@ class dgqa_policy {
     if (to_string(opt_.cache_update) == "unknown")
       detail::fail(where, ": options.cache_update = ", static_cast<int>(opt_.cache_update),
                    ": must be dgqa_cache_update::reference, prev_window or true_ema");
+    if (to_string(opt_.arithmetic) == "unknown")
+      detail::fail(where, ": options.arithmetic = ", static_cast<int>(opt_.arithmetic),
+                   ": must be allocation_arithmetic::float32 or float64");
   }
 
   void set_mode(dgqa_mode m) {
@@ -150,7 +188,7 @@ class dgqa_policy {
     dgqa_state& st = *state_;
     const bool train = mode_ == dgqa_mode::train;
     if (train && *step_ % static_cast<std::uint64_t>(opt_.window) != 0) {
-      last_ = allocation_result{st.splits, grouping_status::ok, grouping_fallback::none, false};
+      last_ = allocation_result{st.splits, grouping_status::ok, grouping_fallback::none, false, {}};
       return head_map::from_allocation(st.splits);
     }
     const std::vector<double> norms = key_norms(k);
@@ -161,37 +199,53 @@ class dgqa_policy {
       m[g] = static_cast<float>(norms[g]);
       finite = finite && std::isfinite(m[g]);
     }
-    allocation_result r{st.splits, grouping_status::ok, grouping_fallback::none, true};
+    allocation_result r{st.splits, grouping_status::ok, grouping_fallback::none, true, {}};
     if (!finite) {
       r.status = grouping_status::fallback_nonfinite;
       r.fallback = grouping_fallback::previous;
       last_ = std::move(r);
       return head_map::from_allocation(st.splits);
     }
-    // Note [dgqa arithmetic]: scores and cache updates are computed in double from float inputs with
-    // float weights beta and 1 - beta, so every product is exact (24 + 24 bits) and each sum is rounded
-    // once whether or not the compiler contracts it into an FMA: the same bits on every ISA.
-    const double beta = opt_.beta;
-    const double one_minus_beta = 1.0f - opt_.beta;  // float subtraction, then exact widening
+    // Note [dgqa arithmetic]
+    // float32 (the authors'): score = |c - m| or float(w_now·m) + float(w_old·c), then Σ in index order
+    // and score / Σ · hq, each a float operation, as torch evaluates dgqa.py:105-108 / 124-127 on float32
+    // tensors with the Python constants rounded to float. Each product is materialised in a float
+    // (detail::mul_f32) before the sum, so no FMA contraction can fuse it (measured: the AVX-512 build
+    // fused the true_ema update and changed its bits), and every ISA gives the same bits. float64: the
+    // same expressions in double from the same float inputs and weights (products exact, each sum rounded
+    // once, so an FMA changes nothing).
+    const bool f32 = opt_.arithmetic == allocation_arithmetic::float32;
+    const float w_now = static_cast<float>(opt_.beta), w_old = static_cast<float>(1.0 - opt_.beta);
     std::vector<double> score(hkv);
     double sum = 0.0;
+    float sum_f = 0.0f;
     bool score_finite = true;
     for (std::size_t g = 0; g < hkv; ++g) {
-      const double c = st.cache[g], mg = m[g];
-      score[g] = opt_.kind == dgqa_kind::diff ? std::fabs(c - mg) : beta * mg + one_minus_beta * c;
+      const float c = st.cache[g], mg = m[g];
+      if (f32) {
+        const float s = opt_.kind == dgqa_kind::diff ? std::fabs(c - mg) : detail::mul_f32(w_now, mg) + detail::mul_f32(w_old, c);
+        score[g] = s;
+        sum_f += s;
+      } else {
+        const double cd = c, md = mg;
+        score[g] = opt_.kind == dgqa_kind::diff ? std::fabs(cd - md)
+                                                : static_cast<double>(w_now) * md + static_cast<double>(w_old) * cd;
+        sum += score[g];
+      }
       score_finite = score_finite && std::isfinite(score[g]);
-      sum += score[g];
     }
+    if (f32) sum = sum_f;
     random::stream rng{opt_.seed, dgqa_stream_key(opt_.layer), st.rng_counter};
     if (!score_finite || !std::isfinite(sum)) {
       r.status = grouping_status::fallback_nonfinite;
       r.fallback = grouping_fallback::previous;
     } else if (sum == 0.0) {
-      // The reference divides 0 by 0 here and then loops ~2^31 times (§6.4(e)).
+      // The authors' code divides 0 by 0 here and then loops ~2^31 times.
       r.status = grouping_status::fallback_zero_score;
       r.fallback = grouping_fallback::previous;
     } else if (opt_.repair == dgqa_repair::reference_random) {
-      r.alloc = round_half_even(proportional_shares(score, q.h));
+      r.shares = detail::shares_of(score, q.h, opt_.arithmetic, "gqa::dgqa_policy");
+      r.alloc = round_half_even(r.shares);
       fix_sum_random(r.alloc, q.h, rng);
     } else {
       r.alloc = hamilton_allocation(score, q.h);
@@ -213,17 +267,19 @@ class dgqa_policy {
 
  private:
   float updated_cache(float c, float m, bool train) const noexcept {
+    const bool f32 = opt_.arithmetic == allocation_arithmetic::float32;  // See Note [dgqa arithmetic]
     switch (opt_.cache_update) {
       case dgqa_cache_update::reference:
         // The reference's "window average" (c + m) / W: a running sum for W = 1, fixed point m/(W-1)
-        // for W > 1 (§6.4(a)); eval stores m undivided.
-        return train ? static_cast<float>((static_cast<double>(c) + static_cast<double>(m)) /
-                                          static_cast<double>(opt_.window))
-                     : m;
+        // for W > 1; eval stores m undivided. float32: torch's float add, then float divide by W.
+        if (!train) return m;
+        if (f32) return (c + m) / static_cast<float>(opt_.window);
+        return static_cast<float>((static_cast<double>(c) + static_cast<double>(m)) / static_cast<double>(opt_.window));
       case dgqa_cache_update::prev_window: return m;
       case dgqa_cache_update::true_ema: {
-        const double one_minus_beta = 1.0f - opt_.beta;  // See Note [dgqa arithmetic]
-        return static_cast<float>(static_cast<double>(opt_.beta) * c + one_minus_beta * m);
+        const float w_old = static_cast<float>(opt_.beta), w_new = static_cast<float>(1.0 - opt_.beta);
+        if (f32) return detail::mul_f32(w_old, c) + detail::mul_f32(w_new, m);
+        return static_cast<float>(static_cast<double>(w_old) * c + static_cast<double>(w_new) * m);
       }
     }
     return m;
@@ -234,9 +290,9 @@ class dgqa_policy {
     detail::check_grouping_heads(hq, hkv, where);
     const dgqa_state& st = *state_;
     detail::require(static_cast<index_t>(st.cache.size()) == hkv, where, "state.cache.size()", st.cache.size(),
-                    ("must equal k.h = " + std::to_string(hkv)).c_str());
+                    "must equal k.h = ", hkv);
     detail::require(static_cast<index_t>(st.splits.size()) == hkv, where, "state.splits.size()", st.splits.size(),
-                    ("must equal k.h = " + std::to_string(hkv)).c_str());
+                    "must equal k.h = ", hkv);
     index_t sum = 0;
     for (std::size_t g = 0; g < st.splits.size(); ++g) {
       if (st.splits[g] < 0) detail::fail(where, ": state.splits[", g, "] = ", st.splits[g], ": must be >= 0");

@@ -2,13 +2,17 @@
 // groups. Checkpoint conversion (MHA -> GQA mean pooling) is in gqa/convert.hpp.
 #pragma once
 
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
 
-/// GQA (spec §4): hkv divides hq, map[h] = floor(h / (hq / hkv)). MHA and MQA are its two ends.
+/// GQA (Ainslie et al. 2023): hkv divides hq, map[h] = floor(h / (hq / hkv)). MHA and MQA are its two ends.
 struct gqa_policy {
   static constexpr std::string_view name = "gqa";
+  /// Registry (variants/registry.hpp): H query heads in G uniform groups.
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.groups, m.groups}; }
+  static gqa_policy make(const model_shape&, const variant_heads&) { return {}; }
   void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
              const tensor_view<float>&) const {
     detail::require(k.h > 0, "gqa::gqa_policy", "k.h", k.h, "must be positive");

@@ -1,13 +1,17 @@
 // gqa/variants/mha.hpp: multi-head attention as a policy: every query head has its own KV head.
 #pragma once
 
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
 
-/// MHA (spec §2): hkv == hq, map[h] = h.
+/// MHA: hkv == hq, map[h] = h.
 struct mha_policy {
   static constexpr std::string_view name = "mha";
+  /// Registry (variants/registry.hpp): all H query heads, each with its own KV head.
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.heads, m.heads}; }
+  static mha_policy make(const model_shape&, const variant_heads&) { return {}; }
   void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
              const tensor_view<float>&) const {
     if (k.h != q.h) detail::fail("gqa::mha_policy: k.h = ", k.h, ": MHA needs one KV head per query head (q.h = ", q.h, ")");

@@ -1,26 +1,30 @@
-// gqa/variants/pgqa.hpp: Perturbed GQA (spec §7) as a policy: uniform GQA groups, then standardised
-// uniform noise, scaled by each output row's mean and std, is subtracted from the attention output.
-// Invariant: the noise is a pure function of (seed, layer, call, group, head-in-group, flat index), and
-// every step is computed in double in a fixed order with explicit FMAs, so the perturbed output is
-// bitwise the same for any thread count, ISA and tile size.
+// gqa/variants/pgqa.hpp: Perturbed GQA (Khan et al., arXiv 2408.08454; docs/variants.md, "PGQA") as a
+// policy: uniform GQA groups, then standardised uniform noise, scaled by each output row's mean and std, is
+// subtracted from the attention output. Invariant: the noise is a pure function of (seed, layer, call,
+// group, head-in-group, flat index), and every step is computed in double in a fixed order with explicit
+// FMAs, so the perturbed output is bitwise the same for any thread count, ISA and tile size.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "../random.hpp"
+#include "../threading/parallel.hpp"
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
 
 /// When pgqa_policy perturbs its output.
 enum class pgqa_noise {
-  always,      ///< reference (spec §7.2): every call, training or not
+  always,      ///< as the authors' code: every call, training or not
   train_only,  ///< departure from the reference: only while training() is true
   off,         ///< never (plain GQA); the call counter still advances
 };
@@ -37,12 +41,12 @@ struct pgqa_options {
 };
 
 // Note [PGQA noise]
-// Spec §7.2 draws, per group g and forward call, a fresh matrix R (s × N), N = seq·d_v, of U[0,1) values,
-// sets the "diagonal" R[i][i] (i < min(s, N)) to 0, and standardises each row to zero mean and unit
-// unbiased std. gqa draws R[i][n] = random::to_unit_float(random::hash(seed, {layer, call, g, i, n})),
-// which replaces torch.rand's global stream with a keyed counter, so any element can be drawn by any
-// thread in any order. The zeroed diagonal is zero only before standardisation: afterwards it sits at
-// -ρμ/ρσ ≈ -√3 (spec §7.2 measured -1.744).
+// The authors' code (pgqa.py) draws, per group g and forward call, a fresh matrix R (s × N), N = seq·d_v,
+// of U[0,1) values, sets the "diagonal" R[i][i] (i < min(s, N)) to 0, and standardises each row to zero
+// mean and unit unbiased std. gqa draws R[i][n] = random::to_unit_float(random::hash(seed, {layer, call, g,
+// i, n})), which replaces torch.rand's global stream with a keyed counter, so any element can be drawn by
+// any thread in any order. The zeroed diagonal is zero only before standardisation: afterwards it sits at
+// -ρμ/ρσ ≈ -√3 (-1.744 measured with the authors' code).
 
 namespace detail {
 
@@ -88,12 +92,40 @@ double pgqa_sum_sq_dev(const T* x, index_t count, double mu) noexcept {
   return pgqa_fold_lanes(acc);
 }
 
+/// μ and unbiased σ of the row X = o[ib, :, h, :] (N = s·d values, token-major), in one pass shifted by
+/// its first value x0 (the "shifted data" form of the sum / sum-of-squares formula): Σ(x − x0) and
+/// Σ(x − x0)² in fixed lanes (lane = channel % 16, token order; Note [PGQA reductions]). The shift keeps
+/// cancellation at the scale of the row's spread, and a constant row gives exactly 0 for both sums, so
+/// σ = 0 and μ = x0 exactly. N >= 2.
+template <class T>
+std::pair<double, double> pgqa_row_stats(const tensor_view<T>& o, index_t ib, index_t h) noexcept {
+  const index_t n = o.s * o.d;
+  const double x0 = static_cast<double>(o.row(ib, 0, h)[0]);
+  double acc1[k_pgqa_lanes] = {}, acc2[k_pgqa_lanes] = {};
+  for (index_t p = 0; p < o.s; ++p) {
+    const T* src = o.row(ib, p, h);
+    auto add = [&](index_t c, index_t l) {
+      const double dx = static_cast<double>(src[c]) - x0;
+      acc1[l] += dx;
+      acc2[l] = std::fma(dx, dx, acc2[l]);  // explicit: see Note [PGQA reductions]
+    };
+    index_t c0 = 0;
+    for (; c0 + k_pgqa_lanes <= o.d; c0 += k_pgqa_lanes)
+      for (index_t l = 0; l < k_pgqa_lanes; ++l) add(c0 + l, l);
+    for (index_t l = 0; c0 + l < o.d; ++l) add(c0 + l, l);
+  }
+  const double s1 = pgqa_fold_lanes(acc1), s2 = pgqa_fold_lanes(acc2);
+  const double mu = x0 + s1 / static_cast<double>(n);
+  const double var = (s2 - (s1 * s1) / static_cast<double>(n)) / static_cast<double>(n - 1);
+  return {mu, std::sqrt(std::max(var, 0.0))};
+}
+
 }  // namespace detail
 
 /// The standardised noise row Z[i, ·] of group `group`, head-in-group `head_in_group` (Note [PGQA noise]):
 /// R drawn, R[i][i] zeroed (when i < n), then (R - mean) / std_unbiased, with std := 1 if it is 0. Sums in
-/// double in a fixed order (Note [PGQA reductions]). `n` = seq·d_v must be >= 2. PGQA's gradient (spec
-/// §7.4) needs exactly this Z.
+/// double in a fixed order (Note [PGQA reductions]). `n` = seq·d_v must be >= 2. PGQA's gradient,
+/// ∂X'/∂X = I − (1/N)·𝟙𝟙ᵀ − Z (∂σ/∂X)ᵀ with ∂σ/∂X = (X − μ)/((N−1)σ), needs exactly this Z.
 inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std::uint64_t layer, std::uint64_t call,
                                     index_t group, index_t head_in_group) {
   const index_t n = static_cast<index_t>(z.size());
@@ -109,7 +141,7 @@ inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std
   if (head_in_group < n) z[static_cast<std::size_t>(head_in_group)] = 0.0;  // the "diagonal": row i, column i
   const double mean = detail::pgqa_sum(z.data(), n) / static_cast<double>(n);
   double sd = std::sqrt(detail::pgqa_sum_sq_dev(z.data(), n, mean) / static_cast<double>(n - 1));
-  if (sd == 0.0) sd = 1.0;  // spec §7.2: ρσ := 1 when the row is constant
+  if (sd == 0.0) sd = 1.0;  // as the authors' code: ρσ := 1 when the row is constant
   for (double& r : z) r = (r - mean) / sd;
 }
 
@@ -122,72 +154,40 @@ inline std::vector<double> pgqa_standardised_noise(index_t n, std::uint64_t seed
   return z;
 }
 
-/// PGQA's post-step (spec §7.2), a pure function. `o` holds the attention output (b, s, hq, dv); the
+/// PGQA's post-step, a pure function. `o` holds the attention output (b, s, hq, dv); the
 /// query heads form hkv uniform contiguous groups. For every head h = g·(hq/hkv) + i and batch element b,
 /// the row X = O[b, :, h, :] flattened token-major (n = p·dv + c, N = s·dv values) becomes
 ///   X' = X − (Z[i, ·]·σ + μ),   μ = mean(X), σ = unbiased std(X),
 /// with Z = pgqa_standardised_noise(N, seed, layer, call, g, i), shared across the batch. Every reduction
 /// is in double in a fixed order (Note [PGQA reductions]); the result is rounded to float once. A constant
-/// row becomes 0. The (group, head) rows run as tasks on `opt`'s threads (num_threads / parallel_for;
-/// nothing else of opt is used); the result is the same bits for any thread count.
-/// Throws gqa::invalid_argument (before touching o) if hkv does not divide hq, s·dv == 1, o.stride_d != 1,
-/// or any value of o is not finite.
+/// row becomes 0. The (group, head) rows run as tasks on `ex` (pass gqa::executor_of(options) to use an
+/// attention call's threads); the result is the same bits for any thread count.
+/// Non-finite values follow the math, as in a naive implementation: a row X holding a NaN or an infinity
+/// has NaN statistics (μ, σ), so all of X' (every token of that sample and head) is NaN; other rows are
+/// unaffected (Note [non-finite inputs] in detail/core/softmax.hpp: such an X comes from a NaN input or
+/// an overflowing score).
+/// Throws gqa::invalid_argument (before touching o) if hkv does not divide hq, s·dv == 1 or
+/// o.stride_d != 1.
 inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t seed, std::uint64_t layer,
-                         std::uint64_t call, const attention_options& opt = {}) {
+                         std::uint64_t call, const executor& ex = {}) {
   constexpr const char* where = "gqa::pgqa_perturb";
   detail::check_view(o, "o", where);
   detail::require(hkv > 0, where, "hkv", hkv, "must be positive");
-  detail::require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+  detail::require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
   if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
   const index_t n = o.s * o.d;
   if (n < 2)
-    detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined, spec §7.3)");
-  for (index_t ib = 0; ib < o.b; ++ib)
-    for (index_t p = 0; p < o.s; ++p)
-      for (index_t h = 0; h < o.h; ++h) {
-        const float* x = o.row(ib, p, h);
-        // Exponent all ones <=> inf or NaN; OR-reduced without an early exit so the loop vectorises.
-        std::uint32_t bad = 0;
-        for (index_t c = 0; c < o.d; ++c) {
-          std::uint32_t u;
-          std::memcpy(&u, x + c, sizeof u);
-          bad |= static_cast<std::uint32_t>((u & 0x7f800000u) == 0x7f800000u);
-        }
-        if (bad)
-          for (index_t c = 0; c < o.d; ++c)
-            if (!std::isfinite(x[c])) detail::fail(where, ": o(", ib, ", ", p, ", ", h, ", ", c, ") = ", x[c], ": must be finite");
-      }
+    detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined)");
 
   const index_t grp = o.h / hkv;
   // One task per noise row (g, i): draw Z once, apply it to that head of every batch element.
-  detail::run_tasks(hkv * grp, opt, [&](index_t task) {
+  detail::run_tasks(hkv * grp, ex, [&](index_t task) {
     const index_t g = task / grp, i = task % grp, h = g * grp + i;
     thread_local std::vector<double> z;
     z.resize(static_cast<std::size_t>(n));
     pgqa_standardised_noise(z, seed, layer, call, g, i);
     for (index_t ib = 0; ib < o.b; ++ib) {
-      // μ and σ in one pass over the row, shifted by its first value x0 (the "shifted data" form of the
-      // sum / sum-of-squares formula): Σ(x − x0) and Σ(x − x0)² in fixed lanes (lane = channel % 16, token
-      // order; Note [PGQA reductions]). The shift keeps cancellation at the scale of the row's spread, and a
-      // constant row gives exactly 0 for both sums, so σ = 0 and μ = x0 exactly.
-      const double x0 = static_cast<double>(o.row(ib, 0, h)[0]);
-      double acc1[detail::k_pgqa_lanes] = {}, acc2[detail::k_pgqa_lanes] = {};
-      for (index_t p = 0; p < o.s; ++p) {
-        const float* src = o.row(ib, p, h);
-        auto add = [&](index_t c, index_t l) {
-          const double dx = static_cast<double>(src[c]) - x0;
-          acc1[l] += dx;
-          acc2[l] = std::fma(dx, dx, acc2[l]);  // explicit: see Note [PGQA reductions]
-        };
-        index_t c0 = 0;
-        for (; c0 + detail::k_pgqa_lanes <= o.d; c0 += detail::k_pgqa_lanes)
-          for (index_t l = 0; l < detail::k_pgqa_lanes; ++l) add(c0 + l, l);
-        for (index_t l = 0; c0 + l < o.d; ++l) add(c0 + l, l);
-      }
-      const double s1 = detail::pgqa_fold_lanes(acc1), s2 = detail::pgqa_fold_lanes(acc2);
-      const double mu = x0 + s1 / static_cast<double>(n);
-      const double var = (s2 - (s1 * s1) / static_cast<double>(n)) / static_cast<double>(n - 1);
-      const double sigma = std::sqrt(std::max(var, 0.0));
+      const auto [mu, sigma] = detail::pgqa_row_stats(o, ib, h);
       for (index_t p = 0; p < o.s; ++p) {
         float* dst = o.row(ib, p, h);
         const double* zr = z.data() + p * o.d;
@@ -200,30 +200,161 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
   });
 }
 
-/// PGQA (spec §7) as a policy: static uniform groups (hkv must divide hq); after the core, finish()
+/// The row statistics pgqa_perturb uses, per (sample, head) row X = o[b, :, h, :]: mean μ and unbiased
+/// std σ, laid out [b][h] (index b·h_count + h).
+struct pgqa_statistics {
+  std::vector<double> mu, sigma;
+};
+
+/// μ and σ of every (sample, head) row of o, exactly as pgqa_perturb computes them (same bits): what a
+/// training forward keeps for pgqa_perturb_backward. o: the attention output before pgqa_perturb, s·d >= 2.
+/// Heads run as tasks on `ex` (pass gqa::executor_of(options) to use an attention call's threads).
+inline pgqa_statistics pgqa_row_statistics(const tensor_view<const float>& o, const executor& ex = {}) {
+  constexpr const char* where = "gqa::pgqa_row_statistics";
+  detail::check_view(o, "o", where);
+  if (o.s * o.d < 2)
+    detail::fail(where, ": o.s * o.d = ", o.s * o.d, ": must be > 1 (the unbiased std of a single value is undefined)");
+  detail::require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
+  pgqa_statistics st;
+  st.mu.resize(static_cast<std::size_t>(o.b * o.h));
+  st.sigma.resize(st.mu.size());
+  detail::run_tasks(o.h, ex, [&](index_t h) {
+    for (index_t ib = 0; ib < o.b; ++ib) {
+      const auto [mu, sigma] = detail::pgqa_row_stats(o, ib, h);
+      st.mu[static_cast<std::size_t>(ib * o.h + h)] = mu;
+      st.sigma[static_cast<std::size_t>(ib * o.h + h)] = sigma;
+    }
+  });
+  return st;
+}
+
+// Note [PGQA gradient]
+// What is differentiated: X' = X − μ(X) − σ(X)·Z per (sample, head) row of N = s·dv values, with Z (the
+// standardised draw, a function of the seed and keys only) held fixed and μ, σ the row's mean and
+// unbiased std, not detached (as in the reference, where they are tensors of the graph). With g = ∂L/∂X':
+//   ∂L/∂X_n = g_n − (1/N)·Σ_m g_m − (X_n − μ)/((N − 1)·σ) · Σ_m g_m·Z_m,
+// from ∂μ/∂X_n = 1/N and ∂σ/∂X_n = (X_n − μ)/((N − 1)σ). At σ = 0 (a constant row, where σ has no
+// derivative and torch returns NaN) the σ term is taken as 0: the row's X' is 0 whatever it was, and the
+// gradient that remains is the mean's. X is not kept: X_n − μ = X'_n + σ·Z_n is rebuilt from the perturbed
+// output and the saved (μ, σ) (in double, one fma), and the core's output X = that + μ is rounded to float
+// once, so it differs from the forward's by at most an ulp of |X'| + |X|. The sums Σg and Σg·Z are double
+// sums in fixed lanes with explicit fma (Note [PGQA reductions]): bitwise the same for any thread count
+// and ISA.
+
+/// The backward of pgqa_perturb(o, hkv, seed, layer, call), which used the row statistics `st`
+/// (pgqa_row_statistics of its input): from the perturbed output o_perturbed (what pgqa_perturb wrote) and
+/// dout = ∂L/∂o', writes x, the unperturbed output rebuilt, and dx = ∂L/∂x (Note [PGQA gradient]). Rows run
+/// as tasks on `ex`; the same bits for any thread count.
+/// Throws gqa::invalid_argument for bad views, extents of dout, x, dx different from o_perturbed's, hkv not
+/// dividing o.h, s·d < 2, statistics of the wrong size or with a negative σ, and x or dx
+/// overlapping an input or each other.
+inline void pgqa_perturb_backward(const tensor_view<const float>& o_perturbed, const tensor_view<const float>& dout,
+                                  const pgqa_statistics& st, index_t hkv, std::uint64_t seed, std::uint64_t layer,
+                                  std::uint64_t call, const tensor_view<float>& x, const tensor_view<float>& dx,
+                                  const executor& ex = {}) {
+  constexpr const char* where = "gqa::pgqa_perturb_backward";
+  const auto& o = o_perturbed;
+  detail::check_view(o, "o_perturbed", where);
+  detail::check_view(dout, "dout", where);
+  detail::check_view(x, "x", where);
+  detail::check_view(dx, "dx", where);
+  detail::require_same_extents(dout, "dout", o, "o_perturbed", where);
+  detail::require_same_extents(x, "x", o, "o_perturbed", where);
+  detail::require_same_extents(dx, "dx", o, "o_perturbed", where);
+  detail::require(hkv > 0, where, "hkv", hkv, "must be positive");
+  if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o_perturbed.h = ", o.h);
+  const index_t n = o.s * o.d;
+  if (n < 2) detail::fail(where, ": o_perturbed.s * o_perturbed.d = ", n, ": must be > 1");
+  const auto rows = static_cast<std::size_t>(o.b * o.h);
+  detail::require(st.mu.size() == rows, where, "statistics.mu.size()", st.mu.size(), "must equal b*h = ", rows);
+  detail::require(st.sigma.size() == rows, where, "statistics.sigma.size()", st.sigma.size(), "must equal b*h = ", rows);
+  // A NaN or infinite μ or σ is the statistics of a non-finite row (pgqa_row_statistics of an output
+  // holding a NaN or an infinity): that row's x and dx are then NaN, as the math gives.
+  for (std::size_t r = 0; r < rows; ++r)
+    if (st.sigma[r] < 0.0) detail::fail(where, ": statistics.sigma[", r, "] = ", st.sigma[r], ": must be >= 0");
+  detail::require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
+  detail::require_outputs_disjoint({{x, "x"}, {dx, "dx"}}, {{o, "o_perturbed"}, {dout, "dout"}}, where);
+
+  const index_t grp = o.h / hkv;
+  detail::run_tasks(hkv * grp, ex, [&](index_t task) {
+    const index_t g = task / grp, i = task % grp, h = g * grp + i;
+    thread_local std::vector<double> z;
+    z.resize(static_cast<std::size_t>(n));
+    pgqa_standardised_noise(z, seed, layer, call, g, i);
+    for (index_t ib = 0; ib < o.b; ++ib) {
+      const double mu = st.mu[static_cast<std::size_t>(ib * o.h + h)];
+      const double sigma = st.sigma[static_cast<std::size_t>(ib * o.h + h)];
+      // Σg and Σg·Z in fixed lanes (Note [PGQA reductions]).
+      double acc1[detail::k_pgqa_lanes] = {}, acc2[detail::k_pgqa_lanes] = {};
+      for (index_t p = 0; p < o.s; ++p) {
+        const float* gr = dout.row(ib, p, h);
+        const double* zr = z.data() + p * o.d;
+        for (index_t c = 0; c < o.d; ++c) {
+          const index_t l = c % detail::k_pgqa_lanes;
+          acc1[l] += static_cast<double>(gr[c]);
+          acc2[l] = std::fma(static_cast<double>(gr[c]), zr[c], acc2[l]);
+        }
+      }
+      const double gmean = detail::pgqa_fold_lanes(acc1) / static_cast<double>(n);
+      const double gz = detail::pgqa_fold_lanes(acc2);
+      const double coef = sigma > 0.0 ? gz / (static_cast<double>(n - 1) * sigma) : 0.0;  // Note [PGQA gradient]
+      for (index_t p = 0; p < o.s; ++p) {
+        const float* src = o.row(ib, p, h);
+        const float* gr = dout.row(ib, p, h);
+        const double* zr = z.data() + p * o.d;
+        float* xr = x.row(ib, p, h);
+        float* dxr = dx.row(ib, p, h);
+        for (index_t c = 0; c < o.d; ++c) {
+          const double centred = std::fma(zr[c], sigma, static_cast<double>(src[c]));  // X − μ
+          xr[c] = static_cast<float>(centred + mu);
+          dxr[c] = static_cast<float>(static_cast<double>(gr[c]) - gmean - centred * coef);
+        }
+      }
+    }
+  });
+}
+
+/// PGQA as a policy: static uniform groups (hkv must divide hq); after the core, finish()
 /// applies pgqa_perturb keyed by (options.seed, options.layer, calls()) when the mode asks for it, then
 /// advances the call counter (always, also when no noise is applied, so the noise of call t does not
 /// depend on the modes of earlier calls). Save calls() and restore it with set_calls() to replay a call.
+/// Thread safety: one policy may serve concurrent calls. The counter and the training flag are atomics,
+/// and each finish() takes its own call index, so no two calls draw the same noise; which call gets which
+/// index then follows the order in which concurrent calls reach finish(). For noise that replays exactly,
+/// give each stream of calls (thread) its own policy.
 class pgqa_policy {
  public:
   static constexpr std::string_view name = "pgqa";
+  /// Registry (variants/registry.hpp): H query heads in G uniform groups; noise `always`, seeded by the
+  /// model's seed.
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.groups, m.groups}; }
+  static pgqa_policy make(const model_shape& m, const variant_heads&) { return pgqa_policy({.seed = m.seed}); }
 
   explicit pgqa_policy(pgqa_options opt = {}) : opt_(opt) {
     if (opt_.noise != pgqa_noise::always && opt_.noise != pgqa_noise::train_only && opt_.noise != pgqa_noise::off)
       detail::fail("gqa::pgqa_policy: options.noise = ", static_cast<int>(opt_.noise),
                    ": must be pgqa_noise::always, train_only or off");
   }
+  /// Copies the options, the training flag and the call counter.
+  pgqa_policy(const pgqa_policy& other) noexcept
+      : opt_(other.opt_), training_(other.training()), calls_(other.calls()) {}
+  pgqa_policy& operator=(const pgqa_policy& other) noexcept {
+    opt_ = other.opt_;
+    training_ = other.training();
+    calls_ = other.calls();
+    return *this;
+  }
 
   const pgqa_options& options() const noexcept { return opt_; }
   /// Used by pgqa_noise::train_only only. Starts true, like a freshly built torch.nn.Module.
-  void set_training(bool on) noexcept { training_ = on; }
-  bool training() const noexcept { return training_; }
+  void set_training(bool on) noexcept { training_.store(on); }
+  bool training() const noexcept { return training_.load(); }
   /// Number of finish() calls so far: the `call` key of the next call's noise.
-  std::uint64_t calls() const noexcept { return calls_; }
-  void set_calls(std::uint64_t c) noexcept { calls_ = c; }
+  std::uint64_t calls() const noexcept { return calls_.load(); }
+  void set_calls(std::uint64_t c) noexcept { calls_.store(c); }
   /// True when the next finish() perturbs.
   bool perturbs() const noexcept {
-    return opt_.noise == pgqa_noise::always || (opt_.noise == pgqa_noise::train_only && training_);
+    return opt_.noise == pgqa_noise::always || (opt_.noise == pgqa_noise::train_only && training());
   }
 
   void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
@@ -234,29 +365,82 @@ class pgqa_policy {
                    " (PGQA uses uniform GQA groups)");
     if (o.s * o.d < 2)
       detail::fail("gqa::pgqa_policy: o.s * o.d = ", o.s * o.d,
-                   ": must be > 1 (the unbiased std of a single value is undefined, spec §7.3)");
+                   ": must be > 1 (the unbiased std of a single value is undefined)");
   }
 
   head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) const {
     return head_map::uniform(q.h, k.h);
   }
 
-  /// Perturbs o (per the mode) with the uniform groups of `map`, then advances the call counter. gqa::forward
-  /// passes the call's options, so the perturbation runs on the same threads as the attention.
-  void finish(const tensor_view<float>& o, const head_map& map, const attention_options& opt = {}) {
-    if (map.hq() % map.hkv() != 0 || !(map == head_map::uniform(map.hq(), map.hkv())))
-      detail::fail("gqa::pgqa_policy::finish: map: must be uniform contiguous groups (head_map::uniform(", map.hq(),
-                   ", ", map.hkv(), "))");
-    detail::require(map.hq() == o.h, "gqa::pgqa_policy::finish", "map.hq()", map.hq(),
-                    ("must equal o.h = " + std::to_string(o.h)).c_str());
-    if (perturbs()) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, calls_, opt);
-    ++calls_;
+  /// What a training forward keeps (gqa::forward_train): whether and with which call index the output was
+  /// perturbed, and the row statistics of the core's output.
+  struct saved {
+    bool perturbed = false;
+    std::uint64_t call = 0;
+    pgqa_statistics statistics;
+  };
+
+  /// Takes the next call index (advancing the counter) and perturbs o with it (per the mode), with the
+  /// uniform groups of `map`. gqa::forward passes the call's executor, so the perturbation runs on the same
+  /// threads as the attention.
+  void finish(const tensor_view<float>& o, const head_map& map, const executor& ex = {}) {
+    finish_impl(o, map, ex, nullptr);
+  }
+  /// finish() for gqa::forward_train: the same, and records in `s` the call index and the perturbs()
+  /// decision this call took (Note [PGQA training call]) and, when it perturbs, μ and σ of every row of the
+  /// core's output.
+  void finish_train(saved& s, const tensor_view<float>& o, const head_map& map, const executor& ex = {}) {
+    finish_impl(o, map, ex, &s);
+  }
+  /// The backward of finish(): when the forward perturbed, the core's output rebuilt and the gradient
+  /// through the perturbation (pgqa_perturb_backward, Note [PGQA gradient]) in `buffer`; else o and dout
+  /// unchanged. Reads only `s` and the options, so concurrent backward calls may share the policy.
+  output_grad_views finish_backward(const saved& s, const tensor_view<const float>& o,
+                                    const tensor_view<const float>& dout, const head_map& map, const executor& ex,
+                                    std::vector<float>& buffer) const {
+    if (!s.perturbed) return {o, dout};
+    const auto n = static_cast<std::size_t>(o.b * o.s * o.h * o.d);
+    buffer.resize(2 * n);
+    const auto x = bshd(buffer.data(), o.b, o.s, o.h, o.d), dx = bshd(buffer.data() + n, o.b, o.s, o.h, o.d);
+    pgqa_perturb_backward(o, dout, s.statistics, map.hkv(), opt_.seed, opt_.layer, s.call, x, dx, ex);
+    return {x, dx};
   }
 
  private:
+  // Note [PGQA training call]
+  // The call index and the mode are read once per call, inside finish(): the counter is an atomic that
+  // concurrent calls advance, and training() may be switched by another thread. A training forward's
+  // backward must use the noise that forward drew, so finish_train() records the index its own fetch_add
+  // returned and the perturbs() value it acted on, rather than reading calls() or training() before or
+  // after the call (either may already belong to another call).
+  void finish_impl(const tensor_view<float>& o, const head_map& map, const executor& ex, saved* s) {
+    if (!is_uniform(map))
+      detail::fail("gqa::pgqa_policy::finish: map: must be uniform contiguous groups (head_map::uniform(", map.hq(),
+                   ", ", map.hkv(), "))");
+    detail::require(map.hq() == o.h, "gqa::pgqa_policy::finish", "map.hq()", map.hq(),
+                    "must equal o.h = ", o.h);
+    const std::uint64_t call = calls_.fetch_add(1);
+    const bool perturb = perturbs();
+    if (s) {
+      s->perturbed = perturb;
+      s->call = call;
+      if (perturb) s->statistics = pgqa_row_statistics(o, ex);
+    }
+    if (perturb) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, call, ex);
+  }
+
+  /// map == head_map::uniform(map.hq(), map.hkv()), without building one (finish() runs on every call).
+  static bool is_uniform(const head_map& map) noexcept {
+    if (map.hq() % map.hkv() != 0) return false;
+    const index_t group = map.hq() / map.hkv();
+    for (index_t h = 0; h < map.hq(); ++h)
+      if (map.kv_of(h) != h / group) return false;
+    return true;
+  }
+
   pgqa_options opt_;
-  bool training_ = true;
-  std::uint64_t calls_ = 0;
+  std::atomic<bool> training_{true};
+  std::atomic<std::uint64_t> calls_{0};
 };
 
 GQA_END_NAMESPACE

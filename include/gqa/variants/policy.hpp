@@ -1,12 +1,20 @@
-// gqa/variants/policy.hpp: the policy concept and gqa::forward(), which runs any variant on the one core.
-// A policy decides the query-head -> KV-head map (plan), may transform K/V first (prepare) and may
-// post-process the output (finish). It never has its own kernel.
+// gqa/variants/policy.hpp: the policy concept, gqa::forward(), which runs any variant on the one core, and
+// its training pair gqa::forward_train() / gqa::backward(). A policy decides the query-head -> KV-head map
+// (plan), may transform K/V first (prepare) and may post-process the output (finish); for training it may
+// record what its backward needs (finish_train) and differentiate its own steps (finish_backward,
+// prepare_backward). It never has its own kernel.
 #pragma once
 
+#include <algorithm>
 #include <concepts>
+#include <optional>
+#include <ostream>
 #include <string_view>
+#include <type_traits>
+#include <vector>
 
 #include "../attention.hpp"
+#include "../backward.hpp"
 
 GQA_BEGIN_NAMESPACE
 
@@ -33,18 +41,18 @@ concept policy_with_prepare = requires(P& p, const tensor_view<const float>& k, 
   { p.prepare(k, v) } -> std::convertible_to<kv_views>;
 };
 /// Optional: post-process the output (PGQA subtracts noise); the second form also receives the call's
-/// options (threads), and is preferred when a policy has both.
+/// executor (its threads), and is preferred when a policy has both.
 template <class P>
 concept policy_with_finish = requires(P& p, const tensor_view<float>& o, const head_map& m) { p.finish(o, m); };
 template <class P>
-concept policy_with_finish_options = requires(P& p, const tensor_view<float>& o, const head_map& m,
-                                              const attention_options& opt) { p.finish(o, m, opt); };
+concept policy_with_finish_executor = requires(P& p, const tensor_view<float>& o, const head_map& m,
+                                               const executor& ex) { p.finish(o, m, ex); };
 
 namespace detail {
 template <class P>
-void finish(P& p, const tensor_view<float>& o, const head_map& map, const attention_options& opt) {
-  if constexpr (policy_with_finish_options<P>) {
-    p.finish(o, map, opt);
+void finish(P& p, const tensor_view<float>& o, const head_map& map, const executor& ex) {
+  if constexpr (policy_with_finish_executor<P>) {
+    p.finish(o, map, ex);
   } else if constexpr (policy_with_finish<P>) {
     p.finish(o, map);
   }
@@ -69,41 +77,298 @@ tensor_view<T> sample(const tensor_view<T>& t, index_t ib) noexcept {
 }
 }  // namespace detail
 
-/// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish.
-template <class Isa = isa::native, attention_policy P>
-void forward(P& p, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
-             tensor_view<float> o, const attention_options& opt = {}) {
-  // Memory safety first: a policy's own work (norms, noise) reads these views.
-  detail::check_view(q, "q");
-  detail::check_view(k, "k");
-  detail::check_view(v, "v");
-  detail::check_view(o, "o");
-  if constexpr (policy_with_check<P>) p.check(q, k, v, o);
-  kv_views kv{k, v};
-  if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);
-  // Validate the whole call (shapes, options, aliasing) before plan(): a bad argument throws before a
-  // stateful policy (DGQA) updates its state or any sample is computed.
-  detail::validate_call(q, kv.k, kv.v, o, opt);
-  if constexpr (policy_with_per_sample<P>) {
-    if (p.per_sample() && q.b > 1) {
-      head_map map = p.plan(detail::sample(q, 0), detail::sample(kv.k, 0));
-      const auto per = static_cast<std::size_t>(q.h * q.s);  // LSE entries of one sample
-      for (index_t ib = 0; ib < q.b; ++ib) {
-        const auto qs = detail::sample(q, ib), ks = detail::sample(kv.k, ib), vs = detail::sample(kv.v, ib);
-        const auto os = detail::sample(o, ib);
-        attention_options so = opt;
-        if (!opt.kv_lengths.empty()) so.kv_lengths = opt.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
-        if (!opt.lse.empty()) so.lse = opt.lse.subspan(static_cast<std::size_t>(ib) * per, per);
-        if (ib > 0) map = p.plan(qs, ks);
-        attend<Isa>(qs, ks, vs, os, map, so);
-        detail::finish(p, os, map, so);
-      }
+// --- Training: what a policy adds for the backward pass (all optional). ---
+
+/// The forward's output and the gradient with respect to it, as the core saw them (a policy whose
+/// finish() changed the output hands back the core's output and the gradient before that change).
+struct output_grad_views {
+  tensor_view<const float> o;
+  tensor_view<const float> dout;
+};
+
+/// Optional: `typename P::saved` (what the policy's backward needs from the forward, e.g. PGQA's call
+/// index and row statistics) and `finish_train(saved, o, map, executor)`, which forward_train() calls
+/// instead of finish(): it does what finish() does and records, in the same step, what it did (a policy
+/// shared between threads cannot be asked afterwards; Note [PGQA training call]).
+template <class P>
+concept policy_with_finish_train = requires { typename P::saved; } &&
+    requires(P& p, typename P::saved& s, const tensor_view<float>& o, const head_map& m, const executor& ex) {
+      p.finish_train(s, o, m, ex);
+    };
+/// Optional: the backward of finish(): from the final output o and dout = ∂L/∂o, the core's output and
+/// ∂L/∂(core output), either o and dout themselves or views into `buffer` (which backward() owns).
+template <class P>
+concept policy_with_finish_backward = requires { typename P::saved; } &&
+    requires(P& p, const typename P::saved& s, const tensor_view<const float>& o, const tensor_view<const float>& dout,
+             const head_map& m, const executor& ex, std::vector<float>& buffer) {
+      { p.finish_backward(s, o, dout, m, ex, buffer) } -> std::convertible_to<output_grad_views>;
+    };
+/// Optional: the backward of prepare(): from the caller's k, v and the gradients with respect to the
+/// prepared K/V (dk_core, dv_core, shaped like prepare()'s views), the gradients with respect to k and v
+/// (written to dk, dv) and to the policy's own parameters (kept by the policy, e.g. WGQA's weight_grad()).
+template <class P>
+concept policy_with_prepare_backward =
+    requires(P& p, const tensor_view<const float>& k, const tensor_view<const float>& v,
+             const tensor_view<const float>& dk_core, const tensor_view<const float>& dv_core,
+             const tensor_view<float>& dk, const tensor_view<float>& dv, const executor& ex) {
+      p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);
+    };
+
+/// What P records, or nothing.
+struct no_saved_state {};
+namespace detail {
+template <class P, class = void>
+struct saved_of {
+  using type = no_saved_state;
+};
+template <class P>
+struct saved_of<P, std::void_t<typename P::saved>> {
+  using type = typename P::saved;
+};
+}  // namespace detail
+template <class P>
+using policy_saved_t = typename detail::saved_of<P>::type;
+
+/// What forward_train() keeps for backward(), like a framework's saved tensors: the head map(s) the
+/// forward used (never re-planned: KDGQA/DGQA's allocation has no gradient, and a later plan could
+/// differ), the LSE, what the policy recorded, and the call's shapes and mask options (backward() checks
+/// that it is given the same). The caller keeps q, k, v and o themselves, as for attend_backward().
+template <class P>
+struct saved_forward {
+  std::vector<head_map> maps;  ///< the plan, or one per batch element when the policy planned per sample
+  std::vector<float> lse;      ///< [b][hq][sq], natural log, −inf for rows that saw no key
+  policy_saved_t<P> policy;    ///< what P::record() kept (PGQA: row statistics)
+  // The call: the caller's q, k, v, o extents (k/v before prepare()) and the options that change the math.
+  index_t extents[4][4] = {};
+  std::optional<float> scale;
+  bool causal = false;
+  std::vector<index_t> kv_lengths;
+  /// True once forward_train() has filled it.
+  bool valid() const noexcept { return !maps.empty(); }
+};
+
+namespace detail {
+
+/// finish(), or finish_train() when forward_train() keeps what the policy records.
+template <class P, class S>
+void finish(P& p, const tensor_view<float>& o, const head_map& map, const executor& ex, S* saved) {
+  if constexpr (policy_with_finish_train<P>) {
+    if (saved) {
+      p.finish_train(saved->policy, o, map, ex);
       return;
     }
   }
-  const head_map map = p.plan(q, kv.k);
-  attend<Isa>(q, kv.k, kv.v, o, map, opt);
-  detail::finish(p, o, map, opt);
+  finish(p, o, map, ex);
 }
+
+/// forward() and forward_train(): check -> prepare -> plan -> core -> finish (Note [validation once]).
+/// With `saved` (S = saved_forward<...>), the LSE goes to saved->lse (and to opt.lse too when given), the
+/// plan(s) are kept and finish_train() replaces finish().
+template <class Isa, class Policy, class S>
+void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view<const float>& k,
+                 const tensor_view<const float>& v, const tensor_view<float>& o, const attention_options& opt,
+                 S* saved, const char* where) {
+  // Memory safety first: a policy's own work (norms, noise) reads these views.
+  check_views(q, k, v, o, where);
+  check_finite(q, k, v, opt, where);  // opt-in; before the policy's own work
+  if constexpr (policy_with_check<Policy>) p.check(q, k, v, o);
+  kv_views kv{k, v};
+  if constexpr (policy_with_prepare<Policy>) {
+    kv = p.prepare(k, v);
+    check_view(kv.k, "prepare().k", where);
+    check_view(kv.v, "prepare().v", where);
+  }
+  // The whole call (shapes, options, aliasing) before plan(): a bad argument throws before a stateful
+  // policy (DGQA) updates its state or any sample is computed.
+  check_call(q, kv.k, kv.v, o, opt, where);
+  attention_options call = opt;
+  if (saved) {
+    saved->maps.clear();
+    saved->lse.assign(static_cast<std::size_t>(q.b * q.h * q.s), 0.0f);
+    call.lse = saved->lse;
+    const tensor_view<const float> views[4] = {q, k, v, o};
+    for (int t = 0; t < 4; ++t) {
+      const index_t e[4] = {views[t].b, views[t].s, views[t].h, views[t].d};
+      std::copy(e, e + 4, saved->extents[t]);
+    }
+    saved->scale = opt.scale;
+    saved->causal = opt.causal;
+    saved->kv_lengths.assign(opt.kv_lengths.begin(), opt.kv_lengths.end());
+    saved->policy = {};
+  }
+  const executor ex = executor_of(opt);
+  bool done = false;
+  if constexpr (policy_with_per_sample<Policy>) {
+    static_assert(!policy_with_finish_train<Policy> && !policy_with_finish_backward<Policy>,
+                  "gqa: a policy that plans per sample cannot finish_train() or finish_backward() (not supported yet)");
+    if (p.per_sample() && q.b > 1) {
+      const auto per = static_cast<std::size_t>(q.h * q.s);  // LSE entries of one sample
+      for (index_t ib = 0; ib < q.b; ++ib) {
+        const auto qs = sample(q, ib), ks = sample(kv.k, ib), vs = sample(kv.v, ib);
+        const auto os = sample(o, ib);
+        attention_options so = call;
+        if (!call.kv_lengths.empty()) so.kv_lengths = call.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
+        if (!call.lse.empty()) so.lse = call.lse.subspan(static_cast<std::size_t>(ib) * per, per);
+        const head_map map = p.plan(qs, ks);
+        check_map(map, qs, ks, where);
+        core::forward<Isa>(qs, ks, vs, os, map, so);
+        finish(p, os, map, ex);
+        if (saved) saved->maps.push_back(map);
+      }
+      done = true;
+    }
+  }
+  if (!done) {
+    const head_map map = p.plan(q, kv.k);
+    check_map(map, q, kv.k, where);
+    core::forward<Isa>(q, kv.k, kv.v, o, map, call);
+    finish(p, o, map, ex, saved);
+    if (saved) saved->maps.push_back(map);
+  }
+  if (saved && !opt.lse.empty()) std::copy(saved->lse.begin(), saved->lse.end(), opt.lse.begin());
+}
+
+}  // namespace detail
+
+/// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish. `p` may be a
+/// temporary (`forward(gqa_policy{}, ...)`) or a const policy whose members are const; see the README for
+/// which policies may be shared between threads.
+template <class Isa = isa::native, class P>
+  requires attention_policy<std::remove_reference_t<P>>
+void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+             tensor_view<float> o, const attention_options& opt = {}) {
+  static_assert(isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using Policy = std::remove_reference_t<P>;
+  using Mutable = std::remove_cv_t<Policy>;
+  // A const policy must not silently skip a step that only its non-const members implement.
+  static_assert((policy_with_check<Policy> || !policy_with_check<Mutable>) &&
+                    (policy_with_prepare<Policy> || !policy_with_prepare<Mutable>) &&
+                    (policy_with_finish<Policy> || policy_with_finish_executor<Policy> ||
+                     !(policy_with_finish<Mutable> || policy_with_finish_executor<Mutable>)),
+                "gqa::forward: this policy's check/prepare/finish is not const; pass a non-const policy");
+  Policy& p = policy;
+  detail::run_forward<Isa>(p, q, k, v, o, opt, static_cast<saved_forward<Mutable>*>(nullptr), "gqa::forward");
+}
+
+/// forward() for training: the same call (same output, same policy state changes), which also returns
+/// what backward() needs. Keep q, k, v and o unchanged until backward() has run.
+template <class Isa = isa::native, attention_policy P>
+saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<const float> k,
+                               tensor_view<const float> v, tensor_view<float> o, const attention_options& opt = {}) {
+  static_assert(isa::compiled<Isa>, "gqa::forward_train<Isa>: this translation unit is not compiled with flags for Isa");
+  saved_forward<P> saved;
+  detail::run_forward<Isa>(p, q, k, v, o, opt, &saved, "gqa::forward_train");
+  return saved;
+}
+
+namespace detail {
+
+/// options.scale as a message part: its value or "(default)".
+struct scale_text {
+  const std::optional<float>& scale;
+  friend std::ostream& operator<<(std::ostream& os, const scale_text& s) {
+    return s.scale ? os << *s.scale : os << "(default)";
+  }
+};
+
+/// Everything backward() checks before any work: `saved` filled, views, extents equal to the forward's,
+/// dout/dq/dk/dv like o/q/k/v, the forward's mask options, threads, and no gradient repeating an element
+/// or sharing one with an input or another gradient (Note [exact overlap]).
+template <class P>
+void check_backward_call(const saved_forward<P>& saved, const tensor_view<const float>& q,
+                         const tensor_view<const float>& k, const tensor_view<const float>& v,
+                         const tensor_view<const float>& o, const tensor_view<const float>& dout,
+                         const tensor_view<float>& dq, const tensor_view<float>& dk, const tensor_view<float>& dv,
+                         const attention_options& opt) {
+  constexpr const char* where = "gqa::backward";
+  if (!saved.valid()) fail(where, ": saved = (empty): pass what gqa::forward_train returned for this call");
+  const named_view<const float> in[5] = {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}};
+  for (const auto& t : in) check_view(t.view, t.name, where);
+  check_view(dq, "dq", where);
+  check_view(dk, "dk", where);
+  check_view(dv, "dv", where);
+  static constexpr const char* ext[4] = {"b", "s", "h", "d"};
+  for (int t = 0; t < 4; ++t) {
+    const index_t got[4] = {in[t].view.b, in[t].view.s, in[t].view.h, in[t].view.d};
+    for (int e = 0; e < 4; ++e)
+      if (got[e] != saved.extents[t][e])
+        fail(where, ": ", field{in[t].name, ext[e]}, " = ", got[e], ": must equal the forward's ",
+             field{in[t].name, ext[e]}, " = ", saved.extents[t][e]);
+  }
+  require_same_extents(dout, "dout", o, "o", where);
+  require_same_extents(dq, "dq", q, "q", where);
+  require_same_extents(dk, "dk", k, "k", where);
+  require_same_extents(dv, "dv", v, "v", where);
+  if (opt.scale != saved.scale)
+    fail(where, ": options.scale = ", scale_text{opt.scale}, ": must equal the forward's (", scale_text{saved.scale}, ")");
+  if (opt.causal != saved.causal)
+    fail(where, ": options.causal = ", opt.causal ? "true" : "false", ": must equal the forward's (",
+         saved.causal ? "true" : "false", ")");
+  if (!std::equal(opt.kv_lengths.begin(), opt.kv_lengths.end(), saved.kv_lengths.begin(), saved.kv_lengths.end()))
+    fail(where, ": options.kv_lengths (size ", opt.kv_lengths.size(), "): must equal the forward's (size ",
+         saved.kv_lengths.size(), ")");
+  require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+  require_outputs_disjoint({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, {in[0], in[1], in[2], in[3], in[4]}, where);
+}
+
+}  // namespace detail
+
+/// The gradients of the forward_train() call that returned `saved`: dq, dk, dv (like q, k, v: the caller's
+/// tensors, before any prepare()) from dout = ∂L/∂o, the same q, k, v, o and the same options (threads
+/// may differ). Runs finish_backward -> attend_backward on the recorded map(s) -> prepare_backward, so
+/// each variant differentiates its own steps; its parameter gradients (WGQA's weights) stay in the policy.
+/// Each step runs on the call's executor (executor_of(options)).
+/// dq, dk, dv are overwritten. Bitwise identical for any thread count and executor.
+/// Throws gqa::invalid_argument before any work for: an empty `saved`, extents different from the
+/// forward's, dout/dq/dk/dv extents different from o/q/k/v, options (scale, causal, kv_lengths) different
+/// from the forward's, and any overlap of dq, dk, dv with an input or each other.
+template <class Isa = isa::native, attention_policy P>
+void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, tensor_view<const float> k,
+              tensor_view<const float> v, tensor_view<const float> o, tensor_view<const float> dout,
+              tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const attention_options& opt = {}) {
+  static_assert(isa::compiled<Isa>, "gqa::backward<Isa>: this translation unit is not compiled with flags for Isa");
+  detail::check_backward_call(saved, q, k, v, o, dout, dq, dk, dv, opt);
+  kv_views kv{k, v};
+  if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);  // recomputed: see Note [backward recomputes prepare]
+  // The core's dK/dV: the caller's dk, dv, or (when prepare() changed K/V) buffers shaped like kv.
+  std::vector<float> dk_buf, dv_buf;
+  tensor_view<float> dk_core = dk, dv_core = dv;
+  if constexpr (policy_with_prepare_backward<P>) {
+    dk_buf.resize(static_cast<std::size_t>(kv.k.b * kv.k.s * kv.k.h * kv.k.d));
+    dv_buf.resize(static_cast<std::size_t>(kv.v.b * kv.v.s * kv.v.h * kv.v.d));
+    dk_core = bshd(dk_buf.data(), kv.k.b, kv.k.s, kv.k.h, kv.k.d);
+    dv_core = bshd(dv_buf.data(), kv.v.b, kv.v.s, kv.v.h, kv.v.d);
+  }
+  const std::span<const float> lse = saved.lse;
+  attention_options call = opt;
+  call.lse = {};  // the LSE is saved.lse; a caller's options.lse (sized for the forward) is not used here
+  const executor ex = executor_of(call);
+  if (saved.maps.size() == 1) {
+    output_grad_views og{o, dout};
+    std::vector<float> finish_buf;  // finish_backward's output, when it has one
+    if constexpr (policy_with_finish_backward<P>) og = p.finish_backward(saved.policy, o, dout, saved.maps[0], ex, finish_buf);
+    attend_backward<Isa>(q, kv.k, kv.v, og.o, og.dout, lse, dq, dk_core, dv_core, saved.maps[0], call);
+  } else {
+    // Planned per sample: one core call per batch element with its own map.
+    const auto per = static_cast<std::size_t>(q.h * q.s);
+    for (index_t ib = 0; ib < q.b; ++ib) {
+      attention_options so = call;
+      if (!call.kv_lengths.empty()) so.kv_lengths = call.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
+      attend_backward<Isa>(detail::sample(q, ib), detail::sample(kv.k, ib), detail::sample(kv.v, ib),
+                           detail::sample(o, ib), detail::sample(dout, ib),
+                           lse.subspan(static_cast<std::size_t>(ib) * per, per), detail::sample(dq, ib),
+                           detail::sample(dk_core, ib), detail::sample(dv_core, ib),
+                           saved.maps[static_cast<std::size_t>(ib)], so);
+    }
+  }
+  if constexpr (policy_with_prepare_backward<P>) p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);
+}
+
+// Note [backward recomputes prepare]
+// backward() calls prepare(k, v) again rather than keeping its output from the forward: WGQA's combined
+// K/V are O(b·skv·hkv·d) to rebuild (well under 1% of the attention's work on every benchmark shape), a
+// pure function of (k, v, weights) whose weights a policy never changes, and rounded once per value, so
+// the rebuilt K̃, Ṽ are the forward's bits exactly; keeping them would cost that memory per layer for the
+// whole step, as a framework's saved tensors do.
 
 GQA_END_NAMESPACE

@@ -1,10 +1,11 @@
-// gqa/variants/sqa.hpp: Sparse Query Attention (Filipek 2025, spec §9) and its named configurations.
+// gqa/variants/sqa.hpp: Sparse Query Attention (Filipek 2025, arXiv 2510.01817) and its named configurations.
 // SQA is a projection-shape choice: fewer query heads (hq < H, the baseline model's heads) with
 // d = D / H kept, so attention FLOPs scale with hq. The kernel is plain GQA over (hq, hkv).
 #pragma once
 
 #include <string>
 
+#include "model_shape.hpp"
 #include "policy.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -43,6 +44,15 @@ struct sqa_config {
 struct sqa_policy {
   static constexpr std::string_view name = "sqa";
   sqa_config config;
+
+  /// Registry (variants/registry.hpp): by default sSQA, hq = hkv = H/2 (sqa_config::symmetric); make()
+  /// builds any configuration of the layer's H: sqa_config::standard(H, hq, hkv).
+  static constexpr variant_heads heads_for(const model_shape& m) noexcept {
+    return {m.heads / 2, m.heads / 2, m.heads / 2};
+  }
+  static sqa_policy make(const model_shape& m, const variant_heads& h) {
+    return {sqa_config::standard(m.heads, h.hq, h.hkv)};
+  }
 
   void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
              const tensor_view<float>&) const {

@@ -1,0 +1,63 @@
+# bench/check_registry.cmake: CTest check that every registered variant (gqa/variants/registry.hpp) is
+# benchmarked and compared: each name printed by NAMES (gqa_registry_names) must start a benchmark name of
+# BENCH (gqa_bench --benchmark_list_tests; skipped when gqa_bench is not built) and be the variant of a row
+# of COMPARE's compare.csv (gqa-compare --tiny, written under WORK).
+# cmake -DNAMES=<exe> [-DBENCH=<gqa_bench>] -DCOMPARE=<gqa-compare> -DWORK=<dir> -P check_registry.cmake
+cmake_minimum_required(VERSION 3.21)
+foreach(_var NAMES COMPARE WORK)
+  if(NOT DEFINED ${_var})
+    message(FATAL_ERROR "check_registry.cmake: pass -D${_var}=...")
+  endif()
+endforeach()
+
+execute_process(COMMAND "${NAMES}" RESULT_VARIABLE rc OUTPUT_VARIABLE names_out TIMEOUT 30)
+if(NOT rc EQUAL 0 OR names_out STREQUAL "")
+  message(FATAL_ERROR "${NAMES}: exit ${rc}, no names")
+endif()
+string(STRIP "${names_out}" names_out)
+string(REPLACE "\n" ";" names "${names_out}")
+list(LENGTH names n)
+message(STATUS "registered variants (${n}): ${names}")
+
+set(_failures 0)
+if(DEFINED BENCH AND NOT BENCH STREQUAL "")
+  execute_process(COMMAND "${BENCH}" --benchmark_list_tests=true RESULT_VARIABLE rc OUTPUT_VARIABLE list TIMEOUT 60)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "gqa_bench --benchmark_list_tests: exit ${rc}")
+  endif()
+  foreach(name IN LISTS names)
+    string(REGEX MATCH "(^|\n)${name}/" hit "${list}")
+    if(NOT hit)
+      message(SEND_ERROR "FAIL: registered variant '${name}' is not benchmarked: no gqa_bench benchmark ${name}/...")
+      math(EXPR _failures "${_failures} + 1")
+    endif()
+  endforeach()
+else()
+  message(STATUS "gqa_bench not built: only gqa-compare is checked")
+endif()
+
+file(REMOVE_RECURSE "${WORK}")
+execute_process(COMMAND "${COMPARE}" --tiny --no-plot --threads 1 --out "${WORK}" RESULT_VARIABLE rc
+                OUTPUT_QUIET ERROR_VARIABLE err TIMEOUT 120)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "gqa-compare --tiny: exit ${rc}: ${err}")
+endif()
+file(STRINGS "${WORK}/compare.csv" rows)
+list(REMOVE_AT rows 0)  # header: config,scheme,variant,...
+set(compared)
+foreach(row IN LISTS rows)
+  string(REPLACE "," ";" fields "${row}")
+  list(GET fields 2 variant)
+  list(APPEND compared "${variant}")
+endforeach()
+foreach(name IN LISTS names)
+  if(NOT name IN_LIST compared)
+    message(SEND_ERROR "FAIL: registered variant '${name}' is not compared: no row of gqa-compare's compare.csv")
+    math(EXPR _failures "${_failures} + 1")
+  endif()
+endforeach()
+
+if(_failures GREATER 0)
+  message(FATAL_ERROR "${_failures} registered variant(s) not covered")
+endif()
+message(STATUS "every registered variant is benchmarked and compared")

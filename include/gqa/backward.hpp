@@ -1,0 +1,98 @@
+// gqa/backward.hpp: attend_backward<Isa>(), the gradients of attend() (FlashAttention-2's backward on the
+// one blocked core), with validation. Invariant: every argument is checked here, before any work; below
+// this nothing throws or allocates per tile.
+#pragma once
+
+#include <cmath>
+#include <span>
+#include <utility>
+
+#include "attention.hpp"
+#include "config.hpp"
+#include "detail/core/backward.hpp"
+#include "errors.hpp"
+#include "head_map.hpp"
+#include "isa/tags.hpp"
+#include "options.hpp"
+#include "tensor.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+namespace detail {
+
+/// Throws unless `got` has the extents of `want` ("<where>: dq.s = 5: must equal q.s = 4").
+template <class A, class B>
+inline void require_same_extents(const tensor_view<A>& got, const char* got_name, const tensor_view<B>& want,
+                                 const char* want_name, const char* where) {
+  const index_t g[4] = {got.b, got.s, got.h, got.d};
+  const index_t w[4] = {want.b, want.s, want.h, want.d};
+  const char* ext[4] = {"b", "s", "h", "d"};
+  for (int i = 0; i < 4; ++i)
+    if (g[i] != w[i])
+      fail(where, ": ", got_name, ".", ext[i], " = ", g[i], ": must equal ", want_name, ".", ext[i], " = ", w[i]);
+}
+
+/// The view of a span as a 1-D tensor (for the aliasing checks).
+template <class T>
+inline tensor_view<T> span_view(std::span<T> s) noexcept {
+  return {s.data(), 1, 1, 1, static_cast<index_t>(s.size()), 0, 0, 0, 1};
+}
+
+/// Everything attend_backward() checks, once, before any work (Note [validation once]): the forward's
+/// checks of q, k, v, o, options and map, the extents of dout and the gradients, the LSE, and that no
+/// gradient repeats an element or shares one with an input or another gradient (Note [exact overlap]).
+inline void validate_backward(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                              const tensor_view<const float>& v, const tensor_view<const float>& o,
+                              const tensor_view<const float>& dout, std::span<const float> lse,
+                              const tensor_view<float>& dq, const tensor_view<float>& dk, const tensor_view<float>& dv,
+                              const head_map& map, const attention_options& opt) {
+  constexpr const char* where = "gqa::attend_backward";
+  check_view(q, "q", where);
+  check_view(k, "k", where);
+  check_view(v, "v", where);
+  check_view(o, "o", where);
+  check_view(dout, "dout", where);
+  check_view(dq, "dq", where);
+  check_view(dk, "dk", where);
+  check_view(dv, "dv", where);
+  check_shapes(q, k, v, o, opt, where);
+  require_same_extents(dout, "dout", o, "o", where);
+  require_same_extents(dq, "dq", q, "q", where);
+  require_same_extents(dk, "dk", k, "k", where);
+  require_same_extents(dv, "dv", v, "v", where);
+  check_map(map, q, k, where);
+  const index_t need = q.b * q.h * q.s;  // <= q's element count, which check_view bounded
+  require(std::cmp_equal(lse.size(), need), where, "lse.size()", lse.size(), "must equal b*hq*sq = ", need,
+          " (the forward's options.lse)");
+  for (std::size_t i = 0; i < lse.size(); ++i)
+    if (std::isnan(lse[i]) || (std::isinf(lse[i]) && lse[i] > 0))
+      fail(where, ": lse[", i, "] = ", lse[i], ": must be finite or -inf (the forward's LSE of that row)");
+  require_outputs_disjoint({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
+                           {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}, {span_view(lse), "lse"}}, where);
+}
+
+}  // namespace detail
+
+/// The gradients of O = attend(q, k, v, map, opt) with respect to q, k and v, given dout = ∂L/∂O, the
+/// forward's output o and its LSE (options.lse of the forward call, laid out [b][hq][sq]).
+/// Shapes: dq like q (b, sq, hq, d_qk), dk like k (b, skv, hkv, d_qk), dv like v (b, skv, hkv, d_v), any
+/// strides with stride_d = 1. The options must be the forward's (scale, causal, kv_lengths); threads and
+/// parallel_for may differ; options.lse is not used (the LSE is the `lse` argument).
+/// dq, dk and dv are overwritten, not accumulated. A KV head's dk/dv is the sum over every query head the
+/// map assigns to it (zero for a KV head that serves none); keys no query sees (past kv_lengths, or after
+/// every causal row) get zero; rows that saw no key (LSE −inf) contribute nothing and get dq = 0.
+/// Results are bitwise identical for any thread count and executor.
+/// Throws gqa::invalid_argument (naming the argument and its value) before any work for: any check of
+/// attend(), dout/dq/dk/dv extents different from o/q/k/v, lse of the wrong size or holding NaN or +inf,
+/// and any overlap of dq, dk, dv with an input or with each other.
+template <class Isa = isa::native>
+void attend_backward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                     tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,
+                     tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
+                     const attention_options& opt = {}) {
+  static_assert(isa::compiled<Isa>, "gqa::attend_backward<Isa>: this translation unit is not compiled with flags for Isa");
+  detail::validate_backward(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+  detail::core::backward<Isa>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+}
+
+GQA_END_NAMESPACE

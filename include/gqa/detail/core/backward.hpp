@@ -1,0 +1,365 @@
+// gqa/detail/core/backward.hpp: the backward pass of the attention core (FlashAttention-2's algorithm on
+// the core's register tile and packing): P recomputed from Q, K and the forward's LSE, D = rowsum(dO∘O),
+// dV += Pᵀ·dO, dS = P∘(dP − D), dQ = scale·dS·K, dK += scale·dSᵀ·Q. Invariants: never materialises
+// Sq×Skv; every output element is written by one task or reduced in a fixed order, so results are bitwise
+// identical for any thread count; extra memory is O(tile) per thread plus the dK/dV accumulators
+// (Note [backward tasks]).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "../../head_map.hpp"
+#include "../../isa/vec.hpp"
+#include "../../isa/vec_math.hpp"
+#include "../../options.hpp"
+#include "../../tensor.hpp"
+#include "../../threading/parallel.hpp"
+#include "common.hpp"
+#include "packed.hpp"
+#include "tile.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace detail::core {
+
+// Note [backward tasks]
+// A task takes one (batch, KV head) and a range of query positions; its rows are the group's heads at
+// those positions, in the forward's tile order (Note [tile rows]), walked a query block at a time. For
+// each query block it packs Q and dO as rows and transposed (Qᵀ, dOᵀ), computes D = rowsum(dO∘O) and −LSE
+// per row once, and keeps dQ of the block in scratch; then for each visible KV block it runs the five
+// products on the register tile with the block's KEYS as the tile's rows, so K and V are read in place
+// and never transposed (Qᵀ and dOᵀ, packed once per query block, serve every KV block):
+//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ                          (K, V rows broadcast from where they are)
+//   Pᵀ = 2^((Sᵀ·scale − LSE)·log2e), dSᵀ = scale·Pᵀ∘(dPᵀ − D)   (key by key over vectors of rows)
+//   dV_j += Pᵀ·dO, dK_j += dSᵀ·Q                     (K loop over the block's rows)
+//   dQ += dS·K_j                                     (dSᵀ read transposed; K rows in place unless d needs
+//                                                     padding to the vector width, then copied padded)
+// dQ rows are final when the block's KV loop ends and go straight to dq. dK/dV of the KV head sum over
+// every row of every query block, i.e. over all of the group's query heads and positions: they
+// accumulate, in the order the task walks its blocks, in an fp32 accumulator of skv × (d + d_v) (padded to
+// the vector width) for the task's (batch, KV head, range). With one range per (batch, KV head) and rows
+// that need no padding that is dk/dv itself; else the R accumulators are added in range order by a last
+// pass. R depends only on the shapes (enough tasks for k_backward_min_tasks), never on the thread count, so the
+// result is the same bits for any thread count and executor, and no two tasks write the same memory.
+// Memory: R·b·(active KV heads)·skv·(d_pad + d_v,pad) floats of accumulators plus O(tile) scratch per
+// thread; dQ needs none (P1 on AVX-512: 2 ranges, 32 MiB).
+// Masked tiles are skipped exactly as in the forward: a query block visits only the KV blocks below its
+// last row's limit, and masks only the blocks that cut a row; keys past kv_lengths are never read. A row whose LSE is −inf saw no key in the
+// forward; it is treated as seeing none here (P = 0), so it contributes nothing and gets dQ = 0 whatever
+// its scores.
+
+// Note [backward numerics]
+// Two choices keep the kernel as accurate as a naive fp32 backward (Note [backward tolerance]):
+// * P = 2^((s·scale − LSE)·log2e): the difference is one fused multiply-add in natural units, so it is
+//   exact up to one rounding of a number near 0 for the keys that matter, and only then scaled into log2
+//   units. Scaling the LSE into log2 units first (as the forward's max is) rounds a number of the scores'
+//   magnitude and shifts every P of the row by up to u·|LSE·log2e|: at scale 10 that was 200 times the
+//   naive code's error.
+// * D = dO·O is summed like one lane of the tile's dP = dO·Vᵀ (one mul_add per element, in order). With
+//   one visible key O = V exactly, so D == dP bit for bit and dS = P·(dP − D) is exactly 0, as it is in
+//   exact arithmetic; a differently ordered sum left ~1e-7 per row, which dK summed over thousands of
+//   rows into errors of 4e-6 where the gradient is 0.
+
+inline constexpr index_t k_backward_min_tasks = 16;
+
+/// Everything a backward task needs, fixed for the call.
+struct backward_problem {
+  tensor_view<const float> q, k, v, o, dout;
+  std::span<const float> lse;
+  tensor_view<float> dq;
+  const head_map* map;
+  const index_t* active;  // KV heads that serve at least one query head
+  float scale;
+  bool causal;
+  std::span<const index_t> kv_lengths;
+  index_t dp, dvp;  // d and d_v rounded up to the vector width
+};
+
+template <class Isa>
+struct backward_kernel {
+  using V = isa::vec<Isa>;
+  using shape = typename V::tile_shape;
+  using tiled = packed<Isa>;
+  static constexpr int L = V::lanes;
+  static constexpr int MR = shape::mr, NR = shape::nr;
+  static constexpr index_t cols = tiled::cols;
+
+  using assign_tile = tile_table<Isa, MR, NR, a_order::row_major, update::assign>;
+  using acc_tile = tile_table<Isa, MR, NR, a_order::row_major, update::accumulate>;
+  using acc_tile_t = tile_table<Isa, MR, NR, a_order::transposed, update::accumulate>;
+
+  /// A task's scratch, in floats (every array 64-byte aligned), for a query block of `rows` rows (rp: rows
+  /// rounded to the vector width) and a KV block of bk keys: Qᵀ and dOᵀ (d × rp, d_v × rp), Q and dO
+  /// (rows padded to dp, dvp), Sᵀ/Pᵀ and dPᵀ/dSᵀ (bk × rp), dQ (rows × dp), per row the LSE and D (rp),
+  /// and K's rows padded to dp.
+  struct layout {
+    index_t bk, rp, qt, dot, qr, dor, s, ds, dqa, lse, dd, kr, total;
+  };
+
+  static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t dp, index_t dvp) noexcept {
+    layout s{};
+    s.bk = shape::block_kv / MR * MR;  // keys are the tile's rows: whole tiles but for the last block
+    s.rp = round_up(rows, L);
+    index_t off = 0;
+    auto carve = [&off](index_t n) {
+      const index_t at = off;
+      off += round_up(n, 16);
+      return at;
+    };
+    s.qt = carve(d * s.rp);
+    s.dot = carve(dv * s.rp);
+    s.qr = carve(rows * dp);
+    s.dor = carve(rows * dvp);
+    s.s = carve(s.bk * s.rp);
+    s.ds = carve(s.bk * s.rp);
+    s.dqa = carve(rows * dp);
+    s.lse = carve(s.rp);
+    s.dd = carve(s.rp);
+    s.kr = carve(s.bk * dp);
+    s.total = off;
+    return s;
+  }
+
+  /// Positions per query block for a group of G heads: the forward's tile rows (Note [tile rows]).
+  static index_t block_positions(index_t G) noexcept { return std::max<index_t>(1, shape::rows / G); }
+
+  /// C (rows × width, stride ldc) (=|+=) A·B where A(r, k) is a[r·lda + k] (or a[k·lda + r] for a Table
+  /// that reads A transposed) over k < kn and B is kn rows of `width` floats (stride ldb); width a multiple
+  /// of L.
+  template <class Table>
+  static void product(const float* a, index_t lda, index_t rows, const float* b, index_t ldb, index_t width,
+                      index_t kn, float* c, index_t ldc) noexcept {
+    constexpr bool transposed = std::is_same_v<Table, acc_tile_t>;
+    for (index_t c0 = 0; c0 < width; c0 += cols) {
+      const int nr = static_cast<int>(std::min(cols, width - c0) / L);
+      for (index_t r0 = 0; r0 < rows; r0 += MR) {
+        const int mr = static_cast<int>(std::min<index_t>(MR, rows - r0));
+        const float* ar = transposed ? a + r0 : a + r0 * lda;
+        Table::get(mr, nr)(ar, lda, b + c0, ldb, kn, c + r0 * ldc + c0, ldc);
+      }
+    }
+  }
+
+  /// One task: batch ib, KV head active[gi], query positions [p0, p1); dK/dV accumulate into skv rows of
+  /// acc_k (stride ldk, dp floats each) and acc_v (stride ldv, dvp floats), zeroed here first.
+  static void run(const backward_problem& pb, index_t ib, index_t gi, index_t p0, index_t p1, float* acc_k, index_t ldk,
+                  float* acc_v, index_t ldv) noexcept {
+    const index_t g = pb.active[gi];
+    const auto heads = pb.map->q_heads(g);
+    const index_t G = static_cast<index_t>(heads.size());
+    const index_t d = pb.q.d, dv = pb.v.d, dp = pb.dp, dvp = pb.dvp, sq = pb.q.s, skv = pb.k.s;
+    const index_t block_q = block_positions(G);
+    const index_t rows_max = G * std::min(block_q, p1 - p0);
+    const layout lay = plan_scratch(rows_max, d, dv, dp, dvp);
+    float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
+    float* qt = ws + lay.qt;
+    float* dot = ws + lay.dot;
+    float* qr = ws + lay.qr;
+    float* dor = ws + lay.dor;
+    float* st = ws + lay.s;
+    float* dst = ws + lay.ds;
+    float* dqa = ws + lay.dqa;
+    float* nlse = ws + lay.lse;
+    float* dd = ws + lay.dd;
+    float* kr = ws + lay.kr;
+    for (index_t j = 0; j < skv; ++j) {
+      std::fill(acc_k + j * ldk, acc_k + j * ldk + dp, 0.0f);
+      std::fill(acc_v + j * ldv, acc_v + j * ldv + dvp, 0.0f);
+    }
+
+    const index_t kv_len = pb.kv_lengths.empty() ? skv : pb.kv_lengths[static_cast<std::size_t>(ib)];
+    auto row_limit = [&](index_t pos) noexcept -> index_t {
+      if (!pb.causal) return kv_len;
+      return std::clamp<index_t>(pos + (kv_len - sq) + 1, 0, kv_len);
+    };
+    const index_t ks = pb.k.stride_s, vs = pb.v.stride_s;
+    // K's rows serve as B of dQ += dS·K in place when they need no padding.
+    const bool k_in_place = dp == d;
+
+    for (index_t q0 = p0; q0 < p1; q0 += block_q) {
+      const index_t q1 = std::min(p1, q0 + block_q);
+      const index_t rows = G * (q1 - q0), rp = round_up(rows, L);
+      // Pack Q and dO as rows (padded to dp, dvp) and transposed (padded to rp columns), the LSE and
+      // D = dO·O per row, and −LSE. A row that saw no key in the forward (LSE −inf), and the padding, get
+      // −LSE = −inf: P = 2^(−inf) = 0 whatever its scores (Note [backward tasks]).
+      bool any_row = false;
+      for (index_t r = 0; r < rp; ++r) {
+        if (r >= rows) {
+          for (index_t c = 0; c < d; ++c) qt[c * rp + r] = 0.0f;
+          for (index_t c = 0; c < dv; ++c) dot[c * rp + r] = 0.0f;
+          nlse[r] = k_neg_inf;
+          dd[r] = 0.0f;
+          continue;
+        }
+        const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
+        const float* qs = pb.q.row(ib, pos, h);
+        const float* ds = pb.dout.row(ib, pos, h);
+        std::copy(qs, qs + d, qr + r * dp);
+        std::fill(qr + r * dp + d, qr + (r + 1) * dp, 0.0f);
+        std::copy(ds, ds + dv, dor + r * dvp);
+        std::fill(dor + r * dvp + dv, dor + (r + 1) * dvp, 0.0f);
+        for (index_t c = 0; c < d; ++c) qt[c * rp + r] = qs[c];
+        for (index_t c = 0; c < dv; ++c) dot[c * rp + r] = ds[c];
+        const float l = pb.lse[static_cast<std::size_t>((ib * pb.q.h + h) * sq + pos)];
+        nlse[r] = l == k_neg_inf ? k_neg_inf : -l;
+        any_row = any_row || (l != k_neg_inf && row_limit(pos) > 0);
+        dd[r] = dot_row(ds, pb.o.row(ib, pos, h), dv);
+      }
+      std::fill(dqa, dqa + rows * dp, 0.0f);
+      const index_t kv_hi = any_row ? row_limit(q1 - 1) : 0;  // no row sees past this
+      const index_t kv_unmasked = row_limit(q0);               // every row sees below this
+
+      for (index_t j0 = 0; j0 < kv_hi; j0 += lay.bk) {
+        const index_t nb = std::min(lay.bk, kv_hi - j0);
+        const float* kb = pb.k.row(ib, j0, g);
+        const float* vb = pb.v.row(ib, j0, g);
+        // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: the block's keys are the tile's rows, read in place.
+        product<assign_tile>(kb, ks, nb, qt, rp, rp, d, st, rp);
+        product<assign_tile>(vb, vs, nb, dot, rp, rp, dv, dst, rp);
+        // Pᵀ and dSᵀ, key by key; under a causal mask key j is seen by the rows of positions
+        // >= j − (kv_len − sq), a suffix of the block's rows.
+        for (index_t j = 0; j < nb; ++j) {
+          index_t first = 0;
+          if (j0 + j >= kv_unmasked) {
+            const index_t pos = std::max<index_t>(q0, j0 + j - (kv_len - sq));
+            first = std::min(rows, (pos - q0) * G);
+          }
+          probabilities(st + j * rp, dst + j * rp, rp, first, pb.scale, nlse, dd);
+        }
+        // dV_j += Pᵀ·dO and dK_j += dSᵀ·Q (the block's keys are C's rows), dQ += dS·K_j (dSᵀ read
+        // transposed).
+        product<acc_tile>(st, rp, nb, dor, dvp, dvp, rows, acc_v + j0 * ldv, ldv);
+        product<acc_tile>(dst, rp, nb, qr, dp, dp, rows, acc_k + j0 * ldk, ldk);
+        const float* kb_rows = kb;
+        index_t ldkb = ks;
+        if (!k_in_place) {
+          tiled::pack_v(kb, ks, d, nb, dp, kr);
+          kb_rows = kr;
+          ldkb = dp;
+        }
+        product<acc_tile_t>(dst, rp, rows, kb_rows, ldkb, dp, nb, dqa, dp);
+      }
+      for (index_t r = 0; r < rows; ++r) {
+        const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
+        std::copy(dqa + r * dp, dqa + r * dp + d, pb.dq.row(ib, pos, h));
+      }
+    }
+  }
+
+  /// One key of a block over the query rows (n a multiple of L): s (its raw scores K·Q) becomes
+  /// P = e^(s·scale − LSE) (nlse = −LSE per row) for rows >= first and 0 before; dp (V·dO) becomes dS = scale·P·(dP − D).
+  /// See Note [backward numerics].
+  static GQA_FORCEINLINE void probabilities(float* s, float* dp, index_t n, index_t first, float scale,
+                                            const float* nlse, const float* dd) noexcept {
+    const auto vsc = V::set1(scale), vlog2e = V::set1(k_log2e);
+    index_t r = first / L * L;
+    for (index_t z = 0; z < r; z += L) {
+      V::store(s + z, V::zero());
+      V::store(dp + z, V::zero());
+    }
+    for (; r < n; r += L) {
+      auto p = isa::exp2<Isa>(V::mul(V::mul_add(V::load(s + r), vsc, V::load(nlse + r)), vlog2e));
+      if (r < first) p = mask_lanes(p, static_cast<int>(first - r));
+      V::store(s + r, p);
+      V::store(dp + r, V::mul(V::mul(p, vsc), V::sub(V::load(dp + r), V::load(dd + r))));
+    }
+  }
+
+  /// x with its first `dead` lanes set to +0.
+  static GQA_FORCEINLINE typename V::reg mask_lanes(typename V::reg x, int dead) noexcept {
+    alignas(64) float buf[L];
+    V::store(buf, x);
+    for (int i = 0; i < dead; ++i) buf[i] = 0.0f;
+    return V::load(buf);
+  }
+
+  /// D = Σ a[c]·b[c] over c < n, one multiply-add at a time in c order with the tile's mul_add: the
+  /// rounding of one lane of dP = V·dOᵀ (Note [backward numerics]).
+  static float dot_row(const float* a, const float* b, index_t n) noexcept {
+    auto acc = V::zero();
+    for (index_t c = 0; c < n; ++c) acc = V::mul_add(V::set1(a[c]), V::set1(b[c]), acc);
+    float out[L];
+    V::store(out, acc);
+    return out[0];
+  }
+};
+
+template <class Isa>
+void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+              tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,
+              tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
+              const attention_options& opt) {
+  using K = backward_kernel<Isa>;
+  const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(q.d));
+  const index_t sq = q.s, skv = k.s;
+  const index_t dp = round_up(q.d, K::L), dvp = round_up(v.d, K::L);
+
+  std::vector<index_t> active;
+  for (index_t g = 0; g < map.hkv(); ++g)
+    if (map.group_size(g) > 0) active.push_back(g);
+  const index_t n_active = static_cast<index_t>(active.size());
+  const index_t base_tasks = q.b * n_active;
+  // Query ranges per (batch, KV head): enough tasks, whole query blocks of the largest group, shapes only.
+  const index_t block_q = K::block_positions(std::max<index_t>(1, map.max_group_size()));
+  const index_t n_qblocks = (sq + block_q - 1) / block_q;
+  index_t n_ranges = 1;
+  if (base_tasks > 0 && base_tasks < k_backward_min_tasks)
+    n_ranges = std::min(n_qblocks, (k_backward_min_tasks + base_tasks - 1) / base_tasks);
+  const index_t range = (n_qblocks + n_ranges - 1) / n_ranges * block_q;
+  n_ranges = (sq + range - 1) / range;
+
+  const backward_problem pb{q, k, v, o, dout, lse, dq, &map, active.data(), scale, opt.causal, opt.kv_lengths, dp, dvp};
+  // dK/dV accumulate straight into dk, dv when one task owns a KV head's keys and rows need no padding;
+  // else into accumulators (kept by the calling thread for its next call: a fresh buffer of this size
+  // costs a page fault per 4 KiB, measured at ~10% of P1's time), added in range order at the end.
+  const bool direct = n_ranges == 1 && dp == k.d && dvp == v.d;
+  const index_t slot = direct ? 0 : skv * (dp + dvp);
+  float* acc = direct ? nullptr : thread_scratch(static_cast<std::size_t>(n_ranges * base_tasks * slot), 1);
+  // Task i: range n_ranges − 1 − i / base_tasks of (batch, active KV head) i % base_tasks, last ranges
+  // first: under a causal mask later positions see more keys, and the built-in loop hands out tasks in
+  // index order, so the longest go first and the short ones even out the end. Its accumulator is slot
+  // bg·n_ranges + r.
+  run_tasks(n_ranges * base_tasks, executor_of(opt), [&](index_t i) {
+    const index_t r = n_ranges - 1 - i / base_tasks, bg = i % base_tasks;
+    const index_t ib = bg / n_active, gi = bg % n_active, p0 = r * range;
+    if (direct) {
+      const index_t g = active[static_cast<std::size_t>(gi)];
+      K::run(pb, ib, gi, p0, std::min(sq, p0 + range), dk.row(ib, 0, g), dk.stride_s, dv.row(ib, 0, g), dv.stride_s);
+    } else {
+      float* a = acc + (bg * n_ranges + r) * slot;
+      K::run(pb, ib, gi, p0, std::min(sq, p0 + range), a, dp, a + skv * dp, dvp);
+    }
+  });
+
+  // KV heads that serve no query head get 0; accumulated ones, their ranges added in range order.
+  run_tasks(q.b * map.hkv(), executor_of(opt), [&](index_t t) {
+    const index_t ib = t / map.hkv(), g = t % map.hkv();
+    const auto it = std::lower_bound(active.begin(), active.end(), g);
+    const bool used = it != active.end() && *it == g;
+    if (used && direct) return;
+    const index_t bg = ib * n_active + (it - active.begin());
+    for (index_t j = 0; j < skv; ++j) {
+      float* dkr = dk.row(ib, j, g);
+      float* dvr = dv.row(ib, j, g);
+      if (!used) {
+        std::fill(dkr, dkr + k.d, 0.0f);
+        std::fill(dvr, dvr + v.d, 0.0f);
+        continue;
+      }
+      const float* a = acc + bg * n_ranges * slot;
+      std::copy(a + j * dp, a + j * dp + k.d, dkr);
+      std::copy(a + skv * dp + j * dvp, a + skv * dp + j * dvp + v.d, dvr);
+      for (index_t r = 1; r < n_ranges; ++r) {
+        const float* ar = a + r * slot;
+        for (index_t c = 0; c < k.d; ++c) dkr[c] += ar[j * dp + c];
+        for (index_t c = 0; c < v.d; ++c) dvr[c] += ar[skv * dp + j * dvp + c];
+      }
+    }
+  });
+}
+
+}  // namespace detail::core
+GQA_END_NAMESPACE

@@ -1,0 +1,114 @@
+// gqa/detail/core/dot.hpp: the dot-product family of the direct path: RB query rows × KU key rows, each
+// score a vector of partial sums over d reduced horizontally four at a time (reduce_sum4). Invariant:
+// reads exactly d floats of every row it is given (the d tail with masked loads); a score depends only
+// on its row, its key and the block shape, never on the other rows and keys of its block.
+#pragma once
+
+#include "../../isa/vec.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace detail::core {
+
+template <class Isa>
+struct dot {
+  using V = isa::vec<Isa>;
+  using reg = typename V::reg;
+  static constexpr int L = V::lanes;
+
+  /// d split into whole vectors and the lanes of a masked tail.
+  struct extent {
+    index_t full;
+    int tail;
+    explicit extent(index_t d) noexcept : full(d / L * L), tail(static_cast<int>(d - d / L * L)) {}
+  };
+
+  /// Independent accumulators per (row, key): blocks with fewer than 8 (row, key) pairs split d over two
+  /// chains so that at least two FMAs are in flight per pair; larger blocks have enough chains already.
+  /// Vector i of d goes to chain i % chains, the tail to the last chain; the chains are added at the end.
+  template <int RB, int KU>
+  static constexpr int chains = RB * KU >= 8 ? 1 : 2;
+
+  /// out[r][u] = partial sums of Q[r] · K[u] (q + r·ldq, k[u]) as a vector whose lanes add up to the score.
+  template <int RB, int KU>
+  static GQA_FORCEINLINE void partials(const float* q, index_t ldq, const float* const* k, extent d,
+                                       reg (&out)[RB][KU]) noexcept {
+    constexpr int C = chains<RB, KU>;
+    reg acc[C][RB][KU];
+    for (int ch = 0; ch < C; ++ch)
+      for (int r = 0; r < RB; ++r)
+        for (int u = 0; u < KU; ++u) acc[ch][r][u] = V::zero();
+    auto step = [&](int ch, index_t c, auto load) {
+      reg vk[KU];
+      for (int u = 0; u < KU; ++u) vk[u] = load(k[u] + c);
+      for (int r = 0; r < RB; ++r) {
+        const auto vq = load(q + r * ldq + c);
+        for (int u = 0; u < KU; ++u) acc[ch][r][u] = V::mul_add(vq, vk[u], acc[ch][r][u]);
+      }
+    };
+    const auto whole = [](const float* p) noexcept { return V::load(p); };
+    index_t c = 0;
+    for (; c + C * L <= d.full; c += C * L)
+      for (int ch = 0; ch < C; ++ch) step(ch, c + ch * L, whole);
+    for (int ch = 0; ch + 1 < C; ++ch) {  // fewer than C whole vectors left
+      if (c < d.full) {
+        step(ch, c, whole);
+        c += L;
+      }
+    }
+    if (d.tail) step(C - 1, d.full, [t = d.tail](const float* p) noexcept { return V::load_partial(p, t); });
+    for (int r = 0; r < RB; ++r)
+      for (int u = 0; u < KU; ++u) {
+        out[r][u] = acc[0][r][u];
+        for (int ch = 1; ch < C; ++ch) out[r][u] = V::add(out[r][u], acc[ch][r][u]);
+      }
+  }
+
+  /// S[r][u] = Q[r] · K[u] for r < RB, u < KU, written to s[r·lds + u]. With KU a multiple of 4, four keys
+  /// of a row are reduced together (and stored as one vector of four); else RB must be a multiple of 4
+  /// and four rows of a key are.
+  template <int RB, int KU>
+  static GQA_FORCEINLINE void scores(const float* q, index_t ldq, const float* const* k, extent d, float* s,
+                                     index_t lds) noexcept {
+    static_assert(KU % 4 == 0 || RB % 4 == 0, "dot::scores reduces four rows or four keys at a time");
+    reg p[RB][KU];
+    partials<RB, KU>(q, ldq, k, d, p);
+    if constexpr (KU % 4 == 0) {
+      for (int r = 0; r < RB; ++r)
+        for (int u = 0; u < KU; u += 4) V::reduce_sum4(p[r][u], p[r][u + 1], p[r][u + 2], p[r][u + 3], s + r * lds + u);
+    } else {
+      for (int u = 0; u < KU; ++u)
+        for (int r = 0; r < RB; r += 4) {
+          float out[4];
+          V::reduce_sum4(p[r][u], p[r + 1][u], p[r + 2][u], p[r + 3][u], out);
+          for (int i = 0; i < 4; ++i) s[(r + i) * lds + u] = out[i];
+        }
+    }
+  }
+
+  /// Scores that come one at a time (single rows left over from blocks of four) wait here, up to three,
+  /// and are reduced four at a time; flush() writes those still waiting.
+  class pending {
+   public:
+    GQA_FORCEINLINE void push(reg partial, float* dst) noexcept {
+      sums_[n_] = partial;
+      dst_[n_++] = dst;
+      if (n_ == 4) flush();
+    }
+    GQA_FORCEINLINE void flush() noexcept {
+      if (n_ == 0) return;
+      float out[4];
+      for (int i = n_; i < 4; ++i) sums_[i] = V::zero();
+      V::reduce_sum4(sums_[0], sums_[1], sums_[2], sums_[3], out);
+      for (int i = 0; i < n_; ++i) *dst_[i] = out[i];
+      n_ = 0;
+    }
+
+   private:
+    reg sums_[4];
+    float* dst_[4];
+    int n_ = 0;
+  };
+};
+
+}  // namespace detail::core
+GQA_END_NAMESPACE

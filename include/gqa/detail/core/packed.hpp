@@ -1,0 +1,99 @@
+// gqa/detail/core/packed.hpp: the tiled (prefill) path: a block of K packed transposed and V packed with
+// padded rows, then S = Qp·Kp and O += P·Vp by the register tile over MR × NR-vector blocks.
+// Invariant: packed buffers are fully written (padding is zero), so tiles read only initialised floats.
+#pragma once
+
+#include <algorithm>
+
+#include "../../isa/vec.hpp"
+#include "common.hpp"
+#include "tile.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace detail::core {
+
+template <class Isa>
+struct packed {
+  using V = isa::vec<Isa>;
+  using shape = typename V::tile_shape;
+  static constexpr int L = V::lanes;
+  static constexpr int MR = shape::mr, NR = shape::nr;
+  /// Keys per packed slice of Kᵀ: the columns of one tile.
+  static constexpr index_t cols = static_cast<index_t>(NR) * L;
+
+  /// kp = Kᵀ of the nb keys at kbase (row stride ks, d floats each) in slices of `cols` keys: slice n is
+  /// [d][w_n] with w_n its width (the last may be narrower); keys nb .. nbp − 1 are zero.
+  static void pack_k(const float* kbase, index_t ks, index_t d, index_t nb, index_t nbp, float* kp) noexcept {
+    // Columns of 8 at a time, keys inner: each K row is read 32 bytes at a time and the 8 destination
+    // rows are written sequentially, so both sides stay on a few cache lines (a plain scatter of every
+    // key's d values across d destination lines made packing cost more than the tile's math).
+    constexpr index_t CB = 8;
+    for (index_t s0 = 0; s0 < nbp; s0 += cols) {
+      const index_t w = std::min(cols, nbp - s0);
+      const index_t wv = std::min(w, nb - s0);  // keys with data; the rest of the slice is zero padding
+      float* slice = kp + s0 * d;
+      for (index_t c0 = 0; c0 < d; c0 += CB) {
+        const index_t cn = std::min(CB, d - c0);
+        for (index_t j = 0; j < wv; ++j) {
+          const float* src = kbase + (s0 + j) * ks + c0;
+          float* dst = slice + c0 * w + j;
+          for (index_t c = 0; c < cn; ++c) dst[c * w] = src[c];
+        }
+        for (index_t j = wv; j < w; ++j)
+          for (index_t c = 0; c < cn; ++c) slice[(c0 + c) * w + j] = 0.0f;
+      }
+    }
+  }
+
+  /// vp rows j < nb: the value row at vbase + j·vs (dv floats), padded with zeros to dvp.
+  static void pack_v(const float* vbase, index_t vs, index_t dv, index_t nb, index_t dvp, float* vp) noexcept {
+    for (index_t j = 0; j < nb; ++j) {
+      const float* src = vbase + j * vs;
+      float* dst = vp + j * dvp;
+      std::copy(src, src + dv, dst);
+      std::fill(dst + dv, dst + dvp, 0.0f);
+    }
+  }
+
+  /// S[rows][nbp] (row stride lds) = Qp · Kp (Qp row stride d).
+  static void scores(const float* qp, index_t rows, index_t d, const float* kp, index_t nbp, float* s,
+                     index_t lds) noexcept {
+    using table = tile_table<Isa, MR, NR, a_order::row_major, update::assign>;
+    for (index_t s0 = 0; s0 < nbp; s0 += cols) {
+      const index_t w = std::min(cols, nbp - s0);
+      const int nr = static_cast<int>(w / L);
+      for (index_t r0 = 0; r0 < rows; r0 += MR) {
+        const int mr = static_cast<int>(std::min<index_t>(MR, rows - r0));
+        table::get(mr, nr)(qp + r0 * d, d, kp + s0 * d, w, d, s + r0 * lds + s0, lds);
+      }
+    }
+  }
+
+  /// O[rows][dvp] += P[rows][nb] (row stride ldp) · Vp[nb][dvp].
+  static void accumulate_pv(const float* p, index_t rows, index_t ldp, const float* vp, index_t nb, index_t dvp,
+                            float* o) noexcept {
+    accumulate_pv_cut(p, rows, ldp, vp, [nb](index_t) noexcept { return nb; }, dvp, o);
+  }
+
+  /// O[r][dvp] += Σ_{j<lim(r)} P[r][j] · Vp[j] for r < rows, lim non-decreasing in r: each tile of rows runs
+  /// as a staircase (Note [causal staircase]), so no row multiplies a V row it does not see.
+  template <class Lim>
+  static void accumulate_pv_cut(const float* p, index_t rows, index_t ldp, const float* vp, const Lim& lim,
+                                index_t dvp, float* o) noexcept {
+    using table = tile_table<Isa, MR, NR, a_order::row_major, update::accumulate>;
+    for (index_t c0 = 0; c0 < dvp; c0 += cols) {
+      const int nr = static_cast<int>(std::min(cols, dvp - c0) / L);
+      for (index_t r0 = 0; r0 < rows; r0 += MR) {
+        const index_t mr = std::min<index_t>(MR, rows - r0);
+        staircase(mr, [&](index_t r) noexcept { return lim(r0 + r); },
+                  [&](index_t f, index_t lo, index_t hi) noexcept {
+                    table::get(static_cast<int>(mr - f), nr)(p + (r0 + f) * ldp + lo, ldp, vp + lo * dvp + c0, dvp,
+                                                             hi - lo, o + (r0 + f) * dvp + c0, dvp);
+                  });
+      }
+    }
+  }
+};
+
+}  // namespace detail::core
+GQA_END_NAMESPACE

@@ -1,0 +1,131 @@
+// gqa/detail/core/softmax.hpp: the online softmax: per-row running state (m, l, unnormalised O), its update
+// by one block of scores, the merge of states computed over separate KV chunks, and the final row.
+// Invariant: m is in log2 units (Note [base-2 softmax]); a row with m = −inf has seen no finite score and
+// has l = 0 and O = 0 unless a NaN reached it (Note [fully masked rows]); −inf − (−inf) is never formed;
+// nothing here drops a NaN (Note [non-finite inputs]).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "../../isa/vec.hpp"
+#include "../../isa/vec_math.hpp"
+#include "common.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace detail::core {
+
+// Note [base-2 softmax]
+// Q is packed pre-multiplied by scale·log2(e), so scores are in log2 units and the softmax needs only
+// exp2 (isa::exp2): p = 2^(s − m). The natural-log LSE is m·ln2 + ln(l).
+//
+// Note [fully masked rows]
+// A row whose running max is still −inf has seen no finite score (masked scores are −inf); its p is
+// 2^(s − 0) instead of 2^(s − m), which is 0 for −inf and NaN for NaN, so −inf − (−inf) is never formed
+// and a NaN is not lost. Whether a row is fully masked is decided from the mask alone (the row's count of
+// visible keys, `visible` below), never from l: a row with visible keys whose scores are all −inf ends
+// with l = 0 and is NaN, as in a naive softmax; a row without visible keys is written as zeros with LSE
+// −inf.
+//
+// Note [non-finite inputs]
+// The core needs no test of its own for NaN or infinity: a NaN in Q or K makes a NaN score; a score of
+// +inf makes the row max +inf and its own weight 2^(inf − inf) = NaN; exp2 keeps NaN (Note [exp
+// accuracy]), sums and products keep it, so l and O of the row become NaN and stay NaN through every
+// rescale and merge (rescale of a NaN or +inf max is NaN; a merge adds every chunk's l and O with
+// weight 0 or more, never skipping one). A NaN in V reaches the output columns it is in through P·V
+// (NaN·p is NaN even for p = 0, as in a naive softmax). What keeps a NaN from crossing a mask is that
+// masked keys are never read or never enter P·V (Note [causal staircase]). The running max may or may
+// not drop a NaN score (x86 max returns its second operand when either is NaN, NEON's propagates NaN),
+// which changes nothing: the NaN score's weight is NaN either way.
+
+/// The running state of a set of rows: per row r the max m[r] (log2 units), the sum l[r] and the
+/// unnormalised output o[r·dvp ..) (dvp: d_v padded to the vector width).
+struct row_state {
+  float* m;
+  float* l;
+  float* o;
+};
+
+template <class Isa>
+struct online_softmax {
+  using V = isa::vec<Isa>;
+  static constexpr int L = V::lanes;
+
+  /// 2^(m_old − m_new), the factor that carries a state whose max was m_old over to the max m_new >= m_old;
+  /// 0 for a state that has seen no key (m_old = −inf, Note [fully masked rows]). The update (block to
+  /// block) and the merge (chunk to chunk) both use it, so a chunk boundary rescales exactly like a block
+  /// boundary, with the core's own exp2 (Note [exp accuracy]), never the C library's (whose last bit may
+  /// differ between platforms).
+  static float rescale(float m_old, float m_new) noexcept {
+    return m_old == k_neg_inf ? 0.0f : isa::exp2_scalar(m_old - m_new);
+  }
+
+  /// One row's step over a block of n scores (n a multiple of L, masked scores −inf): updates (m, l),
+  /// rescales the row's accumulator, and overwrites s with p = 2^(s − m_new). See Note [fully masked rows]
+  /// and Note [non-finite inputs].
+  static void update(float* s, index_t n, float& m, float& l, float* orow, index_t dvp) noexcept {
+    auto vmax = V::set1(k_neg_inf);
+    for (index_t j = 0; j < n; j += L) vmax = V::max(vmax, V::load(s + j));
+    const float m_new = std::max(m, V::reduce_max(vmax));
+    const float alpha = rescale(m, m_new);
+    const auto vm = V::set1(m_new == k_neg_inf ? 0.0f : m_new);
+    auto vsum = V::zero();
+    for (index_t j = 0; j < n; j += L) {
+      const auto p = isa::exp2<Isa>(V::sub(V::load(s + j), vm));
+      V::store(s + j, p);
+      vsum = V::add(vsum, p);
+    }
+    l = l * alpha + V::reduce_sum(vsum);
+    m = m_new;
+    if (alpha != 1.0f) {
+      const auto va = V::set1(alpha);
+      for (index_t c = 0; c < dvp; c += L) V::store(orow + c, V::mul(V::load(orow + c), va));
+    }
+  }
+
+  /// out = the merge of the states part(0), …, part(n − 1) of the same `rows` rows, each over its own KV
+  /// chunk, taken in chunk order (so the result does not depend on which thread computed which chunk):
+  /// m = max_c m_c, l = Σ_c l_c·2^(m_c − m), O = Σ_c O_c·2^(m_c − m). See Note [decode split].
+  template <class Part>
+  static void merge(const Part& part, index_t n, index_t rows, index_t dvp, row_state out) noexcept {
+    for (index_t r = 0; r < rows; ++r) {
+      float& m = out.m[r];
+      float& l = out.l[r];
+      float* orow = out.o + r * dvp;
+      m = k_neg_inf;
+      for (index_t c = 0; c < n; ++c) m = std::max(m, part(c).m[r]);
+      l = 0.0f;
+      std::fill(orow, orow + dvp, 0.0f);
+      for (index_t c = 0; c < n; ++c) {
+        const row_state p = part(c);
+        const float w = rescale(p.m[r], m);  // 0 for a chunk without finite scores: adds its zeros (or NaN)
+        l += p.l[r] * w;
+        const float* prow = p.o + r * dvp;
+        for (index_t x = 0; x < dvp; ++x) orow[x] += prow[x] * w;
+      }
+    }
+  }
+
+  /// dst[0, dv) = the row's output o / l, or zeros for a fully masked row (visible == false: the row sees
+  /// no key). A row with visible keys and l = 0 (all its scores −inf) or l = NaN is NaN (o·(1/0) = 0·inf,
+  /// Note [fully masked rows]).
+  static void finish_row(const float* o, float l, bool visible, index_t dv, float* dst) noexcept {
+    if (visible) {
+      const float inv = 1.0f / l;
+      for (index_t c = 0; c < dv; ++c) dst[c] = o[c] * inv;
+    } else {
+      for (index_t c = 0; c < dv; ++c) dst[c] = 0.0f;
+    }
+  }
+
+  /// The row's natural-log log-sum-exp: −inf for a fully masked row, NaN for a row with visible keys and
+  /// no positive weight (l = 0 or NaN: a NaN row).
+  static float lse(float m, float l, bool visible) noexcept {
+    if (!visible) return k_neg_inf;
+    return l > 0.0f ? m * k_ln2 + std::log(l) : std::numeric_limits<float>::quiet_NaN();
+  }
+};
+
+}  // namespace detail::core
+GQA_END_NAMESPACE

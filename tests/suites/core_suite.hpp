@@ -1,0 +1,505 @@
+// tests/suites/core_suite.hpp: the core's parts on their own (detail/core), per ISA, against sums in
+// double: the register tile (every (rows, vectors) entry of its table, A row-major and transposed, = and
+// +=, masked B columns), the dot-product family and the direct path (d and d_v tails, K and V ending at a
+// guard page), the packing of Kᵀ, and the online softmax (update block by block, fully masked rows, the
+// split-KV merge). Compiled once per ISA: helpers stay in `namespace {}`.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <gqa/detail/core/direct.hpp>
+#include <gqa/detail/core/dot.hpp>
+#include <gqa/detail/core/packed.hpp>
+#include <gqa/detail/core/softmax.hpp>
+#include <gqa/detail/core/tile.hpp>
+#include <limits>
+#include <vector>
+
+#include "support/guarded.hpp"
+#include "support/isa_suite.hpp"
+
+namespace {
+
+namespace core = gqa::detail::core;
+using gqa::index_t;
+
+constexpr float k_inf = std::numeric_limits<float>::infinity();
+
+/// γ_n = n·u / (1 − n·u): the relative bound of n roundings in float. The core's sums are chains of
+/// mul_add, one rounding each where the target fuses it and two where it does not, hence the 2n used below.
+double gamma_n(index_t n) {
+  const double nu = static_cast<double>(n) * 0x1p-24;
+  return nu / (1.0 - nu);
+}
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+std::vector<float> data(std::size_t n, std::uint64_t seed) { return gqa::test::random_floats(n, seed); }
+
+/// Every entry (mr, nr) of tile_table<Isa, MR, NR, AO, U> against Σ_k A(r, k)·B(k, c) in double: the
+/// tile's rows × vectors of C are within 2kn + 2 roundings of it, and no other float of C changes.
+template <class Isa, core::a_order AO, core::update U>
+void check_tile_table() {
+  using shape = typename gqa::isa::vec<Isa>::tile_shape;
+  constexpr int L = gqa::isa::vec<Isa>::lanes, MR = shape::mr, NR = shape::nr;
+  using table = core::tile_table<Isa, MR, NR, AO, U>;
+  for (const index_t kn : {1, 2, 7, 33}) {
+    const index_t lda = AO == core::a_order::row_major ? kn + 3 : MR + 3;
+    const index_t ldb = NR * L + 5, ldc = NR * L + L + 1;
+    const auto a = data(static_cast<std::size_t>((AO == core::a_order::row_major ? MR : kn) * lda), 1 + kn);
+    const auto b = data(static_cast<std::size_t>(kn * ldb), 2 + kn);
+    const auto c0 = data(static_cast<std::size_t>((MR + 1) * ldc), 3 + kn);
+    for (int mr = 1; mr <= MR; ++mr)
+      for (int nr = 1; nr <= NR; ++nr) {
+        SCOPED_TRACE(::testing::Message() << "tile " << mr << " x " << nr << " vectors, k = " << kn);
+        std::vector<float> c = c0;
+        table::get(mr, nr)(a.data(), lda, b.data(), ldb, kn, c.data(), ldc);
+        for (index_t r = 0; r <= MR; ++r)
+          for (index_t x = 0; x < ldc; ++x) {
+            const auto i = static_cast<std::size_t>(r * ldc + x);
+            if (r >= mr || x >= nr * L) {
+              ASSERT_TRUE(same_bits(c[i], c0[i])) << "C[" << r << "][" << x << "] outside the tile changed";
+              continue;
+            }
+            double want = U == core::update::accumulate ? c0[i] : 0.0, mag = std::fabs(want);
+            for (index_t k = 0; k < kn; ++k) {
+              const float av = AO == core::a_order::row_major ? a[static_cast<std::size_t>(r * lda + k)]
+                                                              : a[static_cast<std::size_t>(k * lda + r)];
+              const double t = static_cast<double>(av) * b[static_cast<std::size_t>(k * ldb + x)];
+              want += t;
+              mag += std::fabs(t);
+            }
+            ASSERT_NEAR(c[i], want, gamma_n(2 * kn + 2) * mag) << "C[" << r << "][" << x << "]";
+          }
+      }
+  }
+}
+
+}  // namespace
+
+template <class Isa>
+class core_suite : public gqa::test::isa_test<Isa> {};
+TYPED_TEST_SUITE_P(core_suite);
+
+TYPED_TEST_P(core_suite, tile_every_shape_of_the_table) {
+  check_tile_table<TypeParam, core::a_order::row_major, core::update::assign>();
+  check_tile_table<TypeParam, core::a_order::row_major, core::update::accumulate>();
+  check_tile_table<TypeParam, core::a_order::transposed, core::update::assign>();
+  check_tile_table<TypeParam, core::a_order::transposed, core::update::accumulate>();
+}
+
+// run_partial: B has `width` columns per row, then a gap of NaN (a read past the width poisons C); its
+// last row ends at a guard page. C's lanes past the width are stored whole and must come back as they were
+// (+= 0) or +0 (= 0).
+TYPED_TEST_P(core_suite, tile_partial_reads_only_width_columns) {
+  constexpr int L = gqa::isa::vec<TypeParam>::lanes;
+  constexpr int MR = 3, NR = 3;
+  const index_t kn = 5, lda = kn, ldc = NR * L;
+  const auto a = data(MR * kn, 11);
+  const auto c0 = data(MR * ldc, 12);
+  for (index_t width = 1; width <= NR * L; ++width) {
+    SCOPED_TRACE(::testing::Message() << "width " << width);
+    const index_t ldb = width + L;
+    gqa::test::guarded_floats b(static_cast<std::size_t>((kn - 1) * ldb + width));
+    const auto bv = data(b.size(), 13 + static_cast<std::uint64_t>(width));
+    for (std::size_t i = 0; i < b.size(); ++i)
+      b.data()[i] = static_cast<index_t>(i) % ldb < width ? bv[i] : std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> acc = c0, set = c0;
+    core::tile<TypeParam, MR, NR, core::a_order::row_major, core::update::accumulate>::run_partial(
+        a.data(), lda, b.data(), ldb, kn, acc.data(), ldc, width);
+    core::tile<TypeParam, MR, NR, core::a_order::row_major, core::update::assign>::run_partial(
+        a.data(), lda, b.data(), ldb, kn, set.data(), ldc, width);
+    const index_t stored = (width + L - 1) / L * L;
+    for (index_t r = 0; r < MR; ++r)
+      for (index_t x = 0; x < ldc; ++x) {
+        const auto i = static_cast<std::size_t>(r * ldc + x);
+        if (x >= width) {
+          ASSERT_TRUE(same_bits(acc[i], c0[i])) << "C += : column " << x << " past the width changed";
+          ASSERT_TRUE(same_bits(set[i], x < stored ? 0.0f : c0[i])) << "C = : column " << x << " past the width";
+          continue;
+        }
+        double sum = 0.0, mag = 0.0;
+        for (index_t k = 0; k < kn; ++k) {
+          const double t = static_cast<double>(a[static_cast<std::size_t>(r * lda + k)]) * b.data()[k * ldb + x];
+          sum += t;
+          mag += std::fabs(t);
+        }
+        ASSERT_NEAR(set[i], sum, gamma_n(2 * kn) * mag) << "C[" << r << "][" << x << "]";
+        ASSERT_NEAR(acc[i], c0[i] + sum, gamma_n(2 * kn + 2) * (mag + std::fabs(c0[i])))
+            << "C[" << r << "][" << x << "]";
+      }
+  }
+}
+
+// The dot-product family: every block shape the core uses, d from 1 to past a few vectors, keys of
+// exactly d floats ending at a guard page. Scores agree with the double sum within 2(d + lanes) roundings.
+TYPED_TEST_P(core_suite, dot_scores_every_block_shape) {
+  using D = core::dot<TypeParam>;
+  constexpr int L = gqa::isa::vec<TypeParam>::lanes;
+  for (const index_t d :
+       {index_t{1}, index_t{L}, index_t{L + 1}, index_t{2 * L - 1}, index_t{3 * L + 2}, index_t{67}}) {
+    SCOPED_TRACE(::testing::Message() << "d = " << d);
+    constexpr index_t nk = 8, nr = 4;
+    gqa::test::guarded_floats kbuf(static_cast<std::size_t>(nk * d));
+    const auto kv = data(kbuf.size(), 21 + static_cast<std::uint64_t>(d));
+    std::copy(kv.begin(), kv.end(), kbuf.data());
+    const auto q = data(static_cast<std::size_t>(nr * d), 22 + static_cast<std::uint64_t>(d));
+    const float* kr[nk];
+    for (index_t u = 0; u < nk; ++u) kr[u] = kbuf.data() + u * d;
+    const typename D::extent de(d);
+    auto check = [&](const std::vector<float>& s, index_t rows, index_t keys, index_t lds, const char* what) {
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t u = 0; u < keys; ++u) {
+          double want = 0.0, mag = 0.0;
+          for (index_t c = 0; c < d; ++c) {
+            const double t = static_cast<double>(q[static_cast<std::size_t>(r * d + c)]) * kr[u][c];
+            want += t;
+            mag += std::fabs(t);
+          }
+          EXPECT_NEAR(s[static_cast<std::size_t>(r * lds + u)], want, gamma_n(2 * (d + L)) * mag)
+              << what << ": row " << r << ", key " << u;
+        }
+    };
+    std::vector<float> s(nr * nk);
+    D::template scores<4, 4>(q.data(), d, kr, de, s.data(), nk);
+    D::template scores<4, 4>(q.data(), d, kr + 4, de, s.data() + 4, nk);
+    check(s, 4, 8, nk, "4 rows x 4 keys");
+    std::fill(s.begin(), s.end(), 0.0f);
+    D::template scores<2, 4>(q.data(), d, kr, de, s.data(), nk);
+    check(s, 2, 4, nk, "2 rows x 4 keys");
+    std::fill(s.begin(), s.end(), 0.0f);
+    D::template scores<1, 8>(q.data(), d, kr, de, s.data(), nk);
+    check(s, 1, 8, nk, "1 row x 8 keys");
+    std::fill(s.begin(), s.end(), 0.0f);
+    for (index_t u = 0; u < nk; ++u) D::template scores<4, 1>(q.data(), d, kr + u, de, s.data() + u, nk);
+    check(s, 4, 8, nk, "4 rows x 1 key");
+    // Single (row, key) partial sums through the pending queue: it reduces four at a time and flush()
+    // writes the rest; the partial sums of a 1 × 1 block are those of the 4 × 1 block's rows.
+    std::vector<float> single(nr * nk, -1.0f);
+    typename D::pending queue;
+    for (index_t u = 0; u < nk; ++u)
+      for (index_t r = 0; r < 3; ++r) {
+        typename D::reg p[1][1];
+        D::template partials<1, 1>(q.data() + r * d, d, kr + u, de, p);
+        queue.push(p[0][0], single.data() + r * nk + u);
+      }
+    queue.flush();
+    for (index_t r = 0; r < nr; ++r)
+      for (index_t u = 0; u < nk; ++u) {
+        const auto i = static_cast<std::size_t>(r * nk + u);
+        EXPECT_TRUE(same_bits(single[i], r < 3 ? s[i] : -1.0f)) << "pending: row " << r << ", key " << u;
+      }
+  }
+}
+
+// The direct path end to end on raw buffers: scores of 1..9 rows against nb keys read in place, and P·V
+// with V rows of exactly d_v floats (a NaN gap after each, the last ending at a guard page).
+TYPED_TEST_P(core_suite, direct_path_reads_k_and_v_in_place) {
+  using DP = core::direct<TypeParam>;
+  constexpr int L = gqa::isa::vec<TypeParam>::lanes;
+  for (const index_t nb : {1, 7, 8, 13}) {
+    for (const index_t dv : {index_t{1}, index_t{L + 1}, index_t{2 * L}, index_t{5 * L + 3}}) {
+      for (index_t rows = 1; rows <= 9; ++rows) {
+        SCOPED_TRACE(::testing::Message() << "nb = " << nb << ", d = d_v = " << dv << ", rows = " << rows);
+        const index_t d = dv, ks = d + 3, vs = dv + L, lds = core::round_up(nb, core::k_direct_keys);
+        const index_t dvp = core::round_up(dv, L);
+        gqa::test::guarded_floats k((nb - 1) * ks + d), v((nb - 1) * vs + dv);
+        const auto kd = data(k.size(), 31), vd = data(v.size(), 32);
+        for (index_t i = 0; i < static_cast<index_t>(v.size()); ++i)
+          v.data()[i] = i % vs < dv ? vd[static_cast<std::size_t>(i)] : std::numeric_limits<float>::quiet_NaN();
+        std::copy(kd.begin(), kd.end(), k.data());
+        const auto q = data(static_cast<std::size_t>(rows * d), 33);
+        std::vector<float> s(static_cast<std::size_t>(rows * lds));
+        DP::scores(k.data(), ks, d, nb, q.data(), rows, s.data(), lds);
+        for (index_t r = 0; r < rows; ++r)
+          for (index_t j = 0; j < nb; ++j) {
+            double want = 0.0, mag = 0.0;
+            for (index_t c = 0; c < d; ++c) {
+              const double t = static_cast<double>(q[static_cast<std::size_t>(r * d + c)]) * k.data()[j * ks + c];
+              want += t;
+              mag += std::fabs(t);
+            }
+            ASSERT_NEAR(s[static_cast<std::size_t>(r * lds + j)], want, gamma_n(2 * (d + L)) * mag)
+                << "S[" << r << "][" << j << "]";
+          }
+        const auto p = data(static_cast<std::size_t>(rows * lds), 34);
+        const auto o0 = data(static_cast<std::size_t>(rows * dvp), 35);
+        std::vector<float> o = o0;
+        DP::accumulate_pv(v.data(), vs, dv, nb, p.data(), rows, lds, dvp, o.data());
+        for (index_t r = 0; r < rows; ++r)
+          for (index_t c = 0; c < dvp; ++c) {
+            const auto i = static_cast<std::size_t>(r * dvp + c);
+            if (c >= dv) {
+              ASSERT_TRUE(same_bits(o[i], o0[i])) << "O padding [" << r << "][" << c << "] changed";
+              continue;
+            }
+            double want = o0[i], mag = std::fabs(want);
+            for (index_t j = 0; j < nb; ++j) {
+              const double t = static_cast<double>(p[static_cast<std::size_t>(r * lds + j)]) * v.data()[j * vs + c];
+              want += t;
+              mag += std::fabs(t);
+            }
+            ASSERT_NEAR(o[i], want, gamma_n(2 * nb + 2) * mag) << "O[" << r << "][" << c << "]";
+          }
+      }
+    }
+  }
+}
+
+// pack_k: slice n of `cols` keys is Kᵀ laid out [d][width], keys past nb zero; pack_v pads rows with zeros.
+TYPED_TEST_P(core_suite, packing_layout) {
+  using P = core::packed<TypeParam>;
+  constexpr int L = gqa::isa::vec<TypeParam>::lanes;
+  const index_t d = 11, ks = 13, dv = L + 1, vs = dv + 2, dvp = core::round_up(dv, L);
+  for (const index_t nb : {index_t{1}, P::cols - 1, P::cols + L + 1}) {
+    SCOPED_TRACE(::testing::Message() << "nb = " << nb);
+    const index_t nbp = core::round_up(nb, L);
+    const auto k = data(static_cast<std::size_t>(nb * ks), 41), v = data(static_cast<std::size_t>(nb * vs), 42);
+    std::vector<float> kp(static_cast<std::size_t>(nbp * d), -1.0f), vp(static_cast<std::size_t>(nb * dvp), -1.0f);
+    P::pack_k(k.data(), ks, d, nb, nbp, kp.data());
+    P::pack_v(v.data(), vs, dv, nb, dvp, vp.data());
+    for (index_t j = 0; j < nbp; ++j) {
+      const index_t s0 = j / P::cols * P::cols, w = std::min(P::cols, nbp - s0);
+      for (index_t c = 0; c < d; ++c)
+        ASSERT_EQ(kp[static_cast<std::size_t>(s0 * d + c * w + (j - s0))],
+                  j < nb ? k[static_cast<std::size_t>(j * ks + c)] : 0.0f)
+            << "key " << j << ", c " << c;
+    }
+    for (index_t j = 0; j < nb; ++j)
+      for (index_t c = 0; c < dvp; ++c)
+        ASSERT_EQ(vp[static_cast<std::size_t>(j * dvp + c)], c < dv ? v[static_cast<std::size_t>(j * vs + c)] : 0.0f);
+  }
+}
+
+// online_softmax::update over blocks (the first fully masked, others partly), then finish_row and lse,
+// against softmax in double; merge of the same keys cut into chunks gives the same row; a fully masked
+// chunk changes nothing; a row that sees no key ends as zeros with LSE −inf.
+TYPED_TEST_P(core_suite, online_softmax_update_merge_and_masked_rows) {
+  using S = core::online_softmax<TypeParam>;
+  constexpr int L = gqa::isa::vec<TypeParam>::lanes;
+  const index_t n = 4 * L, blocks = 6, keys = n * blocks, dv = L + 3, dvp = core::round_up(dv, L);
+  auto scores = data(static_cast<std::size_t>(keys), 51);
+  for (auto& x : scores) x *= 8.0f;  // log2 units: weights spread over 2^±8
+  for (index_t j = 0; j < keys; ++j)
+    if (j < n || j % 5 == 3) scores[static_cast<std::size_t>(j)] = -k_inf;
+  const auto v = data(static_cast<std::size_t>(keys * dvp), 52);
+
+  // Runs keys [j0, j1) block by block into state (m, l, o): o += p · V as the core's P·V would.
+  auto run = [&](index_t j0, index_t j1, float& m, float& l, float* o) {
+    m = -k_inf;
+    l = 0.0f;
+    std::fill(o, o + dvp, 0.0f);
+    for (index_t b = j0; b < j1; b += n) {
+      std::vector<float> s(scores.begin() + b, scores.begin() + b + n);
+      S::update(s.data(), n, m, l, o, dvp);
+      for (index_t j = 0; j < n; ++j) {
+        EXPECT_FALSE(std::isnan(s[static_cast<std::size_t>(j)]));
+        for (index_t c = 0; c < dvp; ++c)
+          o[c] += s[static_cast<std::size_t>(j)] * v[static_cast<std::size_t>((b + j) * dvp + c)];
+      }
+    }
+  };
+  double mx = -INFINITY;
+  for (const float x : scores) mx = std::max(mx, static_cast<double>(x));
+  double sum = 0.0;
+  std::vector<double> want(static_cast<std::size_t>(dv), 0.0);
+  for (index_t j = 0; j < keys; ++j) {
+    const double p = std::exp2(scores[static_cast<std::size_t>(j)] - mx);
+    sum += p;
+    for (index_t c = 0; c < dv; ++c) want[static_cast<std::size_t>(c)] += p * v[static_cast<std::size_t>(j * dvp + c)];
+  }
+  const double tol = gamma_n(4 * keys);  // exp2 (< 2 u), a rescale per block, a sum over the keys
+
+  float m = 0.0f, l = 0.0f;
+  std::vector<float> o(static_cast<std::size_t>(dvp)), out(static_cast<std::size_t>(dv));
+  run(0, keys, m, l, o.data());
+  S::finish_row(o.data(), l, true, dv, out.data());
+  for (index_t c = 0; c < dv; ++c)
+    EXPECT_NEAR(out[static_cast<std::size_t>(c)], want[static_cast<std::size_t>(c)] / sum, tol) << "O[" << c << "]";
+  EXPECT_NEAR(S::lse(m, l, true), (mx + std::log2(sum)) * std::log(2.0), tol * 16.0);
+
+  // Split into three chunks (the first fully masked): the merge reproduces the row.
+  const index_t cuts[] = {0, n, 3 * n, keys};
+  std::vector<float> pm(3), pl(3), po(static_cast<std::size_t>(3 * dvp));
+  for (int c = 0; c < 3; ++c) run(cuts[c], cuts[c + 1], pm[c], pl[c], po.data() + c * dvp);
+  EXPECT_EQ(pm[0], -k_inf);
+  EXPECT_EQ(pl[0], 0.0f);
+  auto part = [&](index_t c) { return core::row_state{&pm[c], &pl[c], po.data() + c * dvp}; };
+  float mm = 0.0f, ml = 0.0f;
+  std::vector<float> mo(static_cast<std::size_t>(dvp));
+  S::merge(part, 3, 1, dvp, core::row_state{&mm, &ml, mo.data()});
+  S::finish_row(mo.data(), ml, true, dv, out.data());
+  for (index_t c = 0; c < dv; ++c)
+    EXPECT_NEAR(out[static_cast<std::size_t>(c)], want[static_cast<std::size_t>(c)] / sum, tol)
+        << "merged O[" << c << "]";
+  EXPECT_EQ(mm, m);
+  EXPECT_NEAR(S::lse(mm, ml, true), S::lse(m, l, true), tol * 16.0);
+  // Without the masked chunk: bit for bit the same merge.
+  float m2 = 0.0f, l2 = 0.0f;
+  std::vector<float> o2(static_cast<std::size_t>(dvp));
+  S::merge([&](index_t c) { return part(c + 1); }, 2, 1, dvp, core::row_state{&m2, &l2, o2.data()});
+  EXPECT_TRUE(same_bits(m2, mm) && same_bits(l2, ml));
+  for (index_t c = 0; c < dvp; ++c)
+    EXPECT_TRUE(same_bits(o2[static_cast<std::size_t>(c)], mo[static_cast<std::size_t>(c)]));
+
+  // A row that sees no key: p is written as 0, the state stays empty, the row is zeros and LSE −inf.
+  std::vector<float> s(static_cast<std::size_t>(n), -k_inf), orow(static_cast<std::size_t>(dvp), 0.0f);
+  float em = -k_inf, el = 0.0f;
+  S::update(s.data(), n, em, el, orow.data(), dvp);
+  for (const float x : s) EXPECT_TRUE(same_bits(x, 0.0f));
+  EXPECT_EQ(em, -k_inf);
+  EXPECT_EQ(el, 0.0f);
+  std::fill(out.begin(), out.end(), 7.0f);
+  S::finish_row(orow.data(), el, false, dv, out.data());
+  for (const float x : out) EXPECT_TRUE(same_bits(x, 0.0f));
+  EXPECT_EQ(S::lse(em, el, false), -k_inf);
+  float zm = 0.0f, zl = 1.0f;
+  std::vector<float> zo(static_cast<std::size_t>(dvp), 1.0f);
+  S::merge(
+      [&](index_t) {
+        return core::row_state{&em, &el, orow.data()};
+      },
+      2, 1, dvp, core::row_state{&zm, &zl, zo.data()});
+  EXPECT_EQ(zm, -k_inf);
+  EXPECT_EQ(zl, 0.0f);
+  for (const float x : zo) EXPECT_TRUE(same_bits(x, 0.0f));
+}
+
+// Note [non-finite inputs] at the level of the parts: update keeps a NaN score (as a NaN weight, also in
+// a block whose other scores are all masked) and makes a +inf score's row NaN; the NaN survives later
+// blocks and the merge (also from a chunk whose max stayed −inf); a row with visible keys and no weight
+// is NaN with LSE NaN, not zeros.
+TYPED_TEST_P(core_suite, online_softmax_keeps_nan) {
+  using S = core::online_softmax<TypeParam>;
+  constexpr int L = gqa::isa::vec<TypeParam>::lanes;
+  const index_t n = 2 * L, dvp = L;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const index_t at : {index_t{0}, n / 2, n - 1})
+    for (const bool masked_rest : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "NaN score at " << at << (masked_rest ? ", rest masked" : ""));
+      auto s = data(static_cast<std::size_t>(n), 60 + at);
+      if (masked_rest) std::fill(s.begin(), s.end(), -k_inf);
+      s[static_cast<std::size_t>(at)] = nan;
+      float m = -k_inf, l = 0.0f;
+      std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f);
+      S::update(s.data(), n, m, l, o.data(), dvp);
+      EXPECT_TRUE(std::isnan(s[static_cast<std::size_t>(at)])) << "weight of the NaN score";
+      EXPECT_TRUE(std::isnan(l));
+      auto s2 = data(static_cast<std::size_t>(n), 70 + at);  // a later, finite block
+      for (auto& x : s2) x += 50.0f;                         // with a larger max: rescales the state
+      S::update(s2.data(), n, m, l, o.data(), dvp);
+      EXPECT_TRUE(std::isnan(l));
+      // Merged with a finite chunk, in either order.
+      float fm = 1.0f, fl = 2.0f;
+      std::vector<float> fo(static_cast<std::size_t>(dvp), 0.5f);
+      std::vector<float> out(static_cast<std::size_t>(dvp));
+      for (const bool nan_first : {true, false}) {
+        auto part = [&](index_t c) {
+          return (c == 0) == nan_first ? core::row_state{&m, &l, o.data()} : core::row_state{&fm, &fl, fo.data()};
+        };
+        float mm = 0.0f, ml = 0.0f;
+        std::vector<float> mo(static_cast<std::size_t>(dvp));
+        S::merge(part, 2, 1, dvp, core::row_state{&mm, &ml, mo.data()});
+        EXPECT_TRUE(std::isnan(ml));
+        EXPECT_TRUE(std::isnan(S::lse(mm, ml, true)));
+      }
+    }
+  // A chunk that saw only −inf scores and a NaN (max −inf, l NaN) still poisons the merge.
+  {
+    std::vector<float> s(static_cast<std::size_t>(n), -k_inf);
+    s[1] = nan;
+    float m = -k_inf, l = 0.0f;
+    std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f);
+    S::update(s.data(), n, m, l, o.data(), dvp);
+    EXPECT_TRUE(std::isnan(l));
+    float em = -k_inf, el = 0.0f;
+    std::vector<float> eo(static_cast<std::size_t>(dvp), 0.0f);
+    float mm = 0.0f, ml = 0.0f;
+    std::vector<float> mo(static_cast<std::size_t>(dvp));
+    S::merge([&](index_t c) { return c == 0 ? core::row_state{&em, &el, eo.data()} : core::row_state{&m, &l, o.data()}; },
+             2, 1, dvp, core::row_state{&mm, &ml, mo.data()});
+    EXPECT_TRUE(std::isnan(ml));
+  }
+  // +inf score: the row is NaN (2^(inf − inf)); the other weights are 0.
+  {
+    auto s = data(static_cast<std::size_t>(n), 80);
+    s[3 % static_cast<std::size_t>(n)] = k_inf;
+    float m = -k_inf, l = 0.0f;
+    std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f);
+    S::update(s.data(), n, m, l, o.data(), dvp);
+    EXPECT_EQ(m, k_inf);
+    EXPECT_TRUE(std::isnan(l));
+  }
+  // Visible keys whose scores are all −inf: l = 0, and the row is NaN (0 · 1/0), LSE NaN.
+  {
+    std::vector<float> s(static_cast<std::size_t>(n), -k_inf);
+    float m = -k_inf, l = 0.0f;
+    std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f), out(static_cast<std::size_t>(dvp), 7.0f);
+    S::update(s.data(), n, m, l, o.data(), dvp);
+    EXPECT_EQ(l, 0.0f);
+    S::finish_row(o.data(), l, true, dvp, out.data());
+    for (const float x : out) EXPECT_TRUE(std::isnan(x));
+    EXPECT_TRUE(std::isnan(S::lse(m, l, true)));
+  }
+}
+
+// accumulate_pv_cut (packed and direct): row r takes keys [0, lim(r)) only, lim a staircase through the
+// block: bitwise the same as the full block with P = 0 on hidden keys when V is finite, and a NaN or inf
+// in a V row that a row does not see leaves that row finite (Note [causal staircase]).
+TYPED_TEST_P(core_suite, causal_staircase_skips_hidden_v_rows) {
+  using PK = core::packed<TypeParam>;
+  using DP = core::direct<TypeParam>;
+  constexpr int L = gqa::isa::vec<TypeParam>::lanes;
+  for (const index_t rows : {index_t{5}, index_t{13}, index_t{40}}) {
+    const index_t nb = 37, dv = 2 * L + 3, dvp = core::round_up(dv, L), ldp = nb + 5;
+    const index_t step = std::max<index_t>(1, rows / 5);  // rows share limits in groups (positions)
+    const auto lim = [&](index_t r) { return std::min<index_t>(nb, 3 + (r / step) * 7); };
+    auto p = data(static_cast<std::size_t>(rows * ldp), 90 + rows);
+    for (index_t r = 0; r < rows; ++r)
+      for (index_t j = lim(r); j < nb; ++j) p[static_cast<std::size_t>(r * ldp + j)] = 0.0f;
+    auto v = data(static_cast<std::size_t>(nb * dvp), 91 + rows);
+    const auto o0 = data(static_cast<std::size_t>(rows * dvp), 92 + rows);
+    for (const bool direct_path : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << rows << " rows, " << (direct_path ? "direct" : "packed"));
+      auto run = [&](bool cut, const std::vector<float>& vv) {
+        std::vector<float> o = o0;
+        if (direct_path) {
+          if (cut) DP::accumulate_pv_cut(vv.data(), dvp, dv, lim, p.data(), rows, ldp, dvp, o.data());
+          else DP::accumulate_pv(vv.data(), dvp, dv, nb, p.data(), rows, ldp, dvp, o.data());
+        } else {
+          if (cut) PK::accumulate_pv_cut(p.data(), rows, ldp, vv.data(), lim, dvp, o.data());
+          else PK::accumulate_pv(p.data(), rows, ldp, vv.data(), nb, dvp, o.data());
+        }
+        return o;
+      };
+      const auto full = run(false, v), cut = run(true, v);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t c = 0; c < dv; ++c) {
+          const auto i = static_cast<std::size_t>(r * dvp + c);
+          ASSERT_TRUE(same_bits(full[i], cut[i])) << "O[" << r << "][" << c << "]";
+        }
+      // Poison the V row seen only by the last group of rows.
+      auto bad = v;
+      const index_t j = lim(rows - 1) - 1;
+      for (index_t c = 0; c < dv; ++c) bad[static_cast<std::size_t>(j * dvp + c)] = c % 2 ? k_inf : std::nanf("");
+      const auto o = run(true, bad);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t c = 0; c < dv; ++c) {
+          const float x = o[static_cast<std::size_t>(r * dvp + c)];
+          if (lim(r) > j) {
+            EXPECT_FALSE(std::isfinite(x)) << "O[" << r << "][" << c << "] sees the poisoned key";
+          } else {
+            EXPECT_TRUE(same_bits(x, cut[static_cast<std::size_t>(r * dvp + c)])) << "O[" << r << "][" << c << "]";
+          }
+        }
+    }
+  }
+}
+
+REGISTER_TYPED_TEST_SUITE_P(core_suite, tile_every_shape_of_the_table, tile_partial_reads_only_width_columns,
+                            dot_scores_every_block_shape, direct_path_reads_k_and_v_in_place, packing_layout,
+                            online_softmax_update_merge_and_masked_rows, online_softmax_keeps_nan,
+                            causal_staircase_skips_hidden_v_rows);

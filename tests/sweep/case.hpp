@@ -1,0 +1,806 @@
+// tests/sweep/case.hpp: a random API call of gqa and its check against the naive double reference, shared
+// by the seeded sweep (tests/sweep/sweep_main.cpp) and the fuzzer (tests/fuzz/fuzz_attention.cpp), which
+// differ only in where the random choices come from (`source`) and in their size budget.
+//
+// A case (Note [sweep case]) is drawn, its buffers built and filled, run on every selected ISA
+// (runner.hpp), and each result compared with reference::attention on the same (prepared) K/V and head
+// map, element by element, class by class (Note [sweep checks]). Compiled with baseline flags only.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gqa/errors.hpp>
+#include <gqa/random.hpp>
+#include <gqa/reference/attention.hpp>
+#include <gqa/variants/registry.hpp>
+
+#include "support/tolerance.hpp"
+#include "sweep/runner.hpp"
+
+namespace gqa::sweep {
+
+using gqa::index_t;
+
+inline constexpr float k_nan = std::numeric_limits<float>::quiet_NaN();
+inline constexpr float k_inf = std::numeric_limits<float>::infinity();
+/// Fills every output buffer element outside the view: a write outside it changes the sentinel. (Input
+/// buffers hold NaN outside their views: a read outside shows up as NaN in the output.)
+inline constexpr float k_sentinel = -12345.5f;
+/// The magnitude of an overflow pair (Note [sweep case]): q · k = 1e40 overflows float, not double.
+inline constexpr float k_huge = 1e20f;
+
+/// Where a case's choices come from: the sweep's seeded stream or the fuzzer's bytes.
+class source {
+ public:
+  virtual ~source() = default;
+  virtual std::uint64_t bits() = 0;
+  /// Uniform in [lo, hi].
+  index_t uniform(index_t lo, index_t hi) {
+    return lo + static_cast<index_t>(bits() % static_cast<std::uint64_t>(hi - lo + 1));
+  }
+  bool chance(int percent) { return static_cast<int>(bits() % 100) < percent; }
+  template <class T, std::size_t N>
+  const T& pick(const T (&a)[N]) {
+    return a[bits() % N];
+  }
+};
+
+/// The sweep's source: gqa::random::stream over (seed, case number).
+class stream_source final : public source {
+ public:
+  stream_source(std::uint64_t seed, std::uint64_t key) : s_{seed, key, 0} {}
+  std::uint64_t bits() override { return s_.next_u64(); }
+
+ private:
+  gqa::random::stream s_;
+};
+
+/// A 4-D view's memory layout: the order of (b, s, h) from outer to inner (d is always innermost, unit
+/// stride), padding after each level, and negated strides.
+struct layout {
+  int order = 0;              ///< index into k_orders: 0 BSHD, 1 BHSD, then the other four
+  index_t pad[4] = {};        ///< extra elements after the head vector, then after each level inner to outer
+  bool neg[3] = {};           ///< stride of b, s, h negative
+};
+inline constexpr int k_orders[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {2, 0, 1}, {1, 2, 0}, {2, 1, 0}};
+inline constexpr const char* k_order_names[6] = {"bshd", "bhsd", "sbhd", "hbsd", "shbd", "hsbd"};
+
+/// A buffer and the view of (b, s, h, d) elements in it; every other element holds k_sentinel.
+struct buffer {
+  std::vector<float> mem;
+  gqa::tensor_view<float> view;
+};
+
+inline buffer make_buffer(const layout& l, index_t b, index_t s, index_t h, index_t d) {
+  const index_t ext[3] = {b, s, h};
+  index_t stride[3] = {};
+  index_t cur = d + l.pad[0];
+  for (int level = 2; level >= 0; --level) {
+    const int dim = k_orders[l.order][level];
+    stride[dim] = cur;
+    cur = cur * ext[dim] + l.pad[3 - level];
+  }
+  buffer r;
+  r.mem.assign(static_cast<std::size_t>(cur), k_sentinel);
+  index_t offset = 0;
+  for (int dim = 0; dim < 3; ++dim)
+    if (l.neg[dim]) {
+      offset += (ext[dim] - 1) * stride[dim];
+      stride[dim] = -stride[dim];
+    }
+  r.view = {r.mem.data() + offset, b, s, h, d, stride[0], stride[1], stride[2], 1};
+  return r;
+}
+
+/// Heads [h0, h0 + h) of view t.
+template <class T>
+gqa::tensor_view<T> heads_of(gqa::tensor_view<T> t, index_t h0, index_t h) {
+  t.data += h0 * t.stride_h;
+  t.h = h;
+  return t;
+}
+
+/// Calls f(element&) for every element of view t, in logical order.
+template <class T, class F>
+void for_each_element(const gqa::tensor_view<T>& t, F&& f) {
+  for (index_t ib = 0; ib < t.b; ++ib)
+    for (index_t is = 0; is < t.s; ++is)
+      for (index_t ih = 0; ih < t.h; ++ih)
+        for (index_t x = 0; x < t.d; ++x) f(t(ib, is, ih, x));
+}
+
+// Note [sweep case]
+// What one case draws (every choice from its `source`):
+//  * the call: gqa::attend with a head map (uniform; unequal contiguous groups, some empty, via
+//    from_allocation; or an arbitrary non-contiguous map), or gqa::forward of a registered variant on a
+//    layer (H, G, d) with its default heads;
+//  * heads from a list that includes 28/4, 14/2 and 5/1, or random; d_qk from a list (1, 80, 96, 112,
+//    128, 256, ...) or random in 1..256, d_v = d_qk or random; sq and skv mostly short (block edges ±1),
+//    sometimes one of them long (up to 4097) with the other short, batch 1..3; the product
+//    b · hq · sq · skv · (d_qk + d_v) bounded by the caller's budget, so a case's cost is bounded;
+//  * the layout of each of q, k, v, o (BSHD, BHSD or another order, padding, negative strides), or q, k, v
+//    as head ranges of one fused QKV buffer;
+//  * causal (bottom-right: sq < skv, sq = skv and sq > skv all occur), kv_lengths (0 and skv included),
+//    scale (default, or explicit of either sign), LSE output, check_finite, the executor (1 thread,
+//    2 threads, or a caller's parallel loop that runs tasks out of order on two threads);
+//  * injections at random positions, masked ones included: NaN, ±inf, 1e30 in V, denormals, and
+//    overflow pairs: column x of Q and K zeroed in one batch, then q[i, h, x] = ±1e20 for a few rows
+//    and k[j, g, x] = ±1e20 for one key, so those rows' score with key j is ±1e40 (float overflow,
+//    Note [non-finite inputs]) and every other score stays exact; a case with overflow pairs has no
+//    infinity in Q or K (1e40 − inf would be −inf in double but NaN in float).
+// The explicit scale is at most 40/d_qk in magnitude (inputs in [−1, 1]), so two scores of a row differ
+// by less than 80: a weight never underflows in float where it does not in double (0 · inf in V would be
+// NaN for one and ±inf for the other).
+
+/// An injected value at a logical position of q, k or v.
+struct injection {
+  char tensor;  // 'q', 'k', 'v'
+  index_t ib, is, ih, x;
+  float value;
+};
+
+struct case_spec {
+  int variant = -1;  ///< -1: gqa::attend with `kv_of_q`; else the registry index
+  std::string map_kind;
+  gqa::model_shape layer;
+  gqa::variant_heads heads;  ///< hq, hkv (core), kv_in (heads of the K/V handed over)
+  index_t b = 1, sq = 1, skv = 1, d = 1, dv = 1;
+  std::vector<index_t> kv_of_q;  ///< attend only
+  bool causal = false, lse = false, check_finite = false, fused = false;
+  std::optional<float> scale;
+  std::vector<index_t> kv_lengths;
+  layout lq, lk, lv, lo;
+  int threads = 0;  ///< 0: 1 thread, 1: 2 threads, 2: the caller's loop
+  float v_amp = 1.0f;
+  std::vector<injection> injections;
+  std::uint64_t data_seed = 0;
+
+  std::string describe() const;
+};
+
+inline std::string variant_name(int variant) {
+  return variant < 0 ? std::string("attend") : std::string(gqa::variant_names[static_cast<std::size_t>(variant)]);
+}
+
+inline std::string case_spec::describe() const {
+  std::ostringstream os;
+  os << variant_name(variant);
+  if (variant < 0) {
+    os << "(" << map_kind << " map";
+    for (const index_t g : kv_of_q) os << " " << g;
+    os << ")";
+  } else {
+    os << "(H " << layer.heads << ", G " << layer.groups << ")";
+  }
+  os << " b " << b << " sq " << sq << " skv " << skv << " hq " << heads.hq << " hkv " << heads.kv_in << " d " << d
+     << " dv " << dv << (causal ? " causal" : "");
+  if (!kv_lengths.empty()) {
+    os << " kv_lengths";
+    for (const index_t x : kv_lengths) os << " " << x;
+  }
+  if (scale) os << " scale " << *scale;
+  if (lse) os << " lse";
+  if (check_finite) os << " check_finite";
+  os << " threads " << (threads == 2 ? "caller" : std::to_string(threads + 1));
+  const auto lay = [&](const char* n, const layout& l) {
+    os << " " << n << ":" << k_order_names[l.order];
+    if (l.pad[0] || l.pad[1] || l.pad[2] || l.pad[3])
+      os << "+pad" << l.pad[0] << "," << l.pad[1] << "," << l.pad[2] << "," << l.pad[3];
+    if (l.neg[0] || l.neg[1] || l.neg[2]) os << "-" << (l.neg[0] ? "b" : "") << (l.neg[1] ? "s" : "") << (l.neg[2] ? "h" : "");
+  };
+  if (fused) {
+    lay("qkv(fused)", lq);
+  } else {
+    lay("q", lq);
+    lay("k", lk);
+    lay("v", lv);
+  }
+  lay("o", lo);
+  if (v_amp != 1.0f) os << " v_amp " << v_amp;
+  for (const auto& in : injections)
+    os << " " << in.tensor << "[" << in.ib << "," << in.is << "," << in.ih << "," << in.x << "]=" << in.value;
+  return os.str();
+}
+
+/// Size limits of a case: `budget` bounds b · hq · sq · skv · (d + dv); `max_len` the longest sequence.
+struct limits {
+  double budget = 3e6;
+  index_t max_len = 4097;
+  index_t max_d = 256;
+};
+
+namespace detail {
+
+inline layout draw_layout(source& r, index_t d) {
+  layout l;
+  l.order = r.chance(70) ? static_cast<int>(r.uniform(0, 1)) : static_cast<int>(r.uniform(0, 5));
+  if (r.chance(25))
+    for (auto& p : l.pad) p = r.chance(50) ? 0 : r.uniform(1, std::max<index_t>(3, d / 4));
+  if (r.chance(20))
+    for (auto& n : l.neg) n = r.chance(50);
+  return l;
+}
+
+inline index_t draw_length(source& r, index_t max_len) {
+  static constexpr index_t edges[] = {1, 2, 3, 7, 15, 16, 17, 31, 33, 63, 64, 65, 95, 97, 127, 129, 191, 255, 257};
+  index_t n = r.chance(40) ? r.pick(edges) : r.uniform(1, r.chance(70) ? 80 : 300);
+  return std::min(n, max_len);
+}
+
+/// Draws a composition of hq into hkv groups, some of them empty (hkv may exceed hq).
+inline std::vector<index_t> draw_allocation_map(source& r, index_t hq, index_t hkv) {
+  std::vector<index_t> m(static_cast<std::size_t>(hq));
+  // Sorted random cut points: contiguous groups of random sizes (0 included).
+  std::vector<index_t> g(static_cast<std::size_t>(hq));
+  for (auto& x : g) x = r.uniform(0, hkv - 1);
+  std::sort(g.begin(), g.end());
+  for (std::size_t h = 0; h < g.size(); ++h) m[h] = g[h];
+  return m;
+}
+
+}  // namespace detail
+
+/// Draws a case (Note [sweep case]) within `lim`.
+inline case_spec draw_case(source& r, const limits& lim) {
+  case_spec c;
+  c.data_seed = r.bits();
+  // Heads.
+  static constexpr index_t head_pairs[][2] = {{28, 4}, {14, 2}, {5, 1}, {8, 2}, {4, 4}, {32, 8}, {6, 3}, {12, 4}, {1, 1}, {16, 1}};
+  static constexpr index_t layers[][2] = {{28, 4}, {14, 2}, {8, 2}, {4, 1}, {6, 3}, {12, 4}, {16, 8}, {2, 1}, {10, 5}, {8, 8}};
+  constexpr int n_variants = static_cast<int>(gqa::registered_variants::size);
+  c.variant = r.chance(45) ? static_cast<int>(r.uniform(0, n_variants - 1)) : -1;
+  // Head dims.
+  static constexpr index_t dims[] = {1, 2, 3, 4, 8, 16, 32, 48, 64, 80, 96, 112, 128, 192, 256};
+  c.d = std::min(r.chance(50) ? r.pick(dims) : r.uniform(1, r.chance(60) ? 64 : 256), lim.max_d);
+  c.dv = c.d;
+  if (c.variant < 0 && r.chance(40)) c.dv = std::min(r.chance(50) ? r.pick(dims) : r.uniform(1, 256), lim.max_d);
+  if (c.variant >= 0) {
+    const auto& hl = r.pick(layers);
+    c.layer = {hl[0], hl[1], c.d, r.bits()};
+    int i = 0;
+    gqa::for_each_variant([&](auto t) {
+      if (i++ == c.variant) c.heads = decltype(t)::type::heads_for(c.layer);
+    });
+  } else {
+    index_t hq, hkv;
+    if (r.chance(60)) {
+      const auto& hp = r.pick(head_pairs);
+      hq = hp[0];
+      hkv = hp[1];
+    } else {
+      hq = r.uniform(1, 12);
+      hkv = r.uniform(1, 12);
+    }
+    const int kind = static_cast<int>(r.uniform(0, 2));
+    if (kind == 0 && hq % hkv == 0) {
+      c.map_kind = "uniform";
+      for (index_t h = 0; h < hq; ++h) c.kv_of_q.push_back(h / (hq / hkv));
+    } else if (kind <= 1) {
+      c.map_kind = "allocation";
+      c.kv_of_q = detail::draw_allocation_map(r, hq, hkv);
+    } else {
+      c.map_kind = "arbitrary";
+      for (index_t h = 0; h < hq; ++h) c.kv_of_q.push_back(r.uniform(0, hkv - 1));
+    }
+    c.heads = {hq, hkv, hkv};
+  }
+  // Lengths: mostly short; sometimes one long side.
+  c.b = r.chance(60) ? 1 : r.uniform(2, 3);
+  c.sq = detail::draw_length(r, lim.max_len);
+  c.skv = r.chance(15) ? c.sq : detail::draw_length(r, lim.max_len);
+  if (r.chance(30)) c.sq = r.uniform(1, 4);  // decode
+  bool long_side = false;
+  if (r.chance(6) && lim.max_len > 300) {
+    long_side = true;
+    const index_t n = r.chance(30) ? lim.max_len : r.uniform(1024, lim.max_len);
+    if (r.chance(70)) {
+      c.skv = n;
+      c.sq = std::min<index_t>(c.sq, 8);
+    } else {
+      c.sq = n;
+      c.skv = std::min<index_t>(c.skv, 8);
+    }
+  }
+  c.fused = c.d == c.dv && c.sq == c.skv && r.chance(30);
+  // Budget: halve the batch, then the lengths (not the long side), then everything.
+  const auto cost = [&] {
+    return static_cast<double>(c.b) * static_cast<double>(c.heads.hq) * static_cast<double>(c.sq) *
+           static_cast<double>(c.skv) * static_cast<double>(c.d + c.dv);
+  };
+  const double budget = long_side ? 4 * lim.budget : lim.budget;  // few long cases: a larger share each
+  while (cost() > budget) {
+    if (c.b > 1) {
+      --c.b;
+    } else if (long_side && std::min(c.sq, c.skv) > 1) {  // the short side first
+      (c.sq < c.skv ? c.sq : c.skv) /= 2;
+    } else if (!long_side && (c.sq > 1 || c.skv > 1)) {
+      if (c.fused) {
+        c.sq = c.skv = std::max<index_t>(1, c.sq / 2);
+      } else if (c.sq >= c.skv) {
+        c.sq = std::max<index_t>(1, c.sq / 2);
+      } else {
+        c.skv = std::max<index_t>(1, c.skv / 2);
+      }
+    } else if (c.sq * c.skv > 1) {  // the long side itself
+      if (c.sq >= c.skv) c.sq = std::max<index_t>(1, c.sq / 2);
+      else c.skv = std::max<index_t>(1, c.skv / 2);
+      if (c.fused) c.sq = c.skv = std::min(c.sq, c.skv);
+    } else {
+      break;  // one query, one key: heads and dims as drawn
+    }
+  }
+  // Options.
+  c.causal = r.chance(50);
+  if (r.chance(30)) {
+    for (index_t ib = 0; ib < c.b; ++ib) {
+      const int kind = static_cast<int>(r.uniform(0, 4));
+      c.kv_lengths.push_back(kind == 0 ? 0 : kind == 1 ? c.skv : r.uniform(0, c.skv));
+    }
+  }
+  if (r.chance(40)) {
+    const double bound = std::min(2.0, 40.0 / static_cast<double>(c.d));
+    const double mag = 0.02 + (bound - 0.02) * static_cast<double>(r.uniform(0, 1000)) / 1000.0;
+    c.scale = static_cast<float>(r.chance(30) ? -mag : mag);
+  }
+  c.lse = r.chance(50);
+  c.check_finite = r.chance(10);
+  c.threads = static_cast<int>(r.uniform(0, 2));
+  // Layouts.
+  c.lq = detail::draw_layout(r, c.d);
+  c.lk = c.fused ? c.lq : detail::draw_layout(r, c.d);
+  c.lv = c.fused ? c.lq : detail::draw_layout(r, c.dv);
+  c.lo = detail::draw_layout(r, c.dv);
+  if (r.chance(10)) c.v_amp = r.chance(50) ? 1e-3f : 100.0f;
+  // Injections.
+  if (r.chance(40)) {
+    const bool overflow = r.chance(20);
+    const int n = static_cast<int>(r.uniform(1, 4));
+    bool inf_in_k = false;
+    for (int i = 0; i < n; ++i) {
+      const char t = "qkv"[r.uniform(0, 2)];
+      const index_t s = t == 'q' ? c.sq : c.skv, h = t == 'q' ? c.heads.hq : c.heads.kv_in,
+                    d = t == 'v' ? c.dv : c.d;
+      injection in{t, r.uniform(0, c.b - 1), r.uniform(0, s - 1), r.uniform(0, h - 1), r.uniform(0, d - 1), k_nan};
+      const int kind = static_cast<int>(r.uniform(0, 5));
+      if (kind <= 1) {
+        in.value = k_nan;
+      } else if (kind <= 3) {
+        in.value = kind == 2 ? k_inf : -k_inf;
+        if (overflow && t != 'v') in.value = k_nan;  // Note [sweep case]: no infinity in Q/K with overflow pairs
+      } else if (kind == 4) {
+        in.value = t == 'v' ? (r.chance(50) ? 1e30f : -1e30f) : k_nan;
+      } else {
+        in.value = r.chance(50) ? 1e-40f : -3e-42f;
+      }
+      if (t == 'k' && std::isinf(in.value)) inf_in_k = true;
+      c.injections.push_back(in);
+    }
+    // A denormal q times an infinite k: q · scale may round to 0 in float (0 · inf = NaN) and not in double.
+    if (inf_in_k)
+      for (auto& in : c.injections)
+        if (in.tensor == 'q' && std::fabs(in.value) < 1e-30f) in.value = k_nan;
+    if (overflow) {
+      // Overflow pair, encoded as injections of ±k_huge; apply_injections zeroes the column first.
+      const index_t ib = r.uniform(0, c.b - 1), x = r.uniform(0, c.d - 1);
+      c.injections.push_back({'k', ib, r.uniform(0, c.skv - 1), r.uniform(0, c.heads.kv_in - 1), x,
+                              r.chance(50) ? k_huge : -k_huge});
+      const int rows = static_cast<int>(r.uniform(1, 3));
+      for (int i = 0; i < rows; ++i)
+        c.injections.push_back({'q', ib, r.uniform(0, c.sq - 1), r.uniform(0, c.heads.hq - 1), x,
+                                r.chance(50) ? k_huge : -k_huge});
+    }
+  }
+  return c;
+}
+
+/// The inputs of a case, built and filled.
+struct case_data {
+  buffer qb, kb, vb;  // qb holds q, k and v when fused
+  gqa::tensor_view<const float> q, k, v;
+  gqa::head_map map;  // attend only
+};
+
+inline void fill_uniform(const gqa::tensor_view<float>& t, std::uint64_t seed, float amp) {
+  std::uint64_t i = 0;
+  for_each_element(t, [&](float& x) {
+    x = amp * (2.0f * gqa::random::to_unit_float(gqa::random::hash(seed, {i++})) - 1.0f);
+  });
+}
+
+inline case_data build_inputs(const case_spec& c) {
+  case_data r;
+  const index_t hq = c.heads.hq, hkv = c.heads.kv_in;
+  gqa::tensor_view<float> q, k, v;
+  if (c.fused) {
+    r.qb = make_buffer(c.lq, c.b, c.sq, hq + 2 * hkv, c.d);
+    q = heads_of(r.qb.view, 0, hq);
+    k = heads_of(r.qb.view, hq, hkv);
+    v = heads_of(r.qb.view, hq + hkv, hkv);
+  } else {
+    r.qb = make_buffer(c.lq, c.b, c.sq, hq, c.d);
+    r.kb = make_buffer(c.lk, c.b, c.skv, hkv, c.d);
+    r.vb = make_buffer(c.lv, c.b, c.skv, hkv, c.dv);
+    q = r.qb.view;
+    k = r.kb.view;
+    v = r.vb.view;
+  }
+  for (buffer* b : {&r.qb, &r.kb, &r.vb}) std::fill(b->mem.begin(), b->mem.end(), k_nan);
+  fill_uniform(q, c.data_seed, 1.0f);
+  fill_uniform(k, c.data_seed + 1, 1.0f);
+  fill_uniform(v, c.data_seed + 2, c.v_amp);
+  // Overflow pairs: zero their column of Q and K in their batch first (Note [sweep case]).
+  for (const auto& in : c.injections)
+    if (std::fabs(in.value) == k_huge && in.tensor == 'k') {
+      for (index_t is = 0; is < c.sq; ++is)
+        for (index_t ih = 0; ih < hq; ++ih) q(in.ib, is, ih, in.x) = 0.0f;
+      for (index_t is = 0; is < c.skv; ++is)
+        for (index_t ih = 0; ih < hkv; ++ih) k(in.ib, is, ih, in.x) = 0.0f;
+    }
+  for (const auto& in : c.injections) {
+    const auto& t = in.tensor == 'q' ? q : in.tensor == 'k' ? k : v;
+    t(in.ib, in.is, in.ih, in.x) = in.value;
+  }
+  r.q = q;
+  r.k = k;
+  r.v = v;
+  if (c.variant < 0) r.map = gqa::head_map(c.kv_of_q, c.heads.hkv);
+  return r;
+}
+
+/// Whether options.check_finite must throw: a non-finite element among all of q and the keys
+/// j < kv_lengths[b] of k and v.
+inline bool reads_non_finite(const case_spec& c, const case_data& in) {
+  bool bad = false;
+  for_each_element(in.q, [&](const float& x) { bad = bad || !std::isfinite(x); });
+  for (index_t ib = 0; ib < c.b; ++ib) {
+    const index_t len = c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
+    for (index_t j = 0; j < len; ++j)
+      for (index_t g = 0; g < c.heads.kv_in; ++g) {
+        for (index_t x = 0; x < c.d; ++x) bad = bad || !std::isfinite(in.k(ib, j, g, x));
+        for (index_t x = 0; x < c.dv; ++x) bad = bad || !std::isfinite(in.v(ib, j, g, x));
+      }
+  }
+  return bad;
+}
+
+/// The expected result of a case: reference::attention (double) and the naive fp32 yardstick on the K/V
+/// and head map the call uses (after the variant's prepare and plan), through the variant's finish step;
+/// and the rows whose float scores overflow (Note [sweep checks]).
+struct expected {
+  std::vector<double> o, lse;  // [b][sq][hq][dv], [b][hq][sq]
+  std::vector<float> naive_o, naive_lse;
+  std::vector<index_t> kv_of_q;
+  std::vector<char> overflow_row;  // [b][hq][sq]: the row's float scores overflow to +inf or are all −inf
+  double v_max = 1.0;              // max(1, |V| over finite prepared values, |O_ref| after finish)
+};
+
+namespace detail {
+
+template <class P>
+void finish_fresh(const case_spec& c, std::vector<float>& o, const gqa::head_map& map) {
+  if constexpr (gqa::policy_with_finish<P> || gqa::policy_with_finish_executor<P>) {
+    gqa::with_policy<P>(c.layer, c.heads, [&](P& p) {
+      gqa::detail::finish(p, gqa::bshd(o.data(), c.b, c.sq, map.hq(), c.dv), map, gqa::executor{});
+    });
+  }
+}
+
+inline void fill_expected(expected& e, const case_spec& c, const gqa::tensor_view<const float>& q,
+                          const gqa::tensor_view<const float>& k, const gqa::tensor_view<const float>& v,
+                          std::span<const index_t> kv_of_q) {
+  const double scale = c.scale ? static_cast<double>(*c.scale) : 1.0 / std::sqrt(static_cast<double>(c.d));
+  const auto ref = gqa::reference::attention(q, k, v, kv_of_q, scale, c.causal, c.kv_lengths);
+  const auto naive = gqa::test::naive_fp32(q, k, v, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths);
+  e.o = ref.o;
+  e.lse = ref.lse;
+  e.naive_o = naive.o;
+  e.naive_lse = naive.lse;
+  e.kv_of_q.assign(kv_of_q.begin(), kv_of_q.end());
+  for_each_element(v, [&](const float& x) {
+    if (std::isfinite(x)) e.v_max = std::max(e.v_max, static_cast<double>(std::fabs(x)));
+  });
+  // Rows with an overflow-pair element in Q: their scores, in double, in the core's log2 units.
+  const index_t hq = q.h;
+  e.overflow_row.assign(static_cast<std::size_t>(c.b * hq * c.sq), 0);
+  constexpr double flt_max = std::numeric_limits<float>::max();
+  for (index_t ib = 0; ib < c.b; ++ib) {
+    const index_t len = c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
+    for (index_t h = 0; h < hq; ++h)
+      for (index_t i = 0; i < c.sq; ++i) {
+        bool huge = false;
+        for (index_t x = 0; x < c.d; ++x) huge = huge || std::fabs(q(ib, i, h, x)) == k_huge;
+        if (!huge) continue;
+        const index_t visible = c.causal ? std::clamp<index_t>(i + (len - c.sq) + 1, 0, len) : len;
+        bool pos = false, all_neg = visible > 0;
+        for (index_t j = 0; j < visible; ++j) {
+          double s = 0.0;
+          for (index_t x = 0; x < c.d; ++x)
+            s += static_cast<double>(q(ib, i, h, x)) * static_cast<double>(k(ib, j, kv_of_q[static_cast<std::size_t>(h)], x));
+          s *= scale * 1.4426950408889634;
+          pos = pos || s > flt_max;
+          all_neg = all_neg && s < -flt_max;
+        }
+        e.overflow_row[static_cast<std::size_t>((ib * hq + h) * c.sq + i)] = pos || all_neg;
+      }
+  }
+}
+
+}  // namespace detail
+
+inline expected expect_of(const case_spec& c, const case_data& in) {
+  expected e;
+  if (c.variant < 0) {
+    detail::fill_expected(e, c, in.q, in.k, in.v, in.map.kv_of_q());
+    return e;
+  }
+  int i = 0;
+  gqa::for_each_variant([&](auto t) {
+    using P = typename decltype(t)::type;
+    if (i++ != c.variant) return;
+    gqa::head_map map;
+    gqa::with_policy<P>(c.layer, c.heads, [&](P& p) {
+      gqa::kv_views kv{in.k, in.v};
+      if constexpr (gqa::policy_with_prepare<P>) kv = p.prepare(in.k, in.v);
+      map = p.plan(in.q, kv.k);
+      detail::fill_expected(e, c, in.q, kv.k, kv.v, map.kv_of_q());
+    });
+    if constexpr (gqa::policy_with_finish<P> || gqa::policy_with_finish_executor<P>) {
+      // The finish step on the reference (rounded to float once) and on the naive output, as in
+      // tests/suites/registry_suite.hpp. An overflow row is NaN in the core's output (Note [sweep
+      // checks]) but finite in the double reference's: it is NaN in the reference's too before the finish
+      // step, which may spread it (PGQA: the whole sample-and-head row of that query row is then NaN).
+      const index_t hq = c.heads.hq;
+      for (index_t ib = 0; ib < c.b; ++ib)
+        for (index_t h = 0; h < hq; ++h)
+          for (index_t i = 0; i < c.sq; ++i)
+            if (e.overflow_row[static_cast<std::size_t>((ib * hq + h) * c.sq + i)])  // [b][hq][sq]
+              std::fill_n(e.o.begin() + ((ib * c.sq + i) * hq + h) * c.dv, c.dv,  // [b][sq][hq][dv]
+                          std::numeric_limits<double>::quiet_NaN());
+      std::vector<float> ref_f(e.o.begin(), e.o.end());
+      detail::finish_fresh<P>(c, ref_f, map);
+      detail::finish_fresh<P>(c, e.naive_o, map);
+      e.o.assign(ref_f.begin(), ref_f.end());
+      for (const double x : e.o)
+        if (std::isfinite(x)) e.v_max = std::max(e.v_max, std::fabs(x));
+    }
+  });
+  return e;
+}
+
+/// The caller's parallel loop of the sweep: tasks in reverse order, alternately on a second thread.
+inline void reverse_two_threads(index_t n, const std::function<void(index_t)>& task) {
+  std::thread t([&] {
+    for (index_t i = n - 1 - 1; i >= 0; i -= 2) task(i);
+  });
+  for (index_t i = n - 1; i >= 0; i -= 2) task(i);
+  t.join();
+}
+
+/// One run's output: the output buffer (view and sentinels) and the LSE.
+struct result {
+  buffer o;
+  std::vector<float> lse;
+  std::string error;  // what() of a gqa::invalid_argument, if the call threw one
+};
+
+/// The call of case c on its inputs, writing to o (no LSE, one thread).
+inline call call_of(const case_spec& c, const case_data& in, const gqa::tensor_view<float>& o) {
+  call k;
+  k.variant = c.variant;
+  k.layer = c.layer;
+  k.heads = c.heads;
+  k.map = &in.map;
+  k.q = in.q;
+  k.k = in.k;
+  k.v = in.v;
+  k.o = o;
+  k.opt.scale = c.scale;
+  k.opt.causal = c.causal;
+  k.opt.kv_lengths = c.kv_lengths;
+  k.opt.check_finite = c.check_finite;
+  return k;
+}
+
+inline result run_on(const runner& isa, const case_spec& c, const case_data& in, int threads) {
+  result r;
+  r.o = make_buffer(c.lo, c.b, c.sq, c.heads.hq, c.dv);
+  call k = call_of(c, in, r.o.view);
+  if (c.lse) {
+    r.lse.assign(static_cast<std::size_t>(c.b * c.heads.hq * c.sq), k_sentinel);
+    k.opt.lse = r.lse;
+  }
+  if (threads == 1) k.opt.num_threads = 2;
+  if (threads == 2) k.opt.parallel_for = reverse_two_threads;
+  try {
+    isa.run(k);
+  } catch (const gqa::invalid_argument& e) {
+    r.error = e.what();
+  }
+  return r;
+}
+
+/// Bitwise equal, or both NaN.
+inline bool same(float a, float b) {
+  return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, sizeof a) == 0;
+}
+
+inline bool is_plus_zero(float x) { return x == 0.0f && !std::signbit(x); }
+
+// Note [sweep checks]
+// Every output element and LSE entry against the reference, by class:
+//  * a row that sees no key: +0 everywhere (unless a finish step moved it: PGQA's noise), LSE −inf;
+//  * an overflow row (an overflow pair's score over FLT_MAX in log2 units, or all its scores below
+//    −FLT_MAX): NaN everywhere, LSE NaN (Note [non-finite inputs]; double does not overflow there);
+//  * a reference NaN: NaN; a reference ±inf: the same infinity;
+//  * a finite reference value: a finite output within Note [attention tolerance]: 2 · max|O_naive − O_ref|
+//    + 1e-6 · max(1, max|V|), the maxima over the case's finite elements (outside overflow rows); the LSE
+//    likewise with max(1, max|LSE_ref|). (The naive code forms q · k before the scale, so a pair's 1e40
+//    may be inf for it and finite for the core, which scales q first: the floor then still holds.)
+// and, around them: output elements outside the view unchanged; with check_finite, a gqa::invalid_argument
+// exactly when an element read is not finite; otherwise no exception; and every thread configuration gives
+// the bits of one thread. The first failure is returned as one line.
+
+/// Checks one run against the expected result; empty when it passes.
+inline std::string check(const case_spec& c, const case_data& in, const expected& e, const result& r) {
+  std::ostringstream err;
+  if (c.check_finite && reads_non_finite(c, in)) {
+    if (r.error.empty() || r.error.find("check_finite") == std::string::npos)
+      return "check_finite: a non-finite input is read, but the call " +
+             (r.error.empty() ? std::string("did not throw") : "threw: " + r.error);
+    return {};
+  }
+  if (!r.error.empty()) return "unexpected gqa::invalid_argument: " + r.error;
+  const index_t hq = c.heads.hq;
+  const auto oidx = [&](index_t ib, index_t i, index_t h, index_t x) {
+    return static_cast<std::size_t>(((ib * c.sq + i) * hq + h) * c.dv + x);
+  };
+  const auto lidx = [&](index_t ib, index_t h, index_t i) { return static_cast<std::size_t>((ib * hq + h) * c.sq + i); };
+  // Tolerances (Note [attention tolerance]).
+  double o_err = 0.0, l_err = 0.0, l_max = 1.0;
+  for (index_t ib = 0; ib < c.b; ++ib)
+    for (index_t h = 0; h < hq; ++h)
+      for (index_t i = 0; i < c.sq; ++i) {
+        if (e.overflow_row[lidx(ib, h, i)]) continue;
+        const double lr = e.lse[lidx(ib, h, i)], ln = e.naive_lse[lidx(ib, h, i)];
+        if (std::isfinite(lr)) l_max = std::max(l_max, std::fabs(lr));
+        if (std::isfinite(lr) && std::isfinite(ln)) l_err = std::max(l_err, std::fabs(ln - lr));
+        for (index_t x = 0; x < c.dv; ++x) {
+          const double orf = e.o[oidx(ib, i, h, x)], on = e.naive_o[oidx(ib, i, h, x)];
+          if (std::isfinite(orf) && std::isfinite(on)) o_err = std::max(o_err, std::fabs(on - orf));
+        }
+      }
+  const double o_tol = gqa::test::k_error_factor * o_err + gqa::test::k_error_floor * e.v_max;
+  const double l_tol = gqa::test::k_error_factor * l_err + gqa::test::k_error_floor * l_max;
+  const auto o = r.o.view;
+  for (index_t ib = 0; ib < c.b; ++ib)
+    for (index_t h = 0; h < hq; ++h)
+      for (index_t i = 0; i < c.sq; ++i) {
+        const auto where = [&] {
+          std::ostringstream w;
+          w << "row (b " << ib << ", pos " << i << ", head " << h << " -> kv " << e.kv_of_q[static_cast<std::size_t>(h)] << ")";
+          return w.str();
+        };
+        const double want_lse = e.lse[lidx(ib, h, i)];
+        const bool masked = want_lse == -std::numeric_limits<double>::infinity();
+        const bool overflow = e.overflow_row[lidx(ib, h, i)] != 0;
+        if (c.lse) {
+          const float got = r.lse[lidx(ib, h, i)];
+          const bool ok = overflow || std::isnan(want_lse) ? std::isnan(got)
+                          : masked                        ? got == -k_inf
+                                                          : std::isfinite(got) && std::fabs(got - want_lse) <= l_tol;
+          if (!ok) {
+            err << where() << ": LSE " << got << ", reference " << want_lse
+                << (overflow ? " (overflow row: NaN expected)" : "") << ", tolerance " << l_tol;
+            return err.str();
+          }
+        }
+        for (index_t x = 0; x < c.dv; ++x) {
+          const double want = e.o[oidx(ib, i, h, x)];
+          const float got = o(ib, i, h, x);
+          bool ok;
+          if (masked && want == 0.0) ok = is_plus_zero(got);  // (a finish step, PGQA's noise, may move it)
+          else if (overflow || std::isnan(want)) ok = std::isnan(got);
+          else if (std::isinf(want)) ok = got == static_cast<float>(want);
+          else ok = std::isfinite(got) && std::fabs(got - want) <= o_tol;
+          if (!ok) {
+            err << where() << " O[" << x << "] = " << got << ", reference " << want
+                << (masked && want == 0.0 ? " (fully masked row: +0 expected)" : overflow ? " (overflow row: NaN expected)" : "")
+                << ", tolerance " << o_tol;
+            return err.str();
+          }
+        }
+      }
+  // Nothing written outside the output view.
+  std::vector<char> in_view(r.o.mem.size(), 0);
+  for_each_element(o, [&](float& x) { in_view[static_cast<std::size_t>(&x - r.o.mem.data())] = 1; });
+  for (std::size_t i = 0; i < r.o.mem.size(); ++i)
+    if (!in_view[i] && !same(r.o.mem[i], k_sentinel)) {
+      err << "output buffer element " << i << " outside the view was written: " << r.o.mem[i];
+      return err.str();
+    }
+  return {};
+}
+
+/// Bitwise comparison of two runs (thread configurations); empty when equal.
+inline std::string check_same_bits(const case_spec& c, const result& a, const result& b) {
+  std::ostringstream err;
+  for (std::size_t i = 0; i < a.o.mem.size(); ++i)
+    if (!same(a.o.mem[i], b.o.mem[i])) {
+      err << "threads " << (c.threads == 2 ? "caller" : std::to_string(c.threads + 1))
+          << " differ from 1 thread at output buffer element " << i << ": " << b.o.mem[i] << " vs " << a.o.mem[i];
+      return err.str();
+    }
+  for (std::size_t i = 0; i < a.lse.size(); ++i)
+    if (!same(a.lse[i], b.lse[i])) {
+      err << "threads differ from 1 thread at LSE " << i << ": " << b.lse[i] << " vs " << a.lse[i];
+      return err.str();
+    }
+  if (a.error != b.error) return "threads change the exception: '" + b.error + "' vs '" + a.error + "'";
+  return {};
+}
+
+/// Every ISA of this build, in build order.
+inline std::vector<runner> all_runners() {
+  std::vector<runner> r;
+#if GQA_ISA_TU_SCALAR
+  r.push_back(runner_scalar());
+#endif
+#if GQA_ISA_TU_AVX2
+  r.push_back(runner_avx2());
+#endif
+#if GQA_ISA_TU_AVX512
+  r.push_back(runner_avx512());
+#endif
+#if GQA_ISA_TU_NEON
+  r.push_back(runner_neon());
+#endif
+  return r;
+}
+
+/// Runs case c on each runner (each with c's thread configuration, and once more on one thread if that
+/// differs) and checks it; returns "<isa>: <failure>" of the first failure, or empty.
+inline std::string run_and_check(const case_spec& c, const std::vector<runner>& isas) {
+  const case_data in = build_inputs(c);
+  // A variant's own steps may reject the inputs (prepare, plan): every run must then throw for the same
+  // reason: the message from its argument name to the first '(' (the policy may throw it from its check()
+  // instead of a later step).
+  std::string ref_error;
+  expected e;
+  try {
+    e = expect_of(c, in);
+  } catch (const gqa::invalid_argument& x) {
+    ref_error = x.what();
+  }
+  for (const runner& isa : isas) {
+    const result r = run_on(isa, c, in, c.threads);
+    if (!ref_error.empty()) {
+      const bool finite_check = c.check_finite && reads_non_finite(c, in);
+      const auto place = [](const std::string& m) {
+        const auto from = m.find(": ");
+        const auto rest = from == std::string::npos ? m : m.substr(from + 2);
+        return rest.substr(0, rest.find('('));
+      };
+      if (!finite_check && (r.error.empty() || place(r.error) != place(ref_error)))
+        return std::string(isa.name) + ": the reference's steps threw '" + ref_error + "', the call " +
+               (r.error.empty() ? std::string("did not throw") : "threw '" + r.error + "'");
+      continue;
+    }
+    if (auto f = check(c, in, e, r); !f.empty()) return std::string(isa.name) + ": " + f;
+    if (c.threads != 0) {
+      const result one = run_on(isa, c, in, 0);
+      if (auto f = check_same_bits(c, one, r); !f.empty()) return std::string(isa.name) + ": " + f;
+    }
+  }
+  return {};
+}
+
+}  // namespace gqa::sweep

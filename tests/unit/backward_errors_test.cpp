@@ -1,0 +1,127 @@
+// Every error path of gqa::attend_backward(): each bad argument throws gqa::invalid_argument naming the
+// argument and its value, before any work (the gradients are untouched). gqa::backward's own checks are
+// in suites/training_suite.hpp.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <gqa/attention.hpp>
+#include <gqa/backward.hpp>
+
+#include "support/expect.hpp"
+
+namespace {
+
+using gqa::index_t;
+using gqa::test::expect_invalid;
+
+constexpr index_t b = 2, sq = 3, skv = 5, hq = 4, hkv = 2, d = 8, dv = 6;
+constexpr float k_sentinel = 7.0f;
+
+/// One backward call's arguments; each test starts from a valid call and breaks one thing.
+struct call_args {
+  gqa::tensor_view<const float> q, k, v, o, dout;
+  std::span<const float> lse;
+  gqa::tensor_view<float> dq, dk, dv;
+  gqa::head_map map;
+  gqa::attention_options opt;
+};
+
+class backward_errors_test : public ::testing::Test {
+ protected:
+  std::vector<float> q_buf = std::vector<float>(static_cast<std::size_t>(b * sq * hq * d), 0.5f);
+  std::vector<float> k_buf = std::vector<float>(static_cast<std::size_t>(b * skv * hkv * d), -0.5f);
+  std::vector<float> v_buf = std::vector<float>(static_cast<std::size_t>(b * skv * hkv * dv), 0.25f);
+  std::vector<float> o_buf = std::vector<float>(static_cast<std::size_t>(b * sq * hq * dv), 0.1f);
+  std::vector<float> dout_buf = std::vector<float>(static_cast<std::size_t>(b * sq * hq * dv), 1.0f);
+  std::vector<float> lse_buf = std::vector<float>(static_cast<std::size_t>(b * hq * sq), 0.3f);
+  // dq, dk and dv share one arena (the overlap tests move them into each other).
+  static constexpr std::size_t dq_size = static_cast<std::size_t>(b * sq * hq * d);
+  static constexpr std::size_t dk_size = static_cast<std::size_t>(b * skv * hkv * d);
+  static constexpr std::size_t dv_size = static_cast<std::size_t>(b * skv * hkv * dv);
+  std::vector<float> grads = std::vector<float>(dq_size + dk_size + dv_size, k_sentinel);
+
+  call_args valid() {
+    call_args a;
+    a.q = gqa::bshd<const float>(q_buf.data(), b, sq, hq, d);
+    a.k = gqa::bshd<const float>(k_buf.data(), b, skv, hkv, d);
+    a.v = gqa::bshd<const float>(v_buf.data(), b, skv, hkv, dv);
+    a.o = gqa::bshd<const float>(o_buf.data(), b, sq, hq, dv);
+    a.dout = gqa::bshd<const float>(dout_buf.data(), b, sq, hq, dv);
+    a.lse = lse_buf;
+    a.dq = gqa::bshd(grads.data(), b, sq, hq, d);
+    a.dk = gqa::bshd(grads.data() + dq_size, b, skv, hkv, d);
+    a.dv = gqa::bshd(grads.data() + dq_size + dk_size, b, skv, hkv, dv);
+    a.map = gqa::head_map::uniform(hq, hkv);
+    return a;
+  }
+
+  void run(const call_args& a) {
+    gqa::attend_backward(a.q, a.k, a.v, a.o, a.dout, a.lse, a.dq, a.dk, a.dv, a.map, a.opt);
+  }
+
+  /// Breaks a valid call with `breaker` and expects it rejected naming `parts`, with nothing written.
+  void expect_rejects(const std::function<void(call_args&)>& breaker, const std::vector<std::string>& parts) {
+    call_args a = valid();
+    breaker(a);
+    expect_invalid([&] { run(a); }, parts);
+    EXPECT_TRUE(std::all_of(grads.begin(), grads.end(), [](float x) { return x == k_sentinel; }))
+        << "attend_backward wrote a gradient before rejecting the call";
+  }
+};
+
+TEST_F(backward_errors_test, valid_call_runs) {
+  run(valid());
+  for (const float x : grads) EXPECT_TRUE(std::isfinite(x));
+}
+
+TEST_F(backward_errors_test, views) {
+  expect_rejects([](call_args& a) { a.dout.data = nullptr; }, {"gqa::attend_backward", "dout.data = nullptr"});
+  expect_rejects([](call_args& a) { a.q.b = 0; }, {"gqa::attend_backward", "q.b = 0"});
+  expect_rejects([](call_args& a) { a.dk.stride_d = 2; }, {"gqa::attend_backward", "dk.stride_d = 2"});
+  expect_rejects([](call_args& a) { a.o.d = dv + 1; }, {"gqa::attend_backward", "o.d = 7", "must equal v.d = 6"});
+}
+
+TEST_F(backward_errors_test, gradient_and_dout_extents) {
+  expect_rejects([](call_args& a) { a.dout.s = sq - 1; }, {"gqa::attend_backward: dout.s = 2: must equal o.s = 3"});
+  expect_rejects([](call_args& a) { a.dq.h = hq - 1; }, {"gqa::attend_backward: dq.h = 3: must equal q.h = 4"});
+  expect_rejects([](call_args& a) { a.dk.s = skv - 1; }, {"gqa::attend_backward: dk.s = 4: must equal k.s = 5"});
+  expect_rejects([](call_args& a) { a.dv.d = dv - 1; }, {"gqa::attend_backward: dv.d = 5: must equal v.d = 6"});
+}
+
+TEST_F(backward_errors_test, map_options_and_lse) {
+  expect_rejects([](call_args& a) { a.map = gqa::head_map::uniform(hq, 1); },
+                 {"gqa::attend_backward", "map.hkv() = 1", "must equal k.h = 2"});
+  expect_rejects([](call_args& a) { a.opt.scale = std::numeric_limits<float>::infinity(); },
+                 {"gqa::attend_backward", "options.scale = inf"});
+  static const std::vector<index_t> long_len = {skv, skv + 1};
+  expect_rejects([](call_args& a) { a.opt.kv_lengths = long_len; },
+                 {"gqa::attend_backward: options.kv_lengths[1] = 6: must be in [0, skv = 5]"});
+  expect_rejects([](call_args& a) { a.lse = a.lse.first(5); }, {"gqa::attend_backward: lse.size() = 5", "b*hq*sq = 24"});
+  lse_buf[7] = std::numeric_limits<float>::quiet_NaN();
+  expect_rejects([](call_args&) {}, {"gqa::attend_backward: lse[7] = nan"});
+  lse_buf[7] = std::numeric_limits<float>::infinity();
+  expect_rejects([](call_args&) {}, {"gqa::attend_backward: lse[7] = inf"});
+  lse_buf[7] = -std::numeric_limits<float>::infinity();  // a row that saw no key: allowed
+  run(valid());
+}
+
+TEST_F(backward_errors_test, gradients_alias_nothing) {
+  float* q_data = q_buf.data();
+  expect_rejects([q_data](call_args& a) { a.dq.data = q_data; }, {"gqa::attend_backward: dq", "overlaps q"});
+  float* dout_data = dout_buf.data();
+  expect_rejects([dout_data](call_args& a) { a.dv.data = dout_data; }, {"gqa::attend_backward: dv", "overlaps dout"});
+  // The LSE read from inside dk's memory.
+  expect_rejects([this](call_args& a) { a.lse = std::span<const float>(grads.data() + dq_size + 8, lse_buf.size()); },
+                 {"gqa::attend_backward: dk", "overlaps lse"});
+  // dk's last float is dv's first: one shared float is an overlap.
+  expect_rejects([this](call_args& a) { a.dv.data = grads.data() + dq_size + dk_size - 1; },
+                 {"gqa::attend_backward: dk", "overlaps dv"});
+}
+
+}  // namespace
