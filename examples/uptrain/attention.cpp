@@ -140,7 +140,7 @@ void attention_layer::forward(const matrix<float>& x, matrix<float>& y, const st
   const auto t0 = clock_type::now();
   with_policy(ctx, true, [&](auto& policy) {
     if (ctx.training) {
-      saved_ = interim::forward_train(policy, qv, kv, vv, ov, opt);
+      saved_ = gqa::forward_train(policy, qv, kv, vv, ov, opt);
     } else {
       gqa::forward(policy, qv, kv, vv, ov, opt);
     }
@@ -159,12 +159,12 @@ void attention_layer::backward(const matrix<float>& dy, matrix<float>& dx) {
   const auto t0 = clock_type::now();
   with_policy({true, 0, tokens_}, false, [&](auto& policy) {
     using P = std::decay_t<decltype(policy)>;
-    const interim::weight_gradient wg = interim::backward(
-        policy, std::get<interim::saved_forward<P>>(saved_), view(qa_, batch_, tokens_, hq, d),
-        view(ka_, batch_, tokens_, hp, d), view(va_, batch_, tokens_, hp, d), view(oa_, batch_, tokens_, hq, d),
-        view(std::as_const(d_oa), batch_, tokens_, hq, d), view(dq, batch_, tokens_, hq, d),
-        view(dk, batch_, tokens_, hp, d), view(dv, batch_, tokens_, hp, d), gqa::attention_options{});
-    if constexpr (std::is_same_v<P, gqa::wgqa_policy>) {
+    gqa::backward(policy, std::get<gqa::saved_forward<P>>(saved_), view(qa_, batch_, tokens_, hq, d),
+                  view(ka_, batch_, tokens_, hp, d), view(va_, batch_, tokens_, hp, d), view(oa_, batch_, tokens_, hq, d),
+                  view(std::as_const(d_oa), batch_, tokens_, hq, d), view(dq, batch_, tokens_, hq, d),
+                  view(dk, batch_, tokens_, hp, d), view(dv, batch_, tokens_, hp, d), gqa::attention_options{});
+    if constexpr (std::is_same_v<P, gqa::wgqa_policy>) {  // the combination weights' gradient stays in the policy
+      const auto& wg = policy.weight_grad();
       mix_k.grad += Eigen::Map<const matrix<float>>(wg.k.data(), mix_k.grad.rows(), mix_k.grad.cols());
       mix_v.grad += Eigen::Map<const matrix<float>>(wg.v.data(), mix_v.grad.rows(), mix_v.grad.cols());
     }

@@ -1,5 +1,6 @@
 // examples/uptrain/attention.hpp: a multi-head attention layer whose grouping is any of gqa's policies:
-// projections (Eigen), gqa::forward with the scheme's policy, output projection, and the backward pass.
+// projections (Eigen), gqa::forward (gqa::forward_train when training) with the scheme's policy, output
+// projection, and the backward pass through gqa::backward.
 // Invariant: a layer is a plain value (copying it copies the checkpoint, including DGQA's state and PGQA's
 // call counter); policies are rebuilt on every call from that state.
 #pragma once
@@ -10,7 +11,6 @@
 
 #include <gqa/gqa.hpp>
 
-#include "interim_backward.hpp"
 #include "layers.hpp"
 #include "scheme.hpp"
 
@@ -74,7 +74,7 @@ class attention_layer {
   // Saved by a training forward for backward: the input, the projections, the attention output and what
   // the policy's forward kept.
   matrix<float> x_, qa_, ka_, va_, oa_;
-  per_policy<interim::saved_forward> saved_;
+  per_policy<gqa::saved_forward> saved_;
   gqa::index_t batch_ = 0, tokens_ = 0;
 };
 
