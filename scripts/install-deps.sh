@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# scripts/install-deps.sh [--neon] [--mpi] [--plot] [--fuzz] [--dry-run]: install what gqa needs to build, test and benchmark
+# scripts/install-deps.sh [--neon] [--mpi] [--uptrain] [--plot] [--fuzz] [--dry-run]: install what gqa needs to build, test and benchmark
 # on Debian/Ubuntu. Idempotent and non-interactive: runs `apt-get update` + `apt-get install` only for the
 # packages that are missing, as root directly or through sudo otherwise.
 #   (always)  cmake g++ make libeigen3-dev libgtest-dev googletest libbenchmark-dev
 #             (OpenMP: g++ ships libgomp, nothing extra is needed)
 #   --neon    g++-aarch64-linux-gnu qemu-user     (cross-build and run the NEON tests, scripts/test-neon.sh)
 #   --mpi     libopenmpi-dev openmpi-bin           (examples/mpi_heads: attention heads sharded over MPI ranks)
+#   --uptrain dataset-fashion-mnist zlib1g-dev     (examples/uptrain: Fashion-MNIST's gzip-compressed IDX files in
+#                                                  /usr/share/datasets/fashion-mnist, and zlib to read them)
 #   --plot    gnuplot-nox                          (plots of the comparison)
 #   --fuzz    clang-14 libclang-rt-14-dev          (the libFuzzer target, tests/fuzz)
 set -euo pipefail
@@ -16,15 +18,16 @@ for arg in "$@"; do
   case "$arg" in
     --neon) packages+=(g++-aarch64-linux-gnu qemu-user) ;;
     --mpi) packages+=(libopenmpi-dev openmpi-bin) ;;
+    --uptrain) packages+=(dataset-fashion-mnist zlib1g-dev) ;;
     --plot) packages+=(gnuplot-nox) ;;
     --fuzz) packages+=(clang-14 libclang-rt-14-dev) ;;
     --dry-run) dry_run=1 ;;
     -h | --help)
-      sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "install-deps.sh: unknown option '$arg' (use --neon, --mpi, --plot, --fuzz, --dry-run)" >&2
+      echo "install-deps.sh: unknown option '$arg' (use --neon, --mpi, --uptrain, --plot, --fuzz, --dry-run)" >&2
       exit 2
       ;;
   esac

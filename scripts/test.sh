@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/test.sh: everything CI checks, in one command.
-#   1. scripts/install-deps.sh --neon --mpi --fuzz (no-op when everything is installed)
+#   1. scripts/install-deps.sh --neon --mpi --uptrain --fuzz (no-op when everything is installed)
 #   2. Release build of the tests, benchmarks and examples; ctest --output-on-failure (incl. packaging)
 #   3. the random sweep against the reference (ctest -L sweep in the Release build: GQA_SWEEP_CASES
 #      cases, default 2,000; also run, 200 cases, in the sanitizer and NEON builds)
@@ -73,7 +73,7 @@ build_and_test() {
 
 # 1. Dependencies.
 if [ "${GQA_SKIP_DEPS:-0}" != 1 ]; then
-  if bash "$repo/scripts/install-deps.sh" --neon --mpi --fuzz; then
+  if bash "$repo/scripts/install-deps.sh" --neon --mpi --uptrain --fuzz; then
     stage deps 0 "ok"
   else
     stage deps 1 "install-deps.sh FAILED"
