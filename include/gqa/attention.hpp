@@ -104,12 +104,10 @@ inline void check_aliasing(const tensor_view<const float>& q, const tensor_view<
     const offset_range r = offsets(o);
     const auto ob = reinterpret_cast<std::uintptr_t>(o.data);
     if (hits(ob - static_cast<std::uintptr_t>(-r.lo) * sizeof(float), ob + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(float)))
-      fail(where, ": options.kv_lengths (data = ", static_cast<const void*>(opt.kv_lengths.data()),
-           ") overlaps o, which the call writes while it reads kv_lengths");
+      fail(where, ": options.kv_lengths (data = ", opt.kv_lengths.data(), ") overlaps o, which the call writes while it reads kv_lengths");
     const auto lb = reinterpret_cast<std::uintptr_t>(opt.lse.data());
     if (n_lse > 0 && hits(lb, lb + opt.lse.size_bytes()))
-      fail(where, ": options.kv_lengths (data = ", static_cast<const void*>(opt.kv_lengths.data()),
-           ") overlaps options.lse, which the call writes while it reads kv_lengths");
+      fail(where, ": options.kv_lengths (data = ", opt.kv_lengths.data(), ") overlaps options.lse, which the call writes while it reads kv_lengths");
   }
 }
 
@@ -134,7 +132,7 @@ inline void check_shapes(const tensor_view<const float>& q, const tensor_view<co
             "must equal batch = ", q.b);
     for (std::size_t i = 0; i < opt.kv_lengths.size(); ++i)
       if (opt.kv_lengths[i] < 0 || opt.kv_lengths[i] > k.s)
-        fail(where, ": options.kv_lengths[", i, "] = ", opt.kv_lengths[i], ": must be in [0, skv = ", k.s, "]");
+        fail(where, ": options.kv_lengths[", i, "] = ", opt.kv_lengths.at(i), ": must be in [0, skv = ", k.s, "]");
   }
   if (!opt.lse.empty()) {
     const index_t need = q.b * q.h * q.s;  // <= q's element count, which check_view bounded

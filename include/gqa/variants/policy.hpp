@@ -193,7 +193,7 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view
     }
     saved->scale = opt.scale;
     saved->causal = opt.causal;
-    saved->kv_lengths.assign(opt.kv_lengths.begin(), opt.kv_lengths.end());
+    saved->kv_lengths = to_indices(opt.kv_lengths);
     saved->policy = {};
   }
   const executor ex = executor_of(opt);
@@ -304,7 +304,10 @@ void check_backward_call(const saved_forward<P>& saved, const tensor_view<const 
   if (opt.causal != saved.causal)
     fail(where, ": options.causal = ", opt.causal ? "true" : "false", ": must equal the forward's (",
          saved.causal ? "true" : "false", ")");
-  if (!std::equal(opt.kv_lengths.begin(), opt.kv_lengths.end(), saved.kv_lengths.begin(), saved.kv_lengths.end()))
+  bool same_lengths = opt.kv_lengths.size() == saved.kv_lengths.size();
+  for (std::size_t i = 0; same_lengths && i < saved.kv_lengths.size(); ++i)
+    same_lengths = opt.kv_lengths[i] == saved.kv_lengths[i];
+  if (!same_lengths)
     fail(where, ": options.kv_lengths (size ", opt.kv_lengths.size(), "): must equal the forward's (size ",
          saved.kv_lengths.size(), ")");
   require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");

@@ -272,7 +272,8 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   const index_t chunk = n_chunks == 1 ? skv : round_up((skv + n_chunks - 1) / n_chunks, K::cols);
   n_chunks = (skv + chunk - 1) / chunk;
 
-  const problem pb{q, k, v, o, &map, active.data(), scale * k_log2e, opt.causal, opt.kv_lengths, opt.lse,
+  const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
+  const problem pb{q, k, v, o, &map, active.data(), scale * k_log2e, opt.causal, kv_lengths, opt.lse,
                    decode ? shape::block_kv_decode : shape::block_kv, chunk};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
