@@ -15,4 +15,6 @@
 #include "backward.hpp"
 #include "random.hpp"
 #include "variants.hpp"
+#include "kv_cache.hpp"
+#include "paged.hpp"
 #include "convert.hpp"

@@ -1,7 +1,9 @@
 // tests/suites/kv_cache_suite.hpp: KV caches that are not one dense tensor per call: a cache allocated for a
-// capacity and filled to per-sequence lengths (bshd with capacity, kv_lengths of any integer type), against
-// the naive double reference (Note [attention tolerance]). Unwritten slots hold NaN: a row that read one
-// would show it.
+// capacity and filled to per-sequence lengths (bshd with capacity, kv_lengths of any integer type), and
+// a paged cache (gqa/paged.hpp), against the naive double reference (Note [attention tolerance]) on the
+// same keys gathered to a dense view, and bitwise against the dense call on that view (the paged core is
+// the dense core reading rows through the table: same blocks, same sums, Note [key runs]). Unwritten
+// slots, unused pages and unused table entries hold NaN or -1: a row that read one would show it.
 // Compiled once per ISA.
 #pragma once
 
@@ -19,7 +21,9 @@
 #include <vector>
 
 #include <gqa/attention.hpp>
+#include <gqa/paged.hpp>
 #include <gqa/reference/attention.hpp>
+#include <gqa/variants.hpp>
 
 #include "support/isa_suite.hpp"
 #include "support/tolerance.hpp"
@@ -122,6 +126,49 @@ void expect_matches_reference(const cache_case& c, const cache_data& in, const o
   EXPECT_LE(lerr, gqa::test::k_error_factor * naive_lerr + gqa::test::k_error_floor * lmax) << "naive " << naive_lerr;
 }
 
+/// The dense cache of a case paged: pages of `page` slots in a shuffled pool with spare pages; every slot
+/// no sequence fills, and every spare page, holds NaN; table entries past a sequence's pages are -1.
+struct paged_cache {
+  std::vector<float> k, v;
+  std::vector<std::int32_t> table;
+  index_t num_pages = 0, max_pages = 0, page = 1;
+
+  paged_cache(const cache_case& c, const cache_data& in, index_t page_size, std::uint64_t seed) : page(page_size) {
+    max_pages = (c.cap + page - 1) / page + 1;  // one more entry than any sequence needs
+    index_t needed = 0;
+    for (const index_t n : c.lengths) needed += (n + page - 1) / page;
+    num_pages = needed + 3;
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(num_pages));
+    std::iota(ids.begin(), ids.end(), 0);
+    // A deterministic shuffle (Fisher-Yates on the test's hash).
+    for (std::size_t i = ids.size(); i > 1; --i)
+      std::swap(ids[i - 1], ids[gqa::random::hash(seed, {i}) % i]);
+    k.assign(static_cast<std::size_t>(num_pages * page * c.hkv * c.d), k_nan);
+    v.assign(static_cast<std::size_t>(num_pages * page * c.hkv * c.dv), k_nan);
+    table.assign(static_cast<std::size_t>(c.b * max_pages), -1);
+    std::size_t next = 0;
+    for (index_t ib = 0; ib < c.b; ++ib) {
+      const index_t len = c.lengths[static_cast<std::size_t>(ib)];
+      for (index_t i = 0; i < (len + page - 1) / page; ++i) table[static_cast<std::size_t>(ib * max_pages + i)] = ids[next++];
+      for (index_t j = 0; j < len; ++j) {
+        const index_t p = table[static_cast<std::size_t>(ib * max_pages + j / page)], slot = j % page;
+        std::copy_n(in.k.begin() + ((ib * c.cap + j) * c.hkv) * c.d, c.hkv * c.d, k.begin() + ((p * page + slot) * c.hkv) * c.d);
+        std::copy_n(in.v.begin() + ((ib * c.cap + j) * c.hkv) * c.dv, c.hkv * c.dv,
+                    v.begin() + ((p * page + slot) * c.hkv) * c.dv);
+      }
+    }
+  }
+  gqa::paged_kv view(const cache_case& c) const {
+    gqa::paged_kv kv;
+    kv.k = gqa::page_pool(k.data(), num_pages, page, c.hkv, c.d);
+    kv.v = gqa::page_pool(v.data(), num_pages, page, c.hkv, c.dv);
+    kv.page_table = table;
+    kv.max_pages = max_pages;
+    kv.lengths = c.lengths;
+    return kv;
+  }
+};
+
 template <class Isa>
 class kv_cache_suite : public gqa::test::isa_test<Isa> {};
 TYPED_TEST_SUITE_P(kv_cache_suite);
@@ -187,6 +234,151 @@ TYPED_TEST_P(kv_cache_suite, capacity_view_and_integer_lengths) {
   }
 }
 
-REGISTER_TYPED_TEST_SUITE_P(kv_cache_suite, capacity_view_and_integer_lengths);
+/// The paged call of case c on pages of `page` slots, against the reference and bitwise against the dense
+/// call on the same keys (whose view's s is the longest length, as the paged call's key range).
+template <class Isa>
+void check_paged(const cache_case& c, index_t page) {
+  SCOPED_TRACE("page " + std::to_string(page));
+  const cache_data in(c);
+  const paged_cache pc(c, in, page, c.seed * 31 + static_cast<std::uint64_t>(page));
+  output paged(c), dense(c);
+  gqa::attention_options opt;
+  opt.causal = c.causal;
+  opt.lse = paged.lse;
+  gqa::attend<Isa>(in.qv(c), pc.view(c), paged.view(c), c.map(), opt);
+  expect_matches_reference(c, in, paged);
+  opt.lse = dense.lse;
+  opt.kv_lengths = c.lengths;
+  gqa::attend<Isa>(in.qv(c), in.kv(c), in.vv(c), dense.view(c), c.map(), opt);
+  EXPECT_TRUE(same_bits(paged.o, dense.o)) << c.describe() << ": paged output differs from the dense call";
+  EXPECT_TRUE(same_bits(paged.lse, dense.lse)) << c.describe() << ": paged LSE differs from the dense call";
+}
+
+constexpr index_t k_page_sizes[] = {1, 7, 16, 256};
+
+// Prefill (sq > 1, causal bottom-right and not) and decode (sq = 1), lengths that are no multiple of the
+// page or the block, an empty sequence, unequal and empty groups, d not a multiple of the vector width.
+TYPED_TEST_P(kv_cache_suite, paged_prefill_and_decode) {
+  std::vector<cache_case> cases;
+  {
+    cache_case c;  // decode, GQA 4:1, three sequences
+    c.b = 3, c.sq = 1, c.hq = 8, c.hkv = 2, c.d = 64, c.dv = 64, c.cap = 300, c.lengths = {300, 1, 129};
+    cases.push_back(c);
+    c.causal = true, c.lengths = {0, 257, 33}, c.d = c.dv = 19, c.seed = 2;
+    cases.push_back(c);
+  }
+  {
+    cache_case c;  // prefill, causal, sq < length
+    c.b = 2, c.sq = 37, c.hq = 6, c.hkv = 3, c.d = 40, c.dv = 24, c.cap = 203, c.lengths = {203, 70}, c.causal = true,
+    c.seed = 3;
+    cases.push_back(c);
+    c.causal = false, c.sq = 9, c.seed = 4;
+    cases.push_back(c);
+    c.kv_of_q = {2, 2, 2, 0, 2, 0}, c.causal = true, c.sq = 50, c.lengths = {203, 20}, c.seed = 5;  // KV head 1 unused
+    cases.push_back(c);
+  }
+  {
+    cache_case c;  // a tiled-path group (G = 32 per KV head at 2 positions) and a d_v tail
+    c.b = 1, c.sq = 2, c.hq = 32, c.hkv = 1, c.d = 32, c.dv = 33, c.cap = 150, c.lengths = {150}, c.causal = true, c.seed = 6;
+    cases.push_back(c);
+  }
+  for (const cache_case& c : cases)
+    for (const index_t page : k_page_sizes) check_paged<TypeParam>(c, page);
+}
+
+// Decode over a long cache splits the key range into chunks (Note [decode split]); chunk edges fall
+// inside pages.
+TYPED_TEST_P(kv_cache_suite, paged_split_kv_decode) {
+  cache_case c;
+  c.b = 1, c.sq = 1, c.hq = 8, c.hkv = 2, c.d = 32, c.dv = 32, c.cap = gqa::test::reduced ? 2100 : 5000;
+  c.lengths = {c.cap - 3};
+  c.cap = c.lengths[0];
+  for (const index_t page : {index_t{16}, index_t{7}, index_t{256}}) check_paged<TypeParam>(c, page);
+}
+
+// Every registered variant through gqa::forward on a paged cache gives the bits of the same call on the
+// dense cache; KDGQA, whose plan reads the keys, is rejected with a message naming it.
+TYPED_TEST_P(kv_cache_suite, paged_every_variant) {
+  gqa::for_each_variant([&](auto t) {
+    using P = typename decltype(t)::type;
+    const gqa::model_shape m{8, 2, 24, 7};
+    const gqa::variant_heads h = P::heads_for(m);
+    SCOPED_TRACE(std::string(P::name));
+    cache_case c;
+    c.b = 2, c.sq = 3, c.hq = h.hq, c.hkv = h.kv_in, c.d = m.d, c.dv = m.d, c.cap = 45, c.lengths = {45, 18}, c.causal = true;
+    const cache_data in(c);
+    const paged_cache pc(c, in, 16, 9);
+    output paged(c), dense(c);
+    gqa::attention_options opt;
+    opt.causal = true;
+    const auto call_paged = [&] {
+      gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<TypeParam>(p, in.qv(c), pc.view(c), paged.view(c), opt); });
+    };
+    if constexpr (gqa::policy_plans_from_keys<P>) {
+      try {
+        call_paged();
+        ADD_FAILURE() << "a policy whose plan reads the keys ran on a paged cache";
+      } catch (const gqa::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find(std::string(P::name)), std::string::npos) << e.what();
+      }
+    } else {
+      call_paged();
+      gqa::attention_options dopt = opt;
+      dopt.kv_lengths = c.lengths;
+      gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<TypeParam>(p, in.qv(c), in.kv(c), in.vv(c), dense.view(c), dopt); });
+      EXPECT_TRUE(same_bits(paged.o, dense.o)) << "paged output differs from the dense call";
+    }
+  });
+}
+
+// Validation before any work: each bad argument named with its value; o untouched.
+TYPED_TEST_P(kv_cache_suite, paged_errors) {
+  cache_case c;
+  c.b = 2, c.sq = 1, c.hq = 4, c.hkv = 2, c.d = 8, c.dv = 8, c.cap = 20, c.lengths = {20, 5};
+  const cache_data in(c);
+  const paged_cache pc(c, in, 8, 1);
+  const auto expect_rejects = [&](const std::function<void(gqa::paged_kv&, gqa::attention_options&)>& tweak,
+                                  const std::string& want) {
+    output out(c);
+    gqa::paged_kv kv = pc.view(c);
+    gqa::attention_options opt;
+    std::vector<std::int32_t> table = pc.table;
+    kv.page_table = table;
+    std::vector<index_t> lengths = c.lengths;
+    kv.lengths = lengths;
+    tweak(kv, opt);
+    try {
+      gqa::attend<TypeParam>(in.qv(c), kv, out.view(c), c.map(), opt);
+      ADD_FAILURE() << "accepted; wanted: " << want;
+    } catch (const gqa::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(std::all_of(out.o.begin(), out.o.end(), [](float x) { return std::isnan(x); })) << "o written";
+  };
+  std::vector<std::int32_t> bad_table = pc.table;
+  bad_table[1] = static_cast<std::int32_t>(pc.num_pages);  // sequence 0's second page
+  expect_rejects([&](gqa::paged_kv& kv, gqa::attention_options&) { kv.page_table = bad_table; },
+                 "kv.page_table[0*max_pages + 1] = " + std::to_string(pc.num_pages));
+  std::vector<std::int32_t> neg_table = pc.table;
+  neg_table[static_cast<std::size_t>(pc.max_pages)] = -1;  // sequence 1's first page
+  expect_rejects([&](gqa::paged_kv& kv, gqa::attention_options&) { kv.page_table = neg_table; },
+                 "kv.page_table[1*max_pages + 0] = -1");
+  expect_rejects([&](gqa::paged_kv& kv, gqa::attention_options&) { kv.page_table = kv.page_table.first(3); },
+                 "kv.page_table.size() = 3");
+  const std::vector<int> too_long = {20, 33};
+  expect_rejects([&](gqa::paged_kv& kv, gqa::attention_options&) { kv.lengths = too_long; }, "kv.lengths[1] = 33");
+  const std::vector<int> one = {3};
+  expect_rejects([&](gqa::paged_kv& kv, gqa::attention_options&) { kv.lengths = one; }, "kv.lengths.size() = 1");
+  expect_rejects([&](gqa::paged_kv&, gqa::attention_options& o) { o.kv_lengths = c.lengths; },
+                 "options.kv_lengths.size() = 2");
+  expect_rejects([&](gqa::paged_kv& kv, gqa::attention_options&) { kv.v.s = 4; }, "kv.v.s = 4");
+  expect_rejects([&](gqa::paged_kv& kv, gqa::attention_options&) { kv.max_pages = -1; }, "kv.max_pages = -1");
+  // A table entry past a sequence's last page is never read: -1 there is fine.
+  output out(c);
+  gqa::attend<TypeParam>(in.qv(c), pc.view(c), out.view(c), c.map());
+}
+
+REGISTER_TYPED_TEST_SUITE_P(kv_cache_suite, capacity_view_and_integer_lengths, paged_prefill_and_decode,
+                            paged_split_kv_decode, paged_every_variant, paged_errors);
 
 }  // namespace
