@@ -17,4 +17,5 @@
 #include "variants.hpp"
 #include "kv_cache.hpp"
 #include "paged.hpp"
+#include "varlen.hpp"
 #include "convert.hpp"

@@ -1,6 +1,7 @@
 // gqa/kv_cache.hpp: the plain descriptions of K/V that are not one dense (b, s, h, d) view per call: a paged
-// KV cache (paged_kv: pools of pages and a page table, for gqa/paged.hpp). Data only: no kernel, nothing
-// checked here; the entry points validate them before any work.
+// KV cache (paged_kv: pools of pages and a page table, for gqa/paged.hpp) and a ragged batch (varlen: packed
+// sequences and their offsets, for gqa/varlen.hpp). Data only: no kernel, nothing checked here; the entry
+// points validate them before any work.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,21 @@ struct paged_kv {
 template <class T>
 tensor_view<T> page_pool(T* p, index_t num_pages, index_t page_size, index_t h, index_t d) noexcept {
   return bshd(p, num_pages, page_size, h, d);
+}
+
+/// The sequences of a ragged batch: b + 1 non-decreasing offsets each, starting at 0. Sequence i is rows
+/// [cu_seqlens_q[i], cu_seqlens_q[i + 1]) of q and o and rows [cu_seqlens_k[i], cu_seqlens_k[i + 1]) of k
+/// and v; the last offsets are the views' row counts. A sequence may have no queries or no keys (the
+/// batch as a whole has at least one of each: views have positive extents).
+struct varlen {
+  integer_span cu_seqlens_q;
+  integer_span cu_seqlens_k;
+};
+
+/// View a buffer laid out [total][h][d] (a ragged batch's packed rows) as (1, total, h, d).
+template <class T>
+tensor_view<T> thd(T* p, index_t total, index_t h, index_t d) noexcept {
+  return bshd(p, 1, total, h, d);
 }
 
 GQA_END_NAMESPACE

@@ -1,6 +1,6 @@
 // tests/suites/kv_cache_suite.hpp: KV caches that are not one dense tensor per call: a cache allocated for a
 // capacity and filled to per-sequence lengths (bshd with capacity, kv_lengths of any integer type), and
-// a paged cache (gqa/paged.hpp), against the naive double reference (Note [attention tolerance]) on the
+// a paged cache (gqa/paged.hpp), and a ragged batch (gqa/varlen.hpp: per sequence, gathered), against the naive double reference (Note [attention tolerance]) on the
 // same keys gathered to a dense view, and bitwise against the dense call on that view (the paged core is
 // the dense core reading rows through the table: same blocks, same sums, Note [key runs]). Unwritten
 // slots, unused pages and unused table entries hold NaN or -1: a row that read one would show it.
@@ -23,6 +23,7 @@
 #include <gqa/attention.hpp>
 #include <gqa/paged.hpp>
 #include <gqa/reference/attention.hpp>
+#include <gqa/varlen.hpp>
 #include <gqa/variants.hpp>
 
 #include "support/isa_suite.hpp"
@@ -378,7 +379,205 @@ TYPED_TEST_P(kv_cache_suite, paged_errors) {
   gqa::attend<TypeParam>(in.qv(c), pc.view(c), out.view(c), c.map());
 }
 
+/// A ragged batch: query and key counts per sequence, rows packed [total][h][d].
+struct ragged_case {
+  std::vector<index_t> nq, nk;
+  index_t hq = 4, hkv = 2, d = 16, dv = 16;
+  bool causal = false;
+  std::uint64_t seed = 1;
+  std::string describe() const {
+    std::ostringstream os;
+    os << "hq=" << hq << " hkv=" << hkv << " d=" << d << " dv=" << dv << (causal ? " causal" : "") << " (nq,nk)=";
+    for (std::size_t i = 0; i < nq.size(); ++i) os << " (" << nq[i] << "," << nk[i] << ")";
+    return os.str();
+  }
+  std::vector<index_t> offsets(const std::vector<index_t>& n) const {
+    std::vector<index_t> cu(n.size() + 1, 0);
+    for (std::size_t i = 0; i < n.size(); ++i) cu[i + 1] = cu[i] + n[i];
+    return cu;
+  }
+};
+
+/// A ragged call against the reference run on each sequence alone (its rows as a b = 1 batch): Note
+/// [attention tolerance] over the whole batch; rows of sequences without keys +0 with LSE −inf; LSE
+/// [hq][total_q].
+template <class Isa>
+void check_ragged(const ragged_case& c, const gqa::head_map& map) {
+  SCOPED_TRACE(c.describe());
+  const auto cu_q = c.offsets(c.nq), cu_k = c.offsets(c.nk);
+  const index_t tq = cu_q.back(), tk = cu_k.back();
+  const auto qd = gqa::test::random_floats(static_cast<std::size_t>(std::max<index_t>(tq, 1) * c.hq * c.d), c.seed);
+  const auto kd = gqa::test::random_floats(static_cast<std::size_t>(std::max<index_t>(tk, 1) * c.hkv * c.d), c.seed + 1);
+  const auto vd = gqa::test::random_floats(static_cast<std::size_t>(std::max<index_t>(tk, 1) * c.hkv * c.dv), c.seed + 2);
+  std::vector<float> o(static_cast<std::size_t>(tq * c.hq * c.dv), k_nan), lse(static_cast<std::size_t>(c.hq * tq), k_nan);
+  gqa::attention_options opt;
+  opt.causal = c.causal;
+  opt.lse = lse;
+  const std::vector<std::int32_t> cu_q32(cu_q.begin(), cu_q.end());  // int32 offsets, as PyTorch keeps them
+  gqa::attend<Isa>(gqa::thd(qd.data(), tq, c.hq, c.d), gqa::thd(kd.data(), tk, c.hkv, c.d), gqa::thd(vd.data(), tk, c.hkv, c.dv),
+                   gqa::thd(o.data(), tq, c.hq, c.dv), map, gqa::varlen{cu_q32, cu_k}, opt);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(static_cast<float>(c.d)));
+  double err = 0.0, naive_err = 0.0, lerr = 0.0, naive_lerr = 0.0, lmax = 1.0;
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < c.nq.size(); ++i) {
+    if (c.nq[i] == 0) continue;
+    const auto q = gqa::bshd(qd.data() + cu_q[i] * c.hq * c.d, 1, c.nq[i], c.hq, c.d);
+    const auto k = gqa::bshd(kd.data() + cu_k[i] * c.hkv * c.d, 1, c.nk[i], c.hkv, c.d);
+    const auto v = gqa::bshd(vd.data() + cu_k[i] * c.hkv * c.dv, 1, c.nk[i], c.hkv, c.dv);
+    const auto ref = gqa::reference::attention(q, k, v, map.kv_of_q(), scale, c.causal);
+    const auto naive = gqa::test::naive_fp32(q, k, v, map.kv_of_q(), static_cast<float>(scale), c.causal);
+    for (index_t r = 0; r < c.nq[i]; ++r)
+      for (index_t h = 0; h < c.hq; ++h) {
+        const double want_lse = ref.log_sum_exp(0, h, r);
+        const float got_lse = lse[static_cast<std::size_t>(h * tq + cu_q[i] + r)];
+        const bool masked = want_lse == -std::numeric_limits<double>::infinity();
+        if (masked) {
+          bad += got_lse != -std::numeric_limits<float>::infinity();
+        } else {
+          bad += !std::isfinite(got_lse);
+          lerr = std::max(lerr, std::fabs(got_lse - want_lse));
+          naive_lerr = std::max(naive_lerr, std::fabs(naive.lse[static_cast<std::size_t>(h * c.nq[i] + r)] - want_lse));
+          lmax = std::max(lmax, std::fabs(want_lse));
+        }
+        for (index_t x = 0; x < c.dv; ++x) {
+          const float got = o[static_cast<std::size_t>(((cu_q[i] + r) * c.hq + h) * c.dv + x)];
+          if (masked) {
+            bad += !gqa::test::is_plus_zero(got);
+            continue;
+          }
+          bad += !std::isfinite(got);
+          err = std::max(err, std::fabs(got - ref.out(0, r, h, x)));
+          naive_err = std::max(naive_err, std::fabs(naive.o[static_cast<std::size_t>((r * c.hq + h) * c.dv + x)] - ref.out(0, r, h, x)));
+        }
+      }
+  }
+  EXPECT_EQ(bad, 0u) << "non-finite values, or rows without keys not +0 / -inf";
+  EXPECT_LE(err, gqa::test::k_error_factor * naive_err + gqa::test::k_error_floor) << "naive fp32 error " << naive_err;
+  EXPECT_LE(lerr, gqa::test::k_error_factor * naive_lerr + gqa::test::k_error_floor * lmax) << "naive " << naive_lerr;
+}
+
+// Ragged batches: prefill and decode sequences together, empty sequences (no queries, no keys, both),
+// more queries than keys (causal rows that see nothing), lengths off the block edges; a split-KV decode
+// batch; unequal groups.
+TYPED_TEST_P(kv_cache_suite, ragged_matches_reference) {
+  ragged_case c;
+  c.hq = 8, c.hkv = 2, c.d = 40, c.dv = 24;
+  c.nq = {5, 0, 1, 70, 3, 0, 9};
+  c.nk = {5, 7, 300, 129, 0, 0, 4};
+  for (const bool causal : {false, true}) {
+    c.causal = causal;
+    check_ragged<TypeParam>(c, gqa::head_map::uniform(c.hq, c.hkv));
+  }
+  c.nq = {1, 1, 1};
+  c.nk = {17, 0, 200};
+  check_ragged<TypeParam>(c, gqa::head_map::uniform(c.hq, c.hkv));  // decode tasks
+  c.nq = {1};
+  c.nk = {gqa::test::reduced ? 2100 : 4500};
+  check_ragged<TypeParam>(c, gqa::head_map::uniform(c.hq, c.hkv));  // split KV
+  c.nq = {33, 2, 64};
+  c.nk = {40, 2, 64};
+  c.hq = 6, c.hkv = 3, c.d = c.dv = 19, c.causal = true;
+  const std::vector<index_t> unequal = {2, 2, 2, 0, 2, 0};  // KV head 1 unused
+  check_ragged<TypeParam>(c, gqa::head_map(unequal, c.hkv));
+}
+
+// Every registered variant through gqa::forward on a ragged batch matches the same variant run on each
+// sequence alone (a b = 1 dense call), or is rejected with a message naming it (KDGQA: plan from key
+// norms; PGQA: a finish step per (sample, head)).
+TYPED_TEST_P(kv_cache_suite, ragged_every_variant) {
+  gqa::for_each_variant([&](auto t) {
+    using P = typename decltype(t)::type;
+    const gqa::model_shape m{8, 2, 24, 7};
+    const gqa::variant_heads h = P::heads_for(m);
+    SCOPED_TRACE(std::string(P::name));
+    const std::vector<index_t> nq = {3, 1, 0, 20}, nk = {9, 1, 4, 20};
+    std::vector<index_t> cu_q = {0}, cu_k = {0};
+    for (std::size_t i = 0; i < nq.size(); ++i) {
+      cu_q.push_back(cu_q.back() + nq[i]);
+      cu_k.push_back(cu_k.back() + nk[i]);
+    }
+    const index_t tq = cu_q.back(), tk = cu_k.back(), d = m.d;
+    const auto qd = gqa::test::random_floats(static_cast<std::size_t>(tq * h.hq * d), 11);
+    const auto kd = gqa::test::random_floats(static_cast<std::size_t>(tk * h.kv_in * d), 12);
+    const auto vd = gqa::test::random_floats(static_cast<std::size_t>(tk * h.kv_in * d), 13);
+    std::vector<float> o(static_cast<std::size_t>(tq * h.hq * d), k_nan);
+    gqa::attention_options opt;
+    opt.causal = true;
+    const auto call = [&] {
+      gqa::with_policy<P>(m, h, [&](P& p) {
+        gqa::forward<TypeParam>(p, gqa::thd(qd.data(), tq, h.hq, d), gqa::thd(kd.data(), tk, h.kv_in, d),
+                                gqa::thd(vd.data(), tk, h.kv_in, d), gqa::thd(o.data(), tq, h.hq, d),
+                                gqa::varlen{cu_q, cu_k}, opt);
+      });
+    };
+    if constexpr (gqa::policy_plans_from_keys<P> || gqa::policy_with_finish<P> || gqa::policy_with_finish_executor<P>) {
+      try {
+        call();
+        ADD_FAILURE() << "ran on a ragged batch";
+      } catch (const gqa::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find(std::string(P::name)), std::string::npos) << e.what();
+      }
+    } else {
+      call();
+      for (std::size_t i = 0; i < nq.size(); ++i) {
+        if (nq[i] == 0) continue;
+        std::vector<float> one(static_cast<std::size_t>(nq[i] * h.hq * d), k_nan);
+        gqa::with_policy<P>(m, h, [&](P& p) {
+          gqa::forward<TypeParam>(p, gqa::bshd(qd.data() + cu_q[i] * h.hq * d, 1, nq[i], h.hq, d),
+                                  gqa::bshd(kd.data() + cu_k[i] * h.kv_in * d, 1, nk[i], h.kv_in, d),
+                                  gqa::bshd(vd.data() + cu_k[i] * h.kv_in * d, 1, nk[i], h.kv_in, d),
+                                  gqa::bshd(one.data(), 1, nq[i], h.hq, d), opt);
+        });
+        double err = 0.0;
+        for (std::size_t x = 0; x < one.size(); ++x)
+          err = std::max(err, static_cast<double>(std::fabs(one[x] - o[static_cast<std::size_t>(cu_q[i] * h.hq * d) + x])));
+        EXPECT_LE(err, 1e-5) << "sequence " << i;  // the same math, possibly another block split
+      }
+    }
+  });
+}
+
+// Validation before any work: each bad offset named with its value; o untouched.
+TYPED_TEST_P(kv_cache_suite, ragged_errors) {
+  const index_t tq = 6, tk = 9, hq = 4, hkv = 2, d = 8;
+  const auto qd = gqa::test::random_floats(static_cast<std::size_t>(tq * hq * d), 1);
+  const auto kd = gqa::test::random_floats(static_cast<std::size_t>(tk * hkv * d), 2);
+  const auto map = gqa::head_map::uniform(hq, hkv);
+  const auto expect_rejects = [&](std::vector<long> cu_q, std::vector<long> cu_k, const std::string& want,
+                                  gqa::attention_options opt = {}) {
+    std::vector<float> o(static_cast<std::size_t>(tq * hq * d), k_nan);
+    try {
+      gqa::attend<TypeParam>(gqa::thd(qd.data(), tq, hq, d), gqa::thd(kd.data(), tk, hkv, d), gqa::thd(kd.data(), tk, hkv, d),
+                             gqa::thd(o.data(), tq, hq, d), map, gqa::varlen{cu_q, cu_k}, opt);
+      ADD_FAILURE() << "accepted; wanted: " << want;
+    } catch (const gqa::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(std::all_of(o.begin(), o.end(), [](float x) { return std::isnan(x); })) << "o written";
+  };
+  expect_rejects({0, 2, 6}, {0, 4}, "seqs.cu_seqlens_k.size() = 2");
+  expect_rejects({1, 2, 6}, {0, 4, 9}, "seqs.cu_seqlens_q[0] = 1");
+  expect_rejects({0, 4, 2, 6}, {0, 4, 5, 9}, "seqs.cu_seqlens_q[2] = 2");
+  expect_rejects({0, 2, 5}, {0, 4, 9}, "seqs.cu_seqlens_q[2] = 5: the last offset must equal q.s = 6");
+  expect_rejects({0, 2, 6}, {0, 4, 10}, "seqs.cu_seqlens_k[2] = 10");
+  expect_rejects({0}, {0}, "seqs.cu_seqlens_q.size() = 1");
+  gqa::attention_options with_lengths;
+  const std::vector<index_t> lengths = {1, 2};
+  with_lengths.kv_lengths = lengths;
+  expect_rejects({0, 2, 6}, {0, 4, 9}, "options.kv_lengths.size() = 2", with_lengths);
+  std::vector<float> o(static_cast<std::size_t>(2 * 3 * hq * d));
+  const std::vector<long> cu = {0, 2, 6};
+  try {  // a batched view: the rows must be in s
+    gqa::attend<TypeParam>(gqa::bshd(qd.data(), 2, 3, hq, d), gqa::thd(kd.data(), tk, hkv, d), gqa::thd(kd.data(), tk, hkv, d),
+                           gqa::bshd(o.data(), 2, 3, hq, d), map, gqa::varlen{cu, cu}, {});
+    ADD_FAILURE() << "q.b = 2 accepted";
+  } catch (const gqa::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("q.b = 2"), std::string::npos) << e.what();
+  }
+}
+
 REGISTER_TYPED_TEST_SUITE_P(kv_cache_suite, capacity_view_and_integer_lengths, paged_prefill_and_decode,
-                            paged_split_kv_decode, paged_every_variant, paged_errors);
+                            paged_split_kv_decode, paged_every_variant, paged_errors, ragged_matches_reference,
+                            ragged_every_variant, ragged_errors);
 
 }  // namespace
