@@ -4,8 +4,12 @@
 // Invariant: every argument, the table's page ids and the lengths included, is checked before any work.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "attention.hpp"
@@ -17,21 +21,6 @@
 GQA_BEGIN_NAMESPACE
 
 namespace detail {
-
-/// Throws unless the bytes [p, p + n) lie outside o and lse (which the call writes while it reads them).
-inline void require_outside_outputs(const void* p, std::size_t n, const char* name, const tensor_view<float>& o,
-                                    std::span<float> lse, const char* where) {
-  if (n == 0) return;
-  const auto lo = reinterpret_cast<std::uintptr_t>(p), hi = lo + n;
-  const offset_range r = offsets(o);
-  const auto ob = reinterpret_cast<std::uintptr_t>(o.data);
-  const auto o_lo = ob - static_cast<std::uintptr_t>(-r.lo) * sizeof(float);
-  const auto o_hi = ob + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(float);
-  if (lo < o_hi && o_lo < hi) fail(where, ": ", name, " (data = ", p, ") overlaps o, which the call writes while it reads ", name);
-  const auto l_lo = reinterpret_cast<std::uintptr_t>(lse.data()), l_hi = l_lo + lse.size_bytes();
-  if (!lse.empty() && lo < l_hi && l_lo < hi)
-    fail(where, ": ", name, " (data = ", p, ") overlaps options.lse, which the call writes while it reads ", name);
-}
 
 /// Everything a paged call needs checked, before any work: the views, their extents against each other
 /// (kv.k.b pages of kv.k.s slots), the table's size and every page id a sequence uses, the lengths, the
@@ -65,7 +54,8 @@ inline void check_paged(const tensor_view<const float>& q, const paged_kv& kv, c
          kv.max_pages);
   if (!checked_mul(kv.max_pages, kv.k.s, std::numeric_limits<index_t>::max(), capacity))
     capacity = std::numeric_limits<index_t>::max();
-  require(std::cmp_equal(kv.lengths.size(), q.b), where, "kv.lengths.size()", kv.lengths.size(), "must equal batch = ", q.b);
+  require(std::cmp_equal(kv.lengths.size(), q.b), where, "kv.lengths.size()", kv.lengths.size(),
+          "must equal batch = ", q.b);
   for (std::size_t ib = 0; ib < kv.lengths.size(); ++ib) {
     const index_t len = kv.lengths[ib];
     if (len < 0 || len > capacity)
@@ -100,9 +90,9 @@ inline void check_finite_paged(const tensor_view<const float>& q, const paged_kv
         for (index_t g = 0; g < p.h; ++g)
           for (index_t c = 0; c < p.d; ++c)
             if (!std::isfinite(p(page, j % p.s, g, c)))
-              fail(where, ": ", names[t], "[page ", page, ", slot ", j % p.s, ", ", g, ", ", c, "] = ", p(page, j % p.s, g, c),
-                   " (sequence ", ib, ", key ", j, "): options.check_finite is set and every input element the call "
-                   "reads must be finite");
+              fail(where, ": ", names[t], "[page ", page, ", slot ", j % p.s, ", ", g, ", ", c, "] = ",
+                   p(page, j % p.s, g, c), " (sequence ", ib, ", key ", j,
+                   "): options.check_finite is set and every input element the call reads must be finite");
       }
   }
 }
@@ -140,14 +130,14 @@ void attend(tensor_view<const float> q, const paged_kv& kv, tensor_view<float> o
 
 // Note [policies on a paged cache]
 // gqa::forward(policy, q, paged_kv, o) runs a variant's steps around the paged core: plan (and check)
-// see the pools as K/V (b = num_pages, s = page_size), which is all a plan from head counts or from
-// caller state needs (MHA, MQA, GQA, SQA, DGQA); WGQA's prepare combines heads row by row, so it runs on
-// the pools and the table then addresses the combined pools; PGQA's finish works on o as usual. A plan
-// that reads the keys themselves (KDGQA's key norms, policy_plans_from_keys) would read whole pages,
-// unwritten slots included, and no sequence's keys: such a policy is rejected.
+// see the pools as K/V (b = num_pages, s = page_size), which is all a plan from head counts needs (MHA,
+// MQA, GQA, SQA); WGQA's prepare combines heads row by row, so it runs on the pools and the table then
+// addresses the combined pools; PGQA's finish works on o as usual. A plan that reads the keys themselves
+// (KDGQA's and DGQA's key norms, policy_plans_from_keys) would read whole pages, unwritten slots
+// included, and no sequence's keys: such a policy is rejected.
 
 /// A policy's call (gqa::forward) on a paged KV cache; see Note [policies on a paged cache]. Throws
-/// gqa::invalid_argument for a policy whose plan reads the keys (KDGQA), and as attend(paged) does.
+/// gqa::invalid_argument for a policy whose plan reads the keys (KDGQA, DGQA), and as attend(paged) does.
 template <class Isa = isa::native, class P>
   requires attention_policy<std::remove_reference_t<P>>
 void forward(P&& policy, tensor_view<const float> q, const paged_kv& kv, tensor_view<float> o,

@@ -5,6 +5,7 @@
 // work.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -50,8 +51,10 @@ inline void check_varlen(const tensor_view<const float>& q, const tensor_view<co
   check_offsets(seqs.cu_seqlens_q, "seqs.cu_seqlens_q", q.s, "q.s", where);
   check_offsets(seqs.cu_seqlens_k, "seqs.cu_seqlens_k", k.s, "k.s", where);
   check_aliasing(q, k, v, o, opt, where);
-  require_outside_outputs(seqs.cu_seqlens_q.data(), seqs.cu_seqlens_q.size_bytes(), "seqs.cu_seqlens_q", o, opt.lse, where);
-  require_outside_outputs(seqs.cu_seqlens_k.data(), seqs.cu_seqlens_k.size_bytes(), "seqs.cu_seqlens_k", o, opt.lse, where);
+  const integer_span& cu_q = seqs.cu_seqlens_q;
+  const integer_span& cu_k = seqs.cu_seqlens_k;
+  require_outside_outputs(cu_q.data(), cu_q.size_bytes(), "seqs.cu_seqlens_q", o, opt.lse, where);
+  require_outside_outputs(cu_k.data(), cu_k.size_bytes(), "seqs.cu_seqlens_k", o, opt.lse, where);
 }
 
 /// The core on a validated ragged call.
@@ -91,10 +94,10 @@ void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<
 
 // Note [policies on a ragged batch]
 // gqa::forward(policy, q, k, v, o, varlen) runs plan, check and prepare on the packed views (b = 1,
-// total rows in s): a plan from head counts or caller state (MHA, MQA, GQA, SQA, DGQA) and WGQA's
-// row-by-row prepare are the same on packed rows. Two kinds of step are not, and are rejected: a plan
-// that reads the keys (KDGQA's key norms: per sample or over a padded batch, neither of which a packed
-// batch has), and a finish step (PGQA's noise is standardised per (sample, head) over a [b][sq] output,
+// total rows in s): a plan from head counts (MHA, MQA, GQA, SQA) and WGQA's row-by-row prepare are the
+// same on packed rows. Two kinds of step are not, and are rejected: a plan that reads the keys (KDGQA's
+// and DGQA's key norms: per sample or over a padded batch, neither of which a packed batch has), and a
+// finish step (PGQA's noise is standardised per (sample, head) over a [b][sq] output,
 // which a ragged batch does not have).
 
 /// A policy's call (gqa::forward) on a ragged batch; see Note [policies on a ragged batch].

@@ -298,7 +298,7 @@ TYPED_TEST_P(kv_cache_suite, paged_split_kv_decode) {
 }
 
 // Every registered variant through gqa::forward on a paged cache gives the bits of the same call on the
-// dense cache; KDGQA, whose plan reads the keys, is rejected with a message naming it.
+// dense cache; KDGQA and DGQA, whose plans read the keys, are rejected with a message naming them.
 TYPED_TEST_P(kv_cache_suite, paged_every_variant) {
   gqa::for_each_variant([&](auto t) {
     using P = typename decltype(t)::type;
@@ -482,7 +482,7 @@ TYPED_TEST_P(kv_cache_suite, ragged_matches_reference) {
 }
 
 // Every registered variant through gqa::forward on a ragged batch matches the same variant run on each
-// sequence alone (a b = 1 dense call), or is rejected with a message naming it (KDGQA: plan from key
+// sequence alone (a b = 1 dense call), or is rejected with a message naming it (KDGQA, DGQA: plan from key
 // norms; PGQA: a finish step per (sample, head)).
 TYPED_TEST_P(kv_cache_suite, ragged_every_variant) {
   gqa::for_each_variant([&](auto t) {

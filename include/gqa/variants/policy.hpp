@@ -66,7 +66,8 @@ concept policy_with_per_sample = requires(const P& p) {
   { p.per_sample() } -> std::convertible_to<bool>;
 };
 
-/// Optional: `plans_from_keys` true says plan() reads K's values (KDGQA's key norms), not only its shape:
+/// Optional: `plans_from_keys` true says plan() reads K's values (KDGQA's and DGQA's key norms), not only
+/// its shape:
 /// such a plan needs a dense K, so the paged and ragged entry points reject the policy.
 template <class P>
 concept policy_plans_from_keys = requires {

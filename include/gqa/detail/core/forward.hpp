@@ -344,7 +344,8 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
     index_t ib, qb, gi, seq_q = sq;
     if constexpr (Lay::ragged) {
       // The sequence whose tasks [qb_before[ib], qb_before[ib + 1]) · head_tasks hold i.
-      ib = static_cast<index_t>(std::upper_bound(qb_before.begin(), qb_before.end(), i / head_tasks) - qb_before.begin()) - 1;
+      const auto after = std::upper_bound(qb_before.begin(), qb_before.end(), i / head_tasks);
+      ib = static_cast<index_t>(after - qb_before.begin()) - 1;
       const index_t r = i - qb_before[static_cast<std::size_t>(ib)] * head_tasks;
       const index_t nqb = qb_before[static_cast<std::size_t>(ib) + 1] - qb_before[static_cast<std::size_t>(ib)];
       qb = r % nqb;

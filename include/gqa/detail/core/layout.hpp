@@ -6,7 +6,6 @@
 // validated before the core runs (page ids in range, offsets non-decreasing and within the views).
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <span>
 
