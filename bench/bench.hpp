@@ -43,7 +43,8 @@ shape variant_shape(std::string_view variant, shape model);
 /// prepare() combines them into G; the core's hkv for the others).
 std::int64_t input_kv_heads(std::string_view variant, const shape& model);
 
-/// One benchmark to register. kind: "variant" (variant = a registered name), "eigen" or "reference".
+/// One benchmark to register. kind: "variant" (variant = a registered name), "eigen", "reference" or
+/// "kvcache" (variant = the K/V form: kv_dense, kv_paged16, kv_paged256, kv_ragged; GQA heads).
 struct bench_case {
   std::string kind;     // "variant", "eigen" or "reference"
   std::string variant;  // for kind "variant": a name of gqa::variant_names
@@ -51,7 +52,7 @@ struct bench_case {
   shape s;              // what the core runs (variant_shape(variant, model))
   shape model;          // the layer the variant is built for (the registry's model shape)
   bool backward = false;  // the backward pass (variant: gqa::backward; eigen: its GEMM backward)
-  /// "<variant|eigen|reference>/<isa>/<shape_name>", or "<variant|eigen>/<isa>/<shape_key>_bwd_T<threads>".
+  /// "<variant|eigen|reference|form>/<isa>/<shape_name>", or "<variant|eigen>/<isa>/<shape_key>_bwd_T<threads>".
   std::string name() const;
 };
 /// Every case of ISA `isa`, in registration order: Eigen baselines first (so that the variants' vs_eigen

@@ -88,7 +88,7 @@ std::int64_t input_kv_heads(std::string_view variant, const shape& model) { retu
 
 std::string bench_case::name() const {
   const std::string shape_part = backward ? shape_key(s) + "_bwd_T" + std::to_string(s.threads) : shape_name(s);
-  return (kind == "variant" ? variant : kind) + "/" + isa + "/" + shape_part;
+  return (kind == "variant" || kind == "kvcache" ? variant : kind) + "/" + isa + "/" + shape_part;
 }
 
 bool eigen_feasible(const shape& s) {
@@ -132,6 +132,14 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
         add(var, "variant", std::string(v), variant_shape(v, model), model);
       }
   for (const shape& s : sweep_shapes(isa)) add(var, "variant", "gqa", s, s);
+  // The K/V forms of gqa/paged.hpp and gqa/varlen.hpp against the dense views, on P1, P3 and D1 with the
+  // GQA heads, one thread: kv_dense (gqa::attend on the BSHD buffers), kv_paged16 and kv_paged256 (the same
+  // keys in shuffled pages of 16 and 256 slots), kv_ragged (the same buffers as packed sequences).
+  for (main_shape m : {main_shape::p1, main_shape::p3, main_shape::d1})
+    for (const char* form : {"kv_dense", "kv_paged16", "kv_paged256", "kv_ragged"}) {
+      const shape s = make_main_shape(m, 1);
+      add(var, "kvcache", form, s, s);
+    }
   // The backward (training) of every registered variant on the prefill shapes.
   for (std::string_view v : variants)
     for (main_shape m : {main_shape::p1, main_shape::p2, main_shape::p3})

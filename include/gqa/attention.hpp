@@ -85,6 +85,24 @@ inline void require_outputs_disjoint(std::initializer_list<named_view<float>> ou
   }
 }
 
+/// Throws unless the n bytes at p (an array the call reads: lengths, offsets, a page table) lie outside o and
+/// lse, which the call writes while it reads them. Exact against the contiguous lse, conservative against a
+/// strided o (its whole byte range).
+inline void require_outside_outputs(const void* p, std::size_t n, const char* name, const tensor_view<float>& o,
+                                    std::span<float> lse, const char* where) {
+  if (n == 0) return;
+  const auto lo = reinterpret_cast<std::uintptr_t>(p), hi = lo + n;
+  const offset_range r = offsets(o);
+  const auto ob = reinterpret_cast<std::uintptr_t>(o.data);
+  const auto o_lo = ob - static_cast<std::uintptr_t>(-r.lo) * sizeof(float);
+  const auto o_hi = ob + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(float);
+  if (lo < o_hi && o_lo < hi)
+    fail(where, ": ", name, " (data = ", p, ") overlaps o, which the call writes while it reads ", name);
+  const auto l_lo = reinterpret_cast<std::uintptr_t>(lse.data()), l_hi = l_lo + lse.size_bytes();
+  if (!lse.empty() && lo < l_hi && l_lo < hi)
+    fail(where, ": ", name, " (data = ", p, ") overlaps options.lse, which the call writes while it reads ", name);
+}
+
 /// Outputs never alias: o repeats no element and shares none with q, k, v; options.lse shares none with
 /// q, k, v, o; options.kv_lengths (read while o is written) lies outside o and lse. See Note [exact overlap].
 inline void check_aliasing(const tensor_view<const float>& q, const tensor_view<const float>& k,
@@ -100,21 +118,7 @@ inline void check_aliasing(const tensor_view<const float>& q, const tensor_view<
     require_disjoint(shared_element(lse, v), where, "options.lse", ld, "v");
     require_disjoint(shared_element(lse, tensor_view<const float>(o)), where, "options.lse", ld, "o");
   }
-  if (!opt.kv_lengths.empty()) {
-    // Byte ranges: exact for the contiguous lse and kv_lengths, conservative against a strided o.
-    const auto klo = reinterpret_cast<std::uintptr_t>(opt.kv_lengths.data());
-    const auto khi = klo + opt.kv_lengths.size_bytes();
-    auto hits = [&](std::uintptr_t lo, std::uintptr_t hi) { return lo < khi && klo < hi; };
-    const offset_range r = offsets(o);
-    const auto ob = reinterpret_cast<std::uintptr_t>(o.data);
-    if (hits(ob - static_cast<std::uintptr_t>(-r.lo) * sizeof(float), ob + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(float)))
-      fail(where, ": options.kv_lengths (data = ", static_cast<const void*>(opt.kv_lengths.data()),
-           ") overlaps o, which the call writes while it reads kv_lengths");
-    const auto lb = reinterpret_cast<std::uintptr_t>(opt.lse.data());
-    if (n_lse > 0 && hits(lb, lb + opt.lse.size_bytes()))
-      fail(where, ": options.kv_lengths (data = ", static_cast<const void*>(opt.kv_lengths.data()),
-           ") overlaps options.lse, which the call writes while it reads kv_lengths");
-  }
+  require_outside_outputs(opt.kv_lengths.data(), opt.kv_lengths.size_bytes(), "options.kv_lengths", o, opt.lse, where);
 }
 
 /// The views' extents against each other and the options (no aliasing); requires views that passed
@@ -138,7 +142,7 @@ inline void check_shapes(const tensor_view<const float>& q, const tensor_view<co
             "must equal batch = ", q.b);
     for (std::size_t i = 0; i < opt.kv_lengths.size(); ++i)
       if (opt.kv_lengths[i] < 0 || opt.kv_lengths[i] > k.s)
-        fail(where, ": options.kv_lengths[", i, "] = ", opt.kv_lengths[i], ": must be in [0, skv = ", k.s, "]");
+        fail(where, ": options.kv_lengths[", i, "] = ", opt.kv_lengths.at(i), ": must be in [0, skv = ", k.s, "]");
   }
   if (!opt.lse.empty()) {
     const index_t need = q.b * q.h * q.s;  // <= q's element count, which check_view bounded

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "config.hpp"
+#include "integer_span.hpp"
 #include "threading/executor.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -19,8 +20,11 @@ struct attention_options {
   /// j <= i + (L - sq), where L is the batch's valid KV length. Rows that see no key return zeros.
   bool causal = false;
   /// Optional per-batch valid KV lengths (size b, each in [0, skv]); keys j >= kv_lengths[b] are
-  /// ignored (right padding). Empty means every batch uses all skv keys.
-  std::span<const index_t> kv_lengths;
+  /// ignored (right padding). Empty means every batch uses all skv keys. Any integer type: a
+  /// std::vector<int>, std::span<const std::int32_t>, std::vector<std::size_t>, ... (integer_span).
+  /// A KV cache allocated for `capacity` positions per sequence: view it with s = capacity
+  /// (bshd(k, b, capacity, hkv, d)) and give each sequence's filled length here.
+  integer_span kv_lengths;
   /// Optional output: natural-log log-sum-exp of each row's scaled scores, laid out [b][hq][sq]
   /// (size b*hq*sq). Fully masked rows get -inf.
   std::span<float> lse;

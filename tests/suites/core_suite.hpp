@@ -213,7 +213,7 @@ TYPED_TEST_P(core_suite, direct_path_reads_k_and_v_in_place) {
         std::copy(kd.begin(), kd.end(), k.data());
         const auto q = data(static_cast<std::size_t>(rows * d), 33);
         std::vector<float> s(static_cast<std::size_t>(rows * lds));
-        DP::scores(k.data(), ks, d, nb, q.data(), rows, s.data(), lds);
+        DP::scores(core::strided_rows{k.data(), ks}, d, nb, q.data(), rows, s.data(), lds);
         for (index_t r = 0; r < rows; ++r)
           for (index_t j = 0; j < nb; ++j) {
             double want = 0.0, mag = 0.0;
@@ -228,7 +228,7 @@ TYPED_TEST_P(core_suite, direct_path_reads_k_and_v_in_place) {
         const auto p = data(static_cast<std::size_t>(rows * lds), 34);
         const auto o0 = data(static_cast<std::size_t>(rows * dvp), 35);
         std::vector<float> o = o0;
-        DP::accumulate_pv(v.data(), vs, dv, nb, p.data(), rows, lds, dvp, o.data());
+        DP::accumulate_pv(core::strided_rows{v.data(), vs}, dv, nb, p.data(), rows, lds, dvp, o.data());
         for (index_t r = 0; r < rows; ++r)
           for (index_t c = 0; c < dvp; ++c) {
             const auto i = static_cast<std::size_t>(r * dvp + c);
@@ -259,8 +259,8 @@ TYPED_TEST_P(core_suite, packing_layout) {
     const index_t nbp = core::round_up(nb, L);
     const auto k = data(static_cast<std::size_t>(nb * ks), 41), v = data(static_cast<std::size_t>(nb * vs), 42);
     std::vector<float> kp(static_cast<std::size_t>(nbp * d), -1.0f), vp(static_cast<std::size_t>(nb * dvp), -1.0f);
-    P::pack_k(k.data(), ks, d, nb, nbp, kp.data());
-    P::pack_v(v.data(), vs, dv, nb, dvp, vp.data());
+    P::pack_k(core::strided_rows{k.data(), ks}, d, nb, nbp, kp.data());
+    P::pack_v(core::strided_rows{v.data(), vs}, dv, nb, dvp, vp.data());
     for (index_t j = 0; j < nbp; ++j) {
       const index_t s0 = j / P::cols * P::cols, w = std::min(P::cols, nbp - s0);
       for (index_t c = 0; c < d; ++c)
@@ -467,8 +467,8 @@ TYPED_TEST_P(core_suite, causal_staircase_skips_hidden_v_rows) {
       auto run = [&](bool cut, const std::vector<float>& vv) {
         std::vector<float> o = o0;
         if (direct_path) {
-          if (cut) DP::accumulate_pv_cut(vv.data(), dvp, dv, lim, p.data(), rows, ldp, dvp, o.data());
-          else DP::accumulate_pv(vv.data(), dvp, dv, nb, p.data(), rows, ldp, dvp, o.data());
+          if (cut) DP::accumulate_pv_cut(core::strided_rows{vv.data(), dvp}, dv, lim, p.data(), rows, ldp, dvp, o.data());
+          else DP::accumulate_pv(core::strided_rows{vv.data(), dvp}, dv, nb, p.data(), rows, ldp, dvp, o.data());
         } else {
           if (cut) PK::accumulate_pv_cut(p.data(), rows, ldp, vv.data(), lim, dvp, o.data());
           else PK::accumulate_pv(p.data(), rows, ldp, vv.data(), nb, dvp, o.data());

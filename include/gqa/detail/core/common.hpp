@@ -43,6 +43,20 @@ GQA_FORCEINLINE void staircase(index_t n, Lim&& lim, Fn&& fn) {
   }
 }
 
+/// B operands of the register tile (tile.hpp), by how their rows are found: at one stride (every product
+/// of the core, V read in place from a dense view) or listed one pointer per row (V read in place from a
+/// paged cache, Note [key runs]); col is the first column of the slab the tile computes.
+struct strided_b {
+  const float* base;
+  index_t ld;
+  const float* row(index_t k) const noexcept { return base + k * ld; }
+};
+struct listed_b {
+  const float* const* rows;
+  index_t col;
+  const float* row(index_t k) const noexcept { return rows[k] + col; }
+};
+
 /// A real load of *p whose value is discarded (the compiler may not drop it; unlike a prefetch hint it
 /// is never ignored by the CPU and trains the hardware prefetcher).
 GQA_FORCEINLINE void touch(const float* p) noexcept {
