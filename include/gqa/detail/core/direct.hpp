@@ -78,13 +78,13 @@ struct direct {
     }
   }
 
-  /// accumulate_pv where row r sees only keys [0, lim(r)) (non-decreasing in r), as a staircase (Note
+  /// accumulate_pv where row r sees only keys [lo(r), hi(r)) (both non-decreasing in r), as a band (Note
   /// [causal staircase]): V rows a row does not see never enter its products.
-  template <class Lim>
-  static void accumulate_pv_cut(const float* vbase, index_t vs, index_t dv, const Lim& lim, const float* p,
+  template <class Lo, class Hi>
+  static void accumulate_pv_cut(const float* vbase, index_t vs, index_t dv, const Lo& lo, const Hi& hi, const float* p,
                                 index_t rows, index_t ldp, index_t dvp, float* o) noexcept {
-    staircase(rows, lim, [&](index_t f, index_t lo, index_t hi) noexcept {
-      accumulate_pv(vbase + lo * vs, vs, dv, hi - lo, p + f * ldp + lo, rows - f, ldp, dvp, o + f * dvp);
+    band(rows, lo, hi, [&](index_t r0, index_t r1, index_t a, index_t b) noexcept {
+      accumulate_pv(vbase + a * vs, vs, dv, b - a, p + r0 * ldp + a, r1 - r0, ldp, dvp, o + r0 * dvp);
     });
   }
 
