@@ -18,13 +18,15 @@ struct shape {
   std::int64_t b = 1, hq = 1, hkv = 1, d = 1, sq = 1, skv = 1;
   bool causal = false;
   int threads = 1;
+  std::int64_t window_left = -1;  // attention_options::window_left; >= 0 adds "_w<n>" to the name
 };
 
 /// "B1_Hq32_Hkv8_D128_Sq2048_Skv2048_full_T1".
 std::string shape_name(const shape& s);
 /// The same without the "_T<threads>" suffix (identifies the shape regardless of threads).
 std::string shape_key(const shape& s);
-/// 4·B·Hq·Sq·Skv·D, halved when causal (the same formula for decode).
+/// 4·B·Hq·Sq·Skv·D, halved when causal (the same formula for decode); with a window, 4·B·Hq·D times the
+/// (query, key) pairs the window and mask leave visible.
 double flops(const shape& s);
 /// K/V bytes one pass reads: B·Hkv·Skv·(D_qk + D_v)·4.
 double kv_bytes(const shape& s);

@@ -310,6 +310,7 @@ void run_variant(benchmark::State& st, const bench_case& c) {
   const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, c.model)));
   gqa::attention_options opt;
   opt.causal = s.causal;
+  opt.window_left = s.window_left;
   opt.num_threads = s.threads;
   with_bench_policy(st, c, [&](auto& p) {
     try {

@@ -121,6 +121,40 @@ inline void check_aliasing(const tensor_view<const float>& q, const tensor_view<
   require_outside_outputs(opt.kv_lengths.data(), opt.kv_lengths.size_bytes(), "options.kv_lengths", o, opt.lse, where);
 }
 
+/// The mask and score modifiers of the options (window, ...), each on its own.
+inline void check_modifiers(const attention_options& opt, index_t hq, const char* where) {
+  require(opt.window_left >= -1, where, "options.window_left", opt.window_left, "must be >= -1 (-1: unbounded)");
+  require(opt.window_right >= -1, where, "options.window_right", opt.window_right, "must be >= -1 (-1: unbounded)");
+  require(opt.softcap == 0.0f || (opt.softcap >= 1e-30f && opt.softcap <= 1e30f), where, "options.softcap", opt.softcap,
+          "must be 0 (off) or in [1e-30, 1e30]");
+  if (!opt.sinks.empty()) {
+    require(std::cmp_equal(opt.sinks.size(), hq), where, "options.sinks.size()", opt.sinks.size(), "must equal hq = ", hq,
+            " (or 0: no sinks)");
+    for (std::size_t h = 0; h < opt.sinks.size(); ++h)
+      if (!(std::fabs(opt.sinks[h]) <= 1e30f))
+        fail(where, ": options.sinks[", h, "] = ", opt.sinks[h], ": must be finite, at most 1e30 in magnitude");
+  }
+  if (!opt.alibi_slopes.empty()) {
+    require(std::cmp_equal(opt.alibi_slopes.size(), hq), where, "options.alibi_slopes.size()", opt.alibi_slopes.size(),
+            "must equal hq = ", hq, " (or 0: no ALiBi)");
+    for (std::size_t h = 0; h < opt.alibi_slopes.size(); ++h)
+      if (!(std::fabs(opt.alibi_slopes[h]) <= 1e30f))
+        fail(where, ": options.alibi_slopes[", h, "] = ", opt.alibi_slopes[h],
+             ": must be finite, at most 1e30 in magnitude");
+  }
+}
+
+/// The backward pass does not support the score modifiers yet: throws naming the first one set.
+inline void require_no_modifiers(const attention_options& opt, const char* where) {
+  constexpr const char* why = "the backward pass supports no sliding window yet (only -1)";
+  require(opt.window_left == -1, where, "options.window_left", opt.window_left, why);
+  require(opt.window_right == -1, where, "options.window_right", opt.window_right, why);
+  require(opt.softcap == 0.0f, where, "options.softcap", opt.softcap, "the backward pass supports no softcap yet (only 0)");
+  require(opt.sinks.empty(), where, "options.sinks.size()", opt.sinks.size(), "the backward pass supports no sinks yet (only 0)");
+  require(opt.alibi_slopes.empty(), where, "options.alibi_slopes.size()", opt.alibi_slopes.size(),
+          "the backward pass supports no ALiBi yet (only 0)");
+}
+
 /// The views' extents against each other and the options (no aliasing); requires views that passed
 /// check_view. O is float (attend's output) or const float (the forward's output, attend_backward's input).
 template <class O>
@@ -150,6 +184,7 @@ inline void check_shapes(const tensor_view<const float>& q, const tensor_view<co
             "must equal b*hq*sq = ", need);
   }
   require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+  check_modifiers(opt, q.h, where);
 }
 
 /// The views against each other, the options, and aliasing; requires views that passed check_views.

@@ -43,6 +43,7 @@ inline void check_paged(const tensor_view<const float>& q, const paged_kv& kv, c
           "must be 0 for a paged call: each sequence's length is kv.lengths");
   if (opt.scale) require(std::isfinite(*opt.scale), where, "options.scale", *opt.scale, "must be finite");
   require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+  check_modifiers(opt, q.h, where);  // window, softcap, sinks, ALiBi: as for attend
   if (!opt.lse.empty())
     require(std::cmp_equal(opt.lse.size(), q.b * q.h * q.s), where, "options.lse.size()", opt.lse.size(),
             "must equal b*hq*sq = ", q.b * q.h * q.s);

@@ -130,7 +130,8 @@ void for_each_element(const gqa::tensor_view<T>& t, F&& f) {
 //  * the layout of each of q, k, v, o (BSHD, BHSD or another order, padding, negative strides), or q, k, v
 //    as head ranges of one fused QKV buffer;
 //  * causal (bottom-right: sq < skv, sq = skv and sq > skv all occur), kv_lengths (0 and skv included),
-//    scale (default, or explicit of either sign), LSE output, check_finite, the executor (1 thread,
+//    scale (default, or explicit of either sign), a sliding window, a softcap, sinks and ALiBi slopes (issue
+//    13), LSE output, check_finite, the executor (1 thread,
 //    2 threads, or a caller's parallel loop that runs tasks out of order on two threads);
 //  * the K/V form: the dense views (most cases); a paged cache (pages of 1, 7, 16, 256 or a random number
 //    of slots, shuffled in a pool with spare pages, every slot no sequence fills NaN; the lengths are
@@ -163,6 +164,9 @@ struct case_spec {
   bool causal = false, lse = false, check_finite = false, fused = false;
   std::optional<float> scale;
   std::vector<index_t> kv_lengths;
+  index_t window_left = -1, window_right = -1;  ///< sliding window (attention_options)
+  float softcap = 0.0f;
+  std::vector<float> sinks, alibi_slopes;  ///< per query head, or empty
   layout lq, lk, lv, lo;
   int threads = 0;  ///< 0: 1 thread, 1: 2 threads, 2: the caller's loop
   float v_amp = 1.0f;
@@ -195,6 +199,10 @@ inline std::string case_spec::describe() const {
     for (const index_t x : kv_lengths) os << " " << x;
   }
   if (scale) os << " scale " << *scale;
+  if (window_left >= 0 || window_right >= 0) os << " window " << window_left << " " << window_right;
+  if (softcap > 0.0f) os << " softcap " << softcap;
+  if (!sinks.empty()) os << " sinks " << sinks[0] << "..";
+  if (!alibi_slopes.empty()) os << " alibi " << alibi_slopes[0] << "..";
   if (lse) os << " lse";
   if (check_finite) os << " check_finite";
   os << " threads " << (threads == 2 ? "caller" : std::to_string(threads + 1));
@@ -360,6 +368,19 @@ inline case_spec draw_case(source& r, const limits& lim) {
     const double mag = 0.02 + (bound - 0.02) * static_cast<double>(r.uniform(0, 1000)) / 1000.0;
     c.scale = static_cast<float>(r.chance(30) ? -mag : mag);
   }
+  // Masks and score modifiers (issue 13): windows of every size (0, inside, past both lengths), one-sided
+  // or both; a softcap from biting (0.5) to loose (30); per-head sinks and ALiBi slopes (FA's 2^-k).
+  if (r.chance(25)) {
+    const index_t span = std::max(c.sq, c.skv) + 2;
+    const auto side = [&] { return r.chance(30) ? index_t{-1} : r.chance(20) ? index_t{0} : r.uniform(0, span); };
+    c.window_left = side();
+    c.window_right = side();
+  }
+  if (r.chance(15)) c.softcap = r.chance(50) ? 0.5f : r.chance(50) ? 5.0f : 30.0f;
+  if (r.chance(15))
+    for (index_t h = 0; h < c.heads.hq; ++h) c.sinks.push_back(static_cast<float>(r.uniform(-300, 300)) / 100.0f);
+  if (r.chance(15))
+    for (index_t h = 0; h < c.heads.hq; ++h) c.alibi_slopes.push_back(std::exp2(-static_cast<float>(r.uniform(0, 80)) / 10.0f));
   c.lse = r.chance(50);
   c.check_finite = r.chance(10);
   c.threads = static_cast<int>(r.uniform(0, 2));
@@ -604,12 +625,24 @@ void finish_fresh(const case_spec& c, std::vector<float>& o, const gqa::head_map
   }
 }
 
+/// The case's masks and score modifiers, for the reference and the naive code (views into c).
+inline gqa::reference::modifiers modifiers_of(const case_spec& c) {
+  gqa::reference::modifiers m;
+  m.window_left = c.window_left;
+  m.window_right = c.window_right;
+  m.softcap = c.softcap;
+  m.sinks = c.sinks;
+  m.alibi_slopes = c.alibi_slopes;
+  return m;
+}
+
 inline void fill_expected(expected& e, const case_spec& c, const gqa::tensor_view<const float>& q,
                           const gqa::tensor_view<const float>& k, const gqa::tensor_view<const float>& v,
                           std::span<const index_t> kv_of_q) {
   const double scale = c.scale ? static_cast<double>(*c.scale) : 1.0 / std::sqrt(static_cast<double>(c.d));
-  const auto ref = gqa::reference::attention(q, k, v, kv_of_q, scale, c.causal, c.kv_lengths);
-  const auto naive = gqa::test::naive_fp32(q, k, v, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths);
+  const auto mods = modifiers_of(c);
+  const auto ref = gqa::reference::attention(q, k, v, kv_of_q, scale, c.causal, c.kv_lengths, mods);
+  const auto naive = gqa::test::naive_fp32(q, k, v, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths, mods);
   e.o = ref.o;
   e.lse = ref.lse;
   e.naive_o = naive.o;
@@ -629,9 +662,12 @@ inline void fill_expected(expected& e, const case_spec& c, const gqa::tensor_vie
         bool huge = false;
         for (index_t x = 0; x < c.d; ++x) huge = huge || std::fabs(q(ib, i, h, x)) == k_huge;
         if (!huge) continue;
-        const index_t visible = c.causal ? std::clamp<index_t>(i + (len - c.sq) + 1, 0, len) : len;
-        bool pos = false, all_neg = visible > 0;
-        for (index_t j = 0; j < visible; ++j) {
+        // A softcap caps an overflowed score (finite: no overflow row); a sink keeps a row whose scores
+        // are all -inf finite (zeros, LSE the sink).
+        if (c.softcap > 0.0f) continue;
+        const auto [lo, hi] = gqa::reference::visible_keys(i, c.sq, len, c.causal, mods);
+        bool pos = false, all_neg = hi > lo && c.sinks.empty();
+        for (index_t j = lo; j < hi; ++j) {
           double s = 0.0;
           for (index_t x = 0; x < c.d; ++x)
             s += static_cast<double>(q(ib, i, h, x)) * static_cast<double>(k(ib, j, kv_of_q[static_cast<std::size_t>(h)], x));
@@ -717,6 +753,11 @@ inline call call_of(const case_spec& c, const case_data& in, const gqa::tensor_v
   k.opt.causal = c.causal;
   k.opt.kv_lengths = c.kv_lengths;
   k.opt.check_finite = c.check_finite;
+  k.opt.window_left = c.window_left;
+  k.opt.window_right = c.window_right;
+  k.opt.softcap = c.softcap;
+  k.opt.sinks = c.sinks;
+  k.opt.alibi_slopes = c.alibi_slopes;
   if (c.kv_kind == 1) {
     k.paged = &in.paged;
     k.opt.kv_lengths = {};

@@ -269,6 +269,7 @@ saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<con
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
                 "gqa::forward_train<Isa>: this translation unit is not compiled with flags for Isa");
   saved_forward<P> saved;
+  detail::require_no_modifiers(opt, "gqa::forward_train");  // before any work: backward() could not use it
   detail::run_forward<Isa>(p, q, k, v, o, opt, &saved, "gqa::forward_train");
   return saved;
 }
@@ -323,6 +324,7 @@ void check_backward_call(const saved_forward<P>& saved, const tensor_view<const 
     fail(where, ": options.kv_lengths (size ", opt.kv_lengths.size(), "): must equal the forward's (size ",
          saved.kv_lengths.size(), ")");
   require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+  require_no_modifiers(opt, where);
   require_outputs_disjoint({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, {in[0], in[1], in[2], in[3], in[4]}, where);
 }
 

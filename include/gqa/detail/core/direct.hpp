@@ -73,13 +73,13 @@ struct direct {
     pv_keys(v, dv, 0, nb, p, rows, ldp, dvp, o);
   }
 
-  /// accumulate_pv where row r sees only keys [0, lim(r)) (non-decreasing in r), as a staircase (Note
+  /// accumulate_pv where row r sees only keys [lo(r), hi(r)) (both non-decreasing in r), as a band (Note
   /// [causal staircase]): V rows a row does not see never enter its products.
-  template <class Rows, class Lim>
-  static void accumulate_pv_cut(const Rows& v, index_t dv, const Lim& lim, const float* p, index_t rows, index_t ldp,
-                                index_t dvp, float* o) noexcept {
-    staircase(rows, lim, [&](index_t f, index_t lo, index_t hi) noexcept {
-      pv_keys(v, dv, lo, hi, p + f * ldp, rows - f, ldp, dvp, o + f * dvp);
+  template <class Rows, class Lo, class Hi>
+  static void accumulate_pv_cut(const Rows& v, index_t dv, const Lo& lo, const Hi& hi, const float* p, index_t rows,
+                                index_t ldp, index_t dvp, float* o) noexcept {
+    band(rows, lo, hi, [&](index_t r0, index_t r1, index_t a, index_t b) noexcept {
+      pv_keys(v, dv, a, b, p + r0 * ldp, r1 - r0, ldp, dvp, o + r0 * dvp);
     });
   }
 

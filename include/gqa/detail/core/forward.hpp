@@ -28,6 +28,7 @@
 #include "decode.hpp"
 #include "direct.hpp"
 #include "layout.hpp"
+#include "modifiers.hpp"
 #include "packed.hpp"
 #include "softmax.hpp"
 
@@ -43,6 +44,10 @@ struct problem {
   const index_t* active;  // KV heads that serve at least one query head
   float qscale;           // scale · log2(e)
   bool causal;
+  index_t window_left, window_right;  // -1: unbounded (options.hpp)
+  float softcap;                      // in log2 units, 0: off (Note [softcap in log2 units])
+  std::span<const float> sinks;       // natural log, per query head, or empty (Note [sinks as a state])
+  std::span<const float> alibi;       // ALiBi slopes (natural units), per query head, or empty
   std::span<float> lse;
   index_t block_kv;  // keys per block
   index_t chunk;     // keys per KV chunk (== skv when the call does not split KV)
@@ -132,13 +137,23 @@ struct kernel {
     }
   }
 
-  /// The keys query position pos of batch ib sees: [0, n) with n returned. n is the sequence's key count
-  /// L (kv_lengths, else skv); causal rows see j <= pos + (L - sq) (bottom-right aligned), sq the
-  /// sequence's query count.
-  static index_t visible_keys(const problem& pb, index_t ib, index_t pos) noexcept {
+  /// Keys [lo, hi) (empty when hi <= lo).
+  struct key_range {
+    index_t lo, hi;
+  };
+
+  /// The keys query position pos of sequence ib sees: j < L, its key count (Lay::kv_len: kv_lengths,
+  /// else skv, for dense views), and, with the row's diagonal key p = pos + (L - sq), sq the sequence's
+  /// query count (bottom-right alignment), j <= p when causal and p - window_left <= j <= p + window_right
+  /// for the window's bounded sides. lo and hi are non-decreasing in pos.
+  static key_range visible_keys(const problem& pb, index_t ib, index_t pos) noexcept {
     const index_t kv_len = pb.lay.kv_len(ib);
-    if (!pb.causal) return kv_len;
-    return std::clamp<index_t>(pos + (kv_len - pb.lay.q_len(ib)) + 1, 0, kv_len);
+    const index_t p = pos + (kv_len - pb.lay.q_len(ib));
+    index_t lo = 0, hi = kv_len;
+    if (pb.causal) hi = std::min(hi, p + 1);
+    if (pb.window_right >= 0) hi = std::min(hi, p + pb.window_right + 1);
+    if (pb.window_left >= 0) lo = std::clamp<index_t>(p - pb.window_left, 0, kv_len);
+    return {lo, std::max(hi, lo)};
   }
 
   /// Most keys in a block (the paged path's row pointers live on the stack).
@@ -194,11 +209,12 @@ struct kernel {
     float* sc = ws + lay.s;
     const row_state st = part ? *part : row_state{ws + lay.m, ws + lay.l, ws + lay.o};
 
-    auto row_limit = [&](index_t pos) noexcept { return visible_keys(pb, t.ib, pos); };
+    const key_range first = visible_keys(pb, t.ib, t.q0), last = visible_keys(pb, t.ib, t.q1 - 1);
     const index_t c_lo = t.chunk * pb.chunk;
     const index_t c_hi = std::min<index_t>(c_lo + pb.chunk, pb.skv);
-    const index_t kv_hi = std::min(c_hi, row_limit(t.q1 - 1));  // no row sees past this
-    const index_t kv_unmasked = row_limit(t.q0);                // every row sees below this
+    const index_t kv_lo = std::max(c_lo, first.lo);  // no row sees before this (window: O(window) per row)
+    const index_t kv_hi = std::min(c_hi, last.hi);   // nor past this
+    // Every row sees [last.lo, first.hi) (empty if first.hi <= last.lo): blocks inside it need no mask.
 
     // Pack Q (scaled into log2 units, see Note [base-2 softmax]) and reset the running state.
     for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
@@ -209,16 +225,28 @@ struct kernel {
     std::fill(st.m, st.m + rows, k_neg_inf);
     std::fill(st.l, st.l + rows, 0.0f);
     std::fill(st.o, st.o + rows * lay.dvp, 0.0f);
+    // Note [sinks as a state]
+    // A sink is a key with score sink·log2(e) and a zero value row, so it is simply the state of a row
+    // that has seen it: m = sink·log2(e), l = 1, O = 0. The first KV chunk of a row starts from it
+    // (later chunks of a split row start empty, and the merge adds the sink once); everything after is
+    // the ordinary online softmax, the LSE includes it, and a row that sees no key ends as O = 0 / 1 = 0
+    // with LSE = sink (write_rows writes the sink itself there, exactly).
+    if (!pb.sinks.empty() && t.chunk == 0) {
+      for_each_row(pb, t, [&](index_t row, index_t, index_t h) noexcept {
+        st.m[row] = pb.sinks[static_cast<std::size_t>(h)] * k_log2e;
+        st.l[row] = 1.0f;
+      });
+    }
 
     // A task is either one KV head on the tiled path (prefill) or several KV heads that all take the
     // direct path (decode). Decode tasks compute the scores of all their heads key by key, in address
     // order, and P·V head by head from cache (Note [decode tasks]).
     const bool key_major = t.g1 - t.g0 > 1;
     block_pointers ptr;
-    for (index_t j0 = c_lo; j0 < kv_hi; j0 += lay.bk) {
+    for (index_t j0 = kv_lo; j0 < kv_hi; j0 += lay.bk) {
       const index_t nb = std::min(lay.bk, kv_hi - j0);
       const index_t nbp = round_up(nb, L);
-      const bool cut = j0 + nb > kv_unmasked;  // the causal horizon of some row cuts inside the block
+      const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
       const bool partial_block = cut || nbp != nb;
       list_rows(pb, t.ib, j0, nb, ptr);
       if (key_major) {
@@ -240,26 +268,38 @@ struct kernel {
           tiled::pack_v(vb, dv, nb, lay.dvp, vp);
           tiled::scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk);
         }
-        // Keys of the block row r sees (non-decreasing in r: rows go by position, Note [tile rows]).
-        const auto lim = [&](index_t r) noexcept { return std::clamp<index_t>(row_limit(t.q0 + r / G) - j0, 0, nb); };
-        // Mask: columns past nb are padding; with causal, row limits may cut inside the block.
+        // Keys [lo(r), hi(r)) of the block row r sees (non-decreasing in r: rows go by position, Note
+        // [tile rows]).
+        const auto in_block = [&](index_t x) noexcept { return std::clamp<index_t>(x - j0, 0, nb); };
+        const auto lo = [&](index_t r) noexcept { return in_block(visible_keys(pb, t.ib, t.q0 + r / G).lo); };
+        const auto hi = [&](index_t r) noexcept { return in_block(visible_keys(pb, t.ib, t.q0 + r / G).hi); };
+        // Mask: columns past nb are padding; causal and window edges may cut inside the block.
         for (index_t r = 0; r < grow; ++r) {
           float* srow = srow0 + r * lay.bk;
+          if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow, nbp, pb.softcap);
+          if (!pb.alibi.empty()) {  // after the softcap (options.hpp), relative to the row's diagonal key
+            const index_t diag = t.q0 + r / G + (pb.lay.kv_len(t.ib) - pb.lay.q_len(t.ib));
+            const index_t h = pb.map->q_heads(g)[static_cast<std::size_t>(r % G)];
+            score_modifiers<Isa>::alibi(srow, nbp, pb.alibi[static_cast<std::size_t>(h)] * k_log2e,
+                                        static_cast<float>(diag - j0));
+          }
           if (partial_block) {
-            for (index_t j = lim(r); j < nbp; ++j) srow[j] = k_neg_inf;
+            const index_t a = lo(r), b = std::max(a, hi(r));
+            std::fill(srow, srow + a, k_neg_inf);
+            std::fill(srow + b, srow + nbp, k_neg_inf);
           }
           softmax::update(srow, nbp, st.m[r0 + r], st.l[r0 + r], orow0 + r * lay.dvp, lay.dvp);
         }
-        // P·V; a cut block as a staircase, so that no hidden V row enters a product (Note [causal staircase]).
+        // P·V; a cut block as a band, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {
           if (cut) {
-            direct<Isa>::accumulate_pv_cut(vb, dv, lim, srow0, grow, lay.bk, lay.dvp, orow0);
+            direct<Isa>::accumulate_pv_cut(vb, dv, lo, hi, srow0, grow, lay.bk, lay.dvp, orow0);
           } else {
             direct<Isa>::accumulate_pv(vb, dv, nb, srow0, grow, lay.bk, lay.dvp, orow0);
           }
         } else {
           if (cut) {
-            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vp, lim, lay.dvp, orow0);
+            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vp, lo, hi, lay.dvp, orow0);
           } else {
             tiled::accumulate_pv(srow0, grow, lay.bk, vp, nb, lay.dvp, orow0);
           }
@@ -275,10 +315,13 @@ struct kernel {
   /// Normalises and writes every row of task t from its state (O rows of stride dvp), and its LSE.
   static void write_rows(const problem& pb, const task& t, row_state st, index_t dvp) noexcept {
     for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
-      const bool visible = visible_keys(pb, t.ib, pos) > 0;  // else fully masked: Note [fully masked rows]
+      const key_range keys = visible_keys(pb, t.ib, pos);
+      const bool visible = keys.hi > keys.lo;  // else fully masked: Note [fully masked rows]
       softmax::finish_row(st.o + row * dvp, st.l[row], visible, pb.dv, pb.lay.o_row(t.ib, pos, h));
       if (!pb.lse.empty())
-        pb.lse[static_cast<std::size_t>(pb.lay.lse_at(t.ib, h, pos))] = softmax::lse(st.m[row], st.l[row], visible);
+        pb.lse[static_cast<std::size_t>(pb.lay.lse_at(t.ib, h, pos))] =
+            !visible && !pb.sinks.empty() ? pb.sinks[static_cast<std::size_t>(h)]  // Note [sinks as a state]
+                                          : softmax::lse(st.m[row], st.l[row], visible);
     });
   }
 };
@@ -334,8 +377,11 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const index_t chunk = n_chunks == 1 ? skv : round_up((skv + n_chunks - 1) / n_chunks, K::cols);
   n_chunks = (skv + chunk - 1) / chunk;
 
-  const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal, opt.lse,
-                              decode ? shape::block_kv_decode : shape::block_kv, chunk};
+  // A window side of skv + sq or more bounds nothing (and keeps p ± window inside index_t).
+  const auto side = [&](index_t w) { return w < 0 || w >= sq + skv ? index_t{-1} : w; };
+  const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
+                              side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
+                              opt.alibi_slopes, opt.lse, decode ? shape::block_kv_decode : shape::block_kv, chunk};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;

@@ -78,24 +78,25 @@ struct packed {
   /// O[rows][dvp] += P[rows][nb] (row stride ldp) · Vp[nb][dvp].
   static void accumulate_pv(const float* p, index_t rows, index_t ldp, const float* vp, index_t nb, index_t dvp,
                             float* o) noexcept {
-    accumulate_pv_cut(p, rows, ldp, vp, [nb](index_t) noexcept { return nb; }, dvp, o);
+    const auto zero = [](index_t) noexcept { return index_t{0}; };
+    accumulate_pv_cut(p, rows, ldp, vp, zero, [nb](index_t) noexcept { return nb; }, dvp, o);
   }
 
-  /// O[r][dvp] += Σ_{j<lim(r)} P[r][j] · Vp[j] for r < rows, lim non-decreasing in r: each tile of rows runs
-  /// as a staircase (Note [causal staircase]), so no row multiplies a V row it does not see.
-  template <class Lim>
-  static void accumulate_pv_cut(const float* p, index_t rows, index_t ldp, const float* vp, const Lim& lim,
+  /// O[r][dvp] += Σ_{lo(r) <= j < hi(r)} P[r][j] · Vp[j] for r < rows, lo and hi non-decreasing in r: each
+  /// tile of rows runs as a band (Note [causal staircase]), so no row multiplies a V row it does not see.
+  template <class Lo, class Hi>
+  static void accumulate_pv_cut(const float* p, index_t rows, index_t ldp, const float* vp, const Lo& lo, const Hi& hi,
                                 index_t dvp, float* o) noexcept {
     using table = tile_table<Isa, MR, NR, a_order::row_major, update::accumulate>;
     for (index_t c0 = 0; c0 < dvp; c0 += cols) {
       const int nr = static_cast<int>(std::min(cols, dvp - c0) / L);
       for (index_t r0 = 0; r0 < rows; r0 += MR) {
         const index_t mr = std::min<index_t>(MR, rows - r0);
-        staircase(mr, [&](index_t r) noexcept { return lim(r0 + r); },
-                  [&](index_t f, index_t lo, index_t hi) noexcept {
-                    table::get(static_cast<int>(mr - f), nr)(p + (r0 + f) * ldp + lo, ldp, vp + lo * dvp + c0, dvp,
-                                                             hi - lo, o + (r0 + f) * dvp + c0, dvp);
-                  });
+        band(mr, [&](index_t r) noexcept { return lo(r0 + r); }, [&](index_t r) noexcept { return hi(r0 + r); },
+             [&](index_t f, index_t e, index_t a, index_t b) noexcept {
+               table::get(static_cast<int>(e - f), nr)(p + (r0 + f) * ldp + a, ldp, vp + a * dvp + c0, dvp, b - a,
+                                                       o + (r0 + f) * dvp + c0, dvp);
+             });
       }
     }
   }
