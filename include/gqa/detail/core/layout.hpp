@@ -2,9 +2,9 @@
 // sequence) ib: how many queries and keys it has, where query row (ib, pos, h) of Q and O lives, where key
 // j of K and V lives, and where its LSE entries go. The core is one kernel templated on the layout
 // (Note [layouts]); dense_layout is the 4-D views of gqa::attend and compiles to the same loads as before.
-// Invariant: no ISA header (yet compiled once per dispatch target with the rest of detail/core, so its plain
-// include guard is reset by target_pass.hpp: Note [per-target kernels]), and every member is a pure function of the call's arguments,
-// validated before the core runs (page ids in range, offsets non-decreasing and within the views).
+// Invariant: no ISA header (yet compiled once per dispatch target with the rest of detail/core: its plain
+// include guard is reset by target_pass.hpp, Note [per-target kernels]), and every member is a pure
+// function of the call's arguments, validated before the core runs (page ids in range, offsets non-decreasing and within the views).
 #ifndef GQA_DETAIL_CORE_LAYOUT_HPP
 #define GQA_DETAIL_CORE_LAYOUT_HPP
 
