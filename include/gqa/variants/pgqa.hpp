@@ -154,6 +154,24 @@ inline std::vector<double> pgqa_standardised_noise(index_t n, std::uint64_t seed
   return z;
 }
 
+namespace detail {
+/// The (group, head) rows of PGQA's noise as tasks on `ex`, one per query head h = g·(heads/hkv) + i:
+/// draws Z = pgqa_standardised_noise(n, seed, layer, call, g, i) once into a per-thread buffer and calls
+/// fn(h, Z), which applies it to that head of every batch element (pgqa_perturb and its backward).
+template <class F>
+void pgqa_noise_rows(index_t heads, index_t hkv, index_t n, std::uint64_t seed, std::uint64_t layer,
+                     std::uint64_t call, const executor& ex, F&& fn) {
+  const index_t grp = heads / hkv;
+  run_tasks(hkv * grp, ex, [&](index_t task) {
+    const index_t g = task / grp, i = task % grp;
+    thread_local std::vector<double> z;
+    z.resize(static_cast<std::size_t>(n));
+    pgqa_standardised_noise(z, seed, layer, call, g, i);
+    fn(g * grp + i, z);
+  });
+}
+}  // namespace detail
+
 /// PGQA's post-step, a pure function. `o` holds the attention output (b, s, hq, dv); the
 /// query heads form hkv uniform contiguous groups. For every head h = g·(hq/hkv) + i and batch element b,
 /// the row X = O[b, :, h, :] flattened token-major (n = p·dv + c, N = s·dv values) becomes
@@ -179,13 +197,7 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
   if (n < 2)
     detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined)");
 
-  const index_t grp = o.h / hkv;
-  // One task per noise row (g, i): draw Z once, apply it to that head of every batch element.
-  detail::run_tasks(hkv * grp, ex, [&](index_t task) {
-    const index_t g = task / grp, i = task % grp, h = g * grp + i;
-    thread_local std::vector<double> z;
-    z.resize(static_cast<std::size_t>(n));
-    pgqa_standardised_noise(z, seed, layer, call, g, i);
+  detail::pgqa_noise_rows(o.h, hkv, n, seed, layer, call, ex, [&](index_t h, const std::vector<double>& z) {
     for (index_t ib = 0; ib < o.b; ++ib) {
       const auto [mu, sigma] = detail::pgqa_row_stats(o, ib, h);
       for (index_t p = 0; p < o.s; ++p) {
@@ -275,12 +287,7 @@ inline void pgqa_perturb_backward(const tensor_view<const float>& o_perturbed, c
   detail::require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
   detail::require_outputs_disjoint({{x, "x"}, {dx, "dx"}}, {{o, "o_perturbed"}, {dout, "dout"}}, where);
 
-  const index_t grp = o.h / hkv;
-  detail::run_tasks(hkv * grp, ex, [&](index_t task) {
-    const index_t g = task / grp, i = task % grp, h = g * grp + i;
-    thread_local std::vector<double> z;
-    z.resize(static_cast<std::size_t>(n));
-    pgqa_standardised_noise(z, seed, layer, call, g, i);
+  detail::pgqa_noise_rows(o.h, hkv, n, seed, layer, call, ex, [&](index_t h, const std::vector<double>& z) {
     for (index_t ib = 0; ib < o.b; ++ib) {
       const double mu = st.mu[static_cast<std::size_t>(ib * o.h + h)];
       const double sigma = st.sigma[static_cast<std::size_t>(ib * o.h + h)];
