@@ -31,12 +31,12 @@
 //    hazard of per-ISA translation units (Note [link order] in cmake/gqa_build_helpers.cmake) cannot
 //    arise on this path. Baseline code may be inlined into a region's functions, never the reverse.
 //  - Inside a region GCC defines __AVX2__/__FMA__ and clang does not; gqa's code tests only its own
-//    macros (GQA_HAS_AVX2/AVX512, pushed to 1 by target_pass.hpp, and GQA_TARGET_FMA).
+//    macros (GQA_HAS_AVX2/AVX512, pushed to 1 by target_pass.hpp, GQA_TARGET_FMA and GQA_TARGET_F16C).
 //  - GCC 12 warns (-Wpsabi: "AVX512F vector return without AVX512F enabled changes the ABI") about
 //    lambdas returning a vector inside a region, although it compiles them for the region's target (else
 //    inlining the intrinsics would fail); they never cross a TU boundary, so the warning is silenced there.
 // The AVX-512 region enables exactly what gqa_isa_compile_options(avx512) does (F, VL, BW, DQ, AVX2,
-// FMA), and isa::cpu() checks all of it, so the per-target copy computes what a TU compiled with those
+// FMA, F16C; the AVX2 region AVX2, FMA, F16C), and isa::cpu() checks all of it, so the per-target copy computes what a TU compiled with those
 // flags computes, bit for bit (tests/unit/dispatch_test.cpp). Templates are instantiated only for what a
 // call reaches: one forward<Isa> per ISA for a TU that calls the forward without an ISA, one
 // backward<Isa> per ISA for a TU that calls the backward so; a TU that names its ISA compiles one.
@@ -44,19 +44,21 @@
 #include <immintrin.h>
 
 #define GQA_TARGET_FMA 1
+#define GQA_TARGET_F16C 1
 #if !GQA_HAS_AVX2
 #define GQA_TARGET_NS target_avx2
-#define GQA_TARGET_SPEC "avx2,fma"
+#define GQA_TARGET_SPEC "avx2,fma,f16c"
 #define GQA_TARGET_AVX512 0
 #include "target_pass.hpp"
 #endif
 #if !GQA_HAS_AVX512
 #define GQA_TARGET_NS target_avx512
-#define GQA_TARGET_SPEC "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq"
+#define GQA_TARGET_SPEC "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq"
 #define GQA_TARGET_AVX512 1
 #include "target_pass.hpp"
 #endif
 #undef GQA_TARGET_FMA
+#undef GQA_TARGET_F16C
 #endif  // GQA_DISPATCH_X86
 
 GQA_BEGIN_NAMESPACE
