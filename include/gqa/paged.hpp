@@ -25,8 +25,9 @@ namespace detail {
 /// Everything a paged call needs checked, before any work: the views, their extents against each other
 /// (kv.k.b pages of kv.k.s slots), the table's size and every page id a sequence uses, the lengths, the
 /// options (options.kv_lengths must be empty: the lengths are kv.lengths) and aliasing.
-inline void check_paged(const tensor_view<const float>& q, const paged_kv& kv, const tensor_view<float>& o,
-                        const attention_options& opt, const char* where) {
+template <class T>
+void check_paged(const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const tensor_view<float>& o,
+                 const attention_options& opt, const char* where) {
   check_view(q, "q", where);
   check_view(kv.k, "kv.k", where);
   check_view(kv.v, "kv.v", where);
@@ -77,30 +78,31 @@ inline void check_paged(const tensor_view<const float>& q, const paged_kv& kv, c
 }
 
 /// options.check_finite for a paged call: all of q, then the keys each sequence reads of K, then of V.
-inline void check_finite_paged(const tensor_view<const float>& q, const paged_kv& kv, const attention_options& opt,
-                               const char* where) {
+template <class T>
+void check_finite_paged(const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const attention_options& opt,
+                        const char* where) {
   if (!opt.check_finite) return;
   require_finite(q, "q", where, [&](index_t) { return q.s; });
   const char* names[2] = {"kv.k", "kv.v"};
-  const tensor_view<const float>* pools[2] = {&kv.k, &kv.v};
+  const tensor_view<const T>* pools[2] = {&kv.k, &kv.v};
   for (int t = 0; t < 2; ++t) {
-    const tensor_view<const float>& p = *pools[t];
+    const tensor_view<const T>& p = *pools[t];
     for (index_t ib = 0; ib < q.b; ++ib)
       for (index_t j = 0; j < kv.lengths[static_cast<std::size_t>(ib)]; ++j) {
         const index_t page = kv.page_table[static_cast<std::size_t>(ib * kv.max_pages + j / p.s)];
         for (index_t g = 0; g < p.h; ++g)
           for (index_t c = 0; c < p.d; ++c)
-            if (!std::isfinite(p(page, j % p.s, g, c)))
+            if (!std::isfinite(to_float(p(page, j % p.s, g, c))))
               fail(where, ": ", names[t], "[page ", page, ", slot ", j % p.s, ", ", g, ", ", c, "] = ",
-                   p(page, j % p.s, g, c), " (sequence ", ib, ", key ", j,
+                   to_float(p(page, j % p.s, g, c)), " (sequence ", ib, ", key ", j,
                    "): options.check_finite is set and every input element the call reads must be finite");
       }
   }
 }
 
 /// The core on a validated paged call, on target `on` (core::target_of's result).
-template <class On>
-void run_paged(On on, const tensor_view<const float>& q, const paged_kv& kv, const tensor_view<float>& o,
+template <class On, class T>
+void run_paged(On on, const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const tensor_view<float>& o,
                const head_map& map, const attention_options& opt) {
   const std::vector<index_t> lengths = to_indices(kv.lengths);
   index_t longest = 0;
@@ -116,9 +118,10 @@ void run_paged(On on, const tensor_view<const float>& q, const paged_kv& kv, con
 /// i of sequence b sees keys j <= i + (lengths[b] − sq)), except options.kv_lengths, which must be empty.
 /// Prefill (sq > 1) and decode (sq = 1, split KV included) run the same core as attend.
 /// Throws gqa::invalid_argument before any work for a bad view, extent, table size, page id (of a page a
-/// sequence reads), length, option or overlap.
-template <class Isa = isa::dispatch>
-void attend(tensor_view<const float> q, const paged_kv& kv, tensor_view<float> o, const head_map& map,
+/// sequence reads), length, option or overlap. Pages of bf16 or f16 (basic_paged_kv<bf16>, <f16>) are
+/// read as attend() reads 16-bit K/V (Note [16-bit K/V]).
+template <class Isa = isa::dispatch, class T>
+void attend(tensor_view<const float> q, const basic_paged_kv<T>& kv, tensor_view<float> o, const head_map& map,
             const attention_options& opt = {}) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
   constexpr const char* where = "gqa::attend(paged)";
@@ -139,12 +142,17 @@ void attend(tensor_view<const float> q, const paged_kv& kv, tensor_view<float> o
 
 /// A policy's call (gqa::forward) on a paged KV cache; see Note [policies on a paged cache]. Throws
 /// gqa::invalid_argument for a policy whose plan reads the keys (KDGQA, DGQA), and as attend(paged) does.
-template <class Isa = isa::dispatch, class P>
-  requires attention_policy<std::remove_reference_t<P>>
-void forward(P&& policy, tensor_view<const float> q, const paged_kv& kv, tensor_view<float> o,
+/// 16-bit pages as for attend(paged); WGQA's prepare() makes float pools (it computes in fp32).
+template <class Isa = isa::dispatch, class P, class T>
+  requires attention_policy<std::remove_reference_t<P>, T>
+void forward(P&& policy, tensor_view<const float> q, const basic_paged_kv<T>& kv, tensor_view<float> o,
              const attention_options& opt = {}) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
+  static_assert((policy_with_check<Policy, T> || !policy_with_check<Policy>) &&
+                    (policy_with_prepare<Policy, T> || !policy_with_prepare<Policy>),
+                "gqa::forward: this policy's check()/prepare() takes float K/V only; make it a template over the "
+                "element type to run it on 16-bit K/V");
   constexpr const char* where = "gqa::forward(paged)";
   if constexpr (policy_plans_from_keys<std::remove_cv_t<Policy>>)
     detail::fail(where, ": policy = ", std::remove_cv_t<Policy>::name,
@@ -154,18 +162,21 @@ void forward(P&& policy, tensor_view<const float> q, const paged_kv& kv, tensor_
   detail::check_paged(q, kv, o, opt, where);
   const auto on = detail::core::target_of<Isa>(opt);  // before the policy's own work
   detail::check_finite_paged(q, kv, opt, where);
-  if constexpr (policy_with_check<Policy>) p.check(q, kv.k, kv.v, o);
-  paged_kv call = kv;
-  if constexpr (policy_with_prepare<Policy>) {
+  if constexpr (policy_with_check<Policy, T>) p.check(q, kv.k, kv.v, o);
+  auto run = [&](const auto& call) {
+    const head_map map = p.plan(q, call.k);
+    detail::check_map(map, q, call.k, where);
+    detail::run_paged(on, q, call, o, map, opt);
+    detail::finish(p, o, map, executor_of(opt));
+  };
+  if constexpr (policy_with_prepare<Policy, T>) {
     const kv_views pools = p.prepare(kv.k, kv.v);
-    call.k = pools.k;
-    call.v = pools.v;
+    const paged_kv call{pools.k, pools.v, kv.page_table, kv.max_pages, kv.lengths};
     detail::check_paged(q, call, o, opt, where);
+    run(call);
+  } else {
+    run(kv);
   }
-  const head_map map = p.plan(q, call.k);
-  detail::check_map(map, q, call.k, where);
-  detail::run_paged(on, q, call, o, map, opt);
-  detail::finish(p, o, map, executor_of(opt));
 }
 
 GQA_END_NAMESPACE

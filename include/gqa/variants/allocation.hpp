@@ -17,6 +17,7 @@
 #include "../config.hpp"
 #include "../errors.hpp"
 #include "../random.hpp"
+#include "../numeric.hpp"
 #include "../tensor.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -113,8 +114,10 @@ struct allocation_result {
 /// the batch), accumulated in double in a fixed order (Note [key norm order]: identical bits for any
 /// ISA or thread count).
 /// Every key position of the view counts, including padding past an attention call's kv_lengths.
+/// T: float, bf16 or f16 (each element widened exactly: a 16-bit K's norms are those of its floats).
 /// Throws gqa::invalid_argument for a null or empty view.
-inline std::vector<double> key_norms(const tensor_view<const float>& k) {
+template <class T>
+std::vector<double> key_norms(const tensor_view<T>& k) {
   detail::check_view(k, "k", "gqa::key_norms", /*unit_stride_d=*/false);
   // Note [key norm order]
   // Each (b, g) sum of squares is kept in 16 double lanes: lane l takes channels c with c % 16 == l of
@@ -133,18 +136,18 @@ inline std::vector<double> key_norms(const tensor_view<const float>& k) {
     // Token-major walk: a BSHD cache is read in address order.
     for (index_t is = 0; is < k.s; ++is)
       for (index_t g = 0; g < k.h; ++g) {
-        const float* row = k.row(ib, is, g);
+        const T* row = k.row(ib, is, g);
         const index_t sd = k.stride_d;
         double acc[lanes];
         std::copy_n(sum_sq.begin() + g * lanes, lanes, acc);
         auto add_squares = [&](auto stride) {  // stride: 1 (a constant, so the loop vectorises) or sd
           for (index_t c0 = 0; c0 < dfull; c0 += lanes)
             for (index_t l = 0; l < lanes; ++l) {
-              const double x = static_cast<double>(row[(c0 + l) * stride]);
+              const double x = static_cast<double>(to_float(row[(c0 + l) * stride]));
               acc[l] += x * x;
             }
           for (index_t l = 0; l < k.d - dfull; ++l) {
-            const double x = static_cast<double>(row[(dfull + l) * stride]);
+            const double x = static_cast<double>(to_float(row[(dfull + l) * stride]));
             acc[l] += x * x;
           }
         };

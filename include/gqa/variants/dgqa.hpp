@@ -177,7 +177,8 @@ class dgqa_policy {
 
   /// k.h <= q.h; state.cache and state.splits have k.h entries; splits is an allocation of q.h heads;
   /// cache entries are >= 0 and not NaN; a step is set in train mode.
-  void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
+  template <class K, class V>
+  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
              const tensor_view<float>&) const {
     check_call(q.h, k.h);
   }
@@ -186,7 +187,8 @@ class dgqa_policy {
   static constexpr bool plans_from_keys = true;
 
   /// This call's map, per the class comment; updates the caller's state as described there.
-  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) {
+  template <class K>
+  head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) {
     check_call(q.h, k.h);
     dgqa_state& st = *state_;
     const bool train = mode_ == dgqa_mode::train;

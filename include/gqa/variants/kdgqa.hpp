@@ -170,7 +170,8 @@ class kdgqa_policy {
   }
 
   /// k.h <= q.h and min_per_kv · k.h <= q.h.
-  void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
+  template <class K, class V>
+  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
              const tensor_view<float>&) const {
     check_heads(q.h, k.h);
   }
@@ -178,7 +179,8 @@ class kdgqa_policy {
   /// The allocation for this call's keys (see kdgqa_allocate); last() keeps it.
   /// plan() reads the key norms of K (a dense K: policy_plans_from_keys).
   static constexpr bool plans_from_keys = true;
-  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) {
+  template <class K>
+  head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) {
     check_heads(q.h, k.h);
     const std::vector<double> norms = key_norms(k);
     allocation_result r;

@@ -60,7 +60,7 @@ struct task {
   index_t ib, g0, g1, q0, q1, chunk;
 };
 
-template <class Isa, class Lay = dense_layout>
+template <class Isa, class Lay = dense_layout<>>
 struct kernel {
   using problem = core::problem<Lay>;
   using V = isa::vec<Isa>;
@@ -163,8 +163,8 @@ struct kernel {
   /// Row pointers of one block's keys, on the stack: needed only when rows are listed (paged).
   struct no_row_pointers {};
   struct row_pointers {
-    const float* k[max_block];
-    const float* v[max_block];
+    const typename Lay::kv_type* k[max_block];
+    const typename Lay::kv_type* v[max_block];
   };
   using block_pointers = std::conditional_t<Lay::paged, row_pointers, no_row_pointers>;
 
@@ -443,9 +443,9 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   });
 }
 
-/// The core on 4-D views (gqa::attend): dense_layout.
-template <class Isa>
-void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v, tensor_view<float> o,
+/// The core on 4-D views (gqa::attend): dense_layout. KV: K/V's element type (Note [16-bit K/V]).
+template <class Isa, class KV>
+void forward(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v, tensor_view<float> o,
              const head_map& map, const attention_options& opt) {
   const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
   forward_layout<Isa>(dense_layout{q, k, v, o, kv_lengths}, q.b, q.s, k.s, q.d, v.d, map, opt);
@@ -454,8 +454,8 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
 /// The core on a validated paged cache (gqa/paged.hpp): paged_layout over pools k, v (num_pages,
 /// page_size, hkv, d), `table` [b][max_pages] and per-sequence `lengths`, the longest being `longest`.
 /// The layout is built here, in the target's own namespace (Note [per-target kernels]).
-template <class Isa>
-void forward_paged(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+template <class Isa, class KV>
+void forward_paged(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                    tensor_view<float> o, const std::int32_t* table, index_t max_pages,
                    std::span<const index_t> lengths, index_t longest, const head_map& map,
                    const attention_options& opt) {
@@ -464,8 +464,8 @@ void forward_paged(tensor_view<const float> q, tensor_view<const float> k, tenso
 
 /// The core on a validated ragged batch (gqa/varlen.hpp): ragged_layout over the packed views with the
 /// b + 1 offsets cu_q, cu_k; sq and skv are the longest sequence's query and key counts.
-template <class Isa>
-void forward_ragged(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+template <class Isa, class KV>
+void forward_ragged(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                     tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq,
                     index_t skv, const head_map& map, const attention_options& opt) {
   const auto b = static_cast<index_t>(cu_q.size()) - 1;

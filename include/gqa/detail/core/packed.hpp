@@ -6,6 +6,7 @@
 #define GQA_DETAIL_CORE_PACKED_HPP
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../../isa/vec.hpp"
 #include "common.hpp"
@@ -24,15 +25,24 @@ struct packed {
   /// Keys per packed slice of Kᵀ: the columns of one tile.
   static constexpr index_t cols = static_cast<index_t>(NR) * L;
 
-  /// kp = Kᵀ of the nb keys of row source `k` (key j at k(j), d floats; Note [key runs]) in slices of
+  /// dst[0 .. n) = the n elements at src (float, bf16 or f16) as floats, widened a vector at a time.
+  template <class T>
+  static GQA_FORCEINLINE void widen(const T* src, index_t n, float* dst) noexcept {
+    index_t c = 0;
+    for (; c + L <= n; c += L) V::store(dst + c, V::load(src + c));
+    if (c < n) V::store_partial(dst + c, V::load_partial(src + c, static_cast<int>(n - c)), static_cast<int>(n - c));
+  }
+
+  /// kp = Kᵀ of the nb keys of row source `k` (key j at k(j), d elements; Note [key runs]) in slices of
   /// `cols` keys: slice n is [d][w_n] with w_n its width (the last may be narrower); keys nb .. nbp − 1
-  /// are zero.
+  /// are zero. 16-bit rows are widened to float here (Note [16-bit K/V]).
   template <class Rows>
   static void pack_k(const Rows& k, index_t d, index_t nb, index_t nbp, float* kp) noexcept {
     // Columns of 8 at a time, keys inner: each K row is read 32 bytes at a time and the 8 destination
     // rows are written sequentially, so both sides stay on a few cache lines (a plain scatter of every
     // key's d values across d destination lines made packing cost more than the tile's math).
     constexpr index_t CB = 8;
+    using E = typename Rows::element;
     for (index_t s0 = 0; s0 < nbp; s0 += cols) {
       const index_t w = std::min(cols, nbp - s0);
       const index_t wv = std::min(w, nb - s0);  // keys with data; the rest of the slice is zero padding
@@ -40,9 +50,15 @@ struct packed {
       for (index_t c0 = 0; c0 < d; c0 += CB) {
         const index_t cn = std::min(CB, d - c0);
         for (index_t j = 0; j < wv; ++j) {
-          const float* src = k(s0 + j) + c0;
+          const E* src = k(s0 + j) + c0;
           float* dst = slice + c0 * w + j;
-          for (index_t c = 0; c < cn; ++c) dst[c * w] = src[c];
+          if constexpr (std::is_same_v<E, float>) {
+            for (index_t c = 0; c < cn; ++c) dst[c * w] = src[c];
+          } else {
+            float wide[CB];
+            widen(src, cn, wide);
+            for (index_t c = 0; c < cn; ++c) dst[c * w] = wide[c];
+          }
         }
         for (index_t j = wv; j < w; ++j)
           for (index_t c = 0; c < cn; ++c) slice[(c0 + c) * w + j] = 0.0f;
@@ -50,13 +66,17 @@ struct packed {
     }
   }
 
-  /// vp rows j < nb: the value row v(j) (dv floats), padded with zeros to dvp.
+  /// vp rows j < nb: the value row v(j) (dv elements, widened to float), padded with zeros to dvp.
   template <class Rows>
   static void pack_v(const Rows& v, index_t dv, index_t nb, index_t dvp, float* vp) noexcept {
     for (index_t j = 0; j < nb; ++j) {
-      const float* src = v(j);
+      const auto* src = v(j);
       float* dst = vp + j * dvp;
-      std::copy(src, src + dv, dst);
+      if constexpr (std::is_same_v<typename Rows::element, float>) {
+        std::copy(src, src + dv, dst);
+      } else {
+        widen(src, dv, dst);
+      }
       std::fill(dst + dv, dst + dvp, 0.0f);
     }
   }

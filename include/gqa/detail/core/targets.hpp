@@ -100,44 +100,48 @@ auto target_of(const attention_options& opt) {
   static_cast<void>(on);                     \
   return fn<isa::native>(__VA_ARGS__);
 
+// The forward entry points are templates over K/V's element type KV (float, bf16, f16; Note [16-bit
+// K/V]): a TU instantiates the 16-bit cores, in every per-target copy, only if it calls them.
+
 /// The forward core on `on` (target_of's result).
-template <class Isa>
-void forward_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+template <class Isa, class KV>
+void forward_on(Isa, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                 tensor_view<float> o, const head_map& map, const attention_options& opt) {
   forward<Isa>(q, k, v, o, map, opt);
 }
-inline void forward_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
-                       tensor_view<const float> v, tensor_view<float> o, const head_map& map,
-                       const attention_options& opt) {
+template <class KV>
+void forward_on(named_target on, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                tensor_view<float> o, const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, forward, q, k, v, o, map, opt)
 }
 
 /// The paged forward core (forward_paged) on `on`.
-template <class Isa>
-void forward_paged_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+template <class Isa, class KV>
+void forward_paged_on(Isa, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                       tensor_view<float> o, const std::int32_t* table, index_t max_pages,
                       std::span<const index_t> lengths, index_t longest, const head_map& map,
                       const attention_options& opt) {
   forward_paged<Isa>(q, k, v, o, table, max_pages, lengths, longest, map, opt);
 }
-inline void forward_paged_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
-                             tensor_view<const float> v, tensor_view<float> o, const std::int32_t* table,
-                             index_t max_pages, std::span<const index_t> lengths, index_t longest,
-                             const head_map& map, const attention_options& opt) {
+template <class KV>
+void forward_paged_on(named_target on, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                      tensor_view<float> o, const std::int32_t* table, index_t max_pages,
+                      std::span<const index_t> lengths, index_t longest, const head_map& map,
+                      const attention_options& opt) {
   GQA_CORE_ON(on, forward_paged, q, k, v, o, table, max_pages, lengths, longest, map, opt)
 }
 
 /// The ragged forward core (forward_ragged) on `on`.
-template <class Isa>
-void forward_ragged_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+template <class Isa, class KV>
+void forward_ragged_on(Isa, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                        tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k,
                        index_t sq, index_t skv, const head_map& map, const attention_options& opt) {
   forward_ragged<Isa>(q, k, v, o, cu_q, cu_k, sq, skv, map, opt);
 }
-inline void forward_ragged_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
-                              tensor_view<const float> v, tensor_view<float> o, std::span<const index_t> cu_q,
-                              std::span<const index_t> cu_k, index_t sq, index_t skv, const head_map& map,
-                              const attention_options& opt) {
+template <class KV>
+void forward_ragged_on(named_target on, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                       tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq,
+                       index_t skv, const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, forward_ragged, q, k, v, o, cu_q, cu_k, sq, skv, map, opt)
 }
 
