@@ -74,12 +74,14 @@ struct kernel {
                 "isa::vec<Isa>::tile_shape: see Note [tile shape]");
 
   /// A task's scratch, in floats from the thread's scratch (every array 64-byte aligned): packed Q, the
-  /// packed K/V block, the scores, and the rows' state. bk: block_kv rounded to whole tiles and whole
-  /// direct-path key steps; dvp: d_v rounded to the vector width. total = -1 if the scratch would hold
-  /// more than max_elements<float> floats (Note [scratch size]).
+  /// packed K/V block, the scores, and the rows' state; with 16-bit K/V also the block's K rows widened
+  /// before packing (kw; empty for float K/V). bk: block_kv rounded to whole tiles and whole direct-path
+  /// key steps; dvp: d_v rounded to the vector width. total = -1 if the scratch would hold more than
+  /// max_elements<float> floats (Note [scratch size]).
   struct layout {
-    index_t dvp, bk, qp, kp, vp, s, o, m, l, total;
+    index_t dvp, bk, qp, kp, vp, s, o, m, l, kw, total;
   };
+  static constexpr bool widens_kv = !std::is_same_v<typename Lay::kv_type, float>;
 
   // Note [scratch size]
   // The arrays' sizes are products of user extents (rows · d, bk · d, ...). Each factor is bounded by a
@@ -107,6 +109,7 @@ struct kernel {
     s.o = carve(rows, s.dvp);
     s.m = carve(rows, 1);
     s.l = carve(rows, 1);
+    s.kw = carve(widens_kv ? s.bk : 0, d);
     s.total = fits ? off : -1;
     return s;
   }
@@ -264,7 +267,7 @@ struct kernel {
         if (direct_path && !key_major) {
           direct<Isa>::scores(kb, d, nb, qp + r0 * d, grow, srow0, lay.bk);
         } else if (!direct_path) {
-          tiled::pack_k(kb, d, nb, nbp, kp);
+          tiled::pack_k(kb, d, nb, nbp, kp, ws + lay.kw);
           tiled::pack_v(vb, dv, nb, lay.dvp, vp);
           tiled::scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk);
         }

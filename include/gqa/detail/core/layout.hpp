@@ -37,10 +37,11 @@ namespace detail::core {
 // K and V may be stored as float, bf16 or f16 (gqa/numeric.hpp): the layouts carry the element type
 // (kv_type), and every read of a K/V row goes through one of two places, so the rest of the core (the
 // scores, the online softmax, the P·V accumulators, the LSE) is fp32 whatever the storage:
-//   * packing (tiled path, prefill): packed::pack_k/pack_v widen while they copy the block into the
-//     task's fp32 scratch, a vector at a time (isa::vec's widening loads). The register tile then runs on
-//     the packed floats exactly as before: the inner kernels do not know the storage type. Packing is
-//     O(block · d) per task against the tile's O(rows · block · d), so converting there is nearly free.
+//   * packing (tiled path, prefill): packed::pack_v widens while it copies the block into the task's fp32
+//     scratch, pack_k widens the block's K rows into a staging area and transposes from there, a vector
+//     at a time (isa::vec's widening loads). The register tile then runs on the packed floats exactly as
+//     before: the inner kernels do not know the storage type. Packing is O(block · d) per task against
+//     the tile's O(rows · block · d), so converting there is nearly free.
 //   * in place (direct path, decode): dot::partials loads K rows and the tile loads V rows (its B operand,
 //     strided_b<T>/listed_b<T>) with the widening loads, so decode reads 2 bytes per element from memory,
 //     which is what a bandwidth-bound decode gains from 16-bit storage.
