@@ -18,6 +18,7 @@
 #include <limits>
 #include <numeric>
 #include <optional>
+#include <source_location>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -29,6 +30,7 @@
 #include <gqa/varlen.hpp>
 #include <gqa/variants.hpp>
 
+#include "support/expect.hpp"
 #include "support/isa_suite.hpp"
 #include "support/tolerance.hpp"
 
@@ -115,6 +117,22 @@ struct cache_case {
   }
 };
 
+/// A cache_case's shape and window, for the tests that run each mask combination on a list of them.
+struct cache_shape {
+  index_t b, sq, hq, hkv, d, dv, cap;
+  std::vector<index_t> lengths;
+  bool causal;
+  index_t left, right;  // the window (mask_combo)
+
+  cache_case with(int combo, std::uint64_t seed) const {
+    cache_case c;
+    c.b = b, c.sq = sq, c.hq = hq, c.hkv = hkv, c.d = d, c.dv = dv, c.cap = cap, c.lengths = lengths, c.causal = causal;
+    c.seed = seed;
+    c.mods = mask_combo(combo, hq, left, right);
+    return c;
+  }
+};
+
 /// The case's tensors: q [b][sq][hq][d], dense k/v [b][cap][hkv][d] (NaN past each length).
 struct cache_data {
   std::vector<float> q, k, v;
@@ -165,6 +183,15 @@ struct wider_cache {
   gqa::tensor_view<const float> kv(const cache_case& c) const { return gqa::bshd(k.data(), c.b, c.cap, c.hkv, c.d, cap); }
   gqa::tensor_view<const float> vv(const cache_case& c) const { return gqa::bshd(v.data(), c.b, c.cap, c.hkv, c.dv, cap); }
 };
+
+/// call() throws gqa::invalid_argument naming `want` (support/expect.hpp) before any work: o, NaN before the
+/// call, is NaN after it.
+template <class F>
+void expect_rejected_untouched(F&& call, const std::vector<float>& o, const std::string& want,
+                               std::source_location where = std::source_location::current()) {
+  gqa::test::expect_invalid(call, want, where);
+  EXPECT_TRUE(std::all_of(o.begin(), o.end(), [](float x) { return std::isnan(x); })) << "o written; wanted: " << want;
+}
 
 /// `out` against the reference on the dense cache with the case's lengths: Note [attention tolerance], rows
 /// with no visible key +0 with LSE −inf, every other value finite.
@@ -419,12 +446,7 @@ TYPED_TEST_P(kv_cache_suite, paged_every_variant) {
       gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<TypeParam>(p, in.qv(c), pc.view(c), paged.view(c), opt); });
     };
     if constexpr (gqa::policy_plans_from_keys<P>) {
-      try {
-        call_paged();
-        ADD_FAILURE() << "a policy whose plan reads the keys ran on a paged cache";
-      } catch (const gqa::invalid_argument& e) {
-        EXPECT_NE(std::string(e.what()).find(std::string(P::name)), std::string::npos) << e.what();
-      }
+      gqa::test::expect_invalid(call_paged, std::string(P::name));  // a plan that reads the keys
     } else {
       call_paged();
       gqa::attention_options dopt = opt;
@@ -451,13 +473,7 @@ TYPED_TEST_P(kv_cache_suite, paged_errors) {
     std::vector<index_t> lengths = c.lengths;
     kv.lengths = lengths;
     tweak(kv, opt);
-    try {
-      gqa::attend<TypeParam>(in.qv(c), kv, out.view(c), c.map(), opt);
-      ADD_FAILURE() << "accepted; wanted: " << want;
-    } catch (const gqa::invalid_argument& e) {
-      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-    }
-    EXPECT_TRUE(std::all_of(out.o.begin(), out.o.end(), [](float x) { return std::isnan(x); })) << "o written";
+    expect_rejected_untouched([&] { gqa::attend<TypeParam>(in.qv(c), kv, out.view(c), c.map(), opt); }, out.o, want);
   };
   std::vector<std::int32_t> bad_table = pc.table;
   bad_table[1] = static_cast<std::int32_t>(pc.num_pages);  // sequence 0's second page
@@ -646,12 +662,7 @@ TYPED_TEST_P(kv_cache_suite, ragged_every_variant) {
       });
     };
     if constexpr (gqa::policy_plans_from_keys<P> || gqa::policy_with_finish<P> || gqa::policy_with_finish_executor<P>) {
-      try {
-        call();
-        ADD_FAILURE() << "ran on a ragged batch";
-      } catch (const gqa::invalid_argument& e) {
-        EXPECT_NE(std::string(e.what()).find(std::string(P::name)), std::string::npos) << e.what();
-      }
+      gqa::test::expect_invalid(call, std::string(P::name));
     } else {
       call();
       for (std::size_t i = 0; i < nq.size(); ++i) {
@@ -681,14 +692,13 @@ TYPED_TEST_P(kv_cache_suite, ragged_errors) {
   const auto expect_rejects = [&](std::vector<long> cu_q, std::vector<long> cu_k, const std::string& want,
                                   gqa::attention_options opt = {}) {
     std::vector<float> o(static_cast<std::size_t>(tq * hq * d), k_nan);
-    try {
-      gqa::attend<TypeParam>(gqa::thd(qd.data(), tq, hq, d), gqa::thd(kd.data(), tk, hkv, d), gqa::thd(kd.data(), tk, hkv, d),
-                             gqa::thd(o.data(), tq, hq, d), map, gqa::varlen{cu_q, cu_k}, opt);
-      ADD_FAILURE() << "accepted; wanted: " << want;
-    } catch (const gqa::invalid_argument& e) {
-      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-    }
-    EXPECT_TRUE(std::all_of(o.begin(), o.end(), [](float x) { return std::isnan(x); })) << "o written";
+    expect_rejected_untouched(
+        [&] {
+          gqa::attend<TypeParam>(gqa::thd(qd.data(), tq, hq, d), gqa::thd(kd.data(), tk, hkv, d),
+                                 gqa::thd(kd.data(), tk, hkv, d), gqa::thd(o.data(), tq, hq, d), map,
+                                 gqa::varlen{cu_q, cu_k}, opt);
+        },
+        o, want);
   };
   expect_rejects({0, 2, 6}, {0, 4}, "seqs.cu_seqlens_k.size() = 2");
   expect_rejects({1, 2, 6}, {0, 4, 9}, "seqs.cu_seqlens_q[0] = 1");
@@ -716,25 +726,16 @@ TYPED_TEST_P(kv_cache_suite, ragged_errors) {
 // prefill (causal and not, more queries than a sequence's keys), lengths 0 and 1, d not a multiple of the
 // vector width.
 TYPED_TEST_P(kv_cache_suite, masks_with_capacity_views) {
-  struct shape {
-    index_t b, sq, hq, hkv, d, dv, cap;
-    std::vector<index_t> lengths;
-    bool causal;
-    index_t left, right;
-  };
-  const shape shapes[] = {
+  const cache_shape shapes[] = {
       {3, 1, 8, 2, 19, 19, 64, {50, 1, 0}, false, 7, -1},         // decode; one sequence of one key, one empty
       {2, 37, 6, 3, 40, 24, 120, {120, 45}, true, 20, 3},         // prefill, causal bottom-right
       {2, 9, 4, 1, 5, 7, 130, {5, 130}, false, 4, 2},             // sq > a length; both window sides
       {1, 2, 32, 1, 32, 33, 150, {149}, true, 60, -1},            // a tiled group (G = 32 at 2 positions)
   };
   std::uint64_t seed = 40;
-  for (const shape& s : shapes)
+  for (const cache_shape& s : shapes)
     for (int combo = 0; combo < k_mask_combos; ++combo) {
-      cache_case c;
-      c.b = s.b, c.sq = s.sq, c.hq = s.hq, c.hkv = s.hkv, c.d = s.d, c.dv = s.dv, c.cap = s.cap, c.lengths = s.lengths;
-      c.causal = s.causal, c.seed = seed++;
-      c.mods = mask_combo(combo, c.hq, s.left, s.right);
+      const cache_case c = s.with(combo, seed++);
       const cache_data in(c);
       const output base = run_dense<TypeParam>(c, in);
       expect_matches_reference(c, in, base);
@@ -894,25 +895,16 @@ void compare_poisoned(poisoned_rows& n, index_t nq, index_t len, index_t hq, ind
 // The window alone and with softcap, sinks and ALiBi; decode (split KV included) and prefill; the dense
 // view with a capacity, the paged cache and the ragged batch.
 TYPED_TEST_P(kv_cache_suite, nonfinite_keys_behind_windows_and_pages_never_leak) {
-  struct shape {
-    index_t b, sq, hq, hkv, d, dv, cap;
-    std::vector<index_t> lengths;
-    bool causal;
-    index_t left, right;
-  };
-  const shape shapes[] = {
+  const cache_shape shapes[] = {
       {3, 1, 8, 2, 19, 19, 300, {300, 1, 129}, false, 40, -1},  // decode
       {2, 37, 6, 3, 40, 24, 203, {203, 70}, true, 20, 5},       // prefill, causal
       {1, 9, 4, 2, 21, 21, 90, {77}, false, 6, 3},              // prefill, both window sides
       {1, 1, 8, 2, 16, 16, gqa::test::reduced ? 2100 : 4500, {gqa::test::reduced ? 2097 : 4497}, true, 700, -1},  // split KV
   };
   std::uint64_t seed = 80;
-  for (const shape& s : shapes)
+  for (const cache_shape& s : shapes)
     for (const int combo : {1, 5}) {
-      cache_case c;
-      c.b = s.b, c.sq = s.sq, c.hq = s.hq, c.hkv = s.hkv, c.d = s.d, c.dv = s.dv, c.cap = s.cap, c.lengths = s.lengths;
-      c.causal = s.causal, c.seed = seed++;
-      c.mods = mask_combo(combo, c.hq, s.left, s.right);
+      const cache_case c = s.with(combo, seed++);
       SCOPED_TRACE(c.describe());
       const gqa::reference::modifiers m = c.mods.reference();
       const cache_data in(c);
