@@ -18,13 +18,15 @@ struct shape {
   std::int64_t b = 1, hq = 1, hkv = 1, d = 1, sq = 1, skv = 1;
   bool causal = false;
   int threads = 1;
+  std::int64_t window_left = -1;  // attention_options::window_left; >= 0 adds "_w<n>" to the name
 };
 
 /// "B1_Hq32_Hkv8_D128_Sq2048_Skv2048_full_T1".
 std::string shape_name(const shape& s);
 /// The same without the "_T<threads>" suffix (identifies the shape regardless of threads).
 std::string shape_key(const shape& s);
-/// 4·B·Hq·Sq·Skv·D, halved when causal (the same formula for decode).
+/// 4·B·Hq·Sq·Skv·D, halved when causal (the same formula for decode); with a window, 4·B·Hq·D times the
+/// (query, key) pairs the window and mask leave visible.
 double flops(const shape& s);
 /// K/V bytes one pass reads: B·Hkv·Skv·(D_qk + D_v)·4.
 double kv_bytes(const shape& s);
@@ -43,7 +45,8 @@ shape variant_shape(std::string_view variant, shape model);
 /// prepare() combines them into G; the core's hkv for the others).
 std::int64_t input_kv_heads(std::string_view variant, const shape& model);
 
-/// One benchmark to register. kind: "variant" (variant = a registered name), "eigen" or "reference".
+/// One benchmark to register. kind: "variant" (variant = a registered name), "eigen", "reference" or
+/// "kvcache" (variant = the K/V form: kv_dense, kv_paged16, kv_paged256, kv_ragged; GQA heads).
 struct bench_case {
   std::string kind;     // "variant", "eigen" or "reference"
   std::string variant;  // for kind "variant": a name of gqa::variant_names
@@ -51,7 +54,7 @@ struct bench_case {
   shape s;              // what the core runs (variant_shape(variant, model))
   shape model;          // the layer the variant is built for (the registry's model shape)
   bool backward = false;  // the backward pass (variant: gqa::backward; eigen: its GEMM backward)
-  /// "<variant|eigen|reference>/<isa>/<shape_name>", or "<variant|eigen>/<isa>/<shape_key>_bwd_T<threads>".
+  /// "<variant|eigen|reference|form>/<isa>/<shape_name>", or "<variant|eigen>/<isa>/<shape_key>_bwd_T<threads>".
   std::string name() const;
 };
 /// Every case of ISA `isa`, in registration order: Eigen baselines first (so that the variants' vs_eigen

@@ -34,6 +34,7 @@ std::string shape_key(const shape& s) {
   k += "_Skv";
   k += std::to_string(s.skv);
   k += s.causal ? "_causal" : "_full";
+  if (s.window_left >= 0) k += "_w" + std::to_string(s.window_left);
   return k;
 }
 
@@ -42,7 +43,14 @@ std::string shape_name(const shape& s) { return shape_key(s) + "_T" + std::to_st
 double flops(const shape& s) {
   const double full = 4.0 * static_cast<double>(s.b) * static_cast<double>(s.hq) * static_cast<double>(s.sq) *
                       static_cast<double>(s.skv) * static_cast<double>(s.d);
-  return s.causal ? full / 2 : full;
+  if (s.window_left < 0) return s.causal ? full / 2 : full;
+  double pairs = 0.0;  // visible (query, key) pairs, bottom-right aligned like the core
+  for (std::int64_t i = 0; i < s.sq; ++i) {
+    const std::int64_t p = i + (s.skv - s.sq);
+    const std::int64_t hi = s.causal ? std::min(s.skv, p + 1) : s.skv;
+    pairs += static_cast<double>(std::max<std::int64_t>(0, hi - std::max<std::int64_t>(0, p - s.window_left)));
+  }
+  return full / static_cast<double>(s.sq) / static_cast<double>(s.skv) * pairs;
 }
 
 double kv_bytes(const shape& s) {
@@ -88,7 +96,7 @@ std::int64_t input_kv_heads(std::string_view variant, const shape& model) { retu
 
 std::string bench_case::name() const {
   const std::string shape_part = backward ? shape_key(s) + "_bwd_T" + std::to_string(s.threads) : shape_name(s);
-  return (kind == "variant" ? variant : kind) + "/" + isa + "/" + shape_part;
+  return (kind == "variant" || kind == "kvcache" ? variant : kind) + "/" + isa + "/" + shape_part;
 }
 
 bool eigen_feasible(const shape& s) {
@@ -112,6 +120,10 @@ std::vector<shape> sweep_shapes(std::string_view isa) {
   }
   for (std::int64_t hkv : {32, 16, 8, 4, 2, 1}) out.push_back({1, 32, hkv, 128, 1, 8192, false, 1});
   for (std::int64_t hkv : {32, 16, 8, 4, 2, 1}) out.push_back({1, 32, hkv, 128, 1024, 1024, true, 1});
+  // Sliding window (issue 13): a P2-like shape at S 4096, causal against causal with a 512-key window.
+  if (isa != "scalar")
+    for (int t : {1, 2})
+      for (std::int64_t w : {-1, 512}) out.push_back({1, 32, 8, 128, 4096, 4096, true, t, w});
   return out;
 }
 
@@ -132,6 +144,14 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
         add(var, "variant", std::string(v), variant_shape(v, model), model);
       }
   for (const shape& s : sweep_shapes(isa)) add(var, "variant", "gqa", s, s);
+  // The K/V forms of gqa/paged.hpp and gqa/varlen.hpp against the dense views, on P1, P3 and D1 with the
+  // GQA heads, one thread: kv_dense (gqa::attend on the BSHD buffers), kv_paged16 and kv_paged256 (the same
+  // keys in shuffled pages of 16 and 256 slots), kv_ragged (the same buffers as packed sequences).
+  for (main_shape m : {main_shape::p1, main_shape::p3, main_shape::d1})
+    for (const char* form : {"kv_dense", "kv_paged16", "kv_paged256", "kv_ragged"}) {
+      const shape s = make_main_shape(m, 1);
+      add(var, "kvcache", form, s, s);
+    }
   // The backward (training) of every registered variant on the prefill shapes.
   for (std::string_view v : variants)
     for (main_shape m : {main_shape::p1, main_shape::p2, main_shape::p3})
@@ -140,7 +160,8 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
         add(var, "variant", std::string(v), variant_shape(v, model), model, true);
       }
   for (const bench_case& c : std::vector<bench_case>(var))
-    if (eigen_feasible(c.s)) add(eig, "eigen", "", c.s, c.s, c.backward);
+    if (eigen_feasible(c.s) && c.s.window_left < 0)  // the Eigen baseline has no window
+      add(eig, "eigen", "", c.s, c.s, c.backward);
   if (isa == "scalar") {
     // The naive reference (double, unblocked) only on small shapes: P3 and the small end of the sweeps.
     for (const shape& s : {make_main_shape(main_shape::p3, 1), shape{1, 32, 8, 128, 128, 128, true, 1},

@@ -43,6 +43,8 @@
 #include <benchmark/benchmark.h>
 
 #include <gqa/gqa.hpp>
+#include <gqa/paged.hpp>
+#include <gqa/varlen.hpp>
 #include <gqa/reference/attention.hpp>
 #include <gqa/threading/parallel.hpp>
 
@@ -308,6 +310,7 @@ void run_variant(benchmark::State& st, const bench_case& c) {
   const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, c.model)));
   gqa::attention_options opt;
   opt.causal = s.causal;
+  opt.window_left = s.window_left;
   opt.num_threads = s.threads;
   with_bench_policy(st, c, [&](auto& p) {
     try {
@@ -409,6 +412,67 @@ void run_reference(benchmark::State& st, const bench_case& c) {
 /// The backward cases (bench_backward.hpp, included at the end of this file).
 void run_backward(benchmark::State& st, const bench_case& c);
 
+/// A kvcache case (bench_case::variant names the form): gqa::attend with the uniform GQA map on the dense
+/// BSHD inputs, on the same keys in shuffled pages (page 16 or 256), or on the same buffers as a ragged
+/// batch of s.b sequences. The pages are built once per benchmark, outside the timing.
+void run_kvcache(benchmark::State& st, const bench_case& c) {
+  const shape& s = c.s;
+  const inputs& in = get_inputs(s, s.hkv);
+  const views x = make_views(s, in);
+  const gqa::head_map map = gqa::head_map::uniform(s.hq, s.hkv);
+  gqa::attention_options opt;
+  opt.causal = s.causal;
+  opt.num_threads = s.threads;
+  std::vector<float> pk, pv;
+  std::vector<std::int32_t> table;
+  std::vector<index_t> lengths(static_cast<std::size_t>(s.b), s.skv), cu(static_cast<std::size_t>(s.b) + 1);
+  for (index_t i = 0; i <= s.b; ++i) cu[static_cast<std::size_t>(i)] = i * s.skv;
+  std::vector<index_t> cu_q(static_cast<std::size_t>(s.b) + 1);
+  for (index_t i = 0; i <= s.b; ++i) cu_q[static_cast<std::size_t>(i)] = i * s.sq;
+  gqa::paged_kv kv;
+  const index_t page = c.variant == "kv_paged16" ? 16 : 256;
+  if (c.variant.rfind("kv_paged", 0) == 0) {
+    const index_t per_seq = (s.skv + page - 1) / page, pages = s.b * per_seq, row = s.hkv * s.d;
+    pk.assign(static_cast<std::size_t>(pages * page * row), 0.0f);
+    pv.assign(pk.size(), 0.0f);
+    table.resize(static_cast<std::size_t>(pages));
+    // Page i of the pool holds logical page (i · 7919) mod pages: neighbours in a sequence are far apart.
+    for (index_t i = 0; i < pages; ++i) table[static_cast<std::size_t>((i * 7919) % pages)] = static_cast<std::int32_t>(i);
+    for (index_t ib = 0; ib < s.b; ++ib)
+      for (index_t j = 0; j < s.skv; ++j) {
+        const index_t p = table[static_cast<std::size_t>(ib * per_seq + j / page)];
+        std::copy_n(in.k + (ib * s.skv + j) * row, row, pk.data() + (p * page + j % page) * row);
+        std::copy_n(in.v + (ib * s.skv + j) * row, row, pv.data() + (p * page + j % page) * row);
+      }
+    kv = {gqa::page_pool<const float>(pk.data(), pages, page, s.hkv, s.d),
+          gqa::page_pool<const float>(pv.data(), pages, page, s.hkv, s.d), table, per_seq, lengths};
+  }
+  const auto call = [&] {
+    if (c.variant == "kv_dense") {
+      gqa::attend<Isa>(x.q, x.k, x.v, x.o, map, opt);
+    } else if (c.variant == "kv_ragged") {
+      gqa::attend<Isa>(gqa::thd(in.q, s.b * s.sq, s.hq, s.d), gqa::thd(in.k, s.b * s.skv, s.hkv, s.d),
+                       gqa::thd(in.v, s.b * s.skv, s.hkv, s.d), gqa::thd(in.o, s.b * s.sq, s.hq, s.d), map,
+                       gqa::varlen{cu_q, cu}, opt);
+    } else {
+      gqa::attend<Isa>(x.q, kv, x.o, map, opt);
+    }
+  };
+  try {
+    if (estimated_seconds(isa_name, c.kind, s) < 0.05) call();
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());
+    return;
+  }
+  const double t0 = clock_for(s.threads);
+  for (auto _ : st) {
+    call();
+    benchmark::DoNotOptimize(x.o.data);
+    benchmark::ClobberMemory();
+  }
+  throughput_counters(st, s, (clock_for(s.threads) - t0) / static_cast<double>(st.iterations()));
+}
+
 void run_case(benchmark::State& st, const bench_case& c) {
   skip_if_unsupported(st);
   if (st.error_occurred()) return;
@@ -418,6 +482,8 @@ void run_case(benchmark::State& st, const bench_case& c) {
     run_eigen(st, c);
   } else if (c.kind == "reference") {
     run_reference(st, c);
+  } else if (c.kind == "kvcache") {
+    run_kvcache(st, c);
   } else {
     run_variant(st, c);
   }

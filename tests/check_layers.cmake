@@ -14,7 +14,7 @@ endforeach()
 set(_kernel "gqa/detail/core/,gqa/attention\\.hpp,gqa/variants/policy\\.hpp,gqa/isa/vec")
 set(_rules
   "config.hpp|${_kernel}" "version.hpp|${_kernel}" "errors.hpp|${_kernel}" "tensor.hpp|${_kernel}"
-  "head_map.hpp|${_kernel}" "options.hpp|${_kernel}" "random.hpp|${_kernel}"
+  "head_map.hpp|${_kernel}" "options.hpp|${_kernel}" "integer_span.hpp|${_kernel}" "kv_cache.hpp|${_kernel}" "random.hpp|${_kernel}"
   "threading/executor.hpp|${_kernel},gqa/options\\.hpp" "threading/parallel.hpp|${_kernel},gqa/options\\.hpp"
   "threading/pool.hpp|${_kernel},gqa/options\\.hpp"
   "isa/tags.hpp|${_kernel}" "isa/cpu.hpp|${_kernel}" "isa/select.hpp|${_kernel}" "runtime_info.hpp|${_kernel}"

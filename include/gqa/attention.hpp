@@ -85,6 +85,24 @@ inline void require_outputs_disjoint(std::initializer_list<named_view<float>> ou
   }
 }
 
+/// Throws unless the n bytes at p (an array the call reads: lengths, offsets, a page table) lie outside o and
+/// lse, which the call writes while it reads them. Exact against the contiguous lse, conservative against a
+/// strided o (its whole byte range).
+inline void require_outside_outputs(const void* p, std::size_t n, const char* name, const tensor_view<float>& o,
+                                    std::span<float> lse, const char* where) {
+  if (n == 0) return;
+  const auto lo = reinterpret_cast<std::uintptr_t>(p), hi = lo + n;
+  const offset_range r = offsets(o);
+  const auto ob = reinterpret_cast<std::uintptr_t>(o.data);
+  const auto o_lo = ob - static_cast<std::uintptr_t>(-r.lo) * sizeof(float);
+  const auto o_hi = ob + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(float);
+  if (lo < o_hi && o_lo < hi)
+    fail(where, ": ", name, " (data = ", p, ") overlaps o, which the call writes while it reads ", name);
+  const auto l_lo = reinterpret_cast<std::uintptr_t>(lse.data()), l_hi = l_lo + lse.size_bytes();
+  if (!lse.empty() && lo < l_hi && l_lo < hi)
+    fail(where, ": ", name, " (data = ", p, ") overlaps options.lse, which the call writes while it reads ", name);
+}
+
 /// Outputs never alias: o repeats no element and shares none with q, k, v; options.lse shares none with
 /// q, k, v, o; options.kv_lengths (read while o is written) lies outside o and lse. See Note [exact overlap].
 inline void check_aliasing(const tensor_view<const float>& q, const tensor_view<const float>& k,
@@ -100,21 +118,41 @@ inline void check_aliasing(const tensor_view<const float>& q, const tensor_view<
     require_disjoint(shared_element(lse, v), where, "options.lse", ld, "v");
     require_disjoint(shared_element(lse, tensor_view<const float>(o)), where, "options.lse", ld, "o");
   }
-  if (!opt.kv_lengths.empty()) {
-    // Byte ranges: exact for the contiguous lse and kv_lengths, conservative against a strided o.
-    const auto klo = reinterpret_cast<std::uintptr_t>(opt.kv_lengths.data());
-    const auto khi = klo + opt.kv_lengths.size_bytes();
-    auto hits = [&](std::uintptr_t lo, std::uintptr_t hi) { return lo < khi && klo < hi; };
-    const offset_range r = offsets(o);
-    const auto ob = reinterpret_cast<std::uintptr_t>(o.data);
-    if (hits(ob - static_cast<std::uintptr_t>(-r.lo) * sizeof(float), ob + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(float)))
-      fail(where, ": options.kv_lengths (data = ", static_cast<const void*>(opt.kv_lengths.data()),
-           ") overlaps o, which the call writes while it reads kv_lengths");
-    const auto lb = reinterpret_cast<std::uintptr_t>(opt.lse.data());
-    if (n_lse > 0 && hits(lb, lb + opt.lse.size_bytes()))
-      fail(where, ": options.kv_lengths (data = ", static_cast<const void*>(opt.kv_lengths.data()),
-           ") overlaps options.lse, which the call writes while it reads kv_lengths");
+  require_outside_outputs(opt.kv_lengths.data(), opt.kv_lengths.size_bytes(), "options.kv_lengths", o, opt.lse, where);
+}
+
+/// The mask and score modifiers of the options (window, ...), each on its own.
+inline void check_modifiers(const attention_options& opt, index_t hq, const char* where) {
+  require(opt.window_left >= -1, where, "options.window_left", opt.window_left, "must be >= -1 (-1: unbounded)");
+  require(opt.window_right >= -1, where, "options.window_right", opt.window_right, "must be >= -1 (-1: unbounded)");
+  require(opt.softcap == 0.0f || (opt.softcap >= 1e-30f && opt.softcap <= 1e30f), where, "options.softcap", opt.softcap,
+          "must be 0 (off) or in [1e-30, 1e30]");
+  if (!opt.sinks.empty()) {
+    require(std::cmp_equal(opt.sinks.size(), hq), where, "options.sinks.size()", opt.sinks.size(), "must equal hq = ", hq,
+            " (or 0: no sinks)");
+    for (std::size_t h = 0; h < opt.sinks.size(); ++h)
+      if (!(std::fabs(opt.sinks[h]) <= 1e30f))
+        fail(where, ": options.sinks[", h, "] = ", opt.sinks[h], ": must be finite, at most 1e30 in magnitude");
   }
+  if (!opt.alibi_slopes.empty()) {
+    require(std::cmp_equal(opt.alibi_slopes.size(), hq), where, "options.alibi_slopes.size()", opt.alibi_slopes.size(),
+            "must equal hq = ", hq, " (or 0: no ALiBi)");
+    for (std::size_t h = 0; h < opt.alibi_slopes.size(); ++h)
+      if (!(std::fabs(opt.alibi_slopes[h]) <= 1e30f))
+        fail(where, ": options.alibi_slopes[", h, "] = ", opt.alibi_slopes[h],
+             ": must be finite, at most 1e30 in magnitude");
+  }
+}
+
+/// The backward pass does not support the score modifiers yet: throws naming the first one set.
+inline void require_no_modifiers(const attention_options& opt, const char* where) {
+  constexpr const char* why = "the backward pass supports no sliding window yet (only -1)";
+  require(opt.window_left == -1, where, "options.window_left", opt.window_left, why);
+  require(opt.window_right == -1, where, "options.window_right", opt.window_right, why);
+  require(opt.softcap == 0.0f, where, "options.softcap", opt.softcap, "the backward pass supports no softcap yet (only 0)");
+  require(opt.sinks.empty(), where, "options.sinks.size()", opt.sinks.size(), "the backward pass supports no sinks yet (only 0)");
+  require(opt.alibi_slopes.empty(), where, "options.alibi_slopes.size()", opt.alibi_slopes.size(),
+          "the backward pass supports no ALiBi yet (only 0)");
 }
 
 /// The views' extents against each other and the options (no aliasing); requires views that passed
@@ -138,7 +176,7 @@ inline void check_shapes(const tensor_view<const float>& q, const tensor_view<co
             "must equal batch = ", q.b);
     for (std::size_t i = 0; i < opt.kv_lengths.size(); ++i)
       if (opt.kv_lengths[i] < 0 || opt.kv_lengths[i] > k.s)
-        fail(where, ": options.kv_lengths[", i, "] = ", opt.kv_lengths[i], ": must be in [0, skv = ", k.s, "]");
+        fail(where, ": options.kv_lengths[", i, "] = ", opt.kv_lengths.at(i), ": must be in [0, skv = ", k.s, "]");
   }
   if (!opt.lse.empty()) {
     const index_t need = q.b * q.h * q.s;  // <= q's element count, which check_view bounded
@@ -146,6 +184,7 @@ inline void check_shapes(const tensor_view<const float>& q, const tensor_view<co
             "must equal b*hq*sq = ", need);
   }
   require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+  check_modifiers(opt, q.h, where);
 }
 
 /// The views against each other, the options, and aliasing; requires views that passed check_views.

@@ -57,6 +57,7 @@ inline void validate_backward(const tensor_view<const float>& q, const tensor_vi
   check_view(dk, "dk", where);
   check_view(dv, "dv", where);
   check_shapes(q, k, v, o, opt, where);
+  require_no_modifiers(opt, where);
   require_same_extents(dout, "dout", o, "o", where);
   require_same_extents(dq, "dq", q, "q", where);
   require_same_extents(dk, "dk", k, "k", where);

@@ -16,4 +16,7 @@
 #include "runtime_info.hpp"
 #include "random.hpp"
 #include "variants.hpp"
+#include "kv_cache.hpp"
+#include "paged.hpp"
+#include "varlen.hpp"
 #include "convert.hpp"

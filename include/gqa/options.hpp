@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "config.hpp"
+#include "integer_span.hpp"
 #include "threading/executor.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -18,9 +19,30 @@ struct attention_options {
   /// Causal mask aligned bottom-right (the KV-cache convention): query i (0-based, of sq) sees key j iff
   /// j <= i + (L - sq), where L is the batch's valid KV length. Rows that see no key return zeros.
   bool causal = false;
+  /// Sliding window (FlashAttention's window_size), aligned bottom-right like `causal`: query i sees key j
+  /// only if i + (L - sq) - window_left <= j <= i + (L - sq) + window_right, with L the batch's valid KV
+  /// length. -1 (the default) leaves that side unbounded; causal caps the right side at 0 (causal is
+  /// window_right = 0). Keys outside every row's window are never read; a query costs O(window).
+  index_t window_left = -1;
+  index_t window_right = -1;
+  /// Logit softcap (Gemma 2): each logit s = scale·q·k becomes softcap·tanh(s / softcap) before the
+  /// softmax (and before ALiBi's bias is added). 0 (the default) is off; else finite and > 0.
+  float softcap = 0.0f;
+  /// Attention sinks (gpt-oss; ONNX Runtime's head sinks): per query head h a logit sinks[h] (natural
+  /// log, size hq; empty = none) that joins the softmax's denominator with no value row:
+  /// O = Σ_j e^{s_j} V_j / (e^{sinks[h]} + Σ_j e^{s_j}); the LSE includes it, and a row that sees no key
+  /// is zeros with LSE sinks[h]. Each finite, |sinks[h]| <= 1e30.
+  std::span<const float> sinks;
+  /// ALiBi (FlashAttention's convention, bottom-right): per query head h a slope (size hq; empty = none)
+  /// adding -alibi_slopes[h]·|i + (L - sq) - j| to the logit of query i and key j, after the softcap
+  /// (as FlashAttention, llama.cpp: the bias is not capped). Each finite, |slope| <= 1e30.
+  std::span<const float> alibi_slopes;
   /// Optional per-batch valid KV lengths (size b, each in [0, skv]); keys j >= kv_lengths[b] are
-  /// ignored (right padding). Empty means every batch uses all skv keys.
-  std::span<const index_t> kv_lengths;
+  /// ignored (right padding). Empty means every batch uses all skv keys. Any integer type: a
+  /// std::vector<int>, std::span<const std::int32_t>, std::vector<std::size_t>, ... (integer_span).
+  /// A KV cache allocated for `capacity` positions per sequence: view it with s = capacity
+  /// (bshd(k, b, capacity, hkv, d)) and give each sequence's filled length here.
+  integer_span kv_lengths;
   /// Optional output: natural-log log-sum-exp of each row's scaled scores, laid out [b][hq][sq]
   /// (size b*hq*sq). Fully masked rows get -inf.
   std::span<float> lse;

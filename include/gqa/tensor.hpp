@@ -63,6 +63,27 @@ tensor_view<T> bhsd(T* p, index_t b, index_t h, index_t s, index_t d) noexcept {
   return {p, b, s, h, d, wrapping_mul(wrapping_mul(h, s), d), d, wrapping_mul(s, d), 1};
 }
 
+/// View the first s positions of a KV cache allocated as [b][capacity][h][d] (capacity positions per
+/// sequence, filled to a per-sequence length): the batch stride is capacity·h·d, so batch > 1 needs no
+/// stride by hand. Pass s = capacity (or the longest length) and each sequence's length in
+/// attention_options::kv_lengths. Throws gqa::invalid_argument unless 0 <= s <= capacity.
+template <class T>
+tensor_view<T> bshd(T* p, index_t b, index_t s, index_t h, index_t d, index_t capacity) {
+  detail::require(s >= 0 && s <= capacity, "gqa::bshd", "s", s, "must be in [0, capacity = ", capacity, "]");
+  tensor_view<T> t = bshd(p, b, s, h, d);
+  t.stride_b = detail::wrapping_mul(detail::wrapping_mul(capacity, h), d);
+  return t;
+}
+/// The same for a cache allocated as [b][h][capacity][d]: the first s positions of each (batch, head).
+template <class T>
+tensor_view<T> bhsd(T* p, index_t b, index_t h, index_t s, index_t d, index_t capacity) {
+  detail::require(s >= 0 && s <= capacity, "gqa::bhsd", "s", s, "must be in [0, capacity = ", capacity, "]");
+  tensor_view<T> t = bhsd(p, b, h, s, d);
+  t.stride_b = detail::wrapping_mul(detail::wrapping_mul(h, capacity), d);
+  t.stride_h = detail::wrapping_mul(capacity, d);
+  return t;
+}
+
 namespace detail {
 
 // Note [view sizes]

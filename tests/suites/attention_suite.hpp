@@ -50,6 +50,8 @@ struct attention_case {
   bool causal = false;
   std::vector<index_t> kv_lengths;
   std::optional<float> scale;
+  gqa::reference::modifiers mods;  // window, softcap, sinks, ALiBi (options of the same names)
+  std::vector<float> sinks, slopes;  // what mods.sinks and mods.alibi_slopes view (set by with_heads_options)
   std::vector<index_t> kv_of_q;
   layout lq = layout::bshd, lk = layout::bshd, lv = layout::bshd, lo = layout::bshd;
   float lo_val = -1.0f, hi_val = 1.0f;  // inputs uniform in [lo_val, hi_val)
@@ -71,6 +73,11 @@ struct attention_case {
       os << "}";
     }
     if (scale) os << " scale=" << *scale;
+    if (mods.window_left >= 0 || mods.window_right >= 0)
+      os << " window=(" << mods.window_left << "," << mods.window_right << ")";
+    if (mods.softcap > 0.0) os << " softcap=" << mods.softcap;
+    if (!sinks.empty()) os << " sinks[0]=" << sinks[0];
+    if (!slopes.empty()) os << " alibi_slopes[0]=" << slopes[0];
     if (!kv_of_q.empty()) {
       os << " map={";
       for (std::size_t i = 0; i < kv_of_q.size(); ++i) os << (i ? "," : "") << kv_of_q[i];
@@ -104,6 +111,11 @@ struct prepared {
     opt.causal = c.causal;
     opt.kv_lengths = c.kv_lengths;
     opt.lse = lse;
+    opt.window_left = c.mods.window_left;
+    opt.window_right = c.mods.window_right;
+    opt.softcap = static_cast<float>(c.mods.softcap);
+    opt.sinks = c.mods.sinks;
+    opt.alibi_slopes = c.mods.alibi_slopes;
     return opt;
   }
 
@@ -127,9 +139,9 @@ void check_prepared(const attention_case& c, prepared& p, const std::function<vo
   p.run<Isa>(opt);
 
   const auto ref = gqa::reference::attention(p.q.cview(), p.k.cview(), p.v.cview(), p.map.kv_of_q(),
-                                             c.scale_or_default(), c.causal, c.kv_lengths);
+                                             c.scale_or_default(), c.causal, c.kv_lengths, c.mods);
   const auto naive = gqa::test::naive_fp32(p.q.cview(), p.k.cview(), p.v.cview(), p.map.kv_of_q(),
-                                           static_cast<float>(c.scale_or_default()), c.causal, c.kv_lengths);
+                                           static_cast<float>(c.scale_or_default()), c.causal, c.kv_lengths, c.mods);
 
   double vmax = 0.0;
   for (index_t ib = 0; ib < c.b; ++ib)
@@ -157,7 +169,8 @@ void check_prepared(const attention_case& c, prepared& p, const std::function<vo
           lse_max = std::max(lse_max, std::fabs(want_lse));
         }
         const index_t len = c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
-        const index_t visible = c.causal ? std::clamp<index_t>(i + (len - c.sq) + 1, 0, len) : len;
+        const auto [k_lo, k_hi] = gqa::reference::visible_keys(i, c.sq, len, c.causal, c.mods);
+        const index_t visible = k_hi - k_lo;
         const index_t g = p.map.kv_of(h);
         for (index_t x = 0; x < c.dv; ++x) {
           const float got = p.o.view(ib, i, h, x);
@@ -179,7 +192,8 @@ void check_prepared(const attention_case& c, prepared& p, const std::function<vo
           ++compared;
           if (c.ill_conditioned) {  // a convex combination of the visible values, up to fp32 rounding
             float lo = std::numeric_limits<float>::infinity(), hi = -lo;
-            for (index_t j = 0; j < visible; ++j) {
+            if (!c.mods.sinks.empty()) lo = hi = 0.0f;  // a sink's weight goes to a zero value row
+            for (index_t j = k_lo; j < k_hi; ++j) {
               lo = std::min(lo, p.v.view(ib, j, g, x));
               hi = std::max(hi, p.v.view(ib, j, g, x));
             }
@@ -596,6 +610,151 @@ TYPED_TEST_P(attention_suite, large_magnitude_scores) {
   }
 }
 
+/// The shape of a case of the mask and modifier tests below (d_v = d).
+struct case_shape {
+  index_t b, sq, skv, hq, hkv, d;
+};
+
+/// A case of shape s with seed `seed`, no mask or modifier yet.
+attention_case case_of(const case_shape& s, std::uint64_t seed) {
+  attention_case c;
+  c.b = s.b;
+  c.sq = s.sq;
+  c.skv = s.skv;
+  c.hq = s.hq;
+  c.hkv = s.hkv;
+  c.d = c.dv = s.d;
+  c.seed = seed;
+  return c;
+}
+
+// Sliding windows (FlashAttention's window_size, bottom-right): left-only, right-only, both, windows of 0
+// and 1 and larger than skv, with and without causal, on every path (decode, direct, tiled, split-KV),
+// with padding (kv_lengths) and odd sizes (d not a multiple of the vector width, lengths not a multiple
+// of the block), and bitwise identical for any thread count.
+TYPED_TEST_P(attention_suite, sliding_window) {
+  struct win {
+    index_t left, right;
+  };
+  const win wins[] = {{0, 0}, {1, -1}, {-1, 1}, {5, 3}, {0, -1}, {-1, 0}, {70, -1}, {130, 20}, {1000, 1000}, {64, 0}};
+  struct shape {
+    case_shape s;
+    std::vector<index_t> lengths;
+  };
+  std::vector<shape> shapes = {
+      {{2, 1, 300, 8, 2, 33}, {}},           // decode (direct path, key-major scores)
+      {{1, 3, 200, 8, 1, 17}, {}},           // few positions, direct path
+      {{2, 70, 260, 8, 2, 64}, {260, 131}},  // tiled, padding
+      {{1, 200, 150, 12, 4, 40}, {}},        // sq > skv: early rows see nothing
+      {{1, 1, 1, 1, 1, 5}, {}},              // one key
+  };
+  if (gqa::test::reduced) shapes.erase(shapes.begin() + 3);
+  std::uint64_t seed = 1100;
+  for (const auto& s : shapes)
+    for (std::size_t w = 0; w < std::size(wins); ++w)
+      for (const bool causal : {false, true}) {
+        if (gqa::test::reduced && (w + causal) % 2 != 0) continue;
+        attention_case c = case_of(s.s, seed++);
+        c.kv_lengths = s.lengths;
+        c.causal = causal;
+        c.mods.window_left = wins[w].left;
+        c.mods.window_right = wins[w].right;
+        check_case<TypeParam>(c);
+      }
+  // Split-KV decode (Note [decode split]) with the window inside one chunk, across chunks, and beyond
+  // the padding; deterministic for any thread count.
+  attention_case c = case_of({2, 2, gqa::test::reduced ? 2100 : 4500, 8, 2, 48}, 1190);
+  c.kv_lengths = {c.skv, c.skv / 3 + 5};
+  for (const win w : {win{100, -1}, win{1500, 0}, win{3000, 2}}) {
+    c.mods.window_left = w.left;
+    c.mods.window_right = w.right;
+    check_case<TypeParam>(c);
+    check_deterministic<TypeParam>(c);
+  }
+  // Tiled with a window narrower than a query block and several key blocks per task.
+  c = {};
+  c.sq = c.skv = gqa::test::reduced ? 160 : 520;
+  c.hq = 16;
+  c.hkv = 4;
+  c.d = c.dv = 80;
+  c.causal = true;
+  c.mods.window_left = 37;
+  c.seed = 1195;
+  check_case<TypeParam>(c);
+  check_deterministic<TypeParam>(c);
+}
+
+// Logit softcap (Gemma 2: cap·tanh(s/cap)) on every path, from a cap far above the logits (almost the
+// identity) to one far below (every logit saturated near ±cap), with large logits (scale 10, inputs ±3),
+// composed with causal, a window and padding.
+TYPED_TEST_P(attention_suite, logit_softcap) {
+  std::vector<case_shape> shapes = {
+      {2, 1, 300, 8, 2, 33},   // decode
+      {1, 3, 200, 8, 1, 17},   // direct
+      {1, 70, 260, 8, 2, 64},  // tiled
+  };
+  if (!gqa::test::reduced) shapes.push_back({1, 1, 4500, 8, 2, 24});  // split-KV decode
+  std::uint64_t seed = 1200;
+  for (const auto& s : shapes)
+    for (const double cap : {50.0, 5.0, 1.0, 0.05})
+      for (const bool large : {false, true}) {
+        attention_case c = case_of(s, seed++);
+        c.causal = s.sq > 1;
+        c.mods.softcap = cap;
+        if (large) {
+          c.scale = 10.0f;
+          c.lo_val = -3.0f;
+          c.hi_val = 3.0f;
+          c.mods.window_left = 100;
+          c.kv_lengths.assign(static_cast<std::size_t>(s.b), s.skv - 13);
+        }
+        check_case<TypeParam>(c);
+      }
+}
+
+/// Per-head sinks and ALiBi slopes for c (hq heads), viewed by c.mods.
+void set_sinks_and_slopes(attention_case& c, bool sinks, bool alibi, float sink_base) {
+  c.sinks.clear();
+  c.slopes.clear();
+  for (index_t h = 0; h < c.hq; ++h) {
+    if (sinks) c.sinks.push_back(sink_base + 0.75f * static_cast<float>(h % 5) - 1.0f);
+    if (alibi) c.slopes.push_back(std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(c.hq)));  // FA's
+  }
+  c.mods.sinks = c.sinks;
+  c.mods.alibi_slopes = c.slopes;
+}
+
+// Attention sinks (a per-head logit in the softmax's denominator, no value row) and ALiBi (per-head
+// slopes, bottom-right distances), alone and together, composed with causal, a window, a softcap and
+// padding (rows that see no key: zeros with LSE the sink), on every path including split-KV decode; sinks
+// that dominate the row (+8) and that barely count (-20).
+TYPED_TEST_P(attention_suite, sinks_and_alibi) {
+  std::vector<case_shape> shapes = {
+      {2, 1, 300, 8, 2, 33},   // decode
+      {1, 3, 200, 8, 1, 17},   // direct
+      {1, 70, 260, 8, 2, 64},  // tiled
+      {1, 90, 40, 4, 2, 20},   // sq > skv: early causal rows see nothing
+  };
+  if (!gqa::test::reduced) shapes.push_back({1, 2, 4500, 8, 2, 24});  // split-KV decode
+  std::uint64_t seed = 1300;
+  for (const auto& s : shapes)
+    for (int mode = 0; mode < 6; ++mode) {
+      attention_case c = case_of(s, seed++);
+      c.causal = mode % 2 == 1 || s.sq > s.skv;
+      const bool sinks = mode != 2, alibi = mode >= 2;
+      set_sinks_and_slopes(c, sinks, alibi, mode == 4 ? 8.0f : mode == 5 ? -20.0f : 0.0f);
+      if (mode >= 3) {
+        c.mods.window_left = 50;
+        c.mods.softcap = mode == 3 ? 2.0 : 0.0;
+        c.kv_lengths.assign(static_cast<std::size_t>(s.b), 0);
+        c.kv_lengths.back() = s.skv - 7;  // the first batch elements see nothing
+      }
+      check_case<TypeParam>(c);
+      if (s.sq == 2 && mode == 1) check_deterministic<TypeParam>(c);
+    }
+}
+
 REGISTER_TYPED_TEST_SUITE_P(attention_suite, shapes_match_reference, padded_kv_lengths, fully_masked_rows_are_zero,
                             mla_and_unequal_head_dims, unequal_empty_and_noncontiguous_groups, layouts_and_strides,
-                            split_kv_decode, large_tiles, large_magnitude_scores);
+                            split_kv_decode, large_tiles, large_magnitude_scores, sliding_window, logit_softcap,
+                            sinks_and_alibi);

@@ -213,7 +213,7 @@ TYPED_TEST_P(core_suite, direct_path_reads_k_and_v_in_place) {
         std::copy(kd.begin(), kd.end(), k.data());
         const auto q = data(static_cast<std::size_t>(rows * d), 33);
         std::vector<float> s(static_cast<std::size_t>(rows * lds));
-        DP::scores(k.data(), ks, d, nb, q.data(), rows, s.data(), lds);
+        DP::scores(core::strided_rows{k.data(), ks}, d, nb, q.data(), rows, s.data(), lds);
         for (index_t r = 0; r < rows; ++r)
           for (index_t j = 0; j < nb; ++j) {
             double want = 0.0, mag = 0.0;
@@ -228,7 +228,7 @@ TYPED_TEST_P(core_suite, direct_path_reads_k_and_v_in_place) {
         const auto p = data(static_cast<std::size_t>(rows * lds), 34);
         const auto o0 = data(static_cast<std::size_t>(rows * dvp), 35);
         std::vector<float> o = o0;
-        DP::accumulate_pv(v.data(), vs, dv, nb, p.data(), rows, lds, dvp, o.data());
+        DP::accumulate_pv(core::strided_rows{v.data(), vs}, dv, nb, p.data(), rows, lds, dvp, o.data());
         for (index_t r = 0; r < rows; ++r)
           for (index_t c = 0; c < dvp; ++c) {
             const auto i = static_cast<std::size_t>(r * dvp + c);
@@ -259,8 +259,8 @@ TYPED_TEST_P(core_suite, packing_layout) {
     const index_t nbp = core::round_up(nb, L);
     const auto k = data(static_cast<std::size_t>(nb * ks), 41), v = data(static_cast<std::size_t>(nb * vs), 42);
     std::vector<float> kp(static_cast<std::size_t>(nbp * d), -1.0f), vp(static_cast<std::size_t>(nb * dvp), -1.0f);
-    P::pack_k(k.data(), ks, d, nb, nbp, kp.data());
-    P::pack_v(v.data(), vs, dv, nb, dvp, vp.data());
+    P::pack_k(core::strided_rows{k.data(), ks}, d, nb, nbp, kp.data());
+    P::pack_v(core::strided_rows{v.data(), vs}, dv, nb, dvp, vp.data());
     for (index_t j = 0; j < nbp; ++j) {
       const index_t s0 = j / P::cols * P::cols, w = std::min(P::cols, nbp - s0);
       for (index_t c = 0; c < d; ++c)
@@ -446,57 +446,67 @@ TYPED_TEST_P(core_suite, online_softmax_keeps_nan) {
   }
 }
 
-// accumulate_pv_cut (packed and direct): row r takes keys [0, lim(r)) only, lim a staircase through the
-// block: bitwise the same as the full block with P = 0 on hidden keys when V is finite, and a NaN or inf
-// in a V row that a row does not see leaves that row finite (Note [causal staircase]).
+// accumulate_pv_cut (packed and direct): row r takes keys [lo(r), hi(r)) only, a staircase (lo = 0, the
+// causal horizon) or a band (a sliding window's lower edge too) through the block: bitwise the same as the
+// full block with P = 0 on hidden keys when V is finite, and a NaN or inf in a V row that a row does not
+// see leaves that row finite (Note [causal staircase]).
 TYPED_TEST_P(core_suite, causal_staircase_skips_hidden_v_rows) {
   using PK = core::packed<TypeParam>;
   using DP = core::direct<TypeParam>;
   constexpr int L = gqa::isa::vec<TypeParam>::lanes;
-  for (const index_t rows : {index_t{5}, index_t{13}, index_t{40}}) {
-    const index_t nb = 37, dv = 2 * L + 3, dvp = core::round_up(dv, L), ldp = nb + 5;
-    const index_t step = std::max<index_t>(1, rows / 5);  // rows share limits in groups (positions)
-    const auto lim = [&](index_t r) { return std::min<index_t>(nb, 3 + (r / step) * 7); };
-    auto p = data(static_cast<std::size_t>(rows * ldp), 90 + rows);
-    for (index_t r = 0; r < rows; ++r)
-      for (index_t j = lim(r); j < nb; ++j) p[static_cast<std::size_t>(r * ldp + j)] = 0.0f;
-    auto v = data(static_cast<std::size_t>(nb * dvp), 91 + rows);
-    const auto o0 = data(static_cast<std::size_t>(rows * dvp), 92 + rows);
-    for (const bool direct_path : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << rows << " rows, " << (direct_path ? "direct" : "packed"));
-      auto run = [&](bool cut, const std::vector<float>& vv) {
-        std::vector<float> o = o0;
-        if (direct_path) {
-          if (cut) DP::accumulate_pv_cut(vv.data(), dvp, dv, lim, p.data(), rows, ldp, dvp, o.data());
-          else DP::accumulate_pv(vv.data(), dvp, dv, nb, p.data(), rows, ldp, dvp, o.data());
-        } else {
-          if (cut) PK::accumulate_pv_cut(p.data(), rows, ldp, vv.data(), lim, dvp, o.data());
-          else PK::accumulate_pv(p.data(), rows, ldp, vv.data(), nb, dvp, o.data());
-        }
-        return o;
-      };
-      const auto full = run(false, v), cut = run(true, v);
+  for (const bool banded : {false, true})
+    for (const index_t rows : {index_t{5}, index_t{13}, index_t{40}}) {
+      const index_t nb = 37, dv = 2 * L + 3, dvp = core::round_up(dv, L), ldp = nb + 5;
+      const index_t step = std::max<index_t>(1, rows / 5);  // rows share limits in groups (positions)
+      const auto hi = [&](index_t r) { return std::min<index_t>(nb, 3 + (r / step) * 7); };
+      const auto lo = [&](index_t r) { return banded ? std::clamp<index_t>(hi(r) - 12, 0, nb) : index_t{0}; };
+      auto p = data(static_cast<std::size_t>(rows * ldp), 90 + rows);
       for (index_t r = 0; r < rows; ++r)
-        for (index_t c = 0; c < dv; ++c) {
-          const auto i = static_cast<std::size_t>(r * dvp + c);
-          ASSERT_TRUE(same_bits(full[i], cut[i])) << "O[" << r << "][" << c << "]";
-        }
-      // Poison the V row seen only by the last group of rows.
-      auto bad = v;
-      const index_t j = lim(rows - 1) - 1;
-      for (index_t c = 0; c < dv; ++c) bad[static_cast<std::size_t>(j * dvp + c)] = c % 2 ? k_inf : std::nanf("");
-      const auto o = run(true, bad);
-      for (index_t r = 0; r < rows; ++r)
-        for (index_t c = 0; c < dv; ++c) {
-          const float x = o[static_cast<std::size_t>(r * dvp + c)];
-          if (lim(r) > j) {
-            EXPECT_FALSE(std::isfinite(x)) << "O[" << r << "][" << c << "] sees the poisoned key";
+        for (index_t j = 0; j < nb; ++j)
+          if (j < lo(r) || j >= hi(r)) p[static_cast<std::size_t>(r * ldp + j)] = 0.0f;
+      auto v = data(static_cast<std::size_t>(nb * dvp), 91 + rows);
+      const auto o0 = data(static_cast<std::size_t>(rows * dvp), 92 + rows);
+      for (const bool direct_path : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << rows << " rows, " << (direct_path ? "direct" : "packed")
+                                          << (banded ? ", band" : ", staircase"));
+        auto run = [&](bool cut, const std::vector<float>& vv) {
+          std::vector<float> o = o0;
+          if (direct_path) {
+            if (cut) DP::accumulate_pv_cut(core::strided_rows{vv.data(), dvp}, dv, lo, hi, p.data(), rows, ldp, dvp, o.data());
+            else DP::accumulate_pv(core::strided_rows{vv.data(), dvp}, dv, nb, p.data(), rows, ldp, dvp, o.data());
           } else {
-            EXPECT_TRUE(same_bits(x, cut[static_cast<std::size_t>(r * dvp + c)])) << "O[" << r << "][" << c << "]";
+            if (cut) PK::accumulate_pv_cut(p.data(), rows, ldp, vv.data(), lo, hi, dvp, o.data());
+            else PK::accumulate_pv(p.data(), rows, ldp, vv.data(), nb, dvp, o.data());
           }
+          return o;
+        };
+        const auto full = run(false, v), cut = run(true, v);
+        for (index_t r = 0; r < rows; ++r)
+          for (index_t c = 0; c < dv; ++c) {
+            const auto i = static_cast<std::size_t>(r * dvp + c);
+            ASSERT_TRUE(same_bits(full[i], cut[i])) << "O[" << r << "][" << c << "]";
+          }
+        // Poison a V row some rows do not see: past the first rows' upper edge (seen only by the last group)
+        // and, for a band, below the last rows' lower edge.
+        std::vector<index_t> poisoned = {hi(rows - 1) - 1};
+        if (banded && lo(rows - 1) > 0) poisoned.push_back(lo(rows - 1) - 1);
+        for (const index_t j : poisoned) {
+          auto bad = v;
+          for (index_t c = 0; c < dv; ++c) bad[static_cast<std::size_t>(j * dvp + c)] = c % 2 ? k_inf : std::nanf("");
+          const auto o = run(true, bad);
+          for (index_t r = 0; r < rows; ++r)
+            for (index_t c = 0; c < dv; ++c) {
+              const float x = o[static_cast<std::size_t>(r * dvp + c)];
+              if (lo(r) <= j && j < hi(r)) {
+                EXPECT_FALSE(std::isfinite(x)) << "O[" << r << "][" << c << "] sees the poisoned key " << j;
+              } else {
+                EXPECT_TRUE(same_bits(x, cut[static_cast<std::size_t>(r * dvp + c)]))
+                    << "O[" << r << "][" << c << "], poisoned key " << j;
+              }
+            }
         }
+      }
     }
-  }
 }
 
 REGISTER_TYPED_TEST_SUITE_P(core_suite, tile_every_shape_of_the_table, tile_partial_reads_only_width_columns,

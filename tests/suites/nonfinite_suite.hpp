@@ -38,6 +38,7 @@ struct nf_case {
   index_t b, sq, skv, hq, hkv, d, dv;
   bool causal = false;
   std::vector<index_t> kv_lengths;
+  gqa::reference::modifiers mods = {};  // window
 };
 
 /// The four paths (Note [direct path], Note [decode tasks], Note [decode split]). Lengths are not
@@ -84,12 +85,31 @@ struct nf_data {
     opt.causal = c.causal;
     opt.kv_lengths = c.kv_lengths;
     opt.lse = lse;
+    opt.window_left = c.mods.window_left;
+    opt.window_right = c.mods.window_right;
     gqa::attend<Isa>(qv(), kv(), vv(), ov(), map, opt);
   }
 
   gqa::reference::attention_result reference() {
     return gqa::reference::attention(qv(), kv(), vv(), map.kv_of_q(), 1.0 / std::sqrt(static_cast<double>(c.d)),
-                                     c.causal, c.kv_lengths);
+                                     c.causal, c.kv_lengths, c.mods);
+  }
+
+  /// `bad` at key j of batch ib in every KV head g: in V's column g % d_v (in_v), else in all of K's row.
+  void poison_key(index_t ib, index_t j, bool in_v, float bad) {
+    for (index_t g = 0; g < c.hkv; ++g) {
+      if (in_v) {
+        vv()(ib, j, g, g % c.dv) = bad;
+      } else {
+        for (index_t x = 0; x < c.d; ++x) kv()(ib, j, g, x) = bad;
+      }
+    }
+  }
+
+  /// Keys [lo, hi) position i of batch ib sees.
+  gqa::reference::key_range keys(index_t ib, index_t i) const {
+    const index_t len = c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
+    return gqa::reference::visible_keys(i, c.sq, len, c.causal, c.mods);
   }
 };
 
@@ -265,13 +285,7 @@ TYPED_TEST_P(nonfinite_suite, masked_keys_never_contribute) {
         nf_data p(c, seed += 3);
         const index_t ib = c.b - 1;
         const index_t j = p.visible(ib, c.sq - 1) - 1;  // seen by the last position only
-        for (index_t g = 0; g < c.hkv; ++g) {
-          if (in_v) {
-            at(p.v, c.skv, c.hkv, c.dv, ib, j, g, g % c.dv) = bad;
-          } else {
-            for (index_t x = 0; x < c.d; ++x) at(p.k, c.skv, c.hkv, c.d, ib, j, g, x) = bad;
-          }
-        }
+        p.poison_key(ib, j, in_v, bad);
         p.template run<TypeParam>();
         std::ostringstream what;
         what << bad << " in " << (in_v ? "V" : "K") << " at key " << j << " (causal horizon)";
@@ -327,6 +341,39 @@ TYPED_TEST_P(nonfinite_suite, fully_masked_rows_are_distinguishable_from_nan_row
   }
 }
 
+// A sliding window's edges are masks like the causal horizon: a NaN or ±inf in K or V at a key just
+// below the last position's window (seen by earlier positions only), or just above the first position's
+// right edge (seen by later positions only), never reaches the rows that do not see it, on every path.
+TYPED_TEST_P(nonfinite_suite, keys_outside_the_window_never_contribute) {
+  std::uint64_t seed = 500;
+  for (const bool lower : {true, false})
+    for (auto c : paths(lower)) {
+      if (c.sq < 2) continue;
+      c.mods.window_left = lower ? 40 : 3;  // lower edge: causal + left window; upper: left and right
+      c.mods.window_right = lower ? -1 : c.sq > 2 ? 1 : 0;  // the first position's right edge inside skv
+      for (const bool in_v : {true, false})
+        for (const float bad : {k_nan, k_inf, -k_inf}) {
+          nf_data p(c, seed += 3);
+          const index_t ib = c.b - 1;
+          // Lower: the key just before the last position's window. Upper: just past the first's.
+          const index_t edge = lower ? p.keys(ib, c.sq - 1).lo - 1 : p.keys(ib, 0).hi;
+          const index_t blind = lower ? c.sq - 1 : 0;  // the position that must not see it
+          p.poison_key(ib, edge, in_v, bad);
+          p.template run<TypeParam>();
+          std::ostringstream what;
+          what << bad << " in " << (in_v ? "V" : "K") << " at key " << edge << " (window " << (lower ? "lower" : "upper")
+               << " edge)";
+          const auto n = compare(p, what.str());
+          EXPECT_GT(n.finite_rows, 0);
+          EXPECT_GT(n.nan_elements + n.inf_elements, 0);  // in the rows that see the key
+          for (index_t h = 0; h < c.hq; ++h)
+            for (index_t x = 0; x < c.dv; ++x)
+              EXPECT_TRUE(std::isfinite(p.ov()(ib, blind, h, x))) << "a non-finite value crossed the window's edge";
+        }
+    }
+}
+
 REGISTER_TYPED_TEST_SUITE_P(nonfinite_suite, nan_in_q_k_or_v_reaches_exactly_the_outputs_that_read_it,
                             infinite_scores_follow_a_naive_softmax, masked_keys_never_contribute,
-                            fully_masked_rows_are_distinguishable_from_nan_rows);
+                            fully_masked_rows_are_distinguishable_from_nan_rows,
+                            keys_outside_the_window_never_contribute);

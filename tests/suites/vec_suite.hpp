@@ -126,6 +126,7 @@ TYPED_TEST_P(vec_suite, arithmetic_matches_scalar_lane_by_lane) {
     const auto mul = lanes_of<TypeParam>(V::mul(va, vb)), fma = lanes_of<TypeParam>(V::fma(va, vb, vc));
     const auto mul_add = lanes_of<TypeParam>(V::mul_add(va, vb, vc));
     const auto mx = lanes_of<TypeParam>(V::max(va, vb)), mn = lanes_of<TypeParam>(V::min(va, vb));
+    const auto dv = lanes_of<TypeParam>(V::div(va, vb)), sel = lanes_of<TypeParam>(V::select_lt(va, vb, vb, vc));
     for (std::size_t i = 0; i < static_cast<std::size_t>(L); ++i) {
       SCOPED_TRACE(::testing::Message() << "round " << rnd << " lane " << i << ": a = " << a[i] << ", b = " << b[i]
                                         << ", c = " << c[i]);
@@ -135,6 +136,8 @@ TYPED_TEST_P(vec_suite, arithmetic_matches_scalar_lane_by_lane) {
       EXPECT_TRUE(same(mul[i], S::mul(a[i], b[i])));
       EXPECT_TRUE(same(fma[i], S::fma(a[i], b[i], c[i])));
       EXPECT_TRUE(same(mul_add[i], S::mul_add(a[i], b[i], c[i])));
+      EXPECT_TRUE(same(dv[i], S::div(a[i], b[i])));
+      EXPECT_TRUE(same(sel[i], S::select_lt(a[i], b[i], b[i], c[i])));
       if (!(a[i] == 0.0f && b[i] == 0.0f)) {  // See Note [vec suite NaN]
         EXPECT_TRUE(same(mx[i], S::max(a[i], b[i])));
         EXPECT_TRUE(same(mn[i], S::min(a[i], b[i])));
@@ -292,6 +295,50 @@ TYPED_TEST_P(vec_suite, exp2_special_values) {
   }
 }
 
+// tanh (Note [tanh accuracy]) against std::tanh in double: relative error on a dense grid of [−20, 20]
+// (and of tiny arguments, where tanh(x) ≈ x), exact ±1 far out and at ±inf, NaN kept, odd symmetry, and
+// every ISA bit for bit the scalar helper.
+constexpr double k_tanh_max_rel_error = 1.5e-7;  // ≈ 2.5 u; measured 1.37e-7 to 1.39e-7, see Note [tanh accuracy]
+
+TYPED_TEST_P(vec_suite, tanh_accuracy_and_special_values) {
+  using V = gqa::isa::vec<TypeParam>;
+  constexpr int L = V::lanes;
+  auto tanhv = [](float x) { return lanes_of<TypeParam>(gqa::isa::tanh<TypeParam>(V::set1(x)))[0]; };
+  const double step = gqa::test::reduced ? 0x1p-11 : 0x1p-15;
+  double worst = 0.0, worst_x = 0.0;
+  std::vector<float> xs;
+  for (double x = -20.0; x <= 20.0; x += step) xs.push_back(static_cast<float>(x));
+  for (float x = 1e-30f; x < 1.0f; x *= 1.01f) {
+    xs.push_back(x);
+    xs.push_back(-x);
+  }
+  while (xs.size() % static_cast<std::size_t>(L) != 0) xs.push_back(0.5f);
+  for (std::size_t i0 = 0; i0 < xs.size(); i0 += static_cast<std::size_t>(L)) {
+    const auto got = lanes_of<TypeParam>(gqa::isa::tanh<TypeParam>(V::load(xs.data() + i0)));
+    for (std::size_t i = 0; i < static_cast<std::size_t>(L); ++i) {
+      const float x = xs[i0 + i];
+      ASSERT_TRUE(same_bits(got[i], gqa::isa::tanh_scalar(x))) << "tanh(" << x << ") differs from the scalar helper";
+      if (x == 0.0f) continue;
+      const double want = std::tanh(static_cast<double>(x));
+      const double rel = std::fabs(static_cast<double>(got[i]) - want) / std::fabs(want);
+      if (rel > worst) {
+        worst = rel;
+        worst_x = x;
+      }
+    }
+  }
+  std::printf("[ tanh %s ] max relative error %.3g at x = %.9g\n", std::string(TypeParam::name).c_str(), worst, worst_x);
+  EXPECT_LE(worst, k_tanh_max_rel_error) << "worst at x = " << worst_x;
+  for (const float x : {10.0f, 44.0f, 1e6f, 3e38f, k_inf}) {
+    EXPECT_EQ(tanhv(x), 1.0f) << "tanh(" << x << ")";
+    EXPECT_EQ(tanhv(-x), -1.0f) << "tanh(" << -x << ")";
+  }
+  EXPECT_EQ(tanhv(0.0f), 0.0f);
+  EXPECT_TRUE(std::isnan(tanhv(std::numeric_limits<float>::quiet_NaN())));
+  for (const float x : {0.1f, 0.649f, 0.65f, 0.651f, 2.0f}) EXPECT_EQ(tanhv(-x), -tanhv(x)) << "odd at " << x;
+}
+
 REGISTER_TYPED_TEST_SUITE_P(vec_suite, zero_set1_load_store, partial_loads_and_stores_touch_only_n_lanes,
                             arithmetic_matches_scalar_lane_by_lane, fma_is_fused, reductions, round_ties_to_even,
-                            pow2i_over_the_exponent_range, exp2_accuracy, exp2_special_values);
+                            pow2i_over_the_exponent_range, exp2_accuracy, exp2_special_values,
+                            tanh_accuracy_and_special_values);

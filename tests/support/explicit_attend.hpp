@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include <gqa/attention.hpp>
@@ -42,7 +43,7 @@ inline gqa::attention_options options_of(const attend_case& c, std::string_view 
   opt.causal = c.causal;
   opt.num_threads = c.threads;
   opt.isa = opt_isa;
-  if (c.kv_lengths) opt.kv_lengths = {c.kv_lengths, static_cast<std::size_t>(c.b)};
+  if (c.kv_lengths) opt.kv_lengths = std::span<const std::int64_t>(c.kv_lengths, static_cast<std::size_t>(c.b));
   return opt;
 }
 inline gqa::head_map map_of(const attend_case& c) {

@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include <gqa/reference/attention.hpp>
 #include <gqa/tensor.hpp>
 
 namespace gqa::test {
@@ -53,11 +54,12 @@ struct naive_attention {
 };
 
 /// The naive fp32 attention of Note [attention tolerance], written like reference::attention (same
-/// arguments, same masks) but in float: dot products summed in order, std::exp after subtracting the row
+/// arguments, same masks and modifiers) but in float: dot products summed in order, std::exp after subtracting the row
 /// max, float sums. Any strides; reads only the views' elements.
 [[maybe_unused]] naive_attention naive_fp32(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k,
                            const gqa::tensor_view<const float>& v, std::span<const gqa::index_t> kv_of_q, float scale,
-                           bool causal = false, std::span<const gqa::index_t> kv_lengths = {}) {
+                           bool causal = false, std::span<const gqa::index_t> kv_lengths = {},
+                           const gqa::reference::modifiers& mods = {}) {
   using gqa::index_t;
   naive_attention r;
   r.o.assign(static_cast<std::size_t>(q.b * q.s * q.h * v.d), 0.0f);
@@ -68,20 +70,32 @@ struct naive_attention {
     for (index_t h = 0; h < q.h; ++h) {
       const index_t g = kv_of_q[static_cast<std::size_t>(h)];
       for (index_t i = 0; i < q.s; ++i) {
-        const index_t visible = causal ? std::clamp<index_t>(i + (len - q.s) + 1, 0, len) : len;
-        if (visible == 0) continue;
-        float m = -std::numeric_limits<float>::infinity();
-        for (index_t j = 0; j < visible; ++j) {
+        const auto [lo, hi] = gqa::reference::visible_keys(i, q.s, len, causal, mods);
+        const bool has_sink = !mods.sinks.empty();
+        const float sink = has_sink ? mods.sinks[static_cast<std::size_t>(h)] : 0.0f;
+        if (hi <= lo) {
+          if (has_sink) r.lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)] = sink;
+          continue;
+        }
+        float m = has_sink ? sink : -std::numeric_limits<float>::infinity();
+        for (index_t j = lo; j < hi; ++j) {
           float dot = 0.0f;
           for (index_t x = 0; x < q.d; ++x) dot += q(ib, i, h, x) * k(ib, j, g, x);
-          s[static_cast<std::size_t>(j)] = dot * scale;
-          m = std::max(m, dot * scale);
+          float logit = dot * scale;
+          if (mods.softcap > 0.0) {
+            const auto cap = static_cast<float>(mods.softcap);
+            logit = cap * std::tanh(logit / cap);
+          }
+          if (!mods.alibi_slopes.empty())
+            logit -= mods.alibi_slopes[static_cast<std::size_t>(h)] * static_cast<float>(std::abs(i + (len - q.s) - j));
+          s[static_cast<std::size_t>(j)] = logit;
+          m = std::max(m, logit);
         }
-        float l = 0.0f;
-        for (index_t j = 0; j < visible; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
+        float l = has_sink ? std::exp(sink - m) : 0.0f;
+        for (index_t j = lo; j < hi; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
         for (index_t x = 0; x < v.d; ++x) {
           float acc = 0.0f;
-          for (index_t j = 0; j < visible; ++j) acc += s[static_cast<std::size_t>(j)] * v(ib, j, g, x);
+          for (index_t j = lo; j < hi; ++j) acc += s[static_cast<std::size_t>(j)] * v(ib, j, g, x);
           r.o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + x)] = acc / l;
         }
         r.lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)] = m + std::log(l);

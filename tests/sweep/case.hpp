@@ -130,8 +130,16 @@ void for_each_element(const gqa::tensor_view<T>& t, F&& f) {
 //  * the layout of each of q, k, v, o (BSHD, BHSD or another order, padding, negative strides), or q, k, v
 //    as head ranges of one fused QKV buffer;
 //  * causal (bottom-right: sq < skv, sq = skv and sq > skv all occur), kv_lengths (0 and skv included),
-//    scale (default, or explicit of either sign), LSE output, check_finite, the executor (1 thread,
+//    scale (default, or explicit of either sign), a sliding window, a softcap, sinks and ALiBi slopes (issue
+//    13), LSE output, check_finite, the executor (1 thread,
 //    2 threads, or a caller's parallel loop that runs tasks out of order on two threads);
+//  * the K/V form: the dense views (most cases); a paged cache (pages of 1, 7, 16, 256 or a random number
+//    of slots, shuffled in a pool with spare pages, every slot no sequence fills NaN; the lengths are
+//    kv_lengths or skv); or a ragged batch (q, k, v packed without padding, each sequence's keys its
+//    kv_lengths, o dense BSHD viewed as packed rows, the LSE read back from [hq][total_q]), drawn apart
+//    from the masks and modifiers above, so that every one of them meets every form (of 2000 cases, ~50
+//    paged and ~50 ragged ones have a window, 20-40 each a softcap, sinks or ALiBi). A variant whose
+//    plan reads the keys (KDGQA) is drawn dense; one with a finish step (PGQA) is never ragged;
 //  * injections at random positions, masked ones included: NaN, ±inf, 1e30 in V, denormals, and
 //    overflow pairs: column x of Q and K zeroed in one batch, then q[i, h, x] = ±1e20 for a few rows
 //    and k[j, g, x] = ±1e20 for one key, so those rows' score with key j is ±1e40 (float overflow,
@@ -158,11 +166,16 @@ struct case_spec {
   bool causal = false, lse = false, check_finite = false, fused = false;
   std::optional<float> scale;
   std::vector<index_t> kv_lengths;
+  index_t window_left = -1, window_right = -1;  ///< sliding window (attention_options)
+  float softcap = 0.0f;
+  std::vector<float> sinks, alibi_slopes;  ///< per query head, or empty
   layout lq, lk, lv, lo;
   int threads = 0;  ///< 0: 1 thread, 1: 2 threads, 2: the caller's loop
   float v_amp = 1.0f;
   std::vector<injection> injections;
   std::uint64_t data_seed = 0;
+  int kv_kind = 0;    ///< 0: dense views, 1: paged cache, 2: ragged batch
+  index_t page = 0;   ///< slots per page (kv_kind 1)
 
   std::string describe() const;
 };
@@ -188,6 +201,10 @@ inline std::string case_spec::describe() const {
     for (const index_t x : kv_lengths) os << " " << x;
   }
   if (scale) os << " scale " << *scale;
+  if (window_left >= 0 || window_right >= 0) os << " window " << window_left << " " << window_right;
+  if (softcap > 0.0f) os << " softcap " << softcap;
+  if (!sinks.empty()) os << " sinks " << sinks[0] << "..";
+  if (!alibi_slopes.empty()) os << " alibi " << alibi_slopes[0] << "..";
   if (lse) os << " lse";
   if (check_finite) os << " check_finite";
   os << " threads " << (threads == 2 ? "caller" : std::to_string(threads + 1));
@@ -206,6 +223,8 @@ inline std::string case_spec::describe() const {
   }
   lay("o", lo);
   if (v_amp != 1.0f) os << " v_amp " << v_amp;
+  if (kv_kind == 1) os << " paged " << page;
+  if (kv_kind == 2) os << " ragged";
   for (const auto& in : injections)
     os << " " << in.tensor << "[" << in.ib << "," << in.is << "," << in.ih << "," << in.x << "]=" << in.value;
   return os.str();
@@ -351,6 +370,19 @@ inline case_spec draw_case(source& r, const limits& lim) {
     const double mag = 0.02 + (bound - 0.02) * static_cast<double>(r.uniform(0, 1000)) / 1000.0;
     c.scale = static_cast<float>(r.chance(30) ? -mag : mag);
   }
+  // Masks and score modifiers (issue 13): windows of every size (0, inside, past both lengths), one-sided
+  // or both; a softcap from biting (0.5) to loose (30); per-head sinks and ALiBi slopes (FA's 2^-k).
+  if (r.chance(25)) {
+    const index_t span = std::max(c.sq, c.skv) + 2;
+    const auto side = [&] { return r.chance(30) ? index_t{-1} : r.chance(20) ? index_t{0} : r.uniform(0, span); };
+    c.window_left = side();
+    c.window_right = side();
+  }
+  if (r.chance(15)) c.softcap = r.chance(50) ? 0.5f : r.chance(50) ? 5.0f : 30.0f;
+  if (r.chance(15))
+    for (index_t h = 0; h < c.heads.hq; ++h) c.sinks.push_back(static_cast<float>(r.uniform(-300, 300)) / 100.0f);
+  if (r.chance(15))
+    for (index_t h = 0; h < c.heads.hq; ++h) c.alibi_slopes.push_back(std::exp2(-static_cast<float>(r.uniform(0, 80)) / 10.0f));
   c.lse = r.chance(50);
   c.check_finite = r.chance(10);
   c.threads = static_cast<int>(r.uniform(0, 2));
@@ -399,6 +431,28 @@ inline case_spec draw_case(source& r, const limits& lim) {
                                 r.chance(50) ? k_huge : -k_huge});
     }
   }
+  // The K/V form, drawn last so that the choices above stay those of earlier sweeps.
+  bool plans_from_keys = false, finishes = false;
+  if (c.variant >= 0) {
+    int i = 0;
+    gqa::for_each_variant([&](auto t) {
+      using P = typename decltype(t)::type;
+      if (i++ != c.variant) return;
+      plans_from_keys = gqa::policy_plans_from_keys<P>;
+      finishes = gqa::policy_with_finish<P> || gqa::policy_with_finish_executor<P>;
+    });
+  }
+  const int form = static_cast<int>(r.uniform(0, 99));
+  index_t keys = 0;
+  for (index_t ib = 0; ib < c.b; ++ib) keys += c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
+  if (!plans_from_keys && form < 15) {
+    c.kv_kind = 1;
+    static constexpr index_t pages[] = {1, 7, 16, 256};
+    c.page = r.chance(70) ? r.pick(pages) : r.uniform(2, 300);
+  } else if (!plans_from_keys && !finishes && keys > 0 && form < 25) {
+    c.kv_kind = 2;
+    c.lo = layout{};  // o: BSHD without padding, which is also the packed rows' layout
+  }
   return c;
 }
 
@@ -407,7 +461,85 @@ struct case_data {
   buffer qb, kb, vb;  // qb holds q, k and v when fused
   gqa::tensor_view<const float> q, k, v;
   gqa::head_map map;  // attend only
+  // kv_kind 1: the keys of each sequence in pages of a shuffled pool; 2: q, k, v packed (Note [sweep case]).
+  std::vector<float> pk, pv, rq, rk, rv;
+  std::vector<std::int32_t> table;
+  std::vector<index_t> lengths, cu_q, cu_k;
+  gqa::paged_kv paged;
+  gqa::varlen seqs;
+  gqa::tensor_view<const float> rqv, rkv, rvv;  // the packed views
 };
+
+namespace detail {
+
+/// Row j of (ib, g) of t copied to dst (t.d floats).
+inline void copy_row(const gqa::tensor_view<const float>& t, index_t ib, index_t j, index_t g, float* dst) {
+  for (index_t x = 0; x < t.d; ++x) dst[x] = t(ib, j, g, x);
+}
+
+/// The paged cache and the ragged batch of case c from its dense inputs.
+inline void build_kv_form(const case_spec& c, case_data& r) {
+  const index_t hkv = c.heads.kv_in;
+  r.lengths.clear();
+  for (index_t ib = 0; ib < c.b; ++ib)
+    r.lengths.push_back(c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)]);
+  if (c.kv_kind == 1) {
+    const index_t page = c.page, max_pages = (c.skv + page - 1) / page;
+    index_t used = 0;
+    for (const index_t n : r.lengths) used += (n + page - 1) / page;
+    const index_t num_pages = used + 2;
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(num_pages));
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(i);
+    for (std::size_t i = ids.size(); i > 1; --i) std::swap(ids[i - 1], ids[gqa::random::hash(c.data_seed, {0x9a, i}) % i]);
+    r.pk.assign(static_cast<std::size_t>(num_pages * page * hkv * c.d), k_nan);
+    r.pv.assign(static_cast<std::size_t>(num_pages * page * hkv * c.dv), k_nan);
+    r.table.assign(static_cast<std::size_t>(c.b * max_pages), -1);
+    std::size_t next = 0;
+    for (index_t ib = 0; ib < c.b; ++ib) {
+      const index_t len = r.lengths[static_cast<std::size_t>(ib)];
+      for (index_t i = 0; i < (len + page - 1) / page; ++i) r.table[static_cast<std::size_t>(ib * max_pages + i)] = ids[next++];
+      for (index_t j = 0; j < len; ++j)
+        for (index_t g = 0; g < hkv; ++g) {
+          const index_t slot = r.table[static_cast<std::size_t>(ib * max_pages + j / page)] * page + j % page;
+          copy_row(r.k, ib, j, g, r.pk.data() + (slot * hkv + g) * c.d);
+          copy_row(r.v, ib, j, g, r.pv.data() + (slot * hkv + g) * c.dv);
+        }
+    }
+    r.paged.k = gqa::page_pool<const float>(r.pk.data(), num_pages, page, hkv, c.d);
+    r.paged.v = gqa::page_pool<const float>(r.pv.data(), num_pages, page, hkv, c.dv);
+    r.paged.page_table = r.table;
+    r.paged.max_pages = max_pages;
+    r.paged.lengths = r.lengths;
+  } else if (c.kv_kind == 2) {
+    const index_t hq = c.heads.hq;
+    r.cu_q.assign(1, 0);
+    r.cu_k.assign(1, 0);
+    for (index_t ib = 0; ib < c.b; ++ib) {
+      r.cu_q.push_back(r.cu_q.back() + c.sq);
+      r.cu_k.push_back(r.cu_k.back() + r.lengths[static_cast<std::size_t>(ib)]);
+    }
+    const index_t tq = r.cu_q.back(), tk = r.cu_k.back();
+    r.rq.resize(static_cast<std::size_t>(tq * hq * c.d));
+    r.rk.resize(static_cast<std::size_t>(tk * hkv * c.d));
+    r.rv.resize(static_cast<std::size_t>(tk * hkv * c.dv));
+    for (index_t ib = 0; ib < c.b; ++ib) {
+      for (index_t i = 0; i < c.sq; ++i)
+        for (index_t h = 0; h < hq; ++h) copy_row(r.q, ib, i, h, r.rq.data() + ((r.cu_q[static_cast<std::size_t>(ib)] + i) * hq + h) * c.d);
+      for (index_t j = 0; j < r.lengths[static_cast<std::size_t>(ib)]; ++j)
+        for (index_t g = 0; g < hkv; ++g) {
+          const index_t row = r.cu_k[static_cast<std::size_t>(ib)] + j;
+          copy_row(r.k, ib, j, g, r.rk.data() + (row * hkv + g) * c.d);
+          copy_row(r.v, ib, j, g, r.rv.data() + (row * hkv + g) * c.dv);
+        }
+    }
+    r.rqv = gqa::thd<const float>(r.rq.data(), tq, hq, c.d);
+    r.rkv = gqa::thd<const float>(r.rk.data(), tk, hkv, c.d);
+    r.rvv = gqa::thd<const float>(r.rv.data(), tk, hkv, c.dv);
+    r.seqs = {r.cu_q, r.cu_k};
+  }
+}
+
+}  // namespace detail
 
 inline void fill_uniform(const gqa::tensor_view<float>& t, std::uint64_t seed, float amp) {
   std::uint64_t i = 0;
@@ -453,6 +585,7 @@ inline case_data build_inputs(const case_spec& c) {
   r.k = k;
   r.v = v;
   if (c.variant < 0) r.map = gqa::head_map(c.kv_of_q, c.heads.hkv);
+  detail::build_kv_form(c, r);
   return r;
 }
 
@@ -494,12 +627,24 @@ void finish_fresh(const case_spec& c, std::vector<float>& o, const gqa::head_map
   }
 }
 
+/// The case's masks and score modifiers, for the reference and the naive code (views into c).
+inline gqa::reference::modifiers modifiers_of(const case_spec& c) {
+  gqa::reference::modifiers m;
+  m.window_left = c.window_left;
+  m.window_right = c.window_right;
+  m.softcap = c.softcap;
+  m.sinks = c.sinks;
+  m.alibi_slopes = c.alibi_slopes;
+  return m;
+}
+
 inline void fill_expected(expected& e, const case_spec& c, const gqa::tensor_view<const float>& q,
                           const gqa::tensor_view<const float>& k, const gqa::tensor_view<const float>& v,
                           std::span<const index_t> kv_of_q) {
   const double scale = c.scale ? static_cast<double>(*c.scale) : 1.0 / std::sqrt(static_cast<double>(c.d));
-  const auto ref = gqa::reference::attention(q, k, v, kv_of_q, scale, c.causal, c.kv_lengths);
-  const auto naive = gqa::test::naive_fp32(q, k, v, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths);
+  const auto mods = modifiers_of(c);
+  const auto ref = gqa::reference::attention(q, k, v, kv_of_q, scale, c.causal, c.kv_lengths, mods);
+  const auto naive = gqa::test::naive_fp32(q, k, v, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths, mods);
   e.o = ref.o;
   e.lse = ref.lse;
   e.naive_o = naive.o;
@@ -519,9 +664,12 @@ inline void fill_expected(expected& e, const case_spec& c, const gqa::tensor_vie
         bool huge = false;
         for (index_t x = 0; x < c.d; ++x) huge = huge || std::fabs(q(ib, i, h, x)) == k_huge;
         if (!huge) continue;
-        const index_t visible = c.causal ? std::clamp<index_t>(i + (len - c.sq) + 1, 0, len) : len;
-        bool pos = false, all_neg = visible > 0;
-        for (index_t j = 0; j < visible; ++j) {
+        // A softcap caps an overflowed score (finite: no overflow row); a sink keeps a row whose scores
+        // are all -inf finite (zeros, LSE the sink).
+        if (c.softcap > 0.0f) continue;
+        const auto [lo, hi] = gqa::reference::visible_keys(i, c.sq, len, c.causal, mods);
+        bool pos = false, all_neg = hi > lo && c.sinks.empty();
+        for (index_t j = lo; j < hi; ++j) {
           double s = 0.0;
           for (index_t x = 0; x < c.d; ++x)
             s += static_cast<double>(q(ib, i, h, x)) * static_cast<double>(k(ib, j, kv_of_q[static_cast<std::size_t>(h)], x));
@@ -607,6 +755,22 @@ inline call call_of(const case_spec& c, const case_data& in, const gqa::tensor_v
   k.opt.causal = c.causal;
   k.opt.kv_lengths = c.kv_lengths;
   k.opt.check_finite = c.check_finite;
+  k.opt.window_left = c.window_left;
+  k.opt.window_right = c.window_right;
+  k.opt.softcap = c.softcap;
+  k.opt.sinks = c.sinks;
+  k.opt.alibi_slopes = c.alibi_slopes;
+  if (c.kv_kind == 1) {
+    k.paged = &in.paged;
+    k.opt.kv_lengths = {};
+  } else if (c.kv_kind == 2) {
+    k.seqs = &in.seqs;
+    k.opt.kv_lengths = {};
+    k.q = in.rqv;
+    k.k = in.rkv;
+    k.v = in.rvv;
+    k.o = {o.data, 1, c.b * c.sq, o.h, o.d, 0, o.stride_s, o.stride_h};  // o is BSHD without padding
+  }
   return k;
 }
 
@@ -614,9 +778,14 @@ inline result run_on(const runner& isa, const case_spec& c, const case_data& in,
   result r;
   r.o = make_buffer(c.lo, c.b, c.sq, c.heads.hq, c.dv);
   call k = call_of(c, in, r.o.view);
+  std::vector<float> ragged_lse;  // [hq][total_q]
   if (c.lse) {
     r.lse.assign(static_cast<std::size_t>(c.b * c.heads.hq * c.sq), k_sentinel);
     k.opt.lse = r.lse;
+    if (c.kv_kind == 2) {
+      ragged_lse = r.lse;
+      k.opt.lse = ragged_lse;
+    }
   }
   if (threads == 1) k.opt.num_threads = 2;
   if (threads == 2) k.opt.parallel_for = reverse_two_threads;
@@ -625,6 +794,12 @@ inline result run_on(const runner& isa, const case_spec& c, const case_data& in,
   } catch (const gqa::invalid_argument& e) {
     r.error = e.what();
   }
+  if (!ragged_lse.empty())  // [hq][b·sq] to [b][hq][sq]
+    for (index_t ib = 0; ib < c.b; ++ib)
+      for (index_t h = 0; h < c.heads.hq; ++h)
+        for (index_t i = 0; i < c.sq; ++i)
+          r.lse[static_cast<std::size_t>((ib * c.heads.hq + h) * c.sq + i)] =
+              ragged_lse[static_cast<std::size_t>(h * c.b * c.sq + ib * c.sq + i)];
   return r;
 }
 

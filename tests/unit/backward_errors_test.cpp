@@ -111,6 +111,19 @@ TEST_F(backward_errors_test, map_options_and_lse) {
   run(valid());
 }
 
+// The backward does not implement the score modifiers yet: it rejects them rather than return gradients
+// of a different function.
+TEST_F(backward_errors_test, score_modifiers_are_rejected) {
+  expect_rejects([](call_args& a) { a.opt.window_left = 4; },
+                 {"gqa::attend_backward: options.window_left = 4", "supports no sliding window"});
+  expect_rejects([](call_args& a) { a.opt.window_right = 0; }, {"gqa::attend_backward: options.window_right = 0"});
+  expect_rejects([](call_args& a) { a.opt.softcap = 30.0f; }, {"gqa::attend_backward: options.softcap = 30"});
+  static const std::vector<float> per_head(hq, 0.5f);
+  expect_rejects([](call_args& a) { a.opt.sinks = per_head; }, {"gqa::attend_backward: options.sinks.size() = 4"});
+  expect_rejects([](call_args& a) { a.opt.alibi_slopes = per_head; },
+                 {"gqa::attend_backward: options.alibi_slopes.size() = 4"});
+}
+
 TEST_F(backward_errors_test, gradients_alias_nothing) {
   float* q_data = q_buf.data();
   expect_rejects([q_data](call_args& a) { a.dq.data = q_data; }, {"gqa::attend_backward: dq", "overlaps q"});

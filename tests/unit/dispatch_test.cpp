@@ -2,13 +2,16 @@
 // without ISA flags, like a consumer's (and, alone among the test TUs, without GQA_NO_DISPATCH): for every
 // ISA the CPU has, gqa::attend without an ISA, forced to it through attention_options::isa, must give
 // bitwise what gqa::attend<isa::X> gives in a TU compiled with X's flags (tests/support/explicit_attend.hpp),
-// and so must the training pair gqa::forward_train + gqa::backward; the default must be the best ISA; a
+// and so must the training pair gqa::forward_train + gqa::backward; a paged cache and a ragged batch forced
+// to X must give bitwise the dense call forced to X (the same keys); the default must be the best ISA; a
 // bad override must throw before any work.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -217,6 +220,98 @@ TEST(dispatch, forward_defaults_to_dispatch) {
                gqa::bshd<const float>(p.v.data(), p.s.b, p.s.skv, p.s.hkv, p.s.dv),
                gqa::bshd<float>(got.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv), opt);
   expect_same(got, want, "forward");
+}
+
+/// Case p's keys in a paged cache: pages of 7 slots, each sequence's pages in reverse order of the pool,
+/// a spare page, and every unwritten slot NaN (so a slot read by mistake shows in the output).
+struct paged_copy {
+  static constexpr std::int64_t page = 7;
+  std::int64_t max_pages = 0, num_pages = 0;
+  std::vector<float> k, v;
+  std::vector<std::int32_t> table;
+  std::vector<std::int64_t> lengths;
+
+  explicit paged_copy(const prepared& p) {
+    const shape& s = p.s;
+    max_pages = (s.skv + page - 1) / page;
+    num_pages = s.b * max_pages + 1;
+    k.assign(static_cast<std::size_t>(num_pages * page * s.hkv * s.d), std::numeric_limits<float>::quiet_NaN());
+    v.assign(static_cast<std::size_t>(num_pages * page * s.hkv * s.dv), std::numeric_limits<float>::quiet_NaN());
+    for (std::int64_t ib = 0; ib < s.b; ++ib) {
+      const std::int64_t len = s.padded ? p.kv_lengths[static_cast<std::size_t>(ib)] : s.skv;
+      lengths.push_back(len);
+      for (std::int64_t i = 0; i < max_pages; ++i)
+        table.push_back(static_cast<std::int32_t>(num_pages - 1 - (ib * max_pages + i)));
+      for (std::int64_t j = 0; j < len; ++j) {
+        const std::int64_t pg = table[static_cast<std::size_t>(ib * max_pages + j / page)];
+        const std::int64_t kr = (pg * page + j % page) * s.hkv, dr = (ib * s.skv + j) * s.hkv;
+        std::copy_n(p.k.begin() + dr * s.d, s.hkv * s.d, k.begin() + kr * s.d);
+        std::copy_n(p.v.begin() + dr * s.dv, s.hkv * s.dv, v.begin() + kr * s.dv);
+      }
+    }
+  }
+  gqa::paged_kv view(const shape& s) const {
+    return {gqa::page_pool<const float>(k.data(), num_pages, page, s.hkv, s.d),
+            gqa::page_pool<const float>(v.data(), num_pages, page, s.hkv, s.dv), table, max_pages, lengths};
+  }
+};
+
+/// gqa::attend over case p's keys as a paged cache (policy: nullptr) or through gqa::forward with a
+/// policy planning p's map, forced to opt_isa.
+result paged_dispatched(const prepared& p, const paged_copy& pc, std::string_view opt_isa, bool through_forward) {
+  result r = p.blank();
+  gqa::attention_options opt = gqa::test::options_of(p.c, opt_isa);
+  opt.kv_lengths = {};
+  opt.lse = r.lse;
+  const auto q = gqa::bshd<const float>(p.q.data(), p.s.b, p.s.sq, p.s.hq, p.s.d);
+  const auto o = gqa::bshd<float>(r.o.data(), p.s.b, p.s.sq, p.s.hq, p.s.dv);
+  if (through_forward) {
+    gqa::forward(gqa::test::case_policy{gqa::test::map_of(p.c)}, q, pc.view(p.s), o, opt);
+  } else {
+    gqa::attend(q, pc.view(p.s), o, gqa::test::map_of(p.c), opt);
+  }
+  return r;
+}
+
+/// gqa::attend over case p (b = 1, no padding) as a ragged batch of one sequence, forced to opt_isa.
+result ragged_dispatched(const prepared& p, std::string_view opt_isa) {
+  result r = p.blank();
+  gqa::attention_options opt = gqa::test::options_of(p.c, opt_isa);
+  opt.lse = r.lse;  // [hq][total_q] = [b = 1][hq][sq]
+  const std::vector<std::int32_t> cu_q{0, static_cast<std::int32_t>(p.s.sq)}, cu_k{0, static_cast<std::int32_t>(p.s.skv)};
+  gqa::attend(gqa::thd<const float>(p.q.data(), p.s.sq, p.s.hq, p.s.d), gqa::thd<const float>(p.k.data(), p.s.skv, p.s.hkv, p.s.d),
+              gqa::thd<const float>(p.v.data(), p.s.skv, p.s.hkv, p.s.dv), gqa::thd<float>(r.o.data(), p.s.sq, p.s.hq, p.s.dv),
+              gqa::test::map_of(p.c), gqa::varlen{cu_q, cu_k}, opt);
+  return r;
+}
+
+// Paged caches and ragged batches dispatch like attend: forced to each ISA the CPU has, they give bitwise
+// the dense call forced to it (which forced_isa_is_bitwise_the_explicit_isa ties to the explicit ISA).
+TEST(dispatch, paged_and_ragged_forced_isa_is_bitwise_the_dense_call) {
+  int paged = 0, ragged = 0;
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    if (!gqa::isa::cpu_supports(isa) || !gqa::isa::runnable(isa)) continue;
+    for (const shape& s : shapes()) {
+      const prepared p(s);
+      const result dense = p.dispatched(isa);
+      const paged_copy pc(p);
+      expect_same(paged_dispatched(p, pc, isa, false), dense, std::string(isa) + " paged attend " + s.name);
+      expect_same(paged_dispatched(p, pc, isa, true), dense, std::string(isa) + " paged forward " + s.name);
+      ++paged;
+      if (s.b == 1 && !s.padded) {
+        expect_same(ragged_dispatched(p, isa), dense, std::string(isa) + " ragged " + s.name);
+        ++ragged;
+      }
+    }
+  }
+  EXPECT_GT(paged, 0);
+  EXPECT_GT(ragged, 0);
+  // A bad override throws before any work, as for attend.
+  const prepared p(shapes()[2]);  // b = 1
+  const paged_copy pc(p);
+  gqa::test::expect_invalid([&] { (void)paged_dispatched(p, pc, "sse9", false); }, {"options.isa = \"sse9\""});
+  gqa::test::expect_invalid([&] { (void)paged_dispatched(p, pc, "sse9", true); }, {"options.isa = \"sse9\""});
+  gqa::test::expect_invalid([&] { (void)ragged_dispatched(p, "sse9"); }, {"options.isa = \"sse9\""});
 }
 
 // A bad override throws gqa::invalid_argument naming it, before any output is written.

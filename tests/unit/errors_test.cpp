@@ -157,6 +157,27 @@ TEST_F(errors_test, kv_lengths) {
   EXPECT_NO_THROW(gqa::attend(a.q, a.k, a.v, a.o, a.map, a.opt));
 }
 
+TEST_F(errors_test, masks_and_score_modifiers) {
+  constexpr float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  expect_attend_rejects([](call_args& a) { a.opt.window_left = -2; }, {"options.window_left = -2", ">= -1"});
+  expect_attend_rejects([](call_args& a) { a.opt.window_right = -7; }, {"options.window_right = -7", ">= -1"});
+  expect_attend_rejects([](call_args& a) { a.opt.softcap = -1.0f; }, {"options.softcap = -1"});
+  expect_attend_rejects([](call_args& a) { a.opt.softcap = nan; }, {"options.softcap = nan"});
+  expect_attend_rejects([](call_args& a) { a.opt.softcap = inf; }, {"options.softcap = inf"});
+  expect_attend_rejects([](call_args& a) { a.opt.softcap = 1e-40f; }, {"options.softcap = "});
+  static const std::vector<float> three = {0, 0, 0}, nan_sink = {0, nan, 0, 0}, huge = {0, 0, 0, 1e31f};
+  expect_attend_rejects([](call_args& a) { a.opt.sinks = three; }, {"options.sinks.size() = 3", "hq = 4"});
+  expect_attend_rejects([](call_args& a) { a.opt.sinks = nan_sink; }, {"options.sinks[1] = nan"});
+  expect_attend_rejects([](call_args& a) { a.opt.alibi_slopes = three; }, {"options.alibi_slopes.size() = 3", "hq = 4"});
+  expect_attend_rejects([](call_args& a) { a.opt.alibi_slopes = huge; }, {"options.alibi_slopes[3] = 1e+31"});
+  // Valid edges: windows of 0 and of any size past the sequence, a large finite cap.
+  call_args a = valid();
+  a.opt.window_left = 0;
+  a.opt.window_right = std::numeric_limits<index_t>::max();
+  a.opt.softcap = 1e30f;
+  EXPECT_NO_THROW(gqa::attend(a.q, a.k, a.v, a.o, a.map, a.opt));
+}
+
 TEST_F(errors_test, lse_size) {
   static std::vector<float> small(23), big(25);
   expect_attend_rejects([](call_args& a) { a.opt.lse = small; }, {"options.lse.size() = 23", "b*hq*sq = 24"});
@@ -454,6 +475,7 @@ TEST_F(errors_test, forward_rejects_before_planning) {
       {[](call_args& a) { a.opt.kv_lengths = negative; }, {"options.kv_lengths[1] = -1"}},
       {[](call_args& a) { a.opt.lse = small_lse; }, {"options.lse.size() = 3"}},
       {[](call_args& a) { a.opt.num_threads = -4; }, {"options.num_threads = -4"}},
+      {[](call_args& a) { a.opt.window_left = -3; }, {"options.window_left = -3"}},
       {[](call_args& a) { a.opt.scale = std::numeric_limits<float>::quiet_NaN(); }, {"options.scale = nan"}},
       {[this](call_args& a) { a.o.data = o_data() - 3; }, {"overlaps k"}},
   };

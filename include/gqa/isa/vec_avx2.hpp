@@ -45,6 +45,10 @@ struct vec<avx2> {
   // max/min: `a > b ? a : b` semantics (vmaxps returns the second operand when either is NaN).
   static GQA_FORCEINLINE reg max(reg a, reg b) noexcept { return _mm256_max_ps(a, b); }
   static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return _mm256_min_ps(a, b); }
+  static GQA_FORCEINLINE reg div(reg a, reg b) noexcept { return _mm256_div_ps(a, b); }
+  static GQA_FORCEINLINE reg select_lt(reg a, reg b, reg x, reg y) noexcept {
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
+  }
   static GQA_FORCEINLINE __m128 half_sum(reg a) noexcept {
     return _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   }

@@ -52,6 +52,10 @@ struct vec<avx512> {
   static GQA_FORCEINLINE reg mul_add(reg a, reg b, reg c) noexcept { return fma(a, b, c); }
   static GQA_FORCEINLINE reg max(reg a, reg b) noexcept { return _mm512_max_ps(a, b); }
   static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return _mm512_min_ps(a, b); }
+  static GQA_FORCEINLINE reg div(reg a, reg b) noexcept { return _mm512_div_ps(a, b); }
+  static GQA_FORCEINLINE reg select_lt(reg a, reg b, reg x, reg y) noexcept {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x);
+  }
   /// Low 256 + high 256 bits (AVX-512F only: the 64x4 extract, not the DQ 32x8 one).
   static GQA_FORCEINLINE __m256 half_sum(reg a) noexcept {
     const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));

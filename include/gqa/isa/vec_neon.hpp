@@ -49,6 +49,8 @@ struct vec<neon> {
   static GQA_FORCEINLINE reg mul_add(reg a, reg b, reg c) noexcept { return fma(a, b, c); }
   static GQA_FORCEINLINE reg max(reg a, reg b) noexcept { return vmaxq_f32(a, b); }
   static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return vminq_f32(a, b); }
+  static GQA_FORCEINLINE reg div(reg a, reg b) noexcept { return vdivq_f32(a, b); }
+  static GQA_FORCEINLINE reg select_lt(reg a, reg b, reg x, reg y) noexcept { return vbslq_f32(vcltq_f32(a, b), x, y); }
   static GQA_FORCEINLINE float reduce_sum(reg a) noexcept { return vaddvq_f32(a); }
   static GQA_FORCEINLINE float reduce_max(reg a) noexcept { return vmaxvq_f32(a); }
   static GQA_FORCEINLINE void reduce_sum4(reg a, reg b, reg c, reg d, float* out) noexcept {

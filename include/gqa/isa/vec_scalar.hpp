@@ -74,6 +74,10 @@ struct vec<scalar> {
   }
   static GQA_FORCEINLINE reg max(reg a, reg b) noexcept { return a > b ? a : b; }
   static GQA_FORCEINLINE reg min(reg a, reg b) noexcept { return a < b ? a : b; }
+  /// a / b, correctly rounded (IEEE division).
+  static GQA_FORCEINLINE reg div(reg a, reg b) noexcept { return a / b; }
+  /// Lane by lane a < b ? x : y (false, hence y, when a or b is NaN).
+  static GQA_FORCEINLINE reg select_lt(reg a, reg b, reg x, reg y) noexcept { return a < b ? x : y; }
   static GQA_FORCEINLINE float reduce_sum(reg a) noexcept { return a; }
   static GQA_FORCEINLINE float reduce_max(reg a) noexcept { return a; }
   /// out[0..4) = reduce_sum(a), reduce_sum(b), reduce_sum(c), reduce_sum(d) (summation order may differ).

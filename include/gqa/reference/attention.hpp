@@ -30,15 +30,49 @@ struct attention_result {
   }
 };
 
+/// The optional masks and score modifiers of attention() (gqa::attention_options' fields of the same
+/// names and meanings).
+struct modifiers {
+  index_t window_left = -1, window_right = -1;  ///< sliding window; -1: that side unbounded
+  double softcap = 0.0;                          ///< logit s -> softcap·tanh(s / softcap); 0: off
+  std::span<const float> sinks;                  ///< per query head: a logit in the denominator; empty: none
+  std::span<const float> alibi_slopes;           ///< per query head: logit -= slope·|i + (L - sq) - j|; empty: none
+};
+
+/// The logit of scaled score s after the modifiers: softcap·tanh(s / softcap) when softcap is on.
+inline double modified_logit(double s, const modifiers& mods) {
+  if (mods.softcap > 0.0) s = mods.softcap * std::tanh(s / mods.softcap);
+  return s;
+}
+
+/// Keys [lo, hi) that query i (of sq) sees among len valid keys: with p = i + (len - sq) (bottom-right),
+/// j <= p when causal, p - window_left <= j <= p + window_right for each bounded side. hi <= lo: none.
+struct key_range {
+  index_t lo, hi;
+};
+inline key_range visible_keys(index_t i, index_t sq, index_t len, bool causal, const modifiers& mods) {
+  const index_t p = i + (len - sq);
+  index_t lo = 0, hi = 0;  // plainly, key by key: the first and one past the last visible key
+  bool any = false;
+  for (index_t j = 0; j < len; ++j) {
+    const bool seen = (!causal || j <= p) && (mods.window_left < 0 || j >= p - mods.window_left) &&
+                      (mods.window_right < 0 || j <= p + mods.window_right);
+    if (seen && !any) lo = j;
+    if (seen) hi = j + 1;
+    any = any || seen;
+  }
+  return {lo, hi};
+}
+
 /// Implements attention() below: O[b,i,h] = Σ_j softmax_j(scale · Q[b,i,h]·K[b,j,kv_of_q[h]]) ·
 /// V[b,j,kv_of_q[h]] over the visible keys j: j < L_b (L_b = kv_lengths[b], or skv when kv_lengths is empty) and, when causal, j <= i + (L_b - sq)
-/// (bottom-right alignment). Rows with no visible key are zero with LSE -inf.
+/// (bottom-right alignment), and inside the window of `mods` (visible_keys). Rows with no visible key are zero with LSE -inf.
 /// Preconditions (not checked: this is test code): shapes consistent, kv_of_q.size() == q.h.
 /// T is const float (the kernels' inputs) or const double (finite differences in double).
 template <class T>
 attention_result attention_impl(const tensor_view<T>& q, const tensor_view<T>& k, const tensor_view<T>& v,
                                 std::span<const index_t> kv_of_q, double scale, bool causal,
-                                std::span<const index_t> kv_lengths) {
+                                std::span<const index_t> kv_lengths, const modifiers& mods) {
   attention_result r;
   r.b = q.b;
   r.sq = q.s;
@@ -52,21 +86,30 @@ attention_result attention_impl(const tensor_view<T>& q, const tensor_view<T>& k
     for (index_t h = 0; h < q.h; ++h) {
       const index_t g = kv_of_q[static_cast<std::size_t>(h)];
       for (index_t i = 0; i < q.s; ++i) {
-        index_t visible = len;
-        if (causal) visible = std::clamp<index_t>(i + (len - q.s) + 1, 0, len);
-        if (visible == 0) continue;
-        double m = -std::numeric_limits<double>::infinity();
-        for (index_t j = 0; j < visible; ++j) {
+        const auto [lo, hi] = visible_keys(i, q.s, len, causal, mods);
+        // A sink: a logit with no value row, in the max and the denominator only.
+        const bool has_sink = !mods.sinks.empty();
+        const double sink = has_sink ? static_cast<double>(mods.sinks[static_cast<std::size_t>(h)]) : 0.0;
+        if (hi <= lo) {
+          if (has_sink) r.lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)] = sink;
+          continue;
+        }
+        double m = has_sink ? sink : -std::numeric_limits<double>::infinity();
+        for (index_t j = lo; j < hi; ++j) {
           double dot = 0.0;
           for (index_t c = 0; c < q.d; ++c) dot += static_cast<double>(q(ib, i, h, c)) * static_cast<double>(k(ib, j, g, c));
-          s[static_cast<std::size_t>(j)] = dot * scale;
-          m = std::max(m, dot * scale);
+          double logit = modified_logit(dot * scale, mods);
+          if (!mods.alibi_slopes.empty())  // after the softcap, bottom-right like causal
+            logit -= static_cast<double>(mods.alibi_slopes[static_cast<std::size_t>(h)]) *
+                     static_cast<double>(std::abs(i + (len - q.s) - j));
+          s[static_cast<std::size_t>(j)] = logit;
+          m = std::max(m, logit);
         }
-        double l = 0.0;
-        for (index_t j = 0; j < visible; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
+        double l = has_sink ? std::exp(sink - m) : 0.0;
+        for (index_t j = lo; j < hi; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
         for (index_t c = 0; c < v.d; ++c) {
           double acc = 0.0;
-          for (index_t j = 0; j < visible; ++j) acc += s[static_cast<std::size_t>(j)] * static_cast<double>(v(ib, j, g, c));
+          for (index_t j = lo; j < hi; ++j) acc += s[static_cast<std::size_t>(j)] * static_cast<double>(v(ib, j, g, c));
           r.o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + c)] = acc / l;
         }
         r.lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)] = m + std::log(l);
@@ -80,14 +123,14 @@ attention_result attention_impl(const tensor_view<T>& q, const tensor_view<T>& k
 /// (see attention_impl), on float inputs.
 inline attention_result attention(const tensor_view<const float>& q, const tensor_view<const float>& k,
                                   const tensor_view<const float>& v, std::span<const index_t> kv_of_q, double scale,
-                                  bool causal, std::span<const index_t> kv_lengths = {}) {
-  return attention_impl(q, k, v, kv_of_q, scale, causal, kv_lengths);
+                                  bool causal, std::span<const index_t> kv_lengths = {}, const modifiers& mods = {}) {
+  return attention_impl(q, k, v, kv_of_q, scale, causal, kv_lengths, mods);
 }
 /// The same on double inputs (finite differences).
 inline attention_result attention(const tensor_view<const double>& q, const tensor_view<const double>& k,
                                   const tensor_view<const double>& v, std::span<const index_t> kv_of_q, double scale,
-                                  bool causal, std::span<const index_t> kv_lengths = {}) {
-  return attention_impl(q, k, v, kv_of_q, scale, causal, kv_lengths);
+                                  bool causal, std::span<const index_t> kv_lengths = {}, const modifiers& mods = {}) {
+  return attention_impl(q, k, v, kv_of_q, scale, causal, kv_lengths, mods);
 }
 
 /// Gradients of reference::attention, in double, each laid out like its tensor in logical order:

@@ -182,6 +182,9 @@ class dgqa_policy {
     check_call(q.h, k.h);
   }
 
+  /// plan() reads the key norms of K (a dense K: policy_plans_from_keys).
+  static constexpr bool plans_from_keys = true;
+
   /// This call's map, per the class comment; updates the caller's state as described there.
   head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) {
     check_call(q.h, k.h);

@@ -176,6 +176,8 @@ class kdgqa_policy {
   }
 
   /// The allocation for this call's keys (see kdgqa_allocate); last() keeps it.
+  /// plan() reads the key norms of K (a dense K: policy_plans_from_keys).
+  static constexpr bool plans_from_keys = true;
   head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) {
     check_heads(q.h, k.h);
     const std::vector<double> norms = key_norms(k);

@@ -66,6 +66,14 @@ concept policy_with_per_sample = requires(const P& p) {
   { p.per_sample() } -> std::convertible_to<bool>;
 };
 
+/// Optional: `plans_from_keys` true says plan() reads K's values (KDGQA's and DGQA's key norms), not only
+/// its shape:
+/// such a plan needs a dense K, so the paged and ragged entry points reject the policy.
+template <class P>
+concept policy_plans_from_keys = requires {
+  { P::plans_from_keys } -> std::convertible_to<bool>;
+} && P::plans_from_keys;
+
 namespace detail {
 /// The single-sample view of batch element ib (b = 1, same strides).
 template <class T>
@@ -194,7 +202,7 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view
     }
     saved->scale = opt.scale;
     saved->causal = opt.causal;
-    saved->kv_lengths.assign(opt.kv_lengths.begin(), opt.kv_lengths.end());
+    saved->kv_lengths = to_indices(opt.kv_lengths);
     saved->policy = {};
   }
   const executor ex = executor_of(opt);
@@ -261,6 +269,7 @@ saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<con
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
                 "gqa::forward_train<Isa>: this translation unit is not compiled with flags for Isa");
   saved_forward<P> saved;
+  detail::require_no_modifiers(opt, "gqa::forward_train");  // before any work: backward() could not use it
   detail::run_forward<Isa>(p, q, k, v, o, opt, &saved, "gqa::forward_train");
   return saved;
 }
@@ -308,10 +317,14 @@ void check_backward_call(const saved_forward<P>& saved, const tensor_view<const 
   if (opt.causal != saved.causal)
     fail(where, ": options.causal = ", opt.causal ? "true" : "false", ": must equal the forward's (",
          saved.causal ? "true" : "false", ")");
-  if (!std::equal(opt.kv_lengths.begin(), opt.kv_lengths.end(), saved.kv_lengths.begin(), saved.kv_lengths.end()))
+  bool same_lengths = opt.kv_lengths.size() == saved.kv_lengths.size();
+  for (std::size_t i = 0; same_lengths && i < saved.kv_lengths.size(); ++i)
+    same_lengths = opt.kv_lengths[i] == saved.kv_lengths[i];
+  if (!same_lengths)
     fail(where, ": options.kv_lengths (size ", opt.kv_lengths.size(), "): must equal the forward's (size ",
          saved.kv_lengths.size(), ")");
   require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+  require_no_modifiers(opt, where);
   require_outputs_disjoint({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, {in[0], in[1], in[2], in[3], in[4]}, where);
 }
 

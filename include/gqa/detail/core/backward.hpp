@@ -238,7 +238,7 @@ struct backward_kernel {
         const float* kb_rows = kb;
         index_t ldkb = ks;
         if (!k_in_place) {
-          tiled::pack_v(kb, ks, d, nb, dp, kr);
+          tiled::pack_v(strided_rows{kb, ks}, d, nb, dp, kr);
           kb_rows = kr;
           ldkb = dp;
         }
@@ -313,7 +313,8 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
   const index_t range = (n_qblocks + n_ranges - 1) / n_ranges * block_q;
   n_ranges = (sq + range - 1) / range;
 
-  const backward_problem pb{q, k, v, o, dout, lse, dq, &map, active.data(), scale, opt.causal, opt.kv_lengths, dp, dvp};
+  const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
+  const backward_problem pb{q, k, v, o, dout, lse, dq, &map, active.data(), scale, opt.causal, kv_lengths, dp, dvp};
   // dK/dV accumulate straight into dk, dv when one task owns a KV head's keys and rows need no padding;
   // else into accumulators (kept by the calling thread for its next call: a fresh buffer of this size
   // costs a page fault per 4 KiB, measured at ~10% of P1's time), added in range order at the end.

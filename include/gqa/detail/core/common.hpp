@@ -5,6 +5,7 @@
 #ifndef GQA_DETAIL_CORE_COMMON_HPP
 #define GQA_DETAIL_CORE_COMMON_HPP
 
+#include <algorithm>
 #include <limits>
 
 #include "../../config.hpp"
@@ -28,20 +29,46 @@ constexpr int pow2_floor(int x) noexcept { return x < 2 ? 1 : 2 * pow2_floor(x /
 // keys [0, lim(0)) for rows [0, n), then keys [lim(0), lim(1)) for rows [1, n), and so on. Every output
 // element is still one chain over its keys in ascending order, so for finite V the result is bitwise that
 // of the full block with zero weights (fma(0, v, acc) = acc), and it skips the hidden keys' FMAs.
+// A sliding window adds a lower edge: row r sees keys [lo(r), hi(r)), both non-decreasing in r, a band.
+// band() cuts it at every distinct edge into rectangles (rows [r0, r1), keys [a, b)) in which every row
+// sees every key; a row's rectangles still come in ascending key order, so the same holds. With lo = 0 the
+// band is the staircase above, step for step.
 
-/// For rows [0, n) with non-decreasing key limits lim(r): fn(first, k_lo, k_hi) for each step of the
-/// staircase, meaning rows [first, n) take keys [k_lo, k_hi) (k_lo < k_hi, steps in ascending key order).
-template <class Lim, class Fn>
-GQA_FORCEINLINE void staircase(index_t n, Lim&& lim, Fn&& fn) {
-  index_t k_lo = 0;
-  for (index_t first = 0; first < n; ++first) {
-    const index_t k_hi = lim(first);
-    if (k_hi > k_lo) {
-      fn(first, k_lo, k_hi);
-      k_lo = k_hi;
+/// For rows [0, n) seeing keys [lo(r), hi(r)) (lo and hi non-decreasing in r; a row with lo >= hi sees
+/// nothing): fn(r0, r1, k_lo, k_hi) for each rectangle of the band, meaning rows [r0, r1) take keys
+/// [k_lo, k_hi) (r0 < r1, k_lo < k_hi, in ascending key order). See Note [causal staircase].
+template <class Lo, class Hi, class Fn>
+GQA_FORCEINLINE void band(index_t n, Lo&& lo, Hi&& hi, Fn&& fn) {
+  if (n <= 0) return;
+  index_t k = lo(0);
+  index_t r0 = 0, r1 = 0;  // rows [r0, r1) see key k: before r0 ended at or before k, from r1 start after k
+  for (;;) {
+    while (r1 < n && lo(r1) <= k) ++r1;
+    while (r0 < n && hi(r0) <= k) ++r0;
+    if (r0 >= n) return;
+    if (r0 >= r1) {  // no row sees key k: jump to the next row's first key
+      k = lo(r1);
+      continue;
     }
+    const index_t next = r1 < n ? std::min(lo(r1), hi(r0)) : hi(r0);
+    fn(r0, r1, k, next);
+    k = next;
   }
 }
+
+/// B operands of the register tile (tile.hpp), by how their rows are found: at one stride (every product
+/// of the core, V read in place from a dense view) or listed one pointer per row (V read in place from a
+/// paged cache, Note [key runs]); col is the first column of the slab the tile computes.
+struct strided_b {
+  const float* base;
+  index_t ld;
+  const float* row(index_t k) const noexcept { return base + k * ld; }
+};
+struct listed_b {
+  const float* const* rows;
+  index_t col;
+  const float* row(index_t k) const noexcept { return rows[k] + col; }
+};
 
 /// A real load of *p whose value is discarded (the compiler may not drop it; unlike a prefetch hint it
 /// is never ignored by the CPU and trains the hardware prefetcher).

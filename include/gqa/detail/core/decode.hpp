@@ -13,6 +13,7 @@
 #include "../../tensor.hpp"
 #include "common.hpp"
 #include "dot.hpp"
+#include "layout.hpp"
 
 GQA_BEGIN_NAMESPACE
 namespace detail::core {
@@ -34,20 +35,25 @@ struct decode {
   using D = dot<Isa>;
 
   /// Rows of the task: for each KV head heads[i], its group's query heads × npos positions, head-major
-  /// (Note [tile rows]), Qp row stride d. For keys j0 .. j0 + nb − 1 of batch element ib, writes
-  /// S[row][j] (row stride lds), key by key and, within a key, KV head by KV head; the same walk loads one
-  /// float of every cache line of the V rows, so the head-by-head P·V that follows finds them in cache.
-  static void scores_key_major(tensor_view<const float> k, tensor_view<const float> v, index_t ib, const head_map& map,
-                               std::span<const index_t> heads, index_t npos, index_t j0, index_t nb, const float* qp,
-                               float* s, index_t lds) noexcept {
+  /// (Note [tile rows]), Qp row stride d. For keys j0 .. j0 + nb − 1 of batch element ib (its K/V rows
+  /// found through the layout, Note [layouts]), writes S[row][j] (row stride lds), key by key and, within
+  /// a key, KV head by KV head; the same walk loads one float of every cache line of the V rows, so the
+  /// head-by-head P·V that follows finds them in cache.
+  template <class Lay>
+  static void scores_key_major(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads,
+                               index_t npos, index_t j0, index_t nb, const float* qp, float* s, index_t lds) noexcept {
+    const tensor_view<const float>& k = lay.k;
+    const tensor_view<const float>& v = lay.v;
     const index_t d = k.d;
     const typename D::extent de(d);
     const bool heads_adjacent = k.stride_h == d && v.stride_h == v.d;
-    const auto touch_head = [&](index_t j, index_t g) noexcept {
-      touch_lines(k.row(ib, j, g), k.d);
-      touch_lines(v.row(ib, j, g), v.d);
+    const auto touch_head = [&](kv_loc at, index_t g) noexcept {
+      touch_lines(k.row(at.b, at.s, g), k.d);
+      touch_lines(v.row(at.b, at.s, g), v.d);
     };
-    for (index_t j = j0; j < j0 + nb; ++j) {
+    auto cur = lay.kv_cursor(ib, j0);
+    for (index_t j = j0; j < j0 + nb; ++j, cur.next()) {
+      const kv_loc at = cur.loc();
       typename D::pending single;  // rows left over from blocks of four, reduced four at a time
       index_t r0 = 0;
       for (std::size_t i = 0; i < heads.size(); ++i) {
@@ -56,9 +62,9 @@ struct decode {
         // order stream, and a stream with holes is not followed by the hardware prefetcher (decode with
         // one unused head of 8 measured 2x slower): when heads are adjacent in memory, load one float
         // per cache line of the unused heads before this one too.
-        for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent; ++u) touch_head(j, u);
+        for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent; ++u) touch_head(at, u);
         const index_t rows = map.group_size(g) * npos;
-        const float* kr[1] = {k.row(ib, j, g)};
+        const float* kr[1] = {k.row(at.b, at.s, g)};
         float* sj = s + r0 * lds + (j - j0);
         const float* q = qp + r0 * d;
         index_t r = 0;
@@ -68,10 +74,10 @@ struct decode {
           D::template partials<1, 1>(q + r * d, d, kr, de, p);
           single.push(p[0][0], sj + r * lds);
         }
-        touch_lines(v.row(ib, j, g), v.d);
+        touch_lines(v.row(at.b, at.s, g), v.d);
         r0 += rows;
       }
-      for (index_t u = heads.back() + 1; u < k.h && heads_adjacent; ++u) touch_head(j, u);
+      for (index_t u = heads.back() + 1; u < k.h && heads_adjacent; ++u) touch_head(at, u);
       single.flush();
     }
   }

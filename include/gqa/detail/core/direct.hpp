@@ -10,6 +10,7 @@
 #include "../../isa/vec.hpp"
 #include "common.hpp"
 #include "dot.hpp"
+#include "layout.hpp"
 #include "tile.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -33,11 +34,12 @@ struct direct {
   using D = dot<Isa>;
   static constexpr int L = V::lanes;
 
-  /// S[r][j] = Qp[r] · K[j] for j < nb (Qp row stride d; key j at kbase + j·ks), k_direct_keys keys per
+  /// S[r][j] = Qp[r] · K[j] for j < nb (Qp row stride d; key j at k(j), Note [key runs]), k_direct_keys keys per
   /// step. Rows go through the widest register block that fits (tile_shape::direct_qk_rows rows × 4 keys,
   /// so K loads are shared by the rows), then pairs, then single rows × 8 keys: every block keeps >= 8
   /// independent FMA chains. s rows (stride lds) need room up to round_up(nb, k_direct_keys).
-  static void scores(const float* kbase, index_t ks, index_t d, index_t nb, const float* qp, index_t rows, float* s,
+  template <class Rows>
+  static void scores(const Rows& k, index_t d, index_t nb, const float* qp, index_t rows, float* s,
                      index_t lds) noexcept {
     constexpr index_t KU = k_direct_keys;
     constexpr int RB = shape::direct_qk_rows;
@@ -46,7 +48,7 @@ struct direct {
     for (index_t j = 0; j < nb; j += KU) {
       // Keys past nb repeat the last valid row (their scores land in s's padding and are masked).
       const float* kr[KU];
-      for (index_t u = 0; u < KU; ++u) kr[u] = kbase + std::min(j + u, nb - 1) * ks;
+      for (index_t u = 0; u < KU; ++u) kr[u] = k(std::min(j + u, nb - 1));
       float* sj = s + j;
       index_t r = 0;
       for (; r + RB <= rows; r += RB) {
@@ -63,46 +65,56 @@ struct direct {
     }
   }
 
-  /// O[r] += Σ_{j<nb} P[r][j] · V[j] for r < rows, V row j at vbase + j·vs read in place (dv floats; O
-  /// rows padded to dvp). Rows go in blocks of 4, then the remainder as one block of 3, 2 or 1 rows; fewer
-  /// rows get more column vectors so every block keeps about tile_shape::direct_acc accumulators (no FMA
-  /// is spent on padding rows).
-  static void accumulate_pv(const float* vbase, index_t vs, index_t dv, index_t nb, const float* p, index_t rows,
-                            index_t ldp, index_t dvp, float* o) noexcept {
-    constexpr int A = shape::direct_acc;
-    index_t r = 0;
-    for (; r + 4 <= rows; r += 4) pv_rows<4, pow2_floor(A / 4)>(vbase, vs, dv, nb, p + r * ldp, ldp, o + r * dvp, dvp);
-    switch (rows - r) {
-      case 3: pv_rows<3, pow2_floor(A / 3)>(vbase, vs, dv, nb, p + r * ldp, ldp, o + r * dvp, dvp); break;
-      case 2: pv_rows<2, pow2_floor(A / 2)>(vbase, vs, dv, nb, p + r * ldp, ldp, o + r * dvp, dvp); break;
-      case 1: pv_rows<1, pow2_floor(A / 2)>(vbase, vs, dv, nb, p + r * ldp, ldp, o + r * dvp, dvp); break;
-      default: break;
-    }
+  /// O[r] += Σ_{j<nb} P[r][j] · V[j] for r < rows, V row j at v(j) read in place (dv floats; O rows padded
+  /// to dvp; Note [key runs]).
+  template <class Rows>
+  static void accumulate_pv(const Rows& v, index_t dv, index_t nb, const float* p, index_t rows, index_t ldp,
+                            index_t dvp, float* o) noexcept {
+    pv_keys(v, dv, 0, nb, p, rows, ldp, dvp, o);
   }
 
-  /// accumulate_pv where row r sees only keys [0, lim(r)) (non-decreasing in r), as a staircase (Note
+  /// accumulate_pv where row r sees only keys [lo(r), hi(r)) (both non-decreasing in r), as a band (Note
   /// [causal staircase]): V rows a row does not see never enter its products.
-  template <class Lim>
-  static void accumulate_pv_cut(const float* vbase, index_t vs, index_t dv, const Lim& lim, const float* p,
-                                index_t rows, index_t ldp, index_t dvp, float* o) noexcept {
-    staircase(rows, lim, [&](index_t f, index_t lo, index_t hi) noexcept {
-      accumulate_pv(vbase + lo * vs, vs, dv, hi - lo, p + f * ldp + lo, rows - f, ldp, dvp, o + f * dvp);
+  template <class Rows, class Lo, class Hi>
+  static void accumulate_pv_cut(const Rows& v, index_t dv, const Lo& lo, const Hi& hi, const float* p, index_t rows,
+                                index_t ldp, index_t dvp, float* o) noexcept {
+    band(rows, lo, hi, [&](index_t r0, index_t r1, index_t a, index_t b) noexcept {
+      pv_keys(v, dv, a, b, p + r0 * ldp, r1 - r0, ldp, dvp, o + r0 * dvp);
     });
   }
 
  private:
-  /// Columns [0, dv) of DR rows in slabs of DN vectors; the last slab of a d_v tail reads V with masked
-  /// loads (tile::run_partial).
-  template <int DR, int DN>
-  static void pv_rows(const float* vbase, index_t vs, index_t dv, index_t nb, const float* p, index_t ldp, float* o,
+  /// O[r] += Σ_{lo<=j<hi} P[r][j] · V[j] for r < rows, V row j at v(j) (dv floats; O rows padded to dvp).
+  /// Rows go in blocks of 4, then the remainder as one block of 3, 2 or 1 rows; fewer rows get more column
+  /// vectors so every block keeps about tile_shape::direct_acc accumulators (no FMA is spent on padding rows).
+  template <class Rows>
+  static void pv_keys(const Rows& v, index_t dv, index_t lo, index_t hi, const float* p, index_t rows, index_t ldp,
+                      index_t dvp, float* o) noexcept {
+    constexpr int A = shape::direct_acc;
+    const index_t nb = hi - lo;
+    p += lo;
+    index_t r = 0;
+    for (; r + 4 <= rows; r += 4) pv_rows<4, pow2_floor(A / 4)>(v, lo, dv, nb, p + r * ldp, ldp, o + r * dvp, dvp);
+    switch (rows - r) {
+      case 3: pv_rows<3, pow2_floor(A / 3)>(v, lo, dv, nb, p + r * ldp, ldp, o + r * dvp, dvp); break;
+      case 2: pv_rows<2, pow2_floor(A / 2)>(v, lo, dv, nb, p + r * ldp, ldp, o + r * dvp, dvp); break;
+      case 1: pv_rows<1, pow2_floor(A / 2)>(v, lo, dv, nb, p + r * ldp, ldp, o + r * dvp, dvp); break;
+      default: break;
+    }
+  }
+
+  /// Columns [0, dv) of DR rows in slabs of DN vectors over keys lo, lo + 1, ... of v; the last slab of a
+  /// d_v tail reads V with masked loads (tile::run_rows_partial).
+  template <int DR, int DN, class Rows>
+  static void pv_rows(const Rows& v, index_t lo, index_t dv, index_t nb, const float* p, index_t ldp, float* o,
                       index_t dvp) noexcept {
     using T = tile<Isa, DR, DN, a_order::row_major, update::accumulate>;
     for (index_t c0 = 0; c0 < dv; c0 += DN * L) {
       const index_t width = std::min<index_t>(DN * L, dv - c0);
       if (width == DN * L) {
-        T::run(p, ldp, vbase + c0, vs, nb, o + c0, dvp);
+        T::run_rows(p, ldp, v.b_at(lo, c0), nb, o + c0, dvp);
       } else {
-        T::run_partial(p, ldp, vbase + c0, vs, nb, o + c0, dvp, width);
+        T::run_rows_partial(p, ldp, v.b_at(lo, c0), nb, o + c0, dvp, width);
       }
     }
   }

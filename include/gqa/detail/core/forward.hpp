@@ -11,8 +11,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <new>
 #include <numeric>
+#include <span>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../../head_map.hpp"
@@ -23,21 +27,27 @@
 #include "common.hpp"
 #include "decode.hpp"
 #include "direct.hpp"
+#include "layout.hpp"
+#include "modifiers.hpp"
 #include "packed.hpp"
 #include "softmax.hpp"
 
 GQA_BEGIN_NAMESPACE
 namespace detail::core {
 
-/// Everything a task needs, fixed for the call.
+/// Everything a task needs, fixed for the call. Lay: where the rows are (Note [layouts]).
+template <class Lay>
 struct problem {
-  tensor_view<const float> q, k, v;
-  tensor_view<float> o;
+  Lay lay;
+  index_t d, dv, skv;     // skv: the longest key range of a sequence (what chunks cut)
   const head_map* map;
   const index_t* active;  // KV heads that serve at least one query head
   float qscale;           // scale · log2(e)
   bool causal;
-  std::span<const index_t> kv_lengths;
+  index_t window_left, window_right;  // -1: unbounded (options.hpp)
+  float softcap;                      // in log2 units, 0: off (Note [softcap in log2 units])
+  std::span<const float> sinks;       // natural log, per query head, or empty (Note [sinks as a state])
+  std::span<const float> alibi;       // ALiBi slopes (natural units), per query head, or empty
   std::span<float> lse;
   index_t block_kv;  // keys per block
   index_t chunk;     // keys per KV chunk (== skv when the call does not split KV)
@@ -50,8 +60,9 @@ struct task {
   index_t ib, g0, g1, q0, q1, chunk;
 };
 
-template <class Isa>
+template <class Isa, class Lay = dense_layout>
 struct kernel {
+  using problem = core::problem<Lay>;
   using V = isa::vec<Isa>;
   using shape = typename V::tile_shape;
   using tiled = packed<Isa>;
@@ -126,12 +137,62 @@ struct kernel {
     }
   }
 
-  /// The keys query position pos of batch ib sees: [0, n) with n returned. n is the valid length L
-  /// (kv_lengths, else skv); causal rows see j <= pos + (L - sq) (bottom-right aligned).
-  static index_t visible_keys(const problem& pb, index_t ib, index_t pos) noexcept {
-    const index_t kv_len = pb.kv_lengths.empty() ? pb.k.s : pb.kv_lengths[static_cast<std::size_t>(ib)];
-    if (!pb.causal) return kv_len;
-    return std::clamp<index_t>(pos + (kv_len - pb.q.s) + 1, 0, kv_len);
+  /// Keys [lo, hi) (empty when hi <= lo).
+  struct key_range {
+    index_t lo, hi;
+  };
+
+  /// The keys query position pos of sequence ib sees: j < L, its key count (Lay::kv_len: kv_lengths,
+  /// else skv, for dense views), and, with the row's diagonal key p = pos + (L - sq), sq the sequence's
+  /// query count (bottom-right alignment), j <= p when causal and p - window_left <= j <= p + window_right
+  /// for the window's bounded sides. lo and hi are non-decreasing in pos.
+  static key_range visible_keys(const problem& pb, index_t ib, index_t pos) noexcept {
+    const index_t kv_len = pb.lay.kv_len(ib);
+    const index_t p = pos + (kv_len - pb.lay.q_len(ib));
+    index_t lo = 0, hi = kv_len;
+    if (pb.causal) hi = std::min(hi, p + 1);
+    if (pb.window_right >= 0) hi = std::min(hi, p + pb.window_right + 1);
+    if (pb.window_left >= 0) lo = std::clamp<index_t>(p - pb.window_left, 0, kv_len);
+    return {lo, std::max(hi, lo)};
+  }
+
+  /// Most keys in a block (the paged path's row pointers live on the stack).
+  static constexpr index_t max_block = std::max(shape::block_kv, shape::block_kv_decode) +
+                                       std::lcm(cols, k_direct_keys);
+
+  /// Row pointers of one block's keys, on the stack: needed only when rows are listed (paged).
+  struct no_row_pointers {};
+  struct row_pointers {
+    const float* k[max_block];
+    const float* v[max_block];
+  };
+  using block_pointers = std::conditional_t<Lay::paged, row_pointers, no_row_pointers>;
+
+  /// A paged block lists its keys' rows of KV head 0 in `ptr` (once per block; the heads add their offset).
+  static GQA_FORCEINLINE void list_rows(const problem& pb, index_t ib, index_t j0, index_t nb,
+                                        block_pointers& ptr) noexcept {
+    if constexpr (Lay::paged) {
+      auto cur = pb.lay.kv_cursor(ib, j0);
+      for (index_t j = 0; j < nb; ++j, cur.next()) {
+        const kv_loc at = cur.loc();
+        ptr.k[j] = pb.lay.k.row(at.b, at.s, 0);
+        ptr.v[j] = pb.lay.v.row(at.b, at.s, 0);
+      }
+    }
+  }
+
+  /// The K and V row sources (Note [key runs]) of the block's keys from j0 of KV head g of sequence ib (a
+  /// paged block's rows as list_rows() left them in `ptr`).
+  static GQA_FORCEINLINE auto block_rows(const problem& pb, index_t ib, index_t g, index_t j0,
+                                         const block_pointers& ptr) noexcept {
+    const auto& k = pb.lay.k;
+    const auto& v = pb.lay.v;
+    if constexpr (Lay::paged) {
+      return std::pair{paged_rows{ptr.k, g * k.stride_h}, paged_rows{ptr.v, g * v.stride_h}};
+    } else {
+      const kv_loc at = pb.lay.kv_cursor(ib, j0).loc();
+      return std::pair{strided_rows{k.row(at.b, at.s, g), k.stride_s}, strided_rows{v.row(at.b, at.s, g), v.stride_s}};
+    }
   }
 
   /// Runs one task; writes final rows to o (and lse), or, if part != nullptr, its state over its chunk.
@@ -139,7 +200,7 @@ struct kernel {
   static void run(const problem& pb, const task& t, const row_state* part) {
     const index_t npos = t.q1 - t.q0;
     const index_t rows = task_rows(pb, t);
-    const index_t d = pb.q.d, dv = pb.v.d;
+    const index_t d = pb.d, dv = pb.dv;
     const layout lay = plan_scratch(rows, d, dv, pb.block_kv);
     float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
     float* qp = ws + lay.qp;
@@ -148,33 +209,48 @@ struct kernel {
     float* sc = ws + lay.s;
     const row_state st = part ? *part : row_state{ws + lay.m, ws + lay.l, ws + lay.o};
 
-    auto row_limit = [&](index_t pos) noexcept { return visible_keys(pb, t.ib, pos); };
+    const key_range first = visible_keys(pb, t.ib, t.q0), last = visible_keys(pb, t.ib, t.q1 - 1);
     const index_t c_lo = t.chunk * pb.chunk;
-    const index_t c_hi = std::min<index_t>(c_lo + pb.chunk, pb.k.s);
-    const index_t kv_hi = std::min(c_hi, row_limit(t.q1 - 1));  // no row sees past this
-    const index_t kv_unmasked = row_limit(t.q0);                // every row sees below this
+    const index_t c_hi = std::min<index_t>(c_lo + pb.chunk, pb.skv);
+    const index_t kv_lo = std::max(c_lo, first.lo);  // no row sees before this (window: O(window) per row)
+    const index_t kv_hi = std::min(c_hi, last.hi);   // nor past this
+    // Every row sees [last.lo, first.hi) (empty if first.hi <= last.lo): blocks inside it need no mask.
 
     // Pack Q (scaled into log2 units, see Note [base-2 softmax]) and reset the running state.
     for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
-      const float* src = pb.q.row(t.ib, pos, h);
+      const float* src = pb.lay.q_row(t.ib, pos, h);
       float* dst = qp + row * d;
       for (index_t c = 0; c < d; ++c) dst[c] = src[c] * pb.qscale;
     });
     std::fill(st.m, st.m + rows, k_neg_inf);
     std::fill(st.l, st.l + rows, 0.0f);
     std::fill(st.o, st.o + rows * lay.dvp, 0.0f);
+    // Note [sinks as a state]
+    // A sink is a key with score sink·log2(e) and a zero value row, so it is simply the state of a row
+    // that has seen it: m = sink·log2(e), l = 1, O = 0. The first KV chunk of a row starts from it
+    // (later chunks of a split row start empty, and the merge adds the sink once); everything after is
+    // the ordinary online softmax, the LSE includes it, and a row that sees no key ends as O = 0 / 1 = 0
+    // with LSE = sink (write_rows writes the sink itself there, exactly).
+    if (!pb.sinks.empty() && t.chunk == 0) {
+      for_each_row(pb, t, [&](index_t row, index_t, index_t h) noexcept {
+        st.m[row] = pb.sinks[static_cast<std::size_t>(h)] * k_log2e;
+        st.l[row] = 1.0f;
+      });
+    }
 
     // A task is either one KV head on the tiled path (prefill) or several KV heads that all take the
     // direct path (decode). Decode tasks compute the scores of all their heads key by key, in address
     // order, and P·V head by head from cache (Note [decode tasks]).
     const bool key_major = t.g1 - t.g0 > 1;
-    for (index_t j0 = c_lo; j0 < kv_hi; j0 += lay.bk) {
+    block_pointers ptr;
+    for (index_t j0 = kv_lo; j0 < kv_hi; j0 += lay.bk) {
       const index_t nb = std::min(lay.bk, kv_hi - j0);
       const index_t nbp = round_up(nb, L);
-      const bool cut = j0 + nb > kv_unmasked;  // the causal horizon of some row cuts inside the block
+      const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
       const bool partial_block = cut || nbp != nb;
+      list_rows(pb, t.ib, j0, nb, ptr);
       if (key_major) {
-        decode<Isa>::scores_key_major(pb.k, pb.v, t.ib, *pb.map, {pb.active + t.g0, pb.active + t.g1}, npos, j0, nb, qp,
+        decode<Isa>::scores_key_major(pb.lay, t.ib, *pb.map, {pb.active + t.g0, pb.active + t.g1}, npos, j0, nb, qp,
                                       sc, lay.bk);
       }
       for (index_t gi = t.g0, r0 = 0; gi < t.g1; ++gi) {
@@ -184,36 +260,46 @@ struct kernel {
         float* srow0 = sc + r0 * lay.bk;
         float* orow0 = st.o + r0 * lay.dvp;
         const bool direct_path = grow <= k_direct_rows;  // See Note [direct path]
-        const float* kb = pb.k.row(t.ib, j0, g);
-        const float* vb = pb.v.row(t.ib, j0, g);
-        const index_t ks = pb.k.stride_s, vs = pb.v.stride_s;
+        const auto [kb, vb] = block_rows(pb, t.ib, g, j0, ptr);
         if (direct_path && !key_major) {
-          direct<Isa>::scores(kb, ks, d, nb, qp + r0 * d, grow, srow0, lay.bk);
+          direct<Isa>::scores(kb, d, nb, qp + r0 * d, grow, srow0, lay.bk);
         } else if (!direct_path) {
-          tiled::pack_k(kb, ks, d, nb, nbp, kp);
-          tiled::pack_v(vb, vs, dv, nb, lay.dvp, vp);
+          tiled::pack_k(kb, d, nb, nbp, kp);
+          tiled::pack_v(vb, dv, nb, lay.dvp, vp);
           tiled::scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk);
         }
-        // Keys of the block row r sees (non-decreasing in r: rows go by position, Note [tile rows]).
-        const auto lim = [&](index_t r) noexcept { return std::clamp<index_t>(row_limit(t.q0 + r / G) - j0, 0, nb); };
-        // Mask: columns past nb are padding; with causal, row limits may cut inside the block.
+        // Keys [lo(r), hi(r)) of the block row r sees (non-decreasing in r: rows go by position, Note
+        // [tile rows]).
+        const auto in_block = [&](index_t x) noexcept { return std::clamp<index_t>(x - j0, 0, nb); };
+        const auto lo = [&](index_t r) noexcept { return in_block(visible_keys(pb, t.ib, t.q0 + r / G).lo); };
+        const auto hi = [&](index_t r) noexcept { return in_block(visible_keys(pb, t.ib, t.q0 + r / G).hi); };
+        // Mask: columns past nb are padding; causal and window edges may cut inside the block.
         for (index_t r = 0; r < grow; ++r) {
           float* srow = srow0 + r * lay.bk;
+          if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow, nbp, pb.softcap);
+          if (!pb.alibi.empty()) {  // after the softcap (options.hpp), relative to the row's diagonal key
+            const index_t diag = t.q0 + r / G + (pb.lay.kv_len(t.ib) - pb.lay.q_len(t.ib));
+            const index_t h = pb.map->q_heads(g)[static_cast<std::size_t>(r % G)];
+            score_modifiers<Isa>::alibi(srow, nbp, pb.alibi[static_cast<std::size_t>(h)] * k_log2e,
+                                        static_cast<float>(diag - j0));
+          }
           if (partial_block) {
-            for (index_t j = lim(r); j < nbp; ++j) srow[j] = k_neg_inf;
+            const index_t a = lo(r), b = std::max(a, hi(r));
+            std::fill(srow, srow + a, k_neg_inf);
+            std::fill(srow + b, srow + nbp, k_neg_inf);
           }
           softmax::update(srow, nbp, st.m[r0 + r], st.l[r0 + r], orow0 + r * lay.dvp, lay.dvp);
         }
-        // P·V; a cut block as a staircase, so that no hidden V row enters a product (Note [causal staircase]).
+        // P·V; a cut block as a band, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {
           if (cut) {
-            direct<Isa>::accumulate_pv_cut(vb, vs, dv, lim, srow0, grow, lay.bk, lay.dvp, orow0);
+            direct<Isa>::accumulate_pv_cut(vb, dv, lo, hi, srow0, grow, lay.bk, lay.dvp, orow0);
           } else {
-            direct<Isa>::accumulate_pv(vb, vs, dv, nb, srow0, grow, lay.bk, lay.dvp, orow0);
+            direct<Isa>::accumulate_pv(vb, dv, nb, srow0, grow, lay.bk, lay.dvp, orow0);
           }
         } else {
           if (cut) {
-            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vp, lim, lay.dvp, orow0);
+            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vp, lo, hi, lay.dvp, orow0);
           } else {
             tiled::accumulate_pv(srow0, grow, lay.bk, vp, nb, lay.dvp, orow0);
           }
@@ -229,11 +315,13 @@ struct kernel {
   /// Normalises and writes every row of task t from its state (O rows of stride dvp), and its LSE.
   static void write_rows(const problem& pb, const task& t, row_state st, index_t dvp) noexcept {
     for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
-      const bool visible = visible_keys(pb, t.ib, pos) > 0;  // else fully masked: Note [fully masked rows]
-      softmax::finish_row(st.o + row * dvp, st.l[row], visible, pb.v.d, pb.o.row(t.ib, pos, h));
+      const key_range keys = visible_keys(pb, t.ib, pos);
+      const bool visible = keys.hi > keys.lo;  // else fully masked: Note [fully masked rows]
+      softmax::finish_row(st.o + row * dvp, st.l[row], visible, pb.dv, pb.lay.o_row(t.ib, pos, h));
       if (!pb.lse.empty())
-        pb.lse[static_cast<std::size_t>((t.ib * pb.q.h + h) * pb.q.s + pos)] =
-            softmax::lse(st.m[row], st.l[row], visible);
+        pb.lse[static_cast<std::size_t>(pb.lay.lse_at(t.ib, h, pos))] =
+            !visible && !pb.sinks.empty() ? pb.sinks[static_cast<std::size_t>(h)]  // Note [sinks as a state]
+                                          : softmax::lse(st.m[row], st.l[row], visible);
     });
   }
 };
@@ -246,13 +334,16 @@ struct kernel {
 inline constexpr index_t k_split_min_tasks = 16;
 inline constexpr index_t k_split_min_chunk = 1024;
 
-template <class Isa>
-void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v, tensor_view<float> o,
-             const head_map& map, const attention_options& opt) {
-  using K = kernel<Isa>;
+/// The scheduler over any layout (Note [layouts]): `b` sequences of at most `sq` queries and `skv` keys,
+/// heads and dims d (Q·K) and dv (V).
+template <class Isa, class Lay>
+void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t d, index_t dv, const head_map& map,
+                    const attention_options& opt) {
+  using K = kernel<Isa, Lay>;
   using shape = typename K::shape;
-  const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(q.d));
-  const index_t sq = q.s, skv = k.s;
+  const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(d));
+  sq = std::max<index_t>(sq, 1);
+  skv = std::max<index_t>(skv, 1);
 
   // KV heads that serve no query head get no work.
   std::vector<index_t> active;
@@ -262,9 +353,21 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   const index_t gmax = std::max<index_t>(1, map.max_group_size());
   const bool decode = gmax * sq <= k_direct_rows;  // See Note [decode tasks]
   const index_t block_q = decode ? sq : std::max<index_t>(1, shape::rows / gmax);
-  const index_t n_qblocks = (sq + block_q - 1) / block_q;
   const index_t head_tasks = decode ? 1 : n_active;  // tasks per (batch, query block)
-  const index_t base_tasks = q.b * head_tasks * n_qblocks;
+  // Query blocks of each sequence: the same for every sequence but a ragged batch's, whose sequences
+  // have their own query counts; then qb_before[ib] counts the blocks of the sequences before ib.
+  const index_t n_qblocks = (sq + block_q - 1) / block_q;
+  std::vector<index_t> qb_before;
+  index_t total_qblocks = b * n_qblocks;
+  if constexpr (Lay::ragged) {
+    qb_before.resize(static_cast<std::size_t>(b) + 1);
+    for (index_t ib = 0; ib < b; ++ib)
+      qb_before[static_cast<std::size_t>(ib) + 1] =
+          qb_before[static_cast<std::size_t>(ib)] + (lay.q_len(ib) + block_q - 1) / block_q;
+    total_qblocks = qb_before.back();
+  }
+  const index_t base_tasks = head_tasks * total_qblocks;
+  if (base_tasks == 0) return;  // a ragged batch of empty query ranges
 
   index_t n_chunks = 1;
   if (base_tasks < k_split_min_tasks && skv >= 2 * k_split_min_chunk) {
@@ -274,23 +377,39 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   const index_t chunk = n_chunks == 1 ? skv : round_up((skv + n_chunks - 1) / n_chunks, K::cols);
   n_chunks = (skv + chunk - 1) / chunk;
 
-  const problem pb{q, k, v, o, &map, active.data(), scale * k_log2e, opt.causal, opt.kv_lengths, opt.lse,
-                   decode ? shape::block_kv_decode : shape::block_kv, chunk};
+  // A window side of skv + sq or more bounds nothing (and keeps p ± window inside index_t).
+  const auto side = [&](index_t w) { return w < 0 || w >= sq + skv ? index_t{-1} : w; };
+  const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
+                              side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
+                              opt.alibi_slopes, opt.lse, decode ? shape::block_kv_decode : shape::block_kv, chunk};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
-  if (K::plan_scratch(rows_max, q.d, v.d, pb.block_kv).total < 0) throw std::bad_alloc();
+  if (K::plan_scratch(rows_max, d, dv, pb.block_kv).total < 0) throw std::bad_alloc();
 
+  // Task order: sequence, then KV head, then query block, then KV chunk.
   auto make_task = [&](index_t i) {
     const index_t c = i % n_chunks;
     i /= n_chunks;
-    const index_t qb = i % n_qblocks;
-    i /= n_qblocks;
-    const index_t gi = i % head_tasks;
-    const index_t ib = i / head_tasks;
+    index_t ib, qb, gi, seq_q = sq;
+    if constexpr (Lay::ragged) {
+      // The sequence whose tasks [qb_before[ib], qb_before[ib + 1]) · head_tasks hold i.
+      const auto after = std::upper_bound(qb_before.begin(), qb_before.end(), i / head_tasks);
+      ib = static_cast<index_t>(after - qb_before.begin()) - 1;
+      const index_t r = i - qb_before[static_cast<std::size_t>(ib)] * head_tasks;
+      const index_t nqb = qb_before[static_cast<std::size_t>(ib) + 1] - qb_before[static_cast<std::size_t>(ib)];
+      qb = r % nqb;
+      gi = r / nqb;
+      seq_q = lay.q_len(ib);
+    } else {
+      qb = i % n_qblocks;
+      i /= n_qblocks;
+      gi = i % head_tasks;
+      ib = i / head_tasks;
+    }
     const index_t q0 = qb * block_q;
     const index_t g0 = decode ? 0 : gi, g1 = decode ? n_active : gi + 1;
-    return task{ib, g0, g1, q0, std::min(sq, q0 + block_q), c};
+    return task{ib, g0, g1, q0, std::min(seq_q, q0 + block_q), c};
   };
   const index_t n_tasks = base_tasks * n_chunks;
 
@@ -300,7 +419,7 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
   }
 
   // Split KV: every task writes a private partial, then each row merges its chunks in order.
-  const index_t dvp = round_up(v.d, K::L);
+  const index_t dvp = round_up(dv, K::L);
   index_t per_task = 0, n_partials = 0;
   if (!checked_mul(rows_max, 2 + dvp, max_elements<float>, per_task) ||
       !checked_mul(n_tasks, per_task, max_elements<float>, n_partials))
@@ -322,6 +441,35 @@ void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view
     K::softmax::merge([&](index_t c) { return partial_of(bi * n_chunks + c); }, n_chunks, rows, dvp, merged);
     K::write_rows(pb, t, merged, dvp);
   });
+}
+
+/// The core on 4-D views (gqa::attend): dense_layout.
+template <class Isa>
+void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v, tensor_view<float> o,
+             const head_map& map, const attention_options& opt) {
+  const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
+  forward_layout<Isa>(dense_layout{q, k, v, o, kv_lengths}, q.b, q.s, k.s, q.d, v.d, map, opt);
+}
+
+/// The core on a validated paged cache (gqa/paged.hpp): paged_layout over pools k, v (num_pages,
+/// page_size, hkv, d), `table` [b][max_pages] and per-sequence `lengths`, the longest being `longest`.
+/// The layout is built here, in the target's own namespace (Note [per-target kernels]).
+template <class Isa>
+void forward_paged(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                   tensor_view<float> o, const std::int32_t* table, index_t max_pages,
+                   std::span<const index_t> lengths, index_t longest, const head_map& map,
+                   const attention_options& opt) {
+  forward_layout<Isa>(paged_layout{q, k, v, o, table, max_pages, lengths}, q.b, q.s, longest, q.d, v.d, map, opt);
+}
+
+/// The core on a validated ragged batch (gqa/varlen.hpp): ragged_layout over the packed views with the
+/// b + 1 offsets cu_q, cu_k; sq and skv are the longest sequence's query and key counts.
+template <class Isa>
+void forward_ragged(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                    tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq,
+                    index_t skv, const head_map& map, const attention_options& opt) {
+  const auto b = static_cast<index_t>(cu_q.size()) - 1;
+  forward_layout<Isa>(ragged_layout{q, k, v, o, cu_q, cu_k}, b, sq, skv, q.d, v.d, map, opt);
 }
 
 }  // namespace detail::core

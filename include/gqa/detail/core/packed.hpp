@@ -9,6 +9,7 @@
 
 #include "../../isa/vec.hpp"
 #include "common.hpp"
+#include "layout.hpp"
 #include "tile.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -23,9 +24,11 @@ struct packed {
   /// Keys per packed slice of Kᵀ: the columns of one tile.
   static constexpr index_t cols = static_cast<index_t>(NR) * L;
 
-  /// kp = Kᵀ of the nb keys at kbase (row stride ks, d floats each) in slices of `cols` keys: slice n is
-  /// [d][w_n] with w_n its width (the last may be narrower); keys nb .. nbp − 1 are zero.
-  static void pack_k(const float* kbase, index_t ks, index_t d, index_t nb, index_t nbp, float* kp) noexcept {
+  /// kp = Kᵀ of the nb keys of row source `k` (key j at k(j), d floats; Note [key runs]) in slices of
+  /// `cols` keys: slice n is [d][w_n] with w_n its width (the last may be narrower); keys nb .. nbp − 1
+  /// are zero.
+  template <class Rows>
+  static void pack_k(const Rows& k, index_t d, index_t nb, index_t nbp, float* kp) noexcept {
     // Columns of 8 at a time, keys inner: each K row is read 32 bytes at a time and the 8 destination
     // rows are written sequentially, so both sides stay on a few cache lines (a plain scatter of every
     // key's d values across d destination lines made packing cost more than the tile's math).
@@ -37,7 +40,7 @@ struct packed {
       for (index_t c0 = 0; c0 < d; c0 += CB) {
         const index_t cn = std::min(CB, d - c0);
         for (index_t j = 0; j < wv; ++j) {
-          const float* src = kbase + (s0 + j) * ks + c0;
+          const float* src = k(s0 + j) + c0;
           float* dst = slice + c0 * w + j;
           for (index_t c = 0; c < cn; ++c) dst[c * w] = src[c];
         }
@@ -47,10 +50,11 @@ struct packed {
     }
   }
 
-  /// vp rows j < nb: the value row at vbase + j·vs (dv floats), padded with zeros to dvp.
-  static void pack_v(const float* vbase, index_t vs, index_t dv, index_t nb, index_t dvp, float* vp) noexcept {
+  /// vp rows j < nb: the value row v(j) (dv floats), padded with zeros to dvp.
+  template <class Rows>
+  static void pack_v(const Rows& v, index_t dv, index_t nb, index_t dvp, float* vp) noexcept {
     for (index_t j = 0; j < nb; ++j) {
-      const float* src = vbase + j * vs;
+      const float* src = v(j);
       float* dst = vp + j * dvp;
       std::copy(src, src + dv, dst);
       std::fill(dst + dv, dst + dvp, 0.0f);
@@ -74,24 +78,25 @@ struct packed {
   /// O[rows][dvp] += P[rows][nb] (row stride ldp) · Vp[nb][dvp].
   static void accumulate_pv(const float* p, index_t rows, index_t ldp, const float* vp, index_t nb, index_t dvp,
                             float* o) noexcept {
-    accumulate_pv_cut(p, rows, ldp, vp, [nb](index_t) noexcept { return nb; }, dvp, o);
+    const auto zero = [](index_t) noexcept { return index_t{0}; };
+    accumulate_pv_cut(p, rows, ldp, vp, zero, [nb](index_t) noexcept { return nb; }, dvp, o);
   }
 
-  /// O[r][dvp] += Σ_{j<lim(r)} P[r][j] · Vp[j] for r < rows, lim non-decreasing in r: each tile of rows runs
-  /// as a staircase (Note [causal staircase]), so no row multiplies a V row it does not see.
-  template <class Lim>
-  static void accumulate_pv_cut(const float* p, index_t rows, index_t ldp, const float* vp, const Lim& lim,
+  /// O[r][dvp] += Σ_{lo(r) <= j < hi(r)} P[r][j] · Vp[j] for r < rows, lo and hi non-decreasing in r: each
+  /// tile of rows runs as a band (Note [causal staircase]), so no row multiplies a V row it does not see.
+  template <class Lo, class Hi>
+  static void accumulate_pv_cut(const float* p, index_t rows, index_t ldp, const float* vp, const Lo& lo, const Hi& hi,
                                 index_t dvp, float* o) noexcept {
     using table = tile_table<Isa, MR, NR, a_order::row_major, update::accumulate>;
     for (index_t c0 = 0; c0 < dvp; c0 += cols) {
       const int nr = static_cast<int>(std::min(cols, dvp - c0) / L);
       for (index_t r0 = 0; r0 < rows; r0 += MR) {
         const index_t mr = std::min<index_t>(MR, rows - r0);
-        staircase(mr, [&](index_t r) noexcept { return lim(r0 + r); },
-                  [&](index_t f, index_t lo, index_t hi) noexcept {
-                    table::get(static_cast<int>(mr - f), nr)(p + (r0 + f) * ldp + lo, ldp, vp + lo * dvp + c0, dvp,
-                                                             hi - lo, o + (r0 + f) * dvp + c0, dvp);
-                  });
+        band(mr, [&](index_t r) noexcept { return lo(r0 + r); }, [&](index_t r) noexcept { return hi(r0 + r); },
+             [&](index_t f, index_t e, index_t a, index_t b) noexcept {
+               table::get(static_cast<int>(e - f), nr)(p + (r0 + f) * ldp + a, ldp, vp + a * dvp + c0, dvp, b - a,
+                                                       o + (r0 + f) * dvp + c0, dvp);
+             });
       }
     }
   }

@@ -6,6 +6,7 @@
 // own namespace (gqa::<ABI>::target_<isa>), and shares every type with the native code.
 #pragma once
 
+#include <cstdint>
 #include <span>
 #include <string_view>
 
@@ -77,25 +78,65 @@ auto target_of(const attention_options& opt) {
   }
 }
 
+// The ladder of a named target: the TU's own best ISA, or one above it through a per-target region (only
+// these are instantiated). GQA_CORE_ON(on, fn, args) runs detail::core::fn<Isa>(args) on `on`.
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX512
+#define GQA_CORE_ON_AVX512(on, fn, ...) \
+  if ((on).isa == isa::avx512::name) return target_avx512::detail::core::fn<isa::avx512>(__VA_ARGS__);
+#else
+#define GQA_CORE_ON_AVX512(on, fn, ...)
+#endif
+#if GQA_DISPATCH_X86 && !GQA_HAS_AVX2
+#define GQA_CORE_ON_AVX2(on, fn, ...) \
+  if ((on).isa == isa::avx2::name) return target_avx2::detail::core::fn<isa::avx2>(__VA_ARGS__);
+#else
+#define GQA_CORE_ON_AVX2(on, fn, ...)
+#endif
+#define GQA_CORE_ON(on, fn, ...)             \
+  GQA_CORE_ON_AVX512(on, fn, __VA_ARGS__)    \
+  GQA_CORE_ON_AVX2(on, fn, __VA_ARGS__)      \
+  static_cast<void>(on);                     \
+  return fn<isa::native>(__VA_ARGS__);
+
 /// The forward core on `on` (target_of's result).
 template <class Isa>
 void forward_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
                 tensor_view<float> o, const head_map& map, const attention_options& opt) {
   forward<Isa>(q, k, v, o, map, opt);
 }
-/// On a named target: the TU's own best ISA, or one above it through a per-target region (only these are
-/// instantiated; backward_on has the same ladder).
 inline void forward_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
                        tensor_view<const float> v, tensor_view<float> o, const head_map& map,
                        const attention_options& opt) {
-#if GQA_DISPATCH_X86 && !GQA_HAS_AVX512
-  if (on.isa == isa::avx512::name) return target_avx512::detail::core::forward<isa::avx512>(q, k, v, o, map, opt);
-#endif
-#if GQA_DISPATCH_X86 && !GQA_HAS_AVX2
-  if (on.isa == isa::avx2::name) return target_avx2::detail::core::forward<isa::avx2>(q, k, v, o, map, opt);
-#endif
-  static_cast<void>(on);
-  forward<isa::native>(q, k, v, o, map, opt);
+  GQA_CORE_ON(on, forward, q, k, v, o, map, opt)
+}
+
+/// The paged forward core (forward_paged) on `on`.
+template <class Isa>
+void forward_paged_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                      tensor_view<float> o, const std::int32_t* table, index_t max_pages,
+                      std::span<const index_t> lengths, index_t longest, const head_map& map,
+                      const attention_options& opt) {
+  forward_paged<Isa>(q, k, v, o, table, max_pages, lengths, longest, map, opt);
+}
+inline void forward_paged_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
+                             tensor_view<const float> v, tensor_view<float> o, const std::int32_t* table,
+                             index_t max_pages, std::span<const index_t> lengths, index_t longest,
+                             const head_map& map, const attention_options& opt) {
+  GQA_CORE_ON(on, forward_paged, q, k, v, o, table, max_pages, lengths, longest, map, opt)
+}
+
+/// The ragged forward core (forward_ragged) on `on`.
+template <class Isa>
+void forward_ragged_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                       tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k,
+                       index_t sq, index_t skv, const head_map& map, const attention_options& opt) {
+  forward_ragged<Isa>(q, k, v, o, cu_q, cu_k, sq, skv, map, opt);
+}
+inline void forward_ragged_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
+                              tensor_view<const float> v, tensor_view<float> o, std::span<const index_t> cu_q,
+                              std::span<const index_t> cu_k, index_t sq, index_t skv, const head_map& map,
+                              const attention_options& opt) {
+  GQA_CORE_ON(on, forward_ragged, q, k, v, o, cu_q, cu_k, sq, skv, map, opt)
 }
 
 /// The backward core on `on` (target_of's result).
@@ -110,17 +151,12 @@ inline void backward_on(named_target on, tensor_view<const float> q, tensor_view
                         tensor_view<const float> v, tensor_view<const float> o, tensor_view<const float> dout,
                         std::span<const float> lse, tensor_view<float> dq, tensor_view<float> dk,
                         tensor_view<float> dv, const head_map& map, const attention_options& opt) {
-#if GQA_DISPATCH_X86 && !GQA_HAS_AVX512
-  if (on.isa == isa::avx512::name)
-    return target_avx512::detail::core::backward<isa::avx512>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
-#endif
-#if GQA_DISPATCH_X86 && !GQA_HAS_AVX2
-  if (on.isa == isa::avx2::name)
-    return target_avx2::detail::core::backward<isa::avx2>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
-#endif
-  static_cast<void>(on);
-  backward<isa::native>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+  GQA_CORE_ON(on, backward, q, k, v, o, dout, lse, dq, dk, dv, map, opt)
 }
+
+#undef GQA_CORE_ON
+#undef GQA_CORE_ON_AVX2
+#undef GQA_CORE_ON_AVX512
 
 }  // namespace detail::core
 GQA_END_NAMESPACE

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "../../isa/vec.hpp"
+#include "common.hpp"
 
 GQA_BEGIN_NAMESPACE
 namespace detail::core {
@@ -35,7 +36,13 @@ struct tile {
   /// Every one of the NR vectors of B and C exists.
   static void run(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb, index_t kn,
                   float* GQA_RESTRICT c, index_t ldc) noexcept {
-    body<false>(a, lda, b, ldb, kn, c, ldc, NR, L);
+    body<false>(a, lda, strided_b{b, ldb}, kn, c, ldc, NR, L);
+  }
+  /// run() with B's rows found by `b` (strided_b or listed_b: b.row(k) is row k of B).
+  template <class B>
+  static void run_rows(const float* GQA_RESTRICT a, index_t lda, const B& b, index_t kn, float* GQA_RESTRICT c,
+                       index_t ldc) noexcept {
+    body<false>(a, lda, b, kn, c, ldc, NR, L);
   }
 
   /// Only the first `width` columns of B exist (0 < width <= NR·L): the vector holding the last of them is
@@ -43,8 +50,14 @@ struct tile {
   /// holding those columns, whole (C rows must be padded to a multiple of L, as the core's accumulators are).
   static void run_partial(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb,
                           index_t kn, float* GQA_RESTRICT c, index_t ldc, index_t width) noexcept {
+    run_rows_partial(a, lda, strided_b{b, ldb}, kn, c, ldc, width);
+  }
+  /// run_partial() with B's rows found by `b`, as run_rows().
+  template <class B>
+  static void run_rows_partial(const float* GQA_RESTRICT a, index_t lda, const B& b, index_t kn,
+                               float* GQA_RESTRICT c, index_t ldc, index_t width) noexcept {
     const int nvec = static_cast<int>((width + L - 1) / L);
-    body<true>(a, lda, b, ldb, kn, c, ldc, nvec, static_cast<int>(width - (nvec - 1) * L));
+    body<true>(a, lda, b, kn, c, ldc, nvec, static_cast<int>(width - (nvec - 1) * L));
   }
 
  private:
@@ -58,15 +71,15 @@ struct tile {
 
   /// nvec: vectors of B and C with data; last: lanes of B's last such vector (both compile-time NR, L
   /// when !Partial).
-  template <bool Partial>
-  static GQA_FORCEINLINE void body(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb,
-                                   index_t kn, float* GQA_RESTRICT c, index_t ldc, int nvec, int last) noexcept {
+  template <bool Partial, class B>
+  static GQA_FORCEINLINE void body(const float* GQA_RESTRICT a, index_t lda, const B& b, index_t kn,
+                                   float* GQA_RESTRICT c, index_t ldc, int nvec, int last) noexcept {
     reg acc[MR][NR];
     GQA_UNROLL for (int r = 0; r < MR; ++r)
       GQA_UNROLL for (int n = 0; n < NR; ++n)
         acc[r][n] = U == update::accumulate && (!Partial || n < nvec) ? V::load(c + r * ldc + n * L) : V::zero();
     for (index_t k = 0; k < kn; ++k) {
-      const float* brow = b + k * ldb;
+      const float* GQA_RESTRICT brow = b.row(k);
       reg vb[NR];
       GQA_UNROLL for (int n = 0; n < NR; ++n) {
         if constexpr (Partial) {

@@ -1,0 +1,151 @@
+// gqa/detail/core/layout.hpp: where the core finds its rows. A layout answers, for a batch element (a
+// sequence) ib: how many queries and keys it has, where query row (ib, pos, h) of Q and O lives, where key
+// j of K and V lives, and where its LSE entries go. The core is one kernel templated on the layout
+// (Note [layouts]); dense_layout is the 4-D views of gqa::attend and compiles to the same loads as before.
+// Invariant: no ISA header (yet compiled once per dispatch target with the rest of detail/core: its plain
+// include guard is reset by target_pass.hpp, Note [per-target kernels]), and every member is a pure
+// function of the call's arguments, validated before the core runs (page ids in range, offsets non-decreasing and within the views).
+#ifndef GQA_DETAIL_CORE_LAYOUT_HPP
+#define GQA_DETAIL_CORE_LAYOUT_HPP
+
+#include <cstdint>
+#include <span>
+
+#include "../../config.hpp"
+#include "../../tensor.hpp"
+#include "common.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace detail::core {
+
+// Note [layouts]
+// The core addresses K and V through a layout, never through a view's strides directly:
+//   * dense_layout: q, k, v, o are (b, s, h, d) views; sequence ib has q.s queries and kv_lengths[ib]
+//     (else k.s) keys. Key j of (ib, g) is k.row(ib, j, g).
+//   * paged_layout: K and V are pools of pages, viewed as (num_pages, page_size, hkv, d), and key j of
+//     sequence ib is slot j % page_size of page page_table[ib][j / page_size]. Keys are at a uniform stride
+//     only within a page, so the kernel lists a block's rows, one pointer per key (Note [key runs]).
+//   * ragged_layout: q, o (1, total_q, h, d) and k, v (1, total_k, h, d) hold the sequences back to back;
+//     sequence ib is rows [cu_q[ib], cu_q[ib + 1]) of q and [cu_k[ib], cu_k[ib + 1]) of k (FlashAttention's
+//     varlen). Keys of a sequence are contiguous, so this is dense addressing with per-sequence offsets.
+// A layout's kv_cursor walks the keys of one sequence from a start key in order, giving each key's
+// (b, s) in the K/V views (a page and a slot when paged) with no division per key; the kernel builds its
+// per-block row pointers and the decode walk with it. Dense and ragged cursors add one to s, so the
+// contiguous path's loads are the same expressions as before the layouts existed.
+
+/// The place of a key row in the K/V views: batch (or page) b, position (or slot) s.
+struct kv_loc {
+  index_t b, s;
+};
+
+/// Keys of a dense or ragged sequence: consecutive positions of batch element b.
+struct linear_cursor {
+  kv_loc at;
+  kv_loc loc() const noexcept { return at; }
+  void next() noexcept { ++at.s; }
+};
+
+/// The 4-D views of gqa::attend: every sequence has sq queries; keys past kv_lengths[ib] are padding.
+struct dense_layout {
+  static constexpr bool paged = false;
+  static constexpr bool ragged = false;
+  tensor_view<const float> q, k, v;
+  tensor_view<float> o;
+  std::span<const index_t> kv_lengths;  // empty: every sequence has k.s keys
+
+  index_t q_len(index_t) const noexcept { return q.s; }
+  index_t kv_len(index_t ib) const noexcept {
+    return kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
+  }
+  const float* q_row(index_t ib, index_t pos, index_t h) const noexcept { return q.row(ib, pos, h); }
+  float* o_row(index_t ib, index_t pos, index_t h) const noexcept { return o.row(ib, pos, h); }
+  linear_cursor kv_cursor(index_t ib, index_t j) const noexcept { return {{ib, j}}; }
+  /// Index of LSE entry (ib, h, pos): [b][hq][sq].
+  index_t lse_at(index_t ib, index_t h, index_t pos) const noexcept { return (ib * q.h + h) * q.s + pos; }
+};
+
+/// Keys of a paged sequence: slot `slot` of the page at *entry, then the next entry of the table. It
+/// reads an entry only in loc(), so walking to one past the last key reads nothing past the table.
+struct page_cursor {
+  const std::int32_t* entry;  // this sequence's table entry of the current page
+  index_t slot, page_size;
+  kv_loc loc() const noexcept { return {*entry, slot}; }
+  void next() noexcept {
+    if (++slot == page_size) {
+      slot = 0;
+      ++entry;
+    }
+  }
+};
+
+/// Q and O dense (b, sq, hq, d); K and V pools of pages (num_pages, page_size, hkv, d) through a table.
+struct paged_layout {
+  static constexpr bool paged = true;
+  static constexpr bool ragged = false;
+  tensor_view<const float> q, k, v;  // k, v: the pools
+  tensor_view<float> o;
+  const std::int32_t* page_table;      // [b][max_pages]
+  index_t max_pages;
+  std::span<const index_t> kv_lengths;  // [b], each <= max_pages · page_size
+
+  index_t page_size() const noexcept { return k.s; }
+  index_t q_len(index_t) const noexcept { return q.s; }
+  index_t kv_len(index_t ib) const noexcept { return kv_lengths[static_cast<std::size_t>(ib)]; }
+  const float* q_row(index_t ib, index_t pos, index_t h) const noexcept { return q.row(ib, pos, h); }
+  float* o_row(index_t ib, index_t pos, index_t h) const noexcept { return o.row(ib, pos, h); }
+  /// Key j of sequence ib; loc() is valid for j < kv_len(ib), whose pages are validated.
+  page_cursor kv_cursor(index_t ib, index_t j) const noexcept {
+    return {page_table + ib * max_pages + j / k.s, j % k.s, k.s};
+  }
+  index_t lse_at(index_t ib, index_t h, index_t pos) const noexcept { return (ib * q.h + h) * q.s + pos; }
+};
+
+/// Sequences packed back to back (FlashAttention varlen): cu_q, cu_k are the b + 1 offsets.
+struct ragged_layout {
+  static constexpr bool paged = false;
+  static constexpr bool ragged = true;
+  tensor_view<const float> q, k, v;  // (1, total, h, d)
+  tensor_view<float> o;
+  std::span<const index_t> cu_q, cu_k;
+
+  index_t q_len(index_t ib) const noexcept { return at(cu_q, ib + 1) - at(cu_q, ib); }
+  index_t kv_len(index_t ib) const noexcept { return at(cu_k, ib + 1) - at(cu_k, ib); }
+  const float* q_row(index_t ib, index_t pos, index_t h) const noexcept { return q.row(0, at(cu_q, ib) + pos, h); }
+  float* o_row(index_t ib, index_t pos, index_t h) const noexcept { return o.row(0, at(cu_q, ib) + pos, h); }
+  linear_cursor kv_cursor(index_t ib, index_t j) const noexcept { return {{0, at(cu_k, ib) + j}}; }
+  /// [hq][total_q], as FlashAttention's varlen softmax_lse.
+  index_t lse_at(index_t ib, index_t h, index_t pos) const noexcept { return h * q.s + at(cu_q, ib) + pos; }
+
+ private:
+  static index_t at(std::span<const index_t> s, index_t i) noexcept { return s[static_cast<std::size_t>(i)]; }
+};
+
+// Note [key runs]
+// The packers and the direct path take the keys of one block of one (sequence, KV head) as a row source:
+// src(j) is the row of the block's key j, and src.b_at(j0, c0) the register tile's B operand for keys
+// j0, j0 + 1, ... from column c0 (common.hpp): at one stride for dense and ragged rows, listed one pointer
+// per key for a paged block, whose keys are at one stride only within a page. P·V streams V in place
+// through that operand, so a block spanning pages is still one run of the tile: each output element sums
+// its keys in ascending order in one chain, the same operations as on the dense rows, hence the same bits.
+
+/// Rows of a block at one stride (dense and ragged): row j at base + j·stride.
+struct strided_rows {
+  const float* base;
+  index_t stride;
+  const float* operator()(index_t j) const noexcept { return base + j * stride; }
+  strided_b b_at(index_t j0, index_t c0) const noexcept { return {base + j0 * stride + c0, stride}; }
+};
+
+/// Rows of a block that spans pages: row j at rows[j] + head (rows lists KV head 0's; head is the offset
+/// of the KV head at hand).
+struct paged_rows {
+  const float* const* rows;
+  index_t head;
+  const float* operator()(index_t j) const noexcept { return rows[j] + head; }
+  listed_b b_at(index_t j0, index_t c0) const noexcept { return {rows + j0, head + c0}; }
+};
+
+}  // namespace detail::core
+GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_LAYOUT_HPP

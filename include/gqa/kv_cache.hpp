@@ -1,0 +1,49 @@
+// gqa/kv_cache.hpp: the plain descriptions of K/V that are not one dense (b, s, h, d) view per call: a paged
+// KV cache (paged_kv: pools of pages and a page table, for gqa/paged.hpp) and a ragged batch (varlen: packed
+// sequences and their offsets, for gqa/varlen.hpp). Data only: no kernel, nothing checked here; the entry
+// points validate them before any work.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "config.hpp"
+#include "integer_span.hpp"
+#include "tensor.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+/// A paged KV cache. K and V are pools of pages viewed as (num_pages, page_size, hkv, d) and
+/// (num_pages, page_size, hkv, d_v): the view's b indexes pages and s the slots of a page (page_pool()
+/// views the usual [num_pages][page_size][hkv][d] buffer; any strides with unit stride_d work). Key j of
+/// sequence ib is slot j % page_size of page page_table[ib · max_pages + j / page_size]; sequence ib has
+/// lengths[ib] keys. Table entries past a sequence's last page are never read (they may hold -1).
+struct paged_kv {
+  tensor_view<const float> k, v;
+  std::span<const std::int32_t> page_table;  ///< [b][max_pages], page ids in [0, num_pages)
+  index_t max_pages = 0;                     ///< pages per sequence in the table (its row length)
+  integer_span lengths;                      ///< [b]: keys of each sequence, in [0, max_pages · page_size]
+};
+
+/// The pool view of a buffer laid out [num_pages][page_size][h][d].
+template <class T>
+tensor_view<T> page_pool(T* p, index_t num_pages, index_t page_size, index_t h, index_t d) noexcept {
+  return bshd(p, num_pages, page_size, h, d);
+}
+
+/// The sequences of a ragged batch: b + 1 non-decreasing offsets each, starting at 0. Sequence i is rows
+/// [cu_seqlens_q[i], cu_seqlens_q[i + 1]) of q and o and rows [cu_seqlens_k[i], cu_seqlens_k[i + 1]) of k
+/// and v; the last offsets are the views' row counts. A sequence may have no queries or no keys (the
+/// batch as a whole has at least one of each: views have positive extents).
+struct varlen {
+  integer_span cu_seqlens_q;
+  integer_span cu_seqlens_k;
+};
+
+/// View a buffer laid out [total][h][d] (a ragged batch's packed rows) as (1, total, h, d).
+template <class T>
+tensor_view<T> thd(T* p, index_t total, index_t h, index_t d) noexcept {
+  return bshd(p, 1, total, h, d);
+}
+
+GQA_END_NAMESPACE

@@ -1,0 +1,171 @@
+// gqa/paged.hpp: attention over a paged KV cache (vLLM / llama.cpp style): K and V live in pools of
+// fixed-size pages, and each sequence's keys are the pages its row of a page table names, in order. The
+// one core reads K/V rows through the table (Note [layouts] in detail/core/layout.hpp): no gather copy.
+// Invariant: every argument, the table's page ids and the lengths included, is checked before any work.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "attention.hpp"
+#include "detail/core/targets.hpp"
+#include "integer_span.hpp"
+#include "kv_cache.hpp"
+#include "variants/policy.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+namespace detail {
+
+/// Everything a paged call needs checked, before any work: the views, their extents against each other
+/// (kv.k.b pages of kv.k.s slots), the table's size and every page id a sequence uses, the lengths, the
+/// options (options.kv_lengths must be empty: the lengths are kv.lengths) and aliasing.
+inline void check_paged(const tensor_view<const float>& q, const paged_kv& kv, const tensor_view<float>& o,
+                        const attention_options& opt, const char* where) {
+  check_view(q, "q", where);
+  check_view(kv.k, "kv.k", where);
+  check_view(kv.v, "kv.v", where);
+  check_view(o, "o", where);
+  require(kv.v.b == kv.k.b, where, "kv.v.b", kv.v.b, "must equal kv.k.b = ", kv.k.b, " (pages in the pools)");
+  require(kv.v.s == kv.k.s, where, "kv.v.s", kv.v.s, "must equal kv.k.s = ", kv.k.s, " (slots per page)");
+  require(kv.v.h == kv.k.h, where, "kv.v.h", kv.v.h, "must equal kv.k.h = ", kv.k.h);
+  require(kv.k.d == q.d, where, "kv.k.d", kv.k.d, "must equal q.d = ", q.d, " (d_qk)");
+  require(o.b == q.b, where, "o.b", o.b, "must equal q.b = ", q.b);
+  require(o.s == q.s, where, "o.s", o.s, "must equal q.s = ", q.s);
+  require(o.h == q.h, where, "o.h", o.h, "must equal q.h = ", q.h);
+  require(o.d == kv.v.d, where, "o.d", o.d, "must equal kv.v.d = ", kv.v.d, " (d_v)");
+  require(opt.kv_lengths.empty(), where, "options.kv_lengths.size()", opt.kv_lengths.size(),
+          "must be 0 for a paged call: each sequence's length is kv.lengths");
+  if (opt.scale) require(std::isfinite(*opt.scale), where, "options.scale", *opt.scale, "must be finite");
+  require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
+  check_modifiers(opt, q.h, where);  // window, softcap, sinks, ALiBi: as for attend
+  if (!opt.lse.empty())
+    require(std::cmp_equal(opt.lse.size(), q.b * q.h * q.s), where, "options.lse.size()", opt.lse.size(),
+            "must equal b*hq*sq = ", q.b * q.h * q.s);
+  require(kv.max_pages >= 0, where, "kv.max_pages", kv.max_pages, "must be >= 0");
+  index_t entries = 0, capacity = 0;
+  if (!checked_mul(q.b, kv.max_pages, max_elements<std::int32_t>, entries) ||
+      !std::cmp_equal(kv.page_table.size(), entries))
+    fail(where, ": kv.page_table.size() = ", kv.page_table.size(), ": must equal b*max_pages = ", q.b, "*",
+         kv.max_pages);
+  if (!checked_mul(kv.max_pages, kv.k.s, std::numeric_limits<index_t>::max(), capacity))
+    capacity = std::numeric_limits<index_t>::max();
+  require(std::cmp_equal(kv.lengths.size(), q.b), where, "kv.lengths.size()", kv.lengths.size(),
+          "must equal batch = ", q.b);
+  for (std::size_t ib = 0; ib < kv.lengths.size(); ++ib) {
+    const index_t len = kv.lengths[ib];
+    if (len < 0 || len > capacity)
+      fail(where, ": kv.lengths[", ib, "] = ", kv.lengths.at(ib), ": must be in [0, max_pages*page_size = ",
+           kv.max_pages, "*", kv.k.s, "]");
+    const index_t used = (len + kv.k.s - 1) / kv.k.s;  // the pages the sequence reads
+    for (index_t i = 0; i < used; ++i) {
+      const auto e = static_cast<std::size_t>(static_cast<index_t>(ib) * kv.max_pages + i);
+      const std::int32_t page = kv.page_table[e];
+      if (page < 0 || page >= kv.k.b)
+        fail(where, ": kv.page_table[", ib, "*max_pages + ", i, "] = ", page, ": sequence ", ib, " (length ", len,
+             ") reads this page, so it must be a page of the pools, in [0, num_pages = ", kv.k.b, ")");
+    }
+  }
+  check_aliasing(q, kv.k, kv.v, o, opt, where);
+  require_outside_outputs(kv.page_table.data(), kv.page_table.size_bytes(), "kv.page_table", o, opt.lse, where);
+  require_outside_outputs(kv.lengths.data(), kv.lengths.size_bytes(), "kv.lengths", o, opt.lse, where);
+}
+
+/// options.check_finite for a paged call: all of q, then the keys each sequence reads of K, then of V.
+inline void check_finite_paged(const tensor_view<const float>& q, const paged_kv& kv, const attention_options& opt,
+                               const char* where) {
+  if (!opt.check_finite) return;
+  require_finite(q, "q", where, [&](index_t) { return q.s; });
+  const char* names[2] = {"kv.k", "kv.v"};
+  const tensor_view<const float>* pools[2] = {&kv.k, &kv.v};
+  for (int t = 0; t < 2; ++t) {
+    const tensor_view<const float>& p = *pools[t];
+    for (index_t ib = 0; ib < q.b; ++ib)
+      for (index_t j = 0; j < kv.lengths[static_cast<std::size_t>(ib)]; ++j) {
+        const index_t page = kv.page_table[static_cast<std::size_t>(ib * kv.max_pages + j / p.s)];
+        for (index_t g = 0; g < p.h; ++g)
+          for (index_t c = 0; c < p.d; ++c)
+            if (!std::isfinite(p(page, j % p.s, g, c)))
+              fail(where, ": ", names[t], "[page ", page, ", slot ", j % p.s, ", ", g, ", ", c, "] = ",
+                   p(page, j % p.s, g, c), " (sequence ", ib, ", key ", j,
+                   "): options.check_finite is set and every input element the call reads must be finite");
+      }
+  }
+}
+
+/// The core on a validated paged call, on target `on` (core::target_of's result).
+template <class On>
+void run_paged(On on, const tensor_view<const float>& q, const paged_kv& kv, const tensor_view<float>& o,
+               const head_map& map, const attention_options& opt) {
+  const std::vector<index_t> lengths = to_indices(kv.lengths);
+  index_t longest = 0;
+  for (const index_t n : lengths) longest = std::max(longest, n);
+  core::forward_paged_on(on, q, kv.k, kv.v, o, kv.page_table.data(), kv.max_pages, lengths, longest, map, opt);
+}
+
+}  // namespace detail
+
+/// gqa::attend over a paged KV cache: O[b, i, h] = softmax(scale · Q[b, i, h] · K_bᵀ + mask) · V_b, where
+/// K_b, V_b are sequence b's kv.lengths[b] keys read through the page table. q (b, sq, hq, d_qk) and o
+/// (b, sq, hq, d_v) are ordinary views; options as for attend (causal is bottom-right per sequence: query
+/// i of sequence b sees keys j <= i + (lengths[b] − sq)), except options.kv_lengths, which must be empty.
+/// Prefill (sq > 1) and decode (sq = 1, split KV included) run the same core as attend.
+/// Throws gqa::invalid_argument before any work for a bad view, extent, table size, page id (of a page a
+/// sequence reads), length, option or overlap.
+template <class Isa = isa::dispatch>
+void attend(tensor_view<const float> q, const paged_kv& kv, tensor_view<float> o, const head_map& map,
+            const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
+  constexpr const char* where = "gqa::attend(paged)";
+  detail::check_paged(q, kv, o, opt, where);
+  detail::check_map(map, q, kv.k, where);
+  const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
+  detail::check_finite_paged(q, kv, opt, where);
+  detail::run_paged(on, q, kv, o, map, opt);
+}
+
+// Note [policies on a paged cache]
+// gqa::forward(policy, q, paged_kv, o) runs a variant's steps around the paged core: plan (and check)
+// see the pools as K/V (b = num_pages, s = page_size), which is all a plan from head counts needs (MHA,
+// MQA, GQA, SQA); WGQA's prepare combines heads row by row, so it runs on the pools and the table then
+// addresses the combined pools; PGQA's finish works on o as usual. A plan that reads the keys themselves
+// (KDGQA's and DGQA's key norms, policy_plans_from_keys) would read whole pages, unwritten slots
+// included, and no sequence's keys: such a policy is rejected.
+
+/// A policy's call (gqa::forward) on a paged KV cache; see Note [policies on a paged cache]. Throws
+/// gqa::invalid_argument for a policy whose plan reads the keys (KDGQA, DGQA), and as attend(paged) does.
+template <class Isa = isa::dispatch, class P>
+  requires attention_policy<std::remove_reference_t<P>>
+void forward(P&& policy, tensor_view<const float> q, const paged_kv& kv, tensor_view<float> o,
+             const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using Policy = std::remove_reference_t<P>;
+  constexpr const char* where = "gqa::forward(paged)";
+  if constexpr (policy_plans_from_keys<std::remove_cv_t<Policy>>)
+    detail::fail(where, ": policy = ", std::remove_cv_t<Policy>::name,
+                 ": its plan reads the keys of a dense K (key norms), which a paged cache does not have; gather "
+                 "the sequences into a dense view and call gqa::forward on it");
+  Policy& p = policy;
+  detail::check_paged(q, kv, o, opt, where);
+  const auto on = detail::core::target_of<Isa>(opt);  // before the policy's own work
+  detail::check_finite_paged(q, kv, opt, where);
+  if constexpr (policy_with_check<Policy>) p.check(q, kv.k, kv.v, o);
+  paged_kv call = kv;
+  if constexpr (policy_with_prepare<Policy>) {
+    const kv_views pools = p.prepare(kv.k, kv.v);
+    call.k = pools.k;
+    call.v = pools.v;
+    detail::check_paged(q, call, o, opt, where);
+  }
+  const head_map map = p.plan(q, call.k);
+  detail::check_map(map, q, call.k, where);
+  detail::run_paged(on, q, call, o, map, opt);
+  detail::finish(p, o, map, executor_of(opt));
+}
+
+GQA_END_NAMESPACE

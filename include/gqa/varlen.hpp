@@ -1,0 +1,136 @@
+// gqa/varlen.hpp: attention over a ragged batch (FlashAttention's varlen): sequences of different query
+// and key counts packed back to back without padding, given by cumulative offsets. The one core walks each
+// sequence's rows through per-sequence offsets (ragged_layout, Note [layouts] in detail/core/layout.hpp);
+// an empty sequence costs nothing. Invariant: every argument, the offsets included, is checked before any
+// work.
+#pragma once
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "attention.hpp"
+#include "detail/core/targets.hpp"
+#include "integer_span.hpp"
+#include "kv_cache.hpp"
+#include "paged.hpp"
+#include "variants/policy.hpp"
+
+GQA_BEGIN_NAMESPACE
+
+namespace detail {
+
+/// Offsets `cu` (named `name`) of a ragged batch over `rows` rows: size b + 1 >= 2, cu[0] = 0,
+/// non-decreasing, cu[b] = rows.
+inline void check_offsets(const integer_span& cu, const char* name, index_t rows, const char* rows_name,
+                          const char* where) {
+  require(cu.size() >= 2, where, field{name, "size()"}, cu.size(), "must be batch + 1 >= 2");
+  if (cu[0] != 0) fail(where, ": ", name, "[0] = ", cu.at(0), ": must be 0");
+  for (std::size_t i = 1; i < cu.size(); ++i)
+    if (cu[i] < cu[i - 1] || cu[i] > rows)
+      fail(where, ": ", name, "[", i, "] = ", cu.at(i), ": offsets must be non-decreasing and within ", rows_name,
+           " = ", rows, " (", name, "[", i - 1, "] = ", cu.at(i - 1), ")");
+  if (cu[cu.size() - 1] != rows)
+    fail(where, ": ", name, "[", cu.size() - 1, "] = ", cu.at(cu.size() - 1), ": the last offset must equal ",
+         rows_name, " = ", rows, " (every row belongs to a sequence)");
+}
+
+/// Everything a ragged call needs checked, before any work: the views (b = 1, rows in s), their extents
+/// against each other, the options (options.kv_lengths must be empty: the key counts are the offsets'),
+/// the offsets and aliasing. options.lse, if given, is laid out [hq][total_q].
+inline void check_varlen(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                         const tensor_view<const float>& v, const tensor_view<float>& o, const varlen& seqs,
+                         const attention_options& opt, const char* where) {
+  check_views(q, k, v, o, where);
+  require(q.b == 1, where, "q.b", q.b, "must be 1: a ragged batch holds its sequences' rows in s (see gqa::thd)");
+  require(opt.kv_lengths.empty(), where, "options.kv_lengths.size()", opt.kv_lengths.size(),
+          "must be 0 for a ragged batch: each sequence's keys are given by cu_seqlens_k");
+  check_shapes(q, k, v, o, opt, where);  // k.b, v.b, o.b == q.b = 1; heads, dims; lse size hq·total_q
+  require(seqs.cu_seqlens_k.size() == seqs.cu_seqlens_q.size(), where, "seqs.cu_seqlens_k.size()",
+          seqs.cu_seqlens_k.size(), "must equal seqs.cu_seqlens_q.size() = ", seqs.cu_seqlens_q.size());
+  check_offsets(seqs.cu_seqlens_q, "seqs.cu_seqlens_q", q.s, "q.s", where);
+  check_offsets(seqs.cu_seqlens_k, "seqs.cu_seqlens_k", k.s, "k.s", where);
+  check_aliasing(q, k, v, o, opt, where);
+  const integer_span& cu_q = seqs.cu_seqlens_q;
+  const integer_span& cu_k = seqs.cu_seqlens_k;
+  require_outside_outputs(cu_q.data(), cu_q.size_bytes(), "seqs.cu_seqlens_q", o, opt.lse, where);
+  require_outside_outputs(cu_k.data(), cu_k.size_bytes(), "seqs.cu_seqlens_k", o, opt.lse, where);
+}
+
+/// The core on a validated ragged call, on target `on` (core::target_of's result).
+template <class On>
+void run_varlen(On on, const tensor_view<const float>& q, const tensor_view<const float>& k,
+                const tensor_view<const float>& v, const tensor_view<float>& o, const varlen& seqs,
+                const head_map& map, const attention_options& opt) {
+  const std::vector<index_t> cu_q = to_indices(seqs.cu_seqlens_q), cu_k = to_indices(seqs.cu_seqlens_k);
+  const index_t b = static_cast<index_t>(cu_q.size()) - 1;
+  index_t sq = 0, skv = 0;
+  for (index_t i = 0; i < b; ++i) {
+    sq = std::max(sq, cu_q[static_cast<std::size_t>(i) + 1] - cu_q[static_cast<std::size_t>(i)]);
+    skv = std::max(skv, cu_k[static_cast<std::size_t>(i) + 1] - cu_k[static_cast<std::size_t>(i)]);
+  }
+  core::forward_ragged_on(on, q, k, v, o, cu_q, cu_k, sq, skv, map, opt);
+}
+
+}  // namespace detail
+
+/// gqa::attend over a ragged batch: for each sequence i, its query rows attend to its keys only,
+/// O = softmax(scale · Q_i · K_iᵀ + mask) · V_i, causal bottom-right per sequence (query r of a sequence
+/// with n_q queries and n_k keys sees keys j <= r + (n_k − n_q)). q (1, total_q, hq, d_qk), k
+/// (1, total_k, hkv, d_qk), v (1, total_k, hkv, d_v), o (1, total_q, hq, d_v): gqa::thd views of
+/// [total][heads][dim] buffers, or any strides. options.lse, if given, is [hq][total_q] (FlashAttention's
+/// varlen softmax_lse). A query row of a sequence without keys is zeros with LSE −inf.
+/// Throws gqa::invalid_argument before any work for a bad view, extent, offset, option or overlap.
+template <class Isa = isa::dispatch>
+void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v, tensor_view<float> o,
+            const head_map& map, const varlen& seqs, const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
+  constexpr const char* where = "gqa::attend(varlen)";
+  detail::check_varlen(q, k, v, o, seqs, opt, where);
+  detail::check_map(map, q, k, where);
+  const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
+  detail::check_finite(q, k, v, opt, where);  // every key belongs to a sequence: all of k and v are read
+  detail::run_varlen(on, q, k, v, o, seqs, map, opt);
+}
+
+// Note [policies on a ragged batch]
+// gqa::forward(policy, q, k, v, o, varlen) runs plan, check and prepare on the packed views (b = 1,
+// total rows in s): a plan from head counts (MHA, MQA, GQA, SQA) and WGQA's row-by-row prepare are the
+// same on packed rows. Two kinds of step are not, and are rejected: a plan that reads the keys (KDGQA's
+// and DGQA's key norms: per sample or over a padded batch, neither of which a packed batch has), and a
+// finish step (PGQA's noise is standardised per (sample, head) over a [b][sq] output,
+// which a ragged batch does not have).
+
+/// A policy's call (gqa::forward) on a ragged batch; see Note [policies on a ragged batch].
+template <class Isa = isa::dispatch, class P>
+  requires attention_policy<std::remove_reference_t<P>>
+void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+             tensor_view<float> o, const varlen& seqs, const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using Policy = std::remove_reference_t<P>;
+  using Plain = std::remove_cv_t<Policy>;
+  constexpr const char* where = "gqa::forward(varlen)";
+  if constexpr (policy_plans_from_keys<Plain>)
+    detail::fail(where, ": policy = ", Plain::name,
+                 ": its plan reads the keys of a dense batch (key norms per sample or over the padded batch), "
+                 "which a ragged batch does not have; pad the sequences into a dense batch (kv_lengths)");
+  if constexpr (policy_with_finish<Plain> || policy_with_finish_executor<Plain>)
+    detail::fail(where, ": policy = ", Plain::name,
+                 ": its finish step works per (sample, head) over a (b, sq, hq, dv) output, which a ragged batch "
+                 "does not have; pad the sequences into a dense batch (kv_lengths)");
+  Policy& p = policy;
+  detail::check_varlen(q, k, v, o, seqs, opt, where);  // everything before the policy's own work
+  const auto on = detail::core::target_of<Isa>(opt);
+  detail::check_finite(q, k, v, opt, where);
+  if constexpr (policy_with_check<Policy>) p.check(q, k, v, o);
+  kv_views kv{k, v};
+  if constexpr (policy_with_prepare<Policy>) {
+    kv = p.prepare(k, v);
+    detail::check_varlen(q, kv.k, kv.v, o, seqs, opt, where);
+  }
+  const head_map map = p.plan(q, kv.k);
+  detail::check_map(map, q, kv.k, where);
+  detail::run_varlen(on, q, kv.k, kv.v, o, seqs, map, opt);
+}
+
+GQA_END_NAMESPACE
