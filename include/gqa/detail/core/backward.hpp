@@ -297,8 +297,9 @@ struct backward_kernel {
         // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: the block's keys are the tile's rows, read in place.
         product<assign_tile>(kb, ks, nb, qt, rp, rp, d, st, rp);
         product<assign_tile>(vb, vs, nb, dot, rp, rp, dv, dst, rp);
-        if (alibi)  // exact in float while |the diagonal's offset| < 2^24, as the forward's
-          for (index_t r = 0; r < rows; ++r) rel[r] = static_cast<float>(q0 + r / G + (kv_len - sq) - j0);
+        if (alibi)  // exact in float while |the diagonal's offset| < 2^24, as the forward's; padding rows 0
+          for (index_t r = 0; r < rp; ++r)
+            rel[r] = r < rows ? static_cast<float>(q0 + r / G + (kv_len - sq) - j0) : 0.0f;
         if (cut) {
           // Positions [pf, pe) see key j0 + j: those past its hi, before its lo (both monotone).
           index_t pf = q0, pe = q0;
