@@ -67,8 +67,9 @@ struct bench_case {
 /// finds them measured), then the reference (scalar only), then the variants, then the sweeps.
 /// `variants` is the list of variant names this build benchmarks.
 std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::string_view>& variants);
-/// False for shapes where the Eigen baseline's Sq×Skv score matrix would be unreasonably large.
-bool eigen_feasible(const shape& s);
+/// Whether gqa_bench runs the Eigen baseline (forward, or backward) for s: false where its Sq×Skv score
+/// matrix would be unreasonably large, for a sliding window (it has none), and for the backward at S 4096.
+bool eigen_feasible(const shape& s, bool backward = false);
 
 /// Rough seconds per call, used to decide warm-up calls (never to set iteration counts).
 double estimated_seconds(std::string_view isa, std::string_view kind, const shape& s);

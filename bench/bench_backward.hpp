@@ -154,6 +154,7 @@ void run_variant_backward(benchmark::State& st, const bench_case& c) {
   const auto dv = gqa::bshd<float>(g.dv.data(), s.b, s.skv, kv_heads, s.d);
   gqa::attention_options opt;
   opt.causal = s.causal;
+  opt.window_left = s.window_left;
   opt.num_threads = s.threads;
   with_bench_policy(st, c, [&](auto& p) {
     try {
@@ -169,7 +170,7 @@ void run_variant_backward(benchmark::State& st, const bench_case& c) {
       const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
       backward_counters(st, s, per_call);
       double eigen = eigen_seconds_cached(isa_name, s, true);
-      if (eigen < 0 && options().lazy_baselines && eigen_feasible(s)) {
+      if (eigen < 0 && options().lazy_baselines && eigen_feasible(s, true)) {
         eigen = measure_eigen_backward(s);
         if (eigen > 0) store_eigen_seconds(isa_name, s, eigen, true);
       }

@@ -103,9 +103,11 @@ std::string bench_case::name() const {
   return (kind == "variant" || kind == "kvcache" ? variant : kind) + "/" + isa + "/" + shape_part;
 }
 
-bool eigen_feasible(const shape& s) {
-  // The baseline materialises S = Q·Kᵀ (Sq × Skv floats) per thread: cap it at 64 MiB.
-  return s.sq * s.skv <= (std::int64_t{1} << 24);
+bool eigen_feasible(const shape& s, bool backward) {
+  // The baseline materialises S = Q·Kᵀ (Sq × Skv floats) per thread: cap it at 64 MiB. It has no window
+  // (its time would be of other work), and its backward at S 4096 (full Sq×Skv products per head, no
+  // causal skipping) would take ~10 s per call.
+  return s.sq * s.skv <= (std::int64_t{1} << 24) && s.window_left < 0 && !(backward && s.sq > 2048);
 }
 
 namespace {
@@ -178,8 +180,15 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
         const shape model = make_main_shape(m, t);
         add(var, "variant", std::string(v), variant_shape(v, model), model, true);
       }
+  // The backward with a sliding window, like the forward's pair: P2's heads at S 4096 causal, with and
+  // without a 512-key window, one thread.
+  if (isa != "scalar")
+    for (std::int64_t w : {-1, 512}) {
+      const shape s{1, 32, 8, 128, 4096, 4096, true, 1, w};
+      add(var, "variant", "gqa", s, s, true);
+    }
   for (const bench_case& c : std::vector<bench_case>(var))
-    if (eigen_feasible(c.s) && c.s.window_left < 0 && c.s.kv == kv_type::f32)  // Eigen: fp32, no window
+    if (eigen_feasible(c.s, c.backward) && c.s.kv == kv_type::f32)  // Eigen: fp32 (and no window)
       add(eig, "eigen", "", c.s, c.s, c.backward);
   if (isa == "scalar") {
     // The naive reference (double, unblocked) only on small shapes: P3 and the small end of the sweeps.

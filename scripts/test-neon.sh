@@ -2,14 +2,15 @@
 # scripts/test-neon.sh: cross-build gqa's test suite for AArch64 (NEON) and run it under qemu-aarch64.
 #   1. GoogleTest for aarch64, built once from Debian's `googletest` source package (/usr/src/googletest;
 #      Debian's libgtest-dev is x86-64 only) and installed into <build>/googletest/install
-#   2. gqa_tests and gqa_sweep (scalar + neon TUs, GQA_TEST_REDUCED=ON: 200 sweep cases; no benchmarks,
-#      examples or packaging)
+#   2. gqa_tests and gqa_sweep (the NEON suite TUs and the ISA-independent unit tests, GQA_TEST_REDUCED=ON:
+#      200 sweep cases; no benchmarks, examples or packaging). The scalar suites are not built here: they are
+#      the same portable C++ every other stage runs natively (GQA_TEST_ISAS="scalar;neon" builds them too).
 #      configured with cmake/toolchain-aarch64.cmake and built in <build>/gqa
 #   3. ctest in <build>/gqa: every test runs under qemu-aarch64 (CMAKE_CROSSCOMPILING_EMULATOR)
 # Ends with one summary line; exits non-zero if anything failed. Needs g++-aarch64-linux-gnu, qemu-user
 # and googletest (scripts/install-deps.sh --neon). Nothing is downloaded.
-# Environment: GQA_BUILD_DIR (default <repo>/build/neon), GQA_JOBS (default 2), GQA_GTEST_SOURCE (default
-# /usr/src/googletest), GQA_CTEST_ARGS (extra ctest arguments, e.g. "-R vec_suite").
+# Environment: GQA_BUILD_DIR (default <repo>/build/neon), GQA_JOBS (default 2), GQA_TEST_ISAS (default neon),
+# GQA_GTEST_SOURCE (default /usr/src/googletest), GQA_CTEST_ARGS (extra ctest arguments, e.g. "-R vec_suite").
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,7 +59,7 @@ done
 echo "=== test-neon.sh: configure + build gqa_tests for aarch64 in $build/gqa"
 cmake -S "$repo" -B "$build/gqa" -DCMAKE_TOOLCHAIN_FILE="$toolchain" -DCMAKE_BUILD_TYPE=Release \
   -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF -DGQA_INSTALL=OFF \
-  -DGQA_TEST_REDUCED=ON -DGTest_DIR="$(dirname "$gtest_config")" "${eigen_args[@]}" ||
+  -DGQA_TEST_REDUCED=ON -DGQA_TEST_ISAS="${GQA_TEST_ISAS:-neon}" -DGTest_DIR="$(dirname "$gtest_config")" "${eigen_args[@]}" ||
   finish 1 "configure FAILED"
 cmake --build "$build/gqa" --target gqa_tests gqa_sweep -j "$jobs" || finish 1 "build FAILED"
 
@@ -75,4 +76,4 @@ fi
 failed_n=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$tally")
 total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$tally")
 [ "$total" -gt 0 ] || finish 1 "no tests ran"
-finish "$rc" "$((total - failed_n))/$total passed under qemu-aarch64 (scalar + neon, reduced shapes)"
+finish "$rc" "$((total - failed_n))/$total passed under qemu-aarch64 ($(grep -oE "^GQA_TEST_ISAS[^=]*=.*" "$build/gqa/CMakeCache.txt" | cut -d= -f2) suites, reduced shapes)"

@@ -150,17 +150,6 @@ inline void check_modifiers(const attention_options& opt, index_t hq, const char
   }
 }
 
-/// The backward pass does not support the score modifiers yet: throws naming the first one set.
-inline void require_no_modifiers(const attention_options& opt, const char* where) {
-  constexpr const char* why = "the backward pass supports no sliding window yet (only -1)";
-  require(opt.window_left == -1, where, "options.window_left", opt.window_left, why);
-  require(opt.window_right == -1, where, "options.window_right", opt.window_right, why);
-  require(opt.softcap == 0.0f, where, "options.softcap", opt.softcap, "the backward pass supports no softcap yet (only 0)");
-  require(opt.sinks.empty(), where, "options.sinks.size()", opt.sinks.size(), "the backward pass supports no sinks yet (only 0)");
-  require(opt.alibi_slopes.empty(), where, "options.alibi_slopes.size()", opt.alibi_slopes.size(),
-          "the backward pass supports no ALiBi yet (only 0)");
-}
-
 /// The views' extents against each other and the options (no aliasing); requires views that passed
 /// check_view. O is float (attend's output) or const float (the forward's output, attend_backward's input);
 /// KV is K and V's element type.

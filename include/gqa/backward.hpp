@@ -39,6 +39,36 @@ inline tensor_view<T> span_view(std::span<T> s) noexcept {
   return {s.data(), 1, 1, 1, static_cast<index_t>(s.size()), 0, 0, 0, 1};
 }
 
+/// The backward's own checks of the score modifiers (check_modifiers() has checked each on its own):
+/// options.dsinks needs options.sinks and has hq entries; no gradient (nor dsinks) shares an element with
+/// options.sinks or options.alibi_slopes, which the call reads while it writes them; dsinks shares none
+/// with any input or gradient.
+inline void check_backward_modifiers(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                                     const tensor_view<const float>& v, const tensor_view<const float>& o,
+                                     const tensor_view<const float>& dout, std::span<const float> lse,
+                                     const tensor_view<float>& dq, const tensor_view<float>& dk,
+                                     const tensor_view<float>& dv, const attention_options& opt, const char* where) {
+  if (!opt.dsinks.empty()) {
+    require(!opt.sinks.empty(), where, "options.dsinks.size()", opt.dsinks.size(),
+            "needs options.sinks (dsinks is the gradient of the sinks)");
+    require(std::cmp_equal(opt.dsinks.size(), q.h), where, "options.dsinks.size()", opt.dsinks.size(),
+            "must equal hq = ", q.h, " (or 0: not computed)");
+  }
+  const tensor_view<float> ds = span_view(opt.dsinks);
+  const named_view<const float> params[2] = {{span_view(opt.sinks), "options.sinks"},
+                                             {span_view(opt.alibi_slopes), "options.alibi_slopes"}};
+  for (const auto& [out, name] : {named_view<float>{dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {ds, "options.dsinks"}}) {
+    if (out.d == 0) continue;  // no dsinks
+    for (const auto& in : params)
+      if (in.view.d > 0) require_disjoint(shared_element(out, in.view), where, name, out.data, in.name);
+  }
+  if (ds.d > 0)
+    require_outputs_disjoint({{ds, "options.dsinks"}},
+                             {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}, {span_view(lse), "lse"},
+                              {dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
+                             where);
+}
+
 /// Everything attend_backward() checks, once, before any work (Note [validation once]): the forward's
 /// checks of q, k, v, o, options and map, the extents of dout and the gradients, the LSE, and that no
 /// gradient repeats an element or shares one with an input or another gradient (Note [exact overlap]).
@@ -57,7 +87,6 @@ inline void validate_backward(const tensor_view<const float>& q, const tensor_vi
   check_view(dk, "dk", where);
   check_view(dv, "dv", where);
   check_shapes(q, k, v, o, opt, where);
-  require_no_modifiers(opt, where);
   require_same_extents(dout, "dout", o, "o", where);
   require_same_extents(dq, "dq", q, "q", where);
   require_same_extents(dk, "dk", k, "k", where);
@@ -71,6 +100,7 @@ inline void validate_backward(const tensor_view<const float>& q, const tensor_vi
       fail(where, ": lse[", i, "] = ", lse[i], ": must be finite or -inf (the forward's LSE of that row)");
   require_outputs_disjoint({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
                            {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}, {span_view(lse), "lse"}}, where);
+  check_backward_modifiers(q, k, v, o, dout, lse, dq, dk, dv, opt, where);
 }
 
 }  // namespace detail
@@ -78,18 +108,22 @@ inline void validate_backward(const tensor_view<const float>& q, const tensor_vi
 /// The gradients of O = attend(q, k, v, map, opt) with respect to q, k and v, given dout = ∂L/∂O, the
 /// forward's output o and its LSE (options.lse of the forward call, laid out [b][hq][sq]).
 /// Shapes: dq like q (b, sq, hq, d_qk), dk like k (b, skv, hkv, d_qk), dv like v (b, skv, hkv, d_v), any
-/// strides with stride_d = 1. The options must be the forward's (scale, causal, kv_lengths); threads and
-/// parallel_for may differ; options.lse is not used (the LSE is the `lse` argument).
+/// strides with stride_d = 1. The options must be the forward's (scale, causal, kv_lengths, window,
+/// softcap, sinks, alibi_slopes), applied as the forward applied them; threads and parallel_for may
+/// differ; options.lse is not used (the LSE is the `lse` argument). options.dsinks (optional, size hq,
+/// needs sinks) receives the sinks' gradient (docs/design.md §8.7).
 /// dq, dk and dv are overwritten, not accumulated. A KV head's dk/dv is the sum over every query head the
-/// map assigns to it (zero for a KV head that serves none); keys no query sees (past kv_lengths, or after
-/// every causal row) get zero; rows that saw no key (LSE −inf) contribute nothing and get dq = 0.
-/// Results are bitwise identical for any thread count and executor.
+/// map assigns to it (zero for a KV head that serves none); keys no query sees (past kv_lengths, after
+/// every causal row, outside every window) get zero; rows that see no key (or whose LSE is −inf)
+/// contribute nothing and get dq = 0. Results are bitwise identical for any thread count and executor.
 /// Isa as for attend(): isa::dispatch (the default) picks the ISA at run time (options.isa, GQA_ISA, the
 /// CPU), so a backward runs the ISA its forward ran; an ISA tag picks it at compile time.
 /// Throws gqa::invalid_argument (naming the argument and its value) before any work for: any check of
 /// attend(), dout/dq/dk/dv extents different from o/q/k/v, lse of the wrong size or holding NaN or +inf,
-/// any overlap of dq, dk, dv with an input or with each other, and (Isa = isa::dispatch) an options.isa or
-/// GQA_ISA naming an ISA that cannot run here.
+/// any overlap of dq, dk, dv with an input or with each other, options.dsinks without sinks or of a size
+/// other than hq, any overlap of dq, dk, dv or dsinks with options.sinks or options.alibi_slopes, or of
+/// dsinks with an input or a gradient, and (Isa = isa::dispatch) an options.isa or GQA_ISA naming an ISA
+/// that cannot run here.
 template <class Isa = isa::dispatch>
 void attend_backward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
                      tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,

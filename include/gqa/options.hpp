@@ -33,6 +33,11 @@ struct attention_options {
   /// O = Σ_j e^{s_j} V_j / (e^{sinks[h]} + Σ_j e^{s_j}); the LSE includes it, and a row that sees no key
   /// is zeros with LSE sinks[h]. Each finite, |sinks[h]| <= 1e30.
   std::span<const float> sinks;
+  /// Optional output of the backward pass (gqa::attend_backward, gqa::backward): the gradient of the loss
+  /// with respect to `sinks`, dsinks[h] = −Σ_i e^{sinks[h] − LSE_i}·(dO_i·O_i) over the rows i of head h
+  /// (every batch element and position) that see a key; size hq, and `sinks` must be given. Overwritten.
+  /// Empty (the default): not computed. The forward ignores it.
+  std::span<float> dsinks;
   /// ALiBi (FlashAttention's convention, bottom-right): per query head h a slope (size hq; empty = none)
   /// adding -alibi_slopes[h]·|i + (L - sq) - j| to the logit of query i and key j, after the softcap
   /// (as FlashAttention, llama.cpp: the bias is not capped). Each finite, |slope| <= 1e30.

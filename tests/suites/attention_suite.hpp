@@ -610,6 +610,24 @@ TYPED_TEST_P(attention_suite, large_magnitude_scores) {
   }
 }
 
+/// The shape of a case of the mask and modifier tests below (d_v = d).
+struct case_shape {
+  index_t b, sq, skv, hq, hkv, d;
+};
+
+/// A case of shape s with seed `seed`, no mask or modifier yet.
+attention_case case_of(const case_shape& s, std::uint64_t seed) {
+  attention_case c;
+  c.b = s.b;
+  c.sq = s.sq;
+  c.skv = s.skv;
+  c.hq = s.hq;
+  c.hkv = s.hkv;
+  c.d = c.dv = s.d;
+  c.seed = seed;
+  return c;
+}
+
 // Sliding windows (FlashAttention's window_size, bottom-right): left-only, right-only, both, windows of 0
 // and 1 and larger than skv, with and without causal, on every path (decode, direct, tiled, split-KV),
 // with padding (kv_lengths) and odd sizes (d not a multiple of the vector width, lengths not a multiple
@@ -620,15 +638,15 @@ TYPED_TEST_P(attention_suite, sliding_window) {
   };
   const win wins[] = {{0, 0}, {1, -1}, {-1, 1}, {5, 3}, {0, -1}, {-1, 0}, {70, -1}, {130, 20}, {1000, 1000}, {64, 0}};
   struct shape {
-    index_t b, sq, skv, hq, hkv, d;
+    case_shape s;
     std::vector<index_t> lengths;
   };
   std::vector<shape> shapes = {
-      {2, 1, 300, 8, 2, 33, {}},           // decode (direct path, key-major scores)
-      {1, 3, 200, 8, 1, 17, {}},           // few positions, direct path
-      {2, 70, 260, 8, 2, 64, {260, 131}},  // tiled, padding
-      {1, 200, 150, 12, 4, 40, {}},        // sq > skv: early rows see nothing
-      {1, 1, 1, 1, 1, 5, {}},              // one key
+      {{2, 1, 300, 8, 2, 33}, {}},           // decode (direct path, key-major scores)
+      {{1, 3, 200, 8, 1, 17}, {}},           // few positions, direct path
+      {{2, 70, 260, 8, 2, 64}, {260, 131}},  // tiled, padding
+      {{1, 200, 150, 12, 4, 40}, {}},        // sq > skv: early rows see nothing
+      {{1, 1, 1, 1, 1, 5}, {}},              // one key
   };
   if (gqa::test::reduced) shapes.erase(shapes.begin() + 3);
   std::uint64_t seed = 1100;
@@ -636,31 +654,17 @@ TYPED_TEST_P(attention_suite, sliding_window) {
     for (std::size_t w = 0; w < std::size(wins); ++w)
       for (const bool causal : {false, true}) {
         if (gqa::test::reduced && (w + causal) % 2 != 0) continue;
-        attention_case c;
-        c.b = s.b;
-        c.sq = s.sq;
-        c.skv = s.skv;
-        c.hq = s.hq;
-        c.hkv = s.hkv;
-        c.d = c.dv = s.d;
+        attention_case c = case_of(s.s, seed++);
         c.kv_lengths = s.lengths;
         c.causal = causal;
         c.mods.window_left = wins[w].left;
         c.mods.window_right = wins[w].right;
-        c.seed = seed++;
         check_case<TypeParam>(c);
       }
   // Split-KV decode (Note [decode split]) with the window inside one chunk, across chunks, and beyond
   // the padding; deterministic for any thread count.
-  attention_case c;
-  c.b = 2;
-  c.sq = 2;
-  c.skv = gqa::test::reduced ? 2100 : 4500;
-  c.hq = 8;
-  c.hkv = 2;
-  c.d = c.dv = 48;
+  attention_case c = case_of({2, 2, gqa::test::reduced ? 2100 : 4500, 8, 2, 48}, 1190);
   c.kv_lengths = {c.skv, c.skv / 3 + 5};
-  c.seed = 1190;
   for (const win w : {win{100, -1}, win{1500, 0}, win{3000, 2}}) {
     c.mods.window_left = w.left;
     c.mods.window_right = w.right;
@@ -684,10 +688,7 @@ TYPED_TEST_P(attention_suite, sliding_window) {
 // identity) to one far below (every logit saturated near ±cap), with large logits (scale 10, inputs ±3),
 // composed with causal, a window and padding.
 TYPED_TEST_P(attention_suite, logit_softcap) {
-  struct shape {
-    index_t b, sq, skv, hq, hkv, d;
-  };
-  std::vector<shape> shapes = {
+  std::vector<case_shape> shapes = {
       {2, 1, 300, 8, 2, 33},   // decode
       {1, 3, 200, 8, 1, 17},   // direct
       {1, 70, 260, 8, 2, 64},  // tiled
@@ -697,13 +698,7 @@ TYPED_TEST_P(attention_suite, logit_softcap) {
   for (const auto& s : shapes)
     for (const double cap : {50.0, 5.0, 1.0, 0.05})
       for (const bool large : {false, true}) {
-        attention_case c;
-        c.b = s.b;
-        c.sq = s.sq;
-        c.skv = s.skv;
-        c.hq = s.hq;
-        c.hkv = s.hkv;
-        c.d = c.dv = s.d;
+        attention_case c = case_of(s, seed++);
         c.causal = s.sq > 1;
         c.mods.softcap = cap;
         if (large) {
@@ -713,7 +708,6 @@ TYPED_TEST_P(attention_suite, logit_softcap) {
           c.mods.window_left = 100;
           c.kv_lengths.assign(static_cast<std::size_t>(s.b), s.skv - 13);
         }
-        c.seed = seed++;
         check_case<TypeParam>(c);
       }
 }
@@ -735,10 +729,7 @@ void set_sinks_and_slopes(attention_case& c, bool sinks, bool alibi, float sink_
 // padding (rows that see no key: zeros with LSE the sink), on every path including split-KV decode; sinks
 // that dominate the row (+8) and that barely count (-20).
 TYPED_TEST_P(attention_suite, sinks_and_alibi) {
-  struct shape {
-    index_t b, sq, skv, hq, hkv, d;
-  };
-  std::vector<shape> shapes = {
+  std::vector<case_shape> shapes = {
       {2, 1, 300, 8, 2, 33},   // decode
       {1, 3, 200, 8, 1, 17},   // direct
       {1, 70, 260, 8, 2, 64},  // tiled
@@ -748,13 +739,7 @@ TYPED_TEST_P(attention_suite, sinks_and_alibi) {
   std::uint64_t seed = 1300;
   for (const auto& s : shapes)
     for (int mode = 0; mode < 6; ++mode) {
-      attention_case c;
-      c.b = s.b;
-      c.sq = s.sq;
-      c.skv = s.skv;
-      c.hq = s.hq;
-      c.hkv = s.hkv;
-      c.d = c.dv = s.d;
+      attention_case c = case_of(s, seed++);
       c.causal = mode % 2 == 1 || s.sq > s.skv;
       const bool sinks = mode != 2, alibi = mode >= 2;
       set_sinks_and_slopes(c, sinks, alibi, mode == 4 ? 8.0f : mode == 5 ? -20.0f : 0.0f);
@@ -764,7 +749,6 @@ TYPED_TEST_P(attention_suite, sinks_and_alibi) {
         c.kv_lengths.assign(static_cast<std::size_t>(s.b), 0);
         c.kv_lengths.back() = s.skv - 7;  // the first batch elements see nothing
       }
-      c.seed = seed++;
       check_case<TypeParam>(c);
       if (s.sq == 2 && mode == 1) check_deterministic<TypeParam>(c);
     }

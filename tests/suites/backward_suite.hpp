@@ -1,9 +1,11 @@
 // tests/suites/backward_suite.hpp: gqa::attend_backward<Isa> against the double reference gradients
 // (reference::attention_backward, itself checked against finite differences in
 // unit/backward_reference_test.cpp) over shapes (d 1..256, Sq and Skv 1..300), both masks, padding, rows
-// and keys that nothing sees, unequal, empty and interleaved groups, d_v != d_qk, layouts and strides, and
-// bitwise invariance over thread counts and executors. Tolerance: Note [backward tolerance]. Compiled once
-// per ISA: every helper stays in `namespace {}`. GQA_TEST_VERBOSE=1 prints every case's errors.
+// and keys that nothing sees, unequal, empty and interleaved groups, d_v != d_qk, layouts and strides, the
+// sliding window, softcap, ALiBi and sinks (with the sinks' gradient) alone and together, non-finite
+// values behind the masks, and bitwise invariance over thread counts and executors. Tolerance: Note
+// [backward tolerance]. Compiled once per ISA: every helper stays in `namespace {}`. GQA_TEST_VERBOSE=1
+// prints every case's errors.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -25,6 +27,7 @@
 
 #include <gqa/attention.hpp>
 #include <gqa/backward.hpp>
+#include <gqa/random.hpp>
 #include <gqa/reference/attention.hpp>
 
 #include "support/isa_suite.hpp"
@@ -50,6 +53,11 @@ struct backward_case {
   layout lgrad = layout::bshd;  // dq, dk, dv
   float lo_val = -1.0f, hi_val = 1.0f;
   std::uint64_t seed = 1;
+  // Score modifiers (attention_options' fields of the same names); sinks and ALiBi slopes are drawn per
+  // head when set, and with sinks the case also checks options.dsinks.
+  index_t window_left = -1, window_right = -1;
+  float softcap = 0.0f;
+  bool sinks = false, alibi = false;
 
   gqa::head_map map() const {
     return kv_of_q.empty() ? gqa::head_map::uniform(hq, hkv) : gqa::head_map(kv_of_q, hkv);
@@ -72,46 +80,96 @@ struct backward_case {
     }
     os << " layouts q/k/v/o/grads=" << layout_name(lq) << "/" << layout_name(lk) << "/" << layout_name(lv) << "/"
        << layout_name(lo) << "/" << layout_name(lgrad) << " inputs in [" << lo_val << ", " << hi_val << ") seed=" << seed;
+    if (window_left >= 0 || window_right >= 0) os << " window=(" << window_left << "," << window_right << ")";
+    if (softcap > 0.0f) os << " softcap=" << softcap;
+    if (sinks) os << " sinks";
+    if (alibi) os << " alibi";
     return os.str();
   }
+  bool any_modifier() const { return window_left >= 0 || window_right >= 0 || softcap > 0.0f || sinks || alibi; }
 };
+
+/// A case of b batch elements, sq queries, skv keys, hq/hkv heads (uniform map), d = d_v, and a seed.
+backward_case shaped_case(index_t b, index_t sq, index_t skv, index_t hq, index_t hkv, index_t d, std::uint64_t seed) {
+  backward_case c;
+  c.b = b;
+  c.sq = sq;
+  c.skv = skv;
+  c.hq = hq;
+  c.hkv = hkv;
+  c.d = c.dv = d;
+  c.seed = seed;
+  return c;
+}
+
+/// Per-head sinks in [-1, 2) and ALiBi slopes 2^(-8(h+1)/hq) (the ALiBi paper's), for a case that sets them.
+std::vector<float> case_sinks(const backward_case& c) {
+  if (!c.sinks) return {};
+  std::vector<float> x(static_cast<std::size_t>(c.hq));
+  for (std::size_t h = 0; h < x.size(); ++h) x[h] = -1.0f + 3.0f * gqa::random::to_unit_float(gqa::random::hash(c.seed, {h, 1}));
+  return x;
+}
+std::vector<float> case_slopes(const backward_case& c) {
+  if (!c.alibi) return {};
+  std::vector<float> x(static_cast<std::size_t>(c.hq));
+  for (std::size_t h = 0; h < x.size(); ++h)
+    x[h] = std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(c.hq));
+  return x;
+}
 
 /// The case's tensors: inputs filled, the forward run on Isa (o and its LSE), gradients NaN until run.
 struct backward_data {
   tensor q, k, v, o, dout, dq, dk, dv;
   gqa::head_map map;
   std::vector<float> lse;
+  std::vector<float> sinks, slopes, dsinks;  // dsinks: NaN until run (when the case has sinks)
 
+  /// The case's data and its forward on Isa, after `before` (if any) changed the inputs.
   template <class Isa>
-  static backward_data make(const backward_case& c) {
+  static backward_data make(const backward_case& c, const std::function<void(backward_data&)>& before = {}) {
     backward_data p(c);
+    if (before) before(p);
     gqa::attention_options opt = p.options(c);
     opt.lse = p.lse;
     gqa::attend<Isa>(p.q.cview(), p.k.cview(), p.v.cview(), p.o.view, p.map, opt);
     return p;
   }
 
+  /// The forward's options (the backward's, but dsinks).
   gqa::attention_options options(const backward_case& c) const {
     gqa::attention_options opt;
     opt.scale = c.scale;
     opt.causal = c.causal;
     opt.kv_lengths = c.kv_lengths;
+    opt.window_left = c.window_left;
+    opt.window_right = c.window_right;
+    opt.softcap = c.softcap;
+    opt.sinks = sinks;
+    opt.alibi_slopes = slopes;
     return opt;
   }
 
+  /// The case's modifiers for the references.
+  gqa::reference::modifiers mods(const backward_case& c) const {
+    return {c.window_left, c.window_right, static_cast<double>(c.softcap), sinks, slopes};
+  }
+
+  /// The backward on Isa; with sinks, options.dsinks is this case's dsinks unless the caller set it.
   template <class Isa>
-  void run(const gqa::attention_options& opt) {
+  void run(gqa::attention_options opt) {
+    if (!sinks.empty() && opt.dsinks.empty()) opt.dsinks = dsinks;
     gqa::attend_backward<Isa>(q.cview(), k.cview(), v.cview(), o.cview(), dout.cview(), lse, dq.view, dk.view, dv.view,
                               map, opt);
   }
 
-  /// The three gradients in logical order, concatenated (for bitwise comparisons between runs).
+  /// The three gradients in logical order and dsinks, concatenated (for bitwise comparisons between runs).
   std::vector<float> dense_gradients() const {
     auto all = gqa::test::logical_order(dq.view);
     for (const auto* t : {&dk, &dv}) {
       const auto x = gqa::test::logical_order(t->view);
       all.insert(all.end(), x.begin(), x.end());
     }
+    all.insert(all.end(), dsinks.begin(), dsinks.end());
     return all;
   }
 
@@ -120,7 +178,8 @@ struct backward_data {
       : q(c.lq, c.b, c.sq, c.hq, c.d), k(c.lk, c.b, c.skv, c.hkv, c.d), v(c.lv, c.b, c.skv, c.hkv, c.dv),
         o(c.lo, c.b, c.sq, c.hq, c.dv), dout(c.lo, c.b, c.sq, c.hq, c.dv), dq(c.lgrad, c.b, c.sq, c.hq, c.d),
         dk(c.lgrad, c.b, c.skv, c.hkv, c.d), dv(c.lgrad, c.b, c.skv, c.hkv, c.dv), map(c.map()),
-        lse(static_cast<std::size_t>(c.b * c.hq * c.sq), std::numeric_limits<float>::quiet_NaN()) {
+        lse(static_cast<std::size_t>(c.b * c.hq * c.sq), std::numeric_limits<float>::quiet_NaN()),
+        sinks(case_sinks(c)), slopes(case_slopes(c)), dsinks(sinks.size(), std::numeric_limits<float>::quiet_NaN()) {
     q.fill(c.seed * 8 + 0, c.lo_val, c.hi_val);
     k.fill(c.seed * 8 + 1, c.lo_val, c.hi_val);
     v.fill(c.seed * 8 + 2, c.lo_val, c.hi_val);
@@ -183,51 +242,85 @@ struct gradient_check {
   }
 };
 
+/// What the case's masks let through, from the reference's visible_keys: whether query position i of batch
+/// ib sees no key, and whether key j of batch ib is seen by no position.
+struct visibility {
+  std::vector<char> row_empty, key_unseen;  // [b][sq], [b][skv]
+  index_t sq, skv;
+  visibility(const backward_case& c, const gqa::reference::modifiers& mods)
+      : row_empty(static_cast<std::size_t>(c.b * c.sq), 1), key_unseen(static_cast<std::size_t>(c.b * c.skv), 1), sq(c.sq),
+        skv(c.skv) {
+    for (index_t ib = 0; ib < c.b; ++ib) {
+      const index_t len = c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
+      for (index_t i = 0; i < c.sq; ++i) {
+        const auto [lo, hi] = gqa::reference::visible_keys(i, c.sq, len, c.causal, mods);
+        row_empty[static_cast<std::size_t>(ib * c.sq + i)] = hi <= lo;
+        for (index_t j = lo; j < hi; ++j) key_unseen[static_cast<std::size_t>(ib * c.skv + j)] = 0;
+      }
+    }
+  }
+  bool row(index_t ib, index_t i) const { return row_empty[static_cast<std::size_t>(ib * sq + i)] != 0; }
+  bool key(index_t ib, index_t j) const { return key_unseen[static_cast<std::size_t>(ib * skv + j)] != 0; }
+};
+
+/// Sets every element of t at a key (position of a K/V view) that `hide(ib, j)` selects to NaN, or, with
+/// `restore`, back to its value there (logical order).
+template <class Hide>
+void poison_keys(const gqa::tensor_view<float>& t, Hide&& hide, const std::vector<float>* restore) {
+  std::size_t i = 0;
+  for (index_t ib = 0; ib < t.b; ++ib)
+    for (index_t j = 0; j < t.s; ++j)
+      for (index_t g = 0; g < t.h; ++g)
+        for (index_t x = 0; x < t.d; ++x, ++i)
+          if (hide(ib, j)) t.row(ib, j, g)[x] = restore ? (*restore)[i] : std::numeric_limits<float>::quiet_NaN();
+}
+
+/// dsinks against the reference: finite, within Note [backward tolerance] (per head, with its terms).
+void expect_dsinks(const std::vector<float>& got, const gqa::reference::attention_grads& ref, const std::vector<float>& naive) {
+  ASSERT_EQ(got.size(), ref.dsinks.size());
+  const double tol = gqa::test::gradient_tolerance(naive, ref.dsinks);
+  for (std::size_t h = 0; h < got.size(); ++h) {
+    EXPECT_TRUE(std::isfinite(got[h])) << "dsinks[" << h << "] = " << got[h];
+    EXPECT_LE(std::fabs(got[h] - ref.dsinks[h]), tol + gqa::test::cancellation_floor(ref.dsinks_terms[h]))
+        << "dsinks[" << h << "] = " << got[h] << ", reference " << ref.dsinks[h] << ", naive fp32 " << naive[h];
+  }
+}
+
 /// Runs the case's backward on Isa and checks it against the reference (Note [backward tolerance], per
 /// element):
 /// everything finite; exact +0 for dq of rows that see no key, and dk/dv of keys no row sees and of KV
-/// heads that serve no query head; nothing written outside the gradients' views; keys past kv_lengths
-/// never read (they hold NaN during the backward call). `tweak` may set threads.
+/// heads that serve no query head; nothing written outside the gradients' views; keys that no row sees
+/// (past kv_lengths, outside every window, after every causal row) never reach a gradient (they hold NaN
+/// during the backward call); dsinks (with sinks). `tweak` may set threads.
 template <class Isa>
 void check_backward(const backward_case& c, const std::function<void(gqa::attention_options&)>& tweak = {}) {
   SCOPED_TRACE(c.describe());
   auto p = backward_data::make<Isa>(c);
   auto opt = p.options(c);
   if (tweak) tweak(opt);
+  const auto mods = p.mods(c);
+  const visibility vis(c, mods);
   {
-    // Hidden keys (past kv_lengths) hold NaN while the kernel runs: one read of them would reach a
-    // gradient. Restored afterwards for the references.
+    // Hidden keys hold NaN while the kernel runs: a read that reached a gradient would show. Restored
+    // afterwards for the references.
     const auto k_saved = gqa::test::logical_order(p.k.view), v_saved = gqa::test::logical_order(p.v.view);
-    auto poison = [&](const gqa::tensor_view<float>& t, const std::vector<float>* restore) {
-      std::size_t i = 0;
-      for (index_t ib = 0; ib < t.b; ++ib)
-        for (index_t j = 0; j < t.s; ++j)
-          for (index_t g = 0; g < t.h; ++g)
-            for (index_t x = 0; x < t.d; ++x, ++i)
-              if (!c.kv_lengths.empty() && j >= c.kv_lengths[static_cast<std::size_t>(ib)])
-                t.row(ib, j, g)[x] = restore ? (*restore)[i] : std::numeric_limits<float>::quiet_NaN();
-    };
-    poison(p.k.view, nullptr);
-    poison(p.v.view, nullptr);
+    const auto hidden = [&](index_t ib, index_t j) { return vis.key(ib, j); };
+    poison_keys(p.k.view, hidden, nullptr);
+    poison_keys(p.v.view, hidden, nullptr);
     p.template run<Isa>(opt);
-    poison(p.k.view, &k_saved);
-    poison(p.v.view, &v_saved);
+    poison_keys(p.k.view, hidden, &k_saved);
+    poison_keys(p.v.view, hidden, &v_saved);
   }
 
   const double_copy qd(p.q.view), kd(p.k.view), vd(p.v.view), dod(p.dout.view);
   const auto kv_of_q = p.map.kv_of_q();
   const auto ref = gqa::reference::attention_backward(qd.view, kd.view, vd.view, dod.view, kv_of_q, c.scale_or_default(),
-                                                      c.causal, c.kv_lengths);
+                                                      c.causal, c.kv_lengths, mods);
   const auto naive = gqa::test::naive_fp32_backward(p.q.cview(), p.k.cview(), p.v.cview(), p.o.cview(), p.dout.cview(),
                                                     p.lse, kv_of_q, static_cast<float>(c.scale_or_default()), c.causal,
-                                                    c.kv_lengths);
-  auto len_of = [&](index_t ib) { return c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)]; };
-  auto row_empty = [&](index_t ib, index_t i, index_t) {
-    const index_t len = len_of(ib);
-    return (c.causal ? std::clamp<index_t>(i + (len - c.sq) + 1, 0, len) : len) == 0;
-  };
-  // Key j of batch ib is seen by some row iff j < len (the last row sees every key below len, also causal).
-  auto key_unseen = [&](index_t ib, index_t j, index_t g) { return j >= len_of(ib) || p.map.group_size(g) == 0; };
+                                                    c.kv_lengths, mods);
+  auto row_empty = [&](index_t ib, index_t i, index_t) { return vis.row(ib, i); };
+  auto key_unseen = [&](index_t ib, index_t j, index_t g) { return vis.key(ib, j) || p.map.group_size(g) == 0; };
   gradient_check dq{"dq"}, dk{"dk"}, dv{"dv"};
   dq.compare(p.dq.view, ref.dq, ref.dq_terms, naive.dq, row_empty);
   dk.compare(p.dk.view, ref.dk, ref.dk_terms, naive.dk, key_unseen);
@@ -235,6 +328,7 @@ void check_backward(const backward_case& c, const std::function<void(gqa::attent
   dq.expect();
   dk.expect();
   dv.expect();
+  if (c.sinks) expect_dsinks(p.dsinks, ref, naive.dsinks);
   EXPECT_EQ(p.dq.gaps_written() + p.dk.gaps_written() + p.dv.gaps_written(), 0u)
       << "the kernel wrote outside a gradient's view";
   if (std::getenv("GQA_TEST_VERBOSE"))
@@ -529,7 +623,254 @@ TYPED_TEST_P(backward_suite, large_magnitude_scores) {
   }
 }
 
+// --- The score modifiers (Note [backward masks], [softcap gradient], [sink gradient]). ---
+
+namespace {
+
+struct window_config {
+  index_t left, right;
+};
+
+/// A case of modifiers_combined.
+struct modifier_combo {
+  index_t b, sq, skv, d, dv;
+  std::vector<index_t> kv_of_q;  // empty: uniform 8/2
+  std::vector<index_t> lengths;
+  window_config w;
+  bool causal;
+  layout lay;
+};
+
+/// A case of nonfinite_values_follow_the_masks.
+struct nonfinite_case {
+  index_t sq, skv;
+  std::vector<index_t> lengths;
+  window_config w;
+  bool causal, sinks;
+};
+
+/// nonfinite_values_follow_the_masks' injection, before the forward: dO, one row of each batch element
+/// and one element of another (rows that see keys); V, one element of two keys (O gets NaN in that column where the key is
+/// seen, the LSE stays finite); K, every key no row sees; Q, every row that sees nothing.
+std::function<void(backward_data&)> inject_nonfinite(const backward_case& c, const visibility& vis) {
+  return [&c, &vis](backward_data& x) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (index_t ib = 0; ib < c.b; ++ib) {
+      const index_t i = c.sq - 1 - ib * (c.sq / 4);  // rows that see keys (the last ones do)
+      for (index_t e = 0; e < c.dv; ++e) x.dout.view(ib, i, 1, e) = nan;
+      x.dout.view(ib, std::max<index_t>(0, c.sq - 2), 5, 3) = nan;
+      x.v.view(ib, c.skv / 4, 1, 7) = nan;
+      x.v.view(ib, c.skv - 2, 0, 0) = nan;
+      for (index_t j = 0; j < c.skv; ++j)
+        if (vis.key(ib, j))
+          for (index_t g = 0; g < c.hkv; ++g)
+            for (index_t e = 0; e < c.d; ++e) x.k.view(ib, j, g, e) = nan;
+      for (index_t i2 = 0; i2 < c.sq; ++i2)
+        if (vis.row(ib, i2))
+          for (index_t h = 0; h < c.hq; ++h)
+            for (index_t e = 0; e < c.d; ++e) x.q.view(ib, i2, h, e) = nan;
+    }
+  };
+}
+
+/// Elements of a gradient: non-finite exactly where the reference is, the others within Note [backward
+/// tolerance]; and the case must make some, not all, non-finite.
+void expect_nonfinite_pattern(const char* name, const std::vector<float>& got, const std::vector<double>& want,
+                              const std::vector<double>& terms, const std::vector<float>& naive) {
+  const double tol = gqa::test::gradient_tolerance(naive, want);
+  std::size_t pattern = 0, over = 0, non_finite = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const bool want_finite = std::isfinite(want[i]);
+    non_finite += !want_finite;
+    if (want_finite != std::isfinite(got[i])) {
+      ++pattern;
+    } else if (want_finite && std::fabs(got[i] - want[i]) > tol + gqa::test::cancellation_floor(terms[i])) {
+      ++over;
+    }
+  }
+  EXPECT_EQ(pattern, 0u) << name << ": elements finite in one and not the other (the reference has " << non_finite
+                         << " non-finite of " << got.size() << ")";
+  EXPECT_EQ(over, 0u) << name << ": finite elements over Note [backward tolerance]";
+  EXPECT_GT(non_finite, 0u) << name << ": the case injects no NaN that reaches it";
+  EXPECT_LT(non_finite, got.size()) << name << ": the case makes everything NaN";
+}
+
+}  // namespace
+
+// The sliding window, bottom-right like causal: one side, both sides, a window of one key (0, 0), windows
+// wider than the sequence, with and without causal, Sq <, = and > Skv, padding; keys outside every row's
+// window hold NaN during the call (check_backward), so a read that reached a gradient would show.
+TYPED_TEST_P(backward_suite, sliding_window_matches_reference) {
+  struct shape {
+    index_t b, sq, skv, hq, hkv, d;
+    std::vector<index_t> lengths;
+  };
+  std::vector<shape> shapes = {
+      {1, 130, 130, 8, 2, 17, {}},        // Sq = Skv over two KV blocks and two query blocks (G = 4)
+      {2, 1, 300, 8, 1, 64, {300, 170}},  // decode rows (G = 8 query heads of one position)
+      {1, 70, 200, 4, 4, 33, {}},         // Sq < Skv: MHA rows one per position
+      {2, 200, 65, 12, 4, 40, {65, 20}},  // Sq > Skv: early rows see nothing under causal
+  };
+  std::vector<window_config> windows = {{16, -1}, {-1, 5}, {0, 0}, {40, 7}, {3, 100}, {1000, 1000}};
+  if (gqa::test::reduced) {
+    shapes.resize(3);
+    windows = {{16, -1}, {0, 0}, {40, 7}};
+  }
+  std::uint64_t seed = 1100;
+  for (const auto& sh : shapes)
+    for (const window_config w : windows)
+      for (const bool causal : {false, true}) {
+        backward_case c = shaped_case(sh.b, sh.sq, sh.skv, sh.hq, sh.hkv, sh.d, seed++);
+        c.kv_lengths = sh.lengths;
+        c.causal = causal;
+        c.window_left = w.left;
+        c.window_right = w.right;
+        check_backward<TypeParam>(c);
+      }
+}
+
+// The logit softcap: mild (cap 30), strong (cap 1) and saturating (cap 0.5 on scores up to ~20: tanh'
+// near 0 for most keys), causal and not, on the tiled and the decode shapes.
+TYPED_TEST_P(backward_suite, softcap_matches_reference) {
+  struct cap_case {
+    float cap, scale, lo, hi;
+  };
+  const cap_case caps[] = {{30.0f, 0.0f, -1.0f, 1.0f}, {1.0f, 0.0f, -1.0f, 1.0f}, {0.5f, 2.0f, -2.0f, 2.0f}};
+  std::uint64_t seed = 1200;
+  for (const cap_case& cc : caps)
+    for (const index_t sq : {index_t{1}, index_t{70}}) {
+      backward_case c = shaped_case(1, sq, gqa::test::reduced ? 90 : 150, 8, 2, 24, seed++);
+      c.causal = sq > 1;
+      c.softcap = cc.cap;
+      if (cc.scale > 0.0f) c.scale = cc.scale;
+      c.lo_val = cc.lo;
+      c.hi_val = cc.hi;
+      check_backward<TypeParam>(c);
+    }
+}
+
+// ALiBi (per-head slopes from 1/2 to 1/256, bottom-right distances), alone and with causal, padding and
+// Sq > Skv; its bias is a constant of the scores.
+TYPED_TEST_P(backward_suite, alibi_matches_reference) {
+  std::uint64_t seed = 1300;
+  for (const bool causal : {false, true})
+    for (const index_t sq : {index_t{1}, index_t{90}, index_t{170}}) {
+      backward_case c = shaped_case(2, sq, 130, 8, 2, 32, seed++);
+      c.causal = causal;
+      c.kv_lengths = {130, 71};
+      c.alibi = true;
+      check_backward<TypeParam>(c);
+    }
+}
+
+// Sinks: the LSE includes them, rows that see no key (Sq > Skv causal, a kv_length of 0) have LSE = the
+// sink and contribute nothing (dq = +0); options.dsinks is the sinks' gradient summed over batch and
+// positions.
+TYPED_TEST_P(backward_suite, sinks_match_reference) {
+  std::uint64_t seed = 1400;
+  for (const bool causal : {false, true})
+    for (const index_t sq : {index_t{1}, index_t{67}, index_t{150}}) {
+      backward_case c = shaped_case(2, sq, 100, 6, 3, 20, seed++);
+      c.causal = causal;
+      c.kv_lengths = {100, sq == 67 ? index_t{0} : index_t{41}};
+      c.sinks = true;
+      check_backward<TypeParam>(c);
+    }
+}
+
+// Everything at once: window + softcap + sinks + ALiBi with causal, kv_lengths, unequal and empty groups,
+// odd dims (d 1, 17, 33; d_v != d_qk), lengths off the block sizes, strided layouts.
+TYPED_TEST_P(backward_suite, modifiers_combined) {
+  std::vector<modifier_combo> combos = {
+      {2, 67, 131, 17, 17, {}, {131, 60}, {24, -1}, true, layout::bshd},
+      {1, 129, 129, 33, 20, {2, 0, 1, 0, 2, 2, 1, 0}, {}, {50, 3}, false, layout::padded},
+      {2, 1, 257, 1, 9, {3, 3, 0, 3, 0, 3, 3, 3, 0}, {257, 1}, {100, -1}, true, layout::bhsd},
+      {1, 300, 77, 24, 24, {0, 0, 0, 2, 2}, {}, {9, 9}, true, layout::bshd},
+  };
+  if (gqa::test::reduced) combos.resize(3);
+  std::uint64_t seed = 1500;
+  for (const modifier_combo& cb : combos) {
+    backward_case c = shaped_case(cb.b, cb.sq, cb.skv, 8, 2, cb.d, seed++);
+    c.kv_of_q = cb.kv_of_q;
+    if (!cb.kv_of_q.empty()) {
+      c.hq = static_cast<index_t>(cb.kv_of_q.size());
+      c.hkv = *std::max_element(cb.kv_of_q.begin(), cb.kv_of_q.end()) + 1;
+    }
+    c.dv = cb.dv;
+    c.kv_lengths = cb.lengths;
+    c.window_left = cb.w.left;
+    c.window_right = cb.w.right;
+    c.causal = cb.causal;
+    c.lq = c.lk = c.lv = c.lo = c.lgrad = cb.lay;
+    c.softcap = 5.0f;
+    c.sinks = true;
+    c.alibi = true;
+    check_backward<TypeParam>(c);
+  }
+}
+
+// Bitwise identical gradients (and dsinks) for any thread count and executor with every modifier on: the
+// one-KV-head case splits its query positions over ranges.
+TYPED_TEST_P(backward_suite, modifiers_deterministic_across_threads) {
+  backward_case c = shaped_case(1, gqa::test::reduced ? 60 : 250, gqa::test::reduced ? 90 : 300, 8, 1, 40, 1600);
+  c.causal = true;
+  c.window_left = 37;
+  c.softcap = 10.0f;
+  c.sinks = true;
+  c.alibi = true;
+  check_backward<TypeParam>(c);
+  check_backward_deterministic<TypeParam>(c);
+  c.b = 2;
+  c.hkv = 4;
+  c.causal = false;
+  c.window_right = 11;
+  c.kv_lengths = {c.skv - 7, c.skv / 2};
+  c.seed = 1601;
+  check_backward_deterministic<TypeParam>(c);
+}
+
+// Non-finite values follow the masks, as in the forward (Note [non-finite inputs]): NaN in rows of dO, in
+// V rows, in the K rows no row sees and the Q rows that see nothing (which leave the forward's LSE
+// finite). Every gradient is non-finite exactly where the double reference (plain loops over the visible
+// pairs) is, and the others match it; gradients of keys a NaN row does not see stay finite.
+TYPED_TEST_P(backward_suite, nonfinite_values_follow_the_masks) {
+  const nonfinite_case cases[] = {
+      {70, 130, {130, 90}, {20, -1}, true, false},
+      {150, 60, {}, {10, 4}, true, true},
+      {1, 200, {200, 33}, {30, -1}, false, true},
+  };
+  std::uint64_t seed = 1700;
+  for (const nonfinite_case& nc : cases) {
+    backward_case c = shaped_case(2, nc.sq, nc.skv, 8, 2, 24, seed++);
+    c.kv_lengths = nc.lengths;
+    c.window_left = nc.w.left;
+    c.window_right = nc.w.right;
+    c.causal = nc.causal;
+    c.sinks = nc.sinks;
+    SCOPED_TRACE(c.describe());
+    const visibility vis(c, gqa::reference::modifiers{c.window_left, c.window_right, 0.0, {}, {}});
+    auto p = backward_data::make<TypeParam>(c, inject_nonfinite(c, vis));
+    const auto mods = p.mods(c);
+    p.template run<TypeParam>(p.options(c));
+    const double_copy qd(p.q.view), kd(p.k.view), vd(p.v.view), dod(p.dout.view);
+    const auto kv_of_q = p.map.kv_of_q();
+    const auto ref = gqa::reference::attention_backward(qd.view, kd.view, vd.view, dod.view, kv_of_q,
+                                                        c.scale_or_default(), c.causal, c.kv_lengths, mods);
+    const auto naive = gqa::test::naive_fp32_backward(p.q.cview(), p.k.cview(), p.v.cview(), p.o.cview(),
+                                                      p.dout.cview(), p.lse, kv_of_q,
+                                                      static_cast<float>(c.scale_or_default()), c.causal, c.kv_lengths, mods);
+    expect_nonfinite_pattern("dq", gqa::test::logical_order(p.dq.view), ref.dq, ref.dq_terms, naive.dq);
+    expect_nonfinite_pattern("dk", gqa::test::logical_order(p.dk.view), ref.dk, ref.dk_terms, naive.dk);
+    expect_nonfinite_pattern("dv", gqa::test::logical_order(p.dv.view), ref.dv, ref.dv_terms, naive.dv);
+    for (std::size_t h = 0; h < p.dsinks.size(); ++h) {
+      EXPECT_EQ(std::isfinite(p.dsinks[h]), std::isfinite(ref.dsinks[h])) << "dsinks[" << h << "]";
+    }
+  }
+}
+
 REGISTER_TYPED_TEST_SUITE_P(backward_suite, shapes_match_reference, padded_kv_lengths,
                             fully_masked_rows_have_zero_gradients, unequal_head_dims,
                             unequal_empty_and_noncontiguous_groups, layouts_and_strides, deterministic_across_threads,
-                            large_magnitude_scores);
+                            large_magnitude_scores, sliding_window_matches_reference, softcap_matches_reference,
+                            alibi_matches_reference, sinks_match_reference, modifiers_combined,
+                            modifiers_deterministic_across_threads, nonfinite_values_follow_the_masks);

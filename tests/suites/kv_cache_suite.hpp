@@ -1,10 +1,12 @@
 // tests/suites/kv_cache_suite.hpp: KV caches that are not one dense tensor per call: a cache allocated for a
-// capacity and filled to per-sequence lengths (bshd with capacity, kv_lengths of any integer type), and
-// a paged cache (gqa/paged.hpp), and a ragged batch (gqa/varlen.hpp: per sequence, gathered), against the naive double reference (Note [attention tolerance]) on the
-// same keys gathered to a dense view, and bitwise against the dense call on that view (the paged core is
-// the dense core reading rows through the table: same blocks, same sums, Note [key runs]). Unwritten
-// slots, unused pages and unused table entries hold NaN or -1: a row that read one would show it.
-// Compiled once per ISA.
+// capacity and filled to per-sequence lengths (bshd with capacity, kv_lengths of any integer type), a
+// paged cache (gqa/paged.hpp) and a ragged batch (gqa/varlen.hpp), against the naive double reference
+// (Note [attention tolerance]) on the same keys gathered to a dense view (a ragged batch: each sequence
+// alone), and bitwise against the dense call on that view (the paged core is the dense core reading rows
+// through the table: same blocks, same sums, Note [key runs]). Each of these with the masks and score
+// modifiers (sliding window, softcap, sinks, ALiBi: alone and together) too. Unwritten slots, unused
+// pages and unused table entries hold NaN or -1: a row that read one would show it; NaN and ±inf behind a
+// window or past a page's valid length reach no row that does not see them. Compiled once per ISA.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -16,16 +18,19 @@
 #include <limits>
 #include <numeric>
 #include <optional>
+#include <source_location>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <gqa/attention.hpp>
+#include <gqa/options.hpp>
 #include <gqa/paged.hpp>
 #include <gqa/reference/attention.hpp>
 #include <gqa/varlen.hpp>
 #include <gqa/variants.hpp>
 
+#include "support/expect.hpp"
 #include "support/isa_suite.hpp"
 #include "support/tolerance.hpp"
 
@@ -34,6 +39,57 @@ namespace {
 using gqa::index_t;
 
 constexpr float k_nan = std::numeric_limits<float>::quiet_NaN();
+constexpr float k_inf = std::numeric_limits<float>::infinity();
+
+/// The masks and score modifiers of a call (attention_options' fields of the same names), owned, so that
+/// a case can be copied; reference() and apply() view them.
+struct masks {
+  index_t window_left = -1, window_right = -1;
+  float softcap = 0.0f;
+  std::vector<float> sinks, slopes;  // per query head, or empty
+
+  gqa::reference::modifiers reference() const {
+    gqa::reference::modifiers m;
+    m.window_left = window_left;
+    m.window_right = window_right;
+    m.softcap = softcap;
+    m.sinks = sinks;
+    m.alibi_slopes = slopes;
+    return m;
+  }
+  void apply(gqa::attention_options& opt) const {
+    opt.window_left = window_left;
+    opt.window_right = window_right;
+    opt.softcap = softcap;
+    opt.sinks = sinks;
+    opt.alibi_slopes = slopes;
+  }
+  std::string describe() const {
+    std::ostringstream os;
+    if (window_left >= 0 || window_right >= 0) os << " window=(" << window_left << "," << window_right << ")";
+    if (softcap > 0.0f) os << " softcap=" << softcap;
+    if (!sinks.empty()) os << " sinks[0]=" << sinks[0];
+    if (!slopes.empty()) os << " alibi_slopes[0]=" << slopes[0];
+    return os.str();
+  }
+};
+
+/// The mask combinations the composition tests run: none, each modifier alone, and all four together.
+constexpr int k_mask_combos = 6;
+
+/// Combination `combo` (0: none, 1: window, 2: softcap, 3: sinks, 4: ALiBi, 5: all four) for hq query
+/// heads, with the window (left, right) given; the softcap (0.75) bites on inputs in [−1, 1], the sinks
+/// range over [−1, 2] and the slopes are FlashAttention's 2^(−8(h+1)/hq).
+masks mask_combo(int combo, index_t hq, index_t left, index_t right) {
+  masks m;
+  if (combo == 1 || combo == 5) m.window_left = left, m.window_right = right;
+  if (combo == 2 || combo == 5) m.softcap = 0.75f;
+  for (index_t h = 0; h < hq; ++h) {
+    if (combo == 3 || combo == 5) m.sinks.push_back(0.75f * static_cast<float>(h % 5) - 1.0f);
+    if (combo == 4 || combo == 5) m.slopes.push_back(std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(hq)));
+  }
+  return m;
+}
 
 /// A batch of sequences over a dense cache [b][cap][hkv][d]: slots past each length hold NaN.
 struct cache_case {
@@ -41,15 +97,39 @@ struct cache_case {
   std::vector<index_t> lengths;  // size b, each <= cap
   bool causal = false;
   std::vector<index_t> kv_of_q;  // empty: uniform
+  masks mods;
   std::uint64_t seed = 1;
 
   gqa::head_map map() const { return kv_of_q.empty() ? gqa::head_map::uniform(hq, hkv) : gqa::head_map(kv_of_q, hkv); }
+  /// The call's options: causal and the masks (the caller adds lengths and LSE).
+  gqa::attention_options options() const {
+    gqa::attention_options opt;
+    opt.causal = causal;
+    mods.apply(opt);
+    return opt;
+  }
   std::string describe() const {
     std::ostringstream os;
     os << "b=" << b << " sq=" << sq << " hq=" << hq << " hkv=" << hkv << " d=" << d << " dv=" << dv << " cap=" << cap
-       << (causal ? " causal" : "") << " lengths={";
+       << (causal ? " causal" : "") << mods.describe() << " lengths={";
     for (std::size_t i = 0; i < lengths.size(); ++i) os << (i ? "," : "") << lengths[i];
     return os.str() + "}";
+  }
+};
+
+/// A cache_case's shape and window, for the tests that run each mask combination on a list of them.
+struct cache_shape {
+  index_t b, sq, hq, hkv, d, dv, cap;
+  std::vector<index_t> lengths;
+  bool causal;
+  index_t left, right;  // the window (mask_combo)
+
+  cache_case with(int combo, std::uint64_t seed) const {
+    cache_case c;
+    c.b = b, c.sq = sq, c.hq = hq, c.hkv = hkv, c.d = d, c.dv = dv, c.cap = cap, c.lengths = lengths, c.causal = causal;
+    c.seed = seed;
+    c.mods = mask_combo(combo, hq, left, right);
+    return c;
   }
 };
 
@@ -87,15 +167,42 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return true;
 }
 
+/// The keys of `in` (case c) as the first c.cap positions of an allocation of `cap` >= c.cap positions per
+/// sequence (NaN beyond), viewed by bshd with that capacity: the batch stride comes from the capacity.
+struct wider_cache {
+  std::vector<float> k, v;
+  index_t cap;
+  wider_cache(const cache_case& c, const cache_data& in, index_t capacity)
+      : k(static_cast<std::size_t>(c.b * capacity * c.hkv * c.d), k_nan),
+        v(static_cast<std::size_t>(c.b * capacity * c.hkv * c.dv), k_nan), cap(capacity) {
+    for (index_t ib = 0; ib < c.b; ++ib) {
+      std::copy_n(in.k.begin() + ib * c.cap * c.hkv * c.d, c.cap * c.hkv * c.d, k.begin() + ib * cap * c.hkv * c.d);
+      std::copy_n(in.v.begin() + ib * c.cap * c.hkv * c.dv, c.cap * c.hkv * c.dv, v.begin() + ib * cap * c.hkv * c.dv);
+    }
+  }
+  gqa::tensor_view<const float> kv(const cache_case& c) const { return gqa::bshd(k.data(), c.b, c.cap, c.hkv, c.d, cap); }
+  gqa::tensor_view<const float> vv(const cache_case& c) const { return gqa::bshd(v.data(), c.b, c.cap, c.hkv, c.dv, cap); }
+};
+
+/// call() throws gqa::invalid_argument naming `want` (support/expect.hpp) before any work: o, NaN before the
+/// call, is NaN after it.
+template <class F>
+void expect_rejected_untouched(F&& call, const std::vector<float>& o, const std::string& want,
+                               std::source_location where = std::source_location::current()) {
+  gqa::test::expect_invalid(call, want, where);
+  EXPECT_TRUE(std::all_of(o.begin(), o.end(), [](float x) { return std::isnan(x); })) << "o written; wanted: " << want;
+}
+
 /// `out` against the reference on the dense cache with the case's lengths: Note [attention tolerance], rows
 /// with no visible key +0 with LSE −inf, every other value finite.
 void expect_matches_reference(const cache_case& c, const cache_data& in, const output& out) {
   SCOPED_TRACE(c.describe());
   const gqa::head_map map = c.map();
   const double scale = 1.0 / std::sqrt(static_cast<double>(static_cast<float>(c.d)));
-  const auto ref = gqa::reference::attention(in.qv(c), in.kv(c), in.vv(c), map.kv_of_q(), scale, c.causal, c.lengths);
+  const gqa::reference::modifiers mods = c.mods.reference();
+  const auto ref = gqa::reference::attention(in.qv(c), in.kv(c), in.vv(c), map.kv_of_q(), scale, c.causal, c.lengths, mods);
   const auto naive = gqa::test::naive_fp32(in.qv(c), in.kv(c), in.vv(c), map.kv_of_q(), static_cast<float>(scale),
-                                           c.causal, c.lengths);
+                                           c.causal, c.lengths, mods);
   double err = 0.0, naive_err = 0.0, lerr = 0.0, naive_lerr = 0.0, lmax = 1.0;
   std::size_t bad = 0;
   for (std::size_t i = 0; i < ref.lse.size(); ++i) {
@@ -132,6 +239,7 @@ void expect_matches_reference(const cache_case& c, const cache_data& in, const o
 struct paged_cache {
   std::vector<float> k, v;
   std::vector<std::int32_t> table;
+  std::vector<bool> used;  // [num_pages][page]: the slot holds a key of a sequence
   index_t num_pages = 0, max_pages = 0, page = 1;
 
   paged_cache(const cache_case& c, const cache_data& in, index_t page_size, std::uint64_t seed) : page(page_size) {
@@ -146,6 +254,7 @@ struct paged_cache {
       std::swap(ids[i - 1], ids[gqa::random::hash(seed, {i}) % i]);
     k.assign(static_cast<std::size_t>(num_pages * page * c.hkv * c.d), k_nan);
     v.assign(static_cast<std::size_t>(num_pages * page * c.hkv * c.dv), k_nan);
+    used.assign(static_cast<std::size_t>(num_pages * page), false);
     table.assign(static_cast<std::size_t>(c.b * max_pages), -1);
     std::size_t next = 0;
     for (index_t ib = 0; ib < c.b; ++ib) {
@@ -153,10 +262,21 @@ struct paged_cache {
       for (index_t i = 0; i < (len + page - 1) / page; ++i) table[static_cast<std::size_t>(ib * max_pages + i)] = ids[next++];
       for (index_t j = 0; j < len; ++j) {
         const index_t p = table[static_cast<std::size_t>(ib * max_pages + j / page)], slot = j % page;
+        used[static_cast<std::size_t>(p * page + slot)] = true;
         std::copy_n(in.k.begin() + ((ib * c.cap + j) * c.hkv) * c.d, c.hkv * c.d, k.begin() + ((p * page + slot) * c.hkv) * c.d);
         std::copy_n(in.v.begin() + ((ib * c.cap + j) * c.hkv) * c.dv, c.hkv * c.dv,
                     v.begin() + ((p * page + slot) * c.hkv) * c.dv);
       }
+    }
+  }
+  /// Every slot that holds no sequence's key (past a sequence's length in its last page, spare pages):
+  /// +inf or −inf in K, the other infinity in V, alternating slot by slot, instead of NaN.
+  void poison_unused(const cache_case& c) {
+    for (index_t slot = 0; slot < num_pages * page; ++slot) {
+      if (used[static_cast<std::size_t>(slot)]) continue;
+      const float x = slot % 2 ? k_inf : -k_inf;
+      std::fill_n(k.begin() + slot * c.hkv * c.d, c.hkv * c.d, x);
+      std::fill_n(v.begin() + slot * c.hkv * c.dv, c.hkv * c.dv, -x);
     }
   }
   gqa::paged_kv view(const cache_case& c) const {
@@ -184,8 +304,7 @@ TYPED_TEST_P(kv_cache_suite, capacity_view_and_integer_lengths) {
   const cache_data in(c);
   const auto run = [&](gqa::integer_span lengths, gqa::tensor_view<const float> k, gqa::tensor_view<const float> v) {
     output out(c);
-    gqa::attention_options opt;
-    opt.causal = c.causal;
+    gqa::attention_options opt = c.options();
     opt.kv_lengths = lengths;
     opt.lse = out.lse;
     gqa::attend<TypeParam>(in.qv(c), k, v, out.view(c), c.map(), opt);
@@ -202,15 +321,8 @@ TYPED_TEST_P(kv_cache_suite, capacity_view_and_integer_lengths) {
     EXPECT_TRUE(same_bits(o.o, base.o) && same_bits(o.lse, base.lse)) << "element size " << s.element_size();
   }
   // The first 40 of a 64-position allocation: the batch stride comes from the capacity.
-  cache_case wide = c;
-  wide.cap = 64;
-  cache_data win(wide);
-  for (index_t ib = 0; ib < c.b; ++ib) {  // the same keys in the wider allocation
-    std::copy_n(in.k.begin() + ib * c.cap * c.hkv * c.d, c.cap * c.hkv * c.d, win.k.begin() + ib * wide.cap * c.hkv * c.d);
-    std::copy_n(in.v.begin() + ib * c.cap * c.hkv * c.dv, c.cap * c.hkv * c.dv, win.v.begin() + ib * wide.cap * c.hkv * c.dv);
-  }
-  const output o = run(l32, gqa::bshd(win.k.data(), c.b, c.cap, c.hkv, c.d, wide.cap),
-                       gqa::bshd(win.v.data(), c.b, c.cap, c.hkv, c.dv, wide.cap));
+  const wider_cache wide(c, in, 64);
+  const output o = run(l32, wide.kv(c), wide.vv(c));
   EXPECT_TRUE(same_bits(o.o, base.o) && same_bits(o.lse, base.lse)) << "bshd with capacity";
   // bhsd with a capacity: [b][h][cap][d], its first c.cap positions.
   std::vector<float> kb(static_cast<std::size_t>(c.b * c.hkv * wide.cap * c.d), k_nan), vb(kb.size(), k_nan);
@@ -225,7 +337,7 @@ TYPED_TEST_P(kv_cache_suite, capacity_view_and_integer_lengths) {
         }
   const output ob = run(lsz, kbv, vbv);
   expect_matches_reference(c, in, ob);
-  EXPECT_THROW(gqa::bshd(win.k.data(), c.b, 65, c.hkv, c.d, wide.cap), gqa::invalid_argument);
+  EXPECT_THROW(gqa::bshd(wide.k.data(), c.b, 65, c.hkv, c.d, wide.cap), gqa::invalid_argument);
   try {
     const std::vector<std::uint64_t> huge = {1, std::numeric_limits<std::uint64_t>::max(), 2};
     run(huge, in.kv(c), in.vv(c));
@@ -235,22 +347,40 @@ TYPED_TEST_P(kv_cache_suite, capacity_view_and_integer_lengths) {
   }
 }
 
+/// The paged call of case c on the cache pc.
+template <class Isa>
+output run_paged(const cache_case& c, const cache_data& in, const paged_cache& pc) {
+  output out(c);
+  gqa::attention_options opt = c.options();
+  opt.lse = out.lse;
+  gqa::attend<Isa>(in.qv(c), pc.view(c), out.view(c), c.map(), opt);
+  return out;
+}
+
+/// The dense call of case c on its cache (bshd, s = capacity) with the case's lengths as kv_lengths.
+template <class Isa>
+output run_dense(const cache_case& c, const cache_data& in) {
+  output out(c);
+  gqa::attention_options opt = c.options();
+  opt.lse = out.lse;
+  opt.kv_lengths = c.lengths;
+  gqa::attend<Isa>(in.qv(c), in.kv(c), in.vv(c), out.view(c), c.map(), opt);
+  return out;
+}
+
+/// The seed of case c's page arrangement with pages of `page` slots.
+std::uint64_t page_seed(const cache_case& c, index_t page) { return c.seed * 31 + static_cast<std::uint64_t>(page); }
+
 /// The paged call of case c on pages of `page` slots, against the reference and bitwise against the dense
-/// call on the same keys (whose view's s is the longest length, as the paged call's key range).
+/// call on the same keys (whose view's s is the capacity; the paged call's key range is the longest length).
 template <class Isa>
 void check_paged(const cache_case& c, index_t page) {
   SCOPED_TRACE("page " + std::to_string(page));
   const cache_data in(c);
-  const paged_cache pc(c, in, page, c.seed * 31 + static_cast<std::uint64_t>(page));
-  output paged(c), dense(c);
-  gqa::attention_options opt;
-  opt.causal = c.causal;
-  opt.lse = paged.lse;
-  gqa::attend<Isa>(in.qv(c), pc.view(c), paged.view(c), c.map(), opt);
+  const paged_cache pc(c, in, page, page_seed(c, page));
+  const output paged = run_paged<Isa>(c, in, pc);
   expect_matches_reference(c, in, paged);
-  opt.lse = dense.lse;
-  opt.kv_lengths = c.lengths;
-  gqa::attend<Isa>(in.qv(c), in.kv(c), in.vv(c), dense.view(c), c.map(), opt);
+  const output dense = run_dense<Isa>(c, in);
   EXPECT_TRUE(same_bits(paged.o, dense.o)) << c.describe() << ": paged output differs from the dense call";
   EXPECT_TRUE(same_bits(paged.lse, dense.lse)) << c.describe() << ": paged LSE differs from the dense call";
 }
@@ -316,12 +446,7 @@ TYPED_TEST_P(kv_cache_suite, paged_every_variant) {
       gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<TypeParam>(p, in.qv(c), pc.view(c), paged.view(c), opt); });
     };
     if constexpr (gqa::policy_plans_from_keys<P>) {
-      try {
-        call_paged();
-        ADD_FAILURE() << "a policy whose plan reads the keys ran on a paged cache";
-      } catch (const gqa::invalid_argument& e) {
-        EXPECT_NE(std::string(e.what()).find(std::string(P::name)), std::string::npos) << e.what();
-      }
+      gqa::test::expect_invalid(call_paged, std::string(P::name));  // a plan that reads the keys
     } else {
       call_paged();
       gqa::attention_options dopt = opt;
@@ -348,13 +473,7 @@ TYPED_TEST_P(kv_cache_suite, paged_errors) {
     std::vector<index_t> lengths = c.lengths;
     kv.lengths = lengths;
     tweak(kv, opt);
-    try {
-      gqa::attend<TypeParam>(in.qv(c), kv, out.view(c), c.map(), opt);
-      ADD_FAILURE() << "accepted; wanted: " << want;
-    } catch (const gqa::invalid_argument& e) {
-      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-    }
-    EXPECT_TRUE(std::all_of(out.o.begin(), out.o.end(), [](float x) { return std::isnan(x); })) << "o written";
+    expect_rejected_untouched([&] { gqa::attend<TypeParam>(in.qv(c), kv, out.view(c), c.map(), opt); }, out.o, want);
   };
   std::vector<std::int32_t> bad_table = pc.table;
   bad_table[1] = static_cast<std::int32_t>(pc.num_pages);  // sequence 0's second page
@@ -384,10 +503,12 @@ struct ragged_case {
   std::vector<index_t> nq, nk;
   index_t hq = 4, hkv = 2, d = 16, dv = 16;
   bool causal = false;
+  masks mods;
   std::uint64_t seed = 1;
   std::string describe() const {
     std::ostringstream os;
-    os << "hq=" << hq << " hkv=" << hkv << " d=" << d << " dv=" << dv << (causal ? " causal" : "") << " (nq,nk)=";
+    os << "hq=" << hq << " hkv=" << hkv << " d=" << d << " dv=" << dv << (causal ? " causal" : "") << mods.describe()
+       << " (nq,nk)=";
     for (std::size_t i = 0; i < nq.size(); ++i) os << " (" << nq[i] << "," << nk[i] << ")";
     return os.str();
   }
@@ -398,25 +519,49 @@ struct ragged_case {
   }
 };
 
-/// A ragged call against the reference run on each sequence alone (its rows as a b = 1 batch): Note
-/// [attention tolerance] over the whole batch; rows of sequences without keys +0 with LSE −inf; LSE
-/// [hq][total_q].
+/// The packed rows of a ragged case: q [total_q][hq][d], k [total_k][hkv][d], v [total_k][hkv][dv], and the
+/// offsets.
+struct ragged_data {
+  std::vector<index_t> cu_q, cu_k;
+  index_t tq = 0, tk = 0;
+  std::vector<float> q, k, v;
+  explicit ragged_data(const ragged_case& c)
+      : cu_q(c.offsets(c.nq)), cu_k(c.offsets(c.nk)), tq(cu_q.back()), tk(cu_k.back()),
+        q(gqa::test::random_floats(static_cast<std::size_t>(std::max<index_t>(tq, 1) * c.hq * c.d), c.seed)),
+        k(gqa::test::random_floats(static_cast<std::size_t>(std::max<index_t>(tk, 1) * c.hkv * c.d), c.seed + 1)),
+        v(gqa::test::random_floats(static_cast<std::size_t>(std::max<index_t>(tk, 1) * c.hkv * c.dv), c.seed + 2)) {}
+};
+
+/// A ragged call's output: o [total_q][hq][dv] and lse [hq][total_q].
+struct ragged_output {
+  std::vector<float> o, lse;
+};
+
 template <class Isa>
-void check_ragged(const ragged_case& c, const gqa::head_map& map) {
-  SCOPED_TRACE(c.describe());
-  const auto cu_q = c.offsets(c.nq), cu_k = c.offsets(c.nk);
-  const index_t tq = cu_q.back(), tk = cu_k.back();
-  const auto qd = gqa::test::random_floats(static_cast<std::size_t>(std::max<index_t>(tq, 1) * c.hq * c.d), c.seed);
-  const auto kd = gqa::test::random_floats(static_cast<std::size_t>(std::max<index_t>(tk, 1) * c.hkv * c.d), c.seed + 1);
-  const auto vd = gqa::test::random_floats(static_cast<std::size_t>(std::max<index_t>(tk, 1) * c.hkv * c.dv), c.seed + 2);
-  std::vector<float> o(static_cast<std::size_t>(tq * c.hq * c.dv), k_nan), lse(static_cast<std::size_t>(c.hq * tq), k_nan);
+ragged_output run_ragged(const ragged_case& c, const gqa::head_map& map, const ragged_data& in) {
+  ragged_output out{std::vector<float>(static_cast<std::size_t>(in.tq * c.hq * c.dv), k_nan),
+                    std::vector<float>(static_cast<std::size_t>(c.hq * in.tq), k_nan)};
   gqa::attention_options opt;
   opt.causal = c.causal;
-  opt.lse = lse;
-  const std::vector<std::int32_t> cu_q32(cu_q.begin(), cu_q.end());  // int32 offsets, as PyTorch keeps them
-  gqa::attend<Isa>(gqa::thd(qd.data(), tq, c.hq, c.d), gqa::thd(kd.data(), tk, c.hkv, c.d), gqa::thd(vd.data(), tk, c.hkv, c.dv),
-                   gqa::thd(o.data(), tq, c.hq, c.dv), map, gqa::varlen{cu_q32, cu_k}, opt);
+  c.mods.apply(opt);
+  opt.lse = out.lse;
+  const std::vector<std::int32_t> cu_q32(in.cu_q.begin(), in.cu_q.end());  // int32 offsets, as PyTorch keeps them
+  gqa::attend<Isa>(gqa::thd(in.q.data(), in.tq, c.hq, c.d), gqa::thd(in.k.data(), in.tk, c.hkv, c.d),
+                   gqa::thd(in.v.data(), in.tk, c.hkv, c.dv), gqa::thd(out.o.data(), in.tq, c.hq, c.dv), map,
+                   gqa::varlen{cu_q32, in.cu_k}, opt);
+  return out;
+}
+
+/// A ragged call against the reference run on each sequence alone (its rows as a b = 1 batch): Note
+/// [attention tolerance] over the whole batch; rows of sequences without keys +0 with LSE −inf (the sink
+/// with sinks); LSE [hq][total_q].
+void expect_ragged_matches_reference(const ragged_case& c, const gqa::head_map& map, const ragged_data& in,
+                                     const ragged_output& out) {
+  SCOPED_TRACE(c.describe());
+  const auto& [cu_q, cu_k, tq, tk, qd, kd, vd] = in;
+  const auto& [o, lse] = out;
   const double scale = 1.0 / std::sqrt(static_cast<double>(static_cast<float>(c.d)));
+  const gqa::reference::modifiers mods = c.mods.reference();
   double err = 0.0, naive_err = 0.0, lerr = 0.0, naive_lerr = 0.0, lmax = 1.0;
   std::size_t bad = 0;
   for (std::size_t i = 0; i < c.nq.size(); ++i) {
@@ -424,8 +569,8 @@ void check_ragged(const ragged_case& c, const gqa::head_map& map) {
     const auto q = gqa::bshd(qd.data() + cu_q[i] * c.hq * c.d, 1, c.nq[i], c.hq, c.d);
     const auto k = gqa::bshd(kd.data() + cu_k[i] * c.hkv * c.d, 1, c.nk[i], c.hkv, c.d);
     const auto v = gqa::bshd(vd.data() + cu_k[i] * c.hkv * c.dv, 1, c.nk[i], c.hkv, c.dv);
-    const auto ref = gqa::reference::attention(q, k, v, map.kv_of_q(), scale, c.causal);
-    const auto naive = gqa::test::naive_fp32(q, k, v, map.kv_of_q(), static_cast<float>(scale), c.causal);
+    const auto ref = gqa::reference::attention(q, k, v, map.kv_of_q(), scale, c.causal, {}, mods);
+    const auto naive = gqa::test::naive_fp32(q, k, v, map.kv_of_q(), static_cast<float>(scale), c.causal, {}, mods);
     for (index_t r = 0; r < c.nq[i]; ++r)
       for (index_t h = 0; h < c.hq; ++h) {
         const double want_lse = ref.log_sum_exp(0, h, r);
@@ -454,6 +599,12 @@ void check_ragged(const ragged_case& c, const gqa::head_map& map) {
   EXPECT_EQ(bad, 0u) << "non-finite values, or rows without keys not +0 / -inf";
   EXPECT_LE(err, gqa::test::k_error_factor * naive_err + gqa::test::k_error_floor) << "naive fp32 error " << naive_err;
   EXPECT_LE(lerr, gqa::test::k_error_factor * naive_lerr + gqa::test::k_error_floor * lmax) << "naive " << naive_lerr;
+}
+
+template <class Isa>
+void check_ragged(const ragged_case& c, const gqa::head_map& map) {
+  const ragged_data in(c);
+  expect_ragged_matches_reference(c, map, in, run_ragged<Isa>(c, map, in));
 }
 
 // Ragged batches: prefill and decode sequences together, empty sequences (no queries, no keys, both),
@@ -511,12 +662,7 @@ TYPED_TEST_P(kv_cache_suite, ragged_every_variant) {
       });
     };
     if constexpr (gqa::policy_plans_from_keys<P> || gqa::policy_with_finish<P> || gqa::policy_with_finish_executor<P>) {
-      try {
-        call();
-        ADD_FAILURE() << "ran on a ragged batch";
-      } catch (const gqa::invalid_argument& e) {
-        EXPECT_NE(std::string(e.what()).find(std::string(P::name)), std::string::npos) << e.what();
-      }
+      gqa::test::expect_invalid(call, std::string(P::name));
     } else {
       call();
       for (std::size_t i = 0; i < nq.size(); ++i) {
@@ -546,14 +692,13 @@ TYPED_TEST_P(kv_cache_suite, ragged_errors) {
   const auto expect_rejects = [&](std::vector<long> cu_q, std::vector<long> cu_k, const std::string& want,
                                   gqa::attention_options opt = {}) {
     std::vector<float> o(static_cast<std::size_t>(tq * hq * d), k_nan);
-    try {
-      gqa::attend<TypeParam>(gqa::thd(qd.data(), tq, hq, d), gqa::thd(kd.data(), tk, hkv, d), gqa::thd(kd.data(), tk, hkv, d),
-                             gqa::thd(o.data(), tq, hq, d), map, gqa::varlen{cu_q, cu_k}, opt);
-      ADD_FAILURE() << "accepted; wanted: " << want;
-    } catch (const gqa::invalid_argument& e) {
-      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-    }
-    EXPECT_TRUE(std::all_of(o.begin(), o.end(), [](float x) { return std::isnan(x); })) << "o written";
+    expect_rejected_untouched(
+        [&] {
+          gqa::attend<TypeParam>(gqa::thd(qd.data(), tq, hq, d), gqa::thd(kd.data(), tk, hkv, d),
+                                 gqa::thd(kd.data(), tk, hkv, d), gqa::thd(o.data(), tq, hq, d), map,
+                                 gqa::varlen{cu_q, cu_k}, opt);
+        },
+        o, want);
   };
   expect_rejects({0, 2, 6}, {0, 4}, "seqs.cu_seqlens_k.size() = 2");
   expect_rejects({1, 2, 6}, {0, 4, 9}, "seqs.cu_seqlens_q[0] = 1");
@@ -576,8 +721,270 @@ TYPED_TEST_P(kv_cache_suite, ragged_errors) {
   }
 }
 
+// Masks and score modifiers on a cache with a capacity (bshd with s = capacity and kv_lengths, and the
+// first positions of a wider allocation, bitwise the same): each alone and all four together, decode and
+// prefill (causal and not, more queries than a sequence's keys), lengths 0 and 1, d not a multiple of the
+// vector width.
+TYPED_TEST_P(kv_cache_suite, masks_with_capacity_views) {
+  const cache_shape shapes[] = {
+      {3, 1, 8, 2, 19, 19, 64, {50, 1, 0}, false, 7, -1},         // decode; one sequence of one key, one empty
+      {2, 37, 6, 3, 40, 24, 120, {120, 45}, true, 20, 3},         // prefill, causal bottom-right
+      {2, 9, 4, 1, 5, 7, 130, {5, 130}, false, 4, 2},             // sq > a length; both window sides
+      {1, 2, 32, 1, 32, 33, 150, {149}, true, 60, -1},            // a tiled group (G = 32 at 2 positions)
+  };
+  std::uint64_t seed = 40;
+  for (const cache_shape& s : shapes)
+    for (int combo = 0; combo < k_mask_combos; ++combo) {
+      const cache_case c = s.with(combo, seed++);
+      const cache_data in(c);
+      const output base = run_dense<TypeParam>(c, in);
+      expect_matches_reference(c, in, base);
+      const wider_cache wide(c, in, c.cap + 29);
+      output o(c);
+      gqa::attention_options opt = c.options();
+      opt.lse = o.lse;
+      const std::vector<std::int32_t> l32(c.lengths.begin(), c.lengths.end());
+      opt.kv_lengths = l32;
+      gqa::attend<TypeParam>(in.qv(c), wide.kv(c), wide.vv(c), o.view(c), c.map(), opt);
+      EXPECT_TRUE(same_bits(o.o, base.o) && same_bits(o.lse, base.lse)) << c.describe() << ": bshd with capacity";
+    }
+}
+
+// Masks and score modifiers on a paged cache, each alone and all four together: against the reference and
+// bitwise against the dense call, decode and prefill, pages of 1, 7, 16 and 256 slots (lengths no multiple
+// of the page), a sequence of one key and an empty one, unequal groups with an unused KV head, d and d_v
+// not multiples of the vector width, and split-KV decode with the window's edge inside a page.
+TYPED_TEST_P(kv_cache_suite, masks_on_paged_caches) {
+  std::vector<std::pair<cache_case, std::pair<index_t, index_t>>> cases;  // a case and its window
+  {
+    cache_case c;  // decode, GQA 4:1
+    c.b = 3, c.sq = 1, c.hq = 8, c.hkv = 2, c.d = c.dv = 19, c.cap = 300, c.lengths = {300, 1, 129}, c.seed = 60;
+    cases.push_back({c, {40, -1}});
+    c.lengths = {0, 257, 33}, c.causal = true, c.seed = 61;
+    cases.push_back({c, {100, 2}});
+  }
+  {
+    cache_case c;  // prefill, causal, sq < length
+    c.b = 2, c.sq = 37, c.hq = 6, c.hkv = 3, c.d = 40, c.dv = 24, c.cap = 203, c.lengths = {203, 70}, c.causal = true;
+    c.seed = 62;
+    cases.push_back({c, {20, 5}});
+    c.kv_of_q = {2, 2, 2, 0, 2, 0}, c.causal = false, c.sq = 50, c.lengths = {203, 20}, c.seed = 63;  // KV head 1 unused
+    cases.push_back({c, {10, 10}});
+  }
+  {
+    cache_case c;  // a tiled-path group (G = 32 per KV head at 2 positions) and a d_v tail
+    c.b = 1, c.sq = 2, c.hq = 32, c.hkv = 1, c.d = 32, c.dv = 33, c.cap = 150, c.lengths = {150}, c.causal = true;
+    c.seed = 64;
+    cases.push_back({c, {60, -1}});
+  }
+  for (const auto& [base, window] : cases)
+    for (int combo = 0; combo < k_mask_combos; ++combo) {
+      cache_case c = base;
+      c.mods = mask_combo(combo, c.hq, window.first, window.second);
+      for (const index_t page : k_page_sizes) {
+        if (gqa::test::reduced && (page == 1 || page == 256) && combo % 2 == 0) continue;
+        check_paged<TypeParam>(c, page);
+      }
+    }
+  // Split-KV decode (Note [decode split]): the window starts inside a chunk and inside a page.
+  cache_case c;
+  c.b = 1, c.sq = 1, c.hq = 8, c.hkv = 2, c.d = c.dv = 24, c.seed = 65;
+  c.cap = gqa::test::reduced ? 2100 : 4500;
+  c.lengths = {c.cap - 3};
+  for (const int combo : {1, 5}) {
+    c.mods = mask_combo(combo, c.hq, c.cap / 2 + 3, -1);
+    for (const index_t page : {index_t{7}, index_t{256}}) check_paged<TypeParam>(c, page);
+  }
+}
+
+// Masks and score modifiers on ragged batches, each alone and all four together, per sequence bottom-right:
+// prefill and decode sequences together, empty sequences, more queries than keys, a split-KV decode
+// sequence, unequal groups, d not a multiple of the vector width.
+TYPED_TEST_P(kv_cache_suite, masks_on_ragged_batches) {
+  for (int combo = 0; combo < k_mask_combos; ++combo) {
+    ragged_case c;
+    c.hq = 8, c.hkv = 2, c.d = 40, c.dv = 24, c.seed = 70 + static_cast<std::uint64_t>(combo);
+    c.nq = {5, 0, 1, 70, 3, 0, 9, 1};
+    c.nk = {5, 7, 300, 129, 0, 0, 4, 1};
+    c.mods = mask_combo(combo, c.hq, 30, 4);
+    for (const bool causal : {false, true}) {
+      c.causal = causal;
+      check_ragged<TypeParam>(c, gqa::head_map::uniform(c.hq, c.hkv));
+    }
+    c.nq = {1, 1, 1};  // decode tasks
+    c.nk = {17, 0, 200};
+    c.d = c.dv = 19;
+    check_ragged<TypeParam>(c, gqa::head_map::uniform(c.hq, c.hkv));
+    if (combo == 1 || combo == 5) {  // split KV, the window's edge inside a chunk
+      c.nq = {1};
+      c.nk = {gqa::test::reduced ? 2100 : 4500};
+      c.mods = mask_combo(combo, c.hq, c.nk[0] / 2 + 3, -1);
+      check_ragged<TypeParam>(c, gqa::head_map::uniform(c.hq, c.hkv));
+    }
+    c.nq = {33, 2, 64};
+    c.nk = {40, 2, 64};
+    c.hq = 6, c.hkv = 3, c.d = c.dv = 19, c.causal = true;
+    c.mods = mask_combo(combo, c.hq, 9, 0);
+    const std::vector<index_t> unequal = {2, 2, 2, 0, 2, 0};  // KV head 1 unused
+    check_ragged<TypeParam>(c, gqa::head_map(unequal, c.hkv));
+  }
+}
+
+/// The keys of a sequence (nq queries over len keys) that a test poisons: every key no row sees, and the
+/// key just before the last row's window (seen by earlier rows only), if any.
+std::vector<index_t> keys_to_poison(index_t nq, index_t len, bool causal, const gqa::reference::modifiers& m) {
+  std::vector<bool> seen(static_cast<std::size_t>(len), false);
+  for (index_t i = 0; i < nq; ++i) {
+    const auto [lo, hi] = gqa::reference::visible_keys(i, nq, len, causal, m);
+    for (index_t j = lo; j < hi; ++j) seen[static_cast<std::size_t>(j)] = true;
+  }
+  std::vector<index_t> keys;
+  for (index_t j = 0; j < len; ++j)
+    if (!seen[static_cast<std::size_t>(j)]) keys.push_back(j);
+  if (nq > 0) {
+    const auto last = gqa::reference::visible_keys(nq - 1, nq, len, causal, m);
+    if (last.hi > last.lo && last.lo > 0 && seen[static_cast<std::size_t>(last.lo - 1)]) keys.push_back(last.lo - 1);
+  }
+  return keys;
+}
+
+/// Poisons key rows k[j] (kd elements) and v[j] (dv elements) of a buffer of rows: NaN, +inf or −inf in
+/// every element, by j, K and V out of step.
+void poison_key(float* k, float* v, index_t j, index_t kd, index_t vd) {
+  const float values[3] = {k_nan, k_inf, -k_inf};
+  std::fill_n(k + j * kd, kd, values[j % 3]);
+  std::fill_n(v + j * vd, vd, values[(j + 1) % 3]);
+}
+
+/// What compare_poisoned counted: (row, head) pairs that see a poisoned key, the non-finite outputs among
+/// them, and the pairs that see none but differ from the clean call.
+struct poisoned_rows {
+  index_t seeing = 0, nonfinite = 0, changed = 0;
+};
+
+/// The rows of one sequence (nq queries over len keys, `poisoned` its poisoned keys) against the clean
+/// call's, counted into n: a row that sees no poisoned key must have the clean bits (its d_v outputs from
+/// o_at(r, h) on and its LSE at lse_at(r, h), indices into o and lse).
+template <class OAt, class LseAt>
+void compare_poisoned(poisoned_rows& n, index_t nq, index_t len, index_t hq, index_t dv, bool causal,
+                      const gqa::reference::modifiers& m, const std::vector<index_t>& poisoned, const std::vector<float>& clean_o,
+                      const std::vector<float>& clean_lse, const std::vector<float>& o, const std::vector<float>& lse,
+                      OAt o_at, LseAt lse_at) {
+  for (index_t r = 0; r < nq; ++r) {
+    const auto [lo, hi] = gqa::reference::visible_keys(r, nq, len, causal, m);
+    const bool sees = std::any_of(poisoned.begin(), poisoned.end(), [&](index_t j) { return j >= lo && j < hi; });
+    for (index_t h = 0; h < hq; ++h) {
+      const std::size_t l = lse_at(r, h), o0 = o_at(r, h);
+      if (sees) {
+        ++n.seeing;
+        for (index_t x = 0; x < dv; ++x) n.nonfinite += !std::isfinite(o[o0 + static_cast<std::size_t>(x)]);
+        continue;
+      }
+      bool same = std::memcmp(&lse[l], &clean_lse[l], sizeof(float)) == 0;
+      for (index_t x = 0; x < dv; ++x)
+        same = same && std::memcmp(&o[o0 + static_cast<std::size_t>(x)], &clean_o[o0 + static_cast<std::size_t>(x)], sizeof(float)) == 0;
+      n.changed += !same;
+    }
+  }
+}
+
+// NaN and ±inf where a row must not look never reach it: in keys no row's window covers (and the key just
+// before the last row's window, which earlier rows see), in the slots of a paged cache past a sequence's
+// length and in spare pages, and in a capacity cache past each length. Every row that sees no poisoned
+// key gives the bits of the clean call (which matches the reference); the rows that see one show it.
+// The window alone and with softcap, sinks and ALiBi; decode (split KV included) and prefill; the dense
+// view with a capacity, the paged cache and the ragged batch.
+TYPED_TEST_P(kv_cache_suite, nonfinite_keys_behind_windows_and_pages_never_leak) {
+  const cache_shape shapes[] = {
+      {3, 1, 8, 2, 19, 19, 300, {300, 1, 129}, false, 40, -1},  // decode
+      {2, 37, 6, 3, 40, 24, 203, {203, 70}, true, 20, 5},       // prefill, causal
+      {1, 9, 4, 2, 21, 21, 90, {77}, false, 6, 3},              // prefill, both window sides
+      {1, 1, 8, 2, 16, 16, gqa::test::reduced ? 2100 : 4500, {gqa::test::reduced ? 2097 : 4497}, true, 700, -1},  // split KV
+  };
+  std::uint64_t seed = 80;
+  for (const cache_shape& s : shapes)
+    for (const int combo : {1, 5}) {
+      const cache_case c = s.with(combo, seed++);
+      SCOPED_TRACE(c.describe());
+      const gqa::reference::modifiers m = c.mods.reference();
+      const cache_data in(c);
+      cache_data bad = in;
+      std::vector<std::vector<index_t>> poisoned(static_cast<std::size_t>(c.b));
+      for (index_t ib = 0; ib < c.b; ++ib) {
+        const index_t len = c.lengths[static_cast<std::size_t>(ib)];
+        auto& keys = poisoned[static_cast<std::size_t>(ib)];
+        keys = keys_to_poison(c.sq, len, c.causal, m);
+        for (index_t j = len; j < c.cap; ++j) keys.push_back(j);  // past the length: ±inf for the dense view
+        for (const index_t j : keys)
+          poison_key(bad.k.data() + ib * c.cap * c.hkv * c.d, bad.v.data() + ib * c.cap * c.hkv * c.dv, j, c.hkv * c.d,
+                     c.hkv * c.dv);
+      }
+      const auto compare = [&](const output& clean, const output& got, const char* what) {
+        SCOPED_TRACE(what);
+        poisoned_rows n;
+        for (index_t ib = 0; ib < c.b; ++ib)
+          compare_poisoned(
+              n, c.sq, c.lengths[static_cast<std::size_t>(ib)], c.hq, c.dv, c.causal, m, poisoned[static_cast<std::size_t>(ib)],
+              clean.o, clean.lse, got.o, got.lse,
+              [&](index_t r, index_t h) { return static_cast<std::size_t>(((ib * c.sq + r) * c.hq + h) * c.dv); },
+              [&](index_t r, index_t h) { return static_cast<std::size_t>((ib * c.hq + h) * c.sq + r); });
+        EXPECT_EQ(n.changed, 0) << "rows that see no poisoned key changed";
+        if (n.seeing > 0) {
+          EXPECT_GT(n.nonfinite, 0) << "no row that sees a poisoned key shows it";
+        }
+      };
+      const output clean = run_dense<TypeParam>(c, in);
+      expect_matches_reference(c, in, clean);
+      compare(clean, run_dense<TypeParam>(c, bad), "capacity view");
+      for (const index_t page : {index_t{7}, index_t{16}}) {
+        SCOPED_TRACE("page " + std::to_string(page));
+        const paged_cache pc(c, in, page, page_seed(c, page));
+        const output paged_clean = run_paged<TypeParam>(c, in, pc);
+        expect_matches_reference(c, in, paged_clean);
+        paged_cache pbad(c, bad, page, page_seed(c, page));
+        pbad.poison_unused(c);
+        compare(paged_clean, run_paged<TypeParam>(c, bad, pbad), "paged");
+      }
+    }
+  // A ragged batch: each sequence's keys poisoned by its own windows.
+  for (const int combo : {1, 5}) {
+    ragged_case c;
+    c.hq = 8, c.hkv = 2, c.d = 40, c.dv = 24, c.causal = combo == 5, c.seed = 90 + static_cast<std::uint64_t>(combo);
+    c.nq = {5, 0, 1, 70, 3, 9, 1};
+    c.nk = {50, 7, 300, 129, 0, 4, 1};
+    c.mods = mask_combo(combo, c.hq, 30, 4);
+    SCOPED_TRACE(c.describe());
+    const gqa::reference::modifiers m = c.mods.reference();
+    const gqa::head_map map = gqa::head_map::uniform(c.hq, c.hkv);
+    const ragged_data in(c);
+    ragged_data bad = in;
+    std::vector<std::vector<index_t>> poisoned(c.nq.size());
+    for (std::size_t i = 0; i < c.nq.size(); ++i) {
+      poisoned[i] = keys_to_poison(c.nq[i], c.nk[i], c.causal, m);
+      for (const index_t j : poisoned[i])
+        poison_key(bad.k.data() + in.cu_k[i] * c.hkv * c.d, bad.v.data() + in.cu_k[i] * c.hkv * c.dv, j, c.hkv * c.d,
+                   c.hkv * c.dv);
+    }
+    const ragged_output clean = run_ragged<TypeParam>(c, map, in);
+    expect_ragged_matches_reference(c, map, in, clean);
+    const ragged_output got = run_ragged<TypeParam>(c, map, bad);
+    poisoned_rows n;
+    for (std::size_t i = 0; i < c.nq.size(); ++i) {
+      const index_t q0 = in.cu_q[i];
+      compare_poisoned(
+          n, c.nq[i], c.nk[i], c.hq, c.dv, c.causal, m, poisoned[i], clean.o, clean.lse, got.o, got.lse,
+          [&](index_t r, index_t h) { return static_cast<std::size_t>(((q0 + r) * c.hq + h) * c.dv); },
+          [&](index_t r, index_t h) { return static_cast<std::size_t>(h * in.tq + q0 + r); });
+    }
+    EXPECT_EQ(n.changed, 0) << "rows that see no poisoned key changed";
+    EXPECT_GT(n.seeing, 0);
+    EXPECT_GT(n.nonfinite, 0) << "no row that sees a poisoned key shows it";
+  }
+}
+
 REGISTER_TYPED_TEST_SUITE_P(kv_cache_suite, capacity_view_and_integer_lengths, paged_prefill_and_decode,
                             paged_split_kv_decode, paged_every_variant, paged_errors, ragged_matches_reference,
-                            ragged_every_variant, ragged_errors);
+                            ragged_every_variant, ragged_errors, masks_with_capacity_views, masks_on_paged_caches,
+                            masks_on_ragged_batches, nonfinite_keys_behind_windows_and_pages_never_leak);
 
 }  // namespace

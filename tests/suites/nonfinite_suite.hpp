@@ -95,6 +95,17 @@ struct nf_data {
                                      c.causal, c.kv_lengths, c.mods);
   }
 
+  /// `bad` at key j of batch ib in every KV head g: in V's column g % d_v (in_v), else in all of K's row.
+  void poison_key(index_t ib, index_t j, bool in_v, float bad) {
+    for (index_t g = 0; g < c.hkv; ++g) {
+      if (in_v) {
+        vv()(ib, j, g, g % c.dv) = bad;
+      } else {
+        for (index_t x = 0; x < c.d; ++x) kv()(ib, j, g, x) = bad;
+      }
+    }
+  }
+
   /// Keys [lo, hi) position i of batch ib sees.
   gqa::reference::key_range keys(index_t ib, index_t i) const {
     const index_t len = c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
@@ -274,13 +285,7 @@ TYPED_TEST_P(nonfinite_suite, masked_keys_never_contribute) {
         nf_data p(c, seed += 3);
         const index_t ib = c.b - 1;
         const index_t j = p.visible(ib, c.sq - 1) - 1;  // seen by the last position only
-        for (index_t g = 0; g < c.hkv; ++g) {
-          if (in_v) {
-            at(p.v, c.skv, c.hkv, c.dv, ib, j, g, g % c.dv) = bad;
-          } else {
-            for (index_t x = 0; x < c.d; ++x) at(p.k, c.skv, c.hkv, c.d, ib, j, g, x) = bad;
-          }
-        }
+        p.poison_key(ib, j, in_v, bad);
         p.template run<TypeParam>();
         std::ostringstream what;
         what << bad << " in " << (in_v ? "V" : "K") << " at key " << j << " (causal horizon)";
@@ -353,13 +358,7 @@ TYPED_TEST_P(nonfinite_suite, keys_outside_the_window_never_contribute) {
           // Lower: the key just before the last position's window. Upper: just past the first's.
           const index_t edge = lower ? p.keys(ib, c.sq - 1).lo - 1 : p.keys(ib, 0).hi;
           const index_t blind = lower ? c.sq - 1 : 0;  // the position that must not see it
-          for (index_t g = 0; g < c.hkv; ++g) {
-            if (in_v) {
-              at(p.v, c.skv, c.hkv, c.dv, ib, edge, g, g % c.dv) = bad;
-            } else {
-              for (index_t x = 0; x < c.d; ++x) at(p.k, c.skv, c.hkv, c.d, ib, edge, g, x) = bad;
-            }
-          }
+          p.poison_key(ib, edge, in_v, bad);
           p.template run<TypeParam>();
           std::ostringstream what;
           what << bad << " in " << (in_v ? "V" : "K") << " at key " << edge << " (window " << (lower ? "lower" : "upper")

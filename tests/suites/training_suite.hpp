@@ -4,8 +4,10 @@
 // forward chose, never a later one. PGQA: against the double chain reference::attention -> pgqa_backward
 // -> attention_backward (noise held fixed, gradient through mu and sigma), and plain GQA when the noise is
 // off. WGQA (scalar, col): per-head dk/dv and the weights' gradients against the double chain through
-// reference::wgqa_combine(_backward). forward_train's output is forward()'s, bit for bit. Tolerances: Note
-// [backward tolerance], with naive fp32 yardsticks of each whole chain. Helpers stay in `namespace {}`.
+// reference::wgqa_combine(_backward). forward_train's output is forward()'s, bit for bit. Every variant's
+// shapes include a sliding window; window + softcap + sinks + ALiBi (and the sinks' gradient) through the
+// policy path are the core's. Tolerances: Note [backward tolerance], with naive fp32 yardsticks of each
+// whole chain. Helpers stay in `namespace {}`.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -44,6 +46,9 @@ struct step_data {
   std::vector<float> q, k, v, dout, o, dq, dk, dv_;
   std::vector<index_t> lengths;
   bool causal = false;
+  index_t window_left = -1, window_right = -1;
+  float softcap = 0.0f;
+  std::vector<float> sinks, slopes;  // per query head, or empty
 
   step_data(index_t b_, index_t sq_, index_t skv_, index_t hq_, index_t kvh, index_t d_, index_t dv__, std::uint64_t seed)
       : b(b_), sq(sq_), skv(skv_), hq(hq_), kv_heads(kvh), d(d_), dv(dv__),
@@ -69,8 +74,15 @@ struct step_data {
     gqa::attention_options opt;
     opt.causal = causal;
     opt.kv_lengths = lengths;
+    opt.window_left = window_left;
+    opt.window_right = window_right;
+    opt.softcap = softcap;
+    opt.sinks = sinks;
+    opt.alibi_slopes = slopes;
     return opt;
   }
+  /// The modifiers of options() for the references.
+  gqa::reference::modifiers mods() const { return {window_left, window_right, softcap, sinks, slopes}; }
   double scale() const { return 1.0 / std::sqrt(static_cast<double>(static_cast<float>(d))); }
 
   /// forward_train then backward through `policy`; returns what the forward saved.
@@ -131,9 +143,9 @@ void expect_matches_reference(const step_data& s, std::span<const float> lse, st
   const auto ref = gqa::reference::attention_backward(
       gqa::bshd<const double>(qd.data(), s.b, s.sq, s.hq, s.d), gqa::bshd<const double>(kd.data(), s.b, s.skv, s.kv_heads, s.d),
       gqa::bshd<const double>(vd.data(), s.b, s.skv, s.kv_heads, s.dv), gqa::bshd<const double>(dd.data(), s.b, s.sq, s.hq, s.dv),
-      kv_of_q, s.scale(), s.causal, s.lengths);
+      kv_of_q, s.scale(), s.causal, s.lengths, s.mods());
   const auto naive = naive_fp32_backward(s.qv(), s.kv(), s.vv(), gqa::bshd<const float>(s.o.data(), s.b, s.sq, s.hq, s.dv),
-                                         s.doutv(), lse, kv_of_q, static_cast<float>(s.scale()), s.causal, s.lengths);
+                                         s.doutv(), lse, kv_of_q, static_cast<float>(s.scale()), s.causal, s.lengths, s.mods());
   expect_close(s.dq, ref.dq, gradient_tolerance(naive.dq, ref.dq), "dq", ref.dq_terms);
   expect_close(s.dk, ref.dk, gradient_tolerance(naive.dk, ref.dk), "dk", ref.dk_terms);
   expect_close(s.dv_, ref.dv, gradient_tolerance(naive.dv, ref.dv), "dv", ref.dv_terms);
@@ -143,11 +155,27 @@ struct shape_case {
   index_t b, sq, skv, hq, hkv, d, dv;
   bool causal;
   std::vector<index_t> lengths;
+  index_t window_left = -1, window_right = -1;
+
+  /// Sets the case's masks on s.
+  void masks_of(step_data& s) const {
+    s.causal = causal;
+    s.lengths = lengths;
+    s.window_left = window_left;
+    s.window_right = window_right;
+  }
 };
 
+/// Every variant's training step runs on these: causal, padded decode rows, a sliding window (causal,
+/// and both sides with padding).
 std::vector<shape_case> shapes() {
-  std::vector<shape_case> v = {{2, 40, 70, 8, 2, 24, 24, true, {}}, {2, 1, 130, 8, 4, 17, 17, false, {130, 60}}};
-  if (!gqa::test::reduced) v.push_back({1, 70, 70, 12, 4, 64, 40, true, {}});
+  std::vector<shape_case> v = {{2, 40, 70, 8, 2, 24, 24, true, {}},
+                               {2, 1, 130, 8, 4, 17, 17, false, {130, 60}},
+                               {2, 40, 70, 8, 2, 24, 24, true, {}, 12, -1}};
+  if (!gqa::test::reduced) {
+    v.push_back({1, 70, 70, 12, 4, 64, 40, true, {}});
+    v.push_back({2, 33, 90, 8, 2, 17, 17, false, {90, 41}, 20, 5});
+  }
   return v;
 }
 
@@ -157,8 +185,7 @@ template <class Isa, class P>
 void check_static_variant(P policy, index_t hq, index_t hkv, const shape_case& sc, std::uint64_t seed, const char* name) {
   SCOPED_TRACE(name);
   step_data s(sc.b, sc.sq, sc.skv, hq, hkv, sc.d, sc.dv, seed);
-  s.causal = sc.causal;
-  s.lengths = sc.lengths;
+  sc.masks_of(s);
   const auto saved = s.template train<Isa>(policy);
   ASSERT_EQ(saved.maps.size(), 1u);
   EXPECT_EQ(saved.maps[0], gqa::head_map::uniform(hq, hkv));
@@ -195,8 +222,7 @@ TYPED_TEST_P(training_suite, kdgqa_uses_the_recorded_allocation) {
     for (const bool per_sample : {false, true}) {
       SCOPED_TRACE(per_sample ? "per sample" : "one allocation per batch");
       step_data s(sc.b, sc.sq, sc.skv, sc.hq, sc.hkv, sc.d, sc.dv, seed++);
-      s.causal = sc.causal;
-      s.lengths = sc.lengths;
+      sc.masks_of(s);
       // Unequal key norms so the allocation is not uniform (KV head 0 small: possibly no query heads).
       for (std::size_t i = 0; i < s.k.size(); ++i) {
         const auto g = static_cast<index_t>(i / static_cast<std::size_t>(s.d)) % s.kv_heads;
@@ -231,6 +257,8 @@ TYPED_TEST_P(training_suite, kdgqa_uses_the_recorded_allocation) {
           one.dout = slice(s.dout, s.sq * s.hq * s.dv);
           one.o = slice(s.o, s.sq * s.hq * s.dv);
           one.causal = s.causal;
+          one.window_left = s.window_left;
+          one.window_right = s.window_right;
           if (!s.lengths.empty()) one.lengths = {s.lengths[static_cast<std::size_t>(ib)]};
           const auto per = static_cast<std::size_t>(s.hq * s.sq);
           const auto lse = std::span<const float>(saved.lse).subspan(static_cast<std::size_t>(ib) * per, per);
@@ -286,7 +314,7 @@ namespace {
 gqa::test::naive_gradients naive_pgqa_step(const step_data& s, index_t hkv, std::uint64_t seed, std::uint64_t layer,
                                            std::uint64_t call) {
   const auto map = gqa::test::uniform_kv_of_q(s.hq, hkv);
-  const auto fwd = naive_fp32(s.qv(), s.kv(), s.vv(), map, static_cast<float>(s.scale()), s.causal, s.lengths);
+  const auto fwd = naive_fp32(s.qv(), s.kv(), s.vv(), map, static_cast<float>(s.scale()), s.causal, s.lengths, s.mods());
   const index_t grp = s.hq / hkv, n = s.sq * s.dv;
   std::vector<float> dx(fwd.o.size());
   auto at = [&](index_t ib, index_t t, index_t h, index_t c) { return static_cast<std::size_t>(((ib * s.sq + t) * s.hq + h) * s.dv + c); };
@@ -314,7 +342,7 @@ gqa::test::naive_gradients naive_pgqa_step(const step_data& s, index_t hkv, std:
   }
   return naive_fp32_backward(s.qv(), s.kv(), s.vv(), gqa::bshd<const float>(fwd.o.data(), s.b, s.sq, s.hq, s.dv),
                              gqa::bshd<const float>(dx.data(), s.b, s.sq, s.hq, s.dv), fwd.lse, map,
-                             static_cast<float>(s.scale()), s.causal, s.lengths);
+                             static_cast<float>(s.scale()), s.causal, s.lengths, s.mods());
 }
 }  // namespace
 
@@ -325,8 +353,7 @@ TYPED_TEST_P(training_suite, pgqa_gradient_through_mean_and_std) {
   std::uint64_t seed = 70;
   for (const auto& sc : shapes()) {
     step_data s(sc.b, sc.sq, sc.skv, sc.hq, sc.hkv, sc.d, sc.dv, seed++);
-    s.causal = sc.causal;
-    s.lengths = sc.lengths;
+    sc.masks_of(s);
     if (s.sq * s.dv < 2) continue;
     gqa::pgqa_policy policy({.seed = 5, .layer = 2});
     policy.set_calls(3);
@@ -346,10 +373,10 @@ TYPED_TEST_P(training_suite, pgqa_gradient_through_mean_and_std) {
     const auto qv = gqa::bshd<const double>(qd.data(), s.b, s.sq, s.hq, s.d);
     const auto kv = gqa::bshd<const double>(kd.data(), s.b, s.skv, s.kv_heads, s.d);
     const auto vv = gqa::bshd<const double>(vd.data(), s.b, s.skv, s.kv_heads, s.dv);
-    const auto att = gqa::reference::attention(qv, kv, vv, map, s.scale(), s.causal, s.lengths);
+    const auto att = gqa::reference::attention(qv, kv, vv, map, s.scale(), s.causal, s.lengths, s.mods());
     const auto dcore = gqa::reference::pgqa_backward(att.o, dd, s.b, s.sq, s.hq, s.dv, s.kv_heads, 5, 2, 3);
     const auto ref = gqa::reference::attention_backward(qv, kv, vv, gqa::bshd<const double>(dcore.data(), s.b, s.sq, s.hq, s.dv),
-                                                        map, s.scale(), s.causal, s.lengths);
+                                                        map, s.scale(), s.causal, s.lengths, s.mods());
     const auto naive = naive_pgqa_step(s, s.kv_heads, 5, 2, 3);
     expect_close(s.dq, ref.dq, gradient_tolerance(naive.dq, ref.dq), "dq", ref.dq_terms);
     expect_close(s.dk, ref.dk, gradient_tolerance(naive.dk, ref.dk), "dk", ref.dk_terms);
@@ -393,9 +420,9 @@ wgqa_naive naive_wgqa_step(const step_data& s, const gqa::wgqa_weights& w) {
   const auto kc = combine(s.k, w.k), vc = combine(s.v, w.v);
   const auto map = gqa::test::uniform_kv_of_q(s.hq, w.hkv);
   const auto kcv = gqa::bshd<const float>(kc.data(), s.b, s.skv, w.hkv, d), vcv = gqa::bshd<const float>(vc.data(), s.b, s.skv, w.hkv, d);
-  const auto fwd = naive_fp32(s.qv(), kcv, vcv, map, static_cast<float>(s.scale()), s.causal, s.lengths);
+  const auto fwd = naive_fp32(s.qv(), kcv, vcv, map, static_cast<float>(s.scale()), s.causal, s.lengths, s.mods());
   const auto core = naive_fp32_backward(s.qv(), kcv, vcv, gqa::bshd<const float>(fwd.o.data(), s.b, s.sq, s.hq, d), s.doutv(),
-                                        fwd.lse, map, static_cast<float>(s.scale()), s.causal, s.lengths);
+                                        fwd.lse, map, static_cast<float>(s.scale()), s.causal, s.lengths, s.mods());
   wgqa_naive r;
   r.g.dq = core.dq;
   auto back = [&](const std::vector<float>& x, const std::vector<float>& dcomb, const std::vector<float>& ww,
@@ -428,8 +455,7 @@ TYPED_TEST_P(training_suite, wgqa_gradients_of_heads_and_weights) {
         SCOPED_TRACE(std::string(gqa::to_string(kind)) + (random ? " random" : " mean"));
         const index_t hq = sc.hq, hkv = sc.hkv, d = sc.d;
         step_data s(sc.b, sc.sq, sc.skv, hq, hq, d, d, seed++);
-        s.causal = sc.causal;
-        s.lengths = sc.lengths;
+        sc.masks_of(s);
         const auto w = random ? gqa::wgqa_weights::random_init(kind, hq, hkv, d, 8, seed)
                               : gqa::wgqa_weights::mean_init(kind, hq, hkv, d, 8);
         gqa::wgqa_policy policy(w);
@@ -443,7 +469,7 @@ TYPED_TEST_P(training_suite, wgqa_gradients_of_heads_and_weights) {
         const auto g = gqa::reference::attention_backward(
             gqa::bshd<const double>(qd.data(), s.b, s.sq, hq, d), gqa::bshd<const double>(kc.data(), s.b, s.skv, hkv, d),
             gqa::bshd<const double>(vc.data(), s.b, s.skv, hkv, d), gqa::bshd<const double>(dd.data(), s.b, s.sq, hq, d), map,
-            s.scale(), s.causal, s.lengths);
+            s.scale(), s.causal, s.lengths, s.mods());
         const auto gk = gqa::reference::wgqa_combine_backward(kd, g.dk, s.b, s.skv, hq, hkv, d, kname, wk);
         const auto gv = gqa::reference::wgqa_combine_backward(vd, g.dv, s.b, s.skv, hq, hkv, d, kname, wv);
         const auto naive = naive_wgqa_step(s, w);
@@ -532,6 +558,34 @@ void check_backward_errors() {
   auto padded = s.options();
   padded.kv_lengths = lens;
   expect_invalid([&] { run(saved, padded); }, "gqa::backward: options.kv_lengths (size 1)");
+  // The score modifiers must be the forward's too; dsinks needs sinks.
+  auto windowed = s.options();
+  windowed.window_left = 3;
+  expect_invalid([&] { run(saved, windowed); }, "gqa::backward: options.window_left = 3: must equal the forward's (-1)");
+  auto capped = s.options();
+  capped.softcap = 2.0f;
+  expect_invalid([&] { run(saved, capped); }, "gqa::backward: options.softcap = 2: must equal the forward's (0)");
+  const std::vector<float> per_head = {0.5f, 0.25f, 0.0f, -1.0f};
+  auto sunk = s.options();
+  sunk.sinks = per_head;
+  expect_invalid([&] { run(saved, sunk); }, "gqa::backward: options.sinks (size 4): must equal the forward's (size 0)");
+  auto biased = s.options();
+  biased.alibi_slopes = per_head;
+  expect_invalid([&] { run(saved, biased); }, "gqa::backward: options.alibi_slopes (size 4)");
+  std::vector<float> dsinks(4);
+  auto no_sinks = s.options();
+  no_sinks.dsinks = dsinks;
+  expect_invalid([&] { run(saved, no_sinks); }, {"gqa::backward: options.dsinks.size() = 4", "needs options.sinks"});
+  {
+    // Same sizes, other values: still a different call.
+    step_data t = s;
+    t.sinks = per_head;
+    const auto saved_sinks = gqa::forward_train<Isa>(policy, t.qv(), t.kv(), t.vv(), t.ov(), t.options());
+    auto other = t.options();
+    const std::vector<float> moved = {0.5f, 0.25f, 0.0f, -0.5f};
+    other.sinks = moved;
+    expect_invalid([&] { run(saved_sinks, other); }, "gqa::backward: options.sinks (size 4): must equal the forward's");
+  }
   expect_invalid(
       [&] {
         gqa::backward<Isa>(policy, saved, s.qv(), s.kv(), s.vv(), s.ov(), s.doutv(),
@@ -562,7 +616,83 @@ void check_backward_errors() {
 
 TYPED_TEST_P(training_suite, backward_rejects_a_different_call) { check_backward_errors<TypeParam>(); }
 
+// Every modifier through the policy path: gqa::backward with window + softcap + sinks + ALiBi and
+// options.dsinks is the core's attend_backward bit for bit (dsinks included) and matches the reference;
+// KDGQA per sample (one core call per batch element) sums the samples' dsinks in order.
+TYPED_TEST_P(training_suite, modifiers_through_policies) {
+  step_data s(2, 45, 80, 8, 2, 24, 24, 400);
+  s.causal = true;
+  s.lengths = {80, 51};
+  s.window_left = 20;
+  s.softcap = 4.0f;
+  s.sinks = {0.5f, -1.0f, 0.25f, 1.5f, 0.0f, -0.25f, 2.0f, 0.75f};
+  s.slopes = {0.5f, 0.25f, 0.125f, 0.0625f, 0.03125f, 0.015625f, 0.0078125f, 0.00390625f};
+  {
+    SCOPED_TRACE("gqa");
+    gqa::gqa_policy policy;
+    std::vector<float> dsinks(8, step_data::nan());
+    auto opt = s.options();
+    const auto saved = gqa::forward_train<TypeParam>(policy, s.qv(), s.kv(), s.vv(), s.ov(), opt);
+    opt.dsinks = dsinks;
+    gqa::backward<TypeParam>(policy, saved, s.qv(), s.kv(), s.vv(), s.ov(), s.doutv(), s.dqv(), s.dkv(), s.dvv(), opt);
+    // The core on the same map, with its own dsinks.
+    std::vector<float> dq(s.dq.size()), dk(s.dk.size()), dv(s.dv_.size()), core_dsinks(8);
+    auto copt = s.options();
+    copt.dsinks = core_dsinks;
+    gqa::attend_backward<TypeParam>(s.qv(), s.kv(), s.vv(), gqa::bshd<const float>(s.o.data(), s.b, s.sq, s.hq, s.dv),
+                                    s.doutv(), saved.lse, gqa::bshd(dq.data(), s.b, s.sq, s.hq, s.d),
+                                    gqa::bshd(dk.data(), s.b, s.skv, s.kv_heads, s.d),
+                                    gqa::bshd(dv.data(), s.b, s.skv, s.kv_heads, s.dv), saved.maps[0], copt);
+    EXPECT_TRUE(same_bits(s.dq, dq) && same_bits(s.dk, dk) && same_bits(s.dv_, dv)) << "differs from attend_backward";
+    EXPECT_TRUE(same_bits(dsinks, core_dsinks)) << "dsinks differs from attend_backward's";
+    expect_matches_reference(s, saved.lse, saved.maps[0].kv_of_q());
+    const auto qd = widen(s.q), kd = widen(s.k), vd = widen(s.v), dd = widen(s.dout);
+    const auto ref = gqa::reference::attention_backward(
+        gqa::bshd<const double>(qd.data(), s.b, s.sq, s.hq, s.d), gqa::bshd<const double>(kd.data(), s.b, s.skv, s.kv_heads, s.d),
+        gqa::bshd<const double>(vd.data(), s.b, s.skv, s.kv_heads, s.dv), gqa::bshd<const double>(dd.data(), s.b, s.sq, s.hq, s.dv),
+        saved.maps[0].kv_of_q(), s.scale(), s.causal, s.lengths, s.mods());
+    const auto naive = naive_fp32_backward(s.qv(), s.kv(), s.vv(), gqa::bshd<const float>(s.o.data(), s.b, s.sq, s.hq, s.dv),
+                                           s.doutv(), saved.lse, saved.maps[0].kv_of_q(), static_cast<float>(s.scale()),
+                                           s.causal, s.lengths, s.mods());
+    expect_close(dsinks, ref.dsinks, gradient_tolerance(naive.dsinks, ref.dsinks), "dsinks", ref.dsinks_terms);
+  }
+  {
+    SCOPED_TRACE("kdgqa per sample");
+    gqa::kdgqa_policy policy({.per_sample = true});
+    std::vector<float> dsinks(8, step_data::nan());
+    auto opt = s.options();
+    const auto saved = gqa::forward_train<TypeParam>(policy, s.qv(), s.kv(), s.vv(), s.ov(), opt);
+    ASSERT_EQ(saved.maps.size(), 2u);
+    opt.dsinks = dsinks;
+    gqa::backward<TypeParam>(policy, saved, s.qv(), s.kv(), s.vv(), s.ov(), s.doutv(), s.dqv(), s.dkv(), s.dvv(), opt);
+    // Each sample's core call with its own map, then the sum in sample order.
+    std::vector<float> want(8, 0.0f);
+    const auto per = static_cast<std::size_t>(s.hq * s.sq);
+    for (index_t ib = 0; ib < s.b; ++ib) {
+      auto sample = [&](const std::vector<float>& x, index_t n) {
+        return std::vector<float>(x.begin() + ib * n, x.begin() + (ib + 1) * n);
+      };
+      const auto q1 = sample(s.q, s.sq * s.hq * s.d), k1 = sample(s.k, s.skv * s.kv_heads * s.d),
+                 v1 = sample(s.v, s.skv * s.kv_heads * s.dv), o1 = sample(s.o, s.sq * s.hq * s.dv),
+                 g1 = sample(s.dout, s.sq * s.hq * s.dv);
+      std::vector<float> dq(q1.size()), dk(k1.size()), dv(v1.size()), ds(8);
+      auto one = s.options();
+      const std::vector<index_t> len = {s.lengths[static_cast<std::size_t>(ib)]};
+      one.kv_lengths = len;
+      one.dsinks = ds;
+      gqa::attend_backward<TypeParam>(
+          gqa::bshd<const float>(q1.data(), 1, s.sq, s.hq, s.d), gqa::bshd<const float>(k1.data(), 1, s.skv, s.kv_heads, s.d),
+          gqa::bshd<const float>(v1.data(), 1, s.skv, s.kv_heads, s.dv), gqa::bshd<const float>(o1.data(), 1, s.sq, s.hq, s.dv),
+          gqa::bshd<const float>(g1.data(), 1, s.sq, s.hq, s.dv), std::span<const float>(saved.lse).subspan(ib * per, per),
+          gqa::bshd(dq.data(), 1, s.sq, s.hq, s.d), gqa::bshd(dk.data(), 1, s.skv, s.kv_heads, s.d),
+          gqa::bshd(dv.data(), 1, s.skv, s.kv_heads, s.dv), saved.maps[static_cast<std::size_t>(ib)], one);
+      for (std::size_t h = 0; h < want.size(); ++h) want[h] = ib == 0 ? ds[h] : want[h] + ds[h];
+    }
+    EXPECT_TRUE(same_bits(dsinks, want)) << "dsinks is not the samples' sum in order";
+  }
+}
+
 REGISTER_TYPED_TEST_SUITE_P(training_suite, static_variants_are_the_core, kdgqa_uses_the_recorded_allocation,
                             dgqa_uses_the_recorded_map, pgqa_gradient_through_mean_and_std,
                             wgqa_gradients_of_heads_and_weights, training_step_is_deterministic,
-                            backward_rejects_a_different_call);
+                            backward_rejects_a_different_call, modifiers_through_policies);

@@ -162,44 +162,60 @@ struct naive_attention {
 // order can be several times luckier than the kernel's (measured: 4.7× on one such element), and 2u·T is
 // the size of those roundings, far below any real bug. Every real bug (a wrong row's LSE, a mask one key
 // off, a group summed into the wrong KV head, a missed scale) gives errors of 1e-3 of the gradient's
-// scale or more.
+// scale or more. The sinks' gradient (dsinks, one sum per head over its rows) takes the same bound, its
+// naive value summed in float in index order and T = Σ_i P_sink,i·Σ_c |dO_ic·O_ic|.
 
-/// Output of naive_fp32_backward, each in logical [b][s][h][d] order of its tensor.
+/// Output of naive_fp32_backward, each in logical [b][s][h][d] order of its tensor, and dsinks [hq].
 struct naive_gradients {
-  std::vector<float> dq, dk, dv;
+  std::vector<float> dq, dk, dv, dsinks;
 };
 
 /// The naive fp32 backward of Note [backward tolerance]: from q, k, v, the forward's o and lse (laid out
-/// [b][hq][sq]) and dout, in float, plain loops in index order. Any strides.
+/// [b][hq][sq]) and dout, in float, plain loops in index order over each row's visible keys, with the
+/// modifiers as reference::attention_backward applies them (logit = softcap·tanh(scale·q·k / softcap) −
+/// slope·|p − j|, P = exp(logit − LSE), dS = P·(dP − D)·(1 − tanh²)), and dsinks[h] = −Σ exp(sink − LSE)·D
+/// summed in float. Any strides.
 [[maybe_unused]] naive_gradients naive_fp32_backward(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k,
                                     const gqa::tensor_view<const float>& v, const gqa::tensor_view<const float>& o,
                                     const gqa::tensor_view<const float>& dout, std::span<const float> lse,
                                     std::span<const gqa::index_t> kv_of_q, float scale, bool causal = false,
-                                    std::span<const gqa::index_t> kv_lengths = {}) {
+                                    std::span<const gqa::index_t> kv_lengths = {},
+                                    const gqa::reference::modifiers& mods = {}) {
   using gqa::index_t;
   naive_gradients r;
   r.dq.assign(static_cast<std::size_t>(q.b * q.s * q.h * q.d), 0.0f);
   r.dk.assign(static_cast<std::size_t>(k.b * k.s * k.h * k.d), 0.0f);
   r.dv.assign(static_cast<std::size_t>(v.b * v.s * v.h * v.d), 0.0f);
+  r.dsinks.assign(mods.sinks.size(), 0.0f);
   auto at = [](index_t ib, index_t is, index_t ih, index_t c, index_t s, index_t h, index_t d) {
     return static_cast<std::size_t>(((ib * s + is) * h + ih) * d + c);
   };
+  const auto cap = static_cast<float>(mods.softcap);
   for (index_t ib = 0; ib < q.b; ++ib) {
     const index_t len = kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
     for (index_t h = 0; h < q.h; ++h) {
       const index_t g = kv_of_q[static_cast<std::size_t>(h)];
       for (index_t i = 0; i < q.s; ++i) {
         const float m = lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)];
-        const index_t visible = causal ? std::clamp<index_t>(i + (len - q.s) + 1, 0, len) : len;
-        if (visible == 0 || std::isinf(m)) continue;
+        const auto [lo, hi] = gqa::reference::visible_keys(i, q.s, len, causal, mods);
+        if (hi <= lo || std::isinf(m)) continue;
         float dsum = 0.0f;
         for (index_t x = 0; x < v.d; ++x) dsum += dout(ib, i, h, x) * o(ib, i, h, x);
-        for (index_t j = 0; j < visible; ++j) {
+        if (!mods.sinks.empty()) r.dsinks[static_cast<std::size_t>(h)] -= std::exp(mods.sinks[static_cast<std::size_t>(h)] - m) * dsum;
+        for (index_t j = lo; j < hi; ++j) {
           float dot = 0.0f, dp = 0.0f;
           for (index_t x = 0; x < q.d; ++x) dot += q(ib, i, h, x) * k(ib, j, g, x);
           for (index_t x = 0; x < v.d; ++x) dp += dout(ib, i, h, x) * v(ib, j, g, x);
-          const float p = std::exp(dot * scale - m);
-          const float ds = p * (dp - dsum);
+          float logit = dot * scale, dcap = 1.0f;
+          if (cap > 0.0f) {
+            const float t = std::tanh(logit / cap);
+            logit = cap * t;
+            dcap = 1.0f - t * t;
+          }
+          if (!mods.alibi_slopes.empty())
+            logit -= mods.alibi_slopes[static_cast<std::size_t>(h)] * static_cast<float>(std::abs(i + (len - q.s) - j));
+          const float p = std::exp(logit - m);
+          const float ds = p * (dp - dsum) * dcap;
           for (index_t x = 0; x < q.d; ++x) {
             r.dq[at(ib, i, h, x, q.s, q.h, q.d)] += scale * ds * k(ib, j, g, x);
             r.dk[at(ib, j, g, x, k.s, k.h, k.d)] += scale * ds * q(ib, i, h, x);

@@ -136,7 +136,9 @@ void for_each_element(const gqa::tensor_view<T>& t, F&& f) {
 //  * the K/V form: the dense views (most cases); a paged cache (pages of 1, 7, 16, 256 or a random number
 //    of slots, shuffled in a pool with spare pages, every slot no sequence fills NaN; the lengths are
 //    kv_lengths or skv); or a ragged batch (q, k, v packed without padding, each sequence's keys its
-//    kv_lengths, o dense BSHD viewed as packed rows, the LSE read back from [hq][total_q]). A variant whose
+//    kv_lengths, o dense BSHD viewed as packed rows, the LSE read back from [hq][total_q]), drawn apart
+//    from the masks and modifiers above, so that every one of them meets every form (of 2000 cases, ~50
+//    paged and ~50 ragged ones have a window, 20-40 each a softcap, sinks or ALiBi). A variant whose
 //    plan reads the keys (KDGQA) is drawn dense; one with a finish step (PGQA) is never ragged;
 //  * injections at random positions, masked ones included: NaN, ±inf, 1e30 in V, denormals, and
 //    overflow pairs: column x of Q and K zeroed in one batch, then q[i, h, x] = ±1e20 for a few rows

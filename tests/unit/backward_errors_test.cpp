@@ -111,17 +111,59 @@ TEST_F(backward_errors_test, map_options_and_lse) {
   run(valid());
 }
 
-// The backward does not implement the score modifiers yet: it rejects them rather than return gradients
-// of a different function.
-TEST_F(backward_errors_test, score_modifiers_are_rejected) {
-  expect_rejects([](call_args& a) { a.opt.window_left = 4; },
-                 {"gqa::attend_backward: options.window_left = 4", "supports no sliding window"});
-  expect_rejects([](call_args& a) { a.opt.window_right = 0; }, {"gqa::attend_backward: options.window_right = 0"});
-  expect_rejects([](call_args& a) { a.opt.softcap = 30.0f; }, {"gqa::attend_backward: options.softcap = 30"});
+// The score modifiers: accepted (with the sinks' gradient), each checked as the forward checks it, and
+// options.dsinks needs sinks, hq entries and memory of its own.
+TEST_F(backward_errors_test, score_modifiers) {
   static const std::vector<float> per_head(hq, 0.5f);
-  expect_rejects([](call_args& a) { a.opt.sinks = per_head; }, {"gqa::attend_backward: options.sinks.size() = 4"});
-  expect_rejects([](call_args& a) { a.opt.alibi_slopes = per_head; },
-                 {"gqa::attend_backward: options.alibi_slopes.size() = 4"});
+  static std::vector<float> dsinks(hq, k_sentinel);
+  auto with_modifiers = [](call_args& a) {
+    a.opt.window_left = 2;
+    a.opt.window_right = 0;
+    a.opt.softcap = 30.0f;
+    a.opt.sinks = per_head;
+    a.opt.alibi_slopes = per_head;
+    a.opt.dsinks = dsinks;
+  };
+  call_args ok = valid();
+  with_modifiers(ok);
+  run(ok);
+  for (const float x : grads) EXPECT_TRUE(std::isfinite(x));
+  for (const float x : dsinks) EXPECT_TRUE(std::isfinite(x) && x != k_sentinel);
+  std::fill(grads.begin(), grads.end(), k_sentinel);
+
+  expect_rejects([](call_args& a) { a.opt.window_left = -2; },
+                 {"gqa::attend_backward: options.window_left = -2", "must be >= -1"});
+  expect_rejects([](call_args& a) { a.opt.softcap = -1.0f; }, {"gqa::attend_backward: options.softcap = -1"});
+  static const std::vector<float> short_sinks(hq - 1, 0.5f);
+  expect_rejects([](call_args& a) { a.opt.sinks = short_sinks; }, {"gqa::attend_backward: options.sinks.size() = 3"});
+  expect_rejects([](call_args& a) { a.opt.dsinks = dsinks; },
+                 {"gqa::attend_backward: options.dsinks.size() = 4", "needs options.sinks"});
+  static std::vector<float> short_dsinks(hq - 1);
+  expect_rejects(
+      [](call_args& a) {
+        a.opt.sinks = per_head;
+        a.opt.dsinks = short_dsinks;
+      },
+      {"gqa::attend_backward: options.dsinks.size() = 3", "must equal hq = 4"});
+  // dsinks inside an input or a gradient; a gradient over the sinks or the slopes the call reads.
+  float* q_data = q_buf.data();
+  expect_rejects(
+      [q_data](call_args& a) {
+        a.opt.sinks = per_head;
+        a.opt.dsinks = std::span<float>(q_data + 3, hq);
+      },
+      {"gqa::attend_backward: options.dsinks", "overlaps q"});
+  expect_rejects(
+      [this](call_args& a) {
+        a.opt.sinks = per_head;
+        a.opt.dsinks = std::span<float>(grads.data() + dq_size + 5, hq);
+      },
+      {"gqa::attend_backward: options.dsinks", "overlaps dk"});
+  expect_rejects([this](call_args& a) { a.opt.sinks = std::span<const float>(grads.data() + 2, hq); },
+                 {"gqa::attend_backward: dq", "overlaps options.sinks"});
+  expect_rejects([this](call_args& a) { a.opt.alibi_slopes = std::span<const float>(grads.data() + dq_size + dk_size, hq); },
+                 {"gqa::attend_backward: dv", "overlaps options.alibi_slopes"});
+  EXPECT_TRUE(std::all_of(dsinks.begin(), dsinks.end(), [](float x) { return std::isfinite(x); }));
 }
 
 TEST_F(backward_errors_test, gradients_alias_nothing) {

@@ -1,6 +1,7 @@
 // backward_reference_test.cpp: the gradients every backward test trusts, checked against central finite
 // differences in double on tiny shapes: reference::attention_backward (masks both ways, padding, rows that
-// see nothing, unequal, empty and interleaved groups, d_v != d_qk, an explicit scale), reference::
+// see nothing, unequal, empty and interleaved groups, d_v != d_qk, an explicit scale; the sliding window,
+// softcap, ALiBi and sinks with the sinks' own gradient, alone and together), reference::
 // pgqa_backward (PGQA's noise with the draw held fixed and the gradient through μ and σ, alone and after
 // attention), reference::wgqa_combine_backward (scalar and col weights, alone and through attention), and
 // gqa::wgqa_fold_backward (all three kinds, with biases) against the reference fold. Also gqa::
@@ -41,9 +42,9 @@ struct dtensor {
 constexpr double k_step = 1e-5;  // central differences: truncation ~1e-10·f''', rounding ~1e-11·|L|
 constexpr double k_fd_tol = 1e-7;
 
-/// Checks grad against central differences of loss() over every element of x (x is restored).
+/// Checks grad against central differences (step h) of loss() over every element of x (x is restored).
 void expect_matches_fd(std::vector<double>& x, const std::vector<double>& grad, const std::function<double()>& loss,
-                       const std::string& what) {
+                       const std::string& what, double h = k_step) {
   ASSERT_EQ(x.size(), grad.size()) << what;
   double scale = 1.0;
   for (const double g : grad) scale = std::max(scale, std::fabs(g));
@@ -51,12 +52,12 @@ void expect_matches_fd(std::vector<double>& x, const std::vector<double>& grad, 
   std::size_t at = 0;
   for (std::size_t i = 0; i < x.size(); ++i) {
     const double keep = x[i];
-    x[i] = keep + k_step;
+    x[i] = keep + h;
     const double up = loss();
-    x[i] = keep - k_step;
+    x[i] = keep - h;
     const double down = loss();
     x[i] = keep;
-    const double fd = (up - down) / (2.0 * k_step);
+    const double fd = (up - down) / (2.0 * h);
     if (std::fabs(fd - grad[i]) > worst) {
       worst = std::fabs(fd - grad[i]);
       at = i;
@@ -127,6 +128,82 @@ TEST(reference_backward, attention_matches_finite_differences) {
           for (index_t x = 0; x < c.dv; ++x)
             EXPECT_EQ(g.dv[static_cast<std::size_t>(((ib * c.skv + j) * c.hkv + g_kv) * c.dv + x)], 0.0);
     }
+  }
+}
+
+/// A case of the score modifiers: the core_case's shape and masks plus reference::modifiers' settings
+/// (sinks and ALiBi slopes per query head when set).
+struct modifier_case {
+  core_case shape;
+  index_t window_left = -1, window_right = -1;
+  double softcap = 0.0;
+  bool sinks = false, alibi = false;
+};
+
+// The modifiers' gradients: the window (one side, both, a single key, with causal and padding), the
+// softcap (mild and saturating), ALiBi (no gradient of its own: it shifts the scores), the sinks (dq, dk,
+// dv through the denominator, and dsinks by differences of the sink logits themselves), and all four
+// together with causal, padding and unequal groups.
+TEST(reference_backward, modifiers_match_finite_differences) {
+  const core_case base{"", 2, 4, 6, 4, 2, 3, 2, {}, false, {}, 0.0};
+  core_case causal = base;
+  causal.causal = true;
+  core_case padded_causal = causal;
+  padded_causal.kv_lengths = {6, 3};
+  core_case tall = base;  // sq > skv: under causal the first rows see nothing
+  tall.sq = 6;
+  tall.skv = 4;
+  tall.causal = true;
+  core_case empty_batch = base;
+  empty_batch.kv_lengths = {6, 0};
+  core_case unequal = padded_causal;
+  unequal.hq = 4;
+  unequal.hkv = 3;
+  unequal.kv_of_q = {0, 0, 0, 2};
+  const std::vector<std::pair<std::string, modifier_case>> cases = {
+      {"window left 2", {base, 2, -1}},
+      {"window right 1, causal off", {base, -1, 1}},
+      {"window (1, 1) with padding", {padded_causal, 1, 1}},
+      {"window of one key (0, 0)", {base, 0, 0}},
+      {"window left 1, causal, sq > skv", {tall, 1, -1}},
+      {"softcap 2", {base, -1, -1, 2.0}},
+      {"softcap 0.3 (saturating), causal", {causal, -1, -1, 0.3}},
+      {"alibi, causal", {causal, -1, -1, 0.0, false, true}},
+      {"alibi with padding, sq > skv", {tall, -1, -1, 0.0, false, true}},
+      {"sinks", {base, -1, -1, 0.0, true}},
+      {"sinks, causal, sq > skv (rows with no key)", {tall, -1, -1, 0.0, true}},
+      {"sinks with a kv_length of 0", {empty_batch, -1, -1, 0.0, true}},
+      {"all four, causal, padding", {padded_causal, 2, -1, 1.5, true, true}},
+      {"all four, unequal groups, both window sides", {unequal, 2, 1, 0.8, true, true}},
+  };
+  for (const auto& [name, mc] : cases) {
+    SCOPED_TRACE(name);
+    const core_case& c = mc.shape;
+    dtensor q(c.b, c.sq, c.hq, c.d, 5), k(c.b, c.skv, c.hkv, c.d, 6), v(c.b, c.skv, c.hkv, c.dv, 7),
+        dout(c.b, c.sq, c.hq, c.dv, 8);
+    const auto kv_of_q = map_of(c);
+    const double scale = c.scale != 0.0 ? c.scale : 1.0 / std::sqrt(static_cast<double>(c.d));
+    // Sinks are floats (as the API's): multiples of 2^-4 stepped by 2^-17, both exact in float, so the
+    // differences below perturb them exactly.
+    std::vector<double> sinks_d;
+    for (index_t h = 0; h < c.hq && mc.sinks; ++h) sinks_d.push_back(0.0625 * static_cast<double>((h * 7) % 11) - 0.25);
+    std::vector<float> sinks_f(sinks_d.begin(), sinks_d.end()), slopes;
+    for (index_t h = 0; h < c.hq && mc.alibi; ++h) slopes.push_back(std::exp2(-static_cast<float>(h + 1)));
+    auto mods = [&] {
+      std::copy(sinks_d.begin(), sinks_d.end(), sinks_f.begin());
+      return gqa::reference::modifiers{mc.window_left, mc.window_right, mc.softcap, sinks_f, slopes};
+    };
+    auto loss = [&] {
+      return dot(dout.x, gqa::reference::attention(q.view(), k.view(), v.view(), kv_of_q, scale, c.causal, c.kv_lengths,
+                                                   mods()).o);
+    };
+    const auto g = gqa::reference::attention_backward(q.view(), k.view(), v.view(), dout.view(), kv_of_q, scale, c.causal,
+                                                      c.kv_lengths, mods());
+    expect_matches_fd(q.x, g.dq, loss, "dq");
+    expect_matches_fd(k.x, g.dk, loss, "dk");
+    expect_matches_fd(v.x, g.dv, loss, "dv");
+    ASSERT_EQ(g.dsinks.size(), sinks_d.size());
+    if (mc.sinks) expect_matches_fd(sinks_d, g.dsinks, loss, "dsinks", 0x1p-17);
   }
 }
 

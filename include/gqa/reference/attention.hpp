@@ -134,69 +134,96 @@ inline attention_result attention(const tensor_view<const double>& q, const tens
 }
 
 /// Gradients of reference::attention, in double, each laid out like its tensor in logical order:
-/// dq [b][sq][hq][d], dk [b][skv][hkv][d], dv [b][skv][hkv][dv]; and, in the same layouts, the sum of the
-/// magnitudes of the terms summed into each element (a floating-point sum's rounding scales with these,
-/// not with the result when its terms cancel): dq Σ_j scale·P_j·(|dP_j| + |D|)·|K_j|, dk the same over
-/// rows with |Q|, dv Σ P·|dout|.
+/// dq [b][sq][hq][d], dk [b][skv][hkv][d], dv [b][skv][hkv][dv], and dsinks [hq] (empty without sinks); and,
+/// in the same layouts, the sum of the magnitudes of the terms summed into each element (a floating-point
+/// sum's rounding scales with these, not with the result when its terms cancel): dq Σ_j |scale|·P_j·
+/// (|dP_j| + |D|)·c_j·|K_j| (c_j = 1 − tanh² of the softcap's argument, else 1), dk the same over rows with
+/// |Q|, dv Σ P·|dout|, dsinks Σ_i P_sink,i·Σ_c |dout_ic·O_ic|.
 struct attention_grads {
-  std::vector<double> dq, dk, dv;
-  std::vector<double> dq_terms, dk_terms, dv_terms;
+  std::vector<double> dq, dk, dv, dsinks;
+  std::vector<double> dq_terms, dk_terms, dv_terms, dsinks_terms;
 };
 
-/// ∂L/∂Q, ∂L/∂K, ∂L/∂V of O = attention(q, k, v, kv_of_q, scale, causal, kv_lengths) for L = Σ dout ∘ O, by
-/// the textbook softmax derivative, row by row: P recomputed exactly as attention() does (max subtracted,
-/// normalised by the row sum), O = P·V, dP_j = dout·V_j, dS_j = P_j·(dP_j − dout·O), dQ = scale·Σ_j dS_j K_j,
-/// dK_j += scale·dS_j·Q, dV_j += P_j·dout. Nothing is shared with the kernel (no LSE input, no blocks, no
-/// exp2). Rows that see no key contribute nothing; KV heads no query head maps to, and keys no row sees,
-/// get zero. dout is (b, sq, hq, dv) like O. Preconditions as attention() (not checked: test code).
+/// ∂L/∂Q, ∂L/∂K, ∂L/∂V (and ∂L/∂sinks) of O = attention(q, k, v, kv_of_q, scale, causal, kv_lengths, mods)
+/// for L = Σ dout ∘ O, by the textbook softmax derivative, row by row over the row's visible keys
+/// (visible_keys): z_j = scale·Q·K_j, the logit x_j = softcap·tanh(z_j / softcap) (or z_j) − slope·|p − j|,
+/// P recomputed exactly as attention() does (max subtracted, normalised by the row sum, the sink in both),
+/// O = P·V, D = dout·O, dP_j = dout·V_j, dx_j = P_j·(dP_j − D), dz_j = dx_j·(1 − tanh²(z_j / softcap)) (or
+/// dx_j), dQ = scale·Σ_j dz_j K_j, dK_j += scale·dz_j·Q, dV_j += P_j·dout, dsinks[h] −= P_sink·D with
+/// P_sink = e^(sink − m) / l. Nothing is shared with the kernel (no LSE input, no blocks, no exp2). Rows that
+/// see no key contribute nothing (their O is 0 whatever the sink); KV heads no query head maps to, and keys
+/// no row sees, get zero; the ALiBi slopes get no gradient. dout is (b, sq, hq, dv) like O. Preconditions
+/// as attention() (not checked: test code).
 inline attention_grads attention_backward(const tensor_view<const double>& q, const tensor_view<const double>& k,
                                           const tensor_view<const double>& v, const tensor_view<const double>& dout,
                                           std::span<const index_t> kv_of_q, double scale, bool causal,
-                                          std::span<const index_t> kv_lengths = {}) {
+                                          std::span<const index_t> kv_lengths = {}, const modifiers& mods = {}) {
   attention_grads r;
   r.dq.assign(static_cast<std::size_t>(q.b * q.s * q.h * q.d), 0.0);
   r.dk.assign(static_cast<std::size_t>(k.b * k.s * k.h * k.d), 0.0);
   r.dv.assign(static_cast<std::size_t>(v.b * v.s * v.h * v.d), 0.0);
+  r.dsinks.assign(mods.sinks.size(), 0.0);
   r.dq_terms = r.dq;
   r.dk_terms = r.dk;
   r.dv_terms = r.dv;
+  r.dsinks_terms = r.dsinks;
   auto at = [](index_t ib, index_t is, index_t ih, index_t c, index_t s, index_t h, index_t d) {
     return static_cast<std::size_t>(((ib * s + is) * h + ih) * d + c);
   };
-  std::vector<double> p(static_cast<std::size_t>(k.s)), o(static_cast<std::size_t>(v.d));
+  const bool has_sink = !mods.sinks.empty();
+  std::vector<double> z(static_cast<std::size_t>(k.s)), p(static_cast<std::size_t>(k.s)), o(static_cast<std::size_t>(v.d));
   for (index_t ib = 0; ib < q.b; ++ib) {
     const index_t len = kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
     for (index_t h = 0; h < q.h; ++h) {
       const index_t g = kv_of_q[static_cast<std::size_t>(h)];
+      const double sink = has_sink ? static_cast<double>(mods.sinks[static_cast<std::size_t>(h)]) : 0.0;
       for (index_t i = 0; i < q.s; ++i) {
-        const index_t visible = causal ? std::clamp<index_t>(i + (len - q.s) + 1, 0, len) : len;
-        if (visible == 0) continue;
-        double m = -std::numeric_limits<double>::infinity();
-        for (index_t j = 0; j < visible; ++j) {
+        const auto [lo, hi] = visible_keys(i, q.s, len, causal, mods);
+        if (hi <= lo) continue;
+        double m = has_sink ? sink : -std::numeric_limits<double>::infinity();
+        for (index_t j = lo; j < hi; ++j) {
           double dot = 0.0;
           for (index_t c = 0; c < q.d; ++c) dot += q(ib, i, h, c) * k(ib, j, g, c);
-          p[static_cast<std::size_t>(j)] = dot * scale;
-          m = std::max(m, dot * scale);
+          const auto jj = static_cast<std::size_t>(j);
+          z[jj] = dot * scale;
+          double logit = modified_logit(z[jj], mods);
+          if (!mods.alibi_slopes.empty())
+            logit -= static_cast<double>(mods.alibi_slopes[static_cast<std::size_t>(h)]) *
+                     static_cast<double>(std::abs(i + (len - q.s) - j));
+          p[jj] = logit;
+          m = std::max(m, logit);
         }
-        double l = 0.0;
-        for (index_t j = 0; j < visible; ++j) l += (p[static_cast<std::size_t>(j)] = std::exp(p[static_cast<std::size_t>(j)] - m));
-        for (index_t j = 0; j < visible; ++j) p[static_cast<std::size_t>(j)] /= l;
-        double dsum = 0.0;  // dout · O
+        double l = has_sink ? std::exp(sink - m) : 0.0;
+        for (index_t j = lo; j < hi; ++j) l += (p[static_cast<std::size_t>(j)] = std::exp(p[static_cast<std::size_t>(j)] - m));
+        for (index_t j = lo; j < hi; ++j) p[static_cast<std::size_t>(j)] /= l;
+        double dsum = 0.0, dsum_terms = 0.0;  // dout · O, and Σ |dout ∘ O|
         for (index_t c = 0; c < v.d; ++c) {
           double acc = 0.0;
-          for (index_t j = 0; j < visible; ++j) acc += p[static_cast<std::size_t>(j)] * v(ib, j, g, c);
+          for (index_t j = lo; j < hi; ++j) acc += p[static_cast<std::size_t>(j)] * v(ib, j, g, c);
           o[static_cast<std::size_t>(c)] = acc;
           dsum += dout(ib, i, h, c) * acc;
+          dsum_terms += std::fabs(dout(ib, i, h, c) * acc);
         }
-        for (index_t j = 0; j < visible; ++j) {
+        if (has_sink) {
+          const double psink = std::exp(sink - m) / l;
+          r.dsinks[static_cast<std::size_t>(h)] -= psink * dsum;
+          r.dsinks_terms[static_cast<std::size_t>(h)] += psink * dsum_terms;
+        }
+        for (index_t j = lo; j < hi; ++j) {
           const double pj = p[static_cast<std::size_t>(j)];
           double dp = 0.0;
           for (index_t c = 0; c < v.d; ++c) dp += dout(ib, i, h, c) * v(ib, j, g, c);
-          const double ds = pj * (dp - dsum);
-          const double ds_terms = std::fabs(scale) * pj * (std::fabs(dp) + std::fabs(dsum));
+          double dz = pj * (dp - dsum);  // ∂L/∂z_j
+          double cap = 1.0;              // ∂x_j/∂z_j
+          if (mods.softcap > 0.0) {
+            const double t = std::tanh(z[static_cast<std::size_t>(j)] / mods.softcap);
+            cap = 1.0 - t * t;
+            dz *= cap;
+          }
+          const double ds_terms = std::fabs(scale) * pj * (std::fabs(dp) + std::fabs(dsum)) * cap;
           for (index_t c = 0; c < q.d; ++c) {
-            r.dq[at(ib, i, h, c, q.s, q.h, q.d)] += scale * ds * k(ib, j, g, c);
-            r.dk[at(ib, j, g, c, k.s, k.h, k.d)] += scale * ds * q(ib, i, h, c);
+            r.dq[at(ib, i, h, c, q.s, q.h, q.d)] += scale * dz * k(ib, j, g, c);
+            r.dk[at(ib, j, g, c, k.s, k.h, k.d)] += scale * dz * q(ib, i, h, c);
             r.dq_terms[at(ib, i, h, c, q.s, q.h, q.d)] += ds_terms * std::fabs(k(ib, j, g, c));
             r.dk_terms[at(ib, j, g, c, k.s, k.h, k.d)] += ds_terms * std::fabs(q(ib, i, h, c));
           }

@@ -152,11 +152,15 @@ struct saved_forward {
   std::vector<head_map> maps;  ///< the plan, or one per batch element when the policy planned per sample
   std::vector<float> lse;      ///< [b][hq][sq], natural log, −inf for rows that saw no key
   policy_saved_t<P> policy;    ///< what P::record() kept (PGQA: row statistics)
-  // The call: the caller's q, k, v, o extents (k/v before prepare()) and the options that change the math.
+  // The call: the caller's q, k, v, o extents (k/v before prepare()) and the options that change the math
+  // (the sinks' and ALiBi slopes' values, copied).
   index_t extents[4][4] = {};
   std::optional<float> scale;
   bool causal = false;
   std::vector<index_t> kv_lengths;
+  index_t window_left = -1, window_right = -1;
+  float softcap = 0.0f;
+  std::vector<float> sinks, alibi_slopes;
   /// True once forward_train() has filled it.
   bool valid() const noexcept { return !maps.empty(); }
 };
@@ -195,6 +199,11 @@ void run_planned(Policy& p, const tensor_view<const float>& q, const tensor_view
     saved->scale = opt.scale;
     saved->causal = opt.causal;
     saved->kv_lengths = to_indices(opt.kv_lengths);
+    saved->window_left = opt.window_left;
+    saved->window_right = opt.window_right;
+    saved->softcap = opt.softcap;
+    saved->sinks.assign(opt.sinks.begin(), opt.sinks.end());
+    saved->alibi_slopes.assign(opt.alibi_slopes.begin(), opt.alibi_slopes.end());
     saved->policy = {};
   }
   const executor ex = executor_of(opt);
@@ -309,7 +318,6 @@ saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<con
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
                 "gqa::forward_train<Isa>: this translation unit is not compiled with flags for Isa");
   saved_forward<P> saved;
-  detail::require_no_modifiers(opt, "gqa::forward_train");  // before any work: backward() could not use it
   detail::run_forward<Isa>(p, q, k, v, o, opt, &saved, "gqa::forward_train");
   return saved;
 }
@@ -325,8 +333,8 @@ struct scale_text {
 };
 
 /// Everything backward() checks before any work: `saved` filled, views, extents equal to the forward's,
-/// dout/dq/dk/dv like o/q/k/v, the forward's mask options, threads, and no gradient repeating an element
-/// or sharing one with an input or another gradient (Note [exact overlap]).
+/// dout/dq/dk/dv like o/q/k/v, the forward's mask and modifier options, threads, options.dsinks, and no
+/// gradient repeating an element or sharing one with an input or another gradient (Note [exact overlap]).
 template <class P>
 void check_backward_call(const saved_forward<P>& saved, const tensor_view<const float>& q,
                          const tensor_view<const float>& k, const tensor_view<const float>& v,
@@ -363,9 +371,23 @@ void check_backward_call(const saved_forward<P>& saved, const tensor_view<const 
   if (!same_lengths)
     fail(where, ": options.kv_lengths (size ", opt.kv_lengths.size(), "): must equal the forward's (size ",
          saved.kv_lengths.size(), ")");
+  if (opt.window_left != saved.window_left)
+    fail(where, ": options.window_left = ", opt.window_left, ": must equal the forward's (", saved.window_left, ")");
+  if (opt.window_right != saved.window_right)
+    fail(where, ": options.window_right = ", opt.window_right, ": must equal the forward's (", saved.window_right, ")");
+  if (opt.softcap != saved.softcap)
+    fail(where, ": options.softcap = ", opt.softcap, ": must equal the forward's (", saved.softcap, ")");
+  const auto same_values = [](std::span<const float> a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+  };
+  if (!same_values(opt.sinks, saved.sinks))
+    fail(where, ": options.sinks (size ", opt.sinks.size(), "): must equal the forward's (size ", saved.sinks.size(), ")");
+  if (!same_values(opt.alibi_slopes, saved.alibi_slopes))
+    fail(where, ": options.alibi_slopes (size ", opt.alibi_slopes.size(), "): must equal the forward's (size ",
+         saved.alibi_slopes.size(), ")");
   require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
-  require_no_modifiers(opt, where);
   require_outputs_disjoint({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, {in[0], in[1], in[2], in[3], in[4]}, where);
+  check_backward_modifiers(q, k, v, o, dout, saved.lse, dq, dk, dv, opt, where);
 }
 
 }  // namespace detail
@@ -378,10 +400,13 @@ void check_backward_call(const saved_forward<P>& saved, const tensor_view<const 
 /// default) picks the ISA at run time by the same rules, so with the same options and environment the
 /// backward runs the ISA its forward_train() ran.
 /// dq, dk, dv are overwritten. Bitwise identical for any thread count and executor.
+/// With options.dsinks (size hq, needs sinks) it also gives the sinks' gradient of the whole call (for a
+/// policy that plans per sample: the samples' gradients added in sample order).
 /// Throws gqa::invalid_argument before any work for: an empty `saved`, extents different from the
-/// forward's, dout/dq/dk/dv extents different from o/q/k/v, options (scale, causal, kv_lengths) different
-/// from the forward's, any overlap of dq, dk, dv with an input or each other, and (Isa = isa::dispatch)
-/// an options.isa or GQA_ISA naming an ISA that cannot run here.
+/// forward's, dout/dq/dk/dv extents different from o/q/k/v, options (scale, causal, kv_lengths, window,
+/// softcap, the values of sinks and alibi_slopes) different from the forward's, a bad options.dsinks, any
+/// overlap of dq, dk, dv with an input or each other, and (Isa = isa::dispatch) an options.isa or GQA_ISA
+/// naming an ISA that cannot run here.
 template <class Isa = isa::dispatch, attention_policy P>
 void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, tensor_view<const float> k,
               tensor_view<const float> v, tensor_view<const float> o, tensor_view<const float> dout,
@@ -411,16 +436,21 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, t
     if constexpr (policy_with_finish_backward<P>) og = p.finish_backward(saved.policy, o, dout, saved.maps[0], ex, finish_buf);
     attend_backward<Isa>(q, kv.k, kv.v, og.o, og.dout, lse, dq, dk_core, dv_core, saved.maps[0], call);
   } else {
-    // Planned per sample: one core call per batch element with its own map.
+    // Planned per sample: one core call per batch element with its own map; the sinks' gradient is the
+    // sum of the samples', added in sample order.
     const auto per = static_cast<std::size_t>(q.h * q.s);
+    std::vector<float> dsinks_sample(call.dsinks.size());
     for (index_t ib = 0; ib < q.b; ++ib) {
       attention_options so = call;
       if (!call.kv_lengths.empty()) so.kv_lengths = call.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
+      if (ib > 0) so.dsinks = dsinks_sample;
       attend_backward<Isa>(detail::sample(q, ib), detail::sample(kv.k, ib), detail::sample(kv.v, ib),
                            detail::sample(o, ib), detail::sample(dout, ib),
                            lse.subspan(static_cast<std::size_t>(ib) * per, per), detail::sample(dq, ib),
                            detail::sample(dk_core, ib), detail::sample(dv_core, ib),
                            saved.maps[static_cast<std::size_t>(ib)], so);
+      if (ib > 0)
+        for (std::size_t h = 0; h < dsinks_sample.size(); ++h) call.dsinks[h] += dsinks_sample[h];
     }
   }
   if constexpr (policy_with_prepare_backward<P>) p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);

@@ -1,9 +1,10 @@
 // gqa/detail/core/backward.hpp: the backward pass of the attention core (FlashAttention-2's algorithm on
 // the core's register tile and packing): P recomputed from Q, K and the forward's LSE, D = rowsum(dO∘O),
-// dV += Pᵀ·dO, dS = P∘(dP − D), dQ = scale·dS·K, dK += scale·dSᵀ·Q. Invariants: never materialises
-// Sq×Skv; every output element is written by one task or reduced in a fixed order, so results are bitwise
-// identical for any thread count; extra memory is O(tile) per thread plus the dK/dV accumulators
-// (Note [backward tasks]).
+// dV += Pᵀ·dO, dS = P∘(dP − D), dQ = scale·dS·K, dK += scale·dSᵀ·Q; with the forward's masks (padding,
+// causal, sliding window) and score modifiers (softcap, ALiBi, sinks and their gradient). Invariants:
+// never materialises Sq×Skv; every output element is written by one task or reduced in a fixed order, so
+// results are bitwise identical for any thread count; extra memory is O(tile) per thread plus the dK/dV
+// accumulators (Note [backward tasks]).
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_DETAIL_CORE_BACKWARD_HPP
 #define GQA_DETAIL_CORE_BACKWARD_HPP
@@ -48,10 +49,10 @@ namespace detail::core {
 // result is the same bits for any thread count and executor, and no two tasks write the same memory.
 // Memory: R·b·(active KV heads)·skv·(d_pad + d_v,pad) floats of accumulators plus O(tile) scratch per
 // thread; dQ needs none (P1 on AVX-512: 2 ranges, 32 MiB).
-// Masked tiles are skipped exactly as in the forward: a query block visits only the KV blocks below its
-// last row's limit, and masks only the blocks that cut a row; keys past kv_lengths are never read. A row whose LSE is −inf saw no key in the
-// forward; it is treated as seeing none here (P = 0), so it contributes nothing and gets dQ = 0 whatever
-// its scores.
+// Masked tiles are skipped exactly as in the forward, and blocks that a mask edge cuts run their products
+// as bands (Note [backward masks]); keys past kv_lengths are never read. A row whose LSE is −inf saw no
+// key in the forward; it is treated as seeing none here (P = 0), so it contributes nothing and gets
+// dQ = 0 whatever its scores.
 
 // Note [backward numerics]
 // Two choices keep the kernel as accurate as a naive fp32 backward (Note [backward tolerance]):
@@ -67,6 +68,41 @@ namespace detail::core {
 
 inline constexpr index_t k_backward_min_tasks = 16;
 
+// Note [backward masks]
+// The backward sees exactly the (row, key) pairs the forward saw: visible_key_range() gives each position
+// its keys [lo, hi) (padding, causal and the sliding window; lo and hi non-decreasing in the position), so
+// key j of a KV block is seen by a contiguous range of the query block's rows [f_j, e_j) (f and e
+// non-decreasing in j). A query block visits the KV blocks from its first row's lo to its last row's hi
+// only (a window costs O(window) per row, as in the forward); a block inside [last row's lo, first row's
+// hi) is seen whole by every row and runs the five products as plain tiles. A block that some row's edge
+// cuts computes Sᵀ and dPᵀ whole (K, V and Q are read, as the forward reads them), forms P and dS only
+// where they are seen, and runs the three products that consume them as bands (band(), Note [causal
+// staircase]): dV_j and dK_j sum over rows [f_j, e_j), dQ_r over keys [lo_r, hi_r), so no pair a mask
+// hides enters a product, not even with a zero weight. Hence the non-finite rules of the forward (Note
+// [non-finite inputs]) hold for the gradients: a NaN in dO, V, or in a K row or Q row that a mask hides
+// reaches exactly the gradients a naive backward over the visible pairs gives it. Keys that no row sees
+// keep dK = dV = 0; rows that see none keep dQ = 0.
+
+// Note [softcap gradient]
+// With the logit softcap the forward's logit is x = cap·tanh(u), u = scale·q·k / cap. The backward
+// recomputes u from the raw score s = q·k (the Sᵀ tile) as s·(scale/cap), which is the forward's argument
+// of tanh: in the forward's log2 units it is s₂/c₂ = (s·scale·log2e)/(cap·log2e) (Note [softcap in log2
+// units]), the same number, since log2(e) cancels inside tanh. So neither tanh nor its derivative needs a
+// change of units: t = tanh(u) is unit-free, x = cap·t is the natural-unit logit (subtracting the natural
+// LSE gives the exponent, moved to log2 units only for exp2, as Note [backward numerics] does), and
+// dx/ds = scale·(1 − t²), so dS = scale·(1 − t²)·P·(dP − D), with 1 − t² formed as one fused
+// multiply-add. ALiBi's bias −slope·|p − j| is added to x after the cap (the forward's order); it is a
+// constant of the scores, with no gradient of its own (the slopes get none).
+
+// Note [sink gradient]
+// A sink is a logit with no value row (Note [sinks as a state]): it joins the softmax's denominator, so
+// the forward's LSE includes it and P_ij = exp(s_ij − LSE_i) needs nothing new; dQ, dK and dV are the
+// usual ones. Its own gradient: with P_sink,i = exp(sink_h − LSE_i), ∂O_i/∂sink_h = −P_sink,i·O_i, so
+// dsink_h = −Σ_i P_sink,i·D_i, D_i = dO_i·O_i, over every row i of head h (all batch elements and
+// positions) that sees a key; a row that sees none is O = 0 whatever the sink, so it adds nothing. One
+// task per head sums its rows in order (batch, then position) in double and rounds once: the same bits
+// for any thread count. D_i is dot_row(), the kernel's own.
+
 /// Everything a backward task needs, fixed for the call.
 struct backward_problem {
   tensor_view<const float> q, k, v, o, dout;
@@ -76,8 +112,17 @@ struct backward_problem {
   const index_t* active;  // KV heads that serve at least one query head
   float scale;
   bool causal;
+  index_t window_left, window_right;  // window_side(): -1 unbounded
+  float softcap;                      // natural units, 0: off (Note [softcap gradient])
+  std::span<const float> alibi;       // ALiBi slopes (natural units) per query head, or empty
   std::span<const index_t> kv_lengths;
   index_t dp, dvp;  // d and d_v rounded up to the vector width
+
+  index_t kv_len(index_t ib) const noexcept { return kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)]; }
+  /// The keys position pos of batch element ib sees (Note [backward masks]).
+  key_range keys_of(index_t ib, index_t pos) const noexcept {
+    return visible_key_range(pos, q.s, kv_len(ib), causal, window_left, window_right);
+  }
 };
 
 template <class Isa>
@@ -88,6 +133,8 @@ struct backward_kernel {
   static constexpr int L = V::lanes;
   static constexpr int MR = shape::mr, NR = shape::nr;
   static constexpr index_t cols = tiled::cols;
+  /// Keys per KV block: the keys are the tile's rows, so whole tiles but for the last block.
+  static constexpr index_t block_keys = shape::block_kv / MR * MR;
 
   using assign_tile = tile_table<Isa, MR, NR, a_order::row_major, update::assign>;
   using acc_tile = tile_table<Isa, MR, NR, a_order::row_major, update::accumulate>;
@@ -95,15 +142,15 @@ struct backward_kernel {
 
   /// A task's scratch, in floats (every array 64-byte aligned), for a query block of `rows` rows (rp: rows
   /// rounded to the vector width) and a KV block of bk keys: Qᵀ and dOᵀ (d × rp, d_v × rp), Q and dO
-  /// (rows padded to dp, dvp), Sᵀ/Pᵀ and dPᵀ/dSᵀ (bk × rp), dQ (rows × dp), per row the LSE and D (rp),
-  /// and K's rows padded to dp.
+  /// (rows padded to dp, dvp), Sᵀ/Pᵀ and dPᵀ/dSᵀ (bk × rp), dQ (rows × dp), per row the LSE, D, −slope and
+  /// the diagonal's offset in the KV block (ALiBi), and K's rows padded to dp.
   struct layout {
-    index_t bk, rp, qt, dot, qr, dor, s, ds, dqa, lse, dd, kr, total;
+    index_t bk, rp, qt, dot, qr, dor, s, ds, dqa, lse, dd, nsl, rel, kr, total;
   };
 
   static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t dp, index_t dvp) noexcept {
     layout s{};
-    s.bk = shape::block_kv / MR * MR;  // keys are the tile's rows: whole tiles but for the last block
+    s.bk = block_keys;
     s.rp = round_up(rows, L);
     index_t off = 0;
     auto carve = [&off](index_t n) {
@@ -120,6 +167,8 @@ struct backward_kernel {
     s.dqa = carve(rows * dp);
     s.lse = carve(s.rp);
     s.dd = carve(s.rp);
+    s.nsl = carve(s.rp);
+    s.rel = carve(s.rp);
     s.kr = carve(s.bk * dp);
     s.total = off;
     return s;
@@ -134,7 +183,7 @@ struct backward_kernel {
   template <class Table>
   static void product(const float* a, index_t lda, index_t rows, const float* b, index_t ldb, index_t width,
                       index_t kn, float* c, index_t ldc) noexcept {
-    constexpr bool transposed = std::is_same_v<Table, acc_tile_t>;
+    constexpr bool transposed = Table::order == a_order::transposed;
     for (index_t c0 = 0; c0 < width; c0 += cols) {
       const int nr = static_cast<int>(std::min(cols, width - c0) / L);
       for (index_t r0 = 0; r0 < rows; r0 += MR) {
@@ -142,6 +191,26 @@ struct backward_kernel {
         const float* ar = transposed ? a + r0 : a + r0 * lda;
         Table::get(mr, nr)(ar, lda, b + c0, ldb, kn, c + r0 * ldc + c0, ldc);
       }
+    }
+  }
+
+  /// The score modifiers of a call as probabilities() applies them (Note [softcap gradient]).
+  struct score_mods {
+    float scale;
+    float cap, scale_over_cap;  // softcap (natural units) and scale / cap
+    const float* nslope;        // per row: −ALiBi slope (natural units)
+    const float* rel;           // per row: its diagonal key minus the KV block's first key
+  };
+
+  /// Calls fn(std::bool_constant<softcap>, std::bool_constant<alibi>): one instantiation per combination.
+  template <class Fn>
+  static GQA_FORCEINLINE void with_modifiers(bool softcap, bool alibi, Fn&& fn) {
+    if (softcap) {
+      if (alibi) fn(std::true_type{}, std::true_type{});
+      else fn(std::true_type{}, std::false_type{});
+    } else {
+      if (alibi) fn(std::false_type{}, std::true_type{});
+      else fn(std::false_type{}, std::false_type{});
     }
   }
 
@@ -166,20 +235,22 @@ struct backward_kernel {
     float* dqa = ws + lay.dqa;
     float* nlse = ws + lay.lse;
     float* dd = ws + lay.dd;
+    float* nsl = ws + lay.nsl;
+    float* rel = ws + lay.rel;
     float* kr = ws + lay.kr;
     for (index_t j = 0; j < skv; ++j) {
       std::fill(acc_k + j * ldk, acc_k + j * ldk + dp, 0.0f);
       std::fill(acc_v + j * ldv, acc_v + j * ldv + dvp, 0.0f);
     }
 
-    const index_t kv_len = pb.kv_lengths.empty() ? skv : pb.kv_lengths[static_cast<std::size_t>(ib)];
-    auto row_limit = [&](index_t pos) noexcept -> index_t {
-      if (!pb.causal) return kv_len;
-      return std::clamp<index_t>(pos + (kv_len - sq) + 1, 0, kv_len);
-    };
+    const index_t kv_len = pb.kv_len(ib);
     const index_t ks = pb.k.stride_s, vs = pb.v.stride_s;
     // K's rows serve as B of dQ += dS·K in place when they need no padding.
     const bool k_in_place = dp == d;
+    const bool capped = pb.softcap > 0.0f, alibi = !pb.alibi.empty();
+    const score_mods mods{pb.scale, pb.softcap, capped ? pb.scale / pb.softcap : 0.0f, nsl, rel};
+    // Rows seeing each key of a cut block, [kf[j], ke[j]) (Note [backward masks]).
+    index_t kf[block_keys], ke[block_keys];
 
     for (index_t q0 = p0; q0 < p1; q0 += block_q) {
       const index_t q1 = std::min(p1, q0 + block_q);
@@ -194,6 +265,7 @@ struct backward_kernel {
           for (index_t c = 0; c < dv; ++c) dot[c * rp + r] = 0.0f;
           nlse[r] = k_neg_inf;
           dd[r] = 0.0f;
+          nsl[r] = 0.0f;
           continue;
         }
         const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
@@ -207,34 +279,46 @@ struct backward_kernel {
         for (index_t c = 0; c < dv; ++c) dot[c * rp + r] = ds[c];
         const float l = pb.lse[static_cast<std::size_t>((ib * pb.q.h + h) * sq + pos)];
         nlse[r] = l == k_neg_inf ? k_neg_inf : -l;
-        any_row = any_row || (l != k_neg_inf && row_limit(pos) > 0);
+        const key_range keys = pb.keys_of(ib, pos);
+        any_row = any_row || (l != k_neg_inf && keys.hi > keys.lo);
         dd[r] = dot_row(ds, pb.o.row(ib, pos, h), dv);
+        nsl[r] = alibi ? -pb.alibi[static_cast<std::size_t>(h)] : 0.0f;
       }
       std::fill(dqa, dqa + rows * dp, 0.0f);
-      const index_t kv_hi = any_row ? row_limit(q1 - 1) : 0;  // no row sees past this
-      const index_t kv_unmasked = row_limit(q0);               // every row sees below this
+      // Keys [first.lo, last.hi) hold every key a row of the block sees; every row sees [last.lo, first.hi).
+      const key_range first = pb.keys_of(ib, q0), last = pb.keys_of(ib, q1 - 1);
+      const index_t kv_hi = any_row ? last.hi : first.lo;
 
-      for (index_t j0 = 0; j0 < kv_hi; j0 += lay.bk) {
+      for (index_t j0 = first.lo; j0 < kv_hi; j0 += lay.bk) {
         const index_t nb = std::min(lay.bk, kv_hi - j0);
+        const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
         const float* kb = pb.k.row(ib, j0, g);
         const float* vb = pb.v.row(ib, j0, g);
         // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: the block's keys are the tile's rows, read in place.
         product<assign_tile>(kb, ks, nb, qt, rp, rp, d, st, rp);
         product<assign_tile>(vb, vs, nb, dot, rp, rp, dv, dst, rp);
-        // Pᵀ and dSᵀ, key by key; under a causal mask key j is seen by the rows of positions
-        // >= j − (kv_len − sq), a suffix of the block's rows.
-        for (index_t j = 0; j < nb; ++j) {
-          index_t first = 0;
-          if (j0 + j >= kv_unmasked) {
-            const index_t pos = std::max<index_t>(q0, j0 + j - (kv_len - sq));
-            first = std::min(rows, (pos - q0) * G);
+        if (alibi)  // exact in float while |the diagonal's offset| < 2^24, as the forward's; padding rows 0
+          for (index_t r = 0; r < rp; ++r)
+            rel[r] = r < rows ? static_cast<float>(q0 + r / G + (kv_len - sq) - j0) : 0.0f;
+        if (cut) {
+          // Positions [pf, pe) see key j0 + j: those past its hi, before its lo (both monotone).
+          index_t pf = q0, pe = q0;
+          for (index_t j = 0; j < nb; ++j) {
+            while (pf < q1 && pb.keys_of(ib, pf).hi <= j0 + j) ++pf;
+            while (pe < q1 && pb.keys_of(ib, pe).lo <= j0 + j) ++pe;
+            kf[j] = (pf - q0) * G;
+            ke[j] = std::max(kf[j], (pe - q0) * G);
           }
-          probabilities(st + j * rp, dst + j * rp, rp, first, pb.scale, nlse, dd);
         }
-        // dV_j += Pᵀ·dO and dK_j += dSᵀ·Q (the block's keys are C's rows), dQ += dS·K_j (dSᵀ read
-        // transposed).
-        product<acc_tile>(st, rp, nb, dor, dvp, dvp, rows, acc_v + j0 * ldv, ldv);
-        product<acc_tile>(dst, rp, nb, qr, dp, dp, rows, acc_k + j0 * ldk, ldk);
+        // Pᵀ and dSᵀ, key by key over the rows that see it (all rows and the padding in a block no edge cuts).
+        with_modifiers(capped, alibi, [&](auto cap, auto ali) noexcept {
+          for (index_t j = 0; j < nb; ++j) {
+            const index_t r0 = cut ? kf[j] : 0, r1 = cut ? ke[j] : rp;
+            if (r0 < r1)
+              probabilities<decltype(cap)::value, decltype(ali)::value>(st + j * rp, dst + j * rp, r0, r1,
+                                                                         static_cast<float>(j), mods, nlse, dd);
+          }
+        });
         const float* kb_rows = kb;
         index_t ldkb = ks;
         if (!k_in_place) {
@@ -242,7 +326,23 @@ struct backward_kernel {
           kb_rows = kr;
           ldkb = dp;
         }
-        product<acc_tile_t>(dst, rp, rows, kb_rows, ldkb, dp, nb, dqa, dp);
+        if (!cut) {
+          // dV_j += Pᵀ·dO and dK_j += dSᵀ·Q (the block's keys are C's rows), dQ += dS·K_j (dSᵀ read
+          // transposed).
+          product<acc_tile>(st, rp, nb, dor, dvp, dvp, rows, acc_v + j0 * ldv, ldv);
+          product<acc_tile>(dst, rp, nb, qr, dp, dp, rows, acc_k + j0 * ldk, ldk);
+          product<acc_tile_t>(dst, rp, rows, kb_rows, ldkb, dp, nb, dqa, dp);
+        } else {
+          // The same three as bands: key j over its rows [kf, ke), row r over its keys (Note [backward masks]).
+          const auto f = [&](index_t j) noexcept { return kf[j]; };
+          const auto e = [&](index_t j) noexcept { return ke[j]; };
+          const auto in_block = [&](index_t x) noexcept { return std::clamp<index_t>(x - j0, 0, nb); };
+          const auto lo = [&](index_t r) noexcept { return in_block(pb.keys_of(ib, q0 + r / G).lo); };
+          const auto hi = [&](index_t r) noexcept { return in_block(pb.keys_of(ib, q0 + r / G).hi); };
+          band_product<acc_tile>(st, rp, nb, dor, dvp, dvp, f, e, acc_v + j0 * ldv, ldv);
+          band_product<acc_tile>(dst, rp, nb, qr, dp, dp, f, e, acc_k + j0 * ldk, ldk);
+          band_product<acc_tile_t>(dst, rp, rows, kb_rows, ldkb, dp, lo, hi, dqa, dp);
+        }
       }
       for (index_t r = 0; r < rows; ++r) {
         const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
@@ -251,31 +351,35 @@ struct backward_kernel {
     }
   }
 
-  /// One key of a block over the query rows (n a multiple of L): s (its raw scores K·Q) becomes
-  /// P = e^(s·scale − LSE) (nlse = −LSE per row) for rows >= first and 0 before; dp (V·dO) becomes dS = scale·P·(dP − D).
-  /// See Note [backward numerics].
-  static GQA_FORCEINLINE void probabilities(float* s, float* dp, index_t n, index_t first, float scale,
+  /// One key j of a block over the query rows [r0, r1) (rounded out to whole vectors; lanes outside are
+  /// written but never read): s (its raw scores K·Q) becomes P = e^(x − LSE) (nlse = −LSE per row) with x
+  /// the logit (scale·s, softcapped, minus ALiBi's bias: Note [softcap gradient]), and dp (V·dO) becomes
+  /// dS = ∂x/∂s·P·(dP − D). See Note [backward numerics].
+  template <bool Cap, bool Alibi>
+  static GQA_FORCEINLINE void probabilities(float* s, float* dp, index_t r0, index_t r1, float j, const score_mods& m,
                                             const float* nlse, const float* dd) noexcept {
-    const auto vsc = V::set1(scale), vlog2e = V::set1(k_log2e);
-    index_t r = first / L * L;
-    for (index_t z = 0; z < r; z += L) {
-      V::store(s + z, V::zero());
-      V::store(dp + z, V::zero());
-    }
-    for (; r < n; r += L) {
-      auto p = isa::exp2<Isa>(V::mul(V::mul_add(V::load(s + r), vsc, V::load(nlse + r)), vlog2e));
-      if (r < first) p = mask_lanes(p, static_cast<int>(first - r));
+    const auto vsc = V::set1(m.scale), vlog2e = V::set1(k_log2e);
+    [[maybe_unused]] const auto vcap = V::set1(m.cap), vu = V::set1(m.scale_over_cap), one = V::set1(1.0f);
+    [[maybe_unused]] const auto vj = V::set1(j), zero = V::zero();
+    for (index_t r = r0 / L * L; r < r1; r += L) {
+      const auto vs = V::load(s + r);
+      typename V::reg x, grad;  // x − LSE, and ∂x/∂s
+      if constexpr (Cap) {
+        const auto t = isa::tanh<Isa>(V::mul(vs, vu));
+        x = V::mul_add(vcap, t, V::load(nlse + r));
+        grad = V::mul(vsc, V::mul_add(V::sub(zero, t), t, one));
+      } else {
+        x = V::mul_add(vs, vsc, V::load(nlse + r));
+        grad = vsc;
+      }
+      if constexpr (Alibi) {
+        const auto dist = V::sub(V::load(m.rel + r), vj);
+        x = V::mul_add(V::load(m.nslope + r), V::max(dist, V::sub(zero, dist)), x);
+      }
+      const auto p = isa::exp2<Isa>(V::mul(x, vlog2e));
       V::store(s + r, p);
-      V::store(dp + r, V::mul(V::mul(p, vsc), V::sub(V::load(dp + r), V::load(dd + r))));
+      V::store(dp + r, V::mul(V::mul(p, grad), V::sub(V::load(dp + r), V::load(dd + r))));
     }
-  }
-
-  /// x with its first `dead` lanes set to +0.
-  static GQA_FORCEINLINE typename V::reg mask_lanes(typename V::reg x, int dead) noexcept {
-    alignas(64) float buf[L];
-    V::store(buf, x);
-    for (int i = 0; i < dead; ++i) buf[i] = 0.0f;
-    return V::load(buf);
   }
 
   /// D = Σ a[c]·b[c] over c < n, one multiply-add at a time in c order with the tile's mul_add: the
@@ -314,7 +418,24 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
   n_ranges = (sq + range - 1) / range;
 
   const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
-  const backward_problem pb{q, k, v, o, dout, lse, dq, &map, active.data(), scale, opt.causal, kv_lengths, dp, dvp};
+  const backward_problem pb{q,
+                            k,
+                            v,
+                            o,
+                            dout,
+                            lse,
+                            dq,
+                            &map,
+                            active.data(),
+                            scale,
+                            opt.causal,
+                            window_side(opt.window_left, sq, skv),
+                            window_side(opt.window_right, sq, skv),
+                            opt.softcap,
+                            opt.alibi_slopes,
+                            kv_lengths,
+                            dp,
+                            dvp};
   // dK/dV accumulate straight into dk, dv when one task owns a KV head's keys and rows need no padding;
   // else into accumulators (kept by the calling thread for its next call: a fresh buffer of this size
   // costs a page fault per 4 KiB, measured at ~10% of P1's time), added in range order at the end.
@@ -362,6 +483,23 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
       }
     }
   });
+
+  // The sinks' gradient, one task per query head (Note [sink gradient]).
+  if (!opt.dsinks.empty()) {
+    run_tasks(q.h, executor_of(opt), [&](index_t h) {
+      const double sink = opt.sinks[static_cast<std::size_t>(h)];
+      double sum = 0.0;
+      for (index_t ib = 0; ib < q.b; ++ib)
+        for (index_t pos = 0; pos < sq; ++pos) {
+          const key_range keys = pb.keys_of(ib, pos);
+          const float l = lse[static_cast<std::size_t>((ib * q.h + h) * sq + pos)];
+          if (keys.hi <= keys.lo || l == k_neg_inf) continue;  // O = 0 whatever the sink
+          sum += std::exp(sink - static_cast<double>(l)) *
+                 static_cast<double>(K::dot_row(dout.row(ib, pos, h), o.row(ib, pos, h), v.d));
+        }
+      opt.dsinks[static_cast<std::size_t>(h)] = static_cast<float>(-sum);
+    });
+  }
 }
 
 }  // namespace detail::core

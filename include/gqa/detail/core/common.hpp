@@ -22,6 +22,30 @@ constexpr index_t round_up(index_t x, index_t m) noexcept { return (x + m - 1) /
 /// Largest power of two <= x (x >= 1).
 constexpr int pow2_floor(int x) noexcept { return x < 2 ? 1 : 2 * pow2_floor(x / 2); }
 
+/// Keys [lo, hi) (empty when hi <= lo).
+struct key_range {
+  index_t lo, hi;
+};
+
+/// A window side (options.window_left/right) as the core holds it for a call of at most sq queries and skv
+/// keys per sequence: -1 (unbounded) for -1 and for a side of sq + skv or more, which bounds nothing (and
+/// keeps p ± side inside index_t).
+constexpr index_t window_side(index_t w, index_t sq, index_t skv) noexcept { return w < 0 || w >= sq + skv ? -1 : w; }
+
+/// The keys query position pos of a sequence with q_len queries and kv_len keys sees: j < kv_len and, with
+/// the row's diagonal key p = pos + (kv_len - q_len) (bottom-right alignment), j <= p when causal and
+/// p - wl <= j <= p + wr for the window's bounded sides (wl, wr from window_side()). lo and hi are
+/// non-decreasing in pos; an empty range has hi == lo.
+constexpr key_range visible_key_range(index_t pos, index_t q_len, index_t kv_len, bool causal, index_t wl,
+                                      index_t wr) noexcept {
+  const index_t p = pos + (kv_len - q_len);
+  index_t lo = 0, hi = kv_len;
+  if (causal) hi = std::min(hi, p + 1);
+  if (wr >= 0) hi = std::min(hi, p + wr + 1);
+  if (wl >= 0) lo = std::clamp<index_t>(p - wl, 0, kv_len);
+  return {lo, std::max(hi, lo)};
+}
+
 // Note [causal staircase]
 // Inside a key block cut by the causal horizon, row r sees only the block's first lim(r) keys, and lim is
 // non-decreasing in r (rows go by position). P·V must not merely weight the hidden keys by 0: a NaN or

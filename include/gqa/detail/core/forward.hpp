@@ -44,7 +44,7 @@ struct problem {
   const index_t* active;  // KV heads that serve at least one query head
   float qscale;           // scale · log2(e)
   bool causal;
-  index_t window_left, window_right;  // -1: unbounded (options.hpp)
+  index_t window_left, window_right;  // window_side(): -1 unbounded
   float softcap;                      // in log2 units, 0: off (Note [softcap in log2 units])
   std::span<const float> sinks;       // natural log, per query head, or empty (Note [sinks as a state])
   std::span<const float> alibi;       // ALiBi slopes (natural units), per query head, or empty
@@ -140,23 +140,11 @@ struct kernel {
     }
   }
 
-  /// Keys [lo, hi) (empty when hi <= lo).
-  struct key_range {
-    index_t lo, hi;
-  };
-
-  /// The keys query position pos of sequence ib sees: j < L, its key count (Lay::kv_len: kv_lengths,
-  /// else skv, for dense views), and, with the row's diagonal key p = pos + (L - sq), sq the sequence's
-  /// query count (bottom-right alignment), j <= p when causal and p - window_left <= j <= p + window_right
-  /// for the window's bounded sides. lo and hi are non-decreasing in pos.
+  /// The keys query position pos of sequence ib sees (visible_key_range() with the sequence's key count,
+  /// Lay::kv_len: kv_lengths, else skv, for dense views, and its query count). lo and hi are non-decreasing
+  /// in pos.
   static key_range visible_keys(const problem& pb, index_t ib, index_t pos) noexcept {
-    const index_t kv_len = pb.lay.kv_len(ib);
-    const index_t p = pos + (kv_len - pb.lay.q_len(ib));
-    index_t lo = 0, hi = kv_len;
-    if (pb.causal) hi = std::min(hi, p + 1);
-    if (pb.window_right >= 0) hi = std::min(hi, p + pb.window_right + 1);
-    if (pb.window_left >= 0) lo = std::clamp<index_t>(p - pb.window_left, 0, kv_len);
-    return {lo, std::max(hi, lo)};
+    return visible_key_range(pos, pb.lay.q_len(ib), pb.lay.kv_len(ib), pb.causal, pb.window_left, pb.window_right);
   }
 
   /// Most keys in a block (the paged path's row pointers live on the stack).
@@ -380,8 +368,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const index_t chunk = n_chunks == 1 ? skv : round_up((skv + n_chunks - 1) / n_chunks, K::cols);
   n_chunks = (skv + chunk - 1) / chunk;
 
-  // A window side of skv + sq or more bounds nothing (and keeps p ± window inside index_t).
-  const auto side = [&](index_t w) { return w < 0 || w >= sq + skv ? index_t{-1} : w; };
+  const auto side = [&](index_t w) { return window_side(w, sq, skv); };
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
                               opt.alibi_slopes, opt.lse, decode ? shape::block_kv_decode : shape::block_kv, chunk};

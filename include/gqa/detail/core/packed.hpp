@@ -115,17 +115,7 @@ struct packed {
   static void accumulate_pv_cut(const float* p, index_t rows, index_t ldp, const float* vp, const Lo& lo, const Hi& hi,
                                 index_t dvp, float* o) noexcept {
     using table = tile_table<Isa, MR, NR, a_order::row_major, update::accumulate>;
-    for (index_t c0 = 0; c0 < dvp; c0 += cols) {
-      const int nr = static_cast<int>(std::min(cols, dvp - c0) / L);
-      for (index_t r0 = 0; r0 < rows; r0 += MR) {
-        const index_t mr = std::min<index_t>(MR, rows - r0);
-        band(mr, [&](index_t r) noexcept { return lo(r0 + r); }, [&](index_t r) noexcept { return hi(r0 + r); },
-             [&](index_t f, index_t e, index_t a, index_t b) noexcept {
-               table::get(static_cast<int>(e - f), nr)(p + (r0 + f) * ldp + a, ldp, vp + a * dvp + c0, dvp, b - a,
-                                                       o + (r0 + f) * dvp + c0, dvp);
-             });
-      }
-    }
+    band_product<table>(p, ldp, rows, vp, dvp, dvp, lo, hi, o, dvp);
   }
 };
 

@@ -1,5 +1,5 @@
 // gqa/detail/core/tile.hpp: THE register tile, C[MR rows][NR vectors] (= or +=) Σ_k A(r, k) · B(k, vector n),
-// and its table of (rows, vectors) instantiations for tails. Every matrix product of the core is this tile:
+// its table of (rows, vectors) instantiations for tails, and band_product (rows over their own k ranges). Every matrix product of the core is this tile:
 // Q·Kᵀ and P·V on packed operands, P·V on V read in place (run_partial for a d_v tail). Invariant: a tile
 // reads and writes only inside the extents it is given; tails take a smaller instantiation or masked
 // loads, never an over-read.
@@ -7,6 +7,7 @@
 #ifndef GQA_DETAIL_CORE_TILE_HPP
 #define GQA_DETAIL_CORE_TILE_HPP
 
+#include <algorithm>
 #include <array>
 #include <utility>
 
@@ -106,6 +107,8 @@ struct tile {
 /// tile at run time.
 template <class Isa, int MR, int NR, a_order AO = a_order::row_major, update U = update::assign>
 struct tile_table {
+  static constexpr int mr = MR, nr = NR, lanes = isa::vec<Isa>::lanes;
+  static constexpr a_order order = AO;
   using fn = decltype(&tile<Isa, 1, 1, AO, U>::run);
   template <int... I>
   static constexpr std::array<fn, sizeof...(I)> make(std::integer_sequence<int, I...>) {
@@ -114,6 +117,28 @@ struct tile_table {
   static constexpr std::array<fn, MR * NR> table = make(std::make_integer_sequence<int, MR * NR>{});
   static fn get(int mr, int nr) noexcept { return table[static_cast<std::size_t>((mr - 1) * NR + (nr - 1))]; }
 };
+
+/// C[r] += Σ_{k ∈ [lo(r), hi(r))} A(r, k) · B[k] for the rows r < rows (lo and hi non-decreasing in r; a row
+/// with lo >= hi takes none), over `width` columns of B (stride ldb) and C (stride ldc), a multiple of the
+/// vector width, by the tiles of Table (a tile_table that accumulates): each tile of Table::mr rows runs as
+/// a band (band(), Note [causal staircase]), so no A(r, k) outside a row's range is read and no B row
+/// enters a row that does not take it (the forward's P·V of a cut block; the backward's products of one).
+template <class Table, class Lo, class Hi>
+void band_product(const float* a, index_t lda, index_t rows, const float* b, index_t ldb, index_t width, const Lo& lo,
+                  const Hi& hi, float* c, index_t ldc) noexcept {
+  constexpr index_t cols = static_cast<index_t>(Table::nr) * Table::lanes;
+  for (index_t c0 = 0; c0 < width; c0 += cols) {
+    const int nr = static_cast<int>(std::min(cols, width - c0) / Table::lanes);
+    for (index_t r0 = 0; r0 < rows; r0 += Table::mr) {
+      band(std::min<index_t>(Table::mr, rows - r0), [&](index_t r) noexcept { return lo(r0 + r); },
+           [&](index_t r) noexcept { return hi(r0 + r); },
+           [&](index_t f, index_t e, index_t x, index_t y) noexcept {
+             const float* ar = Table::order == a_order::transposed ? a + x * lda + r0 + f : a + (r0 + f) * lda + x;
+             Table::get(static_cast<int>(e - f), nr)(ar, lda, b + x * ldb + c0, ldb, y - x, c + (r0 + f) * ldc + c0, ldc);
+           });
+    }
+  }
+}
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
