@@ -466,7 +466,7 @@ struct case_data {
   std::vector<std::int32_t> table;
   std::vector<index_t> lengths, cu_q, cu_k;
   gqa::paged_kv paged;
-  gqa::varlen seqs;
+  gqa::varlen seqs{{}, {}};
   gqa::tensor_view<const float> rqv, rkv, rvv;  // the packed views
 };
 
