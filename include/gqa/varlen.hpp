@@ -151,7 +151,7 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k,
   detail::check_finite(q, k, v, opt, where);
   const std::vector<index_t> cu_q = detail::to_indices(seqs.cu_seqlens_q), cu_k = detail::to_indices(seqs.cu_seqlens_k);
   if constexpr (policy_with_check<Policy>) p.check(q, k, v, o);
-  if constexpr (finishes) p.check_ragged(o, cu_q);
+  if constexpr (policy_with_ragged_finish<Policy>) p.check_ragged(o, cu_q);
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<Policy>) {
     kv = p.prepare(k, v);
@@ -169,7 +169,7 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k,
     const head_map map = detail::plan_without_dense_keys(p, q, kv.k, [&] { return detail::ragged_key_norms(kv.k, rk); });
     detail::check_map(map, q, kv.k, where);
     detail::run_varlen(on, q, kv.k, kv.v, o, rq, rk, map, opt);
-    if constexpr (finishes) p.finish_ragged(o, rq, map, ex);
+    if constexpr (policy_with_ragged_finish<Policy>) p.finish_ragged(o, rq, map, ex);
   }
 }
 
