@@ -167,6 +167,14 @@ inline void pgqa_subtract_noise(const tensor_view<float>& o, index_t ib, index_t
   }
 }
 
+/// What pgqa_perturb and pgqa_perturb_ragged check of their groups and threads: hkv > 0, the executor's
+/// thread count, and hkv dividing o.h (PGQA's groups are uniform).
+inline void check_pgqa_heads(const tensor_view<float>& o, index_t hkv, const executor& ex, const char* where) {
+  require(hkv > 0, where, "hkv", hkv, "must be positive");
+  require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
+  if (o.h % hkv != 0) fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
+}
+
 /// The query offsets of a ragged PGQA call: at least two, non-decreasing within o.s, and no sequence of
 /// exactly one value per (sequence, head) row (n_q·dv == 1: no unbiased std).
 inline void check_pgqa_sequences(const tensor_view<float>& o, std::span<const index_t> cu_q, const char* where) {
@@ -215,9 +223,7 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
                          std::uint64_t call, const executor& ex = {}) {
   constexpr const char* where = "gqa::pgqa_perturb";
   detail::check_view(o, "o", where);
-  detail::require(hkv > 0, where, "hkv", hkv, "must be positive");
-  detail::require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
-  if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
+  detail::check_pgqa_heads(o, hkv, ex, where);
   const index_t n = o.s * o.d;
   if (n < 2)
     detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined)");
@@ -249,9 +255,7 @@ inline void pgqa_perturb_ragged(const tensor_view<float>& o, std::span<const ind
   constexpr const char* where = "gqa::pgqa_perturb_ragged";
   detail::check_view(o, "o", where);
   detail::require(o.b == 1, where, "o.b", o.b, "must be 1 (a ragged batch's packed rows)");
-  detail::require(hkv > 0, where, "hkv", hkv, "must be positive");
-  detail::require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
-  if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
+  detail::check_pgqa_heads(o, hkv, ex, where);
   detail::check_pgqa_sequences(o, cu_q, where);
   // One noise draw per distinct length, applied to every sequence of that length.
   std::vector<index_t> lengths;
