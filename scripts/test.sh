@@ -24,25 +24,29 @@ start=$(date +%s)
 summary=()
 failed=0
 
-# cpu_seconds: the CPU time (user + system) of every finished child process so far, from bash's `times`.
+# read_cpu_seconds: sets cpu_now to the CPU time (user + system) of every finished child process so far, from
+# bash's `times`. It must run in this shell, never in a $(...) subshell: a forked shell's `times` reports its
+# own (zero) children, which is why it sets a variable instead of printing.
 cpu_times_file=$(mktemp)
 trap 'rm -f "$cpu_times_file"' EXIT
-cpu_seconds() {
+cpu_now=0
+read_cpu_seconds() {
   local self children
-  times >"$cpu_times_file"  # no subshell: a forked shell would report its own (zero) times
+  times >"$cpu_times_file"
   { read -r self; read -r children; } <"$cpu_times_file"
-  awk '{ t = 0; for (i = 1; i <= NF; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] } printf "%d", t }' \
-    <<<"${children//s/}"
+  cpu_now=$(awk '{ t = 0; for (i = 1; i <= NF; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] } printf "%d", t }' \
+    <<<"${children//s/}")
 }
 stage_start=$start
-stage_cpu=$(cpu_seconds)
+read_cpu_seconds
+stage_cpu=$cpu_now
 stage() {  # stage <name> <status> <detail>; the summary gives each stage's own wall and CPU time
-  local now cpu
+  local now
   now=$(date +%s)
-  cpu=$(cpu_seconds)
-  summary+=("$1: $3 [$((now - stage_start))s, cpu $((cpu - stage_cpu))s]")
+  read_cpu_seconds
+  summary+=("$1: $3 [$((now - stage_start))s, cpu $((cpu_now - stage_cpu))s]")
   stage_start=$now
-  stage_cpu=$cpu
+  stage_cpu=$cpu_now
   if [ "$2" != 0 ]; then failed=1; fi
   printf '\n=== test.sh: %s: %s (%ss so far)\n\n' "$1" "$3" "$((now - start))"
 }

@@ -40,7 +40,10 @@ tensor_view<T> page_pool(T* p, index_t num_pages, index_t page_size, index_t h, 
 /// [cu_seqlens_q[i], cu_seqlens_q[i + 1]) of q and o and rows [cu_seqlens_k[i], cu_seqlens_k[i + 1]) of k
 /// and v; the last offsets are the views' row counts. A sequence may have no queries or no keys (the
 /// batch as a whole has at least one of each: views have positive extents).
+/// Built from both spans (`gqa::varlen{cu_q, cu_k}`), never from `{}`: that keeps a call such as
+/// `gqa::forward(policy, q, k, v, o, {})` (empty options) unambiguous beside the ragged overloads.
 struct varlen {
+  constexpr varlen(integer_span cu_q, integer_span cu_k) noexcept : cu_seqlens_q(cu_q), cu_seqlens_k(cu_k) {}
   integer_span cu_seqlens_q;
   integer_span cu_seqlens_k;
 };

@@ -16,6 +16,7 @@
 #include "detail/core/targets.hpp"
 #include "integer_span.hpp"
 #include "kv_cache.hpp"
+#include "variants/allocation.hpp"
 #include "variants/policy.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -100,14 +101,57 @@ void check_finite_paged(const tensor_view<const float>& q, const basic_paged_kv<
   }
 }
 
-/// The core on a validated paged call, on target `on` (core::target_of's result).
+/// The core on a validated paged call, on target `on` (core::target_of's result), for sequences [ib0,
+/// ib0 + count) of it (q, o and options.lse their rows; the table and `lengths`, kv.lengths as indices,
+/// their entries).
+template <class On, class T>
+void run_paged(On on, const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const tensor_view<float>& o,
+               std::span<const index_t> lengths, const head_map& map, const attention_options& opt, index_t ib0,
+               index_t count) {
+  tensor_view<const float> qs = q;
+  tensor_view<float> os = o;
+  attention_options so = opt;
+  qs.data += ib0 * q.stride_b;
+  os.data += ib0 * o.stride_b;
+  qs.b = os.b = count;
+  const auto per = static_cast<std::size_t>(q.h * q.s);  // LSE entries of one sequence
+  if (!opt.lse.empty()) so.lse = opt.lse.subspan(static_cast<std::size_t>(ib0) * per, static_cast<std::size_t>(count) * per);
+  const std::span<const index_t> mine = lengths.subspan(static_cast<std::size_t>(ib0), static_cast<std::size_t>(count));
+  index_t longest = 0;
+  for (const index_t n : mine) longest = std::max(longest, n);
+  core::forward_paged_on(on, qs, kv.k, kv.v, os, kv.page_table.data() + ib0 * kv.max_pages, kv.max_pages, mine,
+                         longest, map, so);
+}
+
+/// The core on a whole validated paged call.
 template <class On, class T>
 void run_paged(On on, const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const tensor_view<float>& o,
                const head_map& map, const attention_options& opt) {
   const std::vector<index_t> lengths = to_indices(kv.lengths);
-  index_t longest = 0;
-  for (const index_t n : lengths) longest = std::max(longest, n);
-  core::forward_paged_on(on, q, kv.k, kv.v, o, kv.page_table.data(), kv.max_pages, lengths, longest, map, opt);
+  run_paged(on, q, kv, o, lengths, map, opt, 0, q.b);
+}
+
+/// The keys of sequences [ib0, ...) of a validated paged cache, as the key-norm walk's row source
+/// (detail::key_norms_walk): sequence ib has lengths[ib0 + ib] keys, read through its row of the table.
+template <class T>
+struct paged_key_rows {
+  const basic_paged_kv<T>& kv;
+  std::span<const index_t> lengths;
+  index_t ib0 = 0;
+  index_t length(index_t ib) const noexcept { return lengths[static_cast<std::size_t>(ib0 + ib)]; }
+  const T* operator()(index_t ib, index_t j, index_t g) const noexcept {
+    const std::int32_t page = kv.page_table[static_cast<std::size_t>((ib0 + ib) * kv.max_pages + j / kv.k.s)];
+    return kv.k.row(page, j % kv.k.s, g);
+  }
+};
+
+/// The key norms of sequences [ib0, ib0 + count) of a validated paged cache: per KV head, the sum over
+/// those sequences of the Frobenius norm of each one's lengths[ib] keys (Note [key norm order]); an
+/// unwritten slot or another sequence's page is never read.
+template <class T>
+std::vector<double> paged_key_norms(const basic_paged_kv<T>& kv, std::span<const index_t> lengths, index_t ib0,
+                                    index_t count) {
+  return key_norms_walk(count, kv.k.h, kv.k.d, kv.k.stride_d, paged_key_rows<T>{kv, lengths, ib0});
 }
 
 }  // namespace detail
@@ -133,16 +177,22 @@ void attend(tensor_view<const float> q, const basic_paged_kv<T>& kv, tensor_view
 }
 
 // Note [policies on a paged cache]
-// gqa::forward(policy, q, paged_kv, o) runs a variant's steps around the paged core: plan (and check)
-// see the pools as K/V (b = num_pages, s = page_size), which is all a plan from head counts needs (MHA,
-// MQA, GQA, SQA); WGQA's prepare combines heads row by row, so it runs on the pools and the table then
-// addresses the combined pools; PGQA's finish works on o as usual. A plan that reads the keys themselves
-// (KDGQA's and DGQA's key norms, policy_plans_from_keys) would read whole pages, unwritten slots
-// included, and no sequence's keys: such a policy is rejected.
+// gqa::forward(policy, q, paged_kv, o) runs a variant's steps around the paged core: check sees the
+// pools as K/V (b = num_pages, s = page_size), which is all a plan from head counts needs (MHA, MQA, GQA,
+// SQA); WGQA's prepare combines heads row by row, so it runs on the pools and the table then addresses
+// the combined pools; PGQA's finish works on o as usual (one call index, noise shared by the batch, as on
+// a dense batch). A plan from the keys (KDGQA, DGQA: policy_plans_from_norms) gets the norms of each
+// sequence's valid keys, read through the table (paged_key_norms): the sum over the sequences of the
+// Frobenius norm of each one's kv.lengths[ib] keys, the dense definition with every padding key left out,
+// so an unwritten slot, a spare page or another sequence's keys never reach the plan, and the call gives
+// the bits of the dense call on the same keys zero-padded. A policy that plans per sample (KDGQA's
+// per_sample) plans each sequence from its own norms and runs the core on that sequence alone, as the
+// dense forward() does per batch element. A policy whose plan reads a dense K and that has no
+// plan_from_norms is rejected.
 
 /// A policy's call (gqa::forward) on a paged KV cache; see Note [policies on a paged cache]. Throws
-/// gqa::invalid_argument for a policy whose plan reads the keys (KDGQA, DGQA), and as attend(paged) does.
-/// 16-bit pages as for attend(paged); WGQA's prepare() makes float pools (it computes in fp32).
+/// gqa::invalid_argument for a policy that plans from keys without plan_from_norms, and as attend(paged)
+/// does. 16-bit pages as for attend(paged); WGQA's prepare() makes float pools (it computes in fp32).
 template <class Isa = isa::dispatch, class P, class T>
   requires attention_policy<std::remove_reference_t<P>, T>
 void forward(P&& policy, tensor_view<const float> q, const basic_paged_kv<T>& kv, tensor_view<float> o,
@@ -154,20 +204,31 @@ void forward(P&& policy, tensor_view<const float> q, const basic_paged_kv<T>& kv
                 "gqa::forward: this policy's check()/prepare() takes float K/V only; make it a template over the "
                 "element type to run it on 16-bit K/V");
   constexpr const char* where = "gqa::forward(paged)";
-  if constexpr (policy_plans_from_keys<std::remove_cv_t<Policy>>)
+  if constexpr (policy_plans_from_keys<std::remove_cv_t<Policy>> && !policy_plans_from_norms<Policy>)
     detail::fail(where, ": policy = ", std::remove_cv_t<Policy>::name,
-                 ": its plan reads the keys of a dense K (key norms), which a paged cache does not have; gather "
-                 "the sequences into a dense view and call gqa::forward on it");
+                 ": its plan reads the keys of a dense K and it has no plan_from_norms (a non-const policy's) to "
+                 "plan from a paged cache's key norms");
   Policy& p = policy;
   detail::check_paged(q, kv, o, opt, where);
   const auto on = detail::core::target_of<Isa>(opt);  // before the policy's own work
   detail::check_finite_paged(q, kv, opt, where);
   if constexpr (policy_with_check<Policy, T>) p.check(q, kv.k, kv.v, o);
+  const std::vector<index_t> lengths = detail::to_indices(kv.lengths);
+  const executor ex = executor_of(opt);
   auto run = [&](const auto& call) {
-    const head_map map = p.plan(q, call.k);
-    detail::check_map(map, q, call.k, where);
-    detail::run_paged(on, q, call, o, map, opt);
-    detail::finish(p, o, map, executor_of(opt));
+    // One plan for the call, or one per sequence (Note [policies on a paged cache]).
+    const bool per_sample = detail::plans_per_sample(p, q.b);
+    const index_t runs = per_sample ? q.b : 1, per_run = per_sample ? 1 : q.b;
+    for (index_t r = 0; r < runs; ++r) {
+      const index_t ib0 = r * per_run;
+      const tensor_view<const float> qs = per_sample ? detail::sample(q, ib0) : q;
+      const tensor_view<float> os = per_sample ? detail::sample(o, ib0) : o;
+      const head_map map = detail::plan_without_dense_keys(
+          p, qs, call.k, [&] { return detail::paged_key_norms(call, lengths, ib0, per_run); });
+      detail::check_map(map, q, call.k, where);
+      detail::run_paged(on, q, call, o, lengths, map, opt, ib0, per_run);
+      detail::finish(p, os, map, ex);
+    }
   };
   if constexpr (policy_with_prepare<Policy, T>) {
     const kv_views pools = p.prepare(kv.k, kv.v);

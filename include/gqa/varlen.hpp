@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <span>
 #include <type_traits>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "integer_span.hpp"
 #include "kv_cache.hpp"
 #include "paged.hpp"
+#include "variants/allocation.hpp"
 #include "variants/policy.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -57,17 +59,17 @@ void check_varlen(const tensor_view<const float>& q, const tensor_view<const KV>
   require_outside_outputs(cu_k.data(), cu_k.size_bytes(), "seqs.cu_seqlens_k", o, opt.lse, where);
 }
 
-/// The core on a validated ragged call, on target `on` (core::target_of's result).
+/// The core on a validated ragged call, on target `on` (core::target_of's result), for the sequences whose
+/// offsets are cu_q, cu_k (all of the call's, or a run of them: offsets into the packed views). KV: float,
+/// bf16 or f16.
 template <class On, class KV>
 void run_varlen(On on, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                const tensor_view<const KV>& v, const tensor_view<float>& o, const varlen& seqs,
-                const head_map& map, const attention_options& opt) {
-  const std::vector<index_t> cu_q = to_indices(seqs.cu_seqlens_q), cu_k = to_indices(seqs.cu_seqlens_k);
-  const index_t b = static_cast<index_t>(cu_q.size()) - 1;
+                const tensor_view<const KV>& v, const tensor_view<float>& o, std::span<const index_t> cu_q,
+                std::span<const index_t> cu_k, const head_map& map, const attention_options& opt) {
   index_t sq = 0, skv = 0;
-  for (index_t i = 0; i < b; ++i) {
-    sq = std::max(sq, cu_q[static_cast<std::size_t>(i) + 1] - cu_q[static_cast<std::size_t>(i)]);
-    skv = std::max(skv, cu_k[static_cast<std::size_t>(i) + 1] - cu_k[static_cast<std::size_t>(i)]);
+  for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
+    sq = std::max(sq, cu_q[i + 1] - cu_q[i]);
+    skv = std::max(skv, cu_k[i + 1] - cu_k[i]);
   }
   core::forward_ragged_on(on, q, k, v, o, cu_q, cu_k, sq, skv, map, opt);
 }
@@ -83,7 +85,27 @@ void attend_varlen(const tensor_view<const float>& q, const tensor_view<const KV
   check_map(map, q, k, where);
   const auto on = core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
   check_finite(q, k, v, opt, where);          // every key belongs to a sequence: all of k and v are read
-  run_varlen(on, q, k, v, o, seqs, map, opt);
+  const std::vector<index_t> cu_q = to_indices(seqs.cu_seqlens_q), cu_k = to_indices(seqs.cu_seqlens_k);
+  run_varlen(on, q, k, v, o, cu_q, cu_k, map, opt);
+}
+
+/// The keys of the sequences with offsets cu_k (into the packed k), as the key-norm walk's row source
+/// (detail::key_norms_walk).
+struct ragged_key_rows {
+  const tensor_view<const float>& k;
+  std::span<const index_t> cu_k;
+  index_t length(index_t ib) const noexcept {
+    return cu_k[static_cast<std::size_t>(ib) + 1] - cu_k[static_cast<std::size_t>(ib)];
+  }
+  const float* operator()(index_t ib, index_t j, index_t g) const noexcept {
+    return k.row(0, cu_k[static_cast<std::size_t>(ib)] + j, g);
+  }
+};
+
+/// The key norms of the sequences with offsets cu_k of a validated ragged batch: per KV head, the sum over
+/// them of the Frobenius norm of each one's keys (Note [key norm order]).
+inline std::vector<double> ragged_key_norms(const tensor_view<const float>& k, std::span<const index_t> cu_k) {
+  return key_norms_walk(static_cast<index_t>(cu_k.size()) - 1, k.h, k.d, k.stride_d, ragged_key_rows{k, cu_k});
 }
 
 }  // namespace detail
@@ -110,14 +132,19 @@ void attend(tensor_view<const float> q, tensor_view<K> k, tensor_view<V> v, tens
 }
 
 // Note [policies on a ragged batch]
-// gqa::forward(policy, q, k, v, o, varlen) runs plan, check and prepare on the packed views (b = 1,
-// total rows in s): a plan from head counts (MHA, MQA, GQA, SQA) and WGQA's row-by-row prepare are the
-// same on packed rows. Two kinds of step are not, and are rejected: a plan that reads the keys (KDGQA's
-// and DGQA's key norms: per sample or over a padded batch, neither of which a packed batch has), and a
-// finish step (PGQA's noise is standardised per (sample, head) over a [b][sq] output,
-// which a ragged batch does not have).
+// gqa::forward(policy, q, k, v, o, varlen) runs check and prepare on the packed views (b = 1, total rows
+// in s): a plan from head counts (MHA, MQA, GQA, SQA) and WGQA's row-by-row prepare are the same on
+// packed rows. A plan from the keys (KDGQA, DGQA: policy_plans_from_norms) gets the norms of the batch's
+// sequences (ragged_key_norms): the sum over the sequences of the Frobenius norm of each one's keys, as a
+// dense batch of the same sequences zero-padded to one length gives. A policy that plans per sample
+// (KDGQA's per_sample) plans each sequence from its own norms and runs the core on that sequence alone.
+// A finish step runs per sequence through policy_with_ragged_finish (PGQA: per (sequence, head) over that
+// sequence's rows, Note [PGQA on a ragged batch]). Rejected: a plan that reads a dense K without
+// plan_from_norms, and a finish step without finish_ragged.
 
-/// A policy's call (gqa::forward) on a ragged batch; see Note [policies on a ragged batch].
+/// A policy's call (gqa::forward) on a ragged batch; see Note [policies on a ragged batch]. Throws
+/// gqa::invalid_argument as attend(varlen) does, for what the policy's check and check_ragged reject, and
+/// for a policy that plans from keys without plan_from_norms or finishes without finish_ragged.
 template <class Isa = isa::dispatch, class P>
   requires attention_policy<std::remove_reference_t<P>>
 void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
@@ -126,27 +153,41 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k,
   using Policy = std::remove_reference_t<P>;
   using Plain = std::remove_cv_t<Policy>;
   constexpr const char* where = "gqa::forward(varlen)";
-  if constexpr (policy_plans_from_keys<Plain>)
+  if constexpr (policy_plans_from_keys<Plain> && !policy_plans_from_norms<Policy>)
     detail::fail(where, ": policy = ", Plain::name,
-                 ": its plan reads the keys of a dense batch (key norms per sample or over the padded batch), "
-                 "which a ragged batch does not have; pad the sequences into a dense batch (kv_lengths)");
-  if constexpr (policy_with_finish<Plain> || policy_with_finish_executor<Plain>)
+                 ": its plan reads the keys of a dense K and it has no plan_from_norms (a non-const policy's) to "
+                 "plan from a ragged batch's key norms");
+  constexpr bool finishes = policy_with_finish<Plain> || policy_with_finish_executor<Plain>;
+  if constexpr (finishes && !policy_with_ragged_finish<Policy>)
     detail::fail(where, ": policy = ", Plain::name,
-                 ": its finish step works per (sample, head) over a (b, sq, hq, dv) output, which a ragged batch "
-                 "does not have; pad the sequences into a dense batch (kv_lengths)");
+                 ": its finish step works per (sample, head) over a (b, sq, hq, dv) output and it has no "
+                 "finish_ragged (a non-const policy's) for a ragged batch; pad the sequences into a dense batch");
   Policy& p = policy;
   detail::check_varlen(q, k, v, o, seqs, opt, where);  // everything before the policy's own work
   const auto on = detail::core::target_of<Isa>(opt);
   detail::check_finite(q, k, v, opt, where);
+  const std::vector<index_t> cu_q = detail::to_indices(seqs.cu_seqlens_q), cu_k = detail::to_indices(seqs.cu_seqlens_k);
   if constexpr (policy_with_check<Policy>) p.check(q, k, v, o);
+  if constexpr (policy_with_ragged_finish<Policy>) p.check_ragged(o, cu_q);
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<Policy>) {
     kv = p.prepare(k, v);
     detail::check_varlen(q, kv.k, kv.v, o, seqs, opt, where);
   }
-  const head_map map = p.plan(q, kv.k);
-  detail::check_map(map, q, kv.k, where);
-  detail::run_varlen(on, q, kv.k, kv.v, o, seqs, map, opt);
+  const executor ex = executor_of(opt);
+  // One plan for the batch, or one per sequence (Note [policies on a ragged batch]).
+  const auto b = static_cast<index_t>(cu_q.size()) - 1;
+  const bool per_sample = detail::plans_per_sample(p, b);
+  const index_t runs = per_sample ? b : 1, per_run = per_sample ? 1 : b;
+  for (index_t r = 0; r < runs; ++r) {
+    const auto first = static_cast<std::size_t>(r * per_run), n = static_cast<std::size_t>(per_run) + 1;
+    const std::span<const index_t> rq = std::span<const index_t>(cu_q).subspan(first, n);
+    const std::span<const index_t> rk = std::span<const index_t>(cu_k).subspan(first, n);
+    const head_map map = detail::plan_without_dense_keys(p, q, kv.k, [&] { return detail::ragged_key_norms(kv.k, rk); });
+    detail::check_map(map, q, kv.k, where);
+    detail::run_varlen(on, q, kv.k, kv.v, o, rq, rk, map, opt);
+    if constexpr (policy_with_ragged_finish<Policy>) p.finish_ragged(o, rq, map, ex);
+  }
 }
 
 GQA_END_NAMESPACE

@@ -15,18 +15,23 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <limits>
 #include <numeric>
 #include <optional>
 #include <source_location>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <gqa/attention.hpp>
 #include <gqa/options.hpp>
 #include <gqa/paged.hpp>
 #include <gqa/reference/attention.hpp>
+#include <gqa/reference/grouping.hpp>
+#include <gqa/reference/pgqa.hpp>
 #include <gqa/varlen.hpp>
 #include <gqa/variants.hpp>
 
@@ -145,6 +150,16 @@ struct cache_data {
         std::fill_n(k.begin() + ((ib * c.cap + j) * c.hkv) * c.d, c.hkv * c.d, k_nan);
         std::fill_n(v.begin() + ((ib * c.cap + j) * c.hkv) * c.dv, c.hkv * c.dv, k_nan);
       }
+  }
+  /// A copy with +0 instead of NaN past each length.
+  cache_data zero_padded(const cache_case& c) const {
+    cache_data z = *this;
+    for (index_t ib = 0; ib < c.b; ++ib)
+      for (index_t j = c.lengths[static_cast<std::size_t>(ib)]; j < c.cap; ++j) {
+        std::fill_n(z.k.begin() + ((ib * c.cap + j) * c.hkv) * c.d, c.hkv * c.d, 0.0f);
+        std::fill_n(z.v.begin() + ((ib * c.cap + j) * c.hkv) * c.dv, c.hkv * c.dv, 0.0f);
+      }
+    return z;
   }
   gqa::tensor_view<const float> qv(const cache_case& c) const { return gqa::bshd(q.data(), c.b, c.sq, c.hq, c.d); }
   gqa::tensor_view<const float> kv(const cache_case& c) const { return gqa::bshd(k.data(), c.b, c.cap, c.hkv, c.d); }
@@ -428,7 +443,9 @@ TYPED_TEST_P(kv_cache_suite, paged_split_kv_decode) {
 }
 
 // Every registered variant through gqa::forward on a paged cache gives the bits of the same call on the
-// dense cache; KDGQA and DGQA, whose plans read the keys, are rejected with a message naming them.
+// dense cache zero-padded past each length (KDGQA and DGQA plan from the norms of each sequence's valid
+// keys, which zero padding leaves unchanged, Note [key norm order]; the paged cache's unwritten slots are
+// NaN).
 TYPED_TEST_P(kv_cache_suite, paged_every_variant) {
   gqa::for_each_variant([&](auto t) {
     using P = typename decltype(t)::type;
@@ -445,15 +462,13 @@ TYPED_TEST_P(kv_cache_suite, paged_every_variant) {
     const auto call_paged = [&] {
       gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<TypeParam>(p, in.qv(c), pc.view(c), paged.view(c), opt); });
     };
-    if constexpr (gqa::policy_plans_from_keys<P>) {
-      gqa::test::expect_invalid(call_paged, std::string(P::name));  // a plan that reads the keys
-    } else {
-      call_paged();
-      gqa::attention_options dopt = opt;
-      dopt.kv_lengths = c.lengths;
-      gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<TypeParam>(p, in.qv(c), in.kv(c), in.vv(c), dense.view(c), dopt); });
-      EXPECT_TRUE(same_bits(paged.o, dense.o)) << "paged output differs from the dense call";
-    }
+    call_paged();
+    const cache_data zero = in.zero_padded(c);
+    gqa::attention_options dopt = opt;
+    dopt.kv_lengths = c.lengths;
+    gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<TypeParam>(p, zero.qv(c), zero.kv(c), zero.vv(c), dense.view(c), dopt); });
+    EXPECT_TRUE(same_bits(paged.o, dense.o)) << "paged output differs from the dense call";
+    EXPECT_TRUE(std::all_of(paged.o.begin(), paged.o.end(), [](float x) { return std::isfinite(x); }));
   });
 }
 
@@ -633,8 +648,9 @@ TYPED_TEST_P(kv_cache_suite, ragged_matches_reference) {
 }
 
 // Every registered variant through gqa::forward on a ragged batch matches the same variant run on each
-// sequence alone (a b = 1 dense call), or is rejected with a message naming it (KDGQA, DGQA: plan from key
-// norms; PGQA: a finish step per (sample, head)).
+// sequence alone (a b = 1 dense call; PGQA's with the ragged call's call index, 0 for a fresh policy), on
+// the map the ragged call planned (KDGQA and DGQA plan once from the whole batch's key norms, which a
+// single sequence's call does not see).
 TYPED_TEST_P(kv_cache_suite, ragged_every_variant) {
   gqa::for_each_variant([&](auto t) {
     using P = typename decltype(t)::type;
@@ -654,31 +670,28 @@ TYPED_TEST_P(kv_cache_suite, ragged_every_variant) {
     std::vector<float> o(static_cast<std::size_t>(tq * h.hq * d), k_nan);
     gqa::attention_options opt;
     opt.causal = true;
-    const auto call = [&] {
-      gqa::with_policy<P>(m, h, [&](P& p) {
-        gqa::forward<TypeParam>(p, gqa::thd(qd.data(), tq, h.hq, d), gqa::thd(kd.data(), tk, h.kv_in, d),
-                                gqa::thd(vd.data(), tk, h.kv_in, d), gqa::thd(o.data(), tq, h.hq, d),
-                                gqa::varlen{cu_q, cu_k}, opt);
-      });
-    };
-    if constexpr (gqa::policy_plans_from_keys<P> || gqa::policy_with_finish<P> || gqa::policy_with_finish_executor<P>) {
-      gqa::test::expect_invalid(call, std::string(P::name));
-    } else {
-      call();
-      for (std::size_t i = 0; i < nq.size(); ++i) {
-        if (nq[i] == 0) continue;
-        std::vector<float> one(static_cast<std::size_t>(nq[i] * h.hq * d), k_nan);
-        gqa::with_policy<P>(m, h, [&](P& p) {
-          gqa::forward<TypeParam>(p, gqa::bshd(qd.data() + cu_q[i] * h.hq * d, 1, nq[i], h.hq, d),
-                                  gqa::bshd(kd.data() + cu_k[i] * h.kv_in * d, 1, nk[i], h.kv_in, d),
-                                  gqa::bshd(vd.data() + cu_k[i] * h.kv_in * d, 1, nk[i], h.kv_in, d),
-                                  gqa::bshd(one.data(), 1, nq[i], h.hq, d), opt);
-        });
-        double err = 0.0;
-        for (std::size_t x = 0; x < one.size(); ++x)
-          err = std::max(err, static_cast<double>(std::fabs(one[x] - o[static_cast<std::size_t>(cu_q[i] * h.hq * d) + x])));
-        EXPECT_LE(err, 1e-5) << "sequence " << i;  // the same math, possibly another block split
+    std::optional<gqa::head_map> planned;  // the map a policy that plans from keys chose
+    gqa::with_policy<P>(m, h, [&](P& p) {
+      gqa::forward<TypeParam>(p, gqa::thd(qd.data(), tq, h.hq, d), gqa::thd(kd.data(), tk, h.kv_in, d),
+                              gqa::thd(vd.data(), tk, h.kv_in, d), gqa::thd(o.data(), tq, h.hq, d),
+                              gqa::varlen{cu_q, cu_k}, opt);
+      if constexpr (gqa::policy_plans_from_keys<P>) planned = gqa::head_map::from_allocation(p.last().alloc);
+    });
+    for (std::size_t i = 0; i < nq.size(); ++i) {
+      if (nq[i] == 0) continue;
+      std::vector<float> one(static_cast<std::size_t>(nq[i] * h.hq * d), k_nan);
+      const auto qi = gqa::bshd(qd.data() + cu_q[i] * h.hq * d, 1, nq[i], h.hq, d);
+      const auto ki = gqa::bshd(kd.data() + cu_k[i] * h.kv_in * d, 1, nk[i], h.kv_in, d);
+      const auto vi = gqa::bshd(vd.data() + cu_k[i] * h.kv_in * d, 1, nk[i], h.kv_in, d);
+      if (planned) {
+        gqa::attend<TypeParam>(qi, ki, vi, gqa::bshd(one.data(), 1, nq[i], h.hq, d), *planned, opt);
+      } else {
+        gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<TypeParam>(p, qi, ki, vi, gqa::bshd(one.data(), 1, nq[i], h.hq, d), opt); });
       }
+      double err = 0.0;
+      for (std::size_t x = 0; x < one.size(); ++x)
+        err = std::max(err, static_cast<double>(std::fabs(one[x] - o[static_cast<std::size_t>(cu_q[i] * h.hq * d) + x])));
+      EXPECT_LE(err, 1e-5) << "sequence " << i;  // the same math, possibly another block split
     }
   });
 }
@@ -982,9 +995,456 @@ TYPED_TEST_P(kv_cache_suite, nonfinite_keys_behind_windows_and_pages_never_leak)
   }
 }
 
+/// A KDGQA or DGQA policy of one of the configurations the paged and ragged tests run, with its own DGQA
+/// state, for successive calls: 0 KDGQA (reference rule), 1 KDGQA per_sample, 2 KDGQA hamilton with one
+/// query head per KV head at least, 3 DGQA diff in training (window 2: steps 0 and 2 update, step 1 reuses
+/// the splits), 4 DGQA ema in eval (reference random repair), 5 DGQA diff with the recursive EMA cache in
+/// training (window 1) and float64 arithmetic.
+constexpr int k_norm_policies = 6;
+struct norm_policy {
+  int kind;
+  gqa::dgqa_state state;
+  std::optional<gqa::kdgqa_policy> kd;
+  std::optional<gqa::dgqa_policy> dg;
+
+  norm_policy(int k, index_t hq, index_t hkv) : kind(k), state(gqa::dgqa_state::initial(hq, hkv)) {
+    if (kind < 3) {
+      gqa::kdgqa_options o;
+      o.per_sample = kind == 1;
+      if (kind == 2) o.rule = gqa::allocation_rule::hamilton, o.min_per_kv = 1;
+      kd.emplace(o);
+    } else {
+      gqa::dgqa_options o;
+      o.kind = kind == 4 ? gqa::dgqa_kind::ema : gqa::dgqa_kind::diff;
+      o.window = kind == 3 ? 2 : 1;
+      o.seed = 17, o.layer = 3;
+      if (kind == 5) o.cache_update = gqa::dgqa_cache_update::true_ema, o.arithmetic = gqa::allocation_arithmetic::float64;
+      dg.emplace(o, state);
+      dg->set_mode(kind == 4 ? gqa::dgqa_mode::eval : gqa::dgqa_mode::train);
+    }
+  }
+  norm_policy(const norm_policy&) = delete;  // dg points at state
+  std::string name() const { return (kd ? "kdgqa kind " : "dgqa kind ") + std::to_string(kind); }
+  bool per_sample() const { return kind == 1; }
+  /// Calls f(policy) after setting DGQA's training step to `call`.
+  template <class F>
+  void with(std::uint64_t call, F&& f) {
+    if (kd) {
+      f(*kd);
+    } else {
+      dg->set_step(call);
+      f(*dg);
+    }
+  }
+  gqa::allocation_result last() const { return kd ? kd->last() : dg->last(); }
+  /// The reference's grouping of a call from its sequences' keys (each a dense view of its valid keys),
+  /// advancing `memory` (DGQA's state twin) and `previous` (KDGQA's last allocation) as the policy does.
+  gqa::reference::grouping reference(const std::vector<gqa::tensor_view<const float>>& seqs, index_t hq, index_t hkv,
+                                     std::uint64_t call, gqa::reference::dgqa_memory& memory,
+                                     std::vector<int>& previous) const {
+    gqa::reference::grouping g;
+    if (kd) {
+      gqa::reference::kdgqa_setup setup;
+      setup.hamilton = kind == 2;
+      setup.min_per_kv = kind == 2 ? 1 : 0;
+      g = gqa::reference::kdgqa(gqa::reference::key_norms(seqs, hkv), hq, setup, previous);
+      previous = g.alloc;
+    } else {
+      const gqa::dgqa_options& o = dg->options();
+      gqa::reference::dgqa_setup setup;
+      setup.ema = o.kind == gqa::dgqa_kind::ema;
+      setup.window = o.window;
+      setup.cache_update = kind == 5 ? "true_ema" : "reference";
+      setup.float64 = kind == 5;
+      setup.seed = o.seed, setup.layer = o.layer;
+      g = gqa::reference::dgqa_step(memory, seqs, hkv, hq, setup, kind != 4, call);
+    }
+    return g;
+  }
+};
+
+/// The policy's state after a call against its twin's: the same allocation and status, and (DGQA) the
+/// same state bits.
+void expect_same_policy_state(const norm_policy& a, const norm_policy& b) {
+  const gqa::allocation_result la = a.last(), lb = b.last();
+  EXPECT_EQ(la.alloc, lb.alloc);
+  EXPECT_EQ(la.status, lb.status);
+  EXPECT_EQ(la.updated, lb.updated);
+  if (a.dg) {
+    EXPECT_EQ(a.state.splits, b.state.splits);
+    EXPECT_EQ(a.state.rng_counter, b.state.rng_counter);
+    EXPECT_EQ(0, std::memcmp(a.state.cache.data(), b.state.cache.data(), a.state.cache.size() * sizeof(float)));
+  }
+}
+
+/// The policy's allocation against the reference's (the reference's norms are one plain double chain, the
+/// policy's 16 fixed lanes: the same allocation unless a share sits within rounding of a .5 tie, which
+/// these random keys never do), and DGQA's cache to float rounding.
+void expect_reference_grouping(const norm_policy& p, const gqa::reference::grouping& want,
+                               const gqa::reference::dgqa_memory& memory) {
+  const gqa::allocation_result got = p.last();
+  EXPECT_EQ(got.alloc, want.alloc);
+  EXPECT_EQ(gqa::to_string(got.status), want.status);
+  EXPECT_EQ(got.updated, want.updated);
+  EXPECT_NE(got.status, gqa::grouping_status::fallback_nonfinite) << "a NaN key reached the norms";
+  if (p.dg) {
+    EXPECT_EQ(p.state.splits, memory.splits);
+    EXPECT_EQ(p.state.rng_counter, memory.rng_counter);
+    for (std::size_t g = 0; g < memory.cache.size(); ++g)
+      EXPECT_NEAR(p.state.cache[g], memory.cache[g], 1e-6 * std::max(1.0f, memory.cache[g])) << "cache " << g;
+  }
+}
+
+/// The dense views of the valid keys of each sequence of a cache case (b = 1, s = its length), for the
+/// reference's norms; a sequence without keys is left out.
+std::vector<gqa::tensor_view<const float>> sequence_keys(const cache_case& c, const cache_data& in) {
+  std::vector<gqa::tensor_view<const float>> seqs;
+  for (index_t ib = 0; ib < c.b; ++ib)
+    if (const index_t n = c.lengths[static_cast<std::size_t>(ib)]; n > 0)
+      seqs.push_back(gqa::bshd(in.k.data() + ib * c.cap * c.hkv * c.d, 1, n, c.hkv, c.d));
+  return seqs;
+}
+
+// KDGQA and DGQA on a paged cache plan from the norms of each sequence's valid keys: three successive calls
+// (new keys each, so DGQA's diff / ema statistics move; a training step that reuses the splits) give, for
+// every configuration, the bits, LSE, allocation and DGQA state of the same calls on the dense cache
+// zero-padded past each length (unwritten slots and spare pages of the pool hold NaN: none reaches a norm
+// or an output), the reference's allocation and DGQA state from per-sequence dense views, and the double
+// reference on the map chosen (per_sample: each sequence the reference's allocation of its own keys).
+// Decode and prefill, pages of 1, 7 and 16 slots (lengths no multiple of the page), a sequence of one key,
+// an empty one, unequal lengths, d not a multiple of the vector width, with and without a window.
+TYPED_TEST_P(kv_cache_suite, key_norm_variants_on_paged_caches) {
+  std::vector<cache_case> cases;
+  {
+    cache_case c;  // decode: three sequences, one of one key
+    c.b = 3, c.sq = 1, c.hq = 8, c.hkv = 4, c.d = c.dv = 19, c.cap = 130, c.lengths = {130, 1, 77}, c.seed = 200;
+    cases.push_back(c);
+    c.lengths = {0, 45, 130}, c.causal = true, c.seed = 210;  // an empty sequence
+    cases.push_back(c);
+  }
+  {
+    cache_case c;  // prefill, causal, a window, hkv not dividing hq
+    c.b = 2, c.sq = 21, c.hq = 7, c.hkv = 3, c.d = 40, c.dv = 24, c.cap = 90, c.lengths = {90, 33}, c.causal = true,
+    c.seed = 220;
+    c.mods = mask_combo(1, c.hq, 30, -1);
+    cases.push_back(c);
+  }
+  for (const cache_case& base : cases)
+    for (int kind = 0; kind < k_norm_policies; ++kind)
+      for (const index_t page : {index_t{1}, index_t{7}, index_t{16}}) {
+        if (page == 1 && kind % 2 == 1) continue;
+        norm_policy paged_p(kind, base.hq, base.hkv), dense_p(kind, base.hq, base.hkv);
+        SCOPED_TRACE(paged_p.name() + " page " + std::to_string(page));
+        gqa::reference::dgqa_memory memory{paged_p.state.cache, paged_p.state.splits, 0};
+        std::vector<int> previous;
+        for (std::uint64_t call = 0; call < 3; ++call) {
+          cache_case c = base;
+          c.seed = base.seed + 7 * call;
+          SCOPED_TRACE(c.describe() + " call " + std::to_string(call));
+          const cache_data in(c);
+          const paged_cache pc(c, in, page, page_seed(c, page));
+          output paged(c), dense(c);
+          gqa::attention_options opt = c.options();
+          opt.lse = paged.lse;
+          paged_p.with(call, [&](auto& p) { gqa::forward<TypeParam>(p, in.qv(c), pc.view(c), paged.view(c), opt); });
+          const cache_data zero = in.zero_padded(c);
+          opt.lse = dense.lse;
+          opt.kv_lengths = c.lengths;
+          dense_p.with(call, [&](auto& p) { gqa::forward<TypeParam>(p, zero.qv(c), zero.kv(c), zero.vv(c), dense.view(c), opt); });
+          EXPECT_TRUE(same_bits(paged.o, dense.o)) << "paged output differs from the zero-padded dense call";
+          EXPECT_TRUE(same_bits(paged.lse, dense.lse)) << "paged LSE differs from the zero-padded dense call";
+          expect_same_policy_state(paged_p, dense_p);
+          if (paged_p.per_sample()) {
+            // Sequence by sequence: the reference's allocation of its own keys, the dense call on that map.
+            for (index_t ib = 0; ib < c.b; ++ib) {
+              const index_t n = c.lengths[static_cast<std::size_t>(ib)];
+              std::vector<gqa::tensor_view<const float>> one;
+              if (n > 0) one.push_back(gqa::bshd(in.k.data() + ib * c.cap * c.hkv * c.d, 1, n, c.hkv, c.d));
+              const auto want = paged_p.reference(one, c.hq, c.hkv, call, memory, previous);
+              output o1(c);
+              gqa::attention_options o = c.options();
+              o.kv_lengths = c.lengths;
+              gqa::attend<TypeParam>(zero.qv(c), zero.kv(c), zero.vv(c), o1.view(c),
+                                     gqa::head_map::from_allocation(want.alloc), o);
+              const auto rows = static_cast<std::ptrdiff_t>(c.sq * c.hq * c.dv);
+              EXPECT_TRUE(std::equal(paged.o.begin() + ib * rows, paged.o.begin() + (ib + 1) * rows, o1.o.begin() + ib * rows,
+                                     [](float x, float y) { return std::memcmp(&x, &y, sizeof x) == 0; }))
+                  << "sequence " << ib << " was not planned from its own keys";
+            }
+            continue;
+          }
+          const auto want = paged_p.reference(sequence_keys(c, in), c.hq, c.hkv, call, memory, previous);
+          expect_reference_grouping(paged_p, want, memory);
+          cache_case with_map = c;
+          with_map.kv_of_q = want.kv_of_q;
+          expect_matches_reference(with_map, in, paged);
+        }
+      }
+}
+
+// KDGQA and DGQA on a ragged batch plan from the norms of its sequences' keys: three successive calls per
+// configuration (DGQA's statistics move) give the allocation and DGQA state of the same policy planning
+// from the batch zero-padded to one length (a dense K), and of the reference from per-sequence dense
+// views; the output is the bits of gqa::attend on the ragged batch with that map and matches the double
+// reference per sequence; per_sample plans each sequence from its own keys (the reference's allocation),
+// the bits of attend on that sequence alone. Prefill and decode sequences together, sequences without
+// queries or keys, a sequence of one key, causal and not.
+TYPED_TEST_P(kv_cache_suite, key_norm_variants_on_ragged_batches) {
+  for (int kind = 0; kind < k_norm_policies; ++kind)
+    for (const bool causal : {false, true}) {
+      ragged_case base;
+      base.hq = 8, base.hkv = 4, base.d = 21, base.dv = 24, base.causal = causal;
+      base.nq = {5, 0, 1, 40, 3, 1, 2};
+      base.nk = {9, 7, 130, 40, 0, 1, 2};
+      norm_policy pol(kind, base.hq, base.hkv), twin(kind, base.hq, base.hkv);
+      SCOPED_TRACE(pol.name() + (causal ? " causal" : ""));
+      gqa::reference::dgqa_memory memory{pol.state.cache, pol.state.splits, 0};
+      std::vector<int> previous;
+      const index_t longest = *std::max_element(base.nk.begin(), base.nk.end());
+      const auto nseq = static_cast<index_t>(base.nq.size());
+      for (std::uint64_t call = 0; call < 3; ++call) {
+        ragged_case c = base;
+        c.seed = 300 + 11 * call + (causal ? 1 : 0);
+        SCOPED_TRACE(c.describe() + " call " + std::to_string(call));
+        const ragged_data in(c);
+        ragged_output out{std::vector<float>(static_cast<std::size_t>(in.tq * c.hq * c.dv), k_nan),
+                          std::vector<float>(static_cast<std::size_t>(c.hq * in.tq), k_nan)};
+        gqa::attention_options opt;
+        opt.causal = c.causal;
+        opt.lse = out.lse;
+        const auto q = gqa::thd(in.q.data(), in.tq, c.hq, c.d);
+        const auto k = gqa::thd(in.k.data(), in.tk, c.hkv, c.d), v = gqa::thd(in.v.data(), in.tk, c.hkv, c.dv);
+        pol.with(call, [&](auto& p) {
+          gqa::forward<TypeParam>(p, q, k, v, gqa::thd(out.o.data(), in.tq, c.hq, c.dv), gqa::varlen{in.cu_q, in.cu_k}, opt);
+        });
+        // The twin plans from the batch zero-padded to the longest sequence (b = sequences, s = longest).
+        std::vector<float> padded(static_cast<std::size_t>(nseq * longest * c.hkv * c.d), 0.0f);
+        for (index_t i = 0; i < nseq; ++i)
+          std::copy_n(in.k.begin() + in.cu_k[static_cast<std::size_t>(i)] * c.hkv * c.d, c.nk[static_cast<std::size_t>(i)] * c.hkv * c.d,
+                      padded.begin() + i * longest * c.hkv * c.d);
+        const auto kp = gqa::bshd<const float>(padded.data(), nseq, longest, c.hkv, c.d);
+        std::vector<gqa::head_map> maps;
+        twin.with(call, [&](auto& p) {
+          if (twin.per_sample()) {
+            for (index_t i = 0; i < nseq; ++i) maps.push_back(p.plan(q, gqa::detail::sample(kp, i)));
+          } else {
+            maps.push_back(p.plan(q, kp));
+          }
+        });
+        expect_same_policy_state(pol, twin);
+        if (pol.per_sample()) {
+          for (index_t i = 0; i < nseq; ++i) {
+            const auto ui = static_cast<std::size_t>(i);
+            std::vector<gqa::tensor_view<const float>> one;
+            if (c.nk[ui] > 0) one.push_back(gqa::bshd(in.k.data() + in.cu_k[ui] * c.hkv * c.d, 1, c.nk[ui], c.hkv, c.d));
+            const auto want = pol.reference(one, c.hq, c.hkv, call, memory, previous);
+            const auto got_map = maps[ui].kv_of_q();
+            EXPECT_EQ(std::vector<index_t>(got_map.begin(), got_map.end()), want.kv_of_q) << "sequence " << i;
+            if (c.nq[ui] == 0) continue;
+            if (c.nk[ui] == 0) {  // no keys: +0 rows
+              EXPECT_TRUE(std::all_of(out.o.begin() + in.cu_q[ui] * c.hq * c.dv, out.o.begin() + in.cu_q[ui + 1] * c.hq * c.dv,
+                                      [](float x) { return gqa::test::is_plus_zero(x); }));
+              continue;
+            }
+            ragged_case ci = c;  // the sequence alone, on its map
+            ci.nq = {c.nq[ui]};
+            ci.nk = {c.nk[ui]};
+            const ragged_data alone = [&] {
+              ragged_data d(ci);
+              std::copy_n(in.q.begin() + in.cu_q[ui] * c.hq * c.d, c.nq[ui] * c.hq * c.d, d.q.begin());
+              std::copy_n(in.k.begin() + in.cu_k[ui] * c.hkv * c.d, c.nk[ui] * c.hkv * c.d, d.k.begin());
+              std::copy_n(in.v.begin() + in.cu_k[ui] * c.hkv * c.dv, c.nk[ui] * c.hkv * c.dv, d.v.begin());
+              return d;
+            }();
+            const ragged_output want_o = run_ragged<TypeParam>(ci, maps[ui], alone);
+            expect_ragged_matches_reference(ci, maps[ui], alone, want_o);
+            EXPECT_TRUE(std::equal(want_o.o.begin(), want_o.o.end(), out.o.begin() + in.cu_q[ui] * c.hq * c.dv,
+                                   [](float x, float y) { return std::memcmp(&x, &y, sizeof x) == 0; }))
+                << "sequence " << i << " differs from the call on it alone";
+          }
+          continue;
+        }
+        std::vector<gqa::tensor_view<const float>> seqs;
+        for (index_t i = 0; i < nseq; ++i)
+          if (const index_t n = c.nk[static_cast<std::size_t>(i)]; n > 0)
+            seqs.push_back(gqa::bshd(in.k.data() + in.cu_k[static_cast<std::size_t>(i)] * c.hkv * c.d, 1, n, c.hkv, c.d));
+        const auto want = pol.reference(seqs, c.hq, c.hkv, call, memory, previous);
+        expect_reference_grouping(pol, want, memory);
+        const gqa::head_map map = gqa::head_map::from_allocation(want.alloc);
+        const ragged_output plain = run_ragged<TypeParam>(c, map, in);
+        EXPECT_TRUE(same_bits(out.o, plain.o) && same_bits(out.lse, plain.lse)) << "differs from attend on the planned map";
+        expect_ragged_matches_reference(c, map, in, out);
+      }
+    }
+}
+
+// PGQA on a paged cache: successive calls give the bits of the same calls on the dense cache (one call
+// index per call, the noise shared by the batch; unwritten slots NaN). On a ragged batch (Note [PGQA on a
+// ragged batch]): the call takes one call index (calls() advances by one), and sequence i's rows are
+// attend's output perturbed per (sequence, head) with Z = pgqa_standardised_noise(n_q(i)·dv, seed, layer,
+// call, g, j), bit for bit (pgqa_perturb on that sequence's rows alone); against the reference's PGQA
+// (reference/pgqa.hpp, double) on each sequence's reference output; sequences of one length give the
+// dense batch's noise; a sequence of one output value per head is rejected before any work.
+TYPED_TEST_P(kv_cache_suite, pgqa_on_paged_caches_and_ragged_batches) {
+  const gqa::pgqa_options popt{.seed = 23, .layer = 4};
+  {
+    cache_case c;
+    c.b = 3, c.sq = 5, c.hq = 8, c.hkv = 2, c.d = c.dv = 19, c.cap = 70, c.lengths = {70, 1, 0}, c.causal = true, c.seed = 400;
+    for (const index_t sq : {index_t{5}, index_t{1}}) {
+      c.sq = sq;
+      gqa::pgqa_policy paged_p(popt), dense_p(popt);
+      for (std::uint64_t call = 0; call < 3; ++call) {
+        c.seed += 3;
+        SCOPED_TRACE(c.describe() + " call " + std::to_string(call));
+        const cache_data in(c);
+        const paged_cache pc(c, in, 16, page_seed(c, 16));
+        output paged(c), dense(c);
+        gqa::attention_options opt = c.options();
+        gqa::forward<TypeParam>(paged_p, in.qv(c), pc.view(c), paged.view(c), opt);
+        opt.kv_lengths = c.lengths;
+        gqa::forward<TypeParam>(dense_p, in.qv(c), in.kv(c), in.vv(c), dense.view(c), opt);
+        EXPECT_TRUE(same_bits(paged.o, dense.o));
+        EXPECT_EQ(paged_p.calls(), call + 1);
+        EXPECT_TRUE(std::all_of(paged.o.begin(), paged.o.end(), [](float x) { return std::isfinite(x); }));
+      }
+    }
+  }
+  ragged_case c;
+  c.hq = 8, c.hkv = 2, c.d = 21, c.dv = 19;
+  c.nq = {5, 0, 1, 40, 3, 1, 5};
+  c.nk = {9, 7, 130, 40, 0, 1, 12};
+  for (const bool causal : {false, true}) {
+    c.causal = causal;
+    gqa::pgqa_policy pol(popt);
+    pol.set_calls(5);
+    for (std::uint64_t call = 5; call < 7; ++call) {
+      c.seed = 500 + call + (causal ? 10 : 0);
+      SCOPED_TRACE(c.describe() + " call " + std::to_string(call));
+      const ragged_data in(c);
+      std::vector<float> o(static_cast<std::size_t>(in.tq * c.hq * c.dv), k_nan);
+      gqa::attention_options opt;
+      opt.causal = c.causal;
+      const auto ov = gqa::thd(o.data(), in.tq, c.hq, c.dv);
+      gqa::forward<TypeParam>(pol, gqa::thd(in.q.data(), in.tq, c.hq, c.d), gqa::thd(in.k.data(), in.tk, c.hkv, c.d),
+                              gqa::thd(in.v.data(), in.tk, c.hkv, c.dv), ov, gqa::varlen{in.cu_q, in.cu_k}, opt);
+      EXPECT_EQ(pol.calls(), call + 1) << "one call index per ragged call";
+      const gqa::head_map map = gqa::head_map::uniform(c.hq, c.hkv);
+      ragged_output want = run_ragged<TypeParam>(c, map, in);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(static_cast<float>(c.d)));
+      for (std::size_t i = 0; i < c.nq.size(); ++i) {
+        if (c.nq[i] == 0) continue;
+        const auto nq = c.nq[i];
+        gqa::pgqa_perturb(gqa::bshd(want.o.data() + in.cu_q[i] * c.hq * c.dv, 1, nq, c.hq, c.dv), c.hkv, popt.seed, popt.layer, call);
+        // The reference's PGQA on the sequence's reference output, with the naive output through the same
+        // step as the yardstick.
+        const auto q = gqa::bshd(in.q.data() + in.cu_q[i] * c.hq * c.d, 1, nq, c.hq, c.d);
+        const auto k = gqa::bshd(in.k.data() + in.cu_k[i] * c.hkv * c.d, 1, std::max<index_t>(c.nk[i], 1), c.hkv, c.d);
+        const auto v = gqa::bshd(in.v.data() + in.cu_k[i] * c.hkv * c.dv, 1, std::max<index_t>(c.nk[i], 1), c.hkv, c.dv);
+        const std::vector<index_t> len = {c.nk[i]};
+        const auto ref = gqa::reference::attention(q, k, v, map.kv_of_q(), scale, c.causal, len);
+        auto naive = gqa::test::naive_fp32(q, k, v, map.kv_of_q(), static_cast<float>(scale), c.causal, len);
+        const auto ref_p = gqa::reference::pgqa(ref.o, 1, nq, c.hq, c.dv, c.hkv, popt.seed, popt.layer, call);
+        gqa::pgqa_perturb(gqa::bshd(naive.o.data(), 1, nq, c.hq, c.dv), c.hkv, popt.seed, popt.layer, call);
+        double err = 0.0, naive_err = 0.0, omax = 1.0;
+        for (std::size_t x = 0; x < ref_p.size(); ++x) {
+          err = std::max(err, std::fabs(o[static_cast<std::size_t>(in.cu_q[i] * c.hq * c.dv) + x] - ref_p[x]));
+          naive_err = std::max(naive_err, std::fabs(naive.o[x] - ref_p[x]));
+          omax = std::max(omax, std::fabs(ref_p[x]));
+        }
+        EXPECT_LE(err, gqa::test::k_error_factor * naive_err + gqa::test::k_error_floor * omax) << "sequence " << i;
+      }
+      EXPECT_TRUE(same_bits(o, want.o)) << "not attend's output perturbed per (sequence, head) with call " << call;
+    }
+  }
+  {
+    // Sequences of one query count: the noise of the dense batch (b = 3, sq = 4) of the same rows.
+    ragged_case e = c;
+    e.nq = {4, 4, 4};
+    e.nk = {10, 3, 17};
+    e.causal = true;
+    const ragged_data in(e);
+    std::vector<float> o(static_cast<std::size_t>(in.tq * e.hq * e.dv), k_nan);
+    gqa::attention_options opt;
+    opt.causal = true;
+    gqa::pgqa_policy pol(popt);
+    gqa::forward<TypeParam>(pol, gqa::thd(in.q.data(), in.tq, e.hq, e.d), gqa::thd(in.k.data(), in.tk, e.hkv, e.d),
+                            gqa::thd(in.v.data(), in.tk, e.hkv, e.dv), gqa::thd(o.data(), in.tq, e.hq, e.dv),
+                            gqa::varlen{in.cu_q, in.cu_k}, opt);
+    ragged_output want = run_ragged<TypeParam>(e, gqa::head_map::uniform(e.hq, e.hkv), in);
+    gqa::pgqa_perturb(gqa::bshd(want.o.data(), 3, 4, e.hq, e.dv), e.hkv, popt.seed, popt.layer, 0);
+    EXPECT_TRUE(same_bits(o, want.o)) << "equal query counts: not the dense batch's noise";
+  }
+  {
+    // A sequence of one query with d_v = 1 has one value per (sequence, head): rejected, nothing written,
+    // the call counter untouched.
+    ragged_case e = c;
+    e.nq = {3, 1};
+    e.nk = {4, 4};
+    e.dv = 1;
+    const ragged_data in(e);
+    std::vector<float> o(static_cast<std::size_t>(in.tq * e.hq * e.dv), k_nan);
+    gqa::pgqa_policy pol(popt);
+    expect_rejected_untouched(
+        [&] {
+          gqa::forward<TypeParam>(pol, gqa::thd(in.q.data(), in.tq, e.hq, e.d), gqa::thd(in.k.data(), in.tk, e.hkv, e.d),
+                                  gqa::thd(in.v.data(), in.tk, e.hkv, e.dv), gqa::thd(o.data(), in.tq, e.hq, e.dv),
+                                  gqa::varlen{in.cu_q, in.cu_k});
+        },
+        o, "sequence 1 has n_q * d_v = 1 * 1 = 1");
+    EXPECT_EQ(pol.calls(), 0u);
+  }
+}
+
+/// A caller's policy whose plan reads a dense K (plans_from_keys) and that has no plan_from_norms, and one
+/// with a finish step and no finish_ragged: what the paged and ragged forward() still reject.
+struct dense_keys_only_policy {
+  static constexpr std::string_view name = "dense_keys_only";
+  static constexpr bool plans_from_keys = true;
+  gqa::head_map plan(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k) const {
+    return gqa::head_map::uniform(q.h, k.h);
+  }
+};
+struct dense_finish_policy {
+  static constexpr std::string_view name = "dense_finish";
+  gqa::head_map plan(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k) const {
+    return gqa::head_map::uniform(q.h, k.h);
+  }
+  void finish(const gqa::tensor_view<float>&, const gqa::head_map&) const {}
+};
+
+// A policy without the steps a paged cache or a ragged batch needs is rejected by name before any work:
+// a plan from a dense K without plan_from_norms (paged and ragged), a finish step without finish_ragged
+// (ragged; a paged call's output is dense, so its finish runs).
+TYPED_TEST_P(kv_cache_suite, policies_without_paged_or_ragged_steps_are_rejected) {
+  cache_case c;
+  c.b = 2, c.sq = 2, c.hq = 4, c.hkv = 2, c.d = c.dv = 8, c.cap = 20, c.lengths = {20, 5};
+  const cache_data in(c);
+  const paged_cache pc(c, in, 8, 1);
+  output out(c);
+  expect_rejected_untouched(
+      [&] { gqa::forward<TypeParam>(dense_keys_only_policy{}, in.qv(c), pc.view(c), out.view(c)); }, out.o,
+      "policy = dense_keys_only: its plan reads the keys of a dense K and it has no plan_from_norms");
+  gqa::forward<TypeParam>(dense_finish_policy{}, in.qv(c), pc.view(c), out.view(c));
+  ragged_case r;
+  r.nq = {2, 3};
+  r.nk = {4, 1};
+  const ragged_data rd(r);
+  std::vector<float> o(static_cast<std::size_t>(rd.tq * r.hq * r.dv), k_nan);
+  const auto call = [&](auto policy) {
+    gqa::forward<TypeParam>(policy, gqa::thd(rd.q.data(), rd.tq, r.hq, r.d), gqa::thd(rd.k.data(), rd.tk, r.hkv, r.d),
+                            gqa::thd(rd.v.data(), rd.tk, r.hkv, r.dv), gqa::thd(o.data(), rd.tq, r.hq, r.dv),
+                            gqa::varlen{rd.cu_q, rd.cu_k});
+  };
+  expect_rejected_untouched([&] { call(dense_keys_only_policy{}); }, o, "policy = dense_keys_only: its plan reads");
+  expect_rejected_untouched([&] { call(dense_finish_policy{}); }, o, "policy = dense_finish: its finish step works per");
+}
+
 REGISTER_TYPED_TEST_SUITE_P(kv_cache_suite, capacity_view_and_integer_lengths, paged_prefill_and_decode,
                             paged_split_kv_decode, paged_every_variant, paged_errors, ragged_matches_reference,
                             ragged_every_variant, ragged_errors, masks_with_capacity_views, masks_on_paged_caches,
-                            masks_on_ragged_batches, nonfinite_keys_behind_windows_and_pages_never_leak);
+                            masks_on_ragged_batches, nonfinite_keys_behind_windows_and_pages_never_leak,
+                            key_norm_variants_on_paged_caches, key_norm_variants_on_ragged_batches,
+                            pgqa_on_paged_caches_and_ragged_batches,
+                            policies_without_paged_or_ragged_steps_are_rejected);
 
 }  // namespace

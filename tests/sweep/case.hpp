@@ -138,8 +138,10 @@ void for_each_element(const gqa::tensor_view<T>& t, F&& f) {
 //    kv_lengths or skv); or a ragged batch (q, k, v packed without padding, each sequence's keys its
 //    kv_lengths, o dense BSHD viewed as packed rows, the LSE read back from [hq][total_q]), drawn apart
 //    from the masks and modifiers above, so that every one of them meets every form (of 2000 cases, ~50
-//    paged and ~50 ragged ones have a window, 20-40 each a softcap, sinks or ALiBi). A variant whose
-//    plan reads the keys (KDGQA) is drawn dense; one with a finish step (PGQA) is never ragged;
+//    paged and ~50 ragged ones have a window, 20-40 each a softcap, sinks or ALiBi). Every variant meets
+//    every form: a plan from the keys (KDGQA, DGQA) then reads each sequence's valid keys (expected: the
+//    plan on the keys zero-padded past each length); a finish step (PGQA) is ragged only with more than
+//    one output value per (sequence, head) (sq · dv > 1, which the dense call also requires);
 //  * injections at random positions, masked ones included: NaN, ±inf, 1e30 in V, denormals, and
 //    overflow pairs: column x of Q and K zeroed in one batch, then q[i, h, x] = ±1e20 for a few rows
 //    and k[j, g, x] = ±1e20 for one key, so those rows' score with key j is ±1e40 (float overflow,
@@ -445,11 +447,12 @@ inline case_spec draw_case(source& r, const limits& lim) {
   const int form = static_cast<int>(r.uniform(0, 99));
   index_t keys = 0;
   for (index_t ib = 0; ib < c.b; ++ib) keys += c.kv_lengths.empty() ? c.skv : c.kv_lengths[static_cast<std::size_t>(ib)];
-  if (!plans_from_keys && form < 15) {
+  static_cast<void>(plans_from_keys);  // KDGQA and DGQA plan from each sequence's valid keys on both forms
+  if (form < 15) {
     c.kv_kind = 1;
     static constexpr index_t pages[] = {1, 7, 16, 256};
     c.page = r.chance(70) ? r.pick(pages) : r.uniform(2, 300);
-  } else if (!plans_from_keys && !finishes && keys > 0 && form < 25) {
+  } else if ((!finishes || c.sq * c.dv > 1) && keys > 0 && form < 25) {
     c.kv_kind = 2;
     c.lo = layout{};  // o: BSHD without padding, which is also the packed rows' layout
   }
@@ -466,7 +469,7 @@ struct case_data {
   std::vector<std::int32_t> table;
   std::vector<index_t> lengths, cu_q, cu_k;
   gqa::paged_kv paged;
-  gqa::varlen seqs;
+  gqa::varlen seqs{{}, {}};
   gqa::tensor_view<const float> rqv, rkv, rvv;  // the packed views
 };
 
@@ -698,6 +701,19 @@ inline expected expect_of(const case_spec& c, const case_data& in) {
     gqa::with_policy<P>(c.layer, c.heads, [&](P& p) {
       gqa::kv_views kv{in.k, in.v};
       if constexpr (gqa::policy_with_prepare<P>) kv = p.prepare(in.k, in.v);
+      if constexpr (gqa::policy_plans_from_keys<P>) {
+        if (c.kv_kind != 0) {
+          // A paged cache or ragged batch holds each sequence's valid keys only: the plan of the keys
+          // zero-padded past each length (a zero key adds nothing to a norm, Note [key norm order]).
+          std::vector<float> zero(static_cast<std::size_t>(c.b * c.skv * kv.k.h * c.d), 0.0f);
+          for (index_t ib = 0; ib < c.b; ++ib)
+            for (index_t j = 0; j < in.lengths[static_cast<std::size_t>(ib)]; ++j)
+              for (index_t g = 0; g < kv.k.h; ++g) detail::copy_row(kv.k, ib, j, g, zero.data() + ((ib * c.skv + j) * kv.k.h + g) * c.d);
+          map = p.plan(in.q, gqa::bshd<const float>(zero.data(), c.b, c.skv, kv.k.h, c.d));
+          detail::fill_expected(e, c, in.q, kv.k, kv.v, map.kv_of_q());
+          return;
+        }
+      }
       map = p.plan(in.q, kv.k);
       detail::fill_expected(e, c, in.q, kv.k, kv.v, map.kv_of_q());
     });

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <gqa/attention.hpp>
+#include <gqa/gqa.hpp>  // every overload a user sees (test braces_for_the_options_select_the_dense_call)
 #include <gqa/variants/mqa.hpp>
 #include <gqa/variants/policy.hpp>
 
@@ -500,6 +501,21 @@ TEST_F(errors_test, forward_rejects_before_planning) {
   gqa::forward(ok, a.q, a.k, a.v, a.o, a.opt);
   EXPECT_EQ(ok.plans, 1);
   EXPECT_TRUE(std::equal(via_attend.begin(), via_attend.end(), arena.begin() + static_cast<std::ptrdiff_t>(k_size)));
+}
+
+// `{}` for the options (the way the README and most callers write "defaults") must select the dense call
+// beside the ragged overloads, which take a gqa::varlen before the options: an ambiguity here is a
+// compile error in user code, so this test compiling is half of it.
+TEST_F(errors_test, braces_for_the_options_select_the_dense_call) {
+  const call_args a = valid();
+  std::vector<float> with_braces(o_size), with_default(o_size);
+  gqa::gqa_policy grouped;
+  gqa::forward(grouped, a.q, a.k, a.v, gqa::bshd(with_braces.data(), b, sq, hq, dv), {});
+  gqa::forward(grouped, a.q, a.k, a.v, gqa::bshd(with_default.data(), b, sq, hq, dv));
+  EXPECT_EQ(with_braces, with_default);
+  std::fill(with_braces.begin(), with_braces.end(), 0.0f);
+  gqa::attend(a.q, a.k, a.v, gqa::bshd(with_braces.data(), b, sq, hq, dv), a.map, {});
+  EXPECT_EQ(with_braces, with_default);
 }
 
 TEST(errors, invalid_argument_is_a_std_invalid_argument) {

@@ -39,9 +39,13 @@ struct modifiers {
   std::span<const float> alibi_slopes;           ///< per query head: logit -= slope·|i + (L - sq) - j|; empty: none
 };
 
-/// The logit of scaled score s after the modifiers: softcap·tanh(s / softcap) when softcap is on.
-inline double modified_logit(double s, const modifiers& mods) {
+/// The logit of scaled score s of query head h at `distance` = |p − j| (p the row's diagonal key, j the
+/// key) after the modifiers: softcap·tanh(s / softcap) when softcap is on, then minus ALiBi's
+/// slope·distance (after the softcap, bottom-right like causal).
+inline double modified_logit(double s, const modifiers& mods, index_t h, index_t distance) {
   if (mods.softcap > 0.0) s = mods.softcap * std::tanh(s / mods.softcap);
+  if (!mods.alibi_slopes.empty())
+    s -= static_cast<double>(mods.alibi_slopes[static_cast<std::size_t>(h)]) * static_cast<double>(distance);
   return s;
 }
 
@@ -98,10 +102,7 @@ attention_result attention_impl(const tensor_view<T>& q, const tensor_view<T>& k
         for (index_t j = lo; j < hi; ++j) {
           double dot = 0.0;
           for (index_t c = 0; c < q.d; ++c) dot += static_cast<double>(q(ib, i, h, c)) * static_cast<double>(k(ib, j, g, c));
-          double logit = modified_logit(dot * scale, mods);
-          if (!mods.alibi_slopes.empty())  // after the softcap, bottom-right like causal
-            logit -= static_cast<double>(mods.alibi_slopes[static_cast<std::size_t>(h)]) *
-                     static_cast<double>(std::abs(i + (len - q.s) - j));
+          const double logit = modified_logit(dot * scale, mods, h, std::abs(i + (len - q.s) - j));
           s[static_cast<std::size_t>(j)] = logit;
           m = std::max(m, logit);
         }
@@ -186,10 +187,7 @@ inline attention_grads attention_backward(const tensor_view<const double>& q, co
           for (index_t c = 0; c < q.d; ++c) dot += q(ib, i, h, c) * k(ib, j, g, c);
           const auto jj = static_cast<std::size_t>(j);
           z[jj] = dot * scale;
-          double logit = modified_logit(z[jj], mods);
-          if (!mods.alibi_slopes.empty())
-            logit -= static_cast<double>(mods.alibi_slopes[static_cast<std::size_t>(h)]) *
-                     static_cast<double>(std::abs(i + (len - q.s) - j));
+          const double logit = modified_logit(z[jj], mods, h, std::abs(i + (len - q.s) - j));
           p[jj] = logit;
           m = std::max(m, logit);
         }

@@ -44,6 +44,18 @@ inline std::vector<double> key_norms(const tensor_view<const float>& k) {
   return n;
 }
 
+/// The key norms of a paged cache or a ragged batch: n[g] = Σ_i sqrt(Σ_{token, channel} K_i[token, g,
+/// channel]²) over the sequences, each given as a dense view of its valid keys alone (b = 1, s = its
+/// length; a sequence without keys adds 0 and is left out).
+inline std::vector<double> key_norms(const std::vector<tensor_view<const float>>& sequences, index_t hkv) {
+  std::vector<double> n(static_cast<std::size_t>(hkv), 0.0);
+  for (const auto& k : sequences) {
+    const std::vector<double> one = reference::key_norms(k);
+    for (std::size_t g = 0; g < n.size(); ++g) n[g] += one[g];
+  }
+  return n;
+}
+
 /// KV head g serves the next alloc[g] query heads.
 inline std::vector<index_t> map_of(const std::vector<int>& alloc) {
   std::vector<index_t> m;
@@ -135,17 +147,17 @@ inline void kdgqa_float32_steps(const std::vector<double>& n, index_t hq, std::v
   }
 }
 
-/// KDGQA's grouping of one call from its keys: norms (rounded to float unless setup.float64), the three
+/// KDGQA's grouping of one call from its key norms n (one per KV head; rounded to float unless
+/// setup.float64), the three
 /// fallbacks (one KV head, a non-finite norm, max - min <= 1e-6·max) taking uniform (balanced) groups when
 /// hkv divides hq and otherwise a valid `previous`; else min-max scaling and the reference rule (round
 /// half even of (n̂/Σn̂)·hq, then first arg-max decrements / first arg-min increments) or the hamilton
 /// rule. With float32, the scaling and the reference rule's shares are the authors' float32 steps.
-inline grouping kdgqa(const tensor_view<const float>& k, index_t hq, const kdgqa_setup& setup = {},
+inline grouping kdgqa(std::vector<double> n, index_t hq, const kdgqa_setup& setup = {},
                       const std::vector<int>& previous = {}) {
-  std::vector<double> n = reference::key_norms(k);
   if (!setup.float64)
     for (double& x : n) x = static_cast<float>(x);
-  const index_t hkv = k.h;
+  const auto hkv = static_cast<index_t>(n.size());
   const int min_per = setup.hamilton ? setup.min_per_kv : 0;
   grouping out;
   auto fall_back = [&](const char* why) {
@@ -204,6 +216,12 @@ inline grouping kdgqa(const tensor_view<const float>& k, index_t hq, const kdgqa
   return out;
 }
 
+/// kdgqa() on the norms of k (reference::key_norms).
+inline grouping kdgqa(const tensor_view<const float>& k, index_t hq, const kdgqa_setup& setup = {},
+                      const std::vector<int>& previous = {}) {
+  return reference::kdgqa(reference::key_norms(k), hq, setup, previous);
+}
+
 /// DGQA's persistent state (the same three fields as gqa::dgqa_state).
 struct dgqa_memory {
   std::vector<float> cache;
@@ -231,17 +249,18 @@ struct dgqa_setup {
 /// (in float or double) repaired by the retry loops with draws i = uniform_int(hkv) of the stream
 /// (seed, hash(layer, {"dgqarepa"}), rng_counter) (64·hkv misses in a row: first arg-max instead), or
 /// hamilton. In train, or eval with eval_updates_state: splits, cache and rng_counter are written.
-inline grouping dgqa_step(dgqa_memory& state, const tensor_view<const float>& k, index_t hq, const dgqa_setup& setup,
-                          bool train, std::uint64_t step) {
+/// `norms` gives the call's key norms (called only when the call updates).
+template <class Norms>
+grouping dgqa_step_from(dgqa_memory& state, index_t hkv, Norms&& norms, index_t hq, const dgqa_setup& setup, bool train,
+                        std::uint64_t step) {
   grouping out;
-  const index_t hkv = k.h;
   if (train && step % static_cast<std::uint64_t>(setup.window) != 0) {
     out.alloc = state.splits;
     out.updated = false;
     out.kv_of_q = reference::map_of(out.alloc);
     return out;
   }
-  const std::vector<double> n = reference::key_norms(k);
+  const std::vector<double> n = norms();
   std::vector<float> m;
   for (double x : n) m.push_back(static_cast<float>(x));
   for (float x : m)
@@ -337,6 +356,20 @@ inline grouping dgqa_step(dgqa_memory& state, const tensor_view<const float>& k,
   }
   out.kv_of_q = reference::map_of(out.alloc);
   return out;
+}
+
+/// One DGQA call on the keys k (reference::key_norms(k)).
+inline grouping dgqa_step(dgqa_memory& state, const tensor_view<const float>& k, index_t hq, const dgqa_setup& setup,
+                          bool train, std::uint64_t step) {
+  return reference::dgqa_step_from(state, k.h, [&] { return reference::key_norms(k); }, hq, setup, train, step);
+}
+
+/// One DGQA call on a paged cache or ragged batch: the norms of its sequences' valid keys (each a dense view
+/// of its keys alone, reference::key_norms(sequences, hkv)).
+inline grouping dgqa_step(dgqa_memory& state, const std::vector<tensor_view<const float>>& sequences, index_t hkv,
+                          index_t hq, const dgqa_setup& setup, bool train, std::uint64_t step) {
+  return reference::dgqa_step_from(state, hkv, [&] { return reference::key_norms(sequences, hkv); }, hq, setup, train,
+                                   step);
 }
 
 }  // namespace reference

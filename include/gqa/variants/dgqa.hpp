@@ -187,16 +187,26 @@ class dgqa_policy {
   static constexpr bool plans_from_keys = true;
 
   /// This call's map, per the class comment; updates the caller's state as described there.
+  /// plan_from_norms(q.h, k.h, key_norms(k)).
   template <class K>
   head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) {
-    check_call(q.h, k.h);
+    return plan_from_norms(q.h, k.h, [&] { return key_norms(k); });
+  }
+
+  /// plan() from the hkv key norms `norms()` gives (a paged cache's or a ragged batch's: each sequence's
+  /// valid keys), called only when this call updates the allocation; the state advances exactly as for
+  /// plan(). Throws as check() does, and if norms() does not give hkv norms (state untouched).
+  head_map plan_from_norms(index_t hq, index_t hkv_heads, const key_norms_source& norms_of_call) {
+    check_call(hq, hkv_heads);
     dgqa_state& st = *state_;
     const bool train = mode_ == dgqa_mode::train;
     if (train && *step_ % static_cast<std::uint64_t>(opt_.window) != 0) {
       last_ = allocation_result{st.splits, grouping_status::ok, grouping_fallback::none, false, {}};
       return head_map::from_allocation(st.splits);
     }
-    const std::vector<double> norms = key_norms(k);
+    const std::vector<double> norms = norms_of_call();
+    detail::require(std::cmp_equal(norms.size(), hkv_heads), "gqa::dgqa_policy", "norms().size()", norms.size(),
+                    "must equal k.h = ", hkv_heads);
     const std::size_t hkv = norms.size();
     std::vector<float> m(hkv);
     bool finite = true;
@@ -249,11 +259,11 @@ class dgqa_policy {
       r.status = grouping_status::fallback_zero_score;
       r.fallback = grouping_fallback::previous;
     } else if (opt_.repair == dgqa_repair::reference_random) {
-      r.shares = detail::shares_of(score, q.h, opt_.arithmetic, "gqa::dgqa_policy");
+      r.shares = detail::shares_of(score, hq, opt_.arithmetic, "gqa::dgqa_policy");
       r.alloc = round_half_even(r.shares);
-      fix_sum_random(r.alloc, q.h, rng);
+      fix_sum_random(r.alloc, hq, rng);
     } else {
-      r.alloc = hamilton_allocation(score, q.h);
+      r.alloc = hamilton_allocation(score, hq);
     }
     if (train || opt_.eval_updates_state) {
       st.splits = r.alloc;

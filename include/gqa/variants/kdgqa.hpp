@@ -177,17 +177,25 @@ class kdgqa_policy {
   }
 
   /// The allocation for this call's keys (see kdgqa_allocate); last() keeps it.
-  /// plan() reads the key norms of K (a dense K: policy_plans_from_keys).
+  /// plan() reads the key norms of K (policy_plans_from_keys): plan_from_norms(q.h, k.h, key_norms(k)).
   static constexpr bool plans_from_keys = true;
   template <class K>
   head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) {
-    check_heads(q.h, k.h);
-    const std::vector<double> norms = key_norms(k);
+    return plan_from_norms(q.h, k.h, [&] { return key_norms(k); });
+  }
+  /// The allocation for hq query heads from the hkv key norms `norms()` gives (a paged cache's or a
+  /// ragged batch's: each sequence's valid keys); last() keeps it. Throws as check() does, and if
+  /// norms() does not give hkv norms.
+  head_map plan_from_norms(index_t hq, index_t hkv, const key_norms_source& norms) {
+    check_heads(hq, hkv);
+    const std::vector<double> n = norms();
+    detail::require(std::cmp_equal(n.size(), hkv), "gqa::kdgqa_policy", "norms().size()", n.size(),
+                    "must equal k.h = ", hkv);
     allocation_result r;
     {
       // Read `previous` and publish this plan's allocation in one step (see Thread safety above).
       const std::lock_guard<std::mutex> lock(mutex_);
-      r = kdgqa_allocate(norms, q.h, opt_, last_.alloc);
+      r = kdgqa_allocate(n, hq, opt_, last_.alloc);
       last_ = r;
     }
     return head_map::from_allocation(r.alloc);

@@ -155,6 +155,39 @@ inline std::vector<double> pgqa_standardised_noise(index_t n, std::uint64_t seed
 }
 
 namespace detail {
+/// Row X = o[ib, :, h, :] becomes X − (Z·σ + μ), μ and σ its own (pgqa_row_stats), z the noise row.
+inline void pgqa_subtract_noise(const tensor_view<float>& o, index_t ib, index_t h, const std::vector<double>& z) {
+  const auto [mu, sigma] = pgqa_row_stats(o, ib, h);
+  for (index_t p = 0; p < o.s; ++p) {
+    float* dst = o.row(ib, p, h);
+    const double* zr = z.data() + p * o.d;
+    // noise = Z·σ + μ, as one explicit fma (ISA-independent). A constant row has σ = 0 and μ == x
+    // exactly, so it becomes exactly 0.
+    for (index_t c = 0; c < o.d; ++c) dst[c] = static_cast<float>(static_cast<double>(dst[c]) - std::fma(zr[c], sigma, mu));
+  }
+}
+
+/// What pgqa_perturb and pgqa_perturb_ragged check of their groups and threads: hkv > 0, the executor's
+/// thread count, and hkv dividing o.h (PGQA's groups are uniform).
+inline void check_pgqa_heads(const tensor_view<float>& o, index_t hkv, const executor& ex, const char* where) {
+  require(hkv > 0, where, "hkv", hkv, "must be positive");
+  require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
+  if (o.h % hkv != 0) fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
+}
+
+/// The query offsets of a ragged PGQA call: at least two, non-decreasing within o.s, and no sequence of
+/// exactly one value per (sequence, head) row (n_q·dv == 1: no unbiased std).
+inline void check_pgqa_sequences(const tensor_view<float>& o, std::span<const index_t> cu_q, const char* where) {
+  require(cu_q.size() >= 2, where, "cu_q.size()", cu_q.size(), "must be >= 2");
+  for (std::size_t i = 0; i < cu_q.size(); ++i)
+    if (cu_q[i] < (i ? cu_q[i - 1] : 0) || cu_q[i] > o.s)
+      fail(where, ": cu_q[", i, "] = ", cu_q[i], ": offsets must be non-decreasing and within o.s = ", o.s);
+  for (std::size_t i = 0; i + 1 < cu_q.size(); ++i)
+    if ((cu_q[i + 1] - cu_q[i]) * o.d == 1)
+      fail(where, ": sequence ", i, " has n_q * d_v = 1 * 1 = 1 output value per head: must be > 1 (the unbiased std "
+           "of a single value is undefined)");
+}
+
 /// The (group, head) rows of PGQA's noise as tasks on `ex`, one per query head h = g·(heads/hkv) + i:
 /// draws Z = pgqa_standardised_noise(n, seed, layer, call, g, i) once into a per-thread buffer and calls
 /// fn(h, Z), which applies it to that head of every batch element (pgqa_perturb and its backward).
@@ -190,26 +223,56 @@ inline void pgqa_perturb(const tensor_view<float>& o, index_t hkv, std::uint64_t
                          std::uint64_t call, const executor& ex = {}) {
   constexpr const char* where = "gqa::pgqa_perturb";
   detail::check_view(o, "o", where);
-  detail::require(hkv > 0, where, "hkv", hkv, "must be positive");
-  detail::require(ex.num_threads >= 0, where, "executor.num_threads", ex.num_threads, "must be >= 0");
-  if (o.h % hkv != 0) detail::fail(where, ": hkv = ", hkv, ": must divide o.h = ", o.h, " (PGQA uses uniform GQA groups)");
+  detail::check_pgqa_heads(o, hkv, ex, where);
   const index_t n = o.s * o.d;
   if (n < 2)
     detail::fail(where, ": o.s * o.d = ", n, ": must be > 1 (the unbiased std of a single value is undefined)");
 
   detail::pgqa_noise_rows(o.h, hkv, n, seed, layer, call, ex, [&](index_t h, const std::vector<double>& z) {
-    for (index_t ib = 0; ib < o.b; ++ib) {
-      const auto [mu, sigma] = detail::pgqa_row_stats(o, ib, h);
-      for (index_t p = 0; p < o.s; ++p) {
-        float* dst = o.row(ib, p, h);
-        const double* zr = z.data() + p * o.d;
-        // noise = Z·σ + μ, as one explicit fma (ISA-independent). A constant row has σ = 0 and μ == x
-        // exactly, so it becomes exactly 0.
-        for (index_t c = 0; c < o.d; ++c)
-          dst[c] = static_cast<float>(static_cast<double>(dst[c]) - std::fma(zr[c], sigma, mu));
-      }
-    }
+    for (index_t ib = 0; ib < o.b; ++ib) detail::pgqa_subtract_noise(o, ib, h, z);
   });
+}
+
+// Note [PGQA on a ragged batch]
+// A ragged batch has no (b, sq) output: sequence i is rows [cu_q[i], cu_q[i + 1]) of a packed output. PGQA
+// acts on each (sequence, head) row X = O_i[:, h, :] of N_i = n_q(i)·dv values as on a dense sample: its
+// own μ and σ, and the noise row Z = pgqa_standardised_noise(N_i, seed, layer, call, g, j) for head
+// h = g·(hq/hkv) + j, where `call` is the ragged call's one index (the counter advances once per call, as
+// for a dense batch). So the draw R[j][n] = hash(seed, {layer, call, g, j, n}) is shared by every sequence, as the authors share it
+// across a batch, and only its standardisation depends on a sequence's N_i: sequences of equal length get
+// the same Z, a ragged batch of equal lengths gives the dense batch's noise, and sequence i of a ragged
+// call equals a dense call on that sequence alone with the counter at `call` (set_calls). A sequence
+// without queries has no row; one whose N_i is 1 (one query, dv = 1) has no unbiased std and is rejected.
+
+/// pgqa_perturb over a ragged batch (Note [PGQA on a ragged batch]): o (1, total, h, dv) packed, the
+/// sequences' rows [cu_q[i], cu_q[i + 1]) (any offsets within o.s, non-decreasing). Each (sequence, head)
+/// row becomes X − (Z·σ + μ) with its own μ, σ and Z = pgqa_standardised_noise(n_q·dv, seed, layer, call,
+/// g, j) (head h = g·(o.h/hkv) + j), the same bits as pgqa_perturb on that sequence's rows alone. Throws gqa::invalid_argument (before
+/// touching o) as pgqa_perturb does, for offsets outside o.s or decreasing, and for a sequence of exactly
+/// one value per row (n_q·dv == 1).
+inline void pgqa_perturb_ragged(const tensor_view<float>& o, std::span<const index_t> cu_q, index_t hkv,
+                                std::uint64_t seed, std::uint64_t layer, std::uint64_t call, const executor& ex = {}) {
+  constexpr const char* where = "gqa::pgqa_perturb_ragged";
+  detail::check_view(o, "o", where);
+  detail::require(o.b == 1, where, "o.b", o.b, "must be 1 (a ragged batch's packed rows)");
+  detail::check_pgqa_heads(o, hkv, ex, where);
+  detail::check_pgqa_sequences(o, cu_q, where);
+  // One noise draw per distinct length, applied to every sequence of that length.
+  std::vector<index_t> lengths;
+  for (std::size_t i = 0; i + 1 < cu_q.size(); ++i)
+    if (cu_q[i + 1] > cu_q[i]) lengths.push_back(cu_q[i + 1] - cu_q[i]);
+  std::sort(lengths.begin(), lengths.end());
+  lengths.erase(std::unique(lengths.begin(), lengths.end()), lengths.end());
+  for (const index_t len : lengths)
+    detail::pgqa_noise_rows(o.h, hkv, len * o.d, seed, layer, call, ex, [&](index_t h, const std::vector<double>& z) {
+      for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
+        if (cu_q[i + 1] - cu_q[i] != len) continue;
+        tensor_view<float> seq = o;
+        seq.data += cu_q[i] * o.stride_s;
+        seq.s = len;
+        detail::pgqa_subtract_noise(seq, 0, h, z);
+      }
+    });
 }
 
 /// The row statistics pgqa_perturb uses, per (sample, head) row X = o[b, :, h, :]: mean μ and unbiased
@@ -381,6 +444,20 @@ class pgqa_policy {
     return head_map::uniform(q.h, k.h);
   }
 
+  /// For a ragged batch (o packed, sequence i rows [cu_q[i], cu_q[i + 1])): no sequence of one output value
+  /// per head (n_q·dv == 1).
+  void check_ragged(const tensor_view<float>& o, std::span<const index_t> cu_q) const {
+    detail::check_pgqa_sequences(o, cu_q, "gqa::pgqa_policy");
+  }
+  /// finish() on a ragged batch: takes the next call index (one per call) and, per the mode, perturbs each
+  /// (sequence, head) row with it (pgqa_perturb_ragged, Note [PGQA on a ragged batch]).
+  void finish_ragged(const tensor_view<float>& o, std::span<const index_t> cu_q, const head_map& map,
+                     const executor& ex = {}) {
+    check_finish_map(o, map);
+    const std::uint64_t call = calls_.fetch_add(1);
+    if (perturbs()) pgqa_perturb_ragged(o, cu_q, map.hkv(), opt_.seed, opt_.layer, call, ex);
+  }
+
   /// What a training forward keeps (gqa::forward_train): whether and with which call index the output was
   /// perturbed, and the row statistics of the core's output.
   struct saved {
@@ -422,12 +499,16 @@ class pgqa_policy {
   // backward must use the noise that forward drew, so finish_train() records the index its own fetch_add
   // returned and the perturbs() value it acted on, rather than reading calls() or training() before or
   // after the call (either may already belong to another call).
-  void finish_impl(const tensor_view<float>& o, const head_map& map, const executor& ex, saved* s) {
+  static void check_finish_map(const tensor_view<float>& o, const head_map& map) {
     if (!is_uniform(map))
       detail::fail("gqa::pgqa_policy::finish: map: must be uniform contiguous groups (head_map::uniform(", map.hq(),
                    ", ", map.hkv(), "))");
     detail::require(map.hq() == o.h, "gqa::pgqa_policy::finish", "map.hq()", map.hq(),
                     "must equal o.h = ", o.h);
+  }
+
+  void finish_impl(const tensor_view<float>& o, const head_map& map, const executor& ex, saved* s) {
+    check_finish_map(o, map);
     const std::uint64_t call = calls_.fetch_add(1);
     const bool perturb = perturbs();
     if (s) {

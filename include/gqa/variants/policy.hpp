@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <concepts>
+#include <functional>
 #include <optional>
 #include <ostream>
+#include <span>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -73,14 +75,63 @@ concept policy_with_per_sample = requires(const P& p) {
 };
 
 /// Optional: `plans_from_keys` true says plan() reads K's values (KDGQA's and DGQA's key norms), not only
-/// its shape:
-/// such a plan needs a dense K, so the paged and ragged entry points reject the policy.
+/// its shape. On a paged cache or a ragged batch, which are no dense K, such a policy needs
+/// plan_from_norms (below); without it the paged and ragged entry points reject it.
 template <class P>
 concept policy_plans_from_keys = requires {
   { P::plans_from_keys } -> std::convertible_to<bool>;
 } && P::plans_from_keys;
 
+/// The key norms of a call, computed when called (a plan that does not need them, DGQA's between two
+/// training updates, never pays for them): per KV head g, Σ over the call's sequences of the Frobenius
+/// norm of that sequence's keys of head g (Note [key norm order]).
+using key_norms_source = std::function<std::vector<double>()>;
+
+/// Optional, for a policy that plans from keys: `plan_from_norms(hq, hkv, norms)` is its plan from the
+/// key norms `norms()` gives (called at most once) rather than from a dense K; plan(q, k) is then
+/// plan_from_norms(q.h, k.h, key_norms(k)). The paged and ragged forward() give it the norms of each
+/// sequence's valid keys.
+template <class P>
+concept policy_plans_from_norms = policy_plans_from_keys<P> &&
+    requires(P& p, index_t hq, index_t hkv, const key_norms_source& norms) {
+      { p.plan_from_norms(hq, hkv, norms) } -> std::convertible_to<head_map>;
+    };
+
+/// Optional, for a policy with a finish step: that step on a ragged batch, whose output o (1, total_q, hq,
+/// dv) holds sequence i in rows [cu_q[i], cu_q[i + 1]). `check_ragged(o, cu_q)` validates before any work;
+/// `finish_ragged(o, cu_q, map, executor)` applies the step per sequence. Without them, the ragged
+/// forward() rejects a policy with a finish step.
+template <class P>
+concept policy_with_ragged_finish =
+    requires(P& p, const tensor_view<float>& o, std::span<const index_t> cu_q, const head_map& m, const executor& ex) {
+      p.check_ragged(o, cu_q);
+      p.finish_ragged(o, cu_q, m, ex);
+    };
+
 namespace detail {
+/// True when p asks for one plan per batch element (policy_with_per_sample) and the batch has several.
+template <class P>
+bool plans_per_sample(const P& p, index_t batch) {
+  if constexpr (policy_with_per_sample<P>) {
+    return p.per_sample() && batch > 1;
+  } else {
+    return false;
+  }
+}
+
+/// The plan of a call whose keys are not one dense view (a paged cache, a ragged batch): from `norms`
+/// (the norms of the call's valid keys) for a policy that plans from norms, else plan(q, k), which then
+/// reads only the shapes.
+template <class P, class T, class Norms>
+head_map plan_without_dense_keys(P& p, const tensor_view<const float>& q, const tensor_view<const T>& k,
+                                 Norms&& norms) {
+  if constexpr (policy_plans_from_norms<P>) {
+    return p.plan_from_norms(q.h, k.h, key_norms_source(std::forward<Norms>(norms)));
+  } else {
+    return p.plan(q, k);
+  }
+}
+
 /// The single-sample view of batch element ib (b = 1, same strides).
 template <class T>
 tensor_view<T> sample(const tensor_view<T>& t, index_t ib) noexcept {
@@ -211,7 +262,7 @@ void run_planned(Policy& p, const tensor_view<const float>& q, const tensor_view
   if constexpr (policy_with_per_sample<Policy>) {
     static_assert(!policy_with_finish_train<Policy> && !policy_with_finish_backward<Policy>,
                   "gqa: a policy that plans per sample cannot finish_train() or finish_backward() (not supported yet)");
-    if (p.per_sample() && q.b > 1) {
+    if (plans_per_sample(p, q.b)) {
       const auto per = static_cast<std::size_t>(q.h * q.s);  // LSE entries of one sample
       for (index_t ib = 0; ib < q.b; ++ib) {
         const auto qs = sample(q, ib), ks = sample(ck, ib), vs = sample(cv, ib);

@@ -1,5 +1,6 @@
 // gqa/detail/core/tile.hpp: THE register tile, C[MR rows][NR vectors] (= or +=) Σ_k A(r, k) · B(k, vector n),
-// its table of (rows, vectors) instantiations for tails, and band_product (rows over their own k ranges). Every matrix product of the core is this tile:
+// its table of (rows, vectors) instantiations for tails, and band_product (rows over their own k ranges).
+// Every matrix product of the core is this tile:
 // Q·Kᵀ and P·V on packed operands, P·V on V read in place (run_partial for a d_v tail). Invariant: a tile
 // reads and writes only inside the extents it is given; tails take a smaller instantiation or masked
 // loads, never an over-read.
