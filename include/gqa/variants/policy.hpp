@@ -265,7 +265,8 @@ void run_planned(Policy& p, const tensor_view<const float>& q, const tensor_view
     if (plans_per_sample(p, q.b)) {
       const auto per = static_cast<std::size_t>(q.h * q.s);  // LSE entries of one sample
       for (index_t ib = 0; ib < q.b; ++ib) {
-        const auto qs = sample(q, ib), ks = sample(ck, ib), vs = sample(cv, ib);
+        const auto qs = sample(q, ib);
+        const auto ks = sample(ck, ib), vs = sample(cv, ib);  // K/V's element type, maybe not q's
         const auto os = sample(o, ib);
         attention_options so = call;
         if (!call.kv_lengths.empty()) so.kv_lengths = call.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);

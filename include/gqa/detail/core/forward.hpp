@@ -179,10 +179,10 @@ struct kernel {
     const auto& k = pb.lay.k;
     const auto& v = pb.lay.v;
     if constexpr (Lay::paged) {
-      return std::pair{paged_rows{ptr.k, g * k.stride_h}, paged_rows{ptr.v, g * v.stride_h}};
+      return std::pair{paged_rows<typename Lay::kv_type>{ptr.k, g * k.stride_h}, paged_rows<typename Lay::kv_type>{ptr.v, g * v.stride_h}};
     } else {
       const kv_loc at = pb.lay.kv_cursor(ib, j0).loc();
-      return std::pair{strided_rows{k.row(at.b, at.s, g), k.stride_s}, strided_rows{v.row(at.b, at.s, g), v.stride_s}};
+      return std::pair{strided_rows<typename Lay::kv_type>{k.row(at.b, at.s, g), k.stride_s}, strided_rows<typename Lay::kv_type>{v.row(at.b, at.s, g), v.stride_s}};
     }
   }
 
@@ -438,7 +438,7 @@ template <class Isa, class KV>
 void forward(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v, tensor_view<float> o,
              const head_map& map, const attention_options& opt) {
   const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
-  forward_layout<Isa>(dense_layout{q, k, v, o, kv_lengths}, q.b, q.s, k.s, q.d, v.d, map, opt);
+  forward_layout<Isa>(dense_layout<KV>{q, k, v, o, kv_lengths}, q.b, q.s, k.s, q.d, v.d, map, opt);
 }
 
 /// The core on a validated paged cache (gqa/paged.hpp): paged_layout over pools k, v (num_pages,
@@ -449,7 +449,7 @@ void forward_paged(tensor_view<const float> q, tensor_view<const KV> k, tensor_v
                    tensor_view<float> o, const std::int32_t* table, index_t max_pages,
                    std::span<const index_t> lengths, index_t longest, const head_map& map,
                    const attention_options& opt) {
-  forward_layout<Isa>(paged_layout{q, k, v, o, table, max_pages, lengths}, q.b, q.s, longest, q.d, v.d, map, opt);
+  forward_layout<Isa>(paged_layout<KV>{q, k, v, o, table, max_pages, lengths}, q.b, q.s, longest, q.d, v.d, map, opt);
 }
 
 /// The core on a validated ragged batch (gqa/varlen.hpp): ragged_layout over the packed views with the
@@ -459,7 +459,7 @@ void forward_ragged(tensor_view<const float> q, tensor_view<const KV> k, tensor_
                     tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq,
                     index_t skv, const head_map& map, const attention_options& opt) {
   const auto b = static_cast<index_t>(cu_q.size()) - 1;
-  forward_layout<Isa>(ragged_layout{q, k, v, o, cu_q, cu_k}, b, sq, skv, q.d, v.d, map, opt);
+  forward_layout<Isa>(ragged_layout<KV>{q, k, v, o, cu_q, cu_k}, b, sq, skv, q.d, v.d, map, opt);
 }
 
 }  // namespace detail::core
