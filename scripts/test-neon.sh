@@ -58,6 +58,7 @@ for d in /usr/share/eigen3/cmake /usr/lib/cmake/eigen3; do
 done
 echo "=== test-neon.sh: configure + build gqa_tests for aarch64 in $build/gqa"
 cmake -S "$repo" -B "$build/gqa" -DCMAKE_TOOLCHAIN_FILE="$toolchain" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF -DGQA_INSTALL=OFF \
   -DGQA_TEST_REDUCED=ON -DGQA_TEST_ISAS="${GQA_TEST_ISAS:-neon}" -DGTest_DIR="$(dirname "$gtest_config")" "${eigen_args[@]}" ||
   finish 1 "configure FAILED"

