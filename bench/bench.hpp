@@ -12,6 +12,11 @@
 
 namespace gqa_bench {
 
+/// The element type of K and V in a benchmark (Q and O are float): float, gqa::bf16, gqa::f16.
+enum class kv_type { f32, bf16, f16 };
+/// Bytes per K/V element: 4 or 2.
+std::int64_t kv_element_bytes(kv_type t);
+
 /// One attention problem as the core runs it: `hkv` is the KV head count the core sees (after a policy's
 /// prepare()), `threads` goes to attention_options::num_threads.
 struct shape {
@@ -19,16 +24,17 @@ struct shape {
   bool causal = false;
   int threads = 1;
   std::int64_t window_left = -1;  // attention_options::window_left; >= 0 adds "_w<n>" to the name
+  kv_type kv = kv_type::f32;      // K/V storage; bf16 and f16 add "_kv-bf16" / "_kv-f16" to the name
 };
 
-/// "B1_Hq32_Hkv8_D128_Sq2048_Skv2048_full_T1".
+/// "B1_Hq32_Hkv8_D128_Sq2048_Skv2048_full_T1" (16-bit K/V: "..._full_kv-bf16_T1").
 std::string shape_name(const shape& s);
 /// The same without the "_T<threads>" suffix (identifies the shape regardless of threads).
 std::string shape_key(const shape& s);
 /// 4·B·Hq·Sq·Skv·D, halved when causal (the same formula for decode); with a window, 4·B·Hq·D times the
 /// (query, key) pairs the window and mask leave visible.
 double flops(const shape& s);
-/// K/V bytes one pass reads: B·Hkv·Skv·(D_qk + D_v)·4.
+/// K/V bytes one pass reads: B·Hkv·Skv·(D_qk + D_v)·(4, or 2 for 16-bit K/V).
 double kv_bytes(const shape& s);
 
 /// The four shapes of the table with the baseline heads (Hq, Hkv) of the GQA model.

@@ -35,8 +35,12 @@ std::string shape_key(const shape& s) {
   k += std::to_string(s.skv);
   k += s.causal ? "_causal" : "_full";
   if (s.window_left >= 0) k += "_w" + std::to_string(s.window_left);
+  if (s.kv == kv_type::bf16) k += "_kv-bf16";
+  if (s.kv == kv_type::f16) k += "_kv-f16";
   return k;
 }
+
+std::int64_t kv_element_bytes(kv_type t) { return t == kv_type::f32 ? 4 : 2; }
 
 std::string shape_name(const shape& s) { return shape_key(s) + "_T" + std::to_string(s.threads); }
 
@@ -55,7 +59,7 @@ double flops(const shape& s) {
 
 double kv_bytes(const shape& s) {
   return static_cast<double>(s.b) * static_cast<double>(s.hkv) * static_cast<double>(s.skv) *
-         static_cast<double>(2 * s.d) * 4.0;
+         static_cast<double>(2 * s.d) * static_cast<double>(kv_element_bytes(s.kv));
 }
 
 std::string_view main_shape_label(main_shape m) {
@@ -146,6 +150,21 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
         add(var, "variant", std::string(v), variant_shape(v, model), model);
       }
   for (const shape& s : sweep_shapes(isa)) add(var, "variant", "gqa", s, s);
+  // 16-bit K/V (gqa::bf16, gqa::f16; Q and O float), GQA heads: D1 on one and two threads, P1 on one
+  // (not scalar, whose f16 conversion is software and whose P1 takes seconds a call).
+  if (std::find(variants.begin(), variants.end(), "gqa") != variants.end())
+    for (const kv_type t : {kv_type::bf16, kv_type::f16}) {
+      for (int th : {1, 2}) {
+        shape s = make_main_shape(main_shape::d1, th);
+        s.kv = t;
+        add(var, "variant", "gqa", s, s);
+      }
+      if (isa != "scalar") {
+        shape s = make_main_shape(main_shape::p1, 1);
+        s.kv = t;
+        add(var, "variant", "gqa", s, s);
+      }
+    }
   // The K/V forms of gqa/paged.hpp and gqa/varlen.hpp against the dense views, on P1, P3 and D1 with the
   // GQA heads, one thread: kv_dense (gqa::attend on the BSHD buffers), kv_paged16 and kv_paged256 (the same
   // keys in shuffled pages of 16 and 256 slots), kv_ragged (the same buffers as packed sequences).
@@ -169,7 +188,8 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
       add(var, "variant", "gqa", s, s, true);
     }
   for (const bench_case& c : std::vector<bench_case>(var))
-    if (eigen_feasible(c.s, c.backward)) add(eig, "eigen", "", c.s, c.s, c.backward);
+    if (eigen_feasible(c.s, c.backward) && c.s.kv == kv_type::f32)  // Eigen: fp32 (and no window)
+      add(eig, "eigen", "", c.s, c.s, c.backward);
   if (isa == "scalar") {
     // The naive reference (double, unblocked) only on small shapes: P3 and the small end of the sweeps.
     for (const shape& s : {make_main_shape(main_shape::p3, 1), shape{1, 32, 8, 128, 128, 128, true, 1},
@@ -406,6 +426,7 @@ const inputs& get_inputs(const shape& s, std::int64_t kv_heads) {
   static std::vector<std::unique_ptr<input_entry>> entries;  // most recently used last
   shape key_shape = s;
   key_shape.threads = 1;
+  key_shape.kv = kv_type::f32;  // the float inputs are the same; 16-bit cases round copies of them
   const std::string key = shape_name(key_shape) + "_kv" + std::to_string(kv_heads);
   for (std::size_t i = 0; i < entries.size(); ++i) {
     if (entries[i]->key == key) {

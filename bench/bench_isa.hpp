@@ -305,6 +305,15 @@ void with_bench_policy(benchmark::State& st, const bench_case& c, Fn&& fn) {
   if (!known) st.SkipWithError(("unknown variant: " + c.variant).c_str());
 }
 
+/// The float view x rounded to T in `store` (which owns the elements), as a BSHD view of the same shape.
+template <class T>
+gqa::tensor_view<const T> rounded_view(const gqa::tensor_view<const float>& x, std::vector<T>& store) {
+  const auto n = static_cast<std::size_t>(x.b * x.s * x.h * x.d);  // x is a dense BSHD input buffer
+  store.resize(n);
+  for (std::size_t i = 0; i < n; ++i) store[i] = T(x.data[i]);
+  return gqa::bshd<const T>(store.data(), x.b, x.s, x.h, x.d);
+}
+
 void run_variant(benchmark::State& st, const bench_case& c) {
   const shape& s = c.s;
   const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, c.model)));
@@ -312,11 +321,25 @@ void run_variant(benchmark::State& st, const bench_case& c) {
   opt.causal = s.causal;
   opt.window_left = s.window_left;
   opt.num_threads = s.threads;
+  // 16-bit K/V: the float inputs rounded once, outside the timing.
+  std::vector<gqa::bf16> kb, vb;
+  std::vector<gqa::f16> kh, vh;
+  gqa::tensor_view<const gqa::bf16> kbv, vbv;
+  gqa::tensor_view<const gqa::f16> khv, vhv;
+  if (s.kv == kv_type::bf16) kbv = rounded_view(x.k, kb), vbv = rounded_view(x.v, vb);
+  if (s.kv == kv_type::f16) khv = rounded_view(x.k, kh), vhv = rounded_view(x.v, vh);
   with_bench_policy(st, c, [&](auto& p) {
+    const auto call = [&] {
+      switch (s.kv) {
+        case kv_type::bf16: gqa::forward<Isa>(p, x.q, kbv, vbv, x.o, opt); break;
+        case kv_type::f16: gqa::forward<Isa>(p, x.q, khv, vhv, x.o, opt); break;
+        case kv_type::f32: gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt); break;
+      }
+    };
     try {
       // Warm-up call for cheap cases (thread pool, scratch, caches); expensive ones are timed cold, where
       // one call dwarfs these effects.
-      if (estimated_seconds(isa_name, c.kind, s) < 0.05) gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
+      if (estimated_seconds(isa_name, c.kind, s) < 0.05) call();
     } catch (const std::exception& e) {
       st.SkipWithError(e.what());
       return;
@@ -324,7 +347,7 @@ void run_variant(benchmark::State& st, const bench_case& c) {
     const double t0 = clock_for(s.threads);
     for (auto _ : st) {
       try {
-        gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt);
+        call();
       } catch (const std::exception& e) {
         st.SkipWithError(e.what());
         break;
@@ -335,7 +358,9 @@ void run_variant(benchmark::State& st, const bench_case& c) {
     if (st.error_occurred()) return;
     const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
     throughput_counters(st, s, per_call);
-    set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(s)) / per_call);
+    shape fp32 = s;  // vs_eigen: against the fp32 Eigen baseline of the same shape
+    fp32.kv = kv_type::f32;
+    set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(fp32)) / per_call);
     try {
       const double policy = policy_seconds(p, x, s.threads);
       set_counter(st, "policy_frac", policy / per_call);

@@ -19,6 +19,7 @@
 #include "head_map.hpp"
 #include "isa/select.hpp"
 #include "isa/tags.hpp"
+#include "numeric.hpp"
 #include "options.hpp"
 #include "tensor.hpp"
 
@@ -35,8 +36,10 @@ namespace detail {
 // allocates unless it throws (Note [lazy messages]).
 
 /// Each of q, k, v, o on its own: non-null, positive extents, unit stride_d, sizes (Note [view sizes]).
-inline void check_views(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                        const tensor_view<const float>& v, const tensor_view<float>& o, const char* where) {
+/// KV: K and V's element type (float, bf16, f16).
+template <class KV>
+void check_views(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                 const tensor_view<float>& o, const char* where) {
   check_view(q, "q", where);
   check_view(k, "k", where);
   check_view(v, "v", where);
@@ -73,9 +76,11 @@ struct named_view {
   const char* name;
 };
 
-/// Each output repeats no element and shares none with an input or a later output (Note [exact overlap]).
-inline void require_outputs_disjoint(std::initializer_list<named_view<float>> outs,
-                                     std::initializer_list<named_view<const float>> ins, const char* where) {
+/// Each output repeats no element and shares none with an input (of element type In) or a later output
+/// (Note [exact overlap]).
+template <class In = const float>
+void require_outputs_disjoint(std::initializer_list<named_view<float>> outs, std::initializer_list<named_view<In>> ins,
+                              const char* where) {
   for (auto a = outs.begin(); a != outs.end(); ++a) {
     require_no_repeats(a->view, a->name, where);
     const void* ad = a->view.data;
@@ -105,10 +110,11 @@ inline void require_outside_outputs(const void* p, std::size_t n, const char* na
 
 /// Outputs never alias: o repeats no element and shares none with q, k, v; options.lse shares none with
 /// q, k, v, o; options.kv_lengths (read while o is written) lies outside o and lse. See Note [exact overlap].
-inline void check_aliasing(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                           const tensor_view<const float>& v, const tensor_view<float>& o,
-                           const attention_options& opt, const char* where) {
-  require_outputs_disjoint({{o, "o"}}, {{q, "q"}, {k, "k"}, {v, "v"}}, where);
+template <class KV>
+void check_aliasing(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                    const tensor_view<float>& o, const attention_options& opt, const char* where) {
+  require_outputs_disjoint({{o, "o"}}, {{q, "q"}}, where);
+  require_outputs_disjoint<const KV>({{o, "o"}}, {{k, "k"}, {v, "v"}}, where);
   const auto n_lse = static_cast<index_t>(opt.lse.size());  // size was checked against b·hq·sq
   if (n_lse > 0) {
     const tensor_view<const float> lse(opt.lse.data(), 1, 1, 1, n_lse, 0, 0, 0, 1);
@@ -145,10 +151,11 @@ inline void check_modifiers(const attention_options& opt, index_t hq, const char
 }
 
 /// The views' extents against each other and the options (no aliasing); requires views that passed
-/// check_view. O is float (attend's output) or const float (the forward's output, attend_backward's input).
-template <class O>
-inline void check_shapes(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                         const tensor_view<const float>& v, const tensor_view<O>& o, const attention_options& opt,
+/// check_view. O is float (attend's output) or const float (the forward's output, attend_backward's input);
+/// KV is K and V's element type.
+template <class O, class KV = float>
+inline void check_shapes(const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                         const tensor_view<const KV>& v, const tensor_view<O>& o, const attention_options& opt,
                          const char* where) {
   require(k.b == q.b, where, "k.b", k.b, "must equal q.b = ", q.b);
   require(v.b == q.b, where, "v.b", v.b, "must equal q.b = ", q.b);
@@ -177,19 +184,41 @@ inline void check_shapes(const tensor_view<const float>& q, const tensor_view<co
 }
 
 /// The views against each other, the options, and aliasing; requires views that passed check_views.
-inline void check_call(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                       const tensor_view<const float>& v, const tensor_view<float>& o, const attention_options& opt,
-                       const char* where) {
+template <class KV>
+void check_call(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                const tensor_view<float>& o, const attention_options& opt, const char* where) {
   check_shapes(q, k, v, o, opt, where);
   check_aliasing(q, k, v, o, opt, where);
 }
 
 /// The head map against the views: map.hq() == q.h, map.hkv() == k.h.
-inline void check_map(const head_map& map, const tensor_view<const float>& q, const tensor_view<const float>& k,
-                      const char* where) {
+template <class KV>
+void check_map(const head_map& map, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+               const char* where) {
   require(map.hq() == q.h, where, "map.hq()", map.hq(), "must equal q.h = ", q.h);
   require(map.hkv() == k.h, where, "map.hkv()", map.hkv(), "must equal k.h = ", k.h);
 }
+
+/// attend() for K and V of element type KV: validation (Note [validation once]), then the core.
+template <class Isa, class KV>
+void attend_kv(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+               const tensor_view<float>& o, const head_map& map, const attention_options& opt) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
+  constexpr const char* where = "gqa::attend";  // See Note [validation once]
+  check_views(q, k, v, o, where);
+  check_call(q, k, v, o, opt, where);
+  check_map(map, q, k, where);
+  const auto on = core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
+  check_finite(q, k, v, opt, where);           // opt-in: Note [non-finite inputs]
+  core::forward_on(on, q, k, v, o, map, opt);
+}
+
+/// K and V views of one 16-bit element type (bf16 or f16; each const or not): what the 16-bit attend()
+/// and forward() take.
+template <class K, class V>
+concept half_kv = std::is_same_v<std::remove_const_t<K>, std::remove_const_t<V>> &&
+                  (std::is_same_v<std::remove_const_t<K>, bf16> || std::is_same_v<std::remove_const_t<K>, f16>);
 
 }  // namespace detail
 
@@ -203,15 +232,19 @@ inline void check_map(const head_map& map, const tensor_view<const float>& q, co
 template <class Isa = isa::dispatch>
 void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
             tensor_view<float> o, const head_map& map, const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
-                "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
-  constexpr const char* where = "gqa::attend";  // See Note [validation once]
-  detail::check_views(q, k, v, o, where);
-  detail::check_call(q, k, v, o, opt, where);
-  detail::check_map(map, q, k, where);
-  const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
-  detail::check_finite(q, k, v, opt, where);           // opt-in: Note [non-finite inputs]
-  detail::core::forward_on(on, q, k, v, o, map, opt);
+  detail::attend_kv<Isa>(q, k, v, o, map, opt);
+}
+
+/// attend() with K and V stored in 16 bits: both bf16 or both f16 (gqa/numeric.hpp), Q and O float. The
+/// same result as attend() on K and V widened to float, bit for bit (widening is exact, and the core
+/// computes in fp32: Note [16-bit K/V] in detail/core/layout.hpp), reading half the K/V bytes. The same
+/// checks and errors; the 16-bit core is compiled only in TUs that call this.
+template <class Isa = isa::dispatch, class K, class V>
+  requires detail::half_kv<K, V>
+void attend(tensor_view<const float> q, tensor_view<K> k, tensor_view<V> v, tensor_view<float> o,
+            const head_map& map, const attention_options& opt = {}) {
+  using T = std::remove_const_t<K>;
+  detail::attend_kv<Isa, T>(q, tensor_view<const T>(k), tensor_view<const T>(v), o, map, opt);
 }
 
 GQA_END_NAMESPACE

@@ -9,6 +9,7 @@
 
 #include "config.hpp"
 #include "integer_span.hpp"
+#include "numeric.hpp"
 #include "tensor.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -18,12 +19,16 @@ GQA_BEGIN_NAMESPACE
 /// views the usual [num_pages][page_size][hkv][d] buffer; any strides with unit stride_d work). Key j of
 /// sequence ib is slot j % page_size of page page_table[ib · max_pages + j / page_size]; sequence ib has
 /// lengths[ib] keys. Table entries past a sequence's last page are never read (they may hold -1).
-struct paged_kv {
-  tensor_view<const float> k, v;
+/// T: the pools' element type, float (paged_kv) or 16-bit (basic_paged_kv<bf16>, basic_paged_kv<f16>).
+template <kv_element T>
+struct basic_paged_kv {
+  tensor_view<const T> k, v;
   std::span<const std::int32_t> page_table;  ///< [b][max_pages], page ids in [0, num_pages)
   index_t max_pages = 0;                     ///< pages per sequence in the table (its row length)
   integer_span lengths;                      ///< [b]: keys of each sequence, in [0, max_pages · page_size]
 };
+/// A paged KV cache of float pages.
+using paged_kv = basic_paged_kv<float>;
 
 /// The pool view of a buffer laid out [num_pages][page_size][h][d].
 template <class T>

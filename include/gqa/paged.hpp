@@ -26,8 +26,9 @@ namespace detail {
 /// Everything a paged call needs checked, before any work: the views, their extents against each other
 /// (kv.k.b pages of kv.k.s slots), the table's size and every page id a sequence uses, the lengths, the
 /// options (options.kv_lengths must be empty: the lengths are kv.lengths) and aliasing.
-inline void check_paged(const tensor_view<const float>& q, const paged_kv& kv, const tensor_view<float>& o,
-                        const attention_options& opt, const char* where) {
+template <class T>
+void check_paged(const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const tensor_view<float>& o,
+                 const attention_options& opt, const char* where) {
   check_view(q, "q", where);
   check_view(kv.k, "kv.k", where);
   check_view(kv.v, "kv.v", where);
@@ -78,22 +79,23 @@ inline void check_paged(const tensor_view<const float>& q, const paged_kv& kv, c
 }
 
 /// options.check_finite for a paged call: all of q, then the keys each sequence reads of K, then of V.
-inline void check_finite_paged(const tensor_view<const float>& q, const paged_kv& kv, const attention_options& opt,
-                               const char* where) {
+template <class T>
+void check_finite_paged(const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const attention_options& opt,
+                        const char* where) {
   if (!opt.check_finite) return;
   require_finite(q, "q", where, [&](index_t) { return q.s; });
   const char* names[2] = {"kv.k", "kv.v"};
-  const tensor_view<const float>* pools[2] = {&kv.k, &kv.v};
+  const tensor_view<const T>* pools[2] = {&kv.k, &kv.v};
   for (int t = 0; t < 2; ++t) {
-    const tensor_view<const float>& p = *pools[t];
+    const tensor_view<const T>& p = *pools[t];
     for (index_t ib = 0; ib < q.b; ++ib)
       for (index_t j = 0; j < kv.lengths[static_cast<std::size_t>(ib)]; ++j) {
         const index_t page = kv.page_table[static_cast<std::size_t>(ib * kv.max_pages + j / p.s)];
         for (index_t g = 0; g < p.h; ++g)
           for (index_t c = 0; c < p.d; ++c)
-            if (!std::isfinite(p(page, j % p.s, g, c)))
+            if (!std::isfinite(to_float(p(page, j % p.s, g, c))))
               fail(where, ": ", names[t], "[page ", page, ", slot ", j % p.s, ", ", g, ", ", c, "] = ",
-                   p(page, j % p.s, g, c), " (sequence ", ib, ", key ", j,
+                   to_float(p(page, j % p.s, g, c)), " (sequence ", ib, ", key ", j,
                    "): options.check_finite is set and every input element the call reads must be finite");
       }
   }
@@ -102,8 +104,8 @@ inline void check_finite_paged(const tensor_view<const float>& q, const paged_kv
 /// The core on a validated paged call, on target `on` (core::target_of's result), for sequences [ib0,
 /// ib0 + count) of it (q, o and options.lse their rows; the table and `lengths`, kv.lengths as indices,
 /// their entries).
-template <class On>
-void run_paged(On on, const tensor_view<const float>& q, const paged_kv& kv, const tensor_view<float>& o,
+template <class On, class T>
+void run_paged(On on, const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const tensor_view<float>& o,
                std::span<const index_t> lengths, const head_map& map, const attention_options& opt, index_t ib0,
                index_t count) {
   tensor_view<const float> qs = q;
@@ -122,8 +124,8 @@ void run_paged(On on, const tensor_view<const float>& q, const paged_kv& kv, con
 }
 
 /// The core on a whole validated paged call.
-template <class On>
-void run_paged(On on, const tensor_view<const float>& q, const paged_kv& kv, const tensor_view<float>& o,
+template <class On, class T>
+void run_paged(On on, const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const tensor_view<float>& o,
                const head_map& map, const attention_options& opt) {
   const std::vector<index_t> lengths = to_indices(kv.lengths);
   run_paged(on, q, kv, o, lengths, map, opt, 0, q.b);
@@ -131,12 +133,13 @@ void run_paged(On on, const tensor_view<const float>& q, const paged_kv& kv, con
 
 /// The keys of sequences [ib0, ...) of a validated paged cache, as the key-norm walk's row source
 /// (detail::key_norms_walk): sequence ib has lengths[ib0 + ib] keys, read through its row of the table.
+template <class T>
 struct paged_key_rows {
-  const paged_kv& kv;
+  const basic_paged_kv<T>& kv;
   std::span<const index_t> lengths;
   index_t ib0 = 0;
   index_t length(index_t ib) const noexcept { return lengths[static_cast<std::size_t>(ib0 + ib)]; }
-  const float* operator()(index_t ib, index_t j, index_t g) const noexcept {
+  const T* operator()(index_t ib, index_t j, index_t g) const noexcept {
     const std::int32_t page = kv.page_table[static_cast<std::size_t>((ib0 + ib) * kv.max_pages + j / kv.k.s)];
     return kv.k.row(page, j % kv.k.s, g);
   }
@@ -145,9 +148,10 @@ struct paged_key_rows {
 /// The key norms of sequences [ib0, ib0 + count) of a validated paged cache: per KV head, the sum over
 /// those sequences of the Frobenius norm of each one's lengths[ib] keys (Note [key norm order]); an
 /// unwritten slot or another sequence's page is never read.
-inline std::vector<double> paged_key_norms(const paged_kv& kv, std::span<const index_t> lengths, index_t ib0,
-                                           index_t count) {
-  return key_norms_walk(count, kv.k.h, kv.k.d, kv.k.stride_d, paged_key_rows{kv, lengths, ib0});
+template <class T>
+std::vector<double> paged_key_norms(const basic_paged_kv<T>& kv, std::span<const index_t> lengths, index_t ib0,
+                                    index_t count) {
+  return key_norms_walk(count, kv.k.h, kv.k.d, kv.k.stride_d, paged_key_rows<T>{kv, lengths, ib0});
 }
 
 }  // namespace detail
@@ -158,9 +162,10 @@ inline std::vector<double> paged_key_norms(const paged_kv& kv, std::span<const i
 /// i of sequence b sees keys j <= i + (lengths[b] − sq)), except options.kv_lengths, which must be empty.
 /// Prefill (sq > 1) and decode (sq = 1, split KV included) run the same core as attend.
 /// Throws gqa::invalid_argument before any work for a bad view, extent, table size, page id (of a page a
-/// sequence reads), length, option or overlap.
-template <class Isa = isa::dispatch>
-void attend(tensor_view<const float> q, const paged_kv& kv, tensor_view<float> o, const head_map& map,
+/// sequence reads), length, option or overlap. Pages of bf16 or f16 (basic_paged_kv<bf16>, <f16>) are
+/// read as attend() reads 16-bit K/V (Note [16-bit K/V]).
+template <class Isa = isa::dispatch, class T>
+void attend(tensor_view<const float> q, const basic_paged_kv<T>& kv, tensor_view<float> o, const head_map& map,
             const attention_options& opt = {}) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
   constexpr const char* where = "gqa::attend(paged)";
@@ -187,13 +192,17 @@ void attend(tensor_view<const float> q, const paged_kv& kv, tensor_view<float> o
 
 /// A policy's call (gqa::forward) on a paged KV cache; see Note [policies on a paged cache]. Throws
 /// gqa::invalid_argument for a policy that plans from keys without plan_from_norms, and as attend(paged)
-/// does.
-template <class Isa = isa::dispatch, class P>
-  requires attention_policy<std::remove_reference_t<P>>
-void forward(P&& policy, tensor_view<const float> q, const paged_kv& kv, tensor_view<float> o,
+/// does. 16-bit pages as for attend(paged); WGQA's prepare() makes float pools (it computes in fp32).
+template <class Isa = isa::dispatch, class P, class T>
+  requires attention_policy<std::remove_reference_t<P>, T>
+void forward(P&& policy, tensor_view<const float> q, const basic_paged_kv<T>& kv, tensor_view<float> o,
              const attention_options& opt = {}) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
+  static_assert((policy_with_check<Policy, T> || !policy_with_check<Policy>) &&
+                    (policy_with_prepare<Policy, T> || !policy_with_prepare<Policy>),
+                "gqa::forward: this policy's check()/prepare() takes float K/V only; make it a template over the "
+                "element type to run it on 16-bit K/V");
   constexpr const char* where = "gqa::forward(paged)";
   if constexpr (policy_plans_from_keys<std::remove_cv_t<Policy>> && !policy_plans_from_norms<Policy>)
     detail::fail(where, ": policy = ", std::remove_cv_t<Policy>::name,
@@ -203,28 +212,31 @@ void forward(P&& policy, tensor_view<const float> q, const paged_kv& kv, tensor_
   detail::check_paged(q, kv, o, opt, where);
   const auto on = detail::core::target_of<Isa>(opt);  // before the policy's own work
   detail::check_finite_paged(q, kv, opt, where);
-  if constexpr (policy_with_check<Policy>) p.check(q, kv.k, kv.v, o);
-  paged_kv call = kv;
-  if constexpr (policy_with_prepare<Policy>) {
-    const kv_views pools = p.prepare(kv.k, kv.v);
-    call.k = pools.k;
-    call.v = pools.v;
-    detail::check_paged(q, call, o, opt, where);
-  }
+  if constexpr (policy_with_check<Policy, T>) p.check(q, kv.k, kv.v, o);
   const std::vector<index_t> lengths = detail::to_indices(kv.lengths);
   const executor ex = executor_of(opt);
-  // One plan for the call, or one per sequence (Note [policies on a paged cache]).
-  const bool per_sample = detail::plans_per_sample(p, q.b);
-  const index_t runs = per_sample ? q.b : 1, per_run = per_sample ? 1 : q.b;
-  for (index_t r = 0; r < runs; ++r) {
-    const index_t ib0 = r * per_run;
-    const tensor_view<const float> qs = per_sample ? detail::sample(q, ib0) : q;
-    const tensor_view<float> os = per_sample ? detail::sample(o, ib0) : o;
-    const head_map map = detail::plan_without_dense_keys(
-        p, qs, call.k, [&] { return detail::paged_key_norms(call, lengths, ib0, per_run); });
-    detail::check_map(map, q, call.k, where);
-    detail::run_paged(on, q, call, o, lengths, map, opt, ib0, per_run);
-    detail::finish(p, os, map, ex);
+  auto run = [&](const auto& call) {
+    // One plan for the call, or one per sequence (Note [policies on a paged cache]).
+    const bool per_sample = detail::plans_per_sample(p, q.b);
+    const index_t runs = per_sample ? q.b : 1, per_run = per_sample ? 1 : q.b;
+    for (index_t r = 0; r < runs; ++r) {
+      const index_t ib0 = r * per_run;
+      const tensor_view<const float> qs = per_sample ? detail::sample(q, ib0) : q;
+      const tensor_view<float> os = per_sample ? detail::sample(o, ib0) : o;
+      const head_map map = detail::plan_without_dense_keys(
+          p, qs, call.k, [&] { return detail::paged_key_norms(call, lengths, ib0, per_run); });
+      detail::check_map(map, q, call.k, where);
+      detail::run_paged(on, q, call, o, lengths, map, opt, ib0, per_run);
+      detail::finish(p, os, map, ex);
+    }
+  };
+  if constexpr (policy_with_prepare<Policy, T>) {
+    const kv_views pools = p.prepare(kv.k, kv.v);
+    const paged_kv call{pools.k, pools.v, kv.page_table, kv.max_pages, kv.lengths};
+    detail::check_paged(q, call, o, opt, where);
+    run(call);
+  } else {
+    run(kv);
   }
 }
 

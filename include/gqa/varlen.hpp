@@ -40,9 +40,9 @@ inline void check_offsets(const integer_span& cu, const char* name, index_t rows
 /// Everything a ragged call needs checked, before any work: the views (b = 1, rows in s), their extents
 /// against each other, the options (options.kv_lengths must be empty: the key counts are the offsets'),
 /// the offsets and aliasing. options.lse, if given, is laid out [hq][total_q].
-inline void check_varlen(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                         const tensor_view<const float>& v, const tensor_view<float>& o, const varlen& seqs,
-                         const attention_options& opt, const char* where) {
+template <class KV>
+void check_varlen(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                  const tensor_view<float>& o, const varlen& seqs, const attention_options& opt, const char* where) {
   check_views(q, k, v, o, where);
   require(q.b == 1, where, "q.b", q.b, "must be 1: a ragged batch holds its sequences' rows in s (see gqa::thd)");
   require(opt.kv_lengths.empty(), where, "options.kv_lengths.size()", opt.kv_lengths.size(),
@@ -60,10 +60,11 @@ inline void check_varlen(const tensor_view<const float>& q, const tensor_view<co
 }
 
 /// The core on a validated ragged call, on target `on` (core::target_of's result), for the sequences whose
-/// offsets are cu_q, cu_k (all of the call's, or a run of them: offsets into the packed views).
-template <class On>
-void run_varlen(On on, const tensor_view<const float>& q, const tensor_view<const float>& k,
-                const tensor_view<const float>& v, const tensor_view<float>& o, std::span<const index_t> cu_q,
+/// offsets are cu_q, cu_k (all of the call's, or a run of them: offsets into the packed views). KV: float,
+/// bf16 or f16.
+template <class On, class KV>
+void run_varlen(On on, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                const tensor_view<const KV>& v, const tensor_view<float>& o, std::span<const index_t> cu_q,
                 std::span<const index_t> cu_k, const head_map& map, const attention_options& opt) {
   index_t sq = 0, skv = 0;
   for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
@@ -71,6 +72,21 @@ void run_varlen(On on, const tensor_view<const float>& q, const tensor_view<cons
     skv = std::max(skv, cu_k[i + 1] - cu_k[i]);
   }
   core::forward_ragged_on(on, q, k, v, o, cu_q, cu_k, sq, skv, map, opt);
+}
+
+/// attend(varlen) for K/V of element type KV.
+template <class Isa, class KV>
+void attend_varlen(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                   const tensor_view<float>& o, const head_map& map, const varlen& seqs,
+                   const attention_options& opt) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
+  constexpr const char* where = "gqa::attend(varlen)";
+  check_varlen(q, k, v, o, seqs, opt, where);
+  check_map(map, q, k, where);
+  const auto on = core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
+  check_finite(q, k, v, opt, where);          // every key belongs to a sequence: all of k and v are read
+  const std::vector<index_t> cu_q = to_indices(seqs.cu_seqlens_q), cu_k = to_indices(seqs.cu_seqlens_k);
+  run_varlen(on, q, k, v, o, cu_q, cu_k, map, opt);
 }
 
 /// The keys of the sequences with offsets cu_k (into the packed k), as the key-norm walk's row source
@@ -104,14 +120,15 @@ inline std::vector<double> ragged_key_norms(const tensor_view<const float>& k, s
 template <class Isa = isa::dispatch>
 void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v, tensor_view<float> o,
             const head_map& map, const varlen& seqs, const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
-  constexpr const char* where = "gqa::attend(varlen)";
-  detail::check_varlen(q, k, v, o, seqs, opt, where);
-  detail::check_map(map, q, k, where);
-  const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
-  detail::check_finite(q, k, v, opt, where);  // every key belongs to a sequence: all of k and v are read
-  const std::vector<index_t> cu_q = detail::to_indices(seqs.cu_seqlens_q), cu_k = detail::to_indices(seqs.cu_seqlens_k);
-  detail::run_varlen(on, q, k, v, o, cu_q, cu_k, map, opt);
+  detail::attend_varlen<Isa>(q, k, v, o, map, seqs, opt);
+}
+/// attend(varlen) with K and V stored in 16 bits (both bf16 or both f16), as attend() takes them.
+template <class Isa = isa::dispatch, class K, class V>
+  requires detail::half_kv<K, V>
+void attend(tensor_view<const float> q, tensor_view<K> k, tensor_view<V> v, tensor_view<float> o, const head_map& map,
+            const varlen& seqs, const attention_options& opt = {}) {
+  using T = std::remove_const_t<K>;
+  detail::attend_varlen<Isa, T>(q, tensor_view<const T>(k), tensor_view<const T>(v), o, map, seqs, opt);
 }
 
 // Note [policies on a ragged batch]

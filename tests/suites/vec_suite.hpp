@@ -112,6 +112,48 @@ TYPED_TEST_P(vec_suite, partial_loads_and_stores_touch_only_n_lanes) {
   }
 }
 
+/// Widening loads of 16-bit type T (Note [16-bit conversions] in gqa/numeric.hpp): every bit pattern,
+/// loaded a vector at a time from every offset parity, gives gqa::to_float's float bit for bit; NaN gives
+/// a NaN (F16C and NEON quiet a signalling f16 NaN; the payload is not part of the contract).
+template <class Isa, class T>
+void check_widening_loads() {
+  using V = gqa::isa::vec<Isa>;
+  constexpr int L = V::lanes;
+  std::vector<T> all(65536 + 1);
+  for (std::uint32_t i = 0; i < 65536; ++i) all[i + 1] = T::from_bits(static_cast<std::uint16_t>(i));
+  auto expect_lane = [](T x, float got) {
+    const float want = gqa::to_float(x);
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << "bits 0x" << std::hex << x.bits;
+    } else {
+      EXPECT_TRUE(same_bits(got, want)) << "bits 0x" << std::hex << x.bits << ": " << got << " != " << want;
+    }
+  };
+  for (std::size_t off = 0; off < 2; ++off)  // odd offsets: 2-byte, not 4-byte, aligned rows
+    for (std::size_t i = off; i + L <= all.size(); i += L) {
+      const auto got = lanes_of<Isa>(V::load(all.data() + i));
+      for (int l = 0; l < L; ++l) expect_lane(all[i + static_cast<std::size_t>(l)], got[static_cast<std::size_t>(l)]);
+      if (::testing::Test::HasFailure()) return;
+    }
+  // Partial loads read only the first n elements (the rest of the lanes are zero).
+  for (int n = 0; n <= L; ++n) {
+    SCOPED_TRACE(::testing::Message() << "n = " << n << " of " << L << " lanes");
+    gqa::test::guarded<T> page(static_cast<std::size_t>(n));
+    std::copy(all.begin() + 15361, all.begin() + 15361 + n, page.data());  // 0x3c00 = 1.0 and up
+    const auto got = lanes_of<Isa>(V::load_partial(page.data(), n));
+    for (int l = 0; l < L; ++l) {
+      if (l < n) {
+        expect_lane(page.data()[l], got[static_cast<std::size_t>(l)]);
+      } else {
+        EXPECT_TRUE(same_bits(got[static_cast<std::size_t>(l)], 0.0f)) << "lane " << l;
+      }
+    }
+  }
+}
+
+TYPED_TEST_P(vec_suite, widening_loads_bf16) { check_widening_loads<TypeParam, gqa::bf16>(); }
+TYPED_TEST_P(vec_suite, widening_loads_f16) { check_widening_loads<TypeParam, gqa::f16>(); }
+
 TYPED_TEST_P(vec_suite, arithmetic_matches_scalar_lane_by_lane) {
   using V = gqa::isa::vec<TypeParam>;
   using S = scalar_vec;
@@ -339,6 +381,7 @@ TYPED_TEST_P(vec_suite, tanh_accuracy_and_special_values) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(vec_suite, zero_set1_load_store, partial_loads_and_stores_touch_only_n_lanes,
+                            widening_loads_bf16, widening_loads_f16,
                             arithmetic_matches_scalar_lane_by_lane, fma_is_fused, reductions, round_ties_to_even,
                             pow2i_over_the_exponent_range, exp2_accuracy, exp2_special_values,
                             tanh_accuracy_and_special_values);

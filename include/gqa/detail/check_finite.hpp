@@ -8,6 +8,7 @@
 
 #include "../config.hpp"
 #include "../errors.hpp"
+#include "../numeric.hpp"
 #include "../options.hpp"
 #include "../tensor.hpp"
 
@@ -16,16 +17,17 @@ namespace detail {
 
 /// The first (b, s, h, d) of t, in that order, with s < len(b), whose element is not finite: throws
 /// "<where>: <name>[b, s, h, d] = <value>: ...". len(b) bounds the positions read of batch element b.
-template <class Len>
-inline void require_finite(const tensor_view<const float>& t, const char* name, const char* where, const Len& len) {
+/// T: float, bf16 or f16 (a 16-bit element is finite iff its float is).
+template <class T, class Len>
+inline void require_finite(const tensor_view<const T>& t, const char* name, const char* where, const Len& len) {
   for (index_t ib = 0; ib < t.b; ++ib) {
     const index_t ns = std::clamp<index_t>(len(ib), 0, t.s);
     for (index_t is = 0; is < ns; ++is)
       for (index_t ih = 0; ih < t.h; ++ih) {
-        const float* row = t.row(ib, is, ih);
+        const T* row = t.row(ib, is, ih);
         for (index_t c = 0; c < t.d; ++c)
-          if (!std::isfinite(row[c * t.stride_d]))
-            fail(where, ": ", name, "[", ib, ", ", is, ", ", ih, ", ", c, "] = ", row[c * t.stride_d],
+          if (!std::isfinite(to_float(row[c * t.stride_d])))
+            fail(where, ": ", name, "[", ib, ", ", is, ", ", ih, ", ", c, "] = ", to_float(row[c * t.stride_d]),
                  ": options.check_finite is set and every input element the call reads must be finite"
                  " (indices are [batch, position, head, dim])");
       }
@@ -35,9 +37,9 @@ inline void require_finite(const tensor_view<const float>& t, const char* name, 
 /// options.check_finite: if set, throws gqa::invalid_argument naming the first non-finite element among
 /// those the call reads: all of q, then the keys j < kv_lengths[b] (all skv keys without kv_lengths) of k,
 /// then of v. Called before any work; costs one pass over the inputs, nothing when the option is off.
-inline void check_finite(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                         const tensor_view<const float>& v, const attention_options& opt,
-                         const char* where = "gqa::attend") {
+template <class KV>
+void check_finite(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                  const attention_options& opt, const char* where = "gqa::attend") {
   if (!opt.check_finite) return;
   const auto all_q = [&](index_t) { return q.s; };
   const auto kv_len = [&](index_t ib) {

@@ -35,7 +35,7 @@ enum class overlap { none, shared, unknown };
 /// Σ c_i·x_i = t over integer x_i in [lo_i, hi_i]: the bounded search of Note [exact overlap].
 class bounded_sum {
  public:
-  static constexpr int max_terms = 8;
+  static constexpr int max_terms = 9;  // two views' four dimensions, and a byte offset (shared_element)
 
   /// Adds the term c·x, x in [lo, hi] (lo <= hi). |c| · max(|lo|, |hi|) must fit a view's span.
   void add(index_t c, index_t lo, index_t hi) noexcept {
@@ -97,32 +97,47 @@ class bounded_sum {
   long budget_ = 0;
 };
 
-/// Whether views a and b (same element size, checked) have an element in common. The byte ranges decide
-/// most calls; the search of Note [exact overlap] runs only when they intersect.
+/// Whether views a and b have an element in common (for elements of different sizes, as an fp32 output
+/// and a 16-bit K: whether any byte of one is a byte of the other). The byte ranges decide most calls; the
+/// search of Note [exact overlap] runs only when they intersect.
 template <class A, class B>
 overlap shared_element(const tensor_view<A>& a, const tensor_view<B>& b) noexcept {
-  static_assert(sizeof(A) == sizeof(B), "shared_element compares views of one element size");
-  constexpr auto size = static_cast<std::intptr_t>(sizeof(A));
+  constexpr auto size_a = static_cast<std::intptr_t>(sizeof(A)), size_b = static_cast<std::intptr_t>(sizeof(B));
   const offset_range ra = offsets(a), rb = offsets(b);
   const auto pa = reinterpret_cast<std::uintptr_t>(a.data), pb = reinterpret_cast<std::uintptr_t>(b.data);
   // Byte ranges [lo, hi): both lie in the address space and span at most PTRDIFF_MAX (check_view).
-  const auto alo = pa - static_cast<std::uintptr_t>(-ra.lo * size);
-  const auto ahi = pa + static_cast<std::uintptr_t>((ra.hi + 1) * size);
-  const auto blo = pb - static_cast<std::uintptr_t>(-rb.lo * size);
-  const auto bhi = pb + static_cast<std::uintptr_t>((rb.hi + 1) * size);
+  const auto alo = pa - static_cast<std::uintptr_t>(-ra.lo * size_a);
+  const auto ahi = pa + static_cast<std::uintptr_t>((ra.hi + 1) * size_a);
+  const auto blo = pb - static_cast<std::uintptr_t>(-rb.lo * size_b);
+  const auto bhi = pb + static_cast<std::uintptr_t>((rb.hi + 1) * size_b);
   if (ahi <= blo || bhi <= alo) return overlap::none;
   // The ranges intersect, so the bases are at most two spans apart (far below 2^63 bytes on any real
   // address space): the modular difference converts to the true signed one.
   const auto diff = static_cast<std::intptr_t>(pb - pa);
-  if (diff % size != 0) return overlap::unknown;  // misaligned elements: only a byte-level test would do
   const index_t ea[4] = {a.b, a.s, a.h, a.d}, sa[4] = {a.stride_b, a.stride_s, a.stride_h, a.stride_d};
   const index_t eb[4] = {b.b, b.s, b.h, b.d}, sb[4] = {b.stride_b, b.stride_s, b.stride_h, b.stride_d};
-  bounded_sum eq;
-  for (int i = 0; i < 4; ++i) {
-    if (ea[i] > 1) eq.add(sa[i], 0, ea[i] - 1);
-    if (eb[i] > 1) eq.add(sb[i], -(eb[i] - 1), 0);
+  if constexpr (size_a != size_b) {
+    // In bytes: element x of a covers [A, A + size_a), element y of b covers [B, B + size_b) with
+    // A = Σ size_a·stride·x, B = diff + Σ size_b·stride·y; they share a byte iff B − A = e for some
+    // e in [−(size_b − 1), size_a − 1], one more bounded term of the same equation. The byte terms and
+    // their sums fit: both views lie in the address space (check_view), below 2^57 bytes on any 64-bit CPU.
+    bounded_sum eq;
+    for (int i = 0; i < 4; ++i) {
+      if (ea[i] > 1) eq.add(sa[i] * size_a, 0, ea[i] - 1);
+      if (eb[i] > 1) eq.add(sb[i] * size_b, -(eb[i] - 1), 0);
+    }
+    eq.add(1, -(size_a - 1), size_b - 1);
+    return eq.solve(static_cast<index_t>(diff));
+  } else {
+    constexpr auto size = size_a;
+    if (diff % size != 0) return overlap::unknown;  // misaligned elements: only a byte-level test would do
+    bounded_sum eq;
+    for (int i = 0; i < 4; ++i) {
+      if (ea[i] > 1) eq.add(sa[i], 0, ea[i] - 1);
+      if (eb[i] > 1) eq.add(sb[i], -(eb[i] - 1), 0);
+    }
+    return eq.solve(static_cast<index_t>(diff / size));
   }
-  return eq.solve(static_cast<index_t>(diff / size));
 }
 
 /// Whether two different indices of view t reach the same element. On `shared` or `unknown`, `*dim` is a

@@ -20,7 +20,8 @@ namespace isa {
 
 /// The features gqa's x86 kernels need, as this CPU and OS provide them.
 struct cpu_features {
-  /// AVX2 and FMA, and the OS saves ymm state: what the AVX2 code (-mavx2 -mfma) needs.
+  /// AVX2, FMA and F16C (the f16 conversions; every AVX2 CPU has it), and the OS saves ymm state: what
+  /// the AVX2 code (-mavx2 -mfma -mf16c) needs.
   bool avx2_fma = false;
   /// AVX-512 F, VL, BW and DQ on top of avx2_fma, and the OS saves opmask and zmm state: what the AVX-512
   /// code (-mavx512f -mavx512vl -mavx512bw -mavx512dq, see cmake/gqa_isa_flags.cmake) needs.
@@ -40,7 +41,7 @@ inline cpu_features detect() noexcept {
   cpu_features f;
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
-  const bool fma = (c >> 12) & 1u, osxsave = (c >> 27) & 1u, avx = (c >> 28) & 1u;
+  const bool fma = (c >> 12) & 1u, osxsave = (c >> 27) & 1u, avx = (c >> 28) & 1u, f16c = (c >> 29) & 1u;
   if (!osxsave || !avx) return f;  // no XGETBV, or no AVX: nothing past SSE
   const std::uint64_t xcr = xcr0();
   constexpr std::uint64_t ymm_state = 0x6;   // SSE (bit 1) + AVX upper halves (bit 2)
@@ -48,7 +49,7 @@ inline cpu_features detect() noexcept {
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
   const bool avx2 = (b >> 5) & 1u, avx512f = (b >> 16) & 1u, avx512dq = (b >> 17) & 1u,
              avx512bw = (b >> 30) & 1u, avx512vl = (b >> 31) & 1u;
-  f.avx2_fma = avx2 && fma && (xcr & ymm_state) == ymm_state;
+  f.avx2_fma = avx2 && fma && f16c && (xcr & ymm_state) == ymm_state;
   f.avx512 = f.avx2_fma && avx512f && avx512dq && avx512bw && avx512vl && (xcr & zmm_state) == zmm_state;
   return f;
 }

@@ -8,8 +8,22 @@
 #include "tags.hpp"
 #include "vec_scalar.hpp"
 
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
 #if GQA_HAS_AVX2
 #include <immintrin.h>
+
+// F16C (vcvtph2ps) converts f16 to float in hardware. Every AVX2 CPU has it and gqa's AVX2 flags and
+// per-target region enable it (-mf16c; GQA_TARGET_F16C, Note [per-target kernels]); a TU built with
+// only -mavx2 -mfma converts f16 lane by lane instead.
+#undef GQA_AVX2_F16C  // the per-target copy re-includes this header with GQA_TARGET_F16C
+#if defined(__F16C__) || defined(GQA_TARGET_F16C) || (defined(_MSC_VER) && !defined(__clang__))
+#define GQA_AVX2_F16C 1
+#else
+#define GQA_AVX2_F16C 0
+#endif
 
 GQA_BEGIN_NAMESPACE
 namespace isa {
@@ -37,6 +51,12 @@ struct vec<avx2> {
   }
   static GQA_FORCEINLINE reg load_partial(const float* p, int n) noexcept { return _mm256_maskload_ps(p, mask(n)); }
   static GQA_FORCEINLINE void store_partial(float* p, reg v, int n) noexcept { _mm256_maskstore_ps(p, mask(n), v); }
+  /// Widening loads (vec_scalar.hpp): bf16 by zero-extending to 32 bits and shifting left by 16, f16 by
+  /// F16C's vcvtph2ps. Partial loads copy the n elements to a zeroed buffer first (no 16-bit masked load).
+  static GQA_FORCEINLINE reg load(const bf16* p) noexcept { return widen(load8(p)); }
+  static GQA_FORCEINLINE reg load(const f16* p) noexcept { return widen(load8(p)); }
+  static GQA_FORCEINLINE reg load_partial(const bf16* p, int n) noexcept { return widen(load8_partial(p, n)); }
+  static GQA_FORCEINLINE reg load_partial(const f16* p, int n) noexcept { return widen(load8_partial(p, n)); }
   static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return _mm256_add_ps(a, b); }
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return _mm256_sub_ps(a, b); }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return _mm256_mul_ps(a, b); }
@@ -79,6 +99,41 @@ struct vec<avx2> {
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  }
+
+ private:
+  /// Eight 16-bit elements of type T, as bits.
+  struct bf16x8 {
+    __m128i bits;
+  };
+  struct f16x8 {
+    __m128i bits;
+  };
+  template <class T>
+  using x8 = std::conditional_t<std::is_same_v<T, bf16>, bf16x8, f16x8>;
+  template <class T>
+  static GQA_FORCEINLINE x8<T> load8(const T* p) noexcept {
+    return {_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))};
+  }
+  template <class T>
+  static GQA_FORCEINLINE x8<T> load8_partial(const T* p, int n) noexcept {
+    std::uint16_t t[8] = {};
+    std::memcpy(t, p, sizeof(T) * static_cast<std::size_t>(std::clamp(n, 0, 8)));
+    return {_mm_loadu_si128(reinterpret_cast<const __m128i*>(t))};
+  }
+  static GQA_FORCEINLINE reg widen(bf16x8 x) noexcept {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x.bits), 16));
+  }
+  static GQA_FORCEINLINE reg widen(f16x8 x) noexcept {
+#if GQA_AVX2_F16C
+    return _mm256_cvtph_ps(x.bits);
+#else
+    alignas(16) std::uint16_t h[8];
+    alignas(32) float f[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(h), x.bits);
+    for (int i = 0; i < 8; ++i) f[i] = detail::f16_to_float(h[i]);
+    return _mm256_load_ps(f);
+#endif
   }
 };
 

@@ -45,6 +45,17 @@ struct vec<avx512> {
   }
   static GQA_FORCEINLINE reg load_partial(const float* p, int n) noexcept { return _mm512_maskz_loadu_ps(mask(n), p); }
   static GQA_FORCEINLINE void store_partial(float* p, reg v, int n) noexcept { _mm512_mask_storeu_ps(p, mask(n), v); }
+  /// Widening loads (vec_scalar.hpp): bf16 by zero-extending to 32 bits and shifting left by 16, f16 by
+  /// vcvtph2ps (AVX-512F); partial loads by a masked 16-bit load (AVX-512BW + VL), which never touches
+  /// the masked elements.
+  static GQA_FORCEINLINE reg load(const bf16* p) noexcept { return widen_bf16(_mm256_loadu_si256(bits_at(p))); }
+  static GQA_FORCEINLINE reg load(const f16* p) noexcept { return _mm512_cvtph_ps(_mm256_loadu_si256(bits_at(p))); }
+  static GQA_FORCEINLINE reg load_partial(const bf16* p, int n) noexcept {
+    return widen_bf16(_mm256_maskz_loadu_epi16(mask(n), bits_at(p)));
+  }
+  static GQA_FORCEINLINE reg load_partial(const f16* p, int n) noexcept {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), bits_at(p)));
+  }
   static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
@@ -79,6 +90,15 @@ struct vec<avx512> {
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
     const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
+
+ private:
+  template <class T>
+  static GQA_FORCEINLINE const __m256i* bits_at(const T* p) noexcept {
+    return reinterpret_cast<const __m256i*>(p);
+  }
+  static GQA_FORCEINLINE reg widen_bf16(__m256i x) noexcept {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
   }
 };
 

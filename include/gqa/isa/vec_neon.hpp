@@ -11,6 +11,8 @@
 #if GQA_HAS_NEON
 #include <arm_neon.h>
 
+#include <cstdint>
+
 GQA_BEGIN_NAMESPACE
 namespace isa {
 
@@ -42,6 +44,12 @@ struct vec<neon> {
     vst1q_f32(t, v);
     for (int i = 0; i < n && i < 4; ++i) p[i] = t[i];
   }
+  /// Widening loads (vec_scalar.hpp): bf16 by a widening shift left by 16 (vshll), f16 by fcvtl
+  /// (vcvt_f32_f16); partial loads move the n elements to a zeroed buffer first.
+  static GQA_FORCEINLINE reg load(const bf16* p) noexcept { return widen_bf16(vld1_u16(bits_at(p))); }
+  static GQA_FORCEINLINE reg load(const f16* p) noexcept { return widen_f16(vld1_u16(bits_at(p))); }
+  static GQA_FORCEINLINE reg load_partial(const bf16* p, int n) noexcept { return widen_bf16(load4_partial(p, n)); }
+  static GQA_FORCEINLINE reg load_partial(const f16* p, int n) noexcept { return widen_f16(load4_partial(p, n)); }
   static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return vsubq_f32(a, b); }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return vmulq_f32(a, b); }
@@ -62,6 +70,20 @@ struct vec<neon> {
     const int32x4_t e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
     return vreinterpretq_f32_s32(vshlq_n_s32(e, 23));
   }
+
+ private:
+  template <class T>
+  static GQA_FORCEINLINE const std::uint16_t* bits_at(const T* p) noexcept {
+    return reinterpret_cast<const std::uint16_t*>(p);
+  }
+  template <class T>
+  static GQA_FORCEINLINE uint16x4_t load4_partial(const T* p, int n) noexcept {
+    std::uint16_t t[4] = {0, 0, 0, 0};
+    for (int i = 0; i < n && i < 4; ++i) t[i] = p[i].bits;
+    return vld1_u16(t);
+  }
+  static GQA_FORCEINLINE reg widen_bf16(uint16x4_t x) noexcept { return vreinterpretq_f32_u32(vshll_n_u16(x, 16)); }
+  static GQA_FORCEINLINE reg widen_f16(uint16x4_t x) noexcept { return vcvt_f32_f16(vreinterpret_f16_u16(x)); }
 };
 
 }  // namespace isa

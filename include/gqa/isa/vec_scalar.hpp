@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "../config.hpp"
+#include "../numeric.hpp"
 #include "tags.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -56,6 +57,12 @@ struct vec<scalar> {
   static GQA_FORCEINLINE void store_partial(float* p, reg v, int n) noexcept {
     if (n > 0) *p = v;
   }
+  /// Widening loads: `lanes` (or the first n) 16-bit elements from p as floats, exactly (Note [16-bit
+  /// conversions] in numeric.hpp); the same contract as load/load_partial. Every ISA has these four.
+  static GQA_FORCEINLINE reg load(const bf16* p) noexcept { return to_float(*p); }
+  static GQA_FORCEINLINE reg load(const f16* p) noexcept { return to_float(*p); }
+  static GQA_FORCEINLINE reg load_partial(const bf16* p, int n) noexcept { return n > 0 ? to_float(*p) : 0.0f; }
+  static GQA_FORCEINLINE reg load_partial(const f16* p, int n) noexcept { return n > 0 ? to_float(*p) : 0.0f; }
   static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return a + b; }
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return a - b; }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return a * b; }

@@ -17,6 +17,7 @@
 #include "../config.hpp"
 #include "../errors.hpp"
 #include "../random.hpp"
+#include "../numeric.hpp"
 #include "../tensor.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -138,17 +139,17 @@ std::vector<double> key_norms_walk(index_t seqs, index_t h, index_t d, index_t s
     const index_t len = rows.length(ib);
     for (index_t is = 0; is < len; ++is)
       for (index_t g = 0; g < h; ++g) {
-        const float* row = rows(ib, is, g);
+        const auto* row = rows(ib, is, g);  // const float*, or a 16-bit type widened by to_float
         double acc[lanes];
         std::copy_n(sum_sq.begin() + g * lanes, lanes, acc);
         auto add_squares = [&](auto stride) {  // stride: 1 (a constant, so the loop vectorises) or stride_d
           for (index_t c0 = 0; c0 < dfull; c0 += lanes)
             for (index_t l = 0; l < lanes; ++l) {
-              const double x = static_cast<double>(row[(c0 + l) * stride]);
+              const double x = static_cast<double>(to_float(row[(c0 + l) * stride]));
               acc[l] += x * x;
             }
           for (index_t l = 0; l < d - dfull; ++l) {
-            const double x = static_cast<double>(row[(dfull + l) * stride]);
+            const double x = static_cast<double>(to_float(row[(dfull + l) * stride]));
             acc[l] += x * x;
           }
         };
@@ -171,10 +172,11 @@ std::vector<double> key_norms_walk(index_t seqs, index_t h, index_t d, index_t s
 }
 
 /// The rows of a dense view: every batch element has k.s keys.
+template <class T>
 struct dense_key_rows {
-  const tensor_view<const float>& k;
+  const tensor_view<T>& k;
   index_t length(index_t) const noexcept { return k.s; }
-  const float* operator()(index_t ib, index_t is, index_t g) const noexcept { return k.row(ib, is, g); }
+  const T* operator()(index_t ib, index_t is, index_t g) const noexcept { return k.row(ib, is, g); }
 };
 
 }  // namespace detail
@@ -184,10 +186,12 @@ struct dense_key_rows {
 /// ISA or thread count).
 /// Every key position of the view counts, including padding past an attention call's kv_lengths. (A
 /// paged cache or a ragged batch counts each sequence's valid keys only: docs/api.md.)
+/// T: float, bf16 or f16 (each element widened exactly: a 16-bit K's norms are those of its floats).
 /// Throws gqa::invalid_argument for a null or empty view.
-inline std::vector<double> key_norms(const tensor_view<const float>& k) {
+template <class T>
+std::vector<double> key_norms(const tensor_view<T>& k) {
   detail::check_view(k, "k", "gqa::key_norms", /*unit_stride_d=*/false);
-  return detail::key_norms_walk(k.b, k.h, k.d, k.stride_d, detail::dense_key_rows{k});
+  return detail::key_norms_walk(k.b, k.h, k.d, k.stride_d, detail::dense_key_rows<T>{k});
 }
 
 namespace detail {

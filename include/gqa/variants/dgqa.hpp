@@ -177,7 +177,8 @@ class dgqa_policy {
 
   /// k.h <= q.h; state.cache and state.splits have k.h entries; splits is an allocation of q.h heads;
   /// cache entries are >= 0 and not NaN; a step is set in train mode.
-  void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
+  template <class K, class V>
+  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
              const tensor_view<float>&) const {
     check_call(q.h, k.h);
   }
@@ -187,7 +188,8 @@ class dgqa_policy {
 
   /// This call's map, per the class comment; updates the caller's state as described there.
   /// plan_from_norms(q.h, k.h, key_norms(k)).
-  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) {
+  template <class K>
+  head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) {
     return plan_from_norms(q.h, k.h, [&] { return key_norms(k); });
   }
 

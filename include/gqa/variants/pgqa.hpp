@@ -427,7 +427,8 @@ class pgqa_policy {
     return opt_.noise == pgqa_noise::always || (opt_.noise == pgqa_noise::train_only && training());
   }
 
-  void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
+  template <class K, class V>
+  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
              const tensor_view<float>& o) const {
     detail::require(k.h > 0, "gqa::pgqa_policy", "k.h", k.h, "must be positive");
     if (q.h % k.h != 0)
@@ -438,7 +439,8 @@ class pgqa_policy {
                    ": must be > 1 (the unbiased std of a single value is undefined)");
   }
 
-  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) const {
+  template <class K>
+  head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) const {
     return head_map::uniform(q.h, k.h);
   }
 

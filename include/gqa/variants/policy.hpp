@@ -21,26 +21,31 @@
 
 GQA_BEGIN_NAMESPACE
 
-/// K/V views to hand to the core (a policy's prepare() may point them into its own buffers).
+/// K/V views to hand to the core (a policy's prepare() may point them into its own buffers: float, also
+/// when the caller's K/V are 16-bit).
 struct kv_views {
   tensor_view<const float> k;
   tensor_view<const float> v;
 };
 
+// The concepts below take KV, the element type of the caller's K and V (float, bf16, f16; gqa/numeric.hpp):
+// gqa::forward with 16-bit K/V needs a policy whose plan() (and check(), prepare(), when it has them)
+// accept tensor_view<const KV>. Every built-in policy takes any element type (its members are templates).
+
 /// Every policy: `plan(q, k)` returns the head map for this call (k after prepare()).
-template <class P>
-concept attention_policy = requires(P& p, const tensor_view<const float>& q, const tensor_view<const float>& k) {
+template <class P, class KV = float>
+concept attention_policy = requires(P& p, const tensor_view<const float>& q, const tensor_view<const KV>& k) {
   { p.plan(q, k) } -> std::convertible_to<head_map>;
 };
 /// Optional: validate everything the policy needs before any work is done.
-template <class P>
-concept policy_with_check = requires(P& p, const tensor_view<const float>& q, const tensor_view<const float>& k,
-                                     const tensor_view<const float>& v, const tensor_view<float>& o) {
+template <class P, class KV = float>
+concept policy_with_check = requires(P& p, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                                     const tensor_view<const KV>& v, const tensor_view<float>& o) {
   p.check(q, k, v, o);
 };
-/// Optional: transform K/V before the core (WGQA combines H heads into G).
-template <class P>
-concept policy_with_prepare = requires(P& p, const tensor_view<const float>& k, const tensor_view<const float>& v) {
+/// Optional: transform K/V before the core (WGQA combines H heads into G); returns float views.
+template <class P, class KV = float>
+concept policy_with_prepare = requires(P& p, const tensor_view<const KV>& k, const tensor_view<const KV>& v) {
   { p.prepare(k, v) } -> std::convertible_to<kv_views>;
 };
 /// Optional: post-process the output (PGQA subtracts noise); the second form also receives the call's
@@ -117,8 +122,8 @@ bool plans_per_sample(const P& p, index_t batch) {
 /// The plan of a call whose keys are not one dense view (a paged cache, a ragged batch): from `norms`
 /// (the norms of the call's valid keys) for a policy that plans from norms, else plan(q, k), which then
 /// reads only the shapes.
-template <class P, class Norms>
-head_map plan_without_dense_keys(P& p, const tensor_view<const float>& q, const tensor_view<const float>& k,
+template <class P, class T, class Norms>
+head_map plan_without_dense_keys(P& p, const tensor_view<const float>& q, const tensor_view<const T>& k,
                                  Norms&& norms) {
   if constexpr (policy_plans_from_norms<P>) {
     return p.plan_from_norms(q.h, k.h, key_norms_source(std::forward<Norms>(norms)));
@@ -225,37 +230,23 @@ void finish(P& p, const tensor_view<float>& o, const head_map& map, const execut
   finish(p, o, map, ex);
 }
 
-/// forward() and forward_train(): check -> prepare -> plan -> core -> finish (Note [validation once]).
-/// With `saved` (S = saved_forward<...>), the LSE goes to saved->lse (and to opt.lse too when given), the
-/// plan(s) are kept and finish_train() replaces finish().
-template <class Isa, class Policy, class S>
-void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view<const float>& k,
-                 const tensor_view<const float>& v, const tensor_view<float>& o, const attention_options& opt,
-                 S* saved, const char* where) {
-  // Memory safety first: a policy's own work (norms, noise) reads these views.
-  check_views(q, k, v, o, where);
-  check_finite(q, k, v, opt, where);  // opt-in; before the policy's own work
-  if constexpr (policy_with_check<Policy>) p.check(q, k, v, o);
-  kv_views kv{k, v};
-  if constexpr (policy_with_prepare<Policy>) {
-    kv = p.prepare(k, v);
-    check_view(kv.k, "prepare().k", where);
-    check_view(kv.v, "prepare().v", where);
-  }
+/// run_forward()'s steps after prepare(): the call's checks, plan -> core -> finish, on the core's K/V ck,
+/// cv (the caller's k, v, or prepare()'s float views); k, v are the caller's (their extents are saved).
+template <class Isa, class Policy, class S, class KV, class CK>
+void run_planned(Policy& p, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                 const tensor_view<const KV>& v, const tensor_view<const CK>& ck, const tensor_view<const CK>& cv,
+                 const tensor_view<float>& o, const attention_options& opt, S* saved, const char* where) {
   // The whole call (shapes, options, aliasing) before plan(): a bad argument throws before a stateful
   // policy (DGQA) updates its state or any sample is computed.
-  check_call(q, kv.k, kv.v, o, opt, where);
+  check_call(q, ck, cv, o, opt, where);
   const auto on = core::target_of<Isa>(opt);  // the ISA (a bad options.isa / GQA_ISA throws here)
   attention_options call = opt;
   if (saved) {
     saved->maps.clear();
     saved->lse.assign(static_cast<std::size_t>(q.b * q.h * q.s), 0.0f);
     call.lse = saved->lse;
-    const tensor_view<const float> views[4] = {q, k, v, o};
-    for (int t = 0; t < 4; ++t) {
-      const index_t e[4] = {views[t].b, views[t].s, views[t].h, views[t].d};
-      std::copy(e, e + 4, saved->extents[t]);
-    }
+    const index_t e[4][4] = {{q.b, q.s, q.h, q.d}, {k.b, k.s, k.h, k.d}, {v.b, v.s, v.h, v.d}, {o.b, o.s, o.h, o.d}};
+    for (int t = 0; t < 4; ++t) std::copy(e[t], e[t] + 4, saved->extents[t]);
     saved->scale = opt.scale;
     saved->causal = opt.causal;
     saved->kv_lengths = to_indices(opt.kv_lengths);
@@ -274,7 +265,8 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view
     if (plans_per_sample(p, q.b)) {
       const auto per = static_cast<std::size_t>(q.h * q.s);  // LSE entries of one sample
       for (index_t ib = 0; ib < q.b; ++ib) {
-        const auto qs = sample(q, ib), ks = sample(kv.k, ib), vs = sample(kv.v, ib);
+        const auto qs = sample(q, ib);
+        const auto ks = sample(ck, ib), vs = sample(cv, ib);  // K/V's element type, maybe not q's
         const auto os = sample(o, ib);
         attention_options so = call;
         if (!call.kv_lengths.empty()) so.kv_lengths = call.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
@@ -289,15 +281,61 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view
     }
   }
   if (!done) {
-    const head_map map = p.plan(q, kv.k);
-    check_map(map, q, kv.k, where);
-    core::forward_on(on, q, kv.k, kv.v, o, map, call);
+    const head_map map = p.plan(q, ck);
+    check_map(map, q, ck, where);
+    core::forward_on(on, q, ck, cv, o, map, call);
     finish(p, o, map, ex, saved);
     if (saved) saved->maps.push_back(map);
   }
   if (saved && !opt.lse.empty()) std::copy(saved->lse.begin(), saved->lse.end(), opt.lse.begin());
 }
 
+/// forward() and forward_train(): check -> prepare -> plan -> core -> finish (Note [validation once]).
+/// With `saved` (S = saved_forward<...>), the LSE goes to saved->lse (and to opt.lse too when given), the
+/// plan(s) are kept and finish_train() replaces finish(). KV: the caller's K/V element type; the core
+/// runs on it, or on float when prepare() made the policy's own (fp32) K/V.
+template <class Isa, class Policy, class S, class KV>
+void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                 const tensor_view<const KV>& v, const tensor_view<float>& o, const attention_options& opt,
+                 S* saved, const char* where) {
+  static_assert(attention_policy<Policy, KV>, "gqa::forward: this policy's plan() does not take this K element type");
+  static_assert((policy_with_check<Policy, KV> || !policy_with_check<Policy>) &&
+                    (policy_with_prepare<Policy, KV> || !policy_with_prepare<Policy>),
+                "gqa::forward: this policy's check()/prepare() takes float K/V only; make it a template over the "
+                "element type to run it on 16-bit K/V");
+  // Memory safety first: a policy's own work (norms, noise) reads these views.
+  check_views(q, k, v, o, where);
+  check_finite(q, k, v, opt, where);  // opt-in; before the policy's own work
+  if constexpr (policy_with_check<Policy, KV>) p.check(q, k, v, o);
+  if constexpr (policy_with_prepare<Policy, KV>) {
+    const kv_views kv = p.prepare(k, v);
+    check_view(kv.k, "prepare().k", where);
+    check_view(kv.v, "prepare().v", where);
+    run_planned<Isa>(p, q, k, v, kv.k, kv.v, o, opt, saved, where);
+  } else {
+    run_planned<Isa>(p, q, k, v, k, v, o, opt, saved, where);
+  }
+}
+
+}  // namespace detail
+
+namespace detail {
+/// gqa::forward: a const policy must not silently skip a step that only its non-const members implement.
+template <class Isa, class P, class KV>
+void forward_policy(P&& policy, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                    const tensor_view<const KV>& v, const tensor_view<float>& o, const attention_options& opt) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using Policy = std::remove_reference_t<P>;
+  using Mutable = std::remove_cv_t<Policy>;
+  static_assert((policy_with_check<Policy, KV> || !policy_with_check<Mutable, KV>) &&
+                    (policy_with_prepare<Policy, KV> || !policy_with_prepare<Mutable, KV>) &&
+                    (policy_with_finish<Policy> || policy_with_finish_executor<Policy> ||
+                     !(policy_with_finish<Mutable> || policy_with_finish_executor<Mutable>)),
+                "gqa::forward: this policy's check/prepare/finish is not const; pass a non-const policy");
+  Policy& p = policy;
+  run_forward<Isa>(p, q, k, v, o, opt, static_cast<saved_forward<Mutable>*>(nullptr), "gqa::forward");
+}
 }  // namespace detail
 
 /// Runs one attention call of variant `p`: check -> prepare -> plan -> core -> finish. `p` may be a
@@ -308,18 +346,20 @@ template <class Isa = isa::dispatch, class P>
   requires attention_policy<std::remove_reference_t<P>>
 void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
              tensor_view<float> o, const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
-                "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
-  using Policy = std::remove_reference_t<P>;
-  using Mutable = std::remove_cv_t<Policy>;
-  // A const policy must not silently skip a step that only its non-const members implement.
-  static_assert((policy_with_check<Policy> || !policy_with_check<Mutable>) &&
-                    (policy_with_prepare<Policy> || !policy_with_prepare<Mutable>) &&
-                    (policy_with_finish<Policy> || policy_with_finish_executor<Policy> ||
-                     !(policy_with_finish<Mutable> || policy_with_finish_executor<Mutable>)),
-                "gqa::forward: this policy's check/prepare/finish is not const; pass a non-const policy");
-  Policy& p = policy;
-  detail::run_forward<Isa>(p, q, k, v, o, opt, static_cast<saved_forward<Mutable>*>(nullptr), "gqa::forward");
+  detail::forward_policy<Isa>(std::forward<P>(policy), q, k, v, o, opt);
+}
+
+/// forward() with K and V stored in 16 bits (both bf16 or both f16; gqa/numeric.hpp), Q and O float: the
+/// same as forward() on K/V widened to float. Every built-in policy takes them; the core computes in
+/// fp32 (Note [16-bit K/V]), and so do the policies' own steps: KDGQA's and DGQA's key norms of the
+/// widened keys, WGQA's combined heads (float buffers, so its core runs on float K/V), PGQA's noise on
+/// the fp32 output.
+template <class Isa = isa::dispatch, class P, class K, class V>
+  requires detail::half_kv<K, V> && attention_policy<std::remove_reference_t<P>, std::remove_const_t<K>>
+void forward(P&& policy, tensor_view<const float> q, tensor_view<K> k, tensor_view<V> v, tensor_view<float> o,
+             const attention_options& opt = {}) {
+  using T = std::remove_const_t<K>;
+  detail::forward_policy<Isa>(std::forward<P>(policy), q, tensor_view<const T>(k), tensor_view<const T>(v), o, opt);
 }
 
 /// forward() for training: the same call (same output, same policy state changes), which also returns

@@ -54,7 +54,8 @@ struct sqa_policy {
     return {sqa_config::standard(m.heads, h.hq, h.hkv)};
   }
 
-  void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>&,
+  template <class K, class V>
+  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
              const tensor_view<float>&) const {
     if (q.h != config.hq)
       detail::fail("gqa::sqa_policy(", config.name, "): q.h = ", q.h, ": must equal the configuration's hq = ", config.hq);
@@ -62,7 +63,8 @@ struct sqa_policy {
       detail::fail("gqa::sqa_policy(", config.name, "): k.h = ", k.h, ": must equal the configuration's hkv = ",
                    config.hkv);
   }
-  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>& k) const {
+  template <class K>
+  head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) const {
     return head_map::uniform(q.h, k.h);
   }
 };

@@ -45,7 +45,8 @@ class wgqa_policy {
 
   const wgqa_weights& weights() const noexcept { return w_; }
 
-  void check(const tensor_view<const float>& q, const tensor_view<const float>& k, const tensor_view<const float>& v,
+  template <class K, class V>
+  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>& v,
              const tensor_view<float>&) const {
     check_kv(k, v);
     if (q.h % w_.hkv != 0)
@@ -54,8 +55,11 @@ class wgqa_policy {
   }
 
   /// Combines K and V (hq heads each) into the policy's buffers (hkv heads, BSHD); the views stay valid
-  /// until the next prepare() or the policy's destruction.
-  kv_views prepare(const tensor_view<const float>& k, const tensor_view<const float>& v) {
+  /// until the next prepare() or the policy's destruction. K and V may be float, bf16 or f16: WGQA
+  /// computes in fp32, so the combined heads are float whatever the input (each a double sum of the
+  /// widened values, rounded once) and the core then runs on float K/V.
+  template <class T>
+  kv_views prepare(const tensor_view<const T>& k, const tensor_view<const T>& v) {
     check_kv(k, v);
     k_buf_.resize(static_cast<std::size_t>(k.b * k.s * w_.hkv * w_.d));
     v_buf_.resize(static_cast<std::size_t>(v.b * v.s * w_.hkv * w_.d));
@@ -65,7 +69,8 @@ class wgqa_policy {
     return {kb, vb};
   }
 
-  head_map plan(const tensor_view<const float>& q, const tensor_view<const float>&) const {
+  template <class K>
+  head_map plan(const tensor_view<const float>& q, const tensor_view<K>&) const {
     return head_map::uniform(q.h, w_.hkv);
   }
 
@@ -130,7 +135,8 @@ class wgqa_policy {
   }
 
  private:
-  void check_kv(const tensor_view<const float>& k, const tensor_view<const float>& v) const {
+  template <class K, class V>
+  void check_kv(const tensor_view<K>& k, const tensor_view<V>& v) const {
     if (w_.kind == wgqa_kind::row)
       detail::fail("gqa::wgqa_policy: weights.kind = row: row weights scale the projection's input features "
                    "(W̃_g[k, c] = Σ r_j[c] W_j[k, c]), which cannot be applied to K/V activations; fold them "
@@ -148,7 +154,9 @@ class wgqa_policy {
   }
 
   /// out(b, t, g, :) = Σ_{j∈g} w_j ⊙ x(b, t, j, :); out has x's b and s, hkv heads, unit head_dim stride.
-  void combine(const tensor_view<const float>& x, const std::vector<float>& w, const tensor_view<float>& out) const {
+  /// T: float, bf16 or f16 (widened exactly).
+  template <class T>
+  void combine(const tensor_view<const T>& x, const std::vector<float>& w, const tensor_view<float>& out) const {
     const index_t grp = w_.hq / w_.hkv, d = w_.d;
     std::vector<double> acc(static_cast<std::size_t>(d));
     for (index_t ib = 0; ib < x.b; ++ib)
@@ -157,16 +165,16 @@ class wgqa_policy {
           float* dst = out.row(ib, t, g);
           std::fill(acc.begin(), acc.end(), 0.0);
           for (index_t j = g * grp; j < (g + 1) * grp; ++j) {
-            const float* src = x.row(ib, t, j);
+            const T* src = x.row(ib, t, j);
             // A float × float product is exact in double (48 significant bits), so this sum is the same
             // whether or not the compiler contracts it into FMAs: the result is ISA-independent.
             if (w_.kind == wgqa_kind::scalar) {
               const double wj = w[static_cast<std::size_t>(j)];
-              for (index_t c = 0; c < d; ++c) acc[static_cast<std::size_t>(c)] += wj * static_cast<double>(src[c]);
+              for (index_t c = 0; c < d; ++c) acc[static_cast<std::size_t>(c)] += wj * static_cast<double>(to_float(src[c]));
             } else {
               const float* cj = w.data() + j * d;
               for (index_t c = 0; c < d; ++c)
-                acc[static_cast<std::size_t>(c)] += static_cast<double>(cj[c]) * static_cast<double>(src[c]);
+                acc[static_cast<std::size_t>(c)] += static_cast<double>(cj[c]) * static_cast<double>(to_float(src[c]));
             }
           }
           for (index_t c = 0; c < d; ++c) dst[c] = static_cast<float>(acc[static_cast<std::size_t>(c)]);

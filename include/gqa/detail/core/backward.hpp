@@ -322,7 +322,7 @@ struct backward_kernel {
         const float* kb_rows = kb;
         index_t ldkb = ks;
         if (!k_in_place) {
-          tiled::pack_v(strided_rows{kb, ks}, d, nb, dp, kr);
+          tiled::pack_v(strided_rows<float>{kb, ks}, d, nb, dp, kr);
           kb_rows = kr;
           ldkb = dp;
         }

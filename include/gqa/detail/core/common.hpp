@@ -82,27 +82,32 @@ GQA_FORCEINLINE void band(index_t n, Lo&& lo, Hi&& hi, Fn&& fn) {
 
 /// B operands of the register tile (tile.hpp), by how their rows are found: at one stride (every product
 /// of the core, V read in place from a dense view) or listed one pointer per row (V read in place from a
-/// paged cache, Note [key runs]); col is the first column of the slab the tile computes.
+/// paged cache, Note [key runs]); col is the first column of the slab the tile computes. T: the element
+/// type of B (float; bf16 or f16 for V read in place from a 16-bit cache, widened as it is loaded).
+template <class T>
 struct strided_b {
-  const float* base;
+  const T* base;
   index_t ld;
-  const float* row(index_t k) const noexcept { return base + k * ld; }
+  const T* row(index_t k) const noexcept { return base + k * ld; }
 };
+template <class T>
 struct listed_b {
-  const float* const* rows;
+  const T* const* rows;
   index_t col;
-  const float* row(index_t k) const noexcept { return rows[k] + col; }
+  const T* row(index_t k) const noexcept { return rows[k] + col; }
 };
 
-/// A real load of *p whose value is discarded (the compiler may not drop it; unlike a prefetch hint it
-/// is never ignored by the CPU and trains the hardware prefetcher).
-GQA_FORCEINLINE void touch(const float* p) noexcept {
-  const float x = *static_cast<const volatile float*>(p);
+/// A real load of a byte at p whose value is discarded (the compiler may not drop it; unlike a prefetch
+/// hint it is never ignored by the CPU and trains the hardware prefetcher).
+GQA_FORCEINLINE void touch(const void* p) noexcept {
+  const unsigned char x = *static_cast<const volatile unsigned char*>(p);
   static_cast<void>(x);
 }
-/// touch() of one float per 64-byte cache line of the n floats at p.
-GQA_FORCEINLINE void touch_lines(const float* p, index_t n) noexcept {
-  for (index_t x = 0; x < n; x += 16) touch(p + x);
+/// touch() of one element per 64-byte cache line of the n elements at p.
+template <class T>
+GQA_FORCEINLINE void touch_lines(const T* p, index_t n) noexcept {
+  constexpr index_t per_line = 64 / static_cast<index_t>(sizeof(T));
+  for (index_t x = 0; x < n; x += per_line) touch(p + x);
 }
 
 }  // namespace detail::core

@@ -42,8 +42,8 @@ struct decode {
   template <class Lay>
   static void scores_key_major(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads,
                                index_t npos, index_t j0, index_t nb, const float* qp, float* s, index_t lds) noexcept {
-    const tensor_view<const float>& k = lay.k;
-    const tensor_view<const float>& v = lay.v;
+    const auto& k = lay.k;  // tensor_view<const typename Lay::kv_type>
+    const auto& v = lay.v;
     const index_t d = k.d;
     const typename D::extent de(d);
     const bool heads_adjacent = k.stride_h == d && v.stride_h == v.d;
@@ -64,7 +64,7 @@ struct decode {
         // per cache line of the unused heads before this one too.
         for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent; ++u) touch_head(at, u);
         const index_t rows = map.group_size(g) * npos;
-        const float* kr[1] = {k.row(at.b, at.s, g)};
+        const typename Lay::kv_type* kr[1] = {k.row(at.b, at.s, g)};
         float* sj = s + r0 * lds + (j - j0);
         const float* q = qp + r0 * d;
         index_t r = 0;

@@ -47,7 +47,7 @@ struct direct {
     const typename D::extent de(d);
     for (index_t j = 0; j < nb; j += KU) {
       // Keys past nb repeat the last valid row (their scores land in s's padding and are masked).
-      const float* kr[KU];
+      const typename Rows::element* kr[KU];
       for (index_t u = 0; u < KU; ++u) kr[u] = k(std::min(j + u, nb - 1));
       float* sj = s + j;
       index_t r = 0;

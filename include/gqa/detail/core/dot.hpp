@@ -31,8 +31,9 @@ struct dot {
   static constexpr int chains = RB * KU >= 8 ? 1 : 2;
 
   /// out[r][u] = partial sums of Q[r] · K[u] (q + r·ldq, k[u]) as a vector whose lanes add up to the score.
-  template <int RB, int KU>
-  static GQA_FORCEINLINE void partials(const float* q, index_t ldq, const float* const* k, extent d,
+  /// K: float, or bf16/f16 widened as it is loaded (Note [16-bit K/V]).
+  template <int RB, int KU, class K>
+  static GQA_FORCEINLINE void partials(const float* q, index_t ldq, const K* const* k, extent d,
                                        reg (&out)[RB][KU]) noexcept {
     constexpr int C = chains<RB, KU>;
     reg acc[C][RB][KU];
@@ -47,7 +48,7 @@ struct dot {
         GQA_UNROLL for (int u = 0; u < KU; ++u) acc[ch][r][u] = V::mul_add(vq, vk[u], acc[ch][r][u]);
       }
     };
-    const auto whole = [](const float* p) noexcept { return V::load(p); };
+    const auto whole = [](const auto* p) noexcept { return V::load(p); };
     index_t c = 0;
     for (; c + C * L <= d.full; c += C * L)
       GQA_UNROLL for (int ch = 0; ch < C; ++ch) step(ch, c + ch * L, whole);
@@ -57,7 +58,7 @@ struct dot {
         c += L;
       }
     }
-    if (d.tail) step(C - 1, d.full, [t = d.tail](const float* p) noexcept { return V::load_partial(p, t); });
+    if (d.tail) step(C - 1, d.full, [t = d.tail](const auto* p) noexcept { return V::load_partial(p, t); });
     GQA_UNROLL for (int r = 0; r < RB; ++r)
       GQA_UNROLL for (int u = 0; u < KU; ++u) {
         out[r][u] = acc[0][r][u];
@@ -68,8 +69,8 @@ struct dot {
   /// S[r][u] = Q[r] · K[u] for r < RB, u < KU, written to s[r·lds + u]. With KU a multiple of 4, four keys
   /// of a row are reduced together (and stored as one vector of four); else RB must be a multiple of 4
   /// and four rows of a key are.
-  template <int RB, int KU>
-  static GQA_FORCEINLINE void scores(const float* q, index_t ldq, const float* const* k, extent d, float* s,
+  template <int RB, int KU, class K>
+  static GQA_FORCEINLINE void scores(const float* q, index_t ldq, const K* const* k, extent d, float* s,
                                      index_t lds) noexcept {
     static_assert(KU % 4 == 0 || RB % 4 == 0, "dot::scores reduces four rows or four keys at a time");
     reg p[RB][KU];

@@ -60,7 +60,7 @@ struct task {
   index_t ib, g0, g1, q0, q1, chunk;
 };
 
-template <class Isa, class Lay = dense_layout>
+template <class Isa, class Lay = dense_layout<>>
 struct kernel {
   using problem = core::problem<Lay>;
   using V = isa::vec<Isa>;
@@ -74,12 +74,14 @@ struct kernel {
                 "isa::vec<Isa>::tile_shape: see Note [tile shape]");
 
   /// A task's scratch, in floats from the thread's scratch (every array 64-byte aligned): packed Q, the
-  /// packed K/V block, the scores, and the rows' state. bk: block_kv rounded to whole tiles and whole
-  /// direct-path key steps; dvp: d_v rounded to the vector width. total = -1 if the scratch would hold
-  /// more than max_elements<float> floats (Note [scratch size]).
+  /// packed K/V block, the scores, and the rows' state; with 16-bit K/V also the block's K rows widened
+  /// before packing (kw; empty for float K/V). bk: block_kv rounded to whole tiles and whole direct-path
+  /// key steps; dvp: d_v rounded to the vector width. total = -1 if the scratch would hold more than
+  /// max_elements<float> floats (Note [scratch size]).
   struct layout {
-    index_t dvp, bk, qp, kp, vp, s, o, m, l, total;
+    index_t dvp, bk, qp, kp, vp, s, o, m, l, kw, total;
   };
+  static constexpr bool widens_kv = !std::is_same_v<typename Lay::kv_type, float>;
 
   // Note [scratch size]
   // The arrays' sizes are products of user extents (rows · d, bk · d, ...). Each factor is bounded by a
@@ -107,6 +109,7 @@ struct kernel {
     s.o = carve(rows, s.dvp);
     s.m = carve(rows, 1);
     s.l = carve(rows, 1);
+    s.kw = carve(widens_kv ? s.bk : 0, d);
     s.total = fits ? off : -1;
     return s;
   }
@@ -151,8 +154,8 @@ struct kernel {
   /// Row pointers of one block's keys, on the stack: needed only when rows are listed (paged).
   struct no_row_pointers {};
   struct row_pointers {
-    const float* k[max_block];
-    const float* v[max_block];
+    const typename Lay::kv_type* k[max_block];
+    const typename Lay::kv_type* v[max_block];
   };
   using block_pointers = std::conditional_t<Lay::paged, row_pointers, no_row_pointers>;
 
@@ -176,10 +179,10 @@ struct kernel {
     const auto& k = pb.lay.k;
     const auto& v = pb.lay.v;
     if constexpr (Lay::paged) {
-      return std::pair{paged_rows{ptr.k, g * k.stride_h}, paged_rows{ptr.v, g * v.stride_h}};
+      return std::pair{paged_rows<typename Lay::kv_type>{ptr.k, g * k.stride_h}, paged_rows<typename Lay::kv_type>{ptr.v, g * v.stride_h}};
     } else {
       const kv_loc at = pb.lay.kv_cursor(ib, j0).loc();
-      return std::pair{strided_rows{k.row(at.b, at.s, g), k.stride_s}, strided_rows{v.row(at.b, at.s, g), v.stride_s}};
+      return std::pair{strided_rows<typename Lay::kv_type>{k.row(at.b, at.s, g), k.stride_s}, strided_rows<typename Lay::kv_type>{v.row(at.b, at.s, g), v.stride_s}};
     }
   }
 
@@ -252,7 +255,7 @@ struct kernel {
         if (direct_path && !key_major) {
           direct<Isa>::scores(kb, d, nb, qp + r0 * d, grow, srow0, lay.bk);
         } else if (!direct_path) {
-          tiled::pack_k(kb, d, nb, nbp, kp);
+          tiled::pack_k(kb, d, nb, nbp, kp, ws + lay.kw);
           tiled::pack_v(vb, dv, nb, lay.dvp, vp);
           tiled::scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk);
         }
@@ -430,33 +433,33 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   });
 }
 
-/// The core on 4-D views (gqa::attend): dense_layout.
-template <class Isa>
-void forward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v, tensor_view<float> o,
+/// The core on 4-D views (gqa::attend): dense_layout. KV: K/V's element type (Note [16-bit K/V]).
+template <class Isa, class KV>
+void forward(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v, tensor_view<float> o,
              const head_map& map, const attention_options& opt) {
   const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
-  forward_layout<Isa>(dense_layout{q, k, v, o, kv_lengths}, q.b, q.s, k.s, q.d, v.d, map, opt);
+  forward_layout<Isa>(dense_layout<KV>{q, k, v, o, kv_lengths}, q.b, q.s, k.s, q.d, v.d, map, opt);
 }
 
 /// The core on a validated paged cache (gqa/paged.hpp): paged_layout over pools k, v (num_pages,
 /// page_size, hkv, d), `table` [b][max_pages] and per-sequence `lengths`, the longest being `longest`.
 /// The layout is built here, in the target's own namespace (Note [per-target kernels]).
-template <class Isa>
-void forward_paged(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+template <class Isa, class KV>
+void forward_paged(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                    tensor_view<float> o, const std::int32_t* table, index_t max_pages,
                    std::span<const index_t> lengths, index_t longest, const head_map& map,
                    const attention_options& opt) {
-  forward_layout<Isa>(paged_layout{q, k, v, o, table, max_pages, lengths}, q.b, q.s, longest, q.d, v.d, map, opt);
+  forward_layout<Isa>(paged_layout<KV>{q, k, v, o, table, max_pages, lengths}, q.b, q.s, longest, q.d, v.d, map, opt);
 }
 
 /// The core on a validated ragged batch (gqa/varlen.hpp): ragged_layout over the packed views with the
 /// b + 1 offsets cu_q, cu_k; sq and skv are the longest sequence's query and key counts.
-template <class Isa>
-void forward_ragged(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+template <class Isa, class KV>
+void forward_ragged(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                     tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq,
                     index_t skv, const head_map& map, const attention_options& opt) {
   const auto b = static_cast<index_t>(cu_q.size()) - 1;
-  forward_layout<Isa>(ragged_layout{q, k, v, o, cu_q, cu_k}, b, sq, skv, q.d, v.d, map, opt);
+  forward_layout<Isa>(ragged_layout<KV>{q, k, v, o, cu_q, cu_k}, b, sq, skv, q.d, v.d, map, opt);
 }
 
 }  // namespace detail::core

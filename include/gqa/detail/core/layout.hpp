@@ -33,6 +33,23 @@ namespace detail::core {
 // per-block row pointers and the decode walk with it. Dense and ragged cursors add one to s, so the
 // contiguous path's loads are the same expressions as before the layouts existed.
 
+// Note [16-bit K/V]
+// K and V may be stored as float, bf16 or f16 (gqa/numeric.hpp): the layouts carry the element type
+// (kv_type), and every read of a K/V row goes through one of two places, so the rest of the core (the
+// scores, the online softmax, the P·V accumulators, the LSE) is fp32 whatever the storage:
+//   * packing (tiled path, prefill): packed::pack_v widens while it copies the block into the task's fp32
+//     scratch, pack_k widens the block's K rows into a staging area and transposes from there, a vector
+//     at a time (isa::vec's widening loads). The register tile then runs on the packed floats exactly as
+//     before: the inner kernels do not know the storage type. Packing is O(block · d) per task against
+//     the tile's O(rows · block · d), so converting there is nearly free.
+//   * in place (direct path, decode): dot::partials loads K rows and the tile loads V rows (its B operand,
+//     strided_b<T>/listed_b<T>) with the widening loads, so decode reads 2 bytes per element from memory,
+//     which is what a bandwidth-bound decode gains from 16-bit storage.
+// Each widening is exact (every bf16 and f16 value is a float), so a 16-bit call computes what the fp32
+// core computes on the widened K/V, bit for bit (tests: lowp_suite).
+// Element type is a template parameter, instantiated only by a call that passes 16-bit views: a TU that
+// never does compiles only the float core.
+
 /// The place of a key row in the K/V views: batch (or page) b, position (or slot) s.
 struct kv_loc {
   index_t b, s;
@@ -46,10 +63,14 @@ struct linear_cursor {
 };
 
 /// The 4-D views of gqa::attend: every sequence has sq queries; keys past kv_lengths[ib] are padding.
+/// KV: the element type of K and V (float, bf16, f16; Note [16-bit K/V]); Q and O are float.
+template <class KV = float>
 struct dense_layout {
+  using kv_type = KV;
   static constexpr bool paged = false;
   static constexpr bool ragged = false;
-  tensor_view<const float> q, k, v;
+  tensor_view<const float> q;
+  tensor_view<const KV> k, v;
   tensor_view<float> o;
   std::span<const index_t> kv_lengths;  // empty: every sequence has k.s keys
 
@@ -79,10 +100,13 @@ struct page_cursor {
 };
 
 /// Q and O dense (b, sq, hq, d); K and V pools of pages (num_pages, page_size, hkv, d) through a table.
+template <class KV = float>
 struct paged_layout {
+  using kv_type = KV;
   static constexpr bool paged = true;
   static constexpr bool ragged = false;
-  tensor_view<const float> q, k, v;  // k, v: the pools
+  tensor_view<const float> q;
+  tensor_view<const KV> k, v;  // the pools
   tensor_view<float> o;
   const std::int32_t* page_table;      // [b][max_pages]
   index_t max_pages;
@@ -101,10 +125,13 @@ struct paged_layout {
 };
 
 /// Sequences packed back to back (FlashAttention varlen): cu_q, cu_k are the b + 1 offsets.
+template <class KV = float>
 struct ragged_layout {
+  using kv_type = KV;
   static constexpr bool paged = false;
   static constexpr bool ragged = true;
-  tensor_view<const float> q, k, v;  // (1, total, h, d)
+  tensor_view<const float> q;       // (1, total, h, d)
+  tensor_view<const KV> k, v;       // (1, total, h, d)
   tensor_view<float> o;
   std::span<const index_t> cu_q, cu_k;
 
@@ -128,21 +155,25 @@ struct ragged_layout {
 // through that operand, so a block spanning pages is still one run of the tile: each output element sums
 // its keys in ascending order in one chain, the same operations as on the dense rows, hence the same bits.
 
-/// Rows of a block at one stride (dense and ragged): row j at base + j·stride.
+/// Rows of a block at one stride (dense and ragged): row j at base + j·stride. T: the rows' element type.
+template <class T>
 struct strided_rows {
-  const float* base;
+  using element = T;
+  const T* base;
   index_t stride;
-  const float* operator()(index_t j) const noexcept { return base + j * stride; }
-  strided_b b_at(index_t j0, index_t c0) const noexcept { return {base + j0 * stride + c0, stride}; }
+  const T* operator()(index_t j) const noexcept { return base + j * stride; }
+  strided_b<T> b_at(index_t j0, index_t c0) const noexcept { return {base + j0 * stride + c0, stride}; }
 };
 
 /// Rows of a block that spans pages: row j at rows[j] + head (rows lists KV head 0's; head is the offset
 /// of the KV head at hand).
+template <class T>
 struct paged_rows {
-  const float* const* rows;
+  using element = T;
+  const T* const* rows;
   index_t head;
-  const float* operator()(index_t j) const noexcept { return rows[j] + head; }
-  listed_b b_at(index_t j0, index_t c0) const noexcept { return {rows + j0, head + c0}; }
+  const T* operator()(index_t j) const noexcept { return rows[j] + head; }
+  listed_b<T> b_at(index_t j0, index_t c0) const noexcept { return {rows + j0, head + c0}; }
 };
 
 }  // namespace detail::core

@@ -6,6 +6,7 @@
 #define GQA_DETAIL_CORE_PACKED_HPP
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../../isa/vec.hpp"
 #include "common.hpp"
@@ -24,11 +25,33 @@ struct packed {
   /// Keys per packed slice of Kᵀ: the columns of one tile.
   static constexpr index_t cols = static_cast<index_t>(NR) * L;
 
-  /// kp = Kᵀ of the nb keys of row source `k` (key j at k(j), d floats; Note [key runs]) in slices of
+  /// dst[0 .. n) = the n elements at src (float, bf16 or f16) as floats, widened a vector at a time.
+  template <class T>
+  static GQA_FORCEINLINE void widen(const T* src, index_t n, float* dst) noexcept {
+    index_t c = 0;
+    for (; c + L <= n; c += L) V::store(dst + c, V::load(src + c));
+    if (c < n) V::store_partial(dst + c, V::load_partial(src + c, static_cast<int>(n - c)), static_cast<int>(n - c));
+  }
+
+  /// kp = Kᵀ of the nb keys of row source `k` (key j at k(j), d elements; Note [key runs]) in slices of
   /// `cols` keys: slice n is [d][w_n] with w_n its width (the last may be narrower); keys nb .. nbp − 1
-  /// are zero.
+  /// are zero. 16-bit rows are first widened, a row at a time, into `stage` (nb × d floats; unused for
+  /// float rows), then transposed from there (Note [16-bit K/V]). Widening inside the transpose instead,
+  /// 8 elements at a time through a small buffer read back as scalars, made 16-bit P1 on AVX-512 7-17%
+  /// slower than fp32 (shared machine, 2026-12-01); staged, it runs at fp32's speed (0.99-1.02x).
   template <class Rows>
-  static void pack_k(const Rows& k, index_t d, index_t nb, index_t nbp, float* kp) noexcept {
+  static void pack_k(const Rows& k, index_t d, index_t nb, index_t nbp, float* kp, float* stage = nullptr) noexcept {
+    if constexpr (std::is_same_v<typename Rows::element, float>) {
+      transpose_k(k, d, nb, nbp, kp);
+    } else {
+      for (index_t j = 0; j < nb; ++j) widen(k(j), d, stage + j * d);
+      transpose_k(strided_rows<float>{stage, d}, d, nb, nbp, kp);
+    }
+  }
+
+  /// pack_k of float rows.
+  template <class Rows>
+  static void transpose_k(const Rows& k, index_t d, index_t nb, index_t nbp, float* kp) noexcept {
     // Columns of 8 at a time, keys inner: each K row is read 32 bytes at a time and the 8 destination
     // rows are written sequentially, so both sides stay on a few cache lines (a plain scatter of every
     // key's d values across d destination lines made packing cost more than the tile's math).
@@ -50,13 +73,17 @@ struct packed {
     }
   }
 
-  /// vp rows j < nb: the value row v(j) (dv floats), padded with zeros to dvp.
+  /// vp rows j < nb: the value row v(j) (dv elements, widened to float), padded with zeros to dvp.
   template <class Rows>
   static void pack_v(const Rows& v, index_t dv, index_t nb, index_t dvp, float* vp) noexcept {
     for (index_t j = 0; j < nb; ++j) {
-      const float* src = v(j);
+      const auto* src = v(j);
       float* dst = vp + j * dvp;
-      std::copy(src, src + dv, dst);
+      if constexpr (std::is_same_v<typename Rows::element, float>) {
+        std::copy(src, src + dv, dst);
+      } else {
+        widen(src, dv, dst);
+      }
       std::fill(dst + dv, dst + dvp, 0.0f);
     }
   }

@@ -31,12 +31,12 @@
 //    hazard of per-ISA translation units (Note [link order] in cmake/gqa_build_helpers.cmake) cannot
 //    arise on this path. Baseline code may be inlined into a region's functions, never the reverse.
 //  - Inside a region GCC defines __AVX2__/__FMA__ and clang does not; gqa's code tests only its own
-//    macros (GQA_HAS_AVX2/AVX512, pushed to 1 by target_pass.hpp, and GQA_TARGET_FMA).
+//    macros (GQA_HAS_AVX2/AVX512, pushed to 1 by target_pass.hpp, GQA_TARGET_FMA and GQA_TARGET_F16C).
 //  - GCC 12 warns (-Wpsabi: "AVX512F vector return without AVX512F enabled changes the ABI") about
 //    lambdas returning a vector inside a region, although it compiles them for the region's target (else
 //    inlining the intrinsics would fail); they never cross a TU boundary, so the warning is silenced there.
 // The AVX-512 region enables exactly what gqa_isa_compile_options(avx512) does (F, VL, BW, DQ, AVX2,
-// FMA), and isa::cpu() checks all of it, so the per-target copy computes what a TU compiled with those
+// FMA, F16C; the AVX2 region AVX2, FMA, F16C), and isa::cpu() checks all of it, so the per-target copy computes what a TU compiled with those
 // flags computes, bit for bit (tests/unit/dispatch_test.cpp). Templates are instantiated only for what a
 // call reaches: one forward<Isa> per ISA for a TU that calls the forward without an ISA, one
 // backward<Isa> per ISA for a TU that calls the backward so; a TU that names its ISA compiles one.
@@ -44,19 +44,21 @@
 #include <immintrin.h>
 
 #define GQA_TARGET_FMA 1
+#define GQA_TARGET_F16C 1
 #if !GQA_HAS_AVX2
 #define GQA_TARGET_NS target_avx2
-#define GQA_TARGET_SPEC "avx2,fma"
+#define GQA_TARGET_SPEC "avx2,fma,f16c"
 #define GQA_TARGET_AVX512 0
 #include "target_pass.hpp"
 #endif
 #if !GQA_HAS_AVX512
 #define GQA_TARGET_NS target_avx512
-#define GQA_TARGET_SPEC "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq"
+#define GQA_TARGET_SPEC "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq"
 #define GQA_TARGET_AVX512 1
 #include "target_pass.hpp"
 #endif
 #undef GQA_TARGET_FMA
+#undef GQA_TARGET_F16C
 #endif  // GQA_DISPATCH_X86
 
 GQA_BEGIN_NAMESPACE
@@ -98,44 +100,48 @@ auto target_of(const attention_options& opt) {
   static_cast<void>(on);                     \
   return fn<isa::native>(__VA_ARGS__);
 
+// The forward entry points are templates over K/V's element type KV (float, bf16, f16; Note [16-bit
+// K/V]): a TU instantiates the 16-bit cores, in every per-target copy, only if it calls them.
+
 /// The forward core on `on` (target_of's result).
-template <class Isa>
-void forward_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+template <class Isa, class KV>
+void forward_on(Isa, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                 tensor_view<float> o, const head_map& map, const attention_options& opt) {
   forward<Isa>(q, k, v, o, map, opt);
 }
-inline void forward_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
-                       tensor_view<const float> v, tensor_view<float> o, const head_map& map,
-                       const attention_options& opt) {
+template <class KV>
+void forward_on(named_target on, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                tensor_view<float> o, const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, forward, q, k, v, o, map, opt)
 }
 
 /// The paged forward core (forward_paged) on `on`.
-template <class Isa>
-void forward_paged_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+template <class Isa, class KV>
+void forward_paged_on(Isa, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                       tensor_view<float> o, const std::int32_t* table, index_t max_pages,
                       std::span<const index_t> lengths, index_t longest, const head_map& map,
                       const attention_options& opt) {
   forward_paged<Isa>(q, k, v, o, table, max_pages, lengths, longest, map, opt);
 }
-inline void forward_paged_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
-                             tensor_view<const float> v, tensor_view<float> o, const std::int32_t* table,
-                             index_t max_pages, std::span<const index_t> lengths, index_t longest,
-                             const head_map& map, const attention_options& opt) {
+template <class KV>
+void forward_paged_on(named_target on, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                      tensor_view<float> o, const std::int32_t* table, index_t max_pages,
+                      std::span<const index_t> lengths, index_t longest, const head_map& map,
+                      const attention_options& opt) {
   GQA_CORE_ON(on, forward_paged, q, k, v, o, table, max_pages, lengths, longest, map, opt)
 }
 
 /// The ragged forward core (forward_ragged) on `on`.
-template <class Isa>
-void forward_ragged_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+template <class Isa, class KV>
+void forward_ragged_on(Isa, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                        tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k,
                        index_t sq, index_t skv, const head_map& map, const attention_options& opt) {
   forward_ragged<Isa>(q, k, v, o, cu_q, cu_k, sq, skv, map, opt);
 }
-inline void forward_ragged_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
-                              tensor_view<const float> v, tensor_view<float> o, std::span<const index_t> cu_q,
-                              std::span<const index_t> cu_k, index_t sq, index_t skv, const head_map& map,
-                              const attention_options& opt) {
+template <class KV>
+void forward_ragged_on(named_target on, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                       tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq,
+                       index_t skv, const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, forward_ragged, q, k, v, o, cu_q, cu_k, sq, skv, map, opt)
 }
 

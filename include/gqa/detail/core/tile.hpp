@@ -38,9 +38,10 @@ struct tile {
   /// Every one of the NR vectors of B and C exists.
   static void run(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb, index_t kn,
                   float* GQA_RESTRICT c, index_t ldc) noexcept {
-    body<false>(a, lda, strided_b{b, ldb}, kn, c, ldc, NR, L);
+    body<false>(a, lda, strided_b<float>{b, ldb}, kn, c, ldc, NR, L);
   }
-  /// run() with B's rows found by `b` (strided_b or listed_b: b.row(k) is row k of B).
+  /// run() with B's rows found by `b` (strided_b or listed_b: b.row(k) is row k of B, of floats or of a
+  /// 16-bit type that the loads widen).
   template <class B>
   static void run_rows(const float* GQA_RESTRICT a, index_t lda, const B& b, index_t kn, float* GQA_RESTRICT c,
                        index_t ldc) noexcept {
@@ -52,7 +53,7 @@ struct tile {
   /// holding those columns, whole (C rows must be padded to a multiple of L, as the core's accumulators are).
   static void run_partial(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb,
                           index_t kn, float* GQA_RESTRICT c, index_t ldc, index_t width) noexcept {
-    run_rows_partial(a, lda, strided_b{b, ldb}, kn, c, ldc, width);
+    run_rows_partial(a, lda, strided_b<float>{b, ldb}, kn, c, ldc, width);
   }
   /// run_partial() with B's rows found by `b`, as run_rows().
   template <class B>
@@ -81,7 +82,7 @@ struct tile {
       GQA_UNROLL for (int n = 0; n < NR; ++n)
         acc[r][n] = U == update::accumulate && (!Partial || n < nvec) ? V::load(c + r * ldc + n * L) : V::zero();
     for (index_t k = 0; k < kn; ++k) {
-      const float* GQA_RESTRICT brow = b.row(k);
+      const auto* GQA_RESTRICT brow = b.row(k);
       reg vb[NR];
       GQA_UNROLL for (int n = 0; n < NR; ++n) {
         if constexpr (Partial) {

@@ -1,0 +1,418 @@
+// tests/suites/lowp_suite.hpp: K and V stored as bf16 and f16 (gqa/numeric.hpp) through gqa::attend<Isa>,
+// every registered variant's gqa::forward<Isa>, paged caches and ragged batches: each call against the
+// double reference fed the same rounded K/V (Note [16-bit K/V tolerance] in tests/support/tolerance.hpp),
+// and bit for bit against the same call on the K/V widened to float; odd sizes on the decode, direct,
+// split-KV and tiled (prefill) paths; NaN and inf in 16-bit K/V as in fp32 (docs/design.md, "Non-finite
+// inputs"); the checks (check_finite, aliasing across element sizes). Compiled once per ISA: every helper
+// stays in `namespace {}`.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gqa/gqa.hpp>
+#include <gqa/reference/attention.hpp>
+
+#include "support/isa_suite.hpp"
+#include "support/tolerance.hpp"
+
+namespace {
+
+using gqa::index_t;
+
+constexpr float k_nan = std::numeric_limits<float>::quiet_NaN();
+constexpr float k_inf = std::numeric_limits<float>::infinity();
+
+/// Equal bits, or both NaN (a NaN's payload is not part of any contract).
+bool same_or_both_nan(float a, float b) { return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, sizeof a) == 0; }
+
+/// The index of the first element where a and b differ (same_or_both_nan), or -1.
+long first_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (!same_or_both_nan(a[i], b[i])) return static_cast<long>(i);
+  return a.size() == b.size() ? -1 : static_cast<long>(std::min(a.size(), b.size()));
+}
+
+template <class T>
+std::vector<T> narrowed(const std::vector<float>& x) {
+  std::vector<T> r(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) r[i] = T(x[i]);
+  return r;
+}
+
+/// One attend() call: shapes, options; K and V BSHD or BHSD.
+struct lowp_case {
+  index_t b = 1, sq = 1, skv = 1, hq = 1, hkv = 1, d = 16, dv = 16;
+  bool causal = false;
+  std::vector<index_t> kv_lengths;
+  std::vector<index_t> kv_of_q;  // empty: uniform
+  index_t window_left = -1;
+  bool bhsd_kv = false;
+  float lo = -1.0f, hi = 1.0f;
+  std::uint64_t seed = 1;
+
+  gqa::head_map map() const { return kv_of_q.empty() ? gqa::head_map::uniform(hq, hkv) : gqa::head_map(kv_of_q, hkv); }
+  std::string describe() const {
+    std::ostringstream os;
+    os << "b=" << b << " sq=" << sq << " skv=" << skv << " hq=" << hq << " hkv=" << hkv << " d=" << d << " dv=" << dv
+       << (causal ? " causal" : "") << (bhsd_kv ? " bhsd K/V" : " bshd K/V");
+    if (!kv_lengths.empty()) os << " kv_lengths[0]=" << kv_lengths[0];
+    if (window_left >= 0) os << " window_left=" << window_left;
+    if (!kv_of_q.empty()) os << " non-uniform map";
+    os << " seed=" << seed;
+    return os.str();
+  }
+};
+
+/// A K or V tensor of the case in layout BSHD or BHSD over a buffer of element type E.
+template <class E>
+gqa::tensor_view<const E> kv_view(const lowp_case& c, const std::vector<E>& x, index_t d) {
+  return c.bhsd_kv ? gqa::bhsd<const E>(x.data(), c.b, c.hkv, c.skv, d) : gqa::bshd<const E>(x.data(), c.b, c.skv, c.hkv, d);
+}
+
+/// Runs the case with T K/V and with the same values widened to float; checks the two bit for bit (output
+/// and LSE) and the 16-bit one against the reference within Note [16-bit K/V tolerance].
+template <class Isa, class T>
+void check_case(const lowp_case& c) {
+  SCOPED_TRACE(std::string(gqa::element_name<T>) + " K/V: " + c.describe());
+  const auto nq = static_cast<std::size_t>(c.b * c.sq * c.hq * c.d);
+  const auto nk = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.d), nv = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.dv);
+  const auto qd = gqa::test::random_floats(nq, c.seed * 3, c.lo, c.hi);
+  const auto kw = gqa::test::rounded_kv<T>(gqa::test::random_floats(nk, c.seed * 3 + 1, c.lo, c.hi));
+  const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(nv, c.seed * 3 + 2, c.lo, c.hi));
+  const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+  const auto q = gqa::bshd<const float>(qd.data(), c.b, c.sq, c.hq, c.d);
+  const gqa::head_map map = c.map();
+
+  const auto no = static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), nl = static_cast<std::size_t>(c.b * c.hq * c.sq);
+  std::vector<float> o16(no, k_nan), o32(no, k_nan), lse16(nl, k_nan), lse32(nl, k_nan);
+  gqa::attention_options opt;
+  opt.causal = c.causal;
+  opt.kv_lengths = c.kv_lengths;
+  opt.window_left = c.window_left;
+  opt.lse = lse16;
+  gqa::attend<Isa>(q, kv_view(c, k16, c.d), kv_view(c, v16, c.dv), gqa::bshd(o16.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+  opt.lse = lse32;
+  gqa::attend<Isa>(q, kv_view(c, kw, c.d), kv_view(c, vw, c.dv), gqa::bshd(o32.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+  EXPECT_EQ(first_difference(o16, o32), -1) << "16-bit output differs from the fp32 call on the widened K/V";
+  EXPECT_EQ(first_difference(lse16, lse32), -1) << "16-bit LSE differs from the fp32 call on the widened K/V";
+
+  // The reference and the naive yardstick on the same rounded K/V, in logical BSHD order.
+  const auto kd = gqa::test::logical_order(kv_view(c, kw, c.d)), vd = gqa::test::logical_order(kv_view(c, vw, c.dv));
+  const auto kb = gqa::bshd<const float>(kd.data(), c.b, c.skv, c.hkv, c.d);
+  const auto vb = gqa::bshd<const float>(vd.data(), c.b, c.skv, c.hkv, c.dv);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(static_cast<float>(c.d)));
+  gqa::reference::modifiers mods;
+  mods.window_left = c.window_left;
+  const auto kv_of_q = map.kv_of_q();
+  const auto ref = gqa::reference::attention(q, kb, vb, kv_of_q, scale, c.causal, c.kv_lengths, mods);
+  const auto naive = gqa::test::naive_fp32(q, kb, vb, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths, mods);
+  const double tol = gqa::test::attention_tolerance(naive.o, ref.o, vw);
+  double err = 0.0;
+  for (std::size_t i = 0; i < no; ++i) {
+    ASSERT_TRUE(std::isfinite(o16[i])) << "output " << i;
+    err = std::max(err, std::fabs(static_cast<double>(o16[i]) - ref.o[i]));
+  }
+  EXPECT_LE(err, tol);
+  double lerr = 0.0, lnaive = 0.0, lmax = 1.0;
+  for (std::size_t i = 0; i < nl; ++i) {
+    if (std::isinf(ref.lse[i])) {
+      EXPECT_EQ(lse16[i], -k_inf) << "LSE " << i;
+      continue;
+    }
+    lerr = std::max(lerr, std::fabs(static_cast<double>(lse16[i]) - ref.lse[i]));
+    lnaive = std::max(lnaive, std::fabs(static_cast<double>(naive.lse[i]) - ref.lse[i]));
+    lmax = std::max(lmax, std::fabs(ref.lse[i]));
+  }
+  EXPECT_LE(lerr, gqa::test::k_error_factor * lnaive + gqa::test::k_error_floor * lmax);
+}
+
+/// Odd sizes on every path: decode (direct, key-major over several KV heads, an unused KV head), split-KV
+/// decode, the direct path for few rows, and the tiled (packed) prefill path; d and d_v below, between
+/// and above vector widths.
+std::vector<lowp_case> attend_cases() {
+  std::vector<lowp_case> cases;
+  std::uint64_t seed = 1;
+  // A case of these extents (d_v = d unless given), for the caller to adjust.
+  auto add = [&](index_t b, index_t sq, index_t skv, index_t hq, index_t hkv, index_t d, index_t dv = -1) -> lowp_case& {
+    lowp_case c;
+    c.b = b, c.sq = sq, c.skv = skv, c.hq = hq, c.hkv = hkv, c.d = d, c.dv = dv < 0 ? d : dv;
+    c.seed = seed++;
+    cases.push_back(c);
+    return cases.back();
+  };
+  const std::vector<index_t> dims = gqa::test::reduced ? std::vector<index_t>{1, 7, 37} : std::vector<index_t>{1, 7, 17, 37, 64, 130};
+  for (const index_t d : dims) {
+    // Decode: one position, 4 query heads per KV head, several KV heads (key-major scores).
+    for (const index_t skv : {1, 13, 130}) add(2, 1, skv, 8, 2, d);
+    // Prefill: 67 positions x 4 heads per KV head: the tiled path, causal staircase, key blocks cut.
+    add(1, 67, 150, 4, 1, d).causal = true;
+  }
+  // d_v != d; kv_lengths (padding); K/V in BHSD; MHA decode with a few positions (direct, key-major).
+  {
+    lowp_case& c = add(2, 3, 77, 6, 2, 16, 24);
+    c.causal = true;
+    c.kv_lengths = {77, 70};
+  }
+  {
+    lowp_case& c = add(2, 1, 90, 8, 4, 40);
+    c.kv_lengths = {0, 89};
+    c.bhsd_kv = true;
+  }
+  add(1, 5, 200, 3, 3, 33).causal = true;
+  // One KV head, few rows: the direct path's own scores (dot products over 8 keys at a time).
+  add(1, 3, 100, 4, 1, 23).causal = true;
+  {
+    lowp_case& c = add(2, 70, 70, 2, 2, 20, 12);
+    c.causal = true;
+    c.bhsd_kv = true;
+  }
+  // A KV head no query head uses (KDGQA/DGQA maps): the decode walk touches its lines but reads no scores.
+  add(1, 1, 100, 6, 3, 24).kv_of_q = {0, 0, 0, 0, 2, 2};
+  // A sliding window, and a split-KV decode (few tasks, >= 2048 keys).
+  {
+    lowp_case& c = add(1, 40, 300, 8, 2, 24);
+    c.causal = true;
+    c.window_left = 50;
+  }
+  add(1, 1, gqa::test::reduced ? 2100 : 5000, 4, 4, 40);
+  // Large values (f16 holds them up to 65504): scores of magnitude ~10^2 x d.
+  {
+    lowp_case& c = add(1, 2, 60, 4, 2, 9);
+    c.lo = -20.0f;
+    c.hi = 20.0f;
+  }
+  return cases;
+}
+
+template <class Isa>
+class lowp_suite : public gqa::test::isa_test<Isa> {};
+TYPED_TEST_SUITE_P(lowp_suite);
+
+TYPED_TEST_P(lowp_suite, attend_bf16_matches_reference_and_fp32_bitwise) {
+  for (const lowp_case& c : attend_cases()) check_case<TypeParam, gqa::bf16>(c);
+}
+TYPED_TEST_P(lowp_suite, attend_f16_matches_reference_and_fp32_bitwise) {
+  for (const lowp_case& c : attend_cases()) check_case<TypeParam, gqa::f16>(c);
+}
+
+/// Every registered variant through gqa::forward<Isa> with T K/V against the same variant (a fresh
+/// default policy, so PGQA draws the same noise and DGQA starts from the same state) on the widened K/V,
+/// bit for bit: the fp32 path is checked against the reference variant by variant in registry_suite.
+template <class Isa, class T>
+void check_variants() {
+  const gqa::model_shape layers[] = {{8, 2, 16, 5}, {12, 4, 17, 6}, {4, 1, 33, 8}};
+  gqa::for_each_variant([&](auto t) {
+    using P = typename decltype(t)::type;
+    std::uint64_t seed = 500;
+    for (const gqa::model_shape& m : layers)
+      for (const bool causal : {false, true})
+        for (const index_t sq : {index_t{1}, index_t{40}}) {  // decode (direct) and prefill (tiled)
+          const gqa::variant_heads h = P::heads_for(m);
+          const index_t b = 2, skv = sq == 1 ? 70 : 45, d = m.d;
+          SCOPED_TRACE(std::string(P::name) + " with " + gqa::element_name<T> + " K/V, H = " + std::to_string(m.heads) +
+                       ", G = " + std::to_string(m.groups) + ", d = " + std::to_string(d) + ", sq = " + std::to_string(sq) +
+                       (causal ? ", causal" : ""));
+          seed += 10;
+          const auto qd = gqa::test::random_floats(static_cast<std::size_t>(b * sq * h.hq * d), seed);
+          // Uneven key norms per head, so that KDGQA/DGQA plan uneven groups.
+          auto kr = gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 1);
+          for (std::size_t i = 0; i < kr.size(); ++i) kr[i] *= 1.0f + static_cast<float>((i / static_cast<std::size_t>(d)) % static_cast<std::size_t>(h.kv_in));
+          const auto kw = gqa::test::rounded_kv<T>(kr);
+          const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 2));
+          const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+          const auto q = gqa::bshd<const float>(qd.data(), b, sq, h.hq, d);
+          gqa::attention_options opt;
+          opt.causal = causal;
+          std::vector<float> o16(static_cast<std::size_t>(b * sq * h.hq * d), k_nan), o32 = o16;
+          gqa::with_default_policy<P>(m, [&](P& p) {
+            gqa::forward<Isa>(p, q, gqa::bshd<const T>(k16.data(), b, skv, h.kv_in, d),
+                              gqa::bshd<const T>(v16.data(), b, skv, h.kv_in, d), gqa::bshd(o16.data(), b, sq, h.hq, d), opt);
+          });
+          gqa::with_default_policy<P>(m, [&](P& p) {
+            gqa::forward<Isa>(p, q, gqa::bshd<const float>(kw.data(), b, skv, h.kv_in, d),
+                              gqa::bshd<const float>(vw.data(), b, skv, h.kv_in, d), gqa::bshd(o32.data(), b, sq, h.hq, d), opt);
+          });
+          EXPECT_EQ(first_difference(o16, o32), -1);
+          for (const float x : o16) ASSERT_TRUE(std::isfinite(x));
+        }
+  });
+}
+
+TYPED_TEST_P(lowp_suite, every_variant_bf16_matches_fp32_bitwise) { check_variants<TypeParam, gqa::bf16>(); }
+TYPED_TEST_P(lowp_suite, every_variant_f16_matches_fp32_bitwise) { check_variants<TypeParam, gqa::f16>(); }
+
+/// NaN and inf stored in 16-bit K/V behave as in fp32 (Note [non-finite inputs]): the output equals the fp32
+/// call's on the widened K/V (NaN where it is NaN), and the rules hold: a NaN in a visible key makes the
+/// rows that see it NaN; an inf in V makes that column of the rows that see it non-finite; non-finite
+/// values a row does not see (past kv_lengths, past the causal horizon) never reach it.
+template <class Isa, class T>
+void check_nonfinite(index_t sq) {
+  const index_t b = 2, skv = 80, hq = 4, hkv = 2, d = 19;
+  SCOPED_TRACE(std::string(gqa::element_name<T>) + " K/V, sq = " + std::to_string(sq));
+  const auto qd = gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 71);
+  auto kw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * skv * hkv * d), 72));
+  auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * skv * hkv * d), 73));
+  auto at = [&](index_t ib, index_t j, index_t g, index_t c) { return static_cast<std::size_t>(((ib * skv + j) * hkv + g) * d + c); };
+  const index_t len1 = 60;          // batch 1 sees keys [0, 60)
+  const index_t nan_key = skv - sq + sq / 2;  // batch 0: the causal horizon hides it from the first rows
+  kw[at(0, nan_key, 0, 3)] = k_nan;  // KV head 0 of batch 0
+  vw[at(0, 5, 1, 2)] = k_inf;        // KV head 1 of batch 0, a key every row sees
+  kw[at(1, 70, 0, 0)] = k_nan;       // past batch 1's length: never read
+  vw[at(1, 65, 1, 4)] = -k_inf;
+  const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+  std::vector<index_t> lengths{skv, len1};
+  gqa::attention_options opt;
+  opt.causal = true;
+  opt.kv_lengths = lengths;
+  const auto q = gqa::bshd<const float>(qd.data(), b, sq, hq, d);
+  std::vector<float> o16(static_cast<std::size_t>(b * sq * hq * d), 0.0f), o32 = o16;
+  const auto map = gqa::head_map::uniform(hq, hkv);
+  gqa::attend<Isa>(q, gqa::bshd<const T>(k16.data(), b, skv, hkv, d), gqa::bshd<const T>(v16.data(), b, skv, hkv, d),
+                   gqa::bshd(o16.data(), b, sq, hq, d), map, opt);
+  gqa::attend<Isa>(q, gqa::bshd<const float>(kw.data(), b, skv, hkv, d), gqa::bshd<const float>(vw.data(), b, skv, hkv, d),
+                   gqa::bshd(o32.data(), b, sq, hq, d), map, opt);
+  EXPECT_EQ(first_difference(o16, o32), -1);
+  for (index_t ib = 0; ib < b; ++ib)
+    for (index_t i = 0; i < sq; ++i)
+      for (index_t h = 0; h < hq; ++h)
+        for (index_t c = 0; c < d; ++c) {
+          const float x = o16[static_cast<std::size_t>(((ib * sq + i) * hq + h) * d + c)];
+          const index_t p = i + (lengths[static_cast<std::size_t>(ib)] - sq);  // the row's last visible key
+          const bool sees_nan_key = ib == 0 && h / (hq / hkv) == 0 && p >= nan_key;
+          const bool inf_column = ib == 0 && h / (hq / hkv) == 1 && c == 2;
+          if (sees_nan_key) {
+            EXPECT_TRUE(std::isnan(x)) << "b " << ib << " row " << i << " head " << h << " col " << c;
+          } else if (inf_column) {
+            EXPECT_FALSE(std::isfinite(x)) << "b " << ib << " row " << i << " head " << h;
+          } else {
+            EXPECT_TRUE(std::isfinite(x)) << "b " << ib << " row " << i << " head " << h << " col " << c;
+          }
+        }
+}
+
+TYPED_TEST_P(lowp_suite, nonfinite_kv_as_in_fp32) {
+  for (const index_t sq : {index_t{1}, index_t{3}, index_t{50}}) {  // decode, direct, tiled
+    check_nonfinite<TypeParam, gqa::bf16>(sq);
+    check_nonfinite<TypeParam, gqa::f16>(sq);
+  }
+}
+
+/// A paged cache of 16-bit pages and a ragged batch of 16-bit K/V: bit for bit the float calls.
+template <class Isa, class T>
+void check_paged_and_ragged() {
+  SCOPED_TRACE(gqa::element_name<T>);
+  const index_t hq = 6, hkv = 2, d = 21, ps = 16, np = 9;
+  for (const index_t sq : {index_t{1}, index_t{20}}) {
+    const index_t b = 2;
+    const auto qd = gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 91);
+    const auto kw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(np * ps * hkv * d), 92));
+    const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(np * ps * hkv * d), 93));
+    const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+    const std::vector<std::int32_t> table{7, 2, 5, 0, 8, 1, 3, 6};
+    const std::vector<int> lengths{61, 40};
+    const gqa::paged_kv f{gqa::page_pool<const float>(kw.data(), np, ps, hkv, d),
+                          gqa::page_pool<const float>(vw.data(), np, ps, hkv, d), table, 4, lengths};
+    const gqa::basic_paged_kv<T> h{gqa::page_pool<const T>(k16.data(), np, ps, hkv, d),
+                                   gqa::page_pool<const T>(v16.data(), np, ps, hkv, d), table, 4, lengths};
+    gqa::attention_options opt;
+    opt.causal = true;
+    const auto q = gqa::bshd<const float>(qd.data(), b, sq, hq, d);
+    std::vector<float> o16(static_cast<std::size_t>(b * sq * hq * d), k_nan), o32 = o16;
+    const auto map = gqa::head_map::uniform(hq, hkv);
+    gqa::attend<Isa>(q, h, gqa::bshd(o16.data(), b, sq, hq, d), map, opt);
+    gqa::attend<Isa>(q, f, gqa::bshd(o32.data(), b, sq, hq, d), map, opt);
+    EXPECT_EQ(first_difference(o16, o32), -1) << "paged, sq = " << sq;
+    gqa::forward<Isa>(gqa::gqa_policy{}, q, h, gqa::bshd(o16.data(), b, sq, hq, d), opt);
+    EXPECT_EQ(first_difference(o16, o32), -1) << "paged forward, sq = " << sq;
+    // Policies that plan from the keys: a 16-bit page's valid keys widen exactly, so their norms, the plan
+    // and the output are the float cache's, bit for bit (KDGQA, KDGQA per sample, DGQA diff in training).
+    for (int kind = 0; kind < 3; ++kind) {
+      SCOPED_TRACE(kind);
+      gqa::kdgqa_options ko;
+      ko.per_sample = kind == 1;
+      gqa::dgqa_options dopt;
+      dopt.window = 1;
+      gqa::dgqa_state s16 = gqa::dgqa_state::initial(hq, hkv), s32 = s16;
+      const auto run = [&](auto& p16, auto& p32) {
+        gqa::forward<Isa>(p16, q, h, gqa::bshd(o16.data(), b, sq, hq, d), opt);
+        gqa::forward<Isa>(p32, q, f, gqa::bshd(o32.data(), b, sq, hq, d), opt);
+        EXPECT_EQ(first_difference(o16, o32), -1) << "paged, planned from norms, sq = " << sq;
+        EXPECT_EQ(p16.last().alloc, p32.last().alloc);
+      };
+      if (kind < 2) {
+        gqa::kdgqa_policy p16(ko), p32(ko);
+        run(p16, p32);
+      } else {
+        gqa::dgqa_policy p16(dopt, s16), p32(dopt, s32);
+        run(p16, p32);
+        EXPECT_EQ(s16.splits, s32.splits);
+      }
+    }
+
+    // Ragged: the pools' first 61 + 40 rows as two packed sequences of keys.
+    const std::vector<int> cu_q{0, static_cast<int>(sq), static_cast<int>(2 * sq)}, cu_k{0, 61, 101};
+    const auto qt = gqa::thd<const float>(qd.data(), b * sq, hq, d);
+    gqa::attend<Isa>(qt, gqa::thd<const T>(k16.data(), 101, hkv, d), gqa::thd<const T>(v16.data(), 101, hkv, d),
+                     gqa::thd(o16.data(), b * sq, hq, d), map, gqa::varlen{cu_q, cu_k}, opt);
+    gqa::attend<Isa>(qt, gqa::thd<const float>(kw.data(), 101, hkv, d), gqa::thd<const float>(vw.data(), 101, hkv, d),
+                     gqa::thd(o32.data(), b * sq, hq, d), map, gqa::varlen{cu_q, cu_k}, opt);
+    EXPECT_EQ(first_difference(o16, o32), -1) << "ragged, sq = " << sq;
+  }
+}
+
+TYPED_TEST_P(lowp_suite, paged_and_ragged_16_bit) {
+  check_paged_and_ragged<TypeParam, gqa::bf16>();
+  check_paged_and_ragged<TypeParam, gqa::f16>();
+}
+
+/// The checks see 16-bit K/V: check_finite names a non-finite 16-bit element with its float value; an
+/// fp32 output overlapping the bytes of a 16-bit K is rejected, one beside it is not.
+TYPED_TEST_P(lowp_suite, checks_with_16_bit_kv) {
+  const index_t b = 1, s = 4, h = 2, d = 8;
+  std::vector<float> q(static_cast<std::size_t>(b * s * h * d), 0.5f);
+  std::vector<gqa::bf16> k(static_cast<std::size_t>(b * s * h * d), gqa::bf16(0.25f)), v = k;
+  k[static_cast<std::size_t>(((0 * s + 2) * h + 1) * d + 5)] = gqa::bf16(k_inf);
+  std::vector<float> o(q.size());
+  gqa::attention_options opt;
+  opt.check_finite = true;
+  const auto map = gqa::head_map::uniform(h, h);
+  try {
+    gqa::attend<TypeParam>(gqa::bshd<const float>(q.data(), b, s, h, d), gqa::bshd<const gqa::bf16>(k.data(), b, s, h, d),
+                           gqa::bshd<const gqa::bf16>(v.data(), b, s, h, d), gqa::bshd(o.data(), b, s, h, d), map, opt);
+    ADD_FAILURE() << "expected gqa::invalid_argument";
+  } catch (const gqa::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("k[0, 2, 1, 5] = inf"), std::string::npos) << e.what();
+  }
+  // One byte buffer holding a bf16 K (16 elements: bytes [0, 32)) and an fp32 output after or over it.
+  alignas(64) std::byte storage[128] = {};
+  auto* kb = reinterpret_cast<gqa::bf16*>(storage);
+  auto* of = reinterpret_cast<float*>(storage);
+  const auto k_in_buf = gqa::bshd<const gqa::bf16>(kb, 1, 2, 1, 8);
+  const auto vv = gqa::bshd<const gqa::bf16>(v.data(), 1, 2, 1, 8);
+  const auto qq = gqa::bshd<const float>(q.data(), 1, 1, 1, 8);
+  const auto one = gqa::head_map::uniform(1, 1);
+  try {
+    gqa::attend<TypeParam>(qq, k_in_buf, vv, gqa::bshd(of + 7, 1, 1, 1, 8), one);  // bytes [28, 60)
+    ADD_FAILURE() << "expected gqa::invalid_argument";
+  } catch (const gqa::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("overlaps k"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(gqa::attend<TypeParam>(qq, k_in_buf, vv, gqa::bshd(of + 8, 1, 1, 1, 8), one));  // bytes [32, 64)
+  EXPECT_EQ(of[8], 0.25f);  // every key and value is 0.25 (k's bytes are zero: bf16 +0, so uniform weights)
+}
+
+REGISTER_TYPED_TEST_SUITE_P(lowp_suite, attend_bf16_matches_reference_and_fp32_bitwise,
+                            attend_f16_matches_reference_and_fp32_bitwise, every_variant_bf16_matches_fp32_bitwise,
+                            every_variant_f16_matches_fp32_bitwise, nonfinite_kv_as_in_fp32, paged_and_ragged_16_bit,
+                            checks_with_16_bit_kv);
+
+}  // namespace
