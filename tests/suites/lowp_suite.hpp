@@ -335,27 +335,27 @@ void check_paged_and_ragged() {
     EXPECT_EQ(first_difference(o16, o32), -1) << "paged forward, sq = " << sq;
     // Policies that plan from the keys: a 16-bit page's valid keys widen exactly, so their norms, the plan
     // and the output are the float cache's, bit for bit (KDGQA, KDGQA per sample, DGQA diff in training).
-    for (int kind = 0; kind < 3; ++kind) {
-      SCOPED_TRACE(kind);
+    const auto run = [&](auto& p16, auto& p32) {
+      gqa::forward<Isa>(p16, q, h, gqa::bshd(o16.data(), b, sq, hq, d), opt);
+      gqa::forward<Isa>(p32, q, f, gqa::bshd(o32.data(), b, sq, hq, d), opt);
+      EXPECT_EQ(first_difference(o16, o32), -1) << "paged, planned from norms, sq = " << sq;
+      EXPECT_EQ(p16.last().alloc, p32.last().alloc);
+    };
+    for (const bool per_sample : {false, true}) {
+      SCOPED_TRACE(per_sample ? "kdgqa per sample" : "kdgqa");
       gqa::kdgqa_options ko;
-      ko.per_sample = kind == 1;
+      ko.per_sample = per_sample;
+      gqa::kdgqa_policy p16(ko), p32(ko);
+      run(p16, p32);
+    }
+    {
+      SCOPED_TRACE("dgqa");
       gqa::dgqa_options dopt;
       dopt.window = 1;
       gqa::dgqa_state s16 = gqa::dgqa_state::initial(hq, hkv), s32 = s16;
-      const auto run = [&](auto& p16, auto& p32) {
-        gqa::forward<Isa>(p16, q, h, gqa::bshd(o16.data(), b, sq, hq, d), opt);
-        gqa::forward<Isa>(p32, q, f, gqa::bshd(o32.data(), b, sq, hq, d), opt);
-        EXPECT_EQ(first_difference(o16, o32), -1) << "paged, planned from norms, sq = " << sq;
-        EXPECT_EQ(p16.last().alloc, p32.last().alloc);
-      };
-      if (kind < 2) {
-        gqa::kdgqa_policy p16(ko), p32(ko);
-        run(p16, p32);
-      } else {
-        gqa::dgqa_policy p16(dopt, s16), p32(dopt, s32);
-        run(p16, p32);
-        EXPECT_EQ(s16.splits, s32.splits);
-      }
+      gqa::dgqa_policy p16(dopt, s16), p32(dopt, s32);
+      run(p16, p32);
+      EXPECT_EQ(s16.splits, s32.splits);
     }
 
     // Ragged: the pools' first 61 + 40 rows as two packed sequences of keys.
