@@ -176,13 +176,15 @@ struct kernel {
   /// paged block's rows as list_rows() left them in `ptr`).
   static GQA_FORCEINLINE auto block_rows(const problem& pb, index_t ib, index_t g, index_t j0,
                                          const block_pointers& ptr) noexcept {
+    using T = typename Lay::kv_type;  // named, not deduced: clang 14 has no aggregate deduction
     const auto& k = pb.lay.k;
     const auto& v = pb.lay.v;
     if constexpr (Lay::paged) {
-      return std::pair{paged_rows<typename Lay::kv_type>{ptr.k, g * k.stride_h}, paged_rows<typename Lay::kv_type>{ptr.v, g * v.stride_h}};
+      return std::pair{paged_rows<T>{ptr.k, g * k.stride_h}, paged_rows<T>{ptr.v, g * v.stride_h}};
     } else {
       const kv_loc at = pb.lay.kv_cursor(ib, j0).loc();
-      return std::pair{strided_rows<typename Lay::kv_type>{k.row(at.b, at.s, g), k.stride_s}, strided_rows<typename Lay::kv_type>{v.row(at.b, at.s, g), v.stride_s}};
+      return std::pair{strided_rows<T>{k.row(at.b, at.s, g), k.stride_s},
+                       strided_rows<T>{v.row(at.b, at.s, g), v.stride_s}};
     }
   }
 
