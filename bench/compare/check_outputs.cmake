@@ -122,7 +122,7 @@ endforeach()
 file(STRINGS "${_out}/compare.csv" _csv_lines)
 list(POP_FRONT _csv_lines _csv_header)
 set(_want_header "config,scheme,variant,hq,hkv,kv_heads_used,allocation,flops,kv_bytes_per_token,attn_params,"
-                 "extra_params,median_ms,min_ms,q1_ms,q3_ms,max_ms,speedup_vs_mha,status")
+                 "extra_params,median_ms,min_ms,q1_ms,q3_ms,max_ms,speedup_vs_mha,status,kv_dtype")
 string(CONCAT _want_header ${_want_header})
 check("_csv_header STREQUAL \"${_want_header}\"" "compare.csv header '${_csv_header}'")
 set(_csv_count 0)

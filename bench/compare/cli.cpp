@@ -34,6 +34,7 @@ struct overrides {
   std::optional<std::int64_t> heads, head_dim, seq, kv_len, batch, hkv_ref;
   std::optional<int> reps, warmup;
   std::optional<bool> causal, decode;
+  std::optional<kv_dtype> dtype;
 };
 
 void apply(const overrides& ov, layer_config& c) {
@@ -54,6 +55,7 @@ void apply(const overrides& ov, layer_config& c) {
   if (ov.kv_len) c.seq_kv = *ov.kv_len;
   if (ov.reps) c.reps = *ov.reps;
   if (ov.warmup) c.warmup = *ov.warmup;
+  if (ov.dtype) c.dtype = *ov.dtype;
   c.hkv_ref = ov.hkv_ref ? *ov.hkv_ref : default_hkv_ref(c.heads);
 }
 
@@ -109,6 +111,8 @@ overrides (applied to every selected configuration):
 run:
   --isa NAME        scalar, avx2, avx512 or neon (default: the best one this CPU supports)
   --threads N       threads per call (default 0 = all cores)
+  --dtype T         the K/V cache's element type: f32 (default), bf16 or f16 (Q, O and accumulation
+                    stay fp32; the KV bytes column follows it; not with --train)
   --out DIR         output folder (default ./gqa-compare-out; created if missing)
   --train           time a training step per scheme: forward (gqa::forward_train) and backward
                     (gqa::backward), with their own columns; prefill configurations only
@@ -181,6 +185,11 @@ run_options parse_args(int argc, const char* const* argv) {
     } else if (arg == "--out") {
       r.out_dir = value();
       if (r.out_dir.empty()) bad(arg, r.out_dir, "must be a folder path");
+    } else if (arg == "--dtype") {
+      const std::string name = value();
+      kv_dtype t{};
+      if (!parse_kv_dtype(name, t)) bad(arg, name, "unknown K/V type (f32, bf16, f16)");
+      ov.dtype = t;
     } else if (arg == "--train") {
       flag();
       r.train = true;
@@ -200,6 +209,8 @@ run_options parse_args(int argc, const char* const* argv) {
   if (r.train) {
     // A training step has no decode: --train keeps the prefill configurations.
     if (ov.decode && *ov.decode) throw usage_error("--train: a training step has no decode; drop --decode");
+    if (ov.dtype && *ov.dtype != kv_dtype::f32)
+      bad("--dtype", to_string(*ov.dtype), "--train takes float K/V (the backward's inputs are fp32)");
     std::erase_if(r.configs, [](const layer_config& c) { return c.decode; });
     if (r.configs.empty())
       throw usage_error("--train with --preset " + preset + ": the preset has only decode configurations");

@@ -240,6 +240,30 @@ TEST(compare_cli, train_keeps_the_prefill_configurations) {
   EXPECT_EQ(pre.configs[0].seq_q, pre.configs[0].seq_kv);
 }
 
+// --dtype sets every configuration's K/V element type, which the KV-bytes column follows (2-byte elements:
+// half of fp32's bytes); f32 is the default and spells itself.
+TEST(compare_cli, dtype_sets_the_kv_element_type_and_its_bytes) {
+  for (const layer_config& c : parse({}).configs) EXPECT_EQ(c.dtype, kv_dtype::f32);
+  const run_options b = parse({"--dtype", "bf16"});
+  ASSERT_EQ(b.configs.size(), 3u);
+  for (const layer_config& c : b.configs) EXPECT_EQ(c.dtype, kv_dtype::bf16);
+  EXPECT_EQ(parse({"--tiny", "--dtype=f16"}).configs.at(1).dtype, kv_dtype::f16);
+  layer_config c = llama(2048, 2048);
+  const scheme gqa8 = find(schemes_for(c), "GQA-8");
+  EXPECT_EQ(kv_bytes_per_token(c, gqa8), 2 * 8 * 128 * 4);
+  for (const kv_dtype t : {kv_dtype::bf16, kv_dtype::f16}) {
+    c.dtype = t;
+    EXPECT_EQ(kv_bytes_per_token(c, gqa8), 2 * 8 * 128 * 2) << to_string(t);
+    kv_dtype back = kv_dtype::f32;
+    EXPECT_TRUE(parse_kv_dtype(to_string(t), back));
+    EXPECT_EQ(back, t);
+  }
+  kv_dtype unchanged = kv_dtype::bf16;
+  EXPECT_FALSE(parse_kv_dtype("fp8", unchanged));
+  EXPECT_EQ(unchanged, kv_dtype::bf16);
+  EXPECT_EQ(to_string(kv_dtype::f32), "f32");
+}
+
 TEST(compare_cli, errors_name_the_argument_and_value) {
   auto message = [](std::vector<const char*> args) -> std::string {
     try {
@@ -261,6 +285,10 @@ TEST(compare_cli, errors_name_the_argument_and_value) {
             "--hkv-ref = 5: must divide the number of query heads H = 12 (PGQA and WGQA use uniform groups) "
             "(configuration vit-b16)");
   EXPECT_EQ(message({"--preset", "vit-b16", "--hkv-ref", "24"}).substr(0, 22), "--hkv-ref = 24: must d");
+  EXPECT_EQ(message({"--dtype", "int4"}), "--dtype = int4: unknown K/V type (f32, bf16, f16)");
+  EXPECT_EQ(message({"--train", "--dtype", "bf16"}),
+            "--dtype = bf16: --train takes float K/V (the backward's inputs are fp32)");
+  EXPECT_EQ(message({"--train", "--dtype", "f32"}), "(no error)");
 }
 
 TEST(compare_report, allocation_string_and_table_layout) {

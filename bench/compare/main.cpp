@@ -217,6 +217,7 @@ config_result measure_config(const layer_config& c, const isa_entry& isa, int th
     req.v = v.data();
     req.o = o.data();
     req.train = train;
+    req.dtype = c.dtype;
     req.dout = dout.data();
     req.dq = dq.data();
     req.dk = dk.data();

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <gqa/gqa.hpp>
 
@@ -22,36 +23,49 @@ namespace {
 using isa_tag = gqa::isa::GQA_COMPARE_ISA;
 static_assert(gqa::isa::compiled<isa_tag>, "measure_<isa>.cpp must be compiled with its ISA's flags");
 
-/// Warm-up calls, then `reps` timed calls of gqa::forward; every call goes through the policy's whole
-/// pipeline (check, prepare, plan, core, finish), so its own work is timed with the attention. With
-/// r.train, each call is a training step instead: gqa::forward_train, then gqa::backward of it (the policy's
-/// own backward steps included), timed separately.
+/// A training step per call: gqa::forward_train, then gqa::backward of it (the policy's own backward steps
+/// included), timed apart; warm-up steps first.
 template <class Policy>
-measurement time_calls(Policy& policy, const measure_request& r) {
+measurement time_training(Policy& policy, const measure_request& r, gqa::tensor_view<const float> q,
+                          gqa::tensor_view<const float> k, gqa::tensor_view<const float> v, gqa::tensor_view<float> o,
+                          const gqa::attention_options& opt) {
+  measurement m;
+  const auto dout = gqa::bshd<const float>(r.dout, r.batch, r.seq_q, r.hq, r.head_dim);
+  const auto dq = gqa::bshd(r.dq, r.batch, r.seq_q, r.hq, r.head_dim);
+  const auto dk = gqa::bshd(r.dk, r.batch, r.seq_kv, r.kv_in, r.head_dim);
+  const auto dv = gqa::bshd(r.dv, r.batch, r.seq_kv, r.kv_in, r.head_dim);
+  const gqa::tensor_view<const float> o_read = o;
+  for (int i = 0; i < r.warmup + r.reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto saved = gqa::forward_train<isa_tag>(policy, q, k, v, o, opt);
+    const auto t1 = std::chrono::steady_clock::now();
+    gqa::backward<isa_tag>(policy, saved, q, k, v, o_read, dout, dq, dk, dv, opt);
+    const auto t2 = std::chrono::steady_clock::now();
+    if (i < r.warmup) continue;
+    m.seconds.push_back(std::chrono::duration<double>(t1 - t0).count());
+    m.backward_seconds.push_back(std::chrono::duration<double>(t2 - t1).count());
+  }
+  return m;
+}
+
+/// Warm-up calls, then `reps` timed calls of gqa::forward on K/V elements of type T (kv, vv: r.k and r.v,
+/// or their 16-bit roundings); every call goes through the policy's whole pipeline (check, prepare, plan,
+/// core, finish), so its own work is timed with the attention. With r.train (float K/V only, as the CLI
+/// ensures), each call is a training step instead (time_training).
+template <class T, class Policy>
+measurement time_calls(Policy& policy, const measure_request& r, const T* kv, const T* vv) {
   const auto q = gqa::bshd<const float>(r.q, r.batch, r.seq_q, r.hq, r.head_dim);
-  const auto k = gqa::bshd<const float>(r.k, r.batch, r.seq_kv, r.kv_in, r.head_dim);
-  const auto v = gqa::bshd<const float>(r.v, r.batch, r.seq_kv, r.kv_in, r.head_dim);
+  const auto k = gqa::bshd<const T>(kv, r.batch, r.seq_kv, r.kv_in, r.head_dim);
+  const auto v = gqa::bshd<const T>(vv, r.batch, r.seq_kv, r.kv_in, r.head_dim);
   const auto o = gqa::bshd(r.o, r.batch, r.seq_q, r.hq, r.head_dim);
   gqa::attention_options opt;
   opt.causal = r.causal;
   opt.num_threads = r.threads;
   measurement m;
-  if (r.train) {
-    const auto dout = gqa::bshd<const float>(r.dout, r.batch, r.seq_q, r.hq, r.head_dim);
-    const auto dq = gqa::bshd(r.dq, r.batch, r.seq_q, r.hq, r.head_dim);
-    const auto dk = gqa::bshd(r.dk, r.batch, r.seq_kv, r.kv_in, r.head_dim);
-    const auto dv = gqa::bshd(r.dv, r.batch, r.seq_kv, r.kv_in, r.head_dim);
-    const gqa::tensor_view<const float> o_read = o;
-    for (int i = 0; i < r.warmup + r.reps; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      const auto saved = gqa::forward_train<isa_tag>(policy, q, k, v, o, opt);
-      const auto t1 = std::chrono::steady_clock::now();
-      gqa::backward<isa_tag>(policy, saved, q, k, v, o_read, dout, dq, dk, dv, opt);
-      const auto t2 = std::chrono::steady_clock::now();
-      if (i < r.warmup) continue;
-      m.seconds.push_back(std::chrono::duration<double>(t1 - t0).count());
-      m.backward_seconds.push_back(std::chrono::duration<double>(t2 - t1).count());
-    }
+  if constexpr (std::is_same_v<T, float>) {
+    if (r.train) return time_training(policy, r, q, k, v, o, opt);
+  } else if (r.train) {
+    m.error = "--train takes float K/V";
     return m;
   }
   for (int i = 0; i < r.warmup; ++i) gqa::forward<isa_tag>(policy, q, k, v, o, opt);
@@ -63,6 +77,21 @@ measurement time_calls(Policy& policy, const measure_request& r) {
     m.seconds.push_back(std::chrono::duration<double>(t1 - t0).count());
   }
   return m;
+}
+
+/// The K/V of r as r.dtype: r.k and r.v themselves for f32, else rounded copies (outside the timing).
+template <class Policy>
+measurement time_calls(Policy& policy, const measure_request& r) {
+  const auto n = static_cast<std::size_t>(r.batch * r.seq_kv * r.kv_in * r.head_dim);
+  const auto timed = [&]<class T>() {
+    const std::vector<T> k(r.k, r.k + n), v(r.v, r.v + n);  // T(float): round to nearest even
+    return time_calls<T>(policy, r, k.data(), v.data());
+  };
+  switch (r.dtype) {
+    case kv_dtype::bf16: return timed.template operator()<gqa::bf16>();
+    case kv_dtype::f16: return timed.template operator()<gqa::f16>();
+    default: return time_calls<float>(policy, r, r.k, r.v);
+  }
 }
 
 /// The allocation of the last call: a policy that plans from the keys reports it (last(), with its status

@@ -104,9 +104,28 @@ std::int64_t attention_flops(const layer_config& c, const scheme& s) {
   return 4 * c.batch * s.hq * c.head_dim * visible_pairs(c.seq_q, c.seq_kv, c.causal);
 }
 
+std::string to_string(kv_dtype t) {
+  switch (t) {
+    case kv_dtype::bf16: return "bf16";
+    case kv_dtype::f16: return "f16";
+    default: return "f32";
+  }
+}
+
+std::int64_t element_bytes(kv_dtype t) { return t == kv_dtype::f32 ? 4 : 2; }
+
+bool parse_kv_dtype(const std::string& name, kv_dtype& out) {
+  for (const kv_dtype t : {kv_dtype::f32, kv_dtype::bf16, kv_dtype::f16})
+    if (name == to_string(t)) {
+      out = t;
+      return true;
+    }
+  return false;
+}
+
 std::int64_t kv_bytes_per_token(const layer_config& c, const scheme& s) {
   // WGQA's combination is per token (K_g = sum_j w_j K_j), so a cache stores the G combined heads.
-  return 2 * s.hkv * c.head_dim * static_cast<std::int64_t>(sizeof(float));
+  return 2 * s.hkv * c.head_dim * element_bytes(c.dtype);
 }
 
 std::int64_t extra_params(const layer_config& c, const scheme& s) {

@@ -10,6 +10,17 @@
 
 namespace gqa_compare {
 
+/// The element type of the K/V cache a run reads (--dtype): float, or gqa's 16-bit gqa::bf16 / gqa::f16
+/// (rounded to nearest even from the float keys and values once, outside the timing). Q, O and every
+/// accumulation stay fp32; a training step (--train) takes float K/V only.
+enum class kv_dtype { f32, bf16, f16 };
+/// "f32", "bf16", "f16": the --dtype spelling.
+std::string to_string(kv_dtype t);
+/// Bytes of one cached K or V element: 4, 2, 2.
+std::int64_t element_bytes(kv_dtype t);
+/// The kv_dtype spelled `name`, if any.
+bool parse_kv_dtype(const std::string& name, kv_dtype& out);
+
 /// One attention layer to compare schemes on. `heads` is the model's baseline (MHA) query-head count H;
 /// the model width is D = H * head_dim for every scheme (SQA keeps d = D / H and computes fewer heads).
 struct layer_config {
@@ -25,6 +36,7 @@ struct layer_config {
   std::int64_t hkv_ref = 0;     // KV heads of the GQA reference point used by KDGQA/DGQA/PGQA/WGQA
   int reps = 0;                 // timed calls
   int warmup = 0;               // untimed calls before them
+  kv_dtype dtype = kv_dtype::f32;  // the K/V cache's element type (--dtype)
 
 };
 /// D = H * d.
@@ -68,7 +80,7 @@ std::int64_t visible_pairs(std::int64_t seq_q, std::int64_t seq_kv, bool causal)
 /// counted (they are in the measured time).
 std::int64_t attention_flops(const layer_config& c, const scheme& s);
 
-/// KV-cache bytes per token per layer, fp32: 2 (K and V) * hkv * d * 4.
+/// KV-cache bytes per token per layer: 2 (K and V) * hkv * d * element_bytes(c.dtype).
 std::int64_t kv_bytes_per_token(const layer_config& c, const scheme& s);
 
 /// Learned parameters the scheme adds beyond its projections: WGQA scalar 2H, col 2·H·d.

@@ -81,7 +81,7 @@ std::string describe(const layer_config& c) {
   return c.name + ": " + c.description + ": H = " + std::to_string(c.heads) + ", d = " + std::to_string(c.head_dim) +
          " (D = " + std::to_string(model_dim(c)) + "), batch " + std::to_string(c.batch) +
          ", Sq = " + std::to_string(c.seq_q) + ", Skv = " + std::to_string(c.seq_kv) + ", " +
-         (c.causal ? "causal" : "non-causal") + (c.decode ? " decode" : " prefill") +
+         (c.causal ? "causal" : "non-causal") + (c.decode ? " decode" : " prefill") + ", K/V " + to_string(c.dtype) +
          "; KDGQA/DGQA/PGQA/WGQA at Hkv = " + std::to_string(c.hkv_ref) + "; " + std::to_string(c.reps) +
          " timed calls after " + std::to_string(c.warmup) + " warm-up";
 }
@@ -173,6 +173,7 @@ std::string to_json(const run_info& info, const std::vector<config_result>& resu
     j += std::string("      \"causal\": ") + (c.causal ? "true" : "false") + ",\n";
     j += std::string("      \"decode\": ") + (c.decode ? "true" : "false") + ",\n";
     j += "      \"hkv_ref\": " + std::to_string(c.hkv_ref) + ",\n";
+    j += "      \"kv_dtype\": " + json_string(to_string(c.dtype)) + ",\n";
     j += "      \"reps\": " + std::to_string(c.reps) + ",\n";
     j += "      \"warmup\": " + std::to_string(c.warmup) + ",\n";
     j += "      \"plot\": " + (r.plot_file.empty() ? std::string("null") : json_string(r.plot_file)) + ",\n";
@@ -224,7 +225,7 @@ std::string to_csv(const std::vector<config_result>& results) {
   const bool train = !results.empty() && results.front().train;
   std::string out =
       "config,scheme,variant,hq,hkv,kv_heads_used,allocation,flops,kv_bytes_per_token,attn_params,extra_params,"
-      "median_ms,min_ms,q1_ms,q3_ms,max_ms,speedup_vs_mha,status";
+      "median_ms,min_ms,q1_ms,q3_ms,max_ms,speedup_vs_mha,status,kv_dtype";
   out += train ? ",backward_median_ms,step_median_ms,step_speedup_vs_mha\n" : "\n";
   for (const config_result& r : results)
     for (const scheme_result& x : r.rows) {
@@ -236,7 +237,8 @@ std::string to_csv(const std::vector<config_result>& results) {
              "," + std::to_string(x.flops) + "," + std::to_string(x.kv_bytes_per_token) + "," +
              std::to_string(x.params) + "," + std::to_string(x.extra_params) + "," + time(x.t.median) + "," +
              time(x.t.min) + "," + time(x.t.q1) + "," + time(x.t.q3) + "," + time(x.t.max) + "," +
-             (t && x.speedup > 0 ? fixed(x.speedup, 4) : std::string()) + "," + csv_field(status);
+             (t && x.speedup > 0 ? fixed(x.speedup, 4) : std::string()) + "," + csv_field(status) + "," +
+             to_string(r.c.dtype);
       if (train) {
         const bool b = x.trained();
         out += "," + (b ? ms(x.t_bwd.median, 6) : std::string()) + "," + (b ? ms(x.t_step.median, 6) : std::string()) +
