@@ -165,6 +165,17 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
         add(var, "variant", "gqa", s, s);
       }
     }
+  // Long-context decode: D1's heads against 65536 and 131072 keys (512 MiB and 1 GiB of fp32 K/V; half in
+  // bf16), fp32 and bf16, one and two threads (not scalar).
+  if (isa != "scalar" && std::find(variants.begin(), variants.end(), "gqa") != variants.end())
+    for (const std::int64_t skv : {65536, 131072})
+      for (const kv_type t : {kv_type::f32, kv_type::bf16})
+        for (int th : {1, 2}) {
+          shape s = make_main_shape(main_shape::d1, th);
+          s.skv = skv;
+          s.kv = t;
+          add(var, "variant", "gqa", s, s);
+        }
   // The K/V forms of gqa/paged.hpp and gqa/varlen.hpp against the dense views, on P1, P3 and D1 with the
   // GQA heads, one thread: kv_dense (gqa::attend on the BSHD buffers), kv_paged16 and kv_paged256 (the same
   // keys in shuffled pages of 16 and 256 slots), kv_ragged (the same buffers as packed sequences).
