@@ -78,6 +78,47 @@ gqa::tensor_view<const E> kv_view(const lowp_case& c, const std::vector<E>& x, i
   return c.bhsd_kv ? gqa::bhsd<const E>(x.data(), c.b, c.hkv, c.skv, d) : gqa::bshd<const E>(x.data(), c.b, c.skv, c.hkv, d);
 }
 
+/// Checks output o and LSE lse of case c against the double reference fed K/V kw, vw (floats in the case's
+/// layout: the values the low-precision K/V hold), within Note [attention tolerance]; returns the output
+/// bound used.
+double expect_near_reference(const lowp_case& c, gqa::tensor_view<const float> q, const gqa::head_map& map,
+                             const std::vector<float>& kw, const std::vector<float>& vw, const std::vector<float>& o,
+                             const std::vector<float>& lse) {
+  const auto no = o.size(), nl = lse.size();
+  // The reference and the naive yardstick on the same rounded K/V, in logical BSHD order.
+  const auto kd = gqa::test::logical_order(kv_view(c, kw, c.d)), vd = gqa::test::logical_order(kv_view(c, vw, c.dv));
+  const auto kb = gqa::bshd<const float>(kd.data(), c.b, c.skv, c.hkv, c.d);
+  const auto vb = gqa::bshd<const float>(vd.data(), c.b, c.skv, c.hkv, c.dv);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(static_cast<float>(c.d)));
+  gqa::reference::modifiers mods;
+  mods.window_left = c.window_left;
+  const auto kv_of_q = map.kv_of_q();
+  const auto ref = gqa::reference::attention(q, kb, vb, kv_of_q, scale, c.causal, c.kv_lengths, mods);
+  const auto naive = gqa::test::naive_fp32(q, kb, vb, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths, mods);
+  const double tol = gqa::test::attention_tolerance(naive.o, ref.o, vw);
+  double err = 0.0;
+  for (std::size_t i = 0; i < no; ++i) {
+    if (!std::isfinite(o[i])) {
+      ADD_FAILURE() << "output " << i << " = " << o[i];
+      return tol;
+    }
+    err = std::max(err, std::fabs(static_cast<double>(o[i]) - ref.o[i]));
+  }
+  EXPECT_LE(err, tol);
+  double lerr = 0.0, lnaive = 0.0, lmax = 1.0;
+  for (std::size_t i = 0; i < nl; ++i) {
+    if (std::isinf(ref.lse[i])) {
+      EXPECT_EQ(lse[i], -k_inf) << "LSE " << i;
+      continue;
+    }
+    lerr = std::max(lerr, std::fabs(static_cast<double>(lse[i]) - ref.lse[i]));
+    lnaive = std::max(lnaive, std::fabs(static_cast<double>(naive.lse[i]) - ref.lse[i]));
+    lmax = std::max(lmax, std::fabs(ref.lse[i]));
+  }
+  EXPECT_LE(lerr, gqa::test::k_error_factor * lnaive + gqa::test::k_error_floor * lmax);
+  return tol;
+}
+
 /// Runs the case with T K/V and with the same values widened to float; checks the two bit for bit (output
 /// and LSE) and the 16-bit one against the reference within Note [16-bit K/V tolerance].
 template <class Isa, class T>
@@ -104,35 +145,7 @@ void check_case(const lowp_case& c) {
   gqa::attend<Isa>(q, kv_view(c, kw, c.d), kv_view(c, vw, c.dv), gqa::bshd(o32.data(), c.b, c.sq, c.hq, c.dv), map, opt);
   EXPECT_EQ(first_difference(o16, o32), -1) << "16-bit output differs from the fp32 call on the widened K/V";
   EXPECT_EQ(first_difference(lse16, lse32), -1) << "16-bit LSE differs from the fp32 call on the widened K/V";
-
-  // The reference and the naive yardstick on the same rounded K/V, in logical BSHD order.
-  const auto kd = gqa::test::logical_order(kv_view(c, kw, c.d)), vd = gqa::test::logical_order(kv_view(c, vw, c.dv));
-  const auto kb = gqa::bshd<const float>(kd.data(), c.b, c.skv, c.hkv, c.d);
-  const auto vb = gqa::bshd<const float>(vd.data(), c.b, c.skv, c.hkv, c.dv);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(static_cast<float>(c.d)));
-  gqa::reference::modifiers mods;
-  mods.window_left = c.window_left;
-  const auto kv_of_q = map.kv_of_q();
-  const auto ref = gqa::reference::attention(q, kb, vb, kv_of_q, scale, c.causal, c.kv_lengths, mods);
-  const auto naive = gqa::test::naive_fp32(q, kb, vb, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths, mods);
-  const double tol = gqa::test::attention_tolerance(naive.o, ref.o, vw);
-  double err = 0.0;
-  for (std::size_t i = 0; i < no; ++i) {
-    ASSERT_TRUE(std::isfinite(o16[i])) << "output " << i;
-    err = std::max(err, std::fabs(static_cast<double>(o16[i]) - ref.o[i]));
-  }
-  EXPECT_LE(err, tol);
-  double lerr = 0.0, lnaive = 0.0, lmax = 1.0;
-  for (std::size_t i = 0; i < nl; ++i) {
-    if (std::isinf(ref.lse[i])) {
-      EXPECT_EQ(lse16[i], -k_inf) << "LSE " << i;
-      continue;
-    }
-    lerr = std::max(lerr, std::fabs(static_cast<double>(lse16[i]) - ref.lse[i]));
-    lnaive = std::max(lnaive, std::fabs(static_cast<double>(naive.lse[i]) - ref.lse[i]));
-    lmax = std::max(lmax, std::fabs(ref.lse[i]));
-  }
-  EXPECT_LE(lerr, gqa::test::k_error_factor * lnaive + gqa::test::k_error_floor * lmax);
+  expect_near_reference(c, q, map, kw, vw, o16, lse16);
 }
 
 /// Odd sizes on every path: decode (direct, key-major over several KV heads, an unused KV head), split-KV
@@ -193,6 +206,66 @@ std::vector<lowp_case> attend_cases() {
   return cases;
 }
 
+// --- int8 K/V (gqa::q8_view) ---
+
+/// An int8 K or V of a case: x quantised by gqa::quantize_q8 in the case's layout (the scales a d = 1 view
+/// of the same layout), and the floats it stands for (gqa::dequantize_q8, same layout).
+struct q8_kv {
+  std::vector<std::int8_t> values;
+  std::vector<float> scales, deq;
+  gqa::q8_view view;
+};
+
+q8_kv quantised(const lowp_case& c, const std::vector<float>& x, index_t d) {
+  q8_kv r;
+  r.values.resize(x.size());
+  r.scales.resize(static_cast<std::size_t>(c.b * c.skv * c.hkv));
+  r.deq.resize(x.size());
+  const auto at = [&](auto* p, index_t n) {
+    return c.bhsd_kv ? gqa::bhsd(p, c.b, c.hkv, c.skv, n) : gqa::bshd(p, c.b, c.skv, c.hkv, n);
+  };
+  gqa::quantize_q8(kv_view(c, x, d), at(r.values.data(), d), at(r.scales.data(), 1));
+  r.view = {at(static_cast<const std::int8_t*>(r.values.data()), d), at(static_cast<const float*>(r.scales.data()), 1)};
+  gqa::dequantize_q8(r.view, at(r.deq.data(), d));
+  return r;
+}
+
+/// Runs the case with int8 K/V and with their dequantised floats; checks the int8 call against the
+/// reference fed the dequantised K/V and against the fp32 call, both within Note [int8 K/V tolerance];
+/// bit for bit when `tiled` (every task on the tiled path, where packing dequantises exactly).
+template <class Isa>
+void check_case_q8(const lowp_case& c, bool tiled = false) {
+  SCOPED_TRACE("int8 K/V: " + c.describe());
+  const auto nq = static_cast<std::size_t>(c.b * c.sq * c.hq * c.d);
+  const auto nk = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.d), nv = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.dv);
+  const auto qd = gqa::test::random_floats(nq, c.seed * 3, c.lo, c.hi);
+  const q8_kv k8 = quantised(c, gqa::test::random_floats(nk, c.seed * 3 + 1, c.lo, c.hi), c.d);
+  const q8_kv v8 = quantised(c, gqa::test::random_floats(nv, c.seed * 3 + 2, c.lo, c.hi), c.dv);
+  const auto q = gqa::bshd<const float>(qd.data(), c.b, c.sq, c.hq, c.d);
+  const gqa::head_map map = c.map();
+
+  const auto no = static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), nl = static_cast<std::size_t>(c.b * c.hq * c.sq);
+  std::vector<float> o8(no, k_nan), o32(no, k_nan), lse8(nl, k_nan), lse32(nl, k_nan);
+  gqa::attention_options opt;
+  opt.causal = c.causal;
+  opt.kv_lengths = c.kv_lengths;
+  opt.window_left = c.window_left;
+  opt.lse = lse8;
+  gqa::attend<Isa>(q, k8.view, v8.view, gqa::bshd(o8.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+  opt.lse = lse32;
+  gqa::attend<Isa>(q, kv_view(c, k8.deq, c.d), kv_view(c, v8.deq, c.dv), gqa::bshd(o32.data(), c.b, c.sq, c.hq, c.dv),
+                   map, opt);
+  const double tol = expect_near_reference(c, q, map, k8.deq, v8.deq, o8, lse8);
+  if (tiled) {
+    EXPECT_EQ(first_difference(o8, o32), -1) << "int8 output differs from the fp32 call on the dequantised K/V";
+    EXPECT_EQ(first_difference(lse8, lse32), -1) << "int8 LSE differs from the fp32 call on the dequantised K/V";
+  } else {
+    double diff = 0.0;
+    for (std::size_t i = 0; i < no; ++i) diff = std::max(diff, std::fabs(static_cast<double>(o8[i]) - o32[i]));
+    EXPECT_LE(diff, tol) << "int8 against the fp32 call on the dequantised K/V";
+  }
+}
+
 template <class Isa>
 class lowp_suite : public gqa::test::isa_test<Isa> {};
 TYPED_TEST_SUITE_P(lowp_suite);
@@ -202,6 +275,21 @@ TYPED_TEST_P(lowp_suite, attend_bf16_matches_reference_and_fp32_bitwise) {
 }
 TYPED_TEST_P(lowp_suite, attend_f16_matches_reference_and_fp32_bitwise) {
   for (const lowp_case& c : attend_cases()) check_case<TypeParam, gqa::f16>(c);
+}
+
+TYPED_TEST_P(lowp_suite, attend_int8_matches_reference_and_fp32) {
+  for (const lowp_case& c : attend_cases()) check_case_q8<TypeParam>(c);
+  // 40 query heads per KV head: every task is tiled on every ISA (more than 32 rows per KV head even for
+  // one position), so the int8 call is the fp32 call on the dequantised K/V, bit for bit.
+  std::uint64_t seed = 900;
+  for (const index_t d : {index_t{7}, index_t{37}})
+    for (const bool bhsd : {false, true}) {
+      lowp_case c;
+      c.b = 2, c.sq = 5, c.skv = 150, c.hq = 40, c.hkv = 1, c.d = d, c.dv = d + 3, c.causal = true, c.bhsd_kv = bhsd;
+      c.kv_lengths = {150, 97};
+      c.seed = seed++;
+      check_case_q8<TypeParam>(c, /*tiled=*/true);
+    }
 }
 
 /// Every registered variant through gqa::forward<Isa> with T K/V against the same variant (a fresh
@@ -410,7 +498,7 @@ TYPED_TEST_P(lowp_suite, checks_with_16_bit_kv) {
   EXPECT_EQ(of[8], 0.25f);  // every key and value is 0.25 (k's bytes are zero: bf16 +0, so uniform weights)
 }
 
-REGISTER_TYPED_TEST_SUITE_P(lowp_suite, attend_bf16_matches_reference_and_fp32_bitwise,
+REGISTER_TYPED_TEST_SUITE_P(lowp_suite, attend_bf16_matches_reference_and_fp32_bitwise, attend_int8_matches_reference_and_fp32,
                             attend_f16_matches_reference_and_fp32_bitwise, every_variant_bf16_matches_fp32_bitwise,
                             every_variant_f16_matches_fp32_bitwise, nonfinite_kv_as_in_fp32, paged_and_ragged_16_bit,
                             checks_with_16_bit_kv);
