@@ -1,6 +1,7 @@
 // tests/support/tolerance.hpp: the error budget of every attention test against the double reference
 // (Note [attention tolerance]; Note [16-bit K/V tolerance] for bf16/f16 K and V, Note [int8 K/V
-// tolerance] for an int8 cache; Note [backward tolerance] for gradients): a naive fp32 attention (and backward) on the same inputs, and the bound it gives.
+// tolerance] for an int8 cache; Note [backward tolerance] for gradients): a naive fp32 attention (and
+// backward) on the same inputs, and the bound it gives.
 // Internal linkage (anonymous namespace): suite headers include this once per ISA, with that ISA's flags
 // (the functions are [[maybe_unused]]: not every suite calls each).
 #pragma once
