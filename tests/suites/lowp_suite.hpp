@@ -119,6 +119,28 @@ double expect_near_reference(const lowp_case& c, gqa::tensor_view<const float> q
   return tol;
 }
 
+/// The outputs and LSEs of case c run with low-precision K/V views k, v, and with the floats they hold
+/// (kw, vw, in the case's layout).
+struct two_runs {
+  std::vector<float> o, o32, lse, lse32;
+};
+template <class Isa, class KV>
+two_runs run_both(const lowp_case& c, gqa::tensor_view<const float> q, const gqa::head_map& map, const KV& k,
+                  const KV& v, const std::vector<float>& kw, const std::vector<float>& vw) {
+  const auto no = static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), nl = static_cast<std::size_t>(c.b * c.hq * c.sq);
+  two_runs r{std::vector<float>(no, k_nan), std::vector<float>(no, k_nan), std::vector<float>(nl, k_nan),
+             std::vector<float>(nl, k_nan)};
+  gqa::attention_options opt;
+  opt.causal = c.causal;
+  opt.kv_lengths = c.kv_lengths;
+  opt.window_left = c.window_left;
+  opt.lse = r.lse;
+  gqa::attend<Isa>(q, k, v, gqa::bshd(r.o.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+  opt.lse = r.lse32;
+  gqa::attend<Isa>(q, kv_view(c, kw, c.d), kv_view(c, vw, c.dv), gqa::bshd(r.o32.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+  return r;
+}
+
 /// Runs the case with T K/V and with the same values widened to float; checks the two bit for bit (output
 /// and LSE) and the 16-bit one against the reference within Note [16-bit K/V tolerance].
 template <class Isa, class T>
@@ -132,20 +154,10 @@ void check_case(const lowp_case& c) {
   const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
   const auto q = gqa::bshd<const float>(qd.data(), c.b, c.sq, c.hq, c.d);
   const gqa::head_map map = c.map();
-
-  const auto no = static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), nl = static_cast<std::size_t>(c.b * c.hq * c.sq);
-  std::vector<float> o16(no, k_nan), o32(no, k_nan), lse16(nl, k_nan), lse32(nl, k_nan);
-  gqa::attention_options opt;
-  opt.causal = c.causal;
-  opt.kv_lengths = c.kv_lengths;
-  opt.window_left = c.window_left;
-  opt.lse = lse16;
-  gqa::attend<Isa>(q, kv_view(c, k16, c.d), kv_view(c, v16, c.dv), gqa::bshd(o16.data(), c.b, c.sq, c.hq, c.dv), map, opt);
-  opt.lse = lse32;
-  gqa::attend<Isa>(q, kv_view(c, kw, c.d), kv_view(c, vw, c.dv), gqa::bshd(o32.data(), c.b, c.sq, c.hq, c.dv), map, opt);
-  EXPECT_EQ(first_difference(o16, o32), -1) << "16-bit output differs from the fp32 call on the widened K/V";
-  EXPECT_EQ(first_difference(lse16, lse32), -1) << "16-bit LSE differs from the fp32 call on the widened K/V";
-  expect_near_reference(c, q, map, kw, vw, o16, lse16);
+  const two_runs r = run_both<Isa>(c, q, map, kv_view(c, k16, c.d), kv_view(c, v16, c.dv), kw, vw);
+  EXPECT_EQ(first_difference(r.o, r.o32), -1) << "16-bit output differs from the fp32 call on the widened K/V";
+  EXPECT_EQ(first_difference(r.lse, r.lse32), -1) << "16-bit LSE differs from the fp32 call on the widened K/V";
+  expect_near_reference(c, q, map, kw, vw, r.o, r.lse);
 }
 
 /// Odd sizes on every path: decode (direct, key-major over several KV heads, an unused KV head), split-KV
@@ -243,25 +255,14 @@ void check_case_q8(const lowp_case& c, bool tiled = false) {
   const q8_kv v8 = quantised(c, gqa::test::random_floats(nv, c.seed * 3 + 2, c.lo, c.hi), c.dv);
   const auto q = gqa::bshd<const float>(qd.data(), c.b, c.sq, c.hq, c.d);
   const gqa::head_map map = c.map();
-
-  const auto no = static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), nl = static_cast<std::size_t>(c.b * c.hq * c.sq);
-  std::vector<float> o8(no, k_nan), o32(no, k_nan), lse8(nl, k_nan), lse32(nl, k_nan);
-  gqa::attention_options opt;
-  opt.causal = c.causal;
-  opt.kv_lengths = c.kv_lengths;
-  opt.window_left = c.window_left;
-  opt.lse = lse8;
-  gqa::attend<Isa>(q, k8.view, v8.view, gqa::bshd(o8.data(), c.b, c.sq, c.hq, c.dv), map, opt);
-  opt.lse = lse32;
-  gqa::attend<Isa>(q, kv_view(c, k8.deq, c.d), kv_view(c, v8.deq, c.dv), gqa::bshd(o32.data(), c.b, c.sq, c.hq, c.dv),
-                   map, opt);
-  const double tol = expect_near_reference(c, q, map, k8.deq, v8.deq, o8, lse8);
+  const two_runs r = run_both<Isa>(c, q, map, k8.view, v8.view, k8.deq, v8.deq);
+  const double tol = expect_near_reference(c, q, map, k8.deq, v8.deq, r.o, r.lse);
   if (tiled) {
-    EXPECT_EQ(first_difference(o8, o32), -1) << "int8 output differs from the fp32 call on the dequantised K/V";
-    EXPECT_EQ(first_difference(lse8, lse32), -1) << "int8 LSE differs from the fp32 call on the dequantised K/V";
+    EXPECT_EQ(first_difference(r.o, r.o32), -1) << "int8 output differs from the fp32 call on the dequantised K/V";
+    EXPECT_EQ(first_difference(r.lse, r.lse32), -1) << "int8 LSE differs from the fp32 call on the dequantised K/V";
   } else {
     double diff = 0.0;
-    for (std::size_t i = 0; i < no; ++i) diff = std::max(diff, std::fabs(static_cast<double>(o8[i]) - o32[i]));
+    for (std::size_t i = 0; i < r.o.size(); ++i) diff = std::max(diff, std::fabs(static_cast<double>(r.o[i]) - r.o32[i]));
     EXPECT_LE(diff, tol) << "int8 against the fp32 call on the dequantised K/V";
   }
 }
@@ -442,20 +443,16 @@ void check_nonfinite_q8(index_t sq) {
   kx[at(1, 70, 0, 0)] = k_nan;  // past batch 1's length: never read
   vx[at(1, 65, 1, 4)] = -k_inf;
   lowp_case c;
-  c.b = b, c.skv = skv, c.hkv = hkv;
+  c.b = b, c.sq = sq, c.skv = skv, c.hq = hq, c.hkv = hkv, c.d = d, c.dv = d, c.causal = true;
+  c.kv_lengths = {skv, len1};
   const q8_kv k8 = quantised(c, kx, d), v8 = quantised(c, vx, d);
   EXPECT_TRUE(std::isnan(k8.scales[at(0, nan_key, 0, 0) / static_cast<std::size_t>(d)]));
   EXPECT_TRUE(std::isnan(v8.scales[at(0, 5, 1, 0) / static_cast<std::size_t>(d)]));
-  std::vector<index_t> lengths{skv, len1};
-  gqa::attention_options opt;
-  opt.causal = true;
-  opt.kv_lengths = lengths;
   const auto q = gqa::bshd<const float>(qd.data(), b, sq, hq, d);
-  std::vector<float> o8(static_cast<std::size_t>(b * sq * hq * d), 0.0f), o32 = o8;
-  const auto map = gqa::head_map::uniform(hq, hkv);
-  gqa::attend<Isa>(q, k8.view, v8.view, gqa::bshd(o8.data(), b, sq, hq, d), map, opt);
-  gqa::attend<Isa>(q, gqa::bshd<const float>(k8.deq.data(), b, skv, hkv, d), gqa::bshd<const float>(v8.deq.data(), b, skv, hkv, d),
-                   gqa::bshd(o32.data(), b, sq, hq, d), map, opt);
+  const two_runs r = run_both<Isa>(c, q, gqa::head_map::uniform(hq, hkv), k8.view, v8.view, k8.deq, v8.deq);
+  const std::vector<float>& o8 = r.o;
+  const std::vector<float>& o32 = r.o32;
+  const std::vector<index_t>& lengths = c.kv_lengths;
   for (index_t ib = 0; ib < b; ++ib)
     for (index_t i = 0; i < sq; ++i)
       for (index_t h = 0; h < hq; ++h)
