@@ -12,9 +12,10 @@
 
 namespace gqa_bench {
 
-/// The element type of K and V in a benchmark (Q and O are float): float, gqa::bf16, gqa::f16.
-enum class kv_type { f32, bf16, f16 };
-/// Bytes per K/V element: 4 or 2.
+/// The element type of K and V in a benchmark (Q and O are float): float, gqa::bf16, gqa::f16, or int8
+/// (gqa::q8_view: int8 values and one fp32 scale per (token, KV head) row of each of K and V).
+enum class kv_type { f32, bf16, f16, i8 };
+/// Bytes per K/V element: 4, 2, or 1 (int8; its scales are counted by kv_bytes).
 std::int64_t kv_element_bytes(kv_type t);
 
 /// One attention problem as the core runs it: `hkv` is the KV head count the core sees (after a policy's
@@ -24,7 +25,7 @@ struct shape {
   bool causal = false;
   int threads = 1;
   std::int64_t window_left = -1;  // attention_options::window_left; >= 0 adds "_w<n>" to the name
-  kv_type kv = kv_type::f32;      // K/V storage; bf16 and f16 add "_kv-bf16" / "_kv-f16" to the name
+  kv_type kv = kv_type::f32;      // K/V storage; bf16, f16, int8 add "_kv-bf16" / "_kv-f16" / "_kv-i8" to the name
 };
 
 /// "B1_Hq32_Hkv8_D128_Sq2048_Skv2048_full_T1" (16-bit K/V: "..._full_kv-bf16_T1").

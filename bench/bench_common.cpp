@@ -37,10 +37,11 @@ std::string shape_key(const shape& s) {
   if (s.window_left >= 0) k += "_w" + std::to_string(s.window_left);
   if (s.kv == kv_type::bf16) k += "_kv-bf16";
   if (s.kv == kv_type::f16) k += "_kv-f16";
+  if (s.kv == kv_type::i8) k += "_kv-i8";
   return k;
 }
 
-std::int64_t kv_element_bytes(kv_type t) { return t == kv_type::f32 ? 4 : 2; }
+std::int64_t kv_element_bytes(kv_type t) { return t == kv_type::f32 ? 4 : t == kv_type::i8 ? 1 : 2; }
 
 std::string shape_name(const shape& s) { return shape_key(s) + "_T" + std::to_string(s.threads); }
 
@@ -58,8 +59,9 @@ double flops(const shape& s) {
 }
 
 double kv_bytes(const shape& s) {
-  return static_cast<double>(s.b) * static_cast<double>(s.hkv) * static_cast<double>(s.skv) *
-         static_cast<double>(2 * s.d) * static_cast<double>(kv_element_bytes(s.kv));
+  // Per (key, KV head): d values of K and of V, and with int8 one fp32 scale each.
+  const std::int64_t row = 2 * s.d * kv_element_bytes(s.kv) + (s.kv == kv_type::i8 ? 2 * 4 : 0);
+  return static_cast<double>(s.b) * static_cast<double>(s.hkv) * static_cast<double>(s.skv) * static_cast<double>(row);
 }
 
 std::string_view main_shape_label(main_shape m) {
@@ -150,10 +152,10 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
         add(var, "variant", std::string(v), variant_shape(v, model), model);
       }
   for (const shape& s : sweep_shapes(isa)) add(var, "variant", "gqa", s, s);
-  // 16-bit K/V (gqa::bf16, gqa::f16; Q and O float), GQA heads: D1 on one and two threads, P1 on one
-  // (not scalar, whose f16 conversion is software and whose P1 takes seconds a call).
+  // 16-bit and int8 K/V (gqa::bf16, gqa::f16, gqa::q8_view; Q and O float), GQA heads: D1 on one and two
+  // threads, P1 on one (not scalar, whose f16 conversion is software and whose P1 takes seconds a call).
   if (std::find(variants.begin(), variants.end(), "gqa") != variants.end())
-    for (const kv_type t : {kv_type::bf16, kv_type::f16}) {
+    for (const kv_type t : {kv_type::bf16, kv_type::f16, kv_type::i8}) {
       for (int th : {1, 2}) {
         shape s = make_main_shape(main_shape::d1, th);
         s.kv = t;

@@ -314,6 +314,21 @@ gqa::tensor_view<const T> rounded_view(const gqa::tensor_view<const float>& x, s
   return gqa::bshd<const T>(store.data(), x.b, x.s, x.h, x.d);
 }
 
+/// An int8 K or V: its values and scales.
+struct q8_store {
+  std::vector<std::int8_t> values;
+  std::vector<float> scales;
+};
+/// The float view x (a dense BSHD input buffer) quantised into `store`, as a BSHD q8_view of the same shape.
+gqa::q8_view quantized_view(const gqa::tensor_view<const float>& x, q8_store& store) {
+  store.values.resize(static_cast<std::size_t>(x.b * x.s * x.h * x.d));
+  store.scales.resize(static_cast<std::size_t>(x.b * x.s * x.h));
+  const auto values = gqa::bshd(store.values.data(), x.b, x.s, x.h, x.d);
+  const auto scales = gqa::bshd(store.scales.data(), x.b, x.s, x.h, 1);
+  gqa::quantize_q8(x, values, scales);
+  return {values, scales};
+}
+
 void run_variant(benchmark::State& st, const bench_case& c) {
   const shape& s = c.s;
   const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, c.model)));
@@ -328,11 +343,16 @@ void run_variant(benchmark::State& st, const bench_case& c) {
   gqa::tensor_view<const gqa::f16> khv, vhv;
   if (s.kv == kv_type::bf16) kbv = rounded_view(x.k, kb), vbv = rounded_view(x.v, vb);
   if (s.kv == kv_type::f16) khv = rounded_view(x.k, kh), vhv = rounded_view(x.v, vh);
+  // int8 K/V: the float inputs quantised once (gqa::quantize_q8), outside the timing.
+  q8_store k8, v8;
+  gqa::q8_view k8v, v8v;
+  if (s.kv == kv_type::i8) k8v = quantized_view(x.k, k8), v8v = quantized_view(x.v, v8);
   with_bench_policy(st, c, [&](auto& p) {
     const auto call = [&] {
       switch (s.kv) {
         case kv_type::bf16: gqa::forward<Isa>(p, x.q, kbv, vbv, x.o, opt); break;
         case kv_type::f16: gqa::forward<Isa>(p, x.q, khv, vhv, x.o, opt); break;
+        case kv_type::i8: gqa::forward<Isa>(p, x.q, k8v, v8v, x.o, opt); break;
         case kv_type::f32: gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt); break;
       }
     };

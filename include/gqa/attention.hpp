@@ -21,6 +21,7 @@
 #include "isa/tags.hpp"
 #include "numeric.hpp"
 #include "options.hpp"
+#include "quantized.hpp"
 #include "tensor.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -199,10 +200,37 @@ void check_map(const head_map& map, const tensor_view<const float>& q, const ten
   require(map.hkv() == k.h, where, "map.hkv()", map.hkv(), "must equal k.h = ", k.h);
 }
 
-/// attend() for K and V of element type KV: validation (Note [validation once]), then the core.
-template <class Isa, class KV>
-void attend_kv(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-               const tensor_view<float>& o, const head_map& map, const attention_options& opt) {
+// The checks above for an int8 K/V cache (gqa::q8_view): the values as K/V views of element type int8,
+// and the scales as inputs of their own.
+
+inline void check_views(const tensor_view<const float>& q, const q8_view& k, const q8_view& v,
+                        const tensor_view<float>& o, const char* where) {
+  check_view(q, "q", where);
+  check_q8(k, "k", "k.scales", where);
+  check_q8(v, "v", "v.scales", where);
+  check_view(o, "o", where);
+}
+/// The values' shapes and aliasing (check_call), and no output sharing an element with the scales.
+inline void check_call(const tensor_view<const float>& q, const q8_view& k, const q8_view& v,
+                       const tensor_view<float>& o, const attention_options& opt, const char* where) {
+  check_call(q, k.values, v.values, o, opt, where);
+  require_outputs_disjoint({{o, "o"}}, {{k.scales, "k.scales"}, {v.scales, "v.scales"}}, where);
+  const auto n_lse = static_cast<index_t>(opt.lse.size());
+  if (n_lse > 0) {
+    const tensor_view<const float> lse(opt.lse.data(), 1, 1, 1, n_lse, 0, 0, 0, 1);
+    require_disjoint(shared_element(lse, k.scales), where, "options.lse", opt.lse.data(), "k.scales");
+    require_disjoint(shared_element(lse, v.scales), where, "options.lse", opt.lse.data(), "v.scales");
+  }
+}
+inline void check_map(const head_map& map, const tensor_view<const float>& q, const q8_view& k, const char* where) {
+  check_map(map, q, k.values, where);
+}
+
+/// attend() for K and V given as KVView: tensor_view<const KV> (KV float, bf16, f16) or q8_view (int8):
+/// validation (Note [validation once]), then the core.
+template <class Isa, class KVView>
+void attend_kv(const tensor_view<const float>& q, const KVView& k, const KVView& v, const tensor_view<float>& o,
+               const head_map& map, const attention_options& opt) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
                 "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
   constexpr const char* where = "gqa::attend";  // See Note [validation once]
@@ -244,7 +272,19 @@ template <class Isa = isa::dispatch, class K, class V>
 void attend(tensor_view<const float> q, tensor_view<K> k, tensor_view<V> v, tensor_view<float> o,
             const head_map& map, const attention_options& opt = {}) {
   using T = std::remove_const_t<K>;
-  detail::attend_kv<Isa, T>(q, tensor_view<const T>(k), tensor_view<const T>(v), o, map, opt);
+  detail::attend_kv<Isa>(q, tensor_view<const T>(k), tensor_view<const T>(v), o, map, opt);
+}
+
+/// attend() with an int8 K/V cache (gqa::q8_view: int8 values and one fp32 scale per (token, KV head)
+/// row, gqa/quantized.hpp), Q and O float: attention over K and V dequantised to fp32 (scale · value),
+/// dequantised inside the kernel (Note [int8 K/V] in detail/core/layout.hpp), reading about a quarter of
+/// the float cache's bytes. Agrees with attend() on dequantize_q8's floats to fp32 rounding (bit for bit
+/// on the tiled prefill path). The same checks and errors, the scales named "k.scales", "v.scales"; the
+/// int8 core is compiled only in TUs that call this.
+template <class Isa = isa::dispatch>
+void attend(tensor_view<const float> q, const q8_view& k, const q8_view& v, tensor_view<float> o,
+            const head_map& map, const attention_options& opt = {}) {
+  detail::attend_kv<Isa>(q, k, v, o, map, opt);
 }
 
 GQA_END_NAMESPACE

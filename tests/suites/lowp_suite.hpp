@@ -78,33 +78,13 @@ gqa::tensor_view<const E> kv_view(const lowp_case& c, const std::vector<E>& x, i
   return c.bhsd_kv ? gqa::bhsd<const E>(x.data(), c.b, c.hkv, c.skv, d) : gqa::bshd<const E>(x.data(), c.b, c.skv, c.hkv, d);
 }
 
-/// Runs the case with T K/V and with the same values widened to float; checks the two bit for bit (output
-/// and LSE) and the 16-bit one against the reference within Note [16-bit K/V tolerance].
-template <class Isa, class T>
-void check_case(const lowp_case& c) {
-  SCOPED_TRACE(std::string(gqa::element_name<T>) + " K/V: " + c.describe());
-  const auto nq = static_cast<std::size_t>(c.b * c.sq * c.hq * c.d);
-  const auto nk = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.d), nv = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.dv);
-  const auto qd = gqa::test::random_floats(nq, c.seed * 3, c.lo, c.hi);
-  const auto kw = gqa::test::rounded_kv<T>(gqa::test::random_floats(nk, c.seed * 3 + 1, c.lo, c.hi));
-  const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(nv, c.seed * 3 + 2, c.lo, c.hi));
-  const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
-  const auto q = gqa::bshd<const float>(qd.data(), c.b, c.sq, c.hq, c.d);
-  const gqa::head_map map = c.map();
-
-  const auto no = static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), nl = static_cast<std::size_t>(c.b * c.hq * c.sq);
-  std::vector<float> o16(no, k_nan), o32(no, k_nan), lse16(nl, k_nan), lse32(nl, k_nan);
-  gqa::attention_options opt;
-  opt.causal = c.causal;
-  opt.kv_lengths = c.kv_lengths;
-  opt.window_left = c.window_left;
-  opt.lse = lse16;
-  gqa::attend<Isa>(q, kv_view(c, k16, c.d), kv_view(c, v16, c.dv), gqa::bshd(o16.data(), c.b, c.sq, c.hq, c.dv), map, opt);
-  opt.lse = lse32;
-  gqa::attend<Isa>(q, kv_view(c, kw, c.d), kv_view(c, vw, c.dv), gqa::bshd(o32.data(), c.b, c.sq, c.hq, c.dv), map, opt);
-  EXPECT_EQ(first_difference(o16, o32), -1) << "16-bit output differs from the fp32 call on the widened K/V";
-  EXPECT_EQ(first_difference(lse16, lse32), -1) << "16-bit LSE differs from the fp32 call on the widened K/V";
-
+/// Checks output o and LSE lse of case c against the double reference fed K/V kw, vw (floats in the case's
+/// layout: the values the low-precision K/V hold), within Note [attention tolerance]; returns the output
+/// bound used.
+double expect_near_reference(const lowp_case& c, gqa::tensor_view<const float> q, const gqa::head_map& map,
+                             const std::vector<float>& kw, const std::vector<float>& vw, const std::vector<float>& o,
+                             const std::vector<float>& lse) {
+  const auto no = o.size(), nl = lse.size();
   // The reference and the naive yardstick on the same rounded K/V, in logical BSHD order.
   const auto kd = gqa::test::logical_order(kv_view(c, kw, c.d)), vd = gqa::test::logical_order(kv_view(c, vw, c.dv));
   const auto kb = gqa::bshd<const float>(kd.data(), c.b, c.skv, c.hkv, c.d);
@@ -118,21 +98,66 @@ void check_case(const lowp_case& c) {
   const double tol = gqa::test::attention_tolerance(naive.o, ref.o, vw);
   double err = 0.0;
   for (std::size_t i = 0; i < no; ++i) {
-    ASSERT_TRUE(std::isfinite(o16[i])) << "output " << i;
-    err = std::max(err, std::fabs(static_cast<double>(o16[i]) - ref.o[i]));
+    if (!std::isfinite(o[i])) {
+      ADD_FAILURE() << "output " << i << " = " << o[i];
+      return tol;
+    }
+    err = std::max(err, std::fabs(static_cast<double>(o[i]) - ref.o[i]));
   }
   EXPECT_LE(err, tol);
   double lerr = 0.0, lnaive = 0.0, lmax = 1.0;
   for (std::size_t i = 0; i < nl; ++i) {
     if (std::isinf(ref.lse[i])) {
-      EXPECT_EQ(lse16[i], -k_inf) << "LSE " << i;
+      EXPECT_EQ(lse[i], -k_inf) << "LSE " << i;
       continue;
     }
-    lerr = std::max(lerr, std::fabs(static_cast<double>(lse16[i]) - ref.lse[i]));
+    lerr = std::max(lerr, std::fabs(static_cast<double>(lse[i]) - ref.lse[i]));
     lnaive = std::max(lnaive, std::fabs(static_cast<double>(naive.lse[i]) - ref.lse[i]));
     lmax = std::max(lmax, std::fabs(ref.lse[i]));
   }
   EXPECT_LE(lerr, gqa::test::k_error_factor * lnaive + gqa::test::k_error_floor * lmax);
+  return tol;
+}
+
+/// The outputs and LSEs of case c run with low-precision K/V views k, v, and with the floats they hold
+/// (kw, vw, in the case's layout).
+struct two_runs {
+  std::vector<float> o, o32, lse, lse32;
+};
+template <class Isa, class KV>
+two_runs run_both(const lowp_case& c, gqa::tensor_view<const float> q, const gqa::head_map& map, const KV& k,
+                  const KV& v, const std::vector<float>& kw, const std::vector<float>& vw) {
+  const auto no = static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), nl = static_cast<std::size_t>(c.b * c.hq * c.sq);
+  two_runs r{std::vector<float>(no, k_nan), std::vector<float>(no, k_nan), std::vector<float>(nl, k_nan),
+             std::vector<float>(nl, k_nan)};
+  gqa::attention_options opt;
+  opt.causal = c.causal;
+  opt.kv_lengths = c.kv_lengths;
+  opt.window_left = c.window_left;
+  opt.lse = r.lse;
+  gqa::attend<Isa>(q, k, v, gqa::bshd(r.o.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+  opt.lse = r.lse32;
+  gqa::attend<Isa>(q, kv_view(c, kw, c.d), kv_view(c, vw, c.dv), gqa::bshd(r.o32.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+  return r;
+}
+
+/// Runs the case with T K/V and with the same values widened to float; checks the two bit for bit (output
+/// and LSE) and the 16-bit one against the reference within Note [16-bit K/V tolerance].
+template <class Isa, class T>
+void check_case(const lowp_case& c) {
+  SCOPED_TRACE(std::string(gqa::element_name<T>) + " K/V: " + c.describe());
+  const auto nq = static_cast<std::size_t>(c.b * c.sq * c.hq * c.d);
+  const auto nk = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.d), nv = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.dv);
+  const auto qd = gqa::test::random_floats(nq, c.seed * 3, c.lo, c.hi);
+  const auto kw = gqa::test::rounded_kv<T>(gqa::test::random_floats(nk, c.seed * 3 + 1, c.lo, c.hi));
+  const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(nv, c.seed * 3 + 2, c.lo, c.hi));
+  const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+  const auto q = gqa::bshd<const float>(qd.data(), c.b, c.sq, c.hq, c.d);
+  const gqa::head_map map = c.map();
+  const two_runs r = run_both<Isa>(c, q, map, kv_view(c, k16, c.d), kv_view(c, v16, c.dv), kw, vw);
+  EXPECT_EQ(first_difference(r.o, r.o32), -1) << "16-bit output differs from the fp32 call on the widened K/V";
+  EXPECT_EQ(first_difference(r.lse, r.lse32), -1) << "16-bit LSE differs from the fp32 call on the widened K/V";
+  expect_near_reference(c, q, map, kw, vw, r.o, r.lse);
 }
 
 /// Odd sizes on every path: decode (direct, key-major over several KV heads, an unused KV head), split-KV
@@ -193,6 +218,55 @@ std::vector<lowp_case> attend_cases() {
   return cases;
 }
 
+// --- int8 K/V (gqa::q8_view) ---
+
+/// An int8 K or V of a case: x quantised by gqa::quantize_q8 in the case's layout (the scales a d = 1 view
+/// of the same layout), and the floats it stands for (gqa::dequantize_q8, same layout).
+struct q8_kv {
+  std::vector<std::int8_t> values;
+  std::vector<float> scales, deq;
+  gqa::q8_view view;
+};
+
+q8_kv quantised(const lowp_case& c, const std::vector<float>& x, index_t d) {
+  q8_kv r;
+  r.values.resize(x.size());
+  r.scales.resize(static_cast<std::size_t>(c.b * c.skv * c.hkv));
+  r.deq.resize(x.size());
+  const auto at = [&](auto* p, index_t n) {
+    return c.bhsd_kv ? gqa::bhsd(p, c.b, c.hkv, c.skv, n) : gqa::bshd(p, c.b, c.skv, c.hkv, n);
+  };
+  gqa::quantize_q8(kv_view(c, x, d), at(r.values.data(), d), at(r.scales.data(), 1));
+  r.view = {at(static_cast<const std::int8_t*>(r.values.data()), d), at(static_cast<const float*>(r.scales.data()), 1)};
+  gqa::dequantize_q8(r.view, at(r.deq.data(), d));
+  return r;
+}
+
+/// Runs the case with int8 K/V and with their dequantised floats; checks the int8 call against the
+/// reference fed the dequantised K/V and against the fp32 call, both within Note [int8 K/V tolerance];
+/// bit for bit when `tiled` (every task on the tiled path, where packing dequantises exactly).
+template <class Isa>
+void check_case_q8(const lowp_case& c, bool tiled = false) {
+  SCOPED_TRACE("int8 K/V: " + c.describe());
+  const auto nq = static_cast<std::size_t>(c.b * c.sq * c.hq * c.d);
+  const auto nk = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.d), nv = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.dv);
+  const auto qd = gqa::test::random_floats(nq, c.seed * 3, c.lo, c.hi);
+  const q8_kv k8 = quantised(c, gqa::test::random_floats(nk, c.seed * 3 + 1, c.lo, c.hi), c.d);
+  const q8_kv v8 = quantised(c, gqa::test::random_floats(nv, c.seed * 3 + 2, c.lo, c.hi), c.dv);
+  const auto q = gqa::bshd<const float>(qd.data(), c.b, c.sq, c.hq, c.d);
+  const gqa::head_map map = c.map();
+  const two_runs r = run_both<Isa>(c, q, map, k8.view, v8.view, k8.deq, v8.deq);
+  const double tol = expect_near_reference(c, q, map, k8.deq, v8.deq, r.o, r.lse);
+  if (tiled) {
+    EXPECT_EQ(first_difference(r.o, r.o32), -1) << "int8 output differs from the fp32 call on the dequantised K/V";
+    EXPECT_EQ(first_difference(r.lse, r.lse32), -1) << "int8 LSE differs from the fp32 call on the dequantised K/V";
+  } else {
+    double diff = 0.0;
+    for (std::size_t i = 0; i < r.o.size(); ++i) diff = std::max(diff, std::fabs(static_cast<double>(r.o[i]) - r.o32[i]));
+    EXPECT_LE(diff, tol) << "int8 against the fp32 call on the dequantised K/V";
+  }
+}
+
 template <class Isa>
 class lowp_suite : public gqa::test::isa_test<Isa> {};
 TYPED_TEST_SUITE_P(lowp_suite);
@@ -204,9 +278,37 @@ TYPED_TEST_P(lowp_suite, attend_f16_matches_reference_and_fp32_bitwise) {
   for (const lowp_case& c : attend_cases()) check_case<TypeParam, gqa::f16>(c);
 }
 
+TYPED_TEST_P(lowp_suite, attend_int8_matches_reference_and_fp32) {
+  for (const lowp_case& c : attend_cases()) check_case_q8<TypeParam>(c);
+  // 40 query heads per KV head: every task is tiled on every ISA (more than 32 rows per KV head even for
+  // one position), so the int8 call is the fp32 call on the dequantised K/V, bit for bit.
+  std::uint64_t seed = 900;
+  for (const index_t d : {index_t{7}, index_t{37}})
+    for (const bool bhsd : {false, true}) {
+      lowp_case c;
+      c.b = 2, c.sq = 5, c.skv = 150, c.hq = 40, c.hkv = 1, c.d = d, c.dv = d + 3, c.causal = true, c.bhsd_kv = bhsd;
+      c.kv_lengths = {150, 97};
+      c.seed = seed++;
+      check_case_q8<TypeParam>(c, /*tiled=*/true);
+    }
+}
+
+/// The name of K/V element type T in messages: "bf16", "f16", "int8".
+template <class T>
+std::string kv_name() {
+  if constexpr (std::is_same_v<T, std::int8_t>) {
+    return "int8";
+  } else {
+    return gqa::element_name<T>;
+  }
+}
+
 /// Every registered variant through gqa::forward<Isa> with T K/V against the same variant (a fresh
 /// default policy, so PGQA draws the same noise and DGQA starts from the same state) on the widened K/V,
 /// bit for bit: the fp32 path is checked against the reference variant by variant in registry_suite.
+/// T = std::int8_t: the K/V quantised (gqa::q8_view) against the variant on the dequantised floats, within
+/// 8·d·u·max(1, max|V|) (u = 2^-24): the direct path's scales add one rounding to each term of the d-long
+/// dot product and of the P·V sum (Note [int8 K/V tolerance]); measured up to ~2.5 u on these shapes.
 template <class Isa, class T>
 void check_variants() {
   const gqa::model_shape layers[] = {{8, 2, 16, 5}, {12, 4, 17, 6}, {4, 1, 33, 8}};
@@ -218,7 +320,7 @@ void check_variants() {
         for (const index_t sq : {index_t{1}, index_t{40}}) {  // decode (direct) and prefill (tiled)
           const gqa::variant_heads h = P::heads_for(m);
           const index_t b = 2, skv = sq == 1 ? 70 : 45, d = m.d;
-          SCOPED_TRACE(std::string(P::name) + " with " + gqa::element_name<T> + " K/V, H = " + std::to_string(m.heads) +
+          SCOPED_TRACE(std::string(P::name) + " with " + kv_name<T>() + " K/V, H = " + std::to_string(m.heads) +
                        ", G = " + std::to_string(m.groups) + ", d = " + std::to_string(d) + ", sq = " + std::to_string(sq) +
                        (causal ? ", causal" : ""));
           seed += 10;
@@ -226,29 +328,44 @@ void check_variants() {
           // Uneven key norms per head, so that KDGQA/DGQA plan uneven groups.
           auto kr = gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 1);
           for (std::size_t i = 0; i < kr.size(); ++i) kr[i] *= 1.0f + static_cast<float>((i / static_cast<std::size_t>(d)) % static_cast<std::size_t>(h.kv_in));
-          const auto kw = gqa::test::rounded_kv<T>(kr);
-          const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 2));
-          const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+          const auto vr = gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 2);
           const auto q = gqa::bshd<const float>(qd.data(), b, sq, h.hq, d);
           gqa::attention_options opt;
           opt.causal = causal;
-          std::vector<float> o16(static_cast<std::size_t>(b * sq * h.hq * d), k_nan), o32 = o16;
-          gqa::with_default_policy<P>(m, [&](P& p) {
-            gqa::forward<Isa>(p, q, gqa::bshd<const T>(k16.data(), b, skv, h.kv_in, d),
-                              gqa::bshd<const T>(v16.data(), b, skv, h.kv_in, d), gqa::bshd(o16.data(), b, sq, h.hq, d), opt);
-          });
-          gqa::with_default_policy<P>(m, [&](P& p) {
-            gqa::forward<Isa>(p, q, gqa::bshd<const float>(kw.data(), b, skv, h.kv_in, d),
-                              gqa::bshd<const float>(vw.data(), b, skv, h.kv_in, d), gqa::bshd(o32.data(), b, sq, h.hq, d), opt);
-          });
-          EXPECT_EQ(first_difference(o16, o32), -1);
-          for (const float x : o16) ASSERT_TRUE(std::isfinite(x));
+          std::vector<float> olow(static_cast<std::size_t>(b * sq * h.hq * d), k_nan), o32 = olow;
+          // The variant on K/V k, v (low precision) into olow, and on their float values kw, vw into o32.
+          const auto run = [&](const auto& k, const auto& v, const std::vector<float>& kw, const std::vector<float>& vw) {
+            gqa::with_default_policy<P>(m, [&](P& p) {
+              gqa::forward<Isa>(p, q, k, v, gqa::bshd(olow.data(), b, sq, h.hq, d), opt);
+            });
+            gqa::with_default_policy<P>(m, [&](P& p) {
+              gqa::forward<Isa>(p, q, gqa::bshd<const float>(kw.data(), b, skv, h.kv_in, d),
+                                gqa::bshd<const float>(vw.data(), b, skv, h.kv_in, d), gqa::bshd(o32.data(), b, sq, h.hq, d), opt);
+            });
+          };
+          if constexpr (std::is_same_v<T, std::int8_t>) {
+            lowp_case c;
+            c.b = b, c.skv = skv, c.hkv = h.kv_in;
+            const q8_kv k8 = quantised(c, kr, d), v8 = quantised(c, vr, d);
+            run(k8.view, v8.view, k8.deq, v8.deq);
+            double diff = 0.0, vmax = 1.0;
+            for (std::size_t i = 0; i < olow.size(); ++i) diff = std::max(diff, std::fabs(static_cast<double>(olow[i]) - o32[i]));
+            for (const float x : v8.deq) vmax = std::max(vmax, static_cast<double>(std::fabs(x)));
+            EXPECT_LE(diff, 8.0 * static_cast<double>(d) * 0x1p-24 * vmax);
+          } else {
+            const auto kw = gqa::test::rounded_kv<T>(kr), vw = gqa::test::rounded_kv<T>(vr);
+            const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+            run(gqa::bshd<const T>(k16.data(), b, skv, h.kv_in, d), gqa::bshd<const T>(v16.data(), b, skv, h.kv_in, d), kw, vw);
+            EXPECT_EQ(first_difference(olow, o32), -1);
+          }
+          for (const float x : olow) ASSERT_TRUE(std::isfinite(x));
         }
   });
 }
 
 TYPED_TEST_P(lowp_suite, every_variant_bf16_matches_fp32_bitwise) { check_variants<TypeParam, gqa::bf16>(); }
 TYPED_TEST_P(lowp_suite, every_variant_f16_matches_fp32_bitwise) { check_variants<TypeParam, gqa::f16>(); }
+TYPED_TEST_P(lowp_suite, every_variant_int8_matches_fp32) { check_variants<TypeParam, std::int8_t>(); }
 
 /// NaN and inf stored in 16-bit K/V behave as in fp32 (Note [non-finite inputs]): the output equals the fp32
 /// call's on the widened K/V (NaN where it is NaN), and the rules hold: a NaN in a visible key makes the
@@ -304,6 +421,124 @@ TYPED_TEST_P(lowp_suite, nonfinite_kv_as_in_fp32) {
     check_nonfinite<TypeParam, gqa::bf16>(sq);
     check_nonfinite<TypeParam, gqa::f16>(sq);
   }
+}
+
+/// NaN and inf in the float rows of an int8 cache: quantize_q8 gives such a row a NaN scale (every value of
+/// the row reads as NaN, Note [int8 quantisation]), and attention follows Note [non-finite inputs] on
+/// those values: rows that see a NaN K row are NaN, rows that see a NaN V row are NaN in every column, rows
+/// that see neither (past kv_lengths, past the causal horizon) are finite; the same NaN pattern as the
+/// fp32 call on the dequantised K/V, and its finite values within 1e-6 of that call's.
+template <class Isa>
+void check_nonfinite_q8(index_t sq) {
+  const index_t b = 2, skv = 80, hq = 4, hkv = 2, d = 19;
+  SCOPED_TRACE("int8 K/V, sq = " + std::to_string(sq));
+  const auto qd = gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 71);
+  auto kx = gqa::test::random_floats(static_cast<std::size_t>(b * skv * hkv * d), 72);
+  auto vx = gqa::test::random_floats(static_cast<std::size_t>(b * skv * hkv * d), 73);
+  auto at = [&](index_t ib, index_t j, index_t g, index_t c) { return static_cast<std::size_t>(((ib * skv + j) * hkv + g) * d + c); };
+  const index_t len1 = 60;
+  const index_t nan_key = skv - sq + sq / 2;  // batch 0: the causal horizon hides it from the first rows
+  kx[at(0, nan_key, 0, 3)] = k_nan;
+  vx[at(0, 5, 1, 2)] = k_inf;  // a key every row of batch 0 sees: V row NaN
+  kx[at(1, 70, 0, 0)] = k_nan;  // past batch 1's length: never read
+  vx[at(1, 65, 1, 4)] = -k_inf;
+  lowp_case c;
+  c.b = b, c.sq = sq, c.skv = skv, c.hq = hq, c.hkv = hkv, c.d = d, c.dv = d, c.causal = true;
+  c.kv_lengths = {skv, len1};
+  const q8_kv k8 = quantised(c, kx, d), v8 = quantised(c, vx, d);
+  EXPECT_TRUE(std::isnan(k8.scales[at(0, nan_key, 0, 0) / static_cast<std::size_t>(d)]));
+  EXPECT_TRUE(std::isnan(v8.scales[at(0, 5, 1, 0) / static_cast<std::size_t>(d)]));
+  const auto q = gqa::bshd<const float>(qd.data(), b, sq, hq, d);
+  const two_runs r = run_both<Isa>(c, q, gqa::head_map::uniform(hq, hkv), k8.view, v8.view, k8.deq, v8.deq);
+  const std::vector<float>& o8 = r.o;
+  const std::vector<float>& o32 = r.o32;
+  const std::vector<index_t>& lengths = c.kv_lengths;
+  for (index_t ib = 0; ib < b; ++ib)
+    for (index_t i = 0; i < sq; ++i)
+      for (index_t h = 0; h < hq; ++h)
+        for (index_t col = 0; col < d; ++col) {
+          const auto idx = static_cast<std::size_t>(((ib * sq + i) * hq + h) * d + col);
+          const float x = o8[idx];
+          const index_t p = i + (lengths[static_cast<std::size_t>(ib)] - sq);  // the row's last visible key
+          const bool nan_row = ib == 0 && ((h / (hq / hkv) == 0 && p >= nan_key) || h / (hq / hkv) == 1);
+          EXPECT_EQ(std::isnan(x), nan_row) << "b " << ib << " row " << i << " head " << h << " col " << col;
+          EXPECT_EQ(std::isnan(x), std::isnan(o32[idx]));
+          if (!nan_row) {
+            EXPECT_NEAR(x, o32[idx], 1e-6);  // outputs are averages of values in [-1, 1]: ~16 u of 1
+          }
+        }
+}
+
+TYPED_TEST_P(lowp_suite, nonfinite_int8_rows_as_in_fp32) {
+  for (const index_t sq : {index_t{1}, index_t{3}, index_t{50}}) check_nonfinite_q8<TypeParam>(sq);  // decode, direct, tiled
+}
+
+/// KDGQA and DGQA on an int8 cache plan from the norms of its fp32 values: the plan (and DGQA's state) of
+/// the fp32 call on the dequantised K/V, exactly.
+TYPED_TEST_P(lowp_suite, int8_key_norm_plans_equal_the_dequantised_ones) {
+  const index_t b = 2, sq = 3, skv = 50, hq = 8, hkv = 4, d = 20;
+  lowp_case c;
+  c.b = b, c.skv = skv, c.hkv = hkv;
+  auto kx = gqa::test::random_floats(static_cast<std::size_t>(b * skv * hkv * d), 81);
+  for (std::size_t i = 0; i < kx.size(); ++i) kx[i] *= 1.0f + static_cast<float>((i / static_cast<std::size_t>(d)) % 4) * 0.7f;
+  const q8_kv k8 = quantised(c, kx, d), v8 = quantised(c, gqa::test::random_floats(kx.size(), 82), d);
+  const auto kf = gqa::bshd<const float>(k8.deq.data(), b, skv, hkv, d), vf = gqa::bshd<const float>(v8.deq.data(), b, skv, hkv, d);
+  const auto norms8 = gqa::key_norms(k8.view), norms32 = gqa::key_norms(kf);
+  EXPECT_EQ(norms8, norms32);
+  const auto qd = gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 83);
+  const auto q = gqa::bshd<const float>(qd.data(), b, sq, hq, d);
+  std::vector<float> o8(qd.size()), o32(qd.size());
+  for (const bool per_sample : {false, true}) {
+    gqa::kdgqa_options ko;
+    ko.per_sample = per_sample;
+    gqa::kdgqa_policy p8(ko), p32(ko);
+    gqa::forward<TypeParam>(p8, q, k8.view, v8.view, gqa::bshd(o8.data(), b, sq, hq, d));
+    gqa::forward<TypeParam>(p32, q, kf, vf, gqa::bshd(o32.data(), b, sq, hq, d));
+    EXPECT_EQ(p8.last().alloc, p32.last().alloc) << (per_sample ? "per sample" : "per batch");
+  }
+  gqa::dgqa_options dopt;
+  dopt.window = 1;
+  gqa::dgqa_state s8 = gqa::dgqa_state::initial(hq, hkv), s32 = s8;
+  gqa::dgqa_policy p8(dopt, s8), p32(dopt, s32);
+  gqa::forward<TypeParam>(p8, q, k8.view, v8.view, gqa::bshd(o8.data(), b, sq, hq, d));
+  gqa::forward<TypeParam>(p32, q, kf, vf, gqa::bshd(o32.data(), b, sq, hq, d));
+  EXPECT_EQ(p8.last().alloc, p32.last().alloc);
+  EXPECT_EQ(s8.splits, s32.splits);
+}
+
+/// The checks of an int8 call name the scales: check_finite a NaN scale, a scales view of the wrong shape
+/// or null, an output over the scales; and the same views' errors as for float K/V.
+TYPED_TEST_P(lowp_suite, checks_with_int8_kv) {
+  const index_t b = 1, s = 4, h = 2, d = 8;
+  std::vector<float> q(static_cast<std::size_t>(b * s * h * d), 0.5f), o(q.size());
+  std::vector<std::int8_t> kv(q.size(), 3);
+  std::vector<float> scales(static_cast<std::size_t>(b * s * h), 0.25f);
+  const auto values = gqa::bshd<const std::int8_t>(kv.data(), b, s, h, d);
+  const gqa::q8_view good{values, gqa::bshd<const float>(scales.data(), b, s, h, 1)};
+  const auto qv = gqa::bshd<const float>(q.data(), b, s, h, d);
+  const auto ov = gqa::bshd(o.data(), b, s, h, d);
+  const auto map = gqa::head_map::uniform(h, h);
+  const auto expect_error = [&](const gqa::q8_view& k, const gqa::tensor_view<float>& out, const gqa::attention_options& opt,
+                                const std::string& part) {
+    try {
+      gqa::attend<TypeParam>(qv, k, good, out, map, opt);
+      ADD_FAILURE() << "expected gqa::invalid_argument containing " << part;
+    } catch (const gqa::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  gqa::attention_options opt;
+  expect_error({values, gqa::bshd<const float>(scales.data(), b, s - 1, h, 1)}, ov, opt, "gqa::attend: k.scales.s = 3: must equal k.s = 4");
+  expect_error({values, gqa::bshd<const float>(scales.data(), b, 1, h, 4)}, ov, opt, "k.scales.s = 1");
+  expect_error({values, gqa::bshd<const float>(nullptr, b, s, h, 1)}, ov, opt, "k.scales.data = nullptr");
+  std::vector<float> big(80, 0.25f);  // k's scales in [0, 8), o at [4, 68) (over them) or [8, 72)
+  const gqa::q8_view in_big{values, gqa::bshd<const float>(big.data(), b, s, h, 1)};
+  expect_error(in_big, gqa::bshd(big.data() + 4, b, s, h, d), opt, "overlaps k.scales");
+  EXPECT_NO_THROW(gqa::attend<TypeParam>(qv, in_big, good, gqa::bshd(big.data() + 8, b, s, h, d), map, opt));
+  EXPECT_FLOAT_EQ(big[8], 0.75f);  // every value 0.25 · 3
+  scales[5] = k_nan;
+  opt.check_finite = true;
+  expect_error(good, ov, opt, "k.scales[0, 2, 1, 0] = nan");
 }
 
 /// A paged cache of 16-bit pages and a ragged batch of 16-bit K/V: bit for bit the float calls.
@@ -411,8 +646,10 @@ TYPED_TEST_P(lowp_suite, checks_with_16_bit_kv) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(lowp_suite, attend_bf16_matches_reference_and_fp32_bitwise,
-                            attend_f16_matches_reference_and_fp32_bitwise, every_variant_bf16_matches_fp32_bitwise,
-                            every_variant_f16_matches_fp32_bitwise, nonfinite_kv_as_in_fp32, paged_and_ragged_16_bit,
-                            checks_with_16_bit_kv);
+                            attend_f16_matches_reference_and_fp32_bitwise, attend_int8_matches_reference_and_fp32,
+                            every_variant_bf16_matches_fp32_bitwise, every_variant_f16_matches_fp32_bitwise,
+                            every_variant_int8_matches_fp32, nonfinite_kv_as_in_fp32, nonfinite_int8_rows_as_in_fp32,
+                            paged_and_ragged_16_bit, checks_with_16_bit_kv, checks_with_int8_kv,
+                            int8_key_norm_plans_equal_the_dequantised_ones);
 
 }  // namespace

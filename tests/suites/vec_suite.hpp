@@ -154,6 +154,31 @@ void check_widening_loads() {
 TYPED_TEST_P(vec_suite, widening_loads_bf16) { check_widening_loads<TypeParam, gqa::bf16>(); }
 TYPED_TEST_P(vec_suite, widening_loads_f16) { check_widening_loads<TypeParam, gqa::f16>(); }
 
+/// Widening loads of int8 (an int8 K/V cache's values): every value, loaded a vector at a time from every
+/// byte offset, gives its exact float; partial loads read only the first n bytes (a guarded page after
+/// them), the other lanes zero.
+TYPED_TEST_P(vec_suite, widening_loads_int8) {
+  using V = gqa::isa::vec<TypeParam>;
+  constexpr int L = V::lanes;
+  std::vector<std::int8_t> all(256 + 8);
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<std::int8_t>(static_cast<int>(i % 256) - 128);
+  for (std::size_t off = 0; off < 8; ++off)
+    for (std::size_t i = off; i + L <= all.size(); i += L) {
+      const auto got = lanes_of<TypeParam>(V::load(all.data() + i));
+      for (int l = 0; l < L; ++l)
+        ASSERT_TRUE(same_bits(got[static_cast<std::size_t>(l)], static_cast<float>(all[i + static_cast<std::size_t>(l)])))
+            << "offset " << i << " lane " << l;
+    }
+  for (int n = 0; n <= L; ++n) {
+    SCOPED_TRACE(::testing::Message() << "n = " << n << " of " << L << " lanes");
+    gqa::test::guarded<std::int8_t> page(static_cast<std::size_t>(n));
+    for (int l = 0; l < n; ++l) page.data()[l] = static_cast<std::int8_t>(l % 2 == 0 ? -127 + l : 127 - l);
+    const auto got = lanes_of<TypeParam>(V::load_partial(page.data(), n));
+    for (int l = 0; l < L; ++l)
+      EXPECT_TRUE(same_bits(got[static_cast<std::size_t>(l)], l < n ? static_cast<float>(page.data()[l]) : 0.0f)) << "lane " << l;
+  }
+}
+
 TYPED_TEST_P(vec_suite, arithmetic_matches_scalar_lane_by_lane) {
   using V = gqa::isa::vec<TypeParam>;
   using S = scalar_vec;
@@ -381,7 +406,7 @@ TYPED_TEST_P(vec_suite, tanh_accuracy_and_special_values) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(vec_suite, zero_set1_load_store, partial_loads_and_stores_touch_only_n_lanes,
-                            widening_loads_bf16, widening_loads_f16,
+                            widening_loads_bf16, widening_loads_f16, widening_loads_int8,
                             arithmetic_matches_scalar_lane_by_lane, fma_is_fused, reductions, round_ties_to_even,
                             pow2i_over_the_exponent_range, exp2_accuracy, exp2_special_values,
                             tanh_accuracy_and_special_values);

@@ -1,6 +1,7 @@
 // tests/support/tolerance.hpp: the error budget of every attention test against the double reference
-// (Note [attention tolerance]; Note [16-bit K/V tolerance] for bf16/f16 K and V; Note [backward tolerance]
-// for gradients): a naive fp32 attention (and backward) on the same inputs, and the bound it gives.
+// (Note [attention tolerance]; Note [16-bit K/V tolerance] for bf16/f16 K and V, Note [int8 K/V
+// tolerance] for an int8 cache; Note [backward tolerance] for gradients): a naive fp32 attention (and
+// backward) on the same inputs, and the bound it gives.
 // Internal linkage (anonymous namespace): suite headers include this once per ISA, with that ISA's flags
 // (the functions are [[maybe_unused]]: not every suite calls each).
 #pragma once
@@ -61,6 +62,18 @@ constexpr double k_error_floor = 1e-6;
 // budget. The tests also require the stronger property the core's design gives: a 16-bit call returns
 // bit for bit what the same call returns on the widened float K/V, on every ISA and path (so the fp32
 // tests cover the 16-bit calls too, and NaN/inf behave as Note [non-finite inputs] says for fp32).
+
+// Note [int8 K/V tolerance]
+// An int8 cache (gqa::q8_view) is tested the same way: the double reference and the naive fp32 yardstick
+// are fed the floats the cache stands for, scale · q rounded once to fp32 (gqa::dequantize_q8), and the
+// int8 call must lie within 2 · (naive error) + floor of that reference. The quantisation error (up to
+// half a step, scale / 2, per element) is the caller's choice of storage, as rounding to 16 bits is.
+// Against the fp32 call on the dequantised K/V the int8 call is held to the same budget, 2 · (naive
+// error) + floor, on every path: the direct and decode paths apply the scales to the int8 dot product
+// (sk · Σ q·k8) and to the probability ((p · sv) · v8), one rounding each that the fp32 call spends
+// elsewhere (Σ q·(sk·k8)), so they agree to rounding, not bit for bit; the tiled path dequantises while
+// packing, and there the two calls are equal bit for bit, which the tests require for shapes whose every
+// task is tiled (Note [int8 K/V] in detail/core/layout.hpp).
 
 /// x rounded to element type T (bf16 or f16) and widened back to float: the values a 16-bit K/V holds.
 template <class T>

@@ -3,6 +3,8 @@
 // fields define and goes to float and back unchanged; narrowing rounds to nearest, ties to even, checked
 // at every rounding boundary (each midpoint between neighbours, and the floats either side of it) and on
 // random floats of every exponent, with overflow to ±inf and NaN kept a NaN (sign and payload).
+// gqa::quantize_q8 / dequantize_q8 (gqa/quantized.hpp) exactly as Note [int8 quantisation] says: scales,
+// ties to even, the clamp, zero, underflowing and non-finite rows, any layout, and the errors.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include <gqa/numeric.hpp>
+#include <gqa/quantized.hpp>
 #include <gqa/random.hpp>
 
 namespace {
@@ -174,6 +177,125 @@ TEST(numeric, special_values) {
   static_assert(gqa::to_float(gqa::f16::from_bits(0x3555u)) == 0x1.554p-2f);
   static_assert(gqa::kv_element<float> && gqa::kv_element<gqa::bf16> && gqa::kv_element<gqa::f16> &&
                 !gqa::kv_element<double>);
+}
+
+// --- int8 quantisation (gqa/quantized.hpp) ---
+
+/// quantize_q8 of one row x: its int8 values and scale.
+struct q8_row {
+  std::vector<std::int8_t> q;
+  float scale;
+};
+q8_row quantize_row(const std::vector<float>& x) {
+  const auto d = static_cast<gqa::index_t>(x.size());
+  q8_row r{std::vector<std::int8_t>(x.size(), 99), -1.0f};
+  gqa::quantize_q8(gqa::bshd<const float>(x.data(), 1, 1, 1, d), gqa::bshd(r.q.data(), 1, 1, 1, d),
+                   gqa::bshd(&r.scale, 1, 1, 1, 1));
+  return r;
+}
+
+TEST(quantize_q8, scale_is_max_over_127_and_values_round_to_nearest_even) {
+  // max |x| = 254: scale 2 exactly, and x / 2 = 127, -63.5, 0.5, 1.5, 2.5, -0.5, 0.25, -127.
+  const q8_row r = quantize_row({254.0f, -127.0f, 1.0f, 3.0f, 5.0f, -1.0f, 0.5f, -254.0f});
+  EXPECT_EQ(r.scale, 2.0f);
+  EXPECT_EQ(r.q, (std::vector<std::int8_t>{127, -64, 0, 2, 2, 0, 0, -127}));  // ties to even; never -128
+  // A scale that is not a power of two: fp32 max / 127, then x / scale rounded.
+  const std::vector<float> x{0.3f, -1.7f, 0.01f, 1.0f};
+  const q8_row s = quantize_row(x);
+  EXPECT_EQ(s.scale, 1.7f / 127.0f);
+  for (std::size_t c = 0; c < x.size(); ++c) EXPECT_EQ(s.q[c], static_cast<std::int8_t>(std::nearbyint(x[c] / s.scale)));
+  EXPECT_EQ(s.q[1], -127);
+}
+
+TEST(quantize_q8, clamps_to_127_when_a_subnormal_scale_rounds_down) {
+  // max = 686 · 2^-149: max / 127 = 5.40 · 2^-149 rounds to the subnormal 5 · 2^-149, and max / scale = 137.2:
+  // clamped to 127 (a normal scale's relative rounding, 2^-24, never leaves 127.5).
+  const float m = 686.0f * std::ldexp(1.0f, -149);
+  const q8_row r = quantize_row({m, -m, 0.0f});
+  EXPECT_EQ(r.scale, 5.0f * std::ldexp(1.0f, -149));
+  EXPECT_EQ(r.q, (std::vector<std::int8_t>{127, -127, 0}));
+}
+
+TEST(quantize_q8, zero_underflowing_and_non_finite_rows) {
+  const q8_row zero = quantize_row({0.0f, -0.0f, 0.0f});
+  EXPECT_EQ(zero.scale, 0.0f);
+  EXPECT_EQ(zero.q, (std::vector<std::int8_t>{0, 0, 0}));
+  // max / 127 underflows to 0: the row is stored as zeros (Note [int8 quantisation]).
+  const q8_row tiny = quantize_row({std::ldexp(1.0f, -149), 0.0f});
+  EXPECT_EQ(tiny.scale, 0.0f);
+  EXPECT_EQ(tiny.q, (std::vector<std::int8_t>{0, 0}));
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), k_inf, -k_inf}) {
+    const q8_row r = quantize_row({1.0f, bad, -3.0f});
+    EXPECT_TRUE(std::isnan(r.scale)) << bad;
+    EXPECT_EQ(r.q, (std::vector<std::int8_t>{0, 0, 0})) << bad;
+    // Every value of the row reads as NaN.
+    std::vector<float> out(3, 0.0f);
+    const gqa::q8_view v{gqa::bshd<const std::int8_t>(r.q.data(), 1, 1, 1, 3), gqa::bshd<const float>(&r.scale, 1, 1, 1, 1)};
+    gqa::dequantize_q8(v, gqa::bshd(out.data(), 1, 1, 1, 3));
+    for (const float y : out) EXPECT_TRUE(std::isnan(y)) << bad;
+  }
+}
+
+TEST(quantize_q8, round_trip_within_half_a_step_in_any_layout) {
+  const gqa::index_t b = 2, s = 5, h = 3, d = 19;
+  const auto n = static_cast<std::size_t>(b * s * h * d);
+  std::vector<float> x(n);
+  gqa::random::stream rng{7, 0, 0};
+  for (std::size_t i = 0; i < n; ++i) x[i] = (rng.next_float() * 2.0f - 1.0f) * static_cast<float>(1 + i % 5);
+  // BSHD and BHSD outputs of the same logical rows hold the same values and scales.
+  std::vector<std::int8_t> q1(n), q2(n);
+  std::vector<float> s1(static_cast<std::size_t>(b * s * h)), s2 = s1, back(n);
+  const auto xv = gqa::bshd<const float>(x.data(), b, s, h, d);
+  gqa::quantize_q8(xv, gqa::bshd(q1.data(), b, s, h, d), gqa::bshd(s1.data(), b, s, h, 1));
+  gqa::quantize_q8(xv, gqa::bhsd(q2.data(), b, h, s, d), gqa::bhsd(s2.data(), b, h, s, 1));
+  const gqa::q8_view v1{gqa::bshd<const std::int8_t>(q1.data(), b, s, h, d), gqa::bshd<const float>(s1.data(), b, s, h, 1)};
+  const gqa::q8_view v2{gqa::bhsd<const std::int8_t>(q2.data(), b, h, s, d), gqa::bhsd<const float>(s2.data(), b, h, s, 1)};
+  gqa::dequantize_q8(v1, gqa::bshd(back.data(), b, s, h, d));
+  for (gqa::index_t ib = 0; ib < b; ++ib)
+    for (gqa::index_t is = 0; is < s; ++is)
+      for (gqa::index_t ih = 0; ih < h; ++ih) {
+        const float sc = v1.scales(ib, is, ih, 0);
+        ASSERT_EQ(sc, v2.scales(ib, is, ih, 0));
+        float m = 0.0f;
+        for (gqa::index_t c = 0; c < d; ++c) m = std::max(m, std::fabs(xv(ib, is, ih, c)));
+        EXPECT_EQ(sc, m / 127.0f);
+        for (gqa::index_t c = 0; c < d; ++c) {
+          ASSERT_EQ(v1.values(ib, is, ih, c), v2.values(ib, is, ih, c));
+          const float y = back[static_cast<std::size_t>(((ib * s + is) * h + ih) * d + c)];
+          EXPECT_EQ(y, sc * static_cast<float>(v1.values(ib, is, ih, c)));  // one fp32 product
+          EXPECT_LE(std::fabs(static_cast<double>(y) - xv(ib, is, ih, c)), 0.5 * sc * (1.0 + 1e-6));
+        }
+      }
+}
+
+TEST(quantize_q8, errors_name_the_argument_and_its_value) {
+  std::vector<float> x(24, 1.0f), sc(6);
+  std::vector<std::int8_t> q(24);
+  const auto expect_error = [](const auto& fn, const std::string& part) {
+    try {
+      fn();
+      ADD_FAILURE() << "expected gqa::invalid_argument containing " << part;
+    } catch (const gqa::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  const auto xv = gqa::bshd<const float>(x.data(), 1, 2, 3, 4);
+  expect_error([&] { gqa::quantize_q8(xv, gqa::bshd(q.data(), 1, 2, 3, 3), gqa::bshd(sc.data(), 1, 2, 3, 1)); },
+               "gqa::quantize_q8: values.d = 3: must equal x.d = 4");
+  expect_error([&] { gqa::quantize_q8(xv, gqa::bshd(q.data(), 1, 2, 3, 4), gqa::bshd(sc.data(), 1, 1, 3, 1)); },
+               "scales.s = 1: must equal values.s = 2");
+  expect_error([&] { gqa::quantize_q8(xv, gqa::bshd(q.data(), 1, 2, 3, 4), gqa::bshd(sc.data(), 1, 2, 3, 2)); },
+               "scales.d = 2: must be 1");
+  expect_error([&] { gqa::quantize_q8(xv, gqa::bshd<std::int8_t>(nullptr, 1, 2, 3, 4), gqa::bshd(sc.data(), 1, 2, 3, 1)); },
+               "values.data = nullptr");
+  expect_error([&] { gqa::quantize_q8(xv, gqa::bshd(q.data(), 1, 2, 3, 4), gqa::bshd(x.data() + 3, 1, 2, 3, 1)); },
+               "scales (data = ");  // scales overlap x
+  std::vector<float> out(24);
+  const gqa::q8_view v{gqa::bshd<const std::int8_t>(q.data(), 1, 2, 3, 4), gqa::bshd<const float>(sc.data(), 1, 2, 3, 1)};
+  expect_error([&] { gqa::dequantize_q8(v, gqa::bshd(out.data(), 1, 2, 3, 5)); }, "gqa::dequantize_q8: out.d = 5");
+  std::vector<float> both(30);
+  const gqa::q8_view w{gqa::bshd<const std::int8_t>(q.data(), 1, 2, 3, 4), gqa::bshd<const float>(both.data(), 1, 2, 3, 1)};
+  expect_error([&] { gqa::dequantize_q8(w, gqa::bshd(both.data() + 5, 1, 2, 3, 4)); }, "overlaps");  // out over the scales
 }
 
 }  // namespace

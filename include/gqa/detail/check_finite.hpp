@@ -10,6 +10,7 @@
 #include "../errors.hpp"
 #include "../numeric.hpp"
 #include "../options.hpp"
+#include "../quantized.hpp"
 #include "../tensor.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -39,7 +40,8 @@ inline void require_finite(const tensor_view<const T>& t, const char* name, cons
 /// then of v. Called before any work; costs one pass over the inputs, nothing when the option is off.
 template <class KV>
 void check_finite(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-                  const attention_options& opt, const char* where = "gqa::attend") {
+                  const attention_options& opt, const char* where = "gqa::attend", const char* k_name = "k",
+                  const char* v_name = "v") {
   if (!opt.check_finite) return;
   const auto all_q = [&](index_t) { return q.s; };
   const auto kv_len = [&](index_t ib) {
@@ -48,8 +50,15 @@ void check_finite(const tensor_view<const float>& q, const tensor_view<const KV>
                : opt.kv_lengths[static_cast<std::size_t>(ib)];
   };
   require_finite(q, "q", where, all_q);
-  require_finite(k, "k", where, kv_len);
-  require_finite(v, "v", where, kv_len);
+  require_finite(k, k_name, where, kv_len);
+  require_finite(v, v_name, where, kv_len);
+}
+
+/// check_finite for an int8 K/V cache: its values are always finite, so the scales of the rows read
+/// (quantize_q8 marks a non-finite row with a NaN scale, Note [int8 quantisation]).
+inline void check_finite(const tensor_view<const float>& q, const q8_view& k, const q8_view& v,
+                         const attention_options& opt, const char* where = "gqa::attend") {
+  check_finite(q, k.scales, v.scales, opt, where, "k.scales", "v.scales");
 }
 
 }  // namespace detail

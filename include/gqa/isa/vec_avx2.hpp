@@ -57,6 +57,16 @@ struct vec<avx2> {
   static GQA_FORCEINLINE reg load(const f16* p) noexcept { return widen(load8(p)); }
   static GQA_FORCEINLINE reg load_partial(const bf16* p, int n) noexcept { return widen(load8_partial(p, n)); }
   static GQA_FORCEINLINE reg load_partial(const f16* p, int n) noexcept { return widen(load8_partial(p, n)); }
+  /// int8: eight bytes sign-extended to 32 bits (vpmovsxbd) and converted (vcvtdq2ps); a partial load
+  /// copies the n bytes to a zeroed 8-byte buffer first.
+  static GQA_FORCEINLINE reg load(const std::int8_t* p) noexcept {
+    return widen_i8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  }
+  static GQA_FORCEINLINE reg load_partial(const std::int8_t* p, int n) noexcept {
+    std::int8_t t[16] = {};
+    std::memcpy(t, p, static_cast<std::size_t>(std::clamp(n, 0, 8)));
+    return widen_i8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(t)));
+  }
   static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return _mm256_add_ps(a, b); }
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return _mm256_sub_ps(a, b); }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return _mm256_mul_ps(a, b); }
@@ -121,6 +131,7 @@ struct vec<avx2> {
     std::memcpy(t, p, sizeof(T) * static_cast<std::size_t>(std::clamp(n, 0, 8)));
     return {_mm_loadu_si128(reinterpret_cast<const __m128i*>(t))};
   }
+  static GQA_FORCEINLINE reg widen_i8(__m128i x) noexcept { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(x)); }
   static GQA_FORCEINLINE reg widen(bf16x8 x) noexcept {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x.bits), 16));
   }

@@ -56,6 +56,14 @@ struct vec<avx512> {
   static GQA_FORCEINLINE reg load_partial(const f16* p, int n) noexcept {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), bits_at(p)));
   }
+  /// int8: sixteen bytes sign-extended to 32 bits (vpmovsxbd) and converted (vcvtdq2ps); a partial load
+  /// by a masked byte load (AVX-512BW + VL).
+  static GQA_FORCEINLINE reg load(const std::int8_t* p) noexcept {
+    return widen_i8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static GQA_FORCEINLINE reg load_partial(const std::int8_t* p, int n) noexcept {
+    return widen_i8(_mm_maskz_loadu_epi8(mask(n), p));
+  }
   static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
@@ -97,6 +105,7 @@ struct vec<avx512> {
   static GQA_FORCEINLINE const __m256i* bits_at(const T* p) noexcept {
     return reinterpret_cast<const __m256i*>(p);
   }
+  static GQA_FORCEINLINE reg widen_i8(__m128i x) noexcept { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x)); }
   static GQA_FORCEINLINE reg widen_bf16(__m256i x) noexcept {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
   }

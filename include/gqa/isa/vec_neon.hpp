@@ -12,6 +12,7 @@
 #include <arm_neon.h>
 
 #include <cstdint>
+#include <cstring>
 
 GQA_BEGIN_NAMESPACE
 namespace isa {
@@ -50,6 +51,18 @@ struct vec<neon> {
   static GQA_FORCEINLINE reg load(const f16* p) noexcept { return widen_f16(vld1_u16(bits_at(p))); }
   static GQA_FORCEINLINE reg load_partial(const bf16* p, int n) noexcept { return widen_bf16(load4_partial(p, n)); }
   static GQA_FORCEINLINE reg load_partial(const f16* p, int n) noexcept { return widen_f16(load4_partial(p, n)); }
+  /// int8: four bytes sign-extended twice (vmovl_s8, vmovl_s16) and converted (vcvtq_f32_s32); the four
+  /// bytes are read as one 32-bit word (never more), a partial load moves the n bytes to a zeroed word.
+  static GQA_FORCEINLINE reg load(const std::int8_t* p) noexcept {
+    std::int32_t w;
+    std::memcpy(&w, p, 4);
+    return widen_i8(w);
+  }
+  static GQA_FORCEINLINE reg load_partial(const std::int8_t* p, int n) noexcept {
+    std::int32_t w = 0;
+    std::memcpy(&w, p, static_cast<std::size_t>(n < 0 ? 0 : n > 4 ? 4 : n));
+    return widen_i8(w);
+  }
   static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return vsubq_f32(a, b); }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return vmulq_f32(a, b); }
@@ -81,6 +94,10 @@ struct vec<neon> {
     std::uint16_t t[4] = {0, 0, 0, 0};
     for (int i = 0; i < n && i < 4; ++i) t[i] = p[i].bits;
     return vld1_u16(t);
+  }
+  static GQA_FORCEINLINE reg widen_i8(std::int32_t w) noexcept {
+    const int8x8_t b = vreinterpret_s8_s32(vdup_n_s32(w));
+    return vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b))));
   }
   static GQA_FORCEINLINE reg widen_bf16(uint16x4_t x) noexcept { return vreinterpretq_f32_u32(vshll_n_u16(x, 16)); }
   static GQA_FORCEINLINE reg widen_f16(uint16x4_t x) noexcept { return vcvt_f32_f16(vreinterpret_f16_u16(x)); }

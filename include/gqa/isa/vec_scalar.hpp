@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #include "../config.hpp"
@@ -63,6 +64,12 @@ struct vec<scalar> {
   static GQA_FORCEINLINE reg load(const f16* p) noexcept { return to_float(*p); }
   static GQA_FORCEINLINE reg load_partial(const bf16* p, int n) noexcept { return n > 0 ? to_float(*p) : 0.0f; }
   static GQA_FORCEINLINE reg load_partial(const f16* p, int n) noexcept { return n > 0 ? to_float(*p) : 0.0f; }
+  /// Widening loads of int8 (an int8 K/V cache's values, Note [int8 K/V] in detail/core/layout.hpp):
+  /// `lanes` (or the first n) signed bytes from p as floats, exactly; the same contract as load/load_partial.
+  static GQA_FORCEINLINE reg load(const std::int8_t* p) noexcept { return static_cast<float>(*p); }
+  static GQA_FORCEINLINE reg load_partial(const std::int8_t* p, int n) noexcept {
+    return n > 0 ? static_cast<float>(*p) : 0.0f;
+  }
   static GQA_FORCEINLINE reg add(reg a, reg b) noexcept { return a + b; }
   static GQA_FORCEINLINE reg sub(reg a, reg b) noexcept { return a - b; }
   static GQA_FORCEINLINE reg mul(reg a, reg b) noexcept { return a * b; }

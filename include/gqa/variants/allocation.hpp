@@ -18,6 +18,7 @@
 #include "../errors.hpp"
 #include "../random.hpp"
 #include "../numeric.hpp"
+#include "../quantized.hpp"
 #include "../tensor.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -139,7 +140,7 @@ std::vector<double> key_norms_walk(index_t seqs, index_t h, index_t d, index_t s
     const index_t len = rows.length(ib);
     for (index_t is = 0; is < len; ++is)
       for (index_t g = 0; g < h; ++g) {
-        const auto* row = rows(ib, is, g);  // const float*, or a 16-bit type widened by to_float
+        const auto row = rows(ib, is, g);  // const float*, a 16-bit type widened by to_float, or q8_row
         double acc[lanes];
         std::copy_n(sum_sq.begin() + g * lanes, lanes, acc);
         auto add_squares = [&](auto stride) {  // stride: 1 (a constant, so the loop vectorises) or stride_d
@@ -179,6 +180,22 @@ struct dense_key_rows {
   const T* operator()(index_t ib, index_t is, index_t g) const noexcept { return k.row(ib, is, g); }
 };
 
+/// Row (ib, is, g) of an int8 cache read as its fp32 values: scale · q, one fp32 product per element, as
+/// the kernels compute them (Note [int8 K/V]).
+struct q8_row {
+  const std::int8_t* q;
+  float scale;
+  float operator[](index_t c) const noexcept { return scale * static_cast<float>(q[c]); }
+};
+/// The rows of an int8 cache (every batch element has k.values.s keys), as q8_rows.
+struct q8_key_rows {
+  const q8_view& k;
+  index_t length(index_t) const noexcept { return k.values.s; }
+  q8_row operator()(index_t ib, index_t is, index_t g) const noexcept {
+    return {k.values.row(ib, is, g), *k.scales.row(ib, is, g)};
+  }
+};
+
 }  // namespace detail
 
 /// Per KV head g: Σ_b ||k[b, :, g, :]||_F (unscaled keys, Frobenius over tokens × head_dim, summed over
@@ -192,6 +209,12 @@ template <class T>
 std::vector<double> key_norms(const tensor_view<T>& k) {
   detail::check_view(k, "k", "gqa::key_norms", /*unit_stride_d=*/false);
   return detail::key_norms_walk(k.b, k.h, k.d, k.stride_d, detail::dense_key_rows<T>{k});
+}
+/// key_norms() of an int8 cache: the norms of its fp32 values (scale · q; dequantize_q8's floats, so the
+/// bits of key_norms() on them). Throws gqa::invalid_argument for a bad view or scales' shape.
+inline std::vector<double> key_norms(const q8_view& k) {
+  detail::check_q8(k, "k.values", "k.scales", "gqa::key_norms", /*unit_stride_d=*/false);
+  return detail::key_norms_walk(k.values.b, k.values.h, k.values.d, k.values.stride_d, detail::q8_key_rows{k});
 }
 
 namespace detail {

@@ -18,6 +18,7 @@
 
 #include "../attention.hpp"
 #include "../backward.hpp"
+#include "allocation.hpp"
 
 GQA_BEGIN_NAMESPACE
 
@@ -140,6 +141,47 @@ tensor_view<T> sample(const tensor_view<T>& t, index_t ib) noexcept {
   s.b = 1;
   return s;
 }
+/// Batch element ib of an int8 cache: its values' and its scales' samples.
+inline q8_view sample(const q8_view& t, index_t ib) noexcept { return {sample(t.values, ib), sample(t.scales, ib)}; }
+
+// gqa::forward takes K and V as a KVView: tensor_view<const KV> (float, bf16, f16) or q8_view (int8).
+// values_of() is its values as a tensor_view (what a policy's check() and a shape-only plan() read).
+template <class T>
+const tensor_view<T>& values_of(const tensor_view<T>& t) noexcept {
+  return t;
+}
+inline const tensor_view<const std::int8_t>& values_of(const q8_view& t) noexcept { return t.values; }
+/// The element type of a KVView: T of tensor_view<const T>, std::int8_t of q8_view.
+template <class V>
+struct view_element;
+template <class T>
+struct view_element<tensor_view<T>> {
+  using type = std::remove_const_t<T>;
+};
+template <>
+struct view_element<q8_view> {
+  using type = std::int8_t;
+};
+template <class V>
+using view_element_t = typename view_element<V>::type;
+
+/// The plan of a call on K view k: p.plan(q, k); for an int8 cache, a policy that plans from the keys
+/// plans from the norms of its fp32 values (key_norms(q8_view): the bits of the dequantised K's), and
+/// any other plans from the values' shape.
+template <class P, class T>
+head_map plan_of(P& p, const tensor_view<const float>& q, const tensor_view<const T>& k) {
+  return p.plan(q, k);
+}
+template <class P>
+head_map plan_of(P& p, const tensor_view<const float>& q, const q8_view& k) {
+  static_assert(!policy_plans_from_keys<P> || policy_plans_from_norms<P>,
+                "gqa::forward: a policy that plans from the keys needs plan_from_norms() to run on an int8 cache");
+  if constexpr (policy_plans_from_norms<P>) {
+    return p.plan_from_norms(q.h, k.values.h, key_norms_source([&k] { return key_norms(k); }));
+  } else {
+    return p.plan(q, k.values);
+  }
+}
 }  // namespace detail
 
 // --- Training: what a policy adds for the backward pass (all optional). ---
@@ -232,10 +274,12 @@ void finish(P& p, const tensor_view<float>& o, const head_map& map, const execut
 
 /// run_forward()'s steps after prepare(): the call's checks, plan -> core -> finish, on the core's K/V ck,
 /// cv (the caller's k, v, or prepare()'s float views); k, v are the caller's (their extents are saved).
-template <class Isa, class Policy, class S, class KV, class CK>
-void run_planned(Policy& p, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                 const tensor_view<const KV>& v, const tensor_view<const CK>& ck, const tensor_view<const CK>& cv,
-                 const tensor_view<float>& o, const attention_options& opt, S* saved, const char* where) {
+template <class Isa, class Policy, class S, class KVView, class CKView>
+void run_planned(Policy& p, const tensor_view<const float>& q, const KVView& k_in, const KVView& v_in,
+                 const CKView& ck, const CKView& cv, const tensor_view<float>& o, const attention_options& opt, S* saved,
+                 const char* where) {
+  const auto& k = values_of(k_in);
+  const auto& v = values_of(v_in);
   // The whole call (shapes, options, aliasing) before plan(): a bad argument throws before a stateful
   // policy (DGQA) updates its state or any sample is computed.
   check_call(q, ck, cv, o, opt, where);
@@ -271,7 +315,7 @@ void run_planned(Policy& p, const tensor_view<const float>& q, const tensor_view
         attention_options so = call;
         if (!call.kv_lengths.empty()) so.kv_lengths = call.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
         if (!call.lse.empty()) so.lse = call.lse.subspan(static_cast<std::size_t>(ib) * per, per);
-        const head_map map = p.plan(qs, ks);
+        const head_map map = plan_of(p, qs, ks);
         check_map(map, qs, ks, where);
         core::forward_on(on, qs, ks, vs, os, map, so);
         finish(p, os, map, ex);
@@ -281,7 +325,7 @@ void run_planned(Policy& p, const tensor_view<const float>& q, const tensor_view
     }
   }
   if (!done) {
-    const head_map map = p.plan(q, ck);
+    const head_map map = plan_of(p, q, ck);
     check_map(map, q, ck, where);
     core::forward_on(on, q, ck, cv, o, map, call);
     finish(p, o, map, ex, saved);
@@ -292,23 +336,47 @@ void run_planned(Policy& p, const tensor_view<const float>& q, const tensor_view
 
 /// forward() and forward_train(): check -> prepare -> plan -> core -> finish (Note [validation once]).
 /// With `saved` (S = saved_forward<...>), the LSE goes to saved->lse (and to opt.lse too when given), the
-/// plan(s) are kept and finish_train() replaces finish(). KV: the caller's K/V element type; the core
-/// runs on it, or on float when prepare() made the policy's own (fp32) K/V.
-template <class Isa, class Policy, class S, class KV>
-void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                 const tensor_view<const KV>& v, const tensor_view<float>& o, const attention_options& opt,
-                 S* saved, const char* where) {
+/// plan(s) are kept and finish_train() replaces finish(). KVView: the caller's K/V, tensor_view<const KV>
+/// or q8_view (KV int8); the core runs on them, or on float when prepare() made the policy's own (fp32)
+/// K/V. prepare() takes the caller's element type, or, for an int8 cache, its fp32 values (Note [int8
+/// policies]).
+template <class Isa, class Policy, class S, class KVView>
+void run_forward(Policy& p, const tensor_view<const float>& q, const KVView& k, const KVView& v,
+                 const tensor_view<float>& o, const attention_options& opt, S* saved, const char* where) {
+  using KV = view_element_t<KVView>;
+  constexpr bool int8 = std::is_same_v<KVView, q8_view>;
+  using PrepareKV = std::conditional_t<int8, float, KV>;  // what prepare() is given
   static_assert(attention_policy<Policy, KV>, "gqa::forward: this policy's plan() does not take this K element type");
   static_assert((policy_with_check<Policy, KV> || !policy_with_check<Policy>) &&
-                    (policy_with_prepare<Policy, KV> || !policy_with_prepare<Policy>),
+                    (policy_with_prepare<Policy, PrepareKV> || !policy_with_prepare<Policy>),
                 "gqa::forward: this policy's check()/prepare() takes float K/V only; make it a template over the "
                 "element type to run it on 16-bit K/V");
   // Memory safety first: a policy's own work (norms, noise) reads these views.
   check_views(q, k, v, o, where);
   check_finite(q, k, v, opt, where);  // opt-in; before the policy's own work
-  if constexpr (policy_with_check<Policy, KV>) p.check(q, k, v, o);
-  if constexpr (policy_with_prepare<Policy, KV>) {
-    const kv_views kv = p.prepare(k, v);
+  if constexpr (policy_with_check<Policy, KV>) p.check(q, values_of(k), values_of(v), o);
+  if constexpr (policy_with_prepare<Policy, PrepareKV>) {
+    // Note [int8 policies]
+    // A policy's prepare() (WGQA's head combination) reads every K/V element and writes its own fp32
+    // K/V, so on an int8 cache it is given the cache's fp32 values: dequantize_q8 into a temporary fp32
+    // copy (the combine's own cost order, O(b·s·h·d)), and its fp32 result runs on the float core. A
+    // policy that plans from the keys plans from the norms of the same fp32 values (plan_of), and a
+    // finish() step sees the fp32 output: every step of every policy computes in fp32 on the
+    // dequantised values.
+    std::vector<float> kf, vf;
+    const auto fp32 = [&](const auto& x, std::vector<float>& buf) {
+      if constexpr (int8) {
+        const auto& t = x.values;
+        buf.resize(static_cast<std::size_t>(t.b * t.s * t.h * t.d));
+        const tensor_view<float> out = bshd(buf.data(), t.b, t.s, t.h, t.d);
+        dequantize_q8(x, out);
+        return tensor_view<const float>(out);
+      } else {
+        static_cast<void>(buf);
+        return x;
+      }
+    };
+    const kv_views kv = p.prepare(fp32(k, kf), fp32(v, vf));
     check_view(kv.k, "prepare().k", where);
     check_view(kv.v, "prepare().v", where);
     run_planned<Isa>(p, q, k, v, kv.k, kv.v, o, opt, saved, where);
@@ -321,9 +389,10 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const tensor_view
 
 namespace detail {
 /// gqa::forward: a const policy must not silently skip a step that only its non-const members implement.
-template <class Isa, class P, class KV>
-void forward_policy(P&& policy, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                    const tensor_view<const KV>& v, const tensor_view<float>& o, const attention_options& opt) {
+template <class Isa, class P, class KVView>
+void forward_policy(P&& policy, const tensor_view<const float>& q, const KVView& k, const KVView& v,
+                    const tensor_view<float>& o, const attention_options& opt) {
+  using KV = view_element_t<KVView>;
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
                 "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
@@ -360,6 +429,19 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<K> k, tensor_vi
              const attention_options& opt = {}) {
   using T = std::remove_const_t<K>;
   detail::forward_policy<Isa>(std::forward<P>(policy), q, tensor_view<const T>(k), tensor_view<const T>(v), o, opt);
+}
+
+/// forward() with an int8 K/V cache (gqa::q8_view, gqa/quantized.hpp), Q and O float: the variant over K
+/// and V dequantised to fp32 (scale · value), dequantised inside the core (Note [int8 K/V]). Every
+/// built-in policy takes it and computes in fp32 on the dequantised values: KDGQA's and DGQA's key norms
+/// (key_norms(q8_view)), WGQA's combined heads (its prepare() on a temporary fp32 copy of K and V: Note
+/// [int8 policies]), PGQA's noise on the fp32 output. Agrees with forward() on dequantize_q8's floats to
+/// fp32 rounding (bit for bit where every task takes the tiled path).
+template <class Isa = isa::dispatch, class P>
+  requires attention_policy<std::remove_reference_t<P>, std::int8_t>
+void forward(P&& policy, tensor_view<const float> q, const q8_view& k, const q8_view& v, tensor_view<float> o,
+             const attention_options& opt = {}) {
+  detail::forward_policy<Isa>(std::forward<P>(policy), q, k, v, o, opt);
 }
 
 /// forward() for training: the same call (same output, same policy state changes), which also returns

@@ -65,6 +65,16 @@ struct direct {
     }
   }
 
+  /// S[r][j] *= rows.scale(j) for r < nrows, j < nb (row stride lds): an int8 block's scores times their
+  /// keys' K scales, or its probabilities times their V scales (Note [int8 K/V]).
+  template <scaled_rows Rows>
+  static void scale_columns(const Rows& rows, index_t nb, float* s, index_t nrows, index_t lds) noexcept {
+    for (index_t r = 0; r < nrows; ++r) {
+      float* sr = s + r * lds;
+      for (index_t j = 0; j < nb; ++j) sr[j] *= rows.scale(j);
+    }
+  }
+
   /// O[r] += Σ_{j<nb} P[r][j] · V[j] for r < rows, V row j at v(j) read in place (dv floats; O rows padded
   /// to dvp; Note [key runs]).
   template <class Rows>

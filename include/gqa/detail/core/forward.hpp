@@ -181,6 +181,11 @@ struct kernel {
     const auto& v = pb.lay.v;
     if constexpr (Lay::paged) {
       return std::pair{paged_rows<T>{ptr.k, g * k.stride_h}, paged_rows<T>{ptr.v, g * v.stride_h}};
+    } else if constexpr (quantised_kv<T>) {  // Note [int8 K/V]
+      const kv_loc at = pb.lay.kv_cursor(ib, j0).loc();
+      const auto& sc = pb.lay.scales;
+      return std::pair{q8_rows{{k.row(at.b, at.s, g), k.stride_s}, sc.k.row(at.b, at.s, g), sc.k.stride_s},
+                       q8_rows{{v.row(at.b, at.s, g), v.stride_s}, sc.v.row(at.b, at.s, g), sc.v.stride_s}};
     } else {
       const kv_loc at = pb.lay.kv_cursor(ib, j0).loc();
       return std::pair{strided_rows<T>{k.row(at.b, at.s, g), k.stride_s},
@@ -261,6 +266,11 @@ struct kernel {
           tiled::pack_v(vb, dv, nb, lay.dvp, vp);
           tiled::scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk);
         }
+        // int8 on the direct path: the scores of int8 keys times their K scales (packing applied them on the
+        // tiled path; Note [int8 K/V]).
+        if constexpr (scaled_rows<decltype(kb)>) {
+          if (direct_path) direct<Isa>::scale_columns(kb, nb, srow0, grow, lay.bk);
+        }
         // Keys [lo(r), hi(r)) of the block row r sees (non-decreasing in r: rows go by position, Note
         // [tile rows]).
         const auto in_block = [&](index_t x) noexcept { return std::clamp<index_t>(x - j0, 0, nb); };
@@ -285,6 +295,7 @@ struct kernel {
         }
         // P·V; a cut block as a band, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {
+          if constexpr (scaled_rows<decltype(vb)>) direct<Isa>::scale_columns(vb, nb, srow0, grow, lay.bk);
           if (cut) {
             direct<Isa>::accumulate_pv_cut(vb, dv, lo, hi, srow0, grow, lay.bk, lay.dvp, orow0);
           } else {
@@ -440,7 +451,17 @@ template <class Isa, class KV>
 void forward(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v, tensor_view<float> o,
              const head_map& map, const attention_options& opt) {
   const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
-  forward_layout<Isa>(dense_layout<KV>{q, k, v, o, kv_lengths}, q.b, q.s, k.s, q.d, v.d, map, opt);
+  forward_layout<Isa>(dense_layout<KV>{q, k, v, o, kv_lengths, {}}, q.b, q.s, k.s, q.d, v.d, map, opt);
+}
+
+/// The core on 4-D views with an int8 K/V cache (values and per-row scales; Note [int8 K/V]).
+template <class Isa>
+void forward_q8(tensor_view<const float> q, tensor_view<const std::int8_t> k, tensor_view<const float> k_scales,
+                tensor_view<const std::int8_t> v, tensor_view<const float> v_scales, tensor_view<float> o,
+                const head_map& map, const attention_options& opt) {
+  const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);
+  const dense_layout<std::int8_t> lay{q, k, v, o, kv_lengths, {k_scales, v_scales}};
+  forward_layout<Isa>(lay, q.b, q.s, k.s, q.d, v.d, map, opt);
 }
 
 /// The core on a validated paged cache (gqa/paged.hpp): paged_layout over pools k, v (num_pages,

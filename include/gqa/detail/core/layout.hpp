@@ -8,8 +8,10 @@
 #ifndef GQA_DETAIL_CORE_LAYOUT_HPP
 #define GQA_DETAIL_CORE_LAYOUT_HPP
 
+#include <concepts>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 
 #include "../../config.hpp"
 #include "../../tensor.hpp"
@@ -50,6 +52,26 @@ namespace detail::core {
 // Element type is a template parameter, instantiated only by a call that passes 16-bit views: a TU that
 // never does compiles only the float core.
 
+// Note [int8 K/V]
+// An int8 cache (gqa::q8_view) is the element type std::int8_t plus one fp32 scale per (key, KV head) row
+// for each of K and V (kv_scales); a key's values are scale · q, one fp32 product each. The scale is
+// applied where it costs least, and nowhere else:
+//   * tiled path: pack_k/pack_v widen each row and multiply it by its scale while packing, so the packed
+//     block holds exactly the dequantised floats, and the scores, softmax and P·V are the fp32 core's on
+//     the dequantised K/V, bit for bit.
+//   * direct and decode paths: the dot products run on the widened int8 rows (dot::partials, with the
+//     int8 widening loads), then each key's column of scores is multiplied by its K scale
+//     (direct::scale_keys: s = sk · (q · k8), rows × keys products against the rows × keys × d FMAs of
+//     the dot products); after the softmax each probability is multiplied by its key's V scale, and the
+//     register tile accumulates (p · sv) · v8 with V widened as it is loaded. The bytes read per key are
+//     d (+ 4 for the scale) instead of 4d, which is what decode, bound by the cache it reads, gains.
+//     These products are ordered differently from the fp32 core's (sk · Σ q·k8 against Σ q·(sk·k8)), so
+//     a direct-path result agrees with the fp32 call on the dequantised K/V to rounding, not bit for bit
+//     (tests: lowp_suite, Note [int8 K/V tolerance]).
+// A NaN scale (quantize_q8's mark of a non-finite row) makes that key's scores or products NaN, which
+// propagate exactly as a NaN in a float cache does; keys masked out never enter a product (the band of
+// Note [causal staircase] skips their P·V, and masking overwrites their scores).
+
 /// The place of a key row in the K/V views: batch (or page) b, position (or slot) s.
 struct kv_loc {
   index_t b, s;
@@ -62,8 +84,21 @@ struct linear_cursor {
   void next() noexcept { ++at.s; }
 };
 
+/// The scales of K's and V's rows: none for float and 16-bit K/V; (b, s, h, 1) views for int8 (Note [int8
+/// K/V]). scale_of(t, at, g): the scale of row (at, g) of scale view t.
+template <class KV>
+struct kv_scales {};
+template <>
+struct kv_scales<std::int8_t> {
+  tensor_view<const float> k, v;
+};
+/// True for the element types whose rows carry a scale (int8).
+template <class KV>
+inline constexpr bool quantised_kv = std::is_same_v<KV, std::int8_t>;
+
 /// The 4-D views of gqa::attend: every sequence has sq queries; keys past kv_lengths[ib] are padding.
-/// KV: the element type of K and V (float, bf16, f16; Note [16-bit K/V]); Q and O are float.
+/// KV: the element type of K and V (float, bf16, f16, or int8 with `scales`; Note [16-bit K/V], Note
+/// [int8 K/V]); Q and O are float.
 template <class KV = float>
 struct dense_layout {
   using kv_type = KV;
@@ -73,6 +108,7 @@ struct dense_layout {
   tensor_view<const KV> k, v;
   tensor_view<float> o;
   std::span<const index_t> kv_lengths;  // empty: every sequence has k.s keys
+  [[no_unique_address]] kv_scales<KV> scales;
 
   index_t q_len(index_t) const noexcept { return q.s; }
   index_t kv_len(index_t ib) const noexcept {
@@ -163,6 +199,23 @@ struct strided_rows {
   index_t stride;
   const T* operator()(index_t j) const noexcept { return base + j * stride; }
   strided_b<T> b_at(index_t j0, index_t c0) const noexcept { return {base + j0 * stride + c0, stride}; }
+};
+
+/// int8 rows at one stride with one scale each (Note [int8 K/V]): row j's values at values(j), its scale
+/// at scale(j).
+struct q8_rows {
+  using element = std::int8_t;
+  strided_rows<std::int8_t> values;
+  const float* scales;
+  index_t scale_stride;
+  const std::int8_t* operator()(index_t j) const noexcept { return values(j); }
+  float scale(index_t j) const noexcept { return scales[j * scale_stride]; }
+  strided_b<std::int8_t> b_at(index_t j0, index_t c0) const noexcept { return values.b_at(j0, c0); }
+};
+/// A row source whose rows carry scales (q8_rows).
+template <class Rows>
+concept scaled_rows = requires(const Rows& r, index_t j) {
+  { r.scale(j) } -> std::convertible_to<float>;
 };
 
 /// Rows of a block that spans pages: row j at rows[j] + head (rows lists KV head 0's; head is the offset

@@ -33,10 +33,33 @@ struct packed {
     if (c < n) V::store_partial(dst + c, V::load_partial(src + c, static_cast<int>(n - c)), static_cast<int>(n - c));
   }
 
+  /// dst[0 .. n) = scale · the n elements at src (int8), one fp32 product each (Note [int8 K/V]).
+  template <class T>
+  static GQA_FORCEINLINE void widen(const T* src, index_t n, float scale, float* dst) noexcept {
+    const auto vs = V::set1(scale);
+    index_t c = 0;
+    for (; c + L <= n; c += L) V::store(dst + c, V::mul(V::load(src + c), vs));
+    if (c < n) {
+      const int t = static_cast<int>(n - c);
+      V::store_partial(dst + c, V::mul(V::load_partial(src + c, t), vs), t);
+    }
+  }
+
+  /// Row j of row source `rows` (n elements) as floats at dst: widened, and multiplied by the row's scale
+  /// when the rows carry one (int8).
+  template <class Rows>
+  static GQA_FORCEINLINE void widen_row(const Rows& rows, index_t j, index_t n, float* dst) noexcept {
+    if constexpr (scaled_rows<Rows>) {
+      widen(rows(j), n, rows.scale(j), dst);
+    } else {
+      widen(rows(j), n, dst);
+    }
+  }
+
   /// kp = Kᵀ of the nb keys of row source `k` (key j at k(j), d elements; Note [key runs]) in slices of
   /// `cols` keys: slice n is [d][w_n] with w_n its width (the last may be narrower); keys nb .. nbp − 1
-  /// are zero. 16-bit rows are first widened, a row at a time, into `stage` (nb × d floats; unused for
-  /// float rows), then transposed from there (Note [16-bit K/V]). Widening inside the transpose instead,
+  /// are zero. 16-bit and int8 rows are first widened (int8 times its row's scale), a row at a time, into
+  /// `stage` (nb × d floats; unused for float rows), then transposed from there (Note [16-bit K/V]). Widening inside the transpose instead,
   /// 8 elements at a time through a small buffer read back as scalars, made 16-bit P1 on AVX-512 7-17%
   /// slower than fp32 (shared machine, 2026-12-01); staged, it runs at fp32's speed (0.99-1.02x).
   template <class Rows>
@@ -44,7 +67,7 @@ struct packed {
     if constexpr (std::is_same_v<typename Rows::element, float>) {
       transpose_k(k, d, nb, nbp, kp);
     } else {
-      for (index_t j = 0; j < nb; ++j) widen(k(j), d, stage + j * d);
+      for (index_t j = 0; j < nb; ++j) widen_row(k, j, d, stage + j * d);
       transpose_k(strided_rows<float>{stage, d}, d, nb, nbp, kp);
     }
   }
@@ -73,16 +96,16 @@ struct packed {
     }
   }
 
-  /// vp rows j < nb: the value row v(j) (dv elements, widened to float), padded with zeros to dvp.
+  /// vp rows j < nb: the value row v(j) (dv elements, widened to float, int8 times its scale), padded with
+  /// zeros to dvp.
   template <class Rows>
   static void pack_v(const Rows& v, index_t dv, index_t nb, index_t dvp, float* vp) noexcept {
     for (index_t j = 0; j < nb; ++j) {
-      const auto* src = v(j);
       float* dst = vp + j * dvp;
       if constexpr (std::is_same_v<typename Rows::element, float>) {
-        std::copy(src, src + dv, dst);
+        std::copy(v(j), v(j) + dv, dst);
       } else {
-        widen(src, dv, dst);
+        widen_row(v, j, dv, dst);
       }
       std::fill(dst + dv, dst + dvp, 0.0f);
     }

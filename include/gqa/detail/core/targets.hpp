@@ -6,12 +6,14 @@
 // own namespace (gqa::<ABI>::target_<isa>), and shares every type with the native code.
 #pragma once
 
+#include <concepts>
 #include <cstdint>
 #include <span>
 #include <string_view>
 
 #include "../../config.hpp"
 #include "../../isa/select.hpp"
+#include "../../quantized.hpp"
 #include "backward.hpp"  // the native copy first: it includes every standard header the core uses
 #include "forward.hpp"
 
@@ -113,6 +115,19 @@ template <class KV>
 void forward_on(named_target on, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
                 tensor_view<float> o, const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, forward, q, k, v, o, map, opt)
+}
+
+/// The forward core on an int8 K/V cache (forward_q8, Note [int8 K/V]) on `on`.
+/// (Templates over Q8 = q8_view, like the ones above over KV, so that only a TU that calls them compiles them.)
+template <class Isa, std::same_as<q8_view> Q8>
+void forward_on(Isa, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o, const head_map& map,
+                const attention_options& opt) {
+  forward_q8<Isa>(q, k.values, k.scales, v.values, v.scales, o, map, opt);
+}
+template <std::same_as<q8_view> Q8>
+void forward_on(named_target on, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o,
+                const head_map& map, const attention_options& opt) {
+  GQA_CORE_ON(on, forward_q8, q, k.values, k.scales, v.values, v.scales, o, map, opt)
 }
 
 /// The paged forward core (forward_paged) on `on`.
