@@ -36,7 +36,7 @@ expect_error("--batch 16777216 --heads 1024" --heads 1024 --batch 16777216)
 expect_error("--train: a training step has no decode; drop --decode" --tiny --train --decode)
 expect_error("--train with --preset llama-decode: the preset has only decode configurations" --train --preset llama-decode)
 expect_error("--train = 1: takes no value" --tiny --train=1)
-expect_error("--dtype = fp8: unknown K/V type (f32, bf16, f16)" --tiny --dtype fp8)
+expect_error("--dtype = fp8: unknown K/V type (f32, bf16, f16, i8)" --tiny --dtype fp8)
 expect_error("--dtype = f16: --train takes float K/V" --tiny --train --dtype=f16)
 
 execute_process(COMMAND "${EXE}" --help RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 30)

@@ -1,19 +1,21 @@
-# bench/compare/check_dtype.cmake: CTest check of `gqa-compare --tiny --dtype bf16` (cmake -DEXE=<gqa-compare>
-# -DWORK=<scratch folder> -P). Every scheme of every configuration runs on a bf16 K/V cache: exit 0; each table
-# heading says "K/V bf16"; compare.json gives every configuration kv_dtype "bf16" and every scheme a time, no
-# error, and kv_bytes_per_token = 2 (K and V) * hkv * head_dim * 2 bytes; every compare.csv row ends in bf16.
+# bench/compare/check_dtype.cmake: CTest check of `gqa-compare --tiny --dtype <DTYPE>` (cmake -DEXE=<gqa-compare>
+# -DWORK=<scratch folder> -DDTYPE=bf16|f16|i8 -P). Every scheme of every configuration runs on a K/V cache of that
+# type: exit 0; each table heading says "K/V <DTYPE>"; compare.json gives every configuration kv_dtype "<DTYPE>"
+# and every scheme a time, no error, and kv_bytes_per_token = 2 (K and V) * hkv * (head_dim * 2) for the 16-bit
+# types, 2 * hkv * (head_dim + 4) for i8 (one byte per value and an fp32 scale per row); every compare.csv row
+# ends in <DTYPE>.
 cmake_minimum_required(VERSION 3.21)
 
-foreach(_v EXE WORK)
+foreach(_v EXE WORK DTYPE)
   if(NOT DEFINED ${_v})
     message(FATAL_ERROR "check_dtype.cmake: pass -D${_v}=...")
   endif()
 endforeach()
 file(REMOVE_RECURSE "${WORK}")
-execute_process(COMMAND "${EXE}" --tiny --dtype bf16 --threads 1 --no-plot --out "${WORK}" RESULT_VARIABLE rc
+execute_process(COMMAND "${EXE}" --tiny --dtype ${DTYPE} --threads 1 --no-plot --out "${WORK}" RESULT_VARIABLE rc
                 OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
 if(NOT rc EQUAL 0)
-  message(FATAL_ERROR "gqa-compare --tiny --dtype bf16 exited with '${rc}'\nstdout:\n${out}\nstderr:\n${err}")
+  message(FATAL_ERROR "gqa-compare --tiny --dtype ${DTYPE} exited with '${rc}'\nstdout:\n${out}\nstderr:\n${err}")
 endif()
 set(_failures 0)
 macro(fail what)
@@ -23,11 +25,11 @@ endmacro()
 
 # (Matches without ';', CMake's list separator: the headings contain one.)
 string(REGEX MATCHALL "\n== [a-z0-9-]+: " _all "${out}")
-string(REGEX MATCHALL "\n== [a-z0-9-]+: [^\n;]*, K/V bf16" _headings "${out}")
+string(REGEX MATCHALL "\n== [a-z0-9-]+: [^\n;]*, K/V ${DTYPE}" _headings "${out}")
 list(LENGTH _all _na)
 list(LENGTH _headings _nh)
 if(_na EQUAL 0 OR NOT _nh EQUAL _na)
-  fail("every configuration heading says K/V bf16 (${_nh} of ${_na}):\n${out}")
+  fail("every configuration heading says K/V ${DTYPE} (${_nh} of ${_na}):\n${out}")
 endif()
 
 file(READ "${WORK}/compare.json" _json)
@@ -38,7 +40,7 @@ foreach(_ci RANGE ${_last_c})
   string(JSON _cfg GET "${_json}" configurations ${_ci})
   string(JSON _name GET "${_cfg}" name)
   string(JSON _t GET "${_cfg}" kv_dtype)
-  if(NOT _t STREQUAL "bf16")
+  if(NOT _t STREQUAL "${DTYPE}")
     fail("${_name}: kv_dtype '${_t}'")
   endif()
   string(JSON _d GET "${_cfg}" head_dim)
@@ -51,7 +53,11 @@ foreach(_ci RANGE ${_last_c})
     string(JSON _bytes GET "${_row}" kv_bytes_per_token)
     string(JSON _err TYPE "${_row}" error)
     string(JSON _median TYPE "${_row}" time_ms median)
-    math(EXPR _want "2 * ${_hkv} * ${_d} * 2")
+    if(DTYPE STREQUAL "i8")
+      math(EXPR _want "2 * ${_hkv} * (${_d} + 4)")
+    else()
+      math(EXPR _want "2 * ${_hkv} * ${_d} * 2")
+    endif()
     if(NOT _bytes EQUAL _want)
       fail("${_name}/${_scheme}: kv_bytes_per_token ${_bytes}, want ${_want}")
     endif()
@@ -65,12 +71,12 @@ endforeach()
 file(STRINGS "${WORK}/compare.csv" _csv)
 list(POP_FRONT _csv _header)
 foreach(_line IN LISTS _csv)
-  if(NOT _line MATCHES ",bf16$")
-    fail("compare.csv row does not end in bf16: '${_line}'")
+  if(NOT _line MATCHES ",${DTYPE}$")
+    fail("compare.csv row does not end in ${DTYPE}: '${_line}'")
   endif()
 endforeach()
 
 if(_failures GREATER 0)
   message(FATAL_ERROR "check_dtype.cmake: ${_failures} check(s) failed")
 endif()
-message(STATUS "check_dtype.cmake: ${_rows} schemes timed on a bf16 K/V cache")
+message(STATUS "check_dtype.cmake: ${_rows} schemes timed on a ${DTYPE} K/V cache")

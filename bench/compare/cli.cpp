@@ -111,8 +111,9 @@ overrides (applied to every selected configuration):
 run:
   --isa NAME        scalar, avx2, avx512 or neon (default: the best one this CPU supports)
   --threads N       threads per call (default 0 = all cores)
-  --dtype T         the K/V cache's element type: f32 (default), bf16 or f16 (Q, O and accumulation
-                    stay fp32; the KV bytes column follows it; not with --train)
+  --dtype T         the K/V cache's element type: f32 (default), bf16, f16 or i8 (int8 values and one
+                    fp32 scale per token and KV head); Q, O and accumulation stay fp32; the KV bytes
+                    column follows it; not with --train
   --out DIR         output folder (default ./gqa-compare-out; created if missing)
   --train           time a training step per scheme: forward (gqa::forward_train) and backward
                     (gqa::backward), with their own columns; prefill configurations only
@@ -188,7 +189,7 @@ run_options parse_args(int argc, const char* const* argv) {
     } else if (arg == "--dtype") {
       const std::string name = value();
       kv_dtype t{};
-      if (!parse_kv_dtype(name, t)) bad(arg, name, "unknown K/V type (f32, bf16, f16)");
+      if (!parse_kv_dtype(name, t)) bad(arg, name, "unknown K/V type (f32, bf16, f16, i8)");
       ov.dtype = t;
     } else if (arg == "--train") {
       flag();

@@ -251,9 +251,10 @@ TEST(compare_cli, dtype_sets_the_kv_element_type_and_its_bytes) {
   layer_config c = llama(2048, 2048);
   const scheme gqa8 = find(schemes_for(c), "GQA-8");
   EXPECT_EQ(kv_bytes_per_token(c, gqa8), 2 * 8 * 128 * 4);
-  for (const kv_dtype t : {kv_dtype::bf16, kv_dtype::f16}) {
+  for (const kv_dtype t : {kv_dtype::bf16, kv_dtype::f16, kv_dtype::i8}) {
     c.dtype = t;
-    EXPECT_EQ(kv_bytes_per_token(c, gqa8), 2 * 8 * 128 * 2) << to_string(t);
+    // 2-byte elements; int8: one byte each plus the row's fp32 scale.
+    EXPECT_EQ(kv_bytes_per_token(c, gqa8), t == kv_dtype::i8 ? 2 * 8 * (128 + 4) : 2 * 8 * 128 * 2) << to_string(t);
     kv_dtype back = kv_dtype::f32;
     EXPECT_TRUE(parse_kv_dtype(to_string(t), back));
     EXPECT_EQ(back, t);
@@ -285,7 +286,7 @@ TEST(compare_cli, errors_name_the_argument_and_value) {
             "--hkv-ref = 5: must divide the number of query heads H = 12 (PGQA and WGQA use uniform groups) "
             "(configuration vit-b16)");
   EXPECT_EQ(message({"--preset", "vit-b16", "--hkv-ref", "24"}).substr(0, 22), "--hkv-ref = 24: must d");
-  EXPECT_EQ(message({"--dtype", "int4"}), "--dtype = int4: unknown K/V type (f32, bf16, f16)");
+  EXPECT_EQ(message({"--dtype", "int4"}), "--dtype = int4: unknown K/V type (f32, bf16, f16, i8)");
   EXPECT_EQ(message({"--train", "--dtype", "bf16"}),
             "--dtype = bf16: --train takes float K/V (the backward's inputs are fp32)");
   EXPECT_EQ(message({"--train", "--dtype", "f32"}), "(no error)");

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -48,21 +49,19 @@ measurement time_training(Policy& policy, const measure_request& r, gqa::tensor_
   return m;
 }
 
-/// Warm-up calls, then `reps` timed calls of gqa::forward on K/V elements of type T (kv, vv: r.k and r.v,
-/// or their 16-bit roundings); every call goes through the policy's whole pipeline (check, prepare, plan,
+/// Warm-up calls, then `reps` timed calls of gqa::forward on the K/V views k, v (float, 16-bit or int8
+/// views of r.k and r.v); every call goes through the policy's whole pipeline (check, prepare, plan,
 /// core, finish), so its own work is timed with the attention. With r.train (float K/V only, as the CLI
 /// ensures), each call is a training step instead (time_training).
-template <class T, class Policy>
-measurement time_calls(Policy& policy, const measure_request& r, const T* kv, const T* vv) {
+template <class KV, class Policy>
+measurement time_calls(Policy& policy, const measure_request& r, const KV& k, const KV& v) {
   const auto q = gqa::bshd<const float>(r.q, r.batch, r.seq_q, r.hq, r.head_dim);
-  const auto k = gqa::bshd<const T>(kv, r.batch, r.seq_kv, r.kv_in, r.head_dim);
-  const auto v = gqa::bshd<const T>(vv, r.batch, r.seq_kv, r.kv_in, r.head_dim);
   const auto o = gqa::bshd(r.o, r.batch, r.seq_q, r.hq, r.head_dim);
   gqa::attention_options opt;
   opt.causal = r.causal;
   opt.num_threads = r.threads;
   measurement m;
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<KV, gqa::tensor_view<const float>>) {
     if (r.train) return time_training(policy, r, q, k, v, o, opt);
   } else if (r.train) {
     m.error = "--train takes float K/V";
@@ -79,18 +78,31 @@ measurement time_calls(Policy& policy, const measure_request& r, const T* kv, co
   return m;
 }
 
-/// The K/V of r as r.dtype: r.k and r.v themselves for f32, else rounded copies (outside the timing).
+/// r's K/V as r.dtype, made outside the timing: r.k and r.v themselves for f32, rounded copies for bf16
+/// and f16, gqa::quantize_q8's values and per-row scales for i8.
 template <class Policy>
 measurement time_calls(Policy& policy, const measure_request& r) {
-  const auto n = static_cast<std::size_t>(r.batch * r.seq_kv * r.kv_in * r.head_dim);
-  const auto timed = [&]<class T>() {
-    const std::vector<T> k(r.k, r.k + n), v(r.v, r.v + n);  // T(float): round to nearest even
-    return time_calls<T>(policy, r, k.data(), v.data());
+  const std::int64_t b = r.batch, s = r.seq_kv, h = r.kv_in, d = r.head_dim;
+  const auto n = static_cast<std::size_t>(b * s * h * d);
+  const auto k = gqa::bshd<const float>(r.k, b, s, h, d);
+  const auto v = gqa::bshd<const float>(r.v, b, s, h, d);
+  const auto rounded = [&]<class T>() {
+    const std::vector<T> k16(r.k, r.k + n), v16(r.v, r.v + n);  // T(float): round to nearest even
+    return time_calls(policy, r, gqa::bshd<const T>(k16.data(), b, s, h, d), gqa::bshd<const T>(v16.data(), b, s, h, d));
   };
   switch (r.dtype) {
-    case kv_dtype::bf16: return timed.template operator()<gqa::bf16>();
-    case kv_dtype::f16: return timed.template operator()<gqa::f16>();
-    default: return time_calls<float>(policy, r, r.k, r.v);
+    case kv_dtype::bf16: return rounded.template operator()<gqa::bf16>();
+    case kv_dtype::f16: return rounded.template operator()<gqa::f16>();
+    case kv_dtype::i8: {
+      std::vector<std::int8_t> k8(n), v8(n);
+      std::vector<float> ks(n / static_cast<std::size_t>(d)), vs(ks.size());
+      gqa::quantize_q8(k, gqa::bshd(k8.data(), b, s, h, d), gqa::bshd(ks.data(), b, s, h, 1));
+      gqa::quantize_q8(v, gqa::bshd(v8.data(), b, s, h, d), gqa::bshd(vs.data(), b, s, h, 1));
+      const gqa::q8_view kq{gqa::bshd<const std::int8_t>(k8.data(), b, s, h, d), gqa::bshd<const float>(ks.data(), b, s, h, 1)};
+      const gqa::q8_view vq{gqa::bshd<const std::int8_t>(v8.data(), b, s, h, d), gqa::bshd<const float>(vs.data(), b, s, h, 1)};
+      return time_calls(policy, r, kq, vq);
+    }
+    default: return time_calls(policy, r, k, v);
   }
 }
 

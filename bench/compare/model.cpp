@@ -108,14 +108,22 @@ std::string to_string(kv_dtype t) {
   switch (t) {
     case kv_dtype::bf16: return "bf16";
     case kv_dtype::f16: return "f16";
+    case kv_dtype::i8: return "i8";
     default: return "f32";
   }
 }
 
-std::int64_t element_bytes(kv_dtype t) { return t == kv_dtype::f32 ? 4 : 2; }
+std::int64_t row_bytes(kv_dtype t, std::int64_t d) {
+  switch (t) {
+    case kv_dtype::bf16:
+    case kv_dtype::f16: return 2 * d;
+    case kv_dtype::i8: return d + 4;
+    default: return 4 * d;
+  }
+}
 
 bool parse_kv_dtype(const std::string& name, kv_dtype& out) {
-  for (const kv_dtype t : {kv_dtype::f32, kv_dtype::bf16, kv_dtype::f16})
+  for (const kv_dtype t : {kv_dtype::f32, kv_dtype::bf16, kv_dtype::f16, kv_dtype::i8})
     if (name == to_string(t)) {
       out = t;
       return true;
@@ -125,7 +133,7 @@ bool parse_kv_dtype(const std::string& name, kv_dtype& out) {
 
 std::int64_t kv_bytes_per_token(const layer_config& c, const scheme& s) {
   // WGQA's combination is per token (K_g = sum_j w_j K_j), so a cache stores the G combined heads.
-  return 2 * s.hkv * c.head_dim * element_bytes(c.dtype);
+  return 2 * s.hkv * row_bytes(c.dtype, c.head_dim);
 }
 
 std::int64_t extra_params(const layer_config& c, const scheme& s) {

@@ -10,14 +10,15 @@
 
 namespace gqa_compare {
 
-/// The element type of the K/V cache a run reads (--dtype): float, or gqa's 16-bit gqa::bf16 / gqa::f16
-/// (rounded to nearest even from the float keys and values once, outside the timing). Q, O and every
+/// The element type of the K/V cache a run reads (--dtype): float; gqa's 16-bit gqa::bf16 / gqa::f16
+/// (rounded to nearest even from the float keys and values once, outside the timing); or i8, gqa's int8
+/// cache (gqa::quantize_q8: int8 values and one fp32 scale per (token, KV head) row). Q, O and every
 /// accumulation stay fp32; a training step (--train) takes float K/V only.
-enum class kv_dtype { f32, bf16, f16 };
-/// "f32", "bf16", "f16": the --dtype spelling.
+enum class kv_dtype { f32, bf16, f16, i8 };
+/// "f32", "bf16", "f16", "i8": the --dtype spelling.
 std::string to_string(kv_dtype t);
-/// Bytes of one cached K or V element: 4, 2, 2.
-std::int64_t element_bytes(kv_dtype t);
+/// Bytes of one cached K or V row of d elements: 4d, 2d, 2d, or d + 4 (the int8 values and their scale).
+std::int64_t row_bytes(kv_dtype t, std::int64_t d);
 /// The kv_dtype spelled `name`, if any.
 bool parse_kv_dtype(const std::string& name, kv_dtype& out);
 
@@ -80,7 +81,7 @@ std::int64_t visible_pairs(std::int64_t seq_q, std::int64_t seq_kv, bool causal)
 /// counted (they are in the measured time).
 std::int64_t attention_flops(const layer_config& c, const scheme& s);
 
-/// KV-cache bytes per token per layer: 2 (K and V) * hkv * d * element_bytes(c.dtype).
+/// KV-cache bytes per token per layer: 2 (K and V) * hkv * row_bytes(c.dtype, d).
 std::int64_t kv_bytes_per_token(const layer_config& c, const scheme& s);
 
 /// Learned parameters the scheme adds beyond its projections: WGQA scalar 2H, col 2·H·d.
