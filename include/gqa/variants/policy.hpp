@@ -358,12 +358,16 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const KVView& k, 
   if constexpr (policy_with_prepare<Policy, PrepareKV>) {
     // Note [int8 policies]
     // A policy's prepare() (WGQA's head combination) reads every K/V element and writes its own fp32
-    // K/V, so on an int8 cache it is given the cache's fp32 values: dequantize_q8 into a temporary fp32
-    // copy (the combine's own cost order, O(b·s·h·d)), and its fp32 result runs on the float core. A
-    // policy that plans from the keys plans from the norms of the same fp32 values (plan_of), and a
-    // finish() step sees the fp32 output: every step of every policy computes in fp32 on the
-    // dequantised values.
-    std::vector<float> kf, vf;
+    // K/V, so on an int8 cache it is given the cache's fp32 values: dequantize_q8 into an fp32 copy (the
+    // combine's own cost order, O(b·s·h·d)), and its fp32 result runs on the float core. A policy that
+    // plans from the keys plans from the norms of the same fp32 values (plan_of), and a finish() step
+    // sees the fp32 output: every step of every policy computes in fp32 on the dequantised values.
+    // The copies live in buffers the calling thread keeps for its next call (grown, never shrunk): fresh
+    // buffers per call were zero-filled and page-faulted every time, which made WGQA decode on an int8
+    // cache (32 heads × 8192 keys × 128: 2 × 128 MiB) take 1.36 s a call instead of tens of ms
+    // (gqa-compare llama-decode, 2026-12-02). The memory is that of an fp32 copy of the largest int8
+    // K/V the thread has prepared.
+    thread_local std::vector<float> kf, vf;
     const auto fp32 = [&](const auto& x, std::vector<float>& buf) {
       if constexpr (int8) {
         const auto& t = x.values;
