@@ -158,26 +158,36 @@ class wgqa_policy {
   template <class T>
   void combine(const tensor_view<const T>& x, const std::vector<float>& w, const tensor_view<float>& out) const {
     const index_t grp = w_.hq / w_.hkv, d = w_.d;
-    std::vector<double> acc(static_cast<std::size_t>(d));
+    std::vector<double> acc_buf(static_cast<std::size_t>(d));
+    double* acc = acc_buf.data();
+    // acc[c] += weight(c) · x[c] over c < d, in runs of 16 (a trip count the compiler knows, so GCC's -O2
+    // cost model vectorises them: bf16 WGQA decode took 52-55 ms at -O2 against 19-21 ms at -O3 with one
+    // loop over d, 2026-12-02), then the rest. Every element's sum is the same, in the same order, either way.
+    const auto add_row = [&](const T* src, auto weight) {
+      constexpr index_t run = 16;
+      index_t c = 0;
+      for (; c + run <= d; c += run)
+        for (index_t l = 0; l < run; ++l) acc[c + l] += weight(c + l) * static_cast<double>(to_float(src[c + l]));
+      for (; c < d; ++c) acc[c] += weight(c) * static_cast<double>(to_float(src[c]));
+    };
     for (index_t ib = 0; ib < x.b; ++ib)
       for (index_t t = 0; t < x.s; ++t)
         for (index_t g = 0; g < w_.hkv; ++g) {
           float* dst = out.row(ib, t, g);
-          std::fill(acc.begin(), acc.end(), 0.0);
+          std::fill(acc, acc + d, 0.0);
           for (index_t j = g * grp; j < (g + 1) * grp; ++j) {
             const T* src = x.row(ib, t, j);
             // A float × float product is exact in double (48 significant bits), so this sum is the same
             // whether or not the compiler contracts it into FMAs: the result is ISA-independent.
             if (w_.kind == wgqa_kind::scalar) {
               const double wj = w[static_cast<std::size_t>(j)];
-              for (index_t c = 0; c < d; ++c) acc[static_cast<std::size_t>(c)] += wj * static_cast<double>(to_float(src[c]));
+              add_row(src, [wj](index_t) { return wj; });
             } else {
               const float* cj = w.data() + j * d;
-              for (index_t c = 0; c < d; ++c)
-                acc[static_cast<std::size_t>(c)] += static_cast<double>(cj[c]) * static_cast<double>(to_float(src[c]));
+              add_row(src, [cj](index_t c) { return static_cast<double>(cj[c]); });
             }
           }
-          for (index_t c = 0; c < d; ++c) dst[c] = static_cast<float>(acc[static_cast<std::size_t>(c)]);
+          for (index_t c = 0; c < d; ++c) dst[c] = static_cast<float>(acc[c]);
         }
   }
 
