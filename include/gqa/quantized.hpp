@@ -43,6 +43,10 @@ inline void check_q8(const q8_view& x, const char* name, const char* scales_name
   require(s.d == 1, where, field{scales_name, "d"}, s.d, "must be 1 (one scale per row)");
 }
 
+/// The fp32 value an int8 cache element stands for: scale · q, one fp32 product (what dequantize_q8()
+/// writes, the key norms read and the kernels' packing computes; Note [int8 K/V]).
+inline float dequantised(float scale, std::int8_t q) noexcept { return scale * static_cast<float>(q); }
+
 /// The quantised row of the n floats x[0], x[stride], ...: writes q[c] (stride qs) and returns the scale
 /// (Note [int8 quantisation]).
 template <class Out>
@@ -129,7 +133,7 @@ inline void dequantize_q8(const q8_view& x, tensor_view<float> out) {
         const float s = *x.scales.row(ib, is, ih);
         const std::int8_t* q = x.values.row(ib, is, ih);
         float* o = out.row(ib, is, ih);
-        for (index_t c = 0; c < out.d; ++c) o[c * out.stride_d] = s * static_cast<float>(q[c * x.values.stride_d]);
+        for (index_t c = 0; c < out.d; ++c) o[c * out.stride_d] = detail::dequantised(s, q[c * x.values.stride_d]);
       }
 }
 

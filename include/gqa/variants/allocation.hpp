@@ -185,7 +185,7 @@ struct dense_key_rows {
 struct q8_row {
   const std::int8_t* q;
   float scale;
-  float operator[](index_t c) const noexcept { return scale * static_cast<float>(q[c]); }
+  float operator[](index_t c) const noexcept { return dequantised(scale, q[c]); }
 };
 /// The rows of an int8 cache (every batch element has k.values.s keys), as q8_rows.
 struct q8_key_rows {
