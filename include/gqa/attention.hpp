@@ -109,6 +109,11 @@ inline void require_outside_outputs(const void* p, std::size_t n, const char* na
     fail(where, ": ", name, " (data = ", p, ") overlaps options.lse, which the call writes while it reads ", name);
 }
 
+/// options.lse (non-empty) as a view of its floats, for shared_element().
+inline tensor_view<const float> lse_view(const attention_options& opt) noexcept {
+  return {opt.lse.data(), 1, 1, 1, static_cast<index_t>(opt.lse.size()), 0, 0, 0, 1};
+}
+
 /// Outputs never alias: o repeats no element and shares none with q, k, v; options.lse shares none with
 /// q, k, v, o; options.kv_lengths (read while o is written) lies outside o and lse. See Note [exact overlap].
 template <class KV>
@@ -116,9 +121,8 @@ void check_aliasing(const tensor_view<const float>& q, const tensor_view<const K
                     const tensor_view<float>& o, const attention_options& opt, const char* where) {
   require_outputs_disjoint({{o, "o"}}, {{q, "q"}}, where);
   require_outputs_disjoint<const KV>({{o, "o"}}, {{k, "k"}, {v, "v"}}, where);
-  const auto n_lse = static_cast<index_t>(opt.lse.size());  // size was checked against b·hq·sq
-  if (n_lse > 0) {
-    const tensor_view<const float> lse(opt.lse.data(), 1, 1, 1, n_lse, 0, 0, 0, 1);
+  if (!opt.lse.empty()) {  // its size was checked against b·hq·sq
+    const tensor_view<const float> lse = lse_view(opt);
     const void* ld = opt.lse.data();
     require_disjoint(shared_element(lse, q), where, "options.lse", ld, "q");
     require_disjoint(shared_element(lse, k), where, "options.lse", ld, "k");
@@ -215,9 +219,8 @@ inline void check_call(const tensor_view<const float>& q, const q8_view& k, cons
                        const tensor_view<float>& o, const attention_options& opt, const char* where) {
   check_call(q, k.values, v.values, o, opt, where);
   require_outputs_disjoint({{o, "o"}}, {{k.scales, "k.scales"}, {v.scales, "v.scales"}}, where);
-  const auto n_lse = static_cast<index_t>(opt.lse.size());
-  if (n_lse > 0) {
-    const tensor_view<const float> lse(opt.lse.data(), 1, 1, 1, n_lse, 0, 0, 0, 1);
+  if (!opt.lse.empty()) {
+    const tensor_view<const float> lse = lse_view(opt);
     require_disjoint(shared_element(lse, k.scales), where, "options.lse", opt.lse.data(), "k.scales");
     require_disjoint(shared_element(lse, v.scales), where, "options.lse", opt.lse.data(), "v.scales");
   }
