@@ -272,6 +272,15 @@ void finish(P& p, const tensor_view<float>& o, const head_map& map, const execut
   finish(p, o, map, ex);
 }
 
+/// dequantize_q8(x) into buf (grown as needed), as a BSHD float view of x's shape (Note [int8 policies]).
+inline tensor_view<const float> dequantised_copy(const q8_view& x, std::vector<float>& buf) {
+  const auto& t = x.values;
+  buf.resize(static_cast<std::size_t>(t.b * t.s * t.h * t.d));
+  const tensor_view<float> out = bshd(buf.data(), t.b, t.s, t.h, t.d);
+  dequantize_q8(x, out);
+  return out;
+}
+
 /// run_forward()'s steps after prepare(): the call's checks, plan -> core -> finish, on the core's K/V ck,
 /// cv (the caller's k, v, or prepare()'s float views); k, v are the caller's (their extents are saved).
 template <class Isa, class Policy, class S, class KVView, class CKView>
@@ -367,20 +376,15 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const KVView& k, 
     // cache (32 heads × 8192 keys × 128: 2 × 128 MiB) take 1.36 s a call instead of tens of ms
     // (gqa-compare llama-decode, 2026-12-02). The memory is that of an fp32 copy of the largest int8
     // K/V the thread has prepared.
-    thread_local std::vector<float> kf, vf;
-    const auto fp32 = [&](const auto& x, std::vector<float>& buf) {
+    const auto prepared = [&]() -> kv_views {
       if constexpr (int8) {
-        const auto& t = x.values;
-        buf.resize(static_cast<std::size_t>(t.b * t.s * t.h * t.d));
-        const tensor_view<float> out = bshd(buf.data(), t.b, t.s, t.h, t.d);
-        dequantize_q8(x, out);
-        return tensor_view<const float>(out);
+        thread_local std::vector<float> kf, vf;  // only in the int8 instantiations
+        return p.prepare(dequantised_copy(k, kf), dequantised_copy(v, vf));
       } else {
-        static_cast<void>(buf);
-        return x;
+        return p.prepare(k, v);
       }
     };
-    const kv_views kv = p.prepare(fp32(k, kf), fp32(v, vf));
+    const kv_views kv = prepared();
     check_view(kv.k, "prepare().k", where);
     check_view(kv.v, "prepare().v", where);
     run_planned<Isa>(p, q, k, v, kv.k, kv.v, o, opt, saved, where);
@@ -438,7 +442,7 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<K> k, tensor_vi
 /// forward() with an int8 K/V cache (gqa::q8_view, gqa/quantized.hpp), Q and O float: the variant over K
 /// and V dequantised to fp32 (scale · value), dequantised inside the core (Note [int8 K/V]). Every
 /// built-in policy takes it and computes in fp32 on the dequantised values: KDGQA's and DGQA's key norms
-/// (key_norms(q8_view)), WGQA's combined heads (its prepare() on a temporary fp32 copy of K and V: Note
+/// (key_norms(q8_view)), WGQA's combined heads (its prepare() on an fp32 copy of K and V kept by the calling thread: Note
 /// [int8 policies]), PGQA's noise on the fp32 output. Agrees with forward() on dequantize_q8's floats to
 /// fp32 rounding (bit for bit where every task takes the tiled path).
 template <class Isa = isa::dispatch, class P>
