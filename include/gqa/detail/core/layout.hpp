@@ -61,7 +61,7 @@ namespace detail::core {
 //     the dequantised K/V, bit for bit.
 //   * direct and decode paths: the dot products run on the widened int8 rows (dot::partials, with the
 //     int8 widening loads), then each key's column of scores is multiplied by its K scale
-//     (direct::scale_keys: s = sk · (q · k8), rows × keys products against the rows × keys × d FMAs of
+//     (direct::scale_columns: s = sk · (q · k8), rows × keys products against the rows × keys × d FMAs of
 //     the dot products); after the softmax each probability is multiplied by its key's V scale, and the
 //     register tile accumulates (p · sv) · v8 with V widened as it is loaded. The bytes read per key are
 //     d (+ 4 for the scale) instead of 4d, which is what decode, bound by the cache it reads, gains.
@@ -85,7 +85,7 @@ struct linear_cursor {
 };
 
 /// The scales of K's and V's rows: none for float and 16-bit K/V; (b, s, h, 1) views for int8 (Note [int8
-/// K/V]). scale_of(t, at, g): the scale of row (at, g) of scale view t.
+/// K/V]).
 template <class KV>
 struct kv_scales {};
 template <>
