@@ -84,9 +84,11 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define GQA_FORCEINLINE inline __attribute__((always_inline))
 #define GQA_RESTRICT __restrict__
+#define GQA_PREFETCH_L2(p) __builtin_prefetch((p), 0, 2)  // a read hint for the outer caches
 #else
 #define GQA_FORCEINLINE inline
 #define GQA_RESTRICT
+#define GQA_PREFETCH_L2(p) static_cast<void>(p)  // a hint only: compilers without the builtin skip it
 #endif
 
 GQA_BEGIN_NAMESPACE

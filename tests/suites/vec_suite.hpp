@@ -255,6 +255,35 @@ TYPED_TEST_P(vec_suite, reductions) {
   EXPECT_EQ(V::reduce_sum(V::zero()), 0.0f);
 }
 
+TYPED_TEST_P(vec_suite, transpose_moves_every_element) {
+  using V = gqa::isa::vec<TypeParam>;
+  constexpr int L = V::lanes;
+  // Rows at unrelated addresses (the packing passes one pointer per key), the destination strided wider
+  // than L with guard floats between its rows, which transpose must leave alone. Values are distinct, NaN
+  // payloads and signed zeros included: a transpose moves bits, it computes nothing.
+  const std::ptrdiff_t ldd = L + 3;
+  std::vector<std::vector<float>> rows(static_cast<std::size_t>(L));
+  const float* src[L];
+  for (int i = 0; i < L; ++i) {
+    rows[static_cast<std::size_t>(i)].assign(static_cast<std::size_t>(L + i), 0.0f);
+    for (int c = 0; c < L; ++c) rows[static_cast<std::size_t>(i)][static_cast<std::size_t>(i + c)] = static_cast<float>(100 * i + c) + 0.5f;
+    src[i] = rows[static_cast<std::size_t>(i)].data() + i;
+  }
+  rows[0][0] = -0.0f;  // row 0 starts at offset 0: its column 0
+  if constexpr (L > 1)  // the last row's last column (with one lane, that is the −0 above)
+    rows[static_cast<std::size_t>(L - 1)][static_cast<std::size_t>(L - 1 + L - 1)] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> dst(static_cast<std::size_t>(L * ldd), 7.25f);
+  V::transpose(src, dst.data(), ldd);
+  for (int c = 0; c < L; ++c) {
+    for (int i = 0; i < L; ++i) {
+      const float want = src[i][c], got = dst[static_cast<std::size_t>(c * ldd + i)];
+      EXPECT_EQ(std::memcmp(&want, &got, sizeof want), 0) << "column " << c << " row " << i;
+    }
+    for (std::ptrdiff_t g = L; g < ldd; ++g) EXPECT_EQ(dst[static_cast<std::size_t>(c * ldd + g)], 7.25f) << "guard " << c;
+  }
+  EXPECT_TRUE(std::signbit(dst[0]));
+}
+
 TYPED_TEST_P(vec_suite, round_ties_to_even) {
   using V = gqa::isa::vec<TypeParam>;
   constexpr int L = V::lanes;
@@ -409,4 +438,4 @@ REGISTER_TYPED_TEST_SUITE_P(vec_suite, zero_set1_load_store, partial_loads_and_s
                             widening_loads_bf16, widening_loads_f16, widening_loads_int8,
                             arithmetic_matches_scalar_lane_by_lane, fma_is_fused, reductions, round_ties_to_even,
                             pow2i_over_the_exponent_range, exp2_accuracy, exp2_special_values,
-                            tanh_accuracy_and_special_values);
+                            tanh_accuracy_and_special_values, transpose_moves_every_element);

@@ -106,6 +106,27 @@ struct vec<avx2> {
   static GQA_FORCEINLINE reg round(reg a) noexcept {
     return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
+  /// See vec<scalar>::transpose. An 8 × 8 block in 24 shuffles: rows interleaved in pairs (unpack), then
+  /// quads (shuffle_ps), which leaves in 128-bit lane k of b[4q + c] rows 4q .. 4q + 3 of column 4k + c;
+  /// permute2f128 joins lane k of b[c] and b[4 + c].
+  static GQA_FORCEINLINE void transpose(const float* const* src, float* dst, std::ptrdiff_t ldd) noexcept {
+    reg a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+      const reg r0 = load(src[i]), r1 = load(src[i + 1]);
+      a[i] = _mm256_unpacklo_ps(r0, r1);
+      a[i + 1] = _mm256_unpackhi_ps(r0, r1);
+    }
+    for (int q = 0; q < 8; q += 4) {
+      b[q] = _mm256_shuffle_ps(a[q], a[q + 2], 0x44);
+      b[q + 1] = _mm256_shuffle_ps(a[q], a[q + 2], 0xEE);
+      b[q + 2] = _mm256_shuffle_ps(a[q + 1], a[q + 3], 0x44);
+      b[q + 3] = _mm256_shuffle_ps(a[q + 1], a[q + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; ++c) {
+      store(dst + c * ldd, _mm256_permute2f128_ps(b[c], b[4 + c], 0x20));
+      store(dst + (4 + c) * ldd, _mm256_permute2f128_ps(b[c], b[4 + c], 0x31));
+    }
+  }
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));

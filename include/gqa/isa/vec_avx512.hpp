@@ -92,6 +92,31 @@ struct vec<avx512> {
     const __m256 h = half_sum(abcd);
     _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
   }
+  /// See vec<scalar>::transpose. A 16 × 16 block in 64 shuffles: pairs of rows interleaved (unpack), then
+  /// quads (shuffle_ps), which leaves in 128-bit lane k of b[4q + c] rows 4q .. 4q + 3 of column 4k + c;
+  /// two rounds of shuffle_f32x4 then gather lane k of b[c], b[4 + c], b[8 + c], b[12 + c].
+  static GQA_FORCEINLINE void transpose(const float* const* src, float* dst, std::ptrdiff_t ldd) noexcept {
+    reg a[16], b[16];
+    for (int i = 0; i < 16; i += 2) {
+      const reg r0 = load(src[i]), r1 = load(src[i + 1]);
+      a[i] = _mm512_unpacklo_ps(r0, r1);
+      a[i + 1] = _mm512_unpackhi_ps(r0, r1);
+    }
+    for (int q = 0; q < 16; q += 4) {
+      b[q] = _mm512_shuffle_ps(a[q], a[q + 2], 0x44);
+      b[q + 1] = _mm512_shuffle_ps(a[q], a[q + 2], 0xEE);
+      b[q + 2] = _mm512_shuffle_ps(a[q + 1], a[q + 3], 0x44);
+      b[q + 3] = _mm512_shuffle_ps(a[q + 1], a[q + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; ++c) {
+      const reg e0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x88), e1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xDD);
+      const reg e2 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x88), e3 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xDD);
+      store(dst + (0 + c) * ldd, _mm512_shuffle_f32x4(e0, e2, 0x88));
+      store(dst + (4 + c) * ldd, _mm512_shuffle_f32x4(e1, e3, 0x88));
+      store(dst + (8 + c) * ldd, _mm512_shuffle_f32x4(e0, e2, 0xDD));
+      store(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(e1, e3, 0xDD));
+    }
+  }
   static GQA_FORCEINLINE reg round(reg a) noexcept {
     return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }

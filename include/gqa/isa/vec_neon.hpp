@@ -79,6 +79,16 @@ struct vec<neon> {
     vst1q_f32(out, vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d)));
   }
   static GQA_FORCEINLINE reg round(reg a) noexcept { return vrndnq_f32(a); }  // ties to even
+  /// See vec<scalar>::transpose. A 4 × 4 block: trn1/trn2 on 32-bit pairs, then on 64-bit halves.
+  static GQA_FORCEINLINE void transpose(const float* const* src, float* dst, std::ptrdiff_t ldd) noexcept {
+    const reg r0 = load(src[0]), r1 = load(src[1]), r2 = load(src[2]), r3 = load(src[3]);
+    const float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1)), t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
+    const float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3)), t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
+    store(dst, vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)));
+    store(dst + ldd, vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)));
+    store(dst + 2 * ldd, vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)));
+    store(dst + 3 * ldd, vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)));
+  }
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
     const int32x4_t e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
     return vreinterpretq_f32_s32(vshlq_n_s32(e, 23));

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -100,6 +101,11 @@ struct vec<scalar> {
     out[1] = b;
     out[2] = c;
     out[3] = d;
+  }
+  /// The lanes × lanes block whose row i is the `lanes` floats at src[i], transposed: dst + c·ldd receives
+  /// column c (src[0][c], …, src[lanes − 1][c]). Exact (moves only). The tiled path packs Kᵀ with it.
+  static GQA_FORCEINLINE void transpose(const float* const* src, float* dst, std::ptrdiff_t /*ldd*/) noexcept {
+    dst[0] = src[0][0];
   }
   /// Round to nearest integer, ties to even (the current rounding mode, never changed by gqa).
   static GQA_FORCEINLINE reg round(reg a) noexcept { return std::nearbyint(a); }

@@ -193,6 +193,24 @@ struct kernel {
     }
   }
 
+  /// A prefetch_rows over the n keys from j0 of KV head g of sequence ib (n <= 0: none), in `steps` steps;
+  /// no_prefetch for a paged layout, whose next block's rows are not listed yet (Note [prefetch next block]).
+  static GQA_FORCEINLINE auto next_block(const problem& pb, index_t ib, index_t g, index_t j0, index_t n,
+                                         const block_pointers& ptr, index_t steps) noexcept {
+    if constexpr (Lay::paged) {
+      return no_prefetch{};
+    } else {
+      using rows = decltype(block_rows(pb, ib, g, j0, ptr));
+      if (n <= 0) return prefetch_rows<typename rows::first_type, typename rows::second_type>{};
+      const auto [k, v] = block_rows(pb, ib, g, j0, ptr);
+      constexpr auto e = static_cast<index_t>(sizeof(typename Lay::kv_type));
+      const index_t kb = pb.d * e, vb = pb.dv * e;
+      const index_t lines = n * ((kb + 63) / 64 + (vb + 63) / 64 + 2);  // + 2: rows may straddle a line
+      return prefetch_rows<typename rows::first_type, typename rows::second_type>{k, v, n, kb, vb,
+                                                                                  (lines + steps - 1) / steps};
+    }
+  }
+
   /// Runs one task; writes final rows to o (and lse), or, if part != nullptr, its state over its chunk.
   /// Throws only std::bad_alloc, when the thread's scratch cannot grow, before it writes anything.
   static void run(const problem& pb, const task& t, const row_state* part) {
@@ -216,9 +234,7 @@ struct kernel {
 
     // Pack Q (scaled into log2 units, see Note [base-2 softmax]) and reset the running state.
     for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
-      const float* src = pb.lay.q_row(t.ib, pos, h);
-      float* dst = qp + row * d;
-      for (index_t c = 0; c < d; ++c) dst[c] = src[c] * pb.qscale;
+      tiled::widen(pb.lay.q_row(t.ib, pos, h), d, pb.qscale, qp + row * d);  // q · qscale, vector by vector
     });
     std::fill(st.m, st.m + rows, k_neg_inf);
     std::fill(st.l, st.l + rows, 0.0f);
@@ -259,12 +275,16 @@ struct kernel {
         float* orow0 = st.o + r0 * lay.dvp;
         const bool direct_path = grow <= k_direct_rows;  // See Note [direct path]
         const auto [kb, vb] = block_rows(pb, t.ib, g, j0, ptr);
+        // The tiled path's next block, prefetched over this block's score tiles and softmax rows (Note
+        // [prefetch next block]).
+        auto pf = next_block(pb, t.ib, g, j0 + lay.bk, direct_path ? 0 : std::min(lay.bk, kv_hi - j0 - lay.bk), ptr,
+                             tiled::score_tiles(grow, nbp) + grow);
         if (direct_path && !key_major) {
           direct<Isa>::scores(kb, d, nb, qp + r0 * d, grow, srow0, lay.bk);
         } else if (!direct_path) {
           tiled::pack_k(kb, d, nb, nbp, kp, ws + lay.kw);
           tiled::pack_v(vb, dv, nb, lay.dvp, vp);
-          tiled::scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk);
+          tiled::scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk, pf);
         }
         // int8 on the direct path: the scores of int8 keys times their K scales (packing applied them on the
         // tiled path; Note [int8 K/V]).
@@ -292,6 +312,7 @@ struct kernel {
             std::fill(srow + b, srow + nbp, k_neg_inf);
           }
           softmax::update(srow, nbp, st.m[r0 + r], st.l[r0 + r], orow0 + r * lay.dvp, lay.dvp);
+          pf();
         }
         // P·V; a cut block as a band, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {

@@ -6,6 +6,7 @@
 #define GQA_DETAIL_CORE_PACKED_HPP
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 #include "../../isa/vec.hpp"
@@ -15,6 +16,49 @@
 
 GQA_BEGIN_NAMESPACE
 namespace detail::core {
+
+// Note [prefetch next block]
+// A prefill task packs every K/V block of its KV head, and in a BSHD cache the rows of one head are
+// Hkv · d elements apart (4 KB for 8 heads of 128 floats): each row starts on a new page, which the
+// hardware prefetcher does not follow, so packing waited on L3 for every row (perf, P1 on AVX-512,
+// 2026-12-02: the K transposition ~8% of the time whether scalar or in registers, the V copy ~4%, both
+// load-bound). So while the tiles of block n compute its scores, prefetch_rows walks the K and V rows of
+// block n + 1 a few cache lines per tile (software prefetch into L2, which holds the block's 2 · bk · d ·
+// 4 bytes, 128 KB at bk = d = 128): the lines arrive during ~10^5 cycles of FMAs instead of stalling the
+// packing. Paged blocks list their rows per block (no next-block list yet) and are not prefetched.
+
+/// Prefetch (for reading, into L2) of every cache line of rows 0 .. n − 1 of the row sources k and v,
+/// `per_step` lines per step() (Note [prefetch next block]).
+template <class KRows, class VRows>
+struct prefetch_rows {
+  KRows k{};
+  VRows v{};
+  index_t n = 0, k_bytes = 0, v_bytes = 0, per_step = 0;
+  index_t row = 0, side = 0;               // the row and which of k (0), v (1) is being walked
+  const char* at = nullptr;                // next line to prefetch; end: one past the row's last byte
+  const char* end = nullptr;
+
+  void step() noexcept {
+    for (index_t i = 0; i < per_step; ++i) {
+      if (at >= end) {
+        if (row >= n) return;
+        const char* p = side == 0 ? reinterpret_cast<const char*>(k(row)) : reinterpret_cast<const char*>(v(row));
+        end = p + (side == 0 ? k_bytes : v_bytes);
+        at = reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63});
+        if (side == 1) ++row;
+        side ^= 1;
+      }
+      GQA_PREFETCH_L2(at);
+      at += 64;
+    }
+  }
+  void operator()() noexcept { step(); }
+};
+
+/// A step that does nothing (no next block, or rows not known in advance).
+struct no_prefetch {
+  void operator()() const noexcept {}
+};
 
 template <class Isa>
 struct packed {
@@ -33,7 +77,8 @@ struct packed {
     if (c < n) V::store_partial(dst + c, V::load_partial(src + c, static_cast<int>(n - c)), static_cast<int>(n - c));
   }
 
-  /// dst[0 .. n) = scale · the n elements at src (int8), one fp32 product each (Note [int8 K/V]).
+  /// dst[0 .. n) = scale · the n elements at src (any element type), one fp32 product each: an int8 row times
+  /// its scale (Note [int8 K/V]), a query row times scale·log2(e) (Note [base-2 softmax]).
   template <class T>
   static GQA_FORCEINLINE void widen(const T* src, index_t n, float scale, float* dst) noexcept {
     const auto vs = V::set1(scale);
@@ -72,12 +117,41 @@ struct packed {
     }
   }
 
-  /// pack_k of float rows.
+  /// pack_k of float rows: each slice's keys in groups of L, each group's columns in L × L blocks
+  /// transposed in registers (isa::vec::transpose), the last d % L columns one element at a time; keys
+  /// nb .. nbp − 1 read as zero rows. The scalar transposition it replaced (8 columns at a time, keys
+  /// inner) took ~8% of P1's time on AVX-512 (perf, 2026-12-02: 42% of kernel::run's samples).
   template <class Rows>
   static void transpose_k(const Rows& k, index_t d, index_t nb, index_t nbp, float* kp) noexcept {
-    // Columns of 8 at a time, keys inner: each K row is read 32 bytes at a time and the 8 destination
-    // rows are written sequentially, so both sides stay on a few cache lines (a plain scatter of every
-    // key's d values across d destination lines made packing cost more than the tile's math).
+    if constexpr (L == 1) {
+      transpose_k_scalar(k, d, nb, nbp, kp);
+      return;
+    }
+    alignas(64) static constexpr float zero_row[L] = {};
+    const index_t d_full = d - d % L;
+    for (index_t s0 = 0; s0 < nbp; s0 += cols) {
+      const index_t w = std::min(cols, nbp - s0);  // a multiple of L, as nbp is
+      float* slice = kp + s0 * d;
+      for (index_t j = 0; j < w; j += L) {
+        const index_t real = std::clamp<index_t>(nb - s0 - j, 0, L);  // keys of the group with data
+        const float* row[L];
+        for (int i = 0; i < L; ++i) row[i] = i < real ? k(s0 + j + i) : nullptr;
+        const float* src[L];
+        for (index_t c0 = 0; c0 < d_full; c0 += L) {
+          for (int i = 0; i < L; ++i) src[i] = i < real ? row[i] + c0 : zero_row;
+          V::transpose(src, slice + c0 * w + j, w);
+        }
+        for (index_t c = d_full; c < d; ++c)
+          for (int i = 0; i < L; ++i) slice[c * w + j + i] = i < real ? row[i][c] : 0.0f;
+      }
+    }
+  }
+
+  /// transpose_k with one lane: 8 columns at a time, keys inner, so that both sides stay on a few cache
+  /// lines (a lanes × lanes block is one float here; through transpose() the scalar core's P2 ran 3.5%
+  /// slower, 2026-12-02).
+  template <class Rows>
+  static void transpose_k_scalar(const Rows& k, index_t d, index_t nb, index_t nbp, float* kp) noexcept {
     constexpr index_t CB = 8;
     for (index_t s0 = 0; s0 < nbp; s0 += cols) {
       const index_t w = std::min(cols, nbp - s0);
@@ -111,9 +185,16 @@ struct packed {
     }
   }
 
-  /// S[rows][nbp] (row stride lds) = Qp · Kp (Qp row stride d).
-  static void scores(const float* qp, index_t rows, index_t d, const float* kp, index_t nbp, float* s,
-                     index_t lds) noexcept {
+  /// Tiles scores() runs for `rows` rows and nbp keys.
+  static index_t score_tiles(index_t rows, index_t nbp) noexcept {
+    return ((rows + MR - 1) / MR) * ((nbp + cols - 1) / cols);
+  }
+
+  /// S[rows][nbp] (row stride lds) = Qp · Kp (Qp row stride d); between() after each tile (a
+  /// prefetch_rows step, Note [prefetch next block]).
+  template <class Between>
+  static void scores(const float* qp, index_t rows, index_t d, const float* kp, index_t nbp, float* s, index_t lds,
+                     Between&& between) noexcept {
     using table = tile_table<Isa, MR, NR, a_order::row_major, update::assign>;
     for (index_t s0 = 0; s0 < nbp; s0 += cols) {
       const index_t w = std::min(cols, nbp - s0);
@@ -121,6 +202,7 @@ struct packed {
       for (index_t r0 = 0; r0 < rows; r0 += MR) {
         const int mr = static_cast<int>(std::min<index_t>(MR, rows - r0));
         table::get(mr, nr)(qp + r0 * d, d, kp + s0 * d, w, d, s + r0 * lds + s0, lds);
+        between();
       }
     }
   }

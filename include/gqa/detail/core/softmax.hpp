@@ -114,8 +114,10 @@ struct online_softmax {
   /// Note [fully masked rows]).
   static void finish_row(const float* o, float l, bool visible, index_t dv, float* dst) noexcept {
     if (visible) {
-      const float inv = 1.0f / l;
-      for (index_t c = 0; c < dv; ++c) dst[c] = o[c] * inv;
+      const auto inv = V::set1(1.0f / l);
+      index_t c = 0;
+      for (; c + L <= dv; c += L) V::store(dst + c, V::mul(V::load(o + c), inv));
+      if (c < dv) V::store_partial(dst + c, V::mul(V::load(o + c), inv), static_cast<int>(dv - c));  // o: dvp floats
     } else {
       for (index_t c = 0; c < dv; ++c) dst[c] = 0.0f;
     }
