@@ -13,6 +13,7 @@
 
 #include "../../isa/vec.hpp"
 #include "../../isa/vec_math.hpp"
+#include "../../numeric.hpp"
 #include "common.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -111,13 +112,15 @@ struct online_softmax {
 
   /// dst[0, dv) = the row's output o / l, or zeros for a fully masked row (visible == false: the row sees
   /// no key). A row with visible keys and l = 0 (all its scores −inf) or l = NaN is NaN (o·(1/0) = 0·inf,
-  /// Note [fully masked rows]).
-  static void finish_row(const float* o, float l, bool visible, index_t dv, float* dst) noexcept {
+  /// Note [fully masked rows]). T: O's element type; a 16-bit O gets the fp32 value rounded once to
+  /// nearest even (from_float; Note [16-bit Q/O]).
+  template <class T>
+  static void finish_row(const float* o, float l, bool visible, index_t dv, T* dst) noexcept {
     if (visible) {
       const float inv = 1.0f / l;
-      for (index_t c = 0; c < dv; ++c) dst[c] = o[c] * inv;
+      for (index_t c = 0; c < dv; ++c) dst[c] = from_float<T>(o[c] * inv);
     } else {
-      for (index_t c = 0; c < dv; ++c) dst[c] = 0.0f;
+      for (index_t c = 0; c < dv; ++c) dst[c] = from_float<T>(0.0f);
     }
   }
 
