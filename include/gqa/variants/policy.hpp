@@ -292,7 +292,8 @@ inline tensor_view<const float> dequantised_copy(const q8_view& x, std::vector<f
 // floats, allocated per call), finish() perturbs it, and each element is then rounded once to O's type.
 // So every output element is rounded exactly once, after every fp32 step of the variant.
 
-/// o_16 = each element of the fp32 view `from` rounded to T (nearest even; NaN stays NaN); same extents.
+/// Writes each element of the fp32 view `from` to `to` (same extents) rounded to T (nearest even; NaN stays
+/// NaN). Serial: O(b·sq·hq·d_v), beside the attention's O(b·sq·skv·hq·d).
 template <class T>
 void round_into(const tensor_view<const float>& from, const tensor_view<T>& to) noexcept {
   for (index_t ib = 0; ib < from.b; ++ib)
