@@ -276,7 +276,8 @@ void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<
   detail::attend_kv<Isa>(q, k, v, o, map, opt);
 }
 
-/// attend() with K and V stored in 16 bits: both bf16 or both f16 (gqa/numeric.hpp), Q and O float. The
+/// attend() with K and V stored in 16 bits: both bf16 or both f16 (gqa/numeric.hpp), Q and O float (Q and
+/// O in the same 16-bit type: the overload after this one). The
 /// same result as attend() on K and V widened to float, bit for bit (widening is exact, and the core
 /// computes in fp32: Note [16-bit K/V] in detail/core/layout.hpp), reading half the K/V bytes. The same
 /// checks and errors; the 16-bit core is compiled only in TUs that call this.

@@ -470,7 +470,8 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k,
   detail::forward_policy<Isa>(std::forward<P>(policy), q, k, v, o, opt);
 }
 
-/// forward() with K and V stored in 16 bits (both bf16 or both f16; gqa/numeric.hpp), Q and O float: the
+/// forward() with K and V stored in 16 bits (both bf16 or both f16; gqa/numeric.hpp), Q and O float (all
+/// four 16-bit: the overload after this one): the
 /// same as forward() on K/V widened to float. Every built-in policy takes them; the core computes in
 /// fp32 (Note [16-bit K/V]), and so do the policies' own steps: KDGQA's and DGQA's key norms of the
 /// widened keys, WGQA's combined heads (float buffers, so its core runs on float K/V), PGQA's noise on
