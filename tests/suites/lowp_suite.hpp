@@ -835,15 +835,17 @@ TYPED_TEST_P(lowp_suite, checks_with_16_bit_qo) {
   expect_error([&] { gqa::attend<TypeParam>(q_in, kv, vv, gqa::bshd(qo.data() + d, b, s, h, d), map); }, "overlaps q");
   EXPECT_NO_THROW(gqa::attend<TypeParam>(q_in, kv, vv, gqa::bshd(qo.data() + b * s * h * d, b, s, h, d), map));
   EXPECT_EQ(gqa::to_float(qo[static_cast<std::size_t>(b * s * h * d)]), 0.5f);  // every value 0.5
-  // An fp32 LSE over the 16-bit q's bytes.
-  std::vector<float> lse_store(static_cast<std::size_t>(b * h * s) + 16);
-  auto* qb = reinterpret_cast<T*>(lse_store.data());
+  // One byte buffer holding a bf16 q (8 elements: bytes [0, 16)) and the fp32 LSE over its bytes [8, 12).
+  alignas(64) std::byte storage[64] = {};
+  const auto q_bytes = gqa::bshd<const T>(reinterpret_cast<const T*>(storage), 1, 1, 1, d);
   gqa::attention_options opt;
-  opt.lse = std::span<float>(lse_store.data() + 2, static_cast<std::size_t>(b * h * s));
-  expect_error([&] { gqa::attend<TypeParam>(gqa::bshd<const T>(qb, 1, 1, 1, d), gqa::bshd<const T>(k.data(), 1, 1, 1, d),
-                                            gqa::bshd<const T>(v.data(), 1, 1, 1, d), gqa::bshd(o.data(), 1, 1, 1, d),
-                                            gqa::head_map::uniform(1, 1), [&] { auto p = opt; p.lse = p.lse.first(1); return p; }()); },
-               "options.lse");
+  opt.lse = std::span<float>(reinterpret_cast<float*>(storage) + 2, 1);
+  expect_error([&] { gqa::attend<TypeParam>(q_bytes, gqa::bshd<const T>(k.data(), 1, 1, 1, d), gqa::bshd<const T>(v.data(), 1, 1, 1, d),
+                                            gqa::bshd(o.data(), 1, 1, 1, d), gqa::head_map::uniform(1, 1), opt); },
+               "options.lse (data = ");
+  opt.lse = std::span<float>(reinterpret_cast<float*>(storage) + 4, 1);  // bytes [16, 20): beside q
+  EXPECT_NO_THROW(gqa::attend<TypeParam>(q_bytes, gqa::bshd<const T>(k.data(), 1, 1, 1, d), gqa::bshd<const T>(v.data(), 1, 1, 1, d),
+                                         gqa::bshd(o.data(), 1, 1, 1, d), gqa::head_map::uniform(1, 1), opt));
   q[5] = T(k_nan);
   gqa::attention_options fin;
   fin.check_finite = true;
