@@ -26,6 +26,7 @@ struct shape {
   int threads = 1;
   std::int64_t window_left = -1;  // attention_options::window_left; >= 0 adds "_w<n>" to the name
   kv_type kv = kv_type::f32;      // K/V storage; bf16, f16, int8 add "_kv-bf16" / "_kv-f16" / "_kv-i8" to the name
+  bool qo16 = false;  // Q and O in K/V's 16-bit type too (kv bf16 or f16): "_qkv-bf16" / "_qkv-f16" instead
 };
 
 /// "B1_Hq32_Hkv8_D128_Sq2048_Skv2048_full_T1" (16-bit K/V: "..._full_kv-bf16_T1").
@@ -35,7 +36,8 @@ std::string shape_key(const shape& s);
 /// 4·B·Hq·Sq·Skv·D, halved when causal (the same formula for decode); with a window, 4·B·Hq·D times the
 /// (query, key) pairs the window and mask leave visible.
 double flops(const shape& s);
-/// K/V bytes one pass reads: B·Hkv·Skv·(D_qk + D_v)·(4, or 2 for 16-bit K/V).
+/// K/V bytes one pass reads: B·Hkv·Skv·(D_qk + D_v)·(4, or 2 for 16-bit K/V), plus with qo16 the Q read
+/// and O written, B·Sq·Hq·(D_qk + D_v)·2 (with float Q/O these are not counted: docs/benchmarks.md).
 double kv_bytes(const shape& s);
 
 /// The four shapes of the table with the baseline heads (Hq, Hkv) of the GQA model.

@@ -35,8 +35,8 @@ std::string shape_key(const shape& s) {
   k += std::to_string(s.skv);
   k += s.causal ? "_causal" : "_full";
   if (s.window_left >= 0) k += "_w" + std::to_string(s.window_left);
-  if (s.kv == kv_type::bf16) k += "_kv-bf16";
-  if (s.kv == kv_type::f16) k += "_kv-f16";
+  if (s.kv == kv_type::bf16) k += s.qo16 ? "_qkv-bf16" : "_kv-bf16";
+  if (s.kv == kv_type::f16) k += s.qo16 ? "_qkv-f16" : "_kv-f16";
   if (s.kv == kv_type::i8) k += "_kv-i8";
   return k;
 }
@@ -61,7 +61,13 @@ double flops(const shape& s) {
 double kv_bytes(const shape& s) {
   // Per (key, KV head): d values of K and of V, and with int8 one fp32 scale each.
   const std::int64_t row = 2 * s.d * kv_element_bytes(s.kv) + (s.kv == kv_type::i8 ? 2 * 4 : 0);
-  return static_cast<double>(s.b) * static_cast<double>(s.hkv) * static_cast<double>(s.skv) * static_cast<double>(row);
+  const double kv = static_cast<double>(s.b) * static_cast<double>(s.hkv) * static_cast<double>(s.skv) *
+                    static_cast<double>(row);
+  // 16-bit Q and O: Q read and O written once per call, 2 bytes each (d_qk = d_v = d here).
+  const double qo = s.qo16 ? static_cast<double>(s.b) * static_cast<double>(s.sq) * static_cast<double>(s.hq) *
+                                 static_cast<double>(2 * s.d * 2)
+                           : 0.0;
+  return kv + qo;
 }
 
 std::string_view main_shape_label(main_shape m) {
@@ -154,19 +160,24 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
   for (const shape& s : sweep_shapes(isa)) add(var, "variant", "gqa", s, s);
   // 16-bit and int8 K/V (gqa::bf16, gqa::f16, gqa::q8_view; Q and O float), GQA heads: D1 on one and two
   // threads, P1 on one (not scalar, whose f16 conversion is software and whose P1 takes seconds a call).
+  // The same with Q and O in the 16-bit type too (_qkv-bf16, _qkv-f16).
   if (std::find(variants.begin(), variants.end(), "gqa") != variants.end())
-    for (const kv_type t : {kv_type::bf16, kv_type::f16, kv_type::i8}) {
-      for (int th : {1, 2}) {
-        shape s = make_main_shape(main_shape::d1, th);
-        s.kv = t;
-        add(var, "variant", "gqa", s, s);
+    for (const kv_type t : {kv_type::bf16, kv_type::f16, kv_type::i8})
+      for (const bool qo16 : {false, true}) {
+        if (qo16 && t == kv_type::i8) continue;  // int8 K/V take float Q/O only
+        for (int th : {1, 2}) {
+          shape s = make_main_shape(main_shape::d1, th);
+          s.kv = t;
+          s.qo16 = qo16;
+          add(var, "variant", "gqa", s, s);
+        }
+        if (isa != "scalar") {
+          shape s = make_main_shape(main_shape::p1, 1);
+          s.kv = t;
+          s.qo16 = qo16;
+          add(var, "variant", "gqa", s, s);
+        }
       }
-      if (isa != "scalar") {
-        shape s = make_main_shape(main_shape::p1, 1);
-        s.kv = t;
-        add(var, "variant", "gqa", s, s);
-      }
-    }
   // Long-context decode: D1's heads against 65536 and 131072 keys (512 MiB and 1 GiB of fp32 K/V; half in
   // bf16), fp32 and bf16, one and two threads (not scalar).
   if (isa != "scalar" && std::find(variants.begin(), variants.end(), "gqa") != variants.end())

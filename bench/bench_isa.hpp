@@ -343,6 +343,16 @@ void run_variant(benchmark::State& st, const bench_case& c) {
   gqa::tensor_view<const gqa::f16> khv, vhv;
   if (s.kv == kv_type::bf16) kbv = rounded_view(x.k, kb), vbv = rounded_view(x.v, vb);
   if (s.kv == kv_type::f16) khv = rounded_view(x.k, kh), vhv = rounded_view(x.v, vh);
+  // 16-bit Q and O (qo16): Q rounded once outside the timing, O a 16-bit buffer of the same shape.
+  std::vector<gqa::bf16> qb, ob;
+  std::vector<gqa::f16> qh, oh;
+  gqa::tensor_view<const gqa::bf16> qbv;
+  gqa::tensor_view<const gqa::f16> qhv;
+  const auto no = static_cast<std::size_t>(x.o.b * x.o.s * x.o.h * x.o.d);
+  if (s.qo16 && s.kv == kv_type::bf16) qbv = rounded_view(x.q, qb), ob.resize(no);
+  if (s.qo16 && s.kv == kv_type::f16) qhv = rounded_view(x.q, qh), oh.resize(no);
+  const auto obv = gqa::bshd(ob.data(), x.o.b, x.o.s, x.o.h, x.o.d);
+  const auto ohv = gqa::bshd(oh.data(), x.o.b, x.o.s, x.o.h, x.o.d);
   // int8 K/V: the float inputs quantised once (gqa::quantize_q8), outside the timing.
   q8_store k8, v8;
   gqa::q8_view k8v, v8v;
@@ -350,8 +360,12 @@ void run_variant(benchmark::State& st, const bench_case& c) {
   with_bench_policy(st, c, [&](auto& p) {
     const auto call = [&] {
       switch (s.kv) {
-        case kv_type::bf16: gqa::forward<Isa>(p, x.q, kbv, vbv, x.o, opt); break;
-        case kv_type::f16: gqa::forward<Isa>(p, x.q, khv, vhv, x.o, opt); break;
+        case kv_type::bf16:
+          s.qo16 ? gqa::forward<Isa>(p, qbv, kbv, vbv, obv, opt) : gqa::forward<Isa>(p, x.q, kbv, vbv, x.o, opt);
+          break;
+        case kv_type::f16:
+          s.qo16 ? gqa::forward<Isa>(p, qhv, khv, vhv, ohv, opt) : gqa::forward<Isa>(p, x.q, khv, vhv, x.o, opt);
+          break;
         case kv_type::i8: gqa::forward<Isa>(p, x.q, k8v, v8v, x.o, opt); break;
         case kv_type::f32: gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt); break;
       }
@@ -380,6 +394,7 @@ void run_variant(benchmark::State& st, const bench_case& c) {
     throughput_counters(st, s, per_call);
     shape fp32 = s;  // vs_eigen: against the fp32 Eigen baseline of the same shape
     fp32.kv = kv_type::f32;
+    fp32.qo16 = false;
     set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(fp32)) / per_call);
     try {
       const double policy = policy_seconds(p, x, s.threads);

@@ -37,10 +37,10 @@ namespace detail {
 // allocates unless it throws (Note [lazy messages]).
 
 /// Each of q, k, v, o on its own: non-null, positive extents, unit stride_d, sizes (Note [view sizes]).
-/// KV: K and V's element type (float, bf16, f16).
-template <class KV>
-void check_views(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-                 const tensor_view<float>& o, const char* where) {
+/// KV: K and V's element type (float, bf16, f16); Q, O: Q's and O's (float, or K/V's 16-bit type).
+template <class Q, class KV, class O>
+void check_views(const tensor_view<const Q>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                 const tensor_view<O>& o, const char* where) {
   check_view(q, "q", where);
   check_view(k, "k", where);
   check_view(v, "v", where);
@@ -57,8 +57,9 @@ inline void require_disjoint(overlap r, const char* where, const char* out, cons
          "input or another output");
 }
 
-/// Throws unless output `t` (named `name`) reaches every element through one index only.
-inline void require_no_repeats(const tensor_view<float>& t, const char* name, const char* where) {
+/// Throws unless output `t` (named `name`, of any element type) reaches every element through one index only.
+template <class T>
+void require_no_repeats(const tensor_view<T>& t, const char* name, const char* where) {
   static constexpr const char* stride_name[4] = {"stride_b", "stride_s", "stride_h", "stride_d"};
   int dim = 0;
   const overlap self = repeated_element(t, &dim);
@@ -77,10 +78,10 @@ struct named_view {
   const char* name;
 };
 
-/// Each output repeats no element and shares none with an input (of element type In) or a later output
-/// (Note [exact overlap]).
-template <class In = const float>
-void require_outputs_disjoint(std::initializer_list<named_view<float>> outs, std::initializer_list<named_view<In>> ins,
+/// Each output (of element type Out) repeats no element and shares none with an input (of element type
+/// In) or a later output (Note [exact overlap]; across element sizes, no byte).
+template <class In = const float, class Out = float>
+void require_outputs_disjoint(std::initializer_list<named_view<Out>> outs, std::initializer_list<named_view<In>> ins,
                               const char* where) {
   for (auto a = outs.begin(); a != outs.end(); ++a) {
     require_no_repeats(a->view, a->name, where);
@@ -93,15 +94,16 @@ void require_outputs_disjoint(std::initializer_list<named_view<float>> outs, std
 
 /// Throws unless the n bytes at p (an array the call reads: lengths, offsets, a page table) lie outside o and
 /// lse, which the call writes while it reads them. Exact against the contiguous lse, conservative against a
-/// strided o (its whole byte range).
-inline void require_outside_outputs(const void* p, std::size_t n, const char* name, const tensor_view<float>& o,
-                                    std::span<float> lse, const char* where) {
+/// strided o (its whole byte range; O: its element type).
+template <class O>
+void require_outside_outputs(const void* p, std::size_t n, const char* name, const tensor_view<O>& o,
+                             std::span<float> lse, const char* where) {
   if (n == 0) return;
   const auto lo = reinterpret_cast<std::uintptr_t>(p), hi = lo + n;
   const offset_range r = offsets(o);
   const auto ob = reinterpret_cast<std::uintptr_t>(o.data);
-  const auto o_lo = ob - static_cast<std::uintptr_t>(-r.lo) * sizeof(float);
-  const auto o_hi = ob + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(float);
+  const auto o_lo = ob - static_cast<std::uintptr_t>(-r.lo) * sizeof(O);
+  const auto o_hi = ob + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(O);
   if (lo < o_hi && o_lo < hi)
     fail(where, ": ", name, " (data = ", p, ") overlaps o, which the call writes while it reads ", name);
   const auto l_lo = reinterpret_cast<std::uintptr_t>(lse.data()), l_hi = l_lo + lse.size_bytes();
@@ -115,19 +117,20 @@ inline tensor_view<const float> lse_view(const attention_options& opt) noexcept 
 }
 
 /// Outputs never alias: o repeats no element and shares none with q, k, v; options.lse shares none with
-/// q, k, v, o; options.kv_lengths (read while o is written) lies outside o and lse. See Note [exact overlap].
-template <class KV>
-void check_aliasing(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-                    const tensor_view<float>& o, const attention_options& opt, const char* where) {
-  require_outputs_disjoint({{o, "o"}}, {{q, "q"}}, where);
-  require_outputs_disjoint<const KV>({{o, "o"}}, {{k, "k"}, {v, "v"}}, where);
+/// q, k, v, o; options.kv_lengths (read while o is written) lies outside o and lse. See Note [exact overlap]
+/// (between views of different element sizes: no shared byte).
+template <class Q, class KV, class O>
+void check_aliasing(const tensor_view<const Q>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                    const tensor_view<O>& o, const attention_options& opt, const char* where) {
+  require_outputs_disjoint<const Q, O>({{o, "o"}}, {{q, "q"}}, where);
+  require_outputs_disjoint<const KV, O>({{o, "o"}}, {{k, "k"}, {v, "v"}}, where);
   if (!opt.lse.empty()) {  // its size was checked against b·hq·sq
     const tensor_view<const float> lse = lse_view(opt);
     const void* ld = opt.lse.data();
     require_disjoint(shared_element(lse, q), where, "options.lse", ld, "q");
     require_disjoint(shared_element(lse, k), where, "options.lse", ld, "k");
     require_disjoint(shared_element(lse, v), where, "options.lse", ld, "v");
-    require_disjoint(shared_element(lse, tensor_view<const float>(o)), where, "options.lse", ld, "o");
+    require_disjoint(shared_element(lse, o), where, "options.lse", ld, "o");
   }
   require_outside_outputs(opt.kv_lengths.data(), opt.kv_lengths.size_bytes(), "options.kv_lengths", o, opt.lse, where);
 }
@@ -156,10 +159,10 @@ inline void check_modifiers(const attention_options& opt, index_t hq, const char
 }
 
 /// The views' extents against each other and the options (no aliasing); requires views that passed
-/// check_view. O is float (attend's output) or const float (the forward's output, attend_backward's input);
-/// KV is K and V's element type.
-template <class O, class KV = float>
-inline void check_shapes(const tensor_view<const float>& q, const tensor_view<const KV>& k,
+/// check_view. O is float (attend's output), const float (the forward's output, attend_backward's input)
+/// or 16-bit (Note [16-bit Q/O]); KV is K and V's element type, Q is Q's.
+template <class O, class KV = float, class Q = float>
+inline void check_shapes(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
                          const tensor_view<const KV>& v, const tensor_view<O>& o, const attention_options& opt,
                          const char* where) {
   require(k.b == q.b, where, "k.b", k.b, "must equal q.b = ", q.b);
@@ -189,16 +192,16 @@ inline void check_shapes(const tensor_view<const float>& q, const tensor_view<co
 }
 
 /// The views against each other, the options, and aliasing; requires views that passed check_views.
-template <class KV>
-void check_call(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-                const tensor_view<float>& o, const attention_options& opt, const char* where) {
+template <class Q, class KV, class O>
+void check_call(const tensor_view<const Q>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                const tensor_view<O>& o, const attention_options& opt, const char* where) {
   check_shapes(q, k, v, o, opt, where);
   check_aliasing(q, k, v, o, opt, where);
 }
 
 /// The head map against the views: map.hq() == q.h, map.hkv() == k.h.
-template <class KV>
-void check_map(const head_map& map, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+template <class Q, class KV>
+void check_map(const head_map& map, const tensor_view<const Q>& q, const tensor_view<const KV>& k,
                const char* where) {
   require(map.hq() == q.h, where, "map.hq()", map.hq(), "must equal q.h = ", q.h);
   require(map.hkv() == k.h, where, "map.hkv()", map.hkv(), "must equal k.h = ", k.h);
@@ -229,10 +232,11 @@ inline void check_map(const head_map& map, const tensor_view<const float>& q, co
   check_map(map, q, k.values, where);
 }
 
-/// attend() for K and V given as KVView: tensor_view<const KV> (KV float, bf16, f16) or q8_view (int8):
-/// validation (Note [validation once]), then the core.
-template <class Isa, class KVView>
-void attend_kv(const tensor_view<const float>& q, const KVView& k, const KVView& v, const tensor_view<float>& o,
+/// attend() for K and V given as KVView: tensor_view<const KV> (KV float, bf16, f16) or q8_view (int8),
+/// Q and O of element type QO (float, or KV's 16-bit type): validation (Note [validation once]), then the
+/// core.
+template <class Isa, class KVView, class QO>
+void attend_kv(const tensor_view<const QO>& q, const KVView& k, const KVView& v, const tensor_view<QO>& o,
                const head_map& map, const attention_options& opt) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
                 "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
@@ -251,6 +255,12 @@ template <class K, class V>
 concept half_kv = std::is_same_v<std::remove_const_t<K>, std::remove_const_t<V>> &&
                   (std::is_same_v<std::remove_const_t<K>, bf16> || std::is_same_v<std::remove_const_t<K>, f16>);
 
+/// Q, K, V views of one 16-bit element type (each const or not) and an O view of it (not const): what the
+/// all-16-bit attend() and forward() take (Note [16-bit Q/O] in detail/core/layout.hpp).
+template <class Q, class K, class V, class O>
+concept half_qkvo = half_kv<K, V> && std::is_same_v<std::remove_const_t<Q>, std::remove_const_t<K>> &&
+                    std::is_same_v<O, std::remove_const_t<K>>;
+
 }  // namespace detail
 
 /// O[b, i, h] = softmax(scale · Q[b, i, h] · K[b, :, map(h)]ᵀ + mask) · V[b, :, map(h)].
@@ -266,7 +276,8 @@ void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<
   detail::attend_kv<Isa>(q, k, v, o, map, opt);
 }
 
-/// attend() with K and V stored in 16 bits: both bf16 or both f16 (gqa/numeric.hpp), Q and O float. The
+/// attend() with K and V stored in 16 bits: both bf16 or both f16 (gqa/numeric.hpp), Q and O float (Q and
+/// O in the same 16-bit type: the overload after this one). The
 /// same result as attend() on K and V widened to float, bit for bit (widening is exact, and the core
 /// computes in fp32: Note [16-bit K/V] in detail/core/layout.hpp), reading half the K/V bytes. The same
 /// checks and errors; the 16-bit core is compiled only in TUs that call this.
@@ -276,6 +287,20 @@ void attend(tensor_view<const float> q, tensor_view<K> k, tensor_view<V> v, tens
             const head_map& map, const attention_options& opt = {}) {
   using T = std::remove_const_t<K>;
   detail::attend_kv<Isa>(q, tensor_view<const T>(k), tensor_view<const T>(v), o, map, opt);
+}
+
+/// attend() with Q, K, V and O all stored in one 16-bit type (bf16 or f16; gqa/numeric.hpp): the core
+/// widens Q and K/V (exact), computes in fp32 as for float views, and rounds each output element once to
+/// the 16-bit type (nearest even; NaN stays NaN). So O is, bit for bit, attend() on the widened Q, K, V
+/// with its float output rounded to T (Note [16-bit Q/O] in detail/core/layout.hpp); options.lse stays
+/// float. The same checks and errors (aliasing of o with q, k, v and options.lse by bytes). Mixing element
+/// types (16-bit Q or O with float or other-typed K/V) does not compile.
+template <class Isa = isa::dispatch, class Q, class K, class V, class O>
+  requires detail::half_qkvo<Q, K, V, O>
+void attend(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o, const head_map& map,
+            const attention_options& opt = {}) {
+  using T = std::remove_const_t<K>;
+  detail::attend_kv<Isa>(tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v), o, map, opt);
 }
 
 /// attend() with an int8 K/V cache (gqa::q8_view: int8 values and one fp32 scale per (token, KV head)

@@ -139,7 +139,8 @@ constexpr T from_float(float x) noexcept {
   }
 }
 
-/// The element types a K/V view (tensor_view<const T>) may have: float, bf16, f16. Q and O are float.
+/// The element types a K/V view (tensor_view<const T>) may have: float, bf16, f16. Q and O are float, or
+/// the K/V's 16-bit type (Note [16-bit Q/O] in detail/core/layout.hpp).
 template <class T>
 concept kv_element = std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
 

@@ -25,9 +25,10 @@ namespace detail {
 
 /// Everything a paged call needs checked, before any work: the views, their extents against each other
 /// (kv.k.b pages of kv.k.s slots), the table's size and every page id a sequence uses, the lengths, the
-/// options (options.kv_lengths must be empty: the lengths are kv.lengths) and aliasing.
-template <class T>
-void check_paged(const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const tensor_view<float>& o,
+/// options (options.kv_lengths must be empty: the lengths are kv.lengths) and aliasing. QO: Q's and O's
+/// element type (float, or the pages' 16-bit type).
+template <class T, class QO>
+void check_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, const tensor_view<QO>& o,
                  const attention_options& opt, const char* where) {
   check_view(q, "q", where);
   check_view(kv.k, "kv.k", where);
@@ -79,8 +80,8 @@ void check_paged(const tensor_view<const float>& q, const basic_paged_kv<T>& kv,
 }
 
 /// options.check_finite for a paged call: all of q, then the keys each sequence reads of K, then of V.
-template <class T>
-void check_finite_paged(const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const attention_options& opt,
+template <class T, class QO>
+void check_finite_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, const attention_options& opt,
                         const char* where) {
   if (!opt.check_finite) return;
   require_finite(q, "q", where, [&](index_t) { return q.s; });
@@ -104,12 +105,12 @@ void check_finite_paged(const tensor_view<const float>& q, const basic_paged_kv<
 /// The core on a validated paged call, on target `on` (core::target_of's result), for sequences [ib0,
 /// ib0 + count) of it (q, o and options.lse their rows; the table and `lengths`, kv.lengths as indices,
 /// their entries).
-template <class On, class T>
-void run_paged(On on, const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const tensor_view<float>& o,
+template <class On, class T, class QO>
+void run_paged(On on, const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, const tensor_view<QO>& o,
                std::span<const index_t> lengths, const head_map& map, const attention_options& opt, index_t ib0,
                index_t count) {
-  tensor_view<const float> qs = q;
-  tensor_view<float> os = o;
+  tensor_view<const QO> qs = q;
+  tensor_view<QO> os = o;
   attention_options so = opt;
   qs.data += ib0 * q.stride_b;
   os.data += ib0 * o.stride_b;
@@ -124,8 +125,8 @@ void run_paged(On on, const tensor_view<const float>& q, const basic_paged_kv<T>
 }
 
 /// The core on a whole validated paged call.
-template <class On, class T>
-void run_paged(On on, const tensor_view<const float>& q, const basic_paged_kv<T>& kv, const tensor_view<float>& o,
+template <class On, class T, class QO>
+void run_paged(On on, const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, const tensor_view<QO>& o,
                const head_map& map, const attention_options& opt) {
   const std::vector<index_t> lengths = to_indices(kv.lengths);
   run_paged(on, q, kv, o, lengths, map, opt, 0, q.b);
@@ -154,6 +155,19 @@ std::vector<double> paged_key_norms(const basic_paged_kv<T>& kv, std::span<const
   return key_norms_walk(count, kv.k.h, kv.k.d, kv.k.stride_d, paged_key_rows<T>{kv, lengths, ib0});
 }
 
+/// attend(paged) for Q/O of element type QO (float, or T).
+template <class Isa, class T, class QO>
+void attend_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, const tensor_view<QO>& o,
+                  const head_map& map, const attention_options& opt) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
+  constexpr const char* where = "gqa::attend(paged)";
+  check_paged(q, kv, o, opt, where);
+  check_map(map, q, kv.k, where);
+  const auto on = core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
+  check_finite_paged(q, kv, opt, where);
+  run_paged(on, q, kv, o, map, opt);
+}
+
 }  // namespace detail
 
 /// gqa::attend over a paged KV cache: O[b, i, h] = softmax(scale · Q[b, i, h] · K_bᵀ + mask) · V_b, where
@@ -167,13 +181,16 @@ std::vector<double> paged_key_norms(const basic_paged_kv<T>& kv, std::span<const
 template <class Isa = isa::dispatch, class T>
 void attend(tensor_view<const float> q, const basic_paged_kv<T>& kv, tensor_view<float> o, const head_map& map,
             const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
-  constexpr const char* where = "gqa::attend(paged)";
-  detail::check_paged(q, kv, o, opt, where);
-  detail::check_map(map, q, kv.k, where);
-  const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
-  detail::check_finite_paged(q, kv, opt, where);
-  detail::run_paged(on, q, kv, o, map, opt);
+  detail::attend_paged<Isa>(q, kv, o, map, opt);
+}
+
+/// attend(paged) with Q, O and the pages all in one 16-bit type (bf16 or f16): as attend() with 16-bit
+/// Q/O, the fp32 result on the widened values rounded once per output element (Note [16-bit Q/O]).
+template <class Isa = isa::dispatch, class Q, class T, class O>
+  requires detail::half_qkvo<Q, T, T, O>
+void attend(tensor_view<Q> q, const basic_paged_kv<T>& kv, tensor_view<O> o, const head_map& map,
+            const attention_options& opt = {}) {
+  detail::attend_paged<Isa>(tensor_view<const T>(q), kv, o, map, opt);
 }
 
 // Note [policies on a paged cache]
@@ -238,6 +255,16 @@ void forward(P&& policy, tensor_view<const float> q, const basic_paged_kv<T>& kv
   } else {
     run(kv);
   }
+}
+
+/// forward(policy, paged) with 16-bit Q/O: not provided (a compile-time error). Use float Q/O with 16-bit
+/// pages, or attend(paged) with 16-bit Q/O and a head map.
+template <class Isa = isa::dispatch, class P, class Q, class T, class O>
+  requires detail::half_qkvo<Q, T, T, O>
+void forward(P&&, tensor_view<Q>, const basic_paged_kv<T>&, tensor_view<O>, const attention_options& = {}) {
+  static_assert(sizeof(Q) == 0,
+                "gqa::forward(policy, paged): 16-bit Q/O is not supported on a paged cache; pass float Q/O (16-bit "
+                "pages are fine) or call gqa::attend(paged) with 16-bit Q/O");
 }
 
 GQA_END_NAMESPACE

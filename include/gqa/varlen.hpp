@@ -40,9 +40,9 @@ inline void check_offsets(const integer_span& cu, const char* name, index_t rows
 /// Everything a ragged call needs checked, before any work: the views (b = 1, rows in s), their extents
 /// against each other, the options (options.kv_lengths must be empty: the key counts are the offsets'),
 /// the offsets and aliasing. options.lse, if given, is laid out [hq][total_q].
-template <class KV>
-void check_varlen(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-                  const tensor_view<float>& o, const varlen& seqs, const attention_options& opt, const char* where) {
+template <class Q, class KV, class O>
+void check_varlen(const tensor_view<const Q>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                  const tensor_view<O>& o, const varlen& seqs, const attention_options& opt, const char* where) {
   check_views(q, k, v, o, where);
   require(q.b == 1, where, "q.b", q.b, "must be 1: a ragged batch holds its sequences' rows in s (see gqa::thd)");
   require(opt.kv_lengths.empty(), where, "options.kv_lengths.size()", opt.kv_lengths.size(),
@@ -61,10 +61,10 @@ void check_varlen(const tensor_view<const float>& q, const tensor_view<const KV>
 
 /// The core on a validated ragged call, on target `on` (core::target_of's result), for the sequences whose
 /// offsets are cu_q, cu_k (all of the call's, or a run of them: offsets into the packed views). KV: float,
-/// bf16 or f16.
-template <class On, class KV>
-void run_varlen(On on, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                const tensor_view<const KV>& v, const tensor_view<float>& o, std::span<const index_t> cu_q,
+/// bf16 or f16; QO: float or KV's 16-bit type.
+template <class On, class KV, class QO>
+void run_varlen(On on, const tensor_view<const QO>& q, const tensor_view<const KV>& k,
+                const tensor_view<const KV>& v, const tensor_view<QO>& o, std::span<const index_t> cu_q,
                 std::span<const index_t> cu_k, const head_map& map, const attention_options& opt) {
   index_t sq = 0, skv = 0;
   for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
@@ -74,10 +74,10 @@ void run_varlen(On on, const tensor_view<const float>& q, const tensor_view<cons
   core::forward_ragged_on(on, q, k, v, o, cu_q, cu_k, sq, skv, map, opt);
 }
 
-/// attend(varlen) for K/V of element type KV.
-template <class Isa, class KV>
-void attend_varlen(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-                   const tensor_view<float>& o, const head_map& map, const varlen& seqs,
+/// attend(varlen) for K/V of element type KV, Q/O of QO.
+template <class Isa, class KV, class QO>
+void attend_varlen(const tensor_view<const QO>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                   const tensor_view<QO>& o, const head_map& map, const varlen& seqs,
                    const attention_options& opt) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
   constexpr const char* where = "gqa::attend(varlen)";
@@ -129,6 +129,16 @@ void attend(tensor_view<const float> q, tensor_view<K> k, tensor_view<V> v, tens
             const varlen& seqs, const attention_options& opt = {}) {
   using T = std::remove_const_t<K>;
   detail::attend_varlen<Isa, T>(q, tensor_view<const T>(k), tensor_view<const T>(v), o, map, seqs, opt);
+}
+/// attend(varlen) with Q, K, V and O all in one 16-bit type (bf16 or f16): as attend() with 16-bit Q/O,
+/// the fp32 result on the widened values rounded once per output element (Note [16-bit Q/O]).
+template <class Isa = isa::dispatch, class Q, class K, class V, class O>
+  requires detail::half_qkvo<Q, K, V, O>
+void attend(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o, const head_map& map,
+            const varlen& seqs, const attention_options& opt = {}) {
+  using T = std::remove_const_t<K>;
+  detail::attend_varlen<Isa>(tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v), o, map, seqs,
+                             opt);
 }
 
 // Note [policies on a ragged batch]
@@ -188,6 +198,17 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k,
     detail::run_varlen(on, q, kv.k, kv.v, o, rq, rk, map, opt);
     if constexpr (policy_with_ragged_finish<Policy>) p.finish_ragged(o, rq, map, ex);
   }
+}
+
+/// forward(policy, ..., varlen) with 16-bit Q/O: not provided (a compile-time error). Use float Q/O with
+/// 16-bit K/V, or attend(varlen) with 16-bit Q/O and a head map.
+template <class Isa = isa::dispatch, class P, class Q, class K, class V, class O>
+  requires detail::half_qkvo<Q, K, V, O>
+void forward(P&&, tensor_view<Q>, tensor_view<K>, tensor_view<V>, tensor_view<O>, const varlen&,
+             const attention_options& = {}) {
+  static_assert(sizeof(Q) == 0,
+                "gqa::forward(policy, varlen): 16-bit Q/O is not supported on a ragged batch; pass float Q/O (16-bit "
+                "K/V are fine) or call gqa::attend(varlen) with 16-bit Q/O");
 }
 
 GQA_END_NAMESPACE

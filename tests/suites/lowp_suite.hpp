@@ -3,7 +3,9 @@
 // double reference fed the same rounded K/V (Note [16-bit K/V tolerance] in tests/support/tolerance.hpp),
 // and bit for bit against the same call on the K/V widened to float; odd sizes on the decode, direct,
 // split-KV and tiled (prefill) paths; NaN and inf in 16-bit K/V as in fp32 (docs/design.md, "Non-finite
-// inputs"); the checks (check_finite, aliasing across element sizes). Compiled once per ISA: every helper
+// inputs"); the checks (check_finite, aliasing across element sizes). Q and O in the K/V's 16-bit type
+// too: bit for bit the fp32 call on the widened Q/K/V with its output rounded once (attend, every variant,
+// paged, ragged, NaN/inf in Q, checks; mixed types do not compile). Compiled once per ISA: every helper
 // stays in `namespace {}`.
 #pragma once
 
@@ -46,6 +48,19 @@ std::vector<T> narrowed(const std::vector<float>& x) {
   std::vector<T> r(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) r[i] = T(x[i]);
   return r;
+}
+
+/// The index of the first element where the 16-bit o16 is not o32 rounded to T (equal bits, or both NaN),
+/// or -1.
+template <class T>
+long first_unrounded(const std::vector<T>& o16, const std::vector<float>& o32) {
+  if (o16.size() != o32.size()) return static_cast<long>(std::min(o16.size(), o32.size()));
+  for (std::size_t i = 0; i < o16.size(); ++i) {
+    const float a = gqa::to_float(o16[i]);
+    const bool same = (std::isnan(a) && std::isnan(o32[i])) || o16[i].bits == T(o32[i]).bits;
+    if (!same) return static_cast<long>(i);
+  }
+  return -1;
 }
 
 /// One attend() call: shapes, options; K and V BSHD or BHSD.
@@ -158,6 +173,35 @@ void check_case(const lowp_case& c) {
   EXPECT_EQ(first_difference(r.o, r.o32), -1) << "16-bit output differs from the fp32 call on the widened K/V";
   EXPECT_EQ(first_difference(r.lse, r.lse32), -1) << "16-bit LSE differs from the fp32 call on the widened K/V";
   expect_near_reference(c, q, map, kw, vw, r.o, r.lse);
+}
+
+/// Runs the case with Q, K, V and O all of type T, and with the float values of Q, K, V: the 16-bit output
+/// is the float output rounded to T, element for element, bit for bit; the LSEs (float in both) are equal.
+template <class Isa, class T>
+void check_case_qo(const lowp_case& c) {
+  SCOPED_TRACE(std::string(gqa::element_name<T>) + " Q/K/V/O: " + c.describe());
+  const auto nq = static_cast<std::size_t>(c.b * c.sq * c.hq * c.d), no = static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv);
+  const auto nk = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.d), nv = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.dv);
+  const auto nl = static_cast<std::size_t>(c.b * c.hq * c.sq);
+  const auto qw = gqa::test::rounded_kv<T>(gqa::test::random_floats(nq, c.seed * 3, c.lo, c.hi));
+  const auto kw = gqa::test::rounded_kv<T>(gqa::test::random_floats(nk, c.seed * 3 + 1, c.lo, c.hi));
+  const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(nv, c.seed * 3 + 2, c.lo, c.hi));
+  const auto q16 = narrowed<T>(qw), k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+  const gqa::head_map map = c.map();
+  std::vector<T> o16(no, T(k_nan));
+  std::vector<float> o32(no, k_nan), lse16(nl, k_nan), lse32(nl, k_nan);
+  gqa::attention_options opt;
+  opt.causal = c.causal;
+  opt.kv_lengths = c.kv_lengths;
+  opt.window_left = c.window_left;
+  opt.lse = lse16;
+  gqa::attend<Isa>(gqa::bshd<const T>(q16.data(), c.b, c.sq, c.hq, c.d), kv_view(c, k16, c.d), kv_view(c, v16, c.dv),
+                   gqa::bshd(o16.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+  opt.lse = lse32;
+  gqa::attend<Isa>(gqa::bshd<const float>(qw.data(), c.b, c.sq, c.hq, c.d), kv_view(c, kw, c.d), kv_view(c, vw, c.dv),
+                   gqa::bshd(o32.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+  EXPECT_EQ(first_unrounded(o16, o32), -1) << "16-bit output is not the fp32 call's on the widened Q/K/V, rounded";
+  EXPECT_EQ(first_difference(lse16, lse32), -1) << "LSE differs from the fp32 call's on the widened Q/K/V";
 }
 
 /// Odd sizes on every path: decode (direct, key-major over several KV heads, an unused KV head), split-KV
@@ -278,6 +322,13 @@ TYPED_TEST_P(lowp_suite, attend_f16_matches_reference_and_fp32_bitwise) {
   for (const lowp_case& c : attend_cases()) check_case<TypeParam, gqa::f16>(c);
 }
 
+TYPED_TEST_P(lowp_suite, attend_bf16_qo_is_rounded_fp32_bitwise) {
+  for (const lowp_case& c : attend_cases()) check_case_qo<TypeParam, gqa::bf16>(c);
+}
+TYPED_TEST_P(lowp_suite, attend_f16_qo_is_rounded_fp32_bitwise) {
+  for (const lowp_case& c : attend_cases()) check_case_qo<TypeParam, gqa::f16>(c);
+}
+
 TYPED_TEST_P(lowp_suite, attend_int8_matches_reference_and_fp32) {
   for (const lowp_case& c : attend_cases()) check_case_q8<TypeParam>(c);
   // 40 query heads per KV head: every task is tiled on every ISA (more than 32 rows per KV head even for
@@ -363,7 +414,52 @@ void check_variants() {
   });
 }
 
+/// Every registered variant through gqa::forward<Isa> with Q, K, V and O all of type T against the same
+/// variant (a fresh default policy) on the widened Q, K, V with float O: the 16-bit output is the float
+/// one rounded to T, bit for bit (WGQA combines and PGQA perturbs in fp32 before the single rounding).
+template <class Isa, class T>
+void check_variants_qo() {
+  const gqa::model_shape layers[] = {{8, 2, 16, 5}, {12, 4, 17, 6}, {4, 1, 33, 8}};
+  gqa::for_each_variant([&](auto t) {
+    using P = typename decltype(t)::type;
+    std::uint64_t seed = 700;
+    for (const gqa::model_shape& m : layers)
+      for (const bool causal : {false, true})
+        for (const index_t sq : {index_t{1}, index_t{40}}) {  // decode (direct) and prefill (tiled)
+          const gqa::variant_heads h = P::heads_for(m);
+          const index_t b = 2, skv = sq == 1 ? 70 : 45, d = m.d;
+          SCOPED_TRACE(std::string(P::name) + " with " + gqa::element_name<T> + " Q/K/V/O, H = " +
+                       std::to_string(m.heads) + ", G = " + std::to_string(m.groups) + ", d = " + std::to_string(d) +
+                       ", sq = " + std::to_string(sq) + (causal ? ", causal" : ""));
+          seed += 10;
+          const auto qw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * sq * h.hq * d), seed));
+          auto kr = gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 1);
+          for (std::size_t i = 0; i < kr.size(); ++i) kr[i] *= 1.0f + static_cast<float>((i / static_cast<std::size_t>(d)) % static_cast<std::size_t>(h.kv_in));
+          const auto kw = gqa::test::rounded_kv<T>(kr);
+          const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 2));
+          const auto q16 = narrowed<T>(qw), k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+          gqa::attention_options opt;
+          opt.causal = causal;
+          const auto no = static_cast<std::size_t>(b * sq * h.hq * d);
+          std::vector<T> o16(no, T(k_nan));
+          std::vector<float> o32(no, k_nan);
+          gqa::with_default_policy<P>(m, [&](P& p) {
+            gqa::forward<Isa>(p, gqa::bshd<const T>(q16.data(), b, sq, h.hq, d), gqa::bshd<const T>(k16.data(), b, skv, h.kv_in, d),
+                              gqa::bshd<const T>(v16.data(), b, skv, h.kv_in, d), gqa::bshd(o16.data(), b, sq, h.hq, d), opt);
+          });
+          gqa::with_default_policy<P>(m, [&](P& p) {
+            gqa::forward<Isa>(p, gqa::bshd<const float>(qw.data(), b, sq, h.hq, d), gqa::bshd<const float>(kw.data(), b, skv, h.kv_in, d),
+                              gqa::bshd<const float>(vw.data(), b, skv, h.kv_in, d), gqa::bshd(o32.data(), b, sq, h.hq, d), opt);
+          });
+          EXPECT_EQ(first_unrounded(o16, o32), -1);
+          for (const T x : o16) ASSERT_TRUE(std::isfinite(gqa::to_float(x)));
+        }
+  });
+}
+
 TYPED_TEST_P(lowp_suite, every_variant_bf16_matches_fp32_bitwise) { check_variants<TypeParam, gqa::bf16>(); }
+TYPED_TEST_P(lowp_suite, every_variant_bf16_qo_is_rounded_fp32_bitwise) { check_variants_qo<TypeParam, gqa::bf16>(); }
+TYPED_TEST_P(lowp_suite, every_variant_f16_qo_is_rounded_fp32_bitwise) { check_variants_qo<TypeParam, gqa::f16>(); }
 TYPED_TEST_P(lowp_suite, every_variant_f16_matches_fp32_bitwise) { check_variants<TypeParam, gqa::f16>(); }
 TYPED_TEST_P(lowp_suite, every_variant_int8_matches_fp32) { check_variants<TypeParam, std::int8_t>(); }
 
@@ -414,6 +510,52 @@ void check_nonfinite(index_t sq) {
             EXPECT_TRUE(std::isfinite(x)) << "b " << ib << " row " << i << " head " << h << " col " << c;
           }
         }
+}
+
+/// NaN and inf in a 16-bit Q behave as in fp32: the output is the fp32 call's on the widened Q/K/V rounded
+/// to T (NaN where it is NaN), the rows of the NaN query are NaN, an inf query element makes its row's
+/// scores ±inf (NaN output, as in fp32), every other row stays finite.
+template <class Isa, class T>
+void check_nonfinite_q(index_t sq) {
+  const index_t b = 2, skv = 80, hq = 4, hkv = 2, d = 19;
+  SCOPED_TRACE(std::string(gqa::element_name<T>) + " Q/K/V/O, sq = " + std::to_string(sq));
+  auto qw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 171));
+  const auto kw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * skv * hkv * d), 172));
+  const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * skv * hkv * d), 173));
+  auto at = [&](index_t ib, index_t i, index_t h, index_t c) { return static_cast<std::size_t>(((ib * sq + i) * hq + h) * d + c); };
+  qw[at(0, sq - 1, 1, 3)] = k_nan;
+  qw[at(1, 0, 2, 7)] = k_inf;
+  const auto q16 = narrowed<T>(qw), k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+  gqa::attention_options opt;
+  opt.causal = true;
+  std::vector<T> o16(static_cast<std::size_t>(b * sq * hq * d), T(0.0f));
+  std::vector<float> o32(o16.size(), 0.0f);
+  const auto map = gqa::head_map::uniform(hq, hkv);
+  gqa::attend<Isa>(gqa::bshd<const T>(q16.data(), b, sq, hq, d), gqa::bshd<const T>(k16.data(), b, skv, hkv, d),
+                   gqa::bshd<const T>(v16.data(), b, skv, hkv, d), gqa::bshd(o16.data(), b, sq, hq, d), map, opt);
+  gqa::attend<Isa>(gqa::bshd<const float>(qw.data(), b, sq, hq, d), gqa::bshd<const float>(kw.data(), b, skv, hkv, d),
+                   gqa::bshd<const float>(vw.data(), b, skv, hkv, d), gqa::bshd(o32.data(), b, sq, hq, d), map, opt);
+  EXPECT_EQ(first_unrounded(o16, o32), -1);
+  for (index_t ib = 0; ib < b; ++ib)
+    for (index_t i = 0; i < sq; ++i)
+      for (index_t h = 0; h < hq; ++h) {
+        const bool bad_row = (ib == 0 && i == sq - 1 && h == 1) || (ib == 1 && i == 0 && h == 2);
+        for (index_t c = 0; c < d; ++c) {
+          const float x = gqa::to_float(o16[at(ib, i, h, c)]);
+          if (bad_row) {
+            EXPECT_TRUE(std::isnan(x)) << "b " << ib << " row " << i << " head " << h << " col " << c;
+          } else {
+            EXPECT_TRUE(std::isfinite(x)) << "b " << ib << " row " << i << " head " << h << " col " << c;
+          }
+        }
+      }
+}
+
+TYPED_TEST_P(lowp_suite, nonfinite_q_as_in_fp32) {
+  for (const index_t sq : {index_t{1}, index_t{3}, index_t{50}}) {  // decode, direct, tiled
+    check_nonfinite_q<TypeParam, gqa::bf16>(sq);
+    check_nonfinite_q<TypeParam, gqa::f16>(sq);
+  }
 }
 
 TYPED_TEST_P(lowp_suite, nonfinite_kv_as_in_fp32) {
@@ -604,6 +746,112 @@ void check_paged_and_ragged() {
   }
 }
 
+/// A paged cache and a ragged batch with Q, K/V (pages) and O all of type T: the float calls' outputs
+/// rounded to T, bit for bit.
+template <class Isa, class T>
+void check_paged_and_ragged_qo() {
+  SCOPED_TRACE(std::string(gqa::element_name<T>) + " Q/O");
+  const index_t hq = 6, hkv = 2, d = 21, ps = 16, np = 9;
+  for (const index_t sq : {index_t{1}, index_t{20}}) {
+    const index_t b = 2;
+    const auto qw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 191));
+    const auto kw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(np * ps * hkv * d), 192));
+    const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(np * ps * hkv * d), 193));
+    const auto q16 = narrowed<T>(qw), k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+    const std::vector<std::int32_t> table{7, 2, 5, 0, 8, 1, 3, 6};
+    const std::vector<int> lengths{61, 40};
+    const gqa::paged_kv f{gqa::page_pool<const float>(kw.data(), np, ps, hkv, d),
+                          gqa::page_pool<const float>(vw.data(), np, ps, hkv, d), table, 4, lengths};
+    const gqa::basic_paged_kv<T> h{gqa::page_pool<const T>(k16.data(), np, ps, hkv, d),
+                                   gqa::page_pool<const T>(v16.data(), np, ps, hkv, d), table, 4, lengths};
+    gqa::attention_options opt;
+    opt.causal = true;
+    std::vector<T> o16(static_cast<std::size_t>(b * sq * hq * d), T(k_nan));
+    std::vector<float> o32(o16.size(), k_nan);
+    const auto map = gqa::head_map::uniform(hq, hkv);
+    gqa::attend<Isa>(gqa::bshd<const T>(q16.data(), b, sq, hq, d), h, gqa::bshd(o16.data(), b, sq, hq, d), map, opt);
+    gqa::attend<Isa>(gqa::bshd<const float>(qw.data(), b, sq, hq, d), f, gqa::bshd(o32.data(), b, sq, hq, d), map, opt);
+    EXPECT_EQ(first_unrounded(o16, o32), -1) << "paged, sq = " << sq;
+
+    const std::vector<int> cu_q{0, static_cast<int>(sq), static_cast<int>(2 * sq)}, cu_k{0, 61, 101};
+    gqa::attend<Isa>(gqa::thd<const T>(q16.data(), b * sq, hq, d), gqa::thd<const T>(k16.data(), 101, hkv, d),
+                     gqa::thd<const T>(v16.data(), 101, hkv, d), gqa::thd(o16.data(), b * sq, hq, d), map,
+                     gqa::varlen{cu_q, cu_k}, opt);
+    gqa::attend<Isa>(gqa::thd<const float>(qw.data(), b * sq, hq, d), gqa::thd<const float>(kw.data(), 101, hkv, d),
+                     gqa::thd<const float>(vw.data(), 101, hkv, d), gqa::thd(o32.data(), b * sq, hq, d), map,
+                     gqa::varlen{cu_q, cu_k}, opt);
+    EXPECT_EQ(first_unrounded(o16, o32), -1) << "ragged, sq = " << sq;
+  }
+}
+
+TYPED_TEST_P(lowp_suite, paged_and_ragged_16_bit_qo) {
+  check_paged_and_ragged_qo<TypeParam, gqa::bf16>();
+  check_paged_and_ragged_qo<TypeParam, gqa::f16>();
+}
+
+// Mixed element types do not compile: Q and O are float or K/V's own 16-bit type, O never const.
+template <class Q, class KV, class O>
+concept attend_takes = requires(gqa::tensor_view<Q> q, gqa::tensor_view<KV> k, gqa::tensor_view<O> o, const gqa::head_map& m) {
+  gqa::attend(q, k, k, o, m);
+};
+template <class Q, class KV, class O>
+concept forward_takes = requires(gqa::tensor_view<Q> q, gqa::tensor_view<KV> k, gqa::tensor_view<O> o) {
+  gqa::forward(gqa::gqa_policy{}, q, k, k, o);
+};
+static_assert(attend_takes<const gqa::bf16, const gqa::bf16, gqa::bf16> && attend_takes<gqa::f16, gqa::f16, gqa::f16>);
+static_assert(attend_takes<const float, const gqa::bf16, float> && attend_takes<const float, const float, float>);
+static_assert(!attend_takes<const gqa::bf16, const float, gqa::bf16> && !attend_takes<const gqa::bf16, const gqa::bf16, float>);
+static_assert(!attend_takes<const float, const gqa::bf16, gqa::bf16> && !attend_takes<const gqa::f16, const gqa::bf16, gqa::bf16>);
+static_assert(!attend_takes<const gqa::bf16, const gqa::bf16, const gqa::bf16>);
+static_assert(forward_takes<const gqa::bf16, const gqa::bf16, gqa::bf16> && forward_takes<const gqa::f16, gqa::f16, gqa::f16>);
+static_assert(!forward_takes<const gqa::bf16, const float, gqa::bf16> && !forward_takes<const gqa::f16, const gqa::f16, float>);
+
+/// The checks of an all-16-bit call: wrong shapes throw naming the argument, an o over q's bytes throws, an
+/// o beside it does not; check_finite names a non-finite 16-bit Q element.
+TYPED_TEST_P(lowp_suite, checks_with_16_bit_qo) {
+  using T = gqa::bf16;
+  const index_t b = 1, s = 4, h = 2, d = 8;
+  std::vector<T> q(static_cast<std::size_t>(b * s * h * d), T(0.5f)), k = q, v = q, o(q.size());
+  const auto map = gqa::head_map::uniform(h, h);
+  const auto kv = gqa::bshd<const T>(k.data(), b, s, h, d), vv = gqa::bshd<const T>(v.data(), b, s, h, d);
+  const auto expect_error = [&](auto&& call, const std::string& part) {
+    try {
+      call();
+      ADD_FAILURE() << "expected gqa::invalid_argument containing " << part;
+    } catch (const gqa::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  const auto qv = gqa::bshd<const T>(q.data(), b, s, h, d);
+  expect_error([&] { gqa::attend<TypeParam>(qv, kv, vv, gqa::bshd(o.data(), b, s, h, d - 1), map); },
+               "gqa::attend: o.d = 7: must equal v.d = 8");
+  expect_error([&] { gqa::attend<TypeParam>(qv, kv, vv, gqa::bshd(o.data(), b, s - 1, h, d), map); }, "o.s = 3");
+  expect_error([&] { gqa::forward<TypeParam>(gqa::gqa_policy{}, qv, kv, vv, gqa::bshd(o.data(), b, s, h + 1, d)); },
+               "o.h = 3");
+  // o over q's bytes (q[0, 0, 1, 0] onwards), then beside q.
+  std::vector<T> qo(static_cast<std::size_t>(2 * b * s * h * d), T(0.5f));
+  const auto q_in = gqa::bshd<const T>(qo.data(), b, s, h, d);
+  expect_error([&] { gqa::attend<TypeParam>(q_in, kv, vv, gqa::bshd(qo.data() + d, b, s, h, d), map); }, "o (data = ");
+  expect_error([&] { gqa::attend<TypeParam>(q_in, kv, vv, gqa::bshd(qo.data() + d, b, s, h, d), map); }, "overlaps q");
+  EXPECT_NO_THROW(gqa::attend<TypeParam>(q_in, kv, vv, gqa::bshd(qo.data() + b * s * h * d, b, s, h, d), map));
+  EXPECT_EQ(gqa::to_float(qo[static_cast<std::size_t>(b * s * h * d)]), 0.5f);  // every value 0.5
+  // One byte buffer holding a bf16 q (8 elements: bytes [0, 16)) and the fp32 LSE over its bytes [8, 12).
+  alignas(64) std::byte storage[64] = {};
+  const auto q_bytes = gqa::bshd<const T>(reinterpret_cast<const T*>(storage), 1, 1, 1, d);
+  gqa::attention_options opt;
+  opt.lse = std::span<float>(reinterpret_cast<float*>(storage) + 2, 1);
+  expect_error([&] { gqa::attend<TypeParam>(q_bytes, gqa::bshd<const T>(k.data(), 1, 1, 1, d), gqa::bshd<const T>(v.data(), 1, 1, 1, d),
+                                            gqa::bshd(o.data(), 1, 1, 1, d), gqa::head_map::uniform(1, 1), opt); },
+               "options.lse (data = ");
+  opt.lse = std::span<float>(reinterpret_cast<float*>(storage) + 4, 1);  // bytes [16, 20): beside q
+  EXPECT_NO_THROW(gqa::attend<TypeParam>(q_bytes, gqa::bshd<const T>(k.data(), 1, 1, 1, d), gqa::bshd<const T>(v.data(), 1, 1, 1, d),
+                                         gqa::bshd(o.data(), 1, 1, 1, d), gqa::head_map::uniform(1, 1), opt));
+  q[5] = T(k_nan);
+  gqa::attention_options fin;
+  fin.check_finite = true;
+  expect_error([&] { gqa::attend<TypeParam>(qv, kv, vv, gqa::bshd(o.data(), b, s, h, d), map, fin); }, "q[0, 0, 0, 5] = nan");
+}
+
 TYPED_TEST_P(lowp_suite, paged_and_ragged_16_bit) {
   check_paged_and_ragged<TypeParam, gqa::bf16>();
   check_paged_and_ragged<TypeParam, gqa::f16>();
@@ -650,6 +898,9 @@ REGISTER_TYPED_TEST_SUITE_P(lowp_suite, attend_bf16_matches_reference_and_fp32_b
                             every_variant_bf16_matches_fp32_bitwise, every_variant_f16_matches_fp32_bitwise,
                             every_variant_int8_matches_fp32, nonfinite_kv_as_in_fp32, nonfinite_int8_rows_as_in_fp32,
                             paged_and_ragged_16_bit, checks_with_16_bit_kv, checks_with_int8_kv,
-                            int8_key_norm_plans_equal_the_dequantised_ones);
+                            int8_key_norm_plans_equal_the_dequantised_ones, attend_bf16_qo_is_rounded_fp32_bitwise,
+                            attend_f16_qo_is_rounded_fp32_bitwise, every_variant_bf16_qo_is_rounded_fp32_bitwise,
+                            every_variant_f16_qo_is_rounded_fp32_bitwise, nonfinite_q_as_in_fp32,
+                            paged_and_ragged_16_bit_qo, checks_with_16_bit_qo);
 
 }  // namespace

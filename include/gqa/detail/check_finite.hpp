@@ -37,9 +37,9 @@ inline void require_finite(const tensor_view<const T>& t, const char* name, cons
 
 /// options.check_finite: if set, throws gqa::invalid_argument naming the first non-finite element among
 /// those the call reads: all of q, then the keys j < kv_lengths[b] (all skv keys without kv_lengths) of k,
-/// then of v. Called before any work; costs one pass over the inputs, nothing when the option is off.
-template <class KV>
-void check_finite(const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+/// then of v (Q, KV: float, bf16 or f16). Called before any work; costs one pass over the inputs, nothing when the option is off.
+template <class Q, class KV>
+void check_finite(const tensor_view<const Q>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
                   const attention_options& opt, const char* where = "gqa::attend", const char* k_name = "k",
                   const char* v_name = "v") {
   if (!opt.check_finite) return;

@@ -177,9 +177,9 @@ class dgqa_policy {
 
   /// k.h <= q.h; state.cache and state.splits have k.h entries; splits is an allocation of q.h heads;
   /// cache entries are >= 0 and not NaN; a step is set in train mode.
-  template <class K, class V>
-  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
-             const tensor_view<float>&) const {
+  template <class Q, class K, class V, class O>
+  void check(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>&,
+             const tensor_view<O>&) const {
     check_call(q.h, k.h);
   }
 
@@ -188,8 +188,8 @@ class dgqa_policy {
 
   /// This call's map, per the class comment; updates the caller's state as described there.
   /// plan_from_norms(q.h, k.h, key_norms(k)).
-  template <class K>
-  head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) {
+  template <class Q, class K>
+  head_map plan(const tensor_view<Q>& q, const tensor_view<K>& k) {
     return plan_from_norms(q.h, k.h, [&] { return key_norms(k); });
   }
 

@@ -13,16 +13,16 @@ struct gqa_policy {
   /// Registry (variants/registry.hpp): H query heads in G uniform groups.
   static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.groups, m.groups}; }
   static gqa_policy make(const model_shape&, const variant_heads&) { return {}; }
-  template <class K, class V>
-  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
-             const tensor_view<float>&) const {
+  template <class Q, class K, class V, class O>
+  void check(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>&,
+             const tensor_view<O>&) const {
     detail::require(k.h > 0, "gqa::gqa_policy", "k.h", k.h, "must be positive");
     if (q.h % k.h != 0)
       detail::fail("gqa::gqa_policy: k.h = ", k.h, ": the number of KV heads must divide q.h = ", q.h,
                    " (uniform GQA groups); use KDGQA/DGQA or head_map::from_allocation for unequal groups");
   }
-  template <class K>
-  head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) const {
+  template <class Q, class K>
+  head_map plan(const tensor_view<Q>& q, const tensor_view<K>& k) const {
     return head_map::uniform(q.h, k.h);
   }
 };

@@ -170,17 +170,17 @@ class kdgqa_policy {
   }
 
   /// k.h <= q.h and min_per_kv · k.h <= q.h.
-  template <class K, class V>
-  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
-             const tensor_view<float>&) const {
+  template <class Q, class K, class V, class O>
+  void check(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>&,
+             const tensor_view<O>&) const {
     check_heads(q.h, k.h);
   }
 
   /// The allocation for this call's keys (see kdgqa_allocate); last() keeps it.
   /// plan() reads the key norms of K (policy_plans_from_keys): plan_from_norms(q.h, k.h, key_norms(k)).
   static constexpr bool plans_from_keys = true;
-  template <class K>
-  head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) {
+  template <class Q, class K>
+  head_map plan(const tensor_view<Q>& q, const tensor_view<K>& k) {
     return plan_from_norms(q.h, k.h, [&] { return key_norms(k); });
   }
   /// The allocation for hq query heads from the hkv key norms `norms()` gives (a paged cache's or a

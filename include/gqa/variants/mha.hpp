@@ -12,13 +12,13 @@ struct mha_policy {
   /// Registry (variants/registry.hpp): all H query heads, each with its own KV head.
   static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, m.heads, m.heads}; }
   static mha_policy make(const model_shape&, const variant_heads&) { return {}; }
-  template <class K, class V>
-  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
-             const tensor_view<float>&) const {
+  template <class Q, class K, class V, class O>
+  void check(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>&,
+             const tensor_view<O>&) const {
     if (k.h != q.h) detail::fail("gqa::mha_policy: k.h = ", k.h, ": MHA needs one KV head per query head (q.h = ", q.h, ")");
   }
-  template <class K>
-  head_map plan(const tensor_view<const float>& q, const tensor_view<K>&) const {
+  template <class Q, class K>
+  head_map plan(const tensor_view<Q>& q, const tensor_view<K>&) const {
     return head_map::uniform(q.h, q.h);
   }
 };

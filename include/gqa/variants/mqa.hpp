@@ -12,13 +12,13 @@ struct mqa_policy {
   /// Registry (variants/registry.hpp): all H query heads share one KV head.
   static constexpr variant_heads heads_for(const model_shape& m) noexcept { return {m.heads, 1, 1}; }
   static mqa_policy make(const model_shape&, const variant_heads&) { return {}; }
-  template <class K, class V>
-  void check(const tensor_view<const float>&, const tensor_view<K>& k, const tensor_view<V>&,
-             const tensor_view<float>&) const {
+  template <class Q, class K, class V, class O>
+  void check(const tensor_view<Q>&, const tensor_view<K>& k, const tensor_view<V>&,
+             const tensor_view<O>&) const {
     if (k.h != 1) detail::fail("gqa::mqa_policy: k.h = ", k.h, ": MQA has exactly one KV head");
   }
-  template <class K>
-  head_map plan(const tensor_view<const float>& q, const tensor_view<K>&) const {
+  template <class Q, class K>
+  head_map plan(const tensor_view<Q>& q, const tensor_view<K>&) const {
     return head_map::uniform(q.h, 1);
   }
 };

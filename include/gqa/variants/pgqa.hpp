@@ -427,9 +427,9 @@ class pgqa_policy {
     return opt_.noise == pgqa_noise::always || (opt_.noise == pgqa_noise::train_only && training());
   }
 
-  template <class K, class V>
-  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
-             const tensor_view<float>& o) const {
+  template <class Q, class K, class V, class O>
+  void check(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>&,
+             const tensor_view<O>& o) const {
     detail::require(k.h > 0, "gqa::pgqa_policy", "k.h", k.h, "must be positive");
     if (q.h % k.h != 0)
       detail::fail("gqa::pgqa_policy: k.h = ", k.h, ": the number of KV heads must divide q.h = ", q.h,
@@ -439,8 +439,8 @@ class pgqa_policy {
                    ": must be > 1 (the unbiased std of a single value is undefined)");
   }
 
-  template <class K>
-  head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) const {
+  template <class Q, class K>
+  head_map plan(const tensor_view<Q>& q, const tensor_view<K>& k) const {
     return head_map::uniform(q.h, k.h);
   }
 

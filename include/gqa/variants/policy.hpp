@@ -29,19 +29,21 @@ struct kv_views {
   tensor_view<const float> v;
 };
 
-// The concepts below take KV, the element type of the caller's K and V (float, bf16, f16; gqa/numeric.hpp):
-// gqa::forward with 16-bit K/V needs a policy whose plan() (and check(), prepare(), when it has them)
-// accept tensor_view<const KV>. Every built-in policy takes any element type (its members are templates).
+// The concepts below take KV, the element type of the caller's K and V (float, bf16, f16; gqa/numeric.hpp),
+// and QO, that of its Q and O (float, or KV's 16-bit type): gqa::forward with 16-bit K/V needs a policy
+// whose plan() (and check(), prepare(), when it has them) accept tensor_view<const KV>, and with 16-bit
+// Q/O one whose plan() and check() accept tensor_view<const QO> q and tensor_view<QO> o. Every built-in
+// policy takes any element type (its members are templates; they read only the shapes of q and o).
 
 /// Every policy: `plan(q, k)` returns the head map for this call (k after prepare()).
-template <class P, class KV = float>
-concept attention_policy = requires(P& p, const tensor_view<const float>& q, const tensor_view<const KV>& k) {
+template <class P, class KV = float, class QO = float>
+concept attention_policy = requires(P& p, const tensor_view<const QO>& q, const tensor_view<const KV>& k) {
   { p.plan(q, k) } -> std::convertible_to<head_map>;
 };
 /// Optional: validate everything the policy needs before any work is done.
-template <class P, class KV = float>
-concept policy_with_check = requires(P& p, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                                     const tensor_view<const KV>& v, const tensor_view<float>& o) {
+template <class P, class KV = float, class QO = float>
+concept policy_with_check = requires(P& p, const tensor_view<const QO>& q, const tensor_view<const KV>& k,
+                                     const tensor_view<const KV>& v, const tensor_view<QO>& o) {
   p.check(q, k, v, o);
 };
 /// Optional: transform K/V before the core (WGQA combines H heads into G); returns float views.
@@ -123,8 +125,8 @@ bool plans_per_sample(const P& p, index_t batch) {
 /// The plan of a call whose keys are not one dense view (a paged cache, a ragged batch): from `norms`
 /// (the norms of the call's valid keys) for a policy that plans from norms, else plan(q, k), which then
 /// reads only the shapes.
-template <class P, class T, class Norms>
-head_map plan_without_dense_keys(P& p, const tensor_view<const float>& q, const tensor_view<const T>& k,
+template <class P, class Q, class T, class Norms>
+head_map plan_without_dense_keys(P& p, const tensor_view<const Q>& q, const tensor_view<const T>& k,
                                  Norms&& norms) {
   if constexpr (policy_plans_from_norms<P>) {
     return p.plan_from_norms(q.h, k.h, key_norms_source(std::forward<Norms>(norms)));
@@ -168,8 +170,8 @@ using view_element_t = typename view_element<V>::type;
 /// The plan of a call on K view k: p.plan(q, k); for an int8 cache, a policy that plans from the keys
 /// plans from the norms of its fp32 values (key_norms(q8_view): the bits of the dequantised K's), and
 /// any other plans from the values' shape.
-template <class P, class T>
-head_map plan_of(P& p, const tensor_view<const float>& q, const tensor_view<const T>& k) {
+template <class P, class Q, class T>
+head_map plan_of(P& p, const tensor_view<const Q>& q, const tensor_view<const T>& k) {
   return p.plan(q, k);
 }
 template <class P>
@@ -281,17 +283,54 @@ inline tensor_view<const float> dequantised_copy(const q8_view& x, std::vector<f
   return out;
 }
 
+// Note [16-bit Q/O policies]
+// gqa::forward with Q and O in a 16-bit type (and K/V in the same type) runs every policy's steps in
+// fp32, as with 16-bit K/V: check() and plan() read only the shapes of q and o; KDGQA's and DGQA's key
+// norms are those of the widened keys; WGQA combines the widened heads into float K/V, and the core then
+// runs on 16-bit Q with float K/V (the widened Q times the fp32 combined heads) into the 16-bit O. A policy
+// with a finish step (PGQA) must see the fp32 output: the core writes an fp32 copy of O (b·sq·hq·d_v
+// floats, allocated per call), finish() perturbs it, and each element is then rounded once to O's type.
+// So every output element is rounded exactly once, after every fp32 step of the variant.
+
+/// Writes each element of the fp32 view `from` to `to` (same extents) rounded to T (nearest even; NaN stays
+/// NaN). Serial: O(b·sq·hq·d_v), beside the attention's O(b·sq·skv·hq·d).
+template <class T>
+void round_into(const tensor_view<const float>& from, const tensor_view<T>& to) noexcept {
+  for (index_t ib = 0; ib < from.b; ++ib)
+    for (index_t is = 0; is < from.s; ++is)
+      for (index_t ih = 0; ih < from.h; ++ih) {
+        const float* src = from.row(ib, is, ih);
+        T* dst = to.row(ib, is, ih);
+        for (index_t c = 0; c < from.d; ++c) dst[c] = from_float<T>(src[c]);
+      }
+}
+
 /// run_forward()'s steps after prepare(): the call's checks, plan -> core -> finish, on the core's K/V ck,
 /// cv (the caller's k, v, or prepare()'s float views); k, v are the caller's (their extents are saved).
-template <class Isa, class Policy, class S, class KVView, class CKView>
-void run_planned(Policy& p, const tensor_view<const float>& q, const KVView& k_in, const KVView& v_in,
-                 const CKView& ck, const CKView& cv, const tensor_view<float>& o, const attention_options& opt, S* saved,
-                 const char* where) {
+/// QO: Q's and O's element type (Note [16-bit Q/O policies]).
+template <class Isa, class Policy, class S, class KVView, class CKView, class QO>
+void run_planned(Policy& p, const tensor_view<const QO>& q, const KVView& k_in, const KVView& v_in,
+                 const CKView& ck, const CKView& cv, const tensor_view<QO>& o_out, const attention_options& opt,
+                 S* saved, const char* where) {
   const auto& k = values_of(k_in);
   const auto& v = values_of(v_in);
   // The whole call (shapes, options, aliasing) before plan(): a bad argument throws before a stateful
   // policy (DGQA) updates its state or any sample is computed.
-  check_call(q, ck, cv, o, opt, where);
+  check_call(q, ck, cv, o_out, opt, where);
+  // 16-bit O with a finish step: the core and finish() work on an fp32 copy (Note [16-bit Q/O policies]).
+  constexpr bool buffered = !std::is_same_v<QO, float> && (policy_with_finish<Policy> ||
+                                                          policy_with_finish_executor<Policy>);
+  std::vector<float> o_buf;
+  const auto o = [&] {
+    if constexpr (buffered) {
+      o_buf.resize(static_cast<std::size_t>(o_out.b * o_out.s * o_out.h * o_out.d));
+      return bshd(o_buf.data(), o_out.b, o_out.s, o_out.h, o_out.d);
+    } else {
+      return o_out;
+    }
+  }();
+  // A 16-bit o here means the policy has no finish step.
+  constexpr bool float_out = std::is_same_v<std::remove_const_t<decltype(o)>, tensor_view<float>>;
   const auto on = core::target_of<Isa>(opt);  // the ISA (a bad options.isa / GQA_ISA throws here)
   attention_options call = opt;
   if (saved) {
@@ -327,7 +366,7 @@ void run_planned(Policy& p, const tensor_view<const float>& q, const KVView& k_i
         const head_map map = plan_of(p, qs, ks);
         check_map(map, qs, ks, where);
         core::forward_on(on, qs, ks, vs, os, map, so);
-        finish(p, os, map, ex);
+        if constexpr (float_out) finish(p, os, map, ex);
         if (saved) saved->maps.push_back(map);
       }
       done = true;
@@ -337,9 +376,10 @@ void run_planned(Policy& p, const tensor_view<const float>& q, const KVView& k_i
     const head_map map = plan_of(p, q, ck);
     check_map(map, q, ck, where);
     core::forward_on(on, q, ck, cv, o, map, call);
-    finish(p, o, map, ex, saved);
+    if constexpr (float_out) finish(p, o, map, ex, saved);
     if (saved) saved->maps.push_back(map);
   }
+  if constexpr (buffered) round_into(tensor_view<const float>(o), o_out);
   if (saved && !opt.lse.empty()) std::copy(saved->lse.begin(), saved->lse.end(), opt.lse.begin());
 }
 
@@ -349,21 +389,25 @@ void run_planned(Policy& p, const tensor_view<const float>& q, const KVView& k_i
 /// or q8_view (KV int8); the core runs on them, or on float when prepare() made the policy's own (fp32)
 /// K/V. prepare() takes the caller's element type, or, for an int8 cache, its fp32 values (Note [int8
 /// policies]).
-template <class Isa, class Policy, class S, class KVView>
-void run_forward(Policy& p, const tensor_view<const float>& q, const KVView& k, const KVView& v,
-                 const tensor_view<float>& o, const attention_options& opt, S* saved, const char* where) {
+template <class Isa, class Policy, class S, class KVView, class QO>
+void run_forward(Policy& p, const tensor_view<const QO>& q, const KVView& k, const KVView& v,
+                 const tensor_view<QO>& o, const attention_options& opt, S* saved, const char* where) {
   using KV = view_element_t<KVView>;
   constexpr bool int8 = std::is_same_v<KVView, q8_view>;
   using PrepareKV = std::conditional_t<int8, float, KV>;  // what prepare() is given
-  static_assert(attention_policy<Policy, KV>, "gqa::forward: this policy's plan() does not take this K element type");
-  static_assert((policy_with_check<Policy, KV> || !policy_with_check<Policy>) &&
+  static_assert(attention_policy<Policy, KV, QO>,
+                "gqa::forward: this policy's plan() does not take this K (or Q) element type");
+  static_assert(std::is_same_v<QO, float> || !policy_with_check<Policy> || policy_with_check<Policy, KV, QO>,
+                "gqa::forward: this policy's check() takes float Q/O only; make it a template over the element "
+                "types to run it on 16-bit Q/O");
+  static_assert((policy_with_check<Policy, KV, QO> || !policy_with_check<Policy>) &&
                     (policy_with_prepare<Policy, PrepareKV> || !policy_with_prepare<Policy>),
                 "gqa::forward: this policy's check()/prepare() takes float K/V only; make it a template over the "
                 "element type to run it on 16-bit K/V");
   // Memory safety first: a policy's own work (norms, noise) reads these views.
   check_views(q, k, v, o, where);
   check_finite(q, k, v, opt, where);  // opt-in; before the policy's own work
-  if constexpr (policy_with_check<Policy, KV>) p.check(q, values_of(k), values_of(v), o);
+  if constexpr (policy_with_check<Policy, KV, QO>) p.check(q, values_of(k), values_of(v), o);
   if constexpr (policy_with_prepare<Policy, PrepareKV>) {
     // Note [int8 policies]
     // A policy's prepare() (WGQA's head combination) reads every K/V element and writes its own fp32
@@ -397,15 +441,15 @@ void run_forward(Policy& p, const tensor_view<const float>& q, const KVView& k, 
 
 namespace detail {
 /// gqa::forward: a const policy must not silently skip a step that only its non-const members implement.
-template <class Isa, class P, class KVView>
-void forward_policy(P&& policy, const tensor_view<const float>& q, const KVView& k, const KVView& v,
-                    const tensor_view<float>& o, const attention_options& opt) {
+template <class Isa, class P, class KVView, class QO>
+void forward_policy(P&& policy, const tensor_view<const QO>& q, const KVView& k, const KVView& v,
+                    const tensor_view<QO>& o, const attention_options& opt) {
   using KV = view_element_t<KVView>;
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
                 "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
   using Mutable = std::remove_cv_t<Policy>;
-  static_assert((policy_with_check<Policy, KV> || !policy_with_check<Mutable, KV>) &&
+  static_assert((policy_with_check<Policy, KV, QO> || !policy_with_check<Mutable, KV, QO>) &&
                     (policy_with_prepare<Policy, KV> || !policy_with_prepare<Mutable, KV>) &&
                     (policy_with_finish<Policy> || policy_with_finish_executor<Policy> ||
                      !(policy_with_finish<Mutable> || policy_with_finish_executor<Mutable>)),
@@ -426,7 +470,8 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k,
   detail::forward_policy<Isa>(std::forward<P>(policy), q, k, v, o, opt);
 }
 
-/// forward() with K and V stored in 16 bits (both bf16 or both f16; gqa/numeric.hpp), Q and O float: the
+/// forward() with K and V stored in 16 bits (both bf16 or both f16; gqa/numeric.hpp), Q and O float (all
+/// four 16-bit: the overload after this one): the
 /// same as forward() on K/V widened to float. Every built-in policy takes them; the core computes in
 /// fp32 (Note [16-bit K/V]), and so do the policies' own steps: KDGQA's and DGQA's key norms of the
 /// widened keys, WGQA's combined heads (float buffers, so its core runs on float K/V), PGQA's noise on
@@ -437,6 +482,21 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<K> k, tensor_vi
              const attention_options& opt = {}) {
   using T = std::remove_const_t<K>;
   detail::forward_policy<Isa>(std::forward<P>(policy), q, tensor_view<const T>(k), tensor_view<const T>(v), o, opt);
+}
+
+/// forward() with Q, K, V and O all stored in one 16-bit type (bf16 or f16): the variant computed in fp32
+/// on the widened Q, K, V, each output element rounded once to the 16-bit type (nearest even), after
+/// every fp32 step of the policy: Note [16-bit Q/O policies]. Every built-in policy takes them; WGQA's
+/// combined heads and PGQA's perturbed output are fp32 before that single rounding. options.lse stays
+/// float. Mixed element types do not compile. Not for forward_train() (training stays float).
+template <class Isa = isa::dispatch, class P, class Q, class K, class V, class O>
+  requires detail::half_qkvo<Q, K, V, O> &&
+           attention_policy<std::remove_reference_t<P>, std::remove_const_t<K>, std::remove_const_t<K>>
+void forward(P&& policy, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+             const attention_options& opt = {}) {
+  using T = std::remove_const_t<K>;
+  detail::forward_policy<Isa>(std::forward<P>(policy), tensor_view<const T>(q), tensor_view<const T>(k),
+                              tensor_view<const T>(v), o, opt);
 }
 
 /// forward() with an int8 K/V cache (gqa::q8_view, gqa/quantized.hpp), Q and O float: the variant over K

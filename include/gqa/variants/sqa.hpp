@@ -54,17 +54,17 @@ struct sqa_policy {
     return {sqa_config::standard(m.heads, h.hq, h.hkv)};
   }
 
-  template <class K, class V>
-  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>&,
-             const tensor_view<float>&) const {
+  template <class Q, class K, class V, class O>
+  void check(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>&,
+             const tensor_view<O>&) const {
     if (q.h != config.hq)
       detail::fail("gqa::sqa_policy(", config.name, "): q.h = ", q.h, ": must equal the configuration's hq = ", config.hq);
     if (k.h != config.hkv)
       detail::fail("gqa::sqa_policy(", config.name, "): k.h = ", k.h, ": must equal the configuration's hkv = ",
                    config.hkv);
   }
-  template <class K>
-  head_map plan(const tensor_view<const float>& q, const tensor_view<K>& k) const {
+  template <class Q, class K>
+  head_map plan(const tensor_view<Q>& q, const tensor_view<K>& k) const {
     return head_map::uniform(q.h, k.h);
   }
 };

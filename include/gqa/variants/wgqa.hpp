@@ -45,9 +45,9 @@ class wgqa_policy {
 
   const wgqa_weights& weights() const noexcept { return w_; }
 
-  template <class K, class V>
-  void check(const tensor_view<const float>& q, const tensor_view<K>& k, const tensor_view<V>& v,
-             const tensor_view<float>&) const {
+  template <class Q, class K, class V, class O>
+  void check(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>& v,
+             const tensor_view<O>&) const {
     check_kv(k, v);
     if (q.h % w_.hkv != 0)
       detail::fail("gqa::wgqa_policy: q.h = ", q.h, ": must be a multiple of weights.hkv = ", w_.hkv,
@@ -69,8 +69,8 @@ class wgqa_policy {
     return {kb, vb};
   }
 
-  template <class K>
-  head_map plan(const tensor_view<const float>& q, const tensor_view<K>&) const {
+  template <class Q, class K>
+  head_map plan(const tensor_view<Q>& q, const tensor_view<K>&) const {
     return head_map::uniform(q.h, w_.hkv);
   }
 

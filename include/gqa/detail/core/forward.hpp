@@ -232,7 +232,8 @@ struct kernel {
     const index_t kv_hi = std::min(c_hi, last.hi);   // nor past this
     // Every row sees [last.lo, first.hi) (empty if first.hi <= last.lo): blocks inside it need no mask.
 
-    // Pack Q (scaled into log2 units, see Note [base-2 softmax]) and reset the running state.
+    // Pack Q (scaled into log2 units, see Note [base-2 softmax]) and reset the running state. 16-bit Q is
+    // widened a vector at a time and then scaled: the same fp32 product per element (Note [16-bit Q/O]).
     for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
       tiled::widen(pb.lay.q_row(t.ib, pos, h), d, pb.qscale, qp + row * d);  // q · qscale, vector by vector
     });
@@ -467,12 +468,13 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   });
 }
 
-/// The core on 4-D views (gqa::attend): dense_layout. KV: K/V's element type (Note [16-bit K/V]).
-template <class Isa, class KV>
-void forward(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v, tensor_view<float> o,
+/// The core on 4-D views (gqa::attend): dense_layout. KV: K/V's element type (Note [16-bit K/V]); Q, O:
+/// Q's and O's (Note [16-bit Q/O]).
+template <class Isa, class KV, class Q, class O>
+void forward(tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v, tensor_view<O> o,
              const head_map& map, const attention_options& opt) {
   const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
-  forward_layout<Isa>(dense_layout<KV>{q, k, v, o, kv_lengths, {}}, q.b, q.s, k.s, q.d, v.d, map, opt);
+  forward_layout<Isa>(dense_layout<KV, Q, O>{q, k, v, o, kv_lengths, {}}, q.b, q.s, k.s, q.d, v.d, map, opt);
 }
 
 /// The core on 4-D views with an int8 K/V cache (values and per-row scales; Note [int8 K/V]).
@@ -488,22 +490,22 @@ void forward_q8(tensor_view<const float> q, tensor_view<const std::int8_t> k, te
 /// The core on a validated paged cache (gqa/paged.hpp): paged_layout over pools k, v (num_pages,
 /// page_size, hkv, d), `table` [b][max_pages] and per-sequence `lengths`, the longest being `longest`.
 /// The layout is built here, in the target's own namespace (Note [per-target kernels]).
-template <class Isa, class KV>
-void forward_paged(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
-                   tensor_view<float> o, const std::int32_t* table, index_t max_pages,
-                   std::span<const index_t> lengths, index_t longest, const head_map& map,
-                   const attention_options& opt) {
-  forward_layout<Isa>(paged_layout<KV>{q, k, v, o, table, max_pages, lengths}, q.b, q.s, longest, q.d, v.d, map, opt);
+template <class Isa, class KV, class Q, class O>
+void forward_paged(tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v, tensor_view<O> o,
+                   const std::int32_t* table, index_t max_pages, std::span<const index_t> lengths, index_t longest,
+                   const head_map& map, const attention_options& opt) {
+  forward_layout<Isa>(paged_layout<KV, Q, O>{q, k, v, o, table, max_pages, lengths}, q.b, q.s, longest, q.d, v.d, map,
+                      opt);
 }
 
 /// The core on a validated ragged batch (gqa/varlen.hpp): ragged_layout over the packed views with the
 /// b + 1 offsets cu_q, cu_k; sq and skv are the longest sequence's query and key counts.
-template <class Isa, class KV>
-void forward_ragged(tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
-                    tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq,
-                    index_t skv, const head_map& map, const attention_options& opt) {
+template <class Isa, class KV, class Q, class O>
+void forward_ragged(tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v, tensor_view<O> o,
+                    std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq, index_t skv,
+                    const head_map& map, const attention_options& opt) {
   const auto b = static_cast<index_t>(cu_q.size()) - 1;
-  forward_layout<Isa>(ragged_layout<KV>{q, k, v, o, cu_q, cu_k}, b, sq, skv, q.d, v.d, map, opt);
+  forward_layout<Isa>(ragged_layout<KV, Q, O>{q, k, v, o, cu_q, cu_k}, b, sq, skv, q.d, v.d, map, opt);
 }
 
 }  // namespace detail::core

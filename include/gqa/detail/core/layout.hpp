@@ -52,6 +52,19 @@ namespace detail::core {
 // Element type is a template parameter, instantiated only by a call that passes 16-bit views: a TU that
 // never does compiles only the float core.
 
+// Note [16-bit Q/O]
+// Q and O may be stored in the 16-bit type of the K/V (bf16 or f16; the layouts carry q_type and o_type
+// as they carry kv_type). Q is read in one place: the task's Q pack (kernel::run in forward.hpp) widens
+// each row with isa::vec's widening loads and multiplies it by scale·log2(e), one fp32 product per
+// element, exactly the fp32 core's pack on the widened row; every later read of Q (the tiled scores, the
+// direct path, decode::scores_key_major) reads the packed fp32 rows. O is written in one place:
+// online_softmax::finish_row computes the fp32 row as for a float O (o · (1/l)) and rounds each element
+// once to O's type (from_float: nearest even, overflow to ±inf, NaN stays NaN). The running state, the
+// split-KV partials and the LSE (always float) are fp32. So a call with 16-bit Q, K, V, O gives, bit for
+// bit, the fp32 call on the widened Q, K, V, rounded once to the 16-bit type (tests: lowp_suite). Q and
+// O may also differ (16-bit Q, float O): gqa::forward uses that for a policy that post-processes the
+// fp32 output before the single rounding (PGQA; Note [16-bit Q/O policies] in variants/policy.hpp).
+
 // Note [int8 K/V]
 // An int8 cache (gqa::q8_view) is the element type std::int8_t plus one fp32 scale per (key, KV head) row
 // for each of K and V (kv_scales); a key's values are scale · q, one fp32 product each. The scale is
@@ -98,15 +111,17 @@ inline constexpr bool quantised_kv = std::is_same_v<KV, std::int8_t>;
 
 /// The 4-D views of gqa::attend: every sequence has sq queries; keys past kv_lengths[ib] are padding.
 /// KV: the element type of K and V (float, bf16, f16, or int8 with `scales`; Note [16-bit K/V], Note
-/// [int8 K/V]); Q and O are float.
-template <class KV = float>
+/// [int8 K/V]); Q, O: those of Q and O (float, or bf16/f16: Note [16-bit Q/O]).
+template <class KV = float, class Q = float, class O = Q>
 struct dense_layout {
   using kv_type = KV;
+  using q_type = Q;
+  using o_type = O;
   static constexpr bool paged = false;
   static constexpr bool ragged = false;
-  tensor_view<const float> q;
+  tensor_view<const Q> q;
   tensor_view<const KV> k, v;
-  tensor_view<float> o;
+  tensor_view<O> o;
   std::span<const index_t> kv_lengths;  // empty: every sequence has k.s keys
   [[no_unique_address]] kv_scales<KV> scales;
 
@@ -114,8 +129,8 @@ struct dense_layout {
   index_t kv_len(index_t ib) const noexcept {
     return kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
   }
-  const float* q_row(index_t ib, index_t pos, index_t h) const noexcept { return q.row(ib, pos, h); }
-  float* o_row(index_t ib, index_t pos, index_t h) const noexcept { return o.row(ib, pos, h); }
+  const Q* q_row(index_t ib, index_t pos, index_t h) const noexcept { return q.row(ib, pos, h); }
+  O* o_row(index_t ib, index_t pos, index_t h) const noexcept { return o.row(ib, pos, h); }
   linear_cursor kv_cursor(index_t ib, index_t j) const noexcept { return {{ib, j}}; }
   /// Index of LSE entry (ib, h, pos): [b][hq][sq].
   index_t lse_at(index_t ib, index_t h, index_t pos) const noexcept { return (ib * q.h + h) * q.s + pos; }
@@ -136,14 +151,17 @@ struct page_cursor {
 };
 
 /// Q and O dense (b, sq, hq, d); K and V pools of pages (num_pages, page_size, hkv, d) through a table.
-template <class KV = float>
+/// Element types as dense_layout's.
+template <class KV = float, class Q = float, class O = Q>
 struct paged_layout {
   using kv_type = KV;
+  using q_type = Q;
+  using o_type = O;
   static constexpr bool paged = true;
   static constexpr bool ragged = false;
-  tensor_view<const float> q;
+  tensor_view<const Q> q;
   tensor_view<const KV> k, v;  // the pools
-  tensor_view<float> o;
+  tensor_view<O> o;
   const std::int32_t* page_table;      // [b][max_pages]
   index_t max_pages;
   std::span<const index_t> kv_lengths;  // [b], each <= max_pages · page_size
@@ -151,8 +169,8 @@ struct paged_layout {
   index_t page_size() const noexcept { return k.s; }
   index_t q_len(index_t) const noexcept { return q.s; }
   index_t kv_len(index_t ib) const noexcept { return kv_lengths[static_cast<std::size_t>(ib)]; }
-  const float* q_row(index_t ib, index_t pos, index_t h) const noexcept { return q.row(ib, pos, h); }
-  float* o_row(index_t ib, index_t pos, index_t h) const noexcept { return o.row(ib, pos, h); }
+  const Q* q_row(index_t ib, index_t pos, index_t h) const noexcept { return q.row(ib, pos, h); }
+  O* o_row(index_t ib, index_t pos, index_t h) const noexcept { return o.row(ib, pos, h); }
   /// Key j of sequence ib; loc() is valid for j < kv_len(ib), whose pages are validated.
   page_cursor kv_cursor(index_t ib, index_t j) const noexcept {
     return {page_table + ib * max_pages + j / k.s, j % k.s, k.s};
@@ -160,21 +178,24 @@ struct paged_layout {
   index_t lse_at(index_t ib, index_t h, index_t pos) const noexcept { return (ib * q.h + h) * q.s + pos; }
 };
 
-/// Sequences packed back to back (FlashAttention varlen): cu_q, cu_k are the b + 1 offsets.
-template <class KV = float>
+/// Sequences packed back to back (FlashAttention varlen): cu_q, cu_k are the b + 1 offsets. Element
+/// types as dense_layout's.
+template <class KV = float, class Q = float, class O = Q>
 struct ragged_layout {
   using kv_type = KV;
+  using q_type = Q;
+  using o_type = O;
   static constexpr bool paged = false;
   static constexpr bool ragged = true;
-  tensor_view<const float> q;       // (1, total, h, d)
+  tensor_view<const Q> q;           // (1, total, h, d)
   tensor_view<const KV> k, v;       // (1, total, h, d)
-  tensor_view<float> o;
+  tensor_view<O> o;
   std::span<const index_t> cu_q, cu_k;
 
   index_t q_len(index_t ib) const noexcept { return at(cu_q, ib + 1) - at(cu_q, ib); }
   index_t kv_len(index_t ib) const noexcept { return at(cu_k, ib + 1) - at(cu_k, ib); }
-  const float* q_row(index_t ib, index_t pos, index_t h) const noexcept { return q.row(0, at(cu_q, ib) + pos, h); }
-  float* o_row(index_t ib, index_t pos, index_t h) const noexcept { return o.row(0, at(cu_q, ib) + pos, h); }
+  const Q* q_row(index_t ib, index_t pos, index_t h) const noexcept { return q.row(0, at(cu_q, ib) + pos, h); }
+  O* o_row(index_t ib, index_t pos, index_t h) const noexcept { return o.row(0, at(cu_q, ib) + pos, h); }
   linear_cursor kv_cursor(index_t ib, index_t j) const noexcept { return {{0, at(cu_k, ib) + j}}; }
   /// [hq][total_q], as FlashAttention's varlen softmax_lse.
   index_t lse_at(index_t ib, index_t h, index_t pos) const noexcept { return h * q.s + at(cu_q, ib) + pos; }

@@ -10,9 +10,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "../../isa/vec.hpp"
 #include "../../isa/vec_math.hpp"
+#include "../../numeric.hpp"
 #include "common.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -111,15 +113,22 @@ struct online_softmax {
 
   /// dst[0, dv) = the row's output o / l, or zeros for a fully masked row (visible == false: the row sees
   /// no key). A row with visible keys and l = 0 (all its scores −inf) or l = NaN is NaN (o·(1/0) = 0·inf,
-  /// Note [fully masked rows]).
-  static void finish_row(const float* o, float l, bool visible, index_t dv, float* dst) noexcept {
+  /// Note [fully masked rows]). T: O's element type; a 16-bit O gets the fp32 value rounded once to
+  /// nearest even (from_float; Note [16-bit Q/O]).
+  template <class T>
+  static void finish_row(const float* o, float l, bool visible, index_t dv, T* dst) noexcept {
     if (visible) {
-      const auto inv = V::set1(1.0f / l);
-      index_t c = 0;
-      for (; c + L <= dv; c += L) V::store(dst + c, V::mul(V::load(o + c), inv));
-      if (c < dv) V::store_partial(dst + c, V::mul(V::load(o + c), inv), static_cast<int>(dv - c));  // o: dvp floats
+      const float inv = 1.0f / l;
+      if constexpr (std::is_same_v<T, float>) {  // a vector at a time (a plain loop does not vectorise at -O2)
+        const auto vi = V::set1(inv);
+        index_t c = 0;
+        for (; c + L <= dv; c += L) V::store(dst + c, V::mul(V::load(o + c), vi));
+        if (c < dv) V::store_partial(dst + c, V::mul(V::load(o + c), vi), static_cast<int>(dv - c));  // o: dvp floats
+      } else {
+        for (index_t c = 0; c < dv; ++c) dst[c] = from_float<T>(o[c] * inv);
+      }
     } else {
-      for (index_t c = 0; c < dv; ++c) dst[c] = 0.0f;
+      for (index_t c = 0; c < dv; ++c) dst[c] = from_float<T>(0.0f);
     }
   }
 

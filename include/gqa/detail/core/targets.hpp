@@ -103,17 +103,18 @@ auto target_of(const attention_options& opt) {
   return fn<isa::native>(__VA_ARGS__);
 
 // The forward entry points are templates over K/V's element type KV (float, bf16, f16; Note [16-bit
-// K/V]): a TU instantiates the 16-bit cores, in every per-target copy, only if it calls them.
+// K/V]) and Q's and O's (Note [16-bit Q/O]): a TU instantiates the 16-bit cores, in every per-target
+// copy, only if it calls them.
 
-/// The forward core on `on` (target_of's result).
-template <class Isa, class KV>
-void forward_on(Isa, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
-                tensor_view<float> o, const head_map& map, const attention_options& opt) {
+/// The forward core on `on` (target_of's result). Q, O: float, or 16-bit (Note [16-bit Q/O]).
+template <class Isa, class KV, class Q, class O>
+void forward_on(Isa, tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v, tensor_view<O> o,
+                const head_map& map, const attention_options& opt) {
   forward<Isa>(q, k, v, o, map, opt);
 }
-template <class KV>
-void forward_on(named_target on, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
-                tensor_view<float> o, const head_map& map, const attention_options& opt) {
+template <class KV, class Q, class O>
+void forward_on(named_target on, tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                tensor_view<O> o, const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, forward, q, k, v, o, map, opt)
 }
 
@@ -131,31 +132,31 @@ void forward_on(named_target on, tensor_view<const float> q, const Q8& k, const 
 }
 
 /// The paged forward core (forward_paged) on `on`.
-template <class Isa, class KV>
-void forward_paged_on(Isa, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
-                      tensor_view<float> o, const std::int32_t* table, index_t max_pages,
+template <class Isa, class KV, class Q, class O>
+void forward_paged_on(Isa, tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                      tensor_view<O> o, const std::int32_t* table, index_t max_pages,
                       std::span<const index_t> lengths, index_t longest, const head_map& map,
                       const attention_options& opt) {
   forward_paged<Isa>(q, k, v, o, table, max_pages, lengths, longest, map, opt);
 }
-template <class KV>
-void forward_paged_on(named_target on, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
-                      tensor_view<float> o, const std::int32_t* table, index_t max_pages,
+template <class KV, class Q, class O>
+void forward_paged_on(named_target on, tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                      tensor_view<O> o, const std::int32_t* table, index_t max_pages,
                       std::span<const index_t> lengths, index_t longest, const head_map& map,
                       const attention_options& opt) {
   GQA_CORE_ON(on, forward_paged, q, k, v, o, table, max_pages, lengths, longest, map, opt)
 }
 
 /// The ragged forward core (forward_ragged) on `on`.
-template <class Isa, class KV>
-void forward_ragged_on(Isa, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
-                       tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k,
+template <class Isa, class KV, class Q, class O>
+void forward_ragged_on(Isa, tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                       tensor_view<O> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k,
                        index_t sq, index_t skv, const head_map& map, const attention_options& opt) {
   forward_ragged<Isa>(q, k, v, o, cu_q, cu_k, sq, skv, map, opt);
 }
-template <class KV>
-void forward_ragged_on(named_target on, tensor_view<const float> q, tensor_view<const KV> k, tensor_view<const KV> v,
-                       tensor_view<float> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq,
+template <class KV, class Q, class O>
+void forward_ragged_on(named_target on, tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                       tensor_view<O> o, std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq,
                        index_t skv, const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, forward_ragged, q, k, v, o, cu_q, cu_k, sq, skv, map, opt)
 }
