@@ -18,6 +18,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <gqa/gqa.hpp>
@@ -354,6 +355,45 @@ std::string kv_name() {
   }
 }
 
+/// One case of the variant checks: a registered policy P (the tag `t` of gqa::for_each_variant) on layer m,
+/// its heads h, b sequences of sq queries over skv keys of dimension d, causal or not, and the inputs' seed.
+struct variant_case {
+  gqa::model_shape m;
+  gqa::variant_heads h;
+  index_t b, sq, skv, d;
+  bool causal;
+  std::uint64_t seed;
+  std::string trace(std::string_view variant, const std::string& types) const {
+    return std::string(variant) + " with " + types + ", H = " + std::to_string(m.heads) + ", G = " +
+           std::to_string(m.groups) + ", d = " + std::to_string(d) + ", sq = " + std::to_string(sq) +
+           (causal ? ", causal" : "");
+  }
+  /// Random keys with uneven norms per head, so that KDGQA/DGQA plan uneven groups.
+  std::vector<float> keys() const {
+    auto k = gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 1);
+    for (std::size_t i = 0; i < k.size(); ++i)
+      k[i] *= 1.0f + static_cast<float>((i / static_cast<std::size_t>(d)) % static_cast<std::size_t>(h.kv_in));
+    return k;
+  }
+};
+
+/// fn(t, c) for every registered variant (t: its gqa::for_each_variant tag) and every case c: three layers,
+/// causal or not, decode (sq 1: the direct path) and prefill (sq 40: the tiled path); seeds from `seed` on.
+template <class Fn>
+void for_each_variant_case(std::uint64_t seed, Fn&& fn) {
+  const gqa::model_shape layers[] = {{8, 2, 16, 5}, {12, 4, 17, 6}, {4, 1, 33, 8}};
+  gqa::for_each_variant([&](auto t) {
+    using P = typename decltype(t)::type;
+    std::uint64_t s = seed;
+    for (const gqa::model_shape& m : layers)
+      for (const bool causal : {false, true})
+        for (const index_t sq : {index_t{1}, index_t{40}}) {
+          s += 10;
+          fn(t, variant_case{m, P::heads_for(m), 2, sq, sq == 1 ? 70 : 45, m.d, causal, s});
+        }
+  });
+}
+
 /// Every registered variant through gqa::forward<Isa> with T K/V against the same variant (a fresh
 /// default policy, so PGQA draws the same noise and DGQA starts from the same state) on the widened K/V,
 /// bit for bit: the fp32 path is checked against the reference variant by variant in registry_suite.
@@ -362,23 +402,16 @@ std::string kv_name() {
 /// dot product and of the P·V sum (Note [int8 K/V tolerance]); measured up to ~2.5 u on these shapes.
 template <class Isa, class T>
 void check_variants() {
-  const gqa::model_shape layers[] = {{8, 2, 16, 5}, {12, 4, 17, 6}, {4, 1, 33, 8}};
-  gqa::for_each_variant([&](auto t) {
-    using P = typename decltype(t)::type;
-    std::uint64_t seed = 500;
-    for (const gqa::model_shape& m : layers)
-      for (const bool causal : {false, true})
-        for (const index_t sq : {index_t{1}, index_t{40}}) {  // decode (direct) and prefill (tiled)
-          const gqa::variant_heads h = P::heads_for(m);
-          const index_t b = 2, skv = sq == 1 ? 70 : 45, d = m.d;
-          SCOPED_TRACE(std::string(P::name) + " with " + kv_name<T>() + " K/V, H = " + std::to_string(m.heads) +
-                       ", G = " + std::to_string(m.groups) + ", d = " + std::to_string(d) + ", sq = " + std::to_string(sq) +
-                       (causal ? ", causal" : ""));
-          seed += 10;
+  for_each_variant_case(500, [&](auto t, const variant_case& c) {
+          using P = typename decltype(t)::type;
+          const gqa::model_shape& m = c.m;
+          const gqa::variant_heads& h = c.h;
+          const index_t b = c.b, sq = c.sq, skv = c.skv, d = c.d;
+          const bool causal = c.causal;
+          const std::uint64_t seed = c.seed;
+          SCOPED_TRACE(c.trace(P::name, std::string(kv_name<T>()) + " K/V"));
           const auto qd = gqa::test::random_floats(static_cast<std::size_t>(b * sq * h.hq * d), seed);
-          // Uneven key norms per head, so that KDGQA/DGQA plan uneven groups.
-          auto kr = gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 1);
-          for (std::size_t i = 0; i < kr.size(); ++i) kr[i] *= 1.0f + static_cast<float>((i / static_cast<std::size_t>(d)) % static_cast<std::size_t>(h.kv_in));
+          const auto kr = c.keys();
           const auto vr = gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 2);
           const auto q = gqa::bshd<const float>(qd.data(), b, sq, h.hq, d);
           gqa::attention_options opt;
@@ -410,7 +443,6 @@ void check_variants() {
             EXPECT_EQ(first_difference(olow, o32), -1);
           }
           for (const float x : olow) ASSERT_TRUE(std::isfinite(x));
-        }
   });
 }
 
@@ -419,22 +451,16 @@ void check_variants() {
 /// one rounded to T, bit for bit (WGQA combines and PGQA perturbs in fp32 before the single rounding).
 template <class Isa, class T>
 void check_variants_qo() {
-  const gqa::model_shape layers[] = {{8, 2, 16, 5}, {12, 4, 17, 6}, {4, 1, 33, 8}};
-  gqa::for_each_variant([&](auto t) {
-    using P = typename decltype(t)::type;
-    std::uint64_t seed = 700;
-    for (const gqa::model_shape& m : layers)
-      for (const bool causal : {false, true})
-        for (const index_t sq : {index_t{1}, index_t{40}}) {  // decode (direct) and prefill (tiled)
-          const gqa::variant_heads h = P::heads_for(m);
-          const index_t b = 2, skv = sq == 1 ? 70 : 45, d = m.d;
-          SCOPED_TRACE(std::string(P::name) + " with " + gqa::element_name<T> + " Q/K/V/O, H = " +
-                       std::to_string(m.heads) + ", G = " + std::to_string(m.groups) + ", d = " + std::to_string(d) +
-                       ", sq = " + std::to_string(sq) + (causal ? ", causal" : ""));
-          seed += 10;
+  for_each_variant_case(700, [&](auto t, const variant_case& c) {
+          using P = typename decltype(t)::type;
+          const gqa::model_shape& m = c.m;
+          const gqa::variant_heads& h = c.h;
+          const index_t b = c.b, sq = c.sq, skv = c.skv, d = c.d;
+          const bool causal = c.causal;
+          const std::uint64_t seed = c.seed;
+          SCOPED_TRACE(c.trace(P::name, std::string(gqa::element_name<T>) + " Q/K/V/O"));
           const auto qw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * sq * h.hq * d), seed));
-          auto kr = gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 1);
-          for (std::size_t i = 0; i < kr.size(); ++i) kr[i] *= 1.0f + static_cast<float>((i / static_cast<std::size_t>(d)) % static_cast<std::size_t>(h.kv_in));
+          const auto kr = c.keys();
           const auto kw = gqa::test::rounded_kv<T>(kr);
           const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), seed + 2));
           const auto q16 = narrowed<T>(qw), k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
@@ -453,7 +479,6 @@ void check_variants_qo() {
           });
           EXPECT_EQ(first_unrounded(o16, o32), -1);
           for (const T x : o16) ASSERT_TRUE(std::isfinite(gqa::to_float(x)));
-        }
   });
 }
 
