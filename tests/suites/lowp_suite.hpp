@@ -708,23 +708,46 @@ TYPED_TEST_P(lowp_suite, checks_with_int8_kv) {
   expect_error(good, ov, opt, "k.scales[0, 2, 1, 0] = nan");
 }
 
+/// The paged and ragged checks' K/V: 9 pages of 16 slots, 2 KV heads of d 21, values rounded to T (seeds
+/// `seed`, `seed + 1`), held as float (kw, vw) and as T (k16, v16); two sequences of 61 and 40 keys through
+/// a shuffled page table, as a float cache (f()) and a T cache (h()) over the same values. The first 61 + 40
+/// rows of the pools are also the ragged batch's packed keys.
+template <class T>
+struct paged_kv_case {
+  static constexpr index_t hkv = 2, d = 21, ps = 16, np = 9;
+  std::vector<float> kw, vw;
+  std::vector<T> k16, v16;
+  std::vector<std::int32_t> table{7, 2, 5, 0, 8, 1, 3, 6};
+  std::vector<int> lengths{61, 40};
+  explicit paged_kv_case(std::uint64_t seed)
+      : kw(gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(np * ps * hkv * d), seed))),
+        vw(gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(np * ps * hkv * d), seed + 1))),
+        k16(narrowed<T>(kw)),
+        v16(narrowed<T>(vw)) {}
+  gqa::paged_kv f() const {
+    return {gqa::page_pool<const float>(kw.data(), np, ps, hkv, d), gqa::page_pool<const float>(vw.data(), np, ps, hkv, d),
+            table, 4, lengths};
+  }
+  gqa::basic_paged_kv<T> h() const {
+    return {gqa::page_pool<const T>(k16.data(), np, ps, hkv, d), gqa::page_pool<const T>(v16.data(), np, ps, hkv, d),
+            table, 4, lengths};
+  }
+};
+
 /// A paged cache of 16-bit pages and a ragged batch of 16-bit K/V: bit for bit the float calls.
 template <class Isa, class T>
 void check_paged_and_ragged() {
   SCOPED_TRACE(gqa::element_name<T>);
-  const index_t hq = 6, hkv = 2, d = 21, ps = 16, np = 9;
+  using kv_case = paged_kv_case<T>;
+  const index_t hq = 6, hkv = kv_case::hkv, d = kv_case::d;
   for (const index_t sq : {index_t{1}, index_t{20}}) {
     const index_t b = 2;
     const auto qd = gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 91);
-    const auto kw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(np * ps * hkv * d), 92));
-    const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(np * ps * hkv * d), 93));
-    const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
-    const std::vector<std::int32_t> table{7, 2, 5, 0, 8, 1, 3, 6};
-    const std::vector<int> lengths{61, 40};
-    const gqa::paged_kv f{gqa::page_pool<const float>(kw.data(), np, ps, hkv, d),
-                          gqa::page_pool<const float>(vw.data(), np, ps, hkv, d), table, 4, lengths};
-    const gqa::basic_paged_kv<T> h{gqa::page_pool<const T>(k16.data(), np, ps, hkv, d),
-                                   gqa::page_pool<const T>(v16.data(), np, ps, hkv, d), table, 4, lengths};
+    const kv_case kv(92);
+    const auto &kw = kv.kw, &vw = kv.vw;
+    const auto &k16 = kv.k16, &v16 = kv.v16;
+    const gqa::paged_kv f = kv.f();
+    const gqa::basic_paged_kv<T> h = kv.h();
     gqa::attention_options opt;
     opt.causal = true;
     const auto q = gqa::bshd<const float>(qd.data(), b, sq, hq, d);
@@ -776,19 +799,17 @@ void check_paged_and_ragged() {
 template <class Isa, class T>
 void check_paged_and_ragged_qo() {
   SCOPED_TRACE(std::string(gqa::element_name<T>) + " Q/O");
-  const index_t hq = 6, hkv = 2, d = 21, ps = 16, np = 9;
+  using kv_case = paged_kv_case<T>;
+  const index_t hq = 6, hkv = kv_case::hkv, d = kv_case::d;
   for (const index_t sq : {index_t{1}, index_t{20}}) {
     const index_t b = 2;
     const auto qw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 191));
-    const auto kw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(np * ps * hkv * d), 192));
-    const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(np * ps * hkv * d), 193));
-    const auto q16 = narrowed<T>(qw), k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
-    const std::vector<std::int32_t> table{7, 2, 5, 0, 8, 1, 3, 6};
-    const std::vector<int> lengths{61, 40};
-    const gqa::paged_kv f{gqa::page_pool<const float>(kw.data(), np, ps, hkv, d),
-                          gqa::page_pool<const float>(vw.data(), np, ps, hkv, d), table, 4, lengths};
-    const gqa::basic_paged_kv<T> h{gqa::page_pool<const T>(k16.data(), np, ps, hkv, d),
-                                   gqa::page_pool<const T>(v16.data(), np, ps, hkv, d), table, 4, lengths};
+    const auto q16 = narrowed<T>(qw);
+    const kv_case kv(192);
+    const auto &kw = kv.kw, &vw = kv.vw;
+    const auto &k16 = kv.k16, &v16 = kv.v16;
+    const gqa::paged_kv f = kv.f();
+    const gqa::basic_paged_kv<T> h = kv.h();
     gqa::attention_options opt;
     opt.causal = true;
     std::vector<T> o16(static_cast<std::size_t>(b * sq * hq * d), T(k_nan));
