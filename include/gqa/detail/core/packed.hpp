@@ -125,24 +125,24 @@ struct packed {
   static void transpose_k(const Rows& k, index_t d, index_t nb, index_t nbp, float* kp) noexcept {
     if constexpr (L == 1) {
       transpose_k_scalar(k, d, nb, nbp, kp);
-      return;
-    }
-    alignas(64) static constexpr float zero_row[L] = {};
-    const index_t d_full = d - d % L;
-    for (index_t s0 = 0; s0 < nbp; s0 += cols) {
-      const index_t w = std::min(cols, nbp - s0);  // a multiple of L, as nbp is
-      float* slice = kp + s0 * d;
-      for (index_t j = 0; j < w; j += L) {
-        const index_t real = std::clamp<index_t>(nb - s0 - j, 0, L);  // keys of the group with data
-        const float* row[L];
-        for (int i = 0; i < L; ++i) row[i] = i < real ? k(s0 + j + i) : nullptr;
-        const float* src[L];
-        for (index_t c0 = 0; c0 < d_full; c0 += L) {
-          for (int i = 0; i < L; ++i) src[i] = i < real ? row[i] + c0 : zero_row;
-          V::transpose(src, slice + c0 * w + j, w);
+    } else {
+      alignas(64) static constexpr float zero_row[L] = {};
+      const index_t d_full = d - d % L;
+      for (index_t s0 = 0; s0 < nbp; s0 += cols) {
+        const index_t w = std::min(cols, nbp - s0);  // a multiple of L, as nbp is
+        float* slice = kp + s0 * d;
+        for (index_t j = 0; j < w; j += L) {
+          const index_t real = std::clamp<index_t>(nb - s0 - j, 0, L);  // keys of the group with data
+          const float* row[L];
+          for (int i = 0; i < L; ++i) row[i] = i < real ? k(s0 + j + i) : nullptr;
+          const float* src[L];
+          for (index_t c0 = 0; c0 < d_full; c0 += L) {
+            for (int i = 0; i < L; ++i) src[i] = i < real ? row[i] + c0 : zero_row;
+            V::transpose(src, slice + c0 * w + j, w);
+          }
+          for (index_t c = d_full; c < d; ++c)
+            for (int i = 0; i < L; ++i) slice[c * w + j + i] = i < real ? row[i][c] : 0.0f;
         }
-        for (index_t c = d_full; c < d; ++c)
-          for (int i = 0; i < L; ++i) slice[c * w + j + i] = i < real ? row[i][c] : 0.0f;
       }
     }
   }
