@@ -289,7 +289,8 @@ inline tensor_view<const float> dequantised_copy(const q8_view& x, std::vector<f
 // norms are those of the widened keys; WGQA combines the widened heads into float K/V, and the core then
 // runs on 16-bit Q with float K/V (the widened Q times the fp32 combined heads) into the 16-bit O. A policy
 // with a finish step (PGQA) must see the fp32 output: the core writes an fp32 copy of O (b·sq·hq·d_v
-// floats, allocated per call), finish() perturbs it, and each element is then rounded once to O's type.
+// floats in a buffer the calling thread keeps and reuses, as the int8 copies of Note [int8 policies]),
+// finish() perturbs it, and each element is then rounded once to O's type.
 // So every output element is rounded exactly once, after every fp32 step of the variant.
 
 /// Writes each element of the fp32 view `from` to `to` (same extents) rounded to T (nearest even; NaN stays
@@ -320,9 +321,9 @@ void run_planned(Policy& p, const tensor_view<const QO>& q, const KVView& k_in, 
   // 16-bit O with a finish step: the core and finish() work on an fp32 copy (Note [16-bit Q/O policies]).
   constexpr bool buffered = !std::is_same_v<QO, float> && (policy_with_finish<Policy> ||
                                                           policy_with_finish_executor<Policy>);
-  std::vector<float> o_buf;
   const auto o = [&] {
     if constexpr (buffered) {
+      thread_local std::vector<float> o_buf;  // kept by the calling thread, only in these instantiations
       o_buf.resize(static_cast<std::size_t>(o_out.b * o_out.s * o_out.h * o_out.d));
       return bshd(o_buf.data(), o_out.b, o_out.s, o_out.h, o_out.d);
     } else {
