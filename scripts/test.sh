@@ -5,8 +5,8 @@
 #   3. the random sweep against the reference (ctest -L sweep in the Release build: GQA_SWEEP_CASES
 #      cases, default 2,000; also run, 200 cases, in the sanitizer and NEON builds)
 #   4. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan, -Og) of the tests; ctest (packaging and the
-#      header checks excluded: they compile, and run nothing the sanitizers could watch); the variant
-#      suites on one ISA there (Note [sanitizer build matrix])
+#      header checks excluded: they compile, and run nothing the sanitizers could watch); the core suites
+#      on AVX2 and AVX-512, the variant suites and unit tests on scalar (Note [sanitizer build matrix])
 #   5. ThreadSanitizer build of the tests (scalar suites, std::thread loop: libgomp is not instrumented),
 #      running the threading and policy tests (the gtest filter $tsan_filter below)
 #   6. the fuzzer: gqa_fuzz (clang++-14, -fsanitize=fuzzer,address,undefined) for GQA_FUZZ_SECONDS
@@ -14,7 +14,8 @@
 #   7. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
 # Ends with one summary line and exits non-zero if any stage failed. Every stage runs even if an earlier
 # one failed, so one run reports everything.
-# Environment: GQA_BUILD_DIR (default <repo>/build), GQA_JOBS (default 2), GQA_SKIP_DEPS=1, GQA_SKIP_SANITIZE=1,
+# Environment: GQA_BUILD_DIR (default <repo>/build), GQA_JOBS (default 2), GQA_SKIP_DEPS=1, GQA_SKIP_RELEASE=1
+# (stages 2 and 3), GQA_SKIP_SANITIZE=1,
 # GQA_SKIP_TSAN=1, GQA_SKIP_FUZZ=1, GQA_SKIP_NEON=1, GQA_SWEEP_CASES, GQA_FUZZ_SECONDS.
 set -uo pipefail
 
@@ -101,11 +102,13 @@ fi
 # 2. Release: tests (incl. packaging), benchmarks and examples must build; every test but the sweep must pass.
 #    At -O2 (what most projects build with) rather than CMake's default -O3: 25% less compile time per test
 #    TU (training_suite for AVX-512: 18 s vs 24.5 s, g++ 12, 2026-12-02), which keeps CI under 40 minutes.
-build_and_test release "$build_root/release" -LE sweep -- \
-  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=ON -DGQA_BUILD_EXAMPLES=ON
+if [ "${GQA_SKIP_RELEASE:-0}" != 1 ]; then
+  build_and_test release "$build_root/release" -LE sweep -- \
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" -DGQA_BUILD_TESTS=ON -DGQA_BUILD_BENCHMARKS=ON -DGQA_BUILD_EXAMPLES=ON
+fi
 
 # 3. The random sweep, in the Release build (its own stage: its time and case counts are reported).
-if [ -f "$build_root/release/CTestTestfile.cmake" ]; then
+if [ "${GQA_SKIP_RELEASE:-0}" != 1 ] && [ -f "$build_root/release/CTestTestfile.cmake" ]; then
   sweep_start=$(date +%s)
   sweep_log="$build_root/release.sweep.log"
   (cd "$build_root/release" && ctest --output-on-failure -j "$jobs" -L sweep -V) 2>&1 |
@@ -124,19 +127,25 @@ if [ "${GQA_SKIP_SANITIZE:-0}" != 1 ]; then
   # 54 s at -O1, 198 s at -O0) and compile in about 20% less time (2026-12-02, this repository's dev
   # machine); -O1 was itself a third less compile time than -O2 -g.
   # Note [sanitizer build matrix]
-  # The core's suites (kernels, masks, caches, non-finite inputs, backward, vector primitives) run on every
-  # ISA under the sanitizers: each ISA has its own loads, tails and tiles. The variant suites add policy
+  # The core's suites (kernels, masks, caches, non-finite inputs, backward, vector primitives) run under
+  # the sanitizers on the vector ISAs, AVX2 and AVX-512 on x86-64: each has its own loads, partial-vector
+  # tails and tile shapes. The scalar core (one lane: no tails) runs there through every unit test (their
+  # calls without an ISA take the baseline, scalar) and the variant suites. The variant suites add policy
   # code (plans, WGQA's prepare, PGQA's noise, DGQA's state, the backward through policies), which is the
-  # same C++ on every ISA and calls the same core entry points: under the sanitizers they run on the first
-  # ISA (scalar) only. The Release stage runs every suite on every ISA. With -Og this keeps CI under 40
-  # minutes on 2 cores (the stage was its largest: 2,814 s for the whole CI run at -O1 with every suite on
-  # every ISA); it drops 16 of 71 compiled TUs, and the stage took 434 s to build and 208 s to run its 415
-  # tests on the quiet dev machine (2 vCPUs, 2026-12-02).
+  # same C++ on every ISA and calls the same core entry points: under the sanitizers they run on scalar
+  # only. The Release stage runs every suite on every ISA. History: every suite on every ISA at -O1 made
+  # the whole CI run 2,814 s; -Og with the variant suites on one ISA, 2,239-2,492 s; dropping the scalar
+  # core suites here (7 of 58 TUs and the slowest tests under ASan: 188 of 527 s of test time were
+  # scalar's, 2026-12-02) is what keeps it under 40 minutes with a margin.
   variant_suites='dgqa_suite|golden_suite|kdgqa_suite|pgqa_suite|registry_suite|static_variants_suite'
   variant_suites+='|training_suite|wgqa_suite'
+  sanitize_isas=()
+  if [ "$(uname -m)" = x86_64 ]; then
+    sanitize_isas=(-DGQA_TEST_ISAS="avx2;avx512" -DGQA_TEST_ONE_ISA=scalar)
+  fi
   build_and_test sanitize "$build_root/sanitize" -LE "packaging|headers" -- \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-Og -g1 -DNDEBUG" \
-    -DGQA_TEST_SANITIZE=ON -DGQA_BUILD_TESTS=ON -DGQA_TEST_ONE_ISA_SUITES="$variant_suites" \
+    -DGQA_TEST_SANITIZE=ON -DGQA_BUILD_TESTS=ON -DGQA_TEST_ONE_ISA_SUITES="$variant_suites" "${sanitize_isas[@]}" \
     -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF
 fi
 
@@ -152,7 +161,10 @@ if [ "${GQA_SKIP_TSAN:-0}" != 1 ]; then
   log="$dir.log"
   mkdir -p "$dir"
   echo "=== test.sh: tsan: configure + build in $dir"
-  if ! cmake -S "$repo" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="-fsanitize=thread" \
+  # -O1 -g1: what ThreadSanitizer needs (line tables for its reports); the tests run in seconds, the build
+  # is the stage's time.
+  if ! cmake -S "$repo" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
+      -DCMAKE_CXX_FLAGS="-fsanitize=thread" \
       -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" -DCMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON \
       -DGQA_TEST_ISAS=scalar -DGQA_TEST_REDUCED=ON -DGQA_TEST_ONLY="$tsan_sources" -DGQA_BUILD_TESTS=ON \
       -DGQA_BUILD_BENCHMARKS=OFF \
@@ -176,7 +188,10 @@ if [ "${GQA_SKIP_FUZZ:-0}" != 1 ]; then
   fuzz_seconds="${GQA_FUZZ_SECONDS:-60}"
   if ! command -v clang++-14 >/dev/null 2>&1; then
     stage fuzz 1 "clang++-14 not found (scripts/install-deps.sh --fuzz)"
+  # -O1 -gline-tables-only, as libFuzzer's documentation builds fuzz targets: a crash report has file and
+  # line, and the build is the larger part of the stage.
   elif ! cmake -S "$repo" -B "$fuzz_dir" -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG" \
       -DGQA_BUILD_FUZZERS=ON -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF -DGQA_INSTALL=OFF >"$fuzz_dir.log" 2>&1 ||
     ! cmake --build "$fuzz_dir" --target gqa_fuzz -j "$jobs" >>"$fuzz_dir.log" 2>&1; then
     tail -30 "$fuzz_dir.log"
