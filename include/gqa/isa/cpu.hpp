@@ -10,6 +10,10 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #define GQA_X86_CPUID 1
 #else
 #define GQA_X86_CPUID 0
@@ -26,6 +30,13 @@ struct cpu_features {
   /// AVX-512 F, VL, BW and DQ on top of avx2_fma, and the OS saves opmask and zmm state: what the AVX-512
   /// code (-mavx512f -mavx512vl -mavx512bw -mavx512dq, see cmake/gqa_isa_flags.cmake) needs.
   bool avx512 = false;
+  /// AVX512-BF16 (CPUID.(EAX=7,ECX=1):EAX bit 5: VDPBF16PS, VCVTNE2PS2BF16) on top of avx512.
+  bool avx512_bf16 = false;
+  /// AMX-TILE and AMX-BF16 (CPUID.(EAX=7,ECX=0):EDX bits 24, 22) on top of avx512_bf16, the OS saves the
+  /// tile state (XCR0 bits 17, 18) and, on Linux, granted it to this process (arch_prctl
+  /// ARCH_REQ_XCOMP_PERM, asked once here): what the bf16 prefill tiles need (Note [bf16 tiles] in
+  /// detail/core/bf16_tiles.hpp).
+  bool amx_bf16 = false;
 };
 
 namespace detail_cpu {
@@ -35,6 +46,17 @@ inline std::uint64_t xcr0() noexcept {
   std::uint32_t lo = 0, hi = 0;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   return (static_cast<std::uint64_t>(hi) << 32) | lo;
+}
+
+/// Asks the OS for the AMX tile data state (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA),
+/// needed once per process before the first tile instruction); true if granted. Elsewhere: false.
+inline bool tile_data_granted() noexcept {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long req_xcomp_perm = 0x1023, xtiledata = 18;
+  return syscall(SYS_arch_prctl, req_xcomp_perm, xtiledata) == 0;
+#else
+  return false;
+#endif
 }
 
 inline cpu_features detect() noexcept {
@@ -51,6 +73,11 @@ inline cpu_features detect() noexcept {
              avx512bw = (b >> 30) & 1u, avx512vl = (b >> 31) & 1u;
   f.avx2_fma = avx2 && fma && f16c && (xcr & ymm_state) == ymm_state;
   f.avx512 = f.avx2_fma && avx512f && avx512dq && avx512bw && avx512vl && (xcr & zmm_state) == zmm_state;
+  const bool amx_tile = (d >> 24) & 1u, amx_bf16 = (d >> 22) & 1u;
+  if (!f.avx512 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return f;
+  f.avx512_bf16 = (a >> 5) & 1u;
+  constexpr std::uint64_t tile_state = 0x60000;  // XTILECFG (17) + XTILEDATA (18)
+  f.amx_bf16 = f.avx512_bf16 && amx_tile && amx_bf16 && (xcr & tile_state) == tile_state && tile_data_granted();
   return f;
 }
 #else
