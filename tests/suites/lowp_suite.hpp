@@ -5,8 +5,11 @@
 // split-KV and tiled (prefill) paths; NaN and inf in 16-bit K/V as in fp32 (docs/design.md, "Non-finite
 // inputs"); the checks (check_finite, aliasing across element sizes). Q and O in the K/V's 16-bit type
 // too: bit for bit the fp32 call on the widened Q/K/V with its output rounded once (attend, every variant,
-// paged, ragged, NaN/inf in Q, checks; mixed types do not compile). Compiled once per ISA: every helper
-// stays in `namespace {}`.
+// paged, ragged, NaN/inf in Q, checks; mixed types do not compile), with options.bf16_products = false; and
+// bf16 Q/K/V with the bf16 products (AMX tiles on AVX-512 where the CPU has them, Note [bf16 tiles]): every
+// mask and shape against the reference within Note [bf16 products tolerance], NaN/inf as the fp32
+// products, paged and ragged bit for bit the dense call, every variant, 1 and 2 threads bit for bit.
+// Compiled once per ISA: every helper stays in `namespace {}`.
 #pragma once
 
 #include <gtest/gtest.h>
