@@ -59,7 +59,7 @@ inline runtime_report runtime_info(const attention_options& opt = {}) {
   r.backend = "std::thread pool";
 #endif
   if (opt.parallel_for) r.backend = "caller's parallel_for";
-  r.bf16_tiles = r.isa == isa::avx512::name && isa::cpu().amx_bf16;
+  r.bf16_tiles = r.isa == isa::avx512::name && isa::cpu().amx_bf16;  // the grant is asked for by the first such call
   return r;
 }
 

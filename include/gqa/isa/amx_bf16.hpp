@@ -2,7 +2,7 @@
 // reads (Note [bf16 tiles] in detail/core/bf16_tiles.hpp): x86-64 with GCC or clang, in a TU or region that
 // compiles vec<avx512>. Every function that holds AMX or AVX512-BF16 instructions is marked
 // GQA_TARGET_AMX, so it is never inlined into code compiled without them, and the core calls it only when
-// isa::cpu().amx_bf16 (the CPU has the instructions and the OS granted the tile state).
+// isa::amx_tiles_granted() (the CPU has the instructions and the OS granted the tile state).
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_ISA_AMX_BF16_HPP
 #define GQA_ISA_AMX_BF16_HPP

@@ -32,10 +32,9 @@ struct cpu_features {
   bool avx512 = false;
   /// AVX512-BF16 (CPUID.(EAX=7,ECX=1):EAX bit 5: VDPBF16PS, VCVTNE2PS2BF16) on top of avx512.
   bool avx512_bf16 = false;
-  /// AMX-TILE and AMX-BF16 (CPUID.(EAX=7,ECX=0):EDX bits 24, 22) on top of avx512_bf16, the OS saves the
-  /// tile state (XCR0 bits 17, 18) and, on Linux, granted it to this process (arch_prctl
-  /// ARCH_REQ_XCOMP_PERM, asked once here): what the bf16 prefill tiles need (Note [bf16 tiles] in
-  /// detail/core/bf16_tiles.hpp).
+  /// AMX-TILE and AMX-BF16 (CPUID.(EAX=7,ECX=0):EDX bits 24, 22) on top of avx512_bf16, and the OS saves
+  /// the tile state (XCR0 bits 17, 18): what the bf16 prefill tiles need (Note [bf16 tiles] in
+  /// detail/core/bf16_tiles.hpp), once the process may use the tile data (amx_tiles_granted()).
   bool amx_bf16 = false;
 };
 
@@ -77,11 +76,12 @@ inline cpu_features detect() noexcept {
   if (!f.avx512 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return f;
   f.avx512_bf16 = (a >> 5) & 1u;
   constexpr std::uint64_t tile_state = 0x60000;  // XTILECFG (17) + XTILEDATA (18)
-  f.amx_bf16 = f.avx512_bf16 && amx_tile && amx_bf16 && (xcr & tile_state) == tile_state && tile_data_granted();
+  f.amx_bf16 = f.avx512_bf16 && amx_tile && amx_bf16 && (xcr & tile_state) == tile_state;
   return f;
 }
 #else
 inline cpu_features detect() noexcept { return {}; }
+inline bool tile_data_granted() noexcept { return false; }
 #endif
 }  // namespace detail_cpu
 
@@ -89,6 +89,16 @@ inline cpu_features detect() noexcept { return {}; }
 inline const cpu_features& cpu() noexcept {
   static const cpu_features f = detail_cpu::detect();
   return f;
+}
+
+/// Whether this process may run AMX tile instructions: cpu().amx_bf16, and on Linux the tile data state
+/// granted by arch_prctl(ARCH_REQ_XCOMP_PERM), requested on the first call (thread-safe, once per process)
+/// and only then: the grant makes the kernel size signal frames (and check sigaltstack sizes) for the tile
+/// state, so it is asked for by the first call that would use the tiles, not by every program that
+/// includes gqa. Elsewhere false.
+inline bool amx_tiles_granted() noexcept {
+  static const bool granted = cpu().amx_bf16 && detail_cpu::tile_data_granted();
+  return granted;
 }
 
 }  // namespace isa

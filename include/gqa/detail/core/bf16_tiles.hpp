@@ -1,7 +1,7 @@
 // gqa/detail/core/bf16_tiles.hpp: the tiled (prefill) path's two products in bf16 on AMX tiles (Note [bf16
 // tiles]): Q rows packed as bf16, K and V packed as bf16 pairs, S = Q·Kᵀ (unscaled) and O += P·V with P
 // rounded to bf16, fp32 sums. bf16_tiles<Isa>::available is true only for AVX-512 on x86-64 GCC/clang;
-// kernel::run takes this path only for bf16 Q and K/V, options.bf16_products and isa::cpu().amx_bf16.
+// kernel::run takes this path only for bf16 Q and K/V, options.bf16_products and isa::amx_tiles_granted().
 // Invariant: packed buffers are fully written (padding is zero) and tiles read only inside them.
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_DETAIL_CORE_BF16_TILES_HPP

@@ -13,8 +13,8 @@
 #include <cmath>
 #include <cstdint>
 #include <new>
-#include <optional>
 #include <numeric>
+#include <optional>
 #include <span>
 #include <type_traits>
 #include <utility>
@@ -490,7 +490,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
                               opt.alibi_slopes, opt.lse, decode ? shape::block_kv_decode : shape::block_kv, chunk,
-                              K::bf16_capable && opt.bf16_products && ::gqa::isa::cpu().amx_bf16};
+                              K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted()};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
