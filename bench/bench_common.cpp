@@ -177,6 +177,16 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
           s.qo16 = qo16;
           add(var, "variant", "gqa", s, s);
         }
+        // bf16 Q/K/V prefill (the bf16 tiles where the CPU has AMX-BF16, Note [bf16 tiles]): P1 and P2 on one
+        // and two threads, to compare with the fp32 P1/P2 of the same run.
+        if (isa != "scalar" && qo16 && t == kv_type::bf16)
+          for (main_shape m : {main_shape::p1, main_shape::p2})
+            for (int th : {1, 2}) {
+              shape s = make_main_shape(m, th);
+              s.kv = t;
+              s.qo16 = qo16;
+              add(var, "variant", "gqa", s, s);
+            }
       }
   // Long-context decode: D1's heads against 65536 and 131072 keys (512 MiB and 1 GiB of fp32 K/V; half in
   // bf16), fp32 and bf16, one and two threads (not scalar).

@@ -27,6 +27,9 @@ struct runtime_report {
   int threads = 1;
   /// "OpenMP" or "std::thread pool" (the built-in loop), or "caller's parallel_for".
   std::string_view backend;
+  /// Whether bf16 Q/K/V prefill multiplies on AMX-BF16 tiles here (isa avx512 and isa::cpu().amx_bf16; the
+  /// call's options.bf16_products, on by default, decides per call; docs/design.md, Note [bf16 tiles]).
+  bool bf16_tiles = false;
 
   /// "isa avx512 (best supported; compiled: avx512 avx2 scalar; CPU: avx512 avx2 scalar), 2 threads (OpenMP)".
   std::string to_string() const {
@@ -34,6 +37,7 @@ struct runtime_report {
     s.append(isa).append(" (").append(chosen_by).append("; compiled: ").append(compiled);
     s.append("; CPU: ").append(supported).append("), ").append(std::to_string(threads));
     s.append(threads == 1 ? " thread (" : " threads (").append(backend).append(")");
+    if (bf16_tiles) s.append(", bf16 prefill on AMX tiles");
     return s;
   }
 };
@@ -55,6 +59,7 @@ inline runtime_report runtime_info(const attention_options& opt = {}) {
   r.backend = "std::thread pool";
 #endif
   if (opt.parallel_for) r.backend = "caller's parallel_for";
+  r.bf16_tiles = r.isa == isa::avx512::name && isa::cpu().amx_bf16;  // the grant is asked for by the first such call
   return r;
 }
 

@@ -5,8 +5,11 @@
 // split-KV and tiled (prefill) paths; NaN and inf in 16-bit K/V as in fp32 (docs/design.md, "Non-finite
 // inputs"); the checks (check_finite, aliasing across element sizes). Q and O in the K/V's 16-bit type
 // too: bit for bit the fp32 call on the widened Q/K/V with its output rounded once (attend, every variant,
-// paged, ragged, NaN/inf in Q, checks; mixed types do not compile). Compiled once per ISA: every helper
-// stays in `namespace {}`.
+// paged, ragged, NaN/inf in Q, checks; mixed types do not compile), with options.bf16_products = false; and
+// bf16 Q/K/V with the bf16 products (AMX tiles on AVX-512 where the CPU has them, Note [bf16 tiles]): every
+// mask and shape against the reference within Note [bf16 products tolerance], NaN/inf as the fp32
+// products, paged and ragged bit for bit the dense call, every variant, 1 and 2 threads bit for bit.
+// Compiled once per ISA: every helper stays in `namespace {}`.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -196,6 +199,9 @@ void check_case_qo(const lowp_case& c) {
   opt.kv_lengths = c.kv_lengths;
   opt.window_left = c.window_left;
   opt.lse = lse16;
+  // The fp32 products on the widened values (bf16 tiles off): bit for bit the fp32 call. The bf16 tiles'
+  // own tests: the bf16_products_* tests.
+  opt.bf16_products = false;
   gqa::attend<Isa>(gqa::bshd<const T>(q16.data(), c.b, c.sq, c.hq, c.d), kv_view(c, k16, c.d), kv_view(c, v16, c.dv),
                    gqa::bshd(o16.data(), c.b, c.sq, c.hq, c.dv), map, opt);
   opt.lse = lse32;
@@ -466,6 +472,7 @@ void check_variants_qo() {
           const auto q16 = narrowed<T>(qw), k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
           gqa::attention_options opt;
           opt.causal = causal;
+          opt.bf16_products = false;  // the fp32 products: bit for bit (the bf16 tiles: bf16_products_* tests)
           const auto no = static_cast<std::size_t>(b * sq * h.hq * d);
           std::vector<T> o16(no, T(k_nan));
           std::vector<float> o32(no, k_nan);
@@ -553,6 +560,7 @@ void check_nonfinite_q(index_t sq) {
   const auto q16 = narrowed<T>(qw), k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
   gqa::attention_options opt;
   opt.causal = true;
+  opt.bf16_products = false;  // the fp32 products: bit for bit (the bf16 tiles: bf16_products_* tests)
   std::vector<T> o16(static_cast<std::size_t>(b * sq * hq * d), T(0.0f));
   std::vector<float> o32(o16.size(), 0.0f);
   const auto map = gqa::head_map::uniform(hq, hkv);
@@ -812,6 +820,7 @@ void check_paged_and_ragged_qo() {
     const gqa::basic_paged_kv<T> h = kv.h();
     gqa::attention_options opt;
     opt.causal = true;
+    opt.bf16_products = false;  // the fp32 products: bit for bit (the bf16 tiles: bf16_products_* tests)
     std::vector<T> o16(static_cast<std::size_t>(b * sq * hq * d), T(k_nan));
     std::vector<float> o32(o16.size(), k_nan);
     const auto map = gqa::head_map::uniform(hq, hkv);
@@ -939,6 +948,332 @@ TYPED_TEST_P(lowp_suite, checks_with_16_bit_kv) {
   EXPECT_EQ(of[8], 0.25f);  // every key and value is 0.25 (k's bytes are zero: bf16 +0, so uniform weights)
 }
 
+// --- bf16 Q/K/V on the bf16 tiles (options.bf16_products; Note [bf16 tiles] in detail/core/bf16_tiles.hpp) ---
+
+/// One bf16 Q/K/V/O call with every mask and modifier the core takes.
+struct bf16p_case {
+  index_t b = 1, sq = 40, skv = 100, hq = 8, hkv = 2, d = 16, dv = -1;
+  bool causal = false, bhsd_kv = false;
+  index_t window_left = -1, window_right = -1;
+  float softcap = 0.0f, lo = -1.0f, hi = 1.0f;
+  bool sinks = false, alibi = false;
+  std::vector<index_t> kv_lengths;
+  std::vector<index_t> kv_of_q;  // empty: uniform
+  std::uint64_t seed = 1;
+
+  index_t vd() const { return dv < 0 ? d : dv; }
+  gqa::head_map map() const { return kv_of_q.empty() ? gqa::head_map::uniform(hq, hkv) : gqa::head_map(kv_of_q, hkv); }
+  std::string describe() const {
+    std::ostringstream os;
+    os << "b=" << b << " sq=" << sq << " skv=" << skv << " hq=" << hq << " hkv=" << hkv << " d=" << d << " dv=" << vd()
+       << (causal ? " causal" : "") << (bhsd_kv ? " bhsd K/V" : "") << " window=" << window_left << "," << window_right
+       << " softcap=" << softcap << (sinks ? " sinks" : "") << (alibi ? " alibi" : "")
+       << (kv_lengths.empty() ? "" : " kv_lengths") << (kv_of_q.empty() ? "" : " unequal map") << " range=" << hi
+       << " seed=" << seed;
+    return os.str();
+  }
+};
+
+/// The shapes and masks of the bf16 tiles' tests: d odd and not a multiple of 16, d_v != d, one query or
+/// one key, lengths that are not multiples of the block, causal, windows, softcap, ALiBi, sinks, padding,
+/// an unequal map with an empty group, K/V in BHSD, large scores; rows per KV head > 32 (the tiled path)
+/// in all but the last two (the direct path, which the option leaves alone).
+std::vector<bf16p_case> bf16p_cases() {
+  std::vector<bf16p_case> cs;
+  std::uint64_t seed = 300;
+  auto add = [&](index_t sq, index_t skv, index_t hq, index_t hkv, index_t d, index_t dv = -1) -> bf16p_case& {
+    bf16p_case c;
+    c.sq = sq, c.skv = skv, c.hq = hq, c.hkv = hkv, c.d = d, c.dv = dv, c.seed = seed++;
+    cs.push_back(c);
+    return cs.back();
+  };
+  for (const index_t d : {index_t{5}, index_t{72}, index_t{130}}) add(67, 150, 8, 2, d).causal = true;
+  add(60, 200, 8, 2, 128, 64);
+  add(200, 333, 4, 1, 64, 40);                        // several query blocks, ragged last key block
+  add(1, 300, 40, 1, 24);                             // one query, 40 heads on a KV head: tiled
+  add(1, 1, 40, 1, 16, 8);                            // one key
+  add(50, 1, 8, 2, 16).causal = true;                 // one key, causal (bottom-right: every row sees it)
+  add(45, 70, 8, 2, 32).bhsd_kv = true;
+  {
+    bf16p_case& c = add(40, 300, 8, 2, 24);
+    c.window_left = 50;
+    c.window_right = 10;
+  }
+  {
+    bf16p_case& c = add(48, 190, 8, 2, 20, 36);
+    c.causal = true;
+    c.window_left = 30;
+    c.softcap = 5.0f;
+    c.sinks = true;
+    c.alibi = true;
+  }
+  {
+    bf16p_case& c = add(33, 129, 8, 2, 48);
+    c.b = 3;
+    c.causal = true;
+    c.kv_lengths = {129, 0, 77};
+  }
+  {
+    bf16p_case& c = add(20, 90, 12, 3, 40);
+    c.kv_of_q = {0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2};  // KV head 1 serves none
+  }
+  {
+    bf16p_case& c = add(40, 160, 8, 2, 64);
+    c.lo = -6.0f;  // scores up to ~200: peaked weights
+    c.hi = 6.0f;
+  }
+  add(5, 100, 8, 2, 24).causal = true;  // 20 rows per KV head: the direct path
+  add(1, 200, 8, 2, 40);                // decode
+  return cs;
+}
+
+/// Runs case c with bf16 Q, K, V, O on Isa (options.bf16_products as given, `threads` threads); o widened.
+template <class Isa>
+void run_bf16p(const bf16p_case& c, const std::vector<gqa::bf16>& q, const std::vector<gqa::bf16>& k,
+               const std::vector<gqa::bf16>& v, bool products, int threads, std::vector<float>& o, std::vector<float>& lse) {
+  const index_t dv = c.vd();
+  std::vector<float> sinks(static_cast<std::size_t>(c.hq)), slopes(static_cast<std::size_t>(c.hq));
+  for (std::size_t h = 0; h < sinks.size(); ++h) {
+    sinks[h] = 0.5f * static_cast<float>(h % 3) - 0.4f;
+    slopes[h] = 0.05f * static_cast<float>(h + 1);
+  }
+  gqa::attention_options opt;
+  opt.causal = c.causal;
+  opt.kv_lengths = c.kv_lengths;
+  opt.window_left = c.window_left;
+  opt.window_right = c.window_right;
+  opt.softcap = c.softcap;
+  if (c.sinks) opt.sinks = sinks;
+  if (c.alibi) opt.alibi_slopes = slopes;
+  opt.num_threads = threads;
+  opt.bf16_products = products;
+  lse.assign(static_cast<std::size_t>(c.b * c.hq * c.sq), k_nan);
+  opt.lse = lse;
+  std::vector<gqa::bf16> o16(static_cast<std::size_t>(c.b * c.sq * c.hq * dv), gqa::bf16(k_nan));
+  const auto kv = [&](const std::vector<gqa::bf16>& x, index_t n) {
+    return c.bhsd_kv ? gqa::bhsd<const gqa::bf16>(x.data(), c.b, c.hkv, c.skv, n)
+                     : gqa::bshd<const gqa::bf16>(x.data(), c.b, c.skv, c.hkv, n);
+  };
+  gqa::attend<Isa>(gqa::bshd<const gqa::bf16>(q.data(), c.b, c.sq, c.hq, c.d), kv(k, c.d), kv(v, dv),
+                   gqa::bshd(o16.data(), c.b, c.sq, c.hq, dv), c.map(), opt);
+  o.resize(o16.size());
+  for (std::size_t i = 0; i < o16.size(); ++i) o[i] = gqa::to_float(o16[i]);
+}
+
+/// Case c with bf16 products against the double reference within Note [bf16 products tolerance], fully
+/// masked rows +0 with LSE −inf (or the sink), and 2 threads bit for bit 1 thread. Returns whether the
+/// output differs from the same call with options.bf16_products = false (i.e. the bf16 tiles ran).
+template <class Isa>
+bool check_bf16p(const bf16p_case& c) {
+  SCOPED_TRACE("bf16 products: " + c.describe());
+  const index_t dv = c.vd();
+  const auto nq = static_cast<std::size_t>(c.b * c.sq * c.hq * c.d);
+  const auto nk = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.d), nv = static_cast<std::size_t>(c.b * c.skv * c.hkv * dv);
+  const auto qw = gqa::test::rounded_kv<gqa::bf16>(gqa::test::random_floats(nq, c.seed * 3, c.lo, c.hi));
+  const auto kw = gqa::test::rounded_kv<gqa::bf16>(gqa::test::random_floats(nk, c.seed * 3 + 1, c.lo, c.hi));
+  const auto vw = gqa::test::rounded_kv<gqa::bf16>(gqa::test::random_floats(nv, c.seed * 3 + 2));
+  const auto q16 = narrowed<gqa::bf16>(qw), k16 = narrowed<gqa::bf16>(kw), v16 = narrowed<gqa::bf16>(vw);
+  std::vector<float> o, lse, o2, lse2, o32, lse32;
+  run_bf16p<Isa>(c, q16, k16, v16, true, 1, o, lse);
+  run_bf16p<Isa>(c, q16, k16, v16, true, 2, o2, lse2);
+  run_bf16p<Isa>(c, q16, k16, v16, false, 1, o32, lse32);
+  EXPECT_EQ(first_difference(o, o2), -1) << "2 threads differ from 1";
+  EXPECT_EQ(first_difference(lse, lse2), -1) << "2 threads differ from 1 (LSE)";
+
+  // The reference and the naive yardstick on the same values, K/V in logical BSHD order.
+  const auto kv = [&](const std::vector<float>& x, index_t n) {
+    return c.bhsd_kv ? gqa::bhsd<const float>(x.data(), c.b, c.hkv, c.skv, n) : gqa::bshd<const float>(x.data(), c.b, c.skv, c.hkv, n);
+  };
+  const auto kd = gqa::test::logical_order(kv(kw, c.d)), vd = gqa::test::logical_order(kv(vw, dv));
+  const auto q = gqa::bshd<const float>(qw.data(), c.b, c.sq, c.hq, c.d);
+  const auto kb = gqa::bshd<const float>(kd.data(), c.b, c.skv, c.hkv, c.d);
+  const auto vb = gqa::bshd<const float>(vd.data(), c.b, c.skv, c.hkv, dv);
+  std::vector<float> sinks(static_cast<std::size_t>(c.hq)), slopes(static_cast<std::size_t>(c.hq));
+  for (std::size_t h = 0; h < sinks.size(); ++h) {
+    sinks[h] = 0.5f * static_cast<float>(h % 3) - 0.4f;
+    slopes[h] = 0.05f * static_cast<float>(h + 1);
+  }
+  gqa::reference::modifiers mods;
+  mods.window_left = c.window_left;
+  mods.window_right = c.window_right;
+  mods.softcap = c.softcap;
+  if (c.sinks) mods.sinks = sinks;
+  if (c.alibi) mods.alibi_slopes = slopes;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(static_cast<float>(c.d)));
+  const gqa::head_map map = c.map();
+  const auto kv_of_q = map.kv_of_q();
+  const auto ref = gqa::reference::attention(q, kb, vb, kv_of_q, scale, c.causal, c.kv_lengths, mods);
+  const auto naive = gqa::test::naive_fp32(q, kb, vb, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths, mods,
+                                           /*bf16_weights=*/true);
+  for (std::size_t i = 0; i < o.size(); ++i)
+    if (!std::isfinite(o[i])) {
+      ADD_FAILURE() << "output " << i << " = " << o[i];
+      return false;
+    }
+  EXPECT_LE(gqa::test::bf16_output_excess(o, ref.o), gqa::test::attention_tolerance(naive.o, ref.o, vw));
+  double lerr = 0.0, lnaive = 0.0, lmax = 1.0;
+  for (std::size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(ref.lse[i])) {
+      EXPECT_EQ(lse[i], -k_inf) << "LSE " << i;
+      continue;
+    }
+    lerr = std::max(lerr, std::fabs(static_cast<double>(lse[i]) - ref.lse[i]));
+    lnaive = std::max(lnaive, std::fabs(static_cast<double>(naive.lse[i]) - ref.lse[i]));
+    lmax = std::max(lmax, std::fabs(ref.lse[i]));
+  }
+  EXPECT_LE(lerr, gqa::test::k_error_factor * lnaive + gqa::test::k_error_floor * lmax);
+  // Rows that see no key (padding: batch 1 of the kv_lengths case): +0.
+  for (std::size_t i = 0; i < o.size(); ++i) {
+    if (ref.o[i] == 0.0 && o32[i] == 0.0f) {
+      EXPECT_TRUE(gqa::test::is_plus_zero(o[i])) << "output " << i;
+    }
+  }
+  return first_difference(o, o32) != -1;
+}
+
+TYPED_TEST_P(lowp_suite, bf16_products_match_reference) {
+  int differing = 0;
+  for (const bf16p_case& c : bf16p_cases()) differing += check_bf16p<TypeParam>(c) ? 1 : 0;
+  // Where the bf16 tiles exist, the tiled cases took them (their results are not the fp32 products').
+  if (std::is_same_v<TypeParam, gqa::isa::avx512> && gqa::isa::amx_tiles_granted()) {
+    EXPECT_GE(differing, 10);
+  }
+}
+
+/// NaN and inf in bf16 Q, K and V with the bf16 products: NaN exactly where the fp32 products give NaN,
+/// ±inf where they give ±inf, finite elsewhere (Note [non-finite inputs]); non-finite keys and values a
+/// row does not see (past the causal horizon, in a block a mask cuts: the fp32 band; in a block no mask
+/// cuts: the bf16 tiles) never reach it.
+template <class Isa>
+void check_bf16p_nonfinite(int variant) {
+  bf16p_case c;
+  c.sq = 40, c.skv = 300, c.hq = 8, c.hkv = 2, c.d = 24, c.causal = true, c.seed = 400 + static_cast<std::uint64_t>(variant);
+  SCOPED_TRACE("bf16 products, non-finite inputs, variant " + std::to_string(variant));
+  const auto nq = static_cast<std::size_t>(c.sq * c.hq * c.d), nk = static_cast<std::size_t>(c.skv * c.hkv * c.d);
+  auto qw = gqa::test::rounded_kv<gqa::bf16>(gqa::test::random_floats(nq, c.seed * 3));
+  auto kw = gqa::test::rounded_kv<gqa::bf16>(gqa::test::random_floats(nk, c.seed * 3 + 1));
+  auto vw = gqa::test::rounded_kv<gqa::bf16>(gqa::test::random_floats(nk, c.seed * 3 + 2));
+  const auto at = [&](index_t j, index_t g, index_t x) { return static_cast<std::size_t>((j * c.hkv + g) * c.d + x); };
+  // Rows see keys [0, i + 261): block [0, 128) and [128, 256) uncut, [256, 300) cut by the horizon.
+  if (variant == 0) {
+    kw[at(290, 0, 3)] = k_nan;   // rows i >= 30 of KV head 0 see it
+    vw[at(295, 1, 2)] = k_nan;   // column 2 of rows i >= 35 of KV head 1; a cut block: the fp32 band
+    vw[at(299, 1, 5)] = -k_inf;  // only the last row sees it
+  } else if (variant == 1) {
+    vw[at(5, 1, 4)] = k_inf;     // every row of KV head 1 sees it, in an uncut block: the bf16 tiles
+    vw[at(140, 0, 7)] = k_nan;   // every row of KV head 0, column 7
+    qw[static_cast<std::size_t>((17 * c.hq + 2) * c.d + 1)] = k_nan;  // one query row
+  } else {
+    qw[static_cast<std::size_t>((3 * c.hq + 5) * c.d + 0)] = k_inf;  // an infinite query element: the row is NaN
+    kw[at(280, 1, 0)] = k_inf;   // rows of KV head 1 that see key 280 (i >= 20): NaN
+  }
+  const auto q16 = narrowed<gqa::bf16>(qw), k16 = narrowed<gqa::bf16>(kw), v16 = narrowed<gqa::bf16>(vw);
+  std::vector<float> o, lse, o32, lse32;
+  run_bf16p<Isa>(c, q16, k16, v16, true, 1, o, lse);
+  run_bf16p<Isa>(c, q16, k16, v16, false, 1, o32, lse32);
+  int nan = 0;
+  for (std::size_t i = 0; i < o.size(); ++i) {
+    EXPECT_EQ(std::isnan(o[i]), std::isnan(o32[i])) << "output " << i << ": " << o[i] << " against " << o32[i];
+    EXPECT_EQ(std::isinf(o[i]), std::isinf(o32[i])) << "output " << i << ": " << o[i] << " against " << o32[i];
+    if (std::isinf(o[i]) && std::isinf(o32[i])) {
+      EXPECT_EQ(o[i], o32[i]) << "output " << i;
+    }
+    nan += std::isnan(o[i]) ? 1 : 0;
+  }
+  for (std::size_t i = 0; i < lse.size(); ++i) EXPECT_EQ(std::isnan(lse[i]), std::isnan(lse32[i])) << "LSE " << i;
+  EXPECT_GT(nan, 0);
+}
+
+TYPED_TEST_P(lowp_suite, bf16_products_nonfinite_as_in_fp32) {
+  for (int variant = 0; variant < 3; ++variant) check_bf16p_nonfinite<TypeParam>(variant);
+}
+
+/// A paged cache (shuffled pages of 16 slots) and a ragged batch with bf16 Q/K/V/O and the bf16 products:
+/// bit for bit the dense call on the same keys (the same packed blocks, the same tile products).
+TYPED_TEST_P(lowp_suite, bf16_products_paged_and_ragged_equal_dense) {
+  using T = gqa::bf16;
+  using kv_case = paged_kv_case<T>;
+  const index_t hq = 12, hkv = kv_case::hkv, d = kv_case::d, ps = kv_case::ps, b = 2;
+  const kv_case kv(292);
+  for (const index_t sq : {index_t{1}, index_t{20}}) {
+    SCOPED_TRACE("sq = " + std::to_string(sq));
+    const auto q16 = narrowed<T>(gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 291)));
+    // The dense K/V of the paged cache's sequences (61 and 40 keys, capacity 64), through the page table.
+    const index_t cap = 64;
+    std::vector<T> kd(static_cast<std::size_t>(b * cap * hkv * d), T(0.0f)), vd = kd;
+    for (index_t ib = 0; ib < b; ++ib)
+      for (index_t j = 0; j < kv.lengths[static_cast<std::size_t>(ib)]; ++j) {
+        const index_t page = kv.table[static_cast<std::size_t>(ib * 4 + j / ps)];
+        for (index_t x = 0; x < hkv * d; ++x) {
+          kd[static_cast<std::size_t>((ib * cap + j) * hkv * d + x)] = kv.k16[static_cast<std::size_t>((page * ps + j % ps) * hkv * d + x)];
+          vd[static_cast<std::size_t>((ib * cap + j) * hkv * d + x)] = kv.v16[static_cast<std::size_t>((page * ps + j % ps) * hkv * d + x)];
+        }
+      }
+    gqa::attention_options opt;
+    opt.causal = true;
+    const std::vector<int> lengths{61, 40};
+    opt.kv_lengths = lengths;
+    const auto map = gqa::head_map::uniform(hq, hkv);
+    const auto no = static_cast<std::size_t>(b * sq * hq * d);
+    std::vector<T> od(no, T(k_nan)), op(no, T(k_nan)), orag(no, T(k_nan));
+    const auto qv = gqa::bshd<const T>(q16.data(), b, sq, hq, d);
+    gqa::attend<TypeParam>(qv, gqa::bshd<const T>(kd.data(), b, cap, hkv, d), gqa::bshd<const T>(vd.data(), b, cap, hkv, d),
+                           gqa::bshd(od.data(), b, sq, hq, d), map, opt);
+    gqa::attention_options popt;
+    popt.causal = true;
+    gqa::attend<TypeParam>(qv, kv.h(), gqa::bshd(op.data(), b, sq, hq, d), map, popt);
+    // Ragged: the dense keys of the two sequences packed back to back.
+    std::vector<T> kr, vr;
+    for (index_t ib = 0; ib < b; ++ib) {
+      const auto from = static_cast<std::ptrdiff_t>(ib * cap * hkv * d), n = static_cast<std::ptrdiff_t>(lengths[static_cast<std::size_t>(ib)] * hkv * d);
+      kr.insert(kr.end(), kd.begin() + from, kd.begin() + from + n);
+      vr.insert(vr.end(), vd.begin() + from, vd.begin() + from + n);
+    }
+    const std::vector<int> cu_q{0, static_cast<int>(sq), static_cast<int>(2 * sq)}, cu_k{0, 61, 101};
+    gqa::attend<TypeParam>(gqa::thd<const T>(q16.data(), b * sq, hq, d), gqa::thd<const T>(kr.data(), 101, hkv, d),
+                           gqa::thd<const T>(vr.data(), 101, hkv, d), gqa::thd(orag.data(), b * sq, hq, d), map,
+                           gqa::varlen{cu_q, cu_k}, popt);
+    for (std::size_t i = 0; i < no; ++i) {
+      ASSERT_EQ(op[i].bits, od[i].bits) << "paged, output " << i;
+      ASSERT_EQ(orag[i].bits, od[i].bits) << "ragged, output " << i;
+      ASSERT_TRUE(std::isfinite(gqa::to_float(od[i])));
+    }
+  }
+}
+
+/// Every registered variant through gqa::forward<Isa> with bf16 Q/K/V/O and the bf16 products: finite, and
+/// within 2^-6 · max|V| of the same variant with the fp32 products (the variants' own plans and steps are
+/// checked bit for bit with the fp32 products above; here the core's products change, nothing else).
+TYPED_TEST_P(lowp_suite, bf16_products_every_variant) {
+  using T = gqa::bf16;
+  for_each_variant_case(800, [&](auto t, const variant_case& c) {
+    using P = typename decltype(t)::type;
+    const gqa::variant_heads& h = c.h;
+    const index_t b = c.b, sq = c.sq, skv = c.skv, d = c.d;
+    SCOPED_TRACE(c.trace(P::name, "bf16 Q/K/V/O, bf16 products"));
+    const auto q16 = narrowed<T>(gqa::test::random_floats(static_cast<std::size_t>(b * sq * h.hq * d), c.seed));
+    const auto k16 = narrowed<T>(c.keys());
+    const auto v16 = narrowed<T>(gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), c.seed + 2));
+    const auto no = static_cast<std::size_t>(b * sq * h.hq * d);
+    std::vector<T> o1(no, T(k_nan)), o2(no, T(k_nan));
+    for (const bool products : {true, false}) {
+      gqa::attention_options opt;
+      opt.causal = c.causal;
+      opt.bf16_products = products;
+      gqa::with_default_policy<P>(c.m, [&](P& p) {
+        gqa::forward<TypeParam>(p, gqa::bshd<const T>(q16.data(), b, sq, h.hq, d), gqa::bshd<const T>(k16.data(), b, skv, h.kv_in, d),
+                                gqa::bshd<const T>(v16.data(), b, skv, h.kv_in, d), gqa::bshd((products ? o1 : o2).data(), b, sq, h.hq, d), opt);
+      });
+    }
+    double diff = 0.0;
+    for (std::size_t i = 0; i < no; ++i) {
+      ASSERT_TRUE(std::isfinite(gqa::to_float(o1[i])));
+      diff = std::max(diff, static_cast<double>(std::fabs(gqa::to_float(o1[i]) - gqa::to_float(o2[i]))));
+    }
+    EXPECT_LE(diff, 0x1p-6);
+  });
+}
+
 REGISTER_TYPED_TEST_SUITE_P(lowp_suite, attend_bf16_matches_reference_and_fp32_bitwise,
                             attend_f16_matches_reference_and_fp32_bitwise, attend_int8_matches_reference_and_fp32,
                             every_variant_bf16_matches_fp32_bitwise, every_variant_f16_matches_fp32_bitwise,
@@ -947,6 +1282,8 @@ REGISTER_TYPED_TEST_SUITE_P(lowp_suite, attend_bf16_matches_reference_and_fp32_b
                             int8_key_norm_plans_equal_the_dequantised_ones, attend_bf16_qo_is_rounded_fp32_bitwise,
                             attend_f16_qo_is_rounded_fp32_bitwise, every_variant_bf16_qo_is_rounded_fp32_bitwise,
                             every_variant_f16_qo_is_rounded_fp32_bitwise, nonfinite_q_as_in_fp32,
-                            paged_and_ragged_16_bit_qo, checks_with_16_bit_qo);
+                            paged_and_ragged_16_bit_qo, checks_with_16_bit_qo, bf16_products_match_reference,
+                            bf16_products_nonfinite_as_in_fp32, bf16_products_paged_and_ragged_equal_dense,
+                            bf16_products_every_variant);
 
 }  // namespace

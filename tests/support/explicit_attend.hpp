@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include <gqa/attention.hpp>
 #include <gqa/variants/policy.hpp>
@@ -24,6 +25,7 @@ struct attend_case {
   const int* alloc;                // hkv entries, or nullptr
   int threads;
   const float* dout;               // b·sq·hq·dv floats: ∂L/∂o for run_train
+  bool bf16 = false;               // run_attend: Q, K, V, O as bf16 (q, k, v rounded; o widened back)
 };
 
 // Defined in the generated TU of each ISA the test binary is built with (GQA_ISA_TU_<ISA>).
@@ -58,6 +60,22 @@ template <class Isa>
   gqa::attention_options opt = options_of(c, opt_isa);
   opt.lse = {lse, static_cast<std::size_t>(c.b * c.hq * c.sq)};
   const gqa::head_map map = map_of(c);
+  if (c.bf16) {  // the bf16 tiles where the CPU has AMX-BF16 (options.bf16_products, on by default)
+    const auto narrow = [](const float* x, std::int64_t n) {
+      std::vector<gqa::bf16> r(static_cast<std::size_t>(n));
+      for (std::size_t i = 0; i < r.size(); ++i) r[i] = gqa::bf16(x[i]);
+      return r;
+    };
+    const auto q16 = narrow(c.q, c.b * c.sq * c.hq * c.d), k16 = narrow(c.k, c.b * c.skv * c.hkv * c.d),
+               v16 = narrow(c.v, c.b * c.skv * c.hkv * c.dv);
+    std::vector<gqa::bf16> o16(static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv));
+    gqa::attend<Isa>(gqa::bshd<const gqa::bf16>(q16.data(), c.b, c.sq, c.hq, c.d),
+                     gqa::bshd<const gqa::bf16>(k16.data(), c.b, c.skv, c.hkv, c.d),
+                     gqa::bshd<const gqa::bf16>(v16.data(), c.b, c.skv, c.hkv, c.dv),
+                     gqa::bshd<gqa::bf16>(o16.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+    for (std::size_t i = 0; i < o16.size(); ++i) o[i] = gqa::to_float(o16[i]);
+    return;
+  }
   gqa::attend<Isa>(gqa::bshd<const float>(c.q, c.b, c.sq, c.hq, c.d), gqa::bshd<const float>(c.k, c.b, c.skv, c.hkv, c.d),
                    gqa::bshd<const float>(c.v, c.b, c.skv, c.hkv, c.dv), gqa::bshd<float>(o, c.b, c.sq, c.hq, c.dv),
                    map, opt);

@@ -1,6 +1,7 @@
 // tests/support/tolerance.hpp: the error budget of every attention test against the double reference
 // (Note [attention tolerance]; Note [16-bit K/V tolerance] for bf16/f16 K and V, Note [int8 K/V
-// tolerance] for an int8 cache; Note [backward tolerance] for gradients): a naive fp32 attention (and
+// tolerance] for an int8 cache; Note [bf16 products tolerance] for bf16 Q/K/V on the bf16 tiles; Note
+// [backward tolerance] for gradients): a naive fp32 attention (and
 // backward) on the same inputs, and the bound it gives.
 // Internal linkage (anonymous namespace): suite headers include this once per ISA, with that ISA's flags
 // (the functions are [[maybe_unused]]: not every suite calls each).
@@ -75,6 +76,22 @@ constexpr double k_error_floor = 1e-6;
 // packing, and there the two calls are equal bit for bit, which the tests require for shapes whose every
 // task is tiled (Note [int8 K/V] in detail/core/layout.hpp).
 
+// Note [bf16 products tolerance]
+// With bf16 Q, K, V and O on a CPU with AMX-BF16, the AVX-512 core's prefill multiplies in bf16 (Note [bf16
+// tiles] in detail/core/bf16_tiles.hpp): Q·Kᵀ of the bf16 inputs summed in fp32 (the same products as
+// fp32's, exactly, in another order), then P rounded to bf16 for P·V (relative error up to 2^-9 per
+// weight), fp32 sums, l from the fp32 P. The same-precision naive attention is therefore naive_fp32 on the
+// widened inputs with each weight rounded to bf16 before its product with V (`bf16_weights`), and the rule
+// of Note [attention tolerance] applies to it unchanged: the call's fp32 result may be off the double
+// reference by 2 · max|O_naive − O_ref| + 1e-6 · max(1, max|V|). The call returns that result rounded
+// once to bf16, which adds at most half a bf16 unit in the last place of each output (the caller's choice
+// of storage, as rounding K/V is): each output element's error is taken net of half its ulp
+// (bf16_output_excess). The LSE (fp32, from the fp32 l) keeps Note [attention tolerance]'s rule. The
+// naive error here is ~2^-9 · |V| / √(visible keys) (the rounded weights) against ~2^-24 · √d for
+// naive_fp32, so these tests are ~10^3 times looser than the fp32 products' bitwise ones, which still
+// run with options.bf16_products = false; every bug the fp32 tests have caught (a row masked one key off,
+// a wrong head, a missed rescale) gives errors of 1e-2 or more here, above the bound.
+
 /// x rounded to element type T (bf16 or f16) and widened back to float: the values a 16-bit K/V holds.
 template <class T>
 [[maybe_unused]] std::vector<float> rounded_kv(const std::vector<float>& x) {
@@ -96,7 +113,7 @@ struct naive_attention {
 [[maybe_unused]] naive_attention naive_fp32(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k,
                            const gqa::tensor_view<const float>& v, std::span<const gqa::index_t> kv_of_q, float scale,
                            bool causal = false, std::span<const gqa::index_t> kv_lengths = {},
-                           const gqa::reference::modifiers& mods = {}) {
+                           const gqa::reference::modifiers& mods = {}, bool bf16_weights = false) {
   using gqa::index_t;
   naive_attention r;
   r.o.assign(static_cast<std::size_t>(q.b * q.s * q.h * v.d), 0.0f);
@@ -132,7 +149,10 @@ struct naive_attention {
         for (index_t j = lo; j < hi; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
         for (index_t x = 0; x < v.d; ++x) {
           float acc = 0.0f;
-          for (index_t j = lo; j < hi; ++j) acc += s[static_cast<std::size_t>(j)] * v(ib, j, g, x);
+          for (index_t j = lo; j < hi; ++j) {
+            const float p = s[static_cast<std::size_t>(j)];  // bf16_weights: Note [bf16 products tolerance]
+            acc += (bf16_weights ? gqa::to_float(gqa::bf16(p)) : p) * v(ib, j, g, x);
+          }
           r.o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + x)] = acc / l;
         }
         r.lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)] = m + std::log(l);
@@ -140,6 +160,18 @@ struct naive_attention {
     }
   }
   return r;
+}
+
+/// The largest error of the bf16 outputs o (widened) against ref, each net of half a bf16 unit in the last
+/// place of the output (Note [bf16 products tolerance]); 0 when every output is within its rounding.
+[[maybe_unused]] double bf16_output_excess(const std::vector<float>& o, const std::vector<double>& ref) {
+  double worst = 0.0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double a = std::fabs(static_cast<double>(o[i]));
+    const double half_ulp = a > 0.0 ? std::ldexp(1.0, std::ilogb(a) - 8) : 0.0;  // bf16: 8 significant bits
+    worst = std::max(worst, std::fabs(static_cast<double>(o[i]) - ref[i]) - half_ulp);
+  }
+  return worst;
 }
 
 /// Rows that see no key must be exactly +0 (not -0, not NaN): true for +0 only.

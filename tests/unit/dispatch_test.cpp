@@ -161,6 +161,23 @@ TEST(dispatch, forced_isa_is_bitwise_the_explicit_isa) {
   EXPECT_GT(compared, 0) << "no ISA of this test binary runs on this CPU";
 }
 
+// The same with bf16 Q, K, V and O, where AVX-512 prefill takes the bf16 tiles on a CPU with AMX-BF16
+// (Note [bf16 tiles]): the per-target copy's tiles give the explicit AVX-512 TU's bits.
+TEST(dispatch, bf16_forced_isa_is_bitwise_the_explicit_isa) {
+  int compared = 0;
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    const explicit_fn fn = explicit_for(isa);
+    if (fn == nullptr || !gqa::isa::cpu_supports(isa) || !gqa::isa::runnable(isa)) continue;
+    for (const shape& s : shapes()) {
+      prepared p(s);
+      p.c.bf16 = true;
+      expect_same(p.dispatched(isa), p.explicit_on(fn), std::string(isa) + " bf16 " + s.name);
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 0) << "no ISA of this test binary runs on this CPU";
+}
+
 // The same for the training pair: gqa::forward_train and gqa::backward (through attend_backward) forced to
 // each ISA == forward_train<isa::X> + backward<isa::X> compiled with X's flags, output and gradients.
 TEST(dispatch, backward_forced_isa_is_bitwise_the_explicit_isa) {

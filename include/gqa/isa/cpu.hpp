@@ -10,6 +10,10 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #define GQA_X86_CPUID 1
 #else
 #define GQA_X86_CPUID 0
@@ -26,6 +30,12 @@ struct cpu_features {
   /// AVX-512 F, VL, BW and DQ on top of avx2_fma, and the OS saves opmask and zmm state: what the AVX-512
   /// code (-mavx512f -mavx512vl -mavx512bw -mavx512dq, see cmake/gqa_isa_flags.cmake) needs.
   bool avx512 = false;
+  /// AVX512-BF16 (CPUID.(EAX=7,ECX=1):EAX bit 5: VDPBF16PS, VCVTNE2PS2BF16) on top of avx512.
+  bool avx512_bf16 = false;
+  /// AMX-TILE and AMX-BF16 (CPUID.(EAX=7,ECX=0):EDX bits 24, 22) on top of avx512_bf16, and the OS saves
+  /// the tile state (XCR0 bits 17, 18): what the bf16 prefill tiles need (Note [bf16 tiles] in
+  /// detail/core/bf16_tiles.hpp), once the process may use the tile data (amx_tiles_granted()).
+  bool amx_bf16 = false;
 };
 
 namespace detail_cpu {
@@ -35,6 +45,17 @@ inline std::uint64_t xcr0() noexcept {
   std::uint32_t lo = 0, hi = 0;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   return (static_cast<std::uint64_t>(hi) << 32) | lo;
+}
+
+/// Asks the OS for the AMX tile data state (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA),
+/// needed once per process before the first tile instruction); true if granted. Elsewhere: false.
+inline bool tile_data_granted() noexcept {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long req_xcomp_perm = 0x1023, xtiledata = 18;
+  return syscall(SYS_arch_prctl, req_xcomp_perm, xtiledata) == 0;
+#else
+  return false;
+#endif
 }
 
 inline cpu_features detect() noexcept {
@@ -51,10 +72,16 @@ inline cpu_features detect() noexcept {
              avx512bw = (b >> 30) & 1u, avx512vl = (b >> 31) & 1u;
   f.avx2_fma = avx2 && fma && f16c && (xcr & ymm_state) == ymm_state;
   f.avx512 = f.avx2_fma && avx512f && avx512dq && avx512bw && avx512vl && (xcr & zmm_state) == zmm_state;
+  const bool amx_tile = (d >> 24) & 1u, amx_bf16 = (d >> 22) & 1u;
+  if (!f.avx512 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return f;
+  f.avx512_bf16 = (a >> 5) & 1u;
+  constexpr std::uint64_t tile_state = 0x60000;  // XTILECFG (17) + XTILEDATA (18)
+  f.amx_bf16 = f.avx512_bf16 && amx_tile && amx_bf16 && (xcr & tile_state) == tile_state;
   return f;
 }
 #else
 inline cpu_features detect() noexcept { return {}; }
+inline bool tile_data_granted() noexcept { return false; }
 #endif
 }  // namespace detail_cpu
 
@@ -62,6 +89,16 @@ inline cpu_features detect() noexcept { return {}; }
 inline const cpu_features& cpu() noexcept {
   static const cpu_features f = detail_cpu::detect();
   return f;
+}
+
+/// Whether this process may run AMX tile instructions: cpu().amx_bf16, and on Linux the tile data state
+/// granted by arch_prctl(ARCH_REQ_XCOMP_PERM), requested on the first call (thread-safe, once per process)
+/// and only then: the grant makes the kernel size signal frames (and check sigaltstack sizes) for the tile
+/// state, so it is asked for by the first call that would use the tiles, not by every program that
+/// includes gqa. Elsewhere false.
+inline bool amx_tiles_granted() noexcept {
+  static const bool granted = cpu().amx_bf16 && detail_cpu::tile_data_granted();
+  return granted;
 }
 
 }  // namespace isa

@@ -14,16 +14,19 @@
 #include <cstdint>
 #include <new>
 #include <numeric>
+#include <optional>
 #include <span>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../../head_map.hpp"
+#include "../../isa/cpu.hpp"
 #include "../../isa/vec.hpp"
 #include "../../options.hpp"
 #include "../../tensor.hpp"
 #include "../../threading/parallel.hpp"
+#include "bf16_tiles.hpp"
 #include "common.hpp"
 #include "decode.hpp"
 #include "direct.hpp"
@@ -51,6 +54,7 @@ struct problem {
   std::span<float> lse;
   index_t block_kv;  // keys per block
   index_t chunk;     // keys per KV chunk (== skv when the call does not split KV)
+  bool bf16_tiles;   // prefill products on AMX tiles in bf16 (Note [bf16 tiles])
 };
 
 /// One unit of work: batch ib, KV heads active[g0 .. g1), query positions [q0, q1), KV chunk `chunk`.
@@ -67,6 +71,7 @@ struct kernel {
   using shape = typename V::tile_shape;
   using tiled = packed<Isa>;
   using softmax = online_softmax<Isa>;
+  using tiles16 = bf16_tiles<Isa>;
   static constexpr int L = V::lanes;
   static constexpr index_t cols = tiled::cols;
   static_assert(shape::mr >= 1 && shape::nr >= 1 && shape::rows >= 1 && shape::block_kv >= 1 &&
@@ -75,13 +80,18 @@ struct kernel {
 
   /// A task's scratch, in floats from the thread's scratch (every array 64-byte aligned): packed Q, the
   /// packed K/V block, the scores, and the rows' state; with 16-bit K/V also the block's K rows widened
-  /// before packing (kw; empty for float K/V). bk: block_kv rounded to whole tiles and whole direct-path
-  /// key steps; dvp: d_v rounded to the vector width. total = -1 if the scratch would hold more than
-  /// max_elements<float> floats (Note [scratch size]).
+  /// before packing (kw; empty for float K/V); on the bf16 tiles (t16, Note [bf16 tiles]) the bf16 Q rows
+  /// (q16), K and V pairs (k16, v16), the rounded weights (p16, row stride p16_ld bf16) and a 16-row O tail
+  /// (tail), and the scores padded to whole tiles of rows. bk: block_kv rounded to whole tiles and whole
+  /// direct-path key steps; dvp: d_v rounded to the vector width. total = -1 if the scratch would hold
+  /// more than max_elements<float> floats (Note [scratch size]).
   struct layout {
-    index_t dvp, bk, qp, kp, vp, s, o, m, l, kw, total;
+    index_t dvp, bk, qp, kp, vp, s, o, m, l, kw, q16, k16, v16, p16, p16_ld, tail, total;
   };
   static constexpr bool widens_kv = !std::is_same_v<typename Lay::kv_type, float>;
+  /// Whether this core may take the bf16 tiles: bf16 Q and K/V on an ISA that has them.
+  static constexpr bool bf16_capable = tiles16::available && std::is_same_v<typename Lay::kv_type, bf16> &&
+                                       std::is_same_v<typename Lay::q_type, bf16>;
 
   // Note [scratch size]
   // The arrays' sizes are products of user extents (rows · d, bk · d, ...). Each factor is bounded by a
@@ -89,7 +99,7 @@ struct kernel {
   // check_view and bk · d does not fit index_t. So plan_scratch forms every product and sum with checked
   // arithmetic; forward() plans its largest task before any work and throws std::bad_alloc (memory that
   // no allocator could provide) if it does not fit, so run() plans only layouts that fit.
-  static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t block_kv) noexcept {
+  static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t block_kv, bool t16 = false) noexcept {
     constexpr index_t M = max_elements<float>;
     layout s{};
     s.dvp = round_up(dv, L);  // dv <= M - L: a view's count; no overflow
@@ -105,11 +115,19 @@ struct kernel {
     s.qp = carve(rows, d);
     s.kp = carve(s.bk, d);
     s.vp = carve(s.bk, s.dvp);
-    s.s = carve(rows, s.bk);
+    // bf16 tiles: rows padded to 16, d to 32 and keys to 32 (each bf16 array in floats: half its elements).
+    const index_t rows16 = t16 ? round_up(rows, 16) : rows, d32 = t16 ? round_up(d, 32) : 0;
+    s.p16_ld = t16 ? round_up(s.bk, 32) : 0;
+    s.s = carve(rows16, s.bk);
     s.o = carve(rows, s.dvp);
     s.m = carve(rows, 1);
     s.l = carve(rows, 1);
     s.kw = carve(widens_kv ? s.bk : 0, d);
+    s.q16 = carve(t16 ? rows16 : 0, d32 / 2);
+    s.k16 = carve(t16 ? s.bk : 0, d32 / 2);
+    s.v16 = carve(t16 ? s.p16_ld / 2 : 0, s.dvp);
+    s.p16 = carve(t16 ? rows16 : 0, s.p16_ld / 2);
+    s.tail = carve(t16 ? 16 : 0, s.dvp);
     s.total = fits ? off : -1;
     return s;
   }
@@ -217,7 +235,9 @@ struct kernel {
     const index_t npos = t.q1 - t.q0;
     const index_t rows = task_rows(pb, t);
     const index_t d = pb.d, dv = pb.dv;
-    const layout lay = plan_scratch(rows, d, dv, pb.block_kv);
+    // The bf16 tiles take the tiled tasks of a call that allows them (Note [bf16 tiles]).
+    const bool t16 = bf16_capable && pb.bf16_tiles && t.g1 - t.g0 == 1 && rows > k_direct_rows;
+    const layout lay = plan_scratch(rows, d, dv, pb.block_kv, t16);
     float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
     float* qp = ws + lay.qp;
     float* kp = ws + lay.kp;
@@ -234,9 +254,27 @@ struct kernel {
 
     // Pack Q (scaled into log2 units, see Note [base-2 softmax]) and reset the running state. 16-bit Q is
     // widened a vector at a time and then scaled: the same fp32 product per element (Note [16-bit Q/O]).
-    for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
-      tiled::widen(pb.lay.q_row(t.ib, pos, h), d, pb.qscale, qp + row * d);  // q · qscale, vector by vector
-    });
+    // The bf16 tiles take Q's bf16 rows as they are (padded with zeros to whole tiles; the weights' padding
+    // rows are zero too) and scale the scores instead (Note [bf16 tiles]).
+    auto* q16 = reinterpret_cast<std::uint16_t*>(ws + lay.q16);
+    auto* k16 = reinterpret_cast<std::uint32_t*>(ws + lay.k16);
+    auto* v16 = reinterpret_cast<std::uint32_t*>(ws + lay.v16);
+    auto* p16 = reinterpret_cast<std::uint16_t*>(ws + lay.p16);
+    if constexpr (bf16_capable) {
+      if (t16) {
+        const index_t dp = tiles16::padded_d(d), rows16 = tiles16::padded_rows(rows);
+        for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
+          tiles16::pack_q_row(pb.lay.q_row(t.ib, pos, h), d, q16 + row * dp);
+        });
+        std::fill(q16 + rows * dp, q16 + rows16 * dp, std::uint16_t{0});
+        std::fill(p16 + rows * lay.p16_ld, p16 + rows16 * lay.p16_ld, std::uint16_t{0});
+      }
+    }
+    if (!t16) {
+      for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
+        tiled::widen(pb.lay.q_row(t.ib, pos, h), d, pb.qscale, qp + row * d);  // q · qscale, vector by vector
+      });
+    }
     std::fill(st.m, st.m + rows, k_neg_inf);
     std::fill(st.l, st.l + rows, 0.0f);
     std::fill(st.o, st.o + rows * lay.dvp, 0.0f);
@@ -258,6 +296,7 @@ struct kernel {
     // order, and P·V head by head from cache (Note [decode tasks]).
     const bool key_major = t.g1 - t.g0 > 1;
     block_pointers ptr;
+    [[maybe_unused]] const auto tile_state = tile_session(t16);
     for (index_t j0 = kv_lo; j0 < kv_hi; j0 += lay.bk) {
       const index_t nb = std::min(lay.bk, kv_hi - j0);
       const index_t nbp = round_up(nb, L);
@@ -279,9 +318,16 @@ struct kernel {
         // The tiled path's next block, prefetched over this block's score tiles and softmax rows (Note
         // [prefetch next block]).
         auto pf = next_block(pb, t.ib, g, j0 + lay.bk, direct_path ? 0 : std::min(lay.bk, kv_hi - j0 - lay.bk), ptr,
-                             tiled::score_tiles(grow, nbp) + grow);
+                             score_steps(t16, grow, nbp) + grow);
+        bool v_nonfinite = false;  // bf16 tiles: some element of the block's V is infinite or NaN
         if (direct_path && !key_major) {
           direct<Isa>::scores(kb, d, nb, qp + r0 * d, grow, srow0, lay.bk);
+        } else if (t16) {
+          if constexpr (bf16_capable) {
+            tiles16::pack_k(kb, d, nb, nbp, k16);
+            v_nonfinite = tiles16::pack_v(vb, dv, nb, lay.dvp, v16);
+            tiles16::scores(q16, grow, d, k16, nbp, srow0, lay.bk, pf);
+          }
         } else if (!direct_path) {
           tiled::pack_k(kb, d, nb, nbp, kp, ws + lay.kw);
           tiled::pack_v(vb, dv, nb, lay.dvp, vp);
@@ -300,6 +346,7 @@ struct kernel {
         // Mask: columns past nb are padding; causal and window edges may cut inside the block.
         for (index_t r = 0; r < grow; ++r) {
           float* srow = srow0 + r * lay.bk;
+          if (t16) scale_row(srow, nbp, pb.qscale);  // into log2 units (Note [bf16 tiles])
           if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow, nbp, pb.softcap);
           if (!pb.alibi.empty()) {  // after the softcap (options.hpp), relative to the row's diagonal key
             const index_t diag = t.q0 + r / G + (pb.lay.kv_len(t.ib) - pb.lay.q_len(t.ib));
@@ -313,6 +360,9 @@ struct kernel {
             std::fill(srow + b, srow + nbp, k_neg_inf);
           }
           softmax::update(srow, nbp, st.m[r0 + r], st.l[r0 + r], orow0 + r * lay.dvp, lay.dvp);
+          if constexpr (bf16_capable) {
+            if (t16) tiles16::round_row(srow, nbp, p16 + r * lay.p16_ld);
+          }
           pf();
         }
         // P·V; a cut block as a band, so that no hidden V row enters a product (Note [causal staircase]).
@@ -323,7 +373,12 @@ struct kernel {
           } else {
             direct<Isa>::accumulate_pv(vb, dv, nb, srow0, grow, lay.bk, lay.dvp, orow0);
           }
+        } else if (t16 && !(cut && v_nonfinite)) {
+          // A cut block too: its hidden keys' weights are 0 and their V rows finite (Note [bf16 tiles]).
+          if constexpr (bf16_capable)
+            tiles16::accumulate_pv(p16, grow, lay.p16_ld, v16, tiles16::padded_keys(nb), lay.dvp, orow0, ws + lay.tail);
         } else {
+          if (t16) tiled::pack_v(vb, dv, nb, lay.dvp, vp);  // a cut bf16 block with a non-finite V: the fp32 band
           if (cut) {
             tiled::accumulate_pv_cut(srow0, grow, lay.bk, vp, lo, hi, lay.dvp, orow0);
           } else {
@@ -336,6 +391,34 @@ struct kernel {
 
     if (part) return;
     write_rows(pb, t, st, lay.dvp);
+  }
+
+  /// Steps of the score tiles of `rows` rows and nbp keys (one prefetch step after each, Note [prefetch next
+  /// block]): the register tile's, or the bf16 tiles' when t16.
+  static index_t score_steps(bool t16, index_t rows, index_t nbp) noexcept {
+    if constexpr (bf16_capable) {
+      if (t16) return tiles16::score_steps(rows, nbp);
+    }
+    return tiled::score_tiles(rows, nbp);
+  }
+
+  /// The AMX tile state of a task on the bf16 tiles (configured here, released at the end of the task);
+  /// nothing otherwise.
+  struct no_session {};
+  static auto tile_session(bool t16) noexcept {
+    if constexpr (bf16_capable) {
+      using session = std::optional<typename tiles16::session>;
+      if (t16) return session(std::in_place);
+      return session();
+    } else {
+      return no_session{};
+    }
+  }
+
+  /// s[0, n) *= scale, a vector at a time (n a multiple of L): the bf16 tiles' scores into log2 units.
+  static void scale_row(float* s, index_t n, float scale) noexcept {
+    const auto vs = V::set1(scale);
+    for (index_t j = 0; j < n; j += L) V::store(s + j, V::mul(V::load(s + j), vs));
   }
 
   /// Normalises and writes every row of task t from its state (O rows of stride dvp), and its LSE.
@@ -406,11 +489,12 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const auto side = [&](index_t w) { return window_side(w, sq, skv); };
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
-                              opt.alibi_slopes, opt.lse, decode ? shape::block_kv_decode : shape::block_kv, chunk};
+                              opt.alibi_slopes, opt.lse, decode ? shape::block_kv_decode : shape::block_kv, chunk,
+                              K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted()};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
-  if (K::plan_scratch(rows_max, d, dv, pb.block_kv).total < 0) throw std::bad_alloc();
+  if (K::plan_scratch(rows_max, d, dv, pb.block_kv, pb.bf16_tiles).total < 0) throw std::bad_alloc();
 
   // Task order: sequence, then KV head, then query block, then KV chunk.
   auto make_task = [&](index_t i) {

@@ -1,0 +1,219 @@
+// gqa/detail/core/bf16_tiles.hpp: the tiled (prefill) path's two products in bf16 on AMX tiles (Note [bf16
+// tiles]): Q rows packed as bf16, K and V packed as bf16 pairs, S = Q·Kᵀ (unscaled) and O += P·V with P
+// rounded to bf16, fp32 sums. bf16_tiles<Isa>::available is true only for AVX-512 on x86-64 GCC/clang;
+// kernel::run takes this path only for bf16 Q and K/V, options.bf16_products and isa::amx_tiles_granted().
+// Invariant: packed buffers are fully written (padding is zero) and tiles read only inside them.
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_DETAIL_CORE_BF16_TILES_HPP
+#define GQA_DETAIL_CORE_BF16_TILES_HPP
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "../../isa/amx_bf16.hpp"
+#include "../../isa/vec.hpp"
+#include "../../numeric.hpp"
+#include "common.hpp"
+
+GQA_BEGIN_NAMESPACE
+namespace detail::core {
+
+// Note [bf16 tiles]
+// With bf16 Q, K and V the fp32 core widens every element and spends ~70% of a prefill in the fp32
+// register tile (§2.10 of docs/design.md), so bf16 inputs ran at fp32's speed. On a CPU with AMX-BF16
+// (Intel Sapphire Rapids and later) the two products of a key block run on AMX tiles instead: TDPBF16PS
+// multiplies 16 × 32 bf16 by 32 × 16 bf16 into 16 × 16 fp32 sums (16K FLOPs an instruction; the
+// development machine: 3.1 TFLOP/s of tile products against 215 GFLOP/s of fp32 FMA on one core).
+// AVX512-BF16's VDPBF16PS, the obvious choice, is no faster than fp32 there: measured 108 GFLOP/s on
+// the same core (0.5 instructions a cycle, against two FMAs a cycle), so it is not used.
+//   * Q·Kᵀ: Q rows packed as they are (bf16, zero-padded to a multiple of 32 elements and of 16 rows),
+//     NOT pre-scaled: the scores come out as the exact-input dot products q·k summed in fp32, and
+//     kernel::run multiplies each score row by scale·log2(e) in the pass that already reads it (before
+//     softcap, ALiBi and the mask). Rounding scale·q back to bf16 would add an error of 2^-9 per element.
+//     K is packed like the fp32 Kᵀ slices (pack_k), in pairs of elements: slice [d/2][keys], each 32-bit
+//     entry elements 2c and 2c + 1 of one key's row (AMX's B layout), built by the same 16 × 16 register
+//     transposition of 32-bit entries (a pair is moved, never converted); an odd d pads a zero element.
+//   * P·V: after the online softmax (fp32, unchanged) each row's P is rounded to bf16 (VCVTNE2PS2BF16,
+//     nearest even); V is packed in pairs of keys, [keys/2][d_v], each entry element c of keys 2i and 2i + 1;
+//     the products accumulate into the fp32 O rows. The row sum l stays that of the fp32 P (as
+//     FlashAttention does): measured on P1-like random inputs, the output's error against the double
+//     reference was the same either way (l from fp32 P, or from the rounded P).
+//   * Masks: a block cut by a mask edge runs its P·V on the whole block, the hidden keys with weight
+//     exactly 0 (their scores are −inf), which adds exactly 0 when their V rows are finite. The packing of
+//     V notes whether any element of the block is infinite or NaN; only then does the block take the fp32
+//     band (Note [causal staircase]) on its fp32 P and V widened into the fp32 buffer, so a non-finite V
+//     row that a row does not see never reaches it (0 · NaN), as on the fp32 path.
+// Accuracy: the products of bf16 inputs are exact in fp32, so Q·Kᵀ differs from the fp32 core only in the
+// order of its fp32 sums; P·V adds one rounding of each weight to bf16 (relative 2^-9), which dominates
+// (Note [bf16 products tolerance] in tests/support/tolerance.hpp). AMX reads bf16 denormals as zero
+// and flushes denormal sums to zero: a weight below 2^-126 counts as 0, and an infinite V element that
+// meets such a weight gives NaN (0 · inf) where the fp32 core gives ±inf. Results are the same for any
+// thread count (each row's sums are the same instructions whatever the thread); they are not the fp32
+// core's bits, which options.bf16_products = false restores.
+
+/// No bf16 tiles: the primary template (every ISA but AVX-512 on x86-64 GCC/clang).
+template <class Isa>
+struct bf16_tiles {
+  static constexpr bool available = false;
+};
+
+#if GQA_HAS_AVX512 && GQA_X86_CPUID
+template <>
+struct bf16_tiles<isa::avx512> {
+  static constexpr bool available = true;
+  using V = isa::vec<isa::avx512>;
+  using amx = isa::amx_bf16;
+  static constexpr int L = V::lanes;  // 16: rows and fp32 columns of a tile
+  /// Keys per packed slice of Kᵀ (as packed<avx512>::cols).
+  static constexpr index_t cols = 64;
+
+  /// A row of d elements padded to whole steps of the reduction (32 bf16 per tile row).
+  static constexpr index_t padded_d(index_t d) noexcept { return round_up(d, 32); }
+  /// Rows padded to whole tiles.
+  static constexpr index_t padded_rows(index_t rows) noexcept { return round_up(rows, 16); }
+  /// Keys of a block padded to whole steps of P·V's reduction.
+  static constexpr index_t padded_keys(index_t nb) noexcept { return round_up(nb, 32); }
+
+  /// Starts and ends the tile state of one task (amx_bf16::configure, release).
+  struct session {
+    session() noexcept { amx::configure(); }
+    ~session() { amx::release(); }
+    session(const session&) = delete;
+    session& operator=(const session&) = delete;
+  };
+
+  /// dst[0, padded_d(d)) = the d elements of src, then zeros.
+  static void pack_q_row(const bf16* src, index_t d, std::uint16_t* dst) noexcept {
+    std::memcpy(dst, src, static_cast<std::size_t>(d) * sizeof(bf16));
+    std::fill(dst + d, dst + padded_d(d), std::uint16_t{0});
+  }
+
+  /// kp = Kᵀ of the nb bf16 keys of row source `k` (d elements each) in pairs, slices of `cols` keys: slice
+  /// s0 is [padded_d(d) / 2][w] 32-bit entries (entry (c, j): elements 2c, 2c + 1 of key s0 + j, zero past
+  /// d), w its width; keys nb .. nbp − 1 are zero. Whole 16 × 16 blocks of entries are transposed in
+  /// registers (vec::transpose moves 32-bit lanes, never converts), the rest entry by entry.
+  template <class Rows>
+  static void pack_k(const Rows& k, index_t d, index_t nb, index_t nbp, std::uint32_t* kp) noexcept {
+    alignas(64) static constexpr float zero_row[L] = {};
+    const index_t d2 = d / 2, d2_full = d2 - d2 % L, d2p = padded_d(d) / 2;
+    for (index_t s0 = 0; s0 < nbp; s0 += cols) {
+      const index_t w = std::min(cols, nbp - s0);  // a multiple of L, as nbp is
+      std::uint32_t* slice = kp + s0 * d2p;
+      for (index_t j = 0; j < w; j += L) {
+        const index_t real = std::clamp<index_t>(nb - s0 - j, 0, L);
+        const bf16* row[L];
+        for (int i = 0; i < L; ++i) row[i] = i < real ? k(s0 + j + i) : nullptr;
+        const float* src[L];
+        for (index_t c0 = 0; c0 < d2_full; c0 += L) {
+          for (int i = 0; i < L; ++i) src[i] = i < real ? reinterpret_cast<const float*>(row[i] + 2 * c0) : zero_row;
+          V::transpose(src, reinterpret_cast<float*>(slice + c0 * w + j), w);
+        }
+        for (index_t c = d2_full; c < d2p; ++c)
+          for (int i = 0; i < L; ++i) {
+            std::uint32_t x = 0;
+            if (i < real) {
+              const std::uint32_t lo = 2 * c < d ? row[i][2 * c].bits : 0u, hi = 2 * c + 1 < d ? row[i][2 * c + 1].bits : 0u;
+              x = lo | hi << 16;
+            }
+            slice[c * w + j + i] = x;
+          }
+      }
+    }
+  }
+
+  /// vp rows i < padded_keys(nb) / 2: for each column c < dvp, element c of keys 2i and 2i + 1 of row source
+  /// `v` (bf16, dv elements each) as one 32-bit entry, zero past nb and past dv. Returns whether any element
+  /// read is infinite or NaN.
+  template <class Rows>
+  static bool pack_v(const Rows& v, index_t dv, index_t nb, index_t dvp, std::uint32_t* vp) noexcept {
+    bool nonfinite = false;
+    const index_t pairs = padded_keys(nb) / 2;
+    for (index_t i = 0; i < pairs; ++i) {
+      const index_t j = 2 * i;
+      std::uint32_t* dst = vp + i * dvp;
+      if (j >= nb) {
+        std::fill(dst, dst + dvp, 0u);
+        continue;
+      }
+      const auto* a = reinterpret_cast<const std::uint16_t*>(v(j));
+      const auto* b = j + 1 < nb ? reinterpret_cast<const std::uint16_t*>(v(j + 1)) : nullptr;
+      nonfinite |= amx::interleave(a, b, dv, dvp, dst);
+    }
+    return nonfinite;
+  }
+
+  /// One tile product of (mt, nt) ∈ {1, 2}² tiles (amx_bf16::product).
+  static void product(int mt, int nt, const void* a, index_t lda, index_t a_step, const void* b, index_t ldb,
+                      index_t b_step, index_t b_col, index_t steps, float* c, index_t ldc, bool acc) noexcept {
+    if (mt == 2) {
+      if (nt == 2) {
+        amx::product<2, 2>(a, lda, a_step, b, ldb, b_step, b_col, steps, c, ldc, acc);
+      } else {
+        amx::product<2, 1>(a, lda, a_step, b, ldb, b_step, b_col, steps, c, ldc, acc);
+      }
+    } else if (nt == 2) {
+      amx::product<1, 2>(a, lda, a_step, b, ldb, b_step, b_col, steps, c, ldc, acc);
+    } else {
+      amx::product<1, 1>(a, lda, a_step, b, ldb, b_step, b_col, steps, c, ldc, acc);
+    }
+  }
+
+  /// Tile products scores() runs for `rows` rows and nbp keys (the steps between() is called).
+  static index_t score_steps(index_t rows, index_t nbp) noexcept {
+    return ((padded_rows(rows) + 31) / 32) * ((nbp + 31) / 32);
+  }
+
+  /// S[padded_rows(rows)][nbp] (row stride lds) = Q16 · Kp: the unscaled scores; Q16 rows of padded_d(d)
+  /// bf16 (padded_rows(rows) of them), Kp as pack_k left it. between() after each tile product (a
+  /// prefetch_rows step, Note [prefetch next block]).
+  template <class Between>
+  static void scores(const std::uint16_t* q16, index_t rows, index_t d, const std::uint32_t* kp, index_t nbp,
+                     float* s, index_t lds, Between&& between) noexcept {
+    const index_t dp = padded_d(d), rows_p = padded_rows(rows);
+    for (index_t s0 = 0; s0 < nbp; s0 += cols) {
+      const index_t w = std::min(cols, nbp - s0);
+      const std::uint32_t* slice = kp + s0 * (dp / 2);
+      for (index_t r0 = 0; r0 < rows_p; r0 += 32) {
+        const int mt = r0 + 32 <= rows_p ? 2 : 1;
+        for (index_t c0 = 0; c0 < w; c0 += 32) {
+          const int nt = c0 + 32 <= w ? 2 : 1;
+          product(mt, nt, q16 + r0 * dp, dp * 2, 64, slice + c0, w * 4, 16 * w * 4, 64, dp / 32,
+                  s + r0 * lds + s0 + c0, lds * 4, false);
+          between();
+        }
+      }
+    }
+  }
+
+  /// p16 row = the nbp weights of s rounded to bf16, then zeros to padded_keys(nbp).
+  static void round_row(const float* s, index_t nbp, std::uint16_t* p16) noexcept { amx::round_row(s, nbp, p16); }
+
+  /// O[rows][dvp] (row stride dvp) += P16 · Vp over nk keys (a multiple of 32): P16 rows of ldp bf16, Vp as
+  /// pack_v left it. A last group of fewer than 16 rows goes through `tail` (16 × dvp floats), so that no
+  /// tile reads or writes O past its rows.
+  static void accumulate_pv(const std::uint16_t* p16, index_t rows, index_t ldp, const std::uint32_t* vp, index_t nk,
+                            index_t dvp, float* o, float* tail) noexcept {
+    const index_t steps = nk / 32, full = rows - rows % 16;
+    const auto columns = [&](const std::uint16_t* a, int mt, float* c) noexcept {
+      for (index_t c0 = 0; c0 < dvp; c0 += 32) {
+        const int nt = c0 + 32 <= dvp ? 2 : 1;
+        product(mt, nt, a, ldp * 2, 64, vp + c0, dvp * 4, 16 * dvp * 4, 64, steps, c + c0, dvp * 4, true);
+      }
+    };
+    for (index_t r0 = 0; r0 < full; r0 += 32) columns(p16 + r0 * ldp, r0 + 32 <= full ? 2 : 1, o + r0 * dvp);
+    if (full < rows) {
+      const index_t n = rows - full;
+      std::copy(o + full * dvp, o + rows * dvp, tail);
+      std::fill(tail + n * dvp, tail + 16 * dvp, 0.0f);
+      columns(p16 + full * ldp, 1, tail);
+      std::copy(tail, tail + n * dvp, o + full * dvp);
+    }
+  }
+};
+#endif  // GQA_HAS_AVX512 && GQA_X86_CPUID
+
+}  // namespace detail::core
+GQA_END_NAMESPACE
+
+#endif  // GQA_DETAIL_CORE_BF16_TILES_HPP
