@@ -92,9 +92,26 @@ struct lowp_case {
 };
 
 /// A K or V tensor of the case in layout BSHD or BHSD over a buffer of element type E.
-template <class E>
-gqa::tensor_view<const E> kv_view(const lowp_case& c, const std::vector<E>& x, index_t d) {
+template <class Case, class E>
+gqa::tensor_view<const E> kv_view(const Case& c, const std::vector<E>& x, index_t d) {
   return c.bhsd_kv ? gqa::bhsd<const E>(x.data(), c.b, c.hkv, c.skv, d) : gqa::bshd<const E>(x.data(), c.b, c.skv, c.hkv, d);
+}
+
+/// LSE lse against the reference's (−inf exactly where the reference's is infinite: rows that see no key),
+/// within k_error_factor times the naive fp32 yardstick's error plus k_error_floor of the largest |LSE|.
+template <class Ref, class Naive>
+void expect_lse_near_reference(const std::vector<float>& lse, const Ref& ref_lse, const Naive& naive_lse) {
+  double lerr = 0.0, lnaive = 0.0, lmax = 1.0;
+  for (std::size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(ref_lse[i])) {
+      EXPECT_EQ(lse[i], -k_inf) << "LSE " << i;
+      continue;
+    }
+    lerr = std::max(lerr, std::fabs(static_cast<double>(lse[i]) - ref_lse[i]));
+    lnaive = std::max(lnaive, std::fabs(static_cast<double>(naive_lse[i]) - ref_lse[i]));
+    lmax = std::max(lmax, std::fabs(ref_lse[i]));
+  }
+  EXPECT_LE(lerr, gqa::test::k_error_factor * lnaive + gqa::test::k_error_floor * lmax);
 }
 
 /// Checks output o and LSE lse of case c against the double reference fed K/V kw, vw (floats in the case's
@@ -103,7 +120,7 @@ gqa::tensor_view<const E> kv_view(const lowp_case& c, const std::vector<E>& x, i
 double expect_near_reference(const lowp_case& c, gqa::tensor_view<const float> q, const gqa::head_map& map,
                              const std::vector<float>& kw, const std::vector<float>& vw, const std::vector<float>& o,
                              const std::vector<float>& lse) {
-  const auto no = o.size(), nl = lse.size();
+  const auto no = o.size();
   // The reference and the naive yardstick on the same rounded K/V, in logical BSHD order.
   const auto kd = gqa::test::logical_order(kv_view(c, kw, c.d)), vd = gqa::test::logical_order(kv_view(c, vw, c.dv));
   const auto kb = gqa::bshd<const float>(kd.data(), c.b, c.skv, c.hkv, c.d);
@@ -124,17 +141,7 @@ double expect_near_reference(const lowp_case& c, gqa::tensor_view<const float> q
     err = std::max(err, std::fabs(static_cast<double>(o[i]) - ref.o[i]));
   }
   EXPECT_LE(err, tol);
-  double lerr = 0.0, lnaive = 0.0, lmax = 1.0;
-  for (std::size_t i = 0; i < nl; ++i) {
-    if (std::isinf(ref.lse[i])) {
-      EXPECT_EQ(lse[i], -k_inf) << "LSE " << i;
-      continue;
-    }
-    lerr = std::max(lerr, std::fabs(static_cast<double>(lse[i]) - ref.lse[i]));
-    lnaive = std::max(lnaive, std::fabs(static_cast<double>(naive.lse[i]) - ref.lse[i]));
-    lmax = std::max(lmax, std::fabs(ref.lse[i]));
-  }
-  EXPECT_LE(lerr, gqa::test::k_error_factor * lnaive + gqa::test::k_error_floor * lmax);
+  expect_lse_near_reference(lse, ref.lse, naive.lse);
   return tol;
 }
 
@@ -1081,10 +1088,7 @@ bool check_bf16p(const bf16p_case& c) {
   EXPECT_EQ(first_difference(lse, lse2), -1) << "2 threads differ from 1 (LSE)";
 
   // The reference and the naive yardstick on the same values, K/V in logical BSHD order.
-  const auto kv = [&](const std::vector<float>& x, index_t n) {
-    return c.bhsd_kv ? gqa::bhsd<const float>(x.data(), c.b, c.hkv, c.skv, n) : gqa::bshd<const float>(x.data(), c.b, c.skv, c.hkv, n);
-  };
-  const auto kd = gqa::test::logical_order(kv(kw, c.d)), vd = gqa::test::logical_order(kv(vw, dv));
+  const auto kd = gqa::test::logical_order(kv_view(c, kw, c.d)), vd = gqa::test::logical_order(kv_view(c, vw, dv));
   const auto q = gqa::bshd<const float>(qw.data(), c.b, c.sq, c.hq, c.d);
   const auto kb = gqa::bshd<const float>(kd.data(), c.b, c.skv, c.hkv, c.d);
   const auto vb = gqa::bshd<const float>(vd.data(), c.b, c.skv, c.hkv, dv);
@@ -1111,17 +1115,7 @@ bool check_bf16p(const bf16p_case& c) {
       return false;
     }
   EXPECT_LE(gqa::test::bf16_output_excess(o, ref.o), gqa::test::attention_tolerance(naive.o, ref.o, vw));
-  double lerr = 0.0, lnaive = 0.0, lmax = 1.0;
-  for (std::size_t i = 0; i < lse.size(); ++i) {
-    if (std::isinf(ref.lse[i])) {
-      EXPECT_EQ(lse[i], -k_inf) << "LSE " << i;
-      continue;
-    }
-    lerr = std::max(lerr, std::fabs(static_cast<double>(lse[i]) - ref.lse[i]));
-    lnaive = std::max(lnaive, std::fabs(static_cast<double>(naive.lse[i]) - ref.lse[i]));
-    lmax = std::max(lmax, std::fabs(ref.lse[i]));
-  }
-  EXPECT_LE(lerr, gqa::test::k_error_factor * lnaive + gqa::test::k_error_floor * lmax);
+  expect_lse_near_reference(lse, ref.lse, naive.lse);
   // Rows that see no key (padding: batch 1 of the kv_lengths case): +0.
   for (std::size_t i = 0; i < o.size(); ++i) {
     if (ref.o[i] == 0.0 && o32[i] == 0.0f) {
