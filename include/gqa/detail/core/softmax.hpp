@@ -124,8 +124,11 @@ struct online_softmax {
         index_t c = 0;
         for (; c + L <= dv; c += L) V::store(dst + c, V::mul(V::load(o + c), vi));
         if (c < dv) V::store_partial(dst + c, V::mul(V::load(o + c), vi), static_cast<int>(dv - c));  // o: dvp floats
-      } else {
-        for (index_t c = 0; c < dv; ++c) dst[c] = from_float<T>(o[c] * inv);
+      } else {  // blocks of 16 with a fixed count: GCC -O2 vectorises the bf16 rounding only so
+        index_t c = 0;
+        for (; c + 16 <= dv; c += 16)
+          for (int i = 0; i < 16; ++i) dst[c + i] = from_float<T>(o[c + i] * inv);
+        for (; c < dv; ++c) dst[c] = from_float<T>(o[c] * inv);
       }
     } else {
       for (index_t c = 0; c < dv; ++c) dst[c] = from_float<T>(0.0f);
