@@ -1236,7 +1236,7 @@ TYPED_TEST_P(lowp_suite, bf16_products_paged_and_ragged_equal_dense) {
 }
 
 /// Every registered variant through gqa::forward<Isa> with bf16 Q/K/V/O and the bf16 products: finite, and
-/// within 2^-6 · max|V| of the same variant with the fp32 products (the variants' own plans and steps are
+/// within 2^-6 (V in [−1, 1]) of the same variant with the fp32 products (the variants' own plans and steps are
 /// checked bit for bit with the fp32 products above; here the core's products change, nothing else).
 TYPED_TEST_P(lowp_suite, bf16_products_every_variant) {
   using T = gqa::bf16;
