@@ -33,13 +33,13 @@ namespace detail::core {
 // those positions, in the forward's tile order (Note [tile rows]), walked a query block at a time. For
 // each query block it packs Q and dO as rows and transposed (Qᵀ, dOᵀ), computes D = rowsum(dO∘O) and −LSE
 // per row once, and keeps dQ of the block in scratch; then for each visible KV block it runs the five
-// products on the register tile with the block's KEYS as the tile's rows, so K and V are read in place
-// and never transposed (Qᵀ and dOᵀ, packed once per query block, serve every KV block):
-//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ                          (K, V rows broadcast from where they are)
+// products on the register tile with the block's KEYS as the tile's rows, so K and V are never
+// transposed, only copied row by row (Note [backward K/V copy]; Qᵀ and dOᵀ, packed once per query block,
+// serve every KV block):
+//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ                          (K, V rows broadcast from the copy)
 //   Pᵀ = 2^((Sᵀ·scale − LSE)·log2e), dSᵀ = scale·Pᵀ∘(dPᵀ − D)   (key by key over vectors of rows)
 //   dV_j += Pᵀ·dO, dK_j += dSᵀ·Q                     (K loop over the block's rows)
-//   dQ += dS·K_j                                     (dSᵀ read transposed; K rows in place unless d needs
-//                                                     padding to the vector width, then copied padded)
+//   dQ += dS·K_j                                     (dSᵀ read transposed; the copy's K rows, padded)
 // dQ rows are final when the block's KV loop ends and go straight to dq. dK/dV of the KV head sum over
 // every row of every query block, i.e. over all of the group's query heads and positions: they
 // accumulate, in the order the task walks its blocks, in an fp32 accumulator of skv × (d + d_v) (padded to
@@ -53,6 +53,17 @@ namespace detail::core {
 // as bands (Note [backward masks]); keys past kv_lengths are never read. A row whose LSE is −inf saw no
 // key in the forward; it is treated as seeing none here (P = 0), so it contributes nothing and gets
 // dQ = 0 whatever its scores.
+
+// Note [backward K/V copy]
+// Each KV block's K and V rows are copied into the task's scratch (rows of dp and dvp floats, zero-padded)
+// before its products, although the tile could read them where they are. In a BSHD cache a KV head's rows
+// are Hkv · d floats apart (4 KB for 8 heads of 128), so every row starts a new page and all of them fall
+// in the same few L1 sets: dQ += dS·K streams the block's K rows as the tile's B operand once per column
+// block and row tile, and from 4 KB-strided rows each of those loads missed L1. The copy reads each row
+// once, and the products then run on rows 512 bytes apart. The values, and so the bits, are the same.
+// Measured (2 vCPUs of an Intel Xeon, AVX-512, one thread, 2026-12-02; the same binary alternating the
+// two versions call by call, median of the per-pair ratios): P1 1.078x faster (15 pairs), P2 1.066x (11),
+// P3 (d 64, 4 KV heads: 1 KB apart) 1.015x (199).
 
 // Note [backward numerics]
 // Two choices keep the kernel as accurate as a naive fp32 backward (Note [backward tolerance]):
@@ -143,9 +154,10 @@ struct backward_kernel {
   /// A task's scratch, in floats (every array 64-byte aligned), for a query block of `rows` rows (rp: rows
   /// rounded to the vector width) and a KV block of bk keys: Qᵀ and dOᵀ (d × rp, d_v × rp), Q and dO
   /// (rows padded to dp, dvp), Sᵀ/Pᵀ and dPᵀ/dSᵀ (bk × rp), dQ (rows × dp), per row the LSE, D, −slope and
-  /// the diagonal's offset in the KV block (ALiBi), and K's rows padded to dp.
+  /// the diagonal's offset in the KV block (ALiBi), and the block's K and V rows padded to dp and dvp (Note
+  /// [backward K/V copy]).
   struct layout {
-    index_t bk, rp, qt, dot, qr, dor, s, ds, dqa, lse, dd, nsl, rel, kr, total;
+    index_t bk, rp, qt, dot, qr, dor, s, ds, dqa, lse, dd, nsl, rel, kr, vr, total;
   };
 
   static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t dp, index_t dvp) noexcept {
@@ -170,6 +182,7 @@ struct backward_kernel {
     s.nsl = carve(s.rp);
     s.rel = carve(s.rp);
     s.kr = carve(s.bk * dp);
+    s.vr = carve(s.bk * dvp);
     s.total = off;
     return s;
   }
@@ -238,15 +251,13 @@ struct backward_kernel {
     float* nsl = ws + lay.nsl;
     float* rel = ws + lay.rel;
     float* kr = ws + lay.kr;
+    float* vr = ws + lay.vr;
     for (index_t j = 0; j < skv; ++j) {
       std::fill(acc_k + j * ldk, acc_k + j * ldk + dp, 0.0f);
       std::fill(acc_v + j * ldv, acc_v + j * ldv + dvp, 0.0f);
     }
 
     const index_t kv_len = pb.kv_len(ib);
-    const index_t ks = pb.k.stride_s, vs = pb.v.stride_s;
-    // K's rows serve as B of dQ += dS·K in place when they need no padding.
-    const bool k_in_place = dp == d;
     const bool capped = pb.softcap > 0.0f, alibi = !pb.alibi.empty();
     const score_mods mods{pb.scale, pb.softcap, capped ? pb.scale / pb.softcap : 0.0f, nsl, rel};
     // Rows seeing each key of a cut block, [kf[j], ke[j]) (Note [backward masks]).
@@ -292,11 +303,13 @@ struct backward_kernel {
       for (index_t j0 = first.lo; j0 < kv_hi; j0 += lay.bk) {
         const index_t nb = std::min(lay.bk, kv_hi - j0);
         const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
-        const float* kb = pb.k.row(ib, j0, g);
-        const float* vb = pb.v.row(ib, j0, g);
-        // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: the block's keys are the tile's rows, read in place.
-        product<assign_tile>(kb, ks, nb, qt, rp, rp, d, st, rp);
-        product<assign_tile>(vb, vs, nb, dot, rp, rp, dv, dst, rp);
+        // The block's K and V rows, copied into the task's scratch, padded to dp and dvp (Note [backward K/V
+        // copy]).
+        tiled::pack_v(strided_rows<float>{pb.k.row(ib, j0, g), pb.k.stride_s}, d, nb, dp, kr);
+        tiled::pack_v(strided_rows<float>{pb.v.row(ib, j0, g), pb.v.stride_s}, dv, nb, dvp, vr);
+        // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: the block's keys are the tile's rows.
+        product<assign_tile>(kr, dp, nb, qt, rp, rp, d, st, rp);
+        product<assign_tile>(vr, dvp, nb, dot, rp, rp, dv, dst, rp);
         if (alibi)  // exact in float while |the diagonal's offset| < 2^24, as the forward's; padding rows 0
           for (index_t r = 0; r < rp; ++r)
             rel[r] = r < rows ? static_cast<float>(q0 + r / G + (kv_len - sq) - j0) : 0.0f;
@@ -319,19 +332,12 @@ struct backward_kernel {
                                                                          static_cast<float>(j), mods, nlse, dd);
           }
         });
-        const float* kb_rows = kb;
-        index_t ldkb = ks;
-        if (!k_in_place) {
-          tiled::pack_v(strided_rows<float>{kb, ks}, d, nb, dp, kr);
-          kb_rows = kr;
-          ldkb = dp;
-        }
         if (!cut) {
           // dV_j += Pᵀ·dO and dK_j += dSᵀ·Q (the block's keys are C's rows), dQ += dS·K_j (dSᵀ read
           // transposed).
           product<acc_tile>(st, rp, nb, dor, dvp, dvp, rows, acc_v + j0 * ldv, ldv);
           product<acc_tile>(dst, rp, nb, qr, dp, dp, rows, acc_k + j0 * ldk, ldk);
-          product<acc_tile_t>(dst, rp, rows, kb_rows, ldkb, dp, nb, dqa, dp);
+          product<acc_tile_t>(dst, rp, rows, kr, dp, dp, nb, dqa, dp);
         } else {
           // The same three as bands: key j over its rows [kf, ke), row r over its keys (Note [backward masks]).
           const auto f = [&](index_t j) noexcept { return kf[j]; };
@@ -341,7 +347,7 @@ struct backward_kernel {
           const auto hi = [&](index_t r) noexcept { return in_block(pb.keys_of(ib, q0 + r / G).hi); };
           band_product<acc_tile>(st, rp, nb, dor, dvp, dvp, f, e, acc_v + j0 * ldv, ldv);
           band_product<acc_tile>(dst, rp, nb, qr, dp, dp, f, e, acc_k + j0 * ldk, ldk);
-          band_product<acc_tile_t>(dst, rp, rows, kb_rows, ldkb, dp, lo, hi, dqa, dp);
+          band_product<acc_tile_t>(dst, rp, rows, kr, dp, dp, lo, hi, dqa, dp);
         }
       }
       for (index_t r = 0; r < rows; ++r) {
