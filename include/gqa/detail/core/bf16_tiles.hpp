@@ -30,7 +30,8 @@ namespace detail::core {
 //   * Q·Kᵀ: Q rows packed as they are (bf16, zero-padded to a multiple of 32 elements and of 16 rows),
 //     NOT pre-scaled: the scores come out as the exact-input dot products q·k summed in fp32, and
 //     kernel::run multiplies each score row by scale·log2(e) (scale_row, its own vector loop over the row
-//     while it is in L1) first in the per-row loop that applies softcap, ALiBi and the mask. Rounding scale·q back to bf16 would add an error of 2^-9 per element.
+//     while it is in L1) first in the per-row loop that applies softcap, ALiBi and the mask. Rounding
+//     scale·q back to bf16 would add an error of 2^-9 per element.
 //     K is packed like the fp32 Kᵀ slices (pack_k), in pairs of elements: slice [d/2][keys], each 32-bit
 //     entry elements 2c and 2c + 1 of one key's row (AMX's B layout), built by the same 16 × 16 register
 //     transposition of 32-bit entries (a pair is moved, never converted); an odd d pads a zero element.

@@ -172,10 +172,10 @@ void backward_on(Isa, tensor_view<const float> q, tensor_view<const float> k, te
 /// A template only so that a translation unit that never calls the backward never instantiates it (three
 /// cores' worth of template instantiation in a dispatching TU otherwise).
 template <class = void>
-void backward_on(named_target on, tensor_view<const float> q, tensor_view<const float> k,
-                        tensor_view<const float> v, tensor_view<const float> o, tensor_view<const float> dout,
-                        std::span<const float> lse, tensor_view<float> dq, tensor_view<float> dk,
-                        tensor_view<float> dv, const head_map& map, const attention_options& opt) {
+void backward_on(named_target on, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                 tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,
+                 tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
+                 const attention_options& opt) {
   GQA_CORE_ON(on, backward, q, k, v, o, dout, lse, dq, dk, dv, map, opt)
 }
 
