@@ -1,9 +1,10 @@
 // gqa/detail/core/tile.hpp: THE register tile, C[MR rows][NR vectors] (= or +=) Σ_k A(r, k) · B(k, vector n),
-// its table of (rows, vectors) instantiations for tails, and band_product (rows over their own k ranges).
+// its table for tails (one instantiation per width, any rows), and band_product (rows over their own k
+// ranges).
 // Every matrix product of the core is this tile:
 // Q·Kᵀ and P·V on packed operands, P·V on V read in place (run_partial for a d_v tail). Invariant: a tile
-// reads and writes only inside the extents it is given; tails take a smaller instantiation or masked
-// loads, never an over-read.
+// reads and writes only inside the extents it is given; a column tail takes a narrower instantiation or
+// masked loads, a row tail re-reads its last row (Note [row tails]), never an over-read.
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_DETAIL_CORE_TILE_HPP
 #define GQA_DETAIL_CORE_TILE_HPP
@@ -38,14 +39,21 @@ struct tile {
   /// Every one of the NR vectors of B and C exists.
   static void run(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb, index_t kn,
                   float* GQA_RESTRICT c, index_t ldc) noexcept {
-    body<false>(a, lda, strided_b<float>{b, ldb}, kn, c, ldc, NR, L);
+    body<false>(a, lda, strided_b<float>{b, ldb}, kn, c, ldc, NR, L, MR);
+  }
+  /// run() for C's first `rows` rows only (1 <= rows <= MR), the row tails' tile (tile_table): the rows past
+  /// them are computed again from the last of them and never stored, so nothing outside those rows of A
+  /// and C is read or written, and each stored element is the same chain of FMAs as in run().
+  static void run_upto(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb, index_t kn,
+                       float* GQA_RESTRICT c, index_t ldc, int rows) noexcept {
+    body<false>(a, lda, strided_b<float>{b, ldb}, kn, c, ldc, NR, L, rows);
   }
   /// run() with B's rows found by `b` (strided_b or listed_b: b.row(k) is row k of B, of floats or of a
   /// 16-bit type that the loads widen).
   template <class B>
   static void run_rows(const float* GQA_RESTRICT a, index_t lda, const B& b, index_t kn, float* GQA_RESTRICT c,
                        index_t ldc) noexcept {
-    body<false>(a, lda, b, kn, c, ldc, NR, L);
+    body<false>(a, lda, b, kn, c, ldc, NR, L, MR);
   }
 
   /// Only the first `width` columns of B exist (0 < width <= NR·L): the vector holding the last of them is
@@ -60,11 +68,11 @@ struct tile {
   static void run_rows_partial(const float* GQA_RESTRICT a, index_t lda, const B& b, index_t kn,
                                float* GQA_RESTRICT c, index_t ldc, index_t width) noexcept {
     const int nvec = static_cast<int>((width + L - 1) / L);
-    body<true>(a, lda, b, kn, c, ldc, nvec, static_cast<int>(width - (nvec - 1) * L));
+    body<true>(a, lda, b, kn, c, ldc, nvec, static_cast<int>(width - (nvec - 1) * L), MR);
   }
 
  private:
-  static GQA_FORCEINLINE float a_at(const float* a, index_t lda, int r, index_t k) noexcept {
+  static GQA_FORCEINLINE float a_at(const float* a, index_t lda, index_t r, index_t k) noexcept {
     if constexpr (AO == a_order::row_major) {
       return a[r * lda + k];
     } else {
@@ -73,14 +81,17 @@ struct tile {
   }
 
   /// nvec: vectors of B and C with data; last: lanes of B's last such vector (both compile-time NR, L
-  /// when !Partial).
+  /// when !Partial); rows: rows of A and C with data (compile-time MR but in run_upto), tile row r reads
+  /// row min(r, rows - 1) and is stored only if r < rows.
   template <bool Partial, class B>
   static GQA_FORCEINLINE void body(const float* GQA_RESTRICT a, index_t lda, const B& b, index_t kn,
-                                   float* GQA_RESTRICT c, index_t ldc, int nvec, int last) noexcept {
+                                   float* GQA_RESTRICT c, index_t ldc, int nvec, int last, int rows) noexcept {
+    index_t at[MR];  // the row of A and C that tile row r reads
+    GQA_UNROLL for (int r = 0; r < MR; ++r) at[r] = r < rows ? r : rows - 1;
     reg acc[MR][NR];
     GQA_UNROLL for (int r = 0; r < MR; ++r)
       GQA_UNROLL for (int n = 0; n < NR; ++n)
-        acc[r][n] = U == update::accumulate && (!Partial || n < nvec) ? V::load(c + r * ldc + n * L) : V::zero();
+        acc[r][n] = U == update::accumulate && (!Partial || n < nvec) ? V::load(c + at[r] * ldc + n * L) : V::zero();
     for (index_t k = 0; k < kn; ++k) {
       const auto* GQA_RESTRICT brow = b.row(k);
       reg vb[NR];
@@ -94,29 +105,55 @@ struct tile {
         }
       }
       GQA_UNROLL for (int r = 0; r < MR; ++r) {
-        const auto va = V::set1(a_at(a, lda, r, k));
+        const auto va = V::set1(a_at(a, lda, at[r], k));
         GQA_UNROLL for (int n = 0; n < NR; ++n) acc[r][n] = V::mul_add(va, vb[n], acc[r][n]);
       }
     }
     GQA_UNROLL for (int r = 0; r < MR; ++r)
-      GQA_UNROLL for (int n = 0; n < NR; ++n)
-        if (!Partial || n < nvec) V::store(c + r * ldc + n * L, acc[r][n]);
+      if (r < rows)
+        GQA_UNROLL for (int n = 0; n < NR; ++n)
+          if (!Partial || n < nvec) V::store(c + r * ldc + n * L, acc[r][n]);
   }
 };
 
-/// tile<Isa, mr, nr, AO, U>::run for mr in [1, MR], nr in [1, NR]: row and column tails pick a smaller
-/// tile at run time.
+// Note [row tails]
+// A tile_table holds one function per width (nr = 1 .. NR vectors), each the MR-row tile with the row
+// count a run-time argument (run_upto): a row tail of mr < MR rows runs all MR rows, tile row r reading A's
+// and C's row min(r, mr − 1), and stores only its mr rows. Each stored element is the same chain of FMAs,
+// in the same order, as in an mr-row instantiation, so the bits are those of the full table it replaces,
+// and nothing outside the given rows is read or written. The cost is the discarded rows' FMAs, only in
+// row tails: the last rows of a block (fewer than MR per column block) and the short steps of a band
+// (Note [causal staircase]), which span a key or two.
+// Why: the full table (MR × NR instantiations, 24 on AVX-512) was 39% of the code of each ISA's core in
+// a translation unit, and a dispatching TU compiles three cores (Note [per-target kernels]).
+// Measured (g++ 12 -O2, a TU with one dispatched gqa::forward): the AVX-512 copy's tile code 24.5 -> 15.4 KB,
+// the TU's text 210 -> 196 KB; P1, P2, P3 forward and P1, P3 backward, AVX-512 and AVX2, one thread, the two
+// builds alternating (Intel Xeon, 2026-12-02): medians within 0.97-1.07 of before, the same bits.
+
+/// The tile of mr rows (1 <= mr <= MR) and nr vectors (1 <= nr <= NR) at run time, get(mr, nr)(a, lda, b, ldb,
+/// kn, c, ldc): tile<Isa, MR, nr, AO, U>::run_upto with rows = mr. A column tail takes the instantiation
+/// of its width; a row tail (the last rows of a block, a band's steps) runs the MR-row tile on its rows
+/// (Note [row tails]).
 template <class Isa, int MR, int NR, a_order AO = a_order::row_major, update U = update::assign>
 struct tile_table {
   static constexpr int mr = MR, nr = NR, lanes = isa::vec<Isa>::lanes;
   static constexpr a_order order = AO;
-  using fn = decltype(&tile<Isa, 1, 1, AO, U>::run);
+  using fn = decltype(&tile<Isa, MR, 1, AO, U>::run_upto);
   template <int... I>
   static constexpr std::array<fn, sizeof...(I)> make(std::integer_sequence<int, I...>) {
-    return {&tile<Isa, I / NR + 1, I % NR + 1, AO, U>::run...};
+    return {&tile<Isa, MR, I + 1, AO, U>::run_upto...};
   }
-  static constexpr std::array<fn, MR * NR> table = make(std::make_integer_sequence<int, MR * NR>{});
-  static fn get(int mr, int nr) noexcept { return table[static_cast<std::size_t>((mr - 1) * NR + (nr - 1))]; }
+  static constexpr std::array<fn, NR> table = make(std::make_integer_sequence<int, NR>{});
+  /// table's entry for nr vectors, bound to mr rows.
+  struct bound {
+    fn run;
+    int rows;
+    void operator()(const float* a, index_t lda, const float* b, index_t ldb, index_t kn, float* c,
+                    index_t ldc) const noexcept {
+      run(a, lda, b, ldb, kn, c, ldc, rows);
+    }
+  };
+  static bound get(int mr, int nr) noexcept { return {table[static_cast<std::size_t>(nr - 1)], mr}; }
 };
 
 /// C[r] += Σ_{k ∈ [lo(r), hi(r))} A(r, k) · B[k] for the rows r < rows (lo and hi non-decreasing in r; a row
