@@ -29,13 +29,15 @@ namespace detail {
 // passed as parts (string literals, numbers, `field`s) that fail() streams only once a check has failed;
 // fail() is kept out of line so the passing path stays small.
 
-/// "<where><parts...>" as a gqa::invalid_argument.
+/// "<where><parts...>" as a gqa::invalid_argument. The parts are taken by value so that string literals
+/// decay to const char*: one instantiation per list of part types, not one per list of literal lengths
+/// (a TU that includes gqa.hpp compiled 43 of them, one per message; the copies are made only on failure).
 template <class... Parts>
 [[noreturn]]
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((noinline, cold))
 #endif
-void fail(const Parts&... parts) {
+void fail(Parts... parts) {
   std::ostringstream os;
   (os << ... << parts);
   throw ::gqa::invalid_argument(os.str());

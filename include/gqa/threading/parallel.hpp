@@ -67,22 +67,24 @@ class task_errors {
   std::exception_ptr first_;
 };
 
-/// Calls fn(i) for every i in [0, n): through ex.parallel_for if the caller gave one, else on
-/// min(n, threads) threads pulling tasks dynamically (OpenMP, or the calling thread and threads - 1
-/// workers of the persistent pool). If a task throws, the remaining tasks are skipped and the first
-/// exception is rethrown here (Note [task exceptions]).
-template <class Fn>
-void run_tasks(index_t n, const executor& ex, Fn&& fn) {
-  if (n <= 0) return;
+/// A task loop's body with its type erased: call(ctx, i). run_tasks hands every task type to the loop
+/// below as this one type, so the loop (OpenMP region, pool hand-off, caller's parallel_for) is compiled
+/// once per translation unit rather than once per kind of task, and once for all the ISAs a dispatching
+/// TU compiles (Note [per-target kernels]).
+struct erased_task {
+  void (*call)(void*, index_t);
+  void* ctx;
+  void operator()(index_t i) const { call(ctx, i); }
+};
+
+/// run_tasks's loop for n > 0 tasks (Note [task exceptions]): through ex.parallel_for if the caller gave
+/// one, else on min(n, threads) > 1 threads pulling tasks dynamically (OpenMP, or the calling thread and
+/// threads - 1 workers of the persistent pool).
+inline void run_erased_tasks(index_t n, const executor& ex, int threads, erased_task fn) {
   task_errors errors;
   if (ex.parallel_for != nullptr && *ex.parallel_for) {
     (*ex.parallel_for)(n, [&fn, &errors](index_t i) { errors.run(fn, i); });
     errors.rethrow_if_failed();
-    return;
-  }
-  const int threads = static_cast<int>(std::min<index_t>(n, resolve_threads(ex.num_threads)));
-  if (threads <= 1) {
-    for (index_t i = 0; i < n; ++i) fn(i);  // exceptions propagate directly
     return;
   }
 #if defined(_OPENMP)
@@ -92,9 +94,9 @@ void run_tasks(index_t n, const executor& ex, Fn&& fn) {
   // The persistent pool (Note [thread pool]); fresh threads only when it is busy (concurrent or nested).
   // Pool threads run the tasks through `errors` too (Note [task exceptions]).
   struct job {
-    std::remove_reference_t<Fn>* fn;
+    erased_task* fn;
     task_errors* errors;
-  } j{std::addressof(fn), &errors};
+  } j{&fn, &errors};
   auto call = [](void* c, index_t i) noexcept {
     auto& jb = *static_cast<job*>(c);
     jb.errors->run(*jb.fn, i);
@@ -118,6 +120,23 @@ void run_tasks(index_t n, const executor& ex, Fn&& fn) {
   for (auto& t : pool) t.join();
 #endif
   errors.rethrow_if_failed();
+}
+
+/// Calls fn(i) for every i in [0, n): through ex.parallel_for if the caller gave one, else on
+/// min(n, threads) threads pulling tasks dynamically (OpenMP, or the calling thread and threads - 1
+/// workers of the persistent pool). If a task throws, the remaining tasks are skipped and the first
+/// exception is rethrown here (Note [task exceptions]).
+template <class Fn>
+void run_tasks(index_t n, const executor& ex, Fn&& fn) {
+  if (n <= 0) return;
+  const bool own_loop = ex.parallel_for == nullptr || !*ex.parallel_for;
+  const int threads = own_loop ? static_cast<int>(std::min<index_t>(n, resolve_threads(ex.num_threads))) : 0;
+  if (own_loop && threads <= 1) {
+    for (index_t i = 0; i < n; ++i) fn(i);  // exceptions propagate directly
+    return;
+  }
+  using F = std::remove_reference_t<Fn>;
+  run_erased_tasks(n, ex, threads, {[](void* c, index_t i) { (*static_cast<F*>(c))(i); }, std::addressof(fn)});
 }
 
 /// Per-thread, 64-byte aligned float scratch that only grows; reused across calls. Slot 0 is a task's
