@@ -78,13 +78,18 @@ struct erased_task {
 };
 
 /// run_tasks's loop for n > 0 tasks (Note [task exceptions]): through ex.parallel_for if the caller gave
-/// one, else on min(n, threads) > 1 threads pulling tasks dynamically (OpenMP, or the calling thread and
-/// threads - 1 workers of the persistent pool).
-inline void run_erased_tasks(index_t n, const executor& ex, int threads, erased_task fn) {
+/// one, else on min(n, threads) threads pulling tasks dynamically (OpenMP, or the calling thread and
+/// threads - 1 workers of the persistent pool); one thread runs them in a plain loop.
+inline void run_erased_tasks(index_t n, const executor& ex, erased_task fn) {
   task_errors errors;
   if (ex.parallel_for != nullptr && *ex.parallel_for) {
     (*ex.parallel_for)(n, [&fn, &errors](index_t i) { errors.run(fn, i); });
     errors.rethrow_if_failed();
+    return;
+  }
+  const int threads = static_cast<int>(std::min<index_t>(n, resolve_threads(ex.num_threads)));
+  if (threads <= 1) {
+    for (index_t i = 0; i < n; ++i) fn(i);  // exceptions propagate directly
     return;
   }
 #if defined(_OPENMP)
@@ -129,14 +134,8 @@ inline void run_erased_tasks(index_t n, const executor& ex, int threads, erased_
 template <class Fn>
 void run_tasks(index_t n, const executor& ex, Fn&& fn) {
   if (n <= 0) return;
-  const bool own_loop = ex.parallel_for == nullptr || !*ex.parallel_for;
-  const int threads = own_loop ? static_cast<int>(std::min<index_t>(n, resolve_threads(ex.num_threads))) : 0;
-  if (own_loop && threads <= 1) {
-    for (index_t i = 0; i < n; ++i) fn(i);  // exceptions propagate directly
-    return;
-  }
   using F = std::remove_reference_t<Fn>;
-  run_erased_tasks(n, ex, threads, {[](void* c, index_t i) { (*static_cast<F*>(c))(i); }, std::addressof(fn)});
+  run_erased_tasks(n, ex, {[](void* c, index_t i) { (*static_cast<F*>(c))(i); }, std::addressof(fn)});
 }
 
 /// Per-thread, 64-byte aligned float scratch that only grows; reused across calls. Slot 0 is a task's
