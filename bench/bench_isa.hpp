@@ -472,6 +472,37 @@ void run_reference(benchmark::State& st, const bench_case& c) {
 /// The backward cases (bench_backward.hpp, included at the end of this file).
 void run_backward(benchmark::State& st, const bench_case& c);
 
+/// t(a) / t(b) measured in pairs after a benchmark's timed loop: each pair times one call of a and one of b
+/// back to back, in alternating order (a b, then b a, ...), and the result is the median of the pairs'
+/// ratios, so that the host's speed drifting between seconds (which moves two separately timed benchmarks
+/// of one run by 5-10% on a shared VM) cancels within a pair. per_call: b's time per call from the timed
+/// loop; about 0.4 s of pairs, at least 3, at most 51.
+template <class A, class B>
+double paired_ratio(const A& a, const B& b, int threads, double per_call) {
+  const int pairs = static_cast<int>(std::clamp(0.2 / std::max(per_call, 1e-9), 3.0, 51.0));
+  std::vector<double> ratios;
+  const auto timed = [&](const auto& f) {
+    const double t0 = clock_for(threads);
+    f();
+    return clock_for(threads) - t0;
+  };
+  for (int i = 0; i < pairs; ++i) {
+    double ta = 0, tb = 0;
+    if (i % 2 == 0) {
+      ta = timed(a);
+      tb = timed(b);
+    } else {
+      tb = timed(b);
+      ta = timed(a);
+    }
+    if (ta > 0 && tb > 0) ratios.push_back(ta / tb);
+  }
+  if (ratios.empty()) return std::numeric_limits<double>::quiet_NaN();
+  const auto mid = ratios.begin() + static_cast<std::ptrdiff_t>(ratios.size() / 2);
+  std::nth_element(ratios.begin(), mid, ratios.end());
+  return *mid;
+}
+
 /// A kvcache case (bench_case::variant names the form): gqa::attend with the uniform GQA map on the dense
 /// BSHD inputs, on the same keys in shuffled pages (page 16 or 256), or on the same buffers as a ragged
 /// batch of s.b sequences. The pages are built once per benchmark, outside the timing.
@@ -507,9 +538,10 @@ void run_kvcache(benchmark::State& st, const bench_case& c) {
     kv = {gqa::page_pool<const float>(pk.data(), pages, page, s.hkv, s.d),
           gqa::page_pool<const float>(pv.data(), pages, page, s.hkv, s.d), table, per_seq, lengths};
   }
+  const auto dense = [&] { gqa::attend<Isa>(x.q, x.k, x.v, x.o, map, opt); };
   const auto call = [&] {
     if (c.variant == "kv_dense") {
-      gqa::attend<Isa>(x.q, x.k, x.v, x.o, map, opt);
+      dense();
     } else if (c.variant == "kv_ragged") {
       gqa::attend<Isa>(gqa::thd(in.q, s.b * s.sq, s.hq, s.d), gqa::thd(in.k, s.b * s.skv, s.hkv, s.d),
                        gqa::thd(in.v, s.b * s.skv, s.hkv, s.d), gqa::thd(in.o, s.b * s.sq, s.hq, s.d), map,
@@ -530,7 +562,9 @@ void run_kvcache(benchmark::State& st, const bench_case& c) {
     benchmark::DoNotOptimize(x.o.data);
     benchmark::ClobberMemory();
   }
-  throughput_counters(st, s, (clock_for(s.threads) - t0) / static_cast<double>(st.iterations()));
+  const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
+  throughput_counters(st, s, per_call);
+  set_counter(st, "vs_dense", paired_ratio(dense, call, s.threads, per_call));
 }
 
 void run_case(benchmark::State& st, const bench_case& c) {
