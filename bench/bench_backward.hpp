@@ -175,6 +175,10 @@ void run_variant_backward(benchmark::State& st, const bench_case& c) {
         if (eigen > 0) store_eigen_seconds(isa_name, s, eigen, true);
       }
       set_counter(st, "vs_eigen", nan_if_negative(eigen) / per_call);
+      const gqa::attention_options one = one_thread(opt);
+      set_counter(st, "vs_T1", speedup_over_one_thread(
+                                   [&] { gqa::backward<Isa>(p, saved, x.q, x.k, x.v, x.o, dout, dq, dk, dv, one); },
+                                   step, s.threads, per_call));
     } catch (const std::exception& e) {
       st.SkipWithError(e.what());
     }

@@ -329,6 +329,51 @@ gqa::q8_view quantized_view(const gqa::tensor_view<const float>& x, q8_store& st
   return {values, scales};
 }
 
+/// t(a) / t(b) measured in pairs after a benchmark's timed loop: each pair times one call of a and one of b
+/// back to back, in alternating order (a b, then b a, ...), and the result is the median of the pairs'
+/// ratios, so that the host's speed drifting between seconds (which moves two separately timed benchmarks
+/// of one run by 5-10% on a shared VM) cancels within a pair. per_call: b's time per call from the timed
+/// loop; about 0.4 s of pairs, at least 3, at most 51.
+template <class A, class B>
+double paired_ratio(const A& a, const B& b, int threads, double per_call) {
+  const int pairs = static_cast<int>(std::clamp(0.2 / std::max(per_call, 1e-9), 3.0, 51.0));
+  std::vector<double> ratios;
+  const auto timed = [&](const auto& f) {
+    const double t0 = clock_for(threads);
+    f();
+    return clock_for(threads) - t0;
+  };
+  for (int i = 0; i < pairs; ++i) {
+    double ta = 0, tb = 0;
+    if (i % 2 == 0) {
+      ta = timed(a);
+      tb = timed(b);
+    } else {
+      tb = timed(b);
+      ta = timed(a);
+    }
+    if (ta > 0 && tb > 0) ratios.push_back(ta / tb);
+  }
+  if (ratios.empty()) return std::numeric_limits<double>::quiet_NaN();
+  const auto mid = ratios.begin() + static_cast<std::ptrdiff_t>(ratios.size() / 2);
+  std::nth_element(ratios.begin(), mid, ratios.end());
+  return *mid;
+}
+
+/// The same options on one thread.
+gqa::attention_options one_thread(gqa::attention_options o) {
+  o.num_threads = 1;
+  return o;
+}
+
+/// A T<t> case's speed-up over the same call on one thread, paired_ratio(one, call) in wall time (NaN,
+/// i.e. no counter, on one thread, or when the t-thread call takes over 1.5 s: the scalar prefills).
+template <class One, class Call>
+double speedup_over_one_thread(const One& one, const Call& call, int threads, double per_call) {
+  if (threads == 1 || per_call > 1.5) return std::numeric_limits<double>::quiet_NaN();
+  return paired_ratio(one, call, threads, per_call);
+}
+
 void run_variant(benchmark::State& st, const bench_case& c) {
   const shape& s = c.s;
   const views x = make_views(s, get_inputs(s, input_kv_heads(c.variant, c.model)));
@@ -358,18 +403,19 @@ void run_variant(benchmark::State& st, const bench_case& c) {
   gqa::q8_view k8v, v8v;
   if (s.kv == kv_type::i8) k8v = quantized_view(x.k, k8), v8v = quantized_view(x.v, v8);
   with_bench_policy(st, c, [&](auto& p) {
-    const auto call = [&] {
+    const auto call_with = [&](const gqa::attention_options& o) {
       switch (s.kv) {
         case kv_type::bf16:
-          s.qo16 ? gqa::forward<Isa>(p, qbv, kbv, vbv, obv, opt) : gqa::forward<Isa>(p, x.q, kbv, vbv, x.o, opt);
+          s.qo16 ? gqa::forward<Isa>(p, qbv, kbv, vbv, obv, o) : gqa::forward<Isa>(p, x.q, kbv, vbv, x.o, o);
           break;
         case kv_type::f16:
-          s.qo16 ? gqa::forward<Isa>(p, qhv, khv, vhv, ohv, opt) : gqa::forward<Isa>(p, x.q, khv, vhv, x.o, opt);
+          s.qo16 ? gqa::forward<Isa>(p, qhv, khv, vhv, ohv, o) : gqa::forward<Isa>(p, x.q, khv, vhv, x.o, o);
           break;
-        case kv_type::i8: gqa::forward<Isa>(p, x.q, k8v, v8v, x.o, opt); break;
-        case kv_type::f32: gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, opt); break;
+        case kv_type::i8: gqa::forward<Isa>(p, x.q, k8v, v8v, x.o, o); break;
+        case kv_type::f32: gqa::forward<Isa>(p, x.q, x.k, x.v, x.o, o); break;
       }
     };
+    const auto call = [&] { call_with(opt); };
     try {
       // Warm-up call for cheap cases (thread pool, scratch, caches); expensive ones are timed cold, where
       // one call dwarfs these effects.
@@ -396,6 +442,7 @@ void run_variant(benchmark::State& st, const bench_case& c) {
     fp32.kv = kv_type::f32;
     fp32.qo16 = false;
     set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(fp32)) / per_call);
+    set_counter(st, "vs_T1", speedup_over_one_thread([&] { call_with(one_thread(opt)); }, call, s.threads, per_call));
     try {
       const double policy = policy_seconds(p, x, s.threads);
       set_counter(st, "policy_frac", policy / per_call);
@@ -471,37 +518,6 @@ void run_reference(benchmark::State& st, const bench_case& c) {
 
 /// The backward cases (bench_backward.hpp, included at the end of this file).
 void run_backward(benchmark::State& st, const bench_case& c);
-
-/// t(a) / t(b) measured in pairs after a benchmark's timed loop: each pair times one call of a and one of b
-/// back to back, in alternating order (a b, then b a, ...), and the result is the median of the pairs'
-/// ratios, so that the host's speed drifting between seconds (which moves two separately timed benchmarks
-/// of one run by 5-10% on a shared VM) cancels within a pair. per_call: b's time per call from the timed
-/// loop; about 0.4 s of pairs, at least 3, at most 51.
-template <class A, class B>
-double paired_ratio(const A& a, const B& b, int threads, double per_call) {
-  const int pairs = static_cast<int>(std::clamp(0.2 / std::max(per_call, 1e-9), 3.0, 51.0));
-  std::vector<double> ratios;
-  const auto timed = [&](const auto& f) {
-    const double t0 = clock_for(threads);
-    f();
-    return clock_for(threads) - t0;
-  };
-  for (int i = 0; i < pairs; ++i) {
-    double ta = 0, tb = 0;
-    if (i % 2 == 0) {
-      ta = timed(a);
-      tb = timed(b);
-    } else {
-      tb = timed(b);
-      ta = timed(a);
-    }
-    if (ta > 0 && tb > 0) ratios.push_back(ta / tb);
-  }
-  if (ratios.empty()) return std::numeric_limits<double>::quiet_NaN();
-  const auto mid = ratios.begin() + static_cast<std::ptrdiff_t>(ratios.size() / 2);
-  std::nth_element(ratios.begin(), mid, ratios.end());
-  return *mid;
-}
 
 /// A kvcache case (bench_case::variant names the form): gqa::attend with the uniform GQA map on the dense
 /// BSHD inputs, on the same keys in shuffled pages (page 16 or 256), or on the same buffers as a ragged
