@@ -367,10 +367,10 @@ gqa::attention_options one_thread(gqa::attention_options o) {
 }
 
 /// A T<t> case's speed-up over the same call on one thread, paired_ratio(one, call) in wall time (NaN,
-/// i.e. no counter, on one thread, or when the t-thread call takes over 1.5 s: the scalar prefills).
+/// i.e. no counter, on one thread, or when the t-thread call takes over 4 s: the scalar prefills).
 template <class One, class Call>
 double speedup_over_one_thread(const One& one, const Call& call, int threads, double per_call) {
-  if (threads == 1 || per_call > 1.5) return std::numeric_limits<double>::quiet_NaN();
+  if (threads == 1 || per_call > 4.0) return std::numeric_limits<double>::quiet_NaN();
   return paired_ratio(one, call, threads, per_call);
 }
 
