@@ -33,8 +33,8 @@ struct shape {
 std::string shape_name(const shape& s);
 /// The same without the "_T<threads>" suffix (identifies the shape regardless of threads).
 std::string shape_key(const shape& s);
-/// 4·B·Hq·Sq·Skv·D, halved when causal (the same formula for decode); with a window, 4·B·Hq·D times the
-/// (query, key) pairs the window and mask leave visible.
+/// 4·B·Hq·Sq·Skv·D, halved when causal with Sq = Skv (the same formula for decode); with a window, or causal
+/// with Sq < Skv (chunked prefill), 4·B·Hq·D times the (query, key) pairs the window and mask leave visible.
 double flops(const shape& s);
 /// K/V bytes one pass reads: B·Hkv·Skv·(D_qk + D_v)·(4, or 2 for 16-bit K/V), plus with qo16 the Q read
 /// and O written, B·Sq·Hq·(D_qk + D_v)·2 (with float Q/O these are not counted: docs/benchmarks.md).

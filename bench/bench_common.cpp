@@ -13,6 +13,7 @@
 #include <new>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include <gqa/isa/select.hpp>
 #include <gqa/random.hpp>
@@ -48,12 +49,15 @@ std::string shape_name(const shape& s) { return shape_key(s) + "_T" + std::to_st
 double flops(const shape& s) {
   const double full = 4.0 * static_cast<double>(s.b) * static_cast<double>(s.hq) * static_cast<double>(s.sq) *
                       static_cast<double>(s.skv) * static_cast<double>(s.d);
-  if (s.window_left < 0) return s.causal ? full / 2 : full;
+  // Causal with Sq = Skv: half the pairs (the usual convention). A window, or a causal chunk of Sq < Skv
+  // queries at the end of its keys (chunked prefill, where nearly every pair is visible): the pairs counted.
+  if (s.window_left < 0 && (!s.causal || s.sq == s.skv)) return s.causal ? full / 2 : full;
   double pairs = 0.0;  // visible (query, key) pairs, bottom-right aligned like the core
   for (std::int64_t i = 0; i < s.sq; ++i) {
     const std::int64_t p = i + (s.skv - s.sq);
     const std::int64_t hi = s.causal ? std::min(s.skv, p + 1) : s.skv;
-    pairs += static_cast<double>(std::max<std::int64_t>(0, hi - std::max<std::int64_t>(0, p - s.window_left)));
+    const std::int64_t lo = s.window_left < 0 ? 0 : std::max<std::int64_t>(0, p - s.window_left);
+    pairs += static_cast<double>(std::max<std::int64_t>(0, hi - lo));
   }
   return full / static_cast<double>(s.sq) / static_cast<double>(s.skv) * pairs;
 }
@@ -120,9 +124,10 @@ bool eigen_feasible(const shape& s, bool backward) {
 
 namespace {
 
-// The sweeps (variant gqa, T1; see docs/benchmarks.md): decode over Skv, prefill-causal over Sq = Skv, and
-// KV heads 32 .. 1 at decode Skv 8192 and prefill-causal 1024. Their base shapes differ from P1/P2/D1 where
-// a main shape would otherwise also match the KV sweep, so that filters on the main shapes select them only.
+// The sweeps (variant gqa, T1 but where noted; see docs/benchmarks.md): decode over Skv, prefill-causal over
+// Sq = Skv, and KV heads 32 .. 1 at decode Skv 8192 and prefill-causal 1024. Their base shapes differ from
+// P1/P2/D1 where a main shape would otherwise also match the KV sweep, so that filters on the main shapes
+// select them only.
 std::vector<shape> sweep_shapes(std::string_view isa) {
   std::vector<shape> out;
   // Skv 16: a decode whose time is mostly per-call overhead (validation, planning, task setup).
@@ -138,6 +143,15 @@ std::vector<shape> sweep_shapes(std::string_view isa) {
   if (isa != "scalar")
     for (int t : {1, 2})
       for (std::int64_t w : {-1, 512}) out.push_back({1, 32, 8, 128, 4096, 4096, true, t, w});
+  // Short sequences and chunked prefill (issue 14), one and two threads, not scalar: ViT-S, -B and -L
+  // attention (batch 8, d 64, 197 and 577 tokens; 6/2, 12/4 and 16/4 heads: the B shape at 197 is P3), and
+  // prefill chunks of 16 .. 256 queries at the end of an 8192-key cache (P1's heads, causal).
+  if (isa != "scalar")
+    for (int t : {1, 2}) {
+      for (const auto& [hq, hkv] : {std::pair<std::int64_t, std::int64_t>{6, 2}, {12, 4}, {16, 4}})
+        for (std::int64_t n : {197, 577}) out.push_back({8, hq, hkv, 64, n, n, false, t});
+      for (std::int64_t sq : {16, 32, 64, 128, 256}) out.push_back({1, 32, 8, 128, sq, 8192, true, t});
+    }
   return out;
 }
 
