@@ -143,7 +143,7 @@ std::vector<shape> sweep_shapes(std::string_view isa) {
   if (isa != "scalar")
     for (int t : {1, 2})
       for (std::int64_t w : {-1, 512}) out.push_back({1, 32, 8, 128, 4096, 4096, true, t, w});
-  // Short sequences and chunked prefill (issue 14), one and two threads, not scalar: ViT-S, -B and -L
+  // Short sequences and chunked prefill, one and two threads, not scalar: ViT-S, -B and -L
   // attention (batch 8, d 64, 197 and 577 tokens; 6/2, 12/4 and 16/4 heads: the B shape at 197 is P3), and
   // prefill chunks of 16 .. 256 queries at the end of an 8192-key cache (P1's heads, causal).
   if (isa != "scalar")
