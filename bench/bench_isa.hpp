@@ -332,7 +332,7 @@ gqa::q8_view quantized_view(const gqa::tensor_view<const float>& x, q8_store& st
 /// t(a) / t(b) measured in pairs after a benchmark's timed loop: each pair times one call of a and one of b
 /// back to back, in alternating order (a b, then b a, ...), and the result is the median of the pairs'
 /// ratios, so that the host's speed drifting between seconds (which moves two separately timed benchmarks
-/// of one run by 5-10% on a shared VM) cancels within a pair. per_call: b's time per call from the timed
+/// of one run by 5-15% on a shared VM) cancels within a pair. per_call: b's time per call from the timed
 /// loop; about 0.4 s of pairs, at least 3, at most 51.
 template <class A, class B>
 double paired_ratio(const A& a, const B& b, int threads, double per_call) {
@@ -442,8 +442,8 @@ void run_variant(benchmark::State& st, const bench_case& c) {
     fp32.kv = kv_type::f32;
     fp32.qo16 = false;
     set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(fp32)) / per_call);
-    set_counter(st, "vs_T1", speedup_over_one_thread([&] { call_with(one_thread(opt)); }, call, s.threads, per_call));
     try {
+      set_counter(st, "vs_T1", speedup_over_one_thread([&] { call_with(one_thread(opt)); }, call, s.threads, per_call));
       const double policy = policy_seconds(p, x, s.threads);
       set_counter(st, "policy_frac", policy / per_call);
       set_counter(st, "policy_us", policy * 1e6);
