@@ -443,7 +443,8 @@ void run_variant(benchmark::State& st, const bench_case& c) {
     fp32.qo16 = false;
     set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds(fp32)) / per_call);
     try {
-      set_counter(st, "vs_T1", speedup_over_one_thread([&] { call_with(one_thread(opt)); }, call, s.threads, per_call));
+      const gqa::attention_options one = one_thread(opt);
+      set_counter(st, "vs_T1", speedup_over_one_thread([&] { call_with(one); }, call, s.threads, per_call));
       const double policy = policy_seconds(p, x, s.threads);
       set_counter(st, "policy_frac", policy / per_call);
       set_counter(st, "policy_us", policy * 1e6);
