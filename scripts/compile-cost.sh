@@ -48,8 +48,11 @@ EOF
 labels=(before now now_nodispatch)
 incs=("$work/before/include" "$repo/include" "$repo/include")
 extra=("" "" "-DGQA_NO_DISPATCH")
-compile() {  # compile <i>: the compiler command of build i
-  echo "$cxx -O2 -std=c++20 -I${incs[$1]} ${extra[$1]} -c $work/tu.cpp -o /dev/null"
+build() {  # build <i> [prefix...]: compiles the TU as build i, under the given command prefix
+  local i=$1
+  shift
+  # $cxx unquoted: it may carry words of its own (e.g. "ccache g++")
+  "$@" $cxx -O2 -std=c++20 "-I${incs[$i]}" ${extra[$i]} -c "$work/tu.cpp" -o /dev/null
 }
 
 echo "$($cxx --version | head -1); TU: #include <gqa/gqa.hpp> + one gqa::forward, -O2 -std=c++20, no ISA flags"
@@ -58,7 +61,8 @@ declare -A secs
 for ((r = 1; r <= rounds; ++r)); do
   line="round $r:"
   for i in 0 1 2; do
-    t=$( { /usr/bin/time -f %U $(compile $i) >/dev/null; } 2>&1 | tail -1)
+    t=$( { build $i /usr/bin/time -f %U >/dev/null; } 2>&1 | tail -1) ||
+      { echo "compile-cost.sh: the ${labels[$i]} build does not compile" >&2; exit 1; }
     secs[$i]+="$t "
     line+=" ${labels[$i]}=${t}s"
   done
@@ -73,8 +77,8 @@ if [[ $instructions == 1 ]]; then
   command -v valgrind >/dev/null || { echo "compile-cost.sh: --instructions needs valgrind (apt-get install valgrind)" >&2; exit 2; }
   declare -a ir
   for i in 0 1 2; do
-    valgrind --tool=cachegrind --cache-sim=no --trace-children=yes --cachegrind-out-file=/dev/null \
-      $(compile $i) > "$work/cg$i.log" 2>&1
+    build $i valgrind --tool=cachegrind --cache-sim=no --trace-children=yes --cachegrind-out-file=/dev/null \
+      > "$work/cg$i.log" 2>&1 || { echo "compile-cost.sh: the ${labels[$i]} build does not compile" >&2; exit 1; }
     ir[$i]=$(grep -a "I *refs" "$work/cg$i.log" | tr -d , | awk '{s += $NF} END {printf "%.2f", s / 1e9}')
     echo "instructions (cachegrind, compiler driver and cc1plus): ${labels[$i]} ${ir[$i]} G"
   done
