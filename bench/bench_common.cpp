@@ -218,17 +218,17 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
   // keys in shuffled pages of 16 and 256 slots), kv_ragged (the same buffers as packed sequences).
   // Also D1's heads against 65536 keys (512 MiB of K/V), not scalar: a cache larger than a large server
   // L3, where D1's 128 MiB may partly sit (docs/benchmarks.md, "K/V forms").
-  for (main_shape m : {main_shape::p1, main_shape::p3, main_shape::d1})
-    for (const char* form : {"kv_dense", "kv_paged16", "kv_paged256", "kv_ragged"}) {
+  for (const char* form : {"kv_dense", "kv_paged16", "kv_paged256", "kv_ragged"}) {
+    for (main_shape m : {main_shape::p1, main_shape::p3, main_shape::d1}) {
       const shape s = make_main_shape(m, 1);
       add(var, "kvcache", form, s, s);
     }
-  if (isa != "scalar")
-    for (const char* form : {"kv_dense", "kv_paged16", "kv_paged256", "kv_ragged"}) {
+    if (isa != "scalar") {
       shape s = make_main_shape(main_shape::d1, 1);
       s.skv = 65536;
       add(var, "kvcache", form, s, s);
     }
+  }
   // The backward (training) of every registered variant on the prefill shapes.
   for (std::string_view v : variants)
     for (main_shape m : {main_shape::p1, main_shape::p2, main_shape::p3})
