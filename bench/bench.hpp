@@ -109,6 +109,10 @@ struct isa_hooks {
   double flops_per_round = 0;
   /// Sum of n floats (n a multiple of 64), read once front to back.
   float (*read_sum)(const float* p, std::size_t n) = nullptr;
+  /// The n floats read as fp32 decode's key-major walk reads D1's cache (Note [decode tasks]): the first
+  /// half as K and the second as V, one key's 4 KiB of K rows, then its 4 KiB of V rows, key by key, with
+  /// D1's arithmetic per byte, four multiply-adds per loaded vector (its four query heads per KV head).
+  float (*read_fma_sum)(const float* p, std::size_t n) = nullptr;
   /// Registers this ISA's cases (cases_for) with Google Benchmark.
   void (*register_cases)(const std::vector<bench_case>& cases) = nullptr;
 };

@@ -111,6 +111,34 @@ float read_sum(const float* p, std::size_t n) {
   return V::reduce_sum(V::add(V::add(a0, a1), V::add(a2, a3)));
 }
 
+float read_fma_sum(const float* p, std::size_t n) {
+  using V = gqa::isa::vec<Isa>;
+  constexpr std::size_t L = V::lanes;
+  constexpr std::size_t row = 8 * 128;  // one key's K (or V) rows of D1's 8 KV heads of 128: 4 KiB
+  const std::size_t half = n / 2 / row * row;
+  const float* k = p;
+  const float* v = p + half;
+  const typename V::reg w[4] = {V::set1(0.5f), V::set1(0.25f), V::set1(0.125f), V::set1(0.0625f)};
+  typename V::reg acc[2][4];  // 8 independent chains (registers for AVX2's 16 too)
+  GQA_UNROLL for (int u = 0; u < 2; ++u)
+    GQA_UNROLL for (int r = 0; r < 4; ++r) acc[u][r] = V::zero();
+  const auto rows = [&](const float* x) {
+    for (std::size_t i = 0; i + 2 * L <= row; i += 2 * L)
+      GQA_UNROLL for (int u = 0; u < 2; ++u) {
+        const auto y = V::load(x + i + static_cast<std::size_t>(u) * L);
+        GQA_UNROLL for (int r = 0; r < 4; ++r) acc[u][r] = V::mul_add(y, w[r], acc[u][r]);
+      }
+  };
+  for (std::size_t j = 0; j < half; j += row) {  // key by key: its K rows, then its V rows
+    rows(k + j);
+    rows(v + j);
+  }
+  auto sum = V::zero();
+  GQA_UNROLL for (int u = 0; u < 2; ++u)
+    GQA_UNROLL for (int r = 0; r < 4; ++r) sum = V::add(sum, acc[u][r]);
+  return V::reduce_sum(sum);
+}
+
 // --- Tensor views of the shared inputs. ---
 
 struct views {
@@ -625,6 +653,7 @@ isa_hooks GQA_BENCH_CAT(hooks_, GQA_BENCH_ISA)() {
   h.fma_rounds = &fma_rounds;
   h.flops_per_round = 2.0 * fma_chains * gqa::isa::vec<Isa>::lanes;
   h.read_sum = &read_sum;
+  h.read_fma_sum = &read_fma_sum;
   h.register_cases = &register_cases;
   return h;
 }

@@ -126,6 +126,26 @@ void run_read_probe(benchmark::State& st, std::size_t bytes) {
   st.counters["GBps_T2"] = t2;
 }
 
+// probe/read_fma/<bytes>: the read probe's bytes walked as fp32 D1 walks its cache, with D1's multiply-adds
+// per byte and nothing else (read_fma_sum, best ISA), one thread: what a decode kernel could stream if the
+// multiply-adds were all its work. of_read: its GB/s over the read probe's (probe/read_bw, the same bytes,
+// the same run), a ceiling for fp32 D1's bw_frac.
+void run_read_fma_probe(benchmark::State& st, std::size_t bytes) {
+  const float* buf = probe_buffer(bytes);
+  const isa_hooks& best = best_isa();
+  const std::size_t n = bytes / sizeof(float) / 64 * 64;
+  float sink = best.read_fma_sum(buf, n);  // warm-up
+  const double t0 = thread_cpu_seconds();
+  for (auto _ : st) {
+    sink += best.read_fma_sum(buf, n);
+    benchmark::DoNotOptimize(sink);
+  }
+  const double per_call = (thread_cpu_seconds() - t0) / static_cast<double>(st.iterations());
+  const double gbps = static_cast<double>(n * sizeof(float)) / per_call * 1e-9;
+  st.counters["GBps"] = gbps;
+  st.counters["of_read"] = gbps / read_bw(bytes, 1);
+}
+
 void register_all() {
   for (const isa_hooks& h : all_isas())
     benchmark::RegisterBenchmark(("probe/fma_peak/" + std::string(h.isa)).c_str(),
@@ -136,6 +156,9 @@ void register_all() {
     benchmark::RegisterBenchmark(("probe/read_bw/" + std::to_string(bytes)).c_str(),
                                  [bytes](benchmark::State& st) { run_read_probe(st, bytes); })
         ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark(("probe/read_fma/" + std::to_string(bw_reference_bytes())).c_str(),
+                               [](benchmark::State& st) { run_read_fma_probe(st, bw_reference_bytes()); })
+      ->Unit(benchmark::kMillisecond);
   const std::vector<std::string_view> variants = built_variants();
   for (const isa_hooks& h : all_isas()) h.register_cases(cases_for(h.isa, variants));
   register_dispatch_cases();
