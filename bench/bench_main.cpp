@@ -107,18 +107,23 @@ void run_fma_probe(benchmark::State& st, const isa_hooks& h) {
   st.counters["GFLOPS_T2"] = t2;
 }
 
-void run_read_probe(benchmark::State& st, std::size_t bytes) {
+/// GB/s of read(buf, n) over the probe buffer of `bytes` (n: its floats, a multiple of 64), timed by st's
+/// loop on this thread's CPU clock after one warm-up call.
+double timed_read_gbps(benchmark::State& st, std::size_t bytes, float (*read)(const float*, std::size_t)) {
   const float* buf = probe_buffer(bytes);
-  const isa_hooks& best = best_isa();
   const std::size_t n = bytes / sizeof(float) / 64 * 64;
-  float sink = best.read_sum(buf, n);  // warm-up
+  float sink = read(buf, n);  // warm-up
   const double t0 = thread_cpu_seconds();
   for (auto _ : st) {
-    sink += best.read_sum(buf, n);
+    sink += read(buf, n);
     benchmark::DoNotOptimize(sink);
   }
   const double per_call = (thread_cpu_seconds() - t0) / static_cast<double>(st.iterations());
-  const double t1 = static_cast<double>(n * sizeof(float)) / per_call * 1e-9;
+  return static_cast<double>(n * sizeof(float)) / per_call * 1e-9;
+}
+
+void run_read_probe(benchmark::State& st, std::size_t bytes) {
+  const double t1 = timed_read_gbps(st, bytes, best_isa().read_sum);
   const double t2 = measure_read_bw_best(bytes, 2);
   store_read_bw(bytes, 1, t1);
   store_read_bw(bytes, 2, t2);
@@ -131,17 +136,7 @@ void run_read_probe(benchmark::State& st, std::size_t bytes) {
 // multiply-adds were all its work. of_read: its GB/s over the read probe's (probe/read_bw, the same bytes,
 // the same run), a ceiling for fp32 D1's bw_frac.
 void run_read_fma_probe(benchmark::State& st, std::size_t bytes) {
-  const float* buf = probe_buffer(bytes);
-  const isa_hooks& best = best_isa();
-  const std::size_t n = bytes / sizeof(float) / 64 * 64;
-  float sink = best.read_fma_sum(buf, n);  // warm-up
-  const double t0 = thread_cpu_seconds();
-  for (auto _ : st) {
-    sink += best.read_fma_sum(buf, n);
-    benchmark::DoNotOptimize(sink);
-  }
-  const double per_call = (thread_cpu_seconds() - t0) / static_cast<double>(st.iterations());
-  const double gbps = static_cast<double>(n * sizeof(float)) / per_call * 1e-9;
+  const double gbps = timed_read_gbps(st, bytes, best_isa().read_fma_sum);
   st.counters["GBps"] = gbps;
   st.counters["of_read"] = gbps / read_bw(bytes, 1);
 }
