@@ -9,32 +9,42 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <ostream>
-#include <ranges>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "config.hpp"
 
 GQA_BEGIN_NAMESPACE
 
+namespace detail {
+/// The element type of an array that std::data and std::size describe (cv dropped).
+template <class R>
+using array_element_t = std::remove_cv_t<std::remove_pointer_t<decltype(std::data(std::declval<const R&>()))>>;
+}  // namespace detail
+
 /// A view of `size()` integers of one standard integer type (not bool), each read as index_t.
-/// Converts implicitly from any contiguous range of such integers: std::vector<int>, std::span<const
-/// std::int64_t>, std::array<std::size_t, N>, a C array. Non-owning: the array must outlive the view.
+/// Converts implicitly from any array of such integers that std::data and std::size describe:
+/// std::vector<int>, std::span<const std::int64_t>, std::array<std::size_t, N>, a C array. (Stated with
+/// std::data rather than the <ranges> concepts: <ranges> alone was ~0.3 G of the ~9 G instructions a
+/// compiler spends on `#include <gqa/gqa.hpp>`.) Non-owning: the array must outlive the view.
 class integer_span {
  public:
   constexpr integer_span() noexcept = default;
 
   template <class R>
-    requires std::ranges::contiguous_range<const R&> && std::ranges::sized_range<const R&> &&
-             std::integral<std::ranges::range_value_t<const R&>> &&
-             (!std::same_as<std::ranges::range_value_t<const R&>, bool>)
+    requires requires(const R& r) {
+      std::data(r);
+      std::size(r);
+    } && std::integral<detail::array_element_t<R>> && (!std::same_as<detail::array_element_t<R>, bool>)
   constexpr integer_span(const R& r) noexcept  // NOLINT(google-explicit-constructor)
-      : data_(std::ranges::data(r)),
-        size_(static_cast<std::size_t>(std::ranges::size(r))),
-        bytes_(static_cast<unsigned char>(sizeof(std::ranges::range_value_t<const R&>))),
-        signed_(std::is_signed_v<std::ranges::range_value_t<const R&>>) {}
+      : data_(std::data(r)),
+        size_(static_cast<std::size_t>(std::size(r))),
+        bytes_(static_cast<unsigned char>(sizeof(detail::array_element_t<R>))),
+        signed_(std::is_signed_v<detail::array_element_t<R>>) {}
 
   constexpr std::size_t size() const noexcept { return size_; }
   constexpr bool empty() const noexcept { return size_ == 0; }
