@@ -39,21 +39,22 @@ struct tile {
   /// Every one of the NR vectors of B and C exists.
   static void run(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb, index_t kn,
                   float* GQA_RESTRICT c, index_t ldc) noexcept {
-    body<false>(a, lda, strided_b<float>{b, ldb}, kn, c, ldc, NR, L, MR);
+    body<false>(a, lda, strided_b<float>{b, ldb}, kn, c, ldc, NR, L, MR, U == update::accumulate);
   }
   /// run() for C's first `rows` rows only (1 <= rows <= MR), the row tails' tile (tile_table): the rows past
   /// them are computed again from the last of them and never stored, so nothing outside those rows of A
-  /// and C is read or written, and each stored element is the same chain of FMAs as in run().
+  /// and C is read or written, and each stored element is the same chain of FMAs as in run(). C = A·B or,
+  /// if `accumulate`, C += A·B, whatever U is (Note [one table for = and +=]).
   static void run_upto(const float* GQA_RESTRICT a, index_t lda, const float* GQA_RESTRICT b, index_t ldb, index_t kn,
-                       float* GQA_RESTRICT c, index_t ldc, int rows) noexcept {
-    body<false>(a, lda, strided_b<float>{b, ldb}, kn, c, ldc, NR, L, rows);
+                       float* GQA_RESTRICT c, index_t ldc, int rows, bool accumulate) noexcept {
+    body<false>(a, lda, strided_b<float>{b, ldb}, kn, c, ldc, NR, L, rows, accumulate);
   }
   /// run() with B's rows found by `b` (strided_b or listed_b: b.row(k) is row k of B, of floats or of a
   /// 16-bit type that the loads widen).
   template <class B>
   static void run_rows(const float* GQA_RESTRICT a, index_t lda, const B& b, index_t kn, float* GQA_RESTRICT c,
                        index_t ldc) noexcept {
-    body<false>(a, lda, b, kn, c, ldc, NR, L, MR);
+    body<false>(a, lda, b, kn, c, ldc, NR, L, MR, U == update::accumulate);
   }
 
   /// Only the first `width` columns of B exist (0 < width <= NR·L): the vector holding the last of them is
@@ -68,7 +69,7 @@ struct tile {
   static void run_rows_partial(const float* GQA_RESTRICT a, index_t lda, const B& b, index_t kn,
                                float* GQA_RESTRICT c, index_t ldc, index_t width) noexcept {
     const int nvec = static_cast<int>((width + L - 1) / L);
-    body<true>(a, lda, b, kn, c, ldc, nvec, static_cast<int>(width - (nvec - 1) * L), MR);
+    body<true>(a, lda, b, kn, c, ldc, nvec, static_cast<int>(width - (nvec - 1) * L), MR, U == update::accumulate);
   }
 
  private:
@@ -82,16 +83,18 @@ struct tile {
 
   /// nvec: vectors of B and C with data; last: lanes of B's last such vector (both compile-time NR, L
   /// when !Partial); rows: rows of A and C with data (compile-time MR but in run_upto), tile row r reads
-  /// row min(r, rows - 1) and is stored only if r < rows.
+  /// row min(r, rows - 1) and is stored only if r < rows; accumulate: C += A·B, else C = A·B (compile-time
+  /// U but in run_upto).
   template <bool Partial, class B>
   static GQA_FORCEINLINE void body(const float* GQA_RESTRICT a, index_t lda, const B& b, index_t kn,
-                                   float* GQA_RESTRICT c, index_t ldc, int nvec, int last, int rows) noexcept {
+                                   float* GQA_RESTRICT c, index_t ldc, int nvec, int last, int rows,
+                                   bool accumulate) noexcept {
     index_t at[MR];  // the row of A and C that tile row r reads
     GQA_UNROLL for (int r = 0; r < MR; ++r) at[r] = r < rows ? r : rows - 1;
     reg acc[MR][NR];
     GQA_UNROLL for (int r = 0; r < MR; ++r)
       GQA_UNROLL for (int n = 0; n < NR; ++n)
-        acc[r][n] = U == update::accumulate && (!Partial || n < nvec) ? V::load(c + at[r] * ldc + n * L) : V::zero();
+        acc[r][n] = accumulate && (!Partial || n < nvec) ? V::load(c + at[r] * ldc + n * L) : V::zero();
     for (index_t k = 0; k < kn; ++k) {
       const auto* GQA_RESTRICT brow = b.row(k);
       reg vb[NR];
@@ -130,18 +133,28 @@ struct tile {
 // the TU's text 210 -> 196 KB; P1, P2, P3 forward and P1, P3 backward, AVX-512 and AVX2, one thread, the two
 // builds alternating (Intel Xeon, 2026-12-02): medians within 0.97-1.07 of before, the same bits.
 
+// Note [one table for = and +=]
+// Q·Kᵀ overwrites its tiles (C = A·B) and P·V accumulates (C += A·B), so the forward needs both tables of
+// a shape, and the backward both of each of its shapes. Their entries are one function per width, the
+// update a run-time argument (a branch before the k loop, once per tile): tile_table<…, assign> and
+// tile_table<…, accumulate> point to the same functions. Why: a translation unit that calls the dispatched
+// forward compiles both tables for three cores (8 functions on AVX-512 and scalar, 4 on AVX2), and the
+// second table was 3% of its compile work (1.07 G of 34.8 G instructions, g++ 12 -O2). Measured: P1, P3
+// forward and backward, AVX-512 and AVX2, one thread, the two builds alternating (Intel Xeon, 2026-12-03):
+// medians 0.99-1.02 of before, the same bits.
+
 /// The tile of mr rows (1 <= mr <= MR) and nr vectors (1 <= nr <= NR) at run time, get(mr, nr)(a, lda, b, ldb,
-/// kn, c, ldc): tile<Isa, MR, nr, AO, U>::run_upto with rows = mr. A column tail takes the instantiation
-/// of its width; a row tail (the last rows of a block, a band's steps) runs the MR-row tile on its rows
-/// (Note [row tails]).
+/// kn, c, ldc): tile<Isa, MR, nr, AO>::run_upto with rows = mr, accumulating if U is update::accumulate (Note
+/// [one table for = and +=]). A column tail takes the instantiation of its width; a row tail (the last rows
+/// of a block, a band's steps) runs the MR-row tile on its rows (Note [row tails]).
 template <class Isa, int MR, int NR, a_order AO = a_order::row_major, update U = update::assign>
 struct tile_table {
   static constexpr int mr = MR, nr = NR, lanes = isa::vec<Isa>::lanes;
   static constexpr a_order order = AO;
-  using fn = decltype(&tile<Isa, MR, 1, AO, U>::run_upto);
+  using fn = decltype(&tile<Isa, MR, 1, AO>::run_upto);
   template <int... I>
   static constexpr std::array<fn, sizeof...(I)> make(std::integer_sequence<int, I...>) {
-    return {&tile<Isa, MR, I + 1, AO, U>::run_upto...};
+    return {&tile<Isa, MR, I + 1, AO>::run_upto...};
   }
   static constexpr std::array<fn, NR> table = make(std::make_integer_sequence<int, NR>{});
   /// table's entry for nr vectors, bound to mr rows.
@@ -150,7 +163,7 @@ struct tile_table {
     int rows;
     void operator()(const float* a, index_t lda, const float* b, index_t ldb, index_t kn, float* c,
                     index_t ldc) const noexcept {
-      run(a, lda, b, ldb, kn, c, ldc, rows);
+      run(a, lda, b, ldb, kn, c, ldc, rows, U == update::accumulate);
     }
   };
   static bound get(int mr, int nr) noexcept { return {table[static_cast<std::size_t>(nr - 1)], mr}; }
