@@ -4,13 +4,31 @@
 // moves while a test enables it on its own thread, so every other test is unaffected.
 #include <gtest/gtest.h>
 
+#include <array>
+#include <cstdint>
 #include <cstdlib>
+#include <list>
 #include <new>
+#include <span>
+#include <type_traits>
 #include <vector>
 
 #include <gqa/gqa.hpp>
 
 #include "support/data.hpp"
+
+// integer_span (kv_lengths, page tables, offsets) converts from any array of a standard integer type other
+// than bool that std::data and std::size describe, and from nothing else.
+static_assert(std::is_convertible_v<const std::vector<int>&, gqa::integer_span>);
+static_assert(std::is_convertible_v<std::span<const std::int64_t>, gqa::integer_span>);
+static_assert(std::is_convertible_v<const std::array<std::size_t, 3>&, gqa::integer_span>);
+static_assert(std::is_convertible_v<const std::uint16_t (&)[4], gqa::integer_span>);
+static_assert(std::is_convertible_v<const std::vector<std::int8_t>&, gqa::integer_span>);
+static_assert(!std::is_convertible_v<const std::vector<bool>&, gqa::integer_span>);
+static_assert(!std::is_convertible_v<const std::array<bool, 2>&, gqa::integer_span>);
+static_assert(!std::is_convertible_v<const std::vector<float>&, gqa::integer_span>);
+static_assert(!std::is_convertible_v<const std::list<int>&, gqa::integer_span>);
+static_assert(!std::is_convertible_v<int, gqa::integer_span>);
 
 namespace {
 thread_local bool counting = false;
