@@ -127,9 +127,9 @@ struct vec<avx2> {
       store(dst + (4 + c) * ldd, _mm256_permute2f128_ps(b[c], b[4 + c], 0x31));
     }
   }
+  /// See vec<scalar>::pow2i and Note [pow2i by addition].
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(0x1.8p23f + 127.0f))), 23));
   }
 
  private:

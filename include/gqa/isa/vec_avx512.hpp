@@ -120,9 +120,9 @@ struct vec<avx512> {
   static GQA_FORCEINLINE reg round(reg a) noexcept {
     return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
+  /// See vec<scalar>::pow2i and Note [pow2i by addition].
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(_mm512_add_ps(n, _mm512_set1_ps(0x1.8p23f + 127.0f))), 23));
   }
 
  private:

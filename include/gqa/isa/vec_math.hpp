@@ -9,37 +9,52 @@ GQA_BEGIN_NAMESPACE
 namespace isa {
 
 // Note [exp accuracy]
-// exp2(x) = 2^n · 2^f with n = round(x), f = x − n ∈ [−0.5, 0.5]. 2^f is the degree-7 Taylor polynomial
-// of e^(f·ln2) (coefficients ln2^k/k! rounded to float), whose truncation error is below 5.3e-9 on that
-// interval, so float rounding dominates. Horner steps use mul_add: fused wherever the target has FMA
-// (AVX2, AVX-512, NEON), a multiply and an add on targets without it (the x86-64 baseline, where a libm
-// fmaf call per step would dominate the scalar core). Measured maximum relative error against std::exp2
-// in double, over EVERY float: fused 7.34e-8 (1.23 u, u = 2⁻²⁴) on [−126, 0] (worst at x = −0.499839)
-// and 7.29e-8 on [0, 127]; unfused 9.69e-8 (1.63 u) on [−126, 0] (worst at x = −0.498324) and on
-// [0, 127] (x = 0.501676). Within a translation unit every ISA computes the scalar helper's value bit
-// for bit.
+// exp2(x) = 2^n · 2^f with n = round(x), f = x − n ∈ [−0.5, 0.5]. 2^f is a degree-6 polynomial: a
+// Chebyshev fit of 2^f on [−0.5, 0.5] (mpmath `chebyfit`, error 2e-9 before rounding), its coefficients
+// rounded to float and then moved by a few ulps each (a coordinate search minimising the maximum error of
+// the fused Horner evaluation on every 2⁻²⁰ of the interval). One FMA fewer than the degree-7 Taylor
+// polynomial it replaced (truncation 5.3e-9, maximum error 7.34e-8). Horner steps use mul_add: fused
+// wherever the target has FMA (AVX2, AVX-512, NEON), a multiply and an add on targets without it (the
+// x86-64 baseline, where a libm fmaf call per step would dominate the scalar core). Measured maximum
+// relative error against std::exp2 in double, over EVERY float: fused 6.56e-8 (1.10 u, u = 2⁻²⁴) on
+// [−126, 0] (worst at x = −0.499227) and on [0, 127] (x = 0.318308); unfused 8.91e-8 (1.50 u) on both
+// (x = −0.497987, 0.502013); the Taylor polynomial gave 7.34e-8 and 9.69e-8. Within a translation unit
+// every ISA computes the scalar helper's value bit for bit.
 // tests/suites/vec_suite.hpp (exp2_accuracy) re-measures it on a dense grid and asserts ≤ 1e-7.
 // x is clamped to [−127, 127]; every x < −126.5 returns exactly 0 (n = −127 makes the biased exponent
 // 0), so masked scores (−inf) get weight exactly 0. NaN passes the clamp and gives NaN (the constant is
 // the first operand of max/min, whose lane semantics `a > b ? a : b` return the second when either is
 // NaN): a NaN score gives a NaN weight and the row becomes NaN, as in a naive softmax (Note [non-finite
 // inputs]). The core computes softmax in base 2 with log2(e) folded into the query scale, so this is the
-// only exp it needs.
+// only exp it needs. exp2_nonpositive is the same function without the upper clamp, for the online
+// softmax, whose arguments s − m are never above 0 (Note [softmax exp2]).
+
+// Note [softmax exp2]
+// The online softmax's arguments are s − m with m the row's running max, so never above 0 (or NaN, or
+// −inf − 0 for a row that has seen no finite score); there the upper clamp of exp2 is one vector operation
+// per 16 scores that never changes a result. exp2_nonpositive(x) is exp2(x), bit for bit, for every x ≤ 127
+// and NaN (exp2 is exp2_nonpositive after the clamp); above 127 its result is undefined (its callers never
+// pass one).
+template <class Isa>
+GQA_FORCEINLINE typename vec<Isa>::reg exp2_nonpositive(typename vec<Isa>::reg x) noexcept {
+  using V = vec<Isa>;
+  x = V::max(V::set1(-127.0f), x);  // NaN stays NaN (Note [exp accuracy])
+  const auto n = V::round(x);
+  const auto f = V::sub(x, n);
+  auto p = V::set1(0x1.444p-13f);
+  p = V::mul_add(p, f, V::set1(0x1.5f48cp-10f));
+  p = V::mul_add(p, f, V::set1(0x1.3b2a28p-7f));
+  p = V::mul_add(p, f, V::set1(0x1.c6aee4p-5f));
+  p = V::mul_add(p, f, V::set1(0x1.ebfbdcp-3f));
+  p = V::mul_add(p, f, V::set1(0x1.62e43p-1f));
+  p = V::mul_add(p, f, V::set1(1.0f));
+  return V::mul(p, V::pow2i(n));
+}
+
 template <class Isa>
 GQA_FORCEINLINE typename vec<Isa>::reg exp2(typename vec<Isa>::reg x) noexcept {
   using V = vec<Isa>;
-  x = V::min(V::set1(127.0f), V::max(V::set1(-127.0f), x));  // NaN stays NaN (see above)
-  const auto n = V::round(x);
-  const auto f = V::sub(x, n);
-  auto p = V::set1(0x1.ffcbfcp-17f);
-  p = V::mul_add(p, f, V::set1(0x1.430912p-13f));
-  p = V::mul_add(p, f, V::set1(0x1.5d87fep-10f));
-  p = V::mul_add(p, f, V::set1(0x1.3b2ab6p-7f));
-  p = V::mul_add(p, f, V::set1(0x1.c6b08ep-5f));
-  p = V::mul_add(p, f, V::set1(0x1.ebfbe0p-3f));
-  p = V::mul_add(p, f, V::set1(0x1.62e430p-1f));
-  p = V::mul_add(p, f, V::set1(1.0f));
-  return V::mul(p, V::pow2i(n));
+  return exp2_nonpositive<Isa>(V::min(V::set1(127.0f), x));  // NaN stays NaN (Note [exp accuracy])
 }
 
 /// Scalar helper with the exact semantics of exp2<Isa> lane by lane.

@@ -89,9 +89,9 @@ struct vec<neon> {
     store(dst + 2 * ldd, vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)));
     store(dst + 3 * ldd, vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)));
   }
+  /// See vec<scalar>::pow2i and Note [pow2i by addition].
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    const int32x4_t e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
-    return vreinterpretq_f32_s32(vshlq_n_s32(e, 23));
+    return vreinterpretq_f32_u32(vshlq_n_u32(vreinterpretq_u32_f32(vaddq_f32(n, vdupq_n_f32(0x1.8p23f + 127.0f))), 23));
   }
 
  private:

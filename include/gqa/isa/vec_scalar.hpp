@@ -109,8 +109,16 @@ struct vec<scalar> {
   }
   /// Round to nearest integer, ties to even (the current rounding mode, never changed by gqa).
   static GQA_FORCEINLINE reg round(reg a) noexcept { return std::nearbyint(a); }
-  /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0). NaN gives 1
-  /// (what the x86 and NEON conversions give too; exp2 multiplies it by a NaN polynomial, Note [exp accuracy]).
+  // Note [pow2i by addition]
+  // For an integer n in [−127, 127], y = n + (1.5·2^23 + 127) is exact and lies in [2^23, 2^24), where
+  // floats are the integers: its 23 mantissa bits hold 2^22 + 127 + n. Shifted left by 23 in 32 bits, the
+  // 2^22 leaves and 127 + n ∈ [0, 254] lands in the exponent field with sign and mantissa 0: the float
+  // 2^n, and +0 for n = −127. One add and one shift, where converting to int32, adding the bias and
+  // shifting took three vector operations; exp2 runs it once per score (Note [exp accuracy]).
+  /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0). For NaN the
+  /// value is unspecified (here 1; the vector ISAs give other values): exp2 multiplies it by a NaN
+  /// polynomial, so the result is NaN on every ISA (Note [exp accuracy]). The vector ISAs add
+  /// 1.5·2^23 + 127 and shift the float's bits left by 23 (Note [pow2i by addition]).
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
     const std::int32_t e = n == n ? static_cast<std::int32_t>(n) : 0;
     const auto bits = static_cast<std::uint32_t>(e + 127) << 23;

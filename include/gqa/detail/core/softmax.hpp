@@ -76,7 +76,7 @@ struct online_softmax {
     const auto vm = V::set1(m_new == k_neg_inf ? 0.0f : m_new);
     auto vsum = V::zero();
     for (index_t j = 0; j < n; j += L) {
-      const auto p = isa::exp2<Isa>(V::sub(V::load(s + j), vm));
+      const auto p = isa::exp2_nonpositive<Isa>(V::sub(V::load(s + j), vm));  // s − m ≤ 0 (Note [softmax exp2])
       V::store(s + j, p);
       vsum = V::add(vsum, p);
     }
