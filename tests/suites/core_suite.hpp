@@ -299,7 +299,7 @@ TYPED_TEST_P(core_suite, online_softmax_update_merge_and_masked_rows) {
     std::fill(o, o + dvp, 0.0f);
     for (index_t b = j0; b < j1; b += n) {
       std::vector<float> s(scores.begin() + b, scores.begin() + b + n);
-      S::update(s.data(), n, m, l, o, dvp);
+      S::template update<1>(s.data(), n, n, &m, &l, o, dvp);
       for (index_t j = 0; j < n; ++j) {
         EXPECT_FALSE(std::isnan(s[static_cast<std::size_t>(j)]));
         for (index_t c = 0; c < dvp; ++c)
@@ -325,6 +325,37 @@ TYPED_TEST_P(core_suite, online_softmax_update_merge_and_masked_rows) {
   for (index_t c = 0; c < dv; ++c)
     EXPECT_NEAR(out[static_cast<std::size_t>(c)], want[static_cast<std::size_t>(c)] / sum, tol) << "O[" << c << "]";
   EXPECT_NEAR(S::lse(m, l, true), (mx + std::log2(sum)) * std::log(2.0), tol * 16.0);
+
+  // Four rows at once (Note [softmax rows by four]) compute exactly what each row computes alone: the
+  // same p, m, l and rescaled o, bit for bit, from states that have seen no key, finite ones and a NaN.
+  {
+    const index_t lds = n + L;  // rows apart by more than a block, as in the core's score buffer
+    auto s4 = data(static_cast<std::size_t>(4 * lds), 53);
+    for (auto& x : s4) x *= 8.0f;
+    for (index_t j = 0; j < n; ++j) s4[static_cast<std::size_t>(j)] = -k_inf;  // row 0: every key masked
+    s4[static_cast<std::size_t>(2 * lds + 3)] = std::numeric_limits<float>::quiet_NaN();  // row 2: a NaN score
+    float m4[4] = {-k_inf, 1.5f, -k_inf, 20.0f}, l4[4] = {0.0f, 3.0f, 0.0f, 2.0f};
+    auto o4 = data(static_cast<std::size_t>(4 * dvp), 54);
+    auto s1 = s4, o1 = o4;
+    float m1[4], l1[4];
+    std::copy(m4, m4 + 4, m1);
+    std::copy(l4, l4 + 4, l1);
+    S::template update<4>(s4.data(), lds, n, m4, l4, o4.data(), dvp);
+    for (index_t r = 0; r < 4; ++r)
+      S::template update<1>(s1.data() + r * lds, lds, n, m1 + r, l1 + r, o1.data() + r * dvp, dvp);
+    for (index_t r = 0; r < 4; ++r) {
+      EXPECT_TRUE(same_bits(m4[r], m1[r])) << "m, row " << r;
+      EXPECT_TRUE(same_bits(l4[r], l1[r])) << "l, row " << r;
+      for (index_t j = 0; j < n; ++j)
+        EXPECT_TRUE(same_bits(s4[static_cast<std::size_t>(r * lds + j)], s1[static_cast<std::size_t>(r * lds + j)]))
+            << "p, row " << r << ", key " << j;
+      for (index_t c = 0; c < dvp; ++c)
+        EXPECT_TRUE(same_bits(o4[static_cast<std::size_t>(r * dvp + c)], o1[static_cast<std::size_t>(r * dvp + c)]))
+            << "o, row " << r << ", column " << c;
+    }
+    EXPECT_TRUE(std::isnan(l4[2]));  // the NaN score's row
+    EXPECT_EQ(l4[0], 0.0f);          // the masked row saw nothing
+  }
 
   // Split into three chunks (the first fully masked): the merge reproduces the row.
   const index_t cuts[] = {0, n, 3 * n, keys};
@@ -353,7 +384,7 @@ TYPED_TEST_P(core_suite, online_softmax_update_merge_and_masked_rows) {
   // A row that sees no key: p is written as 0, the state stays empty, the row is zeros and LSE −inf.
   std::vector<float> s(static_cast<std::size_t>(n), -k_inf), orow(static_cast<std::size_t>(dvp), 0.0f);
   float em = -k_inf, el = 0.0f;
-  S::update(s.data(), n, em, el, orow.data(), dvp);
+  S::template update<1>(s.data(), n, n, &em, &el, orow.data(), dvp);
   for (const float x : s) EXPECT_TRUE(same_bits(x, 0.0f));
   EXPECT_EQ(em, -k_inf);
   EXPECT_EQ(el, 0.0f);
@@ -390,12 +421,12 @@ TYPED_TEST_P(core_suite, online_softmax_keeps_nan) {
       s[static_cast<std::size_t>(at)] = nan;
       float m = -k_inf, l = 0.0f;
       std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f);
-      S::update(s.data(), n, m, l, o.data(), dvp);
+      S::template update<1>(s.data(), n, n, &m, &l, o.data(), dvp);
       EXPECT_TRUE(std::isnan(s[static_cast<std::size_t>(at)])) << "weight of the NaN score";
       EXPECT_TRUE(std::isnan(l));
       auto s2 = data(static_cast<std::size_t>(n), 70 + at);  // a later, finite block
       for (auto& x : s2) x += 50.0f;                         // with a larger max: rescales the state
-      S::update(s2.data(), n, m, l, o.data(), dvp);
+      S::template update<1>(s2.data(), n, n, &m, &l, o.data(), dvp);
       EXPECT_TRUE(std::isnan(l));
       // Merged with a finite chunk, in either order.
       float fm = 1.0f, fl = 2.0f;
@@ -418,7 +449,7 @@ TYPED_TEST_P(core_suite, online_softmax_keeps_nan) {
     s[1] = nan;
     float m = -k_inf, l = 0.0f;
     std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f);
-    S::update(s.data(), n, m, l, o.data(), dvp);
+    S::template update<1>(s.data(), n, n, &m, &l, o.data(), dvp);
     EXPECT_TRUE(std::isnan(l));
     float em = -k_inf, el = 0.0f;
     std::vector<float> eo(static_cast<std::size_t>(dvp), 0.0f);
@@ -434,7 +465,7 @@ TYPED_TEST_P(core_suite, online_softmax_keeps_nan) {
     s[3 % static_cast<std::size_t>(n)] = k_inf;
     float m = -k_inf, l = 0.0f;
     std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f);
-    S::update(s.data(), n, m, l, o.data(), dvp);
+    S::template update<1>(s.data(), n, n, &m, &l, o.data(), dvp);
     EXPECT_EQ(m, k_inf);
     EXPECT_TRUE(std::isnan(l));
   }
@@ -443,7 +474,7 @@ TYPED_TEST_P(core_suite, online_softmax_keeps_nan) {
     std::vector<float> s(static_cast<std::size_t>(n), -k_inf);
     float m = -k_inf, l = 0.0f;
     std::vector<float> o(static_cast<std::size_t>(dvp), 0.0f), out(static_cast<std::size_t>(dvp), 7.0f);
-    S::update(s.data(), n, m, l, o.data(), dvp);
+    S::template update<1>(s.data(), n, n, &m, &l, o.data(), dvp);
     EXPECT_EQ(l, 0.0f);
     S::finish_row(o.data(), l, true, dvp, out.data());
     for (const float x : out) EXPECT_TRUE(std::isnan(x));

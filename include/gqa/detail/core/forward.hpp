@@ -344,7 +344,7 @@ struct kernel {
         const auto lo = [&](index_t r) noexcept { return in_block(visible_keys(pb, t.ib, t.q0 + r / G).lo); };
         const auto hi = [&](index_t r) noexcept { return in_block(visible_keys(pb, t.ib, t.q0 + r / G).hi); };
         // Mask: columns past nb are padding; causal and window edges may cut inside the block.
-        for (index_t r = 0; r < grow; ++r) {
+        const auto modify_row = [&](index_t r) noexcept {
           float* srow = srow0 + r * lay.bk;
           if (t16) scale_row(srow, nbp, pb.qscale);  // into log2 units (Note [bf16 tiles])
           if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow, nbp, pb.softcap);
@@ -359,11 +359,28 @@ struct kernel {
             std::fill(srow, srow + a, k_neg_inf);
             std::fill(srow + b, srow + nbp, k_neg_inf);
           }
-          softmax::update(srow, nbp, st.m[r0 + r], st.l[r0 + r], orow0 + r * lay.dvp, lay.dvp);
-          if constexpr (bf16_capable) {
-            if (t16) tiles16::round_row(srow, nbp, p16 + r * lay.p16_ld);
+        };
+        const auto finish_rows = [&](index_t r, index_t n) noexcept {
+          for (index_t i = r; i < r + n; ++i) {
+            if constexpr (bf16_capable) {
+              if (t16) tiles16::round_row(srow0 + i * lay.bk, nbp, p16 + i * lay.p16_ld);
+            }
+            pf();
           }
-          pf();
+        };
+        // The online softmax four rows at a time, then the rest one by one (Note [softmax rows by four]).
+        index_t r = 0;
+        for (; r + 4 <= grow; r += 4) {
+          for (index_t i = r; i < r + 4; ++i) modify_row(i);
+          softmax::template update<4>(srow0 + r * lay.bk, lay.bk, nbp, st.m + r0 + r, st.l + r0 + r,
+                                      orow0 + r * lay.dvp, lay.dvp);
+          finish_rows(r, 4);
+        }
+        for (; r < grow; ++r) {
+          modify_row(r);
+          softmax::template update<1>(srow0 + r * lay.bk, lay.bk, nbp, st.m + r0 + r, st.l + r0 + r,
+                                      orow0 + r * lay.dvp, lay.dvp);
+          finish_rows(r, 1);
         }
         // P·V; a cut block as a band, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {

@@ -43,6 +43,16 @@ namespace detail::core {
 // not drop a NaN score (x86 max returns its second operand when either is NaN, NEON's propagates NaN),
 // which changes nothing: the NaN score's weight is NaN either way.
 
+// Note [softmax rows by four]
+// The tiled path's row pass runs the online softmax on four rows at a time: the four rows' max passes and
+// horizontal maxima first, then each row's exp2 pass, sum and rescale. Each row computes exactly what it
+// computed alone (the same operations in the same order, so the same bits); what changes is that the
+// out-of-order core finds four independent max chains, each followed by a horizontal reduction whose
+// result the exp2 pass waits for, instead of one. Measured (2 vCPUs of an Intel Xeon, AVX-512, one thread,
+// 2026-12-03, one binary alternating both versions call by call, 299 pairs): P3 1.016× and 1.018× faster.
+// Reducing the four sums in one transposition (reduce_sum4) gained another 0.5% but changes l's last bits
+// against a row computed alone; not done.
+
 /// The running state of a set of rows: per row r the max m[r] (log2 units), the sum l[r] and the
 /// unnormalised output o[r·dvp ..) (dvp: d_v padded to the vector width).
 struct row_state {
@@ -65,26 +75,37 @@ struct online_softmax {
     return m_old == k_neg_inf ? 0.0f : isa::exp2_scalar(m_old - m_new);
   }
 
-  /// One row's step over a block of n scores (n a multiple of L, masked scores −inf): updates (m, l),
-  /// rescales the row's accumulator, and overwrites s with p = 2^(s − m_new). See Note [fully masked rows]
-  /// and Note [non-finite inputs].
-  static void update(float* s, index_t n, float& m, float& l, float* orow, index_t dvp) noexcept {
-    auto vmax = V::set1(k_neg_inf);
-    for (index_t j = 0; j < n; j += L) vmax = V::max(vmax, V::load(s + j));
-    const float m_new = std::max(m, V::reduce_max(vmax));
-    const float alpha = rescale(m, m_new);
-    const auto vm = V::set1(m_new == k_neg_inf ? 0.0f : m_new);
-    auto vsum = V::zero();
-    for (index_t j = 0; j < n; j += L) {
-      const auto p = isa::exp2_nonpositive<Isa>(V::sub(V::load(s + j), vm));  // s − m ≤ 0 (Note [softmax exp2])
-      V::store(s + j, p);
-      vsum = V::add(vsum, p);
+  /// Rows 0 .. R − 1 (R = 1 or 4) of a block of n scores each (row r at s + r·lds; n a multiple of L; masked
+  /// scores −inf): updates (m[r], l[r]), rescales row r's accumulator o + r·dvp and overwrites its scores
+  /// with p = 2^(s − m_new). See Note [fully masked rows], Note [non-finite inputs] and Note [softmax rows by
+  /// four].
+  template <int R>
+  static void update(float* s, index_t lds, index_t n, float* m, float* l, float* o, index_t dvp) noexcept {
+    static_assert(R == 1 || R == 4);
+    float m_new[R];
+    for (int r = 0; r < R; ++r) {
+      const float* sr = s + r * lds;
+      auto vmax = V::set1(k_neg_inf);
+      for (index_t j = 0; j < n; j += L) vmax = V::max(vmax, V::load(sr + j));
+      m_new[r] = std::max(m[r], V::reduce_max(vmax));
     }
-    l = l * alpha + V::reduce_sum(vsum);
-    m = m_new;
-    if (alpha != 1.0f) {
-      const auto va = V::set1(alpha);
-      for (index_t c = 0; c < dvp; c += L) V::store(orow + c, V::mul(V::load(orow + c), va));
+    for (int r = 0; r < R; ++r) {
+      float* sr = s + r * lds;
+      const float alpha = rescale(m[r], m_new[r]);
+      const auto vm = V::set1(m_new[r] == k_neg_inf ? 0.0f : m_new[r]);
+      auto vsum = V::zero();
+      for (index_t j = 0; j < n; j += L) {
+        const auto p = isa::exp2_nonpositive<Isa>(V::sub(V::load(sr + j), vm));  // s − m ≤ 0 (Note [softmax exp2])
+        V::store(sr + j, p);
+        vsum = V::add(vsum, p);
+      }
+      l[r] = l[r] * alpha + V::reduce_sum(vsum);
+      m[r] = m_new[r];
+      if (alpha != 1.0f) {
+        const auto va = V::set1(alpha);
+        float* orow = o + r * dvp;
+        for (index_t c = 0; c < dvp; c += L) V::store(orow + c, V::mul(V::load(orow + c), va));
+      }
     }
   }
 
