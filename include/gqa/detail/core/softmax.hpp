@@ -44,14 +44,14 @@ namespace detail::core {
 // which changes nothing: the NaN score's weight is NaN either way.
 
 // Note [softmax rows by four]
-// The tiled path's row pass runs the online softmax on four rows at a time: the four rows' max passes and
-// horizontal maxima first, then each row's exp2 pass, sum and rescale. Each row computes exactly what it
-// computed alone (the same operations in the same order, so the same bits); what changes is that the
-// out-of-order core finds four independent max chains, each followed by a horizontal reduction whose
-// result the exp2 pass waits for, instead of one. Measured (2 vCPUs of an Intel Xeon, AVX-512, one thread,
-// 2026-12-03, one binary alternating both versions call by call, 299 pairs): P3 1.016× and 1.018× faster.
-// Reducing the four sums in one transposition (reduce_sum4) gained another 0.5% but changes l's last bits
-// against a row computed alone; not done.
+// The forward's row pass (tiled, direct and decode alike) runs the online softmax on four rows at a time:
+// the four rows' max passes and horizontal maxima first, then each row's exp2 pass, sum and rescale. Each
+// row computes exactly what it computed alone (the same operations in the same order, so the same bits);
+// what changes is that the out-of-order core finds four independent max chains, each followed by a
+// horizontal reduction whose result the exp2 pass waits for, instead of one. Measured (2 vCPUs of an Intel
+// Xeon, AVX-512, one thread, 2026-12-03, one binary alternating both versions call by call, 299 pairs): P3
+// 1.016× and 1.018× faster. Reducing the four sums in one transposition (reduce_sum4) gained another 0.5%
+// but changes l's last bits against a row computed alone; not done.
 
 /// The running state of a set of rows: per row r the max m[r] (log2 units), the sum l[r] and the
 /// unnormalised output o[r·dvp ..) (dvp: d_v padded to the vector width).
