@@ -8,6 +8,9 @@
 
 #include "../config.hpp"
 
+#if defined(__linux__)
+#include <unistd.h>  // sysconf (l2_cache_bytes)
+#endif
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 #if defined(__linux__)
@@ -99,6 +102,22 @@ inline const cpu_features& cpu() noexcept {
 inline bool amx_tiles_granted() noexcept {
   static const bool granted = cpu().amx_bf16 && detail_cpu::tile_data_granted();
   return granted;
+}
+
+/// The size in bytes of the level-2 data cache of the CPU this process runs on, as the C library reports it
+/// (glibc's sysconf(_SC_LEVEL2_CACHE_SIZE), which reads CPUID), read once per process; 0 where unknown
+/// (other platforms and C libraries). The forward's tasks take more rows where L2 is large (Note [tile
+/// shape], Note [rows by L2]).
+inline long l2_cache_bytes() noexcept {
+#if defined(__linux__) && defined(__GLIBC__) && defined(_SC_LEVEL2_CACHE_SIZE)
+  static const long bytes = [] {
+    const long b = ::sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return b > 0 ? b : 0L;
+  }();
+  return bytes;
+#else
+  return 0;
+#endif
 }
 
 }  // namespace isa

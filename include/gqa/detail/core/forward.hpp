@@ -460,6 +460,24 @@ struct kernel {
 inline constexpr index_t k_split_min_tasks = 16;
 inline constexpr index_t k_split_min_chunk = 1024;
 
+// Note [rows by L2]
+// A prefill task's rows (G · block_q) amortise the packing of every K/V block it reads and the prefetch of
+// the next (Note [tile shape]); its scratch grows with them (Q rows, scores, O accumulators: ~0.4 MB at
+// d = 128 for 192 rows). Where L2 holds at least 2 MiB the forward takes tile_shape::rows_large_l2 rows
+// (384 on AVX2 and AVX-512): on an Intel Xeon with 2 MiB of L2 per core (2 vCPUs, family 6 model 207,
+// 2026-12-03, one thread, one binary alternating 192 and the other count call by call, medians of the
+// time ratios), 384 rows made P1 1.055x and 1.061x faster on AVX-512 (15 and 19 pairs), P2 1.017x, AVX2 P1
+// 1.046x, P3 1.032x (AVX-512) and 1.027x (AVX2); 288 rows 1.025x / 1.017x (P1 / P3), 512 1.066x / 1.017x,
+// 768 1.033x on P1, 96 0.981x. Smaller L2s (the AMD EPYC the 192 was measured on) keep tile_shape::rows;
+// the backward keeps it everywhere. The count depends on the machine, never on the thread count, so
+// results stay the same for any number of threads; they may differ in the last bits between machines
+// that choose different counts (a query block's tail rows can take the direct path under one count and the
+// tiled path under the other).
+template <class Shape>
+index_t forward_rows() noexcept {
+  return ::gqa::isa::l2_cache_bytes() >= (index_t{2} << 20) ? Shape::rows_large_l2 : Shape::rows;
+}
+
 /// The scheduler over any layout (Note [layouts]): `b` sequences of at most `sq` queries and `skv` keys,
 /// heads and dims d (Q·K) and dv (V).
 template <class Isa, class Lay>
@@ -478,7 +496,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const index_t n_active = static_cast<index_t>(active.size());
   const index_t gmax = std::max<index_t>(1, map.max_group_size());
   const bool decode = gmax * sq <= k_direct_rows;  // See Note [decode tasks]
-  const index_t block_q = decode ? sq : std::max<index_t>(1, shape::rows / gmax);
+  const index_t block_q = decode ? sq : std::max<index_t>(1, forward_rows<shape>() / gmax);
   const index_t head_tasks = decode ? 1 : n_active;  // tasks per (batch, query block)
   // Query blocks of each sequence: the same for every sequence but a ragged batch's, whose sequences
   // have their own query counts; then qb_before[ib] counts the blocks of the sequences before ib.
