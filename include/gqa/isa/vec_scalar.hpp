@@ -118,8 +118,8 @@ struct vec<scalar> {
   // shifting took three vector operations; exp2 runs it once per score (Note [exp accuracy]).
   /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0). For NaN the
   /// value is unspecified (here 1; the vector ISAs give other values): exp2 multiplies it by a NaN
-  /// polynomial, so the result is NaN on every ISA (Note [exp accuracy]). The vector ISAs add
-  /// 1.5·2^23 + 127 and shift the float's bits left by 23 (Note [pow2i by addition]).
+  /// polynomial, so the result is NaN on every ISA (Note [exp accuracy]). The vector ISAs compute it as in
+  /// Note [pow2i by addition].
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
     const std::int32_t e = n == n ? static_cast<std::int32_t>(n) : 0;
     const auto bits = static_cast<std::uint32_t>(e + 127) << 23;
