@@ -33,8 +33,16 @@ namespace isa {
 // The online softmax's arguments are s − m with m the row's running max, so never above 0 (or NaN, or
 // −inf − 0 for a row that has seen no finite score); there the upper clamp of exp2 is one vector operation
 // per 16 scores that never changes a result. exp2_nonpositive(x) is exp2(x), bit for bit, for every x ≤ 127
-// and NaN (exp2 is exp2_nonpositive after the clamp); above 127 its result is undefined (its callers never
-// pass one).
+// and NaN (exp2 is exp2_nonpositive after the clamp); above 127 (+inf included) its value is unspecified,
+// but it is an ordinary computation on every ISA (no conversion to an integer: Note [pow2i by addition]).
+// The softmax does pass such arguments in one case: the max pass may drop a NaN score (the lane max
+// `a > b ? a : b` returns b when either is NaN), and then the max it finds can lie below a larger score of
+// the same row, even +inf, or stay −inf (the row then uses m = 0). Such a row holds a NaN score, whose
+// weight is NaN, so its l and O are NaN whatever the larger scores' weights are (Note [non-finite
+// inputs]). tests/suites/core_suite.hpp (online_softmax_keeps_nan) builds this case on every ISA (under
+// the sanitizers on AVX2 and AVX-512), and the fuzzer's seed corpus holds the call through which it found
+// the scalar pow2i converting +inf to an integer (tests/fuzz/corpus/ce1408b3…, replayed under UBSan by
+// every CI run).
 template <class Isa>
 GQA_FORCEINLINE typename vec<Isa>::reg exp2_nonpositive(typename vec<Isa>::reg x) noexcept {
   using V = vec<Isa>;

@@ -116,13 +116,17 @@ struct vec<scalar> {
   // 2^22 leaves and 127 + n ∈ [0, 254] lands in the exponent field with sign and mantissa 0: the float
   // 2^n, and +0 for n = −127. One add and one shift, where converting to int32, adding the bias and
   // shifting took three vector operations; exp2 runs it once per score (Note [exp accuracy]).
-  /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0). For NaN the
-  /// value is unspecified (here 1; the vector ISAs give other values): exp2 multiplies it by a NaN
-  /// polynomial, so the result is NaN on every ISA (Note [exp accuracy]). The vector ISAs compute it as in
-  /// Note [pow2i by addition].
+  /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0). For any other
+  /// n (NaN, ±inf, beyond the range) the value is unspecified but the operation is defined: exp2 multiplies
+  /// it by a NaN polynomial for NaN and ±inf, and exp2_nonpositive's callers get such an n only in a row
+  /// that is NaN anyway (Note [softmax exp2]). Every ISA computes it as in Note [pow2i by addition], so the
+  /// bits agree for every input; a cast to int32 (undefined behaviour for ±inf and beyond ±2^31) is never
+  /// formed.
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    const std::int32_t e = n == n ? static_cast<std::int32_t>(n) : 0;
-    const auto bits = static_cast<std::uint32_t>(e + 127) << 23;
+    const float y = n + (0x1.8p23f + 127.0f);
+    std::uint32_t bits;
+    std::memcpy(&bits, &y, sizeof bits);
+    bits <<= 23;
     float r;
     std::memcpy(&r, &bits, sizeof r);
     return r;
