@@ -145,4 +145,26 @@ TEST(reference, follows_the_non_finite_rules) {
   }
 }
 
+// The core through gqa::attend without an ISA (the baseline: scalar in the sanitizer build, which runs the
+// per-ISA core suites on AVX2 and AVX-512 only): a +inf score before a NaN score in the same row. The max
+// pass may drop the NaN and find a max below +inf, so the softmax's exp2 sees +inf − m (Note [softmax
+// exp2]); the row must be NaN, the rows that do not read the two keys must stay finite, and nothing
+// undefined may happen (UBSan: the scalar pow2i once converted +inf to an integer here; the fuzzer found
+// it).
+TEST(core_baseline, a_nan_score_after_an_infinite_one_keeps_the_row_nan) {
+  buffers x;
+  for (index_t i = 0; i < sq; ++i)
+    for (index_t h = 0; h < 2; ++h) x.qv()(0, i, h, 0) = 1.0f;  // heads 0, 1: KV head 0
+  x.kv()(0, 0, 0, 0) = k_inf;                                      // key 0: score +inf
+  x.kv()(0, 1, 0, 1) = k_nan;                                      // key 1: score NaN
+  x.attend(gqa::attention_options{});
+  for (index_t ib = 0; ib < b; ++ib)
+    for (index_t i = 0; i < sq; ++i)
+      for (index_t h = 0; h < hq; ++h) {
+        const bool poisoned = ib == 0 && h < 2;
+        for (index_t c = 0; c < dv; ++c)
+          EXPECT_EQ(std::isnan(x.ov()(ib, i, h, c)), poisoned) << "batch " << ib << ", pos " << i << ", head " << h;
+      }
+}
+
 }  // namespace
