@@ -40,9 +40,10 @@ namespace isa {
 // the same row, even +inf, or stay −inf (the row then uses m = 0). Such a row holds a NaN score, whose
 // weight is NaN, so its l and O are NaN whatever the larger scores' weights are (Note [non-finite
 // inputs]). tests/suites/core_suite.hpp (online_softmax_keeps_nan) builds this case on every ISA (under
-// the sanitizers on AVX2 and AVX-512), and the fuzzer's seed corpus holds the call through which it found
-// the scalar pow2i converting +inf to an integer (tests/fuzz/corpus/ce1408b3…, replayed under UBSan by
-// every CI run).
+// the sanitizers on AVX2 and AVX-512), tests/unit/nonfinite_test.cpp (core_baseline) through gqa::attend
+// on the scalar baseline (under the sanitizers too, whose UBSan names float-cast-overflow), and the
+// fuzzer's seed corpus holds the call through which it found the scalar pow2i converting +inf to an
+// integer (tests/fuzz/corpus/ce1408b3…, replayed under UBSan by every CI run).
 template <class Isa>
 GQA_FORCEINLINE typename vec<Isa>::reg exp2_nonpositive(typename vec<Isa>::reg x) noexcept {
   using V = vec<Isa>;
