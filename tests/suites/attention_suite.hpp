@@ -754,7 +754,39 @@ TYPED_TEST_P(attention_suite, sinks_and_alibi) {
     }
 }
 
+// Packed K/V blocks kept by a thread across the tasks of one KV head (Note [packed K/V reuse] in
+// detail/core/forward.hpp): the same shapes twice with other inputs (a new call never reads the blocks
+// of an earlier one), causal (a task's last block, cut short, is packed again when a later task needs
+// more keys), and d = dv = 2048 with 1100 keys, past the 16 MiB kept per thread (1024 keys), so that
+// later blocks are packed per task next to kept ones; each against the reference and for any thread
+// count and task order.
+TYPED_TEST_P(attention_suite, kept_packed_blocks) {
+  attention_case c;
+  c.sq = 200;
+  c.skv = 300;
+  c.hq = 4;
+  c.hkv = 1;  // one KV head: a call's first task is of the KV head an earlier call's last task had
+  c.d = c.dv = 64;
+  for (const bool causal : {false, true})
+    for (const std::uint64_t seed : {1300u, 1301u}) {
+      c.causal = causal;
+      c.seed = seed;
+      check_case<TypeParam>(c);
+    }
+  check_deterministic<TypeParam>(c);
+  attention_case wide;
+  wide.sq = gqa::test::reduced ? 100 : 130;
+  wide.skv = 1100;
+  wide.hq = 2;
+  wide.hkv = 1;
+  wide.d = wide.dv = 2048;
+  wide.causal = true;
+  wide.seed = 1302;
+  check_case<TypeParam>(wide);
+  if (!gqa::test::reduced) check_deterministic<TypeParam>(wide);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(attention_suite, shapes_match_reference, padded_kv_lengths, fully_masked_rows_are_zero,
                             mla_and_unequal_head_dims, unequal_empty_and_noncontiguous_groups, layouts_and_strides,
                             split_kv_decode, large_tiles, large_magnitude_scores, sliding_window, logit_softcap,
-                            sinks_and_alibi);
+                            sinks_and_alibi, kept_packed_blocks);

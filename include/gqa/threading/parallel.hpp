@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <memory>
@@ -140,7 +141,8 @@ void run_tasks(index_t n, const executor& ex, Fn&& fn) {
 
 /// Per-thread, 64-byte aligned float scratch that only grows; reused across calls. Slot 0 is a task's
 /// O(tile) scratch; slot 1 holds what a whole call needs beyond its tasks' (the backward's dK/dV
-/// accumulators, taken by the calling thread before its tasks run), so the two never alias.
+/// accumulators, taken by the calling thread before its tasks run), so the two never alias; slot 2 the
+/// forward's packed K/V blocks of the KV head a thread last worked on (packed_kv_owner below).
 /// Throws std::bad_alloc if it cannot grow (the slot then holds no scratch); `floats` <= PTRDIFF_MAX / 4.
 inline float* thread_scratch(std::size_t floats, int slot = 0) {
   struct buffer {
@@ -148,7 +150,7 @@ inline float* thread_scratch(std::size_t floats, int slot = 0) {
     std::size_t cap = 0;
     ~buffer() { ::operator delete[](p, std::align_val_t{64}); }
   };
-  thread_local buffer bufs[2];
+  thread_local buffer bufs[3];
   buffer& buf = bufs[slot];
   if (buf.cap < floats) {
     ::operator delete[](buf.p, std::align_val_t{64});
@@ -161,6 +163,25 @@ inline float* thread_scratch(std::size_t floats, int slot = 0) {
     buf.cap = floats;
   }
   return buf.p;
+}
+
+/// What slot 2 of this thread's scratch holds (Note [packed K/V reuse] in detail/core/forward.hpp): the
+/// packed K/V blocks of KV head g of sequence ib in the call numbered `call`, at `at`; keys[i] is the key
+/// count block i was packed with (0: not packed). A new call (next_call_serial) never matches an old tag.
+struct packed_kv_owner {
+  std::uint64_t call = 0;
+  index_t ib = -1, g = -1;
+  const float* at = nullptr;
+  std::vector<index_t> keys;
+};
+inline packed_kv_owner& thread_packed_kv() noexcept {
+  thread_local packed_kv_owner owner;
+  return owner;
+}
+/// A number no earlier call of this process got (from 1 up).
+inline std::uint64_t next_call_serial() noexcept {
+  static std::atomic<std::uint64_t> serial{0};
+  return serial.fetch_add(1, std::memory_order_relaxed) + 1;
 }
 
 }  // namespace detail

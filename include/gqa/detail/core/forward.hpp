@@ -55,6 +55,8 @@ struct problem {
   index_t block_kv;  // keys per block
   index_t chunk;     // keys per KV chunk (== skv when the call does not split KV)
   bool bf16_tiles;   // prefill products on AMX tiles in bf16 (Note [bf16 tiles])
+  std::uint64_t call;  // this call's number (next_call_serial), naming what a thread's kept blocks belong to
+  index_t keep_blocks; // K/V blocks of a KV head a thread keeps packed, 0: none (Note [packed K/V reuse])
 };
 
 /// One unit of work: batch ib, KV heads active[g0 .. g1), query positions [q0, q1), KV chunk `chunk`.
@@ -295,6 +297,7 @@ struct kernel {
     // direct path (decode). Decode tasks compute the scores of all their heads key by key, in address
     // order, and P·V head by head from cache (Note [decode tasks]).
     const bool key_major = t.g1 - t.g0 > 1;
+    const kept_blocks keep = keep_for(pb, t, rows, t16, lay);
     block_pointers ptr;
     [[maybe_unused]] const auto tile_state = tile_session(t16);
     for (index_t j0 = kv_lo; j0 < kv_hi; j0 += lay.bk) {
@@ -315,10 +318,25 @@ struct kernel {
         float* orow0 = st.o + r0 * lay.dvp;
         const bool direct_path = grow <= k_direct_rows;  // See Note [direct path]
         const auto [kb, vb] = block_rows(pb, t.ib, g, j0, ptr);
-        // The tiled path's next block, prefetched over this block's score tiles and softmax rows (Note
-        // [prefetch next block]).
-        auto pf = next_block(pb, t.ib, g, j0 + lay.bk, direct_path ? 0 : std::min(lay.bk, kv_hi - j0 - lay.bk), ptr,
-                             score_steps(t16, grow, nbp) + grow);
+        // The tiled path's packed block: kept from an earlier task of this thread, or packed now (into the
+        // kept blocks, or into the task's scratch); Note [packed K/V reuse].
+        const index_t slot = keep.slot(j0, lay.bk);
+        float* const kpb = slot >= 0 ? keep.k(slot) : kp;
+        float* const vpb = slot >= 0 ? keep.v(slot) : vp;
+        const bool pack_now = slot < 0 || keep.keys(slot) != nb;
+        // The tiled path's next block, prefetched over this block's score tiles and softmax rows unless it
+        // is kept packed already (Note [prefetch next block]).
+        const index_t next_nb = std::min(lay.bk, kv_hi - j0 - lay.bk);
+        const index_t next_slot = keep.slot(j0 + lay.bk, lay.bk);
+        const bool next_kept = next_slot >= 0 && keep.keys(next_slot) == next_nb;
+        const index_t steps = score_steps(t16, grow, nbp) + grow;
+        auto pf_rows = next_block(pb, t.ib, g, j0 + lay.bk, direct_path || next_kept ? 0 : next_nb, ptr, steps);
+        prefetch_lines pf_kept;
+        if (next_kept) pf_kept = prefetch_lines(keep.k(next_slot), keep.k_floats + keep.v_floats, steps);
+        const auto pf = [&]() noexcept {
+          pf_rows();
+          pf_kept();
+        };
         bool v_nonfinite = false;  // bf16 tiles: some element of the block's V is infinite or NaN
         if (direct_path && !key_major) {
           direct<Isa>::scores(kb, d, nb, qp + r0 * d, grow, srow0, lay.bk);
@@ -329,9 +347,12 @@ struct kernel {
             tiles16::scores(q16, grow, d, k16, nbp, srow0, lay.bk, pf);
           }
         } else if (!direct_path) {
-          tiled::pack_k(kb, d, nb, nbp, kp, ws + lay.kw);
-          tiled::pack_v(vb, dv, nb, lay.dvp, vp);
-          tiled::scores(qp + r0 * d, grow, d, kp, nbp, srow0, lay.bk, pf);
+          if (pack_now) {
+            tiled::pack_k(kb, d, nb, nbp, kpb, ws + lay.kw);
+            tiled::pack_v(vb, dv, nb, lay.dvp, vpb);
+            if (slot >= 0) keep.keys(slot) = nb;
+          }
+          tiled::scores(qp + r0 * d, grow, d, kpb, nbp, srow0, lay.bk, pf);
         }
         // int8 on the direct path: the scores of int8 keys times their K scales (packing applied them on the
         // tiled path; Note [int8 K/V]).
@@ -397,9 +418,9 @@ struct kernel {
         } else {
           if (t16) tiled::pack_v(vb, dv, nb, lay.dvp, vp);  // a cut bf16 block with a non-finite V: the fp32 band
           if (cut) {
-            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vp, lo, hi, lay.dvp, orow0);
+            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vpb, lo, hi, lay.dvp, orow0);
           } else {
-            tiled::accumulate_pv(srow0, grow, lay.bk, vp, nb, lay.dvp, orow0);
+            tiled::accumulate_pv(srow0, grow, lay.bk, vpb, nb, lay.dvp, orow0);
           }
         }
         r0 += grow;
@@ -408,6 +429,42 @@ struct kernel {
 
     if (part) return;
     write_rows(pb, t, st, lay.dvp);
+  }
+
+  /// The packed K/V blocks a thread keeps for one KV head (Note [packed K/V reuse]): block i (keys from
+  /// i · bk) at k(i), v(i), packed with keys(i) keys (0: not yet); none when `at` is null.
+  struct kept_blocks {
+    float* at = nullptr;
+    index_t n = 0, k_floats = 0, v_floats = 0;
+    index_t* counts = nullptr;
+    index_t slot(index_t j0, index_t bk) const noexcept {
+      return at != nullptr && j0 % bk == 0 && j0 / bk < n ? j0 / bk : -1;
+    }
+    float* k(index_t i) const noexcept { return at + i * (k_floats + v_floats); }
+    float* v(index_t i) const noexcept { return k(i) + k_floats; }
+    index_t& keys(index_t i) const noexcept { return counts[i]; }
+  };
+
+  /// The kept blocks of task t (a tiled task of one KV head, not on the bf16 tiles, in a call that keeps
+  /// blocks): this thread's, reset when they belonged to another call or KV head. Throws only
+  /// std::bad_alloc, before anything is written.
+  static kept_blocks keep_for(const problem& pb, const task& t, index_t rows, bool t16, const layout& lay) {
+    if (pb.keep_blocks <= 0 || t.g1 - t.g0 != 1 || t16 || rows <= k_direct_rows) return {};
+    kept_blocks kb{nullptr, pb.keep_blocks, round_up(lay.bk * pb.d, 16), round_up(lay.bk * lay.dvp, 16), nullptr};
+    float* at = thread_scratch(static_cast<std::size_t>(kb.n * (kb.k_floats + kb.v_floats)), 2);
+    packed_kv_owner& own = thread_packed_kv();
+    const index_t g = pb.active[t.g0];
+    if (own.call != pb.call || own.ib != t.ib || own.g != g || own.at != at) {
+      own.call = 0;
+      own.keys.assign(static_cast<std::size_t>(kb.n), 0);
+      own.call = pb.call;
+      own.ib = t.ib;
+      own.g = g;
+      own.at = at;
+    }
+    kb.at = at;
+    kb.counts = own.keys.data();
+    return kb;
   }
 
   /// Steps of the score tiles of `rows` rows and nbp keys (one prefetch step after each, Note [prefetch next
@@ -458,6 +515,8 @@ struct kernel {
 // (online_softmax::merge). The decision depends only on the shapes, never on the thread count, so
 // results are identical for 1 and N threads.
 inline constexpr index_t k_split_min_tasks = 16;
+/// At most this many floats (16 MiB) of packed K/V blocks kept per thread (Note [packed K/V reuse]).
+inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 inline constexpr index_t k_split_min_chunk = 1024;
 
 // Note [rows by L2]
@@ -521,11 +580,30 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const index_t chunk = n_chunks == 1 ? skv : round_up((skv + n_chunks - 1) / n_chunks, K::cols);
   n_chunks = (skv + chunk - 1) / chunk;
 
+  // Note [packed K/V reuse]
+  // A prefill task packs every K/V block of its KV head (Kᵀ transposed, V padded), and P1's 2048 queries
+  // make 43 tasks per KV head, each packing the same blocks again and prefetching their rows through a
+  // 4 KB stride first (docs/design.md 2.10: ~6% and ~5% of P1's time). So a thread keeps the packed blocks
+  // of the KV head it last worked on (thread_scratch slot 2, named by the call's number, the sequence and
+  // the KV head) and its next task of that head packs only blocks it lacks: block i, keys i · bk ..,
+  // packed with the same key count (a causal task's last block, cut short, is packed again when a later
+  // task needs more of it). A block is the same floats however often it is packed, so results do not
+  // change. Kept when a call's KV heads have two or more query blocks, at most k_keep_max_floats per
+  // thread (the blocks past it are packed per task as before); not for the bf16 tiles.
+  index_t keep_blocks = 0;
+  const index_t block_kv = decode ? shape::block_kv_decode : shape::block_kv;
+  if (!decode && n_chunks == 1 && n_qblocks >= 2) {
+    const auto lay0 = K::plan_scratch(1, d, dv, block_kv);
+    const index_t per_block = round_up(lay0.bk * d, 16) + round_up(lay0.bk * lay0.dvp, 16);
+    if (lay0.total >= 0 && per_block <= k_keep_max_floats)
+      keep_blocks = std::min((skv + lay0.bk - 1) / lay0.bk, k_keep_max_floats / per_block);
+  }
   const auto side = [&](index_t w) { return window_side(w, sq, skv); };
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
-                              opt.alibi_slopes, opt.lse, decode ? shape::block_kv_decode : shape::block_kv, chunk,
-                              K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted()};
+                              opt.alibi_slopes, opt.lse, block_kv, chunk,
+                              K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted(),
+                              next_call_serial(), keep_blocks};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;

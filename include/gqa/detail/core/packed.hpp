@@ -55,6 +55,21 @@ struct prefetch_rows {
   void operator()() noexcept { step(); }
 };
 
+/// Prefetch (into L2) of the cache lines of `floats` contiguous floats from `p`, spread over `steps`
+/// steps: the next kept block of a KV head (Note [packed K/V reuse] in forward.hpp).
+struct prefetch_lines {
+  const char* at = nullptr;
+  const char* end = nullptr;
+  index_t per_step = 0;
+  prefetch_lines() = default;
+  prefetch_lines(const float* p, index_t floats, index_t steps) noexcept
+      : at(reinterpret_cast<const char*>(p)), end(reinterpret_cast<const char*>(p + floats)),
+        per_step((floats * 4 / 64 + steps) / std::max<index_t>(steps, 1)) {}
+  void operator()() noexcept {
+    for (index_t i = 0; i < per_step && at < end; ++i, at += 64) GQA_PREFETCH_L2(at);
+  }
+};
+
 /// A step that does nothing (no next block, or rows not known in advance).
 struct no_prefetch {
   void operator()() const noexcept {}
