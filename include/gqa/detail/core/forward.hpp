@@ -4,7 +4,8 @@
 // tasks), softmax.hpp (online softmax and split-KV merge), common.hpp (ISA-independent helpers).
 // Invariants: never materialises Sq×Skv; each task owns disjoint output rows (or a private partial that
 // is merged in a fixed order), so results are bitwise identical for any thread count; extra memory is
-// O(tile) per thread (plus O(chunks × rows × d_v) partials when a decode call splits the KV range).
+// O(tile) per thread, plus the packed K/V blocks of one KV head in prefill (at most 16 MiB per thread, Note
+// [packed K/V reuse]), plus O(chunks × rows × d_v) partials when a decode call splits the KV range.
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_DETAIL_CORE_FORWARD_HPP
 #define GQA_DETAIL_CORE_FORWARD_HPP

@@ -25,7 +25,9 @@ namespace detail::core {
 // load-bound). So while the tiles of block n compute its scores, prefetch_rows walks the K and V rows of
 // block n + 1 a few cache lines per tile (software prefetch into L2, which holds the block's 2 · bk · d ·
 // 4 bytes, 128 KB at bk = d = 128): the lines arrive during ~10^5 cycles of FMAs instead of stalling the
-// packing. Paged blocks list their rows per block (no next-block list yet) and are not prefetched.
+// packing. Paged blocks list their rows per block (no next-block list yet) and are not prefetched. A
+// next block that the thread keeps packed already (Note [packed K/V reuse] in forward.hpp) is fetched as
+// its contiguous packed lines instead (prefetch_lines): the kept blocks of a KV head outgrow L2.
 
 /// Prefetch (for reading, into L2) of every cache line of rows 0 .. n − 1 of the row sources k and v,
 /// `per_step` lines per step() (Note [prefetch next block]).
