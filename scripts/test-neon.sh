@@ -17,6 +17,7 @@ set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${GQA_BUILD_DIR:-$repo/build/neon}"
+build="$(realpath -m "$build")"  # absolute: GTest_DIR and the build are used from other directories
 jobs="${GQA_JOBS:-2}"
 gtest_src="${GQA_GTEST_SOURCE:-/usr/src/googletest}"
 toolchain="$repo/cmake/toolchain-aarch64.cmake"
