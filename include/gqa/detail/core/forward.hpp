@@ -447,17 +447,25 @@ struct kernel {
   };
 
   /// The kept blocks of task t (a tiled task of one KV head, not on the bf16 tiles, in a call that keeps
-  /// blocks): this thread's, reset when they belonged to another call or KV head. Throws only
-  /// std::bad_alloc, before anything is written.
-  static kept_blocks keep_for(const problem& pb, const task& t, index_t rows, bool t16, const layout& lay) {
+  /// blocks): this thread's, reset when they belonged to another call or KV head. Where their memory
+  /// cannot be had, none: the task packs every block in its own scratch, as without them.
+  static kept_blocks keep_for(const problem& pb, const task& t, index_t rows, bool t16, const layout& lay) noexcept {
     if (pb.keep_blocks <= 0 || t.g1 - t.g0 != 1 || t16 || rows <= k_direct_rows) return {};
     kept_blocks kb{nullptr, pb.keep_blocks, round_up(lay.bk * pb.d, 16), round_up(lay.bk * lay.dvp, 16), nullptr};
-    float* at = thread_scratch(static_cast<std::size_t>(kb.n * (kb.k_floats + kb.v_floats)), 2);
     packed_kv_owner& own = thread_packed_kv();
+    float* at = nullptr;
     const index_t g = pb.active[t.g0];
-    if (own.call != pb.call || own.ib != t.ib || own.g != g || own.at != at) {
+    try {
+      at = thread_scratch(static_cast<std::size_t>(kb.n * (kb.k_floats + kb.v_floats)), 2);
+      if (own.call != pb.call || own.ib != t.ib || own.g != g || own.at != at) {
+        own.call = 0;
+        own.keys.assign(static_cast<std::size_t>(kb.n), 0);
+      }
+    } catch (const std::bad_alloc&) {
       own.call = 0;
-      own.keys.assign(static_cast<std::size_t>(kb.n), 0);
+      return {};
+    }
+    if (own.call == 0) {
       own.call = pb.call;
       own.ib = t.ib;
       own.g = g;
@@ -516,9 +524,10 @@ struct kernel {
 // (online_softmax::merge). The decision depends only on the shapes, never on the thread count, so
 // results are identical for 1 and N threads.
 inline constexpr index_t k_split_min_tasks = 16;
+inline constexpr index_t k_split_min_chunk = 1024;
+
 /// At most this many floats (16 MiB) of packed K/V blocks kept per thread (Note [packed K/V reuse]).
 inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
-inline constexpr index_t k_split_min_chunk = 1024;
 
 // Note [rows by L2]
 // A prefill task's rows (G · block_q) amortise the packing of every K/V block it reads and the prefetch of
