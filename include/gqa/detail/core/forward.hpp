@@ -435,6 +435,9 @@ struct kernel {
   /// The packed K/V blocks a thread keeps for one KV head (Note [packed K/V reuse]): block i (keys from
   /// i · bk) at k(i), v(i), packed with keys(i) keys (0: not yet); none when `at` is null.
   struct kept_blocks {
+    /// Floats of one kept block's Kᵀ (bk · d) and V (bk · dvp), each 64-byte aligned.
+    static index_t k_size(index_t bk, index_t d) noexcept { return round_up(bk * d, 16); }
+    static index_t v_size(index_t bk, index_t dvp) noexcept { return round_up(bk * dvp, 16); }
     float* at = nullptr;
     index_t n = 0, k_floats = 0, v_floats = 0;
     index_t* counts = nullptr;
@@ -451,7 +454,8 @@ struct kernel {
   /// cannot be had, none: the task packs every block in its own scratch, as without them.
   static kept_blocks keep_for(const problem& pb, const task& t, index_t rows, bool t16, const layout& lay) noexcept {
     if (pb.keep_blocks <= 0 || t.g1 - t.g0 != 1 || t16 || rows <= k_direct_rows) return {};
-    kept_blocks kb{nullptr, pb.keep_blocks, round_up(lay.bk * pb.d, 16), round_up(lay.bk * lay.dvp, 16), nullptr};
+    kept_blocks kb{nullptr, pb.keep_blocks, kept_blocks::k_size(lay.bk, pb.d), kept_blocks::v_size(lay.bk, lay.dvp),
+                   nullptr};
     packed_kv_owner& own = thread_packed_kv();
     float* at = nullptr;
     const index_t g = pb.active[t.g0];
@@ -604,7 +608,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const index_t block_kv = decode ? shape::block_kv_decode : shape::block_kv;
   if (!decode && n_chunks == 1 && n_qblocks >= 2) {
     const auto lay0 = K::plan_scratch(1, d, dv, block_kv);
-    const index_t per_block = round_up(lay0.bk * d, 16) + round_up(lay0.bk * lay0.dvp, 16);
+    const index_t per_block = K::kept_blocks::k_size(lay0.bk, d) + K::kept_blocks::v_size(lay0.bk, lay0.dvp);
     if (lay0.total >= 0 && per_block <= k_keep_max_floats)
       keep_blocks = std::min((skv + lay0.bk - 1) / lay0.bk, k_keep_max_floats / per_block);
   }
