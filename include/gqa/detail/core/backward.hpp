@@ -158,7 +158,7 @@ struct backward_kernel {
   static constexpr int MR = shape::mr, NR = shape::nr;
   static constexpr index_t cols = tiled::cols;
   /// Keys per KV block: the keys are the tile's rows, so whole tiles but for the last block.
-  static constexpr index_t block_keys = shape::block_kv / MR * MR;
+  static constexpr index_t block_keys = shape::block_kv_backward / MR * MR;
 
   using assign_tile = tile_table<Isa, MR, NR, a_order::row_major, update::assign>;
   using acc_tile = tile_table<Isa, MR, NR, a_order::row_major, update::accumulate>;

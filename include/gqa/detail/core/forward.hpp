@@ -533,6 +533,20 @@ inline constexpr index_t k_split_min_chunk = 1024;
 /// At most this many floats (16 MiB) of packed K/V blocks kept per thread (Note [packed K/V reuse]).
 inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 
+// Note [forward block length]
+// A prefill task's softmax does some work per row and KV block whatever the block's length: the row's
+// max and sum reductions across the vector, the rescale of its O accumulator when the max moved, the
+// loop's setup. Longer blocks spread it over more keys; they also need more scratch per row (the scores,
+// rows × block_kv floats: 192 KB for 192 rows of 256 keys). AVX-512 takes 256 keys (vec_avx512.hpp);
+// measured on the development machine (2 vCPUs of an AMD EPYC, 1 MiB L2; 2026-12-04 00:15-00:25 UTC,
+// one thread pinned to one vCPU, two builds of an ad-hoc driver alternating process by process, medians
+// of the per-pair time ratios) against 128: P1 1.029x faster (8 pairs), P2 1.012x (8), P3 1.045x (15;
+// its 197 keys are one block); 512 keys: P1 1.036x, P2 1.000x, P3 1.028x. AVX2 at 256: P1 0.998x, P3
+// 1.013x, so it keeps 128. The backward and the bf16 tiles keep 128 (block_kv_backward,
+// block_kv_tiles16: measured there, the backward's P3 ~2% slower at 252 keys). The block length changes
+// where the online softmax rescales, so the last bits of a result depend on it (and on nothing else
+// here): the same on every thread count, as before.
+
 // Note [rows by L2]
 // A prefill task's rows (G · block_q) amortise the packing of every K/V block it reads and the prefetch of
 // the next (Note [tile shape]); its scratch grows with them (Q rows, scores, O accumulators: ~0.4 MB at
@@ -605,7 +619,8 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   // change. Kept when a call's KV heads have two or more query blocks, at most k_keep_max_floats per
   // thread (the blocks past it are packed per task as before); not for the bf16 tiles.
   index_t keep_blocks = 0;
-  const index_t block_kv = decode ? shape::block_kv_decode : shape::block_kv;
+  const bool tiles16 = K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted();
+  const index_t block_kv = decode ? shape::block_kv_decode : tiles16 ? shape::block_kv_tiles16 : shape::block_kv;
   if (!decode && n_chunks == 1 && n_qblocks >= 2) {
     const auto lay0 = K::plan_scratch(1, d, dv, block_kv);
     const index_t per_block = K::kept_blocks::k_size(lay0.bk, d) + K::kept_blocks::v_size(lay0.bk, lay0.dvp);
@@ -615,9 +630,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const auto side = [&](index_t w) { return window_side(w, sq, skv); };
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
-                              opt.alibi_slopes, opt.lse, block_kv, chunk,
-                              K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted(),
-                              next_call_serial(), keep_blocks};
+                              opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, next_call_serial(), keep_blocks};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
