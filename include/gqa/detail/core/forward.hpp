@@ -538,7 +538,7 @@ inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 // max and sum reductions across the vector, the rescale of its O accumulator when the max moved, the
 // loop's setup. Longer blocks spread it over more keys; they also need more scratch per row (the scores,
 // rows × block_kv floats: 192 KB for 192 rows of 256 keys). AVX-512 takes 256 keys (vec_avx512.hpp);
-// measured on the development machine (2 vCPUs of an AMD EPYC, 1 MiB L2; 2026-12-04 00:15-00:25 UTC,
+// measured on the development machine (2 vCPUs of an AMD EPYC, 1 MiB L2; 2026-12-04 00:20-00:30 UTC,
 // one thread pinned to one vCPU, two builds of an ad-hoc driver alternating process by process, medians
 // of the per-pair time ratios) against 128: P1 1.029x faster (8 pairs), P2 1.012x (8), P3 1.045x (15;
 // its 197 keys are one block); 512 keys: P1 1.036x, P2 1.000x, P3 1.028x. AVX2 at 256: P1 0.998x, P3
