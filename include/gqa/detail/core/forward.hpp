@@ -565,6 +565,18 @@ index_t forward_rows() noexcept {
   return ::gqa::isa::l2_cache_bytes() >= (index_t{2} << 20) ? Shape::rows_large_l2 : Shape::rows;
 }
 
+// Note [forward task order]
+// With T threads (num_threads, at most the batch), the sequences of a call are dealt in sets of T: task w
+// of a set takes sequence w mod T, and its KV head and query block from w / T in the usual order (KV
+// head, then query block). Threads pulling tasks in turn then work on different sequences, each walking
+// one sequence's KV heads and query blocks in order, so a thread's next task is usually of the KV head
+// whose packed blocks it keeps (Note [packed K/V reuse]); in the plain order two threads took alternate
+// query blocks of the same KV head and each packed every head. One thread keeps the plain order. Which
+// thread computes which task changes no result (every task writes its own rows). Measured on P3 (8
+// sequences, 2 vCPUs of an AMD EPYC, 2026-12-04, two builds alternating, 15 pairs, same output bits):
+// two threads 1.065x faster on AVX-512, 1.053x on AVX2 (docs/design.md §3). Ragged batches keep the plain
+// order (their sequences have different numbers of query blocks).
+
 /// The scheduler over any layout (Note [layouts]): `b` sequences of at most `sq` queries and `skv` keys,
 /// heads and dims d (Q·K) and dv (V).
 template <class Isa, class Lay>
@@ -636,7 +648,9 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
   if (K::plan_scratch(rows_max, d, dv, pb.block_kv, pb.bf16_tiles).total < 0) throw std::bad_alloc();
 
-  // Task order: sequence, then KV head, then query block, then KV chunk.
+  // Task order: sequence, then KV head, then query block, then KV chunk; with several threads the
+  // sequences interleave (Note [forward task order]).
+  const index_t lanes = std::min<index_t>(b, resolve_threads(opt.num_threads));
   auto make_task = [&](index_t i) {
     const index_t c = i % n_chunks;
     i /= n_chunks;
@@ -650,11 +664,12 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
       qb = r % nqb;
       gi = r / nqb;
       seq_q = lay.q_len(ib);
-    } else {
-      qb = i % n_qblocks;
-      i /= n_qblocks;
-      gi = i % head_tasks;
-      ib = i / head_tasks;
+    } else {  // sequences dealt in sets of `lanes` (Note [forward task order])
+      const index_t per_set = lanes * head_tasks * n_qblocks, first = i / per_set * lanes;
+      const index_t count = std::min(lanes, b - first), w = i % per_set, r = w / count;
+      ib = first + w % count;
+      qb = r % n_qblocks;
+      gi = r / n_qblocks;
     }
     const index_t q0 = qb * block_q;
     const index_t g0 = decode ? 0 : gi, g1 = decode ? n_active : gi + 1;
