@@ -272,6 +272,7 @@ void check_deterministic(const attention_case& c) {
   const std::pair<const char*, std::function<void(gqa::attention_options&)>> runs[] = {
       {"num_threads = 2", [](gqa::attention_options& o) { o.num_threads = 2; }},
       {"num_threads = 0", [](gqa::attention_options& o) { o.num_threads = 0; }},
+      {"num_threads = 3", [](gqa::attention_options& o) { o.num_threads = 3; }},
       {"parallel_for in reverse order", [](gqa::attention_options& o) { o.parallel_for = reverse_order; }},
       {"parallel_for on three threads", [](gqa::attention_options& o) { o.parallel_for = three_threads; }},
   };
@@ -532,6 +533,14 @@ TYPED_TEST_P(attention_suite, large_tiles) {
   c.causal = false;
   c.kv_lengths = {c.skv - 7};
   c.seed = 901;
+  check_deterministic<TypeParam>(c);
+  // Three sequences: with two threads the tasks are dealt in sets of two sequences and a last set of
+  // one (Note [forward task order]); with three, one set of three.
+  c.b = 3;
+  c.hkv = 4;
+  c.kv_lengths = {c.skv, c.skv - 7, c.skv / 2};
+  c.seed = 902;
+  check_case<TypeParam>(c);
   check_deterministic<TypeParam>(c);
 }
 

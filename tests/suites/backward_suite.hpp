@@ -369,6 +369,7 @@ void check_backward_deterministic(const backward_case& c) {
   const std::pair<const char*, std::function<void(gqa::attention_options&)>> runs[] = {
       {"num_threads = 2", [](gqa::attention_options& o) { o.num_threads = 2; }},
       {"num_threads = 0", [](gqa::attention_options& o) { o.num_threads = 0; }},
+      {"num_threads = 3", [](gqa::attention_options& o) { o.num_threads = 3; }},
       {"parallel_for in reverse order", [](gqa::attention_options& o) { o.parallel_for = reverse_tasks; }},
       {"parallel_for on three threads", [](gqa::attention_options& o) { o.parallel_for = three_thread_tasks; }},
   };
@@ -600,6 +601,16 @@ TYPED_TEST_P(backward_suite, deterministic_across_threads) {
   c.causal = false;
   c.kv_lengths = {c.skv - 7, c.skv / 2};
   c.seed = 901;
+  check_backward_deterministic<TypeParam>(c);
+  // Three sequences: with two threads the tasks are dealt in sets of two sequences and a last set of one
+  // (Note [backward task order]); with three, one set of three. Padded rows (d 17) take the accumulators.
+  c.b = 3;
+  c.kv_lengths = {c.skv, c.skv - 7, c.skv / 2};
+  c.seed = 902;
+  check_backward<TypeParam>(c);
+  check_backward_deterministic<TypeParam>(c);
+  c.d = c.dv = 17;
+  c.seed = 903;
   check_backward_deterministic<TypeParam>(c);
 }
 
