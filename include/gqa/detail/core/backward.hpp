@@ -469,9 +469,8 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
   const index_t lanes = std::min<index_t>(q.b, resolve_threads(opt.num_threads));
   run_tasks(n_ranges * base_tasks, executor_of(opt), [&](index_t i) {
     const index_t r = n_ranges - 1 - i / base_tasks, bg = i % base_tasks;
-    const index_t first = bg / (lanes * n_active) * lanes, w = bg % (lanes * n_active);
-    const index_t count = std::min(lanes, q.b - first);
-    const index_t ib = first + w % count, gi = w / count, p0 = r * range;
+    const dealt_task dt = deal_sequences(bg, n_active, lanes, q.b);
+    const index_t ib = dt.seq, gi = dt.local, p0 = r * range;
     if (direct) {
       const index_t g = active[static_cast<std::size_t>(gi)];
       K::run(pb, ib, gi, p0, std::min(sq, p0 + range), dk.row(ib, 0, g), dk.stride_s, dv.row(ib, 0, g), dv.stride_s);

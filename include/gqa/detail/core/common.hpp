@@ -23,6 +23,19 @@ constexpr index_t round_up(index_t x, index_t m) noexcept { return (x + m - 1) /
 constexpr int pow2_floor(int x) noexcept { return x < 2 ? 1 : 2 * pow2_floor(x / 2); }
 
 /// Keys [lo, hi) (empty when hi <= lo).
+/// Task t of a call over b sequences with per_seq tasks each, the sequences dealt in sets of `lanes` (the
+/// call's threads, at most b; Notes [forward task order], [backward task order]): task w of a set takes
+/// sequence w mod (the set's size) and that sequence's task w / (the set's size). With lanes = 1 this is
+/// {t / per_seq, t % per_seq}.
+struct dealt_task {
+  index_t seq, local;
+};
+inline dealt_task deal_sequences(index_t t, index_t per_seq, index_t lanes, index_t b) noexcept {
+  const index_t per_set = lanes * per_seq, first = t / per_set * lanes;
+  const index_t count = std::min(lanes, b - first), w = t % per_set;
+  return {first + w % count, w / count};
+}
+
 struct key_range {
   index_t lo, hi;
 };

@@ -666,11 +666,10 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
       gi = r / nqb;
       seq_q = lay.q_len(ib);
     } else {  // sequences dealt in sets of `lanes` (Note [forward task order])
-      const index_t per_set = lanes * head_tasks * n_qblocks, first = i / per_set * lanes;
-      const index_t count = std::min(lanes, b - first), w = i % per_set, r = w / count;
-      ib = first + w % count;
-      qb = r % n_qblocks;
-      gi = r / n_qblocks;
+      const dealt_task dt = deal_sequences(i, head_tasks * n_qblocks, lanes, b);
+      ib = dt.seq;
+      qb = dt.local % n_qblocks;
+      gi = dt.local / n_qblocks;
     }
     const index_t q0 = qb * block_q;
     const index_t g0 = decode ? 0 : gi, g1 = decode ? n_active : gi + 1;
