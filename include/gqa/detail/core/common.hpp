@@ -22,7 +22,6 @@ constexpr index_t round_up(index_t x, index_t m) noexcept { return (x + m - 1) /
 /// Largest power of two <= x (x >= 1).
 constexpr int pow2_floor(int x) noexcept { return x < 2 ? 1 : 2 * pow2_floor(x / 2); }
 
-/// Keys [lo, hi) (empty when hi <= lo).
 /// Task t of a call over b sequences with per_seq tasks each, the sequences dealt in sets of `lanes` (the
 /// call's threads, at most b; Notes [forward task order], [backward task order]): task w of a set takes
 /// sequence w mod (the set's size) and that sequence's task w / (the set's size). With lanes = 1 this is
@@ -36,6 +35,7 @@ inline dealt_task deal_sequences(index_t t, index_t per_seq, index_t lanes, inde
   return {first + w % count, w / count};
 }
 
+/// Keys [lo, hi) (empty when hi <= lo).
 struct key_range {
   index_t lo, hi;
 };

@@ -544,9 +544,9 @@ inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 // its 197 keys are one block); 512 keys: P1 1.036x, P2 1.000x, P3 1.028x. AVX2 at 256: P1 0.998x, P3
 // 1.013x, so it keeps 128. The backward keeps 128 (block_kv_backward: its P3 was ~2% slower at 252
 // keys), and so do the bf16 tiles (block_kv_tiles16: tuned on an Intel Xeon with AMX; this machine has
-// none to measure another length on). The block length changes
-// where the online softmax rescales, so the last bits of a result depend on it (and on nothing else
-// here): the same on every thread count, as before.
+// none to measure another length on). The block length changes where the online softmax rescales, so
+// the last bits of a result depend on it (and on nothing else here): the same on every thread count, as
+// before.
 
 // Note [rows by L2]
 // A prefill task's rows (G · block_q) amortise the packing of every K/V block it reads and the prefetch of
