@@ -254,7 +254,9 @@ TYPED_TEST_P(core_suite, direct_path_reads_k_and_v_in_place) {
   }
 }
 
-// pack_k: slice n of `cols` keys is Kᵀ laid out [d][width], keys past nb zero; pack_v pads rows with zeros.
+// pack_k: the nbp / L vectors of keys are cut into ceil(nbp / cols) slices whose widths differ by at most
+// one vector, the wider first (Note [balanced slices]); each slice is Kᵀ laid out [d][width], keys past nb
+// zero; pack_v pads rows with zeros.
 TYPED_TEST_P(core_suite, packing_layout) {
   using P = core::packed<TypeParam>;
   constexpr int L = gqa::isa::vec<TypeParam>::lanes;
@@ -266,8 +268,13 @@ TYPED_TEST_P(core_suite, packing_layout) {
     std::vector<float> kp(static_cast<std::size_t>(nbp * d), -1.0f), vp(static_cast<std::size_t>(nb * dvp), -1.0f);
     P::pack_k(core::strided_rows{k.data(), ks}, d, nb, nbp, kp.data());
     P::pack_v(core::strided_rows{v.data(), vs}, dv, nb, dvp, vp.data());
+    const index_t nv = nbp / L, ns = (nbp + P::cols - 1) / P::cols;
     for (index_t j = 0; j < nbp; ++j) {
-      const index_t s0 = j / P::cols * P::cols, w = std::min(P::cols, nbp - s0);
+      index_t s0 = 0, w = 0;  // the slice holding key j
+      for (index_t i = 0; i < ns; ++i, s0 += w) {
+        w = (nv / ns + (i < nv % ns ? 1 : 0)) * L;
+        if (j < s0 + w) break;
+      }
       for (index_t c = 0; c < d; ++c)
         ASSERT_EQ(kp[static_cast<std::size_t>(s0 * d + c * w + (j - s0))],
                   j < nb ? k[static_cast<std::size_t>(j * ks + c)] : 0.0f)
