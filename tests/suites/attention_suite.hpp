@@ -544,6 +544,29 @@ TYPED_TEST_P(attention_suite, large_tiles) {
   check_deterministic<TypeParam>(c);
 }
 
+// Query counts just past a whole number of query blocks (3 heads per KV head: 197 positions are 3 blocks of
+// 64 + 5 on AVX2 and AVX-512, 6 of 32 + 5 on NEON; 62 are 6 of 10 + 2 on the scalar core): the full blocks
+// absorb the short last one (Note [short last query block]), so tasks hold more rows than
+// tile_shape::rows. Correct against the reference, causal or not, and the same bits for any thread count.
+TYPED_TEST_P(attention_suite, short_last_query_block) {
+  std::uint64_t seed = 950;
+  for (const index_t sq : {index_t{197}, index_t{62}})
+    for (const bool causal : {false, true}) {
+      attention_case c;
+      c.b = 2;
+      c.sq = sq;
+      c.skv = sq + 3;
+      c.hq = 12;
+      c.hkv = 4;
+      c.d = c.dv = 20;
+      c.causal = causal;
+      c.kv_lengths = {c.skv, c.skv - 9};
+      c.seed = seed++;
+      check_case<TypeParam>(c);
+      check_deterministic<TypeParam>(c);
+    }
+}
+
 // Large scores (scale 10, inputs up to ±30: |scale·q·k| reaches 10^4-10^5 while e^s overflows float at
 // s ≈ 88): the online softmax's running max and rescaling keep everything finite, inside the range of
 // the visible values and as accurate as a naive fp32 softmax that subtracts the exact row max.
@@ -797,5 +820,5 @@ TYPED_TEST_P(attention_suite, kept_packed_blocks) {
 
 REGISTER_TYPED_TEST_SUITE_P(attention_suite, shapes_match_reference, padded_kv_lengths, fully_masked_rows_are_zero,
                             mla_and_unequal_head_dims, unequal_empty_and_noncontiguous_groups, layouts_and_strides,
-                            split_kv_decode, large_tiles, large_magnitude_scores, sliding_window, logit_softcap,
+                            split_kv_decode, large_tiles, short_last_query_block, large_magnitude_scores, sliding_window, logit_softcap,
                             sinks_and_alibi, kept_packed_blocks);

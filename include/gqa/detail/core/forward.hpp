@@ -232,6 +232,67 @@ struct kernel {
     }
   }
 
+  // Note [prefetch next Q]
+  // A prefill task starts by packing its Q rows, G · block_q rows of d elements hq · d elements apart in a
+  // BSHD view: each position's rows start a new stride the hardware prefetcher does not follow, so the
+  // packing waited on L3 or memory for every position (perf, P3 on AVX-512: the Q pack ~4% of the time). So
+  // during its KV block a task of one KV block prefetches (into L2) the Q rows of the task that usually
+  // follows it on the same thread: the next query block of its KV head, or, after the last, the first
+  // query block of the next KV head (Note [forward task order]). A hint only: another thread may take that
+  // task. Measured (2 vCPUs of an AMD EPYC, one thread, 2026-12-04, two builds alternating): P3 1.009x; on
+  // P2 (a task of many KV blocks, whose Q pack is a small part of it) prefetching during the first block
+  // made it 1.6% slower, so tasks of several blocks do not.
+  struct prefetch_q {
+    const problem* pb = nullptr;
+    index_t ib = 0, pos = 0, pos_end = 0, hi = 0, row_bytes = 0, per_step = 0;
+    std::span<const index_t> heads;
+    const char* at = nullptr;  // the next line to prefetch; end: one past the current row's last byte
+    const char* end = nullptr;
+    void operator()() noexcept {
+      for (index_t i = 0; i < per_step; ++i) {
+        if (at >= end) {
+          if (pos >= pos_end) return;
+          const auto* p = reinterpret_cast<const char*>(pb->lay.q_row(ib, pos, heads[static_cast<std::size_t>(hi)]));
+          end = p + row_bytes;
+          at = reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63});
+          if (++hi == static_cast<index_t>(heads.size())) hi = 0, ++pos;
+        }
+        GQA_PREFETCH_L2(at);
+        at += 64;
+      }
+    }
+  };
+  /// The prefetch_q of the task after t (one KV head g, on the tiled path), spread over `steps` calls.
+  static prefetch_q next_q_rows(const problem& pb, const task& t, index_t g, index_t steps) noexcept {
+    prefetch_q p;
+    const index_t npos = t.q1 - t.q0, len = pb.lay.q_len(t.ib);
+    index_t q0 = t.q1, ng = g;
+    if (q0 >= len) {  // the first block of the next KV head that serves a query head
+      ng = g + 1;
+      while (ng < pb.map->hkv() && pb.map->group_size(ng) == 0) ++ng;
+      if (ng >= pb.map->hkv()) return p;
+      q0 = 0;
+    }
+    p.pb = &pb;
+    p.ib = t.ib;
+    p.pos = q0;
+    p.pos_end = std::min(len, q0 + npos);
+    p.heads = pb.map->q_heads(ng);
+    p.row_bytes = pb.d * static_cast<index_t>(sizeof(*pb.lay.q_row(0, 0, 0)));
+    const index_t lines = (p.pos_end - p.pos) * static_cast<index_t>(p.heads.size()) * (p.row_bytes / 64 + 2);
+    p.per_step = (lines + steps - 1) / std::max<index_t>(steps, 1);
+    return p;
+  }
+
+  /// p[0, n) = −inf, a vector at a time (std::fill stored one float at a time: 2% of P3's time for the
+  /// 11 padding scores of each row).
+  static GQA_FORCEINLINE void fill_neg_inf(float* p, index_t n) noexcept {
+    const auto v = V::set1(k_neg_inf);
+    index_t c = 0;
+    for (; c + L <= n; c += L) V::store(p + c, v);
+    if (c < n) V::store_partial(p + c, v, static_cast<int>(n - c));
+  }
+
   /// Runs one task; writes final rows to o (and lse), or, if part != nullptr, its state over its chunk.
   /// Throws only std::bad_alloc, when the thread's scratch cannot grow, before it writes anything.
   static void run(const problem& pb, const task& t, const row_state* part) {
@@ -300,6 +361,7 @@ struct kernel {
     const bool key_major = t.g1 - t.g0 > 1;
     const kept_blocks keep = keep_for(pb, t, rows, t16, lay);
     block_pointers ptr;
+    prefetch_q pf_q;  // the next query block's Q rows (Note [prefetch next Q])
     [[maybe_unused]] const auto tile_state = tile_session(t16);
     for (index_t j0 = kv_lo; j0 < kv_hi; j0 += lay.bk) {
       const index_t nb = std::min(lay.bk, kv_hi - j0);
@@ -334,9 +396,11 @@ struct kernel {
         auto pf_rows = next_block(pb, t.ib, g, j0 + lay.bk, direct_path || next_kept ? 0 : next_nb, ptr, steps);
         prefetch_lines pf_kept;
         if (next_kept) pf_kept = prefetch_lines(keep.k(next_slot), keep.k_floats + keep.v_floats, steps);
+        if (j0 == kv_lo && kv_hi - kv_lo <= lay.bk && !direct_path && !key_major) pf_q = next_q_rows(pb, t, g, steps);
         const auto pf = [&]() noexcept {
           pf_rows();
           pf_kept();
+          pf_q();
         };
         bool v_nonfinite = false;  // bf16 tiles: some element of the block's V is infinite or NaN
         if (direct_path && !key_major) {
@@ -376,10 +440,10 @@ struct kernel {
             score_modifiers<Isa>::alibi(srow, nbp, pb.alibi[static_cast<std::size_t>(h)] * k_log2e,
                                         static_cast<float>(diag - j0));
           }
-          if (partial_block) {
-            const index_t a = lo(r), b = std::max(a, hi(r));
-            std::fill(srow, srow + a, k_neg_inf);
-            std::fill(srow + b, srow + nbp, k_neg_inf);
+          if (partial_block) {  // a block without a cut edge hides its padding only
+            const index_t a = cut ? lo(r) : 0, b = cut ? std::max(a, hi(r)) : nb;
+            fill_neg_inf(srow, a);
+            fill_neg_inf(srow + b, nbp - b);
           }
         };
         const auto finish_rows = [&](index_t r, index_t n) noexcept {
@@ -566,6 +630,15 @@ index_t forward_rows() noexcept {
   return ::gqa::isa::l2_cache_bytes() >= (index_t{2} << 20) ? Shape::rows_large_l2 : Shape::rows;
 }
 
+// Note [short last query block]
+// When the query blocks of forward_rows() / G positions would leave a last block of less than a quarter
+// of one, and spreading its positions over the full blocks adds at most an eighth to each, the full blocks
+// take them: P3's 197 queries with 3 heads per KV head are 3 blocks of 66 positions (198 rows) instead of
+// 3 × 64 + 5, whose last 15 rows took the direct path (one more task per KV head, its own K and V reads,
+// dot products at a fraction of the tile's rate). Measured (P3, AVX-512, one thread, 2 vCPUs of an AMD
+// EPYC, 2026-12-04, two builds alternating): 1.011x. The blocks depend on the shapes only, so results are
+// the same for any thread count; their last bits moved (the 5 positions' rows now take the tiled path).
+
 // Note [forward task order]
 // With T threads (num_threads, at most the batch), the sequences of a call are dealt in sets of T: task w
 // of a set takes sequence w mod T, and its KV head and query block from w / T in the usual order (KV
@@ -596,7 +669,11 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const index_t n_active = static_cast<index_t>(active.size());
   const index_t gmax = std::max<index_t>(1, map.max_group_size());
   const bool decode = gmax * sq <= k_direct_rows;  // See Note [decode tasks]
-  const index_t block_q = decode ? sq : std::max<index_t>(1, forward_rows<shape>() / gmax);
+  index_t block_q = decode ? sq : std::max<index_t>(1, forward_rows<shape>() / gmax);
+  if (!decode && sq > block_q) {  // See Note [short last query block]
+    const index_t full = sq / block_q, rest = sq % block_q;
+    if (rest != 0 && rest * 4 < block_q && rest * 8 <= full * block_q) block_q = (sq + full - 1) / full;
+  }
   const index_t head_tasks = decode ? 1 : n_active;  // tasks per (batch, query block)
   // Query blocks of each sequence: the same for every sequence but a ragged batch's, whose sequences
   // have their own query counts; then qb_before[ib] counts the blocks of the sequences before ib.
