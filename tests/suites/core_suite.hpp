@@ -333,35 +333,60 @@ TYPED_TEST_P(core_suite, online_softmax_update_merge_and_masked_rows) {
     EXPECT_NEAR(out[static_cast<std::size_t>(c)], want[static_cast<std::size_t>(c)] / sum, tol) << "O[" << c << "]";
   EXPECT_NEAR(S::lse(m, l, true), (mx + std::log2(sum)) * std::log(2.0), tol * 16.0);
 
-  // Four rows at once (Note [softmax rows by four]) compute exactly what each row computes alone: the
-  // same p, m, l and rescaled o, bit for bit, from states that have seen no key, finite ones and a NaN.
+  // update_rows (Note [softmax pipeline]) computes exactly what each row computes alone: the same p, m, l
+  // and rescaled o, bit for bit, from states that have seen no key, finite ones and a NaN, with seven rows
+  // so that rows 4-6 take their max pass inside the exp2 pass of rows 0-2. before(r) runs before row r's
+  // scores are read: here it masks the row's last key, which holds the row's largest score (read before
+  // the mask, it would be the row's max). after(r) runs once per row, in row order, after before(r).
   {
+    constexpr index_t R = 7;
     const index_t lds = n + L;  // rows apart by more than a block, as in the core's score buffer
-    auto s4 = data(static_cast<std::size_t>(4 * lds), 53);
-    for (auto& x : s4) x *= 8.0f;
-    for (index_t j = 0; j < n; ++j) s4[static_cast<std::size_t>(j)] = -k_inf;  // row 0: every key masked
-    s4[static_cast<std::size_t>(2 * lds + 3)] = std::numeric_limits<float>::quiet_NaN();  // row 2: a NaN score
-    float m4[4] = {-k_inf, 1.5f, -k_inf, 20.0f}, l4[4] = {0.0f, 3.0f, 0.0f, 2.0f};
-    auto o4 = data(static_cast<std::size_t>(4 * dvp), 54);
-    auto s1 = s4, o1 = o4;
-    float m1[4], l1[4];
-    std::copy(m4, m4 + 4, m1);
-    std::copy(l4, l4 + 4, l1);
-    S::template update<4>(s4.data(), lds, n, m4, l4, o4.data(), dvp);
-    for (index_t r = 0; r < 4; ++r)
+    auto sr = data(static_cast<std::size_t>(R * lds), 53);
+    for (auto& x : sr) x *= 8.0f;
+    for (index_t j = 0; j < n; ++j) sr[static_cast<std::size_t>(j)] = -k_inf;  // row 0: every key masked
+    sr[static_cast<std::size_t>(2 * lds + 1)] = std::numeric_limits<float>::quiet_NaN();  // rows 2, 5: a NaN
+    sr[static_cast<std::size_t>(5 * lds + 2)] = std::numeric_limits<float>::quiet_NaN();
+    for (index_t r = 1; r < R; ++r) sr[static_cast<std::size_t>(r * lds + n - 1)] = 1000.0f;
+    float mr[R] = {-k_inf, 1.5f, -k_inf, 20.0f, -k_inf, 0.5f, 3.0f}, lr[R] = {0.0f, 3.0f, 0.0f, 2.0f, 0.0f, 1.0f, 4.0f};
+    auto orr = data(static_cast<std::size_t>(R * dvp), 54);
+    auto s1 = sr, o1 = orr;
+    float m1[R], l1[R];
+    std::copy(mr, mr + R, m1);
+    std::copy(lr, lr + R, l1);
+    for (index_t r = 0; r < R; ++r) {
+      s1[static_cast<std::size_t>(r * lds + n - 1)] = -k_inf;
       S::template update<1>(s1.data() + r * lds, lds, n, m1 + r, l1 + r, o1.data() + r * dvp, dvp);
-    for (index_t r = 0; r < 4; ++r) {
-      EXPECT_TRUE(same_bits(m4[r], m1[r])) << "m, row " << r;
-      EXPECT_TRUE(same_bits(l4[r], l1[r])) << "l, row " << r;
+    }
+    std::vector<index_t> before_at(R, -1), after_at(R, -1);
+    index_t calls = 0;
+    S::update_rows(
+        sr.data(), lds, n, R, mr, lr, orr.data(), dvp,
+        [&](index_t r) noexcept {
+          sr[static_cast<std::size_t>(r * lds + n - 1)] = -k_inf;
+          before_at[static_cast<std::size_t>(r)] = calls++;
+        },
+        [&](index_t r) noexcept { after_at[static_cast<std::size_t>(r)] = calls++; });
+    for (index_t r = 0; r < R; ++r) {
+      EXPECT_TRUE(same_bits(mr[r], m1[r])) << "m, row " << r;
+      EXPECT_TRUE(same_bits(lr[r], l1[r])) << "l, row " << r;
       for (index_t j = 0; j < n; ++j)
-        EXPECT_TRUE(same_bits(s4[static_cast<std::size_t>(r * lds + j)], s1[static_cast<std::size_t>(r * lds + j)]))
+        EXPECT_TRUE(same_bits(sr[static_cast<std::size_t>(r * lds + j)], s1[static_cast<std::size_t>(r * lds + j)]))
             << "p, row " << r << ", key " << j;
       for (index_t c = 0; c < dvp; ++c)
-        EXPECT_TRUE(same_bits(o4[static_cast<std::size_t>(r * dvp + c)], o1[static_cast<std::size_t>(r * dvp + c)]))
+        EXPECT_TRUE(same_bits(orr[static_cast<std::size_t>(r * dvp + c)], o1[static_cast<std::size_t>(r * dvp + c)]))
             << "o, row " << r << ", column " << c;
+      const auto ur = static_cast<std::size_t>(r);
+      EXPECT_GE(before_at[ur], 0) << "row " << r;
+      EXPECT_LT(before_at[ur], after_at[ur]) << "row " << r;
+      if (r > 0) {
+        EXPECT_LT(after_at[ur - 1], after_at[ur]) << "row " << r;
+      }
     }
-    EXPECT_TRUE(std::isnan(l4[2]));  // the NaN score's row
-    EXPECT_EQ(l4[0], 0.0f);          // the masked row saw nothing
+    EXPECT_EQ(calls, 2 * R);
+    EXPECT_TRUE(std::isnan(lr[2]));  // the NaN scores' rows
+    EXPECT_TRUE(std::isnan(lr[5]));
+    EXPECT_EQ(lr[0], 0.0f);          // the masked row saw nothing
+    EXPECT_LT(mr[1], 1000.0f);       // the masked largest score did not count
   }
 
   // Split into three chunks (the first fully masked): the merge reproduces the row.

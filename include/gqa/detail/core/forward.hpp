@@ -446,28 +446,14 @@ struct kernel {
             fill_neg_inf(srow + b, nbp - b);
           }
         };
-        const auto finish_rows = [&](index_t r, index_t n) noexcept {
-          for (index_t i = r; i < r + n; ++i) {
-            if constexpr (bf16_capable) {
-              if (t16) tiles16::round_row(srow0 + i * lay.bk, nbp, p16 + i * lay.p16_ld);
-            }
-            pf();
+        const auto finish_row = [&](index_t r) noexcept {
+          if constexpr (bf16_capable) {
+            if (t16) tiles16::round_row(srow0 + r * lay.bk, nbp, p16 + r * lay.p16_ld);
           }
+          pf();
         };
-        // The online softmax four rows at a time, then the rest one by one (Note [softmax rows by four]).
-        index_t r = 0;
-        for (; r + 4 <= grow; r += 4) {
-          for (index_t i = r; i < r + 4; ++i) modify_row(i);
-          softmax::template update<4>(srow0 + r * lay.bk, lay.bk, nbp, st.m + r0 + r, st.l + r0 + r,
-                                      orow0 + r * lay.dvp, lay.dvp);
-          finish_rows(r, 4);
-        }
-        for (; r < grow; ++r) {
-          modify_row(r);
-          softmax::template update<1>(srow0 + r * lay.bk, lay.bk, nbp, st.m + r0 + r, st.l + r0 + r,
-                                      orow0 + r * lay.dvp, lay.dvp);
-          finish_rows(r, 1);
-        }
+        // The online softmax of the block's rows, pipelined (Note [softmax pipeline]).
+        softmax::update_rows(srow0, lay.bk, nbp, grow, st.m + r0, st.l + r0, orow0, lay.dvp, modify_row, finish_row);
         // P·V; a cut block as a band, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {
           if constexpr (scaled_rows<decltype(vb)>) direct<Isa>::scale_columns(vb, nb, srow0, grow, lay.bk);
