@@ -239,9 +239,12 @@ struct kernel {
   // during its KV block a task of one KV block prefetches (into L2) the Q rows of the task that usually
   // follows it on the same thread: the next query block of its KV head, or, after the last, the first
   // query block of the next KV head (Note [forward task order]). A hint only: another thread may take that
-  // task. Measured (2 vCPUs of an AMD EPYC, one thread, 2026-12-04, two builds alternating): P3 1.009x; on
-  // P2 (a task of many KV blocks, whose Q pack is a small part of it) prefetching during the first block
-  // made it 1.6% slower, so tasks of several blocks do not.
+  // task. When that task is of the next KV head, whose K and V blocks this thread has not packed yet, the
+  // task also prefetches that head's K and V rows of its own key range (the next task usually sees the
+  // same keys: all of them, for P3). Measured (2 vCPUs of an AMD EPYC, one thread, 2026-12-04, two builds
+  // alternating): P3 1.009x (Q), then 1.005x and 1.007x (K and V; two threads 1.007x); on P2 (a task of
+  // many KV blocks, whose Q pack is a small part of it) prefetching Q during the first block made it 1.6%
+  // slower, so tasks of several blocks do not.
   struct prefetch_q {
     const problem* pb = nullptr;
     index_t ib = 0, pos = 0, pos_end = 0, hi = 0, row_bytes = 0, per_step = 0;
@@ -262,15 +265,20 @@ struct kernel {
       }
     }
   };
+  /// The next KV head after g that serves a query head, or −1.
+  static index_t next_head(const problem& pb, index_t g) noexcept {
+    index_t ng = g + 1;
+    while (ng < pb.map->hkv() && pb.map->group_size(ng) == 0) ++ng;
+    return ng < pb.map->hkv() ? ng : -1;
+  }
   /// The prefetch_q of the task after t (one KV head g, on the tiled path), spread over `steps` calls.
   static prefetch_q next_q_rows(const problem& pb, const task& t, index_t g, index_t steps) noexcept {
     prefetch_q p;
     const index_t npos = t.q1 - t.q0, len = pb.lay.q_len(t.ib);
     index_t q0 = t.q1, ng = g;
     if (q0 >= len) {  // the first block of the next KV head that serves a query head
-      ng = g + 1;
-      while (ng < pb.map->hkv() && pb.map->group_size(ng) == 0) ++ng;
-      if (ng >= pb.map->hkv()) return p;
+      ng = next_head(pb, g);
+      if (ng < 0) return p;
       q0 = 0;
     }
     p.pb = &pb;
@@ -396,7 +404,13 @@ struct kernel {
         auto pf_rows = next_block(pb, t.ib, g, j0 + lay.bk, direct_path || next_kept ? 0 : next_nb, ptr, steps);
         prefetch_lines pf_kept;
         if (next_kept) pf_kept = prefetch_lines(keep.k(next_slot), keep.k_floats + keep.v_floats, steps);
-        if (j0 == kv_lo && kv_hi - kv_lo <= lay.bk && !direct_path && !key_major) pf_q = next_q_rows(pb, t, g, steps);
+        if (j0 == kv_lo && kv_hi - kv_lo <= lay.bk && !direct_path && !key_major) {
+          pf_q = next_q_rows(pb, t, g, steps);
+          // The last query block of its KV head: the next task packs the next KV head's block (Note
+          // [prefetch next Q]).
+          const index_t ng = t.q1 >= pb.lay.q_len(t.ib) ? next_head(pb, g) : -1;
+          if (ng >= 0) pf_rows = next_block(pb, t.ib, ng, j0, nb, ptr, steps);
+        }
         const auto pf = [&]() noexcept {
           pf_rows();
           pf_kept();

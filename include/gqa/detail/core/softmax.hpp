@@ -127,8 +127,12 @@ struct online_softmax {
       }
       const float alpha = rescale(m[r], mr);
       l[r] = l[r] * alpha + V::reduce_sum(vsum);
+      // A row that has seen no finite score (m = −inf, alpha = 0) holds O = +0 or NaN (only zero weights
+      // so far: Note [fully masked rows]), which O · 0 leaves as it is: no rescale (the first block of
+      // every row).
+      const bool unseen = m[r] == k_neg_inf;
       m[r] = mr;
-      if (alpha != 1.0f) {
+      if (alpha != 1.0f && !unseen) {
         const auto va = V::set1(alpha);
         float* orow = o + r * dvp;
         for (index_t c = 0; c < dvp; c += L) V::store(orow + c, V::mul(V::load(orow + c), va));
