@@ -265,27 +265,27 @@ struct kernel {
       }
     }
   };
-  /// The next KV head after g that serves a query head, or −1.
-  static index_t next_head(const problem& pb, index_t g) noexcept {
+  /// Where the task after t (one KV head g) usually starts on the same thread (Note [forward task order]):
+  /// KV head g at t.q1, or, after g's last query block, the next KV head that serves a query head at 0;
+  /// g = −1 when there is none.
+  struct next_start {
+    index_t g, q0;
+  };
+  static next_start next_task_start(const problem& pb, const task& t, index_t g) noexcept {
+    if (t.q1 < pb.lay.q_len(t.ib)) return {g, t.q1};
     index_t ng = g + 1;
     while (ng < pb.map->hkv() && pb.map->group_size(ng) == 0) ++ng;
-    return ng < pb.map->hkv() ? ng : -1;
+    return {ng < pb.map->hkv() ? ng : -1, 0};
   }
-  /// The prefetch_q of the task after t (one KV head g, on the tiled path), spread over `steps` calls.
-  static prefetch_q next_q_rows(const problem& pb, const task& t, index_t g, index_t steps) noexcept {
+  /// The prefetch_q of the npos query positions from `next` (next_task_start), spread over `steps` calls.
+  static prefetch_q next_q_rows(const problem& pb, index_t ib, index_t npos, next_start next, index_t steps) noexcept {
     prefetch_q p;
-    const index_t npos = t.q1 - t.q0, len = pb.lay.q_len(t.ib);
-    index_t q0 = t.q1, ng = g;
-    if (q0 >= len) {  // the first block of the next KV head that serves a query head
-      ng = next_head(pb, g);
-      if (ng < 0) return p;
-      q0 = 0;
-    }
+    if (next.g < 0) return p;
     p.pb = &pb;
-    p.ib = t.ib;
-    p.pos = q0;
-    p.pos_end = std::min(len, q0 + npos);
-    p.heads = pb.map->q_heads(ng);
+    p.ib = ib;
+    p.pos = next.q0;
+    p.pos_end = std::min(pb.lay.q_len(ib), next.q0 + npos);
+    p.heads = pb.map->q_heads(next.g);
     p.row_bytes = pb.d * static_cast<index_t>(sizeof(*pb.lay.q_row(0, 0, 0)));
     const index_t lines = (p.pos_end - p.pos) * static_cast<index_t>(p.heads.size()) * (p.row_bytes / 64 + 2);
     p.per_step = (lines + steps - 1) / std::max<index_t>(steps, 1);
@@ -405,11 +405,10 @@ struct kernel {
         prefetch_lines pf_kept;
         if (next_kept) pf_kept = prefetch_lines(keep.k(next_slot), keep.k_floats + keep.v_floats, steps);
         if (j0 == kv_lo && kv_hi - kv_lo <= lay.bk && !direct_path && !key_major) {
-          pf_q = next_q_rows(pb, t, g, steps);
-          // The last query block of its KV head: the next task packs the next KV head's block (Note
-          // [prefetch next Q]).
-          const index_t ng = t.q1 >= pb.lay.q_len(t.ib) ? next_head(pb, g) : -1;
-          if (ng >= 0) pf_rows = next_block(pb, t.ib, ng, j0, nb, ptr, steps);
+          const next_start next = next_task_start(pb, t, g);
+          pf_q = next_q_rows(pb, t.ib, t.q1 - t.q0, next, steps);
+          // A next task of another KV head packs that head's block (Note [prefetch next Q]).
+          if (next.g >= 0 && next.g != g) pf_rows = next_block(pb, t.ib, next.g, j0, nb, ptr, steps);
         }
         const auto pf = [&]() noexcept {
           pf_rows();
