@@ -1,17 +1,19 @@
 // gqa/detail/core/decode.hpp: the scores of a decode task, which covers every KV head of a batch element,
-// computed key by key and within a key head by head, so that a BSHD cache is read in address order.
+// computed eight keys at a time and within them head by head, so that a BSHD cache is read in address order.
 // Invariant: reads only the given keys' rows of K and V (one float per cache line of V, and of unused KV
-// heads lying between used ones); each score is a pure function of its row and key.
+// heads lying between used ones); each score is a pure function of its row and key (and the call's shape).
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_DETAIL_CORE_DECODE_HPP
 #define GQA_DETAIL_CORE_DECODE_HPP
 
+#include <algorithm>
 #include <span>
 
 #include "../../head_map.hpp"
 #include "../../isa/vec.hpp"
 #include "../../tensor.hpp"
 #include "common.hpp"
+#include "direct.hpp"
 #include "dot.hpp"
 #include "layout.hpp"
 
@@ -21,10 +23,10 @@ namespace detail::core {
 // Note [decode tasks]
 // When every KV head's group times the query length fits the direct path (decode: sq small), a task
 // takes ALL KV heads of a batch element for a range of keys. Per block of keys it computes the scores
-// key by key and, within a key, head by head (decode::scores_key_major): in a BSHD cache the heads of
-// one position are adjacent, so K is read in address order, and the same walk loads one float per cache
-// line of V. Then softmax and P·V run head by head, with V already in cache. Why: measured on this
-// project's 2-core AVX-512 machine, reading a 128 MiB BSHD cache (16384 keys × 8 heads × 128) one
+// eight keys at a time and, within them, head by head (decode::scores_key_major; Note [keys per step]):
+// in a BSHD cache the heads of one position are adjacent, so K is read in address order, and the same
+// walk loads one float per cache line of V. Then softmax and P·V run head by head, with V already in
+// cache. Why: measured on this project's 2-core AVX-512 machine, reading a 128 MiB BSHD cache (16384 keys × 8 heads × 128) one
 // head at a time (a 4 KB stride per key) streams at ~18-23 GB/s whatever the software prefetch
 // distance, while the same bytes in address order stream at ~38-50 GB/s: the hardware prefetcher
 // follows sequential demand loads, not strided ones, and software prefetches alone reached ~25 GB/s.
@@ -33,16 +35,35 @@ namespace detail::core {
 template <class Isa>
 struct decode {
   using D = dot<Isa>;
+  /// Keys per step of the walk (Note [keys per step]).
+  static constexpr index_t step_keys = k_direct_keys;
+
+  // Note [keys per step]
+  // The walk takes k_direct_keys (8) keys at a time and, within them, KV head by KV head: the group's rows
+  // times the eight keys' K rows of that head, through direct::score_step (the direct path's own step:
+  // blocks of direct_qk_rows rows × 4 keys), so each Q vector loaded serves four or eight keys, not one,
+  // and a row's scores are reduced four keys at a time and stored as one vector. Before, the walk went key
+  // by key (rows × 1 key, four rows reduced together): Q was loaded again for every key, and decode was
+  // bound by those loads and the reductions, not by memory. The eight K rows of a head lie one key's stride
+  // apart (all heads of a key are adjacent in a BSHD cache), so the walk still covers the cache in address
+  // order, eight keys (32 KiB of fp32 K and V for 8 heads of d 128) at a time. The last step of a block
+  // repeats its last key in the missing slots (their scores land in padding, as in direct::scores), so
+  // every score comes from the same block shape. Measured (Intel Xeon, 2026-12-04, AVX-512, one thread,
+  // the two versions alternating): with the cache in L1/L2 (D1's heads, 256 keys) fp32 1.04x, bf16 1.40x,
+  // int8 1.21x faster; at 16384 keys, design.md §2.4.
 
   /// Rows of the task: for each KV head heads[i], its group's query heads × npos positions, head-major
   /// (Note [tile rows]), Qp row stride d. For keys j0 .. j0 + nb − 1 of batch element ib (its K/V rows
-  /// found through the layout, Note [layouts]), writes S[row][j] (row stride lds), key by key and, within
-  /// a key, KV head by KV head; the same walk loads one float of every cache line of the V rows, so the
-  /// head-by-head P·V that follows finds them in cache.
+  /// found through the layout, Note [layouts]), writes S[row][j] (row stride lds, room for
+  /// round_up(nb, step_keys) columns), step_keys keys at a time and, within them, KV head by KV head; the same
+  /// walk loads one float of every cache line of the V rows, so the head-by-head P·V that follows finds
+  /// them in cache.
   template <class Lay>
   static void scores_key_major(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads,
                                index_t npos, index_t j0, index_t nb, const float* qp, float* s, index_t lds) noexcept {
-    const auto& k = lay.k;  // tensor_view<const typename Lay::kv_type>
+    using T = typename Lay::kv_type;
+    constexpr index_t KU = step_keys;
+    const auto& k = lay.k;  // tensor_view<const T>
     const auto& v = lay.v;
     const index_t d = k.d;
     const typename D::extent de(d);
@@ -52,9 +73,13 @@ struct decode {
       touch_lines(v.row(at.b, at.s, g), v.d);
     };
     auto cur = lay.kv_cursor(ib, j0);
-    for (index_t j = j0; j < j0 + nb; ++j, cur.next()) {
-      const kv_loc at = cur.loc();
-      typename D::pending single;  // rows left over from blocks of four, reduced four at a time
+    for (index_t j = j0; j < j0 + nb; j += KU) {
+      const index_t keys = std::min(KU, j0 + nb - j);  // real keys of this step; the rest repeat the last
+      kv_loc at[KU];
+      for (index_t u = 0; u < KU; ++u) {
+        at[u] = u < keys ? cur.loc() : at[keys - 1];
+        if (u < keys) cur.next();
+      }
       index_t r0 = 0;
       for (std::size_t i = 0; i < heads.size(); ++i) {
         const index_t g = heads[i];
@@ -62,23 +87,17 @@ struct decode {
         // order stream, and a stream with holes is not followed by the hardware prefetcher (decode with
         // one unused head of 8 measured 2x slower): when heads are adjacent in memory, load one float
         // per cache line of the unused heads before this one too.
-        for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent; ++u) touch_head(at, u);
+        for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent; ++u)
+          for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
         const index_t rows = map.group_size(g) * npos;
-        const typename Lay::kv_type* kr[1] = {k.row(at.b, at.s, g)};
-        float* sj = s + r0 * lds + (j - j0);
-        const float* q = qp + r0 * d;
-        index_t r = 0;
-        for (; r + 4 <= rows; r += 4) D::template scores<4, 1>(q + r * d, d, kr, de, sj + r * lds, lds);
-        for (; r < rows; ++r) {
-          typename D::reg p[1][1];
-          D::template partials<1, 1>(q + r * d, d, kr, de, p);
-          single.push(p[0][0], sj + r * lds);
-        }
-        touch_lines(v.row(at.b, at.s, g), v.d);
+        const T* kr[KU];
+        for (index_t u = 0; u < KU; ++u) kr[u] = k.row(at[u].b, at[u].s, g);
+        direct<Isa>::score_step(kr, de, qp + r0 * d, rows, s + r0 * lds + (j - j0), lds);
+        for (index_t e = 0; e < keys; ++e) touch_lines(v.row(at[e].b, at[e].s, g), v.d);
         r0 += rows;
       }
-      for (index_t u = heads.back() + 1; u < k.h && heads_adjacent; ++u) touch_head(at, u);
-      single.flush();
+      for (index_t u = heads.back() + 1; u < k.h && heads_adjacent; ++u)
+        for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
     }
   }
 };

@@ -41,28 +41,35 @@ struct direct {
   template <class Rows>
   static void scores(const Rows& k, index_t d, index_t nb, const float* qp, index_t rows, float* s,
                      index_t lds) noexcept {
-    constexpr index_t KU = k_direct_keys;
-    constexpr int RB = shape::direct_qk_rows;
-    static_assert(KU == 8, "the blocks below are written for 8 keys per step");
     const typename D::extent de(d);
-    for (index_t j = 0; j < nb; j += KU) {
+    for (index_t j = 0; j < nb; j += k_direct_keys) {
       // Keys past nb repeat the last valid row (their scores land in s's padding and are masked).
-      const typename Rows::element* kr[KU];
-      for (index_t u = 0; u < KU; ++u) kr[u] = k(std::min(j + u, nb - 1));
-      float* sj = s + j;
-      index_t r = 0;
-      for (; r + RB <= rows; r += RB) {
-        D::template scores<RB, 4>(qp + r * d, d, kr, de, sj + r * lds, lds);
-        D::template scores<RB, 4>(qp + r * d, d, kr + 4, de, sj + r * lds + 4, lds);
-      }
-      if constexpr (RB > 2) {
-        for (; r + 2 <= rows; r += 2) {
-          D::template scores<2, 4>(qp + r * d, d, kr, de, sj + r * lds, lds);
-          D::template scores<2, 4>(qp + r * d, d, kr + 4, de, sj + r * lds + 4, lds);
-        }
-      }
-      for (; r < rows; ++r) D::template scores<1, 8>(qp + r * d, d, kr, de, sj + r * lds, lds);
+      const typename Rows::element* kr[k_direct_keys];
+      for (index_t u = 0; u < k_direct_keys; ++u) kr[u] = k(std::min(j + u, nb - 1));
+      score_step(kr, de, qp, rows, s + j, lds);
     }
+  }
+
+  /// One step of scores(): S[r][u] = Qp[r] · K[u] for r < rows and the k_direct_keys keys at kr[u] (Qp
+  /// row stride d = de's; s row stride lds).
+  template <class K>
+  static GQA_FORCEINLINE void score_step(const K* const* kr, typename D::extent de, const float* qp, index_t rows,
+                                         float* s, index_t lds) noexcept {
+    constexpr int RB = shape::direct_qk_rows;
+    static_assert(k_direct_keys == 8, "the blocks below are written for 8 keys per step");
+    const index_t d = de.full + de.tail;
+    index_t r = 0;
+    for (; r + RB <= rows; r += RB) {
+      D::template scores<RB, 4>(qp + r * d, d, kr, de, s + r * lds, lds);
+      D::template scores<RB, 4>(qp + r * d, d, kr + 4, de, s + r * lds + 4, lds);
+    }
+    if constexpr (RB > 2) {
+      for (; r + 2 <= rows; r += 2) {
+        D::template scores<2, 4>(qp + r * d, d, kr, de, s + r * lds, lds);
+        D::template scores<2, 4>(qp + r * d, d, kr + 4, de, s + r * lds + 4, lds);
+      }
+    }
+    for (; r < rows; ++r) D::template scores<1, 8>(qp + r * d, d, kr, de, s + r * lds, lds);
   }
 
   /// S[r][j] *= rows.scale(j) for r < nrows, j < nb (row stride lds): an int8 block's scores times their

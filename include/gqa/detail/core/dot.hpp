@@ -1,5 +1,5 @@
 // gqa/detail/core/dot.hpp: the dot-product family of the direct path: RB query rows × KU key rows, each
-// score a vector of partial sums over d reduced horizontally four at a time (reduce_sum4). Invariant:
+// score a vector of partial sums over d, a row's keys reduced horizontally four at a time (reduce_sum4). Invariant:
 // reads exactly d floats of every row it is given (the d tail with masked loads); a score depends only
 // on its row, its key and the block shape, never on the other rows and keys of its block.
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
@@ -66,51 +66,17 @@ struct dot {
       }
   }
 
-  /// S[r][u] = Q[r] · K[u] for r < RB, u < KU, written to s[r·lds + u]. With KU a multiple of 4, four keys
-  /// of a row are reduced together (and stored as one vector of four); else RB must be a multiple of 4
-  /// and four rows of a key are.
+  /// S[r][u] = Q[r] · K[u] for r < RB, u < KU (a multiple of 4), written to s[r·lds + u]: four keys of a
+  /// row are reduced together and stored as one vector of four.
   template <int RB, int KU, class K>
   static GQA_FORCEINLINE void scores(const float* q, index_t ldq, const K* const* k, extent d, float* s,
                                      index_t lds) noexcept {
-    static_assert(KU % 4 == 0 || RB % 4 == 0, "dot::scores reduces four rows or four keys at a time");
+    static_assert(KU % 4 == 0, "dot::scores reduces four keys of a row at a time");
     reg p[RB][KU];
     partials<RB, KU>(q, ldq, k, d, p);
-    if constexpr (KU % 4 == 0) {
-      GQA_UNROLL for (int r = 0; r < RB; ++r)
-        GQA_UNROLL for (int u = 0; u < KU; u += 4) V::reduce_sum4(p[r][u], p[r][u + 1], p[r][u + 2], p[r][u + 3], s + r * lds + u);
-    } else {
-      GQA_UNROLL for (int u = 0; u < KU; ++u)
-        GQA_UNROLL for (int r = 0; r < RB; r += 4) {
-          float out[4];
-          V::reduce_sum4(p[r][u], p[r + 1][u], p[r + 2][u], p[r + 3][u], out);
-          GQA_UNROLL for (int i = 0; i < 4; ++i) s[(r + i) * lds + u] = out[i];
-        }
-    }
+    GQA_UNROLL for (int r = 0; r < RB; ++r)
+      GQA_UNROLL for (int u = 0; u < KU; u += 4) V::reduce_sum4(p[r][u], p[r][u + 1], p[r][u + 2], p[r][u + 3], s + r * lds + u);
   }
-
-  /// Scores that come one at a time (single rows left over from blocks of four) wait here, up to three,
-  /// and are reduced four at a time; flush() writes those still waiting.
-  class pending {
-   public:
-    GQA_FORCEINLINE void push(reg partial, float* dst) noexcept {
-      sums_[n_] = partial;
-      dst_[n_++] = dst;
-      if (n_ == 4) flush();
-    }
-    GQA_FORCEINLINE void flush() noexcept {
-      if (n_ == 0) return;
-      float out[4];
-      for (int i = n_; i < 4; ++i) sums_[i] = V::zero();
-      V::reduce_sum4(sums_[0], sums_[1], sums_[2], sums_[3], out);
-      for (int i = 0; i < n_; ++i) *dst_[i] = out[i];
-      n_ = 0;
-    }
-
-   private:
-    reg sums_[4];
-    float* dst_[4];
-    int n_ = 0;
-  };
 };
 
 }  // namespace detail::core
