@@ -74,11 +74,24 @@ struct direct {
 
   /// S[r][j] *= rows.scale(j) for r < nrows, j < nb (row stride lds): an int8 block's scores times their
   /// keys' K scales, or its probabilities times their V scales (Note [int8 K/V]).
+  /// The scales are gathered once per 64 keys (they lie a key's stride apart), then each row is multiplied
+  /// a vector at a time: the same products as one at a time (the scalar loop was 11% of int8 decode).
   template <scaled_rows Rows>
   static void scale_columns(const Rows& rows, index_t nb, float* s, index_t nrows, index_t lds) noexcept {
-    for (index_t r = 0; r < nrows; ++r) {
-      float* sr = s + r * lds;
-      for (index_t j = 0; j < nb; ++j) sr[j] *= rows.scale(j);
+    constexpr index_t C = 64;
+    alignas(64) float col[C];
+    for (index_t c0 = 0; c0 < nb; c0 += C) {
+      const index_t n = std::min(C, nb - c0);
+      for (index_t j = 0; j < n; ++j) col[j] = rows.scale(c0 + j);
+      for (index_t r = 0; r < nrows; ++r) {
+        float* sr = s + r * lds + c0;
+        index_t j = 0;
+        for (; j + L <= n; j += L) V::store(sr + j, V::mul(V::load(sr + j), V::load(col + j)));
+        if (j < n) {
+          const int t = static_cast<int>(n - j);
+          V::store_partial(sr + j, V::mul(V::load_partial(sr + j, t), V::load_partial(col + j, t)), t);
+        }
+      }
     }
   }
 
