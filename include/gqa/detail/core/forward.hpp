@@ -227,7 +227,8 @@ struct kernel {
       constexpr auto e = static_cast<index_t>(sizeof(typename Lay::kv_type));
       const index_t kb = pb.d * e, vb = pb.dv * e;
       const index_t lines = n * ((kb + 63) / 64 + (vb + 63) / 64 + 2);  // + 2: rows may straddle a line
-      return prefetch_rows<typename rows::first_type, typename rows::second_type>{k, v, n, kb, vb,
+      using list = kv_row_list<typename rows::first_type, typename rows::second_type>;
+      return prefetch_rows<typename rows::first_type, typename rows::second_type>{list{k, v, n, kb, vb},
                                                                                   (lines + steps - 1) / steps};
     }
   }
@@ -245,26 +246,19 @@ struct kernel {
   // alternating): P3 1.009x (Q), then 1.005x and 1.007x (K and V; two threads 1.007x); on P2 (a task of
   // many KV blocks, whose Q pack is a small part of it) prefetching Q during the first block made it 1.6%
   // slower, so tasks of several blocks do not.
-  struct prefetch_q {
+  /// The Q rows of positions [pos, pos_end) × `heads`, position by position (the rows prefetch_q walks).
+  struct q_row_list {
     const problem* pb = nullptr;
-    index_t ib = 0, pos = 0, pos_end = 0, hi = 0, row_bytes = 0, per_step = 0;
+    index_t ib = 0, pos = 0, pos_end = 0, hi = 0, row_bytes = 0;
     std::span<const index_t> heads;
-    const char* at = nullptr;  // the next line to prefetch; end: one past the current row's last byte
-    const char* end = nullptr;
-    void operator()() noexcept {
-      for (index_t i = 0; i < per_step; ++i) {
-        if (at >= end) {
-          if (pos >= pos_end) return;
-          const auto* p = reinterpret_cast<const char*>(pb->lay.q_row(ib, pos, heads[static_cast<std::size_t>(hi)]));
-          end = p + row_bytes;
-          at = reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63});
-          if (++hi == static_cast<index_t>(heads.size())) hi = 0, ++pos;
-        }
-        GQA_PREFETCH_L2(at);
-        at += 64;
-      }
+    byte_span next() noexcept {
+      if (pos >= pos_end) return {};
+      const auto* p = reinterpret_cast<const char*>(pb->lay.q_row(ib, pos, heads[static_cast<std::size_t>(hi)]));
+      if (++hi == static_cast<index_t>(heads.size())) hi = 0, ++pos;
+      return {p, row_bytes};
     }
   };
+  using prefetch_q = prefetch_row_lines<q_row_list>;
   /// Where the task after t (one KV head g) usually starts on the same thread (Note [forward task order]):
   /// KV head g at t.q1, or, after g's last query block, the next KV head that serves a query head at 0;
   /// g = −1 when there is none.
@@ -281,13 +275,14 @@ struct kernel {
   static prefetch_q next_q_rows(const problem& pb, index_t ib, index_t npos, next_start next, index_t steps) noexcept {
     prefetch_q p;
     if (next.g < 0) return p;
-    p.pb = &pb;
-    p.ib = ib;
-    p.pos = next.q0;
-    p.pos_end = std::min(pb.lay.q_len(ib), next.q0 + npos);
-    p.heads = pb.map->q_heads(next.g);
-    p.row_bytes = pb.d * static_cast<index_t>(sizeof(*pb.lay.q_row(0, 0, 0)));
-    const index_t lines = (p.pos_end - p.pos) * static_cast<index_t>(p.heads.size()) * (p.row_bytes / 64 + 2);
+    q_row_list& q = p.rows;
+    q.pb = &pb;
+    q.ib = ib;
+    q.pos = next.q0;
+    q.pos_end = std::min(pb.lay.q_len(ib), next.q0 + npos);
+    q.heads = pb.map->q_heads(next.g);
+    q.row_bytes = pb.d * static_cast<index_t>(sizeof(*pb.lay.q_row(0, 0, 0)));
+    const index_t lines = (q.pos_end - q.pos) * static_cast<index_t>(q.heads.size()) * (q.row_bytes / 64 + 2);
     p.per_step = (lines + steps - 1) / std::max<index_t>(steps, 1);
     return p;
   }

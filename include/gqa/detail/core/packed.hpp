@@ -29,33 +29,54 @@ namespace detail::core {
 // next block that the thread keeps packed already (Note [packed K/V reuse] in forward.hpp) is fetched as
 // its contiguous packed lines instead (prefetch_lines): the kept blocks of a KV head outgrow L2.
 
-/// Prefetch (for reading, into L2) of every cache line of rows 0 .. n − 1 of the row sources k and v,
-/// `per_step` lines per step() (Note [prefetch next block]).
-template <class KRows, class VRows>
-struct prefetch_rows {
-  KRows k{};
-  VRows v{};
-  index_t n = 0, k_bytes = 0, v_bytes = 0, per_step = 0;
-  index_t row = 0, side = 0;               // the row and which of k (0), v (1) is being walked
-  const char* at = nullptr;                // next line to prefetch; end: one past the row's last byte
-  const char* end = nullptr;
+/// Where a row lies: its first byte and its size (bytes 0 for none).
+struct byte_span {
+  const char* p = nullptr;
+  index_t bytes = 0;
+};
 
-  void step() noexcept {
+/// Prefetch (for reading, into L2) of every cache line of a sequence of rows, `per_step` lines per call:
+/// rows.next() gives the next row, or bytes 0 after the last.
+template <class Rows>
+struct prefetch_row_lines {
+  Rows rows{};
+  index_t per_step = 0;
+  const char* at = nullptr;  // the next line to prefetch; end: one past the current row's last byte
+  const char* end = nullptr;
+  void operator()() noexcept {
     for (index_t i = 0; i < per_step; ++i) {
       if (at >= end) {
-        if (row >= n) return;
-        const char* p = side == 0 ? reinterpret_cast<const char*>(k(row)) : reinterpret_cast<const char*>(v(row));
-        end = p + (side == 0 ? k_bytes : v_bytes);
-        at = reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63});
-        if (side == 1) ++row;
-        side ^= 1;
+        const byte_span r = rows.next();
+        if (r.bytes <= 0) return;
+        end = r.p + r.bytes;
+        at = reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(r.p) & ~std::uintptr_t{63});
       }
       GQA_PREFETCH_L2(at);
       at += 64;
     }
   }
-  void operator()() noexcept { step(); }
 };
+
+/// Rows 0 .. n − 1 of the row sources k and v (k_bytes and v_bytes each), as k(0), v(0), k(1), v(1), ...
+template <class KRows, class VRows>
+struct kv_row_list {
+  KRows k{};
+  VRows v{};
+  index_t n = 0, k_bytes = 0, v_bytes = 0;
+  index_t row = 0, side = 0;  // the next row and which of k (0), v (1)
+  byte_span next() noexcept {
+    if (row >= n) return {};
+    const byte_span r = side == 0 ? byte_span{reinterpret_cast<const char*>(k(row)), k_bytes}
+                                  : byte_span{reinterpret_cast<const char*>(v(row)), v_bytes};
+    if (side == 1) ++row;
+    side ^= 1;
+    return r;
+  }
+};
+
+/// The K and V rows of a block, prefetched a few lines per step (Note [prefetch next block]).
+template <class KRows, class VRows>
+using prefetch_rows = prefetch_row_lines<kv_row_list<KRows, VRows>>;
 
 /// Prefetch (into L2) of the cache lines of `floats` contiguous floats from `p`, spread over `steps`
 /// steps: the next kept block of a KV head (Note [packed K/V reuse] in forward.hpp).
