@@ -178,6 +178,9 @@ TYPED_TEST_P(core_suite, dot_scores_every_block_shape) {
     std::fill(s.begin(), s.end(), 0.0f);
     D::template scores<1, 8>(q.data(), d, kr, de, s.data(), nk);
     check(s, 1, 8, nk, "1 row x 8 keys");
+    std::fill(s.begin(), s.end(), 0.0f);
+    for (index_t u = 0; u < nk; u += 2) D::template scores<4, 2>(q.data(), d, kr + u, de, s.data() + u, nk);
+    check(s, 4, 8, nk, "4 rows x 2 keys");
   }
 }
 

@@ -38,7 +38,8 @@ struct vec<avx2> {
     static constexpr int block_kv = 128, block_kv_backward = 128, block_kv_tiles16 = 128;
     static constexpr int block_kv_decode = 64;  // all heads of 64 positions: 64 x Hkv x d x 8 bytes in flight
     static constexpr int rows = 192, rows_large_l2 = 384;  // Note [rows by L2] (forward.hpp)
-    static constexpr int direct_qk_rows = 2, direct_acc = 8;  // Q·K: 8 acc + 4 K + 1 Q; P·V: 8 acc + V + 1
+    static constexpr int direct_qk_rows = 4, direct_qk_keys = 2;  // Q·K: 8 acc + 2 K + 1 Q (Note [keys per step])
+    static constexpr int direct_acc = 8;                           // P·V: 8 acc + V + 1
   };
 
   static GQA_FORCEINLINE reg zero() noexcept { return _mm256_setzero_ps(); }

@@ -27,7 +27,7 @@ struct vec<neon> {
     static constexpr int block_kv = 64, block_kv_backward = 64, block_kv_tiles16 = 64;
     static constexpr int block_kv_decode = 64;
     static constexpr int rows = 96, rows_large_l2 = 96;  // not measured with a larger L2
-    static constexpr int direct_qk_rows = 4, direct_acc = 16;
+    static constexpr int direct_qk_rows = 4, direct_qk_keys = 4, direct_acc = 16;
   };
 
   static GQA_FORCEINLINE reg zero() noexcept { return vdupq_n_f32(0.0f); }

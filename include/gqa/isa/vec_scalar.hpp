@@ -45,13 +45,14 @@ struct vec<scalar> {
   //   measured 144 -> 185-200 GFLOP/s going from 48 to 192 rows; AVX2 90 -> 104); 192 rows keep the
   //   task's scratch (~0.4 MB at d = 128) inside L2. rows_large_l2: the forward's rows where L2 holds
   //   at least 2 MiB (Note [rows by L2] in detail/core/forward.hpp); the backward keeps rows.
-  // * direct_qk_rows, direct_acc: the direct path's register blocks (Note [direct path]): Q·K in blocks
-  //   of direct_qk_rows rows × 4 keys, P·V in blocks of about direct_acc accumulator vectors.
+  // * direct_qk_rows, direct_qk_keys, direct_acc: the direct path's register blocks (Note [direct path]):
+  //   Q·K in blocks of direct_qk_rows rows × direct_qk_keys keys (4 or 2), P·V in blocks of about
+  //   direct_acc accumulator vectors.
   struct tile_shape {
     static constexpr int mr = 4, nr = 4;  // 16 accumulators: the compiler keeps them in registers
     static constexpr int block_kv = 64, block_kv_decode = 64, block_kv_backward = 64, block_kv_tiles16 = 64;
     static constexpr int rows = 32, rows_large_l2 = 32;  // not measured with a larger L2
-    static constexpr int direct_qk_rows = 2, direct_acc = 8;
+    static constexpr int direct_qk_rows = 2, direct_qk_keys = 4, direct_acc = 8;
   };
 
   static GQA_FORCEINLINE reg zero() noexcept { return 0.0f; }

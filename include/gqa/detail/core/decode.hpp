@@ -51,6 +51,18 @@ struct decode {
   // every score comes from the same block shape. Measured (Intel Xeon, 2026-12-04, AVX-512, one thread,
   // the two versions alternating): with the cache in L1/L2 (D1's heads, 256 keys) fp32 1.04x, bf16 1.40x,
   // int8 1.21x faster; at 16384 keys, design.md §2.4.
+  // One more rule for K/V narrower than fp32: there several keys share a 4 KiB page (2 for bf16, 4 for
+  // int8 with 8 heads of d 128), so visiting the step head by head reads each page out of order (key j's
+  // head 0, key j + 1's head 0, key j's head 1, ...), which the hardware prefetcher follows badly: bf16
+  // D1 at 16384 keys ran 0.87x the key-by-key walk. So a step with adjacent heads first loads one element
+  // per cache line of its keys' K and V rows, all heads, in address order (and the scores then find
+  // them in cache): bf16 1.13x the key-by-key walk. For fp32 each key's heads fill one page, which the
+  // head-by-head order reads in order, and the same loads made D1 0.96x: fp32 touches V during the scores,
+  // as before. (Medians of 9 alternations, 16384 keys.) AVX2, with 16 registers, takes blocks of 4 rows ×
+  // 2 keys (tile_shape::direct_qk_keys), so that a 16-bit or int8 K row is widened once per four rows, not
+  // once per pair: at 16384 keys bf16 0.94x -> 0.99x and int8 0.98x -> 1.01x of the key-by-key walk
+  // (fp32 1.04-1.07x); with the cache in L1/L2 AVX2 stays 3-9% behind the key-by-key walk for fp32 and
+  // bf16 (int8 1.11x ahead), which is the price of one walk for every ISA.
 
   /// Rows of the task: for each KV head heads[i], its group's query heads × npos positions, head-major
   /// (Note [tile rows]), Qp row stride d. For keys j0 .. j0 + nb − 1 of batch element ib (its K/V rows
@@ -68,6 +80,7 @@ struct decode {
     const index_t d = k.d;
     const typename D::extent de(d);
     const bool heads_adjacent = k.stride_h == d && v.stride_h == v.d;
+    const bool touch_first = heads_adjacent && sizeof(T) < sizeof(float);  // Note [keys per step]
     const auto touch_head = [&](kv_loc at, index_t g) noexcept {
       touch_lines(k.row(at.b, at.s, g), k.d);
       touch_lines(v.row(at.b, at.s, g), v.d);
@@ -80,6 +93,11 @@ struct decode {
         at[u] = u < keys ? cur.loc() : at[keys - 1];
         if (u < keys) cur.next();
       }
+      // Narrow K/V: the step's rows in address order first (Note [keys per step]).
+      for (index_t e = 0; e < keys && touch_first; ++e) {
+        touch_lines(k.row(at[e].b, at[e].s, 0), k.h * d);
+        touch_lines(v.row(at[e].b, at[e].s, 0), v.h * v.d);
+      }
       index_t r0 = 0;
       for (std::size_t i = 0; i < heads.size(); ++i) {
         const index_t g = heads[i];
@@ -87,16 +105,16 @@ struct decode {
         // order stream, and a stream with holes is not followed by the hardware prefetcher (decode with
         // one unused head of 8 measured 2x slower): when heads are adjacent in memory, load one float
         // per cache line of the unused heads before this one too.
-        for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent; ++u)
+        for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent && !touch_first; ++u)
           for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
         const index_t rows = map.group_size(g) * npos;
         const T* kr[KU];
         for (index_t u = 0; u < KU; ++u) kr[u] = k.row(at[u].b, at[u].s, g);
         direct<Isa>::score_step(kr, de, qp + r0 * d, rows, s + r0 * lds + (j - j0), lds);
-        for (index_t e = 0; e < keys; ++e) touch_lines(v.row(at[e].b, at[e].s, g), v.d);
+        for (index_t e = 0; e < keys && !touch_first; ++e) touch_lines(v.row(at[e].b, at[e].s, g), v.d);
         r0 += rows;
       }
-      for (index_t u = heads.back() + 1; u < k.h && heads_adjacent; ++u)
+      for (index_t u = heads.back() + 1; u < k.h && heads_adjacent && !touch_first; ++u)
         for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
     }
   }

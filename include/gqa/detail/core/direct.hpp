@@ -35,9 +35,9 @@ struct direct {
   static constexpr int L = V::lanes;
 
   /// S[r][j] = Qp[r] · K[j] for j < nb (Qp row stride d; key j at k(j), Note [key runs]), k_direct_keys keys per
-  /// step. Rows go through the widest register block that fits (tile_shape::direct_qk_rows rows × 4 keys,
-  /// so K loads are shared by the rows), then pairs, then single rows × 8 keys: every block keeps >= 8
-  /// independent FMA chains. s rows (stride lds) need room up to round_up(nb, k_direct_keys).
+  /// step. Rows go through the widest register block that fits (tile_shape::direct_qk_rows rows ×
+  /// direct_qk_keys keys, so K loads are shared by the rows and Q loads by the keys), then pairs × 4 keys,
+  /// then single rows × 8 keys: every block keeps >= 8 independent FMA chains. s rows (stride lds) need room up to round_up(nb, k_direct_keys).
   template <class Rows>
   static void scores(const Rows& k, index_t d, index_t nb, const float* qp, index_t rows, float* s,
                      index_t lds) noexcept {
@@ -55,14 +55,13 @@ struct direct {
   template <class K>
   static GQA_FORCEINLINE void score_step(const K* const* kr, typename D::extent de, const float* qp, index_t rows,
                                          float* s, index_t lds) noexcept {
-    constexpr int RB = shape::direct_qk_rows;
+    constexpr int RB = shape::direct_qk_rows, KB = shape::direct_qk_keys;
     static_assert(k_direct_keys == 8, "the blocks below are written for 8 keys per step");
     const index_t d = de.full + de.tail;
     index_t r = 0;
-    for (; r + RB <= rows; r += RB) {
-      D::template scores<RB, 4>(qp + r * d, d, kr, de, s + r * lds, lds);
-      D::template scores<RB, 4>(qp + r * d, d, kr + 4, de, s + r * lds + 4, lds);
-    }
+    for (; r + RB <= rows; r += RB)
+      GQA_UNROLL for (int u = 0; u < k_direct_keys; u += KB)
+        D::template scores<RB, KB>(qp + r * d, d, kr + u, de, s + r * lds + u, lds);
     if constexpr (RB > 2) {
       for (; r + 2 <= rows; r += 2) {
         D::template scores<2, 4>(qp + r * d, d, kr, de, s + r * lds, lds);

@@ -66,16 +66,27 @@ struct dot {
       }
   }
 
-  /// S[r][u] = Q[r] · K[u] for r < RB, u < KU (a multiple of 4), written to s[r·lds + u]: four keys of a
-  /// row are reduced together and stored as one vector of four.
+  /// S[r][u] = Q[r] · K[u] for r < RB, u < KU, written to s[r·lds + u]. KU a multiple of 4: four keys of
+  /// a row are reduced together and stored as one vector of four; KU = 2 (RB even): two keys of two rows.
   template <int RB, int KU, class K>
   static GQA_FORCEINLINE void scores(const float* q, index_t ldq, const K* const* k, extent d, float* s,
                                      index_t lds) noexcept {
-    static_assert(KU % 4 == 0, "dot::scores reduces four keys of a row at a time");
+    static_assert(KU % 4 == 0 || (KU == 2 && RB % 2 == 0), "dot::scores reduces four scores at a time");
     reg p[RB][KU];
     partials<RB, KU>(q, ldq, k, d, p);
-    GQA_UNROLL for (int r = 0; r < RB; ++r)
-      GQA_UNROLL for (int u = 0; u < KU; u += 4) V::reduce_sum4(p[r][u], p[r][u + 1], p[r][u + 2], p[r][u + 3], s + r * lds + u);
+    if constexpr (KU % 4 == 0) {
+      GQA_UNROLL for (int r = 0; r < RB; ++r)
+        GQA_UNROLL for (int u = 0; u < KU; u += 4) V::reduce_sum4(p[r][u], p[r][u + 1], p[r][u + 2], p[r][u + 3], s + r * lds + u);
+    } else {
+      GQA_UNROLL for (int r = 0; r < RB; r += 2) {
+        float out[4];
+        V::reduce_sum4(p[r][0], p[r][1], p[r + 1][0], p[r + 1][1], out);
+        s[r * lds] = out[0];
+        s[r * lds + 1] = out[1];
+        s[(r + 1) * lds] = out[2];
+        s[(r + 1) * lds + 1] = out[3];
+      }
+    }
   }
 };
 

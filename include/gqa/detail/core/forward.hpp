@@ -78,7 +78,8 @@ struct kernel {
   static constexpr int L = V::lanes;
   static constexpr index_t cols = tiled::cols;
   static_assert(shape::mr >= 1 && shape::nr >= 1 && shape::rows >= 1 && shape::block_kv >= 1 &&
-                    shape::block_kv_decode >= 1 && shape::direct_qk_rows >= 1 && shape::direct_acc >= 2,
+                    shape::block_kv_decode >= 1 && shape::direct_qk_rows >= 1 &&
+                        (shape::direct_qk_keys == 2 || shape::direct_qk_keys == 4) && shape::direct_acc >= 2,
                 "isa::vec<Isa>::tile_shape: see Note [tile shape]");
 
   /// A task's scratch, in floats from the thread's scratch (every array 64-byte aligned): packed Q, the
