@@ -33,7 +33,8 @@ struct vec<avx512> {
     static constexpr int block_kv_backward = 128, block_kv_tiles16 = 128;
     static constexpr int block_kv_decode = 64;  // all heads of 64 positions: 64 x Hkv x d x 8 bytes in flight
     static constexpr int rows = 192, rows_large_l2 = 384;  // Note [rows by L2] (forward.hpp)
-    static constexpr int direct_qk_rows = 4, direct_qk_keys = 4, direct_acc = 16;  // Q·K: 16 acc + 4 K + 1 Q; P·V: 16 acc + V + 1
+    static constexpr int direct_qk_rows = 4, direct_qk_keys = 4;  // Q·K: 16 acc + 4 K + 1 Q
+    static constexpr int direct_acc = 16;                          // P·V: 16 acc + V + 1
   };
 
   static GQA_FORCEINLINE reg zero() noexcept { return _mm512_setzero_ps(); }

@@ -26,9 +26,9 @@ namespace detail::core {
 // eight keys at a time and, within them, head by head (decode::scores_key_major; Note [keys per step]):
 // in a BSHD cache the heads of one position are adjacent, so K is read in address order, and the same
 // walk loads one float per cache line of V. Then softmax and P·V run head by head, with V already in
-// cache. Why: measured on this project's 2-core AVX-512 machine, reading a 128 MiB BSHD cache (16384 keys × 8 heads × 128) one
-// head at a time (a 4 KB stride per key) streams at ~18-23 GB/s whatever the software prefetch
-// distance, while the same bytes in address order stream at ~38-50 GB/s: the hardware prefetcher
+// cache. Why: measured on this project's 2-core AVX-512 machine, reading a 128 MiB BSHD cache (16384
+// keys × 8 heads × 128) one head at a time (a 4 KB stride per key) streams at ~18-23 GB/s whatever the
+// software prefetch distance, while the same bytes in address order stream at ~38-50 GB/s: the hardware prefetcher
 // follows sequential demand loads, not strided ones, and software prefetches alone reached ~25 GB/s.
 // D1 (1 × 32/8 heads × 128, 16384 keys) went from 18.6 to ~24 GB/s on one thread.
 
@@ -41,9 +41,9 @@ struct decode {
   // Note [keys per step]
   // The walk takes k_direct_keys (8) keys at a time and, within them, KV head by KV head: the group's rows
   // times the eight keys' K rows of that head, through direct::score_step (the direct path's own step:
-  // blocks of direct_qk_rows rows × 4 keys), so each Q vector loaded serves four or eight keys, not one,
-  // and a row's scores are reduced four keys at a time and stored as one vector. Before, the walk went key
-  // by key (rows × 1 key, four rows reduced together): Q was loaded again for every key, and decode was
+  // blocks of direct_qk_rows rows × direct_qk_keys keys), so each Q vector loaded serves two to eight
+  // keys, not one, and a row's scores are reduced together. Before, the walk went key by key (rows × 1
+  // key, four rows reduced together): Q was loaded again for every key, and decode was
   // bound by those loads and the reductions, not by memory. The eight K rows of a head lie one key's stride
   // apart (all heads of a key are adjacent in a BSHD cache), so the walk still covers the cache in address
   // order, eight keys (32 KiB of fp32 K and V for 8 heads of d 128) at a time. The last step of a block
@@ -104,7 +104,7 @@ struct decode {
         // KV heads that serve no query head (KDGQA/DGQA may leave some) would leave holes in the address-
         // order stream, and a stream with holes is not followed by the hardware prefetcher (decode with
         // one unused head of 8 measured 2x slower): when heads are adjacent in memory, load one float
-        // per cache line of the unused heads before this one too.
+        // per cache line of the unused heads before this one too (narrow K/V: the step's first pass did).
         for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent && !touch_first; ++u)
           for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
         const index_t rows = map.group_size(g) * npos;

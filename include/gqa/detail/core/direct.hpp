@@ -37,7 +37,8 @@ struct direct {
   /// S[r][j] = Qp[r] · K[j] for j < nb (Qp row stride d; key j at k(j), Note [key runs]), k_direct_keys keys per
   /// step. Rows go through the widest register block that fits (tile_shape::direct_qk_rows rows ×
   /// direct_qk_keys keys, so K loads are shared by the rows and Q loads by the keys), then pairs × 4 keys,
-  /// then single rows × 8 keys: every block keeps >= 8 independent FMA chains. s rows (stride lds) need room up to round_up(nb, k_direct_keys).
+  /// then single rows × 8 keys: every block keeps >= 8 independent FMA chains. s rows (stride lds) need
+  /// room up to round_up(nb, k_direct_keys).
   template <class Rows>
   static void scores(const Rows& k, index_t d, index_t nb, const float* qp, index_t rows, float* s,
                      index_t lds) noexcept {
