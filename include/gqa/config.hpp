@@ -85,10 +85,14 @@
 #define GQA_FORCEINLINE inline __attribute__((always_inline))
 #define GQA_RESTRICT __restrict__
 #define GQA_PREFETCH_L2(p) __builtin_prefetch((p), 0, 2)  // a read hint for the outer caches
+// GQA_IN_GPR(x): from here on the compiler knows nothing of x's value, so it keeps x (a pointer) in a
+// general register instead of computing it as a lane of a vector (Note [row pointers in registers]).
+#define GQA_IN_GPR(x) __asm__("" : "+r"(x))
 #else
 #define GQA_FORCEINLINE inline
 #define GQA_RESTRICT
 #define GQA_PREFETCH_L2(p) static_cast<void>(p)  // a hint only: compilers without the builtin skip it
+#define GQA_IN_GPR(x) static_cast<void>(x)
 #endif
 
 GQA_BEGIN_NAMESPACE
