@@ -41,11 +41,19 @@ struct dot {
       GQA_UNROLL for (int r = 0; r < RB; ++r)
         GQA_UNROLL for (int u = 0; u < KU; ++u) acc[ch][r][u] = V::zero();
     auto step = [&](int ch, index_t c, auto load) {
-      reg vk[KU];
-      GQA_UNROLL for (int u = 0; u < KU; ++u) vk[u] = load(k[u] + c);
-      GQA_UNROLL for (int r = 0; r < RB; ++r) {
-        const auto vq = load(q + r * ldq + c);
-        GQA_UNROLL for (int u = 0; u < KU; ++u) acc[ch][r][u] = V::mul_add(vq, vk[u], acc[ch][r][u]);
+      if constexpr (RB == 1) {
+        // One row: each K vector serves one FMA, so it is loaded (widened) right before it; loading all
+        // KU first would hold KU + KU accumulators + Q in registers, 17 for 1 × 8, one more than AVX2 has
+        // (g++ 12 then kept an accumulator on the stack for 16-bit and int8 K). Same FMAs, same order.
+        const auto vq = load(q + c);
+        GQA_UNROLL for (int u = 0; u < KU; ++u) acc[ch][0][u] = V::mul_add(vq, load(k[u] + c), acc[ch][0][u]);
+      } else {
+        reg vk[KU];
+        GQA_UNROLL for (int u = 0; u < KU; ++u) vk[u] = load(k[u] + c);
+        GQA_UNROLL for (int r = 0; r < RB; ++r) {
+          const auto vq = load(q + r * ldq + c);
+          GQA_UNROLL for (int u = 0; u < KU; ++u) acc[ch][r][u] = V::mul_add(vq, vk[u], acc[ch][r][u]);
+        }
       }
     };
     const auto whole = [](const auto* p) noexcept { return V::load(p); };
