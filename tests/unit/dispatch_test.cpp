@@ -331,6 +331,60 @@ TEST(dispatch, paged_and_ragged_forced_isa_is_bitwise_the_dense_call) {
   gqa::test::expect_invalid([&] { (void)ragged_dispatched(p, "sse9"); }, {"options.isa = \"sse9\""});
 }
 
+// KDGQA's and DGQA's key norms run on the dispatched ISA too (Note [dispatched key norms]): on every ISA
+// the CPU has, the walk gives bitwise what this TU's own (baseline) copy gives, for fp32, bf16 and int8 K,
+// with a head dim that is not a multiple of the walk's 16 lanes and a strided view; and gqa::key_norms
+// (which dispatches) gives those bits.
+TEST(dispatch, key_norms_are_bitwise_the_same_on_every_isa) {
+  constexpr std::int64_t b = 2, s = 37, h = 3, d = 40;
+  std::vector<float> k(static_cast<std::size_t>(b * s * h * d));
+  std::uint32_t x = 12345;
+  for (float& e : k) {
+    x = x * 1664525u + 1013904223u;
+    e = static_cast<float>(static_cast<std::int32_t>(x >> 8) - (1 << 23)) * 0x1p-21f;  // in [-4, 4)
+  }
+  const auto kf = gqa::bshd<const float>(k.data(), b, s, h, d);
+  std::vector<gqa::bf16> k16(k.size());
+  for (std::size_t i = 0; i < k.size(); ++i) k16[i] = gqa::bf16(k[i]);
+  const auto kb = gqa::bshd<const gqa::bf16>(k16.data(), b, s, h, d);
+  std::vector<std::int8_t> k8(k.size());
+  std::vector<float> ks(static_cast<std::size_t>(b * s * h));
+  gqa::quantize_q8(kf, gqa::bshd(k8.data(), b, s, h, d), gqa::bshd(ks.data(), b, s, h, 1));
+  const gqa::q8_view kq{gqa::bshd<const std::int8_t>(k8.data(), b, s, h, d), gqa::bshd<const float>(ks.data(), b, s, h, 1)};
+  // Every other channel of a d = 80 buffer: stride_d 2.
+  std::vector<float> wide(static_cast<std::size_t>(b * s * h * 2 * d));
+  for (std::size_t i = 0; i < k.size(); ++i) wide[2 * i] = k[i];
+  gqa::tensor_view<const float> ks2 = gqa::bshd<const float>(wide.data(), b, s, h, 2 * d);
+  ks2.d = d;
+  ks2.stride_d = 2;
+  using gqa::detail::core::key_norms_on;
+  using gqa::detail::core::key_norms_walk;
+  using gqa::detail::core::named_target;
+  const auto fr = gqa::detail::dense_key_rows<const float>{kf};
+  const auto br = gqa::detail::dense_key_rows<const gqa::bf16>{kb};
+  const auto qr = gqa::detail::q8_key_rows{kq};
+  const auto sr = gqa::detail::dense_key_rows<const float>{ks2};
+  const std::vector<double> f0 = key_norms_walk<gqa::isa::native>(b, h, d, 1, fr);
+  const std::vector<double> b0 = key_norms_walk<gqa::isa::native>(b, h, d, 1, br);
+  const std::vector<double> q0 = key_norms_walk<gqa::isa::native>(b, h, d, 1, qr);
+  const std::vector<double> s0 = key_norms_walk<gqa::isa::native>(b, h, d, 2, sr);
+  EXPECT_EQ(s0, f0);  // the same floats, read with a stride
+  int isas = 0;
+  for (const std::string_view isa : gqa::isa::names_by_preference) {
+    if (!gqa::isa::cpu_supports(isa) || !gqa::isa::runnable(isa)) continue;
+    const named_target on{isa};
+    EXPECT_EQ(key_norms_on(on, b, h, d, 1, fr), f0) << isa << " fp32";
+    EXPECT_EQ(key_norms_on(on, b, h, d, 1, br), b0) << isa << " bf16";
+    EXPECT_EQ(key_norms_on(on, b, h, d, 1, qr), q0) << isa << " int8";
+    EXPECT_EQ(key_norms_on(on, b, h, d, 2, sr), f0) << isa << " strided";
+    ++isas;
+  }
+  EXPECT_GT(isas, 0);
+  EXPECT_EQ(gqa::key_norms(kf), f0);
+  EXPECT_EQ(gqa::key_norms(kb), b0);
+  EXPECT_EQ(gqa::key_norms(kq), q0);
+}
+
 // A bad override throws gqa::invalid_argument naming it, before any output is written.
 TEST(dispatch, override_rejects_unknown_missing_and_unsupported_isas) {
   const prepared p(shapes()[0]);

@@ -20,6 +20,7 @@
 #include "../numeric.hpp"
 #include "../quantized.hpp"
 #include "../tensor.hpp"
+#include "../detail/core/targets.hpp"
 
 GQA_BEGIN_NAMESPACE
 
@@ -113,63 +114,11 @@ struct allocation_result {
 
 namespace detail {
 
-/// The key-norm walk (Note [key norm order]) over any row source: per KV head g,
-/// Σ_{ib in [0, seqs)} ||K_ib[:, g, :]||_F, where sequence ib has rows.length(ib) keys and key `is` of KV
-/// head g is the d floats at rows(ib, is, g) (stride `stride_d`). The dense key_norms (every length k.s),
-/// the paged cache's and the ragged batch's norms (each sequence's valid keys only) are this one loop, so
-/// a sequence's keys give the same bits whichever form holds them.
+/// The key-norm walk (Note [key norm order]; detail/core/key_norms.hpp) over any row source, run on the best
+/// ISA the CPU and this TU allow (Note [dispatched key norms]).
 template <class Rows>
 std::vector<double> key_norms_walk(index_t seqs, index_t h, index_t d, index_t stride_d, const Rows& rows) {
-  // Note [key norm order]
-  // Each (sequence, g) sum of squares is kept in 16 double lanes: lane l takes channels c with c % 16 == l
-  // of every token, in token order; the lanes are then added in a fixed tree, and the sequences' square
-  // roots in sequence order. A float squared is exact in double (24 + 24 < 53 bits), so each term costs one
-  // rounding whether or not the compiler fuses it into an FMA, and the order is fixed by this code, not by
-  // the ISA or the vectoriser: every build (scalar, AVX2, AVX-512, NEON, any thread count) gives the same
-  // bits. A key that is not read adds nothing, and a zero key adds exactly +0 to every lane, so a sequence
-  // zero-padded to any length has the bits of its valid keys alone. Sixteen independent chains also let
-  // the compiler vectorise the loop: one sequential chain cost ~10 ms on a decode-sized cache (8192 tokens
-  // × 8 heads × 128), more than the attention itself.
-  constexpr index_t lanes = 16;
-  const auto hkv = static_cast<std::size_t>(h);
-  std::vector<double> norms(hkv, 0.0), sum_sq(hkv * lanes);
-  const index_t dfull = d / lanes * lanes;
-  for (index_t ib = 0; ib < seqs; ++ib) {
-    std::fill(sum_sq.begin(), sum_sq.end(), 0.0);
-    // Token-major walk: a BSHD cache (or a page) is read in address order.
-    const index_t len = rows.length(ib);
-    for (index_t is = 0; is < len; ++is)
-      for (index_t g = 0; g < h; ++g) {
-        const auto row = rows(ib, is, g);  // const float*, a 16-bit type widened by to_float, or q8_row
-        double acc[lanes];
-        std::copy_n(sum_sq.begin() + g * lanes, lanes, acc);
-        auto add_squares = [&](auto stride) {  // stride: 1 (a constant, so the loop vectorises) or stride_d
-          for (index_t c0 = 0; c0 < dfull; c0 += lanes)
-            for (index_t l = 0; l < lanes; ++l) {
-              const double x = static_cast<double>(to_float(row[(c0 + l) * stride]));
-              acc[l] += x * x;
-            }
-          for (index_t l = 0; l < d - dfull; ++l) {
-            const double x = static_cast<double>(to_float(row[(dfull + l) * stride]));
-            acc[l] += x * x;
-          }
-        };
-        if (stride_d == 1) {
-          add_squares(std::integral_constant<index_t, 1>{});
-        } else {
-          add_squares(stride_d);
-        }
-        std::copy_n(acc, lanes, sum_sq.begin() + g * lanes);
-      }
-    for (std::size_t g = 0; g < hkv; ++g) {
-      double t[lanes];
-      std::copy_n(sum_sq.begin() + static_cast<std::ptrdiff_t>(g * lanes), lanes, t);
-      for (index_t half = lanes / 2; half > 0; half /= 2)
-        for (index_t l = 0; l < half; ++l) t[l] += t[l + half];
-      norms[g] += std::sqrt(t[0]);
-    }
-  }
-  return norms;
+  return core::key_norms_on(core::named_target{isa::best_runnable()}, seqs, h, d, stride_d, rows);
 }
 
 /// The rows of a dense view: every batch element has k.s keys.
@@ -204,6 +153,7 @@ struct q8_key_rows {
 /// Every key position of the view counts, including padding past an attention call's kv_lengths. (A
 /// paged cache or a ragged batch counts each sequence's valid keys only: docs/api.md.)
 /// T: float, bf16 or f16 (each element widened exactly: a 16-bit K's norms are those of its floats).
+/// Runs on the best ISA the CPU has (Note [dispatched key norms]; the bits are the same on every ISA).
 /// Throws gqa::invalid_argument for a null or empty view.
 template <class T>
 std::vector<double> key_norms(const tensor_view<T>& k) {

@@ -77,10 +77,12 @@ using namespace ::gqa::GQA_ABI_NS::detail;
 #undef GQA_DETAIL_CORE_DECODE_HPP
 #undef GQA_DETAIL_CORE_FORWARD_HPP
 #undef GQA_DETAIL_CORE_BACKWARD_HPP
+#undef GQA_DETAIL_CORE_KEY_NORMS_HPP
 #include "../../isa/vec.hpp"
 #include "../../isa/vec_math.hpp"
 #include "forward.hpp"
 #include "backward.hpp"
+#include "key_norms.hpp"
 
 #pragma pop_macro("GQA_HAS_AVX512")
 #pragma pop_macro("GQA_HAS_AVX2")

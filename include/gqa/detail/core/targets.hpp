@@ -16,6 +16,7 @@
 #include "../../quantized.hpp"
 #include "backward.hpp"  // the native copy first: it includes every standard header the core uses
 #include "forward.hpp"
+#include "key_norms.hpp"
 
 // Note [per-target kernels]
 // GCC and clang attach a target (`#pragma GCC target("avx2,fma")`, `#pragma clang attribute push(
@@ -177,6 +178,13 @@ void backward_on(named_target on, tensor_view<const float> q, tensor_view<const 
                  tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
                  const attention_options& opt) {
   GQA_CORE_ON(on, backward, q, k, v, o, dout, lse, dq, dk, dv, map, opt)
+}
+
+/// The key-norm walk (key_norms.hpp) on `on` (Note [dispatched key norms]).
+template <class Rows>
+std::vector<double> key_norms_on(named_target on, index_t seqs, index_t h, index_t d, index_t stride_d,
+                                 const Rows& rows) {
+  GQA_CORE_ON(on, key_norms_walk, seqs, h, d, stride_d, rows)
 }
 
 #undef GQA_CORE_ON
