@@ -15,12 +15,12 @@
 #include <vector>
 
 #include "../config.hpp"
+#include "../detail/core/targets.hpp"
 #include "../errors.hpp"
 #include "../random.hpp"
 #include "../numeric.hpp"
 #include "../quantized.hpp"
 #include "../tensor.hpp"
-#include "../detail/core/targets.hpp"
 
 GQA_BEGIN_NAMESPACE
 
