@@ -350,7 +350,8 @@ TEST(dispatch, key_norms_are_bitwise_the_same_on_every_isa) {
   std::vector<std::int8_t> k8(k.size());
   std::vector<float> ks(static_cast<std::size_t>(b * s * h));
   gqa::quantize_q8(kf, gqa::bshd(k8.data(), b, s, h, d), gqa::bshd(ks.data(), b, s, h, 1));
-  const gqa::q8_view kq{gqa::bshd<const std::int8_t>(k8.data(), b, s, h, d), gqa::bshd<const float>(ks.data(), b, s, h, 1)};
+  const gqa::q8_view kq{gqa::bshd<const std::int8_t>(k8.data(), b, s, h, d),
+                        gqa::bshd<const float>(ks.data(), b, s, h, 1)};
   // Every other channel of a d = 80 buffer: stride_d 2.
   std::vector<float> wide(static_cast<std::size_t>(b * s * h * 2 * d));
   for (std::size_t i = 0; i < k.size(); ++i) wide[2 * i] = k[i];
