@@ -70,6 +70,16 @@ inline constexpr index_t k_pgqa_lanes = 16;
 // baseline (whose std::fma is a libm call); pgqa_perturb_backward (1024 × 32 × 72) 35-40 -> 24-26 ms
 // (AVX-512), 37-38 -> 28-30 ms (AVX2).
 
+/// f(c, l) for c = 0 .. n − 1 with lane l = c % k_pgqa_lanes: blocks of k_pgqa_lanes (an inner loop of
+/// constant count, which g++ vectorises at -O2), then the tail (Note [PGQA loops]).
+template <class F>
+GQA_FORCEINLINE void pgqa_in_lanes(index_t n, F&& f) {
+  index_t c0 = 0;
+  for (; c0 + k_pgqa_lanes <= n; c0 += k_pgqa_lanes)
+    for (index_t l = 0; l < k_pgqa_lanes; ++l) f(c0 + l, l);
+  for (index_t l = 0; c0 + l < n; ++l) f(c0 + l, l);
+}
+
 inline double pgqa_fold_lanes(double* acc) noexcept {
   for (index_t half = k_pgqa_lanes / 2; half > 0; half /= 2)
     for (index_t l = 0; l < half; ++l) acc[l] += acc[l + half];
@@ -121,10 +131,7 @@ std::pair<double, double> pgqa_row_stats(const tensor_view<T>& o, index_t ib, in
       acc1[l] += dx;
       acc2[l] = std::fma(dx, dx, acc2[l]);  // explicit: see Note [PGQA reductions]
     };
-    index_t c0 = 0;
-    for (; c0 + k_pgqa_lanes <= o.d; c0 += k_pgqa_lanes)
-      for (index_t l = 0; l < k_pgqa_lanes; ++l) add(c0 + l, l);
-    for (index_t l = 0; c0 + l < o.d; ++l) add(c0 + l, l);
+    pgqa_in_lanes(o.d, add);
   }
   const double s1 = pgqa_fold_lanes(acc1), s2 = pgqa_fold_lanes(acc2);
   const double mu = x0 + s1 / static_cast<double>(n);
@@ -148,29 +155,18 @@ inline void pgqa_standardised_noise(std::span<double> z, std::uint64_t seed, std
   // hash(seed, {layer, call, g, i, c}) with the four shared keys absorbed once per row.
   using random::hash_absorb;
   const std::uint64_t prefix = hash_absorb(hash_absorb(hash_absorb(hash_absorb(random::hash_start(seed), layer, 1), call, 2), g, 3), i, 4);
-  const auto draw = [&](index_t c) {
+  // In lanes (Note [PGQA loops]): integer hashing and, below, IEEE division are exact at any width.
+  detail::pgqa_in_lanes(n, [&](index_t c, index_t) {
     z[static_cast<std::size_t>(c)] = random::to_unit_float(hash_absorb(prefix, static_cast<std::uint64_t>(c), 5));
-  };
-  index_t c0 = 0;  // blocks of k_pgqa_lanes (Note [PGQA loops]): integer hashing, exact at any width
-  for (; c0 + detail::k_pgqa_lanes <= n; c0 += detail::k_pgqa_lanes)
-    for (index_t l = 0; l < detail::k_pgqa_lanes; ++l) draw(c0 + l);
-  for (; c0 < n; ++c0) draw(c0);
+  });
   if (head_in_group < n) z[static_cast<std::size_t>(head_in_group)] = 0.0;  // the "diagonal": row i, column i
   const double mean = detail::pgqa_sum(z.data(), n) / static_cast<double>(n);
   double sd = std::sqrt(detail::pgqa_sum_sq_dev(z.data(), n, mean) / static_cast<double>(n - 1));
   if (sd == 0.0) sd = 1.0;  // as the authors' code: ρσ := 1 when the row is constant
-  // Blocks of k_pgqa_lanes: a loop of constant trip count, which g++ vectorises at -O2 (a division is
-  // exactly rounded at any vector width, so the bits are those of the scalar loop; Note [PGQA loops]).
-  index_t c = 0;
-  for (; c + detail::k_pgqa_lanes <= n; c += detail::k_pgqa_lanes)
-    for (index_t l = 0; l < detail::k_pgqa_lanes; ++l) {
-      double& r = z[static_cast<std::size_t>(c + l)];
-      r = (r - mean) / sd;
-    }
-  for (; c < n; ++c) {
+  detail::pgqa_in_lanes(n, [&](index_t c, index_t) {
     double& r = z[static_cast<std::size_t>(c)];
     r = (r - mean) / sd;
-  }
+  });
 }
 
 /// Same, returning the row.
@@ -191,14 +187,10 @@ inline void pgqa_subtract_noise(const tensor_view<float>& o, index_t ib, index_t
     float* dst = o.row(ib, p, h);
     const double* zr = z.data() + p * o.d;
     // noise = Z·σ + μ, as one explicit fma (ISA-independent). A constant row has σ = 0 and μ == x
-    // exactly, so it becomes exactly 0. Blocks of k_pgqa_lanes (Note [PGQA loops]).
-    const auto one = [&](index_t c) {
+    // exactly, so it becomes exactly 0. In lanes (Note [PGQA loops]).
+    pgqa_in_lanes(o.d, [&](index_t c, index_t) {
       dst[c] = static_cast<float>(static_cast<double>(dst[c]) - std::fma(zr[c], sigma, mu));
-    };
-    index_t c = 0;
-    for (; c + k_pgqa_lanes <= o.d; c += k_pgqa_lanes)
-      for (index_t l = 0; l < k_pgqa_lanes; ++l) one(c + l);
-    for (; c < o.d; ++c) one(c);
+    });
   }
 }
 
@@ -394,14 +386,10 @@ inline void pgqa_perturb_backward(const tensor_view<const float>& o_perturbed, c
       for (index_t p = 0; p < o.s; ++p) {
         const float* gr = dout.row(ib, p, h);
         const double* zr = z.data() + p * o.d;
-        const auto add = [&](index_t c, index_t l) {  // lane l = c % k_pgqa_lanes
+        detail::pgqa_in_lanes(o.d, [&](index_t c, index_t l) {
           acc1[l] += static_cast<double>(gr[c]);
           acc2[l] = std::fma(static_cast<double>(gr[c]), zr[c], acc2[l]);
-        };
-        index_t c0 = 0;  // blocks of k_pgqa_lanes (Note [PGQA loops])
-        for (; c0 + detail::k_pgqa_lanes <= o.d; c0 += detail::k_pgqa_lanes)
-          for (index_t l = 0; l < detail::k_pgqa_lanes; ++l) add(c0 + l, l);
-        for (index_t l = 0; c0 + l < o.d; ++l) add(c0 + l, l);
+        });
       }
       const double gmean = detail::pgqa_fold_lanes(acc1) / static_cast<double>(n);
       const double gz = detail::pgqa_fold_lanes(acc2);
@@ -412,15 +400,11 @@ inline void pgqa_perturb_backward(const tensor_view<const float>& o_perturbed, c
         const double* zr = z.data() + p * o.d;
         float* xr = x.row(ib, p, h);
         float* dxr = dx.row(ib, p, h);
-        const auto one = [&](index_t c) {
+        detail::pgqa_in_lanes(o.d, [&](index_t c, index_t) {
           const double centred = std::fma(zr[c], sigma, static_cast<double>(src[c]));  // X − μ
           xr[c] = static_cast<float>(centred + mu);
           dxr[c] = static_cast<float>(static_cast<double>(gr[c]) - gmean - centred * coef);
-        };
-        index_t c = 0;  // blocks of k_pgqa_lanes (Note [PGQA loops])
-        for (; c + detail::k_pgqa_lanes <= o.d; c += detail::k_pgqa_lanes)
-          for (index_t l = 0; l < detail::k_pgqa_lanes; ++l) one(c + l);
-        for (; c < o.d; ++c) one(c);
+        });
       }
     }
   });
