@@ -16,6 +16,7 @@
 #include <gqa/detail/core/softmax.hpp>
 #include <gqa/detail/core/tile.hpp>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "support/guarded.hpp"
@@ -267,6 +268,32 @@ TYPED_TEST_P(core_suite, packing_layout) {
     for (index_t j = 0; j < nb; ++j)
       for (index_t c = 0; c < dvp; ++c)
         ASSERT_EQ(vp[static_cast<std::size_t>(j * dvp + c)], c < dv ? v[static_cast<std::size_t>(j * vs + c)] : 0.0f);
+  }
+}
+
+// slice_at(nbp, x) is the start of the slice holding key x, and the slices of a block from any slice start
+// on are the balanced slices of the keys left (a window's first block computes from there, Note [windows
+// on the block grid]): checked for every nbp up to 64 vectors.
+TYPED_TEST_P(core_suite, slices_from_any_slice_are_balanced) {
+  using P = core::packed<TypeParam>;
+  constexpr index_t L = gqa::isa::vec<TypeParam>::lanes;
+  const auto slices = [](index_t nbp) {
+    std::vector<std::pair<index_t, index_t>> out;
+    P::for_each_slice(nbp, [&](index_t s0, index_t w) { out.emplace_back(s0, w); });
+    return out;
+  };
+  for (index_t nbp = L; nbp <= 64 * L; nbp += L) {
+    const auto all = slices(nbp);
+    for (std::size_t i = 0; i < all.size(); ++i) {
+      const auto [s0, w] = all[i];
+      for (index_t x = s0; x < s0 + w; ++x) ASSERT_EQ(P::slice_at(nbp, x), s0) << "nbp " << nbp << ", key " << x;
+      auto rest = slices(nbp - s0);
+      ASSERT_EQ(rest.size(), all.size() - i) << "nbp " << nbp << ", from " << s0;
+      for (std::size_t k = 0; k < rest.size(); ++k) {
+        EXPECT_EQ(rest[k].first + s0, all[i + k].first) << "nbp " << nbp << ", from " << s0;
+        EXPECT_EQ(rest[k].second, all[i + k].second) << "nbp " << nbp << ", from " << s0;
+      }
+    }
   }
 }
 
@@ -590,5 +617,6 @@ TYPED_TEST_P(core_suite, causal_staircase_skips_hidden_v_rows) {
 
 REGISTER_TYPED_TEST_SUITE_P(core_suite, tile_every_shape_of_the_table, tile_partial_reads_only_width_columns,
                             dot_scores_every_block_shape, direct_path_reads_k_and_v_in_place, packing_layout,
+                            slices_from_any_slice_are_balanced,
                             online_softmax_update_merge_and_masked_rows, online_softmax_keeps_nan,
                             causal_staircase_skips_hidden_v_rows);

@@ -367,12 +367,30 @@ struct kernel {
     block_pointers ptr;
     prefetch_q pf_q;  // the next query block's Q rows (Note [prefetch next Q])
     [[maybe_unused]] const auto tile_state = tile_session(t16);
-    for (index_t j0 = kv_lo; j0 < kv_hi; j0 += lay.bk) {
-      const index_t nb = std::min(lay.bk, kv_hi - j0);
+    // Note [windows on the block grid]
+    // A task's blocks start at its first visible key, kv_lo. With a sliding window that key is q0 − window,
+    // not a multiple of bk, so no block was ever the one a thread keeps (Note [packed K/V reuse]) and every
+    // task packed its whole range again (P2's heads at S 4096, window 512, AVX-512: K transposition and V
+    // copies 8% of the time). So when a task keeps blocks and its range spans two blocks or more, its
+    // blocks lie on the grid of multiples of bk, as the kept ones do; the first is computed from the
+    // slice (packed::slice_at) holding kv_lo, so it scores at most one slice of keys no row sees, and the
+    // slices from there are a packed block of their own. Shorter ranges keep their one block from kv_lo:
+    // with window 100 the rounding cost more than the packing it saved (0.91x). Measured (Intel Xeon,
+    // 2026-12-04, P2's heads at S 4096, causal + window, one thread, the two versions alternating call by
+    // call, medians): AVX-512 window 512 1.033-1.042x, 1024 1.079x, 2048 1.075x, windows of 384 and less
+    // unchanged; AVX2 (bk 128) window 300 1.010x, 512 1.028x, 1024 1.038x. Blocks past the kept ones
+    // (k_keep_max_floats: 16384 keys at d 128) are still packed per task. The blocks' edges move, so the last
+    // bits of a windowed result changed (they depend on the shapes only, as before).
+    const bool on_grid = keep.at != nullptr && kv_hi - kv_lo >= 2 * lay.bk;
+    // Blocks of keys [jb, jb + nbb); the work of each starts skip keys in, at j0.
+    for (index_t jb = on_grid ? kv_lo / lay.bk * lay.bk : kv_lo; jb < kv_hi; jb += lay.bk) {
+      const index_t nbb = std::min(lay.bk, kv_hi - jb);
+      const index_t skip = jb < kv_lo ? tiled::slice_at(round_up(nbb, L), kv_lo - jb) : 0;
+      const index_t j0 = jb + skip, nb = nbb - skip;  // the keys this block computes
       const index_t nbp = round_up(nb, L);
       const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
       const bool partial_block = cut || nbp != nb;
-      list_rows(pb, t.ib, j0, nb, ptr);
+      list_rows(pb, t.ib, jb, nbb, ptr);
       if (key_major) {
         decode<Isa>::scores_key_major(pb.lay, t.ib, *pb.map, {pb.active + t.g0, pb.active + t.g1}, npos, j0, nb, qp,
                                       sc, lay.bk);
@@ -384,23 +402,23 @@ struct kernel {
         float* srow0 = sc + r0 * lay.bk;
         float* orow0 = st.o + r0 * lay.dvp;
         const bool direct_path = grow <= k_direct_rows;  // See Note [direct path]
-        const auto [kb, vb] = block_rows(pb, t.ib, g, j0, ptr);
+        const auto [kb, vb] = block_rows(pb, t.ib, g, jb, ptr);  // its nbb keys from jb
         // The tiled path's packed block: kept from an earlier task of this thread, or packed now (into the
-        // kept blocks, or into the task's scratch); Note [packed K/V reuse].
-        const index_t slot = keep.slot(j0, lay.bk);
+        // kept blocks, or into the task's scratch); Note [packed K/V reuse]. Its work starts skip keys in.
+        const index_t slot = keep.slot(jb, lay.bk);
         float* const kpb = slot >= 0 ? keep.k(slot) : kp;
         float* const vpb = slot >= 0 ? keep.v(slot) : vp;
-        const bool pack_now = slot < 0 || keep.keys(slot) != nb;
+        const bool pack_now = slot < 0 || keep.keys(slot) != nbb;
         // The tiled path's next block, prefetched over this block's score tiles and softmax rows unless it
         // is kept packed already (Note [prefetch next block]).
-        const index_t next_nb = std::min(lay.bk, kv_hi - j0 - lay.bk);
-        const index_t next_slot = keep.slot(j0 + lay.bk, lay.bk);
+        const index_t next_nb = std::min(lay.bk, kv_hi - jb - lay.bk);
+        const index_t next_slot = keep.slot(jb + lay.bk, lay.bk);
         const bool next_kept = next_slot >= 0 && keep.keys(next_slot) == next_nb;
         const index_t steps = score_steps(t16, grow, nbp) + grow;
-        auto pf_rows = next_block(pb, t.ib, g, j0 + lay.bk, direct_path || next_kept ? 0 : next_nb, ptr, steps);
+        auto pf_rows = next_block(pb, t.ib, g, jb + lay.bk, direct_path || next_kept ? 0 : next_nb, ptr, steps);
         prefetch_lines pf_kept;
         if (next_kept) pf_kept = prefetch_lines(keep.k(next_slot), keep.k_floats + keep.v_floats, steps);
-        if (j0 == kv_lo && kv_hi - kv_lo <= lay.bk && !direct_path && !key_major) {
+        if (jb <= kv_lo && jb + nbb >= kv_hi && !direct_path && !key_major) {  // the task's only block
           const next_start next = next_task_start(pb, t, g);
           pf_q = next_q_rows(pb, t.ib, t.q1 - t.q0, next, steps);
           // A next task of another KV head packs that head's block (Note [prefetch next Q]).
@@ -422,11 +440,11 @@ struct kernel {
           }
         } else if (!direct_path) {
           if (pack_now) {
-            tiled::pack_k(kb, d, nb, nbp, kpb, ws + lay.kw);
-            tiled::pack_v(vb, dv, nb, lay.dvp, vpb);
-            if (slot >= 0) keep.keys(slot) = nb;
+            tiled::pack_k(kb, d, nbb, nbp + skip, kpb, ws + lay.kw);
+            tiled::pack_v(vb, dv, nbb, lay.dvp, vpb);
+            if (slot >= 0) keep.keys(slot) = nbb;
           }
-          tiled::scores(qp + r0 * d, grow, d, kpb, nbp, srow0, lay.bk, pf);
+          tiled::scores(qp + r0 * d, grow, d, kpb + skip * d, nbp, srow0, lay.bk, pf);
         }
         // int8 on the direct path: the scores of int8 keys times their K scales (packing applied them on the
         // tiled path; Note [int8 K/V]).
@@ -477,10 +495,11 @@ struct kernel {
             tiles16::accumulate_pv(p16, grow, lay.p16_ld, v16, tiles16::padded_keys(nb), lay.dvp, orow0, ws + lay.tail);
         } else {
           if (t16) tiled::pack_v(vb, dv, nb, lay.dvp, vp);  // a cut bf16 block with a non-finite V: the fp32 band
+          const float* vw = vpb + skip * lay.dvp;  // V rows of the keys from j0
           if (cut) {
-            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vpb, lo, hi, lay.dvp, orow0);
+            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vw, lo, hi, lay.dvp, orow0);
           } else {
-            tiled::accumulate_pv(srow0, grow, lay.bk, vpb, nb, lay.dvp, orow0);
+            tiled::accumulate_pv(srow0, grow, lay.bk, vw, nb, lay.dvp, orow0);
           }
         }
         r0 += grow;

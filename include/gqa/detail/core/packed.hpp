@@ -125,6 +125,19 @@ struct packed {
     }
   }
 
+  /// The first key of the slice that holds key x of a block of nbp keys (x < nbp). The slices from there
+  /// are the balanced slices of the nbp − slice_at(nbp, x) keys after it (the wider slices come first, so
+  /// dropping leading ones leaves a balanced cut of the rest; the core suite checks every nbp to 64
+  /// vectors), so the packed block from that key is a packed block of its own (Note [windows on the
+  /// block grid] in forward.hpp).
+  static index_t slice_at(index_t nbp, index_t x) noexcept {
+    index_t at = 0;
+    for_each_slice(nbp, [&](index_t s0, index_t) noexcept {
+      if (s0 <= x) at = s0;
+    });
+    return at;
+  }
+
   /// dst[0 .. n) = the n elements at src (float, bf16 or f16) as floats, widened a vector at a time.
   template <class T>
   static GQA_FORCEINLINE void widen(const T* src, index_t n, float* dst) noexcept {
