@@ -786,6 +786,34 @@ TYPED_TEST_P(attention_suite, sinks_and_alibi) {
     }
 }
 
+// Windowed prefill whose tasks span two key blocks or more (up to 256 keys per block): their blocks lie
+// on the kept-block grid, the first computed from the packed slice that holds its first key (Note
+// [windows on the block grid] in detail/core/forward.hpp), and score tiles no row sees are skipped (Note
+// [hidden tiles]), while the softcap and ALiBi read only the vectors that hold a row's keys; causal or
+// not, both sides, padding; bitwise the same for any thread count.
+TYPED_TEST_P(attention_suite, windows_on_the_block_grid) {
+  struct win {
+    index_t left, right;
+    bool causal;
+  };
+  const index_t n = gqa::test::reduced ? 700 : 900;
+  std::uint64_t seed = 1400;
+  for (const win w : {win{520, -1, true}, win{600, 30, false}, win{290, 290, false}})
+    for (const bool modifiers : {false, true}) {
+      attention_case c = case_of({1, n, n, 8, 2, 40}, seed++);
+      c.causal = w.causal;
+      c.mods.window_left = w.left;
+      c.mods.window_right = w.right;
+      if (modifiers) {
+        set_sinks_and_slopes(c, false, true, 0.0f);
+        c.mods.softcap = 3.0;
+        c.kv_lengths = {n - 70};
+      }
+      check_case<TypeParam>(c);
+      if (!modifiers) check_deterministic<TypeParam>(c);
+    }
+}
+
 // Packed K/V blocks kept by a thread across the tasks of one KV head (Note [packed K/V reuse] in
 // detail/core/forward.hpp): the same shapes twice with other inputs (a new call never reads the blocks
 // of an earlier one), causal (a task's last block, cut short, is packed again when a later task needs
@@ -820,5 +848,5 @@ TYPED_TEST_P(attention_suite, kept_packed_blocks) {
 
 REGISTER_TYPED_TEST_SUITE_P(attention_suite, shapes_match_reference, padded_kv_lengths, fully_masked_rows_are_zero,
                             mla_and_unequal_head_dims, unequal_empty_and_noncontiguous_groups, layouts_and_strides,
-                            split_kv_decode, large_tiles, short_last_query_block, large_magnitude_scores, sliding_window, logit_softcap,
-                            sinks_and_alibi, kept_packed_blocks);
+                            split_kv_decode, large_tiles, short_last_query_block, large_magnitude_scores, sliding_window,
+                            windows_on_the_block_grid, logit_softcap, sinks_and_alibi, kept_packed_blocks);

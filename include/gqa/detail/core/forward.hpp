@@ -378,9 +378,11 @@ struct kernel {
     // with window 100 the rounding cost more than the packing it saved (0.91x). Measured (Intel Xeon,
     // 2026-12-04, P2's heads at S 4096, causal + window, one thread, the two versions alternating call by
     // call, medians): AVX-512 window 512 1.033-1.042x, 1024 1.079x, 2048 1.075x, windows of 384 and less
-    // unchanged; AVX2 (bk 128) window 300 1.010x, 512 1.028x, 1024 1.038x. Blocks past the kept ones
-    // (k_keep_max_floats: 16384 keys at d 128) are still packed per task. The blocks' edges move, so the last
-    // bits of a windowed result changed (they depend on the shapes only, as before).
+    // unchanged; AVX2 (bk 128) window 300 1.010x, 512 1.028x, 1024 1.038x; with the builds linked in the
+    // other order (code placement, Note [hidden tiles]) window 512 1.056x, 1024 1.12x, AVX2 512 1.029x.
+    // Blocks past the kept ones (k_keep_max_floats: 16384 keys at d 128) are still packed per task. The
+    // blocks' edges move, so the last bits of a windowed result changed (they depend on the shapes only,
+    // as before).
     const bool on_grid = keep.at != nullptr && kv_hi - kv_lo >= 2 * lay.bk;
     // Blocks of keys [jb, jb + nbb); the work of each starts skip keys in, at j0.
     for (index_t jb = on_grid ? kv_lo / lay.bk * lay.bk : kv_lo; jb < kv_hi; jb += lay.bk) {
@@ -429,6 +431,25 @@ struct kernel {
           pf_kept();
           pf_q();
         };
+        // Keys [lo(r), hi(r)) of the block row r sees (non-decreasing in r: rows go by position, Note
+        // [tile rows]).
+        const auto in_block = [&](index_t x) noexcept { return std::clamp<index_t>(x - j0, 0, nb); };
+        const auto lo = [&](index_t r) noexcept { return in_block(visible_keys(pb, t.ib, t.q0 + r / G).lo); };
+        const auto hi = [&](index_t r) noexcept { return in_block(visible_keys(pb, t.ib, t.q0 + r / G).hi); };
+        // Note [hidden tiles]
+        // In a cut block a score tile (MR rows × one slice of keys) can lie wholly outside its rows' keys:
+        // left of a window's lower edge or right of the causal diagonal, which move by one key per
+        // position across the task's rows. Such a tile is not computed (its scores would all be masked
+        // to -inf), and the modifiers and the mask of each row read only the whole vectors that hold its
+        // keys, so no score a tile did not write is read. Same bits as computing them. P2's heads at S
+        // 4096 with a 512-key window leave 9.6% of the score tiles hidden (1.5% without a window).
+        // Measured (Intel Xeon, 2026-12-04, one thread, call by call, medians, each pair of builds linked
+        // in both orders because the tile's code placement alone moved AVX2 by 3-5%): window 512 1.033-
+        // 1.035x and 1.042x (AVX-512, the two orders), AVX2 1.000-1.004x and 1.092x; causal without a
+        // window 1.011x and 0.997x (AVX-512, S 2048), AVX2 0.974x and 1.055x.
+        const auto hidden = [&](index_t r0, index_t r1, index_t c0, index_t c1) noexcept {
+          return cut && (hi(r1 - 1) <= c0 || lo(r0) >= c1);
+        };
         bool v_nonfinite = false;  // bf16 tiles: some element of the block's V is infinite or NaN
         if (direct_path && !key_major) {
           direct<Isa>::scores(kb, d, nb, qp + r0 * d, grow, srow0, lay.bk);
@@ -444,31 +465,29 @@ struct kernel {
             tiled::pack_v(vb, dv, nbb, lay.dvp, vpb);
             if (slot >= 0) keep.keys(slot) = nbb;
           }
-          tiled::scores(qp + r0 * d, grow, d, kpb + skip * d, nbp, srow0, lay.bk, pf);
+          tiled::scores(qp + r0 * d, grow, d, kpb + skip * d, nbp, srow0, lay.bk, pf, hidden);
         }
         // int8 on the direct path: the scores of int8 keys times their K scales (packing applied them on the
         // tiled path; Note [int8 K/V]).
         if constexpr (scaled_rows<decltype(kb)>) {
           if (direct_path) direct<Isa>::scale_columns(kb, nb, srow0, grow, lay.bk);
         }
-        // Keys [lo(r), hi(r)) of the block row r sees (non-decreasing in r: rows go by position, Note
-        // [tile rows]).
-        const auto in_block = [&](index_t x) noexcept { return std::clamp<index_t>(x - j0, 0, nb); };
-        const auto lo = [&](index_t r) noexcept { return in_block(visible_keys(pb, t.ib, t.q0 + r / G).lo); };
-        const auto hi = [&](index_t r) noexcept { return in_block(visible_keys(pb, t.ib, t.q0 + r / G).hi); };
-        // Mask: columns past nb are padding; causal and window edges may cut inside the block.
+        // Mask: columns past nb are padding; causal and window edges may cut inside the block. The row's
+        // keys [a, b) lie in whole vectors [m0, m1) of tiles that were computed: the modifiers read only
+        // those (a hidden tile's scores were never written), the mask sets everything else to -inf.
         const auto modify_row = [&](index_t r) noexcept {
           float* srow = srow0 + r * lay.bk;
+          const index_t a = cut ? lo(r) : 0, b = cut ? std::max(a, hi(r)) : nb;
+          const index_t m0 = a / L * L, m1 = round_up(b, L);
           if (t16) scale_row(srow, nbp, pb.qscale);  // into log2 units (Note [bf16 tiles])
-          if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow, nbp, pb.softcap);
+          if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow + m0, m1 - m0, pb.softcap);
           if (!pb.alibi.empty()) {  // after the softcap (options.hpp), relative to the row's diagonal key
             const index_t diag = t.q0 + r / G + (pb.lay.kv_len(t.ib) - pb.lay.q_len(t.ib));
             const index_t h = pb.map->q_heads(g)[static_cast<std::size_t>(r % G)];
-            score_modifiers<Isa>::alibi(srow, nbp, pb.alibi[static_cast<std::size_t>(h)] * k_log2e,
-                                        static_cast<float>(diag - j0));
+            score_modifiers<Isa>::alibi(srow + m0, m1 - m0, pb.alibi[static_cast<std::size_t>(h)] * k_log2e,
+                                        static_cast<float>(diag - j0 - m0));
           }
           if (partial_block) {  // a block without a cut edge hides its padding only
-            const index_t a = cut ? lo(r) : 0, b = cut ? std::max(a, hi(r)) : nb;
             fill_neg_inf(srow, a);
             fill_neg_inf(srow + b, nbp - b);
           }

@@ -258,16 +258,18 @@ struct packed {
   }
 
   /// S[rows][nbp] (row stride lds) = Qp · Kp (Qp row stride d); between() after each tile (a
-  /// prefetch_rows step, Note [prefetch next block]).
-  template <class Between>
+  /// prefetch_rows step, Note [prefetch next block]). A tile of rows [r0, r1) and keys [c0, c1) with
+  /// hidden(r0, r1, c0, c1) is not computed: its scores are left as they were (Note [hidden tiles]).
+  template <class Between, class Hidden>
   static void scores(const float* qp, index_t rows, index_t d, const float* kp, index_t nbp, float* s, index_t lds,
-                     Between&& between) noexcept {
+                     Between&& between, const Hidden& hidden) noexcept {
     using table = tile_table<Isa, MR, NR, a_order::row_major, update::assign>;
     for_each_slice(nbp, [&](index_t s0, index_t w) noexcept {
       const int nr = static_cast<int>(w / L);
       for (index_t r0 = 0; r0 < rows; r0 += MR) {
         const int mr = static_cast<int>(std::min<index_t>(MR, rows - r0));
-        table::get(mr, nr)(qp + r0 * d, d, kp + s0 * d, w, d, s + r0 * lds + s0, lds);
+        if (!hidden(r0, r0 + mr, s0, s0 + w))
+          table::get(mr, nr)(qp + r0 * d, d, kp + s0 * d, w, d, s + r0 * lds + s0, lds);
         between();
       }
     });
