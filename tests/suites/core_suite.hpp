@@ -271,28 +271,44 @@ TYPED_TEST_P(core_suite, packing_layout) {
   }
 }
 
-// slice_at(nbp, x) is the start of the slice holding key x, and the slices of a block from any slice start
-// on are the balanced slices of the keys left (a window's first block computes from there, Note [windows
-// on the block grid]): checked for every nbp up to 64 vectors.
-TYPED_TEST_P(core_suite, slices_from_any_slice_are_balanced) {
+// slice_at(nbp, x) is the start of the slice holding key x (Note [balanced slices]), for every nbp up to
+// 64 vectors; scores() over keys [c0, c1) of a packed block, c0 a slice start, gives the block's scores of
+// those keys (Note [windows on the block grid]) and leaves the tiles hidden() names unwritten.
+TYPED_TEST_P(core_suite, slice_at_and_scores_of_a_key_range) {
   using P = core::packed<TypeParam>;
   constexpr index_t L = gqa::isa::vec<TypeParam>::lanes;
-  const auto slices = [](index_t nbp) {
-    std::vector<std::pair<index_t, index_t>> out;
-    P::for_each_slice(nbp, [&](index_t s0, index_t w) { out.emplace_back(s0, w); });
-    return out;
-  };
   for (index_t nbp = L; nbp <= 64 * L; nbp += L) {
-    const auto all = slices(nbp);
-    for (std::size_t i = 0; i < all.size(); ++i) {
-      const auto [s0, w] = all[i];
+    P::for_each_slice(nbp, [&](index_t s0, index_t w) {
       for (index_t x = s0; x < s0 + w; ++x) ASSERT_EQ(P::slice_at(nbp, x), s0) << "nbp " << nbp << ", key " << x;
-      auto rest = slices(nbp - s0);
-      ASSERT_EQ(rest.size(), all.size() - i) << "nbp " << nbp << ", from " << s0;
-      for (std::size_t k = 0; k < rest.size(); ++k) {
-        EXPECT_EQ(rest[k].first + s0, all[i + k].first) << "nbp " << nbp << ", from " << s0;
-        EXPECT_EQ(rest[k].second, all[i + k].second) << "nbp " << nbp << ", from " << s0;
-      }
+    });
+  }
+  const index_t d = 9, nb = 3 * P::cols + 2 * L + 3, nbl = core::round_up(nb, L), rows = P::MR + 2;
+  const auto k = data(static_cast<std::size_t>(nb * d), 51), q = data(static_cast<std::size_t>(rows * d), 52);
+  std::vector<float> kp(static_cast<std::size_t>(nbl * d));
+  P::pack_k(core::strided_rows{k.data(), d}, d, nb, nbl, kp.data());
+  const index_t lds = nbl + L;
+  for (const index_t from : {index_t{0}, P::cols / 2, P::cols + L, nb - 1}) {
+    const index_t c0 = P::slice_at(nbl, from);
+    for (const index_t c1 : {core::round_up(from + 1, L), nbl}) {
+      SCOPED_TRACE(::testing::Message() << "keys [" << c0 << ", " << c1 << ")");
+      std::vector<float> s(static_cast<std::size_t>(rows * lds), 7.0f);
+      // Hidden: rows [0, MR) from the range's second vector on.
+      const auto hidden = [&](index_t r0, index_t, index_t a, index_t) { return r0 == 0 && a >= L; };
+      P::scores(q.data(), rows, d, kp.data(), nbl, c0, c1, s.data(), lds, [] {}, hidden);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t j = 0; j < lds; ++j) {
+          const float got = s[static_cast<std::size_t>(r * lds + j)];
+          const index_t key = c0 + j;
+          const bool written = j < c1 - c0 && !(r < P::MR && (P::slice_at(nbl, key) - c0) >= L);
+          if (!written) {
+            ASSERT_EQ(got, 7.0f) << "row " << r << ", column " << j;
+            continue;
+          }
+          double want = 0.0;
+          for (index_t c = 0; c < d; ++c)
+            want += key < nb ? double{q[static_cast<std::size_t>(r * d + c)]} * k[static_cast<std::size_t>(key * d + c)] : 0.0;
+          ASSERT_NEAR(got, want, 1e-5) << "row " << r << ", key " << key;
+        }
     }
   }
 }
@@ -617,6 +633,6 @@ TYPED_TEST_P(core_suite, causal_staircase_skips_hidden_v_rows) {
 
 REGISTER_TYPED_TEST_SUITE_P(core_suite, tile_every_shape_of_the_table, tile_partial_reads_only_width_columns,
                             dot_scores_every_block_shape, direct_path_reads_k_and_v_in_place, packing_layout,
-                            slices_from_any_slice_are_balanced,
+                            slice_at_and_scores_of_a_key_range,
                             online_softmax_update_merge_and_masked_rows, online_softmax_keeps_nan,
                             causal_staircase_skips_hidden_v_rows);

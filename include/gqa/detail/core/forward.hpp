@@ -384,15 +384,28 @@ struct kernel {
     // blocks' edges move, so the last bits of a windowed result changed (they depend on the shapes only,
     // as before).
     const bool on_grid = keep.at != nullptr && kv_hi - kv_lo >= 2 * lay.bk;
-    // Blocks of keys [jb, jb + nbb); the work of each starts skip keys in, at j0.
+    // Note [whole kept blocks]
+    // A kept block is packed with every key the sequence has in it, not only the keys of the task that
+    // packs it: a causal or windowed task's last block is cut at its last row's diagonal, and packed that
+    // short it was packed again by each later task that needed more of it (2-3 times per block with 96
+    // positions per task and 256 keys per block). scores() computes a key range of the packed block (its
+    // slices cut at the range's end), so the same scores come from it (same bits); the keys past a task's
+    // range are never scored or read from V. Measured (Intel Xeon, 2026-12-04, one thread, call by call,
+    // both link orders): AVX-512 P2's heads causal S 2048 1.022x and 1.014x, window 512 at S 4096 1.038x
+    // and 0.994x; AVX2 0.997-1.004x. Any other block holds the task's keys only.
+    const index_t kv_len = pb.lay.kv_len(t.ib);
+    const auto packed_keys = [&](index_t jb) noexcept {
+      return std::min(lay.bk, (keep.slot(jb, lay.bk) >= 0 ? kv_len : kv_hi) - jb);
+    };
+    // Blocks of keys [jb, jb + nbb) (nbk of them packed); the work of each starts skip keys in, at j0.
     for (index_t jb = on_grid ? kv_lo / lay.bk * lay.bk : kv_lo; jb < kv_hi; jb += lay.bk) {
-      const index_t nbb = std::min(lay.bk, kv_hi - jb);
-      const index_t skip = jb < kv_lo ? tiled::slice_at(round_up(nbb, L), kv_lo - jb) : 0;
+      const index_t nbb = std::min(lay.bk, kv_hi - jb), nbk = packed_keys(jb), nbl = round_up(nbk, L);
+      const index_t skip = jb < kv_lo ? tiled::slice_at(nbl, kv_lo - jb) : 0;
       const index_t j0 = jb + skip, nb = nbb - skip;  // the keys this block computes
       const index_t nbp = round_up(nb, L);
       const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
       const bool partial_block = cut || nbp != nb;
-      list_rows(pb, t.ib, jb, nbb, ptr);
+      list_rows(pb, t.ib, jb, nbk, ptr);
       if (key_major) {
         decode<Isa>::scores_key_major(pb.lay, t.ib, *pb.map, {pb.active + t.g0, pb.active + t.g1}, npos, j0, nb, qp,
                                       sc, lay.bk);
@@ -410,10 +423,10 @@ struct kernel {
         const index_t slot = keep.slot(jb, lay.bk);
         float* const kpb = slot >= 0 ? keep.k(slot) : kp;
         float* const vpb = slot >= 0 ? keep.v(slot) : vp;
-        const bool pack_now = slot < 0 || keep.keys(slot) != nbb;
+        const bool pack_now = slot < 0 || keep.keys(slot) != nbk;
         // The tiled path's next block, prefetched over this block's score tiles and softmax rows unless it
         // is kept packed already (Note [prefetch next block]).
-        const index_t next_nb = std::min(lay.bk, kv_hi - jb - lay.bk);
+        const index_t next_nb = jb + lay.bk < kv_hi ? packed_keys(jb + lay.bk) : 0;
         const index_t next_slot = keep.slot(jb + lay.bk, lay.bk);
         const bool next_kept = next_slot >= 0 && keep.keys(next_slot) == next_nb;
         const index_t steps = score_steps(t16, grow, nbp) + grow;
@@ -461,11 +474,11 @@ struct kernel {
           }
         } else if (!direct_path) {
           if (pack_now) {
-            tiled::pack_k(kb, d, nbb, nbp + skip, kpb, ws + lay.kw);
-            tiled::pack_v(vb, dv, nbb, lay.dvp, vpb);
-            if (slot >= 0) keep.keys(slot) = nbb;
+            tiled::pack_k(kb, d, nbk, nbl, kpb, ws + lay.kw);
+            tiled::pack_v(vb, dv, nbk, lay.dvp, vpb);
+            if (slot >= 0) keep.keys(slot) = nbk;
           }
-          tiled::scores(qp + r0 * d, grow, d, kpb + skip * d, nbp, srow0, lay.bk, pf, hidden);
+          tiled::scores(qp + r0 * d, grow, d, kpb, nbl, skip, skip + nbp, srow0, lay.bk, pf, hidden);
         }
         // int8 on the direct path: the scores of int8 keys times their K scales (packing applied them on the
         // tiled path; Note [int8 K/V]).

@@ -125,11 +125,8 @@ struct packed {
     }
   }
 
-  /// The first key of the slice that holds key x of a block of nbp keys (x < nbp). The slices from there
-  /// are the balanced slices of the nbp − slice_at(nbp, x) keys after it (the wider slices come first, so
-  /// dropping leading ones leaves a balanced cut of the rest; the core suite checks every nbp to 64
-  /// vectors), so the packed block from that key is a packed block of its own (Note [windows on the
-  /// block grid] in forward.hpp).
+  /// The first key of the slice that holds key x of a block of nbp keys (x < nbp): where scores() may start
+  /// (Note [windows on the block grid] in forward.hpp).
   static index_t slice_at(index_t nbp, index_t x) noexcept {
     index_t at = 0;
     for_each_slice(nbp, [&](index_t s0, index_t) noexcept {
@@ -257,19 +254,22 @@ struct packed {
     return ((rows + MR - 1) / MR) * ((nbp + cols - 1) / cols);
   }
 
-  /// S[rows][nbp] (row stride lds) = Qp · Kp (Qp row stride d); between() after each tile (a
-  /// prefetch_rows step, Note [prefetch next block]). A tile of rows [r0, r1) and keys [c0, c1) with
-  /// hidden(r0, r1, c0, c1) is not computed: its scores are left as they were (Note [hidden tiles]).
+  /// S[rows][c1 − c0] (row stride lds) = Qp · the keys [c0, c1) of Kp, a block packed with nbl keys (Qp row
+  /// stride d; c0 a slice start, slice_at; c1 <= nbl a multiple of L): each slice of the block that holds
+  /// keys of the range, cut at c1, through one register tile per MR rows, between() after each (a
+  /// prefetch_rows step, Note [prefetch next block]). A tile of rows [r0, r1) and range keys [a, b) with
+  /// hidden(r0, r1, a, b) is not computed: its scores are left as they were (Note [hidden tiles]).
   template <class Between, class Hidden>
-  static void scores(const float* qp, index_t rows, index_t d, const float* kp, index_t nbp, float* s, index_t lds,
-                     Between&& between, const Hidden& hidden) noexcept {
+  static void scores(const float* qp, index_t rows, index_t d, const float* kp, index_t nbl, index_t c0, index_t c1,
+                     float* s, index_t lds, Between&& between, const Hidden& hidden) noexcept {
     using table = tile_table<Isa, MR, NR, a_order::row_major, update::assign>;
-    for_each_slice(nbp, [&](index_t s0, index_t w) noexcept {
-      const int nr = static_cast<int>(w / L);
+    for_each_slice(nbl, [&](index_t s0, index_t w) noexcept {
+      if (s0 < c0 || s0 >= c1) return;
+      const index_t a = s0 - c0, b = std::min(s0 + w, c1) - c0;  // the slice's keys of the range
+      const int nr = static_cast<int>((b - a) / L);
       for (index_t r0 = 0; r0 < rows; r0 += MR) {
         const int mr = static_cast<int>(std::min<index_t>(MR, rows - r0));
-        if (!hidden(r0, r0 + mr, s0, s0 + w))
-          table::get(mr, nr)(qp + r0 * d, d, kp + s0 * d, w, d, s + r0 * lds + s0, lds);
+        if (!hidden(r0, r0 + mr, a, b)) table::get(mr, nr)(qp + r0 * d, d, kp + s0 * d, w, d, s + r0 * lds + a, lds);
         between();
       }
     });
