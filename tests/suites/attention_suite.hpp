@@ -818,8 +818,8 @@ TYPED_TEST_P(attention_suite, windows_on_the_block_grid) {
 // detail/core/forward.hpp): the same shapes twice with other inputs (a new call never reads the blocks
 // of an earlier one), causal (a task's last block, cut short, is packed again when a later task needs
 // more keys), and d = dv = 2048 with 1100 keys, past the 16 MiB kept per thread (1024 keys), so that
-// later blocks are packed per task next to kept ones; each against the reference and for any thread
-// count and task order.
+// later blocks are packed per task next to kept ones, and with 1600 keys under a window (a ring of kept
+// blocks); each against the reference and for any thread count and task order.
 TYPED_TEST_P(attention_suite, kept_packed_blocks) {
   attention_case c;
   c.sq = 200;
@@ -844,9 +844,22 @@ TYPED_TEST_P(attention_suite, kept_packed_blocks) {
   wide.seed = 1302;
   check_case<TypeParam>(wide);
   if (!gqa::test::reduced) check_deterministic<TypeParam>(wide);
+  // Windows over more blocks than are kept (1600 keys of d 2048): the kept blocks as a ring (Note [kept
+  // blocks as a ring]), causal and two-sided; the later query block's keys reuse the slots of the earlier.
+  wide.sq = 400;
+  wide.skv = 1600;
+  for (const bool causal : {true, false}) {
+    wide.causal = causal;
+    wide.mods.window_left = causal ? 250 : 150;
+    wide.mods.window_right = causal ? -1 : 60;
+    wide.seed = causal ? 1303 : 1304;
+    check_case<TypeParam>(wide);
+    if (!gqa::test::reduced && causal) check_deterministic<TypeParam>(wide);
+  }
 }
 
 REGISTER_TYPED_TEST_SUITE_P(attention_suite, shapes_match_reference, padded_kv_lengths, fully_masked_rows_are_zero,
                             mla_and_unequal_head_dims, unequal_empty_and_noncontiguous_groups, layouts_and_strides,
-                            split_kv_decode, large_tiles, short_last_query_block, large_magnitude_scores, sliding_window,
-                            windows_on_the_block_grid, logit_softcap, sinks_and_alibi, kept_packed_blocks);
+                            split_kv_decode, large_tiles, short_last_query_block, large_magnitude_scores,
+                            sliding_window, windows_on_the_block_grid, logit_softcap, sinks_and_alibi,
+                            kept_packed_blocks);

@@ -166,13 +166,13 @@ inline float* thread_scratch(std::size_t floats, int slot = 0) {
 }
 
 /// What slot 2 of this thread's scratch holds (Note [packed K/V reuse] in detail/core/forward.hpp): the
-/// packed K/V blocks of KV head g of sequence ib in the call numbered `call`, at `at`; keys[i] is the key
-/// count block i was packed with (0: not packed). A new call (next_call_serial) never matches an old tag.
+/// packed K/V blocks of KV head g of sequence ib in the call numbered `call`, at `at`; slot i holds block
+/// held[i] packed with keys[i] keys (0: none). A new call (next_call_serial) never matches an old tag.
 struct packed_kv_owner {
   std::uint64_t call = 0;
   index_t ib = -1, g = -1;
   const float* at = nullptr;
-  std::vector<index_t> keys;
+  std::vector<index_t> keys, held;
 };
 inline packed_kv_owner& thread_packed_kv() noexcept {
   thread_local packed_kv_owner owner;

@@ -58,6 +58,7 @@ struct problem {
   bool bf16_tiles;   // prefill products on AMX tiles in bf16 (Note [bf16 tiles])
   std::uint64_t call;  // this call's number (next_call_serial), naming what a thread's kept blocks belong to
   index_t keep_blocks; // K/V blocks of a KV head a thread keeps packed, 0: none (Note [packed K/V reuse])
+  bool keep_ring;      // and block i in slot i mod keep_blocks (Note [kept blocks as a ring])
 };
 
 /// One unit of work: batch ib, KV heads active[g0 .. g1), query positions [q0, q1), KV chunk `chunk`.
@@ -423,12 +424,12 @@ struct kernel {
         const index_t slot = keep.slot(jb, lay.bk);
         float* const kpb = slot >= 0 ? keep.k(slot) : kp;
         float* const vpb = slot >= 0 ? keep.v(slot) : vp;
-        const bool pack_now = slot < 0 || keep.keys(slot) != nbk;
+        const bool pack_now = slot < 0 || !keep.holds(slot, jb, lay.bk, nbk);
         // The tiled path's next block, prefetched over this block's score tiles and softmax rows unless it
         // is kept packed already (Note [prefetch next block]).
         const index_t next_nb = jb + lay.bk < kv_hi ? packed_keys(jb + lay.bk) : 0;
         const index_t next_slot = keep.slot(jb + lay.bk, lay.bk);
-        const bool next_kept = next_slot >= 0 && keep.keys(next_slot) == next_nb;
+        const bool next_kept = next_slot >= 0 && keep.holds(next_slot, jb + lay.bk, lay.bk, next_nb);
         const index_t steps = score_steps(t16, grow, nbp) + grow;
         auto pf_rows = next_block(pb, t.ib, g, jb + lay.bk, direct_path || next_kept ? 0 : next_nb, ptr, steps);
         prefetch_lines pf_kept;
@@ -476,7 +477,7 @@ struct kernel {
           if (pack_now) {
             tiled::pack_k(kb, d, nbk, nbl, kpb, ws + lay.kw);
             tiled::pack_v(vb, dv, nbk, lay.dvp, vpb);
-            if (slot >= 0) keep.keys(slot) = nbk;
+            if (slot >= 0) keep.mark(slot, jb, lay.bk, nbk);
           }
           tiled::scores(qp + r0 * d, grow, d, kpb, nbl, skip, skip + nbp, srow0, lay.bk, pf, hidden);
         }
@@ -542,8 +543,10 @@ struct kernel {
     write_rows(pb, t, st, lay.dvp);
   }
 
-  /// The packed K/V blocks a thread keeps for one KV head (Note [packed K/V reuse]): block i (keys from
-  /// i · bk) at k(i), v(i), packed with keys(i) keys (0: not yet); none when `at` is null.
+  /// The packed K/V blocks a thread keeps for one KV head (Note [packed K/V reuse]): n slots, slot s at k(s),
+  /// v(s), holding block held[s] (keys from held[s] · bk) packed with counts[s] keys (0: none); block i goes
+  /// to slot i (blocks past n are not kept), or to slot i mod n when `ring` (Note [kept blocks as a
+  /// ring]). None when `at` is null.
   struct kept_blocks {
     /// Floats of one kept block's Kᵀ (bk · d) and V (bk · dvp), each 64-byte aligned.
     static index_t k_size(index_t bk, index_t d) noexcept { return round_up(bk * d, 16); }
@@ -551,12 +554,24 @@ struct kernel {
     float* at = nullptr;
     index_t n = 0, k_floats = 0, v_floats = 0;
     index_t* counts = nullptr;
+    index_t* held = nullptr;
+    bool ring = false;
+    /// The slot of the block from key j0, or -1 (no kept blocks, j0 off the grid, or past the slots).
     index_t slot(index_t j0, index_t bk) const noexcept {
-      return at != nullptr && j0 % bk == 0 && j0 / bk < n ? j0 / bk : -1;
+      if (at == nullptr || j0 % bk != 0) return -1;
+      const index_t i = j0 / bk;
+      return ring ? i % n : i < n ? i : -1;
     }
-    float* k(index_t i) const noexcept { return at + i * (k_floats + v_floats); }
-    float* v(index_t i) const noexcept { return k(i) + k_floats; }
-    index_t& keys(index_t i) const noexcept { return counts[i]; }
+    /// Whether slot s holds the block from j0 packed with nk keys; mark(): it does now.
+    bool holds(index_t s, index_t j0, index_t bk, index_t nk) const noexcept {
+      return counts[s] == nk && held[s] == j0 / bk;
+    }
+    void mark(index_t s, index_t j0, index_t bk, index_t nk) const noexcept {
+      counts[s] = nk;
+      held[s] = j0 / bk;
+    }
+    float* k(index_t s) const noexcept { return at + s * (k_floats + v_floats); }
+    float* v(index_t s) const noexcept { return k(s) + k_floats; }
   };
 
   /// The kept blocks of task t (a tiled task of one KV head, not on the bf16 tiles, in a call that keeps
@@ -565,7 +580,7 @@ struct kernel {
   static kept_blocks keep_for(const problem& pb, const task& t, index_t rows, bool t16, const layout& lay) noexcept {
     if (pb.keep_blocks <= 0 || t.g1 - t.g0 != 1 || t16 || rows <= k_direct_rows) return {};
     kept_blocks kb{nullptr, pb.keep_blocks, kept_blocks::k_size(lay.bk, pb.d), kept_blocks::v_size(lay.bk, lay.dvp),
-                   nullptr};
+                   nullptr, nullptr, pb.keep_ring};
     packed_kv_owner& own = thread_packed_kv();
     float* at = nullptr;
     const index_t g = pb.active[t.g0];
@@ -574,6 +589,7 @@ struct kernel {
       if (own.call != pb.call || own.ib != t.ib || own.g != g || own.at != at) {
         own.call = 0;
         own.keys.assign(static_cast<std::size_t>(kb.n), 0);
+        own.held.assign(static_cast<std::size_t>(kb.n), -1);
       }
     } catch (const std::bad_alloc&) {
       own.call = 0;
@@ -587,6 +603,7 @@ struct kernel {
     }
     kb.at = at;
     kb.counts = own.keys.data();
+    kb.held = own.held.data();
     return kb;
   }
 
@@ -749,24 +766,42 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   // make 43 tasks per KV head, each packing the same blocks again and prefetching their rows through a
   // 4 KB stride first (docs/design.md 2.10: ~6% and ~5% of P1's time). So a thread keeps the packed blocks
   // of the KV head it last worked on (thread_scratch slot 2, named by the call's number, the sequence and
-  // the KV head) and its next task of that head packs only blocks it lacks: block i, keys i · bk ..,
-  // packed with the same key count (a causal task's last block, cut short, is packed again when a later
-  // task needs more of it). A block is the same floats however often it is packed, so results do not
-  // change. Kept when a call's KV heads have two or more query blocks, at most k_keep_max_floats per
-  // thread (the blocks past it are packed per task as before); not for the bf16 tiles.
+  // the KV head) and its next task of that head packs only blocks it lacks: block i, keys i · bk .., with
+  // all the sequence's keys in it (Note [whole kept blocks]). A block is the same floats however often it
+  // is packed, so results do not change. Kept when a call's KV heads have two or more query blocks, at most
+  // k_keep_max_floats per thread (the blocks past it are packed per task as before, but see Note [kept
+  // blocks as a ring]); not for the bf16 tiles.
   index_t keep_blocks = 0;
+  bool keep_ring = false;
   const bool tiles16 = K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted();
   const index_t block_kv = decode ? shape::block_kv_decode : tiles16 ? shape::block_kv_tiles16 : shape::block_kv;
   if (!decode && n_chunks == 1 && n_qblocks >= 2) {
     const auto lay0 = K::plan_scratch(1, d, dv, block_kv);
     const index_t per_block = K::kept_blocks::k_size(lay0.bk, d) + K::kept_blocks::v_size(lay0.bk, lay0.dvp);
+    const index_t n_blocks = (skv + lay0.bk - 1) / lay0.bk;
     if (lay0.total >= 0 && per_block <= k_keep_max_floats)
-      keep_blocks = std::min((skv + lay0.bk - 1) / lay0.bk, k_keep_max_floats / per_block);
+      keep_blocks = std::min(n_blocks, k_keep_max_floats / per_block);
+    // Note [kept blocks as a ring]
+    // A windowed call needs only the blocks of its window at a time, but with more blocks than the kept
+    // ones (k_keep_max_floats: past 16384 keys at d 128) the blocks past them were packed again by every
+    // task, i.e. for long windowed prefill nearly every block by every query block. When a task's keys
+    // (its positions plus both bounded window sides) span at most keep_blocks − 2 blocks, block i is kept
+    // in slot i mod keep_blocks instead, each slot naming the block it holds: a task's blocks never evict
+    // each other, and the next query block finds all but its newest block packed. Which blocks are kept
+    // changes no result (a block is the same floats however often it is packed). Measured (Intel Xeon,
+    // 2026-12-04, S 24576, window 4096, 4/1 heads, d 128, AVX-512, one thread, call by call, both link
+    // orders): 0.999x and 1.039x, about 1.02x; the packing it saves was ~2% of such a call.
+    const index_t wl = window_side(opt.window_left, sq, skv), wr = window_side(opt.window_right, sq, skv);
+    if (keep_blocks > 0 && keep_blocks < n_blocks && wl >= 0 && (opt.causal || wr >= 0)) {
+      const index_t span = wl + (opt.causal ? 0 : wr) + block_q + 1;  // keys a task's rows see, at most
+      keep_ring = (span + lay0.bk - 1) / lay0.bk + 2 <= keep_blocks;
+    }
   }
   const auto side = [&](index_t w) { return window_side(w, sq, skv); };
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
-                              opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, next_call_serial(), keep_blocks};
+                              opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, next_call_serial(), keep_blocks,
+                              keep_ring};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
