@@ -402,24 +402,23 @@ struct kernel {
     // task packed its whole range again (P2's heads at S 4096, window 512, AVX-512: K transposition and V
     // copies 8% of the time). So when a task keeps blocks and its range spans two blocks or more, its
     // blocks lie on the grid of multiples of bk, as the kept ones do; the first is computed from the
-    // slice (packed::slice_at) holding kv_lo, so it scores at most one slice of keys no row sees, and the
-    // slices from there are a packed block of their own. Shorter ranges keep their one block from kv_lo:
-    // with window 100 the rounding cost more than the packing it saved (0.91x). Measured (Intel Xeon,
+    // slice (packed::slice_at) holding kv_lo, so it scores at most one slice of keys no row sees. Shorter
+    // ranges keep their one block from kv_lo: with window 100 the rounding cost more than the packing it
+    // saved (0.91x). Measured (Intel Xeon,
     // 2026-12-04, P2's heads at S 4096, causal + window, one thread, the two versions alternating call by
     // call, medians): AVX-512 window 512 1.033-1.042x, 1024 1.079x, 2048 1.075x, windows of 384 and less
     // unchanged; AVX2 (bk 128) window 300 1.010x, 512 1.028x, 1024 1.038x; with the builds linked in the
     // other order (code placement, Note [hidden tiles]) window 512 1.056x, 1024 1.12x, AVX2 512 1.029x.
-    // Blocks past the kept ones (k_keep_max_floats: 16384 keys at d 128) are still packed per task. The
-    // blocks' edges move, so the last bits of a windowed result changed (they depend on the shapes only,
-    // as before).
+    // For windowed calls longer than the kept blocks see Note [kept blocks as a ring]. The blocks' edges
+    // move, so the last bits of a windowed result changed (they depend on the shapes only, as before).
     const bool on_grid = keep.at != nullptr && kv_hi - kv_lo >= 2 * lay.bk;
     // Note [whole kept blocks]
     // A kept block is packed with every key the sequence has in it, not only the keys of the task that
     // packs it: a causal or windowed task's last block is cut at its last row's diagonal, and packed that
     // short it was packed again by each later task that needed more of it (2-3 times per block with 96
     // positions per task and 256 keys per block). scores() computes a key range of the packed block (its
-    // slices cut at the range's end), so the same scores come from it (same bits); the keys past a task's
-    // range are never scored or read from V. Measured (Intel Xeon, 2026-12-04, one thread, call by call,
+    // slices cut at the range's end), so the same scores come from it (same bits); keys past a task's
+    // range are scored only up to the end of its last vector (then masked) and never read from V. Measured (Intel Xeon, 2026-12-04, one thread, call by call,
     // both link orders): AVX-512 P2's heads causal S 2048 1.022x and 1.014x, window 512 at S 4096 1.038x
     // and 0.994x; AVX2 0.997-1.004x. Any other block holds the task's keys only.
     const index_t kv_len = pb.lay.kv_len(t.ib);
