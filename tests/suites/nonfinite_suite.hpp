@@ -343,34 +343,45 @@ TYPED_TEST_P(nonfinite_suite, fully_masked_rows_are_distinguishable_from_nan_row
 
 // A sliding window's edges are masks like the causal horizon: a NaN or ±inf in K or V at a key just
 // below the last position's window (seen by earlier positions only), or just above the first position's
-// right edge (seen by later positions only), never reaches the rows that do not see it, on every path.
+// right edge (seen by later positions only), never reaches the rows that do not see it, on every path;
+// and on the kept-block grid (Note [windows on the block grid]: 700 positions in several query blocks, a
+// 600-key window), where such a key lies inside a block packed whole and is scored, then masked (Note
+// [whole kept blocks], Note [hidden tiles]).
 TYPED_TEST_P(nonfinite_suite, keys_outside_the_window_never_contribute) {
   std::uint64_t seed = 500;
+  const auto check_edge = [&](const nf_case& c, bool lower) {
+    for (const bool in_v : {true, false})
+      for (const float bad : {k_nan, k_inf, -k_inf}) {
+        nf_data p(c, seed += 3);
+        const index_t ib = c.b - 1;
+        // Lower: the key just before the last position's window. Upper: just past the first's.
+        const index_t edge = lower ? p.keys(ib, c.sq - 1).lo - 1 : p.keys(ib, 0).hi;
+        const index_t blind = lower ? c.sq - 1 : 0;  // the position that must not see it
+        p.poison_key(ib, edge, in_v, bad);
+        p.template run<TypeParam>();
+        std::ostringstream what;
+        what << c.path << ": " << bad << " in " << (in_v ? "V" : "K") << " at key " << edge << " (window "
+             << (lower ? "lower" : "upper") << " edge)";
+        const auto n = compare(p, what.str());
+        EXPECT_GT(n.finite_rows, 0);
+        EXPECT_GT(n.nan_elements + n.inf_elements, 0);  // in the rows that see the key
+        for (index_t h = 0; h < c.hq; ++h)
+          for (index_t x = 0; x < c.dv; ++x)
+            EXPECT_TRUE(std::isfinite(p.ov()(ib, blind, h, x))) << "a non-finite value crossed the window's edge";
+      }
+  };
   for (const bool lower : {true, false})
     for (auto c : paths(lower)) {
       if (c.sq < 2) continue;
       c.mods.window_left = lower ? 40 : 3;  // lower edge: causal + left window; upper: left and right
       c.mods.window_right = lower ? -1 : c.sq > 2 ? 1 : 0;  // the first position's right edge inside skv
-      for (const bool in_v : {true, false})
-        for (const float bad : {k_nan, k_inf, -k_inf}) {
-          nf_data p(c, seed += 3);
-          const index_t ib = c.b - 1;
-          // Lower: the key just before the last position's window. Upper: just past the first's.
-          const index_t edge = lower ? p.keys(ib, c.sq - 1).lo - 1 : p.keys(ib, 0).hi;
-          const index_t blind = lower ? c.sq - 1 : 0;  // the position that must not see it
-          p.poison_key(ib, edge, in_v, bad);
-          p.template run<TypeParam>();
-          std::ostringstream what;
-          what << bad << " in " << (in_v ? "V" : "K") << " at key " << edge << " (window " << (lower ? "lower" : "upper")
-               << " edge)";
-          const auto n = compare(p, what.str());
-          EXPECT_GT(n.finite_rows, 0);
-          EXPECT_GT(n.nan_elements + n.inf_elements, 0);  // in the rows that see the key
-          for (index_t h = 0; h < c.hq; ++h)
-            for (index_t x = 0; x < c.dv; ++x)
-              EXPECT_TRUE(std::isfinite(p.ov()(ib, blind, h, x))) << "a non-finite value crossed the window's edge";
-        }
+      check_edge(c, lower);
     }
+  for (const bool lower : {true, false}) {  // causal: the upper edge is the first position's diagonal
+    nf_case c{"grid", 1, 700, 700, 8, 2, 20, 24, true, {}};
+    c.mods.window_left = 600;
+    check_edge(c, lower);
+  }
 }
 
 REGISTER_TYPED_TEST_SUITE_P(nonfinite_suite, nan_in_q_k_or_v_reaches_exactly_the_outputs_that_read_it,
