@@ -277,20 +277,28 @@ struct kernel {
     while (ng < pb.map->hkv() && pb.map->group_size(ng) == 0) ++ng;
     return {ng < pb.map->hkv() ? ng : -1, 0};
   }
-  /// The prefetch_q of the npos query positions from `next` (next_task_start), spread over `steps` calls.
-  static prefetch_q next_q_rows(const problem& pb, index_t ib, index_t npos, next_start next, index_t steps) noexcept {
+  /// The prefetch of the Q rows (or, when `out`, the O rows) of positions [pos, pos_end) of sequence ib ×
+  /// the query heads of KV head g, spread over `steps` calls.
+  static prefetch_q row_prefetch(const problem& pb, index_t ib, index_t g, index_t pos, index_t pos_end, bool out,
+                                 index_t steps) noexcept {
     prefetch_q p;
-    if (next.g < 0) return p;
-    q_row_list& q = p.rows;
-    q.pb = &pb;
-    q.ib = ib;
-    q.pos = next.q0;
-    q.pos_end = std::min(pb.lay.q_len(ib), next.q0 + npos);
-    q.heads = pb.map->q_heads(next.g);
-    q.row_bytes = pb.d * static_cast<index_t>(sizeof(*pb.lay.q_row(0, 0, 0)));
-    const index_t lines = (q.pos_end - q.pos) * static_cast<index_t>(q.heads.size()) * (q.row_bytes / 64 + 2);
+    q_row_list& r = p.rows;
+    r.pb = &pb;
+    r.ib = ib;
+    r.pos = pos;
+    r.pos_end = pos_end;
+    r.heads = pb.map->q_heads(g);
+    r.out = out;
+    r.row_bytes = out ? pb.dv * static_cast<index_t>(sizeof(*pb.lay.o_row(0, 0, 0)))
+                      : pb.d * static_cast<index_t>(sizeof(*pb.lay.q_row(0, 0, 0)));
+    const index_t lines = (r.pos_end - r.pos) * static_cast<index_t>(r.heads.size()) * (r.row_bytes / 64 + 2);
     p.per_step = (lines + steps - 1) / std::max<index_t>(steps, 1);
     return p;
+  }
+  /// The prefetch_q of the npos query positions from `next` (next_task_start), spread over `steps` calls.
+  static prefetch_q next_q_rows(const problem& pb, index_t ib, index_t npos, next_start next, index_t steps) noexcept {
+    if (next.g < 0) return {};
+    return row_prefetch(pb, ib, next.g, next.q0, std::min(pb.lay.q_len(ib), next.q0 + npos), false, steps);
   }
 
   // Note [prefetch O rows]
@@ -301,21 +309,6 @@ struct kernel {
   // the next task's Q rows (Note [prefetch next Q]). Measured (Intel Xeon, 2026-12-04, one thread, call by
   // call, both link orders): window 512 1.007x and 1.028x (write_rows 5.8% -> 1% of the time), P1 1.003x
   // and 1.001x.
-  /// The prefetch of task t's O rows (npos positions from t.q0, KV head g), spread over `steps` calls.
-  static prefetch_q own_o_rows(const problem& pb, const task& t, index_t g, index_t steps) noexcept {
-    prefetch_q p;
-    q_row_list& o = p.rows;
-    o.pb = &pb;
-    o.ib = t.ib;
-    o.pos = t.q0;
-    o.pos_end = t.q1;
-    o.heads = pb.map->q_heads(g);
-    o.out = true;
-    o.row_bytes = pb.dv * static_cast<index_t>(sizeof(*pb.lay.o_row(0, 0, 0)));
-    const index_t lines = (o.pos_end - o.pos) * static_cast<index_t>(o.heads.size()) * (o.row_bytes / 64 + 2);
-    p.per_step = (lines + steps - 1) / std::max<index_t>(steps, 1);
-    return p;
-  }
 
   /// p[0, n) = −inf, a vector at a time (std::fill stored one float at a time: 2% of P3's time for the
   /// 11 padding scores of each row).
@@ -469,7 +462,8 @@ struct kernel {
         }
         // The task's last block: its O rows too (Note [prefetch O rows]).
         prefetch_q pf_o;
-        if (jb + nbb >= kv_hi && part == nullptr && !direct_path && !key_major) pf_o = own_o_rows(pb, t, g, steps);
+        if (jb + nbb >= kv_hi && part == nullptr && !direct_path && !key_major)
+          pf_o = row_prefetch(pb, t.ib, g, t.q0, t.q1, true, steps);
         const auto pf = [&]() noexcept {
           pf_rows();
           pf_kept();
