@@ -631,8 +631,64 @@ TYPED_TEST_P(core_suite, causal_staircase_skips_hidden_v_rows) {
     }
 }
 
+// Note [P·V in key chunks]: a packed P·V whose V slab outgrows L1 runs its keys in chunks; every output
+// element must still be the one chain over its keys in ascending order (the same bits as the unchunked band
+// product), rows whose band starts or ends inside a chunk included, and a poisoned V row must still reach
+// only the rows that see it. The sizes make every ISA chunk (d_v wider than a slab, 2.5 chunks' worth of
+// slab bytes), and the chunked result is also held against the double product.
+TYPED_TEST_P(core_suite, pv_in_key_chunks_keeps_each_chain) {
+  using PK = core::packed<TypeParam>;
+  constexpr int L = gqa::isa::vec<TypeParam>::lanes;
+  using table = core::tile_table<TypeParam, PK::MR, PK::NR, core::a_order::row_major, core::update::accumulate>;
+  const index_t slab_row = PK::cols * static_cast<index_t>(sizeof(float));
+  const index_t nb = 5 * PK::pv_chunk_over / (2 * slab_row) + 7, dv = 2 * PK::cols + 3, dvp = core::round_up(dv, L);
+  const index_t ldp = nb + 3;
+  for (const bool banded : {false, true})
+    for (const index_t rows : {index_t{1}, index_t{PK::MR + 1}, index_t{4 * PK::MR + 3}}) {
+      SCOPED_TRACE(::testing::Message() << rows << " rows" << (banded ? ", band" : ", staircase"));
+      // Row r sees keys [lo(r), hi(r)): edges that fall inside chunks, not on their starts.
+      const auto hi = [&](index_t r) { return std::min<index_t>(nb, nb / 3 + r * (2 * nb / 3) / std::max<index_t>(1, rows - 1) + 5); };
+      const auto lo = [&](index_t r) { return banded ? std::clamp<index_t>(hi(r) - nb / 2 - 3, 0, nb) : index_t{0}; };
+      auto p = data(static_cast<std::size_t>(rows * ldp), 300 + rows);
+      auto v = data(static_cast<std::size_t>(nb * dvp), 301 + rows);
+      const auto o0 = data(static_cast<std::size_t>(rows * dvp), 302 + rows);
+      auto chunked = o0, whole = o0;
+      PK::accumulate_pv_cut(p.data(), rows, ldp, v.data(), lo, hi, dvp, chunked.data());
+      core::band_product<table>(p.data(), ldp, rows, v.data(), dvp, dvp, lo, hi, whole.data(), dvp);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t c = 0; c < dvp; ++c) {
+          const auto i = static_cast<std::size_t>(r * dvp + c);
+          ASSERT_TRUE(same_bits(chunked[i], whole[i])) << "O[" << r << "][" << c << "]";
+          double want = o0[i], mag = std::fabs(o0[i]);
+          for (index_t j = lo(r); j < hi(r); ++j) {
+            const double t = double{p[static_cast<std::size_t>(r * ldp + j)]} * v[static_cast<std::size_t>(j * dvp + c)];
+            want += t;
+            mag += std::fabs(t);
+          }
+          // One fp32 FMA chain over at most nb keys: |error| <= gamma_nb · Σ|terms|.
+          ASSERT_NEAR(chunked[i], want, gamma_n(nb + 1) * mag) << "O[" << r << "][" << c << "]";
+        }
+      // A V row just past the first row's upper edge (and, for a band, just below the last row's lower edge).
+      std::vector<index_t> poisoned = {hi(0)};
+      if (banded && lo(rows - 1) > 0) poisoned.push_back(lo(rows - 1) - 1);
+      for (const index_t j : poisoned) {
+        if (j >= nb) continue;
+        auto bad = v;
+        for (index_t c = 0; c < dv; ++c) bad[static_cast<std::size_t>(j * dvp + c)] = c % 2 ? k_inf : std::nanf("");
+        auto o = o0;
+        PK::accumulate_pv_cut(p.data(), rows, ldp, bad.data(), lo, hi, dvp, o.data());
+        for (index_t r = 0; r < rows; ++r)
+          for (index_t c = 0; c < dv; ++c) {
+            const auto i = static_cast<std::size_t>(r * dvp + c);
+            if (lo(r) <= j && j < hi(r)) EXPECT_FALSE(std::isfinite(o[i])) << "O[" << r << "][" << c << "], key " << j;
+            else EXPECT_TRUE(same_bits(o[i], chunked[i])) << "O[" << r << "][" << c << "], poisoned key " << j;
+          }
+      }
+    }
+}
+
 REGISTER_TYPED_TEST_SUITE_P(core_suite, tile_every_shape_of_the_table, tile_partial_reads_only_width_columns,
                             dot_scores_every_block_shape, direct_path_reads_k_and_v_in_place, packing_layout,
                             slice_at_and_scores_of_a_key_range,
                             online_softmax_update_merge_and_masked_rows, online_softmax_keeps_nan,
-                            causal_staircase_skips_hidden_v_rows);
+                            causal_staircase_skips_hidden_v_rows, pv_in_key_chunks_keeps_each_chain);
