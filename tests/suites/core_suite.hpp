@@ -647,7 +647,9 @@ TYPED_TEST_P(core_suite, pv_in_key_chunks_keeps_each_chain) {
     for (const index_t rows : {index_t{1}, index_t{PK::MR + 1}, index_t{4 * PK::MR + 3}}) {
       SCOPED_TRACE(::testing::Message() << rows << " rows" << (banded ? ", band" : ", staircase"));
       // Row r sees keys [lo(r), hi(r)): edges that fall inside chunks, not on their starts.
-      const auto hi = [&](index_t r) { return std::min<index_t>(nb, nb / 3 + r * (2 * nb / 3) / std::max<index_t>(1, rows - 1) + 5); };
+      const auto hi = [&](index_t r) {
+        return std::min<index_t>(nb, nb / 3 + r * (2 * nb / 3) / std::max<index_t>(1, rows - 1) + 5);
+      };
       const auto lo = [&](index_t r) { return banded ? std::clamp<index_t>(hi(r) - nb / 2 - 3, 0, nb) : index_t{0}; };
       auto p = data(static_cast<std::size_t>(rows * ldp), 300 + rows);
       auto v = data(static_cast<std::size_t>(nb * dvp), 301 + rows);
@@ -680,8 +682,11 @@ TYPED_TEST_P(core_suite, pv_in_key_chunks_keeps_each_chain) {
         for (index_t r = 0; r < rows; ++r)
           for (index_t c = 0; c < dv; ++c) {
             const auto i = static_cast<std::size_t>(r * dvp + c);
-            if (lo(r) <= j && j < hi(r)) EXPECT_FALSE(std::isfinite(o[i])) << "O[" << r << "][" << c << "], key " << j;
-            else EXPECT_TRUE(same_bits(o[i], chunked[i])) << "O[" << r << "][" << c << "], poisoned key " << j;
+            if (lo(r) <= j && j < hi(r)) {
+              EXPECT_FALSE(std::isfinite(o[i])) << "O[" << r << "][" << c << "], key " << j;
+            } else {
+              EXPECT_TRUE(same_bits(o[i], chunked[i])) << "O[" << r << "][" << c << "], poisoned key " << j;
+            }
           }
       }
     }
