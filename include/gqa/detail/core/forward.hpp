@@ -472,15 +472,15 @@ struct kernel {
           pf_q();
           pf_o();
         };
-        // Keys [lo(r), hi(r)) of the block row r sees (non-decreasing in r: rows go by position, Note
-        // [tile rows]).
         // Note [row edges of a cut block]
         // In a cut block the score tiles (hidden), the mask (modify_row) and P·V's band read the rows' key
         // edges again and again: band() alone asks for a few per tile of rows and key chunk (Note [P·V in
         // key chunks]), and each was a division r / G and visible_keys. They are computed once per
         // position into the task's scratch (block-relative, so they fit 32 bits) and read from there.
         // Measured (Intel Xeon, 2026-12-05, one thread, call by call, both link orders, same bits): P2
-        // AVX-512 1.010-1.011x, AVX2 1.012-1.019x, P2's heads at S 4096 with a 512-key window 1.036-1.065x.
+        // AVX-512 1.003-1.014x, AVX2 1.012-1.019x, P2's heads at S 4096 with a 512-key window 1.036-1.065x.
+        // Keys [lo(r), hi(r)) of the block row r sees (non-decreasing in r: rows go by position, Note
+        // [tile rows]); set only in a cut block, the only one that reads them.
         const auto in_block = [&](index_t x) noexcept { return std::clamp<index_t>(x - j0, 0, nb); };
         if (cut) {
           for (index_t r = 0, pos = t.q0; r < grow; ++pos) {
