@@ -284,29 +284,6 @@ TYPED_TEST_P(vec_suite, transpose_moves_every_element) {
   EXPECT_TRUE(std::signbit(dst[0]));
 }
 
-TYPED_TEST_P(vec_suite, round_ties_to_even) {
-  using V = gqa::isa::vec<TypeParam>;
-  constexpr int L = V::lanes;
-  std::vector<float> x = {0.5f,  1.5f,  2.5f,   3.5f,  -0.5f,    -1.5f,      -2.5f,      126.5f, -126.5f,
-                          -127.5f, 0.49999997f, 0.50000006f, -0.0f, 0.0f, 8388607.5f, -8388607.5f, 16777216.0f,
-                          1.0e9f, -1.0e9f, 0x1p-30f, 127.0f, -127.0f, 126.49999f, -126.50001f};
-  const std::vector<float> want = {0.0f, 2.0f,  2.0f,    4.0f,  -0.0f,     -2.0f,      -2.0f,      126.0f, -126.0f,
-                                   -128.0f, 0.0f, 1.0f, -0.0f, 0.0f, 8388608.0f, -8388608.0f, 16777216.0f,
-                                   1.0e9f, -1.0e9f, 0.0f, 127.0f, -127.0f, 126.0f, -127.0f};
-  const auto more = gqa::test::random_floats(gqa::test::reduced ? 1024 : 16384, 77, -300.0f, 300.0f);
-  const std::size_t named = x.size();
-  x.insert(x.end(), more.begin(), more.end());
-  while (x.size() % static_cast<std::size_t>(L) != 0) x.push_back(0.25f);
-  for (std::size_t i0 = 0; i0 < x.size(); i0 += static_cast<std::size_t>(L)) {
-    const auto got = lanes_of<TypeParam>(V::round(V::load(x.data() + i0)));
-    for (std::size_t i = 0; i < static_cast<std::size_t>(L); ++i) {
-      const float expect = i0 + i < named ? want[i0 + i] : std::nearbyint(x[i0 + i]);
-      EXPECT_EQ(got[i], expect) << "round(" << x[i0 + i] << ")";
-      EXPECT_EQ(got[i], scalar_vec::round(x[i0 + i])) << "round(" << x[i0 + i] << ") vs scalar";
-    }
-  }
-}
-
 TYPED_TEST_P(vec_suite, pow2i_over_the_exponent_range) {
   using V = gqa::isa::vec<TypeParam>;
   for (int n = -127; n <= 127; ++n) {
@@ -358,6 +335,40 @@ double exp2_max_rel_error(double lo, double hi, double step, double* worst_x) {
     flush();
   }
   return worst;
+}
+
+// exp2's argument reduction rounds x to an integer n by one addition (Note [exp2 reduction by addition]); at
+// the ties, x = k + 0.5, it takes the odd neighbour, so that f = x − n is ±0.5, the ends of the
+// polynomial's interval: there, next to them and at the integers the result must be the scalar helper's
+// bits and within the accuracy bound, and the reduction must leave |f| <= 0.5.
+TYPED_TEST_P(vec_suite, exp2_reduction_at_ties) {
+  using V = gqa::isa::vec<TypeParam>;
+  constexpr int L = V::lanes;
+  std::vector<float> x;
+  for (int k = -127; k <= 126; ++k) {
+    const float t = static_cast<float>(k) + 0.5f;
+    x.insert(x.end(), {t, std::nextafter(t, -1000.0f), std::nextafter(t, 1000.0f), static_cast<float>(k)});
+  }
+  while (x.size() % static_cast<std::size_t>(L) != 0) x.push_back(0.25f);
+  for (std::size_t i0 = 0; i0 < x.size(); i0 += static_cast<std::size_t>(L)) {
+    const auto got = lanes_of<TypeParam>(gqa::isa::exp2<TypeParam>(V::load(x.data() + i0)));
+    for (std::size_t i = 0; i < static_cast<std::size_t>(L); ++i) {
+      const float xi = x[i0 + i];
+      ASSERT_TRUE(same_bits(got[i], gqa::isa::exp2_scalar(xi))) << "exp2(" << xi << ") vs scalar";
+      if (xi < -126.0f) continue;  // subnormal or 0 below −126 (exp2_special_values)
+      const double want = std::exp2(static_cast<double>(xi));
+      EXPECT_LE(std::fabs(got[i] - want) / want, k_exp2_max_rel_error) << "exp2(" << xi << ")";
+    }
+  }
+  for (const float xi : x) {
+    const float n = (xi + gqa::isa::k_pow2i_bias) - gqa::isa::k_pow2i_bias;  // the reduction's n
+    EXPECT_EQ(n, std::trunc(n)) << "x = " << xi;
+    EXPECT_LE(std::fabs(xi - n), 0.5f) << "x = " << xi;
+    const float twice = 2.0f * xi;  // exact: a tie is x with 2x an odd integer
+    if (twice == std::trunc(twice) && std::fmod(twice, 2.0f) != 0.0f) {
+      EXPECT_NE(std::fmod(n, 2.0f), 0.0f) << "x = " << xi << ": a tie takes the odd neighbour";
+    }
+  }
 }
 
 TYPED_TEST_P(vec_suite, exp2_accuracy) {
@@ -453,6 +464,6 @@ TYPED_TEST_P(vec_suite, tanh_accuracy_and_special_values) {
 
 REGISTER_TYPED_TEST_SUITE_P(vec_suite, zero_set1_load_store, partial_loads_and_stores_touch_only_n_lanes,
                             widening_loads_bf16, widening_loads_f16, widening_loads_int8,
-                            arithmetic_matches_scalar_lane_by_lane, fma_is_fused, reductions, round_ties_to_even,
+                            arithmetic_matches_scalar_lane_by_lane, fma_is_fused, reductions, exp2_reduction_at_ties,
                             pow2i_over_the_exponent_range, exp2_accuracy, exp2_special_values,
                             tanh_accuracy_and_special_values, transpose_moves_every_element);

@@ -104,9 +104,6 @@ struct vec<avx2> {
                                    _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  // a b c d per lane
     _mm_storeu_ps(out, half_sum(abcd));
   }
-  static GQA_FORCEINLINE reg round(reg a) noexcept {
-    return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
   /// See vec<scalar>::transpose. An 8 × 8 block in 24 shuffles: rows interleaved in pairs (unpack), then
   /// quads (shuffle_ps), which leaves in 128-bit lane k of b[4q + c] rows 4q .. 4q + 3 of column 4k + c;
   /// permute2f128 joins lane k of b[c] and b[4 + c].
@@ -128,9 +125,13 @@ struct vec<avx2> {
       store(dst + (4 + c) * ldd, _mm256_permute2f128_ps(b[c], b[4 + c], 0x31));
     }
   }
+  /// See vec<scalar>::exponent_bits.
+  static GQA_FORCEINLINE reg exponent_bits(reg y) noexcept {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(y), 23));
+  }
   /// See vec<scalar>::pow2i and Note [pow2i by addition].
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(0x1.8p23f + 127.0f))), 23));
+    return exponent_bits(_mm256_add_ps(n, _mm256_set1_ps(k_pow2i_bias)));
   }
 
  private:

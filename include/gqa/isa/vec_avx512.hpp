@@ -119,12 +119,13 @@ struct vec<avx512> {
       store(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(e1, e3, 0xDD));
     }
   }
-  static GQA_FORCEINLINE reg round(reg a) noexcept {
-    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  /// See vec<scalar>::exponent_bits.
+  static GQA_FORCEINLINE reg exponent_bits(reg y) noexcept {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(y), 23));
   }
   /// See vec<scalar>::pow2i and Note [pow2i by addition].
   static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(_mm512_add_ps(n, _mm512_set1_ps(0x1.8p23f + 127.0f))), 23));
+    return exponent_bits(_mm512_add_ps(n, _mm512_set1_ps(k_pow2i_bias)));
   }
 
  private:

@@ -9,7 +9,8 @@ GQA_BEGIN_NAMESPACE
 namespace isa {
 
 // Note [exp accuracy]
-// exp2(x) = 2^n · 2^f with n = round(x), f = x − n ∈ [−0.5, 0.5]. 2^f is a degree-6 polynomial: a
+// exp2(x) = 2^n · 2^f with n the integer nearest x, f = x − n ∈ [−0.5, 0.5] (Note [exp2 reduction by
+// addition]). 2^f is a degree-6 polynomial: a
 // Chebyshev fit of 2^f on [−0.5, 0.5] (mpmath `chebyfit`, error 2e-9 before rounding), its coefficients
 // rounded to float and then moved by a few ulps each (a coordinate search minimising the maximum error of
 // the fused Horner evaluation on every 2⁻²⁰ of the interval). One FMA fewer than the degree-7 Taylor
@@ -44,11 +45,27 @@ namespace isa {
 // on the scalar baseline (under the sanitizers too, whose UBSan names float-cast-overflow), and the
 // fuzzer's seed corpus holds the call through which it found the scalar pow2i converting +inf to an
 // integer (tests/fuzz/corpus/ce1408b3…, replayed under UBSan by every CI run).
+// Note [exp2 reduction by addition]
+// n and 2^n come from one sum, y = x + (1.5·2^23 + 127) (k_pow2i_bias): for x in [−127, 127], y lies in
+// [2^23, 2^24), where floats are the integers, so the addition rounds x + 127 to the nearest integer, ties
+// to even (the rounding mode gqa never changes), and y = n + k_pow2i_bias exactly, with n the integer
+// nearest x and, at a tie (x = k + 0.5), the odd one (127 is odd). Then n = y − k_pow2i_bias exactly, f =
+// x − n lies in [−0.5, 0.5], the polynomial's interval, and 2^n is y's bits shifted left by 23 (Note
+// [pow2i by addition]). Against the rounding instruction it replaces (round to nearest, ties to even) only
+// the ties differ: there f is +0.5 instead of −0.5 or the reverse, an equally accurate reduction whose
+// last bit may differ, and exp2(−126.5) is now 0 like every x below it. Every ISA computes the same n, so
+// vectors still match the scalar helper bit for bit. An add and a subtract take the place of the rounding
+// instruction and of pow2i's add. Measured (Intel Xeon, 2026-12-05, one thread, the two versions call by
+// call in one process, both link orders; output bits the same on P1's, P2's and P3's random inputs): P3
+// 1.007x and 1.008x (again: 1.007x and 1.002x), P1 1.001x and 1.008x, P2 0.997x and 1.011x: small, and a
+// primitive (round) fewer.
 template <class Isa>
 GQA_FORCEINLINE typename vec<Isa>::reg exp2_nonpositive(typename vec<Isa>::reg x) noexcept {
   using V = vec<Isa>;
   x = V::max(V::set1(-127.0f), x);  // NaN stays NaN (Note [exp accuracy])
-  const auto n = V::round(x);
+  const auto bias = V::set1(k_pow2i_bias);
+  const auto y = V::add(x, bias);  // n + k_pow2i_bias, n nearest x (Note [exp2 reduction by addition])
+  const auto n = V::sub(y, bias);
   const auto f = V::sub(x, n);
   auto p = V::set1(0x1.444p-13f);
   p = V::mul_add(p, f, V::set1(0x1.5f48cp-10f));
@@ -57,7 +74,7 @@ GQA_FORCEINLINE typename vec<Isa>::reg exp2_nonpositive(typename vec<Isa>::reg x
   p = V::mul_add(p, f, V::set1(0x1.ebfbdcp-3f));
   p = V::mul_add(p, f, V::set1(0x1.62e43p-1f));
   p = V::mul_add(p, f, V::set1(1.0f));
-  return V::mul(p, V::pow2i(n));
+  return V::mul(p, V::exponent_bits(y));
 }
 
 template <class Isa>

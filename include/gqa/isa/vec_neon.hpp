@@ -78,7 +78,6 @@ struct vec<neon> {
     // Pairwise adds: [a0+a1, a2+a3, b0+b1, b2+b3], then [a, b, c, d] sums.
     vst1q_f32(out, vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d)));
   }
-  static GQA_FORCEINLINE reg round(reg a) noexcept { return vrndnq_f32(a); }  // ties to even
   /// See vec<scalar>::transpose. A 4 × 4 block: trn1/trn2 on 32-bit pairs, then on 64-bit halves.
   static GQA_FORCEINLINE void transpose(const float* const* src, float* dst, std::ptrdiff_t ldd) noexcept {
     const reg r0 = load(src[0]), r1 = load(src[1]), r2 = load(src[2]), r3 = load(src[3]);
@@ -89,10 +88,12 @@ struct vec<neon> {
     store(dst + 2 * ldd, vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)));
     store(dst + 3 * ldd, vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)));
   }
-  /// See vec<scalar>::pow2i and Note [pow2i by addition].
-  static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    return vreinterpretq_f32_u32(vshlq_n_u32(vreinterpretq_u32_f32(vaddq_f32(n, vdupq_n_f32(0x1.8p23f + 127.0f))), 23));
+  /// See vec<scalar>::exponent_bits.
+  static GQA_FORCEINLINE reg exponent_bits(reg y) noexcept {
+    return vreinterpretq_f32_u32(vshlq_n_u32(vreinterpretq_u32_f32(y), 23));
   }
+  /// See vec<scalar>::pow2i and Note [pow2i by addition].
+  static GQA_FORCEINLINE reg pow2i(reg n) noexcept { return exponent_bits(vaddq_f32(n, vdupq_n_f32(k_pow2i_bias))); }
 
  private:
   template <class T>

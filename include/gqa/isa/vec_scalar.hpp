@@ -19,6 +19,10 @@
 GQA_BEGIN_NAMESPACE
 namespace isa {
 
+/// 1.5·2^23 + 127: a float n in [−127, 127] plus it is exact and holds n + 127 in its low mantissa bits
+/// (Note [pow2i by addition]).
+inline constexpr float k_pow2i_bias = 0x1.8p23f + 127.0f;
+
 /// vec<Isa>: `reg` holds `lanes` floats. Primary template is left undefined: an ISA without a
 /// specialisation is a compile error naming vec<Isa>.
 template <class Isa>
@@ -114,8 +118,6 @@ struct vec<scalar> {
   static GQA_FORCEINLINE void transpose(const float* const* src, float* dst, std::ptrdiff_t /*ldd*/) noexcept {
     dst[0] = src[0][0];
   }
-  /// Round to nearest integer, ties to even (the current rounding mode, never changed by gqa).
-  static GQA_FORCEINLINE reg round(reg a) noexcept { return std::nearbyint(a); }
   // Note [pow2i by addition]
   // For an integer n in [−127, 127], y = n + (1.5·2^23 + 127) is exact and lies in [2^23, 2^24), where
   // floats are the integers: its 23 mantissa bits hold 2^22 + 127 + n. Shifted left by 23 in 32 bits, the
@@ -128,8 +130,10 @@ struct vec<scalar> {
   /// that is NaN anyway (Note [softmax exp2]). Every ISA computes it as in Note [pow2i by addition], so the
   /// bits agree for every input; a cast to int32 (undefined behaviour for ±inf and beyond ±2^31) is never
   /// formed.
-  static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    const float y = n + (0x1.8p23f + 127.0f);
+  static GQA_FORCEINLINE reg pow2i(reg n) noexcept { return exponent_bits(n + k_pow2i_bias); }
+  /// The float whose bits are y's shifted left by 23 (in 32 bits): for y = n + k_pow2i_bias, 2^n (Note
+  /// [pow2i by addition]); exp2 forms y from its argument directly (Note [exp2 reduction by addition]).
+  static GQA_FORCEINLINE reg exponent_bits(reg y) noexcept {
     std::uint32_t bits;
     std::memcpy(&bits, &y, sizeof bits);
     bits <<= 23;
