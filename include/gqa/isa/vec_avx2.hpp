@@ -129,10 +129,6 @@ struct vec<avx2> {
   static GQA_FORCEINLINE reg exponent_bits(reg y) noexcept {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(y), 23));
   }
-  /// See vec<scalar>::pow2i and Note [pow2i by addition].
-  static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    return exponent_bits(_mm256_add_ps(n, _mm256_set1_ps(k_pow2i_bias)));
-  }
 
  private:
   /// Eight 16-bit elements of type T, as bits.

@@ -123,10 +123,6 @@ struct vec<avx512> {
   static GQA_FORCEINLINE reg exponent_bits(reg y) noexcept {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(y), 23));
   }
-  /// See vec<scalar>::pow2i and Note [pow2i by addition].
-  static GQA_FORCEINLINE reg pow2i(reg n) noexcept {
-    return exponent_bits(_mm512_add_ps(n, _mm512_set1_ps(k_pow2i_bias)));
-  }
 
  private:
   template <class T>

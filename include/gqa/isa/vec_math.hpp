@@ -57,8 +57,8 @@ namespace isa {
 // vectors still match the scalar helper bit for bit. An add and a subtract take the place of the rounding
 // instruction and of pow2i's add. Measured (Intel Xeon, 2026-12-05, one thread, the two versions call by
 // call in one process, both link orders; output bits the same on P1's, P2's and P3's random inputs): P3
-// 1.007x and 1.008x (again: 1.007x and 1.002x), P1 1.001x and 1.008x, P2 0.997x and 1.011x: small, and a
-// primitive (round) fewer.
+// 1.007x and 1.008x (again: 1.007x and 1.002x), P1 1.001x and 1.008x, P2 0.997x and 1.011x: small, and
+// two primitives (round, pow2i) replaced by one (exponent_bits).
 template <class Isa>
 GQA_FORCEINLINE typename vec<Isa>::reg exp2_nonpositive(typename vec<Isa>::reg x) noexcept {
   using V = vec<Isa>;

@@ -92,8 +92,6 @@ struct vec<neon> {
   static GQA_FORCEINLINE reg exponent_bits(reg y) noexcept {
     return vreinterpretq_f32_u32(vshlq_n_u32(vreinterpretq_u32_f32(y), 23));
   }
-  /// See vec<scalar>::pow2i and Note [pow2i by addition].
-  static GQA_FORCEINLINE reg pow2i(reg n) noexcept { return exponent_bits(vaddq_f32(n, vdupq_n_f32(k_pow2i_bias))); }
 
  private:
   template <class T>

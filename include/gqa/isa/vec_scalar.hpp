@@ -123,16 +123,15 @@ struct vec<scalar> {
   // floats are the integers: its 23 mantissa bits hold 2^22 + 127 + n. Shifted left by 23 in 32 bits, the
   // 2^22 leaves and 127 + n ∈ [0, 254] lands in the exponent field with sign and mantissa 0: the float
   // 2^n, and +0 for n = −127. One add and one shift, where converting to int32, adding the bias and
-  // shifting took three vector operations; exp2 runs it once per score (Note [exp accuracy]).
-  /// 2^n for integer-valued n in [-127, 127]; n = -127 gives exactly 0 (biased exponent 0). For any other
-  /// n (NaN, ±inf, beyond the range) the value is unspecified but the operation is defined: exp2 multiplies
-  /// it by a NaN polynomial for NaN and ±inf, and exp2_nonpositive's callers get such an n only in a row
+  // shifting took three vector operations; exp2 forms y from its argument directly (Note [exp2 reduction
+  // by addition]), once per score.
+  /// The float whose bits are y's shifted left by 23 (in 32 bits): for y = n + k_pow2i_bias with an
+  /// integer-valued n in [-127, 127], 2^n, and exactly 0 for n = -127 (biased exponent 0). For any other y
+  /// (NaN, ±inf, beyond the range) the value is unspecified but the operation is defined: exp2 multiplies
+  /// it by a NaN polynomial for NaN and ±inf, and exp2_nonpositive's callers get such a y only in a row
   /// that is NaN anyway (Note [softmax exp2]). Every ISA computes it as in Note [pow2i by addition], so the
   /// bits agree for every input; a cast to int32 (undefined behaviour for ±inf and beyond ±2^31) is never
   /// formed.
-  static GQA_FORCEINLINE reg pow2i(reg n) noexcept { return exponent_bits(n + k_pow2i_bias); }
-  /// The float whose bits are y's shifted left by 23 (in 32 bits): for y = n + k_pow2i_bias, 2^n (Note
-  /// [pow2i by addition]); exp2 forms y from its argument directly (Note [exp2 reduction by addition]).
   static GQA_FORCEINLINE reg exponent_bits(reg y) noexcept {
     std::uint32_t bits;
     std::memcpy(&bits, &y, sizeof bits);
