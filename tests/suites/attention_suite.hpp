@@ -786,6 +786,60 @@ TYPED_TEST_P(attention_suite, sinks_and_alibi) {
     }
 }
 
+// Decode tasks (every group's rows on the direct path) take each KV head's softmax and P·V 32 keys at a
+// time, right after those keys' scores for fp32 K/V (Note [fused decode walk] in detail/core/forward.hpp):
+// lengths around the units and the 64-key blocks, unequal and empty groups (3, 0, 1 and 4 query heads),
+// one position and three (causal: rows whose edge cuts a unit), a window whose edges move inside the
+// units with padding, the softcap with ALiBi, and scores on a gentle ramp, whose max rises in every unit
+// so that every unit rescales l and O by a factor in (0, 1).
+TYPED_TEST_P(attention_suite, decode_units) {
+  const index_t lens[] = {1, 31, 32, 33, 63, 64, 65, 95, 97, 130};
+  std::uint64_t seed = 1500;
+  for (std::size_t i = 0; i < std::size(lens); ++i)
+    for (int mode = 0; mode < 4; ++mode) {
+      if (gqa::test::reduced && (i + static_cast<std::size_t>(mode)) % 2 != 0) continue;
+      attention_case c;
+      c.b = 2;
+      c.sq = mode == 1 ? 3 : 1;
+      c.skv = lens[i];
+      c.hq = 8;
+      c.hkv = 4;
+      c.kv_of_q = {0, 0, 0, 2, 3, 3, 3, 3};
+      c.d = 40;
+      c.dv = 24;
+      c.causal = mode == 1;
+      if (mode == 2) {
+        c.mods.window_left = 20;
+        c.kv_lengths = {c.skv, std::max<index_t>(c.skv - 5, 0)};
+      }
+      if (mode == 3) {
+        c.mods.softcap = 3.0;
+        set_sinks_and_slopes(c, false, true, 0.0f);
+      }
+      c.seed = seed++;
+      check_case<TypeParam>(c);
+      if (mode == 1) check_deterministic<TypeParam>(c);
+    }
+  for (const index_t skv : {index_t{97}, index_t{300}}) {
+    attention_case c;
+    c.skv = skv;
+    c.hq = 8;
+    c.hkv = 2;
+    c.d = c.dv = 16;
+    c.scale = 10.0f;
+    c.seed = seed++;
+    c.data = "gentle ramp";
+    prepared p(c);
+    for (index_t h = 0; h < c.hq; ++h) p.q.view(0, 0, h, 0) = 1.0f;
+    for (index_t j = 0; j < c.skv; ++j)
+      for (index_t g = 0; g < c.hkv; ++g) {
+        p.k.view(0, j, g, 0) = 0.02f * static_cast<float>(j);
+        for (index_t x = 1; x < c.d; ++x) p.k.view(0, j, g, x) *= 0.01f;
+      }
+    check_prepared<TypeParam>(c, p);
+  }
+}
+
 // Windowed prefill whose tasks span two key blocks or more (up to 256 keys per block): their blocks lie
 // on the kept-block grid, the first computed from the packed slice that holds its first key (Note
 // [windows on the block grid] in detail/core/forward.hpp), and score tiles no row sees are skipped (Note
@@ -858,7 +912,7 @@ TYPED_TEST_P(attention_suite, kept_packed_blocks) {
   }
 }
 
-REGISTER_TYPED_TEST_SUITE_P(attention_suite, shapes_match_reference, padded_kv_lengths, fully_masked_rows_are_zero,
+REGISTER_TYPED_TEST_SUITE_P(attention_suite, shapes_match_reference, decode_units, padded_kv_lengths, fully_masked_rows_are_zero,
                             mla_and_unequal_head_dims, unequal_empty_and_noncontiguous_groups, layouts_and_strides,
                             split_kv_decode, large_tiles, short_last_query_block, large_magnitude_scores,
                             sliding_window, windows_on_the_block_grid, logit_softcap, sinks_and_alibi,

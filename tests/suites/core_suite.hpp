@@ -218,7 +218,7 @@ TYPED_TEST_P(core_suite, direct_path_reads_k_and_v_in_place) {
         const auto p = data(static_cast<std::size_t>(rows * lds), 34);
         const auto o0 = data(static_cast<std::size_t>(rows * dvp), 35);
         std::vector<float> o = o0;
-        DP::accumulate_pv(core::strided_rows{v.data(), vs}, dv, nb, p.data(), rows, lds, dvp, o.data());
+        DP::accumulate_pv(core::strided_rows{v.data(), vs}, dv, 0, nb, p.data(), rows, lds, dvp, o.data());
         for (index_t r = 0; r < rows; ++r)
           for (index_t c = 0; c < dvp; ++c) {
             const auto i = static_cast<std::size_t>(r * dvp + c);
@@ -595,7 +595,7 @@ TYPED_TEST_P(core_suite, causal_staircase_skips_hidden_v_rows) {
           std::vector<float> o = o0;
           if (direct_path) {
             if (cut) DP::accumulate_pv_cut(core::strided_rows{vv.data(), dvp}, dv, lo, hi, p.data(), rows, ldp, dvp, o.data());
-            else DP::accumulate_pv(core::strided_rows{vv.data(), dvp}, dv, nb, p.data(), rows, ldp, dvp, o.data());
+            else DP::accumulate_pv(core::strided_rows{vv.data(), dvp}, dv, 0, nb, p.data(), rows, ldp, dvp, o.data());
           } else {
             if (cut) PK::accumulate_pv_cut(p.data(), rows, ldp, vv.data(), lo, hi, dvp, o.data());
             else PK::accumulate_pv(p.data(), rows, ldp, vv.data(), nb, dvp, o.data());

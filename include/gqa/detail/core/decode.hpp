@@ -7,6 +7,7 @@
 #define GQA_DETAIL_CORE_DECODE_HPP
 
 #include <algorithm>
+#include <numeric>
 #include <span>
 
 #include "../../head_map.hpp"
@@ -23,10 +24,10 @@ namespace detail::core {
 // Note [decode tasks]
 // When every KV head's group times the query length fits the direct path (decode: sq small), a task
 // takes ALL KV heads of a batch element for a range of keys. Per block of keys it computes the scores
-// eight keys at a time and, within them, head by head (decode::scores_key_major; Note [keys per step]):
-// in a BSHD cache the heads of one position are adjacent, so K is read in address order, and the same
-// walk loads one float per cache line of V. Then softmax and P·V run head by head, with V already in
-// cache. Why: measured on this project's 2-core AVX-512 machine, reading a 128 MiB BSHD cache (16384
+// eight keys at a time and, within them, head by head (decode::walk; Note [keys per step]): in a BSHD
+// cache the heads of one position are adjacent, so K is read in address order; each head's softmax and
+// P·V then take the keys 32 at a time, reading V in the same order (Note [fused decode walk] in
+// forward.hpp). Why: measured on this project's 2-core AVX-512 machine, reading a 128 MiB BSHD cache (16384
 // keys × 8 heads × 128) one head at a time (a 4 KB stride per key) streams at ~18-23 GB/s whatever the
 // software prefetch distance, while the same bytes in address order stream at ~38-50 GB/s: the hardware prefetcher
 // follows sequential demand loads, not strided ones, and software prefetches alone reached ~25 GB/s.
@@ -57,24 +58,37 @@ struct decode {
   // D1 at 16384 keys ran 0.87x the key-by-key walk. So a step with adjacent heads first loads one element
   // per cache line of its keys' K and V rows, all heads, in address order (and the scores then find
   // them in cache): bf16 1.13x the key-by-key walk. For fp32 each key's heads fill one page, which the
-  // head-by-head order reads in order, and the same loads made D1 0.96x: fp32 touches V during the scores,
-  // as before. (Medians of 9 alternations, 16384 keys.) AVX2, with 16 registers, takes blocks of 4 rows ×
+  // head-by-head order reads in order, and the same loads made D1 0.96x: fp32's V is read by each unit's
+  // P·V right after the unit's scores, in the same order (Note [fused decode walk] in forward.hpp).
+  // (Medians of 9 alternations, 16384 keys.) AVX2, with 16 registers, takes blocks of 4 rows ×
   // 2 keys (tile_shape::direct_qk_keys), so that a 16-bit or int8 K row is widened once per four rows, not
   // once per pair: at 16384 keys bf16 0.94x -> 0.99x and int8 0.98x -> 1.01x of the key-by-key walk
   // (fp32 1.04-1.07x); with the cache in L1/L2 AVX2 stays 3-9% behind the key-by-key walk for fp32 and
   // bf16 (int8 1.11x ahead), which is the price of one walk for every ISA.
 
+  /// Keys of a unit of the walk, the keys each head's online softmax and P·V take at a time (Note [fused
+  /// decode walk] in forward.hpp): whole score steps and whole vectors of scores on every ISA.
+  static constexpr index_t unit_keys = 32;
+  static_assert(unit_keys % step_keys == 0 && unit_keys % isa::vec<Isa>::lanes == 0);
+  /// Whether a unit's softmax and P·V run right after its scores (fp32 K/V), or after the whole block's
+  /// scores (16-bit and int8, whose decode is bound by its arithmetic, not by memory).
+  template <class T>
+  static constexpr bool fused = sizeof(T) == sizeof(float);
+
   /// Rows of the task: for each KV head heads[i], its group's query heads × npos positions, head-major
-  /// (Note [tile rows]), Qp row stride d. For keys j0 .. j0 + nb − 1 of batch element ib (its K/V rows
-  /// found through the layout, Note [layouts]), writes S[row][j] (row stride lds, room for
-  /// round_up(nb, step_keys) columns), step_keys keys at a time and, within them, KV head by KV head; the same
-  /// walk loads one float of every cache line of the V rows, so the head-by-head P·V that follows finds
-  /// them in cache.
-  template <class Lay>
-  static void scores_key_major(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads,
-                               index_t npos, index_t j0, index_t nb, const float* qp, float* s, index_t lds) noexcept {
+  /// (Note [tile rows]), Qp row stride d, head i's rows from row r0_i (the sum of the earlier heads' rows).
+  /// For keys j0 .. j0 + nb − 1 of batch element ib (its K/V rows found through the layout, Note
+  /// [layouts]): writes S[row][j − j0] (row stride lds), step_keys keys at a time and within them KV head
+  /// by KV head, and calls step(i, r0_i, x, n) for each unit of keys [x, x + n) (block-relative, unit_keys
+  /// keys but the last) and each head i, in key order: the head's softmax and P·V on the unit. For fp32
+  /// K/V each unit's calls follow its scores (fused<T>), otherwise they follow the whole block's. Keys past
+  /// the block's last repeat it up to a whole unit: s rows need room for round_up(nb, unit_keys) columns.
+  template <class Lay, class Step>
+  static void walk(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads, index_t npos,
+                   index_t j0, index_t nb, const float* qp, float* s, index_t lds, Step&& step) noexcept {
     using T = typename Lay::kv_type;
     constexpr index_t KU = step_keys;
+    const index_t span = fused<T> ? unit_keys : nb;  // keys scored before their units' steps
     const auto& k = lay.k;  // tensor_view<const T>
     const auto& v = lay.v;
     const index_t d = k.d;
@@ -86,36 +100,46 @@ struct decode {
       touch_lines(v.row(at.b, at.s, g), v.d);
     };
     auto cur = lay.kv_cursor(ib, j0);
-    for (index_t j = j0; j < j0 + nb; j += KU) {
-      const index_t keys = std::min(KU, j0 + nb - j);  // real keys of this step; the rest repeat the last
-      kv_loc at[KU];
-      for (index_t u = 0; u < KU; ++u) {
-        at[u] = u < keys ? cur.loc() : at[keys - 1];
-        if (u < keys) cur.next();
-      }
-      // Narrow K/V: the step's rows in address order first (Note [keys per step]).
-      for (index_t e = 0; e < keys && touch_first; ++e) {
-        touch_lines(k.row(at[e].b, at[e].s, 0), k.h * d);
-        touch_lines(v.row(at[e].b, at[e].s, 0), v.h * v.d);
-      }
-      index_t r0 = 0;
-      for (std::size_t i = 0; i < heads.size(); ++i) {
-        const index_t g = heads[i];
-        // KV heads that serve no query head (KDGQA/DGQA may leave some) would leave holes in the address-
-        // order stream, and a stream with holes is not followed by the hardware prefetcher (decode with
-        // one unused head of 8 measured 2x slower): when heads are adjacent in memory, load one float
-        // per cache line of the unused heads before this one too (narrow K/V: the step's first pass did).
-        for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent && !touch_first; ++u)
+    kv_loc last{};
+    for (index_t u0 = j0; u0 < j0 + nb; u0 += span) {
+      const index_t un = std::min(span, j0 + nb - u0);
+      for (index_t j = u0; j < u0 + round_up(un, unit_keys); j += KU) {
+        const index_t keys = std::clamp<index_t>(u0 + un - j, 0, KU);  // real keys; the rest repeat the last
+        kv_loc at[KU];
+        for (index_t u = 0; u < KU; ++u) {
+          if (u < keys) {
+            last = cur.loc();
+            cur.next();
+          }
+          at[u] = last;
+        }
+        // Narrow K/V: the step's rows in address order first (Note [keys per step]).
+        for (index_t e = 0; e < keys && touch_first; ++e) {
+          touch_lines(k.row(at[e].b, at[e].s, 0), k.h * d);
+          touch_lines(v.row(at[e].b, at[e].s, 0), v.h * v.d);
+        }
+        index_t r0 = 0;
+        for (std::size_t i = 0; i < heads.size(); ++i) {
+          const index_t g = heads[i];
+          // KV heads that serve no query head (KDGQA/DGQA may leave some) would leave holes in the address-
+          // order stream, and a stream with holes is not followed by the hardware prefetcher (decode with
+          // one unused head of 8 measured 2x slower): when heads are adjacent in memory, load one float
+          // per cache line of the unused heads before this one too (narrow K/V: the step's first pass did).
+          for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent && !touch_first; ++u)
+            for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
+          const index_t rows = map.group_size(g) * npos;
+          const T* kr[KU];
+          for (index_t u = 0; u < KU; ++u) kr[u] = k.row(at[u].b, at[u].s, g);
+          direct<Isa>::score_step(kr, de, qp + r0 * d, rows, s + r0 * lds + (j - j0), lds);
+          r0 += rows;
+        }
+        for (index_t u = heads.back() + 1; u < k.h && heads_adjacent && !touch_first; ++u)
           for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
-        const index_t rows = map.group_size(g) * npos;
-        const T* kr[KU];
-        for (index_t u = 0; u < KU; ++u) kr[u] = k.row(at[u].b, at[u].s, g);
-        direct<Isa>::score_step(kr, de, qp + r0 * d, rows, s + r0 * lds + (j - j0), lds);
-        for (index_t e = 0; e < keys && !touch_first; ++e) touch_lines(v.row(at[e].b, at[e].s, g), v.d);
-        r0 += rows;
       }
-      for (index_t u = heads.back() + 1; u < k.h && heads_adjacent && !touch_first; ++u)
-        for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
+      for (index_t i = 0, r0 = 0; i < static_cast<index_t>(heads.size()); ++i) {
+        for (index_t x = u0 - j0; x < u0 - j0 + un; x += unit_keys) step(i, r0, x, std::min(unit_keys, u0 - j0 + un - x));
+        r0 += map.group_size(heads[static_cast<std::size_t>(i)]) * npos;
+      }
     }
   }
 };

@@ -86,16 +86,16 @@ struct direct {
     for (; r < rows; ++r) D::template scores<1, 8>(qp + r * d, d, kr, de, s + r * lds, lds);
   }
 
-  /// S[r][j] *= rows.scale(j) for r < nrows, j < nb (row stride lds): an int8 block's scores times their
-  /// keys' K scales, or its probabilities times their V scales (Note [int8 K/V]).
+  /// S[r][j] *= rows.scale(j) for r < nrows, j in [j0, j1) (row stride lds): an int8 block's scores times
+  /// their keys' K scales, or its probabilities times their V scales (Note [int8 K/V]).
   /// The scales are gathered once per 64 keys (they lie a key's stride apart), then each row is multiplied
   /// a vector at a time: the same products as one at a time (the scalar loop was 11% of int8 decode).
   template <scaled_rows Rows>
-  static void scale_columns(const Rows& rows, index_t nb, float* s, index_t nrows, index_t lds) noexcept {
+  static void scale_columns(const Rows& rows, index_t j0, index_t j1, float* s, index_t nrows, index_t lds) noexcept {
     constexpr index_t C = 64;
     alignas(64) float col[C];
-    for (index_t c0 = 0; c0 < nb; c0 += C) {
-      const index_t n = std::min(C, nb - c0);
+    for (index_t c0 = j0; c0 < j1; c0 += C) {
+      const index_t n = std::min(C, j1 - c0);
       for (index_t j = 0; j < n; ++j) col[j] = rows.scale(c0 + j);
       for (index_t r = 0; r < nrows; ++r) {
         float* sr = s + r * lds + c0;
@@ -109,12 +109,12 @@ struct direct {
     }
   }
 
-  /// O[r] += Σ_{j<nb} P[r][j] · V[j] for r < rows, V row j at v(j) read in place (dv floats; O rows padded
-  /// to dvp; Note [key runs]).
+  /// O[r] += Σ_{lo<=j<hi} P[r][j] · V[j] for r < rows, V row j at v(j) read in place (dv floats; O rows
+  /// padded to dvp; Note [key runs]).
   template <class Rows>
-  static void accumulate_pv(const Rows& v, index_t dv, index_t nb, const float* p, index_t rows, index_t ldp,
-                            index_t dvp, float* o) noexcept {
-    pv_keys(v, dv, 0, nb, p, rows, ldp, dvp, o);
+  static void accumulate_pv(const Rows& v, index_t dv, index_t lo, index_t hi, const float* p, index_t rows,
+                            index_t ldp, index_t dvp, float* o) noexcept {
+    pv_keys(v, dv, lo, hi, p, rows, ldp, dvp, o);
   }
 
   /// accumulate_pv where row r sees only keys [lo(r), hi(r)) (both non-decreasing in r), as a band (Note

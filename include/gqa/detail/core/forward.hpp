@@ -320,6 +320,99 @@ struct kernel {
     if (c < n) V::store_partial(p + c, v, static_cast<int>(n - c));
   }
 
+  // Note [row edges of a cut block]
+  // In a cut block the score tiles (hidden), the mask (modify_row) and P·V's band read the rows' key
+  // edges again and again: band() alone asks for a few per tile of rows and key chunk (Note [P·V in key
+  // chunks]), and each was a division r / G and visible_keys. They are computed once per position into
+  // the task's scratch (block-relative, so they fit 32 bits) and read from there. Measured (Intel Xeon,
+  // 2026-12-05, one thread, call by call, both link orders, same bits): P2 AVX-512 1.003-1.014x, AVX2
+  // 1.012-1.019x, P2's heads at S 4096 with a 512-key window 1.036-1.065x.
+  /// edges[2r], edges[2r + 1] = the keys [lo, hi) of the block [j0, j0 + nb) that row r of task t sees,
+  /// relative to j0 (non-decreasing in r within a KV head's rows: rows go by position, Note [tile rows]).
+  static void set_edges(const problem& pb, const task& t, index_t j0, index_t nb, std::int32_t* edges) noexcept {
+    const auto in_block = [&](index_t x) noexcept { return static_cast<std::int32_t>(std::clamp<index_t>(x - j0, 0, nb)); };
+    index_t r = 0;
+    for (index_t gi = t.g0; gi < t.g1; ++gi) {
+      const index_t G = pb.map->group_size(pb.active[gi]);
+      for (index_t pos = t.q0; pos < t.q1; ++pos) {
+        const key_range kr = visible_keys(pb, t.ib, pos);
+        const std::int32_t a = in_block(kr.lo), b = in_block(kr.hi);
+        for (index_t x = 0; x < G; ++x, ++r) {
+          edges[2 * r] = a;
+          edges[2 * r + 1] = b;
+        }
+      }
+    }
+  }
+
+  // Note [fused decode walk]
+  // A decode task's block went in two passes: the walk computed the scores of every KV head for the
+  // block's 64 keys (and loaded one float per cache line of V), then each head ran its online softmax and
+  // P·V on the block, reading its V rows again from L2. While P·V ran no load went to memory, and while
+  // the walk waited for memory no P·V could run: their times added up (design.md §2.4). Now each head's
+  // softmax and P·V take the keys a unit of 32 at a time (decode::unit_keys), and with fp32 K/V a unit's
+  // run right after its scores (decode::walk): P·V reads the unit's V rows from memory in the walk's
+  // address order, and its FMAs sit between the stream's loads, where the out-of-order core overlaps
+  // them with the misses. 16-bit and int8 decode is bound by its arithmetic, not by memory, and each
+  // extra pass over the block costs it: there the units' softmax and P·V follow the whole block's scores,
+  // as before. Either way a row's state goes through the same updates, unit by unit in key order, so a
+  // 16-bit or int8 call gives the bits of the fp32 call on the widened values (the low-precision suite
+  // asserts it), on every path. The online softmax's unit is the 32-key unit instead of the block: the
+  // same update (the row's max, p = 2^(s − m), l and O rescaled only when the max moved), so Notes [fully
+  // masked rows] and [non-finite inputs] hold as before; l and O round differently in their last bits.
+  // Masks and modifiers apply to the unit's columns as they applied to the block's: a cut block's rows
+  // take only their keys of the unit into P·V (a band over the unit, Note [causal staircase]), and the
+  // columns past the block's last key are −inf and enter no product.
+  // Measured (Intel Xeon, 2026-12-05, one thread, the two versions call by call in one process, D1's
+  // heads, 16384 keys): fp32 AVX-512 1.136x (16-key units 1.145x, the whole block 1.015x), AVX2 1.26x;
+  // bf16 0.971x and int8 0.967x (AVX2 0.978x, 0.986x): their softmax is three times as many row passes
+  // as per 64-key block. With the softmax and P·V fused for bf16 and int8 too (16-key units), 0.88x.
+  /// One block of a decode task (keys [j0, j0 + nb) of every KV head of task t; lo/hi: the task's rows'
+  /// edges when the block is cut, Note [row edges of a cut block]), through decode::walk (Note [fused
+  /// decode walk]).
+  template <class Lo, class Hi>
+  static void decode_block(const problem& pb, const task& t, index_t npos, index_t j0, index_t nb, bool cut,
+                           const block_pointers& ptr, const float* qp, float* sc, row_state st, const layout& lay,
+                           const Lo& lo, const Hi& hi) noexcept {
+    // The walk's whole units of scores fit the block's rows (lay.bk).
+    static_assert(round_up(shape::block_kv_decode, std::lcm(cols, k_direct_keys)) % decode<Isa>::unit_keys == 0);
+    const std::span<const index_t> heads{pb.active + t.g0, pb.active + t.g1};
+    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, qp, sc, lay.bk,
+                      [&](index_t i, index_t r0, index_t x, index_t n) noexcept {
+      const index_t g = heads[static_cast<std::size_t>(i)];
+      const index_t G = pb.map->group_size(g), rows = G * npos;
+      const index_t nw = round_up(n, L);  // the step's columns the softmax reads; past n they are −inf
+      float* const srow0 = sc + r0 * lay.bk;
+      float* const orow0 = st.o + r0 * lay.dvp;
+      const auto [kb, vb] = block_rows(pb, t.ib, g, j0, ptr);
+      // This head's rows' keys of the step (a cut block's edges clamped to [x, x + n)).
+      const auto klo = [&](index_t r) noexcept { return std::clamp(lo(r0 + r), x, x + n); };
+      const auto khi = [&](index_t r) noexcept { return std::clamp(hi(r0 + r), x, x + n); };
+      if constexpr (scaled_rows<decltype(kb)>) direct<Isa>::scale_columns(kb, x, x + n, srow0, rows, lay.bk);
+      const auto modify_row = [&](index_t r) noexcept {  // as in run(), on the step's columns
+        float* srow = srow0 + r * lay.bk + x;
+        if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow, nw, pb.softcap);
+        if (!pb.alibi.empty()) {  // after the softcap (options.hpp), relative to the row's diagonal key
+          const index_t diag = t.q0 + r / G + (pb.lay.kv_len(t.ib) - pb.lay.q_len(t.ib));
+          const index_t h = pb.map->q_heads(g)[static_cast<std::size_t>(r % G)];
+          score_modifiers<Isa>::alibi(srow, nw, pb.alibi[static_cast<std::size_t>(h)] * k_log2e,
+                                      static_cast<float>(diag - j0 - x));
+        }
+        const index_t a = cut ? klo(r) - x : 0, b = cut ? std::max(klo(r), khi(r)) - x : n;
+        fill_neg_inf(srow, a);
+        fill_neg_inf(srow + b, nw - b);
+      };
+      softmax::update_rows(srow0 + x, lay.bk, nw, rows, st.m + r0, st.l + r0, orow0, lay.dvp, modify_row,
+                           [](index_t) noexcept {});
+      if constexpr (scaled_rows<decltype(vb)>) direct<Isa>::scale_columns(vb, x, x + n, srow0, rows, lay.bk);
+      if (cut) {
+        direct<Isa>::accumulate_pv_cut(vb, pb.dv, klo, khi, srow0, rows, lay.bk, lay.dvp, orow0);
+      } else {
+        direct<Isa>::accumulate_pv(vb, pb.dv, x, x + n, srow0, rows, lay.bk, lay.dvp, orow0);
+      }
+    });
+  }
+
   /// Runs one task; writes final rows to o (and lse), or, if part != nullptr, its state over its chunk.
   /// Throws only std::bad_alloc, when the thread's scratch cannot grow, before it writes anything.
   static void run(const problem& pb, const task& t, const row_state* part) {
@@ -384,8 +477,9 @@ struct kernel {
     }
 
     // A task is either one KV head on the tiled path (prefill) or several KV heads that all take the
-    // direct path (decode). Decode tasks compute the scores of all their heads key by key, in address
-    // order, and P·V head by head from cache (Note [decode tasks]).
+    // direct path (decode). Decode tasks walk their keys in address order, a step of keys at a time, and
+    // run each head's softmax and P·V on the step right after its scores (Notes [decode tasks], [fused
+    // decode walk]).
     const bool key_major = t.g1 - t.g0 > 1;
     const kept_blocks keep = keep_for(pb, t, rows, t16, lay);
     block_pointers ptr;
@@ -429,10 +523,16 @@ struct kernel {
       const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
       const bool partial_block = cut || nbp != nb;
       list_rows(pb, t.ib, jb, nbk, ptr);
+      // Keys [lo(r), hi(r)) of the block row r (of the task) sees: set only in a cut block, the only one
+      // that reads them (Note [row edges of a cut block]).
+      const auto lo = [edges](index_t r) noexcept { return index_t{edges[2 * r]}; };
+      const auto hi = [edges](index_t r) noexcept { return index_t{edges[2 * r + 1]}; };
+      if (cut) set_edges(pb, t, j0, nb, edges);
       if (key_major) {
-        decode<Isa>::scores_key_major(pb.lay, t.ib, *pb.map, {pb.active + t.g0, pb.active + t.g1}, npos, j0, nb, qp,
-                                      sc, lay.bk);
+        decode_block(pb, t, npos, j0, nb, cut, ptr, qp, sc, st, lay, lo, hi);
+        continue;
       }
+      // A task of one KV head (tiled, or direct for few rows): its rows are the task's.
       for (index_t gi = t.g0, r0 = 0; gi < t.g1; ++gi) {
         const index_t g = pb.active[gi];
         const index_t G = pb.map->group_size(g);
@@ -456,7 +556,7 @@ struct kernel {
         auto pf_rows = next_block(pb, t.ib, g, jb + lay.bk, direct_path || next_kept ? 0 : next_nb, ptr, steps);
         prefetch_lines pf_kept;
         if (next_kept) pf_kept = prefetch_lines(keep.k(next_slot), keep.k_floats + keep.v_floats, steps);
-        if (jb <= kv_lo && jb + nbb >= kv_hi && !direct_path && !key_major) {  // the task's only block
+        if (jb <= kv_lo && jb + nbb >= kv_hi && !direct_path) {  // the task's only block
           const next_start next = next_task_start(pb, t, g);
           pf_q = next_q_rows(pb, t.ib, t.q1 - t.q0, next, steps);
           // A next task of another KV head packs that head's block (Note [prefetch next Q]).
@@ -464,7 +564,7 @@ struct kernel {
         }
         // The task's last block: its O rows too (Note [prefetch O rows]).
         prefetch_q pf_o;
-        if (jb + nbb >= kv_hi && part == nullptr && !direct_path && !key_major)
+        if (jb + nbb >= kv_hi && part == nullptr && !direct_path)
           pf_o = row_prefetch(pb, t.ib, g, t.q0, t.q1, true, steps);
         const auto pf = [&]() noexcept {
           pf_rows();
@@ -472,28 +572,6 @@ struct kernel {
           pf_q();
           pf_o();
         };
-        // Note [row edges of a cut block]
-        // In a cut block the score tiles (hidden), the mask (modify_row) and P·V's band read the rows' key
-        // edges again and again: band() alone asks for a few per tile of rows and key chunk (Note [P·V in
-        // key chunks]), and each was a division r / G and visible_keys. They are computed once per
-        // position into the task's scratch (block-relative, so they fit 32 bits) and read from there.
-        // Measured (Intel Xeon, 2026-12-05, one thread, call by call, both link orders, same bits): P2
-        // AVX-512 1.003-1.014x, AVX2 1.012-1.019x, P2's heads at S 4096 with a 512-key window 1.036-1.065x.
-        // Keys [lo(r), hi(r)) of the block row r sees (non-decreasing in r: rows go by position, Note
-        // [tile rows]); set only in a cut block, the only one that reads them.
-        const auto in_block = [&](index_t x) noexcept { return std::clamp<index_t>(x - j0, 0, nb); };
-        if (cut) {
-          for (index_t r = 0, pos = t.q0; r < grow; ++pos) {
-            const key_range kr = visible_keys(pb, t.ib, pos);
-            const auto a = static_cast<std::int32_t>(in_block(kr.lo)), b = static_cast<std::int32_t>(in_block(kr.hi));
-            for (index_t x = 0; x < G && r < grow; ++x, ++r) {
-              edges[2 * r] = a;
-              edges[2 * r + 1] = b;
-            }
-          }
-        }
-        const auto lo = [edges](index_t r) noexcept { return index_t{edges[2 * r]}; };
-        const auto hi = [edges](index_t r) noexcept { return index_t{edges[2 * r + 1]}; };
         // Note [hidden tiles]
         // In a cut block a score tile (MR rows × one slice of keys) can lie wholly outside its rows' keys:
         // left of a window's lower edge or right of the causal diagonal, which move by one key per
@@ -509,7 +587,7 @@ struct kernel {
           return cut && (hi(r1 - 1) <= c0 || lo(r0) >= c1);
         };
         bool v_nonfinite = false;  // bf16 tiles: some element of the block's V is infinite or NaN
-        if (direct_path && !key_major) {
+        if (direct_path) {
           direct<Isa>::scores(kb, d, nb, qp + r0 * d, grow, srow0, lay.bk);
         } else if (t16) {
           if constexpr (bf16_capable) {
@@ -528,7 +606,7 @@ struct kernel {
         // int8 on the direct path: the scores of int8 keys times their K scales (packing applied them on the
         // tiled path; Note [int8 K/V]).
         if constexpr (scaled_rows<decltype(kb)>) {
-          if (direct_path) direct<Isa>::scale_columns(kb, nb, srow0, grow, lay.bk);
+          if (direct_path) direct<Isa>::scale_columns(kb, 0, nb, srow0, grow, lay.bk);
         }
         // Mask: columns past nb are padding; causal and window edges may cut inside the block. The row's
         // keys [a, b) lie in whole vectors [m0, m1) of tiles that were computed: the modifiers read only
@@ -560,11 +638,11 @@ struct kernel {
         softmax::update_rows(srow0, lay.bk, nbp, grow, st.m + r0, st.l + r0, orow0, lay.dvp, modify_row, finish_row);
         // P·V; a cut block as a band, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {
-          if constexpr (scaled_rows<decltype(vb)>) direct<Isa>::scale_columns(vb, nb, srow0, grow, lay.bk);
+          if constexpr (scaled_rows<decltype(vb)>) direct<Isa>::scale_columns(vb, 0, nb, srow0, grow, lay.bk);
           if (cut) {
             direct<Isa>::accumulate_pv_cut(vb, dv, lo, hi, srow0, grow, lay.bk, lay.dvp, orow0);
           } else {
-            direct<Isa>::accumulate_pv(vb, dv, nb, srow0, grow, lay.bk, lay.dvp, orow0);
+            direct<Isa>::accumulate_pv(vb, dv, 0, nb, srow0, grow, lay.bk, lay.dvp, orow0);
           }
         } else if (t16 && !(cut && v_nonfinite)) {
           // A cut block too: its hidden keys' weights are 0 and their V rows finite (Note [bf16 tiles]).

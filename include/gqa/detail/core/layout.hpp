@@ -57,7 +57,7 @@ namespace detail::core {
 // as they carry kv_type). Q is read in one place: the task's Q pack (kernel::run in forward.hpp) widens
 // each row with isa::vec's widening loads and multiplies it by scale·log2(e), one fp32 product per
 // element, exactly the fp32 core's pack on the widened row; every later read of Q (the tiled scores, the
-// direct path, decode::scores_key_major) reads the packed fp32 rows. O is written in one place:
+// direct path, decode::walk) reads the packed fp32 rows. O is written in one place:
 // online_softmax::finish_row computes the fp32 row as for a float O (o · (1/l)) and rounds each element
 // once to O's type (from_float: nearest even, overflow to ±inf, NaN stays NaN). The running state, the
 // split-KV partials and the LSE (always float) are fp32. So a call with 16-bit Q, K, V, O gives, bit for

@@ -125,7 +125,7 @@ struct online_softmax {
           vsum = V::add(vsum, p);
         }
       }
-      const float alpha = rescale(m[r], mr);
+      const float alpha = mr == m[r] ? 1.0f : rescale(m[r], mr);  // exp2(0) is 1 exactly: the same bits
       l[r] = l[r] * alpha + V::reduce_sum(vsum);
       // A row that has seen no finite score (m = −inf, alpha = 0) holds O = +0 or NaN (only zero weights
       // so far: Note [fully masked rows]), which O · 0 leaves as it is: no rescale (the first block of
