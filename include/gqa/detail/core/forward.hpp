@@ -365,8 +365,10 @@ struct kernel {
   // columns past the block's last key are −inf and enter no product.
   // Measured (Intel Xeon, 2026-12-05, one thread, the two versions call by call in one process, D1's
   // heads, 16384 keys): fp32 AVX-512 1.136x (16-key units 1.145x, the whole block 1.015x), AVX2 1.26x;
-  // bf16 0.971x and int8 0.967x (AVX2 0.978x, 0.986x): their softmax is three times as many row passes
-  // as per 64-key block. With the softmax and P·V fused for bf16 and int8 too (16-key units), 0.88x.
+  // bf16 0.971x and int8 0.967x (AVX2 0.978x, 0.986x): their softmax makes twice as many row passes as
+  // with 64-key units. With the softmax and P·V fused for bf16 and int8 too (16-key units), 0.88x.
+  // gqa_bench, the builds before and after alternating: fp32 D1 1.04-1.20x (AVX2 1.24-1.47x), at 0.74 of
+  // the read probe; bf16, f16 and int8 0.95-1.00x (docs/benchmarks.md).
   /// One block of a decode task (keys [j0, j0 + nb) of every KV head of task t; lo/hi: the task's rows'
   /// edges when the block is cut, Note [row edges of a cut block]), through decode::walk (Note [fused
   /// decode walk]).
@@ -381,15 +383,15 @@ struct kernel {
                       [&](index_t i, index_t r0, index_t x, index_t n) noexcept {
       const index_t g = heads[static_cast<std::size_t>(i)];
       const index_t G = pb.map->group_size(g), rows = G * npos;
-      const index_t nw = round_up(n, L);  // the step's columns the softmax reads; past n they are −inf
+      const index_t nw = round_up(n, L);  // the unit's columns the softmax reads; past n they are −inf
       float* const srow0 = sc + r0 * lay.bk;
       float* const orow0 = st.o + r0 * lay.dvp;
       const auto [kb, vb] = block_rows(pb, t.ib, g, j0, ptr);
-      // This head's rows' keys of the step (a cut block's edges clamped to [x, x + n)).
+      // This head's rows' keys of the unit (a cut block's edges clamped to [x, x + n)).
       const auto klo = [&](index_t r) noexcept { return std::clamp(lo(r0 + r), x, x + n); };
       const auto khi = [&](index_t r) noexcept { return std::clamp(hi(r0 + r), x, x + n); };
       if constexpr (scaled_rows<decltype(kb)>) direct<Isa>::scale_columns(kb, x, x + n, srow0, rows, lay.bk);
-      const auto modify_row = [&](index_t r) noexcept {  // as in run(), on the step's columns
+      const auto modify_row = [&](index_t r) noexcept {  // as in run(), on the unit's columns
         float* srow = srow0 + r * lay.bk + x;
         if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow, nw, pb.softcap);
         if (!pb.alibi.empty()) {  // after the softcap (options.hpp), relative to the row's diagonal key
@@ -477,9 +479,9 @@ struct kernel {
     }
 
     // A task is either one KV head on the tiled path (prefill) or several KV heads that all take the
-    // direct path (decode). Decode tasks walk their keys in address order, a step of keys at a time, and
-    // run each head's softmax and P·V on the step right after its scores (Notes [decode tasks], [fused
-    // decode walk]).
+    // direct path (decode). Decode tasks walk their keys in address order, eight at a time, and run each
+    // head's softmax and P·V on 32 keys at a time, for fp32 K/V right after their scores (Notes [decode
+    // tasks], [fused decode walk]).
     const bool key_major = t.g1 - t.g0 > 1;
     const kept_blocks keep = keep_for(pb, t, rows, t16, lay);
     block_pointers ptr;
