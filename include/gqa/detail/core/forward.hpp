@@ -320,6 +320,24 @@ struct kernel {
     if (c < n) V::store_partial(p + c, v, static_cast<int>(n - c));
   }
 
+  /// Row r (of KV head g's rows, Note [tile rows]) of a block's scores from key j0, srow its columns: the
+  /// softcap and then ALiBi (options.hpp; relative to the row's diagonal key) on columns [c0, c1), then
+  /// −inf on [f0, a) and [b, f1), the columns outside the row's keys [a, b) (masked keys, padding).
+  static GQA_FORCEINLINE void modify_scores(const problem& pb, const task& t, index_t g, index_t j0, index_t r, float* srow,
+                                            index_t c0, index_t c1, index_t f0, index_t a, index_t b,
+                                            index_t f1) noexcept {
+    if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow + c0, c1 - c0, pb.softcap);
+    if (!pb.alibi.empty()) {
+      const index_t G = pb.map->group_size(g);
+      const index_t diag = t.q0 + r / G + (pb.lay.kv_len(t.ib) - pb.lay.q_len(t.ib));
+      const index_t h = pb.map->q_heads(g)[static_cast<std::size_t>(r % G)];
+      score_modifiers<Isa>::alibi(srow + c0, c1 - c0, pb.alibi[static_cast<std::size_t>(h)] * k_log2e,
+                                  static_cast<float>(diag - j0 - c0));
+    }
+    fill_neg_inf(srow + f0, a - f0);
+    fill_neg_inf(srow + b, f1 - b);
+  }
+
   // Note [row edges of a cut block]
   // In a cut block the score tiles (hidden), the mask (modify_row) and P·V's band read the rows' key
   // edges again and again: band() alone asks for a few per tile of rows and key chunk (Note [P·V in key
@@ -391,18 +409,9 @@ struct kernel {
       const auto klo = [&](index_t r) noexcept { return std::clamp(lo(r0 + r), x, x + n); };
       const auto khi = [&](index_t r) noexcept { return std::clamp(hi(r0 + r), x, x + n); };
       if constexpr (scaled_rows<decltype(kb)>) direct<Isa>::scale_columns(kb, x, x + n, srow0, rows, lay.bk);
-      const auto modify_row = [&](index_t r) noexcept {  // as in run(), on the unit's columns
-        float* srow = srow0 + r * lay.bk + x;
-        if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow, nw, pb.softcap);
-        if (!pb.alibi.empty()) {  // after the softcap (options.hpp), relative to the row's diagonal key
-          const index_t diag = t.q0 + r / G + (pb.lay.kv_len(t.ib) - pb.lay.q_len(t.ib));
-          const index_t h = pb.map->q_heads(g)[static_cast<std::size_t>(r % G)];
-          score_modifiers<Isa>::alibi(srow, nw, pb.alibi[static_cast<std::size_t>(h)] * k_log2e,
-                                      static_cast<float>(diag - j0 - x));
-        }
-        const index_t a = cut ? klo(r) - x : 0, b = cut ? std::max(klo(r), khi(r)) - x : n;
-        fill_neg_inf(srow, a);
-        fill_neg_inf(srow + b, nw - b);
+      const auto modify_row = [&](index_t r) noexcept {  // the unit's columns [x, x + nw)
+        const index_t a = cut ? klo(r) : x, b = cut ? std::max(klo(r), khi(r)) : x + n;
+        modify_scores(pb, t, g, j0, r, srow0 + r * lay.bk, x, x + nw, x, a, b, x + nw);
       };
       softmax::update_rows(srow0 + x, lay.bk, nw, rows, st.m + r0, st.l + r0, orow0, lay.dvp, modify_row,
                            [](index_t) noexcept {});
@@ -523,7 +532,6 @@ struct kernel {
       const index_t j0 = jb + skip, nb = nbb - skip;  // the keys this block computes
       const index_t nbp = round_up(nb, L);
       const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
-      const bool partial_block = cut || nbp != nb;
       list_rows(pb, t.ib, jb, nbk, ptr);
       // Keys [lo(r), hi(r)) of the block row r (of the task) sees: set only in a cut block, the only one
       // that reads them (Note [row edges of a cut block]).
@@ -611,24 +619,15 @@ struct kernel {
           if (direct_path) direct<Isa>::scale_columns(kb, 0, nb, srow0, grow, lay.bk);
         }
         // Mask: columns past nb are padding; causal and window edges may cut inside the block. The row's
-        // keys [a, b) lie in whole vectors [m0, m1) of tiles that were computed: the modifiers read only
-        // those (a hidden tile's scores were never written), the mask sets everything else to -inf.
+        // keys [a, b) lie in the whole vectors [a / L · L, round_up(b, L)) of tiles that were computed: the
+        // modifiers read only those (a hidden tile's scores were never written), the mask sets everything
+        // else to -inf.
         const auto modify_row = [&](index_t r) noexcept {
           float* srow = srow0 + r * lay.bk;
+          // The row's keys; a block without a cut edge hides its padding only.
           const index_t a = cut ? lo(r) : 0, b = cut ? std::max(a, hi(r)) : nb;
-          const index_t m0 = a / L * L, m1 = round_up(b, L);
           if (t16) scale_row(srow, nbp, pb.qscale);  // into log2 units (Note [bf16 tiles])
-          if (pb.softcap > 0.0f) score_modifiers<Isa>::softcap(srow + m0, m1 - m0, pb.softcap);
-          if (!pb.alibi.empty()) {  // after the softcap (options.hpp), relative to the row's diagonal key
-            const index_t diag = t.q0 + r / G + (pb.lay.kv_len(t.ib) - pb.lay.q_len(t.ib));
-            const index_t h = pb.map->q_heads(g)[static_cast<std::size_t>(r % G)];
-            score_modifiers<Isa>::alibi(srow + m0, m1 - m0, pb.alibi[static_cast<std::size_t>(h)] * k_log2e,
-                                        static_cast<float>(diag - j0 - m0));
-          }
-          if (partial_block) {  // a block without a cut edge hides its padding only
-            fill_neg_inf(srow, a);
-            fill_neg_inf(srow + b, nbp - b);
-          }
+          modify_scores(pb, t, g, j0, r, srow, a / L * L, round_up(b, L), 0, a, b, nbp);
         };
         const auto finish_row = [&](index_t r) noexcept {
           if constexpr (bf16_capable) {
