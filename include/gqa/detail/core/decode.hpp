@@ -7,7 +7,6 @@
 #define GQA_DETAIL_CORE_DECODE_HPP
 
 #include <algorithm>
-#include <numeric>
 #include <span>
 
 #include "../../head_map.hpp"
