@@ -92,7 +92,7 @@ void store_fma_peak(std::string_view isa, int threads, double gflops);
 /// GB/s of the streaming-read probe over `bytes` on `threads` threads.
 double read_bw(std::size_t bytes, int threads);
 void store_read_bw(std::size_t bytes, int threads, double gbps);
-/// The buffer size bw_frac is relative to: D1's K + V (the decode working set, far larger than the LLC).
+/// The buffer size bw_frac is relative to: D1's K + V (the decode working set, larger than most LLCs).
 std::size_t bw_reference_bytes();
 
 /// Seconds per call of the Eigen baseline (its backward when `backward`) for (isa, shape incl. threads);
