@@ -85,6 +85,7 @@
 #define GQA_FORCEINLINE inline __attribute__((always_inline))
 #define GQA_RESTRICT __restrict__
 #define GQA_PREFETCH_L2(p) __builtin_prefetch((p), 0, 2)  // a read hint for the outer caches
+#define GQA_PREFETCH_L1(p) __builtin_prefetch((p), 0, 3)  // a read hint for every level, L1 included
 // GQA_IN_GPR(x): from here on the compiler knows nothing of x's value, so it keeps x (a pointer) in a
 // general register instead of computing it as a lane of a vector (Note [row pointers in registers]).
 #define GQA_IN_GPR(x) __asm__("" : "+r"(x))
@@ -92,6 +93,7 @@
 #define GQA_FORCEINLINE inline
 #define GQA_RESTRICT
 #define GQA_PREFETCH_L2(p) static_cast<void>(p)  // a hint only: compilers without the builtin skip it
+#define GQA_PREFETCH_L1(p) static_cast<void>(p)
 #define GQA_IN_GPR(x) static_cast<void>(x)
 #endif
 

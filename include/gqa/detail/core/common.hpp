@@ -122,6 +122,13 @@ GQA_FORCEINLINE void touch_lines(const T* p, index_t n) noexcept {
   constexpr index_t per_line = 64 / static_cast<index_t>(sizeof(T));
   for (index_t x = 0; x < n; x += per_line) touch(p + x);
 }
+/// A prefetch into L1 of each 64-byte cache line of the n elements at p: unlike touch(), it does not hold
+/// up the instructions after it while its line comes (Note [keys per step] in decode.hpp).
+template <class T>
+GQA_FORCEINLINE void prefetch_lines_l1(const T* p, index_t n) noexcept {
+  constexpr index_t per_line = 64 / static_cast<index_t>(sizeof(T));
+  for (index_t x = 0; x < n; x += per_line) GQA_PREFETCH_L1(p + x);
+}
 
 }  // namespace detail::core
 GQA_END_NAMESPACE

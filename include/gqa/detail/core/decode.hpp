@@ -1,7 +1,7 @@
 // gqa/detail/core/decode.hpp: the scores of a decode task, which covers every KV head of a batch element,
 // computed eight keys at a time and within them head by head, so that a BSHD cache is read in address order.
-// Invariant: reads only the given keys' rows of K and V (one float per cache line of V, and of unused KV
-// heads lying between used ones); each score is a pure function of its row and key (and the call's shape).
+// Invariant: reads only the given keys' rows of K and V (and, with adjacent heads, the lines of unused KV
+// heads among them); each score is a pure function of its row and key (and the call's shape).
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_DETAIL_CORE_DECODE_HPP
 #define GQA_DETAIL_CORE_DECODE_HPP
@@ -59,6 +59,15 @@ struct decode {
   // them in cache): bf16 1.13x the key-by-key walk. For fp32 each key's heads fill one page, which the
   // head-by-head order reads in order, and the same loads made D1 0.96x: fp32's V is read by each unit's
   // P·V right after the unit's scores, in the same order (Note [fused decode walk] in forward.hpp).
+  // Since 2026-12-05 those first accesses are prefetches into L1 (prefetch_lines_l1), every line as before,
+  // not loads: a load that misses holds up every instruction after it until its line comes, a prefetch
+  // does not, so the step's first dot products start on the lines that have come. Measured (Intel Xeon,
+  // one thread, the two versions called alternately in one process, medians of 5-21 pairs, same bits):
+  // from DRAM (bf16 D1 heads at 65536 keys, int8 at 131072) bf16 1.016-1.041x, int8 1.037-1.045x (AVX2
+  // 1.023x, 0.997x); at 16384 keys (64 and 32 MiB, partly in this Xeon's L3) bf16 1.012-1.034x, int8
+  // 1.018-1.022x (AVX2 1.042x, 1.014x); MHA (32 KV heads, 8192 keys) bf16 1.082x, int8 1.066x; in L2
+  // (256 keys) 1.001x and 0.978x. Fewer first loads (one per key row, or one per two lines) cost up to
+  // 0.65x from DRAM (design.md §2.4, "Where the cache lies").
   // (Medians of 9 alternations, 16384 keys.) AVX2, with 16 registers, takes blocks of 4 rows ×
   // 2 keys (tile_shape::direct_qk_keys), so that a 16-bit or int8 K row is widened once per four rows, not
   // once per pair: at 16384 keys bf16 0.94x -> 0.99x and int8 0.98x -> 1.01x of the key-by-key walk
@@ -93,7 +102,7 @@ struct decode {
     const index_t d = k.d;
     const typename D::extent de(d);
     const bool heads_adjacent = k.stride_h == d && v.stride_h == v.d;
-    const bool touch_first = heads_adjacent && sizeof(T) < sizeof(float);  // Note [keys per step]
+    const bool fetch_first = heads_adjacent && sizeof(T) < sizeof(float);  // Note [keys per step]
     const auto touch_head = [&](kv_loc at, index_t g) noexcept {
       touch_lines(k.row(at.b, at.s, g), k.d);
       touch_lines(v.row(at.b, at.s, g), v.d);
@@ -113,9 +122,9 @@ struct decode {
           at[u] = last;
         }
         // Narrow K/V: the step's rows in address order first (Note [keys per step]).
-        for (index_t e = 0; e < keys && touch_first; ++e) {
-          touch_lines(k.row(at[e].b, at[e].s, 0), k.h * d);
-          touch_lines(v.row(at[e].b, at[e].s, 0), v.h * v.d);
+        for (index_t e = 0; e < keys && fetch_first; ++e) {
+          prefetch_lines_l1(k.row(at[e].b, at[e].s, 0), k.h * d);
+          prefetch_lines_l1(v.row(at[e].b, at[e].s, 0), v.h * v.d);
         }
         index_t r0 = 0;
         for (std::size_t i = 0; i < heads.size(); ++i) {
@@ -124,7 +133,7 @@ struct decode {
           // order stream, and a stream with holes is not followed by the hardware prefetcher (decode with
           // one unused head of 8 measured 2x slower): when heads are adjacent in memory, load one float
           // per cache line of the unused heads before this one too (narrow K/V: the step's first pass did).
-          for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent && !touch_first; ++u)
+          for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent && !fetch_first; ++u)
             for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
           const index_t rows = map.group_size(g) * npos;
           const T* kr[KU];
@@ -132,7 +141,7 @@ struct decode {
           direct<Isa>::score_step(kr, de, qp + r0 * d, rows, s + r0 * lds + (j - j0), lds);
           r0 += rows;
         }
-        for (index_t u = heads.back() + 1; u < k.h && heads_adjacent && !touch_first; ++u)
+        for (index_t u = heads.back() + 1; u < k.h && heads_adjacent && !fetch_first; ++u)
           for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
       }
       for (index_t i = 0, r0 = 0; i < static_cast<index_t>(heads.size()); ++i) {
