@@ -59,20 +59,20 @@ struct decode {
   // them in cache): bf16 1.13x the key-by-key walk. For fp32 each key's heads fill one page, which the
   // head-by-head order reads in order, and the same loads made D1 0.96x: fp32's V is read by each unit's
   // P·V right after the unit's scores, in the same order (Note [fused decode walk] in forward.hpp).
-  // Since 2026-12-05 those first accesses are prefetches into L1 (prefetch_lines_l1), every line as before,
-  // not loads: a load that misses holds up every instruction after it until its line comes, a prefetch
-  // does not, so the step's first dot products start on the lines that have come. Measured (Intel Xeon,
-  // one thread, the two versions called alternately in one process, medians of 5-21 pairs, same bits):
-  // from DRAM (bf16 D1 heads at 65536 keys, int8 at 131072) bf16 1.016-1.041x, int8 1.037-1.045x (AVX2
-  // 1.023x, 0.997x); at 16384 keys (64 and 32 MiB, partly in this Xeon's L3) bf16 1.012-1.034x, int8
-  // 1.018-1.022x (AVX2 1.042x, 1.014x); MHA (32 KV heads, 8192 keys) bf16 1.082x, int8 1.066x; in L2
-  // (256 keys) 1.001x and 0.978x. Fewer first loads (one per key row, or one per two lines) cost up to
-  // 0.65x from DRAM (design.md §2.4, "Where the cache lies").
   // (Medians of 9 alternations, 16384 keys.) AVX2, with 16 registers, takes blocks of 4 rows ×
   // 2 keys (tile_shape::direct_qk_keys), so that a 16-bit or int8 K row is widened once per four rows, not
   // once per pair: at 16384 keys bf16 0.94x -> 0.99x and int8 0.98x -> 1.01x of the key-by-key walk
   // (fp32 1.04-1.07x); with the cache in L1/L2 AVX2 stays 3-9% behind the key-by-key walk for fp32 and
   // bf16 (int8 1.11x ahead), which is the price of one walk for every ISA.
+  // Since 2026-12-05 the narrow steps' first accesses are prefetches into L1 (prefetch_lines_l1), every line as
+  // before, not loads: a load that misses holds up every instruction after it until its line comes, a prefetch
+  // does not, so the step's first dot products start on the lines that have come. Measured (Intel Xeon, one
+  // thread, the two versions called alternately in one process, medians of 5-21 pairs, same bits): from DRAM
+  // (bf16 D1 heads at 65536 keys, int8 at 131072) bf16 1.016-1.041x, int8 1.037-1.045x (AVX2 1.023x, 0.997x);
+  // at 16384 keys (64 and 32 MiB, partly in this Xeon's L3) bf16 1.012-1.034x, int8 1.018-1.022x (AVX2 1.042x,
+  // 1.014x); MHA (32 KV heads, 8192 keys) bf16 1.082x, int8 1.066x; in L2 (256 keys) 1.001x and 0.978x. Fewer
+  // first loads (one per key row, or one per two lines) cost up to 0.65x from DRAM (design.md §2.4, "Where the
+  // cache lies").
 
   /// Keys of a unit of the walk, the keys each head's online softmax and P·V take at a time (Note [fused
   /// decode walk] in forward.hpp): whole score steps and whole vectors of scores on every ISA.
@@ -132,7 +132,8 @@ struct decode {
           // KV heads that serve no query head (KDGQA/DGQA may leave some) would leave holes in the address-
           // order stream, and a stream with holes is not followed by the hardware prefetcher (decode with
           // one unused head of 8 measured 2x slower): when heads are adjacent in memory, load one float
-          // per cache line of the unused heads before this one too (narrow K/V: the step's first pass did).
+          // per cache line of the unused heads before this one too (narrow K/V: the step's first pass
+          // prefetched them).
           for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent && !fetch_first; ++u)
             for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
           const index_t rows = map.group_size(g) * npos;
