@@ -191,10 +191,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (!failure.empty()) die(failure, c);
     return 0;
   }
-  // A broken call: must throw gqa::invalid_argument. The mutations break the dense views, so the call
-  // takes them (not a paged cache or a ragged batch the case may have drawn).
+  // A broken call: must throw gqa::invalid_argument. The mutations break the dense float views, so the
+  // call takes them (not a paged cache, a ragged batch or another element type the case may have drawn).
   gqa::sweep::case_spec dense = c;
   dense.kv_kind = 0;
+  dense.kv = gqa::sweep::kv_type::f32;  // the mutations break the float views
+  dense.qo16 = false;
   const gqa::sweep::case_data in = gqa::sweep::build_inputs(dense);
   gqa::sweep::buffer o = gqa::sweep::make_buffer(c.lo, c.b, c.sq, c.heads.hq, c.dv);
   gqa::sweep::call k = gqa::sweep::call_of(dense, in, o.view);

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <iomanip>
 #include <limits>
 #include <optional>
 #include <sstream>
@@ -149,7 +150,27 @@ void for_each_element(const gqa::tensor_view<T>& t, F&& f) {
 //    infinity in Q or K (1e40 − inf would be −inf in double but NaN in float).
 // The explicit scale is at most 40/d_qk in magnitude (inputs in [−1, 1]), so two scores of a row differ
 // by less than 80: a weight never underflows in float where it does not in double (0 · inf in V would be
-// NaN for one and ±inf for the other).
+// NaN for one and ±inf for the other). ALiBi adds up to slope · (sq + skv) to that spread: where that is
+// above 20 the case's infinite V elements become NaN (found by a 20000-case sweep, seed 7, case 10625).
+
+// Note [sweep element types]
+// A case's K and V are float (70% of the cases), bf16, f16 (10% each) or int8 (10%: a gqa::q8_view, one
+// fp32 scale per (token, head) row), drawn after everything else, so that every mask, modifier, layout,
+// head map, variant and executor above meets every type; with bf16 or f16, half of the cases take Q and O
+// in that type too, and half of those with bf16 turn options.bf16_products off. Only what gqa provides
+// is drawn: int8 on dense views; 16-bit K/V on every form for attend, on dense and paged for forward;
+// 16-bit Q/O for forward on dense views only. A case with 16-bit Q or f16 K/V has no overflow pairs
+// (rounded, ±1e20 is no longer the value that makes them: in f16 it is ±inf). The inputs are drawn as
+// float, written in the type (a buffer of the same layout: rounded to nearest even, or quantised row by
+// row by gqa::quantize_q8's rule), and the float buffers then hold what the typed ones stand for (the
+// 16-bit values widened, the int8 rows dequantised), so the reference, the naive yardstick and the fp32
+// call all see the call's values (Notes [16-bit K/V tolerance], [int8 K/V tolerance] in
+// tests/support/tolerance.hpp). Checks, beyond Note [sweep checks]: a 16-bit output is read widened, each
+// element's tolerance grows by half a unit in its last place (the rounding of O is the caller's choice of
+// storage), and the output buffer's sentinel is the rounded one; with bf16 Q/K/V/O and bf16_products on,
+// the naive yardstick rounds its weights to bf16 (Note [bf16 products tolerance]); and a 16-bit call
+// (but that one) must return, bit for bit, what the same call returns on the widened float views, on
+// every ISA (Note [16-bit K/V] in detail/core/layout.hpp), its 16-bit O the fp32 call's rounded once.
 
 /// An injected value at a logical position of q, k or v.
 struct injection {
@@ -178,9 +199,14 @@ struct case_spec {
   std::uint64_t data_seed = 0;
   int kv_kind = 0;    ///< 0: dense views, 1: paged cache, 2: ragged batch
   index_t page = 0;   ///< slots per page (kv_kind 1)
+  kv_type kv = kv_type::f32;        ///< K/V's element type (Note [sweep element types])
+  bool qo16 = false;                ///< Q and O in K/V's 16-bit type too
+  bool bf16_products = true;        ///< attention_options::bf16_products (matters for bf16 Q/K/V/O only)
 
   std::string describe() const;
 };
+
+inline constexpr const char* k_element_names[4] = {"f32", "bf16", "f16", "i8"};
 
 inline std::string variant_name(int variant) {
   return variant < 0 ? std::string("attend") : std::string(gqa::variant_names[static_cast<std::size_t>(variant)]);
@@ -210,6 +236,10 @@ inline std::string case_spec::describe() const {
   if (lse) os << " lse";
   if (check_finite) os << " check_finite";
   os << " threads " << (threads == 2 ? "caller" : std::to_string(threads + 1));
+  if (kv != kv_type::f32) {
+    os << " kv " << k_element_names[static_cast<int>(kv)];
+    if (qo16) os << " qo " << k_element_names[static_cast<int>(kv)] << (kv == kv_type::bf16 && !bf16_products ? " (bf16_products off)" : "");
+  }
   const auto lay = [&](const char* n, const layout& l) {
     os << " " << n << ":" << k_order_names[l.order];
     if (l.pad[0] || l.pad[1] || l.pad[2] || l.pad[3])
@@ -456,6 +486,25 @@ inline case_spec draw_case(source& r, const limits& lim) {
     c.kv_kind = 2;
     c.lo = layout{};  // o: BSHD without padding, which is also the packed rows' layout
   }
+  // The element types, drawn after everything else (Note [sweep element types]).
+  const int type = static_cast<int>(r.uniform(0, 99));
+  c.kv = type < 70 ? kv_type::f32 : type < 80 ? kv_type::bf16 : type < 90 ? kv_type::f16 : kv_type::i8;
+  if (c.kv == kv_type::i8 && c.kv_kind != 0) c.kv = kv_type::f32;                   // int8: dense views only
+  if (c.kv != kv_type::f32 && c.kv_kind == 2 && c.variant >= 0) c.kv = kv_type::f32;  // forward(varlen): float
+  const bool half = c.kv == kv_type::bf16 || c.kv == kv_type::f16;
+  c.qo16 = half && r.chance(50) && (c.variant < 0 || c.kv_kind == 0);  // forward: 16-bit Q/O on dense views only
+  c.bf16_products = r.chance(50);
+  if (c.qo16 || c.kv == kv_type::f16)  // no overflow pairs: rounded, ±1e20 is no longer the pair's value
+    std::erase_if(c.injections, [](const injection& in) { return std::fabs(in.value) == k_huge; });
+  // ALiBi over long rows spreads a row's scores past the float exponent's range (Note [sweep case]): a
+  // weight that is 0 in float and tiny in double times an infinite V element is NaN for the one and ±inf
+  // for the other. There V's infinities (1e30 too, in f16) become NaN, which both agree on.
+  float slope = 0.0f;
+  for (const float x : c.alibi_slopes) slope = std::max(slope, x);
+  if (static_cast<double>(slope) * static_cast<double>(c.sq + c.skv) > 20.0)
+    for (injection& in : c.injections)
+      if (in.tensor == 'v' && (std::isinf(in.value) || (c.kv == kv_type::f16 && std::fabs(in.value) > 65504.0f)))
+        in.value = k_nan;
   return c;
 }
 
@@ -471,6 +520,14 @@ struct case_data {
   gqa::paged_kv paged;
   gqa::varlen seqs{{}, {}};
   gqa::tensor_view<const float> rqv, rkv, rvv;  // the packed views
+  // Note [sweep element types]: each float buffer above written in the call's type (same layout), the
+  // int8 K/V's scales, and the 16-bit pages.
+  std::vector<gqa::bf16> bf_qb, bf_kb, bf_vb, bf_pk, bf_pv, bf_rq, bf_rk, bf_rv;
+  std::vector<gqa::f16> h_qb, h_kb, h_vb, h_pk, h_pv, h_rq, h_rk, h_rv;
+  std::vector<std::int8_t> i8_kb, i8_vb;
+  std::vector<float> k_scales, v_scales;
+  gqa::basic_paged_kv<gqa::bf16> bf_paged;
+  gqa::basic_paged_kv<gqa::f16> h_paged;
 };
 
 namespace detail {
@@ -542,6 +599,62 @@ inline void build_kv_form(const case_spec& c, case_data& r) {
   }
 }
 
+/// View v of a float buffer from `base`, moved to the buffer of another type from `mbase` (same layout).
+template <class T, class F>
+gqa::tensor_view<T> mirror_view(const gqa::tensor_view<F>& v, const float* base, T* mbase) {
+  return {mbase + (v.data - base), v.b, v.s, v.h, v.d, v.stride_b, v.stride_s, v.stride_h, v.stride_d};
+}
+
+/// Every element of the view rounded to T and widened back, in place.
+template <class T>
+void round_view(const gqa::tensor_view<float>& t) {
+  for_each_element(t, [](float& x) { x = gqa::to_float(T(x)); });
+}
+
+/// x written in T, element by element, into m.
+template <class T>
+void write_as(const std::vector<float>& x, std::vector<T>& m) {
+  m.resize(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) m[i] = T(x[i]);
+}
+
+/// Case c's inputs in its 16-bit type T (Note [sweep element types]): the values the call reads (K and V,
+/// and Q when qo16) rounded in the float buffers, then every float buffer written in T into its mirror.
+template <class T>
+void make_half(const case_spec& c, case_data& r, const gqa::tensor_view<float>& q, const gqa::tensor_view<float>& k,
+               const gqa::tensor_view<float>& v, std::vector<T>* m[8], gqa::basic_paged_kv<T>& paged) {
+  round_view<T>(k);
+  round_view<T>(v);
+  if (c.qo16) round_view<T>(q);
+  for (auto* f : {&r.pk, &r.pv, &r.rk, &r.rv}) round_view<T>(gqa::bshd(f->data(), 1, 1, 1, static_cast<index_t>(f->size())));
+  if (c.qo16 && !r.rq.empty()) round_view<T>(gqa::bshd(r.rq.data(), 1, 1, 1, static_cast<index_t>(r.rq.size())));
+  std::vector<float>* f[8] = {&r.qb.mem, &r.kb.mem, &r.vb.mem, &r.pk, &r.pv, &r.rq, &r.rk, &r.rv};
+  for (int i = 0; i < 8; ++i) write_as(*f[i], *m[i]);
+  if (c.kv_kind == 1) {
+    paged = {gqa::page_pool<const T>(m[3]->data(), r.paged.k.b, r.paged.k.s, r.paged.k.h, r.paged.k.d),
+             gqa::page_pool<const T>(m[4]->data(), r.paged.v.b, r.paged.v.s, r.paged.v.h, r.paged.v.d),
+             r.paged.page_table, r.paged.max_pages, r.paged.lengths};
+  }
+}
+
+/// Case c's int8 K and V (Note [sweep element types]): each row of the k and v views quantised by
+/// gqa::quantize_q8 into a mirror of its buffer and a dense scale buffer, then dequantised back into the
+/// view.
+inline void make_int8(const case_spec& c, case_data& r, const gqa::tensor_view<float>& k, const gqa::tensor_view<float>& v) {
+  const float* kbase = c.fused ? r.qb.mem.data() : r.kb.mem.data();
+  const float* vbase = c.fused ? r.qb.mem.data() : r.vb.mem.data();
+  r.i8_kb.assign((c.fused ? r.qb.mem : r.kb.mem).size(), 0);
+  r.i8_vb.assign((c.fused ? r.qb.mem : r.vb.mem).size(), 0);
+  r.k_scales.assign(static_cast<std::size_t>(k.b * k.s * k.h), 0.0f);
+  r.v_scales.assign(static_cast<std::size_t>(v.b * v.s * v.h), 0.0f);
+  const auto k8 = mirror_view(k, kbase, r.i8_kb.data()), v8 = mirror_view(v, vbase, r.i8_vb.data());
+  const auto ks = gqa::bshd(r.k_scales.data(), k.b, k.s, k.h, 1), vs = gqa::bshd(r.v_scales.data(), v.b, v.s, v.h, 1);
+  gqa::quantize_q8(k, k8, ks);
+  gqa::quantize_q8(v, v8, vs);
+  gqa::dequantize_q8({k8, ks}, k);
+  gqa::dequantize_q8({v8, vs}, v);
+}
+
 }  // namespace detail
 
 inline void fill_uniform(const gqa::tensor_view<float>& t, std::uint64_t seed, float amp) {
@@ -584,11 +697,19 @@ inline case_data build_inputs(const case_spec& c) {
     const auto& t = in.tensor == 'q' ? q : in.tensor == 'k' ? k : v;
     t(in.ib, in.is, in.ih, in.x) = in.value;
   }
+  if (c.kv == kv_type::i8) detail::make_int8(c, r, k, v);  // int8: dense views only
   r.q = q;
   r.k = k;
   r.v = v;
   if (c.variant < 0) r.map = gqa::head_map(c.kv_of_q, c.heads.hkv);
   detail::build_kv_form(c, r);
+  if (c.kv == kv_type::bf16) {
+    std::vector<gqa::bf16>* m[8] = {&r.bf_qb, &r.bf_kb, &r.bf_vb, &r.bf_pk, &r.bf_pv, &r.bf_rq, &r.bf_rk, &r.bf_rv};
+    detail::make_half(c, r, q, k, v, m, r.bf_paged);
+  } else if (c.kv == kv_type::f16) {
+    std::vector<gqa::f16>* m[8] = {&r.h_qb, &r.h_kb, &r.h_vb, &r.h_pk, &r.h_pv, &r.h_rq, &r.h_rk, &r.h_rv};
+    detail::make_half(c, r, q, k, v, m, r.h_paged);
+  }
   return r;
 }
 
@@ -647,7 +768,10 @@ inline void fill_expected(expected& e, const case_spec& c, const gqa::tensor_vie
   const double scale = c.scale ? static_cast<double>(*c.scale) : 1.0 / std::sqrt(static_cast<double>(c.d));
   const auto mods = modifiers_of(c);
   const auto ref = gqa::reference::attention(q, k, v, kv_of_q, scale, c.causal, c.kv_lengths, mods);
-  const auto naive = gqa::test::naive_fp32(q, k, v, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths, mods);
+  // bf16 Q/K/V/O with bf16_products: the yardstick's weights rounded to bf16 (Note [sweep element types]).
+  const bool bf16_weights = c.kv == kv_type::bf16 && c.qo16 && c.bf16_products;
+  const auto naive = gqa::test::naive_fp32(q, k, v, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths, mods,
+                                           bf16_weights);
   e.o = ref.o;
   e.lse = ref.lse;
   e.naive_o = naive.o;
@@ -756,6 +880,45 @@ struct result {
   std::string error;  // what() of a gqa::invalid_argument, if the call threw one
 };
 
+namespace detail {
+
+/// The 16-bit views of call k (its float views moved to the mirrors m, in case_data's order: qb, kb, vb,
+/// pk, pv, rq, rk, rv) and the 16-bit pages.
+template <class T>
+half_views<T> half_of(const case_spec& c, const case_data& in, const call& k, const std::vector<T>* const m[8],
+                      const gqa::basic_paged_kv<T>& paged) {
+  half_views<T> h;
+  const auto at = [](const std::vector<T>* x) { return static_cast<const T*>(x->data()); };
+  if (c.kv_kind == 2) {
+    h.q = mirror_view(k.q, in.rq.data(), at(m[5]));
+    h.k = mirror_view(k.k, in.rk.data(), at(m[6]));
+    h.v = mirror_view(k.v, in.rv.data(), at(m[7]));
+  } else {
+    h.q = mirror_view(k.q, in.qb.mem.data(), at(m[0]));
+    h.k = c.fused ? mirror_view(k.k, in.qb.mem.data(), at(m[0])) : mirror_view(k.k, in.kb.mem.data(), at(m[1]));
+    h.v = c.fused ? mirror_view(k.v, in.qb.mem.data(), at(m[0])) : mirror_view(k.v, in.vb.mem.data(), at(m[2]));
+  }
+  h.paged = c.kv_kind == 1 ? &paged : nullptr;
+  return h;
+}
+
+/// A 16-bit output buffer om mirroring the float one, every element the rounded sentinel, and the view of
+/// call view o in it.
+template <class T>
+gqa::tensor_view<T> half_output(const buffer& b, const gqa::tensor_view<float>& o, std::vector<T>& om) {
+  om.assign(b.mem.size(), T(k_sentinel));
+  return mirror_view(o, b.mem.data(), om.data());
+}
+
+/// The 16-bit output om widened into the float buffer, the rounded sentinel back to k_sentinel.
+template <class T>
+void widen_output(const std::vector<T>& om, buffer& b) {
+  const T sentinel(k_sentinel);
+  for (std::size_t i = 0; i < om.size(); ++i) b.mem[i] = om[i].bits == sentinel.bits ? k_sentinel : gqa::to_float(om[i]);
+}
+
+}  // namespace detail
+
 /// The call of case c on its inputs, writing to o (no LSE, one thread).
 inline call call_of(const case_spec& c, const case_data& in, const gqa::tensor_view<float>& o) {
   call k;
@@ -787,6 +950,23 @@ inline call call_of(const case_spec& c, const case_data& in, const gqa::tensor_v
     k.v = in.rvv;
     k.o = {o.data, 1, c.b * c.sq, o.h, o.d, 0, o.stride_s, o.stride_h};  // o is BSHD without padding
   }
+  // The views of the call's element types (Note [sweep element types]); run_on sets a 16-bit O.
+  k.kv = c.kv;
+  k.qo16 = c.qo16;
+  if (c.kv == kv_type::bf16) {
+    const std::vector<gqa::bf16>* m[8] = {&in.bf_qb, &in.bf_kb, &in.bf_vb, &in.bf_pk, &in.bf_pv, &in.bf_rq, &in.bf_rk, &in.bf_rv};
+    k.bf16 = detail::half_of(c, in, k, m, in.bf_paged);
+  } else if (c.kv == kv_type::f16) {
+    const std::vector<gqa::f16>* m[8] = {&in.h_qb, &in.h_kb, &in.h_vb, &in.h_pk, &in.h_pv, &in.h_rq, &in.h_rk, &in.h_rv};
+    k.f16 = detail::half_of(c, in, k, m, in.h_paged);
+  } else if (c.kv == kv_type::i8) {
+    const float* kbase = c.fused ? in.qb.mem.data() : in.kb.mem.data();
+    const float* vbase = c.fused ? in.qb.mem.data() : in.vb.mem.data();
+    k.k8 = {detail::mirror_view(k.k, kbase, static_cast<const std::int8_t*>(in.i8_kb.data())),
+            gqa::bshd<const float>(in.k_scales.data(), k.k.b, k.k.s, k.k.h, 1)};
+    k.v8 = {detail::mirror_view(k.v, vbase, static_cast<const std::int8_t*>(in.i8_vb.data())),
+            gqa::bshd<const float>(in.v_scales.data(), k.v.b, k.v.s, k.v.h, 1)};
+  }
   return k;
 }
 
@@ -805,11 +985,18 @@ inline result run_on(const runner& isa, const case_spec& c, const case_data& in,
   }
   if (threads == 1) k.opt.num_threads = 2;
   if (threads == 2) k.opt.parallel_for = reverse_two_threads;
+  k.opt.bf16_products = c.bf16_products;
+  std::vector<gqa::bf16> o_bf16;
+  std::vector<gqa::f16> o_f16;
+  if (c.qo16 && c.kv == kv_type::bf16) k.bf16.o = detail::half_output(r.o, k.o, o_bf16);
+  if (c.qo16 && c.kv == kv_type::f16) k.f16.o = detail::half_output(r.o, k.o, o_f16);
   try {
     isa.run(k);
   } catch (const gqa::invalid_argument& e) {
     r.error = e.what();
   }
+  if (!o_bf16.empty()) detail::widen_output(o_bf16, r.o);
+  if (!o_f16.empty()) detail::widen_output(o_f16, r.o);
   if (!ragged_lse.empty())  // [hq][b·sq] to [b][hq][sq]
     for (index_t ib = 0; ib < c.b; ++ib)
       for (index_t h = 0; h < c.heads.hq; ++h)
@@ -839,6 +1026,24 @@ inline bool is_plus_zero(float x) { return x == 0.0f && !std::signbit(x); }
 // and, around them: output elements outside the view unchanged; with check_finite, a gqa::invalid_argument
 // exactly when an element read is not finite; otherwise no exception; and every thread configuration gives
 // the bits of one thread. The first failure is returned as one line.
+
+namespace detail {
+
+/// Half a unit in the last place of |x| in the case's output type: 0 for a float O (Note [sweep element
+/// types]).
+inline double half_ulp(const case_spec& c, double x) {
+  if (!c.qo16 || x == 0.0) return 0.0;
+  if (c.kv == kv_type::bf16) return std::ldexp(1.0, std::ilogb(x) - 8);        // 8 significant bits
+  return x < 0x1p-14 ? 0x1p-25 : std::ldexp(1.0, std::ilogb(x) - 11);            // f16: 11, subnormals below 2^-14
+}
+
+/// a's output element as a 16-bit O of the case holds it: rounded to its type (the sentinel as it is).
+inline float as_output(const case_spec& c, float a) {
+  if (!c.qo16 || a == k_sentinel) return a;
+  return c.kv == kv_type::bf16 ? gqa::to_float(gqa::bf16(a)) : gqa::to_float(gqa::f16(a));
+}
+
+}  // namespace detail
 
 /// Checks one run against the expected result; empty when it passes.
 inline std::string check(const case_spec& c, const case_data& in, const expected& e, const result& r) {
@@ -901,7 +1106,7 @@ inline std::string check(const case_spec& c, const case_data& in, const expected
           if (masked && want == 0.0) ok = is_plus_zero(got);  // (a finish step, PGQA's noise, may move it)
           else if (overflow || std::isnan(want)) ok = std::isnan(got);
           else if (std::isinf(want)) ok = got == static_cast<float>(want);
-          else ok = std::isfinite(got) && std::fabs(got - want) <= o_tol;
+          else ok = std::isfinite(got) && std::fabs(got - want) <= o_tol + detail::half_ulp(c, std::max(std::fabs(want), std::fabs(static_cast<double>(got))));
           if (!ok) {
             err << where() << " O[" << x << "] = " << got << ", reference " << want
                 << (masked && want == 0.0 ? " (fully masked row: +0 expected)" : overflow ? " (overflow row: NaN expected)" : "")
@@ -936,6 +1141,26 @@ inline std::string check_same_bits(const case_spec& c, const result& a, const re
       return err.str();
     }
   if (a.error != b.error) return "threads change the exception: '" + b.error + "' vs '" + a.error + "'";
+  return {};
+}
+
+/// A 16-bit case's run r against the fp32 call f on the widened views: the same bits, a 16-bit O the fp32
+/// call's rounded once (Note [sweep element types]); empty when equal.
+inline std::string check_widened_bits(const case_spec& c, const result& f, const result& r) {
+  std::ostringstream err;
+  err << std::setprecision(9);
+  if (f.error != r.error) return "the fp32 call on the widened inputs threw '" + f.error + "', the call '" + r.error + "'";
+  for (std::size_t i = 0; i < r.o.mem.size(); ++i)
+    if (!same(r.o.mem[i], detail::as_output(c, f.o.mem[i]))) {
+      err << "output buffer element " << i << " = " << r.o.mem[i] << ", the fp32 call on the widened inputs gives "
+          << f.o.mem[i] << (c.qo16 ? " (before rounding)" : "");
+      return err.str();
+    }
+  for (std::size_t i = 0; i < r.lse.size(); ++i)
+    if (!same(r.lse[i], f.lse[i])) {
+      err << "LSE " << i << " = " << r.lse[i] << ", the fp32 call on the widened inputs gives " << f.lse[i];
+      return err.str();
+    }
   return {};
 }
 
@@ -986,6 +1211,15 @@ inline std::string run_and_check(const case_spec& c, const std::vector<runner>& 
       continue;
     }
     if (auto f = check(c, in, e, r); !f.empty()) return std::string(isa.name) + ": " + f;
+    // 16-bit K/V (not the bf16 products): bit for bit the fp32 call on the widened views.
+    const bool half = c.kv == kv_type::bf16 || c.kv == kv_type::f16;
+    if (half && !(c.kv == kv_type::bf16 && c.qo16 && c.bf16_products)) {
+      case_spec fc = c;
+      fc.kv = kv_type::f32;
+      fc.qo16 = false;
+      if (auto f = check_widened_bits(c, run_on(isa, fc, in, c.threads), r); !f.empty())
+        return std::string(isa.name) + ": " + f;
+    }
     if (c.threads != 0) {
       const result one = run_on(isa, c, in, 0);
       if (auto f = check_same_bits(c, one, r); !f.empty()) return std::string(isa.name) + ": " + f;

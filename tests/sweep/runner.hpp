@@ -6,17 +6,36 @@
 
 #include <string_view>
 
+#include <cstdint>
+#include <type_traits>
+
 #include <gqa/head_map.hpp>
 #include <gqa/kv_cache.hpp>
+#include <gqa/numeric.hpp>
 #include <gqa/options.hpp>
+#include <gqa/quantized.hpp>
 #include <gqa/tensor.hpp>
 #include <gqa/variants/model_shape.hpp>
 
 namespace gqa::sweep {
 
+/// The views of a call with 16-bit elements T (bf16 or f16): K and V (dense or ragged, or the pages of
+/// *paged), and Q and O when the call's Q and O are 16-bit too (qo16).
+template <class T>
+struct half_views {
+  gqa::tensor_view<const T> q, k, v;
+  gqa::tensor_view<T> o;
+  const gqa::basic_paged_kv<T>* paged = nullptr;
+};
+
+/// The K/V element types of a call (Note [sweep element types] in case.hpp).
+enum class kv_type : int { f32 = 0, bf16 = 1, f16 = 2, i8 = 3 };
+
 /// One call: gqa::attend<Isa> with `map` (variant < 0), or gqa::forward<Isa> of the registered variant
 /// number `variant` (registry order) built by with_policy(layer, heads); on the dense views k, v, on the
 /// paged cache *paged (gqa/paged.hpp), or on the ragged batch *seqs (gqa/varlen.hpp: q, k, v, o packed).
+/// K and V are float (q, k, v, o, paged), 16-bit (`bf16` or `f16`: K/V and the paged cache of that type,
+/// Q and O too when `qo16`, else q and o) or int8 (`k8`, `v8`, dense only; q and o float).
 struct call {
   int variant = -1;
   gqa::model_shape layer;
@@ -27,6 +46,11 @@ struct call {
   gqa::attention_options opt;
   const gqa::paged_kv* paged = nullptr;
   const gqa::varlen* seqs = nullptr;
+  kv_type kv = kv_type::f32;
+  bool qo16 = false;
+  half_views<gqa::bf16> bf16;
+  half_views<gqa::f16> f16;
+  gqa::q8_view k8, v8;
 };
 
 /// An ISA the sweep can run: its name, whether this CPU runs it, and the call on it.
@@ -52,34 +76,77 @@ runner runner_neon();
 }  // namespace gqa::sweep
 
 #ifdef GQA_SWEEP_DEFINE_RUNNER
+#include <stdexcept>
+
 #include <gqa/attention.hpp>
 #include <gqa/paged.hpp>
 #include <gqa/varlen.hpp>
 #include <gqa/variants/registry.hpp>
 
+namespace gqa::sweep {
+namespace {  // per translation unit: each is compiled for its own ISA
+
+/// The call c on Isa with Q/O views q, o and K/V views k, v (tensor views of one element type, or q8_views),
+/// or the paged cache *paged (of K/V's element type) when c.paged is set. The sweep draws only the
+/// combinations gqa provides (Note [sweep element types] in case.hpp); any other throws std::logic_error.
+template <class Isa, class Q, class O, class KV, class Paged>
+void run_views(const call& c, const Q& q, const O& o, const KV& k, const KV& v, const Paged* paged) {
+  constexpr bool int8 = std::is_same_v<KV, ::gqa::q8_view>;
+  constexpr bool float_qo = std::is_same_v<Q, ::gqa::tensor_view<const float>>;
+  constexpr bool float_kv = std::is_same_v<KV, ::gqa::tensor_view<const float>>;
+  const auto unsupported = [] { throw std::logic_error("the sweep drew a form gqa does not provide for these element types"); };
+  if (c.variant < 0) {
+    if (c.paged || c.seqs) {
+      if constexpr (int8) {
+        unsupported();
+      } else {
+        if (c.paged) return ::gqa::attend<Isa>(q, *paged, o, *c.map, c.opt);
+        return ::gqa::attend<Isa>(q, k, v, o, *c.map, *c.seqs, c.opt);
+      }
+    }
+    return ::gqa::attend<Isa>(q, k, v, o, *c.map, c.opt);
+  }
+  int i = 0;
+  ::gqa::for_each_variant([&](auto t) {
+    using P = typename decltype(t)::type;
+    if (i++ != c.variant) return;
+    ::gqa::with_policy<P>(c.layer, c.heads, [&](P& p) {
+      if (c.paged) {
+        if constexpr (!int8 && float_qo) return ::gqa::forward<Isa>(p, q, *paged, o, c.opt);
+        else return unsupported();
+      }
+      if (c.seqs) {
+        if constexpr (float_kv) return ::gqa::forward<Isa>(p, q, k, v, o, *c.seqs, c.opt);
+        else return unsupported();
+      }
+      ::gqa::forward<Isa>(p, q, k, v, o, c.opt);
+    });
+  });
+}
+
+/// The call c on Isa, with the views of its element types.
+template <class Isa>
+void run_call(const call& c) {
+  const auto half = [&](const auto& h) {
+    if (c.qo16) run_views<Isa>(c, h.q, h.o, h.k, h.v, h.paged);
+    else run_views<Isa>(c, c.q, c.o, h.k, h.v, h.paged);
+  };
+  switch (c.kv) {
+    case kv_type::f32: return run_views<Isa>(c, c.q, c.o, c.k, c.v, c.paged);
+    case kv_type::bf16: return half(c.bf16);
+    case kv_type::f16: return half(c.f16);
+    case kv_type::i8: return run_views<Isa>(c, c.q, c.o, c.k8, c.v8, static_cast<const ::gqa::paged_kv*>(nullptr));
+  }
+}
+
+}  // namespace
+}  // namespace gqa::sweep
+
 /// Defines gqa::sweep::runner_<isa>() in a translation unit compiled with that ISA's flags.
 #define GQA_SWEEP_RUNNER(isa_name)                                                                             \
   namespace gqa::sweep {                                                                                       \
   namespace {                                                                                                  \
-  void run_##isa_name(const call& c) {                                                                         \
-    using Isa = ::gqa::isa::isa_name;                                                                          \
-    if (c.variant < 0) {                                                                                       \
-      if (c.paged) ::gqa::attend<Isa>(c.q, *c.paged, c.o, *c.map, c.opt);                                      \
-      else if (c.seqs) ::gqa::attend<Isa>(c.q, c.k, c.v, c.o, *c.map, *c.seqs, c.opt);                         \
-      else ::gqa::attend<Isa>(c.q, c.k, c.v, c.o, *c.map, c.opt);                                              \
-      return;                                                                                                  \
-    }                                                                                                          \
-    int i = 0;                                                                                                 \
-    ::gqa::for_each_variant([&](auto t) {                                                                      \
-      using P = typename decltype(t)::type;                                                                    \
-      if (i++ == c.variant)                                                                                    \
-        ::gqa::with_policy<P>(c.layer, c.heads, [&](P& p) {                                                    \
-          if (c.paged) ::gqa::forward<Isa>(p, c.q, *c.paged, c.o, c.opt);                                      \
-          else if (c.seqs) ::gqa::forward<Isa>(p, c.q, c.k, c.v, c.o, *c.seqs, c.opt);                         \
-          else ::gqa::forward<Isa>(p, c.q, c.k, c.v, c.o, c.opt);                                              \
-        });                                                                                                    \
-    });                                                                                                        \
-  }                                                                                                            \
+  void run_##isa_name(const call& c) { run_call<::gqa::isa::isa_name>(c); }                                   \
   bool supported_##isa_name() { return ::gqa::isa::cpu_supports<::gqa::isa::isa_name>(); }                    \
   }                                                                                                            \
   runner runner_##isa_name() { return {::gqa::isa::isa_name::name, &supported_##isa_name, &run_##isa_name}; } \
