@@ -17,6 +17,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <gqa/errors.hpp>
@@ -202,6 +203,7 @@ struct case_spec {
   kv_type kv = kv_type::f32;        ///< K/V's element type (Note [sweep element types])
   bool qo16 = false;                ///< Q and O in K/V's 16-bit type too
   bool bf16_products = true;        ///< attention_options::bf16_products (matters for bf16 Q/K/V/O only)
+  bool backward = false;            ///< also gqa::attend_backward (Note [sweep backward])
 
   std::string describe() const;
 };
@@ -240,6 +242,7 @@ inline std::string case_spec::describe() const {
     os << " kv " << k_element_names[static_cast<int>(kv)];
     if (qo16) os << " qo " << k_element_names[static_cast<int>(kv)] << (kv == kv_type::bf16 && !bf16_products ? " (bf16_products off)" : "");
   }
+  if (backward) os << " backward";
   const auto lay = [&](const char* n, const layout& l) {
     os << " " << n << ":" << k_order_names[l.order];
     if (l.pad[0] || l.pad[1] || l.pad[2] || l.pad[3])
@@ -505,6 +508,11 @@ inline case_spec draw_case(source& r, const limits& lim) {
     for (injection& in : c.injections)
       if (in.tensor == 'v' && (std::isinf(in.value) || (c.kv == kv_type::f16 && std::fabs(in.value) > 65504.0f)))
         in.value = k_nan;
+  // The backward, on the calls it takes (Note [sweep backward]).
+  const bool backward = r.chance(40);
+  c.backward = backward && c.variant < 0 && c.kv_kind == 0 && c.kv == kv_type::f32 && c.injections.empty() &&
+               !c.check_finite;
+  if (c.backward) c.lse = true;  // its input
   return c;
 }
 
@@ -751,6 +759,11 @@ void finish_fresh(const case_spec& c, std::vector<float>& o, const gqa::head_map
   }
 }
 
+/// The case's scale: options.scale, or 1/√d_qk.
+inline double scale_of(const case_spec& c) {
+  return c.scale ? static_cast<double>(*c.scale) : 1.0 / std::sqrt(static_cast<double>(c.d));
+}
+
 /// The case's masks and score modifiers, for the reference and the naive code (views into c).
 inline gqa::reference::modifiers modifiers_of(const case_spec& c) {
   gqa::reference::modifiers m;
@@ -765,7 +778,7 @@ inline gqa::reference::modifiers modifiers_of(const case_spec& c) {
 inline void fill_expected(expected& e, const case_spec& c, const gqa::tensor_view<const float>& q,
                           const gqa::tensor_view<const float>& k, const gqa::tensor_view<const float>& v,
                           std::span<const index_t> kv_of_q) {
-  const double scale = c.scale ? static_cast<double>(*c.scale) : 1.0 / std::sqrt(static_cast<double>(c.d));
+  const double scale = scale_of(c);
   const auto mods = modifiers_of(c);
   const auto ref = gqa::reference::attention(q, k, v, kv_of_q, scale, c.causal, c.kv_lengths, mods);
   // bf16 Q/K/V/O with bf16_products: the yardstick's weights rounded to bf16 (Note [sweep element types]).
@@ -1164,6 +1177,150 @@ inline std::string check_widened_bits(const case_spec& c, const result& f, const
   return {};
 }
 
+// Note [sweep backward]
+// About 40% of the cases that call gqa::attend on dense float views with finite inputs (no injections, no
+// check_finite; about 12% of all cases) also run gqa::attend_backward on every ISA, from that ISA's forward
+// O and LSE and a dout drawn uniform in [-1, 1] (laid out as o), with the case's options (masks, softcap,
+// sinks with options.dsinks, ALiBi), head map and executor, and gradients laid out as q, k and v. Each
+// element of dq, dk, dv and dsinks is checked against reference::attention_backward (double, from q, k, v
+// and dout alone) within Note [backward tolerance] (tests/support/tolerance.hpp: twice the naive fp32
+// backward's error on the same O and LSE, plus the floors); every gradient must be finite, an element
+// nothing reaches (a row that sees no key, a key no row sees, a KV head that serves no query head: its
+// reference terms are 0) exactly +0, nothing may be written outside the gradients' views, and every
+// executor must give the bits of one thread. The unit suites (tests/suites/backward_suite.hpp) hold the
+// backward's non-finite inputs and large-magnitude scores.
+
+/// The expected gradients of a backward case: dout and reference::attention_backward.
+struct backward_expected {
+  buffer dout;
+  gqa::reference::attention_grads ref;
+};
+
+namespace detail {
+
+/// A view's elements in logical order, in double, and a BSHD view over them.
+struct double_copy {
+  std::vector<double> x;
+  gqa::tensor_view<const double> view;
+  explicit double_copy(const gqa::tensor_view<const float>& t) {
+    for_each_element(t, [&](const float& e) { x.push_back(e); });
+    view = gqa::bshd<const double>(x.data(), t.b, t.s, t.h, t.d);
+  }
+};
+
+}  // namespace detail
+
+inline backward_expected backward_expect_of(const case_spec& c, const case_data& in) {
+  backward_expected e;
+  e.dout = make_buffer(c.lo, c.b, c.sq, c.heads.hq, c.dv);
+  fill_uniform(e.dout.view, c.data_seed + 3, 1.0f);
+  const detail::double_copy q(in.q), k(in.k), v(in.v), dout(e.dout.view);
+  e.ref = gqa::reference::attention_backward(q.view, k.view, v.view, dout.view, in.map.kv_of_q(), detail::scale_of(c),
+                                             c.causal, c.kv_lengths, detail::modifiers_of(c));
+  return e;
+}
+
+/// The gradients of one backward run and what it threw.
+struct backward_result {
+  buffer dq, dk, dv;
+  std::vector<float> dsinks;
+  std::string error;
+};
+
+inline backward_result run_backward_on(const runner& isa, const case_spec& c, const case_data& in, const result& fwd,
+                                       const backward_expected& e, int threads) {
+  backward_result g;
+  g.dq = make_buffer(c.lq, c.b, c.sq, c.heads.hq, c.d);
+  g.dk = make_buffer(c.lk, c.b, c.skv, c.heads.kv_in, c.d);
+  g.dv = make_buffer(c.lv, c.b, c.skv, c.heads.kv_in, c.dv);
+  g.dsinks.assign(c.sinks.size(), k_sentinel);
+  backward_call k;
+  k.q = in.q;
+  k.k = in.k;
+  k.v = in.v;
+  k.o = fwd.o.view;
+  k.dout = e.dout.view;
+  k.lse = fwd.lse;
+  k.dq = g.dq.view;
+  k.dk = g.dk.view;
+  k.dv = g.dv.view;
+  k.map = &in.map;
+  k.opt.scale = c.scale;
+  k.opt.causal = c.causal;
+  k.opt.kv_lengths = c.kv_lengths;
+  k.opt.window_left = c.window_left;
+  k.opt.window_right = c.window_right;
+  k.opt.softcap = c.softcap;
+  k.opt.sinks = c.sinks;
+  k.opt.alibi_slopes = c.alibi_slopes;
+  k.opt.dsinks = g.dsinks;
+  if (threads == 1) k.opt.num_threads = 2;
+  if (threads == 2) k.opt.parallel_for = reverse_two_threads;
+  try {
+    isa.backward(k);
+  } catch (const gqa::invalid_argument& x) {
+    g.error = x.what();
+  }
+  return g;
+}
+
+/// Checks one backward run against the reference (Note [sweep backward]); empty when it passes.
+inline std::string check_backward(const case_spec& c, const case_data& in, const result& fwd, const backward_expected& e,
+                                  const backward_result& g) {
+  std::ostringstream err;
+  if (!g.error.empty()) return "unexpected gqa::invalid_argument: " + g.error;
+  const auto naive = gqa::test::naive_fp32_backward(in.q, in.k, in.v, fwd.o.view, e.dout.view, fwd.lse, in.map.kv_of_q(),
+                                                    static_cast<float>(detail::scale_of(c)), c.causal, c.kv_lengths,
+                                                    detail::modifiers_of(c));
+  const auto compare = [&](const char* name, const buffer& got, const std::vector<double>& ref,
+                           const std::vector<double>& terms, const std::vector<float>& nv) {
+    const double tol = gqa::test::gradient_tolerance(nv, ref);
+    std::size_t i = 0;
+    bool bad = false;
+    for_each_element(got.view, [&](float& x) {
+      if (bad) return;
+      const double bound = tol + gqa::test::cancellation_floor(terms[i]);
+      if (!std::isfinite(x) || (terms[i] == 0.0 && !is_plus_zero(x)) || std::fabs(x - ref[i]) > bound) {
+        err << name << "[" << i << "] (logical order) = " << x << ", reference " << ref[i] << ", naive fp32 " << nv[i]
+            << ", bound " << bound << (terms[i] == 0.0 ? " (nothing reaches it: +0 expected)" : "");
+        bad = true;
+      }
+      ++i;
+    });
+    if (bad) return false;
+    std::vector<char> in_view(got.mem.size(), 0);
+    for_each_element(got.view, [&](float& x) { in_view[static_cast<std::size_t>(&x - got.mem.data())] = 1; });
+    for (std::size_t j = 0; j < got.mem.size(); ++j)
+      if (!in_view[j] && !same(got.mem[j], k_sentinel)) {
+        err << name << " buffer element " << j << " outside the view was written: " << got.mem[j];
+        return false;
+      }
+    return true;
+  };
+  if (!compare("dq", g.dq, e.ref.dq, e.ref.dq_terms, naive.dq) || !compare("dk", g.dk, e.ref.dk, e.ref.dk_terms, naive.dk) ||
+      !compare("dv", g.dv, e.ref.dv, e.ref.dv_terms, naive.dv))
+    return err.str();
+  const double tol = gqa::test::gradient_tolerance(naive.dsinks, e.ref.dsinks);
+  for (std::size_t h = 0; h < g.dsinks.size(); ++h) {
+    const double bound = tol + gqa::test::cancellation_floor(e.ref.dsinks_terms[h]);
+    if (!std::isfinite(g.dsinks[h]) || std::fabs(g.dsinks[h] - e.ref.dsinks[h]) > bound) {
+      err << "dsinks[" << h << "] = " << g.dsinks[h] << ", reference " << e.ref.dsinks[h] << ", bound " << bound;
+      return err.str();
+    }
+  }
+  return {};
+}
+
+/// Bitwise comparison of two backward runs; empty when equal.
+inline std::string check_backward_bits(const backward_result& a, const backward_result& b) {
+  for (const auto& [x, y, name] : {std::tuple{&a.dq, &b.dq, "dq"}, std::tuple{&a.dk, &b.dk, "dk"}, std::tuple{&a.dv, &b.dv, "dv"}})
+    for (std::size_t i = 0; i < x->mem.size(); ++i)
+      if (!same(x->mem[i], y->mem[i])) return std::string(name) + " differs from 1 thread at buffer element " + std::to_string(i);
+  for (std::size_t h = 0; h < a.dsinks.size(); ++h)
+    if (!same(a.dsinks[h], b.dsinks[h])) return "dsinks differ from 1 thread at head " + std::to_string(h);
+  return {};
+}
+
 /// Every ISA of this build, in build order.
 inline std::vector<runner> all_runners() {
   std::vector<runner> r;
@@ -1196,6 +1353,8 @@ inline std::string run_and_check(const case_spec& c, const std::vector<runner>& 
   } catch (const gqa::invalid_argument& x) {
     ref_error = x.what();
   }
+  std::optional<backward_expected> be;
+  if (c.backward && ref_error.empty()) be = backward_expect_of(c, in);
   for (const runner& isa : isas) {
     const result r = run_on(isa, c, in, c.threads);
     if (!ref_error.empty()) {
@@ -1223,6 +1382,14 @@ inline std::string run_and_check(const case_spec& c, const std::vector<runner>& 
     if (c.threads != 0) {
       const result one = run_on(isa, c, in, 0);
       if (auto f = check_same_bits(c, one, r); !f.empty()) return std::string(isa.name) + ": " + f;
+    }
+    if (be) {
+      const backward_result g = run_backward_on(isa, c, in, r, *be, c.threads);
+      if (auto f = check_backward(c, in, r, *be, g); !f.empty()) return std::string(isa.name) + ": backward: " + f;
+      if (c.threads != 0) {
+        if (auto f = check_backward_bits(run_backward_on(isa, c, in, r, *be, 0), g); !f.empty())
+          return std::string(isa.name) + ": backward: " + f;
+      }
     }
   }
   return {};

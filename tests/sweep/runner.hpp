@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include <cstdint>
+#include <span>
 #include <type_traits>
 
 #include <gqa/head_map.hpp>
@@ -31,7 +32,7 @@ struct half_views {
 /// The K/V element types of a call (Note [sweep element types] in case.hpp).
 enum class kv_type : int { f32 = 0, bf16 = 1, f16 = 2, i8 = 3 };
 
-/// One call: gqa::attend<Isa> with `map` (variant < 0), or gqa::forward<Isa> of the registered variant
+/// One forward call: gqa::attend<Isa> with `map` (variant < 0), or gqa::forward<Isa> of the registered variant
 /// number `variant` (registry order) built by with_policy(layer, heads); on the dense views k, v, on the
 /// paged cache *paged (gqa/paged.hpp), or on the ragged batch *seqs (gqa/varlen.hpp: q, k, v, o packed).
 /// K and V are float (q, k, v, o, paged), 16-bit (`bf16` or `f16`: K/V and the paged cache of that type,
@@ -53,11 +54,21 @@ struct call {
   gqa::q8_view k8, v8;
 };
 
-/// An ISA the sweep can run: its name, whether this CPU runs it, and the call on it.
+/// One backward call: gqa::attend_backward<Isa> (float, dense views) with `map`.
+struct backward_call {
+  gqa::tensor_view<const float> q, k, v, o, dout;
+  std::span<const float> lse;
+  gqa::tensor_view<float> dq, dk, dv;
+  const gqa::head_map* map = nullptr;
+  gqa::attention_options opt;
+};
+
+/// An ISA the sweep can run: its name, whether this CPU runs it, and the forward and backward calls on it.
 struct runner {
   std::string_view name;
   bool (*supported)();
   void (*run)(const call&);
+  void (*backward)(const backward_call&);
 };
 
 #if GQA_ISA_TU_SCALAR
@@ -79,6 +90,7 @@ runner runner_neon();
 #include <stdexcept>
 
 #include <gqa/attention.hpp>
+#include <gqa/backward.hpp>
 #include <gqa/paged.hpp>
 #include <gqa/varlen.hpp>
 #include <gqa/variants/registry.hpp>
@@ -147,8 +159,14 @@ void run_call(const call& c) {
   namespace gqa::sweep {                                                                                       \
   namespace {                                                                                                  \
   void run_##isa_name(const call& c) { run_call<::gqa::isa::isa_name>(c); }                                   \
+  void backward_##isa_name(const backward_call& c) {                                                           \
+    ::gqa::attend_backward<::gqa::isa::isa_name>(c.q, c.k, c.v, c.o, c.dout, c.lse, c.dq, c.dk, c.dv, *c.map,  \
+                                                 c.opt);                                                       \
+  }                                                                                                            \
   bool supported_##isa_name() { return ::gqa::isa::cpu_supports<::gqa::isa::isa_name>(); }                    \
   }                                                                                                            \
-  runner runner_##isa_name() { return {::gqa::isa::isa_name::name, &supported_##isa_name, &run_##isa_name}; } \
+  runner runner_##isa_name() {                                                                                 \
+    return {::gqa::isa::isa_name::name, &supported_##isa_name, &run_##isa_name, &backward_##isa_name};         \
+  }                                                                                                            \
   }
 #endif

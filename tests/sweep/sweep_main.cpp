@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
   const std::string self = std::filesystem::absolute(argv[0]).string();
   const gqa::sweep::limits lim;
   const auto start = std::chrono::steady_clock::now();
-  long long ran = 0, failed = 0, with_injections = 0, long_cases = 0;
+  long long ran = 0, failed = 0, with_injections = 0, long_cases = 0, backward_cases = 0;
   std::map<std::string, long long> per_variant, per_type;
   const long long first = only ? *only : 0, last = only ? *only + 1 : cases;
   for (long long ci = first; ci < last; ++ci) {
@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
     ++per_type[std::string("K/V ") + gqa::sweep::k_element_names[static_cast<int>(c.kv)] + (c.qo16 ? " Q/O too" : "")];
     with_injections += c.injections.empty() ? 0 : 1;
     long_cases += std::max(c.sq, c.skv) >= 1024 ? 1 : 0;
+    backward_cases += c.backward ? 1 : 0;
     std::string failure;
     try {
       failure = gqa::sweep::run_and_check(c, isas);
@@ -125,6 +126,6 @@ int main(int argc, char** argv) {
   std::cout << "\n  per element type:";
   for (const auto& [name, n] : per_type) std::cout << " " << name << " " << n << ",";
   std::cout << "\n  with NaN/inf/huge/denormal injections: " << with_injections << ", with a sequence >= 1024: " << long_cases
-            << std::endl;
+            << ", with the backward: " << backward_cases << std::endl;
   return failed == 0 ? 0 : 1;
 }
