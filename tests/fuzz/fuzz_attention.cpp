@@ -50,14 +50,17 @@ class byte_source final : public gqa::sweep::source {
 // One argument of a valid call made invalid; each must throw gqa::invalid_argument before any work:
 // a non-positive extent, a mismatched extent, stride_d != 1, a null pointer, kv_lengths of the wrong
 // size or out of [0, skv], an LSE span of the wrong size, a non-finite scale, num_threads < 0, an output
-// overlapping an input, a head map of the wrong size (attend), and absurd extents and strides (2^31 to
-// 2^62) of any view. None of them is dereferenced by the harness: a call that reads through one without
-// throwing is caught by AddressSanitizer.
+// overlapping an input, a head map of the wrong size (attend), absurd extents and strides (2^31 to
+// 2^62) of any view, and an int8 cache's scales of the wrong shape or null. The views are those of the
+// case's element types (Note [sweep element types]: 16-bit K/V, Q and O too, or int8 values), so the
+// checks of every typed entry point are fuzzed; an output overlapping an input of another element type
+// overlaps it by bytes. None of them is dereferenced by the harness: a call that reads through one
+// without throwing is caught by AddressSanitizer.
 // The last two (an absurd extent; a stride whose span overflows int64, or an output overlapping itself
 // through a zero stride) are docs/design.md's "Sizes and overflow" and "Aliasing" rules; GQA_FUZZ_SIZES=0
 // in the environment leaves them out (before those rules, the core wrote through an overflowed pointer:
 // UBSan in tensor_view::row from kernel::write_rows, and accepted o.stride_h = 0).
-constexpr int k_mutations = 13;
+constexpr int k_mutations = 14;
 bool sizes_enabled() {
   static const bool on = [] {
     const char* s = std::getenv("GQA_FUZZ_SIZES");
@@ -66,11 +69,14 @@ bool sizes_enabled() {
   return on;
 }
 
-/// Applies mutation `kind` (Note [fuzz mutations]) to call k; false if it does not apply to this case.
-bool mutate(int kind, gqa::sweep::source& r, gqa::sweep::call& k, std::vector<index_t>& lengths,
-            std::vector<float>& lse, std::string& what) {
-  gqa::tensor_view<const float>* inputs[3] = {&k.q, &k.k, &k.v};
+/// Applies mutation `kind` (Note [fuzz mutations]) to call k, whose views are q, kk, v and o (those of its
+/// element types: with_views); false if it does not apply to this case.
+template <class Q, class K, class O>
+bool mutate_views(int kind, gqa::sweep::source& r, gqa::sweep::call& k, gqa::tensor_view<Q>& q, gqa::tensor_view<K>& kk,
+                  gqa::tensor_view<K>& v, gqa::tensor_view<O>& o, std::vector<index_t>& lengths, std::vector<float>& lse,
+                  std::string& what) {
   const int t = static_cast<int>(r.uniform(0, 3));  // q, k, v, o
+  const auto on_view = [&](auto&& fn) { return t == 0 ? fn(q) : t == 1 ? fn(kk) : t == 2 ? fn(v) : fn(o); };
   const auto extent = [&](auto& view) -> index_t& {
     index_t* e[4] = {&view.b, &view.s, &view.h, &view.d};
     return *e[r.uniform(0, 3)];
@@ -78,38 +84,42 @@ bool mutate(int kind, gqa::sweep::source& r, gqa::sweep::call& k, std::vector<in
   static constexpr const char* names[] = {"q", "k", "v", "o"};
   what = std::string("mutation ") + std::to_string(kind) + " of " + names[t];
   switch (kind) {
-    case 0: {  // non-positive extent
-      index_t& e = t < 3 ? extent(*inputs[t]) : extent(k.o);
-      e = -r.uniform(0, 3);
-      return true;
-    }
-    case 1: {  // mismatched extent: every extent must agree with another view's (b everywhere; s of q/o
-               // and of k/v; d of q/k and of v/o; h of q/o and of k/v). One smaller when it can be, so
-               // the view stays inside its buffer, else one larger.
-      index_t& e = t < 3 ? extent(*inputs[t]) : extent(k.o);
-      e += e > 1 ? -1 : 1;
-      return true;
-    }
+    case 0:  // non-positive extent
+      return on_view([&](auto& view) {
+        extent(view) = -r.uniform(0, 3);
+        return true;
+      });
+    case 1:  // mismatched extent: every extent must agree with another view's (b everywhere; s of q/o
+             // and of k/v; d of q/k and of v/o; h of q/o and of k/v). One smaller when it can be, so
+             // the view stays inside its buffer, else one larger.
+      return on_view([&](auto& view) {
+        index_t& e = extent(view);
+        e += e > 1 ? -1 : 1;
+        return true;
+      });
     case 2:  // stride_d
-      (t < 3 ? inputs[t]->stride_d : k.o.stride_d) = r.chance(50) ? 0 : 2;
-      return true;
+      return on_view([&](auto& view) {
+        view.stride_d = r.chance(50) ? 0 : 2;
+        return true;
+      });
     case 3:  // null data
-      if (t < 3) inputs[t]->data = nullptr;
-      else k.o.data = nullptr;
-      return true;
+      return on_view([&](auto& view) {
+        view.data = nullptr;
+        return true;
+      });
     case 4:  // kv_lengths size
-      lengths.assign(static_cast<std::size_t>(k.q.b + (r.chance(50) ? 1 : -1)), 0);
+      lengths.assign(static_cast<std::size_t>(q.b + (r.chance(50) ? 1 : -1)), 0);
       if (lengths.empty()) return false;
       k.opt.kv_lengths = lengths;
       return true;
     case 5: {  // kv_lengths value
-      lengths.assign(static_cast<std::size_t>(k.q.b), k.k.s);
-      lengths[static_cast<std::size_t>(r.uniform(0, k.q.b - 1))] = r.chance(50) ? -1 : k.k.s + 1;
+      lengths.assign(static_cast<std::size_t>(q.b), kk.s);
+      lengths[static_cast<std::size_t>(r.uniform(0, q.b - 1))] = r.chance(50) ? -1 : kk.s + 1;
       k.opt.kv_lengths = lengths;
       return true;
     }
     case 6:  // LSE size
-      lse.assign(static_cast<std::size_t>(k.q.b * k.q.h * k.q.s + (r.chance(50) ? 1 : -1)), 0.0f);
+      lse.assign(static_cast<std::size_t>(q.b * q.h * q.s + (r.chance(50) ? 1 : -1)), 0.0f);
       if (lse.empty()) return false;
       k.opt.lse = lse;
       return true;
@@ -121,31 +131,35 @@ bool mutate(int kind, gqa::sweep::source& r, gqa::sweep::call& k, std::vector<in
     case 8:
       k.opt.num_threads = -static_cast<int>(r.uniform(1, 4));
       return true;
-    case 9: {  // o overlaps an input: o's view moved onto the input's first element
+    case 9: {  // o overlaps an input: o's view moved onto the input's first element (by bytes, whatever
+               // the two element types)
       if (t == 3) return false;
-      k.o.data = const_cast<float*>(inputs[t]->data);
+      const void* at = on_view([](auto& view) { return static_cast<const void*>(view.data); });
+      o.data = static_cast<O*>(const_cast<void*>(at));
       // Keep o inside the input's buffer: one element, the input's own first element.
-      k.o.b = k.o.s = k.o.h = 1;
-      k.q.b = k.k.b = k.v.b = 1;
-      k.q.s = 1;
-      k.o.d = k.v.d;
+      o.b = o.s = o.h = 1;
+      q.b = kk.b = v.b = 1;
+      q.s = 1;
+      o.d = v.d;
       if (!lengths.empty()) k.opt.kv_lengths = {};
       k.opt.lse = {};
       return k.variant < 0 && k.map->hq() == 1;  // o.h == q.h needs one query head
     }
     case 10:  // map sizes (attend)
       if (k.variant >= 0) return false;
-      if (r.chance(50)) k.q.h += 1, k.o.h += 1;  // map.hq() != q.h (the views grow: must throw first)
-      else k.k.h += 1, k.v.h += 1;
+      if (r.chance(50)) q.h += 1, o.h += 1;  // map.hq() != q.h (the views grow: must throw first)
+      else kk.h += 1, v.h += 1;
       return true;
     case 11:  // an absurd extent (2^31 to 2^62): it never matches the other views' (issue 9 part 2)
       if (!sizes_enabled()) return false;
-      (t < 3 ? extent(*inputs[t]) : extent(k.o)) = index_t{1} << r.uniform(31, 62);
-      return true;
+      return on_view([&](auto& view) {
+        extent(view) = index_t{1} << r.uniform(31, 62);
+        return true;
+      });
     case 12: {  // a stride whose span (extent - 1) * stride overflows int64, or o overlapping itself
       if (!sizes_enabled()) return false;
       const int dim = static_cast<int>(r.uniform(0, 2));
-      const auto apply = [&](auto& view) {
+      return on_view([&](auto& view) {
         index_t* strides[3] = {&view.stride_b, &view.stride_s, &view.stride_h};
         const index_t extents[3] = {view.b, view.s, view.h};
         if (t == 3 && r.chance(50)) {  // o.stride_x = 0 over an extent > 1: two outputs share an element
@@ -156,12 +170,46 @@ bool mutate(int kind, gqa::sweep::source& r, gqa::sweep::call& k, std::vector<in
         if (extents[dim] < 3) return false;  // (3 - 1) * (2^62 + 1) overflows, with either sign
         *strides[dim] = (r.chance(50) ? 1 : -1) * ((index_t{1} << 62) + 1);
         return true;
-      };
-      return t < 3 ? apply(*inputs[t]) : apply(k.o);
+      });
+    }
+    case 13: {  // an int8 cache's scales (k8 or v8): an extent off, d != 1, or null data
+      if (k.kv != gqa::sweep::kv_type::i8) return false;
+      gqa::tensor_view<const float>& sc = r.chance(50) ? k.k8.scales : k.v8.scales;
+      what = std::string("mutation 13 of ") + (&sc == &k.k8.scales ? "k" : "v") + ".scales";
+      const int how = static_cast<int>(r.uniform(0, 2));
+      if (how == 0) extent(sc) += r.chance(50) && extent(sc) > 1 ? -1 : 1;
+      else if (how == 1) sc.d = 2;
+      else sc.data = nullptr;
+      return true;
     }
     default:
       return false;
   }
+}
+
+/// fn(q, k, v, o) on the views call k passes: those of its element types (Note [sweep element types]).
+template <class Fn>
+bool with_views(gqa::sweep::call& k, Fn&& fn) {
+  using gqa::sweep::kv_type;
+  switch (k.kv) {
+    case kv_type::bf16:
+      return k.qo16 ? fn(k.bf16.q, k.bf16.k, k.bf16.v, k.bf16.o) : fn(k.q, k.bf16.k, k.bf16.v, k.o);
+    case kv_type::f16:
+      return k.qo16 ? fn(k.f16.q, k.f16.k, k.f16.v, k.f16.o) : fn(k.q, k.f16.k, k.f16.v, k.o);
+    case kv_type::i8:
+      return fn(k.q, k.k8.values, k.v8.values, k.o);
+    case kv_type::f32:
+      break;
+  }
+  return fn(k.q, k.k, k.v, k.o);
+}
+
+/// Applies mutation `kind` to call k's views (mutate_views).
+bool mutate(int kind, gqa::sweep::source& r, gqa::sweep::call& k, std::vector<index_t>& lengths,
+            std::vector<float>& lse, std::string& what) {
+  return with_views(k, [&](auto& q, auto& kk, auto& v, auto& o) {
+    return mutate_views(kind, r, k, q, kk, v, o, lengths, lse, what);
+  });
 }
 
 }  // namespace
@@ -191,15 +239,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (!failure.empty()) die(failure, c);
     return 0;
   }
-  // A broken call: must throw gqa::invalid_argument. The mutations break the dense float views, so the
-  // call takes them (not a paged cache, a ragged batch or another element type the case may have drawn).
+  // A broken call: must throw gqa::invalid_argument. The mutations break the dense views (of the case's
+  // element types), so the call takes them (not a paged cache or a ragged batch the case may have drawn).
   gqa::sweep::case_spec dense = c;
   dense.kv_kind = 0;
-  dense.kv = gqa::sweep::kv_type::f32;  // the mutations break the float views
-  dense.qo16 = false;
   const gqa::sweep::case_data in = gqa::sweep::build_inputs(dense);
   gqa::sweep::buffer o = gqa::sweep::make_buffer(c.lo, c.b, c.sq, c.heads.hq, c.dv);
   gqa::sweep::call k = gqa::sweep::call_of(dense, in, o.view);
+  std::vector<gqa::bf16> o_bf16;  // a 16-bit O (run_on's)
+  std::vector<gqa::f16> o_f16;
+  if (dense.qo16 && dense.kv == gqa::sweep::kv_type::bf16) k.bf16.o = gqa::sweep::detail::half_output(o, k.o, o_bf16);
+  if (dense.qo16 && dense.kv == gqa::sweep::kv_type::f16) k.f16.o = gqa::sweep::detail::half_output(o, k.o, o_f16);
   k.opt.check_finite = false;  // mutated views must not be read before validation
   std::vector<index_t> lengths = c.kv_lengths;
   std::vector<float> lse;

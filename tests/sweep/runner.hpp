@@ -1,13 +1,12 @@
-// tests/sweep/runner.hpp: one API call of the random sweep and the fuzzer (tests/sweep/case.hpp builds it),
-// and the per-ISA entry that runs it. tests/CMakeLists.txt generates one translation unit per ISA that
+// tests/sweep/runner.hpp: one API call of the random sweep and the fuzzer, forward (any element type) or
+// backward (tests/sweep/case.hpp builds them), and the per-ISA entries that run them. tests/CMakeLists.txt generates one translation unit per ISA that
 // includes this header with that ISA's flags and calls GQA_SWEEP_RUNNER(<isa>); the baseline code (the case
 // generator, the reference, the checks) sees only the declarations below, guarded by GQA_ISA_TU_<ISA>.
 #pragma once
 
-#include <string_view>
-
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <type_traits>
 
 #include <gqa/head_map.hpp>
