@@ -759,6 +759,21 @@ void finish_fresh(const case_spec& c, std::vector<float>& o, const gqa::head_map
   }
 }
 
+/// The case's options that a forward and its backward share: scale, causal, kv_lengths, the window, the
+/// softcap, sinks and ALiBi slopes (views into c).
+inline gqa::attention_options options_of(const case_spec& c) {
+  gqa::attention_options opt;
+  opt.scale = c.scale;
+  opt.causal = c.causal;
+  opt.kv_lengths = c.kv_lengths;
+  opt.window_left = c.window_left;
+  opt.window_right = c.window_right;
+  opt.softcap = c.softcap;
+  opt.sinks = c.sinks;
+  opt.alibi_slopes = c.alibi_slopes;
+  return opt;
+}
+
 /// The case's scale: options.scale, or 1/√d_qk.
 inline double scale_of(const case_spec& c) {
   return c.scale ? static_cast<double>(*c.scale) : 1.0 / std::sqrt(static_cast<double>(c.d));
@@ -943,15 +958,8 @@ inline call call_of(const case_spec& c, const case_data& in, const gqa::tensor_v
   k.k = in.k;
   k.v = in.v;
   k.o = o;
-  k.opt.scale = c.scale;
-  k.opt.causal = c.causal;
-  k.opt.kv_lengths = c.kv_lengths;
+  k.opt = detail::options_of(c);
   k.opt.check_finite = c.check_finite;
-  k.opt.window_left = c.window_left;
-  k.opt.window_right = c.window_right;
-  k.opt.softcap = c.softcap;
-  k.opt.sinks = c.sinks;
-  k.opt.alibi_slopes = c.alibi_slopes;
   if (c.kv_kind == 1) {
     k.paged = &in.paged;
     k.opt.kv_lengths = {};
@@ -1245,14 +1253,7 @@ inline backward_result run_backward_on(const runner& isa, const case_spec& c, co
   k.dk = g.dk.view;
   k.dv = g.dv.view;
   k.map = &in.map;
-  k.opt.scale = c.scale;
-  k.opt.causal = c.causal;
-  k.opt.kv_lengths = c.kv_lengths;
-  k.opt.window_left = c.window_left;
-  k.opt.window_right = c.window_right;
-  k.opt.softcap = c.softcap;
-  k.opt.sinks = c.sinks;
-  k.opt.alibi_slopes = c.alibi_slopes;
+  k.opt = detail::options_of(c);
   k.opt.dsinks = g.dsinks;
   if (threads == 1) k.opt.num_threads = 2;
   if (threads == 2) k.opt.parallel_for = reverse_two_threads;
