@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -516,6 +517,14 @@ inline case_spec draw_case(source& r, const limits& lim) {
   return c;
 }
 
+/// The float buffers of a case written in a 16-bit type T (Note [sweep element types]): buf[i] mirrors
+/// float buffer i of case_data (float_buffers order), and the pages of a paged case in T.
+template <class T>
+struct half_mirrors {
+  std::array<std::vector<T>, 8> buf;
+  gqa::basic_paged_kv<T> paged;
+};
+
 /// The inputs of a case, built and filled.
 struct case_data {
   buffer qb, kb, vb;  // qb holds q, k and v when fused
@@ -528,14 +537,12 @@ struct case_data {
   gqa::paged_kv paged;
   gqa::varlen seqs{{}, {}};
   gqa::tensor_view<const float> rqv, rkv, rvv;  // the packed views
-  // Note [sweep element types]: each float buffer above written in the call's type (same layout), the
-  // int8 K/V's scales, and the 16-bit pages.
-  std::vector<gqa::bf16> bf_qb, bf_kb, bf_vb, bf_pk, bf_pv, bf_rq, bf_rk, bf_rv;
-  std::vector<gqa::f16> h_qb, h_kb, h_vb, h_pk, h_pv, h_rq, h_rk, h_rv;
+  // Note [sweep element types]: the float buffers written in the call's 16-bit type (same layouts), or
+  // the buffers of the int8 K and V (same layouts) and their scales.
+  half_mirrors<gqa::bf16> bf16;
+  half_mirrors<gqa::f16> f16;
   std::vector<std::int8_t> i8_kb, i8_vb;
   std::vector<float> k_scales, v_scales;
-  gqa::basic_paged_kv<gqa::bf16> bf_paged;
-  gqa::basic_paged_kv<gqa::f16> h_paged;
 };
 
 namespace detail {
@@ -607,6 +614,16 @@ inline void build_kv_form(const case_spec& c, case_data& r) {
   }
 }
 
+/// The float buffers of r: qb, kb, vb (dense), pk, pv (paged), rq, rk, rv (ragged).
+inline std::array<const std::vector<float>*, 8> float_buffers(const case_data& r) {
+  return {&r.qb.mem, &r.kb.mem, &r.vb.mem, &r.pk, &r.pv, &r.rq, &r.rk, &r.rv};
+}
+/// Which of them holds the views q, k and v the call takes: the packed rows on a ragged batch, qb for all
+/// three when fused.
+inline int q_buffer(const case_spec& c) { return c.kv_kind == 2 ? 5 : 0; }
+inline int k_buffer(const case_spec& c) { return c.kv_kind == 2 ? 6 : c.fused ? 0 : 1; }
+inline int v_buffer(const case_spec& c) { return c.kv_kind == 2 ? 7 : c.fused ? 0 : 2; }
+
 /// View v of a float buffer from `base`, moved to the buffer of another type from `mbase` (same layout).
 template <class T, class F>
 gqa::tensor_view<T> mirror_view(const gqa::tensor_view<F>& v, const float* base, T* mbase) {
@@ -630,18 +647,18 @@ void write_as(const std::vector<float>& x, std::vector<T>& m) {
 /// and Q when qo16) rounded in the float buffers, then every float buffer written in T into its mirror.
 template <class T>
 void make_half(const case_spec& c, case_data& r, const gqa::tensor_view<float>& q, const gqa::tensor_view<float>& k,
-               const gqa::tensor_view<float>& v, std::vector<T>* m[8], gqa::basic_paged_kv<T>& paged) {
+               const gqa::tensor_view<float>& v, half_mirrors<T>& m) {
   round_view<T>(k);
   round_view<T>(v);
   if (c.qo16) round_view<T>(q);
   for (auto* f : {&r.pk, &r.pv, &r.rk, &r.rv}) round_view<T>(gqa::bshd(f->data(), 1, 1, 1, static_cast<index_t>(f->size())));
   if (c.qo16 && !r.rq.empty()) round_view<T>(gqa::bshd(r.rq.data(), 1, 1, 1, static_cast<index_t>(r.rq.size())));
-  std::vector<float>* f[8] = {&r.qb.mem, &r.kb.mem, &r.vb.mem, &r.pk, &r.pv, &r.rq, &r.rk, &r.rv};
-  for (int i = 0; i < 8; ++i) write_as(*f[i], *m[i]);
+  const auto f = float_buffers(r);
+  for (std::size_t i = 0; i < f.size(); ++i) write_as(*f[i], m.buf[i]);
   if (c.kv_kind == 1) {
-    paged = {gqa::page_pool<const T>(m[3]->data(), r.paged.k.b, r.paged.k.s, r.paged.k.h, r.paged.k.d),
-             gqa::page_pool<const T>(m[4]->data(), r.paged.v.b, r.paged.v.s, r.paged.v.h, r.paged.v.d),
-             r.paged.page_table, r.paged.max_pages, r.paged.lengths};
+    m.paged = {gqa::page_pool<const T>(m.buf[3].data(), r.paged.k.b, r.paged.k.s, r.paged.k.h, r.paged.k.d),
+               gqa::page_pool<const T>(m.buf[4].data(), r.paged.v.b, r.paged.v.s, r.paged.v.h, r.paged.v.d),
+               r.paged.page_table, r.paged.max_pages, r.paged.lengths};
   }
 }
 
@@ -649,13 +666,13 @@ void make_half(const case_spec& c, case_data& r, const gqa::tensor_view<float>& 
 /// gqa::quantize_q8 into a mirror of its buffer and a dense scale buffer, then dequantised back into the
 /// view.
 inline void make_int8(const case_spec& c, case_data& r, const gqa::tensor_view<float>& k, const gqa::tensor_view<float>& v) {
-  const float* kbase = c.fused ? r.qb.mem.data() : r.kb.mem.data();
-  const float* vbase = c.fused ? r.qb.mem.data() : r.vb.mem.data();
-  r.i8_kb.assign((c.fused ? r.qb.mem : r.kb.mem).size(), 0);
-  r.i8_vb.assign((c.fused ? r.qb.mem : r.vb.mem).size(), 0);
+  const std::vector<float>& kf = *float_buffers(r)[static_cast<std::size_t>(k_buffer(c))];
+  const std::vector<float>& vf = *float_buffers(r)[static_cast<std::size_t>(v_buffer(c))];
+  r.i8_kb.assign(kf.size(), 0);
+  r.i8_vb.assign(vf.size(), 0);
   r.k_scales.assign(static_cast<std::size_t>(k.b * k.s * k.h), 0.0f);
   r.v_scales.assign(static_cast<std::size_t>(v.b * v.s * v.h), 0.0f);
-  const auto k8 = mirror_view(k, kbase, r.i8_kb.data()), v8 = mirror_view(v, vbase, r.i8_vb.data());
+  const auto k8 = mirror_view(k, kf.data(), r.i8_kb.data()), v8 = mirror_view(v, vf.data(), r.i8_vb.data());
   const auto ks = gqa::bshd(r.k_scales.data(), k.b, k.s, k.h, 1), vs = gqa::bshd(r.v_scales.data(), v.b, v.s, v.h, 1);
   gqa::quantize_q8(k, k8, ks);
   gqa::quantize_q8(v, v8, vs);
@@ -711,13 +728,8 @@ inline case_data build_inputs(const case_spec& c) {
   r.v = v;
   if (c.variant < 0) r.map = gqa::head_map(c.kv_of_q, c.heads.hkv);
   detail::build_kv_form(c, r);
-  if (c.kv == kv_type::bf16) {
-    std::vector<gqa::bf16>* m[8] = {&r.bf_qb, &r.bf_kb, &r.bf_vb, &r.bf_pk, &r.bf_pv, &r.bf_rq, &r.bf_rk, &r.bf_rv};
-    detail::make_half(c, r, q, k, v, m, r.bf_paged);
-  } else if (c.kv == kv_type::f16) {
-    std::vector<gqa::f16>* m[8] = {&r.h_qb, &r.h_kb, &r.h_vb, &r.h_pk, &r.h_pv, &r.h_rq, &r.h_rk, &r.h_rv};
-    detail::make_half(c, r, q, k, v, m, r.h_paged);
-  }
+  if (c.kv == kv_type::bf16) detail::make_half(c, r, q, k, v, r.bf16);
+  if (c.kv == kv_type::f16) detail::make_half(c, r, q, k, v, r.f16);
   return r;
 }
 
@@ -910,23 +922,21 @@ struct result {
 
 namespace detail {
 
-/// The 16-bit views of call k (its float views moved to the mirrors m, in case_data's order: qb, kb, vb,
-/// pk, pv, rq, rk, rv) and the 16-bit pages.
+/// View t of call k, held by float buffer i of `in`, moved to buffer i of `to` (the same layout).
 template <class T>
-half_views<T> half_of(const case_spec& c, const case_data& in, const call& k, const std::vector<T>* const m[8],
-                      const gqa::basic_paged_kv<T>& paged) {
+gqa::tensor_view<const T> moved_view(const gqa::tensor_view<const float>& t, const case_data& in, int i,
+                                     const std::vector<T>& to) {
+  return mirror_view(t, float_buffers(in)[static_cast<std::size_t>(i)]->data(), to.data());
+}
+
+/// The 16-bit views of call k (its float views moved to the mirrors m) and the 16-bit pages.
+template <class T>
+half_views<T> half_of(const case_spec& c, const case_data& in, const call& k, const half_mirrors<T>& m) {
   half_views<T> h;
-  const auto at = [](const std::vector<T>* x) { return static_cast<const T*>(x->data()); };
-  if (c.kv_kind == 2) {
-    h.q = mirror_view(k.q, in.rq.data(), at(m[5]));
-    h.k = mirror_view(k.k, in.rk.data(), at(m[6]));
-    h.v = mirror_view(k.v, in.rv.data(), at(m[7]));
-  } else {
-    h.q = mirror_view(k.q, in.qb.mem.data(), at(m[0]));
-    h.k = c.fused ? mirror_view(k.k, in.qb.mem.data(), at(m[0])) : mirror_view(k.k, in.kb.mem.data(), at(m[1]));
-    h.v = c.fused ? mirror_view(k.v, in.qb.mem.data(), at(m[0])) : mirror_view(k.v, in.vb.mem.data(), at(m[2]));
-  }
-  h.paged = c.kv_kind == 1 ? &paged : nullptr;
+  h.q = moved_view(k.q, in, q_buffer(c), m.buf[static_cast<std::size_t>(q_buffer(c))]);
+  h.k = moved_view(k.k, in, k_buffer(c), m.buf[static_cast<std::size_t>(k_buffer(c))]);
+  h.v = moved_view(k.v, in, v_buffer(c), m.buf[static_cast<std::size_t>(v_buffer(c))]);
+  h.paged = c.kv_kind == 1 ? &m.paged : nullptr;
   return h;
 }
 
@@ -974,18 +984,12 @@ inline call call_of(const case_spec& c, const case_data& in, const gqa::tensor_v
   // The views of the call's element types (Note [sweep element types]); run_on sets a 16-bit O.
   k.kv = c.kv;
   k.qo16 = c.qo16;
-  if (c.kv == kv_type::bf16) {
-    const std::vector<gqa::bf16>* m[8] = {&in.bf_qb, &in.bf_kb, &in.bf_vb, &in.bf_pk, &in.bf_pv, &in.bf_rq, &in.bf_rk, &in.bf_rv};
-    k.bf16 = detail::half_of(c, in, k, m, in.bf_paged);
-  } else if (c.kv == kv_type::f16) {
-    const std::vector<gqa::f16>* m[8] = {&in.h_qb, &in.h_kb, &in.h_vb, &in.h_pk, &in.h_pv, &in.h_rq, &in.h_rk, &in.h_rv};
-    k.f16 = detail::half_of(c, in, k, m, in.h_paged);
-  } else if (c.kv == kv_type::i8) {
-    const float* kbase = c.fused ? in.qb.mem.data() : in.kb.mem.data();
-    const float* vbase = c.fused ? in.qb.mem.data() : in.vb.mem.data();
-    k.k8 = {detail::mirror_view(k.k, kbase, static_cast<const std::int8_t*>(in.i8_kb.data())),
+  if (c.kv == kv_type::bf16) k.bf16 = detail::half_of(c, in, k, in.bf16);
+  if (c.kv == kv_type::f16) k.f16 = detail::half_of(c, in, k, in.f16);
+  if (c.kv == kv_type::i8) {
+    k.k8 = {detail::moved_view(k.k, in, detail::k_buffer(c), in.i8_kb),
             gqa::bshd<const float>(in.k_scales.data(), k.k.b, k.k.s, k.k.h, 1)};
-    k.v8 = {detail::mirror_view(k.v, vbase, static_cast<const std::int8_t*>(in.i8_vb.data())),
+    k.v8 = {detail::moved_view(k.v, in, detail::v_buffer(c), in.i8_vb),
             gqa::bshd<const float>(in.v_scales.data(), k.v.b, k.v.s, k.v.h, 1)};
   }
   return k;
