@@ -104,6 +104,23 @@ inline bool amx_tiles_granted() noexcept {
   return granted;
 }
 
+/// Whether the running CPU is an AMD one (CPUID leaf 0 names "AuthenticAMD"), read once per process; false
+/// elsewhere and off x86. The decode walk reads memory differently on AMD (Note [decode first loads] in
+/// detail/core/decode.hpp): a tuning choice that changes no result.
+inline bool amd_cpu() noexcept {
+#if GQA_X86_CPUID
+  static const bool amd = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    // The vendor string is EBX, EDX, ECX: "Auth" "enti" "cAMD".
+    return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;
+  }();
+  return amd;
+#else
+  return false;
+#endif
+}
+
 /// The size in bytes of the level-2 data cache of the CPU this process runs on, as the C library reports it
 /// (glibc's sysconf(_SC_LEVEL2_CACHE_SIZE), which reads CPUID), read once per process; 0 where unknown
 /// (other platforms and C libraries). The forward's tasks take more rows where L2 is large (Note [tile

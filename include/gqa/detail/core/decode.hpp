@@ -74,6 +74,28 @@ struct decode {
   // first loads (one per key row, or one per two lines) cost up to 0.65x from DRAM (design.md §2.4, "Where the
   // cache lies").
 
+  // Note [decode first loads]
+  // On AMD CPUs a decode call whose fp32 K and V reach 24 MiB first loads one element per cache line of
+  // each step's K rows, all heads, in address order, and before each unit's P·V the same of the unit's V
+  // rows (touch_lines: real loads; decode_first_loads in forward.hpp decides, per call). The eight-key walk
+  // reads a step's K as 8 streams, one per key's page, head by head, and each unit's P·V reads V as 32 such
+  // streams: the Xeon's hardware prefetcher follows that, the AMD EPYC's does not, and software prefetches
+  // do not train it; demand loads in address order do. Measured (AMD EPYC, family 26 model 2, 2026-12-05,
+  // one thread pinned, the two versions called alternately in one process, medians of 7-21 pairs, D1's
+  // heads, AVX-512, the same bits; this host's memory is shared, and gains move with what its other guests
+  // leave): against the walk without the loads, 16384 keys (128 MiB) 1.27x, 4096 keys (32 MiB) 1.27x, 65536
+  // 1.29x, AVX2 1.09x (the walk at 13-18 GB/s); K's and V's lines both loaded at each step's start instead
+  // gave 1.20-1.40x with the memory free but 0.98-1.05x contended, and 0.85-0.94x against these loads.
+  // Below 24 MiB loads cost where the cache holds K/V (a step's first loads evict L1): 2048 keys (16 MiB)
+  // 0.90x, 256 keys (L2) 0.77-0.80x. 16-bit and int8 K/V keep the prefetches of Note [keys per step]:
+  // loads made bf16 1.08-1.18x with the memory free but 0.85x contended (their decode is bound by its
+  // arithmetic, and a load waits for its miss where a prefetch lets the arithmetic go on). Tried, fp32: the
+  // lines prefetched into L1 or L2 instead (1.09-1.10x), loads of every second or fourth line (0.81-0.91x),
+  // prefetches 16-64 keys ahead (0.94-1.08x), the next step's lines loaded a part after each head of the
+  // current step (0.76-0.79x). On the Intel Xeon loads of every line cost 0.83-0.90x from DRAM (design.md
+  // §2.4), so other CPUs keep the walk as it was. The loads read nothing the scores and P·V do not read and
+  // change no value.
+
   /// Keys of a unit of the walk, the keys each head's online softmax and P·V take at a time (Note [fused
   /// decode walk] in forward.hpp): whole score steps and whole vectors of scores on every ISA.
   static constexpr index_t unit_keys = 32;
@@ -91,9 +113,12 @@ struct decode {
   /// keys but the last) and each head i, in key order: the head's softmax and P·V on the unit. For fp32
   /// K/V each unit's calls follow its scores (fused<T>), otherwise they follow the whole block's. Keys past
   /// the block's last repeat it up to a whole unit: s rows need room for round_up(nb, unit_keys) columns.
+  /// first_loads: each step first loads one element per cache line of its keys' K and V rows, all heads,
+  /// in address order (Note [decode first loads]; with adjacent heads only).
   template <class Lay, class Step>
   static void walk(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads, index_t npos,
-                   index_t j0, index_t nb, const float* qp, float* s, index_t lds, Step&& step) noexcept {
+                   index_t j0, index_t nb, bool first_loads, const float* qp, float* s, index_t lds,
+                   Step&& step) noexcept {
     using T = typename Lay::kv_type;
     constexpr index_t KU = step_keys;
     const index_t span = fused<T> ? unit_keys : nb;  // keys scored before their units' steps
@@ -102,13 +127,16 @@ struct decode {
     const index_t d = k.d;
     const typename D::extent de(d);
     const bool heads_adjacent = k.stride_h == d && v.stride_h == v.d;
-    const bool fetch_first = heads_adjacent && sizeof(T) < sizeof(float);  // Note [keys per step]
+    const bool load_first = heads_adjacent && first_loads && fused<T>;                     // Note [decode first loads]
+    const bool fetch_first = heads_adjacent && !first_loads && sizeof(T) < sizeof(float);  // Note [keys per step]
+    const bool touch_unused = heads_adjacent && !load_first && !fetch_first;
     const auto touch_head = [&](kv_loc at, index_t g) noexcept {
       touch_lines(k.row(at.b, at.s, g), k.d);
       touch_lines(v.row(at.b, at.s, g), v.d);
     };
     auto cur = lay.kv_cursor(ib, j0);
     kv_loc last{};
+    kv_loc unit_at[unit_keys]{};  // with load_first: the unit's keys, whose V lines are loaded before its P·V
     for (index_t u0 = j0; u0 < j0 + nb; u0 += span) {
       const index_t un = std::min(span, j0 + nb - u0);
       for (index_t j = u0; j < u0 + round_up(un, unit_keys); j += KU) {
@@ -121,7 +149,12 @@ struct decode {
           }
           at[u] = last;
         }
-        // Narrow K/V: the step's rows in address order first (Note [keys per step]).
+        // The step's rows in address order first: its K rows loaded (Note [decode first loads]), or for
+        // narrow K/V its K and V rows prefetched (Note [keys per step]).
+        for (index_t e = 0; e < keys && load_first; ++e) {
+          touch_lines(k.row(at[e].b, at[e].s, 0), k.h * d);
+          unit_at[j - u0 + e] = at[e];
+        }
         for (index_t e = 0; e < keys && fetch_first; ++e) {
           prefetch_lines_l1(k.row(at[e].b, at[e].s, 0), k.h * d);
           prefetch_lines_l1(v.row(at[e].b, at[e].s, 0), v.h * v.d);
@@ -132,9 +165,9 @@ struct decode {
           // KV heads that serve no query head (KDGQA/DGQA may leave some) would leave holes in the address-
           // order stream, and a stream with holes is not followed by the hardware prefetcher (decode with
           // one unused head of 8 measured 2x slower): when heads are adjacent in memory, load one float
-          // per cache line of the unused heads before this one too (narrow K/V: the step's first pass
+          // per cache line of the unused heads before this one too (unless the step's first pass loaded or
           // prefetched them).
-          for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && heads_adjacent && !fetch_first; ++u)
+          for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && touch_unused; ++u)
             for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
           const index_t rows = map.group_size(g) * npos;
           const T* kr[KU];
@@ -142,9 +175,11 @@ struct decode {
           direct<Isa>::score_step(kr, de, qp + r0 * d, rows, s + r0 * lds + (j - j0), lds);
           r0 += rows;
         }
-        for (index_t u = heads.back() + 1; u < k.h && heads_adjacent && !fetch_first; ++u)
+        for (index_t u = heads.back() + 1; u < k.h && touch_unused; ++u)
           for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
       }
+      // With load_first (fp32: span is one unit) the unit's V rows, all heads, in address order.
+      for (index_t e = 0; e < un && load_first; ++e) touch_lines(v.row(unit_at[e].b, unit_at[e].s, 0), v.h * v.d);
       for (index_t i = 0, r0 = 0; i < static_cast<index_t>(heads.size()); ++i) {
         for (index_t x = u0 - j0; x < u0 - j0 + un; x += unit_keys) step(i, r0, x, std::min(unit_keys, u0 - j0 + un - x));
         r0 += map.group_size(heads[static_cast<std::size_t>(i)]) * npos;

@@ -59,6 +59,7 @@ struct problem {
   std::uint64_t call;  // this call's number (next_call_serial), naming what a thread's kept blocks belong to
   index_t keep_blocks; // K/V blocks of a KV head a thread keeps packed, 0: none (Note [packed K/V reuse])
   bool keep_ring;      // and block i in slot i mod keep_blocks (Note [kept blocks as a ring])
+  bool decode_loads;   // decode steps load their K/V lines in address order first (Note [decode first loads])
 };
 
 /// One unit of work: batch ib, KV heads active[g0 .. g1), query positions [q0, q1), KV chunk `chunk`.
@@ -397,7 +398,7 @@ struct kernel {
     // The walk's whole units of scores fit the block's rows (lay.bk).
     static_assert(round_up(shape::block_kv_decode, std::lcm(cols, k_direct_keys)) % decode<Isa>::unit_keys == 0);
     const std::span<const index_t> heads{pb.active + t.g0, pb.active + t.g1};
-    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, qp, sc, lay.bk,
+    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, pb.decode_loads, qp, sc, lay.bk,
                       [&](index_t i, index_t r0, index_t x, index_t n) noexcept {
       const index_t g = heads[static_cast<std::size_t>(i)];
       const index_t G = pb.map->group_size(g), rows = G * npos;
@@ -816,6 +817,15 @@ index_t forward_rows() noexcept {
   return ::gqa::isa::l2_cache_bytes() >= (index_t{2} << 20) ? Shape::rows_large_l2 : Shape::rows;
 }
 
+/// Whether a decode call's steps first load their K/V lines (Note [decode first loads] in decode.hpp): on
+/// AMD CPUs, for fp32 K and V of 24 MiB or more (b · skv · hkv rows of d_qk + d_v floats). Changes no result.
+template <class T>
+bool decode_first_loads(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
+  const double bytes = static_cast<double>(b) * static_cast<double>(skv) * static_cast<double>(hkv) *
+                       static_cast<double>(dqv) * static_cast<double>(sizeof(T));
+  return std::is_same_v<T, float> && ::gqa::isa::amd_cpu() && bytes >= 24.0 * 1024.0 * 1024.0;
+}
+
 // Note [short last query block]
 // When the query blocks of forward_rows() / G positions would leave a last block of less than a quarter
 // of one, and spreading its positions over the full blocks adds at most an eighth to each, the full blocks
@@ -924,7 +934,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
                               opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, next_call_serial(), keep_blocks,
-                              keep_ring};
+                              keep_ring, decode && decode_first_loads<typename Lay::kv_type>(b, skv, map.hkv(), d + dv)};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
