@@ -344,10 +344,10 @@ TYPED_TEST_P(lowp_suite, attend_f16_qo_is_rounded_fp32_bitwise) {
 }
 
 // Note [decode first loads] (detail/core/decode.hpp): on AMD CPUs a decode call whose fp32 K/V reach 24 MiB
-// first loads every line of each step's K rows and of each unit's V rows; 16-bit calls never do. bf16 K/V of 24 MiB give the
-// bits of the fp32 call on their widened values (48 MiB: with first loads, on AMD), and both match the
-// reference; with a KV head no query head uses, and with two causal positions. Elsewhere neither call
-// loads first and the test checks the same equalities.
+// first loads every line of each step's K rows and of each unit's V rows; 16-bit calls never do. bf16 K/V
+// of 24 MiB give the bits of the fp32 call on their widened values (48 MiB: with first loads, on AMD), and
+// both match the reference; with a KV head no query head uses, and with two causal positions. Elsewhere
+// neither call loads first and the test checks the same equalities.
 TYPED_TEST_P(lowp_suite, decode_first_loads_keep_bits) {
   lowp_case c;
   c.skv = 6144;  // 6144 keys x 8 KV heads x (128 + 128) x 2 bytes = 24 MiB of bf16

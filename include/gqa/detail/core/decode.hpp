@@ -113,8 +113,9 @@ struct decode {
   /// keys but the last) and each head i, in key order: the head's softmax and P·V on the unit. For fp32
   /// K/V each unit's calls follow its scores (fused<T>), otherwise they follow the whole block's. Keys past
   /// the block's last repeat it up to a whole unit: s rows need room for round_up(nb, unit_keys) columns.
-  /// first_loads: each step first loads one element per cache line of its keys' K and V rows, all heads,
-  /// in address order (Note [decode first loads]; with adjacent heads only).
+  /// first_loads (fp32 K/V, adjacent heads): each step first loads one element per cache line of its keys'
+  /// K rows, all heads, in address order, and each unit the same of its keys' V rows before its steps
+  /// (Note [decode first loads]).
   template <class Lay, class Step>
   static void walk(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads, index_t npos,
                    index_t j0, index_t nb, bool first_loads, const float* qp, float* s, index_t lds,
@@ -127,8 +128,8 @@ struct decode {
     const index_t d = k.d;
     const typename D::extent de(d);
     const bool heads_adjacent = k.stride_h == d && v.stride_h == v.d;
-    const bool load_first = heads_adjacent && first_loads && fused<T>;                     // Note [decode first loads]
-    const bool fetch_first = heads_adjacent && !first_loads && sizeof(T) < sizeof(float);  // Note [keys per step]
+    const bool load_first = heads_adjacent && first_loads && fused<T>;     // Note [decode first loads]
+    const bool fetch_first = heads_adjacent && sizeof(T) < sizeof(float);  // Note [keys per step]
     const bool touch_unused = heads_adjacent && !load_first && !fetch_first;
     const auto touch_head = [&](kv_loc at, index_t g) noexcept {
       touch_lines(k.row(at.b, at.s, g), k.d);
