@@ -1149,8 +1149,9 @@ bool check_bf16p(const bf16p_case& c) {
 TYPED_TEST_P(lowp_suite, bf16_products_match_reference) {
   int differing = 0;
   for (const bf16p_case& c : bf16p_cases()) differing += check_bf16p<TypeParam>(c) ? 1 : 0;
-  // Where the bf16 tiles exist, the tiled cases took them (their results are not the fp32 products').
-  if (std::is_same_v<TypeParam, gqa::isa::avx512> && gqa::isa::amx_tiles_granted()) {
+  // Where the bf16 products exist (AMX tiles or AVX512-BF16), the tiled cases took them (their results are
+  // not the fp32 products').
+  if (std::is_same_v<TypeParam, gqa::isa::avx512> && (gqa::isa::amx_tiles_granted() || gqa::isa::cpu().avx512_bf16)) {
     EXPECT_GE(differing, 10);
   }
 }
@@ -1289,6 +1290,83 @@ TYPED_TEST_P(lowp_suite, bf16_products_every_variant) {
   });
 }
 
+/// The VDPBF16PS register tiles on their own, wherever the CPU has AVX512-BF16 (with AMX too, where the
+/// core takes the AMX tiles): scores and P·V of bf16 inputs packed as the core packs them, for register
+/// tiles of 1 to 6 rows and 1 to 4 vectors (row counts 1, 5, 6, 7, 13; key and column counts not multiples
+/// of the slice), against double sums of the same products. Sums of exact products in fp32: within
+/// (terms + 2) · 2^-24 · Σ|products| (and the initial O). Keys past nb score exactly 0 (zero padding).
+TYPED_TEST_P(lowp_suite, bf16_dot_tiles_match_double_sums) {
+  using T16 = gqa::detail::core::bf16_tiles<TypeParam>;
+  if constexpr (!T16::available) {
+    GTEST_SKIP() << "no bf16 tiles on this ISA";
+  } else {
+    if (!gqa::isa::cpu().avx512_bf16) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+    using gqa::bf16;
+    std::uint64_t seed = 900;
+    for (const index_t d : {index_t{5}, index_t{64}, index_t{130}})
+      for (const index_t rows : {index_t{1}, index_t{5}, index_t{6}, index_t{7}, index_t{13}})
+        for (const index_t nb : {index_t{1}, index_t{16}, index_t{70}, index_t{128}, index_t{200}}) {
+          SCOPED_TRACE("d " + std::to_string(d) + ", rows " + std::to_string(rows) + ", keys " + std::to_string(nb));
+          const index_t dp = T16::padded_d(d), nbp = gqa::detail::core::round_up(nb, index_t{16}), rows16 = T16::padded_rows(rows);
+          const auto q = narrowed<bf16>(gqa::test::random_floats(static_cast<std::size_t>(rows * d), ++seed));
+          const auto k = narrowed<bf16>(gqa::test::random_floats(static_cast<std::size_t>(nb * d), ++seed));
+          std::vector<std::uint16_t> q16(static_cast<std::size_t>(rows16 * dp), 0);
+          for (index_t r = 0; r < rows; ++r) T16::pack_q_row(q.data() + r * d, d, q16.data() + r * dp);
+          std::vector<std::uint32_t> kp(static_cast<std::size_t>(nbp * dp / 2), 0xFFFFFFFFu);
+          T16::pack_k([&](index_t j) { return k.data() + j * d; }, d, nb, nbp, kp.data());
+          std::vector<float> sc(static_cast<std::size_t>(rows16 * nbp), k_nan);
+          int betweens = 0;
+          T16::scores(q16.data(), rows, d, kp.data(), nbp, sc.data(), nbp, [&] { ++betweens; }, false);
+          EXPECT_EQ(betweens, T16::score_steps(rows, nbp, false));
+          for (index_t r = 0; r < rows; ++r)
+            for (index_t j = 0; j < nbp; ++j) {
+              double ref = 0.0, mag = 0.0;
+              for (index_t x = 0; x < d && j < nb; ++x) {
+                const double t = static_cast<double>(gqa::to_float(q[static_cast<std::size_t>(r * d + x)])) *
+                                 gqa::to_float(k[static_cast<std::size_t>(j * d + x)]);
+                ref += t;
+                mag += std::fabs(t);
+              }
+              const float got = sc[static_cast<std::size_t>(r * nbp + j)];
+              if (j >= nb) {
+                ASSERT_EQ(got, 0.0f) << "score " << r << ", " << j;
+              } else {
+                ASSERT_LE(std::fabs(got - ref), static_cast<double>(d + 2) * 0x1p-24 * mag) << "score " << r << ", " << j;
+              }
+            }
+          // P·V: weights in [0, 1] rounded to bf16, V of dv columns, O starting from values of its own.
+          for (const index_t dv : {index_t{8}, index_t{40}, index_t{130}}) {
+            const index_t dvp = gqa::detail::core::round_up(dv, index_t{16}), nk = T16::padded_keys(nb), ldp = nk;
+            const auto pw = gqa::test::random_floats(static_cast<std::size_t>(rows * nbp), ++seed, 0.0f, 1.0f);
+            std::vector<float> pf(static_cast<std::size_t>(rows * nbp), 0.0f);
+            for (index_t r = 0; r < rows; ++r)
+              for (index_t j = 0; j < nb; ++j) pf[static_cast<std::size_t>(r * nbp + j)] = pw[static_cast<std::size_t>(r * nbp + j)];
+            std::vector<std::uint16_t> p16(static_cast<std::size_t>(rows16 * ldp), 0xFFFFu);
+            for (index_t r = 0; r < rows; ++r) T16::round_row(pf.data() + r * nbp, nbp, p16.data() + r * ldp);
+            const auto v = narrowed<bf16>(gqa::test::random_floats(static_cast<std::size_t>(nb * dv), ++seed));
+            std::vector<std::uint32_t> vp(static_cast<std::size_t>(nk / 2 * dvp), 0xFFFFFFFFu);
+            EXPECT_FALSE(T16::pack_v([&](index_t j) { return v.data() + j * dv; }, dv, nb, dvp, vp.data()));
+            const auto o0 = gqa::test::random_floats(static_cast<std::size_t>(rows * dvp), ++seed);
+            std::vector<float> o = o0, tail(static_cast<std::size_t>(16 * dvp));
+            T16::accumulate_pv(p16.data(), rows, ldp, vp.data(), nk, dvp, o.data(), tail.data(), false);
+            for (index_t r = 0; r < rows; ++r)
+              for (index_t c = 0; c < dv; ++c) {
+                const double start = o0[static_cast<std::size_t>(r * dvp + c)];
+                double ref = start, mag = std::fabs(start);
+                for (index_t j = 0; j < nb; ++j) {
+                  const double t = static_cast<double>(gqa::to_float(bf16(pf[static_cast<std::size_t>(r * nbp + j)]))) *
+                                   gqa::to_float(v[static_cast<std::size_t>(j * dv + c)]);
+                  ref += t;
+                  mag += std::fabs(t);
+                }
+                ASSERT_LE(std::fabs(o[static_cast<std::size_t>(r * dvp + c)] - ref), static_cast<double>(nb + 2) * 0x1p-24 * mag)
+                    << "dv " << dv << ", output " << r << ", " << c;
+              }
+          }
+        }
+  }
+}
+
 REGISTER_TYPED_TEST_SUITE_P(lowp_suite, decode_first_loads_keep_bits, attend_bf16_matches_reference_and_fp32_bitwise,
                             attend_f16_matches_reference_and_fp32_bitwise, attend_int8_matches_reference_and_fp32,
                             every_variant_bf16_matches_fp32_bitwise, every_variant_f16_matches_fp32_bitwise,
@@ -1299,6 +1377,6 @@ REGISTER_TYPED_TEST_SUITE_P(lowp_suite, decode_first_loads_keep_bits, attend_bf1
                             every_variant_f16_qo_is_rounded_fp32_bitwise, nonfinite_q_as_in_fp32,
                             paged_and_ragged_16_bit_qo, checks_with_16_bit_qo, bf16_products_match_reference,
                             bf16_products_nonfinite_as_in_fp32, bf16_products_paged_and_ragged_equal_dense,
-                            bf16_products_every_variant);
+                            bf16_products_every_variant, bf16_dot_tiles_match_double_sums);
 
 }  // namespace

@@ -1,7 +1,7 @@
-// gqa/isa/amx_bf16.hpp: the AMX-BF16 tile product and the bf16 conversions the AVX-512 core's bf16 prefill
-// reads (Note [bf16 tiles] in detail/core/bf16_tiles.hpp): x86-64 with GCC or clang, in a TU or region that
-// compiles vec<avx512>. Every function that holds AMX or AVX512-BF16 instructions is marked
-// GQA_TARGET_AMX, so it is never inlined into code compiled without them, and the core calls it only when
+// gqa/isa/amx_bf16.hpp: the AMX-BF16 tile product and the packing of bf16 pairs the AVX-512 core's bf16
+// prefill reads (Note [bf16 tiles] in detail/core/bf16_tiles.hpp): x86-64 with GCC or clang, in a TU or
+// region that compiles vec<avx512>. Every function that holds AMX instructions is marked GQA_TARGET_AMX,
+// so it is never inlined into code compiled without them, and the core calls it only when
 // isa::amx_tiles_granted() (the CPU has the instructions and the OS granted the tile state).
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_ISA_AMX_BF16_HPP
@@ -88,20 +88,6 @@ struct amx_bf16 {
     if constexpr (NT > 1) _tile_stored(1, cb + 64, ldc);
     if constexpr (MT > 1) _tile_stored(2, cb + 16 * ldc, ldc);
     if constexpr (MT > 1 && NT > 1) _tile_stored(3, cb + 16 * ldc + 64, ldc);
-  }
-
-  /// dst[0, n32) = src[0, n) rounded to bf16 (VCVTNE2PS2BF16: nearest even, denormal inputs and results
-  /// zero, NaN stays NaN), then zeros: n a multiple of 16, n32 = n rounded up to 32.
-  GQA_TARGET_AMX static void round_row(const float* src, index_t n, std::uint16_t* dst) noexcept {
-    index_t j = 0;
-    for (; j + 32 <= n; j += 32) {
-      const __m512bh r = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + j + 16), _mm512_loadu_ps(src + j));
-      _mm512_storeu_si512(dst + j, (__m512i)r);
-    }
-    if (j < n) {
-      const __m512bh r = _mm512_cvtne2ps_pbh(_mm512_setzero_ps(), _mm512_loadu_ps(src + j));
-      _mm512_storeu_si512(dst + j, (__m512i)r);
-    }
   }
 
   /// dst[c] = a[c] | b[c] << 16 for c < n (16-bit elements into 32-bit pairs; b = nullptr reads zeros), and

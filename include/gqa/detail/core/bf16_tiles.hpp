@@ -1,7 +1,8 @@
-// gqa/detail/core/bf16_tiles.hpp: the tiled (prefill) path's two products in bf16 on AMX tiles (Note [bf16
-// tiles]): Q rows packed as bf16, K and V packed as bf16 pairs, S = Q·Kᵀ (unscaled) and O += P·V with P
-// rounded to bf16, fp32 sums. bf16_tiles<Isa>::available is true only for AVX-512 on x86-64 GCC/clang;
-// kernel::run takes this path only for bf16 Q and K/V, options.bf16_products and isa::amx_tiles_granted().
+// gqa/detail/core/bf16_tiles.hpp: the tiled (prefill) path's two products in bf16 (Note [bf16 tiles]), on
+// AMX tiles or on AVX512-BF16 register tiles: Q rows packed as bf16, K and V packed as bf16 pairs, S = Q·Kᵀ
+// (unscaled) and O += P·V with P rounded to bf16, fp32 sums. bf16_tiles<Isa>::available is true only for
+// AVX-512 on x86-64 GCC/clang; kernel::run takes this path only for bf16 Q and K/V and
+// options.bf16_products, on AMX where isa::amx_tiles_granted(), else where isa::cpu().avx512_bf16.
 // Invariant: packed buffers are fully written (padding is zero) and tiles read only inside them.
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_DETAIL_CORE_BF16_TILES_HPP
@@ -12,6 +13,7 @@
 #include <cstring>
 
 #include "../../isa/amx_bf16.hpp"
+#include "../../isa/bf16_dot.hpp"
 #include "../../isa/vec.hpp"
 #include "../../numeric.hpp"
 #include "common.hpp"
@@ -23,10 +25,18 @@ namespace detail::core {
 // With bf16 Q, K and V the fp32 core widens every element and spends ~70% of a prefill in the fp32
 // register tile (§2.10 of docs/design.md), so bf16 inputs ran at fp32's speed. On a CPU with AMX-BF16
 // (Intel Sapphire Rapids and later) the two products of a key block run on AMX tiles instead: TDPBF16PS
-// multiplies 16 × 32 bf16 by 32 × 16 bf16 into 16 × 16 fp32 sums (16K FLOPs an instruction; the
-// development machine: 3.1 TFLOP/s of tile products against 215 GFLOP/s of fp32 FMA on one core).
-// AVX512-BF16's VDPBF16PS, the obvious choice, is no faster than fp32 there: measured 108 GFLOP/s on
-// the same core (0.5 instructions a cycle, against two FMAs a cycle), so it is not used.
+// multiplies 16 × 32 bf16 by 32 × 16 bf16 into 16 × 16 fp32 sums (16K FLOPs an instruction; an Intel
+// Xeon: 3.1 TFLOP/s of tile products against 215 GFLOP/s of fp32 FMA on one core). AVX512-BF16's
+// VDPBF16PS (16 lanes × 2 bf16 products, added to fp32 sums) is no faster than fp32 on that Xeon:
+// 108 GFLOP/s (0.5 instructions a cycle, against two FMAs a cycle), so it does not run there. On the AMD
+// EPYC (Zen 5: AVX512-BF16, no AMX) it issues like an FMA: 406 GFLOP/s against 218 of fp32 FMA (one
+// core, 12 independent sums each, 2026-12-05). So a CPU with AVX512-BF16 and no AMX tile state runs the
+// same two products as VDPBF16PS register tiles (isa/bf16_dot.hpp) on the same packed operands: a tile
+// of 6 rows × 4 vectors of 16 fp32 sums (24 of the 32 zmm registers; each step loads 4 vectors of
+// pairs and broadcasts one pair per row); the score tiles walk a slice of 64 keys of packed Kᵀ over
+// d/2 steps, the P·V tiles 64 columns of packed V over the block's key pairs, and the rows past a
+// multiple of 6 take a smaller tile (no padding rows computed). Blocks of 256 keys as the fp32 core's
+// (128 on AMX): on the EPYC P1/P2/P3 1.56/1.55/1.34x fp32 at 128 keys, 1.61/1.60/1.44x at 256.
 //   * Q·Kᵀ: Q rows packed as they are (bf16, zero-padded to a multiple of 32 elements and of 16 rows),
 //     NOT pre-scaled: the scores come out as the exact-input dot products q·k summed in fp32, and
 //     kernel::run multiplies each score row by scale·log2(e) (scale_row, its own vector loop over the row
@@ -47,11 +57,12 @@ namespace detail::core {
 //     row that a row does not see never reaches it (0 · NaN), as on the fp32 path.
 // Accuracy: the products of bf16 inputs are exact in fp32, so Q·Kᵀ differs from the fp32 core only in the
 // order of its fp32 sums; P·V adds one rounding of each weight to bf16 (relative 2^-9), which dominates
-// (Note [bf16 products tolerance] in tests/support/tolerance.hpp). AMX reads bf16 denormals as zero
-// and flushes denormal sums to zero: a weight below 2^-126 counts as 0, and an infinite V element that
-// meets such a weight gives NaN (0 · inf) where the fp32 core gives ±inf. Results are the same for any
-// thread count (each row's sums are the same instructions whatever the thread); they are not the fp32
-// core's bits, which options.bf16_products = false restores.
+// (Note [bf16 products tolerance] in tests/support/tolerance.hpp). AMX and VDPBF16PS read bf16 denormals
+// as zero and flush denormal sums to zero: a weight below 2^-126 counts as 0, and an infinite V element
+// that meets such a weight gives NaN (0 · inf) where the fp32 core gives ±inf. Results are the same for
+// any thread count (each row's sums are the same instructions whatever the thread); they are not the
+// fp32 core's bits, which options.bf16_products = false restores, and the two engines add in different
+// orders (each row's sums are the same on a given CPU).
 
 /// No bf16 tiles: the primary template (every ISA but AVX-512 on x86-64 GCC/clang).
 template <class Isa>
@@ -65,6 +76,7 @@ struct bf16_tiles<isa::avx512> {
   static constexpr bool available = true;
   using V = isa::vec<isa::avx512>;
   using amx = isa::amx_bf16;
+  using dot = isa::bf16_dot;
   static constexpr int L = V::lanes;  // 16: rows and fp32 columns of a tile
   /// Keys per packed slice of Kᵀ (as packed<avx512>::cols).
   static constexpr index_t cols = 64;
@@ -76,7 +88,7 @@ struct bf16_tiles<isa::avx512> {
   /// Keys of a block padded to whole steps of P·V's reduction.
   static constexpr index_t padded_keys(index_t nb) noexcept { return round_up(nb, 32); }
 
-  /// Starts and ends the tile state of one task (amx_bf16::configure, release).
+  /// Starts and ends the AMX tile state of one task (amx_bf16::configure, release); the register tiles need none.
   struct session {
     session() noexcept { amx::configure(); }
     ~session() { amx::release(); }
@@ -160,21 +172,32 @@ struct bf16_tiles<isa::avx512> {
     }
   }
 
-  /// Tile products scores() runs for `rows` rows and nbp keys (the steps between() is called).
-  static index_t score_steps(index_t rows, index_t nbp) noexcept {
+  /// Tile products scores() runs for `rows` rows and nbp keys (the steps between() is called): AMX tiles
+  /// (amx), or register tiles of dot::max_rows rows per slice of `cols` keys.
+  static index_t score_steps(index_t rows, index_t nbp, bool amx) noexcept {
+    if (!amx) return ((rows + dot::max_rows - 1) / dot::max_rows) * ((nbp + cols - 1) / cols);
     return ((padded_rows(rows) + 31) / 32) * ((nbp + 31) / 32);
   }
 
-  /// S[padded_rows(rows)][nbp] (row stride lds) = Q16 · Kp: the unscaled scores; Q16 rows of padded_d(d)
-  /// bf16 (padded_rows(rows) of them), Kp as pack_k left it. between() after each tile product (a
-  /// prefetch_rows step, Note [prefetch next block]).
+  /// S[rows][nbp] (row stride lds; on AMX padded_rows(rows) rows) = Q16 · Kp: the unscaled scores; Q16 rows
+  /// of padded_d(d) bf16 (padded_rows(rows) of them), Kp as pack_k left it; on AMX tiles (amx) or VDPBF16PS
+  /// register tiles. between() after each tile product (a prefetch_rows step, Note [prefetch next block]).
   template <class Between>
   static void scores(const std::uint16_t* q16, index_t rows, index_t d, const std::uint32_t* kp, index_t nbp,
-                     float* s, index_t lds, Between&& between) noexcept {
+                     float* s, index_t lds, Between&& between, bool amx) noexcept {
     const index_t dp = padded_d(d), rows_p = padded_rows(rows);
     for (index_t s0 = 0; s0 < nbp; s0 += cols) {
       const index_t w = std::min(cols, nbp - s0);
       const std::uint32_t* slice = kp + s0 * (dp / 2);
+      if (!amx) {
+        const int nt = static_cast<int>(w / L);
+        for (index_t r0 = 0; r0 < rows; r0 += dot::max_rows) {
+          const int mr = static_cast<int>(std::min<index_t>(dot::max_rows, rows - r0));
+          dot::product(mr, nt, q16 + r0 * dp, dp, slice, w, dp / 2, s + r0 * lds + s0, lds, false);
+          between();
+        }
+        continue;
+      }
       for (index_t r0 = 0; r0 < rows_p; r0 += 32) {
         const int mt = r0 + 32 <= rows_p ? 2 : 1;
         for (index_t c0 = 0; c0 < w; c0 += 32) {
@@ -188,13 +211,23 @@ struct bf16_tiles<isa::avx512> {
   }
 
   /// p16 row = the nbp weights of s rounded to bf16, then zeros to padded_keys(nbp).
-  static void round_row(const float* s, index_t nbp, std::uint16_t* p16) noexcept { amx::round_row(s, nbp, p16); }
+  static void round_row(const float* s, index_t nbp, std::uint16_t* p16) noexcept { dot::round_row(s, nbp, p16); }
 
   /// O[rows][dvp] (row stride dvp) += P16 · Vp over nk keys (a multiple of 32): P16 rows of ldp bf16, Vp as
-  /// pack_v left it. A last group of fewer than 16 rows goes through `tail` (16 × dvp floats), so that no
-  /// tile reads or writes O past its rows.
+  /// pack_v left it; on AMX tiles (amx) or VDPBF16PS register tiles. On AMX a last group of fewer than 16
+  /// rows goes through `tail` (16 × dvp floats), so that no tile reads or writes O past its rows.
   static void accumulate_pv(const std::uint16_t* p16, index_t rows, index_t ldp, const std::uint32_t* vp, index_t nk,
-                            index_t dvp, float* o, float* tail) noexcept {
+                            index_t dvp, float* o, float* tail, bool amx) noexcept {
+    if (!amx) {
+      for (index_t r0 = 0; r0 < rows; r0 += dot::max_rows) {
+        const int mr = static_cast<int>(std::min<index_t>(dot::max_rows, rows - r0));
+        for (index_t c0 = 0; c0 < dvp; c0 += dot::max_vectors * L) {
+          const int nt = static_cast<int>(std::min<index_t>(dot::max_vectors, (dvp - c0) / L));
+          dot::product(mr, nt, p16 + r0 * ldp, ldp, vp + c0, dvp, nk / 2, o + r0 * dvp + c0, dvp, true);
+        }
+      }
+      return;
+    }
     const index_t steps = nk / 32, full = rows - rows % 16;
     const auto columns = [&](const std::uint16_t* a, int mt, float* c) noexcept {
       for (index_t c0 = 0; c0 < dvp; c0 += 32) {

@@ -55,7 +55,8 @@ struct problem {
   std::span<float> lse;
   index_t block_kv;  // keys per block
   index_t chunk;     // keys per KV chunk (== skv when the call does not split KV)
-  bool bf16_tiles;   // prefill products on AMX tiles in bf16 (Note [bf16 tiles])
+  bool bf16_tiles;   // prefill products in bf16 (Note [bf16 tiles])
+  bool bf16_amx;     // and on AMX tiles (else VDPBF16PS register tiles)
   std::uint64_t call;  // this call's number (next_call_serial), naming what a thread's kept blocks belong to
   index_t keep_blocks; // K/V blocks of a KV head a thread keeps packed, 0: none (Note [packed K/V reuse])
   bool keep_ring;      // and block i in slot i mod keep_blocks (Note [kept blocks as a ring])
@@ -496,7 +497,7 @@ struct kernel {
     const kept_blocks keep = keep_for(pb, t, rows, t16, lay);
     block_pointers ptr;
     prefetch_q pf_q;  // the next query block's Q rows (Note [prefetch next Q])
-    [[maybe_unused]] const auto tile_state = tile_session(t16);
+    [[maybe_unused]] const auto tile_state = tile_session(t16 && pb.bf16_amx);
     // Note [windows on the block grid]
     // A task's blocks start at its first visible key, kv_lo. With a sliding window that key is q0 − window,
     // not a multiple of bk, so no block was ever the one a thread keeps (Note [packed K/V reuse]) and every
@@ -563,7 +564,7 @@ struct kernel {
         const index_t next_nb = jb + lay.bk < kv_hi ? packed_keys(jb + lay.bk) : 0;
         const index_t next_slot = keep.slot(jb + lay.bk, lay.bk);
         const bool next_kept = next_slot >= 0 && keep.holds(next_slot, jb + lay.bk, lay.bk, next_nb);
-        const index_t steps = score_steps(t16, grow, nbp) + grow;
+        const index_t steps = score_steps(t16, pb.bf16_amx, grow, nbp) + grow;
         auto pf_rows = next_block(pb, t.ib, g, jb + lay.bk, direct_path || next_kept ? 0 : next_nb, ptr, steps);
         prefetch_lines pf_kept;
         if (next_kept) pf_kept = prefetch_lines(keep.k(next_slot), keep.k_floats + keep.v_floats, steps);
@@ -604,7 +605,7 @@ struct kernel {
           if constexpr (bf16_capable) {
             tiles16::pack_k(kb, d, nb, nbp, k16);
             v_nonfinite = tiles16::pack_v(vb, dv, nb, lay.dvp, v16);
-            tiles16::scores(q16, grow, d, k16, nbp, srow0, lay.bk, pf);
+            tiles16::scores(q16, grow, d, k16, nbp, srow0, lay.bk, pf, pb.bf16_amx);
           }
         } else if (!direct_path) {
           if (pack_now) {
@@ -649,7 +650,8 @@ struct kernel {
         } else if (t16 && !(cut && v_nonfinite)) {
           // A cut block too: its hidden keys' weights are 0 and their V rows finite (Note [bf16 tiles]).
           if constexpr (bf16_capable)
-            tiles16::accumulate_pv(p16, grow, lay.p16_ld, v16, tiles16::padded_keys(nb), lay.dvp, orow0, ws + lay.tail);
+            tiles16::accumulate_pv(p16, grow, lay.p16_ld, v16, tiles16::padded_keys(nb), lay.dvp, orow0, ws + lay.tail,
+                                   pb.bf16_amx);
         } else {
           if (t16) tiled::pack_v(vb, dv, nb, lay.dvp, vp);  // a cut bf16 block with a non-finite V: the fp32 band
           const float* vw = vpb + skip * lay.dvp;  // V rows of the keys from j0
@@ -732,10 +734,10 @@ struct kernel {
   }
 
   /// Steps of the score tiles of `rows` rows and nbp keys (one prefetch step after each, Note [prefetch next
-  /// block]): the register tile's, or the bf16 tiles' when t16.
-  static index_t score_steps(bool t16, index_t rows, index_t nbp) noexcept {
+  /// block]): the register tile's, or the bf16 tiles' when t16 (on AMX when amx).
+  static index_t score_steps(bool t16, bool amx, index_t rows, index_t nbp) noexcept {
     if constexpr (bf16_capable) {
-      if (t16) return tiles16::score_steps(rows, nbp);
+      if (t16) return tiles16::score_steps(rows, nbp, amx);
     }
     return tiled::score_tiles(rows, nbp);
   }
@@ -906,8 +908,12 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   // blocks as a ring]); not for the bf16 tiles.
   index_t keep_blocks = 0;
   bool keep_ring = false;
-  const bool tiles16 = K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted();
-  const index_t block_kv = decode ? shape::block_kv_decode : tiles16 ? shape::block_kv_tiles16 : shape::block_kv;
+  // bf16 products (Note [bf16 tiles]): on AMX tiles where the OS grants them, else on VDPBF16PS register tiles.
+  const bool bf16_amx = K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted();
+  const bool tiles16 = bf16_amx || (K::bf16_capable && opt.bf16_products && ::gqa::isa::cpu().avx512_bf16);
+  const index_t block_kv = decode     ? shape::block_kv_decode
+                           : bf16_amx ? shape::block_kv_tiles16
+                                      : shape::block_kv;
   if (!decode && n_chunks == 1 && n_qblocks >= 2) {
     const auto lay0 = K::plan_scratch(1, d, dv, block_kv);
     const index_t per_block = K::kept_blocks::k_size(lay0.bk, d) + K::kept_blocks::v_size(lay0.bk, lay0.dvp);
@@ -933,7 +939,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const auto side = [&](index_t w) { return window_side(w, sq, skv); };
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
-                              opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, next_call_serial(), keep_blocks,
+                              opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, bf16_amx, next_call_serial(), keep_blocks,
                               keep_ring, decode && decode_first_loads<typename Lay::kv_type>(b, skv, map.hkv(), d + dv)};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
