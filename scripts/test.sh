@@ -3,7 +3,8 @@
 #   1. scripts/install-deps.sh --neon --mpi --uptrain --fuzz (no-op when everything is installed)
 #   2. Release build (-O2) of the tests, benchmarks and examples; ctest --output-on-failure (incl. packaging)
 #   3. the random sweep against the reference (ctest -L sweep in the Release build: GQA_SWEEP_CASES
-#      cases, default 2,000; also run, 200 cases, in the sanitizer and NEON builds)
+#      cases, default 2,000; also run, 200 cases, in the NEON build; under ASan + UBSan its runner is the
+#      fuzzer's, stage 6)
 #   4. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan, -Og) of the tests; ctest (packaging and the
 #      header checks excluded: they compile, and run nothing the sanitizers could watch); the core suites
 #      on AVX2 and AVX-512, the variant suites and unit tests on scalar (Note [sanitizer build matrix])
@@ -143,8 +144,10 @@ if [ "${GQA_SKIP_SANITIZE:-0}" != 1 ]; then
   if [ "$(uname -m)" = x86_64 ]; then
     sanitize_isas=(-DGQA_TEST_ISAS="avx2;avx512" -DGQA_TEST_ONE_ISA=scalar)
   fi
+  # No gqa_sweep here: the fuzzer (stage 6) runs the same per-ISA runner under ASan + UBSan, ~13,000
+  # cases a minute against this build's 200 (whose two runner TUs cost ~60 s each to compile; 2026-12-05).
   build_and_test sanitize "$build_root/sanitize" -LE "packaging|headers" -- \
-    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-Og -g1 -DNDEBUG" \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-Og -g1 -DNDEBUG" -DGQA_BUILD_SWEEP=OFF \
     -DGQA_TEST_SANITIZE=ON -DGQA_BUILD_TESTS=ON -DGQA_TEST_ONE_ISA_SUITES="$variant_suites" "${sanitize_isas[@]}" \
     -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF
 fi

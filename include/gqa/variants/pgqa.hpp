@@ -119,8 +119,11 @@ double pgqa_sum_sq_dev(const T* x, index_t count, double mu) noexcept {
 /// Σ(x − x0)² in fixed lanes (lane = channel % 16, token order; Note [PGQA reductions]). The shift keeps
 /// cancellation at the scale of the row's spread, and a constant row gives exactly 0 for both sums, so
 /// σ = 0 and μ = x0 exactly. N >= 2.
+struct pgqa_stats {  // not std::pair: GCC notes on AArch64 that its argument passing changed in GCC 10.1 (-Wpsabi)
+  double mu, sigma;
+};
 template <class T>
-std::pair<double, double> pgqa_row_stats(const tensor_view<T>& o, index_t ib, index_t h) noexcept {
+pgqa_stats pgqa_row_stats(const tensor_view<T>& o, index_t ib, index_t h) noexcept {
   const index_t n = o.s * o.d;
   const double x0 = static_cast<double>(o.row(ib, 0, h)[0]);
   double acc1[k_pgqa_lanes] = {}, acc2[k_pgqa_lanes] = {};
@@ -182,7 +185,7 @@ namespace detail {
 /// Row X = o[ib, :, h, :] becomes X − (Z·σ + μ), μ and σ its own (pgqa_row_stats), z the noise row.
 inline void pgqa_subtract_noise(const tensor_view<float>& o, index_t ib, index_t h, const std::vector<double>& z) {
   const auto stats = pgqa_row_stats(o, ib, h);
-  const double mu = stats.first, sigma = stats.second;  // plain names: a lambda below captures them
+  const double mu = stats.mu, sigma = stats.sigma;  // plain names: a lambda below captures them
   for (index_t p = 0; p < o.s; ++p) {
     float* dst = o.row(ib, p, h);
     const double* zr = z.data() + p * o.d;
