@@ -30,8 +30,8 @@ struct runtime_report {
   /// Whether bf16 Q/K/V prefill multiplies on AMX-BF16 tiles here (isa avx512 and isa::cpu().amx_bf16; the
   /// call's options.bf16_products, on by default, decides per call; docs/design.md, Note [bf16 tiles]).
   bool bf16_tiles = false;
-  /// Whether it multiplies with AVX512-BF16's VDPBF16PS instead (isa avx512, isa::cpu().avx512_bf16 and no
-  /// AMX-BF16), under the same option.
+  /// Whether it multiplies with AVX512-BF16's VDPBF16PS instead (isa avx512, no AMX-BF16, and
+  /// isa::bf16_dot_fast(): AVX512-BF16 on an AMD CPU), under the same option.
   bool bf16_dot = false;
 
   /// "isa avx512 (best supported; compiled: avx512 avx2 scalar; CPU: avx512 avx2 scalar), 2 threads (OpenMP)".
@@ -64,7 +64,7 @@ inline runtime_report runtime_info(const attention_options& opt = {}) {
 #endif
   if (opt.parallel_for) r.backend = "caller's parallel_for";
   r.bf16_tiles = r.isa == isa::avx512::name && isa::cpu().amx_bf16;  // the grant is asked for by the first such call
-  r.bf16_dot = r.isa == isa::avx512::name && isa::cpu().avx512_bf16 && !isa::cpu().amx_bf16;
+  r.bf16_dot = r.isa == isa::avx512::name && !isa::cpu().amx_bf16 && isa::bf16_dot_fast();
   return r;
 }
 

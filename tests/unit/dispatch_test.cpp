@@ -224,13 +224,14 @@ TEST(dispatch, default_is_the_best_supported_isa) {
 }
 
 // gqa::runtime_info names the bf16 prefill engine the call would take: AMX tiles where the CPU has
-// AMX-BF16, else VDPBF16PS where it has AVX512-BF16, on AVX-512 only (Note [bf16 tiles]).
+// AMX-BF16, else VDPBF16PS where it has AVX512-BF16 and is an AMD one, on AVX-512 only (Note [bf16 tiles]).
 TEST(dispatch, runtime_info_names_the_bf16_engine) {
   const gqa::runtime_report r = gqa::runtime_info();
   const bool avx512 = r.isa == gqa::isa::avx512::name;
   const gqa::isa::cpu_features& f = gqa::isa::cpu();
+  EXPECT_EQ(gqa::isa::bf16_dot_fast(), f.avx512_bf16 && gqa::isa::amd_cpu());
   EXPECT_EQ(r.bf16_tiles, avx512 && f.amx_bf16);
-  EXPECT_EQ(r.bf16_dot, avx512 && f.avx512_bf16 && !f.amx_bf16);
+  EXPECT_EQ(r.bf16_dot, avx512 && !f.amx_bf16 && f.avx512_bf16 && gqa::isa::amd_cpu());
   const std::string text = r.to_string();
   EXPECT_EQ(text.find("bf16 prefill on AMX tiles") != std::string::npos, r.bf16_tiles) << text;
   EXPECT_EQ(text.find("bf16 prefill on AVX512-BF16") != std::string::npos, r.bf16_dot) << text;

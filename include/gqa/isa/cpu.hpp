@@ -121,6 +121,14 @@ inline bool amd_cpu() noexcept {
 #endif
 }
 
+/// Whether bf16 prefill without AMX multiplies with VDPBF16PS (Note [bf16 tiles] in detail/core/bf16_tiles.hpp):
+/// the CPU has AVX512-BF16 and is an AMD one, where VDPBF16PS issues like an FMA and does twice its work
+/// (Zen 5: 406 against 218 GFLOP/s on one core). On the Intel Xeons measured it issues at half an FMA's
+/// rate (108 GFLOP/s on Sapphire Rapids), slower than the fp32 products, so Intel CPUs without AMX tiles
+/// (Cooper Lake, or a hypervisor that hides AMX) keep the fp32 products. A choice of speed, not of results
+/// within the bf16 tolerance.
+inline bool bf16_dot_fast() noexcept { return cpu().avx512_bf16 && amd_cpu(); }
+
 /// The size in bytes of the level-2 data cache of the CPU this process runs on, as the C library reports it
 /// (glibc's sysconf(_SC_LEVEL2_CACHE_SIZE), which reads CPUID), read once per process; 0 where unknown
 /// (other platforms and C libraries). The forward's tasks take more rows where L2 is large (Note [tile

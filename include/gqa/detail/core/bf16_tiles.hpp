@@ -2,7 +2,7 @@
 // AMX tiles or on AVX512-BF16 register tiles: Q rows packed as bf16, K and V packed as bf16 pairs, S = Q·Kᵀ
 // (unscaled) and O += P·V with P rounded to bf16, fp32 sums. bf16_tiles<Isa>::available is true only for
 // AVX-512 on x86-64 GCC/clang; kernel::run takes this path only for bf16 Q and K/V and
-// options.bf16_products, on AMX where isa::amx_tiles_granted(), else where isa::cpu().avx512_bf16.
+// options.bf16_products, on AMX where isa::amx_tiles_granted(), else where isa::bf16_dot_fast().
 // Invariant: packed buffers are fully written (padding is zero) and tiles read only inside them.
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_DETAIL_CORE_BF16_TILES_HPP
@@ -30,13 +30,16 @@ namespace detail::core {
 // VDPBF16PS (16 lanes × 2 bf16 products, added to fp32 sums) is no faster than fp32 on that Xeon:
 // 108 GFLOP/s (0.5 instructions a cycle, against two FMAs a cycle), so it does not run there. On the AMD
 // EPYC (Zen 5: AVX512-BF16, no AMX) it issues like an FMA: 406 GFLOP/s against 218 of fp32 FMA (one
-// core, 12 independent sums each, 2026-12-05). So a CPU with AVX512-BF16 and no AMX tile state runs the
-// same two products as VDPBF16PS register tiles (isa/bf16_dot.hpp) on the same packed operands: a tile
-// of 6 rows × 4 vectors of 16 fp32 sums (24 of the 32 zmm registers; each step loads 4 vectors of
-// pairs and broadcasts one pair per row); the score tiles walk a slice of 64 keys of packed Kᵀ over
-// d/2 steps, the P·V tiles 64 columns of packed V over the block's key pairs, and the rows past a
-// multiple of 6 take a smaller tile (no padding rows computed). Blocks of 256 keys as the fp32 core's
-// (128 on AMX): on the EPYC P1/P2/P3 1.56/1.55/1.34x fp32 at 128 keys, 1.61/1.60/1.44x at 256.
+// core, 12 independent sums each, 2026-12-05). So an AMD CPU with AVX512-BF16 (isa::bf16_dot_fast(); no
+// AMD CPU has AMX) runs the same two products as VDPBF16PS register tiles (isa/bf16_dot.hpp) on the same
+// packed operands, and an Intel CPU without AMX tile state (Cooper Lake, a hypervisor that hides AMX)
+// keeps the fp32 products, which its VDPBF16PS would not beat. The register tile: 6 rows × 4 vectors of
+// 16 fp32 sums (24 of the 32 zmm registers; each step loads 4 vectors of pairs and broadcasts one pair
+// per row); the score tiles walk a slice of 64 keys of packed Kᵀ over d/2 steps, the P·V tiles 64
+// columns of packed V over the block's key pairs; one instantiation per width (1-4 vectors), a last group
+// of fewer than 6 rows runs the 6-row tile on its rows (Note [row tails] in tile.hpp). Blocks of 256 keys
+// as the fp32 core's (128 on AMX): on the EPYC P1/P2/P3 1.56/1.55/1.34x fp32 at 128 keys, 1.61/1.60/1.44x
+// at 256.
 //   * Q·Kᵀ: Q rows packed as they are (bf16, zero-padded to a multiple of 32 elements and of 16 rows),
 //     NOT pre-scaled: the scores come out as the exact-input dot products q·k summed in fp32, and
 //     kernel::run multiplies each score row by scale·log2(e) (scale_row, its own vector loop over the row

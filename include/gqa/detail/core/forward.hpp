@@ -908,9 +908,10 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   // blocks as a ring]); not for the bf16 tiles.
   index_t keep_blocks = 0;
   bool keep_ring = false;
-  // bf16 products (Note [bf16 tiles]): on AMX tiles where the OS grants them, else on VDPBF16PS register tiles.
+  // bf16 products (Note [bf16 tiles]): on AMX tiles where the OS grants them, else on VDPBF16PS register tiles
+  // where VDPBF16PS is known to issue like an FMA (AMD CPUs).
   const bool bf16_amx = K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted();
-  const bool tiles16 = bf16_amx || (K::bf16_capable && opt.bf16_products && ::gqa::isa::cpu().avx512_bf16);
+  const bool tiles16 = bf16_amx || (K::bf16_capable && opt.bf16_products && ::gqa::isa::bf16_dot_fast());
   const index_t block_kv = decode     ? shape::block_kv_decode
                            : bf16_amx ? shape::block_kv_tiles16
                                       : shape::block_kv;
