@@ -125,8 +125,8 @@ inline bool amd_cpu() noexcept {
 /// the CPU has AVX512-BF16 and is an AMD one, where VDPBF16PS issues like an FMA and does twice its work
 /// (Zen 5: 406 against 218 GFLOP/s on one core). On the Intel Xeons measured it issues at half an FMA's
 /// rate (108 GFLOP/s on Sapphire Rapids), slower than the fp32 products, so Intel CPUs without AMX tiles
-/// (Cooper Lake, or a hypervisor that hides AMX) keep the fp32 products. A choice of speed, not of results
-/// within the bf16 tolerance.
+/// (Cooper Lake, or a hypervisor that hides AMX) keep the fp32 products. A choice of speed: either way the
+/// results are within Note [bf16 products tolerance] of the reference.
 inline bool bf16_dot_fast() noexcept { return cpu().avx512_bf16 && amd_cpu(); }
 
 /// The size in bytes of the level-2 data cache of the CPU this process runs on, as the C library reports it
