@@ -1291,8 +1291,8 @@ TYPED_TEST_P(lowp_suite, bf16_products_every_variant) {
 }
 
 /// The VDPBF16PS register tiles on their own, wherever the CPU has AVX512-BF16 (also where the core does not
-/// take them: with AMX, or on an Intel CPU, Note [bf16 tiles]): scores and P·V of bf16 inputs packed as the core packs them, for register
-/// tiles of 1 to 6 rows and 1 to 4 vectors (row counts 1, 5, 6, 7, 13; key and column counts not multiples
+/// take them: with AMX, or on an Intel CPU, Note [bf16 tiles]): scores and P·V of bf16 inputs packed as the
+/// core packs them, for register tiles of 1 to 6 rows and 1 to 4 vectors (row counts 1, 5, 6, 7, 13; key and column counts not multiples
 /// of the slice), against double sums of the same products. Sums of exact products in fp32: within
 /// (terms + 2) · 2^-24 · Σ|products| (and the initial O). Keys past nb score exactly 0 (zero padding).
 TYPED_TEST_P(lowp_suite, bf16_dot_tiles_match_double_sums) {
@@ -1302,12 +1302,13 @@ TYPED_TEST_P(lowp_suite, bf16_dot_tiles_match_double_sums) {
   } else {
     if (!gqa::isa::cpu().avx512_bf16) GTEST_SKIP() << "this CPU has no AVX512-BF16";
     using gqa::bf16;
+    using gqa::detail::core::round_up;
     std::uint64_t seed = 900;
     for (const index_t d : {index_t{5}, index_t{64}, index_t{130}})
       for (const index_t rows : {index_t{1}, index_t{5}, index_t{6}, index_t{7}, index_t{13}})
         for (const index_t nb : {index_t{1}, index_t{16}, index_t{70}, index_t{128}, index_t{200}}) {
           SCOPED_TRACE("d " + std::to_string(d) + ", rows " + std::to_string(rows) + ", keys " + std::to_string(nb));
-          const index_t dp = T16::padded_d(d), nbp = gqa::detail::core::round_up(nb, index_t{16}), rows16 = T16::padded_rows(rows);
+          const index_t dp = T16::padded_d(d), nbp = round_up(nb, index_t{16}), rows16 = T16::padded_rows(rows);
           const auto q = narrowed<bf16>(gqa::test::random_floats(static_cast<std::size_t>(rows * d), ++seed));
           const auto k = narrowed<bf16>(gqa::test::random_floats(static_cast<std::size_t>(nb * d), ++seed));
           std::vector<std::uint16_t> q16(static_cast<std::size_t>(rows16 * dp), 0);
@@ -1331,16 +1332,20 @@ TYPED_TEST_P(lowp_suite, bf16_dot_tiles_match_double_sums) {
               if (j >= nb) {
                 ASSERT_EQ(got, 0.0f) << "score " << r << ", " << j;
               } else {
-                ASSERT_LE(std::fabs(got - ref), static_cast<double>(d + 2) * 0x1p-24 * mag) << "score " << r << ", " << j;
+                ASSERT_LE(std::fabs(got - ref), static_cast<double>(d + 2) * 0x1p-24 * mag)
+                    << "score " << r << ", " << j;
               }
             }
           // P·V: weights in [0, 1] rounded to bf16, V of dv columns, O starting from values of its own.
           for (const index_t dv : {index_t{8}, index_t{40}, index_t{130}}) {
-            const index_t dvp = gqa::detail::core::round_up(dv, index_t{16}), nk = T16::padded_keys(nb), ldp = nk;
+            const index_t dvp = round_up(dv, index_t{16}), nk = T16::padded_keys(nb), ldp = nk;
             const auto pw = gqa::test::random_floats(static_cast<std::size_t>(rows * nbp), ++seed, 0.0f, 1.0f);
             std::vector<float> pf(static_cast<std::size_t>(rows * nbp), 0.0f);
             for (index_t r = 0; r < rows; ++r)
-              for (index_t j = 0; j < nb; ++j) pf[static_cast<std::size_t>(r * nbp + j)] = pw[static_cast<std::size_t>(r * nbp + j)];
+              for (index_t j = 0; j < nb; ++j) {
+                const auto at = static_cast<std::size_t>(r * nbp + j);
+                pf[at] = pw[at];
+              }
             std::vector<std::uint16_t> p16(static_cast<std::size_t>(rows16 * ldp), 0xFFFFu);
             for (index_t r = 0; r < rows; ++r) T16::round_row(pf.data() + r * nbp, nbp, p16.data() + r * ldp);
             const auto v = narrowed<bf16>(gqa::test::random_floats(static_cast<std::size_t>(nb * dv), ++seed));
@@ -1359,7 +1364,8 @@ TYPED_TEST_P(lowp_suite, bf16_dot_tiles_match_double_sums) {
                   ref += t;
                   mag += std::fabs(t);
                 }
-                ASSERT_LE(std::fabs(o[static_cast<std::size_t>(r * dvp + c)] - ref), static_cast<double>(nb + 2) * 0x1p-24 * mag)
+                const float got = o[static_cast<std::size_t>(r * dvp + c)];
+                ASSERT_LE(std::fabs(got - ref), static_cast<double>(nb + 2) * 0x1p-24 * mag)
                     << "dv " << dv << ", output " << r << ", " << c;
               }
           }

@@ -910,8 +910,9 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   bool keep_ring = false;
   // bf16 products (Note [bf16 tiles]): on AMX tiles where the OS grants them, else on VDPBF16PS register tiles
   // where VDPBF16PS is known to issue like an FMA (AMD CPUs).
-  const bool bf16_amx = K::bf16_capable && opt.bf16_products && ::gqa::isa::amx_tiles_granted();
-  const bool tiles16 = bf16_amx || (K::bf16_capable && opt.bf16_products && ::gqa::isa::bf16_dot_fast());
+  const bool bf16_products = K::bf16_capable && opt.bf16_products;
+  const bool bf16_amx = bf16_products && ::gqa::isa::amx_tiles_granted();
+  const bool tiles16 = bf16_amx || (bf16_products && ::gqa::isa::bf16_dot_fast());
   const index_t block_kv = decode     ? shape::block_kv_decode
                            : bf16_amx ? shape::block_kv_tiles16
                                       : shape::block_kv;
@@ -940,8 +941,8 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const auto side = [&](index_t w) { return window_side(w, sq, skv); };
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
-                              opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, bf16_amx, next_call_serial(), keep_blocks,
-                              keep_ring, decode && decode_first_loads<typename Lay::kv_type>(b, skv, map.hkv(), d + dv)};
+                              opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, bf16_amx, next_call_serial(),
+                              keep_blocks, keep_ring, decode && decode_first_loads<typename Lay::kv_type>(b, skv, map.hkv(), d + dv)};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
