@@ -31,7 +31,8 @@ struct runtime_report {
   /// call's options.bf16_products, on by default, decides per call; docs/design.md, Note [bf16 tiles]).
   bool bf16_tiles = false;
   /// Whether it multiplies with AVX512-BF16's VDPBF16PS instead (isa avx512, no AMX-BF16, and
-  /// isa::bf16_dot_fast(): AVX512-BF16 on an AMD CPU), under the same option.
+  /// isa::bf16_dot_fast(): AVX512-BF16 on an AMD CPU), under the same option; decode then does too (Note
+  /// [bf16 decode]).
   bool bf16_dot = false;
 
   /// "isa avx512 (best supported; compiled: avx512 avx2 scalar; CPU: avx512 avx2 scalar), 2 threads (OpenMP)".
@@ -41,7 +42,7 @@ struct runtime_report {
     s.append("; CPU: ").append(supported).append("), ").append(std::to_string(threads));
     s.append(threads == 1 ? " thread (" : " threads (").append(backend).append(")");
     if (bf16_tiles) s.append(", bf16 prefill on AMX tiles");
-    if (bf16_dot) s.append(", bf16 prefill on AVX512-BF16");
+    if (bf16_dot) s.append(", bf16 prefill and decode on AVX512-BF16");
     return s;
   }
 };

@@ -362,6 +362,14 @@ TYPED_TEST_P(lowp_suite, decode_first_loads_keep_bits) {
   c.kv_of_q = {0, 0, 1, 1, 2, 2, 4, 4, 4, 5, 5, 6, 6, 6, 7, 7};  // KV head 3 unused
   c.seed = 4243;
   check_case<TypeParam, gqa::bf16>(c);
+  // int8: 12288 keys x 8 KV heads x (128 + 128) bytes = 24 MiB.
+  lowp_case c8;
+  c8.skv = 12288;
+  c8.hq = 16;
+  c8.hkv = 8;
+  c8.d = c8.dv = 128;
+  c8.seed = 4244;
+  check_case_q8<TypeParam>(c8);
 }
 
 TYPED_TEST_P(lowp_suite, attend_int8_matches_reference_and_fp32) {
@@ -1002,10 +1010,12 @@ struct bf16p_case {
   }
 };
 
-/// The shapes and masks of the bf16 tiles' tests: d odd and not a multiple of 16, d_v != d, one query or
+/// The shapes and masks of the bf16 products' tests: d odd and not a multiple of 16, d_v != d, one query or
 /// one key, lengths that are not multiples of the block, causal, windows, softcap, ALiBi, sinks, padding,
 /// an unequal map with an empty group, K/V in BHSD, large scores; rows per KV head > 32 (the tiled path)
-/// in all but the last two (the direct path, which the option leaves alone).
+/// in all but the last ones, decode tasks (Note [bf16 decode]): groups of 1-4 rows and of 8 (two 4-row
+/// blocks), d and d_v whole loads (64, 128) or not (24, 40, 80), odd units, a split KV range, windows and
+/// causal rows that cut units, padding.
 std::vector<bf16p_case> bf16p_cases() {
   std::vector<bf16p_case> cs;
   std::uint64_t seed = 300;
@@ -1050,8 +1060,30 @@ std::vector<bf16p_case> bf16p_cases() {
     c.lo = -6.0f;  // scores up to ~200: peaked weights
     c.hi = 6.0f;
   }
-  add(5, 100, 8, 2, 24).causal = true;  // 20 rows per KV head: the direct path
+  add(5, 100, 8, 2, 24).causal = true;  // 20 rows per KV head: decode tasks, units cut by the diagonal
   add(1, 200, 8, 2, 40);                // decode
+  add(1, 2101, 16, 4, 128);             // whole loads; the KV range split (>= 2048 keys), an odd last unit
+  add(1, 77, 12, 4, 64);                // 3 rows per KV head, an odd last unit
+  add(2, 93, 16, 2, 64, 128).causal = true;  // 16 rows per KV head (two blocks of 4 rows, twice)
+  {
+    bf16p_case& c = add(1, 300, 8, 4, 96, 80);
+    c.window_left = 120;  // the walk starts inside a block
+    c.b = 2;
+    c.kv_lengths = {300, 131};
+  }
+  {
+    bf16p_case& c = add(3, 400, 8, 4, 32);
+    c.window_left = 200;  // three rows, three windows: the first and last blocks cut
+    c.causal = true;
+    c.softcap = 4.0f;
+    c.alibi = true;
+    c.sinks = true;
+  }
+  {
+    bf16p_case& c = add(1, 170, 6, 3, 64);
+    c.kv_of_q = {0, 0, 0, 0, 2, 2};  // 4 and 2 rows; KV head 1 serves none
+    c.bhsd_kv = true;
+  }
   return cs;
 }
 
@@ -1147,12 +1179,23 @@ bool check_bf16p(const bf16p_case& c) {
 }
 
 TYPED_TEST_P(lowp_suite, bf16_products_match_reference) {
-  int differing = 0;
-  for (const bf16p_case& c : bf16p_cases()) differing += check_bf16p<TypeParam>(c) ? 1 : 0;
+  int differing = 0, decode_cases = 0, decode_differing = 0;
+  for (const bf16p_case& c : bf16p_cases()) {
+    const bool decode = c.map().max_group_size() * c.sq <= 32;  // decode tasks (Note [decode tasks]), 2+ KV heads
+    const bool differs = check_bf16p<TypeParam>(c);
+    differing += differs && !decode ? 1 : 0;
+    decode_cases += decode ? 1 : 0;
+    decode_differing += differs && decode ? 1 : 0;
+  }
   // Where the bf16 products run (AMX tiles, or AVX512-BF16 on AMD), the tiled cases took them (their results
-  // are not the fp32 products').
+  // are not the fp32 products'); with AVX512-BF16 on AMD (no AMX), so did every decode case (Note [bf16 decode]).
   if (std::is_same_v<TypeParam, gqa::isa::avx512> && (gqa::isa::amx_tiles_granted() || gqa::isa::bf16_dot_fast())) {
     EXPECT_GE(differing, 10);
+  }
+  if (std::is_same_v<TypeParam, gqa::isa::avx512> && !gqa::isa::amx_tiles_granted() && gqa::isa::bf16_dot_fast()) {
+    EXPECT_EQ(decode_differing, decode_cases);
+  } else {
+    EXPECT_EQ(decode_differing, 0);  // the fp32 products' bits, whatever the option
   }
 }
 
@@ -1164,6 +1207,10 @@ template <class Isa>
 void check_bf16p_nonfinite(int variant) {
   bf16p_case c;
   c.sq = 40, c.skv = 300, c.hq = 8, c.hkv = 2, c.d = 24, c.causal = true, c.seed = 400 + static_cast<std::uint64_t>(variant);
+  if (variant >= 3) {  // decode tasks (Note [bf16 decode]): 4 queries, rows see keys [0, 297 + i)
+    c.sq = 4;
+    c.d = variant == 3 ? 64 : 40;  // whole loads, or masked ones
+  }
   SCOPED_TRACE("bf16 products, non-finite inputs, variant " + std::to_string(variant));
   const auto nq = static_cast<std::size_t>(c.sq * c.hq * c.d), nk = static_cast<std::size_t>(c.skv * c.hkv * c.d);
   auto qw = gqa::test::rounded_kv<gqa::bf16>(gqa::test::random_floats(nq, c.seed * 3));
@@ -1179,9 +1226,18 @@ void check_bf16p_nonfinite(int variant) {
     vw[at(5, 1, 4)] = k_inf;     // every row of KV head 1 sees it, in an uncut block: the bf16 tiles
     vw[at(140, 0, 7)] = k_nan;   // every row of KV head 0, column 7
     qw[static_cast<std::size_t>((17 * c.hq + 2) * c.d + 1)] = k_nan;  // one query row
-  } else {
+  } else if (variant == 2) {
     qw[static_cast<std::size_t>((3 * c.hq + 5) * c.d + 0)] = k_inf;  // an infinite query element: the row is NaN
     kw[at(280, 1, 0)] = k_inf;   // rows of KV head 1 that see key 280 (i >= 20): NaN
+  } else if (variant == 3) {
+    vw[at(298, 0, 3)] = k_nan;   // rows i >= 2 of KV head 0 (a unit the diagonal cuts: the fp32 band)
+    vw[at(299, 1, 1)] = k_inf;   // only the last row of KV head 1
+    vw[at(40, 1, 6)] = -k_inf;   // every row of KV head 1, in a unit no mask cuts: VDPBF16PS
+    vw[at(71, 0, 2)] = k_nan;    // every row of KV head 0, column 2
+  } else {
+    kw[at(150, 0, 5)] = k_nan;   // every row of KV head 0: NaN
+    qw[static_cast<std::size_t>((1 * c.hq + 6) * c.d + 2)] = k_inf;  // one row of KV head 1: NaN
+    vw[at(77, 1, 0)] = k_inf;    // the other rows of KV head 1, column 0: +inf
   }
   const auto q16 = narrowed<gqa::bf16>(qw), k16 = narrowed<gqa::bf16>(kw), v16 = narrowed<gqa::bf16>(vw);
   std::vector<float> o, lse, o32, lse32;
@@ -1201,7 +1257,7 @@ void check_bf16p_nonfinite(int variant) {
 }
 
 TYPED_TEST_P(lowp_suite, bf16_products_nonfinite_as_in_fp32) {
-  for (int variant = 0; variant < 3; ++variant) check_bf16p_nonfinite<TypeParam>(variant);
+  for (int variant = 0; variant < 5; ++variant) check_bf16p_nonfinite<TypeParam>(variant);
 }
 
 /// A paged cache (shuffled pages of 16 slots) and a ragged batch with bf16 Q/K/V/O and the bf16 products:

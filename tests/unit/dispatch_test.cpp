@@ -223,8 +223,9 @@ TEST(dispatch, default_is_the_best_supported_isa) {
   }
 }
 
-// gqa::runtime_info names the bf16 prefill engine the call would take: AMX tiles where the CPU has
-// AMX-BF16, else VDPBF16PS where it has AVX512-BF16 and is an AMD one, on AVX-512 only (Note [bf16 tiles]).
+// gqa::runtime_info names the bf16 engine the call would take: AMX tiles (prefill) where the CPU has
+// AMX-BF16, else VDPBF16PS (prefill and decode) where it has AVX512-BF16 and is an AMD one, on AVX-512 only
+// (Notes [bf16 tiles], [bf16 decode]).
 TEST(dispatch, runtime_info_names_the_bf16_engine) {
   const gqa::runtime_report r = gqa::runtime_info();
   const bool avx512 = r.isa == gqa::isa::avx512::name;
@@ -234,7 +235,7 @@ TEST(dispatch, runtime_info_names_the_bf16_engine) {
   EXPECT_EQ(r.bf16_dot, avx512 && !f.amx_bf16 && f.avx512_bf16 && gqa::isa::amd_cpu());
   const std::string text = r.to_string();
   EXPECT_EQ(text.find("bf16 prefill on AMX tiles") != std::string::npos, r.bf16_tiles) << text;
-  EXPECT_EQ(text.find("bf16 prefill on AVX512-BF16") != std::string::npos, r.bf16_dot) << text;
+  EXPECT_EQ(text.find("bf16 prefill and decode on AVX512-BF16") != std::string::npos, r.bf16_dot) << text;
 }
 
 // gqa::forward without an ISA dispatches too (the policies' default).

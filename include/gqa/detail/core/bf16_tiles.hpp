@@ -4,6 +4,7 @@
 // AVX-512 on x86-64 GCC/clang; kernel::run takes this path only for bf16 Q and K/V and
 // options.bf16_products, on AMX where isa::amx_tiles_granted(), else where isa::bf16_dot_fast().
 // Invariant: packed buffers are fully written (padding is zero) and tiles read only inside them.
+// Decode tasks of such a call take VDPBF16PS on the rows where they lie (Note [bf16 decode]).
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_DETAIL_CORE_BF16_TILES_HPP
 #define GQA_DETAIL_CORE_BF16_TILES_HPP
@@ -66,6 +67,31 @@ namespace detail::core {
 // any thread count (each row's sums are the same instructions whatever the thread); they are not the
 // fp32 core's bits, which options.bf16_products = false restores, and the two engines add in different
 // orders (each row's sums are the same on a given CPU).
+
+// Note [bf16 decode]
+// Decode tasks (the direct path's key-major walk, Note [decode tasks]) of a call with bf16 Q, K and V and
+// options.bf16_products run their two products on VDPBF16PS too, where it is the engine (isa::bf16_dot_fast():
+// AVX512-BF16 on an AMD CPU; with AMX granted, or on Intel, decode keeps the fp32 products, which the
+// measurements of Note [bf16 tiles] leave no reason to replace). Nothing is packed: each task keeps its
+// rows' bf16 Q (zero-padded to a multiple of 32 elements), and
+//   * Q·Kᵀ (isa::bf16_dot::decode_scores): blocks of 4 rows × 4 keys, one VDPBF16PS per (row, key) and 32
+//     elements, read from the K rows where they lie, then the walk's horizontal sums; the unscaled sums are
+//     multiplied by scale·log2(e) as they are stored (the prefill's scale_row, done there). The products of
+//     bf16 inputs are exact, so the scores differ from the fp32 core's in the order of their sums only.
+//   * P·V (isa::bf16_dot::decode_pv): after each head's online softmax on a unit of 32 keys (fp32,
+//     unchanged; l sums the fp32 weights), the unit's weights are rounded to bf16 (VCVTNE2PS2BF16) and each
+//     pair of keys' V rows is interleaved in registers, so one VDPBF16PS adds both keys' products to 16 sums;
+//     the sums live in the interleave's lane order between the unit's loads and stores of O. A unit some row
+//     of the task does not see whole (a cut block: causal rows, windows) takes the fp32 band on the fp32
+//     weights (Note [causal staircase]), so a key a row does not see never meets it, NaN or not; in the
+//     units no mask cuts every row sees every key, and 0 · NaN is the naive softmax's NaN too.
+// The accuracy, the denormal flushing and the thread-count rule are Note [bf16 tiles]'s: a weight below
+// 2^-126 counts as 0 (an infinite V element meeting it gives NaN where the fp32 core gives ±inf). Measured
+// (AMD EPYC, family 26 model 2, 2026-12-05, one thread pinned, D1's heads: 32 query heads on 8 KV heads,
+// d 128; the build before and after called alternately in one process): with the cache in L2 (256 keys)
+// 1.20x; at 16384 keys, where the steps' loads of Note [decode first loads] carry most of the gain, bf16
+// Q/K/V 1.23x against bf16 K/V with fp32 Q 1.12x. First written with masked loads for every row, bf16 ran
+// 0.87-0.92x at 16384 keys (Note [plain loads from memory] in isa/bf16_dot.hpp).
 
 /// No bf16 tiles: the primary template (every ISA but AVX-512 on x86-64 GCC/clang).
 template <class Isa>
@@ -210,6 +236,33 @@ struct bf16_tiles<isa::avx512> {
           between();
         }
       }
+    }
+  }
+
+  /// Decode's scores on AVX512-BF16 (Note [bf16 decode]): S[r][u] = scale · Q16[r] · K[u] for r < rows and the
+  /// k_direct_keys (8) bf16 K rows kr[u] of d elements; Q16 rows of padded_d(d) (row stride ldq), s row stride
+  /// lds.
+  static void decode_scores(index_t rows, const std::uint16_t* q16, index_t ldq, const bf16* const* kr, index_t d,
+                            float scale, float* s, index_t lds) noexcept {
+    const auto* k = reinterpret_cast<const std::uint16_t* const*>(kr);
+    for (index_t r = 0; r < rows; r += 4) {
+      const int mr = static_cast<int>(std::min<index_t>(4, rows - r));
+      dot::decode_scores(mr, q16 + r * ldq, ldq, k, d, scale, s + r * lds, lds);
+      dot::decode_scores(mr, q16 + r * ldq, ldq, k + 4, d, scale, s + r * lds + 4, lds);
+    }
+  }
+
+  /// Decode's P·V on AVX512-BF16 (Note [bf16 decode]): O[r] += Σ_{x<=j<x+n} P16[r][j] · V[j] for r < rows
+  /// (n <= 32; P16 rows of ldp bf16 weights, the unit's from column 0, the one past an odd n zero; V row j
+  /// at v(j), dv elements; O rows padded to dvp).
+  template <class Rows>
+  static void decode_pv(const Rows& v, index_t dv, index_t x, index_t n, const std::uint16_t* p16, index_t rows,
+                        index_t ldp, index_t dvp, float* o) noexcept {
+    const std::uint16_t* vr[32];
+    for (index_t j = 0; j < n; ++j) vr[j] = reinterpret_cast<const std::uint16_t*>(v(x + j));
+    for (index_t r = 0; r < rows; r += 4) {
+      const int mr = static_cast<int>(std::min<index_t>(4, rows - r));
+      dot::decode_pv(mr, p16 + r * ldp, ldp, vr, n, dv, o + r * dvp, dvp);
     }
   }
 

@@ -7,11 +7,14 @@
 #define GQA_DETAIL_CORE_DECODE_HPP
 
 #include <algorithm>
+#include <cstdint>
 #include <span>
+#include <type_traits>
 
 #include "../../head_map.hpp"
 #include "../../isa/vec.hpp"
 #include "../../tensor.hpp"
+#include "bf16_tiles.hpp"
 #include "common.hpp"
 #include "direct.hpp"
 #include "dot.hpp"
@@ -87,9 +90,20 @@ struct decode {
   // 1.29x, AVX2 1.09x (the walk at 13-18 GB/s); K's and V's lines both loaded at each step's start instead
   // gave 1.20-1.40x with the memory free but 0.98-1.05x contended, and 0.85-0.94x against these loads.
   // Below 24 MiB loads cost where the cache holds K/V (a step's first loads evict L1): 2048 keys (16 MiB)
-  // 0.90x, 256 keys (L2) 0.77-0.80x. 16-bit and int8 K/V keep the prefetches of Note [keys per step]:
-  // loads made bf16 1.08-1.18x with the memory free but 0.85x contended (their decode is bound by its
-  // arithmetic, and a load waits for its miss where a prefetch lets the arithmetic go on). Tried, fp32: the
+  // 0.90x, 256 keys (L2) 0.77-0.80x. 16-bit and int8 K/V of 24 MiB or more on AMD CPUs (since 2026-12-05,
+  // evening): each step loads one element per line of its keys' K and V rows, all heads, in address order
+  // (their units follow the block's scores, so V's loads cannot wait for a unit), and while each head's
+  // scores run it prefetches (into L1) that head's K and V rows of the next step's keys, so that those misses
+  // are under way during the step's arithmetic and the next step's loads mostly hit. Measured (AMD EPYC,
+  // one thread pinned, D1's heads at 16384 keys; the processes of the variants alternating, 3 runs of 60
+  // calls each): against the prefetches of Note [keys per step] the loads alone gave bf16 K/V with bf16 Q
+  // (VDPBF16PS, Note [bf16 decode]) 1.25x, with fp32 Q 1.15-1.2x, int8 1.05x; the prefetch of the next step
+  // on top 1.10x, 1.05x and 1.29x. Against the build before (the two called alternately in one process, 11
+  // pairs): bf16 Q/K/V 1.23x (with the VDPBF16PS engine), bf16 K/V 1.12x, int8 1.11x, fp32 0.98x (its code
+  // unchanged). Earlier the same day the loads alone had made bf16 1.08-1.18x with the memory free but
+  // 0.85x contended. Not kept: the next step's lines loaded (not prefetched) at each step's start instead
+  // of the current step's (0.93x); the next step's lines prefetched at the step's start (0.95x); fp32 with
+  // the per-head prefetch of the next step (0.80x). Tried, fp32: the
   // lines prefetched into L1 or L2 instead (1.09-1.10x), loads of every second or fourth line (0.81-0.91x),
   // prefetches 16-64 keys ahead (0.94-1.08x), the next step's lines loaded a part after each head of the
   // current step (0.76-0.79x). On the Intel Xeon loads of every line cost 0.83-0.90x from DRAM (design.md
@@ -113,13 +127,16 @@ struct decode {
   /// keys but the last) and each head i, in key order: the head's softmax and P·V on the unit. For fp32
   /// K/V each unit's calls follow its scores (fused<T>), otherwise they follow the whole block's. Keys past
   /// the block's last repeat it up to a whole unit: s rows need room for round_up(nb, unit_keys) columns.
-  /// first_loads (fp32 K/V, adjacent heads): each step first loads one element per cache line of its keys'
-  /// K rows, all heads, in address order, and each unit the same of its keys' V rows before its steps
-  /// (Note [decode first loads]).
+  /// first_loads (adjacent heads): each step first loads one element per cache line of its keys' K rows, all
+  /// heads, in address order, and for fp32 each unit the same of its keys' V rows before its steps, for 16-bit
+  /// and int8 each step of its V rows too (Note [decode first loads]); without it, 16-bit and int8 steps
+  /// prefetch those lines (Note [keys per step]). q16 (bf16 K/V only; else nullptr): the rows' bf16 Q,
+  /// padded_d(d) elements each, whose scores are computed by VDPBF16PS and multiplied by qscale (Note [bf16
+  /// decode]); qp then is not read.
   template <class Lay, class Step>
   static void walk(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads, index_t npos,
-                   index_t j0, index_t nb, bool first_loads, const float* qp, float* s, index_t lds,
-                   Step&& step) noexcept {
+                   index_t j0, index_t nb, bool first_loads, const float* qp, const std::uint16_t* q16,
+                   float qscale, float* s, index_t lds, Step&& step) noexcept {
     using T = typename Lay::kv_type;
     constexpr index_t KU = step_keys;
     const index_t span = fused<T> ? unit_keys : nb;  // keys scored before their units' steps
@@ -129,8 +146,9 @@ struct decode {
     const typename D::extent de(d);
     const bool heads_adjacent = k.stride_h == d && v.stride_h == v.d;
     const bool load_first = heads_adjacent && first_loads && fused<T>;     // Note [decode first loads]
-    const bool fetch_first = heads_adjacent && sizeof(T) < sizeof(float);  // Note [keys per step]
-    const bool touch_unused = heads_adjacent && !load_first && !fetch_first;
+    const bool load_narrow = heads_adjacent && first_loads && !fused<T>;   // the same, narrow K/V
+    const bool fetch_first = heads_adjacent && !first_loads && !fused<T>;  // Note [keys per step]
+    const bool touch_unused = heads_adjacent && !load_first && !load_narrow && !fetch_first;
     const auto touch_head = [&](kv_loc at, index_t g) noexcept {
       touch_lines(k.row(at.b, at.s, g), k.d);
       touch_lines(v.row(at.b, at.s, g), v.d);
@@ -160,6 +178,18 @@ struct decode {
           prefetch_lines_l1(k.row(at[e].b, at[e].s, 0), k.h * d);
           prefetch_lines_l1(v.row(at[e].b, at[e].s, 0), v.h * v.d);
         }
+        // With load_narrow, the next step's keys of this block: each head prefetches its rows of them below.
+        kv_loc ahead[KU];
+        index_t n_ahead = 0;
+        for (index_t e = 0; e < keys && load_narrow; ++e) {
+          touch_lines(k.row(at[e].b, at[e].s, 0), k.h * d);
+          touch_lines(v.row(at[e].b, at[e].s, 0), v.h * v.d);
+        }
+        if (load_narrow) {
+          auto c = cur;
+          n_ahead = std::clamp<index_t>(u0 + un - (j + KU), 0, KU);
+          for (index_t e = 0; e < n_ahead; ++e, c.next()) ahead[e] = c.loc();
+        }
         index_t r0 = 0;
         for (std::size_t i = 0; i < heads.size(); ++i) {
           const index_t g = heads[i];
@@ -171,8 +201,20 @@ struct decode {
           for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && touch_unused; ++u)
             for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
           const index_t rows = map.group_size(g) * npos;
+          for (index_t e = 0; e < n_ahead; ++e) {
+            prefetch_lines_l1(k.row(ahead[e].b, ahead[e].s, g), d);
+            prefetch_lines_l1(v.row(ahead[e].b, ahead[e].s, g), v.d);
+          }
           const T* kr[KU];
           for (index_t u = 0; u < KU; ++u) kr[u] = k.row(at[u].b, at[u].s, g);
+          if constexpr (bf16_tiles<Isa>::available && std::is_same_v<T, bf16>) {
+            if (q16 != nullptr) {  // Note [bf16 decode]
+              const index_t dp = bf16_tiles<Isa>::padded_d(d);
+              bf16_tiles<Isa>::decode_scores(rows, q16 + r0 * dp, dp, kr, d, qscale, s + r0 * lds + (j - j0), lds);
+              r0 += rows;
+              continue;
+            }
+          }
           direct<Isa>::score_step(kr, de, qp + r0 * d, rows, s + r0 * lds + (j - j0), lds);
           r0 += rows;
         }

@@ -394,12 +394,13 @@ struct kernel {
   /// decode walk]).
   template <class Lo, class Hi>
   static void decode_block(const problem& pb, const task& t, index_t npos, index_t j0, index_t nb, bool cut,
-                           const block_pointers& ptr, const float* qp, float* sc, row_state st, const layout& lay,
+                           const block_pointers& ptr, const float* qp, const std::uint16_t* q16,
+                           [[maybe_unused]] std::uint16_t* p16, float* sc, row_state st, const layout& lay,
                            const Lo& lo, const Hi& hi) noexcept {
     // The walk's whole units of scores fit the block's rows (lay.bk).
     static_assert(round_up(shape::block_kv_decode, std::lcm(cols, k_direct_keys)) % decode<Isa>::unit_keys == 0);
     const std::span<const index_t> heads{pb.active + t.g0, pb.active + t.g1};
-    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, pb.decode_loads, qp, sc, lay.bk,
+    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, pb.decode_loads, qp, q16, pb.qscale, sc, lay.bk,
                       [&](index_t i, index_t r0, index_t x, index_t n) noexcept {
       const index_t g = heads[static_cast<std::size_t>(i)];
       const index_t G = pb.map->group_size(g), rows = G * npos;
@@ -418,6 +419,13 @@ struct kernel {
       softmax::update_rows(srow0 + x, lay.bk, nw, rows, st.m + r0, st.l + r0, orow0, lay.dvp, modify_row,
                            [](index_t) noexcept {});
       if constexpr (scaled_rows<decltype(vb)>) direct<Isa>::scale_columns(vb, x, x + n, srow0, rows, lay.bk);
+      if constexpr (bf16_capable) {
+        if (q16 != nullptr && !cut) {  // Note [bf16 decode]; a cut unit takes the fp32 band below
+          for (index_t r = 0; r < rows; ++r) tiles16::round_row(srow0 + r * lay.bk + x, nw, p16 + r * lay.p16_ld);
+          tiles16::decode_pv(vb, pb.dv, x, n, p16, rows, lay.p16_ld, lay.dvp, orow0);
+          return;
+        }
+      }
       if (cut) {
         direct<Isa>::accumulate_pv_cut(vb, pb.dv, klo, khi, srow0, rows, lay.bk, lay.dvp, orow0);
       } else {
@@ -434,7 +442,9 @@ struct kernel {
     const index_t d = pb.d, dv = pb.dv;
     // The bf16 tiles take the tiled tasks of a call that allows them (Note [bf16 tiles]).
     const bool t16 = bf16_capable && pb.bf16_tiles && t.g1 - t.g0 == 1 && rows > k_direct_rows;
-    const layout lay = plan_scratch(rows, d, dv, pb.block_kv, t16);
+    // Decode tasks (several KV heads) of such a call take VDPBF16PS where it is the engine (Note [bf16 decode]).
+    const bool d16 = bf16_capable && pb.bf16_tiles && !pb.bf16_amx && t.g1 - t.g0 > 1;
+    const layout lay = plan_scratch(rows, d, dv, pb.block_kv, t16 || d16);
     float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
     float* qp = ws + lay.qp;
     float* kp = ws + lay.kp;
@@ -459,7 +469,7 @@ struct kernel {
     auto* p16 = reinterpret_cast<std::uint16_t*>(ws + lay.p16);
     auto* edges = reinterpret_cast<std::int32_t*>(ws + lay.edges);  // Note [row edges of a cut block]
     if constexpr (bf16_capable) {
-      if (t16) {
+      if (t16 || d16) {
         const index_t dp = tiles16::padded_d(d), rows16 = tiles16::padded_rows(rows);
         for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
           tiles16::pack_q_row(pb.lay.q_row(t.ib, pos, h), d, q16 + row * dp);
@@ -468,7 +478,7 @@ struct kernel {
         std::fill(p16 + rows * lay.p16_ld, p16 + rows16 * lay.p16_ld, std::uint16_t{0});
       }
     }
-    if (!t16) {
+    if (!t16 && !d16) {
       for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
         tiled::widen(pb.lay.q_row(t.ib, pos, h), d, pb.qscale, qp + row * d);  // q · qscale, vector by vector
       });
@@ -541,7 +551,7 @@ struct kernel {
       const auto hi = [edges](index_t r) noexcept { return index_t{edges[2 * r + 1]}; };
       if (cut) set_edges(pb, t, j0, nb, edges);
       if (key_major) {
-        decode_block(pb, t, npos, j0, nb, cut, ptr, qp, sc, st, lay, lo, hi);
+        decode_block(pb, t, npos, j0, nb, cut, ptr, qp, d16 ? q16 : nullptr, p16, sc, st, lay, lo, hi);
         continue;
       }
       // A task of one KV head (tiled, or direct for few rows): its rows are the task's.
@@ -820,12 +830,12 @@ index_t forward_rows() noexcept {
 }
 
 /// Whether a decode call's steps first load their K/V lines (Note [decode first loads] in decode.hpp): on
-/// AMD CPUs, for fp32 K and V of 24 MiB or more (b · skv · hkv rows of d_qk + d_v floats). Changes no result.
+/// AMD CPUs, for K and V of 24 MiB or more (b · skv · hkv rows of d_qk + d_v elements). Changes no result.
 template <class T>
 bool decode_first_loads(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
   const double bytes = static_cast<double>(b) * static_cast<double>(skv) * static_cast<double>(hkv) *
                        static_cast<double>(dqv) * static_cast<double>(sizeof(T));
-  return std::is_same_v<T, float> && ::gqa::isa::amd_cpu() && bytes >= 24.0 * 1024.0 * 1024.0;
+  return ::gqa::isa::amd_cpu() && bytes >= 24.0 * 1024.0 * 1024.0;
 }
 
 // Note [short last query block]
