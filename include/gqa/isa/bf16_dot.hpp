@@ -92,8 +92,8 @@ struct bf16_dot {
   /// for r < rows (1 <= rows <= 4) and the 4 keys k[u] (bf16 rows of d elements, read only inside them),
   /// q_r = q + r·ldq (bf16 rows zero-padded to a multiple of 32). One VDPBF16PS per (row, key) and 32
   /// elements; K rows by plain loads when d is a multiple of 32, else by masked ones (Note [plain loads from
-  /// memory]). As the register tiles: the 4 rows
-  /// always computed, row r from min(r, rows − 1), only the first `rows` stored.
+  /// memory]). As the register tiles: the 4 rows always computed, row r from min(r, rows − 1), only the
+  /// first `rows` stored.
   static void decode_scores(int rows, const std::uint16_t* q, index_t ldq, const std::uint16_t* const* k, index_t d,
                             float scale, float* s, index_t lds) noexcept {
     if (d % 32 == 0) {
@@ -131,6 +131,7 @@ struct bf16_dot {
       _mm512_storeu_si512(dst + j, (__m512i)r);
     }
   }
+
  private:
   // Note [plain loads from memory]
   // The K and V rows of decode come from memory, and on the AMD EPYC (Zen 5) a masked load that misses the
@@ -138,7 +139,7 @@ struct bf16_dot {
   // loads (full masks) ran bf16 D1 (16384 keys) 0.87-0.92x the fp32-widening walk, with plain loads 1.07x
   // (1.20x either way with the cache in L2; 2026-12-05, one thread, call by call). So rows whose length is a
   // whole number of loads (d a multiple of 32, d_v of 64) take plain loads (Full), others masked ones.
-  // An odd last key's partner is then its own row, zeroed in registers (a masked move), never another row.
+  // With plain loads, an odd last key's partner in P·V is its own row, zeroed in registers (a masked move).
 
   /// decode_scores; Full: d is a multiple of 32.
   template <bool Full>
@@ -161,8 +162,8 @@ struct bf16_dot {
       GQA_UNROLL
       for (int u = 0; u < U; ++u) acc[r][u] = _mm512_setzero_ps();
     }
-    // Whole parts of 32 elements, then a last part read with a masked load (lambdas would not carry this
-    // function's target attribute, hence one loop for both).
+    // Parts of 32 elements; without Full the last one is read with a masked load (one loop for both: a
+    // lambda would not carry this function's target attribute).
     const index_t parts = (d + 31) / 32;
     for (index_t i = 0; i < parts; ++i) {
       const index_t c = 32 * i;

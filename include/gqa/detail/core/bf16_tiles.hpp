@@ -71,9 +71,13 @@ namespace detail::core {
 // Note [bf16 decode]
 // Decode tasks (the direct path's key-major walk, Note [decode tasks]) of a call with bf16 Q, K and V and
 // options.bf16_products run their two products on VDPBF16PS too, where it is the engine (isa::bf16_dot_fast():
-// AVX512-BF16 on an AMD CPU; with AMX granted, or on Intel, decode keeps the fp32 products, which the
-// measurements of Note [bf16 tiles] leave no reason to replace). Nothing is packed: each task keeps its
-// rows' bf16 Q (zero-padded to a multiple of 32 elements), and
+// AVX512-BF16 on an AMD CPU; with AMX granted, or on Intel, decode keeps the fp32 products: not measured
+// there, and VDPBF16PS issued at half fp32 FMA's rate on the Sapphire Rapids Xeon of Note [bf16 tiles]).
+// Nothing is packed: each task keeps its
+// rows' bf16 Q (zero-padded to a multiple of 32 elements), and K and V are read where they lie, as the fp32
+// direct path reads them (Note [direct path]: for a few rows, packing costs more than the products it
+// feeds), which is why decode has kernels of its own rather than the register tiles above, whose operands
+// are packed (Kᵀ and V in pairs):
 //   * Q·Kᵀ (isa::bf16_dot::decode_scores): blocks of 4 rows × 4 keys, one VDPBF16PS per (row, key) and 32
 //     elements, read from the K rows where they lie, then the walk's horizontal sums; the unscaled sums are
 //     multiplied by scale·log2(e) as they are stored (the prefill's scale_row, done there). The products of
