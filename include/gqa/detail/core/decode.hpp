@@ -90,8 +90,10 @@ struct decode {
   // 1.29x, AVX2 1.09x (the walk at 13-18 GB/s); K's and V's lines both loaded at each step's start instead
   // gave 1.20-1.40x with the memory free but 0.98-1.05x contended, and 0.85-0.94x against these loads.
   // Below 24 MiB loads cost where the cache holds K/V (a step's first loads evict L1): 2048 keys (16 MiB)
-  // 0.90x, 256 keys (L2) 0.77-0.80x. 16-bit and int8 K/V of 24 MiB or more on AMD CPUs (since 2026-12-05,
-  // evening): each step loads one element per line of its keys' K and V rows, all heads, in address order
+  // 0.90x, 256 keys (L2) 0.77-0.80x. 16-bit and int8 K/V of 24 MiB or more on AMD CPUs, whose step (8 keys'
+  // K and V rows, every KV head) fits in 32 KiB (since 2026-12-05, evening; MHA decode's 128 KiB steps of
+  // bf16 evicted L1 before their arithmetic: 0.84x at 8192 keys, so larger steps keep the prefetches):
+  // each step loads one element per line of its keys' K and V rows, all heads, in address order
   // (their units follow the block's scores, so V's loads cannot wait for a unit), and while each head's
   // scores run it prefetches (into L1) that head's K and V rows of the next step's keys, so that those misses
   // are under way during the step's arithmetic and the next step's loads mostly hit. Measured (AMD EPYC,

@@ -442,8 +442,10 @@ struct kernel {
     const index_t d = pb.d, dv = pb.dv;
     // The bf16 tiles take the tiled tasks of a call that allows them (Note [bf16 tiles]).
     const bool t16 = bf16_capable && pb.bf16_tiles && t.g1 - t.g0 == 1 && rows > k_direct_rows;
-    // Decode tasks (several KV heads) of such a call take VDPBF16PS where it is the engine (Note [bf16 decode]).
-    const bool d16 = bf16_capable && pb.bf16_tiles && !pb.bf16_amx && t.g1 - t.g0 > 1;
+    // Decode tasks (several KV heads) of such a call take VDPBF16PS where it is the engine, when every head has
+    // 4 rows or more (Note [bf16 decode]).
+    bool d16 = bf16_capable && pb.bf16_tiles && !pb.bf16_amx && t.g1 - t.g0 > 1;
+    for (index_t gi = t.g0; gi < t.g1 && d16; ++gi) d16 = pb.map->group_size(pb.active[gi]) * npos >= 4;
     const layout lay = plan_scratch(rows, d, dv, pb.block_kv, t16 || d16);
     float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
     float* qp = ws + lay.qp;
@@ -830,12 +832,14 @@ index_t forward_rows() noexcept {
 }
 
 /// Whether a decode call's steps first load their K/V lines (Note [decode first loads] in decode.hpp): on
-/// AMD CPUs, for K and V of 24 MiB or more (b · skv · hkv rows of d_qk + d_v elements). Changes no result.
+/// AMD CPUs, for K and V of 24 MiB or more (b · skv · hkv rows of d_qk + d_v elements); for 16-bit and int8
+/// K/V only while a step's K and V rows (k_direct_keys keys, every KV head) fit in 32 KiB. Changes no result.
 template <class T>
 bool decode_first_loads(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
-  const double bytes = static_cast<double>(b) * static_cast<double>(skv) * static_cast<double>(hkv) *
-                       static_cast<double>(dqv) * static_cast<double>(sizeof(T));
-  return ::gqa::isa::amd_cpu() && bytes >= 24.0 * 1024.0 * 1024.0;
+  const double row = static_cast<double>(hkv) * static_cast<double>(dqv) * static_cast<double>(sizeof(T));
+  const double bytes = static_cast<double>(b) * static_cast<double>(skv) * row;
+  const bool step_fits = std::is_same_v<T, float> || static_cast<double>(k_direct_keys) * row <= 32.0 * 1024.0;
+  return ::gqa::isa::amd_cpu() && bytes >= 24.0 * 1024.0 * 1024.0 && step_fits;
 }
 
 // Note [short last query block]
