@@ -1184,7 +1184,9 @@ TYPED_TEST_P(lowp_suite, bf16_products_match_reference) {
     const gqa::head_map map = c.map();
     const bool decode = map.max_group_size() * c.sq <= 32;  // decode tasks (Note [decode tasks]), 2+ KV heads
     bool four_rows = true;  // every KV head that serves a query head has 4 rows or more (Note [bf16 decode])
-    for (index_t g = 0; g < map.hkv(); ++g) four_rows = four_rows && (map.group_size(g) == 0 || map.group_size(g) * c.sq >= 4);
+    for (index_t g = 0; g < map.hkv(); ++g) {
+      four_rows = four_rows && (map.group_size(g) == 0 || map.group_size(g) * c.sq >= 4);
+    }
     const bool differs = check_bf16p<TypeParam>(c);
     differing += differs && !decode ? 1 : 0;
     decode_cases += decode && four_rows ? 1 : 0;
