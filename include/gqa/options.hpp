@@ -64,9 +64,9 @@ struct attention_options {
   /// an AMD one with AVX512-BF16 (isa::bf16_dot_fast()) and the call runs on AVX-512, prefill (the tiled
   /// path) multiplies in bf16 with fp32 sums: Q·Kᵀ on the bf16 inputs as they are, and P·V with the
   /// probabilities rounded to bf16, 1.4-3× as fast as fp32 (docs/api.md, "Element types"; docs/design.md,
-  /// Note [bf16 tiles]); on the AMD one decode does too (Note [bf16 decode]). false: every product in fp32
-  /// on the widened inputs, bit for bit the fp32 call's result (rounded once for a bf16 O). Other element
-  /// types ignore it.
+  /// Note [bf16 tiles]); on the AMD one decode does too (Notes [bf16 decode], [bf16 tiles for few rows]).
+  /// false: every product in fp32 on the widened inputs, bit for bit the fp32 call's result (rounded once
+  /// for a bf16 O). Other element types ignore it.
   bool bf16_products = true;
   /// Which ISA a call WITHOUT an explicit one runs ("scalar", "avx2", "avx512", "neon"), for tests and
   /// benchmarks. Empty: the environment variable GQA_ISA when set, else the best ISA the running CPU

@@ -1013,9 +1013,10 @@ struct bf16p_case {
 /// The shapes and masks of the bf16 products' tests: d odd and not a multiple of 16, d_v != d, one query or
 /// one key, lengths that are not multiples of the block, causal, windows, softcap, ALiBi, sinks, padding,
 /// an unequal map with an empty group, K/V in BHSD, large scores; rows per KV head > 32 (the tiled path)
-/// in all but the last ones, decode tasks (Note [bf16 decode]): 4, 6, 8, 16 and 20 rows per KV head (and 3,
+/// in the first ones, then decode tasks (Note [bf16 decode]): 4, 6, 8, 16 and 20 rows per KV head (and 3,
 /// which keeps the fp32 products), d and d_v whole loads (64, 128) or not (24, 40, 80), odd units, a split
-/// KV range, windows and causal rows that cut units, padding.
+/// KV range, windows and causal rows that cut units, padding; last, one KV head serving queries with 20,
+/// 24 and 32 rows (the bf16 tiles, Note [bf16 tiles for few rows]) or 16 (the fp32 direct path).
 std::vector<bf16p_case> bf16p_cases() {
   std::vector<bf16p_case> cs;
   std::uint64_t seed = 300;
@@ -1082,6 +1083,18 @@ std::vector<bf16p_case> bf16p_cases() {
   {
     bf16p_case& c = add(2, 170, 6, 3, 64);
     c.kv_of_q = {0, 0, 0, 0, 2, 2};  // 8 and 4 rows; KV head 1 serves none
+    c.bhsd_kv = true;
+  }
+  // One KV head serving queries, 32 rows or fewer (Note [bf16 tiles for few rows]): from 20 rows the bf16
+  // tiles, below that the fp32 direct path.
+  add(1, 300, 32, 1, 40);                       // MQA decode: 32 rows
+  add(2, 2101, 12, 1, 128).causal = true;       // 24 rows, the KV range split, blocks cut by the diagonal
+  add(4, 130, 4, 1, 32).causal = true;          // 16 rows: the fp32 products
+  add(1, 150, 20, 1, 64);                       // 20 rows
+  {
+    bf16p_case& c = add(1, 90, 20, 3, 24, 40);  // 20 rows on KV head 1; heads 0 and 2 serve none
+    c.kv_of_q.assign(20, 1);
+    c.window_left = 40;
     c.bhsd_kv = true;
   }
   return cs;
@@ -1182,19 +1195,24 @@ TYPED_TEST_P(lowp_suite, bf16_products_match_reference) {
   int differing = 0, decode_cases = 0, decode_differing = 0;
   for (const bf16p_case& c : bf16p_cases()) {
     const gqa::head_map map = c.map();
-    const bool decode = map.max_group_size() * c.sq <= 32;  // decode tasks (Note [decode tasks]), 2+ KV heads
+    const bool decode = map.max_group_size() * c.sq <= 32;  // the direct path's rows (Note [decode tasks])
     bool four_rows = true;  // every KV head that serves a query head has 4 rows or more (Note [bf16 decode])
+    index_t serving = 0;    // KV heads that serve a query head
     for (index_t g = 0; g < map.hkv(); ++g) {
       four_rows = four_rows && (map.group_size(g) == 0 || map.group_size(g) * c.sq >= 4);
+      serving += map.group_size(g) > 0 ? 1 : 0;
     }
+    // One serving KV head: the bf16 tiles from 20 rows (Note [bf16 tiles for few rows]); several: the walk.
+    const bool bf16_decode = serving == 1 ? map.max_group_size() * c.sq >= 20 : four_rows;
     const bool differs = check_bf16p<TypeParam>(c);
     differing += differs && !decode ? 1 : 0;
-    decode_cases += decode && four_rows ? 1 : 0;
+    decode_cases += decode && bf16_decode ? 1 : 0;
     decode_differing += differs && decode ? 1 : 0;
   }
   // Where the bf16 products run (AMX tiles, or AVX512-BF16 on AMD), the tiled cases took them (their results
   // are not the fp32 products'); with AVX512-BF16 on AMD (no AMX), so did every decode case whose KV heads
-  // have 4 rows or more, and no other (Note [bf16 decode]).
+  // have 4 rows or more (Note [bf16 decode]) or whose one serving KV head has 20 or more (Note [bf16 tiles
+  // for few rows]), and no other.
   if (std::is_same_v<TypeParam, gqa::isa::avx512> && (gqa::isa::amx_tiles_granted() || gqa::isa::bf16_dot_fast())) {
     EXPECT_GE(differing, 10);
   }
@@ -1216,6 +1234,10 @@ void check_bf16p_nonfinite(int variant) {
   if (variant >= 3) {  // decode tasks (Note [bf16 decode]): 4 queries, rows see keys [0, 297 + i)
     c.sq = 4;
     c.d = variant == 3 ? 64 : 40;  // whole loads, or masked ones
+  }
+  if (variant == 5) {  // one KV head, 3 queries × 8 heads: the bf16 tiles (Note [bf16 tiles for few rows])
+    c.sq = 3;
+    c.hkv = 1;
   }
   SCOPED_TRACE("bf16 products, non-finite inputs, variant " + std::to_string(variant));
   const auto nq = static_cast<std::size_t>(c.sq * c.hq * c.d), nk = static_cast<std::size_t>(c.skv * c.hkv * c.d);
@@ -1240,10 +1262,15 @@ void check_bf16p_nonfinite(int variant) {
     vw[at(299, 1, 1)] = k_inf;   // only the last row of KV head 1
     vw[at(40, 1, 6)] = -k_inf;   // every row of KV head 1, in a unit no mask cuts: VDPBF16PS
     vw[at(71, 0, 2)] = k_nan;    // every row of KV head 0, column 2
-  } else {
+  } else if (variant == 4) {
     kw[at(150, 0, 5)] = k_nan;   // every row of KV head 0: NaN
     qw[static_cast<std::size_t>((1 * c.hq + 6) * c.d + 2)] = k_inf;  // one row of KV head 1: NaN
     vw[at(77, 1, 0)] = k_inf;    // the other rows of KV head 1, column 0: +inf
+  } else {                       // rows see keys [0, 298 + i): the last block is cut by the diagonal
+    vw[at(298, 0, 3)] = k_nan;   // rows i >= 1, column 3 (a cut block with a NaN: the fp32 band)
+    vw[at(299, 0, 1)] = k_inf;   // only the last query's rows, column 1
+    vw[at(40, 0, 6)] = -k_inf;   // every row, in a block no mask cuts: the bf16 tiles
+    qw[static_cast<std::size_t>((0 * c.hq + 5) * c.d + 2)] = k_inf;  // one row: NaN
   }
   const auto q16 = narrowed<gqa::bf16>(qw), k16 = narrowed<gqa::bf16>(kw), v16 = narrowed<gqa::bf16>(vw);
   std::vector<float> o, lse, o32, lse32;
@@ -1263,7 +1290,7 @@ void check_bf16p_nonfinite(int variant) {
 }
 
 TYPED_TEST_P(lowp_suite, bf16_products_nonfinite_as_in_fp32) {
-  for (int variant = 0; variant < 5; ++variant) check_bf16p_nonfinite<TypeParam>(variant);
+  for (int variant = 0; variant < 6; ++variant) check_bf16p_nonfinite<TypeParam>(variant);
 }
 
 /// A paged cache (shuffled pages of 16 slots) and a ragged batch with bf16 Q/K/V/O and the bf16 products:

@@ -99,6 +99,22 @@ namespace detail::core {
 // Q/K/V 1.23x against bf16 K/V with fp32 Q 1.12x. First written with masked loads for every row, bf16 ran
 // 0.87-0.92x at 16384 keys (Note [plain loads from memory] in isa/bf16_dot.hpp).
 
+// Note [bf16 tiles for few rows]
+// A task of one KV head with 32 rows or fewer takes the direct path (Note [direct path]): K and V read in
+// place, every element widened to fp32 for fp32 products. That is decode of MQA (32 query heads on one KV
+// head) and of any call whose KV heads serving queries are one. Where VDPBF16PS is the engine (not with
+// AMX: not measured there), such a task with k_tiles16_min_rows rows or more takes the bf16 tiles above
+// instead: K and V are packed into pairs once per block, which its 20 or more rows share, and the products
+// run at VDPBF16PS's rate. Measured (AMD EPYC, family 26 model 2, 2026-12-05, one thread pinned, bf16 Q/K/V,
+// one query on one KV head of d 128; the two builds' processes in turn at 23:03-23:05 UTC, then the two
+// called alternately in one process at 23:25, 11 pairs), with K/V in L2 (512 keys) and at 16384 keys:
+// 32 rows 1.18-1.24x and 1.24-1.27x; 24 rows 1.13-1.24x and 1.21-1.29x; 20 rows 1.01-1.10x and 1.03-1.13x;
+// 16 rows 0.96-1.06x and 1.01-1.12x; 12 rows 1.00x; 8 rows 0.73-0.77x; 4 rows 0.52-0.60x. The 6-row tile
+// groups compute padding rows (16 rows run as 6 + 6 + 4 of 6), and the per-block packing needs rows to
+// repay it. Several KV heads (decode tasks) keep the walk of Note [bf16 decode].
+/// The fewest rows of a one-KV-head task that the bf16 tiles take on VDPBF16PS (Note [bf16 tiles for few rows]).
+inline constexpr index_t k_tiles16_min_rows = 20;
+
 /// No bf16 tiles: the primary template (every ISA but AVX-512 on x86-64 GCC/clang).
 template <class Isa>
 struct bf16_tiles {

@@ -440,8 +440,10 @@ struct kernel {
     const index_t npos = t.q1 - t.q0;
     const index_t rows = task_rows(pb, t);
     const index_t d = pb.d, dv = pb.dv;
-    // The bf16 tiles take the tiled tasks of a call that allows them (Note [bf16 tiles]).
-    const bool t16 = bf16_capable && pb.bf16_tiles && t.g1 - t.g0 == 1 && rows > k_direct_rows;
+    // The bf16 tiles take the tiled tasks of a call that allows them (Note [bf16 tiles]), and on VDPBF16PS
+    // a one-KV-head task of 20 rows or more that the direct path would take (Note [bf16 tiles for few rows]).
+    const bool t16 = bf16_capable && pb.bf16_tiles && t.g1 - t.g0 == 1 &&
+                     (rows > k_direct_rows || (!pb.bf16_amx && rows >= k_tiles16_min_rows));
     // Decode tasks (several KV heads) of such a call take VDPBF16PS where it is the engine, when every head has
     // 4 rows or more (Note [bf16 decode]).
     bool d16 = bf16_capable && pb.bf16_tiles && !pb.bf16_amx && t.g1 - t.g0 > 1;
@@ -563,7 +565,7 @@ struct kernel {
         const index_t grow = G * npos;
         float* srow0 = sc + r0 * lay.bk;
         float* orow0 = st.o + r0 * lay.dvp;
-        const bool direct_path = grow <= k_direct_rows;  // See Note [direct path]
+        const bool direct_path = !t16 && grow <= k_direct_rows;  // See Note [direct path]
         const auto [kb, vb] = block_rows(pb, t.ib, g, jb, ptr);  // its nbb keys from jb
         // The tiled path's packed block: kept from an earlier task of this thread, or packed now (into the
         // kept blocks, or into the task's scratch); Note [packed K/V reuse]. Its work starts skip keys in.
