@@ -147,17 +147,18 @@ struct decode {
     const index_t d = k.d;
     const typename D::extent de(d);
     const bool heads_adjacent = k.stride_h == d && v.stride_h == v.d;
-    const bool load_first = heads_adjacent && first_loads && fused<T>;     // Note [decode first loads]
-    const bool load_narrow = heads_adjacent && first_loads && !fused<T>;   // the same, narrow K/V
-    const bool fetch_first = heads_adjacent && !first_loads && !fused<T>;  // Note [keys per step]
-    const bool touch_unused = heads_adjacent && !load_first && !load_narrow && !fetch_first;
+    // Each step's first pass over its keys' rows, all heads, in address order: loads (Note [decode first
+    // loads]; fp32 loads V's per unit, before its P·V), or for narrow K/V prefetches (Note [keys per step]).
+    const bool loads = heads_adjacent && first_loads;
+    const bool prefetches = heads_adjacent && !first_loads && !fused<T>;
+    const bool touch_unused = heads_adjacent && !loads && !prefetches;
     const auto touch_head = [&](kv_loc at, index_t g) noexcept {
       touch_lines(k.row(at.b, at.s, g), k.d);
       touch_lines(v.row(at.b, at.s, g), v.d);
     };
     auto cur = lay.kv_cursor(ib, j0);
     kv_loc last{};
-    kv_loc unit_at[unit_keys]{};  // with load_first: the unit's keys, whose V lines are loaded before its P·V
+    kv_loc unit_at[unit_keys]{};  // fp32 with loads: the unit's keys, whose V lines are loaded before its P·V
     for (index_t u0 = j0; u0 < j0 + nb; u0 += span) {
       const index_t un = std::min(span, j0 + nb - u0);
       for (index_t j = u0; j < u0 + round_up(un, unit_keys); j += KU) {
@@ -170,24 +171,25 @@ struct decode {
           }
           at[u] = last;
         }
-        // The step's rows in address order first: its K rows loaded (Note [decode first loads]), or for
-        // narrow K/V its K and V rows prefetched (Note [keys per step]).
-        for (index_t e = 0; e < keys && load_first; ++e) {
-          touch_lines(k.row(at[e].b, at[e].s, 0), k.h * d);
-          unit_at[j - u0 + e] = at[e];
+        // The step's first pass.
+        for (index_t e = 0; e < keys && (loads || prefetches); ++e) {
+          const T* kr0 = k.row(at[e].b, at[e].s, 0);
+          const T* vr0 = v.row(at[e].b, at[e].s, 0);
+          if (prefetches) {
+            prefetch_lines_l1(kr0, k.h * d);
+            prefetch_lines_l1(vr0, v.h * v.d);
+          } else if (fused<T>) {
+            touch_lines(kr0, k.h * d);
+            unit_at[j - u0 + e] = at[e];
+          } else {
+            touch_lines(kr0, k.h * d);
+            touch_lines(vr0, v.h * v.d);
+          }
         }
-        for (index_t e = 0; e < keys && fetch_first; ++e) {
-          prefetch_lines_l1(k.row(at[e].b, at[e].s, 0), k.h * d);
-          prefetch_lines_l1(v.row(at[e].b, at[e].s, 0), v.h * v.d);
-        }
-        // With load_narrow, the next step's keys of this block: each head prefetches its rows of them below.
+        // Narrow K/V with loads: the next step's keys of this block, whose rows each head prefetches below.
         kv_loc ahead[KU];
         index_t n_ahead = 0;
-        for (index_t e = 0; e < keys && load_narrow; ++e) {
-          touch_lines(k.row(at[e].b, at[e].s, 0), k.h * d);
-          touch_lines(v.row(at[e].b, at[e].s, 0), v.h * v.d);
-        }
-        if (load_narrow) {
+        if (loads && !fused<T>) {
           auto c = cur;
           n_ahead = std::clamp<index_t>(u0 + un - (j + KU), 0, KU);
           for (index_t e = 0; e < n_ahead; ++e, c.next()) ahead[e] = c.loc();
@@ -223,8 +225,9 @@ struct decode {
         for (index_t u = heads.back() + 1; u < k.h && touch_unused; ++u)
           for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
       }
-      // With load_first (fp32: span is one unit) the unit's V rows, all heads, in address order.
-      for (index_t e = 0; e < un && load_first; ++e) touch_lines(v.row(unit_at[e].b, unit_at[e].s, 0), v.h * v.d);
+      // fp32 with loads (span is one unit): the unit's V rows, all heads, in address order.
+      for (index_t e = 0; e < un && loads && fused<T>; ++e)
+        touch_lines(v.row(unit_at[e].b, unit_at[e].s, 0), v.h * v.d);
       for (index_t i = 0, r0 = 0; i < static_cast<index_t>(heads.size()); ++i) {
         for (index_t x = u0 - j0; x < u0 - j0 + un; x += unit_keys) step(i, r0, x, std::min(unit_keys, u0 - j0 + un - x));
         r0 += map.group_size(heads[static_cast<std::size_t>(i)]) * npos;
