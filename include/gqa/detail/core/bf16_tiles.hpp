@@ -111,7 +111,11 @@ namespace detail::core {
 // 32 rows 1.18-1.24x and 1.24-1.27x; 24 rows 1.13-1.24x and 1.21-1.29x; 20 rows 1.01-1.10x and 1.03-1.13x;
 // 16 rows 0.96-1.06x and 1.01-1.12x; 12 rows 1.00x; 8 rows 0.73-0.77x; 4 rows 0.52-0.60x. The 6-row tile
 // groups compute padding rows (16 rows run as 6 + 6 + 4 of 6), and the per-block packing needs rows to
-// repay it. Several KV heads (decode tasks) keep the walk of Note [bf16 decode].
+// repay it. Several KV heads (decode tasks) keep the walk of Note [bf16 decode]. Such a decode call takes
+// the tiles' blocks of 256 keys (block_kv), not decode's 64 (block_kv_decode, sized for the walk's bytes in
+// flight): against 64, called alternately (2026-12-06 00:30 UTC, 11 pairs), 32 rows 1.15x in L2 and 1.08x
+// at 16384 keys, 24 rows 1.08x, 20 rows 1.15x and 1.09x (blocks of 128: 1.07-1.08x); the rows above are
+// with 64.
 /// The fewest rows of a one-KV-head task that the bf16 tiles take on VDPBF16PS (Note [bf16 tiles for few rows]).
 inline constexpr index_t k_tiles16_min_rows = 20;
 

@@ -929,7 +929,11 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const bool bf16_products = K::bf16_capable && opt.bf16_products;
   const bool bf16_amx = bf16_products && ::gqa::isa::amx_tiles_granted();
   const bool tiles16 = bf16_amx || (bf16_products && ::gqa::isa::bf16_dot_fast());
-  const index_t block_kv = decode     ? shape::block_kv_decode
+  // A decode call whose one task per sequence takes the bf16 tiles (Note [bf16 tiles for few rows]) takes the
+  // tiles' blocks, not decode's.
+  const bool few_rows16 = decode && tiles16 && !bf16_amx && n_active == 1 && gmax * sq >= k_tiles16_min_rows;
+  const index_t block_kv = few_rows16 ? shape::block_kv
+                           : decode   ? shape::block_kv_decode
                            : bf16_amx ? shape::block_kv_tiles16
                                       : shape::block_kv;
   if (!decode && n_chunks == 1 && n_qblocks >= 2) {
