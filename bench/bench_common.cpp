@@ -213,16 +213,18 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
           s.kv = t;
           add(var, "variant", "gqa", s, s);
         }
-  // MQA decode with bf16 Q/K/V: D1 with its 32 query heads on one KV head, one and two threads (not scalar);
-  // mqa/<isa>/B1_Hq32_Hkv1_D128_Sq1_Skv16384_full is the fp32 call (docs/benchmarks.md).
+  // MQA decode with bf16 Q/K/V and with an int8 cache: D1 with its 32 query heads on one KV head, one and
+  // two threads (not scalar); mqa/<isa>/B1_Hq32_Hkv1_D128_Sq1_Skv16384_full is the fp32 call
+  // (docs/benchmarks.md).
   if (isa != "scalar" && std::find(variants.begin(), variants.end(), "gqa") != variants.end())
-    for (int th : {1, 2}) {
-      shape s = make_main_shape(main_shape::d1, th);
-      s.hkv = 1;
-      s.kv = kv_type::bf16;
-      s.qo16 = true;
-      add(var, "variant", "gqa", s, s);
-    }
+    for (const kv_type t : {kv_type::bf16, kv_type::i8})
+      for (int th : {1, 2}) {
+        shape s = make_main_shape(main_shape::d1, th);
+        s.hkv = 1;
+        s.kv = t;
+        s.qo16 = t == kv_type::bf16;
+        add(var, "variant", "gqa", s, s);
+      }
   // The K/V forms of gqa/paged.hpp and gqa/varlen.hpp against the dense views, on P1, P3 and D1 with the
   // GQA heads, one thread: kv_dense (gqa::attend on the BSHD buffers), kv_paged16 and kv_paged256 (the same
   // keys in shuffled pages of 16 and 256 slots), kv_ragged (the same buffers as packed sequences).

@@ -68,6 +68,14 @@ struct attention_options {
   /// false: every product in fp32 on the widened inputs, bit for bit the fp32 call's result (rounded once
   /// for a bf16 O). Other element types ignore it.
   bool bf16_products = true;
+  /// With an int8 K/V cache (gqa::q8_view): where the CPU has AVX512-VNNI and the call runs on AVX-512,
+  /// decode (a call whose tasks take several KV heads: few query positions) computes Q·Kᵀ in integers:
+  /// each Q row is quantised to int8 with one fp32 scale (max |q| / 127, nearest even) and VPDPBUSD sums
+  /// its products with the int8 K rows exactly, as llama.cpp does for its quantised caches. This rounds Q
+  /// about as coarsely as the cache rounds K, so it adds a score error of the cache's own size (docs/api.md,
+  /// "Element types"; Note [int8 decode products]). A task with a non-finite Q element keeps the fp32
+  /// products. false: Q·Kᵀ in fp32 on the dequantised K, as on every other CPU. Other element types ignore it.
+  bool int8_products = true;
   /// Which ISA a call WITHOUT an explicit one runs ("scalar", "avx2", "avx512", "neon"), for tests and
   /// benchmarks. Empty: the environment variable GQA_ISA when set, else the best ISA the running CPU
   /// supports. A name the CPU lacks throws gqa::invalid_argument. attend<isa::X> ignores it.

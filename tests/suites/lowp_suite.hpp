@@ -161,6 +161,8 @@ two_runs run_both(const lowp_case& c, gqa::tensor_view<const float> q, const gqa
   opt.kv_lengths = c.kv_lengths;
   opt.window_left = c.window_left;
   opt.lse = r.lse;
+  // int8 K/V: the fp32 products on the dequantised K (the int8 products' own tests: int8_products_*).
+  opt.int8_products = false;
   gqa::attend<Isa>(q, k, v, gqa::bshd(r.o.data(), c.b, c.sq, c.hq, c.dv), map, opt);
   opt.lse = r.lse32;
   gqa::attend<Isa>(q, kv_view(c, kw, c.d), kv_view(c, vw, c.dv), gqa::bshd(r.o32.data(), c.b, c.sq, c.hq, c.dv), map, opt);
@@ -458,6 +460,7 @@ void check_variants() {
           const auto q = gqa::bshd<const float>(qd.data(), b, sq, h.hq, d);
           gqa::attention_options opt;
           opt.causal = causal;
+          opt.int8_products = false;  // the fp32 products (the int8 products: int8_products_every_variant)
           std::vector<float> olow(static_cast<std::size_t>(b * sq * h.hq * d), k_nan), o32 = olow;
           // The variant on K/V k, v (low precision) into olow, and on their float values kw, vw into o32.
           const auto run = [&](const auto& k, const auto& v, const std::vector<float>& kw, const std::vector<float>& vw) {
@@ -1462,7 +1465,151 @@ TYPED_TEST_P(lowp_suite, bf16_dot_tiles_match_double_sums) {
   }
 }
 
-REGISTER_TYPED_TEST_SUITE_P(lowp_suite, decode_first_loads_keep_bits, attend_bf16_matches_reference_and_fp32_bitwise,
+
+// --- int8 products (options.int8_products; Note [int8 decode products] in detail/core/decode.hpp) ---
+
+/// Q (b, sq, hq, d, BSHD) with each row quantised by gqa::quantize_q8's rule and dequantised: the values
+/// the int8 products multiply K by (Note [int8 products tolerance]).
+std::vector<float> quantised_q(const std::vector<float>& q, index_t b, index_t sq, index_t hq, index_t d) {
+  std::vector<std::int8_t> values(q.size());
+  std::vector<float> scales(static_cast<std::size_t>(b * sq * hq)), out(q.size());
+  gqa::quantize_q8(gqa::bshd<const float>(q.data(), b, sq, hq, d), gqa::bshd(values.data(), b, sq, hq, d),
+                   gqa::bshd(scales.data(), b, sq, hq, 1));
+  gqa::dequantize_q8({gqa::bshd<const std::int8_t>(values.data(), b, sq, hq, d),
+                      gqa::bshd<const float>(scales.data(), b, sq, hq, 1)},
+                     gqa::bshd(out.data(), b, sq, hq, d));
+  return out;
+}
+
+/// Whether an attend() call of this head map and query length takes the int8 products on Isa: AVX-512 on a
+/// CPU with AVX512-VNNI, and a decode call (Note [decode tasks]: every KV head's rows, group × sq, at most
+/// 32), whose tasks walk several KV heads or take one KV head's direct path.
+template <class Isa>
+bool int8_products_run(const gqa::head_map& map, index_t sq) {
+  return std::is_same_v<Isa, gqa::isa::avx512> && gqa::isa::cpu().avx512_vnni && map.max_group_size() * sq <= 32;
+}
+
+/// Case c with int8 K/V and options.int8_products: where the products run, against the double reference
+/// fed the quantised Q and the dequantised K/V within Note [int8 products tolerance], and with a non-finite
+/// Q element in each batch bit for bit the fp32 products (the task keeps them); elsewhere bit for bit the
+/// call with the option off. Returns whether the output or the LSE differs from the option off.
+template <class Isa>
+bool check_case_q8_products(const lowp_case& c) {
+  SCOPED_TRACE("int8 products: " + c.describe());
+  const auto nq = static_cast<std::size_t>(c.b * c.sq * c.hq * c.d);
+  const auto nk = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.d), nv = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.dv);
+  auto qd = gqa::test::random_floats(nq, c.seed * 3, c.lo, c.hi);
+  const q8_kv k8 = quantised(c, gqa::test::random_floats(nk, c.seed * 3 + 1, c.lo, c.hi), c.d);
+  const q8_kv v8 = quantised(c, gqa::test::random_floats(nv, c.seed * 3 + 2, c.lo, c.hi), c.dv);
+  const gqa::head_map map = c.map();
+  const auto no = static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), nl = static_cast<std::size_t>(c.b * c.hq * c.sq);
+  const auto run = [&](bool products, std::vector<float>& o, std::vector<float>& lse) {
+    o.assign(no, k_nan);
+    lse.assign(nl, k_nan);
+    gqa::attention_options opt;
+    opt.causal = c.causal;
+    opt.kv_lengths = c.kv_lengths;
+    opt.window_left = c.window_left;
+    opt.lse = lse;
+    opt.int8_products = products;
+    gqa::attend<Isa>(gqa::bshd<const float>(qd.data(), c.b, c.sq, c.hq, c.d), k8.view, v8.view,
+                     gqa::bshd(o.data(), c.b, c.sq, c.hq, c.dv), map, opt);
+  };
+  std::vector<float> o, lse, o_off, lse_off;
+  run(true, o, lse);
+  run(false, o_off, lse_off);
+  const bool differs = first_difference(o, o_off) != -1 || first_difference(lse, lse_off) != -1;
+  if (int8_products_run<Isa>(map, c.sq)) {
+    const auto qq = quantised_q(qd, c.b, c.sq, c.hq, c.d);
+    expect_near_reference(c, gqa::bshd<const float>(qq.data(), c.b, c.sq, c.hq, c.d), map, k8.deq, v8.deq, o, lse);
+  } else {
+    EXPECT_EQ(first_difference(o, o_off), -1) << "the int8 products ran where they should not";
+    EXPECT_EQ(first_difference(lse, lse_off), -1);
+  }
+  // A NaN in batch 0's Q and an inf in the last batch's: their tasks keep the fp32 products, whose bits
+  // (NaN where they give NaN) the call returns.
+  qd[0] = k_nan;
+  qd[nq - 1] = k_inf;
+  run(true, o, lse);
+  run(false, o_off, lse_off);
+  EXPECT_EQ(first_difference(o, o_off), -1) << "non-finite Q";
+  EXPECT_EQ(first_difference(lse, lse_off), -1) << "non-finite Q";
+  return differs;
+}
+
+TYPED_TEST_P(lowp_suite, int8_products_match_reference) {
+  int ran = 0, differing = 0;
+  for (const lowp_case& c : attend_cases()) {
+    // d = 1: one element per row quantises to ±127 · scale, often q itself, so the results need not differ.
+    const bool runs = int8_products_run<TypeParam>(c.map(), c.sq) && c.d > 1;
+    const bool differs = check_case_q8_products<TypeParam>(c);
+    ran += runs ? 1 : 0;
+    differing += runs && differs ? 1 : 0;
+  }
+  // Where they run (AVX-512 with VNNI) the decode cases took them: their results are not the fp32 products'.
+  if (std::is_same_v<TypeParam, gqa::isa::avx512> && gqa::isa::cpu().avx512_vnni) {
+    EXPECT_GE(ran, 10);
+  }
+  EXPECT_EQ(differing, ran);
+  // Longer rows (d 128 and 256: whole 64-byte loads, several per row) over 2100 keys (split KV), and a
+  // row of zeros (scale 0).
+  lowp_case c;
+  c.b = 1, c.sq = 1, c.skv = 2100, c.hq = 32, c.hkv = 8, c.d = c.dv = 128, c.seed = 950;
+  check_case_q8_products<TypeParam>(c);
+  c.d = c.dv = 256, c.sq = 2, c.causal = true, c.skv = 300, c.seed = 951;
+  check_case_q8_products<TypeParam>(c);
+}
+
+/// Every registered variant with an int8 cache and options.int8_products: its output is either the fp32
+/// products' bit for bit (calls that do not take them: prefill, WGQA's core on its fp32 copy) or,
+/// where they ran, within 8·d·u·max(1, max|V|) of the same variant on the quantised Q and the dequantised
+/// K/V in fp32 (Note [int8 products tolerance]); on AVX-512 with VNNI some decode cases of every variant
+/// but WGQA ran them.
+TYPED_TEST_P(lowp_suite, int8_products_every_variant) {
+  int ran = 0;
+  for_each_variant_case(800, [&](auto t, const variant_case& c) {
+    using P = typename decltype(t)::type;
+    const gqa::model_shape& m = c.m;
+    const gqa::variant_heads& h = c.h;
+    const index_t b = c.b, sq = c.sq, skv = c.skv, d = c.d;
+    SCOPED_TRACE(c.trace(P::name, "int8 K/V, int8 products"));
+    const auto qd = gqa::test::random_floats(static_cast<std::size_t>(b * sq * h.hq * d), c.seed);
+    const auto qq = quantised_q(qd, b, sq, h.hq, d);
+    lowp_case lc;
+    lc.b = b, lc.skv = skv, lc.hkv = h.kv_in;
+    const q8_kv k8 = quantised(lc, c.keys(), d);
+    const q8_kv v8 = quantised(lc, gqa::test::random_floats(static_cast<std::size_t>(b * skv * h.kv_in * d), c.seed + 2), d);
+    const auto no = static_cast<std::size_t>(b * sq * h.hq * d);
+    std::vector<float> o(no, k_nan), o_off(no, k_nan), o32(no, k_nan);
+    gqa::attention_options opt;
+    opt.causal = c.causal;
+    const auto run = [&](const std::vector<float>& qv, const auto& k, const auto& v, std::vector<float>& out, bool products) {
+      opt.int8_products = products;
+      gqa::with_default_policy<P>(m, [&](P& p) {
+        gqa::forward<TypeParam>(p, gqa::bshd<const float>(qv.data(), b, sq, h.hq, d), k, v,
+                                gqa::bshd(out.data(), b, sq, h.hq, d), opt);
+      });
+    };
+    run(qd, k8.view, v8.view, o, true);
+    run(qd, k8.view, v8.view, o_off, false);
+    for (const float x : o) ASSERT_TRUE(std::isfinite(x));
+    if (first_difference(o, o_off) == -1) return;
+    ++ran;
+    run(qq, gqa::bshd<const float>(k8.deq.data(), b, skv, h.kv_in, d), gqa::bshd<const float>(v8.deq.data(), b, skv, h.kv_in, d),
+        o32, false);
+    double diff = 0.0, vmax = 1.0;
+    for (std::size_t i = 0; i < o.size(); ++i) diff = std::max(diff, std::fabs(static_cast<double>(o[i]) - o32[i]));
+    for (const float x : v8.deq) vmax = std::max(vmax, static_cast<double>(std::fabs(x)));
+    EXPECT_LE(diff, 8.0 * static_cast<double>(d) * 0x1p-24 * vmax);
+  });
+  if (std::is_same_v<TypeParam, gqa::isa::avx512> && gqa::isa::cpu().avx512_vnni) {
+    EXPECT_GE(ran, 10);
+  } else {
+    EXPECT_EQ(ran, 0);
+  }
+}
+
+REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_products_every_variant, decode_first_loads_keep_bits, attend_bf16_matches_reference_and_fp32_bitwise,
                             attend_f16_matches_reference_and_fp32_bitwise, attend_int8_matches_reference_and_fp32,
                             every_variant_bf16_matches_fp32_bitwise, every_variant_f16_matches_fp32_bitwise,
                             every_variant_int8_matches_fp32, nonfinite_kv_as_in_fp32, nonfinite_int8_rows_as_in_fp32,

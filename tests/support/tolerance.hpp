@@ -76,6 +76,19 @@ constexpr double k_error_floor = 1e-6;
 // packing, and there the two calls are equal bit for bit, which the tests require for shapes whose every
 // task is tiled (Note [int8 K/V] in detail/core/layout.hpp).
 
+// Note [int8 products tolerance]
+// With options.int8_products (on by default) a decode call on an int8 cache quantises each Q row by
+// gqa::quantize_q8's rule and multiplies it with the int8 K rows in integers (Note [int8 decode products] in
+// detail/core/decode.hpp). That rounding of Q (up to half a step, max|q| / 254, per element) is, like the
+// cache's, a choice of storage precision, not the kernel's arithmetic: the reference and the naive yardstick
+// are fed the quantised Q (quantize_q8 then dequantize_q8 on Q's rows) and the dequantised K/V, and the
+// call must lie within 2 · (naive error) + floor of that reference, Note [int8 K/V tolerance]'s rule
+// unchanged. The integer sums are exact; the scores take one fp32 product of the sum by the row's factor
+// (scale · log2(e) · Q's scale) and one by K's scale, against the d roundings of the naive fp32 dot
+// product, so the budget is no looser than the fp32 products'. Where the products do not run (prefill
+// tasks, one serving KV head, other ISAs, a task whose Q holds NaN or inf) the call must return the bits of
+// the same call with the option off.
+
 // Note [bf16 products tolerance]
 // With bf16 Q, K, V and O on a CPU with AMX-BF16, the AVX-512 core's prefill multiplies in bf16 (Note [bf16
 // tiles] in detail/core/bf16_tiles.hpp): Q·Kᵀ of the bf16 inputs summed in fp32 (the same products as

@@ -159,7 +159,10 @@ void for_each_element(const gqa::tensor_view<T>& t, F&& f) {
 // A case's K and V are float (70% of the cases), bf16, f16 (10% each) or int8 (10%: a gqa::q8_view, one
 // fp32 scale per (token, head) row), drawn after everything else, so that every mask, modifier, layout,
 // head map, variant and executor above meets every type; with bf16 or f16, half of the cases take Q and O
-// in that type too, and half of those with bf16 turn options.bf16_products off. Only what gqa provides
+// in that type too, and half of those with bf16 turn options.bf16_products off; half of those with int8 turn
+// options.int8_products off (the same draw), and every int8 case's Q rows that are finite hold their
+// values quantised and dequantised by gqa::quantize_q8's rule, the Q the int8 products multiply (Note
+// [int8 products tolerance]), with or without them. Only what gqa provides
 // is drawn: int8 on dense views; 16-bit K/V on every form for attend, on dense and paged for forward;
 // 16-bit Q/O for forward on dense views only. A case with 16-bit Q or f16 K/V has no overflow pairs
 // (rounded, ±1e20 is no longer the value that makes them: in f16 it is ±inf). The inputs are drawn as
@@ -203,7 +206,7 @@ struct case_spec {
   index_t page = 0;   ///< slots per page (kv_kind 1)
   kv_type kv = kv_type::f32;        ///< K/V's element type (Note [sweep element types])
   bool qo16 = false;                ///< Q and O in K/V's 16-bit type too
-  bool bf16_products = true;        ///< attention_options::bf16_products (matters for bf16 Q/K/V/O only)
+  bool bf16_products = true;        ///< attention_options::bf16_products (bf16 Q/K/V/O), and int8_products (int8 K/V)
   bool backward = false;            ///< also gqa::attend_backward (Note [sweep backward])
 
   std::string describe() const;
@@ -242,6 +245,7 @@ inline std::string case_spec::describe() const {
   if (kv != kv_type::f32) {
     os << " kv " << k_element_names[static_cast<int>(kv)];
     if (qo16) os << " qo " << k_element_names[static_cast<int>(kv)] << (kv == kv_type::bf16 && !bf16_products ? " (bf16_products off)" : "");
+    if (kv == kv_type::i8 && !bf16_products) os << " (int8_products off)";
   }
   if (backward) os << " backward";
   const auto lay = [&](const char* n, const layout& l) {
@@ -664,8 +668,24 @@ void make_half(const case_spec& c, case_data& r, const gqa::tensor_view<float>& 
 
 /// Case c's int8 K and V (Note [sweep element types]): each row of the k and v views quantised by
 /// gqa::quantize_q8 into a mirror of its buffer and a dense scale buffer, then dequantised back into the
-/// view.
-inline void make_int8(const case_spec& c, case_data& r, const gqa::tensor_view<float>& k, const gqa::tensor_view<float>& v) {
+/// view; and each row of q whose elements are all finite quantised and dequantised the same way, in place,
+/// so that the reference sees the Q that options.int8_products multiplies (and the same Q without them).
+inline void make_int8(const case_spec& c, case_data& r, const gqa::tensor_view<float>& q, const gqa::tensor_view<float>& k,
+                      const gqa::tensor_view<float>& v) {
+  std::vector<float> row(static_cast<std::size_t>(q.d));
+  std::vector<std::int8_t> row8(row.size());
+  float row_scale = 0.0f;
+  for (index_t ib = 0; ib < q.b; ++ib)
+    for (index_t is = 0; is < q.s; ++is)
+      for (index_t ih = 0; ih < q.h; ++ih) {
+        for (index_t x = 0; x < q.d; ++x) row[static_cast<std::size_t>(x)] = q(ib, is, ih, x);
+        if (!std::all_of(row.begin(), row.end(), [](float y) { return std::isfinite(y); })) continue;
+        const auto one = [&](auto* p) { return gqa::bshd(p, 1, 1, 1, q.d); };
+        gqa::quantize_q8(one(static_cast<const float*>(row.data())), one(row8.data()), gqa::bshd(&row_scale, 1, 1, 1, 1));
+        gqa::dequantize_q8({one(static_cast<const std::int8_t*>(row8.data())), gqa::bshd<const float>(&row_scale, 1, 1, 1, 1)},
+                           one(row.data()));
+        for (index_t x = 0; x < q.d; ++x) q(ib, is, ih, x) = row[static_cast<std::size_t>(x)];
+      }
   const std::vector<float>& kf = *float_buffers(r)[static_cast<std::size_t>(k_buffer(c))];
   const std::vector<float>& vf = *float_buffers(r)[static_cast<std::size_t>(v_buffer(c))];
   r.i8_kb.assign(kf.size(), 0);
@@ -722,7 +742,7 @@ inline case_data build_inputs(const case_spec& c) {
     const auto& t = in.tensor == 'q' ? q : in.tensor == 'k' ? k : v;
     t(in.ib, in.is, in.ih, in.x) = in.value;
   }
-  if (c.kv == kv_type::i8) detail::make_int8(c, r, k, v);  // int8: dense views only
+  if (c.kv == kv_type::i8) detail::make_int8(c, r, q, k, v);  // int8: dense views only
   r.q = q;
   r.k = k;
   r.v = v;
@@ -1011,6 +1031,7 @@ inline result run_on(const runner& isa, const case_spec& c, const case_data& in,
   if (threads == 1) k.opt.num_threads = 2;
   if (threads == 2) k.opt.parallel_for = reverse_two_threads;
   k.opt.bf16_products = c.bf16_products;
+  k.opt.int8_products = c.bf16_products;  // with int8 K/V the same draw (Note [sweep element types])
   std::vector<gqa::bf16> o_bf16;
   std::vector<gqa::f16> o_f16;
   if (c.qo16 && c.kv == kv_type::bf16) k.bf16.o = detail::half_output(r.o, k.o, o_bf16);

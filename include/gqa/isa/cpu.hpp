@@ -35,6 +35,9 @@ struct cpu_features {
   bool avx512 = false;
   /// AVX512-BF16 (CPUID.(EAX=7,ECX=1):EAX bit 5: VDPBF16PS, VCVTNE2PS2BF16) on top of avx512.
   bool avx512_bf16 = false;
+  /// AVX512-VNNI (CPUID.(EAX=7,ECX=0):ECX bit 11: VPDPBUSD) on top of avx512: what decode's int8 products
+  /// need (Note [int8 decode products] in detail/core/decode.hpp).
+  bool avx512_vnni = false;
   /// AMX-TILE and AMX-BF16 (CPUID.(EAX=7,ECX=0):EDX bits 24, 22) on top of avx512_bf16, and the OS saves
   /// the tile state (XCR0 bits 17, 18): what the bf16 prefill tiles need (Note [bf16 tiles] in
   /// detail/core/bf16_tiles.hpp), once the process may use the tile data (amx_tiles_granted()).
@@ -75,6 +78,7 @@ inline cpu_features detect() noexcept {
              avx512bw = (b >> 30) & 1u, avx512vl = (b >> 31) & 1u;
   f.avx2_fma = avx2 && fma && f16c && (xcr & ymm_state) == ymm_state;
   f.avx512 = f.avx2_fma && avx512f && avx512dq && avx512bw && avx512vl && (xcr & zmm_state) == zmm_state;
+  f.avx512_vnni = f.avx512 && ((c >> 11) & 1u);
   const bool amx_tile = (d >> 24) & 1u, amx_bf16 = (d >> 22) & 1u;
   if (!f.avx512 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return f;
   f.avx512_bf16 = (a >> 5) & 1u;

@@ -118,6 +118,11 @@ namespace detail::core {
 // with 64.
 /// The fewest rows of a one-KV-head task that the bf16 tiles take on VDPBF16PS (Note [bf16 tiles for few rows]).
 inline constexpr index_t k_tiles16_min_rows = 20;
+/// Whether a one-KV-head task of `rows` rows that the direct path would take (rows <= k_direct_rows) takes
+/// the bf16 tiles instead, on a call with them (Note [bf16 tiles for few rows]): on VDPBF16PS (amx false)
+/// from k_tiles16_min_rows rows. The task's choice (kernel::run) and the decode call's block length
+/// (forward_layout) both ask this.
+constexpr bool few_rows_take_tiles16(index_t rows, bool amx) noexcept { return !amx && rows >= k_tiles16_min_rows; }
 
 /// No bf16 tiles: the primary template (every ISA but AVX-512 on x86-64 GCC/clang).
 template <class Isa>

@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "../../head_map.hpp"
+#include "../../isa/i8_dot.hpp"
 #include "../../isa/vec.hpp"
 #include "../../tensor.hpp"
 #include "bf16_tiles.hpp"
@@ -34,6 +35,57 @@ namespace detail::core {
 // software prefetch distance, while the same bytes in address order stream at ~38-50 GB/s: the hardware prefetcher
 // follows sequential demand loads, not strided ones, and software prefetches alone reached ~25 GB/s.
 // D1 (1 × 32/8 heads × 128, 16384 keys) went from 18.6 to ~24 GB/s on one thread.
+
+// Note [int8 decode products]
+// With an int8 cache, decode's scores were fp32 dot products on the widened int8 K rows (Note [int8 K/V] in
+// layout.hpp): per key and head two conversions per 16 elements (vpmovsxbd, vcvtdq2ps), shared by the
+// head's rows, then one FMA per row and 16 elements. A profile of int8 D1 with the cache in L2 (AMD EPYC,
+// 2026-12-06) put half of the time in those scores. Where the CPU has AVX512-VNNI and the call allows it
+// (options.int8_products, on by default), a task of a decode call (the walk over several KV heads, Note
+// [decode tasks], or one KV head's direct path: MQA decode) quantises
+// each of its Q rows by gqa::quantize_q8's rule (scale = max|q| / 127, q / scale rounded to nearest even;
+// isa::i8_dot::quantize_row, the same bits as that rule's scalar code) and the walk's scores are integer
+// dot products: VPDPBUSD multiplies 64 unsigned by 64 signed bytes and adds each four products to one of
+// 16 int32 sums. K's bytes are made unsigned by flipping their top bit (k + 128, one XOR per 64 bytes,
+// shared by the rows) and 128 · Σ q, kept per row, is subtracted from the exact int32 sum afterwards; the
+// score is that sum times the row's factor (scale · log2(e) · Q's scale), then times K's scale
+// (direct::scale_columns, as before). Blocks of up to 4 rows × 4 keys, 16 sums, reduced together.
+// Accuracy: the int32 sums are exact (d <= 65536: |sum| < 2^31), so the one new error is Q's rounding, as
+// coarse as the cache's own rounding of K (Note [int8 products tolerance] in tests/support/tolerance.hpp);
+// P·V keeps fp32 (the weights are not quantised). A task whose Q holds a NaN or an infinity keeps the fp32
+// products for all its rows (quantize_q8 would give such a row a NaN scale, not the naive softmax's
+// NaN-where-the-math-gives-NaN). Prefill calls (K dequantised while packing) keep the fp32 products, and
+// so do other ISAs: AVX2 CPUs with AVX-VNNI (VEX) and NEON's SDOT are not used yet.
+// Measured (AMD EPYC, family 26 model 2, 2026-12-06, one thread pinned, the build before and after called
+// alternately in one process, medians of 11-101 pairs, 32 query heads, d 128): 8 KV heads (4 rows each)
+// 16384 keys 1.18x (2.80 against 3.26 ms), 512 keys (in L2) 1.24x; 16 KV heads 1.14x; 4 KV heads 1.22x;
+// MHA (32 KV heads, one row each) 1.03x at 4096 keys, 1.08x at 256. On the way (8 KV heads): with a
+// scalar quantiser and the intrinsic _mm512_dpbusd_epi32, 1.10x at 16384 keys and 1.02x at 256; with the
+// vector quantiser 1.15x and 1.20x (512 keys); with VPDPBUSD as asm (GCC 12 had copied every accumulator
+// per iteration of the intrinsic's loop: Note [VPDPBUSD by asm] in isa/i8_dot.hpp) 1.21x and 1.23x.
+
+/// A decode task's Q rows quantised to int8 for VPDPBUSD (Note [int8 decode products]): row r at q + r·ld
+/// (isa::i8_dot::padded_d(d) bytes), its scores' factor mul[r] = scale·log2(e)·(its quantisation scale) and
+/// bias[r] = 128·Σ of its bytes.
+struct q8_query {
+  const std::int8_t* q;
+  index_t ld;
+  const float* mul;
+  const std::int32_t* bias;
+};
+
+/// The int8 decode products of an ISA (Note [int8 decode products]): available on AVX-512 on x86-64
+/// GCC/clang (isa::i8_dot's functions; the CPU must also have AVX512-VNNI, which the call checks), else not.
+template <class Isa>
+struct i8_decode {
+  static constexpr bool available = false;
+};
+#if GQA_HAS_AVX512 && GQA_X86_CPUID
+template <>
+struct i8_decode<isa::avx512> : isa::i8_dot {
+  static constexpr bool available = true;
+};
+#endif
 
 template <class Isa>
 struct decode {
@@ -134,11 +186,12 @@ struct decode {
   /// and int8 each step of its V rows too (Note [decode first loads]); without it, 16-bit and int8 steps
   /// prefetch those lines (Note [keys per step]). q16 (bf16 K/V only; else nullptr): the rows' bf16 Q,
   /// padded_d(d) elements each, whose scores are computed by VDPBF16PS and multiplied by qscale (Note [bf16
-  /// decode]); qp then is not read.
+  /// decode]); qp then is not read. q8 (int8 K/V only; else nullptr): the rows quantised to int8, whose
+  /// scores are computed by VPDPBUSD (Note [int8 decode products]); qp then is not read either.
   template <class Lay, class Step>
   static void walk(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads, index_t npos,
                    index_t j0, index_t nb, bool first_loads, const float* qp, const std::uint16_t* q16,
-                   float qscale, float* s, index_t lds, Step&& step) noexcept {
+                   const q8_query* q8, float qscale, float* s, index_t lds, Step&& step) noexcept {
     using T = typename Lay::kv_type;
     constexpr index_t KU = step_keys;
     const index_t span = fused<T> ? unit_keys : nb;  // keys scored before their units' steps
@@ -215,6 +268,18 @@ struct decode {
             if (q16 != nullptr) {  // Note [bf16 decode]
               const index_t dp = bf16_tiles<Isa>::padded_d(d);
               bf16_tiles<Isa>::decode_scores(rows, q16 + r0 * dp, dp, kr, d, qscale, s + r0 * lds + (j - j0), lds);
+              r0 += rows;
+              continue;
+            }
+          }
+          if constexpr (i8_decode<Isa>::available && std::is_same_v<T, std::int8_t>) {
+            if (q8 != nullptr) {  // Note [int8 decode products]
+              static_assert(KU % 4 == 0);
+              float* const sj = s + r0 * lds + (j - j0);
+              const std::int8_t* const qr = q8->q + r0 * q8->ld;
+              for (index_t u = 0; u < KU; u += 4)
+                i8_decode<Isa>::decode_scores(static_cast<int>(rows), qr, q8->ld, kr + u, d, q8->mul + r0, q8->bias + r0,
+                                           sj + u, lds);
               r0 += rows;
               continue;
             }

@@ -61,6 +61,7 @@ struct problem {
   index_t keep_blocks; // K/V blocks of a KV head a thread keeps packed, 0: none (Note [packed K/V reuse])
   bool keep_ring;      // and block i in slot i mod keep_blocks (Note [kept blocks as a ring])
   bool decode_loads;   // decode steps load their K/V lines in address order first (Note [decode first loads])
+  bool i8_products;    // decode's Q·Kᵀ on int8 K by VPDPBUSD, Q quantised (Note [int8 decode products])
 };
 
 /// One unit of work: batch ib, KV heads active[g0 .. g1), query positions [q0, q1), KV chunk `chunk`.
@@ -93,12 +94,15 @@ struct kernel {
   /// block_kv rounded to whole tiles and whole direct-path key steps; dvp: d_v rounded to the vector width.
   /// total = -1 if the scratch would hold more than max_elements<float> floats (Note [scratch size]).
   struct layout {
-    index_t dvp, bk, qp, kp, vp, s, o, m, l, edges, kw, q16, k16, v16, p16, p16_ld, tail, total;
+    index_t dvp, bk, qp, kp, vp, s, o, m, l, edges, kw, q16, k16, v16, p16, p16_ld, tail, q8, q8m, q8b, total;
   };
   static constexpr bool widens_kv = !std::is_same_v<typename Lay::kv_type, float>;
   /// Whether this core may take the bf16 tiles: bf16 Q and K/V on an ISA that has them.
   static constexpr bool bf16_capable = tiles16::available && std::is_same_v<typename Lay::kv_type, bf16> &&
                                        std::is_same_v<typename Lay::q_type, bf16>;
+  /// Whether this core may take the int8 decode products: int8 K/V on an ISA that has them.
+  static constexpr bool i8_capable =
+      i8_decode<Isa>::available && std::is_same_v<typename Lay::kv_type, std::int8_t>;
 
   // Note [scratch size]
   // The arrays' sizes are products of user extents (rows · d, bk · d, ...). Each factor is bounded by a
@@ -106,7 +110,8 @@ struct kernel {
   // check_view and bk · d does not fit index_t. So plan_scratch forms every product and sum with checked
   // arithmetic; forward() plans its largest task before any work and throws std::bad_alloc (memory that
   // no allocator could provide) if it does not fit, so run() plans only layouts that fit.
-  static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t block_kv, bool t16 = false) noexcept {
+  static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t block_kv, bool t16 = false,
+                             bool i8 = false) noexcept {
     constexpr index_t M = max_elements<float>;
     layout s{};
     s.dvp = round_up(dv, L);  // dv <= M - L: a view's count; no overflow
@@ -136,6 +141,10 @@ struct kernel {
     s.v16 = carve(t16 ? s.p16_ld / 2 : 0, s.dvp);
     s.p16 = carve(t16 ? rows16 : 0, s.p16_ld / 2);
     s.tail = carve(t16 ? 16 : 0, s.dvp);
+    // int8 decode products: the rows quantised (d padded to 64 bytes, in floats a quarter), factors, biases.
+    s.q8 = carve(i8 ? rows : 0, round_up(d, 64) / 4);
+    s.q8m = carve(i8 ? rows : 0, 1);
+    s.q8b = carve(i8 ? rows : 0, 1);
     s.total = fits ? off : -1;
     return s;
   }
@@ -394,13 +403,13 @@ struct kernel {
   /// decode walk]).
   template <class Lo, class Hi>
   static void decode_block(const problem& pb, const task& t, index_t npos, index_t j0, index_t nb, bool cut,
-                           const block_pointers& ptr, const float* qp, const std::uint16_t* q16,
+                           const block_pointers& ptr, const float* qp, const std::uint16_t* q16, const q8_query* q8,
                            [[maybe_unused]] std::uint16_t* p16, float* sc, row_state st, const layout& lay,
                            const Lo& lo, const Hi& hi) noexcept {
     // The walk's whole units of scores fit the block's rows (lay.bk).
     static_assert(round_up(shape::block_kv_decode, std::lcm(cols, k_direct_keys)) % decode<Isa>::unit_keys == 0);
     const std::span<const index_t> heads{pb.active + t.g0, pb.active + t.g1};
-    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, pb.decode_loads, qp, q16, pb.qscale, sc, lay.bk,
+    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, pb.decode_loads, qp, q16, q8, pb.qscale, sc, lay.bk,
                       [&](index_t i, index_t r0, index_t x, index_t n) noexcept {
       const index_t g = heads[static_cast<std::size_t>(i)];
       const index_t G = pb.map->group_size(g), rows = G * npos;
@@ -443,12 +452,15 @@ struct kernel {
     // The bf16 tiles take the tiled tasks of a call that allows them (Note [bf16 tiles]), and on VDPBF16PS
     // a one-KV-head task of 20 rows or more that the direct path would take (Note [bf16 tiles for few rows]).
     const bool t16 = bf16_capable && pb.bf16_tiles && t.g1 - t.g0 == 1 &&
-                     (rows > k_direct_rows || (!pb.bf16_amx && rows >= k_tiles16_min_rows));
+                     (rows > k_direct_rows || few_rows_take_tiles16(rows, pb.bf16_amx));
     // Decode tasks (several KV heads) of such a call take VDPBF16PS where it is the engine, when every head has
     // 4 rows or more (Note [bf16 decode]).
     bool d16 = bf16_capable && pb.bf16_tiles && !pb.bf16_amx && t.g1 - t.g0 > 1;
     for (index_t gi = t.g0; gi < t.g1 && d16; ++gi) d16 = pb.map->group_size(pb.active[gi]) * npos >= 4;
-    const layout lay = plan_scratch(rows, d, dv, pb.block_kv, t16 || d16);
+    // The tasks of an int8 decode call (the walk's, or one KV head's on the direct path) take VPDPBUSD for
+    // Q·Kᵀ where the call allows it (Note [int8 decode products]).
+    bool d8 = i8_capable && pb.i8_products;
+    const layout lay = plan_scratch(rows, d, dv, pb.block_kv, t16 || d16, d8);
     float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
     float* qp = ws + lay.qp;
     float* kp = ws + lay.kp;
@@ -480,6 +492,26 @@ struct kernel {
         });
         std::fill(q16 + rows * dp, q16 + rows16 * dp, std::uint16_t{0});
         std::fill(p16 + rows * lay.p16_ld, p16 + rows16 * lay.p16_ld, std::uint16_t{0});
+      }
+    }
+    // int8 decode products: each row widened unscaled, then quantised; a row that cannot be (a non-finite
+    // element) sends the task back to the fp32 products (Note [int8 decode products]).
+    q8_query q8{};
+    if constexpr (i8_capable) {
+      if (d8) {
+        auto* q8q = reinterpret_cast<std::int8_t*>(ws + lay.q8);
+        auto* q8m = ws + lay.q8m;
+        auto* q8b = reinterpret_cast<std::int32_t*>(ws + lay.q8b);
+        const index_t ld = i8_decode<Isa>::padded_d(d);
+        q8 = q8_query{q8q, ld, q8m, q8b};
+        for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
+          tiled::widen(pb.lay.q_row(t.ib, pos, h), d, 1.0f, qp + row * d);
+          float sq = 0.0f;
+          std::int32_t sum = 0;
+          d8 = d8 && i8_decode<Isa>::quantize_row(qp + row * d, d, q8q + row * ld, sq, sum);
+          q8m[row] = pb.qscale * sq;
+          q8b[row] = 128 * sum;
+        });
       }
     }
     if (!t16 && !d16) {
@@ -555,7 +587,8 @@ struct kernel {
       const auto hi = [edges](index_t r) noexcept { return index_t{edges[2 * r + 1]}; };
       if (cut) set_edges(pb, t, j0, nb, edges);
       if (key_major) {
-        decode_block(pb, t, npos, j0, nb, cut, ptr, qp, d16 ? q16 : nullptr, p16, sc, st, lay, lo, hi);
+        decode_block(pb, t, npos, j0, nb, cut, ptr, qp, d16 ? q16 : nullptr, d8 ? &q8 : nullptr, p16, sc, st, lay, lo,
+                     hi);
         continue;
       }
       // A task of one KV head (tiled, or direct for few rows): its rows are the task's.
@@ -613,7 +646,16 @@ struct kernel {
           return cut && (hi(r1 - 1) <= c0 || lo(r0) >= c1);
         };
         bool v_nonfinite = false;  // bf16 tiles: some element of the block's V is infinite or NaN
-        if (direct_path) {
+        if (direct_path && d8) {
+          if constexpr (i8_capable) {  // Note [int8 decode products]
+            for (index_t j = 0; j < nb; j += 4) {
+              const std::int8_t* kr[4];  // keys past nb repeat the last (their scores land in padding)
+              for (index_t u = 0; u < 4; ++u) kr[u] = kb(std::min(j + u, nb - 1));
+              i8_decode<Isa>::decode_scores(static_cast<int>(grow), q8.q + r0 * q8.ld, q8.ld, kr, d, q8.mul + r0,
+                                            q8.bias + r0, srow0 + j, lay.bk);
+            }
+          }
+        } else if (direct_path) {
           direct<Isa>::scores(kb, d, nb, qp + r0 * d, grow, srow0, lay.bk);
         } else if (t16) {
           if constexpr (bf16_capable) {
@@ -931,7 +973,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   const bool tiles16 = bf16_amx || (bf16_products && ::gqa::isa::bf16_dot_fast());
   // A decode call whose one task per sequence takes the bf16 tiles (Note [bf16 tiles for few rows]) takes the
   // tiles' blocks, not decode's.
-  const bool few_rows16 = decode && tiles16 && !bf16_amx && n_active == 1 && gmax * sq >= k_tiles16_min_rows;
+  const bool few_rows16 = decode && tiles16 && n_active == 1 && few_rows_take_tiles16(gmax * sq, bf16_amx);
   const index_t block_kv = few_rows16 ? shape::block_kv
                            : decode   ? shape::block_kv_decode
                            : bf16_amx ? shape::block_kv_tiles16
@@ -958,15 +1000,20 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
       keep_ring = (span + lay0.bk - 1) / lay0.bk + 2 <= keep_blocks;
     }
   }
+  // int8 decode products (Note [int8 decode products]) where the CPU has VPDPBUSD; d <= 65536 keeps every
+  // int32 sum of 255 · 127 · d exact.
+  const bool i8_products =
+      K::i8_capable && decode && opt.int8_products && ::gqa::isa::cpu().avx512_vnni && d <= 65536;
   const auto side = [&](index_t w) { return window_side(w, sq, skv); };
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
                               opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, bf16_amx, next_call_serial(),
-                              keep_blocks, keep_ring, decode && decode_first_loads<typename Lay::kv_type>(b, skv, map.hkv(), d + dv)};
+                              keep_blocks, keep_ring, decode && decode_first_loads<typename Lay::kv_type>(b, skv, map.hkv(), d + dv),
+                              i8_products};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;
-  if (K::plan_scratch(rows_max, d, dv, pb.block_kv, pb.bf16_tiles).total < 0) throw std::bad_alloc();
+  if (K::plan_scratch(rows_max, d, dv, pb.block_kv, pb.bf16_tiles, i8_products).total < 0) throw std::bad_alloc();
 
   // Task order: sequence, then KV head, then query block, then KV chunk; with several threads the
   // sequences interleave (Note [forward task order]).

@@ -1,0 +1,176 @@
+// gqa/isa/i8_dot.hpp: decode's Q·Kᵀ on an int8 K cache by AVX512-VNNI VPDPBUSD, on Q rows quantised to int8
+// (Note [int8 decode products] in detail/core/decode.hpp): x86-64 with GCC or clang, in a TU or region that
+// compiles vec<avx512>. The function that holds VNNI instructions is marked GQA_TARGET_VNNI, so it is never
+// inlined into code compiled without them, and the core calls it only when isa::cpu().avx512_vnni.
+// Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
+#ifndef GQA_ISA_I8_DOT_HPP
+#define GQA_ISA_I8_DOT_HPP
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../config.hpp"
+#include "cpu.hpp"
+#include "vec_avx512.hpp"
+
+#if GQA_HAS_AVX512 && GQA_X86_CPUID
+#include <immintrin.h>
+
+// The full target list (see GQA_TARGET_BF16 in bf16_dot.hpp for why).
+#ifndef GQA_TARGET_VNNI
+#define GQA_TARGET_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")))
+#endif
+
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), a false (maybe-)uninitialized warning once
+// inlined (as in vec_avx512.hpp).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+GQA_BEGIN_NAMESPACE
+namespace isa {
+
+/// VPDPBUSD dot products of int8 Q rows with int8 K rows for the decode walk.
+struct i8_dot {
+  /// A quantised Q row: d bytes zero-padded to whole 64-byte loads.
+  static constexpr index_t padded_d(index_t d) noexcept { return (d + 63) / 64 * 64; }
+
+  /// Quantises x[0, d) to dst[0, padded_d(d)) (the rest zeros) by gqa::quantize_q8's rule (Note [int8
+  /// quantisation] in gqa/quantized.hpp): scale = max_c |x_c| / 127, q_c = x_c / scale rounded to nearest
+  /// even (|q_c| <= 127), q = 0 when scale is 0; and sum = Σ q_c. The same IEEE operations as that rule's
+  /// scalar code, so the same bytes and scale. Returns false (dst, scale, sum unspecified) when some x_c is
+  /// not finite: the caller keeps the fp32 products then (where quantize_q8 would write a NaN scale).
+  GQA_TARGET_VNNI static bool quantize_row(const float* x, index_t d, std::int8_t* dst, float& scale,
+                                           std::int32_t& sum) noexcept {
+    const __m512 inf = _mm512_set1_ps(__builtin_inff());
+    __m512 amax = _mm512_setzero_ps();
+    __mmask16 finite = 0xFFFF;
+    for (index_t c = 0; c < d; c += 16) {
+      const __mmask16 m = c + 16 <= d ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << (d - c)) - 1);
+      const __m512 ax = _mm512_abs_ps(_mm512_maskz_loadu_ps(m, x + c));
+      finite &= _mm512_cmp_ps_mask(ax, inf, _CMP_LT_OQ);  // false for ±inf and NaN
+      amax = _mm512_max_ps(amax, ax);
+    }
+    if (finite != 0xFFFF) return false;
+    const float sc = _mm512_reduce_max_ps(amax) / 127.0f;
+    __m512i acc = _mm512_setzero_si512();
+    const index_t dp = padded_d(d);
+    for (index_t c = 0; c < dp; c += 16) {
+      // Lanes past d, and every lane when the scale is 0, quantise to 0.
+      const __mmask16 m = sc == 0.0f ? __mmask16{0}
+                          : c + 16 <= d ? __mmask16{0xFFFF}
+                          : c < d       ? static_cast<__mmask16>((1u << (d - c)) - 1)
+                                        : __mmask16{0};
+      const __m512 r = _mm512_roundscale_ps(_mm512_maskz_div_ps(m, _mm512_maskz_loadu_ps(m, x + c), _mm512_set1_ps(sc)),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512i q = _mm512_cvtps_epi32(r);  // exact: |r| <= 127 (x / scale rounds to at most 127)
+      acc = _mm512_add_epi32(acc, q);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), _mm512_cvtsepi32_epi8(q));
+    }
+    scale = sc;
+    sum = _mm512_reduce_add_epi32(acc);
+    return true;
+  }
+
+  /// s[r·lds + u] = mul[r] · (Σ_c q_r[c] · k_u[c]) for r < rows (rows >= 1) and the 4 keys u, q_r = q +
+  /// r·ldq (int8, padded_d(d) bytes, zeros past d), k[u] int8 rows of d elements (read only inside them),
+  /// bias[r] = 128 · Σ_c q_r[c]. VPDPBUSD multiplies unsigned by signed bytes, so K's bytes are flipped
+  /// to k + 128 (an XOR with 0x80, once per K load, shared by the rows) and 128 · Σ q_r is taken off the
+  /// exact int32 sums. K rows by plain loads when d is a multiple of 64, else the last by a masked one.
+  static void decode_scores(int rows, const std::int8_t* q, index_t ldq, const std::int8_t* const* k, index_t d,
+                            const float* mul, const std::int32_t* bias, float* s, index_t lds) noexcept {
+    for (int r = 0; r < rows; r += 4) {
+      const int n = std::min(4, rows - r);
+      const std::int8_t* qr = q + r * ldq;
+      float* sr = s + r * lds;
+      if (d % 64 == 0) {
+        switch (n) {
+          case 1: body<1, true>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
+          case 2: body<2, true>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
+          case 3: body<3, true>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
+          default: body<4, true>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
+        }
+      } else {
+        switch (n) {
+          case 1: body<1, false>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
+          case 2: body<2, false>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
+          case 3: body<3, false>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
+          default: body<4, false>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
+        }
+      }
+    }
+  }
+
+ private:
+  // Note [VPDPBUSD by asm]
+  // GCC 12 compiles _mm512_dpbusd_epi32 in a loop with a copy of every accumulator per iteration (and a
+  // spill of two of the 16): the builtin's tied accumulator is not allocated in place. The same
+  // instruction written as asm with the accumulator as an in-out operand is allocated in place.
+  GQA_TARGET_VNNI static GQA_FORCEINLINE void dpbusd(__m512i& acc, __m512i u8, __m512i s8) noexcept {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+  }
+
+  /// R rows × 4 keys; Full: d is a multiple of 64.
+  template <int R, bool Full>
+  GQA_TARGET_VNNI static void body(const std::int8_t* q, index_t ldq, const std::int8_t* const* k, index_t d,
+                                   const float* mul, const std::int32_t* bias, float* s, index_t lds) noexcept {
+    constexpr int U = 4;
+    const std::int8_t* kr[U];
+    GQA_UNROLL
+    for (int u = 0; u < U; ++u) {
+      kr[u] = k[u];
+      GQA_IN_GPR(kr[u]);
+    }
+    __m512i acc[R][U];
+    GQA_UNROLL
+    for (int r = 0; r < R; ++r) {
+      GQA_UNROLL
+      for (int u = 0; u < U; ++u) acc[r][u] = _mm512_setzero_si512();
+    }
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    const index_t parts = (d + 63) / 64;
+    for (index_t i = 0; i < parts; ++i) {
+      const index_t c = 64 * i;
+      const __mmask64 m = c + 64 <= d ? ~__mmask64{0} : (__mmask64{1} << (d - c)) - 1;
+      __m512i kv[U];
+      GQA_UNROLL
+      for (int u = 0; u < U; ++u) {
+        // A masked-off byte reads 0 and flips to 128, which meets Q's zero padding.
+        const __m512i raw = Full ? _mm512_loadu_si512(kr[u] + c) : _mm512_maskz_loadu_epi8(m, kr[u] + c);
+        kv[u] = _mm512_xor_si512(raw, flip);
+      }
+      GQA_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const __m512i qv = _mm512_loadu_si512(q + r * ldq + c);
+        GQA_UNROLL
+        for (int u = 0; u < U; ++u) dpbusd(acc[r][u], kv[u], qv);
+      }
+    }
+    GQA_UNROLL
+    for (int r = 0; r < R; ++r) {
+      // The four keys' sums, each of 16 lanes, into one vector of 4 (exact int32 additions).
+      const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(acc[r][0], acc[r][1]),
+                                          _mm512_unpackhi_epi32(acc[r][0], acc[r][1]));  // a02 b02 a13 b13
+      const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(acc[r][2], acc[r][3]),
+                                          _mm512_unpackhi_epi32(acc[r][2], acc[r][3]));  // c02 d02 c13 d13
+      const __m512i abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd),
+                                            _mm512_unpackhi_epi64(ab, cd));  // a b c d per 128-bit lane
+      const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(abcd), _mm512_extracti64x4_epi64(abcd, 1));
+      const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+      const __m128i dotv = _mm_sub_epi32(t, _mm_set1_epi32(bias[r]));
+      _mm_storeu_ps(s + r * lds, _mm_mul_ps(_mm_cvtepi32_ps(dotv), _mm_set1_ps(mul[r])));
+    }
+  }
+};
+
+}  // namespace isa
+GQA_END_NAMESPACE
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif  // GQA_HAS_AVX512 && GQA_X86_CPUID
+
+#endif  // GQA_ISA_I8_DOT_HPP
