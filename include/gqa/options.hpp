@@ -68,7 +68,8 @@ struct attention_options {
   /// false: every product in fp32 on the widened inputs, bit for bit the fp32 call's result (rounded once
   /// for a bf16 O). Other element types ignore it.
   bool bf16_products = true;
-  /// With an int8 K/V cache (gqa::q8_view): where the CPU has AVX512-VNNI and the call runs on AVX-512,
+  /// With an int8 K/V cache (gqa::q8_view): where the call runs on AVX-512 and the CPU has AVX512-VNNI, or
+  /// on AVX2 and the CPU has AVX-VNNI,
   /// decode (a call whose tasks take several KV heads: few query positions) computes Q·Kᵀ in integers:
   /// each Q row is quantised to int8 with one fp32 scale (max |q| / 127, nearest even) and VPDPBUSD sums
   /// its products with the int8 K rows exactly, as llama.cpp does for its quantised caches. This rounds Q

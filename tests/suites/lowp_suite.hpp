@@ -1481,12 +1481,19 @@ std::vector<float> quantised_q(const std::vector<float>& q, index_t b, index_t s
   return out;
 }
 
-/// Whether an attend() call of this head map and query length takes the int8 products on Isa: AVX-512 on a
-/// CPU with AVX512-VNNI, and a decode call (Note [decode tasks]: every KV head's rows, group × sq, at most
-/// 32), whose tasks walk several KV heads or take one KV head's direct path.
+/// Whether the int8 products can run on Isa on this CPU: AVX-512 with AVX512-VNNI, AVX2 with AVX-VNNI.
+template <class Isa>
+bool int8_products_here() {
+  return (std::is_same_v<Isa, gqa::isa::avx512> && gqa::isa::cpu().avx512_vnni) ||
+         (std::is_same_v<Isa, gqa::isa::avx2> && gqa::isa::cpu().avx_vnni);
+}
+
+/// Whether an attend() call of this head map and query length takes the int8 products on Isa: where they
+/// can run, a decode call (Note [decode tasks]: every KV head's rows, group × sq, at most 32), whose tasks
+/// walk several KV heads or take one KV head's direct path.
 template <class Isa>
 bool int8_products_run(const gqa::head_map& map, index_t sq) {
-  return std::is_same_v<Isa, gqa::isa::avx512> && gqa::isa::cpu().avx512_vnni && map.max_group_size() * sq <= 32;
+  return int8_products_here<Isa>() && map.max_group_size() * sq <= 32;
 }
 
 /// Case c with int8 K/V and options.int8_products: where the products run, against the double reference
@@ -1546,8 +1553,9 @@ TYPED_TEST_P(lowp_suite, int8_products_match_reference) {
     ran += runs ? 1 : 0;
     differing += runs && differs ? 1 : 0;
   }
-  // Where they run (AVX-512 with VNNI) the decode cases took them: their results are not the fp32 products'.
-  if (std::is_same_v<TypeParam, gqa::isa::avx512> && gqa::isa::cpu().avx512_vnni) {
+  // Where they run (AVX-512 with AVX512-VNNI, AVX2 with AVX-VNNI) the decode cases took them: their results
+  // are not the fp32 products'.
+  if (int8_products_here<TypeParam>()) {
     EXPECT_GE(ran, 10);
   }
   EXPECT_EQ(differing, ran);
@@ -1563,8 +1571,8 @@ TYPED_TEST_P(lowp_suite, int8_products_match_reference) {
 /// Every registered variant with an int8 cache and options.int8_products: its output is either the fp32
 /// products' bit for bit (calls that do not take them: prefill, WGQA's core on its fp32 copy) or,
 /// where they ran, within 8·d·u·max(1, max|V|) of the same variant on the quantised Q and the dequantised
-/// K/V in fp32 (Note [int8 products tolerance]); on AVX-512 with VNNI some decode cases of every variant
-/// but WGQA ran them.
+/// K/V in fp32 (Note [int8 products tolerance]); where they can run (int8_products_here) some decode cases
+/// ran them.
 TYPED_TEST_P(lowp_suite, int8_products_every_variant) {
   int ran = 0;
   for_each_variant_case(800, [&](auto t, const variant_case& c) {
@@ -1602,7 +1610,7 @@ TYPED_TEST_P(lowp_suite, int8_products_every_variant) {
     for (const float x : v8.deq) vmax = std::max(vmax, static_cast<double>(std::fabs(x)));
     EXPECT_LE(diff, 8.0 * static_cast<double>(d) * 0x1p-24 * vmax);
   });
-  if (std::is_same_v<TypeParam, gqa::isa::avx512> && gqa::isa::cpu().avx512_vnni) {
+  if (int8_products_here<TypeParam>()) {
     EXPECT_GE(ran, 10);
   } else {
     EXPECT_EQ(ran, 0);

@@ -238,6 +238,23 @@ TEST(dispatch, runtime_info_names_the_bf16_engine) {
   EXPECT_EQ(text.find("bf16 prefill and decode on AVX512-BF16") != std::string::npos, r.bf16_dot) << text;
 }
 
+// And the int8 decode products' engine: VPDPBUSD on AVX-512 with AVX512-VNNI, on AVX2 with AVX-VNNI (Note
+// [int8 decode products]); every ISA the CPU can run, through options.isa.
+TEST(dispatch, runtime_info_names_the_int8_engine) {
+  const gqa::isa::cpu_features& f = gqa::isa::cpu();
+  EXPECT_TRUE(!f.avx512_vnni || f.avx512);
+  EXPECT_TRUE(!f.avx_vnni || f.avx2_fma);
+  for (const std::string_view isa : {gqa::isa::avx512::name, gqa::isa::avx2::name, gqa::isa::scalar::name}) {
+    if (!gqa::isa::runnable(isa) || !gqa::isa::cpu_supports(isa)) continue;
+    gqa::attention_options opt;
+    opt.isa = isa;
+    const gqa::runtime_report r = gqa::runtime_info(opt);
+    EXPECT_EQ(r.int8_dot, (isa == gqa::isa::avx512::name && f.avx512_vnni) || (isa == gqa::isa::avx2::name && f.avx_vnni))
+        << isa;
+    EXPECT_EQ(r.to_string().find("int8 decode products on VNNI") != std::string::npos, r.int8_dot) << r.to_string();
+  }
+}
+
 // gqa::forward without an ISA dispatches too (the policies' default).
 TEST(dispatch, forward_defaults_to_dispatch) {
   const prepared p(shapes()[0]);

@@ -38,6 +38,9 @@ struct cpu_features {
   /// AVX512-VNNI (CPUID.(EAX=7,ECX=0):ECX bit 11: VPDPBUSD) on top of avx512: what decode's int8 products
   /// need (Note [int8 decode products] in detail/core/decode.hpp).
   bool avx512_vnni = false;
+  /// AVX-VNNI (CPUID.(EAX=7,ECX=1):EAX bit 4: VPDPBUSD with a VEX encoding, on ymm) on top of avx2_fma: what
+  /// the AVX2 core's int8 decode products need (Intel Alder Lake and later, AMD Zen 5).
+  bool avx_vnni = false;
   /// AMX-TILE and AMX-BF16 (CPUID.(EAX=7,ECX=0):EDX bits 24, 22) on top of avx512_bf16, and the OS saves
   /// the tile state (XCR0 bits 17, 18): what the bf16 prefill tiles need (Note [bf16 tiles] in
   /// detail/core/bf16_tiles.hpp), once the process may use the tile data (amx_tiles_granted()).
@@ -80,7 +83,9 @@ inline cpu_features detect() noexcept {
   f.avx512 = f.avx2_fma && avx512f && avx512dq && avx512bw && avx512vl && (xcr & zmm_state) == zmm_state;
   f.avx512_vnni = f.avx512 && ((c >> 11) & 1u);
   const bool amx_tile = (d >> 24) & 1u, amx_bf16 = (d >> 22) & 1u;
-  if (!f.avx512 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return f;
+  if (!f.avx2_fma || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return f;
+  f.avx_vnni = (a >> 4) & 1u;
+  if (!f.avx512) return f;
   f.avx512_bf16 = (a >> 5) & 1u;
   constexpr std::uint64_t tile_state = 0x60000;  // XTILECFG (17) + XTILEDATA (18)
   f.amx_bf16 = f.avx512_bf16 && amx_tile && amx_bf16 && (xcr & tile_state) == tile_state;

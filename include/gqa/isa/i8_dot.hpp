@@ -13,9 +13,13 @@
 #include "cpu.hpp"
 #include "vec_avx512.hpp"
 
-#if GQA_HAS_AVX512 && GQA_X86_CPUID
+#if (GQA_HAS_AVX2 || GQA_HAS_AVX512) && GQA_X86_CPUID
+#include <cmath>
+#include <cstring>
 #include <immintrin.h>
+#endif
 
+#if GQA_HAS_AVX512 && GQA_X86_CPUID
 // The full target list (see GQA_TARGET_BF16 in bf16_dot.hpp for why).
 #ifndef GQA_TARGET_VNNI
 #define GQA_TARGET_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")))
@@ -172,5 +176,145 @@ GQA_END_NAMESPACE
 #pragma GCC diagnostic pop
 #endif
 #endif  // GQA_HAS_AVX512 && GQA_X86_CPUID
+
+#if GQA_HAS_AVX2 && GQA_X86_CPUID
+#ifndef GQA_TARGET_AVXVNNI
+#define GQA_TARGET_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+#endif
+
+GQA_BEGIN_NAMESPACE
+namespace isa {
+
+/// The same products for the AVX2 core on a CPU with AVX-VNNI (VPDPBUSD with a VEX encoding, 32 bytes an
+/// instruction): 16 ymm registers hold blocks of up to 4 rows × 2 keys.
+struct i8_dot_avx2 {
+  /// A quantised Q row: d bytes zero-padded to whole 32-byte loads.
+  static constexpr index_t padded_d(index_t d) noexcept { return (d + 31) / 32 * 32; }
+
+  /// As i8_dot::quantize_row (gqa::quantize_q8's rule, the same bits), into padded_d(d) bytes.
+  GQA_TARGET_AVXVNNI static bool quantize_row(const float* x, index_t d, std::int8_t* dst, float& scale,
+                                              std::int32_t& sum) noexcept {
+    const __m256 inf = _mm256_set1_ps(__builtin_inff());
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 amax = _mm256_setzero_ps();
+    int finite = 0xFF;
+    index_t c = 0;
+    for (; c + 8 <= d; c += 8) {
+      const __m256 ax = _mm256_and_ps(_mm256_loadu_ps(x + c), abs_mask);
+      finite &= _mm256_movemask_ps(_mm256_cmp_ps(ax, inf, _CMP_LT_OQ));  // false for ±inf and NaN
+      amax = _mm256_max_ps(amax, ax);
+    }
+    alignas(32) float m8[8];
+    _mm256_store_ps(m8, amax);
+    float a = 0.0f;
+    for (const float m : m8) a = m > a ? m : a;
+    for (; c < d; ++c) {
+      const float ax = std::fabs(x[c]);
+      if (!(ax < __builtin_inff())) return false;
+      a = ax > a ? ax : a;
+    }
+    if (finite != 0xFF) return false;
+    const float sc = a / 127.0f;
+    std::int32_t total = 0;
+    const __m256 scv = _mm256_set1_ps(sc);
+    __m256i acc = _mm256_setzero_si256();
+    c = 0;
+    for (; c + 8 <= d && sc != 0.0f; c += 8) {
+      const __m256 r =
+          _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + c), scv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256i q = _mm256_cvtps_epi32(r);  // exact: |r| <= 127
+      acc = _mm256_add_epi32(acc, q);
+      const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + c), _mm_packs_epi16(w, w));
+    }
+    for (; c < d; ++c) {
+      const float r = sc > 0.0f ? std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(x[c] / sc))) : 0.0f;
+      dst[c] = static_cast<std::int8_t>(r);
+      total += dst[c];
+    }
+    std::memset(dst + d, 0, static_cast<std::size_t>(padded_d(d) - d));
+    alignas(32) std::int32_t s8[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(s8), acc);
+    for (const std::int32_t v : s8) total += v;
+    scale = sc;
+    sum = total;
+    return true;
+  }
+
+  /// As i8_dot::decode_scores: s[r·lds + u] = mul[r] · (Σ_c q_r[c] · k_u[c]) for r < rows and the 4 keys u,
+  /// q rows of padded_d(d) bytes, bias[r] = 128 · Σ_c q_r[c]. A row's last part, when d is not a multiple
+  /// of 32, is copied into a zero-padded buffer first (AVX2 has no masked byte load).
+  static void decode_scores(int rows, const std::int8_t* q, index_t ldq, const std::int8_t* const* k, index_t d,
+                            const float* mul, const std::int32_t* bias, float* s, index_t lds) noexcept {
+    for (int r = 0; r < rows; r += 4) {
+      const int n = std::min(4, rows - r);
+      for (int u = 0; u < 4; u += 2) {
+        const std::int8_t* const* ku = k + u;
+        const std::int8_t* qr = q + r * ldq;
+        float* sr = s + r * lds + u;
+        switch (n) {
+          case 1: body<1>(qr, ldq, ku, d, mul + r, bias + r, sr, lds); break;
+          case 2: body<2>(qr, ldq, ku, d, mul + r, bias + r, sr, lds); break;
+          case 3: body<3>(qr, ldq, ku, d, mul + r, bias + r, sr, lds); break;
+          default: body<4>(qr, ldq, ku, d, mul + r, bias + r, sr, lds); break;
+        }
+      }
+    }
+  }
+
+ private:
+  /// VPDPBUSD (VEX), written as asm for the reason of Note [VPDPBUSD by asm].
+  GQA_TARGET_AVXVNNI static GQA_FORCEINLINE void dpbusd(__m256i& acc, __m256i u8, __m256i s8) noexcept {
+    __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u8), "x"(s8));
+  }
+
+  /// R rows × 2 keys.
+  template <int R>
+  GQA_TARGET_AVXVNNI static void body(const std::int8_t* q, index_t ldq, const std::int8_t* const* k, index_t d,
+                                      const float* mul, const std::int32_t* bias, float* s, index_t lds) noexcept {
+    const std::int8_t* k0 = k[0];
+    const std::int8_t* k1 = k[1];
+    __m256i acc[R][2];
+    GQA_UNROLL
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+    alignas(32) std::int8_t t0[32], t1[32];  // a last part shorter than 32 bytes, zero-padded
+    const index_t parts = (d + 31) / 32;
+    for (index_t i = 0; i < parts; ++i) {
+      const index_t c = 32 * i;
+      const std::int8_t* p0 = k0 + c;
+      const std::int8_t* p1 = k1 + c;
+      if (c + 32 > d) {  // its padding meets Q's zeros
+        std::memset(t0, 0, sizeof t0);
+        std::memset(t1, 0, sizeof t1);
+        std::memcpy(t0, p0, static_cast<std::size_t>(d - c));
+        std::memcpy(t1, p1, static_cast<std::size_t>(d - c));
+        p0 = t0;
+        p1 = t1;
+      }
+      const __m256i ka = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0)), flip);
+      const __m256i kb = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p1)), flip);
+      GQA_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + r * ldq + c));
+        dpbusd(acc[r][0], ka, qv);
+        dpbusd(acc[r][1], kb, qv);
+      }
+    }
+    GQA_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m256i h = _mm256_hadd_epi32(acc[r][0], acc[r][1]);  // a01 a23 b01 b23 | a45 a67 b45 b67
+      const __m256i h2 = _mm256_hadd_epi32(h, h);                   // a0-3 b0-3 . . | a4-7 b4-7 . .
+      const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1));  // a b a b
+      const __m128i dotv = _mm_sub_epi32(t, _mm_set1_epi32(bias[r]));
+      const __m128 v = _mm_mul_ps(_mm_cvtepi32_ps(dotv), _mm_set1_ps(mul[r]));
+      _mm_storel_pi(reinterpret_cast<__m64*>(s + r * lds), v);
+    }
+  }
+};
+
+}  // namespace isa
+GQA_END_NAMESPACE
+#endif  // GQA_HAS_AVX2 && GQA_X86_CPUID
 
 #endif  // GQA_ISA_I8_DOT_HPP

@@ -40,7 +40,8 @@ namespace detail::core {
 // With an int8 cache, decode's scores were fp32 dot products on the widened int8 K rows (Note [int8 K/V] in
 // layout.hpp): per key and head two conversions per 16 elements (vpmovsxbd, vcvtdq2ps), shared by the
 // head's rows, then one FMA per row and 16 elements. A profile of int8 D1 with the cache in L2 (AMD EPYC,
-// 2026-12-06) put half of the time in those scores. Where the CPU has AVX512-VNNI and the call allows it
+// 2026-12-06) put half of the time in those scores. Where the CPU has AVX512-VNNI (the AVX-512 core) or
+// AVX-VNNI (the AVX2 core: VPDPBUSD on 32 bytes, VEX-encoded) and the call allows it
 // (options.int8_products, on by default), a task of a decode call (the walk over several KV heads, Note
 // [decode tasks], or one KV head's direct path: MQA decode) quantises
 // each of its Q rows by gqa::quantize_q8's rule (scale = max|q| / 127, q / scale rounded to nearest even;
@@ -49,13 +50,14 @@ namespace detail::core {
 // 16 int32 sums. K's bytes are made unsigned by flipping their top bit (k + 128, one XOR per 64 bytes,
 // shared by the rows) and 128 · Σ q, kept per row, is subtracted from the exact int32 sum afterwards; the
 // score is that sum times the row's factor (scale · log2(e) · Q's scale), then times K's scale
-// (direct::scale_columns, as before). Blocks of up to 4 rows × 4 keys, 16 sums, reduced together.
+// (direct::scale_columns, as before). Blocks of up to 4 rows × 4 keys, 16 sums, reduced together (AVX2,
+// with 16 registers: 4 rows × 2 keys).
 // Accuracy: the int32 sums are exact (d <= 65536: |sum| < 2^31), so the one new error is Q's rounding, as
 // coarse as the cache's own rounding of K (Note [int8 products tolerance] in tests/support/tolerance.hpp);
 // P·V keeps fp32 (the weights are not quantised). A task whose Q holds a NaN or an infinity keeps the fp32
 // products for all its rows (quantize_q8 would give such a row a NaN scale, not the naive softmax's
 // NaN-where-the-math-gives-NaN). Prefill calls (K dequantised while packing) keep the fp32 products, and
-// so do other ISAs: AVX2 CPUs with AVX-VNNI (VEX) and NEON's SDOT are not used yet.
+// so do scalar, NEON (its SDOT is not used yet) and CPUs without the instructions.
 // Measured (AMD EPYC, family 26 model 2, 2026-12-06, one thread pinned, the build before and after called
 // alternately in one process, medians of 11-101 pairs, 32 query heads, d 128): 8 KV heads (4 rows each)
 // 16384 keys 1.18x (2.80 against 3.26 ms), 512 keys (in L2) 1.24x; 16 KV heads 1.14x; 4 KV heads 1.22x;
@@ -63,6 +65,8 @@ namespace detail::core {
 // scalar quantiser and the intrinsic _mm512_dpbusd_epi32, 1.10x at 16384 keys and 1.02x at 256; with the
 // vector quantiser 1.15x and 1.20x (512 keys); with VPDPBUSD as asm (GCC 12 had copied every accumulator
 // per iteration of the intrinsic's loop: Note [VPDPBUSD by asm] in isa/i8_dot.hpp) 1.21x and 1.23x.
+// AVX2 with AVX-VNNI (same machine and method): 8 KV heads 1.12x at 16384 keys and 1.20x at 512; 4 KV
+// heads 1.10x; MQA 1.14x; MHA 1.08x.
 
 /// A decode task's Q rows quantised to int8 for VPDPBUSD (Note [int8 decode products]): row r at q + r·ld
 /// (isa::i8_dot::padded_d(d) bytes), its scores' factor mul[r] = scale·log2(e)·(its quantisation scale) and
@@ -74,16 +78,26 @@ struct q8_query {
   const std::int32_t* bias;
 };
 
-/// The int8 decode products of an ISA (Note [int8 decode products]): available on AVX-512 on x86-64
-/// GCC/clang (isa::i8_dot's functions; the CPU must also have AVX512-VNNI, which the call checks), else not.
+/// The int8 decode products of an ISA (Note [int8 decode products]): on x86-64 GCC/clang, AVX-512's
+/// (isa::i8_dot) where the CPU has AVX512-VNNI and AVX2's (isa::i8_dot_avx2) where it has AVX-VNNI
+/// (supported(): the run-time check); none elsewhere.
 template <class Isa>
 struct i8_decode {
   static constexpr bool available = false;
+  static bool supported() noexcept { return false; }
 };
 #if GQA_HAS_AVX512 && GQA_X86_CPUID
 template <>
 struct i8_decode<isa::avx512> : isa::i8_dot {
   static constexpr bool available = true;
+  static bool supported() noexcept { return ::gqa::isa::cpu().avx512_vnni; }
+};
+#endif
+#if GQA_HAS_AVX2 && GQA_X86_CPUID
+template <>
+struct i8_decode<isa::avx2> : isa::i8_dot_avx2 {
+  static constexpr bool available = true;
+  static bool supported() noexcept { return ::gqa::isa::cpu().avx_vnni; }
 };
 #endif
 

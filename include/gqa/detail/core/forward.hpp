@@ -1003,7 +1003,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   // int8 decode products (Note [int8 decode products]) where the CPU has VPDPBUSD; d <= 65536 keeps every
   // int32 sum of 255 · 127 · d exact.
   const bool i8_products =
-      K::i8_capable && decode && opt.int8_products && ::gqa::isa::cpu().avx512_vnni && d <= 65536;
+      K::i8_capable && decode && opt.int8_products && i8_decode<Isa>::supported() && d <= 65536;
   const auto side = [&](index_t w) { return window_side(w, sq, skv); };
   const core::problem<Lay> pb{lay, d, dv, skv, &map, active.data(), scale * k_log2e, opt.causal,
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
