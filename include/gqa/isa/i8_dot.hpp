@@ -19,6 +19,74 @@
 #include <immintrin.h>
 #endif
 
+#if GQA_HAS_AVX2 && GQA_X86_CPUID
+// AVX2 without VNNI: what quantize_q8_row needs, on every CPU either core's products run on.
+#ifndef GQA_TARGET_AVX2_PLAIN
+#define GQA_TARGET_AVX2_PLAIN __attribute__((target("avx2,fma,f16c")))
+#endif
+
+GQA_BEGIN_NAMESPACE
+namespace isa {
+
+/// Quantises x[0, d) to dst[0, dp) (dp >= d; the rest zeros) by gqa::quantize_q8's rule (Note [int8
+/// quantisation] in gqa/quantized.hpp): scale = max_c |x_c| / 127, q_c = x_c / scale rounded to nearest
+/// even (|q_c| <= 127), q = 0 when scale is 0; and sum = Σ q_c. The same IEEE operations as that rule's
+/// scalar code, so the same bytes and scale. Returns false (dst, scale, sum unspecified) when some x_c is
+/// not finite: the caller keeps the fp32 products then (where quantize_q8 would write a NaN scale). AVX2
+/// (8 lanes) for both cores' products: a task quantises its rows once, a small part of its time.
+GQA_TARGET_AVX2_PLAIN inline bool quantize_q8_row(const float* x, index_t d, std::int8_t* dst, index_t dp, float& scale,
+                                                std::int32_t& sum) noexcept {
+  const __m256 inf = _mm256_set1_ps(__builtin_inff());
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 amax = _mm256_setzero_ps();
+  int finite = 0xFF;
+  index_t c = 0;
+  for (; c + 8 <= d; c += 8) {
+    const __m256 ax = _mm256_and_ps(_mm256_loadu_ps(x + c), abs_mask);
+    finite &= _mm256_movemask_ps(_mm256_cmp_ps(ax, inf, _CMP_LT_OQ));  // false for ±inf and NaN
+    amax = _mm256_max_ps(amax, ax);
+  }
+  alignas(32) float m8[8];
+  _mm256_store_ps(m8, amax);
+  float a = 0.0f;
+  for (const float m : m8) a = m > a ? m : a;
+  for (; c < d; ++c) {
+    const float ax = std::fabs(x[c]);
+    if (!(ax < __builtin_inff())) return false;
+    a = ax > a ? ax : a;
+  }
+  if (finite != 0xFF) return false;
+  const float sc = a / 127.0f;
+  std::int32_t total = 0;
+  const __m256 scv = _mm256_set1_ps(sc);
+  __m256i acc = _mm256_setzero_si256();
+  c = 0;
+  for (; c + 8 <= d && sc != 0.0f; c += 8) {
+    const __m256 r =
+        _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + c), scv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i q = _mm256_cvtps_epi32(r);  // exact: |r| <= 127
+    acc = _mm256_add_epi32(acc, q);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + c), _mm_packs_epi16(w, w));
+  }
+  for (; c < d; ++c) {
+    const float r = sc > 0.0f ? std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(x[c] / sc))) : 0.0f;
+    dst[c] = static_cast<std::int8_t>(r);
+    total += dst[c];
+  }
+  std::memset(dst + d, 0, static_cast<std::size_t>(dp - d));
+  alignas(32) std::int32_t s8[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(s8), acc);
+  for (const std::int32_t v : s8) total += v;
+  scale = sc;
+  sum = total;
+  return true;
+}
+
+}  // namespace isa
+GQA_END_NAMESPACE
+#endif  // GQA_HAS_AVX2 && GQA_X86_CPUID
+
 #if GQA_HAS_AVX512 && GQA_X86_CPUID
 // The full target list (see GQA_TARGET_BF16 in bf16_dot.hpp for why).
 #ifndef GQA_TARGET_VNNI
@@ -41,41 +109,9 @@ struct i8_dot {
   /// A quantised Q row: d bytes zero-padded to whole 64-byte loads.
   static constexpr index_t padded_d(index_t d) noexcept { return (d + 63) / 64 * 64; }
 
-  /// Quantises x[0, d) to dst[0, padded_d(d)) (the rest zeros) by gqa::quantize_q8's rule (Note [int8
-  /// quantisation] in gqa/quantized.hpp): scale = max_c |x_c| / 127, q_c = x_c / scale rounded to nearest
-  /// even (|q_c| <= 127), q = 0 when scale is 0; and sum = Σ q_c. The same IEEE operations as that rule's
-  /// scalar code, so the same bytes and scale. Returns false (dst, scale, sum unspecified) when some x_c is
-  /// not finite: the caller keeps the fp32 products then (where quantize_q8 would write a NaN scale).
-  GQA_TARGET_VNNI static bool quantize_row(const float* x, index_t d, std::int8_t* dst, float& scale,
-                                           std::int32_t& sum) noexcept {
-    const __m512 inf = _mm512_set1_ps(__builtin_inff());
-    __m512 amax = _mm512_setzero_ps();
-    __mmask16 finite = 0xFFFF;
-    for (index_t c = 0; c < d; c += 16) {
-      const __mmask16 m = c + 16 <= d ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << (d - c)) - 1);
-      const __m512 ax = _mm512_abs_ps(_mm512_maskz_loadu_ps(m, x + c));
-      finite &= _mm512_cmp_ps_mask(ax, inf, _CMP_LT_OQ);  // false for ±inf and NaN
-      amax = _mm512_max_ps(amax, ax);
-    }
-    if (finite != 0xFFFF) return false;
-    const float sc = _mm512_reduce_max_ps(amax) / 127.0f;
-    __m512i acc = _mm512_setzero_si512();
-    const index_t dp = padded_d(d);
-    for (index_t c = 0; c < dp; c += 16) {
-      // Lanes past d, and every lane when the scale is 0, quantise to 0.
-      const __mmask16 m = sc == 0.0f ? __mmask16{0}
-                          : c + 16 <= d ? __mmask16{0xFFFF}
-                          : c < d       ? static_cast<__mmask16>((1u << (d - c)) - 1)
-                                        : __mmask16{0};
-      const __m512 r = _mm512_roundscale_ps(_mm512_maskz_div_ps(m, _mm512_maskz_loadu_ps(m, x + c), _mm512_set1_ps(sc)),
-                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512i q = _mm512_cvtps_epi32(r);  // exact: |r| <= 127 (x / scale rounds to at most 127)
-      acc = _mm512_add_epi32(acc, q);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), _mm512_cvtsepi32_epi8(q));
-    }
-    scale = sc;
-    sum = _mm512_reduce_add_epi32(acc);
-    return true;
+  /// Quantises x[0, d) into padded_d(d) bytes: quantize_q8_row (above).
+  static bool quantize_row(const float* x, index_t d, std::int8_t* dst, float& scale, std::int32_t& sum) noexcept {
+    return quantize_q8_row(x, d, dst, padded_d(d), scale, sum);
   }
 
   /// s[r·lds + u] = mul[r] · (Σ_c q_r[c] · k_u[c]) for r < rows (rows >= 1) and the 4 keys u, q_r = q +
@@ -191,54 +227,9 @@ struct i8_dot_avx2 {
   /// A quantised Q row: d bytes zero-padded to whole 32-byte loads.
   static constexpr index_t padded_d(index_t d) noexcept { return (d + 31) / 32 * 32; }
 
-  /// As i8_dot::quantize_row (gqa::quantize_q8's rule, the same bits), into padded_d(d) bytes.
-  GQA_TARGET_AVXVNNI static bool quantize_row(const float* x, index_t d, std::int8_t* dst, float& scale,
-                                              std::int32_t& sum) noexcept {
-    const __m256 inf = _mm256_set1_ps(__builtin_inff());
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-    __m256 amax = _mm256_setzero_ps();
-    int finite = 0xFF;
-    index_t c = 0;
-    for (; c + 8 <= d; c += 8) {
-      const __m256 ax = _mm256_and_ps(_mm256_loadu_ps(x + c), abs_mask);
-      finite &= _mm256_movemask_ps(_mm256_cmp_ps(ax, inf, _CMP_LT_OQ));  // false for ±inf and NaN
-      amax = _mm256_max_ps(amax, ax);
-    }
-    alignas(32) float m8[8];
-    _mm256_store_ps(m8, amax);
-    float a = 0.0f;
-    for (const float m : m8) a = m > a ? m : a;
-    for (; c < d; ++c) {
-      const float ax = std::fabs(x[c]);
-      if (!(ax < __builtin_inff())) return false;
-      a = ax > a ? ax : a;
-    }
-    if (finite != 0xFF) return false;
-    const float sc = a / 127.0f;
-    std::int32_t total = 0;
-    const __m256 scv = _mm256_set1_ps(sc);
-    __m256i acc = _mm256_setzero_si256();
-    c = 0;
-    for (; c + 8 <= d && sc != 0.0f; c += 8) {
-      const __m256 r =
-          _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + c), scv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m256i q = _mm256_cvtps_epi32(r);  // exact: |r| <= 127
-      acc = _mm256_add_epi32(acc, q);
-      const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + c), _mm_packs_epi16(w, w));
-    }
-    for (; c < d; ++c) {
-      const float r = sc > 0.0f ? std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(x[c] / sc))) : 0.0f;
-      dst[c] = static_cast<std::int8_t>(r);
-      total += dst[c];
-    }
-    std::memset(dst + d, 0, static_cast<std::size_t>(padded_d(d) - d));
-    alignas(32) std::int32_t s8[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(s8), acc);
-    for (const std::int32_t v : s8) total += v;
-    scale = sc;
-    sum = total;
-    return true;
+  /// Quantises x[0, d) into padded_d(d) bytes: quantize_q8_row (above).
+  static bool quantize_row(const float* x, index_t d, std::int8_t* dst, float& scale, std::int32_t& sum) noexcept {
+    return quantize_q8_row(x, d, dst, padded_d(d), scale, sum);
   }
 
   /// As i8_dot::decode_scores: s[r·lds + u] = mul[r] · (Σ_c q_r[c] · k_u[c]) for r < rows and the 4 keys u,
