@@ -1,7 +1,9 @@
-// gqa/isa/i8_dot.hpp: decode's Q·Kᵀ on an int8 K cache by AVX512-VNNI VPDPBUSD, on Q rows quantised to int8
-// (Note [int8 decode products] in detail/core/decode.hpp): x86-64 with GCC or clang, in a TU or region that
-// compiles vec<avx512>. The function that holds VNNI instructions is marked GQA_TARGET_VNNI, so it is never
-// inlined into code compiled without them, and the core calls it only when isa::cpu().avx512_vnni.
+// gqa/isa/i8_dot.hpp: decode's Q·Kᵀ on an int8 K cache by VPDPBUSD, on Q rows quantised to int8 (Note [int8
+// decode products] in detail/core/decode.hpp): x86-64 with GCC or clang; i8_dot (AVX512-VNNI, 64 bytes an
+// instruction) in a TU or region that compiles vec<avx512>, i8_dot_avx2 (AVX-VNNI, VEX, 32 bytes) where
+// AVX2 is compiled, and the quantiser both share (quantize_q8_row, AVX2). The functions that hold VNNI
+// instructions are marked GQA_TARGET_VNNI / GQA_TARGET_AVXVNNI, so they are never inlined into code compiled
+// without them, and the core calls them only when isa::cpu().avx512_vnni / avx_vnni.
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_ISA_I8_DOT_HPP
 #define GQA_ISA_I8_DOT_HPP
