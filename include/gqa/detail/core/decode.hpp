@@ -45,7 +45,7 @@ namespace detail::core {
 // (options.int8_products, on by default), a task of a decode call (the walk over several KV heads, Note
 // [decode tasks], or one KV head's direct path: MQA decode) quantises
 // each of its Q rows by gqa::quantize_q8's rule (scale = max|q| / 127, q / scale rounded to nearest even;
-// isa::i8_dot::quantize_row, the same bits as that rule's scalar code) and the walk's scores are integer
+// isa::quantize_q8_row, the same bits as that rule's scalar code) and the walk's scores are integer
 // dot products: VPDPBUSD multiplies 64 unsigned by 64 signed bytes and adds each four products to one of
 // 16 int32 sums. K's bytes are made unsigned by flipping their top bit (k + 128, one XOR per 64 bytes,
 // shared by the rows) and 128 · Σ q, kept per row, is subtracted from the exact int32 sum afterwards; the
@@ -69,7 +69,7 @@ namespace detail::core {
 // heads 1.10x; MQA 1.14x; MHA 1.08x.
 
 /// A decode task's Q rows quantised to int8 for VPDPBUSD (Note [int8 decode products]): row r at q + r·ld
-/// (isa::i8_dot::padded_d(d) bytes), its scores' factor mul[r] = scale·log2(e)·(its quantisation scale) and
+/// (i8_decode<Isa>::padded_d(d) bytes), its scores' factor mul[r] = scale·log2(e)·(its quantisation scale) and
 /// bias[r] = 128·Σ of its bytes.
 struct q8_query {
   const std::int8_t* q;
@@ -292,8 +292,8 @@ struct decode {
               float* const sj = s + r0 * lds + (j - j0);
               const std::int8_t* const qr = q8->q + r0 * q8->ld;
               for (index_t u = 0; u < KU; u += 4)
-                i8_decode<Isa>::decode_scores(static_cast<int>(rows), qr, q8->ld, kr + u, d, q8->mul + r0, q8->bias + r0,
-                                           sj + u, lds);
+                i8_decode<Isa>::decode_scores(static_cast<int>(rows), qr, q8->ld, kr + u, d, q8->mul + r0,
+                                              q8->bias + r0, sj + u, lds);
               r0 += rows;
               continue;
             }
