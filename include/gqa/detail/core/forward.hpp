@@ -514,7 +514,8 @@ struct kernel {
         });
       }
     }
-    if (!t16 && !d16) {
+    // (A task whose rows were all quantised reads no qp: its rows stay unscaled there.)
+    if (!t16 && !d16 && !d8) {
       for_each_row(pb, t, [&](index_t row, index_t pos, index_t h) noexcept {
         tiled::widen(pb.lay.q_row(t.ib, pos, h), d, pb.qscale, qp + row * d);  // q · qscale, vector by vector
       });
