@@ -115,11 +115,11 @@ void expect_lse_near_reference(const std::vector<float>& lse, const Ref& ref_lse
 }
 
 /// Checks output o and LSE lse of case c against the double reference fed K/V kw, vw (floats in the case's
-/// layout: the values the low-precision K/V hold), within Note [attention tolerance]; returns the output
-/// bound used.
+/// layout: the values the low-precision K/V hold), within Note [attention tolerance], plus Note [int8 P·V
+/// tolerance]'s bound when int8_pv; returns the output bound used.
 double expect_near_reference(const lowp_case& c, gqa::tensor_view<const float> q, const gqa::head_map& map,
                              const std::vector<float>& kw, const std::vector<float>& vw, const std::vector<float>& o,
-                             const std::vector<float>& lse) {
+                             const std::vector<float>& lse, bool int8_pv = false) {
   const auto no = o.size();
   // The reference and the naive yardstick on the same rounded K/V, in logical BSHD order.
   const auto kd = gqa::test::logical_order(kv_view(c, kw, c.d)), vd = gqa::test::logical_order(kv_view(c, vw, c.dv));
@@ -131,7 +131,8 @@ double expect_near_reference(const lowp_case& c, gqa::tensor_view<const float> q
   const auto kv_of_q = map.kv_of_q();
   const auto ref = gqa::reference::attention(q, kb, vb, kv_of_q, scale, c.causal, c.kv_lengths, mods);
   const auto naive = gqa::test::naive_fp32(q, kb, vb, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths, mods);
-  const double tol = gqa::test::attention_tolerance(naive.o, ref.o, vw);
+  const double tol = gqa::test::attention_tolerance(naive.o, ref.o, vw) +
+                     (int8_pv ? gqa::test::int8_pv_bound(q, kb, vb, kv_of_q, scale, c.causal, c.kv_lengths, mods) : 0.0);
   double err = 0.0;
   for (std::size_t i = 0; i < no; ++i) {
     if (!std::isfinite(o[i])) {
@@ -1528,7 +1529,7 @@ bool check_case_q8_products(const lowp_case& c) {
   const bool differs = first_difference(o, o_off) != -1 || first_difference(lse, lse_off) != -1;
   if (int8_products_run<Isa>(map, c.sq)) {
     const auto qq = quantised_q(qd, c.b, c.sq, c.hq, c.d);
-    expect_near_reference(c, gqa::bshd<const float>(qq.data(), c.b, c.sq, c.hq, c.d), map, k8.deq, v8.deq, o, lse);
+    expect_near_reference(c, gqa::bshd<const float>(qq.data(), c.b, c.sq, c.hq, c.d), map, k8.deq, v8.deq, o, lse, true);
   } else {
     EXPECT_EQ(first_difference(o, o_off), -1) << "the int8 products ran where they should not";
     EXPECT_EQ(first_difference(lse, lse_off), -1);
@@ -1608,7 +1609,12 @@ TYPED_TEST_P(lowp_suite, int8_products_every_variant) {
     double diff = 0.0, vmax = 1.0;
     for (std::size_t i = 0; i < o.size(); ++i) diff = std::max(diff, std::fabs(static_cast<double>(o[i]) - o32[i]));
     for (const float x : v8.deq) vmax = std::max(vmax, static_cast<double>(std::fabs(x)));
-    EXPECT_LE(diff, 8.0 * static_cast<double>(d) * 0x1p-24 * vmax);
+    // P·V in integers: Note [int8 P·V tolerance]'s bound over every (query head, KV head) pair, whichever the
+    // policy allocates.
+    const double pv = gqa::test::int8_pv_bound(
+        gqa::bshd<const float>(qq.data(), b, sq, h.hq, d), gqa::bshd<const float>(k8.deq.data(), b, skv, h.kv_in, d),
+        gqa::bshd<const float>(v8.deq.data(), b, skv, h.kv_in, d), {}, 1.0 / std::sqrt(static_cast<double>(d)), c.causal);
+    EXPECT_LE(diff, 8.0 * static_cast<double>(d) * 0x1p-24 * vmax + pv);
   });
   if (int8_products_here<TypeParam>()) {
     EXPECT_GE(ran, 10);
@@ -1617,7 +1623,81 @@ TYPED_TEST_P(lowp_suite, int8_products_every_variant) {
   }
 }
 
-REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_products_every_variant, decode_first_loads_keep_bits, attend_bf16_matches_reference_and_fp32_bitwise,
+/// int8 decode's integer P·V (i8_decode::decode_pv, Note [int8 decode P·V]) against its definition: each
+/// row's weights times V's scales, p', rounded to nearest even at 32767 / max|p'| (in float, as specified), the int8 products
+/// summed exactly (int64 here), times max|p| / 32767 and added to O; within the fp32 roundings of that
+/// last step (the int32 sum's conversion and one fused multiply-add: 2^-23 of the terms). Rows whose weights
+/// hold a NaN or an infinity, or are all zero, are left untouched (the former reported to the caller).
+/// Shapes: 1-7 rows, 1-32 keys (odd counts pair the last key with itself), d_v 1-200 (whole 64- or
+/// 16-column slabs and every tail), V at a row stride wider than d_v.
+TYPED_TEST_P(lowp_suite, int8_pv_matches_rounded_weights) {
+  using I8 = gqa::detail::core::i8_decode<TypeParam>;
+  if constexpr (!I8::available) {
+    GTEST_SKIP() << "no int8 products on this ISA";
+  } else {
+    if (!I8::supported()) GTEST_SKIP() << "this CPU lacks the VNNI instructions";
+    std::uint64_t seed = 1700;
+    for (const index_t dv : {index_t{1}, index_t{5}, index_t{16}, index_t{17}, index_t{64}, index_t{100}, index_t{128},
+                             index_t{200}})
+      for (const int rows : {1, 2, 3, 4, 5, 7})
+        for (const index_t n : {index_t{1}, index_t{2}, index_t{7}, index_t{31}, index_t{32}}) {
+          SCOPED_TRACE("dv " + std::to_string(dv) + ", rows " + std::to_string(rows) + ", keys " + std::to_string(n));
+          const index_t ldv = dv + 3, ldp = 40, ldo = dv + 1;
+          std::vector<std::int8_t> v(static_cast<std::size_t>(n * ldv));
+          const auto vf = gqa::test::random_floats(v.size(), ++seed, -128.0f, 128.0f);
+          for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<std::int8_t>(std::clamp(std::floor(vf[i]), -128.0f, 127.0f));
+          auto p = gqa::test::random_floats(static_cast<std::size_t>(rows * ldp), ++seed, 0.0f, 1.0f);
+          for (std::size_t i = 0; i < p.size(); i += 3) p[i] *= 1e-3f;  // small weights among large ones
+          // Row 1 holds a NaN, row 2 only zeros, row 4 an infinity, row 5 a negative weight (scales may be).
+          if (rows > 1) p[static_cast<std::size_t>(ldp + n - 1)] = k_nan;
+          if (rows > 2) std::fill_n(p.begin() + 2 * ldp, n, 0.0f);
+          if (rows > 4) p[static_cast<std::size_t>(4 * ldp)] = k_inf;
+          if (rows > 5) p[static_cast<std::size_t>(5 * ldp + n / 2)] = -0.75f;
+          const auto o0 = gqa::test::random_floats(static_cast<std::size_t>(rows * ldo), ++seed);
+          std::vector<float> o = o0;
+          auto vs = gqa::test::random_floats(static_cast<std::size_t>(n), ++seed, 0.001f, 0.02f);  // V's scales
+          const std::uint64_t left = I8::decode_pv(rows, p.data(), ldp, n, v.data(), ldv, vs.data(), dv, o.data(), ldo);
+          for (int r = 0; r < rows; ++r) {
+            const float* pr = p.data() + r * ldp;
+            float mx = 0.0f;
+            bool finite = true;
+            std::vector<float> pv(static_cast<std::size_t>(n));  // the weights times V's scales, in float
+            for (index_t j = 0; j < n; ++j) {
+              pv[static_cast<std::size_t>(j)] = pr[j] * vs[static_cast<std::size_t>(j)];
+              finite = finite && std::isfinite(pv[static_cast<std::size_t>(j)]);
+              mx = std::max(mx, std::fabs(pv[static_cast<std::size_t>(j)]));
+            }
+            const bool untouched = !finite || mx == 0.0f;
+            EXPECT_EQ((left >> r) & 1U, finite ? 0U : 1U) << "row " << r;
+            const float up = 32767.0f / mx, f = mx / 32767.0f;
+            for (index_t c = 0; c < dv; ++c) {
+              const float start = o0[static_cast<std::size_t>(r * ldo + c)];
+              const float got = o[static_cast<std::size_t>(r * ldo + c)];
+              if (untouched) {
+                ASSERT_EQ(std::memcmp(&got, &start, sizeof got), 0) << "row " << r << " was changed, column " << c;
+                continue;
+              }
+              std::int64_t sum = 0;
+              for (index_t j = 0; j < n; ++j)
+                sum += static_cast<std::int64_t>(std::nearbyint(pv[static_cast<std::size_t>(j)] * up)) *
+                       v[static_cast<std::size_t>(j * ldv + c)];
+              const double term = static_cast<double>(f) * static_cast<double>(sum);
+              const double want = static_cast<double>(start) + term;
+              ASSERT_LE(std::fabs(got - want), 0x1p-23 * (std::fabs(start) + std::fabs(term)) + 1e-30)
+                  << "row " << r << ", column " << c;
+            }
+          }
+          // Columns past dv of O are not written.
+          for (int r = 0; r < rows; ++r) {
+            EXPECT_EQ(o[static_cast<std::size_t>(r * ldo + dv)], o0[static_cast<std::size_t>(r * ldo + dv)]);
+          }
+        }
+  }
+}
+
+REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_products_every_variant,
+                            int8_pv_matches_rounded_weights, decode_first_loads_keep_bits,
+                            attend_bf16_matches_reference_and_fp32_bitwise,
                             attend_f16_matches_reference_and_fp32_bitwise, attend_int8_matches_reference_and_fp32,
                             every_variant_bf16_matches_fp32_bitwise, every_variant_f16_matches_fp32_bitwise,
                             every_variant_int8_matches_fp32, nonfinite_kv_as_in_fp32, nonfinite_int8_rows_as_in_fp32,

@@ -89,6 +89,75 @@ constexpr double k_error_floor = 1e-6;
 // tasks, one serving KV head, other ISAs, a task whose Q holds NaN or inf) the call must return the bits of
 // the same call with the option off.
 
+// Note [int8 P·V tolerance]
+// With options.int8_products a decode call on an int8 cache also computes P·V in integers (Note [int8 decode
+// P·V] in detail/core/decode.hpp): per row and chunk of at most 32 consecutive keys, each weight times its
+// V row's scale, p_j·s_j, is rounded to a multiple of δ = max_chunk |p·s| / 32767 (half a step at most),
+// the int8 values are multiplied by those integers exactly and the sum comes back times δ. Like the rounding
+// of Q, that is a choice of precision, not arithmetic error, so it is budgeted as a bound on top of Note
+// [int8 products tolerance]'s rule: in the row's final weights a_k (softmax, double), the error it adds to
+// an output is at most Σ_j (δ_j / 2) · |q_j[c]| with q_j the int8 values (|q_j[c]| · s_j = |V_j[c]|), and
+// δ_j ≤ max_{k visible, |k − j| < 32} a_k·s_k / 32767 whichever 32-key chunk holds j. So each row may add
+//   Σ_j max_{k visible, |k − j| < 32} a_k · max_c |V_k[c]| / 32767
+// (twice the half step: room for the fp32 roundings of the scale, the factor and the int32 sum's
+// conversion). With flat weights over n keys that is a few times 2^-15 · max|V|, against the fp32
+// products' ~2^-24 · √n; a key masked off by one in a row of 2100 keys (~1/2100 of |V|) stays above it.
+
+/// The bound of Note [int8 P·V tolerance], the largest over every row (batch, query position, query head
+/// h) and KV head kv_of_q[h] (every KV head when kv_of_q is empty: a policy may allocate any), with the
+/// reference's masks and modifiers, on the values the call multiplies (the quantised Q, the dequantised
+/// K/V). Non-finite scores or values add nothing (their rows' rules are exact, not budgeted).
+[[maybe_unused]] double int8_pv_bound(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k,
+                                      const gqa::tensor_view<const float>& v, std::span<const gqa::index_t> kv_of_q,
+                                      double scale, bool causal = false, std::span<const gqa::index_t> kv_lengths = {},
+                                      const gqa::reference::modifiers& mods = {}) {
+  using gqa::index_t;
+  constexpr index_t W = 32;
+  double worst = 0.0;
+  std::vector<double> a(static_cast<std::size_t>(k.s)), vmax(static_cast<std::size_t>(k.s));
+  for (index_t ib = 0; ib < q.b; ++ib) {
+    const index_t len = kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
+    for (index_t h = 0; h < q.h; ++h)
+      for (index_t g = 0; g < k.h; ++g) {
+        if (!kv_of_q.empty() && kv_of_q[static_cast<std::size_t>(h)] != g) continue;
+        for (index_t i = 0; i < q.s; ++i) {
+          const auto [lo, hi] = gqa::reference::visible_keys(i, q.s, len, causal, mods);
+          if (hi <= lo) continue;
+          double m = mods.sinks.empty() ? -std::numeric_limits<double>::infinity()
+                                        : static_cast<double>(mods.sinks[static_cast<std::size_t>(h)]);
+          for (index_t j = lo; j < hi; ++j) {
+            double dot = 0.0;
+            for (index_t x = 0; x < q.d; ++x) dot += static_cast<double>(q(ib, i, h, x)) * static_cast<double>(k(ib, j, g, x));
+            a[static_cast<std::size_t>(j)] = gqa::reference::modified_logit(dot * scale, mods, h, std::abs(i + (len - q.s) - j));
+            if (std::isfinite(a[static_cast<std::size_t>(j)])) m = std::max(m, a[static_cast<std::size_t>(j)]);
+            double vm = 0.0;
+            for (index_t x = 0; x < v.d; ++x) {
+              const double e = std::fabs(static_cast<double>(v(ib, j, g, x)));
+              if (std::isfinite(e)) vm = std::max(vm, e);
+            }
+            vmax[static_cast<std::size_t>(j)] = vm;
+          }
+          if (!std::isfinite(m)) continue;
+          double l = mods.sinks.empty() ? 0.0 : std::exp(static_cast<double>(mods.sinks[static_cast<std::size_t>(h)]) - m);
+          for (index_t j = lo; j < hi; ++j) {
+            double& x = a[static_cast<std::size_t>(j)];
+            x = std::isfinite(x) ? std::exp(x - m) : 0.0;
+            l += x;
+          }
+          double sum = 0.0;
+          for (index_t j = lo; j < hi; ++j) {
+            double mj = 0.0;
+            for (index_t kk = std::max(lo, j - W + 1); kk < std::min(hi, j + W); ++kk)
+              mj = std::max(mj, a[static_cast<std::size_t>(kk)] / l * vmax[static_cast<std::size_t>(kk)]);
+            sum += mj;
+          }
+          worst = std::max(worst, sum / 32767.0);
+        }
+      }
+  }
+  return worst;
+}
+
 // Note [bf16 products tolerance]
 // With bf16 Q, K, V and O on a CPU with AMX-BF16, the AVX-512 core's prefill multiplies in bf16 (Note [bf16
 // tiles] in detail/core/bf16_tiles.hpp): Q·Kᵀ of the bf16 inputs summed in fp32 (the same products as

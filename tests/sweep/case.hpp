@@ -173,7 +173,9 @@ void for_each_element(const gqa::tensor_view<T>& t, F&& f) {
 // tests/support/tolerance.hpp). Checks, beyond Note [sweep checks]: a 16-bit output is read widened, each
 // element's tolerance grows by half a unit in its last place (the rounding of O is the caller's choice of
 // storage), and the output buffer's sentinel is the rounded one; with bf16 Q/K/V/O and bf16_products on,
-// the naive yardstick rounds its weights to bf16 (Note [bf16 products tolerance]); and a 16-bit call
+// the naive yardstick rounds its weights to bf16 (Note [bf16 products tolerance]); with int8 K/V and
+// int8_products on, a decode call's output tolerance grows by Note [int8 P·V tolerance]'s bound (P·V in
+// integers, the weights rounded to 16 bits per chunk of 32 keys); and a 16-bit call
 // (but that one) must return, bit for bit, what the same call returns on the widened float views, on
 // every ISA (Note [16-bit K/V] in detail/core/layout.hpp), its 16-bit O the fp32 call's rounded once.
 
@@ -778,6 +780,7 @@ struct expected {
   std::vector<index_t> kv_of_q;
   std::vector<char> overflow_row;  // [b][hq][sq]: the row's float scores overflow to +inf or are all −inf
   double v_max = 1.0;              // max(1, |V| over finite prepared values, |O_ref| after finish)
+  double pv_bound = 0.0;           // int8 decode's P·V in integers: Note [int8 P·V tolerance]
 };
 
 namespace detail {
@@ -832,6 +835,14 @@ inline void fill_expected(expected& e, const case_spec& c, const gqa::tensor_vie
   const bool bf16_weights = c.kv == kv_type::bf16 && c.qo16 && c.bf16_products;
   const auto naive = gqa::test::naive_fp32(q, k, v, kv_of_q, static_cast<float>(scale), c.causal, c.kv_lengths, mods,
                                            bf16_weights);
+  // int8 K/V with int8_products in a decode call (every KV head's rows, group × sq, at most 32): P·V in
+  // integers, whose rounding of the weights is budgeted by Note [int8 P·V tolerance].
+  if (c.kv == kv_type::i8 && c.bf16_products) {
+    std::vector<index_t> group(static_cast<std::size_t>(k.h), 0);
+    for (const index_t g : kv_of_q) ++group[static_cast<std::size_t>(g)];
+    if (*std::max_element(group.begin(), group.end()) * c.sq <= 32)
+      e.pv_bound = gqa::test::int8_pv_bound(q, k, v, kv_of_q, scale, c.causal, c.kv_lengths, mods);
+  }
   e.o = ref.o;
   e.lse = ref.lse;
   e.naive_o = naive.o;
@@ -1120,7 +1131,7 @@ inline std::string check(const case_spec& c, const case_data& in, const expected
           if (std::isfinite(orf) && std::isfinite(on)) o_err = std::max(o_err, std::fabs(on - orf));
         }
       }
-  const double o_tol = gqa::test::k_error_factor * o_err + gqa::test::k_error_floor * e.v_max;
+  const double o_tol = gqa::test::k_error_factor * o_err + gqa::test::k_error_floor * e.v_max + e.pv_bound;
   const double l_tol = gqa::test::k_error_factor * l_err + gqa::test::k_error_floor * l_max;
   const auto o = r.o.view;
   for (index_t ib = 0; ib < c.b; ++ib)

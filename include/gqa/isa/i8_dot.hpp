@@ -116,36 +116,196 @@ struct i8_dot {
     return quantize_q8_row(x, d, dst, padded_d(d), scale, sum);
   }
 
-  /// s[r·lds + u] = mul[r] · (Σ_c q_r[c] · k_u[c]) for r < rows (rows >= 1) and the 4 keys u, q_r = q +
-  /// r·ldq (int8, padded_d(d) bytes, zeros past d), k[u] int8 rows of d elements (read only inside them),
-  /// bias[r] = 128 · Σ_c q_r[c]. VPDPBUSD multiplies unsigned by signed bytes, so K's bytes are flipped
-  /// to k + 128 (an XOR with 0x80, once per K load, shared by the rows) and 128 · Σ q_r is taken off the
-  /// exact int32 sums. K rows by plain loads when d is a multiple of 64, else the last by a masked one.
+  /// s[r·lds + u] = (mul[r] · (Σ_c q_r[c] · k_u[c])) · ks[u] for r < rows (rows >= 1) and the 4 keys u, q_r
+  /// = q + r·ldq (int8, padded_d(d) bytes, zeros past d), k[u] int8 rows of d elements (read only inside
+  /// them), ks[u] their scales, bias[r] = 128 · Σ_c q_r[c]. VPDPBUSD multiplies unsigned by signed bytes, so
+  /// K's bytes are flipped to k + 128 (an XOR with 0x80, once per K load, shared by the rows) and 128 · Σ q_r
+  /// is taken off the exact int32 sums. K rows by plain loads when d is a multiple of 64, else the last by a
+  /// masked one.
   static void decode_scores(int rows, const std::int8_t* q, index_t ldq, const std::int8_t* const* k, index_t d,
-                            const float* mul, const std::int32_t* bias, float* s, index_t lds) noexcept {
+                            const float* mul, const std::int32_t* bias, const float* ks, float* s,
+                            index_t lds) noexcept {
     for (int r = 0; r < rows; r += 4) {
       const int n = std::min(4, rows - r);
       const std::int8_t* qr = q + r * ldq;
       float* sr = s + r * lds;
       if (d % 64 == 0) {
         switch (n) {
-          case 1: body<1, true>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
-          case 2: body<2, true>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
-          case 3: body<3, true>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
-          default: body<4, true>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
+          case 1: body<1, true>(qr, ldq, k, d, mul + r, bias + r, ks, sr, lds); break;
+          case 2: body<2, true>(qr, ldq, k, d, mul + r, bias + r, ks, sr, lds); break;
+          case 3: body<3, true>(qr, ldq, k, d, mul + r, bias + r, ks, sr, lds); break;
+          default: body<4, true>(qr, ldq, k, d, mul + r, bias + r, ks, sr, lds); break;
         }
       } else {
         switch (n) {
-          case 1: body<1, false>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
-          case 2: body<2, false>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
-          case 3: body<3, false>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
-          default: body<4, false>(qr, ldq, k, d, mul + r, bias + r, sr, lds); break;
+          case 1: body<1, false>(qr, ldq, k, d, mul + r, bias + r, ks, sr, lds); break;
+          case 2: body<2, false>(qr, ldq, k, d, mul + r, bias + r, ks, sr, lds); break;
+          case 3: body<3, false>(qr, ldq, k, d, mul + r, bias + r, ks, sr, lds); break;
+          default: body<4, false>(qr, ldq, k, d, mul + r, bias + r, ks, sr, lds); break;
         }
       }
     }
   }
 
+  /// Keys per chunk of decode_pv: the weights of each row are rounded to int16 relative to their largest
+  /// magnitude within each chunk (Note [int8 decode P·V] in detail/core/decode.hpp).
+  static constexpr index_t pv_chunk = 32;
+
+  /// o[r·ldo + c] += Σ_{j<n} (p[r·ldp + j] · vs[j]) · v_j[c] for r < rows (rows <= 64) and c < dv, over one
+  /// chunk of n <= pv_chunk keys, v_j = v + j·ldv (int8 rows of dv elements, read only inside them) with
+  /// scales vs[j], in integers (Note [int8 decode P·V] in detail/core/decode.hpp): per row, with p'_j = p_j ·
+  /// vs[j] (fp32), w_j = p'_j · (32767 / max|p'|) rounded to nearest even, Σ_j w_j · v_j[c] exact in int32
+  /// (VPDPWSSD on two keys' values at a time), then times max|p'| / 32767 and added to o in fp32. Returns
+  /// the rows (bit r) left to the caller, untouched: those whose p' hold a NaN or an infinity, or are so
+  /// small that 32767 / max|p'| overflows (the fp32 products then keep the naive softmax's rules and every
+  /// bit of a tiny weight).
+  static std::uint64_t decode_pv(int rows, const float* p, index_t ldp, index_t n, const std::int8_t* v, index_t ldv,
+                                 const float* vs, index_t dv, float* o, index_t ldo) noexcept {
+    std::uint64_t left = 0;
+    alignas(64) std::int32_t w[4][pv_chunk / 2];
+    alignas(16) float f[4];
+    for (int r = 0; r < rows; r += 4) {
+      const int R = std::min(4, rows - r);
+      int live = 0;  // rows of the four whose weights were rounded, packed to the front
+      float* orow[4];
+      for (int i = 0; i < R; ++i) {
+        switch (round_weights(p + (r + i) * ldp, vs, n, w[live], f[live])) {
+          case weights::rounded: orow[live++] = o + (r + i) * ldo; break;
+          case weights::zero: break;  // every weight 0: nothing to add
+          default: left |= std::uint64_t{1} << (r + i); break;
+        }
+      }
+      switch (live) {
+        case 0: break;
+        case 1: pv_rows<1>(w, f, n, v, ldv, dv, orow); break;
+        case 2: pv_rows<2>(w, f, n, v, ldv, dv, orow); break;
+        case 3: pv_rows<3>(w, f, n, v, ldv, dv, orow); break;
+        default: pv_rows<4>(w, f, n, v, ldv, dv, orow); break;
+      }
+    }
+    return left;
+  }
+
  private:
+  enum class weights { rounded, zero, not_finite };
+
+  /// With p'_j = p_j · vs_j: w (as int16 pairs, key 2i in the low half of w[i]; zeros past n) = p'[0, n) ·
+  /// (32767 / max|p'|) rounded to nearest even, f = max|p'| / 32767 (n <= pv_chunk).
+  GQA_TARGET_VNNI static weights round_weights(const float* p, const float* vs, index_t n, std::int32_t* w,
+                                               float& f) noexcept {
+    static_assert(pv_chunk == 32);
+    const auto m0 = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1U << n) - 1);
+    const auto m1 = static_cast<__mmask16>(n >= 32 ? 0xFFFF : n > 16 ? (1U << (n - 16)) - 1 : 0);
+    const __m512 a = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, p), _mm512_maskz_loadu_ps(m0, vs));
+    const __m512 b = _mm512_mul_ps(_mm512_maskz_loadu_ps(m1, p + 16), _mm512_maskz_loadu_ps(m1, vs + 16));
+    const __m512 aa = _mm512_abs_ps(a), ab = _mm512_abs_ps(b);
+    const __m512 inf = _mm512_set1_ps(__builtin_inff());
+    // Ordered comparisons: false for NaN.
+    if (_mm512_cmp_ps_mask(aa, inf, _CMP_LT_OQ) != 0xFFFF || _mm512_cmp_ps_mask(ab, inf, _CMP_LT_OQ) != 0xFFFF)
+      return weights::not_finite;
+    const float mx = _mm512_reduce_max_ps(_mm512_max_ps(aa, ab));
+    if (mx == 0.0f) return weights::zero;
+    const float up = 32767.0f / mx;
+    if (!(up < __builtin_inff())) return weights::not_finite;
+    const __m512 upv = _mm512_set1_ps(up);
+    // |p · up| <= 32767 (+ rounding) and the conversion saturates: every word in range.
+    const __m256i wa = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(a, upv)));
+    const __m256i wb = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(b, upv)));
+    _mm512_store_si512(w, _mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1));
+    f = mx / 32767.0f;
+    return weights::rounded;
+  }
+
+  /// VPDPWSSD, as asm for the reason of Note [VPDPBUSD by asm].
+  GQA_TARGET_VNNI static GQA_FORCEINLINE void dpwssd(__m512i& acc, __m512i a, __m512i b) noexcept {
+    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  }
+
+  /// R rows (weights w[i], factor f[i], output row o[i]) × n <= pv_chunk keys: slabs of S · 64 columns (S so
+  /// that there are 8 or more accumulators: VPDPWSSD's latency needs that many chains), then of 64, then a
+  /// last shorter one.
+  template <int R>
+  static void pv_rows(const std::int32_t (*w)[pv_chunk / 2], const float* f, index_t n, const std::int8_t* v,
+                      index_t ldv, index_t dv, float* const* o) noexcept {
+    constexpr int S = R <= 2 ? 2 : 1;
+    index_t c0 = 0;
+    for (; c0 + 64 * S <= dv; c0 += 64 * S) pv_slab<R, S, true>(w, f, n, v + c0, ldv, 64 * S, o, c0);
+    for (; c0 + 64 <= dv; c0 += 64) pv_slab<R, 1, true>(w, f, n, v + c0, ldv, 64, o, c0);
+    if (c0 < dv) pv_slab<R, 1, false>(w, f, n, v + c0, ldv, dv - c0, o, c0);
+  }
+
+  /// Columns [c0, c0 + width) of pv_rows (v at column c0), S parts of 64; Full: width is S · 64, else S is 1
+  /// and width < 64: the values then go through zero-padded copies and the sums through a buffer (g++ 12
+  /// kept every accumulator on the stack through the loop over keys when masked loads or stores were in
+  /// the function).
+  template <int R, int S, bool Full>
+  GQA_TARGET_VNNI static void pv_slab(const std::int32_t (*w)[pv_chunk / 2], const float* f, index_t n,
+                                      const std::int8_t* v, index_t ldv, index_t width, float* const* o,
+                                      index_t c0) noexcept {
+    static_assert(Full || S == 1);
+    // Two keys' values interleaved by word (unpack lo/hi within 128-bit lanes) put the columns of each 32 in
+    // the order 0-3 8-11 16-19 24-27 | 4-7 12-15 20-23 28-31; these restore it.
+    const __m512i lo_idx = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i hi_idx = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    alignas(64) std::int8_t ta[64], tb[64];
+    constexpr int A = 4 * S;  // accumulators per row: 16 columns each
+    __m512i acc[R][A];
+    GQA_UNROLL
+    for (int r = 0; r < R; ++r)
+      GQA_UNROLL
+      for (int i = 0; i < A; ++i) acc[r][i] = _mm512_setzero_si512();
+    for (index_t j = 0; j < n; j += 2) {
+      const std::int8_t* a = v + j * ldv;
+      const std::int8_t* b = j + 1 < n ? a + ldv : a;  // an odd last key pairs with itself, weight 0
+      if constexpr (!Full) {
+        std::memset(ta, 0, sizeof ta);
+        std::memset(tb, 0, sizeof tb);
+        std::memcpy(ta, a, static_cast<std::size_t>(width));
+        std::memcpy(tb, b, static_cast<std::size_t>(width));
+        a = ta;
+        b = tb;
+      }
+      const auto load = [](const std::int8_t* x) GQA_TARGET_VNNI {
+        return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+      };
+      __m512i wv[R];
+      GQA_UNROLL
+      for (int r = 0; r < R; ++r) wv[r] = _mm512_set1_epi32(w[r][j / 2]);
+      GQA_UNROLL
+      for (int h = 0; h < 2 * S; ++h) {  // 32 columns of the two keys
+        const __m512i av = load(a + 32 * h), bv = load(b + 32 * h);
+        const __m512i x0 = _mm512_unpacklo_epi16(av, bv), x1 = _mm512_unpackhi_epi16(av, bv);
+        GQA_UNROLL
+        for (int r = 0; r < R; ++r) {
+          dpwssd(acc[r][2 * h], x0, wv[r]);
+          dpwssd(acc[r][2 * h + 1], x1, wv[r]);
+        }
+      }
+    }
+    // The sums in column order, times the row's factor, added to O.
+    alignas(64) float t[32];
+    GQA_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512 fr = _mm512_set1_ps(f[r]);
+      GQA_UNROLL
+      for (int h = 0; h < 2 * S; ++h) {
+        const index_t cols = width - 32 * h;  // of this 32 (Full: all)
+        if (!Full && cols <= 0) break;
+        const __m512 y0 = _mm512_cvtepi32_ps(acc[r][2 * h]), y1 = _mm512_cvtepi32_ps(acc[r][2 * h + 1]);
+        const __m512 z0 = _mm512_permutex2var_ps(y0, lo_idx, y1), z1 = _mm512_permutex2var_ps(y0, hi_idx, y1);
+        float* oc = o[r] + c0 + 32 * h;
+        if (Full || cols >= 32) {
+          _mm512_storeu_ps(oc, _mm512_fmadd_ps(fr, z0, _mm512_loadu_ps(oc)));
+          _mm512_storeu_ps(oc + 16, _mm512_fmadd_ps(fr, z1, _mm512_loadu_ps(oc + 16)));
+        } else {
+          _mm512_store_ps(t, z0);
+          _mm512_store_ps(t + 16, z1);
+          for (index_t c = 0; c < cols; ++c) oc[c] = std::fma(f[r], t[c], oc[c]);
+        }
+      }
+    }
+  }
+
   // Note [VPDPBUSD by asm]
   // GCC 12 compiles _mm512_dpbusd_epi32 in a loop with a copy of every accumulator per iteration (and a
   // spill of two of the 16): the builtin's tied accumulator is not allocated in place. The same
@@ -157,7 +317,8 @@ struct i8_dot {
   /// R rows × 4 keys; Full: d is a multiple of 64.
   template <int R, bool Full>
   GQA_TARGET_VNNI static void body(const std::int8_t* q, index_t ldq, const std::int8_t* const* k, index_t d,
-                                   const float* mul, const std::int32_t* bias, float* s, index_t lds) noexcept {
+                                   const float* mul, const std::int32_t* bias, const float* ks, float* s,
+                                   index_t lds) noexcept {
     constexpr int U = 4;
     const std::int8_t* kr[U];
     GQA_UNROLL
@@ -202,7 +363,7 @@ struct i8_dot {
       const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(abcd), _mm512_extracti64x4_epi64(abcd, 1));
       const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
       const __m128i dotv = _mm_sub_epi32(t, _mm_set1_epi32(bias[r]));
-      _mm_storeu_ps(s + r * lds, _mm_mul_ps(_mm_cvtepi32_ps(dotv), _mm_set1_ps(mul[r])));
+      _mm_storeu_ps(s + r * lds, _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(dotv), _mm_set1_ps(mul[r])), _mm_loadu_ps(ks)));
     }
   }
 };
@@ -234,11 +395,12 @@ struct i8_dot_avx2 {
     return quantize_q8_row(x, d, dst, padded_d(d), scale, sum);
   }
 
-  /// As i8_dot::decode_scores: s[r·lds + u] = mul[r] · (Σ_c q_r[c] · k_u[c]) for r < rows and the 4 keys u,
-  /// q rows of padded_d(d) bytes, bias[r] = 128 · Σ_c q_r[c]. A row's last part, when d is not a multiple
-  /// of 32, is copied into a zero-padded buffer first (AVX2 has no masked byte load).
+  /// As i8_dot::decode_scores: s[r·lds + u] = (mul[r] · (Σ_c q_r[c] · k_u[c])) · ks[u] for r < rows and the
+  /// 4 keys u, q rows of padded_d(d) bytes, bias[r] = 128 · Σ_c q_r[c]. A row's last part, when d is not a
+  /// multiple of 32, is copied into a zero-padded buffer first (AVX2 has no masked byte load).
   static void decode_scores(int rows, const std::int8_t* q, index_t ldq, const std::int8_t* const* k, index_t d,
-                            const float* mul, const std::int32_t* bias, float* s, index_t lds) noexcept {
+                            const float* mul, const std::int32_t* bias, const float* ks, float* s,
+                            index_t lds) noexcept {
     for (int r = 0; r < rows; r += 4) {
       const int n = std::min(4, rows - r);
       for (int u = 0; u < 4; u += 2) {
@@ -246,16 +408,163 @@ struct i8_dot_avx2 {
         const std::int8_t* qr = q + r * ldq;
         float* sr = s + r * lds + u;
         switch (n) {
-          case 1: body<1>(qr, ldq, ku, d, mul + r, bias + r, sr, lds); break;
-          case 2: body<2>(qr, ldq, ku, d, mul + r, bias + r, sr, lds); break;
-          case 3: body<3>(qr, ldq, ku, d, mul + r, bias + r, sr, lds); break;
-          default: body<4>(qr, ldq, ku, d, mul + r, bias + r, sr, lds); break;
+          case 1: body<1>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr, lds); break;
+          case 2: body<2>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr, lds); break;
+          case 3: body<3>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr, lds); break;
+          default: body<4>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr, lds); break;
         }
       }
     }
   }
 
+  /// Keys per chunk of decode_pv (as i8_dot's).
+  static constexpr index_t pv_chunk = 32;
+
+  /// As i8_dot::decode_pv (VPDPWSSD, VEX-encoded, on 16 columns of two keys at a time).
+  static std::uint64_t decode_pv(int rows, const float* p, index_t ldp, index_t n, const std::int8_t* v, index_t ldv,
+                                 const float* vs, index_t dv, float* o, index_t ldo) noexcept {
+    std::uint64_t left = 0;
+    alignas(32) std::int32_t w[4][pv_chunk / 2];
+    alignas(16) float f[4];
+    for (int r = 0; r < rows; r += 4) {
+      const int R = std::min(4, rows - r);
+      int live = 0;
+      float* orow[4];
+      for (int i = 0; i < R; ++i) {
+        const int res = round_weights(p + (r + i) * ldp, vs, n, w[live], f[live]);
+        if (res == 1) {
+          orow[live++] = o + (r + i) * ldo;
+        } else if (res == 2) {
+          left |= std::uint64_t{1} << (r + i);
+        }
+      }
+      switch (live) {
+        case 0: break;
+        case 1: pv_rows<1>(w, f, n, v, ldv, dv, orow); break;
+        case 2: pv_rows<2>(w, f, n, v, ldv, dv, orow); break;
+        case 3: pv_rows<3>(w, f, n, v, ldv, dv, orow); break;
+        default: pv_rows<4>(w, f, n, v, ldv, dv, orow); break;
+      }
+    }
+    return left;
+  }
+
  private:
+  /// As i8_dot's round_weights; returns 1 (rounded), 0 (every weight 0) or 2 (not finite, or too small).
+  GQA_TARGET_AVX2_PLAIN static int round_weights(const float* p, const float* vs, index_t n, std::int32_t* w,
+                                                 float& f) noexcept {
+    alignas(32) float x[pv_chunk] = {}, y[pv_chunk] = {};
+    std::memcpy(x, p, static_cast<std::size_t>(n) * sizeof(float));
+    std::memcpy(y, vs, static_cast<std::size_t>(n) * sizeof(float));
+    const __m256 inf = _mm256_set1_ps(__builtin_inff());
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 xv[4];
+    __m256 amax = _mm256_setzero_ps();
+    int finite = 0xFF;
+    GQA_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      xv[i] = _mm256_mul_ps(_mm256_load_ps(x + 8 * i), _mm256_load_ps(y + 8 * i));
+      const __m256 ax = _mm256_and_ps(xv[i], abs_mask);
+      finite &= _mm256_movemask_ps(_mm256_cmp_ps(ax, inf, _CMP_LT_OQ));  // false for ±inf and NaN
+      amax = _mm256_max_ps(amax, ax);
+    }
+    if (finite != 0xFF) return 2;
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+    if (mx == 0.0f) return 0;
+    const float up = 32767.0f / mx;
+    if (!(up < __builtin_inff())) return 2;
+    const __m256 upv = _mm256_set1_ps(up);
+    __m256i q[4];
+    GQA_UNROLL
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(xv[i], upv));
+    // packs works within 128-bit lanes: the permute puts each vector's eight words back in order.
+    const __m256i w01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+    const __m256i w23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xD8);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(w), w01);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(w + 8), w23);
+    f = mx / 32767.0f;
+    return 1;
+  }
+
+  /// VPDPWSSD (VEX), as asm for the reason of Note [VPDPBUSD by asm].
+  GQA_TARGET_AVXVNNI static GQA_FORCEINLINE void dpwssd(__m256i& acc, __m256i a, __m256i b) noexcept {
+    __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b));
+  }
+
+  /// R rows × n <= pv_chunk keys: slabs of S · 16 columns (8 accumulators), then of 16, then a last shorter
+  /// one (as i8_dot's).
+  template <int R>
+  static void pv_rows(const std::int32_t (*w)[pv_chunk / 2], const float* f, index_t n, const std::int8_t* v,
+                      index_t ldv, index_t dv, float* const* o) noexcept {
+    constexpr int S = R == 1 ? 4 : R == 2 ? 2 : 1;
+    index_t c0 = 0;
+    for (; c0 + 16 * S <= dv; c0 += 16 * S) pv_slab<R, S, true>(w, f, n, v + c0, ldv, 16 * S, o, c0);
+    for (; c0 + 16 <= dv; c0 += 16) pv_slab<R, 1, true>(w, f, n, v + c0, ldv, 16, o, c0);
+    if (c0 < dv) pv_slab<R, 1, false>(w, f, n, v + c0, ldv, dv - c0, o, c0);
+  }
+
+  /// Columns [c0, c0 + width) of pv_rows, S parts of 16; Full: width is S · 16, else S is 1 and width < 16
+  /// (zero-padded copies of the values, the sums through a buffer).
+  template <int R, int S, bool Full>
+  GQA_TARGET_AVXVNNI static void pv_slab(const std::int32_t (*w)[pv_chunk / 2], const float* f, index_t n,
+                                         const std::int8_t* v, index_t ldv, index_t width, float* const* o,
+                                         index_t c0) noexcept {
+    static_assert(Full || S == 1);
+    alignas(16) std::int8_t ta[16], tb[16];
+    __m256i acc[R][2 * S];
+    GQA_UNROLL
+    for (int r = 0; r < R; ++r)
+      GQA_UNROLL
+      for (int i = 0; i < 2 * S; ++i) acc[r][i] = _mm256_setzero_si256();
+    for (index_t j = 0; j < n; j += 2) {
+      const std::int8_t* a = v + j * ldv;
+      const std::int8_t* b = j + 1 < n ? a + ldv : a;  // an odd last key pairs with itself, weight 0
+      if constexpr (!Full) {
+        std::memset(ta, 0, sizeof ta);
+        std::memset(tb, 0, sizeof tb);
+        std::memcpy(ta, a, static_cast<std::size_t>(width));
+        std::memcpy(tb, b, static_cast<std::size_t>(width));
+        a = ta;
+        b = tb;
+      }
+      GQA_UNROLL
+      for (int h = 0; h < S; ++h) {
+        const __m256i av = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 16 * h)));
+        const __m256i bv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * h)));
+        const __m256i x0 = _mm256_unpacklo_epi16(av, bv);  // columns 0-3 | 8-11
+        const __m256i x1 = _mm256_unpackhi_epi16(av, bv);  // columns 4-7 | 12-15
+        GQA_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const __m256i wv = _mm256_set1_epi32(w[r][j / 2]);
+          dpwssd(acc[r][2 * h], x0, wv);
+          dpwssd(acc[r][2 * h + 1], x1, wv);
+        }
+      }
+    }
+    alignas(32) float t[16];
+    GQA_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m256 fr = _mm256_set1_ps(f[r]);
+      GQA_UNROLL
+      for (int h = 0; h < S; ++h) {
+        const __m256 y0 = _mm256_cvtepi32_ps(acc[r][2 * h]), y1 = _mm256_cvtepi32_ps(acc[r][2 * h + 1]);
+        const __m256 z0 = _mm256_permute2f128_ps(y0, y1, 0x20);  // columns 0-7
+        const __m256 z1 = _mm256_permute2f128_ps(y0, y1, 0x31);  // columns 8-15
+        float* oc = o[r] + c0 + 16 * h;
+        if constexpr (Full) {
+          _mm256_storeu_ps(oc, _mm256_fmadd_ps(fr, z0, _mm256_loadu_ps(oc)));
+          _mm256_storeu_ps(oc + 8, _mm256_fmadd_ps(fr, z1, _mm256_loadu_ps(oc + 8)));
+        } else {
+          _mm256_store_ps(t, z0);
+          _mm256_store_ps(t + 8, z1);
+          for (index_t c = 0; c < width; ++c) oc[c] = std::fma(f[r], t[c], oc[c]);
+        }
+      }
+    }
+  }
+
   /// VPDPBUSD (VEX), written as asm for the reason of Note [VPDPBUSD by asm].
   GQA_TARGET_AVXVNNI static GQA_FORCEINLINE void dpbusd(__m256i& acc, __m256i u8, __m256i s8) noexcept {
     __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u8), "x"(s8));
@@ -264,7 +573,8 @@ struct i8_dot_avx2 {
   /// R rows × 2 keys.
   template <int R>
   GQA_TARGET_AVXVNNI static void body(const std::int8_t* q, index_t ldq, const std::int8_t* const* k, index_t d,
-                                      const float* mul, const std::int32_t* bias, float* s, index_t lds) noexcept {
+                                      const float* mul, const std::int32_t* bias, const float* ks, float* s,
+                                      index_t lds) noexcept {
     const std::int8_t* k0 = k[0];
     const std::int8_t* k1 = k[1];
     __m256i acc[R][2];
@@ -300,7 +610,8 @@ struct i8_dot_avx2 {
       const __m256i h2 = _mm256_hadd_epi32(h, h);                   // a0-3 b0-3 . . | a4-7 b4-7 . .
       const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1));  // a b a b
       const __m128i dotv = _mm_sub_epi32(t, _mm_set1_epi32(bias[r]));
-      const __m128 v = _mm_mul_ps(_mm_cvtepi32_ps(dotv), _mm_set1_ps(mul[r]));
+      const __m128 ksv = _mm_setr_ps(ks[0], ks[1], ks[0], ks[1]);
+      const __m128 v = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(dotv), _mm_set1_ps(mul[r])), ksv);
       _mm_storel_pi(reinterpret_cast<__m64*>(s + r * lds), v);
     }
   }

@@ -68,6 +68,32 @@ namespace detail::core {
 // AVX2 with AVX-VNNI (same machine and method): 8 KV heads 1.12x at 16384 keys and 1.20x at 512; 4 KV
 // heads 1.10x; MQA 1.14x; MHA 1.08x.
 
+// Note [int8 decode P·V]
+// With the integer scores above, what remained of int8 decode with the cache in L2 was P·V (a third of the
+// time: each V vector widened by two conversions, vpmovsxbd and vcvtdq2ps, then one FMA per row and 16
+// values), the softmax and the two passes of K's and V's scales. Under the same option (int8_products) a
+// unit's P·V (Note [fused decode walk] in forward.hpp; at most 32 keys) is also integer arithmetic
+// (i8_decode::decode_pv): per row, each weight times its V row's scale, p'_j = p_j · s_j (fp32, the
+// product the scale pass made), is rounded to a 16-bit integer relative to the unit's largest, w_j =
+// round(p'_j · 32767 / max|p'|); VPDPWSSD multiplies two keys' values at a time (each V row sign-extended
+// to 16 bits, two keys' words interleaved: four instructions per 32 values and two keys, shared by the
+// rows) by the row's pair (w_j, w_j+1) and adds both products to an int32 sum, exact (|w| <= 32767,
+// |v| <= 128, 32 keys: below 2^27); the sums come back to fp32 times max|p'| / 32767 and are added to O.
+// Per row, two keys and 16 values: one instruction, where the fp32 products took two FMAs and their share
+// of four conversions. K's scales now multiply the integer scores as they are stored (the same two fp32
+// products as the scale pass made, so the scores keep their bits) and V's are taken in the rounding, so
+// both scale passes are gone. A row whose unit's p' holds a NaN or an infinity (a NaN score, an infinite
+// scale), or whose max|p'| is so small that 32767 / max|p'| overflows, takes the fp32 products for that
+// unit (the naive softmax's rules hold exactly there); a unit of zero weights adds nothing; a cut unit
+// (a causal or window edge inside it) takes the fp32 band, as before.
+// Accuracy: each weight moves by at most half a step, max|p'| / 65534 of its unit, ~2^-16 relative to the
+// unit's largest: bf16 decode rounds its weights to 2^-9 of their own size (Note [bf16 decode]), and the
+// int8 cache itself holds V to 1/254 of each row's largest. Tests budget it by a bound (Note [int8 P·V
+// tolerance] in tests/support/tolerance.hpp) and check the kernel against its definition exactly
+// (int8_pv_matches_rounded_weights). Measured (AMD EPYC, family 26 model 2, 2026-12-06, one thread pinned,
+// the build before and after called alternately in one process, medians of 21-41 pairs, 32 query heads, d
+// 128): see design.md §2.9.
+
 /// A decode task's Q rows quantised to int8 for VPDPBUSD (Note [int8 decode products]): row r at q + r·ld
 /// (i8_decode<Isa>::padded_d(d) bytes), its scores' factor mul[r] = scale·log2(e)·(its quantisation scale) and
 /// bias[r] = 128·Σ of its bytes.
@@ -201,7 +227,8 @@ struct decode {
   /// prefetch those lines (Note [keys per step]). q16 (bf16 K/V only; else nullptr): the rows' bf16 Q,
   /// padded_d(d) elements each, whose scores are computed by VDPBF16PS and multiplied by qscale (Note [bf16
   /// decode]); qp then is not read. q8 (int8 K/V only; else nullptr): the rows quantised to int8, whose
-  /// scores are computed by VPDPBUSD (Note [int8 decode products]); qp then is not read either.
+  /// scores are computed by VPDPBUSD and multiplied by their keys' K scales here (Note [int8 decode
+  /// products]); qp then is not read either.
   template <class Lay, class Step>
   static void walk(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads, index_t npos,
                    index_t j0, index_t nb, bool first_loads, const float* qp, const std::uint16_t* q16,
@@ -287,13 +314,15 @@ struct decode {
             }
           }
           if constexpr (i8_decode<Isa>::available && std::is_same_v<T, std::int8_t>) {
-            if (q8 != nullptr) {  // Note [int8 decode products]
+            if (q8 != nullptr) {  // Note [int8 decode products]; the scores leave with their K scales
               static_assert(KU % 4 == 0);
               float* const sj = s + r0 * lds + (j - j0);
               const std::int8_t* const qr = q8->q + r0 * q8->ld;
+              float ks[KU];
+              for (index_t u = 0; u < KU; ++u) ks[u] = *lay.scales.k.row(at[u].b, at[u].s, g);
               for (index_t u = 0; u < KU; u += 4)
                 i8_decode<Isa>::decode_scores(static_cast<int>(rows), qr, q8->ld, kr + u, d, q8->mul + r0,
-                                              q8->bias + r0, sj + u, lds);
+                                              q8->bias + r0, ks + u, sj + u, lds);
               r0 += rows;
               continue;
             }

@@ -11,6 +11,7 @@
 #define GQA_DETAIL_CORE_FORWARD_HPP
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <new>
@@ -420,13 +421,22 @@ struct kernel {
       // This head's rows' keys of the unit (a cut block's edges clamped to [x, x + n)).
       const auto klo = [&](index_t r) noexcept { return std::clamp(lo(r0 + r), x, x + n); };
       const auto khi = [&](index_t r) noexcept { return std::clamp(hi(r0 + r), x, x + n); };
-      if constexpr (scaled_rows<decltype(kb)>) direct<Isa>::scale_columns(kb, x, x + n, srow0, rows, lay.bk);
+      // int8 K: the scores times their K scales (the walk's integer products applied them already).
+      if constexpr (scaled_rows<decltype(kb)>) {
+        if (q8 == nullptr) direct<Isa>::scale_columns(kb, x, x + n, srow0, rows, lay.bk);
+      }
       const auto modify_row = [&](index_t r) noexcept {  // the unit's columns [x, x + nw)
         const index_t a = cut ? klo(r) : x, b = cut ? std::max(klo(r), khi(r)) : x + n;
         modify_scores(pb, t, g, j0, r, srow0 + r * lay.bk, x, x + nw, x, a, b, x + nw);
       };
       softmax::update_rows(srow0 + x, lay.bk, nw, rows, st.m + r0, st.l + r0, orow0, lay.dvp, modify_row,
                            [](index_t) noexcept {});
+      if constexpr (i8_capable) {
+        if (q8 != nullptr && !cut) {  // Note [int8 decode P·V] (V's scales applied there); a cut unit: below
+          pv_int8(vb, pb.dv, x, x + n, srow0, rows, lay.bk, lay.dvp, orow0);
+          return;
+        }
+      }
       if constexpr (scaled_rows<decltype(vb)>) direct<Isa>::scale_columns(vb, x, x + n, srow0, rows, lay.bk);
       if constexpr (bf16_capable) {
         if (q16 != nullptr && !cut) {  // Note [bf16 decode]; a cut unit takes the fp32 band below
@@ -441,6 +451,27 @@ struct kernel {
         direct<Isa>::accumulate_pv(vb, pb.dv, x, x + n, srow0, rows, lay.bk, lay.dvp, orow0);
       }
     });
+  }
+
+  /// direct::scale_columns and accumulate_pv of an int8 V (v: q8_rows) in integers, in i8_decode's chunks of
+  /// keys (Note [int8 decode P·V]): O[r] += Σ_{lo<=j<hi} (P[r][j] · scale_j) · V[j] for r < rows (<= 64); a
+  /// row whose chunk of weights cannot be rounded takes that chunk's fp32 products (its P scaled in place).
+  template <class Rows>
+  static void pv_int8(const Rows& v, index_t dv, index_t lo, index_t hi, float* p, index_t rows, index_t ldp,
+                      index_t dvp, float* o) noexcept {
+    constexpr index_t C = i8_decode<Isa>::pv_chunk;
+    alignas(64) float vs[C];
+    for (index_t c = lo; c < hi; c += C) {
+      const index_t nc = std::min(C, hi - c);
+      for (index_t j = 0; j < nc; ++j) vs[j] = v.scale(c + j);
+      std::uint64_t left = i8_decode<Isa>::decode_pv(static_cast<int>(rows), p + c, ldp, nc, v(c), v.values.stride,
+                                                     vs, dv, o, dvp);
+      for (; left != 0; left &= left - 1) {
+        const auto r = static_cast<index_t>(std::countr_zero(left));
+        for (index_t j = 0; j < nc; ++j) p[r * ldp + c + j] *= vs[j];
+        direct<Isa>::accumulate_pv(v, dv, c, c + nc, p + r * ldp, 1, ldp, dvp, o + r * dvp);
+      }
+    }
   }
 
   /// Runs one task; writes final rows to o (and lse), or, if part != nullptr, its state over its chunk.
@@ -651,9 +682,13 @@ struct kernel {
           if constexpr (i8_capable) {  // Note [int8 decode products]
             for (index_t j = 0; j < nb; j += 4) {
               const std::int8_t* kr[4];  // keys past nb repeat the last (their scores land in padding)
-              for (index_t u = 0; u < 4; ++u) kr[u] = kb(std::min(j + u, nb - 1));
+              float ks[4];
+              for (index_t u = 0; u < 4; ++u) {
+                kr[u] = kb(std::min(j + u, nb - 1));
+                ks[u] = kb.scale(std::min(j + u, nb - 1));
+              }
               i8_decode<Isa>::decode_scores(static_cast<int>(grow), q8.q + r0 * q8.ld, q8.ld, kr, d, q8.mul + r0,
-                                            q8.bias + r0, srow0 + j, lay.bk);
+                                            q8.bias + r0, ks, srow0 + j, lay.bk);
             }
           }
         } else if (direct_path) {
@@ -673,9 +708,9 @@ struct kernel {
           tiled::scores(qp + r0 * d, grow, d, kpb, nbl, skip, skip + nbp, srow0, lay.bk, pf, hidden);
         }
         // int8 on the direct path: the scores of int8 keys times their K scales (packing applied them on the
-        // tiled path; Note [int8 K/V]).
+        // tiled path, the integer products as they stored them; Note [int8 K/V]).
         if constexpr (scaled_rows<decltype(kb)>) {
-          if (direct_path) direct<Isa>::scale_columns(kb, 0, nb, srow0, grow, lay.bk);
+          if (direct_path && !d8) direct<Isa>::scale_columns(kb, 0, nb, srow0, grow, lay.bk);
         }
         // Mask: columns past nb are padding; causal and window edges may cut inside the block. The row's
         // keys [a, b) lie in the whole vectors [a / L · L, round_up(b, L)) of tiles that were computed: the
@@ -698,6 +733,13 @@ struct kernel {
         softmax::update_rows(srow0, lay.bk, nbp, grow, st.m + r0, st.l + r0, orow0, lay.dvp, modify_row, finish_row);
         // P·V; a cut block as a band, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {
+          if constexpr (i8_capable) {
+            if (d8 && !cut) {  // Note [int8 decode P·V] (V's scales applied there)
+              pv_int8(vb, dv, 0, nb, srow0, grow, lay.bk, lay.dvp, orow0);
+              r0 += grow;
+              continue;
+            }
+          }
           if constexpr (scaled_rows<decltype(vb)>) direct<Isa>::scale_columns(vb, 0, nb, srow0, grow, lay.bk);
           if (cut) {
             direct<Isa>::accumulate_pv_cut(vb, dv, lo, hi, srow0, grow, lay.bk, lay.dvp, orow0);
