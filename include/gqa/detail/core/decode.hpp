@@ -195,7 +195,12 @@ struct decode {
   // on top 1.10x, 1.05x and 1.29x. Against the build before (the two called alternately in one process, 11
   // pairs): bf16 Q/K/V 1.23x (with the VDPBF16PS engine), bf16 K/V 1.12x, int8 1.11x, fp32 0.98x (its code
   // unchanged). Earlier the same day the loads alone had made bf16 1.08-1.18x with the memory free but
-  // 0.85x contended. Not kept: the next step's lines loaded (not prefetched) at each step's start instead
+  // 0.85x contended. Since 2026-12-06 the last step of a block prefetches the first keys of the task's next
+  // block the same way, where two steps fit in 32 KiB (int8 D1: 16 KiB a step): before, each block's first
+  // step found none of its lines on the way. int8 D1 (16384 keys) 1.03-1.05x, at 65536 keys 1.06x, AVX2
+  // 1.03x (the two versions called alternately in one process, medians of 15-21 pairs, same bits); bf16
+  // D1's 32 KiB steps 0.98-1.00x, so they stop at the block's end as before.
+  // Not kept: the next step's lines loaded (not prefetched) at each step's start instead
   // of the current step's (0.93x); the next step's lines prefetched at the step's start (0.95x); fp32 with
   // the per-head prefetch of the next step (0.80x). Tried, fp32: the
   // lines prefetched into L1 or L2 instead (1.09-1.10x), loads of every second or fourth line (0.81-0.91x),
@@ -223,7 +228,9 @@ struct decode {
   /// the block's last repeat it up to a whole unit: s rows need room for round_up(nb, unit_keys) columns.
   /// first_loads (adjacent heads): each step first loads one element per cache line of its keys' K rows, all
   /// heads, in address order, and for fp32 each unit the same of its keys' V rows before its steps, for 16-bit
-  /// and int8 each step of its V rows too (Note [decode first loads]); without it, 16-bit and int8 steps
+  /// and int8 each step of its V rows too, and each head prefetches its rows of the next step's keys, the
+  /// task's next block's first ones after the last step (after: the keys the task reads past this block)
+  /// (Note [decode first loads]); without it, 16-bit and int8 steps
   /// prefetch those lines (Note [keys per step]). q16 (bf16 K/V only; else nullptr): the rows' bf16 Q,
   /// padded_d(d) elements each, whose scores are computed by VDPBF16PS and multiplied by qscale (Note [bf16
   /// decode]); qp then is not read. q8 (int8 K/V only; else nullptr): the rows quantised to int8, whose
@@ -231,7 +238,7 @@ struct decode {
   /// products]); qp then is not read either.
   template <class Lay, class Step>
   static void walk(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads, index_t npos,
-                   index_t j0, index_t nb, bool first_loads, const float* qp, const std::uint16_t* q16,
+                   index_t j0, index_t nb, index_t after, bool first_loads, const float* qp, const std::uint16_t* q16,
                    const q8_query* q8, float qscale, float* s, index_t lds, Step&& step) noexcept {
     using T = typename Lay::kv_type;
     constexpr index_t KU = step_keys;
@@ -246,6 +253,7 @@ struct decode {
     const bool loads = heads_adjacent && first_loads;
     const bool prefetches = heads_adjacent && !first_loads && !fused<T>;
     const bool touch_unused = heads_adjacent && !loads && !prefetches;
+    const bool cross = 2 * KU * k.h * (d + v.d) * static_cast<index_t>(sizeof(T)) <= 32 * 1024;
     const auto touch_head = [&](kv_loc at, index_t g) noexcept {
       touch_lines(k.row(at.b, at.s, g), k.d);
       touch_lines(v.row(at.b, at.s, g), v.d);
@@ -280,12 +288,13 @@ struct decode {
             touch_lines(vr0, v.h * v.d);
           }
         }
-        // Narrow K/V with loads: the next step's keys of this block, whose rows each head prefetches below.
+        // Narrow K/V with loads: the next step's keys, whose rows each head prefetches below (past the block's
+        // last step, the first of the task's next block, when two steps fit in 32 KiB: Note [decode first loads]).
         kv_loc ahead[KU];
         index_t n_ahead = 0;
         if (loads && !fused<T>) {
           auto c = cur;
-          n_ahead = std::clamp<index_t>(u0 + un - (j + KU), 0, KU);
+          n_ahead = std::clamp<index_t>(j0 + nb + (cross ? after : 0) - (j + KU), 0, KU);
           for (index_t e = 0; e < n_ahead; ++e, c.next()) ahead[e] = c.loc();
         }
         index_t r0 = 0;

@@ -399,18 +399,20 @@ struct kernel {
   // with 64-key units. With the softmax and P·V fused for bf16 and int8 too (16-key units), 0.88x.
   // gqa_bench, the builds before and after alternating: fp32 D1 1.04-1.20x (AVX2 1.24-1.47x), at 0.74 of
   // the read probe; bf16, f16 and int8 0.95-1.00x (docs/benchmarks.md).
-  /// One block of a decode task (keys [j0, j0 + nb) of every KV head of task t; lo/hi: the task's rows'
-  /// edges when the block is cut, Note [row edges of a cut block]), through decode::walk (Note [fused
-  /// decode walk]).
+  /// One block of a decode task (keys [j0, j0 + nb) of every KV head of task t, `after` more keys of the
+  /// task past it; lo/hi: the task's rows' edges when the block is cut, Note [row edges of a cut block]),
+  /// through decode::walk (Note [fused decode walk]).
   template <class Lo, class Hi>
-  static void decode_block(const problem& pb, const task& t, index_t npos, index_t j0, index_t nb, bool cut,
+  static void decode_block(const problem& pb, const task& t, index_t npos, index_t j0, index_t nb, index_t after,
+                           bool cut,
                            const block_pointers& ptr, const float* qp, const std::uint16_t* q16, const q8_query* q8,
                            [[maybe_unused]] std::uint16_t* p16, float* sc, row_state st, const layout& lay,
                            const Lo& lo, const Hi& hi) noexcept {
     // The walk's whole units of scores fit the block's rows (lay.bk).
     static_assert(round_up(shape::block_kv_decode, std::lcm(cols, k_direct_keys)) % decode<Isa>::unit_keys == 0);
     const std::span<const index_t> heads{pb.active + t.g0, pb.active + t.g1};
-    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, pb.decode_loads, qp, q16, q8, pb.qscale, sc, lay.bk,
+    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, after, pb.decode_loads, qp, q16, q8, pb.qscale, sc,
+                      lay.bk,
                       [&](index_t i, index_t r0, index_t x, index_t n) noexcept {
       const index_t g = heads[static_cast<std::size_t>(i)];
       const index_t G = pb.map->group_size(g), rows = G * npos;
@@ -619,8 +621,8 @@ struct kernel {
       const auto hi = [edges](index_t r) noexcept { return index_t{edges[2 * r + 1]}; };
       if (cut) set_edges(pb, t, j0, nb, edges);
       if (key_major) {
-        decode_block(pb, t, npos, j0, nb, cut, ptr, qp, d16 ? q16 : nullptr, d8 ? &q8 : nullptr, p16, sc, st, lay, lo,
-                     hi);
+        decode_block(pb, t, npos, j0, nb, kv_hi - (j0 + nb), cut, ptr, qp, d16 ? q16 : nullptr, d8 ? &q8 : nullptr,
+                     p16, sc, st, lay, lo, hi);
         continue;
       }
       // A task of one KV head (tiled, or direct for few rows): its rows are the task's.
