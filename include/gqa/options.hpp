@@ -73,7 +73,7 @@ struct attention_options {
   /// computes its products in integers. Q·Kᵀ: each Q row is quantised to int8 with one fp32 scale
   /// (max |q| / 127, nearest even) and VPDPBUSD sums its products with the int8 K rows exactly, as llama.cpp
   /// does for its quantised caches; this rounds Q about as coarsely as the cache rounds K, a score error of
-  /// the cache's own size. P·V: per row and 32 keys, the weights (times V's scales) are rounded to 16-bit
+  /// the cache's own size. P·V: per row and 64 keys, the weights (times V's scales) are rounded to 16-bit
   /// integers relative to their largest (2^-16 of it) and VPDPWSSD sums their products with the int8 V
   /// rows exactly (docs/api.md, "int8 K/V cache"; Notes [int8 decode products], [int8 decode P·V]). A task
   /// with a non-finite Q element keeps the fp32 products, and so does a row's unit of weights holding NaN

@@ -1628,7 +1628,7 @@ TYPED_TEST_P(lowp_suite, int8_products_every_variant) {
 /// summed exactly (int64 here), times max|p| / 32767 and added to O; within the fp32 roundings of that
 /// last step (the int32 sum's conversion and one fused multiply-add: 2^-23 of the terms). Rows whose weights
 /// hold a NaN or an infinity, or are all zero, are left untouched (the former reported to the caller).
-/// Shapes: 1-7 rows, 1-32 keys (odd counts pair the last key with itself), d_v 1-200 (whole 64- or
+/// Shapes: 1-7 rows, 1-64 keys (odd counts pair the last key with itself), d_v 1-200 (whole 64- or
 /// 16-column slabs and every tail), V at a row stride wider than d_v.
 TYPED_TEST_P(lowp_suite, int8_pv_matches_rounded_weights) {
   using I8 = gqa::detail::core::i8_decode<TypeParam>;
@@ -1640,9 +1640,10 @@ TYPED_TEST_P(lowp_suite, int8_pv_matches_rounded_weights) {
     for (const index_t dv : {index_t{1}, index_t{5}, index_t{16}, index_t{17}, index_t{64}, index_t{100}, index_t{128},
                              index_t{200}})
       for (const int rows : {1, 2, 3, 4, 5, 7})
-        for (const index_t n : {index_t{1}, index_t{2}, index_t{7}, index_t{31}, index_t{32}}) {
+        for (const index_t n : {index_t{1}, index_t{2}, index_t{7}, index_t{32}, index_t{33}, index_t{63}, index_t{64}}) {
           SCOPED_TRACE("dv " + std::to_string(dv) + ", rows " + std::to_string(rows) + ", keys " + std::to_string(n));
-          const index_t ldv = dv + 3, ldp = 40, ldo = dv + 1;
+          static_assert(I8::pv_chunk == 64);
+          const index_t ldv = dv + 3, ldp = 72, ldo = dv + 1;
           std::vector<std::int8_t> v(static_cast<std::size_t>(n * ldv));
           const auto vf = gqa::test::random_floats(v.size(), ++seed, -128.0f, 128.0f);
           for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<std::int8_t>(std::clamp(std::floor(vf[i]), -128.0f, 127.0f));

@@ -91,14 +91,14 @@ constexpr double k_error_floor = 1e-6;
 
 // Note [int8 P·V tolerance]
 // With options.int8_products a decode call on an int8 cache also computes P·V in integers (Note [int8 decode
-// P·V] in detail/core/decode.hpp): per row and chunk of at most 32 consecutive keys, each weight times its
+// P·V] in detail/core/decode.hpp): per row and chunk of at most 64 consecutive keys, each weight times its
 // V row's scale, p_j·s_j, is rounded to a multiple of δ = max_chunk |p·s| / 32767 (half a step at most),
 // the int8 values are multiplied by those integers exactly and the sum comes back times δ. Like the rounding
 // of Q, that is a choice of precision, not arithmetic error, so it is budgeted as a bound on top of Note
 // [int8 products tolerance]'s rule: in the row's final weights a_k (softmax, double), the error it adds to
 // an output is at most Σ_j (δ_j / 2) · |q_j[c]| with q_j the int8 values (|q_j[c]| · s_j = |V_j[c]|), and
-// δ_j ≤ max_{k visible, |k − j| < 32} a_k·s_k / 32767 whichever 32-key chunk holds j. So each row may add
-//   Σ_j max_{k visible, |k − j| < 32} a_k · max_c |V_k[c]| / 32767
+// δ_j ≤ max_{k visible, |k − j| < 64} a_k·s_k / 32767 whichever 64-key chunk holds j. So each row may add
+//   Σ_j max_{k visible, |k − j| < 64} a_k · max_c |V_k[c]| / 32767
 // (twice the half step: room for the fp32 roundings of the scale, the factor and the int32 sum's
 // conversion). With flat weights over n keys that is a few times 2^-15 · max|V|, against the fp32
 // products' ~2^-24 · √n; a key masked off by one in a row of 2100 keys (~1/2100 of |V|) stays above it.
@@ -112,7 +112,7 @@ constexpr double k_error_floor = 1e-6;
                                       double scale, bool causal = false, std::span<const gqa::index_t> kv_lengths = {},
                                       const gqa::reference::modifiers& mods = {}) {
   using gqa::index_t;
-  constexpr index_t W = 32;
+  constexpr index_t W = 64;  // the chunk: i8_decode's pv_chunk
   double worst = 0.0;
   std::vector<double> a(static_cast<std::size_t>(k.s)), vmax(static_cast<std::size_t>(k.s));
   for (index_t ib = 0; ib < q.b; ++ib) {

@@ -148,8 +148,9 @@ struct i8_dot {
   }
 
   /// Keys per chunk of decode_pv: the weights of each row are rounded to int16 relative to their largest
-  /// magnitude within each chunk (Note [int8 decode P·V] in detail/core/decode.hpp).
-  static constexpr index_t pv_chunk = 32;
+  /// magnitude within each chunk, a decode block (Note [int8 decode P·V] in detail/core/decode.hpp). The
+  /// int32 sums stay exact: 64 · 32767 · 128 < 2^31.
+  static constexpr index_t pv_chunk = 64;
 
   /// o[r·ldo + c] += Σ_{j<n} (p[r·ldp + j] · vs[j]) · v_j[c] for r < rows (rows <= 64) and c < dv, over one
   /// chunk of n <= pv_chunk keys, v_j = v + j·ldv (int8 rows of dv elements, read only inside them) with
@@ -193,25 +194,32 @@ struct i8_dot {
   /// (32767 / max|p'|) rounded to nearest even, f = max|p'| / 32767 (n <= pv_chunk).
   GQA_TARGET_VNNI static weights round_weights(const float* p, const float* vs, index_t n, std::int32_t* w,
                                                float& f) noexcept {
-    static_assert(pv_chunk == 32);
-    const auto m0 = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1U << n) - 1);
-    const auto m1 = static_cast<__mmask16>(n >= 32 ? 0xFFFF : n > 16 ? (1U << (n - 16)) - 1 : 0);
-    const __m512 a = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, p), _mm512_maskz_loadu_ps(m0, vs));
-    const __m512 b = _mm512_mul_ps(_mm512_maskz_loadu_ps(m1, p + 16), _mm512_maskz_loadu_ps(m1, vs + 16));
-    const __m512 aa = _mm512_abs_ps(a), ab = _mm512_abs_ps(b);
+    static_assert(pv_chunk == 64);
     const __m512 inf = _mm512_set1_ps(__builtin_inff());
-    // Ordered comparisons: false for NaN.
-    if (_mm512_cmp_ps_mask(aa, inf, _CMP_LT_OQ) != 0xFFFF || _mm512_cmp_ps_mask(ab, inf, _CMP_LT_OQ) != 0xFFFF)
-      return weights::not_finite;
-    const float mx = _mm512_reduce_max_ps(_mm512_max_ps(aa, ab));
+    __m512 x[4];
+    __m512 amax = _mm512_setzero_ps();
+    GQA_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const index_t lo = 16 * i;
+      const auto m = static_cast<__mmask16>(n >= lo + 16 ? 0xFFFF : n > lo ? (1U << (n - lo)) - 1 : 0);
+      x[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + lo), _mm512_maskz_loadu_ps(m, vs + lo));
+      const __m512 ax = _mm512_abs_ps(x[i]);
+      // Ordered comparison: false for NaN.
+      if (_mm512_cmp_ps_mask(ax, inf, _CMP_LT_OQ) != 0xFFFF) return weights::not_finite;
+      amax = _mm512_max_ps(amax, ax);
+    }
+    const float mx = _mm512_reduce_max_ps(amax);
     if (mx == 0.0f) return weights::zero;
     const float up = 32767.0f / mx;
     if (!(up < __builtin_inff())) return weights::not_finite;
     const __m512 upv = _mm512_set1_ps(up);
-    // |p · up| <= 32767 (+ rounding) and the conversion saturates: every word in range.
-    const __m256i wa = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(a, upv)));
-    const __m256i wb = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(b, upv)));
-    _mm512_store_si512(w, _mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1));
+    // |p' · up| <= 32767 (+ rounding) and the conversion saturates: every word in range.
+    GQA_UNROLL
+    for (int i = 0; i < 4; i += 2) {
+      const __m256i wa = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x[i], upv)));
+      const __m256i wb = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x[i + 1], upv)));
+      _mm512_store_si512(w + 8 * i, _mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1));
+    }
     f = mx / 32767.0f;
     return weights::rounded;
   }
@@ -418,7 +426,7 @@ struct i8_dot_avx2 {
   }
 
   /// Keys per chunk of decode_pv (as i8_dot's).
-  static constexpr index_t pv_chunk = 32;
+  static constexpr index_t pv_chunk = 64;
 
   /// As i8_dot::decode_pv (VPDPWSSD, VEX-encoded, on 16 columns of two keys at a time).
   static std::uint64_t decode_pv(int rows, const float* p, index_t ldp, index_t n, const std::int8_t* v, index_t ldv,
@@ -458,11 +466,12 @@ struct i8_dot_avx2 {
     std::memcpy(y, vs, static_cast<std::size_t>(n) * sizeof(float));
     const __m256 inf = _mm256_set1_ps(__builtin_inff());
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-    __m256 xv[4];
+    constexpr int NV = pv_chunk / 8;
+    __m256 xv[NV];
     __m256 amax = _mm256_setzero_ps();
     int finite = 0xFF;
     GQA_UNROLL
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < NV; ++i) {
       xv[i] = _mm256_mul_ps(_mm256_load_ps(x + 8 * i), _mm256_load_ps(y + 8 * i));
       const __m256 ax = _mm256_and_ps(xv[i], abs_mask);
       finite &= _mm256_movemask_ps(_mm256_cmp_ps(ax, inf, _CMP_LT_OQ));  // false for ±inf and NaN
@@ -476,14 +485,13 @@ struct i8_dot_avx2 {
     const float up = 32767.0f / mx;
     if (!(up < __builtin_inff())) return 2;
     const __m256 upv = _mm256_set1_ps(up);
-    __m256i q[4];
-    GQA_UNROLL
-    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(xv[i], upv));
     // packs works within 128-bit lanes: the permute puts each vector's eight words back in order.
-    const __m256i w01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
-    const __m256i w23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xD8);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(w), w01);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(w + 8), w23);
+    GQA_UNROLL
+    for (int i = 0; i < NV; i += 2) {
+      const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(xv[i], upv));
+      const __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(xv[i + 1], upv));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(w + 4 * i), _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8));
+    }
     f = mx / 32767.0f;
     return 1;
   }

@@ -72,13 +72,15 @@ namespace detail::core {
 // With the integer scores above, what remained of int8 decode with the cache in L2 was P·V (a third of the
 // time: each V vector widened by two conversions, vpmovsxbd and vcvtdq2ps, then one FMA per row and 16
 // values), the softmax and the two passes of K's and V's scales. Under the same option (int8_products) a
-// unit's P·V (Note [fused decode walk] in forward.hpp; at most 32 keys) is also integer arithmetic
-// (i8_decode::decode_pv): per row, each weight times its V row's scale, p'_j = p_j · s_j (fp32, the
-// product the scale pass made), is rounded to a 16-bit integer relative to the unit's largest, w_j =
-// round(p'_j · 32767 / max|p'|); VPDPWSSD multiplies two keys' values at a time (each V row sign-extended
-// to 16 bits, two keys' words interleaved: four instructions per 32 values and two keys, shared by the
-// rows) by the row's pair (w_j, w_j+1) and adds both products to an int32 sum, exact (|w| <= 32767,
-// |v| <= 128, 32 keys: below 2^27); the sums come back to fp32 times max|p'| / 32767 and are added to O.
+// unit's P·V (Note [fused decode walk] in forward.hpp) is also integer arithmetic (i8_decode::decode_pv),
+// and a unit is the whole decode block (64 keys, not 32: the softmax's and the rounding's work per row and
+// unit is then shared by twice the keys; 1.06-1.11x): per row, each weight times its V row's scale,
+// p'_j = p_j · s_j (fp32, the product the scale pass made), is rounded to a 16-bit integer relative to the
+// unit's largest, w_j = round(p'_j · 32767 / max|p'|); VPDPWSSD multiplies two keys' values at a time
+// (each V row sign-extended to 16 bits, two keys' words interleaved: four instructions per 32 values and
+// two keys, shared by the rows) by the row's pair (w_j, w_j+1) and adds both products to an int32 sum,
+// exact (|w| <= 32767, |v| <= 128, 64 keys: below 2^28); the sums come back to fp32 times max|p'| / 32767
+// and are added to O.
 // Per row, two keys and 16 values: one instruction, where the fp32 products took two FMAs and their share
 // of four conversions. K's scales now multiply the integer scores as they are stored (the same two fp32
 // products as the scale pass made, so the scores keep their bits) and V's are taken in the rounding, so
@@ -223,7 +225,8 @@ struct decode {
   /// For keys j0 .. j0 + nb − 1 of batch element ib (its K/V rows found through the layout, Note
   /// [layouts]): writes S[row][j − j0] (row stride lds), step_keys keys at a time and within them KV head
   /// by KV head, and calls step(i, r0_i, x, n) for each unit of keys [x, x + n) (block-relative, unit_keys
-  /// keys but the last) and each head i, in key order: the head's softmax and P·V on the unit. For fp32
+  /// keys but the last; with q8 the whole block) and each head i, in key order: the head's softmax and P·V
+  /// on the unit. For fp32
   /// K/V each unit's calls follow its scores (fused<T>), otherwise they follow the whole block's. Keys past
   /// the block's last repeat it up to a whole unit: s rows need room for round_up(nb, unit_keys) columns.
   /// first_loads (adjacent heads): each step first loads one element per cache line of its keys' K rows, all
@@ -346,7 +349,9 @@ struct decode {
       for (index_t e = 0; e < un && loads && fused<T>; ++e)
         touch_lines(v.row(unit_at[e].b, unit_at[e].s, 0), v.h * v.d);
       for (index_t i = 0, r0 = 0; i < static_cast<index_t>(heads.size()); ++i) {
-        for (index_t x = u0 - j0; x < u0 - j0 + un; x += unit_keys) step(i, r0, x, std::min(unit_keys, u0 - j0 + un - x));
+        // With the int8 products a unit is the whole block (Note [int8 decode P·V]).
+        const index_t uk = q8 != nullptr ? un : unit_keys;
+        for (index_t x = u0 - j0; x < u0 - j0 + un; x += uk) step(i, r0, x, std::min(uk, u0 - j0 + un - x));
         r0 += map.group_size(heads[static_cast<std::size_t>(i)]) * npos;
       }
     }
