@@ -85,6 +85,57 @@ GQA_TARGET_AVX2_PLAIN inline bool quantize_q8_row(const float* x, index_t d, std
   return true;
 }
 
+/// What decode_pv's rounding made of a row's weights (Note [int8 decode P·V] in detail/core/decode.hpp).
+enum class pv_weights { rounded, zero, not_finite };
+
+/// decode_pv's loops, shared by both ISAs' products (K: i8_dot or i8_dot_avx2, whose round_weights and
+/// pv_slab do the arithmetic, on slabs of K::slab_cols columns).
+template <class K>
+struct i8_pv {
+  /// Rows in groups of four, each row's weights rounded first; the rounded rows of a group go through one
+  /// block, rows of zero weights add nothing, and the rest are returned (bit r).
+  static std::uint64_t decode(int rows, const float* p, index_t ldp, index_t n, const std::int8_t* v, index_t ldv,
+                              const float* vs, index_t dv, float* o, index_t ldo) noexcept {
+    std::uint64_t left = 0;
+    alignas(64) std::int32_t w[4][K::pv_chunk / 2];
+    alignas(16) float f[4];
+    for (int r = 0; r < rows; r += 4) {
+      const int R = std::min(4, rows - r);
+      int live = 0;  // rows of the four whose weights were rounded, packed to the front
+      float* orow[4];
+      for (int i = 0; i < R; ++i) {
+        switch (K::round_weights(p + (r + i) * ldp, vs, n, w[live], f[live])) {
+          case pv_weights::rounded: orow[live++] = o + (r + i) * ldo; break;
+          case pv_weights::zero: break;  // every weight 0: nothing to add
+          default: left |= std::uint64_t{1} << (r + i); break;
+        }
+      }
+      switch (live) {
+        case 0: break;
+        case 1: slabs<1>(w, f, n, v, ldv, dv, orow); break;
+        case 2: slabs<2>(w, f, n, v, ldv, dv, orow); break;
+        case 3: slabs<3>(w, f, n, v, ldv, dv, orow); break;
+        default: slabs<4>(w, f, n, v, ldv, dv, orow); break;
+      }
+    }
+    return left;
+  }
+
+  /// R rows (weights w[i], factor f[i], output row o[i]) × n <= pv_chunk keys: slabs of S · slab_cols
+  /// columns (S so that a block keeps 8 or more accumulators: VPDPWSSD's latency needs that many chains),
+  /// then of slab_cols, then a last shorter one.
+  template <int R>
+  static void slabs(const std::int32_t (*w)[K::pv_chunk / 2], const float* f, index_t n, const std::int8_t* v,
+                    index_t ldv, index_t dv, float* const* o) noexcept {
+    constexpr int S = K::template slabs_for<R>;
+    constexpr index_t C = K::slab_cols;
+    index_t c0 = 0;
+    for (; c0 + C * S <= dv; c0 += C * S) K::template pv_slab<R, S, true>(w, f, n, v + c0, ldv, C * S, o, c0);
+    for (; c0 + C <= dv; c0 += C) K::template pv_slab<R, 1, true>(w, f, n, v + c0, ldv, C, o, c0);
+    if (c0 < dv) K::template pv_slab<R, 1, false>(w, f, n, v + c0, ldv, dv - c0, o, c0);
+  }
+};
+
 }  // namespace isa
 GQA_END_NAMESPACE
 #endif  // GQA_HAS_AVX2 && GQA_X86_CPUID
@@ -162,33 +213,12 @@ struct i8_dot {
   /// bit of a tiny weight).
   static std::uint64_t decode_pv(int rows, const float* p, index_t ldp, index_t n, const std::int8_t* v, index_t ldv,
                                  const float* vs, index_t dv, float* o, index_t ldo) noexcept {
-    std::uint64_t left = 0;
-    alignas(64) std::int32_t w[4][pv_chunk / 2];
-    alignas(16) float f[4];
-    for (int r = 0; r < rows; r += 4) {
-      const int R = std::min(4, rows - r);
-      int live = 0;  // rows of the four whose weights were rounded, packed to the front
-      float* orow[4];
-      for (int i = 0; i < R; ++i) {
-        switch (round_weights(p + (r + i) * ldp, vs, n, w[live], f[live])) {
-          case weights::rounded: orow[live++] = o + (r + i) * ldo; break;
-          case weights::zero: break;  // every weight 0: nothing to add
-          default: left |= std::uint64_t{1} << (r + i); break;
-        }
-      }
-      switch (live) {
-        case 0: break;
-        case 1: pv_rows<1>(w, f, n, v, ldv, dv, orow); break;
-        case 2: pv_rows<2>(w, f, n, v, ldv, dv, orow); break;
-        case 3: pv_rows<3>(w, f, n, v, ldv, dv, orow); break;
-        default: pv_rows<4>(w, f, n, v, ldv, dv, orow); break;
-      }
-    }
-    return left;
+    return i8_pv<i8_dot>::decode(rows, p, ldp, n, v, ldv, vs, dv, o, ldo);
   }
 
  private:
-  enum class weights { rounded, zero, not_finite };
+  friend struct i8_pv<i8_dot>;
+  using weights = pv_weights;
 
   /// With p'_j = p_j · vs_j: w (as int16 pairs, key 2i in the low half of w[i]; zeros past n) = p'[0, n) ·
   /// (32767 / max|p'|) rounded to nearest even, f = max|p'| / 32767 (n <= pv_chunk).
@@ -229,20 +259,12 @@ struct i8_dot {
     __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
   }
 
-  /// R rows (weights w[i], factor f[i], output row o[i]) × n <= pv_chunk keys: slabs of S · 64 columns (S so
-  /// that there are 8 or more accumulators: VPDPWSSD's latency needs that many chains), then of 64, then a
-  /// last shorter one.
+  /// decode_pv's slabs (i8_pv::slabs): 64 columns, two of them at a time for 1-2 rows.
+  static constexpr index_t slab_cols = 64;
   template <int R>
-  static void pv_rows(const std::int32_t (*w)[pv_chunk / 2], const float* f, index_t n, const std::int8_t* v,
-                      index_t ldv, index_t dv, float* const* o) noexcept {
-    constexpr int S = R <= 2 ? 2 : 1;
-    index_t c0 = 0;
-    for (; c0 + 64 * S <= dv; c0 += 64 * S) pv_slab<R, S, true>(w, f, n, v + c0, ldv, 64 * S, o, c0);
-    for (; c0 + 64 <= dv; c0 += 64) pv_slab<R, 1, true>(w, f, n, v + c0, ldv, 64, o, c0);
-    if (c0 < dv) pv_slab<R, 1, false>(w, f, n, v + c0, ldv, dv - c0, o, c0);
-  }
+  static constexpr int slabs_for = R <= 2 ? 2 : 1;
 
-  /// Columns [c0, c0 + width) of pv_rows (v at column c0), S parts of 64; Full: width is S · 64, else S is 1
+  /// Columns [c0, c0 + width) of i8_pv::slabs (v at column c0), S parts of 64; Full: width is S · 64, else S is 1
   /// and width < 64: the values then go through zero-padded copies and the sums through a buffer (g++ 12
   /// kept every accumulator on the stack through the loop over keys when masked loads or stores were in
   /// the function).
@@ -431,35 +453,14 @@ struct i8_dot_avx2 {
   /// As i8_dot::decode_pv (VPDPWSSD, VEX-encoded, on 16 columns of two keys at a time).
   static std::uint64_t decode_pv(int rows, const float* p, index_t ldp, index_t n, const std::int8_t* v, index_t ldv,
                                  const float* vs, index_t dv, float* o, index_t ldo) noexcept {
-    std::uint64_t left = 0;
-    alignas(32) std::int32_t w[4][pv_chunk / 2];
-    alignas(16) float f[4];
-    for (int r = 0; r < rows; r += 4) {
-      const int R = std::min(4, rows - r);
-      int live = 0;
-      float* orow[4];
-      for (int i = 0; i < R; ++i) {
-        const int res = round_weights(p + (r + i) * ldp, vs, n, w[live], f[live]);
-        if (res == 1) {
-          orow[live++] = o + (r + i) * ldo;
-        } else if (res == 2) {
-          left |= std::uint64_t{1} << (r + i);
-        }
-      }
-      switch (live) {
-        case 0: break;
-        case 1: pv_rows<1>(w, f, n, v, ldv, dv, orow); break;
-        case 2: pv_rows<2>(w, f, n, v, ldv, dv, orow); break;
-        case 3: pv_rows<3>(w, f, n, v, ldv, dv, orow); break;
-        default: pv_rows<4>(w, f, n, v, ldv, dv, orow); break;
-      }
-    }
-    return left;
+    return i8_pv<i8_dot_avx2>::decode(rows, p, ldp, n, v, ldv, vs, dv, o, ldo);
   }
 
  private:
-  /// As i8_dot's round_weights; returns 1 (rounded), 0 (every weight 0) or 2 (not finite, or too small).
-  GQA_TARGET_AVX2_PLAIN static int round_weights(const float* p, const float* vs, index_t n, std::int32_t* w,
+  friend struct i8_pv<i8_dot_avx2>;
+
+  /// As i8_dot's round_weights.
+  GQA_TARGET_AVX2_PLAIN static pv_weights round_weights(const float* p, const float* vs, index_t n, std::int32_t* w,
                                                  float& f) noexcept {
     alignas(32) float x[pv_chunk] = {}, y[pv_chunk] = {};
     std::memcpy(x, p, static_cast<std::size_t>(n) * sizeof(float));
@@ -477,23 +478,24 @@ struct i8_dot_avx2 {
       finite &= _mm256_movemask_ps(_mm256_cmp_ps(ax, inf, _CMP_LT_OQ));  // false for ±inf and NaN
       amax = _mm256_max_ps(amax, ax);
     }
-    if (finite != 0xFF) return 2;
+    if (finite != 0xFF) return pv_weights::not_finite;
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     const float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
-    if (mx == 0.0f) return 0;
+    if (mx == 0.0f) return pv_weights::zero;
     const float up = 32767.0f / mx;
-    if (!(up < __builtin_inff())) return 2;
+    if (!(up < __builtin_inff())) return pv_weights::not_finite;
     const __m256 upv = _mm256_set1_ps(up);
     // packs works within 128-bit lanes: the permute puts each vector's eight words back in order.
     GQA_UNROLL
     for (int i = 0; i < NV; i += 2) {
       const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(xv[i], upv));
       const __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(xv[i + 1], upv));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(w + 4 * i), _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8));
+      const __m256i q01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(w + 4 * i), q01);
     }
     f = mx / 32767.0f;
-    return 1;
+    return pv_weights::rounded;
   }
 
   /// VPDPWSSD (VEX), as asm for the reason of Note [VPDPBUSD by asm].
@@ -501,19 +503,12 @@ struct i8_dot_avx2 {
     __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b));
   }
 
-  /// R rows × n <= pv_chunk keys: slabs of S · 16 columns (8 accumulators), then of 16, then a last shorter
-  /// one (as i8_dot's).
+  /// decode_pv's slabs (i8_pv::slabs): 16 columns, S of them at a time so that a block keeps 8 accumulators.
+  static constexpr index_t slab_cols = 16;
   template <int R>
-  static void pv_rows(const std::int32_t (*w)[pv_chunk / 2], const float* f, index_t n, const std::int8_t* v,
-                      index_t ldv, index_t dv, float* const* o) noexcept {
-    constexpr int S = R == 1 ? 4 : R == 2 ? 2 : 1;
-    index_t c0 = 0;
-    for (; c0 + 16 * S <= dv; c0 += 16 * S) pv_slab<R, S, true>(w, f, n, v + c0, ldv, 16 * S, o, c0);
-    for (; c0 + 16 <= dv; c0 += 16) pv_slab<R, 1, true>(w, f, n, v + c0, ldv, 16, o, c0);
-    if (c0 < dv) pv_slab<R, 1, false>(w, f, n, v + c0, ldv, dv - c0, o, c0);
-  }
+  static constexpr int slabs_for = R == 1 ? 4 : R == 2 ? 2 : 1;
 
-  /// Columns [c0, c0 + width) of pv_rows, S parts of 16; Full: width is S · 16, else S is 1 and width < 16
+  /// Columns [c0, c0 + width) of i8_pv::slabs, S parts of 16; Full: width is S · 16, else S is 1 and width < 16
   /// (zero-padded copies of the values, the sums through a buffer).
   template <int R, int S, bool Full>
   GQA_TARGET_AVXVNNI static void pv_slab(const std::int32_t (*w)[pv_chunk / 2], const float* f, index_t n,

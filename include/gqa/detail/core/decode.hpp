@@ -49,12 +49,13 @@ namespace detail::core {
 // dot products: VPDPBUSD multiplies 64 unsigned by 64 signed bytes and adds each four products to one of
 // 16 int32 sums. K's bytes are made unsigned by flipping their top bit (k + 128, one XOR per 64 bytes,
 // shared by the rows) and 128 · Σ q, kept per row, is subtracted from the exact int32 sum afterwards; the
-// score is that sum times the row's factor (scale · log2(e) · Q's scale), then times K's scale
-// (direct::scale_columns, as before). Blocks of up to 4 rows × 4 keys, 16 sums, reduced together (AVX2,
-// with 16 registers: 4 rows × 2 keys).
+// score is that sum times the row's factor (scale · log2(e) · Q's scale), then times K's scale (as the
+// scores are stored, since 2026-12-06; the same two products as direct::scale_columns's pass made). Blocks
+// of up to 4 rows × 4 keys, 16 sums, reduced together (AVX2, with 16 registers: 4 rows × 2 keys).
 // Accuracy: the int32 sums are exact (d <= 65536: |sum| < 2^31), so the one new error is Q's rounding, as
 // coarse as the cache's own rounding of K (Note [int8 products tolerance] in tests/support/tolerance.hpp);
-// P·V keeps fp32 (the weights are not quantised). A task whose Q holds a NaN or an infinity keeps the fp32
+// P·V, since 2026-12-06 in integers too, rounds the weights to 16 bits (Note [int8 decode P·V], below).
+// A task whose Q holds a NaN or an infinity keeps the fp32
 // products for all its rows (quantize_q8 would give such a row a NaN scale, not the naive softmax's
 // NaN-where-the-math-gives-NaN). Prefill calls (K dequantised while packing) keep the fp32 products, and
 // so do scalar, NEON (its SDOT is not used yet) and CPUs without the instructions.
@@ -128,6 +129,19 @@ struct i8_decode<isa::avx2> : isa::i8_dot_avx2 {
   static bool supported() noexcept { return ::gqa::isa::cpu().avx_vnni; }
 };
 #endif
+
+/// S[r][u] = (scores of the task's rows r0 + r, r < rows, with the keys kr[u], u < n) times ks[u], n a
+/// multiple of 4, through i8_decode::decode_scores four keys at a time (Note [int8 decode products]); s rows
+/// at stride lds. The walk's step and one KV head's direct path both take it.
+template <class Isa>
+inline void q8_scores(index_t rows, const q8_query& q8, index_t r0, const std::int8_t* const* kr, const float* ks,
+                      index_t n, index_t d, float* s, index_t lds) noexcept {
+  if constexpr (i8_decode<Isa>::available) {
+    for (index_t u = 0; u < n; u += 4)
+      i8_decode<Isa>::decode_scores(static_cast<int>(rows), q8.q + r0 * q8.ld, q8.ld, kr + u, d, q8.mul + r0,
+                                    q8.bias + r0, ks + u, s + u, lds);
+  }
+}
 
 template <class Isa>
 struct decode {
@@ -328,13 +342,9 @@ struct decode {
           if constexpr (i8_decode<Isa>::available && std::is_same_v<T, std::int8_t>) {
             if (q8 != nullptr) {  // Note [int8 decode products]; the scores leave with their K scales
               static_assert(KU % 4 == 0);
-              float* const sj = s + r0 * lds + (j - j0);
-              const std::int8_t* const qr = q8->q + r0 * q8->ld;
               float ks[KU];
               for (index_t u = 0; u < KU; ++u) ks[u] = *lay.scales.k.row(at[u].b, at[u].s, g);
-              for (index_t u = 0; u < KU; u += 4)
-                i8_decode<Isa>::decode_scores(static_cast<int>(rows), qr, q8->ld, kr + u, d, q8->mul + r0,
-                                              q8->bias + r0, ks + u, sj + u, lds);
+              q8_scores<Isa>(rows, *q8, r0, kr, ks, KU, d, s + r0 * lds + (j - j0), lds);
               r0 += rows;
               continue;
             }

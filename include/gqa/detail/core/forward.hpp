@@ -689,8 +689,7 @@ struct kernel {
                 kr[u] = kb(std::min(j + u, nb - 1));
                 ks[u] = kb.scale(std::min(j + u, nb - 1));
               }
-              i8_decode<Isa>::decode_scores(static_cast<int>(grow), q8.q + r0 * q8.ld, q8.ld, kr, d, q8.mul + r0,
-                                            q8.bias + r0, ks, srow0 + j, lay.bk);
+              q8_scores<Isa>(grow, q8, r0, kr, ks, 4, d, srow0 + j, lay.bk);
             }
           }
         } else if (direct_path) {
