@@ -1500,15 +1500,17 @@ bool int8_products_run(const gqa::head_map& map, index_t sq) {
 /// Case c with int8 K/V and options.int8_products: where the products run, against the double reference
 /// fed the quantised Q and the dequantised K/V within Note [int8 products tolerance], and with a non-finite
 /// Q element in each batch bit for bit the fp32 products (the task keeps them); elsewhere bit for bit the
-/// call with the option off. Returns whether the output or the LSE differs from the option off.
+/// call with the option off. Then with a NaN K scale and a NaN V scale: NaN exactly where the option off
+/// gives NaN (counted in nan_cases when some output is). Returns whether the output or the LSE differs from
+/// the option off.
 template <class Isa>
-bool check_case_q8_products(const lowp_case& c) {
+bool check_case_q8_products(const lowp_case& c, int* nan_cases = nullptr) {
   SCOPED_TRACE("int8 products: " + c.describe());
   const auto nq = static_cast<std::size_t>(c.b * c.sq * c.hq * c.d);
   const auto nk = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.d), nv = static_cast<std::size_t>(c.b * c.skv * c.hkv * c.dv);
   auto qd = gqa::test::random_floats(nq, c.seed * 3, c.lo, c.hi);
-  const q8_kv k8 = quantised(c, gqa::test::random_floats(nk, c.seed * 3 + 1, c.lo, c.hi), c.d);
-  const q8_kv v8 = quantised(c, gqa::test::random_floats(nv, c.seed * 3 + 2, c.lo, c.hi), c.dv);
+  q8_kv k8 = quantised(c, gqa::test::random_floats(nk, c.seed * 3 + 1, c.lo, c.hi), c.d);
+  q8_kv v8 = quantised(c, gqa::test::random_floats(nv, c.seed * 3 + 2, c.lo, c.hi), c.dv);
   const gqa::head_map map = c.map();
   const auto no = static_cast<std::size_t>(c.b * c.sq * c.hq * c.dv), nl = static_cast<std::size_t>(c.b * c.hq * c.sq);
   const auto run = [&](bool products, std::vector<float>& o, std::vector<float>& lse) {
@@ -1536,21 +1538,39 @@ bool check_case_q8_products(const lowp_case& c) {
   }
   // A NaN in batch 0's Q and an inf in the last batch's: their tasks keep the fp32 products, whose bits
   // (NaN where they give NaN) the call returns.
+  const auto q_finite = qd;
   qd[0] = k_nan;
   qd[nq - 1] = k_inf;
   run(true, o, lse);
   run(false, o_off, lse_off);
   EXPECT_EQ(first_difference(o, o_off), -1) << "non-finite Q";
   EXPECT_EQ(first_difference(lse, lse_off), -1) << "non-finite Q";
+  // A NaN scale in a K row and in a V row (what quantize_q8 writes for a row holding NaN or inf): the scores
+  // or the weights of the rows that see them are NaN, and those rows' units take the fp32 products (Note
+  // [int8 decode P·V]): NaN exactly where the call without the products gives NaN, finite elsewhere.
+  qd = q_finite;
+  k8.scales[k8.scales.size() / 2] = k_nan;
+  v8.scales[0] = k_nan;
+  run(true, o, lse);
+  run(false, o_off, lse_off);
+  long bad = -1, nans = 0;  // the first output whose class differs; the NaN outputs
+  for (std::size_t i = 0; i < o.size() && bad < 0; ++i) {
+    if (std::isnan(o[i]) != std::isnan(o_off[i]) || std::isinf(o[i])) bad = static_cast<long>(i);
+    nans += std::isnan(o[i]) ? 1 : 0;
+  }
+  EXPECT_EQ(bad, -1) << "NaN scale: output " << bad << " = " << (bad < 0 ? 0.0f : o[static_cast<std::size_t>(bad)])
+                     << ", without the products " << (bad < 0 ? 0.0f : o_off[static_cast<std::size_t>(bad)]);
+  if (nan_cases != nullptr && nans > 0) ++*nan_cases;  // (a masked or unused key's NaN reaches no row)
+  for (std::size_t i = 0; i < lse.size(); ++i) EXPECT_EQ(std::isnan(lse[i]), std::isnan(lse_off[i])) << "NaN scale: LSE " << i;
   return differs;
 }
 
 TYPED_TEST_P(lowp_suite, int8_products_match_reference) {
-  int ran = 0, differing = 0;
+  int ran = 0, differing = 0, nan_cases = 0;
   for (const lowp_case& c : attend_cases()) {
     // d = 1: one element per row quantises to ±127 · scale, often q itself, so the results need not differ.
     const bool runs = int8_products_run<TypeParam>(c.map(), c.sq) && c.d > 1;
-    const bool differs = check_case_q8_products<TypeParam>(c);
+    const bool differs = check_case_q8_products<TypeParam>(c, &nan_cases);
     ran += runs ? 1 : 0;
     differing += runs && differs ? 1 : 0;
   }
@@ -1560,6 +1580,7 @@ TYPED_TEST_P(lowp_suite, int8_products_match_reference) {
     EXPECT_GE(ran, 10);
   }
   EXPECT_EQ(differing, ran);
+  EXPECT_GE(nan_cases, 10) << "cases where a NaN scale reached an output";
   // Longer rows (d 128 and 256: whole 64-byte loads, several per row) over 2100 keys (split KV), and a
   // row of zeros (scale 0).
   lowp_case c;
