@@ -239,6 +239,10 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
       shape s = make_main_shape(main_shape::d1, 1);
       s.skv = 65536;
       add(var, "kvcache", form, s, s);
+      // The same forms of an int8 cache (gqa::paged_q8_kv, q8_view in a ragged batch) on D1.
+      s = make_main_shape(main_shape::d1, 1);
+      s.kv = kv_type::i8;
+      add(var, "kvcache", form, s, s);
     }
   }
   // The backward (training) of every registered variant on the prefill shapes.

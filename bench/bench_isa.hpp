@@ -550,7 +550,8 @@ void run_backward(benchmark::State& st, const bench_case& c);
 
 /// A kvcache case (bench_case::variant names the form): gqa::attend with the uniform GQA map on the dense
 /// BSHD inputs, on the same keys in shuffled pages (page 16 or 256), or on the same buffers as a ragged
-/// batch of s.b sequences. The pages are built once per benchmark, outside the timing.
+/// batch of s.b sequences; with s.kv = i8, the inputs quantised once (gqa::quantize_q8) and the same forms
+/// of the int8 cache (q8_view, paged_q8_kv). The pages are built once per benchmark, outside the timing.
 void run_kvcache(benchmark::State& st, const bench_case& c) {
   const shape& s = c.s;
   const inputs& in = get_inputs(s, s.hkv);
@@ -566,31 +567,76 @@ void run_kvcache(benchmark::State& st, const bench_case& c) {
   std::vector<index_t> cu_q(static_cast<std::size_t>(s.b) + 1);
   for (index_t i = 0; i <= s.b; ++i) cu_q[static_cast<std::size_t>(i)] = i * s.sq;
   gqa::paged_kv kv;
+  const bool i8 = s.kv == kv_type::i8;
+  q8_store k8, v8;  // int8: the dense cache, and its pages
+  gqa::q8_view k8v, v8v;
+  if (i8) k8v = quantized_view(x.k, k8), v8v = quantized_view(x.v, v8);
+  std::vector<std::int8_t> pk8, pv8;
+  std::vector<float> pks, pvs;
+  gqa::paged_q8_kv kv8;
   const index_t page = c.variant == "kv_paged16" ? 16 : 256;
   if (c.variant.rfind("kv_paged", 0) == 0) {
     const index_t per_seq = (s.skv + page - 1) / page, pages = s.b * per_seq, row = s.hkv * s.d;
-    pk.assign(static_cast<std::size_t>(pages * page * row), 0.0f);
-    pv.assign(pk.size(), 0.0f);
+    const auto n = static_cast<std::size_t>(pages * page * row), ns = static_cast<std::size_t>(pages * page * s.hkv);
+    if (i8) {
+      pk8.assign(n, 0), pv8.assign(n, 0), pks.assign(ns, 0.0f), pvs.assign(ns, 0.0f);
+    } else {
+      pk.assign(n, 0.0f), pv.assign(n, 0.0f);
+    }
     table.resize(static_cast<std::size_t>(pages));
     // Page i of the pool holds logical page (i · 7919) mod pages: neighbours in a sequence are far apart.
     for (index_t i = 0; i < pages; ++i) table[static_cast<std::size_t>((i * 7919) % pages)] = static_cast<std::int32_t>(i);
     for (index_t ib = 0; ib < s.b; ++ib)
       for (index_t j = 0; j < s.skv; ++j) {
         const index_t p = table[static_cast<std::size_t>(ib * per_seq + j / page)];
-        std::copy_n(in.k + (ib * s.skv + j) * row, row, pk.data() + (p * page + j % page) * row);
-        std::copy_n(in.v + (ib * s.skv + j) * row, row, pv.data() + (p * page + j % page) * row);
+        const index_t from = ib * s.skv + j, to = p * page + j % page;
+        if (i8) {
+          std::copy_n(k8.values.data() + from * row, row, pk8.data() + to * row);
+          std::copy_n(v8.values.data() + from * row, row, pv8.data() + to * row);
+          std::copy_n(k8.scales.data() + from * s.hkv, s.hkv, pks.data() + to * s.hkv);
+          std::copy_n(v8.scales.data() + from * s.hkv, s.hkv, pvs.data() + to * s.hkv);
+        } else {
+          std::copy_n(in.k + from * row, row, pk.data() + to * row);
+          std::copy_n(in.v + from * row, row, pv.data() + to * row);
+        }
       }
-    kv = {gqa::page_pool<const float>(pk.data(), pages, page, s.hkv, s.d),
-          gqa::page_pool<const float>(pv.data(), pages, page, s.hkv, s.d), table, per_seq, lengths};
+    if (i8) {
+      kv8 = {{gqa::page_pool<const std::int8_t>(pk8.data(), pages, page, s.hkv, s.d),
+              gqa::page_pool<const float>(pks.data(), pages, page, s.hkv, 1)},
+             {gqa::page_pool<const std::int8_t>(pv8.data(), pages, page, s.hkv, s.d),
+              gqa::page_pool<const float>(pvs.data(), pages, page, s.hkv, 1)},
+             table, per_seq, lengths};
+    } else {
+      kv = {gqa::page_pool<const float>(pk.data(), pages, page, s.hkv, s.d),
+            gqa::page_pool<const float>(pv.data(), pages, page, s.hkv, s.d), table, per_seq, lengths};
+    }
   }
-  const auto dense = [&] { gqa::attend<Isa>(x.q, x.k, x.v, x.o, map, opt); };
+  const auto dense = [&] {
+    if (i8) {
+      gqa::attend<Isa>(x.q, k8v, v8v, x.o, map, opt);
+    } else {
+      gqa::attend<Isa>(x.q, x.k, x.v, x.o, map, opt);
+    }
+  };
   const auto call = [&] {
     if (c.variant == "kv_dense") {
       dense();
     } else if (c.variant == "kv_ragged") {
-      gqa::attend<Isa>(gqa::thd(in.q, s.b * s.sq, s.hq, s.d), gqa::thd(in.k, s.b * s.skv, s.hkv, s.d),
-                       gqa::thd(in.v, s.b * s.skv, s.hkv, s.d), gqa::thd(in.o, s.b * s.sq, s.hq, s.d), map,
-                       gqa::varlen{cu_q, cu}, opt);
+      const auto q = gqa::thd(in.q, s.b * s.sq, s.hq, s.d);
+      const auto o = gqa::thd(in.o, s.b * s.sq, s.hq, s.d);
+      const index_t total = s.b * s.skv;
+      if (i8) {
+        const gqa::q8_view k{gqa::thd<const std::int8_t>(k8.values.data(), total, s.hkv, s.d),
+                             gqa::thd<const float>(k8.scales.data(), total, s.hkv, 1)};
+        const gqa::q8_view v{gqa::thd<const std::int8_t>(v8.values.data(), total, s.hkv, s.d),
+                             gqa::thd<const float>(v8.scales.data(), total, s.hkv, 1)};
+        gqa::attend<Isa>(q, k, v, o, map, gqa::varlen{cu_q, cu}, opt);
+      } else {
+        gqa::attend<Isa>(q, gqa::thd(in.k, total, s.hkv, s.d), gqa::thd(in.v, total, s.hkv, s.d), o, map,
+                         gqa::varlen{cu_q, cu}, opt);
+      }
+    } else if (i8) {
+      gqa::attend<Isa>(x.q, kv8, x.o, map, opt);
     } else {
       gqa::attend<Isa>(x.q, kv, x.o, map, opt);
     }

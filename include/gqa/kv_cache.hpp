@@ -10,6 +10,7 @@
 #include "config.hpp"
 #include "integer_span.hpp"
 #include "numeric.hpp"
+#include "quantized.hpp"
 #include "tensor.hpp"
 
 GQA_BEGIN_NAMESPACE
@@ -29,6 +30,17 @@ struct basic_paged_kv {
 };
 /// A paged KV cache of float pages.
 using paged_kv = basic_paged_kv<float>;
+
+/// A paged int8 KV cache (gqa/quantized.hpp's per-row layout, page by page): k and v are the pools as
+/// q8_views, values (num_pages, page_size, hkv, d) int8 and scales (num_pages, page_size, hkv, 1) fp32,
+/// one scale per (page, slot, KV head) row; the table and lengths as for basic_paged_kv. A new token is
+/// written with quantize_q8 into its page's views of that slot.
+struct paged_q8_kv {
+  q8_view k, v;
+  std::span<const std::int32_t> page_table;  ///< [b][max_pages], page ids in [0, num_pages)
+  index_t max_pages = 0;                     ///< pages per sequence in the table (its row length)
+  integer_span lengths;                      ///< [b]: keys of each sequence, in [0, max_pages · page_size]
+};
 
 /// The pool view of a buffer laid out [num_pages][page_size][h][d].
 template <class T>

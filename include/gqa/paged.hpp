@@ -26,9 +26,10 @@ namespace detail {
 /// Everything a paged call needs checked, before any work: the views, their extents against each other
 /// (kv.k.b pages of kv.k.s slots), the table's size and every page id a sequence uses, the lengths, the
 /// options (options.kv_lengths must be empty: the lengths are kv.lengths) and aliasing. QO: Q's and O's
-/// element type (float, or the pages' 16-bit type).
-template <class T, class QO>
-void check_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, const tensor_view<QO>& o,
+/// element type (float, or the pages' 16-bit type). PKV: basic_paged_kv<T>, or paged_values<std::int8_t>
+/// (an int8 cache's values, below).
+template <class PKV, class QO>
+void check_paged(const tensor_view<const QO>& q, const PKV& kv, const tensor_view<QO>& o,
                  const attention_options& opt, const char* where) {
   check_view(q, "q", where);
   check_view(kv.k, "kv.k", where);
@@ -79,13 +80,23 @@ void check_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, co
   require_outside_outputs(kv.lengths.data(), kv.lengths.size_bytes(), "kv.lengths", o, opt.lse, where);
 }
 
-/// options.check_finite for a paged call: all of q, then the keys each sequence reads of K, then of V.
+/// The pools, table and lengths of a paged cache with pools of element type T, as check_paged reads them.
+template <class T>
+struct paged_values {
+  tensor_view<const T> k, v;
+  std::span<const std::int32_t> page_table;
+  index_t max_pages;
+  integer_span lengths;
+};
+
+/// options.check_finite for a paged call: all of q, then the keys each sequence reads of K, then of V (for
+/// an int8 cache, their scales: kv holds the scale pools, named `k_name`, `v_name`).
 template <class T, class QO>
 void check_finite_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, const attention_options& opt,
-                        const char* where) {
+                        const char* where, const char* k_name = "kv.k", const char* v_name = "kv.v") {
   if (!opt.check_finite) return;
   require_finite(q, "q", where, [&](index_t) { return q.s; });
-  const char* names[2] = {"kv.k", "kv.v"};
+  const char* names[2] = {k_name, v_name};
   const tensor_view<const T>* pools[2] = {&kv.k, &kv.v};
   for (int t = 0; t < 2; ++t) {
     const tensor_view<const T>& p = *pools[t];
@@ -102,11 +113,36 @@ void check_finite_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>&
   }
 }
 
+/// check_paged for an int8 cache (paged_q8_kv): the values' pools as check_paged checks float ones (names kv.k.values,
+/// kv.v.values), each scale pool against its values (kv.k.scales, kv.v.scales: (num_pages, page_size, hkv,
+/// 1)), and no output sharing an element with the scales.
+inline void check_paged(const tensor_view<const float>& q, const paged_q8_kv& kv, const tensor_view<float>& o,
+                        const attention_options& opt, const char* where) {
+  check_q8(kv.k, "kv.k.values", "kv.k.scales", where);
+  check_q8(kv.v, "kv.v.values", "kv.v.scales", where);
+  check_paged(q, paged_values<std::int8_t>{kv.k.values, kv.v.values, kv.page_table, kv.max_pages, kv.lengths}, o,
+              opt, where);
+  require_outputs_disjoint({{o, "o"}}, {{kv.k.scales, "kv.k.scales"}, {kv.v.scales, "kv.v.scales"}}, where);
+  if (!opt.lse.empty()) {
+    const tensor_view<const float> lse = lse_view(opt);
+    require_disjoint(shared_element(lse, kv.k.scales), where, "options.lse", opt.lse.data(), "kv.k.scales");
+    require_disjoint(shared_element(lse, kv.v.scales), where, "options.lse", opt.lse.data(), "kv.v.scales");
+  }
+}
+
+/// check_finite_paged for an int8 cache: the scales of the rows the sequences read (an int8 row's values
+/// are finite; it is non-finite exactly when its scale is, Note [int8 quantisation]).
+inline void check_finite_paged(const tensor_view<const float>& q, const paged_q8_kv& kv, const attention_options& opt,
+                               const char* where) {
+  check_finite_paged(q, paged_kv{kv.k.scales, kv.v.scales, kv.page_table, kv.max_pages, kv.lengths}, opt, where,
+                     "kv.k.scales", "kv.v.scales");
+}
+
 /// The core on a validated paged call, on target `on` (core::target_of's result), for sequences [ib0,
 /// ib0 + count) of it (q, o and options.lse their rows; the table and `lengths`, kv.lengths as indices,
-/// their entries).
-template <class On, class T, class QO>
-void run_paged(On on, const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, const tensor_view<QO>& o,
+/// their entries). PKV: basic_paged_kv<T> or paged_q8_kv.
+template <class On, class PKV, class QO>
+void run_paged(On on, const tensor_view<const QO>& q, const PKV& kv, const tensor_view<QO>& o,
                std::span<const index_t> lengths, const head_map& map, const attention_options& opt, index_t ib0,
                index_t count) {
   tensor_view<const QO> qs = q;
@@ -125,9 +161,9 @@ void run_paged(On on, const tensor_view<const QO>& q, const basic_paged_kv<T>& k
 }
 
 /// The core on a whole validated paged call.
-template <class On, class T, class QO>
-void run_paged(On on, const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, const tensor_view<QO>& o,
-               const head_map& map, const attention_options& opt) {
+template <class On, class PKV, class QO>
+void run_paged(On on, const tensor_view<const QO>& q, const PKV& kv, const tensor_view<QO>& o, const head_map& map,
+               const attention_options& opt) {
   const std::vector<index_t> lengths = to_indices(kv.lengths);
   run_paged(on, q, kv, o, lengths, map, opt, 0, q.b);
 }
@@ -155,10 +191,11 @@ std::vector<double> paged_key_norms(const basic_paged_kv<T>& kv, std::span<const
   return key_norms_walk(count, kv.k.h, kv.k.d, kv.k.stride_d, paged_key_rows<T>{kv, lengths, ib0});
 }
 
-/// attend(paged) for Q/O of element type QO (float, or T).
-template <class Isa, class T, class QO>
-void attend_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, const tensor_view<QO>& o,
-                  const head_map& map, const attention_options& opt) {
+/// attend(paged) on a paged cache PKV (basic_paged_kv<T> or paged_q8_kv) for Q/O of element type QO (float, or
+/// T).
+template <class Isa, class PKV, class QO>
+void attend_paged(const tensor_view<const QO>& q, const PKV& kv, const tensor_view<QO>& o, const head_map& map,
+                  const attention_options& opt) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
   constexpr const char* where = "gqa::attend(paged)";
   check_paged(q, kv, o, opt, where);
@@ -168,7 +205,54 @@ void attend_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>& kv, c
   run_paged(on, q, kv, o, map, opt);
 }
 
+/// The keys of sequences [ib0, ...) of a validated paged int8 cache as their fp32 values (q8_row: scale ·
+/// value, the bits the kernels and dequantize_q8 compute), for the key-norm walk.
+struct paged_q8_key_rows {
+  const paged_q8_kv& kv;
+  std::span<const index_t> lengths;
+  index_t ib0 = 0;
+  index_t length(index_t ib) const noexcept { return lengths[static_cast<std::size_t>(ib0 + ib)]; }
+  q8_row operator()(index_t ib, index_t j, index_t g) const noexcept {
+    const index_t ps = kv.k.values.s;
+    const std::int32_t page = kv.page_table[static_cast<std::size_t>((ib0 + ib) * kv.max_pages + j / ps)];
+    return {kv.k.values.row(page, j % ps, g), *kv.k.scales.row(page, j % ps, g)};
+  }
+};
+
+/// paged_key_norms of an int8 cache: the norms of its valid keys' fp32 values.
+inline std::vector<double> paged_key_norms(const paged_q8_kv& kv, std::span<const index_t> lengths, index_t ib0,
+                                           index_t count) {
+  return key_norms_walk(count, kv.k.values.h, kv.k.values.d, kv.k.values.stride_d,
+                        paged_q8_key_rows{kv, lengths, ib0});
+}
+
+/// What forward(paged) needs of a policy, checked before any work: a plan from keys through plan_from_norms
+/// (Note [policies on a paged cache]).
+template <class Policy>
+void check_paged_policy(const char* where) {
+  if constexpr (policy_plans_from_keys<std::remove_cv_t<Policy>> && !policy_plans_from_norms<Policy>)
+    fail(where, ": policy = ", std::remove_cv_t<Policy>::name,
+         ": its plan reads the keys of a dense K and it has no plan_from_norms (a non-const policy's) to "
+         "plan from a paged cache's key norms");
+}
+
 }  // namespace detail
+
+/// gqa::attend over a paged int8 KV cache (gqa::paged_q8_kv: pools of int8 values and their per-row fp32
+/// scales), Q and O float: attention over the dequantised keys and values (scale · value), as attend() on
+/// a dense q8_view computes it (Note [int8 K/V] in detail/core/layout.hpp), read through the page table as
+/// attend(paged) reads float pages. The decode products run in integers as on a dense int8 cache where
+/// options.int8_products allows it; with a page size that is a multiple of 64 the result is the dense int8
+/// call's, bit for bit, while P·V over keys on several pages takes the fp32 products (Note [int8 decode
+/// P·V]), so the two differ by the dense call's rounding of the weights to 16 bits. The same checks and
+/// errors as attend(paged) (the value pools named kv.k, kv.v, or kv.k.values where the int8 view itself is
+/// checked), the scale pools named kv.k.scales, kv.v.scales; options.check_finite checks the scales of the
+/// rows the sequences read.
+template <class Isa = isa::dispatch>
+void attend(tensor_view<const float> q, const paged_q8_kv& kv, tensor_view<float> o, const head_map& map,
+            const attention_options& opt = {}) {
+  detail::attend_paged<Isa>(q, kv, o, map, opt);
+}
 
 /// gqa::attend over a paged KV cache: O[b, i, h] = softmax(scale · Q[b, i, h] · K_bᵀ + mask) · V_b, where
 /// K_b, V_b are sequence b's kv.lengths[b] keys read through the page table. q (b, sq, hq, d_qk) and o
@@ -207,6 +291,56 @@ void attend(tensor_view<Q> q, const basic_paged_kv<T>& kv, tensor_view<O> o, con
 // dense forward() does per batch element. A policy whose plan reads a dense K and that has no
 // plan_from_norms is rejected.
 
+namespace detail {
+/// forward(paged) on a paged cache PKV: basic_paged_kv<T>, or paged_q8_kv, whose policy steps run in fp32 on
+/// the dequantised values (Note [int8 policies]: prepare() is given fp32 copies of the pools, kept by the
+/// calling thread, and the core then runs on its combined float pools).
+template <class Isa, class Policy, class PKV>
+void forward_paged_policy(Policy& p, const tensor_view<const float>& q, const PKV& kv, const tensor_view<float>& o,
+                          const attention_options& opt) {
+  using KV = view_element_t<std::remove_cvref_t<decltype(kv.k)>>;
+  constexpr bool int8 = std::is_same_v<KV, std::int8_t>;
+  constexpr const char* where = "gqa::forward(paged)";
+  check_paged_policy<Policy>(where);
+  check_paged(q, kv, o, opt, where);
+  const auto on = core::target_of<Isa>(opt);  // before the policy's own work
+  check_finite_paged(q, kv, opt, where);
+  if constexpr (policy_with_check<Policy, KV>) p.check(q, values_of(kv.k), values_of(kv.v), o);
+  const std::vector<index_t> lengths = to_indices(kv.lengths);
+  const executor ex = executor_of(opt);
+  auto run = [&](const auto& call) {
+    // One plan for the call, or one per sequence (Note [policies on a paged cache]).
+    const bool per_sample = plans_per_sample(p, q.b);
+    const index_t runs = per_sample ? q.b : 1, per_run = per_sample ? 1 : q.b;
+    for (index_t r = 0; r < runs; ++r) {
+      const index_t ib0 = r * per_run;
+      const tensor_view<const float> qs = per_sample ? sample(q, ib0) : q;
+      const tensor_view<float> os = per_sample ? sample(o, ib0) : o;
+      const head_map map = plan_without_dense_keys(p, qs, values_of(call.k),
+                                                   [&] { return paged_key_norms(call, lengths, ib0, per_run); });
+      check_map(map, q, call.k, where);
+      run_paged(on, q, call, o, lengths, map, opt, ib0, per_run);
+      finish(p, os, map, ex);
+    }
+  };
+  if constexpr (policy_with_prepare<Policy, std::conditional_t<int8, float, KV>>) {
+    const kv_views pools = [&] {
+      if constexpr (int8) {
+        thread_local std::vector<float> kf, vf;  // only in the int8 instantiations
+        return p.prepare(dequantised_copy(kv.k, kf), dequantised_copy(kv.v, vf));
+      } else {
+        return p.prepare(kv.k, kv.v);
+      }
+    }();
+    const paged_kv call{pools.k, pools.v, kv.page_table, kv.max_pages, kv.lengths};
+    check_paged(q, call, o, opt, where);
+    run(call);
+  } else {
+    run(kv);
+  }
+}
+}  // namespace detail
+
 /// A policy's call (gqa::forward) on a paged KV cache; see Note [policies on a paged cache]. Throws
 /// gqa::invalid_argument for a policy that plans from keys without plan_from_norms, and as attend(paged)
 /// does. 16-bit pages as for attend(paged); WGQA's prepare() makes float pools (it computes in fp32).
@@ -220,41 +354,28 @@ void forward(P&& policy, tensor_view<const float> q, const basic_paged_kv<T>& kv
                     (policy_with_prepare<Policy, T> || !policy_with_prepare<Policy>),
                 "gqa::forward: this policy's check()/prepare() takes float K/V only; make it a template over the "
                 "element type to run it on 16-bit K/V");
-  constexpr const char* where = "gqa::forward(paged)";
-  if constexpr (policy_plans_from_keys<std::remove_cv_t<Policy>> && !policy_plans_from_norms<Policy>)
-    detail::fail(where, ": policy = ", std::remove_cv_t<Policy>::name,
-                 ": its plan reads the keys of a dense K and it has no plan_from_norms (a non-const policy's) to "
-                 "plan from a paged cache's key norms");
   Policy& p = policy;
-  detail::check_paged(q, kv, o, opt, where);
-  const auto on = detail::core::target_of<Isa>(opt);  // before the policy's own work
-  detail::check_finite_paged(q, kv, opt, where);
-  if constexpr (policy_with_check<Policy, T>) p.check(q, kv.k, kv.v, o);
-  const std::vector<index_t> lengths = detail::to_indices(kv.lengths);
-  const executor ex = executor_of(opt);
-  auto run = [&](const auto& call) {
-    // One plan for the call, or one per sequence (Note [policies on a paged cache]).
-    const bool per_sample = detail::plans_per_sample(p, q.b);
-    const index_t runs = per_sample ? q.b : 1, per_run = per_sample ? 1 : q.b;
-    for (index_t r = 0; r < runs; ++r) {
-      const index_t ib0 = r * per_run;
-      const tensor_view<const float> qs = per_sample ? detail::sample(q, ib0) : q;
-      const tensor_view<float> os = per_sample ? detail::sample(o, ib0) : o;
-      const head_map map = detail::plan_without_dense_keys(
-          p, qs, call.k, [&] { return detail::paged_key_norms(call, lengths, ib0, per_run); });
-      detail::check_map(map, q, call.k, where);
-      detail::run_paged(on, q, call, o, lengths, map, opt, ib0, per_run);
-      detail::finish(p, os, map, ex);
-    }
-  };
-  if constexpr (policy_with_prepare<Policy, T>) {
-    const kv_views pools = p.prepare(kv.k, kv.v);
-    const paged_kv call{pools.k, pools.v, kv.page_table, kv.max_pages, kv.lengths};
-    detail::check_paged(q, call, o, opt, where);
-    run(call);
-  } else {
-    run(kv);
-  }
+  detail::forward_paged_policy<Isa>(p, q, kv, o, opt);
+}
+
+/// A policy's call (gqa::forward) on a paged int8 cache (gqa::paged_q8_kv): every step in fp32 on the
+/// dequantised values, as forward() on a dense q8_view runs it (Note [int8 policies]), read through the page
+/// table as for float pages (Note [policies on a paged cache]): KDGQA and DGQA plan from the norms of each
+/// sequence's valid keys' fp32 values; WGQA's prepare() is given fp32 copies of the dequantised pools
+/// (kept by the calling thread, as on a dense cache) and the core then runs on its combined float pools;
+/// PGQA's noise works on the fp32 output. Throws as attend(paged_q8_kv) does, and for a policy that plans
+/// from keys without plan_from_norms.
+template <class Isa = isa::dispatch, class P>
+  requires attention_policy<std::remove_reference_t<P>, std::int8_t>
+void forward(P&& policy, tensor_view<const float> q, const paged_q8_kv& kv, tensor_view<float> o,
+             const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using Policy = std::remove_reference_t<P>;
+  static_assert((policy_with_check<Policy, std::int8_t> || !policy_with_check<Policy>),
+                "gqa::forward: this policy's check() takes float K/V only; make it a template over the element "
+                "type to run it on an int8 cache");
+  Policy& p = policy;
+  detail::forward_paged_policy<Isa>(p, q, kv, o, opt);
 }
 
 /// forward(policy, paged) with 16-bit Q/O: not provided (a compile-time error). Use float Q/O with 16-bit

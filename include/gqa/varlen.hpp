@@ -59,13 +59,24 @@ void check_varlen(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
   require_outside_outputs(cu_k.data(), cu_k.size_bytes(), "seqs.cu_seqlens_k", o, opt.lse, where);
 }
 
+/// check_varlen for an int8 K/V cache: the values as check_varlen checks K/V views, the scales as
+/// attend(q8_view) checks them (their shapes, and no output sharing an element with them).
+inline void check_varlen(const tensor_view<const float>& q, const q8_view& k, const q8_view& v,
+                         const tensor_view<float>& o, const varlen& seqs, const attention_options& opt,
+                         const char* where) {
+  check_q8(k, "k", "k.scales", where);
+  check_q8(v, "v", "v.scales", where);
+  check_varlen(q, k.values, v.values, o, seqs, opt, where);
+  check_call(q, k, v, o, opt, where);  // the scales against the outputs
+}
+
 /// The core on a validated ragged call, on target `on` (core::target_of's result), for the sequences whose
-/// offsets are cu_q, cu_k (all of the call's, or a run of them: offsets into the packed views). KV: float,
-/// bf16 or f16; QO: float or KV's 16-bit type.
-template <class On, class KV, class QO>
-void run_varlen(On on, const tensor_view<const QO>& q, const tensor_view<const KV>& k,
-                const tensor_view<const KV>& v, const tensor_view<QO>& o, std::span<const index_t> cu_q,
-                std::span<const index_t> cu_k, const head_map& map, const attention_options& opt) {
+/// offsets are cu_q, cu_k (all of the call's, or a run of them: offsets into the packed views). KVView:
+/// tensor_view<const KV> (KV float, bf16 or f16) or q8_view (int8); QO: float or KV's 16-bit type.
+template <class On, class KVView, class QO>
+void run_varlen(On on, const tensor_view<const QO>& q, const KVView& k, const KVView& v, const tensor_view<QO>& o,
+                std::span<const index_t> cu_q, std::span<const index_t> cu_k, const head_map& map,
+                const attention_options& opt) {
   index_t sq = 0, skv = 0;
   for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
     sq = std::max(sq, cu_q[i + 1] - cu_q[i]);
@@ -74,20 +85,34 @@ void run_varlen(On on, const tensor_view<const QO>& q, const tensor_view<const K
   core::forward_ragged_on(on, q, k, v, o, cu_q, cu_k, sq, skv, map, opt);
 }
 
-/// attend(varlen) for K/V of element type KV, Q/O of QO.
-template <class Isa, class KV, class QO>
-void attend_varlen(const tensor_view<const QO>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-                   const tensor_view<QO>& o, const head_map& map, const varlen& seqs,
-                   const attention_options& opt) {
+/// attend(varlen) for K/V given as KVView (tensor_view<const KV>, KV float, bf16 or f16, or q8_view), Q/O
+/// of QO.
+template <class Isa, class KVView, class QO>
+void attend_varlen(const tensor_view<const QO>& q, const KVView& k, const KVView& v, const tensor_view<QO>& o,
+                   const head_map& map, const varlen& seqs, const attention_options& opt) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::attend<Isa>: this translation unit is not compiled with flags for Isa");
   constexpr const char* where = "gqa::attend(varlen)";
   check_varlen(q, k, v, o, seqs, opt, where);
   check_map(map, q, k, where);
   const auto on = core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
-  check_finite(q, k, v, opt, where);          // every key belongs to a sequence: all of k and v are read
+  check_finite(q, k, v, opt, where);  // every key belongs to a sequence: all of k and v (int8: their scales) are read
   const std::vector<index_t> cu_q = to_indices(seqs.cu_seqlens_q), cu_k = to_indices(seqs.cu_seqlens_k);
   run_varlen(on, q, k, v, o, cu_q, cu_k, map, opt);
 }
+
+/// The fp32 values of the keys of the sequences with offsets cu_k of a packed int8 K (q8_row: scale ·
+/// value), as the key-norm walk's row source.
+struct ragged_q8_key_rows {
+  const q8_view& k;
+  std::span<const index_t> cu_k;
+  index_t length(index_t ib) const noexcept {
+    return cu_k[static_cast<std::size_t>(ib) + 1] - cu_k[static_cast<std::size_t>(ib)];
+  }
+  q8_row operator()(index_t ib, index_t j, index_t g) const noexcept {
+    const index_t s = cu_k[static_cast<std::size_t>(ib)] + j;
+    return {k.values.row(0, s, g), *k.scales.row(0, s, g)};
+  }
+};
 
 /// The keys of the sequences with offsets cu_k (into the packed k), as the key-norm walk's row source
 /// (detail::key_norms_walk).
@@ -108,6 +133,22 @@ inline std::vector<double> ragged_key_norms(const tensor_view<const float>& k, s
   return key_norms_walk(static_cast<index_t>(cu_k.size()) - 1, k.h, k.d, k.stride_d, ragged_key_rows{k, cu_k});
 }
 
+/// What forward(varlen) needs of a policy, checked before any work: a plan from keys through
+/// plan_from_norms, a finish step through finish_ragged (Note [policies on a ragged batch]).
+template <class Policy>
+void check_ragged_policy(const char* where) {
+  using Plain = std::remove_cv_t<Policy>;
+  if constexpr (policy_plans_from_keys<Plain> && !policy_plans_from_norms<Policy>)
+    fail(where, ": policy = ", Plain::name,
+         ": its plan reads the keys of a dense K and it has no plan_from_norms (a non-const policy's) to "
+         "plan from a ragged batch's key norms");
+  constexpr bool finishes = policy_with_finish<Plain> || policy_with_finish_executor<Plain>;
+  if constexpr (finishes && !policy_with_ragged_finish<Policy>)
+    fail(where, ": policy = ", Plain::name,
+         ": its finish step works per (sample, head) over a (b, sq, hq, dv) output and it has no "
+         "finish_ragged (a non-const policy's) for a ragged batch; pad the sequences into a dense batch");
+}
+
 }  // namespace detail
 
 /// gqa::attend over a ragged batch: for each sequence i, its query rows attend to its keys only,
@@ -122,13 +163,22 @@ void attend(tensor_view<const float> q, tensor_view<const float> k, tensor_view<
             const head_map& map, const varlen& seqs, const attention_options& opt = {}) {
   detail::attend_varlen<Isa>(q, k, v, o, map, seqs, opt);
 }
+/// attend(varlen) with an int8 K/V cache (gqa::q8_view of the packed rows: values (1, total_k, hkv, d),
+/// scales (1, total_k, hkv, 1)), Q and O float: as attend() on a dense q8_view computes it, each sequence
+/// over its own keys (the decode products in integers where options.int8_products allows it). The same
+/// checks and errors as attend(varlen), the scales named k.scales, v.scales.
+template <class Isa = isa::dispatch>
+void attend(tensor_view<const float> q, const q8_view& k, const q8_view& v, tensor_view<float> o, const head_map& map,
+            const varlen& seqs, const attention_options& opt = {}) {
+  detail::attend_varlen<Isa>(q, k, v, o, map, seqs, opt);
+}
 /// attend(varlen) with K and V stored in 16 bits (both bf16 or both f16), as attend() takes them.
 template <class Isa = isa::dispatch, class K, class V>
   requires detail::half_kv<K, V>
 void attend(tensor_view<const float> q, tensor_view<K> k, tensor_view<V> v, tensor_view<float> o, const head_map& map,
             const varlen& seqs, const attention_options& opt = {}) {
   using T = std::remove_const_t<K>;
-  detail::attend_varlen<Isa, T>(q, tensor_view<const T>(k), tensor_view<const T>(v), o, map, seqs, opt);
+  detail::attend_varlen<Isa>(q, tensor_view<const T>(k), tensor_view<const T>(v), o, map, seqs, opt);
 }
 /// attend(varlen) with Q, K, V and O all in one 16-bit type (bf16 or f16): as attend() with 16-bit Q/O,
 /// the fp32 result on the widened values rounded once per output element (Note [16-bit Q/O]).
@@ -152,6 +202,61 @@ void attend(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O>
 // sequence's rows, Note [PGQA on a ragged batch]). Rejected: a plan that reads a dense K without
 // plan_from_norms, and a finish step without finish_ragged.
 
+namespace detail {
+/// ragged_key_norms of a packed int8 K: the norms of its fp32 values (q8_row: scale · value).
+inline std::vector<double> ragged_key_norms(const q8_view& k, std::span<const index_t> cu_k) {
+  return key_norms_walk(static_cast<index_t>(cu_k.size()) - 1, k.values.h, k.values.d, k.values.stride_d,
+                        ragged_q8_key_rows{k, cu_k});
+}
+
+/// forward(varlen) for K/V given as KVView: tensor_view<const float>, or q8_view, whose policy steps run
+/// in fp32 on the dequantised values (Note [int8 policies]: prepare() is given fp32 copies of the packed K
+/// and V, kept by the calling thread, and the core then runs on its float result).
+template <class Isa, class Policy, class KVView>
+void forward_varlen(Policy& p, const tensor_view<const float>& q, const KVView& k, const KVView& v,
+                    const tensor_view<float>& o, const varlen& seqs, const attention_options& opt) {
+  using KV = view_element_t<KVView>;
+  constexpr const char* where = "gqa::forward(varlen)";
+  check_ragged_policy<Policy>(where);
+  check_varlen(q, k, v, o, seqs, opt, where);  // everything before the policy's own work
+  const auto on = core::target_of<Isa>(opt);
+  check_finite(q, k, v, opt, where);
+  const std::vector<index_t> cu_q = to_indices(seqs.cu_seqlens_q), cu_k = to_indices(seqs.cu_seqlens_k);
+  if constexpr (policy_with_check<Policy, KV>) p.check(q, values_of(k), values_of(v), o);
+  if constexpr (policy_with_ragged_finish<Policy>) p.check_ragged(o, cu_q);
+  const executor ex = executor_of(opt);
+  // One plan for the batch, or one per sequence (Note [policies on a ragged batch]).
+  const auto b = static_cast<index_t>(cu_q.size()) - 1;
+  const bool per_sample = plans_per_sample(p, b);
+  const index_t runs = per_sample ? b : 1, per_run = per_sample ? 1 : b;
+  const auto run_on = [&](const auto& kk, const auto& vv) {
+    for (index_t r = 0; r < runs; ++r) {
+      const auto first = static_cast<std::size_t>(r * per_run), n = static_cast<std::size_t>(per_run) + 1;
+      const std::span<const index_t> rq = std::span<const index_t>(cu_q).subspan(first, n);
+      const std::span<const index_t> rk = std::span<const index_t>(cu_k).subspan(first, n);
+      const head_map map = plan_without_dense_keys(p, q, values_of(kk), [&] { return ragged_key_norms(kk, rk); });
+      check_map(map, q, kk, where);
+      run_varlen(on, q, kk, vv, o, rq, rk, map, opt);
+      if constexpr (policy_with_ragged_finish<Policy>) p.finish_ragged(o, rq, map, ex);
+    }
+  };
+  if constexpr (policy_with_prepare<Policy, float>) {
+    const kv_views kv = [&] {
+      if constexpr (std::is_same_v<KV, std::int8_t>) {
+        thread_local std::vector<float> kf, vf;  // only in the int8 instantiations
+        return p.prepare(dequantised_copy(k, kf), dequantised_copy(v, vf));
+      } else {
+        return p.prepare(k, v);
+      }
+    }();
+    check_varlen(q, kv.k, kv.v, o, seqs, opt, where);
+    run_on(kv.k, kv.v);
+  } else {
+    run_on(k, v);
+  }
+}
+}  // namespace detail
+
 /// A policy's call (gqa::forward) on a ragged batch; see Note [policies on a ragged batch]. Throws
 /// gqa::invalid_argument as attend(varlen) does, for what the policy's check and check_ragged reject, and
 /// for a policy that plans from keys without plan_from_norms or finishes without finish_ragged.
@@ -160,44 +265,27 @@ template <class Isa = isa::dispatch, class P>
 void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
              tensor_view<float> o, const varlen& seqs, const attention_options& opt = {}) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  std::remove_reference_t<P>& p = policy;
+  detail::forward_varlen<Isa>(p, q, k, v, o, seqs, opt);
+}
+
+/// A policy's call (gqa::forward) on a ragged batch with an int8 K/V cache (q8_views of the packed rows):
+/// every step in fp32 on the dequantised values, as forward() on a dense q8_view runs it (Note [int8
+/// policies]), per sequence as on a float ragged batch (Note [policies on a ragged batch]): KDGQA and DGQA
+/// plan from the norms of the sequences' fp32 key values, WGQA's prepare() is given fp32 copies of the
+/// dequantised packed K and V (kept by the calling thread) and the core runs on its float result, PGQA
+/// perturbs per (sequence, head). Throws as attend(varlen) with a q8_view does, and as forward(varlen).
+template <class Isa = isa::dispatch, class P>
+  requires attention_policy<std::remove_reference_t<P>, std::int8_t>
+void forward(P&& policy, tensor_view<const float> q, const q8_view& k, const q8_view& v, tensor_view<float> o,
+             const varlen& seqs, const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
-  using Plain = std::remove_cv_t<Policy>;
-  constexpr const char* where = "gqa::forward(varlen)";
-  if constexpr (policy_plans_from_keys<Plain> && !policy_plans_from_norms<Policy>)
-    detail::fail(where, ": policy = ", Plain::name,
-                 ": its plan reads the keys of a dense K and it has no plan_from_norms (a non-const policy's) to "
-                 "plan from a ragged batch's key norms");
-  constexpr bool finishes = policy_with_finish<Plain> || policy_with_finish_executor<Plain>;
-  if constexpr (finishes && !policy_with_ragged_finish<Policy>)
-    detail::fail(where, ": policy = ", Plain::name,
-                 ": its finish step works per (sample, head) over a (b, sq, hq, dv) output and it has no "
-                 "finish_ragged (a non-const policy's) for a ragged batch; pad the sequences into a dense batch");
+  static_assert((policy_with_check<Policy, std::int8_t> || !policy_with_check<Policy>),
+                "gqa::forward: this policy's check() takes float K/V only; make it a template over the element "
+                "type to run it on an int8 cache");
   Policy& p = policy;
-  detail::check_varlen(q, k, v, o, seqs, opt, where);  // everything before the policy's own work
-  const auto on = detail::core::target_of<Isa>(opt);
-  detail::check_finite(q, k, v, opt, where);
-  const std::vector<index_t> cu_q = detail::to_indices(seqs.cu_seqlens_q), cu_k = detail::to_indices(seqs.cu_seqlens_k);
-  if constexpr (policy_with_check<Policy>) p.check(q, k, v, o);
-  if constexpr (policy_with_ragged_finish<Policy>) p.check_ragged(o, cu_q);
-  kv_views kv{k, v};
-  if constexpr (policy_with_prepare<Policy>) {
-    kv = p.prepare(k, v);
-    detail::check_varlen(q, kv.k, kv.v, o, seqs, opt, where);
-  }
-  const executor ex = executor_of(opt);
-  // One plan for the batch, or one per sequence (Note [policies on a ragged batch]).
-  const auto b = static_cast<index_t>(cu_q.size()) - 1;
-  const bool per_sample = detail::plans_per_sample(p, b);
-  const index_t runs = per_sample ? b : 1, per_run = per_sample ? 1 : b;
-  for (index_t r = 0; r < runs; ++r) {
-    const auto first = static_cast<std::size_t>(r * per_run), n = static_cast<std::size_t>(per_run) + 1;
-    const std::span<const index_t> rq = std::span<const index_t>(cu_q).subspan(first, n);
-    const std::span<const index_t> rk = std::span<const index_t>(cu_k).subspan(first, n);
-    const head_map map = detail::plan_without_dense_keys(p, q, kv.k, [&] { return detail::ragged_key_norms(kv.k, rk); });
-    detail::check_map(map, q, kv.k, where);
-    detail::run_varlen(on, q, kv.k, kv.v, o, rq, rk, map, opt);
-    if constexpr (policy_with_ragged_finish<Policy>) p.finish_ragged(o, rq, map, ex);
-  }
+  detail::forward_varlen<Isa>(p, q, k, v, o, seqs, opt);
 }
 
 /// forward(policy, ..., varlen) with 16-bit Q/O: not provided (a compile-time error). Use float Q/O with

@@ -8,7 +8,9 @@
 // paged, ragged, NaN/inf in Q, checks; mixed types do not compile), with options.bf16_products = false; and
 // bf16 Q/K/V with the bf16 products (AMX tiles on AVX-512 where the CPU has them, Note [bf16 tiles]): every
 // mask and shape against the reference within Note [bf16 products tolerance], NaN/inf as the fp32
-// products, paged and ragged bit for bit the dense call, every variant, 1 and 2 threads bit for bit.
+// products, paged and ragged bit for bit the dense call, every variant, 1 and 2 threads bit for bit. int8
+// caches as pages (gqa::paged_q8_kv) and as ragged batches: the dense int8 call's bits (with the int8
+// products on pages under 64 slots, its tolerance), their checks and NaN scales.
 // Compiled once per ISA: every helper stays in `namespace {}`.
 #pragma once
 
@@ -22,11 +24,13 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <gqa/gqa.hpp>
 #include <gqa/reference/attention.hpp>
 
+#include "support/expect.hpp"
 #include "support/isa_suite.hpp"
 #include "support/tolerance.hpp"
 
@@ -1717,6 +1721,495 @@ TYPED_TEST_P(lowp_suite, int8_pv_matches_rounded_weights) {
   }
 }
 
+// --- int8 pages and ragged int8 batches (gqa::paged_q8_kv; gqa::attend(varlen) on q8_views) ---
+
+/// An int8 cache of `lengths.size()` sequences held three ways over the same quantised rows: dense (b, cap,
+/// hkv, d), cap the longest length (the key count a paged call's tasks and split-KV chunks follow), read with
+/// options.kv_lengths = lengths (k, v: their dequantised floats are the reference's K/V); a pool of pages
+/// of ps slots, each sequence's pages at shuffled places (paged()); and the rows packed back to back
+/// (ragged_k(), ragged_v(), offsets cu_k). The pool also has `spare` pages no sequence uses. Every slot no
+/// sequence reads (the spare pages, the slots past a length on a sequence's last page) holds values of 127
+/// with a NaN scale, and the table's unused entries are -1, so a call that read one of them would show it
+/// (a NaN output, a rejected page id).
+struct int8_pages {
+  index_t b, hkv, d, ps, max_pages, cap, np = 0;
+  std::vector<index_t> lengths;
+  q8_kv k, v;
+  std::vector<std::int8_t> pk, pv;
+  std::vector<float> pks, pvs;
+  std::vector<std::int32_t> table;
+  std::vector<std::int8_t> rk, rv;
+  std::vector<float> rks, rvs;
+  std::vector<index_t> cu_k{0};
+
+  int8_pages(std::vector<index_t> lens, index_t hkv_, index_t d_, index_t ps_, std::uint64_t seed, index_t spare = 3)
+      : b(static_cast<index_t>(lens.size())), hkv(hkv_), d(d_), ps(ps_), max_pages(0), cap(1), lengths(std::move(lens)) {
+    for (const index_t n : lengths) {
+      max_pages = std::max(max_pages, (n + ps - 1) / ps);
+      cap = std::max(cap, n);
+    }
+    max_pages = std::max<index_t>(max_pages, 1);
+    const lowp_case c = dense_case();
+    const auto n = static_cast<std::size_t>(b * cap * hkv * d);
+    k = quantised(c, gqa::test::random_floats(n, seed, c.lo, c.hi), d);
+    v = quantised(c, gqa::test::random_floats(n, seed + 1, c.lo, c.hi), d);
+    index_t used = 0;
+    for (const index_t len : lengths) used += (len + ps - 1) / ps;
+    np = used + spare;
+    // The pages in an order given by the seed: sequences take the first `used`, in turn.
+    std::vector<std::int32_t> order(static_cast<std::size_t>(np));
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::int32_t>(i);
+    std::sort(order.begin(), order.end(), [&](std::int32_t x, std::int32_t y) {
+      return gqa::random::hash(seed, {0x9a9e, static_cast<std::uint64_t>(x)}) <
+             gqa::random::hash(seed, {0x9a9e, static_cast<std::uint64_t>(y)});
+    });
+    const auto slots = static_cast<std::size_t>(np * ps * hkv);
+    pk.assign(slots * static_cast<std::size_t>(d), 127);
+    pv = pk;
+    pks.assign(slots, k_nan);
+    pvs = pks;
+    table.assign(static_cast<std::size_t>(b * max_pages), -1);
+    std::size_t next = 0;
+    for (index_t ib = 0; ib < b; ++ib) {
+      const index_t len = lengths[static_cast<std::size_t>(ib)];
+      for (index_t i = 0; i < (len + ps - 1) / ps; ++i) table[static_cast<std::size_t>(ib * max_pages + i)] = order[next++];
+      for (index_t j = 0; j < len; ++j) {
+        const index_t page = table[static_cast<std::size_t>(ib * max_pages + j / ps)];
+        for (index_t g = 0; g < hkv; ++g) {
+          const auto src = static_cast<std::size_t>((ib * cap + j) * hkv + g);
+          const auto dst = static_cast<std::size_t>((page * ps + j % ps) * hkv + g);
+          const auto dd = static_cast<std::size_t>(d);
+          const std::int8_t* krow = k.values.data() + src * dd;
+          const std::int8_t* vrow = v.values.data() + src * dd;
+          std::copy_n(krow, d, pk.data() + dst * dd);
+          std::copy_n(vrow, d, pv.data() + dst * dd);
+          pks[dst] = k.scales[src];
+          pvs[dst] = v.scales[src];
+          rk.insert(rk.end(), krow, krow + d);
+          rv.insert(rv.end(), vrow, vrow + d);
+          rks.push_back(k.scales[src]);
+          rvs.push_back(v.scales[src]);
+        }
+      }
+      cu_k.push_back(cu_k.back() + len);
+    }
+  }
+  /// The dense cache's case (its b, cap, hkv, d; kv_lengths; the caller sets sq, hq, causal).
+  lowp_case dense_case() const {
+    lowp_case c;
+    c.b = b, c.skv = cap, c.hkv = hkv, c.d = c.dv = d;
+    c.kv_lengths = lengths;
+    return c;
+  }
+  gqa::paged_q8_kv paged() const {
+    return {{gqa::page_pool<const std::int8_t>(pk.data(), np, ps, hkv, d), gqa::page_pool<const float>(pks.data(), np, ps, hkv, 1)},
+            {gqa::page_pool<const std::int8_t>(pv.data(), np, ps, hkv, d), gqa::page_pool<const float>(pvs.data(), np, ps, hkv, 1)},
+            table, max_pages, lengths};
+  }
+  index_t total_k() const { return cu_k.back(); }
+  gqa::q8_view ragged_k() const {
+    return {gqa::thd<const std::int8_t>(rk.data(), total_k(), hkv, d), gqa::thd<const float>(rks.data(), total_k(), hkv, 1)};
+  }
+  gqa::q8_view ragged_v() const {
+    return {gqa::thd<const std::int8_t>(rv.data(), total_k(), hkv, d), gqa::thd<const float>(rvs.data(), total_k(), hkv, 1)};
+  }
+};
+
+/// The outputs and LSEs of one query batch on an int8_pages cache: the dense call, the paged call and the
+/// ragged call (its LSE, laid out [hq][total_q], put back in the dense [b][hq][sq] order).
+struct int8_three_runs {
+  std::vector<float> o, lse, op, lsep, orag, lserag;
+};
+template <class Isa>
+int8_three_runs run_int8_three(const int8_pages& kv, const std::vector<float>& qd, index_t sq, const gqa::head_map& map,
+                               bool causal, bool products, int threads) {
+  const index_t b = kv.b, hq = map.hq(), d = kv.d;
+  const auto no = static_cast<std::size_t>(b * sq * hq * d), nl = static_cast<std::size_t>(b * hq * sq);
+  int8_three_runs r{std::vector<float>(no, k_nan), std::vector<float>(nl, k_nan), std::vector<float>(no, k_nan),
+                    std::vector<float>(nl, k_nan), std::vector<float>(no, k_nan), std::vector<float>(nl, k_nan)};
+  gqa::attention_options opt;
+  opt.causal = causal;
+  opt.int8_products = products;
+  opt.num_threads = threads;
+  opt.kv_lengths = kv.lengths;
+  opt.lse = r.lse;
+  const auto q = gqa::bshd<const float>(qd.data(), b, sq, hq, d);
+  gqa::attend<Isa>(q, kv.k.view, kv.v.view, gqa::bshd(r.o.data(), b, sq, hq, d), map, opt);
+  opt.kv_lengths = {};
+  opt.lse = r.lsep;
+  gqa::attend<Isa>(q, kv.paged(), gqa::bshd(r.op.data(), b, sq, hq, d), map, opt);
+  std::vector<float> lse_thd(nl, k_nan);
+  opt.lse = lse_thd;
+  std::vector<index_t> cu_q;
+  for (index_t ib = 0; ib <= b; ++ib) cu_q.push_back(ib * sq);
+  gqa::attend<Isa>(gqa::thd<const float>(qd.data(), b * sq, hq, d), kv.ragged_k(), kv.ragged_v(),
+                   gqa::thd(r.orag.data(), b * sq, hq, d), map, gqa::varlen{cu_q, kv.cu_k}, opt);
+  for (index_t ib = 0; ib < b; ++ib)
+    for (index_t h = 0; h < hq; ++h)
+      for (index_t i = 0; i < sq; ++i)
+        r.lserag[static_cast<std::size_t>((ib * hq + h) * sq + i)] = lse_thd[static_cast<std::size_t>(h * b * sq + ib * sq + i)];
+  return r;
+}
+
+/// One query batch (sq positions, heads of `map`) on an int8_pages cache, with options.int8_products off
+/// and on, on 1 and 2 threads. Products off: the paged and the ragged call give the dense int8 call's
+/// output and LSE bit for bit (the same rows, the same products: Note [int8 K/V]). Products on: the ragged
+/// call is still the dense call bit for bit (its blocks are the dense call's: one row stride, integer P·V),
+/// and so is the paged call's LSE (the same integer Q·Kᵀ and softmax). The paged output is the dense call's
+/// bit for bit where the products do not run (int8_products_run: prefill tasks, a CPU without VNNI) and
+/// with pages of a multiple of 64 slots (each 64-key chunk of P·V lies in one page, so it is rounded as on
+/// the dense cache); with smaller pages a chunk across pages takes other products (Note [int8 decode P·V]),
+/// so the output is held to the double reference on the quantised Q and the dequantised K/V within Note
+/// [int8 products tolerance] plus Note [int8 P·V tolerance]'s bound, and must differ from the paged call
+/// without the products (they ran). On 2 threads every output and LSE is the 1-thread one, bit for bit.
+template <class Isa>
+void check_int8_paged_and_ragged(const int8_pages& kv, index_t sq, const gqa::head_map& map, bool causal,
+                                 std::uint64_t seed) {
+  const index_t b = kv.b, hq = map.hq(), d = kv.d;
+  std::ostringstream os;
+  os << "int8 pages of " << kv.ps << ", lengths";
+  for (const index_t n : kv.lengths) os << " " << n;
+  os << ", sq " << sq << ", hkv " << kv.hkv << ", d " << d << (causal ? ", causal" : "") << ", allocation";
+  for (const int a : map.allocation()) os << " " << a;
+  SCOPED_TRACE(os.str());
+  const auto qd = gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), seed);
+  const bool run = int8_products_run<Isa>(map, sq);
+  std::vector<int8_three_runs> one_thread;  // products off, on
+  for (const int threads : {1, 2}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    std::vector<float> paged_off;
+    for (const bool products : {false, true}) {
+      SCOPED_TRACE(products ? "int8 products on" : "int8 products off");
+      const int8_three_runs r = run_int8_three<Isa>(kv, qd, sq, map, causal, products, threads);
+      EXPECT_EQ(first_difference(r.orag, r.o), -1) << "ragged output differs from the dense int8 call";
+      EXPECT_EQ(first_difference(r.lserag, r.lse), -1) << "ragged LSE differs from the dense int8 call";
+      EXPECT_EQ(first_difference(r.lsep, r.lse), -1) << "paged LSE differs from the dense int8 call";
+      if (!products) {
+        paged_off = r.op;
+      }
+      constexpr index_t pv_chunk = 64;  // Note [int8 decode P·V]: i8_decode's pv_chunk
+      if (!products || !run || kv.ps % pv_chunk == 0) {
+        EXPECT_EQ(first_difference(r.op, r.o), -1) << "paged output differs from the dense int8 call";
+      } else {
+        lowp_case c = kv.dense_case();
+        c.sq = sq, c.hq = hq, c.causal = causal;
+        const auto qq = quantised_q(qd, b, sq, hq, d);
+        expect_near_reference(c, gqa::bshd<const float>(qq.data(), b, sq, hq, d), map, kv.k.deq, kv.v.deq, r.op, r.lsep,
+                              /*int8_pv=*/true);
+        EXPECT_NE(first_difference(r.op, paged_off), -1) << "the paged call did not take the int8 products";
+      }
+      if (threads == 1) {
+        one_thread.push_back(r);
+      } else {
+        const int8_three_runs& r1 = one_thread[products ? 1 : 0];
+        EXPECT_EQ(first_difference(r.o, r1.o), -1) << "dense output, 2 threads against 1";
+        EXPECT_EQ(first_difference(r.op, r1.op), -1) << "paged output, 2 threads against 1";
+        EXPECT_EQ(first_difference(r.lsep, r1.lsep), -1) << "paged LSE, 2 threads against 1";
+        EXPECT_EQ(first_difference(r.orag, r1.orag), -1) << "ragged output, 2 threads against 1";
+      }
+    }
+  }
+}
+
+// Shuffled pages of 16 slots (and of 64), sequences of unequal lengths: 150 and 67 keys (not a multiple of
+// the page size), 1 key, no key, 48 or 64 (whole pages); decode (sq 1), a few positions (sq 3: still decode
+// tasks) and prefill (sq 37: tiled), causal and not (with causal, a sequence shorter than sq leaves its
+// first rows without keys: zeros, LSE −inf, in every call), d 40 (not a multiple of 16) and 128, a uniform
+// GQA map and an unequal one with a KV head that serves no query head; and a split-KV decode (a sequence
+// of 2100 keys: 3 chunks) on pages of 16 and 64. See check_int8_paged_and_ragged for what each asserts.
+TYPED_TEST_P(lowp_suite, paged_and_ragged_int8) {
+  std::uint64_t seed = 3100;
+  const std::vector<int> unequal{5, 0, 3};
+  for (const index_t d : {index_t{40}, index_t{128}})
+    for (const bool uniform : {true, false}) {
+      const gqa::head_map map = uniform ? gqa::head_map::uniform(8, 2) : gqa::head_map::from_allocation(unequal);
+      const int8_pages kv({150, 67, 1, 0, 48}, map.hkv(), d, 16, seed++);
+      for (const index_t sq : {index_t{1}, index_t{3}, index_t{37}})
+        for (const bool causal : {false, true}) check_int8_paged_and_ragged<TypeParam>(kv, sq, map, causal, seed++);
+    }
+  {
+    const gqa::head_map map = gqa::head_map::uniform(8, 2);
+    const int8_pages kv({150, 1, 0, 64, 67}, 2, 40, 64, seed++);
+    for (const index_t sq : {index_t{1}, index_t{3}, index_t{37}})
+      for (const bool causal : {false, true}) check_int8_paged_and_ragged<TypeParam>(kv, sq, map, causal, seed++);
+  }
+  for (const index_t ps : {index_t{16}, index_t{64}}) {
+    const gqa::head_map map = gqa::head_map::uniform(8, 2);
+    const int8_pages kv({2100, 37}, 2, 128, ps, seed++);
+    for (const bool causal : {false, true}) check_int8_paged_and_ragged<TypeParam>(kv, 1, map, causal, seed++);
+  }
+}
+
+/// NaN scales in an int8 page pool and in the same ragged batch (what quantize_q8 writes for a row holding
+/// NaN or inf): one K row of sequence 0 (KV head 0, a key the causal horizon hides from the first rows when
+/// sq > 1) and one V row of sequence 1 (KV head 1, likewise), besides the NaN scales int8_pages leaves in
+/// every slot no sequence reads (and one in the dense cache past sequence 1's length). Every call, the
+/// int8 products off and on: NaN exactly in the outputs of the rows that see the NaN row (every column:
+/// a NaN score, or a NaN weight's product), finite elsewhere, the dense int8 call's NaN positions; the LSE
+/// the dense call's bit for bit (NaN where a row's scores are); with the products off, and on where they do
+/// not run, the paged output the dense one bit for bit; the ragged output always.
+template <class Isa>
+void check_nonfinite_paged_q8(index_t sq) {
+  SCOPED_TRACE("int8 pages, NaN scales, sq = " + std::to_string(sq));
+  const index_t hq = 4, hkv = 2, d = 19;
+  int8_pages kv({80, 60}, hkv, d, 16, 3300 + static_cast<std::uint64_t>(sq));
+  const index_t nan_k = 80 - sq + sq / 2, nan_v = 45;  // sequence 0's K row, sequence 1's V row
+  const auto poison = [&](std::vector<float>& dense, std::vector<float>& pool, std::vector<float>& packed, index_t ib,
+                          index_t j, index_t g) {
+    const auto page = static_cast<index_t>(kv.table[static_cast<std::size_t>(ib * kv.max_pages + j / kv.ps)]);
+    dense[static_cast<std::size_t>((ib * kv.cap + j) * hkv + g)] = k_nan;
+    pool[static_cast<std::size_t>((page * kv.ps + j % kv.ps) * hkv + g)] = k_nan;
+    packed[static_cast<std::size_t>((kv.cu_k[static_cast<std::size_t>(ib)] + j) * hkv + g)] = k_nan;
+  };
+  poison(kv.k.scales, kv.pks, kv.rks, 0, nan_k, 0);
+  poison(kv.v.scales, kv.pvs, kv.rvs, 1, nan_v, 1);
+  kv.k.scales[static_cast<std::size_t>((1 * kv.cap + 70) * hkv + 0)] = k_nan;  // past sequence 1's length
+  const gqa::head_map map = gqa::head_map::uniform(hq, hkv);
+  const auto qd = gqa::test::random_floats(static_cast<std::size_t>(kv.b * sq * hq * d), 3310);
+  const bool run = int8_products_run<Isa>(map, sq);
+  for (const bool products : {false, true}) {
+    SCOPED_TRACE(products ? "int8 products on" : "int8 products off");
+    const int8_three_runs r = run_int8_three<Isa>(kv, qd, sq, map, /*causal=*/true, products, 1);
+    EXPECT_EQ(first_difference(r.orag, r.o), -1) << "ragged output differs from the dense int8 call";
+    EXPECT_EQ(first_difference(r.lserag, r.lse), -1) << "ragged LSE differs from the dense int8 call";
+    EXPECT_EQ(first_difference(r.lsep, r.lse), -1) << "paged LSE differs from the dense int8 call";
+    if (!products || !run) {
+      EXPECT_EQ(first_difference(r.op, r.o), -1) << "paged output differs from the dense int8 call";
+    }
+    long nans = 0;
+    for (index_t ib = 0; ib < kv.b; ++ib)
+      for (index_t i = 0; i < sq; ++i)
+        for (index_t h = 0; h < hq; ++h)
+          for (index_t col = 0; col < d; ++col) {
+            const auto idx = static_cast<std::size_t>(((ib * sq + i) * hq + h) * d + col);
+            const index_t p = i + (kv.lengths[static_cast<std::size_t>(ib)] - sq);  // the row's last visible key
+            const bool nan_row = (ib == 0 && map.kv_of(h) == 0 && p >= nan_k) || (ib == 1 && map.kv_of(h) == 1 && p >= nan_v);
+            nans += nan_row ? 1 : 0;
+            EXPECT_EQ(std::isnan(r.op[idx]), nan_row) << "paged: b " << ib << " row " << i << " head " << h << " col " << col;
+            EXPECT_EQ(std::isnan(r.op[idx]), std::isnan(r.o[idx])) << "paged against dense: output " << idx;
+            if (!nan_row) {
+              EXPECT_TRUE(std::isfinite(r.op[idx])) << "paged: output " << idx;
+              EXPECT_TRUE(std::isfinite(r.o[idx])) << "dense: output " << idx;
+            }
+          }
+    EXPECT_GT(nans, 0);
+  }
+}
+
+TYPED_TEST_P(lowp_suite, nonfinite_int8_pages_as_dense) {
+  for (const index_t sq : {index_t{1}, index_t{3}, index_t{37}}) check_nonfinite_paged_q8<TypeParam>(sq);  // decode, decode, tiled
+}
+
+/// The checks of the int8 paged and ragged calls name the argument: a scale pool of the wrong shape
+/// (kv.k.scales, kv.v.scales; ragged: k.scales, v.scales), a page id a sequence reads outside the pools (an
+/// out-of-range id in an entry no sequence reads is fine), an output or options.lse sharing an element
+/// with the scales (beside them is fine), and options.check_finite a NaN scale of a row read, with its page,
+/// slot, sequence and key (a NaN scale in a slot no sequence reads is fine: it is never read).
+TYPED_TEST_P(lowp_suite, checks_with_int8_paged_and_ragged) {
+  const index_t b = 2, sq = 1, hq = 2, hkv = 2, d = 8, ps = 4, np = 4, mp = 2;
+  // Sequence 0: keys 0-3 on page 2, key 4 on page 0 (slot 0); sequence 1: keys 0-2 on page 3. Unread: page 0
+  // slots 1-3, page 3 slot 3, page 1 (no sequence's), and the table's last entry.
+  std::vector<std::int8_t> vals(static_cast<std::size_t>(np * ps * hkv * d), 3);
+  std::vector<float> ks(static_cast<std::size_t>(np * ps * hkv), 0.25f), vs = ks;
+  const std::vector<std::int32_t> good_table{2, 0, 3, 99};
+  const std::vector<int> lengths{5, 3};
+  std::vector<float> q(static_cast<std::size_t>(b * sq * hq * d), 0.5f), o(q.size(), k_nan);
+  const auto qv = gqa::bshd<const float>(q.data(), b, sq, hq, d);
+  const auto ov = gqa::bshd(o.data(), b, sq, hq, d);
+  const auto map = gqa::head_map::uniform(hq, hkv);
+  const auto values = gqa::page_pool<const std::int8_t>(vals.data(), np, ps, hkv, d);
+  const auto pool = [&](const float* s, index_t n, index_t p, index_t h, index_t e) { return gqa::page_pool<const float>(s, n, p, h, e); };
+  const auto good_ks = pool(ks.data(), np, ps, hkv, 1), good_vs = pool(vs.data(), np, ps, hkv, 1);
+  const auto cache = [&](gqa::tensor_view<const float> k_scales, gqa::tensor_view<const float> v_scales,
+                         const std::vector<std::int32_t>& table) {
+    return gqa::paged_q8_kv{{values, k_scales}, {values, v_scales}, table, mp, lengths};
+  };
+  const auto expect_error = [](auto&& call, const std::string& part) { gqa::test::expect_invalid(call, part); };
+  const auto paged = [&](const gqa::paged_q8_kv& kv, gqa::tensor_view<float> out, const gqa::attention_options& opt) {
+    return [&, kv, out] { gqa::attend<TypeParam>(qv, kv, out, map, opt); };
+  };
+  const auto all_equal = [](const float* x, std::size_t n, float want) {
+    for (std::size_t i = 0; i < n; ++i)
+      if (x[i] != want) return false;
+    return true;
+  };
+  gqa::attention_options opt;
+  // Every value 3 · 0.25 = 0.75: so is every output. The table's last entry (99) is read by no sequence.
+  EXPECT_NO_THROW(gqa::attend<TypeParam>(qv, cache(good_ks, good_vs, good_table), ov, map, opt));
+  EXPECT_TRUE(all_equal(o.data(), o.size(), 0.75f));
+  // Scale pools of the wrong shape.
+  expect_error(paged(cache(pool(ks.data(), np, ps - 1, hkv, 1), good_vs, good_table), ov, opt),
+               "gqa::attend(paged): kv.k.scales.s = 3: must equal kv.k.values.s = 4");
+  expect_error(paged(cache(pool(ks.data(), np, ps, 1, 1), good_vs, good_table), ov, opt),
+               "kv.k.scales.h = 1: must equal kv.k.values.h = 2");
+  expect_error(paged(cache(pool(ks.data(), np, ps / 2, hkv, 2), good_vs, good_table), ov, opt), "kv.k.scales.s = 2");
+  expect_error(paged(cache(pool(ks.data(), np, ps, hkv, 2), good_vs, good_table), ov, opt), "kv.k.scales.d = 2: must be 1");
+  expect_error(paged(cache(good_ks, pool(vs.data(), np - 1, ps, hkv, 1), good_table), ov, opt),
+               "kv.v.scales.b = 3: must equal kv.v.values.b = 4");
+  expect_error(paged(cache(good_ks, pool(nullptr, np, ps, hkv, 1), good_table), ov, opt), "kv.v.scales.data = nullptr");
+  // Page ids a sequence reads: outside [0, num_pages).
+  const std::vector<std::int32_t> past_end{2, 0, 4, 99}, negative{2, -1, 3, 99};
+  expect_error(paged(cache(good_ks, good_vs, past_end), ov, opt), "kv.page_table[1*max_pages + 0] = 4: sequence 1 (length 3)");
+  expect_error(paged(cache(good_ks, good_vs, negative), ov, opt), "kv.page_table[0*max_pages + 1] = -1: sequence 0 (length 5)");
+  // o or options.lse over the scales: v's scales in big[0, 32), o (32 floats) at big[16, 48) or beside them
+  // at big[32, 64); k's scales in big2[0, 32), the LSE (4 floats) at big2[28, 32) or big2[32, 36).
+  std::vector<float> big(64, 0.25f), big2(36, 0.25f);
+  const auto v_in_big = pool(big.data(), np, ps, hkv, 1), k_in_big2 = pool(big2.data(), np, ps, hkv, 1);
+  expect_error(paged(cache(good_ks, v_in_big, good_table), gqa::bshd(big.data() + 16, b, sq, hq, d), opt), "o (data = ");
+  expect_error(paged(cache(good_ks, v_in_big, good_table), gqa::bshd(big.data() + 16, b, sq, hq, d), opt), "overlaps kv.v.scales");
+  EXPECT_NO_THROW(gqa::attend<TypeParam>(qv, cache(good_ks, v_in_big, good_table), gqa::bshd(big.data() + 32, b, sq, hq, d), map, opt));
+  EXPECT_TRUE(all_equal(big.data() + 32, 32, 0.75f));
+  {
+    gqa::attention_options lo;
+    lo.lse = std::span<float>(big2.data() + 28, 4);
+    expect_error(paged(cache(k_in_big2, good_vs, good_table), ov, lo), "options.lse (data = ");
+    expect_error(paged(cache(k_in_big2, good_vs, good_table), ov, lo), "overlaps kv.k.scales");
+    lo.lse = std::span<float>(big2.data() + 32, 4);
+    EXPECT_NO_THROW(gqa::attend<TypeParam>(qv, cache(k_in_big2, good_vs, good_table), ov, map, lo));
+  }
+  // options.check_finite: a NaN scale in a row a sequence reads, then NaN scales only where none reads.
+  gqa::attention_options fin;
+  fin.check_finite = true;
+  const auto slot = [&](index_t page, index_t s, index_t g) { return static_cast<std::size_t>((page * ps + s) * hkv + g); };
+  ks[slot(0, 0, 1)] = k_nan;  // sequence 0, key 4
+  expect_error(paged(cache(good_ks, good_vs, good_table), ov, fin), "kv.k.scales[page 0, slot 0, 1, 0] = nan (sequence 0, key 4)");
+  ks[slot(0, 0, 1)] = 0.25f;
+  vs[slot(3, 2, 0)] = k_nan;  // sequence 1, key 2
+  expect_error(paged(cache(good_ks, good_vs, good_table), ov, fin), "kv.v.scales[page 3, slot 2, 0, 0] = nan (sequence 1, key 2)");
+  vs[slot(3, 2, 0)] = 0.25f;
+  for (index_t g = 0; g < hkv; ++g) {
+    for (index_t s = 1; s < ps; ++s) ks[slot(0, s, g)] = vs[slot(0, s, g)] = k_nan;
+    for (index_t s = 0; s < ps; ++s) ks[slot(1, s, g)] = vs[slot(1, s, g)] = k_nan;
+    ks[slot(3, 3, g)] = vs[slot(3, 3, g)] = k_nan;
+  }
+  std::fill(o.begin(), o.end(), k_nan);
+  EXPECT_NO_THROW(gqa::attend<TypeParam>(qv, cache(good_ks, good_vs, good_table), ov, map, fin));
+  EXPECT_TRUE(all_equal(o.data(), o.size(), 0.75f));
+
+  // Ragged: the same two sequences (5 and 3 keys) packed in 8 rows.
+  const index_t total = 8;
+  std::vector<float> rks(static_cast<std::size_t>(total * hkv), 0.25f), rvs = rks;
+  const auto rvals = gqa::thd<const std::int8_t>(vals.data(), total, hkv, d);
+  const std::vector<int> cu_q{0, 1, 2}, cu_k{0, 5, 8};
+  const auto qt = gqa::thd<const float>(q.data(), b * sq, hq, d);
+  const auto ot = gqa::thd(o.data(), b * sq, hq, d);
+  const auto good_rk = gqa::thd<const float>(rks.data(), total, hkv, 1), good_rv = gqa::thd<const float>(rvs.data(), total, hkv, 1);
+  const auto ragged = [&](gqa::tensor_view<const float> k_scales, gqa::tensor_view<const float> v_scales,
+                          gqa::tensor_view<float> out, const gqa::attention_options& opt2) {
+    return [&, k_scales, v_scales, out] {
+      gqa::attend<TypeParam>(qt, gqa::q8_view{rvals, k_scales}, gqa::q8_view{rvals, v_scales}, out, map,
+                             gqa::varlen{cu_q, cu_k}, opt2);
+    };
+  };
+  std::fill(o.begin(), o.end(), k_nan);
+  EXPECT_NO_THROW(ragged(good_rk, good_rv, ot, opt)());
+  EXPECT_TRUE(all_equal(o.data(), o.size(), 0.75f));
+  expect_error(ragged(gqa::thd<const float>(rks.data(), total - 1, hkv, 1), good_rv, ot, opt),
+               "gqa::attend(varlen): k.scales.s = 7: must equal k.s = 8");
+  expect_error(ragged(gqa::thd<const float>(rks.data(), total / 2, hkv, 2), good_rv, ot, opt), "k.scales.s = 4");
+  expect_error(ragged(good_rk, gqa::thd<const float>(rvs.data(), total, 1, 1), ot, opt), "v.scales.h = 1: must equal v.h = 2");
+  expect_error(ragged(good_rk, gqa::thd<const float>(rvs.data(), total, hkv, 2), ot, opt), "v.scales.d = 2: must be 1");
+  std::vector<float> rbig(48, 0.25f);  // v's scales in [0, 16), o (32 floats) at [8, 40) or [16, 48)
+  const auto rv_in_big = gqa::thd<const float>(rbig.data(), total, hkv, 1);
+  expect_error(ragged(good_rk, rv_in_big, gqa::thd(rbig.data() + 8, b * sq, hq, d), opt), "overlaps v.scales");
+  EXPECT_NO_THROW(ragged(good_rk, rv_in_big, gqa::thd(rbig.data() + 16, b * sq, hq, d), opt)());
+  EXPECT_TRUE(all_equal(rbig.data() + 16, 32, 0.75f));
+  rks[static_cast<std::size_t>(6 * hkv + 1)] = k_nan;  // sequence 1's key 1
+  expect_error(ragged(good_rk, good_rv, ot, fin), "gqa::attend(varlen): k.scales[0, 6, 1, 0] = nan");
+}
+
+/// gqa::forward on int8 pages and on a ragged int8 batch, every built-in variant that runs on these forms:
+/// the dense int8 forward on the same keys, zero past each length, bit for bit (the norms of the valid keys'
+/// fp32 values are those of the zero-padded dense cache, so KDGQA's and DGQA's plans are the dense ones, and
+/// their allocations are compared too; WGQA combines the dequantised pools or packed rows and runs the float
+/// core, whose paged and ragged calls give the dense call's bits; PGQA's noise, with every sequence of sq
+/// queries, is the dense batch's). Products off with pages of 16 slots; products on with pages of 64 (the
+/// dense call's products: Note [int8 decode P·V]). Decode (sq 1) and prefill (sq 20), causal.
+template <class Isa>
+void check_int8_forward_forms(index_t ps, bool products) {
+  const index_t hq = 8, hkv = 4, d = 24;
+  const int8_pages kv({70, 33}, hkv, d, ps, 4400 + static_cast<std::uint64_t>(ps));
+  const index_t b = kv.b, cap = kv.cap;
+  // The dense cache zero past each length (value 0: 0 · scale is an exact zero).
+  std::vector<std::int8_t> kz = kv.k.values, vz = kv.v.values;
+  for (index_t ib = 0; ib < b; ++ib)
+    for (index_t j = kv.lengths[static_cast<std::size_t>(ib)]; j < cap; ++j) {
+      const auto at = static_cast<std::size_t>((ib * cap + j) * hkv * d);
+      std::fill_n(kz.begin() + static_cast<std::ptrdiff_t>(at), hkv * d, std::int8_t{0});
+      std::fill_n(vz.begin() + static_cast<std::ptrdiff_t>(at), hkv * d, std::int8_t{0});
+    }
+  const gqa::q8_view kd{gqa::bshd<const std::int8_t>(kz.data(), b, cap, hkv, d),
+                        gqa::bshd<const float>(kv.k.scales.data(), b, cap, hkv, 1)};
+  const gqa::q8_view vd{gqa::bshd<const std::int8_t>(vz.data(), b, cap, hkv, d),
+                        gqa::bshd<const float>(kv.v.scales.data(), b, cap, hkv, 1)};
+  for (const index_t sq : {index_t{1}, index_t{20}}) {
+    SCOPED_TRACE("pages of " + std::to_string(ps) + (products ? ", int8 products on" : ", int8 products off") +
+                 ", sq " + std::to_string(sq));
+    const auto qd = gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 4500 + static_cast<std::uint64_t>(sq));
+    const auto q = gqa::bshd<const float>(qd.data(), b, sq, hq, d);
+    const auto qt = gqa::thd<const float>(qd.data(), b * sq, hq, d);
+    std::vector<index_t> cu_q;
+    for (index_t ib = 0; ib <= b; ++ib) cu_q.push_back(ib * sq);
+    const auto no = static_cast<std::size_t>(b * sq * hq * d);
+    std::vector<float> od(no, k_nan), op(no, k_nan), orag(no, k_nan);
+    gqa::attention_options opt;
+    opt.causal = true;
+    opt.int8_products = products;
+    gqa::attention_options dense_opt = opt;
+    dense_opt.kv_lengths = kv.lengths;
+    // make() gives a fresh policy (and its state) per call, the same for the three forms.
+    const auto three = [&](const char* name, auto make) {
+      SCOPED_TRACE(name);
+      auto pd = make(), pp = make(), pr = make();
+      gqa::forward<Isa>(pd.policy, q, kd, vd, gqa::bshd(od.data(), b, sq, hq, d), dense_opt);
+      gqa::forward<Isa>(pp.policy, q, kv.paged(), gqa::bshd(op.data(), b, sq, hq, d), opt);
+      gqa::forward<Isa>(pr.policy, qt, kv.ragged_k(), kv.ragged_v(), gqa::thd(orag.data(), b * sq, hq, d),
+                        gqa::varlen{cu_q, kv.cu_k}, opt);
+      EXPECT_EQ(first_difference(op, od), -1) << "paged forward differs from the dense int8 forward";
+      EXPECT_EQ(first_difference(orag, od), -1) << "ragged forward differs from the dense int8 forward";
+      if constexpr (requires { pd.policy.last().alloc; }) {
+        EXPECT_EQ(pp.policy.last().alloc, pd.policy.last().alloc);
+        EXPECT_EQ(pr.policy.last().alloc, pd.policy.last().alloc);
+      }
+    };
+    struct gqa_run { gqa::gqa_policy policy; };
+    struct kdgqa_run { gqa::kdgqa_policy policy{gqa::kdgqa_options{}}; };
+    struct pgqa_run { gqa::pgqa_policy policy{gqa::pgqa_options{.seed = 77}}; };
+    struct wgqa_run {
+      gqa::wgqa_policy policy{gqa::wgqa_weights::mean_init(gqa::wgqa_kind::scalar, 4, 2, 24, 4 * 24)};
+    };
+    three("gqa", [] { return gqa_run{}; });
+    three("kdgqa", [] { return kdgqa_run{}; });
+    three("kdgqa per sample", [] {
+      gqa::kdgqa_options ko;
+      ko.per_sample = true;
+      return kdgqa_run{gqa::kdgqa_policy(ko)};
+    });
+    three("pgqa", [] { return pgqa_run{}; });
+    three("wgqa", [] { return wgqa_run{}; });
+    {
+      SCOPED_TRACE("dgqa");
+      gqa::dgqa_options dopt;
+      dopt.window = 1;
+      gqa::dgqa_state sd = gqa::dgqa_state::initial(hq, hkv), sp = sd, sr = sd;
+      gqa::dgqa_policy pd(dopt, sd), pp(dopt, sp), pr(dopt, sr);
+      gqa::forward<Isa>(pd, q, kd, vd, gqa::bshd(od.data(), b, sq, hq, d), dense_opt);
+      gqa::forward<Isa>(pp, q, kv.paged(), gqa::bshd(op.data(), b, sq, hq, d), opt);
+      gqa::forward<Isa>(pr, qt, kv.ragged_k(), kv.ragged_v(), gqa::thd(orag.data(), b * sq, hq, d),
+                        gqa::varlen{cu_q, kv.cu_k}, opt);
+      EXPECT_EQ(first_difference(op, od), -1) << "paged forward differs from the dense int8 forward";
+      EXPECT_EQ(first_difference(orag, od), -1) << "ragged forward differs from the dense int8 forward";
+      EXPECT_EQ(sp.splits, sd.splits);
+      EXPECT_EQ(sr.splits, sd.splits);
+    }
+  }
+}
+
+TYPED_TEST_P(lowp_suite, every_variant_int8_paged_and_ragged) {
+  check_int8_forward_forms<TypeParam>(16, /*products=*/false);
+  check_int8_forward_forms<TypeParam>(64, /*products=*/true);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_products_every_variant,
                             int8_pv_matches_rounded_weights, decode_first_loads_keep_bits,
                             attend_bf16_matches_reference_and_fp32_bitwise,
@@ -1729,6 +2222,8 @@ REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_prod
                             every_variant_f16_qo_is_rounded_fp32_bitwise, nonfinite_q_as_in_fp32,
                             paged_and_ragged_16_bit_qo, checks_with_16_bit_qo, bf16_products_match_reference,
                             bf16_products_nonfinite_as_in_fp32, bf16_products_paged_and_ragged_equal_dense,
-                            bf16_products_every_variant, bf16_dot_tiles_match_double_sums);
+                            bf16_products_every_variant, bf16_dot_tiles_match_double_sums, paged_and_ragged_int8,
+                            nonfinite_int8_pages_as_dense, checks_with_int8_paged_and_ragged,
+                            every_variant_int8_paged_and_ragged);
 
 }  // namespace

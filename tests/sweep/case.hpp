@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <iomanip>
 #include <limits>
 #include <optional>
@@ -137,9 +138,10 @@ void for_each_element(const gqa::tensor_view<T>& t, F&& f) {
 //    13), LSE output, check_finite, the executor (1 thread,
 //    2 threads, or a caller's parallel loop that runs tasks out of order on two threads);
 //  * the K/V form: the dense views (most cases); a paged cache (pages of 1, 7, 16, 256 or a random number
-//    of slots, shuffled in a pool with spare pages, every slot no sequence fills NaN; the lengths are
-//    kv_lengths or skv); or a ragged batch (q, k, v packed without padding, each sequence's keys its
-//    kv_lengths, o dense BSHD viewed as packed rows, the LSE read back from [hq][total_q]), drawn apart
+//    of slots, shuffled in a pool with spare pages, every slot no sequence fills NaN (int8: a NaN scale);
+//    the lengths are kv_lengths or skv); or a ragged batch (q, k, v packed without padding, each
+//    sequence's keys its kv_lengths, o dense BSHD viewed as packed rows, the LSE read back from
+//    [hq][total_q]), in K/V's element type (Note [sweep element types]: int8 on every form too), drawn apart
 //    from the masks and modifiers above, so that every one of them meets every form (of 2000 cases, ~50
 //    paged and ~50 ragged ones have a window, 20-40 each a softcap, sinks or ALiBi). Every variant meets
 //    every form: a plan from the keys (KDGQA, DGQA) then reads each sequence's valid keys (expected: the
@@ -156,28 +158,39 @@ void for_each_element(const gqa::tensor_view<T>& t, F&& f) {
 // above 20 the case's infinite V elements become NaN (found by a 20000-case sweep, seed 7, case 10625).
 
 // Note [sweep element types]
-// A case's K and V are float (70% of the cases), bf16, f16 (10% each) or int8 (10%: a gqa::q8_view, one
-// fp32 scale per (token, head) row), drawn after everything else, so that every mask, modifier, layout,
-// head map, variant and executor above meets every type; with bf16 or f16, half of the cases take Q and O
-// in that type too, and half of those with bf16 turn options.bf16_products off; half of those with int8 turn
-// options.int8_products off (the same draw), and every int8 case's Q rows that are finite hold their
+// A case's K and V are float (70% of the cases), bf16, f16 (10% each) or int8 (10%: one fp32 scale per
+// (token, head) row), drawn after everything else, so that every mask, modifier, layout, head map,
+// variant, executor and K/V form above meets every type; with bf16 or f16, half of the cases take Q and O
+// in that type too, and half of those with bf16 turn options.bf16_products off; half of those with int8
+// turn options.int8_products off (the same draw), and every int8 case's Q rows that are finite hold their
 // values quantised and dequantised by gqa::quantize_q8's rule, the Q the int8 products multiply (Note
-// [int8 products tolerance]), with or without them. Only what gqa provides
-// is drawn: int8 on dense views; 16-bit K/V on every form for attend, on dense and paged for forward;
-// 16-bit Q/O for forward on dense views only. A case with 16-bit Q or f16 K/V has no overflow pairs
-// (rounded, ±1e20 is no longer the value that makes them: in f16 it is ±inf). The inputs are drawn as
-// float, written in the type (a buffer of the same layout: rounded to nearest even, or quantised row by
-// row by gqa::quantize_q8's rule), and the float buffers then hold what the typed ones stand for (the
-// 16-bit values widened, the int8 rows dequantised), so the reference, the naive yardstick and the fp32
-// call all see the call's values (Notes [16-bit K/V tolerance], [int8 K/V tolerance] in
-// tests/support/tolerance.hpp). Checks, beyond Note [sweep checks]: a 16-bit output is read widened, each
-// element's tolerance grows by half a unit in its last place (the rounding of O is the caller's choice of
-// storage), and the output buffer's sentinel is the rounded one; with bf16 Q/K/V/O and bf16_products on,
-// the naive yardstick rounds its weights to bf16 (Note [bf16 products tolerance]); with int8 K/V and
-// int8_products on, a decode call's output tolerance grows by Note [int8 P·V tolerance]'s bound (P·V in
-// integers, the weights rounded to 16 bits per chunk of 32 keys); and a 16-bit call
-// (but that one) must return, bit for bit, what the same call returns on the widened float views, on
-// every ISA (Note [16-bit K/V] in detail/core/layout.hpp), its 16-bit O the fp32 call's rounded once.
+// [int8 products tolerance]), with or without them. Only what gqa provides is drawn: int8 K/V on every
+// form for attend and forward (the dense q8_views; a gqa::paged_q8_kv; q8_views of the packed rows with
+// gqa::varlen), so an int8 case is paged or ragged as often as a float one (of 2000 cases, ~30 paged and
+// ~15 ragged, about half of each attend, half forward); 16-bit K/V on every form for attend, on dense and
+// paged for forward; 16-bit Q/O for forward on dense views only. A case with 16-bit Q or f16 K/V has no
+// overflow pairs (rounded, ±1e20 is no longer the value that makes them: in f16 it is ±inf). The inputs
+// are drawn as float, written in the type (a buffer of the same layout: rounded to nearest even, or
+// quantised row by row by gqa::quantize_q8's rule), and the float buffers then hold what the typed ones
+// stand for (the 16-bit values widened, the int8 rows dequantised), so the reference, the naive yardstick
+// and the fp32 call all see the call's values (Notes [16-bit K/V tolerance], [int8 K/V tolerance] in
+// tests/support/tolerance.hpp). The paged and ragged forms are built from the dense views once they hold
+// those values: the float pages and packed rows (and the 16-bit ones written from them) as before, and
+// for int8 the same rows, in the same slots and rows, copied from the dense int8 values and scales (a
+// pool's slots no sequence fills hold -128 with a NaN scale, which reads as NaN, as a float page's NaN).
+// Checks, beyond Note [sweep checks]: a 16-bit output is read widened, each element's tolerance grows by
+// half a unit in its last place (the rounding of O is the caller's choice of storage), and the output
+// buffer's sentinel is the rounded one; with bf16 Q/K/V/O and bf16_products on, the naive yardstick rounds
+// its weights to bf16 (Note [bf16 products tolerance]); with int8 K/V and int8_products on, a decode call's
+// output tolerance grows by Note [int8 P·V tolerance]'s bound (P·V in integers, the weights rounded to 16
+// bits per chunk of 64 keys), on every form (a paged call takes the fp32 products instead for a chunk of
+// keys on several pages, which that bound covers too); a 16-bit call (but that one) must return, bit for
+// bit, what the same call returns on the widened float views, on every ISA (Note [16-bit K/V] in
+// detail/core/layout.hpp), its 16-bit O the fp32 call's rounded once; and gqa::attend on int8 K/V in a
+// ragged batch, or in a paged cache with int8_products off or a page size that is a multiple of 64, must return, bit
+// for bit, what gqa::attend returns on the dense int8 views of the same keys (cut to the longest sequence,
+// options.kv_lengths the sequences' lengths), on every ISA, as gqa/paged.hpp and gqa/varlen.hpp promise
+// (forward is not compared: on a dense view a plan from the keys reads the positions past kv_lengths too).
 
 /// An injected value at a logical position of q, k or v.
 struct injection {
@@ -499,8 +512,8 @@ inline case_spec draw_case(source& r, const limits& lim) {
   // The element types, drawn after everything else (Note [sweep element types]).
   const int type = static_cast<int>(r.uniform(0, 99));
   c.kv = type < 70 ? kv_type::f32 : type < 80 ? kv_type::bf16 : type < 90 ? kv_type::f16 : kv_type::i8;
-  if (c.kv == kv_type::i8 && c.kv_kind != 0) c.kv = kv_type::f32;                   // int8: dense views only
-  if (c.kv != kv_type::f32 && c.kv_kind == 2 && c.variant >= 0) c.kv = kv_type::f32;  // forward(varlen): float
+  if ((c.kv == kv_type::bf16 || c.kv == kv_type::f16) && c.kv_kind == 2 && c.variant >= 0)
+    c.kv = kv_type::f32;  // forward(varlen): float or int8 K/V
   const bool half = c.kv == kv_type::bf16 || c.kv == kv_type::f16;
   c.qo16 = half && r.chance(50) && (c.variant < 0 || c.kv_kind == 0);  // forward: 16-bit Q/O on dense views only
   c.bf16_products = r.chance(50);
@@ -549,6 +562,13 @@ struct case_data {
   half_mirrors<gqa::f16> f16;
   std::vector<std::int8_t> i8_kb, i8_vb;
   std::vector<float> k_scales, v_scales;
+  gqa::q8_view k8, v8;  // the dense int8 K and V: i8_kb, i8_vb and their scales, laid out as k and v
+  // The int8 K/V of a paged cache (pools of int8 values and their scales, the table and lengths of `paged`)
+  // or of a ragged batch (the packed rows and their scales, the offsets of `seqs`), from k8 and v8.
+  std::vector<std::int8_t> pk8, pv8, rk8, rv8;
+  std::vector<float> pks, pvs, rks, rvs;
+  gqa::paged_q8_kv paged8;
+  gqa::q8_view rk8v, rv8v;
 };
 
 namespace detail {
@@ -558,8 +578,19 @@ inline void copy_row(const gqa::tensor_view<const float>& t, index_t ib, index_t
   for (index_t x = 0; x < t.d; ++x) dst[x] = t(ib, j, g, x);
 }
 
-/// The paged cache and the ragged batch of case c from its dense inputs.
+/// Row (ib, j, g) of the dense int8 view t (values and scale) copied to values dst (t.values.d bytes) and
+/// scale *dst_scale.
+inline void copy_row8(const gqa::q8_view& t, index_t ib, index_t j, index_t g, std::int8_t* dst, float* dst_scale) {
+  for (index_t x = 0; x < t.values.d; ++x) dst[x] = t.values(ib, j, g, x);
+  *dst_scale = t.scales(ib, j, g, 0);
+}
+
+/// The paged cache and the ragged batch of case c from its dense inputs: float from the views k and v; with
+/// int8 K/V (Note [sweep element types]) also int8, the same rows in the same places, from the dense int8
+/// views k8 and v8 (each slot's int8 values and its scale: every slot no sequence fills holds -128, never
+/// written by quantize_q8, with a NaN scale, so that a read of it is NaN as a float page's NaN is).
 inline void build_kv_form(const case_spec& c, case_data& r) {
+  const bool int8 = c.kv == kv_type::i8;
   const index_t hkv = c.heads.kv_in;
   r.lengths.clear();
   for (index_t ib = 0; ib < c.b; ++ib)
@@ -575,6 +606,12 @@ inline void build_kv_form(const case_spec& c, case_data& r) {
     r.pk.assign(static_cast<std::size_t>(num_pages * page * hkv * c.d), k_nan);
     r.pv.assign(static_cast<std::size_t>(num_pages * page * hkv * c.dv), k_nan);
     r.table.assign(static_cast<std::size_t>(c.b * max_pages), -1);
+    if (int8) {
+      r.pk8.assign(r.pk.size(), std::int8_t{-128});
+      r.pv8.assign(r.pv.size(), std::int8_t{-128});
+      r.pks.assign(static_cast<std::size_t>(num_pages * page * hkv), k_nan);
+      r.pvs.assign(r.pks.size(), k_nan);
+    }
     std::size_t next = 0;
     for (index_t ib = 0; ib < c.b; ++ib) {
       const index_t len = r.lengths[static_cast<std::size_t>(ib)];
@@ -584,6 +621,10 @@ inline void build_kv_form(const case_spec& c, case_data& r) {
           const index_t slot = r.table[static_cast<std::size_t>(ib * max_pages + j / page)] * page + j % page;
           copy_row(r.k, ib, j, g, r.pk.data() + (slot * hkv + g) * c.d);
           copy_row(r.v, ib, j, g, r.pv.data() + (slot * hkv + g) * c.dv);
+          if (int8) {
+            copy_row8(r.k8, ib, j, g, r.pk8.data() + (slot * hkv + g) * c.d, r.pks.data() + slot * hkv + g);
+            copy_row8(r.v8, ib, j, g, r.pv8.data() + (slot * hkv + g) * c.dv, r.pvs.data() + slot * hkv + g);
+          }
         }
     }
     r.paged.k = gqa::page_pool<const float>(r.pk.data(), num_pages, page, hkv, c.d);
@@ -591,6 +632,14 @@ inline void build_kv_form(const case_spec& c, case_data& r) {
     r.paged.page_table = r.table;
     r.paged.max_pages = max_pages;
     r.paged.lengths = r.lengths;
+    if (int8)
+      r.paged8 = {{gqa::page_pool<const std::int8_t>(r.pk8.data(), num_pages, page, hkv, c.d),
+                   gqa::page_pool<const float>(r.pks.data(), num_pages, page, hkv, 1)},
+                  {gqa::page_pool<const std::int8_t>(r.pv8.data(), num_pages, page, hkv, c.dv),
+                   gqa::page_pool<const float>(r.pvs.data(), num_pages, page, hkv, 1)},
+                  r.table,
+                  max_pages,
+                  r.lengths};
   } else if (c.kv_kind == 2) {
     const index_t hq = c.heads.hq;
     r.cu_q.assign(1, 0);
@@ -603,6 +652,12 @@ inline void build_kv_form(const case_spec& c, case_data& r) {
     r.rq.resize(static_cast<std::size_t>(tq * hq * c.d));
     r.rk.resize(static_cast<std::size_t>(tk * hkv * c.d));
     r.rv.resize(static_cast<std::size_t>(tk * hkv * c.dv));
+    if (int8) {
+      r.rk8.resize(r.rk.size());
+      r.rv8.resize(r.rv.size());
+      r.rks.resize(static_cast<std::size_t>(tk * hkv));
+      r.rvs.resize(r.rks.size());
+    }
     for (index_t ib = 0; ib < c.b; ++ib) {
       for (index_t i = 0; i < c.sq; ++i)
         for (index_t h = 0; h < hq; ++h) copy_row(r.q, ib, i, h, r.rq.data() + ((r.cu_q[static_cast<std::size_t>(ib)] + i) * hq + h) * c.d);
@@ -611,12 +666,20 @@ inline void build_kv_form(const case_spec& c, case_data& r) {
           const index_t row = r.cu_k[static_cast<std::size_t>(ib)] + j;
           copy_row(r.k, ib, j, g, r.rk.data() + (row * hkv + g) * c.d);
           copy_row(r.v, ib, j, g, r.rv.data() + (row * hkv + g) * c.dv);
+          if (int8) {
+            copy_row8(r.k8, ib, j, g, r.rk8.data() + (row * hkv + g) * c.d, r.rks.data() + row * hkv + g);
+            copy_row8(r.v8, ib, j, g, r.rv8.data() + (row * hkv + g) * c.dv, r.rvs.data() + row * hkv + g);
+          }
         }
     }
     r.rqv = gqa::thd<const float>(r.rq.data(), tq, hq, c.d);
     r.rkv = gqa::thd<const float>(r.rk.data(), tk, hkv, c.d);
     r.rvv = gqa::thd<const float>(r.rv.data(), tk, hkv, c.dv);
     r.seqs = {r.cu_q, r.cu_k};
+    if (int8) {
+      r.rk8v = {gqa::thd<const std::int8_t>(r.rk8.data(), tk, hkv, c.d), gqa::thd<const float>(r.rks.data(), tk, hkv, 1)};
+      r.rv8v = {gqa::thd<const std::int8_t>(r.rv8.data(), tk, hkv, c.dv), gqa::thd<const float>(r.rvs.data(), tk, hkv, 1)};
+    }
   }
 }
 
@@ -629,6 +692,9 @@ inline std::array<const std::vector<float>*, 8> float_buffers(const case_data& r
 inline int q_buffer(const case_spec& c) { return c.kv_kind == 2 ? 5 : 0; }
 inline int k_buffer(const case_spec& c) { return c.kv_kind == 2 ? 6 : c.fused ? 0 : 1; }
 inline int v_buffer(const case_spec& c) { return c.kv_kind == 2 ? 7 : c.fused ? 0 : 2; }
+/// Which of them holds the dense views k and v, whatever the form.
+inline int dense_k_buffer(const case_spec& c) { return c.fused ? 0 : 1; }
+inline int dense_v_buffer(const case_spec& c) { return c.fused ? 0 : 2; }
 
 /// View v of a float buffer from `base`, moved to the buffer of another type from `mbase` (same layout).
 template <class T, class F>
@@ -668,10 +734,12 @@ void make_half(const case_spec& c, case_data& r, const gqa::tensor_view<float>& 
   }
 }
 
-/// Case c's int8 K and V (Note [sweep element types]): each row of the k and v views quantised by
-/// gqa::quantize_q8 into a mirror of its buffer and a dense scale buffer, then dequantised back into the
-/// view; and each row of q whose elements are all finite quantised and dequantised the same way, in place,
-/// so that the reference sees the Q that options.int8_products multiplies (and the same Q without them).
+/// Case c's int8 K and V (Note [sweep element types]): each row of the dense k and v views quantised by
+/// gqa::quantize_q8 into a mirror of its buffer and a dense scale buffer (r.k8, r.v8), then dequantised
+/// back into the view; and each row of q whose elements are all finite quantised and dequantised the same
+/// way, in place, so that the reference sees the Q that options.int8_products multiplies (and the same Q
+/// without them). Before build_kv_form, which takes the paged or ragged int8 rows from r.k8 and r.v8 (and
+/// the float ones, and the packed Q, from the views as this leaves them).
 inline void make_int8(const case_spec& c, case_data& r, const gqa::tensor_view<float>& q, const gqa::tensor_view<float>& k,
                       const gqa::tensor_view<float>& v) {
   std::vector<float> row(static_cast<std::size_t>(q.d));
@@ -688,8 +756,8 @@ inline void make_int8(const case_spec& c, case_data& r, const gqa::tensor_view<f
                            one(row.data()));
         for (index_t x = 0; x < q.d; ++x) q(ib, is, ih, x) = row[static_cast<std::size_t>(x)];
       }
-  const std::vector<float>& kf = *float_buffers(r)[static_cast<std::size_t>(k_buffer(c))];
-  const std::vector<float>& vf = *float_buffers(r)[static_cast<std::size_t>(v_buffer(c))];
+  const std::vector<float>& kf = *float_buffers(r)[static_cast<std::size_t>(dense_k_buffer(c))];
+  const std::vector<float>& vf = *float_buffers(r)[static_cast<std::size_t>(dense_v_buffer(c))];
   r.i8_kb.assign(kf.size(), 0);
   r.i8_vb.assign(vf.size(), 0);
   r.k_scales.assign(static_cast<std::size_t>(k.b * k.s * k.h), 0.0f);
@@ -700,6 +768,8 @@ inline void make_int8(const case_spec& c, case_data& r, const gqa::tensor_view<f
   gqa::quantize_q8(v, v8, vs);
   gqa::dequantize_q8({k8, ks}, k);
   gqa::dequantize_q8({v8, vs}, v);
+  r.k8 = {k8, ks};
+  r.v8 = {v8, vs};
 }
 
 }  // namespace detail
@@ -744,7 +814,7 @@ inline case_data build_inputs(const case_spec& c) {
     const auto& t = in.tensor == 'q' ? q : in.tensor == 'k' ? k : v;
     t(in.ib, in.is, in.ih, in.x) = in.value;
   }
-  if (c.kv == kv_type::i8) detail::make_int8(c, r, q, k, v);  // int8: dense views only
+  if (c.kv == kv_type::i8) detail::make_int8(c, r, q, k, v);  // before the paged or ragged form takes the rows
   r.q = q;
   r.k = k;
   r.v = v;
@@ -1017,19 +1087,22 @@ inline call call_of(const case_spec& c, const case_data& in, const gqa::tensor_v
   k.qo16 = c.qo16;
   if (c.kv == kv_type::bf16) k.bf16 = detail::half_of(c, in, k, in.bf16);
   if (c.kv == kv_type::f16) k.f16 = detail::half_of(c, in, k, in.f16);
-  if (c.kv == kv_type::i8) {
-    k.k8 = {detail::moved_view(k.k, in, detail::k_buffer(c), in.i8_kb),
-            gqa::bshd<const float>(in.k_scales.data(), k.k.b, k.k.s, k.k.h, 1)};
-    k.v8 = {detail::moved_view(k.v, in, detail::v_buffer(c), in.i8_vb),
-            gqa::bshd<const float>(in.v_scales.data(), k.v.b, k.v.s, k.v.h, 1)};
+  if (c.kv == kv_type::i8) {  // the dense int8 views, the packed rows, or the int8 pages
+    k.k8 = c.kv_kind == 2 ? in.rk8v : in.k8;
+    k.v8 = c.kv_kind == 2 ? in.rv8v : in.v8;
+    if (c.kv_kind == 1) k.paged8 = &in.paged8;
   }
   return k;
 }
 
-inline result run_on(const runner& isa, const case_spec& c, const case_data& in, int threads) {
+/// Case c's call on `isa` with `threads` (0: one thread, 1: two, 2: the caller's loop), `adjust` applied to
+/// the call first if given.
+inline result run_on(const runner& isa, const case_spec& c, const case_data& in, int threads,
+                     const std::function<void(call&)>& adjust = {}) {
   result r;
   r.o = make_buffer(c.lo, c.b, c.sq, c.heads.hq, c.dv);
   call k = call_of(c, in, r.o.view);
+  if (adjust) adjust(k);
   std::vector<float> ragged_lse;  // [hq][total_q]
   if (c.lse) {
     r.lse.assign(static_cast<std::size_t>(c.b * c.heads.hq * c.sq), k_sentinel);
@@ -1178,6 +1251,49 @@ inline std::string check(const case_spec& c, const case_data& in, const expected
   for (std::size_t i = 0; i < r.o.mem.size(); ++i)
     if (!in_view[i] && !same(r.o.mem[i], k_sentinel)) {
       err << "output buffer element " << i << " outside the view was written: " << r.o.mem[i];
+      return err.str();
+    }
+  return {};
+}
+
+/// Whether case c's call must give the dense int8 call's bits (Note [sweep element types]): gqa::attend on
+/// int8 K/V in a ragged batch, or in a paged cache with int8_products off or a page size that is a multiple
+/// of 64 (every 64-key unit of the int8 P·V then lies in one page: Note [int8 decode P·V]).
+inline bool bits_of_dense_int8(const case_spec& c) {
+  return c.kv == kv_type::i8 && c.variant < 0 &&
+         (c.kv_kind == 2 || (c.kv_kind == 1 && (!c.bf16_products || c.page % 64 == 0)));
+}
+
+/// The dense int8 call on the keys of paged or ragged case c: gqa::attend on its dense int8 views (those the
+/// paged or packed int8 rows were copied from) cut to the longest sequence, options.kv_lengths the
+/// sequences' lengths; nullopt when every sequence is empty (no view to cut).
+inline std::optional<result> run_dense_int8(const runner& isa, const case_spec& c, const case_data& in, int threads) {
+  const index_t longest = *std::max_element(in.lengths.begin(), in.lengths.end());
+  if (longest == 0) return std::nullopt;
+  case_spec dc = c;
+  dc.kv_kind = 0;
+  dc.kv_lengths = in.lengths;
+  return run_on(isa, dc, in, threads, [&](call& k) {
+    k.k.s = k.v.s = k.k8.values.s = k.k8.scales.s = k.v8.values.s = k.v8.scales.s = longest;
+  });
+}
+
+/// A paged or ragged int8 run r against the dense int8 call d on the same keys (run_dense_int8): the same
+/// output buffer and LSE, bit for bit; empty when equal. (A run that threw was checked by check().)
+inline std::string check_dense_int8_bits(const result& d, const result& r) {
+  std::ostringstream err;
+  err << std::setprecision(9);
+  if (!r.error.empty()) return {};
+  if (!d.error.empty()) return "the dense int8 call on the same keys threw '" + d.error + "', the call did not";
+  for (std::size_t i = 0; i < r.o.mem.size(); ++i)
+    if (!same(r.o.mem[i], d.o.mem[i])) {
+      err << "output buffer element " << i << " = " << r.o.mem[i] << ", the dense int8 call on the same keys gives "
+          << d.o.mem[i];
+      return err.str();
+    }
+  for (std::size_t i = 0; i < r.lse.size(); ++i)
+    if (!same(r.lse[i], d.lse[i])) {
+      err << "LSE " << i << " = " << r.lse[i] << ", the dense int8 call on the same keys gives " << d.lse[i];
       return err.str();
     }
   return {};
@@ -1416,6 +1532,10 @@ inline std::string run_and_check(const case_spec& c, const std::vector<runner>& 
       if (auto f = check_widened_bits(c, run_on(isa, fc, in, c.threads), r); !f.empty())
         return std::string(isa.name) + ": " + f;
     }
+    // int8 K/V in pages or packed rows: the dense int8 call's bits where gqa promises them.
+    if (bits_of_dense_int8(c))
+      if (const auto d = run_dense_int8(isa, c, in, c.threads))
+        if (auto f = check_dense_int8_bits(*d, r); !f.empty()) return std::string(isa.name) + ": " + f;
     if (c.threads != 0) {
       const result one = run_on(isa, c, in, 0);
       if (auto f = check_same_bits(c, one, r); !f.empty()) return std::string(isa.name) + ": " + f;

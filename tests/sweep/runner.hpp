@@ -35,7 +35,8 @@ enum class kv_type : int { f32 = 0, bf16 = 1, f16 = 2, i8 = 3 };
 /// number `variant` (registry order) built by with_policy(layer, heads); on the dense views k, v, on the
 /// paged cache *paged (gqa/paged.hpp), or on the ragged batch *seqs (gqa/varlen.hpp: q, k, v, o packed).
 /// K and V are float (q, k, v, o, paged), 16-bit (`bf16` or `f16`: K/V and the paged cache of that type,
-/// Q and O too when `qo16`, else q and o) or int8 (`k8`, `v8`, dense only; q and o float).
+/// Q and O too when `qo16`, else q and o) or int8 (`k8`, `v8`: the dense views or the packed rows of a
+/// ragged batch; `paged8` for a paged cache; q and o float).
 struct call {
   int variant = -1;
   gqa::model_shape layer;
@@ -51,6 +52,7 @@ struct call {
   half_views<gqa::bf16> bf16;
   half_views<gqa::f16> f16;
   gqa::q8_view k8, v8;
+  const gqa::paged_q8_kv* paged8 = nullptr;
 };
 
 /// One backward call: gqa::attend_backward<Isa> (float, dense views) with `map`.
@@ -97,9 +99,10 @@ runner runner_neon();
 namespace gqa::sweep {
 namespace {  // per translation unit: each is compiled for its own ISA
 
-/// The call c on Isa with Q/O views q, o and K/V views k, v (tensor views of one element type, or q8_views),
-/// or the paged cache *paged (of K/V's element type) when c.paged is set. The sweep draws only the
-/// combinations gqa provides (Note [sweep element types] in case.hpp); any other throws std::logic_error.
+/// The call c on Isa with Q/O views q, o and K/V views k, v (tensor views of one element type, or q8_views:
+/// dense, or the packed rows when c.seqs is set), or the paged cache *paged (of K/V's element type: a
+/// basic_paged_kv, or a paged_q8_kv) when it is not null. The sweep draws only the combinations gqa
+/// provides (Note [sweep element types] in case.hpp); any other throws std::logic_error.
 template <class Isa, class Q, class O, class KV, class Paged>
 void run_views(const call& c, const Q& q, const O& o, const KV& k, const KV& v, const Paged* paged) {
   constexpr bool int8 = std::is_same_v<KV, ::gqa::q8_view>;
@@ -107,14 +110,8 @@ void run_views(const call& c, const Q& q, const O& o, const KV& k, const KV& v, 
   constexpr bool float_kv = std::is_same_v<KV, ::gqa::tensor_view<const float>>;
   const auto unsupported = [] { throw std::logic_error("the sweep drew a form gqa does not provide for these element types"); };
   if (c.variant < 0) {
-    if (c.paged || c.seqs) {
-      if constexpr (int8) {
-        unsupported();
-      } else {
-        if (c.paged) return ::gqa::attend<Isa>(q, *paged, o, *c.map, c.opt);
-        return ::gqa::attend<Isa>(q, k, v, o, *c.map, *c.seqs, c.opt);
-      }
-    }
+    if (paged) return ::gqa::attend<Isa>(q, *paged, o, *c.map, c.opt);
+    if (c.seqs) return ::gqa::attend<Isa>(q, k, v, o, *c.map, *c.seqs, c.opt);
     return ::gqa::attend<Isa>(q, k, v, o, *c.map, c.opt);
   }
   int i = 0;
@@ -122,12 +119,12 @@ void run_views(const call& c, const Q& q, const O& o, const KV& k, const KV& v, 
     using P = typename decltype(t)::type;
     if (i++ != c.variant) return;
     ::gqa::with_policy<P>(c.layer, c.heads, [&](P& p) {
-      if (c.paged) {
-        if constexpr (!int8 && float_qo) return ::gqa::forward<Isa>(p, q, *paged, o, c.opt);
+      if (paged) {
+        if constexpr (float_qo) return ::gqa::forward<Isa>(p, q, *paged, o, c.opt);  // float, 16-bit or int8 pages
         else return unsupported();
       }
       if (c.seqs) {
-        if constexpr (float_kv) return ::gqa::forward<Isa>(p, q, k, v, o, *c.seqs, c.opt);
+        if constexpr (float_kv || int8) return ::gqa::forward<Isa>(p, q, k, v, o, *c.seqs, c.opt);
         else return unsupported();
       }
       ::gqa::forward<Isa>(p, q, k, v, o, c.opt);
@@ -146,7 +143,7 @@ void run_call(const call& c) {
     case kv_type::f32: return run_views<Isa>(c, c.q, c.o, c.k, c.v, c.paged);
     case kv_type::bf16: return half(c.bf16);
     case kv_type::f16: return half(c.f16);
-    case kv_type::i8: return run_views<Isa>(c, c.q, c.o, c.k8, c.v8, static_cast<const ::gqa::paged_kv*>(nullptr));
+    case kv_type::i8: return run_views<Isa>(c, c.q, c.o, c.k8, c.v8, c.paged8);
   }
 }
 

@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   const gqa::sweep::limits lim;
   const auto start = std::chrono::steady_clock::now();
   long long ran = 0, failed = 0, with_injections = 0, long_cases = 0, backward_cases = 0;
-  std::map<std::string, long long> per_variant, per_type;
+  std::map<std::string, long long> per_variant, per_type, per_form;
   const long long first = only ? *only : 0, last = only ? *only + 1 : cases;
   for (long long ci = first; ci < last; ++ci) {
     if (ci % shards != shard) continue;
@@ -97,6 +97,9 @@ int main(int argc, char** argv) {
     ++ran;
     ++per_variant[gqa::sweep::variant_name(c.variant)];
     ++per_type[std::string("K/V ") + gqa::sweep::k_element_names[static_cast<int>(c.kv)] + (c.qo16 ? " Q/O too" : "")];
+    static constexpr const char* form_names[3] = {"dense", "paged", "ragged"};
+    ++per_form[std::string(form_names[c.kv_kind]) + " " + gqa::sweep::k_element_names[static_cast<int>(c.kv)] +
+               (c.variant < 0 ? " attend" : " forward")];
     with_injections += c.injections.empty() ? 0 : 1;
     long_cases += std::max(c.sq, c.skv) >= 1024 ? 1 : 0;
     backward_cases += c.backward ? 1 : 0;
@@ -125,6 +128,8 @@ int main(int argc, char** argv) {
   for (const auto& [name, n] : per_variant) std::cout << " " << name << " " << n;
   std::cout << "\n  per element type:";
   for (const auto& [name, n] : per_type) std::cout << " " << name << " " << n << ",";
+  std::cout << "\n  per K/V form, element type and call:";
+  for (const auto& [name, n] : per_form) std::cout << " " << name << " " << n << ",";
   std::cout << "\n  with NaN/inf/huge/denormal injections: " << with_injections << ", with a sequence >= 1024: " << long_cases
             << ", with the backward: " << backward_cases << std::endl;
   return failed == 0 ? 0 : 1;

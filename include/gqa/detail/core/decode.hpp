@@ -88,7 +88,12 @@ namespace detail::core {
 // both scale passes are gone. A row whose unit's p' holds a NaN or an infinity (a NaN score, an infinite
 // scale), or whose max|p'| is so small that 32767 / max|p'| overflows, takes the fp32 products for that
 // unit (the naive softmax's rules hold exactly there); a unit of zero weights adds nothing; a cut unit
-// (a causal or window edge inside it) takes the fp32 band, as before.
+// (a causal or window edge inside it) takes the fp32 band, as before. decode_pv reads V at one stride, so a
+// paged cache's chunk takes these products when it lies in one page (every chunk when the page size is a
+// multiple of 64: the dense call's bits) and the fp32 products otherwise (kernel::pv_int8). Measured (AMD
+// EPYC, 2026-12-06, one thread, D1's heads, pages of 16 slots, the two versions alternating): integer
+// products page by page, each page's 16 weights rounded relative to their own largest, ran 0.98x the fp32
+// products at 16384 keys (AVX2 0.93x), so smaller pages keep the fp32 products.
 // Accuracy: each weight moves by at most half a step, max|p'| / 65534 of its unit, ~2^-16 relative to the
 // unit's largest: bf16 decode rounds its weights to 2^-9 of their own size (Note [bf16 decode]), and the
 // int8 cache itself holds V to 1/254 of each row's largest. Tests budget it by a bound (Note [int8 P·V

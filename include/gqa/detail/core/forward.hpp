@@ -193,7 +193,13 @@ struct kernel {
     const typename Lay::kv_type* k[max_block];
     const typename Lay::kv_type* v[max_block];
   };
-  using block_pointers = std::conditional_t<Lay::paged, row_pointers, no_row_pointers>;
+  struct q8_row_pointers : row_pointers {  // int8 pages: each key's scales too (KV head 0's)
+    const float* ks[max_block];
+    const float* vs[max_block];
+  };
+  using block_pointers = std::conditional_t<
+      Lay::paged, std::conditional_t<quantised_kv<typename Lay::kv_type>, q8_row_pointers, row_pointers>,
+      no_row_pointers>;
 
   /// A paged block lists its keys' rows of KV head 0 in `ptr` (once per block; the heads add their offset).
   static GQA_FORCEINLINE void list_rows(const problem& pb, index_t ib, index_t j0, index_t nb,
@@ -204,6 +210,10 @@ struct kernel {
         const kv_loc at = cur.loc();
         ptr.k[j] = pb.lay.k.row(at.b, at.s, 0);
         ptr.v[j] = pb.lay.v.row(at.b, at.s, 0);
+        if constexpr (quantised_kv<typename Lay::kv_type>) {
+          ptr.ks[j] = pb.lay.scales.k.row(at.b, at.s, 0);
+          ptr.vs[j] = pb.lay.scales.v.row(at.b, at.s, 0);
+        }
       }
     }
   }
@@ -215,7 +225,11 @@ struct kernel {
     using T = typename Lay::kv_type;  // named, not deduced: clang 14 has no aggregate deduction
     const auto& k = pb.lay.k;
     const auto& v = pb.lay.v;
-    if constexpr (Lay::paged) {
+    if constexpr (Lay::paged && quantised_kv<T>) {  // Note [int8 K/V]
+      const auto& sc = pb.lay.scales;
+      return std::pair{paged_q8_rows{{ptr.k, g * k.stride_h}, ptr.ks, g * sc.k.stride_h},
+                       paged_q8_rows{{ptr.v, g * v.stride_h}, ptr.vs, g * sc.v.stride_h}};
+    } else if constexpr (Lay::paged) {
       return std::pair{paged_rows<T>{ptr.k, g * k.stride_h}, paged_rows<T>{ptr.v, g * v.stride_h}};
     } else if constexpr (quantised_kv<T>) {  // Note [int8 K/V]
       const kv_loc at = pb.lay.kv_cursor(ib, j0).loc();
@@ -433,7 +447,7 @@ struct kernel {
       };
       softmax::update_rows(srow0 + x, lay.bk, nw, rows, st.m + r0, st.l + r0, orow0, lay.dvp, modify_row,
                            [](index_t) noexcept {});
-      if constexpr (i8_capable) {
+      if constexpr (i8_capable && integer_pv<decltype(vb)>) {
         if (q8 != nullptr && !cut) {  // Note [int8 decode P·V] (V's scales applied there); a cut unit: below
           pv_int8(vb, pb.dv, x, x + n, srow0, rows, lay.bk, lay.dvp, orow0);
           return;
@@ -455,9 +469,16 @@ struct kernel {
     });
   }
 
-  /// direct::scale_columns and accumulate_pv of an int8 V (v: q8_rows) in integers, in i8_decode's chunks of
-  /// keys (Note [int8 decode P·V]): O[r] += Σ_{lo<=j<hi} (P[r][j] · scale_j) · V[j] for r < rows (<= 64); a
-  /// row whose chunk of weights cannot be rounded takes that chunk's fp32 products (its P scaled in place).
+  /// Whether pv_int8 takes these V rows: int8 rows, at one stride (dense and ragged) or listed one pointer
+  /// per key (paged: a chunk across pages takes the fp32 products there).
+  template <class Rows>
+  static constexpr bool integer_pv = std::is_same_v<std::remove_cvref_t<Rows>, q8_rows> ||
+                                     std::is_same_v<std::remove_cvref_t<Rows>, paged_q8_rows>;
+
+  /// direct::scale_columns and accumulate_pv of an int8 V (v: q8_rows or paged_q8_rows) in integers, in
+  /// i8_decode's chunks of keys (Note [int8 decode P·V]): O[r] += Σ_{lo<=j<hi} (P[r][j] · scale_j) · V[j]
+  /// for r < rows (<= 64); a row whose chunk of weights cannot be rounded, and every row of a chunk whose V
+  /// rows are not at one stride, take that chunk's fp32 products (P scaled in place).
   template <class Rows>
   static void pv_int8(const Rows& v, index_t dv, index_t lo, index_t hi, float* p, index_t rows, index_t ldp,
                       index_t dvp, float* o) noexcept {
@@ -466,8 +487,24 @@ struct kernel {
     for (index_t c = lo; c < hi; c += C) {
       const index_t nc = std::min(C, hi - c);
       for (index_t j = 0; j < nc; ++j) vs[j] = v.scale(c + j);
-      std::uint64_t left = i8_decode<Isa>::decode_pv(static_cast<int>(rows), p + c, ldp, nc, v(c), v.values.stride,
-                                                     vs, dv, o, dvp);
+      // The chunk's V rows at one stride: always for dense and ragged rows, for a paged block's when the
+      // chunk lies in one page (every chunk when the page size is a multiple of 64). A chunk across pages
+      // takes the fp32 products (Note [int8 decode P·V]).
+      index_t ldv = 0;
+      bool strided = true;
+      if constexpr (std::is_same_v<Rows, q8_rows>) {
+        ldv = v.values.stride;
+      } else {
+        ldv = nc > 1 ? static_cast<index_t>(v(c + 1) - v(c)) : 0;
+        for (index_t j = 2; j < nc && strided; ++j) strided = v(c + j) == v(c + j - 1) + ldv;
+      }
+      if (!strided) {
+        for (index_t r = 0; r < rows; ++r)
+          for (index_t j = 0; j < nc; ++j) p[r * ldp + c + j] *= vs[j];
+        direct<Isa>::accumulate_pv(v, dv, c, c + nc, p, rows, ldp, dvp, o);
+        continue;
+      }
+      std::uint64_t left = i8_decode<Isa>::decode_pv(static_cast<int>(rows), p + c, ldp, nc, v(c), ldv, vs, dv, o, dvp);
       for (; left != 0; left &= left - 1) {
         const auto r = static_cast<index_t>(std::countr_zero(left));
         for (index_t j = 0; j < nc; ++j) p[r * ldp + c + j] *= vs[j];
@@ -734,7 +771,7 @@ struct kernel {
         softmax::update_rows(srow0, lay.bk, nbp, grow, st.m + r0, st.l + r0, orow0, lay.dvp, modify_row, finish_row);
         // P·V; a cut block as a band, so that no hidden V row enters a product (Note [causal staircase]).
         if (direct_path) {
-          if constexpr (i8_capable) {
+          if constexpr (i8_capable && integer_pv<decltype(vb)>) {
             if (d8 && !cut) {  // Note [int8 decode P·V] (V's scales applied there)
               pv_int8(vb, dv, 0, nb, srow0, grow, lay.bk, lay.dvp, orow0);
               r0 += grow;
@@ -995,7 +1032,11 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
     n_chunks = std::min((skv + k_split_min_chunk - 1) / k_split_min_chunk,
                         (k_split_min_tasks + base_tasks - 1) / base_tasks);
   }
-  const index_t chunk = n_chunks == 1 ? skv : round_up((skv + n_chunks - 1) / n_chunks, K::cols);
+  // With int8 K/V a chunk is whole 64-key units (the int8 P·V's chunks, Note [int8 decode P·V]; AVX-512's
+  // K::cols already is 64, AVX2's 16), so that in a paged cache whose page size is a multiple of 64 every
+  // unit lies in one page and takes the dense call's products.
+  constexpr index_t chunk_keys = quantised_kv<typename Lay::kv_type> ? std::lcm(K::cols, index_t{64}) : K::cols;
+  const index_t chunk = n_chunks == 1 ? skv : round_up((skv + n_chunks - 1) / n_chunks, chunk_keys);
   n_chunks = (skv + chunk - 1) / chunk;
 
   // Note [packed K/V reuse]
@@ -1136,6 +1177,27 @@ void forward_q8(tensor_view<const float> q, tensor_view<const std::int8_t> k, te
   forward_layout<Isa>(lay, q.b, q.s, k.s, q.d, v.d, map, opt);
 }
 
+/// forward_paged on int8 pools with their scale pools (num_pages, page_size, hkv, 1) (Note [int8 K/V]).
+template <class Isa>
+void forward_paged_q8(tensor_view<const float> q, tensor_view<const std::int8_t> k, tensor_view<const float> k_scales,
+                      tensor_view<const std::int8_t> v, tensor_view<const float> v_scales, tensor_view<float> o,
+                      const std::int32_t* table, index_t max_pages, std::span<const index_t> lengths, index_t longest,
+                      const head_map& map, const attention_options& opt) {
+  const paged_layout<std::int8_t> lay{q, k, v, o, table, max_pages, lengths, {k_scales, v_scales}};
+  forward_layout<Isa>(lay, q.b, q.s, longest, q.d, v.d, map, opt);
+}
+
+/// forward_ragged on int8 K/V with their scales (1, total, hkv, 1) (Note [int8 K/V]).
+template <class Isa>
+void forward_ragged_q8(tensor_view<const float> q, tensor_view<const std::int8_t> k, tensor_view<const float> k_scales,
+                       tensor_view<const std::int8_t> v, tensor_view<const float> v_scales, tensor_view<float> o,
+                       std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq, index_t skv,
+                       const head_map& map, const attention_options& opt) {
+  const auto b = static_cast<index_t>(cu_q.size()) - 1;
+  const ragged_layout<std::int8_t> lay{q, k, v, o, cu_q, cu_k, {k_scales, v_scales}};
+  forward_layout<Isa>(lay, b, sq, skv, q.d, v.d, map, opt);
+}
+
 /// The core on a validated paged cache (gqa/paged.hpp): paged_layout over pools k, v (num_pages,
 /// page_size, hkv, d), `table` [b][max_pages] and per-sequence `lengths`, the longest being `longest`.
 /// The layout is built here, in the target's own namespace (Note [per-target kernels]).
@@ -1143,8 +1205,8 @@ template <class Isa, class KV, class Q, class O>
 void forward_paged(tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v, tensor_view<O> o,
                    const std::int32_t* table, index_t max_pages, std::span<const index_t> lengths, index_t longest,
                    const head_map& map, const attention_options& opt) {
-  forward_layout<Isa>(paged_layout<KV, Q, O>{q, k, v, o, table, max_pages, lengths}, q.b, q.s, longest, q.d, v.d, map,
-                      opt);
+  forward_layout<Isa>(paged_layout<KV, Q, O>{q, k, v, o, table, max_pages, lengths, {}}, q.b, q.s, longest, q.d, v.d,
+                      map, opt);
 }
 
 /// The core on a validated ragged batch (gqa/varlen.hpp): ragged_layout over the packed views with the
@@ -1154,7 +1216,7 @@ void forward_ragged(tensor_view<const Q> q, tensor_view<const KV> k, tensor_view
                     std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq, index_t skv,
                     const head_map& map, const attention_options& opt) {
   const auto b = static_cast<index_t>(cu_q.size()) - 1;
-  forward_layout<Isa>(ragged_layout<KV, Q, O>{q, k, v, o, cu_q, cu_k}, b, sq, skv, q.d, v.d, map, opt);
+  forward_layout<Isa>(ragged_layout<KV, Q, O>{q, k, v, o, cu_q, cu_k, {}}, b, sq, skv, q.d, v.d, map, opt);
 }
 
 }  // namespace detail::core

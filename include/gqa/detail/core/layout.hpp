@@ -165,6 +165,7 @@ struct paged_layout {
   const std::int32_t* page_table;      // [b][max_pages]
   index_t max_pages;
   std::span<const index_t> kv_lengths;  // [b], each <= max_pages · page_size
+  [[no_unique_address]] kv_scales<KV> scales;  // int8: pools of scales (num_pages, page_size, hkv, 1)
 
   index_t page_size() const noexcept { return k.s; }
   index_t q_len(index_t) const noexcept { return q.s; }
@@ -191,6 +192,7 @@ struct ragged_layout {
   tensor_view<const KV> k, v;       // (1, total, h, d)
   tensor_view<O> o;
   std::span<const index_t> cu_q, cu_k;
+  [[no_unique_address]] kv_scales<KV> scales;  // int8: (1, total, h, 1)
 
   index_t q_len(index_t ib) const noexcept { return at(cu_q, ib + 1) - at(cu_q, ib); }
   index_t kv_len(index_t ib) const noexcept { return at(cu_k, ib + 1) - at(cu_k, ib); }
@@ -248,6 +250,19 @@ struct paged_rows {
   index_t head;
   const T* operator()(index_t j) const noexcept { return rows[j] + head; }
   listed_b<T> b_at(index_t j0, index_t c0) const noexcept { return {rows + j0, head + c0}; }
+};
+
+/// int8 rows of a block that spans pages, with their scales (Note [int8 K/V]): row j's values at
+/// values(j), its scale at scales[j][scale_head] (scales lists KV head 0's; scale_head is the KV head's
+/// offset in the scale pool).
+struct paged_q8_rows {
+  using element = std::int8_t;
+  paged_rows<std::int8_t> values;
+  const float* const* scales;
+  index_t scale_head;
+  const std::int8_t* operator()(index_t j) const noexcept { return values(j); }
+  float scale(index_t j) const noexcept { return scales[j][scale_head]; }
+  listed_b<std::int8_t> b_at(index_t j0, index_t c0) const noexcept { return values.b_at(j0, c0); }
 };
 
 }  // namespace detail::core

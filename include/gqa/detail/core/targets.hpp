@@ -148,6 +148,35 @@ void forward_paged_on(named_target on, tensor_view<const Q> q, tensor_view<const
   GQA_CORE_ON(on, forward_paged, q, k, v, o, table, max_pages, lengths, longest, map, opt)
 }
 
+/// The paged forward core on int8 pools (forward_paged_q8; k, v: the pools as q8_views) on `on`.
+template <class Isa, std::same_as<q8_view> Q8>
+void forward_paged_on(Isa, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o,
+                      const std::int32_t* table, index_t max_pages, std::span<const index_t> lengths, index_t longest,
+                      const head_map& map, const attention_options& opt) {
+  forward_paged_q8<Isa>(q, k.values, k.scales, v.values, v.scales, o, table, max_pages, lengths, longest, map, opt);
+}
+template <std::same_as<q8_view> Q8>
+void forward_paged_on(named_target on, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o,
+                      const std::int32_t* table, index_t max_pages, std::span<const index_t> lengths, index_t longest,
+                      const head_map& map, const attention_options& opt) {
+  GQA_CORE_ON(on, forward_paged_q8, q, k.values, k.scales, v.values, v.scales, o, table, max_pages, lengths, longest,
+              map, opt)
+}
+
+/// The ragged forward core on int8 K/V (forward_ragged_q8) on `on`.
+template <class Isa, std::same_as<q8_view> Q8>
+void forward_ragged_on(Isa, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o,
+                       std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq, index_t skv,
+                       const head_map& map, const attention_options& opt) {
+  forward_ragged_q8<Isa>(q, k.values, k.scales, v.values, v.scales, o, cu_q, cu_k, sq, skv, map, opt);
+}
+template <std::same_as<q8_view> Q8>
+void forward_ragged_on(named_target on, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o,
+                       std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq, index_t skv,
+                       const head_map& map, const attention_options& opt) {
+  GQA_CORE_ON(on, forward_ragged_q8, q, k.values, k.scales, v.values, v.scales, o, cu_q, cu_k, sq, skv, map, opt)
+}
+
 /// The ragged forward core (forward_ragged) on `on`.
 template <class Isa, class KV, class Q, class O>
 void forward_ragged_on(Isa, tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v,
