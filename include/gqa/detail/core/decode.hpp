@@ -206,7 +206,7 @@ struct decode {
   // 0.90x, 256 keys (L2) 0.77-0.80x. 16-bit and int8 K/V of 24 MiB or more on AMD CPUs, whose step (8 keys'
   // K and V rows, every KV head) fits in 32 KiB (since 2026-12-05, evening; MHA decode's 128 KiB steps of
   // bf16 evicted L1 before their arithmetic: 0.84x at 8192 keys, so larger steps keep the prefetches):
-  // each step loads one element per line of its keys' K and V rows, all heads, in address order
+  // each step loaded one element per line of its keys' K and V rows, all heads, in address order
   // (their units follow the block's scores, so V's loads cannot wait for a unit), and while each head's
   // scores run it prefetches (into L1) that head's K and V rows of the next step's keys, so that those misses
   // are under way during the step's arithmetic and the next step's loads mostly hit. Measured (AMD EPYC,
@@ -220,7 +220,14 @@ struct decode {
   // block the same way, where two steps fit in 32 KiB (int8 D1: 16 KiB a step): before, each block's first
   // step found none of its lines on the way. int8 D1 (16384 keys) 1.03-1.05x, at 65536 keys 1.06x, AVX2
   // 1.03x (the two versions called alternately in one process, medians of 15-21 pairs, same bits); bf16
-  // D1's 32 KiB steps 0.98-1.00x, so they stop at the block's end as before.
+  // D1's 32 KiB steps 0.98-1.00x, so they stop at the block's end as before. Later on 2026-12-06, with those
+  // prefetches of the next step in place, a narrow step's own first pass became prefetches into L1 too (as
+  // without first_loads), not loads: bf16 Q/K/V 1.066-1.088x, bf16 K/V 1.084-1.093x, int8 1.028-1.088x
+  // (six runs; the host's other guests move it) at 16384 keys, 1.084x and 1.080x at 65536; AVX2 1.042x
+  // (bf16) and 1.026-1.028x (int8); with a process reading 1 GiB in a loop on the other vCPU, bf16 1.079x
+  // and int8 1.066x (the two versions called alternately in one process, medians of 15-25 pairs, same
+  // bits). V's lines alone as prefetches gave 1.01-1.03x, as L2
+  // prefetches 0.96-0.99x. fp32 keeps its loads: its K lines as L1 prefetches ran 0.85x, with V's 0.74x.
   // Not kept: the next step's lines loaded (not prefetched) at each step's start instead
   // of the current step's (0.93x); the next step's lines prefetched at the step's start (0.95x); fp32 with
   // the per-head prefetch of the next step (0.80x). Tried, fp32: the
@@ -248,12 +255,12 @@ struct decode {
   /// on the unit. For fp32
   /// K/V each unit's calls follow its scores (fused<T>), otherwise they follow the whole block's. Keys past
   /// the block's last repeat it up to a whole unit: s rows need room for round_up(nb, unit_keys) columns.
-  /// first_loads (adjacent heads): each step first loads one element per cache line of its keys' K rows, all
-  /// heads, in address order, and for fp32 each unit the same of its keys' V rows before its steps, for 16-bit
-  /// and int8 each step of its V rows too, and each head prefetches its rows of the next step's keys, the
-  /// task's next block's first ones after the last step (after: the keys the task reads past this block)
-  /// (Note [decode first loads]); without it, 16-bit and int8 steps
-  /// prefetch those lines (Note [keys per step]). q16 (bf16 K/V only; else nullptr): the rows' bf16 Q,
+  /// 16-bit and int8 steps (adjacent heads) first prefetch every cache line of their keys' K and V rows,
+  /// all heads, in address order (Note [keys per step]). first_loads (adjacent heads; Note [decode first
+  /// loads]): fp32 steps first load one element per cache line of their keys' K rows, and each unit the same
+  /// of its keys' V rows before its P·V; in 16-bit and int8 steps each head prefetches its rows of the next
+  /// step's keys, the task's next block's first ones after the last step (after: the keys the task reads
+  /// past this block). q16 (bf16 K/V only; else nullptr): the rows' bf16 Q,
   /// padded_d(d) elements each, whose scores are computed by VDPBF16PS and multiplied by qscale (Note [bf16
   /// decode]); qp then is not read. q8 (int8 K/V only; else nullptr): the rows quantised to int8, whose
   /// scores are computed by VPDPBUSD and multiplied by their keys' K scales here (Note [int8 decode
@@ -270,8 +277,9 @@ struct decode {
     const index_t d = k.d;
     const typename D::extent de(d);
     const bool heads_adjacent = k.stride_h == d && v.stride_h == v.d;
-    // Each step's first pass over its keys' rows, all heads, in address order: loads (Note [decode first
-    // loads]; fp32 loads V's per unit, before its P·V), or for narrow K/V prefetches (Note [keys per step]).
+    // Each step's first pass over its keys' rows, all heads, in address order: for fp32 with first_loads,
+    // loads of K's (and V's per unit, before its P·V; Note [decode first loads]); for narrow K/V, prefetches
+    // (Note [keys per step]), and with first_loads each head's prefetch of its rows of the next step.
     const bool loads = heads_adjacent && first_loads;
     const bool prefetches = heads_adjacent && !first_loads && !fused<T>;
     const bool touch_unused = heads_adjacent && !loads && !prefetches;
@@ -295,19 +303,16 @@ struct decode {
           }
           at[u] = last;
         }
-        // The step's first pass.
+        // The step's first pass: narrow K/V's lines prefetched into L1, fp32's K lines loaded (its V lines
+        // before each unit's P·V, below).
         for (index_t e = 0; e < keys && (loads || prefetches); ++e) {
           const T* kr0 = k.row(at[e].b, at[e].s, 0);
-          const T* vr0 = v.row(at[e].b, at[e].s, 0);
-          if (prefetches) {
-            prefetch_lines_l1(kr0, k.h * d);
-            prefetch_lines_l1(vr0, v.h * v.d);
-          } else if (fused<T>) {
+          if constexpr (fused<T>) {
             touch_lines(kr0, k.h * d);
             unit_at[j - u0 + e] = at[e];
           } else {
-            touch_lines(kr0, k.h * d);
-            touch_lines(vr0, v.h * v.d);
+            prefetch_lines_l1(kr0, k.h * d);
+            prefetch_lines_l1(v.row(at[e].b, at[e].s, 0), v.h * v.d);
           }
         }
         // Narrow K/V with loads: the next step's keys, whose rows each head prefetches below (past the block's

@@ -61,7 +61,7 @@ struct problem {
   std::uint64_t call;  // this call's number (next_call_serial), naming what a thread's kept blocks belong to
   index_t keep_blocks; // K/V blocks of a KV head a thread keeps packed, 0: none (Note [packed K/V reuse])
   bool keep_ring;      // and block i in slot i mod keep_blocks (Note [kept blocks as a ring])
-  bool decode_loads;   // decode steps load their K/V lines in address order first (Note [decode first loads])
+  bool decode_loads;   // decode steps' first loads / next-step prefetches (Note [decode first loads])
   bool i8_products;    // decode's Q·Kᵀ on int8 K by VPDPBUSD, Q quantised (Note [int8 decode products])
 };
 
@@ -956,9 +956,10 @@ index_t forward_rows() noexcept {
   return ::gqa::isa::l2_cache_bytes() >= (index_t{2} << 20) ? Shape::rows_large_l2 : Shape::rows;
 }
 
-/// Whether a decode call's steps first load their K/V lines (Note [decode first loads] in decode.hpp): on
-/// AMD CPUs, for K and V of 24 MiB or more (b · skv · hkv rows of d_qk + d_v elements); for 16-bit and int8
-/// K/V only while a step's K and V rows (k_direct_keys keys, every KV head) fit in 32 KiB. Changes no result.
+/// Whether a decode call's steps first load their K/V lines (fp32) or prefetch the next step's lines while
+/// each head's scores run (16-bit and int8) (Note [decode first loads] in decode.hpp): on AMD CPUs, for K
+/// and V of 24 MiB or more (b · skv · hkv rows of d_qk + d_v elements); for 16-bit and int8 K/V only while
+/// a step's K and V rows (k_direct_keys keys, every KV head) fit in 32 KiB. Changes no result.
 template <class T>
 bool decode_first_loads(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
   const double row = static_cast<double>(hkv) * static_cast<double>(dqv) * static_cast<double>(sizeof(T));
