@@ -113,9 +113,10 @@ void check_finite_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>&
   }
 }
 
-/// check_paged for an int8 cache (paged_q8_kv): the values' pools as check_paged checks float ones (names kv.k.values,
-/// kv.v.values), each scale pool against its values (kv.k.scales, kv.v.scales: (num_pages, page_size, hkv,
-/// 1)), and no output sharing an element with the scales.
+/// check_paged for an int8 cache (paged_q8_kv): each value pool as a view (named kv.k.values, kv.v.values)
+/// and then as check_paged checks float pools (named kv.k, kv.v), each scale pool against its values
+/// (kv.k.scales, kv.v.scales: (num_pages, page_size, hkv, 1)), and no output sharing an element with the
+/// scales.
 inline void check_paged(const tensor_view<const float>& q, const paged_q8_kv& kv, const tensor_view<float>& o,
                         const attention_options& opt, const char* where) {
   check_q8(kv.k, "kv.k.values", "kv.k.scales", where);
