@@ -351,10 +351,12 @@ TYPED_TEST_P(lowp_suite, attend_f16_qo_is_rounded_fp32_bitwise) {
 }
 
 // Note [decode first loads] (detail/core/decode.hpp): on AMD CPUs a decode call whose fp32 K/V reach 24 MiB
-// first loads every line of each step's K rows and of each unit's V rows; 16-bit calls never do. bf16 K/V
-// of 24 MiB give the bits of the fp32 call on their widened values (48 MiB: with first loads, on AMD), and
-// both match the reference; with a KV head no query head uses, and with two causal positions. Elsewhere
-// neither call loads first and the test checks the same equalities.
+// first loads every line of each step's K rows and of each unit's V rows; 16-bit and int8 calls of that
+// size prefetch the next step's lines instead, or on Zen 4 load the lines of the keys some way ahead (Note
+// [decode loads ahead]). bf16 K/V of 24 MiB give the bits of the fp32 call on their widened values (48 MiB:
+// with first loads, on AMD), and both match the reference; with a KV head no query head uses, and with two
+// causal positions; int8 K/V of 24 MiB match the reference (on pages and in ragged batches:
+// decode_reads_of_large_int8_pages). Elsewhere no call reads ahead and the test checks the same equalities.
 TYPED_TEST_P(lowp_suite, decode_first_loads_keep_bits) {
   lowp_case c;
   c.skv = 6144;  // 6144 keys x 8 KV heads x (128 + 128) x 2 bytes = 24 MiB of bf16
@@ -1940,6 +1942,19 @@ TYPED_TEST_P(lowp_suite, paged_and_ragged_int8) {
   }
 }
 
+// An int8 cache of 42 MiB (two sequences, 21325 keys, 8 KV heads, d 128) on shuffled pages of 16 and 64
+// slots and as a ragged batch, decode: what check_int8_paged_and_ragged asserts, at the size where decode
+// reads ahead of its steps on AMD CPUs (Notes [decode first loads] and [decode loads ahead] in
+// detail/core/decode.hpp; the loads ahead follow the page table).
+TYPED_TEST_P(lowp_suite, decode_reads_of_large_int8_pages) {
+  if (gqa::test::reduced) GTEST_SKIP() << "42 MiB caches: not in the reduced (sanitizer) runs";
+  const gqa::head_map map = gqa::head_map::uniform(16, 8);
+  for (const index_t ps : {index_t{16}, index_t{64}}) {
+    const int8_pages kv({12325, 9000}, 8, 128, ps, 4245 + static_cast<std::uint64_t>(ps));
+    check_int8_paged_and_ragged<TypeParam>(kv, 1, map, /*causal=*/false, 4246);
+  }
+}
+
 /// NaN scales in an int8 page pool and in the same ragged batch (what quantize_q8 writes for a row holding
 /// NaN or inf): one K row of sequence 0 (KV head 0, a key the causal horizon hides from the first rows when
 /// sq > 1) and one V row of sequence 1 (KV head 1, likewise), besides the NaN scales int8_pages leaves in
@@ -2211,7 +2226,7 @@ TYPED_TEST_P(lowp_suite, every_variant_int8_paged_and_ragged) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_products_every_variant,
-                            int8_pv_matches_rounded_weights, decode_first_loads_keep_bits,
+                            int8_pv_matches_rounded_weights, decode_first_loads_keep_bits, decode_reads_of_large_int8_pages,
                             attend_bf16_matches_reference_and_fp32_bitwise,
                             attend_f16_matches_reference_and_fp32_bitwise, attend_int8_matches_reference_and_fp32,
                             every_variant_bf16_matches_fp32_bitwise, every_variant_f16_matches_fp32_bitwise,

@@ -130,6 +130,24 @@ inline bool amd_cpu() noexcept {
 #endif
 }
 
+/// The running CPU's family as CPUID leaf 1 reports it (the base family, plus the extended family where
+/// the base is 15: AMD Zen 3 and Zen 4 are 25, Zen 5 26), read once per process; 0 off x86. Decode tunes
+/// its reads by it on AMD CPUs (Note [decode loads ahead] in detail/core/decode.hpp): a choice of speed
+/// that changes no result.
+inline unsigned cpu_family() noexcept {
+#if GQA_X86_CPUID
+  static const unsigned family = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0u;
+    const unsigned base = (a >> 8) & 0xFu;
+    return base == 0xFu ? base + ((a >> 20) & 0xFFu) : base;
+  }();
+  return family;
+#else
+  return 0;
+#endif
+}
+
 /// Whether bf16 prefill without AMX multiplies with VDPBF16PS (Note [bf16 tiles] in detail/core/bf16_tiles.hpp):
 /// the CPU has AVX512-BF16 and is an AMD one, where VDPBF16PS issues like an FMA and does twice its work
 /// (Zen 5: 406 against 218 GFLOP/s on one core). On the Intel Xeons measured it issues at half an FMA's

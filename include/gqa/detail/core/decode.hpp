@@ -237,6 +237,27 @@ struct decode {
   // §2.4), so other CPUs keep the walk as it was. The loads read nothing the scores and P·V do not read and
   // change no value.
 
+  // Note [decode loads ahead]
+  // On an AMD EPYC of family 25 model 17 (Zen 4: 32 KiB of L1d, 1 MiB of L2, AVX-512 on 256-bit units;
+  // 2 vCPUs, 2026-12-06) neither the prefetches of Note [keys per step] nor the first loads and next-step
+  // prefetches of Note [decode first loads] let 16-bit and int8 decode overlap its arithmetic with memory:
+  // D1's heads ran 242 ns per key with bf16 K/V in L2 or L3 (256 and 2048 keys) and 484-532 from DRAM
+  // (16384 keys), int8 158 and 347-430 ns, more than the arithmetic plus the bytes at the read probe's rate
+  // (int8: 158 + 85). There, 16-bit and int8 decode calls whose K and V reach 24 MiB load one element of
+  // every cache line of the keys `ahead` keys past each step, all heads, in address order (as many keys as
+  // hold 16 KiB of K: 16 for int8 D1, 8 for bf16, 2-4 for MHA's 32 heads), and nothing else: the step's own
+  // lines then mostly hit. decode_ahead_keys in forward.hpp decides, per call; fp32 and other CPUs keep
+  // the walk as it was. Measured (that machine, one thread pinned, the two versions called alternately in
+  // one process, medians of 7-11 pairs, AVX-512, the same bits): int8 D1 at 16384 keys 1.31-1.33x (five
+  // runs), at 65536 1.27x, MHA int8 (32 KV heads, 8192 keys) 1.33-1.38x; bf16 K/V 1.12-1.22x, bf16 Q/K/V
+  // 1.13-1.23x, MHA bf16 1.08x; AVX2 bf16 1.12-1.14x. Not kept: the same for int8 K whose products are fp32
+  // (AVX2 without AVX-VNNI, 0.93x: 16-bit conversions make that step compute-bound), and for fp32 K/V
+  // (0.96-1.13x against its first loads, no clear gain); a load of every second, fourth or sixteenth line
+  // (0.93-1.01x: every line must be asked for; the hardware prefetcher does not fill the gaps), the lines
+  // prefetched into L1 or L2 32 keys ahead instead of loaded (0.79x and 1.0x), and the loads ahead on top
+  // of the step's own prefetches (1.12-1.14x for int8, 0.98x bf16). The loads read nothing the walk does not
+  // read (up to the task's last key) and change no value.
+
   /// Keys of a unit of the walk, the keys each head's online softmax and P·V take at a time (Note [fused
   /// decode walk] in forward.hpp): whole score steps and whole vectors of scores on every ISA.
   static constexpr index_t unit_keys = 32;
@@ -260,15 +281,18 @@ struct decode {
   /// loads]): fp32 steps first load one element per cache line of their keys' K rows, and each unit the same
   /// of its keys' V rows before its P·V; in 16-bit and int8 steps each head prefetches its rows of the next
   /// step's keys, the task's next block's first ones after the last step (after: the keys the task reads
-  /// past this block). q16 (bf16 K/V only; else nullptr): the rows' bf16 Q,
-  /// padded_d(d) elements each, whose scores are computed by VDPBF16PS and multiplied by qscale (Note [bf16
-  /// decode]); qp then is not read. q8 (int8 K/V only; else nullptr): the rows quantised to int8, whose
-  /// scores are computed by VPDPBUSD and multiplied by their keys' K scales here (Note [int8 decode
-  /// products]); qp then is not read either.
+  /// past this block). ahead (16-bit and int8 K/V; Note [decode loads ahead]): when > 0, each step instead
+  /// loads one element per cache line of the K and V rows, all heads, of the keys `ahead` keys past it (up
+  /// to the task's last key), and the step's own lines are not prefetched. q16 (bf16 K/V only; else
+  /// nullptr): the rows' bf16 Q, padded_d(d) elements each, whose scores are computed by VDPBF16PS and
+  /// multiplied by qscale (Note [bf16 decode]); qp then is not read. q8 (int8 K/V only; else nullptr): the
+  /// rows quantised to int8, whose scores are computed by VPDPBUSD and multiplied by their keys' K scales
+  /// here (Note [int8 decode products]); qp then is not read either.
   template <class Lay, class Step>
   static void walk(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads, index_t npos,
-                   index_t j0, index_t nb, index_t after, bool first_loads, const float* qp, const std::uint16_t* q16,
-                   const q8_query* q8, float qscale, float* s, index_t lds, Step&& step) noexcept {
+                   index_t j0, index_t nb, index_t after, bool first_loads, index_t ahead, const float* qp,
+                   const std::uint16_t* q16, const q8_query* q8, float qscale, float* s, index_t lds,
+                   Step&& step) noexcept {
     using T = typename Lay::kv_type;
     constexpr index_t KU = step_keys;
     const index_t span = fused<T> ? unit_keys : nb;  // keys scored before their units' steps
@@ -280,9 +304,15 @@ struct decode {
     // Each step's first pass over its keys' rows, all heads, in address order: for fp32 with first_loads,
     // loads of K's (and V's per unit, before its P·V; Note [decode first loads]); for narrow K/V, prefetches
     // (Note [keys per step]), and with first_loads each head's prefetch of its rows of the next step.
-    const bool loads = heads_adjacent && first_loads;
-    const bool prefetches = heads_adjacent && !first_loads && !fused<T>;
-    const bool touch_unused = heads_adjacent && !loads && !prefetches;
+    // Narrow K/V on Zen 4: instead, a load of every line of the keys `ahead` keys past each step, all heads
+    // (Note [decode loads ahead]); not for int8 K without the integer products (their fp32 products: 0.93x).
+    const index_t far = heads_adjacent && !fused<T> && (!std::is_same_v<T, std::int8_t> || q8 != nullptr) ? ahead : 0;
+    const bool loads = heads_adjacent && first_loads && far == 0;
+    const bool prefetches = heads_adjacent && !first_loads && !fused<T> && far == 0;
+    const bool touch_unused = heads_adjacent && !loads && !prefetches && far == 0;
+    const index_t far_end = j0 + nb + after;  // the keys the task reads from this block on
+    index_t far_j = std::min(j0 + far, far_end);
+    auto far_cur = lay.kv_cursor(ib, far_j);
     const bool cross = 2 * KU * k.h * (d + v.d) * static_cast<index_t>(sizeof(T)) <= 32 * 1024;
     const auto touch_head = [&](kv_loc at, index_t g) noexcept {
       touch_lines(k.row(at.b, at.s, g), k.d);
@@ -302,6 +332,11 @@ struct decode {
             cur.next();
           }
           at[u] = last;
+        }
+        for (index_t e = 0; e < KU && far > 0 && far_j < far_end; ++e, ++far_j, far_cur.next()) {
+          const kv_loc at_far = far_cur.loc();
+          touch_lines(k.row(at_far.b, at_far.s, 0), k.h * d);
+          touch_lines(v.row(at_far.b, at_far.s, 0), v.h * v.d);
         }
         // The step's first pass: narrow K/V's lines prefetched into L1, fp32's K lines loaded (its V lines
         // before each unit's P·V, below).

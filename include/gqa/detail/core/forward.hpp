@@ -62,6 +62,7 @@ struct problem {
   index_t keep_blocks; // K/V blocks of a KV head a thread keeps packed, 0: none (Note [packed K/V reuse])
   bool keep_ring;      // and block i in slot i mod keep_blocks (Note [kept blocks as a ring])
   bool decode_loads;   // decode steps' first loads / next-step prefetches (Note [decode first loads])
+  index_t decode_ahead;  // 16-bit and int8 decode: keys ahead of each step loaded, 0: none (Note [decode loads ahead])
   bool i8_products;    // decode's Q·Kᵀ on int8 K by VPDPBUSD, Q quantised (Note [int8 decode products])
 };
 
@@ -425,8 +426,8 @@ struct kernel {
     // The walk's whole units of scores fit the block's rows (lay.bk).
     static_assert(round_up(shape::block_kv_decode, std::lcm(cols, k_direct_keys)) % decode<Isa>::unit_keys == 0);
     const std::span<const index_t> heads{pb.active + t.g0, pb.active + t.g1};
-    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, after, pb.decode_loads, qp, q16, q8, pb.qscale, sc,
-                      lay.bk,
+    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, after, pb.decode_loads, pb.decode_ahead, qp, q16, q8,
+                      pb.qscale, sc, lay.bk,
                       [&](index_t i, index_t r0, index_t x, index_t n) noexcept {
       const index_t g = heads[static_cast<std::size_t>(i)];
       const index_t G = pb.map->group_size(g), rows = G * npos;
@@ -968,6 +969,22 @@ bool decode_first_loads(index_t b, index_t skv, index_t hkv, index_t dqv) noexce
   return ::gqa::isa::amd_cpu() && bytes >= 24.0 * 1024.0 * 1024.0 && step_fits;
 }
 
+/// Keys ahead of each step whose K and V lines a 16-bit or int8 decode call loads (Note [decode loads
+/// ahead] in decode.hpp), 0 for none: on AMD CPUs of family 25 (Zen 4), for K and V of 24 MiB or more, as
+/// many keys as hold 16 KiB of K (at least one). fp32 K/V: 0. Changes no result.
+template <class T>
+index_t decode_ahead_keys(index_t b, index_t skv, index_t hkv, index_t d, index_t dv) noexcept {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    return 0;
+  } else {
+    const double key = static_cast<double>(hkv) * static_cast<double>(d) * static_cast<double>(sizeof(T));
+    const double bytes = static_cast<double>(b) * static_cast<double>(skv) * static_cast<double>(hkv) *
+                         static_cast<double>(d + dv) * static_cast<double>(sizeof(T));
+    if (!::gqa::isa::amd_cpu() || ::gqa::isa::cpu_family() != 25 || bytes < 24.0 * 1024.0 * 1024.0) return 0;
+    return std::max<index_t>(1, static_cast<index_t>(std::ceil(16384.0 / key)));
+  }
+}
+
 // Note [short last query block]
 // When the query blocks of forward_rows() / G positions would leave a last block of less than a quarter
 // of one, and spreading its positions over the full blocks adds at most an eighth to each, the full blocks
@@ -1095,6 +1112,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
                               side(opt.window_left), side(opt.window_right), opt.softcap * k_log2e, opt.sinks,
                               opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, bf16_amx, next_call_serial(),
                               keep_blocks, keep_ring, decode && decode_first_loads<typename Lay::kv_type>(b, skv, map.hkv(), d + dv),
+                              decode ? decode_ahead_keys<typename Lay::kv_type>(b, skv, map.hkv(), d, dv) : 0,
                               i8_products};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
