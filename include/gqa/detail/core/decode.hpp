@@ -248,15 +248,16 @@ struct decode {
   // hold 16 KiB of K: 16 for int8 D1, 8 for bf16, 2-4 for MHA's 32 heads), and nothing else: the step's own
   // lines then mostly hit. decode_ahead_keys in forward.hpp decides, per call; fp32 and other CPUs keep
   // the walk as it was. Measured (that machine, one thread pinned, the two versions called alternately in
-  // one process, medians of 7-11 pairs, AVX-512, the same bits): int8 D1 at 16384 keys 1.31-1.33x (five
-  // runs), at 65536 1.27x, MHA int8 (32 KV heads, 8192 keys) 1.33-1.38x; bf16 K/V 1.12-1.22x, bf16 Q/K/V
-  // 1.13-1.23x, MHA bf16 1.08x; AVX2 bf16 1.12-1.14x. Not kept: the same for int8 K whose products are fp32
-  // (AVX2 without AVX-VNNI, 0.93x: 16-bit conversions make that step compute-bound), and for fp32 K/V
-  // (0.96-1.13x against its first loads, no clear gain); a load of every second, fourth or sixteenth line
-  // (0.93-1.01x: every line must be asked for; the hardware prefetcher does not fill the gaps), the lines
-  // prefetched into L1 or L2 32 keys ahead instead of loaded (0.79x and 1.0x), and the loads ahead on top
-  // of the step's own prefetches (1.12-1.14x for int8, 0.98x bf16). The loads read nothing the walk does not
-  // read (up to the task's last key) and change no value.
+  // one process, medians of 5-15 pairs, AVX-512, the same bits): int8 D1 at 16384 keys 1.27-1.33x (seven
+  // runs), at 65536 1.16-1.27x, MHA int8 (32 KV heads, 8192 keys) 1.33-1.38x; bf16 K/V 1.08-1.22x, bf16
+  // Q/K/V 1.13-1.23x, MHA bf16 1.08-1.18x; AVX2 bf16 1.07-1.14x. Not kept: the same for int8 K whose
+  // products are fp32 (AVX2 without AVX-VNNI, 0.93x: the widening conversions make that step compute-bound)
+  // and for fp32 K/V (against its first loads 0.96-1.13x at 16384 keys and 1.04x at 4096; below 24 MiB
+  // 1.26-1.29x at 2048 keys but 0.70-0.74x at 512 and 1024); a load of every second, fourth or sixteenth
+  // line (0.93-1.01x: every line must be asked for; the hardware prefetcher does not fill the gaps), the
+  // lines prefetched into L1 or L2 32 keys ahead instead of loaded (0.79x and 1.0x), and the loads ahead on
+  // top of the step's own prefetches (1.12-1.14x for int8, 0.98x bf16). The loads read nothing the walk
+  // does not read (up to the task's last key) and change no value.
 
   /// Keys of a unit of the walk, the keys each head's online softmax and P·V take at a time (Note [fused
   /// decode walk] in forward.hpp): whole score steps and whole vectors of scores on every ISA.
