@@ -970,8 +970,9 @@ bool decode_first_loads(index_t b, index_t skv, index_t hkv, index_t dqv) noexce
 }
 
 /// Keys ahead of each step whose K and V lines a 16-bit or int8 decode call loads (Note [decode loads
-/// ahead] in decode.hpp), 0 for none: on AMD CPUs of family 25 (Zen 4), for K and V of 24 MiB or more, as
-/// many keys as hold 16 KiB of K (at least one). fp32 K/V: 0. Changes no result.
+/// ahead] in decode.hpp), 0 for none: on AMD CPUs of family 25 (Zen 3 and Zen 4; measured on Zen 4), for
+/// K and V of 24 MiB or more, as many keys as hold 16 KiB of K (at least one). fp32 K/V: 0. Changes no
+/// result.
 template <class T>
 index_t decode_ahead_keys(index_t b, index_t skv, index_t hkv, index_t d, index_t dv) noexcept {
   if constexpr (sizeof(T) == sizeof(float)) {
