@@ -359,6 +359,17 @@ void forward(P&& policy, tensor_view<const float> q, const basic_paged_kv<T>& kv
   detail::forward_paged_policy<Isa>(p, q, kv, o, opt);
 }
 
+namespace detail {
+/// What the int8 forward overloads (paged and ragged) require of a policy at compile time: a check() that
+/// takes int8 K/V if it has one (prepare() is given the cache's fp32 values: Note [int8 policies]).
+template <class Policy>
+constexpr void require_int8_check() noexcept {
+  static_assert((policy_with_check<Policy, std::int8_t> || !policy_with_check<Policy>),
+                "gqa::forward: this policy's check() takes float K/V only; make it a template over the element "
+                "type to run it on an int8 cache");
+}
+}  // namespace detail
+
 /// A policy's call (gqa::forward) on a paged int8 cache (gqa::paged_q8_kv): every step in fp32 on the
 /// dequantised values, as forward() on a dense q8_view runs it (Note [int8 policies]), read through the page
 /// table as for float pages (Note [policies on a paged cache]): KDGQA and DGQA plan from the norms of each
@@ -372,9 +383,7 @@ void forward(P&& policy, tensor_view<const float> q, const paged_q8_kv& kv, tens
              const attention_options& opt = {}) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
-  static_assert((policy_with_check<Policy, std::int8_t> || !policy_with_check<Policy>),
-                "gqa::forward: this policy's check() takes float K/V only; make it a template over the element "
-                "type to run it on an int8 cache");
+  detail::require_int8_check<Policy>();
   Policy& p = policy;
   detail::forward_paged_policy<Isa>(p, q, kv, o, opt);
 }

@@ -281,9 +281,7 @@ void forward(P&& policy, tensor_view<const float> q, const q8_view& k, const q8_
              const varlen& seqs, const attention_options& opt = {}) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
-  static_assert((policy_with_check<Policy, std::int8_t> || !policy_with_check<Policy>),
-                "gqa::forward: this policy's check() takes float K/V only; make it a template over the element "
-                "type to run it on an int8 cache");
+  detail::require_int8_check<Policy>();  // in paged.hpp
   Policy& p = policy;
   detail::forward_varlen<Isa>(p, q, k, v, o, seqs, opt);
 }
