@@ -957,31 +957,38 @@ index_t forward_rows() noexcept {
   return ::gqa::isa::l2_cache_bytes() >= (index_t{2} << 20) ? Shape::rows_large_l2 : Shape::rows;
 }
 
+/// Whether a decode call runs on an AMD CPU and its K and V (b · skv · hkv rows of dqv = d_qk + d_v
+/// elements of T) reach 24 MiB: where AMD CPUs' decode walks change how they load (Notes [decode first
+/// loads] and [decode loads ahead] in decode.hpp; below that the cache holds K/V and the loads cost).
+template <class T>
+bool decode_large_on_amd(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
+  const double bytes = static_cast<double>(b) * static_cast<double>(skv) * static_cast<double>(hkv) *
+                       static_cast<double>(dqv) * static_cast<double>(sizeof(T));
+  return ::gqa::isa::amd_cpu() && bytes >= 24.0 * 1024.0 * 1024.0;
+}
+
 /// Whether a decode call's steps first load their K/V lines (fp32) or prefetch the next step's lines while
-/// each head's scores run (16-bit and int8) (Note [decode first loads] in decode.hpp): on AMD CPUs, for K
-/// and V of 24 MiB or more (b · skv · hkv rows of d_qk + d_v elements); for 16-bit and int8 K/V only while
-/// a step's K and V rows (k_direct_keys keys, every KV head) fit in 32 KiB. Changes no result.
+/// each head's scores run (16-bit and int8) (Note [decode first loads] in decode.hpp): where
+/// decode_large_on_amd holds; for 16-bit and int8 K/V only while a step's K and V rows (k_direct_keys
+/// keys, every KV head) fit in 32 KiB. Changes no result.
 template <class T>
 bool decode_first_loads(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
   const double row = static_cast<double>(hkv) * static_cast<double>(dqv) * static_cast<double>(sizeof(T));
-  const double bytes = static_cast<double>(b) * static_cast<double>(skv) * row;
   const bool step_fits = std::is_same_v<T, float> || static_cast<double>(k_direct_keys) * row <= 32.0 * 1024.0;
-  return ::gqa::isa::amd_cpu() && bytes >= 24.0 * 1024.0 * 1024.0 && step_fits;
+  return step_fits && decode_large_on_amd<T>(b, skv, hkv, dqv);
 }
 
 /// Keys ahead of each step whose K and V lines a 16-bit or int8 decode call loads (Note [decode loads
-/// ahead] in decode.hpp), 0 for none: on AMD CPUs of family 25 (Zen 3 and Zen 4; measured on Zen 4), for
-/// K and V of 24 MiB or more, as many keys as hold 16 KiB of K (at least one). fp32 K/V: 0. Changes no
+/// ahead] in decode.hpp), 0 for none: on AMD CPUs of family 25 (Zen 3 and Zen 4; measured on Zen 4) where
+/// decode_large_on_amd holds, as many keys as hold 16 KiB of K (at least one). fp32 K/V: 0. Changes no
 /// result.
 template <class T>
 index_t decode_ahead_keys(index_t b, index_t skv, index_t hkv, index_t d, index_t dv) noexcept {
   if constexpr (sizeof(T) == sizeof(float)) {
     return 0;
   } else {
+    if (!decode_large_on_amd<T>(b, skv, hkv, d + dv) || ::gqa::isa::cpu_family() != 25) return 0;
     const double key = static_cast<double>(hkv) * static_cast<double>(d) * static_cast<double>(sizeof(T));
-    const double bytes = static_cast<double>(b) * static_cast<double>(skv) * static_cast<double>(hkv) *
-                         static_cast<double>(d + dv) * static_cast<double>(sizeof(T));
-    if (!::gqa::isa::amd_cpu() || ::gqa::isa::cpu_family() != 25 || bytes < 24.0 * 1024.0 * 1024.0) return 0;
     return std::max<index_t>(1, static_cast<index_t>(std::ceil(16384.0 / key)));
   }
 }
