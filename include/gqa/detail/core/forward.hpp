@@ -928,12 +928,16 @@ inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 // A prefill task's softmax does some work per row and KV block whatever the block's length: the row's
 // max and sum reductions across the vector, the rescale of its O accumulator when the max moved, the
 // loop's setup. Longer blocks spread it over more keys; they also need more scratch per row (the scores,
-// rows × block_kv floats: 192 KB for 192 rows of 256 keys). AVX-512 takes 256 keys (vec_avx512.hpp);
+// rows × block_kv floats: 192 KB for 192 rows of 256 keys). AVX-512 and AVX2 take 256 keys (vec_*.hpp);
 // measured on the development machine (2 vCPUs of an AMD EPYC, 1 MiB L2; 2026-12-04 00:20-00:30 UTC,
 // one thread pinned to one vCPU, two builds of an ad-hoc driver alternating process by process, medians
 // of the per-pair time ratios) against 128: P1 1.029x faster (8 pairs), P2 1.012x (8), P3 1.045x (15;
-// its 197 keys are one block); 512 keys: P1 1.036x, P2 1.000x, P3 1.028x. AVX2 at 256: P1 0.998x, P3
-// 1.013x, so it keeps 128. The backward keeps 128 (block_kv_backward: its P3 was ~2% slower at 252
+// its 197 keys are one block); 512 keys: P1 1.036x, P2 1.000x, P3 1.028x. AVX2 at 256 there: P1 0.998x,
+// P3 1.013x, so it kept 128 until 2026-12-06, when on a Zen 4 EPYC (family 25 model 17, 1 MiB L2; one
+// thread pinned, two builds in one process in their own ABI namespaces, called alternately, medians of
+// 9-41 pairs) AVX2 at 256 gave P3 1.069-1.081x (three runs), ViT-L's 577 keys (16 heads, d 64) 1.019x,
+// 300 keys 1.019x, P1 1.002x and 1.014x, P2 1.018x, d 64 at 2048 keys 0.993x (9 pairs) and 1.041x (21),
+// causal 1024 keys 1.014x: so AVX2 takes 256 too. The backward keeps 128 (block_kv_backward: its P3 was ~2% slower at 252
 // keys), and so do the bf16 tiles (block_kv_tiles16: tuned on an Intel Xeon with AMX; this machine has
 // none to measure another length on). The block length changes where the online softmax rescales, so
 // the last bits of a result depend on it (and on nothing else here): the same on every thread count, as

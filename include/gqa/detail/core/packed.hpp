@@ -292,7 +292,8 @@ struct packed {
   // one chain over its keys in ascending order (the tile accumulates into O, which holds the chain between
   // chunks), so the bits are the same. Measured (Intel Xeon, 2026-12-05, one thread, the two versions
   // alternating call by call in one process, both link orders): P1 AVX-512 1.018x and 1.028x, P2 1.000x
-  // and 1.014x. Not chunked: AVX2's slab (16 columns, 8 KB for 128 keys: 0.98-0.99x when chunked), and
+  // and 1.014x. Not chunked: AVX2's slab (16 columns: 8 KB for 128 keys, 0.98-0.99x when chunked; 16 KB
+  // for its 256-key blocks since 2026-12-06, under the 32 KB from which slabs go in chunks), and
   // a slab as wide as the V row (d_v 64 on AVX-512, P3: 0.97x when chunked, the extra tile calls cost
   // more than L1 saves); 128-key chunks (32 KB, more than the half of L1 the slab can use) made P1 0.98x.
   static constexpr index_t pv_chunk_bytes = 16 * 1024, pv_chunk_over = 32 * 1024;
