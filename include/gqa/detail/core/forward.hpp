@@ -937,11 +937,11 @@ inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 // thread pinned, two builds in one process in their own ABI namespaces, called alternately, medians of
 // 9-41 pairs) AVX2 at 256 gave P3 1.069-1.081x (three runs), ViT-L's 577 keys (16 heads, d 64) 1.019x,
 // 300 keys 1.019x, P1 1.002x and 1.014x, P2 1.018x, d 64 at 2048 keys 0.993x (9 pairs) and 1.041x (21),
-// causal 1024 keys 1.014x: so AVX2 takes 256 too. The backward keeps 128 (block_kv_backward: its P3 was ~2% slower at 252
-// keys), and so do the bf16 tiles (block_kv_tiles16: tuned on an Intel Xeon with AMX; this machine has
-// none to measure another length on). The block length changes where the online softmax rescales, so
-// the last bits of a result depend on it (and on nothing else here): the same on every thread count, as
-// before.
+// causal 1024 keys 1.014x: so AVX2 takes 256 too. The backward keeps 128 (block_kv_backward: its P3 was
+// ~2% slower at 252 keys), and so do the bf16 tiles (block_kv_tiles16: tuned on an Intel Xeon with AMX;
+// the EPYCs have none to measure another length on). The block length changes where the online softmax
+// rescales, so the last bits of a result depend on it (and on nothing else here): the same on every
+// thread count, as before.
 
 // Note [rows by L2]
 // A prefill task's rows (G · block_q) amortise the packing of every K/V block it reads and the prefetch of
