@@ -353,12 +353,12 @@ struct decode {
         }
         // Narrow K/V with loads: the next step's keys, whose rows each head prefetches below (past the block's
         // last step, the first of the task's next block, when two steps fit in 32 KiB: Note [decode first loads]).
-        kv_loc ahead[KU];
-        index_t n_ahead = 0;
+        kv_loc next_at[KU];
+        index_t n_next = 0;
         if (loads && !fused<T>) {
           auto c = cur;
-          n_ahead = std::clamp<index_t>(j0 + nb + (cross ? after : 0) - (j + KU), 0, KU);
-          for (index_t e = 0; e < n_ahead; ++e, c.next()) ahead[e] = c.loc();
+          n_next = std::clamp<index_t>(j0 + nb + (cross ? after : 0) - (j + KU), 0, KU);
+          for (index_t e = 0; e < n_next; ++e, c.next()) next_at[e] = c.loc();
         }
         index_t r0 = 0;
         for (std::size_t i = 0; i < heads.size(); ++i) {
@@ -371,9 +371,9 @@ struct decode {
           for (index_t u = (i == 0 ? 0 : heads[i - 1] + 1); u < g && touch_unused; ++u)
             for (index_t e = 0; e < keys; ++e) touch_head(at[e], u);
           const index_t rows = map.group_size(g) * npos;
-          for (index_t e = 0; e < n_ahead; ++e) {
-            prefetch_lines_l1(k.row(ahead[e].b, ahead[e].s, g), d);
-            prefetch_lines_l1(v.row(ahead[e].b, ahead[e].s, g), v.d);
+          for (index_t e = 0; e < n_next; ++e) {
+            prefetch_lines_l1(k.row(next_at[e].b, next_at[e].s, g), d);
+            prefetch_lines_l1(v.row(next_at[e].b, next_at[e].s, g), v.d);
           }
           const T* kr[KU];
           for (index_t u = 0; u < KU; ++u) kr[u] = k.row(at[u].b, at[u].s, g);
