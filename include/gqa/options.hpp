@@ -69,16 +69,16 @@ struct attention_options {
   /// for a bf16 O). Other element types ignore it.
   bool bf16_products = true;
   /// With an int8 K/V cache (gqa::q8_view): where the call runs on AVX-512 and the CPU has AVX512-VNNI, or
-  /// on AVX2 and the CPU has AVX-VNNI, decode (few query positions: every KV head's rows at most 32)
-  /// computes its products in integers. Q·Kᵀ: each Q row is quantised to int8 with one fp32 scale
-  /// (max |q| / 127, nearest even) and VPDPBUSD sums its products with the int8 K rows exactly, as llama.cpp
-  /// does for its quantised caches; this rounds Q about as coarsely as the cache rounds K, a score error of
-  /// the cache's own size. P·V: per row and 64 keys, the weights (times V's scales) are rounded to 16-bit
-  /// integers relative to their largest (2^-16 of it) and VPDPWSSD sums their products with the int8 V
-  /// rows exactly (docs/api.md, "int8 K/V cache"; Notes [int8 decode products], [int8 decode P·V]). A task
-  /// with a non-finite Q element keeps the fp32 products, and so does a row's unit of weights holding NaN
-  /// or inf. false: every product in fp32 on the dequantised K/V, as on every other CPU. Other element
-  /// types ignore it.
+  /// on AVX2 (with AVX-VNNI or by its pre-VNNI equivalents, the same sums), decode (few query positions:
+  /// every KV head's rows at most 32) computes its products in integers. Q·Kᵀ: each Q row is quantised to
+  /// int8 with one fp32 scale (max |q| / 127, nearest even) and VPDPBUSD sums its products with the int8 K
+  /// rows exactly, as llama.cpp does for its quantised caches; this rounds Q about as coarsely as the cache
+  /// rounds K, a score error of the cache's own size. P·V: per row and 64 keys, the weights (times V's
+  /// scales) are rounded to 16-bit integers relative to their largest (2^-16 of it) and VPDPWSSD sums their
+  /// products with the int8 V rows exactly (docs/api.md, "int8 K/V cache"; Notes [int8 decode products],
+  /// [int8 decode P·V]). A task with a non-finite Q element keeps the fp32 products, and so does a row's unit
+  /// of weights holding NaN or inf. false: every product in fp32 on the dequantised K/V, as on scalar, NEON
+  /// and AVX-512 without AVX512-VNNI. Other element types ignore it.
   bool int8_products = true;
   /// Which ISA a call WITHOUT an explicit one runs ("scalar", "avx2", "avx512", "neon"), for tests and
   /// benchmarks. Empty: the environment variable GQA_ISA when set, else the best ISA the running CPU

@@ -34,8 +34,9 @@ struct runtime_report {
   /// isa::bf16_dot_fast(): AVX512-BF16 on an AMD CPU), under the same option; decode then does too (Note
   /// [bf16 decode]).
   bool bf16_dot = false;
-  /// Whether int8-cache decode computes Q·Kᵀ in integers here (options.int8_products, on by default,
-  /// decides per call): isa avx512 with AVX512-VNNI, or avx2 with AVX-VNNI (Note [int8 decode products]).
+  /// Whether int8-cache decode computes its products in integers here (options.int8_products, on by default,
+  /// decides per call): isa avx512 with AVX512-VNNI, or avx2 (by AVX-VNNI where the CPU has it, else by the
+  /// pre-VNNI instructions: Notes [int8 decode products], [int8 products without VNNI]).
   bool int8_dot = false;
 
   /// "isa avx512 (best supported; compiled: avx512 avx2 scalar; CPU: avx512 avx2 scalar), 2 threads (OpenMP)".
@@ -46,7 +47,7 @@ struct runtime_report {
     s.append(threads == 1 ? " thread (" : " threads (").append(backend).append(")");
     if (bf16_tiles) s.append(", bf16 prefill on AMX tiles");
     if (bf16_dot) s.append(", bf16 prefill and decode on AVX512-BF16");
-    if (int8_dot) s.append(", int8 decode products on VNNI");
+    if (int8_dot) s.append(", int8 decode products in integers");
     return s;
   }
 };
@@ -70,7 +71,7 @@ inline runtime_report runtime_info(const attention_options& opt = {}) {
   if (opt.parallel_for) r.backend = "caller's parallel_for";
   r.bf16_tiles = r.isa == isa::avx512::name && isa::cpu().amx_bf16;  // the grant is asked for by the first such call
   r.bf16_dot = r.isa == isa::avx512::name && !isa::cpu().amx_bf16 && isa::bf16_dot_fast();
-  r.int8_dot = (r.isa == isa::avx512::name && isa::cpu().avx512_vnni) || (r.isa == isa::avx2::name && isa::cpu().avx_vnni);
+  r.int8_dot = GQA_X86_CPUID && ((r.isa == isa::avx512::name && isa::cpu().avx512_vnni) || r.isa == isa::avx2::name);
   return r;
 }
 

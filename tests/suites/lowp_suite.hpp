@@ -1488,11 +1488,12 @@ std::vector<float> quantised_q(const std::vector<float>& q, index_t b, index_t s
   return out;
 }
 
-/// Whether the int8 products can run on Isa on this CPU: AVX-512 with AVX512-VNNI, AVX2 with AVX-VNNI.
+/// Whether the int8 products can run on Isa on this CPU: AVX-512 with AVX512-VNNI; AVX2 on any CPU (with
+/// AVX-VNNI or by the pre-VNNI instructions, Note [int8 products without VNNI] in isa/i8_dot.hpp).
 template <class Isa>
 bool int8_products_here() {
-  return (std::is_same_v<Isa, gqa::isa::avx512> && gqa::isa::cpu().avx512_vnni) ||
-         (std::is_same_v<Isa, gqa::isa::avx2> && gqa::isa::cpu().avx_vnni);
+  return GQA_X86_CPUID && ((std::is_same_v<Isa, gqa::isa::avx512> && gqa::isa::cpu().avx512_vnni) ||
+                           std::is_same_v<Isa, gqa::isa::avx2>);
 }
 
 /// Whether an attend() call of this head map and query length takes the int8 products on Isa: where they
@@ -1580,7 +1581,7 @@ TYPED_TEST_P(lowp_suite, int8_products_match_reference) {
     ran += runs ? 1 : 0;
     differing += runs && differs ? 1 : 0;
   }
-  // Where they run (AVX-512 with AVX512-VNNI, AVX2 with AVX-VNNI) the decode cases took them: their results
+  // Where they run (AVX-512 with AVX512-VNNI, AVX2) the decode cases took them: their results
   // are not the fp32 products'.
   if (int8_products_here<TypeParam>()) {
     EXPECT_GE(ran, 10);
@@ -1723,6 +1724,77 @@ TYPED_TEST_P(lowp_suite, int8_pv_matches_rounded_weights) {
   }
 }
 
+/// int8 decode's integer Q·Kᵀ (i8_decode::decode_scores, Note [int8 decode products]) against its definition,
+/// bit for bit: s[r][u] = (mul[r] · Σ_c q_r[c] · k_u[c]) · ks[u], the sum exact (int64 here) and the two
+/// products in fp32 as specified. The extremes every engine must sum exactly: K bytes of -128 and 127
+/// against Q bytes of ±127 (the quantiser's range; without VNNI the pair sums of VPMADDUBSW reach 32512 of
+/// int16's 32767: Note [int8 products without VNNI] in isa/i8_dot.hpp), rows of all-extreme bytes, and
+/// random bytes. Shapes: 1-7 rows, d 1-200 (whole loads and every tail), K rows at scattered addresses.
+TYPED_TEST_P(lowp_suite, int8_scores_match_integer_sums) {
+  using I8 = gqa::detail::core::i8_decode<TypeParam>;
+  if constexpr (!I8::available) {
+    GTEST_SKIP() << "no int8 products on this ISA";
+  } else {
+    if (!I8::supported()) GTEST_SKIP() << "this CPU lacks the VNNI instructions";
+    std::uint64_t seed = 2600;
+    for (const index_t d : {index_t{1}, index_t{5}, index_t{31}, index_t{32}, index_t{33}, index_t{64}, index_t{100},
+                            index_t{128}, index_t{200}})
+      for (const int rows : {1, 2, 3, 4, 5, 7})
+        for (int pattern = 0; pattern < 3; ++pattern) {  // random, extremes of equal signs, of opposite signs
+          SCOPED_TRACE("d " + std::to_string(d) + ", rows " + std::to_string(rows) + ", pattern " +
+                       std::to_string(pattern));
+          const index_t ldq = I8::padded_d(d) + 32, lds = 9;
+          std::vector<std::int8_t> q(static_cast<std::size_t>(rows * ldq), 0);
+          const auto qf = gqa::test::random_floats(q.size(), ++seed, -127.0f, 127.0f);
+          for (int r = 0; r < rows; ++r)
+            for (index_t c = 0; c < d; ++c) {
+              const std::size_t i = static_cast<std::size_t>(r * ldq + c);
+              const float x = std::clamp(std::nearbyint(qf[i]), -127.0f, 127.0f);
+              q[i] = static_cast<std::int8_t>(pattern == 0 ? x : (r + c) % 2 == 0 ? 127.0f : -127.0f);
+            }
+          // Four K rows, 64 bytes apart plus an odd offset, inside a larger buffer.
+          std::vector<std::int8_t> kbuf(static_cast<std::size_t>(4 * (d + 67)), 55);
+          const auto kf = gqa::test::random_floats(kbuf.size(), ++seed, -128.0f, 128.0f);
+          const std::int8_t* k[4];
+          for (int u = 0; u < 4; ++u) {
+            std::int8_t* ku = kbuf.data() + u * (d + 67) + 3;
+            for (index_t c = 0; c < d; ++c) {
+              const std::int8_t qc = q[static_cast<std::size_t>(c)];  // row 0's byte
+              const float kr = std::clamp(std::floor(kf[static_cast<std::size_t>(u * d + c)]), -128.0f, 127.0f);
+              ku[c] = static_cast<std::int8_t>(pattern == 0 ? kr : pattern == 1 ? (qc > 0 ? 127.0f : -128.0f)
+                                                                                 : (qc > 0 ? -128.0f : 127.0f));
+              if (u == 3 && c % 3 == 0) ku[c] = -128;
+            }
+            k[u] = ku;
+          }
+          std::vector<float> mul(static_cast<std::size_t>(rows));
+          std::vector<std::int32_t> bias(static_cast<std::size_t>(rows));
+          const auto mf = gqa::test::random_floats(mul.size(), ++seed, 1e-4f, 1e-2f);
+          for (int r = 0; r < rows; ++r) {
+            mul[static_cast<std::size_t>(r)] = mf[static_cast<std::size_t>(r)];
+            std::int32_t sum = 0;
+            for (index_t c = 0; c < d; ++c) sum += q[static_cast<std::size_t>(r * ldq + c)];
+            bias[static_cast<std::size_t>(r)] = 128 * sum;
+          }
+          const float ks[4] = {0.011f, 0.5f, 3.0f, 0.0078125f};
+          std::vector<float> s(static_cast<std::size_t>(rows * lds), -1.0f);
+          I8::decode_scores(rows, q.data(), ldq, k, d, mul.data(), bias.data(), ks, s.data(), lds);
+          for (int r = 0; r < rows; ++r)
+            for (int u = 0; u < 4; ++u) {
+              std::int64_t sum = 0;
+              for (index_t c = 0; c < d; ++c)
+                sum += std::int64_t{q[static_cast<std::size_t>(r * ldq + c)]} * std::int64_t{k[u][c]};
+              const float want = (mul[static_cast<std::size_t>(r)] * static_cast<float>(sum)) * ks[u];
+              const float got = s[static_cast<std::size_t>(r * lds + u)];
+              ASSERT_EQ(std::memcmp(&got, &want, sizeof got), 0)
+                  << "row " << r << ", key " << u << ": " << got << " against " << want << " (sum " << sum << ")";
+            }
+          for (int r = 0; r < rows; ++r)
+            for (index_t u = 4; u < lds; ++u) EXPECT_EQ(s[static_cast<std::size_t>(r * lds + u)], -1.0f);
+        }
+  }
+}
+
 // --- int8 pages and ragged int8 batches (gqa::paged_q8_kv; gqa::attend(varlen) on q8_views) ---
 
 /// An int8 cache of `lengths.size()` sequences held three ways over the same quantised rows: dense (b, cap,
@@ -1858,7 +1930,7 @@ int8_three_runs run_int8_three(const int8_pages& kv, const std::vector<float>& q
 /// output and LSE bit for bit (the same rows, the same products: Note [int8 K/V]). Products on: the ragged
 /// call is still the dense call bit for bit (its blocks are the dense call's: one row stride, integer P·V),
 /// and so is the paged call's LSE (the same integer Q·Kᵀ and softmax). The paged output is the dense call's
-/// bit for bit where the products do not run (int8_products_run: prefill tasks, a CPU without VNNI) and
+/// bit for bit where the products do not run (int8_products_run: prefill tasks, AVX-512 without VNNI) and
 /// with pages of a multiple of 64 slots (each 64-key chunk of P·V lies in one page, so it is rounded as on
 /// the dense cache); with smaller pages a chunk across pages takes other products (Note [int8 decode P·V]),
 /// so the output is held to the double reference on the quantised Q and the dequantised K/V within Note
@@ -2226,7 +2298,8 @@ TYPED_TEST_P(lowp_suite, every_variant_int8_paged_and_ragged) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_products_every_variant,
-                            int8_pv_matches_rounded_weights, decode_first_loads_keep_bits, decode_reads_of_large_int8_pages,
+                            int8_pv_matches_rounded_weights, int8_scores_match_integer_sums,
+                            decode_first_loads_keep_bits, decode_reads_of_large_int8_pages,
                             attend_bf16_matches_reference_and_fp32_bitwise,
                             attend_f16_matches_reference_and_fp32_bitwise, attend_int8_matches_reference_and_fp32,
                             every_variant_bf16_matches_fp32_bitwise, every_variant_f16_matches_fp32_bitwise,

@@ -3,7 +3,8 @@
 // instruction) in a TU or region that compiles vec<avx512>, i8_dot_avx2 (AVX-VNNI, VEX, 32 bytes) where
 // AVX2 is compiled, and the quantiser both share (quantize_q8_row, AVX2). The functions that hold VNNI
 // instructions are marked GQA_TARGET_VNNI / GQA_TARGET_AVXVNNI, so they are never inlined into code compiled
-// without them, and the core calls them only when isa::cpu().avx512_vnni / avx_vnni.
+// without them, and the core calls them only when isa::cpu().avx512_vnni / avx_vnni; i8_dot_avx2 has the
+// same products without VNNI for every other AVX2 CPU (Note [int8 products without VNNI]).
 // Re-included per target by gqa/detail/core/targets.hpp (Note [per-target kernels]): a guard, no pragma once.
 #ifndef GQA_ISA_I8_DOT_HPP
 #define GQA_ISA_I8_DOT_HPP
@@ -414,9 +415,24 @@ GQA_END_NAMESPACE
 GQA_BEGIN_NAMESPACE
 namespace isa {
 
-/// The same products for the AVX2 core on a CPU with AVX-VNNI (VPDPBUSD with a VEX encoding, 32 bytes an
-/// instruction): 16 ymm registers hold blocks of up to 4 rows × 2 keys.
+/// The same products for the AVX2 core: on a CPU with AVX-VNNI by VPDPBUSD and VPDPWSSD with a VEX encoding
+/// (32 bytes an instruction), on any other AVX2 CPU by their pre-VNNI equivalents (Note [int8 products
+/// without VNNI]), the same integer sums, so the same bits. 16 ymm registers hold blocks of up to 4 rows × 2
+/// keys.
 struct i8_dot_avx2 {
+  // Note [int8 products without VNNI]
+  // AVX2 CPUs without AVX-VNNI (AMD Zen 2 to Zen 4, Intel client cores before Alder Lake) take the integer
+  // products too (since 2026-12-06): a score's Σ_c q_c · k_c by VPSIGNB, VPMADDUBSW, VPMADDWD and VPADDD per
+  // 32 bytes, row and key, with |k| as the unsigned operand (VPABSB, once per K load, shared by the rows: k =
+  // -128 gives 128, exact) and q with k's sign as the signed one (|q| <= 127 from the quantiser, so the sign
+  // change is exact): each pair of products is at most 2 · 128 · 127 = 32512, inside VPMADDUBSW's int16
+  // without saturation, and VPMADDWD by ones widens the pairs to int32, exact. P·V's VPDPWSSD is VPMADDWD
+  // then VPADDD (|w| <= 32767: no pair of -32768s, no saturation). The sums are the VNNI path's integers
+  // exactly, so results keep its bits. Measured (AMD EPYC, family 25 model 17, which has AVX512-VNNI but no
+  // AVX-VNNI, the AVX2 core forced; 2026-12-06, one thread pinned, the build before (fp32 products on the
+  // widened int8 K and V) and after called alternately in one process, medians of 11-21 pairs, D1's heads:
+  // 32/8, d 128): 256 keys (in L2) 1.085-1.089x, 2048 keys 1.086x, 16384 keys 1.138-1.152x. The walk's
+  // loads ahead (Note [decode loads ahead] in detail/core/decode.hpp) stay off for them: 0.84x on top.
   /// A quantised Q row: d bytes zero-padded to whole 32-byte loads.
   static constexpr index_t padded_d(index_t d) noexcept { return (d + 31) / 32 * 32; }
 
@@ -426,31 +442,23 @@ struct i8_dot_avx2 {
   }
 
   /// As i8_dot::decode_scores: s[r·lds + u] = (mul[r] · (Σ_c q_r[c] · k_u[c])) · ks[u] for r < rows and the
-  /// 4 keys u, q rows of padded_d(d) bytes, bias[r] = 128 · Σ_c q_r[c]. A row's last part, when d is not a
-  /// multiple of 32, is copied into a zero-padded buffer first (AVX2 has no masked byte load).
+  /// 4 keys u, q rows of padded_d(d) bytes, bias[r] = 128 · Σ_c q_r[c] (used by VPDPBUSD only). A row's last
+  /// part, when d is not a multiple of 32, is copied into a zero-padded buffer first (AVX2 has no masked byte
+  /// load).
   static void decode_scores(int rows, const std::int8_t* q, index_t ldq, const std::int8_t* const* k, index_t d,
                             const float* mul, const std::int32_t* bias, const float* ks, float* s,
                             index_t lds) noexcept {
-    for (int r = 0; r < rows; r += 4) {
-      const int n = std::min(4, rows - r);
-      for (int u = 0; u < 4; u += 2) {
-        const std::int8_t* const* ku = k + u;
-        const std::int8_t* qr = q + r * ldq;
-        float* sr = s + r * lds + u;
-        switch (n) {
-          case 1: body<1>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr, lds); break;
-          case 2: body<2>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr, lds); break;
-          case 3: body<3>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr, lds); break;
-          default: body<4>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr, lds); break;
-        }
-      }
+    if (!::gqa::isa::cpu().avx_vnni) {
+      scores_by<false>(rows, q, ldq, k, d, mul, bias, ks, s, lds);
+      return;
     }
+    scores_by<true>(rows, q, ldq, k, d, mul, bias, ks, s, lds);
   }
 
   /// Keys per chunk of decode_pv (as i8_dot's).
   static constexpr index_t pv_chunk = 64;
 
-  /// As i8_dot::decode_pv (VPDPWSSD, VEX-encoded, on 16 columns of two keys at a time).
+  /// As i8_dot::decode_pv (VPDPWSSD, VEX-encoded, or VPMADDWD and VPADDD, on 16 columns of two keys at a time).
   static std::uint64_t decode_pv(int rows, const float* p, index_t ldp, index_t n, const std::int8_t* v, index_t ldv,
                                  const float* vs, index_t dv, float* o, index_t ldo) noexcept {
     return i8_pv<i8_dot_avx2>::decode(rows, p, ldp, n, v, ldv, vs, dv, o, ldo);
@@ -458,6 +466,42 @@ struct i8_dot_avx2 {
 
  private:
   friend struct i8_pv<i8_dot_avx2>;
+
+  /// decode_scores on VPDPBUSD (Vnni: blocks of up to 4 rows × 2 keys) or on its pre-VNNI equivalent (1-2
+  /// rows × 4 keys, 3-4 rows × 2 keys: 1.03-1.10x against 2 keys for every row count).
+  template <bool Vnni>
+  static void scores_by(int rows, const std::int8_t* q, index_t ldq, const std::int8_t* const* k, index_t d,
+                        const float* mul, const std::int32_t* bias, const float* ks, float* s, index_t lds) noexcept {
+    for (int r = 0; r < rows; r += 4) {
+      const int n = std::min(4, rows - r);
+      const std::int8_t* qr = q + r * ldq;
+      float* sr = s + r * lds;
+      if constexpr (!Vnni) {
+        if (n <= 2) {
+          if (n == 1)
+            body_plain<1, 4>(qr, ldq, k, d, mul + r, ks, sr, lds);
+          else
+            body_plain<2, 4>(qr, ldq, k, d, mul + r, ks, sr, lds);
+          continue;
+        }
+      }
+      for (int u = 0; u < 4; u += 2) {
+        const std::int8_t* const* ku = k + u;
+        if constexpr (Vnni) {
+          switch (n) {
+            case 1: body<1>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr + u, lds); break;
+            case 2: body<2>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr + u, lds); break;
+            case 3: body<3>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr + u, lds); break;
+            default: body<4>(qr, ldq, ku, d, mul + r, bias + r, ks + u, sr + u, lds); break;
+          }
+        } else if (n == 3) {
+          body_plain<3, 2>(qr, ldq, ku, d, mul + r, ks + u, sr + u, lds);
+        } else {
+          body_plain<4, 2>(qr, ldq, ku, d, mul + r, ks + u, sr + u, lds);
+        }
+      }
+    }
+  }
 
   /// As i8_dot's round_weights.
   GQA_TARGET_AVX2_PLAIN static pv_weights round_weights(const float* p, const float* vs, index_t n, std::int32_t* w,
@@ -498,9 +542,14 @@ struct i8_dot_avx2 {
     return pv_weights::rounded;
   }
 
-  /// VPDPWSSD (VEX), as asm for the reason of Note [VPDPBUSD by asm].
-  GQA_TARGET_AVXVNNI static GQA_FORCEINLINE void dpwssd(__m256i& acc, __m256i a, __m256i b) noexcept {
-    __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b));
+  /// acc += the sums of a's and b's word pairs: VPDPWSSD (VEX; as asm for the reason of Note [VPDPBUSD by
+  /// asm]) where Vnni, which only AVX-VNNI CPUs reach (pv_slab), else VPMADDWD and VPADDD.
+  template <bool Vnni>
+  GQA_TARGET_AVX2_PLAIN static GQA_FORCEINLINE void dpwssd(__m256i& acc, __m256i a, __m256i b) noexcept {
+    if constexpr (Vnni)
+      __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b));
+    else
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
   }
 
   /// decode_pv's slabs (i8_pv::slabs): 16 columns, S of them at a time so that a block keeps 8 accumulators.
@@ -509,11 +558,28 @@ struct i8_dot_avx2 {
   static constexpr int slabs_for = R == 1 ? 4 : R == 2 ? 2 : 1;
 
   /// Columns [c0, c0 + width) of i8_pv::slabs, S parts of 16; Full: width is S · 16, else S is 1 and width < 16
-  /// (zero-padded copies of the values, the sums through a buffer).
+  /// (zero-padded copies of the values, the sums through a buffer). VPDPWSSD where the CPU has AVX-VNNI.
   template <int R, int S, bool Full>
-  GQA_TARGET_AVXVNNI static void pv_slab(const std::int32_t (*w)[pv_chunk / 2], const float* f, index_t n,
-                                         const std::int8_t* v, index_t ldv, index_t width, float* const* o,
-                                         index_t c0) noexcept {
+  static void pv_slab(const std::int32_t (*w)[pv_chunk / 2], const float* f, index_t n, const std::int8_t* v,
+                      index_t ldv, index_t width, float* const* o, index_t c0) noexcept {
+    if (::gqa::isa::cpu().avx_vnni)
+      pv_slab_vnni<R, S, Full>(w, f, n, v, ldv, width, o, c0);
+    else
+      pv_slab_by<false, R, S, Full>(w, f, n, v, ldv, width, o, c0);
+  }
+
+  /// pv_slab on VPDPWSSD, a function of its own (both inlined into pv_slab made the pre-VNNI one 0.91x).
+  template <int R, int S, bool Full>
+  GQA_TARGET_AVXVNNI static void pv_slab_vnni(const std::int32_t (*w)[pv_chunk / 2], const float* f, index_t n,
+                                              const std::int8_t* v, index_t ldv, index_t width, float* const* o,
+                                              index_t c0) noexcept {
+    pv_slab_by<true, R, S, Full>(w, f, n, v, ldv, width, o, c0);
+  }
+
+  template <bool Vnni, int R, int S, bool Full>
+  GQA_TARGET_AVX2_PLAIN static GQA_FORCEINLINE void pv_slab_by(const std::int32_t (*w)[pv_chunk / 2], const float* f,
+                                                               index_t n, const std::int8_t* v, index_t ldv,
+                                                               index_t width, float* const* o, index_t c0) noexcept {
     static_assert(Full || S == 1);
     alignas(16) std::int8_t ta[16], tb[16];
     __m256i acc[R][2 * S];
@@ -541,8 +607,8 @@ struct i8_dot_avx2 {
         GQA_UNROLL
         for (int r = 0; r < R; ++r) {
           const __m256i wv = _mm256_set1_epi32(w[r][j / 2]);
-          dpwssd(acc[r][2 * h], x0, wv);
-          dpwssd(acc[r][2 * h + 1], x1, wv);
+          dpwssd<Vnni>(acc[r][2 * h], x0, wv);
+          dpwssd<Vnni>(acc[r][2 * h + 1], x1, wv);
         }
       }
     }
@@ -571,6 +637,66 @@ struct i8_dot_avx2 {
   /// VPDPBUSD (VEX), written as asm for the reason of Note [VPDPBUSD by asm].
   GQA_TARGET_AVXVNNI static GQA_FORCEINLINE void dpbusd(__m256i& acc, __m256i u8, __m256i s8) noexcept {
     __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u8), "x"(s8));
+  }
+
+  /// R rows × U keys (2 or 4) without VNNI (Note [int8 products without VNNI]): the sums Σ_c q_r[c] · k_u[c]
+  /// directly (no bias).
+  template <int R, int U>
+  GQA_TARGET_AVX2_PLAIN static void body_plain(const std::int8_t* q, index_t ldq, const std::int8_t* const* k,
+                                               index_t d, const float* mul, const float* ks, float* s,
+                                               index_t lds) noexcept {
+    const std::int8_t* kr[U];
+    GQA_UNROLL
+    for (int u = 0; u < U; ++u) kr[u] = k[u];
+    __m256i acc[R][U];
+    GQA_UNROLL
+    for (int r = 0; r < R; ++r)
+      GQA_UNROLL
+      for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_si256();
+    const __m256i ones = _mm256_set1_epi16(1);
+    alignas(32) std::int8_t t[U][32];  // a last part shorter than 32 bytes, zero-padded
+    const index_t parts = (d + 31) / 32;
+    for (index_t i = 0; i < parts; ++i) {
+      const index_t c = 32 * i;
+      const std::int8_t* p[U];
+      GQA_UNROLL
+      for (int u = 0; u < U; ++u) p[u] = kr[u] + c;
+      if (c + 32 > d) {
+        std::memset(t, 0, sizeof t);
+        GQA_UNROLL
+        for (int u = 0; u < U; ++u) {
+          std::memcpy(t[u], p[u], static_cast<std::size_t>(d - c));
+          p[u] = t[u];
+        }
+      }
+      GQA_UNROLL
+      for (int u = 0; u < U; ++u) {
+        const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[u]));
+        const __m256i uk = _mm256_abs_epi8(kv);  // unsigned |k|: 128 for -128
+        GQA_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + r * ldq + c));
+          const __m256i pr = _mm256_maddubs_epi16(uk, _mm256_sign_epi8(qv, kv));  // |k| · (q · sign k), pairs
+          acc[r][u] = _mm256_add_epi32(acc[r][u], _mm256_madd_epi16(pr, ones));
+        }
+      }
+    }
+    GQA_UNROLL
+    for (int r = 0; r < R; ++r)
+      GQA_UNROLL
+      for (int u = 0; u < U; u += 2) store_scores(acc[r][u], acc[r][u + 1], 0, mul[r], ks + u, s + r * lds + u);
+  }
+
+  /// s[0, 2) = (mul · (the 8 sums of a − bias, the 8 of b − bias)) · ks[0, 2).
+  GQA_TARGET_AVX2_PLAIN static GQA_FORCEINLINE void store_scores(__m256i a, __m256i b, std::int32_t bias, float mul,
+                                                                 const float* ks, float* s) noexcept {
+    const __m256i h = _mm256_hadd_epi32(a, b);  // a01 a23 b01 b23 | a45 a67 b45 b67
+    const __m256i h2 = _mm256_hadd_epi32(h, h);  // a0-3 b0-3 . . | a4-7 b4-7 . .
+    const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1));  // a b a b
+    const __m128i dotv = _mm_sub_epi32(t, _mm_set1_epi32(bias));
+    const __m128 ksv = _mm_setr_ps(ks[0], ks[1], ks[0], ks[1]);
+    const __m128 v = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(dotv), _mm_set1_ps(mul)), ksv);
+    _mm_storel_pi(reinterpret_cast<__m64*>(s), v);
   }
 
   /// R rows × 2 keys.
@@ -608,15 +734,7 @@ struct i8_dot_avx2 {
       }
     }
     GQA_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const __m256i h = _mm256_hadd_epi32(acc[r][0], acc[r][1]);  // a01 a23 b01 b23 | a45 a67 b45 b67
-      const __m256i h2 = _mm256_hadd_epi32(h, h);                   // a0-3 b0-3 . . | a4-7 b4-7 . .
-      const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1));  // a b a b
-      const __m128i dotv = _mm_sub_epi32(t, _mm_set1_epi32(bias[r]));
-      const __m128 ksv = _mm_setr_ps(ks[0], ks[1], ks[0], ks[1]);
-      const __m128 v = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(dotv), _mm_set1_ps(mul[r])), ksv);
-      _mm_storel_pi(reinterpret_cast<__m64*>(s + r * lds), v);
-    }
+    for (int r = 0; r < R; ++r) store_scores(acc[r][0], acc[r][1], bias[r], mul[r], ks, s + r * lds);
   }
 };
 

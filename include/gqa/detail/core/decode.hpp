@@ -58,7 +58,9 @@ namespace detail::core {
 // A task whose Q holds a NaN or an infinity keeps the fp32
 // products for all its rows (quantize_q8 would give such a row a NaN scale, not the naive softmax's
 // NaN-where-the-math-gives-NaN). Prefill calls (K dequantised while packing) keep the fp32 products, and
-// so do scalar, NEON (its SDOT is not used yet) and CPUs without the instructions.
+// so do scalar, NEON (its SDOT is not used yet) and the AVX-512 core on CPUs without AVX512-VNNI. The AVX2
+// core takes them on every CPU: without AVX-VNNI by the pre-VNNI instructions, the same sums (Note [int8
+// products without VNNI] in isa/i8_dot.hpp).
 // Measured (AMD EPYC, family 26 model 2, 2026-12-06, one thread pinned, the build before and after called
 // alternately in one process, medians of 11-101 pairs, 32 query heads, d 128): 8 KV heads (4 rows each)
 // 16384 keys 1.18x (2.80 against 3.26 ms), 512 keys (in L2) 1.24x; 16 KV heads 1.14x; 4 KV heads 1.22x;
@@ -113,8 +115,8 @@ struct q8_query {
 };
 
 /// The int8 decode products of an ISA (Note [int8 decode products]): on x86-64 GCC/clang, AVX-512's
-/// (isa::i8_dot) where the CPU has AVX512-VNNI and AVX2's (isa::i8_dot_avx2) where it has AVX-VNNI
-/// (supported(): the run-time check); none elsewhere.
+/// (isa::i8_dot) where the CPU has AVX512-VNNI (supported(): the run-time check) and AVX2's
+/// (isa::i8_dot_avx2, with or without AVX-VNNI) everywhere; none elsewhere.
 template <class Isa>
 struct i8_decode {
   static constexpr bool available = false;
@@ -131,7 +133,7 @@ struct i8_decode<isa::avx512> : isa::i8_dot {
 template <>
 struct i8_decode<isa::avx2> : isa::i8_dot_avx2 {
   static constexpr bool available = true;
-  static bool supported() noexcept { return ::gqa::isa::cpu().avx_vnni; }
+  static bool supported() noexcept { return true; }  // AVX-VNNI or not (Note [int8 products without VNNI])
 };
 #endif
 
@@ -256,8 +258,10 @@ struct decode {
   // 1.26-1.29x at 2048 keys but 0.70-0.74x at 512 and 1024); a load of every second, fourth or sixteenth
   // line (0.93-1.01x: every line must be asked for; the hardware prefetcher does not fill the gaps), the
   // lines prefetched into L1 or L2 32 keys ahead instead of loaded (0.79x and 1.0x), and the loads ahead on
-  // top of the step's own prefetches (1.12-1.14x for int8, 0.98x bf16). The loads read nothing the walk
-  // does not read (up to the task's last key) and change no value.
+  // top of the step's own prefetches (1.12-1.14x for int8, 0.98x bf16). Since the AVX2 core's int8 products
+  // run without AVX-VNNI (Note [int8 products without VNNI] in isa/i8_dot.hpp), they keep the walk without
+  // these loads too: 0.84x with them (16384 keys, 11 pairs). The loads read nothing the walk does not read
+  // (up to the task's last key) and change no value.
 
   /// Keys of a unit of the walk, the keys each head's online softmax and P·V take at a time (Note [fused
   /// decode walk] in forward.hpp): whole score steps and whole vectors of scores on every ISA.
@@ -306,8 +310,10 @@ struct decode {
     // loads of K's (and V's per unit, before its P·V; Note [decode first loads]); for narrow K/V, prefetches
     // (Note [keys per step]), and with first_loads each head's prefetch of its rows of the next step.
     // Narrow K/V on Zen 4: instead, a load of every line of the keys `ahead` keys past each step, all heads
-    // (Note [decode loads ahead]); not for int8 K without the integer products (their fp32 products: 0.93x).
-    const index_t far = heads_adjacent && !fused<T> && (!std::is_same_v<T, std::int8_t> || q8 != nullptr) ? ahead : 0;
+    // (Note [decode loads ahead]); int8 K only with the integer products, and on AVX2 (no AVX-VNNI on those
+    // CPUs) only where the steps are too large for first_loads.
+    const bool far_int8 = q8 != nullptr && (std::is_same_v<Isa, isa::avx512> || !first_loads);
+    const index_t far = heads_adjacent && !fused<T> && (!std::is_same_v<T, std::int8_t> || far_int8) ? ahead : 0;
     const bool loads = heads_adjacent && first_loads && far == 0;
     const bool prefetches = heads_adjacent && !first_loads && !fused<T> && far == 0;
     const bool touch_unused = heads_adjacent && !loads && !prefetches && far == 0;
