@@ -430,9 +430,10 @@ struct i8_dot_avx2 {
   // then VPADDD (|w| <= 32767: no pair of -32768s, no saturation). The sums are the VNNI path's integers
   // exactly, so results keep its bits. Measured (AMD EPYC, family 25 model 17, which has AVX512-VNNI but no
   // AVX-VNNI, the AVX2 core forced; 2026-12-06, one thread pinned, the build before (fp32 products on the
-  // widened int8 K and V) and after called alternately in one process, medians of 11-21 pairs, D1's heads:
-  // 32/8, d 128): 256 keys (in L2) 1.085-1.089x, 2048 keys 1.086x, 16384 keys 1.138-1.152x. The walk's
-  // loads ahead (Note [decode loads ahead] in detail/core/decode.hpp) stay off for them: 0.84x on top.
+  // widened int8 K and V) and after called alternately in one process, medians of 15 pairs, 32 query heads,
+  // d 128): D1's 8 KV heads 1.10x at 256 keys (in L2), 1.13x at 2048, 1.16x at 16384, 1.15x at 65536; MHA
+  // 1.14-1.26x; 16 KV heads 1.03-1.04x; MQA 1.09x (docs/design.md §2.9). The walk's loads ahead (Note
+  // [decode loads ahead] in detail/core/decode.hpp) run for them only where a step's rows exceed 32 KiB.
   /// A quantised Q row: d bytes zero-padded to whole 32-byte loads.
   static constexpr index_t padded_d(index_t d) noexcept { return (d + 31) / 32 * 32; }
 

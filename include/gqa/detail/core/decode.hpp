@@ -259,9 +259,11 @@ struct decode {
   // line (0.93-1.01x: every line must be asked for; the hardware prefetcher does not fill the gaps), the
   // lines prefetched into L1 or L2 32 keys ahead instead of loaded (0.79x and 1.0x), and the loads ahead on
   // top of the step's own prefetches (1.12-1.14x for int8, 0.98x bf16). Since the AVX2 core's int8 products
-  // run without AVX-VNNI (Note [int8 products without VNNI] in isa/i8_dot.hpp), they keep the walk without
-  // these loads too: 0.84x with them (16384 keys, 11 pairs). The loads read nothing the walk does not read
-  // (up to the task's last key) and change no value.
+  // run without AVX-VNNI (Note [int8 products without VNNI] in isa/i8_dot.hpp), they load ahead only where
+  // a step is too large for the first loads of Note [decode first loads] (MHA's 32 heads: 1.33-1.44x against
+  // no loads ahead); with the first loads the loads ahead ran 0.84x (D1) and 0.85-0.91x (16 KV heads; 11
+  // pairs each). The loads read nothing the walk does not read (up to the task's last key) and change no
+  // value.
 
   /// Keys of a unit of the walk, the keys each head's online softmax and P·V take at a time (Note [fused
   /// decode walk] in forward.hpp): whole score steps and whole vectors of scores on every ISA.
