@@ -155,8 +155,34 @@ const inputs& get_inputs(const shape& s, std::int64_t kv_heads);
 /// Options of this run (set by main from gqa_bench's own flags).
 struct run_options {
   bool lazy_baselines = true;  // measure missing probes / Eigen baselines on demand
+  bool huge_pages = false;     // --gqa_huge_pages: large buffers on huge pages (gqa::huge_page_allocator)
 };
 run_options& options();
+
+/// `bytes` of 64-byte aligned memory from operator new (what a caller's plain allocation gets), or, when
+/// `huge`, gqa::huge_page_allocator's (2 MiB pages from 2 MiB up); bench_free returns it.
+void* bench_alloc(std::size_t bytes, bool huge);
+void bench_free(void* p, std::size_t bytes, bool huge) noexcept;
+
+/// The allocator of the benchmarks' inputs, K/V copies and probe buffers (bench_alloc), on huge pages with
+/// --gqa_huge_pages: the choice is made when the allocator is constructed (after the flags).
+template <class T>
+struct bench_allocator {
+  using value_type = T;
+  bool huge = options().huge_pages;
+  bench_allocator() = default;
+  template <class U>
+  bench_allocator(const bench_allocator<U>& o) noexcept : huge(o.huge) {}  // NOLINT(google-explicit-constructor)
+  T* allocate(std::size_t n) { return static_cast<T*>(bench_alloc(n * sizeof(T), huge)); }
+  void deallocate(T* p, std::size_t n) noexcept { bench_free(p, n * sizeof(T), huge); }
+};
+template <class T, class U>
+bool operator==(const bench_allocator<T>& a, const bench_allocator<U>& b) noexcept {
+  return a.huge == b.huge;
+}
+/// A std::vector on bench_allocator.
+template <class T>
+using bench_vector = std::vector<T, bench_allocator<T>>;
 
 /// Reads a Google Benchmark JSON file written by gqa_bench and prints the P1/P2/P3/D1 table
 /// (markdown) to stdout. Returns the process exit code.

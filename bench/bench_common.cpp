@@ -16,6 +16,7 @@
 #include <utility>
 
 #include <gqa/isa/select.hpp>
+#include <gqa/memory.hpp>
 #include <gqa/random.hpp>
 #include <gqa/variants.hpp>
 
@@ -366,19 +367,25 @@ double measure_fma_peak(const isa_hooks& h, int threads) {
   return best;
 }
 
+void* bench_alloc(std::size_t bytes, bool huge) {
+  if (huge) return gqa::huge_page_allocator<unsigned char>{}.allocate(bytes);
+  return ::operator new(std::max<std::size_t>(bytes, 1), std::align_val_t{64});
+}
+void bench_free(void* p, std::size_t bytes, bool huge) noexcept {
+  if (huge)
+    gqa::huge_page_allocator<unsigned char>{}.deallocate(static_cast<unsigned char*>(p), bytes);
+  else
+    ::operator delete(p, std::align_val_t{64});
+}
+
 namespace {
 
-struct aligned_delete {
-  void operator()(float* x) const noexcept { ::operator delete[](x, std::align_val_t{64}); }
-};
-
-/// `n` floats, 64-byte aligned (uninitialised).
+/// `n` floats, 64-byte aligned (bench_vector: on huge pages with --gqa_huge_pages), zeros.
 struct aligned_floats {
-  std::unique_ptr<float[], aligned_delete> p;
+  bench_vector<float> buf;
+  float* p;
   std::size_t n = 0;
-  explicit aligned_floats(std::size_t count)
-      : p(static_cast<float*>(::operator new[](std::max<std::size_t>(count, 1) * sizeof(float), std::align_val_t{64}))),
-        n(count) {}
+  explicit aligned_floats(std::size_t count) : buf(std::max<std::size_t>(count, 1)), p(buf.data()), n(count) {}
 };
 
 }  // namespace
@@ -427,9 +434,9 @@ const float* probe_buffer(std::size_t bytes) {
   auto it = buffers.find(bytes);
   if (it == buffers.end()) {
     it = buffers.emplace(bytes, aligned_floats(bytes / sizeof(float))).first;
-    std::fill(it->second.p.get(), it->second.p.get() + it->second.n, 1.0f);
+    std::fill(it->second.p, it->second.p + it->second.n, 1.0f);
   }
-  return it->second.p.get();
+  return it->second.p;
 }
 
 double measure_read_bw_best(std::size_t bytes, int threads) {
@@ -483,8 +490,7 @@ struct input_entry {
     fill(q, 1);
     fill(k, 2);
     fill(v, 3);
-    std::fill(o.p.get(), o.p.get() + o.n, 0.0f);  // touch every page before timing
-    view = {q.p.get(), k.p.get(), v.p.get(), o.p.get(), kv_heads};
+    view = {q.p, k.p, v.p, o.p, kv_heads};  // every page touched (zeros, then the fill) before timing
   }
   static void fill(aligned_floats& x, std::uint64_t seed) {
     for (std::size_t i = 0; i < x.n; ++i)

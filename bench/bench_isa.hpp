@@ -335,7 +335,7 @@ void with_bench_policy(benchmark::State& st, const bench_case& c, Fn&& fn) {
 
 /// The float view x rounded to T in `store` (which owns the elements), as a BSHD view of the same shape.
 template <class T>
-gqa::tensor_view<const T> rounded_view(const gqa::tensor_view<const float>& x, std::vector<T>& store) {
+gqa::tensor_view<const T> rounded_view(const gqa::tensor_view<const float>& x, bench_vector<T>& store) {
   const auto n = static_cast<std::size_t>(x.b * x.s * x.h * x.d);  // x is a dense BSHD input buffer
   store.resize(n);
   for (std::size_t i = 0; i < n; ++i) store[i] = T(x.data[i]);
@@ -344,8 +344,8 @@ gqa::tensor_view<const T> rounded_view(const gqa::tensor_view<const float>& x, s
 
 /// An int8 K or V: its values and scales.
 struct q8_store {
-  std::vector<std::int8_t> values;
-  std::vector<float> scales;
+  bench_vector<std::int8_t> values;
+  bench_vector<float> scales;
 };
 /// The float view x (a dense BSHD input buffer) quantised into `store`, as a BSHD q8_view of the same shape.
 gqa::q8_view quantized_view(const gqa::tensor_view<const float>& x, q8_store& store) {
@@ -410,15 +410,15 @@ void run_variant(benchmark::State& st, const bench_case& c) {
   opt.window_left = s.window_left;
   opt.num_threads = s.threads;
   // 16-bit K/V: the float inputs rounded once, outside the timing.
-  std::vector<gqa::bf16> kb, vb;
-  std::vector<gqa::f16> kh, vh;
+  bench_vector<gqa::bf16> kb, vb;
+  bench_vector<gqa::f16> kh, vh;
   gqa::tensor_view<const gqa::bf16> kbv, vbv;
   gqa::tensor_view<const gqa::f16> khv, vhv;
   if (s.kv == kv_type::bf16) kbv = rounded_view(x.k, kb), vbv = rounded_view(x.v, vb);
   if (s.kv == kv_type::f16) khv = rounded_view(x.k, kh), vhv = rounded_view(x.v, vh);
   // 16-bit Q and O (qo16): Q rounded once outside the timing, O a 16-bit buffer of the same shape.
-  std::vector<gqa::bf16> qb, ob;
-  std::vector<gqa::f16> qh, oh;
+  bench_vector<gqa::bf16> qb, ob;
+  bench_vector<gqa::f16> qh, oh;
   gqa::tensor_view<const gqa::bf16> qbv;
   gqa::tensor_view<const gqa::f16> qhv;
   const auto no = static_cast<std::size_t>(x.o.b * x.o.s * x.o.h * x.o.d);
@@ -560,7 +560,7 @@ void run_kvcache(benchmark::State& st, const bench_case& c) {
   gqa::attention_options opt;
   opt.causal = s.causal;
   opt.num_threads = s.threads;
-  std::vector<float> pk, pv;
+  bench_vector<float> pk, pv;
   std::vector<std::int32_t> table;
   std::vector<index_t> lengths(static_cast<std::size_t>(s.b), s.skv), cu(static_cast<std::size_t>(s.b) + 1);
   for (index_t i = 0; i <= s.b; ++i) cu[static_cast<std::size_t>(i)] = i * s.skv;
@@ -571,8 +571,8 @@ void run_kvcache(benchmark::State& st, const bench_case& c) {
   q8_store k8, v8;  // int8: the dense cache, and its pages
   gqa::q8_view k8v, v8v;
   if (i8) k8v = quantized_view(x.k, k8), v8v = quantized_view(x.v, v8);
-  std::vector<std::int8_t> pk8, pv8;
-  std::vector<float> pks, pvs;
+  bench_vector<std::int8_t> pk8, pv8;
+  bench_vector<float> pks, pvs;
   gqa::paged_q8_kv kv8;
   const index_t page = c.variant == "kv_paged16" ? 16 : 256;
   if (c.variant.rfind("kv_paged", 0) == 0) {

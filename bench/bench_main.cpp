@@ -61,6 +61,7 @@ void add_context() {
   benchmark::AddCustomContext("gqa_isas_cpu", join(cpu));
   benchmark::AddCustomContext("gqa_variants", join(built_variants()));
   benchmark::AddCustomContext("gqa_runtime_info", gqa::runtime_info().to_string());
+  benchmark::AddCustomContext("gqa_huge_pages", options().huge_pages ? "on" : "off");
 #if defined(__clang__)
   benchmark::AddCustomContext("gqa_compiler", "clang " __clang_version__);
 #elif defined(__GNUC__)
@@ -164,7 +165,9 @@ constexpr const char* usage_extra =
     "gqa_bench's own flags:\n"
     "  --gqa_table=<file.json>  print the P1/P2/P3/D1 table from a JSON result file, then exit\n"
     "  --gqa_no_lazy            do not measure probes / Eigen baselines that the filter excluded\n"
-    "                           (peak_frac, bw_frac, vs_eigen are then omitted where unknown)\n";
+    "                           (peak_frac, bw_frac, vs_eigen are then omitted where unknown)\n"
+    "  --gqa_huge_pages         inputs, K/V copies and probe buffers on huge pages (gqa::huge_page_allocator;\n"
+    "                           context gqa_huge_pages); default: plain 64-byte aligned allocations\n";
 
 }  // namespace
 }  // namespace gqa_bench
@@ -179,6 +182,8 @@ int main(int argc, char** argv) {
       table = argv[i] + 12;
     } else if (std::strcmp(argv[i], "--gqa_no_lazy") == 0) {
       options().lazy_baselines = false;
+    } else if (std::strcmp(argv[i], "--gqa_huge_pages") == 0) {
+      options().huge_pages = true;
     } else if (std::strcmp(argv[i], "--help") == 0) {
       std::cout << usage_extra << "\n";
       argv[kept++] = argv[i];

@@ -17,6 +17,7 @@
 #include "random.hpp"
 #include "variants.hpp"
 #include "kv_cache.hpp"
+#include "memory.hpp"
 #include "quantized.hpp"
 #include "paged.hpp"
 #include "varlen.hpp"
