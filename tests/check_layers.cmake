@@ -1,6 +1,6 @@
 # tests/check_layers.cmake: CTest check that gqa's lower layers include no kernel. For each rule below,
 # the header's full include closure (the compiler's -M output) must contain none of the forbidden
-# headers: views, the 16-bit types, the int8 cache type and its quantiser, options, errors, threading, ISA tags
+# headers: views, the 16-bit types, the int8 cache type and its quantiser, memory, options, errors, threading, ISA tags
 # and the shapes of the registry are plain layers; the
 # Eigen view adapter and checkpoint conversion do not compile the attention core; the core's common.hpp
 # includes no ISA header (its stated invariant); the reference shares nothing with the kernels.
@@ -16,7 +16,7 @@ set(_kernel "gqa/detail/core/,gqa/attention\\.hpp,gqa/variants/policy\\.hpp,gqa/
 set(_rules
   "config.hpp|${_kernel}" "version.hpp|${_kernel}" "errors.hpp|${_kernel}" "numeric.hpp|${_kernel}" "tensor.hpp|${_kernel}"
   "head_map.hpp|${_kernel}" "options.hpp|${_kernel}" "integer_span.hpp|${_kernel}" "kv_cache.hpp|${_kernel}" "random.hpp|${_kernel}"
-  "quantized.hpp|${_kernel}"
+  "quantized.hpp|${_kernel}" "memory.hpp|${_kernel}"
   "threading/executor.hpp|${_kernel},gqa/options\\.hpp" "threading/parallel.hpp|${_kernel},gqa/options\\.hpp"
   "threading/pool.hpp|${_kernel},gqa/options\\.hpp"
   "isa/tags.hpp|${_kernel}" "isa/cpu.hpp|${_kernel}" "isa/select.hpp|${_kernel}" "runtime_info.hpp|${_kernel}"
