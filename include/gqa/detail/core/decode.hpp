@@ -239,6 +239,21 @@ struct decode {
   // §2.4), so other CPUs keep the walk as it was. The loads read nothing the scores and P·V do not read and
   // change no value.
 
+  // Note [decode prefetches in cache]
+  // On an AMD EPYC of family 25 model 17 (Zen 4, 2 vCPUs, 2026-12-06) the prefetches of Note [keys per step]
+  // cost time where the caches hold K and V: a prefetch that finds its line in L2 or L3 still takes an L1
+  // miss buffer and an issue slot, and the walk issues one per line of every step (D1's int8 steps: 256).
+  // There, 16-bit and int8 decode calls whose K and V come to 8 MiB or less skip them (decode_step_prefetches
+  // in forward.hpp decides, per call). Measured (that machine, one thread pinned, the two versions called
+  // alternately in one process, medians of 15-21 pairs, AVX-512, the same bits): int8 D1's heads at 256,
+  // 1024, 2048 and 4096 keys (0.5-8 MiB) 1.055x, 1.064x, 1.070x, 1.038x; bf16 K/V at 256 and 2048 keys 1.141x
+  // and 1.060x; bf16 Q/K/V at 512 and 2048 keys 1.153x and 1.118x; MHA int8 (32 KV heads) at 256 keys 1.126x;
+  // AVX2 int8 at 256 keys 1.041x, bf16 at 2048 1.012x. At 16 MiB they still pay: bf16 K/V at 4096 keys 0.80x
+  // without them, MHA bf16 at 1024 keys 0.65x, int8 at 8192 keys 0.99x (AVX2 0.91x), MHA int8 at 2048 keys
+  // 0.98x; from 24 MiB up the first loads and the loads ahead replace them (Notes [decode first loads],
+  // [decode loads ahead]). On the Intel Xeon the same prefetches cost nothing measurable in L2 (Note [keys per
+  // step]), so other CPUs keep them.
+
   // Note [decode loads ahead]
   // On an AMD EPYC of family 25 model 17 (Zen 4: 32 KiB of L1d, 1 MiB of L2, AVX-512 on 256-bit units;
   // 2 vCPUs, 2026-12-06) neither the prefetches of Note [keys per step] nor the first loads and next-step
@@ -284,7 +299,8 @@ struct decode {
   /// K/V each unit's calls follow its scores (fused<T>), otherwise they follow the whole block's. Keys past
   /// the block's last repeat it up to a whole unit: s rows need room for round_up(nb, unit_keys) columns.
   /// 16-bit and int8 steps (adjacent heads) first prefetch every cache line of their keys' K and V rows,
-  /// all heads, in address order (Note [keys per step]). first_loads (adjacent heads; Note [decode first
+  /// all heads, in address order (Note [keys per step]), unless prefetch is false (Note [decode prefetches
+  /// in cache]). first_loads (adjacent heads; Note [decode first
   /// loads]): fp32 steps first load one element per cache line of their keys' K rows, and each unit the same
   /// of its keys' V rows before its P·V; in 16-bit and int8 steps each head prefetches its rows of the next
   /// step's keys, the task's next block's first ones after the last step (after: the keys the task reads
@@ -297,8 +313,8 @@ struct decode {
   /// here (Note [int8 decode products]); qp then is not read either.
   template <class Lay, class Step>
   static void walk(const Lay& lay, index_t ib, const head_map& map, std::span<const index_t> heads, index_t npos,
-                   index_t j0, index_t nb, index_t after, bool first_loads, index_t ahead, const float* qp,
-                   const std::uint16_t* q16, const q8_query* q8, float qscale, float* s, index_t lds,
+                   index_t j0, index_t nb, index_t after, bool first_loads, index_t ahead, bool prefetch,
+                   const float* qp, const std::uint16_t* q16, const q8_query* q8, float qscale, float* s, index_t lds,
                    Step&& step) noexcept {
     using T = typename Lay::kv_type;
     constexpr index_t KU = step_keys;
@@ -317,7 +333,7 @@ struct decode {
     const bool far_int8 = q8 != nullptr && (std::is_same_v<Isa, isa::avx512> || !first_loads);
     const index_t far = heads_adjacent && !fused<T> && (!std::is_same_v<T, std::int8_t> || far_int8) ? ahead : 0;
     const bool loads = heads_adjacent && first_loads && far == 0;
-    const bool prefetches = heads_adjacent && !first_loads && !fused<T> && far == 0;
+    const bool prefetches = heads_adjacent && !first_loads && !fused<T> && far == 0 && prefetch;
     const bool touch_unused = heads_adjacent && !loads && !prefetches && far == 0;
     const index_t far_end = j0 + nb + after;  // the keys the task reads from this block on
     index_t far_j = std::min(j0 + far, far_end);

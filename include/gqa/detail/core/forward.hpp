@@ -63,6 +63,7 @@ struct problem {
   bool keep_ring;      // and block i in slot i mod keep_blocks (Note [kept blocks as a ring])
   bool decode_loads;   // decode steps' first loads / next-step prefetches (Note [decode first loads])
   index_t decode_ahead;  // 16-bit and int8 decode: keys ahead of each step loaded, 0: none (Note [decode loads ahead])
+  bool decode_prefetch;  // 16-bit and int8 decode steps prefetch their lines first (Note [decode prefetches in cache])
   bool i8_products;    // decode's Q·Kᵀ on int8 K by VPDPBUSD, Q quantised (Note [int8 decode products])
 };
 
@@ -426,8 +427,8 @@ struct kernel {
     // The walk's whole units of scores fit the block's rows (lay.bk).
     static_assert(round_up(shape::block_kv_decode, std::lcm(cols, k_direct_keys)) % decode<Isa>::unit_keys == 0);
     const std::span<const index_t> heads{pb.active + t.g0, pb.active + t.g1};
-    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, after, pb.decode_loads, pb.decode_ahead, qp, q16, q8,
-                      pb.qscale, sc, lay.bk,
+    decode<Isa>::walk(pb.lay, t.ib, *pb.map, heads, npos, j0, nb, after, pb.decode_loads, pb.decode_ahead,
+                      pb.decode_prefetch, qp, q16, q8, pb.qscale, sc, lay.bk,
                       [&](index_t i, index_t r0, index_t x, index_t n) noexcept {
       const index_t g = heads[static_cast<std::size_t>(i)];
       const index_t G = pb.map->group_size(g), rows = G * npos;
@@ -997,6 +998,17 @@ index_t decode_ahead_keys(index_t b, index_t skv, index_t hkv, index_t d, index_
   }
 }
 
+/// Whether the steps of a 16-bit or int8 decode call prefetch their K and V lines into L1 first (Note [keys
+/// per step]): not on AMD CPUs of family 25 (measured on Zen 4) when the call's K and V (b · skv · hkv rows
+/// of dqv = d_qk + d_v elements of T) come to 8 MiB or less, which the caches hold (Note [decode prefetches
+/// in cache] in decode.hpp). Changes no result.
+template <class T>
+bool decode_step_prefetches(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
+  const double bytes = static_cast<double>(b) * static_cast<double>(skv) * static_cast<double>(hkv) *
+                       static_cast<double>(dqv) * static_cast<double>(sizeof(T));
+  return !(::gqa::isa::amd_cpu() && ::gqa::isa::cpu_family() == 25 && bytes <= 8.0 * 1024.0 * 1024.0);
+}
+
 // Note [short last query block]
 // When the query blocks of forward_rows() / G positions would leave a last block of less than a quarter
 // of one, and spreading its positions over the full blocks adds at most an eighth to each, the full blocks
@@ -1125,6 +1137,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
                               opt.alibi_slopes, opt.lse, block_kv, chunk, tiles16, bf16_amx, next_call_serial(),
                               keep_blocks, keep_ring, decode && decode_first_loads<typename Lay::kv_type>(b, skv, map.hkv(), d + dv),
                               decode ? decode_ahead_keys<typename Lay::kv_type>(b, skv, map.hkv(), d, dv) : 0,
+                              !decode || decode_step_prefetches<typename Lay::kv_type>(b, skv, map.hkv(), d + dv),
                               i8_products};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
