@@ -962,14 +962,20 @@ index_t forward_rows() noexcept {
   return ::gqa::isa::l2_cache_bytes() >= (index_t{2} << 20) ? Shape::rows_large_l2 : Shape::rows;
 }
 
-/// Whether a decode call runs on an AMD CPU and its K and V (b · skv · hkv rows of dqv = d_qk + d_v
-/// elements of T) reach 24 MiB: where AMD CPUs' decode walks change how they load (Notes [decode first
-/// loads] and [decode loads ahead] in decode.hpp; below that the cache holds K/V and the loads cost).
+/// The bytes of a decode call's K and V: b · skv · hkv rows of dqv = d_qk + d_v elements of T (in double:
+/// no overflow).
+template <class T>
+double decode_kv_bytes(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
+  return static_cast<double>(b) * static_cast<double>(skv) * static_cast<double>(hkv) * static_cast<double>(dqv) *
+         static_cast<double>(sizeof(T));
+}
+
+/// Whether a decode call runs on an AMD CPU and its K and V (decode_kv_bytes) reach 24 MiB: where AMD CPUs'
+/// decode walks change how they load (Notes [decode first loads] and [decode loads ahead] in decode.hpp;
+/// below that the cache holds K/V and the loads cost).
 template <class T>
 bool decode_large_on_amd(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
-  const double bytes = static_cast<double>(b) * static_cast<double>(skv) * static_cast<double>(hkv) *
-                       static_cast<double>(dqv) * static_cast<double>(sizeof(T));
-  return ::gqa::isa::amd_cpu() && bytes >= 24.0 * 1024.0 * 1024.0;
+  return ::gqa::isa::amd_cpu() && decode_kv_bytes<T>(b, skv, hkv, dqv) >= 24.0 * 1024.0 * 1024.0;
 }
 
 /// Whether a decode call's steps first load their K/V lines (fp32) or prefetch the next step's lines while
@@ -999,14 +1005,13 @@ index_t decode_ahead_keys(index_t b, index_t skv, index_t hkv, index_t d, index_
 }
 
 /// Whether the steps of a 16-bit or int8 decode call prefetch their K and V lines into L1 first (Note [keys
-/// per step]): not on AMD CPUs of family 25 (measured on Zen 4) when the call's K and V (b · skv · hkv rows
-/// of dqv = d_qk + d_v elements of T) come to 8 MiB or less, which the caches hold (Note [decode prefetches
-/// in cache] in decode.hpp). Changes no result.
+/// per step]): not on AMD CPUs of family 25 (measured on Zen 4) when the call's K and V (decode_kv_bytes)
+/// come to 8 MiB or less, which the caches hold (Note [decode prefetches in cache] in decode.hpp). Changes
+/// no result.
 template <class T>
 bool decode_step_prefetches(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
-  const double bytes = static_cast<double>(b) * static_cast<double>(skv) * static_cast<double>(hkv) *
-                       static_cast<double>(dqv) * static_cast<double>(sizeof(T));
-  return !(::gqa::isa::amd_cpu() && ::gqa::isa::cpu_family() == 25 && bytes <= 8.0 * 1024.0 * 1024.0);
+  return !(::gqa::isa::amd_cpu() && ::gqa::isa::cpu_family() == 25 &&
+           decode_kv_bytes<T>(b, skv, hkv, dqv) <= 8.0 * 1024.0 * 1024.0);
 }
 
 // Note [short last query block]
