@@ -141,13 +141,14 @@ inline void check_finite_paged(const tensor_view<const float>& q, const paged_q8
 
 /// The core on a validated paged call, on target `on` (core::target_of's result), for sequences [ib0,
 /// ib0 + count) of it (q, o and options.lse their rows; the table and `lengths`, kv.lengths as indices,
-/// their entries). PKV: basic_paged_kv<T> or paged_q8_kv.
-template <class On, class PKV, class QO>
-void run_paged(On on, const tensor_view<const QO>& q, const PKV& kv, const tensor_view<QO>& o,
+/// their entries). PKV: basic_paged_kv<T> or paged_q8_kv. Q, O: float or T (a 16-bit Q with a float O: a
+/// policy's fp32 copy of O, Note [16-bit Q/O policies]).
+template <class On, class PKV, class Q, class O>
+void run_paged(On on, const tensor_view<const Q>& q, const PKV& kv, const tensor_view<O>& o,
                std::span<const index_t> lengths, const head_map& map, const attention_options& opt, index_t ib0,
                index_t count) {
-  tensor_view<const QO> qs = q;
-  tensor_view<QO> os = o;
+  tensor_view<const Q> qs = q;
+  tensor_view<O> os = o;
   attention_options so = opt;
   qs.data += ib0 * q.stride_b;
   os.data += ib0 * o.stride_b;
@@ -293,20 +294,24 @@ void attend(tensor_view<Q> q, const basic_paged_kv<T>& kv, tensor_view<O> o, con
 // plan_from_norms is rejected.
 
 namespace detail {
-/// forward(paged) on a paged cache PKV: basic_paged_kv<T>, or paged_q8_kv, whose policy steps run in fp32 on
-/// the dequantised values (Note [int8 policies]: prepare() is given fp32 copies of the pools, kept by the
-/// calling thread, and the core then runs on its combined float pools).
-template <class Isa, class Policy, class PKV>
-void forward_paged_policy(Policy& p, const tensor_view<const float>& q, const PKV& kv, const tensor_view<float>& o,
+/// forward(paged) on a paged cache PKV: basic_paged_kv<T>, or paged_q8_kv, and Q/O of QO (float, or T's
+/// 16-bit type). The policy's steps run in fp32 (Notes [16-bit Q/O policies], [int8 policies]): prepare()
+/// is given the caller's pools, or fp32 copies of an int8 cache's pools (kept by the calling thread), and
+/// the core then runs on its combined float pools; a finish step on a 16-bit O works on an fp32 copy of O,
+/// rounded into O at the end.
+template <class Isa, class Policy, class PKV, class QO>
+void forward_paged_policy(Policy& p, const tensor_view<const QO>& q, const PKV& kv, const tensor_view<QO>& o_out,
                           const attention_options& opt) {
   using KV = view_element_t<std::remove_cvref_t<decltype(kv.k)>>;
   constexpr bool int8 = std::is_same_v<KV, std::int8_t>;
   constexpr const char* where = "gqa::forward(paged)";
   check_paged_policy<Policy>(where);
-  check_paged(q, kv, o, opt, where);
+  check_paged(q, kv, o_out, opt, where);
   const auto on = core::target_of<Isa>(opt);  // before the policy's own work
   check_finite_paged(q, kv, opt, where);
-  if constexpr (policy_with_check<Policy, KV>) p.check(q, values_of(kv.k), values_of(kv.v), o);
+  if constexpr (policy_with_check<Policy, KV, QO>) p.check(q, values_of(kv.k), values_of(kv.v), o_out);
+  constexpr bool buffered = buffered_output<Policy, QO>;
+  const auto o = core_output<buffered>(o_out);  // float where a finish step meets a 16-bit O
   const std::vector<index_t> lengths = to_indices(kv.lengths);
   const executor ex = executor_of(opt);
   auto run = [&](const auto& call) {
@@ -315,13 +320,13 @@ void forward_paged_policy(Policy& p, const tensor_view<const float>& q, const PK
     const index_t runs = per_sample ? q.b : 1, per_run = per_sample ? 1 : q.b;
     for (index_t r = 0; r < runs; ++r) {
       const index_t ib0 = r * per_run;
-      const tensor_view<const float> qs = per_sample ? sample(q, ib0) : q;
-      const tensor_view<float> os = per_sample ? sample(o, ib0) : o;
+      const tensor_view<const QO> qs = per_sample ? sample(q, ib0) : q;
+      const auto os = per_sample ? sample(o, ib0) : o;
       const head_map map = plan_without_dense_keys(p, qs, values_of(call.k),
                                                    [&] { return paged_key_norms(call, lengths, ib0, per_run); });
       check_map(map, q, call.k, where);
       run_paged(on, q, call, o, lengths, map, opt, ib0, per_run);
-      finish(p, os, map, ex);
+      if constexpr (std::is_same_v<std::remove_const_t<decltype(os)>, tensor_view<float>>) finish(p, os, map, ex);
     }
   };
   if constexpr (policy_with_prepare<Policy, std::conditional_t<int8, float, KV>>) {
@@ -334,11 +339,12 @@ void forward_paged_policy(Policy& p, const tensor_view<const float>& q, const PK
       }
     }();
     const paged_kv call{pools.k, pools.v, kv.page_table, kv.max_pages, kv.lengths};
-    check_paged(q, call, o, opt, where);
+    check_paged(q, call, o_out, opt, where);
     run(call);
   } else {
     run(kv);
   }
+  if constexpr (buffered) round_into(tensor_view<const float>(o), o_out);
 }
 }  // namespace detail
 
@@ -388,14 +394,23 @@ void forward(P&& policy, tensor_view<const float> q, const paged_q8_kv& kv, tens
   detail::forward_paged_policy<Isa>(p, q, kv, o, opt);
 }
 
-/// forward(policy, paged) with 16-bit Q/O: not provided (a compile-time error). Use float Q/O with 16-bit
-/// pages, or attend(paged) with 16-bit Q/O and a head map.
+/// A policy's call (gqa::forward) on a paged cache with Q, O and the pages all in one 16-bit type (bf16 or
+/// f16): the variant in fp32 on the widened values, each output element rounded once (Note [16-bit Q/O
+/// policies]; PGQA's noise is added to an fp32 copy of O before that rounding; WGQA's combined pools are
+/// float), so the float call's output rounded to the 16-bit type, bit for bit. options.lse stays float.
+/// Throws as forward(paged) does.
 template <class Isa = isa::dispatch, class P, class Q, class T, class O>
-  requires detail::half_qkvo<Q, T, T, O>
-void forward(P&&, tensor_view<Q>, const basic_paged_kv<T>&, tensor_view<O>, const attention_options& = {}) {
-  static_assert(sizeof(Q) == 0,
-                "gqa::forward(policy, paged): 16-bit Q/O is not supported on a paged cache; pass float Q/O (16-bit "
-                "pages are fine) or call gqa::attend(paged) with 16-bit Q/O");
+  requires detail::half_qkvo<Q, T, T, O> && attention_policy<std::remove_reference_t<P>, T, T>
+void forward(P&& policy, tensor_view<Q> q, const basic_paged_kv<T>& kv, tensor_view<O> o,
+             const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using Policy = std::remove_reference_t<P>;
+  static_assert((policy_with_check<Policy, T, T> || !policy_with_check<Policy>) &&
+                    (policy_with_prepare<Policy, T> || !policy_with_prepare<Policy>),
+                "gqa::forward: this policy's check()/prepare() takes float Q/K/V/O only; make it a template over the "
+                "element types to run it on 16-bit Q/K/V/O");
+  Policy& p = policy;
+  detail::forward_paged_policy<Isa>(p, tensor_view<const T>(q), kv, o, opt);
 }
 
 GQA_END_NAMESPACE

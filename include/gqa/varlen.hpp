@@ -72,9 +72,10 @@ inline void check_varlen(const tensor_view<const float>& q, const q8_view& k, co
 
 /// The core on a validated ragged call, on target `on` (core::target_of's result), for the sequences whose
 /// offsets are cu_q, cu_k (all of the call's, or a run of them: offsets into the packed views). KVView:
-/// tensor_view<const KV> (KV float, bf16 or f16) or q8_view (int8); QO: float or KV's 16-bit type.
-template <class On, class KVView, class QO>
-void run_varlen(On on, const tensor_view<const QO>& q, const KVView& k, const KVView& v, const tensor_view<QO>& o,
+/// tensor_view<const KV> (KV float, bf16 or f16) or q8_view (int8); Q, O: float or KV's 16-bit type (a
+/// 16-bit Q with a float O: a policy's fp32 copy of O, Note [16-bit Q/O policies]).
+template <class On, class KVView, class Q, class O>
+void run_varlen(On on, const tensor_view<const Q>& q, const KVView& k, const KVView& v, const tensor_view<O>& o,
                 std::span<const index_t> cu_q, std::span<const index_t> cu_k, const head_map& map,
                 const attention_options& opt) {
   index_t sq = 0, skv = 0;
@@ -114,23 +115,25 @@ struct ragged_q8_key_rows {
   }
 };
 
-/// The keys of the sequences with offsets cu_k (into the packed k), as the key-norm walk's row source
-/// (detail::key_norms_walk).
+/// The keys of the sequences with offsets cu_k (into the packed k; T float, bf16 or f16), as the key-norm
+/// walk's row source (detail::key_norms_walk).
+template <class T>
 struct ragged_key_rows {
-  const tensor_view<const float>& k;
+  const tensor_view<const T>& k;
   std::span<const index_t> cu_k;
   index_t length(index_t ib) const noexcept {
     return cu_k[static_cast<std::size_t>(ib) + 1] - cu_k[static_cast<std::size_t>(ib)];
   }
-  const float* operator()(index_t ib, index_t j, index_t g) const noexcept {
+  const T* operator()(index_t ib, index_t j, index_t g) const noexcept {
     return k.row(0, cu_k[static_cast<std::size_t>(ib)] + j, g);
   }
 };
 
 /// The key norms of the sequences with offsets cu_k of a validated ragged batch: per KV head, the sum over
-/// them of the Frobenius norm of each one's keys (Note [key norm order]).
-inline std::vector<double> ragged_key_norms(const tensor_view<const float>& k, std::span<const index_t> cu_k) {
-  return key_norms_walk(static_cast<index_t>(cu_k.size()) - 1, k.h, k.d, k.stride_d, ragged_key_rows{k, cu_k});
+/// them of the Frobenius norm of each one's keys (Note [key norm order]; a 16-bit key widened exactly).
+template <class T>
+std::vector<double> ragged_key_norms(const tensor_view<const T>& k, std::span<const index_t> cu_k) {
+  return key_norms_walk(static_cast<index_t>(cu_k.size()) - 1, k.h, k.d, k.stride_d, ragged_key_rows<T>{k, cu_k});
 }
 
 /// What forward(varlen) needs of a policy, checked before any work: a plan from keys through
@@ -209,20 +212,26 @@ inline std::vector<double> ragged_key_norms(const q8_view& k, std::span<const in
                         ragged_q8_key_rows{k, cu_k});
 }
 
-/// forward(varlen) for K/V given as KVView: tensor_view<const float>, or q8_view, whose policy steps run
-/// in fp32 on the dequantised values (Note [int8 policies]: prepare() is given fp32 copies of the packed K
-/// and V, kept by the calling thread, and the core then runs on its float result).
-template <class Isa, class Policy, class KVView>
-void forward_varlen(Policy& p, const tensor_view<const float>& q, const KVView& k, const KVView& v,
-                    const tensor_view<float>& o, const varlen& seqs, const attention_options& opt) {
+/// forward(varlen) for K/V given as KVView: tensor_view<const KV> (KV float, bf16 or f16) or q8_view, and
+/// Q/O of QO (float, or KV's 16-bit type). The policy's steps run in fp32 (Notes [16-bit Q/O policies],
+/// [int8 policies]): prepare() is given the caller's K/V, or fp32 copies of an int8 cache's packed K and V
+/// (kept by the calling thread), and the core then runs on its float result; a finish step on a 16-bit O
+/// works on an fp32 copy of O, rounded into O at the end.
+template <class Isa, class Policy, class KVView, class QO>
+void forward_varlen(Policy& p, const tensor_view<const QO>& q, const KVView& k, const KVView& v,
+                    const tensor_view<QO>& o_out, const varlen& seqs, const attention_options& opt) {
   using KV = view_element_t<KVView>;
+  constexpr bool int8 = std::is_same_v<KV, std::int8_t>;
+  using PrepareKV = std::conditional_t<int8, float, KV>;  // what prepare() is given
   constexpr const char* where = "gqa::forward(varlen)";
   check_ragged_policy<Policy>(where);
-  check_varlen(q, k, v, o, seqs, opt, where);  // everything before the policy's own work
+  check_varlen(q, k, v, o_out, seqs, opt, where);  // everything before the policy's own work
   const auto on = core::target_of<Isa>(opt);
   check_finite(q, k, v, opt, where);
   const std::vector<index_t> cu_q = to_indices(seqs.cu_seqlens_q), cu_k = to_indices(seqs.cu_seqlens_k);
-  if constexpr (policy_with_check<Policy, KV>) p.check(q, values_of(k), values_of(v), o);
+  if constexpr (policy_with_check<Policy, KV, QO>) p.check(q, values_of(k), values_of(v), o_out);
+  constexpr bool buffered = buffered_output<Policy, QO>;
+  const auto o = core_output<buffered>(o_out);  // float where a finish step meets a 16-bit O
   if constexpr (policy_with_ragged_finish<Policy>) p.check_ragged(o, cu_q);
   const executor ex = executor_of(opt);
   // One plan for the batch, or one per sequence (Note [policies on a ragged batch]).
@@ -240,20 +249,21 @@ void forward_varlen(Policy& p, const tensor_view<const float>& q, const KVView& 
       if constexpr (policy_with_ragged_finish<Policy>) p.finish_ragged(o, rq, map, ex);
     }
   };
-  if constexpr (policy_with_prepare<Policy, float>) {
+  if constexpr (policy_with_prepare<Policy, PrepareKV>) {
     const kv_views kv = [&] {
-      if constexpr (std::is_same_v<KV, std::int8_t>) {
+      if constexpr (int8) {
         thread_local std::vector<float> kf, vf;  // only in the int8 instantiations
         return p.prepare(dequantised_copy(k, kf), dequantised_copy(v, vf));
       } else {
         return p.prepare(k, v);
       }
     }();
-    check_varlen(q, kv.k, kv.v, o, seqs, opt, where);
+    check_varlen(q, kv.k, kv.v, o_out, seqs, opt, where);
     run_on(kv.k, kv.v);
   } else {
     run_on(k, v);
   }
+  if constexpr (buffered) round_into(tensor_view<const float>(o), o_out);
 }
 }  // namespace detail
 
@@ -286,15 +296,44 @@ void forward(P&& policy, tensor_view<const float> q, const q8_view& k, const q8_
   detail::forward_varlen<Isa>(p, q, k, v, o, seqs, opt);
 }
 
-/// forward(policy, ..., varlen) with 16-bit Q/O: not provided (a compile-time error). Use float Q/O with
-/// 16-bit K/V, or attend(varlen) with 16-bit Q/O and a head map.
+/// A policy's call (gqa::forward) on a ragged batch with K and V stored in 16 bits (both bf16 or both f16),
+/// Q and O float: as forward(varlen) on K/V widened to float, bit for bit. Every built-in policy takes them
+/// and computes in fp32 (as forward() with 16-bit K/V): KDGQA's and DGQA's norms of the widened keys,
+/// WGQA's combined heads (float), PGQA's noise on the fp32 output. Throws as forward(varlen) does.
+template <class Isa = isa::dispatch, class P, class K, class V>
+  requires detail::half_kv<K, V> && attention_policy<std::remove_reference_t<P>, std::remove_const_t<K>>
+void forward(P&& policy, tensor_view<const float> q, tensor_view<K> k, tensor_view<V> v, tensor_view<float> o,
+             const varlen& seqs, const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using T = std::remove_const_t<K>;
+  using Policy = std::remove_reference_t<P>;
+  static_assert((policy_with_check<Policy, T> || !policy_with_check<Policy>) &&
+                    (policy_with_prepare<Policy, T> || !policy_with_prepare<Policy>),
+                "gqa::forward: this policy's check()/prepare() takes float K/V only; make it a template over the "
+                "element type to run it on 16-bit K/V");
+  Policy& p = policy;
+  detail::forward_varlen<Isa>(p, q, tensor_view<const T>(k), tensor_view<const T>(v), o, seqs, opt);
+}
+
+/// A policy's call (gqa::forward) on a ragged batch with Q, K, V and O all in one 16-bit type (bf16 or
+/// f16): the variant in fp32 on the widened values, each output element rounded once (Note [16-bit Q/O
+/// policies]; PGQA's noise is added to an fp32 copy of O before that rounding), so the float call's output
+/// rounded to the 16-bit type, bit for bit. options.lse stays float. Throws as forward(varlen) does.
 template <class Isa = isa::dispatch, class P, class Q, class K, class V, class O>
-  requires detail::half_qkvo<Q, K, V, O>
-void forward(P&&, tensor_view<Q>, tensor_view<K>, tensor_view<V>, tensor_view<O>, const varlen&,
-             const attention_options& = {}) {
-  static_assert(sizeof(Q) == 0,
-                "gqa::forward(policy, varlen): 16-bit Q/O is not supported on a ragged batch; pass float Q/O (16-bit "
-                "K/V are fine) or call gqa::attend(varlen) with 16-bit Q/O");
+  requires detail::half_qkvo<Q, K, V, O> &&
+           attention_policy<std::remove_reference_t<P>, std::remove_const_t<K>, std::remove_const_t<K>>
+void forward(P&& policy, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o, const varlen& seqs,
+             const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using T = std::remove_const_t<K>;
+  using Policy = std::remove_reference_t<P>;
+  static_assert((policy_with_check<Policy, T, T> || !policy_with_check<Policy>) &&
+                    (policy_with_prepare<Policy, T> || !policy_with_prepare<Policy>),
+                "gqa::forward: this policy's check()/prepare() takes float Q/K/V/O only; make it a template over the "
+                "element types to run it on 16-bit Q/K/V/O");
+  Policy& p = policy;
+  detail::forward_varlen<Isa>(p, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v), o, seqs,
+                              opt);
 }
 
 GQA_END_NAMESPACE

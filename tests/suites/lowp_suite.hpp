@@ -890,6 +890,96 @@ TYPED_TEST_P(lowp_suite, paged_and_ragged_16_bit_qo) {
   check_paged_and_ragged_qo<TypeParam, gqa::f16>();
 }
 
+/// Every registered variant through gqa::forward<Isa> on a ragged batch (4 sequences, one without queries)
+/// and on a paged cache (2 sequences of 45 and 18 keys in shuffled pages of 16 slots, unwritten slots NaN)
+/// in T: float Q/O with T K/V (ragged) give the bits of the float call on the widened K/V, and Q, K/V and O
+/// all T (ragged and paged) the float call's output rounded to T (a fresh policy for each call, so PGQA
+/// draws the same noise and DGQA starts from the same state).
+template <class Isa, class T>
+void check_variants_paged_and_ragged() {
+  gqa::for_each_variant([&](auto t) {
+    using P = typename decltype(t)::type;
+    const gqa::model_shape m{8, 2, 24, 7};
+    const gqa::variant_heads h = P::heads_for(m);
+    const index_t hq = h.hq, hkv = h.kv_in, d = m.d;
+    SCOPED_TRACE(std::string(P::name) + ", " + gqa::element_name<T>);
+    gqa::attention_options opt;
+    opt.causal = true;
+    opt.bf16_products = false;  // the fp32 products: bit for bit (the bf16 tiles: bf16_products_* tests)
+    const auto call = [&](const auto&... args) {
+      gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<Isa>(p, args..., opt); });
+    };
+    {  // Ragged.
+      const std::vector<int> nq = {3, 1, 0, 20}, nk = {9, 1, 4, 20};
+      std::vector<int> cu_q = {0}, cu_k = {0};
+      for (std::size_t i = 0; i < nq.size(); ++i) {
+        cu_q.push_back(cu_q.back() + nq[i]);
+        cu_k.push_back(cu_k.back() + nk[i]);
+      }
+      const index_t tq = cu_q.back(), tk = cu_k.back();
+      const gqa::varlen seqs{cu_q, cu_k};
+      // Keys with uneven norms per head, so that KDGQA and DGQA plan uneven groups.
+      auto kr = gqa::test::random_floats(static_cast<std::size_t>(tk * hkv * d), 811);
+      for (std::size_t i = 0; i < kr.size(); ++i)
+        kr[i] *= 1.0f + static_cast<float>((i / static_cast<std::size_t>(d)) % static_cast<std::size_t>(hkv));
+      const auto qw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(tq * hq * d), 810));
+      const auto kw = gqa::test::rounded_kv<T>(kr);
+      const auto vw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(tk * hkv * d), 812));
+      const auto q16 = narrowed<T>(qw), k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+      const auto no = static_cast<std::size_t>(tq * hq * d);
+      std::vector<float> o32(no, k_nan), ohalf(no, k_nan);
+      std::vector<T> o16(no, T(k_nan));
+      call(gqa::thd<const float>(qw.data(), tq, hq, d), gqa::thd<const float>(kw.data(), tk, hkv, d),
+           gqa::thd<const float>(vw.data(), tk, hkv, d), gqa::thd(o32.data(), tq, hq, d), seqs);
+      call(gqa::thd<const float>(qw.data(), tq, hq, d), gqa::thd<const T>(k16.data(), tk, hkv, d),
+           gqa::thd<const T>(v16.data(), tk, hkv, d), gqa::thd(ohalf.data(), tq, hq, d), seqs);
+      EXPECT_EQ(first_difference(ohalf, o32), -1) << "ragged, float Q/O";
+      call(gqa::thd<const T>(q16.data(), tq, hq, d), gqa::thd<const T>(k16.data(), tk, hkv, d),
+           gqa::thd<const T>(v16.data(), tk, hkv, d), gqa::thd(o16.data(), tq, hq, d), seqs);
+      EXPECT_EQ(first_unrounded(o16, o32), -1) << "ragged, 16-bit Q/O";
+      for (const float x : o32) ASSERT_TRUE(std::isfinite(x));
+    }
+    {  // Paged.
+      const index_t b = 2, sq = 3, ps = 16, np = 6, max_pages = 3;
+      const std::vector<int> lengths{45, 18};
+      const std::vector<std::int32_t> table{4, 1, 5, 0, 2, 3};  // sequence 1's third entry: a spare page
+      const auto pool = static_cast<std::size_t>(np * ps * hkv * d);
+      std::vector<float> kw(pool, k_nan), vw(pool, k_nan);
+      auto kr = gqa::test::random_floats(pool, 821);
+      const auto vr = gqa::test::rounded_kv<T>(gqa::test::random_floats(pool, 822));
+      for (std::size_t i = 0; i < kr.size(); ++i)
+        kr[i] *= 1.0f + static_cast<float>((i / static_cast<std::size_t>(d)) % static_cast<std::size_t>(hkv));
+      kr = gqa::test::rounded_kv<T>(kr);
+      for (index_t ib = 0; ib < b; ++ib)  // only the slots the sequences hold are written
+        for (index_t j = 0; j < lengths[static_cast<std::size_t>(ib)]; ++j) {
+          const auto at = static_cast<std::size_t>(
+              ((table[static_cast<std::size_t>(ib * max_pages + j / ps)] * ps + j % ps) * hkv) * d);
+          std::copy(kr.begin() + static_cast<long>(at), kr.begin() + static_cast<long>(at + hkv * d), kw.begin() + static_cast<long>(at));
+          std::copy(vr.begin() + static_cast<long>(at), vr.begin() + static_cast<long>(at + hkv * d), vw.begin() + static_cast<long>(at));
+        }
+      const auto k16 = narrowed<T>(kw), v16 = narrowed<T>(vw);
+      const auto qw = gqa::test::rounded_kv<T>(gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 820));
+      const auto q16 = narrowed<T>(qw);
+      const gqa::paged_kv f{gqa::page_pool<const float>(kw.data(), np, ps, hkv, d),
+                            gqa::page_pool<const float>(vw.data(), np, ps, hkv, d), table, max_pages, lengths};
+      const gqa::basic_paged_kv<T> hv{gqa::page_pool<const T>(k16.data(), np, ps, hkv, d),
+                                      gqa::page_pool<const T>(v16.data(), np, ps, hkv, d), table, max_pages, lengths};
+      const auto no = static_cast<std::size_t>(b * sq * hq * d);
+      std::vector<float> o32(no, k_nan);
+      std::vector<T> o16(no, T(k_nan));
+      call(gqa::bshd<const float>(qw.data(), b, sq, hq, d), f, gqa::bshd(o32.data(), b, sq, hq, d));
+      call(gqa::bshd<const T>(q16.data(), b, sq, hq, d), hv, gqa::bshd(o16.data(), b, sq, hq, d));
+      EXPECT_EQ(first_unrounded(o16, o32), -1) << "paged, 16-bit Q/O";
+      for (const float x : o32) ASSERT_TRUE(std::isfinite(x));
+    }
+  });
+}
+
+TYPED_TEST_P(lowp_suite, every_variant_16_bit_paged_and_ragged) {
+  check_variants_paged_and_ragged<TypeParam, gqa::bf16>();
+  check_variants_paged_and_ragged<TypeParam, gqa::f16>();
+}
+
 // Mixed element types do not compile: Q and O are float or K/V's own 16-bit type, O never const.
 template <class Q, class KV, class O>
 concept attend_takes = requires(gqa::tensor_view<Q> q, gqa::tensor_view<KV> k, gqa::tensor_view<O> o, const gqa::head_map& m) {
@@ -2312,6 +2402,6 @@ REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_prod
                             bf16_products_nonfinite_as_in_fp32, bf16_products_paged_and_ragged_equal_dense,
                             bf16_products_every_variant, bf16_dot_tiles_match_double_sums, paged_and_ragged_int8,
                             nonfinite_int8_pages_as_dense, checks_with_int8_paged_and_ragged,
-                            every_variant_int8_paged_and_ragged);
+                            every_variant_int8_paged_and_ragged, every_variant_16_bit_paged_and_ragged);
 
 }  // namespace

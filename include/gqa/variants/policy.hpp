@@ -291,7 +291,9 @@ inline tensor_view<const float> dequantised_copy(const q8_view& x, std::vector<f
 // with a finish step (PGQA) must see the fp32 output: the core writes an fp32 copy of O (b·sq·hq·d_v
 // floats in a buffer the calling thread keeps and reuses, as the int8 copies of Note [int8 policies]),
 // finish() perturbs it, and each element is then rounded once to O's type.
-// So every output element is rounded exactly once, after every fp32 step of the variant.
+// So every output element is rounded exactly once, after every fp32 step of the variant. The paged and
+// ragged forward() (gqa/paged.hpp, gqa/varlen.hpp) follow the same rules with the same helpers
+// (buffered_output, core_output, round_into): PGQA's ragged finish perturbs the fp32 copy per sequence.
 
 /// Writes each element of the fp32 view `from` to `to` (same extents) rounded to T (nearest even; NaN stays
 /// NaN). Serial: O(b·sq·hq·d_v), beside the attention's O(b·sq·skv·hq·d).
@@ -304,6 +306,27 @@ void round_into(const tensor_view<const float>& from, const tensor_view<T>& to) 
         T* dst = to.row(ib, is, ih);
         for (index_t c = 0; c < from.d; ++c) dst[c] = from_float<T>(src[c]);
       }
+}
+
+/// Whether a call with Q/O of type QO gives Policy's finish step (a dense, paged or ragged one) an fp32 copy
+/// of O to work on: 16-bit O and a finish step (Note [16-bit Q/O policies]).
+template <class Policy, class QO>
+constexpr bool buffered_output = !std::is_same_v<QO, float> &&
+                                 (policy_with_finish<Policy> || policy_with_finish_executor<Policy> ||
+                                  policy_with_ragged_finish<Policy>);
+
+/// The view the core and the finish step write for the call's O: o itself, or where Buffered an fp32 view of
+/// o's extents (BSHD) over a buffer the calling thread keeps and reuses (one per O type), whose elements
+/// round_into() then rounds into o.
+template <bool Buffered, class QO>
+auto core_output(const tensor_view<QO>& o) {
+  if constexpr (Buffered) {
+    thread_local std::vector<float> o_buf;  // only in the instantiations that buffer
+    o_buf.resize(static_cast<std::size_t>(o.b * o.s * o.h * o.d));
+    return bshd(o_buf.data(), o.b, o.s, o.h, o.d);
+  } else {
+    return o;
+  }
 }
 
 /// run_forward()'s steps after prepare(): the call's checks, plan -> core -> finish, on the core's K/V ck,
@@ -319,17 +342,8 @@ void run_planned(Policy& p, const tensor_view<const QO>& q, const KVView& k_in, 
   // policy (DGQA) updates its state or any sample is computed.
   check_call(q, ck, cv, o_out, opt, where);
   // 16-bit O with a finish step: the core and finish() work on an fp32 copy (Note [16-bit Q/O policies]).
-  constexpr bool buffered = !std::is_same_v<QO, float> && (policy_with_finish<Policy> ||
-                                                          policy_with_finish_executor<Policy>);
-  const auto o = [&] {
-    if constexpr (buffered) {
-      thread_local std::vector<float> o_buf;  // kept by the calling thread, only in these instantiations
-      o_buf.resize(static_cast<std::size_t>(o_out.b * o_out.s * o_out.h * o_out.d));
-      return bshd(o_buf.data(), o_out.b, o_out.s, o_out.h, o_out.d);
-    } else {
-      return o_out;
-    }
-  }();
+  constexpr bool buffered = buffered_output<Policy, QO>;
+  const auto o = core_output<buffered>(o_out);
   // A 16-bit o here means the policy has no finish step.
   constexpr bool float_out = std::is_same_v<std::remove_const_t<decltype(o)>, tensor_view<float>>;
   const auto on = core::target_of<Isa>(opt);  // the ISA (a bad options.isa / GQA_ISA throws here)
