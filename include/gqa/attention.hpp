@@ -208,27 +208,30 @@ void check_map(const head_map& map, const tensor_view<const Q>& q, const tensor_
 }
 
 // The checks above for an int8 K/V cache (gqa::q8_view): the values as K/V views of element type int8,
-// and the scales as inputs of their own.
+// and the scales as inputs of their own. Q, O: float, or one 16-bit type.
 
-inline void check_views(const tensor_view<const float>& q, const q8_view& k, const q8_view& v,
-                        const tensor_view<float>& o, const char* where) {
+template <class Q, class O>
+void check_views(const tensor_view<const Q>& q, const q8_view& k, const q8_view& v, const tensor_view<O>& o,
+                 const char* where) {
   check_view(q, "q", where);
   check_q8(k, "k", "k.scales", where);
   check_q8(v, "v", "v.scales", where);
   check_view(o, "o", where);
 }
 /// The values' shapes and aliasing (check_call), and no output sharing an element with the scales.
-inline void check_call(const tensor_view<const float>& q, const q8_view& k, const q8_view& v,
-                       const tensor_view<float>& o, const attention_options& opt, const char* where) {
+template <class Q, class O>
+void check_call(const tensor_view<const Q>& q, const q8_view& k, const q8_view& v, const tensor_view<O>& o,
+                const attention_options& opt, const char* where) {
   check_call(q, k.values, v.values, o, opt, where);
-  require_outputs_disjoint({{o, "o"}}, {{k.scales, "k.scales"}, {v.scales, "v.scales"}}, where);
+  require_outputs_disjoint<const float, O>({{o, "o"}}, {{k.scales, "k.scales"}, {v.scales, "v.scales"}}, where);
   if (!opt.lse.empty()) {
     const tensor_view<const float> lse = lse_view(opt);
     require_disjoint(shared_element(lse, k.scales), where, "options.lse", opt.lse.data(), "k.scales");
     require_disjoint(shared_element(lse, v.scales), where, "options.lse", opt.lse.data(), "v.scales");
   }
 }
-inline void check_map(const head_map& map, const tensor_view<const float>& q, const q8_view& k, const char* where) {
+template <class Q>
+void check_map(const head_map& map, const tensor_view<const Q>& q, const q8_view& k, const char* where) {
   check_map(map, q, k.values, where);
 }
 
@@ -260,6 +263,11 @@ concept half_kv = std::is_same_v<std::remove_const_t<K>, std::remove_const_t<V>>
 template <class Q, class K, class V, class O>
 concept half_qkvo = half_kv<K, V> && std::is_same_v<std::remove_const_t<Q>, std::remove_const_t<K>> &&
                     std::is_same_v<O, std::remove_const_t<K>>;
+
+/// A Q view of a 16-bit element type (const or not) and an O view of the same type (not const): what the
+/// 16-bit Q/O attend() and forward() on an int8 cache take.
+template <class Q, class O>
+concept half_qo = half_kv<Q, Q> && std::is_same_v<O, std::remove_const_t<Q>>;
 
 }  // namespace detail
 
@@ -313,6 +321,19 @@ template <class Isa = isa::dispatch>
 void attend(tensor_view<const float> q, const q8_view& k, const q8_view& v, tensor_view<float> o,
             const head_map& map, const attention_options& opt = {}) {
   detail::attend_kv<Isa>(q, k, v, o, map, opt);
+}
+
+/// attend() with an int8 K/V cache and Q and O in one 16-bit type (bf16 or f16): the core widens Q (exact)
+/// as it packs it and rounds each output element once to the 16-bit type (Note [16-bit Q/O]), so O is,
+/// bit for bit, attend(q8_view) on the widened Q with its float output rounded to T; the decode products
+/// (Note [int8 decode products]) quantise the same widened rows. options.lse stays float. The same checks
+/// and errors (aliasing by bytes).
+template <class Isa = isa::dispatch, class Q, class O>
+  requires detail::half_qo<Q, O>
+void attend(tensor_view<Q> q, const q8_view& k, const q8_view& v, tensor_view<O> o, const head_map& map,
+            const attention_options& opt = {}) {
+  using T = std::remove_const_t<Q>;
+  detail::attend_kv<Isa>(tensor_view<const T>(q), k, v, o, map, opt);
 }
 
 GQA_END_NAMESPACE

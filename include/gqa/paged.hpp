@@ -117,13 +117,14 @@ void check_finite_paged(const tensor_view<const QO>& q, const basic_paged_kv<T>&
 /// and then as check_paged checks float pools (named kv.k, kv.v), each scale pool against its values
 /// (kv.k.scales, kv.v.scales: (num_pages, page_size, hkv, 1)), and no output sharing an element with the
 /// scales.
-inline void check_paged(const tensor_view<const float>& q, const paged_q8_kv& kv, const tensor_view<float>& o,
-                        const attention_options& opt, const char* where) {
+template <class QO>
+void check_paged(const tensor_view<const QO>& q, const paged_q8_kv& kv, const tensor_view<QO>& o,
+                 const attention_options& opt, const char* where) {
   check_q8(kv.k, "kv.k.values", "kv.k.scales", where);
   check_q8(kv.v, "kv.v.values", "kv.v.scales", where);
   check_paged(q, paged_values<std::int8_t>{kv.k.values, kv.v.values, kv.page_table, kv.max_pages, kv.lengths}, o,
               opt, where);
-  require_outputs_disjoint({{o, "o"}}, {{kv.k.scales, "kv.k.scales"}, {kv.v.scales, "kv.v.scales"}}, where);
+  require_outputs_disjoint<const float, QO>({{o, "o"}}, {{kv.k.scales, "kv.k.scales"}, {kv.v.scales, "kv.v.scales"}}, where);
   if (!opt.lse.empty()) {
     const tensor_view<const float> lse = lse_view(opt);
     require_disjoint(shared_element(lse, kv.k.scales), where, "options.lse", opt.lse.data(), "kv.k.scales");
@@ -133,8 +134,9 @@ inline void check_paged(const tensor_view<const float>& q, const paged_q8_kv& kv
 
 /// check_finite_paged for an int8 cache: the scales of the rows the sequences read (an int8 row's values
 /// are finite; it is non-finite exactly when its scale is, Note [int8 quantisation]).
-inline void check_finite_paged(const tensor_view<const float>& q, const paged_q8_kv& kv, const attention_options& opt,
-                               const char* where) {
+template <class QO>
+void check_finite_paged(const tensor_view<const QO>& q, const paged_q8_kv& kv, const attention_options& opt,
+                        const char* where) {
   check_finite_paged(q, paged_kv{kv.k.scales, kv.v.scales, kv.page_table, kv.max_pages, kv.lengths}, opt, where,
                      "kv.k.scales", "kv.v.scales");
 }
@@ -254,6 +256,14 @@ template <class Isa = isa::dispatch>
 void attend(tensor_view<const float> q, const paged_q8_kv& kv, tensor_view<float> o, const head_map& map,
             const attention_options& opt = {}) {
   detail::attend_paged<Isa>(q, kv, o, map, opt);
+}
+/// attend(paged_q8_kv) with Q and O in one 16-bit type (bf16 or f16): the float call on the widened Q with
+/// its output rounded once to T, bit for bit (Note [16-bit Q/O]). options.lse stays float.
+template <class Isa = isa::dispatch, class Q, class O>
+  requires detail::half_qo<Q, O>
+void attend(tensor_view<Q> q, const paged_q8_kv& kv, tensor_view<O> o, const head_map& map,
+            const attention_options& opt = {}) {
+  detail::attend_paged<Isa>(tensor_view<const std::remove_const_t<Q>>(q), kv, o, map, opt);
 }
 
 /// gqa::attend over a paged KV cache: O[b, i, h] = softmax(scale · Q[b, i, h] · K_bᵀ + mask) · V_b, where
@@ -392,6 +402,22 @@ void forward(P&& policy, tensor_view<const float> q, const paged_q8_kv& kv, tens
   detail::require_int8_check<Policy>();
   Policy& p = policy;
   detail::forward_paged_policy<Isa>(p, q, kv, o, opt);
+}
+
+/// forward(policy, paged_q8_kv) with Q and O in one 16-bit type (bf16 or f16): every step in fp32 as for
+/// float Q/O (Note [16-bit Q/O policies]; PGQA's noise on an fp32 copy of O), each output element rounded
+/// once, so the float call on the widened Q with its output rounded to T, bit for bit.
+template <class Isa = isa::dispatch, class P, class Q, class O>
+  requires detail::half_qo<Q, O> && attention_policy<std::remove_reference_t<P>, std::int8_t, std::remove_const_t<Q>>
+void forward(P&& policy, tensor_view<Q> q, const paged_q8_kv& kv, tensor_view<O> o, const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using Policy = std::remove_reference_t<P>;
+  using T = std::remove_const_t<Q>;
+  static_assert((policy_with_check<Policy, std::int8_t, T> || !policy_with_check<Policy>),
+                "gqa::forward: this policy's check() takes float Q/O or K/V only; make it a template over the "
+                "element types to run it on an int8 cache with 16-bit Q/O");
+  Policy& p = policy;
+  detail::forward_paged_policy<Isa>(p, tensor_view<const T>(q), kv, o, opt);
 }
 
 /// A policy's call (gqa::forward) on a paged cache with Q, O and the pages all in one 16-bit type (bf16 or

@@ -61,9 +61,9 @@ void check_varlen(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
 
 /// check_varlen for an int8 K/V cache: the values as check_varlen checks K/V views, the scales as
 /// attend(q8_view) checks them (their shapes, and no output sharing an element with them).
-inline void check_varlen(const tensor_view<const float>& q, const q8_view& k, const q8_view& v,
-                         const tensor_view<float>& o, const varlen& seqs, const attention_options& opt,
-                         const char* where) {
+template <class QO>
+void check_varlen(const tensor_view<const QO>& q, const q8_view& k, const q8_view& v, const tensor_view<QO>& o,
+                  const varlen& seqs, const attention_options& opt, const char* where) {
   check_q8(k, "k", "k.scales", where);
   check_q8(v, "v", "v.scales", where);
   check_varlen(q, k.values, v.values, o, seqs, opt, where);
@@ -174,6 +174,14 @@ template <class Isa = isa::dispatch>
 void attend(tensor_view<const float> q, const q8_view& k, const q8_view& v, tensor_view<float> o, const head_map& map,
             const varlen& seqs, const attention_options& opt = {}) {
   detail::attend_varlen<Isa>(q, k, v, o, map, seqs, opt);
+}
+/// attend(varlen) with an int8 K/V cache and Q and O in one 16-bit type (bf16 or f16): the float call on
+/// the widened Q with its output rounded once to T, bit for bit (Note [16-bit Q/O]).
+template <class Isa = isa::dispatch, class Q, class O>
+  requires detail::half_qo<Q, O>
+void attend(tensor_view<Q> q, const q8_view& k, const q8_view& v, tensor_view<O> o, const head_map& map,
+            const varlen& seqs, const attention_options& opt = {}) {
+  detail::attend_varlen<Isa>(tensor_view<const std::remove_const_t<Q>>(q), k, v, o, map, seqs, opt);
 }
 /// attend(varlen) with K and V stored in 16 bits (both bf16 or both f16), as attend() takes them.
 template <class Isa = isa::dispatch, class K, class V>
@@ -294,6 +302,24 @@ void forward(P&& policy, tensor_view<const float> q, const q8_view& k, const q8_
   detail::require_int8_check<Policy>();  // in paged.hpp
   Policy& p = policy;
   detail::forward_varlen<Isa>(p, q, k, v, o, seqs, opt);
+}
+
+/// forward(policy, ..., varlen) on an int8 cache with Q and O in one 16-bit type (bf16 or f16): every step
+/// in fp32 as for float Q/O (Note [16-bit Q/O policies]; PGQA's noise per sequence on an fp32 copy of O),
+/// each output element rounded once, so the float call on the widened Q with its output rounded to T, bit
+/// for bit.
+template <class Isa = isa::dispatch, class P, class Q, class O>
+  requires detail::half_qo<Q, O> && attention_policy<std::remove_reference_t<P>, std::int8_t, std::remove_const_t<Q>>
+void forward(P&& policy, tensor_view<Q> q, const q8_view& k, const q8_view& v, tensor_view<O> o, const varlen& seqs,
+             const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using Policy = std::remove_reference_t<P>;
+  using T = std::remove_const_t<Q>;
+  static_assert((policy_with_check<Policy, std::int8_t, T> || !policy_with_check<Policy>),
+                "gqa::forward: this policy's check() takes float Q/O or K/V only; make it a template over the "
+                "element types to run it on an int8 cache with 16-bit Q/O");
+  Policy& p = policy;
+  detail::forward_varlen<Isa>(p, tensor_view<const T>(q), k, v, o, seqs, opt);
 }
 
 /// A policy's call (gqa::forward) on a ragged batch with K and V stored in 16 bits (both bf16 or both f16),

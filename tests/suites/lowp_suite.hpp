@@ -995,6 +995,19 @@ static_assert(!attend_takes<const gqa::bf16, const float, gqa::bf16> && !attend_
 static_assert(!attend_takes<const float, const gqa::bf16, gqa::bf16> && !attend_takes<const gqa::f16, const gqa::bf16, gqa::bf16>);
 static_assert(!attend_takes<const gqa::bf16, const gqa::bf16, const gqa::bf16>);
 static_assert(forward_takes<const gqa::bf16, const gqa::bf16, gqa::bf16> && forward_takes<const gqa::f16, gqa::f16, gqa::f16>);
+// An int8 cache: float Q/O, or Q and O of one 16-bit type.
+template <class Q, class O>
+concept attend_q8_takes = requires(gqa::tensor_view<Q> q, const gqa::q8_view& k, gqa::tensor_view<O> o, const gqa::head_map& m) {
+  gqa::attend(q, k, k, o, m);
+};
+template <class Q, class O>
+concept forward_q8_takes = requires(gqa::tensor_view<Q> q, const gqa::q8_view& k, gqa::tensor_view<O> o) {
+  gqa::forward(gqa::gqa_policy{}, q, k, k, o);
+};
+static_assert(attend_q8_takes<const float, float> && attend_q8_takes<const gqa::bf16, gqa::bf16> && attend_q8_takes<gqa::f16, gqa::f16>);
+static_assert(!attend_q8_takes<const gqa::bf16, float> && !attend_q8_takes<const float, gqa::bf16> &&
+              !attend_q8_takes<const gqa::bf16, gqa::f16> && !attend_q8_takes<const gqa::bf16, const gqa::bf16>);
+static_assert(forward_q8_takes<const gqa::bf16, gqa::bf16> && !forward_q8_takes<const gqa::f16, float>);
 static_assert(!forward_takes<const gqa::bf16, const float, gqa::bf16> && !forward_takes<const gqa::f16, const gqa::f16, float>);
 
 /// The checks of an all-16-bit call: wrong shapes throw naming the argument, an o over q's bytes throws, an
@@ -2387,6 +2400,81 @@ TYPED_TEST_P(lowp_suite, every_variant_int8_paged_and_ragged) {
   check_int8_forward_forms<TypeParam>(64, /*products=*/true);
 }
 
+/// An int8 cache (dense with kv_lengths, paged in pages of 16 slots, ragged) with Q and O of type T: attend()
+/// and every registered variant's forward() give the float calls' outputs on the widened Q rounded to T,
+/// and attend() their LSEs, bit for bit; decode (sq 1) and causal prefill (sq 12: 48 rows per KV head for
+/// GQA, the tiled path), with the int8 decode products on and off.
+template <class Isa, class T>
+void check_int8_16_bit_qo() {
+  SCOPED_TRACE(std::string(gqa::element_name<T>) + " Q/O, int8 K/V");
+  const gqa::model_shape m{8, 2, 24, 7};
+  gqa::for_each_variant([&](auto t) {
+    using P = typename decltype(t)::type;
+    const gqa::variant_heads h = P::heads_for(m);
+    const index_t hq = h.hq, hkv = h.kv_in, d = m.d;
+    const int8_pages kv({45, 18, 13}, hkv, d, 16, 930);
+    const index_t b = kv.b;
+    for (const index_t sq : {index_t{1}, index_t{12}})  // 12: every causal row sees a key
+      for (const bool products : {true, false}) {
+        SCOPED_TRACE(std::string(P::name) + ", sq " + std::to_string(sq) + (products ? ", products" : ""));
+        const auto qw = gqa::test::rounded_kv<T>(
+            gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 931 + static_cast<std::uint64_t>(sq)));
+        const auto q16 = narrowed<T>(qw);
+        std::vector<index_t> cu_q;
+        for (index_t ib = 0; ib <= b; ++ib) cu_q.push_back(ib * sq);
+        const gqa::varlen seqs{cu_q, kv.cu_k};
+        const auto no = static_cast<std::size_t>(b * sq * hq * d), nl = static_cast<std::size_t>(b * hq * sq);
+        gqa::attention_options opt;
+        opt.causal = sq > 1;
+        opt.int8_products = products;
+        gqa::attention_options dense_opt = opt;
+        dense_opt.kv_lengths = kv.lengths;
+        // The three forms (dense, paged, ragged) on Q q into o[0, 3·no): attend on P's uniform map with the
+        // LSEs of the dense and paged calls into lse[0, 2·nl), or forward with a fresh policy per call.
+        const gqa::head_map map = gqa::head_map::uniform(hq, hkv);
+        const auto attend3 = [&](const auto& q, auto* o, float* lse) {
+          using E = std::remove_const_t<std::remove_pointer_t<decltype(q.data)>>;
+          const auto qt = gqa::thd<const E>(q.data, b * sq, hq, d);
+          gqa::attention_options d_opt = dense_opt, p_opt = opt;
+          d_opt.lse = std::span<float>(lse, nl);
+          p_opt.lse = std::span<float>(lse + nl, nl);
+          gqa::attend<Isa>(q, kv.k.view, kv.v.view, gqa::bshd(o, b, sq, hq, d), map, d_opt);
+          gqa::attend<Isa>(q, kv.paged(), gqa::bshd(o + no, b, sq, hq, d), map, p_opt);
+          gqa::attend<Isa>(qt, kv.ragged_k(), kv.ragged_v(), gqa::thd(o + 2 * no, b * sq, hq, d), map, seqs, opt);
+        };
+        const auto forward3 = [&](const auto& q, auto* o) {
+          using E = std::remove_const_t<std::remove_pointer_t<decltype(q.data)>>;
+          const auto qt = gqa::thd<const E>(q.data, b * sq, hq, d);
+          const auto fwd = [&](const auto&... a) { gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<Isa>(p, a...); }); };
+          fwd(q, kv.k.view, kv.v.view, gqa::bshd(o, b, sq, hq, d), dense_opt);
+          fwd(q, kv.paged(), gqa::bshd(o + no, b, sq, hq, d), opt);
+          fwd(qt, kv.ragged_k(), kv.ragged_v(), gqa::thd(o + 2 * no, b * sq, hq, d), seqs, opt);
+        };
+        const auto q32 = gqa::bshd<const float>(qw.data(), b, sq, hq, d);
+        const auto qh = gqa::bshd<const T>(q16.data(), b, sq, hq, d);
+        std::vector<float> o32(3 * no, k_nan), l32(2 * nl, k_nan), l16(2 * nl, k_nan);
+        std::vector<T> o16(3 * no, T(k_nan));
+        if constexpr (std::is_same_v<P, gqa::gqa_policy>) {  // attend once per case
+          attend3(q32, o32.data(), l32.data());
+          attend3(qh, o16.data(), l16.data());
+          EXPECT_EQ(first_unrounded(o16, o32), -1) << "attend (dense, paged, ragged)";
+          EXPECT_EQ(first_difference(l16, l32), -1) << "attend LSE (dense, paged)";
+          std::fill(o32.begin(), o32.end(), k_nan);
+          std::fill(o16.begin(), o16.end(), T(k_nan));
+        }
+        forward3(q32, o32.data());
+        forward3(qh, o16.data());
+        EXPECT_EQ(first_unrounded(o16, o32), -1) << "forward (dense, paged, ragged)";
+        for (const float x : o32) ASSERT_TRUE(std::isfinite(x));
+      }
+  });
+}
+
+TYPED_TEST_P(lowp_suite, int8_cache_16_bit_qo) {
+  check_int8_16_bit_qo<TypeParam, gqa::bf16>();
+  check_int8_16_bit_qo<TypeParam, gqa::f16>();
+}
+
 REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_products_every_variant,
                             int8_pv_matches_rounded_weights, int8_scores_match_integer_sums,
                             decode_first_loads_keep_bits, decode_reads_of_large_int8_pages,
@@ -2402,6 +2490,7 @@ REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_prod
                             bf16_products_nonfinite_as_in_fp32, bf16_products_paged_and_ragged_equal_dense,
                             bf16_products_every_variant, bf16_dot_tiles_match_double_sums, paged_and_ragged_int8,
                             nonfinite_int8_pages_as_dense, checks_with_int8_paged_and_ragged,
-                            every_variant_int8_paged_and_ragged, every_variant_16_bit_paged_and_ragged);
+                            every_variant_int8_paged_and_ragged, every_variant_16_bit_paged_and_ragged,
+                            int8_cache_16_bit_qo);
 
 }  // namespace

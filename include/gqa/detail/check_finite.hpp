@@ -55,9 +55,10 @@ void check_finite(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
 }
 
 /// check_finite for an int8 K/V cache: its values are always finite, so the scales of the rows read
-/// (quantize_q8 marks a non-finite row with a NaN scale, Note [int8 quantisation]).
-inline void check_finite(const tensor_view<const float>& q, const q8_view& k, const q8_view& v,
-                         const attention_options& opt, const char* where = "gqa::attend") {
+/// (quantize_q8 marks a non-finite row with a NaN scale, Note [int8 quantisation]). Q: float, bf16 or f16.
+template <class Q>
+void check_finite(const tensor_view<const Q>& q, const q8_view& k, const q8_view& v, const attention_options& opt,
+                  const char* where = "gqa::attend") {
   check_finite(q, k.scales, v.scales, opt, where, "k.scales", "v.scales");
 }
 

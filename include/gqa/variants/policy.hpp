@@ -174,8 +174,8 @@ template <class P, class Q, class T>
 head_map plan_of(P& p, const tensor_view<const Q>& q, const tensor_view<const T>& k) {
   return p.plan(q, k);
 }
-template <class P>
-head_map plan_of(P& p, const tensor_view<const float>& q, const q8_view& k) {
+template <class P, class Q>
+head_map plan_of(P& p, const tensor_view<const Q>& q, const q8_view& k) {
   static_assert(!policy_plans_from_keys<P> || policy_plans_from_norms<P>,
                 "gqa::forward: a policy that plans from the keys needs plan_from_norms() to run on an int8 cache");
   if constexpr (policy_plans_from_norms<P>) {
@@ -525,6 +525,18 @@ template <class Isa = isa::dispatch, class P>
 void forward(P&& policy, tensor_view<const float> q, const q8_view& k, const q8_view& v, tensor_view<float> o,
              const attention_options& opt = {}) {
   detail::forward_policy<Isa>(std::forward<P>(policy), q, k, v, o, opt);
+}
+
+/// forward() with an int8 K/V cache and Q and O in one 16-bit type (bf16 or f16): every step in fp32 as
+/// for float Q/O (Note [16-bit Q/O policies]: PGQA's noise on an fp32 copy of O, WGQA's combined heads of
+/// the dequantised values in float), each output element rounded once, so the float call on the widened Q
+/// with its output rounded to T, bit for bit.
+template <class Isa = isa::dispatch, class P, class Q, class O>
+  requires detail::half_qo<Q, O> && attention_policy<std::remove_reference_t<P>, std::int8_t, std::remove_const_t<Q>>
+void forward(P&& policy, tensor_view<Q> q, const q8_view& k, const q8_view& v, tensor_view<O> o,
+             const attention_options& opt = {}) {
+  using T = std::remove_const_t<Q>;
+  detail::forward_policy<Isa>(std::forward<P>(policy), tensor_view<const T>(q), k, v, o, opt);
 }
 
 /// forward() for training: the same call (same output, same policy state changes), which also returns

@@ -1216,34 +1216,36 @@ void forward(tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const 
   forward_layout<Isa>(dense_layout<KV, Q, O>{q, k, v, o, kv_lengths, {}}, q.b, q.s, k.s, q.d, v.d, map, opt);
 }
 
-/// The core on 4-D views with an int8 K/V cache (values and per-row scales; Note [int8 K/V]).
-template <class Isa>
-void forward_q8(tensor_view<const float> q, tensor_view<const std::int8_t> k, tensor_view<const float> k_scales,
-                tensor_view<const std::int8_t> v, tensor_view<const float> v_scales, tensor_view<float> o,
+/// The core on 4-D views with an int8 K/V cache (values and per-row scales; Note [int8 K/V]). Q, O: float,
+/// or one 16-bit type (Note [16-bit Q/O]: Q widened as it is packed, O rounded once as it is written).
+template <class Isa, class Q, class O>
+void forward_q8(tensor_view<const Q> q, tensor_view<const std::int8_t> k, tensor_view<const float> k_scales,
+                tensor_view<const std::int8_t> v, tensor_view<const float> v_scales, tensor_view<O> o,
                 const head_map& map, const attention_options& opt) {
   const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);
-  const dense_layout<std::int8_t> lay{q, k, v, o, kv_lengths, {k_scales, v_scales}};
+  const dense_layout<std::int8_t, Q, O> lay{q, k, v, o, kv_lengths, {k_scales, v_scales}};
   forward_layout<Isa>(lay, q.b, q.s, k.s, q.d, v.d, map, opt);
 }
 
-/// forward_paged on int8 pools with their scale pools (num_pages, page_size, hkv, 1) (Note [int8 K/V]).
-template <class Isa>
-void forward_paged_q8(tensor_view<const float> q, tensor_view<const std::int8_t> k, tensor_view<const float> k_scales,
-                      tensor_view<const std::int8_t> v, tensor_view<const float> v_scales, tensor_view<float> o,
+/// forward_paged on int8 pools with their scale pools (num_pages, page_size, hkv, 1) (Note [int8 K/V]); Q, O
+/// as forward_q8's.
+template <class Isa, class Q, class O>
+void forward_paged_q8(tensor_view<const Q> q, tensor_view<const std::int8_t> k, tensor_view<const float> k_scales,
+                      tensor_view<const std::int8_t> v, tensor_view<const float> v_scales, tensor_view<O> o,
                       const std::int32_t* table, index_t max_pages, std::span<const index_t> lengths, index_t longest,
                       const head_map& map, const attention_options& opt) {
-  const paged_layout<std::int8_t> lay{q, k, v, o, table, max_pages, lengths, {k_scales, v_scales}};
+  const paged_layout<std::int8_t, Q, O> lay{q, k, v, o, table, max_pages, lengths, {k_scales, v_scales}};
   forward_layout<Isa>(lay, q.b, q.s, longest, q.d, v.d, map, opt);
 }
 
-/// forward_ragged on int8 K/V with their scales (1, total, hkv, 1) (Note [int8 K/V]).
-template <class Isa>
-void forward_ragged_q8(tensor_view<const float> q, tensor_view<const std::int8_t> k, tensor_view<const float> k_scales,
-                       tensor_view<const std::int8_t> v, tensor_view<const float> v_scales, tensor_view<float> o,
+/// forward_ragged on int8 K/V with their scales (1, total, hkv, 1) (Note [int8 K/V]); Q, O as forward_q8's.
+template <class Isa, class Q, class O>
+void forward_ragged_q8(tensor_view<const Q> q, tensor_view<const std::int8_t> k, tensor_view<const float> k_scales,
+                       tensor_view<const std::int8_t> v, tensor_view<const float> v_scales, tensor_view<O> o,
                        std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq, index_t skv,
                        const head_map& map, const attention_options& opt) {
   const auto b = static_cast<index_t>(cu_q.size()) - 1;
-  const ragged_layout<std::int8_t> lay{q, k, v, o, cu_q, cu_k, {k_scales, v_scales}};
+  const ragged_layout<std::int8_t, Q, O> lay{q, k, v, o, cu_q, cu_k, {k_scales, v_scales}};
   forward_layout<Isa>(lay, b, sq, skv, q.d, v.d, map, opt);
 }
 

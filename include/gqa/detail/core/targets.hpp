@@ -121,13 +121,13 @@ void forward_on(named_target on, tensor_view<const Q> q, tensor_view<const KV> k
 
 /// The forward core on an int8 K/V cache (forward_q8, Note [int8 K/V]) on `on`.
 /// (Templates over Q8 = q8_view, like the ones above over KV, so that only a TU that calls them compiles them.)
-template <class Isa, std::same_as<q8_view> Q8>
-void forward_on(Isa, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o, const head_map& map,
+template <class Isa, std::same_as<q8_view> Q8, class Q, class O>
+void forward_on(Isa, tensor_view<const Q> q, const Q8& k, const Q8& v, tensor_view<O> o, const head_map& map,
                 const attention_options& opt) {
   forward_q8<Isa>(q, k.values, k.scales, v.values, v.scales, o, map, opt);
 }
-template <std::same_as<q8_view> Q8>
-void forward_on(named_target on, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o,
+template <std::same_as<q8_view> Q8, class Q, class O>
+void forward_on(named_target on, tensor_view<const Q> q, const Q8& k, const Q8& v, tensor_view<O> o,
                 const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, forward_q8, q, k.values, k.scales, v.values, v.scales, o, map, opt)
 }
@@ -149,14 +149,14 @@ void forward_paged_on(named_target on, tensor_view<const Q> q, tensor_view<const
 }
 
 /// The paged forward core on int8 pools (forward_paged_q8; k, v: the pools as q8_views) on `on`.
-template <class Isa, std::same_as<q8_view> Q8>
-void forward_paged_on(Isa, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o,
+template <class Isa, std::same_as<q8_view> Q8, class Q, class O>
+void forward_paged_on(Isa, tensor_view<const Q> q, const Q8& k, const Q8& v, tensor_view<O> o,
                       const std::int32_t* table, index_t max_pages, std::span<const index_t> lengths, index_t longest,
                       const head_map& map, const attention_options& opt) {
   forward_paged_q8<Isa>(q, k.values, k.scales, v.values, v.scales, o, table, max_pages, lengths, longest, map, opt);
 }
-template <std::same_as<q8_view> Q8>
-void forward_paged_on(named_target on, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o,
+template <std::same_as<q8_view> Q8, class Q, class O>
+void forward_paged_on(named_target on, tensor_view<const Q> q, const Q8& k, const Q8& v, tensor_view<O> o,
                       const std::int32_t* table, index_t max_pages, std::span<const index_t> lengths, index_t longest,
                       const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, forward_paged_q8, q, k.values, k.scales, v.values, v.scales, o, table, max_pages, lengths, longest,
@@ -164,14 +164,14 @@ void forward_paged_on(named_target on, tensor_view<const float> q, const Q8& k, 
 }
 
 /// The ragged forward core on int8 K/V (forward_ragged_q8) on `on`.
-template <class Isa, std::same_as<q8_view> Q8>
-void forward_ragged_on(Isa, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o,
+template <class Isa, std::same_as<q8_view> Q8, class Q, class O>
+void forward_ragged_on(Isa, tensor_view<const Q> q, const Q8& k, const Q8& v, tensor_view<O> o,
                        std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq, index_t skv,
                        const head_map& map, const attention_options& opt) {
   forward_ragged_q8<Isa>(q, k.values, k.scales, v.values, v.scales, o, cu_q, cu_k, sq, skv, map, opt);
 }
-template <std::same_as<q8_view> Q8>
-void forward_ragged_on(named_target on, tensor_view<const float> q, const Q8& k, const Q8& v, tensor_view<float> o,
+template <std::same_as<q8_view> Q8, class Q, class O>
+void forward_ragged_on(named_target on, tensor_view<const Q> q, const Q8& k, const Q8& v, tensor_view<O> o,
                        std::span<const index_t> cu_q, std::span<const index_t> cu_k, index_t sq, index_t skv,
                        const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, forward_ragged_q8, q, k.values, k.scales, v.values, v.scales, o, cu_q, cu_k, sq, skv, map, opt)
