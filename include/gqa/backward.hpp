@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <span>
+#include <type_traits>
 #include <utility>
 
 #include "attention.hpp"
@@ -43,11 +44,11 @@ inline tensor_view<T> span_view(std::span<T> s) noexcept {
 /// options.dsinks needs options.sinks and has hq entries; no gradient (nor dsinks) shares an element with
 /// options.sinks or options.alibi_slopes, which the call reads while it writes them; dsinks shares none
 /// with any input or gradient.
-inline void check_backward_modifiers(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                                     const tensor_view<const float>& v, const tensor_view<const float>& o,
-                                     const tensor_view<const float>& dout, std::span<const float> lse,
-                                     const tensor_view<float>& dq, const tensor_view<float>& dk,
-                                     const tensor_view<float>& dv, const attention_options& opt, const char* where) {
+template <class T, class G>
+void check_backward_modifiers(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+                              const tensor_view<const T>& o, const tensor_view<const T>& dout,
+                              std::span<const float> lse, const tensor_view<G>& dq, const tensor_view<G>& dk,
+                              const tensor_view<G>& dv, const attention_options& opt, const char* where) {
   if (!opt.dsinks.empty()) {
     require(!opt.sinks.empty(), where, "options.dsinks.size()", opt.dsinks.size(),
             "needs options.sinks (dsinks is the gradient of the sinks)");
@@ -57,26 +58,28 @@ inline void check_backward_modifiers(const tensor_view<const float>& q, const te
   const tensor_view<float> ds = span_view(opt.dsinks);
   const named_view<const float> params[2] = {{span_view(opt.sinks), "options.sinks"},
                                              {span_view(opt.alibi_slopes), "options.alibi_slopes"}};
-  for (const auto& [out, name] : {named_view<float>{dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {ds, "options.dsinks"}}) {
-    if (out.d == 0) continue;  // no dsinks
+  for (const auto& [out, name] : {named_view<G>{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}) {
     for (const auto& in : params)
       if (in.view.d > 0) require_disjoint(shared_element(out, in.view), where, name, out.data, in.name);
   }
-  if (ds.d > 0)
-    require_outputs_disjoint({{ds, "options.dsinks"}},
-                             {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}, {span_view(lse), "lse"},
-                              {dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
-                             where);
+  if (ds.d > 0) {
+    for (const auto& in : params)
+      if (in.view.d > 0) require_disjoint(shared_element(ds, in.view), where, "options.dsinks", ds.data, in.name);
+    require_outputs_disjoint<const T, float>({{ds, "options.dsinks"}},
+                                             {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}}, where);
+    require_outputs_disjoint<const float, float>({{ds, "options.dsinks"}}, {{span_view(lse), "lse"}}, where);
+    require_outputs_disjoint<const G, float>({{ds, "options.dsinks"}}, {{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, where);
+  }
 }
 
 /// Everything attend_backward() checks, once, before any work (Note [validation once]): the forward's
 /// checks of q, k, v, o, options and map, the extents of dout and the gradients, the LSE, and that no
 /// gradient repeats an element or shares one with an input or another gradient (Note [exact overlap]).
-inline void validate_backward(const tensor_view<const float>& q, const tensor_view<const float>& k,
-                              const tensor_view<const float>& v, const tensor_view<const float>& o,
-                              const tensor_view<const float>& dout, std::span<const float> lse,
-                              const tensor_view<float>& dq, const tensor_view<float>& dk, const tensor_view<float>& dv,
-                              const head_map& map, const attention_options& opt) {
+template <class T, class G>
+void validate_backward(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+                       const tensor_view<const T>& o, const tensor_view<const T>& dout, std::span<const float> lse,
+                       const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv,
+                       const head_map& map, const attention_options& opt) {
   constexpr const char* where = "gqa::attend_backward";
   check_view(q, "q", where);
   check_view(k, "k", where);
@@ -98,8 +101,9 @@ inline void validate_backward(const tensor_view<const float>& q, const tensor_vi
   for (std::size_t i = 0; i < lse.size(); ++i)
     if (std::isnan(lse[i]) || (std::isinf(lse[i]) && lse[i] > 0))
       fail(where, ": lse[", i, "] = ", lse[i], ": must be finite or -inf (the forward's LSE of that row)");
-  require_outputs_disjoint({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
-                           {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}, {span_view(lse), "lse"}}, where);
+  require_outputs_disjoint<const T, G>({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
+                                       {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}}, where);
+  require_outputs_disjoint<const float, G>({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, {{span_view(lse), "lse"}}, where);
   check_backward_modifiers(q, k, v, o, dout, lse, dq, dk, dv, opt, where);
 }
 
@@ -134,6 +138,28 @@ void attend_backward(tensor_view<const float> q, tensor_view<const float> k, ten
   detail::validate_backward(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
   const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
   detail::core::backward_on(on, q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+}
+
+/// attend_backward() with q, k, v, o and dout all stored in one 16-bit type T (bf16 or f16; each view
+/// const or not) and the gradients dq, dk, dv in T or float (all three the same): the fp32 backward on
+/// the widened inputs (exact), each gradient element rounded once to T where it leaves the core (Note
+/// [16-bit backward] in detail/core/backward.hpp). So the gradients are, bit for bit, attend_backward()
+/// on the widened inputs with its float gradients rounded to T (the same bits with float gradients), and
+/// the inputs' bytes are halved. lse and options.dsinks stay float. The same checks and errors (aliasing
+/// across element types by bytes).
+template <class Isa = isa::dispatch, class Q, class K, class V, class O, class DO, class G>
+  requires detail::half_kv<Q, K> && detail::half_kv<K, V> && detail::half_kv<V, O> && detail::half_kv<O, DO> &&
+           (std::is_same_v<G, float> || std::is_same_v<G, std::remove_const_t<Q>>)
+void attend_backward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o, tensor_view<DO> dout,
+                     std::span<const float> lse, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
+                     const head_map& map, const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::attend_backward<Isa>: this translation unit is not compiled with flags for Isa");
+  using T = std::remove_const_t<Q>;
+  const tensor_view<const T> qc(q), kc(k), vc(v), oc(o), dc(dout);
+  detail::validate_backward(qc, kc, vc, oc, dc, lse, dq, dk, dv, map, opt);
+  const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
+  detail::core::backward_on(on, qc, kc, vc, oc, dc, lse, dq, dk, dv, map, opt);
 }
 
 GQA_END_NAMESPACE

@@ -27,6 +27,7 @@
 
 #include <gqa/attention.hpp>
 #include <gqa/backward.hpp>
+#include <gqa/numeric.hpp>
 #include <gqa/random.hpp>
 #include <gqa/reference/attention.hpp>
 
@@ -879,9 +880,117 @@ TYPED_TEST_P(backward_suite, nonfinite_values_follow_the_masks) {
   }
 }
 
+namespace {
+/// Rounds every element of t (not the gaps) to T in place, so that it is exactly a T value.
+template <class T>
+void round_to(const gqa::tensor_view<float>& t) {
+  for (index_t ib = 0; ib < t.b; ++ib)
+    for (index_t is = 0; is < t.s; ++is)
+      for (index_t ih = 0; ih < t.h; ++ih)
+        for (index_t c = 0; c < t.d; ++c) t(ib, is, ih, c) = gqa::to_float(T(t(ib, is, ih, c)));
+}
+
+/// t's elements as T, BSHD.
+template <class T>
+std::vector<T> narrow_bshd(const gqa::tensor_view<float>& t) {
+  const auto x = gqa::test::logical_order(t);
+  std::vector<T> r(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) r[i] = T(x[i]);
+  return r;
+}
+
+/// The case's inputs rounded to T (and O, the forward's float output, too): attend_backward on T inputs
+/// with gradients of type G against the float call on the same (widened) values, whose gradients rounded
+/// to G must be the 16-bit call's bit for bit, and dsinks the same bits (Note [16-bit backward]).
+template <class Isa, class T, class G>
+void check_backward_16_bit(const backward_case& c) {
+  SCOPED_TRACE(c.describe() + ", " + gqa::element_name<T> + " inputs, " +
+               (std::is_same_v<G, float> ? "float" : gqa::element_name<T>) + " gradients");
+  auto p = backward_data::make<Isa>(c, [](backward_data& x) {
+    for (auto* t : {&x.q, &x.k, &x.v, &x.dout}) round_to<T>(t->view);
+  });
+  round_to<T>(p.o.view);
+  const auto opt = p.options(c);
+  p.template run<Isa>(opt);
+  const auto q = narrow_bshd<T>(p.q.view), k = narrow_bshd<T>(p.k.view), v = narrow_bshd<T>(p.v.view),
+             o = narrow_bshd<T>(p.o.view), dout = narrow_bshd<T>(p.dout.view);
+  const auto nq = q.size(), nk = k.size(), nv = v.size();
+  std::vector<G> dq(nq, G(std::numeric_limits<float>::quiet_NaN())), dk(nk, dq[0]), dv(nv, dq[0]);
+  std::vector<float> dsinks(p.dsinks.size(), std::numeric_limits<float>::quiet_NaN());
+  gqa::attention_options o16 = opt;
+  o16.dsinks = dsinks;
+  gqa::attend_backward<Isa>(gqa::bshd<const T>(q.data(), c.b, c.sq, c.hq, c.d), gqa::bshd<const T>(k.data(), c.b, c.skv, c.hkv, c.d),
+                            gqa::bshd<const T>(v.data(), c.b, c.skv, c.hkv, c.dv), gqa::bshd<const T>(o.data(), c.b, c.sq, c.hq, c.dv),
+                            gqa::bshd<const T>(dout.data(), c.b, c.sq, c.hq, c.dv), p.lse,
+                            gqa::bshd(dq.data(), c.b, c.sq, c.hq, c.d), gqa::bshd(dk.data(), c.b, c.skv, c.hkv, c.d),
+                            gqa::bshd(dv.data(), c.b, c.skv, c.hkv, c.dv), p.map, o16);
+  const auto expect_rounded = [](const char* name, const std::vector<G>& got, const std::vector<float>& want) {
+    ASSERT_EQ(got.size(), want.size()) << name;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const G r = gqa::from_float<G>(want[i]);
+      ASSERT_EQ(std::memcmp(&got[i], &r, sizeof(G)), 0)
+          << name << "[" << i << "] = " << gqa::to_float(got[i]) << ", the float call's rounded: " << gqa::to_float(r);
+    }
+  };
+  expect_rounded("dq", dq, gqa::test::logical_order(p.dq.view));
+  expect_rounded("dk", dk, gqa::test::logical_order(p.dk.view));
+  expect_rounded("dv", dv, gqa::test::logical_order(p.dv.view));
+  EXPECT_EQ(std::memcmp(dsinks.data(), p.dsinks.data(), dsinks.size() * sizeof(float)), 0) << "dsinks";
+  for (const float x : gqa::test::logical_order(p.dq.view)) ASSERT_TRUE(std::isfinite(x));
+}
+}  // namespace
+
+// 16-bit inputs (bf16, f16) with 16-bit or float gradients: the float backward on the widened inputs,
+// each gradient rounded once. Cases: GQA with padding and a causal mask, d = 24; MQA with several query
+// ranges per KV head (their fp32 sums rounded once) and d = 21; every score modifier with sinks'
+// gradient; an uneven map with an unused KV head (zero gradients).
+TYPED_TEST_P(backward_suite, sixteen_bit_inputs_are_the_rounded_fp32_backward) {
+  std::vector<backward_case> cases;
+  {
+    auto c = shaped_case(2, 37, 45, 8, 2, 24, 901);
+    c.causal = true;
+    c.kv_lengths = {45, 30};
+    cases.push_back(c);
+  }
+  {
+    auto c = shaped_case(1, 300, 300, 4, 1, 21, 902);
+    c.causal = true;
+    cases.push_back(c);
+  }
+  {
+    auto c = shaped_case(1, 20, 33, 4, 2, 16, 903);
+    c.sinks = c.alibi = true;
+    c.window_left = 7;
+    c.softcap = 5.0f;
+    cases.push_back(c);
+  }
+  {
+    auto c = shaped_case(2, 9, 70, 4, 3, 8, 904);
+    c.kv_of_q = {0, 0, 0, 2};
+    cases.push_back(c);
+  }
+  for (const auto& c : cases) {
+    check_backward_16_bit<TypeParam, gqa::bf16, gqa::bf16>(c);
+    check_backward_16_bit<TypeParam, gqa::bf16, float>(c);
+    check_backward_16_bit<TypeParam, gqa::f16, gqa::f16>(c);
+    check_backward_16_bit<TypeParam, gqa::f16, float>(c);
+  }
+}
+
+// Mixed input types and gradients of another 16-bit type do not compile.
+template <class T, class G>
+concept backward_takes = requires(gqa::tensor_view<const T> x, gqa::tensor_view<const float> f, gqa::tensor_view<G> g,
+                                  std::span<const float> lse, const gqa::head_map& m) {
+  gqa::attend_backward(x, x, x, x, x, lse, g, g, g, m);
+};
+static_assert(backward_takes<float, float> && backward_takes<gqa::bf16, gqa::bf16> && backward_takes<gqa::bf16, float> &&
+              backward_takes<gqa::f16, gqa::f16>);
+static_assert(!backward_takes<gqa::bf16, gqa::f16> && !backward_takes<float, gqa::bf16>);
+
 REGISTER_TYPED_TEST_SUITE_P(backward_suite, shapes_match_reference, padded_kv_lengths,
                             fully_masked_rows_have_zero_gradients, unequal_head_dims,
                             unequal_empty_and_noncontiguous_groups, layouts_and_strides, deterministic_across_threads,
                             large_magnitude_scores, sliding_window_matches_reference, softcap_matches_reference,
                             alibi_matches_reference, sinks_match_reference, modifiers_combined,
-                            modifiers_deterministic_across_threads, nonfinite_values_follow_the_masks);
+                            modifiers_deterministic_across_threads, nonfinite_values_follow_the_masks,
+                            sixteen_bit_inputs_are_the_rounded_fp32_backward);

@@ -18,6 +18,7 @@
 #include "../../head_map.hpp"
 #include "../../isa/vec.hpp"
 #include "../../isa/vec_math.hpp"
+#include "../../numeric.hpp"
 #include "../../options.hpp"
 #include "../../tensor.hpp"
 #include "../../threading/parallel.hpp"
@@ -127,11 +128,24 @@ inline constexpr index_t k_backward_min_tasks = 16;
 // task per head sums its rows in order (batch, then position) in double and rounds once: the same bits
 // for any thread count. D_i is dot_row(), the kernel's own.
 
-/// Everything a backward task needs, fixed for the call.
+// Note [16-bit backward]
+// The backward takes Q, K, V, O and dO stored in bf16 or f16 (T) with gradients dQ, dK, dV of the same type
+// (G = T) or float, as FlashAttention's backward does for its 16-bit inputs: every input element is widened
+// (exact) where it is read — Q and dO as the task packs them (rows and transposed), O in D = rowsum(dO∘O),
+// K and V as the block's rows are copied (packed::pack_v's widening loads) — and the five products, the
+// probabilities and every accumulator are the fp32 core's on the widened values; each gradient element is
+// rounded once to G where it leaves the core: dQ as its rows are written, dK and dV after the sum over
+// the query ranges (their accumulators stay fp32; the direct accumulation into dk/dv is for G = float
+// only). So a 16-bit call gives, bit for bit, the fp32 call on the widened inputs with its gradients
+// rounded to G (tests: backward_suite), and reads half the input bytes.
+
+/// Everything a backward task needs, fixed for the call. T: the inputs' element type (float, bf16, f16);
+/// G: the gradients' (float, or T).
+template <class T = float, class G = float>
 struct backward_problem {
-  tensor_view<const float> q, k, v, o, dout;
+  tensor_view<const T> q, k, v, o, dout;
   std::span<const float> lse;
-  tensor_view<float> dq;
+  tensor_view<G> dq;
   const head_map* map;
   const index_t* active;  // KV heads that serve at least one query head
   float scale;
@@ -242,8 +256,9 @@ struct backward_kernel {
 
   /// One task: batch ib, KV head active[gi], query positions [p0, p1); dK/dV accumulate into skv rows of
   /// acc_k (stride ldk, dp floats each) and acc_v (stride ldv, dvp floats), zeroed here first.
-  static void run(const backward_problem& pb, index_t ib, index_t gi, index_t p0, index_t p1, float* acc_k, index_t ldk,
-                  float* acc_v, index_t ldv) noexcept {
+  template <class In, class Out>
+  static void run(const backward_problem<In, Out>& pb, index_t ib, index_t gi, index_t p0, index_t p1, float* acc_k,
+                  index_t ldk, float* acc_v, index_t ldv) noexcept {
     const index_t g = pb.active[gi];
     const auto heads = pb.map->q_heads(g);
     const index_t G = static_cast<index_t>(heads.size());
@@ -293,14 +308,15 @@ struct backward_kernel {
           continue;
         }
         const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
-        const float* qs = pb.q.row(ib, pos, h);
-        const float* ds = pb.dout.row(ib, pos, h);
-        std::copy(qs, qs + d, qr + r * dp);
+        // Widened as they are packed (Note [16-bit backward]; a copy for float).
+        const In* qs = pb.q.row(ib, pos, h);
+        const In* ds = pb.dout.row(ib, pos, h);
+        std::transform(qs, qs + d, qr + r * dp, [](In x) noexcept { return to_float(x); });
         std::fill(qr + r * dp + d, qr + (r + 1) * dp, 0.0f);
-        std::copy(ds, ds + dv, dor + r * dvp);
+        std::transform(ds, ds + dv, dor + r * dvp, [](In x) noexcept { return to_float(x); });
         std::fill(dor + r * dvp + dv, dor + (r + 1) * dvp, 0.0f);
-        for (index_t c = 0; c < d; ++c) qt[c * rp + r] = qs[c];
-        for (index_t c = 0; c < dv; ++c) dot[c * rp + r] = ds[c];
+        for (index_t c = 0; c < d; ++c) qt[c * rp + r] = qr[r * dp + c];
+        for (index_t c = 0; c < dv; ++c) dot[c * rp + r] = dor[r * dvp + c];
         const float l = pb.lse[static_cast<std::size_t>((ib * pb.q.h + h) * sq + pos)];
         nlse[r] = l == k_neg_inf ? k_neg_inf : -l;
         const key_range keys = pb.keys_of(ib, pos);
@@ -318,8 +334,8 @@ struct backward_kernel {
         const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
         // The block's K and V rows, copied into the task's scratch, padded to dp and dvp (Note [backward K/V
         // copy]).
-        tiled::pack_v(strided_rows<float>{pb.k.row(ib, j0, g), pb.k.stride_s}, d, nb, dp, kr);
-        tiled::pack_v(strided_rows<float>{pb.v.row(ib, j0, g), pb.v.stride_s}, dv, nb, dvp, vr);
+        tiled::pack_v(strided_rows<In>{pb.k.row(ib, j0, g), pb.k.stride_s}, d, nb, dp, kr);
+        tiled::pack_v(strided_rows<In>{pb.v.row(ib, j0, g), pb.v.stride_s}, dv, nb, dvp, vr);
         // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: the block's keys are the tile's rows.
         product<assign_tile>(kr, dp, nb, qt, rp, rp, d, st, rp);
         product<assign_tile>(vr, dvp, nb, dot, rp, rp, dv, dst, rp);
@@ -365,7 +381,8 @@ struct backward_kernel {
       }
       for (index_t r = 0; r < rows; ++r) {
         const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
-        std::copy(dqa + r * dp, dqa + r * dp + d, pb.dq.row(ib, pos, h));
+        std::transform(dqa + r * dp, dqa + r * dp + d, pb.dq.row(ib, pos, h),
+                       [](float x) noexcept { return from_float<Out>(x); });  // rounded once (Out 16-bit)
       }
     }
   }
@@ -402,21 +419,23 @@ struct backward_kernel {
   }
 
   /// D = Σ a[c]·b[c] over c < n, one multiply-add at a time in c order with the tile's mul_add: the
-  /// rounding of one lane of dP = V·dOᵀ (Note [backward numerics]).
-  static float dot_row(const float* a, const float* b, index_t n) noexcept {
+  /// rounding of one lane of dP = V·dOᵀ (Note [backward numerics]). A, B: float, bf16 or f16 (widened).
+  template <class A, class B>
+  static float dot_row(const A* a, const B* b, index_t n) noexcept {
     auto acc = V::zero();
-    for (index_t c = 0; c < n; ++c) acc = V::mul_add(V::set1(a[c]), V::set1(b[c]), acc);
+    for (index_t c = 0; c < n; ++c) acc = V::mul_add(V::set1(to_float(a[c])), V::set1(to_float(b[c])), acc);
     float out[L];
     V::store(out, acc);
     return out[0];
   }
 };
 
-template <class Isa>
-void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
-              tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,
-              tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
-              const attention_options& opt) {
+/// The backward core. T: the inputs' element type (float, bf16, f16), G: the gradients' (float, or T; Note
+/// [16-bit backward]).
+template <class Isa, class T, class G>
+void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
+              tensor_view<const T> dout, std::span<const float> lse, tensor_view<G> dq, tensor_view<G> dk,
+              tensor_view<G> dv, const head_map& map, const attention_options& opt) {
   using K = backward_kernel<Isa>;
   const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(q.d));
   const index_t sq = q.s, skv = k.s;
@@ -437,7 +456,7 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
   n_ranges = (sq + range - 1) / range;
 
   const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
-  const backward_problem pb{q,
+  const backward_problem<T, G> pb{q,
                             k,
                             v,
                             o,
@@ -458,7 +477,7 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
   // dK/dV accumulate straight into dk, dv when one task owns a KV head's keys and rows need no padding;
   // else into accumulators (kept by the calling thread for its next call: a fresh buffer of this size
   // costs a page fault per 4 KiB, measured at ~10% of P1's time), added in range order at the end.
-  const bool direct = n_ranges == 1 && dp == k.d && dvp == v.d;
+  const bool direct = std::is_same_v<G, float> && n_ranges == 1 && dp == k.d && dvp == v.d;
   const index_t slot = direct ? 0 : skv * (dp + dvp);
   float* acc = direct ? nullptr : thread_scratch(static_cast<std::size_t>(n_ranges * base_tasks * slot), 1);
   // Task i: range n_ranges − 1 − i / base_tasks of (batch, active KV head) pair bg = i % base_tasks, last
@@ -471,10 +490,15 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
     const index_t r = n_ranges - 1 - i / base_tasks, bg = i % base_tasks;
     const dealt_task dt = deal_sequences(bg, n_active, lanes, q.b);
     const index_t ib = dt.seq, gi = dt.local, p0 = r * range;
-    if (direct) {
-      const index_t g = active[static_cast<std::size_t>(gi)];
-      K::run(pb, ib, gi, p0, std::min(sq, p0 + range), dk.row(ib, 0, g), dk.stride_s, dv.row(ib, 0, g), dv.stride_s);
-    } else {
+    if constexpr (std::is_same_v<G, float>) {
+      if (direct) {
+        const index_t g = active[static_cast<std::size_t>(gi)];
+        K::run(pb, ib, gi, p0, std::min(sq, p0 + range), dk.row(ib, 0, g), dk.stride_s, dv.row(ib, 0, g),
+               dv.stride_s);
+        return;
+      }
+    }
+    {
       float* a = acc + ((ib * n_active + gi) * n_ranges + r) * slot;
       K::run(pb, ib, gi, p0, std::min(sq, p0 + range), a, dp, a + skv * dp, dvp);
     }
@@ -488,21 +512,25 @@ void backward(tensor_view<const float> q, tensor_view<const float> k, tensor_vie
     if (used && direct) return;
     const index_t bg = ib * n_active + (it - active.begin());
     for (index_t j = 0; j < skv; ++j) {
-      float* dkr = dk.row(ib, j, g);
-      float* dvr = dv.row(ib, j, g);
+      G* dkr = dk.row(ib, j, g);
+      G* dvr = dv.row(ib, j, g);
       if (!used) {
-        std::fill(dkr, dkr + k.d, 0.0f);
-        std::fill(dvr, dvr + v.d, 0.0f);
+        std::fill(dkr, dkr + k.d, from_float<G>(0.0f));
+        std::fill(dvr, dvr + v.d, from_float<G>(0.0f));
         continue;
       }
-      const float* a = acc + bg * n_ranges * slot;
-      std::copy(a + j * dp, a + j * dp + k.d, dkr);
-      std::copy(a + skv * dp + j * dvp, a + skv * dp + j * dvp + v.d, dvr);
+      // The ranges' sums in range order, in fp32 (into the first range's accumulator, which only this
+      // task reads), then each element rounded once to G (a copy for float).
+      float* ak = acc + bg * n_ranges * slot + j * dp;
+      float* av = acc + bg * n_ranges * slot + skv * dp + j * dvp;
       for (index_t r = 1; r < n_ranges; ++r) {
-        const float* ar = a + r * slot;
-        for (index_t c = 0; c < k.d; ++c) dkr[c] += ar[j * dp + c];
-        for (index_t c = 0; c < v.d; ++c) dvr[c] += ar[skv * dp + j * dvp + c];
+        const float* ark = ak + r * slot;
+        const float* arv = av + r * slot;
+        for (index_t c = 0; c < k.d; ++c) ak[c] += ark[c];
+        for (index_t c = 0; c < v.d; ++c) av[c] += arv[c];
       }
+      std::transform(ak, ak + k.d, dkr, [](float x) noexcept { return from_float<G>(x); });
+      std::transform(av, av + v.d, dvr, [](float x) noexcept { return from_float<G>(x); });
     }
   });
 

@@ -191,21 +191,20 @@ void forward_ragged_on(named_target on, tensor_view<const Q> q, tensor_view<cons
   GQA_CORE_ON(on, forward_ragged, q, k, v, o, cu_q, cu_k, sq, skv, map, opt)
 }
 
-/// The backward core on `on` (target_of's result).
-template <class Isa>
-void backward_on(Isa, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
-                 tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,
-                 tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
-                 const attention_options& opt) {
+/// The backward core on `on` (target_of's result). T: the inputs' element type, G: the gradients' (Note
+/// [16-bit backward]).
+template <class Isa, class T, class G>
+void backward_on(Isa, tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
+                 tensor_view<const T> dout, std::span<const float> lse, tensor_view<G> dq, tensor_view<G> dk,
+                 tensor_view<G> dv, const head_map& map, const attention_options& opt) {
   backward<Isa>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
 }
-/// A template only so that a translation unit that never calls the backward never instantiates it (three
+/// A template, so that a translation unit that never calls the backward never instantiates it (three
 /// cores' worth of template instantiation in a dispatching TU otherwise).
-template <class = void>
-void backward_on(named_target on, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
-                 tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,
-                 tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
-                 const attention_options& opt) {
+template <class T, class G>
+void backward_on(named_target on, tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                 tensor_view<const T> o, tensor_view<const T> dout, std::span<const float> lse, tensor_view<G> dq,
+                 tensor_view<G> dk, tensor_view<G> dv, const head_map& map, const attention_options& opt) {
   GQA_CORE_ON(on, backward, q, k, v, o, dout, lse, dq, dk, dv, map, opt)
 }
 
