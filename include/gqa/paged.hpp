@@ -304,6 +304,22 @@ void attend(tensor_view<Q> q, const basic_paged_kv<T>& kv, tensor_view<O> o, con
 // plan_from_norms is rejected.
 
 namespace detail {
+/// What forward() on a paged cache or a ragged batch requires at compile time: an Isa this TU can run, and
+/// a policy whose check() and prepare(), where it has them, take K/V of element type KV and Q/O of QO
+/// (prepare() is given an int8 cache's fp32 values: Note [int8 policies]).
+template <class Isa, class Policy, class KV, class QO = float>
+constexpr void require_forward_types() noexcept {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
+  using PrepareKV = std::conditional_t<std::is_same_v<KV, std::int8_t>, float, KV>;
+  static_assert(policy_with_check<Policy, KV, QO> || !policy_with_check<Policy>,
+                "gqa::forward: this policy's check() takes float Q/K/V/O only; make it a template over the element "
+                "types to run it on 16-bit or int8 inputs");
+  static_assert(policy_with_prepare<Policy, PrepareKV> || !policy_with_prepare<Policy>,
+                "gqa::forward: this policy's prepare() takes float K/V only; make it a template over the element "
+                "type to run it on 16-bit K/V");
+}
+
 /// forward(paged) on a paged cache PKV: basic_paged_kv<T>, or paged_q8_kv, and Q/O of QO (float, or T's
 /// 16-bit type). The policy's steps run in fp32 (Notes [16-bit Q/O policies], [int8 policies]): prepare()
 /// is given the caller's pools, or fp32 copies of an int8 cache's pools (kept by the calling thread), and
@@ -365,26 +381,12 @@ template <class Isa = isa::dispatch, class P, class T>
   requires attention_policy<std::remove_reference_t<P>, T>
 void forward(P&& policy, tensor_view<const float> q, const basic_paged_kv<T>& kv, tensor_view<float> o,
              const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
-  static_assert((policy_with_check<Policy, T> || !policy_with_check<Policy>) &&
-                    (policy_with_prepare<Policy, T> || !policy_with_prepare<Policy>),
-                "gqa::forward: this policy's check()/prepare() takes float K/V only; make it a template over the "
-                "element type to run it on 16-bit K/V");
+  detail::require_forward_types<Isa, Policy, T>();
   Policy& p = policy;
   detail::forward_paged_policy<Isa>(p, q, kv, o, opt);
 }
 
-namespace detail {
-/// What the int8 forward overloads (paged and ragged) require of a policy at compile time: a check() that
-/// takes int8 K/V if it has one (prepare() is given the cache's fp32 values: Note [int8 policies]).
-template <class Policy>
-constexpr void require_int8_check() noexcept {
-  static_assert((policy_with_check<Policy, std::int8_t> || !policy_with_check<Policy>),
-                "gqa::forward: this policy's check() takes float K/V only; make it a template over the element "
-                "type to run it on an int8 cache");
-}
-}  // namespace detail
 
 /// A policy's call (gqa::forward) on a paged int8 cache (gqa::paged_q8_kv): every step in fp32 on the
 /// dequantised values, as forward() on a dense q8_view runs it (Note [int8 policies]), read through the page
@@ -397,9 +399,8 @@ template <class Isa = isa::dispatch, class P>
   requires attention_policy<std::remove_reference_t<P>, std::int8_t>
 void forward(P&& policy, tensor_view<const float> q, const paged_q8_kv& kv, tensor_view<float> o,
              const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
-  detail::require_int8_check<Policy>();
+  detail::require_forward_types<Isa, Policy, std::int8_t>();
   Policy& p = policy;
   detail::forward_paged_policy<Isa>(p, q, kv, o, opt);
 }
@@ -410,12 +411,9 @@ void forward(P&& policy, tensor_view<const float> q, const paged_q8_kv& kv, tens
 template <class Isa = isa::dispatch, class P, class Q, class O>
   requires detail::half_qo<Q, O> && attention_policy<std::remove_reference_t<P>, std::int8_t, std::remove_const_t<Q>>
 void forward(P&& policy, tensor_view<Q> q, const paged_q8_kv& kv, tensor_view<O> o, const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
   using T = std::remove_const_t<Q>;
-  static_assert((policy_with_check<Policy, std::int8_t, T> || !policy_with_check<Policy>),
-                "gqa::forward: this policy's check() takes float Q/O or K/V only; make it a template over the "
-                "element types to run it on an int8 cache with 16-bit Q/O");
+  detail::require_forward_types<Isa, Policy, std::int8_t, T>();
   Policy& p = policy;
   detail::forward_paged_policy<Isa>(p, tensor_view<const T>(q), kv, o, opt);
 }
@@ -429,12 +427,8 @@ template <class Isa = isa::dispatch, class P, class Q, class T, class O>
   requires detail::half_qkvo<Q, T, T, O> && attention_policy<std::remove_reference_t<P>, T, T>
 void forward(P&& policy, tensor_view<Q> q, const basic_paged_kv<T>& kv, tensor_view<O> o,
              const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
-  static_assert((policy_with_check<Policy, T, T> || !policy_with_check<Policy>) &&
-                    (policy_with_prepare<Policy, T> || !policy_with_prepare<Policy>),
-                "gqa::forward: this policy's check()/prepare() takes float Q/K/V/O only; make it a template over the "
-                "element types to run it on 16-bit Q/K/V/O");
+  detail::require_forward_types<Isa, Policy, T, T>();
   Policy& p = policy;
   detail::forward_paged_policy<Isa>(p, tensor_view<const T>(q), kv, o, opt);
 }

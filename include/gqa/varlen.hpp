@@ -282,8 +282,9 @@ template <class Isa = isa::dispatch, class P>
   requires attention_policy<std::remove_reference_t<P>>
 void forward(P&& policy, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
              tensor_view<float> o, const varlen& seqs, const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
-  std::remove_reference_t<P>& p = policy;
+  using Policy = std::remove_reference_t<P>;
+  detail::require_forward_types<Isa, Policy, float>();  // in paged.hpp
+  Policy& p = policy;
   detail::forward_varlen<Isa>(p, q, k, v, o, seqs, opt);
 }
 
@@ -297,9 +298,8 @@ template <class Isa = isa::dispatch, class P>
   requires attention_policy<std::remove_reference_t<P>, std::int8_t>
 void forward(P&& policy, tensor_view<const float> q, const q8_view& k, const q8_view& v, tensor_view<float> o,
              const varlen& seqs, const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
-  detail::require_int8_check<Policy>();  // in paged.hpp
+  detail::require_forward_types<Isa, Policy, std::int8_t>();  // in paged.hpp
   Policy& p = policy;
   detail::forward_varlen<Isa>(p, q, k, v, o, seqs, opt);
 }
@@ -312,12 +312,9 @@ template <class Isa = isa::dispatch, class P, class Q, class O>
   requires detail::half_qo<Q, O> && attention_policy<std::remove_reference_t<P>, std::int8_t, std::remove_const_t<Q>>
 void forward(P&& policy, tensor_view<Q> q, const q8_view& k, const q8_view& v, tensor_view<O> o, const varlen& seqs,
              const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using Policy = std::remove_reference_t<P>;
   using T = std::remove_const_t<Q>;
-  static_assert((policy_with_check<Policy, std::int8_t, T> || !policy_with_check<Policy>),
-                "gqa::forward: this policy's check() takes float Q/O or K/V only; make it a template over the "
-                "element types to run it on an int8 cache with 16-bit Q/O");
+  detail::require_forward_types<Isa, Policy, std::int8_t, T>();
   Policy& p = policy;
   detail::forward_varlen<Isa>(p, tensor_view<const T>(q), k, v, o, seqs, opt);
 }
@@ -330,13 +327,9 @@ template <class Isa = isa::dispatch, class P, class K, class V>
   requires detail::half_kv<K, V> && attention_policy<std::remove_reference_t<P>, std::remove_const_t<K>>
 void forward(P&& policy, tensor_view<const float> q, tensor_view<K> k, tensor_view<V> v, tensor_view<float> o,
              const varlen& seqs, const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using T = std::remove_const_t<K>;
   using Policy = std::remove_reference_t<P>;
-  static_assert((policy_with_check<Policy, T> || !policy_with_check<Policy>) &&
-                    (policy_with_prepare<Policy, T> || !policy_with_prepare<Policy>),
-                "gqa::forward: this policy's check()/prepare() takes float K/V only; make it a template over the "
-                "element type to run it on 16-bit K/V");
+  detail::require_forward_types<Isa, Policy, T>();
   Policy& p = policy;
   detail::forward_varlen<Isa>(p, q, tensor_view<const T>(k), tensor_view<const T>(v), o, seqs, opt);
 }
@@ -350,13 +343,9 @@ template <class Isa = isa::dispatch, class P, class Q, class K, class V, class O
            attention_policy<std::remove_reference_t<P>, std::remove_const_t<K>, std::remove_const_t<K>>
 void forward(P&& policy, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o, const varlen& seqs,
              const attention_options& opt = {}) {
-  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>, "gqa::forward<Isa>: this translation unit is not compiled with flags for Isa");
   using T = std::remove_const_t<K>;
   using Policy = std::remove_reference_t<P>;
-  static_assert((policy_with_check<Policy, T, T> || !policy_with_check<Policy>) &&
-                    (policy_with_prepare<Policy, T> || !policy_with_prepare<Policy>),
-                "gqa::forward: this policy's check()/prepare() takes float Q/K/V/O only; make it a template over the "
-                "element types to run it on 16-bit Q/K/V/O");
+  detail::require_forward_types<Isa, Policy, T, T>();
   Policy& p = policy;
   detail::forward_varlen<Isa>(p, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v), o, seqs,
                               opt);
