@@ -143,8 +143,71 @@ void run_eigen_backward(benchmark::State& st, const bench_case& c) {
 #endif
 }
 
+/// The core's backward with 16-bit inputs (the shape's qo16: q, k, v, o and dout in T, gradients in T;
+/// Note [16-bit backward]), gqa::attend_backward on GQA's uniform map: "gqa/<isa>/<shape key>_qkv-bf16_bwd_T<n>",
+/// to set beside the fp32 gqa entry of the same shape and run. o and the LSE come from one fp32 forward on
+/// the same inputs; everything is rounded to T outside the timing.
+template <class T>
+void run_half_backward(benchmark::State& st, const bench_case& c) {
+  const shape& s = c.s;
+  const views x = make_views(s, get_inputs(s, s.hkv));
+  backward_buffers g(s, s.hkv);
+  const gqa::head_map map = gqa::head_map::uniform(s.hq, s.hkv);
+  gqa::attention_options opt;
+  opt.causal = s.causal;
+  opt.window_left = s.window_left;
+  opt.num_threads = s.threads;
+  std::vector<float> lse(static_cast<std::size_t>(s.b * s.hq * s.sq));
+  try {
+    gqa::attention_options fwd = opt;
+    fwd.lse = lse;
+    gqa::attend<Isa>(x.q, x.k, x.v, x.o, map, fwd);
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());
+    return;
+  }
+  bench_vector<T> qb, kb, vb, ob, db;
+  const auto q = rounded_view(x.q, qb), k = rounded_view(x.k, kb), v = rounded_view(x.v, vb);
+  const auto o = rounded_view(gqa::tensor_view<const float>(x.o), ob);
+  const auto dout = rounded_view(gqa::bshd<const float>(g.dout.data(), s.b, s.sq, s.hq, s.d), db);
+  bench_vector<T> dqb(qb.size()), dkb(kb.size()), dvb(vb.size());
+  const auto dq = gqa::bshd(dqb.data(), s.b, s.sq, s.hq, s.d);
+  const auto dk = gqa::bshd(dkb.data(), s.b, s.skv, s.hkv, s.d);
+  const auto dv = gqa::bshd(dvb.data(), s.b, s.skv, s.hkv, s.d);
+  const auto call_with = [&](const gqa::attention_options& o_) {
+    gqa::attend_backward<Isa>(q, k, v, o, dout, lse, dq, dk, dv, map, o_);
+  };
+  const auto step = [&] { call_with(opt); };
+  try {
+    if (warm_up_backward(s)) step();
+    const double t0 = clock_for(s.threads);
+    for (auto _ : st) {
+      step();
+      benchmark::DoNotOptimize(dqb.data());
+      benchmark::ClobberMemory();
+    }
+    const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
+    backward_counters(st, s, per_call);
+    shape fp32 = s;  // vs_eigen: against the fp32 Eigen backward of the same shape, when this run has it
+    fp32.kv = kv_type::f32;
+    fp32.qo16 = false;
+    set_counter(st, "vs_eigen", nan_if_negative(eigen_seconds_cached(isa_name, fp32, true)) / per_call);
+    set_counter(st, "vs_T1", speedup_over_one_thread([&] { call_with(one_thread(opt)); }, step, s.threads, per_call));
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());
+  }
+}
+
 void run_variant_backward(benchmark::State& st, const bench_case& c) {
   const shape& s = c.s;
+  if (s.qo16) {
+    if (s.kv == kv_type::f16) {
+      run_half_backward<gqa::f16>(st, c);
+    } else {
+      run_half_backward<gqa::bf16>(st, c);
+    }
+    return;
+  }
   const std::int64_t kv_heads = input_kv_heads(c.variant, c.model);
   const views x = make_views(s, get_inputs(s, kv_heads));
   backward_buffers g(s, kv_heads);

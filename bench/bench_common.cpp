@@ -179,7 +179,7 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
   if (std::find(variants.begin(), variants.end(), "gqa") != variants.end())
     for (const kv_type t : {kv_type::bf16, kv_type::f16, kv_type::i8})
       for (const bool qo16 : {false, true}) {
-        if (qo16 && t == kv_type::i8) continue;  // int8 K/V take float Q/O only
+        if (qo16 && t == kv_type::i8) continue;  // int8 K/V: benchmarked with float Q/O
         for (int th : {1, 2}) {
           shape s = make_main_shape(main_shape::d1, th);
           s.kv = t;
@@ -252,6 +252,16 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
       for (int t : {1, 2}) {
         const shape model = make_main_shape(m, t);
         add(var, "variant", std::string(v), variant_shape(v, model), model, true);
+      }
+  // The core's backward on bf16 inputs and gradients (gqa::attend_backward, GQA's map): P1 and P2, one and
+  // two threads, beside the fp32 gqa entries above.
+  if (isa != "scalar" && std::find(variants.begin(), variants.end(), "gqa") != variants.end())
+    for (main_shape m : {main_shape::p1, main_shape::p2})
+      for (int t : {1, 2}) {
+        shape s = make_main_shape(m, t);
+        s.kv = kv_type::bf16;
+        s.qo16 = true;
+        add(var, "variant", "gqa", s, s, true);
       }
   // The backward with a sliding window, like the forward's pair: P2's heads at S 4096 causal, with and
   // without a 512-key window, one thread.
