@@ -200,12 +200,8 @@ void run_half_backward(benchmark::State& st, const bench_case& c) {
 
 void run_variant_backward(benchmark::State& st, const bench_case& c) {
   const shape& s = c.s;
-  if (s.qo16) {
-    if (s.kv == kv_type::f16) {
-      run_half_backward<gqa::f16>(st, c);
-    } else {
-      run_half_backward<gqa::bf16>(st, c);
-    }
+  if (s.qo16) {  // bf16 (the only 16-bit backward entries: bench_common.cpp)
+    run_half_backward<gqa::bf16>(st, c);
     return;
   }
   const std::int64_t kv_heads = input_kv_heads(c.variant, c.model);

@@ -942,8 +942,8 @@ void check_backward_16_bit(const backward_case& c) {
 }
 }  // namespace
 
-// 16-bit inputs (bf16, f16) with 16-bit or float gradients: the float backward on the widened inputs,
-// each gradient rounded once. Cases: GQA with padding and a causal mask, d = 24; MQA with several query
+// 16-bit inputs (bf16 with bf16 gradients, f16 with float gradients): the float backward on the widened
+// inputs, each gradient rounded once. Cases: GQA with padding and a causal mask, d = 24; MQA with several query
 // ranges per KV head (their fp32 sums rounded once) and d = 21; every score modifier with sinks'
 // gradient; an uneven map with an unused KV head (zero gradients).
 TYPED_TEST_P(backward_suite, sixteen_bit_inputs_are_the_rounded_fp32_backward) {
@@ -971,10 +971,10 @@ TYPED_TEST_P(backward_suite, sixteen_bit_inputs_are_the_rounded_fp32_backward) {
     c.kv_of_q = {0, 0, 0, 2};
     cases.push_back(c);
   }
+  // Each element type once and each kind of gradient once (the core's widening depends only on the input
+  // type and its rounding only on the gradients'; every instantiation of the backward core costs CI time).
   for (const auto& c : cases) {
     check_backward_16_bit<TypeParam, gqa::bf16, gqa::bf16>(c);
-    check_backward_16_bit<TypeParam, gqa::bf16, float>(c);
-    check_backward_16_bit<TypeParam, gqa::f16, gqa::f16>(c);
     check_backward_16_bit<TypeParam, gqa::f16, float>(c);
   }
 }

@@ -975,9 +975,11 @@ void check_variants_paged_and_ragged() {
   });
 }
 
+// bf16 only: f16 differs from it only in the element type's conversions, which every f16 test above
+// (paged_and_ragged_16_bit, paged_and_ragged_16_bit_qo: the same layouts) covers, and each element type
+// instantiates the paged and ragged cores again (CI time).
 TYPED_TEST_P(lowp_suite, every_variant_16_bit_paged_and_ragged) {
   check_variants_paged_and_ragged<TypeParam, gqa::bf16>();
-  check_variants_paged_and_ragged<TypeParam, gqa::f16>();
 }
 
 // Mixed element types do not compile: Q and O are float or K/V's own 16-bit type, O never const.
@@ -2403,76 +2405,83 @@ TYPED_TEST_P(lowp_suite, every_variant_int8_paged_and_ragged) {
 /// An int8 cache (dense with kv_lengths, paged in pages of 16 slots, ragged) with Q and O of type T: attend()
 /// and every registered variant's forward() give the float calls' outputs on the widened Q rounded to T,
 /// and attend() their LSEs, bit for bit; decode (sq 1) and causal prefill (sq 12: 48 rows per KV head for
-/// GQA, the tiled path), with the int8 decode products on and off.
-template <class Isa, class T>
+/// GQA, the tiled path), with the int8 decode products on and off. Variants false: attend only.
+template <class Isa, class T, bool Variants = true>
 void check_int8_16_bit_qo() {
   SCOPED_TRACE(std::string(gqa::element_name<T>) + " Q/O, int8 K/V");
   const gqa::model_shape m{8, 2, 24, 7};
   gqa::for_each_variant([&](auto t) {
     using P = typename decltype(t)::type;
-    const gqa::variant_heads h = P::heads_for(m);
-    const index_t hq = h.hq, hkv = h.kv_in, d = m.d;
-    const int8_pages kv({45, 18, 13}, hkv, d, 16, 930);
-    const index_t b = kv.b;
-    for (const index_t sq : {index_t{1}, index_t{12}})  // 12: every causal row sees a key
-      for (const bool products : {true, false}) {
-        SCOPED_TRACE(std::string(P::name) + ", sq " + std::to_string(sq) + (products ? ", products" : ""));
-        const auto qw = gqa::test::rounded_kv<T>(
-            gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 931 + static_cast<std::uint64_t>(sq)));
-        const auto q16 = narrowed<T>(qw);
-        std::vector<index_t> cu_q;
-        for (index_t ib = 0; ib <= b; ++ib) cu_q.push_back(ib * sq);
-        const gqa::varlen seqs{cu_q, kv.cu_k};
-        const auto no = static_cast<std::size_t>(b * sq * hq * d), nl = static_cast<std::size_t>(b * hq * sq);
-        gqa::attention_options opt;
-        opt.causal = sq > 1;
-        opt.int8_products = products;
-        gqa::attention_options dense_opt = opt;
-        dense_opt.kv_lengths = kv.lengths;
-        // The three forms (dense, paged, ragged) on Q q into o[0, 3·no): attend on P's uniform map with the
-        // LSEs of the dense and paged calls into lse[0, 2·nl), or forward with a fresh policy per call.
-        const gqa::head_map map = gqa::head_map::uniform(hq, hkv);
-        const auto attend3 = [&](const auto& q, auto* o, float* lse) {
-          using E = std::remove_const_t<std::remove_pointer_t<decltype(q.data)>>;
-          const auto qt = gqa::thd<const E>(q.data, b * sq, hq, d);
-          gqa::attention_options d_opt = dense_opt, p_opt = opt;
-          d_opt.lse = std::span<float>(lse, nl);
-          p_opt.lse = std::span<float>(lse + nl, nl);
-          gqa::attend<Isa>(q, kv.k.view, kv.v.view, gqa::bshd(o, b, sq, hq, d), map, d_opt);
-          gqa::attend<Isa>(q, kv.paged(), gqa::bshd(o + no, b, sq, hq, d), map, p_opt);
-          gqa::attend<Isa>(qt, kv.ragged_k(), kv.ragged_v(), gqa::thd(o + 2 * no, b * sq, hq, d), map, seqs, opt);
-        };
-        const auto forward3 = [&](const auto& q, auto* o) {
-          using E = std::remove_const_t<std::remove_pointer_t<decltype(q.data)>>;
-          const auto qt = gqa::thd<const E>(q.data, b * sq, hq, d);
-          const auto fwd = [&](const auto&... a) { gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<Isa>(p, a...); }); };
-          fwd(q, kv.k.view, kv.v.view, gqa::bshd(o, b, sq, hq, d), dense_opt);
-          fwd(q, kv.paged(), gqa::bshd(o + no, b, sq, hq, d), opt);
-          fwd(qt, kv.ragged_k(), kv.ragged_v(), gqa::thd(o + 2 * no, b * sq, hq, d), seqs, opt);
-        };
-        const auto q32 = gqa::bshd<const float>(qw.data(), b, sq, hq, d);
-        const auto qh = gqa::bshd<const T>(q16.data(), b, sq, hq, d);
-        std::vector<float> o32(3 * no, k_nan), l32(2 * nl, k_nan), l16(2 * nl, k_nan);
-        std::vector<T> o16(3 * no, T(k_nan));
-        if constexpr (std::is_same_v<P, gqa::gqa_policy>) {  // attend once per case
-          attend3(q32, o32.data(), l32.data());
-          attend3(qh, o16.data(), l16.data());
-          EXPECT_EQ(first_unrounded(o16, o32), -1) << "attend (dense, paged, ragged)";
-          EXPECT_EQ(first_difference(l16, l32), -1) << "attend LSE (dense, paged)";
-          std::fill(o32.begin(), o32.end(), k_nan);
-          std::fill(o16.begin(), o16.end(), T(k_nan));
+    if constexpr (Variants || std::is_same_v<P, gqa::gqa_policy>) {
+      const gqa::variant_heads h = P::heads_for(m);
+      const index_t hq = h.hq, hkv = h.kv_in, d = m.d;
+      const int8_pages kv({45, 18, 13}, hkv, d, 16, 930);
+      const index_t b = kv.b;
+      for (const index_t sq : {index_t{1}, index_t{12}})  // 12: every causal row sees a key
+        for (const bool products : {true, false}) {
+          SCOPED_TRACE(std::string(P::name) + ", sq " + std::to_string(sq) + (products ? ", products" : ""));
+          const auto qw = gqa::test::rounded_kv<T>(
+              gqa::test::random_floats(static_cast<std::size_t>(b * sq * hq * d), 931 + static_cast<std::uint64_t>(sq)));
+          const auto q16 = narrowed<T>(qw);
+          std::vector<index_t> cu_q;
+          for (index_t ib = 0; ib <= b; ++ib) cu_q.push_back(ib * sq);
+          const gqa::varlen seqs{cu_q, kv.cu_k};
+          const auto no = static_cast<std::size_t>(b * sq * hq * d), nl = static_cast<std::size_t>(b * hq * sq);
+          gqa::attention_options opt;
+          opt.causal = sq > 1;
+          opt.int8_products = products;
+          gqa::attention_options dense_opt = opt;
+          dense_opt.kv_lengths = kv.lengths;
+          // The three forms (dense, paged, ragged) on Q q into o[0, 3·no): attend on P's uniform map with the
+          // LSEs of the dense and paged calls into lse[0, 2·nl), or forward with a fresh policy per call.
+          const gqa::head_map map = gqa::head_map::uniform(hq, hkv);
+          const auto attend3 = [&](const auto& q, auto* o, float* lse) {
+            using E = std::remove_const_t<std::remove_pointer_t<decltype(q.data)>>;
+            const auto qt = gqa::thd<const E>(q.data, b * sq, hq, d);
+            gqa::attention_options d_opt = dense_opt, p_opt = opt;
+            d_opt.lse = std::span<float>(lse, nl);
+            p_opt.lse = std::span<float>(lse + nl, nl);
+            gqa::attend<Isa>(q, kv.k.view, kv.v.view, gqa::bshd(o, b, sq, hq, d), map, d_opt);
+            gqa::attend<Isa>(q, kv.paged(), gqa::bshd(o + no, b, sq, hq, d), map, p_opt);
+            gqa::attend<Isa>(qt, kv.ragged_k(), kv.ragged_v(), gqa::thd(o + 2 * no, b * sq, hq, d), map, seqs, opt);
+          };
+          const auto forward3 = [&](const auto& q, auto* o) {
+            using E = std::remove_const_t<std::remove_pointer_t<decltype(q.data)>>;
+            const auto qt = gqa::thd<const E>(q.data, b * sq, hq, d);
+            const auto fwd = [&](const auto&... a) { gqa::with_policy<P>(m, h, [&](P& p) { gqa::forward<Isa>(p, a...); }); };
+            fwd(q, kv.k.view, kv.v.view, gqa::bshd(o, b, sq, hq, d), dense_opt);
+            fwd(q, kv.paged(), gqa::bshd(o + no, b, sq, hq, d), opt);
+            fwd(qt, kv.ragged_k(), kv.ragged_v(), gqa::thd(o + 2 * no, b * sq, hq, d), seqs, opt);
+          };
+          const auto q32 = gqa::bshd<const float>(qw.data(), b, sq, hq, d);
+          const auto qh = gqa::bshd<const T>(q16.data(), b, sq, hq, d);
+          std::vector<float> o32(3 * no, k_nan), l32(2 * nl, k_nan), l16(2 * nl, k_nan);
+          std::vector<T> o16(3 * no, T(k_nan));
+          if constexpr (std::is_same_v<P, gqa::gqa_policy>) {  // attend once per case
+            attend3(q32, o32.data(), l32.data());
+            attend3(qh, o16.data(), l16.data());
+            EXPECT_EQ(first_unrounded(o16, o32), -1) << "attend (dense, paged, ragged)";
+            EXPECT_EQ(first_difference(l16, l32), -1) << "attend LSE (dense, paged)";
+            for (const float x : o32) ASSERT_TRUE(std::isfinite(x));
+            std::fill(o32.begin(), o32.end(), k_nan);
+            std::fill(o16.begin(), o16.end(), T(k_nan));
+          }
+          if constexpr (Variants) {
+            forward3(q32, o32.data());
+            forward3(qh, o16.data());
+            EXPECT_EQ(first_unrounded(o16, o32), -1) << "forward (dense, paged, ragged)";
+            for (const float x : o32) ASSERT_TRUE(std::isfinite(x));
+          }
         }
-        forward3(q32, o32.data());
-        forward3(qh, o16.data());
-        EXPECT_EQ(first_unrounded(o16, o32), -1) << "forward (dense, paged, ragged)";
-        for (const float x : o32) ASSERT_TRUE(std::isfinite(x));
-      }
+    }
   });
 }
 
+// Every variant with bf16 Q/O; f16 Q/O through attend (dense, paged, ragged) with GQA's map (f16 differs
+// from bf16 only in the element type's conversions; each type instantiates the int8 cores again: CI time).
 TYPED_TEST_P(lowp_suite, int8_cache_16_bit_qo) {
   check_int8_16_bit_qo<TypeParam, gqa::bf16>();
-  check_int8_16_bit_qo<TypeParam, gqa::f16>();
+  check_int8_16_bit_qo<TypeParam, gqa::f16, /*variants=*/false>();
 }
 
 REGISTER_TYPED_TEST_SUITE_P(lowp_suite, int8_products_match_reference, int8_products_every_variant,
