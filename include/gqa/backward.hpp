@@ -58,17 +58,21 @@ void check_backward_modifiers(const tensor_view<const T>& q, const tensor_view<c
   const tensor_view<float> ds = span_view(opt.dsinks);
   const named_view<const float> params[2] = {{span_view(opt.sinks), "options.sinks"},
                                              {span_view(opt.alibi_slopes), "options.alibi_slopes"}};
-  for (const auto& [out, name] : {named_view<G>{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}) {
+  const named_view<G> grads[3] = {{dq, "dq"}, {dk, "dk"}, {dv, "dv"}};
+  for (const auto& [out, name] : grads) {
     for (const auto& in : params)
       if (in.view.d > 0) require_disjoint(shared_element(out, in.view), where, name, out.data, in.name);
   }
   if (ds.d > 0) {
-    for (const auto& in : params)
-      if (in.view.d > 0) require_disjoint(shared_element(ds, in.view), where, "options.dsinks", ds.data, in.name);
+    // dsinks repeats no element and shares none with q, k, v, o, dout (one call), then the float inputs
+    // (sinks, ALiBi slopes, the LSE) and the gradients, each once.
     require_outputs_disjoint<const T, float>({{ds, "options.dsinks"}},
                                              {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}}, where);
-    require_outputs_disjoint<const float, float>({{ds, "options.dsinks"}}, {{span_view(lse), "lse"}}, where);
-    require_outputs_disjoint<const G, float>({{ds, "options.dsinks"}}, {{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, where);
+    const named_view<const float> floats[3] = {params[0], params[1], {span_view(lse), "lse"}};
+    for (const auto& in : floats)
+      if (in.view.d > 0) require_disjoint(shared_element(ds, in.view), where, "options.dsinks", ds.data, in.name);
+    for (const auto& [g, name] : grads)
+      require_disjoint(shared_element(ds, g), where, "options.dsinks", ds.data, name);
   }
 }
 
@@ -103,7 +107,9 @@ void validate_backward(const tensor_view<const T>& q, const tensor_view<const T>
       fail(where, ": lse[", i, "] = ", lse[i], ": must be finite or -inf (the forward's LSE of that row)");
   require_outputs_disjoint<const T, G>({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
                                        {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}}, where);
-  require_outputs_disjoint<const float, G>({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, {{span_view(lse), "lse"}}, where);
+  const tensor_view<const float> lv = span_view(lse);  // float whatever T is: checked apart, once per gradient
+  for (const auto& [g, name] : {named_view<G>{dq, "dq"}, {dk, "dk"}, {dv, "dv"}})
+    require_disjoint(shared_element(g, lv), where, name, g.data, "lse");
   check_backward_modifiers(q, k, v, o, dout, lse, dq, dk, dv, opt, where);
 }
 

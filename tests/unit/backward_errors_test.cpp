@@ -179,4 +179,55 @@ TEST_F(backward_errors_test, gradients_alias_nothing) {
                  {"gqa::attend_backward: dk", "overlaps dv"});
 }
 
+// bf16 inputs and gradients: the same checks, with overlaps found byte for byte across element sizes (a
+// bf16 gradient over the float LSE or dsinks), before any work.
+TEST(backward_errors_16_bit, named_before_any_work) {
+  using gqa::bf16;
+  const bf16 half(0.5f), sentinel(k_sentinel);
+  std::vector<bf16> q(static_cast<std::size_t>(b * sq * hq * d), half), k(static_cast<std::size_t>(b * skv * hkv * d), half);
+  std::vector<bf16> v(static_cast<std::size_t>(b * skv * hkv * dv), half), o(static_cast<std::size_t>(b * sq * hq * dv), half);
+  std::vector<bf16> dout(o.size(), half);
+  const std::size_t nq = q.size(), nk = k.size(), nv = v.size();
+  std::vector<bf16> grads(nq + nk + nv, sentinel);
+  std::vector<float> lse(static_cast<std::size_t>(b * hq * sq), 0.3f);
+  static const std::vector<float> sinks(hq, 0.5f);
+  struct args {
+    gqa::tensor_view<const bf16> q, k, v, o, dout;
+    std::span<const float> lse;
+    gqa::tensor_view<bf16> dq, dk, dv;
+    gqa::attention_options opt;
+  };
+  auto valid = [&] {
+    return args{gqa::bshd<const bf16>(q.data(), b, sq, hq, d),     gqa::bshd<const bf16>(k.data(), b, skv, hkv, d),
+                gqa::bshd<const bf16>(v.data(), b, skv, hkv, dv),  gqa::bshd<const bf16>(o.data(), b, sq, hq, dv),
+                gqa::bshd<const bf16>(dout.data(), b, sq, hq, dv), lse,
+                gqa::bshd(grads.data(), b, sq, hq, d),             gqa::bshd(grads.data() + nq, b, skv, hkv, d),
+                gqa::bshd(grads.data() + nq + nk, b, skv, hkv, dv), {}};
+  };
+  auto expect_rejects = [&](const std::function<void(args&)>& breaker, const std::vector<std::string>& parts) {
+    args a = valid();
+    breaker(a);
+    expect_invalid(
+        [&] {
+          gqa::attend_backward(a.q, a.k, a.v, a.o, a.dout, a.lse, a.dq, a.dk, a.dv, gqa::head_map::uniform(hq, hkv), a.opt);
+        },
+        parts);
+    EXPECT_TRUE(std::all_of(grads.begin(), grads.end(), [&](bf16 x) { return float(x) == k_sentinel; }))
+        << "attend_backward wrote a gradient before rejecting the call";
+  };
+  expect_rejects([](args& a) { a.dv.d = dv - 1; }, {"gqa::attend_backward: dv.d = 5: must equal v.d = 6"});
+  expect_rejects([](args& a) { a.lse = a.lse.first(5); }, {"gqa::attend_backward: lse.size() = 5", "b*hq*sq = 24"});
+  expect_rejects([&](args& a) { a.dk.data = k.data() + 3; }, {"gqa::attend_backward: dk", "overlaps k"});
+  // The float LSE read from inside dq's bf16 elements (its first float is dq's elements 2 and 3).
+  expect_rejects([&](args& a) { a.lse = std::span<const float>(reinterpret_cast<const float*>(grads.data() + 2), lse.size()); },
+                 {"gqa::attend_backward: dq", "overlaps lse"});
+  // dsinks (hq floats) over bf16 elements 4 to 11 of dv.
+  expect_rejects(
+      [&](args& a) {
+        a.opt.sinks = sinks;
+        a.opt.dsinks = std::span<float>(reinterpret_cast<float*>(grads.data() + nq + nk + 4), hq);
+      },
+      {"gqa::attend_backward: options.dsinks", "overlaps dv"});
+}
+
 }  // namespace

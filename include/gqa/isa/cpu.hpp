@@ -148,6 +148,10 @@ inline unsigned cpu_family() noexcept {
 #endif
 }
 
+/// Whether this is an AMD CPU of family 25 (Zen 3 and Zen 4), whose decode steps some choices of the
+/// core's decode path were measured on (Note [decode loads ahead], Note [decode prefetches in cache]).
+inline bool amd_family_25() noexcept { return amd_cpu() && cpu_family() == 25; }
+
 /// Whether bf16 prefill without AMX multiplies with VDPBF16PS (Note [bf16 tiles] in detail/core/bf16_tiles.hpp):
 /// the CPU has AVX512-BF16 and is an AMD one, where VDPBF16PS issues like an FMA and does twice its work
 /// (Zen 5: 406 against 218 GFLOP/s on one core). On the Intel Xeons measured it issues at half an FMA's

@@ -456,24 +456,9 @@ void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const 
   n_ranges = (sq + range - 1) / range;
 
   const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
-  const backward_problem<T, G> pb{q,
-                            k,
-                            v,
-                            o,
-                            dout,
-                            lse,
-                            dq,
-                            &map,
-                            active.data(),
-                            scale,
-                            opt.causal,
-                            window_side(opt.window_left, sq, skv),
-                            window_side(opt.window_right, sq, skv),
-                            opt.softcap,
-                            opt.alibi_slopes,
-                            kv_lengths,
-                            dp,
-                            dvp};
+  const backward_problem<T, G> pb{q, k, v, o, dout, lse, dq, &map, active.data(), scale, opt.causal,
+                                  window_side(opt.window_left, sq, skv), window_side(opt.window_right, sq, skv),
+                                  opt.softcap, opt.alibi_slopes, kv_lengths, dp, dvp};
   // dK/dV accumulate straight into dk, dv when one task owns a KV head's keys and rows need no padding;
   // else into accumulators (kept by the calling thread for its next call: a fresh buffer of this size
   // costs a page fault per 4 KiB, measured at ~10% of P1's time), added in range order at the end.

@@ -998,7 +998,7 @@ index_t decode_ahead_keys(index_t b, index_t skv, index_t hkv, index_t d, index_
   if constexpr (sizeof(T) == sizeof(float)) {
     return 0;
   } else {
-    if (!decode_large_on_amd<T>(b, skv, hkv, d + dv) || ::gqa::isa::cpu_family() != 25) return 0;
+    if (!decode_large_on_amd<T>(b, skv, hkv, d + dv) || !::gqa::isa::amd_family_25()) return 0;
     const double key = static_cast<double>(hkv) * static_cast<double>(d) * static_cast<double>(sizeof(T));
     return std::max<index_t>(1, static_cast<index_t>(std::ceil(16384.0 / key)));
   }
@@ -1010,8 +1010,7 @@ index_t decode_ahead_keys(index_t b, index_t skv, index_t hkv, index_t d, index_
 /// no result.
 template <class T>
 bool decode_step_prefetches(index_t b, index_t skv, index_t hkv, index_t dqv) noexcept {
-  return !(::gqa::isa::amd_cpu() && ::gqa::isa::cpu_family() == 25 &&
-           decode_kv_bytes<T>(b, skv, hkv, dqv) <= 8.0 * 1024.0 * 1024.0);
+  return !(::gqa::isa::amd_family_25() && decode_kv_bytes<T>(b, skv, hkv, dqv) <= 8.0 * 1024.0 * 1024.0);
 }
 
 // Note [short last query block]
