@@ -503,7 +503,8 @@ void forward(P&& policy, tensor_view<const float> q, tensor_view<K> k, tensor_vi
 /// on the widened Q, K, V, each output element rounded once to the 16-bit type (nearest even), after
 /// every fp32 step of the policy: Note [16-bit Q/O policies]. Every built-in policy takes them; WGQA's
 /// combined heads and PGQA's perturbed output are fp32 before that single rounding. options.lse stays
-/// float. Mixed element types do not compile. Not for forward_train() (training stays float).
+/// float. Mixed element types do not compile. forward_train() and backward() take the same types (Note
+/// [16-bit training]).
 template <class Isa = isa::dispatch, class P, class Q, class K, class V, class O>
   requires detail::half_qkvo<Q, K, V, O> &&
            attention_policy<std::remove_reference_t<P>, std::remove_const_t<K>, std::remove_const_t<K>>
@@ -551,6 +552,24 @@ saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<con
   return saved;
 }
 
+/// forward_train() with Q, K, V and O all stored in one 16-bit type (bf16 or f16): forward() of the same
+/// types (each output element rounded once after every fp32 step of the policy) that also returns what
+/// backward() needs. The saved LSE, map(s) and policy record are those of forward_train() on the widened
+/// Q, K, V (PGQA's row statistics of the fp32 output, before the rounding), bit for bit (Note [16-bit
+/// training]).
+template <class Isa = isa::dispatch, attention_policy P, class Q, class K, class V, class O>
+  requires detail::half_qkvo<Q, K, V, O> && attention_policy<P, std::remove_const_t<K>, std::remove_const_t<K>>
+saved_forward<P> forward_train(P& p, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                               const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::forward_train<Isa>: this translation unit is not compiled with flags for Isa");
+  using T = std::remove_const_t<K>;
+  saved_forward<P> saved;
+  detail::run_forward<Isa>(p, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v), o, opt,
+                           &saved, "gqa::forward_train");
+  return saved;
+}
+
 namespace detail {
 
 /// options.scale as a message part: its value or "(default)".
@@ -564,15 +583,15 @@ struct scale_text {
 /// Everything backward() checks before any work: `saved` filled, views, extents equal to the forward's,
 /// dout/dq/dk/dv like o/q/k/v, the forward's mask and modifier options, threads, options.dsinks, and no
 /// gradient repeating an element or sharing one with an input or another gradient (Note [exact overlap]).
-template <class P>
-void check_backward_call(const saved_forward<P>& saved, const tensor_view<const float>& q,
-                         const tensor_view<const float>& k, const tensor_view<const float>& v,
-                         const tensor_view<const float>& o, const tensor_view<const float>& dout,
-                         const tensor_view<float>& dq, const tensor_view<float>& dk, const tensor_view<float>& dv,
-                         const attention_options& opt) {
+/// T: the inputs' element type (float, bf16, f16); G: the gradients' (float or T).
+template <class P, class T, class G>
+void check_backward_call(const saved_forward<P>& saved, const tensor_view<const T>& q, const tensor_view<const T>& k,
+                         const tensor_view<const T>& v, const tensor_view<const T>& o,
+                         const tensor_view<const T>& dout, const tensor_view<G>& dq, const tensor_view<G>& dk,
+                         const tensor_view<G>& dv, const attention_options& opt) {
   constexpr const char* where = "gqa::backward";
   if (!saved.valid()) fail(where, ": saved = (empty): pass what gqa::forward_train returned for this call");
-  const named_view<const float> in[5] = {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}};
+  const named_view<const T> in[5] = {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}};
   for (const auto& t : in) check_view(t.view, t.name, where);
   check_view(dq, "dq", where);
   check_view(dk, "dk", where);
@@ -615,8 +634,109 @@ void check_backward_call(const saved_forward<P>& saved, const tensor_view<const 
     fail(where, ": options.alibi_slopes (size ", opt.alibi_slopes.size(), "): must equal the forward's (size ",
          saved.alibi_slopes.size(), ")");
   require(opt.num_threads >= 0, where, "options.num_threads", opt.num_threads, "must be >= 0");
-  require_outputs_disjoint({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, {in[0], in[1], in[2], in[3], in[4]}, where);
+  require_outputs_disjoint<const T, G>({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, {in[0], in[1], in[2], in[3], in[4]},
+                                       where);
   check_backward_modifiers(q, k, v, o, dout, saved.lse, dq, dk, dv, opt, where);
+}
+
+/// x widened to float into buf (grown as needed), as a BSHD view of x's extents.
+template <class T>
+tensor_view<const float> widened_copy(const tensor_view<const T>& x, std::vector<float>& buf) {
+  buf.resize(static_cast<std::size_t>(x.b * x.s * x.h * x.d));
+  const tensor_view<float> out = bshd(buf.data(), x.b, x.s, x.h, x.d);
+  for (index_t ib = 0; ib < x.b; ++ib)
+    for (index_t is = 0; is < x.s; ++is)
+      for (index_t ih = 0; ih < x.h; ++ih) {
+        const T* src = x.row(ib, is, ih);
+        float* dst = out.row(ib, is, ih);
+        for (index_t c = 0; c < x.d; ++c) dst[c] = to_float(src[c]);
+      }
+  return out;
+}
+
+/// Whether backward() of a policy on 16-bit inputs runs on fp32 copies of them (Note [16-bit training]):
+/// the policy has its own step around the core (prepare, finish), whose backward takes fp32 views.
+template <class P>
+constexpr bool trains_on_widened = policy_with_prepare<P> || policy_with_prepare_backward<P> ||
+                                   policy_with_finish_backward<P> || policy_with_finish_train<P> ||
+                                   policy_with_finish<P> || policy_with_finish_executor<P>;
+
+/// backward() after its checks: finish_backward -> the core's backward on the recorded map(s) ->
+/// prepare_backward. T: the inputs' element type, G: the gradients' (Note [16-bit training]).
+template <class Isa, class P, class T, class G>
+void run_backward(P& p, const saved_forward<P>& saved, const tensor_view<const T>& q, const tensor_view<const T>& k,
+                  const tensor_view<const T>& v, const tensor_view<const T>& o, const tensor_view<const T>& dout,
+                  const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv,
+                  const attention_options& opt) {
+  if constexpr (!std::is_same_v<T, float> && trains_on_widened<P>) {
+    // fp32 copies of the inputs (and of the gradients, for 16-bit ones), kept by the calling thread for
+    // its next call (fresh buffers page-fault on every call), then the float backward, rounded once.
+    thread_local std::vector<float> wq, wk, wv, wo, wd;
+    const auto qf = widened_copy(q, wq), kf = widened_copy(k, wk), vf = widened_copy(v, wv);
+    const auto of = widened_copy(o, wo), df = widened_copy(dout, wd);
+    if constexpr (std::is_same_v<G, float>) {
+      run_backward<Isa>(p, saved, qf, kf, vf, of, df, dq, dk, dv, opt);
+    } else {
+      thread_local std::vector<float> gq, gk, gv;
+      gq.resize(static_cast<std::size_t>(q.b * q.s * q.h * q.d));
+      gk.resize(static_cast<std::size_t>(k.b * k.s * k.h * k.d));
+      gv.resize(static_cast<std::size_t>(v.b * v.s * v.h * v.d));
+      const tensor_view<float> dqf = bshd(gq.data(), q.b, q.s, q.h, q.d);
+      const tensor_view<float> dkf = bshd(gk.data(), k.b, k.s, k.h, k.d);
+      const tensor_view<float> dvf = bshd(gv.data(), v.b, v.s, v.h, v.d);
+      run_backward<Isa>(p, saved, qf, kf, vf, of, df, dqf, dkf, dvf, opt);
+      round_into(tensor_view<const float>(dqf), dq);
+      round_into(tensor_view<const float>(dkf), dk);
+      round_into(tensor_view<const float>(dvf), dv);
+    }
+    return;
+  } else {
+    struct {
+      tensor_view<const T> k, v;
+    } kv{k, v};
+    if constexpr (policy_with_prepare<P>) {  // T is float here
+      const kv_views prepared = p.prepare(k, v);  // recomputed: see Note [backward recomputes prepare]
+      kv = {prepared.k, prepared.v};
+    }
+    // The core's dK/dV: the caller's dk, dv, or (when prepare() changed K/V) buffers shaped like kv.
+    std::vector<float> dk_buf, dv_buf;
+    tensor_view<G> dk_core = dk, dv_core = dv;
+    if constexpr (policy_with_prepare_backward<P>) {
+      dk_buf.resize(static_cast<std::size_t>(kv.k.b * kv.k.s * kv.k.h * kv.k.d));
+      dv_buf.resize(static_cast<std::size_t>(kv.v.b * kv.v.s * kv.v.h * kv.v.d));
+      dk_core = bshd(dk_buf.data(), kv.k.b, kv.k.s, kv.k.h, kv.k.d);
+      dv_core = bshd(dv_buf.data(), kv.v.b, kv.v.s, kv.v.h, kv.v.d);
+    }
+    const std::span<const float> lse = saved.lse;
+    attention_options call = opt;
+    call.lse = {};  // the LSE is saved.lse; a caller's options.lse (sized for the forward) is not used here
+    const executor ex = executor_of(call);
+    if (saved.maps.size() == 1) {
+      auto og = std::pair{o, dout};
+      std::vector<float> finish_buf;  // finish_backward's output, when it has one
+      if constexpr (policy_with_finish_backward<P>) {
+        const output_grad_views f = p.finish_backward(saved.policy, o, dout, saved.maps[0], ex, finish_buf);
+        og = {f.o, f.dout};
+      }
+      attend_backward<Isa>(q, kv.k, kv.v, og.first, og.second, lse, dq, dk_core, dv_core, saved.maps[0], call);
+    } else {
+      // Planned per sample: one core call per batch element with its own map; the sinks' gradient is the
+      // sum of the samples', added in sample order.
+      const auto per = static_cast<std::size_t>(q.h * q.s);
+      std::vector<float> dsinks_sample(call.dsinks.size());
+      for (index_t ib = 0; ib < q.b; ++ib) {
+        attention_options so = call;
+        if (!call.kv_lengths.empty()) so.kv_lengths = call.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
+        if (ib > 0) so.dsinks = dsinks_sample;
+        attend_backward<Isa>(sample(q, ib), sample(kv.k, ib), sample(kv.v, ib), sample(o, ib), sample(dout, ib),
+                             lse.subspan(static_cast<std::size_t>(ib) * per, per), sample(dq, ib),
+                             sample(dk_core, ib), sample(dv_core, ib), saved.maps[static_cast<std::size_t>(ib)], so);
+        if (ib > 0)
+          for (std::size_t h = 0; h < dsinks_sample.size(); ++h) call.dsinks[h] += dsinks_sample[h];
+      }
+    }
+    if constexpr (policy_with_prepare_backward<P>) p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);
+  }
 }
 
 }  // namespace detail
@@ -644,46 +764,40 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, t
                 "gqa::backward<Isa>: this translation unit is not compiled with flags for Isa");
   detail::check_backward_call(saved, q, k, v, o, dout, dq, dk, dv, opt);
   static_cast<void>(detail::core::target_of<Isa>(opt));  // a bad options.isa / GQA_ISA throws before any work
-  kv_views kv{k, v};
-  if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);  // recomputed: see Note [backward recomputes prepare]
-  // The core's dK/dV: the caller's dk, dv, or (when prepare() changed K/V) buffers shaped like kv.
-  std::vector<float> dk_buf, dv_buf;
-  tensor_view<float> dk_core = dk, dv_core = dv;
-  if constexpr (policy_with_prepare_backward<P>) {
-    dk_buf.resize(static_cast<std::size_t>(kv.k.b * kv.k.s * kv.k.h * kv.k.d));
-    dv_buf.resize(static_cast<std::size_t>(kv.v.b * kv.v.s * kv.v.h * kv.v.d));
-    dk_core = bshd(dk_buf.data(), kv.k.b, kv.k.s, kv.k.h, kv.k.d);
-    dv_core = bshd(dv_buf.data(), kv.v.b, kv.v.s, kv.v.h, kv.v.d);
-  }
-  const std::span<const float> lse = saved.lse;
-  attention_options call = opt;
-  call.lse = {};  // the LSE is saved.lse; a caller's options.lse (sized for the forward) is not used here
-  const executor ex = executor_of(call);
-  if (saved.maps.size() == 1) {
-    output_grad_views og{o, dout};
-    std::vector<float> finish_buf;  // finish_backward's output, when it has one
-    if constexpr (policy_with_finish_backward<P>) og = p.finish_backward(saved.policy, o, dout, saved.maps[0], ex, finish_buf);
-    attend_backward<Isa>(q, kv.k, kv.v, og.o, og.dout, lse, dq, dk_core, dv_core, saved.maps[0], call);
-  } else {
-    // Planned per sample: one core call per batch element with its own map; the sinks' gradient is the
-    // sum of the samples', added in sample order.
-    const auto per = static_cast<std::size_t>(q.h * q.s);
-    std::vector<float> dsinks_sample(call.dsinks.size());
-    for (index_t ib = 0; ib < q.b; ++ib) {
-      attention_options so = call;
-      if (!call.kv_lengths.empty()) so.kv_lengths = call.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
-      if (ib > 0) so.dsinks = dsinks_sample;
-      attend_backward<Isa>(detail::sample(q, ib), detail::sample(kv.k, ib), detail::sample(kv.v, ib),
-                           detail::sample(o, ib), detail::sample(dout, ib),
-                           lse.subspan(static_cast<std::size_t>(ib) * per, per), detail::sample(dq, ib),
-                           detail::sample(dk_core, ib), detail::sample(dv_core, ib),
-                           saved.maps[static_cast<std::size_t>(ib)], so);
-      if (ib > 0)
-        for (std::size_t h = 0; h < dsinks_sample.size(); ++h) call.dsinks[h] += dsinks_sample[h];
-    }
-  }
-  if constexpr (policy_with_prepare_backward<P>) p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);
+  detail::run_backward<Isa>(p, saved, q, k, v, o, dout, dq, dk, dv, opt);
 }
+
+/// backward() of a forward_train() on 16-bit Q, K, V, O: q, k, v, o and dout in that type T (bf16 or
+/// f16; each view const or not), the gradients dq, dk, dv in T or float (all three the same). Bit for bit
+/// backward() on the widened inputs with its float gradients rounded once to T (the same bits with float
+/// gradients), the policy's own gradients (WGQA's weights) those of that call (Note [16-bit training]).
+/// The same checks and errors (aliasing across element types by bytes).
+template <class Isa = isa::dispatch, attention_policy P, class Q, class K, class V, class O, class DO, class G>
+  requires detail::half_kv<Q, K> && detail::half_kv<K, V> && detail::half_kv<V, O> && detail::half_kv<O, DO> &&
+           (std::is_same_v<G, float> || std::is_same_v<G, std::remove_const_t<Q>>)
+void backward(P& p, const saved_forward<P>& saved, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
+              tensor_view<O> o, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
+              const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::backward<Isa>: this translation unit is not compiled with flags for Isa");
+  using T = std::remove_const_t<Q>;
+  const tensor_view<const T> qc(q), kc(k), vc(v), oc(o), dc(dout);
+  detail::check_backward_call(saved, qc, kc, vc, oc, dc, dq, dk, dv, opt);
+  static_cast<void>(detail::core::target_of<Isa>(opt));  // a bad options.isa / GQA_ISA throws before any work
+  detail::run_backward<Isa>(p, saved, qc, kc, vc, oc, dc, dq, dk, dv, opt);
+}
+
+// Note [16-bit training]
+// forward_train() on 16-bit Q, K, V, O is forward() of those types (every policy step in fp32, each
+// output element rounded once: Note [16-bit Q/O policies]) and saves what the float call on the widened
+// inputs saves: the same map(s), the same LSE bits, PGQA's statistics of the same fp32 output. backward()
+// on 16-bit inputs is defined as the float backward() on the widened q, k, v, o (the rounded output) and
+// dout, its gradients rounded once to the gradients' type. A policy that only plans (MHA, MQA, GQA, SQA,
+// KDGQA, DGQA) gets exactly that from the core's 16-bit backward (Note [16-bit backward] in
+// detail/core/backward.hpp), which widens each input where it reads it. A policy with its own steps around
+// the core (WGQA's prepare, PGQA's finish) differentiates them on fp32 views, so its backward widens q, k,
+// v, o and dout into fp32 copies (5 tensors' floats, in buffers the calling thread keeps, plus dq, dk, dv
+// for 16-bit gradients) and runs the float backward: O(size) copies beside the core's O(sq·skv) work.
 
 // Note [backward recomputes prepare]
 // backward() calls prepare(k, v) again rather than keeping its output from the forward: WGQA's combined
