@@ -36,6 +36,23 @@ void backward_counters(benchmark::State& st, const shape& s, double seconds) {
   set_counter(st, "peak_frac", gflops / fma_peak(isa_name, s.threads));
 }
 
+/// The timed loop of a backward case: one untimed step (warm_up_backward), then `step` per iteration on
+/// the case's clock (out: the first gradient, kept alive); sets the backward's counters and returns the
+/// time per call.
+template <class Step, class Out>
+double timed_backward(benchmark::State& st, const shape& s, const Step& step, const Out* out) {
+  if (warm_up_backward(s)) step();  // thread pool, scratch (the dK/dV accumulators), caches
+  const double t0 = clock_for(s.threads);
+  for (auto _ : st) {
+    step();
+    benchmark::DoNotOptimize(out);
+    benchmark::ClobberMemory();
+  }
+  const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
+  backward_counters(st, s, per_call);
+  return per_call;
+}
+
 #if GQA_BENCH_HAS_EIGEN
 #if defined(__GNUC__) && !defined(__clang__)  // see bench_isa.hpp's eigen_baseline
 #pragma GCC diagnostic push
@@ -179,15 +196,7 @@ void run_half_backward(benchmark::State& st, const bench_case& c) {
   };
   const auto step = [&] { call_with(opt); };
   try {
-    if (warm_up_backward(s)) step();
-    const double t0 = clock_for(s.threads);
-    for (auto _ : st) {
-      step();
-      benchmark::DoNotOptimize(dqb.data());
-      benchmark::ClobberMemory();
-    }
-    const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
-    backward_counters(st, s, per_call);
+    const double per_call = timed_backward(st, s, step, dqb.data());
     shape fp32 = s;  // vs_eigen: against the fp32 Eigen backward of the same shape, when this run has it
     fp32.kv = kv_type::f32;
     fp32.qo16 = false;
@@ -219,15 +228,7 @@ void run_variant_backward(benchmark::State& st, const bench_case& c) {
     try {
       const auto saved = gqa::forward_train<Isa>(p, x.q, x.k, x.v, x.o, opt);
       const auto step = [&] { gqa::backward<Isa>(p, saved, x.q, x.k, x.v, x.o, dout, dq, dk, dv, opt); };
-      if (warm_up_backward(s)) step();  // thread pool, scratch (the dK/dV accumulators), caches
-      const double t0 = clock_for(s.threads);
-      for (auto _ : st) {
-        step();
-        benchmark::DoNotOptimize(g.dq.data());
-        benchmark::ClobberMemory();
-      }
-      const double per_call = (clock_for(s.threads) - t0) / static_cast<double>(st.iterations());
-      backward_counters(st, s, per_call);
+      const double per_call = timed_backward(st, s, step, g.dq.data());
       double eigen = eigen_seconds_cached(isa_name, s, true);
       if (eigen < 0 && options().lazy_baselines && eigen_feasible(s, true)) {
         eigen = measure_eigen_backward(s);
@@ -244,8 +245,62 @@ void run_variant_backward(benchmark::State& st, const bench_case& c) {
   });
 }
 
+/// kv_ragged's backward: gqa::attend_backward(varlen) on the shape's batch as s.b packed sequences of sq
+/// queries and skv keys (the same buffers, the LSE in the ragged layout [hq][b·sq]), GQA's uniform map:
+/// "kv_ragged/<isa>/<shape key>_bwd_T<n>". vs_dense: the dense attend_backward on the same buffers over
+/// this one, timed in pairs (1 when the ragged walk costs nothing).
+void run_ragged_backward(benchmark::State& st, const bench_case& c) {
+  const shape& s = c.s;
+  const inputs& in = get_inputs(s, s.hkv);
+  const views x = make_views(s, in);
+  backward_buffers g(s, s.hkv);
+  const gqa::head_map map = gqa::head_map::uniform(s.hq, s.hkv);
+  gqa::attention_options opt;
+  opt.causal = s.causal;
+  opt.num_threads = s.threads;
+  std::vector<float> lse(static_cast<std::size_t>(s.b * s.hq * s.sq)), lse_r(lse.size());
+  try {
+    gqa::attention_options fwd = opt;
+    fwd.lse = lse;
+    gqa::attend<Isa>(x.q, x.k, x.v, x.o, map, fwd);
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());
+    return;
+  }
+  const index_t tq = s.b * s.sq, tk = s.b * s.skv;
+  for (index_t ib = 0; ib < s.b; ++ib)  // [b][hq][sq] -> [hq][b·sq]
+    for (index_t h = 0; h < s.hq; ++h)
+      for (index_t p = 0; p < s.sq; ++p)
+        lse_r[static_cast<std::size_t>(h * tq + ib * s.sq + p)] = lse[static_cast<std::size_t>((ib * s.hq + h) * s.sq + p)];
+  std::vector<index_t> cu_q(static_cast<std::size_t>(s.b) + 1), cu_k(cu_q.size());
+  for (index_t i = 0; i <= s.b; ++i) {
+    cu_q[static_cast<std::size_t>(i)] = i * s.sq;
+    cu_k[static_cast<std::size_t>(i)] = i * s.skv;
+  }
+  const auto dout = gqa::bshd<const float>(g.dout.data(), s.b, s.sq, s.hq, s.d);
+  const auto dq = gqa::bshd(g.dq.data(), s.b, s.sq, s.hq, s.d);
+  const auto dk = gqa::bshd(g.dk.data(), s.b, s.skv, s.hkv, s.d), dv = gqa::bshd(g.dv.data(), s.b, s.skv, s.hkv, s.d);
+  const auto ragged_with = [&](const gqa::attention_options& o_) {
+    gqa::attend_backward<Isa>(gqa::thd(in.q, tq, s.hq, s.d), gqa::thd(in.k, tk, s.hkv, s.d), gqa::thd(in.v, tk, s.hkv, s.d),
+                              gqa::thd<const float>(in.o, tq, s.hq, s.d), gqa::thd<const float>(g.dout.data(), tq, s.hq, s.d),
+                              lse_r, gqa::thd(g.dq.data(), tq, s.hq, s.d), gqa::thd(g.dk.data(), tk, s.hkv, s.d),
+                              gqa::thd(g.dv.data(), tk, s.hkv, s.d), map, gqa::varlen{cu_q, cu_k}, o_);
+  };
+  const auto step = [&] { ragged_with(opt); };
+  const auto dense = [&] { gqa::attend_backward<Isa>(x.q, x.k, x.v, x.o, dout, lse, dq, dk, dv, map, opt); };
+  try {
+    const double per_call = timed_backward(st, s, step, g.dq.data());
+    set_counter(st, "vs_dense", paired_ratio(dense, step, s.threads, per_call));
+    set_counter(st, "vs_T1", speedup_over_one_thread([&] { ragged_with(one_thread(opt)); }, step, s.threads, per_call));
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());
+  }
+}
+
 void run_backward(benchmark::State& st, const bench_case& c) {
-  if (c.kind == "eigen") {
+  if (c.kind == "kvcache") {
+    run_ragged_backward(st, c);
+  } else if (c.kind == "eigen") {
     run_eigen_backward(st, c);
   } else {
     run_variant_backward(st, c);

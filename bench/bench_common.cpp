@@ -246,6 +246,12 @@ std::vector<bench_case> cases_for(std::string_view isa, const std::vector<std::s
       add(var, "kvcache", form, s, s);
     }
   }
+  // The ragged batch's backward (gqa::attend_backward(varlen)) on P3's 8 sequences, one and two threads,
+  // against the dense backward on the same buffers (vs_dense).
+  for (int t : {1, 2}) {
+    const shape s = make_main_shape(main_shape::p3, t);
+    add(var, "kvcache", "kv_ragged", s, s, true);
+  }
   // The backward (training) of every registered variant on the prefill shapes.
   for (std::string_view v : variants)
     for (main_shape m : {main_shape::p1, main_shape::p2, main_shape::p3})

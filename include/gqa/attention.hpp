@@ -92,20 +92,29 @@ void require_outputs_disjoint(std::initializer_list<named_view<Out>> outs, std::
   }
 }
 
-/// Throws unless the n bytes at p (an array the call reads: lengths, offsets, a page table) lie outside o and
-/// lse, which the call writes while it reads them. Exact against the contiguous lse, conservative against a
-/// strided o (its whole byte range; O: its element type).
+/// Throws unless the n bytes at p (an array the call reads: lengths, offsets, a page table) lie outside the
+/// output t (named tname), which the call writes while it reads them: conservative against a strided t
+/// (its whole byte range; T: its element type).
+template <class T>
+void require_outside_output(const void* p, std::size_t n, const char* name, const tensor_view<T>& t, const char* tname,
+                            const char* where) {
+  if (n == 0) return;
+  const auto lo = reinterpret_cast<std::uintptr_t>(p), hi = lo + n;
+  const offset_range r = offsets(t);
+  const auto tb = reinterpret_cast<std::uintptr_t>(t.data);
+  const auto t_lo = tb - static_cast<std::uintptr_t>(-r.lo) * sizeof(T);
+  const auto t_hi = tb + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(T);
+  if (lo < t_hi && t_lo < hi)
+    fail(where, ": ", name, " (data = ", p, ") overlaps ", tname, ", which the call writes while it reads ", name);
+}
+
+/// require_outside_output() for o and options.lse (exact against the contiguous lse).
 template <class O>
 void require_outside_outputs(const void* p, std::size_t n, const char* name, const tensor_view<O>& o,
                              std::span<float> lse, const char* where) {
   if (n == 0) return;
+  require_outside_output(p, n, name, o, "o", where);
   const auto lo = reinterpret_cast<std::uintptr_t>(p), hi = lo + n;
-  const offset_range r = offsets(o);
-  const auto ob = reinterpret_cast<std::uintptr_t>(o.data);
-  const auto o_lo = ob - static_cast<std::uintptr_t>(-r.lo) * sizeof(O);
-  const auto o_hi = ob + static_cast<std::uintptr_t>(r.hi + 1) * sizeof(O);
-  if (lo < o_hi && o_lo < hi)
-    fail(where, ": ", name, " (data = ", p, ") overlaps o, which the call writes while it reads ", name);
   const auto l_lo = reinterpret_cast<std::uintptr_t>(lse.data()), l_hi = l_lo + lse.size_bytes();
   if (!lse.empty() && lo < l_hi && l_lo < hi)
     fail(where, ": ", name, " (data = ", p, ") overlaps options.lse, which the call writes while it reads ", name);

@@ -83,8 +83,7 @@ template <class T, class G>
 void validate_backward(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
                        const tensor_view<const T>& o, const tensor_view<const T>& dout, std::span<const float> lse,
                        const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv,
-                       const head_map& map, const attention_options& opt) {
-  constexpr const char* where = "gqa::attend_backward";
+                       const head_map& map, const attention_options& opt, const char* where = "gqa::attend_backward") {
   check_view(q, "q", where);
   check_view(k, "k", where);
   check_view(v, "v", where);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attention.hpp"
+#include "backward.hpp"
 #include "detail/core/targets.hpp"
 #include "integer_span.hpp"
 #include "kv_cache.hpp"
@@ -349,6 +350,76 @@ void forward(P&& policy, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, t
   Policy& p = policy;
   detail::forward_varlen<Isa>(p, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v), o, seqs,
                               opt);
+}
+
+namespace detail {
+
+/// attend_backward(varlen): every check of the dense backward on the packed (b = 1) views, then what a
+/// ragged batch adds (Note [validation once]): no options.kv_lengths, the offsets, and no gradient (nor
+/// dsinks) over the offsets the call reads while it writes them. Then the core, on the call's ISA.
+template <class Isa, class T, class G>
+void attend_backward_varlen(const tensor_view<const T>& q, const tensor_view<const T>& k,
+                            const tensor_view<const T>& v, const tensor_view<const T>& o,
+                            const tensor_view<const T>& dout, std::span<const float> lse, const tensor_view<G>& dq,
+                            const tensor_view<G>& dk, const tensor_view<G>& dv, const head_map& map,
+                            const varlen& seqs, const attention_options& opt) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::attend_backward<Isa>: this translation unit is not compiled with flags for Isa");
+  constexpr const char* where = "gqa::attend_backward(varlen)";
+  check_view(q, "q", where);
+  require(q.b == 1, where, "q.b", q.b, "must be 1: a ragged batch holds its sequences' rows in s (see gqa::thd)");
+  require(opt.kv_lengths.empty(), where, "options.kv_lengths.size()", opt.kv_lengths.size(),
+          "must be 0 for a ragged batch: each sequence's keys are given by cu_seqlens_k");
+  validate_backward(q, k, v, o, dout, lse, dq, dk, dv, map, opt, where);  // k, v, o, dout, grads: b = q.b
+  require(seqs.cu_seqlens_k.size() == seqs.cu_seqlens_q.size(), where, "seqs.cu_seqlens_k.size()",
+          seqs.cu_seqlens_k.size(), "must equal seqs.cu_seqlens_q.size() = ", seqs.cu_seqlens_q.size());
+  check_offsets(seqs.cu_seqlens_q, "seqs.cu_seqlens_q", q.s, "q.s", where);
+  check_offsets(seqs.cu_seqlens_k, "seqs.cu_seqlens_k", k.s, "k.s", where);
+  const tensor_view<float> ds = span_view(opt.dsinks);
+  for (const integer_span* cu : {&seqs.cu_seqlens_q, &seqs.cu_seqlens_k}) {
+    const char* name = cu == &seqs.cu_seqlens_q ? "seqs.cu_seqlens_q" : "seqs.cu_seqlens_k";
+    for (const auto& [g, gname] : {named_view<G>{dq, "dq"}, {dk, "dk"}, {dv, "dv"}})
+      require_outside_output(cu->data(), cu->size_bytes(), name, g, gname, where);
+    if (ds.d > 0) require_outside_output(cu->data(), cu->size_bytes(), name, ds, "options.dsinks", where);
+  }
+  const auto on = core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
+  const std::vector<index_t> cu_q = to_indices(seqs.cu_seqlens_q), cu_k = to_indices(seqs.cu_seqlens_k);
+  core::backward_on(on, q, k, v, o, dout, lse, dq, dk, dv, map, opt, cu_q, cu_k);
+}
+
+}  // namespace detail
+
+/// The gradients of attend(q, k, v, o, map, seqs, opt) over a ragged batch (FlashAttention's varlen
+/// backward): q, k, v, o, dout and dq, dk, dv are gqa::thd views (b = 1; each sequence's rows packed back to
+/// back at the offsets of `seqs`), lse the forward's options.lse laid out [hq][total_q]. Each sequence's
+/// gradients are those of its own attention (causal bottom-right per sequence, as the forward); keys of a
+/// sequence without queries get dk = dv = 0, rows of a sequence without keys dq = 0. Everything else as
+/// attend_backward(): the options must be the forward's (options.kv_lengths empty), dsinks sums over every
+/// sequence, the same bits for any thread count (Note [ragged backward] in detail/core/backward.hpp).
+/// Throws gqa::invalid_argument before any work for everything attend_backward() checks, q.b != 1,
+/// options.kv_lengths given, offsets as attend(varlen) checks them, and a gradient or dsinks over the
+/// offsets.
+template <class Isa = isa::dispatch>
+void attend_backward(tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                     tensor_view<const float> o, tensor_view<const float> dout, std::span<const float> lse,
+                     tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const head_map& map,
+                     const varlen& seqs, const attention_options& opt = {}) {
+  detail::attend_backward_varlen<Isa>(q, k, v, o, dout, lse, dq, dk, dv, map, seqs, opt);
+}
+
+/// attend_backward(varlen) with q, k, v, o and dout in one 16-bit type T (bf16 or f16) and the gradients in T
+/// or float, as the dense 16-bit attend_backward(): bit for bit the float call on the widened inputs with
+/// its gradients rounded once.
+template <class Isa = isa::dispatch, class Q, class K, class V, class O, class DO, class G>
+  requires detail::half_kv<Q, K> && detail::half_kv<K, V> && detail::half_kv<V, O> && detail::half_kv<O, DO> &&
+           (std::is_same_v<G, float> || std::is_same_v<G, std::remove_const_t<Q>>)
+void attend_backward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o, tensor_view<DO> dout,
+                     std::span<const float> lse, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
+                     const head_map& map, const varlen& seqs, const attention_options& opt = {}) {
+  using T = std::remove_const_t<Q>;
+  detail::attend_backward_varlen<Isa>(tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v),
+                                      tensor_view<const T>(o), tensor_view<const T>(dout), lse, dq, dk, dv, map,
+                                      seqs, opt);
 }
 
 GQA_END_NAMESPACE

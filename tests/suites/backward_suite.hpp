@@ -23,6 +23,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <gqa/attention.hpp>
@@ -30,7 +31,9 @@
 #include <gqa/numeric.hpp>
 #include <gqa/random.hpp>
 #include <gqa/reference/attention.hpp>
+#include <gqa/varlen.hpp>
 
+#include "support/data.hpp"
 #include "support/isa_suite.hpp"
 #include "support/tensor.hpp"
 #include "support/tolerance.hpp"
@@ -979,6 +982,198 @@ TYPED_TEST_P(backward_suite, sixteen_bit_inputs_are_the_rounded_fp32_backward) {
   }
 }
 
+namespace {
+/// A ragged batch: (queries, keys) per sequence, heads, dims, masks and modifiers (as backward_case's).
+struct ragged_case {
+  std::vector<std::pair<index_t, index_t>> seqs;
+  index_t hq = 4, hkv = 2, d = 16, dv = 16;
+  bool causal = false;
+  index_t window_left = -1, window_right = -1;
+  float softcap = 0.0f;
+  bool sinks = false;
+  std::uint64_t seed = 1;
+
+  std::string describe() const {
+    std::ostringstream os;
+    os << "ragged {";
+    for (std::size_t i = 0; i < seqs.size(); ++i) os << (i ? " " : "") << seqs[i].first << "/" << seqs[i].second;
+    os << "} hq=" << hq << " hkv=" << hkv << " d=" << d << " dv=" << dv << (causal ? " causal" : "")
+       << " window=(" << window_left << "," << window_right << ") softcap=" << softcap << (sinks ? " sinks" : "")
+       << " seed=" << seed;
+    return os.str();
+  }
+  /// Sequence i as a dense case (b = 1), for the reference and the visibility of its rows and keys.
+  backward_case dense(std::size_t i) const {
+    auto c = shaped_case(1, seqs[i].first, seqs[i].second, hq, hkv, d, seed);
+    c.dv = dv;
+    c.causal = causal;
+    c.window_left = window_left;
+    c.window_right = window_right;
+    c.softcap = softcap;
+    return c;
+  }
+};
+
+/// The ragged forward on Isa (o, the LSE [hq][total_q]), then attend_backward(varlen) on Isa: each sequence's
+/// gradients against the double reference of that sequence alone (Note [backward tolerance]), exact +0
+/// where nothing reaches (rows without keys, keys without rows, the keys of a sequence without queries),
+/// dsinks against the sum of the sequences' references; dq bit for bit the dense backward of the sequence
+/// alone (its rows' sums do not depend on the query ranges); the same bits on two threads; with bf16
+/// inputs and gradients, the float call on the widened inputs rounded, bit for bit.
+template <class Isa>
+void check_ragged_backward(const ragged_case& c) {
+  SCOPED_TRACE(c.describe());
+  std::vector<index_t> cu_q = {0}, cu_k = {0};
+  for (const auto& [nq, nk] : c.seqs) {
+    cu_q.push_back(cu_q.back() + nq);
+    cu_k.push_back(cu_k.back() + nk);
+  }
+  const index_t tq = cu_q.back(), tk = cu_k.back(), hq = c.hq, hkv = c.hkv;
+  const gqa::varlen seqs{cu_q, cu_k};
+  const auto n = [](index_t a, index_t b, index_t e) { return static_cast<std::size_t>(a * b * e); };
+  const auto q = gqa::test::random_floats(n(tq, hq, c.d), c.seed * 8), k = gqa::test::random_floats(n(tk, hkv, c.d), c.seed * 8 + 1);
+  const auto v = gqa::test::random_floats(n(tk, hkv, c.dv), c.seed * 8 + 2);
+  const auto dout = gqa::test::random_floats(n(tq, hq, c.dv), c.seed * 8 + 3);
+  std::vector<float> o(n(tq, hq, c.dv)), lse(n(hq, tq, 1));
+  const auto map = gqa::head_map::uniform(hq, hkv);
+  backward_case c0 = c.dense(0);
+  c0.hq = hq;
+  c0.sinks = c.sinks;
+  const std::vector<float> sinks = case_sinks(c0);
+  gqa::attention_options opt;
+  opt.causal = c.causal;
+  opt.window_left = c.window_left;
+  opt.window_right = c.window_right;
+  opt.softcap = c.softcap;
+  opt.sinks = sinks;
+  {
+    auto fo = opt;
+    fo.lse = lse;
+    gqa::attend<Isa>(gqa::thd<const float>(q.data(), tq, hq, c.d), gqa::thd<const float>(k.data(), tk, hkv, c.d),
+                     gqa::thd<const float>(v.data(), tk, hkv, c.dv), gqa::thd(o.data(), tq, hq, c.dv), map, seqs, fo);
+  }
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  struct grads {
+    std::vector<float> dq, dk, dv, dsinks;
+  };
+  const auto run = [&](int threads) {
+    grads g{std::vector<float>(q.size(), nan), std::vector<float>(k.size(), nan), std::vector<float>(v.size(), nan),
+            std::vector<float>(sinks.size(), nan)};
+    auto bo = opt;
+    bo.dsinks = g.dsinks;
+    bo.num_threads = threads;
+    gqa::attend_backward<Isa>(gqa::thd<const float>(q.data(), tq, hq, c.d), gqa::thd<const float>(k.data(), tk, hkv, c.d),
+                              gqa::thd<const float>(v.data(), tk, hkv, c.dv), gqa::thd<const float>(o.data(), tq, hq, c.dv),
+                              gqa::thd<const float>(dout.data(), tq, hq, c.dv), lse, gqa::thd(g.dq.data(), tq, hq, c.d),
+                              gqa::thd(g.dk.data(), tk, hkv, c.d), gqa::thd(g.dv.data(), tk, hkv, c.dv), map, seqs, bo);
+    return g;
+  };
+  grads g = run(1);
+  const auto mods = gqa::reference::modifiers{c.window_left, c.window_right, static_cast<double>(c.softcap), sinks, {}};
+  std::vector<double> dsinks_ref(sinks.size(), 0.0), dsinks_terms(sinks.size(), 0.0);
+  std::vector<float> dsinks_naive(sinks.size(), 0.0f);
+  for (std::size_t i = 0; i < c.seqs.size(); ++i) {
+    const auto [nq, nk] = c.seqs[i];
+    const index_t q0 = cu_q[i], k0 = cu_k[i];
+    SCOPED_TRACE("sequence " + std::to_string(i));
+    const auto qs = gqa::thd<const float>(q.data() + n(q0, hq, c.d), nq, hq, c.d);
+    const auto ks = gqa::thd<const float>(k.data() + n(k0, hkv, c.d), nk, hkv, c.d);
+    const auto vs = gqa::thd<const float>(v.data() + n(k0, hkv, c.dv), nk, hkv, c.dv);
+    const auto os = gqa::thd<const float>(o.data() + n(q0, hq, c.dv), nq, hq, c.dv);
+    const auto ds = gqa::thd<const float>(dout.data() + n(q0, hq, c.dv), nq, hq, c.dv);
+    const auto dqs = gqa::thd(g.dq.data() + n(q0, hq, c.d), nq, hq, c.d);
+    const auto dks = gqa::thd(g.dk.data() + n(k0, hkv, c.d), nk, hkv, c.d);
+    const auto dvs = gqa::thd(g.dv.data() + n(k0, hkv, c.dv), nk, hkv, c.dv);
+    if (nq == 0 || nk == 0) {  // no row sees a key: every gradient of the sequence is +0
+      for (const auto& t : {dqs, dks, dvs})
+        for (const float x : gqa::test::logical_order(t)) ASSERT_TRUE(gqa::test::is_plus_zero(x)) << x;
+      continue;
+    }
+    std::vector<float> lse_s(n(hq, nq, 1));  // [1][hq][nq]
+    for (index_t h = 0; h < hq; ++h)
+      for (index_t r = 0; r < nq; ++r) lse_s[static_cast<std::size_t>(h * nq + r)] = lse[static_cast<std::size_t>(h * tq + q0 + r)];
+    const backward_case sc = c.dense(i);
+    const visibility vis(sc, mods);
+    const double_copy qd(gqa::thd(const_cast<float*>(qs.data), nq, hq, c.d)), kd(gqa::thd(const_cast<float*>(ks.data), nk, hkv, c.d)),
+        vd(gqa::thd(const_cast<float*>(vs.data), nk, hkv, c.dv)), dod(gqa::thd(const_cast<float*>(ds.data), nq, hq, c.dv));
+    const auto kv_of_q = map.kv_of_q();
+    const double scale = sc.scale_or_default();
+    const auto ref = gqa::reference::attention_backward(qd.view, kd.view, vd.view, dod.view, kv_of_q, scale, c.causal, {}, mods);
+    const auto naive = gqa::test::naive_fp32_backward(qs, ks, vs, os, ds, lse_s, kv_of_q, static_cast<float>(scale),
+                                                      c.causal, {}, mods);
+    gradient_check gq{"dq"}, gk{"dk"}, gv{"dv"};
+    gq.compare(dqs, ref.dq, ref.dq_terms, naive.dq, [&](index_t, index_t r, index_t) { return vis.row(0, r); });
+    gk.compare(dks, ref.dk, ref.dk_terms, naive.dk, [&](index_t, index_t j, index_t) { return vis.key(0, j); });
+    gv.compare(dvs, ref.dv, ref.dv_terms, naive.dv, [&](index_t, index_t j, index_t) { return vis.key(0, j); });
+    gq.expect();
+    gk.expect();
+    gv.expect();
+    for (std::size_t h = 0; h < sinks.size(); ++h) {
+      dsinks_ref[h] += ref.dsinks[h];
+      dsinks_terms[h] += ref.dsinks_terms[h];
+      dsinks_naive[h] += naive.dsinks[h];
+    }
+    // The dense backward of this sequence alone: dq bit for bit.
+    std::vector<float> dq1(n(nq, hq, c.d)), dk1(n(nk, hkv, c.d)), dv1(n(nk, hkv, c.dv));
+    auto so = opt;
+    so.sinks = sinks;
+    gqa::attend_backward<Isa>(qs, ks, vs, os, ds, lse_s, gqa::thd(dq1.data(), nq, hq, c.d), gqa::thd(dk1.data(), nk, hkv, c.d),
+                              gqa::thd(dv1.data(), nk, hkv, c.dv), map, so);
+    EXPECT_EQ(std::memcmp(dq1.data(), dqs.data, dq1.size() * sizeof(float)), 0) << "dq differs from the dense call's";
+  }
+  if (c.sinks) {
+    gqa::reference::attention_grads total;
+    total.dsinks = dsinks_ref;
+    total.dsinks_terms = dsinks_terms;
+    expect_dsinks(g.dsinks, total, dsinks_naive);
+  }
+  const grads g2 = run(2);
+  EXPECT_TRUE(g2.dq == g.dq && g2.dk == g.dk && g2.dv == g.dv && g2.dsinks == g.dsinks) << "two threads differ";
+
+  // bf16 inputs and gradients: the float call on the widened inputs, rounded (Note [16-bit backward]).
+  using T = gqa::bf16;
+  using gqa::test::narrowed, gqa::test::widened;
+  const auto q16 = narrowed<T>(q), k16 = narrowed<T>(k), v16 = narrowed<T>(v), o16 = narrowed<T>(o), d16 = narrowed<T>(dout);
+  const auto qw = widened(q16), kw = widened(k16), vw = widened(v16), ow = widened(o16), dw = widened(d16);
+  std::vector<float> fq(q.size()), fk(k.size()), fv(v.size());
+  gqa::attend_backward<Isa>(gqa::thd<const float>(qw.data(), tq, hq, c.d), gqa::thd<const float>(kw.data(), tk, hkv, c.d),
+                            gqa::thd<const float>(vw.data(), tk, hkv, c.dv), gqa::thd<const float>(ow.data(), tq, hq, c.dv),
+                            gqa::thd<const float>(dw.data(), tq, hq, c.dv), lse, gqa::thd(fq.data(), tq, hq, c.d),
+                            gqa::thd(fk.data(), tk, hkv, c.d), gqa::thd(fv.data(), tk, hkv, c.dv), map, seqs, opt);
+  std::vector<T> hq16(q.size()), hk16(k.size()), hv16(v.size());
+  gqa::attend_backward<Isa>(gqa::thd<const T>(q16.data(), tq, hq, c.d), gqa::thd<const T>(k16.data(), tk, hkv, c.d),
+                            gqa::thd<const T>(v16.data(), tk, hkv, c.dv), gqa::thd<const T>(o16.data(), tq, hq, c.dv),
+                            gqa::thd<const T>(d16.data(), tq, hq, c.dv), lse, gqa::thd(hq16.data(), tq, hq, c.d),
+                            gqa::thd(hk16.data(), tk, hkv, c.d), gqa::thd(hv16.data(), tk, hkv, c.dv), map, seqs, opt);
+  for (const auto& [got, want, name] : {std::tuple{&hq16, &fq, "dq"}, {&hk16, &fk, "dk"}, {&hv16, &fv, "dv"}})
+    for (std::size_t i = 0; i < got->size(); ++i)
+      ASSERT_EQ((*got)[i].bits, T((*want)[i]).bits) << "bf16 " << name << "[" << i << "]";
+}
+}  // namespace
+
+// A ragged batch's backward (Note [ragged backward]): sequences of every kind (more queries than keys,
+// one query, none, no keys, long ones with several query ranges), causal, a window with softcap and sinks.
+TYPED_TEST_P(backward_suite, ragged_batches_match_each_sequence) {
+  ragged_case a;
+  a.seqs = {{5, 9}, {0, 4}, {1, 1}, {130, 150}, {3, 0}, {12, 7}};
+  a.causal = true;
+  a.d = a.dv = 24;
+  a.seed = 911;
+  check_ragged_backward<TypeParam>(a);
+  ragged_case b;
+  b.seqs = {{40, 33}, {2, 60}, {0, 0}, {17, 17}};
+  b.hq = 6;
+  b.hkv = 3;
+  b.d = 20;
+  b.dv = 13;
+  b.window_left = 6;
+  b.window_right = 2;
+  b.softcap = 8.0f;
+  b.sinks = true;
+  b.seed = 912;
+  check_ragged_backward<TypeParam>(b);
+}
+
 // Mixed input types and gradients of another 16-bit type do not compile.
 template <class T, class G>
 concept backward_takes = requires(gqa::tensor_view<const T> x, gqa::tensor_view<const float> f, gqa::tensor_view<G> g,
@@ -995,4 +1190,4 @@ REGISTER_TYPED_TEST_SUITE_P(backward_suite, shapes_match_reference, padded_kv_le
                             large_magnitude_scores, sliding_window_matches_reference, softcap_matches_reference,
                             alibi_matches_reference, sinks_match_reference, modifiers_combined,
                             modifiers_deterministic_across_threads, nonfinite_values_follow_the_masks,
-                            sixteen_bit_inputs_are_the_rounded_fp32_backward);
+                            sixteen_bit_inputs_are_the_rounded_fp32_backward, ragged_batches_match_each_sequence);

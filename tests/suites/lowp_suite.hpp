@@ -51,12 +51,7 @@ long first_difference(const std::vector<float>& a, const std::vector<float>& b) 
   return a.size() == b.size() ? -1 : static_cast<long>(std::min(a.size(), b.size()));
 }
 
-template <class T>
-std::vector<T> narrowed(const std::vector<float>& x) {
-  std::vector<T> r(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) r[i] = T(x[i]);
-  return r;
-}
+using gqa::test::narrowed;
 
 /// The index of the first element where the 16-bit o16 is not o32 rounded to T (equal bits, or both NaN),
 /// or -1.

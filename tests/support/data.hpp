@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <gqa/numeric.hpp>
 #include <gqa/random.hpp>
 #include <gqa/tensor.hpp>
 
@@ -30,6 +31,22 @@ constexpr bool reduced = GQA_TEST_REDUCED != 0;
                                                              static_cast<double>(gqa::random::to_unit_float(
                                                                  gqa::random::hash(seed, {0x7e57, i}))));
   return x;
+}
+
+/// x rounded to T (bf16 or f16; nearest even), element by element.
+template <class T>
+[[maybe_unused]] std::vector<T> narrowed(const std::vector<float>& x) {
+  std::vector<T> r(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) r[i] = T(x[i]);
+  return r;
+}
+
+/// x (bf16 or f16) widened to float (exact).
+template <class T>
+[[maybe_unused]] std::vector<float> widened(const std::vector<T>& x) {
+  std::vector<float> r(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) r[i] = gqa::to_float(x[i]);
+  return r;
 }
 
 /// The uniform contiguous GQA map, map[h] = h / (hq / hkv), written out independently of

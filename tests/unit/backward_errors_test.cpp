@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -12,6 +14,7 @@
 
 #include <gqa/attention.hpp>
 #include <gqa/backward.hpp>
+#include <gqa/varlen.hpp>
 
 #include "support/expect.hpp"
 
@@ -228,6 +231,71 @@ TEST(backward_errors_16_bit, named_before_any_work) {
         a.opt.dsinks = std::span<float>(reinterpret_cast<float*>(grads.data() + nq + nk + 4), hq);
       },
       {"gqa::attend_backward: options.dsinks", "overlaps dv"});
+}
+
+// attend_backward over a ragged batch: the dense checks on the packed views, plus b = 1, no kv_lengths, the
+// offsets, and no gradient over the offsets the call reads; nothing written before the error.
+TEST_F(backward_errors_test, ragged_batch) {
+  // The fixture's buffers as two sequences packed: queries 4 + 2 = b·sq = 6 rows, keys 3 + 7 = b·skv = 10.
+  const index_t tq = b * sq, tk = b * skv;
+  std::vector<std::int32_t> cu_q = {0, 4, tq}, cu_k = {0, 3, tk};
+  std::vector<float> lse(static_cast<std::size_t>(hq * tq), 0.3f);
+  auto packed = [&](call_args& a) {
+    a.q = gqa::thd<const float>(q_buf.data(), tq, hq, d);
+    a.k = gqa::thd<const float>(k_buf.data(), tk, hkv, d);
+    a.v = gqa::thd<const float>(v_buf.data(), tk, hkv, dv);
+    a.o = gqa::thd<const float>(o_buf.data(), tq, hq, dv);
+    a.dout = gqa::thd<const float>(dout_buf.data(), tq, hq, dv);
+    a.lse = lse;
+    a.dq = gqa::thd(grads.data(), tq, hq, d);
+    a.dk = gqa::thd(grads.data() + dq_size, tk, hkv, d);
+    a.dv = gqa::thd(grads.data() + dq_size + dk_size, tk, hkv, dv);
+  };
+  auto rejects = [&](const std::function<void(call_args&, std::vector<std::int32_t>&, std::vector<std::int32_t>&)>& breaker,
+                     const std::vector<std::string>& parts) {
+    call_args a = valid();
+    packed(a);
+    auto cq = cu_q, ck = cu_k;
+    breaker(a, cq, ck);
+    expect_invalid(
+        [&] {
+          gqa::attend_backward(a.q, a.k, a.v, a.o, a.dout, a.lse, a.dq, a.dk, a.dv, a.map, gqa::varlen{cq, ck}, a.opt);
+        },
+        parts);
+    EXPECT_TRUE(std::all_of(grads.begin(), grads.end(), [](float x) { return x == k_sentinel; }))
+        << "attend_backward(varlen) wrote a gradient before rejecting the call";
+  };
+  using cu = std::vector<std::int32_t>;
+  rejects([](call_args& a, cu&, cu&) { a.q.b = 2; }, {"gqa::attend_backward(varlen): q.b = 2: must be 1"});
+  static const std::vector<index_t> lengths = {3};
+  rejects([](call_args& a, cu&, cu&) { a.opt.kv_lengths = lengths; },
+          {"gqa::attend_backward(varlen): options.kv_lengths.size() = 1: must be 0 for a ragged batch"});
+  rejects([](call_args& a, cu&, cu&) { a.lse = a.lse.first(5); }, {"gqa::attend_backward(varlen): lse.size() = 5"});
+  rejects([](call_args&, cu& q, cu&) { q[1] = 7; }, {"gqa::attend_backward(varlen): seqs.cu_seqlens_q[1] = 7"});
+  rejects([](call_args&, cu&, cu& k) { k.back() = 9; }, {"seqs.cu_seqlens_k[2] = 9: the last offset must equal k.s = 10"});
+  rejects([](call_args&, cu&, cu& k) { k.pop_back(); },
+          {"gqa::attend_backward(varlen): seqs.cu_seqlens_k.size() = 2: must equal seqs.cu_seqlens_q.size() = 3"});
+  rejects([](call_args& a, cu&, cu&) { a.dv.data = a.dk.data + 1; }, {"gqa::attend_backward(varlen): dk", "overlaps dv"});
+  // The key offsets inside dk's memory (the call would write them while it reads them): rejected, dk untouched.
+  std::vector<float> dk_region(dk_size, k_sentinel);
+  const std::int32_t offs[3] = {0, 3, static_cast<std::int32_t>(tk)};
+  std::memcpy(dk_region.data() + 5, offs, sizeof(offs));
+  const std::span<const std::int32_t> cu_in_dk(reinterpret_cast<const std::int32_t*>(dk_region.data() + 5), 3);
+  const std::vector<float> before = dk_region;
+  call_args a = valid();
+  packed(a);
+  a.dk = gqa::thd(dk_region.data(), tk, hkv, d);
+  expect_invalid(
+      [&] {
+        gqa::attend_backward(a.q, a.k, a.v, a.o, a.dout, a.lse, a.dq, a.dk, a.dv, a.map, gqa::varlen{cu_q, cu_in_dk}, a.opt);
+      },
+      {"gqa::attend_backward(varlen): seqs.cu_seqlens_k (data = ", "overlaps dk, which the call writes while it reads"});
+  EXPECT_EQ(std::memcmp(before.data(), dk_region.data(), before.size() * sizeof(float)), 0);
+  // The valid call runs and writes every gradient.
+  call_args ok = valid();
+  packed(ok);
+  gqa::attend_backward(ok.q, ok.k, ok.v, ok.o, ok.dout, ok.lse, ok.dq, ok.dk, ok.dv, ok.map, gqa::varlen{cu_q, cu_k}, ok.opt);
+  for (const float x : grads) EXPECT_TRUE(std::isfinite(x) && x != k_sentinel);
 }
 
 }  // namespace

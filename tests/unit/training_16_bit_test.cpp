@@ -24,19 +24,8 @@ namespace {
 
 using gqa::index_t;
 
-template <class T>
-std::vector<T> narrowed(const std::vector<float>& x) {
-  std::vector<T> r(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) r[i] = T(x[i]);
-  return r;
-}
-
-template <class T>
-std::vector<float> widened(const std::vector<T>& x) {
-  std::vector<float> r(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) r[i] = gqa::to_float(x[i]);
-  return r;
-}
+using gqa::test::narrowed;
+using gqa::test::widened;
 
 /// The index of the first element where got (of type G) is not ref rounded to G (the same bits), or -1.
 template <class G>

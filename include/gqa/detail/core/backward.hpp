@@ -155,12 +155,42 @@ struct backward_problem {
   std::span<const float> alibi;       // ALiBi slopes (natural units) per query head, or empty
   std::span<const index_t> kv_lengths;
   index_t dp, dvp;  // d and d_v rounded up to the vector width
+  // A ragged batch (Note [ragged backward]): sequence ib's query rows are [cu_q[ib], cu_q[ib + 1]) and its
+  // keys [cu_k[ib], cu_k[ib + 1]) of views with b = 1; empty for a dense call, whose sequence ib is batch
+  // element ib.
+  std::span<const index_t> cu_q, cu_k;
 
-  index_t kv_len(index_t ib) const noexcept { return kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)]; }
-  /// The keys position pos of batch element ib sees (Note [backward masks]).
-  key_range keys_of(index_t ib, index_t pos) const noexcept {
-    return visible_key_range(pos, q.s, kv_len(ib), causal, window_left, window_right);
+  bool ragged() const noexcept { return !cu_q.empty(); }
+  /// Sequences: batch elements, or the ragged batch's.
+  index_t sequences() const noexcept { return ragged() ? static_cast<index_t>(cu_q.size()) - 1 : q.b; }
+  /// Query positions of sequence ib.
+  index_t sq_of(index_t ib) const noexcept { return ragged() ? at(cu_q, ib + 1) - at(cu_q, ib) : q.s; }
+  /// Key rows of sequence ib (its dK/dV rows), and the keys it attends to (kv_lengths of a dense call).
+  index_t skv_of(index_t ib) const noexcept { return ragged() ? at(cu_k, ib + 1) - at(cu_k, ib) : k.s; }
+  index_t kv_len(index_t ib) const noexcept {
+    return ragged() ? skv_of(ib) : kv_lengths.empty() ? k.s : at(kv_lengths, ib);
   }
+  /// Row (position pos, head h) of sequence ib of a query-side view (q, o, dout, dq), and of a key-side one.
+  template <class X>
+  X* q_row(const tensor_view<X>& t, index_t ib, index_t pos, index_t h) const noexcept {
+    return ragged() ? t.row(0, at(cu_q, ib) + pos, h) : t.row(ib, pos, h);
+  }
+  template <class X>
+  X* k_row(const tensor_view<X>& t, index_t ib, index_t j, index_t g) const noexcept {
+    return ragged() ? t.row(0, at(cu_k, ib) + j, g) : t.row(ib, j, g);
+  }
+  /// The forward's LSE of (sequence ib, head h, position pos): [b][hq][sq], or [hq][total_q] when ragged.
+  float lse_of(index_t ib, index_t h, index_t pos) const noexcept {
+    return ragged() ? lse[static_cast<std::size_t>(h * q.s + at(cu_q, ib) + pos)]
+                    : lse[static_cast<std::size_t>((ib * q.h + h) * q.s + pos)];
+  }
+  /// The keys position pos of sequence ib sees (Note [backward masks]).
+  key_range keys_of(index_t ib, index_t pos) const noexcept {
+    return visible_key_range(pos, sq_of(ib), kv_len(ib), causal, window_left, window_right);
+  }
+
+ private:
+  static index_t at(std::span<const index_t> a, index_t i) noexcept { return a[static_cast<std::size_t>(i)]; }
 };
 
 template <class Isa>
@@ -262,7 +292,7 @@ struct backward_kernel {
     const index_t g = pb.active[gi];
     const auto heads = pb.map->q_heads(g);
     const index_t G = static_cast<index_t>(heads.size());
-    const index_t d = pb.q.d, dv = pb.v.d, dp = pb.dp, dvp = pb.dvp, sq = pb.q.s, skv = pb.k.s;
+    const index_t d = pb.q.d, dv = pb.v.d, dp = pb.dp, dvp = pb.dvp, sq = pb.sq_of(ib), skv = pb.skv_of(ib);
     const index_t block_q = block_positions(G);
     const index_t rows_max = G * std::min(block_q, p1 - p0);
     const layout lay = plan_scratch(rows_max, d, dv, dp, dvp);
@@ -309,19 +339,19 @@ struct backward_kernel {
         }
         const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
         // Widened as they are packed (Note [16-bit backward]; a copy for float).
-        const In* qs = pb.q.row(ib, pos, h);
-        const In* ds = pb.dout.row(ib, pos, h);
+        const In* qs = pb.q_row(pb.q, ib, pos, h);
+        const In* ds = pb.q_row(pb.dout, ib, pos, h);
         std::transform(qs, qs + d, qr + r * dp, [](In x) noexcept { return to_float(x); });
         std::fill(qr + r * dp + d, qr + (r + 1) * dp, 0.0f);
         std::transform(ds, ds + dv, dor + r * dvp, [](In x) noexcept { return to_float(x); });
         std::fill(dor + r * dvp + dv, dor + (r + 1) * dvp, 0.0f);
         for (index_t c = 0; c < d; ++c) qt[c * rp + r] = qr[r * dp + c];
         for (index_t c = 0; c < dv; ++c) dot[c * rp + r] = dor[r * dvp + c];
-        const float l = pb.lse[static_cast<std::size_t>((ib * pb.q.h + h) * sq + pos)];
+        const float l = pb.lse_of(ib, h, pos);
         nlse[r] = l == k_neg_inf ? k_neg_inf : -l;
         const key_range keys = pb.keys_of(ib, pos);
         any_row = any_row || (l != k_neg_inf && keys.hi > keys.lo);
-        dd[r] = dot_row(ds, pb.o.row(ib, pos, h), dv);
+        dd[r] = dot_row(ds, pb.q_row(pb.o, ib, pos, h), dv);
         nsl[r] = alibi ? -pb.alibi[static_cast<std::size_t>(h)] : 0.0f;
       }
       std::fill(dqa, dqa + rows * dp, 0.0f);
@@ -334,8 +364,8 @@ struct backward_kernel {
         const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
         // The block's K and V rows, copied into the task's scratch, padded to dp and dvp (Note [backward K/V
         // copy]).
-        tiled::pack_v(strided_rows<In>{pb.k.row(ib, j0, g), pb.k.stride_s}, d, nb, dp, kr);
-        tiled::pack_v(strided_rows<In>{pb.v.row(ib, j0, g), pb.v.stride_s}, dv, nb, dvp, vr);
+        tiled::pack_v(strided_rows<In>{pb.k_row(pb.k, ib, j0, g), pb.k.stride_s}, d, nb, dp, kr);
+        tiled::pack_v(strided_rows<In>{pb.k_row(pb.v, ib, j0, g), pb.v.stride_s}, dv, nb, dvp, vr);
         // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: the block's keys are the tile's rows.
         product<assign_tile>(kr, dp, nb, qt, rp, rp, d, st, rp);
         product<assign_tile>(vr, dvp, nb, dot, rp, rp, dv, dst, rp);
@@ -381,7 +411,7 @@ struct backward_kernel {
       }
       for (index_t r = 0; r < rows; ++r) {
         const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
-        std::transform(dqa + r * dp, dqa + r * dp + d, pb.dq.row(ib, pos, h),
+        std::transform(dqa + r * dp, dqa + r * dp + d, pb.q_row(pb.dq, ib, pos, h),
                        [](float x) noexcept { return from_float<Out>(x); });  // rounded once (Out 16-bit)
       }
     }
@@ -431,74 +461,110 @@ struct backward_kernel {
 };
 
 /// The backward core. T: the inputs' element type (float, bf16, f16), G: the gradients' (float, or T; Note
-/// [16-bit backward]).
+/// [16-bit backward]). cu_q, cu_k: a ragged batch's offsets (Note [ragged backward]), or empty (dense).
 template <class Isa, class T, class G>
 void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
               tensor_view<const T> dout, std::span<const float> lse, tensor_view<G> dq, tensor_view<G> dk,
-              tensor_view<G> dv, const head_map& map, const attention_options& opt) {
+              tensor_view<G> dv, const head_map& map, const attention_options& opt,
+              std::span<const index_t> cu_q = {}, std::span<const index_t> cu_k = {}) {
   using K = backward_kernel<Isa>;
   const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(q.d));
-  const index_t sq = q.s, skv = k.s;
   const index_t dp = round_up(q.d, K::L), dvp = round_up(v.d, K::L);
 
   std::vector<index_t> active;
   for (index_t g = 0; g < map.hkv(); ++g)
     if (map.group_size(g) > 0) active.push_back(g);
   const index_t n_active = static_cast<index_t>(active.size());
-  const index_t base_tasks = q.b * n_active;
-  // Query ranges per (batch, KV head): enough tasks, whole query blocks of the largest group, shapes only.
+  const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
+  backward_problem<T, G> pb{q, k, v, o, dout, lse, dq, &map, active.data(), scale, opt.causal, -1, -1,
+                            opt.softcap, opt.alibi_slopes, kv_lengths, dp, dvp, cu_q, cu_k};
+  const index_t n_seq = pb.sequences();
+  // The longest sequence's positions and keys (a dense call's sq and skv).
+  index_t sq = 0, skv = 0;
+  for (index_t ib = 0; ib < n_seq; ++ib) {
+    sq = std::max(sq, pb.sq_of(ib));
+    skv = std::max(skv, pb.skv_of(ib));
+  }
+  pb.window_left = window_side(opt.window_left, sq, skv);
+  pb.window_right = window_side(opt.window_right, sq, skv);
+  const index_t base_tasks = n_seq * n_active;
+  // Query ranges per (sequence, KV head): enough tasks, whole query blocks of the largest group, shapes
+  // only; a sequence of n positions has ceil(n / range) of them.
   const index_t block_q = K::block_positions(std::max<index_t>(1, map.max_group_size()));
   const index_t n_qblocks = (sq + block_q - 1) / block_q;
   index_t n_ranges = 1;
   if (base_tasks > 0 && base_tasks < k_backward_min_tasks)
     n_ranges = std::min(n_qblocks, (k_backward_min_tasks + base_tasks - 1) / base_tasks);
-  const index_t range = (n_qblocks + n_ranges - 1) / n_ranges * block_q;
+  const index_t range = std::max<index_t>(1, (n_qblocks + n_ranges - 1) / n_ranges * block_q);
   n_ranges = (sq + range - 1) / range;
+  const auto ranges_of = [&](index_t ib) { return (pb.sq_of(ib) + range - 1) / range; };
 
-  const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
-  const backward_problem<T, G> pb{q, k, v, o, dout, lse, dq, &map, active.data(), scale, opt.causal,
-                                  window_side(opt.window_left, sq, skv), window_side(opt.window_right, sq, skv),
-                                  opt.softcap, opt.alibi_slopes, kv_lengths, dp, dvp};
   // dK/dV accumulate straight into dk, dv when one task owns a KV head's keys and rows need no padding;
   // else into accumulators (kept by the calling thread for its next call: a fresh buffer of this size
   // costs a page fault per 4 KiB, measured at ~10% of P1's time), added in range order at the end.
-  const bool direct = std::is_same_v<G, float> && n_ranges == 1 && dp == k.d && dvp == v.d;
-  const index_t slot = direct ? 0 : skv * (dp + dvp);
-  float* acc = direct ? nullptr : thread_scratch(static_cast<std::size_t>(n_ranges * base_tasks * slot), 1);
-  // Task i: range n_ranges − 1 − i / base_tasks of (batch, active KV head) pair bg = i % base_tasks, last
-  // ranges first: under a causal mask later positions see more keys, and the built-in loop hands out
-  // tasks in index order, so the longest go first and the short ones even out the end. Pair bg takes
-  // its sequence ib and KV head gi as Note [backward task order] says; its accumulator is slot
-  // (ib·n_active + gi)·n_ranges + r, where the last pass finds it.
-  const index_t lanes = std::min<index_t>(q.b, resolve_threads(opt.num_threads));
-  run_tasks(n_ranges * base_tasks, executor_of(opt), [&](index_t i) {
-    const index_t r = n_ranges - 1 - i / base_tasks, bg = i % base_tasks;
-    const dealt_task dt = deal_sequences(bg, n_active, lanes, q.b);
-    const index_t ib = dt.seq, gi = dt.local, p0 = r * range;
+  // Sequence ib's accumulators start at floats seq_acc[ib]: one slot of skv_of(ib)·(dp + dvp) per (active
+  // KV head gi, range r), at (gi·ranges_of(ib) + r) slots.
+  const bool direct = std::is_same_v<G, float> && n_ranges <= 1 && dp == k.d && dvp == v.d;
+  std::vector<index_t> seq_acc(static_cast<std::size_t>(n_seq) + 1, 0);
+  for (index_t ib = 0; ib < n_seq; ++ib)
+    seq_acc[static_cast<std::size_t>(ib) + 1] =
+        seq_acc[static_cast<std::size_t>(ib)] +
+        (direct ? 0 : n_active * ranges_of(ib) * pb.skv_of(ib) * (dp + dvp));
+  float* acc = direct ? nullptr : thread_scratch(static_cast<std::size_t>(seq_acc.back()), 1);
+  const auto slot_of = [&](index_t ib, index_t gi, index_t r) {
+    return acc + seq_acc[static_cast<std::size_t>(ib)] + (gi * ranges_of(ib) + r) * pb.skv_of(ib) * (dp + dvp);
+  };
+  const auto run_task = [&](index_t ib, index_t gi, index_t r) {
+    const index_t p0 = r * range, p1 = std::min(pb.sq_of(ib), p0 + range), nk = pb.skv_of(ib);
     if constexpr (std::is_same_v<G, float>) {
       if (direct) {
         const index_t g = active[static_cast<std::size_t>(gi)];
-        K::run(pb, ib, gi, p0, std::min(sq, p0 + range), dk.row(ib, 0, g), dk.stride_s, dv.row(ib, 0, g),
-               dv.stride_s);
+        K::run(pb, ib, gi, p0, p1, pb.k_row(dk, ib, 0, g), dk.stride_s, pb.k_row(dv, ib, 0, g), dv.stride_s);
         return;
       }
     }
-    {
-      float* a = acc + ((ib * n_active + gi) * n_ranges + r) * slot;
-      K::run(pb, ib, gi, p0, std::min(sq, p0 + range), a, dp, a + skv * dp, dvp);
-    }
-  });
+    float* a = slot_of(ib, gi, r);
+    K::run(pb, ib, gi, p0, p1, a, dp, a + nk * dp, dvp);
+  };
+  if (!pb.ragged()) {
+    // Task i: range n_ranges − 1 − i / base_tasks of (batch, active KV head) pair bg = i % base_tasks,
+    // last ranges first: under a causal mask later positions see more keys, and the built-in loop hands
+    // out tasks in index order, so the longest go first and the short ones even out the end. Pair bg
+    // takes its sequence ib and KV head gi as Note [backward task order] says.
+    const index_t lanes = std::min<index_t>(q.b, resolve_threads(opt.num_threads));
+    run_tasks(n_ranges * base_tasks, executor_of(opt), [&](index_t i) {
+      const index_t r = n_ranges - 1 - i / base_tasks;
+      const dealt_task dt = deal_sequences(i % base_tasks, n_active, lanes, q.b);
+      run_task(dt.seq, dt.local, r);
+    });
+  } else {
+    // A ragged batch: the (sequence, KV head, range) tasks that exist, the longest sequences' last ranges
+    // first (the same reasoning; Note [ragged backward]).
+    struct task {
+      index_t ib, gi, r;
+    };
+    std::vector<task> tasks;
+    for (index_t r = n_ranges - 1; r >= 0; --r)
+      for (index_t ib = 0; ib < n_seq; ++ib)
+        if (r < ranges_of(ib))
+          for (index_t gi = 0; gi < n_active; ++gi) tasks.push_back({ib, gi, r});
+    run_tasks(static_cast<index_t>(tasks.size()), executor_of(opt), [&](index_t i) {
+      const task& t = tasks[static_cast<std::size_t>(i)];
+      run_task(t.ib, t.gi, t.r);
+    });
+  }
 
-  // KV heads that serve no query head get 0; accumulated ones, their ranges added in range order.
-  run_tasks(q.b * map.hkv(), executor_of(opt), [&](index_t t) {
-    const index_t ib = t / map.hkv(), g = t % map.hkv();
+  // KV heads that serve no query head get 0, and so do the keys of a sequence without queries; accumulated
+  // ones, their ranges added in range order.
+  run_tasks(n_seq * map.hkv(), executor_of(opt), [&](index_t t) {
+    const index_t ib = t / map.hkv(), g = t % map.hkv(), nr = ranges_of(ib);
     const auto it = std::lower_bound(active.begin(), active.end(), g);
-    const bool used = it != active.end() && *it == g;
+    const bool used = it != active.end() && *it == g && nr > 0;
     if (used && direct) return;
-    const index_t bg = ib * n_active + (it - active.begin());
-    for (index_t j = 0; j < skv; ++j) {
-      G* dkr = dk.row(ib, j, g);
-      G* dvr = dv.row(ib, j, g);
+    const index_t gi = it - active.begin();
+    for (index_t j = 0; j < pb.skv_of(ib); ++j) {
+      G* dkr = pb.k_row(dk, ib, j, g);
+      G* dvr = pb.k_row(dv, ib, j, g);
       if (!used) {
         std::fill(dkr, dkr + k.d, from_float<G>(0.0f));
         std::fill(dvr, dvr + v.d, from_float<G>(0.0f));
@@ -506,9 +572,10 @@ void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const 
       }
       // The ranges' sums in range order, in fp32 (into the first range's accumulator, which only this
       // task reads), then each element rounded once to G (a copy for float).
-      float* ak = acc + bg * n_ranges * slot + j * dp;
-      float* av = acc + bg * n_ranges * slot + skv * dp + j * dvp;
-      for (index_t r = 1; r < n_ranges; ++r) {
+      const index_t slot = pb.skv_of(ib) * (dp + dvp);
+      float* ak = slot_of(ib, gi, 0) + j * dp;
+      float* av = slot_of(ib, gi, 0) + pb.skv_of(ib) * dp + j * dvp;
+      for (index_t r = 1; r < nr; ++r) {
         const float* ark = ak + r * slot;
         const float* arv = av + r * slot;
         for (index_t c = 0; c < k.d; ++c) ak[c] += ark[c];
@@ -524,18 +591,31 @@ void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const 
     run_tasks(q.h, executor_of(opt), [&](index_t h) {
       const double sink = opt.sinks[static_cast<std::size_t>(h)];
       double sum = 0.0;
-      for (index_t ib = 0; ib < q.b; ++ib)
-        for (index_t pos = 0; pos < sq; ++pos) {
+      for (index_t ib = 0; ib < n_seq; ++ib)
+        for (index_t pos = 0; pos < pb.sq_of(ib); ++pos) {
           const key_range keys = pb.keys_of(ib, pos);
-          const float l = lse[static_cast<std::size_t>((ib * q.h + h) * sq + pos)];
+          const float l = pb.lse_of(ib, h, pos);
           if (keys.hi <= keys.lo || l == k_neg_inf) continue;  // O = 0 whatever the sink
           sum += std::exp(sink - static_cast<double>(l)) *
-                 static_cast<double>(K::dot_row(dout.row(ib, pos, h), o.row(ib, pos, h), v.d));
+                 static_cast<double>(K::dot_row(pb.q_row(dout, ib, pos, h), pb.q_row(o, ib, pos, h), v.d));
         }
       opt.dsinks[static_cast<std::size_t>(h)] = static_cast<float>(-sum);
     });
   }
 }
+
+// Note [ragged backward]
+// The backward of a ragged batch (FlashAttention's varlen backward) is the dense backward's tasks with a
+// sequence in place of a batch element: backward_problem maps (sequence, position, head) to a row of the
+// packed views through the offsets (q_row, k_row), reads the LSE laid out [hq][total_q] (the ragged
+// forward's), and masks each sequence by its own query and key counts (causal bottom-right per sequence,
+// as the ragged forward). The query ranges have one length for the call, chosen from the longest
+// sequence as the dense rule chooses it from sq, so a sequence of n positions has ceil(n / range) of
+// them and its dK/dV accumulators are its own keys' rows only; the tasks that exist are listed last
+// ranges first, longest sequences first within a range. A sequence without queries gets dK = dV = 0 for
+// its keys; one without keys has no rows that see a key (dQ = 0). The same bits for any thread count; a
+// sequence's gradients are the dense backward's of that sequence alone whenever both calls have the same
+// ranges (one range each: every task sees the same rows in the same order).
 
 }  // namespace detail::core
 GQA_END_NAMESPACE

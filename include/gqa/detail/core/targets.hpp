@@ -192,20 +192,22 @@ void forward_ragged_on(named_target on, tensor_view<const Q> q, tensor_view<cons
 }
 
 /// The backward core on `on` (target_of's result). T: the inputs' element type, G: the gradients' (Note
-/// [16-bit backward]).
+/// [16-bit backward]); cu_q, cu_k: a ragged batch's offsets, or empty (Note [ragged backward]).
 template <class Isa, class T, class G>
 void backward_on(Isa, tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
                  tensor_view<const T> dout, std::span<const float> lse, tensor_view<G> dq, tensor_view<G> dk,
-                 tensor_view<G> dv, const head_map& map, const attention_options& opt) {
-  backward<Isa>(q, k, v, o, dout, lse, dq, dk, dv, map, opt);
+                 tensor_view<G> dv, const head_map& map, const attention_options& opt,
+                 std::span<const index_t> cu_q = {}, std::span<const index_t> cu_k = {}) {
+  backward<Isa>(q, k, v, o, dout, lse, dq, dk, dv, map, opt, cu_q, cu_k);
 }
 /// A template, so that a translation unit that never calls the backward never instantiates it (three
 /// cores' worth of template instantiation in a dispatching TU otherwise).
 template <class T, class G>
 void backward_on(named_target on, tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
                  tensor_view<const T> o, tensor_view<const T> dout, std::span<const float> lse, tensor_view<G> dq,
-                 tensor_view<G> dk, tensor_view<G> dv, const head_map& map, const attention_options& opt) {
-  GQA_CORE_ON(on, backward, q, k, v, o, dout, lse, dq, dk, dv, map, opt)
+                 tensor_view<G> dk, tensor_view<G> dv, const head_map& map, const attention_options& opt,
+                 std::span<const index_t> cu_q = {}, std::span<const index_t> cu_k = {}) {
+  GQA_CORE_ON(on, backward, q, k, v, o, dout, lse, dq, dk, dv, map, opt, cu_q, cu_k)
 }
 
 /// The key-norm walk (key_norms.hpp) on `on` (Note [dispatched key norms]).
