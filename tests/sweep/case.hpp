@@ -530,7 +530,7 @@ inline case_spec draw_case(source& r, const limits& lim) {
         in.value = k_nan;
   // The backward, on the calls it takes (Note [sweep backward]).
   const bool backward = r.chance(40);
-  c.backward = backward && c.variant < 0 && c.kv_kind == 0 && c.kv == kv_type::f32 && c.injections.empty() &&
+  c.backward = backward && c.variant < 0 && c.kv_kind != 1 && c.kv == kv_type::f32 && c.injections.empty() &&
                !c.check_finite;
   if (c.backward) c.lse = true;  // its input
   return c;
@@ -1338,8 +1338,10 @@ inline std::string check_widened_bits(const case_spec& c, const result& f, const
 }
 
 // Note [sweep backward]
-// About 40% of the cases that call gqa::attend on dense float views with finite inputs (no injections, no
-// check_finite; about 12% of all cases) also run gqa::attend_backward on every ISA, from that ISA's forward
+// About 40% of the cases that call gqa::attend on dense float views or a float ragged batch with finite
+// inputs (no injections, no check_finite; about 12% of all cases) also run gqa::attend_backward on every
+// ISA (the ragged batch's overload on the packed rows, its dK/dV scattered back into the dense layout with
+// +0 past each sequence's keys), from that ISA's forward
 // O and LSE and a dout drawn uniform in [-1, 1] (laid out as o), with the case's options (masks, softcap,
 // sinks with options.dsinks, ALiBi), head map and executor, and gradients laid out as q, k and v. Each
 // element of dq, dk, dv and dsinks is checked against reference::attention_backward (double, from q, k, v
@@ -1409,11 +1411,50 @@ inline backward_result run_backward_on(const runner& isa, const case_spec& c, co
   k.opt.dsinks = g.dsinks;
   if (threads == 1) k.opt.num_threads = 2;
   if (threads == 2) k.opt.parallel_for = reverse_two_threads;
+  // A ragged batch: the packed rows (q, o, dout and dq BSHD without padding are the packed query rows), the
+  // LSE in its [hq][total_q] layout, dK/dV packed and then scattered into the dense layout of g.dk, g.dv,
+  // whose rows past a sequence's keys get +0 (what the reference gives them).
+  const index_t hq = c.heads.hq, hkv = c.heads.kv_in, tq = c.b * c.sq;
+  const index_t tk = c.kv_kind == 2 ? in.cu_k.back() : 0;
+  std::vector<float> lse_r, pdk, pdv;
+  if (c.kv_kind == 2) {
+    g.dq = make_buffer(layout{}, c.b, c.sq, hq, c.d);
+    const auto packed = [&](const auto& t) {
+      return std::remove_cvref_t<decltype(t)>{t.data, 1, tq, t.h, t.d, 0, t.stride_s, t.stride_h, t.stride_d};
+    };
+    k.q = in.rqv;
+    k.k = in.rkv;
+    k.v = in.rvv;
+    k.o = packed(k.o);
+    k.dout = packed(k.dout);
+    k.dq = packed(g.dq.view);
+    pdk.assign(static_cast<std::size_t>(tk * hkv * c.d), k_sentinel);
+    pdv.assign(static_cast<std::size_t>(tk * hkv * c.dv), k_sentinel);
+    k.dk = gqa::thd(pdk.data(), tk, hkv, c.d);
+    k.dv = gqa::thd(pdv.data(), tk, hkv, c.dv);
+    lse_r.resize(fwd.lse.size());
+    for (index_t ib = 0; ib < c.b; ++ib)  // [b][hq][sq] to [hq][b·sq]
+      for (index_t h = 0; h < hq; ++h)
+        for (index_t i = 0; i < c.sq; ++i)
+          lse_r[static_cast<std::size_t>(h * tq + ib * c.sq + i)] = fwd.lse[static_cast<std::size_t>((ib * hq + h) * c.sq + i)];
+    k.lse = lse_r;
+    k.opt.kv_lengths = {};
+    k.seqs = &in.seqs;
+  }
   try {
     isa.backward(k);
   } catch (const gqa::invalid_argument& x) {
     g.error = x.what();
   }
+  if (c.kv_kind == 2 && g.error.empty())
+    for (index_t ib = 0; ib < c.b; ++ib)
+      for (index_t j = 0; j < c.skv; ++j)
+        for (index_t h = 0; h < hkv; ++h) {
+          const index_t len = in.cu_k[static_cast<std::size_t>(ib) + 1] - in.cu_k[static_cast<std::size_t>(ib)];
+          const index_t row = in.cu_k[static_cast<std::size_t>(ib)] + j;
+          for (index_t x = 0; x < c.d; ++x) g.dk.view.row(ib, j, h)[x] = j < len ? k.dk.row(0, row, h)[x] : 0.0f;
+          for (index_t x = 0; x < c.dv; ++x) g.dv.view.row(ib, j, h)[x] = j < len ? k.dv.row(0, row, h)[x] : 0.0f;
+        }
   return g;
 }
 

@@ -55,13 +55,14 @@ struct call {
   const gqa::paged_q8_kv* paged8 = nullptr;
 };
 
-/// One backward call: gqa::attend_backward<Isa> (float, dense views) with `map`.
+/// One backward call: gqa::attend_backward<Isa> (float) with `map`, on dense views or (seqs) a ragged batch.
 struct backward_call {
   gqa::tensor_view<const float> q, k, v, o, dout;
   std::span<const float> lse;
   gqa::tensor_view<float> dq, dk, dv;
   const gqa::head_map* map = nullptr;
   gqa::attention_options opt;
+  const gqa::varlen* seqs = nullptr;
 };
 
 /// An ISA the sweep can run: its name, whether this CPU runs it, and the forward and backward calls on it.
@@ -156,8 +157,12 @@ void run_call(const call& c) {
   namespace {                                                                                                  \
   void run_##isa_name(const call& c) { run_call<::gqa::isa::isa_name>(c); }                                   \
   void backward_##isa_name(const backward_call& c) {                                                           \
-    ::gqa::attend_backward<::gqa::isa::isa_name>(c.q, c.k, c.v, c.o, c.dout, c.lse, c.dq, c.dk, c.dv, *c.map,  \
-                                                 c.opt);                                                       \
+    if (c.seqs)                                                                                                \
+      ::gqa::attend_backward<::gqa::isa::isa_name>(c.q, c.k, c.v, c.o, c.dout, c.lse, c.dq, c.dk, c.dv, *c.map, \
+                                                   *c.seqs, c.opt);                                            \
+    else                                                                                                       \
+      ::gqa::attend_backward<::gqa::isa::isa_name>(c.q, c.k, c.v, c.o, c.dout, c.lse, c.dq, c.dk, c.dv, *c.map, \
+                                                   c.opt);                                                     \
   }                                                                                                            \
   bool supported_##isa_name() { return ::gqa::isa::cpu_supports<::gqa::isa::isa_name>(); }                    \
   }                                                                                                            \
