@@ -225,14 +225,17 @@ inline std::vector<double> ragged_key_norms(const q8_view& k, std::span<const in
 /// Q/O of QO (float, or KV's 16-bit type). The policy's steps run in fp32 (Notes [16-bit Q/O policies],
 /// [int8 policies]): prepare() is given the caller's K/V, or fp32 copies of an int8 cache's packed K and V
 /// (kept by the calling thread), and the core then runs on its float result; a finish step on a 16-bit O
-/// works on an fp32 copy of O, rounded into O at the end.
+/// works on an fp32 copy of O, rounded into O at the end. With `saved` (forward_train(varlen)): the call,
+/// its offsets, its map(s) and its LSE ([hq][total_q]) are kept, and finish_ragged_train replaces
+/// finish_ragged.
 template <class Isa, class Policy, class KVView, class QO>
 void forward_varlen(Policy& p, const tensor_view<const QO>& q, const KVView& k, const KVView& v,
-                    const tensor_view<QO>& o_out, const varlen& seqs, const attention_options& opt) {
+                    const tensor_view<QO>& o_out, const varlen& seqs, const attention_options& opt,
+                    saved_forward<std::remove_cv_t<Policy>>* saved = nullptr) {
   using KV = view_element_t<KVView>;
   constexpr bool int8 = std::is_same_v<KV, std::int8_t>;
   using PrepareKV = std::conditional_t<int8, float, KV>;  // what prepare() is given
-  constexpr const char* where = "gqa::forward(varlen)";
+  const char* where = saved ? "gqa::forward_train(varlen)" : "gqa::forward(varlen)";
   check_ragged_policy<Policy>(where);
   check_varlen(q, k, v, o_out, seqs, opt, where);  // everything before the policy's own work
   const auto on = core::target_of<Isa>(opt);
@@ -243,6 +246,12 @@ void forward_varlen(Policy& p, const tensor_view<const QO>& q, const KVView& k, 
   const auto o = core_output<buffered>(o_out);  // float where a finish step meets a 16-bit O
   if constexpr (policy_with_ragged_finish<Policy>) p.check_ragged(o, cu_q);
   const executor ex = executor_of(opt);
+  attention_options call = opt;
+  if (saved) {
+    call.lse = begin_saved(*saved, q, values_of(k), values_of(v), o_out, opt);
+    saved->cu_q = cu_q;
+    saved->cu_k = cu_k;
+  }
   // One plan for the batch, or one per sequence (Note [policies on a ragged batch]).
   const auto b = static_cast<index_t>(cu_q.size()) - 1;
   const bool per_sample = plans_per_sample(p, b);
@@ -254,8 +263,19 @@ void forward_varlen(Policy& p, const tensor_view<const QO>& q, const KVView& k, 
       const std::span<const index_t> rk = std::span<const index_t>(cu_k).subspan(first, n);
       const head_map map = plan_without_dense_keys(p, q, values_of(kk), [&] { return ragged_key_norms(kk, rk); });
       check_map(map, q, kk, where);
-      run_varlen(on, q, kk, vv, o, rq, rk, map, opt);
-      if constexpr (policy_with_ragged_finish<Policy>) p.finish_ragged(o, rq, map, ex);
+      run_varlen(on, q, kk, vv, o, rq, rk, map, call);
+      if constexpr (policy_with_ragged_finish<Policy>) {
+        if constexpr (policy_with_ragged_training<std::remove_cv_t<Policy>>) {
+          if (saved) {
+            p.finish_ragged_train(saved->policy, o, rq, map, ex);
+          } else {
+            p.finish_ragged(o, rq, map, ex);
+          }
+        } else {
+          p.finish_ragged(o, rq, map, ex);
+        }
+      }
+      if (saved) saved->maps.push_back(map);
     }
   };
   if constexpr (policy_with_prepare<Policy, PrepareKV>) {
@@ -272,6 +292,7 @@ void forward_varlen(Policy& p, const tensor_view<const QO>& q, const KVView& k, 
   } else {
     run_on(k, v);
   }
+  if (saved && !opt.lse.empty()) std::copy(saved->lse.begin(), saved->lse.end(), opt.lse.begin());
   if constexpr (buffered) round_into(tensor_view<const float>(o), o_out);
 }
 }  // namespace detail
@@ -420,6 +441,96 @@ void attend_backward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tenso
   detail::attend_backward_varlen<Isa>(tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v),
                                       tensor_view<const T>(o), tensor_view<const T>(dout), lse, dq, dk, dv, map,
                                       seqs, opt);
+}
+
+/// forward() on a ragged batch for training: the same call (same output, same policy state changes) that
+/// also returns what backward(varlen) needs (its offsets, map(s), the LSE laid out [hq][total_q], what the
+/// policy recorded: PGQA's statistics per (sequence, head)). Float Q, K, V, O. Keep q, k, v, o and the
+/// offsets unchanged until backward has run. Throws as forward(varlen) does.
+template <class Isa = isa::dispatch, attention_policy P>
+saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                               tensor_view<float> o, const varlen& seqs, const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::forward_train<Isa>: this translation unit is not compiled with flags for Isa");
+  static_assert(!policy_with_ragged_finish<P> || policy_with_ragged_training<P>,
+                "gqa::forward_train(varlen): this policy's finish_ragged has no finish_ragged_train / "
+                "finish_ragged_backward (policy_with_ragged_training)");
+  static_assert(!policy_with_ragged_finish<P> || !policy_with_per_sample<P>,
+                "gqa::forward_train(varlen): a policy that plans per sample cannot finish (not supported yet)");
+  saved_forward<P> saved;
+  detail::forward_varlen<Isa>(p, q, k, v, o, seqs, opt, &saved);
+  return saved;
+}
+
+/// The gradients of the forward_train(varlen) call that returned `saved`: dq, dk, dv (gqa::thd views like
+/// q, k, v: the caller's packed tensors, before any prepare()) from dout = ∂L/∂o, the same q, k, v, o,
+/// offsets and options (threads may differ). Runs the policy's backward steps around the ragged core
+/// backward (Note [ragged backward] in detail/core/backward.hpp) on the recorded map(s): WGQA's
+/// prepare_backward on the packed K/V, PGQA's finish_ragged_backward per sequence, one core call per
+/// sequence for a per-sample plan (dsinks summed in sequence order). Everything else as backward(); throws
+/// as backward() does, for offsets other than the forward's, and for a `saved` of a dense forward.
+template <class Isa = isa::dispatch, attention_policy P>
+void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, tensor_view<const float> k,
+              tensor_view<const float> v, tensor_view<const float> o, tensor_view<const float> dout,
+              tensor_view<float> dq, tensor_view<float> dk, tensor_view<float> dv, const varlen& seqs,
+              const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::backward<Isa>: this translation unit is not compiled with flags for Isa");
+  constexpr const char* where = "gqa::backward(varlen)";
+  detail::check_backward_call(saved, q, k, v, o, dout, dq, dk, dv, opt, true);
+  const auto same = [](const integer_span& a, const std::vector<index_t>& b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < b.size(); ++i)
+      if (a[i] != b[i]) return false;
+    return true;
+  };
+  if (!same(seqs.cu_seqlens_q, saved.cu_q))
+    detail::fail(where, ": seqs.cu_seqlens_q (size ", seqs.cu_seqlens_q.size(), "): must equal the forward's (size ",
+                 saved.cu_q.size(), ")");
+  if (!same(seqs.cu_seqlens_k, saved.cu_k))
+    detail::fail(where, ": seqs.cu_seqlens_k (size ", seqs.cu_seqlens_k.size(), "): must equal the forward's (size ",
+                 saved.cu_k.size(), ")");
+  const tensor_view<float> ds = detail::span_view(opt.dsinks);
+  for (const integer_span* cu : {&seqs.cu_seqlens_q, &seqs.cu_seqlens_k}) {
+    const char* name = cu == &seqs.cu_seqlens_q ? "seqs.cu_seqlens_q" : "seqs.cu_seqlens_k";
+    for (const auto& [g, gname] : {detail::named_view<float>{dq, "dq"}, {dk, "dk"}, {dv, "dv"}})
+      detail::require_outside_output(cu->data(), cu->size_bytes(), name, g, gname, where);
+    if (ds.d > 0) detail::require_outside_output(cu->data(), cu->size_bytes(), name, ds, "options.dsinks", where);
+  }
+  const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws before any work
+  kv_views kv{k, v};
+  if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);  // Note [backward recomputes prepare]
+  std::vector<float> dk_buf, dv_buf;
+  tensor_view<float> dk_core = dk, dv_core = dv;
+  if constexpr (policy_with_prepare_backward<P>) {
+    dk_buf.resize(static_cast<std::size_t>(kv.k.b * kv.k.s * kv.k.h * kv.k.d));
+    dv_buf.resize(static_cast<std::size_t>(kv.v.b * kv.v.s * kv.v.h * kv.v.d));
+    dk_core = bshd(dk_buf.data(), kv.k.b, kv.k.s, kv.k.h, kv.k.d);
+    dv_core = bshd(dv_buf.data(), kv.v.b, kv.v.s, kv.v.h, kv.v.d);
+  }
+  attention_options call = opt;
+  call.lse = {};
+  const executor ex = executor_of(call);
+  const std::span<const index_t> cu_q = saved.cu_q, cu_k = saved.cu_k;
+  output_grad_views og{o, dout};
+  std::vector<float> finish_buf;
+  if constexpr (policy_with_ragged_training<P>)
+    og = p.finish_ragged_backward(saved.policy, o, dout, cu_q, saved.maps[0], ex, finish_buf);
+  // One core call for the batch, or one per sequence with its own map (a per-sample plan): the sinks'
+  // gradient is then the sum of the sequences', in order.
+  const auto runs = saved.maps.size();
+  const std::size_t per_run = runs == 1 ? cu_q.size() - 1 : 1;
+  std::vector<float> dsinks_run(call.dsinks.size());
+  for (std::size_t r = 0; r < runs; ++r) {
+    attention_options ro = call;
+    if (r > 0) ro.dsinks = dsinks_run;
+    detail::core::backward_on(on, q, kv.k, kv.v, og.o, og.dout, std::span<const float>(saved.lse), dq, dk_core,
+                              dv_core, saved.maps[r], ro, cu_q.subspan(r * per_run, per_run + 1),
+                              cu_k.subspan(r * per_run, per_run + 1));
+    if (r > 0)
+      for (std::size_t h = 0; h < dsinks_run.size(); ++h) call.dsinks[h] += dsinks_run[h];
+  }
+  if constexpr (policy_with_prepare_backward<P>) p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);
 }
 
 GQA_END_NAMESPACE

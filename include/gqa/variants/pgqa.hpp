@@ -488,12 +488,59 @@ class pgqa_policy {
   }
 
   /// What a training forward keeps (gqa::forward_train): whether and with which call index the output was
-  /// perturbed, and the row statistics of the core's output.
+  /// perturbed, and the row statistics of the core's output ([b][h]; on a ragged batch [sequence][h] over
+  /// the sequences with queries).
   struct saved {
     bool perturbed = false;
     std::uint64_t call = 0;
     pgqa_statistics statistics;
   };
+
+  /// finish_ragged() for gqa::forward_train on a ragged batch: the same, recording in `s` the call index
+  /// and the perturbs() decision it took and, when it perturbs, μ and σ of every (sequence, head) row of
+  /// the core's output (pgqa_row_statistics of each sequence's rows, the bits pgqa_perturb_ragged uses).
+  void finish_ragged_train(saved& s, const tensor_view<float>& o, std::span<const index_t> cu_q, const head_map& map,
+                           const executor& ex = {}) {
+    check_finish_map(o, map);
+    const std::uint64_t call = calls_.fetch_add(1);
+    const bool perturb = perturbs();
+    s.perturbed = perturb;
+    s.call = call;
+    s.statistics = {};
+    if (!perturb) return;
+    for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
+      if (cu_q[i + 1] == cu_q[i]) continue;
+      const pgqa_statistics st = pgqa_row_statistics(sequence_rows(tensor_view<const float>(o), cu_q, i), ex);
+      s.statistics.mu.insert(s.statistics.mu.end(), st.mu.begin(), st.mu.end());
+      s.statistics.sigma.insert(s.statistics.sigma.end(), st.sigma.begin(), st.sigma.end());
+    }
+    pgqa_perturb_ragged(o, cu_q, map.hkv(), opt_.seed, opt_.layer, call, ex);
+  }
+  /// The backward of finish_ragged() (finish_backward per sequence): sequence i's rows of a ragged call are
+  /// a dense call on them alone with the same call index (Note [PGQA on a ragged batch]), so each sequence
+  /// with queries runs pgqa_perturb_backward on its rows with its saved statistics.
+  output_grad_views finish_ragged_backward(const saved& s, const tensor_view<const float>& o,
+                                           const tensor_view<const float>& dout, std::span<const index_t> cu_q,
+                                           const head_map& map, const executor& ex, std::vector<float>& buffer) const {
+    if (!s.perturbed) return {o, dout};
+    const auto n = static_cast<std::size_t>(o.b * o.s * o.h * o.d);
+    buffer.resize(2 * n);
+    const auto x = bshd(buffer.data(), o.b, o.s, o.h, o.d), dx = bshd(buffer.data() + n, o.b, o.s, o.h, o.d);
+    std::size_t row = 0;  // statistics of the sequences with queries, in order
+    const auto h = static_cast<std::size_t>(o.h);
+    for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
+      if (cu_q[i + 1] == cu_q[i]) continue;
+      pgqa_statistics st;
+      st.mu.assign(s.statistics.mu.begin() + static_cast<std::ptrdiff_t>(row * h),
+                   s.statistics.mu.begin() + static_cast<std::ptrdiff_t>((row + 1) * h));
+      st.sigma.assign(s.statistics.sigma.begin() + static_cast<std::ptrdiff_t>(row * h),
+                      s.statistics.sigma.begin() + static_cast<std::ptrdiff_t>((row + 1) * h));
+      ++row;
+      pgqa_perturb_backward(sequence_rows(o, cu_q, i), sequence_rows(dout, cu_q, i), st, map.hkv(), opt_.seed,
+                            opt_.layer, s.call, sequence_rows(x, cu_q, i), sequence_rows(dx, cu_q, i), ex);
+    }
+    return {x, dx};
+  }
 
   /// Takes the next call index (advancing the counter) and perturbs o with it (per the mode), with the
   /// uniform groups of `map`. gqa::forward passes the call's executor, so the perturbation runs on the same
@@ -546,6 +593,15 @@ class pgqa_policy {
       if (perturb) s->statistics = pgqa_row_statistics(o, ex);
     }
     if (perturb) pgqa_perturb(o, map.hkv(), opt_.seed, opt_.layer, call, ex);
+  }
+
+  /// Rows [cu_q[i], cu_q[i + 1]) of the packed view t (b = 1), as a view of their own.
+  template <class T>
+  static tensor_view<T> sequence_rows(const tensor_view<T>& t, std::span<const index_t> cu_q, std::size_t i) noexcept {
+    tensor_view<T> r = t;
+    r.data += cu_q[i] * t.stride_s;
+    r.s = cu_q[i + 1] - cu_q[i];
+    return r;
   }
 
   /// map == head_map::uniform(map.hq(), map.hkv()), without building one (finish() runs on every call).

@@ -223,6 +223,19 @@ concept policy_with_prepare_backward =
       p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);
     };
 
+/// Optional, for forward_train/backward on a ragged batch of a policy with finish_ragged (PGQA):
+/// `finish_ragged_train(saved, o, cu_q, map, executor)` (finish_ragged that records what it did) and
+/// `finish_ragged_backward(saved, o, dout, cu_q, map, executor, buffer) -> output_grad_views` (its backward).
+template <class P>
+concept policy_with_ragged_training =
+    requires { typename P::saved; } &&
+    requires(P& p, typename P::saved& s, const typename P::saved& cs, const tensor_view<float>& o,
+             const tensor_view<const float>& co, std::span<const index_t> cu_q, const head_map& m, const executor& ex,
+             std::vector<float>& buffer) {
+      p.finish_ragged_train(s, o, cu_q, m, ex);
+      { p.finish_ragged_backward(cs, co, co, cu_q, m, ex, buffer) } -> std::convertible_to<output_grad_views>;
+    };
+
 /// What P records, or nothing.
 struct no_saved_state {};
 namespace detail {
@@ -256,6 +269,9 @@ struct saved_forward {
   index_t window_left = -1, window_right = -1;
   float softcap = 0.0f;
   std::vector<float> sinks, alibi_slopes;
+  /// A ragged batch's offsets (forward_train on a gqa::varlen), empty for dense views; the LSE is then
+  /// laid out [hq][total_q] and maps has one map, or one per sequence for a per-sample plan.
+  std::vector<index_t> cu_q, cu_k;
   /// True once forward_train() has filled it.
   bool valid() const noexcept { return !maps.empty(); }
 };
@@ -329,6 +345,29 @@ auto core_output(const tensor_view<QO>& o) {
   }
 }
 
+/// Starts what a training forward keeps: the call's extents (k, v: the caller's) and options, no map yet, an
+/// LSE of b·hq·sq floats (zeroed), which it returns for the call's options.lse.
+template <class S, class Q, class K, class V, class O>
+std::span<float> begin_saved(S& saved, const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>& v,
+                             const tensor_view<O>& o, const attention_options& opt) {
+  saved.maps.clear();
+  saved.lse.assign(static_cast<std::size_t>(q.b * q.h * q.s), 0.0f);
+  const index_t e[4][4] = {{q.b, q.s, q.h, q.d}, {k.b, k.s, k.h, k.d}, {v.b, v.s, v.h, v.d}, {o.b, o.s, o.h, o.d}};
+  for (int t = 0; t < 4; ++t) std::copy(e[t], e[t] + 4, saved.extents[t]);
+  saved.scale = opt.scale;
+  saved.causal = opt.causal;
+  saved.kv_lengths = to_indices(opt.kv_lengths);
+  saved.window_left = opt.window_left;
+  saved.window_right = opt.window_right;
+  saved.softcap = opt.softcap;
+  saved.sinks.assign(opt.sinks.begin(), opt.sinks.end());
+  saved.alibi_slopes.assign(opt.alibi_slopes.begin(), opt.alibi_slopes.end());
+  saved.cu_q.clear();
+  saved.cu_k.clear();
+  saved.policy = {};
+  return saved.lse;
+}
+
 /// run_forward()'s steps after prepare(): the call's checks, plan -> core -> finish, on the core's K/V ck,
 /// cv (the caller's k, v, or prepare()'s float views); k, v are the caller's (their extents are saved).
 /// QO: Q's and O's element type (Note [16-bit Q/O policies]).
@@ -348,22 +387,7 @@ void run_planned(Policy& p, const tensor_view<const QO>& q, const KVView& k_in, 
   constexpr bool float_out = std::is_same_v<std::remove_const_t<decltype(o)>, tensor_view<float>>;
   const auto on = core::target_of<Isa>(opt);  // the ISA (a bad options.isa / GQA_ISA throws here)
   attention_options call = opt;
-  if (saved) {
-    saved->maps.clear();
-    saved->lse.assign(static_cast<std::size_t>(q.b * q.h * q.s), 0.0f);
-    call.lse = saved->lse;
-    const index_t e[4][4] = {{q.b, q.s, q.h, q.d}, {k.b, k.s, k.h, k.d}, {v.b, v.s, v.h, v.d}, {o.b, o.s, o.h, o.d}};
-    for (int t = 0; t < 4; ++t) std::copy(e[t], e[t] + 4, saved->extents[t]);
-    saved->scale = opt.scale;
-    saved->causal = opt.causal;
-    saved->kv_lengths = to_indices(opt.kv_lengths);
-    saved->window_left = opt.window_left;
-    saved->window_right = opt.window_right;
-    saved->softcap = opt.softcap;
-    saved->sinks.assign(opt.sinks.begin(), opt.sinks.end());
-    saved->alibi_slopes.assign(opt.alibi_slopes.begin(), opt.alibi_slopes.end());
-    saved->policy = {};
-  }
+  if (saved) call.lse = begin_saved(*saved, q, k, v, o, opt);
   const executor ex = executor_of(opt);
   bool done = false;
   if constexpr (policy_with_per_sample<Policy>) {
@@ -584,13 +608,18 @@ struct scale_text {
 /// dout/dq/dk/dv like o/q/k/v, the forward's mask and modifier options, threads, options.dsinks, and no
 /// gradient repeating an element or sharing one with an input or another gradient (Note [exact overlap]).
 /// T: the inputs' element type (float, bf16, f16); G: the gradients' (float or T).
+/// ragged: the backward of a ragged batch (its offsets are checked by the caller).
 template <class P, class T, class G>
 void check_backward_call(const saved_forward<P>& saved, const tensor_view<const T>& q, const tensor_view<const T>& k,
                          const tensor_view<const T>& v, const tensor_view<const T>& o,
                          const tensor_view<const T>& dout, const tensor_view<G>& dq, const tensor_view<G>& dk,
-                         const tensor_view<G>& dv, const attention_options& opt) {
-  constexpr const char* where = "gqa::backward";
+                         const tensor_view<G>& dv, const attention_options& opt, bool ragged = false) {
+  const char* where = ragged ? "gqa::backward(varlen)" : "gqa::backward";
   if (!saved.valid()) fail(where, ": saved = (empty): pass what gqa::forward_train returned for this call");
+  if (ragged && saved.cu_q.empty())
+    fail(where, ": saved: from a forward_train on dense views; call backward without a gqa::varlen");
+  if (!ragged && !saved.cu_q.empty())
+    fail(where, ": saved: from a forward_train on a ragged batch; call backward with the same gqa::varlen");
   const named_view<const T> in[5] = {{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}, {dout, "dout"}};
   for (const auto& t : in) check_view(t.view, t.name, where);
   check_view(dq, "dq", where);
