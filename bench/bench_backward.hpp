@@ -36,6 +36,21 @@ void backward_counters(benchmark::State& st, const shape& s, double seconds) {
   set_counter(st, "peak_frac", gflops / fma_peak(isa_name, s.threads));
 }
 
+/// The fp32 forward whose o (x.o) and LSE a core backward case takes; false (the case skipped with the
+/// error) when it throws.
+bool forward_for_backward(benchmark::State& st, const views& x, const gqa::head_map& map,
+                          const gqa::attention_options& opt, std::vector<float>& lse) {
+  try {
+    gqa::attention_options fwd = opt;
+    fwd.lse = lse;
+    gqa::attend<Isa>(x.q, x.k, x.v, x.o, map, fwd);
+    return true;
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());
+    return false;
+  }
+}
+
 /// The timed loop of a backward case: one untimed step (warm_up_backward), then `step` per iteration on
 /// the case's clock (out: the first gradient, kept alive); sets the backward's counters and returns the
 /// time per call.
@@ -175,14 +190,7 @@ void run_half_backward(benchmark::State& st, const bench_case& c) {
   opt.window_left = s.window_left;
   opt.num_threads = s.threads;
   std::vector<float> lse(static_cast<std::size_t>(s.b * s.hq * s.sq));
-  try {
-    gqa::attention_options fwd = opt;
-    fwd.lse = lse;
-    gqa::attend<Isa>(x.q, x.k, x.v, x.o, map, fwd);
-  } catch (const std::exception& e) {
-    st.SkipWithError(e.what());
-    return;
-  }
+  if (!forward_for_backward(st, x, map, opt, lse)) return;
   bench_vector<T> qb, kb, vb, ob, db;
   const auto q = rounded_view(x.q, qb), k = rounded_view(x.k, kb), v = rounded_view(x.v, vb);
   const auto o = rounded_view(gqa::tensor_view<const float>(x.o), ob);
@@ -259,14 +267,7 @@ void run_ragged_backward(benchmark::State& st, const bench_case& c) {
   opt.causal = s.causal;
   opt.num_threads = s.threads;
   std::vector<float> lse(static_cast<std::size_t>(s.b * s.hq * s.sq)), lse_r(lse.size());
-  try {
-    gqa::attention_options fwd = opt;
-    fwd.lse = lse;
-    gqa::attend<Isa>(x.q, x.k, x.v, x.o, map, fwd);
-  } catch (const std::exception& e) {
-    st.SkipWithError(e.what());
-    return;
-  }
+  if (!forward_for_backward(st, x, map, opt, lse)) return;
   const index_t tq = s.b * s.sq, tk = s.b * s.skv;
   for (index_t ib = 0; ib < s.b; ++ib)  // [b][hq][sq] -> [hq][b·sq]
     for (index_t h = 0; h < s.hq; ++h)

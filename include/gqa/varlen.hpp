@@ -502,12 +502,7 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, t
   if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);  // Note [backward recomputes prepare]
   std::vector<float> dk_buf, dv_buf;
   tensor_view<float> dk_core = dk, dv_core = dv;
-  if constexpr (policy_with_prepare_backward<P>) {
-    dk_buf.resize(static_cast<std::size_t>(kv.k.b * kv.k.s * kv.k.h * kv.k.d));
-    dv_buf.resize(static_cast<std::size_t>(kv.v.b * kv.v.s * kv.v.h * kv.v.d));
-    dk_core = bshd(dk_buf.data(), kv.k.b, kv.k.s, kv.k.h, kv.k.d);
-    dv_core = bshd(dv_buf.data(), kv.v.b, kv.v.s, kv.v.h, kv.v.d);
-  }
+  detail::core_kv_grads<P>(kv.k, kv.v, dk_buf, dv_buf, dk_core, dv_core);
   attention_options call = opt;
   call.lse = {};
   const executor ex = executor_of(call);
