@@ -375,6 +375,19 @@ void forward(P&& policy, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, t
 
 namespace detail {
 
+/// The offsets of `seqs` lie outside dq, dk, dv and dsinks, which a backward writes while it reads them.
+template <class G>
+void require_offsets_outside_gradients(const varlen& seqs, const tensor_view<G>& dq, const tensor_view<G>& dk,
+                                       const tensor_view<G>& dv, std::span<float> dsinks, const char* where) {
+  const tensor_view<float> ds = span_view(dsinks);
+  for (const integer_span* cu : {&seqs.cu_seqlens_q, &seqs.cu_seqlens_k}) {
+    const char* name = cu == &seqs.cu_seqlens_q ? "seqs.cu_seqlens_q" : "seqs.cu_seqlens_k";
+    for (const auto& [g, gname] : {named_view<G>{dq, "dq"}, {dk, "dk"}, {dv, "dv"}})
+      require_outside_output(cu->data(), cu->size_bytes(), name, g, gname, where);
+    if (ds.d > 0) require_outside_output(cu->data(), cu->size_bytes(), name, ds, "options.dsinks", where);
+  }
+}
+
 /// attend_backward(varlen): every check of the dense backward on the packed (b = 1) views, then what a
 /// ragged batch adds (Note [validation once]): no options.kv_lengths, the offsets, and no gradient (nor
 /// dsinks) over the offsets the call reads while it writes them. Then the core, on the call's ISA.
@@ -396,13 +409,7 @@ void attend_backward_varlen(const tensor_view<const T>& q, const tensor_view<con
           seqs.cu_seqlens_k.size(), "must equal seqs.cu_seqlens_q.size() = ", seqs.cu_seqlens_q.size());
   check_offsets(seqs.cu_seqlens_q, "seqs.cu_seqlens_q", q.s, "q.s", where);
   check_offsets(seqs.cu_seqlens_k, "seqs.cu_seqlens_k", k.s, "k.s", where);
-  const tensor_view<float> ds = span_view(opt.dsinks);
-  for (const integer_span* cu : {&seqs.cu_seqlens_q, &seqs.cu_seqlens_k}) {
-    const char* name = cu == &seqs.cu_seqlens_q ? "seqs.cu_seqlens_q" : "seqs.cu_seqlens_k";
-    for (const auto& [g, gname] : {named_view<G>{dq, "dq"}, {dk, "dk"}, {dv, "dv"}})
-      require_outside_output(cu->data(), cu->size_bytes(), name, g, gname, where);
-    if (ds.d > 0) require_outside_output(cu->data(), cu->size_bytes(), name, ds, "options.dsinks", where);
-  }
+  require_offsets_outside_gradients(seqs, dq, dk, dv, opt.dsinks, where);
   const auto on = core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws here
   const std::vector<index_t> cu_q = to_indices(seqs.cu_seqlens_q), cu_k = to_indices(seqs.cu_seqlens_k);
   core::backward_on(on, q, k, v, o, dout, lse, dq, dk, dv, map, opt, cu_q, cu_k);
@@ -478,25 +485,16 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, t
                 "gqa::backward<Isa>: this translation unit is not compiled with flags for Isa");
   constexpr const char* where = "gqa::backward(varlen)";
   detail::check_backward_call(saved, q, k, v, o, dout, dq, dk, dv, opt, true);
-  const auto same = [](const integer_span& a, const std::vector<index_t>& b) {
-    if (a.size() != b.size()) return false;
+  // The offsets, element by element against the forward's.
+  const auto require_same = [&](const integer_span& a, const std::vector<index_t>& b, const char* name) {
+    if (a.size() != b.size())
+      detail::fail(where, ": ", name, ".size() = ", a.size(), ": must equal the forward's (", b.size(), ")");
     for (std::size_t i = 0; i < b.size(); ++i)
-      if (a[i] != b[i]) return false;
-    return true;
+      if (a[i] != b[i]) detail::fail(where, ": ", name, "[", i, "] = ", a[i], ": must equal the forward's (", b[i], ")");
   };
-  if (!same(seqs.cu_seqlens_q, saved.cu_q))
-    detail::fail(where, ": seqs.cu_seqlens_q (size ", seqs.cu_seqlens_q.size(), "): must equal the forward's (size ",
-                 saved.cu_q.size(), ")");
-  if (!same(seqs.cu_seqlens_k, saved.cu_k))
-    detail::fail(where, ": seqs.cu_seqlens_k (size ", seqs.cu_seqlens_k.size(), "): must equal the forward's (size ",
-                 saved.cu_k.size(), ")");
-  const tensor_view<float> ds = detail::span_view(opt.dsinks);
-  for (const integer_span* cu : {&seqs.cu_seqlens_q, &seqs.cu_seqlens_k}) {
-    const char* name = cu == &seqs.cu_seqlens_q ? "seqs.cu_seqlens_q" : "seqs.cu_seqlens_k";
-    for (const auto& [g, gname] : {detail::named_view<float>{dq, "dq"}, {dk, "dk"}, {dv, "dv"}})
-      detail::require_outside_output(cu->data(), cu->size_bytes(), name, g, gname, where);
-    if (ds.d > 0) detail::require_outside_output(cu->data(), cu->size_bytes(), name, ds, "options.dsinks", where);
-  }
+  require_same(seqs.cu_seqlens_q, saved.cu_q, "seqs.cu_seqlens_q");
+  require_same(seqs.cu_seqlens_k, saved.cu_k, "seqs.cu_seqlens_k");
+  detail::require_offsets_outside_gradients(seqs, dq, dk, dv, opt.dsinks, where);
   const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws before any work
   kv_views kv{k, v};
   if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);  // Note [backward recomputes prepare]

@@ -1019,7 +1019,8 @@ struct ragged_case {
 /// where nothing reaches (rows without keys, keys without rows, the keys of a sequence without queries),
 /// dsinks against the sum of the sequences' references; dq bit for bit the dense backward of the sequence
 /// alone (its rows' sums do not depend on the query ranges); the same bits on two threads; with bf16
-/// inputs and gradients, the float call on the widened inputs rounded, bit for bit.
+/// inputs and gradients, the float call on the widened inputs rounded, bit for bit; a NaN in one sequence's
+/// V leaves every other sequence's gradients as they were.
 template <class Isa>
 void check_ragged_backward(const ragged_case& c) {
   SCOPED_TRACE(c.describe());
@@ -1031,8 +1032,9 @@ void check_ragged_backward(const ragged_case& c) {
   const index_t tq = cu_q.back(), tk = cu_k.back(), hq = c.hq, hkv = c.hkv;
   const gqa::varlen seqs{cu_q, cu_k};
   const auto n = [](index_t a, index_t b, index_t e) { return static_cast<std::size_t>(a * b * e); };
-  const auto q = gqa::test::random_floats(n(tq, hq, c.d), c.seed * 8), k = gqa::test::random_floats(n(tk, hkv, c.d), c.seed * 8 + 1);
-  const auto v = gqa::test::random_floats(n(tk, hkv, c.dv), c.seed * 8 + 2);
+  const auto q = gqa::test::random_floats(n(tq, hq, c.d), c.seed * 8);
+  const auto k = gqa::test::random_floats(n(tk, hkv, c.d), c.seed * 8 + 1);
+  auto v = gqa::test::random_floats(n(tk, hkv, c.dv), c.seed * 8 + 2);
   const auto dout = gqa::test::random_floats(n(tq, hq, c.dv), c.seed * 8 + 3);
   std::vector<float> o(n(tq, hq, c.dv)), lse(n(hq, tq, 1));
   const auto map = gqa::head_map::uniform(hq, hkv);
@@ -1148,6 +1150,36 @@ void check_ragged_backward(const ragged_case& c) {
   for (const auto& [got, want, name] : {std::tuple{&hq16, &fq, "dq"}, {&hk16, &fk, "dk"}, {&hv16, &fv, "dv"}})
     for (std::size_t i = 0; i < got->size(); ++i)
       ASSERT_EQ((*got)[i].bits, T((*want)[i]).bits) << "bf16 " << name << "[" << i << "]";
+
+  // A NaN in the last V row of the sequence with the most keys reaches no other sequence: the sequence
+  // bounds are the ragged batch's masks. Every other sequence's gradients keep their bits. (V, not K: a NaN
+  // score makes the forward's LSE NaN, which the backward rejects as an input.)
+  std::size_t victim = 0;
+  for (std::size_t i = 1; i < c.seqs.size(); ++i)
+    if (c.seqs[i].second > c.seqs[victim].second) victim = i;
+  v[n(cu_k[victim + 1] - 1, hkv, c.dv)] = nan;  // its last key: every mask here lets its last query see it
+  {
+    auto fo = opt;
+    fo.lse = lse;
+    gqa::attend<Isa>(gqa::thd<const float>(q.data(), tq, hq, c.d), gqa::thd<const float>(k.data(), tk, hkv, c.d),
+                     gqa::thd<const float>(v.data(), tk, hkv, c.dv), gqa::thd(o.data(), tq, hq, c.dv), map, seqs, fo);
+  }
+  const grads gp = run(1);
+  const auto same_rows = [](const std::vector<float>& a, const std::vector<float>& b, std::size_t from, std::size_t count) {
+    return count == 0 || std::memcmp(a.data() + from, b.data() + from, count * sizeof(float)) == 0;
+  };
+  EXPECT_TRUE(std::any_of(gp.dq.begin() + static_cast<std::ptrdiff_t>(n(cu_q[victim], hq, c.d)),
+                          gp.dq.begin() + static_cast<std::ptrdiff_t>(n(cu_q[victim + 1], hq, c.d)),
+                          [](float x) { return std::isnan(x); }) ||
+              c.seqs[victim].first == 0)
+      << "the NaN did not reach its own sequence's dq (through O in D = dO·O)";
+  for (std::size_t i = 0; i < c.seqs.size(); ++i) {
+    if (i == victim) continue;
+    const auto [nq, nk] = c.seqs[i];
+    EXPECT_TRUE(same_rows(gp.dq, g.dq, n(cu_q[i], hq, c.d), n(nq, hq, c.d))) << "NaN leaked into dq of sequence " << i;
+    EXPECT_TRUE(same_rows(gp.dk, g.dk, n(cu_k[i], hkv, c.d), n(nk, hkv, c.d))) << "NaN leaked into dk of sequence " << i;
+    EXPECT_TRUE(same_rows(gp.dv, g.dv, n(cu_k[i], hkv, c.dv), n(nk, hkv, c.dv))) << "NaN leaked into dv of sequence " << i;
+  }
 }
 }  // namespace
 

@@ -210,7 +210,7 @@ TEST(training_ragged, backward_names_a_different_call) {
   const auto saved = gqa::forward_train(p, q, k, v, gqa::thd(o.data(), tq, hq, d), gqa::varlen{cu_q, cu_k});
   EXPECT_EQ(saved.lse.size(), static_cast<std::size_t>(hq * tq));
   gqa::test::expect_invalid([&] { gqa::backward(p, saved, q, k, v, ov, dov, dqv, dkv, dvv, gqa::varlen{cu_q, other_k}); },
-                            {"gqa::backward(varlen): seqs.cu_seqlens_k (size 3): must equal the forward's"});
+                            {"gqa::backward(varlen): seqs.cu_seqlens_k[1] = 5: must equal the forward's (3)"});
   gqa::test::expect_invalid([&] { gqa::backward(p, saved, q, k, v, ov, dov, dqv, dkv, dvv); },
                             {"gqa::backward: saved: from a forward_train on a ragged batch"});
   gqa::attention_options causal;
