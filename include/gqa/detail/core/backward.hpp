@@ -538,8 +538,8 @@ void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const 
       run_task(dt.seq, dt.local, r);
     });
   } else {
-    // A ragged batch: the (sequence, KV head, range) tasks that exist, the longest sequences' last ranges
-    // first (the same reasoning; Note [ragged backward]).
+    // A ragged batch: the (sequence, KV head, range) tasks that exist, last ranges first (only sequences
+    // long enough have them), sequences in order within a range (Note [ragged backward]).
     struct task {
       index_t ib, gi, r;
     };
@@ -612,10 +612,11 @@ void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const 
 // as the ragged forward). The query ranges have one length for the call, chosen from the longest
 // sequence as the dense rule chooses it from sq, so a sequence of n positions has ceil(n / range) of
 // them and its dK/dV accumulators are its own keys' rows only; the tasks that exist are listed last
-// ranges first, longest sequences first within a range. A sequence without queries gets dK = dV = 0 for
-// its keys; one without keys has no rows that see a key (dQ = 0). The same bits for any thread count; a
-// sequence's gradients are the dense backward's of that sequence alone whenever both calls have the same
-// ranges (one range each: every task sees the same rows in the same order).
+// ranges first (so the longest sequences' tasks lead), sequences in order within a range. A sequence
+// without queries gets dK = dV = 0 for its keys; one without keys has no rows that see a key (dQ = 0).
+// The same bits for any thread count; a sequence's gradients are the dense backward's of that sequence
+// alone whenever both calls have the same ranges (one range each: every task sees the same rows in the
+// same order).
 
 }  // namespace detail::core
 GQA_END_NAMESPACE
