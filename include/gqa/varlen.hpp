@@ -450,13 +450,13 @@ void attend_backward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tenso
                                       seqs, opt);
 }
 
-/// forward() on a ragged batch for training: the same call (same output, same policy state changes) that
-/// also returns what backward(varlen) needs (its offsets, map(s), the LSE laid out [hq][total_q], what the
-/// policy recorded: PGQA's statistics per (sequence, head)). Float Q, K, V, O. Keep q, k, v, o and the
-/// offsets unchanged until backward has run. Throws as forward(varlen) does.
-template <class Isa = isa::dispatch, attention_policy P>
-saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
-                               tensor_view<float> o, const varlen& seqs, const attention_options& opt = {}) {
+namespace detail {
+
+/// forward_train(varlen) of either element type: forward_varlen() keeping what backward(varlen) needs.
+template <class Isa, class P, class T, class O>
+saved_forward<P> forward_train_varlen(P& p, const tensor_view<const T>& q, const tensor_view<const T>& k,
+                                      const tensor_view<const T>& v, const tensor_view<O>& o, const varlen& seqs,
+                                      const attention_options& opt) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
                 "gqa::forward_train<Isa>: this translation unit is not compiled with flags for Isa");
   static_assert(!policy_with_ragged_finish<P> || policy_with_ragged_training<P>,
@@ -465,8 +465,51 @@ saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<con
   static_assert(!policy_with_ragged_finish<P> || !policy_with_per_sample<P>,
                 "gqa::forward_train(varlen): a policy that plans per sample cannot finish (not supported yet)");
   saved_forward<P> saved;
-  detail::forward_varlen<Isa>(p, q, k, v, o, seqs, opt, &saved);
+  forward_varlen<Isa>(p, q, k, v, o, seqs, opt, &saved);
   return saved;
+}
+
+/// Everything backward(varlen) checks before any work: backward()'s checks on the packed views, the
+/// offsets element by element against the forward's, and the offsets outside the gradients.
+template <class P, class T, class G>
+void check_backward_varlen(const saved_forward<P>& saved, const tensor_view<const T>& q, const tensor_view<const T>& k,
+                           const tensor_view<const T>& v, const tensor_view<const T>& o,
+                           const tensor_view<const T>& dout, const tensor_view<G>& dq, const tensor_view<G>& dk,
+                           const tensor_view<G>& dv, const varlen& seqs, const attention_options& opt) {
+  constexpr const char* where = "gqa::backward(varlen)";
+  check_backward_call(saved, q, k, v, o, dout, dq, dk, dv, opt, true);
+  const auto require_same = [&](const integer_span& a, const std::vector<index_t>& b, const char* name) {
+    if (a.size() != b.size()) fail(where, ": ", name, ".size() = ", a.size(), ": must equal the forward's (", b.size(), ")");
+    for (std::size_t i = 0; i < b.size(); ++i)
+      if (a[i] != b[i]) fail(where, ": ", name, "[", i, "] = ", a[i], ": must equal the forward's (", b[i], ")");
+  };
+  require_same(seqs.cu_seqlens_q, saved.cu_q, "seqs.cu_seqlens_q");
+  require_same(seqs.cu_seqlens_k, saved.cu_k, "seqs.cu_seqlens_k");
+  require_offsets_outside_gradients(seqs, dq, dk, dv, opt.dsinks, where);
+}
+
+}  // namespace detail
+
+/// forward() on a ragged batch for training: the same call (same output, same policy state changes) that
+/// also returns what backward(varlen) needs (its offsets, map(s), the LSE laid out [hq][total_q], what the
+/// policy recorded: PGQA's statistics per (sequence, head)). Float Q, K, V, O. Keep q, k, v, o and the
+/// offsets unchanged until backward has run. Throws as forward(varlen) does.
+template <class Isa = isa::dispatch, attention_policy P>
+saved_forward<P> forward_train(P& p, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
+                               tensor_view<float> o, const varlen& seqs, const attention_options& opt = {}) {
+  return detail::forward_train_varlen<Isa>(p, q, k, v, o, seqs, opt);
+}
+
+/// forward_train(varlen) with Q, K, V and O all stored in one 16-bit type (bf16 or f16): forward(varlen) of
+/// the same types that also returns what backward(varlen) needs, the float call's on the widened Q, K, V
+/// (Note [16-bit training] in variants/policy.hpp).
+template <class Isa = isa::dispatch, attention_policy P, class Q, class K, class V, class O>
+  requires detail::half_qkvo<Q, K, V, O> && attention_policy<P, std::remove_const_t<K>, std::remove_const_t<K>>
+saved_forward<P> forward_train(P& p, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                               const varlen& seqs, const attention_options& opt = {}) {
+  using T = std::remove_const_t<K>;
+  return detail::forward_train_varlen<Isa>(p, tensor_view<const T>(q), tensor_view<const T>(k),
+                                           tensor_view<const T>(v), o, seqs, opt);
 }
 
 /// The gradients of the forward_train(varlen) call that returned `saved`: dq, dk, dv (gqa::thd views like
@@ -483,47 +526,28 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, t
               const attention_options& opt = {}) {
   static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
                 "gqa::backward<Isa>: this translation unit is not compiled with flags for Isa");
-  constexpr const char* where = "gqa::backward(varlen)";
-  detail::check_backward_call(saved, q, k, v, o, dout, dq, dk, dv, opt, true);
-  // The offsets, element by element against the forward's.
-  const auto require_same = [&](const integer_span& a, const std::vector<index_t>& b, const char* name) {
-    if (a.size() != b.size())
-      detail::fail(where, ": ", name, ".size() = ", a.size(), ": must equal the forward's (", b.size(), ")");
-    for (std::size_t i = 0; i < b.size(); ++i)
-      if (a[i] != b[i]) detail::fail(where, ": ", name, "[", i, "] = ", a[i], ": must equal the forward's (", b[i], ")");
-  };
-  require_same(seqs.cu_seqlens_q, saved.cu_q, "seqs.cu_seqlens_q");
-  require_same(seqs.cu_seqlens_k, saved.cu_k, "seqs.cu_seqlens_k");
-  detail::require_offsets_outside_gradients(seqs, dq, dk, dv, opt.dsinks, where);
-  const auto on = detail::core::target_of<Isa>(opt);  // a bad options.isa / GQA_ISA throws before any work
-  kv_views kv{k, v};
-  if constexpr (policy_with_prepare<P>) kv = p.prepare(k, v);  // Note [backward recomputes prepare]
-  std::vector<float> dk_buf, dv_buf;
-  tensor_view<float> dk_core = dk, dv_core = dv;
-  detail::core_kv_grads<P>(kv.k, kv.v, dk_buf, dv_buf, dk_core, dv_core);
-  attention_options call = opt;
-  call.lse = {};
-  const executor ex = executor_of(call);
-  const std::span<const index_t> cu_q = saved.cu_q, cu_k = saved.cu_k;
-  output_grad_views og{o, dout};
-  std::vector<float> finish_buf;
-  if constexpr (policy_with_ragged_training<P>)
-    og = p.finish_ragged_backward(saved.policy, o, dout, cu_q, saved.maps[0], ex, finish_buf);
-  // One core call for the batch, or one per sequence with its own map (a per-sample plan): the sinks'
-  // gradient is then the sum of the sequences', in order.
-  const auto runs = saved.maps.size();
-  const std::size_t per_run = runs == 1 ? cu_q.size() - 1 : 1;
-  std::vector<float> dsinks_run(call.dsinks.size());
-  for (std::size_t r = 0; r < runs; ++r) {
-    attention_options ro = call;
-    if (r > 0) ro.dsinks = dsinks_run;
-    detail::core::backward_on(on, q, kv.k, kv.v, og.o, og.dout, std::span<const float>(saved.lse), dq, dk_core,
-                              dv_core, saved.maps[r], ro, cu_q.subspan(r * per_run, per_run + 1),
-                              cu_k.subspan(r * per_run, per_run + 1));
-    if (r > 0)
-      for (std::size_t h = 0; h < dsinks_run.size(); ++h) call.dsinks[h] += dsinks_run[h];
-  }
-  if constexpr (policy_with_prepare_backward<P>) p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);
+  detail::check_backward_varlen(saved, q, k, v, o, dout, dq, dk, dv, seqs, opt);
+  static_cast<void>(detail::core::target_of<Isa>(opt));  // a bad options.isa / GQA_ISA throws before any work
+  detail::run_backward<Isa>(p, saved, q, k, v, o, dout, dq, dk, dv, opt);
+}
+
+/// backward(varlen) of a forward_train(varlen) on 16-bit Q, K, V, O: q, k, v, o and dout in that type T
+/// (bf16 or f16), the gradients in T or float (all three the same), as the dense 16-bit backward(): bit for
+/// bit backward(varlen) on the widened inputs with its float gradients rounded once to T. The same checks
+/// and errors.
+template <class Isa = isa::dispatch, attention_policy P, class Q, class K, class V, class O, class DO, class G>
+  requires detail::half_kv<Q, K> && detail::half_kv<K, V> && detail::half_kv<V, O> && detail::half_kv<O, DO> &&
+           (std::is_same_v<G, float> || std::is_same_v<G, std::remove_const_t<Q>>)
+void backward(P& p, const saved_forward<P>& saved, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
+              tensor_view<O> o, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
+              const varlen& seqs, const attention_options& opt = {}) {
+  static_assert(isa::dispatched<Isa> || isa::compiled<Isa>,
+                "gqa::backward<Isa>: this translation unit is not compiled with flags for Isa");
+  using T = std::remove_const_t<Q>;
+  const tensor_view<const T> qc(q), kc(k), vc(v), oc(o), dc(dout);
+  detail::check_backward_varlen(saved, qc, kc, vc, oc, dc, dq, dk, dv, seqs, opt);
+  static_cast<void>(detail::core::target_of<Isa>(opt));  // a bad options.isa / GQA_ISA throws before any work
+  detail::run_backward<Isa>(p, saved, qc, kc, vc, oc, dc, dq, dk, dv, opt);
 }
 
 GQA_END_NAMESPACE

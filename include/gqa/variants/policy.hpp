@@ -704,7 +704,8 @@ constexpr bool trains_on_widened = policy_with_prepare<P> || policy_with_prepare
                                    policy_with_finish<P> || policy_with_finish_executor<P>;
 
 /// backward() after its checks: finish_backward -> the core's backward on the recorded map(s) ->
-/// prepare_backward. T: the inputs' element type, G: the gradients' (Note [16-bit training]).
+/// prepare_backward, for dense views or (a `saved` with offsets) a ragged batch's packed views. T: the
+/// inputs' element type, G: the gradients' (Note [16-bit training]).
 template <class Isa, class P, class T, class G>
 void run_backward(P& p, const saved_forward<P>& saved, const tensor_view<const T>& q, const tensor_view<const T>& k,
                   const tensor_view<const T>& v, const tensor_view<const T>& o, const tensor_view<const T>& dout,
@@ -747,29 +748,46 @@ void run_backward(P& p, const saved_forward<P>& saved, const tensor_view<const T
     attention_options call = opt;
     call.lse = {};  // the LSE is saved.lse; a caller's options.lse (sized for the forward) is not used here
     const executor ex = executor_of(call);
-    if (saved.maps.size() == 1) {
-      auto og = std::pair{o, dout};
-      std::vector<float> finish_buf;  // finish_backward's output, when it has one
-      if constexpr (policy_with_finish_backward<P>) {
+    const bool ragged = !saved.cu_q.empty();
+    const std::span<const index_t> cu_q = saved.cu_q, cu_k = saved.cu_k;
+    auto og = std::pair{o, dout};
+    std::vector<float> finish_buf;  // the finish step's backward output, when it has one
+    if constexpr (policy_with_finish_backward<P>) {
+      if (!ragged) {
         const output_grad_views f = p.finish_backward(saved.policy, o, dout, saved.maps[0], ex, finish_buf);
         og = {f.o, f.dout};
       }
-      attend_backward<Isa>(q, kv.k, kv.v, og.first, og.second, lse, dq, dk_core, dv_core, saved.maps[0], call);
-    } else {
-      // Planned per sample: one core call per batch element with its own map; the sinks' gradient is the
-      // sum of the samples', added in sample order.
-      const auto per = static_cast<std::size_t>(q.h * q.s);
-      std::vector<float> dsinks_sample(call.dsinks.size());
-      for (index_t ib = 0; ib < q.b; ++ib) {
-        attention_options so = call;
-        if (!call.kv_lengths.empty()) so.kv_lengths = call.kv_lengths.subspan(static_cast<std::size_t>(ib), 1);
-        if (ib > 0) so.dsinks = dsinks_sample;
-        attend_backward<Isa>(sample(q, ib), sample(kv.k, ib), sample(kv.v, ib), sample(o, ib), sample(dout, ib),
-                             lse.subspan(static_cast<std::size_t>(ib) * per, per), sample(dq, ib),
-                             sample(dk_core, ib), sample(dv_core, ib), saved.maps[static_cast<std::size_t>(ib)], so);
-        if (ib > 0)
-          for (std::size_t h = 0; h < dsinks_sample.size(); ++h) call.dsinks[h] += dsinks_sample[h];
+    }
+    if constexpr (policy_with_ragged_training<P>) {
+      if (ragged) {
+        const output_grad_views f = p.finish_ragged_backward(saved.policy, o, dout, cu_q, saved.maps[0], ex, finish_buf);
+        og = {f.o, f.dout};
       }
+    }
+    // One core call, or one per batch element (per sequence of a ragged batch) with its own map for a
+    // policy that plans per sample: the sinks' gradient is then the sum of the samples', added in order.
+    const auto runs = saved.maps.size();
+    const auto on = core::target_of<Isa>(call);
+    std::vector<float> dsinks_run(call.dsinks.size());
+    for (std::size_t r = 0; r < runs; ++r) {
+      attention_options ro = call;
+      if (r > 0) ro.dsinks = dsinks_run;
+      if (ragged) {
+        const std::size_t per_run = runs == 1 ? cu_q.size() - 1 : 1;
+        core::backward_on(on, q, kv.k, kv.v, og.first, og.second, lse, dq, dk_core, dv_core, saved.maps[r], ro,
+                          cu_q.subspan(r * per_run, per_run + 1), cu_k.subspan(r * per_run, per_run + 1));
+      } else if (runs == 1) {
+        attend_backward<Isa>(q, kv.k, kv.v, og.first, og.second, lse, dq, dk_core, dv_core, saved.maps[0], ro);
+      } else {
+        const auto ib = static_cast<index_t>(r);
+        const auto per = static_cast<std::size_t>(q.h * q.s);  // LSE entries of one sample
+        if (!call.kv_lengths.empty()) ro.kv_lengths = call.kv_lengths.subspan(r, 1);
+        attend_backward<Isa>(sample(q, ib), sample(kv.k, ib), sample(kv.v, ib), sample(og.first, ib),
+                             sample(og.second, ib), lse.subspan(r * per, per), sample(dq, ib), sample(dk_core, ib),
+                             sample(dv_core, ib), saved.maps[r], ro);
+      }
+      if (r > 0)
+        for (std::size_t h = 0; h < dsinks_run.size(); ++h) call.dsinks[h] += dsinks_run[h];
     }
     if constexpr (policy_with_prepare_backward<P>) p.prepare_backward(k, v, dk_core, dv_core, dk, dv, ex);
   }
@@ -834,6 +852,8 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<Q> q, tensor_view
 // the core (WGQA's prepare, PGQA's finish) differentiates them on fp32 views, so its backward widens q, k,
 // v, o and dout into fp32 copies (5 tensors' floats, in buffers the calling thread keeps, plus dq, dk, dv
 // for 16-bit gradients) and runs the float backward: O(size) copies beside the core's O(sq·skv) work.
+// A ragged batch (forward_train/backward with a gqa::varlen) follows the same rule on its packed rows:
+// run_backward() serves both, the core's ragged backward widening as the dense one does.
 
 // Note [backward recomputes prepare]
 // backward() calls prepare(k, v) again rather than keeping its output from the forward: WGQA's combined
