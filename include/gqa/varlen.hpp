@@ -79,12 +79,8 @@ template <class On, class KVView, class Q, class O>
 void run_varlen(On on, const tensor_view<const Q>& q, const KVView& k, const KVView& v, const tensor_view<O>& o,
                 std::span<const index_t> cu_q, std::span<const index_t> cu_k, const head_map& map,
                 const attention_options& opt) {
-  index_t sq = 0, skv = 0;
-  for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
-    sq = std::max(sq, cu_q[i + 1] - cu_q[i]);
-    skv = std::max(skv, cu_k[i + 1] - cu_k[i]);
-  }
-  core::forward_ragged_on(on, q, k, v, o, cu_q, cu_k, sq, skv, map, opt);
+  const core::longest_sequence l = core::longest_of(cu_q, cu_k);
+  core::forward_ragged_on(on, q, k, v, o, cu_q, cu_k, l.sq, l.skv, map, opt);
 }
 
 /// attend(varlen) for K/V given as KVView (tensor_view<const KV>, KV float, bf16 or f16, or q8_view), Q/O

@@ -479,12 +479,8 @@ void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const 
   backward_problem<T, G> pb{q, k, v, o, dout, lse, dq, &map, active.data(), scale, opt.causal, -1, -1,
                             opt.softcap, opt.alibi_slopes, kv_lengths, dp, dvp, cu_q, cu_k};
   const index_t n_seq = pb.sequences();
-  // The longest sequence's positions and keys (a dense call's sq and skv).
-  index_t sq = 0, skv = 0;
-  for (index_t ib = 0; ib < n_seq; ++ib) {
-    sq = std::max(sq, pb.sq_of(ib));
-    skv = std::max(skv, pb.skv_of(ib));
-  }
+  const longest_sequence longest = pb.ragged() ? longest_of(cu_q, cu_k) : longest_sequence{q.s, k.s};
+  const index_t sq = longest.sq, skv = longest.skv;
   pb.window_left = window_side(opt.window_left, sq, skv);
   pb.window_right = window_side(opt.window_right, sq, skv);
   const index_t base_tasks = n_seq * n_active;
@@ -561,28 +557,31 @@ void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const 
     const auto it = std::lower_bound(active.begin(), active.end(), g);
     const bool used = it != active.end() && *it == g && nr > 0;
     if (used && direct) return;
-    const index_t gi = it - active.begin();
-    for (index_t j = 0; j < pb.skv_of(ib); ++j) {
-      G* dkr = pb.k_row(dk, ib, j, g);
-      G* dvr = pb.k_row(dv, ib, j, g);
-      if (!used) {
+    const index_t nk = pb.skv_of(ib);
+    if (!used) {
+      for (index_t j = 0; j < nk; ++j) {
+        G* dkr = pb.k_row(dk, ib, j, g);
+        G* dvr = pb.k_row(dv, ib, j, g);
         std::fill(dkr, dkr + k.d, from_float<G>(0.0f));
         std::fill(dvr, dvr + v.d, from_float<G>(0.0f));
-        continue;
       }
-      // The ranges' sums in range order, in fp32 (into the first range's accumulator, which only this
-      // task reads), then each element rounded once to G (a copy for float).
-      const index_t slot = pb.skv_of(ib) * (dp + dvp);
-      float* ak = slot_of(ib, gi, 0) + j * dp;
-      float* av = slot_of(ib, gi, 0) + pb.skv_of(ib) * dp + j * dvp;
+      return;
+    }
+    // The ranges' sums in range order, in fp32 (into the first range's accumulator, which only this task
+    // reads), then each element rounded once to G (a copy for float).
+    const index_t slot = nk * (dp + dvp);
+    float* const a0 = slot_of(ib, it - active.begin(), 0);
+    for (index_t j = 0; j < nk; ++j) {
+      float* ak = a0 + j * dp;
+      float* av = a0 + nk * dp + j * dvp;
       for (index_t r = 1; r < nr; ++r) {
         const float* ark = ak + r * slot;
         const float* arv = av + r * slot;
         for (index_t c = 0; c < k.d; ++c) ak[c] += ark[c];
         for (index_t c = 0; c < v.d; ++c) av[c] += arv[c];
       }
-      std::transform(ak, ak + k.d, dkr, [](float x) noexcept { return from_float<G>(x); });
-      std::transform(av, av + v.d, dvr, [](float x) noexcept { return from_float<G>(x); });
+      std::transform(ak, ak + k.d, pb.k_row(dk, ib, j, g), [](float x) noexcept { return from_float<G>(x); });
+      std::transform(av, av + v.d, pb.k_row(dv, ib, j, g), [](float x) noexcept { return from_float<G>(x); });
     }
   });
 

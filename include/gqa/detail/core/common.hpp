@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <span>
 
 #include "../../config.hpp"
 
@@ -33,6 +34,20 @@ inline dealt_task deal_sequences(index_t t, index_t per_seq, index_t lanes, inde
   const index_t per_set = lanes * per_seq, first = t / per_set * lanes;
   const index_t count = std::min(lanes, b - first), w = t % per_set;
   return {first + w % count, w / count};
+}
+
+/// The most query positions and the most keys of any sequence of a ragged batch with offsets cu_q, cu_k
+/// (what a dense call's sq and skv are to it).
+struct longest_sequence {
+  index_t sq, skv;
+};
+inline longest_sequence longest_of(std::span<const index_t> cu_q, std::span<const index_t> cu_k) noexcept {
+  longest_sequence l{0, 0};
+  for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
+    l.sq = std::max(l.sq, cu_q[i + 1] - cu_q[i]);
+    l.skv = std::max(l.skv, cu_k[i + 1] - cu_k[i]);
+  }
+  return l;
 }
 
 /// Keys [lo, hi) (empty when hi <= lo).
