@@ -42,6 +42,7 @@ std::vector<float> weight_gradient(const P& p) {
 /// One training step's outputs.
 struct step {
   std::vector<float> o, lse, dq, dk, dv, dsinks, wgrad;
+  std::vector<gqa::head_map> maps;  // forward_train's
 };
 
 const gqa::model_shape k_layer{8, 2, 24, 7};
@@ -75,6 +76,7 @@ step ragged_step(const data& x, const std::vector<index_t>& cu_q, const std::vec
     const auto k = gqa::thd<const float>(x.k.data(), tk, h.kv_in, d), v = gqa::thd<const float>(x.v.data(), tk, h.kv_in, d);
     const auto saved = gqa::forward_train(p, q, k, v, gqa::thd(s.o.data(), tq, h.hq, d), seqs, opt);
     s.lse = saved.lse;
+    s.maps = saved.maps;
     if (!opt.sinks.empty()) opt.dsinks = s.dsinks;
     gqa::backward(p, saved, q, k, v, gqa::thd<const float>(s.o.data(), tq, h.hq, d),
                   gqa::thd<const float>(x.dout.data(), tq, h.hq, d), gqa::thd(s.dq.data(), tq, h.hq, d),
@@ -151,7 +153,8 @@ void expect_near(const float* a, const float* b, std::size_t n, double tol, cons
 
 // Unequal sequences (one without queries, one without keys, one longer than a query range): each is what a
 // dense step on it alone gives (policies whose plan reads no other sequence; PGQA's noise at the same call
-// index); WGQA's weight gradient is the sum of the sequences'.
+// index); WGQA's weight gradient is the sum of the sequences'. KDGQA and DGQA: the core's ragged step on the
+// map they planned.
 TEST(training_ragged, unequal_lengths_are_each_sequence_alone) {
   const std::vector<std::pair<index_t, index_t>> lens = {{5, 9}, {0, 4}, {150, 170}, {3, 0}, {12, 7}};
   std::vector<index_t> cu_q = {0}, cu_k = {0};
@@ -162,7 +165,34 @@ TEST(training_ragged, unequal_lengths_are_each_sequence_alone) {
   gqa::for_each_variant([&](auto t) {
     using P = typename decltype(t)::type;
     if constexpr (std::is_same_v<P, gqa::kdgqa_policy> || std::is_same_v<P, gqa::dgqa_policy>) {
-      return;  // their plan reads every sequence's keys
+      // Their plan reads every sequence's keys, so no sequence alone gives their step; it is the core's
+      // ragged step on the map they chose: attend(varlen) and attend_backward(varlen) on it, bit for bit.
+      SCOPED_TRACE(std::string(P::name));
+      const gqa::variant_heads h = P::heads_for(k_layer);
+      const index_t d = k_layer.d, tq = cu_q.back(), tk = cu_k.back();
+      const data x(tq, tk, h.hq, h.kv_in, d);
+      gqa::attention_options opt = causal_with_sinks(x);
+      const step r = ragged_step<P>(x, cu_q, cu_k, opt);
+      ASSERT_EQ(r.maps.size(), 1u);
+      EXPECT_NE(r.maps[0], gqa::head_map::uniform(h.hq, h.kv_in)) << "keys with uneven norms plan uneven groups";
+      const gqa::varlen seqs{cu_q, cu_k};
+      std::vector<float> o(r.o.size()), lse(r.lse.size()), dq(r.dq.size()), dk(r.dk.size()), dv(r.dv.size());
+      std::vector<float> dsinks(r.dsinks.size());
+      const auto q = gqa::thd<const float>(x.q.data(), tq, h.hq, d);
+      const auto k = gqa::thd<const float>(x.k.data(), tk, h.kv_in, d), v = gqa::thd<const float>(x.v.data(), tk, h.kv_in, d);
+      opt.lse = lse;
+      gqa::attend(q, k, v, gqa::thd(o.data(), tq, h.hq, d), r.maps[0], seqs, opt);
+      opt.lse = {};
+      opt.dsinks = dsinks;
+      gqa::attend_backward(q, k, v, gqa::thd<const float>(o.data(), tq, h.hq, d),
+                           gqa::thd<const float>(x.dout.data(), tq, h.hq, d), lse, gqa::thd(dq.data(), tq, h.hq, d),
+                           gqa::thd(dk.data(), tk, h.kv_in, d), gqa::thd(dv.data(), tk, h.kv_in, d), r.maps[0], seqs, opt);
+      EXPECT_TRUE(same_bits(r.o, o)) << "o";
+      EXPECT_TRUE(same_bits(r.lse, lse)) << "lse";
+      EXPECT_TRUE(same_bits(r.dq, dq)) << "dq";
+      EXPECT_TRUE(same_bits(r.dk, dk)) << "dk";
+      EXPECT_TRUE(same_bits(r.dv, dv)) << "dv";
+      EXPECT_TRUE(same_bits(r.dsinks, dsinks)) << "dsinks";
     } else {
       SCOPED_TRACE(std::string(P::name));
       const gqa::variant_heads h = P::heads_for(k_layer);
