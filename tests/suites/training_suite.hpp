@@ -30,6 +30,7 @@
 
 #include "support/expect.hpp"
 #include "support/isa_suite.hpp"
+#include "support/policy_grads.hpp"
 #include "support/tolerance.hpp"
 
 namespace {
@@ -501,10 +502,8 @@ std::vector<float> step_bits(const step_data& base, Make&& make, const std::func
   gqa::backward<Isa>(policy, saved, s.qv(), s.kv(), s.vv(), s.ov(), s.doutv(), s.dqv(), s.dkv(), s.dvv(), opt);
   auto bits = all_gradients(s);
   bits.insert(bits.end(), s.o.begin(), s.o.end());
-  if constexpr (requires { policy.weight_grad(); }) {
-    bits.insert(bits.end(), policy.weight_grad().k.begin(), policy.weight_grad().k.end());
-    bits.insert(bits.end(), policy.weight_grad().v.begin(), policy.weight_grad().v.end());
-  }
+  const std::vector<float> own = gqa::test::policy_gradients(policy);
+  bits.insert(bits.end(), own.begin(), own.end());
   return bits;
 }
 

@@ -21,6 +21,7 @@
 
 #include "support/data.hpp"
 #include "support/expect.hpp"
+#include "support/policy_grads.hpp"
 #include "support/tolerance.hpp"
 
 namespace {
@@ -97,14 +98,6 @@ void check_every_variant(const layout& l) {
         gqa::backward(p, s, q, k, v, o, dout, dq, dk, dv, bo);
       }
     };
-    const auto weights = [](const P& p) {
-      std::vector<float> g;
-      if constexpr (std::is_same_v<P, gqa::wgqa_policy>) {
-        g = p.weight_grad().k;
-        g.insert(g.end(), p.weight_grad().v.begin(), p.weight_grad().v.end());
-      }
-      return g;
-    };
 
     // The 16-bit step.
     std::vector<T> o16(nq);
@@ -117,7 +110,7 @@ void check_every_variant(const layout& l) {
       back(p, s16, view(q16.data(), sq, hq), view(k16.data(), skv, kvh), view(v16.data(), skv, kvh),
            view(std::as_const(o16).data(), sq, hq), view(d16.data(), sq, hq), view(dq16.data(), sq, hq),
            view(dk16.data(), skv, kvh), view(dv16.data(), skv, kvh), dsinks16);
-      wgrad16 = weights(p);
+      wgrad16 = gqa::test::policy_gradients(p);
     });
     // The float step on the widened inputs; its backward on the widened 16-bit output.
     std::vector<float> o32(nq), dq32(nq), dk32(nk), dv32(nk), wgrad32;
@@ -129,7 +122,7 @@ void check_every_variant(const layout& l) {
       back(p, s32, view(qw.data(), sq, hq), view(kw.data(), skv, kvh), view(vw.data(), skv, kvh),
            view(ow.data(), sq, hq), view(dw.data(), sq, hq), view(dq32.data(), sq, hq), view(dk32.data(), skv, kvh),
            view(dv32.data(), skv, kvh), dsinks32);
-      wgrad32 = weights(p);
+      wgrad32 = gqa::test::policy_gradients(p);
     });
     EXPECT_EQ(first_unrounded(o16, o32), -1) << "forward_train's output";
     EXPECT_TRUE(same_bits(s16.lse, s32.lse)) << "saved LSE";

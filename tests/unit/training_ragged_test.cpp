@@ -18,6 +18,7 @@
 
 #include "support/data.hpp"
 #include "support/expect.hpp"
+#include "support/policy_grads.hpp"
 
 namespace {
 
@@ -25,18 +26,6 @@ using gqa::index_t;
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
-}
-
-/// The weights' gradient of a WGQA policy after its backward (k then v), or nothing.
-template <class P>
-std::vector<float> weight_gradient(const P& p) {
-  if constexpr (std::is_same_v<P, gqa::wgqa_policy>) {
-    auto g = p.weight_grad().k;
-    g.insert(g.end(), p.weight_grad().v.begin(), p.weight_grad().v.end());
-    return g;
-  } else {
-    return {};
-  }
 }
 
 /// One training step's outputs.
@@ -81,7 +70,7 @@ step ragged_step(const data& x, const std::vector<index_t>& cu_q, const std::vec
     gqa::backward(p, saved, q, k, v, gqa::thd<const float>(s.o.data(), tq, h.hq, d),
                   gqa::thd<const float>(x.dout.data(), tq, h.hq, d), gqa::thd(s.dq.data(), tq, h.hq, d),
                   gqa::thd(s.dk.data(), tk, h.kv_in, d), gqa::thd(s.dv.data(), tk, h.kv_in, d), seqs, opt);
-    s.wgrad = weight_gradient(p);
+    s.wgrad = gqa::test::policy_gradients(p);
   });
   return s;
 }
@@ -108,7 +97,7 @@ step dense_step(const data& x, index_t b, index_t sq, index_t skv, gqa::attentio
     gqa::backward(p, saved, q, k, v, gqa::bshd<const float>(s.o.data(), b, sq, h.hq, d),
                   gqa::bshd<const float>(x.dout.data(), b, sq, h.hq, d), gqa::bshd(s.dq.data(), b, sq, h.hq, d),
                   gqa::bshd(s.dk.data(), b, skv, h.kv_in, d), gqa::bshd(s.dv.data(), b, skv, h.kv_in, d), opt);
-    s.wgrad = weight_gradient(p);
+    s.wgrad = gqa::test::policy_gradients(p);
   });
   return s;
 }
