@@ -37,7 +37,7 @@ expect_error("--train: a training step has no decode; drop --decode" --tiny --tr
 expect_error("--train with --preset llama-decode: the preset has only decode configurations" --train --preset llama-decode)
 expect_error("--train = 1: takes no value" --tiny --train=1)
 expect_error("--dtype = fp8: unknown K/V type (f32, bf16, f16, i8)" --tiny --dtype fp8)
-expect_error("--dtype = f16: --train takes float K/V" --tiny --train --dtype=f16)
+expect_error("--dtype = i8: --train takes f32, bf16 or f16" --tiny --train --dtype=i8)
 
 execute_process(COMMAND "${EXE}" --help RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 30)
 string(FIND "${out}" "usage: gqa-compare" pos)

@@ -1,7 +1,8 @@
 # bench/compare/check_train.cmake: CTest check of `gqa-compare --tiny --train` (cmake -DEXE=<gqa-compare>
-# -DWORK=<scratch folder> -P). A training step per scheme: exit 0; only the prefill configuration (the tiny
-# decode one is dropped); the table has the backward and step columns with a number for every scheme, and
-# compare.csv / compare.json carry the same fields.
+# -DWORK=<scratch folder> [-DDTYPE=bf16|f16] -P). A training step per scheme: exit 0; only the prefill
+# configuration (the tiny decode one is dropped); the table has the backward and step columns with a number
+# for every scheme, and compare.csv / compare.json carry the same fields. With DTYPE, the step runs on
+# inputs and gradients of that type, which the header line and every CSV row name.
 cmake_minimum_required(VERSION 3.21)
 
 foreach(_v EXE WORK)
@@ -10,10 +11,14 @@ foreach(_v EXE WORK)
   endif()
 endforeach()
 file(REMOVE_RECURSE "${WORK}")
-execute_process(COMMAND "${EXE}" --tiny --train --threads 1 --no-plot --out "${WORK}" RESULT_VARIABLE rc
+set(_dtype)
+if(DEFINED DTYPE)
+  set(_dtype --dtype ${DTYPE})
+endif()
+execute_process(COMMAND "${EXE}" --tiny --train ${_dtype} --threads 1 --no-plot --out "${WORK}" RESULT_VARIABLE rc
                 OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
 if(NOT rc EQUAL 0)
-  message(FATAL_ERROR "gqa-compare --tiny --train exited with '${rc}'\nstdout:\n${out}\nstderr:\n${err}")
+  message(FATAL_ERROR "gqa-compare --tiny --train ${_dtype} exited with '${rc}'\nstdout:\n${out}\nstderr:\n${err}")
 endif()
 set(_failures 0)
 macro(fail what)
@@ -58,6 +63,21 @@ string(REGEX MATCHALL "\"step_ms\": {\"median\": [0-9.]+" _steps "${_json}")
 list(LENGTH _steps _ns)
 if(NOT _ns EQUAL _n)
   fail("compare.json has a step time per scheme (${_ns}, table ${_n})")
+endif()
+
+if(DEFINED DTYPE)
+  string(FIND "${out}" "Training step (--train, Q/K/V/O, dO and the gradients in ${DTYPE})" pos)
+  if(pos LESS 0)
+    fail("the header names the step's type ${DTYPE}:\n${out}")
+  endif()
+  list(LENGTH _csv _lines)
+  math(EXPR _last "${_lines} - 1")
+  foreach(_i RANGE 1 ${_last})
+    list(GET _csv ${_i} _line)
+    if(NOT _line MATCHES ",${DTYPE},[0-9.]+,[0-9.]+,[0-9.]+$")
+      fail("compare.csv row ${_i} ends with ${DTYPE} and the three training numbers: '${_line}'")
+    endif()
+  endforeach()
 endif()
 
 if(_failures GREATER 0)

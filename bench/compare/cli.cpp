@@ -113,7 +113,8 @@ run:
   --threads N       threads per call (default 0 = all cores)
   --dtype T         the K/V cache's element type: f32 (default), bf16, f16 or i8 (int8 values and one
                     fp32 scale per token and KV head); Q, O and accumulation stay fp32; the KV bytes
-                    column follows it; not with --train
+                    column follows it. With --train: f32, bf16 or f16 for Q, K, V, O, dO and the
+                    gradients alike (a mixed-precision step: fp32 accumulation)
   --out DIR         output folder (default ./gqa-compare-out; created if missing)
   --train           time a training step per scheme: forward (gqa::forward_train) and backward
                     (gqa::backward), with their own columns; prefill configurations only
@@ -210,8 +211,8 @@ run_options parse_args(int argc, const char* const* argv) {
   if (r.train) {
     // A training step has no decode: --train keeps the prefill configurations.
     if (ov.decode && *ov.decode) throw usage_error("--train: a training step has no decode; drop --decode");
-    if (ov.dtype && *ov.dtype != kv_dtype::f32)
-      bad("--dtype", to_string(*ov.dtype), "--train takes float K/V (the backward's inputs are fp32)");
+    if (ov.dtype && *ov.dtype == kv_dtype::i8)
+      bad("--dtype", to_string(*ov.dtype), "--train takes f32, bf16 or f16 (int8 is an inference cache format)");
     std::erase_if(r.configs, [](const layer_config& c) { return c.decode; });
     if (r.configs.empty())
       throw usage_error("--train with --preset " + preset + ": the preset has only decode configurations");

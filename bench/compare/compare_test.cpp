@@ -287,9 +287,11 @@ TEST(compare_cli, errors_name_the_argument_and_value) {
             "(configuration vit-b16)");
   EXPECT_EQ(message({"--preset", "vit-b16", "--hkv-ref", "24"}).substr(0, 22), "--hkv-ref = 24: must d");
   EXPECT_EQ(message({"--dtype", "int4"}), "--dtype = int4: unknown K/V type (f32, bf16, f16, i8)");
-  EXPECT_EQ(message({"--train", "--dtype", "bf16"}),
-            "--dtype = bf16: --train takes float K/V (the backward's inputs are fp32)");
+  EXPECT_EQ(message({"--train", "--dtype", "i8"}),
+            "--dtype = i8: --train takes f32, bf16 or f16 (int8 is an inference cache format)");
   EXPECT_EQ(message({"--train", "--dtype", "f32"}), "(no error)");
+  EXPECT_EQ(message({"--train", "--dtype", "bf16"}), "(no error)");
+  EXPECT_EQ(message({"--train", "--dtype", "f16"}), "(no error)");
 }
 
 TEST(compare_report, allocation_string_and_table_layout) {

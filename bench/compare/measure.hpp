@@ -21,8 +21,8 @@ struct measure_request {
   std::int64_t heads = 0;  // H (WGQA's weights and model width)
   std::int64_t hq = 0, hkv = 0, kv_in = 0, head_dim = 0;
   bool causal = false;
-  bool train = false;  // --train: time gqa::forward_train, then gqa::backward on the same call (f32 only)
-  kv_dtype dtype = kv_dtype::f32;  // K and V are rounded to it once, before the warm-up (model.hpp)
+  bool train = false;  // --train: time gqa::forward_train, then gqa::backward on the same call (f32, bf16, f16)
+  kv_dtype dtype = kv_dtype::f32;  // K and V (--train: every input) rounded to it once, before the warm-up (model.hpp)
   int threads = 1;  // attention_options::num_threads (already resolved, never 0)
   int warmup = 1;
   int reps = 1;

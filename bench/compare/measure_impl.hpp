@@ -24,18 +24,49 @@ namespace {
 using isa_tag = gqa::isa::GQA_COMPARE_ISA;
 static_assert(gqa::isa::compiled<isa_tag>, "measure_<isa>.cpp must be compiled with its ISA's flags");
 
+/// The options of r's calls: its mask and thread count.
+gqa::attention_options options_of(const measure_request& r) {
+  gqa::attention_options opt;
+  opt.causal = r.causal;
+  opt.num_threads = r.threads;
+  return opt;
+}
+
 /// A training step per call: gqa::forward_train, then gqa::backward of it (the policy's own backward steps
-/// included), timed apart; warm-up steps first.
-template <class Policy>
-measurement time_training(Policy& policy, const measure_request& r, gqa::tensor_view<const float> q,
-                          gqa::tensor_view<const float> k, gqa::tensor_view<const float> v, gqa::tensor_view<float> o,
-                          const gqa::attention_options& opt) {
+/// included), timed apart; warm-up steps first. T: the element type of q, k, v, o, dout and the gradients
+/// (float, or bf16/f16 for a 16-bit step: r's values rounded once, outside the timing, into buffers of T).
+template <class T, class Policy>
+measurement time_training(Policy& policy, const measure_request& r, const gqa::attention_options& opt) {
   measurement m;
-  const auto dout = gqa::bshd<const float>(r.dout, r.batch, r.seq_q, r.hq, r.head_dim);
-  const auto dq = gqa::bshd(r.dq, r.batch, r.seq_q, r.hq, r.head_dim);
-  const auto dk = gqa::bshd(r.dk, r.batch, r.seq_kv, r.kv_in, r.head_dim);
-  const auto dv = gqa::bshd(r.dv, r.batch, r.seq_kv, r.kv_in, r.head_dim);
-  const gqa::tensor_view<const float> o_read = o;
+  const std::int64_t b = r.batch, sq = r.seq_q, skv = r.seq_kv, hq = r.hq, hk = r.kv_in, d = r.head_dim;
+  const auto nq = static_cast<std::size_t>(b * sq * hq * d), nk = static_cast<std::size_t>(b * skv * hk * d);
+  // Buffers of T: r's own for float, rounded copies (T(float): to nearest even) and fresh gradients else.
+  std::vector<T> own[8];
+  const auto input = [&](const float* x, std::size_t n, std::vector<T>& buf) -> const T* {
+    if constexpr (std::is_same_v<T, float>) {
+      return x;
+    } else {
+      buf = std::vector<T>(x, x + n);  // T(float): round to nearest even
+      return buf.data();
+    }
+  };
+  const auto output = [&](float* x, std::size_t n, std::vector<T>& buf) -> T* {
+    if constexpr (std::is_same_v<T, float>) {
+      return x;
+    } else {
+      buf.resize(n);
+      return buf.data();
+    }
+  };
+  const auto q = gqa::bshd<const T>(input(r.q, nq, own[0]), b, sq, hq, d);
+  const auto k = gqa::bshd<const T>(input(r.k, nk, own[1]), b, skv, hk, d);
+  const auto v = gqa::bshd<const T>(input(r.v, nk, own[2]), b, skv, hk, d);
+  const auto dout = gqa::bshd<const T>(input(r.dout, nq, own[3]), b, sq, hq, d);
+  const auto o = gqa::bshd(output(r.o, nq, own[4]), b, sq, hq, d);
+  const auto dq = gqa::bshd(output(r.dq, nq, own[5]), b, sq, hq, d);
+  const auto dk = gqa::bshd(output(r.dk, nk, own[6]), b, skv, hk, d);
+  const auto dv = gqa::bshd(output(r.dv, nk, own[7]), b, skv, hk, d);
+  const gqa::tensor_view<const T> o_read = o;
   for (int i = 0; i < r.warmup + r.reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto saved = gqa::forward_train<isa_tag>(policy, q, k, v, o, opt);
@@ -51,22 +82,13 @@ measurement time_training(Policy& policy, const measure_request& r, gqa::tensor_
 
 /// Warm-up calls, then `reps` timed calls of gqa::forward on the K/V views k, v (float, 16-bit or int8
 /// views of r.k and r.v); every call goes through the policy's whole pipeline (check, prepare, plan,
-/// core, finish), so its own work is timed with the attention. With r.train (float K/V only, as the CLI
-/// ensures), each call is a training step instead (time_training).
+/// core, finish), so its own work is timed with the attention.
 template <class KV, class Policy>
 measurement time_calls(Policy& policy, const measure_request& r, const KV& k, const KV& v) {
   const auto q = gqa::bshd<const float>(r.q, r.batch, r.seq_q, r.hq, r.head_dim);
   const auto o = gqa::bshd(r.o, r.batch, r.seq_q, r.hq, r.head_dim);
-  gqa::attention_options opt;
-  opt.causal = r.causal;
-  opt.num_threads = r.threads;
+  const gqa::attention_options opt = options_of(r);
   measurement m;
-  if constexpr (std::is_same_v<KV, gqa::tensor_view<const float>>) {
-    if (r.train) return time_training(policy, r, q, k, v, o, opt);
-  } else if (r.train) {
-    m.error = "--train takes float K/V";
-    return m;
-  }
   for (int i = 0; i < r.warmup; ++i) gqa::forward<isa_tag>(policy, q, k, v, o, opt);
   m.seconds.reserve(static_cast<std::size_t>(r.reps));
   for (int i = 0; i < r.reps; ++i) {
@@ -79,9 +101,22 @@ measurement time_calls(Policy& policy, const measure_request& r, const KV& k, co
 }
 
 /// r's K/V as r.dtype, made outside the timing: r.k and r.v themselves for f32, rounded copies for bf16
-/// and f16, gqa::quantize_q8's values and per-row scales for i8.
+/// and f16, gqa::quantize_q8's values and per-row scales for i8. With r.train, a training step per call
+/// in r.dtype instead (time_training; f32, bf16 or f16, as the CLI ensures).
 template <class Policy>
 measurement time_calls(Policy& policy, const measure_request& r) {
+  if (r.train) {
+    switch (r.dtype) {
+      case kv_dtype::f32: return time_training<float>(policy, r, options_of(r));
+      case kv_dtype::bf16: return time_training<gqa::bf16>(policy, r, options_of(r));
+      case kv_dtype::f16: return time_training<gqa::f16>(policy, r, options_of(r));
+      default: {
+        measurement m;
+        m.error = "--train takes f32, bf16 or f16";
+        return m;
+      }
+    }
+  }
   const std::int64_t b = r.batch, s = r.seq_kv, h = r.kv_in, d = r.head_dim;
   const auto n = static_cast<std::size_t>(b * s * h * d);
   const auto k = gqa::bshd<const float>(r.k, b, s, h, d);

@@ -13,7 +13,8 @@ namespace gqa_compare {
 /// The element type of the K/V cache a run reads (--dtype): float; gqa's 16-bit gqa::bf16 / gqa::f16
 /// (rounded to nearest even from the float keys and values once, outside the timing); or i8, gqa's int8
 /// cache (gqa::quantize_q8: int8 values and one fp32 scale per (token, KV head) row). Q, O and every
-/// accumulation stay fp32; a training step (--train) takes float K/V only.
+/// accumulation stay fp32. A training step (--train) takes f32, bf16 or f16 for all of Q, K, V, O, dO and
+/// the gradients.
 enum class kv_dtype { f32, bf16, f16, i8 };
 /// "f32", "bf16", "f16", "i8": the --dtype spelling.
 std::string to_string(kv_dtype t);

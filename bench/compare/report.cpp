@@ -129,9 +129,13 @@ std::string format_report(const run_info& info, const std::vector<config_result>
                     std::to_string(info.threads) + " thread" + (info.threads == 1 ? "" : "s") +
                     (info.cpu.empty() ? "" : ", " + info.cpu) + "\n";
   if (!info.runtime.empty()) out += "gqa::runtime_info(): " + info.runtime + "\n";
-  if (!results.empty() && results.front().train)
-    out += "Training step (--train): \"median ms\" is gqa::forward_train, \"bwd\" gqa::backward of the same call, "
+  if (!results.empty() && results.front().train) {
+    const kv_dtype t = results.front().c.dtype;
+    out += "Training step (--train";
+    if (t != kv_dtype::f32) out += ", Q/K/V/O, dO and the gradients in " + to_string(t);
+    out += "): \"median ms\" is gqa::forward_train, \"bwd\" gqa::backward of the same call, "
            "\"step\" their sum per call; speed-ups are MHA's median over the scheme's.\n";
+  }
   for (const config_result& r : results) out += "\n" + format_table(r);
   return out;
 }
