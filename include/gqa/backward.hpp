@@ -112,6 +112,12 @@ void validate_backward(const tensor_view<const T>& q, const tensor_view<const T>
   check_backward_modifiers(q, k, v, o, dout, lse, dq, dk, dv, opt, where);
 }
 
+/// The element types of a 16-bit backward: q, k, v, o and dout in one 16-bit type T (bf16 or f16; each
+/// const or not), the gradients dq, dk, dv all in T or all in float.
+template <class Q, class K, class V, class O, class DO, class G>
+concept half_backward = half_kv<Q, K> && half_kv<K, V> && half_kv<V, O> && half_kv<O, DO> &&
+                        (std::is_same_v<G, float> || std::is_same_v<G, std::remove_const_t<Q>>);
+
 }  // namespace detail
 
 /// The gradients of O = attend(q, k, v, map, opt) with respect to q, k and v, given dout = ∂L/∂O, the
@@ -153,8 +159,7 @@ void attend_backward(tensor_view<const float> q, tensor_view<const float> k, ten
 /// the inputs' bytes are halved. lse and options.dsinks stay float. The same checks and errors (aliasing
 /// across element types by bytes).
 template <class Isa = isa::dispatch, class Q, class K, class V, class O, class DO, class G>
-  requires detail::half_kv<Q, K> && detail::half_kv<K, V> && detail::half_kv<V, O> && detail::half_kv<O, DO> &&
-           (std::is_same_v<G, float> || std::is_same_v<G, std::remove_const_t<Q>>)
+  requires detail::half_backward<Q, K, V, O, DO, G>
 void attend_backward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o, tensor_view<DO> dout,
                      std::span<const float> lse, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
                      const head_map& map, const attention_options& opt = {}) {

@@ -435,8 +435,7 @@ void attend_backward(tensor_view<const float> q, tensor_view<const float> k, ten
 /// or float, as the dense 16-bit attend_backward(): bit for bit the float call on the widened inputs with
 /// its gradients rounded once.
 template <class Isa = isa::dispatch, class Q, class K, class V, class O, class DO, class G>
-  requires detail::half_kv<Q, K> && detail::half_kv<K, V> && detail::half_kv<V, O> && detail::half_kv<O, DO> &&
-           (std::is_same_v<G, float> || std::is_same_v<G, std::remove_const_t<Q>>)
+  requires detail::half_backward<Q, K, V, O, DO, G>
 void attend_backward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o, tensor_view<DO> dout,
                      std::span<const float> lse, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
                      const head_map& map, const varlen& seqs, const attention_options& opt = {}) {
@@ -532,8 +531,7 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, t
 /// bit backward(varlen) on the widened inputs with its float gradients rounded once to T. The same checks
 /// and errors.
 template <class Isa = isa::dispatch, attention_policy P, class Q, class K, class V, class O, class DO, class G>
-  requires detail::half_kv<Q, K> && detail::half_kv<K, V> && detail::half_kv<V, O> && detail::half_kv<O, DO> &&
-           (std::is_same_v<G, float> || std::is_same_v<G, std::remove_const_t<Q>>)
+  requires detail::half_backward<Q, K, V, O, DO, G>
 void backward(P& p, const saved_forward<P>& saved, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
               tensor_view<O> o, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
               const varlen& seqs, const attention_options& opt = {}) {

@@ -827,8 +827,7 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<const float> q, t
 /// gradients), the policy's own gradients (WGQA's weights) those of that call (Note [16-bit training]).
 /// The same checks and errors (aliasing across element types by bytes).
 template <class Isa = isa::dispatch, attention_policy P, class Q, class K, class V, class O, class DO, class G>
-  requires detail::half_kv<Q, K> && detail::half_kv<K, V> && detail::half_kv<V, O> && detail::half_kv<O, DO> &&
-           (std::is_same_v<G, float> || std::is_same_v<G, std::remove_const_t<Q>>)
+  requires detail::half_backward<Q, K, V, O, DO, G>
 void backward(P& p, const saved_forward<P>& saved, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
               tensor_view<O> o, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
               const attention_options& opt = {}) {
