@@ -683,19 +683,6 @@ tensor_view<const float> widened_copy(const tensor_view<const T>& x, std::vector
   return out;
 }
 
-/// The core's dK/dV in a backward through P: the caller's dk, dv (left as they are), or, when P has
-/// prepare_backward (prepare() made the core's own K/V), float buffers shaped like the prepared k, v.
-template <class P, class K, class G>
-void core_kv_grads(const tensor_view<K>& k, const tensor_view<K>& v, std::vector<float>& k_buf,
-                   std::vector<float>& v_buf, tensor_view<G>& dk, tensor_view<G>& dv) {
-  if constexpr (policy_with_prepare_backward<P>) {  // G is float: 16-bit inputs of such a policy are widened
-    k_buf.resize(static_cast<std::size_t>(k.b * k.s * k.h * k.d));
-    v_buf.resize(static_cast<std::size_t>(v.b * v.s * v.h * v.d));
-    dk = bshd(k_buf.data(), k.b, k.s, k.h, k.d);
-    dv = bshd(v_buf.data(), v.b, v.s, v.h, v.d);
-  }
-}
-
 /// Whether backward() of a policy on 16-bit inputs runs on fp32 copies of them (Note [16-bit training]):
 /// the policy has its own step around the core (prepare, finish), whose backward takes fp32 views.
 template <class P>
@@ -741,9 +728,16 @@ void run_backward(P& p, const saved_forward<P>& saved, const tensor_view<const T
       const kv_views prepared = p.prepare(k, v);  // recomputed: see Note [backward recomputes prepare]
       kv = {prepared.k, prepared.v};
     }
+    // The core's dK/dV: the caller's dk, dv, or (when prepare() changed K/V) float buffers shaped like kv
+    // (G is float then: 16-bit inputs of such a policy are widened above).
     std::vector<float> dk_buf, dv_buf;
     tensor_view<G> dk_core = dk, dv_core = dv;
-    core_kv_grads<P>(kv.k, kv.v, dk_buf, dv_buf, dk_core, dv_core);
+    if constexpr (policy_with_prepare_backward<P>) {
+      dk_buf.resize(static_cast<std::size_t>(kv.k.b * kv.k.s * kv.k.h * kv.k.d));
+      dv_buf.resize(static_cast<std::size_t>(kv.v.b * kv.v.s * kv.v.h * kv.v.d));
+      dk_core = bshd(dk_buf.data(), kv.k.b, kv.k.s, kv.k.h, kv.k.d);
+      dv_core = bshd(dv_buf.data(), kv.v.b, kv.v.s, kv.v.h, kv.v.d);
+    }
     const std::span<const float> lse = saved.lse;
     attention_options call = opt;
     call.lse = {};  // the LSE is saved.lse; a caller's options.lse (sized for the forward) is not used here
