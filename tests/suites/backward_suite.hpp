@@ -922,6 +922,7 @@ void check_backward_16_bit(const backward_case& c) {
   std::vector<float> dsinks(p.dsinks.size(), std::numeric_limits<float>::quiet_NaN());
   gqa::attention_options o16 = opt;
   o16.dsinks = dsinks;
+  o16.bf16_products = false;  // the fp32 products: bit for bit (the bf16 ones: bf16_products_match_reference)
   gqa::attend_backward<Isa>(gqa::bshd<const T>(q.data(), c.b, c.sq, c.hq, c.d), gqa::bshd<const T>(k.data(), c.b, c.skv, c.hkv, c.d),
                             gqa::bshd<const T>(v.data(), c.b, c.skv, c.hkv, c.dv), gqa::bshd<const T>(o.data(), c.b, c.sq, c.hq, c.dv),
                             gqa::bshd<const T>(dout.data(), c.b, c.sq, c.hq, c.dv), p.lse,
@@ -979,6 +980,128 @@ TYPED_TEST_P(backward_suite, sixteen_bit_inputs_are_the_rounded_fp32_backward) {
   for (const auto& c : cases) {
     check_backward_16_bit<TypeParam, gqa::bf16, gqa::bf16>(c);
     check_backward_16_bit<TypeParam, gqa::f16, float>(c);
+  }
+}
+
+namespace {
+/// bf16 Q, K, V, O and dO with options.bf16_products (Note [bf16 backward]), float gradients: each against
+/// the double reference on the same bf16 values within Note [bf16 backward tolerance] (finite, exact +0
+/// where nothing reaches), with the keys no row sees NaN during the call; the same bits on two threads.
+/// Returns whether the gradients differ from the fp32 products' (bf16_products = false), i.e. whether the
+/// bf16 products ran.
+template <class Isa>
+bool check_bf16_products_backward(const backward_case& c) {
+  using T = gqa::bf16;
+  SCOPED_TRACE(c.describe() + ", bf16 inputs, bf16 products");
+  auto p = backward_data::make<Isa>(c, [](backward_data& x) {
+    for (auto* t : {&x.q, &x.k, &x.v, &x.dout}) round_to<T>(t->view);
+  });
+  round_to<T>(p.o.view);
+  const auto mods = p.mods(c);
+  const visibility vis(c, mods);
+  auto q = narrow_bshd<T>(p.q.view), k = narrow_bshd<T>(p.k.view), v = narrow_bshd<T>(p.v.view);
+  const auto o = narrow_bshd<T>(p.o.view), dout = narrow_bshd<T>(p.dout.view);
+  // Keys no row sees: NaN in the bf16 K and V the call reads (the widened views keep the values).
+  for (index_t ib = 0; ib < c.b; ++ib)
+    for (index_t j = 0; j < c.skv; ++j)
+      if (vis.key(ib, j)) {
+        for (index_t x = 0; x < c.hkv * c.d; ++x) k[static_cast<std::size_t>((ib * c.skv + j) * c.hkv * c.d + x)] = T(std::numeric_limits<float>::quiet_NaN());
+        for (index_t x = 0; x < c.hkv * c.dv; ++x) v[static_cast<std::size_t>((ib * c.skv + j) * c.hkv * c.dv + x)] = T(std::numeric_limits<float>::quiet_NaN());
+      }
+  const auto bshd = [](auto* x, index_t b, index_t s, index_t h, index_t d) { return gqa::bshd(x, b, s, h, d); };
+  struct grads {
+    std::vector<float> dq, dk, dv, dsinks;
+  };
+  const auto run = [&](bool products, int threads) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    grads g{std::vector<float>(q.size(), nan), std::vector<float>(k.size(), nan), std::vector<float>(v.size(), nan),
+            std::vector<float>(p.sinks.size(), nan)};
+    auto opt = p.options(c);
+    opt.dsinks = g.dsinks;
+    opt.bf16_products = products;
+    opt.num_threads = threads;
+    gqa::attend_backward<Isa>(bshd(static_cast<const T*>(q.data()), c.b, c.sq, c.hq, c.d),
+                              bshd(static_cast<const T*>(k.data()), c.b, c.skv, c.hkv, c.d),
+                              bshd(static_cast<const T*>(v.data()), c.b, c.skv, c.hkv, c.dv),
+                              bshd(o.data(), c.b, c.sq, c.hq, c.dv), bshd(dout.data(), c.b, c.sq, c.hq, c.dv), p.lse,
+                              bshd(g.dq.data(), c.b, c.sq, c.hq, c.d), bshd(g.dk.data(), c.b, c.skv, c.hkv, c.d),
+                              bshd(g.dv.data(), c.b, c.skv, c.hkv, c.dv), p.map, opt);
+    return g;
+  };
+  grads g = run(true, 1);
+  const double_copy qd(p.q.view), kd(p.k.view), vd(p.v.view), dod(p.dout.view);
+  const auto kv_of_q = p.map.kv_of_q();
+  const auto ref = gqa::reference::attention_backward(qd.view, kd.view, vd.view, dod.view, kv_of_q, c.scale_or_default(),
+                                                      c.causal, c.kv_lengths, mods);
+  const auto naive = gqa::test::naive_fp32_backward(p.q.cview(), p.k.cview(), p.v.cview(), p.o.cview(), p.dout.cview(),
+                                                    p.lse, kv_of_q, static_cast<float>(c.scale_or_default()), c.causal,
+                                                    c.kv_lengths, mods, /*bf16_weights=*/true);
+  auto row_empty = [&](index_t ib, index_t i, index_t) { return vis.row(ib, i); };
+  auto key_unseen = [&](index_t ib, index_t j, index_t h) { return vis.key(ib, j) || p.map.group_size(h) == 0; };
+  gradient_check gq{"dq"}, gk{"dk"}, gv{"dv"};
+  gq.compare(bshd(g.dq.data(), c.b, c.sq, c.hq, c.d), ref.dq, ref.dq_terms, naive.dq, row_empty);
+  gk.compare(bshd(g.dk.data(), c.b, c.skv, c.hkv, c.d), ref.dk, ref.dk_terms, naive.dk, key_unseen);
+  gv.compare(bshd(g.dv.data(), c.b, c.skv, c.hkv, c.dv), ref.dv, ref.dv_terms, naive.dv, key_unseen);
+  gq.expect();
+  gk.expect();
+  gv.expect();
+  if (c.sinks) expect_dsinks(g.dsinks, ref, naive.dsinks);
+  if (std::getenv("GQA_TEST_VERBOSE"))
+    std::printf("  bf16 products: dq %.3g (naive %.3g)  dk %.3g (%.3g)  dv %.3g (%.3g) | %s\n", gq.err, gq.naive_err,
+                gk.err, gk.naive_err, gv.err, gv.naive_err, c.describe().c_str());
+  const grads g2 = run(true, 2);
+  EXPECT_TRUE(g2.dq == g.dq && g2.dk == g.dk && g2.dv == g.dv && g2.dsinks == g.dsinks) << "two threads differ";
+  const grads f = run(false, 1);
+  return f.dq != g.dq || f.dk != g.dk || f.dv != g.dv;
+}
+}  // namespace
+
+// bf16 inputs with the bf16 products (Note [bf16 backward]): GQA with blocks no mask cuts and a last short
+// block, d odd and d_v != d; causal with padding (cut and whole blocks, keys no row sees); every score
+// modifier with sinks' gradient; an uneven map with an unused KV head; MQA with several query ranges and
+// an odd number of rows per query block; large scores. Where VDPBF16PS is the engine on AVX-512, the
+// products ran (the gradients are not the fp32 products'); elsewhere they are the fp32 products' bits.
+TYPED_TEST_P(backward_suite, bf16_products_match_reference) {
+  std::vector<backward_case> cases;
+  {
+    auto c = shaped_case(1, 70, 300, 8, 2, 21, 931);
+    c.dv = 40;
+    cases.push_back(c);
+  }
+  {
+    auto c = shaped_case(2, 90, 260, 4, 2, 32, 932);
+    c.causal = true;
+    c.kv_lengths = {260, 201};
+    cases.push_back(c);
+  }
+  {
+    auto c = shaped_case(1, 60, 280, 4, 2, 16, 933);
+    c.sinks = c.alibi = true;
+    c.window_left = 150;
+    c.softcap = 5.0f;
+    cases.push_back(c);
+  }
+  {
+    auto c = shaped_case(1, 33, 140, 4, 3, 24, 934);
+    c.kv_of_q = {0, 0, 0, 2};
+    cases.push_back(c);
+  }
+  {
+    auto c = shaped_case(1, 301, 150, 5, 1, 64, 935);
+    cases.push_back(c);
+  }
+  {
+    auto c = shaped_case(1, 40, 200, 4, 1, 32, 936);
+    c.lo_val = -4.0f;
+    c.hi_val = 4.0f;
+    cases.push_back(c);
+  }
+  int differing = 0;
+  for (const auto& c : cases) differing += check_bf16_products_backward<TypeParam>(c) ? 1 : 0;
+  if (std::is_same_v<TypeParam, gqa::isa::avx512> && gqa::isa::bf16_dot_fast()) {
+    EXPECT_EQ(differing, static_cast<int>(cases.size()));
+  } else {
+    EXPECT_EQ(differing, 0);
   }
 }
 
@@ -1143,10 +1266,13 @@ void check_ragged_backward(const ragged_case& c) {
                             gqa::thd<const float>(dw.data(), tq, hq, c.dv), lse, gqa::thd(fq.data(), tq, hq, c.d),
                             gqa::thd(fk.data(), tk, hkv, c.d), gqa::thd(fv.data(), tk, hkv, c.dv), map, seqs, opt);
   std::vector<T> hq16(q.size()), hk16(k.size()), hv16(v.size());
+  auto fp32_products = opt;
+  fp32_products.bf16_products = false;  // bit for bit (the bf16 products: bf16_products_match_reference)
   gqa::attend_backward<Isa>(gqa::thd<const T>(q16.data(), tq, hq, c.d), gqa::thd<const T>(k16.data(), tk, hkv, c.d),
                             gqa::thd<const T>(v16.data(), tk, hkv, c.dv), gqa::thd<const T>(o16.data(), tq, hq, c.dv),
                             gqa::thd<const T>(d16.data(), tq, hq, c.dv), lse, gqa::thd(hq16.data(), tq, hq, c.d),
-                            gqa::thd(hk16.data(), tk, hkv, c.d), gqa::thd(hv16.data(), tk, hkv, c.dv), map, seqs, opt);
+                            gqa::thd(hk16.data(), tk, hkv, c.d), gqa::thd(hv16.data(), tk, hkv, c.dv), map, seqs,
+                            fp32_products);
   for (const auto& [got, want, name] : {std::tuple{&hq16, &fq, "dq"}, {&hk16, &fk, "dk"}, {&hv16, &fv, "dv"}})
     for (std::size_t i = 0; i < got->size(); ++i)
       ASSERT_EQ((*got)[i].bits, T((*want)[i]).bits) << "bf16 " << name << "[" << i << "]";
@@ -1222,4 +1348,5 @@ REGISTER_TYPED_TEST_SUITE_P(backward_suite, shapes_match_reference, padded_kv_le
                             large_magnitude_scores, sliding_window_matches_reference, softcap_matches_reference,
                             alibi_matches_reference, sinks_match_reference, modifiers_combined,
                             modifiers_deterministic_across_threads, nonfinite_values_follow_the_masks,
-                            sixteen_bit_inputs_are_the_rounded_fp32_backward, ragged_batches_match_each_sequence);
+                            sixteen_bit_inputs_are_the_rounded_fp32_backward, bf16_products_match_reference,
+                            ragged_batches_match_each_sequence);

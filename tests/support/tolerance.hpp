@@ -292,6 +292,18 @@ struct naive_attention {
 // scale or more. The sinks' gradient (dsinks, one sum per head over its rows) takes the same bound, its
 // naive value summed in float in index order and T = Σ_i P_sink,i·Σ_c |dO_ic·O_ic|.
 
+// Note [bf16 backward tolerance]
+// With bf16 Q, K, V, O and dO and options.bf16_products, where VDPBF16PS is the engine, the backward runs
+// its five products in bf16 with fp32 sums (Note [bf16 backward] in detail/core/backward.hpp): S and dP on
+// the inputs as they are (exact products, another order of fp32 sums), dV from P rounded to bf16, dK and
+// dQ from scale·dS rounded to bf16 (relative error up to 2^-9 per term). The same-precision naive backward
+// is therefore naive_fp32_backward on the widened inputs with those two roundings (`bf16_weights`), and
+// the rule of Note [backward tolerance] applies to it unchanged: 2 · its error + 1e-6 of the gradient's
+// scale + 2u · the terms. Its error is ~2^-9 of a gradient's terms over √(terms) against ~2^-24 · √d for
+// the fp32 naive backward, so this bound is ~10^3 looser than the fp32 products' bitwise check (which runs
+// with options.bf16_products = false); a row masked one key off, a wrong head's LSE or a missed scale
+// gives errors of 1e-2 of the gradient's scale or more, above it.
+
 /// Output of naive_fp32_backward, each in logical [b][s][h][d] order of its tensor, and dsinks [hq].
 struct naive_gradients {
   std::vector<float> dq, dk, dv, dsinks;
@@ -301,14 +313,16 @@ struct naive_gradients {
 /// [b][hq][sq]) and dout, in float, plain loops in index order over each row's visible keys, with the
 /// modifiers as reference::attention_backward applies them (logit = softcap·tanh(scale·q·k / softcap) −
 /// slope·|p − j|, P = exp(logit − LSE), dS = P·(dP − D)·(1 − tanh²)), and dsinks[h] = −Σ exp(sink − LSE)·D
-/// summed in float. Any strides.
+/// summed in float. Any strides. bf16_weights: P and scale·dS rounded to bf16 before their products (Note
+/// [bf16 backward tolerance]).
 [[maybe_unused]] naive_gradients naive_fp32_backward(const gqa::tensor_view<const float>& q, const gqa::tensor_view<const float>& k,
                                     const gqa::tensor_view<const float>& v, const gqa::tensor_view<const float>& o,
                                     const gqa::tensor_view<const float>& dout, std::span<const float> lse,
                                     std::span<const gqa::index_t> kv_of_q, float scale, bool causal = false,
                                     std::span<const gqa::index_t> kv_lengths = {},
-                                    const gqa::reference::modifiers& mods = {}) {
+                                    const gqa::reference::modifiers& mods = {}, bool bf16_weights = false) {
   using gqa::index_t;
+  const auto weight = [bf16_weights](float x) { return bf16_weights ? gqa::to_float(gqa::bf16(x)) : x; };
   naive_gradients r;
   r.dq.assign(static_cast<std::size_t>(q.b * q.s * q.h * q.d), 0.0f);
   r.dk.assign(static_cast<std::size_t>(k.b * k.s * k.h * k.d), 0.0f);
@@ -343,6 +357,15 @@ struct naive_gradients {
             logit -= mods.alibi_slopes[static_cast<std::size_t>(h)] * static_cast<float>(std::abs(i + (len - q.s) - j));
           const float p = std::exp(logit - m);
           const float ds = p * (dp - dsum) * dcap;
+          if (bf16_weights) {
+            const float sds = weight(scale * ds), pw = weight(p);
+            for (index_t x = 0; x < q.d; ++x) {
+              r.dq[at(ib, i, h, x, q.s, q.h, q.d)] += sds * k(ib, j, g, x);
+              r.dk[at(ib, j, g, x, k.s, k.h, k.d)] += sds * q(ib, i, h, x);
+            }
+            for (index_t x = 0; x < v.d; ++x) r.dv[at(ib, j, g, x, v.s, v.h, v.d)] += pw * dout(ib, i, h, x);
+            continue;
+          }
           for (index_t x = 0; x < q.d; ++x) {
             r.dq[at(ib, i, h, x, q.s, q.h, q.d)] += scale * ds * k(ib, j, g, x);
             r.dk[at(ib, j, g, x, k.s, k.h, k.d)] += scale * ds * q(ib, i, h, x);

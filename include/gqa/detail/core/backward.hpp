@@ -11,17 +11,21 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <span>
 #include <type_traits>
 #include <vector>
 
 #include "../../head_map.hpp"
+#include "../../isa/cpu.hpp"
 #include "../../isa/vec.hpp"
 #include "../../isa/vec_math.hpp"
 #include "../../numeric.hpp"
 #include "../../options.hpp"
 #include "../../tensor.hpp"
 #include "../../threading/parallel.hpp"
+#include "bf16_tiles.hpp"
 #include "common.hpp"
 #include "packed.hpp"
 #include "tile.hpp"
@@ -159,6 +163,8 @@ struct backward_problem {
   // keys [cu_k[ib], cu_k[ib + 1]) of views with b = 1; empty for a dense call, whose sequence ib is batch
   // element ib.
   std::span<const index_t> cu_q, cu_k;
+  // bf16 inputs whose products run on VDPBF16PS (Note [bf16 backward]).
+  bool bf16_products = false;
 
   bool ragged() const noexcept { return !cu_q.empty(); }
   /// Sequences: batch elements, or the ragged batch's.
@@ -213,11 +219,17 @@ struct backward_kernel {
   /// (rows padded to dp, dvp), Sᵀ/Pᵀ and dPᵀ/dSᵀ (bk × rp), dQ (rows × dp), per row the LSE, D, −slope and
   /// the diagonal's offset in the KV block (ALiBi), and the block's K and V rows padded to dp and dvp (Note
   /// [backward K/V copy]).
+  /// With bf16 products (Note [bf16 backward]) also, as 32-bit pairs or bf16: Qᵀ and dOᵀ in pairs of
+  /// elements (d2 × rp, dv2 × rp), Q and dO rows in pairs of rows (rp/2 × dp, dvp), the block's K and V rows
+  /// (d2, dv2 pairs each), its K rows in pairs of keys (bk/2 × dp), Pᵀ and dSᵀ rounded (bk × ldp bf16), dS
+  /// transposed (rp × bk16 floats) and rounded (rp × ldq bf16).
   struct layout {
-    index_t bk, rp, qt, dot, qr, dor, s, ds, dqa, lse, dd, nsl, rel, kr, vr, total;
+    index_t bk, rp, qt, dot, qr, dor, s, ds, dqa, lse, dd, nsl, rel, kr, vr;
+    index_t d2, dv2, ldp, bk16, ldq, qp, dop, qr2, dor2, kb, vb, kp, p16, ds16, dst, dq16;
+    index_t total;
   };
 
-  static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t dp, index_t dvp) noexcept {
+  static layout plan_scratch(index_t rows, index_t d, index_t dv, index_t dp, index_t dvp, bool bf16) noexcept {
     layout s{};
     s.bk = block_keys;
     s.rp = round_up(rows, L);
@@ -240,6 +252,24 @@ struct backward_kernel {
     s.rel = carve(s.rp);
     s.kr = carve(s.bk * dp);
     s.vr = carve(s.bk * dvp);
+    if (bf16) {
+      s.d2 = (d + 1) / 2;
+      s.dv2 = (dv + 1) / 2;
+      s.ldp = round_up(s.rp, 32);
+      s.bk16 = round_up(s.bk, 16);
+      s.ldq = round_up(s.bk, 32);
+      s.qp = carve(s.d2 * s.rp);
+      s.dop = carve(s.dv2 * s.rp);
+      s.qr2 = carve(s.rp / 2 * dp);
+      s.dor2 = carve(s.rp / 2 * dvp);
+      s.kb = carve(s.bk * s.d2);
+      s.vb = carve(s.bk * s.dv2);
+      s.kp = carve((s.bk + 1) / 2 * dp);
+      s.p16 = carve(s.bk * s.ldp / 2);
+      s.ds16 = carve(s.bk * s.ldp / 2);
+      s.dst = carve(s.rp * s.bk16);
+      s.dq16 = carve(s.rp * s.ldq / 2);
+    }
     s.total = off;
     return s;
   }
@@ -295,7 +325,9 @@ struct backward_kernel {
     const index_t d = pb.q.d, dv = pb.v.d, dp = pb.dp, dvp = pb.dvp, sq = pb.sq_of(ib), skv = pb.skv_of(ib);
     const index_t block_q = block_positions(G);
     const index_t rows_max = G * std::min(block_q, p1 - p0);
-    const layout lay = plan_scratch(rows_max, d, dv, dp, dvp);
+    constexpr bool can16 = bf16_tiles<Isa>::available && std::is_same_v<In, bf16>;
+    const bool use16 = can16 && pb.bf16_products;
+    const layout lay = plan_scratch(rows_max, d, dv, dp, dvp, use16);
     float* ws = thread_scratch(static_cast<std::size_t>(lay.total));
     float* qt = ws + lay.qt;
     float* dot = ws + lay.dot;
@@ -355,6 +387,9 @@ struct backward_kernel {
         nsl[r] = alibi ? -pb.alibi[static_cast<std::size_t>(h)] : 0.0f;
       }
       std::fill(dqa, dqa + rows * dp, 0.0f);
+      if constexpr (can16) {
+        if (use16) pack_rows16(pb, ib, q0, rows, rp, heads, lay, ws);
+      }
       // Keys [first.lo, last.hi) hold every key a row of the block sees; every row sees [last.lo, first.hi).
       const key_range first = pb.keys_of(ib, q0), last = pb.keys_of(ib, q1 - 1);
       const index_t kv_hi = any_row ? last.hi : first.lo;
@@ -362,13 +397,19 @@ struct backward_kernel {
       for (index_t j0 = first.lo; j0 < kv_hi; j0 += lay.bk) {
         const index_t nb = std::min(lay.bk, kv_hi - j0);
         const bool cut = j0 < last.lo || j0 + nb > first.hi;  // some row's mask edge cuts inside the block
-        // The block's K and V rows, copied into the task's scratch, padded to dp and dvp (Note [backward K/V
-        // copy]).
-        tiled::pack_v(strided_rows<In>{pb.k_row(pb.k, ib, j0, g), pb.k.stride_s}, d, nb, dp, kr);
-        tiled::pack_v(strided_rows<In>{pb.k_row(pb.v, ib, j0, g), pb.v.stride_s}, dv, nb, dvp, vr);
-        // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: the block's keys are the tile's rows.
-        product<assign_tile>(kr, dp, nb, qt, rp, rp, d, st, rp);
-        product<assign_tile>(vr, dvp, nb, dot, rp, rp, dv, dst, rp);
+        // bf16 products in the blocks no mask edge cuts (Note [bf16 backward]).
+        const bool block16 = use16 && !cut;
+        if (!block16) {
+          // The block's K and V rows, copied into the task's scratch, padded to dp and dvp (Note [backward
+          // K/V copy]).
+          tiled::pack_v(strided_rows<In>{pb.k_row(pb.k, ib, j0, g), pb.k.stride_s}, d, nb, dp, kr);
+          tiled::pack_v(strided_rows<In>{pb.k_row(pb.v, ib, j0, g), pb.v.stride_s}, dv, nb, dvp, vr);
+          // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: the block's keys are the tile's rows.
+          product<assign_tile>(kr, dp, nb, qt, rp, rp, d, st, rp);
+          product<assign_tile>(vr, dvp, nb, dot, rp, rp, dv, dst, rp);
+        } else if constexpr (can16) {
+          scores16(pb, ib, g, j0, nb, rp, lay, ws);
+        }
         if (alibi)  // exact in float while |the diagonal's offset| < 2^24, as the forward's; padding rows 0
           for (index_t r = 0; r < rp; ++r)
             rel[r] = r < rows ? static_cast<float>(q0 + r / G + (kv_len - sq) - j0) : 0.0f;
@@ -391,7 +432,9 @@ struct backward_kernel {
                                                                          static_cast<float>(j), mods, nlse, dd);
           }
         });
-        if (!cut) {
+        if (block16) {
+          if constexpr (can16) gradients16(nb, rows, rp, lay, ws, acc_k + j0 * ldk, ldk, acc_v + j0 * ldv, ldv, dqa, dp, dvp);
+        } else if (!cut) {
           // dV_j += Pᵀ·dO and dK_j += dSᵀ·Q (the block's keys are C's rows), dQ += dS·K_j (dSᵀ read
           // transposed).
           product<acc_tile>(st, rp, nb, dor, dvp, dvp, rows, acc_v + j0 * ldv, ldv);
@@ -415,6 +458,107 @@ struct backward_kernel {
                        [](float x) noexcept { return from_float<Out>(x); });  // rounded once (Out 16-bit)
       }
     }
+  }
+
+  // Note [bf16 backward]
+  // With bf16 Q, K, V, O and dO and options.bf16_products, where VDPBF16PS is the engine (isa::bf16_dot_fast():
+  // AVX512-BF16 on an AMD CPU; Note [bf16 tiles]), the blocks no mask edge cuts run the five products on
+  // VDPBF16PS register tiles (bf16_tiles<avx512>::register_product: 6 rows × 4 vectors, fp32 sums), as
+  // FlashAttention's backward runs its GEMMs on 16-bit inputs:
+  //   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ   the inputs as they are (exact products, fp32 sums): K and V rows copied
+  //                            (padded to pairs), Qᵀ and dOᵀ packed once per query block in pairs of elements;
+  //   Pᵀ, dSᵀ                  formed in fp32 from those sums exactly as the fp32 path forms them;
+  //   dV_j += Pᵀ·dO            Pᵀ rounded to bf16 (nearest even), dO rows in pairs of rows;
+  //   dK_j += dSᵀ·Q            dSᵀ rounded to bf16, Q rows in pairs of rows;
+  //   dQ += dS·K_j             dSᵀ transposed in fp32 (16 × 16 register blocks), rounded; K in pairs of keys.
+  // The accumulators (dQ of the query block, dK/dV over the task) stay fp32, and the gradients are rounded
+  // once where they leave the core (Note [16-bit backward]). Blocks that a mask edge cuts keep the fp32
+  // path's bands on the widened inputs, so no pair a mask hides enters a product (Note [backward masks]);
+  // in the other blocks every row sees every key, so a NaN meets exactly the products a naive backward
+  // gives it, and the odd row or key that pads a pair has weight 0 against a zero row. Rounding P and dS
+  // adds a relative 2^-9 per term (Note [bf16 backward tolerance] in tests/support/tolerance.hpp), and
+  // VDPBF16PS reads bf16 denormals as zero (Note [bf16 tiles]). Results are the same for any thread count;
+  // options.bf16_products = false gives the fp32 path's bits (Note [16-bit backward]).
+
+  /// The query block's bf16 operands (Note [bf16 backward]): Qᵀ and dOᵀ in pairs of elements (entry (c, r):
+  /// elements 2c, 2c + 1 of row r; zero past d and for the padding rows r >= rows), and Q and dO in pairs
+  /// of rows (entry (i, c): element c of rows 2i, 2i + 1; zero past d and for an odd last row's partner).
+  template <class In, class Out>
+  static void pack_rows16(const backward_problem<In, Out>& pb, index_t ib, index_t q0, index_t rows, index_t rp,
+                          std::span<const index_t> heads, const layout& lay, float* ws) noexcept {
+    using T16 = bf16_tiles<Isa>;
+    const index_t d = pb.q.d, dv = pb.v.d, G = static_cast<index_t>(heads.size());
+    auto* qp = reinterpret_cast<std::uint32_t*>(ws + lay.qp);
+    auto* dop = reinterpret_cast<std::uint32_t*>(ws + lay.dop);
+    const auto pairs = [rp](const In* x, index_t n, index_t n2, std::uint32_t* t, index_t r) noexcept {
+      for (index_t c = 0; c < n2; ++c) {
+        const std::uint32_t lo = x ? x[2 * c].bits : 0u, hi = x && 2 * c + 1 < n ? x[2 * c + 1].bits : 0u;
+        t[c * rp + r] = lo | hi << 16;
+      }
+    };
+    const auto q_of = [&](index_t r) noexcept {
+      return pb.q_row(pb.q, ib, q0 + r / G, heads[static_cast<std::size_t>(r % G)]);
+    };
+    const auto do_of = [&](index_t r) noexcept {
+      return pb.q_row(pb.dout, ib, q0 + r / G, heads[static_cast<std::size_t>(r % G)]);
+    };
+    for (index_t r = 0; r < rp; ++r) {
+      pairs(r < rows ? q_of(r) : nullptr, d, lay.d2, qp, r);
+      pairs(r < rows ? do_of(r) : nullptr, dv, lay.dv2, dop, r);
+    }
+    T16::pair_rows(q_of, rows, d, pb.dp, reinterpret_cast<std::uint32_t*>(ws + lay.qr2), pb.dp);
+    T16::pair_rows(do_of, rows, dv, pb.dvp, reinterpret_cast<std::uint32_t*>(ws + lay.dor2), pb.dvp);
+  }
+
+  /// Sᵀ and dPᵀ of the KV block [j0, j0 + nb) of sequence ib, KV head g on VDPBF16PS (Note [bf16 backward]);
+  /// also copies its K and V rows (padded to whole pairs) and packs its K rows in pairs of keys for dQ.
+  template <class In, class Out>
+  static void scores16(const backward_problem<In, Out>& pb, index_t ib, index_t g, index_t j0, index_t nb, index_t rp,
+                       const layout& lay, float* ws) noexcept {
+    using T16 = bf16_tiles<Isa>;
+    const index_t d = pb.q.d, dv = pb.v.d, ldk = 2 * lay.d2, ldv = 2 * lay.dv2;
+    auto* kb = reinterpret_cast<std::uint16_t*>(ws + lay.kb);
+    auto* vb = reinterpret_cast<std::uint16_t*>(ws + lay.vb);
+    for (index_t j = 0; j < nb; ++j) {
+      std::memcpy(kb + j * ldk, pb.k_row(pb.k, ib, j0 + j, g), static_cast<std::size_t>(d) * sizeof(In));
+      std::memcpy(vb + j * ldv, pb.k_row(pb.v, ib, j0 + j, g), static_cast<std::size_t>(dv) * sizeof(In));
+      if (d < ldk) kb[j * ldk + d] = 0;
+      if (dv < ldv) vb[j * ldv + dv] = 0;
+    }
+    T16::pair_rows([&](index_t x) noexcept { return pb.k_row(pb.k, ib, j0 + x, g); }, nb, d, pb.dp,
+                   reinterpret_cast<std::uint32_t*>(ws + lay.kp), pb.dp);
+    T16::register_product(kb, ldk, nb, reinterpret_cast<const std::uint32_t*>(ws + lay.qp), rp, rp, lay.d2,
+                          ws + lay.s, rp, false);
+    T16::register_product(vb, ldv, nb, reinterpret_cast<const std::uint32_t*>(ws + lay.dop), rp, rp, lay.dv2,
+                          ws + lay.ds, rp, false);
+  }
+
+  /// dV_j += Pᵀ·dO, dK_j += dSᵀ·Q (acc_k, acc_v: the block's first key) and dQ += dS·K_j (dqa) on VDPBF16PS,
+  /// Pᵀ and dSᵀ (the scratch's fp32 rows) rounded to bf16 (Note [bf16 backward]).
+  static void gradients16(index_t nb, index_t rows, index_t rp, const layout& lay, float* ws, float* acc_k,
+                          index_t ldk, float* acc_v, index_t ldv, float* dqa, index_t dp, index_t dvp) noexcept {
+    using T16 = bf16_tiles<Isa>;
+    auto* p16 = reinterpret_cast<std::uint16_t*>(ws + lay.p16);
+    auto* ds16 = reinterpret_cast<std::uint16_t*>(ws + lay.ds16);
+    const float* st = ws + lay.s;
+    const float* dst = ws + lay.ds;
+    for (index_t j = 0; j < nb; ++j) {
+      T16::round_row(st + j * rp, rp, p16 + j * lay.ldp);
+      T16::round_row(dst + j * rp, rp, ds16 + j * lay.ldp);
+      if (rows % 2 != 0) p16[j * lay.ldp + rows] = ds16[j * lay.ldp + rows] = 0;  // the odd row's partner
+    }
+    const index_t row_pairs = (rows + 1) / 2;
+    T16::register_product(p16, lay.ldp, nb, reinterpret_cast<const std::uint32_t*>(ws + lay.dor2), dvp, dvp,
+                          row_pairs, acc_v, ldv, true);
+    T16::register_product(ds16, lay.ldp, nb, reinterpret_cast<const std::uint32_t*>(ws + lay.qr2), dp, dp,
+                          row_pairs, acc_k, ldk, true);
+    float* dt = ws + lay.dst;
+    auto* dq16 = reinterpret_cast<std::uint16_t*>(ws + lay.dq16);
+    T16::transpose_rows(dst, rp, nb, rows, dt, lay.bk16);
+    const index_t nb16 = round_up(nb, 16);
+    for (index_t r = 0; r < rows; ++r) T16::round_row(dt + r * lay.bk16, nb16, dq16 + r * lay.ldq);
+    T16::register_product(dq16, lay.ldq, rows, reinterpret_cast<const std::uint32_t*>(ws + lay.kp), dp, dp,
+                          (nb + 1) / 2, dqa, dp, true);
   }
 
   /// One key j of a block over the query rows [r0, r1) (rounded out to whole vectors; lanes outside are
@@ -478,6 +622,9 @@ void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const 
   const std::vector<index_t> kv_lengths = to_indices(opt.kv_lengths);  // read per row: no switch on the type
   backward_problem<T, G> pb{q, k, v, o, dout, lse, dq, &map, active.data(), scale, opt.causal, -1, -1,
                             opt.softcap, opt.alibi_slopes, kv_lengths, dp, dvp, cu_q, cu_k};
+  // bf16 products where VDPBF16PS is the engine (Note [bf16 backward]; on AMX the backward keeps fp32).
+  pb.bf16_products = bf16_tiles<Isa>::available && std::is_same_v<T, bf16> && opt.bf16_products &&
+                     ::gqa::isa::bf16_dot_fast();
   const index_t n_seq = pb.sequences();
   const longest_sequence longest = pb.ragged() ? longest_of(cu_q, cu_k) : longest_sequence{q.s, k.s};
   const index_t sq = longest.sq, skv = longest.skv;

@@ -331,6 +331,46 @@ struct bf16_tiles<isa::avx512> {
       std::copy(tail, tail + n * dvp, o + full * dvp);
     }
   }
+
+  // --- The backward's products on VDPBF16PS (Note [bf16 backward] in backward.hpp) ---
+
+  /// C[rows][width] (row stride ldc) (= or += per `accumulate`) A·B on VDPBF16PS register tiles: A rows of
+  /// bf16 (row stride lda; step k reads elements 2k, 2k + 1), B `steps` rows of `width` 32-bit pairs (row
+  /// stride ldb); width a multiple of 16. Columns outer, so that a 64-column slice of B serves every row.
+  static void register_product(const std::uint16_t* a, index_t lda, index_t rows, const std::uint32_t* b,
+                               index_t ldb, index_t width, index_t steps, float* c, index_t ldc,
+                               bool accumulate) noexcept {
+    for (index_t c0 = 0; c0 < width; c0 += dot::max_vectors * L) {
+      const int nt = static_cast<int>(std::min<index_t>(dot::max_vectors, (width - c0) / L));
+      for (index_t r0 = 0; r0 < rows; r0 += dot::max_rows) {
+        const int mr = static_cast<int>(std::min<index_t>(dot::max_rows, rows - r0));
+        dot::product(mr, nt, a + r0 * lda, lda, b + c0, ldb, steps, c + r0 * ldc + c0, ldc, accumulate);
+      }
+    }
+  }
+
+  /// dst row i (stride ldd, np entries, np a multiple of 16) for i < ceil(n / 2): element c < m of rows 2i
+  /// and 2i + 1 (bf16 rows at row(x)) as one 32-bit pair, zero past m and for an odd n's missing partner.
+  template <class Rows>
+  static void pair_rows(const Rows& row, index_t n, index_t m, index_t np, std::uint32_t* dst, index_t ldd) noexcept {
+    for (index_t i = 0; 2 * i < n; ++i) {
+      const auto* a = reinterpret_cast<const std::uint16_t*>(row(2 * i));
+      const auto* b = 2 * i + 1 < n ? reinterpret_cast<const std::uint16_t*>(row(2 * i + 1)) : nullptr;
+      amx::interleave(a, b, m, np, dst + i * ldd);
+    }
+  }
+
+  /// t[r][j] (row stride ldt) = s[j][r] (row stride lds) for r < round_up(rows, 16) and j < round_up(n, 16),
+  /// zero for j >= n: 16 × 16 blocks transposed in registers.
+  static void transpose_rows(const float* s, index_t lds, index_t n, index_t rows, float* t, index_t ldt) noexcept {
+    alignas(64) static constexpr float zero_row[L] = {};
+    const float* src[L];
+    for (index_t j0 = 0; j0 < n; j0 += L)
+      for (index_t r0 = 0; r0 < rows; r0 += L) {
+        for (int i = 0; i < L; ++i) src[i] = j0 + i < n ? s + (j0 + i) * lds + r0 : zero_row;
+        V::transpose(src, t + r0 * ldt + j0, ldt);
+      }
+  }
 };
 #endif  // GQA_HAS_AVX512 && GQA_X86_CPUID
 
