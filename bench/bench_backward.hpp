@@ -176,7 +176,8 @@ void run_eigen_backward(benchmark::State& st, const bench_case& c) {
 }
 
 /// The core's backward with 16-bit inputs (the shape's qo16: q, k, v, o and dout in T, gradients in T;
-/// Note [16-bit backward]), gqa::attend_backward on GQA's uniform map: "gqa/<isa>/<shape key>_qkv-bf16_bwd_T<n>",
+/// Note [16-bit backward]; default options, so bf16 products where VDPBF16PS is the engine: Note [bf16
+/// backward]), gqa::attend_backward on GQA's uniform map: "gqa/<isa>/<shape key>_qkv-bf16_bwd_T<n>",
 /// to set beside the fp32 gqa entry of the same shape and run. o and the LSE come from one fp32 forward on
 /// the same inputs; everything is rounded to T outside the timing.
 template <class T>

@@ -64,9 +64,11 @@ struct attention_options {
   /// an AMD one with AVX512-BF16 (isa::bf16_dot_fast()) and the call runs on AVX-512, prefill (the tiled
   /// path) multiplies in bf16 with fp32 sums: Q·Kᵀ on the bf16 inputs as they are, and P·V with the
   /// probabilities rounded to bf16, 1.4-3× as fast as fp32 (docs/api.md, "Element types"; docs/design.md,
-  /// Note [bf16 tiles]); on the AMD one decode does too (Notes [bf16 decode], [bf16 tiles for few rows]).
+  /// Note [bf16 tiles]); on the AMD one decode does too (Notes [bf16 decode], [bf16 tiles for few rows]),
+  /// and so does attend_backward/backward with bf16 q, k, v, o and dout: its five products in bf16 with
+  /// fp32 sums, P and dS rounded to bf16 (Note [bf16 backward] in detail/core/backward.hpp).
   /// false: every product in fp32 on the widened inputs, bit for bit the fp32 call's result (rounded once
-  /// for a bf16 O). Other element types ignore it.
+  /// for a bf16 O or 16-bit gradients). Other element types ignore it.
   bool bf16_products = true;
   /// With an int8 K/V cache (gqa::q8_view): where the call runs on AVX-512 and the CPU has AVX512-VNNI, or
   /// on AVX2 (with AVX-VNNI or by its pre-VNNI equivalents, the same sums), decode (few query positions:

@@ -58,7 +58,7 @@ step ragged_step(const data& x, const std::vector<index_t>& cu_q, const std::vec
   const gqa::variant_heads h = P::heads_for(k_layer);
   const index_t tq = cu_q.back(), tk = cu_k.back(), d = k_layer.d;
   step s{std::vector<float>(static_cast<std::size_t>(tq * h.hq * d)), {}, std::vector<float>(x.q.size()),
-         std::vector<float>(x.k.size()), std::vector<float>(x.v.size()), std::vector<float>(x.sinks.size()), {}};
+         std::vector<float>(x.k.size()), std::vector<float>(x.v.size()), std::vector<float>(x.sinks.size()), {}, {}};
   const gqa::varlen seqs{cu_q, cu_k};
   gqa::with_policy<P>(k_layer, h, [&](P& p) {
     const auto q = gqa::thd<const float>(x.q.data(), tq, h.hq, d);
@@ -82,7 +82,7 @@ step dense_step(const data& x, index_t b, index_t sq, index_t skv, gqa::attentio
   const gqa::variant_heads h = P::heads_for(k_layer);
   const index_t d = k_layer.d;
   step s{std::vector<float>(static_cast<std::size_t>(b * sq * h.hq * d)), {}, std::vector<float>(x.q.size()),
-         std::vector<float>(x.k.size()), std::vector<float>(x.v.size()), std::vector<float>(x.sinks.size()), {}};
+         std::vector<float>(x.k.size()), std::vector<float>(x.v.size()), std::vector<float>(x.sinks.size()), {}, {}};
   gqa::with_policy<P>(k_layer, h, [&](P& p) {
     const auto q = gqa::bshd<const float>(x.q.data(), b, sq, h.hq, d);
     const auto k = gqa::bshd<const float>(x.k.data(), b, skv, h.kv_in, d);

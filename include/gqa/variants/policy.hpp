@@ -846,7 +846,12 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<Q> q, tensor_view
 // v, o and dout into fp32 copies (5 tensors' floats, in buffers the calling thread keeps, plus dq, dk, dv
 // for 16-bit gradients) and runs the float backward: O(size) copies beside the core's O(sq·skv) work.
 // A ragged batch (forward_train/backward with a gqa::varlen) follows the same rule on its packed rows:
-// run_backward() serves both, the core's ragged backward widening as the dense one does.
+// run_backward() serves both, the core's ragged backward widening as the dense one does. With bf16 inputs
+// and options.bf16_products (on by default) on a CPU where VDPBF16PS is the engine (an AMD one with
+// AVX512-BF16), the forward's products are bf16 (Note [bf16 tiles]) and so are a plan-only policy's
+// backward products (Note [bf16 backward] in detail/core/backward.hpp): the rule above then holds with
+// options.bf16_products = false, which the tests set; WGQA and PGQA, whose backward runs on fp32 copies,
+// keep the fp32 products either way.
 
 // Note [backward recomputes prepare]
 // backward() calls prepare(k, v) again rather than keeping its output from the forward: WGQA's combined

@@ -141,7 +141,9 @@ inline constexpr index_t k_backward_min_tasks = 16;
 // rounded once to G where it leaves the core: dQ as its rows are written, dK and dV after the sum over
 // the query ranges (their accumulators stay fp32; the direct accumulation into dk/dv is for G = float
 // only). So a 16-bit call gives, bit for bit, the fp32 call on the widened inputs with its gradients
-// rounded to G (tests: backward_suite), and reads half the input bytes.
+// rounded to G (tests: backward_suite), and reads half the input bytes. With bf16 inputs and
+// options.bf16_products on a CPU where VDPBF16PS is the engine, the blocks no mask edge cuts multiply in
+// bf16 instead (Note [bf16 backward]); options.bf16_products = false keeps the rule above on every CPU.
 
 /// Everything a backward task needs, fixed for the call. T: the inputs' element type (float, bf16, f16);
 /// G: the gradients' (float, or T).
@@ -217,14 +219,14 @@ struct backward_kernel {
   /// A task's scratch, in floats (every array 64-byte aligned), for a query block of `rows` rows (rp: rows
   /// rounded to the vector width) and a KV block of bk keys: Qᵀ and dOᵀ (d × rp, d_v × rp), Q and dO
   /// (rows padded to dp, dvp), Sᵀ/Pᵀ and dPᵀ/dSᵀ (bk × rp), dQ (rows × dp), per row the LSE, D, −slope and
-  /// the diagonal's offset in the KV block (ALiBi), and the block's K and V rows padded to dp and dvp (Note
-  /// [backward K/V copy]).
+  /// the diagonal's offset in the KV block (ALiBi), the block's K and V rows padded to dp and dvp (Note
+  /// [backward K/V copy]), and row_dots()' widened rows and transposed blocks.
   /// With bf16 products (Note [bf16 backward]) also, as 32-bit pairs or bf16: Qᵀ and dOᵀ in pairs of
   /// elements (d2 × rp, dv2 × rp), Q and dO rows in pairs of rows (rp/2 × dp, dvp), the block's K and V rows
   /// (d2, dv2 pairs each), its K rows in pairs of keys (bk/2 × dp), Pᵀ and dSᵀ rounded (bk × ldp bf16), dS
   /// transposed (rp × bk16 floats) and rounded (rp × ldq bf16).
   struct layout {
-    index_t bk, rp, qt, dot, qr, dor, s, ds, dqa, lse, dd, nsl, rel, kr, vr;
+    index_t bk, rp, qt, dot, qr, dor, s, ds, dqa, lse, dd, nsl, rel, kr, vr, dw;
     index_t d2, dv2, ldp, bk16, ldq, qp, dop, qr2, dor2, kb, vb, kp, p16, ds16, dst, dq16;
     index_t total;
   };
@@ -239,8 +241,8 @@ struct backward_kernel {
       off += round_up(n, 16);
       return at;
     };
-    s.qt = carve(d * s.rp);
-    s.dot = carve(dv * s.rp);
+    s.qt = carve(dp * s.rp);
+    s.dot = carve(dvp * s.rp);
     s.qr = carve(rows * dp);
     s.dor = carve(rows * dvp);
     s.s = carve(s.bk * s.rp);
@@ -252,6 +254,7 @@ struct backward_kernel {
     s.rel = carve(s.rp);
     s.kr = carve(s.bk * dp);
     s.vr = carve(s.bk * dvp);
+    s.dw = carve(2 * L * dvp + 2 * L * L);
     if (bf16) {
       s.d2 = (d + 1) / 2;
       s.dv2 = (dv + 1) / 2;
@@ -356,42 +359,44 @@ struct backward_kernel {
     for (index_t q0 = p0; q0 < p1; q0 += block_q) {
       const index_t q1 = std::min(p1, q0 + block_q);
       const index_t rows = G * (q1 - q0), rp = round_up(rows, L);
-      // Pack Q and dO as rows (padded to dp, dvp) and transposed (padded to rp columns), the LSE and
-      // D = dO·O per row, and −LSE. A row that saw no key in the forward (LSE −inf), and the padding, get
-      // −LSE = −inf: P = 2^(−inf) = 0 whatever its scores (Note [backward tasks]).
+      // Keys [first.lo, last.hi) hold every key a row of the block sees; every row sees [last.lo, first.hi).
+      const key_range first = pb.keys_of(ib, q0), last = pb.keys_of(ib, q1 - 1);
+      // Per row −LSE, D = dO·O and the ALiBi slope. A row that saw no key in the forward (LSE −inf), and the
+      // padding, get −LSE = −inf: P = 2^(−inf) = 0 whatever its scores (Note [backward tasks]).
       bool any_row = false;
       for (index_t r = 0; r < rp; ++r) {
         if (r >= rows) {
-          for (index_t c = 0; c < d; ++c) qt[c * rp + r] = 0.0f;
-          for (index_t c = 0; c < dv; ++c) dot[c * rp + r] = 0.0f;
           nlse[r] = k_neg_inf;
-          dd[r] = 0.0f;
           nsl[r] = 0.0f;
           continue;
         }
         const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
-        // Widened as they are packed (Note [16-bit backward]; a copy for float).
-        const In* qs = pb.q_row(pb.q, ib, pos, h);
-        const In* ds = pb.q_row(pb.dout, ib, pos, h);
-        std::transform(qs, qs + d, qr + r * dp, [](In x) noexcept { return to_float(x); });
-        std::fill(qr + r * dp + d, qr + (r + 1) * dp, 0.0f);
-        std::transform(ds, ds + dv, dor + r * dvp, [](In x) noexcept { return to_float(x); });
-        std::fill(dor + r * dvp + dv, dor + (r + 1) * dvp, 0.0f);
-        for (index_t c = 0; c < d; ++c) qt[c * rp + r] = qr[r * dp + c];
-        for (index_t c = 0; c < dv; ++c) dot[c * rp + r] = dor[r * dvp + c];
         const float l = pb.lse_of(ib, h, pos);
         nlse[r] = l == k_neg_inf ? k_neg_inf : -l;
         const key_range keys = pb.keys_of(ib, pos);
         any_row = any_row || (l != k_neg_inf && keys.hi > keys.lo);
-        dd[r] = dot_row(ds, pb.q_row(pb.o, ib, pos, h), dv);
         nsl[r] = alibi ? -pb.alibi[static_cast<std::size_t>(h)] : 0.0f;
+      }
+      row_dots(pb, ib, q0, rows, rp, heads, ws + lay.dw, dd);
+      // Q and dO as fp32 rows (widened; padded to dp, dvp) and transposed (padded to rp columns), for the fp32
+      // products: every block's, or with bf16 products only the cut blocks' (none when every row of the
+      // query block sees the same keys).
+      if (!use16 || first.lo != last.lo || first.hi != last.hi) {
+        for (index_t r = 0; r < rows; ++r) {
+          const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
+          // Widened as they are packed (Note [16-bit backward]; a copy for float).
+          const In* qs = pb.q_row(pb.q, ib, pos, h);
+          const In* ds = pb.q_row(pb.dout, ib, pos, h);
+          widen(qs, d, dp, qr + r * dp);
+          widen(ds, dv, dvp, dor + r * dvp);
+        }
+        transpose_rows(qr, dp, rows, rp, qt);
+        transpose_rows(dor, dvp, rows, rp, dot);
       }
       std::fill(dqa, dqa + rows * dp, 0.0f);
       if constexpr (can16) {
         if (use16) pack_rows16(pb, ib, q0, rows, rp, heads, lay, ws);
       }
-      // Keys [first.lo, last.hi) hold every key a row of the block sees; every row sees [last.lo, first.hi).
-      const key_range first = pb.keys_of(ib, q0), last = pb.keys_of(ib, q1 - 1);
       const index_t kv_hi = any_row ? last.hi : first.lo;
 
       for (index_t j0 = first.lo; j0 < kv_hi; j0 += lay.bk) {
@@ -589,6 +594,65 @@ struct backward_kernel {
       const auto p = isa::exp2<Isa>(V::mul(x, vlog2e));
       V::store(s + r, p);
       V::store(dp + r, V::mul(V::mul(p, grad), V::sub(V::load(dp + r), V::load(dd + r))));
+    }
+  }
+
+  /// dst[0, np) = the n elements of src widened to float (a vector copy for float), then zeros.
+  template <class In>
+  static void widen(const In* src, index_t n, index_t np, float* dst) noexcept {
+    tiled::pack_v(strided_rows<In>{src, 0}, n, 1, np, dst);
+  }
+
+  /// t (n × rp, row stride rp) = the rows × n floats of x (row stride n, n a multiple of L) transposed, the
+  /// padding columns rows .. rp − 1 zero: L × L blocks transposed in registers (the same values moved).
+  static void transpose_rows(const float* x, index_t n, index_t rows, index_t rp, float* t) noexcept {
+    alignas(64) static constexpr float zero_row[L] = {};
+    const float* src[L];
+    for (index_t r0 = 0; r0 < rp; r0 += L)
+      for (index_t c0 = 0; c0 < n; c0 += L) {
+        for (int i = 0; i < L; ++i) src[i] = r0 + i < rows ? x + (r0 + i) * n + c0 : zero_row;
+        V::transpose(src, t + c0 * rp + r0, rp);
+      }
+  }
+
+  /// dd[r] = D of the query block's row r (dot_row(dO_r, O_r, d_v): the same multiply-adds in the same
+  /// order, so the same bits) for r < rows, 0 for the padding up to rp; L rows at a time, each lane one
+  /// row: the rows' dO and O are widened into w (2·L rows of dvp floats), and each L × L block of them
+  /// transposed, so that a lane's chain runs over its row's elements in order.
+  template <class In, class Out>
+  static void row_dots(const backward_problem<In, Out>& pb, index_t ib, index_t q0, index_t rows, index_t rp,
+                       std::span<const index_t> heads, float* w, float* dd) noexcept {
+    const index_t dv = pb.v.d, dvp = pb.dvp, G = static_cast<index_t>(heads.size());
+    float* wd = w;
+    float* wo = w + L * dvp;
+    float* td = w + 2 * L * dvp;
+    float* to = td + L * L;
+    const float* src[L];
+    for (index_t r0 = 0; r0 < rp; r0 += L) {
+      for (int i = 0; i < L; ++i) {
+        float* a = wd + i * dvp;
+        float* b = wo + i * dvp;
+        if (r0 + i < rows) {
+          const index_t r = r0 + i, pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
+          const In* ds = pb.q_row(pb.dout, ib, pos, h);
+          const In* os = pb.q_row(pb.o, ib, pos, h);
+          widen(ds, dv, dvp, a);
+          widen(os, dv, dvp, b);
+        } else {
+          std::fill(a, a + dvp, 0.0f);
+          std::fill(b, b + dvp, 0.0f);
+        }
+      }
+      auto acc = V::zero();
+      for (index_t c0 = 0; c0 < dv; c0 += L) {
+        for (int i = 0; i < L; ++i) src[i] = wd + i * dvp + c0;
+        V::transpose(src, td, L);
+        for (int i = 0; i < L; ++i) src[i] = wo + i * dvp + c0;
+        V::transpose(src, to, L);
+        const index_t n = std::min<index_t>(L, dv - c0);
+        for (index_t c = 0; c < n; ++c) acc = V::mul_add(V::load(td + c * L), V::load(to + c * L), acc);
+      }
+      V::store(dd + r0, acc);
     }
   }
 
