@@ -390,8 +390,8 @@ struct backward_kernel {
           widen(qs, d, dp, qr + r * dp);
           widen(ds, dv, dvp, dor + r * dvp);
         }
-        transpose_rows(qr, dp, rows, rp, qt);
-        transpose_rows(dor, dvp, rows, rp, dot);
+        transpose_rows(qr, dp, dp, rows, qt, rp);
+        transpose_rows(dor, dvp, dvp, rows, dot, rp);
       }
       std::fill(dqa, dqa + rows * dp, 0.0f);
       if constexpr (can16) {
@@ -559,7 +559,7 @@ struct backward_kernel {
                           row_pairs, acc_k, ldk, true);
     float* dt = ws + lay.dst;
     auto* dq16 = reinterpret_cast<std::uint16_t*>(ws + lay.dq16);
-    T16::transpose_rows(dst, rp, nb, rows, dt, lay.bk16);
+    transpose_rows(dst, rp, rp, nb, dt, lay.bk16);  // dS: rows of the block's keys, padded with zero keys
     const index_t nb16 = round_up(nb, 16);
     for (index_t r = 0; r < rows; ++r) T16::round_row(dt + r * lay.bk16, nb16, dq16 + r * lay.ldq);
     T16::register_product(dq16, lay.ldq, rows, reinterpret_cast<const std::uint32_t*>(ws + lay.kp), dp, dp,
@@ -603,15 +603,16 @@ struct backward_kernel {
     tiled::pack_v(strided_rows<In>{src, 0}, n, 1, np, dst);
   }
 
-  /// t (n × rp, row stride rp) = the rows × n floats of x (row stride n, n a multiple of L) transposed, the
-  /// padding columns rows .. rp − 1 zero: L × L blocks transposed in registers (the same values moved).
-  static void transpose_rows(const float* x, index_t n, index_t rows, index_t rp, float* t) noexcept {
+  /// Row c of t (row stride ldt) = column c of x, for the n columns of x's `rows` rows (row stride ldx; n
+  /// a multiple of L) and round_up(rows, L) entries per row of t, zero past `rows`: L × L blocks transposed
+  /// in registers (the same values moved).
+  static void transpose_rows(const float* x, index_t ldx, index_t n, index_t rows, float* t, index_t ldt) noexcept {
     alignas(64) static constexpr float zero_row[L] = {};
     const float* src[L];
-    for (index_t r0 = 0; r0 < rp; r0 += L)
+    for (index_t r0 = 0; r0 < rows; r0 += L)
       for (index_t c0 = 0; c0 < n; c0 += L) {
-        for (int i = 0; i < L; ++i) src[i] = r0 + i < rows ? x + (r0 + i) * n + c0 : zero_row;
-        V::transpose(src, t + c0 * rp + r0, rp);
+        for (int i = 0; i < L; ++i) src[i] = r0 + i < rows ? x + (r0 + i) * ldx + c0 : zero_row;
+        V::transpose(src, t + c0 * ldt + r0, ldt);
       }
   }
 

@@ -359,18 +359,6 @@ struct bf16_tiles<isa::avx512> {
       amx::interleave(a, b, m, np, dst + i * ldd);
     }
   }
-
-  /// t[r][j] (row stride ldt) = s[j][r] (row stride lds) for r < round_up(rows, 16) and j < round_up(n, 16),
-  /// zero for j >= n: 16 × 16 blocks transposed in registers.
-  static void transpose_rows(const float* s, index_t lds, index_t n, index_t rows, float* t, index_t ldt) noexcept {
-    alignas(64) static constexpr float zero_row[L] = {};
-    const float* src[L];
-    for (index_t j0 = 0; j0 < n; j0 += L)
-      for (index_t r0 = 0; r0 < rows; r0 += L) {
-        for (int i = 0; i < L; ++i) src[i] = j0 + i < n ? s + (j0 + i) * lds + r0 : zero_row;
-        V::transpose(src, t + r0 * ldt + j0, ldt);
-      }
-  }
 };
 #endif  // GQA_HAS_AVX512 && GQA_X86_CPUID
 
