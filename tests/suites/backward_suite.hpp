@@ -1054,12 +1054,56 @@ bool check_bf16_products_backward(const backward_case& c) {
   const grads f = run(false, 1);
   return f.dq != g.dq || f.dk != g.dk || f.dv != g.dv;
 }
+
+/// NaN in one bf16 V element (a key some causal rows do not see) and one dO element: with the bf16 products
+/// the gradients are NaN exactly where the fp32 products' are (Note [non-finite inputs]: a NaN reaches the
+/// gradients a naive backward gives it and crosses no mask), and finite elsewhere.
+template <class Isa>
+void check_bf16_products_nonfinite(bool causal) {
+  using T = gqa::bf16;
+  auto c = shaped_case(1, 70, 300, 4, 2, 32, causal ? 942 : 941);
+  c.causal = causal;  // bottom-right: query i sees keys <= i + 230, so key 280 only from row 50 on
+  SCOPED_TRACE(c.describe() + ", bf16 inputs with NaN in v[280][1][3] and dout[10][2][5]");
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto p = backward_data::make<Isa>(c, [&](backward_data& x) {
+    for (auto* t : {&x.q, &x.k, &x.v, &x.dout}) round_to<T>(t->view);
+    x.v.view.row(0, 280, 1)[3] = nan;
+    x.dout.view.row(0, 10, 2)[5] = nan;
+  });
+  round_to<T>(p.o.view);
+  const auto q = narrow_bshd<T>(p.q.view), k = narrow_bshd<T>(p.k.view), v = narrow_bshd<T>(p.v.view);
+  const auto o = narrow_bshd<T>(p.o.view), dout = narrow_bshd<T>(p.dout.view);
+  const auto run = [&](bool products) {
+    std::vector<float> g(q.size() + k.size() + v.size(), nan);
+    auto opt = p.options(c);
+    opt.bf16_products = products;
+    float* dq = g.data();
+    float* dk = dq + q.size();
+    float* dv = dk + k.size();
+    gqa::attend_backward<Isa>(gqa::bshd<const T>(q.data(), c.b, c.sq, c.hq, c.d), gqa::bshd<const T>(k.data(), c.b, c.skv, c.hkv, c.d),
+                              gqa::bshd<const T>(v.data(), c.b, c.skv, c.hkv, c.dv), gqa::bshd<const T>(o.data(), c.b, c.sq, c.hq, c.dv),
+                              gqa::bshd<const T>(dout.data(), c.b, c.sq, c.hq, c.dv), p.lse, gqa::bshd(dq, c.b, c.sq, c.hq, c.d),
+                              gqa::bshd(dk, c.b, c.skv, c.hkv, c.d), gqa::bshd(dv, c.b, c.skv, c.hkv, c.dv), p.map, opt);
+    return g;
+  };
+  const auto g = run(true), f = run(false);
+  std::size_t nans = 0, finite = 0;
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    ASSERT_EQ(std::isnan(g[i]), std::isnan(f[i])) << "gradient element " << i << " (dq, dk, dv concatenated): " << g[i]
+                                                  << " with the bf16 products, " << f[i] << " with the fp32 ones";
+    ASSERT_FALSE(std::isinf(g[i])) << "gradient element " << i;
+    nans += std::isnan(g[i]) ? 1 : 0;
+    finite += std::isfinite(g[i]) ? 1 : 0;
+  }
+  EXPECT_GT(nans, 0u);
+  EXPECT_GT(finite, 0u);
+}
 }  // namespace
 
 // bf16 inputs with the bf16 products (Note [bf16 backward]): GQA with blocks no mask cuts and a last short
 // block, d odd and d_v != d; causal with padding (cut and whole blocks, keys no row sees); every score
 // modifier with sinks' gradient; an uneven map with an unused KV head; MQA with several query ranges and
-// an odd number of rows per query block; large scores. Where VDPBF16PS is the engine on AVX-512, the
+// an odd number of rows per query block; large scores; NaN in V and dO, with and without a causal mask. Where VDPBF16PS is the engine on AVX-512, the
 // products ran (the gradients are not the fp32 products'); elsewhere they are the fp32 products' bits.
 TYPED_TEST_P(backward_suite, bf16_products_match_reference) {
   std::vector<backward_case> cases;
@@ -1098,6 +1142,7 @@ TYPED_TEST_P(backward_suite, bf16_products_match_reference) {
   }
   int differing = 0;
   for (const auto& c : cases) differing += check_bf16_products_backward<TypeParam>(c) ? 1 : 0;
+  for (const bool causal : {false, true}) check_bf16_products_nonfinite<TypeParam>(causal);
   if (std::is_same_v<TypeParam, gqa::isa::avx512> && gqa::isa::bf16_dot_fast()) {
     EXPECT_EQ(differing, static_cast<int>(cases.size()));
   } else {
