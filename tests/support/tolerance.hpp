@@ -357,20 +357,12 @@ struct naive_gradients {
             logit -= mods.alibi_slopes[static_cast<std::size_t>(h)] * static_cast<float>(std::abs(i + (len - q.s) - j));
           const float p = std::exp(logit - m);
           const float ds = p * (dp - dsum) * dcap;
-          if (bf16_weights) {
-            const float sds = weight(scale * ds), pw = weight(p);
-            for (index_t x = 0; x < q.d; ++x) {
-              r.dq[at(ib, i, h, x, q.s, q.h, q.d)] += sds * k(ib, j, g, x);
-              r.dk[at(ib, j, g, x, k.s, k.h, k.d)] += sds * q(ib, i, h, x);
-            }
-            for (index_t x = 0; x < v.d; ++x) r.dv[at(ib, j, g, x, v.s, v.h, v.d)] += pw * dout(ib, i, h, x);
-            continue;
-          }
+          const float sds = weight(scale * ds), pw = weight(p);  // sds · k: scale · ds · k, left to right
           for (index_t x = 0; x < q.d; ++x) {
-            r.dq[at(ib, i, h, x, q.s, q.h, q.d)] += scale * ds * k(ib, j, g, x);
-            r.dk[at(ib, j, g, x, k.s, k.h, k.d)] += scale * ds * q(ib, i, h, x);
+            r.dq[at(ib, i, h, x, q.s, q.h, q.d)] += sds * k(ib, j, g, x);
+            r.dk[at(ib, j, g, x, k.s, k.h, k.d)] += sds * q(ib, i, h, x);
           }
-          for (index_t x = 0; x < v.d; ++x) r.dv[at(ib, j, g, x, v.s, v.h, v.d)] += p * dout(ib, i, h, x);
+          for (index_t x = 0; x < v.d; ++x) r.dv[at(ib, j, g, x, v.s, v.h, v.d)] += pw * dout(ib, i, h, x);
         }
       }
     }

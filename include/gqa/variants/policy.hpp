@@ -850,8 +850,8 @@ void backward(P& p, const saved_forward<P>& saved, tensor_view<Q> q, tensor_view
 // and options.bf16_products (on by default) on a CPU where VDPBF16PS is the engine (an AMD one with
 // AVX512-BF16), the forward's products are bf16 (Note [bf16 tiles]) and so are a plan-only policy's
 // backward products (Note [bf16 backward] in detail/core/backward.hpp): the rule above then holds with
-// options.bf16_products = false, which the tests set; WGQA and PGQA, whose backward runs on fp32 copies,
-// keep the fp32 products either way.
+// options.bf16_products = false; WGQA and PGQA, whose backward runs on fp32 copies, keep the fp32 products
+// either way.
 
 // Note [backward recomputes prepare]
 // backward() calls prepare(k, v) again rather than keeping its output from the forward: WGQA's combined
