@@ -530,8 +530,8 @@ inline case_spec draw_case(source& r, const limits& lim) {
         in.value = k_nan;
   // The backward, on the calls it takes (Note [sweep backward]).
   const bool backward = r.chance(40);
-  c.backward = backward && c.variant < 0 && c.kv_kind != 1 && c.kv == kv_type::f32 && c.injections.empty() &&
-               !c.check_finite;
+  c.backward = backward && c.variant < 0 && c.kv_kind != 1 && (c.kv == kv_type::f32 || (half && c.qo16)) &&
+               c.injections.empty() && !c.check_finite;
   if (c.backward) c.lse = true;  // its input
   return c;
 }
@@ -1338,15 +1338,21 @@ inline std::string check_widened_bits(const case_spec& c, const result& f, const
 }
 
 // Note [sweep backward]
-// About 40% of the cases that call gqa::attend on dense float views or a float ragged batch with finite
-// inputs (no injections, no check_finite; about 12% of all cases) also run gqa::attend_backward on every
+// About 40% of the cases that call gqa::attend on dense views or a ragged batch with finite inputs (no
+// injections, no check_finite), float or with Q, K, V and O all bf16 or all f16 (about 9% of all cases,
+// 1% with 16-bit inputs), also run gqa::attend_backward on every
 // ISA (the ragged batch's overload on the packed rows, its dK/dV scattered back into the dense layout with
 // +0 past each sequence's keys), from that ISA's forward
-// O and LSE and a dout drawn uniform in [-1, 1] (laid out as o), with the case's options (masks, softcap,
-// sinks with options.dsinks, ALiBi), head map and executor, and gradients laid out as q, k and v. Each
+// O and LSE and a dout drawn uniform in [-1, 1] (laid out as o; rounded to the type with 16-bit inputs,
+// whose backward takes q, k, v, o and dout in it and returns float gradients), with the case's options
+// (masks, softcap, sinks with options.dsinks, ALiBi, bf16_products), head map and executor, and gradients
+// laid out as q, k and v. Each
 // element of dq, dk, dv and dsinks is checked against reference::attention_backward (double, from q, k, v
-// and dout alone) within Note [backward tolerance] (tests/support/tolerance.hpp: twice the naive fp32
-// backward's error on the same O and LSE, plus the floors); every gradient must be finite, an element
+// and dout alone, the values the call holds) within Note [backward tolerance] (tests/support/tolerance.hpp:
+// twice the naive fp32 backward's error on the same O and LSE, plus the floors; bf16 inputs with
+// bf16_products: Note [bf16 backward tolerance], the naive backward rounding P and scale·dS to bf16, which
+// bounds the ISAs and CPUs that keep fp32 products too); 16-bit inputs otherwise must also give the bits of
+// the float backward on the widened inputs (the API's promise). Every gradient must be finite, an element
 // nothing reaches (a row that sees no key, a key no row sees, a KV head that serves no query head: its
 // reference terms are 0) exactly +0, nothing may be written outside the gradients' views, and every
 // executor must give the bits of one thread. The unit suites (tests/suites/backward_suite.hpp) hold the
@@ -1372,10 +1378,17 @@ struct double_copy {
 
 }  // namespace detail
 
+/// Whether the backward of case c takes 16-bit inputs (q, k, v, o and dout in K/V's type).
+inline bool half_backward(const case_spec& c) {
+  return c.backward && c.qo16 && (c.kv == kv_type::bf16 || c.kv == kv_type::f16);
+}
+
 inline backward_expected backward_expect_of(const case_spec& c, const case_data& in) {
   backward_expected e;
   e.dout = make_buffer(c.lo, c.b, c.sq, c.heads.hq, c.dv);
   fill_uniform(e.dout.view, c.data_seed + 3, 1.0f);
+  if (half_backward(c) && c.kv == kv_type::bf16) detail::round_view<gqa::bf16>(e.dout.view);
+  if (half_backward(c) && c.kv == kv_type::f16) detail::round_view<gqa::f16>(e.dout.view);
   const detail::double_copy q(in.q), k(in.k), v(in.v), dout(e.dout.view);
   e.ref = gqa::reference::attention_backward(q.view, k.view, v.view, dout.view, in.map.kv_of_q(), detail::scale_of(c),
                                              c.causal, c.kv_lengths, detail::modifiers_of(c));
@@ -1389,8 +1402,10 @@ struct backward_result {
   std::string error;
 };
 
+/// The backward of case c on `isa` with `threads` (as run_on), from the forward's result fwd; with 16-bit
+/// inputs (half_backward) on them, or with `widened` on their float values.
 inline backward_result run_backward_on(const runner& isa, const case_spec& c, const case_data& in, const result& fwd,
-                                       const backward_expected& e, int threads) {
+                                       const backward_expected& e, int threads, bool widened = false) {
   backward_result g;
   g.dq = make_buffer(c.lq, c.b, c.sq, c.heads.hq, c.d);
   g.dk = make_buffer(c.lk, c.b, c.skv, c.heads.kv_in, c.d);
@@ -1409,6 +1424,7 @@ inline backward_result run_backward_on(const runner& isa, const case_spec& c, co
   k.map = &in.map;
   k.opt = detail::options_of(c);
   k.opt.dsinks = g.dsinks;
+  k.opt.bf16_products = c.bf16_products;
   if (threads == 1) k.opt.num_threads = 2;
   if (threads == 2) k.opt.parallel_for = reverse_two_threads;
   // A ragged batch: the packed rows (q, o, dout and dq BSHD without padding are the packed query rows), the
@@ -1441,6 +1457,26 @@ inline backward_result run_backward_on(const runner& isa, const case_spec& c, co
     k.opt.kv_lengths = {};
     k.seqs = &in.seqs;
   }
+  // 16-bit inputs: q, k and v the case's mirrors, o and dout written in the type (their values already are).
+  std::vector<gqa::bf16> o_bf16, dout_bf16;
+  std::vector<gqa::f16> o_f16, dout_f16;
+  const auto cdata = [](const auto& x) { return x.data(); };  // a pointer to const elements
+  const auto half = [&](const auto& m, auto& om, auto& dm, auto& h) {
+    call views;
+    views.q = k.q;
+    views.k = k.k;
+    views.v = k.v;
+    const auto qkv = detail::half_of(c, in, views, m);
+    detail::write_as(fwd.o.mem, om);
+    detail::write_as(e.dout.mem, dm);
+    h = {qkv.q, qkv.k, qkv.v, detail::mirror_view(k.o, fwd.o.mem.data(), cdata(om)),
+         detail::mirror_view(k.dout, e.dout.mem.data(), cdata(dm))};
+  };
+  if (half_backward(c) && !widened) {
+    k.kv = c.kv;
+    if (c.kv == kv_type::bf16) half(in.bf16, o_bf16, dout_bf16, k.bf16);
+    if (c.kv == kv_type::f16) half(in.f16, o_f16, dout_f16, k.f16);
+  }
   try {
     isa.backward(k);
   } catch (const gqa::invalid_argument& x) {
@@ -1463,9 +1499,12 @@ inline std::string check_backward(const case_spec& c, const case_data& in, const
                                   const backward_result& g) {
   std::ostringstream err;
   if (!g.error.empty()) return "unexpected gqa::invalid_argument: " + g.error;
+  // bf16 inputs with the bf16 products: P and scale·dS rounded to bf16 (Note [bf16 backward tolerance]), a
+  // bound for the ISAs and CPUs that keep fp32 products too.
+  const bool bf16_weights = half_backward(c) && c.kv == kv_type::bf16 && c.bf16_products;
   const auto naive = gqa::test::naive_fp32_backward(in.q, in.k, in.v, fwd.o.view, e.dout.view, fwd.lse, in.map.kv_of_q(),
                                                     static_cast<float>(detail::scale_of(c)), c.causal, c.kv_lengths,
-                                                    detail::modifiers_of(c));
+                                                    detail::modifiers_of(c), bf16_weights);
   const auto compare = [&](const char* name, const buffer& got, const std::vector<double>& ref,
                            const std::vector<double>& terms, const std::vector<float>& nv) {
     const double tol = gqa::test::gradient_tolerance(nv, ref);
@@ -1505,13 +1544,13 @@ inline std::string check_backward(const case_spec& c, const case_data& in, const
   return {};
 }
 
-/// Bitwise comparison of two backward runs; empty when equal.
-inline std::string check_backward_bits(const backward_result& a, const backward_result& b) {
+/// Bitwise comparison of two backward runs, b being `what`; empty when equal.
+inline std::string check_backward_bits(const backward_result& a, const backward_result& b, const std::string& what) {
   for (const auto& [x, y, name] : {std::tuple{&a.dq, &b.dq, "dq"}, std::tuple{&a.dk, &b.dk, "dk"}, std::tuple{&a.dv, &b.dv, "dv"}})
     for (std::size_t i = 0; i < x->mem.size(); ++i)
-      if (!same(x->mem[i], y->mem[i])) return std::string(name) + " differs from 1 thread at buffer element " + std::to_string(i);
+      if (!same(x->mem[i], y->mem[i])) return std::string(name) + " differs from " + what + " at buffer element " + std::to_string(i);
   for (std::size_t h = 0; h < a.dsinks.size(); ++h)
-    if (!same(a.dsinks[h], b.dsinks[h])) return "dsinks differ from 1 thread at head " + std::to_string(h);
+    if (!same(a.dsinks[h], b.dsinks[h])) return "dsinks differ from " + what + " at head " + std::to_string(h);
   return {};
 }
 
@@ -1585,9 +1624,15 @@ inline std::string run_and_check(const case_spec& c, const std::vector<runner>& 
       const backward_result g = run_backward_on(isa, c, in, r, *be, c.threads);
       if (auto f = check_backward(c, in, r, *be, g); !f.empty()) return std::string(isa.name) + ": backward: " + f;
       if (c.threads != 0) {
-        if (auto f = check_backward_bits(run_backward_on(isa, c, in, r, *be, 0), g); !f.empty())
+        if (auto f = check_backward_bits(run_backward_on(isa, c, in, r, *be, 0), g, "1 thread"); !f.empty())
           return std::string(isa.name) + ": backward: " + f;
       }
+      // 16-bit inputs without the bf16 products: bit for bit the float backward on the widened inputs.
+      if (half_backward(c) && !(c.kv == kv_type::bf16 && c.bf16_products))
+        if (auto f = check_backward_bits(run_backward_on(isa, c, in, r, *be, c.threads, true), g,
+                                         "the float backward on the widened inputs");
+            !f.empty())
+          return std::string(isa.name) + ": backward: " + f;
     }
   }
   return {};

@@ -55,7 +55,15 @@ struct call {
   const gqa::paged_q8_kv* paged8 = nullptr;
 };
 
-/// One backward call: gqa::attend_backward<Isa> (float) with `map`, on dense views or (seqs) a ragged batch.
+/// The 16-bit inputs of a backward call: q, k, v, o and dout in T.
+template <class T>
+struct half_backward_views {
+  gqa::tensor_view<const T> q, k, v, o, dout;
+};
+
+/// One backward call: gqa::attend_backward<Isa> with `map`, on dense views or (seqs) a ragged batch; the
+/// inputs float (q, k, v, o, dout) or, when kv is bf16 or f16, of that type (`bf16`, `f16`); the gradients
+/// float.
 struct backward_call {
   gqa::tensor_view<const float> q, k, v, o, dout;
   std::span<const float> lse;
@@ -63,6 +71,9 @@ struct backward_call {
   const gqa::head_map* map = nullptr;
   gqa::attention_options opt;
   const gqa::varlen* seqs = nullptr;
+  kv_type kv = kv_type::f32;
+  half_backward_views<gqa::bf16> bf16;
+  half_backward_views<gqa::f16> f16;
 };
 
 /// An ISA the sweep can run: its name, whether this CPU runs it, and the forward and backward calls on it.
@@ -148,6 +159,21 @@ void run_call(const call& c) {
   }
 }
 
+/// The backward call c on Isa, with the views of its element type.
+template <class Isa>
+void run_backward(const backward_call& c) {
+  const auto views = [&](const auto& q, const auto& k, const auto& v, const auto& o, const auto& dout) {
+    if (c.seqs) return ::gqa::attend_backward<Isa>(q, k, v, o, dout, c.lse, c.dq, c.dk, c.dv, *c.map, *c.seqs, c.opt);
+    ::gqa::attend_backward<Isa>(q, k, v, o, dout, c.lse, c.dq, c.dk, c.dv, *c.map, c.opt);
+  };
+  const auto half = [&](const auto& h) { views(h.q, h.k, h.v, h.o, h.dout); };
+  switch (c.kv) {
+    case kv_type::bf16: return half(c.bf16);
+    case kv_type::f16: return half(c.f16);
+    default: return views(c.q, c.k, c.v, c.o, c.dout);
+  }
+}
+
 }  // namespace
 }  // namespace gqa::sweep
 
@@ -156,14 +182,7 @@ void run_call(const call& c) {
   namespace gqa::sweep {                                                                                       \
   namespace {                                                                                                  \
   void run_##isa_name(const call& c) { run_call<::gqa::isa::isa_name>(c); }                                   \
-  void backward_##isa_name(const backward_call& c) {                                                           \
-    if (c.seqs)                                                                                                \
-      ::gqa::attend_backward<::gqa::isa::isa_name>(c.q, c.k, c.v, c.o, c.dout, c.lse, c.dq, c.dk, c.dv, *c.map, \
-                                                   *c.seqs, c.opt);                                            \
-    else                                                                                                       \
-      ::gqa::attend_backward<::gqa::isa::isa_name>(c.q, c.k, c.v, c.o, c.dout, c.lse, c.dq, c.dk, c.dv, *c.map, \
-                                                   c.opt);                                                     \
-  }                                                                                                            \
+  void backward_##isa_name(const backward_call& c) { run_backward<::gqa::isa::isa_name>(c); }                   \
   bool supported_##isa_name() { return ::gqa::isa::cpu_supports<::gqa::isa::isa_name>(); }                    \
   }                                                                                                            \
   runner runner_##isa_name() {                                                                                 \

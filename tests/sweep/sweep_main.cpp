@@ -83,7 +83,8 @@ int main(int argc, char** argv) {
   const std::string self = std::filesystem::absolute(argv[0]).string();
   const gqa::sweep::limits lim;
   const auto start = std::chrono::steady_clock::now();
-  long long ran = 0, failed = 0, with_injections = 0, long_cases = 0, backward_cases = 0, ragged_backward = 0;
+  long long ran = 0, failed = 0, with_injections = 0, long_cases = 0, backward_cases = 0, ragged_backward = 0,
+            half_backward = 0;
   std::map<std::string, long long> per_variant, per_type, per_form;
   const long long first = only ? *only : 0, last = only ? *only + 1 : cases;
   for (long long ci = first; ci < last; ++ci) {
@@ -104,6 +105,7 @@ int main(int argc, char** argv) {
     long_cases += std::max(c.sq, c.skv) >= 1024 ? 1 : 0;
     backward_cases += c.backward ? 1 : 0;
     ragged_backward += c.backward && c.kv_kind == 2 ? 1 : 0;
+    half_backward += gqa::sweep::half_backward(c) ? 1 : 0;
     std::string failure;
     try {
       failure = gqa::sweep::run_and_check(c, isas);
@@ -132,6 +134,7 @@ int main(int argc, char** argv) {
   std::cout << "\n  per K/V form, element type and call:";
   for (const auto& [name, n] : per_form) std::cout << " " << name << " " << n << ",";
   std::cout << "\n  with NaN/inf/huge/denormal injections: " << with_injections << ", with a sequence >= 1024: " << long_cases
-            << ", with the backward: " << backward_cases << " (on a ragged batch: " << ragged_backward << ")" << std::endl;
+            << ", with the backward: " << backward_cases << " (on a ragged batch: " << ragged_backward
+            << ", on 16-bit inputs: " << half_backward << ")" << std::endl;
   return failed == 0 ? 0 : 1;
 }
