@@ -495,22 +495,37 @@ struct backward_kernel {
     const index_t d = pb.q.d, dv = pb.v.d, G = static_cast<index_t>(heads.size());
     auto* qp = reinterpret_cast<std::uint32_t*>(ws + lay.qp);
     auto* dop = reinterpret_cast<std::uint32_t*>(ws + lay.dop);
-    const auto pairs = [rp](const In* x, index_t n, index_t n2, std::uint32_t* t, index_t r) noexcept {
-      for (index_t c = 0; c < n2; ++c) {
-        const std::uint32_t lo = x ? x[2 * c].bits : 0u, hi = x && 2 * c + 1 < n ? x[2 * c + 1].bits : 0u;
-        t[c * rp + r] = lo | hi << 16;
-      }
-    };
     const auto q_of = [&](index_t r) noexcept {
       return pb.q_row(pb.q, ib, q0 + r / G, heads[static_cast<std::size_t>(r % G)]);
     };
     const auto do_of = [&](index_t r) noexcept {
       return pb.q_row(pb.dout, ib, q0 + r / G, heads[static_cast<std::size_t>(r % G)]);
     };
-    for (index_t r = 0; r < rp; ++r) {
-      pairs(r < rows ? q_of(r) : nullptr, d, lay.d2, qp, r);
-      pairs(r < rows ? do_of(r) : nullptr, dv, lay.dv2, dop, r);
-    }
+    // t[c·rp + r] = row r's elements 2c and 2c + 1 (0 past n and for the padding rows r >= rows): the pairs
+    // that lie whole in L × L blocks transposed in registers (each pair's 32 bits moved as a float), the
+    // rest one by one. Against the element-by-element loop (AMD EPYC Zen 5, one thread, the two called
+    // alternately, the same bits): bf16 backward P3 1.03-1.04x, ViT's MHA heads 1.03x, P1 1.02x.
+    const auto pairs = [&](const auto& row_of, index_t n, index_t n2, std::uint32_t* t) noexcept {
+      alignas(64) static constexpr float zero_row[L] = {};
+      const index_t whole = n / 2 / L * L;
+      const float* src[L];
+      for (index_t r0 = 0; r0 < rp; r0 += L) {
+        for (index_t c0 = 0; c0 < whole; c0 += L) {
+          for (int i = 0; i < L; ++i)
+            src[i] = r0 + i < rows ? reinterpret_cast<const float*>(row_of(r0 + i) + 2 * c0) : zero_row;
+          V::transpose(src, reinterpret_cast<float*>(t + c0 * rp + r0), rp);
+        }
+        for (index_t r = r0; r < r0 + L; ++r) {
+          const In* x = r < rows ? row_of(r) : nullptr;
+          for (index_t c = whole; c < n2; ++c) {
+            const std::uint32_t lo = x ? x[2 * c].bits : 0u, hi = x && 2 * c + 1 < n ? x[2 * c + 1].bits : 0u;
+            t[c * rp + r] = lo | hi << 16;
+          }
+        }
+      }
+    };
+    pairs(q_of, d, lay.d2, qp);
+    pairs(do_of, dv, lay.dv2, dop);
     T16::pair_rows(q_of, rows, d, pb.dp, reinterpret_cast<std::uint32_t*>(ws + lay.qr2), pb.dp);
     T16::pair_rows(do_of, rows, dv, pb.dvp, reinterpret_cast<std::uint32_t*>(ws + lay.dor2), pb.dvp);
   }
