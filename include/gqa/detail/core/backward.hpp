@@ -459,8 +459,7 @@ struct backward_kernel {
       }
       for (index_t r = 0; r < rows; ++r) {
         const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
-        std::transform(dqa + r * dp, dqa + r * dp + d, pb.q_row(pb.dq, ib, pos, h),
-                       [](float x) noexcept { return from_float<Out>(x); });  // rounded once (Out 16-bit)
+        rounded_row(dqa + r * dp, d, pb.q_row(pb.dq, ib, pos, h));  // rounded once (Out 16-bit)
       }
     }
   }
@@ -618,6 +617,18 @@ struct backward_kernel {
       V::store(s + r, p);
       V::store(dp + r, V::mul(V::mul(p, grad), V::sub(V::load(dp + r), V::load(dd + r))));
     }
+  }
+
+  /// dst[0, n) = src[0, n) rounded once to G (nearest even; a copy for float): blocks of 16 with a fixed
+  /// count, which GCC -O2 vectorises (a loop of variable count it does not), then the rest. Against the
+  /// element-by-element std::transform (AMD EPYC Zen 5, one thread, bf16 inputs and gradients, the two
+  /// called alternately, the same bits): ViT's MHA heads 1.32x, P3 1.20x.
+  template <class G>
+  static void rounded_row(const float* src, index_t n, G* dst) noexcept {
+    index_t c = 0;
+    for (; c + 16 <= n; c += 16)
+      for (int i = 0; i < 16; ++i) dst[c + i] = from_float<G>(src[c + i]);
+    for (; c < n; ++c) dst[c] = from_float<G>(src[c]);
   }
 
   /// dst[0, np) = the n elements of src widened to float (a vector copy for float), then zeros.
@@ -815,8 +826,8 @@ void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const 
         for (index_t c = 0; c < k.d; ++c) ak[c] += ark[c];
         for (index_t c = 0; c < v.d; ++c) av[c] += arv[c];
       }
-      std::transform(ak, ak + k.d, pb.k_row(dk, ib, j, g), [](float x) noexcept { return from_float<G>(x); });
-      std::transform(av, av + v.d, pb.k_row(dv, ib, j, g), [](float x) noexcept { return from_float<G>(x); });
+      K::rounded_row(ak, k.d, pb.k_row(dk, ib, j, g));
+      K::rounded_row(av, v.d, pb.k_row(dv, ib, j, g));
     }
   });
 
