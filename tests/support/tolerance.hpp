@@ -200,7 +200,7 @@ struct naive_attention {
   naive_attention r;
   r.o.assign(static_cast<std::size_t>(q.b * q.s * q.h * v.d), 0.0f);
   r.lse.assign(static_cast<std::size_t>(q.b * q.h * q.s), -std::numeric_limits<float>::infinity());
-  std::vector<float> s(static_cast<std::size_t>(k.s));
+  std::vector<float> s(static_cast<std::size_t>(k.s)), acc(static_cast<std::size_t>(v.d));
   for (index_t ib = 0; ib < q.b; ++ib) {
     const index_t len = kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
     for (index_t h = 0; h < q.h; ++h) {
@@ -229,14 +229,15 @@ struct naive_attention {
         }
         float l = has_sink ? std::exp(sink - m) : 0.0f;
         for (index_t j = lo; j < hi; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
-        for (index_t x = 0; x < v.d; ++x) {
-          float acc = 0.0f;
-          for (index_t j = lo; j < hi; ++j) {
-            const float p = s[static_cast<std::size_t>(j)];  // bf16_weights: Note [bf16 products tolerance]
-            acc += (bf16_weights ? gqa::to_float(gqa::bf16(p)) : p) * v(ib, j, g, x);
-          }
-          r.o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + x)] = acc / l;
+        // Key by key over each V row (per element the same order as a loop over keys; V read once, in order)
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (index_t j = lo; j < hi; ++j) {
+          const float p = s[static_cast<std::size_t>(j)];  // bf16_weights: Note [bf16 products tolerance]
+          const float w = bf16_weights ? gqa::to_float(gqa::bf16(p)) : p;
+          for (index_t x = 0; x < v.d; ++x) acc[static_cast<std::size_t>(x)] += w * v(ib, j, g, x);
         }
+        for (index_t x = 0; x < v.d; ++x)
+          r.o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + x)] = acc[static_cast<std::size_t>(x)] / l;
         r.lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)] = m + std::log(l);
       }
     }

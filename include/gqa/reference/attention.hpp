@@ -84,7 +84,7 @@ attention_result attention_impl(const tensor_view<T>& q, const tensor_view<T>& k
   r.dv = v.d;
   r.o.assign(static_cast<std::size_t>(q.b * q.s * q.h * v.d), 0.0);
   r.lse.assign(static_cast<std::size_t>(q.b * q.h * q.s), -std::numeric_limits<double>::infinity());
-  std::vector<double> s(static_cast<std::size_t>(k.s));
+  std::vector<double> s(static_cast<std::size_t>(k.s)), acc(static_cast<std::size_t>(v.d));
   for (index_t ib = 0; ib < q.b; ++ib) {
     const index_t len = kv_lengths.empty() ? k.s : kv_lengths[static_cast<std::size_t>(ib)];
     for (index_t h = 0; h < q.h; ++h) {
@@ -108,11 +108,15 @@ attention_result attention_impl(const tensor_view<T>& q, const tensor_view<T>& k
         }
         double l = has_sink ? std::exp(sink - m) : 0.0;
         for (index_t j = lo; j < hi; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
-        for (index_t c = 0; c < v.d; ++c) {
-          double acc = 0.0;
-          for (index_t j = lo; j < hi; ++j) acc += s[static_cast<std::size_t>(j)] * static_cast<double>(v(ib, j, g, c));
-          r.o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + c)] = acc / l;
+        // Key by key over each V row (every output element sums its keys in the same order as a loop over
+        // keys per element would, but the V rows are read once, in order: a wide V stays out of the cache).
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (index_t j = lo; j < hi; ++j) {
+          const double w = s[static_cast<std::size_t>(j)];
+          for (index_t c = 0; c < v.d; ++c) acc[static_cast<std::size_t>(c)] += w * static_cast<double>(v(ib, j, g, c));
         }
+        for (index_t c = 0; c < v.d; ++c)
+          r.o[static_cast<std::size_t>(((ib * q.s + i) * q.h + h) * v.d + c)] = acc[static_cast<std::size_t>(c)] / l;
         r.lse[static_cast<std::size_t>((ib * q.h + h) * q.s + i)] = m + std::log(l);
       }
     }
@@ -195,12 +199,15 @@ inline attention_grads attention_backward(const tensor_view<const double>& q, co
         for (index_t j = lo; j < hi; ++j) l += (p[static_cast<std::size_t>(j)] = std::exp(p[static_cast<std::size_t>(j)] - m));
         for (index_t j = lo; j < hi; ++j) p[static_cast<std::size_t>(j)] /= l;
         double dsum = 0.0, dsum_terms = 0.0;  // dout · O, and Σ |dout ∘ O|
+        std::fill(o.begin(), o.end(), 0.0);  // O row, key by key over the V rows (as in attention_impl)
+        for (index_t j = lo; j < hi; ++j) {
+          const double pj = p[static_cast<std::size_t>(j)];
+          for (index_t c = 0; c < v.d; ++c) o[static_cast<std::size_t>(c)] += pj * v(ib, j, g, c);
+        }
         for (index_t c = 0; c < v.d; ++c) {
-          double acc = 0.0;
-          for (index_t j = lo; j < hi; ++j) acc += p[static_cast<std::size_t>(j)] * v(ib, j, g, c);
-          o[static_cast<std::size_t>(c)] = acc;
-          dsum += dout(ib, i, h, c) * acc;
-          dsum_terms += std::fabs(dout(ib, i, h, c) * acc);
+          const double oc = o[static_cast<std::size_t>(c)];
+          dsum += dout(ib, i, h, c) * oc;
+          dsum_terms += std::fabs(dout(ib, i, h, c) * oc);
         }
         if (has_sink) {
           const double psink = std::exp(sink - m) / l;
