@@ -459,7 +459,7 @@ struct backward_kernel {
       }
       for (index_t r = 0; r < rows; ++r) {
         const index_t pos = q0 + r / G, h = heads[static_cast<std::size_t>(r % G)];
-        rounded_row(dqa + r * dp, d, pb.q_row(pb.dq, ib, pos, h));  // rounded once (Out 16-bit)
+        store_rounded(dqa + r * dp, d, pb.q_row(pb.dq, ib, pos, h));  // rounded once (Out 16-bit)
       }
     }
   }
@@ -505,21 +505,14 @@ struct backward_kernel {
     // rest one by one. Against the element-by-element loop (AMD EPYC Zen 5, one thread, the two called
     // alternately, the same bits): bf16 backward P3 1.03-1.04x, ViT's MHA heads 1.03x, P1 1.02x.
     const auto pairs = [&](const auto& row_of, index_t n, index_t n2, std::uint32_t* t) noexcept {
-      alignas(64) static constexpr float zero_row[L] = {};
       const index_t whole = n / 2 / L * L;
-      const float* src[L];
-      for (index_t r0 = 0; r0 < rp; r0 += L) {
-        for (index_t c0 = 0; c0 < whole; c0 += L) {
-          for (int i = 0; i < L; ++i)
-            src[i] = r0 + i < rows ? reinterpret_cast<const float*>(row_of(r0 + i) + 2 * c0) : zero_row;
-          V::transpose(src, reinterpret_cast<float*>(t + c0 * rp + r0), rp);
-        }
-        for (index_t r = r0; r < r0 + L; ++r) {
-          const In* x = r < rows ? row_of(r) : nullptr;
-          for (index_t c = whole; c < n2; ++c) {
-            const std::uint32_t lo = x ? x[2 * c].bits : 0u, hi = x && 2 * c + 1 < n ? x[2 * c + 1].bits : 0u;
-            t[c * rp + r] = lo | hi << 16;
-          }
+      transpose_rows_of([&](index_t r) noexcept { return reinterpret_cast<const float*>(row_of(r)); }, whole, rows, rp,
+                        reinterpret_cast<float*>(t), rp);
+      for (index_t r = 0; r < rp; ++r) {
+        const In* x = r < rows ? row_of(r) : nullptr;
+        for (index_t c = whole; c < n2; ++c) {
+          const std::uint32_t lo = x ? x[2 * c].bits : 0u, hi = x && 2 * c + 1 < n ? x[2 * c + 1].bits : 0u;
+          t[c * rp + r] = lo | hi << 16;
         }
       }
     };
@@ -619,35 +612,29 @@ struct backward_kernel {
     }
   }
 
-  /// dst[0, n) = src[0, n) rounded once to G (nearest even; a copy for float): blocks of 16 with a fixed
-  /// count, which GCC -O2 vectorises (a loop of variable count it does not), then the rest. Against the
-  /// element-by-element std::transform (AMD EPYC Zen 5, one thread, bf16 inputs and gradients, the two
-  /// called alternately, the same bits): ViT's MHA heads 1.32x, P3 1.20x.
-  template <class G>
-  static void rounded_row(const float* src, index_t n, G* dst) noexcept {
-    index_t c = 0;
-    for (; c + 16 <= n; c += 16)
-      for (int i = 0; i < 16; ++i) dst[c + i] = from_float<G>(src[c + i]);
-    for (; c < n; ++c) dst[c] = from_float<G>(src[c]);
-  }
-
   /// dst[0, np) = the n elements of src widened to float (a vector copy for float), then zeros.
   template <class In>
   static void widen(const In* src, index_t n, index_t np, float* dst) noexcept {
     tiled::pack_v(strided_rows<In>{src, 0}, n, 1, np, dst);
   }
 
-  /// Row c of t (row stride ldt) = column c of x, for the n columns of x's `rows` rows (row stride ldx; n
-  /// a multiple of L) and round_up(rows, L) entries per row of t, zero past `rows`: L × L blocks transposed
-  /// in registers (the same values moved).
-  static void transpose_rows(const float* x, index_t ldx, index_t n, index_t rows, float* t, index_t ldt) noexcept {
+  /// Row c of t (row stride ldt) = column c of the rows row_of(r) (each a pointer to its first float) for
+  /// the n columns (a multiple of L) of rows r < rows, and zeros for rows <= r < r_end (r0 < r_end is
+  /// walked in steps of L): L × L blocks transposed in registers (the same values moved; a 16-bit row's
+  /// whole pairs move as floats, Note [bf16 backward]).
+  template <class RowOf>
+  static void transpose_rows_of(const RowOf& row_of, index_t n, index_t rows, index_t r_end, float* t, index_t ldt) noexcept {
     alignas(64) static constexpr float zero_row[L] = {};
     const float* src[L];
-    for (index_t r0 = 0; r0 < rows; r0 += L)
+    for (index_t r0 = 0; r0 < r_end; r0 += L)
       for (index_t c0 = 0; c0 < n; c0 += L) {
-        for (int i = 0; i < L; ++i) src[i] = r0 + i < rows ? x + (r0 + i) * ldx + c0 : zero_row;
+        for (int i = 0; i < L; ++i) src[i] = r0 + i < rows ? row_of(r0 + i) + c0 : zero_row;
         V::transpose(src, t + c0 * ldt + r0, ldt);
       }
+  }
+  /// The same for the rows of x (row stride ldx), padded with zero rows up to a multiple of L.
+  static void transpose_rows(const float* x, index_t ldx, index_t n, index_t rows, float* t, index_t ldt) noexcept {
+    transpose_rows_of([x, ldx](index_t r) noexcept { return x + r * ldx; }, n, rows, rows, t, ldt);
   }
 
   /// dd[r] = D of the query block's row r (dot_row(dO_r, O_r, d_v): the same multiply-adds in the same
@@ -826,8 +813,8 @@ void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const 
         for (index_t c = 0; c < k.d; ++c) ak[c] += ark[c];
         for (index_t c = 0; c < v.d; ++c) av[c] += arv[c];
       }
-      K::rounded_row(ak, k.d, pb.k_row(dk, ib, j, g));
-      K::rounded_row(av, v.d, pb.k_row(dv, ib, j, g));
+      store_rounded(ak, k.d, pb.k_row(dk, ib, j, g));
+      store_rounded(av, v.d, pb.k_row(dv, ib, j, g));
     }
   });
 

@@ -10,6 +10,7 @@
 #include <span>
 
 #include "../../config.hpp"
+#include "../../numeric.hpp"
 
 GQA_BEGIN_NAMESPACE
 namespace detail::core {
@@ -143,6 +144,24 @@ template <class T>
 GQA_FORCEINLINE void prefetch_lines_l1(const T* p, index_t n) noexcept {
   constexpr index_t per_line = 64 / static_cast<index_t>(sizeof(T));
   for (index_t x = 0; x < n; x += per_line) GQA_PREFETCH_L1(p + x);
+}
+
+/// dst[0, n) = f(src[c]) rounded once to T (from_float: nearest even; f's value itself for float), in
+/// blocks of 16 of a fixed count, which GCC -O2 vectorises (a loop of variable count it does not), then the
+/// rest. The forward's 16-bit O rows (f: times 1 / l) and the backward's 16-bit gradients (f: identity).
+/// Against element-by-element rounding (std::transform; AMD EPYC Zen 5, one thread, bf16 inputs and
+/// gradients, the two called alternately, the same bits): the backward on ViT's MHA heads 1.32x, P3 1.20x.
+/// Inlined: a call per row (one per dQ row and per summed dK/dV row) cost that backward 1-2%.
+template <class T, class F>
+GQA_FORCEINLINE void store_rounded(const float* src, index_t n, T* dst, const F& f) noexcept {
+  index_t c = 0;
+  for (; c + 16 <= n; c += 16)
+    for (int i = 0; i < 16; ++i) dst[c + i] = from_float<T>(f(src[c + i]));
+  for (; c < n; ++c) dst[c] = from_float<T>(f(src[c]));
+}
+template <class T>
+GQA_FORCEINLINE void store_rounded(const float* src, index_t n, T* dst) noexcept {
+  store_rounded(src, n, dst, [](float x) noexcept { return x; });
 }
 
 }  // namespace detail::core

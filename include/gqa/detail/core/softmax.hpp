@@ -177,11 +177,8 @@ struct online_softmax {
         index_t c = 0;
         for (; c + L <= dv; c += L) V::store(dst + c, V::mul(V::load(o + c), vi));
         if (c < dv) V::store_partial(dst + c, V::mul(V::load(o + c), vi), static_cast<int>(dv - c));  // o: dvp floats
-      } else {  // blocks of 16 with a fixed count: GCC -O2 vectorises the bf16 rounding only so
-        index_t c = 0;
-        for (; c + 16 <= dv; c += 16)
-          for (int i = 0; i < 16; ++i) dst[c + i] = from_float<T>(o[c + i] * inv);
-        for (; c < dv; ++c) dst[c] = from_float<T>(o[c] * inv);
+      } else {
+        store_rounded(o, dv, dst, [inv](float x) noexcept { return x * inv; });
       }
     } else {
       for (index_t c = 0; c < dv; ++c) dst[c] = from_float<T>(0.0f);
