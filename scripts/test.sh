@@ -6,7 +6,8 @@
 #      cases, default 2,000; also run, 200 cases, in the NEON build; under ASan + UBSan its runner is the
 #      fuzzer's, stage 6)
 #   4. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan, -Og) of the tests; ctest (packaging and the
-#      header checks excluded: they compile, and run nothing the sanitizers could watch); the core suites
+#      header checks excluded: they compile, and run nothing the sanitizers could watch), the GoogleTest
+#      tests in 16 processes (Note [test shards] in tests/CMakeLists.txt); the core suites
 #      on AVX2 and AVX-512, the variant suites and unit tests on scalar (Note [sanitizer build matrix])
 #   5. ThreadSanitizer build of the tests (scalar suites, std::thread loop: libgomp is not instrumented),
 #      running the threading and policy tests (the gtest filter $tsan_filter below)
@@ -65,7 +66,16 @@ ctest_summary() {
   local failed_n total
   failed_n=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")
   total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$line")
-  echo "$((total - failed_n))/$total passed"
+  # Shards (Note [test shards] in tests/CMakeLists.txt, run with ctest -V): their GoogleTest tallies too.
+  local shards gtests
+  shards=$(grep -cE 'Start +[0-9]+: unit\.shard\.' "$1")
+  gtests=$(awk '$1 == "Start" && $3 ~ /^unit\.shard\./ { shard[$2] = 1 }
+                $2 == "[" && $3 == "PASSED" && ($1 in shard) { n += $5 } END { print n + 0 }' "$1")
+  if [ "$shards" -gt 0 ]; then
+    echo "$((total - failed_n))/$total passed ($gtests GoogleTest tests passed in shards)"
+  else
+    echo "$((total - failed_n))/$total passed"
+  fi
 }
 
 # build_and_test <name> <build dir> <ctest args...> -- <cmake args...>
@@ -146,8 +156,11 @@ if [ "${GQA_SKIP_SANITIZE:-0}" != 1 ]; then
   fi
   # No gqa_sweep here: the fuzzer (stage 6) runs the same per-ISA runner under ASan + UBSan, ~13,000
   # cases a minute against this build's 200 (whose two runner TUs cost ~60 s each to compile; 2026-12-05).
-  build_and_test sanitize "$build_root/sanitize" -LE "packaging|headers" -- \
+  # The tests in 16 processes rather than one per test (Note [test shards] in tests/CMakeLists.txt: an ASan
+  # + UBSan process's start and exit cost a third of the stage's test time); -V prints each shard's tally.
+  build_and_test sanitize "$build_root/sanitize" -LE "packaging|headers" -V -- \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-Og -g1 -DNDEBUG" -DGQA_BUILD_SWEEP=OFF \
+    -DGQA_TEST_SHARDS=16 \
     -DGQA_TEST_SANITIZE=ON -DGQA_BUILD_TESTS=ON -DGQA_TEST_ONE_ISA_SUITES="$variant_suites" "${sanitize_isas[@]}" \
     -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF
 fi
