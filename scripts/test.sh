@@ -12,7 +12,7 @@
 #   5. ThreadSanitizer build of the tests (scalar suites, std::thread loop: libgomp is not instrumented),
 #      running the threading and policy tests (the gtest filter $tsan_filter below)
 #   6. the fuzzer: gqa_fuzz (clang++-14, -fsanitize=fuzzer,address,undefined) for GQA_FUZZ_SECONDS
-#      (default 60) from tests/fuzz/corpus; prints the executions count
+#      (default 60) of CPU time, one job per core, from tests/fuzz/corpus; prints the executions count
 #   7. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
 # Ends with one summary line and exits non-zero if any stage failed. Every stage runs even if an earlier
 # one failed, so one run reports everything.
@@ -197,8 +197,8 @@ if [ "${GQA_SKIP_TSAN:-0}" != 1 ]; then
   fi
 fi
 
-# 6. The fuzzer: 60 s of gqa_fuzz from the committed seed corpus (new inputs go to a scratch corpus in the
-#    build directory; a crash leaves its input there as crash-*).
+# 6. The fuzzer: 60 CPU-seconds of gqa_fuzz (one job per core) from the committed seed corpus (new inputs go to
+#    a scratch corpus in the build directory; a crash leaves its input there as crash-*).
 if [ "${GQA_SKIP_FUZZ:-0}" != 1 ]; then
   fuzz_dir="$build_root/fuzz"
   fuzz_seconds="${GQA_FUZZ_SECONDS:-60}"
@@ -213,13 +213,19 @@ if [ "${GQA_SKIP_FUZZ:-0}" != 1 ]; then
     tail -30 "$fuzz_dir.log"
     stage fuzz 1 "build FAILED (log: $fuzz_dir.log)"
   else
+    # One libFuzzer job per core ($jobs), each for fuzz_seconds / jobs seconds: the same fuzzing CPU time as
+    # one job for fuzz_seconds, in 1/jobs of the wall time (the jobs share the scratch corpus). Each job
+    # writes fuzz-<n>.log in the build directory; the run fails if any job does.
     mkdir -p "$fuzz_dir/corpus"
-    (cd "$fuzz_dir" && ./tests/gqa_fuzz -max_total_time="$fuzz_seconds" -print_final_stats=1 corpus \
-      "$repo/tests/fuzz/corpus") >"$fuzz_dir.run.log" 2>&1
+    rm -f "$fuzz_dir"/fuzz-*.log
+    per_job=$(( (fuzz_seconds + jobs - 1) / jobs ))
+    (cd "$fuzz_dir" && ./tests/gqa_fuzz -jobs="$jobs" -workers="$jobs" -max_total_time="$per_job" \
+      -print_final_stats=1 corpus "$repo/tests/fuzz/corpus") >"$fuzz_dir.run.log" 2>&1
     rc=$?
-    execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$fuzz_dir.run.log" | grep -oE '[0-9]+$')
-    [ "$rc" != 0 ] && tail -40 "$fuzz_dir.run.log"
-    stage fuzz "$rc" "${execs:-?} executions in ${fuzz_seconds}s$([ "$rc" != 0 ] && echo " (FAILED: $fuzz_dir.run.log)")"
+    execs=$(cat "$fuzz_dir"/fuzz-*.log 2>/dev/null | grep -oE 'stat::number_of_executed_units: *[0-9]+' |
+      awk '{ n += $2 } END { if (NR) print n }')
+    if [ "$rc" != 0 ]; then tail -40 "$fuzz_dir.run.log" "$fuzz_dir"/fuzz-*.log; fi
+    stage fuzz "$rc" "${execs:-?} executions in $jobs jobs of ${per_job}s$([ "$rc" != 0 ] && echo " (FAILED: $fuzz_dir.run.log, $fuzz_dir/fuzz-*.log)")"
   fi
 fi
 
