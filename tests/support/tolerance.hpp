@@ -229,7 +229,7 @@ struct naive_attention {
         }
         float l = has_sink ? std::exp(sink - m) : 0.0f;
         for (index_t j = lo; j < hi; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
-        // Key by key over each V row (per element the same order as a loop over keys; V read once, in order)
+        // Key by key over whole V rows (per element the same order as a loop over the keys; V read once)
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (index_t j = lo; j < hi; ++j) {
           const float p = s[static_cast<std::size_t>(j)];  // bf16_weights: Note [bf16 products tolerance]

@@ -108,8 +108,9 @@ attention_result attention_impl(const tensor_view<T>& q, const tensor_view<T>& k
         }
         double l = has_sink ? std::exp(sink - m) : 0.0;
         for (index_t j = lo; j < hi; ++j) l += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
-        // Key by key over each V row (every output element sums its keys in the same order as a loop over
-        // keys per element would, but the V rows are read once, in order: a wide V stays out of the cache).
+        // Key by key over whole V rows: every output element sums its keys in the same order as a loop over
+        // the keys per element, but V is read once, row after row (a column walk per element missed the
+        // cache on every key of a wide V).
         std::fill(acc.begin(), acc.end(), 0.0);
         for (index_t j = lo; j < hi; ++j) {
           const double w = s[static_cast<std::size_t>(j)];
