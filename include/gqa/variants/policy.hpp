@@ -312,16 +312,13 @@ inline tensor_view<const float> dequantised_copy(const q8_view& x, std::vector<f
 // (buffered_output, core_output, round_into): PGQA's ragged finish perturbs the fp32 copy per sequence.
 
 /// Writes each element of the fp32 view `from` to `to` (same extents) rounded to T (nearest even; NaN stays
-/// NaN). Serial: O(b·sq·hq·d_v), beside the attention's O(b·sq·skv·hq·d).
+/// NaN), row by row with the core's store_rounded. Serial: O(b·sq·hq·d_v), beside the attention's
+/// O(b·sq·skv·hq·d).
 template <class T>
 void round_into(const tensor_view<const float>& from, const tensor_view<T>& to) noexcept {
   for (index_t ib = 0; ib < from.b; ++ib)
     for (index_t is = 0; is < from.s; ++is)
-      for (index_t ih = 0; ih < from.h; ++ih) {
-        const float* src = from.row(ib, is, ih);
-        T* dst = to.row(ib, is, ih);
-        for (index_t c = 0; c < from.d; ++c) dst[c] = from_float<T>(src[c]);
-      }
+      for (index_t ih = 0; ih < from.h; ++ih) detail::core::store_rounded(from.row(ib, is, ih), from.d, to.row(ib, is, ih));
 }
 
 /// Whether a call with Q/O of type QO gives Policy's finish step (a dense, paged or ragged one) an fp32 copy
