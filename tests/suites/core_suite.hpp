@@ -597,8 +597,8 @@ TYPED_TEST_P(core_suite, causal_staircase_skips_hidden_v_rows) {
             if (cut) DP::accumulate_pv_cut(core::strided_rows{vv.data(), dvp}, dv, lo, hi, p.data(), rows, ldp, dvp, o.data());
             else DP::accumulate_pv(core::strided_rows{vv.data(), dvp}, dv, 0, nb, p.data(), rows, ldp, dvp, o.data());
           } else {
-            if (cut) PK::accumulate_pv_cut(p.data(), rows, ldp, vv.data(), lo, hi, dvp, o.data());
-            else PK::accumulate_pv(p.data(), rows, ldp, vv.data(), nb, dvp, o.data());
+            if (cut) PK::accumulate_pv_cut(p.data(), rows, ldp, vv.data(), lo, hi, dvp, o.data(), true);
+            else PK::accumulate_pv(p.data(), rows, ldp, vv.data(), nb, dvp, o.data(), true);
           }
           return o;
         };
@@ -654,13 +654,16 @@ TYPED_TEST_P(core_suite, pv_in_key_chunks_keeps_each_chain) {
       auto p = data(static_cast<std::size_t>(rows * ldp), 300 + rows);
       auto v = data(static_cast<std::size_t>(nb * dvp), 301 + rows);
       const auto o0 = data(static_cast<std::size_t>(rows * dvp), 302 + rows);
-      auto chunked = o0, whole = o0;
-      PK::accumulate_pv_cut(p.data(), rows, ldp, v.data(), lo, hi, dvp, chunked.data());
+      // In key chunks (as on most CPUs), without them (AMD's family 26), and as one band_product.
+      auto chunked = o0, unchunked = o0, whole = o0;
+      PK::accumulate_pv_cut(p.data(), rows, ldp, v.data(), lo, hi, dvp, chunked.data(), true);
+      PK::accumulate_pv_cut(p.data(), rows, ldp, v.data(), lo, hi, dvp, unchunked.data(), false);
       core::band_product<table>(p.data(), ldp, rows, v.data(), dvp, dvp, lo, hi, whole.data(), dvp);
       for (index_t r = 0; r < rows; ++r)
         for (index_t c = 0; c < dvp; ++c) {
           const auto i = static_cast<std::size_t>(r * dvp + c);
           ASSERT_TRUE(same_bits(chunked[i], whole[i])) << "O[" << r << "][" << c << "]";
+          ASSERT_TRUE(same_bits(unchunked[i], whole[i])) << "O[" << r << "][" << c << "], no chunks";
           double want = o0[i], mag = std::fabs(o0[i]);
           for (index_t j = lo(r); j < hi(r); ++j) {
             const double t = double{p[static_cast<std::size_t>(r * ldp + j)]} * v[static_cast<std::size_t>(j * dvp + c)];
@@ -678,7 +681,7 @@ TYPED_TEST_P(core_suite, pv_in_key_chunks_keeps_each_chain) {
         auto bad = v;
         for (index_t c = 0; c < dv; ++c) bad[static_cast<std::size_t>(j * dvp + c)] = c % 2 ? k_inf : std::nanf("");
         auto o = o0;
-        PK::accumulate_pv_cut(p.data(), rows, ldp, bad.data(), lo, hi, dvp, o.data());
+        PK::accumulate_pv_cut(p.data(), rows, ldp, bad.data(), lo, hi, dvp, o.data(), true);
         for (index_t r = 0; r < rows; ++r)
           for (index_t c = 0; c < dv; ++c) {
             const auto i = static_cast<std::size_t>(r * dvp + c);

@@ -152,6 +152,11 @@ inline unsigned cpu_family() noexcept {
 /// core's decode path were measured on (Note [decode loads ahead], Note [decode prefetches in cache]).
 inline bool amd_family_25() noexcept { return amd_cpu() && cpu_family() == 25; }
 
+/// Whether this is an AMD CPU of family 26 (Zen 5), where prefill's P·V reads its V slabs whole rather
+/// than in key chunks (Note [P·V in key chunks] in detail/core/packed.hpp): a choice of speed that changes
+/// no result.
+inline bool amd_family_26() noexcept { return amd_cpu() && cpu_family() == 26; }
+
 /// Whether bf16 prefill without AMX multiplies with VDPBF16PS (Note [bf16 tiles] in detail/core/bf16_tiles.hpp):
 /// the CPU has AVX512-BF16 and is an AMD one, where VDPBF16PS issues like an FMA and does twice its work
 /// (Zen 5: 406 against 218 GFLOP/s on one core). On the Intel Xeons measured it issues at half an FMA's

@@ -65,6 +65,7 @@ struct problem {
   index_t decode_ahead;  // 16-bit and int8 decode: keys ahead of each step loaded, 0: none (Note [decode loads ahead])
   bool decode_prefetch;  // 16-bit and int8 decode steps prefetch their lines first (Note [decode prefetches in cache])
   bool i8_products;    // decode's Q·Kᵀ on int8 K by VPDPBUSD, Q quantised (Note [int8 decode products])
+  bool pv_key_chunks;  // the tiles' P·V in key chunks where the V slab outgrows L1 (Note [P·V in key chunks])
 };
 
 /// One unit of work: batch ib, KV heads active[g0 .. g1), query positions [q0, q1), KV chunk `chunk`.
@@ -795,9 +796,9 @@ struct kernel {
           if (t16) tiled::pack_v(vb, dv, nb, lay.dvp, vp);  // a cut bf16 block with a non-finite V: the fp32 band
           const float* vw = vpb + skip * lay.dvp;  // V rows of the keys from j0
           if (cut) {
-            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vw, lo, hi, lay.dvp, orow0);
+            tiled::accumulate_pv_cut(srow0, grow, lay.bk, vw, lo, hi, lay.dvp, orow0, pb.pv_key_chunks);
           } else {
-            tiled::accumulate_pv(srow0, grow, lay.bk, vw, nb, lay.dvp, orow0);
+            tiled::accumulate_pv(srow0, grow, lay.bk, vw, nb, lay.dvp, orow0, pb.pv_key_chunks);
           }
         }
         r0 += grow;
@@ -1142,7 +1143,7 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
                               keep_blocks, keep_ring, decode && decode_first_loads<typename Lay::kv_type>(b, skv, map.hkv(), d + dv),
                               decode ? decode_ahead_keys<typename Lay::kv_type>(b, skv, map.hkv(), d, dv) : 0,
                               !decode || decode_step_prefetches<typename Lay::kv_type>(b, skv, map.hkv(), d + dv),
-                              i8_products};
+                              i8_products, !::gqa::isa::amd_family_26()};
   // The largest task's rows (hq · sq <= q's element count, gmax · block_q <= max(rows, hq)): its scratch
   // must fit before any task runs (Note [scratch size]).
   const index_t rows_max = decode ? map.hq() * sq : gmax * block_q;

@@ -275,11 +275,11 @@ struct packed {
     });
   }
 
-  /// O[rows][dvp] += P[rows][nb] (row stride ldp) · Vp[nb][dvp].
+  /// O[rows][dvp] += P[rows][nb] (row stride ldp) · Vp[nb][dvp]; key_chunks: as in accumulate_pv_cut.
   static void accumulate_pv(const float* p, index_t rows, index_t ldp, const float* vp, index_t nb, index_t dvp,
-                            float* o) noexcept {
+                            float* o, bool key_chunks) noexcept {
     const auto zero = [](index_t) noexcept { return index_t{0}; };
-    accumulate_pv_cut(p, rows, ldp, vp, zero, [nb](index_t) noexcept { return nb; }, dvp, o);
+    accumulate_pv_cut(p, rows, ldp, vp, zero, [nb](index_t) noexcept { return nb; }, dvp, o, key_chunks);
   }
 
   // Note [P·V in key chunks]
@@ -296,19 +296,23 @@ struct packed {
   // for its 256-key blocks since 2026-12-06, under the 32 KB from which slabs go in chunks), and
   // a slab as wide as the V row (d_v 64 on AVX-512, P3: 0.97x when chunked, the extra tile calls cost
   // more than L1 saves); 128-key chunks (32 KB, more than the half of L1 the slab can use) made P1 0.98x.
+  // Not on AMD's family 26 (Zen 5; problem::pv_key_chunks in forward.hpp): there the same change, against
+  // the slab read whole from L2, made P1 0.965-0.973x and P2 0.961x (2026-12-07, one thread, the two
+  // versions alternating call by call in one process, the same bits).
   static constexpr index_t pv_chunk_bytes = 16 * 1024, pv_chunk_over = 32 * 1024;
 
   /// O[r][dvp] += Σ_{lo(r) <= j < hi(r)} P[r][j] · Vp[j] for r < rows, lo and hi non-decreasing in r: each
   /// tile of rows runs as a band (Note [causal staircase]), so no row multiplies a V row it does not see;
-  /// in key chunks when the V slab outgrows L1 (Note [P·V in key chunks]).
+  /// in key chunks when key_chunks is set and the V slab outgrows L1 (Note [P·V in key chunks]); the same
+  /// bits either way.
   template <class Lo, class Hi>
   static void accumulate_pv_cut(const float* p, index_t rows, index_t ldp, const float* vp, const Lo& lo, const Hi& hi,
-                                index_t dvp, float* o) noexcept {
+                                index_t dvp, float* o, bool key_chunks) noexcept {
     using table = tile_table<Isa, MR, NR, a_order::row_major, update::accumulate>;
     if (rows <= 0) return;
     const index_t k_begin = lo(0), k_end = hi(rows - 1);  // lo and hi are non-decreasing
     constexpr index_t slab_row = cols * static_cast<index_t>(sizeof(float));
-    if (cols >= dvp || (k_end - k_begin) * slab_row <= pv_chunk_over) {
+    if (!key_chunks || cols >= dvp || (k_end - k_begin) * slab_row <= pv_chunk_over) {
       band_product<table>(p, ldp, rows, vp, dvp, dvp, lo, hi, o, dvp);
       return;
     }
