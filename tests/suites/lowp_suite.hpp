@@ -1138,7 +1138,7 @@ std::vector<bf16p_case> bf16p_cases() {
   };
   for (const index_t d : {index_t{5}, index_t{72}, index_t{130}}) add(67, 150, 8, 2, d).causal = true;
   add(60, 200, 8, 2, 128, 64);
-  add(200, 333, 4, 1, 64, 40);                        // several query blocks, ragged last key block
+  add(200, 589, 4, 1, 64, 40);                        // several query blocks, ragged last key block (512 + 77)
   add(1, 300, 40, 1, 24);                             // one query, 40 heads on a KV head: tiled
   add(1, 1, 40, 1, 16, 8);                            // one key
   add(50, 1, 8, 2, 16).causal = true;                 // one key, causal (bottom-right: every row sees it)

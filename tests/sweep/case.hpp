@@ -305,7 +305,7 @@ inline layout draw_layout(source& r, index_t d) {
 }
 
 inline index_t draw_length(source& r, index_t max_len) {
-  static constexpr index_t edges[] = {1, 2, 3, 7, 15, 16, 17, 31, 33, 63, 64, 65, 95, 97, 127, 129, 191, 255, 257};
+  static constexpr index_t edges[] = {1, 2, 3, 7, 15, 16, 17, 31, 33, 63, 64, 65, 95, 97, 127, 129, 191, 255, 257, 511, 513};
   index_t n = r.chance(40) ? r.pick(edges) : r.uniform(1, r.chance(70) ? 80 : 300);
   return std::min(n, max_len);
 }

@@ -36,7 +36,7 @@ struct vec<avx2> {
   struct tile_shape {
     static constexpr int mr = 6, nr = 2;  // 12 acc + 2 K/V + 1 broadcast = 15 of 16 ymm
     // Note [forward block length] (forward.hpp)
-    static constexpr int block_kv = 256, block_kv_backward = 128, block_kv_tiles16 = 128;
+    static constexpr int block_kv = 256, block_kv_large_l2 = 256, block_kv_backward = 128, block_kv_tiles16 = 128;
     static constexpr int block_kv_decode = 64;  // all heads of 64 positions: 64 x Hkv x d x 8 bytes in flight
     static constexpr int rows = 192, rows_large_l2 = 384;  // Note [rows by L2] (forward.hpp)
     static constexpr int direct_qk_rows = 4, direct_qk_keys = 2;  // Q·K: 8 acc + 2 K + 1 Q (Note [keys per step])

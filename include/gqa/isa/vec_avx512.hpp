@@ -29,7 +29,7 @@ struct vec<avx512> {
   /// See Note [tile shape] (vec_scalar.hpp).
   struct tile_shape {
     static constexpr int mr = 6, nr = 4;  // 24 acc + 4 K/V + 1 broadcast = 29 of 32 zmm
-    static constexpr int block_kv = 256;  // Note [forward block length] (forward.hpp)
+    static constexpr int block_kv = 512, block_kv_large_l2 = 256;  // Note [forward block length] (forward.hpp)
     static constexpr int block_kv_backward = 128, block_kv_tiles16 = 128;
     static constexpr int block_kv_decode = 64;  // all heads of 64 positions: 64 x Hkv x d x 8 bytes in flight
     static constexpr int rows = 192, rows_large_l2 = 384;  // Note [rows by L2] (forward.hpp)

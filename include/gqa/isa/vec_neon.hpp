@@ -24,7 +24,7 @@ struct vec<neon> {
   /// See Note [tile shape] (vec_scalar.hpp).
   struct tile_shape {
     static constexpr int mr = 6, nr = 4;  // 24 acc + 4 K/V + 1 broadcast = 29 of 32 q registers
-    static constexpr int block_kv = 64, block_kv_backward = 64, block_kv_tiles16 = 64;
+    static constexpr int block_kv = 64, block_kv_large_l2 = 64, block_kv_backward = 64, block_kv_tiles16 = 64;
     static constexpr int block_kv_decode = 64;
     static constexpr int rows = 96, rows_large_l2 = 96;  // not measured with a larger L2
     static constexpr int direct_qk_rows = 4, direct_qk_keys = 4, direct_acc = 16;

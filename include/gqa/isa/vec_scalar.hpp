@@ -37,13 +37,14 @@ struct vec<scalar> {
   // The core's sizes for this ISA (detail/core reads them, never defines them):
   // * mr × nr vectors: the register tile's accumulator block (detail/core/tile.hpp). mr·nr accumulators
   //   + nr vectors of B + 1 broadcast of A must fit the register file (16 on AVX2, 32 on AVX-512/NEON).
-  // * block_kv: keys per block on the tiled (prefill) path, a multiple of nr·lanes; block_kv_decode: keys
-  //   per block of decode tasks, which walk every KV head per block (Note [decode tasks]);
-  //   block_kv_backward: keys per block of the backward (Note [backward tasks]); block_kv_tiles16: keys
-  //   per block on the bf16 tiles (Note [bf16 tiles]; AVX-512 only). Longer blocks share each row's
-  //   per-block softmax work (two horizontal reductions, the rescale of O) among more keys but need
-  //   more scratch per row; AVX-512's forward takes 256 (Note [forward block length] in
-  //   detail/core/forward.hpp), the rest 128 (64 on NEON and scalar), the value they were tuned at.
+  // * block_kv: keys per block on the tiled (prefill) path, a multiple of nr·lanes; block_kv_large_l2:
+  //   the same where the forward takes rows_large_l2 rows (below); block_kv_decode: keys per block of
+  //   decode tasks, which walk every KV head per block (Note [decode tasks]); block_kv_backward: keys per
+  //   block of the backward (Note [backward tasks]); block_kv_tiles16: keys per block on the AMX tiles
+  //   (Note [bf16 tiles]; AVX-512 only). Longer blocks share each row's per-block softmax work (two
+  //   horizontal reductions, the rescale of O) among more keys but need more scratch per row; AVX-512's
+  //   forward takes 512 (256 with rows_large_l2), AVX2's 256 (Note [forward block length] in
+  //   detail/core/forward.hpp), NEON and scalar 64, the values they were tuned at.
   // * rows: the target number of query rows (group heads × positions) per prefill task. Every task
   //   streams its KV head's K/V from L2/L3 once and packs it, so more rows amortise that (P1 on AVX-512
   //   measured 144 -> 185-200 GFLOP/s going from 48 to 192 rows; AVX2 90 -> 104); 192 rows keep the
@@ -54,7 +55,7 @@ struct vec<scalar> {
   //   direct_acc accumulator vectors.
   struct tile_shape {
     static constexpr int mr = 4, nr = 4;  // 16 accumulators: the compiler keeps them in registers
-    static constexpr int block_kv = 64, block_kv_decode = 64, block_kv_backward = 64, block_kv_tiles16 = 64;
+    static constexpr int block_kv = 64, block_kv_large_l2 = 64, block_kv_decode = 64, block_kv_backward = 64, block_kv_tiles16 = 64;
     static constexpr int rows = 32, rows_large_l2 = 32;  // not measured with a larger L2
     static constexpr int direct_qk_rows = 2, direct_qk_keys = 4, direct_acc = 8;
   };

@@ -38,9 +38,9 @@ namespace detail::core {
 // 16 fp32 sums (24 of the 32 zmm registers; each step loads 4 vectors of pairs and broadcasts one pair
 // per row); the score tiles walk a slice of 64 keys of packed Kᵀ over d/2 steps, the P·V tiles 64
 // columns of packed V over the block's key pairs; one instantiation per width (1-4 vectors), a last group
-// of fewer than 6 rows runs the 6-row tile on its rows (Note [row tails] in tile.hpp). Blocks of 256 keys
-// as the fp32 core's (128 on AMX): on the EPYC P1/P2/P3 1.56/1.55/1.34x fp32 at 128 keys, 1.61/1.60/1.44x
-// at 256.
+// of fewer than 6 rows runs the 6-row tile on its rows (Note [row tails] in tile.hpp). Blocks as the fp32
+// core's (forward_block_kv; 128 on AMX): on the EPYC P1/P2/P3 1.56/1.55/1.34x fp32 at 128 keys,
+// 1.61/1.60/1.44x at 256; 512 against 256 (2026-12-07, Zen 5) P1 1.055x, P2 1.048x.
 //   * Q·Kᵀ: Q rows packed as they are (bf16, zero-padded to a multiple of 32 elements and of 16 rows),
 //     NOT pre-scaled: the scores come out as the exact-input dot products q·k summed in fp32, and
 //     kernel::run multiplies each score row by scale·log2(e) (scale_row, its own vector loop over the row
@@ -112,10 +112,11 @@ namespace detail::core {
 // 16 rows 0.96-1.06x and 1.01-1.12x; 12 rows 1.00x; 8 rows 0.73-0.77x; 4 rows 0.52-0.60x. The 6-row tile
 // groups compute padding rows (16 rows run as 6 + 6 + 4 of 6), and the per-block packing needs rows to
 // repay it. Several KV heads (decode tasks) keep the walk of Note [bf16 decode]. Such a decode call takes
-// the tiles' blocks of 256 keys (block_kv), not decode's 64 (block_kv_decode, sized for the walk's bytes in
-// flight): against 64, called alternately (2026-12-06 00:30 UTC, 11 pairs), 32 rows 1.15x in L2 and 1.08x
-// at 16384 keys, 24 rows 1.08x, 20 rows 1.15x and 1.09x (blocks of 128: 1.07-1.08x); the rows above are
-// with 64.
+// the tiles' blocks (forward_block_kv: 512 keys, 256 with a large L2; 256 when measured), not decode's 64
+// (block_kv_decode, sized for the walk's bytes in flight): 256 against 64, called alternately (2026-12-06
+// 00:30 UTC, 11 pairs), 32 rows 1.15x in L2 and 1.08x at 16384 keys, 24 rows 1.08x, 20 rows 1.15x and
+// 1.09x (blocks of 128: 1.07-1.08x); 512 against 256 (2026-12-07), MQA bf16 decode (32 rows, 8192 keys)
+// 1.03x. The rows above are with 64.
 /// The fewest rows of a one-KV-head task that the bf16 tiles take on VDPBF16PS (Note [bf16 tiles for few rows]).
 inline constexpr index_t k_tiles16_min_rows = 20;
 /// Whether a one-KV-head task of `rows` rows that the direct path would take (rows <= k_direct_rows) takes

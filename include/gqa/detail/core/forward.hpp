@@ -85,7 +85,7 @@ struct kernel {
   using tiles16 = bf16_tiles<Isa>;
   static constexpr int L = V::lanes;
   static constexpr index_t cols = tiled::cols;
-  static_assert(shape::mr >= 1 && shape::nr >= 1 && shape::rows >= 1 && shape::block_kv >= 1 &&
+  static_assert(shape::mr >= 1 && shape::nr >= 1 && shape::rows >= 1 && shape::block_kv >= 1 && shape::block_kv_large_l2 >= 1 &&
                     shape::block_kv_decode >= 1 && shape::direct_qk_rows >= 1 &&
                         (shape::direct_qk_keys == 2 || shape::direct_qk_keys == 4) && shape::direct_acc >= 2,
                 "isa::vec<Isa>::tile_shape: see Note [tile shape]");
@@ -187,7 +187,7 @@ struct kernel {
   }
 
   /// Most keys in a block (the paged path's row pointers live on the stack).
-  static constexpr index_t max_block = std::max(shape::block_kv, shape::block_kv_decode) +
+  static constexpr index_t max_block = std::max({shape::block_kv, shape::block_kv_large_l2, shape::block_kv_decode}) +
                                        std::lcm(cols, k_direct_keys);
 
   /// Row pointers of one block's keys, on the stack: needed only when rows are listed (paged).
@@ -930,8 +930,9 @@ inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 // A prefill task's softmax does some work per row and KV block whatever the block's length: the row's
 // max and sum reductions across the vector, the rescale of its O accumulator when the max moved, the
 // loop's setup. Longer blocks spread it over more keys; they also need more scratch per row (the scores,
-// rows × block_kv floats: 192 KB for 192 rows of 256 keys). AVX-512 and AVX2 take 256 keys (vec_*.hpp);
-// measured on the development machine (2 vCPUs of an AMD EPYC, 1 MiB L2; 2026-12-04 00:20-00:30 UTC,
+// rows × block_kv floats: 384 KB for 192 rows of 512 keys). AVX-512 takes 512 keys, AVX2 256 (vec_*.hpp),
+// and where the forward takes rows_large_l2 rows (384, Note [rows by L2]) AVX-512 keeps 256, so that the
+// scores stay at 384 KB (forward_block_kv). History: measured on the development machine (2 vCPUs of an AMD EPYC, 1 MiB L2; 2026-12-04 00:20-00:30 UTC,
 // one thread pinned to one vCPU, two builds of an ad-hoc driver alternating process by process, medians
 // of the per-pair time ratios) against 128: P1 1.029x faster (8 pairs), P2 1.012x (8), P3 1.045x (15;
 // its 197 keys are one block); 512 keys: P1 1.036x, P2 1.000x, P3 1.028x. AVX2 at 256 there: P1 0.998x,
@@ -939,7 +940,14 @@ inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 // thread pinned, two builds in one process in their own ABI namespaces, called alternately, medians of
 // 9-41 pairs) AVX2 at 256 gave P3 1.069-1.081x (three runs), ViT-L's 577 keys (16 heads, d 64) 1.019x,
 // 300 keys 1.019x, P1 1.002x and 1.014x, P2 1.018x, d 64 at 2048 keys 0.993x (9 pairs) and 1.041x (21),
-// causal 1024 keys 1.014x: so AVX2 takes 256 too. The backward keeps 128 (block_kv_backward: its P3 was
+// causal 1024 keys 1.014x: so AVX2 takes 256 too. AVX-512 went to 512 on 2026-12-07 (Zen 5, family 26
+// model 2, 1 MiB L2; one thread pinned, the two lengths in one process in their own ABI namespaces, called
+// alternately, medians of 7 pairs, after P·V's key chunks were turned off there, Note [P·V in key chunks]):
+// P1 1.024x, P2 1.020x, P3 1.00x (197 keys: one block either way), ViT-L's 577 keys 1.030x, causal 512
+// keys 1.056x, 64 queries on 8192 keys 1.055x, 256 on 8192 1.024x, 128 causal 1.021x, a 512-key window
+// at 4096 keys 0.988x; bf16 Q/K/V on the VDPBF16PS tiles P1 1.055x, P2 1.048x, MQA bf16 decode (Note
+// [bf16 tiles for few rows]) 1.030x. AVX2 at 512 there: P1 1.006x, P2 1.010x, P3 0.987x, causal 512
+// keys 1.028x, ViT-L 1.006x: kept at 256. The backward keeps 128 (block_kv_backward: its P3 was
 // ~2% slower at 252 keys), and so do the bf16 tiles (block_kv_tiles16: tuned on an Intel Xeon with AMX;
 // the EPYCs have none to measure another length on). The block length changes where the online softmax
 // rescales, so the last bits of a result depend on it (and on nothing else here): the same on every
@@ -958,9 +966,19 @@ inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 // results stay the same for any number of threads; they may differ in the last bits between machines
 // that choose different counts (a query block's tail rows can take the direct path under one count and the
 // tiled path under the other).
+inline bool forward_large_l2() noexcept { return ::gqa::isa::l2_cache_bytes() >= (index_t{2} << 20); }
+
 template <class Shape>
 index_t forward_rows() noexcept {
-  return ::gqa::isa::l2_cache_bytes() >= (index_t{2} << 20) ? Shape::rows_large_l2 : Shape::rows;
+  return forward_large_l2() ? Shape::rows_large_l2 : Shape::rows;
+}
+
+/// Keys per block of the forward's tiled tasks (Note [forward block length]): block_kv, or block_kv_large_l2
+/// where the forward takes rows_large_l2 rows (Note [rows by L2]), so that a task's scores (rows × keys)
+/// stay at the size measured. Depends on the machine, never on the thread count.
+template <class Shape>
+index_t forward_block_kv() noexcept {
+  return forward_large_l2() ? Shape::block_kv_large_l2 : Shape::block_kv;
 }
 
 /// The bytes of a decode call's K and V: b · skv · hkv rows of dqv = d_qk + d_v elements of T (in double:
@@ -1106,10 +1124,10 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   // A decode call whose one task per sequence takes the bf16 tiles (Note [bf16 tiles for few rows]) takes the
   // tiles' blocks, not decode's.
   const bool few_rows16 = decode && tiles16 && n_active == 1 && few_rows_take_tiles16(gmax * sq, bf16_amx);
-  const index_t block_kv = few_rows16 ? shape::block_kv
+  const index_t block_kv = few_rows16 ? forward_block_kv<shape>()
                            : decode   ? shape::block_kv_decode
                            : bf16_amx ? shape::block_kv_tiles16
-                                      : shape::block_kv;
+                                      : forward_block_kv<shape>();
   if (!decode && n_chunks == 1 && n_qblocks >= 2) {
     const auto lay0 = K::plan_scratch(1, d, dv, block_kv);
     const index_t per_block = K::kept_blocks::k_size(lay0.bk, d) + K::kept_blocks::v_size(lay0.bk, lay0.dvp);
