@@ -947,7 +947,10 @@ inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 // keys 1.056x, 64 queries on 8192 keys 1.055x, 256 on 8192 1.024x, 128 causal 1.021x, a 512-key window
 // at 4096 keys 0.988x; bf16 Q/K/V on the VDPBF16PS tiles P1 1.055x, P2 1.048x, MQA bf16 decode (Note
 // [bf16 tiles for few rows]) 1.030x. AVX2 at 512 there: P1 1.006x, P2 1.010x, P3 0.987x, causal 512
-// keys 1.028x, ViT-L 1.006x: kept at 256. The backward keeps 128 (block_kv_backward: its P3 was
+// keys 1.028x, ViT-L 1.006x: kept at 256. A call whose longest key range is shorter than the block takes
+// a block of that range (rounded to whole tiles): one block either way, so the same bits, and a task's
+// score rows lie closer (P3's 197 keys: 256 floats apart instead of 512; 1.01-1.02x on one and two
+// threads, call by call). The backward keeps 128 (block_kv_backward: its P3 was
 // ~2% slower at 252 keys), and so do the bf16 tiles (block_kv_tiles16: tuned on an Intel Xeon with AMX;
 // the EPYCs have none to measure another length on). The block length changes where the online softmax
 // rescales, so the last bits of a result depend on it (and on nothing else here): the same on every
@@ -1124,10 +1127,12 @@ void forward_layout(const Lay& lay, index_t b, index_t sq, index_t skv, index_t 
   // A decode call whose one task per sequence takes the bf16 tiles (Note [bf16 tiles for few rows]) takes the
   // tiles' blocks, not decode's.
   const bool few_rows16 = decode && tiles16 && n_active == 1 && few_rows_take_tiles16(gmax * sq, bf16_amx);
-  const index_t block_kv = few_rows16 ? forward_block_kv<shape>()
+  // A block no longer than the longest key range (Note [forward block length]).
+  const index_t block_fwd = std::min(forward_block_kv<shape>(), skv);
+  const index_t block_kv = few_rows16 ? block_fwd
                            : decode   ? shape::block_kv_decode
                            : bf16_amx ? shape::block_kv_tiles16
-                                      : forward_block_kv<shape>();
+                                      : block_fwd;
   if (!decode && n_chunks == 1 && n_qblocks >= 2) {
     const auto lay0 = K::plan_scratch(1, d, dv, block_kv);
     const index_t per_block = K::kept_blocks::k_size(lay0.bk, d) + K::kept_blocks::v_size(lay0.bk, lay0.dvp);
