@@ -85,8 +85,8 @@ struct kernel {
   using tiles16 = bf16_tiles<Isa>;
   static constexpr int L = V::lanes;
   static constexpr index_t cols = tiled::cols;
-  static_assert(shape::mr >= 1 && shape::nr >= 1 && shape::rows >= 1 && shape::block_kv >= 1 && shape::block_kv_large_l2 >= 1 &&
-                    shape::block_kv_decode >= 1 && shape::direct_qk_rows >= 1 &&
+  static_assert(shape::mr >= 1 && shape::nr >= 1 && shape::rows >= 1 && shape::block_kv >= 1 &&
+                    shape::block_kv_large_l2 >= 1 && shape::block_kv_decode >= 1 && shape::direct_qk_rows >= 1 &&
                         (shape::direct_qk_keys == 2 || shape::direct_qk_keys == 4) && shape::direct_acc >= 2,
                 "isa::vec<Isa>::tile_shape: see Note [tile shape]");
 
@@ -932,9 +932,10 @@ inline constexpr index_t k_keep_max_floats = index_t{4} << 20;
 // loop's setup. Longer blocks spread it over more keys; they also need more scratch per row (the scores,
 // rows × block_kv floats: 384 KB for 192 rows of 512 keys). AVX-512 takes 512 keys, AVX2 256 (vec_*.hpp),
 // and where the forward takes rows_large_l2 rows (384, Note [rows by L2]) AVX-512 keeps 256, so that the
-// scores stay at 384 KB (forward_block_kv). History: measured on the development machine (2 vCPUs of an AMD EPYC, 1 MiB L2; 2026-12-04 00:20-00:30 UTC,
-// one thread pinned to one vCPU, two builds of an ad-hoc driver alternating process by process, medians
-// of the per-pair time ratios) against 128: P1 1.029x faster (8 pairs), P2 1.012x (8), P3 1.045x (15;
+// scores stay at 384 KB (forward_block_kv). History: measured on the development machine (2 vCPUs of an
+// AMD EPYC, 1 MiB L2; 2026-12-04 00:20-00:30 UTC, one thread pinned to one vCPU, two builds of an ad-hoc
+// driver alternating process by process, medians of the per-pair time ratios) against 128: P1 1.029x
+// faster (8 pairs), P2 1.012x (8), P3 1.045x (15;
 // its 197 keys are one block); 512 keys: P1 1.036x, P2 1.000x, P3 1.028x. AVX2 at 256 there: P1 0.998x,
 // P3 1.013x, so it kept 128 until 2026-12-06, when on a Zen 4 EPYC (family 25 model 17, 1 MiB L2; one
 // thread pinned, two builds in one process in their own ABI namespaces, called alternately, medians of
