@@ -297,7 +297,7 @@ struct packed {
   // a slab as wide as the V row (d_v 64 on AVX-512, P3: 0.97x when chunked, the extra tile calls cost
   // more than L1 saves); 128-key chunks (32 KB, more than the half of L1 the slab can use) made P1 0.98x.
   // Not on AMD's family 26 (Zen 5; problem::pv_key_chunks in forward.hpp): there the same change, against
-  // the slab read whole from L2, made P1 0.965-0.973x and P2 0.961x (2026-12-07, one thread, the two
+  // the slab read whole from L2, made P1 0.965-0.973x and P2 0.963x (2026-12-07, one thread, the two
   // versions alternating call by call in one process, the same bits).
   static constexpr index_t pv_chunk_bytes = 16 * 1024, pv_chunk_over = 32 * 1024;
 
