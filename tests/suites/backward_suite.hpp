@@ -212,11 +212,12 @@ struct gradient_check {
   double worst_excess = 0.0;
 
   /// got: the kernel's view; ref/terms/naive: logical order; must_be_zero(ib, s, h): entries that nothing
-  /// reaches.
+  /// reaches; naive16: the naive backward with the bf16 roundings, for a call with the bf16 products (Note
+  /// [bf16 backward tolerance]).
   template <class Zero>
   void compare(const gqa::tensor_view<float>& got, const std::vector<double>& ref, const std::vector<double>& terms,
-               const std::vector<float>& naive, Zero must_be_zero) {
-    tol = gqa::test::gradient_tolerance(naive, ref);
+               const std::vector<float>& naive, Zero must_be_zero, const std::vector<float>* naive16 = nullptr) {
+    tol = naive16 ? gqa::test::gradient_tolerance(naive, *naive16, ref) : gqa::test::gradient_tolerance(naive, ref);
     std::size_t i = 0;
     for (index_t ib = 0; ib < got.b; ++ib)
       for (index_t is = 0; is < got.s; ++is)
@@ -280,9 +281,11 @@ void poison_keys(const gqa::tensor_view<float>& t, Hide&& hide, const std::vecto
 }
 
 /// dsinks against the reference: finite, within Note [backward tolerance] (per head, with its terms).
-void expect_dsinks(const std::vector<float>& got, const gqa::reference::attention_grads& ref, const std::vector<float>& naive) {
+void expect_dsinks(const std::vector<float>& got, const gqa::reference::attention_grads& ref, const std::vector<float>& naive,
+                   const std::vector<float>* naive16 = nullptr) {
   ASSERT_EQ(got.size(), ref.dsinks.size());
-  const double tol = gqa::test::gradient_tolerance(naive, ref.dsinks);
+  const double tol = naive16 ? gqa::test::gradient_tolerance(naive, *naive16, ref.dsinks)
+                             : gqa::test::gradient_tolerance(naive, ref.dsinks);
   for (std::size_t h = 0; h < got.size(); ++h) {
     EXPECT_TRUE(std::isfinite(got[h])) << "dsinks[" << h << "] = " << got[h];
     EXPECT_LE(std::fabs(got[h] - ref.dsinks[h]), tol + gqa::test::cancellation_floor(ref.dsinks_terms[h]))
@@ -1033,19 +1036,24 @@ bool check_bf16_products_backward(const backward_case& c) {
   const auto kv_of_q = p.map.kv_of_q();
   const auto ref = gqa::reference::attention_backward(qd.view, kd.view, vd.view, dod.view, kv_of_q, c.scale_or_default(),
                                                       c.causal, c.kv_lengths, mods);
-  const auto naive = gqa::test::naive_fp32_backward(p.q.cview(), p.k.cview(), p.v.cview(), p.o.cview(), p.dout.cview(),
-                                                    p.lse, kv_of_q, static_cast<float>(c.scale_or_default()), c.causal,
-                                                    c.kv_lengths, mods, /*bf16_weights=*/true);
+  // The naive backward without and with the bf16 roundings: the bound covers both products and their mix
+  // (Note [bf16 backward tolerance]).
+  const auto naive_of = [&](bool weights) {
+    return gqa::test::naive_fp32_backward(p.q.cview(), p.k.cview(), p.v.cview(), p.o.cview(), p.dout.cview(), p.lse,
+                                          kv_of_q, static_cast<float>(c.scale_or_default()), c.causal, c.kv_lengths,
+                                          mods, weights);
+  };
+  const auto naive = naive_of(false), naive16 = naive_of(true);
   auto row_empty = [&](index_t ib, index_t i, index_t) { return vis.row(ib, i); };
   auto key_unseen = [&](index_t ib, index_t j, index_t h) { return vis.key(ib, j) || p.map.group_size(h) == 0; };
   gradient_check gq{"dq"}, gk{"dk"}, gv{"dv"};
-  gq.compare(bshd(g.dq.data(), c.b, c.sq, c.hq, c.d), ref.dq, ref.dq_terms, naive.dq, row_empty);
-  gk.compare(bshd(g.dk.data(), c.b, c.skv, c.hkv, c.d), ref.dk, ref.dk_terms, naive.dk, key_unseen);
-  gv.compare(bshd(g.dv.data(), c.b, c.skv, c.hkv, c.dv), ref.dv, ref.dv_terms, naive.dv, key_unseen);
+  gq.compare(bshd(g.dq.data(), c.b, c.sq, c.hq, c.d), ref.dq, ref.dq_terms, naive.dq, row_empty, &naive16.dq);
+  gk.compare(bshd(g.dk.data(), c.b, c.skv, c.hkv, c.d), ref.dk, ref.dk_terms, naive.dk, key_unseen, &naive16.dk);
+  gv.compare(bshd(g.dv.data(), c.b, c.skv, c.hkv, c.dv), ref.dv, ref.dv_terms, naive.dv, key_unseen, &naive16.dv);
   gq.expect();
   gk.expect();
   gv.expect();
-  if (c.sinks) expect_dsinks(g.dsinks, ref, naive.dsinks);
+  if (c.sinks) expect_dsinks(g.dsinks, ref, naive.dsinks, &naive16.dsinks);
   if (std::getenv("GQA_TEST_VERBOSE"))
     std::printf("  bf16 products: dq %.3g (naive %.3g)  dk %.3g (%.3g)  dv %.3g (%.3g) | %s\n", gq.err, gq.naive_err,
                 gk.err, gk.naive_err, gv.err, gv.naive_err, c.describe().c_str());

@@ -298,11 +298,20 @@ struct naive_attention {
 // its five products in bf16 with fp32 sums (Note [bf16 backward] in detail/core/backward.hpp): S and dP on
 // the inputs as they are (exact products, another order of fp32 sums), dV from P rounded to bf16, dK and
 // dQ from scale·dS rounded to bf16 (relative error up to 2^-9 per term). The same-precision naive backward
-// is therefore naive_fp32_backward on the widened inputs with those two roundings (`bf16_weights`), and
-// the rule of Note [backward tolerance] applies to it unchanged: 2 · its error + 1e-6 of the gradient's
-// scale + 2u · the terms. Its error is ~2^-9 of a gradient's terms over √(terms) against ~2^-24 · √d for
-// the fp32 naive backward, so this bound is ~10^3 looser than the fp32 products' bitwise check (which runs
-// with options.bf16_products = false); a row masked one key off, a wrong head's LSE or a missed scale
+// is therefore naive_fp32_backward on the widened inputs with those two roundings (`bf16_weights`). But a
+// call with bf16_products need not take them everywhere: an ISA or CPU without a fast bf16 product keeps
+// the fp32 products, and the one that has it takes fp32 for the blocks a mask cuts. So the bound covers
+// either computation and any mix of the two, by the triangle inequality: with n32 and n16 the naive
+// backward without and with the two roundings,
+//   2 · (max|n32 − ref| + max|n16 − n32|) + 1e-6 of the gradient's scale + 2u · the terms,
+// which is at least 2 · max|n16 − ref| (the bf16 products' own bound) and at least 2 · max|n32 − ref|
+// (the fp32 products', Note [backward tolerance]). Both parts matter: n32's error is not always the
+// smaller one inside n16's. With 16-bit O, the D = dO·O both inherit carries O's bf16 rounding, which the
+// fp32 products keep whole while n16's roundings may partly cancel it: the fuzzer found a call (causal,
+// ALiBi, 2 keys, d 32, d_v 128) whose fp32 dQ was off by 6.0e-4, with n16 off by at most 1.1e-4 (2026-12-07;
+// the bound on n16 alone failed it). |n16 − n32| is ~2^-9 of a gradient's terms over √(terms) against
+// ~2^-24 · √d for n32's error, so the bound is ~10^3 looser than the fp32 products' bitwise check (which
+// runs with options.bf16_products = false); a row masked one key off, a wrong head's LSE or a missed scale
 // gives errors of 1e-2 of the gradient's scale or more, above it.
 
 /// Output of naive_fp32_backward, each in logical [b][s][h][d] order of its tensor, and dsinks [hq].
@@ -380,6 +389,20 @@ struct naive_gradients {
     scale = std::max(scale, std::fabs(ref[i]));
   }
   return k_error_factor * err + k_error_floor * scale;
+}
+
+/// Note [bf16 backward tolerance] for one gradient, without its per-element term: naive and naive16 the naive
+/// backward without and with the bf16 roundings (the same layout as ref), 2 · (max|naive − ref| +
+/// max|naive16 − naive|) + 1e-6 · max(1, max|ref|).
+[[maybe_unused]] double gradient_tolerance(const std::vector<float>& naive, const std::vector<float>& naive16,
+                                           const std::vector<double>& ref) {
+  double err = 0.0, rounding = 0.0, scale = 1.0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    err = std::max(err, std::fabs(static_cast<double>(naive[i]) - ref[i]));
+    rounding = std::max(rounding, std::fabs(static_cast<double>(naive16[i]) - static_cast<double>(naive[i])));
+    scale = std::max(scale, std::fabs(ref[i]));
+  }
+  return k_error_factor * (err + rounding) + k_error_floor * scale;
 }
 
 /// The per-element term of Note [backward tolerance]: 2u times the sum of the terms' magnitudes.

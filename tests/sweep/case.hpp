@@ -1350,8 +1350,8 @@ inline std::string check_widened_bits(const case_spec& c, const result& f, const
 // element of dq, dk, dv and dsinks is checked against reference::attention_backward (double, from q, k, v
 // and dout alone, the values the call holds) within Note [backward tolerance] (tests/support/tolerance.hpp:
 // twice the naive fp32 backward's error on the same O and LSE, plus the floors; bf16 inputs with
-// bf16_products: Note [bf16 backward tolerance], the naive backward rounding P and scale·dS to bf16, which
-// bounds the ISAs and CPUs that keep fp32 products too); 16-bit inputs otherwise must also give the bits of
+// bf16_products: Note [bf16 backward tolerance], the naive backward without and with P and scale·dS rounded
+// to bf16, which bounds both products and their mix: the ISAs and CPUs that keep fp32 products too); 16-bit inputs otherwise must also give the bits of
 // the float backward on the widened inputs (the API's promise). Every gradient must be finite, an element
 // nothing reaches (a row that sees no key, a key no row sees, a KV head that serves no query head: its
 // reference terms are 0) exactly +0, nothing may be written outside the gradients' views, and every
@@ -1499,15 +1499,23 @@ inline std::string check_backward(const case_spec& c, const case_data& in, const
                                   const backward_result& g) {
   std::ostringstream err;
   if (!g.error.empty()) return "unexpected gqa::invalid_argument: " + g.error;
-  // bf16 inputs with the bf16 products: P and scale·dS rounded to bf16 (Note [bf16 backward tolerance]), a
-  // bound for the ISAs and CPUs that keep fp32 products too.
+  // bf16 inputs with the bf16 products: the naive backward also with P and scale·dS rounded to bf16, and a
+  // bound for either computation and their mix (Note [bf16 backward tolerance]).
   const bool bf16_weights = half_backward(c) && c.kv == kv_type::bf16 && c.bf16_products;
-  const auto naive = gqa::test::naive_fp32_backward(in.q, in.k, in.v, fwd.o.view, e.dout.view, fwd.lse, in.map.kv_of_q(),
-                                                    static_cast<float>(detail::scale_of(c)), c.causal, c.kv_lengths,
-                                                    detail::modifiers_of(c), bf16_weights);
+  const auto naive_of = [&](bool weights) {
+    return gqa::test::naive_fp32_backward(in.q, in.k, in.v, fwd.o.view, e.dout.view, fwd.lse, in.map.kv_of_q(),
+                                          static_cast<float>(detail::scale_of(c)), c.causal, c.kv_lengths,
+                                          detail::modifiers_of(c), weights);
+  };
+  const auto naive = naive_of(false);
+  const auto naive16 = bf16_weights ? naive_of(true) : gqa::test::naive_gradients{};
+  const auto tolerance = [&](const std::vector<float>& nv, const std::vector<float>& nv16,
+                             const std::vector<double>& ref) {
+    return bf16_weights ? gqa::test::gradient_tolerance(nv, nv16, ref) : gqa::test::gradient_tolerance(nv, ref);
+  };
   const auto compare = [&](const char* name, const buffer& got, const std::vector<double>& ref,
-                           const std::vector<double>& terms, const std::vector<float>& nv) {
-    const double tol = gqa::test::gradient_tolerance(nv, ref);
+                           const std::vector<double>& terms, const std::vector<float>& nv, const std::vector<float>& nv16) {
+    const double tol = tolerance(nv, nv16, ref);
     std::size_t i = 0;
     bool bad = false;
     for_each_element(got.view, [&](float& x) {
@@ -1530,10 +1538,11 @@ inline std::string check_backward(const case_spec& c, const case_data& in, const
       }
     return true;
   };
-  if (!compare("dq", g.dq, e.ref.dq, e.ref.dq_terms, naive.dq) || !compare("dk", g.dk, e.ref.dk, e.ref.dk_terms, naive.dk) ||
-      !compare("dv", g.dv, e.ref.dv, e.ref.dv_terms, naive.dv))
+  if (!compare("dq", g.dq, e.ref.dq, e.ref.dq_terms, naive.dq, naive16.dq) ||
+      !compare("dk", g.dk, e.ref.dk, e.ref.dk_terms, naive.dk, naive16.dk) ||
+      !compare("dv", g.dv, e.ref.dv, e.ref.dv_terms, naive.dv, naive16.dv))
     return err.str();
-  const double tol = gqa::test::gradient_tolerance(naive.dsinks, e.ref.dsinks);
+  const double tol = tolerance(naive.dsinks, naive16.dsinks, e.ref.dsinks);
   for (std::size_t h = 0; h < g.dsinks.size(); ++h) {
     const double bound = tol + gqa::test::cancellation_floor(e.ref.dsinks_terms[h]);
     if (!std::isfinite(g.dsinks[h]) || std::fabs(g.dsinks[h] - e.ref.dsinks[h]) > bound) {
