@@ -8,11 +8,13 @@
 #   4. sanitizer build (-DGQA_TEST_SANITIZE=ON: ASan + UBSan, -Og) of the tests; ctest (packaging and the
 #      header checks excluded: they compile, and run nothing the sanitizers could watch), the GoogleTest
 #      tests in 16 processes (Note [test shards] in tests/CMakeLists.txt); the core suites
-#      on AVX2 and AVX-512, the variant suites and unit tests on scalar (Note [sanitizer build matrix])
+#      on AVX2 and AVX-512 (the caches' two on AVX-512), the variant suites and unit tests on scalar (Note
+#      [sanitizer build matrix])
 #   5. ThreadSanitizer build of the tests (scalar suites, std::thread loop: libgomp is not instrumented),
 #      running the threading and policy tests (the gtest filter $tsan_filter below)
-#   6. the fuzzer: gqa_fuzz (clang++-14, -fsanitize=fuzzer,address,undefined) for GQA_FUZZ_SECONDS
-#      (default 60) of CPU time, one job per core, from tests/fuzz/corpus; prints the executions count
+#   6. the fuzzer: gqa_fuzz (clang++-14, -fsanitize=fuzzer,address,undefined; on x86-64 the AVX2 and
+#      AVX-512 runners) for GQA_FUZZ_SECONDS (default 60) of CPU time, one job per core, from
+#      tests/fuzz/corpus; prints the executions count
 #   7. scripts/test-neon.sh (AArch64 cross build run under qemu), if present
 # Ends with one summary line and exits non-zero if any stage failed. Every stage runs even if an earlier
 # one failed, so one run reports everything.
@@ -147,12 +149,18 @@ if [ "${GQA_SKIP_SANITIZE:-0}" != 1 ]; then
   # only. The Release stage runs every suite on every ISA. History: every suite on every ISA at -O1 made
   # the whole CI run 2,814 s; -Og with the variant suites on one ISA, 2,239-2,492 s; dropping the scalar
   # core suites here (7 of 58 TUs and the slowest tests under ASan: 188 of 527 s of test time were
-  # scalar's, 2026-12-02) is what keeps it under 40 minutes with a margin.
+  # scalar's, 2026-12-02) is what keeps it under 40 minutes with a margin. The two suites of the caches
+  # (lowp_suite: 16-bit and int8 elements; kv_cache_suite: paged and ragged) run here on AVX-512 only:
+  # lowp_suite is the costliest TU of the build (122 s on AVX2 at -Og under ASan + UBSan, 2026-12-07), AVX2's
+  # widening loads run here in vec_suite, and AVX2 with those element types and layouts runs under ASan +
+  # UBSan in the fuzzer (stage 6), whose cases draw them. CI took 43 minutes on 2026-12-07 before this and
+  # stage 6's vector-only runners (docs/design.md §9).
   variant_suites='dgqa_suite|golden_suite|kdgqa_suite|pgqa_suite|registry_suite|static_variants_suite'
   variant_suites+='|training_suite|wgqa_suite'
   sanitize_isas=()
   if [ "$(uname -m)" = x86_64 ]; then
-    sanitize_isas=(-DGQA_TEST_ISAS="avx2;avx512" -DGQA_TEST_ONE_ISA=scalar)
+    sanitize_isas=(-DGQA_TEST_ISAS="avx2;avx512" -DGQA_TEST_ONE_ISA=scalar -DGQA_TEST_ISAS_lowp_suite=avx512
+                   -DGQA_TEST_ISAS_kv_cache_suite=avx512)
   fi
   # No gqa_sweep here: the fuzzer (stage 6) runs the same per-ISA runner under ASan + UBSan, ~13,000
   # cases a minute against this build's 200 (whose two runner TUs cost ~60 s each to compile; 2026-12-05).
@@ -202,12 +210,18 @@ fi
 if [ "${GQA_SKIP_FUZZ:-0}" != 1 ]; then
   fuzz_dir="$build_root/fuzz"
   fuzz_seconds="${GQA_FUZZ_SECONDS:-60}"
+  fuzz_isas=()
+  if [ "$(uname -m)" = x86_64 ] && grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
+    fuzz_isas=(-DGQA_TEST_ISAS="avx2;avx512")  # the fuzzer runs those of them the CPU has
+  fi
   if ! command -v clang++-14 >/dev/null 2>&1; then
     stage fuzz 1 "clang++-14 not found (scripts/install-deps.sh --fuzz)"
   # -O1 -gline-tables-only, as libFuzzer's documentation builds fuzz targets: a crash report has file and
-  # line, and the build is the larger part of the stage.
+  # line, and the build is the larger part of the stage. On x86-64 the runners of the vector ISAs only
+  # (fuzz_isas): the scalar core runs under ASan + UBSan in stage 4 (the unit tests and the variant suites;
+  # Note [sanitizer build matrix]), and its runner TU was a third of this stage's build (~90 s of 330).
   elif ! cmake -S "$repo" -B "$fuzz_dir" -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG" \
+      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG" "${fuzz_isas[@]}" \
       -DGQA_BUILD_FUZZERS=ON -DGQA_BUILD_BENCHMARKS=OFF -DGQA_BUILD_EXAMPLES=OFF -DGQA_INSTALL=OFF >"$fuzz_dir.log" 2>&1 ||
     ! cmake --build "$fuzz_dir" --target gqa_fuzz -j "$jobs" >>"$fuzz_dir.log" 2>&1; then
     tail -30 "$fuzz_dir.log"

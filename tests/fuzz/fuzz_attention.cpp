@@ -220,6 +220,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::vector<gqa::sweep::runner> v;
     for (const auto& r : gqa::sweep::all_runners())
       if (r.supported()) v.push_back(r);
+    if (v.empty()) {
+      std::fprintf(stderr, "gqa_fuzz: this CPU runs none of the ISAs the fuzzer was built for\n");
+      std::abort();
+    }
     return v;
   }();
   byte_source r(data + 1, size - 1);
